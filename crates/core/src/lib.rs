@@ -1,0 +1,14 @@
+//! certflow's domain: what a managed certificate is, the rules its names and
+//! profiles obey, and the ports (traits) through which the rest of the system
+//! stores and fetches it. No I/O, no HTTP or SQL types; time comes in as `now`.
+
+pub mod error;
+pub mod model;
+pub mod names;
+pub mod ports;
+pub mod profile;
+
+pub use error::{DomainError, FieldError};
+pub use model::*;
+pub use names::{SubjectName, validate_names};
+pub use profile::Profile;
