@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: formatting, lints, then every test
+# (domain unit tests, router tests, end-to-end tests that start the real
+# `certflow` binary and check what it issues with openssl and pkilint).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/peers.sh
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+echo "== tests"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --locked --no-fail-fast
+else
+  cargo test --workspace --locked --no-fail-fast
+fi
