@@ -25,7 +25,9 @@ pub struct EncryptionContext(String);
 impl EncryptionContext {
     /// The context of a private key: tenant, kind, owning record and version.
     pub fn new(tenant: &str, kind: &str, record: &str, version: u32) -> Self {
-        Self(format!("certflow:v1;tenant={tenant};kind={kind};record={record};version={version}"))
+        Self(format!(
+            "certflow:v1;tenant={tenant};kind={kind};record={record};version={version}"
+        ))
     }
 
     /// The bytes fed to the AEAD as associated data.
@@ -52,7 +54,10 @@ impl MasterKey {
     /// has the same id and a wrong key is recognised before any decryption.
     pub fn from_bytes(bytes: &[u8]) -> DomainResult<Self> {
         let key: [u8; 32] = bytes.try_into().map_err(|_| {
-            DomainError::invalid("master_key", format!("must be 32 bytes, got {}", bytes.len()))
+            DomainError::invalid(
+                "master_key",
+                format!("must be 32 bytes, got {}", bytes.len()),
+            )
         })?;
         let mut ctx = digest::Context::new(&digest::SHA256);
         ctx.update(b"certflow master key id v1");
@@ -78,7 +83,8 @@ impl MasterKey {
     /// A fresh random key.
     pub fn generate() -> DomainResult<Self> {
         let mut bytes = Zeroizing::new([0u8; 32]);
-        rand::fill(bytes.as_mut()).map_err(|_| DomainError::Internal("random source failed".into()))?;
+        rand::fill(bytes.as_mut())
+            .map_err(|_| DomainError::Internal("random source failed".into()))?;
         Self::from_bytes(bytes.as_ref())
     }
 
@@ -131,21 +137,28 @@ impl LocalKeyProvider {
     /// `current` encrypts; `previous` stay readable.
     pub fn new(current: MasterKey, previous: Vec<MasterKey>) -> Self {
         let id = current.id().to_owned();
-        let mut keys: BTreeMap<String, MasterKey> =
-            previous.into_iter().map(|k| (k.id().to_owned(), k)).collect();
+        let mut keys: BTreeMap<String, MasterKey> = previous
+            .into_iter()
+            .map(|k| (k.id().to_owned(), k))
+            .collect();
         keys.insert(id.clone(), current);
         Self { current: id, keys }
     }
 }
 
 fn aead_seal(key: &[u8; 32], aad: &[u8], plaintext: &[u8]) -> DomainResult<Vec<u8>> {
-    let unbound = UnboundKey::new(&AES_256_GCM, key).map_err(|_| DomainError::Internal("aead key".into()))?;
+    let unbound =
+        UnboundKey::new(&AES_256_GCM, key).map_err(|_| DomainError::Internal("aead key".into()))?;
     let key = LessSafeKey::new(unbound);
     let mut nonce = [0u8; NONCE_LEN];
     rand::fill(&mut nonce).map_err(|_| DomainError::Internal("random source failed".into()))?;
     let mut buf = plaintext.to_vec();
-    key.seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(aad), &mut buf)
-        .map_err(|_| DomainError::Internal("aead seal failed".into()))?;
+    key.seal_in_place_append_tag(
+        Nonce::assume_unique_for_key(nonce),
+        Aad::from(aad),
+        &mut buf,
+    )
+    .map_err(|_| DomainError::Internal("aead seal failed".into()))?;
     let mut out = nonce.to_vec();
     out.extend_from_slice(&buf);
     buf.zeroize();
@@ -160,7 +173,10 @@ fn aead_open(key: &[u8; 32], aad: &[u8], sealed: &[u8]) -> Option<Zeroizing<Vec<
     let key = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, key).ok()?);
     let nonce = Nonce::try_assume_unique_for_key(nonce).ok()?;
     let mut buf = Zeroizing::new(ct.to_vec());
-    let len = key.open_in_place(nonce, Aad::from(aad), buf.as_mut_slice()).ok()?.len();
+    let len = key
+        .open_in_place(nonce, Aad::from(aad), buf.as_mut_slice())
+        .ok()?
+        .len();
     buf.truncate(len);
     Some(buf)
 }
@@ -177,7 +193,8 @@ impl KeyProvider for LocalKeyProvider {
             .get(&self.current)
             .ok_or_else(|| DomainError::Internal("current master key missing".into()))?;
         let mut plaintext = Zeroizing::new([0u8; 32]);
-        rand::fill(plaintext.as_mut()).map_err(|_| DomainError::Internal("random source failed".into()))?;
+        rand::fill(plaintext.as_mut())
+            .map_err(|_| DomainError::Internal("random source failed".into()))?;
         let wrapped = aead_seal(&master.key, context.as_bytes(), plaintext.as_ref())?;
         Ok(DataKey {
             plaintext,
@@ -199,12 +216,13 @@ impl KeyProvider for LocalKeyProvider {
             ))
         })?;
         let plain = aead_open(&master.key, context.as_bytes(), wrapped).ok_or_else(|| {
-            DomainError::Integrity("data key does not decrypt: it belongs to another record or was altered".into())
+            DomainError::Integrity(
+                "data key does not decrypt: it belongs to another record or was altered".into(),
+            )
         })?;
-        let key: [u8; 32] = plain
-            .as_slice()
-            .try_into()
-            .map_err(|_| DomainError::Integrity("unwrapped data key has the wrong length".into()))?;
+        let key: [u8; 32] = plain.as_slice().try_into().map_err(|_| {
+            DomainError::Integrity("unwrapped data key has the wrong length".into())
+        })?;
         Ok(Zeroizing::new(key))
     }
 }
@@ -243,7 +261,11 @@ impl Sealer {
     }
 
     /// Encrypts `plaintext` for `context`; the result is safe to store anywhere.
-    pub async fn seal(&self, plaintext: &[u8], context: &EncryptionContext) -> DomainResult<Vec<u8>> {
+    pub async fn seal(
+        &self,
+        plaintext: &[u8],
+        context: &EncryptionContext,
+    ) -> DomainResult<Vec<u8>> {
         let dk = self.provider.generate_data_key(context).await?;
         let ct = aead_seal(&dk.plaintext, context.as_bytes(), plaintext)?;
         let env = Envelope {
@@ -258,11 +280,18 @@ impl Sealer {
 
     /// Decrypts an envelope sealed for `context`. A wrong master key, another
     /// record's envelope or altered bytes give `Integrity`, never garbage.
-    pub async fn open(&self, sealed: &[u8], context: &EncryptionContext) -> DomainResult<Zeroizing<Vec<u8>>> {
+    pub async fn open(
+        &self,
+        sealed: &[u8],
+        context: &EncryptionContext,
+    ) -> DomainResult<Zeroizing<Vec<u8>>> {
         let env: Envelope = serde_json::from_slice(sealed)
             .map_err(|_| DomainError::Integrity("not a certflow envelope".into()))?;
         if env.v != 1 || env.alg != "AES-256-GCM" {
-            return Err(DomainError::Integrity(format!("unsupported envelope v{} {}", env.v, env.alg)));
+            return Err(DomainError::Integrity(format!(
+                "unsupported envelope v{} {}",
+                env.v, env.alg
+            )));
         }
         let wrapped = B64
             .decode(env.wdk.as_bytes())
@@ -270,9 +299,15 @@ impl Sealer {
         let ct = B64
             .decode(env.ct.as_bytes())
             .map_err(|_| DomainError::Integrity("envelope ciphertext is not base64".into()))?;
-        let dek = self.provider.decrypt_data_key(&env.kid, &wrapped, context).await?;
-        aead_open(&dek, context.as_bytes(), &ct)
-            .ok_or_else(|| DomainError::Integrity("ciphertext does not decrypt: altered or bound to another record".into()))
+        let dek = self
+            .provider
+            .decrypt_data_key(&env.kid, &wrapped, context)
+            .await?;
+        aead_open(&dek, context.as_bytes(), &ct).ok_or_else(|| {
+            DomainError::Integrity(
+                "ciphertext does not decrypt: altered or bound to another record".into(),
+            )
+        })
     }
 
     /// The master key id an envelope was sealed under (for rewrap and diagnostics).
@@ -311,7 +346,10 @@ mod tests {
         let ctx = EncryptionContext::new("default", "cert-key", "abc", 1);
         let sealed = s.seal(b"k", &ctx).await.unwrap();
         let other = EncryptionContext::new("default", "cert-key", "abc", 2);
-        assert!(matches!(s.open(&sealed, &other).await, Err(DomainError::Integrity(_))));
+        assert!(matches!(
+            s.open(&sealed, &other).await,
+            Err(DomainError::Integrity(_))
+        ));
         let wrong = sealer(&MasterKey::generate().unwrap(), vec![]);
         let err = wrong.open(&sealed, &ctx).await.unwrap_err();
         assert!(err.to_string().contains("not configured"), "{err}");
@@ -321,8 +359,14 @@ mod tests {
         ct[last] ^= 1;
         env["ct"] = B64.encode(&ct).into();
         let tampered = serde_json::to_vec(&env).unwrap();
-        assert!(matches!(s.open(&tampered, &ctx).await, Err(DomainError::Integrity(_))));
-        assert!(matches!(s.open(b"garbage", &ctx).await, Err(DomainError::Integrity(_))));
+        assert!(matches!(
+            s.open(&tampered, &ctx).await,
+            Err(DomainError::Integrity(_))
+        ));
+        assert!(matches!(
+            s.open(b"garbage", &ctx).await,
+            Err(DomainError::Integrity(_))
+        ));
     }
 
     #[tokio::test]
@@ -332,7 +376,10 @@ mod tests {
         let ctx = EncryptionContext::new("default", "ca-key", "x", 0);
         let sealed_old = sealer(&old, vec![]).seal(b"old", &ctx).await.unwrap();
         let rotated = sealer(&new, vec![old.clone()]);
-        assert_eq!(rotated.open(&sealed_old, &ctx).await.unwrap().as_slice(), b"old");
+        assert_eq!(
+            rotated.open(&sealed_old, &ctx).await.unwrap().as_slice(),
+            b"old"
+        );
         let sealed_new = rotated.seal(b"new", &ctx).await.unwrap();
         assert_eq!(Sealer::key_id_of(&sealed_new).unwrap(), new.id());
     }

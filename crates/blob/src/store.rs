@@ -111,15 +111,27 @@ mod tests {
     async fn local_roundtrip_list_delete() {
         let dir = tempfile::tempdir().unwrap();
         let store = ObjectBlobStore::local(dir.path()).unwrap();
-        store.put("certs/a/1.der", Bytes::from_static(b"one")).await.unwrap();
-        store.put("certs/a/2.der", Bytes::from_static(b"two")).await.unwrap();
-        assert_eq!(store.get("certs/a/1.der").await.unwrap(), Bytes::from_static(b"one"));
+        store
+            .put("certs/a/1.der", Bytes::from_static(b"one"))
+            .await
+            .unwrap();
+        store
+            .put("certs/a/2.der", Bytes::from_static(b"two"))
+            .await
+            .unwrap();
+        assert_eq!(
+            store.get("certs/a/1.der").await.unwrap(),
+            Bytes::from_static(b"one")
+        );
         let mut keys = store.list("certs/a").await.unwrap();
         keys.sort();
         assert_eq!(keys, vec!["certs/a/1.der", "certs/a/2.der"]);
         store.delete("certs/a/1.der").await.unwrap();
         store.delete("certs/a/1.der").await.unwrap();
-        assert!(matches!(store.get("certs/a/1.der").await, Err(DomainError::NotFound(_))));
+        assert!(matches!(
+            store.get("certs/a/1.der").await,
+            Err(DomainError::NotFound(_))
+        ));
         assert!(dir.path().join("certs/a/2.der").exists());
     }
 }

@@ -8,7 +8,7 @@ pub mod names;
 pub mod ports;
 pub mod profile;
 
-pub use error::{DomainError, FieldError};
+pub use error::{DomainError, DomainResult, FieldError};
 pub use model::*;
 pub use names::{SubjectName, validate_names};
 pub use profile::Profile;

@@ -12,10 +12,11 @@ use crate::names::SubjectName;
 use crate::profile::Profile;
 
 /// Key algorithm and size of a certificate's subject key (or a CA key).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum KeyType {
     /// ECDSA on NIST P-256 with SHA-256: the default.
+    #[default]
     EcdsaP256,
     /// ECDSA on NIST P-384 with SHA-384.
     EcdsaP384,
@@ -60,12 +61,6 @@ impl KeyType {
     /// Whether the key is RSA (it then may use keyEncipherment).
     pub fn is_rsa(self) -> bool {
         matches!(self, KeyType::Rsa2048 | KeyType::Rsa3072 | KeyType::Rsa4096)
-    }
-}
-
-impl Default for KeyType {
-    fn default() -> Self {
-        KeyType::EcdsaP256
     }
 }
 
@@ -275,7 +270,11 @@ impl Default for RenewalPolicy {
 
 impl RenewalPolicy {
     /// The moment a version valid over `[not_before, not_after]` becomes due for renewal.
-    pub fn renew_after(&self, not_before: OffsetDateTime, not_after: OffsetDateTime) -> OffsetDateTime {
+    pub fn renew_after(
+        &self,
+        not_before: OffsetDateTime,
+        not_after: OffsetDateTime,
+    ) -> OffsetDateTime {
         let lifetime = not_after - not_before;
         let by_fraction = not_before + lifetime * self.renew_at_fraction;
         match self.renew_before_days {

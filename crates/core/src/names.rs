@@ -47,12 +47,18 @@ impl fmt::Display for SubjectName {
 /// reported, not only the first.
 pub fn validate_names(field: &str, inputs: &[String]) -> Result<Vec<SubjectName>, Vec<FieldError>> {
     if inputs.is_empty() {
-        return Err(vec![FieldError::new(field, "at least one name is required")]);
+        return Err(vec![FieldError::new(
+            field,
+            "at least one name is required",
+        )]);
     }
     if inputs.len() > MAX_NAMES {
         return Err(vec![FieldError::new(
             field,
-            format!("{} names given; at most {MAX_NAMES} are allowed", inputs.len()),
+            format!(
+                "{} names given; at most {MAX_NAMES} are allowed",
+                inputs.len()
+            ),
         )]);
     }
     let mut out: Vec<SubjectName> = Vec::with_capacity(inputs.len());
@@ -106,12 +112,15 @@ fn parse_dns(raw: &str) -> Result<String, String> {
         None => (false, raw),
     };
     if rest.contains('*') {
-        return Err("a wildcard is only allowed as the whole leftmost label (*.example.com)".into());
+        return Err(
+            "a wildcard is only allowed as the whole leftmost label (*.example.com)".into(),
+        );
     }
     let ascii = if rest.is_ascii() {
         rest.to_ascii_lowercase()
     } else {
-        idna::domain_to_ascii_strict(rest).map_err(|_| "not a valid internationalised domain name".to_owned())?
+        idna::domain_to_ascii_strict(rest)
+            .map_err(|_| "not a valid internationalised domain name".to_owned())?
     };
     if ascii.len() + if wildcard { 2 } else { 0 } > 253 {
         return Err("longer than 253 characters".into());
@@ -129,7 +138,11 @@ fn parse_dns(raw: &str) -> Result<String, String> {
     {
         return Err("the top-level label must not be all digits".into());
     }
-    Ok(if wildcard { format!("*.{ascii}") } else { ascii })
+    Ok(if wildcard {
+        format!("*.{ascii}")
+    } else {
+        ascii
+    })
 }
 
 fn check_label(label: &str) -> Result<(), String> {
@@ -139,7 +152,10 @@ fn check_label(label: &str) -> Result<(), String> {
     if label.len() > 63 {
         return Err(format!("label '{label}' is longer than 63 characters"));
     }
-    if !label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+    if !label
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
         return Err(format!(
             "label '{label}' is not LDH (letters, digits, hyphen)"
         ));
@@ -151,7 +167,9 @@ fn check_label(label: &str) -> Result<(), String> {
         // Reserved LDH labels (RFC 5890 §2.3.1): only IDNA A-labels are allowed,
         // and those must decode to a valid U-label that encodes back to itself.
         if !label.starts_with("xn--") {
-            return Err(format!("label '{label}' is a reserved LDH label (hyphens in positions 3-4)"));
+            return Err(format!(
+                "label '{label}' is a reserved LDH label (hyphens in positions 3-4)"
+            ));
         }
         let (unicode, result) = idna::domain_to_unicode(label);
         if result.is_err() {
@@ -173,10 +191,19 @@ mod tests {
     #[test]
     fn accepts_and_normalises() {
         let cases = [
-            ("API.Example.com", SubjectName::Dns("api.example.com".into())),
+            (
+                "API.Example.com",
+                SubjectName::Dns("api.example.com".into()),
+            ),
             ("*.example.com", SubjectName::Dns("*.example.com".into())),
-            ("bücher.example", SubjectName::Dns("xn--bcher-kva.example".into())),
-            ("xn--bcher-kva.example", SubjectName::Dns("xn--bcher-kva.example".into())),
+            (
+                "bücher.example",
+                SubjectName::Dns("xn--bcher-kva.example".into()),
+            ),
+            (
+                "xn--bcher-kva.example",
+                SubjectName::Dns("xn--bcher-kva.example".into()),
+            ),
             ("localhost", SubjectName::Dns("localhost".into())),
             ("10.0.0.1", SubjectName::Ip("10.0.0.1".parse().unwrap())),
             ("::1", SubjectName::Ip("::1".parse().unwrap())),
@@ -219,12 +246,19 @@ mod tests {
     #[test]
     fn list_rules() {
         assert!(validate_names("names", &[]).is_err());
-        let many: Vec<String> = (0..=MAX_NAMES).map(|i| format!("h{i}.example.com")).collect();
+        let many: Vec<String> = (0..=MAX_NAMES)
+            .map(|i| format!("h{i}.example.com"))
+            .collect();
         let err = validate_names("names", &many).unwrap_err();
         assert!(err[0].reason.contains("at most 100"));
-        let dup = validate_names("names", &["A.example.com".into(), "a.example.com".into()]).unwrap_err();
+        let dup =
+            validate_names("names", &["A.example.com".into(), "a.example.com".into()]).unwrap_err();
         assert_eq!(dup[0].field, "names[1]");
-        let errs = validate_names("names", &["ok.example.com".into(), "bad_.x".into(), "-x.y".into()]).unwrap_err();
+        let errs = validate_names(
+            "names",
+            &["ok.example.com".into(), "bad_.x".into(), "-x.y".into()],
+        )
+        .unwrap_err();
         assert_eq!(errs.len(), 2);
         assert_eq!(errs[0].field, "names[1]");
         assert_eq!(errs[1].field, "names[2]");

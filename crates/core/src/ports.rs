@@ -55,7 +55,12 @@ pub trait MetadataStore: Send + Sync {
         audit: &AuditEvent,
     ) -> DomainResult<()>;
     /// Marks the certificate archived.
-    async fn archive_certificate(&self, id: Uuid, at: OffsetDateTime, audit: &AuditEvent) -> DomainResult<()>;
+    async fn archive_certificate(
+        &self,
+        id: Uuid,
+        at: OffsetDateTime,
+        audit: &AuditEvent,
+    ) -> DomainResult<()>;
     /// One certificate.
     async fn get_certificate(&self, id: Uuid) -> DomainResult<Option<Certificate>>;
     /// Search, filter, sort and paginate.

@@ -1,0 +1,269 @@
+//! Column lists and conversions between domain values and their column
+//! representation (see the migration header for the conventions).
+
+use certflow_core::error::DomainResult;
+use certflow_core::model::{
+    Actor, AuditEvent, Certificate, CertificateStatus, CertificateVersion, Issuer, IssuerKind,
+    KeySource, KeyType, Labels, Outcome, RenewalPolicy, RevocationReason, VersionStatus,
+};
+use certflow_core::{Profile, SubjectName};
+use sqlx::sqlite::SqliteRow;
+use sqlx::{Decode, Row, Sqlite, Type};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::error::corrupt;
+
+// Macros rather than consts so they can be spliced into `concat!` and keep
+// every query a `&'static str`.
+macro_rules! certificate_columns {
+    () => {
+        "c.id, c.name, c.team, c.profile, c.key_type, c.key_source, c.names, c.validity_days, \
+         c.issuer_id, c.renew_at_fraction, c.renew_before_days, c.status, c.current_version, \
+         c.not_after, c.renew_after, c.created_at, c.updated_at"
+    };
+}
+
+macro_rules! version_columns {
+    () => {
+        "certificate_id, version, serial, fingerprint_sha256, not_before, not_after, key_type, \
+         names, issuer_id, status, revoked_at, revocation_reason, cert_blob, key_blob, created_at"
+    };
+}
+
+macro_rules! issuer_columns {
+    () => {
+        "id, name, kind, is_default, key_type, issuing_cert_pem, chain_pem, key_blob, \
+         root_key_blob, subject, not_after, created_at"
+    };
+}
+
+macro_rules! audit_columns {
+    () => {
+        "id, at, subject, source, action, target, outcome, details"
+    };
+}
+
+pub(crate) use {audit_columns, certificate_columns, issuer_columns, version_columns};
+
+/// Column text of a UUID: lower-case hyphenated, whose text order is UUIDv7 time order.
+pub(crate) fn id(id: Uuid) -> String {
+    id.hyphenated().to_string()
+}
+
+/// Column value of an instant: whole unix seconds (sub-second precision is dropped).
+pub(crate) fn secs(t: OffsetDateTime) -> i64 {
+    t.unix_timestamp()
+}
+
+/// Smallest whole second not before `t`, so that `col < ceil_secs(t)` equals
+/// `col < t` for whole-second columns.
+pub(crate) fn ceil_secs(t: OffsetDateTime) -> i64 {
+    let s = t.unix_timestamp();
+    if t.nanosecond() > 0 {
+        s.saturating_add(1)
+    } else {
+        s
+    }
+}
+
+/// Search form of a name: Unicode lower case, computed here rather than by
+/// the database so every backend folds the same way.
+pub(crate) fn fold(s: &str) -> String {
+    s.to_lowercase()
+}
+
+/// `%term%` with LIKE wildcards in `term` escaped for `ESCAPE '\'`.
+pub(crate) fn contains_pattern(term: &str) -> String {
+    let mut out = String::with_capacity(term.len() + 2);
+    out.push('%');
+    for ch in term.chars() {
+        if matches!(ch, '\\' | '%' | '_') {
+            out.push('\\');
+        }
+        out.push(ch);
+    }
+    out.push('%');
+    out
+}
+
+pub(crate) fn names_json(names: &[SubjectName]) -> DomainResult<String> {
+    serde_json::to_string(names)
+        .map_err(|e| certflow_core::DomainError::Internal(format!("encoding names: {e}")))
+}
+
+pub(crate) fn issuer_kind(kind: IssuerKind) -> &'static str {
+    match kind {
+        IssuerKind::Internal => "internal",
+    }
+}
+
+fn parse_issuer_kind(s: &str) -> Option<IssuerKind> {
+    match s {
+        "internal" => Some(IssuerKind::Internal),
+        _ => None,
+    }
+}
+
+fn parse_outcome(s: &str) -> Option<Outcome> {
+    [Outcome::Success, Outcome::Failure]
+        .into_iter()
+        .find(|o| o.as_str() == s)
+}
+
+fn get<'r, T>(row: &'r SqliteRow, col: &str) -> DomainResult<T>
+where
+    T: Decode<'r, Sqlite> + Type<Sqlite>,
+{
+    row.try_get(col).map_err(|e| corrupt(col, e))
+}
+
+fn get_enum<T>(row: &SqliteRow, col: &str, parse: fn(&str) -> Option<T>) -> DomainResult<T> {
+    let text: String = get(row, col)?;
+    parse(&text).ok_or_else(|| corrupt(col, format!("unknown value '{text}'")))
+}
+
+fn get_uuid(row: &SqliteRow, col: &str) -> DomainResult<Uuid> {
+    let text: String = get(row, col)?;
+    Uuid::parse_str(&text).map_err(|e| corrupt(col, e))
+}
+
+fn get_time(row: &SqliteRow, col: &str) -> DomainResult<OffsetDateTime> {
+    let s: i64 = get(row, col)?;
+    OffsetDateTime::from_unix_timestamp(s).map_err(|e| corrupt(col, e))
+}
+
+fn get_opt_time(row: &SqliteRow, col: &str) -> DomainResult<Option<OffsetDateTime>> {
+    let s: Option<i64> = get(row, col)?;
+    s.map(|s| OffsetDateTime::from_unix_timestamp(s).map_err(|e| corrupt(col, e)))
+        .transpose()
+}
+
+fn get_u32(row: &SqliteRow, col: &str) -> DomainResult<u32> {
+    let n: i64 = get(row, col)?;
+    u32::try_from(n).map_err(|e| corrupt(col, e))
+}
+
+fn get_names(row: &SqliteRow, col: &str) -> DomainResult<Vec<SubjectName>> {
+    let text: String = get(row, col)?;
+    serde_json::from_str(&text).map_err(|e| corrupt(col, e))
+}
+
+/// Decodes a row selected with [`certificate_columns`]; labels live in their own table.
+pub(crate) fn certificate(row: &SqliteRow, labels: Labels) -> DomainResult<Certificate> {
+    let renew_before_days: Option<i64> = get(row, "renew_before_days")?;
+    Ok(Certificate {
+        id: get_uuid(row, "id")?,
+        name: get(row, "name")?,
+        team: get(row, "team")?,
+        labels,
+        profile: get_enum(row, "profile", Profile::parse)?,
+        key_type: get_enum(row, "key_type", KeyType::parse)?,
+        key_source: get_enum(row, "key_source", KeySource::parse)?,
+        names: get_names(row, "names")?,
+        validity_days: get_u32(row, "validity_days")?,
+        issuer_id: get_uuid(row, "issuer_id")?,
+        renewal: RenewalPolicy {
+            renew_at_fraction: get(row, "renew_at_fraction")?,
+            renew_before_days: renew_before_days
+                .map(|d| u32::try_from(d).map_err(|e| corrupt("renew_before_days", e)))
+                .transpose()?,
+        },
+        status: get_enum(row, "status", CertificateStatus::parse)?,
+        current_version: get_u32(row, "current_version")?,
+        not_after: get_time(row, "not_after")?,
+        renew_after: get_time(row, "renew_after")?,
+        created_at: get_time(row, "created_at")?,
+        updated_at: get_time(row, "updated_at")?,
+    })
+}
+
+/// Decodes a row selected with [`version_columns`].
+pub(crate) fn version(row: &SqliteRow) -> DomainResult<CertificateVersion> {
+    let reason: Option<String> = get(row, "revocation_reason")?;
+    Ok(CertificateVersion {
+        certificate_id: get_uuid(row, "certificate_id")?,
+        version: get_u32(row, "version")?,
+        serial: get(row, "serial")?,
+        fingerprint_sha256: get(row, "fingerprint_sha256")?,
+        not_before: get_time(row, "not_before")?,
+        not_after: get_time(row, "not_after")?,
+        key_type: get_enum(row, "key_type", KeyType::parse)?,
+        names: get_names(row, "names")?,
+        issuer_id: get_uuid(row, "issuer_id")?,
+        status: get_enum(row, "status", VersionStatus::parse)?,
+        revoked_at: get_opt_time(row, "revoked_at")?,
+        revocation_reason: reason
+            .map(|r: String| {
+                RevocationReason::parse(&r)
+                    .ok_or_else(|| corrupt("revocation_reason", format!("unknown value '{r}'")))
+            })
+            .transpose()?,
+        cert_blob: get(row, "cert_blob")?,
+        key_blob: get(row, "key_blob")?,
+        created_at: get_time(row, "created_at")?,
+    })
+}
+
+/// Decodes a row selected with [`issuer_columns`].
+pub(crate) fn issuer(row: &SqliteRow) -> DomainResult<Issuer> {
+    Ok(Issuer {
+        id: get_uuid(row, "id")?,
+        name: get(row, "name")?,
+        kind: get_enum(row, "kind", parse_issuer_kind)?,
+        is_default: get(row, "is_default")?,
+        key_type: get_enum(row, "key_type", KeyType::parse)?,
+        issuing_cert_pem: get(row, "issuing_cert_pem")?,
+        chain_pem: get(row, "chain_pem")?,
+        key_blob: get(row, "key_blob")?,
+        root_key_blob: get(row, "root_key_blob")?,
+        subject: get(row, "subject")?,
+        not_after: get_time(row, "not_after")?,
+        created_at: get_time(row, "created_at")?,
+    })
+}
+
+/// Decodes a row selected with [`audit_columns`].
+pub(crate) fn audit(row: &SqliteRow) -> DomainResult<AuditEvent> {
+    let details: String = get(row, "details")?;
+    Ok(AuditEvent {
+        id: get_uuid(row, "id")?,
+        at: get_time(row, "at")?,
+        actor: Actor {
+            subject: get(row, "subject")?,
+            source: get(row, "source")?,
+        },
+        action: get(row, "action")?,
+        target: get(row, "target")?,
+        outcome: get_enum(row, "outcome", parse_outcome)?,
+        details: serde_json::from_str(&details).map_err(|e| corrupt("details", e))?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn like_pattern_escapes_wildcards_and_the_escape() {
+        assert_eq!(contains_pattern("a%b_c\\d"), "%a\\%b\\_c\\\\d%");
+        assert_eq!(contains_pattern(""), "%%");
+    }
+
+    #[test]
+    fn ceil_secs_rounds_up_only_fractions() {
+        let t = OffsetDateTime::from_unix_timestamp(100).unwrap_or(OffsetDateTime::UNIX_EPOCH);
+        assert_eq!(ceil_secs(t), 100);
+        assert_eq!(ceil_secs(t + time::Duration::milliseconds(1)), 101);
+        assert_eq!(ceil_secs(t - time::Duration::milliseconds(1)), 100);
+        assert_eq!(secs(t - time::Duration::milliseconds(1)), 99);
+    }
+
+    #[test]
+    fn issuer_kind_round_trips() {
+        assert_eq!(
+            parse_issuer_kind(issuer_kind(IssuerKind::Internal)),
+            Some(IssuerKind::Internal)
+        );
+    }
+}

@@ -1,0 +1,1855 @@
+//! Behaviour suite of the `MetadataStore` port.
+//!
+//! Every case in [`suite`] is an async function over `&dyn MetadataStore` and
+//! knows nothing about the backend. Each backend runs the whole suite through
+//! `metadata_store_suite!` with its own way of opening a fresh, empty store
+//! (see the `sqlite_memory` and `sqlite_file` modules at the bottom; PostgreSQL
+//! adds its own module the same way). Backend-specific behaviour (files,
+//! reopening, pragmas) is tested outside the suite.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use certflow_store::SqliteStore;
+
+/// Backend-agnostic cases. Times are whole seconds: stores keep unix seconds.
+mod suite {
+    use std::collections::BTreeMap;
+
+    use certflow_core::DomainError;
+    use certflow_core::model::{
+        Actor, AuditEvent, AuditQuery, Certificate, CertificateQuery, CertificateStatus,
+        CertificateVersion, Issuer, IssuerKind, KeySource, KeyType, Outcome, RenewalPolicy,
+        RevocationReason, SortKey, VersionStatus,
+    };
+    use certflow_core::ports::MetadataStore;
+    use certflow_core::{Profile, SubjectName};
+    use serde_json::json;
+    use time::{Duration, OffsetDateTime};
+    use uuid::Uuid;
+
+    /// 2026-01-01T00:00:00Z.
+    const T0: i64 = 1_767_225_600;
+    const DAY: i64 = 86_400;
+
+    fn at(secs: i64) -> OffsetDateTime {
+        OffsetDateTime::from_unix_timestamp(secs).unwrap()
+    }
+
+    fn dns(s: &str) -> SubjectName {
+        SubjectName::Dns(s.to_owned())
+    }
+
+    fn ip(s: &str) -> SubjectName {
+        SubjectName::Ip(s.parse().unwrap())
+    }
+
+    fn actor() -> Actor {
+        Actor {
+            subject: "alice".into(),
+            source: Some("192.0.2.7".into()),
+        }
+    }
+
+    fn event(action: &str, target: &str) -> AuditEvent {
+        AuditEvent::success(at(T0), &actor(), action, target, json!({ "why": "test" }))
+    }
+
+    fn issuer(name: &str, is_default: bool) -> Issuer {
+        Issuer {
+            id: Uuid::new_v4(),
+            name: name.into(),
+            kind: IssuerKind::Internal,
+            is_default,
+            key_type: KeyType::EcdsaP384,
+            issuing_cert_pem: format!(
+                "-----BEGIN CERTIFICATE-----\n{name}\n-----END CERTIFICATE-----\n"
+            ),
+            chain_pem: "-----BEGIN CERTIFICATE-----\nroot\n-----END CERTIFICATE-----\n".into(),
+            key_blob: format!("issuers/{name}/issuing.key"),
+            root_key_blob: Some(format!("issuers/{name}/root.key")),
+            subject: format!("CN={name} Issuing CA"),
+            not_after: at(T0 + 3650 * DAY),
+            created_at: at(T0),
+        }
+    }
+
+    fn certificate(issuer: &Issuer, name: &str, team: &str) -> Certificate {
+        Certificate {
+            id: Uuid::new_v4(),
+            name: name.into(),
+            team: team.into(),
+            labels: BTreeMap::new(),
+            profile: Profile::TlsServer,
+            key_type: KeyType::EcdsaP256,
+            key_source: KeySource::Server,
+            names: vec![dns(name)],
+            validity_days: 90,
+            issuer_id: issuer.id,
+            renewal: RenewalPolicy::default(),
+            status: CertificateStatus::Active,
+            current_version: 1,
+            not_after: at(T0 + 90 * DAY),
+            renew_after: at(T0 + 60 * DAY),
+            created_at: at(T0),
+            updated_at: at(T0),
+        }
+    }
+
+    fn version(cert: &Certificate, number: u32) -> CertificateVersion {
+        CertificateVersion {
+            certificate_id: cert.id,
+            version: number,
+            serial: Uuid::new_v4().simple().to_string(),
+            fingerprint_sha256: format!("{:064x}", u128::from(number)),
+            not_before: at(T0 + i64::from(number) * DAY),
+            not_after: cert.not_after,
+            key_type: cert.key_type,
+            names: cert.names.clone(),
+            issuer_id: cert.issuer_id,
+            status: VersionStatus::Current,
+            revoked_at: None,
+            revocation_reason: None,
+            cert_blob: format!("certificates/{}/{number}.der", cert.id),
+            key_blob: Some(format!("certificates/{}/{number}.key", cert.id)),
+            created_at: at(T0 + i64::from(number) * DAY),
+        }
+    }
+
+    async fn seed_issuer(store: &dyn MetadataStore) -> Issuer {
+        let issuer = issuer("main", true);
+        store
+            .insert_issuer(&issuer, &event("issuer.create", "issuer/main"))
+            .await
+            .unwrap();
+        issuer
+    }
+
+    async fn create(store: &dyn MetadataStore, cert: &Certificate) -> CertificateVersion {
+        let first = version(cert, 1);
+        store
+            .create_certificate(cert, &first, &event("certificate.create", &target(cert)))
+            .await
+            .unwrap();
+        first
+    }
+
+    fn target(cert: &Certificate) -> String {
+        format!("certificate/{}", cert.id)
+    }
+
+    fn query() -> CertificateQuery {
+        CertificateQuery {
+            limit: 500,
+            ..CertificateQuery::default()
+        }
+    }
+
+    async fn ids(store: &dyn MetadataStore, q: &CertificateQuery) -> Vec<Uuid> {
+        store
+            .list_certificates(q)
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .map(|c| c.id)
+            .collect()
+    }
+
+    fn sorted(mut v: Vec<Uuid>) -> Vec<Uuid> {
+        v.sort();
+        v
+    }
+
+    fn assert_conflict<T: std::fmt::Debug>(result: Result<T, DomainError>, needles: &[&str]) {
+        match result {
+            Err(DomainError::Conflict(message)) => {
+                for needle in needles {
+                    assert!(message.contains(needle), "{message:?} lacks {needle:?}");
+                }
+            }
+            other => panic!("expected Conflict, got {other:?}"),
+        }
+    }
+
+    fn assert_not_found<T: std::fmt::Debug>(result: Result<T, DomainError>) {
+        assert!(
+            matches!(result, Err(DomainError::NotFound(_))),
+            "expected NotFound, got {result:?}"
+        );
+    }
+
+    async fn audit_ids(store: &dyn MetadataStore, q: AuditQuery) -> Vec<Uuid> {
+        let q = AuditQuery { limit: 500, ..q };
+        store
+            .list_audit(&q)
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .map(|e| e.id)
+            .collect()
+    }
+
+    // ---------------------------------------------------------------- basics
+
+    pub async fn ping_answers(store: &dyn MetadataStore) {
+        store.ping().await.unwrap();
+    }
+
+    pub async fn settings_round_trip_and_overwrite(store: &dyn MetadataStore) {
+        assert_eq!(
+            store.get_setting("bootstrap.token_hash").await.unwrap(),
+            None
+        );
+        store
+            .put_setting("bootstrap.token_hash", "abc")
+            .await
+            .unwrap();
+        store
+            .put_setting("other", "x'); DROP TABLE settings; --")
+            .await
+            .unwrap();
+        assert_eq!(
+            store
+                .get_setting("bootstrap.token_hash")
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("abc")
+        );
+        store
+            .put_setting("bootstrap.token_hash", "def")
+            .await
+            .unwrap();
+        assert_eq!(
+            store
+                .get_setting("bootstrap.token_hash")
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("def")
+        );
+        assert_eq!(
+            store.get_setting("other").await.unwrap().as_deref(),
+            Some("x'); DROP TABLE settings; --")
+        );
+    }
+
+    // --------------------------------------------------------------- issuers
+
+    pub async fn issuer_round_trips_every_field(store: &dyn MetadataStore) {
+        let mut imported = issuer("imported", false);
+        imported.root_key_blob = None;
+        imported.key_type = KeyType::Rsa4096;
+        imported.created_at = at(T0 - DAY);
+        let main = issuer("main", true);
+        let audit = event("issuer.import", "issuer/imported");
+        store.insert_issuer(&imported, &audit).await.unwrap();
+        store
+            .insert_issuer(&main, &event("issuer.create", "issuer/main"))
+            .await
+            .unwrap();
+
+        assert_eq!(
+            store.get_issuer(imported.id).await.unwrap(),
+            Some(imported.clone())
+        );
+        assert_eq!(store.get_issuer(main.id).await.unwrap(), Some(main.clone()));
+        assert_eq!(store.get_issuer(Uuid::new_v4()).await.unwrap(), None);
+        // Default first, although it was created later.
+        assert_eq!(store.list_issuers().await.unwrap(), vec![main, imported]);
+        let trail = store
+            .list_audit(&AuditQuery {
+                target: Some("issuer/imported".into()),
+                limit: 10,
+                ..AuditQuery::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(trail.items, vec![audit]);
+    }
+
+    pub async fn issuer_conflicts(store: &dyn MetadataStore) {
+        let main = seed_issuer(store).await;
+        let again = store
+            .insert_issuer(&main, &event("issuer.create", "issuer/main"))
+            .await;
+        assert_conflict(again, &["already exists"]);
+        let second_default = issuer("second", true);
+        let result = store
+            .insert_issuer(&second_default, &event("issuer.create", "issuer/second"))
+            .await;
+        assert_conflict(result, &["default"]);
+        assert_eq!(store.get_issuer(second_default.id).await.unwrap(), None);
+    }
+
+    pub async fn set_default_issuer_moves_the_flag(store: &dyn MetadataStore) {
+        let main = seed_issuer(store).await;
+        let other = issuer("other", false);
+        store
+            .insert_issuer(&other, &event("issuer.import", "issuer/other"))
+            .await
+            .unwrap();
+        store
+            .set_default_issuer(other.id, &event("issuer.set-default", "issuer/other"))
+            .await
+            .unwrap();
+        let list = store.list_issuers().await.unwrap();
+        assert_eq!(
+            list.iter()
+                .map(|i| (i.id, i.is_default))
+                .collect::<Vec<_>>(),
+            vec![(other.id, true), (main.id, false)]
+        );
+        // Idempotent for the current default.
+        store
+            .set_default_issuer(other.id, &event("issuer.set-default", "issuer/other"))
+            .await
+            .unwrap();
+        assert!(
+            store
+                .get_issuer(other.id)
+                .await
+                .unwrap()
+                .unwrap()
+                .is_default
+        );
+
+        let missing = Uuid::new_v4();
+        let audit = event("issuer.set-default", "issuer/missing");
+        assert_not_found(store.set_default_issuer(missing, &audit).await);
+        // Nothing changed, not even the audit trail.
+        assert!(
+            store
+                .get_issuer(other.id)
+                .await
+                .unwrap()
+                .unwrap()
+                .is_default
+        );
+        assert!(!store.get_issuer(main.id).await.unwrap().unwrap().is_default);
+        assert!(
+            audit_ids(
+                store,
+                AuditQuery {
+                    target: Some("issuer/missing".into()),
+                    ..AuditQuery::default()
+                }
+            )
+            .await
+            .is_empty()
+        );
+    }
+
+    // ---------------------------------------------------------- certificates
+
+    pub async fn certificate_round_trips_every_field(store: &dyn MetadataStore) {
+        let issuer = seed_issuer(store).await;
+        let mut cert = certificate(&issuer, "api.example.com", "payments");
+        cert.labels = BTreeMap::from([
+            ("env".to_owned(), "prod".to_owned()),
+            ("owner".to_owned(), "Ünïcode & 'quotes' %_".to_owned()),
+        ]);
+        cert.profile = Profile::TlsClient;
+        cert.key_type = KeyType::Ed25519;
+        cert.key_source = KeySource::Csr;
+        cert.names = vec![
+            dns("api.example.com"),
+            dns("*.api.example.com"),
+            ip("10.0.0.1"),
+            ip("2001:db8::1"),
+        ];
+        cert.validity_days = 47;
+        cert.renewal = RenewalPolicy {
+            renew_at_fraction: 2.0 / 3.0,
+            renew_before_days: Some(14),
+        };
+        cert.not_after = at(T0 + 47 * DAY);
+        cert.renew_after = at(T0 + 33 * DAY);
+        cert.created_at = at(T0 + 5);
+        cert.updated_at = at(T0 + 6);
+        let mut first = version(&cert, 1);
+        first.key_type = KeyType::Ed25519;
+        first.names = cert.names.clone();
+        first.key_blob = None;
+        let audit = event("certificate.create", &target(&cert));
+        store
+            .create_certificate(&cert, &first, &audit)
+            .await
+            .unwrap();
+
+        assert_eq!(
+            store.get_certificate(cert.id).await.unwrap(),
+            Some(cert.clone())
+        );
+        assert_eq!(store.list_versions(cert.id).await.unwrap(), vec![first]);
+        let listed = store.list_certificates(&query()).await.unwrap();
+        assert_eq!(listed.items, vec![cert.clone()]);
+        assert_eq!(listed.total, 1);
+        let trail = store
+            .list_audit(&AuditQuery {
+                target: Some(target(&cert)),
+                limit: 10,
+                ..AuditQuery::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(trail.items, vec![audit]);
+
+        // Optional fields absent.
+        let mut plain = certificate(&issuer, "plain.example.com", "payments");
+        plain.renewal.renew_before_days = None;
+        create(store, &plain).await;
+        let got = store.get_certificate(plain.id).await.unwrap().unwrap();
+        assert_eq!(got, plain);
+        assert!(got.labels.is_empty());
+    }
+
+    pub async fn unknown_ids_read_as_absent(store: &dyn MetadataStore) {
+        seed_issuer(store).await;
+        let missing = Uuid::new_v4();
+        assert_eq!(store.get_certificate(missing).await.unwrap(), None);
+        assert!(store.list_versions(missing).await.unwrap().is_empty());
+        assert!(store.list_revoked(missing).await.unwrap().is_empty());
+        let empty = store.list_certificates(&query()).await.unwrap();
+        assert!(empty.items.is_empty());
+        assert_eq!(empty.total, 0);
+    }
+
+    pub async fn times_are_kept_in_whole_seconds(store: &dyn MetadataStore) {
+        let issuer = seed_issuer(store).await;
+        let mut cert = certificate(&issuer, "frac.example.com", "t");
+        cert.created_at = at(T0) + Duration::milliseconds(700);
+        create(store, &cert).await;
+        let got = store.get_certificate(cert.id).await.unwrap().unwrap();
+        assert_eq!(got.created_at, at(T0));
+    }
+
+    pub async fn certificate_name_is_unique_per_team_until_archived(store: &dyn MetadataStore) {
+        let issuer = seed_issuer(store).await;
+        let first = certificate(&issuer, "api.example.com", "payments");
+        create(store, &first).await;
+
+        let twin = certificate(&issuer, "api.example.com", "payments");
+        let result = store
+            .create_certificate(
+                &twin,
+                &version(&twin, 1),
+                &event("certificate.create", &target(&twin)),
+            )
+            .await;
+        assert_conflict(result, &["api.example.com", "payments"]);
+        assert_eq!(store.get_certificate(twin.id).await.unwrap(), None);
+
+        // Another team may use the name.
+        let elsewhere = certificate(&issuer, "api.example.com", "billing");
+        create(store, &elsewhere).await;
+
+        // A revoked certificate still holds its name.
+        store
+            .revoke_version(
+                first.id,
+                1,
+                RevocationReason::Superseded,
+                at(T0 + DAY),
+                &event("certificate.revoke", &target(&first)),
+            )
+            .await
+            .unwrap();
+        let result = store
+            .create_certificate(
+                &twin,
+                &version(&twin, 1),
+                &event("certificate.create", &target(&twin)),
+            )
+            .await;
+        assert_conflict(result, &["api.example.com", "payments"]);
+
+        // Archiving frees it.
+        store
+            .archive_certificate(
+                first.id,
+                at(T0 + DAY),
+                &event("certificate.archive", &target(&first)),
+            )
+            .await
+            .unwrap();
+        create(store, &twin).await;
+        assert_eq!(store.get_certificate(twin.id).await.unwrap(), Some(twin));
+
+        // The same id twice is a conflict of its own.
+        let again = store
+            .create_certificate(
+                &first,
+                &version(&first, 1),
+                &event("certificate.create", &target(&first)),
+            )
+            .await;
+        assert_conflict(again, &[&first.id.to_string()]);
+    }
+
+    pub async fn serial_is_unique_per_issuer(store: &dyn MetadataStore) {
+        let main = seed_issuer(store).await;
+        let other = issuer("other", false);
+        store
+            .insert_issuer(&other, &event("issuer.import", "issuer/other"))
+            .await
+            .unwrap();
+        let a = certificate(&main, "a.example.com", "t");
+        let va = create(store, &a).await;
+
+        let b = certificate(&main, "b.example.com", "t");
+        let mut vb = version(&b, 1);
+        vb.serial = va.serial.clone();
+        let result = store
+            .create_certificate(&b, &vb, &event("certificate.create", &target(&b)))
+            .await;
+        assert_conflict(result, &[&va.serial]);
+        // Rolled back as a whole: the certificate row is gone too.
+        assert_eq!(store.get_certificate(b.id).await.unwrap(), None);
+
+        // Same serial under another issuer is fine.
+        let c = certificate(&other, "c.example.com", "t");
+        let mut vc = version(&c, 1);
+        vc.serial = va.serial.clone();
+        store
+            .create_certificate(&c, &vc, &event("certificate.create", &target(&c)))
+            .await
+            .unwrap();
+
+        // add_version checks it too.
+        let mut v2 = version(&a, 2);
+        v2.serial = va.serial.clone();
+        let result = store
+            .add_version(&a, &v2, &event("certificate.renew", &target(&a)))
+            .await;
+        assert_conflict(result, &[&va.serial]);
+    }
+
+    pub async fn create_checks_issuer_and_first_version(store: &dyn MetadataStore) {
+        let main = seed_issuer(store).await;
+        let ghost = issuer("ghost", false);
+        let cert = certificate(&ghost, "x.example.com", "t");
+        let result = store
+            .create_certificate(
+                &cert,
+                &version(&cert, 1),
+                &event("certificate.create", &target(&cert)),
+            )
+            .await;
+        assert_not_found(result);
+
+        let cert = certificate(&main, "x.example.com", "t");
+        let result = store
+            .create_certificate(
+                &cert,
+                &version(&cert, 2),
+                &event("certificate.create", &target(&cert)),
+            )
+            .await;
+        assert_conflict(result, &["1"]);
+        assert_eq!(store.get_certificate(cert.id).await.unwrap(), None);
+    }
+
+    // -------------------------------------------------------------- versions
+
+    pub async fn add_version_supersedes_and_updates_the_certificate(store: &dyn MetadataStore) {
+        let issuer = seed_issuer(store).await;
+        let mut cert = certificate(&issuer, "api.example.com", "payments");
+        cert.labels = BTreeMap::from([("env".to_owned(), "prod".to_owned())]);
+        let v1 = create(store, &cert).await;
+
+        let mut renewed = cert.clone();
+        renewed.current_version = 2;
+        renewed.names = vec![
+            dns("api.example.com"),
+            dns("api2.example.org"),
+            ip("192.0.2.10"),
+        ];
+        renewed.not_after = at(T0 + 180 * DAY);
+        renewed.renew_after = at(T0 + 150 * DAY);
+        renewed.updated_at = at(T0 + 100 * DAY);
+        let mut v2 = version(&renewed, 2);
+        v2.names = renewed.names.clone();
+        v2.not_after = renewed.not_after;
+        store
+            .add_version(&renewed, &v2, &event("certificate.renew", &target(&cert)))
+            .await
+            .unwrap();
+
+        assert_eq!(
+            store.get_certificate(cert.id).await.unwrap(),
+            Some(renewed.clone())
+        );
+        let superseded = CertificateVersion {
+            status: VersionStatus::Superseded,
+            ..v1
+        };
+        assert_eq!(
+            store.list_versions(cert.id).await.unwrap(),
+            vec![v2.clone(), superseded.clone()]
+        );
+
+        // The searchable names follow the certificate.
+        let search = |s: &str| CertificateQuery {
+            search: Some(s.into()),
+            ..query()
+        };
+        assert_eq!(ids(store, &search("api2.example")).await, vec![cert.id]);
+        assert_eq!(ids(store, &search("192.0.2.10")).await, vec![cert.id]);
+
+        let mut dropped = renewed.clone();
+        dropped.current_version = 3;
+        dropped.names = vec![dns("api.example.com")];
+        dropped.updated_at = at(T0 + 200 * DAY);
+        let v3 = version(&dropped, 3);
+        store
+            .add_version(&dropped, &v3, &event("certificate.renew", &target(&cert)))
+            .await
+            .unwrap();
+        assert!(ids(store, &search("api2.example")).await.is_empty());
+        let statuses: Vec<(u32, VersionStatus)> = store
+            .list_versions(cert.id)
+            .await
+            .unwrap()
+            .iter()
+            .map(|v| (v.version, v.status))
+            .collect();
+        assert_eq!(
+            statuses,
+            vec![
+                (3, VersionStatus::Current),
+                (2, VersionStatus::Superseded),
+                (1, VersionStatus::Superseded)
+            ]
+        );
+    }
+
+    pub async fn add_version_requires_the_next_number(store: &dyn MetadataStore) {
+        let issuer = seed_issuer(store).await;
+        let cert = certificate(&issuer, "api.example.com", "payments");
+        let v1 = create(store, &cert).await;
+
+        for wrong in [1, 3, 0] {
+            let mut next = cert.clone();
+            next.current_version = wrong;
+            let audit = event("certificate.renew", &format!("gap/{wrong}"));
+            let result = store
+                .add_version(&next, &version(&next, wrong), &audit)
+                .await;
+            assert_conflict(result, &["2"]);
+            assert!(
+                audit_ids(
+                    store,
+                    AuditQuery {
+                        target: Some(format!("gap/{wrong}")),
+                        ..AuditQuery::default()
+                    }
+                )
+                .await
+                .is_empty()
+            );
+        }
+        assert_eq!(
+            store.get_certificate(cert.id).await.unwrap(),
+            Some(cert.clone())
+        );
+        assert_eq!(store.list_versions(cert.id).await.unwrap(), vec![v1]);
+
+        let ghost = certificate(&issuer, "ghost.example.com", "payments");
+        let result = store
+            .add_version(
+                &ghost,
+                &version(&ghost, 2),
+                &event("certificate.renew", &target(&ghost)),
+            )
+            .await;
+        assert_not_found(result);
+    }
+
+    pub async fn add_version_keeps_a_revoked_version_revoked(store: &dyn MetadataStore) {
+        let issuer = seed_issuer(store).await;
+        let cert = certificate(&issuer, "api.example.com", "payments");
+        create(store, &cert).await;
+        store
+            .revoke_version(
+                cert.id,
+                1,
+                RevocationReason::KeyCompromise,
+                at(T0 + DAY),
+                &event("certificate.revoke", &target(&cert)),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            store
+                .get_certificate(cert.id)
+                .await
+                .unwrap()
+                .unwrap()
+                .status,
+            CertificateStatus::Revoked
+        );
+
+        let mut renewed = cert.clone();
+        renewed.current_version = 2;
+        renewed.status = CertificateStatus::Active;
+        renewed.updated_at = at(T0 + 2 * DAY);
+        let v2 = version(&renewed, 2);
+        store
+            .add_version(&renewed, &v2, &event("certificate.renew", &target(&cert)))
+            .await
+            .unwrap();
+        let versions = store.list_versions(cert.id).await.unwrap();
+        assert_eq!(versions[0], v2);
+        assert_eq!(versions[1].status, VersionStatus::Revoked);
+        assert_eq!(versions[1].revoked_at, Some(at(T0 + DAY)));
+        assert_eq!(
+            versions[1].revocation_reason,
+            Some(RevocationReason::KeyCompromise)
+        );
+        assert_eq!(store.get_certificate(cert.id).await.unwrap(), Some(renewed));
+    }
+
+    /// Racing renewals to the same number: the check and the insert are one
+    /// transaction, so exactly one wins.
+    pub async fn concurrent_renewals_allow_exactly_one(store: &dyn MetadataStore) {
+        let issuer = seed_issuer(store).await;
+        let cert = certificate(&issuer, "race.example.com", "t");
+        create(store, &cert).await;
+        let mut renewed = cert.clone();
+        renewed.current_version = 2;
+        let attempt = || {
+            let v2 = version(&renewed, 2);
+            let renewed = renewed.clone();
+            let audit = event("certificate.renew", &target(&cert));
+            async move { store.add_version(&renewed, &v2, &audit).await }
+        };
+        let (a, b, c, d) = tokio::join!(attempt(), attempt(), attempt(), attempt());
+        let results = [a, b, c, d];
+        assert_eq!(
+            results.iter().filter(|r| r.is_ok()).count(),
+            1,
+            "{results:?}"
+        );
+        for r in results.into_iter().filter(Result::is_err) {
+            assert_conflict(r, &["version"]);
+        }
+        assert_eq!(store.list_versions(cert.id).await.unwrap().len(), 2);
+    }
+
+    pub async fn revoke_transitions(store: &dyn MetadataStore) {
+        let main = seed_issuer(store).await;
+        let cert = certificate(&main, "api.example.com", "payments");
+        create(store, &cert).await;
+        let mut renewed = cert.clone();
+        renewed.current_version = 2;
+        let v2 = version(&renewed, 2);
+        store
+            .add_version(&renewed, &v2, &event("certificate.renew", &target(&cert)))
+            .await
+            .unwrap();
+
+        // A superseded version: the certificate stays active.
+        store
+            .revoke_version(
+                cert.id,
+                1,
+                RevocationReason::Superseded,
+                at(T0 + 10 * DAY),
+                &event("certificate.revoke", &target(&cert)),
+            )
+            .await
+            .unwrap();
+        let got = store.get_certificate(cert.id).await.unwrap().unwrap();
+        assert_eq!(got.status, CertificateStatus::Active);
+        assert_eq!(got.updated_at, at(T0 + 10 * DAY));
+
+        // Twice: conflict, and nothing recorded.
+        let audit = event("certificate.revoke", "twice");
+        let result = store
+            .revoke_version(
+                cert.id,
+                1,
+                RevocationReason::KeyCompromise,
+                at(T0 + 11 * DAY),
+                &audit,
+            )
+            .await;
+        assert_conflict(result, &["already revoked"]);
+        assert!(
+            audit_ids(
+                store,
+                AuditQuery {
+                    target: Some("twice".into()),
+                    ..AuditQuery::default()
+                }
+            )
+            .await
+            .is_empty()
+        );
+
+        // The current version: the certificate becomes revoked.
+        store
+            .revoke_version(
+                cert.id,
+                2,
+                RevocationReason::CessationOfOperation,
+                at(T0 + 12 * DAY),
+                &event("certificate.revoke", &target(&cert)),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            store
+                .get_certificate(cert.id)
+                .await
+                .unwrap()
+                .unwrap()
+                .status,
+            CertificateStatus::Revoked
+        );
+        let versions = store.list_versions(cert.id).await.unwrap();
+        assert_eq!(
+            versions
+                .iter()
+                .map(|v| (v.version, v.status, v.revoked_at, v.revocation_reason))
+                .collect::<Vec<_>>(),
+            vec![
+                (
+                    2,
+                    VersionStatus::Revoked,
+                    Some(at(T0 + 12 * DAY)),
+                    Some(RevocationReason::CessationOfOperation)
+                ),
+                (
+                    1,
+                    VersionStatus::Revoked,
+                    Some(at(T0 + 10 * DAY)),
+                    Some(RevocationReason::Superseded)
+                ),
+            ]
+        );
+
+        // Missing version or certificate.
+        assert_not_found(
+            store
+                .revoke_version(
+                    cert.id,
+                    3,
+                    RevocationReason::Unspecified,
+                    at(T0),
+                    &event("certificate.revoke", &target(&cert)),
+                )
+                .await,
+        );
+        assert_not_found(
+            store
+                .revoke_version(
+                    Uuid::new_v4(),
+                    1,
+                    RevocationReason::Unspecified,
+                    at(T0),
+                    &event("certificate.revoke", "x"),
+                )
+                .await,
+        );
+    }
+
+    pub async fn revoking_an_archived_certificate_keeps_it_archived(store: &dyn MetadataStore) {
+        let issuer = seed_issuer(store).await;
+        let cert = certificate(&issuer, "old.example.com", "t");
+        create(store, &cert).await;
+        store
+            .archive_certificate(
+                cert.id,
+                at(T0 + DAY),
+                &event("certificate.archive", &target(&cert)),
+            )
+            .await
+            .unwrap();
+        store
+            .revoke_version(
+                cert.id,
+                1,
+                RevocationReason::KeyCompromise,
+                at(T0 + 2 * DAY),
+                &event("certificate.revoke", &target(&cert)),
+            )
+            .await
+            .unwrap();
+        let got = store.get_certificate(cert.id).await.unwrap().unwrap();
+        assert_eq!(got.status, CertificateStatus::Archived);
+        assert_eq!(
+            store.list_versions(cert.id).await.unwrap()[0].status,
+            VersionStatus::Revoked
+        );
+    }
+
+    pub async fn list_revoked_is_per_issuer(store: &dyn MetadataStore) {
+        let main = seed_issuer(store).await;
+        let other = issuer("other", false);
+        store
+            .insert_issuer(&other, &event("issuer.import", "issuer/other"))
+            .await
+            .unwrap();
+        let a = certificate(&main, "a.example.com", "t");
+        let b = certificate(&main, "b.example.com", "t");
+        let c = certificate(&other, "c.example.com", "t");
+        let d = certificate(&main, "d.example.com", "t");
+        let (va, vb, vc) = (
+            create(store, &a).await,
+            create(store, &b).await,
+            create(store, &c).await,
+        );
+        create(store, &d).await;
+        for (cert, when) in [(&b, 5), (&a, 7), (&c, 6)] {
+            store
+                .revoke_version(
+                    cert.id,
+                    1,
+                    RevocationReason::AffiliationChanged,
+                    at(T0 + when),
+                    &event("certificate.revoke", &target(cert)),
+                )
+                .await
+                .unwrap();
+        }
+        let revoked = |v: CertificateVersion, when: i64| CertificateVersion {
+            status: VersionStatus::Revoked,
+            revoked_at: Some(at(T0 + when)),
+            revocation_reason: Some(RevocationReason::AffiliationChanged),
+            ..v
+        };
+        assert_eq!(
+            store.list_revoked(main.id).await.unwrap(),
+            vec![revoked(vb, 5), revoked(va, 7)]
+        );
+        assert_eq!(
+            store.list_revoked(other.id).await.unwrap(),
+            vec![revoked(vc, 6)]
+        );
+    }
+
+    pub async fn archive_transitions(store: &dyn MetadataStore) {
+        let issuer = seed_issuer(store).await;
+        let cert = certificate(&issuer, "api.example.com", "payments");
+        create(store, &cert).await;
+        store
+            .archive_certificate(
+                cert.id,
+                at(T0 + 3 * DAY),
+                &event("certificate.archive", &target(&cert)),
+            )
+            .await
+            .unwrap();
+        let got = store.get_certificate(cert.id).await.unwrap().unwrap();
+        assert_eq!(got.status, CertificateStatus::Archived);
+        assert_eq!(got.updated_at, at(T0 + 3 * DAY));
+        // Versions are history and stay as they were.
+        assert_eq!(
+            store.list_versions(cert.id).await.unwrap()[0].status,
+            VersionStatus::Current
+        );
+
+        let audit = event("certificate.archive", "again");
+        assert_conflict(
+            store
+                .archive_certificate(cert.id, at(T0 + 4 * DAY), &audit)
+                .await,
+            &["already archived"],
+        );
+        assert_not_found(
+            store
+                .archive_certificate(
+                    Uuid::new_v4(),
+                    at(T0),
+                    &event("certificate.archive", "missing"),
+                )
+                .await,
+        );
+        assert!(
+            audit_ids(
+                store,
+                AuditQuery {
+                    target: Some("again".into()),
+                    ..AuditQuery::default()
+                }
+            )
+            .await
+            .is_empty()
+        );
+    }
+
+    // ------------------------------------------------------------ atomicity
+
+    /// A failing audit insert (its id already used) must undo the whole change.
+    pub async fn audit_failure_rolls_back_every_mutation(store: &dyn MetadataStore) {
+        let main = seed_issuer(store).await;
+        let used = event("used", "used");
+        store.append_audit(&used).await.unwrap();
+        let reuse = |action: &str| AuditEvent {
+            action: action.into(),
+            ..used.clone()
+        };
+        let assert_dup = |result: Result<(), DomainError>| {
+            assert_conflict(result, &["audit event", &used.id.to_string()]);
+        };
+
+        // insert_issuer
+        let other = issuer("other", false);
+        assert_dup(store.insert_issuer(&other, &reuse("issuer.create")).await);
+        assert_eq!(store.get_issuer(other.id).await.unwrap(), None);
+        store
+            .insert_issuer(&other, &event("issuer.create", "issuer/other"))
+            .await
+            .unwrap();
+
+        // set_default_issuer
+        assert_dup(
+            store
+                .set_default_issuer(other.id, &reuse("issuer.set-default"))
+                .await,
+        );
+        assert!(store.get_issuer(main.id).await.unwrap().unwrap().is_default);
+        assert!(
+            !store
+                .get_issuer(other.id)
+                .await
+                .unwrap()
+                .unwrap()
+                .is_default
+        );
+
+        // create_certificate: no certificate, version, name or label survives.
+        let mut cert = certificate(&main, "atomic.example.com", "t");
+        cert.labels = BTreeMap::from([("k".to_owned(), "v".to_owned())]);
+        let first = version(&cert, 1);
+        assert_dup(
+            store
+                .create_certificate(&cert, &first, &reuse("certificate.create"))
+                .await,
+        );
+        assert_eq!(store.get_certificate(cert.id).await.unwrap(), None);
+        assert!(store.list_versions(cert.id).await.unwrap().is_empty());
+        let by_label = CertificateQuery {
+            labels: cert.labels.clone(),
+            ..query()
+        };
+        assert_eq!(store.list_certificates(&by_label).await.unwrap().total, 0);
+        // The same serial and name are still free.
+        store
+            .create_certificate(&cert, &first, &event("certificate.create", &target(&cert)))
+            .await
+            .unwrap();
+
+        // add_version
+        let mut renewed = cert.clone();
+        renewed.current_version = 2;
+        renewed.names = vec![dns("changed.example.com")];
+        renewed.updated_at = at(T0 + DAY);
+        assert_dup(
+            store
+                .add_version(&renewed, &version(&renewed, 2), &reuse("certificate.renew"))
+                .await,
+        );
+        assert_eq!(
+            store.get_certificate(cert.id).await.unwrap(),
+            Some(cert.clone())
+        );
+        assert_eq!(
+            store.list_versions(cert.id).await.unwrap(),
+            vec![first.clone()]
+        );
+        let search = CertificateQuery {
+            search: Some("changed".into()),
+            ..query()
+        };
+        assert_eq!(store.list_certificates(&search).await.unwrap().total, 0);
+
+        // revoke_version
+        assert_dup(
+            store
+                .revoke_version(
+                    cert.id,
+                    1,
+                    RevocationReason::KeyCompromise,
+                    at(T0 + DAY),
+                    &reuse("certificate.revoke"),
+                )
+                .await,
+        );
+        assert_eq!(
+            store.get_certificate(cert.id).await.unwrap(),
+            Some(cert.clone())
+        );
+        assert_eq!(store.list_versions(cert.id).await.unwrap(), vec![first]);
+        assert!(store.list_revoked(main.id).await.unwrap().is_empty());
+
+        // archive_certificate
+        assert_dup(
+            store
+                .archive_certificate(cert.id, at(T0 + DAY), &reuse("certificate.archive"))
+                .await,
+        );
+        assert_eq!(store.get_certificate(cert.id).await.unwrap(), Some(cert));
+
+        // Only the original event carries that id.
+        let trail = store
+            .list_audit(&AuditQuery {
+                target: Some("used".into()),
+                limit: 10,
+                ..AuditQuery::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(trail.items, vec![used]);
+    }
+
+    // --------------------------------------------------------------- listing
+
+    struct Fixture {
+        api: Uuid,
+        billing: Uuid,
+        db: Uuid,
+        legacy: Uuid,
+        percent: Uuid,
+        underscore: Uuid,
+    }
+
+    /// Six certificates covering every filter dimension.
+    async fn listing_fixture(store: &dyn MetadataStore) -> Fixture {
+        let issuer = seed_issuer(store).await;
+        let labels = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect::<BTreeMap<_, _>>()
+        };
+
+        let mut api = certificate(&issuer, "api.example.com", "payments");
+        api.names = vec![dns("api.example.com"), dns("www.api.example.com")];
+        api.labels = labels(&[("env", "prod"), ("tier", "web")]);
+        api.not_after = at(T0 + 30 * DAY);
+
+        let mut billing = certificate(&issuer, "Billing Portal", "billing");
+        billing.names = vec![dns("billing.internal"), ip("10.1.2.3")];
+        billing.labels = labels(&[("env", "prod"), ("tier", "web")]);
+        billing.not_after = at(T0 + 60 * DAY);
+
+        let mut db = certificate(&issuer, "db", "payments");
+        db.names = vec![dns("db.example.net")];
+        db.labels = labels(&[("env", "staging"), ("tier", "data")]);
+        db.not_after = at(T0 + 10 * DAY);
+
+        let mut legacy = certificate(&issuer, "legacy.example.com", "payments");
+        legacy.labels = labels(&[("env", "prod")]);
+        legacy.not_after = at(T0 + 5 * DAY);
+
+        let mut percent = certificate(&issuer, "100%-ready", "qa");
+        percent.names = vec![dns("ready.example.org")];
+        percent.not_after = at(T0 + 90 * DAY);
+
+        let mut underscore = certificate(&issuer, "100x-ready", "qa");
+        underscore.names = vec![dns("other.example.org")];
+        underscore.labels = labels(&[("env", "prod")]);
+        underscore.not_after = at(T0 + 91 * DAY);
+
+        for cert in [&api, &billing, &db, &legacy, &percent, &underscore] {
+            create(store, cert).await;
+        }
+        store
+            .revoke_version(
+                db.id,
+                1,
+                RevocationReason::KeyCompromise,
+                at(T0 + DAY),
+                &event("certificate.revoke", &target(&db)),
+            )
+            .await
+            .unwrap();
+        store
+            .archive_certificate(
+                legacy.id,
+                at(T0 + DAY),
+                &event("certificate.archive", &target(&legacy)),
+            )
+            .await
+            .unwrap();
+        Fixture {
+            api: api.id,
+            billing: billing.id,
+            db: db.id,
+            legacy: legacy.id,
+            percent: percent.id,
+            underscore: underscore.id,
+        }
+    }
+
+    pub async fn list_filters_each_alone(store: &dyn MetadataStore) {
+        let f = listing_fixture(store).await;
+        let check = |q: CertificateQuery, want: Vec<Uuid>| async move {
+            let page = store.list_certificates(&q).await.unwrap();
+            assert_eq!(
+                sorted(page.items.iter().map(|c| c.id).collect()),
+                sorted(want.clone()),
+                "{q:?}"
+            );
+            assert_eq!(page.total, want.len() as u64, "{q:?}");
+        };
+        let search = |s: &str| CertificateQuery {
+            search: Some(s.into()),
+            ..query()
+        };
+
+        check(
+            query(),
+            vec![f.api, f.billing, f.db, f.legacy, f.percent, f.underscore],
+        )
+        .await;
+        // Search: name or any SAN, case-insensitive substring.
+        check(search("EXAMPLE.com"), vec![f.api, f.legacy]).await;
+        check(
+            search("example"),
+            vec![f.api, f.db, f.legacy, f.percent, f.underscore],
+        )
+        .await;
+        check(search("portal"), vec![f.billing]).await;
+        check(search("www.api"), vec![f.api]).await;
+        check(search("10.1.2"), vec![f.billing]).await;
+        check(search("nothing-matches"), vec![]).await;
+        // Team.
+        let team = |t: &str| CertificateQuery {
+            team: Some(t.into()),
+            ..query()
+        };
+        check(team("payments"), vec![f.api, f.db, f.legacy]).await;
+        check(team("Payments"), vec![]).await;
+        // Labels: all must match.
+        let labels = |pairs: &[(&str, &str)]| CertificateQuery {
+            labels: pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            ..query()
+        };
+        check(
+            labels(&[("env", "prod")]),
+            vec![f.api, f.billing, f.legacy, f.underscore],
+        )
+        .await;
+        check(
+            labels(&[("env", "prod"), ("tier", "web")]),
+            vec![f.api, f.billing],
+        )
+        .await;
+        check(labels(&[("env", "prod"), ("tier", "data")]), vec![]).await;
+        check(labels(&[("tier", "")]), vec![]).await;
+        // Status.
+        let status = |s: CertificateStatus| CertificateQuery {
+            status: Some(s),
+            ..query()
+        };
+        check(
+            status(CertificateStatus::Active),
+            vec![f.api, f.billing, f.percent, f.underscore],
+        )
+        .await;
+        check(status(CertificateStatus::Revoked), vec![f.db]).await;
+        check(status(CertificateStatus::Archived), vec![f.legacy]).await;
+        // Expiry: strictly before, to the second.
+        let before = |t: OffsetDateTime| CertificateQuery {
+            expires_before: Some(t),
+            ..query()
+        };
+        check(before(at(T0 + 30 * DAY)), vec![f.db, f.legacy]).await;
+        check(
+            before(at(T0 + 30 * DAY) + Duration::milliseconds(500)),
+            vec![f.api, f.db, f.legacy],
+        )
+        .await;
+        check(before(at(T0)), vec![]).await;
+    }
+
+    pub async fn list_filters_combined(store: &dyn MetadataStore) {
+        let f = listing_fixture(store).await;
+        let q = CertificateQuery {
+            search: Some("example".into()),
+            team: Some("payments".into()),
+            labels: BTreeMap::from([("env".to_owned(), "prod".to_owned())]),
+            status: Some(CertificateStatus::Active),
+            expires_before: Some(at(T0 + 31 * DAY)),
+            ..query()
+        };
+        assert_eq!(ids(store, &q).await, vec![f.api]);
+        // Without the status filter the archived one matches too (sorted by name).
+        let any_status = CertificateQuery {
+            status: None,
+            ..q.clone()
+        };
+        assert_eq!(ids(store, &any_status).await, vec![f.api, f.legacy]);
+        let none = CertificateQuery {
+            team: Some("qa".into()),
+            ..q
+        };
+        let page = store.list_certificates(&none).await.unwrap();
+        assert!(page.items.is_empty());
+        assert_eq!(page.total, 0);
+    }
+
+    pub async fn search_escapes_like_wildcards(store: &dyn MetadataStore) {
+        let f = listing_fixture(store).await;
+        let search = |s: &str| CertificateQuery {
+            search: Some(s.into()),
+            ..query()
+        };
+        // `%` and `_` match themselves only.
+        assert_eq!(ids(store, &search("100%")).await, vec![f.percent]);
+        assert_eq!(ids(store, &search("0%-")).await, vec![f.percent]);
+        assert!(ids(store, &search("100_")).await.is_empty());
+        assert_eq!(ids(store, &search("%")).await, vec![f.percent]);
+        assert!(ids(store, &search("_")).await.is_empty());
+        assert!(ids(store, &search("\\")).await.is_empty());
+        // Quotes are data, not SQL.
+        assert!(ids(store, &search("' OR '1'='1")).await.is_empty());
+    }
+
+    pub async fn list_sorts_both_directions_with_id_tie_break(store: &dyn MetadataStore) {
+        let issuer = seed_issuer(store).await;
+        let mut certs = Vec::new();
+        // Pairs share not_after and created_at so the id decides within a pair.
+        for (i, name) in ["delta", "alpha", "echo", "charlie", "bravo", "foxtrot"]
+            .iter()
+            .enumerate()
+        {
+            let i = i as i64;
+            let mut cert = certificate(&issuer, &format!("{name}.example.com"), "t");
+            cert.not_after = at(T0 + (10 + i / 2) * DAY);
+            cert.created_at = at(T0 + 100 - i / 2);
+            create(store, &cert).await;
+            certs.push(cert);
+        }
+        fn key(sort: SortKey, c: &Certificate) -> (String, i64) {
+            match sort {
+                SortKey::Name => (c.name.clone(), 0),
+                SortKey::NotAfter => (String::new(), c.not_after.unix_timestamp()),
+                SortKey::CreatedAt => (String::new(), c.created_at.unix_timestamp()),
+            }
+        }
+        for sort in [SortKey::Name, SortKey::NotAfter, SortKey::CreatedAt] {
+            let mut want = certs.clone();
+            want.sort_by_key(|c| (key(sort, c), c.id));
+            let want: Vec<Uuid> = want.iter().map(|c| c.id).collect();
+            let asc = CertificateQuery { sort, ..query() };
+            assert_eq!(ids(store, &asc).await, want, "{sort:?} ascending");
+            let desc = CertificateQuery {
+                sort,
+                descending: true,
+                ..query()
+            };
+            let mut reversed = want.clone();
+            reversed.reverse();
+            assert_eq!(ids(store, &desc).await, reversed, "{sort:?} descending");
+        }
+    }
+
+    pub async fn list_pages_are_stable_and_counted(store: &dyn MetadataStore) {
+        let issuer = seed_issuer(store).await;
+        for i in 0..23 {
+            let mut cert = certificate(
+                &issuer,
+                &format!("host{:02}.example.com", i % 7),
+                &format!("team{i}"),
+            );
+            // Many ties on not_after: only the id keeps pages apart.
+            cert.not_after = at(T0 + (i % 3) * DAY);
+            create(store, &cert).await;
+        }
+        for (sort, descending) in [(SortKey::NotAfter, false), (SortKey::Name, true)] {
+            let all = ids(
+                store,
+                &CertificateQuery {
+                    sort,
+                    descending,
+                    ..query()
+                },
+            )
+            .await;
+            assert_eq!(all.len(), 23);
+            let mut paged = Vec::new();
+            for offset in (0..25).step_by(5) {
+                let page = store
+                    .list_certificates(&CertificateQuery {
+                        sort,
+                        descending,
+                        limit: 5,
+                        offset,
+                        ..query()
+                    })
+                    .await
+                    .unwrap();
+                assert_eq!(page.total, 23);
+                assert!(page.items.len() <= 5);
+                paged.extend(page.items.into_iter().map(|c| c.id));
+            }
+            assert_eq!(paged, all, "{sort:?}");
+        }
+        let beyond = store
+            .list_certificates(&CertificateQuery {
+                offset: 100,
+                ..query()
+            })
+            .await
+            .unwrap();
+        assert!(beyond.items.is_empty());
+        assert_eq!(beyond.total, 23);
+        let filtered = store
+            .list_certificates(&CertificateQuery {
+                search: Some("host03".into()),
+                limit: 2,
+                ..query()
+            })
+            .await
+            .unwrap();
+        assert_eq!(filtered.items.len(), 2);
+        assert_eq!(filtered.total, 3);
+    }
+
+    pub async fn list_limit_is_clamped(store: &dyn MetadataStore) {
+        let issuer = seed_issuer(store).await;
+        for i in 0..501 {
+            create(
+                store,
+                &certificate(&issuer, &format!("h{i:03}.example.com"), "t"),
+            )
+            .await;
+        }
+        let page = |limit| CertificateQuery {
+            limit,
+            ..CertificateQuery::default()
+        };
+        let zero = store.list_certificates(&page(0)).await.unwrap();
+        assert_eq!((zero.items.len(), zero.total), (1, 501));
+        let huge = store.list_certificates(&page(10_000)).await.unwrap();
+        assert_eq!((huge.items.len(), huge.total), (500, 501));
+        let audit = store
+            .list_audit(&AuditQuery {
+                limit: 10_000,
+                ..AuditQuery::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!((audit.items.len(), audit.total), (500, 502));
+    }
+
+    // ----------------------------------------------------------------- audit
+
+    fn event_at(secs: i64, action: &str, target: &str, subject: &str) -> AuditEvent {
+        AuditEvent {
+            id: Uuid::new_v7(uuid::Timestamp::from_unix(uuid::NoContext, secs as u64, 0)),
+            at: at(secs),
+            actor: Actor {
+                subject: subject.into(),
+                source: None,
+            },
+            action: action.into(),
+            target: target.into(),
+            outcome: Outcome::Success,
+            details: json!({}),
+        }
+    }
+
+    pub async fn audit_round_trips_and_rejects_duplicates(store: &dyn MetadataStore) {
+        let mut e = event("certificate.key.download", "certificate/1");
+        e.outcome = Outcome::Failure;
+        e.details = json!({ "reason": "forbidden", "nested": { "list": [1, 2.5, null, "x"] }, "ok": false });
+        store.append_audit(&e).await.unwrap();
+        let mut bare = event_at(T0 + 1, "system.start", "server", "system");
+        bare.details = serde_json::Value::Null;
+        store.append_audit(&bare).await.unwrap();
+        let page = store
+            .list_audit(&AuditQuery {
+                limit: 10,
+                ..AuditQuery::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(page.total, 2);
+        assert!(page.items.contains(&e));
+        assert!(page.items.contains(&bare));
+        assert_conflict(store.append_audit(&e).await, &[&e.id.to_string()]);
+    }
+
+    pub async fn audit_filters_order_and_pages(store: &dyn MetadataStore) {
+        let events = [
+            event_at(T0 + 1, "certificate.create", "certificate/1", "alice"),
+            event_at(T0 + 2, "certificate.renew", "certificate/1", "bob"),
+            event_at(T0 + 3, "issuer.create", "issuer/1", "alice"),
+            event_at(T0 + 4, "certificate.revoke", "certificate/2", "alice"),
+            event_at(T0 + 5, "certificatex.other", "certificate/1", "alice"),
+            event_at(T0 + 6, "Certificate.create", "certificate/1", "alice"),
+            event_at(T0 + 7, "certificate_create", "certificate/10", "carol"),
+        ];
+        // Inserted out of order: the id, not insertion, decides.
+        for i in [3, 0, 6, 5, 1, 4, 2] {
+            store.append_audit(&events[i]).await.unwrap();
+        }
+        let id = |i: usize| events[i].id;
+        let newest_first = |idx: &[usize]| {
+            let mut v: Vec<Uuid> = idx.iter().map(|&i| id(i)).collect();
+            v.sort();
+            v.reverse();
+            v
+        };
+
+        assert_eq!(
+            audit_ids(store, AuditQuery::default()).await,
+            newest_first(&[0, 1, 2, 3, 4, 5, 6])
+        );
+        let by_target = AuditQuery {
+            target: Some("certificate/1".into()),
+            ..AuditQuery::default()
+        };
+        assert_eq!(
+            audit_ids(store, by_target.clone()).await,
+            newest_first(&[0, 1, 4, 5])
+        );
+        // Prefix is literal and case-sensitive.
+        let by_prefix = AuditQuery {
+            action_prefix: Some("certificate.".into()),
+            ..AuditQuery::default()
+        };
+        assert_eq!(
+            audit_ids(store, by_prefix.clone()).await,
+            newest_first(&[0, 1, 3])
+        );
+        let by_subject = AuditQuery {
+            subject: Some("alice".into()),
+            ..AuditQuery::default()
+        };
+        assert_eq!(
+            audit_ids(store, by_subject).await,
+            newest_first(&[0, 2, 3, 4, 5])
+        );
+        let combined = AuditQuery {
+            target: Some("certificate/1".into()),
+            action_prefix: Some("certificate.".into()),
+            subject: Some("alice".into()),
+            ..AuditQuery::default()
+        };
+        assert_eq!(audit_ids(store, combined).await, vec![id(0)]);
+
+        // Pages: newest first, total counts every match.
+        let first = store
+            .list_audit(&AuditQuery {
+                limit: 3,
+                ..by_target.clone()
+            })
+            .await
+            .unwrap();
+        let second = store
+            .list_audit(&AuditQuery {
+                limit: 3,
+                offset: 3,
+                ..by_target
+            })
+            .await
+            .unwrap();
+        assert_eq!((first.total, second.total), (4, 4));
+        let both: Vec<Uuid> = first
+            .items
+            .iter()
+            .chain(&second.items)
+            .map(|e| e.id)
+            .collect();
+        assert_eq!(both, newest_first(&[0, 1, 4, 5]));
+        assert_eq!(first.items[0], events[5]);
+    }
+
+    pub async fn mutations_record_their_audit_event(store: &dyn MetadataStore) {
+        let issuer = seed_issuer(store).await;
+        let cert = certificate(&issuer, "api.example.com", "payments");
+        let create_event = event("certificate.create", &target(&cert));
+        store
+            .create_certificate(&cert, &version(&cert, 1), &create_event)
+            .await
+            .unwrap();
+        let mut renewed = cert.clone();
+        renewed.current_version = 2;
+        let renew_event = event("certificate.renew", &target(&cert));
+        store
+            .add_version(&renewed, &version(&renewed, 2), &renew_event)
+            .await
+            .unwrap();
+        let revoke_event = event("certificate.revoke", &target(&cert));
+        store
+            .revoke_version(
+                cert.id,
+                2,
+                RevocationReason::Unspecified,
+                at(T0 + DAY),
+                &revoke_event,
+            )
+            .await
+            .unwrap();
+        let archive_event = event("certificate.archive", &target(&cert));
+        store
+            .archive_certificate(cert.id, at(T0 + 2 * DAY), &archive_event)
+            .await
+            .unwrap();
+        let trail = store
+            .list_audit(&AuditQuery {
+                target: Some(target(&cert)),
+                limit: 10,
+                ..AuditQuery::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            trail.items,
+            vec![archive_event, revoke_event, renew_event, create_event]
+        );
+    }
+}
+
+/// Runs every suite case as a `#[tokio::test]`; `$open` yields `(store, guard)`
+/// where the guard keeps the backend's resources alive for the test.
+macro_rules! metadata_store_suite {
+    ($open:expr) => {
+        metadata_store_suite!(@cases $open;
+            ping_answers,
+            settings_round_trip_and_overwrite,
+            issuer_round_trips_every_field,
+            issuer_conflicts,
+            set_default_issuer_moves_the_flag,
+            certificate_round_trips_every_field,
+            unknown_ids_read_as_absent,
+            times_are_kept_in_whole_seconds,
+            certificate_name_is_unique_per_team_until_archived,
+            serial_is_unique_per_issuer,
+            create_checks_issuer_and_first_version,
+            add_version_supersedes_and_updates_the_certificate,
+            add_version_requires_the_next_number,
+            add_version_keeps_a_revoked_version_revoked,
+            concurrent_renewals_allow_exactly_one,
+            revoke_transitions,
+            revoking_an_archived_certificate_keeps_it_archived,
+            list_revoked_is_per_issuer,
+            archive_transitions,
+            audit_failure_rolls_back_every_mutation,
+            list_filters_each_alone,
+            list_filters_combined,
+            search_escapes_like_wildcards,
+            list_sorts_both_directions_with_id_tie_break,
+            list_pages_are_stable_and_counted,
+            list_limit_is_clamped,
+            audit_round_trips_and_rejects_duplicates,
+            audit_filters_order_and_pages,
+            mutations_record_their_audit_event,
+        );
+    };
+    (@cases $open:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test]
+            async fn $case() {
+                let (store, _guard) = $open;
+                crate::suite::$case(&store).await;
+            }
+        )*
+    };
+}
+
+mod sqlite_memory {
+    use super::SqliteStore;
+
+    metadata_store_suite!((SqliteStore::open_memory().await.unwrap(), ()));
+}
+
+mod sqlite_file {
+    use super::SqliteStore;
+
+    async fn open() -> (SqliteStore, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("certflow.db"))
+            .await
+            .unwrap();
+        (store, dir)
+    }
+
+    metadata_store_suite!(open().await);
+}
+
+// ------------------------------------------------------------ SQLite-specific
+
+mod sqlite_specific {
+    use certflow_core::DomainError;
+    use certflow_core::model::{
+        Actor, AuditEvent, Certificate, CertificateStatus, CertificateVersion, Issuer, IssuerKind,
+        KeySource, KeyType, RenewalPolicy, VersionStatus,
+    };
+    use certflow_core::ports::MetadataStore;
+    use certflow_core::{Profile, SubjectName};
+    use sqlx::Connection;
+    use time::OffsetDateTime;
+    use uuid::Uuid;
+
+    use super::SqliteStore;
+
+    fn now() -> OffsetDateTime {
+        OffsetDateTime::from_unix_timestamp(1_767_225_600).unwrap()
+    }
+
+    #[tokio::test]
+    async fn file_database_survives_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        // A missing parent directory is created.
+        let path = dir.path().join("nested/dir/certflow.db");
+        let issuer = Issuer {
+            id: Uuid::new_v4(),
+            name: "main".into(),
+            kind: IssuerKind::Internal,
+            is_default: true,
+            key_type: KeyType::EcdsaP256,
+            issuing_cert_pem: "pem".into(),
+            chain_pem: "chain".into(),
+            key_blob: "k".into(),
+            root_key_blob: None,
+            subject: "CN=main".into(),
+            not_after: now(),
+            created_at: now(),
+        };
+        let cert = Certificate {
+            id: Uuid::new_v4(),
+            name: "api.example.com".into(),
+            team: "payments".into(),
+            labels: [("env".to_owned(), "prod".to_owned())].into(),
+            profile: Profile::TlsServer,
+            key_type: KeyType::EcdsaP256,
+            key_source: KeySource::Server,
+            names: vec![SubjectName::Dns("api.example.com".into())],
+            validity_days: 90,
+            issuer_id: issuer.id,
+            renewal: RenewalPolicy::default(),
+            status: CertificateStatus::Active,
+            current_version: 1,
+            not_after: now(),
+            renew_after: now(),
+            created_at: now(),
+            updated_at: now(),
+        };
+        let first = CertificateVersion {
+            certificate_id: cert.id,
+            version: 1,
+            serial: "01".into(),
+            fingerprint_sha256: "00".repeat(32),
+            not_before: now(),
+            not_after: now(),
+            key_type: KeyType::EcdsaP256,
+            names: cert.names.clone(),
+            issuer_id: issuer.id,
+            status: VersionStatus::Current,
+            revoked_at: None,
+            revocation_reason: None,
+            cert_blob: "c".into(),
+            key_blob: Some("k".into()),
+            created_at: now(),
+        };
+        let audit = |action: &str| {
+            AuditEvent::success(now(), &Actor::system(), action, "t", serde_json::json!({}))
+        };
+        {
+            let store = SqliteStore::open(&path).await.unwrap();
+            store
+                .insert_issuer(&issuer, &audit("issuer.create"))
+                .await
+                .unwrap();
+            store
+                .create_certificate(&cert, &first, &audit("certificate.create"))
+                .await
+                .unwrap();
+            store
+                .put_setting("bootstrap.token_hash", "h")
+                .await
+                .unwrap();
+            store.close().await;
+        }
+        let store = SqliteStore::open(&path).await.unwrap();
+        assert_eq!(store.list_issuers().await.unwrap(), vec![issuer]);
+        assert_eq!(
+            store.get_certificate(cert.id).await.unwrap(),
+            Some(cert.clone())
+        );
+        assert_eq!(store.list_versions(cert.id).await.unwrap(), vec![first]);
+        assert_eq!(
+            store
+                .get_setting("bootstrap.token_hash")
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("h")
+        );
+        let audit_page = store
+            .list_audit(&certflow_core::model::AuditQuery {
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(audit_page.total, 2);
+        store.close().await;
+
+        // WAL is a property of the file, visible to any later connection.
+        let url = format!("sqlite://{}", path.display());
+        let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(mode, "wal");
+        let applied: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM _sqlx_migrations")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(applied, 1);
+    }
+
+    #[tokio::test]
+    async fn unusable_path_is_reported_unavailable() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("not-a-dir");
+        std::fs::write(&file, b"x").unwrap();
+        for path in [file.join("certflow.db"), dir.path().to_path_buf()] {
+            match SqliteStore::open(&path).await {
+                Err(DomainError::Unavailable { backend, reason }) => {
+                    assert_eq!(backend, "database");
+                    assert!(reason.contains(&path.display().to_string()), "{reason}");
+                }
+                other => panic!("expected Unavailable for {}, got {other:?}", path.display()),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_file_that_is_not_a_database_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("garbage.db");
+        std::fs::write(&path, vec![0x42_u8; 8192]).unwrap();
+        let result = SqliteStore::open(&path).await;
+        assert!(matches!(
+            result,
+            Err(DomainError::Unavailable {
+                backend: "database",
+                ..
+            })
+        ));
+    }
+
+    #[tokio::test]
+    async fn memory_stores_are_independent() {
+        let a = SqliteStore::open_memory().await.unwrap();
+        let b = SqliteStore::open_memory().await.unwrap();
+        a.put_setting("k", "v").await.unwrap();
+        assert_eq!(b.get_setting("k").await.unwrap(), None);
+        assert_eq!(a.get_setting("k").await.unwrap().as_deref(), Some("v"));
+    }
+}
