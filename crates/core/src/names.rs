@@ -231,7 +231,7 @@ mod tests {
             ("a..example.com", "empty label"),
             ("example.com.", "dot"),
             ("example.123", "all digits"),
-            ("ex\u{202e}ample.com", "control"),
+            ("ex\u{202e}ample.com", "internationalised"),
         ];
         for (input, needle) in cases {
             let err = parse_name(input).unwrap_err();
