@@ -1,0 +1,727 @@
+//! Leaf issuance. The certificate is built from the profile alone (RFC 5280
+//! §4.2, CA/B BR §7.1.2.7 for TLS server certificates); the requester only
+//! contributes a public key and already-validated names.
+
+use certflow_core::{DomainError, DomainResult, KeyType, Profile, SubjectName};
+use rcgen::{
+    CertificateParams, CrlDistributionPoint, CustomExtension, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyUsagePurpose, PublicKeyData, SanType,
+    SignatureAlgorithm,
+};
+use time::{Duration, OffsetDateTime};
+use x509_parser::prelude::FromDer;
+use x509_parser::x509::SubjectPublicKeyInfo;
+
+use crate::asn1::{self, internal, tlv, whole_seconds};
+use crate::inspect::key_matches_cert;
+use crate::keys::PrivateKey;
+
+/// Backdating of notBefore, for relying parties whose clocks run behind.
+const CLOCK_SKEW: Duration = Duration::seconds(60);
+
+/// Where relying parties fetch the issuer certificate and its CRL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssuerUrls {
+    /// HTTP URL of the issuing CA certificate (AIA caIssuers, RFC 5280 §4.2.2.1).
+    pub ca_issuers: String,
+    /// HTTP URL of the issuer's CRL (CRL distribution point, RFC 5280 §4.2.1.13).
+    pub crl: String,
+}
+
+/// Everything a leaf certificate is built from.
+#[derive(Debug, Clone)]
+pub struct LeafRequest<'a> {
+    /// The profile, which alone decides the extensions.
+    pub profile: Profile,
+    /// Validated subject alternative names; the first suitable one becomes the CN.
+    pub names: &'a [SubjectName],
+    /// The subject's SubjectPublicKeyInfo DER.
+    pub spki_der: &'a [u8],
+    /// The subject key's type, which must match `spki_der`.
+    pub key_type: KeyType,
+    /// Requested lifetime; capped at the issuer's notAfter.
+    pub validity_days: u32,
+    /// Issue time.
+    pub now: OffsetDateTime,
+    /// AIA and CRL DP URLs, when the issuer publishes them.
+    pub urls: Option<&'a IssuerUrls>,
+}
+
+/// certificatePolicies = { 2.23.140.1.2.1 } (CA/B domain-validated), DER.
+const DV_POLICIES: &[u8] = &[
+    0x30, 0x0a, 0x30, 0x08, 0x06, 0x06, 0x67, 0x81, 0x0c, 0x01, 0x02, 0x01,
+];
+
+/// The subject key as rcgen writes it into the certificate.
+struct SubjectKey {
+    alg: &'static SignatureAlgorithm,
+    key: Vec<u8>,
+}
+
+impl PublicKeyData for SubjectKey {
+    fn der_bytes(&self) -> &[u8] {
+        &self.key
+    }
+
+    fn algorithm(&self) -> &'static SignatureAlgorithm {
+        self.alg
+    }
+}
+
+/// Issues a leaf certificate under the CA and returns its DER.
+pub fn issue_leaf(
+    ca_cert_der: &[u8],
+    ca_key: &PrivateKey,
+    req: &LeafRequest<'_>,
+) -> DomainResult<Vec<u8>> {
+    let der = build_leaf(ca_cert_der, ca_key, req)?;
+    if !issuer_name_matches(&der, ca_cert_der) {
+        // Import refuses such CAs, so reaching this is a bug, not bad input.
+        return Err(DomainError::Internal(
+            "issued certificate's issuer name differs from the CA's subject".into(),
+        ));
+    }
+    Ok(der)
+}
+
+/// Whether the leaf's issuer field is byte-identical to the CA's subject
+/// (rcgen re-encodes the name; RFC 5280 §7.1 path building compares them).
+pub(crate) fn issuer_name_matches(leaf_der: &[u8], ca_der: &[u8]) -> bool {
+    match (
+        x509_parser::parse_x509_certificate(leaf_der),
+        x509_parser::parse_x509_certificate(ca_der),
+    ) {
+        (Ok((_, leaf)), Ok((_, ca))) => leaf.issuer().as_raw() == ca.subject().as_raw(),
+        _ => false,
+    }
+}
+
+/// The leaf's subject commonName: the first DNS name that fits the 64-character
+/// limit, else the first IP address; CA/B BR §7.1.4.3 wants it among the SANs.
+fn common_name(names: &[SubjectName]) -> Option<String> {
+    names
+        .iter()
+        .find_map(|n| match n {
+            SubjectName::Dns(d) if d.len() <= 64 => Some(d.clone()),
+            _ => None,
+        })
+        .or_else(|| {
+            names.iter().find_map(|n| match n {
+                SubjectName::Ip(ip) => Some(ip.to_string()),
+                _ => None,
+            })
+        })
+}
+
+fn check_url(url: &str) -> Result<(), String> {
+    // CA/B BR §7.1.2.7.7/§7.1.2.11.2 require plain http for AIA and CRL DP.
+    if !url.starts_with("http://") || url.len() <= "http://".len() {
+        return Err(format!("'{url}' is not an http:// URL"));
+    }
+    if !url.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!("'{url}' contains spaces or non-ASCII characters"));
+    }
+    Ok(())
+}
+
+/// AuthorityInfoAccess with one caIssuers HTTP URL (RFC 5280 §4.2.2.1).
+fn aia_ca_issuers(url: &str) -> Vec<u8> {
+    // id-ad-caIssuers 1.3.6.1.5.5.7.48.2
+    let method = tlv(0x06, &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x30, 0x02]);
+    let location = tlv(0x86, url.as_bytes()); // [6] uniformResourceIdentifier
+    tlv(0x30, &tlv(0x30, &[method, location].concat()))
+}
+
+/// Checks everything the caller supplied; every problem is reported at once.
+fn check_request(req: &LeafRequest<'_>) -> DomainResult<(SubjectKey, Vec<SanType>)> {
+    let mut errors = Vec::new();
+    if req.names.is_empty() {
+        errors.push(certflow_core::FieldError::new(
+            "names",
+            "at least one name is required",
+        ));
+    }
+    if req.validity_days == 0 {
+        errors.push(certflow_core::FieldError::new(
+            "validity_days",
+            "must be at least 1 day",
+        ));
+    } else if req.validity_days > req.profile.max_validity_days() {
+        errors.push(certflow_core::FieldError::new(
+            "validity_days",
+            format!(
+                "at most {} days for profile {}",
+                req.profile.max_validity_days(),
+                req.profile.as_str()
+            ),
+        ));
+    }
+    if let Some(urls) = req.urls {
+        for (field, url) in [
+            ("urls.ca_issuers", &urls.ca_issuers),
+            ("urls.crl", &urls.crl),
+        ] {
+            if let Err(reason) = check_url(url) {
+                errors.push(certflow_core::FieldError::new(field, reason));
+            }
+        }
+    }
+    let subject_key = match SubjectPublicKeyInfo::from_der(req.spki_der) {
+        Ok(([], spki)) => match asn1::classify_spki(&spki) {
+            Ok(kt) if kt == req.key_type => Some(SubjectKey {
+                alg: asn1::signature_algorithm(kt),
+                key: spki.subject_public_key.data.to_vec(),
+            }),
+            Ok(kt) => {
+                errors.push(certflow_core::FieldError::new(
+                    "key_type",
+                    format!(
+                        "the public key is {}, not {}",
+                        kt.as_str(),
+                        req.key_type.as_str()
+                    ),
+                ));
+                None
+            }
+            Err(reason) => {
+                errors.push(certflow_core::FieldError::new("public_key", reason));
+                None
+            }
+        },
+        _ => {
+            errors.push(certflow_core::FieldError::new(
+                "public_key",
+                "not a valid DER SubjectPublicKeyInfo",
+            ));
+            None
+        }
+    };
+    let mut sans = Vec::with_capacity(req.names.len());
+    for (i, name) in req.names.iter().enumerate() {
+        match name {
+            // Wildcards are a TLS server convention (RFC 6125 §6.4.3); RFC 5280
+            // gives them no meaning, and no client authenticates as "*".
+            SubjectName::Dns(d) if d.starts_with("*.") && req.profile != Profile::TlsServer => {
+                errors.push(certflow_core::FieldError::new(
+                    format!("names[{i}]"),
+                    format!(
+                        "wildcard names are only allowed in {} certificates",
+                        Profile::TlsServer.as_str()
+                    ),
+                ));
+            }
+            SubjectName::Dns(d) => match d.as_str().try_into() {
+                Ok(ia5) => sans.push(SanType::DnsName(ia5)),
+                Err(_) => errors.push(certflow_core::FieldError::new(
+                    format!("names[{i}]"),
+                    "not an ASCII DNS name",
+                )),
+            },
+            SubjectName::Ip(ip) => sans.push(SanType::IpAddress(*ip)),
+        }
+    }
+    match subject_key {
+        Some(key) if errors.is_empty() => Ok((key, sans)),
+        _ => Err(DomainError::Invalid(errors)),
+    }
+}
+
+/// Builds and signs the leaf without the post-issuance name check.
+pub(crate) fn build_leaf(
+    ca_cert_der: &[u8],
+    ca_key: &PrivateKey,
+    req: &LeafRequest<'_>,
+) -> DomainResult<Vec<u8>> {
+    let (subject_key, sans) = check_request(req)?;
+
+    let ca = asn1::parse_cert("issuer", ca_cert_der)
+        .map_err(|_| DomainError::Internal("the CA certificate does not parse".into()))?;
+    if !ca.is_ca() {
+        return Err(DomainError::Internal(
+            "the issuer certificate is not a CA".into(),
+        ));
+    }
+    if !key_matches_cert(ca_key, ca_cert_der) {
+        return Err(DomainError::Internal(
+            "the CA key does not match the CA certificate".into(),
+        ));
+    }
+    let not_before = whole_seconds(req.now)? - CLOCK_SKEW;
+    let ca_not_after = ca.validity().not_after.to_datetime();
+    if ca_not_after <= not_before {
+        return Err(DomainError::Conflict(format!(
+            "the issuing CA certificate expired at {ca_not_after}; replace the CA before issuing"
+        )));
+    }
+
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    if let Some(cn) = common_name(req.names) {
+        dn.push(DnType::CommonName, cn);
+    }
+    // An empty subject makes rcgen mark the SAN critical (RFC 5280 §4.2.1.6).
+    params.distinguished_name = dn;
+    params.subject_alt_names = sans;
+    params.serial_number = Some(asn1::random_serial()?);
+    params.not_before = not_before;
+    params.not_after =
+        (not_before + Duration::days(i64::from(req.validity_days))).min(ca_not_after);
+    // ExplicitNoCa writes basicConstraints cA=FALSE and, with it, the SKI.
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    if req.key_type.is_rsa() {
+        // RSA key transport (TLS 1.2 RSA kx); meaningless for EC/EdDSA keys and
+        // forbidden there by CA/B BR §7.1.2.7.11.
+        params.key_usages.push(KeyUsagePurpose::KeyEncipherment);
+    }
+    params.extended_key_usages = vec![match req.profile {
+        Profile::TlsServer => ExtendedKeyUsagePurpose::ServerAuth,
+        Profile::TlsClient => ExtendedKeyUsagePurpose::ClientAuth,
+    }];
+    params.use_authority_key_identifier_extension = true;
+    params.key_identifier_method = asn1::key_identifier(&subject_key.key);
+    if let Some(urls) = req.urls {
+        params.crl_distribution_points = vec![CrlDistributionPoint {
+            uris: vec![urls.crl.clone()],
+        }];
+        params
+            .custom_extensions
+            .push(CustomExtension::from_oid_content(
+                asn1::EXT_AUTHORITY_INFO_ACCESS,
+                aia_ca_issuers(&urls.ca_issuers),
+            ));
+    }
+    if req.profile == Profile::TlsServer {
+        params
+            .custom_extensions
+            .push(CustomExtension::from_oid_content(
+                asn1::EXT_CERTIFICATE_POLICIES,
+                DV_POLICIES.to_vec(),
+            ));
+    }
+
+    let kp = ca_key.signing_key_pair()?;
+    // from_ca_cert_der takes the CA's SKI verbatim as our AKI, whatever
+    // method computed it (openssl uses SHA-1, rcgen truncated SHA-256).
+    let issuer = Issuer::from_ca_cert_der(&ca_cert_der.into(), kp.get())
+        .map_err(internal("CA certificate as issuer"))?;
+    let cert = params
+        .signed_by(&subject_key, &issuer)
+        .map_err(internal("leaf certificate"))?;
+    Ok(cert.der().to_vec())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use crate::testutil::{ca, key, now};
+    use x509_parser::certificate::X509Certificate;
+    use x509_parser::extensions::{GeneralName, ParsedExtension};
+
+    fn aki(cert: &X509Certificate<'_>) -> Option<Vec<u8>> {
+        cert.iter_extensions()
+            .find_map(|e| match e.parsed_extension() {
+                ParsedExtension::AuthorityKeyIdentifier(a) => {
+                    a.key_identifier.as_ref().map(|k| k.0.to_vec())
+                }
+                _ => None,
+            })
+    }
+
+    fn names() -> Vec<SubjectName> {
+        vec![
+            SubjectName::Dns("www.example.com".into()),
+            SubjectName::Dns("*.api.example.com".into()),
+            SubjectName::Ip("192.0.2.7".parse().unwrap()),
+            SubjectName::Ip("2001:db8::7".parse().unwrap()),
+        ]
+    }
+
+    fn urls() -> IssuerUrls {
+        IssuerUrls {
+            ca_issuers: "http://127.0.0.1:8080/pki/abc/ca.crt".into(),
+            crl: "http://127.0.0.1:8080/pki/abc/crl".into(),
+        }
+    }
+
+    fn request<'a>(
+        profile: Profile,
+        names: &'a [SubjectName],
+        leaf: &'a [u8],
+        kt: KeyType,
+        u: &'a IssuerUrls,
+    ) -> LeafRequest<'a> {
+        LeafRequest {
+            profile,
+            names,
+            spki_der: leaf,
+            key_type: kt,
+            validity_days: 90,
+            now: now(),
+            urls: Some(u),
+        }
+    }
+
+    #[test]
+    fn every_profile_leaf_and_ca_key_type_gets_the_profile_extensions() {
+        let names = names();
+        let client_names: Vec<SubjectName> = names
+            .iter()
+            .filter(|n| !n.to_text().starts_with('*'))
+            .cloned()
+            .collect();
+        let u = urls();
+        // A CSR that asks for CA:TRUE and keyCertSign contributes only its key.
+        let ca_true =
+            crate::csr::parse_csr("csr", &crate::testutil::fixture("ca-true.csr")).unwrap();
+        for ca_kt in [KeyType::EcdsaP256, KeyType::Rsa2048, KeyType::Ed25519] {
+            let m = ca(ca_kt);
+            let (_, ca_cert) = X509Certificate::from_der(&m.issuing_cert_der).unwrap();
+            let ca_ski = asn1::subject_key_id(&ca_cert).unwrap();
+            let mut serials = std::collections::HashSet::new();
+            let mut subjects: Vec<(Vec<u8>, KeyType)> = KeyType::ALL
+                .iter()
+                .map(|kt| (key(*kt).public_key_der(), *kt))
+                .collect();
+            subjects.push((ca_true.spki_der.clone(), ca_true.key_type));
+            for profile in Profile::ALL {
+                let names = match profile {
+                    Profile::TlsServer => names.clone(),
+                    Profile::TlsClient => client_names.clone(),
+                };
+                for (spki, kt) in &subjects {
+                    let der = issue_leaf(
+                        &m.issuing_cert_der,
+                        &m.issuing_key,
+                        &request(profile, &names, spki, *kt, &u),
+                    )
+                    .unwrap();
+                    let ctx = format!("{profile:?} leaf {kt:?} under {ca_kt:?}");
+                    let (rest, c) = X509Certificate::from_der(&der).unwrap();
+                    assert!(rest.is_empty());
+                    c.verify_signature(Some(ca_cert.public_key())).unwrap();
+                    assert_eq!(c.public_key().raw, spki.as_slice(), "{ctx}");
+
+                    let serial = c.raw_serial();
+                    assert!(
+                        serial.len() <= 20 && serial[0] & 0x80 == 0 && serial[0] != 0,
+                        "{ctx}"
+                    );
+                    assert!(serials.insert(serial.to_vec()), "serial repeated: {ctx}");
+
+                    let bc = c.basic_constraints().unwrap().unwrap();
+                    assert!(!bc.value.ca, "{ctx}");
+                    assert!(!c.is_ca());
+                    let ku = c.key_usage().unwrap().unwrap();
+                    assert!(ku.critical && ku.value.digital_signature(), "{ctx}");
+                    assert!(!ku.value.key_cert_sign() && !ku.value.crl_sign(), "{ctx}");
+                    assert_eq!(ku.value.key_encipherment(), kt.is_rsa(), "{ctx}");
+
+                    let eku = c.extended_key_usage().unwrap().unwrap().value;
+                    assert_eq!(eku.server_auth, profile == Profile::TlsServer, "{ctx}");
+                    assert_eq!(eku.client_auth, profile == Profile::TlsClient, "{ctx}");
+                    assert!(
+                        !eku.any && !eku.code_signing && eku.other.is_empty(),
+                        "{ctx}"
+                    );
+
+                    let san = c.subject_alternative_name().unwrap().unwrap();
+                    assert!(!san.critical);
+                    let got: Vec<String> = san
+                        .value
+                        .general_names
+                        .iter()
+                        .map(|g| match g {
+                            GeneralName::DNSName(d) => (*d).to_owned(),
+                            GeneralName::IPAddress(o) => crate::csr::ip_text(o).unwrap(),
+                            other => panic!("unexpected SAN {other:?}"),
+                        })
+                        .collect();
+                    let want: Vec<String> = names.iter().map(SubjectName::to_text).collect();
+                    assert_eq!(got, want, "{ctx}");
+                    assert_eq!(c.subject().to_string(), "CN=www.example.com");
+
+                    assert_eq!(aki(&c), Some(ca_ski.clone()), "{ctx}");
+                    let bits = &c.public_key().subject_public_key.data;
+                    let rfc7093 = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bits)
+                        .as_ref()[..20]
+                        .to_vec();
+                    assert_eq!(asn1::subject_key_id(&c), Some(rfc7093), "{ctx}");
+
+                    let policies = c
+                        .iter_extensions()
+                        .find_map(|e| match e.parsed_extension() {
+                            ParsedExtension::CertificatePolicies(p) => Some(
+                                p.iter()
+                                    .map(|i| i.policy_id.to_id_string())
+                                    .collect::<Vec<_>>(),
+                            ),
+                            _ => None,
+                        });
+                    match profile {
+                        Profile::TlsServer => {
+                            assert_eq!(policies, Some(vec!["2.23.140.1.2.1".to_owned()]), "{ctx}")
+                        }
+                        Profile::TlsClient => assert_eq!(policies, None, "{ctx}"),
+                    }
+                    let aia = c
+                        .iter_extensions()
+                        .find_map(|e| match e.parsed_extension() {
+                            ParsedExtension::AuthorityInfoAccess(a) => Some(
+                                a.accessdescs
+                                    .iter()
+                                    .map(|d| {
+                                        (
+                                            d.access_method.to_id_string(),
+                                            format!("{:?}", d.access_location),
+                                        )
+                                    })
+                                    .collect::<Vec<_>>(),
+                            ),
+                            _ => None,
+                        });
+                    assert_eq!(
+                        aia,
+                        Some(vec![(
+                            "1.3.6.1.5.5.7.48.2".to_owned(),
+                            format!("URI({:?})", u.ca_issuers)
+                        )]),
+                        "{ctx}"
+                    );
+                    let crl_dp = c
+                        .iter_extensions()
+                        .find_map(|e| match e.parsed_extension() {
+                            ParsedExtension::CRLDistributionPoints(p) => Some(format!("{p:?}")),
+                            _ => None,
+                        });
+                    assert!(crl_dp.unwrap().contains(&u.crl), "{ctx}");
+
+                    let sig = c.signature_algorithm.algorithm.to_id_string();
+                    let want_sig = match ca_kt {
+                        KeyType::EcdsaP256 => "1.2.840.10045.4.3.2",
+                        KeyType::Rsa2048 => "1.2.840.113549.1.1.11",
+                        _ => "1.3.101.112",
+                    };
+                    assert_eq!(sig, want_sig, "{ctx}");
+
+                    let nb = c.validity().not_before.to_datetime();
+                    let na = c.validity().not_after.to_datetime();
+                    assert_eq!(na - nb, Duration::days(90), "{ctx}");
+                    assert!(nb <= now() && now() - nb <= Duration::seconds(61), "{ctx}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn validity_is_capped_at_the_issuer_not_after() {
+        let m = crate::ca::create_ca("Brief", KeyType::EcdsaP256, now(), 30, 20).unwrap();
+        let leaf = key(KeyType::EcdsaP256).public_key_der();
+        let names = names();
+        let u = urls();
+        let mut req = request(
+            Profile::TlsClient,
+            &names[..1],
+            &leaf,
+            KeyType::EcdsaP256,
+            &u,
+        );
+        req.validity_days = 397;
+        let der = issue_leaf(&m.issuing_cert_der, &m.issuing_key, &req).unwrap();
+        let leaf_info = crate::inspect::inspect(&der).unwrap();
+        let ca_info = crate::inspect::inspect(&m.issuing_cert_der).unwrap();
+        assert_eq!(leaf_info.not_after, ca_info.not_after);
+
+        req.now = now() + Duration::days(25);
+        assert!(matches!(
+            issue_leaf(&m.issuing_cert_der, &m.issuing_key, &req),
+            Err(DomainError::Conflict(_))
+        ));
+    }
+
+    #[test]
+    fn aki_equals_an_imported_ca_ski_computed_by_openssl() {
+        let dir = crate::testutil::tempdir();
+        crate::testutil::openssl_in(
+            dir.path(),
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+                "-days",
+                "30",
+                "-subj",
+                "/C=DE/O=Example/CN=Example CA",
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+            ],
+        );
+        let m = crate::ca::import_ca(
+            &std::fs::read_to_string(dir.path().join("ca.pem")).unwrap(),
+            &std::fs::read_to_string(dir.path().join("ca.key")).unwrap(),
+            None,
+            now(),
+        )
+        .unwrap();
+        let (_, ca_cert) = X509Certificate::from_der(&m.issuing_cert_der).unwrap();
+        let ski = asn1::subject_key_id(&ca_cert).unwrap();
+        // openssl's SKI is the SHA-1 of the key; rcgen's own method would differ.
+        let rcgen_ski = {
+            let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, ca_cert.public_key().raw);
+            d.as_ref()[..20].to_vec()
+        };
+        assert_ne!(ski, rcgen_ski);
+        let leaf = key(KeyType::EcdsaP256).public_key_der();
+        let names = names();
+        let u = urls();
+        let der = issue_leaf(
+            &m.issuing_cert_der,
+            &m.issuing_key,
+            &request(Profile::TlsServer, &names, &leaf, KeyType::EcdsaP256, &u),
+        )
+        .unwrap();
+        let (_, c) = X509Certificate::from_der(&der).unwrap();
+        assert_eq!(aki(&c), Some(ski));
+        assert_eq!(c.issuer().as_raw(), ca_cert.subject().as_raw());
+    }
+
+    #[test]
+    fn common_name_choice() {
+        let long = format!("{}.example.com", "a".repeat(60));
+        let ip = SubjectName::Ip("10.0.0.1".parse().unwrap());
+        let cases = [
+            (
+                vec![SubjectName::Dns("a.example.com".into()), ip.clone()],
+                Some("a.example.com"),
+            ),
+            (
+                vec![ip.clone(), SubjectName::Dns("b.example.com".into())],
+                Some("b.example.com"),
+            ),
+            (
+                vec![SubjectName::Dns(long.clone()), ip.clone()],
+                Some("10.0.0.1"),
+            ),
+            (vec![SubjectName::Dns(long.clone())], None),
+        ];
+        for (names, want) in cases {
+            assert_eq!(common_name(&names).as_deref(), want);
+        }
+        // No CN at all: the subject is empty and the SAN becomes critical.
+        let m = ca(KeyType::EcdsaP256);
+        let leaf = key(KeyType::EcdsaP256).public_key_der();
+        let only_long = [SubjectName::Dns(long)];
+        let u = urls();
+        let der = issue_leaf(
+            &m.issuing_cert_der,
+            &m.issuing_key,
+            &request(
+                Profile::TlsServer,
+                &only_long,
+                &leaf,
+                KeyType::EcdsaP256,
+                &u,
+            ),
+        )
+        .unwrap();
+        let (_, c) = X509Certificate::from_der(&der).unwrap();
+        assert_eq!(c.subject().iter_attributes().count(), 0);
+        assert!(c.subject_alternative_name().unwrap().unwrap().critical);
+    }
+
+    #[test]
+    fn rejects_bad_requests() {
+        let m = ca(KeyType::EcdsaP256);
+        let leaf = key(KeyType::EcdsaP256).public_key_der();
+        let names = names();
+        let u = urls();
+        let base = request(Profile::TlsServer, &names, &leaf, KeyType::EcdsaP256, &u);
+        let bad_urls = IssuerUrls {
+            ca_issuers: "https://x/ca.crt".into(),
+            crl: "http://x/ a".into(),
+        };
+        let garbage = [0x30, 0x00];
+        let cases: Vec<(LeafRequest<'_>, &str, &str)> = vec![
+            (
+                LeafRequest {
+                    validity_days: 0,
+                    ..base.clone()
+                },
+                "validity_days",
+                "at least 1",
+            ),
+            (
+                LeafRequest {
+                    validity_days: 200,
+                    ..base.clone()
+                },
+                "validity_days",
+                "at most 199",
+            ),
+            (
+                LeafRequest {
+                    names: &[],
+                    ..base.clone()
+                },
+                "names",
+                "at least one",
+            ),
+            (
+                LeafRequest {
+                    key_type: KeyType::Rsa2048,
+                    ..base.clone()
+                },
+                "key_type",
+                "is ecdsa-p256, not rsa-2048",
+            ),
+            (
+                LeafRequest {
+                    spki_der: &garbage,
+                    ..base.clone()
+                },
+                "public_key",
+                "not a valid",
+            ),
+            (
+                LeafRequest {
+                    urls: Some(&bad_urls),
+                    ..base.clone()
+                },
+                "urls.ca_issuers",
+                "http://",
+            ),
+            (
+                LeafRequest {
+                    profile: Profile::TlsClient,
+                    ..base.clone()
+                },
+                "names[1]",
+                "wildcard names are only allowed in tls-server",
+            ),
+        ];
+        for (req, field, needle) in cases {
+            match issue_leaf(&m.issuing_cert_der, &m.issuing_key, &req) {
+                Err(DomainError::Invalid(errs)) => {
+                    assert_eq!(errs[0].field, field, "{errs:?}");
+                    assert!(errs[0].reason.contains(needle), "{errs:?}");
+                }
+                other => panic!("{field}: {other:?}"),
+            }
+        }
+        // A CA key that does not belong to the CA certificate is our bug.
+        let other = ca(KeyType::Ed25519);
+        assert!(matches!(
+            issue_leaf(&m.issuing_cert_der, &other.issuing_key, &base),
+            Err(DomainError::Internal(_))
+        ));
+    }
+}

@@ -1,0 +1,30 @@
+//! X.509 for certflow: private keys, CSR checks (RFC 2986), CA creation and
+//! import, profile-driven leaf issuance (RFC 5280 §4, CA/B Forum Baseline
+//! Requirements §7.1), CRLs (RFC 5280 §5) and PKCS#12 export (RFC 7292).
+//!
+//! One crypto stack: aws-lc-rs, directly and through rcgen and x509-parser.
+//! Every fallible function returns [`certflow_core::DomainResult`]; input the
+//! caller can fix is `DomainError::Invalid` naming the field, and no error or
+//! log line ever carries key material.
+
+mod asn1;
+mod ca;
+mod crl;
+mod csr;
+mod inspect;
+mod issue;
+mod keys;
+mod pkcs12;
+
+pub use ca::{CaMaterial, create_ca, import_ca};
+pub use crl::{RevokedEntry, build_crl};
+pub use csr::{CsrInfo, MAX_CSR_BYTES, parse_csr};
+pub use inspect::{
+    CertInfo, cert_to_pem, inspect, key_matches_cert, parse_pem_certs, public_key_of,
+};
+pub use issue::{IssuerUrls, LeafRequest, issue_leaf};
+pub use keys::PrivateKey;
+pub use pkcs12::pkcs12;
+
+#[cfg(test)]
+mod testutil;

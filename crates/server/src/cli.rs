@@ -1,0 +1,607 @@
+//! The admin CLI: sub-commands that call the console API over HTTP with the
+//! same wire types the server uses. Human tables by default, `--output json`.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use certflow_api::{
+    AuditEventView, CertificateDetail, CertificatePage, CreateCertificateRequest, ImportCaRequest,
+    IssuerView, Pkcs12Request, Problem, RenewRequest, RevokeRequest,
+};
+use clap::{Args, Subcommand, ValueEnum};
+use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
+use serde::de::DeserializeOwned;
+use uuid::Uuid;
+
+/// Output format.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum Output {
+    /// Human-readable tables.
+    Table,
+    /// The API's JSON.
+    Json,
+}
+
+/// How to reach the API.
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    /// Server base URL.
+    #[arg(
+        long,
+        env = "CERTFLOW_URL",
+        default_value = "http://127.0.0.1:8080",
+        global = true
+    )]
+    url: String,
+    /// Bearer token (the bootstrap admin token printed at first start).
+    #[arg(long, env = "CERTFLOW_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
+    /// Output format.
+    #[arg(long, short, value_enum, default_value_t = Output::Table, global = true)]
+    output: Output,
+}
+
+/// `certflow cert ...`
+#[derive(Debug, Subcommand)]
+pub enum CertCommand {
+    /// Request a certificate.
+    Create {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Owning team.
+        #[arg(long)]
+        team: String,
+        /// Subject alternative name (repeat for several).
+        #[arg(long = "san")]
+        names: Vec<String>,
+        /// Display name (defaults to the first SAN).
+        #[arg(long)]
+        name: Option<String>,
+        /// Label key=value (repeat for several).
+        #[arg(long = "label")]
+        labels: Vec<String>,
+        /// tls-server or tls-client.
+        #[arg(long)]
+        profile: Option<String>,
+        /// Key type for a server-generated key.
+        #[arg(long)]
+        key_type: Option<String>,
+        /// Validity in days.
+        #[arg(long)]
+        validity_days: Option<u32>,
+        /// PEM CSR file: the key stays with you.
+        #[arg(long)]
+        csr: Option<PathBuf>,
+    },
+    /// List certificates.
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Substring of name or SAN.
+        #[arg(long)]
+        search: Option<String>,
+        /// Team.
+        #[arg(long)]
+        team: Option<String>,
+        /// Label key=value (repeat; all must match).
+        #[arg(long = "label")]
+        labels: Vec<String>,
+        /// active, revoked or archived.
+        #[arg(long)]
+        status: Option<String>,
+        /// Expiring within N days.
+        #[arg(long)]
+        expiring_within_days: Option<u32>,
+        /// name, not_after or created_at.
+        #[arg(long)]
+        sort: Option<String>,
+        /// Sort descending.
+        #[arg(long)]
+        desc: bool,
+        /// Page size.
+        #[arg(long)]
+        limit: Option<u32>,
+        /// Rows to skip.
+        #[arg(long)]
+        offset: Option<u64>,
+    },
+    /// Show one certificate with versions and history.
+    Show {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Certificate id.
+        id: Uuid,
+    },
+    /// Download certificate, chain, fullchain, key (PEM) or PKCS#12.
+    Download {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Certificate id.
+        id: Uuid,
+        /// certificate, chain, fullchain, key or pkcs12.
+        #[arg(long, default_value = "fullchain")]
+        format: String,
+        /// Version (default: current).
+        #[arg(long)]
+        version: Option<u32>,
+        /// File holding the PKCS#12 password.
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+        /// Write to this file (mode 600 for keys) instead of stdout.
+        #[arg(long, short = 'f')]
+        out: Option<PathBuf>,
+    },
+    /// Renew now.
+    Renew {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Certificate id.
+        id: Uuid,
+        /// New CSR for a CSR-keyed certificate.
+        #[arg(long)]
+        csr: Option<PathBuf>,
+    },
+    /// Revoke a version.
+    Revoke {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Certificate id.
+        id: Uuid,
+        /// RFC 5280 reason, e.g. keyCompromise, superseded, cessationOfOperation.
+        #[arg(long, default_value = "unspecified")]
+        reason: String,
+        /// Version (default: current).
+        #[arg(long)]
+        version: Option<u32>,
+    },
+    /// Archive: stop renewing and delivering.
+    Archive {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Certificate id.
+        id: Uuid,
+    },
+}
+
+/// `certflow ca ...`
+#[derive(Debug, Subcommand)]
+pub enum CaCommand {
+    /// Show the issuers (certificate authorities).
+    Show {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Import an existing CA certificate and key as an issuer.
+    Import {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Issuer name.
+        #[arg(long)]
+        name: String,
+        /// PEM file of the issuing CA certificate.
+        #[arg(long)]
+        cert: PathBuf,
+        /// PEM file of its private key (PKCS#8).
+        #[arg(long)]
+        key: PathBuf,
+        /// PEM file of the chain above it.
+        #[arg(long)]
+        chain: Option<PathBuf>,
+        /// Make it the default issuer.
+        #[arg(long)]
+        default: bool,
+    },
+}
+
+struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+    output: Output,
+}
+
+impl Client {
+    fn new(args: &ClientArgs) -> anyhow::Result<Self> {
+        let Some(token) = args.token.clone() else {
+            bail!(
+                "no token: pass --token or set CERTFLOW_TOKEN (printed by `certflow serve` at first start)"
+            );
+        };
+        Ok(Self {
+            http: reqwest::Client::builder().build().context("HTTP client")?,
+            base: format!("{}/console/api/v1", args.url.trim_end_matches('/')),
+            token,
+            output: args.output,
+        })
+    }
+
+    async fn send(&self, req: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
+        let resp = req
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach {}", self.base))?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        match serde_json::from_str::<Problem>(&text) {
+            Ok(p) => {
+                let mut msg = format!("{} {}: {}", p.status, p.title, p.detail);
+                for f in &p.errors {
+                    msg.push_str(&format!("\n  {}: {}", f.field, f.reason));
+                }
+                bail!(msg)
+            }
+            Err(_) => bail!("{status}: {text}"),
+        }
+    }
+
+    async fn json<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder) -> anyhow::Result<T> {
+        self.send(req)
+            .await?
+            .json()
+            .await
+            .context("decoding the response")
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+}
+
+fn read(path: &PathBuf) -> anyhow::Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+}
+
+fn label_pairs(labels: &[String]) -> anyhow::Result<Vec<(String, String)>> {
+    labels
+        .iter()
+        .map(|l| {
+            l.split_once('=')
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .with_context(|| format!("label {l:?} is not key=value"))
+        })
+        .collect()
+}
+
+fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+fn print_detail(output: Output, d: &CertificateDetail) -> anyhow::Result<()> {
+    if output == Output::Json {
+        return print_json(d);
+    }
+    let s = &d.summary;
+    let mut t = Table::new();
+    t.load_preset(UTF8_BORDERS_ONLY);
+    let labels: Vec<String> = s.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    for (k, v) in [
+        ("id", s.id.to_string()),
+        ("name", s.name.clone()),
+        ("team", s.team.clone()),
+        ("status", s.status.clone()),
+        ("names", s.names.join(", ")),
+        ("labels", labels.join(", ")),
+        ("profile", s.profile.clone()),
+        ("key", format!("{} ({})", s.key_type, s.key_source)),
+        ("version", s.current_version.to_string()),
+        ("not after", s.not_after.to_string()),
+        ("renew after", s.renew_after.to_string()),
+        ("issuer", s.issuer_id.to_string()),
+    ] {
+        t.add_row(vec![k.to_owned(), v]);
+    }
+    println!("{t}");
+    let mut v = Table::new();
+    v.load_preset(UTF8_BORDERS_ONLY);
+    v.set_header(vec![
+        "version",
+        "serial",
+        "status",
+        "not after",
+        "fingerprint (sha-256)",
+    ]);
+    for ver in &d.versions {
+        v.add_row(vec![
+            ver.version.to_string(),
+            ver.serial.clone(),
+            ver.status.clone()
+                + &ver
+                    .revocation_reason
+                    .as_ref()
+                    .map(|r| format!(" ({r})"))
+                    .unwrap_or_default(),
+            ver.not_after.to_string(),
+            ver.fingerprint_sha256.clone(),
+        ]);
+    }
+    println!("{v}");
+    print_history(&d.history);
+    Ok(())
+}
+
+fn print_history(events: &[AuditEventView]) {
+    if events.is_empty() {
+        return;
+    }
+    let mut t = Table::new();
+    t.load_preset(UTF8_BORDERS_ONLY);
+    t.set_header(vec!["at", "who", "action", "outcome"]);
+    for e in events {
+        t.add_row(vec![
+            e.at.to_string(),
+            e.subject.clone(),
+            e.action.clone(),
+            e.outcome.clone(),
+        ]);
+    }
+    println!("{t}");
+}
+
+/// Runs a `certflow cert` sub-command.
+pub async fn run_cert(cmd: CertCommand) -> anyhow::Result<()> {
+    match cmd {
+        CertCommand::Create {
+            client,
+            team,
+            names,
+            name,
+            labels,
+            profile,
+            key_type,
+            validity_days,
+            csr,
+        } => {
+            let c = Client::new(&client)?;
+            let body = CreateCertificateRequest {
+                name,
+                names,
+                team,
+                labels: label_pairs(&labels)?.into_iter().collect(),
+                profile,
+                key_type,
+                validity_days,
+                csr: csr.as_ref().map(read).transpose()?,
+                issuer_id: None,
+            };
+            let d: CertificateDetail = c
+                .json(c.http.post(c.url("/certificates")).json(&body))
+                .await?;
+            print_detail(c.output, &d)
+        }
+        CertCommand::List {
+            client,
+            search,
+            team,
+            labels,
+            status,
+            expiring_within_days,
+            sort,
+            desc,
+            limit,
+            offset,
+        } => {
+            let c = Client::new(&client)?;
+            let mut q: Vec<(String, String)> = Vec::new();
+            let opt = |k: &str, v: Option<String>| v.map(|v| (k.to_owned(), v));
+            q.extend(opt("search", search));
+            q.extend(opt("team", team));
+            q.extend(
+                label_pairs(&labels)?
+                    .into_iter()
+                    .map(|(k, v)| ("label".to_owned(), format!("{k}={v}"))),
+            );
+            q.extend(opt("status", status));
+            q.extend(opt(
+                "expiring_within_days",
+                expiring_within_days.map(|d| d.to_string()),
+            ));
+            q.extend(opt("sort", sort));
+            if desc {
+                q.push(("order".into(), "desc".into()));
+            }
+            q.extend(opt("limit", limit.map(|d| d.to_string())));
+            q.extend(opt("offset", offset.map(|d| d.to_string())));
+            let page: CertificatePage =
+                c.json(c.http.get(c.url("/certificates")).query(&q)).await?;
+            if c.output == Output::Json {
+                return print_json(&page);
+            }
+            let mut t = Table::new();
+            t.load_preset(UTF8_BORDERS_ONLY);
+            t.set_header(vec![
+                "id",
+                "name",
+                "team",
+                "status",
+                "v",
+                "not after",
+                "names",
+            ]);
+            for s in &page.items {
+                t.add_row(vec![
+                    s.id.to_string(),
+                    s.name.clone(),
+                    s.team.clone(),
+                    s.status.clone(),
+                    s.current_version.to_string(),
+                    s.not_after.date().to_string(),
+                    s.names.join(", "),
+                ]);
+            }
+            println!("{t}");
+            println!("{} of {} shown", page.items.len(), page.total);
+            Ok(())
+        }
+        CertCommand::Show { client, id } => {
+            let c = Client::new(&client)?;
+            let d: CertificateDetail = c
+                .json(c.http.get(c.url(&format!("/certificates/{id}"))))
+                .await?;
+            print_detail(c.output, &d)
+        }
+        CertCommand::Download {
+            client,
+            id,
+            format,
+            version,
+            password_file,
+            out,
+        } => {
+            let c = Client::new(&client)?;
+            let bytes = if format == "pkcs12" {
+                let Some(pw) = password_file else {
+                    bail!("--password-file is required for pkcs12");
+                };
+                let password = read(&pw)?.trim_end_matches(['\r', '\n']).to_owned();
+                let body = Pkcs12Request { password, version };
+                c.send(
+                    c.http
+                        .post(c.url(&format!("/certificates/{id}/pkcs12")))
+                        .json(&body),
+                )
+                .await?
+                .bytes()
+                .await?
+            } else {
+                let mut q = vec![("format".to_owned(), format.clone())];
+                q.extend(version.map(|v| ("version".to_owned(), v.to_string())));
+                c.send(
+                    c.http
+                        .get(c.url(&format!("/certificates/{id}/download")))
+                        .query(&q),
+                )
+                .await?
+                .bytes()
+                .await?
+            };
+            match out {
+                Some(path) => {
+                    write_private(&path, &bytes, matches!(format.as_str(), "key" | "pkcs12"))
+                }
+                None if format == "pkcs12" => bail!("PKCS#12 is binary: pass --out FILE"),
+                None => {
+                    print!("{}", String::from_utf8_lossy(&bytes));
+                    Ok(())
+                }
+            }
+        }
+        CertCommand::Renew { client, id, csr } => {
+            let c = Client::new(&client)?;
+            let body = RenewRequest {
+                csr: csr.as_ref().map(read).transpose()?,
+            };
+            let d: CertificateDetail = c
+                .json(
+                    c.http
+                        .post(c.url(&format!("/certificates/{id}/renew")))
+                        .json(&body),
+                )
+                .await?;
+            print_detail(c.output, &d)
+        }
+        CertCommand::Revoke {
+            client,
+            id,
+            reason,
+            version,
+        } => {
+            let c = Client::new(&client)?;
+            let body = RevokeRequest { reason, version };
+            let d: CertificateDetail = c
+                .json(
+                    c.http
+                        .post(c.url(&format!("/certificates/{id}/revoke")))
+                        .json(&body),
+                )
+                .await?;
+            print_detail(c.output, &d)
+        }
+        CertCommand::Archive { client, id } => {
+            let c = Client::new(&client)?;
+            let d: CertificateDetail = c
+                .json(c.http.post(c.url(&format!("/certificates/{id}/archive"))))
+                .await?;
+            print_detail(c.output, &d)
+        }
+    }
+}
+
+fn write_private(path: &PathBuf, bytes: &[u8], secret: bool) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(if secret { 0o600 } else { 0o644 })
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(bytes)?;
+    eprintln!("wrote {}", path.display());
+    Ok(())
+}
+
+/// Runs a `certflow ca` sub-command.
+pub async fn run_ca(cmd: CaCommand) -> anyhow::Result<()> {
+    match cmd {
+        CaCommand::Show { client } => {
+            let c = Client::new(&client)?;
+            let issuers: Vec<IssuerView> = c.json(c.http.get(c.url("/issuers"))).await?;
+            if c.output == Output::Json {
+                return print_json(&issuers);
+            }
+            let mut t = Table::new();
+            t.load_preset(UTF8_BORDERS_ONLY);
+            t.set_header(vec!["id", "name", "default", "key", "subject", "not after"]);
+            for i in &issuers {
+                t.add_row(vec![
+                    i.id.to_string(),
+                    i.name.clone(),
+                    if i.is_default {
+                        "yes".into()
+                    } else {
+                        String::new()
+                    },
+                    i.key_type.clone(),
+                    i.subject.clone(),
+                    i.not_after.date().to_string(),
+                ]);
+            }
+            println!("{t}");
+            Ok(())
+        }
+        CaCommand::Import {
+            client,
+            name,
+            cert,
+            key,
+            chain,
+            default,
+        } => {
+            let c = Client::new(&client)?;
+            let body = ImportCaRequest {
+                name,
+                certificate_pem: read(&cert)?,
+                private_key_pem: read(&key)?,
+                chain_pem: chain.as_ref().map(read).transpose()?,
+                make_default: default,
+            };
+            let issuer: IssuerView = c
+                .json(c.http.post(c.url("/issuers/import")).json(&body))
+                .await?;
+            if c.output == Output::Json {
+                return print_json(&issuer);
+            }
+            println!(
+                "imported issuer {} ({}), subject {}",
+                issuer.id, issuer.name, issuer.subject
+            );
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,322 @@
+//! Configuration: defaults, then a TOML file, then `CERTFLOW_*` environment
+//! variables (`__` separates sections: `CERTFLOW_SERVER__LISTEN`). Unknown keys
+//! are rejected and every value is checked at start, so a typo stops the server
+//! with a message instead of being ignored. Secrets live in types that never print.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use certflow_core::model::KeyType;
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+
+/// The whole configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where embedded state lives (SQLite file, blobs, generated master key).
+    pub data_dir: PathBuf,
+    /// HTTP listener.
+    pub server: ServerConfig,
+    /// Metadata store.
+    pub database: DatabaseConfig,
+    /// Blob store.
+    pub blob: BlobConfig,
+    /// Master key for envelope encryption of private keys.
+    pub master_key: MasterKeyConfig,
+    /// The internal CA created on first start.
+    pub ca: CaConfig,
+    /// Authentication.
+    pub auth: AuthConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("certflow-data"),
+            server: ServerConfig::default(),
+            database: DatabaseConfig::default(),
+            blob: BlobConfig::default(),
+            master_key: MasterKeyConfig::default(),
+            ca: CaConfig::default(),
+            auth: AuthConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address of the console listener.
+    pub listen: SocketAddr,
+    /// Externally reachable base URL, written into certificates (CA issuers, CRL).
+    /// Defaults to `http://<listen>`.
+    pub public_url: Option<String>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            public_url: None,
+        }
+    }
+}
+
+/// `[database]`
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// `sqlite://path/to/file.db`; defaults to `<data_dir>/certflow.db`.
+    pub url: Option<String>,
+}
+
+/// `[blob]`
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BlobConfig {
+    /// Local directory; defaults to `<data_dir>/blobs`.
+    pub path: Option<PathBuf>,
+}
+
+/// `[master_key]`: one of `key` (base64 of 32 bytes; env `CERTFLOW_MASTER_KEY`)
+/// or `file` (env `CERTFLOW_MASTER_KEY_FILE`). With neither, a key is generated
+/// into `<data_dir>/master.key` on first start.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MasterKeyConfig {
+    /// The key itself, base64.
+    #[serde(skip_serializing)]
+    pub key: Option<SecretString>,
+    /// A file holding the key, base64.
+    pub file: Option<PathBuf>,
+    /// Earlier keys, base64: they still decrypt, never encrypt (rotation).
+    #[serde(skip_serializing)]
+    pub previous: Vec<SecretString>,
+}
+
+/// `[ca]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CaConfig {
+    /// Organisation name in the CA subjects.
+    pub name: String,
+    /// `ecdsa-p256` (default), `ecdsa-p384`, `rsa-2048`, `rsa-3072`, `rsa-4096`, `ed25519`.
+    pub key_type: String,
+    /// Root CA validity in days.
+    pub root_validity_days: u32,
+    /// Issuing CA validity in days.
+    pub intermediate_validity_days: u32,
+}
+
+impl Default for CaConfig {
+    fn default() -> Self {
+        Self {
+            name: "certflow".into(),
+            key_type: "ecdsa-p256".into(),
+            root_validity_days: 3650,
+            intermediate_validity_days: 1825,
+        }
+    }
+}
+
+/// `[auth]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Accept the bootstrap admin token (break-glass access). Turn off once SSO works.
+    pub bootstrap_token: bool,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            bootstrap_token: true,
+        }
+    }
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    pub format: String,
+    /// A tracing filter, e.g. `info` or `certflow=debug`.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: "text".into(),
+            level: "info".into(),
+        }
+    }
+}
+
+/// Environment variables under the prefix that are not configuration keys.
+const NOT_CONFIG: [&str; 5] = ["CONFIG", "URL", "TOKEN", "MASTER_KEY", "MASTER_KEY_FILE"];
+
+impl Config {
+    /// Loads defaults, then `file` (if given; it must exist), then the environment.
+    pub fn load(file: Option<&Path>) -> anyhow::Result<Self> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.exists() {
+                bail!("configuration file {} does not exist", path.display());
+            }
+            fig = fig.merge(Toml::file_exact(path));
+        }
+        fig = fig.merge(
+            Env::prefixed("CERTFLOW_")
+                .filter(|k| {
+                    !NOT_CONFIG
+                        .iter()
+                        .any(|n| k.as_str().eq_ignore_ascii_case(n))
+                })
+                .split("__"),
+        );
+        if let Ok(key) = std::env::var("CERTFLOW_MASTER_KEY") {
+            fig = fig.merge(("master_key.key", key));
+        }
+        if let Ok(path) = std::env::var("CERTFLOW_MASTER_KEY_FILE") {
+            fig = fig.merge(("master_key.file", path));
+        }
+        let config: Config = fig.extract().map_err(|e| {
+            let msgs: Vec<String> = e.into_iter().map(|e| e.to_string()).collect();
+            anyhow::anyhow!("invalid configuration: {}", msgs.join("; "))
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values that types alone cannot.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if let Some(url) = &self.server.public_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            bail!("server.public_url must start with http:// or https://, got {url:?}");
+        }
+        if let Some(url) = &self.database.url
+            && !url.starts_with("sqlite:")
+        {
+            bail!("database.url {url:?}: only sqlite:// URLs are supported by this build");
+        }
+        self.ca_key_type()?;
+        if self.ca.root_validity_days == 0 || self.ca.intermediate_validity_days == 0 {
+            bail!("ca.root_validity_days and ca.intermediate_validity_days must be positive");
+        }
+        if self.ca.intermediate_validity_days > self.ca.root_validity_days {
+            bail!("ca.intermediate_validity_days must not exceed ca.root_validity_days");
+        }
+        if self.master_key.key.is_some() && self.master_key.file.is_some() {
+            bail!("set master_key.key or master_key.file, not both");
+        }
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            bail!(
+                "log.format must be \"text\" or \"json\", got {:?}",
+                self.log.format
+            );
+        }
+        Ok(())
+    }
+
+    /// The parsed CA key type.
+    pub fn ca_key_type(&self) -> anyhow::Result<KeyType> {
+        KeyType::parse(&self.ca.key_type).with_context(|| {
+            let all: Vec<&str> = KeyType::ALL.iter().map(|k| k.as_str()).collect();
+            format!(
+                "ca.key_type {:?} is not one of {}",
+                self.ca.key_type,
+                all.join(", ")
+            )
+        })
+    }
+
+    /// Path of the SQLite database file.
+    pub fn database_path(&self) -> PathBuf {
+        match &self.database.url {
+            Some(url) => PathBuf::from(
+                url.trim_start_matches("sqlite://")
+                    .trim_start_matches("sqlite:"),
+            ),
+            None => self.data_dir.join("certflow.db"),
+        }
+    }
+
+    /// Directory of the local blob store.
+    pub fn blob_path(&self) -> PathBuf {
+        self.blob
+            .path
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("blobs"))
+    }
+
+    /// The base URL written into certificates.
+    pub fn public_url(&self) -> String {
+        self.server
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", self.server.listen))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_embedded() {
+        let c = Config::default();
+        c.validate().unwrap();
+        assert_eq!(
+            c.database_path(),
+            PathBuf::from("certflow-data/certflow.db")
+        );
+        assert_eq!(c.public_url(), "http://127.0.0.1:8080");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_rejected_with_the_key_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "[server]\nlisten = \"127.0.0.1:9000\"\nlisenn = 1\n").unwrap();
+        let err = Config::load(Some(&file)).unwrap_err().to_string();
+        assert!(err.contains("lisenn"), "{err}");
+        std::fs::write(&file, "[ca]\nkey_type = \"dsa\"\n").unwrap();
+        let err = Config::load(Some(&file)).unwrap_err().to_string();
+        assert!(
+            err.contains("ca.key_type") && err.contains("ecdsa-p256"),
+            "{err}"
+        );
+        std::fs::write(&file, "[database]\nurl = \"mysql://x\"\n").unwrap();
+        assert!(
+            Config::load(Some(&file))
+                .unwrap_err()
+                .to_string()
+                .contains("database.url")
+        );
+        assert!(Config::load(Some(&dir.path().join("missing.toml"))).is_err());
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        let c = Config {
+            master_key: MasterKeyConfig {
+                key: Some(SecretString::from("c2VjcmV0LXZhbHVl")),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        assert!(!format!("{c:?}").contains("c2VjcmV0LXZhbHVl"));
+    }
+}

@@ -1,0 +1,95 @@
+//! Authentication of the console API. Until SSO lands, the only credential is
+//! the bootstrap admin token: generated at first start, shown once, stored as a
+//! SHA-256 hash (the token has 256 bits of entropy, so a slow hash adds nothing).
+
+use std::net::SocketAddr;
+
+use aws_lc_rs::{constant_time, digest, rand};
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::header;
+use axum::middleware::Next;
+use axum::response::Response;
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use certflow_core::model::Actor;
+use certflow_core::ports::MetadataStore;
+use certflow_core::{DomainError, error::DomainResult};
+
+use super::AppState;
+use super::errors::ApiError;
+
+/// Settings key of the bootstrap token hash.
+const BOOTSTRAP_HASH: &str = "auth.bootstrap_token_sha256";
+
+/// Prefix that makes the token recognisable to secret scanners.
+const TOKEN_PREFIX: &str = "cfb_";
+
+fn hash(token: &str) -> String {
+    hex::encode(digest::digest(&digest::SHA256, token.as_bytes()).as_ref())
+}
+
+/// Creates a new bootstrap token, replacing any earlier one; returns it for
+/// printing once. Only its hash is stored.
+pub async fn rotate_bootstrap_token(store: &dyn MetadataStore) -> DomainResult<String> {
+    let mut raw = [0u8; 32];
+    rand::fill(&mut raw).map_err(|_| DomainError::Internal("random source failed".into()))?;
+    let token = format!("{TOKEN_PREFIX}{}", URL_SAFE_NO_PAD.encode(raw));
+    store.put_setting(BOOTSTRAP_HASH, &hash(&token)).await?;
+    Ok(token)
+}
+
+/// On first start, creates the bootstrap token and returns it; afterwards `None`.
+pub async fn ensure_bootstrap_token(store: &dyn MetadataStore) -> DomainResult<Option<String>> {
+    if store.get_setting(BOOTSTRAP_HASH).await?.is_some() {
+        return Ok(None);
+    }
+    rotate_bootstrap_token(store).await.map(Some)
+}
+
+/// Loads the stored hash.
+pub async fn bootstrap_hash(store: &dyn MetadataStore) -> DomainResult<Option<String>> {
+    store.get_setting(BOOTSTRAP_HASH).await
+}
+
+/// Middleware: requires a valid bearer token and attaches the [`Actor`].
+pub async fn require_auth(
+    State(state): State<AppState>,
+    mut req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let source = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ci| ci.0.ip().to_string());
+    let token = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim);
+    let Some(token) = token else {
+        return Err(ApiError::unauthorized("send Authorization: Bearer <token>"));
+    };
+    let ok = match &state.bootstrap_hash {
+        Some(stored) => {
+            constant_time::verify_slices_are_equal(hash(token).as_bytes(), stored.as_bytes())
+                .is_ok()
+        }
+        None => false,
+    };
+    if !ok {
+        tracing::warn!(
+            source = source.as_deref().unwrap_or("-"),
+            "rejected bearer token"
+        );
+        return Err(ApiError::unauthorized("the bearer token is not valid"));
+    }
+    req.extensions_mut().insert(Actor {
+        subject: "bootstrap-admin".into(),
+        source,
+    });
+    Ok(next.run(req).await)
+}

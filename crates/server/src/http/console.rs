@@ -1,0 +1,510 @@
+//! `/console/api/v1`: the JSON API people and automation use. Handlers are thin:
+//! parse, call a use case, map the result to a view.
+
+use axum::Extension;
+use axum::extract::{FromRequest, FromRequestParts, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use certflow_api::{
+    AuditEventView, AuditPage, CertificateDetail, CertificatePage, CertificateSummary,
+    CreateCertificateRequest, ImportCaRequest, IssuerView, Pkcs12Request, Problem, RenewRequest,
+    RevokeRequest, VersionView,
+};
+use certflow_core::SubjectName;
+use certflow_core::model::{
+    Actor, AuditEvent, AuditQuery, Certificate, CertificateQuery, CertificateStatus,
+    CertificateVersion, Issuer, SortKey,
+};
+use certflow_services::{CertificateView, DownloadKind};
+use serde::Deserialize;
+use time::OffsetDateTime;
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use super::AppState;
+use super::errors::{ApiError, ApiResult};
+
+/// JSON body whose rejections are problem documents.
+#[derive(FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
+pub struct Json<T>(pub T);
+
+impl<T: serde::Serialize> IntoResponse for Json<T> {
+    fn into_response(self) -> Response {
+        axum::Json(self.0).into_response()
+    }
+}
+
+/// Path parameters whose rejections are problem documents.
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(ApiError))]
+pub struct Path<T>(pub T);
+
+/// Query parameters whose rejections are problem documents.
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+pub struct Query<T>(pub T);
+
+/// The clock, read once per request at the edge; whole seconds, as stored.
+fn now() -> OffsetDateTime {
+    let t = OffsetDateTime::now_utc();
+    t.replace_nanosecond(0).unwrap_or(t)
+}
+
+fn names(names: &[SubjectName]) -> Vec<String> {
+    names.iter().map(SubjectName::to_text).collect()
+}
+
+fn summary(c: &Certificate) -> CertificateSummary {
+    CertificateSummary {
+        id: c.id,
+        name: c.name.clone(),
+        team: c.team.clone(),
+        labels: c.labels.clone(),
+        profile: c.profile.as_str().into(),
+        key_type: c.key_type.as_str().into(),
+        key_source: c.key_source.as_str().into(),
+        names: names(&c.names),
+        status: c.status.as_str().into(),
+        current_version: c.current_version,
+        not_after: c.not_after,
+        renew_after: c.renew_after,
+        issuer_id: c.issuer_id,
+        created_at: c.created_at,
+        updated_at: c.updated_at,
+    }
+}
+
+fn version_view(v: &CertificateVersion) -> VersionView {
+    VersionView {
+        version: v.version,
+        serial: v.serial.clone(),
+        fingerprint_sha256: v.fingerprint_sha256.clone(),
+        not_before: v.not_before,
+        not_after: v.not_after,
+        key_type: v.key_type.as_str().into(),
+        names: names(&v.names),
+        status: v.status.as_str().into(),
+        revoked_at: v.revoked_at,
+        revocation_reason: v.revocation_reason.map(|r| r.as_str().into()),
+        has_private_key: v.key_blob.is_some(),
+    }
+}
+
+pub(super) fn audit_view(e: &AuditEvent) -> AuditEventView {
+    AuditEventView {
+        id: e.id,
+        at: e.at,
+        subject: e.actor.subject.clone(),
+        source: e.actor.source.clone(),
+        action: e.action.clone(),
+        target: e.target.clone(),
+        outcome: e.outcome.as_str().into(),
+        details: e.details.clone(),
+    }
+}
+
+fn issuer_view(i: &Issuer) -> IssuerView {
+    IssuerView {
+        id: i.id,
+        name: i.name.clone(),
+        kind: "internal".into(),
+        is_default: i.is_default,
+        key_type: i.key_type.as_str().into(),
+        subject: i.subject.clone(),
+        not_after: i.not_after,
+        issuing_cert_pem: i.issuing_cert_pem.clone(),
+        chain_pem: i.chain_pem.clone(),
+        created_at: i.created_at,
+    }
+}
+
+async fn detail(state: &AppState, view: CertificateView) -> ApiResult<CertificateDetail> {
+    let id = view.certificate.id;
+    let fullchain_pem = state
+        .services
+        .download(id, None, DownloadKind::FullChain)
+        .await?;
+    let history = state
+        .services
+        .audit(&AuditQuery {
+            target: Some(format!("certificate/{id}")),
+            limit: 100,
+            ..Default::default()
+        })
+        .await?;
+    Ok(CertificateDetail {
+        summary: summary(&view.certificate),
+        validity_days: view.certificate.validity_days,
+        renew_at_fraction: view.certificate.renewal.renew_at_fraction,
+        versions: view.versions.iter().map(version_view).collect(),
+        fullchain_pem,
+        history: history.items.iter().map(audit_view).collect(),
+    })
+}
+
+/// Request a certificate (CSR or server-generated key).
+#[utoipa::path(post, path = "/certificates", tag = "certificates",
+    request_body = CreateCertificateRequest,
+    responses((status = 201, body = CertificateDetail), (status = 400, body = Problem), (status = 409, body = Problem), (status = 413, body = Problem)))]
+pub async fn create_certificate(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Json(req): Json<CreateCertificateRequest>,
+) -> ApiResult<Response> {
+    let view = state
+        .services
+        .create_certificate(&actor, &req, now())
+        .await?;
+    let location = format!("/console/api/v1/certificates/{}", view.certificate.id);
+    let body = detail(&state, view).await?;
+    let mut resp = (StatusCode::CREATED, Json(body)).into_response();
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    Ok(resp)
+}
+
+/// Filters of the certificate list.
+/// Only describes the query for OpenAPI: `label` repeats, so the handler parses the raw query.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct ListParams {
+    /// Substring of the name or any SAN.
+    pub search: Option<String>,
+    /// Owning team.
+    pub team: Option<String>,
+    /// `key=value`; repeat for several (all must match).
+    #[param(value_type = Option<Vec<String>>)]
+    pub label: Option<String>,
+    /// `active`, `revoked` or `archived`.
+    pub status: Option<String>,
+    /// Only certificates expiring within this many days.
+    pub expiring_within_days: Option<u32>,
+    /// `name` (default), `not_after` or `created_at`.
+    pub sort: Option<String>,
+    /// `asc` (default) or `desc`.
+    pub order: Option<String>,
+    /// Page size, 1-500 (default 50).
+    pub limit: Option<u32>,
+    /// Rows to skip.
+    pub offset: Option<u64>,
+}
+
+/// Parses the raw query: `label` may repeat, which serde's struct form cannot express.
+fn parse_list_query(raw: Option<&str>) -> ApiResult<CertificateQuery> {
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(raw.unwrap_or(""))
+        .map_err(|e| ApiError::invalid_field("query", e.to_string()))?;
+    let mut q = CertificateQuery {
+        limit: 50,
+        ..Default::default()
+    };
+    for (k, v) in pairs {
+        match k.as_str() {
+            "search" => q.search = Some(v).filter(|s| !s.is_empty()),
+            "team" => q.team = Some(v).filter(|s| !s.is_empty()),
+            "label" => {
+                let (lk, lv) = v
+                    .split_once('=')
+                    .ok_or_else(|| ApiError::invalid_field("label", "must be key=value"))?;
+                q.labels.insert(lk.to_owned(), lv.to_owned());
+            }
+            "status" => {
+                q.status = Some(CertificateStatus::parse(&v).ok_or_else(|| {
+                    ApiError::invalid_field(
+                        "status",
+                        format!("'{v}' is not one of active, revoked, archived"),
+                    )
+                })?)
+            }
+            "expiring_within_days" => {
+                let days: u32 = v.parse().map_err(|_| {
+                    ApiError::invalid_field(
+                        "expiring_within_days",
+                        "must be a non-negative integer",
+                    )
+                })?;
+                q.expires_before = Some(now() + time::Duration::days(i64::from(days.min(36_500))));
+            }
+            "sort" => {
+                q.sort = match v.as_str() {
+                    "name" => SortKey::Name,
+                    "not_after" => SortKey::NotAfter,
+                    "created_at" => SortKey::CreatedAt,
+                    _ => {
+                        return Err(ApiError::invalid_field(
+                            "sort",
+                            "must be name, not_after or created_at",
+                        ));
+                    }
+                }
+            }
+            "order" => {
+                q.descending = match v.as_str() {
+                    "asc" => false,
+                    "desc" => true,
+                    _ => return Err(ApiError::invalid_field("order", "must be asc or desc")),
+                }
+            }
+            "limit" => {
+                q.limit = v
+                    .parse()
+                    .ok()
+                    .filter(|l| (1..=500).contains(l))
+                    .ok_or_else(|| {
+                        ApiError::invalid_field("limit", "must be an integer from 1 to 500")
+                    })?
+            }
+            "offset" => {
+                q.offset = v.parse().map_err(|_| {
+                    ApiError::invalid_field("offset", "must be a non-negative integer")
+                })?
+            }
+            other => return Err(ApiError::invalid_field(other, "unknown query parameter")),
+        }
+    }
+    Ok(q)
+}
+
+/// Search, filter, sort and paginate certificates.
+#[utoipa::path(get, path = "/certificates", tag = "certificates", params(ListParams),
+    responses((status = 200, body = CertificatePage), (status = 400, body = Problem)))]
+pub async fn list_certificates(
+    State(state): State<AppState>,
+    uri: axum::http::Uri,
+) -> ApiResult<Json<CertificatePage>> {
+    let q = parse_list_query(uri.query())?;
+    let page = state.services.list(&q).await?;
+    Ok(Json(CertificatePage {
+        items: page.items.iter().map(summary).collect(),
+        total: page.total,
+        limit: q.limit,
+        offset: q.offset,
+    }))
+}
+
+/// A certificate with versions, chain and history.
+#[utoipa::path(get, path = "/certificates/{id}", tag = "certificates", params(("id" = Uuid, Path)),
+    responses((status = 200, body = CertificateDetail), (status = 404, body = Problem)))]
+pub async fn get_certificate(
+    State(state): State<AppState>,
+    Path(id): Path<Uuid>,
+) -> ApiResult<Json<CertificateDetail>> {
+    let view = state.services.certificate(id).await?;
+    Ok(Json(detail(&state, view).await?))
+}
+
+/// Download parameters.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct DownloadParams {
+    /// `certificate` (default), `chain`, `fullchain` or `key` (audited).
+    pub format: Option<String>,
+    /// Version; the current one by default.
+    pub version: Option<u32>,
+}
+
+/// Download a version as PEM: certificate, chain, fullchain, or the private key (audited).
+#[utoipa::path(get, path = "/certificates/{id}/download", tag = "certificates",
+    params(("id" = Uuid, Path), DownloadParams),
+    responses((status = 200, content_type = "application/x-pem-file", body = String), (status = 404, body = Problem)))]
+pub async fn download(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(id): Path<Uuid>,
+    Query(p): Query<DownloadParams>,
+) -> ApiResult<Response> {
+    let pem: String = match p.format.as_deref().unwrap_or("certificate") {
+        "certificate" => {
+            state
+                .services
+                .download(id, p.version, DownloadKind::Certificate)
+                .await?
+        }
+        "chain" => {
+            state
+                .services
+                .download(id, p.version, DownloadKind::Chain)
+                .await?
+        }
+        "fullchain" => {
+            state
+                .services
+                .download(id, p.version, DownloadKind::FullChain)
+                .await?
+        }
+        "key" => {
+            let key = state
+                .services
+                .download_key(&actor, id, p.version, now())
+                .await?;
+            key.as_str().to_owned()
+        }
+        other => {
+            return Err(ApiError::invalid_field(
+                "format",
+                format!("'{other}' is not one of certificate, chain, fullchain, key"),
+            ));
+        }
+    };
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/x-pem-file"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        pem,
+    )
+        .into_response())
+}
+
+/// Download certificate, chain and private key as PKCS#12 (audited).
+#[utoipa::path(post, path = "/certificates/{id}/pkcs12", tag = "certificates",
+    params(("id" = Uuid, Path)), request_body = Pkcs12Request,
+    responses((status = 200, content_type = "application/x-pkcs12", body = Vec<u8>), (status = 400, body = Problem), (status = 404, body = Problem)))]
+pub async fn download_pkcs12(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(id): Path<Uuid>,
+    Json(req): Json<Pkcs12Request>,
+) -> ApiResult<Response> {
+    let p12 = state
+        .services
+        .download_pkcs12(&actor, id, req.version, &req.password, now())
+        .await?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/x-pkcs12"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        p12,
+    )
+        .into_response())
+}
+
+/// Renew now, whatever the schedule says.
+#[utoipa::path(post, path = "/certificates/{id}/renew", tag = "certificates",
+    params(("id" = Uuid, Path)), request_body(content = RenewRequest, description = "Optional; an empty body renews with the current key source."),
+    responses((status = 200, body = CertificateDetail), (status = 400, body = Problem), (status = 404, body = Problem), (status = 409, body = Problem)))]
+pub async fn renew(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(id): Path<Uuid>,
+    body: axum::body::Bytes,
+) -> ApiResult<Json<CertificateDetail>> {
+    // An empty body is allowed: "renew now" needs no parameters.
+    let req: RenewRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        RenewRequest::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError::invalid_field("body", e.to_string()))?
+    };
+    let view = state
+        .services
+        .renew(&actor, id, req.csr.as_deref(), now())
+        .await?;
+    Ok(Json(detail(&state, view).await?))
+}
+
+/// Revoke a version with an RFC 5280 reason.
+#[utoipa::path(post, path = "/certificates/{id}/revoke", tag = "certificates",
+    params(("id" = Uuid, Path)), request_body = RevokeRequest,
+    responses((status = 200, body = CertificateDetail), (status = 400, body = Problem), (status = 404, body = Problem), (status = 409, body = Problem)))]
+pub async fn revoke(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(id): Path<Uuid>,
+    Json(req): Json<RevokeRequest>,
+) -> ApiResult<Json<CertificateDetail>> {
+    let view = state
+        .services
+        .revoke(&actor, id, req.version, &req.reason, now())
+        .await?;
+    Ok(Json(detail(&state, view).await?))
+}
+
+/// Archive: stop renewing and delivering, keep for history.
+#[utoipa::path(post, path = "/certificates/{id}/archive", tag = "certificates",
+    params(("id" = Uuid, Path)),
+    responses((status = 200, body = CertificateDetail), (status = 404, body = Problem), (status = 409, body = Problem)))]
+pub async fn archive(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(id): Path<Uuid>,
+) -> ApiResult<Json<CertificateDetail>> {
+    let view = state.services.archive(&actor, id, now()).await?;
+    Ok(Json(detail(&state, view).await?))
+}
+
+/// All issuers.
+#[utoipa::path(get, path = "/issuers", tag = "issuers", responses((status = 200, body = Vec<IssuerView>)))]
+pub async fn list_issuers(State(state): State<AppState>) -> ApiResult<Json<Vec<IssuerView>>> {
+    Ok(Json(
+        state
+            .services
+            .issuers()
+            .await?
+            .iter()
+            .map(issuer_view)
+            .collect(),
+    ))
+}
+
+/// Import an existing CA (certificate and key) as an issuer.
+#[utoipa::path(post, path = "/issuers/import", tag = "issuers", request_body = ImportCaRequest,
+    responses((status = 201, body = IssuerView), (status = 400, body = Problem)))]
+pub async fn import_issuer(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Json(req): Json<ImportCaRequest>,
+) -> ApiResult<(StatusCode, Json<IssuerView>)> {
+    let issuer = state.services.import_ca(&actor, &req, now()).await?;
+    Ok((StatusCode::CREATED, Json(issuer_view(&issuer))))
+}
+
+/// Audit filters.
+#[derive(Debug, Deserialize, IntoParams, ToSchema)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct AuditParams {
+    /// Exact target, e.g. `certificate/<id>`.
+    pub target: Option<String>,
+    /// Action prefix, e.g. `certificate.`.
+    pub action: Option<String>,
+    /// Actor subject.
+    pub subject: Option<String>,
+    /// Page size, 1-500 (default 100).
+    pub limit: Option<u32>,
+    /// Rows to skip.
+    pub offset: Option<u64>,
+}
+
+/// Query the audit trail, newest first.
+#[utoipa::path(get, path = "/audit", tag = "audit", params(AuditParams),
+    responses((status = 200, body = AuditPage), (status = 400, body = Problem)))]
+pub async fn audit(
+    State(state): State<AppState>,
+    Query(p): Query<AuditParams>,
+) -> ApiResult<Json<AuditPage>> {
+    let limit = p.limit.unwrap_or(100);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::invalid_field(
+            "limit",
+            "must be an integer from 1 to 500",
+        ));
+    }
+    let page = state
+        .services
+        .audit(&AuditQuery {
+            target: p.target,
+            action_prefix: p.action,
+            subject: p.subject,
+            limit,
+            offset: p.offset.unwrap_or(0),
+        })
+        .await?;
+    Ok(Json(AuditPage {
+        items: page.items.iter().map(audit_view).collect(),
+        total: page.total,
+    }))
+}

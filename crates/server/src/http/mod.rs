@@ -1,0 +1,186 @@
+//! HTTP surface: the router for `/console/api/v1` (bearer-authenticated), the
+//! public PKI endpoints (`/pki/<issuer>/ca.crt`, `/pki/<issuer>/crl`, fetched by
+//! relying parties), health probes and the generated OpenAPI document.
+
+pub mod auth;
+pub mod console;
+pub mod errors;
+
+use std::collections::BTreeMap;
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Router, middleware};
+use certflow_api::Health;
+use certflow_services::Services;
+use tower_http::set_header::SetResponseHeaderLayer;
+use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use errors::{ApiError, ApiResult};
+
+/// Largest request body accepted (64 KiB): CSRs and CA imports fit with room to spare.
+pub const BODY_LIMIT: usize = 64 * 1024;
+
+/// Shared state of all handlers.
+#[derive(Clone)]
+pub struct AppState {
+    /// The use cases.
+    pub services: Services,
+    /// SHA-256 (hex) of the bootstrap admin token, when that token is enabled.
+    pub bootstrap_hash: Option<String>,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "certflow console API", description = "Certificate lifecycle management: request, inspect, renew, revoke and download certificates."),
+    servers((url = "/console/api/v1")),
+    modifiers(&BearerAuth),
+    security(("bearer" = [])),
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The console API routes and their OpenAPI description, from the same code.
+pub fn console_api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(
+            console::create_certificate,
+            console::list_certificates
+        ))
+        .routes(routes!(console::get_certificate))
+        .routes(routes!(console::download))
+        .routes(routes!(console::download_pkcs12))
+        .routes(routes!(console::renew))
+        .routes(routes!(console::revoke))
+        .routes(routes!(console::archive))
+        .routes(routes!(console::list_issuers))
+        .routes(routes!(console::import_issuer))
+        .routes(routes!(console::audit))
+        .split_for_parts()
+}
+
+/// The OpenAPI document as served (for tests and `certflow openapi`).
+pub fn openapi_json() -> String {
+    console_api().1.to_pretty_json().unwrap_or_default()
+}
+
+/// The whole application router (no socket: tests drive it with `oneshot`).
+pub fn app(state: AppState) -> Router {
+    let (api, openapi) = console_api();
+    let openapi_doc = openapi.to_pretty_json().unwrap_or_default();
+    let api = api
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_auth,
+        ))
+        .fallback(|| async { ApiError::no_route() });
+    Router::new()
+        .nest("/console/api/v1", api)
+        .route(
+            "/console/api/openapi.json",
+            get(move || {
+                let doc = openapi_doc.clone();
+                async move { ([(header::CONTENT_TYPE, "application/json")], doc) }
+            }),
+        )
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/pki/{issuer}/ca.crt", get(issuer_cert))
+        .route("/pki/{issuer}/crl", get(issuer_crl))
+        .fallback(|| async { ApiError::no_route() })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method-not-allowed",
+                "Method not allowed",
+                "this resource does not support the method",
+            )
+        })
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+async fn healthz() -> axum::Json<Health> {
+    axum::Json(Health {
+        status: "ok".into(),
+        checks: BTreeMap::new(),
+    })
+}
+
+/// Ready when the metadata store answers.
+async fn readyz(State(state): State<AppState>) -> Response {
+    let mut checks = BTreeMap::new();
+    let db = state.services.store().ping().await;
+    checks.insert(
+        "database".to_owned(),
+        match &db {
+            Ok(()) => "ok".to_owned(),
+            Err(e) => e.to_string(),
+        },
+    );
+    let (status, word) = if db.is_ok() {
+        (StatusCode::OK, "ok")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+    };
+    (
+        status,
+        axum::Json(Health {
+            status: word.into(),
+            checks,
+        }),
+    )
+        .into_response()
+}
+
+async fn issuer_cert(
+    State(state): State<AppState>,
+    console::Path(id): console::Path<Uuid>,
+) -> ApiResult<Response> {
+    let der = state.services.issuer_certificate_der(id).await?;
+    Ok(([(header::CONTENT_TYPE, "application/pkix-cert")], der).into_response())
+}
+
+async fn issuer_crl(
+    State(state): State<AppState>,
+    console::Path(id): console::Path<Uuid>,
+) -> ApiResult<Response> {
+    let der = state
+        .services
+        .crl(id, time::OffsetDateTime::now_utc())
+        .await?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/pkix-crl"),
+            (header::CACHE_CONTROL, "max-age=300"),
+        ],
+        der,
+    )
+        .into_response())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,85 @@
+//! `certflow`: the server (`serve`) and the admin CLI that calls its API.
+
+mod cli;
+mod config;
+mod http;
+mod serve;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// certflow: certificate lifecycle manager.
+#[derive(Parser)]
+#[command(name = "certflow", version, about)]
+struct Cli {
+    /// Configuration file (TOML). Without one, embedded defaults apply.
+    #[arg(long, short, env = "CERTFLOW_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (console API, internal CA).
+    Serve,
+    /// Manage certificates through the API.
+    #[command(subcommand)]
+    Cert(cli::CertCommand),
+    /// Inspect or import certificate authorities through the API.
+    #[command(subcommand)]
+    Ca(cli::CaCommand),
+    /// Offline administration on the server's own data (run where the server runs).
+    #[command(subcommand)]
+    Admin(AdminCommand),
+    /// Print the console API's OpenAPI document.
+    Openapi,
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Replace the bootstrap admin token and print the new one (break-glass).
+    RotateBootstrapToken,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("certflow: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Serve => {
+                let config = config::Config::load(cli.config.as_deref())?;
+                serve::init_logging(&config);
+                serve::serve(config).await
+            }
+            Command::Admin(AdminCommand::RotateBootstrapToken) => {
+                let config = config::Config::load(cli.config.as_deref())?;
+                serve::rotate_bootstrap_token(&config).await
+            }
+            Command::Cert(cmd) => cli::run_cert(cmd).await,
+            Command::Ca(cmd) => cli::run_ca(cmd).await,
+            Command::Openapi => {
+                println!("{}", http::openapi_json());
+                Ok(())
+            }
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("certflow: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,186 @@
+//! Start-up: the one place that reads configuration and wires implementations
+//! to ports. Every backend is opened and checked before the listener binds, so
+//! a bad database path or master key stops the server with a message naming it.
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use certflow_blob::{LocalKeyProvider, MasterKey, ObjectBlobStore, Sealer};
+use certflow_services::{CaSettings, Services};
+use certflow_store::SqliteStore;
+use secrecy::ExposeSecret;
+use tracing_subscriber::EnvFilter;
+
+use crate::config::Config;
+use crate::http::{self, AppState, auth};
+
+/// Installs the tracing subscriber (text or JSON, filter from config or `RUST_LOG`).
+pub fn init_logging(config: &Config) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if config.log.format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn read_key_file(path: &Path) -> anyhow::Result<MasterKey> {
+    let meta =
+        std::fs::metadata(path).with_context(|| format!("master key file {}", path.display()))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        bail!(
+            "master key file {} is readable by group or others (mode {:o}); chmod 600 it",
+            path.display(),
+            meta.permissions().mode() & 0o777
+        );
+    }
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading master key file {}", path.display()))?;
+    MasterKey::from_base64(&text).with_context(|| format!("master key file {}", path.display()))
+}
+
+/// Resolves the master key: configured key, configured file, or the embedded
+/// `<data_dir>/master.key`, generated only when the data directory is new.
+fn master_key(config: &Config) -> anyhow::Result<MasterKey> {
+    if let Some(key) = &config.master_key.key {
+        return MasterKey::from_base64(key.expose_secret())
+            .context("master_key.key (CERTFLOW_MASTER_KEY)");
+    }
+    if let Some(file) = &config.master_key.file {
+        return read_key_file(file);
+    }
+    let path = config.data_dir.join("master.key");
+    if path.exists() {
+        return read_key_file(&path);
+    }
+    if config.database_path().exists() {
+        bail!(
+            "{} holds data but there is no master key: set master_key.key, master_key.file or CERTFLOW_MASTER_KEY to the key it was created with (expected {})",
+            config.data_dir.display(),
+            path.display()
+        );
+    }
+    let key = MasterKey::generate()?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    file.write_all(key.to_base64().as_bytes())?;
+    file.sync_all()?;
+    tracing::warn!(
+        path = %path.display(),
+        "generated a new master key; back it up: without it the CA and private keys cannot be read"
+    );
+    Ok(key)
+}
+
+async fn open_services(config: &Config) -> anyhow::Result<Services> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
+    let key = master_key(config)?;
+    let previous = config
+        .master_key
+        .previous
+        .iter()
+        .map(|k| MasterKey::from_base64(k.expose_secret()))
+        .collect::<Result<Vec<_>, _>>()
+        .context("master_key.previous")?;
+    let store = SqliteStore::open(&config.database_path())
+        .await
+        .with_context(|| format!("database {}", config.database_path().display()))?;
+    let blobs = ObjectBlobStore::local(&config.blob_path()).context("blob store")?;
+    tracing::info!(database = %config.database_path().display(), blobs = blobs.description(), master_key = key.id(), "backends open");
+    let sealer = Sealer::new(Arc::new(LocalKeyProvider::new(key, previous)));
+    Ok(Services::new(
+        Arc::new(store),
+        Arc::new(blobs),
+        sealer,
+        Some(config.public_url()),
+    ))
+}
+
+/// `certflow serve`.
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let services = open_services(&config).await?;
+    let settings = CaSettings {
+        name: config.ca.name.clone(),
+        key_type: config.ca_key_type()?,
+        root_validity_days: config.ca.root_validity_days,
+        intermediate_validity_days: config.ca.intermediate_validity_days,
+    };
+    let (issuer, created) = services
+        .ensure_ca(&settings, time::OffsetDateTime::now_utc())
+        .await
+        .context("internal CA")?;
+    if created {
+        tracing::info!(issuer = %issuer.id, subject = %issuer.subject, "created the internal CA");
+    }
+    let bootstrap_hash = if config.auth.bootstrap_token {
+        if let Some(token) = auth::ensure_bootstrap_token(services.store().as_ref()).await? {
+            // Printed once on stdout, never logged: logs are shipped, stdout of a first start is not.
+            println!("certflow: bootstrap admin token (shown once; it is stored only as a hash):");
+            println!("export CERTFLOW_TOKEN={token}");
+        }
+        auth::bootstrap_hash(services.store().as_ref()).await?
+    } else {
+        None
+    };
+    let state = AppState {
+        services,
+        bootstrap_hash,
+    };
+    let listener = tokio::net::TcpListener::bind(config.server.listen)
+        .await
+        .with_context(|| format!("binding {}", config.server.listen))?;
+    let addr = listener.local_addr()?;
+    println!("certflow: listening on http://{addr}");
+    tracing::info!(%addr, public_url = %config.public_url(), "console API listening");
+    axum::serve(
+        listener,
+        http::app(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown_signal())
+    .await
+    .context("server")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        if let Ok(mut term) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            tokio::select! {
+                _ = ctrl_c => {},
+                _ = term.recv() => {},
+            }
+            return;
+        }
+    }
+    let _ = ctrl_c.await;
+}
+
+/// `certflow admin rotate-bootstrap-token`: works on the data directly, for
+/// when the token is lost. Restart the server to pick up the new hash.
+pub async fn rotate_bootstrap_token(config: &Config) -> anyhow::Result<()> {
+    let store = SqliteStore::open(&config.database_path())
+        .await
+        .with_context(|| format!("database {}", config.database_path().display()))?;
+    let token = auth::rotate_bootstrap_token(&store).await?;
+    println!("export CERTFLOW_TOKEN={token}");
+    eprintln!("certflow: restart the server for the new token to take effect");
+    Ok(())
+}

@@ -1,0 +1,644 @@
+//! End to end: the real `certflow` binary on a free loopback port, driven over
+//! HTTP and through its own CLI, with what it issues checked by tools certflow
+//! did not write (openssl, pkilint). Missing tools fail the test loudly.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+const BIN: &str = env!("CARGO_BIN_EXE_certflow");
+
+struct Server {
+    child: Child,
+    url: String,
+    token_line: Option<String>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn require(tool: &str, hint: &str) {
+    let ok = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(ok, "{tool} is required by this test and is missing: {hint}");
+}
+
+/// Starts `certflow serve` on an OS-chosen port and waits for its "listening" line.
+fn start(data: &Path, env: &[(&str, &str)]) -> Result<Server, String> {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("serve")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("CERTFLOW_DATA_DIR", data)
+        .env("CERTFLOW_SERVER__LISTEN", "127.0.0.1:0")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut token_line = None;
+    for line in stdout.lines() {
+        let line = line.unwrap();
+        if let Some(t) = line.strip_prefix("export CERTFLOW_TOKEN=") {
+            token_line = Some(t.to_owned());
+        }
+        if let Some(url) = line.strip_prefix("certflow: listening on ") {
+            return Ok(Server {
+                child,
+                url: url.to_owned(),
+                token_line,
+            });
+        }
+    }
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    Err(format!("exited with {status}: {err}"))
+}
+
+fn stop(mut s: Server) {
+    // SIGTERM for a graceful shutdown, as systemd or ECS would.
+    Command::new("kill")
+        .arg(s.child.id().to_string())
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if s.child.try_wait().unwrap().is_some() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("server did not stop on SIGTERM");
+}
+
+struct Api {
+    http: reqwest::blocking::Client,
+    base: String,
+    token: String,
+}
+
+impl Api {
+    fn new(server: &Server, token: &str) -> Self {
+        Self {
+            http: reqwest::blocking::Client::new(),
+            base: server.url.clone(),
+            token: token.to_owned(),
+        }
+    }
+    fn get(&self, path: &str) -> reqwest::blocking::Response {
+        self.http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .unwrap()
+    }
+    fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        let r = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .json(&body)
+            .send()
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().unwrap_or(Value::Null))
+    }
+    fn text(&self, path: &str) -> String {
+        let r = self.get(path);
+        assert!(r.status().is_success(), "{path}: {}", r.status());
+        r.text().unwrap()
+    }
+}
+
+fn sh(dir: &Path, args: &[&str]) -> (bool, String) {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// pkilint findings at ERROR or FATAL (the exit code also counts warnings, so parse the JSON).
+fn pkilint_errors(linter: &str, file: &Path) -> Vec<String> {
+    let out = Command::new(linter)
+        .args(["lint", "-f", "JSON"])
+        .arg(file)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v: Value = serde_json::from_str(&text).unwrap_or_else(|_| {
+        panic!(
+            "{linter} gave no JSON: {text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    let mut errs = Vec::new();
+    collect_findings(&v, &mut errs);
+    errs
+}
+
+fn collect_findings(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Object(m) => {
+            if let Some(sev) = m.get("severity").and_then(Value::as_str)
+                && matches!(sev, "ERROR" | "FATAL")
+            {
+                out.push(v.to_string());
+            }
+            m.values().for_each(|x| collect_findings(x, out));
+        }
+        Value::Array(a) => a.iter().for_each(|x| collect_findings(x, out)),
+        _ => {}
+    }
+}
+
+fn cli(server: &Server, token: &str, args: &[&str]) -> (bool, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .env("CERTFLOW_URL", &server.url)
+        .env("CERTFLOW_TOKEN", token)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn embedded_server_issues_verifiable_certificates_and_survives_restart() {
+    require("openssl", "apt-get install openssl");
+    require(
+        "lint_pkix_cert",
+        "pip install pkilint (scripts/peers.sh does it)",
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let work: PathBuf = tmp.path().to_path_buf();
+
+    // A public base URL: the CA/B lint refuses loopback AIA/CRL URLs as internal names.
+    let public = [("CERTFLOW_SERVER__PUBLIC_URL", "http://pki.example.com:8080")];
+    let server = start(&data, &public).expect("first start");
+    let token = server
+        .token_line
+        .clone()
+        .expect("first start prints the bootstrap token");
+    let api = Api::new(&server, &token);
+    let health: Value = reqwest::blocking::get(format!("{}/readyz", server.url))
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(health["status"], "ok");
+    let issuers: Value = api.get("/console/api/v1/issuers").json().unwrap();
+    let issuer = &issuers[0];
+    let chain = issuer["chain_pem"].as_str().unwrap();
+    std::fs::write(work.join("root.pem"), chain).unwrap();
+    std::fs::write(
+        work.join("intermediate.pem"),
+        issuer["issuing_cert_pem"].as_str().unwrap(),
+    )
+    .unwrap();
+    for ca in ["root.pem", "intermediate.pem"] {
+        let errs = pkilint_errors("lint_pkix_cert", &work.join(ca));
+        assert!(errs.is_empty(), "{ca}: {errs:?}");
+    }
+
+    // One certificate of every key type, server-generated keys.
+    let mut ids = Vec::new();
+    for kt in [
+        "ecdsa-p256",
+        "ecdsa-p384",
+        "rsa-2048",
+        "rsa-3072",
+        "rsa-4096",
+        "ed25519",
+    ] {
+        let (status, c) = api.post(
+            "/console/api/v1/certificates",
+            json!({ "team": "payments", "names": [format!("{kt}.example.com")], "key_type": kt, "labels": { "kt": kt } }),
+        );
+        assert_eq!(status, 201, "{kt}: {c}");
+        let id = c["id"].as_str().unwrap().to_owned();
+        let leaf = work.join(format!("{kt}.pem"));
+        std::fs::write(
+            &leaf,
+            api.text(&format!(
+                "/console/api/v1/certificates/{id}/download?format=certificate"
+            )),
+        )
+        .unwrap();
+        let (ok, out) = sh(
+            &work,
+            &[
+                "openssl",
+                "verify",
+                "-CAfile",
+                "root.pem",
+                "-untrusted",
+                "intermediate.pem",
+                leaf.to_str().unwrap(),
+            ],
+        );
+        assert!(ok && out.contains(": OK"), "{kt}: {out}");
+        // The CA/B Forum profile allows only RSA and ECDSA keys: Ed25519 is for private PKI.
+        let linters: &[&str] = if kt == "ed25519" {
+            &["lint_pkix_cert"]
+        } else {
+            &["lint_pkix_cert", "lint_cabf_serverauth_cert"]
+        };
+        for linter in linters {
+            let errs = pkilint_errors(linter, &leaf);
+            assert!(errs.is_empty(), "{kt} {linter}: {errs:?}");
+        }
+        // The private key matches the certificate.
+        let key = work.join(format!("{kt}.key"));
+        std::fs::write(
+            &key,
+            api.text(&format!(
+                "/console/api/v1/certificates/{id}/download?format=key"
+            )),
+        )
+        .unwrap();
+        let (_, cert_pub) = sh(
+            &work,
+            &[
+                "openssl",
+                "x509",
+                "-in",
+                leaf.to_str().unwrap(),
+                "-noout",
+                "-pubkey",
+            ],
+        );
+        let (_, key_pub) = sh(
+            &work,
+            &["openssl", "pkey", "-in", key.to_str().unwrap(), "-pubout"],
+        );
+        assert_eq!(cert_pub, key_pub, "{kt}: key does not match certificate");
+        ids.push(id);
+    }
+
+    // From a CSR made by openssl: proof of possession, the key never leaves.
+    let (ok, out) = sh(
+        &work,
+        &[
+            "openssl",
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "csr.key",
+            "-out",
+            "req.csr",
+            "-subj",
+            "/CN=csr.example.com",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+        ],
+    );
+    assert!(ok, "{out}");
+    let (status, c) = api.post(
+        "/console/api/v1/certificates",
+        json!({ "team": "web", "names": ["csr.example.com"], "csr": std::fs::read_to_string(work.join("req.csr")).unwrap() }),
+    );
+    assert_eq!(status, 201, "{c}");
+    let csr_id = c["id"].as_str().unwrap().to_owned();
+    std::fs::write(
+        work.join("csr-leaf.pem"),
+        api.text(&format!(
+            "/console/api/v1/certificates/{csr_id}/download?format=certificate"
+        )),
+    )
+    .unwrap();
+    let (_, text) = sh(
+        &work,
+        &["openssl", "x509", "-in", "csr-leaf.pem", "-noout", "-text"],
+    );
+    assert!(
+        text.contains("CA:FALSE") && !text.contains("CA:TRUE"),
+        "{text}"
+    );
+
+    // PKCS#12 opens with openssl and holds the key.
+    let resp = api
+        .http
+        .post(format!(
+            "{}/console/api/v1/certificates/{}/pkcs12",
+            api.base, ids[0]
+        ))
+        .bearer_auth(&token)
+        .json(&json!({ "password": "correct horse" }))
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    std::fs::write(work.join("bundle.p12"), resp.bytes().unwrap()).unwrap();
+    let (ok, out) = sh(
+        &work,
+        &[
+            "openssl",
+            "pkcs12",
+            "-in",
+            "bundle.p12",
+            "-passin",
+            "pass:correct horse",
+            "-nodes",
+            "-info",
+        ],
+    );
+    assert!(ok && out.contains("PRIVATE KEY"), "{out}");
+
+    // Revoke one; the issuer's CRL (served publicly) lists it and openssl agrees.
+    let (status, r) = api.post(
+        &format!("/console/api/v1/certificates/{}/revoke", ids[0]),
+        json!({ "reason": "keyCompromise" }),
+    );
+    assert_eq!(status, 200, "{r}");
+    let crl = reqwest::blocking::get(format!(
+        "{}/pki/{}/crl",
+        server.url,
+        issuer["id"].as_str().unwrap()
+    ))
+    .unwrap()
+    .bytes()
+    .unwrap();
+    std::fs::write(work.join("crl.der"), &crl).unwrap();
+    let (ok, out) = sh(
+        &work,
+        &[
+            "openssl", "crl", "-inform", "DER", "-in", "crl.der", "-out", "crl.pem",
+        ],
+    );
+    assert!(ok, "{out}");
+    let (ok, out) = sh(
+        &work,
+        &[
+            "openssl",
+            "verify",
+            "-crl_check",
+            "-CAfile",
+            "root.pem",
+            "-untrusted",
+            "intermediate.pem",
+            "-CRLfile",
+            "crl.pem",
+            "ecdsa-p256.pem",
+        ],
+    );
+    assert!(!ok && out.contains("revoked"), "{out}");
+
+    // The CLI speaks to the same API.
+    let (ok, out) = cli(
+        &server,
+        &token,
+        &["cert", "list", "--team", "payments", "--output", "json"],
+    );
+    assert!(ok, "{out}");
+    let page: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(page["total"], 6);
+    let (ok, out) = cli(
+        &server,
+        &token,
+        &[
+            "cert",
+            "create",
+            "--team",
+            "ops",
+            "--san",
+            "cli.example.com",
+            "--label",
+            "env=dev",
+        ],
+    );
+    assert!(ok && out.contains("cli.example.com"), "{out}");
+    let (ok, out) = cli(
+        &server,
+        &token,
+        &[
+            "cert",
+            "create",
+            "--team",
+            "ops",
+            "--san",
+            "bad_name.example.com",
+        ],
+    );
+    assert!(
+        !ok && out.contains("names[0]") && out.contains("LDH"),
+        "{out}"
+    );
+    let (ok, out) = cli(&server, &token, &["cert", "renew", &ids[1]]);
+    assert!(ok && out.contains("superseded"), "{out}");
+    let (ok, out) = cli(&server, &token, &["ca", "show"]);
+    assert!(ok && out.contains("Issuing CA"), "{out}");
+    let (ok, out) = cli(&server, "cfb_wrong", &["cert", "list"]);
+    assert!(!ok && out.contains("401"), "{out}");
+
+    let before: Value = api
+        .get(&format!("/console/api/v1/certificates/{}", ids[1]))
+        .json()
+        .unwrap();
+    stop(server);
+
+    // Restart: same CA, same certificates, keys still decrypt, no new token printed.
+    let server = start(&data, &public).expect("restart");
+    assert!(
+        server.token_line.is_none(),
+        "the bootstrap token is printed only once"
+    );
+    let api = Api::new(&server, &token);
+    let after: Value = api
+        .get(&format!("/console/api/v1/certificates/{}", ids[1]))
+        .json()
+        .unwrap();
+    assert_eq!(before["versions"], after["versions"]);
+    let issuers_after: Value = api.get("/console/api/v1/issuers").json().unwrap();
+    assert_eq!(issuers_after[0]["chain_pem"], issuer["chain_pem"]);
+    assert!(
+        api.text(&format!(
+            "/console/api/v1/certificates/{}/download?format=key",
+            ids[1]
+        ))
+        .contains("PRIVATE KEY")
+    );
+    let audit: Value = api
+        .get("/console/api/v1/audit?action=certificate.key.download")
+        .json()
+        .unwrap();
+    assert!(audit["total"].as_u64().unwrap() >= 8, "{audit}");
+    stop(server);
+
+    // The master key is required: a wrong one or none stops the server with a clear message.
+    let wrong = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+    let err = start(&data, &[("CERTFLOW_MASTER_KEY", wrong)])
+        .err()
+        .expect("wrong master key must stop the server");
+    assert!(err.contains("master key"), "{err}");
+    let key_file = data.join("master.key");
+    std::fs::rename(&key_file, tmp.path().join("saved.key")).unwrap();
+    let err = start(&data, &[])
+        .err()
+        .expect("missing master key must stop the server");
+    assert!(err.contains("no master key"), "{err}");
+    // The key from a file elsewhere works (mode 600 required).
+    let saved = tmp.path().join("saved.key");
+    let server = start(
+        &data,
+        &[("CERTFLOW_MASTER_KEY_FILE", saved.to_str().unwrap())],
+    )
+    .expect("start with key file");
+    let api = Api::new(&server, &token);
+    assert!(
+        api.text(&format!(
+            "/console/api/v1/certificates/{}/download?format=key",
+            ids[1]
+        ))
+        .contains("PRIVATE KEY")
+    );
+}
+
+#[test]
+fn imported_ca_issues_and_bad_config_is_refused() {
+    require("openssl", "apt-get install openssl");
+    let tmp = tempfile::tempdir().unwrap();
+    let work = tmp.path();
+    // An existing CA made with openssl.
+    let (ok, out) = sh(
+        work,
+        &[
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-384",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "365",
+            "-subj",
+            "/CN=Corp Imported CA/O=Corp",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ],
+    );
+    assert!(ok, "{out}");
+    let server = start(&work.join("data"), &[]).expect("start");
+    let token = server.token_line.clone().unwrap();
+    let (ok, out) = cli(
+        &server,
+        &token,
+        &[
+            "ca",
+            "import",
+            "--name",
+            "corp",
+            "--cert",
+            work.join("ca.pem").to_str().unwrap(),
+            "--key",
+            work.join("ca.key").to_str().unwrap(),
+            "--output",
+            "json",
+        ],
+    );
+    assert!(ok, "{out}");
+    let imported: Value = serde_json::from_str(&out).unwrap();
+    let api = Api::new(&server, &token);
+    let (status, c) = api.post(
+        "/console/api/v1/certificates",
+        json!({ "team": "corp", "names": ["imported.example.com"], "issuer_id": imported["id"] }),
+    );
+    assert_eq!(status, 201, "{c}");
+    std::fs::write(
+        work.join("leaf.pem"),
+        api.text(&format!(
+            "/console/api/v1/certificates/{}/download?format=certificate",
+            c["id"].as_str().unwrap()
+        )),
+    )
+    .unwrap();
+    let (ok, out) = sh(
+        work,
+        &["openssl", "verify", "-CAfile", "ca.pem", "leaf.pem"],
+    );
+    assert!(ok, "{out}");
+    // A key that does not belong to the certificate is refused, nothing imported.
+    let (_, _) = sh(
+        work,
+        &[
+            "openssl",
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-384",
+            "-out",
+            "other.key",
+        ],
+    );
+    let (ok, out) = cli(
+        &server,
+        &token,
+        &[
+            "ca",
+            "import",
+            "--name",
+            "bad",
+            "--cert",
+            work.join("ca.pem").to_str().unwrap(),
+            "--key",
+            work.join("other.key").to_str().unwrap(),
+        ],
+    );
+    assert!(!ok && out.contains("key"), "{out}");
+    let issuers: Value = api.get("/console/api/v1/issuers").json().unwrap();
+    assert_eq!(issuers.as_array().unwrap().len(), 2);
+
+    // Bad configuration stops the server with the key named.
+    let err = start(&work.join("data2"), &[("CERTFLOW_CA__KEY_TYPE", "dsa")])
+        .err()
+        .unwrap();
+    assert!(err.contains("ca.key_type"), "{err}");
+    let err = start(&work.join("data3"), &[("CERTFLOW_SERVER__LISTNE", "x")])
+        .err()
+        .unwrap();
+    assert!(err.contains("listne"), "{err}");
+}

@@ -1,0 +1,264 @@
+//! Issuers: the internal CA created at first start, imported CAs, their
+//! signing keys (sealed in the blob store) and CRLs.
+
+use bytes::Bytes;
+use certflow_api::ImportCaRequest;
+use certflow_blob::EncryptionContext;
+use certflow_core::model::{Actor, AuditEvent, Issuer, IssuerKind, KeyType};
+use certflow_core::{DomainError, error::DomainResult};
+use certflow_pki::{CaMaterial, PrivateKey, RevokedEntry};
+use serde_json::json;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::{DEFAULT_TENANT, Services};
+
+/// How to create the internal CA on first start.
+#[derive(Debug, Clone)]
+pub struct CaSettings {
+    /// Organisation name shown in the CA subjects.
+    pub name: String,
+    /// Key type of root and issuing CA.
+    pub key_type: KeyType,
+    /// Root validity in days.
+    pub root_validity_days: u32,
+    /// Issuing CA validity in days.
+    pub intermediate_validity_days: u32,
+}
+
+fn key_context(issuer_id: Uuid, which: &str) -> EncryptionContext {
+    EncryptionContext::new(
+        DEFAULT_TENANT,
+        "ca-key",
+        &format!("issuer/{issuer_id}/{which}"),
+        0,
+    )
+}
+
+impl Services {
+    /// Returns the default issuer, creating the internal CA on first start. On
+    /// later starts it unseals the issuing key once, so a wrong master key stops
+    /// the server at start instead of failing the first request.
+    pub async fn ensure_ca(
+        &self,
+        settings: &CaSettings,
+        now: OffsetDateTime,
+    ) -> DomainResult<(Issuer, bool)> {
+        let issuers = self.store.list_issuers().await?;
+        if let Some(default) = issuers.iter().find(|i| i.is_default).or(issuers.first()) {
+            self.signing_key(default).await?;
+            return Ok((default.clone(), false));
+        }
+        let material = certflow_pki::create_ca(
+            &settings.name,
+            settings.key_type,
+            now,
+            settings.root_validity_days,
+            settings.intermediate_validity_days,
+        )?;
+        let issuer = self
+            .store_issuer(
+                &Actor::system(),
+                &settings.name,
+                material,
+                true,
+                now,
+                "issuer.create",
+            )
+            .await?;
+        Ok((issuer, true))
+    }
+
+    /// Imports an existing CA (certificate + key) as a new issuer.
+    pub async fn import_ca(
+        &self,
+        actor: &Actor,
+        req: &ImportCaRequest,
+        now: OffsetDateTime,
+    ) -> DomainResult<Issuer> {
+        let name = req.name.trim();
+        if name.is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
+            return Err(DomainError::invalid(
+                "name",
+                "must be 1-128 printable characters",
+            ));
+        }
+        let material = certflow_pki::import_ca(
+            &req.certificate_pem,
+            &req.private_key_pem,
+            req.chain_pem.as_deref(),
+            now,
+        )?;
+        let issuer = self
+            .store_issuer(actor, name, material, false, now, "issuer.import")
+            .await?;
+        if req.make_default {
+            let audit = AuditEvent::success(
+                now,
+                actor,
+                "issuer.set-default",
+                format!("issuer/{}", issuer.id),
+                json!({}),
+            );
+            self.store.set_default_issuer(issuer.id, &audit).await?;
+            return self.issuer(issuer.id).await;
+        }
+        Ok(issuer)
+    }
+
+    /// Blob first, then the metadata commit; blobs are removed if the commit fails.
+    async fn store_issuer(
+        &self,
+        actor: &Actor,
+        name: &str,
+        material: CaMaterial,
+        is_default: bool,
+        now: OffsetDateTime,
+        action: &str,
+    ) -> DomainResult<Issuer> {
+        let id = Uuid::now_v7();
+        let info = certflow_pki::inspect(&material.issuing_cert_der)?;
+        let key_blob = format!("issuers/{id}/issuing-key.enc");
+        let sealed = self
+            .sealer
+            .seal(
+                material.issuing_key.pkcs8_der(),
+                &key_context(id, "issuing"),
+            )
+            .await?;
+        self.blobs.put(&key_blob, Bytes::from(sealed)).await?;
+        let mut written = vec![key_blob.clone()];
+        let root_key_blob = match &material.root_key {
+            Some(root) => {
+                let blob = format!("issuers/{id}/root-key.enc");
+                let sealed = self
+                    .sealer
+                    .seal(root.pkcs8_der(), &key_context(id, "root"))
+                    .await?;
+                if let Err(e) = self.blobs.put(&blob, Bytes::from(sealed)).await {
+                    self.remove_blobs(&written).await;
+                    return Err(e);
+                }
+                written.push(blob.clone());
+                Some(blob)
+            }
+            None => None,
+        };
+        let chain_pem: String = material
+            .chain_der
+            .iter()
+            .map(|d| certflow_pki::cert_to_pem(d))
+            .collect();
+        let issuer = Issuer {
+            id,
+            name: name.to_owned(),
+            kind: IssuerKind::Internal,
+            is_default,
+            key_type: material.issuing_key.key_type(),
+            issuing_cert_pem: certflow_pki::cert_to_pem(&material.issuing_cert_der),
+            chain_pem,
+            key_blob,
+            root_key_blob,
+            subject: info.subject.clone(),
+            not_after: info.not_after,
+            created_at: now,
+        };
+        let audit = AuditEvent::success(
+            now,
+            actor,
+            action,
+            format!("issuer/{id}"),
+            json!({ "subject": info.subject, "key_type": issuer.key_type.as_str(), "not_after": info.not_after.unix_timestamp() }),
+        );
+        if let Err(e) = self.store.insert_issuer(&issuer, &audit).await {
+            self.remove_blobs(&written).await;
+            return Err(e);
+        }
+        tracing::info!(issuer = %id, subject = %issuer.subject, action, "issuer stored");
+        Ok(issuer)
+    }
+
+    pub(crate) async fn remove_blobs(&self, keys: &[String]) {
+        for key in keys {
+            if let Err(e) = self.blobs.delete(key).await {
+                // The orphan sweeper (production-backends issue) collects what this misses.
+                tracing::warn!(blob = %key, error = %e, "could not remove blob after a failed commit");
+            }
+        }
+    }
+
+    /// All issuers.
+    pub async fn issuers(&self) -> DomainResult<Vec<Issuer>> {
+        self.store.list_issuers().await
+    }
+
+    /// One issuer.
+    pub async fn issuer(&self, id: Uuid) -> DomainResult<Issuer> {
+        self.store
+            .get_issuer(id)
+            .await?
+            .ok_or_else(|| DomainError::NotFound(format!("issuer {id}")))
+    }
+
+    /// The issuer's signing key, unsealed for the duration of one operation.
+    pub(crate) async fn signing_key(&self, issuer: &Issuer) -> DomainResult<PrivateKey> {
+        let sealed = self
+            .blobs
+            .get(&issuer.key_blob)
+            .await
+            .map_err(|e| match e {
+                DomainError::NotFound(_) => DomainError::Integrity(format!(
+                    "the signing key of issuer {} is missing from the blob store",
+                    issuer.id
+                )),
+                other => other,
+            })?;
+        let der = self.sealer.open(&sealed, &key_context(issuer.id, "issuing")).await.map_err(|e| {
+            DomainError::Integrity(format!(
+                "cannot unseal the signing key of issuer '{}' ({e}); is this the master key it was created with?",
+                issuer.name
+            ))
+        })?;
+        PrivateKey::from_pkcs8_der(&der)
+    }
+
+    /// DER of the issuing certificate (served at the AIA caIssuers URL).
+    pub async fn issuer_certificate_der(&self, id: Uuid) -> DomainResult<Vec<u8>> {
+        let issuer = self.issuer(id).await?;
+        let certs = certflow_pki::parse_pem_certs("issuing_cert_pem", &issuer.issuing_cert_pem)?;
+        certs
+            .into_iter()
+            .next()
+            .ok_or_else(|| DomainError::Internal("issuer has no certificate".into()))
+    }
+
+    /// A freshly signed CRL of the issuer's revoked certificates (DER).
+    pub async fn crl(&self, id: Uuid, now: OffsetDateTime) -> DomainResult<Vec<u8>> {
+        let issuer = self.issuer(id).await?;
+        let key = self.signing_key(&issuer).await?;
+        let revoked: Vec<RevokedEntry> = self
+            .store
+            .list_revoked(id)
+            .await?
+            .into_iter()
+            .filter_map(|v| {
+                Some(RevokedEntry {
+                    serial_hex: v.serial,
+                    revoked_at: v.revoked_at?,
+                    reason: v.revocation_reason?,
+                })
+            })
+            .collect();
+        let ca_der = self.issuer_certificate_der(id).await?;
+        // CRL numbers must increase (RFC 5280 §5.2.3); the signing time in seconds does.
+        let number = u64::try_from(now.unix_timestamp()).unwrap_or(0);
+        certflow_pki::build_crl(
+            &ca_der,
+            &key,
+            &revoked,
+            number,
+            now,
+            now + time::Duration::days(7),
+        )
+    }
+}

@@ -1,0 +1,702 @@
+//! Managed certificates: request, renew, revoke, archive, read and download.
+//!
+//! Issuance order is fixed: build and sign in memory, write blobs (the private
+//! key only sealed), then commit metadata with its audit event in one
+//! transaction. A failed commit removes the blobs it wrote; what a crash leaves
+//! behind is unreferenced and swept later, never a row pointing at nothing.
+
+use bytes::Bytes;
+use certflow_api::CreateCertificateRequest;
+use certflow_blob::EncryptionContext;
+use certflow_core::model::{
+    Actor, AuditEvent, AuditQuery, Certificate, CertificateQuery, CertificateStatus,
+    CertificateVersion, Issuer, KeySource, KeyType, Page, RenewalPolicy, RevocationReason,
+    VersionStatus,
+};
+use certflow_core::{
+    DomainError, FieldError, Profile, SubjectName, error::DomainResult, validate_names,
+};
+use certflow_pki::{CsrInfo, IssuerUrls, LeafRequest, PrivateKey};
+use serde_json::json;
+use time::OffsetDateTime;
+use uuid::Uuid;
+use zeroize::Zeroizing;
+
+use crate::{DEFAULT_TENANT, Services, validate};
+
+/// Largest CSR accepted, in bytes (PEM).
+const MAX_CSR_BYTES: usize = 16 * 1024;
+
+/// A certificate with its versions (newest first).
+#[derive(Debug, Clone)]
+pub struct CertificateView {
+    /// The certificate.
+    pub certificate: Certificate,
+    /// Its versions, newest first.
+    pub versions: Vec<CertificateVersion>,
+}
+
+/// What to download.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DownloadKind {
+    /// The certificate alone.
+    Certificate,
+    /// The issuing chain up to the root, without the certificate.
+    Chain,
+    /// The certificate followed by the chain.
+    FullChain,
+}
+
+fn key_context(certificate_id: Uuid, version: u32) -> EncryptionContext {
+    EncryptionContext::new(
+        DEFAULT_TENANT,
+        "certificate-key",
+        &format!("certificate/{certificate_id}"),
+        version,
+    )
+}
+
+fn blob_prefix(certificate_id: Uuid, version: u32) -> String {
+    format!("certificates/{certificate_id}/v{version}")
+}
+
+fn target(id: Uuid) -> String {
+    format!("certificate/{id}")
+}
+
+/// The validated form of a create request.
+struct Plan {
+    name: String,
+    team: String,
+    profile: Profile,
+    key_type: KeyType,
+    names: Vec<SubjectName>,
+    validity_days: u32,
+    csr: Option<CsrInfo>,
+    issuer: Issuer,
+}
+
+impl Services {
+    async fn plan(&self, req: &CreateCertificateRequest) -> DomainResult<Plan> {
+        let mut errors: Vec<FieldError> = Vec::new();
+        validate::team(&mut errors, &req.team);
+        validate::labels(&mut errors, &req.labels);
+
+        let profile = match req.profile.as_deref() {
+            None => Some(Profile::TlsServer),
+            Some(p) => Profile::parse(p).or_else(|| {
+                errors.push(FieldError::new(
+                    "profile",
+                    format!("unknown profile '{p}'; one of tls-server, tls-client"),
+                ));
+                None
+            }),
+        };
+
+        let csr = match req.csr.as_deref() {
+            None => None,
+            Some(pem) if pem.len() > MAX_CSR_BYTES => {
+                errors.push(FieldError::new(
+                    "csr",
+                    format!(
+                        "is {} bytes; at most {MAX_CSR_BYTES} are accepted",
+                        pem.len()
+                    ),
+                ));
+                None
+            }
+            Some(pem) => match certflow_pki::parse_csr("csr", pem.as_bytes()) {
+                Ok(info) => Some(info),
+                Err(DomainError::Invalid(mut e)) => {
+                    errors.append(&mut e);
+                    None
+                }
+                Err(other) => return Err(other),
+            },
+        };
+
+        let requested_key_type = match req.key_type.as_deref() {
+            None => None,
+            Some(k) => KeyType::parse(k).or_else(|| {
+                let all: Vec<&str> = KeyType::ALL.iter().map(|k| k.as_str()).collect();
+                errors.push(FieldError::new(
+                    "key_type",
+                    format!("unknown key type '{k}'; one of {}", all.join(", ")),
+                ));
+                None
+            }),
+        };
+        let key_type = match (&csr, requested_key_type) {
+            (Some(info), Some(k)) if info.key_type != k => {
+                errors.push(FieldError::new(
+                    "key_type",
+                    format!(
+                        "is {} but the CSR's key is {}",
+                        k.as_str(),
+                        info.key_type.as_str()
+                    ),
+                ));
+                k
+            }
+            (Some(info), _) => info.key_type,
+            (None, k) => k.unwrap_or_default(),
+        };
+
+        let raw_names: Vec<String> = match (&csr, req.names.is_empty()) {
+            (Some(info), true) if !info.names.is_empty() => info.names.clone(),
+            (Some(info), true) => info.common_name.iter().cloned().collect(),
+            _ => req.names.clone(),
+        };
+        let names = match validate_names("names", &raw_names) {
+            Ok(n) => n,
+            Err(mut e) => {
+                errors.append(&mut e);
+                Vec::new()
+            }
+        };
+
+        let validity_days = match profile {
+            Some(p) => {
+                let days = req.validity_days.unwrap_or(p.default_validity_days());
+                if days == 0 || days > p.max_validity_days() {
+                    errors.push(FieldError::new(
+                        "validity_days",
+                        format!(
+                            "{days} is outside the {} profile's range of 1-{} days",
+                            p.as_str(),
+                            p.max_validity_days()
+                        ),
+                    ));
+                }
+                days
+            }
+            None => 0,
+        };
+
+        let name = req
+            .name
+            .clone()
+            .or_else(|| names.first().map(SubjectName::to_text))
+            .unwrap_or_default();
+        if req.name.is_some() || !names.is_empty() {
+            validate::display_name(&mut errors, &name);
+        }
+
+        let issuer = match req.issuer_id {
+            Some(id) => match self.store.get_issuer(id).await? {
+                Some(i) => Some(i),
+                None => {
+                    errors.push(FieldError::new(
+                        "issuer_id",
+                        format!("no issuer with id {id}"),
+                    ));
+                    None
+                }
+            },
+            None => {
+                let issuers = self.store.list_issuers().await?;
+                let default = issuers
+                    .iter()
+                    .find(|i| i.is_default)
+                    .or(issuers.first())
+                    .cloned();
+                if default.is_none() {
+                    return Err(DomainError::Conflict("no issuer is configured".into()));
+                }
+                default
+            }
+        };
+
+        match (errors.is_empty(), profile, issuer) {
+            (true, Some(profile), Some(issuer)) => Ok(Plan {
+                name,
+                team: req.team.clone(),
+                profile,
+                key_type,
+                names,
+                validity_days,
+                csr,
+                issuer,
+            }),
+            _ => Err(DomainError::Invalid(errors)),
+        }
+    }
+
+    fn urls(&self, issuer: &Issuer) -> Option<IssuerUrls> {
+        self.public_url.as_ref().map(|base| IssuerUrls {
+            ca_issuers: format!("{base}/pki/{}/ca.crt", issuer.id),
+            crl: format!("{base}/pki/{}/crl", issuer.id),
+        })
+    }
+
+    /// Signs a version and writes its blobs. Returns the version row and the
+    /// blob keys written (for clean-up if the metadata commit fails).
+    #[allow(clippy::too_many_arguments)]
+    async fn issue_version(
+        &self,
+        certificate_id: Uuid,
+        version: u32,
+        issuer: &Issuer,
+        profile: Profile,
+        names: &[SubjectName],
+        validity_days: u32,
+        subject_key: SubjectKey<'_>,
+        now: OffsetDateTime,
+    ) -> DomainResult<(CertificateVersion, Vec<String>)> {
+        let ca_key = self.signing_key(issuer).await?;
+        let ca_der = certflow_pki::parse_pem_certs("issuing_cert_pem", &issuer.issuing_cert_pem)?
+            .into_iter()
+            .next()
+            .ok_or_else(|| DomainError::Internal("issuer has no certificate".into()))?;
+        let (spki, key_type, generated) = match subject_key {
+            SubjectKey::Public { spki_der, key_type } => (spki_der.to_vec(), key_type, None),
+            SubjectKey::Generate(kt) => {
+                let key = PrivateKey::generate(kt)?;
+                (key.public_key_der(), kt, Some(key))
+            }
+        };
+        let urls = self.urls(issuer);
+        let der = certflow_pki::issue_leaf(
+            &ca_der,
+            &ca_key,
+            &LeafRequest {
+                profile,
+                names,
+                spki_der: &spki,
+                key_type,
+                validity_days,
+                now,
+                urls: urls.as_ref(),
+            },
+        )?;
+        let info = certflow_pki::inspect(&der)?;
+
+        let prefix = blob_prefix(certificate_id, version);
+        let cert_blob = format!("{prefix}/cert.der");
+        let chain_blob = format!("{prefix}/chain.pem");
+        let mut written = Vec::new();
+        let mut key_blob = None;
+        let result: DomainResult<()> = async {
+            if let Some(key) = &generated {
+                let blob = format!("{prefix}/key.enc");
+                let sealed = self
+                    .sealer
+                    .seal(key.pkcs8_der(), &key_context(certificate_id, version))
+                    .await?;
+                self.blobs.put(&blob, Bytes::from(sealed)).await?;
+                written.push(blob.clone());
+                key_blob = Some(blob);
+            }
+            self.blobs.put(&cert_blob, Bytes::from(der.clone())).await?;
+            written.push(cert_blob.clone());
+            let chain = format!("{}{}", issuer.issuing_cert_pem, issuer.chain_pem);
+            self.blobs.put(&chain_blob, Bytes::from(chain)).await?;
+            written.push(chain_blob.clone());
+            Ok(())
+        }
+        .await;
+        if let Err(e) = result {
+            self.remove_blobs(&written).await;
+            return Err(e);
+        }
+        Ok((
+            CertificateVersion {
+                certificate_id,
+                version,
+                serial: info.serial_hex,
+                fingerprint_sha256: info.fingerprint_sha256,
+                not_before: info.not_before,
+                not_after: info.not_after,
+                key_type,
+                names: names.to_vec(),
+                issuer_id: issuer.id,
+                status: VersionStatus::Current,
+                revoked_at: None,
+                revocation_reason: None,
+                cert_blob,
+                key_blob,
+                created_at: now,
+            },
+            written,
+        ))
+    }
+
+    /// Requests a new managed certificate and issues its first version.
+    pub async fn create_certificate(
+        &self,
+        actor: &Actor,
+        req: &CreateCertificateRequest,
+        now: OffsetDateTime,
+    ) -> DomainResult<CertificateView> {
+        let plan = self.plan(req).await?;
+        let id = Uuid::now_v7();
+        let subject_key = match &plan.csr {
+            Some(info) => SubjectKey::Public {
+                spki_der: &info.spki_der,
+                key_type: info.key_type,
+            },
+            None => SubjectKey::Generate(plan.key_type),
+        };
+        let (version, written) = self
+            .issue_version(
+                id,
+                1,
+                &plan.issuer,
+                plan.profile,
+                &plan.names,
+                plan.validity_days,
+                subject_key,
+                now,
+            )
+            .await?;
+        let renewal = RenewalPolicy::default();
+        let cert = Certificate {
+            id,
+            name: plan.name,
+            team: plan.team,
+            labels: req.labels.clone(),
+            profile: plan.profile,
+            key_type: plan.key_type,
+            key_source: if plan.csr.is_some() {
+                KeySource::Csr
+            } else {
+                KeySource::Server
+            },
+            names: plan.names,
+            validity_days: plan.validity_days,
+            issuer_id: plan.issuer.id,
+            renew_after: renewal.renew_after(version.not_before, version.not_after),
+            renewal,
+            status: CertificateStatus::Active,
+            current_version: 1,
+            not_after: version.not_after,
+            created_at: now,
+            updated_at: now,
+        };
+        let audit = AuditEvent::success(
+            now,
+            actor,
+            "certificate.create",
+            target(id),
+            json!({
+                "name": cert.name, "team": cert.team, "profile": cert.profile.as_str(),
+                "key_type": cert.key_type.as_str(), "key_source": cert.key_source.as_str(),
+                "names": cert.names.iter().map(SubjectName::to_text).collect::<Vec<_>>(),
+                "version": 1, "serial": version.serial,
+            }),
+        );
+        if let Err(e) = self.store.create_certificate(&cert, &version, &audit).await {
+            self.remove_blobs(&written).await;
+            return Err(e);
+        }
+        tracing::info!(certificate = %id, serial = %version.serial, "certificate issued");
+        Ok(CertificateView {
+            certificate: cert,
+            versions: vec![version],
+        })
+    }
+
+    /// Issues a new version now, whatever the renewal schedule says. A server-held
+    /// key is replaced by a fresh one; a CSR-keyed certificate keeps its public key
+    /// unless a new CSR is given.
+    pub async fn renew(
+        &self,
+        actor: &Actor,
+        id: Uuid,
+        csr: Option<&str>,
+        now: OffsetDateTime,
+    ) -> DomainResult<CertificateView> {
+        let view = self.certificate(id).await?;
+        let mut cert = view.certificate;
+        if cert.status == CertificateStatus::Archived {
+            return Err(DomainError::Conflict(format!(
+                "certificate {id} is archived"
+            )));
+        }
+        let latest = view
+            .versions
+            .first()
+            .ok_or_else(|| DomainError::Internal(format!("certificate {id} has no version")))?;
+        let issuer = self.issuer(cert.issuer_id).await?;
+        let new_csr = match csr {
+            Some(pem) if pem.len() > MAX_CSR_BYTES => {
+                return Err(DomainError::invalid(
+                    "csr",
+                    format!("at most {MAX_CSR_BYTES} bytes are accepted"),
+                ));
+            }
+            Some(pem) => {
+                if cert.key_source == KeySource::Server {
+                    return Err(DomainError::invalid(
+                        "csr",
+                        "this certificate's key is held by certflow; renew without a CSR",
+                    ));
+                }
+                let info = certflow_pki::parse_csr("csr", pem.as_bytes())?;
+                if info.key_type != cert.key_type {
+                    return Err(DomainError::invalid(
+                        "csr",
+                        format!(
+                            "key is {} but the certificate uses {}",
+                            info.key_type.as_str(),
+                            cert.key_type.as_str()
+                        ),
+                    ));
+                }
+                Some(info)
+            }
+            None => None,
+        };
+        let old_spki;
+        let subject_key = match (&new_csr, cert.key_source) {
+            (Some(info), _) => SubjectKey::Public {
+                spki_der: &info.spki_der,
+                key_type: info.key_type,
+            },
+            (None, KeySource::Server) => SubjectKey::Generate(cert.key_type),
+            (None, KeySource::Csr) => {
+                let der = self.blobs.get(&latest.cert_blob).await?;
+                old_spki = certflow_pki::public_key_of(&der)?;
+                SubjectKey::Public {
+                    spki_der: &old_spki,
+                    key_type: cert.key_type,
+                }
+            }
+        };
+        let next = latest.version + 1;
+        let (version, written) = self
+            .issue_version(
+                id,
+                next,
+                &issuer,
+                cert.profile,
+                &cert.names,
+                cert.validity_days,
+                subject_key,
+                now,
+            )
+            .await?;
+        cert.current_version = next;
+        cert.not_after = version.not_after;
+        cert.renew_after = cert
+            .renewal
+            .renew_after(version.not_before, version.not_after);
+        cert.status = CertificateStatus::Active;
+        cert.updated_at = now;
+        let audit = AuditEvent::success(
+            now,
+            actor,
+            "certificate.renew",
+            target(id),
+            json!({ "version": next, "serial": version.serial, "previous_serial": latest.serial }),
+        );
+        if let Err(e) = self.store.add_version(&cert, &version, &audit).await {
+            self.remove_blobs(&written).await;
+            return Err(e);
+        }
+        tracing::info!(certificate = %id, version = next, serial = %version.serial, "certificate renewed");
+        self.certificate(id).await
+    }
+
+    /// Revokes a version (the current one by default) with an RFC 5280 reason.
+    pub async fn revoke(
+        &self,
+        actor: &Actor,
+        id: Uuid,
+        version: Option<u32>,
+        reason: &str,
+        now: OffsetDateTime,
+    ) -> DomainResult<CertificateView> {
+        let reason = RevocationReason::parse(reason)
+            .filter(|r| r.applies_to_end_entity())
+            .ok_or_else(|| {
+                let allowed: Vec<&str> = RevocationReason::ALL
+                    .iter()
+                    .filter(|r| r.applies_to_end_entity())
+                    .map(|r| r.as_str())
+                    .collect();
+                DomainError::invalid("reason", format!("'{reason}' is not a revocation reason for end-entity certificates; one of {}", allowed.join(", ")))
+            })?;
+        let view = self.certificate(id).await?;
+        let number = version.unwrap_or(view.certificate.current_version);
+        let v = view
+            .versions
+            .iter()
+            .find(|v| v.version == number)
+            .ok_or_else(|| {
+                DomainError::NotFound(format!("version {number} of certificate {id}"))
+            })?;
+        let audit = AuditEvent::success(
+            now,
+            actor,
+            "certificate.revoke",
+            target(id),
+            json!({ "version": number, "serial": v.serial, "reason": reason.as_str() }),
+        );
+        self.store
+            .revoke_version(id, number, reason, now, &audit)
+            .await?;
+        tracing::info!(certificate = %id, version = number, reason = reason.as_str(), "certificate revoked");
+        self.certificate(id).await
+    }
+
+    /// Retires a certificate: kept for history, no longer renewed or delivered.
+    pub async fn archive(
+        &self,
+        actor: &Actor,
+        id: Uuid,
+        now: OffsetDateTime,
+    ) -> DomainResult<CertificateView> {
+        let view = self.certificate(id).await?;
+        if view.certificate.status == CertificateStatus::Archived {
+            return Err(DomainError::Conflict(format!(
+                "certificate {id} is already archived"
+            )));
+        }
+        let audit = AuditEvent::success(now, actor, "certificate.archive", target(id), json!({}));
+        self.store.archive_certificate(id, now, &audit).await?;
+        self.certificate(id).await
+    }
+
+    /// One certificate with its versions.
+    pub async fn certificate(&self, id: Uuid) -> DomainResult<CertificateView> {
+        let certificate = self
+            .store
+            .get_certificate(id)
+            .await?
+            .ok_or_else(|| DomainError::NotFound(format!("certificate {id}")))?;
+        let versions = self.store.list_versions(id).await?;
+        Ok(CertificateView {
+            certificate,
+            versions,
+        })
+    }
+
+    /// Search, filter, sort and paginate.
+    pub async fn list(&self, query: &CertificateQuery) -> DomainResult<Page<Certificate>> {
+        self.store.list_certificates(query).await
+    }
+
+    /// Audit trail.
+    pub async fn audit(&self, query: &AuditQuery) -> DomainResult<Page<AuditEvent>> {
+        self.store.list_audit(query).await
+    }
+
+    fn pick<'a>(
+        view: &'a CertificateView,
+        version: Option<u32>,
+    ) -> DomainResult<&'a CertificateVersion> {
+        let number = version.unwrap_or(view.certificate.current_version);
+        view.versions
+            .iter()
+            .find(|v| v.version == number)
+            .ok_or_else(|| {
+                DomainError::NotFound(format!(
+                    "version {number} of certificate {}",
+                    view.certificate.id
+                ))
+            })
+    }
+
+    async fn chain_pem(&self, v: &CertificateVersion) -> DomainResult<String> {
+        let chain_blob = format!("{}/chain.pem", blob_prefix(v.certificate_id, v.version));
+        let bytes = self.blobs.get(&chain_blob).await?;
+        String::from_utf8(bytes.to_vec())
+            .map_err(|_| DomainError::Integrity(format!("chain blob {chain_blob} is not UTF-8")))
+    }
+
+    /// PEM download of a version: certificate, chain, or both.
+    pub async fn download(
+        &self,
+        id: Uuid,
+        version: Option<u32>,
+        kind: DownloadKind,
+    ) -> DomainResult<String> {
+        let view = self.certificate(id).await?;
+        let v = Self::pick(&view, version)?;
+        let cert_pem = certflow_pki::cert_to_pem(&self.blobs.get(&v.cert_blob).await?);
+        Ok(match kind {
+            DownloadKind::Certificate => cert_pem,
+            DownloadKind::Chain => self.chain_pem(v).await?,
+            DownloadKind::FullChain => format!("{cert_pem}{}", self.chain_pem(v).await?),
+        })
+    }
+
+    async fn private_key(&self, v: &CertificateVersion) -> DomainResult<PrivateKey> {
+        let blob = v.key_blob.as_ref().ok_or_else(|| {
+            DomainError::NotFound(format!(
+                "private key of version {}: it was issued from a CSR, so only the requester holds it",
+                v.version
+            ))
+        })?;
+        let sealed = self.blobs.get(blob).await?;
+        let der = self
+            .sealer
+            .open(&sealed, &key_context(v.certificate_id, v.version))
+            .await?;
+        PrivateKey::from_pkcs8_der(&der)
+    }
+
+    /// The private key (PKCS#8 PEM). Audited before it is returned: if the
+    /// audit record cannot be written, the key is not handed out.
+    pub async fn download_key(
+        &self,
+        actor: &Actor,
+        id: Uuid,
+        version: Option<u32>,
+        now: OffsetDateTime,
+    ) -> DomainResult<Zeroizing<String>> {
+        let view = self.certificate(id).await?;
+        let v = Self::pick(&view, version)?;
+        let key = self.private_key(v).await?;
+        self.store
+            .append_audit(&AuditEvent::success(
+                now,
+                actor,
+                "certificate.key.download",
+                target(id),
+                json!({ "version": v.version, "format": "pem" }),
+            ))
+            .await?;
+        Ok(key.to_pem())
+    }
+
+    /// Certificate, chain and key as a password-protected PKCS#12 file. Audited.
+    pub async fn download_pkcs12(
+        &self,
+        actor: &Actor,
+        id: Uuid,
+        version: Option<u32>,
+        password: &str,
+        now: OffsetDateTime,
+    ) -> DomainResult<Vec<u8>> {
+        validate::pkcs12_password(password).map_err(|e| DomainError::Invalid(vec![e]))?;
+        let view = self.certificate(id).await?;
+        let v = Self::pick(&view, version)?;
+        let key = self.private_key(v).await?;
+        let cert_der = self.blobs.get(&v.cert_blob).await?;
+        let chain = certflow_pki::parse_pem_certs("chain", &self.chain_pem(v).await?)?;
+        let p12 = certflow_pki::pkcs12(&cert_der, &chain, &key, password, &view.certificate.name)?;
+        self.store
+            .append_audit(&AuditEvent::success(
+                now,
+                actor,
+                "certificate.key.download",
+                target(id),
+                json!({ "version": v.version, "format": "pkcs12" }),
+            ))
+            .await?;
+        Ok(p12)
+    }
+}
+
+/// The subject key of a version to issue.
+enum SubjectKey<'a> {
+    /// The requester's key (from a CSR or the previous version).
+    Public {
+        spki_der: &'a [u8],
+        key_type: KeyType,
+    },
+    /// certflow generates a key of this type.
+    Generate(KeyType),
+}
