@@ -145,8 +145,16 @@ fn sh(dir: &Path, args: &[&str]) -> (bool, String) {
 
 /// pkilint findings at ERROR or FATAL (the exit code also counts warnings, so parse the JSON).
 fn pkilint_errors(linter: &str, file: &Path) -> Vec<String> {
+    // The CA/B linter needs -d (detect the certificate type); the PKIX one has no such flag.
+    let detect: &[&str] = if linter == "lint_cabf_serverauth_cert" {
+        &["-d"]
+    } else {
+        &[]
+    };
     let out = Command::new(linter)
-        .args(["lint", "-f", "JSON"])
+        .arg("lint")
+        .args(detect)
+        .args(["-f", "JSON"])
         .arg(file)
         .output()
         .unwrap();
