@@ -582,10 +582,7 @@ impl Services {
         self.store.list_audit(query).await
     }
 
-    fn pick<'a>(
-        view: &'a CertificateView,
-        version: Option<u32>,
-    ) -> DomainResult<&'a CertificateVersion> {
+    fn pick(view: &CertificateView, version: Option<u32>) -> DomainResult<&CertificateVersion> {
         let number = version.unwrap_or(view.certificate.current_version);
         view.versions
             .iter()
