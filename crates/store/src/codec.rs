@@ -1,5 +1,6 @@
 //! Column lists and conversions between domain values and their column
-//! representation (see the migration header for the conventions).
+//! representation, shared by both backends (see the migration headers for the
+//! conventions).
 
 use certflow_core::error::DomainResult;
 use certflow_core::model::{
@@ -7,12 +8,11 @@ use certflow_core::model::{
     KeySource, KeyType, Labels, Outcome, RenewalPolicy, RevocationReason, VersionStatus,
 };
 use certflow_core::{Profile, SubjectName};
-use sqlx::sqlite::SqliteRow;
-use sqlx::{Decode, Row, Sqlite, Type};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::error::corrupt;
+use crate::query::Columns;
 
 // Macros rather than consts so they can be spliced into `concat!` and keep
 // every query a `&'static str`.
@@ -111,51 +111,41 @@ fn parse_outcome(s: &str) -> Option<Outcome> {
         .find(|o| o.as_str() == s)
 }
 
-fn get<'r, T>(row: &'r SqliteRow, col: &str) -> DomainResult<T>
-where
-    T: Decode<'r, Sqlite> + Type<Sqlite>,
-{
-    row.try_get(col).map_err(|e| corrupt(col, e))
-}
-
-fn get_enum<T>(row: &SqliteRow, col: &str, parse: fn(&str) -> Option<T>) -> DomainResult<T> {
-    let text: String = get(row, col)?;
+fn get_enum<T>(row: &impl Columns, col: &str, parse: fn(&str) -> Option<T>) -> DomainResult<T> {
+    let text = row.text(col)?;
     parse(&text).ok_or_else(|| corrupt(col, format!("unknown value '{text}'")))
 }
 
-fn get_uuid(row: &SqliteRow, col: &str) -> DomainResult<Uuid> {
-    let text: String = get(row, col)?;
-    Uuid::parse_str(&text).map_err(|e| corrupt(col, e))
+fn get_uuid(row: &impl Columns, col: &str) -> DomainResult<Uuid> {
+    Uuid::parse_str(&row.text(col)?).map_err(|e| corrupt(col, e))
 }
 
-fn get_time(row: &SqliteRow, col: &str) -> DomainResult<OffsetDateTime> {
-    let s: i64 = get(row, col)?;
-    OffsetDateTime::from_unix_timestamp(s).map_err(|e| corrupt(col, e))
+fn get_time(row: &impl Columns, col: &str) -> DomainResult<OffsetDateTime> {
+    OffsetDateTime::from_unix_timestamp(row.int(col)?).map_err(|e| corrupt(col, e))
 }
 
-fn get_opt_time(row: &SqliteRow, col: &str) -> DomainResult<Option<OffsetDateTime>> {
-    let s: Option<i64> = get(row, col)?;
-    s.map(|s| OffsetDateTime::from_unix_timestamp(s).map_err(|e| corrupt(col, e)))
+fn get_opt_time(row: &impl Columns, col: &str) -> DomainResult<Option<OffsetDateTime>> {
+    row.opt_int(col)?
+        .map(|s| OffsetDateTime::from_unix_timestamp(s).map_err(|e| corrupt(col, e)))
         .transpose()
 }
 
-fn get_u32(row: &SqliteRow, col: &str) -> DomainResult<u32> {
-    let n: i64 = get(row, col)?;
-    u32::try_from(n).map_err(|e| corrupt(col, e))
+/// A non-negative integer column that fits a `u32`.
+pub(crate) fn get_u32(row: &impl Columns, col: &str) -> DomainResult<u32> {
+    u32::try_from(row.int(col)?).map_err(|e| corrupt(col, e))
 }
 
-fn get_names(row: &SqliteRow, col: &str) -> DomainResult<Vec<SubjectName>> {
-    let text: String = get(row, col)?;
-    serde_json::from_str(&text).map_err(|e| corrupt(col, e))
+fn get_names(row: &impl Columns, col: &str) -> DomainResult<Vec<SubjectName>> {
+    serde_json::from_str(&row.text(col)?).map_err(|e| corrupt(col, e))
 }
 
 /// Decodes a row selected with [`certificate_columns`]; labels live in their own table.
-pub(crate) fn certificate(row: &SqliteRow, labels: Labels) -> DomainResult<Certificate> {
-    let renew_before_days: Option<i64> = get(row, "renew_before_days")?;
+pub(crate) fn certificate(row: &impl Columns, labels: Labels) -> DomainResult<Certificate> {
+    let renew_before_days = row.opt_int("renew_before_days")?;
     Ok(Certificate {
         id: get_uuid(row, "id")?,
-        name: get(row, "name")?,
-        team: get(row, "team")?,
+        name: row.text("name")?,
+        team: row.text("team")?,
         labels,
         profile: get_enum(row, "profile", Profile::parse)?,
         key_type: get_enum(row, "key_type", KeyType::parse)?,
@@ -164,7 +154,7 @@ pub(crate) fn certificate(row: &SqliteRow, labels: Labels) -> DomainResult<Certi
         validity_days: get_u32(row, "validity_days")?,
         issuer_id: get_uuid(row, "issuer_id")?,
         renewal: RenewalPolicy {
-            renew_at_fraction: get(row, "renew_at_fraction")?,
+            renew_at_fraction: row.real("renew_at_fraction")?,
             renew_before_days: renew_before_days
                 .map(|d| u32::try_from(d).map_err(|e| corrupt("renew_before_days", e)))
                 .transpose()?,
@@ -179,13 +169,13 @@ pub(crate) fn certificate(row: &SqliteRow, labels: Labels) -> DomainResult<Certi
 }
 
 /// Decodes a row selected with [`version_columns`].
-pub(crate) fn version(row: &SqliteRow) -> DomainResult<CertificateVersion> {
-    let reason: Option<String> = get(row, "revocation_reason")?;
+pub(crate) fn version(row: &impl Columns) -> DomainResult<CertificateVersion> {
+    let reason = row.opt_text("revocation_reason")?;
     Ok(CertificateVersion {
         certificate_id: get_uuid(row, "certificate_id")?,
         version: get_u32(row, "version")?,
-        serial: get(row, "serial")?,
-        fingerprint_sha256: get(row, "fingerprint_sha256")?,
+        serial: row.text("serial")?,
+        fingerprint_sha256: row.text("fingerprint_sha256")?,
         not_before: get_time(row, "not_before")?,
         not_after: get_time(row, "not_after")?,
         key_type: get_enum(row, "key_type", KeyType::parse)?,
@@ -194,47 +184,47 @@ pub(crate) fn version(row: &SqliteRow) -> DomainResult<CertificateVersion> {
         status: get_enum(row, "status", VersionStatus::parse)?,
         revoked_at: get_opt_time(row, "revoked_at")?,
         revocation_reason: reason
-            .map(|r: String| {
+            .map(|r| {
                 RevocationReason::parse(&r)
                     .ok_or_else(|| corrupt("revocation_reason", format!("unknown value '{r}'")))
             })
             .transpose()?,
-        cert_blob: get(row, "cert_blob")?,
-        key_blob: get(row, "key_blob")?,
+        cert_blob: row.text("cert_blob")?,
+        key_blob: row.opt_text("key_blob")?,
         created_at: get_time(row, "created_at")?,
     })
 }
 
 /// Decodes a row selected with [`issuer_columns`].
-pub(crate) fn issuer(row: &SqliteRow) -> DomainResult<Issuer> {
+pub(crate) fn issuer(row: &impl Columns) -> DomainResult<Issuer> {
     Ok(Issuer {
         id: get_uuid(row, "id")?,
-        name: get(row, "name")?,
+        name: row.text("name")?,
         kind: get_enum(row, "kind", parse_issuer_kind)?,
-        is_default: get(row, "is_default")?,
+        is_default: row.boolean("is_default")?,
         key_type: get_enum(row, "key_type", KeyType::parse)?,
-        issuing_cert_pem: get(row, "issuing_cert_pem")?,
-        chain_pem: get(row, "chain_pem")?,
-        key_blob: get(row, "key_blob")?,
-        root_key_blob: get(row, "root_key_blob")?,
-        subject: get(row, "subject")?,
+        issuing_cert_pem: row.text("issuing_cert_pem")?,
+        chain_pem: row.text("chain_pem")?,
+        key_blob: row.text("key_blob")?,
+        root_key_blob: row.opt_text("root_key_blob")?,
+        subject: row.text("subject")?,
         not_after: get_time(row, "not_after")?,
         created_at: get_time(row, "created_at")?,
     })
 }
 
 /// Decodes a row selected with [`audit_columns`].
-pub(crate) fn audit(row: &SqliteRow) -> DomainResult<AuditEvent> {
-    let details: String = get(row, "details")?;
+pub(crate) fn audit(row: &impl Columns) -> DomainResult<AuditEvent> {
+    let details = row.text("details")?;
     Ok(AuditEvent {
         id: get_uuid(row, "id")?,
         at: get_time(row, "at")?,
         actor: Actor {
-            subject: get(row, "subject")?,
-            source: get(row, "source")?,
+            subject: row.text("subject")?,
+            source: row.opt_text("source")?,
         },
-        action: get(row, "action")?,
-        target: get(row, "target")?,
+        action: row.text("action")?,
+        target: row.text("target")?,
         outcome: get_enum(row, "outcome", parse_outcome)?,
         details: serde_json::from_str(&details).map_err(|e| corrupt("details", e))?,
     })

@@ -1,11 +1,19 @@
 //! certflow's metadata store: the [`MetadataStore`](certflow_core::ports::MetadataStore)
-//! port over SQLite (PostgreSQL follows with its own migrations and the same
-//! behaviour suite in `tests/metadata_store.rs`).
+//! port over SQLite ([`SqliteStore`]) and PostgreSQL ([`PgStore`]).
 //!
-//! Driver errors are translated into `DomainError` here and nowhere else.
+//! Both run one implementation of the port (`repo`, over the `query`
+//! abstraction, whose module comment explains the split), with their own
+//! migrations of the same schema and the same behaviour suite in
+//! `tests/metadata_store.rs`. Driver errors are translated into
+//! `DomainError` in `error` and nowhere else.
 
 mod codec;
 mod error;
+mod migrate;
+mod postgres;
+mod query;
+mod repo;
 mod sqlite;
 
+pub use postgres::{PgOptions, PgStore};
 pub use sqlite::SqliteStore;

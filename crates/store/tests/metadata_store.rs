@@ -2,14 +2,19 @@
 //!
 //! Every case in [`suite`] is an async function over `&dyn MetadataStore` and
 //! knows nothing about the backend. Each backend runs the whole suite through
-//! `metadata_store_suite!` with its own way of opening a fresh, empty store
-//! (see the `sqlite_memory` and `sqlite_file` modules at the bottom; PostgreSQL
-//! adds its own module the same way). Backend-specific behaviour (files,
-//! reopening, pragmas) is tested outside the suite.
+//! `metadata_store_suite!` with its own way of opening a fresh, empty store:
+//! `sqlite_memory`, `sqlite_file` and `postgres` at the bottom. Backend-specific
+//! behaviour (files, reopening, connecting, migrating) is tested outside the
+//! suite.
+//!
+//! The PostgreSQL tests need a server: `postgres://postgres@127.0.0.1:5432/postgres`
+//! (trust authentication) unless `CERTFLOW_TEST_PG_URL` names another. Each
+//! test creates its own database and drops it afterwards. Without a server
+//! they fail, saying how to start one; they never skip.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use certflow_store::SqliteStore;
+use certflow_store::{PgOptions, PgStore, SqliteStore};
 
 /// Backend-agnostic cases. Times are whole seconds: stores keep unix seconds.
 mod suite {
@@ -190,6 +195,16 @@ mod suite {
             .collect()
     }
 
+    /// Opens connections for four racers up front (pools open them lazily),
+    /// so that the racers' transactions really overlap instead of queueing
+    /// behind connection set-up one by one.
+    async fn warm_up(store: &dyn MetadataStore) {
+        let (a, b, c, d) = tokio::join!(store.ping(), store.ping(), store.ping(), store.ping());
+        for r in [a, b, c, d] {
+            r.unwrap();
+        }
+    }
+
     // ---------------------------------------------------------------- basics
 
     pub async fn ping_answers(store: &dyn MetadataStore) {
@@ -339,6 +354,41 @@ mod suite {
             .await
             .is_empty()
         );
+    }
+
+    /// Racing changes of the default issuer all succeed, one after another,
+    /// and leave exactly one default.
+    pub async fn concurrent_default_changes_leave_one_default(store: &dyn MetadataStore) {
+        let main = seed_issuer(store).await;
+        let mut others = Vec::new();
+        for i in 0..4 {
+            let other = issuer(&format!("other{i}"), false);
+            store
+                .insert_issuer(&other, &event("issuer.import", "issuer/other"))
+                .await
+                .unwrap();
+            others.push(other);
+        }
+        let attempt = |i: usize| {
+            let id = others[i].id;
+            let audit = event("issuer.set-default", "issuer/other");
+            async move { store.set_default_issuer(id, &audit).await }
+        };
+        warm_up(store).await;
+        let (a, b, c, d) = tokio::join!(attempt(0), attempt(1), attempt(2), attempt(3));
+        for r in [a, b, c, d] {
+            r.unwrap();
+        }
+        let defaults: Vec<Uuid> = store
+            .list_issuers()
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|i| i.is_default)
+            .map(|i| i.id)
+            .collect();
+        assert_eq!(defaults.len(), 1);
+        assert_ne!(defaults[0], main.id);
     }
 
     // ---------------------------------------------------------- certificates
@@ -711,6 +761,77 @@ mod suite {
         assert_eq!(store.get_certificate(cert.id).await.unwrap(), Some(renewed));
     }
 
+    /// Racing revocations of one version: exactly one records its reason.
+    pub async fn concurrent_revocations_allow_exactly_one(store: &dyn MetadataStore) {
+        let issuer = seed_issuer(store).await;
+        let cert = certificate(&issuer, "race.example.com", "t");
+        create(store, &cert).await;
+        let attempt = |reason: RevocationReason| {
+            let audit = event("certificate.revoke", &target(&cert));
+            let id = cert.id;
+            async move {
+                store
+                    .revoke_version(id, 1, reason, at(T0 + DAY), &audit)
+                    .await
+                    .map(|()| reason)
+            }
+        };
+        warm_up(store).await;
+        let (a, b, c, d) = tokio::join!(
+            attempt(RevocationReason::KeyCompromise),
+            attempt(RevocationReason::Superseded),
+            attempt(RevocationReason::AffiliationChanged),
+            attempt(RevocationReason::CessationOfOperation),
+        );
+        let results = [a, b, c, d];
+        let winners: Vec<RevocationReason> = results
+            .iter()
+            .filter_map(|r| r.as_ref().ok().copied())
+            .collect();
+        assert_eq!(winners.len(), 1, "{results:?}");
+        for r in results.into_iter().filter(Result::is_err) {
+            assert_conflict(r, &["already revoked"]);
+        }
+        let revoked = store.list_revoked(issuer.id).await.unwrap();
+        assert_eq!(revoked.len(), 1);
+        assert_eq!(revoked[0].revocation_reason, Some(winners[0]));
+        let trail = audit_ids(
+            store,
+            AuditQuery {
+                target: Some(target(&cert)),
+                action_prefix: Some("certificate.revoke".into()),
+                ..AuditQuery::default()
+            },
+        )
+        .await;
+        assert_eq!(trail.len(), 1);
+    }
+
+    /// Racing creations of one name in one team: exactly one takes it.
+    pub async fn concurrent_creations_of_one_name_allow_exactly_one(store: &dyn MetadataStore) {
+        let issuer = seed_issuer(store).await;
+        let attempt = || {
+            let cert = certificate(&issuer, "race.example.com", "payments");
+            async move {
+                let first = version(&cert, 1);
+                let audit = event("certificate.create", &target(&cert));
+                store.create_certificate(&cert, &first, &audit).await
+            }
+        };
+        warm_up(store).await;
+        let (a, b, c, d) = tokio::join!(attempt(), attempt(), attempt(), attempt());
+        let results = [a, b, c, d];
+        assert_eq!(
+            results.iter().filter(|r| r.is_ok()).count(),
+            1,
+            "{results:?}"
+        );
+        for r in results.into_iter().filter(Result::is_err) {
+            assert_conflict(r, &["race.example.com", "payments"]);
+        }
+        assert_eq!(store.list_certificates(&query()).await.unwrap().total, 1);
+    }
+
     /// Racing renewals to the same number: the check and the insert are one
     /// transaction, so exactly one wins.
     pub async fn concurrent_renewals_allow_exactly_one(store: &dyn MetadataStore) {
@@ -725,6 +846,7 @@ mod suite {
             let audit = event("certificate.renew", &target(&cert));
             async move { store.add_version(&renewed, &v2, &audit).await }
         };
+        warm_up(store).await;
         let (a, b, c, d) = tokio::join!(attempt(), attempt(), attempt(), attempt());
         let results = [a, b, c, d];
         assert_eq!(
@@ -1415,6 +1537,62 @@ mod suite {
         assert_eq!(filtered.total, 3);
     }
 
+    /// Names sort by their bytes (as Rust's `str` does), not by a locale's
+    /// rules that ignore punctuation or case.
+    pub async fn name_order_is_byte_order(store: &dyn MetadataStore) {
+        let main = seed_issuer(store).await;
+        let names = [
+            "b",
+            "B",
+            "a-c",
+            "ab",
+            "_x",
+            "Zeta",
+            "e",
+            "\u{e9}clair",
+            "a c",
+            "10",
+            "9",
+        ];
+        let mut want = Vec::new();
+        for name in names {
+            let cert = certificate(&main, name, "t");
+            create(store, &cert).await;
+            want.push((name.to_owned(), cert.id));
+        }
+        want.sort();
+        let by_name = CertificateQuery {
+            sort: SortKey::Name,
+            ..query()
+        };
+        assert_eq!(
+            ids(store, &by_name).await,
+            want.iter().map(|(_, id)| *id).collect::<Vec<_>>()
+        );
+
+        // Issuers created at the same time list by name.
+        let mut issuers = Vec::new();
+        for name in ["b", "B", "_x", "a c", "a-c"] {
+            let other = issuer(name, false);
+            store
+                .insert_issuer(&other, &event("issuer.import", "issuer/other"))
+                .await
+                .unwrap();
+            issuers.push((other.name.clone(), other.id));
+        }
+        issuers.sort();
+        let listed: Vec<Uuid> = store
+            .list_issuers()
+            .await
+            .unwrap()
+            .iter()
+            .map(|i| i.id)
+            .collect();
+        let mut expected = vec![main.id];
+        expected.extend(issuers.iter().map(|(_, id)| *id));
+        assert_eq!(listed, expected);
+    }
+
     pub async fn list_limit_is_clamped(store: &dyn MetadataStore) {
         let issuer = seed_issuer(store).await;
         for i in 0..501 {
@@ -1622,6 +1800,7 @@ macro_rules! metadata_store_suite {
             issuer_round_trips_every_field,
             issuer_conflicts,
             set_default_issuer_moves_the_flag,
+            concurrent_default_changes_leave_one_default,
             certificate_round_trips_every_field,
             unknown_ids_read_as_absent,
             times_are_kept_in_whole_seconds,
@@ -1632,6 +1811,8 @@ macro_rules! metadata_store_suite {
             add_version_requires_the_next_number,
             add_version_keeps_a_revoked_version_revoked,
             concurrent_renewals_allow_exactly_one,
+            concurrent_revocations_allow_exactly_one,
+            concurrent_creations_of_one_name_allow_exactly_one,
             revoke_transitions,
             revoking_an_archived_certificate_keeps_it_archived,
             list_revoked_is_per_issuer,
@@ -1642,6 +1823,7 @@ macro_rules! metadata_store_suite {
             search_escapes_like_wildcards,
             list_sorts_both_directions_with_id_tie_break,
             list_pages_are_stable_and_counted,
+            name_order_is_byte_order,
             list_limit_is_clamped,
             audit_round_trips_and_rejects_duplicates,
             audit_filters_order_and_pages,
@@ -1677,6 +1859,135 @@ mod sqlite_file {
     }
 
     metadata_store_suite!(open().await);
+}
+
+/// A fresh PostgreSQL database per test.
+mod pg {
+    use sqlx::{AssertSqlSafe, Connection, Executor, PgConnection};
+    use uuid::Uuid;
+
+    const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+    /// A database that exists until this is dropped (best effort: a test
+    /// process that is killed leaves it behind, named `certflow_test_*`).
+    pub struct TestDb {
+        admin_url: String,
+        name: String,
+    }
+
+    impl TestDb {
+        /// Creates an empty database. Its default collation is ICU English
+        /// where the server has ICU, so that byte-order sorting must come
+        /// from the schema, as on most production servers.
+        pub async fn create() -> Self {
+            let admin_url =
+                std::env::var("CERTFLOW_TEST_PG_URL").unwrap_or_else(|_| DEFAULT_URL.to_owned());
+            let mut admin = admin_connection(&admin_url).await;
+            let name = format!("certflow_test_{}", Uuid::new_v4().simple());
+            let icu = format!(
+                "CREATE DATABASE {name} TEMPLATE template0 LOCALE_PROVIDER icu \
+                 ICU_LOCALE 'en' LOCALE 'C.UTF-8'"
+            );
+            if admin.execute(AssertSqlSafe(icu)).await.is_err() {
+                admin
+                    .execute(AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                    .await
+                    .unwrap();
+            }
+            admin.close().await.unwrap();
+            Self { admin_url, name }
+        }
+
+        /// URL of the database, with the administrator's credentials.
+        pub fn url(&self) -> String {
+            with_database(&self.admin_url, &self.name)
+        }
+
+        /// A direct connection to the database, to look behind the store.
+        pub async fn connect(&self) -> PgConnection {
+            PgConnection::connect(&self.url()).await.unwrap()
+        }
+    }
+
+    impl Drop for TestDb {
+        fn drop(&mut self) {
+            let admin_url = self.admin_url.clone();
+            let drop = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+            // Drop runs inside the test's runtime, which cannot be blocked
+            // on; a thread with its own runtime can.
+            let dropped = std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| e.to_string())?;
+                runtime.block_on(async {
+                    let mut admin = PgConnection::connect(&admin_url)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    admin
+                        .execute(AssertSqlSafe(drop))
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    admin.close().await.map_err(|e| e.to_string())
+                })
+            })
+            .join();
+            if let Ok(Err(e)) = dropped {
+                eprintln!("could not drop test database {}: {e}", self.name);
+            }
+        }
+    }
+
+    async fn admin_connection(url: &str) -> PgConnection {
+        match PgConnection::connect(url).await {
+            Ok(conn) => conn,
+            Err(e) => panic!(
+                "PostgreSQL is not reachable at {url}: {e}\n\
+                 The PostgreSQL tests need a running server. Start the local one with\n    \
+                 pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start\n\
+                 or point CERTFLOW_TEST_PG_URL at another (trust authentication, may CREATE DATABASE)."
+            ),
+        }
+    }
+
+    /// `url` with its database (path) replaced by `database`.
+    fn with_database(url: &str, database: &str) -> String {
+        let (base, query) = match url.split_once('?') {
+            Some((base, query)) => (base, format!("?{query}")),
+            None => (url, String::new()),
+        };
+        let authority_start = base.find("://").map_or(0, |i| i + 3);
+        let authority_end = base[authority_start..]
+            .find('/')
+            .map_or(base.len(), |i| authority_start + i);
+        format!("{}/{database}{query}", &base[..authority_end])
+    }
+
+    /// A store on a fresh database, and the database's guard.
+    pub async fn open() -> (super::PgStore, TestDb) {
+        let db = TestDb::create().await;
+        let store = super::PgStore::connect(&db.url(), super::PgOptions::default())
+            .await
+            .unwrap();
+        (store, db)
+    }
+
+    #[test]
+    fn database_replaced_in_url() {
+        assert_eq!(
+            with_database("postgres://postgres@127.0.0.1:5432/postgres", "x"),
+            "postgres://postgres@127.0.0.1:5432/x"
+        );
+        assert_eq!(
+            with_database("postgres://u:p@h/db?sslmode=disable", "x"),
+            "postgres://u:p@h/x?sslmode=disable"
+        );
+        assert_eq!(with_database("postgres://h:1", "x"), "postgres://h:1/x");
+    }
+}
+
+mod postgres {
+    metadata_store_suite!(crate::pg::open().await);
 }
 
 // ------------------------------------------------------------ SQLite-specific
@@ -1851,5 +2162,173 @@ mod sqlite_specific {
         a.put_setting("k", "v").await.unwrap();
         assert_eq!(b.get_setting("k").await.unwrap(), None);
         assert_eq!(a.get_setting("k").await.unwrap().as_deref(), Some("v"));
+    }
+}
+
+// -------------------------------------------------------- PostgreSQL-specific
+
+mod postgres_specific {
+    use std::time::{Duration, Instant};
+
+    use certflow_core::DomainError;
+    use certflow_core::ports::MetadataStore;
+    use sqlx::{Connection, Executor};
+
+    use super::pg::TestDb;
+    use super::{PgOptions, PgStore};
+
+    /// Replicas starting together: each migrates under the advisory lock, so
+    /// all succeed and the schema is applied once.
+    #[tokio::test]
+    async fn concurrent_connects_migrate_once() {
+        let db = TestDb::create().await;
+        let url = db.url();
+        let connect = || PgStore::connect(&url, PgOptions::default());
+        let (a, b, c, d) = tokio::join!(connect(), connect(), connect(), connect());
+        let stores = [a.unwrap(), b.unwrap(), c.unwrap(), d.unwrap()];
+        stores[0].put_setting("k", "v").await.unwrap();
+        for store in &stores {
+            assert_eq!(store.get_setting("k").await.unwrap().as_deref(), Some("v"));
+        }
+        let mut conn = db.connect().await;
+        let applied: Vec<(i64, bool)> =
+            sqlx::query_as("SELECT version, success FROM _sqlx_migrations ORDER BY version")
+                .fetch_all(&mut conn)
+                .await
+                .unwrap();
+        assert_eq!(applied, vec![(1, true)]);
+        let tables: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM information_schema.tables \
+             WHERE table_schema = 'public' AND table_name <> '_sqlx_migrations'",
+        )
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+        assert_eq!(tables, 7);
+        for store in &stores {
+            store.close().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn data_survives_reconnecting() {
+        let db = TestDb::create().await;
+        let store = PgStore::connect(&db.url(), PgOptions::default())
+            .await
+            .unwrap();
+        store
+            .put_setting("bootstrap.token_hash", "h")
+            .await
+            .unwrap();
+        store.close().await;
+        assert!(matches!(
+            store.ping().await,
+            Err(DomainError::Unavailable {
+                backend: "database",
+                ..
+            })
+        ));
+        let store = PgStore::connect(&db.url(), PgOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(
+            store
+                .get_setting("bootstrap.token_hash")
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("h")
+        );
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn unreachable_server_is_unavailable_naming_it_but_not_the_password() {
+        // Nothing listens on port 1; the store retries until the timeout.
+        let options = PgOptions {
+            connect_timeout: Duration::from_millis(300),
+            ..PgOptions::default()
+        };
+        let started = Instant::now();
+        let result = PgStore::connect(
+            "postgres://certflow:s3cret-pw@127.0.0.1:1/certflow",
+            options,
+        )
+        .await;
+        match result {
+            Err(DomainError::Unavailable { backend, reason }) => {
+                assert_eq!(backend, "database");
+                assert!(reason.contains("127.0.0.1:1/certflow"), "{reason}");
+                assert!(reason.to_lowercase().contains("refused"), "{reason}");
+                assert!(!reason.contains("s3cret-pw"), "{reason}");
+            }
+            other => panic!("expected Unavailable, got {other:?}"),
+        }
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[tokio::test]
+    async fn missing_database_is_unavailable() {
+        let db = TestDb::create().await;
+        let url = db.url().replace("certflow_test_", "certflow_missing_");
+        match PgStore::connect(&url, PgOptions::default()).await {
+            Err(DomainError::Unavailable { reason, .. }) => {
+                assert!(reason.contains("certflow_missing_"), "{reason}");
+                assert!(reason.contains("does not exist"), "{reason}");
+            }
+            other => panic!("expected Unavailable, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn bad_options_are_refused_before_connecting() {
+        let zero = PgOptions {
+            max_connections: 0,
+            ..PgOptions::default()
+        };
+        assert!(matches!(
+            PgStore::connect("postgres://nowhere.invalid/x", zero).await,
+            Err(DomainError::Invalid(_))
+        ));
+        match PgStore::connect("postgres://u:pw@host:notaport/x", PgOptions::default()).await {
+            Err(DomainError::Unavailable { reason, .. }) => {
+                assert!(reason.contains("invalid PostgreSQL URL"), "{reason}");
+                assert!(!reason.contains("pw@"), "{reason}");
+            }
+            other => panic!("expected Unavailable, got {other:?}"),
+        }
+    }
+
+    /// `statement_timeout` applies to every pooled connection: a statement
+    /// stuck behind a lock fails as unavailable instead of hanging.
+    #[tokio::test]
+    async fn statement_timeout_bounds_each_statement() {
+        let db = TestDb::create().await;
+        let options = PgOptions {
+            statement_timeout: Some(Duration::from_millis(200)),
+            ..PgOptions::default()
+        };
+        let store = PgStore::connect(&db.url(), options).await.unwrap();
+        store.put_setting("k", "v").await.unwrap();
+
+        let mut blocker = db.connect().await;
+        blocker.execute("BEGIN").await.unwrap();
+        blocker
+            .execute("LOCK TABLE settings IN ACCESS EXCLUSIVE MODE")
+            .await
+            .unwrap();
+        let started = Instant::now();
+        match store.get_setting("k").await {
+            Err(DomainError::Unavailable { backend, reason }) => {
+                assert_eq!(backend, "database");
+                assert!(reason.contains("statement timeout"), "{reason}");
+            }
+            other => panic!("expected Unavailable, got {other:?}"),
+        }
+        assert!(started.elapsed() < Duration::from_secs(5));
+        blocker.execute("ROLLBACK").await.unwrap();
+        blocker.close().await.unwrap();
+        assert_eq!(store.get_setting("k").await.unwrap().as_deref(), Some("v"));
+        store.close().await;
     }
 }

@@ -1,0 +1,239 @@
+//! [`MetadataStore`](certflow_core::ports::MetadataStore) over PostgreSQL:
+//! connecting, pooling and migrating here, the statements in [`crate::repo`].
+//!
+//! Several replicas may start at once against one database: each migrates
+//! under a session advisory lock on a dedicated connection, so one applies
+//! the migrations and the others find them applied.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use certflow_core::DomainError;
+use certflow_core::error::DomainResult;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection, Postgres};
+use tokio::time::Instant;
+
+use crate::migrate::{Embedded, migrator};
+use crate::query::Dialect;
+use crate::repo::{SqlStore, forward_metadata_store};
+
+/// Migrations embedded in the binary, oldest first; a unit test checks the
+/// list against `migrations/postgres/`.
+const MIGRATIONS: &[Embedded] = &[(
+    1,
+    "init",
+    include_str!("../migrations/postgres/0001_init.sql"),
+)];
+
+/// Key of the advisory lock held while migrating ("certflow" in ASCII).
+/// Advisory locks are per database, so this only serialises certflow
+/// replicas sharing one.
+const MIGRATION_LOCK_KEY: i64 = 0x6365_7274_666c_6f77;
+
+/// First pause before retrying a refused connection; it doubles each time.
+const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+
+impl Dialect for Postgres {
+    /// Read committed: each statement sees what committed before it, and
+    /// [`FOR_UPDATE`](Dialect::FOR_UPDATE) makes a writer wait for, then
+    /// re-read, a row another writer holds.
+    const BEGIN_WRITE: &'static str = "BEGIN";
+    const BEGIN_READ: &'static str = "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY";
+    const FOR_UPDATE: &'static str = " FOR UPDATE";
+    /// Conflicts with itself and with row writers, not with readers or with
+    /// the key-share locks that foreign keys to issuers take.
+    const LOCK_ISSUERS: Option<&'static str> =
+        Some("LOCK TABLE issuers IN SHARE ROW EXCLUSIVE MODE");
+}
+
+/// Pool settings of a [`PgStore`]; TLS (`sslmode`) and credentials come from the URL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PgOptions {
+    /// Most connections the pool opens.
+    pub max_connections: u32,
+    /// Server-side limit on each statement (`statement_timeout`); `None` keeps the server's.
+    pub statement_timeout: Option<Duration>,
+    /// How long to wait for the server when connecting, and for a free pooled connection.
+    pub connect_timeout: Duration,
+}
+
+impl Default for PgOptions {
+    fn default() -> Self {
+        Self {
+            max_connections: 10,
+            statement_timeout: Some(Duration::from_secs(30)),
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The metadata store on a PostgreSQL database.
+#[derive(Debug, Clone)]
+pub struct PgStore {
+    store: SqlStore<Postgres>,
+}
+
+forward_metadata_store!(PgStore, store);
+
+impl PgStore {
+    /// Connects to `url` (`postgres://user:pw@host:port/db?sslmode=...`), migrates, opens a pool.
+    pub async fn connect(url: &str, options: PgOptions) -> DomainResult<Self> {
+        if options.max_connections == 0 {
+            return Err(DomainError::invalid(
+                "max_connections",
+                "must be at least 1",
+            ));
+        }
+        // sqlx's messages about a malformed URL never quote the URL itself.
+        let mut connect =
+            PgConnectOptions::from_str(url).map_err(|e| DomainError::Unavailable {
+                backend: "database",
+                reason: format!("invalid PostgreSQL URL: {e}"),
+            })?;
+        if connect.get_application_name().is_none() {
+            connect = connect.application_name("certflow");
+        }
+        let server = describe(&connect);
+        let unavailable = |what: &str, reason: String| DomainError::Unavailable {
+            backend: "database",
+            reason: format!("{what} PostgreSQL at {server}: {reason}"),
+        };
+
+        let mut conn = connect_one(&connect, options.connect_timeout)
+            .await
+            .map_err(|reason| unavailable("cannot connect to", reason))?;
+        let migrated = migrate(&mut conn).await;
+        // Closing also releases the advisory lock if unlocking failed.
+        let _ = conn.close().await;
+        migrated.map_err(|reason| unavailable("cannot migrate", reason))?;
+
+        let statement_timeout = options.statement_timeout.map(|t| {
+            // 0 would mean "no limit" to PostgreSQL.
+            format!("{}ms", t.as_millis().max(1))
+        });
+        let pool = PgPoolOptions::new()
+            .max_connections(options.max_connections)
+            .acquire_timeout(options.connect_timeout)
+            .after_connect(move |conn, _| {
+                let statement_timeout = statement_timeout.clone();
+                Box::pin(async move {
+                    if let Some(timeout) = statement_timeout {
+                        // The function form of `SET statement_timeout`, which takes a parameter.
+                        sqlx::query("SELECT set_config('statement_timeout', $1, false)")
+                            .bind(timeout)
+                            .execute(conn)
+                            .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect_with(connect)
+            .await
+            .map_err(|e| unavailable("cannot connect to", e.to_string()))?;
+        Ok(Self {
+            store: SqlStore::new(pool),
+        })
+    }
+
+    /// Closes every connection; later calls fail as unavailable.
+    pub async fn close(&self) {
+        self.store.close().await;
+    }
+}
+
+/// `host:port/database` (or the socket path), for messages: never the password.
+fn describe(options: &PgConnectOptions) -> String {
+    let place = match options.get_socket() {
+        Some(socket) => socket.display().to_string(),
+        // An IPv6 literal, unless the URL's brackets are still around it.
+        None if options.get_host().contains(':') && !options.get_host().starts_with('[') => {
+            format!("[{}]:{}", options.get_host(), options.get_port())
+        }
+        None => format!("{}:{}", options.get_host(), options.get_port()),
+    };
+    match options.get_database() {
+        Some(database) => format!("{place}/{database}"),
+        None => place,
+    }
+}
+
+/// Opens one connection, retrying while the server refuses (it may be
+/// starting up) until `timeout` has passed; the error is the reason.
+async fn connect_one(
+    options: &PgConnectOptions,
+    timeout: Duration,
+) -> Result<PgConnection, String> {
+    let deadline = Instant::now() + timeout;
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        let error = match tokio::time::timeout_at(deadline, options.connect()).await {
+            Ok(Ok(conn)) => return Ok(conn),
+            Ok(Err(e)) => e,
+            Err(_) => return Err(format!("no answer within {timeout:?}")),
+        };
+        let starting_up = match &error {
+            sqlx::Error::Io(io) => io.kind() == std::io::ErrorKind::ConnectionRefused,
+            sqlx::Error::Database(db) => db.is_transient_in_connect_phase(),
+            _ => false,
+        };
+        if !starting_up {
+            return Err(error.to_string());
+        }
+        if Instant::now() + backoff >= deadline {
+            return Err(format!("{error} (still failing after {timeout:?})"));
+        }
+        tracing::debug!(%error, "PostgreSQL not accepting connections yet; retrying");
+        tokio::time::sleep(backoff).await;
+        backoff = backoff.saturating_mul(2);
+    }
+}
+
+/// Applies pending migrations while holding [`MIGRATION_LOCK_KEY`].
+async fn migrate(conn: &mut PgConnection) -> Result<(), String> {
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(MIGRATION_LOCK_KEY)
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| format!("cannot take the migration lock: {e}"))?;
+    let mut migrator = migrator(MIGRATIONS);
+    // Ours is the lock; sqlx's would be a second one on another key.
+    migrator.set_locking(false);
+    let applied = migrator
+        .run_direct(None, &mut *conn, false)
+        .await
+        .map_err(|e| e.to_string());
+    let unlocked = sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(MIGRATION_LOCK_KEY)
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| format!("cannot release the migration lock: {e}"));
+    applied.and(unlocked).map(drop)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_migration_file_is_embedded() {
+        crate::migrate::assert_embedded("postgres", MIGRATIONS);
+    }
+
+    #[test]
+    fn descriptions_never_carry_the_password() {
+        let parse = |url: &str| PgConnectOptions::from_str(url).unwrap();
+        let with_password = parse("postgres://certflow:hunter2@db.internal:6432/certflow");
+        assert_eq!(describe(&with_password), "db.internal:6432/certflow");
+        assert_eq!(describe(&parse("postgres://u@[::1]/d")), "[::1]:5432/d");
+    }
+
+    #[test]
+    fn defaults() {
+        let d = PgOptions::default();
+        assert_eq!(d.max_connections, 10);
+        assert_eq!(d.statement_timeout, Some(Duration::from_secs(30)));
+        assert_eq!(d.connect_timeout, Duration::from_secs(5));
+    }
+}

@@ -1,0 +1,308 @@
+//! The one query form both backends execute, and the little each backend
+//! must say about itself.
+//!
+//! # Why the implementation is shared this way
+//!
+//! Both schemas follow the same conventions (see the migrations): unix seconds
+//! in 64-bit integers, ids as hyphenated text, enums as their stable
+//! identifiers, JSON as text. So every statement and every row decodes
+//! identically; and SQLite accepts PostgreSQL's numbered `$1` placeholders
+//! (sqlx maps `$N` to the N-th argument), so the SQL text is the same too.
+//! [`crate::repo`] is therefore written once, over a [`Backend`].
+//!
+//! Writing that code generic over `sqlx::Database` directly would need a
+//! dozen higher-ranked bounds (`for<'c> &'c mut DB::Connection: Executor<'c>`,
+//! `String: Encode<DB> + Decode<DB> + Type<DB>`, ...) repeated on every
+//! function, because Rust does not imply a trait's `where` clauses. Instead
+//! the bounds appear exactly once, on the blanket impls of [`Exec`] and
+//! [`Columns`]; values cross that line as [`Param`]s and rows are read through
+//! [`Columns`], so `repo` needs nothing but `B: Backend`.
+//!
+//! What genuinely differs stays in each backend module, as the constants of
+//! [`Dialect`]: how a transaction begins and how a write transaction locks the
+//! rows it is about to change (SQLite takes the database write lock at
+//! `BEGIN IMMEDIATE`; PostgreSQL locks rows with `FOR UPDATE`), plus opening,
+//! pooling and migrating, which share nothing worth sharing.
+
+use std::borrow::Cow;
+use std::future::Future;
+
+use certflow_core::error::DomainResult;
+use sqlx::{
+    AssertSqlSafe, ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Row, Type,
+};
+
+use crate::error::corrupt;
+
+/// A bind parameter, in one of the column representations the schemas use.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Param {
+    /// TEXT, possibly NULL.
+    Text(Option<String>),
+    /// 64-bit INTEGER / BIGINT, possibly NULL.
+    Int(Option<i64>),
+    /// REAL / DOUBLE PRECISION.
+    Real(f64),
+    /// 0/1 in SQLite, BOOLEAN in PostgreSQL.
+    Bool(bool),
+}
+
+impl From<String> for Param {
+    fn from(v: String) -> Self {
+        Param::Text(Some(v))
+    }
+}
+
+impl From<&str> for Param {
+    fn from(v: &str) -> Self {
+        Param::Text(Some(v.to_owned()))
+    }
+}
+
+impl From<Option<&str>> for Param {
+    fn from(v: Option<&str>) -> Self {
+        Param::Text(v.map(str::to_owned))
+    }
+}
+
+impl From<i64> for Param {
+    fn from(v: i64) -> Self {
+        Param::Int(Some(v))
+    }
+}
+
+impl From<Option<i64>> for Param {
+    fn from(v: Option<i64>) -> Self {
+        Param::Int(v)
+    }
+}
+
+impl From<f64> for Param {
+    fn from(v: f64) -> Self {
+        Param::Real(v)
+    }
+}
+
+impl From<bool> for Param {
+    fn from(v: bool) -> Self {
+        Param::Bool(v)
+    }
+}
+
+/// SQL text with numbered `$n` placeholders and the values they stand for.
+///
+/// Static statements number their placeholders by hand and [`bind`](Sql::bind)
+/// in order; dynamic ones [`push`](Sql::push) text and
+/// [`push_bind`](Sql::push_bind) values, which writes the next placeholder.
+/// User input only ever goes into parameters.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Sql {
+    text: Cow<'static, str>,
+    params: Vec<Param>,
+}
+
+impl Sql {
+    /// A statement starting with `text`.
+    pub(crate) fn new(text: &'static str) -> Self {
+        Self {
+            text: Cow::Borrowed(text),
+            params: Vec::new(),
+        }
+    }
+
+    /// Adds the value of the next placeholder already written in the text.
+    pub(crate) fn bind(mut self, value: impl Into<Param>) -> Self {
+        self.params.push(value.into());
+        self
+    }
+
+    /// Appends SQL text (never user input).
+    pub(crate) fn push(&mut self, text: &str) -> &mut Self {
+        self.text.to_mut().push_str(text);
+        self
+    }
+
+    /// Appends a placeholder for `value`.
+    pub(crate) fn push_bind(&mut self, value: impl Into<Param>) -> &mut Self {
+        self.params.push(value.into());
+        let placeholder = format!("${}", self.params.len());
+        self.text.to_mut().push_str(&placeholder);
+        self
+    }
+
+    /// The SQL text, for tests and logs.
+    #[cfg(test)]
+    pub(crate) fn text(&self) -> &str {
+        &self.text
+    }
+
+    fn into_query<DB>(self) -> sqlx::query::Query<'static, DB, DB::Arguments>
+    where
+        DB: Database,
+        Option<String>: for<'q> Encode<'q, DB> + Type<DB>,
+        Option<i64>: for<'q> Encode<'q, DB> + Type<DB>,
+        f64: for<'q> Encode<'q, DB> + Type<DB>,
+        bool: for<'q> Encode<'q, DB> + Type<DB>,
+    {
+        // The text is ours: literals and placeholders, never input.
+        let mut query = sqlx::query(AssertSqlSafe(self.text));
+        for param in self.params {
+            query = match param {
+                Param::Text(v) => query.bind(v),
+                Param::Int(v) => query.bind(v),
+                Param::Real(v) => query.bind(v),
+                Param::Bool(v) => query.bind(v),
+            };
+        }
+        query
+    }
+}
+
+/// Typed access to the columns of a result row, by name.
+pub(crate) trait Columns: Send + Sync + 'static {
+    /// A non-NULL TEXT column.
+    fn text(&self, col: &str) -> DomainResult<String>;
+    /// A TEXT column that may be NULL.
+    fn opt_text(&self, col: &str) -> DomainResult<Option<String>>;
+    /// A non-NULL integer column.
+    fn int(&self, col: &str) -> DomainResult<i64>;
+    /// An integer column that may be NULL.
+    fn opt_int(&self, col: &str) -> DomainResult<Option<i64>>;
+    /// A non-NULL floating-point column.
+    fn real(&self, col: &str) -> DomainResult<f64>;
+    /// A non-NULL boolean column.
+    fn boolean(&self, col: &str) -> DomainResult<bool>;
+}
+
+impl<R> Columns for R
+where
+    R: Row,
+    for<'a> &'a str: ColumnIndex<R>,
+    String: for<'r> Decode<'r, R::Database> + Type<R::Database>,
+    i64: for<'r> Decode<'r, R::Database> + Type<R::Database>,
+    f64: for<'r> Decode<'r, R::Database> + Type<R::Database>,
+    bool: for<'r> Decode<'r, R::Database> + Type<R::Database>,
+{
+    fn text(&self, col: &str) -> DomainResult<String> {
+        self.try_get(col).map_err(|e| corrupt(col, e))
+    }
+
+    fn opt_text(&self, col: &str) -> DomainResult<Option<String>> {
+        self.try_get(col).map_err(|e| corrupt(col, e))
+    }
+
+    fn int(&self, col: &str) -> DomainResult<i64> {
+        self.try_get(col).map_err(|e| corrupt(col, e))
+    }
+
+    fn opt_int(&self, col: &str) -> DomainResult<Option<i64>> {
+        self.try_get(col).map_err(|e| corrupt(col, e))
+    }
+
+    fn real(&self, col: &str) -> DomainResult<f64> {
+        self.try_get(col).map_err(|e| corrupt(col, e))
+    }
+
+    fn boolean(&self, col: &str) -> DomainResult<bool> {
+        self.try_get(col).map_err(|e| corrupt(col, e))
+    }
+}
+
+/// Runs [`Sql`] on a connection of the database.
+pub(crate) trait Exec: Database {
+    /// A result row.
+    type Record: Columns;
+
+    /// Runs a statement for its effect.
+    fn execute(
+        conn: &mut Self::Connection,
+        sql: Sql,
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + '_;
+
+    /// Every row of a query.
+    fn fetch_all(
+        conn: &mut Self::Connection,
+        sql: Sql,
+    ) -> impl Future<Output = Result<Vec<Self::Record>, sqlx::Error>> + Send + '_;
+
+    /// The first row of a query, if any.
+    fn fetch_optional(
+        conn: &mut Self::Connection,
+        sql: Sql,
+    ) -> impl Future<Output = Result<Option<Self::Record>, sqlx::Error>> + Send + '_;
+}
+
+impl<DB> Exec for DB
+where
+    DB: Database,
+    DB::Row: Columns,
+    DB::Arguments: IntoArguments<DB>,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    Option<String>: for<'q> Encode<'q, DB> + Type<DB>,
+    Option<i64>: for<'q> Encode<'q, DB> + Type<DB>,
+    f64: for<'q> Encode<'q, DB> + Type<DB>,
+    bool: for<'q> Encode<'q, DB> + Type<DB>,
+{
+    type Record = DB::Row;
+
+    async fn execute(conn: &mut Self::Connection, sql: Sql) -> Result<(), sqlx::Error> {
+        conn.execute(sql.into_query::<DB>()).await.map(drop)
+    }
+
+    fn fetch_all(
+        conn: &mut Self::Connection,
+        sql: Sql,
+    ) -> impl Future<Output = Result<Vec<Self::Record>, sqlx::Error>> + Send + '_ {
+        conn.fetch_all(sql.into_query::<DB>())
+    }
+
+    fn fetch_optional(
+        conn: &mut Self::Connection,
+        sql: Sql,
+    ) -> impl Future<Output = Result<Option<Self::Record>, sqlx::Error>> + Send + '_ {
+        conn.fetch_optional(sql.into_query::<DB>())
+    }
+}
+
+/// What a backend's SQL must say differently.
+pub(crate) trait Dialect {
+    /// Starts a write transaction.
+    const BEGIN_WRITE: &'static str;
+    /// Starts a read transaction in which every statement sees one snapshot.
+    const BEGIN_READ: &'static str;
+    /// Appended to a `SELECT` of a row the write transaction then changes,
+    /// so that concurrent writers of that row queue up behind it.
+    const FOR_UPDATE: &'static str;
+    /// Run first when the default issuer changes, so that two changes
+    /// cannot each clear the old default and both set a new one.
+    const LOCK_ISSUERS: Option<&'static str>;
+}
+
+/// A database the shared implementation runs on.
+pub(crate) trait Backend: Exec + Dialect {}
+
+impl<B: Exec + Dialect> Backend for B {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_number_in_bind_order() {
+        let mut sql = Sql::new("SELECT 1 FROM t WHERE a = $1").bind("x");
+        sql.push(" AND b IN (")
+            .push_bind(2_i64)
+            .push(", ")
+            .push_bind(None::<i64>)
+            .push(")");
+        assert_eq!(sql.text(), "SELECT 1 FROM t WHERE a = $1 AND b IN ($2, $3)");
+        assert_eq!(
+            sql.params,
+            vec![
+                Param::Text(Some("x".into())),
+                Param::Int(Some(2)),
+                Param::Int(None)
+            ]
+        );
+    }
+}

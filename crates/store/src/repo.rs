@@ -1,0 +1,993 @@
+//! [`MetadataStore`] written once for every [`Backend`] (see [`crate::query`]
+//! for why and how).
+//!
+//! Concurrency: every write runs in one transaction that starts with
+//! `BEGIN_WRITE` and locks what it reads before deciding (`FOR_UPDATE`,
+//! `LOCK_ISSUERS`; see [`Dialect`](crate::query::Dialect)). On SQLite the
+//! transaction already holds the database's write lock, so the locks are
+//! empty; on PostgreSQL (read committed) they make concurrent writers of the
+//! same certificate queue up and re-read, so both backends decide alike.
+//! Writers lock a certificate's row before its versions, never the reverse.
+//! Listings read in one snapshot (`BEGIN_READ`) so the total and the page
+//! agree.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::marker::PhantomData;
+
+use async_trait::async_trait;
+use certflow_core::error::DomainResult;
+use certflow_core::model::{
+    AuditEvent, AuditQuery, Certificate, CertificateQuery, CertificateStatus, CertificateVersion,
+    Issuer, Labels, Page, RevocationReason, SortKey, VersionStatus,
+};
+use certflow_core::ports::MetadataStore;
+use certflow_core::{DomainError, SubjectName};
+use sqlx::{Database, Pool, Transaction};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::codec::{
+    self, audit_columns, certificate_columns, fold, id, issuer_columns, secs, version_columns,
+};
+use crate::error::{Violation, conflict, map};
+use crate::query::{Backend, Columns, Sql};
+
+/// Largest page a listing returns.
+const MAX_PAGE: u32 = 500;
+
+/// The shared store over a pool of backend `B`.
+pub(crate) struct SqlStore<B: Database> {
+    pool: Pool<B>,
+    backend: PhantomData<fn() -> B>,
+}
+
+impl<B: Database> Clone for SqlStore<B> {
+    fn clone(&self) -> Self {
+        Self::new(self.pool.clone())
+    }
+}
+
+impl<B: Database> fmt::Debug for SqlStore<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqlStore")
+            .field("backend", &B::NAME)
+            .field("pool", &self.pool)
+            .finish()
+    }
+}
+
+impl<B: Database> SqlStore<B> {
+    /// Wraps a pool whose database is migrated.
+    pub(crate) fn new(pool: Pool<B>) -> Self {
+        Self {
+            pool,
+            backend: PhantomData,
+        }
+    }
+
+    /// Closes every connection; later calls fail as unavailable.
+    pub(crate) async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+impl<B: Backend> SqlStore<B> {
+    async fn begin_write(&self) -> DomainResult<Transaction<'static, B>> {
+        self.pool.begin_with(B::BEGIN_WRITE).await.map_err(map)
+    }
+
+    async fn begin_read(&self) -> DomainResult<Transaction<'static, B>> {
+        self.pool.begin_with(B::BEGIN_READ).await.map_err(map)
+    }
+
+    async fn fetch_all(&self, sql: Sql) -> DomainResult<Vec<B::Record>> {
+        let mut conn = self.pool.acquire().await.map_err(map)?;
+        B::fetch_all(&mut conn, sql).await.map_err(map)
+    }
+
+    async fn fetch_optional(&self, sql: Sql) -> DomainResult<Option<B::Record>> {
+        let mut conn = self.pool.acquire().await.map_err(map)?;
+        B::fetch_optional(&mut conn, sql).await.map_err(map)
+    }
+}
+
+async fn execute<B: Backend>(conn: &mut B::Connection, sql: Sql) -> DomainResult<()> {
+    B::execute(conn, sql).await.map_err(map)
+}
+
+async fn fetch_all<B: Backend>(conn: &mut B::Connection, sql: Sql) -> DomainResult<Vec<B::Record>> {
+    B::fetch_all(conn, sql).await.map_err(map)
+}
+
+async fn fetch_optional<B: Backend>(
+    conn: &mut B::Connection,
+    sql: Sql,
+) -> DomainResult<Option<B::Record>> {
+    B::fetch_optional(conn, sql).await.map_err(map)
+}
+
+async fn insert_audit<B: Backend>(
+    conn: &mut B::Connection,
+    event: &AuditEvent,
+) -> DomainResult<()> {
+    let details = serde_json::to_string(&event.details)
+        .map_err(|e| DomainError::Internal(format!("encoding audit details: {e}")))?;
+    let sql = Sql::new(concat!(
+        "INSERT INTO audit_events (",
+        audit_columns!(),
+        ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+    ))
+    .bind(id(event.id))
+    .bind(secs(event.at))
+    .bind(event.actor.subject.as_str())
+    .bind(event.actor.source.as_deref())
+    .bind(event.action.as_str())
+    .bind(event.target.as_str())
+    .bind(event.outcome.as_str())
+    .bind(details);
+    B::execute(conn, sql).await.map_err(|e| {
+        conflict(e, |v| {
+            (v == Violation::PrimaryKey).then(|| format!("audit event {} already exists", event.id))
+        })
+    })
+}
+
+/// Whether `sql`, a lookup by one id, finds a row.
+async fn exists<B: Backend>(
+    conn: &mut B::Connection,
+    sql: &'static str,
+    key: Uuid,
+) -> DomainResult<bool> {
+    let found = fetch_optional::<B>(conn, Sql::new(sql).bind(id(key))).await?;
+    Ok(found.is_some())
+}
+
+async fn ensure_issuer<B: Backend>(conn: &mut B::Connection, issuer_id: Uuid) -> DomainResult<()> {
+    if exists::<B>(conn, "SELECT 1 FROM issuers WHERE id = $1", issuer_id).await? {
+        Ok(())
+    } else {
+        Err(DomainError::NotFound(format!("issuer {issuer_id}")))
+    }
+}
+
+/// Locks the certificate's row for the rest of the write transaction and
+/// returns its `status` and `current_version`, or `None` if it does not exist.
+async fn lock_certificate<B: Backend>(
+    conn: &mut B::Connection,
+    certificate_id: Uuid,
+) -> DomainResult<Option<(String, i64)>> {
+    let mut sql = Sql::new("SELECT status, current_version FROM certificates WHERE id = $1")
+        .bind(id(certificate_id));
+    sql.push(B::FOR_UPDATE);
+    let Some(row) = fetch_optional::<B>(conn, sql).await? else {
+        return Ok(None);
+    };
+    Ok(Some((row.text("status")?, row.int("current_version")?)))
+}
+
+async fn insert_version<B: Backend>(
+    conn: &mut B::Connection,
+    v: &CertificateVersion,
+) -> DomainResult<()> {
+    let sql = Sql::new(concat!(
+        "INSERT INTO certificate_versions (",
+        version_columns!(),
+        ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
+    ))
+    .bind(id(v.certificate_id))
+    .bind(i64::from(v.version))
+    .bind(v.serial.as_str())
+    .bind(v.fingerprint_sha256.as_str())
+    .bind(secs(v.not_before))
+    .bind(secs(v.not_after))
+    .bind(v.key_type.as_str())
+    .bind(codec::names_json(&v.names)?)
+    .bind(id(v.issuer_id))
+    .bind(v.status.as_str())
+    .bind(v.revoked_at.map(secs))
+    .bind(v.revocation_reason.map(RevocationReason::as_str))
+    .bind(v.cert_blob.as_str())
+    .bind(v.key_blob.as_deref())
+    .bind(secs(v.created_at));
+    B::execute(conn, sql).await.map_err(|e| {
+        conflict(e, |violation| {
+            Some(match violation {
+                Violation::PrimaryKey => format!(
+                    "version {} of certificate {} already exists",
+                    v.version, v.certificate_id
+                ),
+                Violation::Unique => format!(
+                    "serial {} was already issued by issuer {}",
+                    v.serial, v.issuer_id
+                ),
+            })
+        })
+    })
+}
+
+/// Rewrites the searchable copy of a certificate's names.
+async fn replace_names<B: Backend>(
+    conn: &mut B::Connection,
+    certificate_id: Uuid,
+    names: &[SubjectName],
+) -> DomainResult<()> {
+    execute::<B>(
+        conn,
+        Sql::new("DELETE FROM certificate_names WHERE certificate_id = $1")
+            .bind(id(certificate_id)),
+    )
+    .await?;
+    for name in names {
+        // Two names may fold to the same text; one search row is enough.
+        let sql = Sql::new(
+            "INSERT INTO certificate_names (certificate_id, name) VALUES ($1, $2) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(id(certificate_id))
+        .bind(fold(&name.to_text()));
+        execute::<B>(conn, sql).await?;
+    }
+    Ok(())
+}
+
+/// Labels of the given certificates, keyed by their id column text.
+async fn load_labels<B: Backend>(
+    conn: &mut B::Connection,
+    ids: &[String],
+) -> DomainResult<HashMap<String, Labels>> {
+    let mut out: HashMap<String, Labels> = HashMap::new();
+    if ids.is_empty() {
+        return Ok(out);
+    }
+    let mut sql = Sql::new(
+        "SELECT certificate_id, key, value FROM certificate_labels WHERE certificate_id IN (",
+    );
+    for (i, certificate_id) in ids.iter().enumerate() {
+        if i > 0 {
+            sql.push(", ");
+        }
+        sql.push_bind(certificate_id.as_str());
+    }
+    sql.push(")");
+    for row in fetch_all::<B>(conn, sql).await? {
+        out.entry(row.text("certificate_id")?)
+            .or_default()
+            .insert(row.text("key")?, row.text("value")?);
+    }
+    Ok(out)
+}
+
+/// Appends the `WHERE` conditions of a certificate listing; user input only
+/// ever goes into bind parameters.
+fn push_certificate_filters(sql: &mut Sql, q: &CertificateQuery) {
+    sql.push(" WHERE 1 = 1");
+    if let Some(term) = q.search.as_deref() {
+        // Both sides are folded by `codec::fold`, so LIKE's own case rules
+        // (ASCII-insensitive in SQLite, sensitive in PostgreSQL) never matter.
+        let pattern = codec::contains_pattern(&fold(term));
+        sql.push(" AND (c.name_folded LIKE ")
+            .push_bind(pattern.clone())
+            .push(
+                " ESCAPE '\\' OR EXISTS (SELECT 1 FROM certificate_names n \
+                 WHERE n.certificate_id = c.id AND n.name LIKE ",
+            )
+            .push_bind(pattern)
+            .push(" ESCAPE '\\'))");
+    }
+    if let Some(team) = q.team.as_deref() {
+        sql.push(" AND c.team = ").push_bind(team);
+    }
+    for (key, value) in &q.labels {
+        sql.push(
+            " AND EXISTS (SELECT 1 FROM certificate_labels l \
+             WHERE l.certificate_id = c.id AND l.key = ",
+        )
+        .push_bind(key.as_str())
+        .push(" AND l.value = ")
+        .push_bind(value.as_str())
+        .push(")");
+    }
+    if let Some(status) = q.status {
+        sql.push(" AND c.status = ").push_bind(status.as_str());
+    }
+    if let Some(before) = q.expires_before {
+        sql.push(" AND c.not_after < ")
+            .push_bind(codec::ceil_secs(before));
+    }
+}
+
+fn push_audit_filters(sql: &mut Sql, q: &AuditQuery) {
+    sql.push(" WHERE 1 = 1");
+    if let Some(target) = q.target.as_deref() {
+        sql.push(" AND target = ").push_bind(target);
+    }
+    if let Some(prefix) = q.action_prefix.as_deref() {
+        // substr, not LIKE: LIKE folds ASCII case in SQLite but not in
+        // PostgreSQL. Both count characters in substr and length.
+        sql.push(" AND substr(action, 1, length(")
+            .push_bind(prefix)
+            .push(")) = ")
+            .push_bind(prefix);
+    }
+    if let Some(subject) = q.subject.as_deref() {
+        sql.push(" AND subject = ").push_bind(subject);
+    }
+}
+
+fn page_bounds(limit: u32, offset: u64) -> (i64, i64) {
+    (
+        i64::from(limit.clamp(1, MAX_PAGE)),
+        i64::try_from(offset).unwrap_or(i64::MAX),
+    )
+}
+
+fn total(row: Option<impl Columns>) -> DomainResult<u64> {
+    let count = match row {
+        Some(row) => row.int("n")?,
+        None => 0,
+    };
+    u64::try_from(count).map_err(|e| DomainError::Internal(format!("negative row count: {e}")))
+}
+
+#[async_trait]
+impl<B: Backend> MetadataStore for SqlStore<B> {
+    async fn ping(&self) -> DomainResult<()> {
+        self.fetch_optional(Sql::new("SELECT 1 AS one")).await?;
+        Ok(())
+    }
+
+    async fn insert_issuer(&self, issuer: &Issuer, audit: &AuditEvent) -> DomainResult<()> {
+        let mut tx = self.begin_write().await?;
+        // Checked first because a duplicate row may violate several indexes
+        // and the database reports just one of them.
+        if exists::<B>(&mut tx, "SELECT 1 FROM issuers WHERE id = $1", issuer.id).await? {
+            return Err(DomainError::Conflict(format!(
+                "issuer {} already exists",
+                issuer.id
+            )));
+        }
+        let sql = Sql::new(concat!(
+            "INSERT INTO issuers (",
+            issuer_columns!(),
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+        ))
+        .bind(id(issuer.id))
+        .bind(issuer.name.as_str())
+        .bind(codec::issuer_kind(issuer.kind))
+        .bind(issuer.is_default)
+        .bind(issuer.key_type.as_str())
+        .bind(issuer.issuing_cert_pem.as_str())
+        .bind(issuer.chain_pem.as_str())
+        .bind(issuer.key_blob.as_str())
+        .bind(issuer.root_key_blob.as_deref())
+        .bind(issuer.subject.as_str())
+        .bind(secs(issuer.not_after))
+        .bind(secs(issuer.created_at));
+        B::execute(&mut tx, sql).await.map_err(|e| {
+            conflict(e, |v| {
+                Some(match v {
+                    Violation::PrimaryKey => format!("issuer {} already exists", issuer.id),
+                    Violation::Unique => {
+                        "another issuer is already the default; store this one as non-default \
+                         and make it the default afterwards"
+                            .to_owned()
+                    }
+                })
+            })
+        })?;
+        insert_audit::<B>(&mut tx, audit).await?;
+        tx.commit().await.map_err(map)
+    }
+
+    async fn list_issuers(&self) -> DomainResult<Vec<Issuer>> {
+        let rows = self
+            .fetch_all(Sql::new(concat!(
+                "SELECT ",
+                issuer_columns!(),
+                " FROM issuers ORDER BY is_default DESC, created_at, name, id"
+            )))
+            .await?;
+        rows.iter().map(codec::issuer).collect()
+    }
+
+    async fn get_issuer(&self, issuer_id: Uuid) -> DomainResult<Option<Issuer>> {
+        let row = self
+            .fetch_optional(
+                Sql::new(concat!(
+                    "SELECT ",
+                    issuer_columns!(),
+                    " FROM issuers WHERE id = $1"
+                ))
+                .bind(id(issuer_id)),
+            )
+            .await?;
+        row.as_ref().map(codec::issuer).transpose()
+    }
+
+    async fn set_default_issuer(&self, issuer_id: Uuid, audit: &AuditEvent) -> DomainResult<()> {
+        let mut tx = self.begin_write().await?;
+        if let Some(lock) = B::LOCK_ISSUERS {
+            execute::<B>(&mut tx, Sql::new(lock)).await?;
+        }
+        execute::<B>(
+            &mut tx,
+            Sql::new("UPDATE issuers SET is_default = FALSE WHERE is_default = TRUE AND id <> $1")
+                .bind(id(issuer_id)),
+        )
+        .await?;
+        let updated = fetch_optional::<B>(
+            &mut tx,
+            Sql::new("UPDATE issuers SET is_default = TRUE WHERE id = $1 RETURNING id")
+                .bind(id(issuer_id)),
+        )
+        .await?;
+        if updated.is_none() {
+            return Err(DomainError::NotFound(format!("issuer {issuer_id}")));
+        }
+        insert_audit::<B>(&mut tx, audit).await?;
+        tx.commit().await.map_err(map)
+    }
+
+    async fn create_certificate(
+        &self,
+        cert: &Certificate,
+        first: &CertificateVersion,
+        audit: &AuditEvent,
+    ) -> DomainResult<()> {
+        if first.certificate_id != cert.id {
+            return Err(DomainError::Internal(format!(
+                "version of certificate {} given as the first version of certificate {}",
+                first.certificate_id, cert.id
+            )));
+        }
+        if first.version != 1 {
+            return Err(DomainError::Conflict(format!(
+                "the first version of certificate {} must be 1, not {}",
+                cert.id, first.version
+            )));
+        }
+        let mut tx = self.begin_write().await?;
+        // Checked first because the database may report the name index
+        // instead when a duplicate row violates both.
+        if exists::<B>(&mut tx, "SELECT 1 FROM certificates WHERE id = $1", cert.id).await? {
+            return Err(DomainError::Conflict(format!(
+                "certificate {} already exists",
+                cert.id
+            )));
+        }
+        ensure_issuer::<B>(&mut tx, cert.issuer_id).await?;
+        if first.issuer_id != cert.issuer_id {
+            ensure_issuer::<B>(&mut tx, first.issuer_id).await?;
+        }
+        let sql = Sql::new(concat!(
+            "INSERT INTO certificates (",
+            "id, name, name_folded, team, profile, key_type, key_source, names, validity_days, ",
+            "issuer_id, renew_at_fraction, renew_before_days, status, current_version, ",
+            "not_after, renew_after, created_at, updated_at",
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, ",
+            "$17, $18)"
+        ))
+        .bind(id(cert.id))
+        .bind(cert.name.as_str())
+        .bind(fold(&cert.name))
+        .bind(cert.team.as_str())
+        .bind(cert.profile.as_str())
+        .bind(cert.key_type.as_str())
+        .bind(cert.key_source.as_str())
+        .bind(codec::names_json(&cert.names)?)
+        .bind(i64::from(cert.validity_days))
+        .bind(id(cert.issuer_id))
+        .bind(cert.renewal.renew_at_fraction)
+        .bind(cert.renewal.renew_before_days.map(i64::from))
+        .bind(cert.status.as_str())
+        .bind(i64::from(cert.current_version))
+        .bind(secs(cert.not_after))
+        .bind(secs(cert.renew_after))
+        .bind(secs(cert.created_at))
+        .bind(secs(cert.updated_at));
+        B::execute(&mut tx, sql).await.map_err(|e| {
+            conflict(e, |v| {
+                Some(match v {
+                    Violation::PrimaryKey => format!("certificate {} already exists", cert.id),
+                    Violation::Unique => format!(
+                        "a certificate named {} already exists in team {}",
+                        cert.name, cert.team
+                    ),
+                })
+            })
+        })?;
+        insert_version::<B>(&mut tx, first).await?;
+        replace_names::<B>(&mut tx, cert.id, &cert.names).await?;
+        for (key, value) in &cert.labels {
+            let sql = Sql::new(
+                "INSERT INTO certificate_labels (certificate_id, key, value) VALUES ($1, $2, $3)",
+            )
+            .bind(id(cert.id))
+            .bind(key.as_str())
+            .bind(value.as_str());
+            execute::<B>(&mut tx, sql).await?;
+        }
+        insert_audit::<B>(&mut tx, audit).await?;
+        tx.commit().await.map_err(map)
+    }
+
+    async fn add_version(
+        &self,
+        cert: &Certificate,
+        new: &CertificateVersion,
+        audit: &AuditEvent,
+    ) -> DomainResult<()> {
+        if new.certificate_id != cert.id {
+            return Err(DomainError::Internal(format!(
+                "version of certificate {} given as a new version of certificate {}",
+                new.certificate_id, cert.id
+            )));
+        }
+        let mut tx = self.begin_write().await?;
+        // Racing renewals queue up here, so the latest version read below is
+        // the one the previous winner committed.
+        if lock_certificate::<B>(&mut tx, cert.id).await?.is_none() {
+            return Err(DomainError::NotFound(format!("certificate {}", cert.id)));
+        }
+        let latest = fetch_optional::<B>(
+            &mut tx,
+            Sql::new(
+                "SELECT MAX(version) AS latest FROM certificate_versions WHERE certificate_id = $1",
+            )
+            .bind(id(cert.id)),
+        )
+        .await?
+        .map(|row| row.opt_int("latest"))
+        .transpose()?
+        .flatten()
+        .unwrap_or(0);
+        if i64::from(new.version) != latest + 1 {
+            return Err(DomainError::Conflict(format!(
+                "certificate {} is at version {latest}; the next version must be {}, not {}",
+                cert.id,
+                latest + 1,
+                new.version
+            )));
+        }
+        ensure_issuer::<B>(&mut tx, new.issuer_id).await?;
+        execute::<B>(
+            &mut tx,
+            Sql::new(
+                "UPDATE certificate_versions SET status = $1 \
+                 WHERE certificate_id = $2 AND status = $3",
+            )
+            .bind(VersionStatus::Superseded.as_str())
+            .bind(id(cert.id))
+            .bind(VersionStatus::Current.as_str()),
+        )
+        .await?;
+        insert_version::<B>(&mut tx, new).await?;
+        let sql = Sql::new(
+            "UPDATE certificates SET current_version = $1, not_after = $2, renew_after = $3, \
+             status = $4, updated_at = $5, names = $6 WHERE id = $7",
+        )
+        .bind(i64::from(cert.current_version))
+        .bind(secs(cert.not_after))
+        .bind(secs(cert.renew_after))
+        .bind(cert.status.as_str())
+        .bind(secs(cert.updated_at))
+        .bind(codec::names_json(&cert.names)?)
+        .bind(id(cert.id));
+        B::execute(&mut tx, sql).await.map_err(|e| {
+            conflict(e, |v| {
+                // Un-archiving through a new version can collide with a newer namesake.
+                (v == Violation::Unique).then(|| {
+                    format!(
+                        "a certificate named {} already exists in team {}",
+                        cert.name, cert.team
+                    )
+                })
+            })
+        })?;
+        replace_names::<B>(&mut tx, cert.id, &cert.names).await?;
+        insert_audit::<B>(&mut tx, audit).await?;
+        tx.commit().await.map_err(map)
+    }
+
+    async fn revoke_version(
+        &self,
+        certificate_id: Uuid,
+        version: u32,
+        reason: RevocationReason,
+        at: OffsetDateTime,
+        audit: &AuditEvent,
+    ) -> DomainResult<()> {
+        let not_found =
+            || DomainError::NotFound(format!("version {version} of certificate {certificate_id}"));
+        let mut tx = self.begin_write().await?;
+        let (certificate_status, current_version) = lock_certificate::<B>(&mut tx, certificate_id)
+            .await?
+            .ok_or_else(not_found)?;
+        let version_status = fetch_optional::<B>(
+            &mut tx,
+            Sql::new(
+                "SELECT status FROM certificate_versions WHERE certificate_id = $1 AND version = $2",
+            )
+            .bind(id(certificate_id))
+            .bind(i64::from(version)),
+        )
+        .await?
+        .ok_or_else(not_found)?
+        .text("status")?;
+        if version_status == VersionStatus::Revoked.as_str() {
+            return Err(DomainError::Conflict(format!(
+                "version {version} of certificate {certificate_id} is already revoked"
+            )));
+        }
+        execute::<B>(
+            &mut tx,
+            Sql::new(
+                "UPDATE certificate_versions SET status = $1, revoked_at = $2, \
+                 revocation_reason = $3 WHERE certificate_id = $4 AND version = $5",
+            )
+            .bind(VersionStatus::Revoked.as_str())
+            .bind(secs(at))
+            .bind(reason.as_str())
+            .bind(id(certificate_id))
+            .bind(i64::from(version)),
+        )
+        .await?;
+        // An archived certificate stays archived: it is retired whatever happens
+        // to its versions, and reviving it would re-claim its name.
+        let becomes_revoked = current_version == i64::from(version)
+            && certificate_status != CertificateStatus::Archived.as_str();
+        let status = if becomes_revoked {
+            CertificateStatus::Revoked.as_str()
+        } else {
+            certificate_status.as_str()
+        };
+        execute::<B>(
+            &mut tx,
+            Sql::new("UPDATE certificates SET status = $1, updated_at = $2 WHERE id = $3")
+                .bind(status)
+                .bind(secs(at))
+                .bind(id(certificate_id)),
+        )
+        .await?;
+        insert_audit::<B>(&mut tx, audit).await?;
+        tx.commit().await.map_err(map)
+    }
+
+    async fn archive_certificate(
+        &self,
+        certificate_id: Uuid,
+        at: OffsetDateTime,
+        audit: &AuditEvent,
+    ) -> DomainResult<()> {
+        let mut tx = self.begin_write().await?;
+        match lock_certificate::<B>(&mut tx, certificate_id).await? {
+            None => {
+                return Err(DomainError::NotFound(format!(
+                    "certificate {certificate_id}"
+                )));
+            }
+            Some((status, _)) if status == CertificateStatus::Archived.as_str() => {
+                return Err(DomainError::Conflict(format!(
+                    "certificate {certificate_id} is already archived"
+                )));
+            }
+            Some(_) => {}
+        }
+        execute::<B>(
+            &mut tx,
+            Sql::new("UPDATE certificates SET status = $1, updated_at = $2 WHERE id = $3")
+                .bind(CertificateStatus::Archived.as_str())
+                .bind(secs(at))
+                .bind(id(certificate_id)),
+        )
+        .await?;
+        insert_audit::<B>(&mut tx, audit).await?;
+        tx.commit().await.map_err(map)
+    }
+
+    async fn get_certificate(&self, certificate_id: Uuid) -> DomainResult<Option<Certificate>> {
+        let mut tx = self.begin_read().await?;
+        let key = id(certificate_id);
+        let sql = Sql::new(concat!(
+            "SELECT ",
+            certificate_columns!(),
+            " FROM certificates c WHERE c.id = $1"
+        ))
+        .bind(key.as_str());
+        let Some(row) = fetch_optional::<B>(&mut tx, sql).await? else {
+            return Ok(None);
+        };
+        let mut labels = load_labels::<B>(&mut tx, std::slice::from_ref(&key)).await?;
+        tx.commit().await.map_err(map)?;
+        codec::certificate(&row, labels.remove(&key).unwrap_or_default()).map(Some)
+    }
+
+    async fn list_certificates(&self, q: &CertificateQuery) -> DomainResult<Page<Certificate>> {
+        let (limit, offset) = page_bounds(q.limit, q.offset);
+        let column = match q.sort {
+            SortKey::Name => "c.name",
+            SortKey::NotAfter => "c.not_after",
+            SortKey::CreatedAt => "c.created_at",
+        };
+        let direction = if q.descending { " DESC" } else { " ASC" };
+
+        // One snapshot for the count, the page and its labels.
+        let mut tx = self.begin_read().await?;
+        let mut count = Sql::new("SELECT COUNT(*) AS n FROM certificates c");
+        push_certificate_filters(&mut count, q);
+        let matching = total(fetch_optional::<B>(&mut tx, count).await?)?;
+
+        let mut select = Sql::new(concat!(
+            "SELECT ",
+            certificate_columns!(),
+            " FROM certificates c"
+        ));
+        push_certificate_filters(&mut select, q);
+        // id breaks ties so that pages neither repeat nor skip rows.
+        select
+            .push(" ORDER BY ")
+            .push(column)
+            .push(direction)
+            .push(", c.id")
+            .push(direction)
+            .push(" LIMIT ")
+            .push_bind(limit)
+            .push(" OFFSET ")
+            .push_bind(offset);
+        let rows = fetch_all::<B>(&mut tx, select).await?;
+        let ids = rows
+            .iter()
+            .map(|r| r.text("id"))
+            .collect::<DomainResult<Vec<_>>>()?;
+        let mut labels = load_labels::<B>(&mut tx, &ids).await?;
+        tx.commit().await.map_err(map)?;
+
+        let items = rows
+            .iter()
+            .zip(&ids)
+            .map(|(row, key)| codec::certificate(row, labels.remove(key).unwrap_or_default()))
+            .collect::<DomainResult<Vec<_>>>()?;
+        Ok(Page {
+            items,
+            total: matching,
+        })
+    }
+
+    async fn list_versions(&self, certificate_id: Uuid) -> DomainResult<Vec<CertificateVersion>> {
+        let rows = self
+            .fetch_all(
+                Sql::new(concat!(
+                    "SELECT ",
+                    version_columns!(),
+                    " FROM certificate_versions WHERE certificate_id = $1 ORDER BY version DESC"
+                ))
+                .bind(id(certificate_id)),
+            )
+            .await?;
+        rows.iter().map(codec::version).collect()
+    }
+
+    async fn list_revoked(&self, issuer_id: Uuid) -> DomainResult<Vec<CertificateVersion>> {
+        let rows = self
+            .fetch_all(
+                Sql::new(concat!(
+                    "SELECT ",
+                    version_columns!(),
+                    " FROM certificate_versions WHERE issuer_id = $1 AND status = $2 \
+                     ORDER BY revoked_at, certificate_id, version"
+                ))
+                .bind(id(issuer_id))
+                .bind(VersionStatus::Revoked.as_str()),
+            )
+            .await?;
+        rows.iter().map(codec::version).collect()
+    }
+
+    async fn append_audit(&self, event: &AuditEvent) -> DomainResult<()> {
+        let mut conn = self.pool.acquire().await.map_err(map)?;
+        insert_audit::<B>(&mut conn, event).await
+    }
+
+    async fn list_audit(&self, q: &AuditQuery) -> DomainResult<Page<AuditEvent>> {
+        let (limit, offset) = page_bounds(q.limit, q.offset);
+        let mut tx = self.begin_read().await?;
+        let mut count = Sql::new("SELECT COUNT(*) AS n FROM audit_events");
+        push_audit_filters(&mut count, q);
+        let matching = total(fetch_optional::<B>(&mut tx, count).await?)?;
+        let mut select = Sql::new(concat!("SELECT ", audit_columns!(), " FROM audit_events"));
+        push_audit_filters(&mut select, q);
+        // UUIDv7 text order is creation order.
+        select
+            .push(" ORDER BY id DESC LIMIT ")
+            .push_bind(limit)
+            .push(" OFFSET ")
+            .push_bind(offset);
+        let rows = fetch_all::<B>(&mut tx, select).await?;
+        tx.commit().await.map_err(map)?;
+        Ok(Page {
+            items: rows.iter().map(codec::audit).collect::<DomainResult<_>>()?,
+            total: matching,
+        })
+    }
+
+    async fn get_setting(&self, key: &str) -> DomainResult<Option<String>> {
+        self.fetch_optional(Sql::new("SELECT value FROM settings WHERE key = $1").bind(key))
+            .await?
+            .map(|row| row.text("value"))
+            .transpose()
+    }
+
+    async fn put_setting(&self, key: &str, value: &str) -> DomainResult<()> {
+        let mut conn = self.pool.acquire().await.map_err(map)?;
+        execute::<B>(
+            &mut conn,
+            Sql::new(
+                "INSERT INTO settings (key, value) VALUES ($1, $2) \
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            )
+            .bind(key)
+            .bind(value),
+        )
+        .await
+    }
+}
+
+/// Implements [`MetadataStore`] for a public store type by forwarding every
+/// method to its `SqlStore` field.
+macro_rules! forward_metadata_store {
+    ($store:ty, $field:ident) => {
+        #[async_trait::async_trait]
+        impl certflow_core::ports::MetadataStore for $store {
+            async fn ping(&self) -> certflow_core::error::DomainResult<()> {
+                self.$field.ping().await
+            }
+
+            async fn insert_issuer(
+                &self,
+                issuer: &certflow_core::model::Issuer,
+                audit: &certflow_core::model::AuditEvent,
+            ) -> certflow_core::error::DomainResult<()> {
+                self.$field.insert_issuer(issuer, audit).await
+            }
+
+            async fn list_issuers(
+                &self,
+            ) -> certflow_core::error::DomainResult<Vec<certflow_core::model::Issuer>> {
+                self.$field.list_issuers().await
+            }
+
+            async fn get_issuer(
+                &self,
+                id: uuid::Uuid,
+            ) -> certflow_core::error::DomainResult<Option<certflow_core::model::Issuer>> {
+                self.$field.get_issuer(id).await
+            }
+
+            async fn set_default_issuer(
+                &self,
+                id: uuid::Uuid,
+                audit: &certflow_core::model::AuditEvent,
+            ) -> certflow_core::error::DomainResult<()> {
+                self.$field.set_default_issuer(id, audit).await
+            }
+
+            async fn create_certificate(
+                &self,
+                cert: &certflow_core::model::Certificate,
+                first: &certflow_core::model::CertificateVersion,
+                audit: &certflow_core::model::AuditEvent,
+            ) -> certflow_core::error::DomainResult<()> {
+                self.$field.create_certificate(cert, first, audit).await
+            }
+
+            async fn add_version(
+                &self,
+                cert: &certflow_core::model::Certificate,
+                new: &certflow_core::model::CertificateVersion,
+                audit: &certflow_core::model::AuditEvent,
+            ) -> certflow_core::error::DomainResult<()> {
+                self.$field.add_version(cert, new, audit).await
+            }
+
+            async fn revoke_version(
+                &self,
+                certificate_id: uuid::Uuid,
+                version: u32,
+                reason: certflow_core::model::RevocationReason,
+                at: time::OffsetDateTime,
+                audit: &certflow_core::model::AuditEvent,
+            ) -> certflow_core::error::DomainResult<()> {
+                self.$field
+                    .revoke_version(certificate_id, version, reason, at, audit)
+                    .await
+            }
+
+            async fn archive_certificate(
+                &self,
+                id: uuid::Uuid,
+                at: time::OffsetDateTime,
+                audit: &certflow_core::model::AuditEvent,
+            ) -> certflow_core::error::DomainResult<()> {
+                self.$field.archive_certificate(id, at, audit).await
+            }
+
+            async fn get_certificate(
+                &self,
+                id: uuid::Uuid,
+            ) -> certflow_core::error::DomainResult<Option<certflow_core::model::Certificate>> {
+                self.$field.get_certificate(id).await
+            }
+
+            async fn list_certificates(
+                &self,
+                query: &certflow_core::model::CertificateQuery,
+            ) -> certflow_core::error::DomainResult<
+                certflow_core::model::Page<certflow_core::model::Certificate>,
+            > {
+                self.$field.list_certificates(query).await
+            }
+
+            async fn list_versions(
+                &self,
+                certificate_id: uuid::Uuid,
+            ) -> certflow_core::error::DomainResult<Vec<certflow_core::model::CertificateVersion>>
+            {
+                self.$field.list_versions(certificate_id).await
+            }
+
+            async fn list_revoked(
+                &self,
+                issuer_id: uuid::Uuid,
+            ) -> certflow_core::error::DomainResult<Vec<certflow_core::model::CertificateVersion>>
+            {
+                self.$field.list_revoked(issuer_id).await
+            }
+
+            async fn append_audit(
+                &self,
+                event: &certflow_core::model::AuditEvent,
+            ) -> certflow_core::error::DomainResult<()> {
+                self.$field.append_audit(event).await
+            }
+
+            async fn list_audit(
+                &self,
+                query: &certflow_core::model::AuditQuery,
+            ) -> certflow_core::error::DomainResult<
+                certflow_core::model::Page<certflow_core::model::AuditEvent>,
+            > {
+                self.$field.list_audit(query).await
+            }
+
+            async fn get_setting(
+                &self,
+                key: &str,
+            ) -> certflow_core::error::DomainResult<Option<String>> {
+                self.$field.get_setting(key).await
+            }
+
+            async fn put_setting(
+                &self,
+                key: &str,
+                value: &str,
+            ) -> certflow_core::error::DomainResult<()> {
+                self.$field.put_setting(key, value).await
+            }
+        }
+    };
+}
+
+pub(crate) use forward_metadata_store;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_bounds_clamp() {
+        assert_eq!(page_bounds(0, 0), (1, 0));
+        assert_eq!(page_bounds(50, 7), (50, 7));
+        assert_eq!(page_bounds(10_000, u64::MAX), (500, i64::MAX));
+    }
+}
