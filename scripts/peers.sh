@@ -12,3 +12,15 @@ if ! command -v lint_pkix_cert >/dev/null 2>&1 || ! command -v lint_cabf_servera
   python3 -m pip install --quiet --disable-pip-version-check pkilint
 fi
 echo "peers: $(openssl version), pkilint $(python3 -m pip show pkilint 2>/dev/null | sed -n 's/^Version: //p')"
+
+# PostgreSQL: the metadata-store suite runs every case on it too.
+if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
+  if ! command -v pg_ctlcluster >/dev/null 2>&1; then
+    echo "== installing postgresql"
+    apt-get update -qq && apt-get install -y -qq postgresql
+  fi
+  echo "== starting postgresql"
+  pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start
+  for _ in $(seq 1 30); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 1; done
+fi
+pg_isready -h 127.0.0.1 -p 5432
