@@ -71,11 +71,39 @@ impl Default for ServerConfig {
 }
 
 /// `[database]`
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DatabaseConfig {
-    /// `sqlite://path/to/file.db`; defaults to `<data_dir>/certflow.db`.
+    /// `sqlite://path/to/file.db` (default `<data_dir>/certflow.db`) or
+    /// `postgres://user@host:5432/db?sslmode=verify-full`. A password in the URL is
+    /// accepted but better given as `PGPASSWORD` or a `.pgpass` file.
     pub url: Option<String>,
+    /// PostgreSQL pool size per replica.
+    pub max_connections: u32,
+    /// PostgreSQL `statement_timeout`, seconds (0 keeps the server's).
+    pub statement_timeout_secs: u64,
+    /// How long to wait for the database at start and for a pooled connection, seconds.
+    pub connect_timeout_secs: u64,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            max_connections: 10,
+            statement_timeout_secs: 30,
+            connect_timeout_secs: 5,
+        }
+    }
+}
+
+/// Which metadata store the configuration selects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatabaseKind {
+    /// An SQLite file.
+    Sqlite(PathBuf),
+    /// A PostgreSQL URL.
+    Postgres(String),
 }
 
 /// `[blob]`
@@ -206,9 +234,14 @@ impl Config {
             bail!("server.public_url must start with http:// or https://, got {url:?}");
         }
         if let Some(url) = &self.database.url
-            && !url.starts_with("sqlite:")
+            && !["sqlite:", "postgres://", "postgresql://"]
+                .iter()
+                .any(|p| url.starts_with(p))
         {
-            bail!("database.url {url:?}: only sqlite:// URLs are supported by this build");
+            bail!("database.url must start with sqlite:, postgres:// or postgresql://");
+        }
+        if self.database.max_connections == 0 {
+            bail!("database.max_connections must be at least 1");
         }
         self.ca_key_type()?;
         if self.ca.root_validity_days == 0 || self.ca.intermediate_validity_days == 0 {
@@ -241,14 +274,23 @@ impl Config {
         })
     }
 
-    /// Path of the SQLite database file.
-    pub fn database_path(&self) -> PathBuf {
+    /// The selected metadata store.
+    pub fn database(&self) -> DatabaseKind {
         match &self.database.url {
-            Some(url) => PathBuf::from(
+            Some(url) if url.starts_with("postgres") => DatabaseKind::Postgres(url.clone()),
+            Some(url) => DatabaseKind::Sqlite(PathBuf::from(
                 url.trim_start_matches("sqlite://")
                     .trim_start_matches("sqlite:"),
-            ),
-            None => self.data_dir.join("certflow.db"),
+            )),
+            None => DatabaseKind::Sqlite(self.data_dir.join("certflow.db")),
+        }
+    }
+
+    /// Path of the SQLite database file, when SQLite is selected.
+    pub fn database_path(&self) -> Option<PathBuf> {
+        match self.database() {
+            DatabaseKind::Sqlite(p) => Some(p),
+            DatabaseKind::Postgres(_) => None,
         }
     }
 
@@ -280,7 +322,7 @@ mod tests {
         c.validate().unwrap();
         assert_eq!(
             c.database_path(),
-            PathBuf::from("certflow-data/certflow.db")
+            Some(PathBuf::from("certflow-data/certflow.db"))
         );
         assert_eq!(c.public_url(), "http://127.0.0.1:8080");
     }
@@ -304,6 +346,15 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("database.url")
+        );
+        std::fs::write(
+            &file,
+            "[database]\nurl = \"postgres://db.internal/certflow?sslmode=require\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            Config::load(Some(&file)).unwrap().database(),
+            DatabaseKind::Postgres("postgres://db.internal/certflow?sslmode=require".into())
         );
         assert!(Config::load(Some(&dir.path().join("missing.toml"))).is_err());
     }

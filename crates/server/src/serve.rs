@@ -11,11 +11,14 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use certflow_blob::{LocalKeyProvider, MasterKey, ObjectBlobStore, Sealer};
 use certflow_services::{CaSettings, Services};
-use certflow_store::SqliteStore;
+use std::time::Duration;
+
+use certflow_core::ports::MetadataStore;
+use certflow_store::{PgOptions, PgStore, SqliteStore};
 use secrecy::ExposeSecret;
 use tracing_subscriber::EnvFilter;
 
-use crate::config::Config;
+use crate::config::{Config, DatabaseKind};
 use crate::http::{self, AppState, auth};
 
 /// Installs the tracing subscriber (text or JSON, filter from config or `RUST_LOG`).
@@ -57,11 +60,17 @@ fn master_key(config: &Config) -> anyhow::Result<MasterKey> {
     if let Some(file) = &config.master_key.file {
         return read_key_file(file);
     }
+    if matches!(config.database(), DatabaseKind::Postgres(_)) {
+        // Replicas share the database, so they must share the key: never mint one per host.
+        bail!(
+            "with a PostgreSQL database, set master_key.key, master_key.file or CERTFLOW_MASTER_KEY(_FILE): every replica needs the same key"
+        );
+    }
     let path = config.data_dir.join("master.key");
     if path.exists() {
         return read_key_file(&path);
     }
-    if config.database_path().exists() {
+    if config.database_path().is_some_and(|p| p.exists()) {
         bail!(
             "{} holds data but there is no master key: set master_key.key, master_key.file or CERTFLOW_MASTER_KEY to the key it was created with (expected {})",
             config.data_dir.display(),
@@ -95,18 +104,47 @@ async fn open_services(config: &Config) -> anyhow::Result<Services> {
         .map(|k| MasterKey::from_base64(k.expose_secret()))
         .collect::<Result<Vec<_>, _>>()
         .context("master_key.previous")?;
-    let store = SqliteStore::open(&config.database_path())
-        .await
-        .with_context(|| format!("database {}", config.database_path().display()))?;
+    let store = open_store(config).await?;
     let blobs = ObjectBlobStore::local(&config.blob_path()).context("blob store")?;
-    tracing::info!(database = %config.database_path().display(), blobs = blobs.description(), master_key = key.id(), "backends open");
+    tracing::info!(
+        blobs = blobs.description(),
+        master_key = key.id(),
+        "backends open"
+    );
     let sealer = Sealer::new(Arc::new(LocalKeyProvider::new(key, previous)));
     Ok(Services::new(
-        Arc::new(store),
+        store,
         Arc::new(blobs),
         sealer,
         Some(config.public_url()),
     ))
+}
+
+/// Opens the configured metadata store (migrating it), or says which and why not.
+async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn MetadataStore>> {
+    match config.database() {
+        DatabaseKind::Sqlite(path) => {
+            let store = SqliteStore::open(&path)
+                .await
+                .with_context(|| format!("database {}", path.display()))?;
+            tracing::info!(database = %path.display(), "SQLite metadata store");
+            Ok(Arc::new(store))
+        }
+        DatabaseKind::Postgres(url) => {
+            let timeout = config.database.statement_timeout_secs;
+            let options = PgOptions {
+                max_connections: config.database.max_connections,
+                statement_timeout: (timeout > 0).then(|| Duration::from_secs(timeout)),
+                connect_timeout: Duration::from_secs(config.database.connect_timeout_secs),
+            };
+            // The store's errors name host, port and database but never the password.
+            let store = PgStore::connect(&url, options)
+                .await
+                .context("PostgreSQL database")?;
+            tracing::info!("PostgreSQL metadata store");
+            Ok(Arc::new(store))
+        }
+    }
 }
 
 /// `certflow serve`.
@@ -176,10 +214,8 @@ async fn shutdown_signal() {
 /// `certflow admin rotate-bootstrap-token`: works on the data directly, for
 /// when the token is lost. Restart the server to pick up the new hash.
 pub async fn rotate_bootstrap_token(config: &Config) -> anyhow::Result<()> {
-    let store = SqliteStore::open(&config.database_path())
-        .await
-        .with_context(|| format!("database {}", config.database_path().display()))?;
-    let token = auth::rotate_bootstrap_token(&store).await?;
+    let store = open_store(config).await?;
+    let token = auth::rotate_bootstrap_token(store.as_ref()).await?;
     println!("export CERTFLOW_TOKEN={token}");
     eprintln!("certflow: restart the server for the new token to take effect");
     Ok(())

@@ -650,3 +650,180 @@ fn imported_ca_issues_and_bad_config_is_refused() {
         .unwrap();
     assert!(err.contains("listne"), "{err}");
 }
+
+/// A fresh PostgreSQL database for one test, dropped at the end.
+struct PgDatabase {
+    name: String,
+}
+
+impl PgDatabase {
+    fn create() -> Self {
+        require(
+            "psql",
+            "apt-get install postgresql-client; scripts/peers.sh starts the server",
+        );
+        let name = format!("certflow_e2e_{}", uuid::Uuid::new_v4().simple());
+        let out = Command::new("psql")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-c",
+            ])
+            .arg(format!("CREATE DATABASE {name}"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "PostgreSQL on 127.0.0.1:5432 is required (start it: pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self { name }
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:5432/{}", self.name)
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        let _ = Command::new("psql")
+            .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-c"])
+            .arg(format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ))
+            .output();
+    }
+}
+
+#[test]
+fn two_replicas_on_one_postgres_database_never_duplicate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = PgDatabase::create();
+    let key_file = tmp.path().join("master.key");
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&key_file)
+            .unwrap();
+        std::io::Write::write_all(&mut f, b"q83vEjRWeJCrze8SNFZ4kKvN7xI0VniQq83vEjRWeJA=").unwrap();
+    }
+    let url = db.url();
+    let blobs = tmp.path().join("blobs");
+    let env = [
+        ("CERTFLOW_DATABASE__URL", url.as_str()),
+        ("CERTFLOW_MASTER_KEY_FILE", key_file.to_str().unwrap()),
+        ("CERTFLOW_BLOB__PATH", blobs.to_str().unwrap()),
+    ];
+    // Without a configured master key, a PostgreSQL deployment refuses to mint one per host.
+    let err = start(&tmp.path().join("x"), &env[..1])
+        .err()
+        .expect("no key with PostgreSQL must be refused");
+    assert!(err.contains("every replica needs the same key"), "{err}");
+
+    let a = start(&tmp.path().join("a"), &env).expect("replica a");
+    let token = a
+        .token_line
+        .clone()
+        .expect("first replica prints the token");
+    let b = start(&tmp.path().join("b"), &env).expect("replica b");
+    assert!(b.token_line.is_none());
+    let (api_a, api_b) = (Api::new(&a, &token), Api::new(&b, &token));
+    let ia: Value = api_a.get("/console/api/v1/issuers").json().unwrap();
+    let ib: Value = api_b.get("/console/api/v1/issuers").json().unwrap();
+    assert_eq!(ia, ib, "both replicas use the one CA");
+    assert_eq!(ia.as_array().unwrap().len(), 1);
+
+    // Eight concurrent creates of the same name across both replicas: exactly one wins.
+    let statuses: Vec<u16> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8)
+            .map(|i| {
+                let api = if i % 2 == 0 { &api_a } else { &api_b };
+                s.spawn(move || {
+                    api.post(
+                        "/console/api/v1/certificates",
+                        json!({ "team": "payments", "names": ["race.example.com"] }),
+                    )
+                    .0
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 201).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.iter().all(|s| *s == 201 || *s == 409),
+        "{statuses:?}"
+    );
+
+    // Concurrent renewals: every success is a distinct next version; no duplicate serials.
+    let page: Value = api_b
+        .get("/console/api/v1/certificates?search=race")
+        .json()
+        .unwrap();
+    let id = page["items"][0]["id"].as_str().unwrap().to_owned();
+    let statuses: Vec<u16> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8)
+            .map(|i| {
+                let api = if i % 2 == 0 { &api_a } else { &api_b };
+                let path = format!("/console/api/v1/certificates/{id}/renew");
+                s.spawn(move || api.post(&path, json!({})).0)
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let wins = statuses.iter().filter(|s| **s == 200).count();
+    assert!(
+        wins >= 1 && statuses.iter().all(|s| *s == 200 || *s == 409),
+        "{statuses:?}"
+    );
+    let detail: Value = api_a
+        .get(&format!("/console/api/v1/certificates/{id}"))
+        .json()
+        .unwrap();
+    let versions = detail["versions"].as_array().unwrap();
+    assert_eq!(
+        versions.len(),
+        wins + 1,
+        "one version per successful renewal"
+    );
+    let mut numbers: Vec<u64> = versions
+        .iter()
+        .map(|v| v["version"].as_u64().unwrap())
+        .collect();
+    numbers.sort();
+    assert_eq!(numbers, (1..=versions.len() as u64).collect::<Vec<_>>());
+    let mut serials: Vec<&str> = versions
+        .iter()
+        .map(|v| v["serial"].as_str().unwrap())
+        .collect();
+    serials.sort();
+    serials.dedup();
+    assert_eq!(serials.len(), versions.len(), "duplicate serials");
+    assert_eq!(
+        versions.iter().filter(|v| v["status"] == "current").count(),
+        1
+    );
+    // The key sealed by one replica opens on the other.
+    assert!(
+        api_b
+            .text(&format!(
+                "/console/api/v1/certificates/{id}/download?format=key"
+            ))
+            .contains("PRIVATE KEY")
+    );
+}

@@ -56,7 +56,7 @@ impl Services {
             settings.root_validity_days,
             settings.intermediate_validity_days,
         )?;
-        let issuer = self
+        let created = self
             .store_issuer(
                 &Actor::system(),
                 &settings.name,
@@ -65,8 +65,22 @@ impl Services {
                 now,
                 "issuer.create",
             )
-            .await?;
-        Ok((issuer, true))
+            .await;
+        match created {
+            Ok(issuer) => Ok((issuer, true)),
+            // Replicas starting together race to create the CA; the store allows one
+            // default issuer, so the loser adopts the winner's (its own blobs are removed).
+            Err(DomainError::Conflict(_)) => {
+                let issuers = self.store.list_issuers().await?;
+                let default = issuers
+                    .into_iter()
+                    .find(|i| i.is_default)
+                    .ok_or_else(|| DomainError::Internal("default issuer vanished".into()))?;
+                self.signing_key(&default).await?;
+                Ok((default, false))
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Imports an existing CA (certificate + key) as a new issuer.

@@ -56,8 +56,19 @@ fn key_context(certificate_id: Uuid, version: u32) -> EncryptionContext {
     )
 }
 
-fn blob_prefix(certificate_id: Uuid, version: u32) -> String {
-    format!("certificates/{certificate_id}/v{version}")
+/// Where a version's blobs live. The serial makes the prefix unique per
+/// issuance attempt: two replicas racing to write version n never share (and so
+/// never clean up) each other's blobs.
+fn blob_prefix(certificate_id: Uuid, version: u32, serial: &str) -> String {
+    format!("certificates/{certificate_id}/v{version}-{serial}")
+}
+
+/// The chain blob sits beside the certificate blob.
+fn chain_blob_of(v: &CertificateVersion) -> String {
+    match v.cert_blob.rsplit_once('/') {
+        Some((dir, _)) => format!("{dir}/chain.pem"),
+        None => "chain.pem".to_owned(),
+    }
 }
 
 fn target(id: Uuid) -> String {
@@ -271,7 +282,7 @@ impl Services {
         )?;
         let info = certflow_pki::inspect(&der)?;
 
-        let prefix = blob_prefix(certificate_id, version);
+        let prefix = blob_prefix(certificate_id, version, &info.serial_hex);
         let cert_blob = format!("{prefix}/cert.der");
         let chain_blob = format!("{prefix}/chain.pem");
         let mut written = Vec::new();
@@ -596,7 +607,7 @@ impl Services {
     }
 
     async fn chain_pem(&self, v: &CertificateVersion) -> DomainResult<String> {
-        let chain_blob = format!("{}/chain.pem", blob_prefix(v.certificate_id, v.version));
+        let chain_blob = chain_blob_of(v);
         let bytes = self.blobs.get(&chain_blob).await?;
         String::from_utf8(bytes.to_vec())
             .map_err(|_| DomainError::Integrity(format!("chain blob {chain_blob} is not UTF-8")))
