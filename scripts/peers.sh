@@ -24,3 +24,10 @@ if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
   for _ in $(seq 1 30); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 1; done
 fi
 pg_isready -h 127.0.0.1 -p 5432
+
+# moto server (S3 + KMS emulator): the blob crate's AWS tests start it themselves.
+if ! command -v moto_server >/dev/null 2>&1; then
+  echo "== installing moto[server]"
+  python3 -m pip install --quiet --disable-pip-version-check 'moto[server]'
+fi
+echo "peers: moto $(python3 -m pip show moto 2>/dev/null | sed -n 's/^Version: //p')"

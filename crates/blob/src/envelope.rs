@@ -1,8 +1,10 @@
 //! Envelope encryption (AES-256-GCM). Each blob gets a fresh data key; the data
-//! key is wrapped by a master key from a [`KeyProvider`] (a local key today, AWS
-//! KMS later: the provider shape follows KMS GenerateDataKey / Decrypt). The
-//! encryption context is the AEAD's associated data at both levels, so an
-//! envelope moved to another record fails to open.
+//! key is wrapped by a master key from a [`KeyProvider`]: a local key, or AWS KMS
+//! through [`KmsKeyProvider`](crate::KmsKeyProvider) (the provider shape follows
+//! KMS GenerateDataKey / Decrypt). The encryption context is bound at both
+//! levels (AEAD associated data for the value and for locally wrapped data keys,
+//! the KMS encryption context for KMS-wrapped ones), so an envelope moved to
+//! another record fails to open.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -18,21 +20,74 @@ use certflow_core::error::DomainResult;
 use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize, Zeroizing};
 
-/// What a sealed value belongs to; bound into the ciphertext as associated data.
+/// What a sealed value belongs to: tenant, kind, owning record and version.
+///
+/// It is bound into every envelope twice: as the AEAD's associated data (see
+/// [`as_bytes`](Self::as_bytes)) and, with AWS KMS, as the KMS encryption
+/// context (see [`to_map`](Self::to_map)), so an envelope copied to another
+/// record fails to open with either provider.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EncryptionContext(String);
+pub struct EncryptionContext {
+    tenant: String,
+    kind: String,
+    record: String,
+    version: u32,
+    /// The associated data, rendered once: `as_bytes` hands out a borrow.
+    aad: String,
+}
 
 impl EncryptionContext {
     /// The context of a private key: tenant, kind, owning record and version.
     pub fn new(tenant: &str, kind: &str, record: &str, version: u32) -> Self {
-        Self(format!(
-            "certflow:v1;tenant={tenant};kind={kind};record={record};version={version}"
-        ))
+        // This exact rendering is the associated data of every envelope sealed so
+        // far: changing a single byte would make all of them unreadable.
+        let aad =
+            format!("certflow:v1;tenant={tenant};kind={kind};record={record};version={version}");
+        Self {
+            tenant: tenant.to_owned(),
+            kind: kind.to_owned(),
+            record: record.to_owned(),
+            version,
+            aad,
+        }
+    }
+
+    /// The tenant the value belongs to.
+    pub fn tenant(&self) -> &str {
+        &self.tenant
+    }
+
+    /// What the value is (`cert-key`, `ca-key`...).
+    pub fn kind(&self) -> &str {
+        &self.kind
+    }
+
+    /// The owning record's id.
+    pub fn record(&self) -> &str {
+        &self.record
+    }
+
+    /// The version of the value within its record.
+    pub fn version(&self) -> u32 {
+        self.version
     }
 
     /// The bytes fed to the AEAD as associated data.
     pub fn as_bytes(&self) -> &[u8] {
-        self.0.as_bytes()
+        self.aad.as_bytes()
+    }
+
+    /// The context as a KMS encryption context. KMS logs it in CloudTrail in
+    /// clear, which is fine: it names records, it holds no secret. The
+    /// `certflow` entry versions the scheme like the `certflow:v1` of the AAD.
+    pub fn to_map(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            ("certflow".to_owned(), "v1".to_owned()),
+            ("tenant".to_owned(), self.tenant.clone()),
+            ("kind".to_owned(), self.kind.clone()),
+            ("record".to_owned(), self.record.clone()),
+            ("version".to_owned(), self.version.to_string()),
+        ])
     }
 }
 
@@ -382,6 +437,47 @@ mod tests {
         );
         let sealed_new = rotated.seal(b"new", &ctx).await.unwrap();
         assert_eq!(Sealer::key_id_of(&sealed_new).unwrap(), new.id());
+    }
+
+    /// An envelope sealed before `EncryptionContext` kept its fields: the
+    /// associated data must not have changed by a byte, or stored keys are lost.
+    #[tokio::test]
+    async fn envelopes_sealed_by_earlier_versions_still_open() {
+        let ctx = EncryptionContext::new(
+            "default",
+            "cert-key",
+            "0190a8e2-0000-7000-8000-000000000001",
+            3,
+        );
+        assert_eq!(
+            ctx.as_bytes(),
+            b"certflow:v1;tenant=default;kind=cert-key;record=0190a8e2-0000-7000-8000-000000000001;version=3"
+        );
+        let sealed = br#"{"v":1,"alg":"AES-256-GCM","kid":"local:0c3d5448d0f54cb5","wdk":"/xyl/SGhnjr78G8UlOtEolOEbig2Q7JQ8q3OX7UJxegKHP1qBAcRPx63mJOmNaEjtsJMVmv7z8k+O9WJ","ct":"qRx7308OnAgZa31/3GImqMRr0kTMbdBhHjWQgej8j9JHFOqBalUxs/JIUbHl0XimNxVug43vYx19sHv2yTgk"}"#;
+        let s = sealer(&MasterKey::from_bytes(&[0x42; 32]).unwrap(), vec![]);
+        assert_eq!(
+            s.open(sealed, &ctx).await.unwrap().as_slice(),
+            b"-----BEGIN PRIVATE KEY-----\nvector\n"
+        );
+    }
+
+    #[test]
+    fn context_keeps_its_fields_and_maps_for_kms() {
+        let ctx = EncryptionContext::new("t1", "ca-key", "rec", 7);
+        assert_eq!(
+            (ctx.tenant(), ctx.kind(), ctx.record(), ctx.version()),
+            ("t1", "ca-key", "rec", 7)
+        );
+        let map = ctx.to_map();
+        assert_eq!(map["tenant"], "t1");
+        assert_eq!(map["kind"], "ca-key");
+        assert_eq!(map["record"], "rec");
+        assert_eq!(map["version"], "7");
+        assert_eq!(map["certflow"], "v1");
+        assert_ne!(
+            map,
+            EncryptionContext::new("t1", "ca-key", "rec", 8).to_map()
+        );
     }
 
     #[test]

@@ -1,16 +1,45 @@
-//! `object_store` adapter: the one place object_store errors become domain errors.
+//! `object_store` adapter (local directory or S3): the one place object_store
+//! errors become domain errors.
 
 use std::path::Path as FsPath;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use certflow_core::ports::BlobStore;
 use certflow_core::{DomainError, error::DomainResult};
 use futures::TryStreamExt;
+use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::prefix::PrefixStore;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload, RetryConfig};
+use time::OffsetDateTime;
+
+/// Where the S3 blob store is and how to reach it. Credentials are not here:
+/// they come from the standard AWS chain (environment, web identity, container,
+/// instance metadata).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Options {
+    /// The bucket; it must exist (certflow never creates buckets).
+    pub bucket: String,
+    /// Key prefix inside the bucket, so several deployments can share one.
+    pub prefix: Option<String>,
+    /// AWS region of the bucket (also signs requests to S3-compatible stores).
+    pub region: String,
+    /// Endpoint URL for S3-compatible stores and VPC endpoints; the regional AWS
+    /// endpoint when absent. With `path_style = false` it must name the bucket.
+    pub endpoint: Option<String>,
+    /// Path-style URLs (`endpoint/bucket/key`), which most S3-compatible stores
+    /// need; virtual-hosted style (`bucket.endpoint/key`) otherwise.
+    pub path_style: bool,
+    /// Permit plain `http://` endpoints (local emulators only).
+    pub allow_http: bool,
+    /// Encrypt objects at rest with this KMS key (SSE-KMS); the bucket default
+    /// encryption applies when absent.
+    pub sse_kms_key_id: Option<String>,
+}
 
 /// A blob store over any `object_store` backend.
 #[derive(Debug, Clone)]
@@ -37,12 +66,136 @@ impl ObjectBlobStore {
         })
     }
 
-    /// Wraps an already-configured backend (S3, in-memory for tests).
+    /// Wraps an already-configured backend (in-memory for tests, say).
     pub fn from_store(inner: Arc<dyn ObjectStore>, description: impl Into<String>) -> Self {
         Self {
             inner,
             description: description.into(),
         }
+    }
+
+    /// An S3 bucket (or S3-compatible store), with credentials from the standard
+    /// AWS chain. Nothing is sent until first use: call [`check`](Self::check)
+    /// at start-up to find out whether the bucket is reachable.
+    pub fn s3(options: &S3Options) -> DomainResult<Self> {
+        Self::s3_with_builder(AmazonS3Builder::from_env(), options)
+    }
+
+    /// Like [`s3`](Self::s3), over a caller's builder: how tests and embedders
+    /// pass explicit credentials without touching the process environment.
+    /// `options` override what the builder already holds.
+    pub fn s3_with_builder(base: AmazonS3Builder, options: &S3Options) -> DomainResult<Self> {
+        if options.bucket.trim().is_empty() {
+            return Err(DomainError::invalid("s3.bucket", "must not be empty"));
+        }
+        if options.region.trim().is_empty() {
+            return Err(DomainError::invalid("s3.region", "must not be empty"));
+        }
+        if let Some(endpoint) = &options.endpoint
+            && endpoint.starts_with("http://")
+            && !options.allow_http
+        {
+            // Said now rather than as a puzzling transport error at first use.
+            return Err(DomainError::invalid(
+                "s3.endpoint",
+                format!("{endpoint} is plain HTTP: set allow_http (emulators only) or use https"),
+            ));
+        }
+        let mut builder = base
+            .with_bucket_name(&options.bucket)
+            .with_region(&options.region)
+            .with_virtual_hosted_style_request(!options.path_style)
+            .with_allow_http(options.allow_http)
+            // object_store's default keeps retrying for three minutes, which
+            // would stall a request (and the start-up check) that long when S3
+            // is down; a few quick retries still ride out throttling.
+            .with_retry(RetryConfig {
+                max_retries: 4,
+                retry_timeout: Duration::from_secs(30),
+                ..RetryConfig::default()
+            });
+        if let Some(endpoint) = &options.endpoint {
+            builder = builder.with_endpoint(endpoint);
+        }
+        if let Some(key) = &options.sse_kms_key_id {
+            builder = builder.with_sse_kms_encryption(key);
+        }
+        let s3 = builder
+            .build()
+            .map_err(|e| DomainError::invalid("s3", e.to_string()))?;
+        let prefix = options
+            .prefix
+            .as_deref()
+            .map(|p| p.trim_matches('/'))
+            .filter(|p| !p.is_empty());
+        let place = match &options.endpoint {
+            Some(endpoint) => format!("at {endpoint}"),
+            None => format!("in {}", options.region),
+        };
+        let (inner, description): (Arc<dyn ObjectStore>, String) = match prefix {
+            Some(prefix) => (
+                Arc::new(PrefixStore::new(s3, path(prefix)?)),
+                format!("S3 bucket {}/{prefix} {place}", options.bucket),
+            ),
+            None => (
+                Arc::new(s3),
+                format!("S3 bucket {} {place}", options.bucket),
+            ),
+        };
+        Ok(Self { inner, description })
+    }
+
+    /// Checks the store answers: lists one page under a prefix no blob uses. For
+    /// S3 this proves the endpoint, the credentials and the bucket in one
+    /// request (a HEAD could not tell a missing bucket from a missing key). The
+    /// error names the bucket and endpoint, for the server's refusal to start.
+    pub async fn check(&self) -> DomainResult<()> {
+        let probe = Path::from("certflow-startup-check");
+        let Err(e) = self.inner.list(Some(&probe)).try_next().await else {
+            return Ok(());
+        };
+        let detail = describe(&e);
+        // object_store reports S3's 404 as a generic list error; the S3 error
+        // code in the body is what tells a missing bucket apart.
+        let missing =
+            matches!(e, object_store::Error::NotFound { .. }) || detail.contains("NoSuchBucket");
+        let reason = if missing {
+            format!("{}: the bucket does not exist ({detail})", self.description)
+        } else {
+            format!("{}: {detail}", self.description)
+        };
+        Err(DomainError::Unavailable {
+            backend: "blob store",
+            reason,
+        })
+    }
+
+    /// Keys under a prefix with their last-modified time, for sweepers that
+    /// delete blobs orphaned long enough ago (so never one a running request
+    /// has just written).
+    pub async fn list_with_age(&self, prefix: &str) -> DomainResult<Vec<(String, OffsetDateTime)>> {
+        let prefix_path = path(prefix)?;
+        let metas: Vec<_> = self
+            .inner
+            .list(Some(&prefix_path))
+            .try_collect()
+            .await
+            .map_err(|e| map_err("list", prefix, e))?;
+        metas
+            .into_iter()
+            .map(|meta| {
+                let modified = meta.last_modified;
+                let nanos = i128::from(modified.timestamp()) * 1_000_000_000
+                    + i128::from(modified.timestamp_subsec_nanos());
+                let at = OffsetDateTime::from_unix_timestamp_nanos(nanos).map_err(|e| {
+                    DomainError::Internal(format!(
+                        "blob {} has an impossible modification time: {e}",
+                        meta.location
+                    ))
+                })?;
+                Ok((meta.location.to_string(), at))
+            })
+            .collect()
     }
 
     /// What backend this is, for logs and `/readyz`.
@@ -55,12 +208,28 @@ fn path(key: &str) -> DomainResult<Path> {
     Path::parse(key).map_err(|e| DomainError::Internal(format!("bad blob key {key:?}: {e}")))
 }
 
+/// An error and its causes on one line: object_store's own message stops at
+/// "error sending request", the cause says "connection refused".
+fn describe(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let part = cause.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 fn map_err(op: &str, key: &str, e: object_store::Error) -> DomainError {
     match e {
         object_store::Error::NotFound { .. } => DomainError::NotFound(format!("blob {key}")),
         other => DomainError::Unavailable {
             backend: "blob store",
-            reason: format!("{op} {key}: {other}"),
+            reason: format!("{op} {key}: {}", describe(&other)),
         },
     }
 }
@@ -91,6 +260,11 @@ impl BlobStore for ObjectBlobStore {
         }
     }
 
+    async fn list_with_age(&self, prefix: &str) -> DomainResult<Vec<(String, OffsetDateTime)>> {
+        // Inherent methods win name resolution: this calls the S3/local implementation.
+        ObjectBlobStore::list_with_age(self, prefix).await
+    }
+
     async fn list(&self, prefix: &str) -> DomainResult<Vec<String>> {
         let prefix_path = path(prefix)?;
         self.inner
@@ -106,6 +280,46 @@ impl BlobStore for ObjectBlobStore {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    fn options() -> S3Options {
+        S3Options {
+            bucket: "certs".into(),
+            prefix: Some("/prod/eu/".into()),
+            region: "eu-west-1".into(),
+            endpoint: None,
+            path_style: false,
+            allow_http: false,
+            sse_kms_key_id: Some("alias/certflow".into()),
+        }
+    }
+
+    #[test]
+    fn s3_options_are_validated_without_network() {
+        let base = || {
+            AmazonS3Builder::new()
+                .with_access_key_id("k")
+                .with_secret_access_key("s")
+        };
+        let store = ObjectBlobStore::s3_with_builder(base(), &options()).unwrap();
+        assert_eq!(store.description(), "S3 bucket certs/prod/eu in eu-west-1");
+
+        let mut empty = options();
+        empty.bucket = " ".into();
+        assert!(matches!(
+            ObjectBlobStore::s3_with_builder(base(), &empty),
+            Err(DomainError::Invalid(_))
+        ));
+        let mut plain = options();
+        plain.endpoint = Some("http://minio.internal:9000".into());
+        plain.path_style = true;
+        assert!(matches!(
+            ObjectBlobStore::s3_with_builder(base(), &plain),
+            Err(DomainError::Invalid(_))
+        ));
+        plain.allow_http = true;
+        let store = ObjectBlobStore::s3_with_builder(base(), &plain).unwrap();
+        assert!(store.description().contains("http://minio.internal:9000"));
+    }
 
     #[tokio::test]
     async fn local_roundtrip_list_delete() {

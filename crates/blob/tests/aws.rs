@@ -1,0 +1,560 @@
+//! The AWS backends against moto_server, over the real clients: object_store's
+//! S3 client for the blob store and the AWS SDK for KMS. Each test starts its
+//! own moto (under a second), so tests share no state and need no reset.
+//!
+//! moto_server must be installed (`scripts/peers.sh`): without it these tests
+//! fail, they never skip, so a CI machine missing it cannot pass silently.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::fs::File;
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aws_config::BehaviorVersion;
+use aws_sdk_kms::config::{Credentials, Region};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use bytes::Bytes;
+use certflow_blob::{EncryptionContext, KmsKeyProvider, ObjectBlobStore, S3Options, Sealer};
+use certflow_core::DomainError;
+use certflow_core::ports::BlobStore;
+use object_store::aws::AmazonS3Builder;
+use object_store::signer::Signer as _;
+use tempfile::TempDir;
+use time::OffsetDateTime;
+
+const REGION: &str = "eu-west-1";
+const ACCESS_KEY: &str = "testing";
+const SECRET_KEY: &str = "testing";
+const INSTALL_HINT: &str = "run scripts/peers.sh / pip install 'moto[server]'";
+
+/// A moto_server child process on a free loopback port; killed on drop.
+struct Moto {
+    child: Child,
+    endpoint: String,
+    dir: TempDir,
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    // The kernel picks an unused port; moto binds it right after. Another
+    // process taking it in between makes moto exit, which `start` reports.
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A loopback endpoint nothing listens on: connections are refused at once.
+fn closed_endpoint() -> String {
+    format!("http://127.0.0.1:{}", free_port())
+}
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().build().unwrap()
+}
+
+impl Moto {
+    async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let log = File::create(dir.path().join("moto.log")).unwrap();
+        let port = free_port();
+        let child = match Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+        {
+            Ok(child) => child,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                panic!("moto_server is not installed: {INSTALL_HINT}")
+            }
+            Err(e) => panic!("cannot start moto_server ({e}): {INSTALL_HINT}"),
+        };
+        // Built before waiting, so a failed start still kills the child.
+        let mut moto = Self {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+            dir,
+        };
+        let ready = format!("{}/moto-api/", moto.endpoint);
+        let client = http();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(resp) = client.get(&ready).send().await
+                && resp.status() == reqwest::StatusCode::OK
+            {
+                return moto;
+            }
+            if let Ok(Some(status)) = moto.child.try_wait() {
+                panic!("moto_server exited ({status}): {}", moto.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "moto_server not ready after 30 s: {}",
+                moto.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("moto.log")).unwrap_or_default()
+    }
+
+    /// Buckets are made over plain HTTP: moto does not check signatures, and a
+    /// whole S3 SDK only for this would double the build.
+    async fn create_bucket(&self, bucket: &str) {
+        let body = format!(
+            "<CreateBucketConfiguration><LocationConstraint>{REGION}</LocationConstraint></CreateBucketConfiguration>"
+        );
+        let resp = http()
+            .put(format!("{}/{bucket}", self.endpoint))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert!(resp.status().is_success(), "create bucket: {resp:?}");
+    }
+
+    fn s3_options(&self, bucket: &str, prefix: Option<&str>) -> S3Options {
+        S3Options {
+            bucket: bucket.into(),
+            prefix: prefix.map(Into::into),
+            region: REGION.into(),
+            endpoint: Some(self.endpoint.clone()),
+            path_style: true,
+            allow_http: true,
+            sse_kms_key_id: None,
+        }
+    }
+
+    /// The key-management client used to set KMS up, outside the code under test.
+    fn kms_admin(&self) -> aws_sdk_kms::Client {
+        let config = aws_sdk_kms::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new(REGION))
+            .endpoint_url(&self.endpoint)
+            .credentials_provider(credentials())
+            .build();
+        aws_sdk_kms::Client::from_conf(config)
+    }
+
+    /// A symmetric key, optionally under an alias; returns its ARN.
+    async fn create_key(&self, alias: Option<&str>) -> String {
+        let kms = self.kms_admin();
+        let key = kms.create_key().send().await.unwrap();
+        let meta = key.key_metadata().unwrap();
+        if let Some(alias) = alias {
+            kms.create_alias()
+                .alias_name(alias)
+                .target_key_id(meta.key_id())
+                .send()
+                .await
+                .unwrap();
+        }
+        meta.arn().unwrap().to_owned()
+    }
+
+    async fn kms(&self, key_id: &str, previous: &[&str]) -> Result<KmsKeyProvider, DomainError> {
+        kms_at(&self.endpoint, key_id, previous).await
+    }
+
+    async fn sealer(&self, key_id: &str, previous: &[&str]) -> Sealer {
+        Sealer::new(Arc::new(self.kms(key_id, previous).await.unwrap()))
+    }
+}
+
+fn credentials() -> Credentials {
+    Credentials::new(ACCESS_KEY, SECRET_KEY, None, None, "certflow-tests")
+}
+
+/// Explicit credentials and region through the loader: nothing is read from
+/// (or written to) the process environment, and the SDK never looks for the
+/// instance metadata service.
+async fn kms_at(
+    endpoint: &str,
+    key_id: &str,
+    previous: &[&str],
+) -> Result<KmsKeyProvider, DomainError> {
+    let loader =
+        aws_config::defaults(BehaviorVersion::latest()).credentials_provider(credentials());
+    KmsKeyProvider::with_loader(
+        loader,
+        key_id.into(),
+        previous.iter().map(|p| (*p).to_owned()).collect(),
+        Some(REGION.into()),
+        Some(endpoint.into()),
+    )
+    .await
+}
+
+fn s3_store(options: &S3Options) -> ObjectBlobStore {
+    let base = AmazonS3Builder::new()
+        .with_access_key_id(ACCESS_KEY)
+        .with_secret_access_key(SECRET_KEY);
+    ObjectBlobStore::s3_with_builder(base, options).unwrap()
+}
+
+async fn sorted(store: &ObjectBlobStore, prefix: &str) -> Vec<String> {
+    let mut keys = store.list(prefix).await.unwrap();
+    keys.sort();
+    keys
+}
+
+/// What every blob store must do; run against the local directory and S3.
+async fn blob_contract(store: &ObjectBlobStore) {
+    store.check().await.unwrap();
+    // S3 keeps whole seconds, truncated: allow for that and a little skew.
+    let before = OffsetDateTime::now_utc() - Duration::from_secs(2);
+    assert!(matches!(
+        store.get("contract/missing.der").await,
+        Err(DomainError::NotFound(_))
+    ));
+    for (key, data) in [
+        ("contract/a/1.der", "one"),
+        ("contract/a/2.der", "two"),
+        ("contract/b/1.der", "bee"),
+    ] {
+        store.put(key, Bytes::from(data)).await.unwrap();
+    }
+    assert_eq!(store.get("contract/a/1.der").await.unwrap(), "one");
+    store
+        .put("contract/a/1.der", Bytes::from_static(b"uno"))
+        .await
+        .unwrap();
+    assert_eq!(store.get("contract/a/1.der").await.unwrap(), "uno");
+
+    assert_eq!(
+        sorted(store, "contract/a").await,
+        ["contract/a/1.der", "contract/a/2.der"]
+    );
+    assert_eq!(sorted(store, "contract").await.len(), 3);
+    assert!(store.list("elsewhere").await.unwrap().is_empty());
+
+    let after = OffsetDateTime::now_utc() + Duration::from_secs(2);
+    let mut aged = store.list_with_age("contract/a").await.unwrap();
+    aged.sort();
+    assert_eq!(
+        aged.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
+        ["contract/a/1.der", "contract/a/2.der"]
+    );
+    for (key, at) in &aged {
+        assert!(before <= *at && *at <= after, "{key} modified at {at}");
+    }
+
+    store.delete("contract/a/1.der").await.unwrap();
+    store.delete("contract/a/1.der").await.unwrap();
+    assert!(matches!(
+        store.get("contract/a/1.der").await,
+        Err(DomainError::NotFound(_))
+    ));
+    assert_eq!(sorted(store, "contract/a").await, ["contract/a/2.der"]);
+}
+
+#[tokio::test]
+async fn blob_contract_local_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    blob_contract(&ObjectBlobStore::local(dir.path()).unwrap()).await;
+}
+
+#[tokio::test]
+async fn blob_contract_s3() {
+    let moto = Moto::start().await;
+    moto.create_bucket("certflow-blobs").await;
+    let store = s3_store(&moto.s3_options("certflow-blobs", None));
+    assert!(store.description().contains("certflow-blobs"));
+    blob_contract(&store).await;
+}
+
+#[tokio::test]
+async fn s3_prefix_isolates_deployments() {
+    let moto = Moto::start().await;
+    moto.create_bucket("shared-bucket").await;
+    let a = s3_store(&moto.s3_options("shared-bucket", Some("tenant-a")));
+    let b = s3_store(&moto.s3_options("shared-bucket", Some("/tenant-b/nested/")));
+    let whole = s3_store(&moto.s3_options("shared-bucket", None));
+
+    a.put("certs/x.der", Bytes::from_static(b"a"))
+        .await
+        .unwrap();
+    b.put("certs/x.der", Bytes::from_static(b"b"))
+        .await
+        .unwrap();
+    assert_eq!(a.get("certs/x.der").await.unwrap(), "a");
+    assert_eq!(b.get("certs/x.der").await.unwrap(), "b");
+    // Keys come back relative to the prefix, so callers never see it.
+    assert_eq!(sorted(&a, "certs").await, ["certs/x.der"]);
+    assert_eq!(a.list_with_age("certs").await.unwrap()[0].0, "certs/x.der");
+    assert_eq!(
+        sorted(&whole, "").await,
+        ["tenant-a/certs/x.der", "tenant-b/nested/certs/x.der"]
+    );
+    b.delete("certs/x.der").await.unwrap();
+    assert_eq!(a.get("certs/x.der").await.unwrap(), "a");
+    assert!(b.list("").await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn s3_sse_kms_put_stores_encrypted() {
+    let moto = Moto::start().await;
+    moto.create_bucket("sealed-bucket").await;
+    let key_arn = moto.create_key(None).await;
+    let mut options = moto.s3_options("sealed-bucket", None);
+    options.sse_kms_key_id = Some(key_arn.clone());
+    let store = s3_store(&options);
+    store
+        .put("keys/k.json", Bytes::from_static(b"envelope"))
+        .await
+        .unwrap();
+    assert_eq!(store.get("keys/k.json").await.unwrap(), "envelope");
+    // object_store hides response headers: ask S3 directly what it recorded,
+    // through a presigned URL (objects are private).
+    let signer = AmazonS3Builder::new()
+        .with_access_key_id(ACCESS_KEY)
+        .with_secret_access_key(SECRET_KEY)
+        .with_region(REGION)
+        .with_endpoint(&moto.endpoint)
+        .with_allow_http(true)
+        .with_bucket_name("sealed-bucket")
+        .build()
+        .unwrap();
+    let url = signer
+        .signed_url(
+            reqwest::Method::HEAD,
+            &object_store::path::Path::from("keys/k.json"),
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+    let head = http().head(url).send().await.unwrap();
+    assert!(head.status().is_success(), "{head:?}");
+    let header = |name: &str| {
+        head.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert_eq!(header("x-amz-server-side-encryption"), "aws:kms");
+    assert_eq!(
+        header("x-amz-server-side-encryption-aws-kms-key-id"),
+        key_arn
+    );
+}
+
+#[tokio::test]
+async fn s3_check_unreachable_endpoint_is_unavailable() {
+    let endpoint = closed_endpoint();
+    let options = S3Options {
+        bucket: "certflow-prod".into(),
+        prefix: None,
+        region: REGION.into(),
+        endpoint: Some(endpoint.clone()),
+        path_style: true,
+        allow_http: true,
+        sse_kms_key_id: None,
+    };
+    let started = Instant::now();
+    let err = s3_store(&options).check().await.unwrap_err();
+    let DomainError::Unavailable { backend, reason } = &err else {
+        panic!("expected Unavailable, got {err}");
+    };
+    assert_eq!(*backend, "blob store");
+    assert!(
+        reason.contains("certflow-prod")
+            && reason.contains(&endpoint)
+            && reason.contains("Connection refused"),
+        "{reason}"
+    );
+    // Bounded retries: a dead S3 must not hold start-up for minutes.
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn s3_check_missing_bucket_names_it() {
+    let moto = Moto::start().await;
+    let err = s3_store(&moto.s3_options("no-such-bucket", None))
+        .check()
+        .await
+        .unwrap_err();
+    let DomainError::Unavailable { reason, .. } = &err else {
+        panic!("expected Unavailable, got {err}");
+    };
+    assert!(
+        reason.contains("S3 bucket no-such-bucket") && reason.contains("the bucket does not exist"),
+        "{reason}"
+    );
+}
+
+fn ctx(record: &str, version: u32) -> EncryptionContext {
+    EncryptionContext::new("default", "cert-key", record, version)
+}
+
+#[tokio::test]
+async fn kms_seal_open_roundtrip() {
+    let moto = Moto::start().await;
+    let arn = moto.create_key(Some("alias/certflow-test")).await;
+    let provider = moto.kms("alias/certflow-test", &[]).await.unwrap();
+    // The alias is resolved once: envelopes and the provider agree on the ARN.
+    assert_eq!(certflow_blob::KeyProvider::current_key_id(&provider), arn);
+    let sealer = Sealer::new(Arc::new(provider));
+    let secret = b"-----BEGIN PRIVATE KEY----- kms secret";
+    let sealed = sealer.seal(secret, &ctx("rec-1", 1)).await.unwrap();
+    assert!(!sealed.windows(10).any(|w| w == b"kms secret"));
+    assert_eq!(Sealer::key_id_of(&sealed).unwrap(), arn);
+    assert_eq!(
+        sealer
+            .open(&sealed, &ctx("rec-1", 1))
+            .await
+            .unwrap()
+            .as_slice(),
+        secret
+    );
+}
+
+#[tokio::test]
+async fn kms_wrong_context_or_other_record_is_integrity() {
+    let moto = Moto::start().await;
+    let arn = moto.create_key(None).await;
+    let sealer = moto.sealer(&arn, &[]).await;
+    let secret = b"secret of record one";
+    let sealed = sealer.seal(secret, &ctx("rec-1", 1)).await.unwrap();
+
+    for wrong in [
+        ctx("rec-1", 2),
+        ctx("rec-2", 1),
+        EncryptionContext::new("other", "cert-key", "rec-1", 1),
+    ] {
+        let err = sealer.open(&sealed, &wrong).await.unwrap_err();
+        assert!(matches!(err, DomainError::Integrity(_)), "{err}");
+        assert!(!err.to_string().contains("secret of record"), "{err}");
+    }
+
+    // Record two's envelope carrying record one's wrapped data key: KMS refuses
+    // to unwrap it for record two.
+    let other = sealer.seal(b"record two", &ctx("rec-2", 1)).await.unwrap();
+    let one: serde_json::Value = serde_json::from_slice(&sealed).unwrap();
+    let mut two: serde_json::Value = serde_json::from_slice(&other).unwrap();
+    two["wdk"] = one["wdk"].clone();
+    let spliced = serde_json::to_vec(&two).unwrap();
+    let err = sealer.open(&spliced, &ctx("rec-2", 1)).await.unwrap_err();
+    assert!(matches!(err, DomainError::Integrity(_)), "{err}");
+
+    // Altered wrapped key bytes: refused too, never garbage.
+    let mut altered = one.clone();
+    let mut wdk = B64.decode(one["wdk"].as_str().unwrap()).unwrap();
+    let mid = wdk.len() / 2;
+    wdk[mid] ^= 1;
+    altered["wdk"] = B64.encode(&wdk).into();
+    let err = sealer
+        .open(&serde_json::to_vec(&altered).unwrap(), &ctx("rec-1", 1))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, DomainError::Integrity(_)), "{err}");
+}
+
+#[tokio::test]
+async fn kms_rotation_previous_key_still_decrypts() {
+    let moto = Moto::start().await;
+    let old = moto.create_key(Some("alias/certflow-2025")).await;
+    let new = moto.create_key(None).await;
+    let c = ctx("rec-rot", 3);
+    let sealed_old = moto
+        .sealer("alias/certflow-2025", &[])
+        .await
+        .seal(b"old data", &c)
+        .await
+        .unwrap();
+
+    let rotated = moto.sealer(&new, &["alias/certflow-2025"]).await;
+    assert_eq!(
+        rotated.open(&sealed_old, &c).await.unwrap().as_slice(),
+        b"old data"
+    );
+    let sealed_new = rotated.seal(b"new data", &c).await.unwrap();
+    assert_eq!(Sealer::key_id_of(&sealed_new).unwrap(), new);
+    assert_eq!(
+        rotated.open(&sealed_new, &c).await.unwrap().as_slice(),
+        b"new data"
+    );
+
+    // Once the old key is dropped from the configuration its data is refused,
+    // naming the key so the operator knows what to add back.
+    let err = moto
+        .sealer(&new, &[])
+        .await
+        .open(&sealed_old, &c)
+        .await
+        .unwrap_err();
+    let DomainError::Integrity(msg) = &err else {
+        panic!("expected Integrity, got {err}");
+    };
+    assert!(
+        msg.contains(&old) && msg.contains("not configured"),
+        "{msg}"
+    );
+}
+
+#[tokio::test]
+async fn kms_wrong_key_id_is_a_clear_error() {
+    let moto = Moto::start().await;
+    let arn = moto.create_key(None).await;
+    for (current, previous) in [
+        ("alias/does-not-exist", vec![]),
+        (arn.as_str(), vec!["alias/does-not-exist"]),
+    ] {
+        let err = moto.kms(current, &previous).await.unwrap_err();
+        let DomainError::Unavailable { backend, reason } = &err else {
+            panic!("expected Unavailable, got {err}");
+        };
+        assert_eq!(*backend, "kms");
+        assert!(
+            reason.contains("alias/does-not-exist") && reason.contains("does not exist"),
+            "{reason}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn kms_unreachable_is_unavailable() {
+    let err = kms_at(&closed_endpoint(), "alias/any", &[])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, DomainError::Unavailable { backend: "kms", .. }),
+        "{err}"
+    );
+
+    // KMS going away after start-up: seal and open fail the same way.
+    let moto = Moto::start().await;
+    let arn = moto.create_key(None).await;
+    let sealer = moto.sealer(&arn, &[]).await;
+    let sealed = sealer.seal(b"k", &ctx("rec", 1)).await.unwrap();
+    drop(moto);
+    let err = sealer.seal(b"k", &ctx("rec", 1)).await.unwrap_err();
+    assert!(
+        matches!(err, DomainError::Unavailable { backend: "kms", .. }),
+        "{err}"
+    );
+    let err = sealer.open(&sealed, &ctx("rec", 1)).await.unwrap_err();
+    assert!(
+        matches!(err, DomainError::Unavailable { backend: "kms", .. }),
+        "{err}"
+    );
+}
