@@ -69,6 +69,14 @@ pub trait MetadataStore: Send + Sync {
     async fn list_versions(&self, certificate_id: Uuid) -> DomainResult<Vec<CertificateVersion>>;
     /// Revoked versions signed by an issuer (for its CRL).
     async fn list_revoked(&self, issuer_id: Uuid) -> DomainResult<Vec<CertificateVersion>>;
+    /// Active certificates due for renewal at `now` (`renew_after <= now`),
+    /// longest overdue first and ties by id, at most `limit` (clamped to
+    /// 1..=1000): the renewal scheduler's batch.
+    async fn due_for_renewal(
+        &self,
+        now: OffsetDateTime,
+        limit: u32,
+    ) -> DomainResult<Vec<Certificate>>;
 
     /// Appends an audit event on its own (reads that must be audited, failures).
     async fn append_audit(&self, event: &AuditEvent) -> DomainResult<()>;
@@ -92,4 +100,6 @@ pub trait BlobStore: Send + Sync {
     async fn delete(&self, key: &str) -> DomainResult<()>;
     /// Keys under a prefix.
     async fn list(&self, prefix: &str) -> DomainResult<Vec<String>>;
+    /// Keys under a prefix with their last-modified time (for the orphan sweeper).
+    async fn list_with_age(&self, prefix: &str) -> DomainResult<Vec<(String, OffsetDateTime)>>;
 }

@@ -214,7 +214,12 @@ async fn migrate(conn: &mut PgConnection) -> Result<(), String> {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+    use sqlx::{AssertSqlSafe, Executor};
+    use time::OffsetDateTime;
+
     use super::*;
+    use crate::query::{Exec, Sql};
+    use crate::repo::due_query;
 
     #[test]
     fn every_migration_file_is_embedded() {
@@ -235,5 +240,76 @@ mod tests {
         assert_eq!(d.max_connections, 10);
         assert_eq!(d.statement_timeout, Some(Duration::from_secs(30)));
         assert_eq!(d.connect_timeout, Duration::from_secs(5));
+    }
+
+    /// The renewal query's plans (custom and generic, as the prepared
+    /// statement runs after its first executions) on a fresh database seeded
+    /// with 20k certificates, 1% due (the rows the `due` benchmark seeds), and
+    /// analysed: what the planner chooses on its own, nothing disabled.
+    async fn due_plans(options: &PgConnectOptions) -> Vec<(&'static str, String)> {
+        let mut conn = PgConnection::connect_with(options).await.unwrap();
+        migrate(&mut conn).await.unwrap();
+        let now = 1_767_225_600_i64;
+        let seed = [
+            Sql::new(include_str!("../benches/seed/issuer.sql")),
+            Sql::new(include_str!("../benches/seed/certificates.postgres.sql"))
+                .bind(20_000_i64)
+                .bind(now),
+            Sql::new("ANALYZE"),
+        ];
+        for sql in seed {
+            Postgres::execute(&mut conn, sql).await.unwrap();
+        }
+        let query = due_query(OffsetDateTime::from_unix_timestamp(now).unwrap(), 1000);
+        conn.execute(AssertSqlSafe(format!(
+            "PREPARE certflow_due AS {}",
+            query.text()
+        )))
+        .await
+        .unwrap();
+        let mut plans = Vec::new();
+        for mode in ["force_custom_plan", "force_generic_plan"] {
+            conn.execute(AssertSqlSafe(format!("SET plan_cache_mode = {mode}")))
+                .await
+                .unwrap();
+            let lines: Vec<String> = sqlx::query_scalar(AssertSqlSafe(format!(
+                "EXPLAIN EXECUTE certflow_due('active', {now}, 1000)"
+            )))
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+            plans.push((mode, lines.join("\n")));
+        }
+        conn.close().await.unwrap();
+        plans
+    }
+
+    /// Needs the test server of `tests/metadata_store.rs`; the database it
+    /// creates is dropped unless the test dies on the way.
+    #[tokio::test]
+    async fn due_query_scans_the_due_index() {
+        let admin_url = std::env::var("CERTFLOW_TEST_PG_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+        let admin_options = PgConnectOptions::from_str(&admin_url).unwrap();
+        let mut admin = PgConnection::connect_with(&admin_options).await.unwrap();
+        let name = format!("certflow_test_{}", uuid::Uuid::new_v4().simple());
+        admin
+            .execute(AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .await
+            .unwrap();
+        let plans = due_plans(&admin_options.clone().database(&name)).await;
+        admin
+            .execute(AssertSqlSafe(format!("DROP DATABASE {name} WITH (FORCE)")))
+            .await
+            .unwrap();
+        admin.close().await.unwrap();
+        for (mode, plan) in plans {
+            assert!(
+                plan.contains("Index Scan using certificates_due on certificates")
+                    || plan.contains("Bitmap Index Scan on certificates_due"),
+                "{mode}:\n{plan}"
+            );
+            assert!(!plan.contains("Seq Scan"), "{mode}:\n{plan}");
+        }
     }
 }

@@ -136,6 +136,13 @@ impl Sql {
         &self.text
     }
 
+    /// The same statement behind `prefix` (e.g. `EXPLAIN QUERY PLAN `), for tests.
+    #[cfg(test)]
+    pub(crate) fn prefixed(mut self, prefix: &str) -> Self {
+        self.text = Cow::Owned(format!("{prefix}{}", self.text));
+        self
+    }
+
     fn into_query<DB>(self) -> sqlx::query::Query<'static, DB, DB::Arguments>
     where
         DB: Database,

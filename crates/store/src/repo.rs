@@ -36,6 +36,9 @@ use crate::query::{Backend, Columns, Sql};
 /// Largest page a listing returns.
 const MAX_PAGE: u32 = 500;
 
+/// Most certificates one `due_for_renewal` batch returns.
+const MAX_DUE: u32 = 1000;
+
 /// The shared store over a pool of backend `B`.
 pub(crate) struct SqlStore<B: Database> {
     pool: Pool<B>,
@@ -313,6 +316,49 @@ fn push_audit_filters(sql: &mut Sql, q: &AuditQuery) {
     if let Some(subject) = q.subject.as_deref() {
         sql.push(" AND subject = ").push_bind(subject);
     }
+}
+
+/// The renewal scheduler's query. `certificates_due (status, renew_after)`
+/// serves it on both backends: an equality on `status` and a range on
+/// `renew_after`. Walking the index yields `renew_after` order, so only rows
+/// due in the same second are sorted by id (SQLite: "USE TEMP B-TREE FOR LAST
+/// TERM OF ORDER BY"; PostgreSQL: "Incremental Sort", or a bitmap scan and a
+/// sort when few rows match) and the walk stops after `limit` rows. Each
+/// backend's unit tests check the plan.
+pub(crate) fn due_query(now: OffsetDateTime, limit: u32) -> Sql {
+    Sql::new(concat!(
+        "SELECT ",
+        certificate_columns!(),
+        " FROM certificates c WHERE c.status = $1 AND c.renew_after <= $2 \
+         ORDER BY c.renew_after, c.id LIMIT $3"
+    ))
+    .bind(CertificateStatus::Active.as_str())
+    // Whole seconds, rounded down: `renew_after <= secs(now)` equals
+    // `renew_after <= now` for whole-second columns.
+    .bind(secs(now))
+    .bind(i64::from(due_limit(limit)))
+}
+
+fn due_limit(limit: u32) -> u32 {
+    limit.clamp(1, MAX_DUE)
+}
+
+/// Decodes certificate rows with their labels, read in the same transaction.
+async fn certificates_with_labels<B: Backend>(
+    conn: &mut B::Connection,
+    rows: &[B::Record],
+) -> DomainResult<Vec<Certificate>> {
+    let ids = rows
+        .iter()
+        .map(|r| r.text("id"))
+        .collect::<DomainResult<Vec<_>>>()?;
+    let t = std::time::Instant::now(); // PROBE
+    let mut labels = load_labels::<B>(conn, &ids).await?;
+    eprintln!("PROBE   labels query {:?}", t.elapsed()); // PROBE
+    rows.iter()
+        .zip(&ids)
+        .map(|(row, key)| codec::certificate(row, labels.remove(key).unwrap_or_default()))
+        .collect()
 }
 
 fn page_bounds(limit: u32, offset: u64) -> (i64, i64) {
@@ -736,18 +782,8 @@ impl<B: Backend> MetadataStore for SqlStore<B> {
             .push(" OFFSET ")
             .push_bind(offset);
         let rows = fetch_all::<B>(&mut tx, select).await?;
-        let ids = rows
-            .iter()
-            .map(|r| r.text("id"))
-            .collect::<DomainResult<Vec<_>>>()?;
-        let mut labels = load_labels::<B>(&mut tx, &ids).await?;
+        let items = certificates_with_labels::<B>(&mut tx, &rows).await?;
         tx.commit().await.map_err(map)?;
-
-        let items = rows
-            .iter()
-            .zip(&ids)
-            .map(|(row, key)| codec::certificate(row, labels.remove(key).unwrap_or_default()))
-            .collect::<DomainResult<Vec<_>>>()?;
         Ok(Page {
             items,
             total: matching,
@@ -782,6 +818,24 @@ impl<B: Backend> MetadataStore for SqlStore<B> {
             )
             .await?;
         rows.iter().map(codec::version).collect()
+    }
+
+    async fn due_for_renewal(
+        &self,
+        now: OffsetDateTime,
+        limit: u32,
+    ) -> DomainResult<Vec<Certificate>> {
+        // One snapshot for the rows and their labels.
+        let t = std::time::Instant::now(); // PROBE
+        let mut tx = self.begin_read().await?;
+        eprintln!("PROBE begin {:?}", t.elapsed()); // PROBE
+        let rows = fetch_all::<B>(&mut tx, due_query(now, limit)).await?;
+        eprintln!("PROBE rows {:?}", t.elapsed()); // PROBE
+        let due = certificates_with_labels::<B>(&mut tx, &rows).await?;
+        eprintln!("PROBE labels+decode {:?}", t.elapsed()); // PROBE
+        tx.commit().await.map_err(map)?;
+        eprintln!("PROBE commit {:?}", t.elapsed()); // PROBE
+        Ok(due)
     }
 
     async fn append_audit(&self, event: &AuditEvent) -> DomainResult<()> {
@@ -944,6 +998,14 @@ macro_rules! forward_metadata_store {
                 self.$field.list_revoked(issuer_id).await
             }
 
+            async fn due_for_renewal(
+                &self,
+                now: time::OffsetDateTime,
+                limit: u32,
+            ) -> certflow_core::error::DomainResult<Vec<certflow_core::model::Certificate>> {
+                self.$field.due_for_renewal(now, limit).await
+            }
+
             async fn append_audit(
                 &self,
                 event: &certflow_core::model::AuditEvent,
@@ -989,5 +1051,13 @@ mod tests {
         assert_eq!(page_bounds(0, 0), (1, 0));
         assert_eq!(page_bounds(50, 7), (50, 7));
         assert_eq!(page_bounds(10_000, u64::MAX), (500, i64::MAX));
+    }
+
+    #[test]
+    fn due_limit_clamps() {
+        assert_eq!(due_limit(0), 1);
+        assert_eq!(due_limit(250), 250);
+        assert_eq!(due_limit(1000), 1000);
+        assert_eq!(due_limit(u32::MAX), 1000);
     }
 }

@@ -1053,6 +1053,131 @@ mod suite {
         );
     }
 
+    // ------------------------------------------------------- due for renewal
+
+    /// An active certificate that becomes due for renewal at `renew_after`.
+    fn renewing(issuer: &Issuer, name: &str, renew_after: i64) -> Certificate {
+        Certificate {
+            not_after: at(renew_after + 30 * DAY),
+            renew_after: at(renew_after),
+            ..certificate(issuer, name, "payments")
+        }
+    }
+
+    fn by_due_order(mut certs: Vec<Certificate>) -> Vec<Certificate> {
+        certs.sort_by_key(|c| (c.renew_after, c.id));
+        certs
+    }
+
+    pub async fn due_for_renewal_returns_due_active_oldest_first(store: &dyn MetadataStore) {
+        let issuer = seed_issuer(store).await;
+        let base = T0 + 60 * DAY;
+        // Half a second past `base`: a certificate due at `base` is due, one due
+        // a second later is not.
+        let now = at(base) + Duration::milliseconds(500);
+        assert_eq!(store.due_for_renewal(now, 1000).await.unwrap(), vec![]);
+
+        let mut labelled = renewing(&issuer, "labelled.example.com", base - 3 * DAY);
+        labelled.labels = [("env".to_owned(), "prod".to_owned())].into();
+        let due = vec![
+            renewing(&issuer, "exactly-now.example.com", base),
+            labelled,
+            // Three due in the same second: ordered by id.
+            renewing(&issuer, "tie-a.example.com", base - DAY),
+            renewing(&issuer, "tie-b.example.com", base - DAY),
+            renewing(&issuer, "tie-c.example.com", base - DAY),
+            renewing(&issuer, "long-overdue.example.com", base - 400 * DAY),
+        ];
+        let next_second = renewing(&issuer, "next-second.example.com", base + 1);
+        let later = renewing(&issuer, "later.example.com", base + 20 * DAY);
+        let revoked = renewing(&issuer, "revoked.example.com", base - 5 * DAY);
+        let archived = renewing(&issuer, "archived.example.com", base - 5 * DAY);
+        let renewed = renewing(&issuer, "renewed.example.com", base - 2 * DAY);
+        for cert in due
+            .iter()
+            .chain([&next_second, &later, &revoked, &archived, &renewed])
+        {
+            create(store, cert).await;
+        }
+        store
+            .revoke_version(
+                revoked.id,
+                1,
+                RevocationReason::KeyCompromise,
+                at(base - DAY),
+                &event("certificate.revoke", &target(&revoked)),
+            )
+            .await
+            .unwrap();
+        store
+            .archive_certificate(
+                archived.id,
+                at(base - DAY),
+                &event("certificate.archive", &target(&archived)),
+            )
+            .await
+            .unwrap();
+        // Renewing moves renew_after past `now`.
+        let renewed_v2 = Certificate {
+            current_version: 2,
+            renew_after: at(base + 50 * DAY),
+            not_after: at(base + 80 * DAY),
+            ..renewed.clone()
+        };
+        store
+            .add_version(
+                &renewed_v2,
+                &version(&renewed_v2, 2),
+                &event("certificate.renew", &target(&renewed)),
+            )
+            .await
+            .unwrap();
+
+        let expected = by_due_order(due);
+        assert_eq!(expected[0].name, "long-overdue.example.com");
+        assert_eq!(store.due_for_renewal(now, 1000).await.unwrap(), expected);
+        // One second later the next one is due too, last.
+        let got = store
+            .due_for_renewal(at(base + 1), 1000)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|c| c.id)
+            .collect::<Vec<_>>();
+        let mut ids = expected.iter().map(|c| c.id).collect::<Vec<_>>();
+        ids.push(next_second.id);
+        assert_eq!(got, ids);
+    }
+
+    pub async fn due_for_renewal_respects_limit(store: &dyn MetadataStore) {
+        let issuer = seed_issuer(store).await;
+        let base = T0 + 60 * DAY;
+        let certs: Vec<Certificate> = (0..5)
+            .map(|i| renewing(&issuer, &format!("svc-{i}.example.com"), base - i * DAY))
+            .collect();
+        for cert in &certs {
+            create(store, cert).await;
+        }
+        let expected: Vec<Uuid> = by_due_order(certs).into_iter().map(|c| c.id).collect();
+        let due = |now: i64, limit: u32| async move {
+            store
+                .due_for_renewal(at(now), limit)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|c| c.id)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(due(base, 2).await, expected[..2]);
+        assert_eq!(due(base, 5).await, expected);
+        // Clamped to 1..=1000.
+        assert_eq!(due(base, 0).await, expected[..1]);
+        assert_eq!(due(base, u32::MAX).await, expected);
+        // Only what is due by then, however large the limit.
+        assert_eq!(due(base - 3 * DAY, 1000).await, expected[..2]);
+        assert!(due(base - 5 * DAY, 1000).await.is_empty());
+    }
+
     pub async fn archive_transitions(store: &dyn MetadataStore) {
         let issuer = seed_issuer(store).await;
         let cert = certificate(&issuer, "api.example.com", "payments");
@@ -1816,6 +1941,8 @@ macro_rules! metadata_store_suite {
             revoke_transitions,
             revoking_an_archived_certificate_keeps_it_archived,
             list_revoked_is_per_issuer,
+            due_for_renewal_returns_due_active_oldest_first,
+            due_for_renewal_respects_limit,
             archive_transitions,
             audit_failure_rolls_back_every_mutation,
             list_filters_each_alone,

@@ -1,0 +1,23 @@
+-- $1 certificates for the due-for-renewal benchmark and plan tests, in one
+-- statement; $2 is "now" (unix seconds). The same rows as
+-- certificates.sqlite.sql, which explains them.
+INSERT INTO certificates (id, name, name_folded, team, profile, key_type, key_source, names,
+                          validity_days, issuer_id, renew_at_fraction, renew_before_days, status,
+                          current_version, not_after, renew_after, created_at, updated_at)
+SELECT lpad(to_hex((n * 2654435761) % 4294967296), 8, '0') || '-'
+           || lpad(to_hex(n % 65536), 4, '0') || '-7000-8000-' || lpad(to_hex(n), 12, '0'),
+       'svc-' || n || '.example.com',
+       'svc-' || n || '.example.com',
+       'team-' || (n % 50),
+       'tls-server', 'ecdsa-p256', 'server',
+       '[{"type":"dns","value":"svc-' || n || '.example.com"}]',
+       90, '00000000-0000-7000-8000-000000000000', 0.6666666666666666, NULL,
+       CASE WHEN k < 5 THEN 'archived' WHEN k < 7 THEN 'revoked' ELSE 'active' END,
+       1, renew_after + 2592000, renew_after, renew_after - 5184000, renew_after - 5184000
+FROM (
+    SELECT n, n % 100 AS k,
+           CASE WHEN n % 100 = 99 THEN $2 - (n * 7919) % 2592000
+                WHEN n % 100 < 7 THEN $2 - (n * 7919) % 31536000
+                ELSE $2 + 1 + (n * 7919) % 5184000 END AS renew_after
+    FROM generate_series(0::BIGINT, $1 - 1) AS n
+) AS r
