@@ -266,6 +266,12 @@ fn label_pairs(labels: &[String]) -> anyhow::Result<Vec<(String, String)>> {
         .collect()
 }
 
+/// RFC 3339 to the second: what people paste into tickets.
+fn fmt_time(t: time::OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| t.to_string())
+}
+
 fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
@@ -289,8 +295,8 @@ fn print_detail(output: Output, d: &CertificateDetail) -> anyhow::Result<()> {
         ("profile", s.profile.clone()),
         ("key", format!("{} ({})", s.key_type, s.key_source)),
         ("version", s.current_version.to_string()),
-        ("not after", s.not_after.to_string()),
-        ("renew after", s.renew_after.to_string()),
+        ("not after", fmt_time(s.not_after)),
+        ("renew after", fmt_time(s.renew_after)),
         ("issuer", s.issuer_id.to_string()),
     ] {
         t.add_row(vec![k.to_owned(), v]);
@@ -315,7 +321,7 @@ fn print_detail(output: Output, d: &CertificateDetail) -> anyhow::Result<()> {
                     .as_ref()
                     .map(|r| format!(" ({r})"))
                     .unwrap_or_default(),
-            ver.not_after.to_string(),
+            fmt_time(ver.not_after),
             ver.fingerprint_sha256.clone(),
         ]);
     }
@@ -333,7 +339,7 @@ fn print_history(events: &[AuditEventView]) {
     t.set_header(vec!["at", "who", "action", "outcome"]);
     for e in events {
         t.add_row(vec![
-            e.at.to_string(),
+            fmt_time(e.at),
             e.subject.clone(),
             e.action.clone(),
             e.outcome.clone(),

@@ -107,19 +107,61 @@ pub enum DatabaseKind {
 }
 
 /// `[blob]`
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BlobConfig {
+    /// `local` (default) or `s3`.
+    pub kind: String,
     /// Local directory; defaults to `<data_dir>/blobs`.
     pub path: Option<PathBuf>,
+    /// S3 bucket (kind = "s3").
+    pub bucket: Option<String>,
+    /// Key prefix inside the bucket, e.g. `certflow/prod`.
+    pub prefix: Option<String>,
+    /// AWS region of the bucket.
+    pub region: Option<String>,
+    /// Endpoint of an S3-compatible store (MinIO, a VPC endpoint); AWS by default.
+    pub endpoint: Option<String>,
+    /// Path-style addressing (`endpoint/bucket/key`), needed by most S3-compatible stores.
+    pub path_style: bool,
+    /// Allow a plain-HTTP endpoint (local emulators only).
+    pub allow_http: bool,
+    /// Encrypt objects with SSE-KMS under this KMS key.
+    pub sse_kms_key_id: Option<String>,
+    /// Unreferenced blobs younger than this are kept (an issuance may be in flight).
+    pub orphan_grace_hours: u64,
+    /// How often each server sweeps orphan blobs (0 disables the sweeper).
+    pub sweep_interval_minutes: u64,
 }
 
-/// `[master_key]`: one of `key` (base64 of 32 bytes; env `CERTFLOW_MASTER_KEY`)
-/// or `file` (env `CERTFLOW_MASTER_KEY_FILE`). With neither, a key is generated
-/// into `<data_dir>/master.key` on first start.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+impl Default for BlobConfig {
+    fn default() -> Self {
+        Self {
+            kind: "local".into(),
+            path: None,
+            bucket: None,
+            prefix: None,
+            region: None,
+            endpoint: None,
+            path_style: false,
+            allow_http: false,
+            sse_kms_key_id: None,
+            orphan_grace_hours: 24,
+            sweep_interval_minutes: 60,
+        }
+    }
+}
+
+/// `[master_key]`: which key encrypts private keys. `provider = "local"` (default):
+/// one of `key` (base64 of 32 bytes; env `CERTFLOW_MASTER_KEY`) or `file` (env
+/// `CERTFLOW_MASTER_KEY_FILE`); with neither, SQLite deployments generate
+/// `<data_dir>/master.key` on first start. `provider = "kms"`: AWS KMS data keys
+/// under `kms_key_id`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MasterKeyConfig {
+    /// `local` or `kms`.
+    pub provider: String,
     /// The key itself, base64.
     #[serde(skip_serializing)]
     pub key: Option<SecretString>,
@@ -128,6 +170,29 @@ pub struct MasterKeyConfig {
     /// Earlier keys, base64: they still decrypt, never encrypt (rotation).
     #[serde(skip_serializing)]
     pub previous: Vec<SecretString>,
+    /// KMS key id or ARN that wraps new data keys.
+    pub kms_key_id: Option<String>,
+    /// Earlier KMS keys: still decrypt (rotation).
+    pub kms_previous_key_ids: Vec<String>,
+    /// KMS region (default: the SDK's region chain).
+    pub kms_region: Option<String>,
+    /// KMS endpoint (VPC endpoint or emulator).
+    pub kms_endpoint: Option<String>,
+}
+
+impl Default for MasterKeyConfig {
+    fn default() -> Self {
+        Self {
+            provider: "local".into(),
+            key: None,
+            file: None,
+            previous: Vec::new(),
+            kms_key_id: None,
+            kms_previous_key_ids: Vec::new(),
+            kms_region: None,
+            kms_endpoint: None,
+        }
+    }
 }
 
 /// `[ca]`
@@ -249,6 +314,27 @@ impl Config {
         }
         if self.ca.intermediate_validity_days > self.ca.root_validity_days {
             bail!("ca.intermediate_validity_days must not exceed ca.root_validity_days");
+        }
+        match self.blob.kind.as_str() {
+            "local" => {}
+            "s3" => {
+                if self.blob.bucket.as_deref().unwrap_or("").is_empty() {
+                    bail!("blob.bucket is required when blob.kind = \"s3\"");
+                }
+                if self.blob.region.is_none() {
+                    bail!("blob.region is required when blob.kind = \"s3\"");
+                }
+            }
+            other => bail!("blob.kind must be \"local\" or \"s3\", got {other:?}"),
+        }
+        match self.master_key.provider.as_str() {
+            "local" => {}
+            "kms" => {
+                if self.master_key.kms_key_id.is_none() {
+                    bail!("master_key.kms_key_id is required when master_key.provider = \"kms\"");
+                }
+            }
+            other => bail!("master_key.provider must be \"local\" or \"kms\", got {other:?}"),
         }
         if self.master_key.key.is_some() && self.master_key.file.is_some() {
             bail!("set master_key.key or master_key.file, not both");

@@ -34,14 +34,29 @@ enum Command {
     /// Offline administration on the server's own data (run where the server runs).
     #[command(subcommand)]
     Admin(AdminCommand),
+    /// Master-key maintenance on the server's own data.
+    #[command(subcommand)]
+    Keys(KeysCommand),
     /// Print the console API's OpenAPI document.
     Openapi,
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Re-encrypt every private key under the current master key (after a rotation).
+    Rewrap,
 }
 
 #[derive(Subcommand)]
 enum AdminCommand {
     /// Replace the bootstrap admin token and print the new one (break-glass).
     RotateBootstrapToken,
+    /// Delete blobs no metadata references (crash leftovers) older than the grace period.
+    SweepBlobs {
+        /// Grace period in hours (default: blob.orphan_grace_hours).
+        #[arg(long)]
+        grace_hours: Option<u64>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -66,6 +81,14 @@ fn main() -> ExitCode {
             Command::Admin(AdminCommand::RotateBootstrapToken) => {
                 let config = config::Config::load(cli.config.as_deref())?;
                 serve::rotate_bootstrap_token(&config).await
+            }
+            Command::Admin(AdminCommand::SweepBlobs { grace_hours }) => {
+                let config = config::Config::load(cli.config.as_deref())?;
+                serve::sweep_blobs(&config, grace_hours).await
+            }
+            Command::Keys(KeysCommand::Rewrap) => {
+                let config = config::Config::load(cli.config.as_deref())?;
+                serve::rewrap_keys(&config).await
             }
             Command::Cert(cmd) => cli::run_cert(cmd).await,
             Command::Ca(cmd) => cli::run_ca(cmd).await,

@@ -9,7 +9,10 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
-use certflow_blob::{LocalKeyProvider, MasterKey, ObjectBlobStore, Sealer};
+use certflow_blob::{
+    KeyProvider, KmsKeyProvider, LocalKeyProvider, MasterKey, ObjectBlobStore, S3Options, Sealer,
+};
+use certflow_core::model::Actor;
 use certflow_services::{CaSettings, Services};
 use std::time::Duration;
 
@@ -93,31 +96,144 @@ fn master_key(config: &Config) -> anyhow::Result<MasterKey> {
     Ok(key)
 }
 
-async fn open_services(config: &Config) -> anyhow::Result<Services> {
+/// Opens every backend and checks it answers, so a bad setting stops the server
+/// at start with a message naming the backend.
+pub async fn open_services(config: &Config) -> anyhow::Result<Services> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
+    let provider = key_provider(config).await?;
+    let store = open_store(config).await?;
+    let blobs = open_blobs(config).await?;
+    tracing::info!(
+        blobs = blobs.description(),
+        master_key = provider.current_key_id(),
+        "backends open"
+    );
+    Ok(Services::new(
+        store,
+        Arc::new(blobs),
+        Sealer::new(provider),
+        Some(config.public_url()),
+    ))
+}
+
+async fn key_provider(config: &Config) -> anyhow::Result<Arc<dyn KeyProvider>> {
+    let mk = &config.master_key;
+    if mk.provider == "kms" {
+        let key_id = mk.kms_key_id.clone().context("master_key.kms_key_id")?;
+        let provider = KmsKeyProvider::new(
+            key_id,
+            mk.kms_previous_key_ids.clone(),
+            mk.kms_region.clone(),
+            mk.kms_endpoint.clone(),
+        )
+        .await
+        .context("AWS KMS master key")?;
+        return Ok(Arc::new(provider));
+    }
     let key = master_key(config)?;
-    let previous = config
-        .master_key
+    let previous = mk
         .previous
         .iter()
         .map(|k| MasterKey::from_base64(k.expose_secret()))
         .collect::<Result<Vec<_>, _>>()
         .context("master_key.previous")?;
-    let store = open_store(config).await?;
-    let blobs = ObjectBlobStore::local(&config.blob_path()).context("blob store")?;
-    tracing::info!(
-        blobs = blobs.description(),
-        master_key = key.id(),
-        "backends open"
+    Ok(Arc::new(LocalKeyProvider::new(key, previous)))
+}
+
+async fn open_blobs(config: &Config) -> anyhow::Result<ObjectBlobStore> {
+    let b = &config.blob;
+    let blobs = if b.kind == "s3" {
+        let options = S3Options {
+            bucket: b.bucket.clone().unwrap_or_default(),
+            prefix: b.prefix.clone(),
+            region: b.region.clone().unwrap_or_default(),
+            endpoint: b.endpoint.clone(),
+            path_style: b.path_style,
+            allow_http: b.allow_http,
+            sse_kms_key_id: b.sse_kms_key_id.clone(),
+        };
+        ObjectBlobStore::s3(&options).context("S3 blob store")?
+    } else {
+        ObjectBlobStore::local(&config.blob_path()).context("blob store")?
+    };
+    blobs
+        .check()
+        .await
+        .with_context(|| format!("blob store {}", blobs.description()))?;
+    Ok(blobs)
+}
+
+/// Sweeps orphan blobs now and then; every replica may run it (deletes are idempotent).
+fn spawn_sweeper(services: Services, config: &Config) {
+    let every = config.blob.sweep_interval_minutes;
+    if every == 0 {
+        return;
+    }
+    let grace = time::Duration::hours(
+        i64::try_from(config.blob.orphan_grace_hours).unwrap_or(i64::MAX / 3600),
     );
-    let sealer = Sealer::new(Arc::new(LocalKeyProvider::new(key, previous)));
-    Ok(Services::new(
-        store,
-        Arc::new(blobs),
-        sealer,
-        Some(config.public_url()),
-    ))
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(every * 60));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            match services
+                .sweep_orphan_blobs(grace, time::OffsetDateTime::now_utc())
+                .await
+            {
+                Ok(r) if !r.deleted.is_empty() || r.young_orphans > 0 => {
+                    tracing::info!(
+                        scanned = r.scanned,
+                        deleted = r.deleted.len(),
+                        young = r.young_orphans,
+                        "orphan sweep"
+                    );
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "orphan sweep failed; will retry"),
+            }
+        }
+    });
+}
+
+/// `certflow admin sweep-blobs`: one sweep now, with the configured grace period.
+pub async fn sweep_blobs(config: &Config, grace_hours: Option<u64>) -> anyhow::Result<()> {
+    let services = open_services(config).await?;
+    let hours = grace_hours.unwrap_or(config.blob.orphan_grace_hours);
+    let r = services
+        .sweep_orphan_blobs(
+            time::Duration::hours(i64::try_from(hours).unwrap_or(i64::MAX / 3600)),
+            time::OffsetDateTime::now_utc(),
+        )
+        .await?;
+    println!(
+        "scanned {} blobs, deleted {} orphans, kept {} younger than {hours} h",
+        r.scanned,
+        r.deleted.len(),
+        r.young_orphans
+    );
+    for key in r.deleted {
+        println!("deleted {key}");
+    }
+    Ok(())
+}
+
+/// `certflow keys rewrap`: re-seal every private key under the current master key.
+pub async fn rewrap_keys(config: &Config) -> anyhow::Result<()> {
+    let services = open_services(config).await?;
+    let actor = Actor {
+        subject: "admin-cli".into(),
+        source: None,
+    };
+    let r = services
+        .rewrap_keys(&actor, time::OffsetDateTime::now_utc())
+        .await?;
+    println!(
+        "{} sealed keys, {} re-wrapped under the current master key",
+        r.keys, r.rewrapped
+    );
+    Ok(())
 }
 
 /// Opens the configured metadata store (migrating it), or says which and why not.
@@ -173,6 +289,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     } else {
         None
     };
+    spawn_sweeper(services.clone(), &config);
     let state = AppState {
         services,
         bootstrap_hash,

@@ -651,6 +651,80 @@ fn imported_ca_issues_and_bad_config_is_refused() {
     assert!(err.contains("listne"), "{err}");
 }
 
+/// moto_server (S3 + KMS emulator) on a free loopback port, killed on drop.
+struct Moto {
+    child: Child,
+    endpoint: String,
+}
+
+impl Moto {
+    fn start() -> Self {
+        require(
+            "moto_server",
+            "pip install 'moto[server]' (scripts/peers.sh does it)",
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let moto = Self {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while reqwest::blocking::get(format!("{}/moto-api/", moto.endpoint))
+            .map(|r| !r.status().is_success())
+            .unwrap_or(true)
+        {
+            assert!(Instant::now() < deadline, "moto_server did not come up");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        moto
+    }
+
+    fn create_bucket(&self, bucket: &str) {
+        let body = "<CreateBucketConfiguration><LocationConstraint>eu-west-1</LocationConstraint></CreateBucketConfiguration>";
+        let r = reqwest::blocking::Client::new()
+            .put(format!("{}/{bucket}", self.endpoint))
+            .body(body)
+            .send()
+            .unwrap();
+        assert!(r.status().is_success(), "create bucket: {}", r.status());
+    }
+
+    /// KMS CreateKey over the JSON protocol (moto does not check signatures).
+    fn create_key(&self) -> String {
+        let r: Value = reqwest::blocking::Client::new()
+            .post(&self.endpoint)
+            .header("X-Amz-Target", "TrentService.CreateKey")
+            .header("Content-Type", "application/x-amz-json-1.1")
+            .header("Authorization", "AWS4-HMAC-SHA256 Credential=test/20261129/eu-west-1/kms/aws4_request, SignedHeaders=host, Signature=0")
+            .body("{}")
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        r["KeyMetadata"]["Arn"]
+            .as_str()
+            .unwrap_or_else(|| panic!("CreateKey: {r}"))
+            .to_owned()
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A fresh PostgreSQL database for one test, dropped at the end.
 struct PgDatabase {
     name: String,
@@ -704,27 +778,55 @@ impl Drop for PgDatabase {
 }
 
 #[test]
-fn two_replicas_on_one_postgres_database_never_duplicate() {
+fn two_replicas_on_postgres_s3_and_kms_never_duplicate() {
     let tmp = tempfile::tempdir().unwrap();
     let db = PgDatabase::create();
-    let key_file = tmp.path().join("master.key");
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&key_file)
-            .unwrap();
-        std::io::Write::write_all(&mut f, b"q83vEjRWeJCrze8SNFZ4kKvN7xI0VniQq83vEjRWeJA=").unwrap();
-    }
+    let moto = Moto::start();
+    moto.create_bucket("certflow-e2e");
+    let kms_key = moto.create_key();
     let url = db.url();
-    let blobs = tmp.path().join("blobs");
+    // The production shape: PostgreSQL, S3 and KMS, credentials from the environment.
     let env = [
         ("CERTFLOW_DATABASE__URL", url.as_str()),
-        ("CERTFLOW_MASTER_KEY_FILE", key_file.to_str().unwrap()),
-        ("CERTFLOW_BLOB__PATH", blobs.to_str().unwrap()),
+        ("CERTFLOW_BLOB__KIND", "s3"),
+        ("CERTFLOW_BLOB__BUCKET", "certflow-e2e"),
+        ("CERTFLOW_BLOB__PREFIX", "prod"),
+        ("CERTFLOW_BLOB__REGION", "eu-west-1"),
+        ("CERTFLOW_BLOB__ENDPOINT", moto.endpoint.as_str()),
+        ("CERTFLOW_BLOB__PATH_STYLE", "true"),
+        ("CERTFLOW_BLOB__ALLOW_HTTP", "true"),
+        ("CERTFLOW_MASTER_KEY__PROVIDER", "kms"),
+        ("CERTFLOW_MASTER_KEY__KMS_KEY_ID", kms_key.as_str()),
+        ("CERTFLOW_MASTER_KEY__KMS_REGION", "eu-west-1"),
+        ("CERTFLOW_MASTER_KEY__KMS_ENDPOINT", moto.endpoint.as_str()),
+        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_SECRET_ACCESS_KEY", "test"),
+        ("AWS_REGION", "eu-west-1"),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
     ];
+    // An unreachable S3 stops the server with the backend named.
+    let mut bad = env.to_vec();
+    bad[5] = ("CERTFLOW_BLOB__ENDPOINT", "http://127.0.0.1:9");
+    let err = start(&tmp.path().join("x"), &bad)
+        .err()
+        .expect("unreachable S3 must stop the server");
+    assert!(
+        err.contains("blob store") && err.contains("certflow-e2e"),
+        "{err}"
+    );
+    // So does an unreachable database, naming it and never a password.
+    let mut bad = env.to_vec();
+    bad[0] = (
+        "CERTFLOW_DATABASE__URL",
+        "postgres://postgres:hunter2@127.0.0.1:9/certflow",
+    );
+    let err = start(&tmp.path().join("y"), &bad)
+        .err()
+        .expect("unreachable database must stop the server");
+    assert!(
+        err.contains("PostgreSQL") && err.contains("127.0.0.1:9") && !err.contains("hunter2"),
+        "{err}"
+    );
     // Without a configured master key, a PostgreSQL deployment refuses to mint one per host.
     let err = start(&tmp.path().join("x"), &env[..1])
         .err()
@@ -818,6 +920,13 @@ fn two_replicas_on_one_postgres_database_never_duplicate() {
         versions.iter().filter(|v| v["status"] == "current").count(),
         1
     );
+    // Nothing was written locally: blob.kind = "s3" keeps every blob in the bucket.
+    for replica in ["a", "b"] {
+        assert!(
+            !tmp.path().join(replica).join("blobs").exists(),
+            "replica {replica} wrote local blobs"
+        );
+    }
     // The key sealed by one replica opens on the other.
     assert!(
         api_b

@@ -26,7 +26,7 @@ pub struct CaSettings {
     pub intermediate_validity_days: u32,
 }
 
-fn key_context(issuer_id: Uuid, which: &str) -> EncryptionContext {
+pub(crate) fn key_context(issuer_id: Uuid, which: &str) -> EncryptionContext {
     EncryptionContext::new(
         DEFAULT_TENANT,
         "ca-key",

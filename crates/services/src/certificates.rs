@@ -47,7 +47,7 @@ pub enum DownloadKind {
     FullChain,
 }
 
-fn key_context(certificate_id: Uuid, version: u32) -> EncryptionContext {
+pub(crate) fn key_context(certificate_id: Uuid, version: u32) -> EncryptionContext {
     EncryptionContext::new(
         DEFAULT_TENANT,
         "certificate-key",

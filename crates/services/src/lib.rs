@@ -5,6 +5,7 @@
 
 mod ca;
 mod certificates;
+mod maintenance;
 mod validate;
 
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use certflow_core::ports::{BlobStore, MetadataStore};
 
 pub use ca::CaSettings;
 pub use certificates::{CertificateView, DownloadKind};
+pub use maintenance::{RewrapReport, SweepReport};
 
 /// The tenant every record belongs to until multi-tenancy lands; bound into
 /// encryption contexts now so that adding tenants does not require re-encryption.
@@ -55,3 +57,6 @@ impl Services {
         &self.blobs
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,364 @@
+//! Crash consistency: a failure injected between the blob writes and the
+//! metadata commit leaves no row pointing at a missing blob, and what a crash
+//! leaves behind is swept after the grace period — never before.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use certflow_api::CreateCertificateRequest;
+use certflow_blob::{LocalKeyProvider, MasterKey, ObjectBlobStore, Sealer};
+use certflow_core::model::*;
+use certflow_core::ports::{BlobStore, MetadataStore};
+use certflow_core::{DomainError, DomainResult};
+use certflow_store::SqliteStore;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::{CaSettings, DownloadKind, Services};
+
+/// The real store, except that commits of new certificates and versions fail
+/// while `fail` is set: the moment between blob write and metadata commit.
+struct FailingCommits {
+    inner: SqliteStore,
+    fail: AtomicBool,
+}
+
+impl FailingCommits {
+    fn check(&self) -> DomainResult<()> {
+        if self.fail.load(Ordering::SeqCst) {
+            Err(DomainError::Unavailable {
+                backend: "database",
+                reason: "injected failure".into(),
+            })
+        } else {
+            Ok(())
+        }
+    }
+}
+
+#[async_trait]
+impl MetadataStore for FailingCommits {
+    async fn ping(&self) -> DomainResult<()> {
+        self.inner.ping().await
+    }
+    async fn insert_issuer(&self, i: &Issuer, a: &AuditEvent) -> DomainResult<()> {
+        self.inner.insert_issuer(i, a).await
+    }
+    async fn list_issuers(&self) -> DomainResult<Vec<Issuer>> {
+        self.inner.list_issuers().await
+    }
+    async fn get_issuer(&self, id: Uuid) -> DomainResult<Option<Issuer>> {
+        self.inner.get_issuer(id).await
+    }
+    async fn set_default_issuer(&self, id: Uuid, a: &AuditEvent) -> DomainResult<()> {
+        self.inner.set_default_issuer(id, a).await
+    }
+    async fn create_certificate(
+        &self,
+        c: &Certificate,
+        v: &CertificateVersion,
+        a: &AuditEvent,
+    ) -> DomainResult<()> {
+        self.check()?;
+        self.inner.create_certificate(c, v, a).await
+    }
+    async fn add_version(
+        &self,
+        c: &Certificate,
+        v: &CertificateVersion,
+        a: &AuditEvent,
+    ) -> DomainResult<()> {
+        self.check()?;
+        self.inner.add_version(c, v, a).await
+    }
+    async fn revoke_version(
+        &self,
+        id: Uuid,
+        v: u32,
+        r: RevocationReason,
+        at: OffsetDateTime,
+        a: &AuditEvent,
+    ) -> DomainResult<()> {
+        self.inner.revoke_version(id, v, r, at, a).await
+    }
+    async fn archive_certificate(
+        &self,
+        id: Uuid,
+        at: OffsetDateTime,
+        a: &AuditEvent,
+    ) -> DomainResult<()> {
+        self.inner.archive_certificate(id, at, a).await
+    }
+    async fn get_certificate(&self, id: Uuid) -> DomainResult<Option<Certificate>> {
+        self.inner.get_certificate(id).await
+    }
+    async fn list_certificates(&self, q: &CertificateQuery) -> DomainResult<Page<Certificate>> {
+        self.inner.list_certificates(q).await
+    }
+    async fn list_versions(&self, id: Uuid) -> DomainResult<Vec<CertificateVersion>> {
+        self.inner.list_versions(id).await
+    }
+    async fn list_revoked(&self, id: Uuid) -> DomainResult<Vec<CertificateVersion>> {
+        self.inner.list_revoked(id).await
+    }
+    async fn due_for_renewal(
+        &self,
+        now: OffsetDateTime,
+        limit: u32,
+    ) -> DomainResult<Vec<Certificate>> {
+        self.inner.due_for_renewal(now, limit).await
+    }
+    async fn append_audit(&self, e: &AuditEvent) -> DomainResult<()> {
+        self.inner.append_audit(e).await
+    }
+    async fn list_audit(&self, q: &AuditQuery) -> DomainResult<Page<AuditEvent>> {
+        self.inner.list_audit(q).await
+    }
+    async fn get_setting(&self, k: &str) -> DomainResult<Option<String>> {
+        self.inner.get_setting(k).await
+    }
+    async fn put_setting(&self, k: &str, v: &str) -> DomainResult<()> {
+        self.inner.put_setting(k, v).await
+    }
+}
+
+struct Fixture {
+    services: Services,
+    store: Arc<FailingCommits>,
+    blobs: Arc<ObjectBlobStore>,
+    _dir: tempfile::TempDir,
+}
+
+async fn fixture(
+    key: MasterKey,
+    previous: Vec<MasterKey>,
+    dir: Option<tempfile::TempDir>,
+) -> Fixture {
+    let dir = dir.unwrap_or_else(|| tempfile::tempdir().unwrap());
+    let store = Arc::new(FailingCommits {
+        inner: SqliteStore::open(&dir.path().join("db")).await.unwrap(),
+        fail: AtomicBool::new(false),
+    });
+    let blobs = Arc::new(ObjectBlobStore::local(&dir.path().join("blobs")).unwrap());
+    let sealer = Sealer::new(Arc::new(LocalKeyProvider::new(key, previous)));
+    let services = Services::new(store.clone(), blobs.clone(), sealer, None);
+    let settings = CaSettings {
+        name: "test".into(),
+        key_type: KeyType::EcdsaP256,
+        root_validity_days: 3650,
+        intermediate_validity_days: 1825,
+    };
+    services
+        .ensure_ca(&settings, OffsetDateTime::now_utc())
+        .await
+        .unwrap();
+    Fixture {
+        services,
+        store,
+        blobs,
+        _dir: dir,
+    }
+}
+
+fn request(name: &str) -> CreateCertificateRequest {
+    CreateCertificateRequest {
+        team: "payments".into(),
+        names: vec![name.into()],
+        ..Default::default()
+    }
+}
+
+async fn certificate_blobs(blobs: &ObjectBlobStore) -> Vec<String> {
+    blobs.list("certificates").await.unwrap()
+}
+
+#[tokio::test]
+async fn failed_commit_leaves_no_row_and_no_blob() {
+    let f = fixture(MasterKey::generate().unwrap(), vec![], None).await;
+    let actor = Actor::system();
+    let now = OffsetDateTime::now_utc();
+    let kept = f
+        .services
+        .create_certificate(&actor, &request("kept.example.com"), now)
+        .await
+        .unwrap();
+    let before = certificate_blobs(&f.blobs).await;
+    assert_eq!(before.len(), 3, "cert, chain and sealed key: {before:?}");
+
+    f.store.fail.store(true, Ordering::SeqCst);
+    let err = f
+        .services
+        .create_certificate(&actor, &request("lost.example.com"), now)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, DomainError::Unavailable { .. }), "{err}");
+    let err = f
+        .services
+        .renew(&actor, kept.certificate.id, None, now)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, DomainError::Unavailable { .. }), "{err}");
+    f.store.fail.store(false, Ordering::SeqCst);
+
+    assert_eq!(
+        certificate_blobs(&f.blobs).await,
+        before,
+        "the failed commits' blobs were removed"
+    );
+    let page = f
+        .services
+        .list(&CertificateQuery {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.total, 1);
+    let view = f.services.certificate(kept.certificate.id).await.unwrap();
+    assert_eq!(view.versions.len(), 1);
+    // Every row's blobs exist.
+    f.services
+        .download(kept.certificate.id, None, DownloadKind::FullChain)
+        .await
+        .unwrap();
+    f.services
+        .download_key(&actor, kept.certificate.id, None, now)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn sweeper_deletes_crash_leftovers_only_after_the_grace_period() {
+    let f = fixture(MasterKey::generate().unwrap(), vec![], None).await;
+    let actor = Actor::system();
+    let now = OffsetDateTime::now_utc();
+    let kept = f
+        .services
+        .create_certificate(&actor, &request("kept.example.com"), now)
+        .await
+        .unwrap();
+    // What a process killed after its blob writes leaves: blobs of a certificate and
+    // of a version that were never committed.
+    let orphans = [
+        format!("certificates/{}/v1-00ff/cert.der", Uuid::now_v7()),
+        format!("certificates/{}/v2-00aa/key.enc", kept.certificate.id),
+        format!("issuers/{}/issuing-key.enc", Uuid::now_v7()),
+    ];
+    for o in &orphans {
+        f.blobs
+            .put(o, Bytes::from_static(b"leftover"))
+            .await
+            .unwrap();
+    }
+    let young = f
+        .services
+        .sweep_orphan_blobs(time::Duration::hours(1), OffsetDateTime::now_utc())
+        .await
+        .unwrap();
+    assert!(young.deleted.is_empty(), "{young:?}");
+    assert_eq!(young.young_orphans, 3);
+
+    let later = OffsetDateTime::now_utc() + time::Duration::hours(2);
+    let swept = f
+        .services
+        .sweep_orphan_blobs(time::Duration::hours(1), later)
+        .await
+        .unwrap();
+    let mut deleted = swept.deleted.clone();
+    deleted.sort();
+    let mut want = orphans.to_vec();
+    want.sort();
+    assert_eq!(deleted, want);
+    for o in &orphans {
+        assert!(matches!(
+            f.blobs.get(o).await,
+            Err(DomainError::NotFound(_))
+        ));
+    }
+    // Everything referenced survived.
+    f.services
+        .download(kept.certificate.id, None, DownloadKind::FullChain)
+        .await
+        .unwrap();
+    f.services
+        .download_key(&actor, kept.certificate.id, None, now)
+        .await
+        .unwrap();
+    let again = f
+        .services
+        .sweep_orphan_blobs(time::Duration::ZERO, later)
+        .await
+        .unwrap();
+    assert!(again.deleted.is_empty(), "{again:?}");
+}
+
+#[tokio::test]
+async fn rewrap_moves_every_key_to_the_current_master_key() {
+    let old = MasterKey::generate().unwrap();
+    let f = fixture(old.clone(), vec![], None).await;
+    let actor = Actor::system();
+    let now = OffsetDateTime::now_utc();
+    let c = f
+        .services
+        .create_certificate(&actor, &request("a.example.com"), now)
+        .await
+        .unwrap();
+    let dir = f._dir;
+
+    // Rotate: the new key encrypts, the old one still decrypts.
+    let new = MasterKey::generate().unwrap();
+    let f = fixture(new.clone(), vec![old.clone()], Some(dir)).await;
+    let report = f.services.rewrap_keys(&actor, now).await.unwrap();
+    assert_eq!(
+        report,
+        crate::RewrapReport {
+            keys: 3,
+            rewrapped: 3
+        }
+    );
+    let again = f.services.rewrap_keys(&actor, now).await.unwrap();
+    assert_eq!(again.rewrapped, 0);
+
+    // Now the old key is no longer needed.
+    let dir = f._dir;
+    let f = fixture(new, vec![], Some(dir)).await;
+    assert!(
+        f.services
+            .download_key(&actor, c.certificate.id, None, now)
+            .await
+            .unwrap()
+            .contains("PRIVATE KEY")
+    );
+    f.services
+        .create_certificate(&actor, &request("b.example.com"), now)
+        .await
+        .unwrap();
+    // And the old key alone can no longer read anything.
+    let dir = f._dir;
+    let err = match fixture_result(old, dir).await {
+        Ok(_) => panic!("the old master key must not open re-wrapped keys"),
+        Err(e) => e,
+    };
+    assert!(err.to_string().contains("master key"), "{err}");
+}
+
+async fn fixture_result(key: MasterKey, dir: tempfile::TempDir) -> DomainResult<()> {
+    let store = Arc::new(SqliteStore::open(&dir.path().join("db")).await?);
+    let blobs = Arc::new(ObjectBlobStore::local(&dir.path().join("blobs"))?);
+    let sealer = Sealer::new(Arc::new(LocalKeyProvider::new(key, vec![])));
+    let services = Services::new(store, blobs, sealer, None);
+    let settings = CaSettings {
+        name: "test".into(),
+        key_type: KeyType::EcdsaP256,
+        root_validity_days: 3650,
+        intermediate_validity_days: 1825,
+    };
+    services
+        .ensure_ca(&settings, OffsetDateTime::now_utc())
+        .await
+        .map(|_| ())
+}
