@@ -17,8 +17,9 @@ use certflow_services::{CaSettings, Services};
 use std::time::Duration;
 
 use certflow_core::ports::MetadataStore;
-use certflow_store::{PgOptions, PgStore, SqliteStore};
+use certflow_store::{ChangeFeed, PgOptions, PgStore, SqliteStore};
 use secrecy::ExposeSecret;
+use std::sync::RwLock;
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{Config, DatabaseKind};
@@ -98,23 +99,24 @@ fn master_key(config: &Config) -> anyhow::Result<MasterKey> {
 
 /// Opens every backend and checks it answers, so a bad setting stops the server
 /// at start with a message naming the backend.
-pub async fn open_services(config: &Config) -> anyhow::Result<Services> {
+pub async fn open_services(config: &Config) -> anyhow::Result<(Services, ChangeFeed)> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
     let provider = key_provider(config).await?;
-    let store = open_store(config).await?;
+    let (store, feed) = open_store(config).await?;
     let blobs = open_blobs(config).await?;
     tracing::info!(
         blobs = blobs.description(),
         master_key = provider.current_key_id(),
         "backends open"
     );
-    Ok(Services::new(
+    let services = Services::new(
         store,
         Arc::new(blobs),
         Sealer::new(provider),
         Some(config.public_url()),
-    ))
+    );
+    Ok((services, feed))
 }
 
 async fn key_provider(config: &Config) -> anyhow::Result<Arc<dyn KeyProvider>> {
@@ -164,6 +166,29 @@ async fn open_blobs(config: &Config) -> anyhow::Result<ObjectBlobStore> {
     Ok(blobs)
 }
 
+/// Keeps the in-memory bootstrap-token hash current: at once when any replica
+/// (or the admin CLI) announces a settings change over the change feed, and every
+/// 30 s regardless, for SQLite (no feed between processes) and lost notifications.
+fn spawn_settings_watch(services: Services, feed: ChangeFeed, hash: Arc<RwLock<Option<String>>>) {
+    let mut changes = feed.subscribe();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(30));
+        loop {
+            tokio::select! {
+                topic = changes.recv() => match topic {
+                    Ok(t) if t != "settings" && t != "*" => continue,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                    _ => {}
+                },
+                _ = tick.tick() => {}
+            }
+            if let Err(e) = auth::refresh_bootstrap_hash(services.store().as_ref(), &hash).await {
+                tracing::warn!(error = %e, "cannot refresh the bootstrap token hash");
+            }
+        }
+    });
+}
+
 /// Sweeps orphan blobs now and then; every replica may run it (deletes are idempotent).
 fn spawn_sweeper(services: Services, config: &Config) {
     let every = config.blob.sweep_interval_minutes;
@@ -199,7 +224,7 @@ fn spawn_sweeper(services: Services, config: &Config) {
 
 /// `certflow admin sweep-blobs`: one sweep now, with the configured grace period.
 pub async fn sweep_blobs(config: &Config, grace_hours: Option<u64>) -> anyhow::Result<()> {
-    let services = open_services(config).await?;
+    let (services, _) = open_services(config).await?;
     let hours = grace_hours.unwrap_or(config.blob.orphan_grace_hours);
     let r = services
         .sweep_orphan_blobs(
@@ -221,7 +246,7 @@ pub async fn sweep_blobs(config: &Config, grace_hours: Option<u64>) -> anyhow::R
 
 /// `certflow keys rewrap`: re-seal every private key under the current master key.
 pub async fn rewrap_keys(config: &Config) -> anyhow::Result<()> {
-    let services = open_services(config).await?;
+    let (services, _) = open_services(config).await?;
     let actor = Actor {
         subject: "admin-cli".into(),
         source: None,
@@ -237,14 +262,14 @@ pub async fn rewrap_keys(config: &Config) -> anyhow::Result<()> {
 }
 
 /// Opens the configured metadata store (migrating it), or says which and why not.
-async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn MetadataStore>> {
+async fn open_store(config: &Config) -> anyhow::Result<(Arc<dyn MetadataStore>, ChangeFeed)> {
     match config.database() {
         DatabaseKind::Sqlite(path) => {
             let store = SqliteStore::open(&path)
                 .await
                 .with_context(|| format!("database {}", path.display()))?;
             tracing::info!(database = %path.display(), "SQLite metadata store");
-            Ok(Arc::new(store))
+            Ok((Arc::new(store), ChangeFeed::local()))
         }
         DatabaseKind::Postgres(url) => {
             let timeout = config.database.statement_timeout_secs;
@@ -257,15 +282,19 @@ async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn MetadataStore>> {
             let store = PgStore::connect(&url, options)
                 .await
                 .context("PostgreSQL database")?;
+            let feed = store
+                .change_feed()
+                .await
+                .context("PostgreSQL change feed")?;
             tracing::info!("PostgreSQL metadata store");
-            Ok(Arc::new(store))
+            Ok((Arc::new(store), feed))
         }
     }
 }
 
 /// `certflow serve`.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
-    let services = open_services(&config).await?;
+    let (services, feed) = open_services(&config).await?;
     let settings = CaSettings {
         name: config.ca.name.clone(),
         key_type: config.ca_key_type()?,
@@ -279,16 +308,16 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     if created {
         tracing::info!(issuer = %issuer.id, subject = %issuer.subject, "created the internal CA");
     }
-    let bootstrap_hash = if config.auth.bootstrap_token {
+    let bootstrap_hash = Arc::new(RwLock::new(None));
+    if config.auth.bootstrap_token {
         if let Some(token) = auth::ensure_bootstrap_token(services.store().as_ref()).await? {
             // Printed once on stdout, never logged: logs are shipped, stdout of a first start is not.
             println!("certflow: bootstrap admin token (shown once; it is stored only as a hash):");
             println!("export CERTFLOW_TOKEN={token}");
         }
-        auth::bootstrap_hash(services.store().as_ref()).await?
-    } else {
-        None
-    };
+        auth::refresh_bootstrap_hash(services.store().as_ref(), &bootstrap_hash).await?;
+        spawn_settings_watch(services.clone(), feed, bootstrap_hash.clone());
+    }
     spawn_sweeper(services.clone(), &config);
     let state = AppState {
         services,
@@ -331,9 +360,12 @@ async fn shutdown_signal() {
 /// `certflow admin rotate-bootstrap-token`: works on the data directly, for
 /// when the token is lost. Restart the server to pick up the new hash.
 pub async fn rotate_bootstrap_token(config: &Config) -> anyhow::Result<()> {
-    let store = open_store(config).await?;
+    let (store, feed) = open_store(config).await?;
     let token = auth::rotate_bootstrap_token(store.as_ref()).await?;
+    feed.publish("settings").await?;
     println!("export CERTFLOW_TOKEN={token}");
-    eprintln!("certflow: restart the server for the new token to take effect");
+    if matches!(config.database(), DatabaseKind::Sqlite(_)) {
+        eprintln!("certflow: a running server accepts the new token within 30 seconds");
+    }
     Ok(())
 }

@@ -935,4 +935,51 @@ fn two_replicas_on_postgres_s3_and_kms_never_duplicate() {
             ))
             .contains("PRIVATE KEY")
     );
+
+    // Cross-replica invalidation: rotating the bootstrap token (a third process)
+    // reaches both running replicas' in-memory copies through LISTEN/NOTIFY.
+    let out = Command::new(BIN)
+        .args(["admin", "rotate-bootstrap-token"])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("CERTFLOW_DATABASE__URL", &url)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let new_token = stdout
+        .trim()
+        .strip_prefix("export CERTFLOW_TOKEN=")
+        .expect("new token printed")
+        .to_owned();
+    let status = |server: &Server, token: &str| {
+        reqwest::blocking::Client::new()
+            .get(format!("{}/console/api/v1/issuers", server.url))
+            .bearer_auth(token)
+            .send()
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let seen = [
+            status(&a, &new_token),
+            status(&b, &new_token),
+            status(&a, &token),
+            status(&b, &token),
+        ];
+        if seen == [200, 200, 401, 401] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "replicas did not pick up the rotated token: {seen:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

@@ -7,6 +7,7 @@
 //! `tests/metadata_store.rs`. Driver errors are translated into
 //! `DomainError` in `error` and nowhere else.
 
+mod changes;
 mod codec;
 mod error;
 mod migrate;
@@ -15,5 +16,6 @@ mod query;
 mod repo;
 mod sqlite;
 
+pub use changes::ChangeFeed;
 pub use postgres::{PgOptions, PgStore};
 pub use sqlite::SqliteStore;

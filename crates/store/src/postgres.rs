@@ -77,6 +77,11 @@ pub struct PgStore {
 forward_metadata_store!(PgStore, store);
 
 impl PgStore {
+    /// A change feed over this database's LISTEN/NOTIFY.
+    pub async fn change_feed(&self) -> DomainResult<crate::ChangeFeed> {
+        crate::ChangeFeed::postgres(self.store.pool().clone()).await
+    }
+
     /// Connects to `url` (`postgres://user:pw@host:port/db?sslmode=...`), migrates, opens a pool.
     pub async fn connect(url: &str, options: PgOptions) -> DomainResult<Self> {
         if options.max_connections == 0 {

@@ -61,6 +61,11 @@ impl<B: Database> fmt::Debug for SqlStore<B> {
 }
 
 impl<B: Database> SqlStore<B> {
+    /// The pool (for the PostgreSQL change feed).
+    pub(crate) fn pool(&self) -> &Pool<B> {
+        &self.pool
+    }
+
     /// Wraps a pool whose database is migrated.
     pub(crate) fn new(pool: Pool<B>) -> Self {
         Self {
@@ -253,7 +258,10 @@ async fn load_labels<B: Backend>(
         sql.push_bind(certificate_id.as_str());
     }
     sql.push(")");
-    for row in fetch_all::<B>(conn, sql).await? {
+    let t = std::time::Instant::now(); // PROBE
+    let fetched = fetch_all::<B>(conn, sql).await?; // PROBE
+    eprintln!("PROBE     fetch {:?}", t.elapsed()); // PROBE
+    for row in fetched {
         out.entry(row.text("certificate_id")?)
             .or_default()
             .insert(row.text("key")?, row.text("value")?);

@@ -46,9 +46,16 @@ pub async fn ensure_bootstrap_token(store: &dyn MetadataStore) -> DomainResult<O
     rotate_bootstrap_token(store).await.map(Some)
 }
 
-/// Loads the stored hash.
-pub async fn bootstrap_hash(store: &dyn MetadataStore) -> DomainResult<Option<String>> {
-    store.get_setting(BOOTSTRAP_HASH).await
+/// Re-reads the stored hash into the in-memory copy the middleware checks.
+pub async fn refresh_bootstrap_hash(
+    store: &dyn MetadataStore,
+    cache: &std::sync::RwLock<Option<String>>,
+) -> DomainResult<()> {
+    let current = store.get_setting(BOOTSTRAP_HASH).await?;
+    if let Ok(mut slot) = cache.write() {
+        *slot = current;
+    }
+    Ok(())
 }
 
 /// Middleware: requires a valid bearer token and attaches the [`Actor`].
@@ -73,7 +80,7 @@ pub async fn require_auth(
     let Some(token) = token else {
         return Err(ApiError::unauthorized("send Authorization: Bearer <token>"));
     };
-    let ok = match &state.bootstrap_hash {
+    let ok = match state.bootstrap_hash.read().ok().and_then(|h| h.clone()) {
         Some(stored) => {
             constant_time::verify_slices_are_equal(hash(token).as_bytes(), stored.as_bytes())
                 .is_ok()

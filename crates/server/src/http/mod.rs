@@ -32,8 +32,9 @@ pub const BODY_LIMIT: usize = 64 * 1024;
 pub struct AppState {
     /// The use cases.
     pub services: Services,
-    /// SHA-256 (hex) of the bootstrap admin token, when that token is enabled.
-    pub bootstrap_hash: Option<String>,
+    /// SHA-256 (hex) of the bootstrap admin token, when that token is enabled;
+    /// refreshed when a replica announces a settings change.
+    pub bootstrap_hash: std::sync::Arc<std::sync::RwLock<Option<String>>>,
 }
 
 #[derive(OpenApi)]

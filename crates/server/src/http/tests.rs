@@ -62,7 +62,10 @@ async fn harness() -> Harness {
         .await
         .unwrap()
         .unwrap();
-    let bootstrap_hash = auth::bootstrap_hash(store.as_ref()).await.unwrap();
+    let bootstrap_hash = std::sync::Arc::new(std::sync::RwLock::new(None));
+    auth::refresh_bootstrap_hash(store.as_ref(), &bootstrap_hash)
+        .await
+        .unwrap();
     Harness {
         app: app(AppState {
             services,
