@@ -42,6 +42,9 @@ pub enum DomainError {
     /// The request conflicts with the current state (e.g. renewing a revoked certificate).
     #[error("conflict: {0}")]
     Conflict(String),
+    /// An `Idempotency-Key` was reused with a different request; nothing was changed.
+    #[error("idempotency key reused: {0}")]
+    IdempotencyKeyReused(String),
     /// The caller is not allowed to do this.
     #[error("forbidden: {0}")]
     Forbidden(String),

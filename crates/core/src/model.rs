@@ -536,3 +536,26 @@ pub struct AuditQuery {
     /// Rows to skip.
     pub offset: u64,
 }
+
+/// How long an idempotency key is remembered: a retry after this may issue again.
+pub const IDEMPOTENCY_KEY_TTL: time::Duration = time::Duration::hours(24);
+
+/// A client-chosen `Idempotency-Key` and the result of the request that first
+/// carried it, stored in the same transaction as that request's commit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdempotencyRecord {
+    /// Who and what the key belongs to, e.g. the actor, the operation and the
+    /// certificate; the same key in another scope is another key.
+    pub scope: String,
+    /// The client's key (1-255 printable ASCII characters).
+    pub key: String,
+    /// SHA-256 of the canonical request (its parsed body as JSON), lower-case hex:
+    /// a repeat with another body is refused rather than replayed.
+    pub request_sha256: String,
+    /// The certificate the request created or renewed.
+    pub certificate_id: Uuid,
+    /// The version it issued.
+    pub version: u32,
+    /// When it was stored; records older than [`IDEMPOTENCY_KEY_TTL`] may be purged.
+    pub created_at: OffsetDateTime,
+}

@@ -9,8 +9,8 @@ use uuid::Uuid;
 
 use crate::error::DomainResult;
 use crate::model::{
-    AuditEvent, AuditQuery, Certificate, CertificateQuery, CertificateVersion, Issuer, Page,
-    RevocationReason,
+    AuditEvent, AuditQuery, Certificate, CertificateQuery, CertificateVersion, IdempotencyRecord,
+    Issuer, Page, RevocationReason,
 };
 
 /// Metadata repository. Every state change takes the audit event that records
@@ -29,21 +29,27 @@ pub trait MetadataStore: Send + Sync {
     /// Makes `id` the default issuer (and no other).
     async fn set_default_issuer(&self, id: Uuid, audit: &AuditEvent) -> DomainResult<()>;
 
-    /// Stores a new certificate with its first version.
+    /// Stores a new certificate with its first version, and `idempotency` (if
+    /// any) in the same transaction. Fails with `Conflict`, committing nothing,
+    /// if the record's `(scope, key)` is already stored.
     async fn create_certificate(
         &self,
         cert: &Certificate,
         first: &CertificateVersion,
         audit: &AuditEvent,
+        idempotency: Option<&IdempotencyRecord>,
     ) -> DomainResult<()>;
     /// Adds a new current version: the previous current one becomes superseded
     /// (or stays revoked), and the certificate's denormalised fields follow.
-    /// Fails with `Conflict` if `new.version` is not exactly one more than the latest.
+    /// Fails with `Conflict` if `new.version` is not exactly one more than the latest,
+    /// or if `idempotency`'s `(scope, key)` is already stored; the record, if
+    /// any, commits with the version.
     async fn add_version(
         &self,
         cert: &Certificate,
         new: &CertificateVersion,
         audit: &AuditEvent,
+        idempotency: Option<&IdempotencyRecord>,
     ) -> DomainResult<()>;
     /// Revokes one version; the certificate becomes `revoked` if it was the current one.
     async fn revoke_version(
@@ -77,6 +83,15 @@ pub trait MetadataStore: Send + Sync {
         now: OffsetDateTime,
         limit: u32,
     ) -> DomainResult<Vec<Certificate>>;
+
+    /// The idempotency record stored under `(scope, key)`, if any.
+    async fn get_idempotency(
+        &self,
+        scope: &str,
+        key: &str,
+    ) -> DomainResult<Option<IdempotencyRecord>>;
+    /// Deletes idempotency records created before `before`; returns how many.
+    async fn purge_idempotency_keys(&self, before: OffsetDateTime) -> DomainResult<u64>;
 
     /// Appends an audit event on its own (reads that must be audited, failures).
     async fn append_audit(&self, event: &AuditEvent) -> DomainResult<()>;

@@ -207,11 +207,16 @@ fn spawn_sweeper(services: Services, config: &Config) {
                 .sweep_orphan_blobs(grace, time::OffsetDateTime::now_utc())
                 .await
             {
-                Ok(r) if !r.deleted.is_empty() || r.young_orphans > 0 => {
+                Ok(r)
+                    if !r.deleted.is_empty()
+                        || r.young_orphans > 0
+                        || r.idempotency_keys_purged > 0 =>
+                {
                     tracing::info!(
                         scanned = r.scanned,
                         deleted = r.deleted.len(),
                         young = r.young_orphans,
+                        idempotency_keys_purged = r.idempotency_keys_purged,
                         "orphan sweep"
                     );
                 }
@@ -233,10 +238,12 @@ pub async fn sweep_blobs(config: &Config, grace_hours: Option<u64>) -> anyhow::R
         )
         .await?;
     println!(
-        "scanned {} blobs, deleted {} orphans, kept {} younger than {hours} h",
+        "scanned {} blobs, deleted {} orphans, kept {} younger than {hours} h; \
+         purged {} idempotency keys older than 24 h",
         r.scanned,
         r.deleted.len(),
-        r.young_orphans
+        r.young_orphans,
+        r.idempotency_keys_purged
     );
     for key in r.deleted {
         println!("deleted {key}");

@@ -120,6 +120,19 @@ impl Api {
         let status = r.status().as_u16();
         (status, r.json().unwrap_or(Value::Null))
     }
+    /// POST with an `Idempotency-Key` header.
+    fn post_keyed(&self, path: &str, key: &str, body: Value) -> (u16, Value) {
+        let r = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .header("Idempotency-Key", key)
+            .json(&body)
+            .send()
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().unwrap_or(Value::Null))
+    }
     fn text(&self, path: &str) -> String {
         let r = self.get(path);
         assert!(r.status().is_success(), "{path}: {}", r.status());
@@ -935,6 +948,95 @@ fn two_replicas_on_postgres_s3_and_kms_never_duplicate() {
             ))
             .contains("PRIVATE KEY")
     );
+
+    // Duplicate delivery: eight concurrent creates with one Idempotency-Key and
+    // one body, spread across both replicas. Several may sign, exactly one
+    // commits, and every response is that certificate.
+    let results: Vec<(u16, Value)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8)
+            .map(|i| {
+                let api = if i % 2 == 0 { &api_a } else { &api_b };
+                s.spawn(move || {
+                    api.post_keyed(
+                        "/console/api/v1/certificates",
+                        "create-once",
+                        json!({ "team": "payments", "names": ["once.example.com"] }),
+                    )
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(
+        results.iter().all(|(status, _)| *status == 201),
+        "{results:?}"
+    );
+    let mut ids: Vec<&str> = results
+        .iter()
+        .map(|(_, v)| v["id"].as_str().unwrap())
+        .collect();
+    ids.dedup();
+    assert_eq!(ids.len(), 1, "one certificate for one key: {results:?}");
+    let once = ids[0].to_owned();
+    let page: Value = api_a
+        .get("/console/api/v1/certificates?search=once.example.com")
+        .json()
+        .unwrap();
+    assert_eq!(page["total"], 1, "{page}");
+    let detail: Value = api_b
+        .get(&format!("/console/api/v1/certificates/{once}"))
+        .json()
+        .unwrap();
+    assert_eq!(detail["versions"].as_array().unwrap().len(), 1, "{detail}");
+
+    // And eight concurrent renewals with one key: exactly one new version.
+    let results: Vec<(u16, Value)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8)
+            .map(|i| {
+                let api = if i % 2 == 0 { &api_a } else { &api_b };
+                let path = format!("/console/api/v1/certificates/{once}/renew");
+                s.spawn(move || api.post_keyed(&path, "renew-once", json!({})))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(
+        results
+            .iter()
+            .all(|(status, v)| *status == 200 && v["current_version"] == 2),
+        "{results:?}"
+    );
+    let detail: Value = api_a
+        .get(&format!("/console/api/v1/certificates/{once}"))
+        .json()
+        .unwrap();
+    let versions = detail["versions"].as_array().unwrap();
+    assert_eq!(versions.len(), 2, "{detail}");
+    let serial2 = versions[0]["serial"].as_str().unwrap();
+    assert!(
+        results
+            .iter()
+            .all(|(_, v)| v["versions"][0]["serial"] == serial2),
+        "{results:?}"
+    );
+
+    // Every losing issuance (the races above) removed its own blobs: a sweep
+    // with no grace period finds no orphan.
+    let out = Command::new(BIN)
+        .args(["admin", "sweep-blobs", "--grace-hours", "0"])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("CERTFLOW_DATA_DIR", tmp.path().join("sweep"))
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("deleted 0 orphans"), "{stdout}");
 
     // Cross-replica invalidation: rotating the bootstrap token (a third process)
     // reaches both running replicas' in-memory copies through LISTEN/NOTIFY.

@@ -4,14 +4,21 @@
 //! key only sealed), then commit metadata with its audit event in one
 //! transaction. A failed commit removes the blobs it wrote; what a crash leaves
 //! behind is unreferenced and swept later, never a row pointing at nothing.
+//!
+//! Creating and renewing take an optional idempotency key (the console API's
+//! `Idempotency-Key`). Its record (scope, key, request hash, result) commits
+//! in the metadata transaction, so a repeat finds it and replays the result.
+//! Two requests with one key that race may both sign, but the store's primary
+//! key lets exactly one commit; the other removes its blobs like any failed
+//! commit and replays the winner's result.
 
 use bytes::Bytes;
-use certflow_api::CreateCertificateRequest;
+use certflow_api::{CreateCertificateRequest, RenewRequest};
 use certflow_blob::EncryptionContext;
 use certflow_core::model::{
     Actor, AuditEvent, AuditQuery, Certificate, CertificateQuery, CertificateStatus,
-    CertificateVersion, Issuer, KeySource, KeyType, Page, RenewalPolicy, RevocationReason,
-    VersionStatus,
+    CertificateVersion, IdempotencyRecord, Issuer, KeySource, KeyType, Page, RenewalPolicy,
+    RevocationReason, VersionStatus,
 };
 use certflow_core::{
     DomainError, FieldError, Profile, SubjectName, error::DomainResult, validate_names,
@@ -73,6 +80,51 @@ fn chain_blob_of(v: &CertificateVersion) -> String {
 
 fn target(id: Uuid) -> String {
     format!("certificate/{id}")
+}
+
+/// A request's idempotency key, scoped and with the hash of its request.
+struct Idempotency {
+    scope: String,
+    key: String,
+    request_sha256: String,
+}
+
+impl Idempotency {
+    /// `None` without a key. The scope is the operation (with the certificate,
+    /// for renewals) and then the actor's subject: operation and id contain no
+    /// space, so no two scopes collide whatever the subject.
+    fn new(
+        actor: &Actor,
+        operation: &str,
+        key: Option<&str>,
+        request: &impl serde::Serialize,
+    ) -> DomainResult<Option<Self>> {
+        let Some(key) = key else {
+            return Ok(None);
+        };
+        validate::idempotency_key(key).map_err(|e| DomainError::Invalid(vec![e]))?;
+        // The parsed request re-encoded: field order and absent-versus-null
+        // no longer matter, only what the request asks for.
+        let canonical = serde_json::to_vec(request)
+            .map_err(|e| DomainError::Internal(format!("encoding the request: {e}")))?;
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &canonical);
+        Ok(Some(Self {
+            scope: format!("{operation} {}", actor.subject),
+            key: key.to_owned(),
+            request_sha256: hex::encode(digest.as_ref()),
+        }))
+    }
+
+    fn record(&self, v: &CertificateVersion, now: OffsetDateTime) -> IdempotencyRecord {
+        IdempotencyRecord {
+            scope: self.scope.clone(),
+            key: self.key.clone(),
+            request_sha256: self.request_sha256.clone(),
+            certificate_id: v.certificate_id,
+            version: v.version,
+            created_at: now,
+        }
+    }
 }
 
 /// The validated form of a create request.
@@ -332,6 +384,47 @@ impl Services {
         ))
     }
 
+    /// The result stored under the request's key, if the key was used: the
+    /// certificate as it is now. A key used with another request is refused.
+    async fn replay(&self, idempotency: &Idempotency) -> DomainResult<Option<CertificateView>> {
+        let Some(record) = self
+            .store
+            .get_idempotency(&idempotency.scope, &idempotency.key)
+            .await?
+        else {
+            return Ok(None);
+        };
+        if record.request_sha256 != idempotency.request_sha256 {
+            return Err(DomainError::IdempotencyKeyReused(format!(
+                "Idempotency-Key '{}' was already used with a different request; \
+                 use a new key for a new request",
+                idempotency.key
+            )));
+        }
+        tracing::info!(
+            certificate = %record.certificate_id,
+            version = record.version,
+            "idempotent request replayed"
+        );
+        self.certificate(record.certificate_id).await.map(Some)
+    }
+
+    /// After a failed commit (whose blobs are already removed): a conflict
+    /// may be a concurrent request with the same key that committed first,
+    /// whose result is then ours.
+    async fn after_failed_commit(
+        &self,
+        idempotency: Option<&Idempotency>,
+        error: DomainError,
+    ) -> DomainResult<CertificateView> {
+        if let (DomainError::Conflict(_), Some(idempotency)) = (&error, idempotency)
+            && let Some(view) = self.replay(idempotency).await?
+        {
+            return Ok(view);
+        }
+        Err(error)
+    }
+
     /// Requests a new managed certificate and issues its first version.
     pub async fn create_certificate(
         &self,
@@ -339,6 +432,28 @@ impl Services {
         req: &CreateCertificateRequest,
         now: OffsetDateTime,
     ) -> DomainResult<CertificateView> {
+        self.create_certificate_idempotent(actor, req, None, now)
+            .await
+    }
+
+    /// [`create_certificate`](Self::create_certificate) with an optional
+    /// idempotency key (1-255 printable ASCII characters), scoped to the
+    /// actor: a repeat of the request with the same key returns the
+    /// certificate the first one created instead of issuing again, and the
+    /// key with another request is refused with `IdempotencyKeyReused`.
+    pub async fn create_certificate_idempotent(
+        &self,
+        actor: &Actor,
+        req: &CreateCertificateRequest,
+        idempotency_key: Option<&str>,
+        now: OffsetDateTime,
+    ) -> DomainResult<CertificateView> {
+        let idempotency = Idempotency::new(actor, "certificate.create", idempotency_key, req)?;
+        if let Some(idempotency) = &idempotency
+            && let Some(view) = self.replay(idempotency).await?
+        {
+            return Ok(view);
+        }
         let plan = self.plan(req).await?;
         let id = Uuid::now_v7();
         let subject_key = match &plan.csr {
@@ -396,9 +511,14 @@ impl Services {
                 "version": 1, "serial": version.serial,
             }),
         );
-        if let Err(e) = self.store.create_certificate(&cert, &version, &audit).await {
+        let record = idempotency.as_ref().map(|i| i.record(&version, now));
+        if let Err(e) = self
+            .store
+            .create_certificate(&cert, &version, &audit, record.as_ref())
+            .await
+        {
             self.remove_blobs(&written).await;
-            return Err(e);
+            return self.after_failed_commit(idempotency.as_ref(), e).await;
         }
         tracing::info!(certificate = %id, serial = %version.serial, "certificate issued");
         Ok(CertificateView {
@@ -417,6 +537,35 @@ impl Services {
         csr: Option<&str>,
         now: OffsetDateTime,
     ) -> DomainResult<CertificateView> {
+        self.renew_idempotent(actor, id, csr, None, now).await
+    }
+
+    /// [`renew`](Self::renew) with an optional idempotency key, scoped to the
+    /// actor and the certificate: a repeat with the same key and CSR returns
+    /// the certificate as renewed by the first instead of issuing another
+    /// version; the key with another CSR is refused with `IdempotencyKeyReused`.
+    pub async fn renew_idempotent(
+        &self,
+        actor: &Actor,
+        id: Uuid,
+        csr: Option<&str>,
+        idempotency_key: Option<&str>,
+        now: OffsetDateTime,
+    ) -> DomainResult<CertificateView> {
+        let request = RenewRequest {
+            csr: csr.map(str::to_owned),
+        };
+        let idempotency = Idempotency::new(
+            actor,
+            &format!("certificate.renew/{id}"),
+            idempotency_key,
+            &request,
+        )?;
+        if let Some(idempotency) = &idempotency
+            && let Some(view) = self.replay(idempotency).await?
+        {
+            return Ok(view);
+        }
         let view = self.certificate(id).await?;
         let mut cert = view.certificate;
         if cert.status == CertificateStatus::Archived {
@@ -501,9 +650,14 @@ impl Services {
             target(id),
             json!({ "version": next, "serial": version.serial, "previous_serial": latest.serial }),
         );
-        if let Err(e) = self.store.add_version(&cert, &version, &audit).await {
+        let record = idempotency.as_ref().map(|i| i.record(&version, now));
+        if let Err(e) = self
+            .store
+            .add_version(&cert, &version, &audit, record.as_ref())
+            .await
+        {
             self.remove_blobs(&written).await;
-            return Err(e);
+            return self.after_failed_commit(idempotency.as_ref(), e).await;
         }
         tracing::info!(certificate = %id, version = next, serial = %version.serial, "certificate renewed");
         self.certificate(id).await

@@ -1,12 +1,15 @@
 //! Housekeeping that keeps storage consistent and keys current: the orphan-blob
-//! sweeper (what a crash between blob write and metadata commit leaves behind)
-//! and re-wrapping sealed keys under the current master key after a rotation.
+//! sweeper (what a crash between blob write and metadata commit leaves behind,
+//! and idempotency keys past their 24 hours) and re-wrapping sealed keys under
+//! the current master key after a rotation.
 
 use std::collections::HashMap;
 
 use bytes::Bytes;
 use certflow_blob::Sealer;
-use certflow_core::model::{Actor, AuditEvent, CertificateQuery, CertificateVersion};
+use certflow_core::model::{
+    Actor, AuditEvent, CertificateQuery, CertificateVersion, IDEMPOTENCY_KEY_TTL,
+};
 use certflow_core::{DomainError, DomainResult};
 use serde_json::json;
 use time::OffsetDateTime;
@@ -25,6 +28,8 @@ pub struct SweepReport {
     pub deleted: Vec<String>,
     /// Unreferenced blobs still inside the grace period (an issuance may be in flight).
     pub young_orphans: usize,
+    /// Idempotency keys older than [`IDEMPOTENCY_KEY_TTL`], now deleted.
+    pub idempotency_keys_purged: u64,
 }
 
 /// What a re-wrap did.
@@ -38,8 +43,9 @@ pub struct RewrapReport {
 
 impl Services {
     /// Deletes blobs that no metadata row references and that are older than
-    /// `grace`. Safe to run on several replicas at once: deleting twice is harmless,
-    /// and the grace period protects issuances whose commit has not happened yet.
+    /// `grace`, then idempotency keys older than [`IDEMPOTENCY_KEY_TTL`]. Safe
+    /// to run on several replicas at once: deleting twice is harmless, and the
+    /// grace period protects issuances whose commit has not happened yet.
     pub async fn sweep_orphan_blobs(
         &self,
         grace: time::Duration,
@@ -83,6 +89,16 @@ impl Services {
             self.blobs.delete(&key).await?;
             tracing::info!(blob = %key, "deleted orphan blob");
             report.deleted.push(key);
+        }
+        report.idempotency_keys_purged = self
+            .store
+            .purge_idempotency_keys(now - IDEMPOTENCY_KEY_TTL)
+            .await?;
+        if report.idempotency_keys_purged > 0 {
+            tracing::info!(
+                purged = report.idempotency_keys_purged,
+                "purged expired idempotency keys"
+            );
         }
         Ok(report)
     }

@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -22,9 +22,12 @@ use crate::{CaSettings, DownloadKind, Services};
 
 /// The real store, except that commits of new certificates and versions fail
 /// while `fail` is set: the moment between blob write and metadata commit.
+/// And the next `hide_idempotency` lookups of idempotency keys find nothing:
+/// a concurrent request with the same key that has not committed yet.
 struct FailingCommits {
     inner: SqliteStore,
     fail: AtomicBool,
+    hide_idempotency: AtomicU32,
 }
 
 impl FailingCommits {
@@ -62,18 +65,37 @@ impl MetadataStore for FailingCommits {
         c: &Certificate,
         v: &CertificateVersion,
         a: &AuditEvent,
+        i: Option<&IdempotencyRecord>,
     ) -> DomainResult<()> {
         self.check()?;
-        self.inner.create_certificate(c, v, a).await
+        self.inner.create_certificate(c, v, a, i).await
     }
     async fn add_version(
         &self,
         c: &Certificate,
         v: &CertificateVersion,
         a: &AuditEvent,
+        i: Option<&IdempotencyRecord>,
     ) -> DomainResult<()> {
         self.check()?;
-        self.inner.add_version(c, v, a).await
+        self.inner.add_version(c, v, a, i).await
+    }
+    async fn get_idempotency(
+        &self,
+        scope: &str,
+        key: &str,
+    ) -> DomainResult<Option<IdempotencyRecord>> {
+        let hide = self
+            .hide_idempotency
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if hide {
+            return Ok(None);
+        }
+        self.inner.get_idempotency(scope, key).await
+    }
+    async fn purge_idempotency_keys(&self, before: OffsetDateTime) -> DomainResult<u64> {
+        self.inner.purge_idempotency_keys(before).await
     }
     async fn revoke_version(
         &self,
@@ -142,6 +164,7 @@ async fn fixture(
     let store = Arc::new(FailingCommits {
         inner: SqliteStore::open(&dir.path().join("db")).await.unwrap(),
         fail: AtomicBool::new(false),
+        hide_idempotency: AtomicU32::new(0),
     });
     let blobs = Arc::new(ObjectBlobStore::local(&dir.path().join("blobs")).unwrap());
     let sealer = Sealer::new(Arc::new(LocalKeyProvider::new(key, previous)));
@@ -229,6 +252,132 @@ async fn failed_commit_leaves_no_row_and_no_blob() {
         .download_key(&actor, kept.certificate.id, None, now)
         .await
         .unwrap();
+}
+
+/// Two requests with one idempotency key that both sign: the second's commit
+/// fails on the key, it removes its blobs and answers with the first's result.
+#[tokio::test]
+async fn losing_idempotent_request_removes_its_blobs_and_replays_the_winner() {
+    let f = fixture(MasterKey::generate().unwrap(), vec![], None).await;
+    let actor = Actor::system();
+    // Whole seconds, as stored, so that replayed versions compare equal.
+    let now = OffsetDateTime::now_utc().replace_nanosecond(0).unwrap();
+    let req = request("once.example.com");
+    let first = f
+        .services
+        .create_certificate_idempotent(&actor, &req, Some("k"), now)
+        .await
+        .unwrap();
+    let blobs = certificate_blobs(&f.blobs).await;
+
+    // The second request's lookup ran before the first committed.
+    f.store.hide_idempotency.store(1, Ordering::SeqCst);
+    let second = f
+        .services
+        .create_certificate_idempotent(&actor, &req, Some("k"), now)
+        .await
+        .unwrap();
+    assert_eq!(f.store.hide_idempotency.load(Ordering::SeqCst), 0);
+    assert_eq!(second.certificate.id, first.certificate.id);
+    assert_eq!(second.versions, first.versions);
+    assert_eq!(certificate_blobs(&f.blobs).await, blobs);
+    let page = f
+        .services
+        .list(&CertificateQuery {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.total, 1);
+
+    // The same for renewals.
+    let id = first.certificate.id;
+    let renewed = f
+        .services
+        .renew_idempotent(&actor, id, None, Some("r"), now)
+        .await
+        .unwrap();
+    let blobs = certificate_blobs(&f.blobs).await;
+    f.store.hide_idempotency.store(1, Ordering::SeqCst);
+    let again = f
+        .services
+        .renew_idempotent(&actor, id, None, Some("r"), now)
+        .await
+        .unwrap();
+    assert_eq!(again.versions, renewed.versions);
+    assert_eq!(again.versions.len(), 2);
+    assert_eq!(certificate_blobs(&f.blobs).await, blobs);
+
+    // Another actor's key is another key.
+    let other = Actor {
+        subject: "bob".into(),
+        source: None,
+    };
+    let bobs = f
+        .services
+        .renew_idempotent(&other, id, None, Some("r"), now)
+        .await
+        .unwrap();
+    assert_eq!(bobs.versions.len(), 3);
+    // A failed commit without a key conflict is not turned into a replay.
+    f.store.fail.store(true, Ordering::SeqCst);
+    let err = f
+        .services
+        .renew_idempotent(&actor, id, None, Some("fresh"), now)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, DomainError::Unavailable { .. }), "{err}");
+    f.store.fail.store(false, Ordering::SeqCst);
+    // A reused key with another request is refused, whatever the state.
+    let err = f
+        .services
+        .create_certificate_idempotent(&actor, &request("other.example.com"), Some("k"), now)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, DomainError::IdempotencyKeyReused(_)), "{err}");
+}
+
+#[tokio::test]
+async fn sweep_purges_idempotency_keys_after_a_day() {
+    let f = fixture(MasterKey::generate().unwrap(), vec![], None).await;
+    let actor = Actor::system();
+    let now = OffsetDateTime::now_utc();
+    let req = request("once.example.com");
+    let first = f
+        .services
+        .create_certificate_idempotent(&actor, &req, Some("k"), now)
+        .await
+        .unwrap();
+    let report = f
+        .services
+        .sweep_orphan_blobs(time::Duration::hours(1), now + time::Duration::hours(23))
+        .await
+        .unwrap();
+    assert_eq!(report.idempotency_keys_purged, 0);
+    let report = f
+        .services
+        .sweep_orphan_blobs(time::Duration::hours(1), now + time::Duration::hours(25))
+        .await
+        .unwrap();
+    assert_eq!(report.idempotency_keys_purged, 1);
+    // The key is free again: the same request now issues a new certificate,
+    // refused here only because the name is taken.
+    let err = f
+        .services
+        .create_certificate_idempotent(&actor, &req, Some("k"), now)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, DomainError::Conflict(_)), "{err}");
+    assert_eq!(
+        f.services
+            .certificate(first.certificate.id)
+            .await
+            .unwrap()
+            .versions
+            .len(),
+        1
+    );
 }
 
 #[tokio::test]

@@ -76,3 +76,21 @@ pub(crate) fn pkcs12_password(value: &str) -> Result<(), FieldError> {
         Ok(())
     }
 }
+
+/// The field an `Idempotency-Key` error names: the console API's header.
+pub(crate) const IDEMPOTENCY_KEY_FIELD: &str = "Idempotency-Key";
+
+/// Idempotency keys: 1-255 printable ASCII characters (space included).
+pub(crate) fn idempotency_key(value: &str) -> Result<(), FieldError> {
+    if value.is_empty()
+        || value.len() > 255
+        || !value.bytes().all(|b| b == b' ' || b.is_ascii_graphic())
+    {
+        Err(FieldError::new(
+            IDEMPOTENCY_KEY_FIELD,
+            "must be 1-255 printable ASCII characters",
+        ))
+    } else {
+        Ok(())
+    }
+}

@@ -2,12 +2,13 @@
 //! certificates of which 1% are due, on SQLite (a temporary file) and on
 //! PostgreSQL (a fresh database, dropped afterwards).
 //!
-//! Per backend it measures the store method (query, labels, decoding) and
-//! the bare SQL twice: as the store writes it, which walks the
-//! `certificates_due (status, renew_after)` index, and with both conditions
-//! wrapped in no-op expressions so that no index applies (a full scan and a
-//! top-N sort), to show what the index buys. Setup checks that the three
-//! return the same certificates and prints the plans.
+//! Per backend it measures the store method (query, labels, decoding; on
+//! PostgreSQL also over a connection without TLS) and the bare SQL twice: as
+//! the store writes it, which walks the `certificates_due (status,
+//! renew_after)` index, and with both conditions wrapped in no-op expressions
+//! so that no index applies (a full scan and a top-N sort), to show what the
+//! index buys. Setup checks that all return the same certificates and prints
+//! the plans.
 //!
 //! Seeding is bulk SQL (`benches/seed/`), timed and printed, not measured.
 //! Run it with `cargo bench -p certflow-store --bench due`; PostgreSQL is
@@ -253,6 +254,17 @@ fn postgres(c: &mut Criterion, rt: &Runtime, rows: i64) {
         .block_on(PgStore::connect(&url, PgOptions::default()))
         .unwrap();
 
+    // The same store without TLS: sqlx 0.9.0 leaves Nagle's algorithm on, and
+    // a statement larger than one TLS record (16 KiB, here the 1000 ids of the
+    // labels query) then waits for the server's delayed ACK (see BENCHMARKS.md).
+    let separator = if url.contains('?') { '&' } else { '?' };
+    let store_no_tls = rt
+        .block_on(PgStore::connect(
+            &format!("{url}{separator}sslmode=disable"),
+            PgOptions::default(),
+        ))
+        .unwrap();
+
     let mut conn = rt.block_on(PgConnection::connect(&url)).unwrap();
     let mut steps = Vec::new();
     step(&mut steps, "issuer", || {
@@ -320,12 +332,21 @@ fn postgres(c: &mut Criterion, rt: &Runtime, rows: i64) {
     };
     let expected = store_ids(rt, &store);
     assert_eq!(expected.len(), usize::try_from(due.min(1000)).unwrap());
+    assert_eq!(store_ids(rt, &store_no_tls), expected);
     assert_eq!(ids(&mut conn, INDEXED), expected);
     assert_eq!(ids(&mut conn, SCAN), expected);
 
     let mut group = group(c, "postgres");
     group.bench_function("store_due_for_renewal", |b| {
         b.iter(|| black_box(rt.block_on(store.due_for_renewal(now(), LIMIT)).unwrap()))
+    });
+    group.bench_function("store_due_for_renewal_no_tls", |b| {
+        b.iter(|| {
+            black_box(
+                rt.block_on(store_no_tls.due_for_renewal(now(), LIMIT))
+                    .unwrap(),
+            )
+        })
     });
     group.bench_function("sql_index", |b| {
         b.iter(|| black_box(ids(&mut conn, INDEXED)))
@@ -338,6 +359,7 @@ fn postgres(c: &mut Criterion, rt: &Runtime, rows: i64) {
 
     rt.block_on(conn.close()).unwrap();
     rt.block_on(store.close());
+    rt.block_on(store_no_tls.close());
     rt.block_on(admin.execute(AssertSqlSafe(format!("DROP DATABASE {name} WITH (FORCE)"))))
         .unwrap();
     rt.block_on(admin.close()).unwrap();

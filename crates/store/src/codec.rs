@@ -4,8 +4,9 @@
 
 use certflow_core::error::DomainResult;
 use certflow_core::model::{
-    Actor, AuditEvent, Certificate, CertificateStatus, CertificateVersion, Issuer, IssuerKind,
-    KeySource, KeyType, Labels, Outcome, RenewalPolicy, RevocationReason, VersionStatus,
+    Actor, AuditEvent, Certificate, CertificateStatus, CertificateVersion, IdempotencyRecord,
+    Issuer, IssuerKind, KeySource, KeyType, Labels, Outcome, RenewalPolicy, RevocationReason,
+    VersionStatus,
 };
 use certflow_core::{Profile, SubjectName};
 use time::OffsetDateTime;
@@ -44,7 +45,15 @@ macro_rules! audit_columns {
     };
 }
 
-pub(crate) use {audit_columns, certificate_columns, issuer_columns, version_columns};
+macro_rules! idempotency_columns {
+    () => {
+        "scope, key, request_sha256, certificate_id, version, created_at"
+    };
+}
+
+pub(crate) use {
+    audit_columns, certificate_columns, idempotency_columns, issuer_columns, version_columns,
+};
 
 /// Column text of a UUID: lower-case hyphenated, whose text order is UUIDv7 time order.
 pub(crate) fn id(id: Uuid) -> String {
@@ -227,6 +236,18 @@ pub(crate) fn audit(row: &impl Columns) -> DomainResult<AuditEvent> {
         target: row.text("target")?,
         outcome: get_enum(row, "outcome", parse_outcome)?,
         details: serde_json::from_str(&details).map_err(|e| corrupt("details", e))?,
+    })
+}
+
+/// Decodes a row selected with [`idempotency_columns`].
+pub(crate) fn idempotency(row: &impl Columns) -> DomainResult<IdempotencyRecord> {
+    Ok(IdempotencyRecord {
+        scope: row.text("scope")?,
+        key: row.text("key")?,
+        request_sha256: row.text("request_sha256")?,
+        certificate_id: get_uuid(row, "certificate_id")?,
+        version: get_u32(row, "version")?,
+        created_at: get_time(row, "created_at")?,
     })
 }
 

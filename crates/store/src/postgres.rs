@@ -20,11 +20,18 @@ use crate::repo::{SqlStore, forward_metadata_store};
 
 /// Migrations embedded in the binary, oldest first; a unit test checks the
 /// list against `migrations/postgres/`.
-const MIGRATIONS: &[Embedded] = &[(
-    1,
-    "init",
-    include_str!("../migrations/postgres/0001_init.sql"),
-)];
+const MIGRATIONS: &[Embedded] = &[
+    (
+        1,
+        "init",
+        include_str!("../migrations/postgres/0001_init.sql"),
+    ),
+    (
+        2,
+        "idempotency keys",
+        include_str!("../migrations/postgres/0002_idempotency_keys.sql"),
+    ),
+];
 
 /// Key of the advisory lock held while migrating ("certflow" in ASCII).
 /// Advisory locks are per database, so this only serialises certflow

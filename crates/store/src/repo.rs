@@ -19,7 +19,7 @@ use async_trait::async_trait;
 use certflow_core::error::DomainResult;
 use certflow_core::model::{
     AuditEvent, AuditQuery, Certificate, CertificateQuery, CertificateStatus, CertificateVersion,
-    Issuer, Labels, Page, RevocationReason, SortKey, VersionStatus,
+    IdempotencyRecord, Issuer, Labels, Page, RevocationReason, SortKey, VersionStatus,
 };
 use certflow_core::ports::MetadataStore;
 use certflow_core::{DomainError, SubjectName};
@@ -28,7 +28,8 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::codec::{
-    self, audit_columns, certificate_columns, fold, id, issuer_columns, secs, version_columns,
+    self, audit_columns, certificate_columns, fold, id, idempotency_columns, issuer_columns, secs,
+    version_columns,
 };
 use crate::error::{Violation, conflict, map};
 use crate::query::{Backend, Columns, Sql};
@@ -137,6 +138,45 @@ async fn insert_audit<B: Backend>(
     B::execute(conn, sql).await.map_err(|e| {
         conflict(e, |v| {
             (v == Violation::PrimaryKey).then(|| format!("audit event {} already exists", event.id))
+        })
+    })
+}
+
+/// Stores an idempotency record for the version `v` the transaction commits.
+/// Run first in the transaction: a concurrent request with the same key then
+/// waits here (PostgreSQL) or behind the write lock (SQLite) and fails on the
+/// primary key once the first commits, before it touches anything else.
+async fn insert_idempotency<B: Backend>(
+    conn: &mut B::Connection,
+    record: &IdempotencyRecord,
+    v: &CertificateVersion,
+) -> DomainResult<()> {
+    if record.certificate_id != v.certificate_id || record.version != v.version {
+        return Err(DomainError::Internal(format!(
+            "idempotency record for version {} of certificate {} given with version {} of \
+             certificate {}",
+            record.version, record.certificate_id, v.version, v.certificate_id
+        )));
+    }
+    let sql = Sql::new(concat!(
+        "INSERT INTO idempotency_keys (",
+        idempotency_columns!(),
+        ") VALUES ($1, $2, $3, $4, $5, $6)"
+    ))
+    .bind(record.scope.as_str())
+    .bind(record.key.as_str())
+    .bind(record.request_sha256.as_str())
+    .bind(id(record.certificate_id))
+    .bind(i64::from(record.version))
+    .bind(secs(record.created_at));
+    B::execute(conn, sql).await.map_err(|e| {
+        conflict(e, |violation| {
+            (violation == Violation::PrimaryKey).then(|| {
+                format!(
+                    "idempotency key '{}' was already used in this scope",
+                    record.key
+                )
+            })
         })
     })
 }
@@ -258,10 +298,7 @@ async fn load_labels<B: Backend>(
         sql.push_bind(certificate_id.as_str());
     }
     sql.push(")");
-    let t = std::time::Instant::now(); // PROBE
-    let fetched = fetch_all::<B>(conn, sql).await?; // PROBE
-    eprintln!("PROBE     fetch {:?}", t.elapsed()); // PROBE
-    for row in fetched {
+    for row in fetch_all::<B>(conn, sql).await? {
         out.entry(row.text("certificate_id")?)
             .or_default()
             .insert(row.text("key")?, row.text("value")?);
@@ -360,9 +397,7 @@ async fn certificates_with_labels<B: Backend>(
         .iter()
         .map(|r| r.text("id"))
         .collect::<DomainResult<Vec<_>>>()?;
-    let t = std::time::Instant::now(); // PROBE
     let mut labels = load_labels::<B>(conn, &ids).await?;
-    eprintln!("PROBE   labels query {:?}", t.elapsed()); // PROBE
     rows.iter()
         .zip(&ids)
         .map(|(row, key)| codec::certificate(row, labels.remove(key).unwrap_or_default()))
@@ -488,6 +523,7 @@ impl<B: Backend> MetadataStore for SqlStore<B> {
         cert: &Certificate,
         first: &CertificateVersion,
         audit: &AuditEvent,
+        idempotency: Option<&IdempotencyRecord>,
     ) -> DomainResult<()> {
         if first.certificate_id != cert.id {
             return Err(DomainError::Internal(format!(
@@ -502,6 +538,9 @@ impl<B: Backend> MetadataStore for SqlStore<B> {
             )));
         }
         let mut tx = self.begin_write().await?;
+        if let Some(record) = idempotency {
+            insert_idempotency::<B>(&mut tx, record, first).await?;
+        }
         // Checked first because the database may report the name index
         // instead when a duplicate row violates both.
         if exists::<B>(&mut tx, "SELECT 1 FROM certificates WHERE id = $1", cert.id).await? {
@@ -571,6 +610,7 @@ impl<B: Backend> MetadataStore for SqlStore<B> {
         cert: &Certificate,
         new: &CertificateVersion,
         audit: &AuditEvent,
+        idempotency: Option<&IdempotencyRecord>,
     ) -> DomainResult<()> {
         if new.certificate_id != cert.id {
             return Err(DomainError::Internal(format!(
@@ -579,6 +619,9 @@ impl<B: Backend> MetadataStore for SqlStore<B> {
             )));
         }
         let mut tx = self.begin_write().await?;
+        if let Some(record) = idempotency {
+            insert_idempotency::<B>(&mut tx, record, new).await?;
+        }
         // Racing renewals queue up here, so the latest version read below is
         // the one the previous winner committed.
         if lock_certificate::<B>(&mut tx, cert.id).await?.is_none() {
@@ -834,16 +877,42 @@ impl<B: Backend> MetadataStore for SqlStore<B> {
         limit: u32,
     ) -> DomainResult<Vec<Certificate>> {
         // One snapshot for the rows and their labels.
-        let t = std::time::Instant::now(); // PROBE
         let mut tx = self.begin_read().await?;
-        eprintln!("PROBE begin {:?}", t.elapsed()); // PROBE
         let rows = fetch_all::<B>(&mut tx, due_query(now, limit)).await?;
-        eprintln!("PROBE rows {:?}", t.elapsed()); // PROBE
         let due = certificates_with_labels::<B>(&mut tx, &rows).await?;
-        eprintln!("PROBE labels+decode {:?}", t.elapsed()); // PROBE
         tx.commit().await.map_err(map)?;
-        eprintln!("PROBE commit {:?}", t.elapsed()); // PROBE
         Ok(due)
+    }
+
+    async fn get_idempotency(
+        &self,
+        scope: &str,
+        key: &str,
+    ) -> DomainResult<Option<IdempotencyRecord>> {
+        self.fetch_optional(
+            Sql::new(concat!(
+                "SELECT ",
+                idempotency_columns!(),
+                " FROM idempotency_keys WHERE scope = $1 AND key = $2"
+            ))
+            .bind(scope)
+            .bind(key),
+        )
+        .await?
+        .as_ref()
+        .map(codec::idempotency)
+        .transpose()
+    }
+
+    async fn purge_idempotency_keys(&self, before: OffsetDateTime) -> DomainResult<u64> {
+        // RETURNING rather than a row count, which `Exec` does not expose.
+        let purged = self
+            .fetch_all(
+                Sql::new("DELETE FROM idempotency_keys WHERE created_at < $1 RETURNING 1 AS one")
+                    .bind(codec::ceil_secs(before)),
+            )
+            .await?;
+        Ok(u64::try_from(purged.len()).unwrap_or(u64::MAX))
     }
 
     async fn append_audit(&self, event: &AuditEvent) -> DomainResult<()> {
@@ -939,8 +1008,11 @@ macro_rules! forward_metadata_store {
                 cert: &certflow_core::model::Certificate,
                 first: &certflow_core::model::CertificateVersion,
                 audit: &certflow_core::model::AuditEvent,
+                idempotency: Option<&certflow_core::model::IdempotencyRecord>,
             ) -> certflow_core::error::DomainResult<()> {
-                self.$field.create_certificate(cert, first, audit).await
+                self.$field
+                    .create_certificate(cert, first, audit, idempotency)
+                    .await
             }
 
             async fn add_version(
@@ -948,8 +1020,25 @@ macro_rules! forward_metadata_store {
                 cert: &certflow_core::model::Certificate,
                 new: &certflow_core::model::CertificateVersion,
                 audit: &certflow_core::model::AuditEvent,
+                idempotency: Option<&certflow_core::model::IdempotencyRecord>,
             ) -> certflow_core::error::DomainResult<()> {
-                self.$field.add_version(cert, new, audit).await
+                self.$field.add_version(cert, new, audit, idempotency).await
+            }
+
+            async fn get_idempotency(
+                &self,
+                scope: &str,
+                key: &str,
+            ) -> certflow_core::error::DomainResult<Option<certflow_core::model::IdempotencyRecord>>
+            {
+                self.$field.get_idempotency(scope, key).await
+            }
+
+            async fn purge_idempotency_keys(
+                &self,
+                before: time::OffsetDateTime,
+            ) -> certflow_core::error::DomainResult<u64> {
+                self.$field.purge_idempotency_keys(before).await
             }
 
             async fn revoke_version(

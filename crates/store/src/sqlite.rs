@@ -17,11 +17,18 @@ use crate::repo::{SqlStore, forward_metadata_store};
 /// Migrations embedded in the binary, oldest first. Listed by hand so the
 /// store needs no proc-macro build of sqlx; a unit test checks the list
 /// against `migrations/sqlite/`.
-const MIGRATIONS: &[Embedded] = &[(
-    1,
-    "init",
-    include_str!("../migrations/sqlite/0001_init.sql"),
-)];
+const MIGRATIONS: &[Embedded] = &[
+    (
+        1,
+        "init",
+        include_str!("../migrations/sqlite/0001_init.sql"),
+    ),
+    (
+        2,
+        "idempotency keys",
+        include_str!("../migrations/sqlite/0002_idempotency_keys.sql"),
+    ),
+];
 
 /// How long a statement waits for another connection's write lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);

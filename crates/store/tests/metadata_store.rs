@@ -23,8 +23,8 @@ mod suite {
     use certflow_core::DomainError;
     use certflow_core::model::{
         Actor, AuditEvent, AuditQuery, Certificate, CertificateQuery, CertificateStatus,
-        CertificateVersion, Issuer, IssuerKind, KeySource, KeyType, Outcome, RenewalPolicy,
-        RevocationReason, SortKey, VersionStatus,
+        CertificateVersion, IdempotencyRecord, Issuer, IssuerKind, KeySource, KeyType, Outcome,
+        RenewalPolicy, RevocationReason, SortKey, VersionStatus,
     };
     use certflow_core::ports::MetadataStore;
     use certflow_core::{Profile, SubjectName};
@@ -132,7 +132,12 @@ mod suite {
     async fn create(store: &dyn MetadataStore, cert: &Certificate) -> CertificateVersion {
         let first = version(cert, 1);
         store
-            .create_certificate(cert, &first, &event("certificate.create", &target(cert)))
+            .create_certificate(
+                cert,
+                &first,
+                &event("certificate.create", &target(cert)),
+                None,
+            )
             .await
             .unwrap();
         first
@@ -424,7 +429,7 @@ mod suite {
         first.key_blob = None;
         let audit = event("certificate.create", &target(&cert));
         store
-            .create_certificate(&cert, &first, &audit)
+            .create_certificate(&cert, &first, &audit, None)
             .await
             .unwrap();
 
@@ -486,6 +491,7 @@ mod suite {
                 &twin,
                 &version(&twin, 1),
                 &event("certificate.create", &target(&twin)),
+                None,
             )
             .await;
         assert_conflict(result, &["api.example.com", "payments"]);
@@ -511,6 +517,7 @@ mod suite {
                 &twin,
                 &version(&twin, 1),
                 &event("certificate.create", &target(&twin)),
+                None,
             )
             .await;
         assert_conflict(result, &["api.example.com", "payments"]);
@@ -533,6 +540,7 @@ mod suite {
                 &first,
                 &version(&first, 1),
                 &event("certificate.create", &target(&first)),
+                None,
             )
             .await;
         assert_conflict(again, &[&first.id.to_string()]);
@@ -552,7 +560,7 @@ mod suite {
         let mut vb = version(&b, 1);
         vb.serial = va.serial.clone();
         let result = store
-            .create_certificate(&b, &vb, &event("certificate.create", &target(&b)))
+            .create_certificate(&b, &vb, &event("certificate.create", &target(&b)), None)
             .await;
         assert_conflict(result, &[&va.serial]);
         // Rolled back as a whole: the certificate row is gone too.
@@ -563,7 +571,7 @@ mod suite {
         let mut vc = version(&c, 1);
         vc.serial = va.serial.clone();
         store
-            .create_certificate(&c, &vc, &event("certificate.create", &target(&c)))
+            .create_certificate(&c, &vc, &event("certificate.create", &target(&c)), None)
             .await
             .unwrap();
 
@@ -571,7 +579,7 @@ mod suite {
         let mut v2 = version(&a, 2);
         v2.serial = va.serial.clone();
         let result = store
-            .add_version(&a, &v2, &event("certificate.renew", &target(&a)))
+            .add_version(&a, &v2, &event("certificate.renew", &target(&a)), None)
             .await;
         assert_conflict(result, &[&va.serial]);
     }
@@ -585,6 +593,7 @@ mod suite {
                 &cert,
                 &version(&cert, 1),
                 &event("certificate.create", &target(&cert)),
+                None,
             )
             .await;
         assert_not_found(result);
@@ -595,6 +604,7 @@ mod suite {
                 &cert,
                 &version(&cert, 2),
                 &event("certificate.create", &target(&cert)),
+                None,
             )
             .await;
         assert_conflict(result, &["1"]);
@@ -623,7 +633,12 @@ mod suite {
         v2.names = renewed.names.clone();
         v2.not_after = renewed.not_after;
         store
-            .add_version(&renewed, &v2, &event("certificate.renew", &target(&cert)))
+            .add_version(
+                &renewed,
+                &v2,
+                &event("certificate.renew", &target(&cert)),
+                None,
+            )
             .await
             .unwrap();
 
@@ -654,7 +669,12 @@ mod suite {
         dropped.updated_at = at(T0 + 200 * DAY);
         let v3 = version(&dropped, 3);
         store
-            .add_version(&dropped, &v3, &event("certificate.renew", &target(&cert)))
+            .add_version(
+                &dropped,
+                &v3,
+                &event("certificate.renew", &target(&cert)),
+                None,
+            )
             .await
             .unwrap();
         assert!(ids(store, &search("api2.example")).await.is_empty());
@@ -685,7 +705,7 @@ mod suite {
             next.current_version = wrong;
             let audit = event("certificate.renew", &format!("gap/{wrong}"));
             let result = store
-                .add_version(&next, &version(&next, wrong), &audit)
+                .add_version(&next, &version(&next, wrong), &audit, None)
                 .await;
             assert_conflict(result, &["2"]);
             assert!(
@@ -712,6 +732,7 @@ mod suite {
                 &ghost,
                 &version(&ghost, 2),
                 &event("certificate.renew", &target(&ghost)),
+                None,
             )
             .await;
         assert_not_found(result);
@@ -747,7 +768,12 @@ mod suite {
         renewed.updated_at = at(T0 + 2 * DAY);
         let v2 = version(&renewed, 2);
         store
-            .add_version(&renewed, &v2, &event("certificate.renew", &target(&cert)))
+            .add_version(
+                &renewed,
+                &v2,
+                &event("certificate.renew", &target(&cert)),
+                None,
+            )
             .await
             .unwrap();
         let versions = store.list_versions(cert.id).await.unwrap();
@@ -815,7 +841,7 @@ mod suite {
             async move {
                 let first = version(&cert, 1);
                 let audit = event("certificate.create", &target(&cert));
-                store.create_certificate(&cert, &first, &audit).await
+                store.create_certificate(&cert, &first, &audit, None).await
             }
         };
         warm_up(store).await;
@@ -844,7 +870,7 @@ mod suite {
             let v2 = version(&renewed, 2);
             let renewed = renewed.clone();
             let audit = event("certificate.renew", &target(&cert));
-            async move { store.add_version(&renewed, &v2, &audit).await }
+            async move { store.add_version(&renewed, &v2, &audit, None).await }
         };
         warm_up(store).await;
         let (a, b, c, d) = tokio::join!(attempt(), attempt(), attempt(), attempt());
@@ -868,7 +894,12 @@ mod suite {
         renewed.current_version = 2;
         let v2 = version(&renewed, 2);
         store
-            .add_version(&renewed, &v2, &event("certificate.renew", &target(&cert)))
+            .add_version(
+                &renewed,
+                &v2,
+                &event("certificate.renew", &target(&cert)),
+                None,
+            )
             .await
             .unwrap();
 
@@ -1129,6 +1160,7 @@ mod suite {
                 &renewed_v2,
                 &version(&renewed_v2, 2),
                 &event("certificate.renew", &target(&renewed)),
+                None,
             )
             .await
             .unwrap();
@@ -1274,7 +1306,7 @@ mod suite {
         let first = version(&cert, 1);
         assert_dup(
             store
-                .create_certificate(&cert, &first, &reuse("certificate.create"))
+                .create_certificate(&cert, &first, &reuse("certificate.create"), None)
                 .await,
         );
         assert_eq!(store.get_certificate(cert.id).await.unwrap(), None);
@@ -1286,7 +1318,12 @@ mod suite {
         assert_eq!(store.list_certificates(&by_label).await.unwrap().total, 0);
         // The same serial and name are still free.
         store
-            .create_certificate(&cert, &first, &event("certificate.create", &target(&cert)))
+            .create_certificate(
+                &cert,
+                &first,
+                &event("certificate.create", &target(&cert)),
+                None,
+            )
             .await
             .unwrap();
 
@@ -1297,7 +1334,12 @@ mod suite {
         renewed.updated_at = at(T0 + DAY);
         assert_dup(
             store
-                .add_version(&renewed, &version(&renewed, 2), &reuse("certificate.renew"))
+                .add_version(
+                    &renewed,
+                    &version(&renewed, 2),
+                    &reuse("certificate.renew"),
+                    None,
+                )
                 .await,
         );
         assert_eq!(
@@ -1874,14 +1916,14 @@ mod suite {
         let cert = certificate(&issuer, "api.example.com", "payments");
         let create_event = event("certificate.create", &target(&cert));
         store
-            .create_certificate(&cert, &version(&cert, 1), &create_event)
+            .create_certificate(&cert, &version(&cert, 1), &create_event, None)
             .await
             .unwrap();
         let mut renewed = cert.clone();
         renewed.current_version = 2;
         let renew_event = event("certificate.renew", &target(&cert));
         store
-            .add_version(&renewed, &version(&renewed, 2), &renew_event)
+            .add_version(&renewed, &version(&renewed, 2), &renew_event, None)
             .await
             .unwrap();
         let revoke_event = event("certificate.revoke", &target(&cert));
@@ -1912,6 +1954,344 @@ mod suite {
             trail.items,
             vec![archive_event, revoke_event, renew_event, create_event]
         );
+    }
+
+    // ------------------------------------------------------ idempotency keys
+
+    fn idempotency(scope: &str, key: &str, v: &CertificateVersion) -> IdempotencyRecord {
+        IdempotencyRecord {
+            scope: scope.into(),
+            key: key.into(),
+            request_sha256: format!("{:064x}", u128::from(v.version) + 7),
+            certificate_id: v.certificate_id,
+            version: v.version,
+            created_at: v.created_at,
+        }
+    }
+
+    /// Stored with the create, read back by `(scope, key)` and only by both.
+    pub async fn idempotency_record_commits_with_the_certificate(store: &dyn MetadataStore) {
+        let issuer = seed_issuer(store).await;
+        assert_eq!(store.get_idempotency("alice", "k1").await.unwrap(), None);
+        let cert = certificate(&issuer, "api.example.com", "payments");
+        let first = version(&cert, 1);
+        let record = idempotency("alice/certificate.create", "k1", &first);
+        store
+            .create_certificate(
+                &cert,
+                &first,
+                &event("certificate.create", &target(&cert)),
+                Some(&record),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            store
+                .get_idempotency("alice/certificate.create", "k1")
+                .await
+                .unwrap(),
+            Some(record)
+        );
+        assert_eq!(
+            store
+                .get_idempotency("bob/certificate.create", "k1")
+                .await
+                .unwrap(),
+            None
+        );
+        assert_eq!(
+            store
+                .get_idempotency("alice/certificate.create", "K1")
+                .await
+                .unwrap(),
+            None
+        );
+
+        // A record that does not describe the version committed is a bug.
+        let other = certificate(&issuer, "other.example.com", "payments");
+        let wrong = idempotency("alice/certificate.create", "k2", &version(&cert, 1));
+        let result = store
+            .create_certificate(
+                &other,
+                &version(&other, 1),
+                &event("certificate.create", &target(&other)),
+                Some(&wrong),
+            )
+            .await;
+        assert!(
+            matches!(result, Err(DomainError::Internal(_))),
+            "{result:?}"
+        );
+        assert_eq!(store.get_certificate(other.id).await.unwrap(), None);
+    }
+
+    /// Stored with the new version; a failed renewal stores no record.
+    pub async fn idempotency_record_commits_with_the_version(store: &dyn MetadataStore) {
+        let issuer = seed_issuer(store).await;
+        let cert = certificate(&issuer, "api.example.com", "payments");
+        create(store, &cert).await;
+        let mut renewed = cert.clone();
+        renewed.current_version = 2;
+        let scope = format!("alice/certificate.renew/{}", cert.id);
+
+        // Wrong number: refused, and the key stays unused.
+        let v3 = version(&renewed, 3);
+        assert_conflict(
+            store
+                .add_version(
+                    &renewed,
+                    &v3,
+                    &event("certificate.renew", &target(&cert)),
+                    Some(&idempotency(&scope, "r1", &v3)),
+                )
+                .await,
+            &["version"],
+        );
+        assert_eq!(store.get_idempotency(&scope, "r1").await.unwrap(), None);
+
+        let v2 = version(&renewed, 2);
+        let record = idempotency(&scope, "r1", &v2);
+        store
+            .add_version(
+                &renewed,
+                &v2,
+                &event("certificate.renew", &target(&cert)),
+                Some(&record),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            store.get_idempotency(&scope, "r1").await.unwrap(),
+            Some(record)
+        );
+        assert_eq!(store.list_versions(cert.id).await.unwrap().len(), 2);
+    }
+
+    /// A second commit under a stored `(scope, key)` is a `Conflict` and leaves
+    /// no certificate, version, label, audit event or record behind.
+    pub async fn duplicate_idempotency_key_commits_nothing(store: &dyn MetadataStore) {
+        let issuer = seed_issuer(store).await;
+        let cert = certificate(&issuer, "api.example.com", "payments");
+        let first = version(&cert, 1);
+        let record = idempotency("alice/certificate.create", "dup", &first);
+        store
+            .create_certificate(
+                &cert,
+                &first,
+                &event("certificate.create", &target(&cert)),
+                Some(&record),
+            )
+            .await
+            .unwrap();
+
+        let mut again = certificate(&issuer, "again.example.com", "payments");
+        again.labels = BTreeMap::from([("k".to_owned(), "v".to_owned())]);
+        let again_first = version(&again, 1);
+        let again_event = event("certificate.create", &target(&again));
+        assert_conflict(
+            store
+                .create_certificate(
+                    &again,
+                    &again_first,
+                    &again_event,
+                    Some(&idempotency(
+                        "alice/certificate.create",
+                        "dup",
+                        &again_first,
+                    )),
+                )
+                .await,
+            &["idempotency key", "dup"],
+        );
+        assert_eq!(store.get_certificate(again.id).await.unwrap(), None);
+        assert!(store.list_versions(again.id).await.unwrap().is_empty());
+        assert_eq!(store.list_certificates(&query()).await.unwrap().total, 1);
+        assert!(
+            audit_ids(
+                store,
+                AuditQuery {
+                    target: Some(target(&again)),
+                    ..AuditQuery::default()
+                },
+            )
+            .await
+            .is_empty()
+        );
+        // The first record is untouched.
+        assert_eq!(
+            store
+                .get_idempotency("alice/certificate.create", "dup")
+                .await
+                .unwrap(),
+            Some(record)
+        );
+
+        // The same for a renewal: no version, and the certificate unchanged.
+        let scope = format!("alice/certificate.renew/{}", cert.id);
+        let mut renewed = cert.clone();
+        renewed.current_version = 2;
+        let v2 = version(&renewed, 2);
+        store
+            .add_version(
+                &renewed,
+                &v2,
+                &event("certificate.renew", &target(&cert)),
+                Some(&idempotency(&scope, "r", &v2)),
+            )
+            .await
+            .unwrap();
+        let mut third = renewed.clone();
+        third.current_version = 3;
+        third.updated_at = at(T0 + DAY);
+        let v3 = version(&third, 3);
+        assert_conflict(
+            store
+                .add_version(
+                    &third,
+                    &v3,
+                    &event("certificate.renew", &target(&cert)),
+                    Some(&idempotency(&scope, "r", &v3)),
+                )
+                .await,
+            &["idempotency key"],
+        );
+        assert_eq!(store.list_versions(cert.id).await.unwrap().len(), 2);
+        assert_eq!(store.get_certificate(cert.id).await.unwrap(), Some(renewed));
+        assert_eq!(
+            store
+                .get_idempotency(&scope, "r")
+                .await
+                .unwrap()
+                .map(|r| r.version),
+            Some(2)
+        );
+    }
+
+    /// Racing creations with one key (different ids, names and serials, as
+    /// two replicas signing the same request would have): exactly one commits.
+    pub async fn concurrent_requests_with_one_idempotency_key_commit_once(
+        store: &dyn MetadataStore,
+    ) {
+        let issuer = seed_issuer(store).await;
+        let attempt = |i: u32| {
+            let cert = certificate(&issuer, &format!("n{i}.example.com"), "payments");
+            async move {
+                let first = version(&cert, 1);
+                let record = idempotency("alice/certificate.create", "once", &first);
+                let audit = event("certificate.create", &target(&cert));
+                store
+                    .create_certificate(&cert, &first, &audit, Some(&record))
+                    .await
+                    .map(|()| cert.id)
+            }
+        };
+        warm_up(store).await;
+        let (a, b, c, d) = tokio::join!(attempt(1), attempt(2), attempt(3), attempt(4));
+        let results = [a, b, c, d];
+        let winners: Vec<Uuid> = results
+            .iter()
+            .filter_map(|r| r.as_ref().ok())
+            .copied()
+            .collect();
+        assert_eq!(winners.len(), 1, "{results:?}");
+        for r in results.into_iter().filter(Result::is_err) {
+            assert_conflict(r, &["idempotency key"]);
+        }
+        assert_eq!(store.list_certificates(&query()).await.unwrap().total, 1);
+        let stored = store
+            .get_idempotency("alice/certificate.create", "once")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(stored.certificate_id, winners[0]);
+
+        // And renewals of one certificate with one key, each to the next number.
+        let cert = store.get_certificate(winners[0]).await.unwrap().unwrap();
+        let scope = format!("alice/certificate.renew/{}", cert.id);
+        let mut renewed = cert.clone();
+        renewed.current_version = 2;
+        let attempt = || {
+            let v2 = version(&renewed, 2);
+            let record = idempotency(&scope, "once", &v2);
+            let renewed = renewed.clone();
+            let audit = event("certificate.renew", &target(&cert));
+            async move {
+                store
+                    .add_version(&renewed, &v2, &audit, Some(&record))
+                    .await
+            }
+        };
+        let (a, b, c, d) = tokio::join!(attempt(), attempt(), attempt(), attempt());
+        let results = [a, b, c, d];
+        assert_eq!(
+            results.iter().filter(|r| r.is_ok()).count(),
+            1,
+            "{results:?}"
+        );
+        for r in results.into_iter().filter(Result::is_err) {
+            assert_conflict(r, &["idempotency key"]);
+        }
+        assert_eq!(store.list_versions(cert.id).await.unwrap().len(), 2);
+    }
+
+    /// `purge_idempotency_keys(before)` deletes exactly the records created before it.
+    pub async fn idempotency_keys_are_purged_by_age(store: &dyn MetadataStore) {
+        let issuer = seed_issuer(store).await;
+        let cert = certificate(&issuer, "api.example.com", "payments");
+        let first = version(&cert, 1);
+        let mut old = idempotency("alice/certificate.create", "old", &first);
+        old.created_at = at(T0);
+        store
+            .create_certificate(
+                &cert,
+                &first,
+                &event("certificate.create", &target(&cert)),
+                Some(&old),
+            )
+            .await
+            .unwrap();
+        let mut renewed = cert.clone();
+        renewed.current_version = 2;
+        let v2 = version(&renewed, 2);
+        let mut young = idempotency("alice/certificate.renew", "young", &v2);
+        young.created_at = at(T0 + DAY);
+        store
+            .add_version(
+                &renewed,
+                &v2,
+                &event("certificate.renew", &target(&cert)),
+                Some(&young),
+            )
+            .await
+            .unwrap();
+
+        assert_eq!(store.purge_idempotency_keys(at(T0)).await.unwrap(), 0);
+        // Sub-second cut-offs compare as instants: T0 is before T0 + 0.5 s.
+        let cut = at(T0) + Duration::milliseconds(500);
+        assert_eq!(store.purge_idempotency_keys(cut).await.unwrap(), 1);
+        assert_eq!(
+            store
+                .get_idempotency("alice/certificate.create", "old")
+                .await
+                .unwrap(),
+            None
+        );
+        assert_eq!(
+            store
+                .get_idempotency("alice/certificate.renew", "young")
+                .await
+                .unwrap(),
+            Some(young)
+        );
+        assert_eq!(
+            store
+                .purge_idempotency_keys(at(T0 + 2 * DAY))
+                .await
+                .unwrap(),
+            1
+        );
+        // Purging touches nothing but the records.
+        assert_eq!(store.list_versions(cert.id).await.unwrap().len(), 2);
     }
 }
 
@@ -1955,6 +2335,11 @@ macro_rules! metadata_store_suite {
             audit_round_trips_and_rejects_duplicates,
             audit_filters_order_and_pages,
             mutations_record_their_audit_event,
+            idempotency_record_commits_with_the_certificate,
+            idempotency_record_commits_with_the_version,
+            duplicate_idempotency_key_commits_nothing,
+            concurrent_requests_with_one_idempotency_key_commit_once,
+            idempotency_keys_are_purged_by_age,
         );
     };
     (@cases $open:expr; $($case:ident),* $(,)?) => {
@@ -2202,7 +2587,7 @@ mod sqlite_specific {
                 .await
                 .unwrap();
             store
-                .create_certificate(&cert, &first, &audit("certificate.create"))
+                .create_certificate(&cert, &first, &audit("certificate.create"), None)
                 .await
                 .unwrap();
             store
@@ -2248,7 +2633,7 @@ mod sqlite_specific {
             .fetch_one(&mut conn)
             .await
             .unwrap();
-        assert_eq!(applied, 1);
+        assert_eq!(applied, 2);
     }
 
     #[tokio::test]
@@ -2323,7 +2708,7 @@ mod postgres_specific {
                 .fetch_all(&mut conn)
                 .await
                 .unwrap();
-        assert_eq!(applied, vec![(1, true)]);
+        assert_eq!(applied, vec![(1, true), (2, true)]);
         let tables: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM information_schema.tables \
              WHERE table_schema = 'public' AND table_name <> '_sqlx_migrations'",
@@ -2331,7 +2716,7 @@ mod postgres_specific {
         .fetch_one(&mut conn)
         .await
         .unwrap();
-        assert_eq!(tables, 7);
+        assert_eq!(tables, 8);
         for store in &stores {
             store.close().await;
         }

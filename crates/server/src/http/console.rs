@@ -3,7 +3,7 @@
 
 use axum::Extension;
 use axum::extract::{FromRequest, FromRequestParts, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use certflow_api::{
     AuditEventView, AuditPage, CertificateDetail, CertificatePage, CertificateSummary,
@@ -44,6 +44,29 @@ pub struct Path<T>(pub T);
 #[derive(FromRequestParts)]
 #[from_request(via(axum::extract::Query), rejection(ApiError))]
 pub struct Query<T>(pub T);
+
+/// Request header that makes creating and renewing idempotent: a repeat with
+/// the same key (per actor, operation and certificate) and the same body
+/// returns the first result instead of issuing again.
+pub const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
+
+/// The `Idempotency-Key` header, if given: once, as text. Its length and
+/// characters (1-255 printable ASCII) are checked by the use case.
+fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<&str>> {
+    let mut values = headers.get_all(IDEMPOTENCY_KEY).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(ApiError::invalid_field(
+            IDEMPOTENCY_KEY,
+            "must be given at most once",
+        ));
+    }
+    value.to_str().map(Some).map_err(|_| {
+        ApiError::invalid_field(IDEMPOTENCY_KEY, "must be 1-255 printable ASCII characters")
+    })
+}
 
 /// The clock, read once per request at the edge; whole seconds, as stored.
 fn now() -> OffsetDateTime {
@@ -144,17 +167,23 @@ async fn detail(state: &AppState, view: CertificateView) -> ApiResult<Certificat
 }
 
 /// Request a certificate (CSR or server-generated key).
+///
+/// With an `Idempotency-Key`, a repeat of the request (same caller, key and
+/// body) within 24 hours returns the certificate the first one created.
 #[utoipa::path(post, path = "/certificates", tag = "certificates",
+    params(("Idempotency-Key" = Option<String>, Header, description = "1-255 printable ASCII characters; a repeat with the same key and body returns the first result, a different body gives 422")),
     request_body = CreateCertificateRequest,
-    responses((status = 201, body = CertificateDetail), (status = 400, body = Problem), (status = 409, body = Problem), (status = 413, body = Problem)))]
+    responses((status = 201, body = CertificateDetail), (status = 400, body = Problem), (status = 409, body = Problem), (status = 413, body = Problem), (status = 422, body = Problem)))]
 pub async fn create_certificate(
     State(state): State<AppState>,
     Extension(actor): Extension<Actor>,
+    headers: HeaderMap,
     Json(req): Json<CreateCertificateRequest>,
 ) -> ApiResult<Response> {
+    let key = idempotency_key(&headers)?;
     let view = state
         .services
-        .create_certificate(&actor, &req, now())
+        .create_certificate_idempotent(&actor, &req, key, now())
         .await?;
     let location = format!("/console/api/v1/certificates/{}", view.certificate.id);
     let body = detail(&state, view).await?;
@@ -384,15 +413,21 @@ pub async fn download_pkcs12(
 }
 
 /// Renew now, whatever the schedule says.
+///
+/// With an `Idempotency-Key`, a repeat of the request (same caller,
+/// certificate, key and body) within 24 hours issues no further version.
 #[utoipa::path(post, path = "/certificates/{id}/renew", tag = "certificates",
-    params(("id" = Uuid, Path)), request_body(content = RenewRequest, description = "Optional; an empty body renews with the current key source."),
-    responses((status = 200, body = CertificateDetail), (status = 400, body = Problem), (status = 404, body = Problem), (status = 409, body = Problem)))]
+    params(("id" = Uuid, Path), ("Idempotency-Key" = Option<String>, Header, description = "1-255 printable ASCII characters; a repeat with the same key and body returns the first result, a different body gives 422")),
+    request_body(content = RenewRequest, description = "Optional; an empty body renews with the current key source."),
+    responses((status = 200, body = CertificateDetail), (status = 400, body = Problem), (status = 404, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem)))]
 pub async fn renew(
     State(state): State<AppState>,
     Extension(actor): Extension<Actor>,
     Path(id): Path<Uuid>,
+    headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> ApiResult<Json<CertificateDetail>> {
+    let key = idempotency_key(&headers)?;
     // An empty body is allowed: "renew now" needs no parameters.
     let req: RenewRequest = if body.iter().all(u8::is_ascii_whitespace) {
         RenewRequest::default()
@@ -401,7 +436,7 @@ pub async fn renew(
     };
     let view = state
         .services
-        .renew(&actor, id, req.csr.as_deref(), now())
+        .renew_idempotent(&actor, id, req.csr.as_deref(), key, now())
         .await?;
     Ok(Json(detail(&state, view).await?))
 }

@@ -96,6 +96,12 @@ impl From<DomainError> for ApiError {
                 "Conflict with the current state",
                 why,
             ),
+            DomainError::IdempotencyKeyReused(why) => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency-key-reused",
+                "The Idempotency-Key was used with a different request",
+                why,
+            ),
             DomainError::Forbidden(why) => {
                 Self::new(StatusCode::FORBIDDEN, "forbidden", "Forbidden", why)
             }

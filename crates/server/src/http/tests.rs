@@ -124,6 +124,38 @@ impl Harness {
         )
     }
 
+    /// A JSON request carrying each of `keys` as an `Idempotency-Key` header
+    /// (raw bytes, so that invalid values can be sent too).
+    async fn keyed(
+        &self,
+        method: &str,
+        uri: &str,
+        keys: &[&[u8]],
+        body: Option<&str>,
+    ) -> (StatusCode, Value) {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(header::AUTHORIZATION, format!("Bearer {}", self.token))
+            .header(header::CONTENT_TYPE, "application/json");
+        for key in keys {
+            req = req.header(
+                "Idempotency-Key",
+                axum::http::HeaderValue::from_bytes(key).unwrap(),
+            );
+        }
+        let req = req.body(Body::from(body.unwrap_or("").to_owned())).unwrap();
+        let resp = self.app.clone().oneshot(req).await.unwrap();
+        let status = resp.status();
+        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+
     async fn certificate_count(&self) -> u64 {
         self.store
             .list_certificates(&certflow_core::model::CertificateQuery {
@@ -651,4 +683,112 @@ async fn lifecycle_create_list_renew_revoke_archive_download() {
             .iter()
             .all(|e| e["subject"] == "bootstrap-admin" || e["subject"] == "system")
     );
+}
+
+#[tokio::test]
+async fn idempotency_key_replays_and_refuses_reuse_with_another_body() {
+    let h = harness().await;
+    let create = "/console/api/v1/certificates";
+    let body = r#"{"team":"payments","names":["idem.example.com"],"labels":{"a":"1","b":"2"}}"#;
+    let (status, first) = h.keyed("POST", create, &[b"create-1"], Some(body)).await;
+    assert_eq!(status, StatusCode::CREATED, "{first}");
+    let id = first["id"].as_str().unwrap().to_owned();
+    let serial = first["versions"][0]["serial"].as_str().unwrap().to_owned();
+    let blobs = h.blobs.list("certificates").await.unwrap();
+
+    // The same request again, spelt differently (order, spacing, a default
+    // written out): the same certificate and version, nothing issued.
+    let same = r#"{ "labels": {"b":"2","a":"1"}, "names": ["idem.example.com"],
+                    "team": "payments", "name": null }"#;
+    let (status, replay) = h.keyed("POST", create, &[b"create-1"], Some(same)).await;
+    assert_eq!(status, StatusCode::CREATED, "{replay}");
+    assert_eq!(replay["id"], id.as_str());
+    assert_eq!(replay["versions"].as_array().unwrap().len(), 1);
+    assert_eq!(replay["versions"][0]["serial"], serial.as_str());
+    assert_eq!(h.certificate_count().await, 1);
+    assert_eq!(h.blobs.list("certificates").await.unwrap(), blobs);
+
+    // The key with another body: 422, nothing stored.
+    let other = r#"{"team":"payments","names":["other.example.com"]}"#;
+    let (status, p) = h.keyed("POST", create, &[b"create-1"], Some(other)).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{p}");
+    assert_eq!(
+        p["type"],
+        "https://certflow.dev/problems/idempotency-key-reused"
+    );
+    assert!(p["detail"].as_str().unwrap().contains("create-1"), "{p}");
+    assert_eq!(h.certificate_count().await, 1);
+    assert_eq!(h.blobs.list("certificates").await.unwrap(), blobs);
+
+    // Renewal: scoped to the certificate, so the create's key is a new key here.
+    let renew = format!("/console/api/v1/certificates/{id}/renew");
+    let (status, renewed) = h.keyed("POST", &renew, &[b"create-1"], None).await;
+    assert_eq!(status, StatusCode::OK, "{renewed}");
+    assert_eq!(renewed["current_version"], 2);
+    let serial2 = renewed["versions"][0]["serial"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // An empty body and `{}` are the same request.
+    let (status, again) = h.keyed("POST", &renew, &[b"create-1"], Some("{}")).await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+    assert_eq!(again["current_version"], 2);
+    assert_eq!(again["versions"].as_array().unwrap().len(), 2);
+    assert_eq!(again["versions"][0]["serial"], serial2.as_str());
+    // Another body with the key: refused before the CSR is even looked at.
+    let with_csr = serde_json::to_string(&json!({ "csr": fixture("p256.csr") })).unwrap();
+    let (status, p) = h
+        .keyed("POST", &renew, &[b"create-1"], Some(&with_csr))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{p}");
+    let (_, detail) = h
+        .json("GET", &format!("/console/api/v1/certificates/{id}"), None)
+        .await;
+    assert_eq!(detail["versions"].as_array().unwrap().len(), 2);
+    let creates = detail["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "certificate.create" || e["action"] == "certificate.renew")
+        .count();
+    assert_eq!(creates, 2, "one audit event per issuance: {detail}");
+
+    // Bad headers: 400 naming the header, nothing stored or issued.
+    let too_long = vec![b'k'; 256];
+    let bad: [(&str, Vec<&[u8]>); 5] = [
+        ("empty", vec![b""]),
+        ("256 characters", vec![&too_long]),
+        ("non-ASCII", vec!["clé".as_bytes()]),
+        ("control character", vec![b"a\tb"]),
+        ("repeated", vec![b"a", b"b"]),
+    ];
+    let fresh = r#"{"team":"payments","names":["fresh.example.com"]}"#;
+    for (what, keys) in &bad {
+        for (uri, body) in [(create, Some(fresh)), (renew.as_str(), None)] {
+            let (status, p) = h.keyed("POST", uri, keys, body).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{what} {uri}: {p}");
+            assert_eq!(
+                p["type"], "https://certflow.dev/problems/invalid-request",
+                "{what}"
+            );
+            assert!(
+                problem_fields(&p)
+                    .iter()
+                    .any(|(field, _)| field == "Idempotency-Key"),
+                "{what} {uri}: {p}"
+            );
+        }
+    }
+    assert_eq!(h.certificate_count().await, 1);
+    let (_, detail) = h
+        .json("GET", &format!("/console/api/v1/certificates/{id}"), None)
+        .await;
+    assert_eq!(detail["versions"].as_array().unwrap().len(), 2);
+
+    // 255 printable characters, space included, are a key.
+    let longest = format!("{} {}", "k".repeat(127), "v".repeat(127));
+    let (status, p) = h
+        .keyed("POST", create, &[longest.as_bytes()], Some(fresh))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{p}");
 }
