@@ -3,7 +3,9 @@
 //! signing by the internal CA (P-256), sealing the key, three blob writes to a
 //! local directory and the metadata transaction (certificate, version, names,
 //! audit event). On SQLite (a temporary file) and on PostgreSQL (a fresh
-//! database, dropped afterwards).
+//! database, dropped afterwards), there both over the URL's connection (TLS
+//! when the server offers it, as the local test server does) and with
+//! `sslmode=disable`, to show TLS's share (see BENCHMARKS.md).
 //!
 //! - `p256_server_key`: certflow generates a P-256 key and keeps it sealed.
 //! - `p256_csr`: the requester's P-256 key, from `testdata/csr/p256.csr`.
@@ -65,13 +67,11 @@ fn actor() -> Actor {
     }
 }
 
-/// Use cases over `store`, a local blob directory and a fresh internal CA.
-async fn services(store: Arc<dyn MetadataStore>, blobs: &Path) -> Services {
+/// Use cases over `store`, a local blob directory and the internal CA
+/// (created by the first call for a store, reused by later ones, which must
+/// share `sealer`).
+async fn services(store: Arc<dyn MetadataStore>, blobs: &Path, sealer: Sealer) -> Services {
     let blobs = Arc::new(ObjectBlobStore::local(blobs).unwrap());
-    let sealer = Sealer::new(Arc::new(LocalKeyProvider::new(
-        MasterKey::generate().unwrap(),
-        vec![],
-    )));
     let services = Services::new(store, blobs, sealer, Some("http://127.0.0.1:8080".into()));
     services
         .ensure_ca(
@@ -86,6 +86,13 @@ async fn services(store: Arc<dyn MetadataStore>, blobs: &Path) -> Services {
         .await
         .unwrap();
     services
+}
+
+fn sealer() -> Sealer {
+    Sealer::new(Arc::new(LocalKeyProvider::new(
+        MasterKey::generate().unwrap(),
+        vec![],
+    )))
 }
 
 async fn create(services: &Services, variant: &str, csr: Option<&str>) {
@@ -134,7 +141,7 @@ fn sqlite(c: &mut Criterion, rt: &Runtime) {
         rt.block_on(SqliteStore::open(&dir.path().join("certflow.db")))
             .unwrap(),
     );
-    let services = rt.block_on(services(store.clone(), &dir.path().join("blobs")));
+    let services = rt.block_on(services(store.clone(), &dir.path().join("blobs"), sealer()));
     bench_backend(c, rt, "sqlite", &services);
     rt.block_on(store.close());
 }
@@ -162,16 +169,28 @@ fn postgres(c: &mut Criterion, rt: &Runtime) {
     rt.block_on(admin.execute(AssertSqlSafe(format!("CREATE DATABASE {name}"))))
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(
-        rt.block_on(PgStore::connect(
-            &with_database(&admin_url, &name),
-            PgOptions::default(),
-        ))
-        .unwrap(),
-    );
-    let services = rt.block_on(services(store.clone(), &dir.path().join("blobs")));
-    bench_backend(c, rt, "postgres", &services);
-    rt.block_on(store.close());
+    let url = with_database(&admin_url, &name);
+    let separator = if url.contains('?') { '&' } else { '?' };
+    let sealer = sealer();
+    for (backend, url) in [
+        ("postgres", url.clone()),
+        (
+            "postgres_no_tls",
+            format!("{url}{separator}sslmode=disable"),
+        ),
+    ] {
+        let store = Arc::new(
+            rt.block_on(PgStore::connect(&url, PgOptions::default()))
+                .unwrap(),
+        );
+        let services = rt.block_on(services(
+            store.clone(),
+            &dir.path().join("blobs"),
+            sealer.clone(),
+        ));
+        bench_backend(c, rt, backend, &services);
+        rt.block_on(store.close());
+    }
     rt.block_on(admin.execute(AssertSqlSafe(format!("DROP DATABASE {name} WITH (FORCE)"))))
         .unwrap();
     rt.block_on(admin.close()).unwrap();

@@ -115,7 +115,7 @@ fn group<'c>(
     group
         .sample_size(30)
         .warm_up_time(Duration::from_secs(2))
-        .measurement_time(Duration::from_secs(6));
+        .measurement_time(Duration::from_secs(10));
     group
 }
 
