@@ -50,7 +50,8 @@ pub struct ObjectBlobStore {
 
 impl ObjectBlobStore {
     /// A local directory (created if missing). Writes go to a temporary file and
-    /// are renamed into place, so a crash never leaves a half-written blob.
+    /// are renamed into place, so a crash never leaves a half-written blob; file and
+    /// directory are fsynced, so a committed row never points at a blob the crash lost.
     pub fn local(dir: &FsPath) -> DomainResult<Self> {
         std::fs::create_dir_all(dir).map_err(|e| DomainError::Unavailable {
             backend: "blob store",
@@ -61,7 +62,7 @@ impl ObjectBlobStore {
             reason: format!("cannot open {}: {e}", dir.display()),
         })?;
         Ok(Self {
-            inner: Arc::new(fs.with_automatic_cleanup(true)),
+            inner: Arc::new(fs.with_automatic_cleanup(true).with_fsync(true)),
             description: format!("local directory {}", dir.display()),
         })
     }
