@@ -811,16 +811,29 @@ impl Services {
         let view = self.certificate(id).await?;
         let v = Self::pick(&view, version)?;
         let key = self.private_key(v).await?;
+        self.audit_key_download(actor, id, v.version, "pem", now)
+            .await?;
+        Ok(key.to_pem())
+    }
+
+    /// Records a private-key download; callers hand the key out only if this succeeds.
+    async fn audit_key_download(
+        &self,
+        actor: &Actor,
+        id: Uuid,
+        version: u32,
+        format: &str,
+        now: OffsetDateTime,
+    ) -> DomainResult<()> {
         self.store
             .append_audit(&AuditEvent::success(
                 now,
                 actor,
                 "certificate.key.download",
                 target(id),
-                json!({ "version": v.version, "format": "pem" }),
+                json!({ "version": version, "format": format }),
             ))
-            .await?;
-        Ok(key.to_pem())
+            .await
     }
 
     /// Certificate, chain and key as a password-protected PKCS#12 file. Audited.
@@ -839,14 +852,7 @@ impl Services {
         let cert_der = self.blobs.get(&v.cert_blob).await?;
         let chain = certflow_pki::parse_pem_certs("chain", &self.chain_pem(v).await?)?;
         let p12 = certflow_pki::pkcs12(&cert_der, &chain, &key, password, &view.certificate.name)?;
-        self.store
-            .append_audit(&AuditEvent::success(
-                now,
-                actor,
-                "certificate.key.download",
-                target(id),
-                json!({ "version": v.version, "format": "pkcs12" }),
-            ))
+        self.audit_key_download(actor, id, v.version, "pkcs12", now)
             .await?;
         Ok(p12)
     }
