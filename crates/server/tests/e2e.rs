@@ -133,6 +133,12 @@ impl Api {
         let status = r.status().as_u16();
         (status, r.json().unwrap_or(Value::Null))
     }
+    /// A version's PEM download (`certificate`, `chain`, `fullchain` or `key`).
+    fn download(&self, id: &str, format: &str) -> String {
+        self.text(&format!(
+            "/console/api/v1/certificates/{id}/download?format={format}"
+        ))
+    }
     fn text(&self, path: &str) -> String {
         let r = self.get(path);
         assert!(r.status().is_success(), "{path}: {}", r.status());
@@ -270,13 +276,7 @@ fn embedded_server_issues_verifiable_certificates_and_survives_restart() {
         assert_eq!(status, 201, "{kt}: {c}");
         let id = c["id"].as_str().unwrap().to_owned();
         let leaf = work.join(format!("{kt}.pem"));
-        std::fs::write(
-            &leaf,
-            api.text(&format!(
-                "/console/api/v1/certificates/{id}/download?format=certificate"
-            )),
-        )
-        .unwrap();
+        std::fs::write(&leaf, api.download(&id, "certificate")).unwrap();
         let (ok, out) = sh(
             &work,
             &[
@@ -302,13 +302,7 @@ fn embedded_server_issues_verifiable_certificates_and_survives_restart() {
         }
         // The private key matches the certificate.
         let key = work.join(format!("{kt}.key"));
-        std::fs::write(
-            &key,
-            api.text(&format!(
-                "/console/api/v1/certificates/{id}/download?format=key"
-            )),
-        )
-        .unwrap();
+        std::fs::write(&key, api.download(&id, "key")).unwrap();
         let (_, cert_pub) = sh(
             &work,
             &[
@@ -359,9 +353,7 @@ fn embedded_server_issues_verifiable_certificates_and_survives_restart() {
     let csr_id = c["id"].as_str().unwrap().to_owned();
     std::fs::write(
         work.join("csr-leaf.pem"),
-        api.text(&format!(
-            "/console/api/v1/certificates/{csr_id}/download?format=certificate"
-        )),
+        api.download(&csr_id, "certificate"),
     )
     .unwrap();
     let (_, text) = sh(
@@ -507,13 +499,7 @@ fn embedded_server_issues_verifiable_certificates_and_survives_restart() {
     assert_eq!(before["versions"], after["versions"]);
     let issuers_after: Value = api.get("/console/api/v1/issuers").json().unwrap();
     assert_eq!(issuers_after[0]["chain_pem"], issuer["chain_pem"]);
-    assert!(
-        api.text(&format!(
-            "/console/api/v1/certificates/{}/download?format=key",
-            ids[1]
-        ))
-        .contains("PRIVATE KEY")
-    );
+    assert!(api.download(&ids[1], "key").contains("PRIVATE KEY"));
     let audit: Value = api
         .get("/console/api/v1/audit?action=certificate.key.download")
         .json()
@@ -541,13 +527,7 @@ fn embedded_server_issues_verifiable_certificates_and_survives_restart() {
     )
     .expect("start with key file");
     let api = Api::new(&server, &token);
-    assert!(
-        api.text(&format!(
-            "/console/api/v1/certificates/{}/download?format=key",
-            ids[1]
-        ))
-        .contains("PRIVATE KEY")
-    );
+    assert!(api.download(&ids[1], "key").contains("PRIVATE KEY"));
 }
 
 #[test]
@@ -610,10 +590,7 @@ fn imported_ca_issues_and_bad_config_is_refused() {
     assert_eq!(status, 201, "{c}");
     std::fs::write(
         work.join("leaf.pem"),
-        api.text(&format!(
-            "/console/api/v1/certificates/{}/download?format=certificate",
-            c["id"].as_str().unwrap()
-        )),
+        api.download(c["id"].as_str().unwrap(), "certificate"),
     )
     .unwrap();
     let (ok, out) = sh(
@@ -941,13 +918,7 @@ fn two_replicas_on_postgres_s3_and_kms_never_duplicate() {
         );
     }
     // The key sealed by one replica opens on the other.
-    assert!(
-        api_b
-            .text(&format!(
-                "/console/api/v1/certificates/{id}/download?format=key"
-            ))
-            .contains("PRIVATE KEY")
-    );
+    assert!(api_b.download(&id, "key").contains("PRIVATE KEY"));
 
     // Duplicate delivery: eight concurrent creates with one Idempotency-Key and
     // one body, spread across both replicas. Several may sign, exactly one
