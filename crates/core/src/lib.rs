@@ -5,10 +5,13 @@
 pub mod error;
 pub mod model;
 pub mod names;
+pub mod notify;
 pub mod ports;
 pub mod profile;
+pub mod renewal;
 
 pub use error::{DomainError, DomainResult, FieldError};
 pub use model::*;
 pub use names::{SubjectName, validate_names};
 pub use profile::Profile;
+pub use renewal::RenewalPolicy;

@@ -10,6 +10,7 @@ use uuid::Uuid;
 
 use crate::names::SubjectName;
 use crate::profile::Profile;
+pub use crate::renewal::RenewalPolicy;
 
 /// Key algorithm and size of a certificate's subject key (or a CA key).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -250,40 +251,6 @@ impl RevocationReason {
     }
 }
 
-/// When to renew; the full policy engine arrives with auto-renewal.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RenewalPolicy {
-    /// Renew once this fraction of the lifetime has elapsed (0 < f < 1).
-    pub renew_at_fraction: f64,
-    /// Or this many days before expiry, whichever comes first.
-    pub renew_before_days: Option<u32>,
-}
-
-impl Default for RenewalPolicy {
-    fn default() -> Self {
-        Self {
-            renew_at_fraction: 2.0 / 3.0,
-            renew_before_days: None,
-        }
-    }
-}
-
-impl RenewalPolicy {
-    /// The moment a version valid over `[not_before, not_after]` becomes due for renewal.
-    pub fn renew_after(
-        &self,
-        not_before: OffsetDateTime,
-        not_after: OffsetDateTime,
-    ) -> OffsetDateTime {
-        let lifetime = not_after - not_before;
-        let by_fraction = not_before + lifetime * self.renew_at_fraction;
-        match self.renew_before_days {
-            Some(days) => by_fraction.min(not_after - time::Duration::days(i64::from(days))),
-            None => by_fraction,
-        }
-    }
-}
-
 /// Free-form labels (`key=value`) used to group and filter certificates.
 pub type Labels = BTreeMap<String, String>;
 
@@ -367,6 +334,9 @@ pub struct CertificateVersion {
 pub enum IssuerKind {
     /// certflow's own CA: a root created at first start (or imported) and an issuing intermediate.
     Internal,
+    /// An ACME CA (RFC 8555); its settings come from the server configuration
+    /// and `key_blob` holds the sealed account credentials.
+    Acme,
 }
 
 /// A certificate authority certflow issues from.

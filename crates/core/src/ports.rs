@@ -12,6 +12,10 @@ use crate::model::{
     AuditEvent, AuditQuery, Certificate, CertificateQuery, CertificateVersion, IdempotencyRecord,
     Issuer, Page, RevocationReason,
 };
+use crate::names::SubjectName;
+use crate::notify::{Delivery, DeliveryAttempt, DeliveryQuery, Notification, Subscription};
+use crate::profile::Profile;
+use crate::renewal::{QueueStats, RenewalJob, SuggestedWindow};
 
 /// Metadata repository. Every state change takes the audit event that records
 /// it and commits both in one transaction: no action without its audit record.
@@ -117,4 +121,123 @@ pub trait BlobStore: Send + Sync {
     async fn list(&self, prefix: &str) -> DomainResult<Vec<String>>;
     /// Keys under a prefix with their last-modified time (for the orphan sweeper).
     async fn list_with_age(&self, prefix: &str) -> DomainResult<Vec<(String, OffsetDateTime)>>;
+}
+
+/// The ledger of renewal jobs: one row per `(certificate_id, version)`, kept
+/// by the metadata store whichever queue carries the jobs, so that the
+/// "enqueue once" rule is enforced by a unique key and the API can show each
+/// certificate's renewal state.
+#[async_trait]
+pub trait RenewalLedger: Send + Sync {
+    /// Inserts `job` unless one exists for its `(certificate_id, version)`;
+    /// returns whether it was inserted.
+    async fn insert_renewal_job(&self, job: &RenewalJob) -> DomainResult<bool>;
+    /// Removes a job (when handing it to an external queue failed).
+    async fn delete_renewal_job(&self, id: Uuid) -> DomainResult<()>;
+    /// Overwrites the job's state, attempts, times and error; appends `audit` in
+    /// the same transaction when given. `NotFound` if absent.
+    async fn update_renewal_job(
+        &self,
+        job: &RenewalJob,
+        audit: Option<&AuditEvent>,
+    ) -> DomainResult<()>;
+    /// One job.
+    async fn get_renewal_job(&self, id: Uuid) -> DomainResult<Option<RenewalJob>>;
+    /// The newest job of a certificate (its renewal state for the API).
+    async fn latest_renewal_job(&self, certificate_id: Uuid) -> DomainResult<Option<RenewalJob>>;
+    /// Counts by state and the oldest unfinished job's age at `now`.
+    async fn renewal_job_stats(&self, now: OffsetDateTime) -> DomainResult<QueueStats>;
+}
+
+/// Subscriptions, notifications and their deliveries.
+#[async_trait]
+pub trait NotificationStore: Send + Sync {
+    /// Stores a subscription.
+    async fn insert_subscription(&self, sub: &Subscription, audit: &AuditEvent)
+    -> DomainResult<()>;
+    /// Subscriptions, optionally of one team.
+    async fn list_subscriptions(&self, team: Option<&str>) -> DomainResult<Vec<Subscription>>;
+    /// One subscription.
+    async fn get_subscription(&self, id: Uuid) -> DomainResult<Option<Subscription>>;
+    /// Deletes a subscription (its past deliveries stay). `NotFound` if absent.
+    async fn delete_subscription(&self, id: Uuid, audit: &AuditEvent) -> DomainResult<()>;
+
+    /// Records `notification` and one pending delivery per subscription of its
+    /// team that wants its kind, due at `notification.at`, in one transaction.
+    /// With `dedupe_key`, a second call with the same key does nothing and
+    /// returns `false` (expiry warnings go out once per version and threshold).
+    async fn publish(
+        &self,
+        notification: &Notification,
+        dedupe_key: Option<&str>,
+    ) -> DomainResult<bool>;
+    /// Leases up to `limit` pending deliveries due at `now` until `lease_until`
+    /// (other dispatchers skip them meanwhile).
+    async fn claim_deliveries(
+        &self,
+        now: OffsetDateTime,
+        lease_until: OffsetDateTime,
+        limit: u32,
+    ) -> DomainResult<Vec<Delivery>>;
+    /// Records one attempt: success marks the delivery delivered; a failure
+    /// keeps it pending until `retry_at`, or marks it failed when `retry_at` is `None`.
+    async fn record_attempt(
+        &self,
+        delivery_id: Uuid,
+        at: OffsetDateTime,
+        error: Option<&str>,
+        retry_at: Option<OffsetDateTime>,
+    ) -> DomainResult<()>;
+    /// Deliveries, newest first.
+    async fn list_deliveries(&self, query: &DeliveryQuery) -> DomainResult<Page<Delivery>>;
+    /// Attempts of one delivery, oldest first.
+    async fn list_attempts(&self, delivery_id: Uuid) -> DomainResult<Vec<DeliveryAttempt>>;
+}
+
+/// What a certificate authority is asked to sign.
+#[derive(Debug, Clone)]
+pub struct IssueRequest {
+    /// The certificate (for logs and ACME order tracking).
+    pub certificate_id: Uuid,
+    /// Names to certify (already validated).
+    pub names: Vec<SubjectName>,
+    /// Profile (internal CA: extensions; ACME: ignored, the CA decides).
+    pub profile: Profile,
+    /// Requested lifetime (the CA may shorten it).
+    pub validity_days: u32,
+    /// DER PKCS#10 request, signed by the certificate's key (ours or the agent's).
+    pub csr_der: Vec<u8>,
+    /// DER of the version this one replaces, if a renewal (ACME ARI `replaces`).
+    pub replaces_der: Option<Vec<u8>>,
+}
+
+/// What the CA returned.
+#[derive(Debug, Clone)]
+pub struct IssuedCertificate {
+    /// DER of the leaf.
+    pub cert_der: Vec<u8>,
+    /// PEM of the intermediates that chain the leaf to its root (may be empty).
+    pub chain_pem: String,
+}
+
+/// A certificate authority certflow issues from: the internal CA, or an ACME CA.
+/// Errors: `Unavailable` when the CA cannot be reached (retry), `Conflict` or
+/// `Invalid` when it refused (the reason is shown to users and retried too:
+/// a refusal may be temporary, e.g. a rate limit).
+#[async_trait]
+pub trait IssuerBackend: Send + Sync {
+    /// Signs `request` under `issuer`.
+    async fn issue(
+        &self,
+        issuer: &Issuer,
+        request: &IssueRequest,
+        now: OffsetDateTime,
+    ) -> DomainResult<IssuedCertificate>;
+    /// The CA's suggested renewal window for `cert_der` (ACME ARI, RFC 9773);
+    /// `None` when the CA offers none.
+    async fn renewal_info(
+        &self,
+        issuer: &Issuer,
+        cert_der: &[u8],
+    ) -> DomainResult<Option<SuggestedWindow>>;
 }

@@ -15,10 +15,11 @@
 use bytes::Bytes;
 use certflow_api::{CreateCertificateRequest, RenewRequest};
 use certflow_blob::EncryptionContext;
+use certflow_core::RenewalPolicy;
 use certflow_core::model::{
     Actor, AuditEvent, AuditQuery, Certificate, CertificateQuery, CertificateStatus,
-    CertificateVersion, IdempotencyRecord, Issuer, KeySource, KeyType, Page, RenewalPolicy,
-    RevocationReason, VersionStatus,
+    CertificateVersion, IdempotencyRecord, Issuer, KeySource, KeyType, Page, RevocationReason,
+    VersionStatus,
 };
 use certflow_core::{
     DomainError, FieldError, Profile, SubjectName, error::DomainResult, validate_names,
@@ -491,7 +492,12 @@ impl Services {
             names: plan.names,
             validity_days: plan.validity_days,
             issuer_id: plan.issuer.id,
-            renew_after: renewal.renew_after(version.not_before, version.not_after),
+            renew_after: renewal.renew_after(
+                version.not_before,
+                version.not_after,
+                None,
+                certflow_core::renewal::jitter_seed(id, 1),
+            ),
             renewal,
             status: CertificateStatus::Active,
             current_version: 1,
@@ -638,9 +644,12 @@ impl Services {
             .await?;
         cert.current_version = next;
         cert.not_after = version.not_after;
-        cert.renew_after = cert
-            .renewal
-            .renew_after(version.not_before, version.not_after);
+        cert.renew_after = cert.renewal.renew_after(
+            version.not_before,
+            version.not_after,
+            None,
+            certflow_core::renewal::jitter_seed(cert.id, version.version),
+        );
         cert.status = CertificateStatus::Active;
         cert.updated_at = now;
         let audit = AuditEvent::success(

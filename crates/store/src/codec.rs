@@ -2,11 +2,11 @@
 //! representation, shared by both backends (see the migration headers for the
 //! conventions).
 
+use certflow_core::RenewalPolicy;
 use certflow_core::error::DomainResult;
 use certflow_core::model::{
     Actor, AuditEvent, Certificate, CertificateStatus, CertificateVersion, IdempotencyRecord,
-    Issuer, IssuerKind, KeySource, KeyType, Labels, Outcome, RenewalPolicy, RevocationReason,
-    VersionStatus,
+    Issuer, IssuerKind, KeySource, KeyType, Labels, Outcome, RevocationReason, VersionStatus,
 };
 use certflow_core::{Profile, SubjectName};
 use time::OffsetDateTime;
@@ -104,12 +104,14 @@ pub(crate) fn names_json(names: &[SubjectName]) -> DomainResult<String> {
 pub(crate) fn issuer_kind(kind: IssuerKind) -> &'static str {
     match kind {
         IssuerKind::Internal => "internal",
+        IssuerKind::Acme => "acme",
     }
 }
 
 fn parse_issuer_kind(s: &str) -> Option<IssuerKind> {
     match s {
         "internal" => Some(IssuerKind::Internal),
+        "acme" => Some(IssuerKind::Acme),
         _ => None,
     }
 }
@@ -167,6 +169,8 @@ pub(crate) fn certificate(row: &impl Columns, labels: Labels) -> DomainResult<Ce
             renew_before_days: renew_before_days
                 .map(|d| u32::try_from(d).map_err(|e| corrupt("renew_before_days", e)))
                 .transpose()?,
+            // Column arrives with the renewal migration (store work in progress).
+            jitter_fraction: 0.1,
         },
         status: get_enum(row, "status", CertificateStatus::parse)?,
         current_version: get_u32(row, "current_version")?,
