@@ -418,6 +418,7 @@ mod suite {
         cert.renewal = RenewalPolicy {
             renew_at_fraction: 2.0 / 3.0,
             renew_before_days: Some(14),
+            jitter_fraction: 0.1,
         };
         cert.not_after = at(T0 + 47 * DAY);
         cert.renew_after = at(T0 + 33 * DAY);
