@@ -1,0 +1,8 @@
+//! Auto-renewal: the scheduler finds certificates whose renewal time has come
+//! and enqueues one job per (certificate, version); workers take jobs from the
+//! queue (the database's, or Amazon SQS) and renew through the services layer,
+//! which asks the certificate's issuer (internal CA or ACME).
+
+pub mod sqs;
+
+pub use sqs::{SqsOptions, SqsRenewalQueue};
