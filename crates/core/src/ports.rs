@@ -205,8 +205,14 @@ pub struct IssueRequest {
     pub profile: Profile,
     /// Requested lifetime (the CA may shorten it).
     pub validity_days: u32,
-    /// DER PKCS#10 request, signed by the certificate's key (ours or the agent's).
+    /// DER PKCS#10 request, signed by the certificate's key (ours or the
+    /// agent's). Empty when none exists (a CSR-keyed certificate renewed
+    /// without a fresh CSR): CAs that need one (ACME) refuse with `Conflict`.
     pub csr_der: Vec<u8>,
+    /// DER SubjectPublicKeyInfo of the certificate's key (always set).
+    pub spki_der: Vec<u8>,
+    /// Its type.
+    pub key_type: crate::model::KeyType,
     /// DER of the version this one replaces, if a renewal (ACME ARI `replaces`).
     pub replaces_der: Option<Vec<u8>>,
 }
