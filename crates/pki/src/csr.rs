@@ -16,6 +16,8 @@ pub const MAX_CSR_BYTES: usize = 16 * 1024;
 /// What certflow takes from a verified CSR.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CsrInfo {
+    /// The request itself, DER (passed on to CAs that want a CSR, such as ACME).
+    pub der: Vec<u8>,
     /// The SubjectPublicKeyInfo DER, exactly as in the request.
     pub spki_der: Vec<u8>,
     /// The key's algorithm and size.
@@ -87,6 +89,7 @@ pub fn parse_csr(field: &str, input: &[u8]) -> DomainResult<CsrInfo> {
         .and_then(|cn| cn.as_str().ok())
         .map(str::to_owned);
     Ok(CsrInfo {
+        der: der.clone(),
         spki_der: info.subject_pki.raw.to_vec(),
         key_type,
         names,
@@ -284,5 +287,46 @@ mod tests {
                 vec!["a.example.com".to_owned(), "2001:db8::1".to_owned()]
             );
         }
+    }
+}
+
+/// A CSR for `names` signed by `key`: what certflow sends a CA that wants a
+/// request (ACME) when it holds the key itself.
+pub fn build_csr(
+    key: &crate::PrivateKey,
+    names: &[certflow_core::SubjectName],
+) -> DomainResult<Vec<u8>> {
+    let mut params = rcgen::CertificateParams::default();
+    params.subject_alt_names = names
+        .iter()
+        .map(crate::issue::san)
+        .collect::<DomainResult<_>>()?;
+    if let Some(cn) = crate::issue::common_name(names) {
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+    }
+    let kp = key.signing_key_pair()?;
+    let csr = params
+        .serialize_request(kp.get())
+        .map_err(|e| DomainError::Internal(format!("building a CSR: {e}")))?;
+    Ok(csr.der().to_vec())
+}
+
+#[cfg(test)]
+mod build_tests {
+    #![allow(clippy::unwrap_used)]
+    use certflow_core::{KeyType, validate_names};
+
+    #[test]
+    fn built_csr_parses_verifies_and_names_the_key() {
+        let key = crate::PrivateKey::generate(KeyType::EcdsaP256).unwrap();
+        let names = validate_names("names", &["a.example.com".into(), "10.0.0.1".into()]).unwrap();
+        let der = super::build_csr(&key, &names).unwrap();
+        let info = super::parse_csr("csr", &der).unwrap();
+        assert_eq!(info.spki_der, key.public_key_der());
+        assert_eq!(info.names, vec!["a.example.com", "10.0.0.1"]);
+        assert_eq!(info.common_name.as_deref(), Some("a.example.com"));
+        assert_eq!(info.der, der);
     }
 }

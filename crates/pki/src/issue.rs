@@ -98,7 +98,7 @@ pub(crate) fn issuer_name_matches(leaf_der: &[u8], ca_der: &[u8]) -> bool {
 
 /// The leaf's subject commonName: the first DNS name that fits the 64-character
 /// limit, else the first IP address; CA/B BR §7.1.4.3 wants it among the SANs.
-fn common_name(names: &[SubjectName]) -> Option<String> {
+pub(crate) fn common_name(names: &[SubjectName]) -> Option<String> {
     names
         .iter()
         .find_map(|n| match n {
@@ -723,5 +723,17 @@ mod tests {
             issue_leaf(&m.issuing_cert_der, &other.issuing_key, &base),
             Err(DomainError::Internal(_))
         ));
+    }
+}
+
+/// The SAN entry of a validated name.
+pub(crate) fn san(name: &SubjectName) -> DomainResult<SanType> {
+    match name {
+        SubjectName::Dns(d) => {
+            d.as_str().try_into().map(SanType::DnsName).map_err(|_| {
+                DomainError::invalid("names", format!("'{d}' is not an ASCII DNS name"))
+            })
+        }
+        SubjectName::Ip(ip) => Ok(SanType::IpAddress(*ip)),
     }
 }

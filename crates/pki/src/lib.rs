@@ -18,7 +18,7 @@ mod pkcs12;
 
 pub use ca::{CaMaterial, create_ca, import_ca};
 pub use crl::{RevokedEntry, build_crl};
-pub use csr::{CsrInfo, MAX_CSR_BYTES, parse_csr};
+pub use csr::{CsrInfo, MAX_CSR_BYTES, build_csr, parse_csr};
 pub use inspect::{
     CertInfo, cert_to_pem, inspect, key_matches_cert, parse_pem_certs, public_key_of,
 };
