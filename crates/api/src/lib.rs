@@ -50,6 +50,148 @@ pub struct CreateCertificateRequest {
     /// Issuer to use; the default issuer when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub issuer_id: Option<Uuid>,
+    /// Exact lifetime in seconds for short-lived certificates (at least 60);
+    /// overrides `validity_days`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validity_seconds: Option<u32>,
+    /// When to renew; the team's, else the issuer's, else the server's default when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renewal: Option<RenewalPolicyView>,
+}
+
+/// When to renew: at a fraction of the lifetime or a fixed time before
+/// expiry, whichever is earlier, spread by a jitter.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RenewalPolicyView {
+    /// Fraction of the lifetime after which to renew (0 < f < 1, default 2/3).
+    pub renew_at_fraction: f64,
+    /// Or this many days before expiry, whichever comes first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renew_before_days: Option<u32>,
+    /// Share of the remaining time over which renewals are spread (0-0.5, default 0.1).
+    #[serde(default = "default_jitter")]
+    pub jitter_fraction: f64,
+}
+
+fn default_jitter() -> f64 {
+    0.1
+}
+
+/// The renewal state of a certificate: next renewal, and the current job if any.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RenewalStatusView {
+    /// When the current version becomes due.
+    #[serde(with = "time::serde::rfc3339")]
+    pub next_renewal_at: OffsetDateTime,
+    /// `idle` (no job for the current version), `queued`, `running`, `failing`
+    /// (retrying after an error), `done` or `dead` (gave up; operator action needed).
+    pub state: String,
+    /// Attempts of the current job.
+    pub attempts: u32,
+    /// Last attempt time.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub last_attempt_at: Option<OffsetDateTime>,
+    /// Last failure reason (the CA's words).
+    #[serde(default)]
+    pub last_error: Option<String>,
+    /// Next retry time while failing.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub retry_at: Option<OffsetDateTime>,
+}
+
+/// Renewal queue depth and age.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct QueueStatsView {
+    /// `database` or `sqs`.
+    pub queue: String,
+    /// Jobs waiting (including backoff).
+    pub queued: u64,
+    /// Jobs being worked on.
+    pub running: u64,
+    /// Dead-lettered jobs.
+    pub dead: u64,
+    /// Age of the oldest unfinished job, seconds.
+    pub oldest_age_seconds: u64,
+}
+
+/// Subscribe a team to events on a channel.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSubscriptionRequest {
+    /// Team whose certificates it covers.
+    pub team: String,
+    /// Event kinds: `issued`, `renewed`, `renewal-failing`, `dead-lettered`,
+    /// `expiring`, `revoked`, `digest`.
+    pub events: Vec<String>,
+    /// Channel: `{"type":"webhook","url":..,"secret":..,"format":"json"|"slack"}`,
+    /// `{"type":"sns","topic_arn":..}` or `{"type":"email","to":[..]}`.
+    #[schema(value_type = Object)]
+    pub channel: serde_json::Value,
+}
+
+/// A subscription (webhook secrets are never returned).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SubscriptionView {
+    /// Identifier.
+    pub id: Uuid,
+    /// Team.
+    pub team: String,
+    /// Event kinds.
+    pub events: Vec<String>,
+    /// Channel, without its secret.
+    #[schema(value_type = Object)]
+    pub channel: serde_json::Value,
+    /// Creation time.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+/// One notification's delivery to one subscription.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct DeliveryView {
+    /// Identifier.
+    pub id: Uuid,
+    /// The notification id (receivers de-duplicate on it).
+    pub notification_id: Uuid,
+    /// Event kind.
+    pub event: String,
+    /// Team.
+    pub team: String,
+    /// Certificate concerned.
+    #[serde(default)]
+    pub certificate_id: Option<Uuid>,
+    /// Summary line.
+    pub summary: String,
+    /// Subscription.
+    pub subscription_id: Uuid,
+    /// `webhook`, `sns` or `email`.
+    pub channel: String,
+    /// `pending`, `delivered` or `failed`.
+    pub state: String,
+    /// Attempts so far.
+    pub attempts: u32,
+    /// Last failure reason.
+    #[serde(default)]
+    pub last_error: Option<String>,
+    /// Next attempt while pending.
+    #[serde(with = "time::serde::rfc3339")]
+    pub next_attempt_at: OffsetDateTime,
+    /// When delivered.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub delivered_at: Option<OffsetDateTime>,
+    /// Creation time.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+/// One page of deliveries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct DeliveryPage {
+    /// Rows.
+    pub items: Vec<DeliveryView>,
+    /// Total matching rows.
+    pub total: u64,
 }
 
 /// Renew a certificate now, optionally with a new CSR (required when the key is the requester's).
@@ -180,8 +322,13 @@ pub struct CertificateDetail {
     pub summary: CertificateSummary,
     /// Requested validity in days.
     pub validity_days: u32,
-    /// Renew once this fraction of the lifetime has elapsed.
-    pub renew_at_fraction: f64,
+    /// Exact lifetime in seconds, for short-lived certificates.
+    #[serde(default)]
+    pub validity_seconds: Option<u32>,
+    /// Renewal policy.
+    pub renewal_policy: RenewalPolicyView,
+    /// Renewal state.
+    pub renewal: RenewalStatusView,
     /// Versions, newest first.
     pub versions: Vec<VersionView>,
     /// PEM of the current certificate followed by its issuing chain up to the root.

@@ -275,6 +275,9 @@ pub struct Certificate {
     pub names: Vec<SubjectName>,
     /// Requested validity of each version, in days.
     pub validity_days: u32,
+    /// Exact lifetime in seconds for short-lived certificates; overrides `validity_days`.
+    #[serde(default)]
+    pub validity_secs: Option<u32>,
     /// The issuer that signs its versions.
     pub issuer_id: Uuid,
     /// Renewal policy.

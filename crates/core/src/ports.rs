@@ -205,6 +205,8 @@ pub struct IssueRequest {
     pub profile: Profile,
     /// Requested lifetime (the CA may shorten it).
     pub validity_days: u32,
+    /// Exact lifetime in seconds for short-lived certificates; overrides `validity_days`.
+    pub validity_secs: Option<u32>,
     /// DER PKCS#10 request, signed by the certificate's key (ours or the
     /// agent's). Empty when none exists (a CSR-keyed certificate renewed
     /// without a fresh CSR): CAs that need one (ACME) refuse with `Conflict`.

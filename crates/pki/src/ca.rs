@@ -314,6 +314,7 @@ fn trial_issue(issuing_der: &[u8], key: &PrivateKey, now: OffsetDateTime) -> Dom
         spki_der: &probe.public_key_der(),
         key_type: KeyType::EcdsaP256,
         validity_days: 1,
+        validity_secs: None,
         now,
         urls: None,
     };
@@ -628,6 +629,7 @@ mod tests {
             spki_der: &leaf_key.public_key_der(),
             key_type: KeyType::EcdsaP256,
             validity_days: 30,
+            validity_secs: None,
             now: now(),
             urls: None,
         };

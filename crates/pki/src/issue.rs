@@ -41,6 +41,9 @@ pub struct LeafRequest<'a> {
     pub key_type: KeyType,
     /// Requested lifetime; capped at the issuer's notAfter.
     pub validity_days: u32,
+    /// Exact lifetime in seconds for short-lived certificates (at least 60);
+    /// overrides `validity_days`, within the same profile maximum.
+    pub validity_secs: Option<u32>,
     /// Issue time.
     pub now: OffsetDateTime,
     /// AIA and CRL DP URLs, when the issuer publishes them.
@@ -141,7 +144,18 @@ fn check_request(req: &LeafRequest<'_>) -> DomainResult<(SubjectKey, Vec<SanType
             "at least one name is required",
         ));
     }
-    if req.validity_days == 0 {
+    if let Some(secs) = req.validity_secs {
+        if secs < 60 || u64::from(secs) > u64::from(req.profile.max_validity_days()) * 86_400 {
+            errors.push(certflow_core::FieldError::new(
+                "validity_seconds",
+                format!(
+                    "must be between 60 and {} seconds for profile {}",
+                    u64::from(req.profile.max_validity_days()) * 86_400,
+                    req.profile.as_str()
+                ),
+            ));
+        }
+    } else if req.validity_days == 0 {
         errors.push(certflow_core::FieldError::new(
             "validity_days",
             "must be at least 1 day",
@@ -264,8 +278,13 @@ pub(crate) fn build_leaf(
     params.subject_alt_names = sans;
     params.serial_number = Some(asn1::random_serial()?);
     params.not_before = not_before;
-    params.not_after =
-        (not_before + Duration::days(i64::from(req.validity_days))).min(ca_not_after);
+    let not_after = match req.validity_secs {
+        // Short-lived: the requested lifetime counts from now, or the backdating
+        // would eat a large share of a two-minute certificate.
+        Some(secs) => not_before + CLOCK_SKEW + Duration::seconds(i64::from(secs)),
+        None => not_before + Duration::days(i64::from(req.validity_days)),
+    };
+    params.not_after = not_after.min(ca_not_after);
     // ExplicitNoCa writes basicConstraints cA=FALSE and, with it, the SKI.
     params.is_ca = IsCa::ExplicitNoCa;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
@@ -358,6 +377,7 @@ mod tests {
             spki_der: leaf,
             key_type: kt,
             validity_days: 90,
+            validity_secs: None,
             now: now(),
             urls: Some(u),
         }
@@ -654,6 +674,7 @@ mod tests {
             (
                 LeafRequest {
                     validity_days: 0,
+                    validity_secs: None,
                     ..base.clone()
                 },
                 "validity_days",

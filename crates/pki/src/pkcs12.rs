@@ -96,6 +96,7 @@ mod tests {
                     spki_der: &leaf_key.public_key_der(),
                     key_type: kt,
                     validity_days: 30,
+                    validity_secs: None,
                     now: now(),
                     urls: None,
                 },

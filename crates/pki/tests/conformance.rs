@@ -235,6 +235,7 @@ fn every_ca_and_leaf_key_type_verifies_and_lints_clean() {
                     spki_der: &spki,
                     key_type: key.key_type(),
                     validity_days: profile.default_validity_days(),
+                    validity_secs: None,
                     now,
                     urls: Some(&u),
                 };
@@ -293,6 +294,7 @@ fn every_ca_and_leaf_key_type_verifies_and_lints_clean() {
                 spki_der: &spki,
                 key_type: leaf_keys[0].key_type(),
                 validity_days: Profile::TlsServer.default_validity_days(),
+                validity_secs: None,
                 now,
                 urls: Some(&u),
             };
@@ -373,6 +375,7 @@ fn issued(leaf_kt: KeyType, profile: Profile) -> (CaMaterial, Vec<u8>, PrivateKe
         spki_der: &spki,
         key_type: leaf_kt,
         validity_days: 30,
+        validity_secs: None,
         now,
         urls: Some(&u),
     };

@@ -7,6 +7,7 @@ use certflow_blob::EncryptionContext;
 use certflow_core::model::{Actor, AuditEvent, Issuer, IssuerKind, KeyType};
 use certflow_core::{DomainError, error::DomainResult};
 use certflow_pki::{CaMaterial, PrivateKey, RevokedEntry};
+
 use serde_json::json;
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -45,7 +46,12 @@ impl Services {
         now: OffsetDateTime,
     ) -> DomainResult<(Issuer, bool)> {
         let issuers = self.store.list_issuers().await?;
-        if let Some(default) = issuers.iter().find(|i| i.is_default).or(issuers.first()) {
+        if let Some(default) = issuers
+            .iter()
+            .filter(|i| i.kind == IssuerKind::Internal)
+            .find(|i| i.is_default)
+            .or(issuers.iter().find(|i| i.kind == IssuerKind::Internal))
+        {
             self.signing_key(default).await?;
             return Ok((default.clone(), false));
         }
@@ -216,24 +222,63 @@ impl Services {
 
     /// The issuer's signing key, unsealed for the duration of one operation.
     pub(crate) async fn signing_key(&self, issuer: &Issuer) -> DomainResult<PrivateKey> {
-        let sealed = self
-            .blobs
-            .get(&issuer.key_blob)
-            .await
-            .map_err(|e| match e {
-                DomainError::NotFound(_) => DomainError::Integrity(format!(
-                    "the signing key of issuer {} is missing from the blob store",
-                    issuer.id
-                )),
-                other => other,
-            })?;
-        let der = self.sealer.open(&sealed, &key_context(issuer.id, "issuing")).await.map_err(|e| {
-            DomainError::Integrity(format!(
-                "cannot unseal the signing key of issuer '{}' ({e}); is this the master key it was created with?",
-                issuer.name
-            ))
-        })?;
-        PrivateKey::from_pkcs8_der(&der)
+        self.backends.internal.signing_key(issuer).await
+    }
+
+    /// Registers (or finds) the ACME issuer `name`, whose settings live in the
+    /// server configuration; its `key_blob` is where the account credentials
+    /// are kept (sealed). Returns the issuer and whether it was created.
+    pub async fn ensure_acme_issuer(
+        &self,
+        name: &str,
+        directory_url: &str,
+        now: OffsetDateTime,
+    ) -> DomainResult<(Issuer, bool)> {
+        let issuers = self.store.list_issuers().await?;
+        if let Some(existing) = issuers.iter().find(|i| i.name == name) {
+            if existing.kind != IssuerKind::Acme {
+                return Err(DomainError::Conflict(format!(
+                    "issuer '{name}' exists and is not an ACME issuer; rename the ACME issuer in the configuration"
+                )));
+            }
+            return Ok((existing.clone(), false));
+        }
+        let id = Uuid::now_v7();
+        let issuer = Issuer {
+            id,
+            name: name.to_owned(),
+            kind: IssuerKind::Acme,
+            is_default: false,
+            key_type: KeyType::EcdsaP256,
+            issuing_cert_pem: String::new(),
+            chain_pem: String::new(),
+            key_blob: format!("issuers/{id}/acme-account.enc"),
+            root_key_blob: None,
+            subject: directory_url.to_owned(),
+            // The CA's own certificates are not known here; ACME CAs cap leaf lifetimes themselves.
+            not_after: now + time::Duration::days(365 * 100),
+            created_at: now,
+        };
+        let audit = AuditEvent::success(
+            now,
+            &Actor::system(),
+            "issuer.create",
+            format!("issuer/{id}"),
+            json!({ "kind": "acme", "directory_url": directory_url }),
+        );
+        match self.store.insert_issuer(&issuer, &audit).await {
+            Ok(()) => Ok((issuer, true)),
+            // Another replica registered it first.
+            Err(DomainError::Conflict(_)) => {
+                let issuers = self.store.list_issuers().await?;
+                issuers
+                    .into_iter()
+                    .find(|i| i.name == name)
+                    .map(|i| (i, false))
+                    .ok_or_else(|| DomainError::Internal(format!("issuer '{name}' vanished")))
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// DER of the issuing certificate (served at the AIA caIssuers URL).

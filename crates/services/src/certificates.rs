@@ -16,15 +16,18 @@ use bytes::Bytes;
 use certflow_api::{CreateCertificateRequest, RenewRequest};
 use certflow_blob::EncryptionContext;
 use certflow_core::RenewalPolicy;
+use certflow_core::model::IssuerKind;
 use certflow_core::model::{
     Actor, AuditEvent, AuditQuery, Certificate, CertificateQuery, CertificateStatus,
     CertificateVersion, IdempotencyRecord, Issuer, KeySource, KeyType, Page, RevocationReason,
     VersionStatus,
 };
+use certflow_core::notify::EventKind;
+use certflow_core::ports::IssueRequest;
 use certflow_core::{
     DomainError, FieldError, Profile, SubjectName, error::DomainResult, validate_names,
 };
-use certflow_pki::{CsrInfo, IssuerUrls, LeafRequest, PrivateKey};
+use certflow_pki::{CsrInfo, PrivateKey};
 use serde_json::json;
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -136,6 +139,8 @@ struct Plan {
     key_type: KeyType,
     names: Vec<SubjectName>,
     validity_days: u32,
+    validity_secs: Option<u32>,
+    renewal: Option<RenewalPolicy>,
     csr: Option<CsrInfo>,
     issuer: Issuer,
 }
@@ -237,6 +242,29 @@ impl Services {
             None => 0,
         };
 
+        if let (Some(secs), Some(p)) = (req.validity_seconds, profile) {
+            let max = u64::from(p.max_validity_days()) * 86_400;
+            if secs < 60 || u64::from(secs) > max {
+                errors.push(FieldError::new(
+                    "validity_seconds",
+                    format!(
+                        "{secs} is outside the {} profile's range of 60-{max} seconds",
+                        p.as_str()
+                    ),
+                ));
+            }
+        }
+        let renewal = req.renewal.as_ref().map(|r| RenewalPolicy {
+            renew_at_fraction: r.renew_at_fraction,
+            renew_before_days: r.renew_before_days,
+            jitter_fraction: r.jitter_fraction,
+        });
+        if let Some(Err(DomainError::Invalid(mut e))) =
+            renewal.as_ref().map(|r| r.validate("renewal"))
+        {
+            errors.append(&mut e);
+        }
+
         let name = req
             .name
             .clone()
@@ -279,18 +307,13 @@ impl Services {
                 key_type,
                 names,
                 validity_days,
+                validity_secs: req.validity_seconds,
+                renewal,
                 csr,
                 issuer,
             }),
             _ => Err(DomainError::Invalid(errors)),
         }
-    }
-
-    fn urls(&self, issuer: &Issuer) -> Option<IssuerUrls> {
-        self.public_url.as_ref().map(|base| IssuerUrls {
-            ca_issuers: format!("{base}/pki/{}/ca.crt", issuer.id),
-            crl: format!("{base}/pki/{}/crl", issuer.id),
-        })
     }
 
     /// Signs a version and writes its blobs. Returns the version row and the
@@ -303,36 +326,55 @@ impl Services {
         issuer: &Issuer,
         profile: Profile,
         names: &[SubjectName],
-        validity_days: u32,
+        validity: (u32, Option<u32>),
         subject_key: SubjectKey<'_>,
+        replaces_der: Option<Vec<u8>>,
         now: OffsetDateTime,
     ) -> DomainResult<(CertificateVersion, Vec<String>)> {
-        let ca_key = self.signing_key(issuer).await?;
-        let ca_der = certflow_pki::parse_pem_certs("issuing_cert_pem", &issuer.issuing_cert_pem)?
-            .into_iter()
-            .next()
-            .ok_or_else(|| DomainError::Internal("issuer has no certificate".into()))?;
-        let (spki, key_type, generated) = match subject_key {
-            SubjectKey::Public { spki_der, key_type } => (spki_der.to_vec(), key_type, None),
+        let (spki, key_type, generated, csr_der) = match subject_key {
+            SubjectKey::Public {
+                spki_der,
+                key_type,
+                csr_der,
+            } => (spki_der.to_vec(), key_type, None, csr_der.to_vec()),
             SubjectKey::Generate(kt) => {
                 let key = PrivateKey::generate(kt)?;
-                (key.public_key_der(), kt, Some(key))
+                // Only CAs that want a request (ACME) need one; the internal CA signs the key.
+                let csr = if issuer.kind == IssuerKind::Internal {
+                    Vec::new()
+                } else {
+                    certflow_pki::build_csr(&key, names)?
+                };
+                (key.public_key_der(), kt, Some(key), csr)
             }
         };
-        let urls = self.urls(issuer);
-        let der = certflow_pki::issue_leaf(
-            &ca_der,
-            &ca_key,
-            &LeafRequest {
-                profile,
-                names,
-                spki_der: &spki,
-                key_type,
-                validity_days,
+        let issued = self
+            .backends
+            .get(issuer)?
+            .issue(
+                issuer,
+                &IssueRequest {
+                    certificate_id,
+                    names: names.to_vec(),
+                    profile,
+                    validity_days: validity.0,
+                    validity_secs: validity.1,
+                    csr_der,
+                    spki_der: spki.clone(),
+                    key_type,
+                    replaces_der,
+                },
                 now,
-                urls: urls.as_ref(),
-            },
-        )?;
+            )
+            .await?;
+        let der = issued.cert_der;
+        // Whatever the CA, what is stored must be what was asked for.
+        if certflow_pki::public_key_of(&der)? != spki {
+            return Err(DomainError::Conflict(format!(
+                "issuer '{}' returned a certificate for another key",
+                issuer.name
+            )));
+        }
         let info = certflow_pki::inspect(&der)?;
 
         let prefix = blob_prefix(certificate_id, version, &info.serial_hex);
@@ -353,8 +395,9 @@ impl Services {
             }
             self.blobs.put(&cert_blob, Bytes::from(der.clone())).await?;
             written.push(cert_blob.clone());
-            let chain = format!("{}{}", issuer.issuing_cert_pem, issuer.chain_pem);
-            self.blobs.put(&chain_blob, Bytes::from(chain)).await?;
+            self.blobs
+                .put(&chain_blob, Bytes::from(issued.chain_pem.clone()))
+                .await?;
             written.push(chain_blob.clone());
             Ok(())
         }
@@ -461,6 +504,7 @@ impl Services {
             Some(info) => SubjectKey::Public {
                 spki_der: &info.spki_der,
                 key_type: info.key_type,
+                csr_der: &info.der,
             },
             None => SubjectKey::Generate(plan.key_type),
         };
@@ -471,12 +515,16 @@ impl Services {
                 &plan.issuer,
                 plan.profile,
                 &plan.names,
-                plan.validity_days,
+                (plan.validity_days, plan.validity_secs),
                 subject_key,
+                None,
                 now,
             )
             .await?;
-        let renewal = RenewalPolicy::default();
+        let renewal = match plan.renewal.clone() {
+            Some(policy) => policy,
+            None => self.renewal_defaults.resolve(&plan.team, &plan.issuer.name),
+        };
         let cert = Certificate {
             id,
             name: plan.name,
@@ -491,13 +539,9 @@ impl Services {
             },
             names: plan.names,
             validity_days: plan.validity_days,
+            validity_secs: plan.validity_secs,
             issuer_id: plan.issuer.id,
-            renew_after: renewal.renew_after(
-                version.not_before,
-                version.not_after,
-                None,
-                certflow_core::renewal::jitter_seed(id, 1),
-            ),
+            renew_after: self.renew_after(&plan.issuer, &renewal, &version).await,
             renewal,
             status: CertificateStatus::Active,
             current_version: 1,
@@ -527,10 +571,13 @@ impl Services {
             return self.after_failed_commit(idempotency.as_ref(), e).await;
         }
         tracing::info!(certificate = %id, serial = %version.serial, "certificate issued");
-        Ok(CertificateView {
+        let view = CertificateView {
             certificate: cert,
             versions: vec![version],
-        })
+        };
+        self.publish_version_event(EventKind::Issued, &view, 1, now)
+            .await;
+        Ok(view)
     }
 
     /// Issues a new version now, whatever the renewal schedule says. A server-held
@@ -618,6 +665,7 @@ impl Services {
             (Some(info), _) => SubjectKey::Public {
                 spki_der: &info.spki_der,
                 key_type: info.key_type,
+                csr_der: &info.der,
             },
             (None, KeySource::Server) => SubjectKey::Generate(cert.key_type),
             (None, KeySource::Csr) => {
@@ -626,8 +674,19 @@ impl Services {
                 SubjectKey::Public {
                     spki_der: &old_spki,
                     key_type: cert.key_type,
+                    csr_der: &[],
                 }
             }
+        };
+        // ACME CAs link a renewal to what it replaces (RFC 9773 `replaces`).
+        let replaces = if issuer.kind == IssuerKind::Acme {
+            self.blobs
+                .get(&latest.cert_blob)
+                .await
+                .ok()
+                .map(|b| b.to_vec())
+        } else {
+            None
         };
         let next = latest.version + 1;
         let (version, written) = self
@@ -637,19 +696,15 @@ impl Services {
                 &issuer,
                 cert.profile,
                 &cert.names,
-                cert.validity_days,
+                (cert.validity_days, cert.validity_secs),
                 subject_key,
+                replaces,
                 now,
             )
             .await?;
         cert.current_version = next;
         cert.not_after = version.not_after;
-        cert.renew_after = cert.renewal.renew_after(
-            version.not_before,
-            version.not_after,
-            None,
-            certflow_core::renewal::jitter_seed(cert.id, version.version),
-        );
+        cert.renew_after = self.renew_after(&issuer, &cert.renewal, &version).await;
         cert.status = CertificateStatus::Active;
         cert.updated_at = now;
         let audit = AuditEvent::success(
@@ -669,7 +724,10 @@ impl Services {
             return self.after_failed_commit(idempotency.as_ref(), e).await;
         }
         tracing::info!(certificate = %id, version = next, serial = %version.serial, "certificate renewed");
-        self.certificate(id).await
+        let view = self.certificate(id).await?;
+        self.publish_version_event(EventKind::Renewed, &view, next, now)
+            .await;
+        Ok(view)
     }
 
     /// Revokes a version (the current one by default) with an RFC 5280 reason.
@@ -711,7 +769,10 @@ impl Services {
             .revoke_version(id, number, reason, now, &audit)
             .await?;
         tracing::info!(certificate = %id, version = number, reason = reason.as_str(), "certificate revoked");
-        self.certificate(id).await
+        let view = self.certificate(id).await?;
+        self.publish_version_event(EventKind::Revoked, &view, number, now)
+            .await;
+        Ok(view)
     }
 
     /// Retires a certificate: kept for history, no longer renewed or delivered.
@@ -873,6 +934,8 @@ enum SubjectKey<'a> {
     Public {
         spki_der: &'a [u8],
         key_type: KeyType,
+        /// The request, DER, or empty when reusing the previous version's key.
+        csr_der: &'a [u8],
     },
     /// certflow generates a key of this type.
     Generate(KeyType),

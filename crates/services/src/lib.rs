@@ -5,17 +5,24 @@
 
 mod ca;
 mod certificates;
+mod issuing;
 mod maintenance;
+mod renewal;
 mod validate;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use certflow_blob::Sealer;
-use certflow_core::ports::{BlobStore, MetadataStore};
+use certflow_core::ports::{BlobStore, IssuerBackend, MetadataStore, NotificationStore};
+use certflow_core::renewal::RenewalDefaults;
+use uuid::Uuid;
 
 pub use ca::CaSettings;
 pub use certificates::{CertificateView, DownloadKind};
+pub use issuing::InternalCa;
 pub use maintenance::{RewrapReport, SweepReport};
+pub use renewal::{JobOutcome, RenewalSettings};
 
 /// The tenant every record belongs to until multi-tenancy lands; bound into
 /// encryption contexts now so that adding tenants does not require re-encryption.
@@ -27,7 +34,9 @@ pub struct Services {
     store: Arc<dyn MetadataStore>,
     blobs: Arc<dyn BlobStore>,
     sealer: Sealer,
-    public_url: Option<String>,
+    backends: issuing::Backends,
+    notifications: Option<Arc<dyn NotificationStore>>,
+    renewal_defaults: Arc<RenewalDefaults>,
 }
 
 impl Services {
@@ -39,12 +48,36 @@ impl Services {
         sealer: Sealer,
         public_url: Option<String>,
     ) -> Self {
+        let public_url = public_url.map(|u| u.trim_end_matches('/').to_owned());
         Self {
+            backends: issuing::Backends {
+                internal: InternalCa::new(blobs.clone(), sealer.clone(), public_url),
+                external: HashMap::new(),
+            },
             store,
             blobs,
             sealer,
-            public_url: public_url.map(|u| u.trim_end_matches('/').to_owned()),
+            notifications: None,
+            renewal_defaults: Arc::new(RenewalDefaults::default()),
         }
+    }
+
+    /// Lets `backend` sign for the (non-internal) issuer `issuer_id`.
+    pub fn with_issuer_backend(mut self, issuer_id: Uuid, backend: Arc<dyn IssuerBackend>) -> Self {
+        self.backends.external.insert(issuer_id, backend);
+        self
+    }
+
+    /// Publishes events (issued, renewed, revoked, renewal failing...) to `store`.
+    pub fn with_notifications(mut self, store: Arc<dyn NotificationStore>) -> Self {
+        self.notifications = Some(store);
+        self
+    }
+
+    /// Renewal policies for new certificates that name none.
+    pub fn with_renewal_defaults(mut self, defaults: RenewalDefaults) -> Self {
+        self.renewal_defaults = Arc::new(defaults);
+        self
     }
 
     /// The metadata store (for readiness checks and settings).

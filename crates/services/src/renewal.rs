@@ -1,0 +1,225 @@
+//! Renewal as the workers perform it, renewal times (policy, jitter, ARI),
+//! and the events other parts of the system are told about.
+//!
+//! Events are published after the change they describe has committed: a crash
+//! in between loses the notification, never invents one (the audit trail,
+//! written in the change's own transaction, stays the record of truth).
+
+use certflow_core::model::{
+    Actor, AuditEvent, CertificateStatus, CertificateVersion, Issuer, Outcome,
+};
+use certflow_core::notify::{EventKind, Notification};
+use certflow_core::renewal::{RenewalJob, RenewalPolicy, jitter_seed};
+use certflow_core::{DomainError, error::DomainResult};
+use serde_json::json;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::Services;
+use crate::certificates::CertificateView;
+
+/// What a renewal job came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobOutcome {
+    /// A new version was stored.
+    Renewed {
+        /// Its number.
+        version: u32,
+    },
+    /// A later version already exists (a duplicate delivery, or a manual renewal came first).
+    AlreadyRenewed,
+    /// The certificate is archived or revoked: nothing to renew.
+    NotRenewable,
+}
+
+/// Knobs of the renewal workers.
+#[derive(Debug, Clone)]
+pub struct RenewalSettings {
+    /// Jobs are dead-lettered after this many attempts.
+    pub max_attempts: u32,
+}
+
+/// The subject the workers act as in the audit trail.
+pub const RENEWAL_ACTOR: &str = "system:renewal";
+
+fn renewal_actor() -> Actor {
+    Actor {
+        subject: RENEWAL_ACTOR.into(),
+        source: None,
+    }
+}
+
+impl Services {
+    /// When `version` should be renewed: the policy's window with per-version
+    /// jitter, or the CA's suggested window (ACME ARI) when it offers one.
+    pub(crate) async fn renew_after(
+        &self,
+        issuer: &Issuer,
+        policy: &RenewalPolicy,
+        version: &CertificateVersion,
+    ) -> OffsetDateTime {
+        let u = jitter_seed(version.certificate_id, version.version);
+        let ari = match self.backends.get(issuer) {
+            Ok(backend) if issuer.kind != certflow_core::model::IssuerKind::Internal => {
+                match self.blobs.get(&version.cert_blob).await {
+                    Ok(der) => match backend.renewal_info(issuer, &der).await {
+                        Ok(window) => window,
+                        Err(e) => {
+                            // ARI is advice: without it the policy decides.
+                            tracing::warn!(issuer = %issuer.name, error = %e, "renewal information unavailable");
+                            None
+                        }
+                    },
+                    Err(_) => None,
+                }
+            }
+            _ => None,
+        };
+        policy.renew_after(version.not_before, version.not_after, ari, u)
+    }
+
+    /// Performs one renewal job: renews the job's version unless a later one
+    /// exists. Duplicate deliveries share one idempotency key, so at most one
+    /// of them stores a version; the others find it and report `AlreadyRenewed`.
+    pub async fn run_renewal_job(
+        &self,
+        job: &RenewalJob,
+        now: OffsetDateTime,
+    ) -> DomainResult<JobOutcome> {
+        let cert = self
+            .store
+            .get_certificate(job.certificate_id)
+            .await?
+            .ok_or_else(|| DomainError::NotFound(format!("certificate {}", job.certificate_id)))?;
+        if cert.status != CertificateStatus::Active {
+            return Ok(JobOutcome::NotRenewable);
+        }
+        if cert.current_version > job.version {
+            return Ok(JobOutcome::AlreadyRenewed);
+        }
+        let key = job.idempotency_key();
+        let view = self
+            .renew_idempotent(&renewal_actor(), cert.id, None, Some(&key), now)
+            .await?;
+        Ok(JobOutcome::Renewed {
+            version: view.certificate.current_version,
+        })
+    }
+
+    /// Records a failed renewal attempt in the audit trail and tells the
+    /// team: once per version when it starts failing, and when it is given up.
+    pub async fn renewal_failed(
+        &self,
+        job: &RenewalJob,
+        error: &str,
+        dead: bool,
+        now: OffsetDateTime,
+    ) -> DomainResult<()> {
+        let action = if dead {
+            "certificate.renewal.dead-lettered"
+        } else {
+            "certificate.renewal.failed"
+        };
+        let mut audit = AuditEvent::success(
+            now,
+            &renewal_actor(),
+            action,
+            format!("certificate/{}", job.certificate_id),
+            json!({ "version": job.version, "attempt": job.attempts, "error": error }),
+        );
+        audit.outcome = Outcome::Failure;
+        self.store.append_audit(&audit).await?;
+        let Some(cert) = self.store.get_certificate(job.certificate_id).await? else {
+            return Ok(());
+        };
+        let (kind, dedupe) = if dead {
+            (
+                EventKind::DeadLettered,
+                format!("dead-lettered:{}:v{}", cert.id, job.version),
+            )
+        } else {
+            (
+                EventKind::RenewalFailing,
+                format!("renewal-failing:{}:v{}", cert.id, job.version),
+            )
+        };
+        let summary = if dead {
+            format!(
+                "renewal of {} gave up after {} attempts: {error}; it expires {}",
+                cert.name, job.attempts, cert.not_after
+            )
+        } else {
+            format!("renewal of {} is failing: {error}", cert.name)
+        };
+        self.publish(
+            Notification {
+                id: Uuid::now_v7(),
+                kind,
+                team: cert.team.clone(),
+                certificate_id: Some(cert.id),
+                certificate_name: Some(cert.name.clone()),
+                version: Some(job.version),
+                not_after: Some(cert.not_after),
+                days_left: None,
+                reason: Some(error.to_owned()),
+                summary,
+                details: json!({ "attempts": job.attempts }),
+                at: now,
+            },
+            Some(&dedupe),
+        )
+        .await;
+        Ok(())
+    }
+
+    /// Publishes a notification when notifications are wired; a failure is
+    /// logged and never fails the action that caused it.
+    pub(crate) async fn publish(&self, notification: Notification, dedupe_key: Option<&str>) {
+        let Some(store) = &self.notifications else {
+            return;
+        };
+        if let Err(e) = store.publish(&notification, dedupe_key).await {
+            tracing::warn!(kind = notification.kind.as_str(), error = %e, "could not record a notification");
+        }
+    }
+
+    /// The event for a certificate's version change.
+    pub(crate) async fn publish_version_event(
+        &self,
+        kind: EventKind,
+        view: &CertificateView,
+        version: u32,
+        now: OffsetDateTime,
+    ) {
+        let cert = &view.certificate;
+        let serial = view
+            .versions
+            .iter()
+            .find(|v| v.version == version)
+            .map(|v| v.serial.clone());
+        let verb = match kind {
+            EventKind::Issued => "issued",
+            EventKind::Renewed => "renewed",
+            EventKind::Revoked => "revoked",
+            _ => kind.as_str(),
+        };
+        self.publish(
+            Notification {
+                id: Uuid::now_v7(),
+                kind,
+                team: cert.team.clone(),
+                certificate_id: Some(cert.id),
+                certificate_name: Some(cert.name.clone()),
+                version: Some(version),
+                not_after: Some(cert.not_after),
+                days_left: None,
+                reason: None,
+                summary: format!("{} version {version} {verb}", cert.name),
+                details: json!({ "serial": serial }),
+                at: now,
+            },
+            None,
+        )
+        .await;
+    }
+}
