@@ -31,3 +31,10 @@ if ! command -v moto_server >/dev/null 2>&1; then
   python3 -m pip install --quiet --disable-pip-version-check 'moto[server]'
 fi
 echo "peers: moto $(python3 -m pip show moto 2>/dev/null | sed -n 's/^Version: //p')"
+
+# aiosmtpd (SMTP sink): the notify crate's email tests start it themselves.
+if ! python3 -c 'import aiosmtpd' >/dev/null 2>&1; then
+  echo "== installing aiosmtpd"
+  python3 -m pip install --quiet --disable-pip-version-check aiosmtpd
+fi
+echo "peers: aiosmtpd $(python3 -m pip show aiosmtpd 2>/dev/null | sed -n 's/^Version: //p')"
