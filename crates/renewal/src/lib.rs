@@ -3,6 +3,10 @@
 //! queue (the database's, or Amazon SQS) and renew through the services layer,
 //! which asks the certificate's issuer (internal CA or ACME).
 
+mod scheduler;
 pub mod sqs;
+mod worker;
 
+pub use scheduler::{ScanReport, Scheduler, SchedulerSettings};
 pub use sqs::{SqsOptions, SqsRenewalQueue};
+pub use worker::{Worker, WorkerSettings, WorkerStats};

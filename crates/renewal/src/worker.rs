@@ -1,0 +1,222 @@
+//! Renewal workers: take a job, renew through the services layer (which asks
+//! the certificate's issuer and stores the new version), acknowledge. A job
+//! that fails is retried with capped exponential backoff and jitter, and
+//! dead-lettered after its maximum attempts; either way the team is told.
+//!
+//! Exactly one new version per job, whatever the delivery: the version is
+//! stored under the job's idempotency key, so a duplicate delivery, or a retry
+//! after a worker died mid-job, finds the first one's result instead of
+//! issuing again.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use certflow_core::DomainError;
+use certflow_core::error::DomainResult;
+use certflow_core::renewal::{JobDelivery, RenewalQueue, backoff, jitter_seed};
+use certflow_services::{JobOutcome, Services};
+use time::OffsetDateTime;
+use tokio::sync::watch;
+
+/// Worker knobs.
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    /// Jobs worked on at once.
+    pub concurrency: u32,
+    /// Lease (visibility timeout) per delivery; heartbeats renew it every third.
+    pub lease: Duration,
+    /// Longest wait for a job in one receive.
+    pub wait: Duration,
+    /// First retry delay.
+    pub backoff_base: Duration,
+    /// Longest retry delay.
+    pub backoff_cap: Duration,
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        Self {
+            concurrency: 4,
+            lease: Duration::from_secs(300),
+            wait: Duration::from_secs(10),
+            backoff_base: Duration::from_secs(30),
+            backoff_cap: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// Counters for metrics.
+#[derive(Debug, Default)]
+pub struct WorkerStats {
+    /// Versions stored.
+    pub renewed: AtomicU64,
+    /// Jobs found already done (duplicates, manual renewals).
+    pub already_renewed: AtomicU64,
+    /// Failed attempts that will be retried.
+    pub retried: AtomicU64,
+    /// Jobs given up.
+    pub dead_lettered: AtomicU64,
+}
+
+/// Takes jobs from a queue and renews.
+#[derive(Clone)]
+pub struct Worker {
+    services: Services,
+    queue: Arc<dyn RenewalQueue>,
+    settings: WorkerSettings,
+    stats: Arc<WorkerStats>,
+}
+
+impl Worker {
+    /// A worker renewing through `services`, fed by `queue`.
+    pub fn new(services: Services, queue: Arc<dyn RenewalQueue>, settings: WorkerSettings) -> Self {
+        Self {
+            services,
+            queue,
+            settings,
+            stats: Arc::new(WorkerStats::default()),
+        }
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> Arc<WorkerStats> {
+        self.stats.clone()
+    }
+
+    /// Receives up to `concurrency` jobs (waiting up to `wait`) and works on
+    /// them concurrently; returns how many it took.
+    pub async fn run_once(&self) -> DomainResult<usize> {
+        let deliveries = self
+            .queue
+            .receive(
+                self.settings.concurrency,
+                self.settings.lease,
+                self.settings.wait,
+            )
+            .await?;
+        let n = deliveries.len();
+        let mut tasks = tokio::task::JoinSet::new();
+        for delivery in deliveries {
+            let worker = self.clone();
+            tasks.spawn(async move { worker.process(delivery).await });
+        }
+        while let Some(done) = tasks.join_next().await {
+            if let Err(e) = done {
+                tracing::error!(error = %e, "renewal task panicked; its job is retried after its lease");
+            }
+        }
+        Ok(n)
+    }
+
+    /// Works until `shutdown` turns true; a queue outage is retried with backoff.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let mut failures = 0u32;
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            let result = tokio::select! {
+                r = self.run_once() => r,
+                _ = shutdown.changed() => return,
+            };
+            match result {
+                Ok(_) => failures = 0,
+                Err(e) => {
+                    failures += 1;
+                    let delay = backoff(
+                        failures,
+                        Duration::from_secs(1),
+                        Duration::from_secs(60),
+                        0.5,
+                    );
+                    tracing::warn!(error = %e, retry_in = ?delay, queue = self.queue.kind(), "cannot receive renewal jobs");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = shutdown.changed() => return,
+                    }
+                }
+            }
+        }
+    }
+
+    /// One delivery, from heartbeat to acknowledgement.
+    async fn process(&self, delivery: JobDelivery) {
+        let job = &delivery.job;
+        let heartbeat = {
+            let queue = self.queue.clone();
+            let delivery = delivery.clone();
+            let lease = self.settings.lease;
+            tokio::spawn(async move {
+                let every = (lease / 3).max(Duration::from_millis(200));
+                loop {
+                    tokio::time::sleep(every).await;
+                    if let Err(e) = queue.heartbeat(&delivery, lease).await {
+                        tracing::warn!(job = %delivery.job.id, error = %e, "heartbeat failed");
+                        if matches!(e, DomainError::Conflict(_)) {
+                            return;
+                        }
+                    }
+                }
+            })
+        };
+        let result = self
+            .services
+            .run_renewal_job(job, OffsetDateTime::now_utc())
+            .await;
+        heartbeat.abort();
+        let ack = match result {
+            Ok(outcome) => {
+                match outcome {
+                    JobOutcome::Renewed { version } => {
+                        self.stats.renewed.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!(certificate = %job.certificate_id, version, attempt = job.attempts, "renewed");
+                    }
+                    JobOutcome::AlreadyRenewed => {
+                        self.stats.already_renewed.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!(certificate = %job.certificate_id, version = job.version, "already renewed; duplicate job acknowledged");
+                    }
+                    JobOutcome::NotRenewable => {
+                        tracing::info!(certificate = %job.certificate_id, "not active any more; job dropped");
+                    }
+                }
+                self.queue.complete(&delivery).await
+            }
+            // A deleted certificate will never renew: nothing to retry.
+            Err(DomainError::NotFound(what)) => {
+                tracing::warn!(job = %job.id, %what, "renewal target vanished; job dropped");
+                self.queue.complete(&delivery).await
+            }
+            Err(e) => self.failed(&delivery, &e.to_string()).await,
+        };
+        if let Err(e) = ack {
+            // The lease runs out and the job comes back; the idempotency key
+            // keeps that from issuing twice.
+            tracing::warn!(job = %job.id, error = %e, "could not acknowledge a renewal job");
+        }
+    }
+
+    async fn failed(&self, delivery: &JobDelivery, error: &str) -> DomainResult<()> {
+        let job = &delivery.job;
+        let now = OffsetDateTime::now_utc();
+        let dead = job.attempts >= job.max_attempts;
+        if dead {
+            self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(certificate = %job.certificate_id, version = job.version, attempts = job.attempts, error, "renewal dead-lettered");
+            self.queue.dead_letter(delivery, error).await?;
+        } else {
+            self.stats.retried.fetch_add(1, Ordering::Relaxed);
+            // Seeded by job and attempt: retries of a fleet spread out.
+            let u = jitter_seed(job.id, job.attempts);
+            let delay = backoff(
+                job.attempts,
+                self.settings.backoff_base,
+                self.settings.backoff_cap,
+                u,
+            );
+            tracing::warn!(certificate = %job.certificate_id, version = job.version, attempt = job.attempts, retry_in = ?delay, error, "renewal failed; will retry");
+            self.queue.retry(delivery, error, delay).await?;
+        }
+        self.services.renewal_failed(job, error, dead, now).await
+    }
+}
