@@ -8,6 +8,8 @@ use certflow_core::model::{
     Actor, AuditEvent, Certificate, CertificateStatus, CertificateVersion, IdempotencyRecord,
     Issuer, IssuerKind, KeySource, KeyType, Labels, Outcome, RevocationReason, VersionStatus,
 };
+use certflow_core::notify::{Delivery, DeliveryAttempt, DeliveryState, Subscription};
+use certflow_core::renewal::{JobState, RenewalJob};
 use certflow_core::{Profile, SubjectName};
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -20,8 +22,8 @@ use crate::query::Columns;
 macro_rules! certificate_columns {
     () => {
         "c.id, c.name, c.team, c.profile, c.key_type, c.key_source, c.names, c.validity_days, \
-         c.issuer_id, c.renew_at_fraction, c.renew_before_days, c.status, c.current_version, \
-         c.not_after, c.renew_after, c.created_at, c.updated_at"
+         c.validity_secs, c.issuer_id, c.renew_at_fraction, c.renew_before_days, c.renew_jitter_fraction, c.status, \
+         c.current_version, c.not_after, c.renew_after, c.created_at, c.updated_at"
     };
 }
 
@@ -51,9 +53,96 @@ macro_rules! idempotency_columns {
     };
 }
 
+macro_rules! job_columns {
+    () => {
+        "id, certificate_id, version, state, attempts, max_attempts, run_at, lease_until, \
+         last_attempt_at, last_error, created_at, updated_at"
+    };
+}
+
+macro_rules! subscription_columns {
+    () => {
+        "id, team, events, channel, created_at"
+    };
+}
+
+/// Of `deliveries d` joined with `notifications n`.
+macro_rules! delivery_columns {
+    () => {
+        "d.id, d.subscription_id, d.channel, d.state, d.attempts, d.next_attempt_at, \
+         d.last_error, d.delivered_at, d.created_at, n.payload"
+    };
+}
+
 pub(crate) use {
-    audit_columns, certificate_columns, idempotency_columns, issuer_columns, version_columns,
+    audit_columns, certificate_columns, delivery_columns, idempotency_columns, issuer_columns,
+    job_columns, subscription_columns, version_columns,
 };
+
+/// JSON text of `value`; `what` names it in the error.
+pub(crate) fn to_json(what: &str, value: &impl serde::Serialize) -> DomainResult<String> {
+    serde_json::to_string(value)
+        .map_err(|e| certflow_core::DomainError::Internal(format!("encoding {what}: {e}")))
+}
+
+fn get_json<T: serde::de::DeserializeOwned>(row: &impl Columns, col: &str) -> DomainResult<T> {
+    serde_json::from_str(&row.text(col)?).map_err(|e| corrupt(col, e))
+}
+
+/// Decodes a row selected with [`job_columns`].
+pub(crate) fn renewal_job(row: &impl Columns) -> DomainResult<RenewalJob> {
+    Ok(RenewalJob {
+        id: get_uuid(row, "id")?,
+        certificate_id: get_uuid(row, "certificate_id")?,
+        version: get_u32(row, "version")?,
+        state: get_enum(row, "state", JobState::parse)?,
+        attempts: get_u32(row, "attempts")?,
+        max_attempts: get_u32(row, "max_attempts")?,
+        run_at: get_time(row, "run_at")?,
+        lease_until: get_opt_time(row, "lease_until")?,
+        last_attempt_at: get_opt_time(row, "last_attempt_at")?,
+        last_error: row.opt_text("last_error")?,
+        created_at: get_time(row, "created_at")?,
+        updated_at: get_time(row, "updated_at")?,
+    })
+}
+
+/// Decodes a row selected with [`subscription_columns`].
+pub(crate) fn subscription(row: &impl Columns) -> DomainResult<Subscription> {
+    Ok(Subscription {
+        id: get_uuid(row, "id")?,
+        team: row.text("team")?,
+        events: get_json(row, "events")?,
+        channel: get_json(row, "channel")?,
+        created_at: get_time(row, "created_at")?,
+    })
+}
+
+/// Decodes a row selected with [`delivery_columns`].
+pub(crate) fn delivery(row: &impl Columns) -> DomainResult<Delivery> {
+    Ok(Delivery {
+        id: get_uuid(row, "id")?,
+        notification: get_json(row, "payload")?,
+        subscription_id: get_uuid(row, "subscription_id")?,
+        channel: get_json(row, "channel")?,
+        state: get_enum(row, "state", DeliveryState::parse)?,
+        attempts: get_u32(row, "attempts")?,
+        next_attempt_at: get_time(row, "next_attempt_at")?,
+        last_error: row.opt_text("last_error")?,
+        delivered_at: get_opt_time(row, "delivered_at")?,
+        created_at: get_time(row, "created_at")?,
+    })
+}
+
+/// Decodes a row of `delivery_attempts`.
+pub(crate) fn delivery_attempt(row: &impl Columns) -> DomainResult<DeliveryAttempt> {
+    Ok(DeliveryAttempt {
+        delivery_id: get_uuid(row, "delivery_id")?,
+        attempt: get_u32(row, "attempt")?,
+        at: get_time(row, "at")?,
+        error: row.opt_text("error")?,
+    })
+}
 
 /// Column text of a UUID: lower-case hyphenated, whose text order is UUIDv7 time order.
 pub(crate) fn id(id: Uuid) -> String {
@@ -163,14 +252,17 @@ pub(crate) fn certificate(row: &impl Columns, labels: Labels) -> DomainResult<Ce
         key_source: get_enum(row, "key_source", KeySource::parse)?,
         names: get_names(row, "names")?,
         validity_days: get_u32(row, "validity_days")?,
+        validity_secs: row
+            .opt_int("validity_secs")?
+            .map(|s| u32::try_from(s).map_err(|e| corrupt("validity_secs", e)))
+            .transpose()?,
         issuer_id: get_uuid(row, "issuer_id")?,
         renewal: RenewalPolicy {
             renew_at_fraction: row.real("renew_at_fraction")?,
             renew_before_days: renew_before_days
                 .map(|d| u32::try_from(d).map_err(|e| corrupt("renew_before_days", e)))
                 .transpose()?,
-            // Column arrives with the renewal migration (store work in progress).
-            jitter_fraction: 0.1,
+            jitter_fraction: row.real("renew_jitter_fraction")?,
         },
         status: get_enum(row, "status", CertificateStatus::parse)?,
         current_version: get_u32(row, "current_version")?,

@@ -1,5 +1,7 @@
 //! certflow's metadata store: the [`MetadataStore`](certflow_core::ports::MetadataStore)
-//! port over SQLite ([`SqliteStore`]) and PostgreSQL ([`PgStore`]).
+//! port over SQLite ([`SqliteStore`]) and PostgreSQL ([`PgStore`]), with the
+//! renewal ledger and notification ports and the embedded renewal queue
+//! ([`DbRenewalQueue`]) on the same database.
 //!
 //! Both run one implementation of the port (`repo`, over the `query`
 //! abstraction, whose module comment explains the split), with their own
@@ -11,11 +13,15 @@ mod changes;
 mod codec;
 mod error;
 mod migrate;
+mod notify;
 mod postgres;
 mod query;
+mod queue;
+mod renewal;
 mod repo;
 mod sqlite;
 
 pub use changes::ChangeFeed;
 pub use postgres::{PgOptions, PgStore};
+pub use queue::{Clock, DbQueueOptions, DbRenewalQueue};
 pub use sqlite::SqliteStore;

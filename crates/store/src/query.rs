@@ -283,6 +283,9 @@ pub(crate) trait Dialect {
     /// Run first when the default issuer changes, so that two changes
     /// cannot each clear the old default and both set a new one.
     const LOCK_ISSUERS: Option<&'static str>;
+    /// Appended to a `SELECT` of rows a worker is about to claim, so that
+    /// concurrent claimers pass over each other's rows instead of waiting.
+    const SKIP_LOCKED: &'static str;
 }
 
 /// A database the shared implementation runs on.

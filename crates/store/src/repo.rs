@@ -82,41 +82,44 @@ impl<B: Database> SqlStore<B> {
 }
 
 impl<B: Backend> SqlStore<B> {
-    async fn begin_write(&self) -> DomainResult<Transaction<'static, B>> {
+    pub(crate) async fn begin_write(&self) -> DomainResult<Transaction<'static, B>> {
         self.pool.begin_with(B::BEGIN_WRITE).await.map_err(map)
     }
 
-    async fn begin_read(&self) -> DomainResult<Transaction<'static, B>> {
+    pub(crate) async fn begin_read(&self) -> DomainResult<Transaction<'static, B>> {
         self.pool.begin_with(B::BEGIN_READ).await.map_err(map)
     }
 
-    async fn fetch_all(&self, sql: Sql) -> DomainResult<Vec<B::Record>> {
+    pub(crate) async fn fetch_all(&self, sql: Sql) -> DomainResult<Vec<B::Record>> {
         let mut conn = self.pool.acquire().await.map_err(map)?;
         B::fetch_all(&mut conn, sql).await.map_err(map)
     }
 
-    async fn fetch_optional(&self, sql: Sql) -> DomainResult<Option<B::Record>> {
+    pub(crate) async fn fetch_optional(&self, sql: Sql) -> DomainResult<Option<B::Record>> {
         let mut conn = self.pool.acquire().await.map_err(map)?;
         B::fetch_optional(&mut conn, sql).await.map_err(map)
     }
 }
 
-async fn execute<B: Backend>(conn: &mut B::Connection, sql: Sql) -> DomainResult<()> {
+pub(crate) async fn execute<B: Backend>(conn: &mut B::Connection, sql: Sql) -> DomainResult<()> {
     B::execute(conn, sql).await.map_err(map)
 }
 
-async fn fetch_all<B: Backend>(conn: &mut B::Connection, sql: Sql) -> DomainResult<Vec<B::Record>> {
+pub(crate) async fn fetch_all<B: Backend>(
+    conn: &mut B::Connection,
+    sql: Sql,
+) -> DomainResult<Vec<B::Record>> {
     B::fetch_all(conn, sql).await.map_err(map)
 }
 
-async fn fetch_optional<B: Backend>(
+pub(crate) async fn fetch_optional<B: Backend>(
     conn: &mut B::Connection,
     sql: Sql,
 ) -> DomainResult<Option<B::Record>> {
     B::fetch_optional(conn, sql).await.map_err(map)
 }
 
-async fn insert_audit<B: Backend>(
+pub(crate) async fn insert_audit<B: Backend>(
     conn: &mut B::Connection,
     event: &AuditEvent,
 ) -> DomainResult<()> {
@@ -363,7 +366,11 @@ fn push_audit_filters(sql: &mut Sql, q: &AuditQuery) {
     }
 }
 
-/// The renewal scheduler's query. `certificates_due (status, renew_after)`
+/// The renewal scheduler's query: due certificates whose current version has
+/// no renewal job yet, so a scheduler that enqueues every row it gets moves on
+/// to the next batch instead of reading the same one again (the port takes no
+/// cursor). The `NOT EXISTS` probes the `(certificate_id, version)` unique key
+/// of `renewal_jobs`, one index lookup per due row. `certificates_due (status, renew_after)`
 /// serves it on both backends: an equality on `status` and a range on
 /// `renew_after`. Walking the index yields `renew_after` order, so only rows
 /// due in the same second are sorted by id (SQLite: "USE TEMP B-TREE FOR LAST
@@ -375,6 +382,8 @@ pub(crate) fn due_query(now: OffsetDateTime, limit: u32) -> Sql {
         "SELECT ",
         certificate_columns!(),
         " FROM certificates c WHERE c.status = $1 AND c.renew_after <= $2 \
+         AND NOT EXISTS (SELECT 1 FROM renewal_jobs j \
+         WHERE j.certificate_id = c.id AND j.version = c.current_version) \
          ORDER BY c.renew_after, c.id LIMIT $3"
     ))
     .bind(CertificateStatus::Active.as_str())
@@ -404,14 +413,14 @@ async fn certificates_with_labels<B: Backend>(
         .collect()
 }
 
-fn page_bounds(limit: u32, offset: u64) -> (i64, i64) {
+pub(crate) fn page_bounds(limit: u32, offset: u64) -> (i64, i64) {
     (
         i64::from(limit.clamp(1, MAX_PAGE)),
         i64::try_from(offset).unwrap_or(i64::MAX),
     )
 }
 
-fn total(row: Option<impl Columns>) -> DomainResult<u64> {
+pub(crate) fn total(row: Option<impl Columns>) -> DomainResult<u64> {
     let count = match row {
         Some(row) => row.int("n")?,
         None => 0,
@@ -556,10 +565,10 @@ impl<B: Backend> MetadataStore for SqlStore<B> {
         let sql = Sql::new(concat!(
             "INSERT INTO certificates (",
             "id, name, name_folded, team, profile, key_type, key_source, names, validity_days, ",
-            "issuer_id, renew_at_fraction, renew_before_days, status, current_version, ",
-            "not_after, renew_after, created_at, updated_at",
+            "validity_secs, issuer_id, renew_at_fraction, renew_before_days, renew_jitter_fraction, ",
+            "status, current_version, not_after, renew_after, created_at, updated_at",
             ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, ",
-            "$17, $18)"
+            "$17, $18, $19, $20)"
         ))
         .bind(id(cert.id))
         .bind(cert.name.as_str())
@@ -570,9 +579,11 @@ impl<B: Backend> MetadataStore for SqlStore<B> {
         .bind(cert.key_source.as_str())
         .bind(codec::names_json(&cert.names)?)
         .bind(i64::from(cert.validity_days))
+        .bind(cert.validity_secs.map(i64::from))
         .bind(id(cert.issuer_id))
         .bind(cert.renewal.renew_at_fraction)
         .bind(cert.renewal.renew_before_days.map(i64::from))
+        .bind(cert.renewal.jitter_fraction)
         .bind(cert.status.as_str())
         .bind(i64::from(cert.current_version))
         .bind(secs(cert.not_after))

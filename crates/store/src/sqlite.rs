@@ -11,7 +11,10 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 
 use crate::error::map;
 use crate::migrate::{Embedded, migrator};
+use crate::notify::forward_notification_store;
 use crate::query::Dialect;
+use crate::queue::{DbQueueOptions, DbRenewalQueue};
+use crate::renewal::forward_renewal_ledger;
 use crate::repo::{SqlStore, forward_metadata_store};
 
 /// Migrations embedded in the binary, oldest first. Listed by hand so the
@@ -27,6 +30,11 @@ const MIGRATIONS: &[Embedded] = &[
         2,
         "idempotency keys",
         include_str!("../migrations/sqlite/0002_idempotency_keys.sql"),
+    ),
+    (
+        3,
+        "renewal and notifications",
+        include_str!("../migrations/sqlite/0003_renewal_and_notifications.sql"),
     ),
 ];
 
@@ -45,6 +53,8 @@ impl Dialect for Sqlite {
     const BEGIN_READ: &'static str = "BEGIN";
     const FOR_UPDATE: &'static str = "";
     const LOCK_ISSUERS: Option<&'static str> = None;
+    /// Claims run under the database write lock, so nobody else is claiming.
+    const SKIP_LOCKED: &'static str = "";
 }
 
 /// The metadata store on a SQLite database (a file, or memory for tests).
@@ -54,8 +64,15 @@ pub struct SqliteStore {
 }
 
 forward_metadata_store!(SqliteStore, store);
+forward_renewal_ledger!(SqliteStore, store);
+forward_notification_store!(SqliteStore, store);
 
 impl SqliteStore {
+    /// The renewal queue on this database's `renewal_jobs` table.
+    pub fn renewal_queue(&self, options: DbQueueOptions) -> DbRenewalQueue {
+        DbRenewalQueue::sqlite(self.store.clone(), options)
+    }
+
     /// Opens (creating if missing) the database file at `path` and migrates it.
     pub async fn open(path: &Path) -> DomainResult<Self> {
         let unavailable = |what: &str, e: &dyn std::fmt::Display| DomainError::Unavailable {

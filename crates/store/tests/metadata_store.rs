@@ -14,7 +14,30 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use certflow_store::{PgOptions, PgStore, SqliteStore};
+use certflow_core::ports::{MetadataStore, NotificationStore, RenewalLedger};
+use certflow_store::{DbQueueOptions, DbRenewalQueue, PgOptions, PgStore, SqliteStore};
+
+/// Everything a backend offers the suite: the three ports and its queue.
+pub trait Stores: MetadataStore + RenewalLedger + NotificationStore {
+    /// The database renewal queue on this store, polling quickly.
+    fn queue(&self) -> DbRenewalQueue;
+}
+
+const QUEUE: DbQueueOptions = DbQueueOptions {
+    poll_interval: std::time::Duration::from_millis(20),
+};
+
+impl Stores for SqliteStore {
+    fn queue(&self) -> DbRenewalQueue {
+        self.renewal_queue(QUEUE)
+    }
+}
+
+impl Stores for PgStore {
+    fn queue(&self) -> DbRenewalQueue {
+        self.renewal_queue(QUEUE)
+    }
+}
 
 /// Backend-agnostic cases. Times are whole seconds: stores keep unix seconds.
 mod suite {
@@ -89,6 +112,7 @@ mod suite {
             key_source: KeySource::Server,
             names: vec![dns(name)],
             validity_days: 90,
+            validity_secs: None,
             issuer_id: issuer.id,
             renewal: RenewalPolicy::default(),
             status: CertificateStatus::Active,
@@ -415,10 +439,12 @@ mod suite {
             ip("2001:db8::1"),
         ];
         cert.validity_days = 47;
+        cert.validity_secs = Some(6 * 3600);
         cert.renewal = RenewalPolicy {
             renew_at_fraction: 2.0 / 3.0,
             renew_before_days: Some(14),
-            jitter_fraction: 0.1,
+            // Not the default, so the round trip proves the column is written.
+            jitter_fraction: 0.25,
         };
         cert.not_after = at(T0 + 47 * DAY);
         cert.renew_after = at(T0 + 33 * DAY);
@@ -2294,6 +2320,998 @@ mod suite {
         // Purging touches nothing but the records.
         assert_eq!(store.list_versions(cert.id).await.unwrap().len(), 2);
     }
+
+    // ------------------------------------------------ renewal jobs and queue
+
+    use std::collections::HashSet;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicI64, Ordering};
+    use std::time::Duration as StdDuration;
+
+    use certflow_core::notify::{
+        Channel, DeliveryQuery, DeliveryState, EventKind, Notification, Subscription, WebhookFormat,
+    };
+    use certflow_core::renewal::{JobDelivery, JobState, QueueStats, RenewalJob, RenewalQueue};
+    use certflow_store::DbRenewalQueue;
+
+    use crate::Stores;
+
+    const LEASE: StdDuration = StdDuration::from_secs(60);
+    const NO_WAIT: StdDuration = StdDuration::ZERO;
+
+    /// A queue whose clock reads `clock` (unix seconds), starting at T0.
+    fn clocked(store: &dyn Stores) -> (DbRenewalQueue, Arc<AtomicI64>) {
+        let clock = Arc::new(AtomicI64::new(T0));
+        let reader = clock.clone();
+        let queue = store
+            .queue()
+            .with_clock(Arc::new(move || at(reader.load(Ordering::SeqCst))));
+        (queue, clock)
+    }
+
+    fn set(clock: &AtomicI64, secs: i64) {
+        clock.store(secs, Ordering::SeqCst);
+    }
+
+    /// A certificate to hang jobs on (jobs reference it; their versions need not exist).
+    async fn job_target(store: &dyn Stores) -> Certificate {
+        let issuer = seed_issuer(store).await;
+        let cert = certificate(&issuer, "renew.example.com", "payments");
+        create(store, &cert).await;
+        cert
+    }
+
+    async fn job(store: &dyn Stores, id: Uuid) -> RenewalJob {
+        store.get_renewal_job(id).await.unwrap().unwrap()
+    }
+
+    async fn receive_one(queue: &DbRenewalQueue) -> JobDelivery {
+        let mut got = queue.receive(10, LEASE, NO_WAIT).await.unwrap();
+        assert_eq!(got.len(), 1, "{got:?}");
+        got.remove(0)
+    }
+
+    async fn receive_none(queue: &DbRenewalQueue) {
+        let got = queue.receive(10, LEASE, NO_WAIT).await.unwrap();
+        assert!(got.is_empty(), "{got:?}");
+    }
+
+    pub async fn renewal_ledger_round_trips_and_inserts_once(store: &dyn Stores) {
+        let cert = job_target(store).await;
+        let mut v1 = RenewalJob::new(cert.id, 1, 5, at(T0));
+        assert!(store.insert_renewal_job(&v1).await.unwrap());
+        assert_eq!(job(store, v1.id).await, v1);
+        // Another job for the same (certificate, version) is not inserted.
+        let twin = RenewalJob::new(cert.id, 1, 5, at(T0 + 10));
+        assert!(!store.insert_renewal_job(&twin).await.unwrap());
+        assert_eq!(store.get_renewal_job(twin.id).await.unwrap(), None);
+        // The same id again is a conflict, not a silent no-op.
+        let same_id = RenewalJob {
+            version: 9,
+            ..v1.clone()
+        };
+        assert_conflict(
+            store.insert_renewal_job(&same_id).await,
+            &["already exists"],
+        );
+
+        let v2 = RenewalJob::new(cert.id, 2, 5, at(T0 + 20));
+        assert!(store.insert_renewal_job(&v2).await.unwrap());
+        assert_eq!(
+            store.latest_renewal_job(cert.id).await.unwrap(),
+            Some(v2.clone())
+        );
+        assert_eq!(
+            store.latest_renewal_job(Uuid::new_v4()).await.unwrap(),
+            None
+        );
+
+        // Every field is overwritten, and the audit event commits with it.
+        v1.state = JobState::Dead;
+        v1.attempts = 5;
+        v1.max_attempts = 6;
+        v1.run_at = at(T0 + 100);
+        v1.lease_until = Some(at(T0 + 200));
+        v1.last_attempt_at = Some(at(T0 + 150));
+        v1.last_error = Some("CA said no: 'rateLimited'".into());
+        v1.updated_at = at(T0 + 150);
+        let audit = event("renewal.dead", &target(&cert));
+        store.update_renewal_job(&v1, Some(&audit)).await.unwrap();
+        assert_eq!(job(store, v1.id).await, v1);
+        let trail = audit_ids(
+            store,
+            AuditQuery {
+                action_prefix: Some("renewal.".into()),
+                ..AuditQuery::default()
+            },
+        )
+        .await;
+        assert_eq!(trail, vec![audit.id]);
+        v1.last_error = None;
+        store.update_renewal_job(&v1, None).await.unwrap();
+        assert_eq!(job(store, v1.id).await.last_error, None);
+
+        // A failing audit rolls the update back.
+        let mut changed = v1.clone();
+        changed.state = JobState::Queued;
+        assert!(
+            store
+                .update_renewal_job(&changed, Some(&audit))
+                .await
+                .is_err()
+        );
+        assert_eq!(job(store, v1.id).await.state, JobState::Dead);
+
+        let ghost = RenewalJob::new(cert.id, 7, 5, at(T0));
+        assert_not_found(store.update_renewal_job(&ghost, None).await);
+
+        store.delete_renewal_job(v2.id).await.unwrap();
+        assert_eq!(store.get_renewal_job(v2.id).await.unwrap(), None);
+        assert_eq!(store.latest_renewal_job(cert.id).await.unwrap(), Some(v1));
+        // Deleted, the key is free again (a failed hand-off to SQS is retried).
+        assert!(store.insert_renewal_job(&v2).await.unwrap());
+    }
+
+    pub async fn concurrent_enqueues_insert_one_job(store: &dyn Stores) {
+        let cert = job_target(store).await;
+        let queue = store.queue();
+        let jobs: Vec<RenewalJob> = (0..8)
+            .map(|_| RenewalJob::new(cert.id, 1, 5, at(T0)))
+            .collect();
+        let results = futures_join_all(jobs.iter().map(|j| queue.enqueue(j))).await;
+        let inserted: Vec<&RenewalJob> = jobs
+            .iter()
+            .zip(&results)
+            .filter(|(_, r)| *r.as_ref().unwrap())
+            .map(|(j, _)| j)
+            .collect();
+        assert_eq!(inserted.len(), 1, "{results:?}");
+        assert_eq!(
+            store.latest_renewal_job(cert.id).await.unwrap().unwrap().id,
+            inserted[0].id
+        );
+        assert_eq!(queue.stats().await.unwrap().queued, 1);
+    }
+
+    /// Polls every future concurrently (they share the store's pool, so on
+    /// PostgreSQL they race on several connections).
+    async fn futures_join_all<F: std::future::Future>(
+        futures: impl Iterator<Item = F>,
+    ) -> Vec<F::Output> {
+        let mut set = Vec::new();
+        for f in futures {
+            set.push(Box::pin(f));
+        }
+        let mut out: Vec<Option<F::Output>> = set.iter().map(|_| None).collect();
+        std::future::poll_fn(|cx| {
+            let mut pending = false;
+            for (slot, f) in out.iter_mut().zip(set.iter_mut()) {
+                if slot.is_none() {
+                    match f.as_mut().poll(cx) {
+                        std::task::Poll::Ready(v) => *slot = Some(v),
+                        std::task::Poll::Pending => pending = true,
+                    }
+                }
+            }
+            if pending {
+                std::task::Poll::Pending
+            } else {
+                std::task::Poll::Ready(())
+            }
+        })
+        .await;
+        out.into_iter().map(Option::unwrap).collect()
+    }
+
+    pub async fn concurrent_receivers_never_share_a_job(store: &dyn Stores) {
+        let cert = job_target(store).await;
+        let queue = store.queue();
+        for version in 1..=30 {
+            assert!(
+                queue
+                    .enqueue(&RenewalJob::new(cert.id, version, 5, at(T0)))
+                    .await
+                    .unwrap()
+            );
+        }
+        let worker = |queue: DbRenewalQueue| async move {
+            let mut mine = Vec::new();
+            loop {
+                let got = queue.receive(4, LEASE, NO_WAIT).await.unwrap();
+                if got.is_empty() {
+                    return mine;
+                }
+                mine.extend(got.into_iter().map(|d| d.job.id));
+            }
+        };
+        let all = futures_join_all((0..5).map(|_| worker(queue.clone()))).await;
+        let ids: Vec<Uuid> = all.into_iter().flatten().collect();
+        let distinct: HashSet<Uuid> = ids.iter().copied().collect();
+        assert_eq!(ids.len(), 30, "a job was delivered twice or lost");
+        assert_eq!(distinct.len(), 30);
+        let stats = queue.stats().await.unwrap();
+        assert_eq!((stats.queued, stats.running), (0, 30));
+    }
+
+    pub async fn expired_lease_is_redelivered_and_the_old_receipt_refused(store: &dyn Stores) {
+        let cert = job_target(store).await;
+        let (queue, clock) = clocked(store);
+        let enqueued = RenewalJob::new(cert.id, 1, 5, at(T0));
+        queue.enqueue(&enqueued).await.unwrap();
+        let first = receive_one(&queue).await;
+        assert_eq!(first.job.id, enqueued.id);
+        assert_eq!(first.job.state, JobState::Running);
+        assert_eq!(first.job.attempts, 1);
+        assert_eq!(first.job.lease_until, Some(at(T0 + 60)));
+        assert_eq!(first.job.last_attempt_at, Some(at(T0)));
+        // Leased: nobody else gets it, up to and including its last second.
+        receive_none(&queue).await;
+        set(&clock, T0 + 60);
+        receive_none(&queue).await;
+
+        set(&clock, T0 + 61);
+        let second = receive_one(&queue).await;
+        assert_eq!(second.job.id, enqueued.id);
+        assert_eq!(second.job.attempts, 2);
+        assert_ne!(second.receipt, first.receipt);
+        assert!(
+            second
+                .job
+                .last_error
+                .as_deref()
+                .unwrap()
+                .contains("lease expired")
+        );
+        assert_eq!(job(store, enqueued.id).await, second.job);
+
+        // The first worker has lost its lease for every operation.
+        assert_conflict(queue.heartbeat(&first, LEASE).await, &["lease lost"]);
+        assert_conflict(queue.complete(&first).await, &["lease lost"]);
+        assert_conflict(queue.retry(&first, "x", LEASE).await, &["lease lost"]);
+        assert_conflict(queue.dead_letter(&first, "x").await, &["lease lost"]);
+        assert_eq!(job(store, enqueued.id).await, second.job);
+
+        queue.complete(&second).await.unwrap();
+        let done = job(store, enqueued.id).await;
+        assert_eq!(done.state, JobState::Done);
+        assert_eq!(done.last_error, None);
+        assert_eq!(done.lease_until, None);
+        // Done is final: not delivered again, not acknowledged twice.
+        set(&clock, T0 + 10_000);
+        receive_none(&queue).await;
+        assert_conflict(queue.complete(&second).await, &["lease lost"]);
+    }
+
+    pub async fn heartbeat_extends_the_lease(store: &dyn Stores) {
+        let cert = job_target(store).await;
+        let (queue, clock) = clocked(store);
+        queue
+            .enqueue(&RenewalJob::new(cert.id, 1, 5, at(T0)))
+            .await
+            .unwrap();
+        let delivery = receive_one(&queue).await;
+        set(&clock, T0 + 50);
+        queue.heartbeat(&delivery, LEASE).await.unwrap();
+        assert_eq!(
+            job(store, delivery.job.id).await.lease_until,
+            Some(at(T0 + 110))
+        );
+        set(&clock, T0 + 100);
+        receive_none(&queue).await;
+        // Still the holder after the original lease would have ended.
+        queue.heartbeat(&delivery, LEASE).await.unwrap();
+        set(&clock, T0 + 161);
+        let again = receive_one(&queue).await;
+        assert_eq!((again.job.id, again.job.attempts), (delivery.job.id, 2));
+    }
+
+    pub async fn retry_honours_run_at(store: &dyn Stores) {
+        let cert = job_target(store).await;
+        let (queue, clock) = clocked(store);
+        queue
+            .enqueue(&RenewalJob::new(cert.id, 1, 5, at(T0)))
+            .await
+            .unwrap();
+        let first = receive_one(&queue).await;
+        set(&clock, T0 + 10);
+        queue
+            .retry(
+                &first,
+                "CA unavailable: connection refused",
+                StdDuration::from_millis(299_500),
+            )
+            .await
+            .unwrap();
+        let waiting = job(store, first.job.id).await;
+        assert_eq!(waiting.state, JobState::Queued);
+        // Rounded up to the whole second: never earlier than asked.
+        assert_eq!(waiting.run_at, at(T0 + 310));
+        assert_eq!(waiting.lease_until, None);
+        assert_eq!(
+            waiting.last_error.as_deref(),
+            Some("CA unavailable: connection refused")
+        );
+        assert_conflict(queue.complete(&first).await, &["lease lost"]);
+        set(&clock, T0 + 309);
+        receive_none(&queue).await;
+        set(&clock, T0 + 310);
+        let second = receive_one(&queue).await;
+        assert_eq!(second.job.attempts, 2);
+        // The reason stays visible while the retry runs.
+        assert_eq!(
+            second.job.last_error.as_deref(),
+            Some("CA unavailable: connection refused")
+        );
+        queue.complete(&second).await.unwrap();
+        assert_eq!(job(store, first.job.id).await.last_error, None);
+    }
+
+    pub async fn dead_letter_after_max_attempts(store: &dyn Stores) {
+        let cert = job_target(store).await;
+        let (queue, clock) = clocked(store);
+
+        // Explicitly, by the worker.
+        let explicit = RenewalJob::new(cert.id, 1, 2, at(T0));
+        queue.enqueue(&explicit).await.unwrap();
+        let d = receive_one(&queue).await;
+        queue.retry(&d, "refused", StdDuration::ZERO).await.unwrap();
+        let d = receive_one(&queue).await;
+        assert_eq!(d.job.attempts, d.job.max_attempts);
+        queue
+            .dead_letter(&d, "refused twice: badCSR")
+            .await
+            .unwrap();
+        let dead = job(store, explicit.id).await;
+        assert_eq!(dead.state, JobState::Dead);
+        assert_eq!(dead.last_error.as_deref(), Some("refused twice: badCSR"));
+        receive_none(&queue).await;
+        assert_conflict(queue.complete(&d).await, &["lease lost"]);
+
+        // By repeated lease expiry: the worker crashes every time.
+        let crashing = RenewalJob::new(cert.id, 2, 2, at(T0));
+        queue.enqueue(&crashing).await.unwrap();
+        assert_eq!(receive_one(&queue).await.job.attempts, 1);
+        set(&clock, T0 + 61);
+        assert_eq!(receive_one(&queue).await.job.attempts, 2);
+        set(&clock, T0 + 122);
+        receive_none(&queue).await;
+        let buried = job(store, crashing.id).await;
+        assert_eq!(buried.state, JobState::Dead);
+        assert_eq!(buried.attempts, 2);
+        let reason = buried.last_error.unwrap();
+        assert!(
+            reason.contains("lease expired") && reason.contains("giving up"),
+            "{reason}"
+        );
+
+        let stats = queue.stats().await.unwrap();
+        assert_eq!(
+            stats,
+            QueueStats {
+                queued: 0,
+                running: 0,
+                dead: 2,
+                oldest_age_secs: 0
+            }
+        );
+    }
+
+    pub async fn queue_stats_count_states_and_oldest_age(store: &dyn Stores) {
+        let cert = job_target(store).await;
+        let (queue, clock) = clocked(store);
+        assert_eq!(queue.stats().await.unwrap(), QueueStats::default());
+        for (version, created) in [(1, T0), (2, T0 + 30), (3, T0 + 40), (4, T0 + 50)] {
+            queue
+                .enqueue(&RenewalJob::new(cert.id, version, 1, at(created)))
+                .await
+                .unwrap();
+        }
+        set(&clock, T0 + 100);
+        let mut got = queue.receive(2, LEASE, NO_WAIT).await.unwrap();
+        assert_eq!(
+            got.iter().map(|d| d.job.version).collect::<Vec<_>>(),
+            vec![1, 2]
+        );
+        assert_eq!(
+            queue.stats().await.unwrap(),
+            QueueStats {
+                queued: 2,
+                running: 2,
+                dead: 0,
+                oldest_age_secs: 100
+            }
+        );
+        queue.complete(&got.remove(0)).await.unwrap();
+        queue.dead_letter(&got.remove(0), "no").await.unwrap();
+        assert_eq!(
+            queue.stats().await.unwrap(),
+            QueueStats {
+                queued: 2,
+                running: 0,
+                dead: 1,
+                oldest_age_secs: 60
+            }
+        );
+        assert_eq!(
+            store
+                .renewal_job_stats(at(T0 + 50))
+                .await
+                .unwrap()
+                .oldest_age_secs,
+            10
+        );
+    }
+
+    pub async fn receive_waits_for_a_job(store: &dyn Stores) {
+        let cert = job_target(store).await;
+        let queue = store.queue();
+        let started = std::time::Instant::now();
+        let got = queue
+            .receive(1, LEASE, StdDuration::from_millis(300))
+            .await
+            .unwrap();
+        assert!(got.is_empty());
+        assert!(started.elapsed() >= StdDuration::from_millis(300));
+
+        let job = RenewalJob::new(cert.id, 1, 5, OffsetDateTime::now_utc());
+        let producer = async {
+            tokio::time::sleep(StdDuration::from_millis(300)).await;
+            queue.enqueue(&job).await.unwrap();
+        };
+        let started = std::time::Instant::now();
+        let (got, ()) = tokio::join!(
+            queue.receive(1, LEASE, StdDuration::from_secs(10)),
+            producer
+        );
+        let got = got.unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].job.id, job.id);
+        assert!(started.elapsed() < StdDuration::from_secs(5));
+    }
+
+    pub async fn due_for_renewal_skips_certificates_with_a_job(store: &dyn Stores) {
+        let issuer = seed_issuer(store).await;
+        let base = T0 + 60 * DAY;
+        let a = renewing(&issuer, "a.example.com", base - 2 * DAY);
+        let b = renewing(&issuer, "b.example.com", base - DAY);
+        create(store, &a).await;
+        create(store, &b).await;
+        let due = || async {
+            store
+                .due_for_renewal(at(base), 10)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|c| c.id)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(due().await, vec![a.id, b.id]);
+        // A job for the current version, whatever its state, takes it out.
+        let job = RenewalJob::new(a.id, 1, 5, at(base));
+        store.insert_renewal_job(&job).await.unwrap();
+        assert_eq!(due().await, vec![b.id]);
+        // A job for another version does not.
+        store
+            .insert_renewal_job(&RenewalJob::new(b.id, 7, 5, at(base)))
+            .await
+            .unwrap();
+        assert_eq!(due().await, vec![b.id]);
+        // Once renewed, the new version is judged on its own renew_after.
+        let renewed = Certificate {
+            current_version: 2,
+            renew_after: at(base - DAY / 2),
+            not_after: at(base + 30 * DAY),
+            ..a.clone()
+        };
+        store
+            .add_version(
+                &renewed,
+                &version(&renewed, 2),
+                &event("certificate.renew", &target(&a)),
+                None,
+            )
+            .await
+            .unwrap();
+        assert_eq!(due().await, vec![b.id, a.id]);
+    }
+
+    // ------------------------------------------------------- notifications
+
+    fn subscription(team: &str, events: &[EventKind], channel: Channel) -> Subscription {
+        Subscription {
+            id: Uuid::now_v7(),
+            team: team.into(),
+            events: events.to_vec(),
+            channel,
+            created_at: at(T0),
+        }
+    }
+
+    fn webhook(url: &str, secret: Option<&str>) -> Channel {
+        Channel::Webhook {
+            url: url.into(),
+            secret: secret.map(str::to_owned),
+            format: WebhookFormat::Json,
+        }
+    }
+
+    fn notification(
+        kind: EventKind,
+        team: &str,
+        certificate_id: Option<Uuid>,
+        at_secs: i64,
+    ) -> Notification {
+        Notification {
+            id: Uuid::now_v7(),
+            kind,
+            team: team.into(),
+            certificate_id,
+            certificate_name: certificate_id.map(|_| "api.example.com".to_owned()),
+            version: Some(3),
+            not_after: Some(at(T0 + 30 * DAY)),
+            days_left: Some(14),
+            reason: Some("CA said: 'rateLimited' — retry later".into()),
+            summary: format!("{} for {team}", kind.as_str()),
+            details: json!({ "serials": ["0a", "0b"], "ünïcode": true }),
+            at: at(at_secs),
+        }
+    }
+
+    fn deliveries(team: Option<&str>) -> DeliveryQuery {
+        DeliveryQuery {
+            team: team.map(str::to_owned),
+            limit: 100,
+            ..DeliveryQuery::default()
+        }
+    }
+
+    pub async fn subscriptions_round_trip_and_delete_with_audit(store: &dyn Stores) {
+        let hook = subscription(
+            "payments",
+            &[EventKind::Renewed, EventKind::Expiring],
+            webhook("https://hooks.example.com/x", Some("s3cret")),
+        );
+        let sns = subscription(
+            "payments",
+            &[EventKind::DeadLettered],
+            Channel::Sns {
+                topic_arn: "arn:aws:sns:eu-west-1:123456789012:certs".into(),
+            },
+        );
+        let mail = subscription(
+            "web",
+            &EventKind::ALL,
+            Channel::Email {
+                to: vec!["ops@example.com".into(), "sec@example.com".into()],
+            },
+        );
+        for sub in [&hook, &sns, &mail] {
+            store
+                .insert_subscription(
+                    sub,
+                    &event("subscription.create", &format!("subscription/{}", sub.id)),
+                )
+                .await
+                .unwrap();
+        }
+        assert_conflict(
+            store
+                .insert_subscription(&hook, &event("subscription.create", "x"))
+                .await,
+            &["already exists"],
+        );
+        assert_eq!(
+            store.get_subscription(hook.id).await.unwrap(),
+            Some(hook.clone())
+        );
+        assert_eq!(store.get_subscription(Uuid::new_v4()).await.unwrap(), None);
+        assert_eq!(
+            store.list_subscriptions(Some("payments")).await.unwrap(),
+            vec![hook.clone(), sns.clone()]
+        );
+        assert_eq!(
+            store.list_subscriptions(None).await.unwrap(),
+            vec![hook.clone(), sns.clone(), mail.clone()]
+        );
+        assert_eq!(
+            store.list_subscriptions(Some("nobody")).await.unwrap(),
+            vec![]
+        );
+
+        let audit = event("subscription.delete", &format!("subscription/{}", sns.id));
+        store.delete_subscription(sns.id, &audit).await.unwrap();
+        assert_eq!(store.get_subscription(sns.id).await.unwrap(), None);
+        assert_not_found(
+            store
+                .delete_subscription(sns.id, &event("subscription.delete", "x"))
+                .await,
+        );
+        let trail = audit_ids(
+            store,
+            AuditQuery {
+                action_prefix: Some("subscription.".into()),
+                ..AuditQuery::default()
+            },
+        )
+        .await;
+        assert_eq!(trail.len(), 4);
+        assert_eq!(trail[0], audit.id);
+        // A failing audit event (a duplicate id) commits nothing.
+        assert!(store.delete_subscription(hook.id, &audit).await.is_err());
+        assert!(store.get_subscription(hook.id).await.unwrap().is_some());
+        let late = subscription("payments", &[EventKind::Issued], webhook("https://x", None));
+        assert!(store.insert_subscription(&late, &audit).await.is_err());
+        assert_eq!(store.get_subscription(late.id).await.unwrap(), None);
+    }
+
+    pub async fn publish_creates_one_delivery_per_matching_subscription(store: &dyn Stores) {
+        let renewals = subscription(
+            "payments",
+            &[EventKind::Renewed, EventKind::Expiring],
+            webhook("https://hooks.example.com/a", Some("s3cret")),
+        );
+        let issued = subscription(
+            "payments",
+            &[EventKind::Issued],
+            Channel::Sns {
+                topic_arn: "arn:aws:sns:eu-west-1:1:t".into(),
+            },
+        );
+        let other_team = subscription(
+            "web",
+            &[EventKind::Renewed],
+            Channel::Email {
+                to: vec!["web@example.com".into()],
+            },
+        );
+        for sub in [&renewals, &issued, &other_team] {
+            store
+                .insert_subscription(sub, &event("subscription.create", "s"))
+                .await
+                .unwrap();
+        }
+        let cert = Uuid::new_v4();
+        let renewed = notification(EventKind::Renewed, "payments", Some(cert), T0 + 5);
+        assert!(store.publish(&renewed, None).await.unwrap());
+        let page = store.list_deliveries(&deliveries(None)).await.unwrap();
+        assert_eq!(page.total, 1);
+        let d = &page.items[0];
+        assert_eq!(d.notification, renewed);
+        assert_eq!(d.subscription_id, renewals.id);
+        assert_eq!(d.channel, renewals.channel);
+        assert_eq!((d.state, d.attempts), (DeliveryState::Pending, 0));
+        assert_eq!((d.next_attempt_at, d.created_at), (at(T0 + 5), at(T0 + 5)));
+        assert_eq!((d.last_error.as_deref(), d.delivered_at), (None, None));
+
+        // Nobody subscribed to revocations of payments: recorded, not delivered.
+        assert!(
+            store
+                .publish(
+                    &notification(EventKind::Revoked, "payments", Some(cert), T0 + 6),
+                    None
+                )
+                .await
+                .unwrap()
+        );
+        assert_eq!(
+            store
+                .list_deliveries(&deliveries(None))
+                .await
+                .unwrap()
+                .total,
+            1
+        );
+        assert!(
+            store
+                .publish(
+                    &notification(EventKind::Issued, "payments", None, T0 + 7),
+                    None
+                )
+                .await
+                .unwrap()
+        );
+        let page = store
+            .list_deliveries(&deliveries(Some("payments")))
+            .await
+            .unwrap();
+        assert_eq!(
+            page.items
+                .iter()
+                .map(|d| d.subscription_id)
+                .collect::<Vec<_>>(),
+            vec![issued.id, renewals.id]
+        );
+        assert_eq!(
+            store
+                .list_deliveries(&deliveries(Some("web")))
+                .await
+                .unwrap()
+                .total,
+            0
+        );
+
+        // The channel is a snapshot: deleting the subscription keeps the delivery.
+        store
+            .delete_subscription(renewals.id, &event("subscription.delete", "s"))
+            .await
+            .unwrap();
+        let kept = store
+            .list_deliveries(&DeliveryQuery {
+                certificate_id: Some(cert),
+                ..deliveries(None)
+            })
+            .await
+            .unwrap();
+        assert_eq!(kept.total, 1);
+        assert_eq!(kept.items[0].channel, renewals.channel);
+
+        // Deduplicated: the second publish with the key records nothing.
+        let warning = notification(EventKind::Renewed, "web", Some(cert), T0 + 8);
+        let key = format!("expiring:{cert}:v3:14");
+        assert!(store.publish(&warning, Some(&key)).await.unwrap());
+        let again = notification(EventKind::Renewed, "web", Some(cert), T0 + 9);
+        assert!(!store.publish(&again, Some(&key)).await.unwrap());
+        assert_eq!(
+            store
+                .list_deliveries(&deliveries(Some("web")))
+                .await
+                .unwrap()
+                .total,
+            1
+        );
+        // Racing publishers of one key: exactly one wins.
+        let racers: Vec<Notification> = (0..6)
+            .map(|i| notification(EventKind::Renewed, "web", Some(cert), T0 + 10 + i))
+            .collect();
+        let won = futures_join_all(racers.iter().map(|n| store.publish(n, Some("race")))).await;
+        assert_eq!(won.into_iter().filter(|r| *r.as_ref().unwrap()).count(), 1);
+        assert_eq!(
+            store
+                .list_deliveries(&deliveries(Some("web")))
+                .await
+                .unwrap()
+                .total,
+            2
+        );
+    }
+
+    pub async fn claimed_deliveries_are_leased(store: &dyn Stores) {
+        let sub = subscription(
+            "payments",
+            &[EventKind::Renewed],
+            webhook("https://h.example.com", None),
+        );
+        store
+            .insert_subscription(&sub, &event("subscription.create", "s"))
+            .await
+            .unwrap();
+        for i in 0..3 {
+            store
+                .publish(
+                    &notification(EventKind::Renewed, "payments", None, T0 + i),
+                    None,
+                )
+                .await
+                .unwrap();
+        }
+        // Not due yet.
+        assert!(
+            store
+                .claim_deliveries(at(T0 - 1), at(T0 + 60), 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let first = store
+            .claim_deliveries(at(T0 + 1), at(T0 + 60), 10)
+            .await
+            .unwrap();
+        assert_eq!(
+            first.iter().map(|d| d.notification.at).collect::<Vec<_>>(),
+            vec![at(T0), at(T0 + 1)]
+        );
+        // Within the lease another dispatcher gets only what is left.
+        let second = store
+            .claim_deliveries(at(T0 + 30), at(T0 + 90), 10)
+            .await
+            .unwrap();
+        assert_eq!(second.len(), 1);
+        assert_eq!(second[0].notification.at, at(T0 + 2));
+        assert!(
+            store
+                .claim_deliveries(at(T0 + 59), at(T0 + 120), 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        // A dispatcher that died: the lease runs out and the deliveries come back.
+        let third = store
+            .claim_deliveries(at(T0 + 60), at(T0 + 120), 1)
+            .await
+            .unwrap();
+        assert_eq!(third.len(), 1);
+        assert_eq!(third[0].id, first[0].id);
+    }
+
+    pub async fn record_attempt_tracks_success_retry_and_give_up(store: &dyn Stores) {
+        let sub = subscription(
+            "payments",
+            &[EventKind::Renewed, EventKind::DeadLettered],
+            webhook("https://h.example.com", Some("k")),
+        );
+        store
+            .insert_subscription(&sub, &event("subscription.create", "s"))
+            .await
+            .unwrap();
+        let cert = Uuid::new_v4();
+        store
+            .publish(
+                &notification(EventKind::Renewed, "payments", Some(cert), T0),
+                None,
+            )
+            .await
+            .unwrap();
+        store
+            .publish(
+                &notification(EventKind::DeadLettered, "payments", None, T0 + 1),
+                None,
+            )
+            .await
+            .unwrap();
+        let claimed = store
+            .claim_deliveries(at(T0 + 1), at(T0 + 60), 10)
+            .await
+            .unwrap();
+        let (ok, doomed) = (claimed[0].id, claimed[1].id);
+
+        // A failure with a retry time: pending again, not before that time.
+        store
+            .record_attempt(
+                ok,
+                at(T0 + 2),
+                Some("HTTP 503 from h.example.com"),
+                Some(at(T0 + 300)),
+            )
+            .await
+            .unwrap();
+        let page = store
+            .list_deliveries(&DeliveryQuery {
+                certificate_id: Some(cert),
+                ..deliveries(None)
+            })
+            .await
+            .unwrap();
+        let d = &page.items[0];
+        assert_eq!(
+            (d.state, d.attempts, d.next_attempt_at),
+            (DeliveryState::Pending, 1, at(T0 + 300))
+        );
+        assert_eq!(d.last_error.as_deref(), Some("HTTP 503 from h.example.com"));
+        // Failures without a retry time give up.
+        store
+            .record_attempt(doomed, at(T0 + 3), Some("timeout"), Some(at(T0 + 4)))
+            .await
+            .unwrap();
+        store
+            .record_attempt(doomed, at(T0 + 5), Some("timeout again"), None)
+            .await
+            .unwrap();
+        // The lease is released, but the retry time holds it back.
+        assert!(
+            store
+                .claim_deliveries(at(T0 + 299), at(T0 + 400), 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let retried = store
+            .claim_deliveries(at(T0 + 300), at(T0 + 400), 10)
+            .await
+            .unwrap();
+        assert_eq!(retried.iter().map(|d| d.id).collect::<Vec<_>>(), vec![ok]);
+        store
+            .record_attempt(ok, at(T0 + 301), None, None)
+            .await
+            .unwrap();
+
+        let delivered = store
+            .list_deliveries(&DeliveryQuery {
+                state: Some(DeliveryState::Delivered),
+                ..deliveries(None)
+            })
+            .await
+            .unwrap();
+        assert_eq!(delivered.total, 1);
+        let d = &delivered.items[0];
+        assert_eq!(
+            (d.id, d.attempts, d.delivered_at),
+            (ok, 2, Some(at(T0 + 301)))
+        );
+        let failed = store
+            .list_deliveries(&DeliveryQuery {
+                state: Some(DeliveryState::Failed),
+                ..deliveries(None)
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            failed
+                .items
+                .iter()
+                .map(|d| (d.id, d.attempts))
+                .collect::<Vec<_>>(),
+            vec![(doomed, 2)]
+        );
+        assert_eq!(failed.items[0].last_error.as_deref(), Some("timeout again"));
+        assert_eq!(
+            store
+                .list_deliveries(&DeliveryQuery {
+                    state: Some(DeliveryState::Pending),
+                    ..deliveries(None)
+                })
+                .await
+                .unwrap()
+                .total,
+            0
+        );
+        // Finished deliveries are never claimed again.
+        assert!(
+            store
+                .claim_deliveries(at(T0 + 10_000), at(T0 + 10_060), 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+
+        let attempts = store.list_attempts(ok).await.unwrap();
+        assert_eq!(
+            attempts
+                .iter()
+                .map(|a| (a.delivery_id, a.attempt, a.at, a.error.clone()))
+                .collect::<Vec<_>>(),
+            vec![
+                (
+                    ok,
+                    1,
+                    at(T0 + 2),
+                    Some("HTTP 503 from h.example.com".to_owned())
+                ),
+                (ok, 2, at(T0 + 301), None),
+            ]
+        );
+        assert_eq!(store.list_attempts(doomed).await.unwrap().len(), 2);
+        assert_eq!(store.list_attempts(Uuid::new_v4()).await.unwrap(), vec![]);
+        assert_conflict(
+            store.record_attempt(ok, at(T0 + 400), None, None).await,
+            &["already delivered"],
+        );
+        assert_not_found(
+            store
+                .record_attempt(Uuid::new_v4(), at(T0), None, None)
+                .await,
+        );
+
+        // Filters combine; pages count everything that matches.
+        let q = DeliveryQuery {
+            team: Some("payments".into()),
+            state: Some(DeliveryState::Failed),
+            ..deliveries(None)
+        };
+        assert_eq!(store.list_deliveries(&q).await.unwrap().total, 1);
+        let q = DeliveryQuery {
+            team: Some("web".into()),
+            state: Some(DeliveryState::Failed),
+            ..deliveries(None)
+        };
+        assert_eq!(store.list_deliveries(&q).await.unwrap().total, 0);
+        let q = DeliveryQuery {
+            limit: 1,
+            offset: 1,
+            ..deliveries(None)
+        };
+        let page = store.list_deliveries(&q).await.unwrap();
+        assert_eq!((page.total, page.items.len(), page.items[0].id), (2, 1, ok));
+    }
 }
 
 /// Runs every suite case as a `#[tokio::test]`; `$open` yields `(store, guard)`
@@ -2341,6 +3359,20 @@ macro_rules! metadata_store_suite {
             duplicate_idempotency_key_commits_nothing,
             concurrent_requests_with_one_idempotency_key_commit_once,
             idempotency_keys_are_purged_by_age,
+            renewal_ledger_round_trips_and_inserts_once,
+            concurrent_enqueues_insert_one_job,
+            concurrent_receivers_never_share_a_job,
+            expired_lease_is_redelivered_and_the_old_receipt_refused,
+            heartbeat_extends_the_lease,
+            retry_honours_run_at,
+            dead_letter_after_max_attempts,
+            queue_stats_count_states_and_oldest_age,
+            receive_waits_for_a_job,
+            due_for_renewal_skips_certificates_with_a_job,
+            subscriptions_round_trip_and_delete_with_audit,
+            publish_creates_one_delivery_per_matching_subscription,
+            claimed_deliveries_are_leased,
+            record_attempt_tracks_success_retry_and_give_up,
         );
     };
     (@cases $open:expr; $($case:ident),* $(,)?) => {
@@ -2552,6 +3584,7 @@ mod sqlite_specific {
             key_source: KeySource::Server,
             names: vec![SubjectName::Dns("api.example.com".into())],
             validity_days: 90,
+            validity_secs: None,
             issuer_id: issuer.id,
             renewal: RenewalPolicy::default(),
             status: CertificateStatus::Active,
@@ -2634,7 +3667,7 @@ mod sqlite_specific {
             .fetch_one(&mut conn)
             .await
             .unwrap();
-        assert_eq!(applied, 2);
+        assert_eq!(applied, 3);
     }
 
     #[tokio::test]
@@ -2709,7 +3742,7 @@ mod postgres_specific {
                 .fetch_all(&mut conn)
                 .await
                 .unwrap();
-        assert_eq!(applied, vec![(1, true), (2, true)]);
+        assert_eq!(applied, vec![(1, true), (2, true), (3, true)]);
         let tables: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM information_schema.tables \
              WHERE table_schema = 'public' AND table_name <> '_sqlx_migrations'",
@@ -2717,7 +3750,7 @@ mod postgres_specific {
         .fetch_one(&mut conn)
         .await
         .unwrap();
-        assert_eq!(tables, 8);
+        assert_eq!(tables, 13);
         for store in &stores {
             store.close().await;
         }

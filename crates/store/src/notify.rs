@@ -1,0 +1,421 @@
+//! [`NotificationStore`] written once for every [`Backend`]: subscriptions,
+//! notifications, their deliveries (one per matching subscription, with a
+//! snapshot of its channel) and every delivery attempt.
+
+use async_trait::async_trait;
+use certflow_core::DomainError;
+use certflow_core::error::DomainResult;
+use certflow_core::model::{AuditEvent, Page};
+use certflow_core::notify::{
+    Delivery, DeliveryAttempt, DeliveryQuery, DeliveryState, Notification, Subscription,
+};
+use certflow_core::ports::NotificationStore;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::codec::{self, delivery_columns, id, secs, subscription_columns, to_json};
+use crate::error::{Violation, conflict, map};
+use crate::query::{Backend, Columns, Sql};
+use crate::repo::{SqlStore, execute, fetch_all, fetch_optional, insert_audit, page_bounds, total};
+
+/// Most deliveries one claim leases.
+const MAX_CLAIM: u32 = 500;
+
+fn push_delivery_filters(sql: &mut Sql, q: &DeliveryQuery) {
+    sql.push(" WHERE 1 = 1");
+    if let Some(team) = q.team.as_deref() {
+        sql.push(" AND n.team = ").push_bind(team);
+    }
+    if let Some(certificate_id) = q.certificate_id {
+        sql.push(" AND n.certificate_id = ")
+            .push_bind(id(certificate_id));
+    }
+    if let Some(state) = q.state {
+        sql.push(" AND d.state = ").push_bind(state.as_str());
+    }
+}
+
+/// `SELECT` of deliveries with their notification, by id, in claim order.
+fn deliveries_by_id(ids: &[String]) -> Sql {
+    let mut sql = Sql::new(concat!(
+        "SELECT ",
+        delivery_columns!(),
+        " FROM deliveries d JOIN notifications n ON n.id = d.notification_id WHERE d.id IN ("
+    ));
+    for (i, key) in ids.iter().enumerate() {
+        if i > 0 {
+            sql.push(", ");
+        }
+        sql.push_bind(key.as_str());
+    }
+    sql.push(") ORDER BY d.next_attempt_at, d.id");
+    sql
+}
+
+#[async_trait]
+impl<B: Backend> NotificationStore for SqlStore<B> {
+    async fn insert_subscription(
+        &self,
+        sub: &Subscription,
+        audit: &AuditEvent,
+    ) -> DomainResult<()> {
+        let mut tx = self.begin_write().await?;
+        let sql = Sql::new(concat!(
+            "INSERT INTO subscriptions (",
+            subscription_columns!(),
+            ") VALUES ($1, $2, $3, $4, $5)"
+        ))
+        .bind(id(sub.id))
+        .bind(sub.team.as_str())
+        .bind(to_json("subscription events", &sub.events)?)
+        .bind(to_json("subscription channel", &sub.channel)?)
+        .bind(secs(sub.created_at));
+        B::execute(&mut tx, sql).await.map_err(|e| {
+            conflict(e, |v| {
+                (v == Violation::PrimaryKey)
+                    .then(|| format!("subscription {} already exists", sub.id))
+            })
+        })?;
+        insert_audit::<B>(&mut tx, audit).await?;
+        tx.commit().await.map_err(map)
+    }
+
+    async fn list_subscriptions(&self, team: Option<&str>) -> DomainResult<Vec<Subscription>> {
+        let mut sql = Sql::new(concat!(
+            "SELECT ",
+            subscription_columns!(),
+            " FROM subscriptions"
+        ));
+        if let Some(team) = team {
+            sql.push(" WHERE team = ").push_bind(team);
+        }
+        sql.push(" ORDER BY created_at, id");
+        self.fetch_all(sql)
+            .await?
+            .iter()
+            .map(codec::subscription)
+            .collect()
+    }
+
+    async fn get_subscription(&self, sub_id: Uuid) -> DomainResult<Option<Subscription>> {
+        self.fetch_optional(
+            Sql::new(concat!(
+                "SELECT ",
+                subscription_columns!(),
+                " FROM subscriptions WHERE id = $1"
+            ))
+            .bind(id(sub_id)),
+        )
+        .await?
+        .as_ref()
+        .map(codec::subscription)
+        .transpose()
+    }
+
+    async fn delete_subscription(&self, sub_id: Uuid, audit: &AuditEvent) -> DomainResult<()> {
+        let mut tx = self.begin_write().await?;
+        let deleted = fetch_optional::<B>(
+            &mut tx,
+            Sql::new("DELETE FROM subscriptions WHERE id = $1 RETURNING id").bind(id(sub_id)),
+        )
+        .await?;
+        if deleted.is_none() {
+            return Err(DomainError::NotFound(format!("subscription {sub_id}")));
+        }
+        insert_audit::<B>(&mut tx, audit).await?;
+        tx.commit().await.map_err(map)
+    }
+
+    async fn publish(
+        &self,
+        notification: &Notification,
+        dedupe_key: Option<&str>,
+    ) -> DomainResult<bool> {
+        let mut tx = self.begin_write().await?;
+        // A concurrent publisher of the same key waits on the unique index
+        // (PostgreSQL) or the write lock (SQLite), then inserts nothing.
+        let sql = Sql::new(
+            "INSERT INTO notifications (id, kind, team, certificate_id, payload, dedupe_key, at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (dedupe_key) DO NOTHING RETURNING id",
+        )
+        .bind(id(notification.id))
+        .bind(notification.kind.as_str())
+        .bind(notification.team.as_str())
+        .bind(notification.certificate_id.map(id).as_deref())
+        .bind(to_json("notification", notification)?)
+        .bind(dedupe_key)
+        .bind(secs(notification.at));
+        let inserted = B::fetch_optional(&mut tx, sql).await.map_err(|e| {
+            conflict(e, |v| {
+                (v == Violation::PrimaryKey)
+                    .then(|| format!("notification {} already exists", notification.id))
+            })
+        })?;
+        if inserted.is_none() {
+            return Ok(false);
+        }
+        let subscriptions = fetch_all::<B>(
+            &mut tx,
+            Sql::new(concat!(
+                "SELECT ",
+                subscription_columns!(),
+                " FROM subscriptions WHERE team = $1 ORDER BY id"
+            ))
+            .bind(notification.team.as_str()),
+        )
+        .await?;
+        for row in &subscriptions {
+            let sub = codec::subscription(row)?;
+            if !sub.events.contains(&notification.kind) {
+                continue;
+            }
+            let sql = Sql::new(
+                "INSERT INTO deliveries (id, notification_id, subscription_id, channel, state, \
+                 attempts, next_attempt_at, lease_until, last_error, delivered_at, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, 0, $6, NULL, NULL, NULL, $6)",
+            )
+            .bind(id(Uuid::now_v7()))
+            .bind(id(notification.id))
+            .bind(id(sub.id))
+            .bind(to_json("channel", &sub.channel)?)
+            .bind(DeliveryState::Pending.as_str())
+            .bind(secs(notification.at));
+            execute::<B>(&mut tx, sql).await?;
+        }
+        tx.commit().await.map_err(map)?;
+        Ok(true)
+    }
+
+    async fn claim_deliveries(
+        &self,
+        now: OffsetDateTime,
+        lease_until: OffsetDateTime,
+        limit: u32,
+    ) -> DomainResult<Vec<Delivery>> {
+        let mut tx = self.begin_write().await?;
+        let mut due = Sql::new(
+            "SELECT d.id FROM deliveries d WHERE d.state = $1 AND d.next_attempt_at <= $2 \
+             AND (d.lease_until IS NULL OR d.lease_until <= $2) \
+             ORDER BY d.next_attempt_at, d.id LIMIT $3",
+        )
+        .bind(DeliveryState::Pending.as_str())
+        .bind(secs(now))
+        .bind(i64::from(limit.clamp(1, MAX_CLAIM)));
+        due.push(B::SKIP_LOCKED);
+        let ids = fetch_all::<B>(&mut tx, due)
+            .await?
+            .iter()
+            .map(|row| row.text("id"))
+            .collect::<DomainResult<Vec<_>>>()?;
+        if ids.is_empty() {
+            tx.commit().await.map_err(map)?;
+            return Ok(Vec::new());
+        }
+        let mut lease = Sql::new("UPDATE deliveries SET lease_until = $1 WHERE id IN (")
+            .bind(codec::ceil_secs(lease_until));
+        for (i, key) in ids.iter().enumerate() {
+            if i > 0 {
+                lease.push(", ");
+            }
+            lease.push_bind(key.as_str());
+        }
+        lease.push(")");
+        execute::<B>(&mut tx, lease).await?;
+        let rows = fetch_all::<B>(&mut tx, deliveries_by_id(&ids)).await?;
+        tx.commit().await.map_err(map)?;
+        rows.iter().map(codec::delivery).collect()
+    }
+
+    async fn record_attempt(
+        &self,
+        delivery_id: Uuid,
+        at: OffsetDateTime,
+        error: Option<&str>,
+        retry_at: Option<OffsetDateTime>,
+    ) -> DomainResult<()> {
+        let mut tx = self.begin_write().await?;
+        let mut lock =
+            Sql::new("SELECT state, attempts FROM deliveries WHERE id = $1").bind(id(delivery_id));
+        lock.push(B::FOR_UPDATE);
+        let row = fetch_optional::<B>(&mut tx, lock)
+            .await?
+            .ok_or_else(|| DomainError::NotFound(format!("delivery {delivery_id}")))?;
+        let state = row.text("state")?;
+        if state != DeliveryState::Pending.as_str() {
+            return Err(DomainError::Conflict(format!(
+                "delivery {delivery_id} is already {state}"
+            )));
+        }
+        let attempt = row.int("attempts")?.saturating_add(1);
+        execute::<B>(
+            &mut tx,
+            Sql::new(
+                "INSERT INTO delivery_attempts (delivery_id, attempt, at, error) \
+                 VALUES ($1, $2, $3, $4)",
+            )
+            .bind(id(delivery_id))
+            .bind(attempt)
+            .bind(secs(at))
+            .bind(error),
+        )
+        .await?;
+        let update = match (error, retry_at) {
+            (None, _) => Sql::new(
+                "UPDATE deliveries SET state = $1, attempts = $2, delivered_at = $3, \
+                 lease_until = NULL WHERE id = $4",
+            )
+            .bind(DeliveryState::Delivered.as_str())
+            .bind(attempt)
+            .bind(secs(at)),
+            (Some(error), Some(retry_at)) => Sql::new(
+                "UPDATE deliveries SET state = $1, attempts = $2, next_attempt_at = $3, \
+                 last_error = $4, lease_until = NULL WHERE id = $5",
+            )
+            .bind(DeliveryState::Pending.as_str())
+            .bind(attempt)
+            .bind(secs(retry_at))
+            .bind(error),
+            (Some(error), None) => Sql::new(
+                "UPDATE deliveries SET state = $1, attempts = $2, last_error = $3, \
+                 lease_until = NULL WHERE id = $4",
+            )
+            .bind(DeliveryState::Failed.as_str())
+            .bind(attempt)
+            .bind(error),
+        };
+        execute::<B>(&mut tx, update.bind(id(delivery_id))).await?;
+        tx.commit().await.map_err(map)
+    }
+
+    async fn list_deliveries(&self, q: &DeliveryQuery) -> DomainResult<Page<Delivery>> {
+        let (limit, offset) = page_bounds(q.limit, q.offset);
+        let mut tx = self.begin_read().await?;
+        let mut count = Sql::new(
+            "SELECT COUNT(*) AS n FROM deliveries d JOIN notifications n ON n.id = d.notification_id",
+        );
+        push_delivery_filters(&mut count, q);
+        let matching = total(fetch_optional::<B>(&mut tx, count).await?)?;
+        let mut select = Sql::new(concat!(
+            "SELECT ",
+            delivery_columns!(),
+            " FROM deliveries d JOIN notifications n ON n.id = d.notification_id"
+        ));
+        push_delivery_filters(&mut select, q);
+        select
+            .push(" ORDER BY d.created_at DESC, d.id DESC LIMIT ")
+            .push_bind(limit)
+            .push(" OFFSET ")
+            .push_bind(offset);
+        let rows = fetch_all::<B>(&mut tx, select).await?;
+        tx.commit().await.map_err(map)?;
+        Ok(Page {
+            items: rows
+                .iter()
+                .map(codec::delivery)
+                .collect::<DomainResult<_>>()?,
+            total: matching,
+        })
+    }
+
+    async fn list_attempts(&self, delivery_id: Uuid) -> DomainResult<Vec<DeliveryAttempt>> {
+        self.fetch_all(
+            Sql::new(
+                "SELECT delivery_id, attempt, at, error FROM delivery_attempts \
+                 WHERE delivery_id = $1 ORDER BY attempt",
+            )
+            .bind(id(delivery_id)),
+        )
+        .await?
+        .iter()
+        .map(codec::delivery_attempt)
+        .collect()
+    }
+}
+
+/// Implements [`NotificationStore`] for a public store type by forwarding
+/// every method to its `SqlStore` field.
+macro_rules! forward_notification_store {
+    ($store:ty, $field:ident) => {
+        #[async_trait::async_trait]
+        impl certflow_core::ports::NotificationStore for $store {
+            async fn insert_subscription(
+                &self,
+                sub: &certflow_core::notify::Subscription,
+                audit: &certflow_core::model::AuditEvent,
+            ) -> certflow_core::error::DomainResult<()> {
+                self.$field.insert_subscription(sub, audit).await
+            }
+
+            async fn list_subscriptions(
+                &self,
+                team: Option<&str>,
+            ) -> certflow_core::error::DomainResult<Vec<certflow_core::notify::Subscription>> {
+                self.$field.list_subscriptions(team).await
+            }
+
+            async fn get_subscription(
+                &self,
+                id: uuid::Uuid,
+            ) -> certflow_core::error::DomainResult<Option<certflow_core::notify::Subscription>>
+            {
+                self.$field.get_subscription(id).await
+            }
+
+            async fn delete_subscription(
+                &self,
+                id: uuid::Uuid,
+                audit: &certflow_core::model::AuditEvent,
+            ) -> certflow_core::error::DomainResult<()> {
+                self.$field.delete_subscription(id, audit).await
+            }
+
+            async fn publish(
+                &self,
+                notification: &certflow_core::notify::Notification,
+                dedupe_key: Option<&str>,
+            ) -> certflow_core::error::DomainResult<bool> {
+                self.$field.publish(notification, dedupe_key).await
+            }
+
+            async fn claim_deliveries(
+                &self,
+                now: time::OffsetDateTime,
+                lease_until: time::OffsetDateTime,
+                limit: u32,
+            ) -> certflow_core::error::DomainResult<Vec<certflow_core::notify::Delivery>> {
+                self.$field.claim_deliveries(now, lease_until, limit).await
+            }
+
+            async fn record_attempt(
+                &self,
+                delivery_id: uuid::Uuid,
+                at: time::OffsetDateTime,
+                error: Option<&str>,
+                retry_at: Option<time::OffsetDateTime>,
+            ) -> certflow_core::error::DomainResult<()> {
+                self.$field
+                    .record_attempt(delivery_id, at, error, retry_at)
+                    .await
+            }
+
+            async fn list_deliveries(
+                &self,
+                query: &certflow_core::notify::DeliveryQuery,
+            ) -> certflow_core::error::DomainResult<
+                certflow_core::model::Page<certflow_core::notify::Delivery>,
+            > {
+                self.$field.list_deliveries(query).await
+            }
+
+            async fn list_attempts(
+                &self,
+                delivery_id: uuid::Uuid,
+            ) -> certflow_core::error::DomainResult<Vec<certflow_core::notify::DeliveryAttempt>>
+            {
+                self.$field.list_attempts(delivery_id).await
+            }
+        }
+    };
+}
+
+pub(crate) use forward_notification_store;

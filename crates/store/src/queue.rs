@@ -1,0 +1,157 @@
+//! [`DbRenewalQueue`]: the embedded [`RenewalQueue`], on the `renewal_jobs`
+//! table of the metadata database (see [`crate::renewal`] for the leases).
+//! Enqueueing is the ledger insert, so the queue and the ledger are one row.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration as StdDuration;
+
+use async_trait::async_trait;
+use certflow_core::error::DomainResult;
+use certflow_core::ports::RenewalLedger;
+use certflow_core::renewal::{JobDelivery, QueueStats, RenewalJob, RenewalQueue};
+use sqlx::{Postgres, Sqlite};
+use time::OffsetDateTime;
+use tokio::time::Instant;
+
+use crate::repo::SqlStore;
+
+/// The time source of a queue.
+pub type Clock = Arc<dyn Fn() -> OffsetDateTime + Send + Sync>;
+
+/// Settings of a [`DbRenewalQueue`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DbQueueOptions {
+    /// How often a waiting `receive` looks for runnable jobs again.
+    pub poll_interval: StdDuration,
+}
+
+impl Default for DbQueueOptions {
+    fn default() -> Self {
+        Self {
+            poll_interval: StdDuration::from_millis(150),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Backend {
+    Sqlite(SqlStore<Sqlite>),
+    Postgres(SqlStore<Postgres>),
+}
+
+/// Runs `$body` with `$s` bound to the backend's `SqlStore`, whichever it is.
+macro_rules! on_store {
+    ($self:expr, $s:ident => $body:expr) => {
+        match &$self.backend {
+            Backend::Sqlite($s) => $body,
+            Backend::Postgres($s) => $body,
+        }
+    };
+}
+
+/// The renewal queue on the metadata database (SQLite or PostgreSQL).
+#[derive(Clone)]
+pub struct DbRenewalQueue {
+    backend: Backend,
+    options: DbQueueOptions,
+    clock: Clock,
+}
+
+impl fmt::Debug for DbRenewalQueue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DbRenewalQueue")
+            .field("backend", &self.backend)
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DbRenewalQueue {
+    fn new(backend: Backend, options: DbQueueOptions) -> Self {
+        Self {
+            backend,
+            options,
+            clock: Arc::new(OffsetDateTime::now_utc),
+        }
+    }
+
+    pub(crate) fn sqlite(store: SqlStore<Sqlite>, options: DbQueueOptions) -> Self {
+        Self::new(Backend::Sqlite(store), options)
+    }
+
+    pub(crate) fn postgres(store: SqlStore<Postgres>, options: DbQueueOptions) -> Self {
+        Self::new(Backend::Postgres(store), options)
+    }
+
+    /// The same queue reading `clock` instead of the system time (tests
+    /// move time forward to expire leases and reach `run_at`).
+    #[must_use]
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    fn now(&self) -> OffsetDateTime {
+        (self.clock)()
+    }
+}
+
+#[async_trait]
+impl RenewalQueue for DbRenewalQueue {
+    fn kind(&self) -> &'static str {
+        "database"
+    }
+
+    async fn enqueue(&self, job: &RenewalJob) -> DomainResult<bool> {
+        on_store!(self, s => s.insert_renewal_job(job).await)
+    }
+
+    async fn receive(
+        &self,
+        max: u32,
+        lease: StdDuration,
+        wait: StdDuration,
+    ) -> DomainResult<Vec<JobDelivery>> {
+        let deadline = Instant::now() + wait;
+        loop {
+            let now = self.now();
+            let claimed = on_store!(self, s => s.claim_jobs(now, max, lease).await)?;
+            let left = deadline.saturating_duration_since(Instant::now());
+            if !claimed.is_empty() || left.is_zero() {
+                return Ok(claimed);
+            }
+            tokio::time::sleep(self.options.poll_interval.min(left)).await;
+        }
+    }
+
+    async fn heartbeat(&self, delivery: &JobDelivery, lease: StdDuration) -> DomainResult<()> {
+        let now = self.now();
+        on_store!(self, s => s.heartbeat_job(delivery, now, lease).await)
+    }
+
+    async fn complete(&self, delivery: &JobDelivery) -> DomainResult<()> {
+        let now = self.now();
+        on_store!(self, s => s.complete_job(delivery, now).await)
+    }
+
+    async fn retry(
+        &self,
+        delivery: &JobDelivery,
+        error: &str,
+        retry_in: StdDuration,
+    ) -> DomainResult<()> {
+        let now = self.now();
+        on_store!(self, s => s.retry_job(delivery, now, error, retry_in).await)
+    }
+
+    async fn dead_letter(&self, delivery: &JobDelivery, error: &str) -> DomainResult<()> {
+        let now = self.now();
+        on_store!(self, s => s.dead_letter_job(delivery, now, error).await)
+    }
+
+    async fn stats(&self) -> DomainResult<QueueStats> {
+        let now = self.now();
+        on_store!(self, s => s.renewal_job_stats(now).await)
+    }
+}

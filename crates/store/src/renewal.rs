@@ -1,0 +1,459 @@
+//! The renewal ledger ([`RenewalLedger`]) and the claim/lease statements of
+//! the database renewal queue ([`crate::DbRenewalQueue`]), over the
+//! `renewal_jobs` table, written once for every [`Backend`].
+//!
+//! A delivery is a lease: claiming sets a fresh random `lease_token` (the
+//! delivery's receipt) and `lease_until`; heartbeat, complete, retry and
+//! dead-letter only change a running job whose token is still the receipt's,
+//! so a worker whose lease expired and was handed to another cannot touch the
+//! job any more. Claims lock the rows they take (`SKIP_LOCKED` on PostgreSQL,
+//! the write lock on SQLite), so two workers never claim one job.
+
+use std::time::Duration as StdDuration;
+
+use async_trait::async_trait;
+use certflow_core::DomainError;
+use certflow_core::error::DomainResult;
+use certflow_core::model::AuditEvent;
+use certflow_core::ports::RenewalLedger;
+use certflow_core::renewal::{JobDelivery, JobState, QueueStats, RenewalJob};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::codec::{self, id, job_columns, secs};
+use crate::error::{Violation, conflict, map};
+use crate::query::{Backend, Columns, Sql};
+use crate::repo::{SqlStore, execute, fetch_all, fetch_optional, insert_audit};
+
+/// Most jobs one `receive` hands out.
+const MAX_RECEIVE: u32 = 100;
+
+/// Whole seconds covering `d`, rounded up so a lease never ends early.
+fn ceil_secs(d: StdDuration) -> i64 {
+    let whole = i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
+    if d.subsec_nanos() > 0 {
+        whole.saturating_add(1)
+    } else {
+        whole
+    }
+}
+
+/// Column value of `now + d`.
+fn after(now: OffsetDateTime, d: StdDuration) -> i64 {
+    secs(now).saturating_add(ceil_secs(d))
+}
+
+fn lease_lost(job: Uuid) -> DomainError {
+    DomainError::Conflict(format!(
+        "lease lost: renewal job {job} is no longer leased to this delivery"
+    ))
+}
+
+#[async_trait]
+impl<B: Backend> RenewalLedger for SqlStore<B> {
+    async fn insert_renewal_job(&self, job: &RenewalJob) -> DomainResult<bool> {
+        let sql = Sql::new(concat!(
+            "INSERT INTO renewal_jobs (",
+            job_columns!(),
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+             ON CONFLICT (certificate_id, version) DO NOTHING RETURNING id"
+        ))
+        .bind(id(job.id))
+        .bind(id(job.certificate_id))
+        .bind(i64::from(job.version))
+        .bind(job.state.as_str())
+        .bind(i64::from(job.attempts))
+        .bind(i64::from(job.max_attempts))
+        .bind(secs(job.run_at))
+        .bind(job.lease_until.map(secs))
+        .bind(job.last_attempt_at.map(secs))
+        .bind(job.last_error.as_deref())
+        .bind(secs(job.created_at))
+        .bind(secs(job.updated_at));
+        let mut conn = self.pool().acquire().await.map_err(map)?;
+        let inserted = B::fetch_optional(&mut conn, sql).await.map_err(|e| {
+            conflict(e, |v| {
+                (v == Violation::PrimaryKey)
+                    .then(|| format!("renewal job {} already exists", job.id))
+            })
+        })?;
+        Ok(inserted.is_some())
+    }
+
+    async fn delete_renewal_job(&self, job_id: Uuid) -> DomainResult<()> {
+        let mut conn = self.pool().acquire().await.map_err(map)?;
+        execute::<B>(
+            &mut conn,
+            Sql::new("DELETE FROM renewal_jobs WHERE id = $1").bind(id(job_id)),
+        )
+        .await
+    }
+
+    async fn update_renewal_job(
+        &self,
+        job: &RenewalJob,
+        audit: Option<&AuditEvent>,
+    ) -> DomainResult<()> {
+        let mut tx = self.begin_write().await?;
+        // A job leaving `running` through the ledger drops its lease, so a
+        // database-queue worker still holding the receipt gets "lease lost".
+        let sql = Sql::new(
+            "UPDATE renewal_jobs SET state = $1, attempts = $2, max_attempts = $3, run_at = $4, \
+             lease_until = $5, last_attempt_at = $6, last_error = $7, updated_at = $8, \
+             lease_token = CASE WHEN $1 = 'running' THEN lease_token ELSE NULL END \
+             WHERE id = $9 RETURNING id",
+        )
+        .bind(job.state.as_str())
+        .bind(i64::from(job.attempts))
+        .bind(i64::from(job.max_attempts))
+        .bind(secs(job.run_at))
+        .bind(job.lease_until.map(secs))
+        .bind(job.last_attempt_at.map(secs))
+        .bind(job.last_error.as_deref())
+        .bind(secs(job.updated_at))
+        .bind(id(job.id));
+        if fetch_optional::<B>(&mut tx, sql).await?.is_none() {
+            return Err(DomainError::NotFound(format!("renewal job {}", job.id)));
+        }
+        if let Some(event) = audit {
+            insert_audit::<B>(&mut tx, event).await?;
+        }
+        tx.commit().await.map_err(map)
+    }
+
+    async fn get_renewal_job(&self, job_id: Uuid) -> DomainResult<Option<RenewalJob>> {
+        self.fetch_optional(
+            Sql::new(concat!(
+                "SELECT ",
+                job_columns!(),
+                " FROM renewal_jobs WHERE id = $1"
+            ))
+            .bind(id(job_id)),
+        )
+        .await?
+        .as_ref()
+        .map(codec::renewal_job)
+        .transpose()
+    }
+
+    async fn latest_renewal_job(&self, certificate_id: Uuid) -> DomainResult<Option<RenewalJob>> {
+        // The (certificate_id, version) unique key serves the order.
+        self.fetch_optional(
+            Sql::new(concat!(
+                "SELECT ",
+                job_columns!(),
+                " FROM renewal_jobs WHERE certificate_id = $1 ORDER BY version DESC LIMIT 1"
+            ))
+            .bind(id(certificate_id)),
+        )
+        .await?
+        .as_ref()
+        .map(codec::renewal_job)
+        .transpose()
+    }
+
+    async fn renewal_job_stats(&self, now: OffsetDateTime) -> DomainResult<QueueStats> {
+        let mut tx = self.begin_read().await?;
+        // Done jobs are never counted: the state index answers the rest.
+        let counts = fetch_all::<B>(
+            &mut tx,
+            Sql::new(
+                "SELECT state, COUNT(*) AS n FROM renewal_jobs \
+                 WHERE state IN ('queued', 'running', 'dead') GROUP BY state",
+            ),
+        )
+        .await?;
+        // Dead jobs are finished too (an operator's matter, counted apart);
+        // counting them here would make the backlog age grow forever.
+        let oldest = fetch_optional::<B>(
+            &mut tx,
+            Sql::new(
+                "SELECT MIN(created_at) AS oldest FROM renewal_jobs \
+                 WHERE state IN ('queued', 'running')",
+            ),
+        )
+        .await?;
+        tx.commit().await.map_err(map)?;
+        let mut stats = QueueStats::default();
+        for row in counts {
+            let n = u64::try_from(row.int("n")?).unwrap_or(0);
+            match JobState::parse(&row.text("state")?) {
+                Some(JobState::Queued) => stats.queued = n,
+                Some(JobState::Running) => stats.running = n,
+                Some(JobState::Dead) => stats.dead = n,
+                _ => {}
+            }
+        }
+        if let Some(created) = oldest.map(|r| r.opt_int("oldest")).transpose()?.flatten() {
+            stats.oldest_age_secs = u64::try_from(secs(now).saturating_sub(created)).unwrap_or(0);
+        }
+        Ok(stats)
+    }
+}
+
+/// The job-level statements of the database queue.
+impl<B: Backend> SqlStore<B> {
+    /// Claims up to `max` runnable jobs at `now`, leasing each for `lease`:
+    /// running jobs whose lease expired (their worker crashed or stalled)
+    /// first, then queued jobs by `run_at`. A job that already had
+    /// `max_attempts` deliveries goes to `dead` instead.
+    pub(crate) async fn claim_jobs(
+        &self,
+        now: OffsetDateTime,
+        max: u32,
+        lease: StdDuration,
+    ) -> DomainResult<Vec<JobDelivery>> {
+        let max = i64::from(max.clamp(1, MAX_RECEIVE));
+        let mut tx = self.begin_write().await?;
+        let mut claimed = Vec::new();
+
+        let mut expired = Sql::new(
+            "SELECT id, attempts, max_attempts, last_error FROM renewal_jobs \
+             WHERE state = 'running' AND lease_until < $1 ORDER BY lease_until, id LIMIT $2",
+        )
+        .bind(secs(now))
+        .bind(max);
+        expired.push(B::SKIP_LOCKED);
+        for row in fetch_all::<B>(&mut tx, expired).await? {
+            let job = row.text("id")?;
+            let attempts = row.int("attempts")?;
+            let max_attempts = row.int("max_attempts")?;
+            if attempts >= max_attempts {
+                let error = format!(
+                    "lease expired on attempt {attempts} of {max_attempts} without an \
+                     acknowledgement (worker lost); giving up"
+                );
+                bury::<B>(&mut tx, &job, now, &error).await?;
+            } else {
+                let error = format!(
+                    "lease expired on attempt {attempts} without an acknowledgement (worker lost)"
+                );
+                claimed.push(claim::<B>(&mut tx, &job, now, lease, Some(&error)).await?);
+            }
+        }
+
+        let remaining = max - i64::try_from(claimed.len()).unwrap_or(max);
+        if remaining > 0 {
+            let mut queued = Sql::new(
+                "SELECT id, attempts, max_attempts, last_error FROM renewal_jobs \
+                 WHERE state = 'queued' AND run_at <= $1 ORDER BY run_at, id LIMIT $2",
+            )
+            .bind(secs(now))
+            .bind(remaining);
+            queued.push(B::SKIP_LOCKED);
+            for row in fetch_all::<B>(&mut tx, queued).await? {
+                let job = row.text("id")?;
+                let attempts = row.int("attempts")?;
+                let max_attempts = row.int("max_attempts")?;
+                if attempts >= max_attempts {
+                    // Retried after its last allowed attempt: never deliver it again.
+                    let last = row.opt_text("last_error")?.unwrap_or_default();
+                    let error = format!("gave up after {attempts} attempts; last error: {last}");
+                    bury::<B>(&mut tx, &job, now, &error).await?;
+                } else {
+                    claimed.push(claim::<B>(&mut tx, &job, now, lease, None).await?);
+                }
+            }
+        }
+        tx.commit().await.map_err(map)?;
+        Ok(claimed)
+    }
+
+    /// Runs `set` (an `UPDATE renewal_jobs SET ...` whose last two
+    /// placeholders are the job id and the receipt) on the delivery's job if
+    /// its lease is still this delivery's.
+    async fn on_lease(
+        &self,
+        delivery: &JobDelivery,
+        mut set: Sql,
+        next: usize,
+    ) -> DomainResult<()> {
+        set.push(&format!(
+            " WHERE id = ${next} AND lease_token = ${} AND state = 'running' RETURNING id",
+            next + 1
+        ));
+        let set = set
+            .bind(id(delivery.job.id))
+            .bind(delivery.receipt.as_str());
+        match self.fetch_optional(set).await? {
+            Some(_) => Ok(()),
+            None => Err(lease_lost(delivery.job.id)),
+        }
+    }
+
+    pub(crate) async fn heartbeat_job(
+        &self,
+        delivery: &JobDelivery,
+        now: OffsetDateTime,
+        lease: StdDuration,
+    ) -> DomainResult<()> {
+        let set = Sql::new("UPDATE renewal_jobs SET lease_until = $1, updated_at = $2")
+            .bind(after(now, lease))
+            .bind(secs(now));
+        self.on_lease(delivery, set, 3).await
+    }
+
+    pub(crate) async fn complete_job(
+        &self,
+        delivery: &JobDelivery,
+        now: OffsetDateTime,
+    ) -> DomainResult<()> {
+        let set = Sql::new(
+            "UPDATE renewal_jobs SET state = 'done', lease_token = NULL, lease_until = NULL, \
+             last_error = NULL, updated_at = $1",
+        )
+        .bind(secs(now));
+        self.on_lease(delivery, set, 2).await
+    }
+
+    pub(crate) async fn retry_job(
+        &self,
+        delivery: &JobDelivery,
+        now: OffsetDateTime,
+        error: &str,
+        retry_in: StdDuration,
+    ) -> DomainResult<()> {
+        let set = Sql::new(
+            "UPDATE renewal_jobs SET state = 'queued', run_at = $1, lease_token = NULL, \
+             lease_until = NULL, last_error = $2, updated_at = $3",
+        )
+        .bind(after(now, retry_in))
+        .bind(error)
+        .bind(secs(now));
+        self.on_lease(delivery, set, 4).await
+    }
+
+    pub(crate) async fn dead_letter_job(
+        &self,
+        delivery: &JobDelivery,
+        now: OffsetDateTime,
+        error: &str,
+    ) -> DomainResult<()> {
+        let set = Sql::new(
+            "UPDATE renewal_jobs SET state = 'dead', lease_token = NULL, lease_until = NULL, \
+             last_error = $1, updated_at = $2",
+        )
+        .bind(error)
+        .bind(secs(now));
+        self.on_lease(delivery, set, 3).await
+    }
+}
+
+/// Leases one locked job to a new delivery.
+async fn claim<B: Backend>(
+    conn: &mut B::Connection,
+    job: &str,
+    now: OffsetDateTime,
+    lease: StdDuration,
+    error: Option<&str>,
+) -> DomainResult<JobDelivery> {
+    let receipt = Uuid::new_v4().simple().to_string();
+    let sql = Sql::new(concat!(
+        "UPDATE renewal_jobs SET state = 'running', attempts = attempts + 1, lease_token = $1, \
+         lease_until = $2, last_attempt_at = $3, updated_at = $3, \
+         last_error = COALESCE($4, last_error) WHERE id = $5 RETURNING ",
+        job_columns!()
+    ))
+    .bind(receipt.as_str())
+    .bind(after(now, lease))
+    .bind(secs(now))
+    .bind(error)
+    .bind(job);
+    let row = fetch_optional::<B>(conn, sql)
+        .await?
+        .ok_or_else(|| DomainError::Internal(format!("claimed renewal job {job} vanished")))?;
+    Ok(JobDelivery {
+        job: codec::renewal_job(&row)?,
+        receipt,
+    })
+}
+
+/// Moves one locked job to `dead`.
+async fn bury<B: Backend>(
+    conn: &mut B::Connection,
+    job: &str,
+    now: OffsetDateTime,
+    error: &str,
+) -> DomainResult<()> {
+    tracing::warn!(job, error, "renewal job dead-lettered by the queue");
+    execute::<B>(
+        conn,
+        Sql::new(
+            "UPDATE renewal_jobs SET state = 'dead', lease_token = NULL, lease_until = NULL, \
+             last_error = $1, updated_at = $2 WHERE id = $3",
+        )
+        .bind(error)
+        .bind(secs(now))
+        .bind(job),
+    )
+    .await
+}
+
+/// Implements [`RenewalLedger`] for a public store type by forwarding every
+/// method to its `SqlStore` field.
+macro_rules! forward_renewal_ledger {
+    ($store:ty, $field:ident) => {
+        #[async_trait::async_trait]
+        impl certflow_core::ports::RenewalLedger for $store {
+            async fn insert_renewal_job(
+                &self,
+                job: &certflow_core::renewal::RenewalJob,
+            ) -> certflow_core::error::DomainResult<bool> {
+                self.$field.insert_renewal_job(job).await
+            }
+
+            async fn delete_renewal_job(
+                &self,
+                id: uuid::Uuid,
+            ) -> certflow_core::error::DomainResult<()> {
+                self.$field.delete_renewal_job(id).await
+            }
+
+            async fn update_renewal_job(
+                &self,
+                job: &certflow_core::renewal::RenewalJob,
+                audit: Option<&certflow_core::model::AuditEvent>,
+            ) -> certflow_core::error::DomainResult<()> {
+                self.$field.update_renewal_job(job, audit).await
+            }
+
+            async fn get_renewal_job(
+                &self,
+                id: uuid::Uuid,
+            ) -> certflow_core::error::DomainResult<Option<certflow_core::renewal::RenewalJob>>
+            {
+                self.$field.get_renewal_job(id).await
+            }
+
+            async fn latest_renewal_job(
+                &self,
+                certificate_id: uuid::Uuid,
+            ) -> certflow_core::error::DomainResult<Option<certflow_core::renewal::RenewalJob>>
+            {
+                self.$field.latest_renewal_job(certificate_id).await
+            }
+
+            async fn renewal_job_stats(
+                &self,
+                now: time::OffsetDateTime,
+            ) -> certflow_core::error::DomainResult<certflow_core::renewal::QueueStats> {
+                self.$field.renewal_job_stats(now).await
+            }
+        }
+    };
+}
+
+pub(crate) use forward_renewal_ledger;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leases_round_up_to_whole_seconds() {
+        assert_eq!(ceil_secs(StdDuration::from_secs(30)), 30);
+        assert_eq!(ceil_secs(StdDuration::from_millis(1)), 1);
+        assert_eq!(ceil_secs(StdDuration::from_millis(1500)), 2);
+        assert_eq!(ceil_secs(StdDuration::MAX), i64::MAX);
+    }
+}
