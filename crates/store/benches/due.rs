@@ -10,6 +10,14 @@
 //! index buys. Setup checks that all return the same certificates and prints
 //! the plans.
 //!
+//! Then, per backend, the scheduler's pass (`scheduler/<backend>`): page
+//! through `due_for_renewal(now, 1000)` and `insert_renewal_job` one job per
+//! due certificate until a batch comes back empty, i.e. 10,000 jobs; the jobs
+//! are deleted (untimed) before each pass, which is timed by hand (three
+//! passes; printed) rather than by criterion. `steady_pass` is the same
+//! scheduler's next pass, when every due certificate already has its job:
+//! one `due_for_renewal` that returns nothing.
+//!
 //! Seeding is bulk SQL (`benches/seed/`), timed and printed, not measured.
 //! Run it with `cargo bench -p certflow-store --bench due`; PostgreSQL is
 //! `CERTFLOW_TEST_PG_URL` or `postgres://postgres@127.0.0.1:5432/postgres`,
@@ -21,7 +29,8 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use certflow_core::ports::MetadataStore;
+use certflow_core::ports::{MetadataStore, RenewalLedger};
+use certflow_core::renewal::RenewalJob;
 use certflow_store::{PgOptions, PgStore, SqliteStore};
 use criterion::{Criterion, SamplingMode, criterion_group, criterion_main};
 use sqlx::postgres::PgConnection;
@@ -43,8 +52,9 @@ const LABELS: &str = include_str!("seed/labels.sql");
 macro_rules! columns {
     () => {
         "c.id, c.name, c.team, c.profile, c.key_type, c.key_source, c.names, c.validity_days, \
-         c.issuer_id, c.renew_at_fraction, c.renew_before_days, c.status, c.current_version, \
-         c.not_after, c.renew_after, c.created_at, c.updated_at"
+         c.validity_secs, c.issuer_id, c.renew_at_fraction, c.renew_before_days, \
+         c.renew_jitter_fraction, c.status, c.current_version, c.not_after, c.renew_after, \
+         c.created_at, c.updated_at"
     };
 }
 
@@ -53,6 +63,8 @@ const INDEXED: &str = concat!(
     "SELECT ",
     columns!(),
     " FROM certificates c WHERE c.status = $1 AND c.renew_after <= $2 \
+     AND NOT EXISTS (SELECT 1 FROM renewal_jobs j \
+     WHERE j.certificate_id = c.id AND j.version = c.current_version) \
      ORDER BY c.renew_after, c.id LIMIT $3"
 );
 
@@ -61,6 +73,8 @@ const SCAN: &str = concat!(
     "SELECT ",
     columns!(),
     " FROM certificates c WHERE (c.status || '') = $1 AND (c.renew_after + 0) <= $2 \
+     AND NOT EXISTS (SELECT 1 FROM renewal_jobs j \
+     WHERE j.certificate_id = c.id AND j.version = c.current_version) \
      ORDER BY c.renew_after, c.id LIMIT $3"
 );
 
@@ -221,8 +235,94 @@ fn sqlite(c: &mut Criterion, rt: &Runtime, rows: i64) {
         b.iter(|| black_box(ids(&mut conn, SCAN)))
     });
     group.finish();
+
+    let mut clear = || {
+        rt.block_on(sqlx::query("DELETE FROM renewal_jobs").execute(&mut conn))
+            .unwrap();
+    };
+    scheduler(c, rt, "sqlite", &store, due, &mut clear);
     rt.block_on(conn.close()).unwrap();
     rt.block_on(store.close());
+}
+
+/// What one scheduler pass did and where its time went.
+#[derive(Debug, Default, Clone, Copy)]
+struct Pass {
+    batches: u32,
+    enqueued: u64,
+    paging: Duration,
+    inserting: Duration,
+}
+
+/// The scheduler's pass: due batches until an empty one, a job for each.
+fn scheduler_pass<S: MetadataStore + RenewalLedger>(rt: &Runtime, store: &S) -> Pass {
+    let mut pass = Pass::default();
+    loop {
+        let started = Instant::now();
+        let batch = rt.block_on(store.due_for_renewal(now(), LIMIT)).unwrap();
+        pass.paging += started.elapsed();
+        pass.batches += 1;
+        if batch.is_empty() {
+            return pass;
+        }
+        let started = Instant::now();
+        for cert in &batch {
+            let job = RenewalJob::new(cert.id, cert.current_version, 5, now());
+            if rt.block_on(store.insert_renewal_job(&job)).unwrap() {
+                pass.enqueued += 1;
+            }
+        }
+        pass.inserting += started.elapsed();
+    }
+}
+
+/// Passes timed by hand: one takes seconds (10,000 commits), more than
+/// criterion's ten samples plus warm-up can afford on a shared machine.
+fn pass_count() -> usize {
+    if seeded_rows() == 1_000_000 { 3 } else { 1 }
+}
+
+/// `scheduler/<backend>`: `clear` empties `renewal_jobs` between passes.
+fn scheduler<S: MetadataStore + RenewalLedger>(
+    c: &mut Criterion,
+    rt: &Runtime,
+    backend: &str,
+    store: &S,
+    due: i64,
+    clear: &mut dyn FnMut(),
+) {
+    let due = u64::try_from(due).unwrap();
+    for i in 1..=pass_count() {
+        clear();
+        let started = Instant::now();
+        let pass = scheduler_pass(rt, store);
+        let total = started.elapsed();
+        assert_eq!(pass.enqueued, due);
+        println!(
+            "scheduler/{backend}/pass {i}: {:.2} s for {} jobs in {} batches (the last empty): \
+             paging {:.1} ms ({:.2} ms a batch), inserting {:.2} s ({:.0} µs a job)",
+            total.as_secs_f64(),
+            pass.enqueued,
+            pass.batches,
+            pass.paging.as_secs_f64() * 1e3,
+            pass.paging.as_secs_f64() * 1e3 / f64::from(pass.batches),
+            pass.inserting.as_secs_f64(),
+            pass.inserting.as_secs_f64() * 1e6 / pass.enqueued.max(1) as f64,
+        );
+    }
+    // Every due certificate has its job now: the next pass finds nothing.
+    let mut group = c.benchmark_group(format!("scheduler/{backend}"));
+    group
+        .sample_size(30)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(5));
+    group.bench_function("steady_pass", |b| {
+        b.iter(|| {
+            let batch = rt.block_on(store.due_for_renewal(now(), LIMIT)).unwrap();
+            assert!(batch.is_empty());
+        })
+    });
+    group.finish();
 }
 
 const DEFAULT_PG_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
@@ -357,6 +457,13 @@ fn postgres(c: &mut Criterion, rt: &Runtime, rows: i64) {
     });
     group.finish();
 
+    // Over TLS, as deployed; the per-job statements are small, so Nagle's
+    // delay (see above) does not apply to them.
+    let mut clear = || {
+        rt.block_on(sqlx::query("TRUNCATE renewal_jobs").execute(&mut conn))
+            .unwrap();
+    };
+    scheduler(c, rt, "postgres", &store, due, &mut clear);
     rt.block_on(conn.close()).unwrap();
     rt.block_on(store.close());
     rt.block_on(store_no_tls.close());
