@@ -38,3 +38,11 @@ if ! python3 -c 'import aiosmtpd' >/dev/null 2>&1; then
   python3 -m pip install --quiet --disable-pip-version-check aiosmtpd
 fi
 echo "peers: aiosmtpd $(python3 -m pip show aiosmtpd 2>/dev/null | sed -n 's/^Version: //p')"
+
+# pebble (ACME test CA) and pebble-challtestsrv (its DNS/challenge peer, same
+# Debian package): the certflow-acme suite starts them itself per test.
+if ! command -v pebble >/dev/null 2>&1 || ! command -v pebble-challtestsrv >/dev/null 2>&1; then
+  echo "== installing pebble"
+  apt-get update -qq && apt-get install -y -qq pebble
+fi
+echo "peers: pebble $(dpkg-query -W -f='${Version}' pebble 2>/dev/null)"
