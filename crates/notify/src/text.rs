@@ -189,5 +189,13 @@ pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         }
         source = s.source();
     }
-    out
+    // Some errors repeat their kind in their own message ("Connection error:
+    // Connection error: ..."): drop consecutive duplicate segments.
+    let mut parts: Vec<&str> = Vec::new();
+    for part in out.split(": ") {
+        if parts.last() != Some(&part) {
+            parts.push(part);
+        }
+    }
+    parts.join(": ")
 }

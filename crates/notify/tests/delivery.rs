@@ -9,6 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -597,13 +598,18 @@ impl Drop for SmtpSink {
 
 impl SmtpSink {
     async fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
+        Self::start_with(tempfile::tempdir().unwrap(), &[]).await
+    }
+
+    /// With extra aiosmtpd options (paths inside `dir`).
+    async fn start_with(dir: tempfile::TempDir, extra: &[String]) -> Self {
         let maildir = dir.path().join("maildir");
         let log = std::fs::File::create(dir.path().join("smtpd.log")).unwrap();
         let port = certflow_testkit::free_port();
         let child = Command::new("python3")
             .args(["-m", "aiosmtpd", "-n", "-l"])
             .arg(format!("127.0.0.1:{port}"))
+            .args(extra)
             .args(["-c", "aiosmtpd.handlers.Mailbox"])
             .arg(&maildir)
             .stdin(Stdio::null())
@@ -754,6 +760,222 @@ fn smtp_settings_refuse_unknown_fields_and_default_ports() {
     assert!(
         EmailNotifier::new(&SmtpSettings::new("h", 25, SmtpTls::None, "not an address")).is_err()
     );
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl is required (scripts/peers.sh installs it)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A private CA and a leaf for `127.0.0.1`/`localhost` in `dir`: ca.pem, leaf.pem, leaf.key.
+fn private_ca(dir: &Path) {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=certflow test relay CA",
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "leaf.key",
+            "-out",
+            "leaf.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+    );
+    std::fs::write(
+        dir.join("leaf.ext"),
+        "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    )
+    .unwrap();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "leaf.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            "leaf.ext",
+            "-out",
+            "leaf.pem",
+        ],
+    );
+}
+
+#[tokio::test]
+async fn email_over_required_starttls_with_a_private_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    private_ca(dir.path());
+    let extra = [
+        "--tlscert".to_owned(),
+        dir.path().join("leaf.pem").display().to_string(),
+        "--tlskey".to_owned(),
+        dir.path().join("leaf.key").display().to_string(),
+    ];
+    let ca = dir.path().join("ca.pem");
+    let sink = SmtpSink::start_with(dir, &extra).await;
+    let n = notification(EventKind::Expiring, "payments");
+    let channel = Channel::Email {
+        to: vec!["ops@example.com".into()],
+    };
+
+    // Without the relay's CA the certificate is refused and nothing is sent.
+    let mut settings = smtp_settings(sink.port);
+    settings.tls = SmtpTls::Starttls;
+    let err = EmailNotifier::new(&settings)
+        .unwrap()
+        .deliver(&channel, &n)
+        .await
+        .unwrap_err();
+    assert!(err.to_lowercase().contains("certificate"), "{err}");
+    println!("untrusted relay: {err}");
+    assert!(sink.messages().is_empty());
+
+    // With it, the message goes over STARTTLS (aiosmtpd refuses mail without it).
+    settings.ca_file = Some(ca);
+    EmailNotifier::new(&settings)
+        .unwrap()
+        .deliver(&channel, &n)
+        .await
+        .unwrap();
+    let msgs = sink.messages();
+    assert_eq!(msgs.len(), 1, "{}", sink.log());
+    let (h, _) = parse_mail(&msgs[0]);
+    assert_eq!(
+        h["subject"],
+        ["[certflow] api.example.com expires in 5 days"]
+    );
+
+    // Plain text to a server that requires STARTTLS is refused by the server.
+    let err = EmailNotifier::new(&smtp_settings(sink.port))
+        .unwrap()
+        .deliver(&channel, &n)
+        .await
+        .unwrap_err();
+    assert!(err.contains("STARTTLS") || err.contains("530"), "{err}");
+    println!("plain text refused: {err}");
+}
+
+#[tokio::test]
+async fn run_claims_as_slots_free_and_stops_on_shutdown() {
+    let store = Arc::new(SqliteStore::open_memory().await.unwrap());
+    let (hole, _hole_task) = black_hole().await;
+    let (receiver, addr, _task) = start_receiver(None, StatusCode::OK, "ok").await;
+    subscribe(
+        store.as_ref(),
+        "payments",
+        &[EventKind::Issued],
+        Channel::Webhook {
+            url: format!("http://{hole}/hangs"),
+            secret: None,
+            format: WebhookFormat::Json,
+        },
+    )
+    .await;
+    subscribe(
+        store.as_ref(),
+        "payments",
+        &[EventKind::Renewed],
+        Channel::Webhook {
+            url: format!("http://{addr}/hook"),
+            secret: None,
+            format: WebhookFormat::Json,
+        },
+    )
+    .await;
+    let now = OffsetDateTime::now_utc();
+    let mut first = notification(EventKind::Issued, "payments");
+    first.at = now;
+    store.publish(&first, None).await.unwrap();
+
+    // Two slots: the hanging delivery holds one until its timeout.
+    let dispatcher = Dispatcher::new(
+        store.clone(),
+        Notifiers::new().with(Arc::new(webhook_notifier(30))),
+        DispatcherSettings {
+            concurrency: 2,
+            delivery_timeout_secs: 3,
+            ..settings()
+        },
+    );
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let started = Instant::now();
+    let run = tokio::spawn({
+        let dispatcher = dispatcher.clone();
+        async move {
+            dispatcher
+                .run(async {
+                    let _ = stopped.await;
+                })
+                .await;
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Published while the hanging delivery is in flight: goes out on the next poll.
+    let mut second = notification(EventKind::Renewed, "payments");
+    second.at = OffsetDateTime::now_utc();
+    store.publish(&second, None).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while receiver.all().is_empty() {
+        assert!(Instant::now() < deadline, "run() did not deliver");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let delivered_after = started.elapsed();
+    assert!(
+        delivered_after < Duration::from_secs(3),
+        "waited for the hanging delivery: {delivered_after:?}"
+    );
+    stop.send(()).unwrap();
+    // Shutdown waits for the in-flight attempt (bounded by its timeout), then returns.
+    tokio::time::timeout(Duration::from_secs(10), run)
+        .await
+        .expect("run() did not stop")
+        .unwrap();
+    let ds = deliveries(store.as_ref(), "payments").await;
+    let hanging = ds.iter().find(|d| d.notification.id == first.id).unwrap();
+    assert_eq!(hanging.state, DeliveryState::Pending);
+    assert_eq!(hanging.last_error.as_deref(), Some("timed out after 3 s"));
+    assert_eq!(counts(&dispatcher, "webhook"), (1, 1, 0));
+    println!("run(): second delivery out after {delivered_after:?} while the first hung");
 }
 
 /// A TCP server that accepts connections and never says a word: the worst
