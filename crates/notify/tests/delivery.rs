@@ -1,9 +1,11 @@
 //! Notifications against real peers: an axum webhook receiver on loopback,
-//! moto (SNS → SQS), aiosmtpd (SMTP), and the real SQLite store for the
-//! dispatcher and the expiry watcher.
+//! moto (SNS → SQS), aiosmtpd (SMTP, plain and STARTTLS through a private CA
+//! made with openssl), and the real SQLite store for the dispatcher and the
+//! expiry watcher (PostgreSQL for two dispatchers sharing one store).
 //!
-//! Needs `moto_server` and python3 with `aiosmtpd` (scripts/peers.sh installs
-//! both); a missing peer fails the test with how to install it.
+//! Needs `moto_server`, python3 with `aiosmtpd`, openssl and PostgreSQL on
+//! 127.0.0.1:5432 (scripts/peers.sh provides them); a missing peer fails the
+//! test with how to install it.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -1281,4 +1283,70 @@ fn thresholds_are_inclusive_and_the_smallest_wins() {
     assert_eq!(crossed_threshold(now, at(T0 + 8 * DAY)), Some(14));
     assert_eq!(crossed_threshold(now, at(T0 + DAY)), Some(1));
     assert_eq!(crossed_threshold(now, at(T0 - DAY)), Some(1));
+}
+
+#[tokio::test]
+async fn two_dispatchers_on_postgresql_deliver_each_exactly_once() {
+    let db = certflow_testkit::PgDatabase::create();
+    let store = Arc::new(
+        certflow_store::PgStore::connect(&db.url(), certflow_store::PgOptions::default())
+            .await
+            .unwrap(),
+    );
+    let (receiver, addr, _task) = start_receiver(None, StatusCode::OK, "ok").await;
+    subscribe(
+        store.as_ref(),
+        "payments",
+        &[EventKind::Renewed],
+        Channel::Webhook {
+            url: format!("http://{addr}/hook"),
+            secret: Some(SECRET.into()),
+            format: WebhookFormat::Json,
+        },
+    )
+    .await;
+    const N: usize = 40;
+    for _ in 0..N {
+        store
+            .publish(&notification(EventKind::Renewed, "payments"), None)
+            .await
+            .unwrap();
+    }
+    let replica = || {
+        Dispatcher::new(
+            store.clone(),
+            Notifiers::new().with(Arc::new(webhook_notifier(5))),
+            DispatcherSettings {
+                concurrency: 8,
+                ..settings()
+            },
+        )
+    };
+    let (a, b) = (replica(), replica());
+    let started = Instant::now();
+    let mut delivered = 0;
+    for _ in 0..20 {
+        let (ra, rb) = tokio::join!(a.tick(at(T0)), b.tick(at(T0)));
+        let (ra, rb) = (ra.unwrap(), rb.unwrap());
+        assert_eq!(ra.claimed, ra.delivered);
+        assert_eq!(rb.claimed, rb.delivered);
+        delivered += ra.delivered + rb.delivered;
+        if ra.claimed == 0 && rb.claimed == 0 {
+            break;
+        }
+    }
+    let took = started.elapsed();
+    assert_eq!(delivered as usize, N);
+    let got = receiver.all();
+    assert_eq!(got.len(), N, "a delivery went out twice or not at all");
+    let mut ids: Vec<&str> = got
+        .iter()
+        .map(|r| header(r, "x-certflow-notification"))
+        .collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), N);
+    let (da, db_) = (counts(&a, "webhook").0, counts(&b, "webhook").0);
+    assert!(da > 0 && db_ > 0, "both replicas took part: {da} + {db_}");
+    println!("PostgreSQL, two dispatchers: {N} deliveries in {took:?} ({da} + {db_})");
 }
