@@ -134,6 +134,18 @@ pub(crate) fn describe_problem(p: &Problem) -> String {
 pub(crate) fn ca_error(e: instant_acme::Error) -> DomainError {
     use instant_acme::Error as E;
     match e {
+        // Left over after instant-acme's own badNonce retries, or the CA's own
+        // failure: nothing the user can fix, so "retry later" rather than a refusal.
+        E::Api(p)
+            if p.r#type
+                .as_deref()
+                .is_some_and(|t| t.ends_with(":badNonce") || t.ends_with(":serverInternal")) =>
+        {
+            DomainError::Unavailable {
+                backend: BACKEND,
+                reason: describe_problem(&p),
+            }
+        }
         E::Api(p) => DomainError::Conflict(format!("ACME CA refused: {}", describe_problem(&p))),
         E::Timeout(_) => DomainError::Unavailable {
             backend: BACKEND,

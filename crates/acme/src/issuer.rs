@@ -366,11 +366,12 @@ async fn collect_challenges(
         let offered: Vec<String> = authz
             .challenges
             .iter()
-            .map(|c| format!("{:?}", c.r#type))
+            .map(|c| challenge_name(&c.r#type))
             .collect();
         let Some(challenge) = authz.challenge(kind.clone()) else {
             return Err(DomainError::Conflict(format!(
-                "ACME CA offers no {kind:?} challenge for {identifier} (offered: {})",
+                "ACME CA offers no {} challenge for {identifier} (offered: {})",
+                challenge_name(kind),
                 offered.join(", ")
             )));
         };
@@ -383,6 +384,17 @@ async fn collect_challenges(
         });
     }
     Ok(out)
+}
+
+fn challenge_name(kind: &ChallengeType) -> String {
+    match kind {
+        ChallengeType::Http01 => "http-01".into(),
+        ChallengeType::Dns01 => "dns-01".into(),
+        ChallengeType::TlsAlpn01 => "tls-alpn-01".into(),
+        ChallengeType::DeviceAttest01 => "device-attest-01".into(),
+        ChallengeType::Unknown(other) => other.clone(),
+        other => format!("{other:?}"),
+    }
 }
 
 /// Why an order went invalid, from its authorizations' challenge errors.

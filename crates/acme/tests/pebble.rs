@@ -425,6 +425,16 @@ async fn issues_for_several_names_and_chains_to_pebble_root() {
     assert!((110..=130).contains(&lifetime), "lifetime {lifetime}s");
     assert_chains_to(&issued, &pebble.root_der().await);
     assert!(tokens.is_empty(), "tokens left published");
+
+    // Wildcards need DNS-01: the CA offers nothing this issuer can answer.
+    let err = issue(&acme, &request(vec![dns("*.w.example.com")]))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, DomainError::Conflict(m) if m.contains("no http-01 challenge for *.w.example.com (offered: dns-01)")),
+        "{err:?}"
+    );
+    assert!(tokens.is_empty());
 }
 
 /// A second issuer instance over the same (sealed) store uses the account the
