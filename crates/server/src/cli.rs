@@ -69,6 +69,12 @@ pub enum CertCommand {
         /// Validity in days.
         #[arg(long)]
         validity_days: Option<u32>,
+        /// Exact lifetime in seconds (short-lived certificates; overrides --validity-days).
+        #[arg(long)]
+        validity_seconds: Option<u32>,
+        /// Issuer id (default issuer when absent).
+        #[arg(long)]
+        issuer: Option<uuid::Uuid>,
         /// PEM CSR file: the key stays with you.
         #[arg(long)]
         csr: Option<PathBuf>,
@@ -297,6 +303,14 @@ fn print_detail(output: Output, d: &CertificateDetail) -> anyhow::Result<()> {
         ("version", s.current_version.to_string()),
         ("not after", fmt_time(s.not_after)),
         ("renew after", fmt_time(s.renew_after)),
+        (
+            "renewal",
+            match (&d.renewal.last_error, d.renewal.attempts) {
+                (Some(e), n) => format!("{} after {n} attempts: {e}", d.renewal.state),
+                (None, 0) => d.renewal.state.clone(),
+                (None, n) => format!("{} ({n} attempts)", d.renewal.state),
+            },
+        ),
         ("issuer", s.issuer_id.to_string()),
     ] {
         t.add_row(vec![k.to_owned(), v]);
@@ -360,6 +374,8 @@ pub async fn run_cert(cmd: CertCommand) -> anyhow::Result<()> {
             profile,
             key_type,
             validity_days,
+            validity_seconds,
+            issuer,
             csr,
         } => {
             let c = Client::new(&client)?;
@@ -372,7 +388,9 @@ pub async fn run_cert(cmd: CertCommand) -> anyhow::Result<()> {
                 key_type,
                 validity_days,
                 csr: csr.as_ref().map(read).transpose()?,
-                issuer_id: None,
+                issuer_id: issuer,
+                validity_seconds,
+                renewal: None,
             };
             let d: CertificateDetail = c
                 .json(c.http.post(c.url("/certificates")).json(&body))

@@ -33,6 +33,10 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Logging.
     pub log: LogConfig,
+    /// Auto-renewal: queue, scheduler, workers, policies.
+    pub renewal: RenewalConfig,
+    /// Notification channels and delivery.
+    pub notifications: NotificationsConfig,
 }
 
 impl Default for Config {
@@ -46,8 +50,96 @@ impl Default for Config {
             ca: CaConfig::default(),
             auth: AuthConfig::default(),
             log: LogConfig::default(),
+            renewal: RenewalConfig::default(),
+            notifications: NotificationsConfig::default(),
         }
     }
+}
+
+/// `[renewal]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RenewalConfig {
+    /// `database` (embedded queue in the metadata store) or `sqs`.
+    pub queue: String,
+    /// Seconds between scheduler scans.
+    pub scheduler_interval_secs: u64,
+    /// Attempts before a job is dead-lettered.
+    pub max_attempts: u32,
+    /// Lease (visibility timeout) of a job, seconds; heartbeats extend it.
+    pub lease_secs: u64,
+    /// Jobs one worker process works on at once.
+    pub concurrency: u32,
+    /// First retry delay, seconds (doubles per attempt, with jitter).
+    pub backoff_base_secs: u64,
+    /// Longest retry delay, seconds.
+    pub backoff_cap_secs: u64,
+    /// Amazon SQS queue, when `queue = "sqs"`.
+    #[serde(skip_serializing)]
+    pub sqs: Option<certflow_renewal::SqsOptions>,
+    /// Renewal policies for new certificates that bring none: `[renewal.policy.default]`,
+    /// `[renewal.policy.teams.<team>]`, `[renewal.policy.issuers.<issuer name>]`.
+    pub policy: certflow_core::renewal::RenewalDefaults,
+}
+
+impl Default for RenewalConfig {
+    fn default() -> Self {
+        Self {
+            queue: "database".into(),
+            scheduler_interval_secs: 60,
+            max_attempts: 8,
+            lease_secs: 300,
+            concurrency: 4,
+            backoff_base_secs: 30,
+            backoff_cap_secs: 3600,
+            sqs: None,
+            policy: certflow_core::renewal::RenewalDefaults::default(),
+        }
+    }
+}
+
+/// `[notifications]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NotificationsConfig {
+    /// Record and deliver notifications at all.
+    pub enabled: bool,
+    /// Delivery loop tuning (`[notifications.delivery]`).
+    pub delivery: certflow_notify::DispatcherSettings,
+    /// Expiry warnings and the daily digest (`[notifications.expiry]`).
+    pub expiry: certflow_notify::ExpirySettings,
+    /// Webhook client (`[notifications.webhook]`).
+    pub webhook: certflow_notify::WebhookSettings,
+    /// SMTP server for email subscriptions (`[notifications.smtp]`); email is off without it.
+    #[serde(skip_serializing)]
+    pub smtp: Option<certflow_notify::SmtpSettings>,
+    /// Amazon SNS for SNS subscriptions (`[notifications.sns]`).
+    pub sns: Option<AwsEndpoint>,
+}
+
+impl Default for NotificationsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            delivery: Default::default(),
+            expiry: Default::default(),
+            webhook: Default::default(),
+            smtp: None,
+            sns: None,
+        }
+    }
+}
+
+/// Region and optional endpoint of an AWS service (the endpoint for emulators
+/// or VPC endpoints); credentials come from the SDK's default chain.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AwsEndpoint {
+    /// Region, e.g. `eu-west-1`.
+    pub region: String,
+    /// Endpoint URL override.
+    #[serde(default)]
+    pub endpoint_url: Option<String>,
 }
 
 /// `[server]`
@@ -339,6 +431,27 @@ impl Config {
         if self.master_key.key.is_some() && self.master_key.file.is_some() {
             bail!("set master_key.key or master_key.file, not both");
         }
+        match self.renewal.queue.as_str() {
+            "database" => {}
+            "sqs" => {
+                if self.renewal.sqs.is_none() {
+                    bail!(
+                        "[renewal.sqs] (queue_url, region) is required when renewal.queue = \"sqs\""
+                    );
+                }
+            }
+            other => bail!("renewal.queue must be \"database\" or \"sqs\", got {other:?}"),
+        }
+        if self.renewal.max_attempts == 0 || self.renewal.concurrency == 0 {
+            bail!("renewal.max_attempts and renewal.concurrency must be at least 1");
+        }
+        if self.renewal.lease_secs < 1 || self.renewal.scheduler_interval_secs < 1 {
+            bail!("renewal.lease_secs and renewal.scheduler_interval_secs must be at least 1");
+        }
+        self.renewal
+            .policy
+            .validate()
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         if !matches!(self.log.format.as_str(), "text" | "json") {
             bail!(
                 "log.format must be \"text\" or \"json\", got {:?}",

@@ -23,8 +23,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the server (console API, internal CA).
-    Serve,
+    /// Run the server: console API, renewal scheduler and renewal workers.
+    Serve {
+        /// Roles of this process, comma-separated: api, scheduler, worker (default: all).
+        #[arg(long, default_value = "api,scheduler,worker")]
+        roles: String,
+    },
+    /// Run renewal workers only (same as `serve --roles worker`).
+    Worker,
     /// Manage certificates through the API.
     #[command(subcommand)]
     Cert(cli::CertCommand),
@@ -73,10 +79,21 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Serve => {
+            Command::Serve { roles } => {
+                let roles = serve::Roles::parse(&roles)?;
                 let config = config::Config::load(cli.config.as_deref())?;
                 serve::init_logging(&config);
-                serve::serve(config).await
+                serve::serve(config, roles).await
+            }
+            Command::Worker => {
+                let config = config::Config::load(cli.config.as_deref())?;
+                serve::init_logging(&config);
+                let roles = serve::Roles {
+                    api: false,
+                    scheduler: false,
+                    worker: true,
+                };
+                serve::serve(config, roles).await
             }
             Command::Admin(AdminCommand::RotateBootstrapToken) => {
                 let config = config::Config::load(cli.config.as_deref())?;

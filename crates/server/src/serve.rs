@@ -16,10 +16,16 @@ use certflow_core::model::Actor;
 use certflow_services::{CaSettings, Services};
 use std::time::Duration;
 
-use certflow_core::ports::MetadataStore;
-use certflow_store::{ChangeFeed, PgOptions, PgStore, SqliteStore};
+use certflow_core::ports::{MetadataStore, NotificationStore, RenewalLedger};
+use certflow_core::renewal::RenewalQueue;
+use certflow_notify::{
+    Dispatcher, EmailNotifier, ExpiryWatcher, Notifiers, SnsNotifier, WebhookNotifier,
+};
+use certflow_renewal::{Scheduler, SchedulerSettings, SqsRenewalQueue, Worker, WorkerSettings};
+use certflow_store::{ChangeFeed, DbQueueOptions, PgOptions, PgStore, SqliteStore};
 use secrecy::ExposeSecret;
 use std::sync::RwLock;
+use tokio::sync::watch;
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{Config, DatabaseKind};
@@ -97,9 +103,32 @@ fn master_key(config: &Config) -> anyhow::Result<MasterKey> {
     Ok(key)
 }
 
+/// Everything `serve` and the admin commands work with, opened and checked.
+pub struct Opened {
+    /// The use cases.
+    pub services: Services,
+    /// Change notifications between replicas.
+    pub feed: ChangeFeed,
+    /// The metadata store's ports.
+    pub store: StorePorts,
+}
+
+/// The metadata store behind each of its ports.
+#[derive(Clone)]
+pub struct StorePorts {
+    /// Certificates, issuers, audit, settings.
+    pub metadata: Arc<dyn MetadataStore>,
+    /// Renewal jobs' ledger.
+    pub ledger: Arc<dyn RenewalLedger>,
+    /// Subscriptions and deliveries.
+    pub notifications: Arc<dyn NotificationStore>,
+    /// The embedded renewal queue on the same database.
+    pub db_queue: Arc<dyn RenewalQueue>,
+}
+
 /// Opens every backend and checks it answers, so a bad setting stops the server
 /// at start with a message naming the backend.
-pub async fn open_services(config: &Config) -> anyhow::Result<(Services, ChangeFeed)> {
+pub async fn open_services(config: &Config) -> anyhow::Result<Opened> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
     let provider = key_provider(config).await?;
@@ -110,13 +139,21 @@ pub async fn open_services(config: &Config) -> anyhow::Result<(Services, ChangeF
         master_key = provider.current_key_id(),
         "backends open"
     );
-    let services = Services::new(
-        store,
+    let mut services = Services::new(
+        store.metadata.clone(),
         Arc::new(blobs),
         Sealer::new(provider),
         Some(config.public_url()),
-    );
-    Ok((services, feed))
+    )
+    .with_renewal_defaults(config.renewal.policy.clone());
+    if config.notifications.enabled {
+        services = services.with_notifications(store.notifications.clone());
+    }
+    Ok(Opened {
+        services,
+        feed,
+        store,
+    })
 }
 
 async fn key_provider(config: &Config) -> anyhow::Result<Arc<dyn KeyProvider>> {
@@ -229,7 +266,7 @@ fn spawn_sweeper(services: Services, config: &Config) {
 
 /// `certflow admin sweep-blobs`: one sweep now, with the configured grace period.
 pub async fn sweep_blobs(config: &Config, grace_hours: Option<u64>) -> anyhow::Result<()> {
-    let (services, _) = open_services(config).await?;
+    let services = open_services(config).await?.services;
     let hours = grace_hours.unwrap_or(config.blob.orphan_grace_hours);
     let r = services
         .sweep_orphan_blobs(
@@ -253,7 +290,7 @@ pub async fn sweep_blobs(config: &Config, grace_hours: Option<u64>) -> anyhow::R
 
 /// `certflow keys rewrap`: re-seal every private key under the current master key.
 pub async fn rewrap_keys(config: &Config) -> anyhow::Result<()> {
-    let (services, _) = open_services(config).await?;
+    let services = open_services(config).await?.services;
     let actor = Actor {
         subject: "admin-cli".into(),
         source: None,
@@ -269,14 +306,24 @@ pub async fn rewrap_keys(config: &Config) -> anyhow::Result<()> {
 }
 
 /// Opens the configured metadata store (migrating it), or says which and why not.
-async fn open_store(config: &Config) -> anyhow::Result<(Arc<dyn MetadataStore>, ChangeFeed)> {
+async fn open_store(config: &Config) -> anyhow::Result<(StorePorts, ChangeFeed)> {
     match config.database() {
         DatabaseKind::Sqlite(path) => {
             let store = SqliteStore::open(&path)
                 .await
                 .with_context(|| format!("database {}", path.display()))?;
             tracing::info!(database = %path.display(), "SQLite metadata store");
-            Ok((Arc::new(store), ChangeFeed::local()))
+            let db_queue = Arc::new(store.renewal_queue(DbQueueOptions::default()));
+            let store = Arc::new(store);
+            Ok((
+                StorePorts {
+                    metadata: store.clone(),
+                    ledger: store.clone(),
+                    notifications: store,
+                    db_queue,
+                },
+                ChangeFeed::local(),
+            ))
         }
         DatabaseKind::Postgres(url) => {
             let timeout = config.database.statement_timeout_secs;
@@ -294,14 +341,175 @@ async fn open_store(config: &Config) -> anyhow::Result<(Arc<dyn MetadataStore>, 
                 .await
                 .context("PostgreSQL change feed")?;
             tracing::info!("PostgreSQL metadata store");
-            Ok((Arc::new(store), feed))
+            let db_queue = Arc::new(store.renewal_queue(DbQueueOptions::default()));
+            let store = Arc::new(store);
+            Ok((
+                StorePorts {
+                    metadata: store.clone(),
+                    ledger: store.clone(),
+                    notifications: store,
+                    db_queue,
+                },
+                feed,
+            ))
         }
     }
 }
 
-/// `certflow serve`.
-pub async fn serve(config: Config) -> anyhow::Result<()> {
-    let (services, feed) = open_services(&config).await?;
+/// What a process runs: any mix of the console API, the renewal scheduler
+/// (with the expiry watcher) and renewal workers (with notification delivery).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Roles {
+    /// The HTTP API.
+    pub api: bool,
+    /// Scheduler and expiry watcher.
+    pub scheduler: bool,
+    /// Renewal workers and notification dispatcher.
+    pub worker: bool,
+}
+
+impl Roles {
+    /// Parses `api,scheduler,worker`.
+    pub fn parse(list: &str) -> anyhow::Result<Self> {
+        let mut roles = Roles {
+            api: false,
+            scheduler: false,
+            worker: false,
+        };
+        for role in list.split(',').map(str::trim).filter(|r| !r.is_empty()) {
+            match role {
+                "api" => roles.api = true,
+                "scheduler" => roles.scheduler = true,
+                "worker" => roles.worker = true,
+                other => bail!("unknown role {other:?}; roles are api, scheduler, worker"),
+            }
+        }
+        if roles
+            == (Roles {
+                api: false,
+                scheduler: false,
+                worker: false,
+            })
+        {
+            bail!("--roles needs at least one of api, scheduler, worker");
+        }
+        Ok(roles)
+    }
+}
+
+/// The renewal queue the configuration selects.
+async fn renewal_queue(
+    config: &Config,
+    store: &StorePorts,
+) -> anyhow::Result<Arc<dyn RenewalQueue>> {
+    match (config.renewal.queue.as_str(), &config.renewal.sqs) {
+        ("sqs", Some(options)) => {
+            let queue = SqsRenewalQueue::from_options(options.clone(), store.ledger.clone()).await;
+            Ok(Arc::new(queue))
+        }
+        _ => Ok(store.db_queue.clone()),
+    }
+}
+
+/// The notifiers the configuration enables (webhook always; SNS and email when configured).
+async fn notifiers(config: &Config) -> anyhow::Result<Notifiers> {
+    let n = &config.notifications;
+    let mut notifiers = Notifiers::new()
+        .with(Arc::new(WebhookNotifier::new(&n.webhook).map_err(|e| {
+            anyhow::anyhow!("notifications.webhook: {}", e.0)
+        })?));
+    if let Some(sns) = &n.sns {
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new(sns.region.clone()));
+        if let Some(url) = &sns.endpoint_url {
+            loader = loader.endpoint_url(url);
+        }
+        notifiers.insert(Arc::new(SnsNotifier::from_sdk_config(&loader.load().await)));
+    }
+    if let Some(smtp) = &n.smtp {
+        notifiers.insert(Arc::new(
+            EmailNotifier::new(smtp).map_err(|e| anyhow::anyhow!("notifications.smtp: {}", e.0))?,
+        ));
+    }
+    Ok(notifiers)
+}
+
+/// Starts the background roles; they stop when `shutdown` turns true.
+async fn spawn_roles(
+    config: &Config,
+    roles: Roles,
+    opened: &Opened,
+    shutdown: &watch::Receiver<bool>,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+    let mut tasks = Vec::new();
+    let queue = renewal_queue(config, &opened.store).await?;
+    let r = &config.renewal;
+    if roles.scheduler {
+        let scheduler = Scheduler::new(
+            opened.store.metadata.clone(),
+            queue.clone(),
+            SchedulerSettings {
+                interval: Duration::from_secs(r.scheduler_interval_secs),
+                batch: 500,
+                max_attempts: r.max_attempts,
+            },
+        );
+        tasks.push(tokio::spawn(scheduler.run(shutdown.clone())));
+        if config.notifications.enabled {
+            let watcher = ExpiryWatcher::new(
+                opened.store.metadata.clone(),
+                opened.store.notifications.clone(),
+                config.notifications.expiry.clone(),
+            );
+            let stop = stopped(shutdown.clone());
+            tasks.push(tokio::spawn(async move { watcher.run(stop).await }));
+        }
+        tracing::info!(queue = queue.kind(), "renewal scheduler running");
+    }
+    if roles.worker {
+        let worker = Worker::new(
+            opened.services.clone(),
+            queue.clone(),
+            WorkerSettings {
+                concurrency: r.concurrency,
+                lease: Duration::from_secs(r.lease_secs),
+                wait: Duration::from_secs(5),
+                backoff_base: Duration::from_secs(r.backoff_base_secs),
+                backoff_cap: Duration::from_secs(r.backoff_cap_secs),
+            },
+        );
+        tasks.push(tokio::spawn(worker.run(shutdown.clone())));
+        if config.notifications.enabled {
+            let dispatcher = Dispatcher::new(
+                opened.store.notifications.clone(),
+                notifiers(config).await?,
+                config.notifications.delivery.clone(),
+            );
+            let stop = stopped(shutdown.clone());
+            tasks.push(tokio::spawn(async move { dispatcher.run(stop).await }));
+        }
+        tracing::info!(
+            queue = queue.kind(),
+            concurrency = r.concurrency,
+            "renewal workers running"
+        );
+    }
+    Ok(tasks)
+}
+
+/// A future that completes when `rx` turns true (or its sender is gone).
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    while !*rx.borrow() {
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// `certflow serve` (all roles unless `--roles` narrows them) and `certflow worker`.
+pub async fn serve(config: Config, roles: Roles) -> anyhow::Result<()> {
+    let opened = open_services(&config).await?;
+    let services = opened.services.clone();
     let settings = CaSettings {
         name: config.ca.name.clone(),
         key_type: config.ca_key_type()?,
@@ -315,6 +523,24 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     if created {
         tracing::info!(issuer = %issuer.id, subject = %issuer.subject, "created the internal CA");
     }
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let tasks = spawn_roles(&config, roles, &opened, &stop_rx).await?;
+    if roles.api {
+        serve_api(&config, &opened, services).await?;
+    } else {
+        println!("certflow: running {roles:?} (no API listener)");
+        shutdown_signal().await;
+    }
+    let _ = stop_tx.send(true);
+    for task in tasks {
+        // Workers finish the job in hand; a job cut short is retried after its lease.
+        let _ = tokio::time::timeout(Duration::from_secs(30), task).await;
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn serve_api(config: &Config, opened: &Opened, services: Services) -> anyhow::Result<()> {
     let bootstrap_hash = Arc::new(RwLock::new(None));
     if config.auth.bootstrap_token {
         if let Some(token) = auth::ensure_bootstrap_token(services.store().as_ref()).await? {
@@ -323,12 +549,21 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             println!("export CERTFLOW_TOKEN={token}");
         }
         auth::refresh_bootstrap_hash(services.store().as_ref(), &bootstrap_hash).await?;
-        spawn_settings_watch(services.clone(), feed, bootstrap_hash.clone());
+        spawn_settings_watch(
+            services.clone(),
+            opened.feed.clone(),
+            bootstrap_hash.clone(),
+        );
     }
-    spawn_sweeper(services.clone(), &config);
+    spawn_sweeper(services.clone(), config);
     let state = AppState {
         services,
         bootstrap_hash,
+        renewal: Arc::new(http::RenewalView {
+            queue: renewal_queue(config, &opened.store).await?,
+            ledger: opened.store.ledger.clone(),
+            notifications: opened.store.notifications.clone(),
+        }),
     };
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
@@ -343,7 +578,6 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     .with_graceful_shutdown(shutdown_signal())
     .await
     .context("server")?;
-    tracing::info!("stopped");
     Ok(())
 }
 
@@ -368,7 +602,7 @@ async fn shutdown_signal() {
 /// when the token is lost. Restart the server to pick up the new hash.
 pub async fn rotate_bootstrap_token(config: &Config) -> anyhow::Result<()> {
     let (store, feed) = open_store(config).await?;
-    let token = auth::rotate_bootstrap_token(store.as_ref()).await?;
+    let token = auth::rotate_bootstrap_token(store.metadata.as_ref()).await?;
     feed.publish("settings").await?;
     println!("export CERTFLOW_TOKEN={token}");
     if matches!(config.database(), DatabaseKind::Sqlite(_)) {

@@ -8,6 +8,7 @@ mod certificates;
 mod issuing;
 mod maintenance;
 mod renewal;
+mod subscriptions;
 mod validate;
 
 use std::collections::HashMap;
@@ -22,7 +23,8 @@ pub use ca::CaSettings;
 pub use certificates::{CertificateView, DownloadKind};
 pub use issuing::InternalCa;
 pub use maintenance::{RewrapReport, SweepReport};
-pub use renewal::{JobOutcome, RenewalSettings};
+pub use renewal::{JobOutcome, RENEWAL_ACTOR};
+pub use subscriptions::redacted;
 
 /// The tenant every record belongs to until multi-tenancy lands; bound into
 /// encryption contexts now so that adding tenants does not require re-encryption.

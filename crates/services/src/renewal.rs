@@ -32,13 +32,6 @@ pub enum JobOutcome {
     NotRenewable,
 }
 
-/// Knobs of the renewal workers.
-#[derive(Debug, Clone)]
-pub struct RenewalSettings {
-    /// Jobs are dead-lettered after this many attempts.
-    pub max_attempts: u32,
-}
-
 /// The subject the workers act as in the audit trail.
 pub const RENEWAL_ACTOR: &str = "system:renewal";
 

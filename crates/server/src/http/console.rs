@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use certflow_api::{
     AuditEventView, AuditPage, CertificateDetail, CertificatePage, CertificateSummary,
     CreateCertificateRequest, ImportCaRequest, IssuerView, Pkcs12Request, Problem, RenewRequest,
-    RevokeRequest, VersionView,
+    RenewalPolicyView, RevokeRequest, VersionView,
 };
 use certflow_core::SubjectName;
 use certflow_core::model::{
@@ -69,7 +69,7 @@ fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<&str>> {
 }
 
 /// The clock, read once per request at the edge; whole seconds, as stored.
-fn now() -> OffsetDateTime {
+pub(super) fn now() -> OffsetDateTime {
     let t = OffsetDateTime::now_utc();
     t.replace_nanosecond(0).unwrap_or(t)
 }
@@ -131,7 +131,10 @@ fn issuer_view(i: &Issuer) -> IssuerView {
     IssuerView {
         id: i.id,
         name: i.name.clone(),
-        kind: "internal".into(),
+        kind: match i.kind {
+            certflow_core::model::IssuerKind::Internal => "internal".into(),
+            certflow_core::model::IssuerKind::Acme => "acme".into(),
+        },
         is_default: i.is_default,
         key_type: i.key_type.as_str().into(),
         subject: i.subject.clone(),
@@ -159,7 +162,13 @@ async fn detail(state: &AppState, view: CertificateView) -> ApiResult<Certificat
     Ok(CertificateDetail {
         summary: summary(&view.certificate),
         validity_days: view.certificate.validity_days,
-        renew_at_fraction: view.certificate.renewal.renew_at_fraction,
+        validity_seconds: view.certificate.validity_secs,
+        renewal_policy: RenewalPolicyView {
+            renew_at_fraction: view.certificate.renewal.renew_at_fraction,
+            renew_before_days: view.certificate.renewal.renew_before_days,
+            jitter_fraction: view.certificate.renewal.jitter_fraction,
+        },
+        renewal: super::operations::renewal_status(state, &view.certificate).await?,
         versions: view.versions.iter().map(version_view).collect(),
         fullchain_pem,
         history: history.items.iter().map(audit_view).collect(),

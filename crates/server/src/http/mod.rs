@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod console;
 pub mod errors;
+pub mod operations;
 
 use std::collections::BTreeMap;
 
@@ -23,6 +24,7 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use errors::{ApiError, ApiResult};
+pub use operations::RenewalView;
 
 /// Largest request body accepted (64 KiB): CSRs and CA imports fit with room to spare.
 pub const BODY_LIMIT: usize = 64 * 1024;
@@ -35,6 +37,8 @@ pub struct AppState {
     /// SHA-256 (hex) of the bootstrap admin token, when that token is enabled;
     /// refreshed when a replica announces a settings change.
     pub bootstrap_hash: std::sync::Arc<std::sync::RwLock<Option<String>>>,
+    /// Renewal queue, ledger and deliveries, for status and metrics.
+    pub renewal: std::sync::Arc<RenewalView>,
 }
 
 #[derive(OpenApi)]
@@ -75,6 +79,14 @@ pub fn console_api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(console::list_issuers))
         .routes(routes!(console::import_issuer))
         .routes(routes!(console::audit))
+        .routes(routes!(operations::queue_stats))
+        .routes(routes!(
+            operations::create_subscription,
+            operations::list_subscriptions
+        ))
+        .routes(routes!(operations::delete_subscription))
+        .routes(routes!(operations::list_deliveries))
+        .routes(routes!(operations::delivery_attempts))
         .split_for_parts()
 }
 
@@ -104,6 +116,7 @@ pub fn app(state: AppState) -> Router {
         )
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(operations::metrics))
         .route("/pki/{issuer}/ca.crt", get(issuer_cert))
         .route("/pki/{issuer}/crl", get(issuer_crl))
         .fallback(|| async { ApiError::no_route() })

@@ -45,7 +45,8 @@ async fn harness() -> Harness {
         blobs.clone(),
         sealer,
         Some("http://127.0.0.1:8080".into()),
-    );
+    )
+    .with_notifications(store.clone());
     services
         .ensure_ca(
             &CaSettings {
@@ -70,6 +71,11 @@ async fn harness() -> Harness {
         app: app(AppState {
             services,
             bootstrap_hash,
+            renewal: Arc::new(super::RenewalView {
+                queue: Arc::new(store.renewal_queue(Default::default())),
+                ledger: store.clone(),
+                notifications: store.clone(),
+            }),
         }),
         token,
         store,

@@ -1,0 +1,301 @@
+//! Renewal and notification endpoints of the console API: each certificate's
+//! renewal state, queue depth, subscriptions and the record of every delivery
+//! attempt (so a failing notification channel is visible, never silent), and
+//! the Prometheus metrics of the same.
+
+use std::sync::Arc;
+
+use axum::Extension;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use certflow_api::{
+    CreateSubscriptionRequest, DeliveryPage, DeliveryView, Problem, QueueStatsView,
+    RenewalStatusView, SubscriptionView,
+};
+use certflow_core::model::{Actor, Certificate};
+use certflow_core::notify::{
+    Delivery, DeliveryAttempt, DeliveryQuery, DeliveryState, Subscription,
+};
+use certflow_core::ports::{NotificationStore, RenewalLedger};
+use certflow_core::renewal::{JobState, RenewalQueue};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use super::AppState;
+use super::console::{Json, Path, Query};
+use super::errors::{ApiError, ApiResult};
+
+/// What the API reads about renewal and notifications.
+pub struct RenewalView {
+    /// The configured renewal queue (for depth and age).
+    pub queue: Arc<dyn RenewalQueue>,
+    /// Renewal jobs per certificate.
+    pub ledger: Arc<dyn RenewalLedger>,
+    /// Deliveries (for metrics).
+    pub notifications: Arc<dyn NotificationStore>,
+}
+
+/// The renewal state of `cert`, from its newest job.
+pub(super) async fn renewal_status(
+    state: &AppState,
+    cert: &Certificate,
+) -> ApiResult<RenewalStatusView> {
+    let job = state.renewal.ledger.latest_renewal_job(cert.id).await?;
+    let job = job.filter(|j| j.version == cert.current_version);
+    Ok(match job {
+        None => RenewalStatusView {
+            next_renewal_at: cert.renew_after,
+            state: "idle".into(),
+            attempts: 0,
+            last_attempt_at: None,
+            last_error: None,
+            retry_at: None,
+        },
+        Some(j) => {
+            let failing = j.state == JobState::Queued && j.last_error.is_some();
+            RenewalStatusView {
+                next_renewal_at: cert.renew_after,
+                state: if failing {
+                    "failing".into()
+                } else {
+                    j.state.as_str().into()
+                },
+                attempts: j.attempts,
+                last_attempt_at: j.last_attempt_at,
+                last_error: j.last_error.clone(),
+                retry_at: failing.then_some(j.run_at),
+            }
+        }
+    })
+}
+
+/// Renewal queue depth and the age of its oldest unfinished job.
+#[utoipa::path(get, path = "/renewal/queue", tag = "renewal",
+    responses((status = 200, body = QueueStatsView)))]
+pub async fn queue_stats(State(state): State<AppState>) -> ApiResult<Json<QueueStatsView>> {
+    let s = state.renewal.queue.stats().await?;
+    Ok(Json(QueueStatsView {
+        queue: state.renewal.queue.kind().into(),
+        queued: s.queued,
+        running: s.running,
+        dead: s.dead,
+        oldest_age_seconds: s.oldest_age_secs,
+    }))
+}
+
+fn subscription_view(s: &Subscription) -> SubscriptionView {
+    SubscriptionView {
+        id: s.id,
+        team: s.team.clone(),
+        events: s.events.iter().map(|e| e.as_str().to_owned()).collect(),
+        channel: certflow_services::redacted(&s.channel),
+        created_at: s.created_at,
+    }
+}
+
+/// Subscribe a team to events (issued, renewed, renewal-failing, dead-lettered,
+/// expiring, revoked, digest) on a webhook, SNS topic or email addresses.
+#[utoipa::path(post, path = "/subscriptions", tag = "notifications",
+    request_body = CreateSubscriptionRequest,
+    responses((status = 201, body = SubscriptionView), (status = 400, body = Problem), (status = 409, body = Problem)))]
+pub async fn create_subscription(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Json(req): Json<CreateSubscriptionRequest>,
+) -> ApiResult<Response> {
+    let sub = state
+        .services
+        .create_subscription(&actor, &req, super::console::now())
+        .await?;
+    Ok((StatusCode::CREATED, Json(subscription_view(&sub))).into_response())
+}
+
+/// Subscription filter.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct SubscriptionParams {
+    /// Only this team's.
+    pub team: Option<String>,
+}
+
+/// Subscriptions.
+#[utoipa::path(get, path = "/subscriptions", tag = "notifications", params(SubscriptionParams),
+    responses((status = 200, body = Vec<SubscriptionView>)))]
+pub async fn list_subscriptions(
+    State(state): State<AppState>,
+    Query(q): Query<SubscriptionParams>,
+) -> ApiResult<Json<Vec<SubscriptionView>>> {
+    let subs = state.services.subscriptions(q.team.as_deref()).await?;
+    Ok(Json(subs.iter().map(subscription_view).collect()))
+}
+
+/// Remove a subscription (its past deliveries stay visible).
+#[utoipa::path(delete, path = "/subscriptions/{id}", tag = "notifications", params(("id" = Uuid, Path)),
+    responses((status = 204), (status = 404, body = Problem)))]
+pub async fn delete_subscription(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(id): Path<Uuid>,
+) -> ApiResult<StatusCode> {
+    state
+        .services
+        .delete_subscription(&actor, id, super::console::now())
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Delivery filters.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveryParams {
+    /// Only this team's.
+    pub team: Option<String>,
+    /// Only about this certificate.
+    pub certificate_id: Option<Uuid>,
+    /// `pending`, `delivered` or `failed`.
+    pub state: Option<String>,
+    /// Page size (1-500, default 50).
+    #[serde(default = "default_limit")]
+    pub limit: u32,
+    /// Rows to skip.
+    #[serde(default)]
+    pub offset: u64,
+}
+
+fn default_limit() -> u32 {
+    50
+}
+
+fn delivery_view(d: &Delivery) -> DeliveryView {
+    DeliveryView {
+        id: d.id,
+        notification_id: d.notification.id,
+        event: d.notification.kind.as_str().into(),
+        team: d.notification.team.clone(),
+        certificate_id: d.notification.certificate_id,
+        summary: d.notification.summary.clone(),
+        subscription_id: d.subscription_id,
+        channel: d.channel.kind().into(),
+        state: d.state.as_str().into(),
+        attempts: d.attempts,
+        last_error: d.last_error.clone(),
+        next_attempt_at: d.next_attempt_at,
+        delivered_at: d.delivered_at,
+        created_at: d.created_at,
+    }
+}
+
+/// Notification deliveries with their state and last failure reason, newest first.
+#[utoipa::path(get, path = "/deliveries", tag = "notifications", params(DeliveryParams),
+    responses((status = 200, body = DeliveryPage), (status = 400, body = Problem)))]
+pub async fn list_deliveries(
+    State(state): State<AppState>,
+    Query(q): Query<DeliveryParams>,
+) -> ApiResult<Json<DeliveryPage>> {
+    let delivery_state = match q.state.as_deref() {
+        None => None,
+        Some(s) => Some(DeliveryState::parse(s).ok_or_else(|| {
+            ApiError::invalid_field("state", "must be pending, delivered or failed")
+        })?),
+    };
+    if q.limit == 0 || q.limit > 500 {
+        return Err(ApiError::invalid_field("limit", "must be 1-500"));
+    }
+    let page = state
+        .services
+        .deliveries(&DeliveryQuery {
+            team: q.team,
+            certificate_id: q.certificate_id,
+            state: delivery_state,
+            limit: q.limit,
+            offset: q.offset,
+        })
+        .await?;
+    Ok(Json(DeliveryPage {
+        items: page.items.iter().map(delivery_view).collect(),
+        total: page.total,
+    }))
+}
+
+/// One delivery attempt.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AttemptView {
+    /// 1-based attempt number.
+    pub attempt: u32,
+    /// When.
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    /// Failure reason, absent on success.
+    pub error: Option<String>,
+}
+
+fn attempt_view(a: &DeliveryAttempt) -> AttemptView {
+    AttemptView {
+        attempt: a.attempt,
+        at: a.at,
+        error: a.error.clone(),
+    }
+}
+
+/// Every attempt of one delivery, oldest first.
+#[utoipa::path(get, path = "/deliveries/{id}/attempts", tag = "notifications", params(("id" = Uuid, Path)),
+    responses((status = 200, body = Vec<AttemptView>)))]
+pub async fn delivery_attempts(
+    State(state): State<AppState>,
+    Path(id): Path<Uuid>,
+) -> ApiResult<Json<Vec<AttemptView>>> {
+    let attempts = state.services.delivery_attempts(id).await?;
+    Ok(Json(attempts.iter().map(attempt_view).collect()))
+}
+
+/// `/metrics`: Prometheus text of the renewal queue and notification deliveries,
+/// read from the shared database so any replica reports the whole system.
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    let mut out = String::new();
+    let kind = state.renewal.queue.kind();
+    match state.renewal.queue.stats().await {
+        Ok(s) => {
+            out.push_str("# HELP certflow_renewal_jobs Renewal jobs by state.\n# TYPE certflow_renewal_jobs gauge\n");
+            for (label, n) in [
+                ("queued", s.queued),
+                ("running", s.running),
+                ("dead", s.dead),
+            ] {
+                out.push_str(&format!(
+                    "certflow_renewal_jobs{{queue=\"{kind}\",state=\"{label}\"}} {n}\n"
+                ));
+            }
+            out.push_str("# HELP certflow_renewal_oldest_job_age_seconds Age of the oldest unfinished renewal job.\n# TYPE certflow_renewal_oldest_job_age_seconds gauge\n");
+            out.push_str(&format!(
+                "certflow_renewal_oldest_job_age_seconds{{queue=\"{kind}\"}} {}\n",
+                s.oldest_age_secs
+            ));
+        }
+        Err(e) => tracing::warn!(error = %e, "metrics: renewal queue stats unavailable"),
+    }
+    out.push_str("# HELP certflow_notification_deliveries Notification deliveries by state.\n# TYPE certflow_notification_deliveries gauge\n");
+    for st in [
+        DeliveryState::Pending,
+        DeliveryState::Delivered,
+        DeliveryState::Failed,
+    ] {
+        let q = DeliveryQuery {
+            state: Some(st),
+            limit: 1,
+            ..Default::default()
+        };
+        if let Ok(page) = state.renewal.notifications.list_deliveries(&q).await {
+            out.push_str(&format!(
+                "certflow_notification_deliveries{{state=\"{}\"}} {}\n",
+                st.as_str(),
+                page.total
+            ));
+        }
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}
