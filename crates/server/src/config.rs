@@ -37,6 +37,10 @@ pub struct Config {
     pub renewal: RenewalConfig,
     /// Notification channels and delivery.
     pub notifications: NotificationsConfig,
+    /// ACME issuers by name: `[acme.<name>]` with `directory_url`, `contact`,
+    /// `challenge`, `dns`, `external_account_binding`, `ca_bundle`...
+    #[serde(skip_serializing)]
+    pub acme: std::collections::BTreeMap<String, certflow_acme::AcmeSettings>,
 }
 
 impl Default for Config {
@@ -52,6 +56,7 @@ impl Default for Config {
             log: LogConfig::default(),
             renewal: RenewalConfig::default(),
             notifications: NotificationsConfig::default(),
+            acme: Default::default(),
         }
     }
 }
@@ -447,6 +452,18 @@ impl Config {
         }
         if self.renewal.lease_secs < 1 || self.renewal.scheduler_interval_secs < 1 {
             bail!("renewal.lease_secs and renewal.scheduler_interval_secs must be at least 1");
+        }
+        for (name, acme) in &self.acme {
+            if name.is_empty()
+                || name.len() > 64
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                bail!("[acme.{name}]: issuer names are 1-64 characters of a-z, 0-9, '-' or '_'");
+            }
+            acme.validate()
+                .map_err(|e| anyhow::anyhow!("[acme.{name}]: {e}"))?;
         }
         self.renewal
             .policy

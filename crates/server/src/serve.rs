@@ -111,6 +111,8 @@ pub struct Opened {
     pub feed: ChangeFeed,
     /// The metadata store's ports.
     pub store: StorePorts,
+    /// ACME HTTP-01 tokens this process answers for.
+    pub http01: certflow_acme::Http01Tokens,
 }
 
 /// The metadata store behind each of its ports.
@@ -149,10 +151,35 @@ pub async fn open_services(config: &Config) -> anyhow::Result<Opened> {
     if config.notifications.enabled {
         services = services.with_notifications(store.notifications.clone());
     }
+    let http01 = certflow_acme::Http01Tokens::new();
+    for (name, settings) in &config.acme {
+        let (issuer, created) = services
+            .ensure_acme_issuer(
+                name,
+                &settings.directory_url,
+                time::OffsetDateTime::now_utc(),
+            )
+            .await
+            .with_context(|| format!("[acme.{name}]"))?;
+        if created {
+            tracing::info!(issuer = %issuer.id, name, directory = %settings.directory_url, "registered ACME issuer");
+        }
+        let accounts = certflow_acme::SealedAccountStore::for_issuer(
+            services.blobs().clone(),
+            services.sealer().clone(),
+            &issuer,
+        );
+        let backend =
+            certflow_acme::AcmeIssuer::new(settings.clone(), Arc::new(accounts), http01.clone())
+                .await
+                .with_context(|| format!("[acme.{name}]"))?;
+        services = services.with_issuer_backend(issuer.id, Arc::new(backend));
+    }
     Ok(Opened {
         services,
         feed,
         store,
+        http01,
     })
 }
 
@@ -571,9 +598,12 @@ async fn serve_api(config: &Config, opened: &Opened, services: Services) -> anyh
     let addr = listener.local_addr()?;
     println!("certflow: listening on http://{addr}");
     tracing::info!(%addr, public_url = %config.public_url(), "console API listening");
+    // ACME HTTP-01 challenges are answered on this listener: route port 80 of
+    // the certified names here (or use DNS-01).
+    let app = http::app(state).merge(certflow_acme::http01_router(opened.http01.clone()));
     axum::serve(
         listener,
-        http::app(state).into_make_service_with_connect_info::<SocketAddr>(),
+        app.into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(shutdown_signal())
     .await

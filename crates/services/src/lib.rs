@@ -91,6 +91,12 @@ impl Services {
     pub fn blobs(&self) -> &Arc<dyn BlobStore> {
         &self.blobs
     }
+
+    /// The envelope sealer (for adapters that keep secrets in the blob store,
+    /// such as ACME account credentials).
+    pub fn sealer(&self) -> &Sealer {
+        &self.sealer
+    }
 }
 
 #[cfg(test)]
