@@ -1,5 +1,5 @@
 //! certflow-acme against a real ACME server: pebble (Let's Encrypt's test CA),
-//! started per test on free loopback ports with a TLS certificate made here.
+//! started per test by `certflow_testkit::pebble` on free loopback ports.
 //! Real validation (HTTP-01 through `http01_router`, DNS-01 through an exec
 //! hook) uses pebble-challtestsrv as pebble's DNS server; the other cases run
 //! pebble with `PEBBLE_VA_ALWAYS_VALID=1`. Route 53 runs against moto.
@@ -7,8 +7,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -22,232 +20,36 @@ use certflow_blob::{LocalKeyProvider, MasterKey, ObjectBlobStore, Sealer};
 use certflow_core::model::{Issuer, IssuerKind, KeyType};
 use certflow_core::ports::{BlobStore, IssueRequest, IssuedCertificate, IssuerBackend};
 use certflow_core::{DomainError, DomainResult, Profile, SubjectName};
-use certflow_testkit::{Moto, free_port};
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair, PublicKeyData};
-use tempfile::TempDir;
+use certflow_testkit::Moto;
+use certflow_testkit::pebble::{Pebble, PebbleOptions};
+use rcgen::{CertificateParams, KeyPair, PublicKeyData};
 use time::OffsetDateTime;
 use uuid::Uuid;
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
-const PEBBLE_HINT: &str =
-    "pebble is not installed: run scripts/peers.sh (apt-get install -y pebble)";
-
 // ---------------------------------------------------------------- harness
 
-#[derive(Default)]
-struct Opts {
-    /// `externalAccountMACKeys`; non-empty makes EAB required.
-    eab_keys: Vec<(String, String)>,
-    /// Validate challenges for real (pebble-challtestsrv as DNS), else ALWAYS_VALID.
-    real_validation: bool,
-}
-
-struct Pebble {
-    child: Option<Child>,
-    challtestsrv: Option<Child>,
-    dir: TempDir,
-    directory_url: String,
-    mgmt_url: String,
-    ca_bundle: PathBuf,
-    /// Where pebble sends HTTP-01 validation requests.
-    http_port: u16,
-    /// pebble-challtestsrv's management API (real validation only).
-    challtest_url: Option<String>,
-}
-
-impl Drop for Pebble {
-    fn drop(&mut self) {
-        self.stop();
-        if let Some(mut c) = self.challtestsrv.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+/// Every case's pebble: leaves live 120 s so the lifetime assertion is exact.
+fn opts() -> PebbleOptions {
+    PebbleOptions {
+        leaf_validity_secs: Some(120),
+        ..PebbleOptions::default()
     }
 }
 
-fn spawn_logged(cmd: &mut Command, log: &Path) -> std::io::Result<Child> {
-    let file = std::fs::File::create(log).unwrap();
-    cmd.stdin(Stdio::null())
-        .stdout(file.try_clone().unwrap())
-        .stderr(file)
-        .spawn()
+/// What these cases need from a running pebble beyond the testkit handle.
+trait PebbleExt {
+    fn settings(&self) -> AcmeSettings;
+    fn registrations(&self) -> usize;
+    async fn root_der(&self) -> Vec<u8>;
+    async fn directory(&self) -> serde_json::Value;
 }
 
-/// A private CA and a `localhost`/`127.0.0.1` certificate for pebble's listeners.
-fn write_tls(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name
-        .push(rcgen::DnType::CommonName, "certflow test pebble CA");
-    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
-    let leaf_key = KeyPair::generate().unwrap();
-    let mut leaf = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
-    leaf.subject_alt_names
-        .push(rcgen::SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)));
-    let leaf = leaf.signed_by(&leaf_key, &ca).unwrap();
-    let (ca_path, cert_path, key_path) = (
-        dir.join("ca.pem"),
-        dir.join("cert.pem"),
-        dir.join("key.pem"),
-    );
-    std::fs::write(&ca_path, ca.pem()).unwrap();
-    std::fs::write(&cert_path, leaf.pem()).unwrap();
-    std::fs::write(&key_path, leaf_key.serialize_pem()).unwrap();
-    (ca_path, cert_path, key_path)
-}
-
-impl Pebble {
-    async fn start(opts: Opts) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let (ca_bundle, cert, key) = write_tls(dir.path());
-        let (port, mgmt, http_port) = (free_port(), free_port(), free_port());
-        let mut config = serde_json::json!({
-            "pebble": {
-                "listenAddress": format!("127.0.0.1:{port}"),
-                "managementListenAddress": format!("127.0.0.1:{mgmt}"),
-                "certificate": cert,
-                "privateKey": key,
-                "httpPort": http_port,
-                "tlsPort": free_port(),
-                "ocspResponderURL": "",
-                "externalAccountBindingRequired": !opts.eab_keys.is_empty(),
-                "certificateValidityPeriod": 120,
-            }
-        });
-        if !opts.eab_keys.is_empty() {
-            config["pebble"]["externalAccountMACKeys"] = opts
-                .eab_keys
-                .iter()
-                .map(|(k, v)| (k.clone(), serde_json::Value::from(v.clone())))
-                .collect::<serde_json::Map<_, _>>()
-                .into();
-        }
-        let config_path = dir.path().join("pebble.json");
-        std::fs::write(&config_path, config.to_string()).unwrap();
-
-        let mut cmd = Command::new("pebble");
-        cmd.arg("-config").arg(&config_path);
-        cmd.env("PEBBLE_VA_NOSLEEP", "1")
-            .env("PEBBLE_WFE_NONCEREJECT", "0")
-            .env("PEBBLE_AUTHZREUSE", "0");
-        let mut challtestsrv = None;
-        let mut challtest_url = None;
-        if opts.real_validation {
-            let (dns, cmgmt) = (free_port(), free_port());
-            let child = spawn_logged(
-                Command::new("pebble-challtestsrv").args([
-                    "-defaultIPv4",
-                    "127.0.0.1",
-                    "-defaultIPv6",
-                    "",
-                    "-dns01",
-                    &format!("127.0.0.1:{dns}"),
-                    "-http01",
-                    "",
-                    "-https01",
-                    "",
-                    "-tlsalpn01",
-                    "",
-                    "-management",
-                    &format!("127.0.0.1:{cmgmt}"),
-                ]),
-                &dir.path().join("challtestsrv.log"),
-            )
-            .unwrap_or_else(|e| panic!("pebble-challtestsrv: {e}; {PEBBLE_HINT}"));
-            challtestsrv = Some(child);
-            challtest_url = Some(format!("http://127.0.0.1:{cmgmt}"));
-            wait_port(cmgmt, "pebble-challtestsrv").await;
-            cmd.arg("-dnsserver").arg(format!("127.0.0.1:{dns}"));
-        } else {
-            cmd.env("PEBBLE_VA_ALWAYS_VALID", "1");
-        }
-        let child = match spawn_logged(&mut cmd, &dir.path().join("pebble.log")) {
-            Ok(c) => c,
-            Err(e) => panic!("cannot start pebble ({e}); {PEBBLE_HINT}"),
-        };
-        let mut pebble = Self {
-            child: Some(child),
-            challtestsrv,
-            dir,
-            directory_url: format!("https://127.0.0.1:{port}/dir"),
-            mgmt_url: format!("https://127.0.0.1:{mgmt}"),
-            ca_bundle,
-            http_port,
-            challtest_url,
-        };
-        let client = pebble.https();
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Ok(r) = client.get(&pebble.directory_url).send().await
-                && r.status().is_success()
-            {
-                break;
-            }
-            if let Some(status) = pebble.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("pebble exited ({status}):\n{}", pebble.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "pebble not ready:\n{}",
-                pebble.log()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        pebble
-    }
-
-    /// A client trusting the test CA (pebble's listeners).
-    fn https(&self) -> reqwest::Client {
-        let ca = std::fs::read(&self.ca_bundle).unwrap();
-        reqwest::Client::builder()
-            .no_proxy()
-            .tls_certs_only([reqwest::Certificate::from_pem(&ca).unwrap()])
-            .build()
-            .unwrap()
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("pebble.log")).unwrap_or_default()
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// The root that issued this run's certificates.
-    async fn root_der(&self) -> Vec<u8> {
-        let pem = self
-            .https()
-            .get(format!("{}/roots/0", self.mgmt_url))
-            .send()
-            .await
-            .unwrap()
-            .error_for_status()
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        pem::parse(pem).unwrap().into_contents()
-    }
-
-    async fn directory(&self) -> serde_json::Value {
-        self.https()
-            .get(&self.directory_url)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    }
-
+impl PebbleExt for Pebble {
     fn settings(&self) -> AcmeSettings {
-        let mut s = AcmeSettings::new(&self.directory_url);
+        let mut s = AcmeSettings::new(self.directory_url());
         s.contact = vec!["ops@example.com".into()];
-        s.ca_bundle = Some(self.ca_bundle.clone());
+        s.ca_bundle = Some(self.ca_bundle_path().to_owned());
         s.order_timeout_secs = 60;
         s.request_timeout_secs = 10;
         s.propagation = PropagationSettings {
@@ -262,16 +64,21 @@ impl Pebble {
     fn registrations(&self) -> usize {
         self.log().matches("POST /sign-me-up").count()
     }
-}
 
-async fn wait_port(port: u16, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
-        assert!(Instant::now() < deadline, "{what} not listening on {port}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    /// The root that issued this run's certificates.
+    async fn root_der(&self) -> Vec<u8> {
+        pem::parse(self.root_pem().await).unwrap().into_contents()
+    }
+
+    async fn directory(&self) -> serde_json::Value {
+        self.https_client()
+            .get(self.directory_url())
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
     }
 }
 
@@ -385,7 +192,7 @@ fn assert_chains_to(issued: &IssuedCertificate, root_der: &[u8]) {
 /// to the root pebble generated at this start.
 #[tokio::test]
 async fn issues_for_several_names_and_chains_to_pebble_root() {
-    let pebble = Pebble::start(Opts::default()).await;
+    let pebble = Pebble::start(opts()).await;
     let tokens = Http01Tokens::new();
     let acme = AcmeIssuer::new(
         pebble.settings(),
@@ -441,7 +248,7 @@ async fn issues_for_several_names_and_chains_to_pebble_root() {
 /// first registered: one newAccount at the CA, and the blob is encrypted.
 #[tokio::test]
 async fn account_is_registered_once_and_kept_sealed() {
-    let pebble = Pebble::start(Opts::default()).await;
+    let pebble = Pebble::start(opts()).await;
     let blob_dir = tempfile::tempdir().unwrap();
     let blobs: Arc<dyn BlobStore> = Arc::new(ObjectBlobStore::local(blob_dir.path()).unwrap());
     let sealer = Sealer::new(Arc::new(LocalKeyProvider::new(
@@ -485,9 +292,9 @@ async fn external_account_binding_required_by_the_ca() {
     use base64::Engine as _;
     let key = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode([7u8; 32]);
     let wrong = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode([8u8; 32]);
-    let pebble = Pebble::start(Opts {
+    let pebble = Pebble::start(PebbleOptions {
         eab_keys: vec![("kid-1".into(), key.clone())],
-        ..Opts::default()
+        ..opts()
     })
     .await;
 
@@ -532,13 +339,14 @@ async fn external_account_binding_required_by_the_ca() {
 /// wildcard share `_acme-challenge.<name>`: both values must be live together.
 #[tokio::test]
 async fn dns01_exec_hook_presents_then_cleans_up_with_real_validation() {
-    let pebble = Pebble::start(Opts {
+    let pebble = Pebble::start(PebbleOptions {
         real_validation: true,
-        ..Opts::default()
+        ..opts()
     })
     .await;
-    let calls = pebble.dir.path().join("hook-calls.txt");
-    let script = pebble.dir.path().join("hook.sh");
+    let dir = tempfile::tempdir().unwrap();
+    let calls = dir.path().join("hook-calls.txt");
+    let script = dir.path().join("hook.sh");
     std::fs::write(
         &script,
         r#"#!/bin/sh
@@ -563,7 +371,7 @@ esac
         command: script.clone(),
         args: vec![
             calls.display().to_string(),
-            pebble.challtest_url.clone().unwrap(),
+            pebble.challtestsrv_url().unwrap().to_owned(),
         ],
         timeout_secs: 10,
     });
@@ -692,7 +500,7 @@ impl DnsProvider for Observed {
 /// validates and are gone afterwards.
 #[tokio::test]
 async fn dns01_route53_upserts_waits_and_deletes() {
-    let pebble = Pebble::start(Opts::default()).await;
+    let pebble = Pebble::start(opts()).await;
     let moto = Moto::start().await;
     let client = aws_sdk_route53::Client::new(&moto.sdk_config().await);
     let zone = client
@@ -755,7 +563,7 @@ async fn dns01_route53_upserts_waits_and_deletes() {
 /// otherwise `None`; a renewal order with `replaces` works either way.
 #[tokio::test]
 async fn renewal_info_and_replaces() {
-    let pebble = Pebble::start(Opts::default()).await;
+    let pebble = Pebble::start(opts()).await;
     let acme = issuer(pebble.settings(), Arc::new(MemoryAccountStore::new())).await;
     let first = issue(&acme, &request(vec![dns("ari.example.com")]))
         .await
@@ -789,7 +597,7 @@ async fn renewal_info_and_replaces() {
 /// cached account and for a first registration.
 #[tokio::test]
 async fn ca_down_is_unavailable() {
-    let mut pebble = Pebble::start(Opts::default()).await;
+    let mut pebble = Pebble::start(opts()).await;
     let acme = issuer(pebble.settings(), Arc::new(MemoryAccountStore::new())).await;
     issue(&acme, &request(vec![dns("up.example.com")]))
         .await
@@ -820,18 +628,66 @@ async fn ca_down_is_unavailable() {
     );
 }
 
+/// A hung CA (pebble paused) makes issuance fail as Unavailable within the
+/// request timeout; once it recovers, the same issuer issues again with the
+/// account it already had (no second registration).
+#[tokio::test]
+async fn hung_ca_is_unavailable_then_recovers_with_the_same_account() {
+    let pebble = Pebble::start(opts()).await;
+    let mut settings = pebble.settings();
+    settings.request_timeout_secs = 2;
+    let acme = issuer(settings, Arc::new(MemoryAccountStore::new())).await;
+    issue(&acme, &request(vec![dns("before.example.com")]))
+        .await
+        .unwrap();
+    let account = acme.account_id().await.unwrap();
+
+    pebble.pause();
+    let started = Instant::now();
+    let err = issue(&acme, &request(vec![dns("hung.example.com")]))
+        .await
+        .unwrap_err();
+    let waited = started.elapsed();
+    eprintln!("CA hung: {err} after {waited:?}");
+    assert!(
+        matches!(
+            &err,
+            DomainError::Unavailable {
+                backend: "ACME CA",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(
+        waited < Duration::from_secs(30),
+        "gave up only after {waited:?}"
+    );
+
+    pebble.resume();
+    let started = Instant::now();
+    let issued = issue(&acme, &request(vec![dns("after.example.com")]))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", pebble.log()));
+    eprintln!("issued after resume in {:?}", started.elapsed());
+    let (_, leaf) = X509Certificate::from_der(&issued.cert_der).unwrap();
+    assert_eq!(sans(&leaf), ["after.example.com"]);
+    assert_eq!(acme.account_id().await.unwrap(), account);
+    assert_eq!(pebble.registrations(), 1, "{}", pebble.log());
+}
+
 /// HTTP-01 with real validation: pebble resolves the names through
 /// pebble-challtestsrv to 127.0.0.1 and fetches the token from
 /// `http01_router` served on its `httpPort`.
 #[tokio::test]
 async fn http01_real_validation_through_the_router() {
-    let pebble = Pebble::start(Opts {
+    let pebble = Pebble::start(PebbleOptions {
         real_validation: true,
-        ..Opts::default()
+        ..opts()
     })
     .await;
     let tokens = Http01Tokens::new();
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", pebble.http_port))
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", pebble.http_port()))
         .await
         .unwrap();
     let hits = Arc::new(Mutex::new(0usize));
@@ -875,7 +731,7 @@ async fn http01_real_validation_through_the_router() {
         .unwrap()
         .get(format!(
             "http://127.0.0.1:{}/.well-known/acme-challenge/nope",
-            pebble.http_port
+            pebble.http_port()
         ))
         .send()
         .await
@@ -887,9 +743,9 @@ async fn http01_real_validation_through_the_router() {
 /// HTTP-01 with nothing answering: the CA's validation error reaches the user.
 #[tokio::test]
 async fn failed_validation_is_a_conflict_with_the_ca_problem() {
-    let pebble = Pebble::start(Opts {
+    let pebble = Pebble::start(PebbleOptions {
         real_validation: true,
-        ..Opts::default()
+        ..opts()
     })
     .await;
     let acme = issuer(pebble.settings(), Arc::new(MemoryAccountStore::new())).await;

@@ -1,5 +1,5 @@
 //! Test-only helpers shared by the crates' integration tests: real peers
-//! (moto_server, PostgreSQL databases) started per test and cleaned up on drop.
+//! (moto_server, PostgreSQL databases, pebble) started per test and cleaned up on drop.
 //! A missing peer panics with how to install it: tests never skip silently.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -10,6 +10,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
+
+pub mod pebble;
 
 /// Region every AWS test uses.
 pub const AWS_REGION: &str = "eu-west-1";
