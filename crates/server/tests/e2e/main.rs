@@ -11,12 +11,23 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+mod renewal;
+
 const BIN: &str = env!("CARGO_BIN_EXE_certflow");
 
 struct Server {
     child: Child,
     url: String,
     token_line: Option<String>,
+    /// The process's stderr (logs), kept in a file so a chatty process never
+    /// blocks on a full pipe.
+    log: PathBuf,
+}
+
+impl Server {
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
 }
 
 impl Drop for Server {
@@ -38,15 +49,23 @@ fn require(tool: &str, hint: &str) {
 
 /// Starts `certflow serve` on an OS-chosen port and waits for its "listening" line.
 fn start(data: &Path, env: &[(&str, &str)]) -> Result<Server, String> {
+    start_with(&["serve"], data, env)
+}
+
+/// Starts `certflow <args>` and waits for its "listening" line (or, for a
+/// process without the API role, its "running" line; `url` is then empty).
+fn start_with(args: &[&str], data: &Path, env: &[(&str, &str)]) -> Result<Server, String> {
+    std::fs::create_dir_all(data).unwrap();
+    let log = data.join(format!("{}-{}.log", args.join("-"), uuid_like()));
     let mut cmd = Command::new(BIN);
-    cmd.arg("serve")
+    cmd.args(args)
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("CERTFLOW_DATA_DIR", data)
         .env("CERTFLOW_SERVER__LISTEN", "127.0.0.1:0")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .stderr(Stdio::from(std::fs::File::create(&log).unwrap()));
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -63,13 +82,32 @@ fn start(data: &Path, env: &[(&str, &str)]) -> Result<Server, String> {
                 child,
                 url: url.to_owned(),
                 token_line,
+                log,
+            });
+        }
+        if line.starts_with("certflow: running ") {
+            return Ok(Server {
+                child,
+                url: String::new(),
+                token_line,
+                log,
             });
         }
     }
     let status = child.wait().unwrap();
-    let mut err = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    let err = std::fs::read_to_string(&log).unwrap_or_default();
     Err(format!("exited with {status}: {err}"))
+}
+
+/// A name part unique within this test run (no RNG crate needed).
+fn uuid_like() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 fn stop(mut s: Server) {
