@@ -1,0 +1,269 @@
+//! Renewal throughput: how many due certificates one worker process renews
+//! per second, through `Worker::run_once` (concurrency 8) and the real
+//! services layer — fresh P-256 key, signing by the internal CA, sealing, three
+//! blob writes to a local directory, the version's metadata transaction, the
+//! job's acknowledgement. Three queues:
+//!
+//! - `database/sqlite`: the embedded queue on a SQLite file (the metadata store);
+//! - `database/postgres`: the embedded queue on a throwaway PostgreSQL database;
+//! - `sqs/moto`: Amazon SQS on moto_server, ledger and metadata on SQLite.
+//!
+//! Each iteration: the scheduler enqueues all 200 certificates (not timed),
+//! then the worker renews until all 200 are renewed (timed). Certificates live
+//! 60 seconds and are due at half their life (issuance backdates by 60 s), so
+//! every renewal makes the next one due at once. Run it with
+//! `cargo bench -p certflow-renewal --bench throughput`; figures in BENCHMARKS.md.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use certflow_api::{CreateCertificateRequest, RenewalPolicyView};
+use certflow_blob::{LocalKeyProvider, MasterKey, ObjectBlobStore, Sealer};
+use certflow_core::model::{Actor, KeyType};
+use certflow_core::ports::{MetadataStore, RenewalLedger};
+use certflow_core::renewal::RenewalQueue;
+use certflow_renewal::sqs::ensure_queues;
+use certflow_renewal::{
+    Scheduler, SchedulerSettings, SqsOptions, SqsRenewalQueue, Worker, WorkerSettings,
+};
+use certflow_services::{CaSettings, Services};
+use certflow_store::{DbQueueOptions, PgOptions, PgStore, SqliteStore};
+use certflow_testkit::{Moto, PgDatabase};
+use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
+use tempfile::TempDir;
+use time::OffsetDateTime;
+use tokio::runtime::Runtime;
+
+/// Due certificates per iteration.
+const N: u64 = 200;
+/// Jobs a worker runs at once.
+const CONCURRENCY: u32 = 8;
+
+/// One worker process: its services, scheduler and worker over one queue.
+struct Rig {
+    scheduler: Scheduler,
+    worker: Worker,
+    _dir: TempDir,
+}
+
+fn sealer() -> Sealer {
+    Sealer::new(Arc::new(LocalKeyProvider::new(
+        MasterKey::generate().unwrap(),
+        vec![],
+    )))
+}
+
+/// Services over `store` with the internal CA and `N` due certificates.
+async fn services(store: Arc<dyn MetadataStore>, dir: &TempDir) -> Services {
+    let blobs = Arc::new(ObjectBlobStore::local(&dir.path().join("blobs")).unwrap());
+    let services = Services::new(store, blobs, sealer(), None);
+    services
+        .ensure_ca(
+            &CaSettings {
+                name: "bench".into(),
+                key_type: KeyType::EcdsaP256,
+                root_validity_days: 3650,
+                intermediate_validity_days: 1825,
+            },
+            OffsetDateTime::now_utc(),
+        )
+        .await
+        .unwrap();
+    let mut tasks = tokio::task::JoinSet::new();
+    for part in 0..CONCURRENCY as u64 {
+        let services = services.clone();
+        tasks.spawn(async move {
+            for i in (part..N).step_by(CONCURRENCY as usize) {
+                let req = CreateCertificateRequest {
+                    names: vec![format!("r{i}.bench.example.com")],
+                    team: "bench".into(),
+                    key_type: Some("ecdsa-p256".into()),
+                    validity_seconds: Some(60),
+                    renewal: Some(RenewalPolicyView {
+                        renew_at_fraction: 0.5,
+                        renew_before_days: None,
+                        jitter_fraction: 0.0,
+                    }),
+                    ..Default::default()
+                };
+                let actor = Actor {
+                    subject: "bench".into(),
+                    source: None,
+                };
+                services
+                    .create_certificate(&actor, &req, OffsetDateTime::now_utc())
+                    .await
+                    .unwrap();
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap();
+    }
+    services
+}
+
+fn rig(
+    store: Arc<dyn MetadataStore>,
+    services: Services,
+    queue: Arc<dyn RenewalQueue>,
+    dir: TempDir,
+) -> Rig {
+    let scheduler = Scheduler::new(
+        store,
+        queue.clone(),
+        SchedulerSettings {
+            interval: Duration::from_secs(60),
+            batch: 500,
+            max_attempts: 5,
+        },
+    );
+    let worker = Worker::new(
+        services,
+        queue,
+        WorkerSettings {
+            concurrency: CONCURRENCY,
+            lease: Duration::from_secs(60),
+            wait: Duration::from_secs(1),
+            backoff_base: Duration::from_secs(1),
+            backoff_cap: Duration::from_secs(5),
+        },
+    );
+    Rig {
+        scheduler,
+        worker,
+        _dir: dir,
+    }
+}
+
+impl Rig {
+    /// Enqueues a job for every certificate (each becomes due within the
+    /// second its previous renewal was stored).
+    async fn enqueue_all(&self) {
+        let mut total = 0;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while total < N {
+            total += self
+                .scheduler
+                .scan(OffsetDateTime::now_utc())
+                .await
+                .unwrap()
+                .enqueued;
+            if total < N {
+                assert!(Instant::now() < deadline, "only {total} of {N} became due");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        assert_eq!(total, N);
+    }
+
+    /// Runs the worker until `N` more renewals are stored.
+    async fn drain(&self) -> Duration {
+        let stats = self.worker.stats();
+        let target = stats.renewed.load(Ordering::Relaxed) + N;
+        let start = Instant::now();
+        while stats.renewed.load(Ordering::Relaxed) < target {
+            self.worker.run_once().await.unwrap();
+            assert_eq!(stats.retried.load(Ordering::Relaxed), 0, "a renewal failed");
+        }
+        start.elapsed()
+    }
+}
+
+fn bench(c: &mut Criterion, rt: &Runtime, name: &str, rig: &Rig) {
+    let mut group = c.benchmark_group("renewal");
+    group
+        .throughput(Throughput::Elements(N))
+        .sampling_mode(SamplingMode::Flat)
+        .sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(5));
+    group.bench_function(name, |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let mut timed = Duration::ZERO;
+                for _ in 0..iters {
+                    rig.enqueue_all().await;
+                    timed += rig.drain().await;
+                }
+                timed
+            })
+        })
+    });
+    group.finish();
+}
+
+fn throughput(c: &mut Criterion) {
+    // Both cores: the worker's eight jobs sign and seal in parallel.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let store = rt.block_on(async {
+            Arc::new(
+                SqliteStore::open(&dir.path().join("certflow.db"))
+                    .await
+                    .unwrap(),
+            )
+        });
+        let services = rt.block_on(services(store.clone(), &dir));
+        let queue = Arc::new(store.renewal_queue(DbQueueOptions::default()));
+        let rig = rig(store.clone(), services, queue, dir);
+        bench(c, &rt, "database/sqlite", &rig);
+        drop(rig);
+        rt.block_on(store.close());
+    }
+
+    {
+        let pg = PgDatabase::create();
+        let dir = tempfile::tempdir().unwrap();
+        let store = rt.block_on(async {
+            Arc::new(
+                PgStore::connect(&pg.url(), PgOptions::default())
+                    .await
+                    .unwrap(),
+            )
+        });
+        let services = rt.block_on(services(store.clone(), &dir));
+        let queue = Arc::new(store.renewal_queue(DbQueueOptions::default()));
+        let rig = rig(store.clone(), services, queue, dir);
+        bench(c, &rt, "database/postgres", &rig);
+        drop(rig);
+        rt.block_on(store.close());
+    }
+
+    {
+        let moto = rt.block_on(Moto::start());
+        let dir = tempfile::tempdir().unwrap();
+        let (store, queue) = rt.block_on(async {
+            let store = Arc::new(
+                SqliteStore::open(&dir.path().join("certflow.db"))
+                    .await
+                    .unwrap(),
+            );
+            let sdk = moto.sdk_config().await;
+            let (url, dlq) = ensure_queues(&sdk, "renewals", 5).await.unwrap();
+            let options = SqsOptions {
+                dead_letter_queue_url: Some(dlq),
+                ..SqsOptions::new(url)
+            };
+            let ledger: Arc<dyn RenewalLedger> = store.clone();
+            (store, SqsRenewalQueue::new(&sdk, options, ledger))
+        });
+        let services = rt.block_on(services(store.clone(), &dir));
+        let rig = rig(store.clone(), services, Arc::new(queue), dir);
+        bench(c, &rt, "sqs/moto", &rig);
+        drop(rig);
+        rt.block_on(store.close());
+    }
+}
+
+criterion_group!(benches, throughput);
+criterion_main!(benches);

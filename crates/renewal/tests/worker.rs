@@ -1,0 +1,794 @@
+//! Scheduler and workers in process over the real services layer: the internal
+//! CA (P-256) or an ACME issuer against pebble, the metadata store on SQLite
+//! (a file) or PostgreSQL (a throwaway database), blobs in a local directory.
+//! Schedulers race on one PostgreSQL database; deliveries are duplicated by
+//! expiring a lease through the queue's injected clock; a CA that stops
+//! answering is pebble killed after the first issuance.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{Duration, Instant};
+
+use certflow_acme::{AcmeIssuer, AcmeSettings, Http01Tokens, SealedAccountStore};
+use certflow_api::{CreateCertificateRequest, CreateSubscriptionRequest};
+use certflow_blob::{LocalKeyProvider, MasterKey, ObjectBlobStore, Sealer};
+use certflow_core::DomainError;
+use certflow_core::model::{Actor, AuditQuery, KeyType};
+use certflow_core::notify::{Delivery, DeliveryQuery, EventKind};
+use certflow_core::ports::{BlobStore, MetadataStore, NotificationStore, RenewalLedger};
+use certflow_core::renewal::{JobState, RenewalJob, RenewalQueue};
+use certflow_renewal::{Scheduler, SchedulerSettings, Worker, WorkerSettings};
+use certflow_services::{CaSettings, JobOutcome, Services};
+use certflow_store::{DbQueueOptions, DbRenewalQueue, PgOptions, PgStore, SqliteStore};
+use certflow_testkit::{PgDatabase, free_port};
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use serde_json::json;
+use tempfile::TempDir;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+const TEAM: &str = "payments";
+const OTHER_TEAM: &str = "search";
+
+// ---------------------------------------------------------------- harness
+
+/// The database under test; both implement every port the services use.
+#[derive(Clone)]
+enum Db {
+    Sqlite(Arc<SqliteStore>),
+    Pg(Arc<PgStore>),
+}
+
+impl Db {
+    fn metadata(&self) -> Arc<dyn MetadataStore> {
+        match self {
+            Db::Sqlite(s) => s.clone(),
+            Db::Pg(s) => s.clone(),
+        }
+    }
+    fn ledger(&self) -> Arc<dyn RenewalLedger> {
+        match self {
+            Db::Sqlite(s) => s.clone(),
+            Db::Pg(s) => s.clone(),
+        }
+    }
+    fn notifications(&self) -> Arc<dyn NotificationStore> {
+        match self {
+            Db::Sqlite(s) => s.clone(),
+            Db::Pg(s) => s.clone(),
+        }
+    }
+    /// The database queue, polling often so tests do not wait on it.
+    fn queue(&self) -> DbRenewalQueue {
+        let options = DbQueueOptions {
+            poll_interval: Duration::from_millis(20),
+        };
+        match self {
+            Db::Sqlite(s) => s.renewal_queue(options),
+            Db::Pg(s) => s.renewal_queue(options),
+        }
+    }
+}
+
+/// A clock the tests move forward (seconds added to the system time).
+#[derive(Clone, Default)]
+struct Skew(Arc<AtomicI64>);
+
+impl Skew {
+    fn advance(&self, d: Duration) {
+        self.0
+            .fetch_add(i64::try_from(d.as_secs()).unwrap(), Ordering::SeqCst);
+    }
+    fn now(&self) -> OffsetDateTime {
+        OffsetDateTime::now_utc() + time::Duration::seconds(self.0.load(Ordering::SeqCst))
+    }
+    fn clock(&self) -> certflow_store::Clock {
+        let skew = self.0.clone();
+        Arc::new(move || {
+            OffsetDateTime::now_utc() + time::Duration::seconds(skew.load(Ordering::SeqCst))
+        })
+    }
+}
+
+struct Env {
+    services: Services,
+    db: Db,
+    /// The schedulers' and queues' time: an hour ahead, when every 60-second
+    /// certificate is due (jobs are runnable from the scan's `now`).
+    skew: Skew,
+    blobs: Arc<ObjectBlobStore>,
+    sealer: Sealer,
+    _pg: Option<PgDatabase>,
+    _dir: TempDir,
+}
+
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Env {
+    /// Services over a fresh database with notifications on and the internal CA (P-256).
+    async fn start(backend: Backend) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, pg) = match backend {
+            Backend::Sqlite => (
+                Db::Sqlite(Arc::new(
+                    SqliteStore::open(&dir.path().join("certflow.db"))
+                        .await
+                        .unwrap(),
+                )),
+                None,
+            ),
+            Backend::Postgres => {
+                let pg = PgDatabase::create();
+                let store = PgStore::connect(&pg.url(), PgOptions::default())
+                    .await
+                    .unwrap();
+                (Db::Pg(Arc::new(store)), Some(pg))
+            }
+        };
+        let blobs = Arc::new(ObjectBlobStore::local(&dir.path().join("blobs")).unwrap());
+        let sealer = Sealer::new(Arc::new(LocalKeyProvider::new(
+            MasterKey::generate().unwrap(),
+            vec![],
+        )));
+        let services = Services::new(db.metadata(), blobs.clone(), sealer.clone(), None)
+            .with_notifications(db.notifications());
+        services
+            .ensure_ca(
+                &CaSettings {
+                    name: "internal".into(),
+                    key_type: KeyType::EcdsaP256,
+                    root_validity_days: 3650,
+                    intermediate_validity_days: 1825,
+                },
+                OffsetDateTime::now_utc(),
+            )
+            .await
+            .unwrap();
+        let skew = Skew::default();
+        skew.advance(Duration::from_secs(3600));
+        Self {
+            services,
+            db,
+            skew,
+            blobs,
+            sealer,
+            _pg: pg,
+            _dir: dir,
+        }
+    }
+
+    /// A 60-second P-256 certificate with a server-held key, due after 10% of its life.
+    async fn certificate(&self, name: &str, team: &str, issuer_id: Option<Uuid>) -> Uuid {
+        let req = CreateCertificateRequest {
+            names: vec![name.into()],
+            team: team.into(),
+            key_type: Some("ecdsa-p256".into()),
+            validity_seconds: Some(60),
+            issuer_id,
+            renewal: Some(certflow_api::RenewalPolicyView {
+                renew_at_fraction: 0.1,
+                renew_before_days: None,
+                jitter_fraction: 0.0,
+            }),
+            ..Default::default()
+        };
+        self.services
+            .create_certificate(&actor(), &req, OffsetDateTime::now_utc())
+            .await
+            .unwrap()
+            .certificate
+            .id
+    }
+
+    /// Subscribes `team` to every event kind, on a webhook nobody dispatches to.
+    async fn subscribe(&self, team: &str) -> Uuid {
+        self.services
+            .create_subscription(
+                &actor(),
+                &CreateSubscriptionRequest {
+                    team: team.into(),
+                    events: EventKind::ALL.iter().map(|k| k.as_str().into()).collect(),
+                    channel: json!({"type": "webhook", "url": "http://127.0.0.1:9/hook", "format": "json"}),
+                },
+                OffsetDateTime::now_utc(),
+            )
+            .await
+            .unwrap()
+            .id
+    }
+
+    /// Deliveries recorded for `team`, oldest first.
+    async fn deliveries(&self, team: &str) -> Vec<Delivery> {
+        let mut items = self
+            .db
+            .notifications()
+            .list_deliveries(&DeliveryQuery {
+                team: Some(team.into()),
+                limit: 500,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .items;
+        items.reverse();
+        items
+    }
+
+    async fn versions(&self, id: Uuid) -> Vec<u32> {
+        let mut v: Vec<u32> = self
+            .db
+            .metadata()
+            .list_versions(id)
+            .await
+            .unwrap()
+            .iter()
+            .map(|v| v.version)
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
+    async fn job_of(&self, id: Uuid) -> RenewalJob {
+        self.db
+            .ledger()
+            .latest_renewal_job(id)
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("no renewal job for {id}"))
+    }
+
+    /// The database queue on the test clock.
+    fn queue(&self) -> Arc<DbRenewalQueue> {
+        Arc::new(self.db.queue().with_clock(self.skew.clock()))
+    }
+
+    fn scheduler(&self, queue: Arc<dyn RenewalQueue>, max_attempts: u32) -> Scheduler {
+        Scheduler::new(
+            self.db.metadata(),
+            queue,
+            SchedulerSettings {
+                interval: Duration::from_secs(60),
+                batch: 50,
+                max_attempts,
+            },
+        )
+    }
+}
+
+fn actor() -> Actor {
+    Actor {
+        subject: "test".into(),
+        source: None,
+    }
+}
+
+fn worker_settings() -> WorkerSettings {
+    WorkerSettings {
+        concurrency: 8,
+        lease: Duration::from_secs(30),
+        wait: Duration::from_millis(200),
+        backoff_base: Duration::from_millis(200),
+        backoff_cap: Duration::from_secs(1),
+    }
+}
+
+fn kinds(deliveries: &[Delivery]) -> Vec<&'static str> {
+    deliveries
+        .iter()
+        .map(|d| d.notification.kind.as_str())
+        .collect()
+}
+
+// ---------------------------------------------------------------- pebble
+
+const PEBBLE_HINT: &str =
+    "pebble is not installed: run scripts/peers.sh (apt-get install -y pebble)";
+
+/// pebble on free loopback ports, validating every challenge
+/// (`PEBBLE_VA_ALWAYS_VALID`: the subject here is renewal, not validation).
+struct Pebble {
+    child: Option<Child>,
+    dir: TempDir,
+    directory_url: String,
+    ca_bundle: PathBuf,
+}
+
+impl Drop for Pebble {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A private CA and a `127.0.0.1` certificate for pebble's listener.
+fn write_tls(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "certflow renewal test CA");
+    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+        .unwrap()
+        .signed_by(&leaf_key, &ca)
+        .unwrap();
+    let paths = (
+        dir.join("ca.pem"),
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+    );
+    std::fs::write(&paths.0, ca.pem()).unwrap();
+    std::fs::write(&paths.1, leaf.pem()).unwrap();
+    std::fs::write(&paths.2, leaf_key.serialize_pem()).unwrap();
+    paths
+}
+
+impl Pebble {
+    async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca_bundle, cert, key) = write_tls(dir.path());
+        let port = free_port();
+        let config = json!({
+            "pebble": {
+                "listenAddress": format!("127.0.0.1:{port}"),
+                "managementListenAddress": format!("127.0.0.1:{}", free_port()),
+                "certificate": cert,
+                "privateKey": key,
+                "httpPort": free_port(),
+                "tlsPort": free_port(),
+                "ocspResponderURL": "",
+                "externalAccountBindingRequired": false,
+                "certificateValidityPeriod": 120,
+            }
+        });
+        let config_path = dir.path().join("pebble.json");
+        std::fs::write(&config_path, config.to_string()).unwrap();
+        let log = std::fs::File::create(dir.path().join("pebble.log")).unwrap();
+        let child = Command::new("pebble")
+            .arg("-config")
+            .arg(&config_path)
+            .env("PEBBLE_VA_ALWAYS_VALID", "1")
+            .env("PEBBLE_VA_NOSLEEP", "1")
+            .env("PEBBLE_WFE_NONCEREJECT", "0")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start pebble ({e}); {PEBBLE_HINT}"));
+        let mut pebble = Self {
+            child: Some(child),
+            dir,
+            directory_url: format!("https://127.0.0.1:{port}/dir"),
+            ca_bundle,
+        };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            if let Some(status) = pebble.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("pebble exited ({status}):\n{}", pebble.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "pebble not ready:\n{}",
+                pebble.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        pebble
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("pebble.log")).unwrap_or_default()
+    }
+
+    /// Kills pebble: its port refuses connections from now on.
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn settings(&self) -> AcmeSettings {
+        let mut s = AcmeSettings::new(&self.directory_url);
+        s.contact = vec!["ops@example.com".into()];
+        s.ca_bundle = Some(self.ca_bundle.clone());
+        s.order_timeout_secs = 30;
+        s.request_timeout_secs = 5;
+        s
+    }
+}
+
+// ---------------------------------------------------------------- tests
+
+/// Two schedulers, each with its own PostgreSQL pool, scan 200 due
+/// certificates at once with small pages: every certificate gets exactly one
+/// job, and the two reports together count each enqueue once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_schedulers_on_postgres_enqueue_each_due_certificate_once() {
+    let env = Env::start(Backend::Postgres).await;
+    let pg = env._pg.as_ref().unwrap();
+    let mut tasks = tokio::task::JoinSet::new();
+    for chunk in 0..8 {
+        let services = env.services.clone();
+        tasks.spawn(async move {
+            let mut ids = Vec::new();
+            for i in 0..25 {
+                let req = CreateCertificateRequest {
+                    names: vec![format!("c{chunk}-{i}.example.com")],
+                    team: TEAM.into(),
+                    key_type: Some("ecdsa-p256".into()),
+                    validity_seconds: Some(60),
+                    ..Default::default()
+                };
+                let view = services
+                    .create_certificate(&actor(), &req, OffsetDateTime::now_utc())
+                    .await
+                    .unwrap();
+                ids.push(view.certificate.id);
+            }
+            ids
+        });
+    }
+    let mut ids = Vec::new();
+    while let Some(chunk) = tasks.join_next().await {
+        ids.extend(chunk.unwrap());
+    }
+    assert_eq!(ids.len(), 200);
+
+    let other = Db::Pg(Arc::new(
+        PgStore::connect(&pg.url(), PgOptions::default())
+            .await
+            .unwrap(),
+    ));
+    let settings = SchedulerSettings {
+        interval: Duration::from_secs(60),
+        batch: 20,
+        max_attempts: 5,
+    };
+    let a = Scheduler::new(
+        env.db.metadata(),
+        Arc::new(env.db.queue()),
+        settings.clone(),
+    );
+    let b = Scheduler::new(other.metadata(), Arc::new(other.queue()), settings);
+    let now = env.skew.now();
+    let (ra, rb) = tokio::join!(a.scan(now), b.scan(now));
+    let (ra, rb) = (ra.unwrap(), rb.unwrap());
+    eprintln!("scheduler a: {ra:?}; scheduler b: {rb:?}");
+    assert_eq!(ra.enqueued + rb.enqueued, 200, "{ra:?} {rb:?}");
+
+    let stats = env.db.ledger().renewal_job_stats(now).await.unwrap();
+    assert_eq!(stats.queued, 200, "{stats:?}");
+    assert_eq!((stats.running, stats.dead), (0, 0));
+    for id in &ids {
+        let job = env.job_of(*id).await;
+        assert_eq!((job.version, job.state), (1, JobState::Queued));
+    }
+    // A later pass finds nothing new.
+    let again = a.scan(now).await.unwrap();
+    assert_eq!(again.enqueued, 0, "{again:?}");
+}
+
+/// One job delivered twice at once, then once more: one new version. Both
+/// racing calls answer with version 2 (the loser replays the winner through
+/// the idempotency key); the late one finds it already renewed.
+async fn duplicate_job_runs_issue_one_version(backend: Backend) {
+    let env = Env::start(backend).await;
+    let id = env.certificate("dup.example.com", TEAM, None).await;
+    let job = RenewalJob::new(id, 1, 5, OffsetDateTime::now_utc());
+    let now = OffsetDateTime::now_utc();
+    let (x, y) = tokio::join!(
+        env.services.run_renewal_job(&job, now),
+        env.services.run_renewal_job(&job, now)
+    );
+    assert_eq!(x.unwrap(), JobOutcome::Renewed { version: 2 });
+    assert_eq!(y.unwrap(), JobOutcome::Renewed { version: 2 });
+    assert_eq!(
+        env.services.run_renewal_job(&job, now).await.unwrap(),
+        JobOutcome::AlreadyRenewed
+    );
+    assert_eq!(env.versions(id).await, [1, 2]);
+    let cert = env
+        .db
+        .metadata()
+        .get_certificate(id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(cert.current_version, 2);
+    let renewals = env
+        .services
+        .audit(&AuditQuery {
+            target: Some(format!("certificate/{id}")),
+            action_prefix: Some("certificate.renew".into()),
+            limit: 50,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(renewals.total, 1, "one renewal in the audit trail");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_job_runs_issue_one_version_sqlite() {
+    duplicate_job_runs_issue_one_version(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_job_runs_issue_one_version_postgres() {
+    duplicate_job_runs_issue_one_version(Backend::Postgres).await;
+}
+
+/// A worker takes the job and stalls past its lease; the job is delivered
+/// again to one of two workers polling at once while the stalled one wakes up
+/// and finishes too. One new version; the stalled worker's acknowledgement is
+/// refused (its lease is gone) and the ledger shows the job done.
+async fn redelivered_job_renews_once(backend: Backend) {
+    let env = Env::start(backend).await;
+    let id = env.certificate("lease.example.com", TEAM, None).await;
+    let queue = env.queue();
+    let report = env
+        .scheduler(queue.clone(), 5)
+        .scan(env.skew.now())
+        .await
+        .unwrap();
+    assert_eq!(report.enqueued, 1);
+
+    let stalled = queue
+        .receive(1, Duration::from_secs(30), Duration::ZERO)
+        .await
+        .unwrap()
+        .pop()
+        .expect("the job is delivered");
+    assert_eq!(stalled.job.attempts, 1);
+    env.skew.advance(Duration::from_secs(31));
+
+    let w1 = Worker::new(env.services.clone(), queue.clone(), worker_settings());
+    let w2 = Worker::new(env.services.clone(), queue.clone(), worker_settings());
+    let late = async {
+        let outcome = env
+            .services
+            .run_renewal_job(&stalled.job, OffsetDateTime::now_utc())
+            .await;
+        (outcome, queue.complete(&stalled).await)
+    };
+    let (n1, n2, (outcome, ack)) = tokio::join!(w1.run_once(), w2.run_once(), late);
+    assert_eq!(
+        n1.unwrap() + n2.unwrap(),
+        1,
+        "redelivered to exactly one worker"
+    );
+    assert!(
+        matches!(
+            outcome.unwrap(),
+            JobOutcome::Renewed { version: 2 } | JobOutcome::AlreadyRenewed
+        ),
+        "the stalled worker finds or makes version 2"
+    );
+    assert!(
+        matches!(ack, Err(DomainError::Conflict(_))),
+        "a lost lease cannot acknowledge: {ack:?}"
+    );
+    assert_eq!(env.versions(id).await, [1, 2]);
+    let job = env.job_of(id).await;
+    assert_eq!((job.state, job.attempts), (JobState::Done, 2), "{job:?}");
+    let stats = [w1.stats(), w2.stats()];
+    let renewed: u64 = stats
+        .iter()
+        .map(|s| s.renewed.load(Ordering::Relaxed) + s.already_renewed.load(Ordering::Relaxed))
+        .sum();
+    assert_eq!(renewed, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redelivered_job_renews_once_sqlite() {
+    redelivered_job_renews_once(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redelivered_job_renews_once_postgres() {
+    redelivered_job_renews_once(Backend::Postgres).await;
+}
+
+/// Runs `worker` until the certificate's job is in `until`, returning each
+/// attempt's ledger row; gives up after `timeout`.
+async fn drive(
+    env: &Env,
+    worker: &Worker,
+    id: Uuid,
+    until: JobState,
+    timeout: Duration,
+) -> Vec<RenewalJob> {
+    let deadline = Instant::now() + timeout;
+    let mut seen = Vec::new();
+    loop {
+        let n = worker.run_once().await.unwrap();
+        let job = env.job_of(id).await;
+        if n > 0 {
+            seen.push(job.clone());
+        }
+        if job.state == until {
+            return seen;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "job not {until:?} after {timeout:?}: {job:?}"
+        );
+    }
+}
+
+/// An ACME-issued certificate whose CA goes away (pebble killed after the
+/// first issuance): each attempt fails on the refused connection, is retried
+/// with backoff, recorded in the ledger and the audit trail; the team hears
+/// once that renewal is failing and once that it was given up on, another
+/// team hears nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_acme_ca_retries_then_dead_letters_and_tells_the_team() {
+    let mut pebble = Pebble::start().await;
+    let mut env = Env::start(Backend::Sqlite).await;
+    let (issuer, created) = env
+        .services
+        .ensure_acme_issuer("pebble", &pebble.directory_url, OffsetDateTime::now_utc())
+        .await
+        .unwrap();
+    assert!(created);
+    let accounts = Arc::new(SealedAccountStore::for_issuer(
+        env.blobs.clone(),
+        env.sealer.clone(),
+        &issuer,
+    ));
+    let acme = AcmeIssuer::new(pebble.settings(), accounts, Http01Tokens::new())
+        .await
+        .unwrap();
+    env.services = env
+        .services
+        .clone()
+        .with_issuer_backend(issuer.id, Arc::new(acme));
+    env.subscribe(TEAM).await;
+    env.subscribe(OTHER_TEAM).await;
+    let id = env
+        .certificate("renew.example.com", TEAM, Some(issuer.id))
+        .await;
+    assert_eq!(kinds(&env.deliveries(TEAM).await), ["issued"]);
+
+    pebble.stop();
+    let queue = env.queue();
+    let report = env
+        .scheduler(queue.clone(), 3)
+        .scan(env.skew.now())
+        .await
+        .unwrap();
+    assert_eq!(report.enqueued, 1);
+    let worker = Worker::new(env.services.clone(), queue.clone(), worker_settings());
+    let started = Instant::now();
+    let attempts = drive(&env, &worker, id, JobState::Dead, Duration::from_secs(60)).await;
+    eprintln!(
+        "three attempts against a dead CA in {:?}; last error: {:?}",
+        started.elapsed(),
+        attempts.last().unwrap().last_error
+    );
+
+    assert_eq!(attempts.len(), 3, "{attempts:#?}");
+    for (i, job) in attempts[..2].iter().enumerate() {
+        assert_eq!(job.state, JobState::Queued, "retried: {job:?}");
+        assert_eq!(job.attempts, i as u32 + 1);
+        let error = job.last_error.as_deref().unwrap();
+        assert!(
+            error.contains("127.0.0.1") || error.to_lowercase().contains("refused"),
+            "the CA's reason is kept: {error}"
+        );
+    }
+    // Backoff: the retry waits about the base delay (run_at is kept in seconds).
+    assert!(attempts[0].run_at >= attempts[0].last_attempt_at.unwrap());
+    let dead = attempts.last().unwrap();
+    assert_eq!((dead.state, dead.attempts), (JobState::Dead, 3));
+    assert!(dead.last_error.is_some());
+    let stats = worker.stats();
+    assert_eq!(stats.retried.load(Ordering::Relaxed), 2);
+    assert_eq!(stats.dead_lettered.load(Ordering::Relaxed), 1);
+    assert_eq!(env.versions(id).await, [1], "nothing was issued");
+
+    let audit = env
+        .services
+        .audit(&AuditQuery {
+            target: Some(format!("certificate/{id}")),
+            action_prefix: Some("certificate.renewal.".into()),
+            limit: 50,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut actions: Vec<&str> = audit.items.iter().map(|e| e.action.as_str()).collect();
+    actions.sort_unstable();
+    assert_eq!(
+        actions,
+        [
+            "certificate.renewal.dead-lettered",
+            "certificate.renewal.failed",
+            "certificate.renewal.failed"
+        ]
+    );
+
+    let told = env.deliveries(TEAM).await;
+    assert_eq!(
+        kinds(&told),
+        ["issued", "renewal-failing", "dead-lettered"],
+        "failing once per version, then given up"
+    );
+    let failing = &told[1].notification;
+    assert_eq!(failing.certificate_id, Some(id));
+    assert_eq!(failing.version, Some(1));
+    assert!(failing.reason.as_deref().is_some_and(|r| !r.is_empty()));
+    assert!(env.deliveries(OTHER_TEAM).await.is_empty());
+}
+
+/// The internal CA's signing key vanishes from the blob store: renewal fails
+/// with the integrity error and is retried; with the key back, the next
+/// attempt renews, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_internal_ca_recovers_on_retry_with_one_version() {
+    let env = Env::start(Backend::Sqlite).await;
+    env.subscribe(TEAM).await;
+    let id = env.certificate("recover.example.com", TEAM, None).await;
+    let issuer = env.services.issuers().await.unwrap().remove(0);
+    let key = env.blobs.get(&issuer.key_blob).await.unwrap();
+    env.blobs.delete(&issuer.key_blob).await.unwrap();
+
+    let queue = env.queue();
+    env.scheduler(queue.clone(), 5)
+        .scan(env.skew.now())
+        .await
+        .unwrap();
+    let worker = Worker::new(env.services.clone(), queue.clone(), worker_settings());
+    assert_eq!(worker.run_once().await.unwrap(), 1);
+    let job = env.job_of(id).await;
+    assert_eq!((job.state, job.attempts), (JobState::Queued, 1));
+    let error = job.last_error.unwrap();
+    assert!(error.contains("signing key"), "{error}");
+
+    env.blobs.put(&issuer.key_blob, key).await.unwrap();
+    let attempts = drive(&env, &worker, id, JobState::Done, Duration::from_secs(30)).await;
+    assert_eq!(attempts.len(), 1, "{attempts:#?}");
+    assert_eq!(attempts[0].attempts, 2);
+    assert_eq!(attempts[0].last_error, None, "cleared on success");
+    assert_eq!(env.versions(id).await, [1, 2]);
+    assert_eq!(
+        kinds(&env.deliveries(TEAM).await),
+        ["issued", "renewal-failing", "renewed"]
+    );
+}
+
+/// A renewal is announced to the certificate's team only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewal_notifies_the_subscribed_team_only() {
+    let env = Env::start(Backend::Sqlite).await;
+    let ours = env.subscribe(TEAM).await;
+    env.subscribe(OTHER_TEAM).await;
+    let id = env.certificate("notify.example.com", TEAM, None).await;
+
+    let queue = env.queue();
+    env.scheduler(queue.clone(), 5)
+        .scan(env.skew.now())
+        .await
+        .unwrap();
+    let worker = Worker::new(env.services.clone(), queue, worker_settings());
+    drive(&env, &worker, id, JobState::Done, Duration::from_secs(30)).await;
+
+    let told = env.deliveries(TEAM).await;
+    assert_eq!(kinds(&told), ["issued", "renewed"]);
+    let renewed = &told[1];
+    assert_eq!(renewed.subscription_id, ours);
+    assert_eq!(renewed.notification.certificate_id, Some(id));
+    assert_eq!(renewed.notification.version, Some(2));
+    assert_eq!(renewed.notification.team, TEAM);
+    assert!(env.deliveries(OTHER_TEAM).await.is_empty());
+}
