@@ -8,5 +8,5 @@ pub mod sqs;
 mod worker;
 
 pub use scheduler::{ScanReport, Scheduler, SchedulerSettings};
-pub use sqs::{SqsOptions, SqsRenewalQueue};
+pub use sqs::{SqsDepth, SqsOptions, SqsRenewalQueue, ensure_queues};
 pub use worker::{Worker, WorkerSettings, WorkerStats};

@@ -283,5 +283,288 @@ fn database_queue_renews_two_minute_certificates_repeatedly_and_notifies() {
         "{metrics}"
     );
     stop(server);
-    let _ = Path::new("");
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn sqs_queue_on_moto_renews_repeatedly() {
+    let rt = runtime();
+    let moto = rt.block_on(certflow_testkit::Moto::start());
+    let sdk = rt.block_on(moto.sdk_config());
+    let (queue_url, dlq_url) = rt
+        .block_on(certflow_renewal::ensure_queues(
+            &sdk,
+            "certflow-renewals",
+            3,
+        ))
+        .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut env: Vec<(&str, &str)> = FAST.to_vec();
+    env.extend([
+        ("CERTFLOW_RENEWAL__QUEUE", "sqs"),
+        ("CERTFLOW_RENEWAL__SQS__QUEUE_URL", queue_url.as_str()),
+        (
+            "CERTFLOW_RENEWAL__SQS__DEAD_LETTER_QUEUE_URL",
+            dlq_url.as_str(),
+        ),
+        (
+            "CERTFLOW_RENEWAL__SQS__REGION",
+            certflow_testkit::AWS_REGION,
+        ),
+        (
+            "CERTFLOW_RENEWAL__SQS__ENDPOINT_URL",
+            moto.endpoint.as_str(),
+        ),
+        ("CERTFLOW_RENEWAL__SQS__MAX_RECEIVE_COUNT", "3"),
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+    ]);
+    let server = start(&tmp.path().join("data"), &env).expect("start");
+    let api = Api::new(&server, server.token_line.as_deref().unwrap());
+    let id = create_short_lived(&api, "sqs.example.com", None, 120);
+    let d = wait_for(
+        &server,
+        Duration::from_secs(200),
+        "two renewals through SQS",
+        || {
+            let d = detail(&api, &id);
+            (d["current_version"].as_u64() >= Some(3)).then_some(d)
+        },
+    );
+    assert_no_gap(&d);
+    let queue: Value = api.get("/console/api/v1/renewal/queue").json().unwrap();
+    assert_eq!(queue["queue"], "sqs", "{queue}");
+    assert_eq!(queue["dead"], 0, "{queue}");
+    stop(server);
+}
+
+/// An `[acme.pebble]` configuration file for `pebble`, with a DNS-01 exec
+/// hook when `hook` is given.
+fn acme_config(
+    dir: &Path,
+    pebble: &certflow_testkit::pebble::Pebble,
+    hook: Option<&Path>,
+) -> String {
+    let mut toml = format!(
+        "[acme.pebble]\ndirectory_url = \"{}\"\nca_bundle = \"{}\"\nrequest_timeout_secs = 2\n",
+        pebble.directory_url(),
+        pebble.ca_bundle_path().display()
+    );
+    if let Some(hook) = hook {
+        toml.push_str(&format!(
+            "challenge = \"dns-01\"\n[acme.pebble.dns]\nprovider = \"exec\"\ncommand = \"{}\"\ntimeout_secs = 120\n",
+            hook.display()
+        ));
+    }
+    let path = dir.join("certflow.toml");
+    std::fs::write(&path, toml).unwrap();
+    path.display().to_string()
+}
+
+fn acme_issuer_id(api: &Api) -> String {
+    let issuers: Value = api.get("/console/api/v1/issuers").json().unwrap();
+    issuers
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["kind"] == "acme" && i["name"] == "pebble")
+        .unwrap_or_else(|| panic!("no ACME issuer: {issuers}"))["id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[test]
+fn acme_issuer_renews_through_pebble_and_rides_out_a_hung_ca() {
+    let rt = runtime();
+    let pebble = rt.block_on(certflow_testkit::pebble::Pebble::start(
+        certflow_testkit::pebble::PebbleOptions {
+            leaf_validity_secs: Some(90),
+            ..Default::default()
+        },
+    ));
+    let tmp = tempfile::tempdir().unwrap();
+    let config = acme_config(tmp.path(), &pebble, None);
+    let mut env: Vec<(&str, &str)> = FAST.to_vec();
+    env.push(("CERTFLOW_CONFIG", config.as_str()));
+    let server = start(&tmp.path().join("data"), &env).expect("start");
+    let api = Api::new(&server, server.token_line.as_deref().unwrap());
+    let hook_port = free_port();
+    let receiver = Receiver::listen(hook_port);
+    let (status, _) = api.post(
+        "/console/api/v1/subscriptions",
+        json!({ "team": "payments", "events": ["renewal-failing", "renewed"],
+                "channel": { "type": "webhook", "url": format!("http://127.0.0.1:{hook_port}/"), "format": "json" } }),
+    );
+    assert_eq!(status, 201);
+
+    let issuer = acme_issuer_id(&api);
+    let id = create_short_lived(&api, "acme.example.com", Some(&issuer), 120);
+    let d = detail(&api, &id);
+    let v1 = &d["versions"][0];
+    let lifetime = time(&v1["not_after"]) - time(&v1["not_before"]);
+    assert!(
+        lifetime <= time::Duration::seconds(95),
+        "pebble decides the lifetime: {v1}"
+    );
+
+    wait_for(&server, Duration::from_secs(120), "an ACME renewal", || {
+        (detail(&api, &id)["current_version"].as_u64() >= Some(2)).then_some(())
+    });
+
+    // The CA hangs: attempts time out, the certificate shows "failing" with
+    // the reason, the team hears about it once; nothing is lost.
+    pebble.pause();
+    let failing = wait_for(&server, Duration::from_secs(120), "renewal failing", || {
+        let d = detail(&api, &id);
+        (d["renewal"]["state"] == "failing").then_some(d)
+    });
+    let reason = failing["renewal"]["last_error"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(reason.contains("ACME CA"), "{reason}");
+    assert_eq!(failing["current_version"], 2);
+    wait_for(
+        &server,
+        Duration::from_secs(30),
+        "renewal-failing notification",
+        || {
+            receiver
+                .events()
+                .contains(&"renewal-failing".to_owned())
+                .then_some(())
+        },
+    );
+    pebble.resume();
+    let d = wait_for(
+        &server,
+        Duration::from_secs(60),
+        "renewal after the CA is back",
+        || {
+            let d = detail(&api, &id);
+            (d["current_version"].as_u64() >= Some(3)).then_some(d)
+        },
+    );
+    assert_no_gap(&d);
+    // Failing twice or more on one version alerts once.
+    let events = receiver.events();
+    assert_eq!(
+        events.iter().filter(|e| *e == "renewal-failing").count(),
+        1,
+        "{events:?}"
+    );
+    let history = d["history"].to_string();
+    assert!(history.contains("certificate.renewal.failed"), "{history}");
+    stop(server);
+}
+
+#[test]
+fn worker_killed_mid_job_is_retried_after_its_lease_and_issues_once() {
+    let rt = runtime();
+    let pebble = rt.block_on(certflow_testkit::pebble::Pebble::start(
+        certflow_testkit::pebble::PebbleOptions {
+            leaf_validity_secs: Some(60),
+            ..Default::default()
+        },
+    ));
+    let db = certflow_testkit::PgDatabase::create();
+    let tmp = tempfile::tempdir().unwrap();
+    // The DNS-01 hook hangs while the flag file exists: the worker is then
+    // provably in the middle of a job when it is killed.
+    let flag = tmp.path().join("hang");
+    let calls = tmp.path().join("hook.log");
+    let hook = tmp.path().join("hook.sh");
+    std::fs::write(
+        &hook,
+        format!(
+            "#!/bin/sh\necho \"$CERTFLOW_ACME_ACTION $CERTFLOW_ACME_TXT_NAME\" >> {calls}\nif [ \"$CERTFLOW_ACME_ACTION\" = present ] && [ -f {flag} ]; then sleep 30; fi\n",
+            calls = calls.display(),
+            flag = flag.display()
+        ),
+    )
+    .unwrap();
+    std::process::Command::new("chmod")
+        .args(["755"])
+        .arg(&hook)
+        .status()
+        .unwrap();
+    let config = acme_config(tmp.path(), &pebble, Some(&hook));
+    let blobs = tmp.path().join("blobs").display().to_string();
+    let db_url = db.url();
+    let mut env: Vec<(&str, &str)> = FAST.to_vec();
+    env.extend([
+        ("CERTFLOW_CONFIG", config.as_str()),
+        ("CERTFLOW_DATABASE__URL", db_url.as_str()),
+        ("CERTFLOW_BLOB__PATH", blobs.as_str()),
+        (
+            "CERTFLOW_MASTER_KEY",
+            "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
+        ),
+        ("CERTFLOW_RENEWAL__LEASE_SECS", "4"),
+    ]);
+    let api_proc = start_with(
+        &["serve", "--roles", "api,scheduler"],
+        &tmp.path().join("api"),
+        &env,
+    )
+    .expect("api");
+    let api = Api::new(&api_proc, api_proc.token_line.as_deref().unwrap());
+    let issuer = acme_issuer_id(&api);
+    let id = create_short_lived(&api, "killed.example.com", Some(&issuer), 120);
+    std::fs::write(&flag, b"").unwrap();
+
+    let worker = start_with(&["worker"], &tmp.path().join("w1"), &env).expect("worker 1");
+    wait_for(
+        &api_proc,
+        Duration::from_secs(90),
+        "worker 1 inside the job",
+        || {
+            let d = detail(&api, &id);
+            let presents = std::fs::read_to_string(&calls)
+                .unwrap_or_default()
+                .matches("present")
+                .count();
+            (d["renewal"]["state"] == "running" && presents >= 2).then_some(())
+        },
+    );
+    // kill -9: no graceful shutdown, the lease is simply never completed.
+    let mut worker = worker;
+    worker.child.kill().unwrap();
+    worker.child.wait().unwrap();
+    std::fs::remove_file(&flag).unwrap();
+
+    let w2 = start_with(&["worker"], &tmp.path().join("w2"), &env).expect("worker 2");
+    let d = wait_for(
+        &w2,
+        Duration::from_secs(60),
+        "the retried job's version",
+        || {
+            let d = detail(&api, &id);
+            (d["current_version"].as_u64() >= Some(2)).then_some(d)
+        },
+    );
+    // Exactly one new version from the job, renewed by the second worker.
+    std::thread::sleep(Duration::from_secs(3));
+    let d2 = detail(&api, &id);
+    assert_eq!(d2["current_version"], 2, "{d2}");
+    assert_eq!(d2["versions"].as_array().unwrap().len(), 2);
+    let renewals = d2["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "certificate.renew")
+        .count();
+    assert_eq!(renewals, 1, "{}", d2["history"]);
+    assert_no_gap(&d);
+    drop(w2);
+    stop(api_proc);
 }
