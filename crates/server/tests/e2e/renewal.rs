@@ -71,10 +71,8 @@ impl Receiver {
                     }
                     break Some(buf[end + 4..].to_vec());
                 };
-                if let Some(body) = body {
-                    if let Ok(v) = serde_json::from_slice(&body) {
-                        sink.lock().unwrap().push(v);
-                    }
+                if let Some(Ok(v)) = body.map(|b| serde_json::from_slice(&b)) {
+                    sink.lock().unwrap().push(v);
                 }
                 let _ = stream.write_all(b"HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n");
             }
