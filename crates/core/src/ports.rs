@@ -79,9 +79,11 @@ pub trait MetadataStore: Send + Sync {
     async fn list_versions(&self, certificate_id: Uuid) -> DomainResult<Vec<CertificateVersion>>;
     /// Revoked versions signed by an issuer (for its CRL).
     async fn list_revoked(&self, issuer_id: Uuid) -> DomainResult<Vec<CertificateVersion>>;
-    /// Active certificates due for renewal at `now` (`renew_after <= now`),
-    /// longest overdue first and ties by id, at most `limit` (clamped to
-    /// 1..=1000): the renewal scheduler's batch.
+    /// Active certificates due for renewal at `now` (`renew_after <= now`)
+    /// whose current version has no renewal job yet, longest overdue first
+    /// and ties by id, at most `limit` (clamped to 1..=1000): the renewal
+    /// scheduler's batch. Skipping versions with a job lets the scheduler page
+    /// through a backlog by repeating the call.
     async fn due_for_renewal(
         &self,
         now: OffsetDateTime,
