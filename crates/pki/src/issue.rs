@@ -330,6 +330,18 @@ pub(crate) fn build_leaf(
     Ok(cert.der().to_vec())
 }
 
+/// The SAN entry of a validated name.
+pub(crate) fn san(name: &SubjectName) -> DomainResult<SanType> {
+    match name {
+        SubjectName::Dns(d) => {
+            d.as_str().try_into().map(SanType::DnsName).map_err(|_| {
+                DomainError::invalid("names", format!("'{d}' is not an ASCII DNS name"))
+            })
+        }
+        SubjectName::Ip(ip) => Ok(SanType::IpAddress(*ip)),
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
@@ -744,17 +756,5 @@ mod tests {
             issue_leaf(&m.issuing_cert_der, &other.issuing_key, &base),
             Err(DomainError::Internal(_))
         ));
-    }
-}
-
-/// The SAN entry of a validated name.
-pub(crate) fn san(name: &SubjectName) -> DomainResult<SanType> {
-    match name {
-        SubjectName::Dns(d) => {
-            d.as_str().try_into().map(SanType::DnsName).map_err(|_| {
-                DomainError::invalid("names", format!("'{d}' is not an ASCII DNS name"))
-            })
-        }
-        SubjectName::Ip(ip) => Ok(SanType::IpAddress(*ip)),
     }
 }
