@@ -39,6 +39,8 @@ pub struct ScanReport {
     pub due: u64,
     /// Jobs this scan enqueued (the rest were already queued).
     pub enqueued: u64,
+    /// Jobs handed to the queue again because their first hand-off was lost.
+    pub recovered: u64,
 }
 
 /// Finds due certificates and enqueues their renewal.
@@ -85,9 +87,14 @@ impl Scheduler {
             // full batch means more may follow; a batch that enqueued nothing
             // would only repeat itself (another scheduler got there first).
             if batch.len() < self.settings.batch as usize || fresh == 0 {
-                return Ok(report);
+                break;
             }
         }
+        // A job whose hand-off to an external queue was lost (a crash between
+        // the ledger insert and the send) would otherwise never run: the due
+        // query skips versions that have a job.
+        report.recovered = self.queue.recover().await?;
+        Ok(report)
     }
 
     /// Scans every `interval` until `shutdown` turns true. Errors are logged

@@ -333,16 +333,25 @@ impl SqsRenewalQueue {
     /// that a backlog (workers down) gets one extra message per period, not one
     /// per scheduler tick.
     async fn resend_if_lost(&self, certificate_id: Uuid, version: u32) -> DomainResult<()> {
-        let Some(mut job) = self.ledger.latest_renewal_job(certificate_id).await? else {
+        let Some(job) = self.ledger.latest_renewal_job(certificate_id).await? else {
             return Ok(());
         };
+        if job.version != version {
+            return Ok(());
+        }
+        self.resend_if_stale(job).await.map(|_| ())
+    }
+
+    /// Sends `job`'s message again if it is queued, never delivered and
+    /// unchanged for `resend_after_secs`; returns whether it did.
+    async fn resend_if_stale(&self, mut job: RenewalJob) -> DomainResult<bool> {
         let now = OffsetDateTime::now_utc();
         let stale = now - job.updated_at
             >= time::Duration::seconds(
                 i64::try_from(self.options.resend_after_secs).unwrap_or(i64::MAX),
             );
-        if job.version != version || job.state != JobState::Queued || job.attempts > 0 || !stale {
-            return Ok(());
+        if job.state != JobState::Queued || job.attempts > 0 || !stale {
+            return Ok(false);
         }
         tracing::warn!(
             job = %job.id,
@@ -352,7 +361,8 @@ impl SqsRenewalQueue {
         );
         self.send(&job, now).await?;
         job.updated_at = now;
-        self.ledger.update_renewal_job(&job, None).await
+        self.ledger.update_renewal_job(&job, None).await?;
+        Ok(true)
     }
 
     /// Hides a message for `secs` (best effort: on failure it simply comes
@@ -526,6 +536,20 @@ impl SqsRenewalQueue {
 impl RenewalQueue for SqsRenewalQueue {
     fn kind(&self) -> &'static str {
         "sqs"
+    }
+
+    async fn recover(&self) -> DomainResult<u64> {
+        let cutoff = OffsetDateTime::now_utc()
+            - time::Duration::seconds(
+                i64::try_from(self.options.resend_after_secs).unwrap_or(i64::MAX / 2),
+            );
+        let mut resent = 0;
+        for job in self.ledger.unstarted_renewal_jobs(cutoff, 100).await? {
+            if self.resend_if_stale(job).await? {
+                resent += 1;
+            }
+        }
+        Ok(resent)
     }
 
     async fn enqueue(&self, job: &RenewalJob) -> DomainResult<bool> {

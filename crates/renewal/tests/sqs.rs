@@ -519,6 +519,24 @@ async fn a_job_whose_message_was_lost_is_sent_again() {
 }
 
 #[tokio::test]
+async fn recover_resends_lost_hand_offs_found_in_the_ledger() {
+    let env = Env::start(5, true).await;
+    // A hand-off lost two hours ago, and a fresh job whose message is in flight.
+    let long_ago = OffsetDateTime::now_utc() - time::Duration::hours(2);
+    let lost = RenewalJob::new(env.cert, 1, 5, long_ago);
+    assert!(env.store.insert_renewal_job(&lost).await.unwrap());
+    assert!(env.queue.enqueue(&env.job(2)).await.unwrap());
+    assert_eq!(env.depth().await.visible, 1);
+
+    // What the scheduler runs after each scan: only the lost one is re-sent.
+    assert_eq!(env.queue.recover().await.unwrap(), 1);
+    assert_eq!(env.depth().await.visible, 2);
+    // Re-sending refreshed the row: a second recovery sends nothing.
+    assert_eq!(env.queue.recover().await.unwrap(), 0);
+    assert_eq!(env.depth().await.visible, 2);
+}
+
+#[tokio::test]
 async fn unreachable_sqs_fails_enqueue_and_leaves_no_ledger_row() {
     let store = Arc::new(SqliteStore::open_memory().await.unwrap());
     let cert = seed_certificate(store.as_ref()).await;

@@ -152,6 +152,27 @@ impl<B: Backend> RenewalLedger for SqlStore<B> {
         .transpose()
     }
 
+    async fn unstarted_renewal_jobs(
+        &self,
+        before: OffsetDateTime,
+        limit: u32,
+    ) -> DomainResult<Vec<RenewalJob>> {
+        // The (state, run_at) index narrows to queued jobs, a small set.
+        let rows = self
+            .fetch_all(
+                Sql::new(concat!(
+                    "SELECT ",
+                    job_columns!(),
+                    " FROM renewal_jobs WHERE state = 'queued' AND attempts = 0 AND updated_at < $1 \
+                     ORDER BY updated_at, id LIMIT $2"
+                ))
+                .bind(secs(before))
+                .bind(i64::from(limit.clamp(1, 1000))),
+            )
+            .await?;
+        rows.iter().map(codec::renewal_job).collect()
+    }
+
     async fn renewal_job_stats(&self, now: OffsetDateTime) -> DomainResult<QueueStats> {
         let mut tx = self.begin_read().await?;
         // Done jobs are never counted: the state index answers the rest.
@@ -438,6 +459,14 @@ macro_rules! forward_renewal_ledger {
                 now: time::OffsetDateTime,
             ) -> certflow_core::error::DomainResult<certflow_core::renewal::QueueStats> {
                 self.$field.renewal_job_stats(now).await
+            }
+
+            async fn unstarted_renewal_jobs(
+                &self,
+                before: time::OffsetDateTime,
+                limit: u32,
+            ) -> certflow_core::error::DomainResult<Vec<certflow_core::renewal::RenewalJob>> {
+                self.$field.unstarted_renewal_jobs(before, limit).await
             }
         }
     };

@@ -353,6 +353,11 @@ pub trait RenewalQueue: Send + Sync {
     async fn dead_letter(&self, delivery: &JobDelivery, error: &str) -> DomainResult<()>;
     /// Depth and age.
     async fn stats(&self) -> DomainResult<QueueStats>;
+    /// Hands over again the jobs whose hand-off may have been lost; returns
+    /// how many. Nothing to do for a queue that is its own ledger.
+    async fn recover(&self) -> DomainResult<u64> {
+        Ok(0)
+    }
 }
 
 #[cfg(test)]
