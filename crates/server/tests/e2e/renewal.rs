@@ -216,14 +216,17 @@ fn database_queue_renews_two_minute_certificates_repeatedly_and_notifies() {
         .unwrap();
     let reasons = failing.to_string();
     assert!(
-        reasons.contains("webhook") && reasons.contains("email"),
+        reasons.contains("Connection refused") && reasons.contains("no email notifier"),
         "{reasons}"
     );
+    // Every attempt made so far is on record with its reason (the newest
+    // event's deliveries may not have been tried yet).
     assert!(
         failing["items"]
             .as_array()
             .unwrap()
             .iter()
+            .filter(|i| i["attempts"].as_u64() > Some(0))
             .all(|i| i["last_error"].is_string()),
         "{failing}"
     );
