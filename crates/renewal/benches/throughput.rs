@@ -17,14 +17,16 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use async_trait::async_trait;
 use certflow_api::{CreateCertificateRequest, RenewalPolicyView};
 use certflow_blob::{LocalKeyProvider, MasterKey, ObjectBlobStore, Sealer};
+use certflow_core::DomainResult;
 use certflow_core::model::{Actor, KeyType};
 use certflow_core::ports::{MetadataStore, RenewalLedger};
-use certflow_core::renewal::RenewalQueue;
+use certflow_core::renewal::{JobDelivery, QueueStats, RenewalJob, RenewalQueue};
 use certflow_renewal::sqs::ensure_queues;
 use certflow_renewal::{
     Scheduler, SchedulerSettings, SqsOptions, SqsRenewalQueue, Worker, WorkerSettings,
@@ -46,7 +48,91 @@ const CONCURRENCY: u32 = 8;
 struct Rig {
     scheduler: Scheduler,
     worker: Worker,
+    timed: Arc<Timed>,
     _dir: TempDir,
+}
+
+/// Time spent in the queue's calls, per call kind: (calls, items, nanoseconds).
+#[derive(Default)]
+struct Calls {
+    receive: [AtomicU64; 3],
+    complete: [AtomicU64; 3],
+}
+
+/// The real queue, with its calls counted and timed (to split a job's time
+/// between the queue and the renewal itself).
+struct Timed {
+    inner: Arc<dyn RenewalQueue>,
+    calls: Calls,
+}
+
+fn add(slot: &[AtomicU64; 3], items: u64, start: Instant) {
+    slot[0].fetch_add(1, Ordering::Relaxed);
+    slot[1].fetch_add(items, Ordering::Relaxed);
+    slot[2].fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+}
+
+impl Timed {
+    fn report(&self, name: &str) {
+        let get = |s: &[AtomicU64; 3]| s.each_ref().map(|a| a.load(Ordering::Relaxed));
+        let [rc, ri, rt] = get(&self.calls.receive);
+        let [cc, _, ct] = get(&self.calls.complete);
+        eprintln!(
+            "{name}: {rc} receives, {:.2} jobs each, {:.2} ms each; {cc} completes, {:.2} ms each",
+            ri as f64 / rc.max(1) as f64,
+            rt as f64 / 1e6 / rc.max(1) as f64,
+            ct as f64 / 1e6 / cc.max(1) as f64,
+        );
+    }
+}
+
+#[async_trait]
+impl RenewalQueue for Timed {
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
+    }
+    async fn enqueue(&self, job: &RenewalJob) -> DomainResult<bool> {
+        self.inner.enqueue(job).await
+    }
+    async fn receive(
+        &self,
+        max: u32,
+        lease: Duration,
+        wait: Duration,
+    ) -> DomainResult<Vec<JobDelivery>> {
+        let start = Instant::now();
+        let got = self.inner.receive(max, lease, wait).await;
+        if let Ok(got) = &got {
+            add(&self.calls.receive, got.len() as u64, start);
+        }
+        got
+    }
+    async fn heartbeat(&self, delivery: &JobDelivery, lease: Duration) -> DomainResult<()> {
+        self.inner.heartbeat(delivery, lease).await
+    }
+    async fn complete(&self, delivery: &JobDelivery) -> DomainResult<()> {
+        let start = Instant::now();
+        let done = self.inner.complete(delivery).await;
+        add(&self.calls.complete, 1, start);
+        done
+    }
+    async fn retry(
+        &self,
+        delivery: &JobDelivery,
+        error: &str,
+        retry_in: Duration,
+    ) -> DomainResult<()> {
+        self.inner.retry(delivery, error, retry_in).await
+    }
+    async fn dead_letter(&self, delivery: &JobDelivery, error: &str) -> DomainResult<()> {
+        self.inner.dead_letter(delivery, error).await
+    }
+    async fn stats(&self) -> DomainResult<QueueStats> {
+        self.inner.stats().await
+    }
+    async fn recover(&self) -> DomainResult<u64> {
+        self.inner.recover().await
+    }
 }
 
 fn sealer() -> Sealer {
@@ -112,6 +198,11 @@ fn rig(
     queue: Arc<dyn RenewalQueue>,
     dir: TempDir,
 ) -> Rig {
+    let timed = Arc::new(Timed {
+        inner: queue,
+        calls: Calls::default(),
+    });
+    let queue: Arc<dyn RenewalQueue> = timed.clone();
     let scheduler = Scheduler::new(
         store,
         queue.clone(),
@@ -135,6 +226,7 @@ fn rig(
     Rig {
         scheduler,
         worker,
+        timed,
         _dir: dir,
     }
 }
@@ -194,6 +286,7 @@ fn bench(c: &mut Criterion, rt: &Runtime, name: &str, rig: &Rig) {
         })
     });
     group.finish();
+    rig.timed.report(name);
 }
 
 fn throughput(c: &mut Criterion) {

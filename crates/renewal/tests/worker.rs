@@ -460,9 +460,15 @@ async fn two_schedulers_on_postgres_enqueue_each_due_certificate_once() {
         settings.clone(),
     );
     let b = Scheduler::new(other.metadata(), Arc::new(other.queue()), settings);
+    let (a, b) = (Arc::new(a), Arc::new(b));
     let now = env.skew.now();
-    let (ra, rb) = tokio::join!(a.scan(now), b.scan(now));
-    let (ra, rb) = (ra.unwrap(), rb.unwrap());
+    // Separate tasks, so the two scans run on both runtime threads at once.
+    let ta = tokio::spawn({
+        let a = a.clone();
+        async move { a.scan(now).await }
+    });
+    let tb = tokio::spawn(async move { b.scan(now).await });
+    let (ra, rb) = (ta.await.unwrap().unwrap(), tb.await.unwrap().unwrap());
     eprintln!("scheduler a: {ra:?}; scheduler b: {rb:?}");
     assert_eq!(ra.enqueued + rb.enqueued, 200, "{ra:?} {rb:?}");
 
