@@ -200,23 +200,20 @@ impl Worker {
         let job = &delivery.job;
         let now = OffsetDateTime::now_utc();
         let dead = job.attempts >= job.max_attempts;
-        if dead {
+        let ack = if dead {
             self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
             tracing::error!(certificate = %job.certificate_id, version = job.version, attempts = job.attempts, error, "renewal dead-lettered");
-            self.queue.dead_letter(delivery, error).await?;
+            self.queue.dead_letter(delivery, error).await
         } else {
             self.stats.retried.fetch_add(1, Ordering::Relaxed);
             // Seeded by job and attempt: retries of a fleet spread out.
             let u = jitter_seed(job.id, job.attempts);
-            let delay = backoff(
-                job.attempts,
-                self.settings.backoff_base,
-                self.settings.backoff_cap,
-                u,
-            );
+            let delay = backoff(job.attempts, self.settings.backoff_base, self.settings.backoff_cap, u);
             tracing::warn!(certificate = %job.certificate_id, version = job.version, attempt = job.attempts, retry_in = ?delay, error, "renewal failed; will retry");
-            self.queue.retry(delivery, error, delay).await?;
-        }
-        self.services.renewal_failed(job, error, dead, now).await
+            self.queue.retry(delivery, error, delay).await
+        };
+        // The attempt failed whether or not the queue took the acknowledgement
+        // (a lost lease means another worker has the job): audit and alert anyway.
+        self.services.renewal_failed(job, error, dead, now).await?;
+        ack
     }
-}
