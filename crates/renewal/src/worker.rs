@@ -208,7 +208,12 @@ impl Worker {
             self.stats.retried.fetch_add(1, Ordering::Relaxed);
             // Seeded by job and attempt: retries of a fleet spread out.
             let u = jitter_seed(job.id, job.attempts);
-            let delay = backoff(job.attempts, self.settings.backoff_base, self.settings.backoff_cap, u);
+            let delay = backoff(
+                job.attempts,
+                self.settings.backoff_base,
+                self.settings.backoff_cap,
+                u,
+            );
             tracing::warn!(certificate = %job.certificate_id, version = job.version, attempt = job.attempts, retry_in = ?delay, error, "renewal failed; will retry");
             self.queue.retry(delivery, error, delay).await
         };
@@ -217,3 +222,4 @@ impl Worker {
         self.services.renewal_failed(job, error, dead, now).await?;
         ack
     }
+}
