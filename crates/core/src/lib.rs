@@ -2,6 +2,7 @@
 //! profiles obey, and the ports (traits) through which the rest of the system
 //! stores and fetches it. No I/O, no HTTP or SQL types; time comes in as `now`.
 
+pub mod access;
 pub mod error;
 pub mod model;
 pub mod names;
