@@ -259,3 +259,92 @@ pub trait IssuerBackend: Send + Sync {
         cert_der: &[u8],
     ) -> DomainResult<Option<SuggestedWindow>>;
 }
+
+/// Agents, their join tokens and the agent-identity CA. Every state change
+/// commits its audit event in the same transaction.
+#[async_trait]
+pub trait AgentStore: Send + Sync {
+    /// The agent-identity CA, once created.
+    async fn get_agent_ca(&self) -> DomainResult<Option<crate::agents::AgentCaRecord>>;
+    /// Stores the agent-identity CA; `Conflict` if one exists (replicas racing at first start).
+    async fn insert_agent_ca(
+        &self,
+        ca: &crate::agents::AgentCaRecord,
+        audit: &AuditEvent,
+    ) -> DomainResult<()>;
+    /// Stores a new join token (its hash only).
+    async fn insert_join_token(
+        &self,
+        token: &crate::agents::JoinToken,
+        audit: &AuditEvent,
+    ) -> DomainResult<()>;
+    /// The join token whose SHA-256 is `token_sha256`, used or not.
+    async fn get_join_token(
+        &self,
+        token_sha256: &str,
+    ) -> DomainResult<Option<crate::agents::JoinToken>>;
+    /// In one transaction: consumes the token (unused and unexpired at `now`,
+    /// else `Forbidden` and nothing changes), stores `agent`, appends `audit`.
+    /// Of concurrent enrolments with one token exactly one succeeds.
+    async fn enroll_agent(
+        &self,
+        token_sha256: &str,
+        now: OffsetDateTime,
+        agent: &crate::agents::Agent,
+        audit: &AuditEvent,
+    ) -> DomainResult<()>;
+    /// One agent.
+    async fn get_agent(&self, id: Uuid) -> DomainResult<Option<crate::agents::Agent>>;
+    /// All agents, oldest first.
+    async fn list_agents(&self) -> DomainResult<Vec<crate::agents::Agent>>;
+    /// Sets the status (revoked is final: `Conflict` when leaving it). `NotFound` if absent.
+    async fn set_agent_status(
+        &self,
+        id: Uuid,
+        status: crate::agents::AgentStatus,
+        audit: &AuditEvent,
+    ) -> DomainResult<crate::agents::Agent>;
+    /// Makes a renewed certificate the agent's identity, if the agent is active
+    /// and its identity is still `previous_serial` (else `Conflict`).
+    async fn replace_agent_identity(
+        &self,
+        id: Uuid,
+        previous_serial: &str,
+        serial: &str,
+        fingerprint_sha256: &str,
+        not_after: OffsetDateTime,
+        audit: &AuditEvent,
+    ) -> DomainResult<()>;
+    /// Records that the agent was seen at `now`.
+    async fn touch_agent(&self, id: Uuid, now: OffsetDateTime) -> DomainResult<()>;
+}
+
+/// Pending console logins and browser sessions, keyed by hashes of the
+/// browser's secrets (see [`crate::session`]).
+#[async_trait]
+pub trait SessionStore: Send + Sync {
+    /// Records a login on its way to the identity provider.
+    async fn insert_pending_login(&self, login: &crate::session::PendingLogin) -> DomainResult<()>;
+    /// Removes and returns the pending login of `state_hash` in one step, so a
+    /// replayed callback finds nothing; expired logins are returned too (the
+    /// caller refuses them).
+    async fn take_pending_login(
+        &self,
+        state_hash: &str,
+    ) -> DomainResult<Option<crate::session::PendingLogin>>;
+    /// Stores a new session (`Conflict` if its id hash exists).
+    async fn insert_session(&self, session: &crate::session::Session) -> DomainResult<()>;
+    /// The session of `id_hash`, live or expired.
+    async fn get_session(&self, id_hash: &str) -> DomainResult<Option<crate::session::Session>>;
+    /// Records activity: a new `last_seen` and idle expiry.
+    async fn touch_session(
+        &self,
+        id_hash: &str,
+        last_seen: OffsetDateTime,
+        idle_expires_at: OffsetDateTime,
+    ) -> DomainResult<()>;
+    /// Ends a session; `true` if it existed.
+    async fn delete_session(&self, id_hash: &str) -> DomainResult<bool>;
+    /// Deletes expired sessions and pending logins; returns how many rows went.
+    async fn purge_expired_sessions(&self, now: OffsetDateTime) -> DomainResult<u64>;
+}

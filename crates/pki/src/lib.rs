@@ -7,6 +7,7 @@
 //! caller can fix is `DomainError::Invalid` naming the field, and no error or
 //! log line ever carries key material.
 
+mod agent;
 mod asn1;
 mod ca;
 mod crl;
@@ -16,6 +17,7 @@ mod issue;
 mod keys;
 mod pkcs12;
 
+pub use agent::{AgentIdentityRequest, MAX_AGENT_IDENTITY_SECS, issue_agent_identity, uri_names};
 pub use ca::{CaMaterial, create_ca, import_ca};
 pub use crl::{RevokedEntry, build_crl};
 pub use csr::{CsrInfo, MAX_CSR_BYTES, build_csr, parse_csr};

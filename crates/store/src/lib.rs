@@ -9,6 +9,7 @@
 //! `tests/metadata_store.rs`. Driver errors are translated into
 //! `DomainError` in `error` and nowhere else.
 
+mod agents;
 mod changes;
 mod codec;
 mod error;

@@ -14,6 +14,7 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, Postgres};
 use tokio::time::Instant;
 
+use crate::agents::forward_agent_store;
 use crate::migrate::{Embedded, migrator};
 use crate::notify::forward_notification_store;
 use crate::query::Dialect;
@@ -38,6 +39,11 @@ const MIGRATIONS: &[Embedded] = &[
         3,
         "renewal and notifications",
         include_str!("../migrations/postgres/0003_renewal_and_notifications.sql"),
+    ),
+    (
+        5,
+        "agents",
+        include_str!("../migrations/postgres/0005_agents.sql"),
     ),
 ];
 
@@ -93,6 +99,7 @@ pub struct PgStore {
 forward_metadata_store!(PgStore, store);
 forward_renewal_ledger!(PgStore, store);
 forward_notification_store!(PgStore, store);
+forward_agent_store!(PgStore, store);
 
 impl PgStore {
     /// The renewal queue on this database's `renewal_jobs` table.

@@ -9,6 +9,7 @@ use certflow_core::error::DomainResult;
 use sqlx::Sqlite;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
+use crate::agents::forward_agent_store;
 use crate::error::map;
 use crate::migrate::{Embedded, migrator};
 use crate::notify::forward_notification_store;
@@ -35,6 +36,11 @@ const MIGRATIONS: &[Embedded] = &[
         3,
         "renewal and notifications",
         include_str!("../migrations/sqlite/0003_renewal_and_notifications.sql"),
+    ),
+    (
+        5,
+        "agents",
+        include_str!("../migrations/sqlite/0005_agents.sql"),
     ),
 ];
 
@@ -66,6 +72,7 @@ pub struct SqliteStore {
 forward_metadata_store!(SqliteStore, store);
 forward_renewal_ledger!(SqliteStore, store);
 forward_notification_store!(SqliteStore, store);
+forward_agent_store!(SqliteStore, store);
 
 impl SqliteStore {
     /// The renewal queue on this database's `renewal_jobs` table.

@@ -1,0 +1,442 @@
+//! [`AgentStore`] written once for every [`Backend`]: the agent-identity CA,
+//! join tokens (stored as SHA-256 only) and agents.
+//!
+//! A join token is consumed by a conditional `UPDATE ... WHERE used_at IS NULL
+//! AND expires_at > now` inside the enrolment transaction: on PostgreSQL the
+//! second of two concurrent updates waits for the first's row lock, re-reads
+//! the row and finds it used; on SQLite the transaction holds the write lock.
+//! Either way exactly one enrolment per token commits.
+
+use async_trait::async_trait;
+use certflow_core::DomainError;
+use certflow_core::agents::{Agent, AgentCaRecord, AgentStatus, JoinToken};
+use certflow_core::error::DomainResult;
+use certflow_core::model::AuditEvent;
+use certflow_core::ports::AgentStore;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::codec::{id, secs, to_json};
+use crate::error::{Violation, conflict, corrupt, map};
+use crate::query::{Backend, Columns, Sql};
+use crate::repo::{SqlStore, execute, fetch_optional, insert_audit};
+
+macro_rules! agent_columns {
+    () => {
+        "id, name, teams, status, cert_serial, cert_fingerprint_sha256, cert_not_after, \
+         created_at, last_seen"
+    };
+}
+
+macro_rules! token_columns {
+    () => {
+        "id, token_sha256, name, teams, expires_at, created_by, created_at, used_at, agent_id"
+    };
+}
+
+macro_rules! agent_ca_columns {
+    () => {
+        "id, issuing_cert_pem, chain_pem, key_blob, root_key_blob, not_after, created_at"
+    };
+}
+
+fn uuid_of(row: &impl Columns, col: &str) -> DomainResult<Uuid> {
+    Uuid::parse_str(&row.text(col)?).map_err(|e| corrupt(col, e))
+}
+
+fn time_of(row: &impl Columns, col: &str) -> DomainResult<OffsetDateTime> {
+    OffsetDateTime::from_unix_timestamp(row.int(col)?).map_err(|e| corrupt(col, e))
+}
+
+fn opt_time_of(row: &impl Columns, col: &str) -> DomainResult<Option<OffsetDateTime>> {
+    row.opt_int(col)?
+        .map(|s| OffsetDateTime::from_unix_timestamp(s).map_err(|e| corrupt(col, e)))
+        .transpose()
+}
+
+fn teams_of(row: &impl Columns) -> DomainResult<Vec<String>> {
+    serde_json::from_str(&row.text("teams")?).map_err(|e| corrupt("teams", e))
+}
+
+fn agent(row: &impl Columns) -> DomainResult<Agent> {
+    let status = row.text("status")?;
+    Ok(Agent {
+        id: uuid_of(row, "id")?,
+        name: row.text("name")?,
+        teams: teams_of(row)?,
+        status: AgentStatus::parse(&status)
+            .ok_or_else(|| corrupt("status", format!("unknown value '{status}'")))?,
+        cert_serial: row.text("cert_serial")?,
+        cert_fingerprint_sha256: row.text("cert_fingerprint_sha256")?,
+        cert_not_after: time_of(row, "cert_not_after")?,
+        created_at: time_of(row, "created_at")?,
+        last_seen: opt_time_of(row, "last_seen")?,
+    })
+}
+
+fn join_token(row: &impl Columns) -> DomainResult<JoinToken> {
+    Ok(JoinToken {
+        id: uuid_of(row, "id")?,
+        token_sha256: row.text("token_sha256")?,
+        name: row.text("name")?,
+        teams: teams_of(row)?,
+        expires_at: time_of(row, "expires_at")?,
+        created_by: row.text("created_by")?,
+        created_at: time_of(row, "created_at")?,
+        used_at: opt_time_of(row, "used_at")?,
+        agent_id: row
+            .opt_text("agent_id")?
+            .map(|t| Uuid::parse_str(&t).map_err(|e| corrupt("agent_id", e)))
+            .transpose()?,
+    })
+}
+
+fn agent_ca(row: &impl Columns) -> DomainResult<AgentCaRecord> {
+    Ok(AgentCaRecord {
+        id: uuid_of(row, "id")?,
+        issuing_cert_pem: row.text("issuing_cert_pem")?,
+        chain_pem: row.text("chain_pem")?,
+        key_blob: row.text("key_blob")?,
+        root_key_blob: row.opt_text("root_key_blob")?,
+        not_after: time_of(row, "not_after")?,
+        created_at: time_of(row, "created_at")?,
+    })
+}
+
+async fn load_agent<B: Backend>(
+    conn: &mut B::Connection,
+    agent_id: Uuid,
+    lock: bool,
+) -> DomainResult<Option<Agent>> {
+    let mut sql = Sql::new(concat!(
+        "SELECT ",
+        agent_columns!(),
+        " FROM agents WHERE id = "
+    ));
+    sql.push_bind(id(agent_id));
+    if lock {
+        sql.push(B::FOR_UPDATE);
+    }
+    fetch_optional::<B>(conn, sql)
+        .await?
+        .as_ref()
+        .map(agent)
+        .transpose()
+}
+
+#[async_trait]
+impl<B: Backend> AgentStore for SqlStore<B> {
+    async fn get_agent_ca(&self) -> DomainResult<Option<AgentCaRecord>> {
+        self.fetch_optional(Sql::new(concat!(
+            "SELECT ",
+            agent_ca_columns!(),
+            " FROM agent_ca WHERE slot = 'current'"
+        )))
+        .await?
+        .as_ref()
+        .map(agent_ca)
+        .transpose()
+    }
+
+    async fn insert_agent_ca(&self, ca: &AgentCaRecord, audit: &AuditEvent) -> DomainResult<()> {
+        let mut tx = self.begin_write().await?;
+        let sql = Sql::new(concat!(
+            "INSERT INTO agent_ca (slot, ",
+            agent_ca_columns!(),
+            ") VALUES ('current', $1, $2, $3, $4, $5, $6, $7)"
+        ))
+        .bind(id(ca.id))
+        .bind(ca.issuing_cert_pem.as_str())
+        .bind(ca.chain_pem.as_str())
+        .bind(ca.key_blob.as_str())
+        .bind(ca.root_key_blob.as_deref())
+        .bind(secs(ca.not_after))
+        .bind(secs(ca.created_at));
+        B::execute(&mut tx, sql)
+            .await
+            .map_err(|e| conflict(e, |_| Some("the agent-identity CA already exists".into())))?;
+        insert_audit::<B>(&mut tx, audit).await?;
+        tx.commit().await.map_err(map)
+    }
+
+    async fn insert_join_token(&self, token: &JoinToken, audit: &AuditEvent) -> DomainResult<()> {
+        let mut tx = self.begin_write().await?;
+        let sql = Sql::new(concat!(
+            "INSERT INTO agent_join_tokens (",
+            token_columns!(),
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+        ))
+        .bind(id(token.id))
+        .bind(token.token_sha256.as_str())
+        .bind(token.name.as_str())
+        .bind(to_json("teams", &token.teams)?)
+        .bind(secs(token.expires_at))
+        .bind(token.created_by.as_str())
+        .bind(secs(token.created_at))
+        .bind(token.used_at.map(secs))
+        .bind(token.agent_id.map(id).as_deref());
+        B::execute(&mut tx, sql).await.map_err(|e| {
+            conflict(e, |v| {
+                Some(match v {
+                    Violation::PrimaryKey => format!("join token {} already exists", token.id),
+                    Violation::Unique => "a join token with this hash already exists".into(),
+                })
+            })
+        })?;
+        insert_audit::<B>(&mut tx, audit).await?;
+        tx.commit().await.map_err(map)
+    }
+
+    async fn get_join_token(&self, token_sha256: &str) -> DomainResult<Option<JoinToken>> {
+        self.fetch_optional(
+            Sql::new(concat!(
+                "SELECT ",
+                token_columns!(),
+                " FROM agent_join_tokens WHERE token_sha256 = $1"
+            ))
+            .bind(token_sha256),
+        )
+        .await?
+        .as_ref()
+        .map(join_token)
+        .transpose()
+    }
+
+    async fn enroll_agent(
+        &self,
+        token_sha256: &str,
+        now: OffsetDateTime,
+        a: &Agent,
+        audit: &AuditEvent,
+    ) -> DomainResult<()> {
+        let mut tx = self.begin_write().await?;
+        let consumed = fetch_optional::<B>(
+            &mut tx,
+            Sql::new(
+                "UPDATE agent_join_tokens SET used_at = $1, agent_id = $2 \
+                 WHERE token_sha256 = $3 AND used_at IS NULL AND expires_at > $1 RETURNING id",
+            )
+            .bind(secs(now))
+            .bind(id(a.id))
+            .bind(token_sha256),
+        )
+        .await?;
+        if consumed.is_none() {
+            // Dropping the transaction rolls it back.
+            return Err(DomainError::Forbidden(
+                "the join token is unknown, used or expired".into(),
+            ));
+        }
+        let sql = Sql::new(concat!(
+            "INSERT INTO agents (",
+            agent_columns!(),
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+        ))
+        .bind(id(a.id))
+        .bind(a.name.as_str())
+        .bind(to_json("teams", &a.teams)?)
+        .bind(a.status.as_str())
+        .bind(a.cert_serial.as_str())
+        .bind(a.cert_fingerprint_sha256.as_str())
+        .bind(secs(a.cert_not_after))
+        .bind(secs(a.created_at))
+        .bind(a.last_seen.map(secs));
+        B::execute(&mut tx, sql)
+            .await
+            .map_err(|e| conflict(e, |_| Some(format!("agent {} already exists", a.id))))?;
+        insert_audit::<B>(&mut tx, audit).await?;
+        tx.commit().await.map_err(map)
+    }
+
+    async fn get_agent(&self, agent_id: Uuid) -> DomainResult<Option<Agent>> {
+        let mut conn = self.pool().acquire().await.map_err(map)?;
+        load_agent::<B>(&mut conn, agent_id, false).await
+    }
+
+    async fn list_agents(&self) -> DomainResult<Vec<Agent>> {
+        self.fetch_all(Sql::new(concat!(
+            "SELECT ",
+            agent_columns!(),
+            " FROM agents ORDER BY id"
+        )))
+        .await?
+        .iter()
+        .map(agent)
+        .collect()
+    }
+
+    async fn set_agent_status(
+        &self,
+        agent_id: Uuid,
+        status: AgentStatus,
+        audit: &AuditEvent,
+    ) -> DomainResult<Agent> {
+        let mut tx = self.begin_write().await?;
+        let mut current = load_agent::<B>(&mut tx, agent_id, true)
+            .await?
+            .ok_or_else(|| DomainError::NotFound(format!("agent {agent_id}")))?;
+        if current.status == AgentStatus::Revoked && status != AgentStatus::Revoked {
+            return Err(DomainError::Conflict(format!(
+                "agent {agent_id} is revoked; enrol it again with a new join token"
+            )));
+        }
+        execute::<B>(
+            &mut tx,
+            Sql::new("UPDATE agents SET status = $1 WHERE id = $2")
+                .bind(status.as_str())
+                .bind(id(agent_id)),
+        )
+        .await?;
+        insert_audit::<B>(&mut tx, audit).await?;
+        tx.commit().await.map_err(map)?;
+        current.status = status;
+        Ok(current)
+    }
+
+    async fn replace_agent_identity(
+        &self,
+        agent_id: Uuid,
+        previous_serial: &str,
+        serial: &str,
+        fingerprint_sha256: &str,
+        not_after: OffsetDateTime,
+        audit: &AuditEvent,
+    ) -> DomainResult<()> {
+        let mut tx = self.begin_write().await?;
+        let changed = fetch_optional::<B>(
+            &mut tx,
+            Sql::new(
+                "UPDATE agents SET cert_serial = $1, cert_fingerprint_sha256 = $2, \
+                 cert_not_after = $3 WHERE id = $4 AND cert_serial = $5 AND status = 'active' \
+                 RETURNING id",
+            )
+            .bind(serial)
+            .bind(fingerprint_sha256)
+            .bind(secs(not_after))
+            .bind(id(agent_id))
+            .bind(previous_serial),
+        )
+        .await?;
+        if changed.is_none() {
+            return Err(DomainError::Conflict(format!(
+                "agent {agent_id} is not active or its identity changed meanwhile"
+            )));
+        }
+        insert_audit::<B>(&mut tx, audit).await?;
+        tx.commit().await.map_err(map)
+    }
+
+    async fn touch_agent(&self, agent_id: Uuid, now: OffsetDateTime) -> DomainResult<()> {
+        let mut conn = self.pool().acquire().await.map_err(map)?;
+        execute::<B>(
+            &mut conn,
+            Sql::new("UPDATE agents SET last_seen = $1 WHERE id = $2")
+                .bind(secs(now))
+                .bind(id(agent_id)),
+        )
+        .await
+    }
+}
+
+/// Implements [`AgentStore`] for a wrapper by forwarding to its `SqlStore` field.
+macro_rules! forward_agent_store {
+    ($ty:ty, $field:ident) => {
+        #[async_trait::async_trait]
+        impl certflow_core::ports::AgentStore for $ty {
+            async fn get_agent_ca(
+                &self,
+            ) -> certflow_core::error::DomainResult<Option<certflow_core::agents::AgentCaRecord>>
+            {
+                self.$field.get_agent_ca().await
+            }
+
+            async fn insert_agent_ca(
+                &self,
+                ca: &certflow_core::agents::AgentCaRecord,
+                audit: &certflow_core::model::AuditEvent,
+            ) -> certflow_core::error::DomainResult<()> {
+                self.$field.insert_agent_ca(ca, audit).await
+            }
+
+            async fn insert_join_token(
+                &self,
+                token: &certflow_core::agents::JoinToken,
+                audit: &certflow_core::model::AuditEvent,
+            ) -> certflow_core::error::DomainResult<()> {
+                self.$field.insert_join_token(token, audit).await
+            }
+
+            async fn get_join_token(
+                &self,
+                token_sha256: &str,
+            ) -> certflow_core::error::DomainResult<Option<certflow_core::agents::JoinToken>> {
+                self.$field.get_join_token(token_sha256).await
+            }
+
+            async fn enroll_agent(
+                &self,
+                token_sha256: &str,
+                now: time::OffsetDateTime,
+                agent: &certflow_core::agents::Agent,
+                audit: &certflow_core::model::AuditEvent,
+            ) -> certflow_core::error::DomainResult<()> {
+                self.$field
+                    .enroll_agent(token_sha256, now, agent, audit)
+                    .await
+            }
+
+            async fn get_agent(
+                &self,
+                id: uuid::Uuid,
+            ) -> certflow_core::error::DomainResult<Option<certflow_core::agents::Agent>> {
+                self.$field.get_agent(id).await
+            }
+
+            async fn list_agents(
+                &self,
+            ) -> certflow_core::error::DomainResult<Vec<certflow_core::agents::Agent>> {
+                self.$field.list_agents().await
+            }
+
+            async fn set_agent_status(
+                &self,
+                id: uuid::Uuid,
+                status: certflow_core::agents::AgentStatus,
+                audit: &certflow_core::model::AuditEvent,
+            ) -> certflow_core::error::DomainResult<certflow_core::agents::Agent> {
+                self.$field.set_agent_status(id, status, audit).await
+            }
+
+            async fn replace_agent_identity(
+                &self,
+                id: uuid::Uuid,
+                previous_serial: &str,
+                serial: &str,
+                fingerprint_sha256: &str,
+                not_after: time::OffsetDateTime,
+                audit: &certflow_core::model::AuditEvent,
+            ) -> certflow_core::error::DomainResult<()> {
+                self.$field
+                    .replace_agent_identity(
+                        id,
+                        previous_serial,
+                        serial,
+                        fingerprint_sha256,
+                        not_after,
+                        audit,
+                    )
+                    .await
+            }
+
+            async fn touch_agent(
+                &self,
+                id: uuid::Uuid,
+                now: time::OffsetDateTime,
+            ) -> certflow_core::error::DomainResult<()> {
+                self.$field.touch_agent(id, now).await
+            }
+        }
+    };
+}
+
+pub(crate) use forward_agent_store;
