@@ -11,6 +11,7 @@ pub mod notify;
 pub mod ports;
 pub mod profile;
 pub mod renewal;
+pub mod session;
 
 pub use error::{DomainError, DomainResult, FieldError};
 pub use model::*;

@@ -20,6 +20,7 @@ mod query;
 mod queue;
 mod renewal;
 mod repo;
+mod sessions;
 mod sqlite;
 
 pub use changes::ChangeFeed;

@@ -21,6 +21,7 @@ use crate::query::Dialect;
 use crate::queue::{DbQueueOptions, DbRenewalQueue};
 use crate::renewal::forward_renewal_ledger;
 use crate::repo::{SqlStore, forward_metadata_store};
+use crate::sessions::forward_session_store;
 
 /// Migrations embedded in the binary, oldest first; a unit test checks the
 /// list against `migrations/postgres/`.
@@ -44,6 +45,11 @@ const MIGRATIONS: &[Embedded] = &[
         5,
         "agents",
         include_str!("../migrations/postgres/0005_agents.sql"),
+    ),
+    (
+        6,
+        "sessions",
+        include_str!("../migrations/postgres/0006_sessions.sql"),
     ),
 ];
 
@@ -99,6 +105,7 @@ pub struct PgStore {
 forward_metadata_store!(PgStore, store);
 forward_renewal_ledger!(PgStore, store);
 forward_notification_store!(PgStore, store);
+forward_session_store!(PgStore, store);
 forward_agent_store!(PgStore, store);
 
 impl PgStore {

@@ -17,6 +17,7 @@ use crate::query::Dialect;
 use crate::queue::{DbQueueOptions, DbRenewalQueue};
 use crate::renewal::forward_renewal_ledger;
 use crate::repo::{SqlStore, forward_metadata_store};
+use crate::sessions::forward_session_store;
 
 /// Migrations embedded in the binary, oldest first. Listed by hand so the
 /// store needs no proc-macro build of sqlx; a unit test checks the list
@@ -41,6 +42,11 @@ const MIGRATIONS: &[Embedded] = &[
         5,
         "agents",
         include_str!("../migrations/sqlite/0005_agents.sql"),
+    ),
+    (
+        6,
+        "sessions",
+        include_str!("../migrations/sqlite/0006_sessions.sql"),
     ),
 ];
 
@@ -72,6 +78,7 @@ pub struct SqliteStore {
 forward_metadata_store!(SqliteStore, store);
 forward_renewal_ledger!(SqliteStore, store);
 forward_notification_store!(SqliteStore, store);
+forward_session_store!(SqliteStore, store);
 forward_agent_store!(SqliteStore, store);
 
 impl SqliteStore {
