@@ -161,7 +161,8 @@ impl KeyCache {
         match fetch().await {
             Ok(new_keys) => {
                 self.store(new_keys);
-                Ok(self.current().0)
+                let (keys, fetched_at) = self.current();
+                Self::settle(keys, fetched_at, kid)
             }
             Err(e) if fetched_at.is_none() => Err(e),
             Err(e) => {

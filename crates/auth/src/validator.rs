@@ -272,11 +272,17 @@ impl TokenValidator {
             .iter()
             .filter(|k| parsed.kid.is_none() || k.kid == parsed.kid)
             .collect();
+        let kid_for_errors = || parsed.kid.as_deref().map_or_else(|| "-".into(), sanitise);
+        if candidates.is_empty() {
+            return Err(AuthError::UnknownKey {
+                kid: kid_for_errors(),
+            });
+        }
         let usable: Vec<&&VerifyingKey> =
             candidates.iter().filter(|k| k.fits(parsed.alg)).collect();
         if usable.is_empty() {
             return Err(AuthError::KeyMismatch {
-                kid: parsed.kid.as_deref().map_or_else(|| "-".into(), sanitise),
+                kid: kid_for_errors(),
                 alg: parsed.alg.as_str(),
             });
         }
