@@ -16,13 +16,16 @@ use time::format_description::well_known::Rfc3339;
 use crate::{Api, Server, start, start_with, stop};
 
 /// Settings that make a server renew within seconds: a scan every second,
-/// retries from one second, notifications polled every second.
-const FAST: [(&str, &str); 5] = [
+/// retries from one second, notifications polled every second and retried
+/// at most 4 s apart (for as long as a test keeps a channel down).
+const FAST: [(&str, &str); 7] = [
     ("CERTFLOW_RENEWAL__SCHEDULER_INTERVAL_SECS", "1"),
     ("CERTFLOW_RENEWAL__BACKOFF_BASE_SECS", "1"),
     ("CERTFLOW_RENEWAL__BACKOFF_CAP_SECS", "4"),
     ("CERTFLOW_NOTIFICATIONS__DELIVERY__POLL_INTERVAL_SECS", "1"),
     ("CERTFLOW_NOTIFICATIONS__DELIVERY__BACKOFF_BASE_SECS", "1"),
+    ("CERTFLOW_NOTIFICATIONS__DELIVERY__BACKOFF_CAP_SECS", "4"),
+    ("CERTFLOW_NOTIFICATIONS__DELIVERY__MAX_ATTEMPTS", "200"),
 ];
 
 fn time(v: &Value) -> OffsetDateTime {
