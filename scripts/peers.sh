@@ -46,3 +46,16 @@ if ! command -v pebble >/dev/null 2>&1 || ! command -v pebble-challtestsrv >/dev
   apt-get update -qq && apt-get install -y -qq pebble
 fi
 echo "peers: pebble $(dpkg-query -W -f='${Version}' pebble 2>/dev/null)"
+
+# oidc-provider (OpenID provider fixture): certflow-auth's token tests start
+# crates/auth/tests/oidc/provider.mjs themselves; it needs node and its node_modules.
+OIDC_FIXTURE="$(cd "$(dirname "$0")/.." && pwd)/crates/auth/tests/oidc"
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  echo "== installing nodejs"
+  apt-get update -qq && apt-get install -y -qq nodejs npm
+fi
+if [ ! -d "$OIDC_FIXTURE/node_modules/oidc-provider" ]; then
+  echo "== installing oidc-provider (npm ci in $OIDC_FIXTURE)"
+  (cd "$OIDC_FIXTURE" && npm ci --no-audit --no-fund --silent)
+fi
+echo "peers: node $(node --version), oidc-provider $(node -p "require('$OIDC_FIXTURE/node_modules/oidc-provider/package.json').version" 2>/dev/null)"
