@@ -41,6 +41,8 @@ pub struct Config {
     /// `challenge`, `dns`, `external_account_binding`, `ca_bundle`...
     #[serde(skip_serializing)]
     pub acme: std::collections::BTreeMap<String, certflow_acme::AcmeSettings>,
+    /// The agent listener and agent identities (`[agent]`).
+    pub agent: crate::agent::AgentConfig,
 }
 
 impl Default for Config {
@@ -57,6 +59,7 @@ impl Default for Config {
             renewal: RenewalConfig::default(),
             notifications: NotificationsConfig::default(),
             acme: Default::default(),
+            agent: Default::default(),
         }
     }
 }
@@ -469,6 +472,7 @@ impl Config {
             .policy
             .validate()
             .map_err(|e| anyhow::anyhow!("{e}"))?;
+        self.agent.validate()?;
         if !matches!(self.log.format.as_str(), "text" | "json") {
             bail!(
                 "log.format must be \"text\" or \"json\", got {:?}",

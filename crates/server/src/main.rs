@@ -1,5 +1,6 @@
 //! `certflow`: the server (`serve`) and the admin CLI that calls its API.
 
+mod agent;
 mod cli;
 mod config;
 mod http;

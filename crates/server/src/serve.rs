@@ -126,6 +126,8 @@ pub struct StorePorts {
     pub notifications: Arc<dyn NotificationStore>,
     /// The embedded renewal queue on the same database.
     pub db_queue: Arc<dyn RenewalQueue>,
+    /// Agents, join tokens and the agent-identity CA.
+    pub agents: Arc<dyn certflow_core::ports::AgentStore>,
 }
 
 /// Opens every backend and checks it answers, so a bad setting stops the server
@@ -346,6 +348,7 @@ async fn open_store(config: &Config) -> anyhow::Result<(StorePorts, ChangeFeed)>
                 StorePorts {
                     metadata: store.clone(),
                     ledger: store.clone(),
+                    agents: store.clone(),
                     notifications: store,
                     db_queue,
                 },
@@ -374,6 +377,7 @@ async fn open_store(config: &Config) -> anyhow::Result<(StorePorts, ChangeFeed)>
                 StorePorts {
                     metadata: store.clone(),
                     ledger: store.clone(),
+                    agents: store.clone(),
                     notifications: store,
                     db_queue,
                 },
@@ -583,6 +587,7 @@ async fn serve_api(config: &Config, opened: &Opened, services: Services) -> anyh
         );
     }
     spawn_sweeper(services.clone(), config);
+    let agents = start_agents(config, opened, &services).await?;
     let state = AppState {
         services,
         bootstrap_hash,
@@ -600,7 +605,9 @@ async fn serve_api(config: &Config, opened: &Opened, services: Services) -> anyh
     tracing::info!(%addr, public_url = %config.public_url(), "console API listening");
     // ACME HTTP-01 challenges are answered on this listener: route port 80 of
     // the certified names here (or use DNS-01).
-    let app = http::app(state).merge(certflow_acme::http01_router(opened.http01.clone()));
+    let app = http::app(state)
+        .merge(certflow_acme::http01_router(opened.http01.clone()))
+        .layer(axum::Extension(agents));
     axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),
@@ -609,6 +616,34 @@ async fn serve_api(config: &Config, opened: &Opened, services: Services) -> anyh
     .await
     .context("server")?;
     Ok(())
+}
+
+/// The agent use cases, the agent-identity CA (created on first start) and,
+/// when `[agent] listen` is set, the agent listener.
+async fn start_agents(
+    config: &Config,
+    opened: &Opened,
+    services: &Services,
+) -> anyhow::Result<certflow_services::agents::Agents> {
+    let settings = certflow_services::agents::AgentSettings {
+        identity_validity_secs: config.agent.identity_validity_secs,
+        ca_key_type: config.ca_key_type()?,
+        ..Default::default()
+    };
+    let agents =
+        certflow_services::agents::Agents::new(services, opened.store.agents.clone(), settings);
+    let (ca, created) = agents
+        .ensure_ca(time::OffsetDateTime::now_utc())
+        .await
+        .context("agent-identity CA")?;
+    if created {
+        tracing::info!(agent_ca = %ca.id, "created the agent-identity CA");
+    }
+    if let Some(listener) = crate::agent::start(&config.agent, agents.clone()).await? {
+        println!("certflow: agent listener on https://{}", listener.addr);
+        tracing::info!(addr = %listener.addr, "agent listener (mTLS) listening");
+    }
+    Ok(agents)
 }
 
 async fn shutdown_signal() {

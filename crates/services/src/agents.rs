@@ -87,6 +87,16 @@ pub struct IssuedIdentity {
     pub ca_chain_pem: String,
 }
 
+/// A TLS server certificate for the agent listener, with its key.
+pub struct ListenerCertificate {
+    /// DER certificates: the leaf, then the internal CA chain.
+    pub chain_der: Vec<Vec<u8>>,
+    /// PKCS#8 DER of the key (zeroised on drop).
+    pub key_pkcs8_der: zeroize::Zeroizing<Vec<u8>>,
+    /// End of the leaf's validity.
+    pub not_after: OffsetDateTime,
+}
+
 /// SHA-256 of a join token's text, lower-case hex: what the store keeps.
 pub fn join_token_sha256(token: &str) -> String {
     hex::encode(digest::digest(&digest::SHA256, token.as_bytes()).as_ref())
@@ -144,6 +154,7 @@ fn check_name(errors: &mut Vec<FieldError>, name: &str) {
 /// The agent use cases. Cheap to clone.
 #[derive(Clone)]
 pub struct Agents {
+    services: Services,
     store: Arc<dyn AgentStore>,
     blobs: Arc<dyn BlobStore>,
     sealer: Sealer,
@@ -154,6 +165,7 @@ impl Agents {
     /// The agent use cases over `store`, sharing the blob store and sealer of `services`.
     pub fn new(services: &Services, store: Arc<dyn AgentStore>, settings: AgentSettings) -> Self {
         Self {
+            services: services.clone(),
             store,
             blobs: services.blobs.clone(),
             sealer: services.sealer.clone(),
@@ -343,10 +355,10 @@ impl Agents {
         &self,
         agent_id: Uuid,
         name: &str,
-        csr_pem: &str,
+        csr: &[u8],
         now: OffsetDateTime,
     ) -> DomainResult<(Vec<u8>, certflow_pki::CertInfo, String)> {
-        let csr = certflow_pki::parse_csr("csr", csr_pem.as_bytes())?;
+        let csr = certflow_pki::parse_csr("csr", csr)?;
         let ca = self.ca().await?;
         let key = self.signing_key(&ca).await?;
         let ca_der = certflow_pki::parse_pem_certs("issuing_cert_pem", &ca.issuing_cert_pem)?
@@ -374,13 +386,13 @@ impl Agents {
         ))
     }
 
-    /// Enrols a new agent with a join token and a CSR: the token is consumed
+    /// Enrols a new agent with a join token and a CSR (PEM or DER): the token is consumed
     /// in the same transaction that stores the agent, so it enrols at most one.
     /// An unknown, used or expired token is `Forbidden`.
     pub async fn enroll(
         &self,
         token: &str,
-        csr_pem: &str,
+        csr: &[u8],
         proposed_name: Option<&str>,
         source: Option<String>,
         now: OffsetDateTime,
@@ -410,7 +422,7 @@ impl Agents {
             return Err(DomainError::Invalid(errors));
         }
         let id = Uuid::now_v7();
-        let (der, info, ca_chain_pem) = self.sign(id, &name, csr_pem, now).await?;
+        let (der, info, ca_chain_pem) = self.sign(id, &name, csr, now).await?;
         let agent = Agent {
             id,
             name,
@@ -483,11 +495,11 @@ impl Agents {
     pub async fn renew(
         &self,
         agent: &Agent,
-        csr_pem: &str,
+        csr: &[u8],
         source: Option<String>,
         now: OffsetDateTime,
     ) -> DomainResult<IssuedIdentity> {
-        let (der, info, ca_chain_pem) = self.sign(agent.id, &agent.name, csr_pem, now).await?;
+        let (der, info, ca_chain_pem) = self.sign(agent.id, &agent.name, csr, now).await?;
         let audit = AuditEvent::success(
             now,
             &Actor {
@@ -520,6 +532,63 @@ impl Agents {
             agent,
             certificate_pem: certflow_pki::cert_to_pem(&der),
             ca_chain_pem,
+        })
+    }
+
+    /// A serverAuth certificate for the agent listener's `names`, issued by
+    /// the default internal CA with a fresh key held only in memory: it is
+    /// not a managed certificate, just this process's TLS identity.
+    pub async fn issue_listener_certificate(
+        &self,
+        names: &[String],
+        validity_days: u32,
+        now: OffsetDateTime,
+    ) -> DomainResult<ListenerCertificate> {
+        let names =
+            certflow_core::validate_names("server_names", names).map_err(DomainError::Invalid)?;
+        let issuers = self.services.store.list_issuers().await?;
+        let issuer = issuers
+            .iter()
+            .find(|i| i.is_default && i.kind == certflow_core::model::IssuerKind::Internal)
+            .or_else(|| {
+                issuers
+                    .iter()
+                    .find(|i| i.kind == certflow_core::model::IssuerKind::Internal)
+            })
+            .ok_or_else(|| DomainError::Conflict("there is no internal CA yet".into()))?;
+        let ca_key = self.services.signing_key(issuer).await?;
+        let ca_der = certflow_pki::parse_pem_certs("issuing_cert_pem", &issuer.issuing_cert_pem)?;
+        let leaf_key = PrivateKey::generate(KeyType::EcdsaP256)?;
+        let spki = leaf_key.public_key_der();
+        let leaf = certflow_pki::issue_leaf(
+            ca_der
+                .first()
+                .ok_or_else(|| DomainError::Internal("issuer has no certificate".into()))?,
+            &ca_key,
+            &certflow_pki::LeafRequest {
+                profile: certflow_core::Profile::TlsServer,
+                names: &names,
+                spki_der: &spki,
+                key_type: KeyType::EcdsaP256,
+                validity_days,
+                validity_secs: None,
+                now,
+                urls: None,
+            },
+        )?;
+        let not_after = certflow_pki::inspect(&leaf)?.not_after;
+        let mut chain_der = vec![leaf];
+        chain_der.extend(ca_der);
+        if !issuer.chain_pem.is_empty() {
+            chain_der.extend(certflow_pki::parse_pem_certs(
+                "chain_pem",
+                &issuer.chain_pem,
+            )?);
+        }
+        Ok(ListenerCertificate {
+            chain_der,
+            key_pkcs8_der: zeroize::Zeroizing::new(leaf_key.pkcs8_der().to_vec()),
+            not_after,
         })
     }
 

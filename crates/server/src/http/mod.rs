@@ -2,6 +2,7 @@
 //! public PKI endpoints (`/pki/<issuer>/ca.crt`, `/pki/<issuer>/crl`, fetched by
 //! relying parties), health probes and the generated OpenAPI document.
 
+pub mod agents;
 pub mod auth;
 pub mod console;
 pub mod errors;
@@ -87,6 +88,10 @@ pub fn console_api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(operations::delete_subscription))
         .routes(routes!(operations::list_deliveries))
         .routes(routes!(operations::delivery_attempts))
+        .routes(routes!(agents::list_agents))
+        .routes(routes!(agents::create_join_token))
+        .routes(routes!(agents::disable_agent))
+        .routes(routes!(agents::revoke_agent))
         .split_for_parts()
 }
 
@@ -117,6 +122,10 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(operations::metrics))
+        .route(
+            "/metrics/agents",
+            get(|| async { crate::agent::limit::render() }),
+        )
         .route("/pki/{issuer}/ca.crt", get(issuer_cert))
         .route("/pki/{issuer}/crl", get(issuer_crl))
         .fallback(|| async { ApiError::no_route() })

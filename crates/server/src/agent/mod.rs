@@ -1,0 +1,284 @@
+//! The agent listener: `/agent/v1/*` over TLS on its own socket, where agents
+//! authenticate with identity certificates from the agent-identity CA.
+//!
+//! rustls verifies client certificates against that CA only
+//! (`WebPkiClientVerifier`), and lets a connection without one through
+//! (`allow_unauthenticated`) because enrolment has no certificate yet: the
+//! router then refuses every route but `POST /agent/v1/enroll` without a
+//! verified certificate whose agent is active and whose serial is the agent's
+//! current one, checked on each request (an indexed lookup), so disabling an
+//! agent takes effect at its next request. A certificate from another CA
+//! fails the handshake.
+//!
+//! Behind a TLS-terminating load balancer the client certificate arrives in
+//! a header (`client_cert_header`), honoured only from `trusted_proxies` and
+//! verified against the same CA as a handshake would.
+
+pub mod limit;
+pub mod routes;
+pub mod token;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use certflow_services::agents::Agents;
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::ClientCertVerifier;
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt as _;
+
+/// How long a client may take to complete the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `[agent]`: the agent listener (off unless `listen` is set) and agent identities.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    /// Address of the agent listener (TLS), e.g. `0.0.0.0:8443`.
+    pub listen: Option<SocketAddr>,
+    /// Names of the listener's certificate, issued by the internal CA at start.
+    pub server_names: Vec<String>,
+    /// A PEM certificate chain to serve instead (with `key_file`).
+    pub cert_file: Option<PathBuf>,
+    /// The PEM private key of `cert_file`.
+    pub key_file: Option<PathBuf>,
+    /// Lifetime of agent identity certificates, seconds (default 24 h).
+    pub identity_validity_secs: u32,
+    /// Header carrying the client certificate (URL-encoded PEM) from a
+    /// TLS-terminating gateway, e.g. `X-Amzn-Mtls-Clientcert`.
+    pub client_cert_header: Option<String>,
+    /// Peers (CIDRs) whose `client_cert_header` is believed.
+    pub trusted_proxies: Vec<String>,
+    /// Requests a second per agent (per client IP before authentication).
+    pub rate_limit_per_sec: f64,
+    /// Burst size of the rate limit.
+    pub rate_limit_burst: f64,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            server_names: vec!["localhost".into(), "127.0.0.1".into()],
+            cert_file: None,
+            key_file: None,
+            identity_validity_secs: 86_400,
+            client_cert_header: None,
+            trusted_proxies: Vec::new(),
+            rate_limit_per_sec: 20.0,
+            rate_limit_burst: 40.0,
+        }
+    }
+}
+
+impl AgentConfig {
+    /// Checks values that types alone cannot.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if !(60..=certflow_pki::MAX_AGENT_IDENTITY_SECS).contains(&self.identity_validity_secs) {
+            bail!(
+                "agent.identity_validity_secs must be between 60 and {}",
+                certflow_pki::MAX_AGENT_IDENTITY_SECS
+            );
+        }
+        if self.cert_file.is_some() != self.key_file.is_some() {
+            bail!("agent.cert_file and agent.key_file go together");
+        }
+        if self.listen.is_some() && self.cert_file.is_none() && self.server_names.is_empty() {
+            bail!("agent.server_names (or agent.cert_file) is required with agent.listen");
+        }
+        self.proxies()?;
+        if let Some(h) = &self.client_cert_header
+            && axum::http::HeaderName::try_from(h.as_str()).is_err()
+        {
+            bail!("agent.client_cert_header {h:?} is not a valid header name");
+        }
+        if !(self.rate_limit_per_sec > 0.0 && self.rate_limit_burst >= 1.0) {
+            bail!(
+                "agent.rate_limit_per_sec must be positive and agent.rate_limit_burst at least 1"
+            );
+        }
+        Ok(())
+    }
+
+    /// The parsed `trusted_proxies`.
+    pub fn proxies(&self) -> anyhow::Result<Vec<ipnet::IpNet>> {
+        self.trusted_proxies
+            .iter()
+            .map(|p| {
+                p.parse::<ipnet::IpNet>()
+                    .or_else(|_| p.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .with_context(|| format!("agent.trusted_proxies: {p:?} is not a CIDR"))
+            })
+            .collect()
+    }
+}
+
+/// What the accept loop knows about a connection, handed to every request on it.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    /// The TCP peer.
+    pub peer: SocketAddr,
+    /// DER of the client certificate rustls verified, if the client sent one.
+    pub client_cert: Option<Arc<Vec<u8>>>,
+}
+
+/// The client-certificate verifier: chains to the agent-identity CA, or no certificate.
+pub fn client_verifier(ca_der: &[Vec<u8>]) -> anyhow::Result<Arc<dyn ClientCertVerifier>> {
+    let mut roots = rustls::RootCertStore::empty();
+    for der in ca_der {
+        roots
+            .add(CertificateDer::from(der.clone()))
+            .context("agent-identity CA certificate as a trust anchor")?;
+    }
+    WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        Arc::new(rustls::crypto::aws_lc_rs::default_provider()),
+    )
+    .allow_unauthenticated()
+    .build()
+    .context("client certificate verifier")
+}
+
+/// The TLS server configuration of the listener.
+pub fn server_config(
+    verifier: Arc<dyn ClientCertVerifier>,
+    chain_der: Vec<Vec<u8>>,
+    key_pkcs8_der: &[u8],
+) -> anyhow::Result<rustls::ServerConfig> {
+    let chain = chain_der.into_iter().map(CertificateDer::from).collect();
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key_pkcs8_der.to_vec()));
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .context("TLS protocol versions")?
+    .with_client_cert_verifier(verifier)
+    .with_single_cert(chain, key)
+    .context("agent listener certificate and key")?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// The listener's certificate chain and PKCS#8 key: from files, or issued
+/// by the internal CA for `server_names`.
+async fn listener_identity(
+    config: &AgentConfig,
+    agents: &Agents,
+) -> anyhow::Result<(Vec<Vec<u8>>, zeroize_key::Key)> {
+    if let (Some(cert), Some(key)) = (&config.cert_file, &config.key_file) {
+        let pem = std::fs::read_to_string(cert)
+            .with_context(|| format!("agent.cert_file {}", cert.display()))?;
+        let chain = certflow_pki::parse_pem_certs("agent.cert_file", &pem)?;
+        let key_pem = std::fs::read_to_string(key)
+            .with_context(|| format!("agent.key_file {}", key.display()))?;
+        let key = certflow_pki::PrivateKey::from_pem("agent.key_file", &key_pem)?;
+        return Ok((chain, zeroize_key::Key(key.pkcs8_der().to_vec())));
+    }
+    let issued = agents
+        .issue_listener_certificate(&config.server_names, 90, time::OffsetDateTime::now_utc())
+        .await
+        .context("agent listener certificate")?;
+    tracing::info!(names = ?config.server_names, not_after = %issued.not_after, "issued the agent listener certificate");
+    Ok((
+        issued.chain_der,
+        zeroize_key::Key(issued.key_pkcs8_der.to_vec()),
+    ))
+}
+
+mod zeroize_key {
+    /// Key bytes wiped when dropped.
+    pub struct Key(pub Vec<u8>);
+
+    impl Drop for Key {
+        fn drop(&mut self) {
+            self.0.iter_mut().for_each(|b| *b = 0);
+        }
+    }
+}
+
+/// A running agent listener.
+pub struct AgentListener {
+    /// The bound address.
+    pub addr: SocketAddr,
+}
+
+/// Binds the agent listener and starts serving `/agent/v1/*`.
+pub async fn start(config: &AgentConfig, agents: Agents) -> anyhow::Result<Option<AgentListener>> {
+    let Some(listen) = config.listen else {
+        return Ok(None);
+    };
+    let ca = agents
+        .ca_certificates_der()
+        .await
+        .context("agent-identity CA")?;
+    let verifier = client_verifier(&ca)?;
+    let (chain, key) = listener_identity(config, &agents).await?;
+    let tls = server_config(verifier.clone(), chain, &key.0)?;
+    drop(key);
+    let state = routes::AgentState::new(agents, config, verifier)?;
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding agent listener {listen}"))?;
+    let addr = listener.local_addr()?;
+    // The accept loop ends with the process, like the console listener's.
+    tokio::spawn(serve(listener, Arc::new(tls), routes::router(state)));
+    Ok(Some(AgentListener { addr }))
+}
+
+/// Accepts TLS connections and serves `app` on each, with [`ConnInfo`] in
+/// every request's extensions.
+pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, app: axum::Router) {
+    let acceptor = TlsAcceptor::from(tls);
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, "agent listener accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let acceptor = acceptor.clone();
+        let app = app.clone();
+        tokio::spawn(async move {
+            let _ = tcp.set_nodelay(true);
+            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "agent TLS handshake failed");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let client_cert = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(|c| Arc::new(c.to_vec()));
+            let info = ConnInfo { peer, client_cert };
+            let service = hyper::service::service_fn(
+                move |mut req: hyper::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(info.clone());
+                    app.clone().oneshot(req.map(axum::body::Body::new))
+                },
+            );
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(30))
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                tracing::debug!(%peer, error = %e, "agent connection ended with an error");
+            }
+        });
+    }
+}

@@ -1,0 +1,183 @@
+//! `/console/api/v1/agents`: join tokens and agent administration (list,
+//! disable, revoke). Every change is audited by the store in its transaction.
+
+use axum::Extension;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use certflow_core::agents::{Agent, AgentStatus};
+use certflow_core::model::Actor;
+use certflow_services::agents::{Agents, NewJoinToken};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::console::{Json, Path, now};
+use super::errors::{ApiError, ApiResult};
+
+/// `POST /agents/join-tokens` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateJoinTokenRequest {
+    /// Name of the agent it enrols (1-64 printable characters; the agent may propose another).
+    pub name: String,
+    /// Teams assigned to the agent.
+    #[serde(default)]
+    pub teams: Vec<String>,
+    /// Minutes until the token expires (1-1440, default 60).
+    #[serde(default = "default_ttl")]
+    pub ttl_minutes: u32,
+}
+
+fn default_ttl() -> u32 {
+    60
+}
+
+/// A new join token: shown once, stored only as a hash.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JoinTokenView {
+    /// Token id (for the audit trail).
+    pub id: Uuid,
+    /// `cfj_...`: give it to the agent; it enrols exactly one agent.
+    pub token: String,
+    /// Name of the agent it enrols.
+    pub name: String,
+    /// Teams of that agent.
+    pub teams: Vec<String>,
+    /// Expiry.
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+}
+
+/// An agent.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AgentView {
+    /// Agent id (the identity certificate's URI SAN is `urn:certflow:agent:<id>`).
+    pub id: Uuid,
+    /// Name.
+    pub name: String,
+    /// Teams.
+    pub teams: Vec<String>,
+    /// `active`, `disabled` or `revoked`.
+    pub status: String,
+    /// Serial of the identity certificate honoured.
+    pub certificate_serial: String,
+    /// Its SHA-256 fingerprint.
+    pub certificate_sha256: String,
+    /// Its expiry.
+    #[serde(with = "time::serde::rfc3339")]
+    pub certificate_not_after: OffsetDateTime,
+    /// Enrolment time.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    /// Last authenticated request (minute precision).
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub last_seen: Option<OffsetDateTime>,
+}
+
+/// Agents, oldest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AgentList {
+    /// The agents.
+    pub items: Vec<AgentView>,
+}
+
+fn view(a: Agent) -> AgentView {
+    AgentView {
+        id: a.id,
+        name: a.name,
+        teams: a.teams,
+        status: a.status.as_str().into(),
+        certificate_serial: a.cert_serial,
+        certificate_sha256: a.cert_fingerprint_sha256,
+        certificate_not_after: a.cert_not_after,
+        created_at: a.created_at,
+        last_seen: a.last_seen,
+    }
+}
+
+/// The agent use cases, present when the server wired them.
+fn agents(ext: Option<Extension<Agents>>) -> ApiResult<Agents> {
+    ext.map(|e| e.0).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "agents-unavailable",
+            "Agents are not available",
+            "this server does not manage agents",
+        )
+    })
+}
+
+/// Creates a single-use join token.
+#[utoipa::path(post, path = "/agents/join-tokens", tag = "agents",
+    request_body = CreateJoinTokenRequest,
+    responses((status = 201, body = JoinTokenView), (status = 400, body = certflow_api::Problem)))]
+pub async fn create_join_token(
+    ext: Option<Extension<Agents>>,
+    Extension(actor): Extension<Actor>,
+    Json(req): Json<CreateJoinTokenRequest>,
+) -> ApiResult<Response> {
+    let created = agents(ext)?
+        .create_join_token(
+            &actor,
+            &NewJoinToken {
+                name: req.name,
+                teams: req.teams,
+                ttl_minutes: req.ttl_minutes,
+            },
+            now(),
+        )
+        .await?;
+    let r = created.record;
+    Ok((
+        StatusCode::CREATED,
+        Json(JoinTokenView {
+            id: r.id,
+            token: created.token,
+            name: r.name,
+            teams: r.teams,
+            expires_at: r.expires_at,
+        }),
+    )
+        .into_response())
+}
+
+/// Lists agents.
+#[utoipa::path(get, path = "/agents", tag = "agents",
+    responses((status = 200, body = AgentList)))]
+pub async fn list_agents(ext: Option<Extension<Agents>>) -> ApiResult<Json<AgentList>> {
+    let items = agents(ext)?.list().await?.into_iter().map(view).collect();
+    Ok(Json(AgentList { items }))
+}
+
+async fn set_status(
+    ext: Option<Extension<Agents>>,
+    actor: &Actor,
+    id: Uuid,
+    status: AgentStatus,
+) -> ApiResult<Json<AgentView>> {
+    let agent = agents(ext)?.set_status(actor, id, status, now()).await?;
+    Ok(Json(view(agent)))
+}
+
+/// Disables an agent: refused from its next request on.
+#[utoipa::path(post, path = "/agents/{id}/disable", tag = "agents", params(("id" = Uuid, Path)),
+    responses((status = 200, body = AgentView), (status = 404, body = certflow_api::Problem), (status = 409, body = certflow_api::Problem)))]
+pub async fn disable_agent(
+    ext: Option<Extension<Agents>>,
+    Extension(actor): Extension<Actor>,
+    Path(id): Path<Uuid>,
+) -> ApiResult<Json<AgentView>> {
+    set_status(ext, &actor, id, AgentStatus::Disabled).await
+}
+
+/// Revokes an agent for good (enrol again with a new join token).
+#[utoipa::path(post, path = "/agents/{id}/revoke", tag = "agents", params(("id" = Uuid, Path)),
+    responses((status = 200, body = AgentView), (status = 404, body = certflow_api::Problem)))]
+pub async fn revoke_agent(
+    ext: Option<Extension<Agents>>,
+    Extension(actor): Extension<Actor>,
+    Path(id): Path<Uuid>,
+) -> ApiResult<Json<AgentView>> {
+    set_status(ext, &actor, id, AgentStatus::Revoked).await
+}
