@@ -450,6 +450,64 @@ impl AuditEvent {
     }
 }
 
+/// Why [`MetadataStore::verify_audit_chain`](crate::ports::MetadataStore::verify_audit_chain)
+/// stopped trusting the audit chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditChainFault {
+    /// The row's stored fields no longer hash to its stored `hash`: it was edited.
+    HashMismatch,
+    /// The row's `prev_hash` is not the previous row's `hash`: a row before it
+    /// was replaced, or the row was moved.
+    PrevHashMismatch,
+    /// A sequence number is missing (a row was deleted), or rows end before
+    /// the chain head says they should (the tail was deleted).
+    SeqGap,
+    /// The recorded chain head does not match the last row of the chain.
+    HeadMismatch,
+    /// A row carries no sequence number: it was written around the chain.
+    Unchained,
+}
+
+impl AuditChainFault {
+    /// Stable identifier.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuditChainFault::HashMismatch => "hash_mismatch",
+            AuditChainFault::PrevHashMismatch => "prev_hash_mismatch",
+            AuditChainFault::SeqGap => "seq_gap",
+            AuditChainFault::HeadMismatch => "head_mismatch",
+            AuditChainFault::Unchained => "unchained",
+        }
+    }
+}
+
+/// The first place the audit chain breaks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditChainBreak {
+    /// Sequence number where the break is: the tampered row's, or for a gap
+    /// the first missing number (0 for an unchained row, which has none).
+    pub seq: u64,
+    /// The row at (or, for a gap, just after) that point, if there is one.
+    pub id: Option<Uuid>,
+    /// What is wrong there.
+    pub reason: AuditChainFault,
+}
+
+/// Result of walking the whole audit chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditChainReport {
+    /// Rows whose hash and link were checked, up to the first break.
+    pub checked: u64,
+    /// Sequence number of the last row checked (0 for an empty chain).
+    pub last_seq: u64,
+    /// Hash of the last row checked (64 zeros for an empty chain): recorded
+    /// outside the database, it lets a later check detect a rewritten chain.
+    pub last_hash: String,
+    /// Where the chain first breaks; `None` if it is intact.
+    pub first_break: Option<AuditChainBreak>,
+}
+
 /// Sort key for certificate listings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -504,6 +562,12 @@ pub struct AuditQuery {
     pub action_prefix: Option<String>,
     /// Actor subject.
     pub subject: Option<String>,
+    /// Success or failure only.
+    pub outcome: Option<Outcome>,
+    /// Events at or after this time.
+    pub since: Option<OffsetDateTime>,
+    /// Events before this time.
+    pub until: Option<OffsetDateTime>,
     /// Page size.
     pub limit: u32,
     /// Rows to skip.

@@ -9,8 +9,8 @@ use uuid::Uuid;
 
 use crate::error::DomainResult;
 use crate::model::{
-    AuditEvent, AuditQuery, Certificate, CertificateQuery, CertificateVersion, IdempotencyRecord,
-    Issuer, Page, RevocationReason,
+    AuditChainReport, AuditEvent, AuditQuery, Certificate, CertificateQuery, CertificateVersion,
+    IdempotencyRecord, Issuer, Page, RevocationReason,
 };
 use crate::names::SubjectName;
 use crate::notify::{Delivery, DeliveryAttempt, DeliveryQuery, Notification, Subscription};
@@ -103,6 +103,15 @@ pub trait MetadataStore: Send + Sync {
     async fn append_audit(&self, event: &AuditEvent) -> DomainResult<()>;
     /// Queries the audit trail, newest first.
     async fn list_audit(&self, query: &AuditQuery) -> DomainResult<Page<AuditEvent>>;
+    /// Walks the whole audit hash chain in sequence order, a page at a time,
+    /// and reports how far it holds. Stores without a chain (test doubles)
+    /// answer `Unavailable`.
+    async fn verify_audit_chain(&self) -> DomainResult<AuditChainReport> {
+        Err(crate::DomainError::Unavailable {
+            backend: "database",
+            reason: "this store keeps no audit chain".into(),
+        })
+    }
 
     /// Reads a server setting (e.g. the bootstrap token hash).
     async fn get_setting(&self, key: &str) -> DomainResult<Option<String>>;

@@ -64,6 +64,8 @@ enum AdminCommand {
         #[arg(long)]
         grace_hours: Option<u64>,
     },
+    /// Check the audit trail's hash chain; exits non-zero where it is broken.
+    VerifyAudit,
 }
 
 fn main() -> ExitCode {
@@ -103,6 +105,10 @@ fn main() -> ExitCode {
             Command::Admin(AdminCommand::SweepBlobs { grace_hours }) => {
                 let config = config::Config::load(cli.config.as_deref())?;
                 serve::sweep_blobs(&config, grace_hours).await
+            }
+            Command::Admin(AdminCommand::VerifyAudit) => {
+                let config = config::Config::load(cli.config.as_deref())?;
+                serve::verify_audit(&config).await
             }
             Command::Keys(KeysCommand::Rewrap) => {
                 let config = config::Config::load(cli.config.as_deref())?;

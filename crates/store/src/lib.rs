@@ -10,6 +10,7 @@
 //! `DomainError` in `error` and nowhere else.
 
 mod agents;
+mod audit;
 mod changes;
 mod codec;
 mod error;

@@ -15,6 +15,7 @@ use sqlx::{ConnectOptions, Connection, Postgres};
 use tokio::time::Instant;
 
 use crate::agents::forward_agent_store;
+use crate::audit::link_unchained;
 use crate::migrate::{Embedded, migrator};
 use crate::notify::forward_notification_store;
 use crate::query::Dialect;
@@ -40,6 +41,11 @@ const MIGRATIONS: &[Embedded] = &[
         3,
         "renewal and notifications",
         include_str!("../migrations/postgres/0003_renewal_and_notifications.sql"),
+    ),
+    (
+        4,
+        "audit chain",
+        include_str!("../migrations/postgres/0004_audit_chain.sql"),
     ),
     (
         5,
@@ -173,9 +179,9 @@ impl PgStore {
             .connect_with(connect)
             .await
             .map_err(|e| unavailable("cannot connect to", e.to_string()))?;
-        Ok(Self {
-            store: SqlStore::new(pool),
-        })
+        let store = SqlStore::new(pool);
+        link_unchained(&store).await?;
+        Ok(Self { store })
     }
 
     /// Closes every connection; later calls fail as unavailable.

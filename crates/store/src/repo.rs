@@ -18,8 +18,9 @@ use std::marker::PhantomData;
 use async_trait::async_trait;
 use certflow_core::error::DomainResult;
 use certflow_core::model::{
-    AuditEvent, AuditQuery, Certificate, CertificateQuery, CertificateStatus, CertificateVersion,
-    IdempotencyRecord, Issuer, Labels, Page, RevocationReason, SortKey, VersionStatus,
+    AuditChainReport, AuditEvent, AuditQuery, Certificate, CertificateQuery, CertificateStatus,
+    CertificateVersion, IdempotencyRecord, Issuer, Labels, Page, RevocationReason, SortKey,
+    VersionStatus,
 };
 use certflow_core::ports::MetadataStore;
 use certflow_core::{DomainError, SubjectName};
@@ -27,6 +28,7 @@ use sqlx::{Database, Pool, Transaction};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use crate::audit::{StoredEvent, insert_linked};
 use crate::codec::{
     self, audit_columns, certificate_columns, fold, id, idempotency_columns, issuer_columns, secs,
     version_columns,
@@ -119,26 +121,15 @@ pub(crate) async fn fetch_optional<B: Backend>(
     B::fetch_optional(conn, sql).await.map_err(map)
 }
 
+/// Appends `event` to the audit chain (see [`crate::audit`]). Call it last
+/// in a write transaction: on PostgreSQL it holds the chain head's row lock
+/// until the commit, so audited writes commit one at a time.
 pub(crate) async fn insert_audit<B: Backend>(
     conn: &mut B::Connection,
     event: &AuditEvent,
 ) -> DomainResult<()> {
-    let details = serde_json::to_string(&event.details)
-        .map_err(|e| DomainError::Internal(format!("encoding audit details: {e}")))?;
-    let sql = Sql::new(concat!(
-        "INSERT INTO audit_events (",
-        audit_columns!(),
-        ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
-    ))
-    .bind(id(event.id))
-    .bind(secs(event.at))
-    .bind(event.actor.subject.as_str())
-    .bind(event.actor.source.as_deref())
-    .bind(event.action.as_str())
-    .bind(event.target.as_str())
-    .bind(event.outcome.as_str())
-    .bind(details);
-    B::execute(conn, sql).await.map_err(|e| {
+    let stored = StoredEvent::of(event)?;
+    insert_linked::<B>(conn, &stored).await?.map_err(|e| {
         conflict(e, |v| {
             (v == Violation::PrimaryKey).then(|| format!("audit event {} already exists", event.id))
         })
@@ -363,6 +354,16 @@ fn push_audit_filters(sql: &mut Sql, q: &AuditQuery) {
     }
     if let Some(subject) = q.subject.as_deref() {
         sql.push(" AND subject = ").push_bind(subject);
+    }
+    if let Some(outcome) = q.outcome {
+        sql.push(" AND outcome = ").push_bind(outcome.as_str());
+    }
+    // `at` holds whole seconds, so rounding the bounds up keeps both exact.
+    if let Some(since) = q.since {
+        sql.push(" AND at >= ").push_bind(codec::ceil_secs(since));
+    }
+    if let Some(until) = q.until {
+        sql.push(" AND at < ").push_bind(codec::ceil_secs(until));
     }
 }
 
@@ -927,8 +928,10 @@ impl<B: Backend> MetadataStore for SqlStore<B> {
     }
 
     async fn append_audit(&self, event: &AuditEvent) -> DomainResult<()> {
-        let mut conn = self.pool.acquire().await.map_err(map)?;
-        insert_audit::<B>(&mut conn, event).await
+        // Linking reads the chain head, so even a lone event needs a transaction.
+        let mut tx = self.begin_write().await?;
+        insert_audit::<B>(&mut tx, event).await?;
+        tx.commit().await.map_err(map)
     }
 
     async fn list_audit(&self, q: &AuditQuery) -> DomainResult<Page<AuditEvent>> {
@@ -951,6 +954,10 @@ impl<B: Backend> MetadataStore for SqlStore<B> {
             items: rows.iter().map(codec::audit).collect::<DomainResult<_>>()?,
             total: matching,
         })
+    }
+
+    async fn verify_audit_chain(&self) -> DomainResult<AuditChainReport> {
+        self.verify_chain().await
     }
 
     async fn get_setting(&self, key: &str) -> DomainResult<Option<String>> {
@@ -1128,6 +1135,12 @@ macro_rules! forward_metadata_store {
                 certflow_core::model::Page<certflow_core::model::AuditEvent>,
             > {
                 self.$field.list_audit(query).await
+            }
+
+            async fn verify_audit_chain(
+                &self,
+            ) -> certflow_core::error::DomainResult<certflow_core::model::AuditChainReport> {
+                self.$field.verify_audit_chain().await
             }
 
             async fn get_setting(

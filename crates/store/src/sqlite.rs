@@ -10,6 +10,7 @@ use sqlx::Sqlite;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
 use crate::agents::forward_agent_store;
+use crate::audit::link_unchained;
 use crate::error::map;
 use crate::migrate::{Embedded, migrator};
 use crate::notify::forward_notification_store;
@@ -37,6 +38,11 @@ const MIGRATIONS: &[Embedded] = &[
         3,
         "renewal and notifications",
         include_str!("../migrations/sqlite/0003_renewal_and_notifications.sql"),
+    ),
+    (
+        4,
+        "audit chain",
+        include_str!("../migrations/sqlite/0004_audit_chain.sql"),
     ),
     (
         5,
@@ -115,9 +121,9 @@ impl SqliteStore {
             .run(&pool)
             .await
             .map_err(|e| unavailable("cannot migrate", &e))?;
-        Ok(Self {
-            store: SqlStore::new(pool),
-        })
+        let store = SqlStore::new(pool);
+        link_unchained(&store).await?;
+        Ok(Self { store })
     }
 
     /// A fresh, migrated in-memory database, for tests.
@@ -144,9 +150,9 @@ impl SqliteStore {
                 backend: "database",
                 reason: format!("cannot migrate the in-memory database: {e}"),
             })?;
-        Ok(Self {
-            store: SqlStore::new(pool),
-        })
+        let store = SqlStore::new(pool);
+        link_unchained(&store).await?;
+        Ok(Self { store })
     }
 
     /// Closes every connection (checkpointing the WAL); later calls fail as unavailable.

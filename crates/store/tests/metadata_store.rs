@@ -3312,6 +3312,252 @@ mod suite {
         let page = store.list_deliveries(&q).await.unwrap();
         assert_eq!((page.total, page.items.len(), page.items[0].id), (2, 1, ok));
     }
+
+    // ------------------------------------------------------ audit hash chain
+
+    use certflow_core::model::AuditChainReport;
+
+    /// Verifies the chain and checks it covers every audit row, numbered 1..=n.
+    async fn assert_chain_intact(store: &dyn MetadataStore) -> AuditChainReport {
+        let report = store.verify_audit_chain().await.unwrap();
+        assert_eq!(report.first_break, None, "{report:?}");
+        let total = store
+            .list_audit(&AuditQuery {
+                limit: 1,
+                ..AuditQuery::default()
+            })
+            .await
+            .unwrap()
+            .total;
+        assert_eq!((report.checked, report.last_seq), (total, total));
+        assert_eq!(report.last_hash.len(), 64);
+        report
+    }
+
+    pub async fn audit_chain_of_an_empty_store_verifies(store: &dyn MetadataStore) {
+        assert_eq!(
+            store.verify_audit_chain().await.unwrap(),
+            AuditChainReport {
+                checked: 0,
+                last_seq: 0,
+                last_hash: "0".repeat(64),
+                first_break: None,
+            }
+        );
+    }
+
+    /// Every kind of audited write, refused writes that roll back, and more
+    /// events than one verification page (1000) holds.
+    pub async fn audit_chain_verifies_after_mixed_writes(store: &dyn Stores) {
+        let main = seed_issuer(store).await;
+        let other = issuer("other", false);
+        store
+            .insert_issuer(&other, &event("issuer.create", "issuer/other"))
+            .await
+            .unwrap();
+        store
+            .set_default_issuer(other.id, &event("issuer.default", "issuer/other"))
+            .await
+            .unwrap();
+        for i in 0..30_u32 {
+            let cert = certificate(&main, &format!("host{i}.example.com"), "payments");
+            create(store, &cert).await;
+            if i % 2 == 0 {
+                let mut renewed = cert.clone();
+                renewed.current_version = 2;
+                store
+                    .add_version(
+                        &renewed,
+                        &version(&renewed, 2),
+                        &event("certificate.renew", &target(&cert)),
+                        None,
+                    )
+                    .await
+                    .unwrap();
+            }
+            if i % 3 == 0 {
+                store
+                    .revoke_version(
+                        cert.id,
+                        1,
+                        RevocationReason::KeyCompromise,
+                        at(T0 + DAY),
+                        &event("certificate.revoke", &target(&cert)),
+                    )
+                    .await
+                    .unwrap();
+            }
+            if i % 5 == 0 {
+                store
+                    .archive_certificate(
+                        cert.id,
+                        at(T0 + 2 * DAY),
+                        &event("certificate.archive", &target(&cert)),
+                    )
+                    .await
+                    .unwrap();
+            }
+            let mut failed = event("certificate.key.download", &target(&cert));
+            failed.outcome = Outcome::Failure;
+            failed.actor.source = None;
+            failed.details = json!({ "reason": "forbidden", "i": i, "text": "ünïcødé \u{0}" });
+            store.append_audit(&failed).await.unwrap();
+            // Refused writes commit neither their change nor their event.
+            assert!(store.append_audit(&failed).await.is_err());
+            let duplicate = certificate(&main, &format!("host{i}.example.com"), "payments");
+            if i % 5 != 0 {
+                assert!(
+                    store
+                        .create_certificate(
+                            &duplicate,
+                            &version(&duplicate, 1),
+                            &event("certificate.create", &target(&duplicate)),
+                            None,
+                        )
+                        .await
+                        .is_err()
+                );
+            }
+        }
+        let hook = subscription(
+            "payments",
+            &[EventKind::Renewed],
+            webhook("https://hooks.example.com/x", None),
+        );
+        store
+            .insert_subscription(&hook, &event("subscription.create", "subscription/x"))
+            .await
+            .unwrap();
+        store
+            .delete_subscription(hook.id, &event("subscription.delete", "subscription/x"))
+            .await
+            .unwrap();
+        for i in 0..1100 {
+            store
+                .append_audit(&event("certificate.download", &format!("certificate/{i}")))
+                .await
+                .unwrap();
+        }
+        let report = assert_chain_intact(store).await;
+        assert!(report.checked > 1100, "{report:?}");
+        // A second walk finds the same chain.
+        assert_eq!(store.verify_audit_chain().await.unwrap(), report);
+    }
+
+    /// Writers on every connection of the pool at once still form one
+    /// gapless chain (on PostgreSQL they queue on the chain head's row lock).
+    pub async fn concurrent_audited_writes_form_one_chain(store: &dyn MetadataStore) {
+        const WRITERS: usize = 16;
+        const EACH: usize = 25;
+        let main = seed_issuer(store).await;
+        warm_up(store).await;
+        let writer = |w: usize| {
+            let main = main.clone();
+            async move {
+                for i in 0..EACH {
+                    if i % 5 == 0 {
+                        let cert = certificate(&main, &format!("w{w}-{i}.example.com"), "t");
+                        create(store, &cert).await;
+                    } else {
+                        store
+                            .append_audit(&event("certificate.download", &format!("w{w}/{i}")))
+                            .await
+                            .unwrap();
+                    }
+                }
+            }
+        };
+        futures::future::join_all((0..WRITERS).map(writer)).await;
+        let report = assert_chain_intact(store).await;
+        assert_eq!(report.checked, 1 + (WRITERS * EACH) as u64);
+    }
+
+    pub async fn audit_filters_by_outcome_and_time(store: &dyn MetadataStore) {
+        let events: Vec<AuditEvent> = (1..=5)
+            .map(|i| {
+                let mut e = event_at(T0 + i, "certificate.renew", "certificate/1", "alice");
+                if i % 2 == 0 {
+                    e.outcome = Outcome::Failure;
+                }
+                e
+            })
+            .collect();
+        for e in &events {
+            store.append_audit(e).await.unwrap();
+        }
+        let ids =
+            |idx: &[usize]| -> Vec<Uuid> { idx.iter().rev().map(|&i| events[i].id).collect() };
+        let half = Duration::milliseconds(500);
+        let q = |outcome, since, until| AuditQuery {
+            outcome,
+            since,
+            until,
+            ..AuditQuery::default()
+        };
+        assert_eq!(
+            audit_ids(store, q(None, None, None)).await,
+            ids(&[0, 1, 2, 3, 4])
+        );
+        assert_eq!(
+            audit_ids(store, q(Some(Outcome::Failure), None, None)).await,
+            ids(&[1, 3])
+        );
+        assert_eq!(
+            audit_ids(store, q(Some(Outcome::Success), None, None)).await,
+            ids(&[0, 2, 4])
+        );
+        // `since` is inclusive, `until` exclusive, both exact to the instant.
+        assert_eq!(
+            audit_ids(store, q(None, Some(at(T0 + 2)), None)).await,
+            ids(&[1, 2, 3, 4])
+        );
+        assert_eq!(
+            audit_ids(store, q(None, Some(at(T0 + 2) + half), None)).await,
+            ids(&[2, 3, 4])
+        );
+        assert_eq!(
+            audit_ids(store, q(None, None, Some(at(T0 + 4)))).await,
+            ids(&[0, 1, 2])
+        );
+        assert_eq!(
+            audit_ids(store, q(None, None, Some(at(T0 + 4) + half))).await,
+            ids(&[0, 1, 2, 3])
+        );
+        assert_eq!(
+            audit_ids(
+                store,
+                q(Some(Outcome::Success), Some(at(T0 + 2)), Some(at(T0 + 5)))
+            )
+            .await,
+            ids(&[2])
+        );
+        let page = store
+            .list_audit(&AuditQuery {
+                limit: 1,
+                ..q(Some(Outcome::Failure), Some(at(T0)), None)
+            })
+            .await
+            .unwrap();
+        assert_eq!((page.total, page.items.len()), (2, 1));
+        assert_eq!(page.items[0], events[3]);
+    }
+}
+
+/// The texts of `migrations/<dir>/*.sql`, oldest first.
+fn migration_files(dir: &str) -> Vec<String> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("migrations")
+        .join(dir);
+    let mut paths: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "sql"))
+        .collect();
+    paths.sort();
+    paths
+        .iter()
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect()
 }
 
 /// Runs every suite case as a `#[tokio::test]`; `$open` yields `(store, guard)`
@@ -3373,6 +3619,10 @@ macro_rules! metadata_store_suite {
             publish_creates_one_delivery_per_matching_subscription,
             claimed_deliveries_are_leased,
             record_attempt_tracks_success_retry_and_give_up,
+            audit_chain_of_an_empty_store_verifies,
+            audit_chain_verifies_after_mixed_writes,
+            concurrent_audited_writes_form_one_chain,
+            audit_filters_by_outcome_and_time,
         );
     };
     (@cases $open:expr; $($case:ident),* $(,)?) => {
@@ -3667,7 +3917,7 @@ mod sqlite_specific {
             .fetch_one(&mut conn)
             .await
             .unwrap();
-        assert_eq!(applied, 3);
+        assert_eq!(applied, crate::migration_files("sqlite").len() as i64);
     }
 
     #[tokio::test]
@@ -3742,7 +3992,11 @@ mod postgres_specific {
                 .fetch_all(&mut conn)
                 .await
                 .unwrap();
-        assert_eq!(applied, vec![(1, true), (2, true), (3, true)]);
+        let expected: Vec<(i64, bool)> = (1..)
+            .zip(crate::migration_files("postgres"))
+            .map(|(version, _)| (version, true))
+            .collect();
+        assert_eq!(applied, expected);
         let tables: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM information_schema.tables \
              WHERE table_schema = 'public' AND table_name <> '_sqlx_migrations'",
@@ -3750,7 +4004,11 @@ mod postgres_specific {
         .fetch_one(&mut conn)
         .await
         .unwrap();
-        assert_eq!(tables, 13);
+        let created = crate::migration_files("postgres")
+            .iter()
+            .map(|sql| sql.matches("CREATE TABLE ").count() as i64)
+            .sum::<i64>();
+        assert_eq!(tables, created);
         for store in &stores {
             store.close().await;
         }
@@ -3876,5 +4134,596 @@ mod postgres_specific {
         blocker.close().await.unwrap();
         assert_eq!(store.get_setting("k").await.unwrap().as_deref(), Some("v"));
         store.close().await;
+    }
+}
+
+// ------------------------------------------------------- audit hash chain
+
+/// Tampering with the audit trail behind the store's back, as someone with
+/// the database's own credentials would: the triggers refuse it; with them
+/// out of the way, `verify_audit_chain` names the first broken link. Needs a
+/// second connection, so SQLite runs on a file (a memory database is private
+/// to its one connection).
+mod audit_chain {
+    use std::borrow::Cow;
+
+    use certflow_core::model::{
+        Actor, AuditChainBreak, AuditChainFault, AuditEvent, AuditQuery, Outcome,
+    };
+    use certflow_core::ports::MetadataStore;
+    use sqlx::migrate::{Migration, MigrationType, Migrator};
+    use sqlx::{AssertSqlSafe, Connection, Executor, PgConnection, SqlSafeStr, SqliteConnection};
+    use time::OffsetDateTime;
+    use uuid::Uuid;
+
+    use super::pg::TestDb;
+    use super::{PgOptions, PgStore, SqliteStore};
+
+    /// A direct connection to the store's database.
+    pub enum Raw {
+        Sqlite(SqliteConnection),
+        Pg(PgConnection),
+    }
+
+    impl Raw {
+        async fn exec(&mut self, sql: &str) -> Result<(), String> {
+            let sql = AssertSqlSafe(sql.to_owned());
+            match self {
+                Raw::Sqlite(c) => c.execute(sql).await.map(drop),
+                Raw::Pg(c) => c.execute(sql).await.map(drop),
+            }
+            .map_err(|e| e.to_string())
+        }
+
+        async fn must_fail(&mut self, sql: &str) -> String {
+            match self.exec(sql).await {
+                Ok(()) => panic!("{sql} succeeded"),
+                Err(e) => e,
+            }
+        }
+
+        async fn ids_in_seq_order(&mut self) -> Vec<Uuid> {
+            let sql = "SELECT id FROM audit_events ORDER BY seq";
+            let ids: Vec<String> = match self {
+                Raw::Sqlite(c) => sqlx::query_scalar(sql).fetch_all(c).await,
+                Raw::Pg(c) => sqlx::query_scalar(sql).fetch_all(c).await,
+            }
+            .unwrap();
+            ids.iter().map(|s| s.parse().unwrap()).collect()
+        }
+
+        /// What an attacker with the database's credentials does first.
+        async fn drop_guards(&mut self) {
+            let statements: &[&str] = match self {
+                Raw::Sqlite(_) => &[
+                    "DROP TRIGGER audit_events_link",
+                    "DROP TRIGGER audit_events_no_update",
+                    "DROP TRIGGER audit_events_no_delete",
+                    "DROP TRIGGER audit_events_advance_on_insert",
+                    "DROP TRIGGER audit_events_advance_on_link",
+                    "DROP TRIGGER audit_chain_head_forward",
+                    "DROP TRIGGER audit_chain_head_no_delete",
+                ],
+                Raw::Pg(_) => &[
+                    "ALTER TABLE audit_events DISABLE TRIGGER USER",
+                    "ALTER TABLE audit_chain_head DISABLE TRIGGER USER",
+                ],
+            };
+            for sql in statements {
+                self.exec(sql).await.unwrap();
+            }
+        }
+    }
+
+    async fn sqlite() -> (SqliteStore, Raw, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("certflow.db");
+        let store = SqliteStore::open(&path).await.unwrap();
+        let raw = SqliteConnection::connect(&format!("sqlite://{}", path.display()))
+            .await
+            .unwrap();
+        (store, Raw::Sqlite(raw), dir)
+    }
+
+    async fn pg() -> (PgStore, Raw, TestDb) {
+        let db = TestDb::create().await;
+        let store = PgStore::connect(&db.url(), PgOptions::default())
+            .await
+            .unwrap();
+        let raw = db.connect().await;
+        (store, Raw::Pg(raw), db)
+    }
+
+    fn event(i: u32) -> AuditEvent {
+        AuditEvent::success(
+            OffsetDateTime::from_unix_timestamp(1_767_225_600 + i64::from(i)).unwrap(),
+            &Actor {
+                subject: "alice".into(),
+                source: Some("192.0.2.7".into()),
+            },
+            "certificate.download",
+            format!("certificate/{i}"),
+            serde_json::json!({ "i": i }),
+        )
+    }
+
+    /// Appends `n` events; their ids in chain order.
+    async fn seed(store: &dyn MetadataStore, n: u32) -> Vec<Uuid> {
+        let mut ids = Vec::new();
+        for i in 0..n {
+            let e = event(i);
+            store.append_audit(&e).await.unwrap();
+            ids.push(e.id);
+        }
+        ids
+    }
+
+    async fn broken_at(store: &dyn MetadataStore, checked: u64) -> AuditChainBreak {
+        let report = store.verify_audit_chain().await.unwrap();
+        assert_eq!(report.checked, checked, "{report:?}");
+        report.first_break.expect("a break")
+    }
+
+    pub async fn guards_refuse_changes(store: &dyn MetadataStore, raw: &mut Raw) {
+        seed(store, 3).await;
+        for sql in [
+            "UPDATE audit_events SET details = '{}' WHERE seq = 2",
+            "UPDATE audit_events SET outcome = 'failure'",
+            "UPDATE audit_events SET seq = NULL, prev_hash = NULL, hash = NULL WHERE seq = 3",
+            "DELETE FROM audit_events WHERE seq = 2",
+            "DELETE FROM audit_events",
+            // Writing around the store: no link, a skipped seq, a wrong prev_hash.
+            "INSERT INTO audit_events (id, at, subject, action, target, outcome, details) \
+             VALUES ('x', 0, 's', 'a', 't', 'success', '{}')",
+            "UPDATE audit_chain_head SET seq = 2",
+            "DELETE FROM audit_chain_head",
+        ] {
+            let error = raw.must_fail(sql).await;
+            assert!(error.contains("audit"), "{sql}: {error}");
+        }
+        let head_hash: String = match raw {
+            Raw::Sqlite(c) => sqlx::query_scalar("SELECT hash FROM audit_chain_head")
+                .fetch_one(c)
+                .await
+                .unwrap(),
+            Raw::Pg(c) => {
+                let error = c
+                    .execute("TRUNCATE audit_events")
+                    .await
+                    .unwrap_err()
+                    .to_string();
+                assert!(error.contains("append-only"), "{error}");
+                sqlx::query_scalar("SELECT hash FROM audit_chain_head")
+                    .fetch_one(c)
+                    .await
+                    .unwrap()
+            }
+        };
+        let forged = format!(
+            "INSERT INTO audit_events (id, at, subject, action, target, outcome, details, seq, \
+             prev_hash, hash) VALUES ('x', 0, 's', 'a', 't', 'success', '{{}}', 5, '{head_hash}', \
+             '{}')",
+            "1".repeat(64)
+        );
+        raw.must_fail(&forged).await;
+        let report = store.verify_audit_chain().await.unwrap();
+        assert_eq!((report.checked, report.first_break), (3, None));
+    }
+
+    pub async fn edited_details_are_found(store: &dyn MetadataStore, raw: &mut Raw) {
+        let ids = seed(store, 5).await;
+        raw.drop_guards().await;
+        raw.exec(r#"UPDATE audit_events SET details = '{"i":99}' WHERE seq = 3"#)
+            .await
+            .unwrap();
+        assert_eq!(
+            broken_at(store, 2).await,
+            AuditChainBreak {
+                seq: 3,
+                id: Some(ids[2]),
+                reason: AuditChainFault::HashMismatch,
+            }
+        );
+    }
+
+    pub async fn edited_link_is_found(store: &dyn MetadataStore, raw: &mut Raw) {
+        let ids = seed(store, 5).await;
+        raw.drop_guards().await;
+        // A row re-hashed over a forged predecessor no longer follows the real one.
+        raw.exec(&format!(
+            "UPDATE audit_events SET prev_hash = '{}' WHERE seq = 4",
+            "a".repeat(64)
+        ))
+        .await
+        .unwrap();
+        assert_eq!(
+            broken_at(store, 3).await,
+            AuditChainBreak {
+                seq: 4,
+                id: Some(ids[3]),
+                reason: AuditChainFault::PrevHashMismatch,
+            }
+        );
+    }
+
+    pub async fn deleted_middle_row_is_found(store: &dyn MetadataStore, raw: &mut Raw) {
+        let ids = seed(store, 5).await;
+        raw.drop_guards().await;
+        raw.exec("DELETE FROM audit_events WHERE seq = 3")
+            .await
+            .unwrap();
+        assert_eq!(
+            broken_at(store, 2).await,
+            AuditChainBreak {
+                seq: 3,
+                id: Some(ids[3]),
+                reason: AuditChainFault::SeqGap,
+            }
+        );
+    }
+
+    pub async fn deleted_tail_is_found(store: &dyn MetadataStore, raw: &mut Raw) {
+        seed(store, 5).await;
+        raw.drop_guards().await;
+        raw.exec("DELETE FROM audit_events WHERE seq >= 4")
+            .await
+            .unwrap();
+        assert_eq!(
+            broken_at(store, 3).await,
+            AuditChainBreak {
+                seq: 4,
+                id: None,
+                reason: AuditChainFault::SeqGap,
+            }
+        );
+    }
+
+    pub async fn rows_written_around_the_chain_are_found(store: &dyn MetadataStore, raw: &mut Raw) {
+        seed(store, 2).await;
+        raw.drop_guards().await;
+        let id = Uuid::now_v7();
+        raw.exec(&format!(
+            "INSERT INTO audit_events (id, at, subject, action, target, outcome, details) \
+             VALUES ('{id}', 0, 's', 'a', 't', 'success', '{{}}')"
+        ))
+        .await
+        .unwrap();
+        assert_eq!(
+            broken_at(store, 2).await,
+            AuditChainBreak {
+                seq: 0,
+                id: Some(id),
+                reason: AuditChainFault::Unchained,
+            }
+        );
+        // And a head that no longer names the last row.
+        raw.exec(&format!("DELETE FROM audit_events WHERE id = '{id}'"))
+            .await
+            .unwrap();
+        raw.exec(&format!(
+            "UPDATE audit_chain_head SET hash = '{}'",
+            "b".repeat(64)
+        ))
+        .await
+        .unwrap();
+        let b = broken_at(store, 2).await;
+        assert_eq!((b.seq, b.reason), (2, AuditChainFault::HeadMismatch));
+    }
+
+    macro_rules! tamper_cases {
+        ($open:path; $($case:ident),* $(,)?) => {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    let (store, mut raw, _guard) = $open().await;
+                    super::$case(&store, &mut raw).await;
+                }
+            )*
+        };
+    }
+
+    macro_rules! tamper_suite {
+        ($open:path) => {
+            tamper_cases!($open;
+                guards_refuse_changes,
+                edited_details_are_found,
+                edited_link_is_found,
+                deleted_middle_row_is_found,
+                deleted_tail_is_found,
+                rows_written_around_the_chain_are_found,
+            );
+        };
+    }
+
+    mod on_sqlite_file {
+        tamper_suite!(super::sqlite);
+    }
+
+    mod on_postgres {
+        tamper_suite!(super::pg);
+    }
+
+    // ------------------------------------------------------------ upgrade
+
+    /// The migrations before the audit chain, as an older release applied them.
+    fn before_chain(sqls: [&'static str; 3]) -> Migrator {
+        let descriptions = ["init", "idempotency keys", "renewal and notifications"];
+        Migrator::with_migrations(
+            sqls.iter()
+                .zip(descriptions)
+                .zip(1..)
+                .map(|((sql, description), version)| {
+                    Migration::new(
+                        version,
+                        Cow::Borrowed(description),
+                        MigrationType::Simple,
+                        sql.into_sql_str(),
+                        false,
+                    )
+                })
+                .collect(),
+        )
+    }
+
+    /// Events an older release wrote (no links), inserted out of id order.
+    fn old_events(n: u32) -> (Vec<String>, Vec<Uuid>) {
+        let mut ids: Vec<Uuid> = (0..n).map(|_| Uuid::now_v7()).collect();
+        ids.sort();
+        let mut inserts: Vec<String> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| {
+                let source = if i % 3 == 0 { "NULL" } else { "'192.0.2.7'" };
+                let outcome = if i % 4 == 0 { "failure" } else { "success" };
+                format!(
+                    "INSERT INTO audit_events (id, at, subject, source, action, target, outcome, \
+                     details) VALUES ('{id}', {}, 'alice', {source}, 'certificate.create', \
+                     'certificate/{i}', '{outcome}', '{{\"i\":{i}}}')",
+                    1_767_225_600 + i
+                )
+            })
+            .collect();
+        inserts.reverse();
+        (inserts, ids)
+    }
+
+    /// More old events than one linking page (1000).
+    const OLD_EVENTS: u32 = 2345;
+
+    async fn upgraded_chain_verifies(store: &dyn MetadataStore, raw: &mut Raw, ids: &[Uuid]) {
+        let report = store.verify_audit_chain().await.unwrap();
+        assert_eq!(report.first_break, None, "{report:?}");
+        assert_eq!(report.checked, u64::from(OLD_EVENTS));
+        // Linked in id order, which is creation order.
+        assert_eq!(raw.ids_in_seq_order().await, ids);
+        // New events continue the chain, and the old ones are now guarded.
+        let mut failure = event(0);
+        failure.outcome = Outcome::Failure;
+        store.append_audit(&failure).await.unwrap();
+        raw.must_fail("DELETE FROM audit_events WHERE seq = 1")
+            .await;
+        let report = store.verify_audit_chain().await.unwrap();
+        assert_eq!(
+            (report.checked, report.first_break),
+            (u64::from(OLD_EVENTS) + 1, None)
+        );
+        let total = store
+            .list_audit(&AuditQuery {
+                limit: 1,
+                ..AuditQuery::default()
+            })
+            .await
+            .unwrap()
+            .total;
+        assert_eq!(total, u64::from(OLD_EVENTS) + 1);
+    }
+
+    #[tokio::test]
+    async fn sqlite_upgrade_links_existing_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("certflow.db");
+        let url = format!("sqlite://{}?mode=rwc", path.display());
+        let mut old = SqliteConnection::connect(&url).await.unwrap();
+        before_chain([
+            include_str!("../migrations/sqlite/0001_init.sql"),
+            include_str!("../migrations/sqlite/0002_idempotency_keys.sql"),
+            include_str!("../migrations/sqlite/0003_renewal_and_notifications.sql"),
+        ])
+        .run(&mut old)
+        .await
+        .unwrap();
+        let (inserts, ids) = old_events(OLD_EVENTS);
+        old.execute("BEGIN").await.unwrap();
+        for sql in inserts {
+            old.execute(AssertSqlSafe(sql)).await.unwrap();
+        }
+        old.execute("COMMIT").await.unwrap();
+        old.close().await.unwrap();
+
+        let store = SqliteStore::open(&path).await.unwrap();
+        let mut raw = Raw::Sqlite(SqliteConnection::connect(&url).await.unwrap());
+        upgraded_chain_verifies(&store, &mut raw, &ids).await;
+        // Opening again finds nothing left to link.
+        store.close().await;
+        let store = SqliteStore::open(&path).await.unwrap();
+        let report = store.verify_audit_chain().await.unwrap();
+        assert_eq!(
+            (report.checked, report.first_break),
+            (u64::from(OLD_EVENTS) + 1, None)
+        );
+    }
+
+    #[tokio::test]
+    async fn postgres_upgrade_links_existing_events() {
+        let db = TestDb::create().await;
+        let mut old = db.connect().await;
+        before_chain([
+            include_str!("../migrations/postgres/0001_init.sql"),
+            include_str!("../migrations/postgres/0002_idempotency_keys.sql"),
+            include_str!("../migrations/postgres/0003_renewal_and_notifications.sql"),
+        ])
+        .run(&mut old)
+        .await
+        .unwrap();
+        let (inserts, ids) = old_events(OLD_EVENTS);
+        old.execute("BEGIN").await.unwrap();
+        for sql in inserts {
+            old.execute(AssertSqlSafe(sql)).await.unwrap();
+        }
+        old.execute("COMMIT").await.unwrap();
+        old.close().await.unwrap();
+
+        // Replicas starting together take turns linking, one chain results.
+        let url = db.url();
+        let connect = || PgStore::connect(&url, PgOptions::default());
+        let (a, b, c) = tokio::join!(connect(), connect(), connect());
+        let (store, _b, _c) = (a.unwrap(), b.unwrap(), c.unwrap());
+        let mut raw = Raw::Pg(db.connect().await);
+        upgraded_chain_verifies(&store, &mut raw, &ids).await;
+    }
+}
+
+/// Audit rows never carry secrets: a realistic session through the use cases
+/// (CA set-up, create with an idempotency key, renew, key and PKCS#12
+/// downloads, a webhook subscription with a secret, revoke, archive), then
+/// every stored audit column is searched for the secrets the session handled.
+mod audit_secrets {
+    use std::sync::Arc;
+
+    use certflow_api::{CreateCertificateRequest, CreateSubscriptionRequest};
+    use certflow_blob::{LocalKeyProvider, MasterKey, ObjectBlobStore, Sealer};
+    use certflow_core::model::{Actor, AuditQuery, KeyType};
+    use certflow_core::ports::{MetadataStore, NotificationStore};
+    use certflow_services::{CaSettings, Services};
+    use time::OffsetDateTime;
+
+    const WEBHOOK_SECRET: &str = "whsec-7f3a9c1e-do-not-log";
+    const P12_PASSWORD: &str = "p12-Passw0rd-do-not-log";
+
+    async fn session<S>(store: Arc<S>)
+    where
+        S: MetadataStore + NotificationStore + 'static,
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = Arc::new(ObjectBlobStore::local(&dir.path().join("blobs")).unwrap());
+        let master = MasterKey::generate().unwrap();
+        let sealer = Sealer::new(Arc::new(LocalKeyProvider::new(master, vec![])));
+        let services =
+            Services::new(store.clone(), blobs, sealer, None).with_notifications(store.clone());
+        let now = OffsetDateTime::now_utc();
+        services
+            .ensure_ca(
+                &CaSettings {
+                    name: "test".into(),
+                    key_type: KeyType::EcdsaP256,
+                    root_validity_days: 3650,
+                    intermediate_validity_days: 1825,
+                },
+                now,
+            )
+            .await
+            .unwrap();
+        let alice = Actor {
+            subject: "alice".into(),
+            source: Some("192.0.2.7".into()),
+        };
+        let request = CreateCertificateRequest {
+            team: "payments".into(),
+            names: vec!["api.example.com".into()],
+            ..Default::default()
+        };
+        let id = services
+            .create_certificate_idempotent(&alice, &request, Some("create-1"), now)
+            .await
+            .unwrap()
+            .certificate
+            .id;
+        services.renew(&alice, id, None, now).await.unwrap();
+        let first_key = services
+            .download_key(&alice, id, Some(1), now)
+            .await
+            .unwrap();
+        let key = services.download_key(&alice, id, None, now).await.unwrap();
+        services
+            .download_pkcs12(&alice, id, None, P12_PASSWORD, now)
+            .await
+            .unwrap();
+        services
+            .create_subscription(
+                &alice,
+                &CreateSubscriptionRequest {
+                    team: "payments".into(),
+                    events: vec!["renewed".into()],
+                    channel: serde_json::json!({
+                        "type": "webhook",
+                        "url": "https://hooks.example.com/certflow",
+                        "secret": WEBHOOK_SECRET,
+                        "format": "json",
+                    }),
+                },
+                now,
+            )
+            .await
+            .unwrap();
+        services
+            .revoke(&alice, id, Some(1), "keyCompromise", now)
+            .await
+            .unwrap();
+        services.archive(&alice, id, now).await.unwrap();
+
+        let trail = store
+            .list_audit(&AuditQuery {
+                limit: 500,
+                ..AuditQuery::default()
+            })
+            .await
+            .unwrap();
+        let actions: Vec<&str> = trail.items.iter().map(|e| e.action.as_str()).collect();
+        for action in [
+            "certificate.create",
+            "certificate.renew",
+            "certificate.key.download",
+            "subscription.create",
+            "certificate.revoke",
+            "certificate.archive",
+        ] {
+            assert!(actions.contains(&action), "{action} not in {actions:?}");
+        }
+        // Every stored column of every row, as one text.
+        let stored = serde_json::to_string(&trail.items).unwrap();
+        let key_body = |pem: &str| -> Vec<String> {
+            pem.lines()
+                .filter(|l| !l.starts_with("-----"))
+                .map(str::to_owned)
+                .collect()
+        };
+        let mut secrets = vec![
+            "PRIVATE KEY".to_owned(),
+            WEBHOOK_SECRET.to_owned(),
+            P12_PASSWORD.to_owned(),
+        ];
+        secrets.extend(key_body(&key));
+        secrets.extend(key_body(&first_key));
+        for secret in &secrets {
+            assert!(
+                !stored.contains(secret.as_str()),
+                "audit rows carry {secret:?}"
+            );
+        }
+        assert_eq!(
+            store.verify_audit_chain().await.unwrap().checked,
+            trail.total
+        );
+    }
+
+    #[tokio::test]
+    async fn on_sqlite_memory() {
+        session(Arc::new(super::SqliteStore::open_memory().await.unwrap())).await;
+    }
+
+    #[tokio::test]
+    async fn on_postgres() {
+        let (store, _db) = super::pg::open().await;
+        session(Arc::new(store)).await;
     }
 }

@@ -517,10 +517,30 @@ pub struct AuditParams {
     pub action: Option<String>,
     /// Actor subject.
     pub subject: Option<String>,
+    /// `success` or `failure`.
+    pub outcome: Option<String>,
+    /// Events at or after this instant (RFC 3339).
+    pub since: Option<String>,
+    /// Events before this instant (RFC 3339).
+    pub until: Option<String>,
     /// Page size, 1-500 (default 100).
     pub limit: Option<u32>,
     /// Rows to skip.
     pub offset: Option<u64>,
+}
+
+/// An optional RFC 3339 query parameter.
+fn instant_param(field: &str, value: Option<&str>) -> ApiResult<Option<OffsetDateTime>> {
+    value
+        .map(|v| {
+            OffsetDateTime::parse(v, &time::format_description::well_known::Rfc3339).map_err(|_| {
+                ApiError::invalid_field(
+                    field,
+                    "must be an RFC 3339 instant, e.g. 2026-01-31T00:00:00Z",
+                )
+            })
+        })
+        .transpose()
 }
 
 /// Query the audit trail, newest first.
@@ -537,12 +557,28 @@ pub async fn audit(
             "must be an integer from 1 to 500",
         ));
     }
+    let outcome = match p.outcome.as_deref() {
+        None => None,
+        Some("success") => Some(certflow_core::model::Outcome::Success),
+        Some("failure") => Some(certflow_core::model::Outcome::Failure),
+        Some(_) => {
+            return Err(ApiError::invalid_field(
+                "outcome",
+                "must be success or failure",
+            ));
+        }
+    };
+    let since = instant_param("since", p.since.as_deref())?;
+    let until = instant_param("until", p.until.as_deref())?;
     let page = state
         .services
         .audit(&AuditQuery {
             target: p.target,
             action_prefix: p.action,
             subject: p.subject,
+            outcome,
+            since,
+            until,
             limit,
             offset: p.offset.unwrap_or(0),
         })
