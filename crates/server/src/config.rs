@@ -326,13 +326,128 @@ impl Default for CaConfig {
 pub struct AuthConfig {
     /// Accept the bootstrap admin token (break-glass access). Turn off once SSO works.
     pub bootstrap_token: bool,
+    /// Browser login to the console through OpenID Connect (`[auth.oidc]`); off when absent.
+    #[serde(skip_serializing)]
+    pub oidc: Option<OidcConfig>,
+    /// Console browser sessions (`[auth.session]`).
+    pub session: SessionConfig,
 }
 
 impl Default for AuthConfig {
     fn default() -> Self {
         Self {
             bootstrap_token: true,
+            oidc: None,
+            session: SessionConfig::default(),
         }
+    }
+}
+
+/// `[auth.oidc]`: browser login to the console through an OpenID provider
+/// (authorization code with PKCE). The provider's own fields (`issuer`,
+/// `discovery_url`, `jwks_url`, `algorithms`, `group_claim`, `[auth.oidc.roles]`,
+/// `team_group_prefix`, `[auth.oidc.teams]`...) are certflow-auth's
+/// [`IssuerConfig`](certflow_auth::IssuerConfig), flattened into this table.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OidcConfig {
+    /// OAuth client id of the console (the ID token's `aud`).
+    pub client_id: String,
+    /// Its client secret (sent with HTTP Basic to the token endpoint).
+    #[serde(skip_serializing)]
+    pub client_secret: SecretString,
+    /// The console's callback as registered at the provider, exactly:
+    /// `https://certflow.example.com/console/callback`.
+    pub redirect_uri: String,
+    /// Scopes requested besides `openid` (e.g. `groups`, `profile`).
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// Where the provider sends the browser after logout (registered there too).
+    #[serde(default)]
+    pub post_logout_redirect_uri: Option<String>,
+    /// The provider: issuer, keys, group → role and team mapping.
+    #[serde(flatten)]
+    pub provider: certflow_auth::IssuerConfig,
+}
+
+/// `[auth.session]`: console browser sessions. Fractions are allowed
+/// (`idle_timeout_minutes = 0.05` is 3 seconds, for tests).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionConfig {
+    /// A session with no request for this long ends.
+    pub idle_timeout_minutes: f64,
+    /// A session ends this long after login, whatever the activity.
+    pub absolute_timeout_hours: f64,
+    /// Origin allowed to change state with the session cookie
+    /// (`https://certflow.example.com`); default: the origin of `auth.oidc.redirect_uri`.
+    pub console_origin: Option<String>,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            idle_timeout_minutes: 30.0,
+            absolute_timeout_hours: 12.0,
+            console_origin: None,
+        }
+    }
+}
+
+impl SessionConfig {
+    /// The idle timeout.
+    pub fn idle_timeout(&self) -> time::Duration {
+        time::Duration::seconds_f64(self.idle_timeout_minutes * 60.0)
+    }
+
+    /// The absolute timeout.
+    pub fn absolute_timeout(&self) -> time::Duration {
+        time::Duration::seconds_f64(self.absolute_timeout_hours * 3600.0)
+    }
+}
+
+impl AuthConfig {
+    /// The console origin: configured, or that of the OIDC redirect URI.
+    pub fn console_origin(&self) -> Option<String> {
+        if let Some(origin) = &self.session.console_origin {
+            return Some(origin.trim_end_matches('/').to_owned());
+        }
+        let uri = &self.oidc.as_ref()?.redirect_uri;
+        let (scheme, rest) = uri.split_once("://")?;
+        let host = rest.split(['/', '?', '#']).next()?;
+        Some(format!("{scheme}://{host}"))
+    }
+
+    fn check_console(&self) -> anyhow::Result<()> {
+        let s = &self.session;
+        let positive = |v: f64| v.is_finite() && v > 0.0;
+        if !positive(s.idle_timeout_minutes) || !positive(s.absolute_timeout_hours) {
+            bail!("auth.session.idle_timeout_minutes and absolute_timeout_hours must be positive");
+        }
+        if s.idle_timeout() > s.absolute_timeout() {
+            bail!("auth.session.idle_timeout_minutes must not exceed absolute_timeout_hours");
+        }
+        let Some(oidc) = &self.oidc else {
+            return Ok(());
+        };
+        if oidc.client_id.is_empty() {
+            bail!("auth.oidc.client_id is required");
+        }
+        if !(oidc.redirect_uri.starts_with("https://") || oidc.redirect_uri.starts_with("http://"))
+            || !oidc.redirect_uri.ends_with("/console/callback")
+        {
+            bail!(
+                "auth.oidc.redirect_uri must be an http(s) URL ending in /console/callback, got {:?}",
+                oidc.redirect_uri
+            );
+        }
+        let mut provider = oidc.provider.clone();
+        provider
+            .audience
+            .get_or_insert_with(|| oidc.client_id.clone());
+        provider
+            .check()
+            .map_err(|e| anyhow::anyhow!("[auth.oidc]: {e}"))?;
+        Ok(())
     }
 }
 
@@ -473,6 +588,7 @@ impl Config {
             .validate()
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         self.agent.validate()?;
+        self.auth.check_console()?;
         if !matches!(self.log.format.as_str(), "text" | "json") {
             bail!(
                 "log.format must be \"text\" or \"json\", got {:?}",

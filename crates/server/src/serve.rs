@@ -126,6 +126,8 @@ pub struct StorePorts {
     pub notifications: Arc<dyn NotificationStore>,
     /// The embedded renewal queue on the same database.
     pub db_queue: Arc<dyn RenewalQueue>,
+    /// Console logins and browser sessions.
+    pub sessions: Arc<dyn certflow_core::ports::SessionStore>,
     /// Agents, join tokens and the agent-identity CA.
     pub agents: Arc<dyn certflow_core::ports::AgentStore>,
 }
@@ -384,6 +386,7 @@ async fn open_store(config: &Config) -> anyhow::Result<(StorePorts, ChangeFeed)>
                     metadata: store.clone(),
                     ledger: store.clone(),
                     agents: store.clone(),
+                    sessions: store.clone(),
                     notifications: store,
                     db_queue,
                 },
@@ -413,6 +416,7 @@ async fn open_store(config: &Config) -> anyhow::Result<(StorePorts, ChangeFeed)>
                     metadata: store.clone(),
                     ledger: store.clone(),
                     agents: store.clone(),
+                    sessions: store.clone(),
                     notifications: store,
                     db_queue,
                 },
@@ -643,6 +647,11 @@ async fn serve_api(config: &Config, opened: &Opened, services: Services) -> anyh
     let app = http::app(state)
         .merge(certflow_acme::http01_router(opened.http01.clone()))
         .layer(axum::Extension(agents));
+    // Browser login to the console, when [auth.oidc] is configured.
+    let app = match http::login::ConsoleAuth::from_config(config, opened.store.sessions.clone())? {
+        Some(console) => app.merge(http::login::router(console)),
+        None => app,
+    };
     axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),

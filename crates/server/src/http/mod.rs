@@ -6,7 +6,9 @@ pub mod agents;
 pub mod auth;
 pub mod console;
 pub mod errors;
+pub mod login;
 pub mod operations;
+pub mod session;
 
 use std::collections::BTreeMap;
 

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+mod login;
 mod renewal;
 
 const BIN: &str = env!("CARGO_BIN_EXE_certflow");

@@ -1,0 +1,489 @@
+//! Browser login to the console through an OpenID provider: authorization
+//! code flow with PKCE (RFC 7636, S256), `state` and `nonce`, a confidential
+//! client (`client_secret_basic`), and RP-initiated logout.
+//!
+//! `GET /console/login` stores a pending login (state, nonce, PKCE verifier;
+//! keyed by the state's hash, ten minutes) and sends the browser to the
+//! provider. `GET /console/callback` consumes that state in one statement (a
+//! replay finds nothing), exchanges the code with the verifier, has
+//! certflow-auth validate the ID token (signature, `iss`, `aud` = client id,
+//! `exp`, `nonce`), maps its groups to a principal and opens a session under
+//! a NEW id. `POST /console/logout` ends it and returns the provider's
+//! end-session URL.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_lc_rs::digest;
+use axum::Router;
+use axum::extract::{FromRef, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use certflow_auth::{AuthError, DiscoveryDocument, TokenValidator};
+use certflow_core::session::PendingLogin;
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use super::errors::{ApiError, ApiResult};
+use super::session::{self, SessionSettings, Sessions, random_token, sha256_hex};
+use crate::config::OidcConfig;
+
+/// How long a started login may take at the provider.
+const LOGIN_TTL: time::Duration = time::Duration::minutes(10);
+
+/// Timeout of each call to the provider.
+const PROVIDER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Longest provider error text echoed back to the browser.
+const MAX_PROVIDER_TEXT: usize = 200;
+
+/// The console's OpenID relying party and its sessions.
+#[derive(Clone)]
+pub struct ConsoleAuth {
+    inner: Arc<Inner>,
+    sessions: Sessions,
+}
+
+struct Inner {
+    validator: TokenValidator,
+    issuer: String,
+    client_id: String,
+    client_secret: SecretString,
+    redirect_uri: String,
+    scopes: Vec<String>,
+    post_logout_redirect_uri: Option<String>,
+    http: reqwest::Client,
+}
+
+impl FromRef<ConsoleAuth> for Sessions {
+    fn from_ref(console: &ConsoleAuth) -> Sessions {
+        console.sessions.clone()
+    }
+}
+
+impl ConsoleAuth {
+    /// The relying party of `[auth.oidc]`, keeping sessions in `sessions`.
+    pub fn new(oidc: &OidcConfig, sessions: Sessions) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            .timeout(PROVIDER_TIMEOUT)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?;
+        let mut provider = oidc.provider.clone();
+        // Access tokens are not used here; ID tokens are checked against the client id.
+        provider
+            .audience
+            .get_or_insert_with(|| oidc.client_id.clone());
+        let validator = TokenValidator::new(vec![provider], http.clone())?;
+        if oidc.redirect_uri.starts_with("http://") {
+            tracing::warn!(
+                redirect_uri = %oidc.redirect_uri,
+                "the console is configured over plain HTTP: browsers drop the Secure \
+                 __Host- session cookie there (except on localhost); serve it over HTTPS"
+            );
+        }
+        Ok(Self {
+            inner: Arc::new(Inner {
+                validator,
+                issuer: oidc.provider.issuer.clone(),
+                client_id: oidc.client_id.clone(),
+                client_secret: oidc.client_secret.clone(),
+                redirect_uri: oidc.redirect_uri.clone(),
+                scopes: oidc.scopes.clone(),
+                post_logout_redirect_uri: oidc.post_logout_redirect_uri.clone(),
+                http,
+            }),
+            sessions,
+        })
+    }
+
+    /// The console login of `config`, or `None` without `[auth.oidc]`.
+    pub fn from_config(
+        config: &crate::config::Config,
+        store: Arc<dyn certflow_core::ports::SessionStore>,
+    ) -> anyhow::Result<Option<Self>> {
+        let Some(oidc) = &config.auth.oidc else {
+            return Ok(None);
+        };
+        let settings = SessionSettings {
+            idle_timeout: config.auth.session.idle_timeout(),
+            absolute_timeout: config.auth.session.absolute_timeout(),
+            console_origin: config.auth.console_origin().unwrap_or_default(),
+        };
+        Self::new(oidc, Sessions::new(store, settings)).map(Some)
+    }
+
+    /// The sessions, for the auth middleware ([`Sessions::authenticate`]).
+    #[allow(dead_code)]
+    pub fn sessions(&self) -> &Sessions {
+        &self.sessions
+    }
+
+    async fn discovery(&self) -> ApiResult<Arc<DiscoveryDocument>> {
+        self.inner
+            .validator
+            .discovery(&self.inner.issuer)
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, "identity provider discovery failed");
+                provider_unavailable()
+            })
+    }
+}
+
+/// Routes of the login flow and the session: `/console/login`,
+/// `/console/callback`, `/console/logout`, `/console/session`.
+pub fn router(console: ConsoleAuth) -> Router {
+    Router::new()
+        .route("/console/login", get(login))
+        .route("/console/callback", get(callback))
+        .route("/console/logout", post(logout))
+        .route("/console/session", get(session::get_session))
+        .with_state(console)
+        .layer(axum::extract::DefaultBodyLimit::max(super::BODY_LIMIT))
+        .layer(tower_http::set_header::SetResponseHeaderLayer::overriding(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+}
+
+fn login_failed(detail: impl Into<String>) -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "login-failed",
+        "The login could not be completed",
+        detail,
+    )
+}
+
+fn provider_unavailable() -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_GATEWAY,
+        "identity-provider-unavailable",
+        "The identity provider is unavailable",
+        "the identity provider could not be reached or answered unexpectedly; retry later",
+    )
+}
+
+/// Printable ASCII excerpt of provider-supplied text.
+fn excerpt(s: &str) -> String {
+    s.chars()
+        .filter(|c| c.is_ascii_graphic() || *c == ' ')
+        .take(MAX_PROVIDER_TEXT)
+        .collect()
+}
+
+fn redirect(location: &str) -> ApiResult<Response> {
+    let location = HeaderValue::from_str(location)
+        .map_err(|_| ApiError::from(certflow_core::DomainError::Internal("location".into())))?;
+    Ok((
+        StatusCode::SEE_OTHER,
+        [
+            (header::LOCATION, location),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+        ],
+    )
+        .into_response())
+}
+
+/// Appends `params` to `endpoint`'s query.
+fn with_query(endpoint: &str, params: &[(&str, &str)]) -> ApiResult<String> {
+    let query = serde_urlencoded::to_string(params)
+        .map_err(|e| ApiError::from(certflow_core::DomainError::Internal(e.to_string())))?;
+    let sep = if endpoint.contains('?') { '&' } else { '?' };
+    Ok(format!("{endpoint}{sep}{query}"))
+}
+
+/// `GET /console/login`: start a login at the provider.
+async fn login(State(console): State<ConsoleAuth>) -> ApiResult<Response> {
+    let doc = console.discovery().await?;
+    let now = OffsetDateTime::now_utc();
+    if let Err(e) = console.sessions.store().purge_expired_sessions(now).await {
+        tracing::warn!(error = %e, "purging expired sessions failed");
+    }
+    let state = random_token()?;
+    let nonce = random_token()?;
+    let verifier = random_token()?;
+    let challenge = URL_SAFE_NO_PAD.encode(digest::digest(&digest::SHA256, verifier.as_bytes()));
+    console
+        .sessions
+        .store()
+        .insert_pending_login(&PendingLogin {
+            state_hash: sha256_hex(&state),
+            nonce: nonce.clone(),
+            pkce_verifier: verifier,
+            created_at: now,
+            expires_at: now + LOGIN_TTL,
+        })
+        .await?;
+    let inner = &console.inner;
+    let scope = std::iter::once("openid")
+        .chain(
+            inner
+                .scopes
+                .iter()
+                .map(String::as_str)
+                .filter(|s| *s != "openid"),
+        )
+        .collect::<Vec<_>>()
+        .join(" ");
+    let url = with_query(
+        &doc.authorization_endpoint,
+        &[
+            ("response_type", "code"),
+            ("client_id", &inner.client_id),
+            ("redirect_uri", &inner.redirect_uri),
+            ("scope", &scope),
+            ("state", &state),
+            ("nonce", &nonce),
+            ("code_challenge", &challenge),
+            ("code_challenge_method", "S256"),
+        ],
+    )?;
+    redirect(&url)
+}
+
+/// Query of the provider's redirect back to the console.
+#[derive(Debug, Deserialize)]
+struct Callback {
+    code: Option<String>,
+    state: Option<String>,
+    error: Option<String>,
+    error_description: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct TokenResponse {
+    id_token: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct TokenError {
+    error: Option<String>,
+    error_description: Option<String>,
+}
+
+/// `GET /console/callback`: finish the login and open a session.
+async fn callback(
+    State(console): State<ConsoleAuth>,
+    headers: HeaderMap,
+    query: Result<Query<Callback>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Response> {
+    let Query(q) = query?;
+    let Some(state) = q.state.as_deref().filter(|s| !s.is_empty()) else {
+        return Err(login_failed("the callback has no state"));
+    };
+    // Consumed before anything else, so a state works once whatever happens next.
+    let pending = console
+        .sessions
+        .store()
+        .take_pending_login(&sha256_hex(state))
+        .await?;
+    let Some(pending) = pending else {
+        tracing::warn!("console callback with an unknown or already used state");
+        return Err(login_failed(
+            "unknown or already used login state; start again at /console/login",
+        ));
+    };
+    let now = OffsetDateTime::now_utc();
+    if now >= pending.expires_at {
+        return Err(login_failed(
+            "the login took too long; start again at /console/login",
+        ));
+    }
+    if let Some(error) = q.error.as_deref() {
+        let description = q.error_description.as_deref().unwrap_or("");
+        return Err(login_failed(format!(
+            "the identity provider refused the login: {} {}",
+            excerpt(error),
+            excerpt(description)
+        )));
+    }
+    let Some(code) = q.code.as_deref().filter(|c| !c.is_empty()) else {
+        return Err(login_failed("the callback has no code"));
+    };
+    let doc = console.discovery().await?;
+    let inner = &console.inner;
+    let id_token = exchange(inner, &doc.token_endpoint, code, &pending.pkce_verifier).await?;
+    let claims = inner
+        .validator
+        .validate_id_token(&id_token, &pending.nonce, &inner.client_id)
+        .await
+        .map_err(|e: AuthError| {
+            tracing::warn!(reason = e.reason(), error = %e, "console login: ID token refused");
+            if e.is_unavailable() {
+                provider_unavailable()
+            } else {
+                login_failed(format!("the ID token is not valid ({})", e.reason()))
+            }
+        })?;
+    if claims.subject.as_deref().is_none_or(str::is_empty) {
+        return Err(login_failed("the ID token has no subject"));
+    }
+    let principal = inner.validator.principal(&claims);
+    // Whatever session the browser brought is ended, never upgraded.
+    console.sessions.end_cookie_session(&headers).await?;
+    let (id, created) = console
+        .sessions
+        .create(principal, Some(id_token), now)
+        .await?;
+    tracing::info!(
+        subject = %created.principal.subject,
+        roles = ?created.principal.roles,
+        "console login"
+    );
+    let mut response = redirect("/console/")?;
+    response
+        .headers_mut()
+        .insert(header::SET_COOKIE, session::set_cookie(&id)?);
+    Ok(response)
+}
+
+/// Exchanges `code` at the token endpoint; returns the ID token.
+async fn exchange(
+    inner: &Inner,
+    token_endpoint: &str,
+    code: &str,
+    verifier: &str,
+) -> ApiResult<String> {
+    let form = serde_urlencoded::to_string([
+        ("grant_type", "authorization_code"),
+        ("code", code),
+        ("redirect_uri", &inner.redirect_uri),
+        ("code_verifier", verifier),
+    ])
+    .map_err(|e| ApiError::from(certflow_core::DomainError::Internal(e.to_string())))?;
+    // RFC 6749 §2.3.1: both halves form-encoded before Basic.
+    let basic = format!(
+        "{}:{}",
+        form_encode(&inner.client_id),
+        form_encode(inner.client_secret.expose_secret())
+    );
+    let response = inner
+        .http
+        .post(token_endpoint)
+        .header(
+            header::AUTHORIZATION,
+            format!("Basic {}", STANDARD.encode(basic)),
+        )
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .header(header::ACCEPT, "application/json")
+        .body(form)
+        .send()
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %e, "token endpoint unreachable");
+            provider_unavailable()
+        })?;
+    let status = response.status();
+    let body = response.bytes().await.map_err(|e| {
+        tracing::warn!(error = %e, "token endpoint response unreadable");
+        provider_unavailable()
+    })?;
+    if status.is_client_error() {
+        let err: TokenError = serde_json::from_slice(&body).unwrap_or(TokenError {
+            error: None,
+            error_description: None,
+        });
+        let error = excerpt(err.error.as_deref().unwrap_or("error"));
+        let description = excerpt(err.error_description.as_deref().unwrap_or(""));
+        tracing::warn!(%status, %error, %description, "token endpoint refused the code");
+        return Err(login_failed(format!(
+            "the identity provider refused the code: {error} {description}"
+        )));
+    }
+    if !status.is_success() {
+        tracing::warn!(%status, "token endpoint failed");
+        return Err(provider_unavailable());
+    }
+    let tokens: TokenResponse = serde_json::from_slice(&body).map_err(|e| {
+        tracing::warn!(error = %e, "token endpoint answered no JSON");
+        provider_unavailable()
+    })?;
+    tokens
+        .id_token
+        .ok_or_else(|| login_failed("the identity provider returned no ID token"))
+}
+
+fn form_encode(s: &str) -> String {
+    serde_urlencoded::to_string([("", s)])
+        .map(|e| e.trim_start_matches('=').to_owned())
+        .unwrap_or_default()
+}
+
+/// Answer of `POST /console/logout`.
+#[derive(Debug, Serialize)]
+pub struct LogoutView {
+    /// Where to send the browser to end the provider's session too, if it supports that.
+    pub end_session_url: Option<String>,
+}
+
+/// `POST /console/logout`: ends the session (CSRF-protected).
+async fn logout(State(console): State<ConsoleAuth>, headers: HeaderMap) -> ApiResult<Response> {
+    let session = console
+        .sessions
+        .authenticate_session(&axum::http::Method::POST, &headers)
+        .await?
+        .ok_or_else(|| ApiError::unauthorized("no console session"))?;
+    console.sessions.end(&session).await?;
+    tracing::info!(subject = %session.principal.subject, "console logout");
+    let inner = &console.inner;
+    // The provider session outlives ours unless the browser goes there too.
+    let end_session_url = match console.discovery().await {
+        Ok(doc) => match &doc.end_session_endpoint {
+            Some(endpoint) => {
+                let mut params = vec![("client_id", inner.client_id.as_str())];
+                if let Some(hint) = session.id_token.as_deref() {
+                    params.push(("id_token_hint", hint));
+                }
+                if let Some(uri) = inner.post_logout_redirect_uri.as_deref() {
+                    params.push(("post_logout_redirect_uri", uri));
+                }
+                Some(with_query(endpoint, &params)?)
+            }
+            None => None,
+        },
+        Err(_) => None,
+    };
+    Ok((
+        [
+            (header::SET_COOKIE, session::clear_cookie()),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+        ],
+        axum::Json(LogoutView { end_session_url }),
+    )
+        .into_response())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_is_appended_and_encoded() {
+        assert_eq!(
+            with_query("https://op/auth", &[("a", "x y"), ("b", "/&")]).unwrap(),
+            "https://op/auth?a=x+y&b=%2F%26"
+        );
+        assert_eq!(
+            with_query("https://op/auth?p=1", &[("a", "1")]).unwrap(),
+            "https://op/auth?p=1&a=1"
+        );
+    }
+
+    #[test]
+    fn basic_credentials_are_form_encoded() {
+        assert_eq!(form_encode("a b:c"), "a+b%3Ac");
+    }
+
+    #[test]
+    fn provider_text_is_reduced_to_printable_ascii() {
+        assert_eq!(excerpt("bad\n\u{1b}[31mcode"), "bad[31mcode");
+        assert_eq!(excerpt(&"x".repeat(500)).len(), MAX_PROVIDER_TEXT);
+    }
+}

@@ -1,0 +1,358 @@
+//! Server-side browser sessions of the console: the `__Host-certflow_session`
+//! cookie, its lookup with idle and absolute timeouts, and CSRF protection of
+//! cookie-authenticated, state-changing requests.
+//!
+//! The cookie holds 256 random bits; the database holds only their SHA-256,
+//! the principal mapped at login and a per-session CSRF token. A request that
+//! changes state with the cookie must echo that token in `X-CSRF-Token` (a
+//! cross-site page cannot read it) and, when it sends `Origin`, come from the
+//! console's origin. Bearer-token requests carry no ambient credential and
+//! are not subject to either check.
+//!
+//! `__Host-` cookies are only accepted by browsers over HTTPS (`Secure`), so
+//! the console must be served over TLS (at the load balancer or a proxy).
+
+use std::sync::Arc;
+
+use aws_lc_rs::{constant_time, digest, rand};
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use certflow_core::DomainError;
+use certflow_core::access::{Principal, Role};
+use certflow_core::error::DomainResult;
+use certflow_core::ports::SessionStore;
+use certflow_core::session::Session;
+use serde::Serialize;
+use time::{Duration, OffsetDateTime};
+
+use super::errors::ApiError;
+
+/// Name of the session cookie; `__Host-` pins it to this host, path `/`, `Secure`.
+pub const COOKIE: &str = "__Host-certflow_session";
+
+/// Header carrying the session's CSRF token.
+pub const CSRF_HEADER: &str = "x-csrf-token";
+
+/// Longest pause between two `last_seen` writes of one session.
+const TOUCH_EVERY_MAX: Duration = Duration::seconds(60);
+
+/// 256 random bits, base64url.
+pub(crate) fn random_token() -> DomainResult<String> {
+    let mut raw = [0u8; 32];
+    rand::fill(&mut raw).map_err(|_| DomainError::Internal("random source failed".into()))?;
+    Ok(URL_SAFE_NO_PAD.encode(raw))
+}
+
+/// SHA-256 (hex) of a browser-held secret, the form in which it is stored.
+pub(crate) fn sha256_hex(secret: &str) -> String {
+    hex::encode(digest::digest(&digest::SHA256, secret.as_bytes()).as_ref())
+}
+
+/// Session lifetimes and the console's origin.
+#[derive(Debug, Clone)]
+pub struct SessionSettings {
+    /// A session with no request for this long ends.
+    pub idle_timeout: Duration,
+    /// A session ends this long after login whatever the activity.
+    pub absolute_timeout: Duration,
+    /// `scheme://host[:port]` of the console; other `Origin`s may not change state.
+    pub console_origin: String,
+}
+
+/// The session service: creates, finds, refreshes and ends sessions.
+#[derive(Clone)]
+pub struct Sessions {
+    store: Arc<dyn SessionStore>,
+    settings: Arc<SessionSettings>,
+}
+
+/// A live session found from a request's cookie.
+#[derive(Debug, Clone)]
+pub struct CurrentSession {
+    /// The stored session.
+    pub session: Session,
+}
+
+impl Sessions {
+    /// Sessions kept in `store`.
+    pub fn new(store: Arc<dyn SessionStore>, settings: SessionSettings) -> Self {
+        Self {
+            store,
+            settings: Arc::new(settings),
+        }
+    }
+
+    /// The store (for pending logins).
+    pub fn store(&self) -> &Arc<dyn SessionStore> {
+        &self.store
+    }
+
+    /// Creates a session with a fresh id for `principal`; returns the cookie
+    /// value (the id) and the stored session. Never reuses an id the browser
+    /// brought: that would let a planted cookie ride the login (fixation).
+    pub async fn create(
+        &self,
+        principal: Principal,
+        id_token: Option<String>,
+        now: OffsetDateTime,
+    ) -> DomainResult<(String, Session)> {
+        let id = random_token()?;
+        let session = Session {
+            id_hash: sha256_hex(&id),
+            principal,
+            csrf_token: random_token()?,
+            id_token,
+            created_at: now,
+            last_seen: now,
+            idle_expires_at: now + self.settings.idle_timeout,
+            absolute_expires_at: now + self.settings.absolute_timeout,
+        };
+        self.store.insert_session(&session).await?;
+        Ok((id, session))
+    }
+
+    /// The live session named by the request's cookie, if any; records the
+    /// activity (at most every `min(60 s, idle/4)`, to spare the database a
+    /// write per request). An expired session is deleted and reads as none.
+    pub async fn current(
+        &self,
+        headers: &HeaderMap,
+        now: OffsetDateTime,
+    ) -> DomainResult<Option<CurrentSession>> {
+        let Some(id) = cookie_value(headers, COOKIE) else {
+            return Ok(None);
+        };
+        let id_hash = sha256_hex(&id);
+        let Some(mut session) = self.store.get_session(&id_hash).await? else {
+            return Ok(None);
+        };
+        if !session.is_live(now) {
+            self.store.delete_session(&id_hash).await?;
+            return Ok(None);
+        }
+        let every = TOUCH_EVERY_MAX.min(self.settings.idle_timeout / 4);
+        if now - session.last_seen >= every {
+            let idle = now + self.settings.idle_timeout;
+            self.store.touch_session(&id_hash, now, idle).await?;
+            session.last_seen = now;
+            session.idle_expires_at = idle;
+        }
+        Ok(Some(CurrentSession { session }))
+    }
+
+    /// Authenticates a request by its session cookie, for the auth middleware.
+    ///
+    /// `Ok(None)`: no session (no or unknown cookie, expired session) or a
+    /// bearer-token request, which this does not judge. `Ok(Some)`: the
+    /// session's principal. `Err` (403): a state-changing request with the
+    /// cookie but without the session's CSRF token or from a foreign origin.
+    // Called by the console API's auth middleware once that accepts sessions.
+    #[allow(dead_code)]
+    pub async fn authenticate(
+        &self,
+        method: &Method,
+        headers: &HeaderMap,
+    ) -> Result<Option<Principal>, ApiError> {
+        Ok(self
+            .authenticate_session(method, headers)
+            .await?
+            .map(|s| s.principal))
+    }
+
+    /// [`authenticate`](Self::authenticate), returning the whole session.
+    pub async fn authenticate_session(
+        &self,
+        method: &Method,
+        headers: &HeaderMap,
+    ) -> Result<Option<Session>, ApiError> {
+        if has_bearer(headers) {
+            return Ok(None);
+        }
+        let Some(current) = self.current(headers, OffsetDateTime::now_utc()).await? else {
+            return Ok(None);
+        };
+        if changes_state(method) {
+            self.check_csrf(&current.session, headers)?;
+        }
+        Ok(Some(current.session))
+    }
+
+    /// Refuses a state-changing request that lacks the session's CSRF token
+    /// or comes from another origin.
+    pub fn check_csrf(&self, session: &Session, headers: &HeaderMap) -> Result<(), ApiError> {
+        if let Some(origin) = headers.get(header::ORIGIN) {
+            // `null` (sandboxed frames, some redirects) is as foreign as any other site.
+            if origin.as_bytes() != self.settings.console_origin.as_bytes() {
+                tracing::warn!(origin = ?origin, "refused cross-origin session request");
+                return Err(csrf_refused("the request comes from another origin"));
+            }
+        }
+        let sent = headers
+            .get(CSRF_HEADER)
+            .map(HeaderValue::as_bytes)
+            .unwrap_or_default();
+        if sent.is_empty()
+            || constant_time::verify_slices_are_equal(sent, session.csrf_token.as_bytes()).is_err()
+        {
+            return Err(csrf_refused(
+                "send the session's CSRF token (GET /console/session) in X-CSRF-Token",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Ends the session of `id_hash`.
+    pub async fn end(&self, session: &Session) -> DomainResult<bool> {
+        self.store.delete_session(&session.id_hash).await
+    }
+
+    /// Deletes the session named by the request's cookie, if any (a login
+    /// replaces whatever session the browser had).
+    pub async fn end_cookie_session(&self, headers: &HeaderMap) -> DomainResult<()> {
+        if let Some(id) = cookie_value(headers, COOKIE) {
+            self.store.delete_session(&sha256_hex(&id)).await?;
+        }
+        Ok(())
+    }
+}
+
+/// `Set-Cookie` of a new session.
+pub fn set_cookie(id: &str) -> Result<HeaderValue, ApiError> {
+    // No Max-Age: a browser session cookie; the server enforces the timeouts.
+    HeaderValue::from_str(&format!(
+        "{COOKIE}={id}; Secure; HttpOnly; SameSite=Lax; Path=/"
+    ))
+    .map_err(|_| ApiError::from(DomainError::Internal("session cookie".into())))
+}
+
+/// `Set-Cookie` that makes the browser drop the session cookie.
+pub fn clear_cookie() -> HeaderValue {
+    HeaderValue::from_static(
+        "__Host-certflow_session=; Secure; HttpOnly; SameSite=Lax; Path=/; Max-Age=0",
+    )
+}
+
+fn csrf_refused(detail: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        "csrf",
+        "Cross-site request refused",
+        detail,
+    )
+}
+
+fn changes_state(method: &Method) -> bool {
+    !matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+    )
+}
+
+fn has_bearer(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.len() > 7 && v[..7].eq_ignore_ascii_case("bearer "))
+}
+
+/// The value of cookie `name` in the request's `Cookie` headers.
+pub(crate) fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, v)| *k == name && !v.is_empty())
+        .map(|(_, v)| v.to_owned())
+}
+
+/// What the console UI learns about its session.
+#[derive(Debug, Serialize)]
+pub struct SessionView {
+    /// The person's subject (`sub`).
+    pub subject: String,
+    /// Roles mapped from the provider's groups.
+    pub roles: Vec<Role>,
+    /// Teams mapped from the provider's groups.
+    pub teams: Vec<String>,
+    /// Token to send in `X-CSRF-Token` on state-changing requests.
+    pub csrf_token: String,
+    /// When the session ends without further activity (RFC 3339).
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+}
+
+/// `GET /console/session`: who is signed in, and the CSRF token.
+pub async fn get_session(State(sessions): State<Sessions>, headers: HeaderMap) -> Response {
+    match sessions.current(&headers, OffsetDateTime::now_utc()).await {
+        Ok(Some(CurrentSession { session })) => {
+            let view = SessionView {
+                expires_at: session.expires_at(),
+                subject: session.principal.subject,
+                roles: session.principal.roles,
+                teams: session.principal.teams,
+                csrf_token: session.csrf_token,
+            };
+            (
+                [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))],
+                axum::Json(view),
+            )
+                .into_response()
+        }
+        Ok(None) => {
+            ApiError::unauthorized("no console session; sign in at /console/login").into_response()
+        }
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cookie_is_found_among_others_and_empty_is_none() {
+        let mut h = HeaderMap::new();
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; __Host-certflow_session=xyz"),
+        );
+        assert_eq!(cookie_value(&h, COOKIE).as_deref(), Some("xyz"));
+        let mut h = HeaderMap::new();
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("__Host-certflow_session="),
+        );
+        assert_eq!(cookie_value(&h, COOKIE), None);
+        let mut h = HeaderMap::new();
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("x__Host-certflow_session=1"),
+        );
+        assert_eq!(cookie_value(&h, COOKIE), None);
+    }
+
+    #[test]
+    fn cookie_attributes() {
+        let v = set_cookie("abc").unwrap();
+        assert_eq!(
+            v.to_str().unwrap(),
+            "__Host-certflow_session=abc; Secure; HttpOnly; SameSite=Lax; Path=/"
+        );
+        assert!(!clear_cookie().to_str().unwrap().contains("Domain"));
+    }
+
+    #[test]
+    fn safe_methods_do_not_change_state() {
+        assert!(!changes_state(&Method::GET));
+        assert!(changes_state(&Method::POST));
+        assert!(changes_state(&Method::DELETE));
+        assert!(changes_state(&Method::PATCH));
+        assert!(changes_state(&Method::PUT));
+    }
+}

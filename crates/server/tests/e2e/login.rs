@@ -1,0 +1,594 @@
+//! Console login through OpenID Connect against a real provider
+//! (oidc-provider, started here from `oidc/login-provider.mjs`) and the real
+//! `certflow serve`: the browser is played by an HTTP client that follows
+//! redirects itself, keeps the provider's cookies and posts its devInteractions
+//! login and consent forms. Cookies are read from `Set-Cookie` by hand: the
+//! `__Host-` session cookie is `Secure`, and this runs over plain loopback HTTP.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use reqwest::blocking::{Client, Response};
+use reqwest::header::{COOKIE, LOCATION, SET_COOKIE};
+use serde_json::Value;
+
+use super::{Server, require, start};
+
+const COOKIE_NAME: &str = "__Host-certflow_session";
+
+/// The OpenID provider process.
+struct Op {
+    child: Child,
+    issuer: String,
+}
+
+impl Drop for Op {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_op(dir: &Path, port: u16, console: &str) -> Op {
+    require("node", "apt-get install nodejs (Node 20 or later)");
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let module = manifest.join("../auth/tests/oidc/node_modules/oidc-provider/lib/index.js");
+    assert!(
+        module.exists(),
+        "oidc-provider is required: cd crates/auth/tests/oidc && npm ci (missing {})",
+        module.display()
+    );
+    let log = dir.join(format!("op-{port}.log"));
+    // Both streams to a file: the provider writes notices later, and a closed
+    // pipe would kill it.
+    let out = std::fs::File::create(&log).unwrap();
+    let mut child = Command::new("node")
+        .arg(manifest.join("tests/e2e/oidc/login-provider.mjs"))
+        .env("OIDC_PROVIDER_MODULE", &module)
+        .env("OP_PORT", port.to_string())
+        .env(
+            "CONSOLE_REDIRECT_URI",
+            format!("{console}/console/callback"),
+        )
+        .env("CONSOLE_POST_LOGOUT_URI", format!("{console}/console/"))
+        .stdout(Stdio::from(out.try_clone().unwrap()))
+        .stderr(Stdio::from(out))
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(issuer) = text.lines().find_map(|l| l.strip_prefix("READY ")) {
+            return Op {
+                child,
+                issuer: issuer.to_owned(),
+            };
+        }
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!(
+        "oidc-provider did not start: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+}
+
+/// Starts certflow on `port` with `[auth.oidc]` for `op` and `session` as `[auth.session]`.
+fn start_certflow(dir: &Path, port: u16, op: &Op, session: &str) -> Server {
+    let console = format!("http://127.0.0.1:{port}");
+    let config = dir.join(format!("certflow-{port}.toml"));
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[auth.oidc]
+issuer = "{issuer}"
+client_id = "console"
+client_secret = "console-secret"
+redirect_uri = "{console}/console/callback"
+post_logout_redirect_uri = "{console}/console/"
+scopes = ["groups"]
+team_group_prefix = "team-"
+
+[auth.oidc.roles]
+admin = ["certflow-admins"]
+operator = ["certflow-operators"]
+
+[auth.session]
+{session}
+"#,
+            issuer = op.issuer
+        ),
+    )
+    .unwrap();
+    let listen = format!("127.0.0.1:{port}");
+    start(
+        &dir.join(format!("data-{port}")),
+        &[
+            ("CERTFLOW_SERVER__LISTEN", listen.as_str()),
+            ("CERTFLOW_CONFIG", config.to_str().unwrap()),
+        ],
+    )
+    .expect("certflow starts with [auth.oidc]")
+}
+
+fn client() -> Client {
+    Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .build()
+        .unwrap()
+}
+
+fn location(r: &Response) -> String {
+    r.headers()
+        .get(LOCATION)
+        .unwrap_or_else(|| panic!("no Location on {} {}", r.status(), r.url()))
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// Every `Set-Cookie` of a response.
+fn set_cookies(r: &Response) -> Vec<String> {
+    r.headers()
+        .get_all(SET_COOKIE)
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .collect()
+}
+
+/// The browser's side at the provider: its cookies, sent back on every request.
+#[derive(Default)]
+struct OpJar(BTreeMap<String, String>);
+
+impl OpJar {
+    fn header(&self) -> String {
+        self.0
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    fn keep(&mut self, r: &Response) {
+        for c in set_cookies(r) {
+            let pair = c.split(';').next().unwrap();
+            let (k, v) = pair.split_once('=').unwrap();
+            if v.is_empty() {
+                self.0.remove(k);
+            } else {
+                self.0.insert(k.to_owned(), v.to_owned());
+            }
+        }
+    }
+}
+
+/// Plays the browser at the provider from `auth_url`: follows redirects, signs
+/// in as `user` and consents, until the provider sends the browser to a URL
+/// starting with `back_to`, which is returned (not followed).
+fn authorize(
+    http: &Client,
+    jar: &mut OpJar,
+    op: &Op,
+    auth_url: &str,
+    user: &str,
+    back_to: &str,
+) -> String {
+    let mut url = auth_url.to_owned();
+    for _ in 0..20 {
+        if url.starts_with(back_to) {
+            return url;
+        }
+        assert!(url.starts_with(&op.issuer), "left the provider for {url}");
+        let r = http.get(&url).header(COOKIE, jar.header()).send().unwrap();
+        jar.keep(&r);
+        if r.status().is_redirection() {
+            url = absolute(&op.issuer, &location(&r));
+            continue;
+        }
+        let status = r.status();
+        let body = r.text().unwrap();
+        assert_eq!(status, 200, "{url}: {body}");
+        // A devInteractions page: the login form, then the consent form.
+        let prompt = if body.contains(r#"name="login""#) {
+            "login"
+        } else {
+            "consent"
+        };
+        let form: &[(&str, &str)] = if prompt == "login" {
+            &[("prompt", "login"), ("login", user), ("password", "any")]
+        } else {
+            &[("prompt", "consent")]
+        };
+        let r = http
+            .post(&url)
+            .header(COOKIE, jar.header())
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .body(serde_urlencoded::to_string(form).unwrap())
+            .send()
+            .unwrap();
+        jar.keep(&r);
+        assert!(r.status().is_redirection(), "{prompt} form: {}", r.status());
+        url = absolute(&op.issuer, &location(&r));
+    }
+    panic!("too many redirects from {auth_url}");
+}
+
+fn absolute(base: &str, location: &str) -> String {
+    if location.starts_with("http://") || location.starts_with("https://") {
+        location.to_owned()
+    } else {
+        format!("{base}{location}")
+    }
+}
+
+/// A query parameter of `url`.
+fn param(url: &str, name: &str) -> Option<String> {
+    let query = url.split_once('?')?.1;
+    serde_urlencoded::from_str::<Vec<(String, String)>>(query)
+        .unwrap()
+        .into_iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v)
+}
+
+/// `url` with query parameter `name` set to `value` (or removed when `None`).
+fn with_param(url: &str, name: &str, value: Option<&str>) -> String {
+    let (base, query) = url.split_once('?').unwrap();
+    let mut pairs: Vec<(String, String)> = serde_urlencoded::from_str(query).unwrap();
+    pairs.retain(|(k, _)| k != name);
+    if let Some(v) = value {
+        pairs.push((name.to_owned(), v.to_owned()));
+    }
+    format!("{base}?{}", serde_urlencoded::to_string(pairs).unwrap())
+}
+
+/// The certflow side of one browser.
+struct Console {
+    http: Client,
+    base: String,
+}
+
+impl Console {
+    /// `GET /console/login` (with `cookie` if given); returns the provider URL it redirects to.
+    fn login_url(&self, cookie: Option<&str>) -> String {
+        let mut req = self.http.get(format!("{}/console/login", self.base));
+        if let Some(c) = cookie {
+            req = req.header(COOKIE, format!("{COOKIE_NAME}={c}"));
+        }
+        let r = req.send().unwrap();
+        assert_eq!(r.status(), 303, "{:?}", r.text());
+        location(&r)
+    }
+
+    fn callback(&self, url: &str, cookie: Option<&str>) -> Response {
+        let mut req = self.http.get(url);
+        if let Some(c) = cookie {
+            req = req.header(COOKIE, format!("{COOKIE_NAME}={c}"));
+        }
+        req.send().unwrap()
+    }
+
+    /// A whole login as `user`; returns the session cookie's value.
+    fn sign_in(&self, op: &Op, user: &str) -> String {
+        let mut jar = OpJar::default();
+        let auth = self.login_url(None);
+        let cb = authorize(&self.http, &mut jar, op, &auth, user, &self.base);
+        let r = self.callback(&cb, None);
+        assert_eq!(r.status(), 303, "{:?}", r.text());
+        session_cookie(&r)
+    }
+
+    fn session(&self, cookie: &str) -> (u16, Value) {
+        let r = self
+            .http
+            .get(format!("{}/console/session", self.base))
+            .header(COOKIE, format!("{COOKIE_NAME}={cookie}"))
+            .send()
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().unwrap_or(Value::Null))
+    }
+
+    fn logout(&self, cookie: &str, csrf: Option<&str>, origin: Option<&str>) -> Response {
+        let mut req = self
+            .http
+            .post(format!("{}/console/logout", self.base))
+            .header(COOKIE, format!("{COOKIE_NAME}={cookie}"));
+        if let Some(t) = csrf {
+            req = req.header("X-CSRF-Token", t);
+        }
+        if let Some(o) = origin {
+            req = req.header("Origin", o);
+        }
+        req.send().unwrap()
+    }
+}
+
+/// The session cookie set by a response, checking its attributes.
+fn session_cookie(r: &Response) -> String {
+    let cookies = set_cookies(r);
+    let c = cookies
+        .iter()
+        .find(|c| c.starts_with(&format!("{COOKIE_NAME}=")))
+        .unwrap_or_else(|| panic!("no session cookie in {cookies:?}"));
+    let (pair, attrs) = c.split_once("; ").unwrap();
+    assert_eq!(attrs, "Secure; HttpOnly; SameSite=Lax; Path=/", "{c}");
+    pair.split_once('=').unwrap().1.to_owned()
+}
+
+/// A problem document's status and `type`.
+fn problem(r: Response) -> (u16, String, String) {
+    let status = r.status().as_u16();
+    let ct = r
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    assert_eq!(ct, "application/problem+json", "status {status}");
+    let v: Value = r.json().unwrap();
+    (
+        status,
+        v["type"]
+            .as_str()
+            .unwrap()
+            .rsplit('/')
+            .next()
+            .unwrap()
+            .to_owned(),
+        v["detail"].as_str().unwrap_or_default().to_owned(),
+    )
+}
+
+fn setup(session: &str) -> (tempfile::TempDir, Op, Server, Console) {
+    let tmp = tempfile::tempdir().unwrap();
+    let (cf_port, op_port) = (certflow_testkit::free_port(), certflow_testkit::free_port());
+    let base = format!("http://127.0.0.1:{cf_port}");
+    let op = start_op(tmp.path(), op_port, &base);
+    let server = start_certflow(tmp.path(), cf_port, &op, session);
+    assert_eq!(server.url, base);
+    let console = Console {
+        http: client(),
+        base,
+    };
+    (tmp, op, server, console)
+}
+
+#[test]
+fn console_login_gives_a_fresh_session_with_csrf_and_logout_ends_it() {
+    let (_tmp, op, server, console) = setup("");
+
+    // The login request: a code flow with PKCE (S256), state and nonce.
+    let planted = "planted-by-an-attacker";
+    let auth = console.login_url(Some(planted));
+    assert!(auth.starts_with(&format!("{}/auth?", op.issuer)), "{auth}");
+    assert_eq!(param(&auth, "response_type").as_deref(), Some("code"));
+    assert_eq!(param(&auth, "client_id").as_deref(), Some("console"));
+    assert_eq!(
+        param(&auth, "redirect_uri"),
+        Some(format!("{}/console/callback", console.base))
+    );
+    assert_eq!(param(&auth, "scope").as_deref(), Some("openid groups"));
+    assert_eq!(
+        param(&auth, "code_challenge_method").as_deref(),
+        Some("S256")
+    );
+    assert_eq!(param(&auth, "code_challenge").unwrap().len(), 43);
+    assert_eq!(param(&auth, "state").unwrap().len(), 43, "32 random bytes");
+    assert!(param(&auth, "nonce").unwrap().len() >= 43);
+
+    // The browser signs in at the provider and comes back with a code; the
+    // cookie it had before login is not the one it has after (no fixation).
+    let mut jar = OpJar::default();
+    let cb = authorize(&console.http, &mut jar, &op, &auth, "bob", &console.base);
+    let r = console.callback(&cb, Some(planted));
+    assert_eq!(r.status(), 303);
+    assert_eq!(location(&r), "/console/");
+    let cookie = session_cookie(&r);
+    assert_ne!(cookie, planted);
+    assert_eq!(cookie.len(), 43, "256-bit session id");
+    assert_eq!(console.session(planted).0, 401);
+
+    // The session: subject, roles and teams from the provider's group claim.
+    let (status, s) = console.session(&cookie);
+    assert_eq!(status, 200, "{s}");
+    assert_eq!(s["subject"], "bob");
+    assert_eq!(s["roles"], serde_json::json!(["operator"]));
+    assert_eq!(s["teams"], serde_json::json!(["payments", "search"]));
+    let csrf = s["csrf_token"].as_str().unwrap().to_owned();
+    assert_eq!(csrf.len(), 43);
+    assert!(s["expires_at"].as_str().unwrap().ends_with('Z'), "{s}");
+    let (status, _) = console.session("not-a-session");
+    assert_eq!(status, 401);
+
+    // State-changing requests with the cookie need the CSRF token and the console's origin.
+    let (status, code, _) = problem(console.logout(&cookie, None, None));
+    assert_eq!((status, code.as_str()), (403, "csrf"));
+    let (status, code, _) = problem(console.logout(&cookie, Some("wrong"), None));
+    assert_eq!((status, code.as_str()), (403, "csrf"));
+    let (status, code, _) =
+        problem(console.logout(&cookie, Some(&csrf), Some("https://evil.example")));
+    assert_eq!((status, code.as_str()), (403, "csrf"));
+    let (status, code, _) = problem(console.logout(&cookie, Some(&csrf), Some("null")));
+    assert_eq!((status, code.as_str()), (403, "csrf"));
+    assert_eq!(
+        console.session(&cookie).0,
+        200,
+        "refused requests leave the session"
+    );
+
+    // Logout with the token from the console's origin: the session ends, the
+    // cookie is expired, and the provider's end-session URL comes back.
+    let r = console.logout(&cookie, Some(&csrf), Some(&console.base));
+    assert_eq!(r.status(), 200);
+    let cleared = set_cookies(&r);
+    assert!(
+        cleared
+            .iter()
+            .any(|c| c.starts_with(&format!("{COOKIE_NAME}=;")) && c.contains("Max-Age=0")),
+        "{cleared:?}"
+    );
+    let body: Value = r.json().unwrap();
+    let end = body["end_session_url"].as_str().unwrap().to_owned();
+    assert!(
+        end.starts_with(&format!("{}/session/end?", op.issuer)),
+        "{end}"
+    );
+    assert!(
+        param(&end, "id_token_hint").unwrap().split('.').count() == 3,
+        "{end}"
+    );
+    assert_eq!(
+        param(&end, "post_logout_redirect_uri"),
+        Some(format!("{}/console/", console.base))
+    );
+    // The provider accepts it (a refused hint or redirect would be a 400 page).
+    let r = console
+        .http
+        .get(&end)
+        .header(COOKIE, jar.header())
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200, "{:?}", r.text());
+    assert_eq!(console.session(&cookie).0, 401, "cookie no longer accepted");
+    assert_eq!(console.logout(&cookie, Some(&csrf), None).status(), 401);
+    drop(server);
+}
+
+#[test]
+fn login_attacks_are_refused() {
+    let (_tmp, op, _server, console) = setup("");
+    let callback = format!("{}/console/callback", console.base);
+
+    // Missing and unknown state.
+    let (status, code, _) = problem(console.callback(&format!("{callback}?code=x"), None));
+    assert_eq!((status, code.as_str()), (400, "login-failed"));
+    let (status, code, _) =
+        problem(console.callback(&format!("{callback}?code=x&state=forged"), None));
+    assert_eq!((status, code.as_str()), (400, "login-failed"));
+
+    // A replayed callback: the state was consumed by the first.
+    let mut jar = OpJar::default();
+    let auth = console.login_url(None);
+    let cb = authorize(&console.http, &mut jar, &op, &auth, "alice", &console.base);
+    assert_eq!(console.callback(&cb, None).status(), 303);
+    let (status, code, detail) = problem(console.callback(&cb, None));
+    assert_eq!((status, code.as_str()), (400, "login-failed"), "{detail}");
+
+    // Code injection with another nonce: the attacker runs the authorization
+    // for certflow's state and PKCE challenge but with a nonce of its own; the
+    // code exchanges (same challenge) and the ID token's nonce gives it away.
+    let auth = console.login_url(None);
+    let forged = with_param(&auth, "nonce", Some("attacker-chosen-nonce"));
+    let cb = authorize(
+        &console.http,
+        &mut OpJar::default(),
+        &op,
+        &forged,
+        "alice",
+        &console.base,
+    );
+    let (status, code, detail) = problem(console.callback(&cb, None));
+    assert_eq!((status, code.as_str()), (400, "login-failed"));
+    assert!(detail.contains("nonce_mismatch"), "{detail}");
+
+    // PKCE: a stolen code is useless without the verifier (the provider refuses it).
+    let auth = console.login_url(None);
+    let cb = authorize(
+        &console.http,
+        &mut OpJar::default(),
+        &op,
+        &auth,
+        "alice",
+        &console.base,
+    );
+    let code_value = param(&cb, "code").unwrap();
+    let r = console
+        .http
+        .post(format!("{}/token", op.issuer))
+        .basic_auth("console", Some("console-secret"))
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .body(
+            serde_urlencoded::to_string([
+                ("grant_type", "authorization_code"),
+                ("code", code_value.as_str()),
+                ("redirect_uri", callback.as_str()),
+            ])
+            .unwrap(),
+        )
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let err: Value = r.json().unwrap();
+    assert_eq!(err["error"], "invalid_grant", "{err}");
+    // And an authorization request without a challenge is refused by the provider.
+    let auth = console.login_url(None);
+    let bare = with_param(
+        &with_param(&auth, "code_challenge", None),
+        "code_challenge_method",
+        None,
+    );
+    let cb = authorize(
+        &console.http,
+        &mut OpJar::default(),
+        &op,
+        &bare,
+        "alice",
+        &console.base,
+    );
+    assert_eq!(
+        param(&cb, "error").as_deref(),
+        Some("invalid_request"),
+        "{cb}"
+    );
+    let (status, code, _) = problem(console.callback(&cb, None));
+    assert_eq!((status, code.as_str()), (400, "login-failed"));
+
+    // A foreign redirect_uri: the provider refuses to send the code anywhere else.
+    let auth = console.login_url(None);
+    let foreign = with_param(
+        &auth,
+        "redirect_uri",
+        Some("https://evil.example/console/callback"),
+    );
+    let r = console.http.get(&foreign).send().unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.headers().get(LOCATION).is_none());
+    assert!(r.text().unwrap().contains("redirect_uri"));
+}
+
+#[test]
+fn idle_and_absolute_timeouts_end_sessions() {
+    // Idle 3 s, absolute 9 s.
+    let (_tmp, op, _server, console) =
+        setup("idle_timeout_minutes = 0.05\nabsolute_timeout_hours = 0.0025\n");
+
+    // Activity keeps a session past its idle timeout; a pause longer ends it.
+    let cookie = console.sign_in(&op, "bob");
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(5) {
+        assert_eq!(console.session(&cookie).0, 200, "at {:?}", start.elapsed());
+        std::thread::sleep(Duration::from_millis(800));
+    }
+    std::thread::sleep(Duration::from_millis(3500));
+    assert_eq!(console.session(&cookie).0, 401, "idle timeout");
+
+    // However active, a session ends at its absolute timeout.
+    let cookie = console.sign_in(&op, "bob");
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_millis(8000) {
+        assert_eq!(console.session(&cookie).0, 200, "at {:?}", start.elapsed());
+        std::thread::sleep(Duration::from_millis(800));
+    }
+    while start.elapsed() < Duration::from_millis(9500) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(console.session(&cookie).0, 401, "absolute timeout");
+}
