@@ -348,7 +348,7 @@ impl Default for AuthConfig {
 /// `discovery_url`, `jwks_url`, `algorithms`, `group_claim`, `[auth.oidc.roles]`,
 /// `team_group_prefix`, `[auth.oidc.teams]`...) are certflow-auth's
 /// [`IssuerConfig`](certflow_auth::IssuerConfig), flattened into this table.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct OidcConfig {
     /// OAuth client id of the console (the ID token's `aud`).
     pub client_id: String,
@@ -367,6 +367,40 @@ pub struct OidcConfig {
     /// The provider: issuer, keys, group → role and team mapping.
     #[serde(flatten)]
     pub provider: certflow_auth::IssuerConfig,
+}
+
+// By hand: serde's `flatten` would let a misspelt key through silently. The
+// keys left after the client's own go to `IssuerConfig`, which refuses unknown ones.
+impl<'de> Deserialize<'de> for OidcConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        use serde_json::Value;
+        fn field<T: serde::de::DeserializeOwned, E: Error>(
+            map: &mut serde_json::Map<String, Value>,
+            key: &'static str,
+        ) -> Result<Option<T>, E> {
+            map.remove(key)
+                .map(|v| serde_json::from_value(v).map_err(|e| E::custom(format!("{key}: {e}"))))
+                .transpose()
+        }
+        let mut map = serde_json::Map::<String, Value>::deserialize(d)?;
+        let required = |v: Option<_>, key| v.ok_or_else(|| D::Error::missing_field(key));
+        let client_id = required(field(&mut map, "client_id")?, "client_id")?;
+        let client_secret = field(&mut map, "client_secret")?
+            .ok_or_else(|| D::Error::missing_field("client_secret"))?;
+        let redirect_uri = required(field(&mut map, "redirect_uri")?, "redirect_uri")?;
+        let scopes = field(&mut map, "scopes")?.unwrap_or_default();
+        let post_logout_redirect_uri = field(&mut map, "post_logout_redirect_uri")?;
+        let provider = serde_json::from_value(Value::Object(map)).map_err(D::Error::custom)?;
+        Ok(Self {
+            client_id,
+            client_secret,
+            redirect_uri,
+            scopes,
+            post_logout_redirect_uri,
+            provider,
+        })
+    }
 }
 
 /// `[auth.session]`: console browser sessions. Fractions are allowed
