@@ -331,6 +331,10 @@ pub struct AuthConfig {
     pub oidc: Option<OidcConfig>,
     /// Console browser sessions (`[auth.session]`).
     pub session: SessionConfig,
+    /// OIDC issuers whose access tokens are accepted as bearer tokens
+    /// (`[[auth.issuers]]`: issuer, audience or client_ids, flavor, role and team mapping).
+    #[serde(skip_serializing)]
+    pub issuers: Vec<certflow_auth::IssuerConfig>,
 }
 
 impl Default for AuthConfig {
@@ -339,6 +343,7 @@ impl Default for AuthConfig {
             bootstrap_token: true,
             oidc: None,
             session: SessionConfig::default(),
+            issuers: Vec::new(),
         }
     }
 }

@@ -610,6 +610,22 @@ pub async fn serve(config: Config, roles: Roles) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The bearer-token authenticators the configuration enables.
+fn bearer_authenticators(
+    config: &Config,
+) -> anyhow::Result<Vec<Arc<dyn auth::BearerAuthenticator>>> {
+    if config.auth.issuers.is_empty() {
+        return Ok(Vec::new());
+    }
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .context("HTTP client for JWKS")?;
+    let validator = certflow_auth::TokenValidator::new(config.auth.issuers.clone(), http)
+        .map_err(|e| anyhow::anyhow!("[[auth.issuers]]: {e}"))?;
+    Ok(vec![Arc::new(auth::OidcBearer(validator))])
+}
+
 async fn serve_api(config: &Config, opened: &Opened, services: Services) -> anyhow::Result<()> {
     let bootstrap_hash = Arc::new(RwLock::new(None));
     if config.auth.bootstrap_token {
@@ -627,6 +643,7 @@ async fn serve_api(config: &Config, opened: &Opened, services: Services) -> anyh
     }
     spawn_sweeper(services.clone(), config);
     let agents = start_agents(config, opened, &services).await?;
+    let console = http::login::ConsoleAuth::from_config(config, opened.store.sessions.clone())?;
     let state = AppState {
         services,
         bootstrap_hash,
@@ -635,6 +652,8 @@ async fn serve_api(config: &Config, opened: &Opened, services: Services) -> anyh
             ledger: opened.store.ledger.clone(),
             notifications: opened.store.notifications.clone(),
         }),
+        authenticators: Arc::new(bearer_authenticators(config)?),
+        sessions: console.as_ref().map(|c| c.sessions().clone()),
     };
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
@@ -648,7 +667,7 @@ async fn serve_api(config: &Config, opened: &Opened, services: Services) -> anyh
         .merge(certflow_acme::http01_router(opened.http01.clone()))
         .layer(axum::Extension(agents));
     // Browser login to the console, when [auth.oidc] is configured.
-    let app = match http::login::ConsoleAuth::from_config(config, opened.store.sessions.clone())? {
+    let app = match console {
         Some(console) => app.merge(http::login::router(console)),
         None => app,
     };

@@ -11,6 +11,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use certflow_core::access::Principal;
 use certflow_core::model::Actor;
 use certflow_core::ports::MetadataStore;
 use certflow_core::{DomainError, error::DomainResult};
@@ -58,7 +59,34 @@ pub async fn refresh_bootstrap_hash(
     Ok(())
 }
 
-/// Middleware: requires a valid bearer token and attaches the [`Actor`].
+/// Turns a bearer token into a principal: OIDC access tokens (certflow-auth)
+/// and, in tests, fixed principals. `Ok(None)` means "not a token of mine".
+#[async_trait::async_trait]
+pub trait BearerAuthenticator: Send + Sync {
+    /// Validates `token`; the error says why (for logs, never the token).
+    async fn authenticate(&self, token: &str) -> Result<Option<Principal>, String>;
+}
+
+/// OIDC access tokens from the configured issuers (`[[auth.issuers]]`).
+pub struct OidcBearer(pub certflow_auth::TokenValidator);
+
+#[async_trait::async_trait]
+impl BearerAuthenticator for OidcBearer {
+    async fn authenticate(&self, token: &str) -> Result<Option<Principal>, String> {
+        // Only JWTs are ours; the bootstrap token and join tokens are not.
+        if token.split('.').count() != 3 {
+            return Ok(None);
+        }
+        match self.0.validate_access_token(token).await {
+            Ok(claims) => Ok(Some(self.0.principal(&claims))),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+/// Middleware: requires a valid bearer token (the bootstrap token or one a
+/// configured authenticator accepts) and attaches the [`Principal`] and the
+/// audit [`Actor`].
 pub async fn require_auth(
     State(state): State<AppState>,
     mut req: Request,
@@ -78,25 +106,54 @@ pub async fn require_auth(
         })
         .map(str::trim);
     let Some(token) = token else {
-        return Err(ApiError::unauthorized("send Authorization: Bearer <token>"));
+        // A browser: its session cookie (CSRF-checked for state changes).
+        if let Some(sessions) = &state.sessions
+            && let Some(principal) = sessions.authenticate(req.method(), req.headers()).await?
+        {
+            req.extensions_mut().insert(Actor {
+                subject: principal.subject.clone(),
+                source,
+            });
+            req.extensions_mut().insert(principal);
+            return Ok(next.run(req).await);
+        }
+        return Err(ApiError::unauthorized(
+            "send Authorization: Bearer <token> or sign in at /console/login",
+        ));
     };
-    let ok = match state.bootstrap_hash.read().ok().and_then(|h| h.clone()) {
+    let bootstrap = match state.bootstrap_hash.read().ok().and_then(|h| h.clone()) {
         Some(stored) => {
             constant_time::verify_slices_are_equal(hash(token).as_bytes(), stored.as_bytes())
                 .is_ok()
         }
         None => false,
     };
-    if !ok {
+    let mut principal = bootstrap.then(Principal::bootstrap);
+    let mut reason = String::from("the bearer token is not valid");
+    if principal.is_none() {
+        for authenticator in state.authenticators.iter() {
+            match authenticator.authenticate(token).await {
+                Ok(Some(p)) => {
+                    principal = Some(p);
+                    break;
+                }
+                Ok(None) => {}
+                Err(why) => reason = why,
+            }
+        }
+    }
+    let Some(principal) = principal else {
         tracing::warn!(
             source = source.as_deref().unwrap_or("-"),
+            reason,
             "rejected bearer token"
         );
         return Err(ApiError::unauthorized("the bearer token is not valid"));
-    }
+    };
     req.extensions_mut().insert(Actor {
-        subject: "bootstrap-admin".into(),
+        subject: principal.subject.clone(),
         source,
     });
+    req.extensions_mut().insert(principal);
     Ok(next.run(req).await)
 }

@@ -22,7 +22,9 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::AppState;
+use super::access::check_team;
 use super::errors::{ApiError, ApiResult};
+use certflow_core::access::{Permission, Principal};
 
 /// JSON body whose rejections are problem documents.
 #[derive(FromRequest)]
@@ -145,6 +147,26 @@ fn issuer_view(i: &Issuer) -> IssuerView {
     }
 }
 
+/// The caller must hold `permission` for the team owning certificate `id`
+/// (an unknown id is a 404, as for everyone).
+async fn authorize_certificate(
+    state: &AppState,
+    principal: &Principal,
+    id: Uuid,
+    permission: Permission,
+) -> ApiResult<()> {
+    if principal.is_admin() {
+        return Ok(());
+    }
+    let cert = state
+        .services
+        .store()
+        .get_certificate(id)
+        .await?
+        .ok_or_else(|| certflow_core::DomainError::NotFound(format!("certificate {id}")))?;
+    check_team(principal, permission, &cert.team)
+}
+
 async fn detail(state: &AppState, view: CertificateView) -> ApiResult<CertificateDetail> {
     let id = view.certificate.id;
     let fullchain_pem = state
@@ -186,9 +208,11 @@ async fn detail(state: &AppState, view: CertificateView) -> ApiResult<Certificat
 pub async fn create_certificate(
     State(state): State<AppState>,
     Extension(actor): Extension<Actor>,
+    Extension(principal): Extension<Principal>,
     headers: HeaderMap,
     Json(req): Json<CreateCertificateRequest>,
 ) -> ApiResult<Response> {
+    check_team(&principal, Permission::CertificateWrite, &req.team)?;
     let key = idempotency_key(&headers)?;
     let view = state
         .services
@@ -310,9 +334,34 @@ fn parse_list_query(raw: Option<&str>) -> ApiResult<CertificateQuery> {
     responses((status = 200, body = CertificatePage), (status = 400, body = Problem)))]
 pub async fn list_certificates(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     uri: axum::http::Uri,
 ) -> ApiResult<Json<CertificatePage>> {
-    let q = parse_list_query(uri.query())?;
+    let mut q = parse_list_query(uri.query())?;
+    if !principal.is_admin() {
+        // Non-admins see their teams only: one team at a time when they have several.
+        match (&q.team, principal.teams.as_slice()) {
+            (Some(team), _) => check_team(&principal, Permission::CertificateRead, team)?,
+            (None, [only]) => q.team = Some(only.clone()),
+            (None, []) => {
+                return Ok(Json(CertificatePage {
+                    items: Vec::new(),
+                    total: 0,
+                    limit: q.limit,
+                    offset: q.offset,
+                }));
+            }
+            (None, _) => {
+                return Err(ApiError::invalid_field(
+                    "team",
+                    format!(
+                        "is required: you belong to several teams ({})",
+                        principal.teams.join(", ")
+                    ),
+                ));
+            }
+        }
+    }
     let page = state.services.list(&q).await?;
     Ok(Json(CertificatePage {
         items: page.items.iter().map(summary).collect(),
@@ -327,8 +376,10 @@ pub async fn list_certificates(
     responses((status = 200, body = CertificateDetail), (status = 404, body = Problem)))]
 pub async fn get_certificate(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     Path(id): Path<Uuid>,
 ) -> ApiResult<Json<CertificateDetail>> {
+    authorize_certificate(&state, &principal, id, Permission::CertificateRead).await?;
     let view = state.services.certificate(id).await?;
     Ok(Json(detail(&state, view).await?))
 }
@@ -351,9 +402,21 @@ pub struct DownloadParams {
 pub async fn download(
     State(state): State<AppState>,
     Extension(actor): Extension<Actor>,
+    Extension(principal): Extension<Principal>,
     Path(id): Path<Uuid>,
     Query(p): Query<DownloadParams>,
 ) -> ApiResult<Response> {
+    let permission = if p.format.as_deref() == Some("key") {
+        Permission::KeyDownload
+    } else {
+        Permission::CertificateRead
+    };
+    if !principal.can(permission, None) {
+        return Err(ApiError::from(certflow_core::DomainError::Forbidden(
+            format!("{} may not download private keys", principal.subject),
+        )));
+    }
+    authorize_certificate(&state, &principal, id, permission).await?;
     let pem: String = match p.format.as_deref().unwrap_or("certificate") {
         "certificate" => {
             state
@@ -404,9 +467,11 @@ pub async fn download(
 pub async fn download_pkcs12(
     State(state): State<AppState>,
     Extension(actor): Extension<Actor>,
+    Extension(principal): Extension<Principal>,
     Path(id): Path<Uuid>,
     Json(req): Json<Pkcs12Request>,
 ) -> ApiResult<Response> {
+    authorize_certificate(&state, &principal, id, Permission::KeyDownload).await?;
     let p12 = state
         .services
         .download_pkcs12(&actor, id, req.version, &req.password, now())
@@ -432,10 +497,12 @@ pub async fn download_pkcs12(
 pub async fn renew(
     State(state): State<AppState>,
     Extension(actor): Extension<Actor>,
+    Extension(principal): Extension<Principal>,
     Path(id): Path<Uuid>,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> ApiResult<Json<CertificateDetail>> {
+    authorize_certificate(&state, &principal, id, Permission::CertificateWrite).await?;
     let key = idempotency_key(&headers)?;
     // An empty body is allowed: "renew now" needs no parameters.
     let req: RenewRequest = if body.iter().all(u8::is_ascii_whitespace) {
@@ -457,9 +524,11 @@ pub async fn renew(
 pub async fn revoke(
     State(state): State<AppState>,
     Extension(actor): Extension<Actor>,
+    Extension(principal): Extension<Principal>,
     Path(id): Path<Uuid>,
     Json(req): Json<RevokeRequest>,
 ) -> ApiResult<Json<CertificateDetail>> {
+    authorize_certificate(&state, &principal, id, Permission::CertificateWrite).await?;
     let view = state
         .services
         .revoke(&actor, id, req.version, &req.reason, now())
@@ -474,8 +543,10 @@ pub async fn revoke(
 pub async fn archive(
     State(state): State<AppState>,
     Extension(actor): Extension<Actor>,
+    Extension(principal): Extension<Principal>,
     Path(id): Path<Uuid>,
 ) -> ApiResult<Json<CertificateDetail>> {
+    authorize_certificate(&state, &principal, id, Permission::CertificateWrite).await?;
     let view = state.services.archive(&actor, id, now()).await?;
     Ok(Json(detail(&state, view).await?))
 }
@@ -548,8 +619,24 @@ fn instant_param(field: &str, value: Option<&str>) -> ApiResult<Option<OffsetDat
     responses((status = 200, body = AuditPage), (status = 400, body = Problem)))]
 pub async fn audit(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     Query(p): Query<AuditParams>,
 ) -> ApiResult<Json<AuditPage>> {
+    if !principal.is_admin() {
+        // Others read the history of their teams' certificates, one at a time.
+        let id = p
+            .target
+            .as_deref()
+            .and_then(|t| t.strip_prefix("certificate/"))
+            .and_then(|id| Uuid::parse_str(id).ok())
+            .ok_or_else(|| {
+                ApiError::from(certflow_core::DomainError::Forbidden(
+                    "only administrators read the whole audit trail; pass target=certificate/<id>"
+                        .into(),
+                ))
+            })?;
+        authorize_certificate(&state, &principal, id, Permission::AuditRead).await?;
+    }
     let limit = p.limit.unwrap_or(100);
     if !(1..=500).contains(&limit) {
         return Err(ApiError::invalid_field(

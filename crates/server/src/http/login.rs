@@ -117,7 +117,6 @@ impl ConsoleAuth {
     }
 
     /// The sessions, for the auth middleware ([`Sessions::authenticate`]).
-    #[allow(dead_code)]
     pub fn sessions(&self) -> &Sessions {
         &self.sessions
     }

@@ -2,6 +2,7 @@
 //! public PKI endpoints (`/pki/<issuer>/ca.crt`, `/pki/<issuer>/crl`, fetched by
 //! relying parties), health probes and the generated OpenAPI document.
 
+pub mod access;
 pub mod agents;
 pub mod auth;
 pub mod console;
@@ -42,6 +43,10 @@ pub struct AppState {
     pub bootstrap_hash: std::sync::Arc<std::sync::RwLock<Option<String>>>,
     /// Renewal queue, ledger and deliveries, for status and metrics.
     pub renewal: std::sync::Arc<RenewalView>,
+    /// Bearer-token authenticators tried after the bootstrap token.
+    pub authenticators: std::sync::Arc<Vec<std::sync::Arc<dyn auth::BearerAuthenticator>>>,
+    /// Browser sessions (console SSO), when `[auth.oidc]` is configured.
+    pub sessions: Option<session::Sessions>,
 }
 
 #[derive(OpenApi)]
@@ -106,7 +111,9 @@ pub fn openapi_json() -> String {
 pub fn app(state: AppState) -> Router {
     let (api, openapi) = console_api();
     let openapi_doc = openapi.to_pretty_json().unwrap_or_default();
+    // Layers run outside in: authenticate, then authorise against the route's declaration.
     let api = api
+        .route_layer(middleware::from_fn(access::authorize))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_auth,

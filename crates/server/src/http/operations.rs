@@ -25,8 +25,10 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::AppState;
+use super::access::check_team;
 use super::console::{Json, Path, Query};
 use super::errors::{ApiError, ApiResult};
+use certflow_core::access::{Permission, Principal};
 
 /// What the API reads about renewal and notifications.
 pub struct RenewalView {
@@ -104,8 +106,10 @@ fn subscription_view(s: &Subscription) -> SubscriptionView {
 pub async fn create_subscription(
     State(state): State<AppState>,
     Extension(actor): Extension<Actor>,
+    Extension(principal): Extension<Principal>,
     Json(req): Json<CreateSubscriptionRequest>,
 ) -> ApiResult<Response> {
+    check_team(&principal, Permission::NotificationWrite, &req.team)?;
     let sub = state
         .services
         .create_subscription(&actor, &req, super::console::now())
@@ -127,10 +131,19 @@ pub struct SubscriptionParams {
     responses((status = 200, body = Vec<SubscriptionView>)))]
 pub async fn list_subscriptions(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     Query(q): Query<SubscriptionParams>,
 ) -> ApiResult<Json<Vec<SubscriptionView>>> {
+    if let Some(team) = &q.team {
+        check_team(&principal, Permission::NotificationRead, team)?;
+    }
     let subs = state.services.subscriptions(q.team.as_deref()).await?;
-    Ok(Json(subs.iter().map(subscription_view).collect()))
+    Ok(Json(
+        subs.iter()
+            .filter(|s| principal.in_team(&s.team))
+            .map(subscription_view)
+            .collect(),
+    ))
 }
 
 /// Remove a subscription (its past deliveries stay visible).
@@ -139,8 +152,20 @@ pub async fn list_subscriptions(
 pub async fn delete_subscription(
     State(state): State<AppState>,
     Extension(actor): Extension<Actor>,
+    Extension(principal): Extension<Principal>,
     Path(id): Path<Uuid>,
 ) -> ApiResult<StatusCode> {
+    if !principal.is_admin() {
+        let subs = state.services.subscriptions(None).await?;
+        match subs.iter().find(|s| s.id == id) {
+            Some(sub) => check_team(&principal, Permission::NotificationWrite, &sub.team)?,
+            None => {
+                return Err(
+                    certflow_core::DomainError::NotFound(format!("subscription {id}")).into(),
+                );
+            }
+        }
+    }
     state
         .services
         .delete_subscription(&actor, id, super::console::now())
@@ -195,8 +220,21 @@ fn delivery_view(d: &Delivery) -> DeliveryView {
     responses((status = 200, body = DeliveryPage), (status = 400, body = Problem)))]
 pub async fn list_deliveries(
     State(state): State<AppState>,
-    Query(q): Query<DeliveryParams>,
+    Extension(principal): Extension<Principal>,
+    Query(mut q): Query<DeliveryParams>,
 ) -> ApiResult<Json<DeliveryPage>> {
+    if !principal.is_admin() {
+        match (&q.team, principal.teams.as_slice()) {
+            (Some(team), _) => check_team(&principal, Permission::NotificationRead, team)?,
+            (None, [only]) => q.team = Some(only.clone()),
+            (None, _) => {
+                return Err(ApiError::invalid_field(
+                    "team",
+                    "is required unless you belong to exactly one team",
+                ));
+            }
+        }
+    }
     let delivery_state = match q.state.as_deref() {
         None => None,
         Some(s) => Some(DeliveryState::parse(s).ok_or_else(|| {
@@ -247,8 +285,34 @@ fn attempt_view(a: &DeliveryAttempt) -> AttemptView {
     responses((status = 200, body = Vec<AttemptView>)))]
 pub async fn delivery_attempts(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     Path(id): Path<Uuid>,
 ) -> ApiResult<Json<Vec<AttemptView>>> {
+    if !principal.is_admin() {
+        // The delivery must belong to one of the caller's teams (recent ones:
+        // the newest 500 per team are searched).
+        let mut found = false;
+        for team in &principal.teams {
+            let page = state
+                .services
+                .deliveries(&DeliveryQuery {
+                    team: Some(team.clone()),
+                    limit: 500,
+                    ..Default::default()
+                })
+                .await?;
+            if page.items.iter().any(|d| d.id == id) {
+                found = true;
+                break;
+            }
+        }
+        if !found {
+            return Err(certflow_core::DomainError::Forbidden(format!(
+                "delivery {id} is not among your teams' recent deliveries"
+            ))
+            .into());
+        }
+    }
     let attempts = state.services.delivery_attempts(id).await?;
     Ok(Json(attempts.iter().map(attempt_view).collect()))
 }

@@ -149,8 +149,6 @@ impl Sessions {
     /// bearer-token request, which this does not judge. `Ok(Some)`: the
     /// session's principal. `Err` (403): a state-changing request with the
     /// cookie but without the session's CSRF token or from a foreign origin.
-    // Called by the console API's auth middleware once that accepts sessions.
-    #[allow(dead_code)]
     pub async fn authenticate(
         &self,
         method: &Method,

@@ -19,6 +19,8 @@ use serde_json::{Value, json};
 use tower::ServiceExt;
 
 use super::{AppState, app, auth};
+use auth::BearerAuthenticator as _;
+use certflow_core::access::{Principal, PrincipalKind, Role};
 
 struct Harness {
     app: Router,
@@ -29,6 +31,10 @@ struct Harness {
 }
 
 async fn harness() -> Harness {
+    harness_with(Vec::new()).await
+}
+
+async fn harness_with(authenticators: Vec<Arc<dyn auth::BearerAuthenticator>>) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(
         SqliteStore::open(&dir.path().join("certflow.db"))
@@ -76,6 +82,8 @@ async fn harness() -> Harness {
                 ledger: store.clone(),
                 notifications: store.clone(),
             }),
+            authenticators: Arc::new(authenticators),
+            sessions: None,
         }),
         token,
         store,
@@ -797,4 +805,157 @@ async fn idempotency_key_replays_and_refuses_reuse_with_another_body() {
         .keyed("POST", create, &[longest.as_bytes()], Some(fresh))
         .await;
     assert_eq!(status, StatusCode::CREATED, "{p}");
+}
+
+/// Principals by token, for the role/route matrix: `role:<role>:<team>`,
+/// `agent`, `nobody:<team>`. Authentication itself is tested against real
+/// identity providers elsewhere; this isolates the authorisation decisions.
+struct FixedPrincipals;
+
+#[async_trait::async_trait]
+impl auth::BearerAuthenticator for FixedPrincipals {
+    async fn authenticate(&self, token: &str) -> Result<Option<Principal>, String> {
+        let parts: Vec<&str> = token.split(':').collect();
+        let person = |roles: Vec<Role>, team: &str| Principal {
+            subject: token.to_owned(),
+            kind: PrincipalKind::Person,
+            roles,
+            teams: vec![team.to_owned()],
+        };
+        Ok(match parts.as_slice() {
+            ["role", role, team] => Some(person(vec![Role::parse(role).unwrap()], team)),
+            ["nobody", team] => Some(person(vec![], team)),
+            ["agent"] => Some(Principal {
+                subject: "agent-1".into(),
+                kind: PrincipalKind::Agent {
+                    agent_id: "agent-1".into(),
+                },
+                roles: vec![],
+                teams: vec!["a".into()],
+            }),
+            _ => None,
+        })
+    }
+}
+
+/// Walks every route of the OpenAPI document with every kind of caller and
+/// checks the outcome against the route's declared permission: allowed
+/// callers never get 401/403, the others get exactly 403.
+#[tokio::test]
+async fn role_route_matrix_follows_the_declared_permissions() {
+    let h = harness_with(vec![Arc::new(FixedPrincipals)]).await;
+    // Resources of team "a", made by the bootstrap admin: a subscription,
+    // then a certificate (whose "issued" event makes a delivery).
+    let (status, sub) = h
+        .json(
+            "POST",
+            "/console/api/v1/subscriptions",
+            Some(json!({ "team": "a", "events": ["issued"], "channel": { "type": "webhook", "url": "https://hooks.example.com/x", "format": "json" } })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{sub}");
+    let sub_id = sub["id"].as_str().unwrap().to_owned();
+    let (status, cert) = h
+        .json(
+            "POST",
+            "/console/api/v1/certificates",
+            Some(json!({ "team": "a", "names": ["m.example.com"] })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{cert}");
+    let cert_id = cert["id"].as_str().unwrap().to_owned();
+    let (_, deliveries) = h
+        .json("GET", "/console/api/v1/deliveries?team=a", None)
+        .await;
+    let delivery_id = deliveries["items"][0]["id"].as_str().unwrap().to_owned();
+
+    // Callers that must be refused go first, so that a destructive call by
+    // an allowed caller (archive, unsubscribe) cannot turn their 403 into a 404.
+    let callers = [
+        "nobody:a",
+        "agent",
+        "role:viewer:b",
+        "role:operator:b",
+        "role:viewer:a",
+        "role:operator:a",
+        "role:admin:z",
+    ];
+    let openapi: Value = serde_json::from_str(&super::openapi_json()).unwrap();
+    let mut checked = 0;
+    for (path, item) in openapi["paths"].as_object().unwrap() {
+        for (method, _) in item.as_object().unwrap() {
+            let m = axum::http::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+            let permission = super::access::declared(&m, path)
+                .unwrap_or_else(|| panic!("{method} {path} declares no permission"));
+            let id = if path.starts_with("/subscriptions/") {
+                sub_id.clone()
+            } else if path.starts_with("/deliveries/") {
+                delivery_id.clone()
+            } else if path.starts_with("/certificates/") {
+                cert_id.clone()
+            } else {
+                uuid::Uuid::now_v7().to_string()
+            };
+            let uri = format!("/console/api/v1{}", path.replace("{id}", &id));
+            // Team-scoped listings name the team; the audit trail one certificate.
+            let uri = match (m.as_str(), path.as_str()) {
+                ("GET", "/certificates" | "/deliveries" | "/subscriptions") => {
+                    format!("{uri}?team=a")
+                }
+                ("GET", "/audit") => format!("{uri}?target=certificate/{cert_id}"),
+                _ => uri,
+            };
+            let body = match (method.as_str(), path.as_str()) {
+                ("post", "/certificates") => Some(
+                    json!({ "team": "a", "names": [format!("{}.example.com", uuid::Uuid::now_v7().simple())] }),
+                ),
+                ("post", "/certificates/{id}/revoke") => Some(json!({ "reason": "superseded" })),
+                ("post", "/certificates/{id}/pkcs12") => {
+                    Some(json!({ "password": "correct horse battery staple" }))
+                }
+                ("post", "/subscriptions") => Some(
+                    json!({ "team": "a", "events": ["issued"], "channel": { "type": "webhook", "url": "https://hooks.example.com/y", "format": "json" } }),
+                ),
+                ("post", _) => Some(json!({})),
+                _ => None,
+            };
+            for token in &callers {
+                let principal = FixedPrincipals.authenticate(token).await.unwrap().unwrap();
+                // The resource's team is "a" wherever a team applies.
+                let allowed = principal.can(permission, Some("a"));
+                let mut req = Request::builder()
+                    .method(m.clone())
+                    .uri(&uri)
+                    .header(header::AUTHORIZATION, format!("Bearer {token}"));
+                if body.is_some() {
+                    req = req.header(header::CONTENT_TYPE, "application/json");
+                }
+                let req = req
+                    .body(
+                        body.as_ref()
+                            .map(|b| Body::from(b.to_string()))
+                            .unwrap_or_else(Body::empty),
+                    )
+                    .unwrap();
+                let status = h.app.clone().oneshot(req).await.unwrap().status();
+                if allowed {
+                    assert!(
+                        status != StatusCode::FORBIDDEN && status != StatusCode::UNAUTHORIZED,
+                        "{token} {method} {path}: {permission:?} is allowed but got {status}"
+                    );
+                } else {
+                    assert_eq!(
+                        status,
+                        StatusCode::FORBIDDEN,
+                        "{token} {method} {path}: {permission:?} is not allowed"
+                    );
+                }
+                checked += 1;
+            }
+        }
+    }
+    assert!(
+        checked >= 7 * 15,
+        "only {checked} route/caller pairs walked"
+    );
 }
