@@ -404,6 +404,114 @@ fn console_login_gives_a_fresh_session_with_csrf_and_logout_ends_it() {
     assert_eq!(s["teams"], serde_json::json!(["payments", "search"]));
     let csrf = s["csrf_token"].as_str().unwrap().to_owned();
     assert_eq!(csrf.len(), 43);
+
+    // The session drives the console API: bob (operator of payments and
+    // search) may request in his teams, not in others; a state change needs
+    // the CSRF token, and a cross-site Origin is refused.
+    let api = |method: reqwest::Method,
+               path: &str,
+               csrf: Option<&str>,
+               origin: Option<&str>,
+               body: Option<Value>| {
+        let mut req = client()
+            .request(method, format!("{}/console/api/v1{path}", console.base))
+            .header(COOKIE, format!("{COOKIE_NAME}={cookie}"));
+        if let Some(t) = csrf {
+            req = req.header("X-CSRF-Token", t);
+        }
+        if let Some(o) = origin {
+            req = req.header("Origin", o);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        req.send().unwrap()
+    };
+    let create = |team: &str| serde_json::json!({ "team": team, "names": [format!("{team}.login.example.com")] });
+    assert_eq!(
+        api(
+            reqwest::Method::GET,
+            "/certificates?team=payments",
+            None,
+            None,
+            None
+        )
+        .status(),
+        200
+    );
+    assert_eq!(
+        api(
+            reqwest::Method::POST,
+            "/certificates",
+            None,
+            None,
+            Some(create("payments"))
+        )
+        .status(),
+        403,
+        "no CSRF token"
+    );
+    assert_eq!(
+        api(
+            reqwest::Method::POST,
+            "/certificates",
+            Some(&csrf),
+            Some("https://evil.example"),
+            Some(create("payments"))
+        )
+        .status(),
+        403,
+        "cross-site Origin"
+    );
+    let r = api(
+        reqwest::Method::POST,
+        "/certificates",
+        Some(&csrf),
+        Some(&console.base),
+        Some(create("payments")),
+    );
+    assert_eq!(r.status(), 201, "operator in payments");
+    let created: Value = r.json().unwrap();
+    let r = api(
+        reqwest::Method::POST,
+        "/certificates",
+        Some(&csrf),
+        None,
+        Some(create("billing")),
+    );
+    assert_eq!(r.status(), 403, "not bob's team");
+    assert_eq!(
+        api(reqwest::Method::GET, "/issuers", None, None, None).status(),
+        200
+    );
+    assert_eq!(
+        api(
+            reqwest::Method::POST,
+            "/issuers/import",
+            Some(&csrf),
+            None,
+            Some(serde_json::json!({}))
+        )
+        .status(),
+        403,
+        "operators do not import CAs"
+    );
+    let audit: Value = api(
+        reqwest::Method::GET,
+        &format!(
+            "/audit?target=certificate/{}",
+            created["id"].as_str().unwrap()
+        ),
+        None,
+        None,
+        None,
+    )
+    .json()
+    .unwrap();
+    assert_eq!(
+        audit["items"][0]["subject"], s["subject"],
+        "audited as bob: {audit}"
+    );
     assert!(s["expires_at"].as_str().unwrap().ends_with('Z'), "{s}");
     let (status, _) = console.session("not-a-session");
     assert_eq!(status, 401);
