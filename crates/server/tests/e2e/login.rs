@@ -700,3 +700,151 @@ fn idle_and_absolute_timeouts_end_sessions() {
     }
     assert_eq!(console.session(&cookie).0, 401, "absolute timeout");
 }
+
+/// A client-credentials access token from the provider, for `client`.
+fn client_token(op: &Op, client_id: &str, secret: &str) -> String {
+    let r = client()
+        .post(format!("{}/token", op.issuer))
+        .basic_auth(client_id, Some(secret))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("grant_type=client_credentials&resource=urn%3Acertflow%3Aapi&scope=certs%3Aread")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200, "token endpoint: {:?}", r.text());
+    let body: Value = r.json().unwrap();
+    body["access_token"].as_str().unwrap().to_owned()
+}
+
+/// Automation with OIDC client-credentials tokens: the configured service
+/// role and teams decide, a client without one gets nothing, and a forged or
+/// altered token is a 401 with the reason in the server's log.
+#[test]
+fn bearer_tokens_from_the_provider_are_authorised_by_service_role() {
+    let tmp = tempfile::tempdir().unwrap();
+    let op_port = super::renewal::free_port();
+    let port = super::renewal::free_port();
+    let op = start_op(tmp.path(), op_port, &format!("http://127.0.0.1:{port}"));
+    let config = tmp.path().join("bearer.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[[auth.issuers]]
+issuer = "{issuer}"
+audience = "urn:certflow:api"
+[auth.issuers.service_roles.automation-1]
+role = "operator"
+teams = ["payments"]
+"#,
+            issuer = op.issuer
+        ),
+    )
+    .unwrap();
+    let listen = format!("127.0.0.1:{port}");
+    let server = start(
+        &tmp.path().join("data"),
+        &[
+            ("CERTFLOW_SERVER__LISTEN", listen.as_str()),
+            ("CERTFLOW_CONFIG", config.to_str().unwrap()),
+        ],
+    )
+    .expect("certflow starts with [[auth.issuers]]");
+    let base = format!("http://127.0.0.1:{port}/console/api/v1");
+    let call = |token: &str, method: reqwest::Method, path: &str, body: Option<Value>| {
+        let mut req = client()
+            .request(method, format!("{base}{path}"))
+            .bearer_auth(token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        req.send().unwrap().status().as_u16()
+    };
+    let create = |team: &str| serde_json::json!({ "team": team, "names": [format!("{team}.bearer.example.com")] });
+
+    let token = client_token(&op, "automation-1", "automation-secret");
+    assert_eq!(
+        call(
+            &token,
+            reqwest::Method::GET,
+            "/certificates?team=payments",
+            None
+        ),
+        200
+    );
+    assert_eq!(
+        call(
+            &token,
+            reqwest::Method::POST,
+            "/certificates",
+            Some(create("payments"))
+        ),
+        201
+    );
+    assert_eq!(
+        call(
+            &token,
+            reqwest::Method::POST,
+            "/certificates",
+            Some(create("billing"))
+        ),
+        403
+    );
+    assert_eq!(
+        call(
+            &token,
+            reqwest::Method::POST,
+            "/issuers/import",
+            Some(serde_json::json!({}))
+        ),
+        403
+    );
+
+    // Authenticated but without a role: nothing.
+    let stranger = client_token(&op, "stranger", "stranger-secret");
+    assert_eq!(
+        call(
+            &stranger,
+            reqwest::Method::GET,
+            "/certificates?team=payments",
+            None
+        ),
+        403
+    );
+
+    // Altered payload and `alg: none`: 401, reasons logged, never the token.
+    let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
+    let payload = parts[1].clone();
+    parts[1] = format!(
+        "{}{}",
+        &payload[..payload.len() - 2],
+        if payload.ends_with("AA") { "AB" } else { "AA" }
+    );
+    assert_eq!(
+        call(
+            &parts.join("."),
+            reqwest::Method::GET,
+            "/certificates?team=payments",
+            None
+        ),
+        401
+    );
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let none = format!(
+        "{}.{}.",
+        b64.encode(br#"{"alg":"none","typ":"JWT"}"#),
+        payload
+    );
+    assert_eq!(
+        call(
+            &none,
+            reqwest::Method::GET,
+            "/certificates?team=payments",
+            None
+        ),
+        401
+    );
+    let log = server.log();
+    assert!(log.contains("rejected bearer token"), "{log}");
+    assert!(!log.contains(&token), "tokens never logged");
+}

@@ -6,7 +6,8 @@
 import { generateKeyPairSync } from 'node:crypto';
 import { pathToFileURL } from 'node:url';
 
-const { default: Provider } = await import(pathToFileURL(process.env.OIDC_PROVIDER_MODULE).href);
+const { default: Provider, errors } = await import(pathToFileURL(process.env.OIDC_PROVIDER_MODULE).href);
+const API = 'urn:certflow:api';
 
 const PORT = Number(process.env.OP_PORT);
 const ISSUER = `http://127.0.0.1:${PORT}`;
@@ -24,12 +25,18 @@ const provider = new Provider(ISSUER, {
     grant_types: ['authorization_code'], response_types: ['code'],
     redirect_uris: [process.env.CONSOLE_REDIRECT_URI],
     post_logout_redirect_uris: [process.env.CONSOLE_POST_LOGOUT_URI],
+  }, {
+    // Automation with client-credentials JWT access tokens for the certflow API.
+    client_id: 'automation-1', client_secret: 'automation-secret', grant_types: ['client_credentials'],
+    response_types: [], redirect_uris: [], scope: 'certs:read certs:write',
+  }, {
+    client_id: 'stranger', client_secret: 'stranger-secret', grant_types: ['client_credentials'],
+    response_types: [], redirect_uris: [], scope: 'certs:read',
   }],
   jwks: { keys: [{ ...rsa.export({ format: 'jwk' }), kid: 'rsa-1', use: 'sig', alg: 'RS256' }] },
   cookies: { keys: ['test-only'] },
   ttl: { IdToken: 300, AccessToken: 300, AuthorizationCode: 60 },
   pkce: { required: () => true },
-  scopes: ['openid', 'groups'],
   claims: { openid: ['sub'], groups: ['groups'] },
   // Scope-granted claims (groups) in the ID token of the code flow too.
   conformIdTokenClaims: false,
@@ -37,7 +44,21 @@ const provider = new Provider(ISSUER, {
     accountId: sub,
     claims: async () => ({ sub, groups: GROUPS[sub] || [] }),
   }),
-  features: { devInteractions: { enabled: true }, rpInitiatedLogout: { enabled: true } },
+  scopes: ['openid', 'groups', 'certs:read', 'certs:write'],
+  features: {
+    devInteractions: { enabled: true },
+    rpInitiatedLogout: { enabled: true },
+    clientCredentials: { enabled: true },
+    resourceIndicators: {
+      enabled: true,
+      defaultResource: async () => API,
+      useGrantedResource: async () => true,
+      getResourceServerInfo: async (ctx, resource) => {
+        if (resource !== API) throw new errors.InvalidTarget();
+        return { scope: 'certs:read certs:write', audience: API, accessTokenTTL: 300, accessTokenFormat: 'jwt' };
+      },
+    },
+  },
 });
 
 provider.listen(PORT, '127.0.0.1', () => console.log(`READY ${ISSUER}`));
