@@ -4446,7 +4446,7 @@ mod audit_chain {
     // ------------------------------------------------------------ upgrade
 
     /// The migrations before the audit chain, as an older release applied them.
-    fn before_chain(sqls: [&'static str; 3]) -> Migrator {
+    pub fn before_chain(sqls: [&'static str; 3]) -> Migrator {
         let descriptions = ["init", "idempotency keys", "renewal and notifications"];
         Migrator::with_migrations(
             sqls.iter()
@@ -4580,6 +4580,202 @@ mod audit_chain {
         let (store, _b, _c) = (a.unwrap(), b.unwrap(), c.unwrap());
         let mut raw = Raw::Pg(db.connect().await);
         upgraded_chain_verifies(&store, &mut raw, &ids).await;
+    }
+}
+
+/// What the chain costs, printed (`cargo test -p certflow-store --test
+/// metadata_store -- --ignored --nocapture audit_chain_cost`): audited writes
+/// per second with 1 and 16 writers against the same INSERT into an unchained
+/// copy of the table, and linking (upgrade) and verifying 100,000 events.
+mod audit_chain_cost {
+    use std::time::Instant;
+
+    use certflow_core::model::{Actor, AuditEvent};
+    use certflow_core::ports::MetadataStore;
+    use sqlx::{AssertSqlSafe, Connection, Executor, SqliteConnection};
+
+    use super::pg::TestDb;
+    use super::{PgOptions, PgStore, SqliteStore};
+
+    const LINKED: usize = 100_000;
+    const EACH: usize = 200;
+
+    fn event(i: usize) -> AuditEvent {
+        AuditEvent::success(
+            time::OffsetDateTime::from_unix_timestamp(1_767_225_600).unwrap(),
+            &Actor {
+                subject: "alice".into(),
+                source: Some("192.0.2.7".into()),
+            },
+            "certificate.key.download",
+            format!("certificate/{}", uuid::Uuid::new_v4()),
+            serde_json::json!({ "version": i, "format": "pem" }),
+        )
+    }
+
+    /// Events per second with `writers` concurrent writers through the store.
+    async fn chained(store: &dyn MetadataStore, writers: usize) -> f64 {
+        let started = Instant::now();
+        futures::future::join_all((0..writers).map(|_| async {
+            for i in 0..EACH {
+                store.append_audit(&event(i)).await.unwrap();
+            }
+        }))
+        .await;
+        (writers * EACH) as f64 / started.elapsed().as_secs_f64()
+    }
+
+    /// The same rows into `audit_plain` (no chain), one transaction each.
+    async fn plain(pool: &sqlx::PgPool, writers: usize) -> f64 {
+        let started = Instant::now();
+        futures::future::join_all((0..writers).map(|_| async {
+            for i in 0..EACH {
+                let e = event(i);
+                let mut tx = pool.begin().await.unwrap();
+                sqlx::query(
+                    "INSERT INTO audit_plain (id, at, subject, source, action, target, outcome, \
+                     details) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                )
+                .bind(e.id.to_string())
+                .bind(e.at.unix_timestamp())
+                .bind(e.actor.subject)
+                .bind(e.actor.source)
+                .bind(e.action)
+                .bind(e.target)
+                .bind("success")
+                .bind(e.details.to_string())
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+                tx.commit().await.unwrap();
+            }
+        }))
+        .await;
+        (writers * EACH) as f64 / started.elapsed().as_secs_f64()
+    }
+
+    /// `LINKED` old events, inserted 1000 a statement.
+    fn old_event_batches() -> Vec<String> {
+        (0..LINKED)
+            .collect::<Vec<_>>()
+            .chunks(1000)
+            .map(|chunk| {
+                let values: Vec<String> = chunk
+                    .iter()
+                    .map(|i| {
+                        format!(
+                            "('{}', {}, 'alice', '192.0.2.7', 'certificate.key.download', \
+                             'certificate/{i}', 'success', '{{\"version\":1,\"format\":\"pem\"}}')",
+                            uuid::Uuid::now_v7(),
+                            1_767_225_600 + i
+                        )
+                    })
+                    .collect();
+                format!(
+                    "INSERT INTO audit_events (id, at, subject, source, action, target, outcome, \
+                     details) VALUES {}",
+                    values.join(", ")
+                )
+            })
+            .collect()
+    }
+
+    async fn verify_rate(store: &dyn MetadataStore) -> f64 {
+        let started = Instant::now();
+        let report = store.verify_audit_chain().await.unwrap();
+        assert_eq!((report.checked, report.first_break), (LINKED as u64, None));
+        LINKED as f64 / started.elapsed().as_secs_f64()
+    }
+
+    #[tokio::test]
+    #[ignore = "measurement; run with --ignored --nocapture"]
+    async fn audit_chain_cost() {
+        // Concurrent writers on PostgreSQL, chained vs plain.
+        let db = TestDb::create().await;
+        let store = PgStore::connect(&db.url(), PgOptions::default())
+            .await
+            .unwrap();
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(PgOptions::default().max_connections)
+            .connect(&db.url())
+            .await
+            .unwrap();
+        pool.execute(
+            "CREATE TABLE audit_plain (LIKE audit_events INCLUDING DEFAULTS INCLUDING INDEXES)",
+        )
+        .await
+        .unwrap();
+        for writers in [1, 16] {
+            let p = plain(&pool, writers).await;
+            let c = chained(&store, writers).await;
+            println!(
+                "postgres, {writers} writers: chained {c:.0} events/s, plain {p:.0} events/s ({:.0}%)",
+                100.0 * c / p
+            );
+        }
+        pool.close().await;
+        store.close().await;
+
+        // Linking 100k events of an upgraded database, then verifying them.
+        let db = TestDb::create().await;
+        let mut old = db.connect().await;
+        super::audit_chain::before_chain([
+            include_str!("../migrations/postgres/0001_init.sql"),
+            include_str!("../migrations/postgres/0002_idempotency_keys.sql"),
+            include_str!("../migrations/postgres/0003_renewal_and_notifications.sql"),
+        ])
+        .run(&mut old)
+        .await
+        .unwrap();
+        for sql in old_event_batches() {
+            old.execute(AssertSqlSafe(sql)).await.unwrap();
+        }
+        old.close().await.unwrap();
+        let started = Instant::now();
+        let store = PgStore::connect(&db.url(), PgOptions::default())
+            .await
+            .unwrap();
+        println!(
+            "postgres: linked {LINKED} events on upgrade in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+        println!(
+            "postgres: verified {:.0} events/s",
+            verify_rate(&store).await
+        );
+        store.close().await;
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("certflow.db");
+        let url = format!("sqlite://{}?mode=rwc", path.display());
+        let mut old = SqliteConnection::connect(&url).await.unwrap();
+        super::audit_chain::before_chain([
+            include_str!("../migrations/sqlite/0001_init.sql"),
+            include_str!("../migrations/sqlite/0002_idempotency_keys.sql"),
+            include_str!("../migrations/sqlite/0003_renewal_and_notifications.sql"),
+        ])
+        .run(&mut old)
+        .await
+        .unwrap();
+        for sql in old_event_batches() {
+            old.execute(AssertSqlSafe(sql)).await.unwrap();
+        }
+        old.close().await.unwrap();
+        let started = Instant::now();
+        let store = SqliteStore::open(&path).await.unwrap();
+        println!(
+            "sqlite: linked {LINKED} events on upgrade in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+        println!("sqlite: verified {:.0} events/s", verify_rate(&store).await);
+        let started = Instant::now();
+        for i in 0..1000 {
+            store.append_audit(&event(i)).await.unwrap();
+        }
+        println!(
+            "sqlite (file), 1 writer: chained {:.0} events/s",
+            1000.0 / started.elapsed().as_secs_f64()
+        );
     }
 }
 
