@@ -16,7 +16,9 @@ use certflow_core::model::Actor;
 use certflow_services::{CaSettings, Services};
 use std::time::Duration;
 
-use certflow_core::ports::{MetadataStore, NotificationStore, RenewalLedger};
+use certflow_core::ports::{
+    AgentStore, MetadataStore, NotificationStore, RenewalLedger, SessionStore,
+};
 use certflow_core::renewal::RenewalQueue;
 use certflow_notify::{
     Dispatcher, EmailNotifier, ExpiryWatcher, Notifiers, SnsNotifier, WebhookNotifier,
@@ -372,6 +374,21 @@ pub async fn rewrap_keys(config: &Config) -> anyhow::Result<()> {
 }
 
 /// Opens the configured metadata store (migrating it), or says which and why not.
+/// One store behind each of its ports.
+fn ports<S>(store: Arc<S>, db_queue: Arc<dyn RenewalQueue>) -> StorePorts
+where
+    S: MetadataStore + RenewalLedger + AgentStore + SessionStore + NotificationStore + 'static,
+{
+    StorePorts {
+        metadata: store.clone(),
+        ledger: store.clone(),
+        agents: store.clone(),
+        sessions: store.clone(),
+        notifications: store,
+        db_queue,
+    }
+}
+
 async fn open_store(config: &Config) -> anyhow::Result<(StorePorts, ChangeFeed)> {
     match config.database() {
         DatabaseKind::Sqlite(path) => {
@@ -380,18 +397,7 @@ async fn open_store(config: &Config) -> anyhow::Result<(StorePorts, ChangeFeed)>
                 .with_context(|| format!("database {}", path.display()))?;
             tracing::info!(database = %path.display(), "SQLite metadata store");
             let db_queue = Arc::new(store.renewal_queue(DbQueueOptions::default()));
-            let store = Arc::new(store);
-            Ok((
-                StorePorts {
-                    metadata: store.clone(),
-                    ledger: store.clone(),
-                    agents: store.clone(),
-                    sessions: store.clone(),
-                    notifications: store,
-                    db_queue,
-                },
-                ChangeFeed::local(),
-            ))
+            Ok((ports(Arc::new(store), db_queue), ChangeFeed::local()))
         }
         DatabaseKind::Postgres(url) => {
             let timeout = config.database.statement_timeout_secs;
@@ -410,18 +416,7 @@ async fn open_store(config: &Config) -> anyhow::Result<(StorePorts, ChangeFeed)>
                 .context("PostgreSQL change feed")?;
             tracing::info!("PostgreSQL metadata store");
             let db_queue = Arc::new(store.renewal_queue(DbQueueOptions::default()));
-            let store = Arc::new(store);
-            Ok((
-                StorePorts {
-                    metadata: store.clone(),
-                    ledger: store.clone(),
-                    agents: store.clone(),
-                    sessions: store.clone(),
-                    notifications: store,
-                    db_queue,
-                },
-                feed,
-            ))
+            Ok((ports(Arc::new(store), db_queue), feed))
         }
     }
 }

@@ -755,62 +755,10 @@ impl Drop for Moto {
     }
 }
 
-/// A fresh PostgreSQL database for one test, dropped at the end.
-struct PgDatabase {
-    name: String,
-}
-
-impl PgDatabase {
-    fn create() -> Self {
-        require(
-            "psql",
-            "apt-get install postgresql-client; scripts/peers.sh starts the server",
-        );
-        let name = format!("certflow_e2e_{}", uuid::Uuid::new_v4().simple());
-        let out = Command::new("psql")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-U",
-                "postgres",
-                "-d",
-                "postgres",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-c",
-            ])
-            .arg(format!("CREATE DATABASE {name}"))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "PostgreSQL on 127.0.0.1:5432 is required (start it: pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start): {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Self { name }
-    }
-
-    fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:5432/{}", self.name)
-    }
-}
-
-impl Drop for PgDatabase {
-    fn drop(&mut self) {
-        let _ = Command::new("psql")
-            .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-c"])
-            .arg(format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                self.name
-            ))
-            .output();
-    }
-}
-
 #[test]
 fn two_replicas_on_postgres_s3_and_kms_never_duplicate() {
     let tmp = tempfile::tempdir().unwrap();
-    let db = PgDatabase::create();
+    let db = certflow_testkit::PgDatabase::create();
     let moto = Moto::start();
     moto.create_bucket("certflow-e2e");
     let kms_key = moto.create_key();
