@@ -7,9 +7,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::fs::File;
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,98 +18,31 @@ use bytes::Bytes;
 use certflow_blob::{EncryptionContext, KmsKeyProvider, ObjectBlobStore, S3Options, Sealer};
 use certflow_core::DomainError;
 use certflow_core::ports::BlobStore;
+use certflow_testkit::{Moto, free_port, http};
 use object_store::aws::AmazonS3Builder;
 use object_store::signer::Signer as _;
-use tempfile::TempDir;
 use time::OffsetDateTime;
 
 const REGION: &str = "eu-west-1";
 const ACCESS_KEY: &str = "testing";
 const SECRET_KEY: &str = "testing";
-const INSTALL_HINT: &str = "run scripts/peers.sh / pip install 'moto[server]'";
-
-/// A moto_server child process on a free loopback port; killed on drop.
-struct Moto {
-    child: Child,
-    endpoint: String,
-    dir: TempDir,
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    // The kernel picks an unused port; moto binds it right after. Another
-    // process taking it in between makes moto exit, which `start` reports.
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A loopback endpoint nothing listens on: connections are refused at once.
 fn closed_endpoint() -> String {
     format!("http://127.0.0.1:{}", free_port())
 }
 
-fn http() -> reqwest::Client {
-    reqwest::Client::builder().no_proxy().build().unwrap()
+/// What these tests do with a moto: buckets, S3 options, KMS keys.
+trait MotoExt {
+    async fn create_bucket(&self, bucket: &str);
+    fn s3_options(&self, bucket: &str, prefix: Option<&str>) -> S3Options;
+    fn kms_admin(&self) -> aws_sdk_kms::Client;
+    async fn create_key(&self, alias: Option<&str>) -> String;
+    async fn kms(&self, key_id: &str, previous: &[&str]) -> Result<KmsKeyProvider, DomainError>;
+    async fn sealer(&self, key_id: &str, previous: &[&str]) -> Sealer;
 }
 
-impl Moto {
-    async fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let log = File::create(dir.path().join("moto.log")).unwrap();
-        let port = free_port();
-        let child = match Command::new("moto_server")
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-        {
-            Ok(child) => child,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                panic!("moto_server is not installed: {INSTALL_HINT}")
-            }
-            Err(e) => panic!("cannot start moto_server ({e}): {INSTALL_HINT}"),
-        };
-        // Built before waiting, so a failed start still kills the child.
-        let mut moto = Self {
-            child,
-            endpoint: format!("http://127.0.0.1:{port}"),
-            dir,
-        };
-        let ready = format!("{}/moto-api/", moto.endpoint);
-        let client = http();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(resp) = client.get(&ready).send().await
-                && resp.status() == reqwest::StatusCode::OK
-            {
-                return moto;
-            }
-            if let Ok(Some(status)) = moto.child.try_wait() {
-                panic!("moto_server exited ({status}): {}", moto.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "moto_server not ready after 30 s: {}",
-                moto.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("moto.log")).unwrap_or_default()
-    }
-
+impl MotoExt for Moto {
     /// Buckets are made over plain HTTP: moto does not check signatures, and a
     /// whole S3 SDK only for this would double the build.
     async fn create_bucket(&self, bucket: &str) {
