@@ -358,7 +358,8 @@ fn audit_report_text(r: &certflow_core::model::AuditChainReport) -> String {
 
 /// `certflow keys rewrap`: re-seal every private key under the current master key.
 pub async fn rewrap_keys(config: &Config) -> anyhow::Result<()> {
-    let services = open_services(config).await?.services;
+    let opened = open_services(config).await?;
+    let services = opened.services.clone();
     let actor = Actor {
         subject: "admin-cli".into(),
         source: None,
@@ -366,9 +367,17 @@ pub async fn rewrap_keys(config: &Config) -> anyhow::Result<()> {
     let r = services
         .rewrap_keys(&actor, time::OffsetDateTime::now_utc())
         .await?;
+    // The agent-identity CA's keys are sealed under the same master key.
+    let agents = certflow_services::agents::Agents::new(
+        &services,
+        opened.store.agents.clone(),
+        certflow_services::agents::AgentSettings::default(),
+    );
+    let (agent_keys, agent_rewrapped) = agents.rewrap_keys().await?;
     println!(
         "{} sealed keys, {} re-wrapped under the current master key",
-        r.keys, r.rewrapped
+        r.keys + agent_keys,
+        r.rewrapped + agent_rewrapped
     );
     Ok(())
 }

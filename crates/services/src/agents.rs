@@ -292,6 +292,26 @@ impl Agents {
         PrivateKey::from_pkcs8_der(&der)
     }
 
+    /// Re-seals the agent-identity CA's keys under the current master key
+    /// (part of `certflow keys rewrap`); returns (keys, re-wrapped).
+    pub async fn rewrap_keys(&self) -> DomainResult<(usize, usize)> {
+        let Some(ca) = self.store.get_agent_ca().await? else {
+            return Ok((0, 0));
+        };
+        let mut blobs = vec![(ca.key_blob.clone(), key_context(ca.id, "issuing"))];
+        if let Some(root) = &ca.root_key_blob {
+            blobs.push((root.clone(), key_context(ca.id, "root")));
+        }
+        let (mut keys, mut rewrapped) = (0, 0);
+        for (blob, context) in &blobs {
+            keys += 1;
+            if self.services.rewrap_one(blob, context).await? {
+                rewrapped += 1;
+            }
+        }
+        Ok((keys, rewrapped))
+    }
+
     /// DER of the agent-identity CA certificates (issuing first, then up to
     /// the root): the trust anchors client certificates are verified against.
     pub async fn ca_certificates_der(&self) -> DomainResult<Vec<Vec<u8>>> {

@@ -166,7 +166,8 @@ impl Services {
         Ok(report)
     }
 
-    async fn rewrap_one(
+    /// Re-seals one blob under the current master key; `false` if it already was.
+    pub(crate) async fn rewrap_one(
         &self,
         blob: &str,
         context: &certflow_blob::EncryptionContext,

@@ -354,3 +354,57 @@ fn psql_db(db: &PgDb, sql: &str) -> String {
         .unwrap();
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// After a master-key rotation, `certflow keys rewrap` re-seals the
+/// agent-identity CA's keys too: once the old key is dropped, enrolment
+/// (which signs with the CA key) still works.
+#[tokio::test]
+async fn rewrap_moves_the_agent_ca_keys_to_the_new_master_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(
+        SqliteStore::open(&dir.path().join("certflow.db"))
+            .await
+            .unwrap(),
+    );
+    let blobs: Arc<ObjectBlobStore> =
+        Arc::new(ObjectBlobStore::local(&dir.path().join("blobs")).unwrap());
+    let (old, new) = (
+        MasterKey::generate().unwrap(),
+        MasterKey::generate().unwrap(),
+    );
+    let agents_with = |current: &MasterKey, previous: Vec<MasterKey>| {
+        let sealer = Sealer::new(Arc::new(LocalKeyProvider::new(
+            MasterKey::from_base64(&current.to_base64()).unwrap(),
+            previous,
+        )));
+        let services = Services::new(store.clone(), blobs.clone(), sealer, None);
+        Agents::new(&services, store.clone(), AgentSettings::default())
+    };
+    let before = agents_with(&old, Vec::new());
+    before.ensure_ca(now()).await.unwrap();
+
+    let rotating = agents_with(
+        &new,
+        vec![MasterKey::from_base64(&old.to_base64()).unwrap()],
+    );
+    assert_eq!(
+        rotating.rewrap_keys().await.unwrap(),
+        (2, 2),
+        "issuing and root keys"
+    );
+    assert_eq!(
+        rotating.rewrap_keys().await.unwrap(),
+        (2, 0),
+        "nothing left to do"
+    );
+
+    let after = agents_with(&new, Vec::new());
+    let token = after
+        .create_join_token(&admin(), &token_request(10), now())
+        .await
+        .unwrap();
+    after
+        .enroll(&token.token, &csr(), None, None, now())
+        .await
+        .expect("the CA key opens under the new master key alone");
+}
