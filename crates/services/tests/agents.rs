@@ -19,47 +19,8 @@ use certflow_core::{KeyType, SubjectName};
 use certflow_services::Services;
 use certflow_services::agents::{AgentSettings, Agents, NewJoinToken, join_token_sha256};
 use certflow_store::{PgOptions, PgStore, SqliteStore};
+use certflow_testkit::PgDatabase;
 use time::{Duration, OffsetDateTime};
-
-struct PgDb(String);
-
-impl PgDb {
-    fn create() -> Self {
-        let name = format!("certflow_agents_{}", uuid::Uuid::new_v4().simple());
-        let out = psql(&format!("CREATE DATABASE {name}"));
-        assert!(
-            out.status.success(),
-            "PostgreSQL on 127.0.0.1:5432 is required (start it: pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start): {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Self(name)
-    }
-    fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:5432/{}", self.0)
-    }
-}
-
-impl Drop for PgDb {
-    fn drop(&mut self) {
-        let _ = psql(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.0));
-    }
-}
-
-fn psql(sql: &str) -> std::process::Output {
-    Command::new("psql")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "postgres",
-            "-d",
-            "postgres",
-            "-c",
-            sql,
-        ])
-        .output()
-        .expect("psql is required: apt-get install postgresql-client")
-}
 
 fn now() -> OffsetDateTime {
     OffsetDateTime::from_unix_timestamp(OffsetDateTime::now_utc().unix_timestamp()).unwrap()
@@ -110,7 +71,7 @@ async fn sqlite() -> (Env, std::path::PathBuf) {
     (env(store, dir).await, path)
 }
 
-async fn postgres(db: &PgDb) -> Env {
+async fn postgres(db: &PgDatabase) -> Env {
     let store = PgStore::connect(&db.url(), PgOptions::default())
         .await
         .unwrap();
@@ -332,7 +293,7 @@ async fn sqlite_join_tokens_are_single_use_expire_and_are_stored_hashed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_join_tokens_are_single_use_under_concurrency_and_expire() {
-    let db = PgDb::create();
+    let db = PgDatabase::create();
     let e = postgres(&db).await;
     single_use_under_concurrency(&e).await;
     expiry_and_validation(&e).await;
@@ -347,9 +308,9 @@ async fn postgres_join_tokens_are_single_use_under_concurrency_and_expire() {
     assert!(dump.contains(&join_token_sha256(&created.token)));
 }
 
-fn psql_db(db: &PgDb, sql: &str) -> String {
+fn psql_db(db: &PgDatabase, sql: &str) -> String {
     let out = Command::new("psql")
-        .args(["-h", "127.0.0.1", "-U", "postgres", "-d", &db.0, "-c", sql])
+        .args(["-d", &db.url(), "-c", sql])
         .output()
         .unwrap();
     String::from_utf8_lossy(&out.stdout).into_owned()
