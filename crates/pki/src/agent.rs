@@ -5,12 +5,10 @@
 use certflow_core::{DomainError, DomainResult, KeyType};
 use rcgen::{
     CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-    KeyUsagePurpose, PublicKeyData, SanType, SignatureAlgorithm,
+    KeyUsagePurpose, SanType,
 };
 use time::{Duration, OffsetDateTime};
 use x509_parser::extensions::GeneralName;
-use x509_parser::prelude::FromDer;
-use x509_parser::x509::SubjectPublicKeyInfo;
 
 use crate::asn1::{self, internal, whole_seconds};
 use crate::inspect::key_matches_cert;
@@ -40,21 +38,6 @@ pub struct AgentIdentityRequest<'a> {
     pub now: OffsetDateTime,
 }
 
-struct SubjectKey {
-    alg: &'static SignatureAlgorithm,
-    key: Vec<u8>,
-}
-
-impl PublicKeyData for SubjectKey {
-    fn der_bytes(&self) -> &[u8] {
-        &self.key
-    }
-
-    fn algorithm(&self) -> &'static SignatureAlgorithm {
-        self.alg
-    }
-}
-
 /// Issues an agent identity certificate under the agent-identity CA; returns its DER.
 pub fn issue_agent_identity(
     ca_cert_der: &[u8],
@@ -82,36 +65,7 @@ pub fn issue_agent_identity(
             None
         }
     };
-    let subject_key = match SubjectPublicKeyInfo::from_der(req.spki_der) {
-        Ok(([], spki)) => match asn1::classify_spki(&spki) {
-            Ok(kt) if kt == req.key_type => Some(SubjectKey {
-                alg: asn1::signature_algorithm(kt),
-                key: spki.subject_public_key.data.to_vec(),
-            }),
-            Ok(kt) => {
-                errors.push(certflow_core::FieldError::new(
-                    "key_type",
-                    format!(
-                        "the public key is {}, not {}",
-                        kt.as_str(),
-                        req.key_type.as_str()
-                    ),
-                ));
-                None
-            }
-            Err(reason) => {
-                errors.push(certflow_core::FieldError::new("csr", reason));
-                None
-            }
-        },
-        _ => {
-            errors.push(certflow_core::FieldError::new(
-                "csr",
-                "not a valid DER SubjectPublicKeyInfo",
-            ));
-            None
-        }
-    };
+    let subject_key = crate::issue::subject_key(&mut errors, req.spki_der, req.key_type, "csr");
     let (Some(subject_key), Some(uri), true) = (subject_key, uri, errors.is_empty()) else {
         return Err(DomainError::Invalid(errors));
     };
@@ -173,6 +127,7 @@ mod tests {
     use crate::testutil::{ca, key, now};
     use x509_parser::certificate::X509Certificate;
     use x509_parser::extensions::ParsedExtension;
+    use x509_parser::prelude::FromDer;
 
     #[test]
     fn identity_has_uri_san_client_auth_and_the_requested_lifetime() {

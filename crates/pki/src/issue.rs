@@ -56,9 +56,9 @@ const DV_POLICIES: &[u8] = &[
 ];
 
 /// The subject key as rcgen writes it into the certificate.
-struct SubjectKey {
+pub(crate) struct SubjectKey {
     alg: &'static SignatureAlgorithm,
-    key: Vec<u8>,
+    pub(crate) key: Vec<u8>,
 }
 
 impl PublicKeyData for SubjectKey {
@@ -180,36 +180,7 @@ fn check_request(req: &LeafRequest<'_>) -> DomainResult<(SubjectKey, Vec<SanType
             }
         }
     }
-    let subject_key = match SubjectPublicKeyInfo::from_der(req.spki_der) {
-        Ok(([], spki)) => match asn1::classify_spki(&spki) {
-            Ok(kt) if kt == req.key_type => Some(SubjectKey {
-                alg: asn1::signature_algorithm(kt),
-                key: spki.subject_public_key.data.to_vec(),
-            }),
-            Ok(kt) => {
-                errors.push(certflow_core::FieldError::new(
-                    "key_type",
-                    format!(
-                        "the public key is {}, not {}",
-                        kt.as_str(),
-                        req.key_type.as_str()
-                    ),
-                ));
-                None
-            }
-            Err(reason) => {
-                errors.push(certflow_core::FieldError::new("public_key", reason));
-                None
-            }
-        },
-        _ => {
-            errors.push(certflow_core::FieldError::new(
-                "public_key",
-                "not a valid DER SubjectPublicKeyInfo",
-            ));
-            None
-        }
-    };
+    let subject_key = subject_key(&mut errors, req.spki_der, req.key_type, "public_key");
     let mut sans = Vec::with_capacity(req.names.len());
     for (i, name) in req.names.iter().enumerate() {
         match name {
@@ -339,6 +310,46 @@ pub(crate) fn san(name: &SubjectName) -> DomainResult<SanType> {
             })
         }
         SubjectName::Ip(ip) => Ok(SanType::IpAddress(*ip)),
+    }
+}
+
+/// The subject key of `spki_der`, which must be of `key_type`; problems are
+/// pushed to `errors` (the DER's own problems under `field`).
+pub(crate) fn subject_key(
+    errors: &mut Vec<certflow_core::FieldError>,
+    spki_der: &[u8],
+    key_type: KeyType,
+    field: &str,
+) -> Option<SubjectKey> {
+    match SubjectPublicKeyInfo::from_der(spki_der) {
+        Ok(([], spki)) => match asn1::classify_spki(&spki) {
+            Ok(kt) if kt == key_type => Some(SubjectKey {
+                alg: asn1::signature_algorithm(kt),
+                key: spki.subject_public_key.data.to_vec(),
+            }),
+            Ok(kt) => {
+                errors.push(certflow_core::FieldError::new(
+                    "key_type",
+                    format!(
+                        "the public key is {}, not {}",
+                        kt.as_str(),
+                        key_type.as_str()
+                    ),
+                ));
+                None
+            }
+            Err(reason) => {
+                errors.push(certflow_core::FieldError::new(field, reason));
+                None
+            }
+        },
+        _ => {
+            errors.push(certflow_core::FieldError::new(
+                field,
+                "not a valid DER SubjectPublicKeyInfo",
+            ));
+            None
+        }
     }
 }
 
