@@ -10,7 +10,6 @@
 use std::sync::Arc;
 
 use aws_lc_rs::{digest, rand};
-use bytes::Bytes;
 use certflow_blob::{EncryptionContext, Sealer};
 use certflow_core::agents::{Agent, AgentCaRecord, AgentStatus, JoinToken, agent_uri};
 use certflow_core::model::{Actor, AuditEvent};
@@ -189,36 +188,12 @@ impl Agents {
         let s = &self.settings;
         let material = certflow_pki::create_ca(&s.ca_name, s.ca_key_type, now, 3650, 1825)?;
         let id = Uuid::now_v7();
-        let key_blob = format!("agent-ca/{id}/issuing-key.enc");
-        let sealed = self
-            .sealer
-            .seal(
-                material.issuing_key.pkcs8_der(),
-                &key_context(id, "issuing"),
-            )
+        let (key_blob, root_key_blob, written) = self
+            .services
+            .seal_ca_keys(&material, &format!("agent-ca/{id}"), |which| {
+                key_context(id, which)
+            })
             .await?;
-        self.blobs.put(&key_blob, Bytes::from(sealed)).await?;
-        let mut written = vec![key_blob.clone()];
-        let root_key_blob = match &material.root_key {
-            Some(root) => {
-                let blob = format!("agent-ca/{id}/root-key.enc");
-                let sealed = self
-                    .sealer
-                    .seal(root.pkcs8_der(), &key_context(id, "root"))
-                    .await;
-                let put = match sealed {
-                    Ok(sealed) => self.blobs.put(&blob, Bytes::from(sealed)).await,
-                    Err(e) => Err(e),
-                };
-                if let Err(e) = put {
-                    self.remove_blobs(&written).await;
-                    return Err(e);
-                }
-                written.push(blob.clone());
-                Some(blob)
-            }
-            None => None,
-        };
         let info = certflow_pki::inspect(&material.issuing_cert_der)?;
         let record = AgentCaRecord {
             id,
@@ -244,7 +219,7 @@ impl Agents {
             Ok(()) => Ok((record, true)),
             Err(DomainError::Conflict(_)) => {
                 // Another replica created it first: adopt theirs.
-                self.remove_blobs(&written).await;
+                self.services.remove_blobs(&written).await;
                 let ca = self.store.get_agent_ca().await?.ok_or_else(|| {
                     DomainError::Internal("the agent-identity CA vanished".into())
                 })?;
@@ -252,16 +227,8 @@ impl Agents {
                 Ok((ca, false))
             }
             Err(e) => {
-                self.remove_blobs(&written).await;
+                self.services.remove_blobs(&written).await;
                 Err(e)
-            }
-        }
-    }
-
-    async fn remove_blobs(&self, keys: &[String]) {
-        for key in keys {
-            if let Err(e) = self.blobs.delete(key).await {
-                tracing::warn!(blob = %key, error = %e, "could not remove agent CA blob");
             }
         }
     }

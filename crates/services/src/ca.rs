@@ -138,32 +138,11 @@ impl Services {
     ) -> DomainResult<Issuer> {
         let id = Uuid::now_v7();
         let info = certflow_pki::inspect(&material.issuing_cert_der)?;
-        let key_blob = format!("issuers/{id}/issuing-key.enc");
-        let sealed = self
-            .sealer
-            .seal(
-                material.issuing_key.pkcs8_der(),
-                &key_context(id, "issuing"),
-            )
+        let (key_blob, root_key_blob, written) = self
+            .seal_ca_keys(&material, &format!("issuers/{id}"), |which| {
+                key_context(id, which)
+            })
             .await?;
-        self.blobs.put(&key_blob, Bytes::from(sealed)).await?;
-        let mut written = vec![key_blob.clone()];
-        let root_key_blob = match &material.root_key {
-            Some(root) => {
-                let blob = format!("issuers/{id}/root-key.enc");
-                let sealed = self
-                    .sealer
-                    .seal(root.pkcs8_der(), &key_context(id, "root"))
-                    .await?;
-                if let Err(e) = self.blobs.put(&blob, Bytes::from(sealed)).await {
-                    self.remove_blobs(&written).await;
-                    return Err(e);
-                }
-                written.push(blob.clone());
-                Some(blob)
-            }
-            None => None,
-        };
         let chain_pem: String = material
             .chain_der
             .iter()
@@ -196,6 +175,41 @@ impl Services {
         }
         tracing::info!(issuer = %id, subject = %issuer.subject, action, "issuer stored");
         Ok(issuer)
+    }
+
+    /// Seals a CA's issuing (and root, if any) key into `<prefix>/issuing-key.enc`
+    /// and `<prefix>/root-key.enc`, `context("issuing" | "root")` bound to each;
+    /// returns the blob keys and the list written. On failure nothing stays written.
+    pub(crate) async fn seal_ca_keys(
+        &self,
+        material: &CaMaterial,
+        prefix: &str,
+        context: impl Fn(&str) -> EncryptionContext,
+    ) -> DomainResult<(String, Option<String>, Vec<String>)> {
+        let key_blob = format!("{prefix}/issuing-key.enc");
+        let sealed = self
+            .sealer
+            .seal(material.issuing_key.pkcs8_der(), &context("issuing"))
+            .await?;
+        self.blobs.put(&key_blob, Bytes::from(sealed)).await?;
+        let mut written = vec![key_blob.clone()];
+        let root_key_blob = match &material.root_key {
+            Some(root) => {
+                let blob = format!("{prefix}/root-key.enc");
+                let put = match self.sealer.seal(root.pkcs8_der(), &context("root")).await {
+                    Ok(sealed) => self.blobs.put(&blob, Bytes::from(sealed)).await,
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = put {
+                    self.remove_blobs(&written).await;
+                    return Err(e);
+                }
+                written.push(blob.clone());
+                Some(blob)
+            }
+            None => None,
+        };
+        Ok((key_blob, root_key_blob, written))
     }
 
     pub(crate) async fn remove_blobs(&self, keys: &[String]) {
