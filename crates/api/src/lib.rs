@@ -3,6 +3,8 @@
 //! strings and are parsed by the use cases, so a bad value is reported with the
 //! field's name and the allowed values rather than a serde message.
 
+pub mod agent;
+
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};

@@ -12,13 +12,13 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Router};
+use certflow_api::agent::{EnrollRequest, IdentityView, RenewIdentityRequest, WhoamiView};
 use certflow_core::DomainError;
 use certflow_core::access::{Permission, Principal, PrincipalKind};
 use certflow_core::agents::{Agent, parse_agent_uri};
 use certflow_services::agents::{Agents, IssuedIdentity};
 use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::danger::ClientCertVerifier;
-use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -264,43 +264,6 @@ async fn authenticate(
     Ok(())
 }
 
-/// `POST /agent/v1/enroll` body.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EnrollRequest {
-    /// PEM PKCS#10 request signed by the agent's key.
-    pub csr: String,
-    /// Name the agent proposes (the join token's name otherwise).
-    #[serde(default)]
-    pub name: Option<String>,
-}
-
-/// `POST /agent/v1/identity/renew` body.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RenewRequest {
-    /// PEM PKCS#10 request (a fresh key is recommended).
-    pub csr: String,
-}
-
-/// An identity certificate and what it says.
-#[derive(Debug, Serialize)]
-pub struct IdentityView {
-    /// The agent's id (the URI SAN's last part).
-    pub agent_id: Uuid,
-    /// Its name (the certificate's CN).
-    pub name: String,
-    /// Its teams.
-    pub teams: Vec<String>,
-    /// PEM of the identity certificate.
-    pub certificate_pem: String,
-    /// PEM of the agent-identity CA chain.
-    pub ca_chain_pem: String,
-    /// End of the certificate's validity.
-    #[serde(with = "time::serde::rfc3339")]
-    pub not_after: OffsetDateTime,
-}
-
 fn identity_view(i: IssuedIdentity) -> IdentityView {
     IdentityView {
         agent_id: i.agent.id,
@@ -310,24 +273,6 @@ fn identity_view(i: IssuedIdentity) -> IdentityView {
         ca_chain_pem: i.ca_chain_pem,
         not_after: i.agent.cert_not_after,
     }
-}
-
-/// `GET /agent/v1/whoami` answer.
-#[derive(Debug, Serialize)]
-pub struct WhoamiView {
-    /// The agent's id.
-    pub agent_id: Uuid,
-    /// Its name.
-    pub name: String,
-    /// Its teams.
-    pub teams: Vec<String>,
-    /// `active` (others are refused before this point).
-    pub status: String,
-    /// Serial of the identity certificate in use.
-    pub certificate_serial: String,
-    /// End of its validity.
-    #[serde(with = "time::serde::rfc3339")]
-    pub certificate_not_after: OffsetDateTime,
 }
 
 async fn enroll(
@@ -372,7 +317,7 @@ fn require_agent_api(caller: &AgentCaller) -> ApiResult<()> {
 async fn renew(
     State(state): State<AgentState>,
     Extension(caller): Extension<AgentCaller>,
-    Json(req): Json<RenewRequest>,
+    Json(req): Json<RenewIdentityRequest>,
 ) -> ApiResult<Json<IdentityView>> {
     require_agent_api(&caller)?;
     let issued = state

@@ -1,0 +1,249 @@
+//! The agent API (`/agent/v1/*`, served over mTLS) and the console's view of
+//! deployments: the contract between `certflow serve` and `certflow-agent`.
+//!
+//! Routes (all but enrolment need the agent's identity certificate):
+//!
+//! | method | path | body → answer |
+//! |---|---|---|
+//! | POST | `/agent/v1/enroll` | [`EnrollRequest`] (bearer: join token or OIDC client-credentials token) → 201 [`IdentityView`] |
+//! | POST | `/agent/v1/identity/renew` | [`RenewIdentityRequest`] → [`IdentityView`] |
+//! | GET | `/agent/v1/whoami` | → [`WhoamiView`] |
+//! | GET | `/agent/v1/assignments[?wait=<s>]` | `If-None-Match` → 200 [`AssignmentList`] with `ETag`, or 304 |
+//! | GET | `/agent/v1/certificates/{id}` | → [`CertificateBundle`] (current version) |
+//! | POST | `/agent/v1/certificates` | [`AgentCertificateRequest`] → 201 [`Assignment`] (created and assigned to the caller) |
+//! | POST | `/agent/v1/certificates/{id}/renew` | [`AgentRenewRequest`] → [`Assignment`] |
+//! | POST | `/agent/v1/reports` | [`ReportRequest`] → 204 |
+//!
+//! Console (`/console/api/v1`): `GET/POST /agents/{id}/assignments`,
+//! `DELETE /agents/{id}/assignments/{certificate_id}` ([`AssignRequest`]), and
+//! `GET /certificates/{id}/deployments` → `Vec<`[`DeploymentView`]`>`.
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+/// `POST /agent/v1/enroll` body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollRequest {
+    /// PEM PKCS#10 request signed by the agent's identity key.
+    pub csr: String,
+    /// Name the agent proposes (the join token's name otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// `POST /agent/v1/identity/renew` body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RenewIdentityRequest {
+    /// PEM PKCS#10 request (a fresh key is recommended).
+    pub csr: String,
+}
+
+/// An identity certificate and what it says.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IdentityView {
+    /// The agent's id (the URI SAN's last part).
+    pub agent_id: Uuid,
+    /// Its name (the certificate's CN).
+    pub name: String,
+    /// Its teams.
+    pub teams: Vec<String>,
+    /// PEM of the identity certificate.
+    pub certificate_pem: String,
+    /// PEM of the agent-identity CA chain (trust anchor for the agent listener too).
+    pub ca_chain_pem: String,
+    /// End of the certificate's validity.
+    #[serde(with = "time::serde::rfc3339")]
+    pub not_after: OffsetDateTime,
+}
+
+/// `GET /agent/v1/whoami` answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WhoamiView {
+    /// The agent's id.
+    pub agent_id: Uuid,
+    /// Its name.
+    pub name: String,
+    /// Its teams.
+    pub teams: Vec<String>,
+    /// `active` (others are refused before this point).
+    pub status: String,
+    /// Serial of the identity certificate in use.
+    pub certificate_serial: String,
+    /// End of its validity.
+    #[serde(with = "time::serde::rfc3339")]
+    pub certificate_not_after: OffsetDateTime,
+}
+
+/// One certificate assigned to the calling agent, as of its current version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Assignment {
+    /// The managed certificate.
+    pub certificate_id: Uuid,
+    /// Its display name (agents' configurations refer to it by this or the id).
+    pub name: String,
+    /// Subject alternative names of the current version.
+    pub names: Vec<String>,
+    /// `csr` (the agent holds the key) or `server` (fetched with the bundle).
+    pub key_source: String,
+    /// `active`, `revoked` or `archived`; a revoked or archived certificate
+    /// is to be removed from service (the agent stops renewing it).
+    pub status: String,
+    /// Current version number.
+    pub version: u32,
+    /// Serial (lower-case hex) of the current version.
+    pub serial: String,
+    /// SHA-256 (lower-case hex) of the current version's DER.
+    pub fingerprint_sha256: String,
+    /// End of the current version's validity.
+    #[serde(with = "time::serde::rfc3339")]
+    pub not_after: OffsetDateTime,
+}
+
+/// `GET /agent/v1/assignments` answer (its `ETag` header covers the whole list).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AssignmentList {
+    /// Every certificate assigned to the agent, ordered by id.
+    pub items: Vec<Assignment>,
+}
+
+/// `GET /agent/v1/certificates/{id}` answer: what to install.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CertificateBundle {
+    /// The managed certificate.
+    pub certificate_id: Uuid,
+    /// Version of the PEMs below.
+    pub version: u32,
+    /// Serial (lower-case hex).
+    pub serial: String,
+    /// SHA-256 (lower-case hex) of the leaf's DER.
+    pub fingerprint_sha256: String,
+    /// PEM of the leaf certificate.
+    pub certificate_pem: String,
+    /// PEM of the issuing chain, leaf excluded, root excluded.
+    pub chain_pem: String,
+    /// PEM (PKCS#8) private key, only for `server`-keyed certificates; the
+    /// download is audited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_pem: Option<String>,
+}
+
+/// `POST /agent/v1/certificates`: the agent requests a certificate for a key it
+/// generated (the key never leaves the host); it is assigned to the agent.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentCertificateRequest {
+    /// Display name; unique per agent (a repeat returns the existing assignment
+    /// when the names match, 409 otherwise).
+    pub name: String,
+    /// PEM PKCS#10 request carrying the names (SANs) and the public key.
+    pub csr: String,
+    /// Owning team: one of the agent's teams (defaults to its only team).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub team: Option<String>,
+    /// Issuer name (the default issuer otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    /// Profile (`tls-server` by default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
+    /// Validity in days (issuer/profile default otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validity_days: Option<u32>,
+    /// Validity in seconds, for short-lived certificates (overrides days).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validity_seconds: Option<u32>,
+}
+
+/// `POST /agent/v1/certificates/{id}/renew`: a new version now, for a new
+/// key when `csr` is given (key rotation; `csr`-keyed certificates only), or
+/// when the current one is expired or about to be.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentRenewRequest {
+    /// PEM PKCS#10 request for the new key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub csr: Option<String>,
+}
+
+/// Outcome of the agent's last attempt to deploy a certificate version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeploymentStatus {
+    /// Installed, reloaded, and the verification target serves it.
+    Installed,
+    /// Installing, reloading or verifying failed; the previous version was
+    /// restored (see `error`).
+    Failed,
+    /// Failed and could not even restore the previous version.
+    Broken,
+}
+
+/// One certificate in a report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeploymentReport {
+    /// The managed certificate.
+    pub certificate_id: Uuid,
+    /// The version the host now serves (after a rollback: the previous one; 0 if none).
+    pub version: u32,
+    /// SHA-256 (lower-case hex) of the certificate the host now serves.
+    pub fingerprint_sha256: String,
+    /// Outcome.
+    pub status: DeploymentStatus,
+    /// The version the agent tried to install, when it differs from `version`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempted_version: Option<u32>,
+    /// Why it failed (no secrets: the agent never puts key material here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// `POST /agent/v1/reports` body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReportRequest {
+    /// One entry per certificate the agent acted on or verified.
+    pub items: Vec<DeploymentReport>,
+    /// The agent's version (`certflow-agent --version`), shown in the console.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_version: Option<String>,
+}
+
+/// Console: assign a certificate to an agent.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AssignRequest {
+    /// The managed certificate (same team as one of the agent's teams).
+    pub certificate_id: Uuid,
+}
+
+/// Console: where one certificate stands on one agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct DeploymentView {
+    /// The agent.
+    pub agent_id: Uuid,
+    /// Its name.
+    pub agent_name: String,
+    /// The managed certificate.
+    pub certificate_id: Uuid,
+    /// Its current version (what the host should serve).
+    pub current_version: u32,
+    /// Last reported version served (None: never reported).
+    pub deployed_version: Option<u32>,
+    /// Last reported fingerprint served.
+    pub fingerprint_sha256: Option<String>,
+    /// Last reported outcome (`pending` when never reported).
+    pub status: String,
+    /// Last reported error.
+    pub error: Option<String>,
+    /// When the last report arrived.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub reported_at: Option<OffsetDateTime>,
+    /// The current version is not deployed and was issued longer ago than
+    /// the configured drift tolerance.
+    pub drift: bool,
+}
