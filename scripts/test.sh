@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 
 scripts/peers.sh
 
+scripts/check-deploy.sh
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 

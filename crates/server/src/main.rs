@@ -46,6 +46,13 @@ enum Command {
     Keys(KeysCommand),
     /// Print the console API's OpenAPI document.
     Openapi,
+    /// Exit 0 when the server answers 200 at `url` (container health checks:
+    /// the runtime image has no shell or curl).
+    Healthcheck {
+        /// The probe to ask.
+        #[arg(long, default_value = "http://127.0.0.1:8080/healthz")]
+        url: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -66,6 +73,21 @@ enum AdminCommand {
     },
     /// Check the audit trail's hash chain; exits non-zero where it is broken.
     VerifyAudit,
+}
+
+async fn healthcheck(url: &str) -> anyhow::Result<()> {
+    let resp = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(5))
+        .build()?
+        .get(url)
+        .send()
+        .await?;
+    anyhow::ensure!(
+        resp.status().is_success(),
+        "{url} answered {}",
+        resp.status()
+    );
+    Ok(())
 }
 
 fn main() -> ExitCode {
@@ -120,6 +142,7 @@ fn main() -> ExitCode {
                 println!("{}", http::openapi_json());
                 Ok(())
             }
+            Command::Healthcheck { url } => healthcheck(&url).await,
         }
     });
     match result {

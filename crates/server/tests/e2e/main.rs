@@ -1044,3 +1044,29 @@ fn two_replicas_on_postgres_s3_and_kms_never_duplicate() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// `certflow healthcheck` is the container image's health probe (no shell or
+/// curl in it): 0 when the server answers, non-zero with the reason otherwise.
+#[test]
+fn healthcheck_command_tells_up_from_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), &[]).unwrap();
+    let probe = |url: &str| {
+        Command::new(BIN)
+            .args(["healthcheck", "--url", url])
+            .env_clear()
+            .output()
+            .unwrap()
+    };
+    let up = probe(&format!("{}/healthz", server.url));
+    assert!(up.status.success(), "{up:?}");
+    let missing = probe(&format!("{}/no-such-probe", server.url));
+    assert!(!missing.status.success());
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("404"),
+        "{missing:?}"
+    );
+    stop(server);
+    let closed = format!("http://127.0.0.1:{}/healthz", certflow_testkit::free_port());
+    assert!(!probe(&closed).status.success());
+}
