@@ -29,11 +29,15 @@ pub enum EventKind {
     Revoked,
     /// Daily summary of what expires soon (per team).
     Digest,
+    /// An agent reported that installing a version failed.
+    DeploymentFailed,
+    /// A new version was not reported installed by an agent in time.
+    DeploymentDrift,
 }
 
 impl EventKind {
     /// Every kind, for validation and listings.
-    pub const ALL: [EventKind; 7] = [
+    pub const ALL: [EventKind; 9] = [
         EventKind::Issued,
         EventKind::Renewed,
         EventKind::RenewalFailing,
@@ -41,6 +45,8 @@ impl EventKind {
         EventKind::Expiring,
         EventKind::Revoked,
         EventKind::Digest,
+        EventKind::DeploymentFailed,
+        EventKind::DeploymentDrift,
     ];
 
     /// Stable identifier.
@@ -53,6 +59,8 @@ impl EventKind {
             EventKind::Expiring => "expiring",
             EventKind::Revoked => "revoked",
             EventKind::Digest => "digest",
+            EventKind::DeploymentFailed => "deployment-failed",
+            EventKind::DeploymentDrift => "deployment-drift",
         }
     }
 

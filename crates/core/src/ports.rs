@@ -357,3 +357,60 @@ pub trait SessionStore: Send + Sync {
     /// Deletes expired sessions and pending logins; returns how many rows went.
     async fn purge_expired_sessions(&self, now: OffsetDateTime) -> DomainResult<u64>;
 }
+
+/// Assignments of certificates to agents and the agents' deployment
+/// reports. Every change commits its audit event in the same transaction.
+#[async_trait]
+pub trait DeploymentStore: Send + Sync {
+    /// Assigns a certificate to an agent; `false` (and nothing written, no
+    /// audit) if it already is. `NotFound` if either does not exist.
+    async fn assign(
+        &self,
+        assignment: &crate::deployments::Assignment,
+        audit: &AuditEvent,
+    ) -> DomainResult<bool>;
+    /// Removes an assignment and the agent's reports about it. `NotFound` if absent.
+    async fn unassign(
+        &self,
+        agent_id: Uuid,
+        certificate_id: Uuid,
+        audit: &AuditEvent,
+    ) -> DomainResult<()>;
+    /// The agent's assignments with each certificate's current version, by certificate id.
+    async fn assigned_certificates(
+        &self,
+        agent_id: Uuid,
+    ) -> DomainResult<Vec<crate::deployments::AssignedCertificate>>;
+    /// Stores reports (one row per agent and certificate, replaced by the
+    /// next report) with `audit`, in one transaction.
+    async fn record_deployments(
+        &self,
+        reports: &[crate::deployments::Deployment],
+        audit: &AuditEvent,
+    ) -> DomainResult<()>;
+    /// Where one certificate stands on every agent it is assigned to.
+    async fn certificate_deployments(
+        &self,
+        certificate_id: Uuid,
+    ) -> DomainResult<Vec<crate::deployments::DeploymentState>>;
+    /// Where every certificate assigned to one agent stands.
+    async fn agent_deployments(
+        &self,
+        agent_id: Uuid,
+    ) -> DomainResult<Vec<crate::deployments::DeploymentState>>;
+    /// Assignments of active agents whose active certificate's current
+    /// version was issued at or before `issued_before`, is not reported
+    /// installed, and was not yet announced as drift; at most `limit`.
+    async fn drift_candidates(
+        &self,
+        issued_before: OffsetDateTime,
+        limit: u32,
+    ) -> DomainResult<Vec<crate::deployments::DeploymentState>>;
+    /// Records that drift of `version` was announced for the assignment.
+    async fn mark_drift_notified(
+        &self,
+        agent_id: Uuid,
+        certificate_id: Uuid,
+        version: u32,
+    ) -> DomainResult<()>;
+}

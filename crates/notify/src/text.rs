@@ -50,6 +50,15 @@ fn days(n: u32) -> String {
     }
 }
 
+/// ` on <agent>` for deployment events (the agent's name is in `details`).
+fn on_agent(n: &Notification) -> String {
+    n.details
+        .get("agent_name")
+        .and_then(|v| v.as_str())
+        .map(|a| format!(" on {a}"))
+        .unwrap_or_default()
+}
+
 /// What happened, in a few words: `api.example.com renewal failing`.
 pub fn headline(n: &Notification) -> String {
     let name = n.certificate_name.as_deref().unwrap_or("certificate");
@@ -64,6 +73,8 @@ pub fn headline(n: &Notification) -> String {
             _ => format!("{name} expiring"),
         },
         EventKind::Revoked => format!("{name} revoked"),
+        EventKind::DeploymentFailed => format!("{name} deployment failed{}", on_agent(n)),
+        EventKind::DeploymentDrift => format!("{name} new version not deployed{}", on_agent(n)),
         EventKind::Digest => {
             let count = digest(n).map(|d| d.certificates.len()).unwrap_or(0);
             format!(

@@ -13,6 +13,7 @@ mod agents;
 mod audit;
 mod changes;
 mod codec;
+mod deployments;
 mod error;
 mod migrate;
 mod notify;

@@ -15,6 +15,7 @@ use sqlx::{ConnectOptions, Connection, Postgres};
 use tokio::time::Instant;
 
 use crate::agents::forward_agent_store;
+use crate::deployments::forward_deployment_store;
 use crate::audit::link_unchained;
 use crate::migrate::{Embedded, migrator};
 use crate::notify::forward_notification_store;
@@ -56,6 +57,11 @@ const MIGRATIONS: &[Embedded] = &[
         6,
         "sessions",
         include_str!("../migrations/postgres/0006_sessions.sql"),
+    ),
+    (
+        7,
+        "deployments",
+        include_str!("../migrations/postgres/0007_deployments.sql"),
     ),
 ];
 
@@ -113,6 +119,7 @@ forward_renewal_ledger!(PgStore, store);
 forward_notification_store!(PgStore, store);
 forward_session_store!(PgStore, store);
 forward_agent_store!(PgStore, store);
+forward_deployment_store!(PgStore, store);
 
 impl PgStore {
     /// The renewal queue on this database's `renewal_jobs` table.

@@ -10,6 +10,7 @@ use sqlx::Sqlite;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
 use crate::agents::forward_agent_store;
+use crate::deployments::forward_deployment_store;
 use crate::audit::link_unchained;
 use crate::error::map;
 use crate::migrate::{Embedded, migrator};
@@ -54,6 +55,11 @@ const MIGRATIONS: &[Embedded] = &[
         "sessions",
         include_str!("../migrations/sqlite/0006_sessions.sql"),
     ),
+    (
+        7,
+        "deployments",
+        include_str!("../migrations/sqlite/0007_deployments.sql"),
+    ),
 ];
 
 /// How long a statement waits for another connection's write lock.
@@ -86,6 +92,7 @@ forward_renewal_ledger!(SqliteStore, store);
 forward_notification_store!(SqliteStore, store);
 forward_session_store!(SqliteStore, store);
 forward_agent_store!(SqliteStore, store);
+forward_deployment_store!(SqliteStore, store);
 
 impl SqliteStore {
     /// The renewal queue on this database's `renewal_jobs` table.

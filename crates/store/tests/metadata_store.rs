@@ -3541,6 +3541,387 @@ mod suite {
         assert_eq!((page.total, page.items.len()), (2, 1));
         assert_eq!(page.items[0], events[3]);
     }
+
+    // ----- deployments: assignments and agents' reports -----
+
+    /// An active agent of team `team`, stored through a join token (the
+    /// only way the port creates agents). Built from JSON so the test does
+    /// not depend on fields it does not care about.
+    async fn seed_agent<S>(store: &S, name: &str, team: &str) -> certflow_core::agents::Agent
+    where
+        S: certflow_core::ports::AgentStore,
+    {
+        use certflow_core::agents::{Agent, JoinToken};
+        let token = JoinToken {
+            id: Uuid::now_v7(),
+            token_sha256: format!("{:064x}", Uuid::new_v4().as_u128()),
+            name: name.into(),
+            teams: vec![team.into()],
+            expires_at: at(T0 + DAY),
+            created_by: "alice".into(),
+            created_at: at(T0),
+            used_at: None,
+            agent_id: None,
+        };
+        store
+            .insert_join_token(&token, &event("agent.join-token.create", "agent"))
+            .await
+            .unwrap();
+        let agent: Agent = serde_json::from_value(json!({
+            "id": Uuid::now_v7(), "name": name, "teams": [team], "status": "active",
+            "cert_serial": "01", "cert_fingerprint_sha256": "00",
+            "cert_not_after": serde_json::to_value(at(T0 + DAY)).unwrap(),
+            "created_at": serde_json::to_value(at(T0)).unwrap(),
+            "last_seen": null,
+        }))
+        .unwrap();
+        store
+            .enroll_agent(
+                &token.token_sha256,
+                at(T0),
+                &agent,
+                &event("agent.enroll", "agent"),
+            )
+            .await
+            .unwrap();
+        agent
+    }
+
+    fn report(
+        agent: Uuid,
+        cert: Uuid,
+        version: u32,
+        status: certflow_core::deployments::DeploymentStatus,
+        secs: i64,
+    ) -> certflow_core::deployments::Deployment {
+        certflow_core::deployments::Deployment {
+            agent_id: agent,
+            certificate_id: cert,
+            version,
+            fingerprint_sha256: format!("{:064x}", u128::from(version)),
+            status,
+            attempted_version: (status != certflow_core::deployments::DeploymentStatus::Installed)
+                .then_some(version + 1),
+            error: (status != certflow_core::deployments::DeploymentStatus::Installed)
+                .then(|| "reload failed".to_owned()),
+            reported_at: at(secs),
+            agent_version: Some("0.1.0".into()),
+        }
+    }
+
+    async fn actions(store: &dyn MetadataStore, prefix: &str) -> Vec<String> {
+        store
+            .list_audit(&AuditQuery {
+                action_prefix: Some(prefix.into()),
+                limit: 100,
+                ..AuditQuery::default()
+            })
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .map(|e| e.action)
+            .collect()
+    }
+
+    pub async fn deployments_assign_follow_versions_record_reports_and_unassign<S>(store: &S)
+    where
+        S: MetadataStore + certflow_core::ports::AgentStore + certflow_core::ports::DeploymentStore,
+    {
+        use certflow_core::deployments::{Assignment, DeploymentStatus};
+        let issuer = seed_issuer(store).await;
+        let cert = certificate(&issuer, "www.example.com", "web");
+        let v1 = create(store, &cert).await;
+        let agent = seed_agent(store, "web-1", "web").await;
+        let other = seed_agent(store, "web-2", "web").await;
+        let assignment = Assignment {
+            agent_id: agent.id,
+            certificate_id: cert.id,
+            created_by: "alice".into(),
+            created_at: at(T0 + 10),
+        };
+        assert!(
+            store
+                .assign(&assignment, &event("deployment.assign", "x"))
+                .await
+                .unwrap()
+        );
+        // A repeat changes nothing and records nothing.
+        assert!(
+            !store
+                .assign(&assignment, &event("deployment.assign", "x"))
+                .await
+                .unwrap()
+        );
+        assert_eq!(actions(store, "deployment.assign").await.len(), 1);
+        // Unknown agent or certificate: NotFound, nothing stored.
+        let mut unknown = assignment.clone();
+        unknown.certificate_id = Uuid::now_v7();
+        assert!(matches!(
+            store
+                .assign(&unknown, &event("deployment.assign", "x"))
+                .await,
+            Err(DomainError::NotFound(_))
+        ));
+        unknown.certificate_id = cert.id;
+        unknown.agent_id = Uuid::now_v7();
+        assert!(matches!(
+            store
+                .assign(&unknown, &event("deployment.assign", "x"))
+                .await,
+            Err(DomainError::NotFound(_))
+        ));
+
+        let listed = store.assigned_certificates(agent.id).await.unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(
+            (
+                listed[0].certificate_id,
+                listed[0].version,
+                listed[0].serial.as_str()
+            ),
+            (cert.id, 1, v1.serial.as_str())
+        );
+        assert_eq!(listed[0].names, cert.names);
+        assert_eq!(listed[0].assigned_at, at(T0 + 10));
+        assert!(
+            store
+                .assigned_certificates(other.id)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+
+        // A renewal shows in the listing at once (it joins the current version).
+        let mut renewed = cert.clone();
+        renewed.current_version = 2;
+        let v2 = version(&renewed, 2);
+        store
+            .add_version(
+                &renewed,
+                &v2,
+                &event("certificate.renew", &target(&cert)),
+                None,
+            )
+            .await
+            .unwrap();
+        let listed = store.assigned_certificates(agent.id).await.unwrap();
+        assert_eq!(
+            (listed[0].version, listed[0].serial.clone()),
+            (2, v2.serial.clone())
+        );
+        assert_eq!(listed[0].issued_at, v2.created_at);
+
+        // Reports: only for assigned certificates; the last one wins.
+        assert!(matches!(
+            store
+                .record_deployments(
+                    &[report(
+                        other.id,
+                        cert.id,
+                        1,
+                        DeploymentStatus::Installed,
+                        T0
+                    )],
+                    &event("deployment.report", "x"),
+                )
+                .await,
+            Err(DomainError::NotFound(_))
+        ));
+        let states = store.certificate_deployments(cert.id).await.unwrap();
+        assert_eq!(states.len(), 1);
+        assert!(states[0].last_report.is_none());
+        assert_eq!(states[0].agent_name, "web-1");
+        let failed = report(agent.id, cert.id, 1, DeploymentStatus::Failed, T0 + 20);
+        store
+            .record_deployments(
+                std::slice::from_ref(&failed),
+                &event("deployment.report", "x"),
+            )
+            .await
+            .unwrap();
+        let states = store.agent_deployments(agent.id).await.unwrap();
+        assert_eq!(states[0].last_report.as_ref(), Some(&failed));
+        assert!(!states[0].current_installed());
+        let installed = report(agent.id, cert.id, 2, DeploymentStatus::Installed, T0 + 30);
+        store
+            .record_deployments(
+                std::slice::from_ref(&installed),
+                &event("deployment.report", "x"),
+            )
+            .await
+            .unwrap();
+        let states = store.certificate_deployments(cert.id).await.unwrap();
+        assert_eq!(states[0].last_report.as_ref(), Some(&installed));
+        assert!(states[0].current_installed());
+        assert_eq!(actions(store, "deployment.report").await.len(), 2);
+
+        // Unassigning removes the reports; a second time is NotFound.
+        store
+            .unassign(agent.id, cert.id, &event("deployment.unassign", "x"))
+            .await
+            .unwrap();
+        assert!(
+            store
+                .assigned_certificates(agent.id)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert!(
+            store
+                .certificate_deployments(cert.id)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert!(matches!(
+            store
+                .unassign(agent.id, cert.id, &event("deployment.unassign", "x"))
+                .await,
+            Err(DomainError::NotFound(_))
+        ));
+        assert_eq!(actions(store, "deployment.unassign").await.len(), 1);
+        // Assigned again, the old reports do not come back.
+        assert!(
+            store
+                .assign(&assignment, &event("deployment.assign", "x"))
+                .await
+                .unwrap()
+        );
+        assert!(
+            store.agent_deployments(agent.id).await.unwrap()[0]
+                .last_report
+                .is_none()
+        );
+    }
+
+    pub async fn drift_candidates_are_late_uninstalled_and_not_yet_announced<S>(store: &S)
+    where
+        S: MetadataStore + certflow_core::ports::AgentStore + certflow_core::ports::DeploymentStore,
+    {
+        use certflow_core::deployments::{Assignment, DeploymentStatus};
+        let issuer = seed_issuer(store).await;
+        let cert = certificate(&issuer, "api.example.com", "web");
+        create(store, &cert).await; // version 1 issued at T0 + DAY
+        let late = seed_agent(store, "late", "web").await;
+        let done = seed_agent(store, "done", "web").await;
+        let off = seed_agent(store, "off", "web").await;
+        for a in [&late, &done, &off] {
+            store
+                .assign(
+                    &Assignment {
+                        agent_id: a.id,
+                        certificate_id: cert.id,
+                        created_by: "alice".into(),
+                        created_at: at(T0),
+                    },
+                    &event("deployment.assign", "x"),
+                )
+                .await
+                .unwrap();
+        }
+        store
+            .record_deployments(
+                &[report(
+                    done.id,
+                    cert.id,
+                    1,
+                    DeploymentStatus::Installed,
+                    T0 + DAY,
+                )],
+                &event("deployment.report", "x"),
+            )
+            .await
+            .unwrap();
+        store
+            .set_agent_status(
+                off.id,
+                certflow_core::agents::AgentStatus::Disabled,
+                &event("agent.disable", "x"),
+            )
+            .await
+            .unwrap();
+        let names = |v: Vec<certflow_core::deployments::DeploymentState>| {
+            v.into_iter().map(|s| s.agent_name).collect::<Vec<_>>()
+        };
+        // Not late yet.
+        assert!(
+            store
+                .drift_candidates(at(T0 + DAY - 1), 100)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            names(store.drift_candidates(at(T0 + DAY), 100).await.unwrap()),
+            ["late"]
+        );
+        store
+            .mark_drift_notified(late.id, cert.id, 1)
+            .await
+            .unwrap();
+        assert!(
+            store
+                .drift_candidates(at(T0 + 9 * DAY), 100)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        // A new version is late for everyone, "done" included, once each.
+        let mut renewed = cert.clone();
+        renewed.current_version = 2;
+        store
+            .add_version(
+                &renewed,
+                &version(&renewed, 2),
+                &event("certificate.renew", "x"),
+                None,
+            )
+            .await
+            .unwrap();
+        let late_v2 = store.drift_candidates(at(T0 + 9 * DAY), 100).await.unwrap();
+        // Ties on the issue time go by agent id (UUIDv7: enrolment order).
+        assert_eq!(names(late_v2.clone()), ["late", "done"]);
+        assert!(late_v2.iter().all(|s| s.assigned.version == 2));
+        assert_eq!(
+            store
+                .drift_candidates(at(T0 + 9 * DAY), 1)
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+        // Marking an older version does not undo a newer mark.
+        store
+            .mark_drift_notified(done.id, cert.id, 2)
+            .await
+            .unwrap();
+        store
+            .mark_drift_notified(done.id, cert.id, 1)
+            .await
+            .unwrap();
+        assert_eq!(
+            names(store.drift_candidates(at(T0 + 9 * DAY), 100).await.unwrap()),
+            ["late"]
+        );
+        // An archived certificate is not late anywhere.
+        store
+            .archive_certificate(
+                cert.id,
+                at(T0 + 9 * DAY),
+                &event("certificate.archive", "x"),
+            )
+            .await
+            .unwrap();
+        assert!(
+            store
+                .drift_candidates(at(T0 + 9 * DAY), 100)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
 }
 
 /// The texts of `migrations/<dir>/*.sql`, oldest first.
@@ -3623,6 +4004,8 @@ macro_rules! metadata_store_suite {
             audit_chain_verifies_after_mixed_writes,
             concurrent_audited_writes_form_one_chain,
             audit_filters_by_outcome_and_time,
+            deployments_assign_follow_versions_record_reports_and_unassign,
+            drift_candidates_are_late_uninstalled_and_not_yet_announced,
         );
     };
     (@cases $open:expr; $($case:ident),* $(,)?) => {
