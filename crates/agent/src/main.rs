@@ -3,6 +3,14 @@
 //! its command-line surface and its dependency rule (API types only, never
 //! server crates) exist; polling, install and reload arrive with the agent issue.
 
+// Wired into the commands by the next commit (client, polling).
+#[allow(dead_code)]
+mod config;
+#[allow(dead_code)]
+mod install;
+#[allow(dead_code)]
+mod pki;
+
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
