@@ -43,6 +43,8 @@ pub struct Config {
     pub acme: std::collections::BTreeMap<String, certflow_acme::AcmeSettings>,
     /// The agent listener and agent identities (`[agent]`).
     pub agent: crate::agent::AgentConfig,
+    /// Console rate limits and client addresses (`[console]`).
+    pub console: ConsoleConfig,
 }
 
 impl Default for Config {
@@ -60,6 +62,7 @@ impl Default for Config {
             notifications: NotificationsConfig::default(),
             acme: Default::default(),
             agent: Default::default(),
+            console: ConsoleConfig::default(),
         }
     }
 }
@@ -490,6 +493,52 @@ impl AuthConfig {
     }
 }
 
+/// `[console]`: rate limits of `/console/*` and where client addresses come from.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsoleConfig {
+    /// Requests a second per authenticated subject on the console API and
+    /// session routes (per client IP for requests that are not authenticated).
+    pub rate_limit_per_sec: f64,
+    /// Burst size of that limit.
+    pub rate_limit_burst: f64,
+    /// `/console/login` and `/console/callback` requests a minute per client IP.
+    pub login_rate_limit_per_min: f64,
+    /// Burst size of the login limit.
+    pub login_rate_limit_burst: f64,
+    /// Peers (CIDRs: the load balancer) whose `X-Forwarded-For` names the
+    /// client, for rate limits and the audit trail's `source`.
+    pub trusted_proxies: Vec<String>,
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        Self {
+            rate_limit_per_sec: 20.0,
+            rate_limit_burst: 40.0,
+            login_rate_limit_per_min: 30.0,
+            login_rate_limit_burst: 10.0,
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+impl ConsoleConfig {
+    /// Checks values that types alone cannot.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let positive = |v: f64| v.is_finite() && v > 0.0;
+        if !positive(self.rate_limit_per_sec) || !positive(self.login_rate_limit_per_min) {
+            bail!(
+                "console.rate_limit_per_sec and console.login_rate_limit_per_min must be positive"
+            );
+        }
+        if !(self.rate_limit_burst >= 1.0 && self.login_rate_limit_burst >= 1.0) {
+            bail!("console.rate_limit_burst and console.login_rate_limit_burst must be at least 1");
+        }
+        crate::http::limit::ConsoleLimits::new(self).map(|_| ())
+    }
+}
+
 /// `[log]`
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -627,6 +676,7 @@ impl Config {
             .validate()
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         self.agent.validate()?;
+        self.console.validate()?;
         self.auth.check_console()?;
         if !matches!(self.log.format.as_str(), "text" | "json") {
             bail!(

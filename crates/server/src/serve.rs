@@ -647,7 +647,13 @@ async fn serve_api(config: &Config, opened: &Opened, services: Services) -> anyh
     }
     spawn_sweeper(services.clone(), config);
     let agents = start_agents(config, opened, &services).await?;
-    let console = http::login::ConsoleAuth::from_config(config, opened.store.sessions.clone())?;
+    let limits = Arc::new(http::limit::ConsoleLimits::new(&config.console)?);
+    let console = http::login::ConsoleAuth::from_config(
+        config,
+        opened.store.sessions.clone(),
+        services.store().clone(),
+        limits.clone(),
+    )?;
     let state = AppState {
         services,
         bootstrap_hash,
@@ -658,6 +664,7 @@ async fn serve_api(config: &Config, opened: &Opened, services: Services) -> anyh
         }),
         authenticators: Arc::new(bearer_authenticators(config)?),
         sessions: console.as_ref().map(|c| c.sessions().clone()),
+        limits,
     };
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await

@@ -22,7 +22,7 @@ use rustls::server::danger::ClientCertVerifier;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::limit::{self, RateLimiter};
+use super::limit::RateLimiter;
 use super::token::{AgentTokenVerifier, check_binding};
 use super::{AgentConfig, ConnInfo};
 use crate::http::console::Json;
@@ -169,6 +169,7 @@ fn refused(detail: &str) -> ApiError {
 /// Middleware on every agent route: certificate and agent check (all but
 /// enrolment), rate limit, request counter.
 async fn guard(State(state): State<AgentState>, mut req: Request, next: Next) -> Response {
+    let started = Instant::now();
     let route = req
         .extensions()
         .get::<MatchedPath>()
@@ -179,7 +180,7 @@ async fn guard(State(state): State<AgentState>, mut req: Request, next: Next) ->
         Ok(()) => next.run(req).await,
         Err(resp) => resp,
     };
-    limit::record("agent", &route, resp.status().as_u16());
+    crate::http::metrics::observe(&route, &route, resp.status().as_u16(), started.elapsed());
     resp
 }
 

@@ -39,7 +39,9 @@ pub fn declared(method: &Method, path: &str) -> Option<Permission> {
         ("GET", "/subscriptions" | "/deliveries" | "/deliveries/{id}/attempts") => NotificationRead,
         ("POST", "/subscriptions") | ("DELETE", "/subscriptions/{id}") => NotificationWrite,
         ("GET", "/agents") | ("POST", "/agents/join-tokens") => AgentAdmin,
-        ("POST", "/agents/{id}/disable" | "/agents/{id}/revoke") => AgentAdmin,
+        ("POST", "/agents/{id}/disable" | "/agents/{id}/enable" | "/agents/{id}/revoke") => {
+            AgentAdmin
+        }
         _ => return None,
     })
 }

@@ -1,5 +1,6 @@
-//! `/console/api/v1/agents`: join tokens and agent administration (list,
-//! disable, revoke). Every change is audited by the store in its transaction.
+//! `/console/api/v1/agents`: join tokens (create, list, revoke) and agent
+//! administration (list, disable, re-enable, revoke). Every change is
+//! audited by the store in its transaction.
 
 use axum::Extension;
 use axum::http::StatusCode;
@@ -169,6 +170,18 @@ pub async fn disable_agent(
     Path(id): Path<Uuid>,
 ) -> ApiResult<Json<AgentView>> {
     set_status(ext, &actor, id, AgentStatus::Disabled).await
+}
+
+/// Re-enables a disabled agent: its current identity certificate works
+/// again. A revoked agent stays revoked (409).
+#[utoipa::path(post, path = "/agents/{id}/enable", tag = "agents", params(("id" = Uuid, Path)),
+    responses((status = 200, body = AgentView), (status = 404, body = certflow_api::Problem), (status = 409, body = certflow_api::Problem)))]
+pub async fn enable_agent(
+    ext: Option<Extension<Agents>>,
+    Extension(actor): Extension<Actor>,
+    Path(id): Path<Uuid>,
+) -> ApiResult<Json<AgentView>> {
+    set_status(ext, &actor, id, AgentStatus::Active).await
 }
 
 /// Revokes an agent for good (enrol again with a new join token).

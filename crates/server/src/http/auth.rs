@@ -1,6 +1,8 @@
-//! Authentication of the console API. Until SSO lands, the only credential is
-//! the bootstrap admin token: generated at first start, shown once, stored as a
-//! SHA-256 hash (the token has 256 bits of entropy, so a slow hash adds nothing).
+//! Authentication of the console API: the bootstrap admin token (generated
+//! at first start, shown once, stored as a SHA-256 hash: the token has 256
+//! bits of entropy, so a slow hash adds nothing), OIDC access tokens from the
+//! configured issuers, or the console session cookie; then the console rate
+//! limit ([`super::limit::ConsoleLimits`]).
 
 use std::net::SocketAddr;
 
@@ -8,7 +10,7 @@ use aws_lc_rs::{constant_time, digest, rand};
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::header;
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse as _, Response};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use certflow_core::access::Principal;
@@ -85,17 +87,22 @@ impl BearerAuthenticator for OidcBearer {
 }
 
 /// Middleware: requires a valid bearer token (the bootstrap token or one a
-/// configured authenticator accepts) and attaches the [`Principal`] and the
-/// audit [`Actor`].
+/// configured authenticator accepts) or console session, attaches the
+/// [`Principal`] and the audit [`Actor`], and applies the console rate
+/// limit: per subject once authenticated; per client IP for requests that
+/// fail (so guessing tokens is throttled by address, and a 429 replaces the
+/// 401 once that address's bucket is empty).
 pub async fn require_auth(
     State(state): State<AppState>,
     mut req: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    let source = req
+    let peer = req
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
-        .map(|ci| ci.0.ip().to_string());
+        .map(|ci| ci.0.ip());
+    let client = state.limits.client_ip(peer, req.headers());
+    let source = client.map(|ip| ip.to_string());
     let token = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -108,14 +115,22 @@ pub async fn require_auth(
     let Some(token) = token else {
         // A browser: its session cookie (CSRF-checked for state changes).
         if let Some(sessions) = &state.sessions
-            && let Some(principal) = sessions.authenticate(req.method(), req.headers()).await?
+            && let Some(principal) = sessions
+                .authenticate(req.method(), req.headers(), source.as_deref())
+                .await?
         {
+            if let Err(limited) = state.limits.subject(&principal.subject) {
+                return Ok(limited.into_response());
+            }
             req.extensions_mut().insert(Actor {
                 subject: principal.subject.clone(),
                 source,
             });
             req.extensions_mut().insert(principal);
             return Ok(next.run(req).await);
+        }
+        if let Err(limited) = state.limits.anonymous(client) {
+            return Ok(limited.into_response());
         }
         return Err(ApiError::unauthorized(
             "send Authorization: Bearer <token> or sign in at /console/login",
@@ -148,8 +163,14 @@ pub async fn require_auth(
             reason,
             "rejected bearer token"
         );
+        if let Err(limited) = state.limits.anonymous(client) {
+            return Ok(limited.into_response());
+        }
         return Err(ApiError::unauthorized("the bearer token is not valid"));
     };
+    if let Err(limited) = state.limits.subject(&principal.subject) {
+        return Ok(limited.into_response());
+    }
     req.extensions_mut().insert(Actor {
         subject: principal.subject.clone(),
         source,

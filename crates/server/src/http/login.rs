@@ -10,25 +10,36 @@
 //! `exp`, `nonce`), maps its groups to a principal and opens a session under
 //! a NEW id. `POST /console/logout` ends it and returns the provider's
 //! end-session URL.
+//!
+//! Every callback is audited: `console.login` with the subject, the client's
+//! address and the outcome; a refusal names its reason (a fixed code such as
+//! `unknown_state` or `id_token_invalid`, never a token or code). Login and
+//! callback share a tight per-IP rate limit, as each costs an audit record
+//! and possibly a provider round trip.
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use aws_lc_rs::digest;
-use axum::Router;
-use axum::extract::{FromRef, Query, State};
+use axum::extract::{ConnectInfo, FromRef, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::{Extension, Router, middleware};
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use certflow_auth::{AuthError, DiscoveryDocument, TokenValidator};
+use certflow_core::model::{Actor, AuditEvent, Outcome};
+use certflow_core::ports::MetadataStore;
 use certflow_core::session::PendingLogin;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
+use serde_json::json;
 use time::OffsetDateTime;
 
 use super::errors::{ApiError, ApiResult};
+use super::limit::ConsoleLimits;
 use super::session::{self, SessionSettings, Sessions, random_token, sha256_hex};
 use crate::config::OidcConfig;
 
@@ -46,6 +57,7 @@ const MAX_PROVIDER_TEXT: usize = 200;
 pub struct ConsoleAuth {
     inner: Arc<Inner>,
     sessions: Sessions,
+    limits: Arc<ConsoleLimits>,
 }
 
 struct Inner {
@@ -65,9 +77,20 @@ impl FromRef<ConsoleAuth> for Sessions {
     }
 }
 
+impl FromRef<ConsoleAuth> for Arc<ConsoleLimits> {
+    fn from_ref(console: &ConsoleAuth) -> Arc<ConsoleLimits> {
+        console.limits.clone()
+    }
+}
+
 impl ConsoleAuth {
-    /// The relying party of `[auth.oidc]`, keeping sessions in `sessions`.
-    pub fn new(oidc: &OidcConfig, sessions: Sessions) -> anyhow::Result<Self> {
+    /// The relying party of `[auth.oidc]`, keeping sessions in `sessions`
+    /// and limiting requests with `limits` (shared with the console API).
+    pub fn new(
+        oidc: &OidcConfig,
+        sessions: Sessions,
+        limits: Arc<ConsoleLimits>,
+    ) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder()
             .timeout(PROVIDER_TIMEOUT)
             .redirect(reqwest::redirect::Policy::none())
@@ -97,13 +120,17 @@ impl ConsoleAuth {
                 http,
             }),
             sessions,
+            limits,
         })
     }
 
-    /// The console login of `config`, or `None` without `[auth.oidc]`.
+    /// The console login of `config`, or `None` without `[auth.oidc]`:
+    /// sessions in `store`, audited in `audit`, rate-limited by `limits`.
     pub fn from_config(
         config: &crate::config::Config,
         store: Arc<dyn certflow_core::ports::SessionStore>,
+        audit: Arc<dyn MetadataStore>,
+        limits: Arc<ConsoleLimits>,
     ) -> anyhow::Result<Option<Self>> {
         let Some(oidc) = &config.auth.oidc else {
             return Ok(None);
@@ -113,7 +140,7 @@ impl ConsoleAuth {
             absolute_timeout: config.auth.session.absolute_timeout(),
             console_origin: config.auth.console_origin().unwrap_or_default(),
         };
-        Self::new(oidc, Sessions::new(store, settings)).map(Some)
+        Self::new(oidc, Sessions::new(store, audit, settings), limits).map(Some)
     }
 
     /// The sessions, for the auth middleware ([`Sessions::authenticate`]).
@@ -148,7 +175,44 @@ pub fn router(console: ConsoleAuth) -> Router {
             HeaderValue::from_static("nosniff"),
         ))
         .layer(tower_http::trace::TraceLayer::new_for_http())
+        .layer(middleware::from_fn(super::metrics::track))
 }
+
+/// The peer address of a request, when it came over a socket.
+type Peer = Option<Extension<ConnectInfo<SocketAddr>>>;
+
+impl ConsoleAuth {
+    /// The client's address (behind trusted proxies, the forwarded one).
+    fn client(&self, peer: Peer, headers: &HeaderMap) -> Option<IpAddr> {
+        self.limits.client_ip(peer.map(|p| p.0.0.ip()), headers)
+    }
+}
+
+/// Why a callback was refused, for the audit trail: a fixed code, plus the
+/// provider's or validator's own short code where there is one.
+struct Refusal {
+    error: ApiError,
+    reason: &'static str,
+    code: Option<String>,
+}
+
+impl Refusal {
+    fn new(error: ApiError, reason: &'static str) -> Self {
+        Self {
+            error,
+            reason,
+            code: None,
+        }
+    }
+
+    fn with_code(mut self, code: impl Into<String>) -> Self {
+        self.code = Some(code.into());
+        self
+    }
+}
+
+/// Longest provider or validator code kept in the audit trail.
+const MAX_AUDIT_CODE: usize = 64;
 
 fn login_failed(detail: impl Into<String>) -> ApiError {
     ApiError::new(
@@ -198,7 +262,14 @@ fn with_query(endpoint: &str, params: &[(&str, &str)]) -> ApiResult<String> {
 }
 
 /// `GET /console/login`: start a login at the provider.
-async fn login(State(console): State<ConsoleAuth>) -> ApiResult<Response> {
+async fn login(
+    State(console): State<ConsoleAuth>,
+    peer: Peer,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    if let Err(limited) = console.limits.login(console.client(peer, &headers)) {
+        return Ok(limited.into_response());
+    }
     let doc = console.discovery().await?;
     let now = OffsetDateTime::now_utc();
     if let Err(e) = console.sessions.store().purge_expired_sessions(now).await {
@@ -266,46 +337,146 @@ struct TokenError {
     error_description: Option<String>,
 }
 
-/// `GET /console/callback`: finish the login and open a session.
+/// `GET /console/callback`: finish the login and open a session; audited
+/// whatever the outcome.
 async fn callback(
     State(console): State<ConsoleAuth>,
+    peer: Peer,
     headers: HeaderMap,
     query: Result<Query<Callback>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Response> {
-    let Query(q) = query?;
+    let client = console.client(peer, &headers);
+    if let Err(limited) = console.limits.login(client) {
+        return Ok(limited.into_response());
+    }
+    let source = client.map(|ip| ip.to_string());
+    let now = OffsetDateTime::now_utc();
+    match finish_login(&console, &headers, query, now).await {
+        Ok((id, created)) => {
+            let actor = Actor {
+                subject: created.principal.subject.clone(),
+                source,
+            };
+            let event = AuditEvent::success(
+                now,
+                &actor,
+                "console.login",
+                session::audit_target(&created),
+                json!({
+                    "roles": created.principal.roles,
+                    "teams": created.principal.teams,
+                    "absolute_expires_at": created.absolute_expires_at.unix_timestamp(),
+                }),
+            );
+            // No record, no session.
+            if let Err(e) = console.sessions.audit(&event).await {
+                if let Err(d) = console.sessions.discard(&created).await {
+                    tracing::error!(error = %d, "removing an unaudited session failed");
+                }
+                return Err(e.into());
+            }
+            tracing::info!(
+                subject = %created.principal.subject,
+                roles = ?created.principal.roles,
+                "console login"
+            );
+            let mut response = redirect("/console/")?;
+            response
+                .headers_mut()
+                .insert(header::SET_COOKIE, session::set_cookie(&id)?);
+            Ok(response)
+        }
+        Err(refusal) => {
+            let mut details = json!({ "reason": refusal.reason });
+            if let Some(code) = &refusal.code {
+                details["code"] = json!(
+                    excerpt(code)
+                        .chars()
+                        .take(MAX_AUDIT_CODE)
+                        .collect::<String>()
+                );
+            }
+            let event = AuditEvent {
+                outcome: Outcome::Failure,
+                ..AuditEvent::success(
+                    now,
+                    &Actor {
+                        subject: "anonymous".into(),
+                        source: source.clone(),
+                    },
+                    "console.login",
+                    "session/none",
+                    details,
+                )
+            };
+            tracing::warn!(
+                reason = refusal.reason,
+                source = source.as_deref().unwrap_or("-"),
+                "console login refused"
+            );
+            if let Err(e) = console.sessions.audit(&event).await {
+                // The login fails either way; the refusal is still in the log.
+                tracing::error!(error = %e, reason = refusal.reason, "auditing a refused login failed");
+            }
+            Err(refusal.error)
+        }
+    }
+}
+
+/// The callback's checks and the code exchange; on success a new session
+/// (cookie value and record), not yet audited.
+async fn finish_login(
+    console: &ConsoleAuth,
+    headers: &HeaderMap,
+    query: Result<Query<Callback>, axum::extract::rejection::QueryRejection>,
+    now: OffsetDateTime,
+) -> Result<(String, certflow_core::session::Session), Refusal> {
+    let Query(q) = query.map_err(|e| Refusal::new(e.into(), "malformed_callback"))?;
     let Some(state) = q.state.as_deref().filter(|s| !s.is_empty()) else {
-        return Err(login_failed("the callback has no state"));
+        return Err(Refusal::new(
+            login_failed("the callback has no state"),
+            "missing_state",
+        ));
     };
     // Consumed before anything else, so a state works once whatever happens next.
     let pending = console
         .sessions
         .store()
         .take_pending_login(&sha256_hex(state))
-        .await?;
+        .await
+        .map_err(|e| Refusal::new(e.into(), "store_unavailable"))?;
     let Some(pending) = pending else {
-        tracing::warn!("console callback with an unknown or already used state");
-        return Err(login_failed(
-            "unknown or already used login state; start again at /console/login",
+        return Err(Refusal::new(
+            login_failed("unknown or already used login state; start again at /console/login"),
+            "unknown_state",
         ));
     };
-    let now = OffsetDateTime::now_utc();
     if now >= pending.expires_at {
-        return Err(login_failed(
-            "the login took too long; start again at /console/login",
+        return Err(Refusal::new(
+            login_failed("the login took too long; start again at /console/login"),
+            "expired_state",
         ));
     }
     if let Some(error) = q.error.as_deref() {
         let description = q.error_description.as_deref().unwrap_or("");
-        return Err(login_failed(format!(
-            "the identity provider refused the login: {} {}",
-            excerpt(error),
-            excerpt(description)
-        )));
+        return Err(Refusal::new(
+            login_failed(format!(
+                "the identity provider refused the login: {} {}",
+                excerpt(error),
+                excerpt(description)
+            )),
+            "provider_refused",
+        )
+        .with_code(error));
     }
     let Some(code) = q.code.as_deref().filter(|c| !c.is_empty()) else {
-        return Err(login_failed("the callback has no code"));
+        return Err(Refusal::new(
+            login_failed("the callback has no code"),
+            "missing_code",
+        ));
     };
-    let doc = console.discovery().await?;
+    let unavailable = |e: ApiError| Refusal::new(e, "provider_unavailable");
+    let doc = console.discovery().await.map_err(unavailable)?;
     let inner = &console.inner;
     let id_token = exchange(inner, &doc.token_endpoint, code, &pending.pkce_verifier).await?;
     let claims = inner
@@ -315,31 +486,34 @@ async fn callback(
         .map_err(|e: AuthError| {
             tracing::warn!(reason = e.reason(), error = %e, "console login: ID token refused");
             if e.is_unavailable() {
-                provider_unavailable()
+                unavailable(provider_unavailable())
             } else {
-                login_failed(format!("the ID token is not valid ({})", e.reason()))
+                Refusal::new(
+                    login_failed(format!("the ID token is not valid ({})", e.reason())),
+                    "id_token_invalid",
+                )
+                .with_code(e.reason())
             }
         })?;
     if claims.subject.as_deref().is_none_or(str::is_empty) {
-        return Err(login_failed("the ID token has no subject"));
+        return Err(Refusal::new(
+            login_failed("the ID token has no subject"),
+            "no_subject",
+        ));
     }
     let principal = inner.validator.principal(&claims);
+    let store_error = |e: certflow_core::DomainError| Refusal::new(e.into(), "store_unavailable");
     // Whatever session the browser brought is ended, never upgraded.
-    console.sessions.end_cookie_session(&headers).await?;
-    let (id, created) = console
+    console
+        .sessions
+        .end_cookie_session(headers)
+        .await
+        .map_err(store_error)?;
+    console
         .sessions
         .create(principal, Some(id_token), now)
-        .await?;
-    tracing::info!(
-        subject = %created.principal.subject,
-        roles = ?created.principal.roles,
-        "console login"
-    );
-    let mut response = redirect("/console/")?;
-    response
-        .headers_mut()
-        .insert(header::SET_COOKIE, session::set_cookie(&id)?);
-    Ok(response)
+        .await
+        .map_err(store_error)
 }
 
 /// Exchanges `code` at the token endpoint; returns the ID token.
@@ -348,14 +522,20 @@ async fn exchange(
     token_endpoint: &str,
     code: &str,
     verifier: &str,
-) -> ApiResult<String> {
+) -> Result<String, Refusal> {
+    let unavailable = || Refusal::new(provider_unavailable(), "provider_unavailable");
     let form = serde_urlencoded::to_string([
         ("grant_type", "authorization_code"),
         ("code", code),
         ("redirect_uri", &inner.redirect_uri),
         ("code_verifier", verifier),
     ])
-    .map_err(|e| ApiError::from(certflow_core::DomainError::Internal(e.to_string())))?;
+    .map_err(|e| {
+        Refusal::new(
+            certflow_core::DomainError::Internal(e.to_string()).into(),
+            "internal",
+        )
+    })?;
     // RFC 6749 §2.3.1: both halves form-encoded before Basic.
     let basic = format!(
         "{}:{}",
@@ -376,12 +556,12 @@ async fn exchange(
         .await
         .map_err(|e| {
             tracing::warn!(error = %e, "token endpoint unreachable");
-            provider_unavailable()
+            unavailable()
         })?;
     let status = response.status();
     let body = response.bytes().await.map_err(|e| {
         tracing::warn!(error = %e, "token endpoint response unreadable");
-        provider_unavailable()
+        unavailable()
     })?;
     if status.is_client_error() {
         let err: TokenError = serde_json::from_slice(&body).unwrap_or(TokenError {
@@ -391,21 +571,28 @@ async fn exchange(
         let error = excerpt(err.error.as_deref().unwrap_or("error"));
         let description = excerpt(err.error_description.as_deref().unwrap_or(""));
         tracing::warn!(%status, %error, %description, "token endpoint refused the code");
-        return Err(login_failed(format!(
-            "the identity provider refused the code: {error} {description}"
-        )));
+        return Err(Refusal::new(
+            login_failed(format!(
+                "the identity provider refused the code: {error} {description}"
+            )),
+            "code_refused",
+        )
+        .with_code(error));
     }
     if !status.is_success() {
         tracing::warn!(%status, "token endpoint failed");
-        return Err(provider_unavailable());
+        return Err(unavailable());
     }
     let tokens: TokenResponse = serde_json::from_slice(&body).map_err(|e| {
         tracing::warn!(error = %e, "token endpoint answered no JSON");
-        provider_unavailable()
+        unavailable()
     })?;
-    tokens
-        .id_token
-        .ok_or_else(|| login_failed("the identity provider returned no ID token"))
+    tokens.id_token.ok_or_else(|| {
+        Refusal::new(
+            login_failed("the identity provider returned no ID token"),
+            "no_id_token",
+        )
+    })
 }
 
 fn form_encode(s: &str) -> String {
@@ -421,14 +608,30 @@ pub struct LogoutView {
     pub end_session_url: Option<String>,
 }
 
-/// `POST /console/logout`: ends the session (CSRF-protected).
-async fn logout(State(console): State<ConsoleAuth>, headers: HeaderMap) -> ApiResult<Response> {
+/// `POST /console/logout`: ends the session (CSRF-protected, audited).
+async fn logout(
+    State(console): State<ConsoleAuth>,
+    peer: Peer,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let client = console.client(peer, &headers);
+    let source = client.map(|ip| ip.to_string());
     let session = console
         .sessions
-        .authenticate_session(&axum::http::Method::POST, &headers)
-        .await?
-        .ok_or_else(|| ApiError::unauthorized("no console session"))?;
-    console.sessions.end(&session).await?;
+        .authenticate_session(&axum::http::Method::POST, &headers, source.as_deref())
+        .await?;
+    let limited = match &session {
+        Some(s) => console.limits.subject(&s.principal.subject),
+        None => console.limits.anonymous(client),
+    };
+    if let Err(limited) = limited {
+        return Ok(limited.into_response());
+    }
+    let session = session.ok_or_else(|| ApiError::unauthorized("no console session"))?;
+    console
+        .sessions
+        .end_from(&session, source.as_deref())
+        .await?;
     tracing::info!(subject = %session.principal.subject, "console logout");
     let inner = &console.inner;
     // The provider session outlives ours unless the browser goes there too.

@@ -7,7 +7,9 @@ pub mod agents;
 pub mod auth;
 pub mod console;
 pub mod errors;
+pub mod limit;
 pub mod login;
+pub mod metrics;
 pub mod operations;
 pub mod session;
 
@@ -47,6 +49,8 @@ pub struct AppState {
     pub authenticators: std::sync::Arc<Vec<std::sync::Arc<dyn auth::BearerAuthenticator>>>,
     /// Browser sessions (console SSO), when `[auth.oidc]` is configured.
     pub sessions: Option<session::Sessions>,
+    /// Console rate limits and client addresses (`[console]`).
+    pub limits: std::sync::Arc<limit::ConsoleLimits>,
 }
 
 #[derive(OpenApi)]
@@ -98,6 +102,7 @@ pub fn console_api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(agents::list_agents))
         .routes(routes!(agents::create_join_token))
         .routes(routes!(agents::disable_agent))
+        .routes(routes!(agents::enable_agent))
         .routes(routes!(agents::revoke_agent))
         .split_for_parts()
 }
@@ -131,10 +136,6 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(operations::metrics))
-        .route(
-            "/metrics/agents",
-            get(|| async { crate::agent::limit::render() }),
-        )
         .route("/pki/{issuer}/ca.crt", get(issuer_cert))
         .route("/pki/{issuer}/crl", get(issuer_crl))
         .fallback(|| async { ApiError::no_route() })
@@ -152,6 +153,8 @@ pub fn app(state: AppState) -> Router {
             HeaderValue::from_static("nosniff"),
         ))
         .layer(TraceLayer::new_for_http())
+        // Applied per route (so it sees the matched template), around the other layers.
+        .layer(middleware::from_fn(metrics::track))
         .with_state(state)
 }
 

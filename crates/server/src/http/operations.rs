@@ -318,7 +318,9 @@ pub async fn delivery_attempts(
 }
 
 /// `/metrics`: Prometheus text of the renewal queue and notification deliveries,
-/// read from the shared database so any replica reports the whole system.
+/// read from the shared database so any replica reports the whole system, then
+/// this process's HTTP requests (console and agent listeners) by route group,
+/// route and status.
 pub async fn metrics(State(state): State<AppState>) -> Response {
     let mut out = String::new();
     let kind = state.renewal.queue.kind();
@@ -361,5 +363,6 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
             ));
         }
     }
+    super::metrics::render(&mut out);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }

@@ -11,11 +11,18 @@
 //!
 //! `__Host-` cookies are only accepted by browsers over HTTPS (`Secure`), so
 //! the console must be served over TLS (at the load balancer or a proxy).
+//!
+//! The audit trail records logins (in `login`), logouts and the use of an
+//! expired session (`console.session.expire`, with `idle` or `absolute`):
+//! the record is written before the session row goes, and a request whose
+//! record cannot be written fails.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use aws_lc_rs::{constant_time, digest, rand};
-use axum::extract::State;
+use axum::Extension;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
@@ -23,12 +30,15 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use certflow_core::DomainError;
 use certflow_core::access::{Principal, Role};
 use certflow_core::error::DomainResult;
-use certflow_core::ports::SessionStore;
+use certflow_core::model::{Actor, AuditEvent};
+use certflow_core::ports::{MetadataStore, SessionStore};
 use certflow_core::session::Session;
 use serde::Serialize;
+use serde_json::json;
 use time::{Duration, OffsetDateTime};
 
 use super::errors::ApiError;
+use super::limit::ConsoleLimits;
 
 /// Name of the session cookie; `__Host-` pins it to this host, path `/`, `Secure`.
 pub const COOKIE: &str = "__Host-certflow_session";
@@ -51,6 +61,14 @@ pub(crate) fn sha256_hex(secret: &str) -> String {
     hex::encode(digest::digest(&digest::SHA256, secret.as_bytes()).as_ref())
 }
 
+/// Audit target of a session: `session/` and 16 hex digits of the SHA-256 of
+/// its stored id hash. It ties a login to its logout or expiry without
+/// being usable to find, let alone present, the session.
+pub fn audit_target(session: &Session) -> String {
+    let digest = sha256_hex(&session.id_hash);
+    format!("session/{}", &digest[..16])
+}
+
 /// Session lifetimes and the console's origin.
 #[derive(Debug, Clone)]
 pub struct SessionSettings {
@@ -66,6 +84,7 @@ pub struct SessionSettings {
 #[derive(Clone)]
 pub struct Sessions {
     store: Arc<dyn SessionStore>,
+    audit: Arc<dyn MetadataStore>,
     settings: Arc<SessionSettings>,
 }
 
@@ -77,10 +96,15 @@ pub struct CurrentSession {
 }
 
 impl Sessions {
-    /// Sessions kept in `store`.
-    pub fn new(store: Arc<dyn SessionStore>, settings: SessionSettings) -> Self {
+    /// Sessions kept in `store`, audited in `audit`'s trail.
+    pub fn new(
+        store: Arc<dyn SessionStore>,
+        audit: Arc<dyn MetadataStore>,
+        settings: SessionSettings,
+    ) -> Self {
         Self {
             store,
+            audit,
             settings: Arc::new(settings),
         }
     }
@@ -88,6 +112,11 @@ impl Sessions {
     /// The store (for pending logins).
     pub fn store(&self) -> &Arc<dyn SessionStore> {
         &self.store
+    }
+
+    /// Appends `event` to the audit trail.
+    pub async fn audit(&self, event: &AuditEvent) -> DomainResult<()> {
+        self.audit.append_audit(event).await
     }
 
     /// Creates a session with a fresh id for `principal`; returns the cookie
@@ -114,13 +143,24 @@ impl Sessions {
         Ok((id, session))
     }
 
-    /// The live session named by the request's cookie, if any; records the
-    /// activity (at most every `min(60 s, idle/4)`, to spare the database a
-    /// write per request). An expired session is deleted and reads as none.
+    /// [`current_from`](Self::current_from) for a caller whose address is unknown.
     pub async fn current(
         &self,
         headers: &HeaderMap,
         now: OffsetDateTime,
+    ) -> DomainResult<Option<CurrentSession>> {
+        self.current_from(headers, now, None).await
+    }
+
+    /// The live session named by the request's cookie, if any; records the
+    /// activity (at most every `min(60 s, idle/4)`, to spare the database a
+    /// write per request). An expired session is audited (who, from
+    /// `source`, idle or absolute), deleted, and reads as none.
+    pub async fn current_from(
+        &self,
+        headers: &HeaderMap,
+        now: OffsetDateTime,
+        source: Option<&str>,
     ) -> DomainResult<Option<CurrentSession>> {
         let Some(id) = cookie_value(headers, COOKIE) else {
             return Ok(None);
@@ -130,7 +170,27 @@ impl Sessions {
             return Ok(None);
         };
         if !session.is_live(now) {
+            let reason = if now >= session.absolute_expires_at {
+                "absolute"
+            } else {
+                "idle"
+            };
+            // Recorded first: no session disappears without its record. Two
+            // requests racing on one expired cookie may both record it.
+            self.audit(&AuditEvent::success(
+                now,
+                &actor(&session, source),
+                "console.session.expire",
+                audit_target(&session),
+                json!({
+                    "reason": reason,
+                    "created_at": session.created_at.unix_timestamp(),
+                    "last_seen": session.last_seen.unix_timestamp(),
+                }),
+            ))
+            .await?;
             self.store.delete_session(&id_hash).await?;
+            tracing::info!(subject = %session.principal.subject, reason, "console session expired");
             return Ok(None);
         }
         let every = TOUCH_EVERY_MAX.min(self.settings.idle_timeout / 4);
@@ -153,9 +213,10 @@ impl Sessions {
         &self,
         method: &Method,
         headers: &HeaderMap,
+        source: Option<&str>,
     ) -> Result<Option<Principal>, ApiError> {
         Ok(self
-            .authenticate_session(method, headers)
+            .authenticate_session(method, headers, source)
             .await?
             .map(|s| s.principal))
     }
@@ -165,11 +226,15 @@ impl Sessions {
         &self,
         method: &Method,
         headers: &HeaderMap,
+        source: Option<&str>,
     ) -> Result<Option<Session>, ApiError> {
         if has_bearer(headers) {
             return Ok(None);
         }
-        let Some(current) = self.current(headers, OffsetDateTime::now_utc()).await? else {
+        let Some(current) = self
+            .current_from(headers, OffsetDateTime::now_utc(), source)
+            .await?
+        else {
             return Ok(None);
         };
         if changes_state(method) {
@@ -202,8 +267,29 @@ impl Sessions {
         Ok(())
     }
 
-    /// Ends the session of `id_hash`.
+    /// [`end_from`](Self::end_from) for a caller whose address is unknown.
     pub async fn end(&self, session: &Session) -> DomainResult<bool> {
+        self.end_from(session, None).await
+    }
+
+    /// Logs `session` out: records `console.logout` (by its subject, from
+    /// `source`), then deletes it. Fails, leaving the session, if the record
+    /// cannot be written.
+    pub async fn end_from(&self, session: &Session, source: Option<&str>) -> DomainResult<bool> {
+        self.audit(&AuditEvent::success(
+            OffsetDateTime::now_utc(),
+            &actor(session, source),
+            "console.logout",
+            audit_target(session),
+            json!({ "created_at": session.created_at.unix_timestamp() }),
+        ))
+        .await?;
+        self.store.delete_session(&session.id_hash).await
+    }
+
+    /// Deletes a session that was just created, when its login cannot be
+    /// recorded (no audit: the session never served a request).
+    pub(crate) async fn discard(&self, session: &Session) -> DomainResult<bool> {
         self.store.delete_session(&session.id_hash).await
     }
 
@@ -214,6 +300,14 @@ impl Sessions {
             self.store.delete_session(&sha256_hex(&id)).await?;
         }
         Ok(())
+    }
+}
+
+/// The audit actor of a session's person, from `source`.
+fn actor(session: &Session, source: Option<&str>) -> Actor {
+    Actor {
+        subject: session.principal.subject.clone(),
+        source: source.map(str::to_owned),
     }
 }
 
@@ -284,9 +378,27 @@ pub struct SessionView {
     pub expires_at: OffsetDateTime,
 }
 
-/// `GET /console/session`: who is signed in, and the CSRF token.
-pub async fn get_session(State(sessions): State<Sessions>, headers: HeaderMap) -> Response {
-    match sessions.current(&headers, OffsetDateTime::now_utc()).await {
+/// `GET /console/session`: who is signed in, and the CSRF token. Rate-limited
+/// per subject (per client IP without a live session).
+pub async fn get_session(
+    State(sessions): State<Sessions>,
+    State(limits): State<Arc<ConsoleLimits>>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: HeaderMap,
+) -> Response {
+    let client = limits.client_ip(peer.map(|p| p.0.0.ip()), &headers);
+    let source = client.map(|ip| ip.to_string());
+    let current = sessions
+        .current_from(&headers, OffsetDateTime::now_utc(), source.as_deref())
+        .await;
+    let limited = match &current {
+        Ok(Some(c)) => limits.subject(&c.session.principal.subject),
+        _ => limits.anonymous(client),
+    };
+    if let Err(limited) = limited {
+        return limited.into_response();
+    }
+    match current {
         Ok(Some(CurrentSession { session })) => {
             let view = SessionView {
                 expires_at: session.expires_at(),

@@ -19,6 +19,7 @@ use serde_json::{Value, json};
 use tower::ServiceExt;
 
 use super::{AppState, app, auth};
+use crate::config::ConsoleConfig;
 use auth::BearerAuthenticator as _;
 use certflow_core::access::{Principal, PrincipalKind, Role};
 
@@ -27,6 +28,8 @@ struct Harness {
     token: String,
     store: Arc<SqliteStore>,
     blobs: Arc<ObjectBlobStore>,
+    /// Console sessions, with the login routes merged into `app`.
+    sessions: Option<super::session::Sessions>,
     _dir: tempfile::TempDir,
 }
 
@@ -35,6 +38,28 @@ async fn harness() -> Harness {
 }
 
 async fn harness_with(authenticators: Vec<Arc<dyn auth::BearerAuthenticator>>) -> Harness {
+    harness_full(authenticators, unlimited(), None).await
+}
+
+/// Console limits no test here reaches, except the ones about limits.
+fn unlimited() -> ConsoleConfig {
+    ConsoleConfig {
+        rate_limit_per_sec: 1e6,
+        rate_limit_burst: 1e6,
+        login_rate_limit_per_min: 1e6,
+        login_rate_limit_burst: 1e6,
+        trusted_proxies: Vec::new(),
+    }
+}
+
+/// A harness with `console` limits and, given `session` settings, console
+/// sessions and the login routes (for a provider at an address that does
+/// not answer: the flows tested here end before talking to it).
+async fn harness_full(
+    authenticators: Vec<Arc<dyn auth::BearerAuthenticator>>,
+    console: ConsoleConfig,
+    session: Option<super::session::SessionSettings>,
+) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(
         SqliteStore::open(&dir.path().join("certflow.db"))
@@ -73,21 +98,38 @@ async fn harness_with(authenticators: Vec<Arc<dyn auth::BearerAuthenticator>>) -
     auth::refresh_bootstrap_hash(store.as_ref(), &bootstrap_hash)
         .await
         .unwrap();
-    Harness {
-        app: app(AppState {
-            services,
-            bootstrap_hash,
-            renewal: Arc::new(super::RenewalView {
-                queue: Arc::new(store.renewal_queue(Default::default())),
-                ledger: store.clone(),
-                notifications: store.clone(),
-            }),
-            authenticators: Arc::new(authenticators),
-            sessions: None,
+    let limits = Arc::new(super::limit::ConsoleLimits::new(&console).unwrap());
+    let sessions = session
+        .map(|settings| super::session::Sessions::new(store.clone(), store.clone(), settings));
+    let mut router = app(AppState {
+        services,
+        bootstrap_hash,
+        renewal: Arc::new(super::RenewalView {
+            queue: Arc::new(store.renewal_queue(Default::default())),
+            ledger: store.clone(),
+            notifications: store.clone(),
         }),
+        authenticators: Arc::new(authenticators),
+        sessions: sessions.clone(),
+        limits: limits.clone(),
+    });
+    if let Some(sessions) = &sessions {
+        let oidc: crate::config::OidcConfig = serde_json::from_value(json!({
+            "issuer": "http://127.0.0.1:9/unreachable",
+            "client_id": "console",
+            "client_secret": "console-secret",
+            "redirect_uri": "https://certflow.test/console/callback",
+        }))
+        .unwrap();
+        let console = super::login::ConsoleAuth::new(&oidc, sessions.clone(), limits).unwrap();
+        router = router.merge(super::login::router(console));
+    }
+    Harness {
+        app: router,
         token,
         store,
         blobs,
+        sessions,
         _dir: dir,
     }
 }
@@ -958,4 +1000,402 @@ async fn role_route_matrix_follows_the_declared_permissions() {
         checked >= 7 * 15,
         "only {checked} route/caller pairs walked"
     );
+}
+
+/// A request from `ip` (as the socket layer would attach it).
+fn from_ip(method: &str, uri: &str, ip: &str, auth: Option<&str>) -> Request<Body> {
+    let mut req = Request::builder().method(method).uri(uri);
+    if let Some(a) = auth {
+        req = req.header(header::AUTHORIZATION, a);
+    }
+    let mut req = req.body(Body::empty()).unwrap();
+    let addr: std::net::SocketAddr = format!("{ip}:40000").parse().unwrap();
+    req.extensions_mut()
+        .insert(axum::extract::ConnectInfo(addr));
+    req
+}
+
+/// Status, `Retry-After` and problem `type` of a response.
+async fn outcome(app: &Router, req: Request<Body>) -> (StatusCode, Option<u64>, String) {
+    let resp = app.clone().oneshot(req).await.unwrap();
+    let status = resp.status();
+    let retry = resp
+        .headers()
+        .get(header::RETRY_AFTER)
+        .map(|v| v.to_str().unwrap().parse().unwrap());
+    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    (
+        status,
+        retry,
+        v["type"].as_str().unwrap_or_default().to_owned(),
+    )
+}
+
+const RATE_LIMITED: &str = "https://certflow.dev/problems/rate-limited";
+
+#[tokio::test]
+async fn console_rate_limits_per_subject_per_ip_and_on_login() {
+    let console = ConsoleConfig {
+        rate_limit_per_sec: 0.01,
+        rate_limit_burst: 3.0,
+        login_rate_limit_per_min: 0.5,
+        login_rate_limit_burst: 2.0,
+        trusted_proxies: vec!["10.0.0.0/8".into()],
+    };
+    let h = harness_full(
+        vec![Arc::new(FixedPrincipals)],
+        console,
+        Some(super::session::SessionSettings {
+            idle_timeout: time::Duration::minutes(30),
+            absolute_timeout: time::Duration::hours(12),
+            console_origin: "https://certflow.test".into(),
+        }),
+    )
+    .await;
+    let list = "/console/api/v1/certificates?team=a";
+    let viewer = Some("Bearer role:viewer:a");
+
+    // One subject: its burst, then 429 with Retry-After and a problem document,
+    // wherever its requests come from.
+    for ip in ["192.0.2.1", "192.0.2.2", "192.0.2.3"] {
+        let (status, _, _) = outcome(&h.app, from_ip("GET", list, ip, viewer)).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let resp = h
+        .app
+        .clone()
+        .oneshot(from_ip("GET", list, "192.0.2.4", viewer))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        resp.headers()[header::CONTENT_TYPE],
+        "application/problem+json"
+    );
+    let retry: u64 = resp.headers()[header::RETRY_AFTER]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=100).contains(&retry), "Retry-After {retry}");
+    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    let p: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(p["type"], RATE_LIMITED);
+    assert_eq!(p["status"], 429);
+    // Another subject from the same address has its own bucket.
+    let (status, _, _) = outcome(
+        &h.app,
+        from_ip("GET", list, "192.0.2.4", Some("Bearer role:operator:a")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+
+    // Requests that do not authenticate are limited per client address:
+    // after the burst a 429 replaces the 401.
+    for _ in 0..3 {
+        let (status, _, _) = outcome(
+            &h.app,
+            from_ip("GET", list, "198.51.100.7", Some("Bearer guess")),
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+    let (status, retry, kind) = outcome(&h.app, from_ip("GET", list, "198.51.100.7", None)).await;
+    assert_eq!(
+        (status, kind.as_str()),
+        (StatusCode::TOO_MANY_REQUESTS, RATE_LIMITED)
+    );
+    assert!(retry.unwrap() >= 1);
+    // ... another address is not affected, nor is an authenticated caller there.
+    let (status, _, _) = outcome(&h.app, from_ip("GET", list, "198.51.100.8", None)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _, _) = outcome(
+        &h.app,
+        from_ip("GET", list, "198.51.100.7", Some("Bearer role:admin:z")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    // Behind a trusted proxy the forwarded address is the client's.
+    let mut req = from_ip("GET", list, "10.0.0.2", None);
+    req.headers_mut()
+        .insert("x-forwarded-for", "198.51.100.7".parse().unwrap());
+    let (status, _, _) = outcome(&h.app, req).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+
+    // Login and callback share a tighter per-address bucket (2, then 1 every 2 min).
+    let (status, _, _) = outcome(
+        &h.app,
+        from_ip("GET", "/console/login", "203.0.113.5", None),
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::BAD_GATEWAY,
+        "the provider is unreachable"
+    );
+    let (status, _, _) = outcome(
+        &h.app,
+        from_ip(
+            "GET",
+            "/console/callback?state=x&code=y",
+            "203.0.113.5",
+            None,
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, retry, kind) = outcome(
+        &h.app,
+        from_ip(
+            "GET",
+            "/console/callback?state=x&code=y",
+            "203.0.113.5",
+            None,
+        ),
+    )
+    .await;
+    assert_eq!(
+        (status, kind.as_str()),
+        (StatusCode::TOO_MANY_REQUESTS, RATE_LIMITED)
+    );
+    assert!((60..=120).contains(&retry.unwrap()), "{retry:?}");
+    let (status, _, _) = outcome(
+        &h.app,
+        from_ip("GET", "/console/login", "203.0.113.6", None),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "another address");
+    // The login bucket is not the API's.
+    let (status, _, _) = outcome(&h.app, from_ip("GET", list, "203.0.113.5", None)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
+
+/// The value of the sample of `/metrics` text whose line starts with `prefix`.
+fn sample(text: &str, prefix: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .map(|v| v.parse().unwrap())
+}
+
+#[tokio::test]
+async fn metrics_count_requests_by_group_route_template_and_status() {
+    let h = harness().await;
+    let ids: Vec<String> = (0..3).map(|_| uuid::Uuid::now_v7().to_string()).collect();
+    for id in &ids {
+        let (status, _) = h
+            .json("GET", &format!("/console/api/v1/certificates/{id}"), None)
+            .await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        let (status, _, _) = h.call("GET", &format!("/pki/{id}/ca.crt"), None, "").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        let (status, _, _) = h.call("GET", &format!("/scan/{id}.php"), None, "").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        let (status, _, _) = h
+            .call("GET", &format!("/console/api/v1/x/{id}"), None, "")
+            .await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+    }
+    let (status, _) = h.json("GET", "/console/api/v1/certificates", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _, _) = h.call("GET", "/healthz", None, "").await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, headers, body) = h.call("GET", "/metrics", None, "").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        headers
+            .iter()
+            .any(|(k, v)| k == "content-type" && v.starts_with("text/plain; version=0.0.4"))
+    );
+    let text = String::from_utf8(body).unwrap();
+    super::metrics::check_exposition(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+
+    let counter =
+        |labels: &str| sample(&text, &format!("certflow_http_requests_total{{{labels}}}"));
+    assert_eq!(
+        counter(r#"group="console",route="/console/api/v1/certificates/{id}",status="404""#),
+        Some(3.0)
+    );
+    assert_eq!(
+        counter(r#"group="console",route="/console/api/v1/certificates",status="200""#),
+        Some(1.0)
+    );
+    assert_eq!(
+        counter(r#"group="pki",route="/pki/{issuer}/ca.crt",status="404""#),
+        Some(3.0)
+    );
+    assert_eq!(
+        counter(r#"group="probe",route="/healthz",status="200""#),
+        Some(1.0)
+    );
+    // Paths no route matched share one series per group: no label per URL.
+    assert_eq!(
+        counter(r#"group="other",route="unmatched",status="404""#),
+        Some(3.0)
+    );
+    assert_eq!(
+        counter(r#"group="console",route="unmatched",status="404""#),
+        Some(3.0)
+    );
+    for id in &ids {
+        assert!(!text.contains(id.as_str()), "raw path in a label:\n{text}");
+    }
+    // The latency histogram has the same labels.
+    let hist = r#"group="console",route="/console/api/v1/certificates/{id}",status="404""#;
+    assert_eq!(
+        sample(
+            &text,
+            &format!("certflow_http_request_duration_seconds_bucket{{{hist},le=\"+Inf\"}}")
+        ),
+        Some(3.0)
+    );
+    assert_eq!(
+        sample(
+            &text,
+            &format!("certflow_http_request_duration_seconds_count{{{hist}}}")
+        ),
+        Some(3.0)
+    );
+    // The renewal and delivery gauges are still there, in the same document.
+    assert!(
+        text.contains("# TYPE certflow_renewal_jobs gauge"),
+        "{text}"
+    );
+    assert!(
+        text.contains("# TYPE certflow_notification_deliveries gauge"),
+        "{text}"
+    );
+}
+
+/// The audit events of `action` (prefix), newest first, through the API.
+async fn audit_of(h: &Harness, action: &str) -> Vec<Value> {
+    let (status, page) = h
+        .json(
+            "GET",
+            &format!("/console/api/v1/audit?action={action}"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    page["items"].as_array().unwrap().clone()
+}
+
+#[tokio::test]
+async fn console_login_refusals_logout_and_expired_sessions_are_audited() {
+    let settings = super::session::SessionSettings {
+        idle_timeout: time::Duration::minutes(30),
+        absolute_timeout: time::Duration::hours(1),
+        console_origin: "https://certflow.test".into(),
+    };
+    let h = harness_full(Vec::new(), unlimited(), Some(settings)).await;
+    let sessions = h.sessions.clone().unwrap();
+
+    // Refused callbacks: who (nobody yet), from where, why; never the code or state.
+    for (uri, reason) in [
+        ("/console/callback?code=c0de-secret", "missing_state"),
+        (
+            "/console/callback?code=c0de-secret&state=st4te-secret",
+            "unknown_state",
+        ),
+    ] {
+        let (status, _, _) = outcome(&h.app, from_ip("GET", uri, "192.0.2.10", None)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}");
+        let events = audit_of(&h, "console.login").await;
+        let e = &events[0];
+        assert_eq!(e["outcome"], "failure", "{e}");
+        assert_eq!(e["subject"], "anonymous", "{e}");
+        assert_eq!(e["source"], "192.0.2.10", "{e}");
+        assert_eq!(e["details"]["reason"], reason, "{e}");
+        let text = e.to_string();
+        assert!(
+            !text.contains("c0de-secret") && !text.contains("st4te-secret"),
+            "{e}"
+        );
+    }
+
+    // Logout: recorded as the person, from where, on the session's reference.
+    let person = Principal {
+        subject: "carol".into(),
+        kind: PrincipalKind::Person,
+        roles: vec![Role::Viewer],
+        teams: vec!["a".into()],
+    };
+    let now = time::OffsetDateTime::now_utc();
+    let (id, session) = sessions.create(person.clone(), None, now).await.unwrap();
+    let mut req = from_ip("POST", "/console/logout", "192.0.2.11", None);
+    req.headers_mut().insert(
+        header::COOKIE,
+        format!("{}={id}", super::session::COOKIE).parse().unwrap(),
+    );
+    req.headers_mut().insert(
+        super::session::CSRF_HEADER,
+        session.csrf_token.parse().unwrap(),
+    );
+    let (status, _, _) = outcome(&h.app, req).await;
+    assert_eq!(status, StatusCode::OK);
+    let events = audit_of(&h, "console.logout").await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["subject"], "carol");
+    assert_eq!(events[0]["source"], "192.0.2.11");
+    assert_eq!(events[0]["outcome"], "success");
+    let target = super::session::audit_target(&session);
+    assert_eq!(events[0]["target"], target.as_str());
+    assert!(
+        !events[0].to_string().contains(&id),
+        "the session id is not audited"
+    );
+    assert!(!target.contains(&session.id_hash));
+
+    // A session used after its idle timeout (40 min > 30) and one after its
+    // absolute timeout (2 h > 1 h): refused, recorded with the reason, gone.
+    let api = "/console/api/v1/certificates?team=a";
+    for (age, reason) in [(40, "idle"), (120, "absolute")] {
+        let (id, _) = sessions
+            .create(person.clone(), None, now - time::Duration::minutes(age))
+            .await
+            .unwrap();
+        for _ in 0..2 {
+            let mut req = from_ip("GET", api, "192.0.2.12", None);
+            req.headers_mut().insert(
+                header::COOKIE,
+                format!("{}={id}", super::session::COOKIE).parse().unwrap(),
+            );
+            let (status, _, _) = outcome(&h.app, req).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED);
+        }
+        let events = audit_of(&h, "console.session.expire").await;
+        assert_eq!(events[0]["subject"], "carol");
+        assert_eq!(events[0]["source"], "192.0.2.12");
+        assert_eq!(events[0]["details"]["reason"], reason, "{}", events[0]);
+        assert_eq!(
+            events
+                .iter()
+                .filter(|e| e["details"]["reason"] == reason)
+                .count(),
+            1,
+            "recorded once: the second use finds no session"
+        );
+    }
+    // GET /console/session records the expiry too.
+    let (id, _) = sessions
+        .create(person, None, now - time::Duration::minutes(45))
+        .await
+        .unwrap();
+    let mut req = from_ip("GET", "/console/session", "192.0.2.13", None);
+    req.headers_mut().insert(
+        header::COOKIE,
+        format!("{}={id}", super::session::COOKIE).parse().unwrap(),
+    );
+    let (status, _, _) = outcome(&h.app, req).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let events = audit_of(&h, "console.session.expire").await;
+    assert_eq!(events[0]["source"], "192.0.2.13");
+    // The trail still verifies.
+    let report = h.store.verify_audit_chain().await.unwrap();
+    assert!(report.first_break.is_none(), "{report:?}");
 }

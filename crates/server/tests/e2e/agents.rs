@@ -274,9 +274,11 @@ fn agents_enrol_with_a_join_token_and_call_over_mtls() {
     for a in ["agent.enroll", "agent.identity.renew", "agent.disable"] {
         assert!(actions.contains(&a), "{actions:?}");
     }
-    let metrics = api.get("/metrics/agents").text().unwrap();
+    let metrics = api.get("/metrics").text().unwrap();
     assert!(
-        metrics.contains("audience=\"agent\",route=\"/agent/v1/whoami\",status=\"403\""),
+        metrics.contains(
+            "certflow_http_requests_total{group=\"agent\",route=\"/agent/v1/whoami\",status=\"403\"}"
+        ),
         "{metrics}"
     );
     stop(server);
