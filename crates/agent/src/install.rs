@@ -351,11 +351,7 @@ impl Installer {
     }
 
     /// The files of a version: (name, content, holds a secret).
-    fn files(
-        &self,
-        m: &Material,
-        meta: &VersionMeta,
-    ) -> anyhow::Result<Vec<VersionFile>> {
+    fn files(&self, m: &Material, meta: &VersionMeta) -> anyhow::Result<Vec<VersionFile>> {
         let leaf = pki::cert_pem(&m.leaf_der);
         let chain: String = m.chain_der.iter().map(|d| pki::cert_pem(d)).collect();
         let public = |s: String| Zeroizing::new(s.into_bytes());

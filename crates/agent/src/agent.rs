@@ -1,0 +1,507 @@
+//! One reconciliation cycle: make sure the identity is usable, poll the
+//! assignments, and bring every configured certificate to the server's
+//! current version (request, renew, fetch, check, install, reload, verify,
+//! roll back on failure), then report.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use certflow_api::agent::{
+    AgentCertificateRequest, Assignment, DeploymentReport, DeploymentStatus,
+};
+use time::OffsetDateTime;
+use tokio::sync::watch;
+use zeroize::Zeroizing;
+
+use crate::client::Client;
+use crate::config::{CertConfig, Config, KeySource};
+use crate::deploy;
+use crate::install::{Installer, Material, VersionMeta, fsync_dir};
+use crate::pki;
+use crate::report;
+use crate::state::{StateDir, write_atomic};
+
+/// The agent: configuration, connection, one installer per certificate.
+pub struct Agent {
+    cfg: Config,
+    state: StateDir,
+    client: Client,
+    certs: Vec<(CertConfig, Installer)>,
+    dry_run: bool,
+    reported_start: bool,
+}
+
+/// A uniformly random number in [0, 1) from the system's generator.
+pub fn random_unit() -> f64 {
+    let mut b = [0u8; 8];
+    if aws_lc_rs::rand::fill(&mut b).is_err() {
+        return 0.5;
+    }
+    (u64::from_le_bytes(b) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// Delay before retry `attempt` (1-based) while the server is down:
+/// exponential from 1 s, capped, with "equal jitter" (half fixed, half
+/// random) so a fleet that lost the server together does not return together.
+pub fn backoff(attempt: u32, cap: Duration, unit: f64) -> Duration {
+    let exp = Duration::from_secs(1u64 << attempt.saturating_sub(1).min(20)).min(cap);
+    exp.mul_f64(0.5 + 0.5 * unit.clamp(0.0, 1.0))
+}
+
+/// The pause between polls when the server answered: the poll interval ±10 %.
+pub fn poll_pause(interval: Duration, unit: f64) -> Duration {
+    interval.mul_f64(0.9 + 0.2 * unit.clamp(0.0, 1.0))
+}
+
+impl Agent {
+    /// Builds the agent: state directory, client, installers (and cleans up
+    /// any install a killed agent left half-way).
+    pub fn new(cfg: Config, dry_run: bool) -> anyhow::Result<Self> {
+        let state = if dry_run {
+            StateDir::existing(&cfg.state_dir)
+        } else {
+            StateDir::open(&cfg.state_dir)?
+        };
+        let client = Client::new(&cfg, state.clone())?;
+        let mut certs = Vec::new();
+        for c in &cfg.certificates {
+            let inst = Installer::new(c).with_context(|| format!("certificate {}", c.label()))?;
+            if !dry_run {
+                inst.recover().with_context(|| {
+                    format!(
+                        "certificate {}: recovering an interrupted install",
+                        c.label()
+                    )
+                })?;
+            }
+            certs.push((c.clone(), inst));
+        }
+        Ok(Self {
+            cfg,
+            state,
+            client,
+            certs,
+            dry_run,
+            reported_start: false,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// One cycle; `Ok(true)` when every certificate is served at the
+    /// server's current version. A shutdown request ends the poll early but
+    /// never an install that has begun.
+    pub async fn cycle(
+        &mut self,
+        wait: u64,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> anyhow::Result<bool> {
+        if self.dry_run && !self.client.enrolled() {
+            println!(
+                "would enrol at {} (no identity in {})",
+                self.cfg.server,
+                self.cfg.state_dir.display()
+            );
+            return Ok(false);
+        }
+        if !self.dry_run {
+            self.client.ensure_identity().await?;
+        }
+        tokio::select! {
+            r = self.client.poll(wait) => { r.context("polling assignments")?; }
+            _ = shutdown.changed() => return Ok(true),
+        }
+        let mut items = Vec::new();
+        let mut all_good = true;
+        for i in 0..self.certs.len() {
+            let label = self.certs[i].0.label();
+            match self.reconcile(i).await {
+                Ok((entry, good)) => {
+                    all_good &= good;
+                    items.extend(entry);
+                }
+                Err(e) => {
+                    all_good = false;
+                    if crate::client::is_unreachable(&e) {
+                        return Err(e);
+                    }
+                    tracing::error!(certificate = %label, error = %format!("{e:#}"), "certificate not brought up to date");
+                }
+            }
+        }
+        self.reported_start = true;
+        if !self.dry_run {
+            report::send(&self.client, items)
+                .await
+                .context("sending the report")?;
+        }
+        Ok(all_good)
+    }
+
+    fn assignment_for(&self, cfg: &CertConfig) -> Option<Assignment> {
+        self.client
+            .assignments()?
+            .iter()
+            .find(|a| match (&cfg.id, &cfg.name) {
+                (Some(id), _) => a.certificate_id == *id,
+                (None, Some(n)) => &a.name == n,
+                (None, None) => false,
+            })
+            .cloned()
+    }
+
+    /// Brings one certificate up to date: (report entry, served at the current version).
+    async fn reconcile(&mut self, i: usize) -> anyhow::Result<(Option<DeploymentReport>, bool)> {
+        let (cfg, inst) = self.certs[i].clone();
+        let label = cfg.label();
+        let mut st = self.state.cert_state(&label);
+        let a = match self.assignment_for(&cfg) {
+            Some(a) => a,
+            None if cfg.key == KeySource::Agent && cfg.id.is_none() => {
+                if self.dry_run {
+                    println!(
+                        "{label}: would generate a {:?} key here and request a certificate for {:?}",
+                        cfg.key_type, cfg.names
+                    );
+                    return Ok((None, false));
+                }
+                let key = self.agent_key(&label, &cfg, false)?;
+                let req = AgentCertificateRequest {
+                    name: label.clone(),
+                    csr: pki::csr(&key, &cfg.names[0], &cfg.names)?,
+                    team: cfg.team.clone(),
+                    issuer: cfg.issuer.clone(),
+                    profile: cfg.profile.clone(),
+                    validity_days: cfg.validity_days,
+                    validity_seconds: cfg.validity_seconds,
+                };
+                let a = self
+                    .client
+                    .request_certificate(&req)
+                    .await
+                    .context("requesting the certificate")?;
+                tracing::info!(certificate = %label, id = %a.certificate_id, version = a.version, "certificate requested");
+                a
+            }
+            None => {
+                tracing::warn!(certificate = %label, "not assigned to this agent (yet)");
+                return Ok((None, false));
+            }
+        };
+        if a.status != "active" {
+            tracing::info!(certificate = %label, status = %a.status, "no longer active: left in place, not renewed");
+            return Ok((None, true));
+        }
+        let current = inst.current();
+        if current
+            .as_ref()
+            .is_some_and(|m| m.fingerprint_sha256 == a.fingerprint_sha256)
+            && inst.targets_linked()
+        {
+            let entry = (!self.reported_start).then(|| {
+                report::entry(
+                    a.certificate_id,
+                    current.as_ref(),
+                    DeploymentStatus::Installed,
+                    None,
+                    None,
+                )
+            });
+            return Ok((entry, true));
+        }
+        let now = OffsetDateTime::now_utc();
+        if st.attempted_version == Some(a.version)
+            && st.last_status != Some(DeploymentStatus::Installed)
+            && st.retry_after.is_some_and(|t| now < t)
+        {
+            tracing::debug!(certificate = %label, version = a.version, "failed version: waiting before the next attempt");
+            return Ok((None, false));
+        }
+        if self.dry_run {
+            println!(
+                "{label}: would install version {} (serial {}, until {}) over {}",
+                a.version,
+                a.serial,
+                a.not_after,
+                current
+                    .as_ref()
+                    .map_or("nothing".into(), |m| format!("version {}", m.version))
+            );
+            for line in inst.describe() {
+                println!("  {line}");
+            }
+            return Ok((None, false));
+        }
+        let (status, served, error, attempted) = self.deploy(&cfg, &inst, a.clone()).await?;
+        let good = status == DeploymentStatus::Installed;
+        st.certificate_id = Some(a.certificate_id);
+        st.attempted_version = Some(attempted);
+        st.last_status = Some(status);
+        st.last_error = error.clone();
+        st.updated_at = Some(OffsetDateTime::now_utc());
+        if good {
+            st.failures = 0;
+            st.retry_after = None;
+        } else {
+            st.failures = st.failures.saturating_add(1);
+            let pause = self
+                .cfg
+                .poll_interval()
+                .saturating_mul(1 << st.failures.saturating_sub(1).min(10))
+                .min(Duration::from_secs(3600));
+            st.retry_after = Some(OffsetDateTime::now_utc() + pause);
+        }
+        self.state.save_cert_state(&label, &st)?;
+        let entry = report::entry(
+            a.certificate_id,
+            served.as_ref(),
+            status,
+            Some(attempted),
+            error,
+        );
+        Ok((Some(entry), good))
+    }
+
+    /// Fetches, checks, installs, reloads and verifies one version; rolls
+    /// back on failure. Returns (status, what is served now, error, version attempted).
+    async fn deploy(
+        &mut self,
+        cfg: &CertConfig,
+        inst: &Installer,
+        mut a: Assignment,
+    ) -> anyhow::Result<(DeploymentStatus, Option<VersionMeta>, Option<String>, u32)> {
+        let label = cfg.label();
+        if a.not_after <= OffsetDateTime::now_utc() {
+            // Off for longer than the certificate lived: renew at once.
+            let csr = self.rotation_csr(&label, cfg)?;
+            tracing::info!(certificate = %label, "the current version expired: renewing now");
+            a = self
+                .client
+                .renew_certificate(a.certificate_id, csr)
+                .await
+                .context("renewing the expired certificate")?;
+        }
+        let mut bundle = self
+            .client
+            .bundle(a.certificate_id)
+            .await
+            .context("fetching the bundle")?;
+        let mut leaf = first_cert(&bundle.certificate_pem)?;
+        let (key_pem, from_next) = match cfg.key {
+            KeySource::Server => (
+                Some(Zeroizing::new(bundle.key_pem.take().context(
+                    "the server sent no key for a server-keyed certificate",
+                )?)),
+                false,
+            ),
+            KeySource::Agent => match self.matching_key(&label, &leaf)? {
+                Some((k, next)) => (Some(k), next),
+                None => {
+                    // Not our key (state lost, or keyed elsewhere): a new key, a new version.
+                    tracing::warn!(certificate = %label, "the server's version is not for a key of this host: requesting one for a new key");
+                    let csr = self.rotation_csr(&label, cfg)?;
+                    self.client
+                        .renew_certificate(a.certificate_id, csr)
+                        .await
+                        .context("renewing for a new key")?;
+                    bundle = self
+                        .client
+                        .bundle(a.certificate_id)
+                        .await
+                        .context("fetching the bundle")?;
+                    leaf = first_cert(&bundle.certificate_pem)?;
+                    let (k, next) = self
+                        .matching_key(&label, &leaf)?
+                        .context("the renewed certificate is still not for this host's key")?;
+                    (Some(k), next)
+                }
+            },
+        };
+        let chain = pki::pem_certs(&bundle.chain_pem)?;
+        let pkcs12_password = match &cfg.install.pkcs12_password_file {
+            Some(f) => Some(Zeroizing::new(
+                std::fs::read_to_string(f)
+                    .with_context(|| format!("pkcs12 password {}", f.display()))?
+                    .trim_end_matches(['\r', '\n'])
+                    .to_owned(),
+            )),
+            None => None,
+        };
+        let m = Material {
+            certificate_id: bundle.certificate_id,
+            version: bundle.version,
+            leaf_der: leaf.clone(),
+            chain_der: chain.clone(),
+            key_pem,
+            pkcs12_password,
+        };
+        let requested = match cfg.key {
+            KeySource::Agent => cfg.names.clone(),
+            KeySource::Server => a.names.clone(),
+        };
+        let attempted = bundle.version;
+        let before = inst.current();
+        let installed = match inst.install(&m, &requested) {
+            Ok(meta) => meta,
+            Err(e) => {
+                let e = format!("install refused: {e:#}");
+                tracing::error!(certificate = %label, version = attempted, error = %e, "not installed");
+                return Ok((DeploymentStatus::Failed, before, Some(e), attempted));
+            }
+        };
+        tracing::info!(certificate = %label, version = attempted, serial = %installed.serial, "installed");
+        let mut failure = None;
+        if let Some(r) = &cfg.reload
+            && let Err(e) = deploy::reload(r).await
+        {
+            failure = Some(format!("{e:#}"));
+        }
+        if failure.is_none()
+            && let Some(v) = &cfg.verify
+            && let Err(e) = deploy::verify(v, &leaf, &chain, &installed.fingerprint_sha256).await
+        {
+            failure = Some(format!("{e:#}"));
+        }
+        let Some(failure) = failure else {
+            if from_next {
+                self.promote_key(&label)?;
+            }
+            tracing::info!(certificate = %label, version = attempted, "reloaded and verified");
+            return Ok((
+                DeploymentStatus::Installed,
+                Some(installed),
+                None,
+                attempted,
+            ));
+        };
+        tracing::error!(certificate = %label, version = attempted, error = %failure, "deployment failed: rolling back");
+        let back = match inst.rollback() {
+            Ok(back) => back,
+            Err(e) => {
+                let e = format!("{failure}; rollback impossible: {e:#}");
+                return Ok((DeploymentStatus::Broken, inst.current(), Some(e), attempted));
+            }
+        };
+        if let Some(r) = &cfg.reload
+            && let Err(e) = deploy::reload(r).await
+        {
+            let e = format!("{failure}; reload after rollback failed too: {e:#}");
+            return Ok((DeploymentStatus::Broken, back, Some(e), attempted));
+        }
+        let to = back
+            .as_ref()
+            .map_or("nothing".into(), |m| format!("version {}", m.version));
+        tracing::warn!(certificate = %label, restored = %to, "rolled back");
+        Ok((
+            DeploymentStatus::Failed,
+            back,
+            Some(format!("{failure}; rolled back to {to}")),
+            attempted,
+        ))
+    }
+
+    /// A CSR for a rotation: a new (pending) key for agent keys, none for server keys.
+    fn rotation_csr(&self, label: &str, cfg: &CertConfig) -> anyhow::Result<Option<String>> {
+        if cfg.key == KeySource::Server {
+            return Ok(None);
+        }
+        let key = self.agent_key(label, cfg, true)?;
+        Ok(Some(pki::csr(&key, &cfg.names[0], &cfg.names)?))
+    }
+
+    /// The host's key for this certificate (`next`: the one awaiting its
+    /// certificate), generated on first use; it never leaves the state directory.
+    fn agent_key(
+        &self,
+        label: &str,
+        cfg: &CertConfig,
+        next: bool,
+    ) -> anyhow::Result<Zeroizing<String>> {
+        let path = self.state.key(label, next);
+        if let Some(k) = self.state.read_secret(&path) {
+            return Ok(k);
+        }
+        let k = pki::generate_key(cfg.key_type)?;
+        write_atomic(&path, k.as_bytes(), 0o600)?;
+        Ok(k)
+    }
+
+    /// The local key the certificate is for: (key, is the pending one).
+    fn matching_key(
+        &self,
+        label: &str,
+        leaf: &[u8],
+    ) -> anyhow::Result<Option<(Zeroizing<String>, bool)>> {
+        let want = pki::cert_info(leaf)?.public_key;
+        for next in [false, true] {
+            if let Some(k) = self.state.read_secret(&self.state.key(label, next))
+                && pki::key_public(&k).ok().as_ref() == Some(&want)
+            {
+                return Ok(Some((k, next)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The pending key became the installed one.
+    fn promote_key(&self, label: &str) -> anyhow::Result<()> {
+        let (next, cur) = (self.state.key(label, true), self.state.key(label, false));
+        std::fs::rename(&next, &cur)?;
+        if let Some(d) = cur.parent() {
+            fsync_dir(d)?;
+        }
+        Ok(())
+    }
+}
+
+fn first_cert(pem: &str) -> anyhow::Result<Vec<u8>> {
+    pki::pem_certs(pem)?
+        .into_iter()
+        .next()
+        .context("the bundle holds no certificate")
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_the_cap_with_jitter() {
+        let cap = Duration::from_secs(60);
+        assert_eq!(backoff(1, cap, 1.0), Duration::from_secs(1));
+        assert_eq!(backoff(4, cap, 1.0), Duration::from_secs(8));
+        assert_eq!(backoff(30, cap, 1.0), cap);
+        assert_eq!(backoff(30, cap, 0.0), cap / 2);
+    }
+
+    /// A fleet of simulated agents that lost the server at the same moment
+    /// comes back spread out, not in one burst.
+    #[test]
+    fn a_fleet_returns_spread_out() {
+        let cap = Duration::from_secs(300);
+        let mut delays: Vec<f64> = (0..1000)
+            .map(|_| {
+                (1..=10)
+                    .map(|n| backoff(n, cap, random_unit()))
+                    .sum::<Duration>()
+                    .as_secs_f64()
+            })
+            .collect();
+        delays.sort_by(f64::total_cmp);
+        let (lo, hi) = (delays[0], delays[999]);
+        assert!(hi - lo > 100.0, "spread {lo}..{hi}");
+        // No single second holds more than 2 % of the fleet.
+        let mut per_second = std::collections::HashMap::new();
+        for d in &delays {
+            *per_second.entry(*d as u64).or_insert(0) += 1;
+        }
+        let worst = per_second.values().max().copied().unwrap_or(0);
+        assert!(worst <= 20, "{worst} agents retried within one second");
+        let p = poll_pause(Duration::from_secs(100), random_unit());
+        assert!(p >= Duration::from_secs(90) && p <= Duration::from_secs(110));
+    }
+}
