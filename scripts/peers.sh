@@ -59,3 +59,12 @@ if [ ! -d "$OIDC_FIXTURE/node_modules/oidc-provider" ]; then
   (cd "$OIDC_FIXTURE" && npm ci --no-audit --no-fund --silent)
 fi
 echo "peers: node $(node --version), oidc-provider $(node -p "require('$OIDC_FIXTURE/node_modules/oidc-provider/package.json').version" 2>/dev/null)"
+
+# nginx (the agent's end-to-end test, crates/server/tests/e2e/agent_nginx.rs):
+# the test writes its own config and runs nginx under a temp prefix on a high
+# loopback port (`nginx -p DIR -c CONF`), so only the binary is needed here.
+if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
+  echo "== installing nginx"
+  apt-get update -qq && apt-get install -y -qq nginx >/dev/null
+fi
+echo "peers: $(/usr/sbin/nginx -v 2>&1)"
