@@ -60,6 +60,22 @@ if [ ! -d "$OIDC_FIXTURE/node_modules/oidc-provider" ]; then
 fi
 echo "peers: node $(node --version), oidc-provider $(node -p "require('$OIDC_FIXTURE/node_modules/oidc-provider/package.json').version" 2>/dev/null)"
 
+# The web console's browser test (crates/server/tests/e2e/console_ui.rs):
+# Debian's chromium driven by npm playwright-core (never a downloaded browser),
+# axe-core for accessibility; and htmx from npm for scripts/vendor-assets.sh --check.
+if ! command -v chromium >/dev/null 2>&1; then
+  echo "== installing chromium"
+  apt-get update -qq && apt-get install -y -qq chromium >/dev/null
+fi
+CONSOLE_DIR="$(cd "$(dirname "$0")/.." && pwd)/crates/server"
+for d in "$CONSOLE_DIR/tests/browser" "$CONSOLE_DIR/web"; do
+  if [ ! -d "$d/node_modules" ] || [ "$d/package-lock.json" -nt "$d/node_modules" ]; then
+    echo "== npm ci in $d"
+    (cd "$d" && npm ci --no-audit --no-fund --silent) && touch "$d/node_modules"
+  fi
+done
+echo "peers: $(chromium --version 2>/dev/null | head -n1), playwright-core $(node -p "require('$CONSOLE_DIR/tests/browser/node_modules/playwright-core/package.json').version" 2>/dev/null)"
+
 # nginx (the agent's end-to-end test, crates/server/tests/e2e/agent_nginx.rs):
 # the test writes its own config and runs nginx under a temp prefix on a high
 # loopback port (`nginx -p DIR -c CONF`), so only the binary is needed here.

@@ -7,6 +7,9 @@ cd "$(dirname "$0")/.."
 
 scripts/peers.sh
 
+echo "== vendored console assets (static/ equals npm's copies)"
+scripts/vendor-assets.sh --check
+
 scripts/check-deploy.sh
 
 echo "== cargo fmt --check"

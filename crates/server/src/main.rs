@@ -5,6 +5,7 @@ mod cli;
 mod config;
 mod http;
 mod serve;
+mod web;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

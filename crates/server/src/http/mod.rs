@@ -138,6 +138,7 @@ pub fn app(state: AppState) -> Router {
         .route("/metrics", get(operations::metrics))
         .route("/pki/{issuer}/ca.crt", get(issuer_cert))
         .route("/pki/{issuer}/crl", get(issuer_crl))
+        .merge(crate::web::router())
         .fallback(|| async { ApiError::no_route() })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

@@ -17,6 +17,8 @@ const rsa = generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey;
 const GROUPS = {
   alice: ['certflow-admins', 'team-payments'],
   bob: ['certflow-operators', 'team-payments', 'team-search', 'unrelated'],
+  // A viewer (the console browser test: no actions shown, posting them is refused).
+  carol: ['certflow-viewers', 'team-payments'],
 };
 
 const provider = new Provider(ISSUER, {

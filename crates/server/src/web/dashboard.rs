@@ -1,0 +1,256 @@
+//! `GET /console/`: counts by status, the expiry timeline of the next 90
+//! days (an SVG drawn here, with the same numbers in a table), failing
+//! renewals and agents not seen recently.
+
+use askama::Template;
+use axum::Extension;
+use axum::extract::State;
+use axum::response::Response;
+use certflow_core::access::Permission;
+use certflow_core::agents::AgentStatus;
+use certflow_core::model::{AuditQuery, CertificateQuery, CertificateStatus};
+use certflow_services::agents::Agents;
+use time::{Duration, OffsetDateTime};
+
+use super::certificates::{count, readable_teams};
+use super::{Ctx, Layout, PageResult, html, relative, when};
+use crate::http::AppState;
+
+/// Weeks on the timeline: 13 weeks, the next 91 days.
+const WEEKS: i64 = 13;
+
+/// An agent is "not seen recently" after this long without a request.
+const AGENT_QUIET: Duration = Duration::hours(1);
+
+/// Geometry of the SVG chart (user units of its viewBox).
+const CHART_W: u64 = 720;
+const CHART_H: u64 = 220;
+const PLOT_TOP: u64 = 20;
+const PLOT_BOTTOM: u64 = 180;
+const PLOT_LEFT: u64 = 40;
+
+/// One week's bar.
+pub(crate) struct Bar {
+    /// Left edge.
+    pub x: u64,
+    /// Top edge.
+    pub y: u64,
+    /// Width.
+    pub w: u64,
+    /// Height.
+    pub h: u64,
+    /// Certificates expiring that week.
+    pub count: u64,
+    /// Centre of the bar (for its labels).
+    pub mid: u64,
+    /// First day of the week, `Mar 03`.
+    pub label: String,
+    /// The week's span, for the tooltip and the table.
+    pub range: String,
+}
+
+/// Lays out `counts` (one per week starting at `start`) as bars.
+pub(crate) fn bars(counts: &[u64], start: OffsetDateTime) -> Vec<Bar> {
+    let n = counts.len().max(1) as u64;
+    let slot = (CHART_W - PLOT_LEFT) / n;
+    let max = counts.iter().copied().max().unwrap_or(0).max(1);
+    let plot_h = PLOT_BOTTOM - PLOT_TOP;
+    counts
+        .iter()
+        .enumerate()
+        .map(|(i, &count)| {
+            let i = i as u64;
+            // At least 2 units high when not zero, so a lone certificate shows.
+            let h = if count == 0 {
+                0
+            } else {
+                (count * plot_h / max).max(2)
+            };
+            let from = start + Duration::days(7 * i as i64);
+            let to = from + Duration::days(6);
+            Bar {
+                x: PLOT_LEFT + i * slot + 4,
+                y: PLOT_BOTTOM - h,
+                w: slot - 8,
+                h,
+                count,
+                mid: PLOT_LEFT + i * slot + slot / 2,
+                label: day(from),
+                range: format!("{} – {}", day(from), day(to)),
+            }
+        })
+        .collect()
+}
+
+fn day(t: OffsetDateTime) -> String {
+    let m = t.month().to_string();
+    format!("{} {:02}", &m[..3.min(m.len())], t.day())
+}
+
+/// A failing renewal for the dashboard.
+pub(crate) struct Failing {
+    id: String,
+    name: String,
+    team: String,
+    at: String,
+    error: String,
+    dead: bool,
+}
+
+/// An agent not heard from recently.
+pub(crate) struct QuietAgent {
+    name: String,
+    last_seen: String,
+}
+
+#[derive(Template)]
+#[template(path = "dashboard.html")]
+struct Dashboard {
+    l: Layout,
+    teams: String,
+    active: u64,
+    revoked: u64,
+    archived: u64,
+    expired_active: u64,
+    expiring_30: u64,
+    bars: Vec<Bar>,
+    max: u64,
+    chart_w: u64,
+    chart_h: u64,
+    plot_bottom: u64,
+    plot_left: u64,
+    failing: Vec<Failing>,
+    agents_shown: bool,
+    quiet: Vec<QuietAgent>,
+}
+
+/// `GET /console/`.
+pub(super) async fn page(
+    ctx: Ctx,
+    State(state): State<AppState>,
+    agents: Option<Extension<Agents>>,
+) -> PageResult<Response> {
+    let now = super::certificates::now();
+    let p = ctx.principal();
+    let teams = readable_teams(p);
+    let status = |s| CertificateQuery {
+        status: Some(s),
+        ..Default::default()
+    };
+    let active = count(&state, &teams, &status(CertificateStatus::Active)).await?;
+    let revoked = count(&state, &teams, &status(CertificateStatus::Revoked)).await?;
+    let archived = count(&state, &teams, &status(CertificateStatus::Archived)).await?;
+    // Cumulative counts of active certificates expiring before each week's
+    // end; differences give each week (one COUNT per week, never a full list).
+    let before = |t: OffsetDateTime| CertificateQuery {
+        status: Some(CertificateStatus::Active),
+        expires_before: Some(t),
+        ..Default::default()
+    };
+    let expired_active = count(&state, &teams, &before(now)).await?;
+    let mut cumulative = vec![expired_active];
+    for w in 1..=WEEKS {
+        cumulative.push(count(&state, &teams, &before(now + Duration::days(7 * w))).await?);
+    }
+    let weekly: Vec<u64> = cumulative
+        .windows(2)
+        .map(|w| w[1].saturating_sub(w[0]))
+        .collect();
+    let expiring_30 = count(&state, &teams, &before(now + Duration::days(30)))
+        .await?
+        .saturating_sub(expired_active);
+
+    // Renewals that failed in the last week, newest first, one per certificate.
+    let events = state
+        .services
+        .audit(&AuditQuery {
+            action_prefix: Some("certificate.renewal.".into()),
+            since: Some(now - Duration::days(7)),
+            limit: 50,
+            ..Default::default()
+        })
+        .await?;
+    let mut failing: Vec<Failing> = Vec::new();
+    for e in events.items {
+        let Some(id) = e
+            .target
+            .strip_prefix("certificate/")
+            .and_then(|id| uuid::Uuid::parse_str(id).ok())
+        else {
+            continue;
+        };
+        if failing.iter().any(|f| f.id == id.to_string()) || failing.len() >= 10 {
+            continue;
+        }
+        let Some(cert) = state.services.store().get_certificate(id).await? else {
+            continue;
+        };
+        if !p.can(Permission::CertificateRead, Some(&cert.team)) {
+            continue;
+        }
+        // A newer renewal supersedes the failure.
+        if cert.updated_at > e.at && e.action.ends_with(".failed") {
+            continue;
+        }
+        failing.push(Failing {
+            id: id.to_string(),
+            name: cert.name,
+            team: cert.team,
+            at: when(e.at),
+            error: e
+                .details
+                .get("error")
+                .and_then(|v| v.as_str())
+                .unwrap_or("")
+                .chars()
+                .take(200)
+                .collect(),
+            dead: e.action.ends_with("dead-lettered"),
+        });
+    }
+
+    let agents_shown = p.can(Permission::AgentAdmin, None) && agents.is_some();
+    let mut quiet = Vec::new();
+    if agents_shown && let Some(Extension(agents)) = agents {
+        for a in agents.list().await? {
+            if a.status != AgentStatus::Active {
+                continue;
+            }
+            match a.last_seen {
+                Some(t) if now - t < AGENT_QUIET => {}
+                Some(t) => quiet.push(QuietAgent {
+                    name: a.name,
+                    last_seen: format!("{} ({})", when(t), relative(t, now)),
+                }),
+                None => quiet.push(QuietAgent {
+                    name: a.name,
+                    last_seen: "never".into(),
+                }),
+            }
+        }
+    }
+
+    let bars = bars(&weekly, now);
+    Ok(html(&Dashboard {
+        l: ctx.layout("Dashboard", "dashboard"),
+        teams: match &teams {
+            None => "all teams".into(),
+            Some(t) if t.is_empty() => "no team".into(),
+            Some(t) => t.join(", "),
+        },
+        active,
+        revoked,
+        archived,
+        expired_active,
+        expiring_30,
+        max: weekly.iter().copied().max().unwrap_or(0),
+        bars,
+        chart_w: CHART_W,
+        chart_h: CHART_H,
+        plot_bottom: PLOT_BOTTOM,
+        plot_left: PLOT_LEFT,
+        failing,
+        agents_shown,
+        quiet,
+    }))
+}

@@ -1,0 +1,445 @@
+//! The web console: server-rendered HTML pages under `/console/` (askama
+//! templates in `crates/server/templates/`, compiled and type-checked with the
+//! crate). Pages use the same use cases ([`certflow_services::Services`]) and
+//! the same permission checks ([`Principal::can`], [`check_team`]) as the JSON
+//! API under `/console/api/v1`; they only differ in how they answer (HTML, and
+//! a redirect to the next page after a form).
+//!
+//! People sign in through the existing OIDC login (`/console/login`); a page
+//! request without a session is sent there. Every form carries the session's
+//! CSRF token in a hidden field, checked together with `Origin` by the same
+//! code as the API's `X-CSRF-Token` ([`Sessions::check_csrf`]). Reads work
+//! without JavaScript; htmx (vendored from npm, served from `/console/static/`)
+//! only makes the inventory filter live.
+//!
+//! Every response carries a strict Content-Security-Policy (no inline script
+//! or style), HSTS, `nosniff`, `Referrer-Policy` and `frame-ancestors 'none'`.
+
+mod admin;
+mod assets;
+mod certificates;
+mod dashboard;
+
+use std::net::SocketAddr;
+
+use askama::Template;
+use axum::Router;
+use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use certflow_core::DomainError;
+use certflow_core::access::{Permission, Principal, Role};
+use certflow_core::model::Actor;
+use certflow_core::session::Session;
+use time::OffsetDateTime;
+use tower_http::set_header::SetResponseHeaderLayer;
+
+use crate::http::AppState;
+use crate::http::session::{self, CSRF_HEADER, Sessions};
+
+/// Content-Security-Policy of every console response: scripts and styles
+/// only from certflow itself (no inline code), no plugins, no `<base>`, no
+/// framing (clickjacking).
+pub const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; \
+    object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'";
+
+/// How recent a login must be to download a private key.
+const RECENT_LOGIN: time::Duration = time::Duration::minutes(10);
+
+/// The console pages, static assets and form actions (merged into the app
+/// by [`crate::http::app`]).
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/console/", get(dashboard::page))
+        .route("/console", get(|| async { redirect("/console/") }))
+        .route("/console/certificates", get(certificates::inventory))
+        .route(
+            "/console/certificates/new",
+            get(certificates::request_form).post(certificates::request_submit),
+        )
+        .route("/console/certificates/{id}", get(certificates::detail))
+        .route(
+            "/console/certificates/{id}/renew",
+            post(certificates::renew),
+        )
+        .route(
+            "/console/certificates/{id}/revoke",
+            get(certificates::revoke_confirm).post(certificates::revoke),
+        )
+        .route(
+            "/console/certificates/{id}/download",
+            get(certificates::download),
+        )
+        .route(
+            "/console/certificates/{id}/download-key",
+            post(certificates::download_key),
+        )
+        .route("/console/agents", get(admin::agents))
+        .route("/console/agents/join-token", post(admin::join_token))
+        .route("/console/agents/{id}/disable", post(admin::disable_agent))
+        .route("/console/audit", get(admin::audit))
+        .route("/console/issuers", get(admin::issuers))
+        .route("/console/subscriptions", get(admin::subscriptions))
+        .route("/console/sign-out", post(sign_out))
+        .route("/console/static/{file}", get(assets::serve))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(CSP),
+        ))
+        // Browsers ignore it over plain HTTP; behind TLS it pins the console to HTTPS.
+        .layer(SetResponseHeaderLayer::overriding(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static("max-age=31536000; includeSubDomains"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("same-origin"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_FRAME_OPTIONS,
+            HeaderValue::from_static("DENY"),
+        ))
+        // Pages show certificates and tokens: never cached (assets set their own).
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("no-store"),
+        ))
+}
+
+/// Why a page could not be shown; rendered as an HTML error page (or a
+/// redirect to the login).
+#[derive(Debug)]
+pub(crate) enum PageError {
+    /// No session: to the login, coming back to `return_to`.
+    SignIn(String),
+    /// A status with a message for the person.
+    Status(StatusCode, String),
+    /// A domain error from a use case.
+    Domain(DomainError),
+}
+
+impl From<DomainError> for PageError {
+    fn from(e: DomainError) -> Self {
+        PageError::Domain(e)
+    }
+}
+
+/// Result of a page handler.
+pub(crate) type PageResult<T = Response> = Result<T, PageError>;
+
+#[derive(Template)]
+#[template(path = "error.html")]
+struct ErrorPage {
+    l: Layout,
+    status: u16,
+    heading: &'static str,
+    message: String,
+}
+
+impl IntoResponse for PageError {
+    fn into_response(self) -> Response {
+        let (status, heading, message) = match self {
+            PageError::SignIn(return_to) => {
+                let query = serde_urlencoded::to_string([("return_to", return_to.as_str())])
+                    .unwrap_or_default();
+                return redirect(&format!("/console/login?{query}"));
+            }
+            PageError::Status(status, message) => (status, "Something is not right", message),
+            PageError::Domain(e) => match e {
+                DomainError::Invalid(fields) => (
+                    StatusCode::BAD_REQUEST,
+                    "The request is invalid",
+                    fields
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                ),
+                DomainError::NotFound(what) => (
+                    StatusCode::NOT_FOUND,
+                    "Not found",
+                    format!("{what} does not exist"),
+                ),
+                DomainError::Forbidden(why) => (StatusCode::FORBIDDEN, "Not allowed", why),
+                DomainError::Conflict(why) | DomainError::IdempotencyKeyReused(why) => {
+                    (StatusCode::CONFLICT, "Not possible now", why)
+                }
+                DomainError::Unavailable { backend, .. } => {
+                    tracing::warn!(error = %e, "console page: backend unavailable");
+                    (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "Temporarily unavailable",
+                        format!("the {backend} is unavailable; retry later"),
+                    )
+                }
+                other => {
+                    tracing::error!(error = %other, "console page failed");
+                    (
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "Internal error",
+                        "the server could not show this page; the cause is logged".to_owned(),
+                    )
+                }
+            },
+        };
+        let page = ErrorPage {
+            l: Layout::anonymous(heading),
+            status: status.as_u16(),
+            heading,
+            message,
+        };
+        (status, Html(page.render())).into_response()
+    }
+}
+
+/// A rendered template as an HTML response (a rendering failure is a 500).
+pub(crate) struct Html(pub askama::Result<String>);
+
+impl IntoResponse for Html {
+    fn into_response(self) -> Response {
+        match self.0 {
+            Ok(body) => (
+                [(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/html; charset=utf-8"),
+                )],
+                body,
+            )
+                .into_response(),
+            Err(e) => {
+                tracing::error!(error = %e, "console template failed");
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response()
+            }
+        }
+    }
+}
+
+/// Renders `page` as a 200 HTML response.
+pub(crate) fn html(page: &impl Template) -> Response {
+    Html(page.render()).into_response()
+}
+
+/// 303 to `location` (after a form, or to the login).
+pub(crate) fn redirect(location: &str) -> Response {
+    match HeaderValue::from_str(location) {
+        Ok(v) => (StatusCode::SEE_OTHER, [(header::LOCATION, v)]).into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+/// What every page's frame (header, navigation) shows.
+pub(crate) struct Layout {
+    /// Page title.
+    pub title: String,
+    /// Signed-in person's subject; empty on error pages without a session.
+    pub subject: String,
+    /// Highest role, for the header.
+    pub role: &'static str,
+    /// The session's CSRF token, for the forms on the page.
+    pub csrf: String,
+    /// Which navigation entry is current.
+    pub nav: &'static str,
+    /// Whether to show administrator entries (agents).
+    pub admin: bool,
+    /// URL of the stylesheet (content-hashed).
+    pub css: &'static str,
+    /// URL of htmx (content-hashed).
+    pub htmx: &'static str,
+}
+
+impl Layout {
+    fn anonymous(title: &str) -> Self {
+        Self {
+            title: title.to_owned(),
+            subject: String::new(),
+            role: "",
+            csrf: String::new(),
+            nav: "",
+            admin: false,
+            css: assets::css_url(),
+            htmx: assets::htmx_url(),
+        }
+    }
+}
+
+/// The signed-in person of a page request, from the session cookie.
+pub(crate) struct Ctx {
+    /// The session (principal, CSRF token, login time).
+    pub session: Session,
+    /// Who acts, for the audit trail.
+    pub actor: Actor,
+    sessions: Sessions,
+}
+
+impl FromRequestParts<AppState> for Ctx {
+    type Rejection = PageError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, PageError> {
+        let Some(sessions) = state.sessions.clone() else {
+            return Err(PageError::Status(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the console needs single sign-on: configure [auth.oidc]".into(),
+            ));
+        };
+        let current = sessions
+            .current(&parts.headers, OffsetDateTime::now_utc())
+            .await?;
+        let Some(current) = current else {
+            let return_to = parts
+                .uri
+                .path_and_query()
+                .map(|p| p.as_str().to_owned())
+                .unwrap_or_else(|| "/console/".into());
+            return Err(PageError::SignIn(return_to));
+        };
+        let source = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ci| ci.0.ip().to_string());
+        Ok(Ctx {
+            actor: Actor {
+                subject: current.session.principal.subject.clone(),
+                source,
+            },
+            session: current.session,
+            sessions,
+        })
+    }
+}
+
+impl Ctx {
+    /// The principal the permission checks are made for.
+    pub fn principal(&self) -> &Principal {
+        &self.session.principal
+    }
+
+    /// The page frame for a page titled `title` under navigation entry `nav`.
+    pub fn layout(&self, title: impl Into<String>, nav: &'static str) -> Layout {
+        let p = self.principal();
+        let role = if p.is_admin() {
+            "admin"
+        } else if p.roles.contains(&Role::Operator) {
+            "operator"
+        } else if p.roles.contains(&Role::Viewer) {
+            "viewer"
+        } else {
+            "no role"
+        };
+        Layout {
+            title: title.into(),
+            subject: p.subject.clone(),
+            role,
+            csrf: self.session.csrf_token.clone(),
+            nav,
+            admin: p.can(Permission::AgentAdmin, None),
+            css: assets::css_url(),
+            htmx: assets::htmx_url(),
+        }
+    }
+
+    /// Refuses a form post without the session's CSRF token (hidden field
+    /// `csrf`) or from another origin — the API's own check, fed the field.
+    pub fn check_form(&self, headers: &HeaderMap, form: &Form) -> PageResult<()> {
+        let mut h = HeaderMap::new();
+        if let Some(origin) = headers.get(header::ORIGIN) {
+            h.insert(header::ORIGIN, origin.clone());
+        }
+        if let Ok(token) = HeaderValue::from_str(form.get("csrf")) {
+            h.insert(CSRF_HEADER, token);
+        }
+        self.sessions.check_csrf(&self.session, &h).map_err(|_| {
+            PageError::Status(
+                StatusCode::FORBIDDEN,
+                "the form is stale or comes from another site; reload the page and try again"
+                    .into(),
+            )
+        })
+    }
+
+    /// Whether the person signed in within [`RECENT_LOGIN`] (a login always
+    /// makes a new session, so its creation is the authentication time).
+    pub fn recent_login(&self, now: OffsetDateTime) -> bool {
+        now - self.session.created_at <= RECENT_LOGIN
+    }
+}
+
+/// A URL-encoded form body (fields may repeat).
+pub(crate) struct Form(Vec<(String, String)>);
+
+impl Form {
+    /// Parses `body` (`application/x-www-form-urlencoded`).
+    pub fn parse(body: &[u8]) -> PageResult<Self> {
+        serde_urlencoded::from_bytes(body).map(Form).map_err(|_| {
+            PageError::Status(StatusCode::BAD_REQUEST, "the form could not be read".into())
+        })
+    }
+
+    /// The first value of `name`, or "".
+    pub fn get(&self, name: &str) -> &str {
+        self.0
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .unwrap_or("")
+    }
+}
+
+/// `POST /console/sign-out`: ends the session here (the identity provider's
+/// own session is left to `POST /console/logout`, which returns its URL).
+async fn sign_out(ctx: Ctx, headers: HeaderMap, body: axum::body::Bytes) -> PageResult<Response> {
+    let form = Form::parse(&body)?;
+    ctx.check_form(&headers, &form)?;
+    ctx.sessions.end(&ctx.session).await?;
+    tracing::info!(subject = %ctx.session.principal.subject, "console sign-out");
+    let mut resp = html(&SignedOut {
+        l: Layout::anonymous("Signed out"),
+    });
+    resp.headers_mut()
+        .insert(header::SET_COOKIE, session::clear_cookie());
+    Ok(resp)
+}
+
+#[derive(Template)]
+#[template(path = "signed_out.html")]
+struct SignedOut {
+    l: Layout,
+}
+
+/// `2026-01-31 12:00 UTC`.
+pub(crate) fn when(t: OffsetDateTime) -> String {
+    let t = t.to_offset(time::UtcOffset::UTC);
+    format!(
+        "{:04}-{:02}-{:02} {:02}:{:02} UTC",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute()
+    )
+}
+
+/// `in 3 days`, `5 hours ago`: a coarse distance from `now`.
+pub(crate) fn relative(t: OffsetDateTime, now: OffsetDateTime) -> String {
+    let d = t - now;
+    let secs = d.whole_seconds().abs();
+    let (n, unit) = if secs >= 2 * 86_400 {
+        (secs / 86_400, "days")
+    } else if secs >= 2 * 3600 {
+        (secs / 3600, "hours")
+    } else if secs >= 120 {
+        (secs / 60, "minutes")
+    } else {
+        return "now".into();
+    };
+    if d.is_negative() {
+        format!("{n} {unit} ago")
+    } else {
+        format!("in {n} {unit}")
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests;

@@ -1,0 +1,299 @@
+// The certflow web console in a real browser: Debian's chromium, headless,
+// driven by playwright-core (never a downloaded browser). Started by the Rust
+// e2e test tests/e2e/console_ui.rs, which runs the OpenID provider and
+// `certflow serve`, with:
+//   CERTFLOW_URL     http://127.0.0.1:<port> of certflow
+//   SCREENSHOT_DIR   where each page's screenshot goes (test artifacts)
+// Exits non-zero, saying which step failed, on the first failure.
+//
+// Flow: sign in through the provider's own login form; request a certificate
+// (first with a bad name: the message sits next to the field); find it in the
+// inventory (live search through htmx); open it; renew; download the chain, a
+// PEM bundle with the key and a PKCS#12; revoke after the confirmation page;
+// see every step in the audit log; then as a viewer: no actions shown, and
+// posting them anyway is refused. axe-core runs on every page (no serious or
+// critical violation), and any Content-Security-Policy violation fails.
+
+import { createRequire } from 'node:module';
+import fs from 'node:fs';
+import path from 'node:path';
+import { chromium } from 'playwright-core';
+
+const require = createRequire(import.meta.url);
+const BASE = process.env.CERTFLOW_URL;
+const SHOTS = process.env.SCREENSHOT_DIR;
+if (!BASE || !SHOTS) throw new Error('CERTFLOW_URL and SCREENSHOT_DIR are required');
+fs.mkdirSync(SHOTS, { recursive: true });
+const AXE = fs.readFileSync(require.resolve('axe-core/axe.min.js'), 'utf8');
+
+let step = 'start';
+const log = (msg) => console.log(`[console.spec] ${msg}`);
+function check(cond, what) {
+  if (!cond) throw new Error(`${step}: ${what}`);
+}
+
+const browser = await chromium.launch({
+  executablePath: '/usr/bin/chromium',
+  headless: true,
+  args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update',
+    '--disable-sync', '--no-first-run', '--disable-quic', '--disable-dev-shm-usage'],
+});
+
+const cspViolations = [];
+
+async function newPage() {
+  const context = await browser.newContext({ acceptDownloads: true, viewport: { width: 1280, height: 900 } });
+  // Loopback only: the provider's login page asks for a web font elsewhere.
+  await context.route('**/*', (route) => {
+    const host = new URL(route.request().url()).hostname;
+    return host === '127.0.0.1' || host === 'localhost' ? route.continue() : route.abort();
+  });
+  const page = await context.newPage();
+  page.on('console', (m) => {
+    const text = m.text();
+    if (/Content Security Policy/i.test(text) && page.url().startsWith(BASE)) cspViolations.push(`${page.url()}: ${text}`);
+  });
+  page.on('pageerror', (e) => {
+    if (page.url().startsWith(BASE)) cspViolations.push(`${page.url()}: page error ${e.message}`);
+  });
+  return { context, page };
+}
+
+/** Signs in as `user` through the provider's devInteractions login and consent forms. */
+async function signIn(page, user, returnTo = '/console/') {
+  step = `sign in as ${user}`;
+  const response = await page.goto(`${BASE}${returnTo}`);
+  check(response.ok(), `status ${response.status()}`);
+  for (let i = 0; i < 5 && !page.url().startsWith(`${BASE}/console/`); i++) {
+    if (await page.locator('input[name="login"]').count()) {
+      await page.fill('input[name="login"]', user);
+      await page.fill('input[name="password"]', 'any');
+    }
+    await Promise.all([page.waitForLoadState('load'), page.locator('button[type="submit"]').first().click()]);
+    await page.waitForLoadState('load');
+  }
+  check(page.url().startsWith(`${BASE}/console/`), `not back at the console: ${page.url()}`);
+  check(await page.locator('header .subject').innerText() === user, 'the header names the person');
+}
+
+const pages = [];
+/** axe-core on the current page (injected through the DevTools protocol, not as an inline script) and a screenshot. */
+async function audit(page, name) {
+  step = `axe ${name}`;
+  await page.evaluate(AXE);
+  const result = await page.evaluate(async () => {
+    // eslint-disable-next-line no-undef
+    const r = await axe.run(document, { resultTypes: ['violations'] });
+    return r.violations.map((v) => ({ id: v.id, impact: v.impact, help: v.help, nodes: v.nodes.slice(0, 3).map((n) => n.target.join(' ')) }));
+  });
+  const bad = result.filter((v) => v.impact === 'serious' || v.impact === 'critical');
+  check(bad.length === 0, `accessibility violations: ${JSON.stringify(bad, null, 1)}`);
+  const minor = result.filter((v) => !bad.includes(v));
+  if (minor.length) log(`${name}: minor axe findings ${minor.map((v) => `${v.id}(${v.impact})`).join(', ')}`);
+  await page.screenshot({ path: path.join(SHOTS, `${name}.png`), fullPage: true });
+  pages.push(name);
+}
+
+async function headers(page, url) {
+  const r = await page.request.get(url, { maxRedirects: 0 });
+  return r.headers();
+}
+
+try {
+  // ------------------------------------------------------------ as an admin
+  const admin = await newPage();
+  const page = admin.page;
+  await signIn(page, 'alice');
+
+  step = 'session cookie';
+  // All cookies: Playwright leaves Secure ones out of a lookup by http:// URL,
+  // while chromium itself keeps and sends them to loopback (a trustworthy origin).
+  const cookies = await admin.context.cookies();
+  const session = cookies.find((c) => c.name === '__Host-certflow_session');
+  check(session && session.secure && session.httpOnly && session.sameSite === 'Lax', `cookie ${JSON.stringify(cookies)}`);
+
+  step = 'security headers';
+  const h = await headers(page, `${BASE}/console/`);
+  check(/default-src 'self'/.test(h['content-security-policy'] || ''), `CSP ${h['content-security-policy']}`);
+  for (const d of ["object-src 'none'", "base-uri 'none'", "frame-ancestors 'none'", "style-src 'self'"]) {
+    check(h['content-security-policy'].includes(d), `CSP lacks ${d}`);
+  }
+  check(/max-age=\d+/.test(h['strict-transport-security'] || ''), 'HSTS');
+  check(h['x-content-type-options'] === 'nosniff', 'nosniff');
+  check(!!h['referrer-policy'], 'Referrer-Policy');
+  check(h['cache-control'] === 'no-store', 'pages are not cached');
+  const css = await page.locator('link[rel="stylesheet"]').getAttribute('href');
+  const cssHeaders = await headers(page, `${BASE}${css}`);
+  check(/max-age=31536000/.test(cssHeaders['cache-control']), `asset cache ${cssHeaders['cache-control']}`);
+  check(await page.locator('script:not([src])').count() === 0, 'no inline script');
+
+  step = 'dashboard';
+  check(await page.locator('h1').innerText() === 'Dashboard', 'heading');
+  check(await page.locator('svg.chart rect.bar').count() === 13, '13 weekly bars');
+  await audit(page, 'dashboard-empty');
+
+  step = 'request form: validation next to the field';
+  await page.goto(`${BASE}/console/certificates/new`);
+  await page.fill('#names', 'bad_name.example.com');
+  await page.fill('#team', 'payments');
+  await page.click('button:has-text("Request certificate")');
+  check(await page.locator('#names-err').isVisible(), 'an error under the names field');
+  check(/LDH|label/i.test(await page.locator('#names-err').innerText()), 'it says what is wrong');
+  check(await page.locator('#names').getAttribute('aria-invalid') === 'true', 'the field is marked invalid');
+  await audit(page, 'request-invalid');
+
+  step = 'request a certificate';
+  await page.fill('#names', 'web.console.example.com\nwww.console.example.com');
+  await page.fill('#labels', 'env=prod');
+  await page.selectOption('#key_type', 'ecdsa-p384');
+  await Promise.all([page.waitForURL(/\/console\/certificates\/[0-9a-f-]{36}\?done=created$/), page.click('button:has-text("Request certificate")')]);
+  const id = page.url().match(/certificates\/([0-9a-f-]{36})/)[1];
+  check(/issued/.test(await page.locator('.notice').innerText()), 'notice');
+  log(`certificate ${id}`);
+
+  step = 'inventory: live search with htmx';
+  await page.goto(`${BASE}/console/certificates`);
+  await page.fill('#f-search', 'web.console');
+  await page.waitForURL(/search=web.console/);
+  await page.locator('#results a', { hasText: 'web.console.example.com' }).waitFor();
+  await audit(page, 'inventory');
+  step = 'inventory: filters without JavaScript semantics (plain GET)';
+  await page.goto(`${BASE}/console/certificates?status=revoked`);
+  check(await page.locator('#results a', { hasText: 'web.console.example.com' }).count() === 0, 'status filter');
+  await page.goto(`${BASE}/console/certificates?label=env%3Dprod&expiring=365&sort=not_after&order=desc`);
+  check(await page.locator('#results a', { hasText: 'web.console.example.com' }).count() === 1, 'label + expiring filter');
+  await page.goto(`${BASE}/console/certificates?expiring=soon`);
+  check(await page.locator('#f-expiring-err').isVisible(), 'bad filter named next to its field');
+
+  step = 'open it';
+  await page.goto(`${BASE}/console/certificates?search=web.console`);
+  await Promise.all([page.waitForURL(new RegExp(`/console/certificates/${id}$`)), page.click(`#results a:has-text("web.console.example.com")`)]);
+  check((await page.locator('h1').innerText()).includes('web.console.example.com'), 'detail heading');
+  check(await page.locator('text=ecdsa-p384').count() > 0, 'key type shown');
+  check(await page.locator('.tag', { hasText: 'env=prod' }).count() === 1, 'label shown');
+
+  step = 'renew';
+  await Promise.all([page.waitForURL(/done=renewed/), page.click('button:has-text("Renew now")')]);
+  check(await page.locator('table tbody tr').filter({ hasText: 'current' }).first().innerText().then((t) => t.startsWith('2')), 'version 2 is current');
+
+  step = 'download the full chain';
+  let [dl] = await Promise.all([page.waitForEvent('download'), page.click('a:has-text("Download full chain")')]);
+  let text = fs.readFileSync(await dl.path(), 'utf8');
+  check((text.match(/BEGIN CERTIFICATE/g) || []).length >= 2, 'a chain of PEM certificates');
+  check(!/PRIVATE KEY/.test(text), 'no key in the chain download');
+
+  step = 'download the PEM bundle with the key (recent login)';
+  [dl] = await Promise.all([page.waitForEvent('download'), page.click('button:has-text("Download key + full chain")')]);
+  text = fs.readFileSync(await dl.path(), 'utf8');
+  check(/BEGIN PRIVATE KEY/.test(text) && /BEGIN CERTIFICATE/.test(text), 'key and certificates');
+
+  step = 'download PKCS#12';
+  await page.fill('#p12-password', 'correct horse battery');
+  [dl] = await Promise.all([page.waitForEvent('download'), page.click('button:has-text("Download PKCS#12")')]);
+  check(fs.statSync(await dl.path()).size > 500, 'a PKCS#12 file');
+  check(dl.suggestedFilename().endsWith('.p12'), dl.suggestedFilename());
+  await page.goto(`${BASE}/console/certificates/${id}`);
+  await audit(page, 'certificate');
+
+  step = 'revoke: confirmation first';
+  await page.click('a:has-text("Revoke")');
+  check((await page.locator('h1').innerText()).startsWith('Revoke'), 'a confirmation page');
+  await audit(page, 'revoke-confirm');
+  await page.selectOption('#reason', 'keyCompromise');
+  await page.click('button:has-text("Revoke certificate")');
+  check(await page.locator('.error-box').isVisible(), 'not revoked without ticking the box');
+  await page.check('#confirm');
+  await page.selectOption('#reason', 'keyCompromise');
+  await Promise.all([page.waitForURL(/done=revoked/), page.click('button:has-text("Revoke certificate")')]);
+  check(await page.locator('h1 .badge').innerText() === 'revoked', 'status revoked');
+  check(await page.locator('button:has-text("Renew now")').count() === 1, 'renewing a revoked certificate stays possible');
+
+  step = 'audit log shows every step';
+  await page.goto(`${BASE}/console/audit?target=certificate/${id}`);
+  const auditText = await page.locator('table.audit').innerText();
+  for (const action of ['certificate.create', 'certificate.renew', 'certificate.key.download', 'certificate.revoke']) {
+    check(auditText.includes(action), `audit lacks ${action}`);
+  }
+  check(auditText.includes('alice'), 'audited as the person');
+  await audit(page, 'audit');
+  await page.goto(`${BASE}/console/audit?outcome=maybe`);
+  check(await page.locator('.error-box').isVisible(), 'bad audit filter explained');
+
+  step = 'agents: a join token';
+  await page.goto(`${BASE}/console/agents`);
+  await page.fill('#j-name', 'web-01');
+  await page.fill('#j-teams', 'payments');
+  await page.click('button:has-text("Create join token")');
+  check(/^cfj_/.test(await page.locator('#join-token').innerText()), 'token shown once');
+  await audit(page, 'agents');
+
+  for (const [name, url] of [['issuers', '/console/issuers'], ['subscriptions', '/console/subscriptions']]) {
+    step = name;
+    const r = await page.goto(`${BASE}${url}`);
+    check(r.status() === 200, `status ${r.status()}`);
+    await audit(page, name);
+  }
+  step = 'more certificates for the dashboard timeline';
+  for (const [host, days] of [['api', 12], ['db', 20], ['mail', 41], ['vpn', 41], ['search', 75]]) {
+    await page.goto(`${BASE}/console/certificates/new`);
+    await page.fill('#names', `${host}.console.example.com`);
+    await page.fill('#team', host === 'search' ? 'search' : 'payments');
+    await page.fill('#validity_days', String(days));
+    await Promise.all([page.waitForURL(/done=created$/), page.click('button:has-text("Request certificate")')]);
+  }
+  step = 'dashboard with data';
+  await page.goto(`${BASE}/console/`);
+  check(await page.locator('.card .num').first().innerText() === '5', 'five active certificates');
+  check(await page.locator('svg.chart text.count').count() >= 3, 'bars for the weeks with expiries');
+  await audit(page, 'dashboard');
+
+  step = 'a form without the CSRF token is refused';
+  const forged = await page.evaluate(async (certId) => {
+    const r = await fetch(`/console/certificates/${certId}/renew`, { method: 'POST', body: new URLSearchParams({ csrf: 'forged' }) });
+    return r.status;
+  }, id);
+  check(forged === 403, `status ${forged}`);
+
+  // ------------------------------------------------------------- as a viewer
+  const viewer = await newPage();
+  const vpage = viewer.page;
+  await signIn(vpage, 'carol', `/console/certificates/${id}`);
+  step = 'viewer: read, no actions';
+  await vpage.goto(`${BASE}/console/certificates/${id}`);
+  check((await vpage.locator('h1').innerText()).includes('web.console.example.com'), 'the viewer reads it');
+  for (const label of ['Renew now', 'Revoke', 'Download key + full chain', 'Download PKCS#12']) {
+    check(await vpage.locator(`button:has-text("${label}"), a:has-text("${label}")`).count() === 0, `${label} hidden`);
+  }
+  check(await vpage.locator('a:has-text("Download full chain")').count() === 1, 'public downloads stay');
+  await audit(vpage, 'certificate-viewer');
+  step = 'viewer: posting the actions anyway is refused';
+  const refused = await vpage.evaluate(async (certId) => {
+    const csrf = document.querySelector('input[name="csrf"]').value;
+    const post = async (url, fields) => (await fetch(url, { method: 'POST', body: new URLSearchParams({ csrf, ...fields }) })).status;
+    return [
+      await post(`/console/certificates/${certId}/renew`, {}),
+      await post(`/console/certificates/${certId}/revoke`, { reason: 'superseded', confirm: 'yes' }),
+      await post(`/console/certificates/${certId}/download-key`, { format: 'pem' }),
+      await post('/console/agents/join-token', { name: 'x', ttl_minutes: '5' }),
+    ];
+  }, id);
+  check(refused.every((s) => s === 403), `statuses ${refused}`);
+  await vpage.goto(`${BASE}/console/certificates/new`);
+  check(await vpage.locator('h1').innerText() === 'Not allowed', 'no request form for a viewer');
+
+  step = 'sign out';
+  await vpage.goto(`${BASE}/console/`);
+  await vpage.click('button:has-text("Sign out")');
+  check(await vpage.locator('h1').innerText() === 'Signed out', 'signed out page');
+  const after = await vpage.request.get(`${BASE}/console/`, { maxRedirects: 0 });
+  check(after.status() === 303 && after.headers().location.startsWith('/console/login?return_to='), 'back to the login');
+
+  step = 'content security policy';
+  check(cspViolations.length === 0, `violations: ${cspViolations.join('\n')}`);
+  log(`ok: ${pages.length} pages checked with axe-core: ${pages.join(', ')}`);
+  await browser.close();
+} catch (e) {
+  console.error(`[console.spec] FAILED at step "${step}": ${e.stack || e}`);
+  await browser.close();
+  process.exit(1);
+}

@@ -1,0 +1,142 @@
+//! The web console in a real browser: the OpenID provider of the login tests
+//! (oidc-provider, `oidc/login-provider.mjs`) and the real `certflow serve`,
+//! driven by Debian's chromium through playwright-core
+//! (`tests/browser/console.spec.mjs`, which also runs axe-core on every page
+//! and saves screenshots under `target/console-screenshots/`).
+//!
+//! The session cookie is `__Host-` and `Secure`; chromium keeps it on
+//! `http://127.0.0.1` because loopback is a potentially trustworthy origin,
+//! so no TLS is needed here and the production cookie stays as it is.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{require, start};
+
+struct Op(Child);
+
+impl Drop for Op {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts the provider on `port` for a console at `console`; returns it and its issuer URL.
+fn start_op(dir: &Path, port: u16, console: &str) -> (Op, String) {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let module = manifest.join("../auth/tests/oidc/node_modules/oidc-provider/lib/index.js");
+    assert!(
+        module.exists(),
+        "oidc-provider is required: scripts/peers.sh (missing {})",
+        module.display()
+    );
+    let log = dir.join("op.log");
+    let out = std::fs::File::create(&log).unwrap();
+    let child = Command::new("node")
+        .arg(manifest.join("tests/e2e/oidc/login-provider.mjs"))
+        .env("OIDC_PROVIDER_MODULE", &module)
+        .env("OP_PORT", port.to_string())
+        .env(
+            "CONSOLE_REDIRECT_URI",
+            format!("{console}/console/callback"),
+        )
+        .env("CONSOLE_POST_LOGOUT_URI", format!("{console}/console/"))
+        .stdout(Stdio::from(out.try_clone().unwrap()))
+        .stderr(Stdio::from(out))
+        .spawn()
+        .unwrap();
+    let op = Op(child);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(issuer) = text.lines().find_map(|l| l.strip_prefix("READY ")) {
+            return (op, issuer.to_owned());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!(
+        "oidc-provider did not start: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+}
+
+#[test]
+fn console_in_chromium_request_find_renew_download_revoke_audit_and_viewer() {
+    require("node", "apt-get install nodejs (scripts/peers.sh)");
+    require("chromium", "apt-get install chromium (scripts/peers.sh)");
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let browser_dir = manifest.join("tests/browser");
+    assert!(
+        browser_dir.join("node_modules/playwright-core").exists()
+            && browser_dir.join("node_modules/axe-core").exists(),
+        "playwright-core and axe-core are required: scripts/peers.sh (npm ci in {})",
+        browser_dir.display()
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let op_port = super::renewal::free_port();
+    let port = super::renewal::free_port();
+    let console = format!("http://127.0.0.1:{port}");
+    let (_op, issuer) = start_op(tmp.path(), op_port, &console);
+    let config = tmp.path().join("certflow.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[auth.oidc]
+issuer = "{issuer}"
+client_id = "console"
+client_secret = "console-secret"
+redirect_uri = "{console}/console/callback"
+post_logout_redirect_uri = "{console}/console/"
+scopes = ["groups"]
+team_group_prefix = "team-"
+
+[auth.oidc.roles]
+admin = ["certflow-admins"]
+operator = ["certflow-operators"]
+viewer = ["certflow-viewers"]
+"#
+        ),
+    )
+    .unwrap();
+    let listen = format!("127.0.0.1:{port}");
+    let server = start(
+        &tmp.path().join("data"),
+        &[
+            ("CERTFLOW_SERVER__LISTEN", listen.as_str()),
+            ("CERTFLOW_CONFIG", config.to_str().unwrap()),
+        ],
+    )
+    .expect("certflow starts with [auth.oidc]");
+    let shots = manifest.join("../../target/console-screenshots");
+    let out = Command::new("node")
+        .arg(browser_dir.join("console.spec.mjs"))
+        .current_dir(&browser_dir)
+        .env("CERTFLOW_URL", &console)
+        .env("SCREENSHOT_DIR", &shots)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "console.spec.mjs failed ({}):\n{stdout}\n{stderr}\n--- certflow log ---\n{}",
+        out.status,
+        server.log()
+    );
+    println!("{stdout}");
+    for page in [
+        "dashboard",
+        "inventory",
+        "certificate",
+        "audit",
+        "certificate-viewer",
+    ] {
+        assert!(
+            shots.join(format!("{page}.png")).exists(),
+            "screenshot of {page}"
+        );
+    }
+}
