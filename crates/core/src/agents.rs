@@ -1,6 +1,7 @@
 //! Agents: hosts running `certflow-agent`, enrolled with a single-use join
-//! token and identified afterwards by a short-lived client certificate from a
-//! dedicated agent-identity CA, whose URI SAN names the agent.
+//! token or an OIDC client-credentials access token, and identified afterwards
+//! by a short-lived client certificate from a dedicated agent-identity CA,
+//! whose URI SAN names the agent.
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -18,6 +19,17 @@ pub fn agent_uri(id: Uuid) -> String {
 pub fn parse_agent_uri(uri: &str) -> Option<Uuid> {
     uri.strip_prefix(AGENT_URI_PREFIX)
         .and_then(|id| Uuid::parse_str(id).ok())
+}
+
+/// The subject an agent enrolled by OIDC token is bound to: `<iss>|<sub>`.
+///
+/// `sub` is unique only within its issuer, so the issuer is part of it. The
+/// validator accepts only the configured issuers' exact `iss` values, which
+/// are URLs and so contain no `|` (RFC 3986 does not allow it unencoded):
+/// the first `|` separates the two, and two different pairs never compose
+/// to the same text.
+pub fn token_subject(issuer: &str, subject: &str) -> String {
+    format!("{issuer}|{subject}")
 }
 
 /// Whether an agent may call the agent API.
@@ -75,6 +87,12 @@ pub struct Agent {
     pub created_at: OffsetDateTime,
     /// Last authenticated request (coarse: updated at most once a minute).
     pub last_seen: Option<OffsetDateTime>,
+    /// For an agent enrolled with an OIDC client-credentials token, the
+    /// token's issuer-qualified subject ([`token_subject`]): every later
+    /// request must carry a valid token with this subject. `None` for an
+    /// agent enrolled with a join token.
+    #[serde(default)]
+    pub subject: Option<String>,
 }
 
 /// A join token as stored: only its SHA-256, never the token.
@@ -130,6 +148,10 @@ mod tests {
         assert_eq!(parse_agent_uri(&agent_uri(id)), Some(id));
         assert_eq!(parse_agent_uri("urn:certflow:agent:nope"), None);
         assert_eq!(parse_agent_uri(&format!("spiffe://x/{id}")), None);
+        assert_eq!(
+            token_subject("https://idp.example.com", "auth0|agent-1"),
+            "https://idp.example.com|auth0|agent-1"
+        );
         for s in [
             AgentStatus::Active,
             AgentStatus::Disabled,

@@ -326,6 +326,33 @@ pub trait AgentStore: Send + Sync {
     ) -> DomainResult<()>;
     /// Records that the agent was seen at `now`.
     async fn touch_agent(&self, id: Uuid, now: OffsetDateTime) -> DomainResult<()>;
+    /// The agent enrolled with an OIDC token of `subject` (see
+    /// [`crate::agents::token_subject`]), whatever its status.
+    async fn get_agent_by_subject(
+        &self,
+        subject: &str,
+    ) -> DomainResult<Option<crate::agents::Agent>>;
+    /// Stores an agent enrolled with an OIDC token (its `subject` set) and
+    /// appends `audit`; `Conflict` if an agent with that subject exists
+    /// (two first enrolments racing: the loser re-enrols the winner's).
+    async fn insert_token_agent(
+        &self,
+        agent: &crate::agents::Agent,
+        audit: &AuditEvent,
+    ) -> DomainResult<()>;
+    /// Re-enrolment with an OIDC token: makes `serial` the identity of the
+    /// agent `id` if it is still active and still bound to `subject`, whatever
+    /// its current identity (which may have expired); else `Forbidden` and
+    /// nothing changes. Returns the agent as stored afterwards.
+    async fn reenroll_agent(
+        &self,
+        id: Uuid,
+        subject: &str,
+        serial: &str,
+        fingerprint_sha256: &str,
+        not_after: OffsetDateTime,
+        audit: &AuditEvent,
+    ) -> DomainResult<crate::agents::Agent>;
 }
 
 /// Pending console logins and browser sessions, keyed by hashes of the

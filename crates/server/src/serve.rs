@@ -614,12 +614,10 @@ pub async fn serve(config: Config, roles: Roles) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The bearer-token authenticators the configuration enables.
-fn bearer_authenticators(
-    config: &Config,
-) -> anyhow::Result<Vec<Arc<dyn auth::BearerAuthenticator>>> {
+/// A validator for the configured `[[auth.issuers]]`, if any.
+fn token_validator(config: &Config) -> anyhow::Result<Option<certflow_auth::TokenValidator>> {
     if config.auth.issuers.is_empty() {
-        return Ok(Vec::new());
+        return Ok(None);
     }
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
@@ -627,7 +625,54 @@ fn bearer_authenticators(
         .context("HTTP client for JWKS")?;
     let validator = certflow_auth::TokenValidator::new(config.auth.issuers.clone(), http)
         .map_err(|e| anyhow::anyhow!("[[auth.issuers]]: {e}"))?;
-    Ok(vec![Arc::new(auth::OidcBearer(validator))])
+    Ok(Some(validator))
+}
+
+/// The bearer-token authenticators the configuration enables.
+fn bearer_authenticators(
+    config: &Config,
+) -> anyhow::Result<Vec<Arc<dyn auth::BearerAuthenticator>>> {
+    Ok(match token_validator(config)? {
+        Some(validator) => vec![Arc::new(auth::OidcBearer(validator))],
+        None => Vec::new(),
+    })
+}
+
+/// Announces agent changes on the change feed (`agent:<id>`).
+struct FeedAgentChanges(ChangeFeed);
+
+#[async_trait::async_trait]
+impl certflow_services::agents::AgentChanges for FeedAgentChanges {
+    async fn agent_changed(&self, id: uuid::Uuid) {
+        let topic = format!("{}{id}", certflow_services::agents::AGENT_TOPIC_PREFIX);
+        if let Err(e) = self.0.publish(&topic).await {
+            // Other replicas' periodic refresh catches up; this one already forgot it.
+            tracing::warn!(agent = %id, error = %e, "cannot announce an agent change");
+        }
+    }
+}
+
+/// Keeps the agent authentication cache honest: drops an agent when any
+/// replica announces a change of it, everything when the feed reconnected
+/// (`*`), and everything every 30 s regardless (lost notifications; SQLite
+/// has no feed between processes).
+fn spawn_agent_watch(agents: certflow_services::agents::Agents, feed: ChangeFeed) {
+    let mut changes = feed.subscribe();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(30));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                topic = changes.recv() => match topic {
+                    Ok(t) => agents.apply_change(&t),
+                    // Missed topics: anything may have changed.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => agents.forget_cached(),
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                },
+                _ = tick.tick() => agents.forget_cached(),
+            }
+        }
+    });
 }
 
 async fn serve_api(config: &Config, opened: &Opened, services: Services) -> anyhow::Result<()> {
@@ -713,7 +758,14 @@ async fn start_agents(
     if created {
         tracing::info!(agent_ca = %ca.id, "created the agent-identity CA");
     }
-    if let Some(listener) = crate::agent::start(&config.agent, agents.clone()).await? {
+    let agents = agents.with_changes(Arc::new(FeedAgentChanges(opened.feed.clone())));
+    spawn_agent_watch(agents.clone(), opened.feed.clone());
+    let tokens: Option<Arc<dyn crate::agent::token::AgentTokenVerifier>> =
+        match token_validator(config)? {
+            Some(v) => Some(Arc::new(crate::agent::token::OidcAgentTokens(Arc::new(v)))),
+            None => None,
+        };
+    if let Some(listener) = crate::agent::start(&config.agent, agents.clone(), tokens).await? {
         println!("certflow: agent listener on https://{}", listener.addr);
         tracing::info!(addr = %listener.addr, "agent listener (mTLS) listening");
     }

@@ -1,5 +1,7 @@
-//! Agents: join tokens, enrolment, identity renewal, and the dedicated
-//! agent-identity CA that signs their short-lived clientAuth certificates.
+//! Agents: join tokens, enrolment (join token or OIDC client-credentials
+//! token), identity renewal, the cache that authenticates agent requests
+//! without a database round trip, and the dedicated agent-identity CA that
+//! signs their short-lived clientAuth certificates.
 //!
 //! The agent-identity CA is separate from every certificate issuer: it lives
 //! in its own table (never listed as an issuer, never chosen as the default)
@@ -7,8 +9,10 @@
 //! identity certificate can never be mistaken for a managed certificate and
 //! vice versa. Its key is unsealed per signature, like the internal CA's.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
+use async_trait::async_trait;
 use aws_lc_rs::{digest, rand};
 use certflow_blob::{EncryptionContext, Sealer};
 use certflow_core::agents::{Agent, AgentCaRecord, AgentStatus, JoinToken, agent_uri};
@@ -33,6 +37,96 @@ const MAX_TEAMS: usize = 32;
 
 /// How often `last_seen` is written for a busy agent.
 const LAST_SEEN_GRANULARITY: Duration = Duration::seconds(60);
+
+/// Agents kept in the authentication cache before it starts over (a bound
+/// on memory, far above any fleet's working set).
+const MAX_CACHED_AGENTS: usize = 100_000;
+
+/// Prefix of the change-feed topic announcing that an agent's status or
+/// identity changed: `agent:<id>`.
+pub const AGENT_TOPIC_PREFIX: &str = "agent:";
+
+/// Tells other replicas that an agent changed, so they drop it from their
+/// authentication cache (implemented over the store's change feed).
+#[async_trait]
+pub trait AgentChanges: Send + Sync {
+    /// Announces that agent `id`'s status or identity changed.
+    async fn agent_changed(&self, id: Uuid);
+}
+
+/// What a validated OIDC client-credentials token enrols an agent as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenEnrolment {
+    /// The token's issuer-qualified subject ([`certflow_core::agents::token_subject`]).
+    pub subject: String,
+    /// The OAuth client, the default name of the agent.
+    pub client_id: String,
+    /// The teams configured for the client (`service_roles`); never empty.
+    pub teams: Vec<String>,
+}
+
+/// Authenticated agents by id, so an idle poll needs no database read.
+///
+/// An entry is dropped when the agent's status or identity changes: by the
+/// use case that changed it on this replica (at once), and on the others
+/// through the change feed ([`Agents::apply_change`]). `epoch` closes the
+/// race between a read from the store and an invalidation arriving while it
+/// is in flight: a read started before the last invalidation is not cached.
+#[derive(Default)]
+struct AgentCache {
+    inner: Mutex<CacheInner>,
+}
+
+#[derive(Default)]
+struct CacheInner {
+    agents: HashMap<Uuid, Agent>,
+    epoch: u64,
+}
+
+impl AgentCache {
+    fn get(&self, id: Uuid) -> Result<Agent, u64> {
+        match self.inner.lock() {
+            Ok(c) => c.agents.get(&id).cloned().ok_or(c.epoch),
+            // A poisoned lock only means a panic elsewhere: read through.
+            Err(_) => Err(u64::MAX),
+        }
+    }
+
+    fn put(&self, epoch: u64, agent: &Agent) {
+        if let Ok(mut c) = self.inner.lock()
+            && c.epoch == epoch
+        {
+            if c.agents.len() >= MAX_CACHED_AGENTS {
+                c.agents.clear();
+            }
+            c.agents.insert(agent.id, agent.clone());
+        }
+    }
+
+    fn seen(&self, id: Uuid, now: OffsetDateTime) {
+        if let Ok(mut c) = self.inner.lock()
+            && let Some(a) = c.agents.get_mut(&id)
+        {
+            a.last_seen = Some(now);
+        }
+    }
+
+    fn forget(&self, id: Option<Uuid>) {
+        if let Ok(mut c) = self.inner.lock() {
+            c.epoch = c.epoch.wrapping_add(1);
+            match id {
+                Some(id) => {
+                    c.agents.remove(&id);
+                }
+                None => c.agents.clear(),
+            }
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.inner.lock().map(|c| c.agents.len()).unwrap_or(0)
+    }
+}
 
 /// Settings of the agent-identity CA and its certificates.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -150,7 +244,7 @@ fn check_name(errors: &mut Vec<FieldError>, name: &str) {
     }
 }
 
-/// The agent use cases. Cheap to clone.
+/// The agent use cases. Cheap to clone; clones share the authentication cache.
 #[derive(Clone)]
 pub struct Agents {
     services: Services,
@@ -158,6 +252,8 @@ pub struct Agents {
     blobs: Arc<dyn BlobStore>,
     sealer: Sealer,
     settings: Arc<AgentSettings>,
+    cache: Arc<AgentCache>,
+    changes: Option<Arc<dyn AgentChanges>>,
 }
 
 impl Agents {
@@ -169,6 +265,49 @@ impl Agents {
             blobs: services.blobs.clone(),
             sealer: services.sealer.clone(),
             settings: Arc::new(settings),
+            cache: Arc::new(AgentCache::default()),
+            changes: None,
+        }
+    }
+
+    /// Announces agent changes to other replicas through `changes`.
+    pub fn with_changes(mut self, changes: Arc<dyn AgentChanges>) -> Self {
+        self.changes = Some(changes);
+        self
+    }
+
+    /// Applies a change-feed topic from any replica: `agent:<id>` drops that
+    /// agent from the authentication cache, `*` (anything may have changed,
+    /// e.g. after the feed reconnected) drops them all; other topics are
+    /// not about agents.
+    pub fn apply_change(&self, topic: &str) {
+        if topic == "*" {
+            self.cache.forget(None);
+        } else if let Some(id) = topic.strip_prefix(AGENT_TOPIC_PREFIX) {
+            match Uuid::parse_str(id) {
+                Ok(id) => self.cache.forget(Some(id)),
+                Err(_) => self.cache.forget(None),
+            }
+        }
+    }
+
+    /// Drops every cached agent (the periodic safety net for lost notifications).
+    pub fn forget_cached(&self) {
+        self.cache.forget(None);
+    }
+
+    /// How many agents the authentication cache holds.
+    pub fn cached_agents(&self) -> usize {
+        self.cache.len()
+    }
+
+    /// After a committed change of agent `id`: dropped here at once, then
+    /// announced to the other replicas (a lost announcement is caught by
+    /// their periodic refresh, so it only warns).
+    async fn changed(&self, id: Uuid) {
+        self.cache.forget(Some(id));
+        if let Some(changes) = &self.changes {
+            changes.agent_changed(id).await;
         }
     }
 
@@ -420,6 +559,7 @@ impl Agents {
             cert_not_after: info.not_after,
             created_at: now,
             last_seen: Some(now),
+            subject: None,
         };
         let audit = AuditEvent::success(
             now,
@@ -446,9 +586,162 @@ impl Agents {
         })
     }
 
+    /// Enrols an agent with a validated OIDC client-credentials token and a
+    /// CSR. The first enrolment of a subject creates the agent (named
+    /// `proposed_name` or the client id, with the client's teams); a later
+    /// one — the host was off and its identity expired — gives the same
+    /// agent (id, name, teams) a new identity certificate, unless it was
+    /// disabled or revoked (`Forbidden`).
+    pub async fn enroll_with_token(
+        &self,
+        who: &TokenEnrolment,
+        csr: &[u8],
+        proposed_name: Option<&str>,
+        source: Option<String>,
+        now: OffsetDateTime,
+    ) -> DomainResult<IssuedIdentity> {
+        let mut errors = Vec::new();
+        if who.teams.is_empty() {
+            return Err(DomainError::Forbidden(format!(
+                "client {} has no teams configured for agents",
+                who.client_id
+            )));
+        }
+        check_teams(&mut errors, &who.teams);
+        if !errors.is_empty() {
+            return Err(DomainError::Invalid(errors));
+        }
+        if let Some(existing) = self.store.get_agent_by_subject(&who.subject).await? {
+            return self.reenroll(existing, who, csr, source, now).await;
+        }
+        let name = proposed_name
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .unwrap_or(&who.client_id)
+            .to_owned();
+        check_name(&mut errors, &name);
+        if !errors.is_empty() {
+            return Err(DomainError::Invalid(errors));
+        }
+        let id = Uuid::now_v7();
+        let (der, info, ca_chain_pem) = self.sign(id, &name, csr, now).await?;
+        let mut teams = who.teams.clone();
+        teams.sort();
+        teams.dedup();
+        let agent = Agent {
+            id,
+            name,
+            teams,
+            status: AgentStatus::Active,
+            cert_serial: info.serial_hex.clone(),
+            cert_fingerprint_sha256: info.fingerprint_sha256.clone(),
+            cert_not_after: info.not_after,
+            created_at: now,
+            last_seen: Some(now),
+            subject: Some(who.subject.clone()),
+        };
+        let audit = AuditEvent::success(
+            now,
+            &Actor {
+                subject: id.to_string(),
+                source: source.clone(),
+            },
+            "agent.enroll",
+            format!("agent/{id}"),
+            json!({
+                "name": agent.name,
+                "teams": agent.teams,
+                "client_id": who.client_id,
+                "token_subject": who.subject,
+                "serial": info.serial_hex,
+                "not_after": info.not_after.unix_timestamp(),
+            }),
+        );
+        match self.store.insert_token_agent(&agent, &audit).await {
+            Ok(()) => {}
+            Err(DomainError::Conflict(_)) => {
+                // Another enrolment of this subject won the race: re-enrol its agent.
+                let existing = self
+                    .store
+                    .get_agent_by_subject(&who.subject)
+                    .await?
+                    .ok_or_else(|| DomainError::Internal("the racing agent vanished".into()))?;
+                return self.reenroll(existing, who, csr, source, now).await;
+            }
+            Err(e) => return Err(e),
+        }
+        tracing::info!(agent = %id, name = %agent.name, client = %who.client_id, "agent enrolled with a token");
+        Ok(IssuedIdentity {
+            agent,
+            certificate_pem: certflow_pki::cert_to_pem(&der),
+            ca_chain_pem,
+        })
+    }
+
+    async fn reenroll(
+        &self,
+        existing: Agent,
+        who: &TokenEnrolment,
+        csr: &[u8],
+        source: Option<String>,
+        now: OffsetDateTime,
+    ) -> DomainResult<IssuedIdentity> {
+        let refused = || {
+            DomainError::Forbidden(format!(
+                "agent {} is {}; it cannot enrol again",
+                existing.id,
+                existing.status.as_str()
+            ))
+        };
+        if existing.status != AgentStatus::Active {
+            return Err(refused());
+        }
+        let (der, info, ca_chain_pem) = self.sign(existing.id, &existing.name, csr, now).await?;
+        let audit = AuditEvent::success(
+            now,
+            &Actor {
+                subject: existing.id.to_string(),
+                source,
+            },
+            "agent.reenroll",
+            format!("agent/{}", existing.id),
+            json!({
+                "client_id": who.client_id,
+                "token_subject": who.subject,
+                "previous_serial": existing.cert_serial,
+                "serial": info.serial_hex,
+                "not_after": info.not_after.unix_timestamp(),
+            }),
+        );
+        let result = self
+            .store
+            .reenroll_agent(
+                existing.id,
+                &who.subject,
+                &info.serial_hex,
+                &info.fingerprint_sha256,
+                info.not_after,
+                &audit,
+            )
+            .await;
+        // Whatever happened, what this replica cached may be stale now.
+        self.changed(existing.id).await;
+        let agent = result?;
+        tracing::info!(agent = %agent.id, client = %who.client_id, "agent enrolled again with its token");
+        Ok(IssuedIdentity {
+            agent,
+            certificate_pem: certflow_pki::cert_to_pem(&der),
+            ca_chain_pem,
+        })
+    }
+
     /// The agent behind a verified identity certificate, if it may call the
     /// agent API: it exists, is active, and `serial` is its current identity.
     /// Anything else is `Forbidden` (the caller says no more than that).
+    ///
+    /// Answered from the authentication cache when it holds the agent (the
+    /// cache drops an agent whenever its status or identity changes), so a
+    /// busy agent costs a database write once a minute (`last_seen`) and no read.
     pub async fn authenticate(
         &self,
         agent_id: Uuid,
@@ -456,11 +749,18 @@ impl Agents {
         now: OffsetDateTime,
     ) -> DomainResult<Agent> {
         let refused = |why: &str| DomainError::Forbidden(format!("agent {agent_id}: {why}"));
-        let agent = self
-            .store
-            .get_agent(agent_id)
-            .await?
-            .ok_or_else(|| refused("unknown agent"))?;
+        let agent = match self.cache.get(agent_id) {
+            Ok(agent) => agent,
+            Err(epoch) => {
+                let agent = self
+                    .store
+                    .get_agent(agent_id)
+                    .await?
+                    .ok_or_else(|| refused("unknown agent"))?;
+                self.cache.put(epoch, &agent);
+                agent
+            }
+        };
         if agent.status != AgentStatus::Active {
             return Err(refused(agent.status.as_str()));
         }
@@ -470,9 +770,12 @@ impl Agents {
         if agent
             .last_seen
             .is_none_or(|seen| now - seen >= LAST_SEEN_GRANULARITY)
-            && let Err(e) = self.store.touch_agent(agent_id, now).await
         {
-            tracing::warn!(agent = %agent_id, error = %e, "could not record last_seen");
+            // Marked in the cache first, so concurrent requests do not all write.
+            self.cache.seen(agent_id, now);
+            if let Err(e) = self.store.touch_agent(agent_id, now).await {
+                tracing::warn!(agent = %agent_id, error = %e, "could not record last_seen");
+            }
         }
         Ok(agent)
     }
@@ -501,7 +804,8 @@ impl Agents {
                 "not_after": info.not_after.unix_timestamp(),
             }),
         );
-        self.store
+        let result = self
+            .store
             .replace_agent_identity(
                 agent.id,
                 &agent.cert_serial,
@@ -510,7 +814,9 @@ impl Agents {
                 info.not_after,
                 &audit,
             )
-            .await?;
+            .await;
+        self.changed(agent.id).await;
+        result?;
         let mut agent = agent.clone();
         agent.cert_serial = info.serial_hex;
         agent.cert_fingerprint_sha256 = info.fingerprint_sha256;
@@ -606,7 +912,10 @@ impl Agents {
             AgentStatus::Revoked => "agent.revoke",
         };
         let audit = AuditEvent::success(now, actor, action, format!("agent/{id}"), json!({}));
-        let agent = self.store.set_agent_status(id, status, &audit).await?;
+        let result = self.store.set_agent_status(id, status, &audit).await;
+        // Refused at once here, within the change feed's latency elsewhere.
+        self.changed(id).await;
+        let agent = result?;
         tracing::info!(agent = %id, status = status.as_str(), "agent status changed");
         Ok(agent)
     }
@@ -632,5 +941,59 @@ mod tests {
         }
         assert_eq!(base64url(&[0xfb, 0xff]), "-_8");
         assert_eq!(base64url(&[0u8; 32]).len(), 43);
+    }
+
+    fn agent(id: Uuid, serial: &str) -> Agent {
+        let t = OffsetDateTime::UNIX_EPOCH;
+        Agent {
+            id,
+            name: "a".into(),
+            teams: vec!["t".into()],
+            status: AgentStatus::Active,
+            cert_serial: serial.into(),
+            cert_fingerprint_sha256: String::new(),
+            cert_not_after: t,
+            created_at: t,
+            last_seen: None,
+            subject: None,
+        }
+    }
+
+    #[test]
+    fn cache_forgets_one_agent_or_all_and_drops_reads_that_raced_an_invalidation() {
+        let cache = AgentCache::default();
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        let epoch = cache.get(a).unwrap_err();
+        cache.put(epoch, &agent(a, "01"));
+        cache.put(epoch, &agent(b, "02"));
+        assert_eq!(cache.get(a).unwrap().cert_serial, "01");
+        cache.forget(Some(a));
+        assert!(cache.get(a).is_err());
+        assert_eq!(
+            cache.get(b).unwrap().cert_serial,
+            "02",
+            "only the changed agent"
+        );
+
+        // A read that started before an invalidation must not refill the
+        // cache with what it read: the change may have committed after it.
+        let before = cache.get(a).unwrap_err();
+        cache.forget(Some(a));
+        cache.put(before, &agent(a, "stale"));
+        assert!(cache.get(a).is_err(), "a stale read was cached");
+        // Even an invalidation of another agent (or all) counts: cheap and safe.
+        let before = cache.get(a).unwrap_err();
+        cache.forget(None);
+        cache.put(before, &agent(a, "stale"));
+        assert!(cache.get(a).is_err());
+        assert!(cache.get(b).is_err(), "forget(None) drops everyone");
+
+        // last_seen is marked in place.
+        let epoch = cache.get(a).unwrap_err();
+        cache.put(epoch, &agent(a, "03"));
+        let t = OffsetDateTime::UNIX_EPOCH + Duration::days(1);
+        cache.seen(a, t);
+        assert_eq!(cache.get(a).unwrap().last_seen, Some(t));
+        assert_eq!(cache.len(), 1);
     }
 }

@@ -17,7 +17,9 @@ use certflow_core::model::{Actor, AuditQuery};
 use certflow_core::ports::{AgentStore, MetadataStore};
 use certflow_core::{KeyType, SubjectName};
 use certflow_services::Services;
-use certflow_services::agents::{AgentSettings, Agents, NewJoinToken, join_token_sha256};
+use certflow_services::agents::{
+    AgentChanges, AgentSettings, Agents, NewJoinToken, TokenEnrolment, join_token_sha256,
+};
 use certflow_store::{PgOptions, PgStore, SqliteStore};
 use certflow_testkit::PgDatabase;
 use time::{Duration, OffsetDateTime};
@@ -368,4 +370,297 @@ async fn rewrap_moves_the_agent_ca_keys_to_the_new_master_key() {
         .enroll(&token.token, &csr(), None, None, now())
         .await
         .expect("the CA key opens under the new master key alone");
+}
+
+fn enrolment(client: &str, teams: &[&str]) -> TokenEnrolment {
+    TokenEnrolment {
+        subject: certflow_core::agents::token_subject("https://idp.example.com", client),
+        client_id: client.into(),
+        teams: teams.iter().map(|t| (*t).to_owned()).collect(),
+    }
+}
+
+/// OIDC client-credentials enrolment: the first creates the agent bound to
+/// the token's subject, a later one (identity expired) re-issues for the same
+/// agent, a disabled agent cannot come back, a client without teams cannot enrol.
+async fn token_enrolment(e: &Env) {
+    let t = now();
+    let who = enrolment("agent-1", &["payments", "edge", "payments"]);
+    let first = e
+        .agents
+        .enroll_with_token(&who, &csr(), None, Some("192.0.2.7".into()), t)
+        .await
+        .unwrap();
+    let agent = first.agent.clone();
+    assert_eq!(agent.name, "agent-1", "named after the client by default");
+    assert_eq!(agent.teams, vec!["edge", "payments"]);
+    assert_eq!(agent.subject.as_deref(), Some(who.subject.as_str()));
+    assert_eq!(
+        e.agents.get(agent.id).await.unwrap().subject,
+        agent.subject,
+        "stored"
+    );
+    e.agents
+        .authenticate(agent.id, &agent.cert_serial, t)
+        .await
+        .unwrap();
+
+    // Weeks later, the identity expired: the same token subject gets the same agent.
+    let later = t + Duration::days(30);
+    let again = e
+        .agents
+        .enroll_with_token(&who, &csr(), Some("ignored-name"), None, later)
+        .await
+        .unwrap();
+    assert_eq!(again.agent.id, agent.id);
+    assert_eq!(again.agent.name, agent.name);
+    assert_eq!(again.agent.teams, agent.teams);
+    assert_ne!(again.agent.cert_serial, agent.cert_serial);
+    assert_eq!(again.agent.cert_not_after, later + Duration::hours(24));
+    assert!(matches!(
+        e.agents
+            .authenticate(agent.id, &agent.cert_serial, later)
+            .await,
+        Err(DomainError::Forbidden(_))
+    ));
+    e.agents
+        .authenticate(agent.id, &again.agent.cert_serial, later)
+        .await
+        .unwrap();
+    assert_eq!(e.agents.list().await.unwrap().len(), 1);
+
+    // Another client is another agent.
+    let other = e
+        .agents
+        .enroll_with_token(&enrolment("agent-2", &["edge"]), &csr(), None, None, t)
+        .await
+        .unwrap();
+    assert_ne!(other.agent.id, agent.id);
+
+    // Disabled (or revoked): re-enrolment is refused and changes nothing.
+    e.agents
+        .set_status(&admin(), agent.id, AgentStatus::Disabled, later)
+        .await
+        .unwrap();
+    assert!(matches!(
+        e.agents
+            .enroll_with_token(&who, &csr(), None, None, later)
+            .await,
+        Err(DomainError::Forbidden(_))
+    ));
+    assert_eq!(
+        e.agents.get(agent.id).await.unwrap().cert_serial,
+        again.agent.cert_serial
+    );
+
+    // No teams for the client: nothing to act on, refused.
+    assert!(matches!(
+        e.agents
+            .enroll_with_token(&enrolment("stranger", &[]), &csr(), None, None, t)
+            .await,
+        Err(DomainError::Forbidden(_))
+    ));
+    let actions: Vec<String> = e
+        .metadata
+        .list_audit(&AuditQuery {
+            target: Some(format!("agent/{}", agent.id)),
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|a| a.action)
+        .collect();
+    assert!(
+        actions.contains(&"agent.reenroll".to_owned()),
+        "{actions:?}"
+    );
+}
+
+#[tokio::test]
+async fn sqlite_token_enrolment_binds_the_subject_and_reenrols_the_same_agent() {
+    let (e, _) = sqlite().await;
+    token_enrolment(&e).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_token_enrolment_binds_the_subject_and_races_to_one_agent() {
+    let db = PgDatabase::create();
+    let e = postgres(&db).await;
+    token_enrolment(&e).await;
+    // First enrolments of one subject racing: one agent, every caller gets it.
+    let who = enrolment("racer", &["edge"]);
+    let t = now();
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let agents = e.agents.clone();
+            let who = who.clone();
+            tokio::spawn(async move { agents.enroll_with_token(&who, &csr(), None, None, t).await })
+        })
+        .collect();
+    let mut ids = std::collections::BTreeSet::new();
+    for task in tasks {
+        ids.insert(task.await.unwrap().unwrap().agent.id);
+    }
+    assert_eq!(ids.len(), 1, "{ids:?}");
+}
+
+/// Two replicas (two `Agents` over two connections to one database), the
+/// way `certflow serve` wires them: changes announced on the change feed,
+/// every replica applying what it hears to its cache.
+struct FeedChanges(certflow_store::ChangeFeed);
+
+#[async_trait::async_trait]
+impl AgentChanges for FeedChanges {
+    async fn agent_changed(&self, id: uuid::Uuid) {
+        self.0.publish(&format!("agent:{id}")).await.unwrap();
+    }
+}
+
+fn watch(agents: Agents, feed: &certflow_store::ChangeFeed) {
+    let mut rx = feed.subscribe();
+    tokio::spawn(async move {
+        while let Ok(topic) = rx.recv().await {
+            agents.apply_change(&topic);
+        }
+    });
+}
+
+/// One replica on `db`: its own pool, change feed and agent cache; blobs
+/// and master key shared with the others through `dir` and `key`.
+async fn replica(db: &PgDatabase, dir: &std::path::Path, key: &MasterKey) -> Agents {
+    let store = Arc::new(
+        PgStore::connect(&db.url(), PgOptions::default())
+            .await
+            .unwrap(),
+    );
+    let feed = store.change_feed().await.unwrap();
+    let blobs = ObjectBlobStore::local(&dir.join("blobs")).unwrap();
+    let sealer = Sealer::new(Arc::new(LocalKeyProvider::new(
+        MasterKey::from_base64(&key.to_base64()).unwrap(),
+        Vec::new(),
+    )));
+    let services = Services::new(store.clone(), Arc::new(blobs), sealer, None);
+    let agents = Agents::new(&services, store, AgentSettings::default())
+        .with_changes(Arc::new(FeedChanges(feed.clone())));
+    agents.ensure_ca(now()).await.unwrap();
+    watch(agents.clone(), &feed);
+    agents
+}
+
+fn refused(r: Result<certflow_core::agents::Agent, DomainError>) -> bool {
+    matches!(r, Err(DomainError::Forbidden(_)))
+}
+
+/// The authentication cache: an idle agent costs no database read, yet a
+/// disabled agent is refused at once on the replica that disabled it and
+/// within the change feed's latency on the others; a renewal likewise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_agent_cache_is_invalidated_across_replicas() {
+    let db = PgDatabase::create();
+    let dir = tempfile::tempdir().unwrap();
+    let key = MasterKey::generate().unwrap();
+    let a = replica(&db, dir.path(), &key).await;
+    let b = replica(&db, dir.path(), &key).await;
+    let t = now();
+    let issued = a
+        .enroll_with_token(&enrolment("agent-1", &["edge"]), &csr(), None, None, t)
+        .await
+        .unwrap();
+    let (id, serial) = (issued.agent.id, issued.agent.cert_serial.clone());
+    a.authenticate(id, &serial, t).await.unwrap();
+    b.authenticate(id, &serial, t).await.unwrap();
+    assert_eq!((a.cached_agents(), b.cached_agents()), (1, 1));
+
+    // Served from memory: a change made behind both caches' backs (no
+    // announcement) is not seen — which is what proves there was no read.
+    psql_db(
+        &db,
+        &format!("UPDATE agents SET cert_serial = 'ff' WHERE id = '{id}'"),
+    );
+    a.authenticate(id, &serial, t).await.unwrap();
+    a.apply_change(&format!("agent:{id}"));
+    assert!(
+        refused(a.authenticate(id, &serial, t).await),
+        "read again after the topic"
+    );
+    psql_db(
+        &db,
+        &format!("UPDATE agents SET cert_serial = '{serial}' WHERE id = '{id}'"),
+    );
+    a.apply_change("*");
+    a.authenticate(id, &serial, t).await.unwrap();
+
+    // Disabled on replica B: refused by B at once, by A once the feed delivers.
+    b.set_status(&admin(), id, AgentStatus::Disabled, t)
+        .await
+        .unwrap();
+    assert!(
+        refused(b.authenticate(id, &serial, t).await),
+        "at once where disabled"
+    );
+    let started = std::time::Instant::now();
+    while !refused(a.authenticate(id, &serial, t).await) {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "replica A still lets the disabled agent in"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    eprintln!(
+        "disabled agent refused on the other replica after {:?}",
+        started.elapsed()
+    );
+
+    // A renewal on A: B stops honouring the old identity the same way.
+    let second = a
+        .enroll_with_token(&enrolment("agent-2", &["edge"]), &csr(), None, None, t)
+        .await
+        .unwrap()
+        .agent;
+    b.authenticate(second.id, &second.cert_serial, t)
+        .await
+        .unwrap();
+    let renewed = a.renew(&second, &csr(), None, t).await.unwrap().agent;
+    let started = std::time::Instant::now();
+    while !refused(b.authenticate(second.id, &second.cert_serial, t).await) {
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    b.authenticate(second.id, &renewed.cert_serial, t)
+        .await
+        .unwrap();
+}
+
+/// `last_seen` is written at most once a minute per agent, cache or not.
+#[tokio::test]
+async fn sqlite_last_seen_is_written_at_most_once_a_minute() {
+    let (e, _) = sqlite().await;
+    let t = now();
+    let agent = e
+        .agents
+        .enroll_with_token(&enrolment("agent-1", &["edge"]), &csr(), None, None, t)
+        .await
+        .unwrap()
+        .agent;
+    let seen = || async { e.agents.get(agent.id).await.unwrap().last_seen };
+    for secs in [1, 30, 59] {
+        e.agents
+            .authenticate(agent.id, &agent.cert_serial, t + Duration::seconds(secs))
+            .await
+            .unwrap();
+    }
+    assert_eq!(seen().await, Some(t), "no write within the minute");
+    e.agents
+        .authenticate(agent.id, &agent.cert_serial, t + Duration::seconds(61))
+        .await
+        .unwrap();
+    assert_eq!(seen().await, Some(t + Duration::seconds(61)));
+    e.agents
+        .authenticate(agent.id, &agent.cert_serial, t + Duration::seconds(90))
+        .await
+        .unwrap();
+    assert_eq!(seen().await, Some(t + Duration::seconds(61)));
 }

@@ -24,7 +24,7 @@ use crate::repo::{SqlStore, execute, fetch_optional, insert_audit};
 macro_rules! agent_columns {
     () => {
         "id, name, teams, status, cert_serial, cert_fingerprint_sha256, cert_not_after, \
-         created_at, last_seen"
+         created_at, last_seen, subject"
     };
 }
 
@@ -71,6 +71,7 @@ fn agent(row: &impl Columns) -> DomainResult<Agent> {
         cert_not_after: time_of(row, "cert_not_after")?,
         created_at: time_of(row, "created_at")?,
         last_seen: opt_time_of(row, "last_seen")?,
+        subject: row.opt_text("subject")?,
     })
 }
 
@@ -122,6 +123,33 @@ async fn load_agent<B: Backend>(
         .as_ref()
         .map(agent)
         .transpose()
+}
+
+async fn insert_agent<B: Backend>(conn: &mut B::Connection, a: &Agent) -> DomainResult<()> {
+    let sql = Sql::new(concat!(
+        "INSERT INTO agents (",
+        agent_columns!(),
+        ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+    ))
+    .bind(id(a.id))
+    .bind(a.name.as_str())
+    .bind(to_json("teams", &a.teams)?)
+    .bind(a.status.as_str())
+    .bind(a.cert_serial.as_str())
+    .bind(a.cert_fingerprint_sha256.as_str())
+    .bind(secs(a.cert_not_after))
+    .bind(secs(a.created_at))
+    .bind(a.last_seen.map(secs))
+    .bind(a.subject.as_deref());
+    B::execute(conn, sql).await.map_err(|e| {
+        conflict(e, |v| {
+            Some(match v {
+                Violation::PrimaryKey => format!("agent {} already exists", a.id),
+                Violation::Unique => "an agent with this token subject already exists".into(),
+            })
+        })
+    })?;
+    Ok(())
 }
 
 #[async_trait]
@@ -227,23 +255,7 @@ impl<B: Backend> AgentStore for SqlStore<B> {
                 "the join token is unknown, used or expired".into(),
             ));
         }
-        let sql = Sql::new(concat!(
-            "INSERT INTO agents (",
-            agent_columns!(),
-            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
-        ))
-        .bind(id(a.id))
-        .bind(a.name.as_str())
-        .bind(to_json("teams", &a.teams)?)
-        .bind(a.status.as_str())
-        .bind(a.cert_serial.as_str())
-        .bind(a.cert_fingerprint_sha256.as_str())
-        .bind(secs(a.cert_not_after))
-        .bind(secs(a.created_at))
-        .bind(a.last_seen.map(secs));
-        B::execute(&mut tx, sql)
-            .await
-            .map_err(|e| conflict(e, |_| Some(format!("agent {} already exists", a.id))))?;
+        insert_agent::<B>(&mut tx, a).await?;
         insert_audit::<B>(&mut tx, audit).await?;
         tx.commit().await.map_err(map)
     }
@@ -335,6 +347,72 @@ impl<B: Backend> AgentStore for SqlStore<B> {
                 .bind(id(agent_id)),
         )
         .await
+    }
+
+    async fn get_agent_by_subject(&self, subject: &str) -> DomainResult<Option<Agent>> {
+        self.fetch_optional(
+            Sql::new(concat!(
+                "SELECT ",
+                agent_columns!(),
+                " FROM agents WHERE subject = $1"
+            ))
+            .bind(subject),
+        )
+        .await?
+        .as_ref()
+        .map(agent)
+        .transpose()
+    }
+
+    async fn insert_token_agent(&self, a: &Agent, audit: &AuditEvent) -> DomainResult<()> {
+        if a.subject.is_none() {
+            return Err(DomainError::Internal(
+                "an agent enrolled by token needs its subject".into(),
+            ));
+        }
+        let mut tx = self.begin_write().await?;
+        insert_agent::<B>(&mut tx, a).await?;
+        insert_audit::<B>(&mut tx, audit).await?;
+        tx.commit().await.map_err(map)
+    }
+
+    async fn reenroll_agent(
+        &self,
+        agent_id: Uuid,
+        subject: &str,
+        serial: &str,
+        fingerprint_sha256: &str,
+        not_after: OffsetDateTime,
+        audit: &AuditEvent,
+    ) -> DomainResult<Agent> {
+        let mut tx = self.begin_write().await?;
+        // The status check is in the UPDATE itself: an agent disabled between
+        // the caller's read and this write is not given a new identity.
+        let changed = fetch_optional::<B>(
+            &mut tx,
+            Sql::new(
+                "UPDATE agents SET cert_serial = $1, cert_fingerprint_sha256 = $2, \
+                 cert_not_after = $3 WHERE id = $4 AND subject = $5 AND status = 'active' \
+                 RETURNING id",
+            )
+            .bind(serial)
+            .bind(fingerprint_sha256)
+            .bind(secs(not_after))
+            .bind(id(agent_id))
+            .bind(subject),
+        )
+        .await?;
+        if changed.is_none() {
+            return Err(DomainError::Forbidden(format!(
+                "agent {agent_id} is not active or not bound to this subject"
+            )));
+        }
+        insert_audit::<B>(&mut tx, audit).await?;
+        let agent = load_agent::<B>(&mut tx, agent_id, false)
+            .await?
+            .ok_or_else(|| DomainError::Internal(format!("agent {agent_id} vanished")))?;
+        tx.commit().await.map_err(map)?;
+        Ok(agent)
     }
 }
 
@@ -434,6 +512,35 @@ macro_rules! forward_agent_store {
                 now: time::OffsetDateTime,
             ) -> certflow_core::error::DomainResult<()> {
                 self.$field.touch_agent(id, now).await
+            }
+
+            async fn get_agent_by_subject(
+                &self,
+                subject: &str,
+            ) -> certflow_core::error::DomainResult<Option<certflow_core::agents::Agent>> {
+                self.$field.get_agent_by_subject(subject).await
+            }
+
+            async fn insert_token_agent(
+                &self,
+                agent: &certflow_core::agents::Agent,
+                audit: &certflow_core::model::AuditEvent,
+            ) -> certflow_core::error::DomainResult<()> {
+                self.$field.insert_token_agent(agent, audit).await
+            }
+
+            async fn reenroll_agent(
+                &self,
+                id: uuid::Uuid,
+                subject: &str,
+                serial: &str,
+                fingerprint_sha256: &str,
+                not_after: time::OffsetDateTime,
+                audit: &certflow_core::model::AuditEvent,
+            ) -> certflow_core::error::DomainResult<certflow_core::agents::Agent> {
+                self.$field
+                    .reenroll_agent(id, subject, serial, fingerprint_sha256, not_after, audit)
+                    .await
             }
         }
     };

@@ -15,8 +15,8 @@ use sqlx::{ConnectOptions, Connection, Postgres};
 use tokio::time::Instant;
 
 use crate::agents::forward_agent_store;
-use crate::deployments::forward_deployment_store;
 use crate::audit::link_unchained;
+use crate::deployments::forward_deployment_store;
 use crate::migrate::{Embedded, migrator};
 use crate::notify::forward_notification_store;
 use crate::query::Dialect;
@@ -62,6 +62,11 @@ const MIGRATIONS: &[Embedded] = &[
         7,
         "deployments",
         include_str!("../migrations/postgres/0007_deployments.sql"),
+    ),
+    (
+        8,
+        "agent subject",
+        include_str!("../migrations/postgres/0008_agent_subject.sql"),
     ),
 ];
 

@@ -10,8 +10,8 @@ use sqlx::Sqlite;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
 use crate::agents::forward_agent_store;
-use crate::deployments::forward_deployment_store;
 use crate::audit::link_unchained;
+use crate::deployments::forward_deployment_store;
 use crate::error::map;
 use crate::migrate::{Embedded, migrator};
 use crate::notify::forward_notification_store;
@@ -59,6 +59,11 @@ const MIGRATIONS: &[Embedded] = &[
         7,
         "deployments",
         include_str!("../migrations/sqlite/0007_deployments.sql"),
+    ),
+    (
+        8,
+        "agent subject",
+        include_str!("../migrations/sqlite/0008_agent_subject.sql"),
     ),
 ];
 

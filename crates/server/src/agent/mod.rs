@@ -13,6 +13,15 @@
 //! Behind a TLS-terminating load balancer the client certificate arrives in
 //! a header (`client_cert_header`), honoured only from `trusted_proxies` and
 //! verified against the same CA as a handshake would.
+//!
+//! With `[[auth.issuers]]` configured, agents may also enrol with an OIDC
+//! client-credentials access token instead of a join token; such an agent is
+//! bound to the token's issuer-qualified subject and must send a valid token
+//! of that subject with every request (`token.rs`). The agent check is
+//! answered from an in-memory cache that the agent use cases invalidate on
+//! every status or identity change, here at once and on other replicas
+//! through the change feed (see `serve.rs`), so an idle poll costs no
+//! database read.
 
 pub mod limit;
 pub mod routes;
@@ -60,6 +69,10 @@ pub struct AgentConfig {
     pub rate_limit_per_sec: f64,
     /// Burst size of the rate limit.
     pub rate_limit_burst: f64,
+    /// Every agent request needs a valid OIDC access token bound to the
+    /// agent, not only those of agents enrolled with one; join-token
+    /// enrolment is then refused. Needs `[[auth.issuers]]`.
+    pub require_token: bool,
 }
 
 impl Default for AgentConfig {
@@ -74,6 +87,7 @@ impl Default for AgentConfig {
             trusted_proxies: Vec::new(),
             rate_limit_per_sec: 20.0,
             rate_limit_burst: 40.0,
+            require_token: false,
         }
     }
 }
@@ -209,11 +223,19 @@ pub struct AgentListener {
     pub addr: SocketAddr,
 }
 
-/// Binds the agent listener and starts serving `/agent/v1/*`.
-pub async fn start(config: &AgentConfig, agents: Agents) -> anyhow::Result<Option<AgentListener>> {
+/// Binds the agent listener and starts serving `/agent/v1/*`; `tokens`
+/// validates OIDC access tokens (from `[[auth.issuers]]`), if configured.
+pub async fn start(
+    config: &AgentConfig,
+    agents: Agents,
+    tokens: Option<Arc<dyn token::AgentTokenVerifier>>,
+) -> anyhow::Result<Option<AgentListener>> {
     let Some(listen) = config.listen else {
         return Ok(None);
     };
+    if config.require_token && tokens.is_none() {
+        bail!("agent.require_token needs [[auth.issuers]] to validate the tokens");
+    }
     let ca = agents
         .ca_certificates_der()
         .await
@@ -222,7 +244,10 @@ pub async fn start(config: &AgentConfig, agents: Agents) -> anyhow::Result<Optio
     let (chain, key) = listener_identity(config, &agents).await?;
     let tls = server_config(verifier.clone(), chain, &key.0)?;
     drop(key);
-    let state = routes::AgentState::new(agents, config, verifier)?;
+    let mut state = routes::AgentState::new(agents, config, verifier)?;
+    if let Some(tokens) = tokens {
+        state = state.with_token_verifier(tokens);
+    }
     let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding agent listener {listen}"))?;

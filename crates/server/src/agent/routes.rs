@@ -1,6 +1,8 @@
-//! `/agent/v1/*`: enrolment (join token), identity renewal and `whoami`
-//! (identity certificate), behind one middleware that finds the caller's
-//! certificate, checks its agent, applies the rate limit and counts requests.
+//! `/agent/v1/*`: enrolment (join token or OIDC client-credentials token),
+//! identity renewal and `whoami` (identity certificate, plus a bearer token
+//! for token-enrolled agents), behind one middleware that finds the caller's
+//! certificate, checks its agent and token, applies the rate limit and counts
+//! requests.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -16,14 +18,14 @@ use certflow_api::agent::{EnrollRequest, IdentityView, RenewIdentityRequest, Who
 use certflow_core::DomainError;
 use certflow_core::access::{Permission, Principal, PrincipalKind};
 use certflow_core::agents::{Agent, parse_agent_uri};
-use certflow_services::agents::{Agents, IssuedIdentity};
+use certflow_services::agents::{Agents, IssuedIdentity, JOIN_TOKEN_PREFIX, TokenEnrolment};
 use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::danger::ClientCertVerifier;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::limit::RateLimiter;
-use super::token::{AgentTokenVerifier, check_binding};
+use super::token::{AgentTokenVerifier, TokenError, check_binding};
 use super::{AgentConfig, ConnInfo};
 use crate::http::console::Json;
 use crate::http::errors::{ApiError, ApiResult};
@@ -40,6 +42,7 @@ pub struct AgentState {
     proxies: Arc<Vec<ipnet::IpNet>>,
     limiter: Arc<RateLimiter>,
     tokens: Option<Arc<dyn AgentTokenVerifier>>,
+    require_token: bool,
 }
 
 impl AgentState {
@@ -63,18 +66,38 @@ impl AgentState {
                 config.rate_limit_burst,
             )),
             tokens: None,
+            require_token: config.require_token,
         })
     }
 
-    /// Requires, besides the certificate, a bearer token validated by
-    /// `verifier` and bound to the agent (see [`check_binding`]).
-    #[allow(
-        dead_code,
-        reason = "the seam for OIDC client-credentials agent tokens, wired once certflow-auth validates them"
-    )]
+    /// Accepts OIDC client-credentials tokens validated by `verifier`: for
+    /// enrolment, and on every request of an agent enrolled with one (or of
+    /// every agent under `require_token`), bound to the agent by [`check_binding`].
     pub fn with_token_verifier(mut self, verifier: Arc<dyn AgentTokenVerifier>) -> Self {
         self.tokens = Some(verifier);
         self
+    }
+}
+
+/// The token of `Authorization: Bearer <token>`, if the request has one.
+fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(certflow_auth::bearer_token)
+}
+
+/// A token refusal as a problem: the issuer being down is ours to fix (503),
+/// anything else is the caller's (401).
+fn token_problem(e: &TokenError) -> ApiError {
+    match e {
+        TokenError::Unavailable(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "token-issuer-unavailable",
+            "Token issuer unavailable",
+            "the token issuer's keys cannot be fetched now; retry later",
+        ),
+        TokenError::Invalid(_) => refused("the bearer token is not valid"),
     }
 }
 
@@ -184,6 +207,48 @@ async fn guard(State(state): State<AgentState>, mut req: Request, next: Next) ->
     resp
 }
 
+/// The bearer token of a request for `agent`, who presented `cert`: valid,
+/// of the subject the agent enrolled with, and bound to `cert` if it is
+/// certificate-bound. Every refusal is logged with its reason (never the token).
+async fn check_token(
+    state: &AgentState,
+    headers: &axum::http::HeaderMap,
+    agent: &Agent,
+    cert: &[u8],
+    source: &str,
+) -> Result<(), Response> {
+    let deny = |reason: &str| {
+        tracing::warn!(agent = %agent.id, source, reason, "agent token refused");
+    };
+    let Some(tokens) = &state.tokens else {
+        deny("token validation is not configured ([[auth.issuers]])");
+        return Err(
+            refused("this agent needs a bearer token, which this server cannot validate")
+                .into_response(),
+        );
+    };
+    let Some(token) = bearer(headers) else {
+        deny("no bearer token");
+        return Err(refused(
+            "send Authorization: Bearer <access token> with the client certificate",
+        )
+        .into_response());
+    };
+    let verified = tokens.verify(token).await.map_err(|e| {
+        deny(&e.to_string());
+        token_problem(&e).into_response()
+    })?;
+    let Some(subject) = agent.subject.as_deref() else {
+        // require_token, but the agent enrolled with a join token: no subject to bind to.
+        deny("the agent enrolled with a join token and has no token subject");
+        return Err(refused("this agent enrolled with a join token; tokens are required here: enrol again with an access token").into_response());
+    };
+    check_binding(&verified, subject, cert).map_err(|e| {
+        deny(&e.to_string());
+        refused(&e.to_string()).into_response()
+    })
+}
+
 async fn authenticate(
     state: &AgentState,
     req: &mut Request,
@@ -232,22 +297,11 @@ async fn authenticate(
         }
         Err(e) => return Err(ApiError::from(e).into_response()),
     };
-    if let Some(tokens) = &state.tokens {
-        let bearer = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim);
-        let Some(bearer) = bearer else {
-            return Err(refused("send Authorization: Bearer <token>").into_response());
-        };
-        let verified = tokens.verify(bearer).await.map_err(|why| {
-            tracing::info!(agent = %agent_id, %why, "agent token refused");
-            refused("the bearer token is not valid").into_response()
-        })?;
-        check_binding(&verified, agent_id, &cert)
-            .map_err(|e| refused(&e.to_string()).into_response())?;
+    // An agent enrolled with a token proves, on every request, that it still
+    // holds a valid one for the same subject; join-token agents only need
+    // their certificate unless `require_token` says otherwise.
+    if agent.subject.is_some() || state.require_token {
+        check_token(state, req.headers(), &agent, &cert, &source).await?;
     }
     let principal = Principal {
         subject: agent.id.to_string(),
@@ -282,17 +336,81 @@ async fn enroll(
     headers: axum::http::HeaderMap,
     Json(req): Json<EnrollRequest>,
 ) -> ApiResult<Response> {
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .ok_or_else(|| refused("send Authorization: Bearer <join token>"))?;
     let source = conn.map(|c| c.0.peer.ip().to_string());
-    let issued = state
+    let Some(token) = bearer(&headers) else {
+        return Err(refused(
+            "send Authorization: Bearer <join token or client-credentials access token>",
+        ));
+    };
+    let issued = if token.starts_with(JOIN_TOKEN_PREFIX) {
+        if state.require_token {
+            // An agent enrolled this way would have no token subject to check.
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "join-tokens-disabled",
+                "Join tokens are disabled",
+                "this server requires agents to enrol with an OIDC client-credentials access token (agent.require_token)",
+            ));
+        }
+        state
+            .agents
+            .enroll(
+                token,
+                req.csr.as_bytes(),
+                req.name.as_deref(),
+                source,
+                OffsetDateTime::now_utc(),
+            )
+            .await
+            .map_err(|e| match e {
+                DomainError::Forbidden(_) => refused("the join token is unknown, used or expired"),
+                other => other.into(),
+            })?
+    } else {
+        enroll_with_token(&state, token, &req, source).await?
+    };
+    Ok((StatusCode::CREATED, Json(identity_view(issued))).into_response())
+}
+
+async fn enroll_with_token(
+    state: &AgentState,
+    token: &str,
+    req: &EnrollRequest,
+    source: Option<String>,
+) -> ApiResult<IssuedIdentity> {
+    let log_source = source.clone().unwrap_or_default();
+    let Some(tokens) = &state.tokens else {
+        // Without [[auth.issuers]] only join tokens exist: same answer as a bad one.
+        return Err(refused("the join token is unknown, used or expired"));
+    };
+    let verified = match tokens.verify(token).await {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::warn!(source = %log_source, reason = %e, "agent enrolment token refused");
+            return Err(token_problem(&e));
+        }
+    };
+    let Some(teams) = verified.teams.clone() else {
+        tracing::warn!(source = %log_source, client = %verified.client_id, "agent enrolment refused: no teams configured for the client");
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "agent-client-not-mapped",
+            "Client not mapped to teams",
+            format!(
+                "client {:?} has no teams for agents: add them under [auth.issuers.service_roles.{}] teams",
+                verified.client_id, verified.client_id
+            ),
+        ));
+    };
+    let who = TokenEnrolment {
+        subject: verified.subject,
+        client_id: verified.client_id,
+        teams,
+    };
+    state
         .agents
-        .enroll(
-            token,
+        .enroll_with_token(
+            &who,
             req.csr.as_bytes(),
             req.name.as_deref(),
             source,
@@ -300,10 +418,17 @@ async fn enroll(
         )
         .await
         .map_err(|e| match e {
-            DomainError::Forbidden(_) => refused("the join token is unknown, used or expired"),
+            DomainError::Forbidden(why) => {
+                tracing::warn!(source = %log_source, client = %who.client_id, %why, "agent enrolment refused");
+                ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "agent-refused",
+                    "Agent refused",
+                    "the agent of this token is disabled or revoked; an admin must act before it can enrol again",
+                )
+            }
             other => other.into(),
-        })?;
-    Ok((StatusCode::CREATED, Json(identity_view(issued))).into_response())
+        })
 }
 
 /// The shared access model agrees: agents (and only agents) hold `AgentApi`.

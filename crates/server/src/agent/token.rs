@@ -1,38 +1,107 @@
-//! Bearer tokens on the agent API, on top of mTLS: the seam where OAuth
-//! client-credentials tokens (validated elsewhere, e.g. by certflow-auth) plug
-//! in. Whoever validates the token, the binding rule is the same and lives in
-//! [`check_binding`]: the token's subject must be the agent the client
-//! certificate names, and a certificate-bound token (RFC 8705 §3, `cnf` claim
-//! with `x5t#S256`) must be bound to the very certificate presented.
+//! Bearer tokens on the agent API, on top of mTLS: OIDC client-credentials
+//! access tokens validated by certflow-auth ([`OidcAgentTokens`]), behind the
+//! [`AgentTokenVerifier`] seam. Whoever validates the token, the binding rule
+//! is the same and lives in [`check_binding`]: the token's subject must be the
+//! one the agent enrolled with, and a certificate-bound token (RFC 8705 §3,
+//! `cnf` claim with `x5t#S256`) must be bound to the very certificate presented.
+
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use aws_lc_rs::digest;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use uuid::Uuid;
+use certflow_auth::TokenValidator;
+use certflow_core::agents::token_subject;
+use serde_json::Value;
 
 /// What a validated token says about its holder.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VerifiedToken {
-    /// The token's `sub`.
+    /// The issuer-qualified subject, `<iss>|<sub>` ([`token_subject`]).
     pub subject: String,
+    /// The OAuth client the token was issued to.
+    pub client_id: String,
+    /// The client's teams from `service_roles`, if any are configured.
+    pub teams: Option<Vec<String>>,
     /// `cnf.x5t#S256`: base64url (no padding) SHA-256 of the certificate the
     /// token is bound to, when it is certificate-bound.
     pub x5t_s256: Option<String>,
 }
 
+/// Why a token was not accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    /// The token is not valid here (never echoing the token).
+    #[error("{0}")]
+    Invalid(String),
+    /// The issuer's keys could not be fetched: try again later.
+    #[error("token issuer unavailable: {0}")]
+    Unavailable(String),
+}
+
 /// Validates bearer tokens presented on the agent API (signature, issuer,
-/// audience, expiry): implemented by the OIDC validator when configured.
+/// audience, expiry, and that it is a client-credentials token).
 #[async_trait]
 pub trait AgentTokenVerifier: Send + Sync {
-    /// The token's claims if it is valid, else why not (never echoing the token).
-    async fn verify(&self, token: &str) -> Result<VerifiedToken, String>;
+    /// The token's claims if it is valid, else why not.
+    async fn verify(&self, token: &str) -> Result<VerifiedToken, TokenError>;
+}
+
+/// [`AgentTokenVerifier`] over the configured `[[auth.issuers]]`: only
+/// client-credentials (service) access tokens are accepted, and the client's
+/// teams come from the issuer's `service_roles`.
+pub struct OidcAgentTokens(pub Arc<TokenValidator>);
+
+#[async_trait]
+impl AgentTokenVerifier for OidcAgentTokens {
+    async fn verify(&self, token: &str) -> Result<VerifiedToken, TokenError> {
+        let claims = self.0.validate_access_token(token).await.map_err(|e| {
+            if e.is_unavailable() {
+                TokenError::Unavailable(e.to_string())
+            } else {
+                TokenError::Invalid(e.to_string())
+            }
+        })?;
+        // A person's token (authorization code flow) is not an agent's credential.
+        if !claims.is_service() {
+            return Err(TokenError::Invalid(
+                "not a client-credentials token (it has a user subject)".into(),
+            ));
+        }
+        let client_id = claims.client_id.clone().unwrap_or_default();
+        let sub = claims.subject.clone().unwrap_or_else(|| client_id.clone());
+        let teams = self
+            .0
+            .issuer_config(&claims.issuer)
+            .and_then(|c| c.service_roles.get(&client_id))
+            .map(|s| s.teams.clone())
+            .filter(|t| !t.is_empty());
+        let x5t_s256 = match claims.raw.get("cnf") {
+            None => None,
+            Some(cnf) => Some(
+                cnf.get("x5t#S256")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+                    // Bound to something we cannot check (e.g. a DPoP key): refused.
+                    .ok_or_else(|| {
+                        TokenError::Invalid("cnf claim without a string x5t#S256".into())
+                    })?,
+            ),
+        };
+        Ok(VerifiedToken {
+            subject: token_subject(&claims.issuer, &sub),
+            client_id,
+            teams,
+            x5t_s256,
+        })
+    }
 }
 
 /// Why a valid token may not be used with the presented certificate.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BindingError {
-    /// `sub` is not the agent the certificate names.
+    /// The token's subject is not the one the certificate's agent enrolled with.
     #[error("the token's subject is not the agent of the client certificate")]
     SubjectMismatch,
     /// `cnf.x5t#S256` is not the presented certificate's thumbprint.
@@ -45,15 +114,16 @@ pub fn x5t_s256(cert_der: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(digest::digest(&digest::SHA256, cert_der).as_ref())
 }
 
-/// The rule: the token's subject equals the client certificate's agent id,
-/// and a certificate-bound token matches the presented certificate.
+/// The rule: the token's subject equals the subject recorded for the client
+/// certificate's agent at enrolment, and a certificate-bound token matches
+/// the presented certificate.
 pub fn check_binding(
     token: &VerifiedToken,
-    agent_id: Uuid,
+    agent_subject: &str,
     cert_der: &[u8],
 ) -> Result<(), BindingError> {
-    let subject_ok = Uuid::parse_str(&token.subject).is_ok_and(|s| s == agent_id);
-    if !subject_ok {
+    // Subjects are identifiers, not secrets: a plain comparison leaks nothing.
+    if token.subject != agent_subject {
         return Err(BindingError::SubjectMismatch);
     }
     if let Some(bound) = &token.x5t_s256 {
@@ -72,60 +142,83 @@ mod tests {
     use super::*;
 
     const CERT: &[u8] = b"not really DER, but any bytes hash";
+    const ISS: &str = "https://idp.example.com";
 
     fn token(subject: &str, x5t: Option<String>) -> VerifiedToken {
         VerifiedToken {
             subject: subject.into(),
+            client_id: "agent-1".into(),
+            teams: None,
             x5t_s256: x5t,
         }
     }
 
     #[test]
-    fn subject_must_be_the_certificates_agent() {
-        let id = Uuid::now_v7();
+    fn subject_must_be_the_one_the_agent_enrolled_with() {
+        let recorded = token_subject(ISS, "agent-1");
         assert_eq!(
-            check_binding(&token(&id.to_string(), None), id, CERT),
+            check_binding(&token(&recorded, None), &recorded, CERT),
             Ok(())
         );
-        // Case and hyphenation of the UUID do not matter; its value does.
-        let upper = id.to_string().to_uppercase();
-        assert_eq!(check_binding(&token(&upper, None), id, CERT), Ok(()));
+        // Another client of the same issuer.
         assert_eq!(
-            check_binding(&token(&Uuid::now_v7().to_string(), None), id, CERT),
+            check_binding(
+                &token(&token_subject(ISS, "agent-2"), None),
+                &recorded,
+                CERT
+            ),
+            Err(BindingError::SubjectMismatch)
+        );
+        // The same `sub` from another issuer is someone else.
+        assert_eq!(
+            check_binding(
+                &token(&token_subject("https://other.example.com", "agent-1"), None),
+                &recorded,
+                CERT
+            ),
+            Err(BindingError::SubjectMismatch)
+        );
+        // Exact: no case folding, no prefix match.
+        assert_eq!(
+            check_binding(&token(&recorded.to_uppercase(), None), &recorded, CERT),
             Err(BindingError::SubjectMismatch)
         );
         assert_eq!(
-            check_binding(&token("service-account", None), id, CERT),
+            check_binding(&token(&format!("{recorded}x"), None), &recorded, CERT),
             Err(BindingError::SubjectMismatch)
         );
     }
 
     #[test]
     fn bound_tokens_must_match_the_presented_certificate() {
-        let id = Uuid::now_v7();
+        let recorded = token_subject(ISS, "agent-1");
         let good = x5t_s256(CERT);
         assert_eq!(good.len(), 43, "{good}");
         assert!(!good.contains(['+', '/', '=']));
         assert_eq!(
-            check_binding(&token(&id.to_string(), Some(good.clone())), id, CERT),
+            check_binding(&token(&recorded, Some(good.clone())), &recorded, CERT),
             Ok(())
         );
         // A padded thumbprint from a lenient issuer is the same value.
         assert_eq!(
-            check_binding(&token(&id.to_string(), Some(format!("{good}="))), id, CERT),
+            check_binding(&token(&recorded, Some(format!("{good}="))), &recorded, CERT),
             Ok(())
         );
         assert_eq!(
             check_binding(
-                &token(&id.to_string(), Some(x5t_s256(b"another certificate"))),
-                id,
+                &token(&recorded, Some(x5t_s256(b"another certificate"))),
+                &recorded,
                 CERT
             ),
             Err(BindingError::ThumbprintMismatch)
         );
         // The subject is checked first: a stolen bound token names its own agent.
         assert_eq!(
-            check_binding(&token("someone", Some(good)), id, CERT),
+            check_binding(
+                &token(&token_subject(ISS, "someone"), Some(good)),
+                &recorded,
+                CERT
+            ),
             Err(BindingError::SubjectMismatch)
         );
     }
