@@ -134,7 +134,7 @@ impl Agent {
         }
         self.reported_start = true;
         if !self.dry_run {
-            report::send(&self.client, items)
+            report::send(&mut self.client, items)
                 .await
                 .context("sending the report")?;
         }

@@ -350,13 +350,32 @@ impl Client {
         self.mtls.as_ref().context("not enrolled")
     }
 
+    /// An mTLS request; with OIDC client credentials configured it also
+    /// carries the access token (the server wants both from a token-enrolled agent).
+    async fn request(
+        &mut self,
+        method: reqwest::Method,
+        path: &str,
+    ) -> anyhow::Result<reqwest::RequestBuilder> {
+        let token = if self.cfg.auth.token_endpoint.is_some() {
+            Some(self.oidc_token().await?)
+        } else {
+            None
+        };
+        let mut rb = self.mtls()?.request(method, format!("{}{path}", self.base));
+        if let Some(t) = token {
+            rb = rb.bearer_auth(t.as_str());
+        }
+        Ok(rb)
+    }
+
     /// `GET /agent/v1/assignments` with `If-None-Match` and `?wait=`: the
     /// list when it changed (or on the first call), `None` on 304.
     pub async fn poll(&mut self, wait: u64) -> anyhow::Result<Option<Vec<Assignment>>> {
         let path = "/agent/v1/assignments";
         let mut rb = self
-            .mtls()?
-            .get(format!("{}{path}", self.base))
+            .request(reqwest::Method::GET, path)
+            .await?
             .timeout(Duration::from_secs(wait + 30));
         if wait > 0 {
             rb = rb.query(&[("wait", wait)]);
@@ -393,9 +412,9 @@ impl Client {
     }
 
     /// `GET /agent/v1/certificates/{id}`.
-    pub async fn bundle(&self, id: uuid::Uuid) -> anyhow::Result<CertificateBundle> {
+    pub async fn bundle(&mut self, id: uuid::Uuid) -> anyhow::Result<CertificateBundle> {
         let path = format!("/agent/v1/certificates/{id}");
-        let rb = self.mtls()?.get(format!("{}{path}", self.base));
+        let rb = self.request(reqwest::Method::GET, &path).await?;
         expect_json("GET", &path, rb.send().await, StatusCode::OK).await
     }
 
@@ -426,11 +445,11 @@ impl Client {
     }
 
     /// `POST /agent/v1/reports`.
-    pub async fn report(&self, req: &ReportRequest) -> anyhow::Result<()> {
+    pub async fn report(&mut self, req: &ReportRequest) -> anyhow::Result<()> {
         let path = "/agent/v1/reports";
         let resp = self
-            .mtls()?
-            .post(format!("{}{path}", self.base))
+            .request(reqwest::Method::POST, path)
+            .await?
             .json(req)
             .send()
             .await
@@ -442,12 +461,12 @@ impl Client {
     }
 
     async fn post<B: serde::Serialize, T: DeserializeOwned>(
-        &self,
+        &mut self,
         path: &str,
         body: &B,
         want: StatusCode,
     ) -> anyhow::Result<T> {
-        let rb = self.mtls()?.post(format!("{}{path}", self.base)).json(body);
+        let rb = self.request(reqwest::Method::POST, path).await?.json(body);
         expect_json("POST", path, rb.send().await, want).await
     }
 

@@ -30,7 +30,7 @@ pub fn entry(
 }
 
 /// Sends the entries (nothing when empty).
-pub async fn send(client: &Client, items: Vec<DeploymentReport>) -> anyhow::Result<()> {
+pub async fn send(client: &mut Client, items: Vec<DeploymentReport>) -> anyhow::Result<()> {
     if items.is_empty() {
         return Ok(());
     }
