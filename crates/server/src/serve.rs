@@ -132,6 +132,8 @@ pub struct StorePorts {
     pub sessions: Arc<dyn certflow_core::ports::SessionStore>,
     /// Agents, join tokens and the agent-identity CA.
     pub agents: Arc<dyn certflow_core::ports::AgentStore>,
+    /// Certificates assigned to agents and their reports.
+    pub deployments: Arc<dyn certflow_core::ports::DeploymentStore>,
 }
 
 /// Opens every backend and checks it answers, so a bad setting stops the server
@@ -147,8 +149,14 @@ pub async fn open_services(config: &Config) -> anyhow::Result<Opened> {
         master_key = provider.current_key_id(),
         "backends open"
     );
-    let mut services = Services::new(
+    // Writes through the use cases announce certificate changes, which
+    // invalidate the agents' assignment answers on every replica.
+    let announcing = Arc::new(crate::agent::watch::AnnouncingStore::new(
         store.metadata.clone(),
+        feed.clone(),
+    ));
+    let mut services = Services::new(
+        announcing,
         Arc::new(blobs),
         Sealer::new(provider),
         Some(config.public_url()),
@@ -386,12 +394,19 @@ pub async fn rewrap_keys(config: &Config) -> anyhow::Result<()> {
 /// One store behind each of its ports.
 fn ports<S>(store: Arc<S>, db_queue: Arc<dyn RenewalQueue>) -> StorePorts
 where
-    S: MetadataStore + RenewalLedger + AgentStore + SessionStore + NotificationStore + 'static,
+    S: MetadataStore
+        + RenewalLedger
+        + AgentStore
+        + SessionStore
+        + NotificationStore
+        + certflow_core::ports::DeploymentStore
+        + 'static,
 {
     StorePorts {
         metadata: store.clone(),
         ledger: store.clone(),
         agents: store.clone(),
+        deployments: store.clone(),
         sessions: store.clone(),
         notifications: store,
         db_queue,
@@ -537,6 +552,10 @@ async fn spawn_roles(
             );
             let stop = stopped(shutdown.clone());
             tasks.push(tokio::spawn(async move { watcher.run(stop).await }));
+            tasks.push(spawn_drift_check(
+                deployments(config, opened),
+                shutdown.clone(),
+            ));
         }
         tracing::info!(queue = queue.kind(), "renewal scheduler running");
     }
@@ -569,6 +588,51 @@ async fn spawn_roles(
         );
     }
     Ok(tasks)
+}
+
+/// The deployment use cases.
+fn deployments(config: &Config, opened: &Opened) -> certflow_services::deployments::Deployments {
+    certflow_services::deployments::Deployments::new(
+        &opened.services,
+        opened.store.deployments.clone(),
+        opened.store.agents.clone(),
+        certflow_services::deployments::DeploymentSettings {
+            drift_after: time::Duration::seconds(
+                i64::try_from(config.agent.drift_after_seconds).unwrap_or(i64::MAX),
+            ),
+        },
+    )
+}
+
+/// Announces deployment drift now and then (scheduler role; several
+/// schedulers announce each drift once, by the notification's key).
+fn spawn_drift_check(
+    deployments: certflow_services::deployments::Deployments,
+    shutdown: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    let every = crate::agent::watch::drift_interval(
+        Duration::try_from(deployments.drift_after()).unwrap_or(Duration::from_secs(60)),
+    );
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let stop = stopped(shutdown);
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                _ = &mut stop => return,
+                _ = tick.tick() => {}
+            }
+            match deployments
+                .check_drift(time::OffsetDateTime::now_utc())
+                .await
+            {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(announced = n, "deployment drift announced"),
+                Err(e) => tracing::warn!(error = %e, "deployment drift check failed; will retry"),
+            }
+        }
+    })
 }
 
 /// A future that completes when `rx` turns true (or its sender is gone).
@@ -691,7 +755,10 @@ async fn serve_api(config: &Config, opened: &Opened, services: Services) -> anyh
         );
     }
     spawn_sweeper(services.clone(), config);
-    let agents = start_agents(config, opened, &services).await?;
+    let deploy =
+        crate::agent::deploy::DeployState::new(deployments(config, opened), opened.feed.clone());
+    crate::agent::watch::spawn_cache_watch(deploy.cache.clone(), &opened.feed);
+    let agents = start_agents(config, opened, &services, deploy.clone()).await?;
     let limits = Arc::new(http::limit::ConsoleLimits::new(&config.console)?);
     let console = http::login::ConsoleAuth::from_config(
         config,
@@ -721,7 +788,8 @@ async fn serve_api(config: &Config, opened: &Opened, services: Services) -> anyh
     // the certified names here (or use DNS-01).
     let app = http::app(state)
         .merge(certflow_acme::http01_router(opened.http01.clone()))
-        .layer(axum::Extension(agents));
+        .layer(axum::Extension(agents))
+        .layer(axum::Extension(deploy));
     // Browser login to the console, when [auth.oidc] is configured.
     let app = match console {
         Some(console) => app.merge(http::login::router(console)),
@@ -743,6 +811,7 @@ async fn start_agents(
     config: &Config,
     opened: &Opened,
     services: &Services,
+    deploy: crate::agent::deploy::DeployState,
 ) -> anyhow::Result<certflow_services::agents::Agents> {
     let settings = certflow_services::agents::AgentSettings {
         identity_validity_secs: config.agent.identity_validity_secs,
@@ -765,7 +834,9 @@ async fn start_agents(
             Some(v) => Some(Arc::new(crate::agent::token::OidcAgentTokens(Arc::new(v)))),
             None => None,
         };
-    if let Some(listener) = crate::agent::start(&config.agent, agents.clone(), tokens).await? {
+    if let Some(listener) =
+        crate::agent::start(&config.agent, agents.clone(), tokens, Some(deploy)).await?
+    {
         println!("certflow: agent listener on https://{}", listener.addr);
         tracing::info!(addr = %listener.addr, "agent listener (mTLS) listening");
     }

@@ -4,6 +4,7 @@
 //! by the caller and passed in as `now`.
 
 pub mod agents;
+pub mod deployments;
 mod ca;
 mod certificates;
 mod issuing;

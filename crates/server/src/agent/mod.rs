@@ -23,9 +23,11 @@
 //! through the change feed (see `serve.rs`), so an idle poll costs no
 //! database read.
 
+pub mod deploy;
 pub mod limit;
 pub mod routes;
 pub mod token;
+pub mod watch;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -73,6 +75,9 @@ pub struct AgentConfig {
     /// agent, not only those of agents enrolled with one; join-token
     /// enrolment is then refused. Needs `[[auth.issuers]]`.
     pub require_token: bool,
+    /// A new version of an assigned certificate not reported installed by
+    /// the agent this long after it was issued is drift (`deployment-drift`).
+    pub drift_after_seconds: u64,
 }
 
 impl Default for AgentConfig {
@@ -88,6 +93,7 @@ impl Default for AgentConfig {
             rate_limit_per_sec: 20.0,
             rate_limit_burst: 40.0,
             require_token: false,
+            drift_after_seconds: 3600,
         }
     }
 }
@@ -112,6 +118,9 @@ impl AgentConfig {
             && axum::http::HeaderName::try_from(h.as_str()).is_err()
         {
             bail!("agent.client_cert_header {h:?} is not a valid header name");
+        }
+        if !(60..=30 * 86_400).contains(&self.drift_after_seconds) {
+            bail!("agent.drift_after_seconds must be between 60 and 2592000 (30 days)");
         }
         if !(self.rate_limit_per_sec > 0.0 && self.rate_limit_burst >= 1.0) {
             bail!(
@@ -224,11 +233,13 @@ pub struct AgentListener {
 }
 
 /// Binds the agent listener and starts serving `/agent/v1/*`; `tokens`
-/// validates OIDC access tokens (from `[[auth.issuers]]`), if configured.
+/// validates OIDC access tokens (from `[[auth.issuers]]`), if configured;
+/// `deploy` serves the deployment routes (assignments, bundles, reports).
 pub async fn start(
     config: &AgentConfig,
     agents: Agents,
     tokens: Option<Arc<dyn token::AgentTokenVerifier>>,
+    deploy: Option<deploy::DeployState>,
 ) -> anyhow::Result<Option<AgentListener>> {
     let Some(listen) = config.listen else {
         return Ok(None);
@@ -253,7 +264,11 @@ pub async fn start(
         .with_context(|| format!("binding agent listener {listen}"))?;
     let addr = listener.local_addr()?;
     // The accept loop ends with the process, like the console listener's.
-    tokio::spawn(serve(listener, Arc::new(tls), routes::router(state)));
+    let mut app = routes::router(state);
+    if let Some(deploy) = deploy {
+        app = app.layer(axum::Extension(deploy));
+    }
+    tokio::spawn(serve(listener, Arc::new(tls), app));
     Ok(Some(AgentListener { addr }))
 }
 

@@ -118,6 +118,7 @@ pub fn router(state: AgentState) -> Router {
         .route(ENROLL, post(enroll))
         .route("/agent/v1/identity/renew", post(renew))
         .route("/agent/v1/whoami", get(whoami))
+        .merge(super::deploy::routes())
         .fallback(|| async { ApiError::no_route() })
         .route_layer(middleware::from_fn_with_state(state.clone(), guard))
         .layer(axum::extract::DefaultBodyLimit::max(

@@ -42,6 +42,9 @@ pub fn declared(method: &Method, path: &str) -> Option<Permission> {
         ("POST", "/agents/{id}/disable" | "/agents/{id}/enable" | "/agents/{id}/revoke") => {
             AgentAdmin
         }
+        ("GET" | "POST", "/agents/{id}/assignments")
+        | ("DELETE", "/agents/{id}/assignments/{certificate_id}") => AgentAdmin,
+        ("GET", "/certificates/{id}/deployments") => CertificateRead,
         _ => return None,
     })
 }

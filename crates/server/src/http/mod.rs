@@ -6,6 +6,7 @@ pub mod access;
 pub mod agents;
 pub mod auth;
 pub mod console;
+pub mod deployments;
 pub mod errors;
 pub mod limit;
 pub mod login;
@@ -104,6 +105,9 @@ pub fn console_api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(agents::disable_agent))
         .routes(routes!(agents::enable_agent))
         .routes(routes!(agents::revoke_agent))
+        .routes(routes!(deployments::list_assignments, deployments::assign))
+        .routes(routes!(deployments::unassign))
+        .routes(routes!(deployments::certificate_deployments))
         .split_for_parts()
 }
 

@@ -938,7 +938,11 @@ async fn role_route_matrix_follows_the_declared_permissions() {
             } else {
                 uuid::Uuid::now_v7().to_string()
             };
-            let uri = format!("/console/api/v1{}", path.replace("{id}", &id));
+            let uri = format!(
+                "/console/api/v1{}",
+                path.replace("{id}", &id)
+                    .replace("{certificate_id}", &cert_id)
+            );
             // Team-scoped listings name the team; the audit trail one certificate.
             let uri = match (m.as_str(), path.as_str()) {
                 ("GET", "/certificates" | "/deliveries" | "/subscriptions") => {

@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 
 mod agents;
 mod console_ui;
+mod deployments;
 mod login;
 mod renewal;
 
