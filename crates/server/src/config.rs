@@ -516,8 +516,8 @@ impl Default for ConsoleConfig {
         Self {
             rate_limit_per_sec: 20.0,
             rate_limit_burst: 40.0,
-            login_rate_limit_per_min: 30.0,
-            login_rate_limit_burst: 10.0,
+            login_rate_limit_per_min: 60.0,
+            login_rate_limit_burst: 30.0,
             trusted_proxies: Vec::new(),
         }
     }

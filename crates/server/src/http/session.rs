@@ -170,7 +170,8 @@ impl Sessions {
             return Ok(None);
         };
         if !session.is_live(now) {
-            let reason = if now >= session.absolute_expires_at {
+            // Whichever timeout ended it first.
+            let reason = if session.absolute_expires_at <= session.idle_expires_at {
                 "absolute"
             } else {
                 "idle"

@@ -12,7 +12,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use certflow_blob::{LocalKeyProvider, MasterKey, ObjectBlobStore, Sealer};
-use certflow_core::ports::{BlobStore, MetadataStore};
+use certflow_core::ports::{BlobStore, MetadataStore, SessionStore as _};
 use certflow_services::{CaSettings, Services};
 use certflow_store::SqliteStore;
 use serde_json::{Value, json};
@@ -1355,14 +1355,22 @@ async fn console_login_refusals_logout_and_expired_sessions_are_audited() {
     );
     assert!(!target.contains(&session.id_hash));
 
-    // A session used after its idle timeout (40 min > 30) and one after its
-    // absolute timeout (2 h > 1 h): refused, recorded with the reason, gone.
+    // A session used after its idle timeout (40 min > 30) and an active one
+    // (seen 5 min ago) after its absolute timeout (70 min > 1 h): refused,
+    // recorded with the reason, gone.
     let api = "/console/api/v1/certificates?team=a";
-    for (age, reason) in [(40, "idle"), (120, "absolute")] {
-        let (id, _) = sessions
+    for (age, reason) in [(40, "idle"), (70, "absolute")] {
+        let (id, created) = sessions
             .create(person.clone(), None, now - time::Duration::minutes(age))
             .await
             .unwrap();
+        if reason == "absolute" {
+            let seen = now - time::Duration::minutes(5);
+            h.store
+                .touch_session(&created.id_hash, seen, seen + time::Duration::minutes(30))
+                .await
+                .unwrap();
+        }
         for _ in 0..2 {
             let mut req = from_ip("GET", api, "192.0.2.12", None);
             req.headers_mut().insert(

@@ -14,7 +14,7 @@ use reqwest::blocking::{Client, Response};
 use reqwest::header::{COOKIE, LOCATION, SET_COOKIE};
 use serde_json::Value;
 
-use super::{Server, require, start};
+use super::{Api, Server, require, start};
 
 const COOKIE_NAME: &str = "__Host-certflow_session";
 
@@ -567,12 +567,99 @@ fn console_login_gives_a_fresh_session_with_csrf_and_logout_ends_it() {
     assert_eq!(r.status(), 200, "{:?}", r.text());
     assert_eq!(console.session(&cookie).0, 401, "cookie no longer accepted");
     assert_eq!(console.logout(&cookie, Some(&csrf), None).status(), 401);
+
+    // The audit trail: bob's login and logout, from where, on one session
+    // reference; neither the cookie, the CSRF token nor the ID token.
+    let admin = admin(&server);
+    let logins = audit_events(&admin, "action=console.login&subject=bob");
+    assert_eq!(logins.len(), 1, "{logins:?}");
+    let login = &logins[0];
+    assert_eq!(login["outcome"], "success");
+    assert_eq!(login["source"], "127.0.0.1");
+    assert_eq!(login["details"]["roles"], serde_json::json!(["operator"]));
+    assert_eq!(
+        login["details"]["teams"],
+        serde_json::json!(["payments", "search"])
+    );
+    let target = login["target"].as_str().unwrap();
+    assert!(target.starts_with("session/"), "{login}");
+    let logouts = audit_events(&admin, "action=console.logout&subject=bob");
+    assert_eq!(
+        logouts.len(),
+        1,
+        "one logout (the refused ones changed nothing)"
+    );
+    assert_eq!(logouts[0]["target"], target);
+    assert_eq!(logouts[0]["source"], "127.0.0.1");
+    let all = audit_events(&admin, "subject=bob")
+        .iter()
+        .map(Value::to_string)
+        .collect::<String>();
+    let hint = param(&end, "id_token_hint").unwrap();
+    for secret in [cookie.as_str(), csrf.as_str(), hint.as_str()] {
+        assert!(!all.contains(secret), "a secret in the audit trail: {all}");
+    }
+
+    // The console's requests in /metrics, by route template, valid for Prometheus.
+    let metrics = admin.get("/metrics").text().unwrap();
+    for series in [
+        r#"certflow_http_requests_total{group="console",route="/console/login",status="303"}"#,
+        r#"certflow_http_requests_total{group="console",route="/console/callback",status="303"}"#,
+        r#"certflow_http_requests_total{group="console",route="/console/logout",status="403"}"#,
+        r#"certflow_http_request_duration_seconds_count{group="console",route="/console/api/v1/certificates",status="201"}"#,
+    ] {
+        assert!(metrics.contains(series), "{series} missing:\n{metrics}");
+    }
+    promtool_check(&metrics);
     drop(server);
+}
+
+/// A client of the console API with the server's bootstrap admin token.
+fn admin(server: &Server) -> Api {
+    Api::new(server, server.token_line.as_deref().unwrap())
+}
+
+/// Audit events matching `query`, newest first.
+fn audit_events(admin: &Api, query: &str) -> Vec<Value> {
+    let page: Value = admin
+        .get(&format!("/console/api/v1/audit?{query}&limit=100"))
+        .json()
+        .unwrap();
+    page["items"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{page}"))
+        .clone()
+}
+
+/// `promtool check metrics` (Prometheus' own parser and linter) accepts `text`.
+fn promtool_check(text: &str) {
+    use std::io::Write as _;
+    require("promtool", "apt-get install prometheus");
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
 fn login_attacks_are_refused() {
-    let (_tmp, op, _server, console) = setup("");
+    let (_tmp, op, server, console) = setup("");
     let callback = format!("{}/console/callback", console.base);
 
     // Missing and unknown state.
@@ -670,12 +757,50 @@ fn login_attacks_are_refused() {
     assert_eq!(r.status(), 400);
     assert!(r.headers().get(LOCATION).is_none());
     assert!(r.text().unwrap().contains("redirect_uri"));
+
+    // Every refused callback is in the audit trail with its reason, as
+    // nobody in particular, from the client's address.
+    let admin = admin(&server);
+    let refused = audit_events(&admin, "action=console.login&outcome=failure");
+    let reasons: Vec<&str> = refused
+        .iter()
+        .map(|e| e["details"]["reason"].as_str().unwrap())
+        .collect();
+    for (reason, n) in [
+        ("unknown_state", 2),
+        ("missing_state", 1),
+        ("id_token_invalid", 1),
+        ("provider_refused", 1),
+    ] {
+        assert_eq!(
+            reasons.iter().filter(|r| **r == reason).count(),
+            n,
+            "{reason}: {reasons:?}"
+        );
+    }
+    let nonce = refused
+        .iter()
+        .find(|e| e["details"]["reason"] == "id_token_invalid")
+        .unwrap();
+    assert_eq!(nonce["details"]["code"], "nonce_mismatch");
+    let provider = refused
+        .iter()
+        .find(|e| e["details"]["reason"] == "provider_refused")
+        .unwrap();
+    assert_eq!(provider["details"]["code"], "invalid_request");
+    for e in &refused {
+        assert_eq!(e["subject"], "anonymous", "{e}");
+        assert_eq!(e["source"], "127.0.0.1", "{e}");
+    }
+    // Alice's one good login is there too.
+    let ok = audit_events(&admin, "action=console.login&outcome=success&subject=alice");
+    assert_eq!(ok.len(), 1, "{ok:?}");
 }
 
 #[test]
 fn idle_and_absolute_timeouts_end_sessions() {
     // Idle 3 s, absolute 9 s.
-    let (_tmp, op, _server, console) =
+    let (_tmp, op, server, console) =
         setup("idle_timeout_minutes = 0.05\nabsolute_timeout_hours = 0.0025\n");
 
     // Activity keeps a session past its idle timeout; a pause longer ends it.
@@ -687,6 +812,11 @@ fn idle_and_absolute_timeouts_end_sessions() {
     }
     std::thread::sleep(Duration::from_millis(3500));
     assert_eq!(console.session(&cookie).0, 401, "idle timeout");
+    let admin = admin(&server);
+    let expired = audit_events(&admin, "action=console.session.expire&subject=bob");
+    assert_eq!(expired.len(), 1, "{expired:?}");
+    assert_eq!(expired[0]["details"]["reason"], "idle");
+    assert_eq!(expired[0]["source"], "127.0.0.1");
 
     // However active, a session ends at its absolute timeout.
     let cookie = console.sign_in(&op, "bob");
@@ -699,6 +829,16 @@ fn idle_and_absolute_timeouts_end_sessions() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(console.session(&cookie).0, 401, "absolute timeout");
+    let expired = audit_events(&admin, "action=console.session.expire&subject=bob");
+    assert_eq!(expired.len(), 2, "{expired:?}");
+    assert_eq!(expired[0]["details"]["reason"], "absolute");
+    // Each expiry ends a session its login started.
+    let logins = audit_events(&admin, "action=console.login&subject=bob");
+    let mut started: Vec<&Value> = logins.iter().map(|e| &e["target"]).collect();
+    let mut ended: Vec<&Value> = expired.iter().map(|e| &e["target"]).collect();
+    started.sort_by_key(|v| v.to_string());
+    ended.sort_by_key(|v| v.to_string());
+    assert_eq!(started, ended);
 }
 
 /// A client-credentials access token from the provider, for `client`.
