@@ -47,6 +47,14 @@ if ! command -v pebble >/dev/null 2>&1 || ! command -v pebble-challtestsrv >/dev
 fi
 echo "peers: pebble $(dpkg-query -W -f='${Version}' pebble 2>/dev/null)"
 
+# promtool (from Debian's prometheus): the login e2e checks /metrics with
+# `promtool check metrics`, Prometheus' own parser and linter.
+if ! command -v promtool >/dev/null 2>&1; then
+  echo "== installing prometheus (promtool)"
+  apt-get update -qq && apt-get install -y -qq prometheus >/dev/null
+fi
+echo "peers: promtool $(dpkg-query -W -f='${Version}' prometheus 2>/dev/null)"
+
 # oidc-provider (OpenID provider fixture): certflow-auth's token tests start
 # crates/auth/tests/oidc/provider.mjs themselves; it needs node and its node_modules.
 OIDC_FIXTURE="$(cd "$(dirname "$0")/.." && pwd)/crates/auth/tests/oidc"
