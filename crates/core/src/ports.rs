@@ -353,6 +353,18 @@ pub trait AgentStore: Send + Sync {
         not_after: OffsetDateTime,
         audit: &AuditEvent,
     ) -> DomainResult<crate::agents::Agent>;
+    /// Join tokens, newest first, at most `limit` (their hashes come along;
+    /// callers show neither hash nor text).
+    async fn list_join_tokens(&self, limit: u32) -> DomainResult<Vec<crate::agents::JoinToken>>;
+    /// Revokes the unused, unexpired join token `id` by making it expire at
+    /// `now`, in the transaction that appends `audit`. `NotFound` if there is
+    /// no such token; `Conflict` if it was used or has expired.
+    async fn revoke_join_token(
+        &self,
+        id: Uuid,
+        now: OffsetDateTime,
+        audit: &AuditEvent,
+    ) -> DomainResult<crate::agents::JoinToken>;
 }
 
 /// Pending console logins and browser sessions, keyed by hashes of the

@@ -919,6 +919,35 @@ impl Agents {
         tracing::info!(agent = %id, status = status.as_str(), "agent status changed");
         Ok(agent)
     }
+
+    /// Join tokens, newest first, at most `limit` (1-500).
+    pub async fn join_tokens(&self, limit: u32) -> DomainResult<Vec<JoinToken>> {
+        if !(1..=500).contains(&limit) {
+            return Err(DomainError::invalid("limit", "must be 1-500"));
+        }
+        self.store.list_join_tokens(limit).await
+    }
+
+    /// Revokes a join token that has not enrolled an agent yet: it expires
+    /// now, so an enrolment with it is refused from here on. Audited;
+    /// `Conflict` if it was used (act on its agent instead) or has expired.
+    pub async fn revoke_join_token(
+        &self,
+        actor: &Actor,
+        id: Uuid,
+        now: OffsetDateTime,
+    ) -> DomainResult<JoinToken> {
+        let audit = AuditEvent::success(
+            now,
+            actor,
+            "agent.join-token.revoke",
+            format!("agent-join-token/{id}"),
+            json!({}),
+        );
+        let token = self.store.revoke_join_token(id, now, &audit).await?;
+        tracing::info!(join_token = %id, name = %token.name, "join token revoked");
+        Ok(token)
+    }
 }
 
 #[cfg(test)]

@@ -414,6 +414,66 @@ impl<B: Backend> AgentStore for SqlStore<B> {
         tx.commit().await.map_err(map)?;
         Ok(agent)
     }
+
+    async fn list_join_tokens(&self, limit: u32) -> DomainResult<Vec<JoinToken>> {
+        self.fetch_all(
+            Sql::new(concat!(
+                "SELECT ",
+                token_columns!(),
+                " FROM agent_join_tokens ORDER BY id DESC LIMIT $1"
+            ))
+            .bind(i64::from(limit)),
+        )
+        .await?
+        .iter()
+        .map(join_token)
+        .collect()
+    }
+
+    async fn revoke_join_token(
+        &self,
+        token_id: Uuid,
+        now: OffsetDateTime,
+        audit: &AuditEvent,
+    ) -> DomainResult<JoinToken> {
+        let mut tx = self.begin_write().await?;
+        // The same condition enrolment consumes under: of a revocation and an
+        // enrolment racing, exactly one finds the token usable.
+        let revoked = fetch_optional::<B>(
+            &mut tx,
+            Sql::new(concat!(
+                "UPDATE agent_join_tokens SET expires_at = $1 \
+                 WHERE id = $2 AND used_at IS NULL AND expires_at > $1 RETURNING ",
+                token_columns!()
+            ))
+            .bind(secs(now))
+            .bind(id(token_id)),
+        )
+        .await?;
+        let Some(row) = revoked else {
+            let current = fetch_optional::<B>(
+                &mut tx,
+                Sql::new(concat!(
+                    "SELECT ",
+                    token_columns!(),
+                    " FROM agent_join_tokens WHERE id = $1"
+                ))
+                .bind(id(token_id)),
+            )
+            .await?;
+            return Err(match current.as_ref().map(join_token).transpose()? {
+                None => DomainError::NotFound(format!("join token {token_id}")),
+                Some(t) if t.used_at.is_some() => DomainError::Conflict(format!(
+                    "join token {token_id} was already used; disable or revoke its agent instead"
+                )),
+                Some(_) => DomainError::Conflict(format!("join token {token_id} has expired")),
+            });
+        };
+        let token = join_token(&row)?;
+        insert_audit::<B>(&mut tx, audit).await?;
+        tx.commit().await.map_err(map)?;
+        Ok(token)
+    }
 }
 
 /// Implements [`AgentStore`] for a wrapper by forwarding to its `SqlStore` field.
@@ -541,6 +601,22 @@ macro_rules! forward_agent_store {
                 self.$field
                     .reenroll_agent(id, subject, serial, fingerprint_sha256, not_after, audit)
                     .await
+            }
+
+            async fn list_join_tokens(
+                &self,
+                limit: u32,
+            ) -> certflow_core::error::DomainResult<Vec<certflow_core::agents::JoinToken>> {
+                self.$field.list_join_tokens(limit).await
+            }
+
+            async fn revoke_join_token(
+                &self,
+                id: uuid::Uuid,
+                now: time::OffsetDateTime,
+                audit: &certflow_core::model::AuditEvent,
+            ) -> certflow_core::error::DomainResult<certflow_core::agents::JoinToken> {
+                self.$field.revoke_join_token(id, now, audit).await
             }
         }
     };

@@ -38,7 +38,8 @@ pub fn declared(method: &Method, path: &str) -> Option<Permission> {
         ("GET", "/renewal/queue") => OperationsRead,
         ("GET", "/subscriptions" | "/deliveries" | "/deliveries/{id}/attempts") => NotificationRead,
         ("POST", "/subscriptions") | ("DELETE", "/subscriptions/{id}") => NotificationWrite,
-        ("GET", "/agents") | ("POST", "/agents/join-tokens") => AgentAdmin,
+        ("GET", "/agents" | "/agents/join-tokens") | ("POST", "/agents/join-tokens") => AgentAdmin,
+        ("POST", "/agents/join-tokens/{id}/revoke") => AgentAdmin,
         ("POST", "/agents/{id}/disable" | "/agents/{id}/enable" | "/agents/{id}/revoke") => {
             AgentAdmin
         }

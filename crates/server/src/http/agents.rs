@@ -5,15 +5,15 @@
 use axum::Extension;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use certflow_core::agents::{Agent, AgentStatus};
+use certflow_core::agents::{Agent, AgentStatus, JoinToken};
 use certflow_core::model::Actor;
 use certflow_services::agents::{Agents, NewJoinToken};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use super::console::{Json, Path, now};
+use super::console::{Json, Path, Query, now};
 use super::errors::{ApiError, ApiResult};
 
 /// `POST /agents/join-tokens` body.
@@ -193,4 +193,104 @@ pub async fn revoke_agent(
     Path(id): Path<Uuid>,
 ) -> ApiResult<Json<AgentView>> {
     set_status(ext, &actor, id, AgentStatus::Revoked).await
+}
+
+/// A join token as listed: never its text or hash.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JoinTokenInfo {
+    /// Token id.
+    pub id: Uuid,
+    /// Name of the agent it enrols.
+    pub name: String,
+    /// Teams of that agent.
+    pub teams: Vec<String>,
+    /// `unused` (it can still enrol an agent), `used` or `expired` (also
+    /// once revoked: revoking makes it expire).
+    pub state: String,
+    /// When it expires, or expired.
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+    /// Who created it.
+    pub created_by: String,
+    /// Creation time.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    /// When it enrolled its agent.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub used_at: Option<OffsetDateTime>,
+    /// The agent it enrolled.
+    pub agent_id: Option<Uuid>,
+}
+
+/// Join tokens, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JoinTokenList {
+    /// The tokens.
+    pub items: Vec<JoinTokenInfo>,
+}
+
+fn token_info(t: JoinToken, at: OffsetDateTime) -> JoinTokenInfo {
+    let state = if t.used_at.is_some() {
+        "used"
+    } else if at >= t.expires_at {
+        "expired"
+    } else {
+        "unused"
+    };
+    JoinTokenInfo {
+        id: t.id,
+        name: t.name,
+        teams: t.teams,
+        state: state.into(),
+        expires_at: t.expires_at,
+        created_by: t.created_by,
+        created_at: t.created_at,
+        used_at: t.used_at,
+        agent_id: t.agent_id,
+    }
+}
+
+/// Join token listing parameters.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct JoinTokenParams {
+    /// At most this many, newest first (1-500, default 100).
+    #[serde(default = "default_token_limit")]
+    pub limit: u32,
+}
+
+fn default_token_limit() -> u32 {
+    100
+}
+
+/// Lists join tokens (id, name, teams, state and times; never the token).
+#[utoipa::path(get, path = "/agents/join-tokens", tag = "agents", params(JoinTokenParams),
+    responses((status = 200, body = JoinTokenList), (status = 400, body = certflow_api::Problem)))]
+pub async fn list_join_tokens(
+    ext: Option<Extension<Agents>>,
+    Query(q): Query<JoinTokenParams>,
+) -> ApiResult<Json<JoinTokenList>> {
+    let at = now();
+    let items = agents(ext)?
+        .join_tokens(q.limit)
+        .await?
+        .into_iter()
+        .map(|t| token_info(t, at))
+        .collect();
+    Ok(Json(JoinTokenList { items }))
+}
+
+/// Revokes a join token that has not enrolled an agent: it expires at once.
+/// A used token is a 409 (disable or revoke its agent instead).
+#[utoipa::path(post, path = "/agents/join-tokens/{id}/revoke", tag = "agents", params(("id" = Uuid, Path)),
+    responses((status = 200, body = JoinTokenInfo), (status = 404, body = certflow_api::Problem), (status = 409, body = certflow_api::Problem)))]
+pub async fn revoke_join_token(
+    ext: Option<Extension<Agents>>,
+    Extension(actor): Extension<Actor>,
+    Path(id): Path<Uuid>,
+) -> ApiResult<Json<JoinTokenInfo>> {
+    let at = now();
+    let token = agents(ext)?.revoke_join_token(&actor, id, at).await?;
+    Ok(Json(token_info(token, at)))
 }

@@ -30,6 +30,8 @@ struct Harness {
     blobs: Arc<ObjectBlobStore>,
     /// Console sessions, with the login routes merged into `app`.
     sessions: Option<super::session::Sessions>,
+    /// The agent use cases behind `/agents`.
+    agents: certflow_services::agents::Agents,
     _dir: tempfile::TempDir,
 }
 
@@ -98,6 +100,15 @@ async fn harness_full(
     auth::refresh_bootstrap_hash(store.as_ref(), &bootstrap_hash)
         .await
         .unwrap();
+    let agents = certflow_services::agents::Agents::new(
+        &services,
+        store.clone(),
+        certflow_services::agents::AgentSettings::default(),
+    );
+    agents
+        .ensure_ca(time::OffsetDateTime::now_utc())
+        .await
+        .unwrap();
     let limits = Arc::new(super::limit::ConsoleLimits::new(&console).unwrap());
     let sessions = session
         .map(|settings| super::session::Sessions::new(store.clone(), store.clone(), settings));
@@ -125,11 +136,12 @@ async fn harness_full(
         router = router.merge(super::login::router(console));
     }
     Harness {
-        app: router,
+        app: router.layer(axum::Extension(agents.clone())),
         token,
         store,
         blobs,
         sessions,
+        agents,
         _dir: dir,
     }
 }
@@ -1410,4 +1422,162 @@ async fn console_login_refusals_logout_and_expired_sessions_are_audited() {
     // The trail still verifies.
     let report = h.store.verify_audit_chain().await.unwrap();
     assert!(report.first_break.is_none(), "{report:?}");
+}
+
+#[tokio::test]
+async fn join_tokens_are_listed_without_secrets_revoked_once_and_agents_re_enabled() {
+    let h = harness().await;
+    let (status, created) = h
+        .json(
+            "POST",
+            "/console/api/v1/agents/join-tokens",
+            Some(json!({ "name": "web-1", "teams": ["a"], "ttl_minutes": 30 })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let token = created["token"].as_str().unwrap().to_owned();
+    let token_id = created["id"].as_str().unwrap().to_owned();
+    let hash = certflow_services::agents::join_token_sha256(&token);
+
+    // Listed with its id, name, teams and state; never the token or its hash.
+    let (status, list) = h
+        .json("GET", "/console/api/v1/agents/join-tokens", None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    let listed = &list["items"][0];
+    assert_eq!(listed["id"], token_id.as_str());
+    assert_eq!(listed["name"], "web-1");
+    assert_eq!(listed["teams"], json!(["a"]));
+    assert_eq!(listed["state"], "unused");
+    assert_eq!(listed["created_by"], "bootstrap-admin");
+    assert!(listed.get("token").is_none());
+    let text = list.to_string();
+    assert!(!text.contains(&token) && !text.contains(&hash), "{text}");
+    let (status, _) = h
+        .json("GET", "/console/api/v1/agents/join-tokens?limit=0", None)
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    // Revoked: it expires now, cannot be revoked twice, and enrols nobody.
+    let revoke = format!("/console/api/v1/agents/join-tokens/{token_id}/revoke");
+    let (status, revoked) = h.json("POST", &revoke, None).await;
+    assert_eq!(status, StatusCode::OK, "{revoked}");
+    assert_eq!(revoked["state"], "expired");
+    let (status, p) = h.json("POST", &revoke, None).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{p}");
+    let (status, _) = h
+        .json(
+            "POST",
+            &format!(
+                "/console/api/v1/agents/join-tokens/{}/revoke",
+                uuid::Uuid::now_v7()
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let csr = fixture("p256.csr");
+    let now = time::OffsetDateTime::now_utc();
+    let refused = h
+        .agents
+        .enroll(&token, csr.as_bytes(), None, None, now)
+        .await;
+    assert!(
+        matches!(refused, Err(certflow_core::DomainError::Forbidden(_))),
+        "{refused:?}"
+    );
+
+    // A used token stays used: revoking it is a conflict (act on the agent).
+    let (_, second) = h
+        .json(
+            "POST",
+            "/console/api/v1/agents/join-tokens",
+            Some(json!({ "name": "web-2", "teams": ["a"] })),
+        )
+        .await;
+    let issued = h
+        .agents
+        .enroll(
+            second["token"].as_str().unwrap(),
+            csr.as_bytes(),
+            None,
+            None,
+            now,
+        )
+        .await
+        .unwrap();
+    let agent_id = issued.agent.id.to_string();
+    let (_, list) = h
+        .json("GET", "/console/api/v1/agents/join-tokens", None)
+        .await;
+    let states: Vec<(&str, &str)> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["name"].as_str().unwrap(), t["state"].as_str().unwrap()))
+        .collect();
+    assert_eq!(states, [("web-2", "used"), ("web-1", "expired")]);
+    assert_eq!(list["items"][0]["agent_id"], agent_id.as_str());
+    let (status, _) = h
+        .json(
+            "POST",
+            &format!(
+                "/console/api/v1/agents/join-tokens/{}/revoke",
+                second["id"].as_str().unwrap()
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+
+    // Disabled agents can be re-enabled (their identity works again); revoked is final.
+    let agent = |verb: &str| format!("/console/api/v1/agents/{agent_id}/{verb}");
+    let (status, a) = h.json("POST", &agent("disable"), None).await;
+    assert_eq!(
+        (status, a["status"].as_str()),
+        (StatusCode::OK, Some("disabled"))
+    );
+    assert!(
+        h.agents
+            .authenticate(issued.agent.id, &issued.agent.cert_serial, now)
+            .await
+            .is_err()
+    );
+    let (status, a) = h.json("POST", &agent("enable"), None).await;
+    assert_eq!(
+        (status, a["status"].as_str()),
+        (StatusCode::OK, Some("active"))
+    );
+    h.agents
+        .authenticate(issued.agent.id, &issued.agent.cert_serial, now)
+        .await
+        .unwrap();
+    let (status, _) = h.json("POST", &agent("revoke"), None).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, p) = h.json("POST", &agent("enable"), None).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{p}");
+    let (_, a) = h.json("GET", "/console/api/v1/agents", None).await;
+    assert_eq!(a["items"][0]["status"], "revoked");
+
+    // Every change is in the audit trail, by its admin.
+    let actions: Vec<String> = audit_of(&h, "agent.")
+        .await
+        .iter()
+        .map(|e| e["action"].as_str().unwrap().to_owned())
+        .collect();
+    for action in [
+        "agent.join-token.revoke",
+        "agent.disable",
+        "agent.enable",
+        "agent.revoke",
+    ] {
+        assert!(actions.iter().any(|a| a == action), "{action}: {actions:?}");
+    }
+    let revokes = audit_of(&h, "agent.join-token.revoke").await;
+    assert_eq!(
+        revokes.len(),
+        1,
+        "the refused second revocation changed nothing"
+    );
+    assert_eq!(revokes[0]["target"], format!("agent-join-token/{token_id}"));
 }
