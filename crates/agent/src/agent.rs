@@ -86,6 +86,11 @@ impl Agent {
         })
     }
 
+    /// Whether the last poll brought a changed list.
+    pub fn changed(&self) -> bool {
+        self.client.changed()
+    }
+
     /// The configuration.
     pub fn config(&self) -> &Config {
         &self.cfg

@@ -67,6 +67,8 @@ pub struct Client {
     token: Option<Token>,
     etag: Option<String>,
     assignments: Option<Vec<Assignment>>,
+    /// The last poll brought a new list.
+    changed: bool,
 }
 
 #[derive(Deserialize)]
@@ -120,6 +122,7 @@ impl Client {
             token: None,
             etag: None,
             assignments: None,
+            changed: false,
         };
         c.load_identity()?;
         Ok(c)
@@ -388,6 +391,7 @@ impl Client {
             .await
             .map_err(|e| CallError::Unreachable(e.to_string()))?;
         if resp.status() == StatusCode::NOT_MODIFIED {
+            self.changed = false;
             return Ok(None);
         }
         let etag = resp
@@ -398,12 +402,18 @@ impl Client {
         let list: AssignmentList = expect_json("GET", path, Ok(resp), StatusCode::OK).await?;
         self.etag = etag;
         self.assignments = Some(list.items.clone());
+        self.changed = true;
         Ok(Some(list.items))
     }
 
     /// The last list received.
     pub fn assignments(&self) -> Option<&[Assignment]> {
         self.assignments.as_deref()
+    }
+
+    /// Whether the last poll brought a new list (poll again at once: more may follow).
+    pub fn changed(&self) -> bool {
+        self.changed
     }
 
     /// Forgets the ETag so the next poll fetches the list (after a change we made).

@@ -149,10 +149,13 @@ async fn run(agent: &mut Agent, mut rx: watch::Receiver<bool>) -> ExitCode {
                     tracing::info!(after = failures, "server reachable again");
                 }
                 failures = 0;
-                // A long poll that the server held is itself the pause; one
-                // that came back at once (a change, or a server without
-                // long-polling) waits the interval so it never spins.
-                if wait > 0 && started.elapsed() >= Duration::from_secs(wait / 2) {
+                // A long poll that the server held, or that brought a change,
+                // is followed at once by the next (within a second of jitter);
+                // a 304 that came back at once (a server without long-polling)
+                // waits the interval so the agent never spins.
+                if wait > 0
+                    && (agent.changed() || started.elapsed() >= Duration::from_secs(wait / 2))
+                {
                     Duration::from_millis((random_unit() * 1000.0) as u64)
                 } else {
                     poll_pause(interval, random_unit())

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+mod agent_nginx;
 mod agents;
 mod console_ui;
 mod deployments;
