@@ -15,7 +15,9 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::certificates::{AuditRow, audit_row, now};
+use super::deployments::{self, DeployRow};
 use super::{Ctx, Form, Layout, PageError, PageResult, html, redirect, relative, when};
+use crate::agent::deploy::DeployState;
 use crate::http::AppState;
 use crate::http::access::check_team;
 
@@ -51,6 +53,10 @@ pub(crate) struct AgentRow {
     last_seen: String,
     identity_expires: String,
     enrolled: String,
+    /// The agent software's version, from its latest report.
+    version: String,
+    /// Its assignments with the last report about each.
+    deployments: Vec<DeployRow>,
 }
 
 #[derive(Template)]
@@ -67,26 +73,54 @@ struct AgentsPage {
     form_name: String,
     form_teams: String,
     form_ttl: String,
+    deploy_managed: bool,
 }
 
-async fn agents_page(ctx: &Ctx, agents: &Agents, mut page: AgentsPage) -> PageResult<Response> {
+/// The agent software version of the most recent report among `rows`.
+fn latest_version(rows: &[DeployRow]) -> String {
+    rows.iter()
+        .filter(|r| !r.agent_version.is_empty())
+        .max_by_key(|r| r.reported_at)
+        .map(|r| r.agent_version.clone())
+        .unwrap_or_default()
+}
+
+async fn agents_page(
+    ctx: &Ctx,
+    agents: &Agents,
+    deploy: Option<&DeployState>,
+    mut page: AgentsPage,
+) -> PageResult<Response> {
     let now = now();
-    page.agents = agents
-        .list()
-        .await?
+    let list = agents.list().await?;
+    let mut per_agent = match deploy {
+        Some(d) => deployments::by_agent(d, &list).await?,
+        None => Vec::new(),
+    };
+    page.deploy_managed = deploy.is_some();
+    page.agents = list
         .into_iter()
-        .map(|a| AgentRow {
-            id: a.id.to_string(),
-            name: a.name,
-            teams: a.teams.join(", "),
-            status: a.status.as_str(),
-            active: a.status == AgentStatus::Active,
-            last_seen: a
-                .last_seen
-                .map(|t| format!("{} ({})", when(t), relative(t, now)))
-                .unwrap_or_else(|| "never".into()),
-            identity_expires: when(a.cert_not_after),
-            enrolled: when(a.created_at),
+        .map(|a| {
+            let deployments = per_agent
+                .iter_mut()
+                .find(|(id, _)| *id == a.id)
+                .map(|(_, rows)| std::mem::take(rows))
+                .unwrap_or_default();
+            AgentRow {
+                id: a.id.to_string(),
+                name: a.name,
+                teams: a.teams.join(", "),
+                status: a.status.as_str(),
+                active: a.status == AgentStatus::Active,
+                last_seen: a
+                    .last_seen
+                    .map(|t| format!("{} ({})", when(t), relative(t, now)))
+                    .unwrap_or_else(|| "never".into()),
+                identity_expires: when(a.cert_not_after),
+                enrolled: when(a.created_at),
+                version: latest_version(&deployments),
+                deployments,
+            }
         })
         .collect();
     let status = if page.error.is_empty() {
@@ -112,6 +146,7 @@ fn blank_agents(ctx: &Ctx) -> AgentsPage {
         form_name: String::new(),
         form_teams: String::new(),
         form_ttl: "60".into(),
+        deploy_managed: false,
     }
 }
 
@@ -119,6 +154,7 @@ fn blank_agents(ctx: &Ctx) -> AgentsPage {
 pub(super) async fn agents(
     ctx: Ctx,
     ext: Option<Extension<Agents>>,
+    deploy: Option<Extension<DeployState>>,
     RawQuery(raw): RawQuery,
 ) -> PageResult<Response> {
     require(&ctx, Permission::AgentAdmin, "administer agents")?;
@@ -127,13 +163,15 @@ pub(super) async fn agents(
     if raw.as_deref() == Some("done=disabled") {
         page.notice = "The agent was disabled: its next request is refused.";
     }
-    agents_page(&ctx, &agents, page).await
+    let deploy = deployments::deploy_of(deploy);
+    agents_page(&ctx, &agents, deploy.as_ref(), page).await
 }
 
 /// `POST /console/agents/join-token`: a single-use join token, shown once.
 pub(super) async fn join_token(
     ctx: Ctx,
     ext: Option<Extension<Agents>>,
+    deploy: Option<Extension<DeployState>>,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> PageResult<Response> {
@@ -141,13 +179,14 @@ pub(super) async fn join_token(
     ctx.check_form(&headers, &form)?;
     require(&ctx, Permission::AgentAdmin, "administer agents")?;
     let agents = agents_of(ext)?;
+    let deploy = deployments::deploy_of(deploy);
     let mut page = blank_agents(&ctx);
     page.form_name = form.get("name").trim().to_owned();
     page.form_teams = form.get("teams").to_owned();
     page.form_ttl = form.get("ttl_minutes").trim().to_owned();
     let Ok(ttl_minutes) = page.form_ttl.parse::<u32>() else {
         page.error = "Expires after: a whole number of minutes (1-1440)".into();
-        return agents_page(&ctx, &agents, page).await;
+        return agents_page(&ctx, &agents, deploy.as_ref(), page).await;
     };
     let teams = page
         .form_teams
@@ -185,7 +224,7 @@ pub(super) async fn join_token(
         }
         Err(e) => return Err(e.into()),
     }
-    agents_page(&ctx, &agents, page).await
+    agents_page(&ctx, &agents, deploy.as_ref(), page).await
 }
 
 /// `POST /console/agents/{id}/disable`.

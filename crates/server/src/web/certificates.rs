@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 
 use askama::Template;
+use axum::Extension;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -13,6 +14,7 @@ use certflow_api::CreateCertificateRequest;
 use certflow_core::DomainError;
 use certflow_core::SubjectName;
 use certflow_core::access::{Permission, Principal};
+use certflow_core::agents::AgentStatus;
 use certflow_core::error::FieldError;
 use certflow_core::model::{
     AuditEvent, AuditQuery, Certificate, CertificateQuery, CertificateStatus, KeyType,
@@ -20,10 +22,13 @@ use certflow_core::model::{
 };
 use certflow_core::renewal::JobState;
 use certflow_services::DownloadKind;
+use certflow_services::agents::Agents;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use super::deployments::{self, DeployRow};
 use super::{Ctx, Form, Layout, PageError, PageResult, html, redirect, relative, when};
+use crate::agent::deploy::DeployState;
 use crate::http::AppState;
 use crate::http::access::check_team;
 
@@ -73,7 +78,7 @@ pub(crate) async fn count(
 
 /// The certificate `id` if `p` holds `permission` for its team (an unknown
 /// id is a 404 for everyone, as in the API).
-async fn authorized(
+pub(crate) async fn authorized(
     state: &AppState,
     p: &Principal,
     id: Uuid,
@@ -436,6 +441,19 @@ struct Detail {
     can_key: bool,
     has_key: bool,
     revocable: bool,
+    /// Whether this server manages deployments (agents).
+    deploy_managed: bool,
+    deployments: Vec<DeployRow>,
+    /// Administrators assign and unassign agents.
+    can_assign: bool,
+    /// Active agents of the certificate's team not yet assigned.
+    assignable: Vec<AgentOption>,
+}
+
+/// An agent to choose.
+pub(crate) struct AgentOption {
+    pub id: String,
+    pub label: String,
 }
 
 /// `GET /console/certificates/{id}`.
@@ -444,6 +462,8 @@ pub(super) async fn detail(
     State(state): State<AppState>,
     Path(id): Path<Uuid>,
     RawQuery(raw): RawQuery,
+    agents: Option<Extension<Agents>>,
+    deploy: Option<Extension<DeployState>>,
 ) -> PageResult<Response> {
     let p = ctx.principal();
     authorized(&state, p, id, Permission::CertificateRead).await?;
@@ -520,8 +540,31 @@ pub(super) async fn detail(
         "done=created" => "The certificate was issued.",
         "done=renewed" => "The certificate was renewed: a new version is current.",
         "done=revoked" => "The certificate was revoked.",
+        "done=assigned" => "The certificate was assigned: the agent installs it on its next poll.",
+        "done=unassigned" => "The agent no longer installs this certificate.",
         _ => "",
     };
+    let deploy = deployments::deploy_of(deploy);
+    let rows = match &deploy {
+        Some(d) => deployments::certificate_rows(d, id).await?,
+        None => Vec::new(),
+    };
+    let can_assign = deploy.is_some()
+        && agents.is_some()
+        && p.can(Permission::AgentAdmin, None)
+        && c.status != CertificateStatus::Archived;
+    let mut assignable = Vec::new();
+    if can_assign && let Some(Extension(agents)) = &agents {
+        for a in agents.list().await? {
+            let assigned = rows.iter().any(|r| r.agent_id == a.id.to_string());
+            if a.status == AgentStatus::Active && a.teams.contains(&c.team) && !assigned {
+                assignable.push(AgentOption {
+                    id: a.id.to_string(),
+                    label: format!("{} ({})", a.name, a.teams.join(", ")),
+                });
+            }
+        }
+    }
     let current = view
         .versions
         .iter()
@@ -575,6 +618,10 @@ pub(super) async fn detail(
         can_key: p.can(Permission::KeyDownload, Some(&c.team)),
         has_key: current.is_some_and(|v| v.key_blob.is_some()),
         revocable: c.status == CertificateStatus::Active,
+        deploy_managed: deploy.is_some(),
+        deployments: rows,
+        can_assign,
+        assignable,
     };
     Ok(html(&page))
 }

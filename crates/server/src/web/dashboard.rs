@@ -13,7 +13,9 @@ use certflow_services::agents::Agents;
 use time::{Duration, OffsetDateTime};
 
 use super::certificates::{count, readable_teams};
+use super::deployments::{DeployRow, deploy_of, undeployed};
 use super::{Ctx, Layout, PageResult, html, relative, when};
+use crate::agent::deploy::DeployState;
 use crate::http::AppState;
 
 /// Weeks on the timeline: 13 weeks, the next 91 days.
@@ -122,13 +124,22 @@ struct Dashboard {
     failing: Vec<Failing>,
     agents_shown: bool,
     quiet: Vec<QuietAgent>,
+    /// Whether this server manages deployments.
+    deploy_managed: bool,
+    /// Current versions failed or late on an agent (at most [`UNDEPLOYED_SHOWN`]).
+    undeployed: Vec<DeployRow>,
+    undeployed_total: usize,
 }
+
+/// Undeployed versions listed on the dashboard.
+const UNDEPLOYED_SHOWN: usize = 20;
 
 /// `GET /console/`.
 pub(super) async fn page(
     ctx: Ctx,
     State(state): State<AppState>,
     agents: Option<Extension<Agents>>,
+    deploy: Option<Extension<DeployState>>,
 ) -> PageResult<Response> {
     let now = super::certificates::now();
     let p = ctx.principal();
@@ -209,6 +220,13 @@ pub(super) async fn page(
         });
     }
 
+    let deploy = deploy_of(deploy);
+    let (undeployed, undeployed_total) = match (&deploy, &agents) {
+        (Some(d), Some(Extension(a))) => undeployed(d, a, &teams, UNDEPLOYED_SHOWN).await?,
+        _ => (Vec::new(), 0),
+    };
+
+    let deploy_managed = deploy.is_some() && agents.is_some();
     let agents_shown = p.can(Permission::AgentAdmin, None) && agents.is_some();
     let mut quiet = Vec::new();
     if agents_shown && let Some(Extension(agents)) = agents {
@@ -252,5 +270,8 @@ pub(super) async fn page(
         failing,
         agents_shown,
         quiet,
+        deploy_managed,
+        undeployed,
+        undeployed_total,
     }))
 }

@@ -19,6 +19,7 @@ mod admin;
 mod assets;
 mod certificates;
 mod dashboard;
+mod deployments;
 
 use std::net::SocketAddr;
 
@@ -75,6 +76,14 @@ pub fn router() -> Router<AppState> {
         .route(
             "/console/certificates/{id}/download-key",
             post(certificates::download_key),
+        )
+        .route(
+            "/console/certificates/{id}/assign",
+            post(deployments::assign),
+        )
+        .route(
+            "/console/certificates/{id}/unassign",
+            post(deployments::unassign),
         )
         .route("/console/agents", get(admin::agents))
         .route("/console/agents/join-token", post(admin::join_token))

@@ -60,3 +60,82 @@ fn csp_forbids_inline_code_plugins_base_and_framing() {
     }
     assert!(!CSP.contains("unsafe"));
 }
+
+#[test]
+fn deployment_rows_say_what_is_served_what_failed_and_whether_it_is_late() {
+    use certflow_core::deployments::{
+        AssignedCertificate, Deployment, DeploymentState, DeploymentStatus,
+    };
+    use certflow_core::model::{CertificateStatus, KeySource};
+    let t0 = time::macros::datetime!(2026-03-02 12:00 UTC);
+    let hour = time::Duration::hours(1);
+    let state = |report: Option<Deployment>| DeploymentState {
+        agent_id: uuid::Uuid::nil(),
+        agent_name: "web-01".into(),
+        assigned: AssignedCertificate {
+            certificate_id: uuid::Uuid::nil(),
+            name: "www".into(),
+            team: "web".into(),
+            key_source: KeySource::Csr,
+            status: CertificateStatus::Active,
+            version: 2,
+            serial: "02".into(),
+            fingerprint_sha256: "ab".into(),
+            names: vec![],
+            not_after: t0 + time::Duration::days(30),
+            issued_at: t0,
+            assigned_at: t0,
+        },
+        last_report: report,
+        drift_notified_version: None,
+    };
+    let report = |version, status, attempted, error: Option<&str>| Deployment {
+        agent_id: uuid::Uuid::nil(),
+        certificate_id: uuid::Uuid::nil(),
+        version,
+        fingerprint_sha256: "ab".into(),
+        status,
+        attempted_version: attempted,
+        error: error.map(str::to_owned),
+        reported_at: t0,
+        agent_version: Some("certflow-agent/1.0".into()),
+    };
+
+    let pending = deployments::row(state(None), t0 + time::Duration::minutes(5), hour);
+    assert_eq!(
+        (
+            pending.status.as_str(),
+            pending.deployed.as_str(),
+            pending.current
+        ),
+        ("pending", "none", 2)
+    );
+    assert!(!pending.drift && !pending.up_to_date);
+    assert_eq!(pending.reported, "never");
+
+    let late = deployments::row(state(None), t0 + hour, hour);
+    assert!(late.drift, "not installed within the tolerance");
+
+    let failed = deployments::row(
+        state(Some(report(
+            1,
+            DeploymentStatus::Failed,
+            Some(2),
+            Some("reload failed"),
+        ))),
+        t0 + time::Duration::minutes(5),
+        hour,
+    );
+    assert_eq!(failed.status, "failed");
+    assert_eq!(failed.deployed, "1");
+    assert_eq!(failed.error, "version 2: reload failed");
+    assert_eq!(failed.agent_version, "certflow-agent/1.0");
+
+    let done = deployments::row(
+        state(Some(report(2, DeploymentStatus::Installed, None, None))),
+        t0 + time::Duration::days(3),
+        hour,
+    );
+    assert!(done.up_to_date && !done.drift);
+    assert_eq!(done.error, "");
+}

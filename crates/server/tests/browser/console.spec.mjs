@@ -4,18 +4,27 @@
 // `certflow serve`, with:
 //   CERTFLOW_URL     http://127.0.0.1:<port> of certflow
 //   SCREENSHOT_DIR   where each page's screenshot goes (test artifacts)
+//   AGENT_URL        https://127.0.0.1:<port> of certflow's agent listener (mTLS)
+//   AGENT_CA         PEM file of the CA that issued the listener's certificate
+//   WORK_DIR         scratch directory (the test agent's key and CSR, by openssl)
 // Exits non-zero, saying which step failed, on the first failure.
 //
 // Flow: sign in through the provider's own login form; request a certificate
 // (first with a bad name: the message sits next to the field); find it in the
 // inventory (live search through htmx); open it; renew; download the chain, a
 // PEM bundle with the key and a PKCS#12; revoke after the confirmation page;
-// see every step in the audit log; then as a viewer: no actions shown, and
+// see every step in the audit log; enrol an agent over the agent API with a
+// join token created on the agents page, assign the certificate to it from
+// the certificate's page, and see its reports (installed, then a failed
+// install of the renewed version) on the certificate, agents and dashboard
+// pages; unassign it; then as a viewer: no actions shown, and
 // posting them anyway is refused. axe-core runs on every page (no serious or
 // critical violation), and any Content-Security-Policy violation fails.
 
 import { createRequire } from 'node:module';
+import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
+import https from 'node:https';
 import path from 'node:path';
 import { chromium } from 'playwright-core';
 
@@ -25,6 +34,10 @@ const SHOTS = process.env.SCREENSHOT_DIR;
 if (!BASE || !SHOTS) throw new Error('CERTFLOW_URL and SCREENSHOT_DIR are required');
 fs.mkdirSync(SHOTS, { recursive: true });
 const AXE = fs.readFileSync(require.resolve('axe-core/axe.min.js'), 'utf8');
+const AGENT_URL = process.env.AGENT_URL;
+const AGENT_CA = process.env.AGENT_CA && fs.readFileSync(process.env.AGENT_CA, 'utf8');
+const WORK = process.env.WORK_DIR;
+if (!AGENT_URL || !AGENT_CA || !WORK) throw new Error('AGENT_URL, AGENT_CA and WORK_DIR are required');
 
 let step = 'start';
 const log = (msg) => console.log(`[console.spec] ${msg}`);
@@ -92,6 +105,52 @@ async function audit(page, name) {
   if (minor.length) log(`${name}: minor axe findings ${minor.map((v) => `${v.id}(${v.impact})`).join(', ')}`);
   await page.screenshot({ path: path.join(SHOTS, `${name}.png`), fullPage: true });
   pages.push(name);
+}
+
+/** One request to the agent listener: TLS verified against AGENT_CA, with the agent's identity when given. */
+function agentCall(method, urlPath, { body, bearer, identity } = {}) {
+  return new Promise((resolve, reject) => {
+    const data = body === undefined ? undefined : JSON.stringify(body);
+    const req = https.request(`${AGENT_URL}${urlPath}`, {
+      method,
+      ca: AGENT_CA,
+      ...(identity || {}),
+      headers: {
+        ...(data ? { 'content-type': 'application/json' } : {}),
+        ...(bearer ? { authorization: `Bearer ${bearer}` } : {}),
+      },
+    }, (res) => {
+      let text = '';
+      res.on('data', (c) => { text += c; });
+      res.on('end', () => resolve({ status: res.statusCode, json: text ? JSON.parse(text) : null }));
+    });
+    req.on('error', reject);
+    if (data) req.write(data);
+    req.end();
+  });
+}
+
+/** Enrols an agent with a join token: a P-256 key and CSR from openssl, the identity from certflow. */
+async function enrolAgent(token) {
+  execFileSync('openssl', ['req', '-new', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes',
+    '-keyout', path.join(WORK, 'agent.key'), '-out', path.join(WORK, 'agent.csr'), '-subj', '/CN=web-01'], { stdio: 'pipe' });
+  const csr = fs.readFileSync(path.join(WORK, 'agent.csr'), 'utf8');
+  const r = await agentCall('POST', '/agent/v1/enroll', { body: { csr }, bearer: token });
+  check(r.status === 201, `enrol: ${r.status} ${JSON.stringify(r.json)}`);
+  return { id: r.json.agent_id, identity: { cert: r.json.certificate_pem, key: fs.readFileSync(path.join(WORK, 'agent.key'), 'utf8') } };
+}
+
+/** The agent's assignment of `certId` (what it polls). */
+async function assignmentOf(agent, certId) {
+  const r = await agentCall('GET', '/agent/v1/assignments', { identity: agent.identity });
+  check(r.status === 200, `assignments: ${r.status}`);
+  return r.json.items.find((i) => i.certificate_id === certId);
+}
+
+/** The agent reports one certificate. */
+async function report(agent, item) {
+  const r = await agentCall('POST', '/agent/v1/reports', { body: { items: [item], agent_version: 'certflow-agent/test' }, identity: agent.identity });
+  check(r.status === 204, `report: ${r.status} ${JSON.stringify(r.json)}`);
 }
 
 async function headers(page, url) {
@@ -172,9 +231,49 @@ try {
   check(await page.locator('text=ecdsa-p384').count() > 0, 'key type shown');
   check(await page.locator('.tag', { hasText: 'env=prod' }).count() === 1, 'label shown');
 
+  step = 'agents: a join token, and an agent enrolled with it';
+  await page.goto(`${BASE}/console/agents`);
+  await page.fill('#j-name', 'web-01');
+  await page.fill('#j-teams', 'payments');
+  await page.click('button:has-text("Create join token")');
+  const joinToken = await page.locator('#join-token').innerText();
+  check(/^cfj_/.test(joinToken), 'token shown once');
+  const agent = await enrolAgent(joinToken);
+  log(`agent ${agent.id}`);
+
+  step = 'deployments: assign the certificate to the agent';
+  await page.goto(`${BASE}/console/certificates/${id}`);
+  check(await page.locator('#no-deployments').isVisible(), 'no deployment yet');
+  await page.selectOption('#assign-agent', agent.id);
+  await Promise.all([page.waitForURL(/done=assigned$/), page.click('button:text-is("Assign")')]);
+  let deployRow = page.locator('table.deployments tbody tr', { hasText: 'web-01' });
+  check((await deployRow.innerText()).includes('pending'), 'pending until the agent reports');
+  let assigned = await assignmentOf(agent, id);
+  check(assigned && assigned.version === 1, `the agent sees version 1: ${JSON.stringify(assigned)}`);
+  const v1Fingerprint = assigned.fingerprint_sha256;
+  await report(agent, { certificate_id: id, version: 1, fingerprint_sha256: v1Fingerprint, status: 'installed' });
+  await page.reload();
+  deployRow = page.locator('table.deployments tbody tr', { hasText: 'web-01' });
+  let cells = await deployRow.locator('td').allInnerTexts();
+  check(cells[1] === '1' && cells[2] === '1' && cells[3].startsWith('installed'), `installed v1: ${cells}`);
+
   step = 'renew';
   await Promise.all([page.waitForURL(/done=renewed/), page.click('button:has-text("Renew now")')]);
   check(await page.locator('table tbody tr').filter({ hasText: 'current' }).first().innerText().then((t) => t.startsWith('2')), 'version 2 is current');
+  cells = await page.locator('table.deployments tbody tr', { hasText: 'web-01' }).locator('td').allInnerTexts();
+  check(cells[1] === '1' && cells[2] === '2' && /behind/.test(cells[3]), `deployed 1, current 2: ${cells}`);
+
+  step = 'deployments: a failed install of version 2';
+  assigned = await assignmentOf(agent, id);
+  check(assigned.version === 2, 'the agent sees the renewal');
+  await report(agent, { certificate_id: id, version: 1, fingerprint_sha256: v1Fingerprint, status: 'failed', attempted_version: 2, error: 'nginx -t: certificate key mismatch' });
+  await page.reload();
+  cells = await page.locator('table.deployments tbody tr', { hasText: 'web-01' }).locator('td').allInnerTexts();
+  check(cells[3].startsWith('failed') && /version 2: nginx -t/.test(cells[4]), `failed with its error: ${cells}`);
+  await page.goto(`${BASE}/console/`);
+  const undeployed = await page.locator('table.deployments').innerText();
+  check(undeployed.includes('web.console.example.com') && undeployed.includes('failed') && undeployed.includes('web-01'), `dashboard lists the undeployed version: ${undeployed}`);
+  await page.goto(`${BASE}/console/certificates/${id}`);
 
   step = 'download the full chain';
   let [dl] = await Promise.all([page.waitForEvent('download'), page.click('a:has-text("Download full chain")')]);
@@ -219,14 +318,6 @@ try {
   await page.goto(`${BASE}/console/audit?outcome=maybe`);
   check(await page.locator('.error-box').isVisible(), 'bad audit filter explained');
 
-  step = 'agents: a join token';
-  await page.goto(`${BASE}/console/agents`);
-  await page.fill('#j-name', 'web-01');
-  await page.fill('#j-teams', 'payments');
-  await page.click('button:has-text("Create join token")');
-  check(/^cfj_/.test(await page.locator('#join-token').innerText()), 'token shown once');
-  await audit(page, 'agents');
-
   for (const [name, url] of [['issuers', '/console/issuers'], ['subscriptions', '/console/subscriptions']]) {
     step = name;
     const r = await page.goto(`${BASE}${url}`);
@@ -240,12 +331,34 @@ try {
     await page.fill('#team', host === 'search' ? 'search' : 'payments');
     await page.fill('#validity_days', String(days));
     await Promise.all([page.waitForURL(/done=created$/), page.click('button:has-text("Request certificate")')]);
+    if (host === 'api') {
+      const apiId = page.url().match(/certificates\/([0-9a-f-]{36})/)[1];
+      await page.selectOption('#assign-agent', agent.id);
+      await Promise.all([page.waitForURL(/done=assigned$/), page.click('button:text-is("Assign")')]);
+      await report(agent, { certificate_id: apiId, version: 0, fingerprint_sha256: '', status: 'broken', attempted_version: 1, error: 'reload timed out; rollback failed' });
+    }
   }
+  step = 'deployments: unassign';
+  await page.goto(`${BASE}/console/certificates/${id}`);
+  await Promise.all([page.waitForURL(/done=unassigned$/), page.click('button:has-text("Unassign")')]);
+  check(await page.locator('#no-deployments').isVisible(), 'no agent installs it any more');
+  check(await assignmentOf(agent, id) === undefined, 'the agent no longer sees it');
   step = 'dashboard with data';
   await page.goto(`${BASE}/console/`);
   check(await page.locator('.card .num').first().innerText() === '5', 'five active certificates');
   check(await page.locator('svg.chart text.count').count() >= 3, 'bars for the weeks with expiries');
   await audit(page, 'dashboard');
+  check((await page.locator('table.deployments').innerText()).includes('api.console.example.com'), 'the broken install is undeployed');
+
+  step = 'agents: assignments and deployment results';
+  await page.goto(`${BASE}/console/agents`);
+  check(await page.locator('h3', { hasText: 'web-01' }).count() === 1, 'the agent has its section');
+  const agentRow = page.locator('table.deployments tr', { hasText: 'web.console.example.com' });
+  check(await agentRow.count() === 0, 'unassigned after the unassign');
+  check((await page.locator('table tbody tr', { hasText: 'web-01' }).first().innerText()).includes('certflow-agent/test'), 'agent version from its report');
+  check((await page.locator('table.deployments tr', { hasText: 'api.console.example.com' }).innerText()).includes('broken'), 'its broken install');
+  await audit(page, 'agents');
+
 
   step = 'a form without the CSRF token is refused';
   const forged = await page.evaluate(async (certId) => {
@@ -275,6 +388,8 @@ try {
       await post(`/console/certificates/${certId}/revoke`, { reason: 'superseded', confirm: 'yes' }),
       await post(`/console/certificates/${certId}/download-key`, { format: 'pem' }),
       await post('/console/agents/join-token', { name: 'x', ttl_minutes: '5' }),
+      await post(`/console/certificates/${certId}/assign`, { agent_id: '00000000-0000-7000-8000-000000000000' }),
+      await post(`/console/certificates/${certId}/unassign`, { agent_id: '00000000-0000-7000-8000-000000000000' }),
     ];
   }, id);
   check(refused.every((s) => s === 403), `statuses ${refused}`);

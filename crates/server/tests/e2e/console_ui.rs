@@ -2,7 +2,9 @@
 //! (oidc-provider, `oidc/login-provider.mjs`) and the real `certflow serve`,
 //! driven by Debian's chromium through playwright-core
 //! (`tests/browser/console.spec.mjs`, which also runs axe-core on every page
-//! and saves screenshots under `target/console-screenshots/`).
+//! and saves screenshots under `target/console-screenshots/`). The agent
+//! listener is on too: the script enrols an agent over mTLS with a join token
+//! made on the agents page, and its reports show on the console's pages.
 //!
 //! The session cookie is `__Host-` and `Secure`; chromium keeps it on
 //! `http://127.0.0.1` because loopback is a potentially trustworthy origin,
@@ -66,6 +68,7 @@ fn start_op(dir: &Path, port: u16, console: &str) -> (Op, String) {
 fn console_in_chromium_request_find_renew_download_revoke_audit_and_viewer() {
     require("node", "apt-get install nodejs (scripts/peers.sh)");
     require("chromium", "apt-get install chromium (scripts/peers.sh)");
+    require("openssl", "apt-get install openssl");
     let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let browser_dir = manifest.join("tests/browser");
     assert!(
@@ -102,20 +105,48 @@ viewer = ["certflow-viewers"]
     )
     .unwrap();
     let listen = format!("127.0.0.1:{port}");
+    let agent_listen = format!("127.0.0.1:{}", super::renewal::free_port());
     let server = start(
         &tmp.path().join("data"),
         &[
             ("CERTFLOW_SERVER__LISTEN", listen.as_str()),
             ("CERTFLOW_CONFIG", config.to_str().unwrap()),
+            ("CERTFLOW_AGENT__LISTEN", agent_listen.as_str()),
         ],
     )
     .expect("certflow starts with [auth.oidc]");
+    // The agent listener's certificate comes from the internal CA: the test
+    // agent (in the browser script) trusts its chain, read with the bootstrap token.
+    let token = server
+        .token_line
+        .clone()
+        .expect("first start prints the bootstrap token");
+    let issuers: serde_json::Value = reqwest::blocking::Client::new()
+        .get(format!("{console}/console/api/v1/issuers"))
+        .bearer_auth(&token)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let ca = tmp.path().join("agent-ca.pem");
+    std::fs::write(
+        &ca,
+        format!(
+            "{}{}",
+            issuers[0]["issuing_cert_pem"].as_str().unwrap(),
+            issuers[0]["chain_pem"].as_str().unwrap()
+        ),
+    )
+    .unwrap();
     let shots = manifest.join("../../target/console-screenshots");
     let out = Command::new("node")
         .arg(browser_dir.join("console.spec.mjs"))
         .current_dir(&browser_dir)
         .env("CERTFLOW_URL", &console)
         .env("SCREENSHOT_DIR", &shots)
+        .env("AGENT_URL", format!("https://{agent_listen}"))
+        .env("AGENT_CA", &ca)
+        .env("WORK_DIR", tmp.path())
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -132,6 +163,7 @@ viewer = ["certflow-viewers"]
         "inventory",
         "certificate",
         "audit",
+        "agents",
         "certificate-viewer",
     ] {
         assert!(
