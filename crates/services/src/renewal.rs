@@ -68,7 +68,15 @@ impl Services {
             }
             _ => None,
         };
-        policy.renew_after(version.not_before, version.not_after, ari, u)
+        // notBefore is backdated a minute for relying parties whose clocks run
+        // behind; the lifetime the policy divides starts at issuance, or a
+        // short-lived certificate (60 s valid, 120 s from notBefore) would be
+        // due at once under any fraction below one half.
+        let issued = version
+            .created_at
+            .max(version.not_before)
+            .min(version.not_after);
+        policy.renew_after(issued, version.not_after, ari, u)
     }
 
     /// Performs one renewal job: renews the job's version unless a later one

@@ -140,6 +140,12 @@ impl MetadataStore for FailingCommits {
     async fn list_audit(&self, q: &AuditQuery) -> DomainResult<Page<AuditEvent>> {
         self.inner.list_audit(q).await
     }
+    async fn certificate_stats(
+        &self,
+        expiring_before: OffsetDateTime,
+    ) -> DomainResult<certflow_core::model::CertificateStats> {
+        self.inner.certificate_stats(expiring_before).await
+    }
     async fn get_setting(&self, k: &str) -> DomainResult<Option<String>> {
         self.inner.get_setting(k).await
     }
@@ -510,4 +516,32 @@ async fn fixture_result(key: MasterKey, dir: tempfile::TempDir) -> DomainResult<
         .ensure_ca(&settings, OffsetDateTime::now_utc())
         .await
         .map(|_| ())
+}
+
+/// The renewal fraction divides the lifetime from issuance, not from the
+/// backdated notBefore: a 60 s certificate at fraction 0.3 is due 18 s after
+/// issuance, not at once.
+#[tokio::test]
+async fn short_lived_certificates_are_not_due_at_issuance() {
+    let f = fixture(MasterKey::generate().unwrap(), vec![], None).await;
+    let now = OffsetDateTime::now_utc();
+    let mut req = request("short.example.com");
+    req.validity_seconds = Some(60);
+    req.renewal = Some(certflow_api::RenewalPolicyView {
+        renew_at_fraction: 0.3,
+        renew_before_days: None,
+        jitter_fraction: 0.0,
+    });
+    let view = f
+        .services
+        .create_certificate(&Actor::system(), &req, now)
+        .await
+        .unwrap();
+    let v = &view.versions[0];
+    assert!(v.not_before < v.created_at, "notBefore is backdated");
+    let due = view.certificate.renew_after - v.created_at;
+    assert!(
+        (time::Duration::seconds(17)..=time::Duration::seconds(19)).contains(&due),
+        "due {due} after issuance"
+    );
 }

@@ -350,9 +350,10 @@ fn agent_keeps_nginx_serving_current_certificates() {
     let mut env: Vec<(&str, &str)> = FAST.to_vec();
     env.extend([
         ("CERTFLOW_AGENT__LISTEN", listen.as_str()),
+        // 60 s certificates due 3 s after issuance: several rotations in 20 s.
         (
             "CERTFLOW_RENEWAL__POLICY__DEFAULT__RENEW_AT_FRACTION",
-            "0.3",
+            "0.05",
         ),
         ("CERTFLOW_RENEWAL__POLICY__DEFAULT__JITTER_FRACTION", "0.0"),
     ]);
