@@ -9,6 +9,7 @@ pub mod error;
 pub mod model;
 pub mod names;
 pub mod notify;
+pub mod policy;
 pub mod ports;
 pub mod profile;
 pub mod renewal;

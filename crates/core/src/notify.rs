@@ -33,11 +33,15 @@ pub enum EventKind {
     DeploymentFailed,
     /// A new version was not reported installed by an agent in time.
     DeploymentDrift,
+    /// Issuance was refused: a renewal against an issuance policy tightened
+    /// since the certificate was issued, or a certificate that failed
+    /// pre-issuance linting. Not retried: someone must act.
+    PolicyViolation,
 }
 
 impl EventKind {
     /// Every kind, for validation and listings.
-    pub const ALL: [EventKind; 9] = [
+    pub const ALL: [EventKind; 10] = [
         EventKind::Issued,
         EventKind::Renewed,
         EventKind::RenewalFailing,
@@ -47,6 +51,7 @@ impl EventKind {
         EventKind::Digest,
         EventKind::DeploymentFailed,
         EventKind::DeploymentDrift,
+        EventKind::PolicyViolation,
     ];
 
     /// Stable identifier.
@@ -61,6 +66,7 @@ impl EventKind {
             EventKind::Digest => "digest",
             EventKind::DeploymentFailed => "deployment-failed",
             EventKind::DeploymentDrift => "deployment-drift",
+            EventKind::PolicyViolation => "policy-violation",
         }
     }
 

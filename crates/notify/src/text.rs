@@ -75,6 +75,7 @@ pub fn headline(n: &Notification) -> String {
         EventKind::Revoked => format!("{name} revoked"),
         EventKind::DeploymentFailed => format!("{name} deployment failed{}", on_agent(n)),
         EventKind::DeploymentDrift => format!("{name} new version not deployed{}", on_agent(n)),
+        EventKind::PolicyViolation => format!("{name} issuance refused by policy"),
         EventKind::Digest => {
             let count = digest(n).map(|d| d.certificates.len()).unwrap_or(0);
             format!(
@@ -209,4 +210,36 @@ pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         }
     }
     parts.join(": ")
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policy_violation_reads_as_a_refusal_with_its_reason() {
+        let n = Notification {
+            id: Uuid::now_v7(),
+            kind: EventKind::PolicyViolation,
+            team: "payments".into(),
+            certificate_id: Some(Uuid::now_v7()),
+            certificate_name: Some("api.example.com".into()),
+            version: Some(3),
+            not_after: None,
+            days_left: None,
+            reason: Some(
+                "names[0]: 'api.example.com' violates policy.teams.payments.allowed_domains".into(),
+            ),
+            summary: "renewal of api.example.com refused by issuance policy".into(),
+            details: serde_json::json!({}),
+            at: OffsetDateTime::UNIX_EPOCH,
+        };
+        assert_eq!(
+            subject(&n),
+            "[certflow] api.example.com issuance refused by policy"
+        );
+        assert!(one_line(&n).contains("reason: names[0]: 'api.example.com' violates"));
+        assert!(body(&n).contains("Event:         policy-violation"));
+    }
 }
