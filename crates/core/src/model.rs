@@ -534,6 +534,8 @@ pub struct CertificateQuery {
     pub status: Option<CertificateStatus>,
     /// Only certificates whose current version expires before this instant.
     pub expires_before: Option<OffsetDateTime>,
+    /// Only certificates issued by this issuer.
+    pub issuer_id: Option<Uuid>,
     /// Sort key.
     pub sort: SortKey,
     /// Descending order.

@@ -21,6 +21,9 @@ pub struct PendingLogin {
     pub created_at: OffsetDateTime,
     /// After this the callback is refused.
     pub expires_at: OffsetDateTime,
+    /// The console page to show after the login (a path under `/console/`,
+    /// checked before it is stored); `None`: the dashboard.
+    pub return_to: Option<String>,
 }
 
 /// A signed-in browser session.

@@ -68,6 +68,11 @@ const MIGRATIONS: &[Embedded] = &[
         "agent subject",
         include_str!("../migrations/postgres/0008_agent_subject.sql"),
     ),
+    (
+        9,
+        "login return_to",
+        include_str!("../migrations/postgres/0009_login_return_to.sql"),
+    ),
 ];
 
 /// Key of the advisory lock held while migrating ("certflow" in ASCII).

@@ -337,6 +337,9 @@ fn push_certificate_filters(sql: &mut Sql, q: &CertificateQuery) {
         sql.push(" AND c.not_after < ")
             .push_bind(codec::ceil_secs(before));
     }
+    if let Some(issuer) = q.issuer_id {
+        sql.push(" AND c.issuer_id = ").push_bind(id(issuer));
+    }
 }
 
 fn push_audit_filters(sql: &mut Sql, q: &AuditQuery) {

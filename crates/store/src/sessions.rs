@@ -47,14 +47,15 @@ impl<B: Backend> SessionStore for SqlStore<B> {
     async fn insert_pending_login(&self, login: &PendingLogin) -> DomainResult<()> {
         let mut conn = self.pool().acquire().await.map_err(map)?;
         let sql = Sql::new(
-            "INSERT INTO login_states (state_hash, nonce, pkce_verifier, created_ms, expires_ms) \
-             VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO login_states (state_hash, nonce, pkce_verifier, created_ms, expires_ms, \
+             return_to) VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .bind(login.state_hash.as_str())
         .bind(login.nonce.as_str())
         .bind(login.pkce_verifier.as_str())
         .bind(millis(login.created_at))
-        .bind(millis(login.expires_at));
+        .bind(millis(login.expires_at))
+        .bind(login.return_to.as_deref());
         B::execute(&mut conn, sql).await.map_err(|e| {
             conflict(e, |v| {
                 (v == Violation::PrimaryKey).then(|| "login state already exists".to_owned())
@@ -68,7 +69,7 @@ impl<B: Backend> SessionStore for SqlStore<B> {
             .fetch_optional(
                 Sql::new(
                     "DELETE FROM login_states WHERE state_hash = $1 \
-                     RETURNING state_hash, nonce, pkce_verifier, created_ms, expires_ms",
+                     RETURNING state_hash, nonce, pkce_verifier, created_ms, expires_ms, return_to",
                 )
                 .bind(state_hash),
             )
@@ -80,6 +81,7 @@ impl<B: Backend> SessionStore for SqlStore<B> {
                 pkce_verifier: row.text("pkce_verifier")?,
                 created_at: get_millis(&row, "created_ms")?,
                 expires_at: get_millis(&row, "expires_ms")?,
+                return_to: row.opt_text("return_to")?,
             })
         })
         .transpose()
@@ -272,6 +274,7 @@ mod tests {
             pkce_verifier: "v1".into(),
             created_at: now,
             expires_at: now + Duration::minutes(10),
+            return_to: Some("/console/certificates?team=a&label=env%3Dprod".into()),
         };
         store.insert_pending_login(&login).await.unwrap();
         assert!(matches!(
@@ -325,6 +328,7 @@ mod tests {
             pkce_verifier: "v".into(),
             created_at: now,
             expires_at: now + Duration::seconds(1),
+            return_to: None,
         };
         store.insert_pending_login(&old).await.unwrap();
         assert_eq!(

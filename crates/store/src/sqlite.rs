@@ -65,6 +65,11 @@ const MIGRATIONS: &[Embedded] = &[
         "agent subject",
         include_str!("../migrations/sqlite/0008_agent_subject.sql"),
     ),
+    (
+        9,
+        "login return_to",
+        include_str!("../migrations/sqlite/0009_login_return_to.sql"),
+    ),
 ];
 
 /// How long a statement waits for another connection's write lock.

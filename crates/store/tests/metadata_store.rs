@@ -1111,6 +1111,41 @@ mod suite {
         );
     }
 
+    pub async fn list_filters_by_issuer(store: &dyn MetadataStore) {
+        let main = seed_issuer(store).await;
+        let other = issuer("other", false);
+        store
+            .insert_issuer(&other, &event("issuer.import", "issuer/other"))
+            .await
+            .unwrap();
+        let a = certificate(&main, "a.example.com", "t");
+        let b = certificate(&other, "b.example.com", "t");
+        let c = certificate(&other, "c.example.com", "u");
+        for cert in [&a, &b, &c] {
+            create(store, cert).await;
+        }
+        let by = |issuer: Uuid| CertificateQuery {
+            issuer_id: Some(issuer),
+            ..query()
+        };
+        assert_eq!(ids(store, &by(main.id)).await, vec![a.id]);
+        assert_eq!(
+            sorted(ids(store, &by(other.id)).await),
+            sorted(vec![b.id, c.id])
+        );
+        // Combined with another filter, and counted.
+        let page = store
+            .list_certificates(&CertificateQuery {
+                team: Some("u".into()),
+                ..by(other.id)
+            })
+            .await
+            .unwrap();
+        assert_eq!((page.total, page.items[0].id), (1, c.id));
+        // An unknown issuer matches nothing.
+        assert!(ids(store, &by(Uuid::new_v4())).await.is_empty());
+    }
+
     // ------------------------------------------------------- due for renewal
 
     /// An active certificate that becomes due for renewal at `renew_after`.
@@ -3967,6 +4002,7 @@ macro_rules! metadata_store_suite {
             revoke_transitions,
             revoking_an_archived_certificate_keeps_it_archived,
             list_revoked_is_per_issuer,
+            list_filters_by_issuer,
             due_for_renewal_returns_due_active_oldest_first,
             due_for_renewal_respects_limit,
             archive_transitions,

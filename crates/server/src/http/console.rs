@@ -244,6 +244,8 @@ pub struct ListParams {
     pub status: Option<String>,
     /// Only certificates expiring within this many days.
     pub expiring_within_days: Option<u32>,
+    /// Only certificates of this issuer (its id, from `GET /issuers`).
+    pub issuer_id: Option<Uuid>,
     /// `name` (default), `not_after` or `created_at`.
     pub sort: Option<String>,
     /// `asc` (default) or `desc`.
@@ -288,6 +290,11 @@ fn parse_list_query(raw: Option<&str>) -> ApiResult<CertificateQuery> {
                     )
                 })?;
                 q.expires_before = Some(now() + time::Duration::days(i64::from(days.min(36_500))));
+            }
+            "issuer_id" => {
+                q.issuer_id = Some(Uuid::parse_str(&v).map_err(|_| {
+                    ApiError::invalid_field("issuer_id", "must be an issuer id (a UUID)")
+                })?)
             }
             "sort" => {
                 q.sort = match v.as_str() {

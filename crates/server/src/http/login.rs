@@ -161,12 +161,14 @@ impl ConsoleAuth {
 }
 
 /// Routes of the login flow and the session: `/console/login`,
-/// `/console/callback`, `/console/logout`, `/console/session`.
+/// `/console/callback`, `/console/logout` (JSON, for scripts),
+/// `/console/sign-out` (the pages' form) and `/console/session`.
 pub fn router(console: ConsoleAuth) -> Router {
     Router::new()
         .route("/console/login", get(login))
         .route("/console/callback", get(callback))
         .route("/console/logout", post(logout))
+        .route("/console/sign-out", post(sign_out))
         .route("/console/session", get(session::get_session))
         .with_state(console)
         .layer(axum::extract::DefaultBodyLimit::max(super::BODY_LIMIT))
@@ -261,11 +263,48 @@ fn with_query(endpoint: &str, params: &[(&str, &str)]) -> ApiResult<String> {
     Ok(format!("{endpoint}{sep}{query}"))
 }
 
-/// `GET /console/login`: start a login at the provider.
+/// Query of `GET /console/login`.
+#[derive(Debug, Deserialize)]
+struct LoginQuery {
+    /// The console page to come back to (see [`safe_return_to`]).
+    return_to: Option<String>,
+}
+
+/// Longest `return_to` kept.
+const MAX_RETURN_TO: usize = 2000;
+
+/// `return_to` if it is a path of this console to come back to after the
+/// login, else `None` (the dashboard). Only same-origin relative paths under
+/// `/console/` pass: not `//host` or `/\host` (browsers read both as another
+/// host), no scheme, no control characters or spaces, no `..` segment, and
+/// not the login routes themselves (a loop). Anything else would make the
+/// login an open redirect.
+pub fn safe_return_to(return_to: &str) -> Option<String> {
+    let path = return_to.split(['?', '#']).next().unwrap_or("");
+    let ok = return_to.len() <= MAX_RETURN_TO
+        && return_to.starts_with("/console/")
+        && return_to
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'\\')
+        && !path.split('/').any(|seg| seg == ".." || seg == ".")
+        && ![
+            "/console/login",
+            "/console/callback",
+            "/console/logout",
+            "/console/sign-out",
+        ]
+        .iter()
+        .any(|p| path == *p || path.starts_with(&format!("{p}/")));
+    ok.then(|| return_to.to_owned())
+}
+
+/// `GET /console/login`: start a login at the provider; `?return_to=` names
+/// the console page to show afterwards.
 async fn login(
     State(console): State<ConsoleAuth>,
     peer: Peer,
     headers: HeaderMap,
+    query: Result<Query<LoginQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Response> {
     if let Err(limited) = console.limits.login(console.client(peer, &headers)) {
         return Ok(limited.into_response());
@@ -288,6 +327,10 @@ async fn login(
             pkce_verifier: verifier,
             created_at: now,
             expires_at: now + LOGIN_TTL,
+            return_to: query
+                .ok()
+                .and_then(|Query(q)| q.return_to)
+                .and_then(|r| safe_return_to(&r)),
         })
         .await?;
     let inner = &console.inner;
@@ -352,7 +395,7 @@ async fn callback(
     let source = client.map(|ip| ip.to_string());
     let now = OffsetDateTime::now_utc();
     match finish_login(&console, &headers, query, now).await {
-        Ok((id, created)) => {
+        Ok((id, created, return_to)) => {
             let actor = Actor {
                 subject: created.principal.subject.clone(),
                 source,
@@ -380,7 +423,12 @@ async fn callback(
                 roles = ?created.principal.roles,
                 "console login"
             );
-            let mut response = redirect("/console/")?;
+            // Checked again: a row written by an older version was not.
+            let to = return_to
+                .as_deref()
+                .and_then(safe_return_to)
+                .unwrap_or_else(|| "/console/".to_owned());
+            let mut response = redirect(&to)?;
             response
                 .headers_mut()
                 .insert(header::SET_COOKIE, session::set_cookie(&id)?);
@@ -430,7 +478,7 @@ async fn finish_login(
     headers: &HeaderMap,
     query: Result<Query<Callback>, axum::extract::rejection::QueryRejection>,
     now: OffsetDateTime,
-) -> Result<(String, certflow_core::session::Session), Refusal> {
+) -> Result<(String, certflow_core::session::Session, Option<String>), Refusal> {
     let Query(q) = query.map_err(|e| Refusal::new(e.into(), "malformed_callback"))?;
     let Some(state) = q.state.as_deref().filter(|s| !s.is_empty()) else {
         return Err(Refusal::new(
@@ -509,11 +557,12 @@ async fn finish_login(
         .end_cookie_session(headers)
         .await
         .map_err(store_error)?;
-    console
+    let (id, session) = console
         .sessions
         .create(principal, Some(id_token), now)
         .await
-        .map_err(store_error)
+        .map_err(store_error)?;
+    Ok((id, session, pending.return_to))
 }
 
 /// Exchanges `code` at the token endpoint; returns the ID token.
@@ -633,24 +682,7 @@ async fn logout(
         .end_from(&session, source.as_deref())
         .await?;
     tracing::info!(subject = %session.principal.subject, "console logout");
-    let inner = &console.inner;
-    // The provider session outlives ours unless the browser goes there too.
-    let end_session_url = match console.discovery().await {
-        Ok(doc) => match &doc.end_session_endpoint {
-            Some(endpoint) => {
-                let mut params = vec![("client_id", inner.client_id.as_str())];
-                if let Some(hint) = session.id_token.as_deref() {
-                    params.push(("id_token_hint", hint));
-                }
-                if let Some(uri) = inner.post_logout_redirect_uri.as_deref() {
-                    params.push(("post_logout_redirect_uri", uri));
-                }
-                Some(with_query(endpoint, &params)?)
-            }
-            None => None,
-        },
-        Err(_) => None,
-    };
+    let end_session_url = end_session_url(&console, &session).await?;
     Ok((
         [
             (header::SET_COOKIE, session::clear_cookie()),
@@ -659,6 +691,95 @@ async fn logout(
         axum::Json(LogoutView { end_session_url }),
     )
         .into_response())
+}
+
+/// The provider's end-session URL for `session` (RP-initiated logout, with
+/// the ID token as hint), when the provider offers one: the provider session
+/// outlives ours unless the browser goes there too.
+async fn end_session_url(
+    console: &ConsoleAuth,
+    session: &certflow_core::session::Session,
+) -> ApiResult<Option<String>> {
+    let inner = &console.inner;
+    let Ok(doc) = console.discovery().await else {
+        return Ok(None);
+    };
+    let Some(endpoint) = &doc.end_session_endpoint else {
+        return Ok(None);
+    };
+    let mut params = vec![("client_id", inner.client_id.as_str())];
+    if let Some(hint) = session.id_token.as_deref() {
+        params.push(("id_token_hint", hint));
+    }
+    if let Some(uri) = inner.post_logout_redirect_uri.as_deref() {
+        params.push(("post_logout_redirect_uri", uri));
+    }
+    with_query(endpoint, &params).map(Some)
+}
+
+/// `POST /console/sign-out`: the pages' sign-out form (its `csrf` field and
+/// `Origin` checked like the API's header). Ends the session (audited) and
+/// answers the signed-out page; when the provider has an end-session
+/// endpoint, that page goes on there at once, so the next sign-in asks for
+/// credentials again.
+async fn sign_out(
+    State(console): State<ConsoleAuth>,
+    peer: Peer,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let client = console.client(peer, &headers);
+    let source = client.map(|ip| ip.to_string());
+    let current = match console
+        .sessions
+        .current_from(&headers, OffsetDateTime::now_utc(), source.as_deref())
+        .await
+    {
+        Ok(c) => c,
+        Err(e) => return crate::web::domain_error_page(e),
+    };
+    let limited = match &current {
+        Some(c) => console.limits.subject(&c.session.principal.subject),
+        None => console.limits.anonymous(client),
+    };
+    if let Err(limited) = limited {
+        return limited.into_response();
+    }
+    let Some(current) = current else {
+        // Already signed out (another tab, or expired).
+        return crate::web::signed_out_page();
+    };
+    let session = current.session;
+    let form: Vec<(String, String)> = serde_urlencoded::from_bytes(&body).unwrap_or_default();
+    let mut h = HeaderMap::new();
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        h.insert(header::ORIGIN, origin.clone());
+    }
+    if let Some(token) = form
+        .iter()
+        .find(|(k, _)| k == "csrf")
+        .and_then(|(_, v)| HeaderValue::from_str(v).ok())
+    {
+        h.insert(session::CSRF_HEADER, token);
+    }
+    if console.sessions.check_csrf(&session, &h).is_err() {
+        return crate::web::error_page(
+            StatusCode::FORBIDDEN,
+            "the form is stale or comes from another site; reload the page and try again",
+        );
+    }
+    if let Err(e) = console.sessions.end_from(&session, source.as_deref()).await {
+        return crate::web::domain_error_page(e);
+    }
+    tracing::info!(subject = %session.principal.subject, "console sign-out");
+    let mut response = match end_session_url(&console, &session).await {
+        Ok(Some(url)) => crate::web::leaving_page(&url),
+        _ => crate::web::signed_out_page(),
+    };
+    response
+        .headers_mut()
+        .insert(header::SET_COOKIE, session::clear_cookie());
+    response
 }
 
 #[cfg(test)]
@@ -675,6 +796,44 @@ mod tests {
         assert_eq!(
             with_query("https://op/auth?p=1", &[("a", "1")]).unwrap(),
             "https://op/auth?p=1&a=1"
+        );
+    }
+
+    #[test]
+    fn return_to_is_only_a_path_of_this_console() {
+        for ok in [
+            "/console/",
+            "/console/certificates/0195a3c4-0000-7000-8000-000000000001",
+            "/console/certificates?team=a&label=env%3Dprod",
+            "/console/audit?target=certificate/x#top",
+        ] {
+            assert_eq!(safe_return_to(ok).as_deref(), Some(ok), "{ok}");
+        }
+        for bad in [
+            "https://evil.example/console/",
+            "//evil.example/console/",
+            "/\\evil.example/console/",
+            "/console\\@evil.example",
+            "/console/\\evil.example",
+            "/consolex/",
+            "/console",
+            "console/",
+            "/console/../pki/x/ca.crt",
+            "/console/./x",
+            "/console/ x",
+            "/console/\tx",
+            "/console/\r\nSet-Cookie:x=y",
+            "javascript:alert(1)",
+            "/console/login?return_to=/console/",
+            "/console/callback?code=x",
+            "/console/sign-out",
+            "",
+        ] {
+            assert_eq!(safe_return_to(bad), None, "{bad:?}");
+        }
+        assert_eq!(
+            safe_return_to(&format!("/console/{}", "a".repeat(3000))),
+            None
         );
     }
 

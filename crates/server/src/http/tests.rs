@@ -447,6 +447,7 @@ async fn transport_level_bad_input() {
         ("limit=0", "limit"),
         ("sort=colour", "sort"),
         ("label=novalue", "label"),
+        ("issuer_id=letsencrypt", "issuer_id"),
         ("bogus=1", "bogus"),
     ] {
         let (status, p) = h
@@ -614,6 +615,27 @@ async fn lifecycle_create_list_renew_revoke_archive_download() {
         )
         .await;
     assert_eq!(page["total"], 2);
+    let (_, issuers) = h.json("GET", "/console/api/v1/issuers", None).await;
+    let issuer = issuers[0]["id"].as_str().unwrap().to_owned();
+    let (_, page) = h
+        .json(
+            "GET",
+            &format!("/console/api/v1/certificates?issuer_id={issuer}"),
+            None,
+        )
+        .await;
+    assert_eq!(page["total"], 2);
+    let (_, page) = h
+        .json(
+            "GET",
+            &format!(
+                "/console/api/v1/certificates?issuer_id={}",
+                uuid::Uuid::now_v7()
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(page["total"], 0);
 
     // Renew: a new version with a new serial; the old one is superseded.
     let (status, renewed) = h
@@ -1580,4 +1602,94 @@ async fn join_tokens_are_listed_without_secrets_revoked_once_and_agents_re_enabl
         "the refused second revocation changed nothing"
     );
     assert_eq!(revokes[0]["target"], format!("agent-join-token/{token_id}"));
+}
+
+#[tokio::test]
+async fn console_pages_share_the_console_rate_limits() {
+    let console = ConsoleConfig {
+        rate_limit_per_sec: 0.01,
+        rate_limit_burst: 3.0,
+        login_rate_limit_per_min: 1e6,
+        login_rate_limit_burst: 1e6,
+        trusted_proxies: Vec::new(),
+    };
+    let h = harness_full(
+        Vec::new(),
+        console,
+        Some(super::session::SessionSettings {
+            idle_timeout: time::Duration::minutes(30),
+            absolute_timeout: time::Duration::hours(12),
+            console_origin: "https://certflow.test".into(),
+        }),
+    )
+    .await;
+    let sessions = h.sessions.clone().unwrap();
+
+    // Before sign-in, per client address: the burst is sent to the login
+    // (with the page to come back to), then an HTML 429 with Retry-After.
+    for _ in 0..3 {
+        let resp = h
+            .app
+            .clone()
+            .oneshot(from_ip(
+                "GET",
+                "/console/certificates?team=a",
+                "192.0.2.20",
+                None,
+            ))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+        assert_eq!(
+            resp.headers()[header::LOCATION],
+            "/console/login?return_to=%2Fconsole%2Fcertificates%3Fteam%3Da"
+        );
+    }
+    let resp = h
+        .app
+        .clone()
+        .oneshot(from_ip("GET", "/console/", "192.0.2.20", None))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(
+        resp.headers()[header::RETRY_AFTER]
+            .to_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            >= 1
+    );
+    assert!(
+        resp.headers()[header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+
+    // Signed in, per person, whatever the address.
+    let person = Principal {
+        subject: "dave".into(),
+        kind: PrincipalKind::Person,
+        roles: vec![Role::Viewer],
+        teams: vec!["a".into()],
+    };
+    let (id, _) = sessions
+        .create(person, None, time::OffsetDateTime::now_utc())
+        .await
+        .unwrap();
+    let page = |ip: &str| {
+        let mut req = from_ip("GET", "/console/certificates", ip, None);
+        req.headers_mut().insert(
+            header::COOKIE,
+            format!("{}={id}", super::session::COOKIE).parse().unwrap(),
+        );
+        req
+    };
+    for ip in ["192.0.2.21", "192.0.2.22", "192.0.2.23"] {
+        let resp = h.app.clone().oneshot(page(ip)).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "{ip}");
+    }
+    let resp = h.app.clone().oneshot(page("192.0.2.24")).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
 }

@@ -135,6 +135,7 @@ pub(crate) struct Filters {
     label: String,
     status: String,
     expiring: String,
+    issuer: String,
     sort: String,
     order: String,
     page: u64,
@@ -153,6 +154,7 @@ impl Filters {
                 "label" => f.label = v,
                 "status" => f.status = v,
                 "expiring" => f.expiring = v,
+                "issuer" => f.issuer = v,
                 "sort" => f.sort = v,
                 "order" => f.order = v,
                 "page" => f.page = v.parse().unwrap_or(0),
@@ -170,6 +172,7 @@ impl Filters {
             ("label", &self.label),
             ("status", &self.status),
             ("expiring", &self.expiring),
+            ("issuer", &self.issuer),
             ("sort", &self.sort),
             ("order", &self.order),
         ]
@@ -227,6 +230,12 @@ impl Filters {
                 _ => e.add("expiring", "a number of days, 0 to 36500"),
             }
         }
+        if !self.issuer.is_empty() {
+            match Uuid::parse_str(&self.issuer) {
+                Ok(id) => q.issuer_id = Some(id),
+                Err(_) => e.add("issuer", "choose an issuer from the list"),
+            }
+        }
         q.sort = match self.sort.as_str() {
             "" | "name" => SortKey::Name,
             "not_after" => SortKey::NotAfter,
@@ -263,6 +272,8 @@ struct Inventory {
     e: Errors,
     /// Teams to choose from (empty: free text, for admins).
     teams: Vec<String>,
+    /// Issuers to filter by.
+    issuers: Vec<IssuerOption>,
     rows: Vec<Row>,
     total: u64,
     first: u64,
@@ -293,6 +304,13 @@ pub(super) async fn inventory(
         f: f.clone(),
         e: Errors::default(),
         teams: readable_teams(p).unwrap_or_default(),
+        issuers: issuers
+            .iter()
+            .map(|(id, name)| IssuerOption {
+                id: id.to_string(),
+                label: name.clone(),
+            })
+            .collect(),
         rows: Vec::new(),
         total: 0,
         first: 0,

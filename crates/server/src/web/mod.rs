@@ -38,7 +38,8 @@ use time::OffsetDateTime;
 use tower_http::set_header::SetResponseHeaderLayer;
 
 use crate::http::AppState;
-use crate::http::session::{self, CSRF_HEADER, Sessions};
+use crate::http::limit::Limited;
+use crate::http::session::{CSRF_HEADER, Sessions};
 
 /// Content-Security-Policy of every console response: scripts and styles
 /// only from certflow itself (no inline code), no plugins, no `<base>`, no
@@ -91,7 +92,7 @@ pub fn router() -> Router<AppState> {
         .route("/console/audit", get(admin::audit))
         .route("/console/issuers", get(admin::issuers))
         .route("/console/subscriptions", get(admin::subscriptions))
-        .route("/console/sign-out", post(sign_out))
+        .route("/console/signed-out", get(|| async { signed_out_page() }))
         .route("/console/static/{file}", get(assets::serve))
         .layer(SetResponseHeaderLayer::overriding(
             header::CONTENT_SECURITY_POLICY,
@@ -127,6 +128,8 @@ pub(crate) enum PageError {
     Status(StatusCode, String),
     /// A domain error from a use case.
     Domain(DomainError),
+    /// Over the `[console]` rate limit: 429 with `Retry-After`.
+    Limited(Limited),
 }
 
 impl From<DomainError> for PageError {
@@ -156,6 +159,19 @@ impl IntoResponse for PageError {
                 return redirect(&format!("/console/login?{query}"));
             }
             PageError::Status(status, message) => (status, "Something is not right", message),
+            PageError::Limited(limited) => {
+                let page = ErrorPage {
+                    l: Layout::anonymous("Too many requests"),
+                    status: 429,
+                    heading: "Too many requests",
+                    message: format!("slow down: try again in {} seconds", limited.retry_after),
+                };
+                let mut resp = (StatusCode::TOO_MANY_REQUESTS, Html(page.render())).into_response();
+                if let Ok(v) = HeaderValue::from_str(&limited.retry_after.to_string()) {
+                    resp.headers_mut().insert(header::RETRY_AFTER, v);
+                }
+                return resp;
+            }
             PageError::Domain(e) => match e {
                 DomainError::Invalid(fields) => (
                     StatusCode::BAD_REQUEST,
@@ -292,9 +308,22 @@ impl FromRequestParts<AppState> for Ctx {
                 "the console needs single sign-on: configure [auth.oidc]".into(),
             ));
         };
+        // The same buckets as the console API: per person once signed in,
+        // per client address before.
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ci| ci.0.ip());
+        let client = state.limits.client_ip(peer, &parts.headers);
+        let source = client.map(|ip| ip.to_string());
         let current = sessions
-            .current(&parts.headers, OffsetDateTime::now_utc())
+            .current_from(&parts.headers, OffsetDateTime::now_utc(), source.as_deref())
             .await?;
+        match &current {
+            Some(c) => state.limits.subject(&c.session.principal.subject),
+            None => state.limits.anonymous(client),
+        }
+        .map_err(PageError::Limited)?;
         let Some(current) = current else {
             let return_to = parts
                 .uri
@@ -303,10 +332,6 @@ impl FromRequestParts<AppState> for Ctx {
                 .unwrap_or_else(|| "/console/".into());
             return Err(PageError::SignIn(return_to));
         };
-        let source = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|ci| ci.0.ip().to_string());
         Ok(Ctx {
             actor: Actor {
                 subject: current.session.principal.subject.clone(),
@@ -395,25 +420,48 @@ impl Form {
     }
 }
 
-/// `POST /console/sign-out`: ends the session here (the identity provider's
-/// own session is left to `POST /console/logout`, which returns its URL).
-async fn sign_out(ctx: Ctx, headers: HeaderMap, body: axum::body::Bytes) -> PageResult<Response> {
-    let form = Form::parse(&body)?;
-    ctx.check_form(&headers, &form)?;
-    ctx.sessions.end(&ctx.session).await?;
-    tracing::info!(subject = %ctx.session.principal.subject, "console sign-out");
+/// The signed-out page (after `POST /console/sign-out`, or where the
+/// provider's end-session endpoint sends the browser back to).
+pub(crate) fn signed_out_page() -> Response {
+    html(&SignedOut {
+        l: Layout::anonymous("Signed out"),
+        next: String::new(),
+    })
+}
+
+/// The signed-out page that goes on to the provider's end-session URL `next`
+/// (a refresh, not a redirect of the form post: the form's CSP allows posts
+/// to this origin only, `form-action 'self'`, which covers their redirects).
+/// Served by the login router, so it carries the console's headers itself.
+pub(crate) fn leaving_page(next: &str) -> Response {
     let mut resp = html(&SignedOut {
         l: Layout::anonymous("Signed out"),
+        next: next.to_owned(),
     });
-    resp.headers_mut()
-        .insert(header::SET_COOKIE, session::clear_cookie());
-    Ok(resp)
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    resp
+}
+
+/// An HTML error page with `status` and `message`.
+pub(crate) fn error_page(status: StatusCode, message: &str) -> Response {
+    PageError::Status(status, message.to_owned()).into_response()
+}
+
+/// The HTML error page of a domain error.
+pub(crate) fn domain_error_page(e: DomainError) -> Response {
+    PageError::Domain(e).into_response()
 }
 
 #[derive(Template)]
 #[template(path = "signed_out.html")]
 struct SignedOut {
     l: Layout,
+    /// The provider's end-session URL to go on to, or "".
+    next: String,
 }
 
 /// `2026-01-31 12:00 UTC`.

@@ -223,6 +223,16 @@ try {
   check(await page.locator('#results a', { hasText: 'web.console.example.com' }).count() === 1, 'label + expiring filter');
   await page.goto(`${BASE}/console/certificates?expiring=soon`);
   check(await page.locator('#f-expiring-err').isVisible(), 'bad filter named next to its field');
+  step = 'inventory: issuer filter';
+  await page.goto(`${BASE}/console/certificates`);
+  const issuerId = await page.locator('#f-issuer option').nth(1).getAttribute('value');
+  await page.goto(`${BASE}/console/certificates?issuer=${issuerId}&search=web.console`);
+  check(await page.locator('#results a', { hasText: 'web.console.example.com' }).count() === 1, 'its issuer finds it');
+  check(await page.locator('#f-issuer').inputValue() === issuerId, 'the choice is kept in the form');
+  await page.goto(`${BASE}/console/certificates?issuer=00000000-0000-7000-8000-000000000000&search=web.console`);
+  check(await page.locator('#results a', { hasText: 'web.console.example.com' }).count() === 0, 'another issuer does not');
+  await page.goto(`${BASE}/console/certificates?issuer=letsencrypt`);
+  check(await page.locator('#f-issuer-err').isVisible(), 'a bad issuer is named next to its field');
 
   step = 'open it';
   await page.goto(`${BASE}/console/certificates?search=web.console`);
@@ -371,6 +381,8 @@ try {
   const viewer = await newPage();
   const vpage = viewer.page;
   await signIn(vpage, 'carol', `/console/certificates/${id}`);
+  step = 'viewer: the login returns to the page asked for';
+  check(vpage.url() === `${BASE}/console/certificates/${id}`, `back at ${vpage.url()}`);
   step = 'viewer: read, no actions';
   await vpage.goto(`${BASE}/console/certificates/${id}`);
   check((await vpage.locator('h1').innerText()).includes('web.console.example.com'), 'the viewer reads it');
@@ -396,12 +408,23 @@ try {
   await vpage.goto(`${BASE}/console/certificates/new`);
   check(await vpage.locator('h1').innerText() === 'Not allowed', 'no request form for a viewer');
 
-  step = 'sign out';
+  step = 'sign out ends the provider session too';
   await vpage.goto(`${BASE}/console/`);
-  await vpage.click('button:has-text("Sign out")');
+  await Promise.all([vpage.waitForURL((u) => !u.href.startsWith(BASE)), vpage.click('button:has-text("Sign out")')]);
+  await Promise.all([vpage.waitForURL(`${BASE}/console/signed-out`), vpage.locator('button[name="logout"][value="yes"]').click()]);
   check(await vpage.locator('h1').innerText() === 'Signed out', 'signed out page');
   const after = await vpage.request.get(`${BASE}/console/`, { maxRedirects: 0 });
-  check(after.status() === 303 && after.headers().location.startsWith('/console/login?return_to='), 'back to the login');
+  check(after.status() === 303 && after.headers().location === '/console/login?return_to=%2Fconsole%2F', `back to the login: ${after.headers().location}`);
+  await vpage.goto(`${BASE}/console/certificates`);
+  check(!vpage.url().startsWith(BASE) && await vpage.locator('input[name="login"]').count() === 1, 'the provider asks for credentials again');
+
+  step = 'no open redirect through return_to';
+  const other = await newPage();
+  for (const target of ['//evil.example.com/console/', 'https://evil.example.com/console/', '/\\evil.example.com/console/']) {
+    await other.context.clearCookies();
+    await signIn(other.page, 'bob', `/console/login?return_to=${encodeURIComponent(target)}`);
+    check(other.page.url() === `${BASE}/console/`, `${target} led to ${other.page.url()}`);
+  }
 
   step = 'content security policy';
   check(cspViolations.length === 0, `violations: ${cspViolations.join('\n')}`);

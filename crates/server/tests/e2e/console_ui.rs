@@ -44,7 +44,10 @@ fn start_op(dir: &Path, port: u16, console: &str) -> (Op, String) {
             "CONSOLE_REDIRECT_URI",
             format!("{console}/console/callback"),
         )
-        .env("CONSOLE_POST_LOGOUT_URI", format!("{console}/console/"))
+        .env(
+            "CONSOLE_POST_LOGOUT_URI",
+            format!("{console}/console/signed-out"),
+        )
         .stdout(Stdio::from(out.try_clone().unwrap()))
         .stderr(Stdio::from(out))
         .spawn()
@@ -92,7 +95,7 @@ issuer = "{issuer}"
 client_id = "console"
 client_secret = "console-secret"
 redirect_uri = "{console}/console/callback"
-post_logout_redirect_uri = "{console}/console/"
+post_logout_redirect_uri = "{console}/console/signed-out"
 scopes = ["groups"]
 team_group_prefix = "team-"
 
