@@ -117,6 +117,37 @@ pub trait MetadataStore: Send + Sync {
     async fn get_setting(&self, key: &str) -> DomainResult<Option<String>>;
     /// Writes a server setting.
     async fn put_setting(&self, key: &str, value: &str) -> DomainResult<()>;
+
+    /// The version with this serial (lower-case hex) signed by `issuer_id`,
+    /// if that issuer ever issued it (OCSP answers good/revoked/unknown).
+    async fn version_by_serial(
+        &self,
+        _issuer_id: Uuid,
+        _serial_hex: &str,
+    ) -> DomainResult<Option<CertificateVersion>> {
+        Err(crate::DomainError::Unavailable {
+            backend: "database",
+            reason: "this store cannot look versions up by serial".into(),
+        })
+    }
+    /// Adds one to the integer setting `key` (stored as `initial` when
+    /// absent) in one statement and returns the new value: a counter every
+    /// replica shares (CRL numbers).
+    async fn increment_setting(&self, _key: &str, _initial: u64) -> DomainResult<u64> {
+        Err(crate::DomainError::Unavailable {
+            backend: "database",
+            reason: "this store keeps no counters".into(),
+        })
+    }
+    /// Sets the integer setting `key` to `value` only if it is absent or
+    /// smaller, in one statement; returns whether it changed (a pointer that
+    /// only moves forward, such as the published CRL's number).
+    async fn raise_setting(&self, _key: &str, _value: u64) -> DomainResult<bool> {
+        Err(crate::DomainError::Unavailable {
+            backend: "database",
+            reason: "this store keeps no counters".into(),
+        })
+    }
 }
 
 /// Blob store for certificates and encrypted keys. Keys are `/`-separated paths.

@@ -1,5 +1,6 @@
 //! Certificate revocation lists (RFC 5280 §5, CA/B BR §7.2): a complete CRL of
-//! everything an issuer revoked, signed on request.
+//! everything an issuer revoked. The services sign one on every revocation
+//! and before nextUpdate, store it, and serve the stored copy.
 
 use certflow_core::{DomainError, DomainResult, FieldError, RevocationReason};
 use rcgen::{
@@ -127,6 +128,32 @@ pub fn build_crl(
     }
 }
 
+/// What a stored CRL says about itself: CRL number, thisUpdate, nextUpdate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CrlInfo {
+    /// cRLNumber (0 when absent).
+    pub number: u64,
+    /// thisUpdate.
+    pub this_update: OffsetDateTime,
+    /// nextUpdate (thisUpdate when absent, i.e. stale at once).
+    pub next_update: OffsetDateTime,
+}
+
+/// Reads the number and times of a DER CRL (one read back from the blob store).
+pub fn crl_info(der: &[u8]) -> DomainResult<CrlInfo> {
+    let (_, crl) = x509_parser::parse_x509_crl(der)
+        .map_err(|e| DomainError::Internal(format!("stored CRL does not parse: {e}")))?;
+    let this_update = crl.last_update().to_datetime();
+    Ok(CrlInfo {
+        number: crl
+            .crl_number()
+            .and_then(|n| u64::try_from(n).ok())
+            .unwrap_or(0),
+        this_update,
+        next_update: crl.next_update().map_or(this_update, |t| t.to_datetime()),
+    })
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
@@ -167,6 +194,9 @@ mod tests {
             let (_, ca_cert) = x509_parser::parse_x509_certificate(&m.issuing_cert_der).unwrap();
             crl.verify_signature(ca_cert.public_key()).unwrap();
             assert_eq!(crl.crl_number().unwrap().to_string(), "42");
+            let info = crl_info(&der).unwrap();
+            assert_eq!(info.number, 42);
+            assert_eq!(info.next_update - info.this_update, Duration::days(7));
             let entries: Vec<(String, Option<u8>)> = crl
                 .iter_revoked_certificates()
                 .map(|r| (r.raw_serial_as_string(), r.reason_code().map(|(_, c)| c.0)))

@@ -26,6 +26,8 @@ pub struct IssuerUrls {
     pub ca_issuers: String,
     /// HTTP URL of the issuer's CRL (CRL distribution point, RFC 5280 §4.2.1.13).
     pub crl: String,
+    /// HTTP URL of the issuer's OCSP responder (AIA id-ad-ocsp, RFC 5280 §4.2.2.1).
+    pub ocsp: Option<String>,
 }
 
 /// Everything a leaf certificate is built from.
@@ -127,12 +129,18 @@ fn check_url(url: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// AuthorityInfoAccess with one caIssuers HTTP URL (RFC 5280 §4.2.2.1).
-fn aia_ca_issuers(url: &str) -> Vec<u8> {
-    // id-ad-caIssuers 1.3.6.1.5.5.7.48.2
-    let method = tlv(0x06, &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x30, 0x02]);
-    let location = tlv(0x86, url.as_bytes()); // [6] uniformResourceIdentifier
-    tlv(0x30, &tlv(0x30, &[method, location].concat()))
+/// AuthorityInfoAccess (RFC 5280 §4.2.2.1): the OCSP responder, when there
+/// is one, then the caIssuers HTTP URL.
+fn aia(ca_issuers: &str, ocsp: Option<&str>) -> Vec<u8> {
+    let access = |arc: u8, url: &str| {
+        // id-ad-ocsp 1.3.6.1.5.5.7.48.1, id-ad-caIssuers 1.3.6.1.5.5.7.48.2
+        let method = tlv(0x06, &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x30, arc]);
+        let location = tlv(0x86, url.as_bytes()); // [6] uniformResourceIdentifier
+        tlv(0x30, &[method, location].concat())
+    };
+    let mut seq = ocsp.map(|u| access(0x01, u)).unwrap_or_default();
+    seq.extend(access(0x02, ca_issuers));
+    tlv(0x30, &seq)
 }
 
 /// Checks everything the caller supplied; every problem is reported at once.
@@ -174,7 +182,10 @@ fn check_request(req: &LeafRequest<'_>) -> DomainResult<(SubjectKey, Vec<SanType
         for (field, url) in [
             ("urls.ca_issuers", &urls.ca_issuers),
             ("urls.crl", &urls.crl),
-        ] {
+        ]
+        .into_iter()
+        .chain(urls.ocsp.as_ref().map(|u| ("urls.ocsp", u)))
+        {
             if let Err(reason) = check_url(url) {
                 errors.push(certflow_core::FieldError::new(field, reason));
             }
@@ -278,7 +289,7 @@ pub(crate) fn build_leaf(
             .custom_extensions
             .push(CustomExtension::from_oid_content(
                 asn1::EXT_AUTHORITY_INFO_ACCESS,
-                aia_ca_issuers(&urls.ca_issuers),
+                aia(&urls.ca_issuers, urls.ocsp.as_deref()),
             ));
     }
     if req.profile == Profile::TlsServer {
@@ -384,6 +395,7 @@ mod tests {
         IssuerUrls {
             ca_issuers: "http://127.0.0.1:8080/pki/abc/ca.crt".into(),
             crl: "http://127.0.0.1:8080/pki/abc/crl".into(),
+            ocsp: Some("http://127.0.0.1:8080/pki/abc/ocsp".into()),
         }
     }
 
@@ -526,10 +538,16 @@ mod tests {
                         });
                     assert_eq!(
                         aia,
-                        Some(vec![(
-                            "1.3.6.1.5.5.7.48.2".to_owned(),
-                            format!("URI({:?})", u.ca_issuers)
-                        )]),
+                        Some(vec![
+                            (
+                                "1.3.6.1.5.5.7.48.1".to_owned(),
+                                format!("URI({:?})", u.ocsp.as_deref().unwrap_or_default())
+                            ),
+                            (
+                                "1.3.6.1.5.5.7.48.2".to_owned(),
+                                format!("URI({:?})", u.ca_issuers)
+                            )
+                        ]),
                         "{ctx}"
                     );
                     let crl_dp = c
@@ -691,6 +709,7 @@ mod tests {
         let bad_urls = IssuerUrls {
             ca_issuers: "https://x/ca.crt".into(),
             crl: "http://x/ a".into(),
+            ocsp: Some("ldap://x".into()),
         };
         let garbage = [0x30, 0x00];
         let cases: Vec<(LeafRequest<'_>, &str, &str)> = vec![

@@ -1,6 +1,6 @@
 //! X.509 for certflow: private keys, CSR checks (RFC 2986), CA creation and
 //! import, profile-driven leaf issuance (RFC 5280 §4, CA/B Forum Baseline
-//! Requirements §7.1), CRLs (RFC 5280 §5) and PKCS#12 export (RFC 7292).
+//! Requirements §7.1), CRLs (RFC 5280 §5), OCSP responses (RFC 6960) and PKCS#12 export (RFC 7292).
 //!
 //! One crypto stack: aws-lc-rs, directly and through rcgen and x509-parser.
 //! Every fallible function returns [`certflow_core::DomainResult`]; input the
@@ -15,17 +15,22 @@ mod csr;
 mod inspect;
 mod issue;
 mod keys;
+mod ocsp;
 mod pkcs12;
 
 pub use agent::{AgentIdentityRequest, MAX_AGENT_IDENTITY_SECS, issue_agent_identity, uri_names};
 pub use ca::{CaMaterial, create_ca, import_ca};
-pub use crl::{RevokedEntry, build_crl};
+pub use crl::{CrlInfo, RevokedEntry, build_crl, crl_info};
 pub use csr::{CsrInfo, MAX_CSR_BYTES, build_csr, parse_csr};
 pub use inspect::{
     CertInfo, cert_to_pem, inspect, key_matches_cert, parse_pem_certs, public_key_of,
 };
 pub use issue::{IssuerUrls, LeafRequest, issue_leaf};
 pub use keys::PrivateKey;
+pub use ocsp::{
+    MAX_OCSP_CERTS, OcspAnswer, OcspCertId, OcspCertStatus, OcspHash, OcspIssuer, OcspRequest,
+    OcspResponseStatus, OcspSigner, ocsp_error_response, parse_ocsp_request,
+};
 pub use pkcs12::pkcs12;
 
 #[cfg(test)]

@@ -57,6 +57,7 @@ fn urls(issuer_id: &str) -> IssuerUrls {
     IssuerUrls {
         ca_issuers: format!("http://pki.example.com:8080/pki/{issuer_id}/ca.crt"),
         crl: format!("http://pki.example.com:8080/pki/{issuer_id}/crl"),
+        ocsp: Some(format!("http://pki.example.com:8080/pki/{issuer_id}/ocsp")),
     }
 }
 

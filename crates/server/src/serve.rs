@@ -544,6 +544,7 @@ async fn spawn_roles(
             },
         );
         tasks.push(tokio::spawn(scheduler.run(shutdown.clone())));
+        tasks.push(spawn_crl_refresh(opened.services.clone(), shutdown.clone()));
         if config.notifications.enabled {
             let watcher = ExpiryWatcher::new(
                 opened.store.metadata.clone(),
@@ -630,6 +631,31 @@ fn spawn_drift_check(
                 Ok(0) => {}
                 Ok(n) => tracing::info!(announced = n, "deployment drift announced"),
                 Err(e) => tracing::warn!(error = %e, "deployment drift check failed; will retry"),
+            }
+        }
+    })
+}
+
+/// Signs a fresh CRL for every internal issuer before its nextUpdate
+/// (scheduler role; several schedulers only publish a few extra numbers).
+fn spawn_crl_refresh(
+    services: certflow_services::Services,
+    shutdown: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(600));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let stop = stopped(shutdown);
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                _ = &mut stop => return,
+                _ = tick.tick() => {}
+            }
+            match services.refresh_crls(time::OffsetDateTime::now_utc()).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(published = n, "CRLs refreshed"),
+                Err(e) => tracing::warn!(error = %e, "CRL refresh failed; will retry"),
             }
         }
     })

@@ -1,12 +1,12 @@
 //! Issuers: the internal CA created at first start, imported CAs, their
-//! signing keys (sealed in the blob store) and CRLs.
+//! signing keys (sealed in the blob store); CRLs are in `revocation.rs`.
 
 use bytes::Bytes;
 use certflow_api::ImportCaRequest;
 use certflow_blob::EncryptionContext;
 use certflow_core::model::{Actor, AuditEvent, Issuer, IssuerKind, KeyType};
 use certflow_core::{DomainError, error::DomainResult};
-use certflow_pki::{CaMaterial, PrivateKey, RevokedEntry};
+use certflow_pki::{CaMaterial, PrivateKey};
 
 use serde_json::json;
 use time::OffsetDateTime;
@@ -303,35 +303,5 @@ impl Services {
             .into_iter()
             .next()
             .ok_or_else(|| DomainError::Internal("issuer has no certificate".into()))
-    }
-
-    /// A freshly signed CRL of the issuer's revoked certificates (DER).
-    pub async fn crl(&self, id: Uuid, now: OffsetDateTime) -> DomainResult<Vec<u8>> {
-        let issuer = self.issuer(id).await?;
-        let key = self.signing_key(&issuer).await?;
-        let revoked: Vec<RevokedEntry> = self
-            .store
-            .list_revoked(id)
-            .await?
-            .into_iter()
-            .filter_map(|v| {
-                Some(RevokedEntry {
-                    serial_hex: v.serial,
-                    revoked_at: v.revoked_at?,
-                    reason: v.revocation_reason?,
-                })
-            })
-            .collect();
-        let ca_der = self.issuer_certificate_der(id).await?;
-        // CRL numbers must increase (RFC 5280 §5.2.3); the signing time in seconds does.
-        let number = u64::try_from(now.unix_timestamp()).unwrap_or(0);
-        certflow_pki::build_crl(
-            &ca_der,
-            &key,
-            &revoked,
-            number,
-            now,
-            now + time::Duration::days(7),
-        )
     }
 }

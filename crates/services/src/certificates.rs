@@ -769,6 +769,7 @@ impl Services {
             .revoke_version(id, number, reason, now, &audit)
             .await?;
         tracing::info!(certificate = %id, version = number, reason = reason.as_str(), "certificate revoked");
+        self.revocation_committed(v.issuer_id, &v.serial, now).await;
         let view = self.certificate(id).await?;
         self.publish_version_event(EventKind::Revoked, &view, number, now)
             .await;

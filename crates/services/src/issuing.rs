@@ -42,6 +42,7 @@ impl InternalCa {
         self.public_url.as_ref().map(|base| IssuerUrls {
             ca_issuers: format!("{base}/pki/{}/ca.crt", issuer.id),
             crl: format!("{base}/pki/{}/crl", issuer.id),
+            ocsp: Some(format!("{base}/pki/{}/ocsp", issuer.id)),
         })
     }
 

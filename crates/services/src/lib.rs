@@ -10,6 +10,7 @@ mod certificates;
 mod issuing;
 mod maintenance;
 mod renewal;
+mod revocation;
 mod subscriptions;
 mod validate;
 
@@ -26,6 +27,7 @@ pub use certificates::{CertificateView, DownloadKind};
 pub use issuing::InternalCa;
 pub use maintenance::{RewrapReport, SweepReport};
 pub use renewal::{JobOutcome, RENEWAL_ACTOR};
+pub use revocation::{OcspReply, PublishedCrl};
 pub use subscriptions::redacted;
 
 /// The tenant every record belongs to until multi-tenancy lands; bound into
@@ -41,6 +43,7 @@ pub struct Services {
     backends: issuing::Backends,
     notifications: Option<Arc<dyn NotificationStore>>,
     renewal_defaults: Arc<RenewalDefaults>,
+    revocation: Arc<revocation::Revocation>,
 }
 
 impl Services {
@@ -63,6 +66,7 @@ impl Services {
             sealer,
             notifications: None,
             renewal_defaults: Arc::new(RenewalDefaults::default()),
+            revocation: Arc::default(),
         }
     }
 

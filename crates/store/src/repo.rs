@@ -983,6 +983,65 @@ impl<B: Backend> MetadataStore for SqlStore<B> {
         )
         .await
     }
+
+    async fn version_by_serial(
+        &self,
+        issuer_id: Uuid,
+        serial_hex: &str,
+    ) -> DomainResult<Option<CertificateVersion>> {
+        self.fetch_optional(
+            Sql::new(concat!(
+                "SELECT ",
+                version_columns!(),
+                " FROM certificate_versions WHERE issuer_id = $1 AND serial = $2"
+            ))
+            .bind(id(issuer_id))
+            .bind(serial_hex),
+        )
+        .await?
+        .map(|row| codec::version(&row))
+        .transpose()
+    }
+
+    async fn increment_setting(&self, key: &str, initial: u64) -> DomainResult<u64> {
+        // One statement: concurrent callers (other replicas) each get their own value.
+        let rows = self
+            .fetch_all(
+                Sql::new(
+                    "INSERT INTO settings (key, value) VALUES ($1, $2) \
+                     ON CONFLICT (key) DO UPDATE \
+                     SET value = CAST(CAST(settings.value AS BIGINT) + 1 AS TEXT) \
+                     RETURNING value",
+                )
+                .bind(key)
+                .bind(initial.to_string()),
+            )
+            .await?;
+        let value = rows
+            .first()
+            .map(|r| r.text("value"))
+            .transpose()?
+            .ok_or_else(|| DomainError::Internal(format!("setting {key} not returned")))?;
+        value
+            .parse()
+            .map_err(|e| crate::error::corrupt("settings.value", e))
+    }
+
+    async fn raise_setting(&self, key: &str, value: u64) -> DomainResult<bool> {
+        let rows = self
+            .fetch_all(
+                Sql::new(
+                    "INSERT INTO settings (key, value) VALUES ($1, $2) \
+                     ON CONFLICT (key) DO UPDATE SET value = excluded.value \
+                     WHERE CAST(settings.value AS BIGINT) < CAST(excluded.value AS BIGINT) \
+                     RETURNING key",
+                )
+                .bind(key)
+                .bind(value.to_string()),
+            )
+            .await?;
+        Ok(!rows.is_empty())
+    }
 }
 
 /// Implements [`MetadataStore`] for a public store type by forwarding every
@@ -1159,6 +1218,31 @@ macro_rules! forward_metadata_store {
                 value: &str,
             ) -> certflow_core::error::DomainResult<()> {
                 self.$field.put_setting(key, value).await
+            }
+
+            async fn version_by_serial(
+                &self,
+                issuer_id: uuid::Uuid,
+                serial_hex: &str,
+            ) -> certflow_core::error::DomainResult<Option<certflow_core::model::CertificateVersion>>
+            {
+                self.$field.version_by_serial(issuer_id, serial_hex).await
+            }
+
+            async fn increment_setting(
+                &self,
+                key: &str,
+                initial: u64,
+            ) -> certflow_core::error::DomainResult<u64> {
+                self.$field.increment_setting(key, initial).await
+            }
+
+            async fn raise_setting(
+                &self,
+                key: &str,
+                value: u64,
+            ) -> certflow_core::error::DomainResult<bool> {
+                self.$field.raise_setting(key, value).await
             }
         }
     };

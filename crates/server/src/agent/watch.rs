@@ -164,6 +164,19 @@ impl MetadataStore for AnnouncingStore {
     async fn put_setting(&self, key: &str, value: &str) -> DomainResult<()> {
         self.inner.put_setting(key, value).await
     }
+    async fn version_by_serial(
+        &self,
+        issuer_id: Uuid,
+        serial_hex: &str,
+    ) -> DomainResult<Option<CertificateVersion>> {
+        self.inner.version_by_serial(issuer_id, serial_hex).await
+    }
+    async fn increment_setting(&self, key: &str, initial: u64) -> DomainResult<u64> {
+        self.inner.increment_setting(key, initial).await
+    }
+    async fn raise_setting(&self, key: &str, value: u64) -> DomainResult<bool> {
+        self.inner.raise_setting(key, value).await
+    }
 }
 
 /// Applies the feed to `cache`: a certificate or an agent's assignments

@@ -1,6 +1,7 @@
 //! HTTP surface: the router for `/console/api/v1` (bearer-authenticated), the
-//! public PKI endpoints (`/pki/<issuer>/ca.crt`, `/pki/<issuer>/crl`, fetched by
-//! relying parties), health probes and the generated OpenAPI document.
+//! public PKI endpoints (`/pki/<issuer>/ca.crt`, `/pki/<issuer>/crl`,
+//! `/pki/<issuer>/ocsp`, fetched by relying parties), health probes and the
+//! generated OpenAPI document.
 
 pub mod access;
 pub mod agents;
@@ -12,6 +13,7 @@ pub mod limit;
 pub mod login;
 pub mod metrics;
 pub mod operations;
+mod pki;
 pub mod session;
 
 use std::collections::BTreeMap;
@@ -142,7 +144,9 @@ pub fn app(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(operations::metrics))
         .route("/pki/{issuer}/ca.crt", get(issuer_cert))
-        .route("/pki/{issuer}/crl", get(issuer_crl))
+        .route("/pki/{issuer}/crl", get(pki::crl))
+        .route("/pki/{issuer}/ocsp", axum::routing::post(pki::ocsp_post))
+        .route("/pki/{issuer}/ocsp/{*request}", get(pki::ocsp_get))
         .merge(crate::web::router())
         .fallback(|| async { ApiError::no_route() })
         .method_not_allowed_fallback(|| async {
@@ -203,24 +207,6 @@ async fn issuer_cert(
 ) -> ApiResult<Response> {
     let der = state.services.issuer_certificate_der(id).await?;
     Ok(([(header::CONTENT_TYPE, "application/pkix-cert")], der).into_response())
-}
-
-async fn issuer_crl(
-    State(state): State<AppState>,
-    console::Path(id): console::Path<Uuid>,
-) -> ApiResult<Response> {
-    let der = state
-        .services
-        .crl(id, time::OffsetDateTime::now_utc())
-        .await?;
-    Ok((
-        [
-            (header::CONTENT_TYPE, "application/pkix-crl"),
-            (header::CACHE_CONTROL, "max-age=300"),
-        ],
-        der,
-    )
-        .into_response())
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ mod console_ui;
 mod deployments;
 mod login;
 mod renewal;
+mod revocation;
 
 const BIN: &str = env!("CARGO_BIN_EXE_certflow");
 
