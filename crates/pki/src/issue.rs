@@ -2,11 +2,14 @@
 //! §4.2, CA/B BR §7.1.2.7 for TLS server certificates); the requester only
 //! contributes a public key and already-validated names.
 
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+
 use certflow_core::{DomainError, DomainResult, KeyType, Profile, SubjectName};
 use rcgen::{
     CertificateParams, CrlDistributionPoint, CustomExtension, DistinguishedName, DnType,
     ExtendedKeyUsagePurpose, IsCa, Issuer, KeyUsagePurpose, PublicKeyData, SanType,
-    SignatureAlgorithm,
+    SignatureAlgorithm, SigningKey,
 };
 use time::{Duration, OffsetDateTime};
 use x509_parser::prelude::FromDer;
@@ -15,9 +18,10 @@ use x509_parser::x509::SubjectPublicKeyInfo;
 use crate::asn1::{self, internal, tlv, whole_seconds};
 use crate::inspect::key_matches_cert;
 use crate::keys::PrivateKey;
+use crate::lint::{LintContext, LintRefusal, lint_leaf};
 
 /// Backdating of notBefore, for relying parties whose clocks run behind.
-const CLOCK_SKEW: Duration = Duration::seconds(60);
+pub(crate) const CLOCK_SKEW: Duration = Duration::seconds(60);
 
 /// Where relying parties fetch the issuer certificate and its CRL.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,14 +83,8 @@ pub fn issue_leaf(
     ca_key: &PrivateKey,
     req: &LeafRequest<'_>,
 ) -> DomainResult<Vec<u8>> {
-    let der = build_leaf(ca_cert_der, ca_key, req)?;
-    if !issuer_name_matches(&der, ca_cert_der) {
-        // Import refuses such CAs, so reaching this is a bug, not bad input.
-        return Err(DomainError::Internal(
-            "issued certificate's issuer name differs from the CA's subject".into(),
-        ));
-    }
-    Ok(der)
+    issue_leaf_linted(ca_cert_der, ca_key, req)?
+        .map_err(|refusal| DomainError::Conflict(refusal.to_string()))
 }
 
 /// Whether the leaf's issuer field is byte-identical to the CA's subject
@@ -222,12 +220,132 @@ fn check_request(req: &LeafRequest<'_>) -> DomainResult<(SubjectKey, Vec<SanType
     }
 }
 
-/// Builds and signs the leaf without the post-issuance name check.
+/// Builds, lints and signs the leaf without the post-issuance name check.
+/// Used to try a CA at import: a lint refusal there means the CA offered is
+/// one certflow cannot issue from correctly, which is the caller's to fix.
 pub(crate) fn build_leaf(
     ca_cert_der: &[u8],
     ca_key: &PrivateKey,
     req: &LeafRequest<'_>,
 ) -> DomainResult<Vec<u8>> {
+    build_leaf_linted(ca_cert_der, ca_key, req)?.map_err(|refusal| {
+        DomainError::invalid(
+            "certificate",
+            format!("certflow cannot issue correct certificates from this CA ({refusal})"),
+        )
+    })
+}
+
+/// Issues a leaf certificate under the CA, or says which pre-issuance lints
+/// refused it (the CA key then signed nothing).
+pub fn issue_leaf_linted(
+    ca_cert_der: &[u8],
+    ca_key: &PrivateKey,
+    req: &LeafRequest<'_>,
+) -> DomainResult<Result<Vec<u8>, LintRefusal>> {
+    let der = match build_leaf_linted(ca_cert_der, ca_key, req)? {
+        Ok(der) => der,
+        Err(refusal) => return Ok(Err(refusal)),
+    };
+    if !issuer_name_matches(&der, ca_cert_der) {
+        // Import refuses such CAs, and the lint checks it first: a bug, not bad input.
+        return Err(DomainError::Internal(
+            "issued certificate's issuer name differs from the CA's subject".into(),
+        ));
+    }
+    Ok(Ok(der))
+}
+
+/// Builds the leaf, lints it signed by a throwaway key, then signs it for real.
+pub(crate) fn build_leaf_linted(
+    ca_cert_der: &[u8],
+    ca_key: &PrivateKey,
+    req: &LeafRequest<'_>,
+) -> DomainResult<Result<Vec<u8>, LintRefusal>> {
+    let (params, subject_key) = leaf_params(ca_cert_der, ca_key, req)?;
+    let kp = ca_key.signing_key_pair()?;
+    let lint_key = lint_key(ca_key.key_type())?.signing_key_pair()?;
+    let ctx = LintContext {
+        profile: req.profile,
+        key_type: req.key_type,
+        issuer_der: ca_cert_der,
+        backdate: CLOCK_SKEW,
+    };
+    sign_linted(
+        &params,
+        &subject_key,
+        ca_cert_der,
+        kp.get(),
+        lint_key.get(),
+        &ctx,
+    )
+}
+
+/// The throwaway "lint key" of a CA key type, made once per process: it signs
+/// only linting certificates, which are parsed and dropped, never published.
+fn lint_key(kt: KeyType) -> DomainResult<PrivateKey> {
+    static KEYS: OnceLock<Mutex<HashMap<KeyType, PrivateKey>>> = OnceLock::new();
+    let mut keys = KEYS
+        .get_or_init(Default::default)
+        .lock()
+        .map_err(|_| DomainError::Internal("lint key cache poisoned".into()))?;
+    if let Some(key) = keys.get(&kt) {
+        return Ok(key.clone());
+    }
+    // Generated under the lock: an RSA-4096 key takes a moment, once.
+    let key = PrivateKey::generate(kt)?;
+    keys.insert(kt, key.clone());
+    Ok(key)
+}
+
+/// Signs `params` with the lint key, lints the result, and only if no lint
+/// objects signs the same TBS with the CA key. The two certificates must
+/// have byte-identical TBS (Boulder's check that what was linted is what is
+/// issued); they differ only in their signatures.
+pub(crate) fn sign_linted(
+    params: &CertificateParams,
+    subject_key: &SubjectKey,
+    ca_cert_der: &[u8],
+    ca_signer: &impl SigningKey,
+    lint_signer: &impl SigningKey,
+    ctx: &LintContext<'_>,
+) -> DomainResult<Result<Vec<u8>, LintRefusal>> {
+    // from_ca_cert_der takes the CA's SKI verbatim as our AKI, whatever
+    // method computed it (openssl uses SHA-1, rcgen truncated SHA-256), and
+    // its subject as our issuer, whichever key signs.
+    let lint_issuer = Issuer::from_ca_cert_der(&ca_cert_der.into(), lint_signer)
+        .map_err(internal("CA certificate as issuer"))?;
+    let linting = params
+        .signed_by(subject_key, &lint_issuer)
+        .map_err(internal("linting certificate"))?;
+    let findings = lint_leaf(linting.der(), ctx);
+    if !findings.is_empty() {
+        return Ok(Err(LintRefusal { findings }));
+    }
+    let issuer = Issuer::from_ca_cert_der(&ca_cert_der.into(), ca_signer)
+        .map_err(internal("CA certificate as issuer"))?;
+    let cert = params
+        .signed_by(subject_key, &issuer)
+        .map_err(internal("leaf certificate"))?;
+    let tbs = |der: &[u8]| {
+        asn1::parse_cert("certificate", der)
+            .map(|c| c.tbs_certificate.as_ref().to_vec())
+            .map_err(|_| DomainError::Internal("a certificate we built does not parse".into()))
+    };
+    if tbs(cert.der())? != tbs(linting.der())? {
+        return Err(DomainError::Internal(
+            "the signed certificate differs from the linted one".into(),
+        ));
+    }
+    Ok(Ok(cert.der().to_vec()))
+}
+
+/// The leaf's parameters and subject key, from the profile and the request.
+pub(crate) fn leaf_params(
+    ca_cert_der: &[u8],
+    ca_key: &PrivateKey,
+    req: &LeafRequest<'_>,
+) -> DomainResult<(CertificateParams, SubjectKey)> {
     let (subject_key, sans) = check_request(req)?;
 
     let ca = asn1::parse_cert("issuer", ca_cert_der)
@@ -301,15 +419,7 @@ pub(crate) fn build_leaf(
             ));
     }
 
-    let kp = ca_key.signing_key_pair()?;
-    // from_ca_cert_der takes the CA's SKI verbatim as our AKI, whatever
-    // method computed it (openssl uses SHA-1, rcgen truncated SHA-256).
-    let issuer = Issuer::from_ca_cert_der(&ca_cert_der.into(), kp.get())
-        .map_err(internal("CA certificate as issuer"))?;
-    let cert = params
-        .signed_by(&subject_key, &issuer)
-        .map_err(internal("leaf certificate"))?;
-    Ok(cert.der().to_vec())
+    Ok((params, subject_key))
 }
 
 /// The SAN entry of a validated name.

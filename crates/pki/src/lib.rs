@@ -15,6 +15,7 @@ mod csr;
 mod inspect;
 mod issue;
 mod keys;
+mod lint;
 mod ocsp;
 mod pkcs12;
 
@@ -25,8 +26,9 @@ pub use csr::{CsrInfo, MAX_CSR_BYTES, build_csr, parse_csr};
 pub use inspect::{
     CertInfo, cert_to_pem, inspect, key_matches_cert, parse_pem_certs, public_key_of,
 };
-pub use issue::{IssuerUrls, LeafRequest, issue_leaf};
+pub use issue::{IssuerUrls, LeafRequest, issue_leaf, issue_leaf_linted};
 pub use keys::PrivateKey;
+pub use lint::{LintContext, LintFinding, LintRefusal, lint_leaf};
 pub use ocsp::{
     MAX_OCSP_CERTS, OcspAnswer, OcspCertId, OcspCertStatus, OcspHash, OcspIssuer, OcspRequest,
     OcspResponseStatus, OcspSigner, ocsp_error_response, parse_ocsp_request,

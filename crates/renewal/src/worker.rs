@@ -166,6 +166,15 @@ impl Worker {
             .await;
         heartbeat.abort();
         let ack = match result {
+            // A policy refusal is permanent: retrying the same certificate
+            // against the same policy only repeats it. Dead-letter at once with
+            // the reason (the job's `last_error`); the services already audited
+            // it and told the team.
+            Ok(JobOutcome::PolicyRefused { reason }) => {
+                self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(certificate = %job.certificate_id, version = job.version, %reason, "renewal refused by issuance policy; dead-lettered");
+                self.queue.dead_letter(&delivery, &reason).await
+            }
             Ok(outcome) => {
                 match outcome {
                     JobOutcome::Renewed { version } => {
@@ -179,6 +188,7 @@ impl Worker {
                     JobOutcome::NotRenewable => {
                         tracing::info!(certificate = %job.certificate_id, "not active any more; job dropped");
                     }
+                    JobOutcome::PolicyRefused { .. } => {}
                 }
                 self.queue.complete(&delivery).await
             }

@@ -45,6 +45,10 @@ pub struct Config {
     pub agent: crate::agent::AgentConfig,
     /// Console rate limits and client addresses (`[console]`).
     pub console: ConsoleConfig,
+    /// Issuance policies (`[policy.default]`, `[policy.teams.<team>]`,
+    /// `[policy.issuers.<issuer name>]`): every applicable one must pass, on
+    /// request and before every renewal.
+    pub policy: certflow_core::policy::IssuancePolicies,
 }
 
 impl Default for Config {
@@ -63,6 +67,7 @@ impl Default for Config {
             acme: Default::default(),
             agent: Default::default(),
             console: ConsoleConfig::default(),
+            policy: Default::default(),
         }
     }
 }
@@ -677,6 +682,9 @@ impl Config {
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         self.agent.validate()?;
         self.console.validate()?;
+        self.policy
+            .compile()
+            .map_err(|e| anyhow::anyhow!("invalid issuance policy: {e}"))?;
         self.auth.check_console()?;
         if !matches!(self.log.format.as_str(), "text" | "json") {
             bail!(
@@ -782,6 +790,32 @@ mod tests {
             DatabaseKind::Postgres("postgres://db.internal/certflow?sslmode=require".into())
         );
         assert!(Config::load(Some(&dir.path().join("missing.toml"))).is_err());
+    }
+
+    #[test]
+    fn policy_section_is_loaded_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(
+            &file,
+            "[policy.default]\nallowed_domains = [\"example.com\"]\nallow_ip_addresses = false\n\
+             [policy.teams.payments]\nallowed_key_types = [\"ecdsa-p256\", \"rsa-3072\"]\n\
+             max_validity_days = 30\nrequired_extended_key_usages = [\"serverAuth\"]\n\
+             [policy.issuers.letsencrypt]\nallow_wildcards = false\nmax_names = 10\n",
+        )
+        .unwrap();
+        let c = Config::load(Some(&file)).unwrap();
+        assert_eq!(c.policy.teams["payments"].max_validity_days, Some(30));
+        assert!(!c.policy.compile().unwrap().is_empty());
+        for (bad, needle) in [
+            ("[policy.default]\nallowed_patterns = [\"(x\"]\n", "allowed_patterns"),
+            ("[policy.teams.web]\nallowed_key_types = [\"dsa\"]\n", "dsa"),
+            ("[policy.default]\nmax_name = 3\n", "max_name"),
+        ] {
+            std::fs::write(&file, bad).unwrap();
+            let err = Config::load(Some(&file)).unwrap_err().to_string();
+            assert!(err.contains(needle), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -19,15 +19,16 @@ use certflow_core::RenewalPolicy;
 use certflow_core::model::IssuerKind;
 use certflow_core::model::{
     Actor, AuditEvent, AuditQuery, Certificate, CertificateQuery, CertificateStatus,
-    CertificateVersion, IdempotencyRecord, Issuer, KeySource, KeyType, Page, RevocationReason,
-    VersionStatus,
+    CertificateVersion, IdempotencyRecord, Issuer, KeySource, KeyType, Outcome, Page,
+    RevocationReason, VersionStatus,
 };
-use certflow_core::notify::EventKind;
+use certflow_core::notify::{EventKind, Notification};
+use certflow_core::policy::IssuanceRequest;
 use certflow_core::ports::IssueRequest;
 use certflow_core::{
     DomainError, FieldError, Profile, SubjectName, error::DomainResult, validate_names,
 };
-use certflow_pki::{CsrInfo, PrivateKey};
+use certflow_pki::{CsrInfo, LintRefusal, PrivateKey};
 use serde_json::json;
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -300,18 +301,33 @@ impl Services {
         };
 
         match (errors.is_empty(), profile, issuer) {
-            (true, Some(profile), Some(issuer)) => Ok(Plan {
-                name,
-                team: req.team.clone(),
-                profile,
-                key_type,
-                names,
-                validity_days,
-                validity_secs: req.validity_seconds,
-                renewal,
-                csr,
-                issuer,
-            }),
+            (true, Some(profile), Some(issuer)) => {
+                // Only a request that is otherwise valid is held against the
+                // issuance policies: their verdict needs every field parsed.
+                self.policies
+                    .check(&IssuanceRequest {
+                        team: &req.team,
+                        issuer: &issuer.name,
+                        profile,
+                        key_type,
+                        names: &names,
+                        validity_days,
+                        validity_secs: req.validity_seconds,
+                    })
+                    .map_err(DomainError::Invalid)?;
+                Ok(Plan {
+                    name,
+                    team: req.team.clone(),
+                    profile,
+                    key_type,
+                    names,
+                    validity_days,
+                    validity_secs: req.validity_seconds,
+                    renewal,
+                    csr,
+                    issuer,
+                })
+            }
             _ => Err(DomainError::Invalid(errors)),
         }
     }
@@ -321,6 +337,7 @@ impl Services {
     #[allow(clippy::too_many_arguments)]
     async fn issue_version(
         &self,
+        owner: Owner<'_>,
         certificate_id: Uuid,
         version: u32,
         issuer: &Issuer,
@@ -348,25 +365,40 @@ impl Services {
                 (key.public_key_der(), kt, Some(key), csr)
             }
         };
-        let issued = self
-            .backends
-            .get(issuer)?
-            .issue(
-                issuer,
-                &IssueRequest {
-                    certificate_id,
-                    names: names.to_vec(),
-                    profile,
-                    validity_days: validity.0,
-                    validity_secs: validity.1,
-                    csr_der,
-                    spki_der: spki.clone(),
-                    key_type,
-                    replaces_der,
-                },
-                now,
-            )
-            .await?;
+        let request = IssueRequest {
+            certificate_id,
+            names: names.to_vec(),
+            profile,
+            validity_days: validity.0,
+            validity_secs: validity.1,
+            csr_der,
+            spki_der: spki.clone(),
+            key_type,
+            replaces_der,
+        };
+        let issued = match issuer.kind {
+            // The internal CA lints before it signs; a refusal is audited and
+            // announced here, where the certificate's owner is known.
+            IssuerKind::Internal => match self
+                .backends
+                .internal
+                .issue_linted(issuer, &request, now)
+                .await?
+            {
+                Ok(issued) => issued,
+                Err(refusal) => {
+                    return Err(self
+                        .lint_refused(owner, certificate_id, version, &refusal, now)
+                        .await);
+                }
+            },
+            _ => {
+                self.backends
+                    .get(issuer)?
+                    .issue(issuer, &request, now)
+                    .await?
+            }
+        };
         let der = issued.cert_der;
         // Whatever the CA, what is stored must be what was asked for.
         if certflow_pki::public_key_of(&der)? != spki {
@@ -510,6 +542,11 @@ impl Services {
         };
         let (version, written) = self
             .issue_version(
+                Owner {
+                    actor,
+                    team: &plan.team,
+                    name: &plan.name,
+                },
                 id,
                 1,
                 &plan.issuer,
@@ -631,6 +668,11 @@ impl Services {
             .first()
             .ok_or_else(|| DomainError::Internal(format!("certificate {id} has no version")))?;
         let issuer = self.issuer(cert.issuer_id).await?;
+        // Policies may have been tightened since the last version: every
+        // renewal (console, agent, worker) is held against today's.
+        self.check_renewal_policy(actor, &cert, &issuer, latest.version, now)
+            .await?
+            .map_or(Ok(()), |fields| Err(DomainError::Invalid(fields)))?;
         let new_csr = match csr {
             Some(pem) if pem.len() > MAX_CSR_BYTES => {
                 return Err(DomainError::invalid(
@@ -691,6 +733,11 @@ impl Services {
         let next = latest.version + 1;
         let (version, written) = self
             .issue_version(
+                Owner {
+                    actor,
+                    team: &cert.team,
+                    name: &cert.name,
+                },
                 id,
                 next,
                 &issuer,
@@ -926,6 +973,68 @@ impl Services {
         self.audit_key_download(actor, id, v.version, "pkcs12", now)
             .await?;
         Ok(p12)
+    }
+}
+
+/// Who a version is issued for: the acting principal and the certificate's
+/// owning team and name, for the audit trail and alerts.
+#[derive(Clone, Copy)]
+struct Owner<'a> {
+    actor: &'a Actor,
+    team: &'a str,
+    name: &'a str,
+}
+
+impl Services {
+    /// A certificate refused by pre-issuance linting: audited
+    /// (`certificate.issue.lint-refused`) and announced to the team
+    /// (`policy-violation`); the caller gets a `Conflict` naming the lints.
+    async fn lint_refused(
+        &self,
+        owner: Owner<'_>,
+        certificate_id: Uuid,
+        version: u32,
+        refusal: &LintRefusal,
+        now: OffsetDateTime,
+    ) -> DomainError {
+        let reason = refusal.to_string();
+        let findings: Vec<serde_json::Value> = refusal
+            .findings
+            .iter()
+            .map(|f| json!({ "lint": f.lint, "message": f.message }))
+            .collect();
+        let mut audit = AuditEvent::success(
+            now,
+            owner.actor,
+            "certificate.issue.lint-refused",
+            target(certificate_id),
+            json!({ "version": version, "findings": findings }),
+        );
+        audit.outcome = Outcome::Failure;
+        if let Err(e) = self.store.append_audit(&audit).await {
+            // The refusal stands either way: nothing was signed.
+            tracing::error!(certificate = %certificate_id, error = %e, "could not audit a lint refusal");
+        }
+        tracing::error!(certificate = %certificate_id, version, %reason, "pre-issuance lint refused a certificate");
+        self.publish(
+            Notification {
+                id: Uuid::now_v7(),
+                kind: EventKind::PolicyViolation,
+                team: owner.team.to_owned(),
+                certificate_id: Some(certificate_id),
+                certificate_name: Some(owner.name.to_owned()),
+                version: Some(version),
+                not_after: None,
+                days_left: None,
+                reason: Some(reason.clone()),
+                summary: format!("{} version {version} was not issued: {reason}", owner.name),
+                details: json!({ "findings": findings }),
+                at: now,
+            },
+            Some(&format!("lint-refused:{certificate_id}:v{version}")),
+        )
+        .await;
+        DomainError::Conflict(reason)
     }
 }
 

@@ -11,7 +11,7 @@ use certflow_core::model::{Issuer, IssuerKind};
 use certflow_core::ports::{BlobStore, IssueRequest, IssuedCertificate, IssuerBackend};
 use certflow_core::renewal::SuggestedWindow;
 use certflow_core::{DomainError, error::DomainResult};
-use certflow_pki::{IssuerUrls, LeafRequest, PrivateKey};
+use certflow_pki::{IssuerUrls, LeafRequest, LintRefusal, PrivateKey};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -69,21 +69,22 @@ impl InternalCa {
     }
 }
 
-#[async_trait]
-impl IssuerBackend for InternalCa {
-    async fn issue(
+impl InternalCa {
+    /// Issues after pre-issuance linting: the certificate, or the lints that
+    /// refused it (the CA key then signed nothing).
+    pub(crate) async fn issue_linted(
         &self,
         issuer: &Issuer,
         request: &IssueRequest,
         now: OffsetDateTime,
-    ) -> DomainResult<IssuedCertificate> {
+    ) -> DomainResult<Result<IssuedCertificate, LintRefusal>> {
         let ca_key = self.signing_key(issuer).await?;
         let ca_der = certflow_pki::parse_pem_certs("issuing_cert_pem", &issuer.issuing_cert_pem)?
             .into_iter()
             .next()
             .ok_or_else(|| DomainError::Internal("issuer has no certificate".into()))?;
         let urls = self.urls(issuer);
-        let cert_der = certflow_pki::issue_leaf(
+        let linted = certflow_pki::issue_leaf_linted(
             &ca_der,
             &ca_key,
             &LeafRequest {
@@ -97,10 +98,24 @@ impl IssuerBackend for InternalCa {
                 urls: urls.as_ref(),
             },
         )?;
-        Ok(IssuedCertificate {
+        Ok(linted.map(|cert_der| IssuedCertificate {
             cert_der,
             chain_pem: format!("{}{}", issuer.issuing_cert_pem, issuer.chain_pem),
-        })
+        }))
+    }
+}
+
+#[async_trait]
+impl IssuerBackend for InternalCa {
+    async fn issue(
+        &self,
+        issuer: &Issuer,
+        request: &IssueRequest,
+        now: OffsetDateTime,
+    ) -> DomainResult<IssuedCertificate> {
+        self.issue_linted(issuer, request, now)
+            .await?
+            .map_err(|refusal| DomainError::Conflict(refusal.to_string()))
     }
 
     async fn renewal_info(

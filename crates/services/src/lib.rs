@@ -4,9 +4,9 @@
 //! by the caller and passed in as `now`.
 
 pub mod agents;
-pub mod deployments;
 mod ca;
 mod certificates;
+pub mod deployments;
 mod issuing;
 mod maintenance;
 mod renewal;
@@ -18,6 +18,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use certflow_blob::Sealer;
+use certflow_core::policy::PolicySet;
 use certflow_core::ports::{BlobStore, IssuerBackend, MetadataStore, NotificationStore};
 use certflow_core::renewal::RenewalDefaults;
 use uuid::Uuid;
@@ -44,6 +45,7 @@ pub struct Services {
     notifications: Option<Arc<dyn NotificationStore>>,
     renewal_defaults: Arc<RenewalDefaults>,
     revocation: Arc<revocation::Revocation>,
+    policies: Arc<PolicySet>,
 }
 
 impl Services {
@@ -67,6 +69,7 @@ impl Services {
             notifications: None,
             renewal_defaults: Arc::new(RenewalDefaults::default()),
             revocation: Arc::default(),
+            policies: Arc::new(PolicySet::default()),
         }
     }
 
@@ -88,6 +91,12 @@ impl Services {
         self
     }
 
+    /// Issuance policies, checked on every request and before every renewal.
+    pub fn with_issuance_policies(mut self, policies: PolicySet) -> Self {
+        self.policies = Arc::new(policies);
+        self
+    }
+
     /// The metadata store (for readiness checks and settings).
     pub fn store(&self) -> &Arc<dyn MetadataStore> {
         &self.store
@@ -105,5 +114,7 @@ impl Services {
     }
 }
 
+#[cfg(test)]
+mod policy_tests;
 #[cfg(test)]
 mod tests;

@@ -5,10 +5,12 @@
 //! in between loses the notification, never invents one (the audit trail,
 //! written in the change's own transaction, stays the record of truth).
 
+use certflow_core::FieldError;
 use certflow_core::model::{
-    Actor, AuditEvent, CertificateStatus, CertificateVersion, Issuer, Outcome,
+    Actor, AuditEvent, Certificate, CertificateStatus, CertificateVersion, Issuer, Outcome,
 };
 use certflow_core::notify::{EventKind, Notification};
+use certflow_core::policy::IssuanceRequest;
 use certflow_core::renewal::{RenewalJob, RenewalPolicy, jitter_seed};
 use certflow_core::{DomainError, error::DomainResult};
 use serde_json::json;
@@ -30,6 +32,13 @@ pub enum JobOutcome {
     AlreadyRenewed,
     /// The certificate is archived or revoked: nothing to renew.
     NotRenewable,
+    /// An issuance policy no longer allows the certificate (tightened since it
+    /// was issued). Retrying cannot help: the job is given up at once; the
+    /// refusal is already audited and the team told (`policy-violation`).
+    PolicyRefused {
+        /// Every broken rule with its offending value, on one line.
+        reason: String,
+    },
 }
 
 /// The subject the workers act as in the audit trail.
@@ -98,6 +107,19 @@ impl Services {
         if cert.current_version > job.version {
             return Ok(JobOutcome::AlreadyRenewed);
         }
+        let issuer = self.issuer(cert.issuer_id).await?;
+        if let Some(fields) = self
+            .check_renewal_policy(&renewal_actor(), &cert, &issuer, job.version, now)
+            .await?
+        {
+            return Ok(JobOutcome::PolicyRefused {
+                reason: fields
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            });
+        }
         let key = job.idempotency_key();
         let view = self
             .renew_idempotent(&renewal_actor(), cert.id, None, Some(&key), now)
@@ -105,6 +127,68 @@ impl Services {
         Ok(JobOutcome::Renewed {
             version: view.certificate.current_version,
         })
+    }
+
+    /// Holds a certificate about to be renewed against today's issuance
+    /// policies. A refusal is audited (`certificate.renewal.refused`) and
+    /// announced (`policy-violation`, once per version) before the broken
+    /// rules are returned; `None` means the renewal may go ahead.
+    pub(crate) async fn check_renewal_policy(
+        &self,
+        actor: &Actor,
+        cert: &Certificate,
+        issuer: &Issuer,
+        version: u32,
+        now: OffsetDateTime,
+    ) -> DomainResult<Option<Vec<FieldError>>> {
+        let Err(fields) = self.policies.check(&IssuanceRequest {
+            team: &cert.team,
+            issuer: &issuer.name,
+            profile: cert.profile,
+            key_type: cert.key_type,
+            names: &cert.names,
+            validity_days: cert.validity_days,
+            validity_secs: cert.validity_secs,
+        }) else {
+            return Ok(None);
+        };
+        let reason = fields
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ");
+        let mut audit = AuditEvent::success(
+            now,
+            actor,
+            "certificate.renewal.refused",
+            format!("certificate/{}", cert.id),
+            json!({ "version": version, "violations": fields }),
+        );
+        audit.outcome = Outcome::Failure;
+        self.store.append_audit(&audit).await?;
+        tracing::warn!(certificate = %cert.id, version, %reason, "renewal refused by issuance policy");
+        self.publish(
+            Notification {
+                id: Uuid::now_v7(),
+                kind: EventKind::PolicyViolation,
+                team: cert.team.clone(),
+                certificate_id: Some(cert.id),
+                certificate_name: Some(cert.name.clone()),
+                version: Some(version),
+                not_after: Some(cert.not_after),
+                days_left: None,
+                reason: Some(reason.clone()),
+                summary: format!(
+                    "renewal of {} refused by issuance policy: {reason}; it expires {}",
+                    cert.name, cert.not_after
+                ),
+                details: json!({ "violations": fields }),
+                at: now,
+            },
+            Some(&format!("policy-violation:{}:v{version}", cert.id)),
+        )
+        .await;
+        Ok(Some(fields))
     }
 
     /// Records a failed renewal attempt in the audit trail and tells the
