@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use certflow_core::{KeyType, Profile, RevocationReason, SubjectName};
 use certflow_pki::{
-    CaMaterial, IssuerUrls, LeafRequest, PrivateKey, RevokedEntry, build_crl, cert_to_pem,
-    create_ca, inspect, issue_leaf, pkcs12,
+    CaMaterial, IssuerUrls, LeafRequest, LintContext, PrivateKey, RevokedEntry, build_crl,
+    cert_to_pem, create_ca, inspect, issue_leaf, lint_leaf, pkcs12,
 };
 use time::{Duration, OffsetDateTime};
 
@@ -241,6 +241,19 @@ fn every_ca_and_leaf_key_type_verifies_and_lints_clean() {
                     urls: Some(&u),
                 };
                 let der = issue_leaf(&m.issuing_cert_der, &m.issuing_key, &req).unwrap();
+                // Cross-check: certflow's own pre-issuance lints pass what
+                // pkilint is about to judge (issue_leaf already ran them on
+                // the linting certificate; this runs them on the real one).
+                let findings = lint_leaf(
+                    &der,
+                    &LintContext {
+                        profile,
+                        key_type: key.key_type(),
+                        issuer_der: &m.issuing_cert_der,
+                        backdate: Duration::seconds(60),
+                    },
+                );
+                assert!(findings.is_empty(), "{findings:?}");
                 let label = format!(
                     "{} leaf {} under {ca_id} CA",
                     profile.as_str(),
