@@ -598,3 +598,44 @@ pub struct IdempotencyRecord {
     /// When it was stored; records older than [`IDEMPOTENCY_KEY_TTL`] may be purged.
     pub created_at: OffsetDateTime,
 }
+
+/// The certificate inventory in numbers, for `/metrics` and its alerts: read
+/// from the shared database, so every replica reports the whole system.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CertificateStats {
+    /// Certificates by status; every status is present (0 when none).
+    pub by_status: Vec<(CertificateStatus, u64)>,
+    /// Per team with active certificates: the earliest `not_after` among
+    /// them, by team name.
+    pub earliest_expiry_by_team: Vec<(String, OffsetDateTime)>,
+    /// Active certificates whose current version expires before the instant
+    /// asked about (expired ones included) with no renewal job of that
+    /// version queued or running: nothing is going to replace them.
+    pub expiring_without_renewal: u64,
+}
+
+/// Agents and their deployments in numbers, for `/metrics` and its alerts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FleetStats {
+    /// Agents allowed to connect.
+    pub agents_active: u64,
+    /// Agents refused until re-enabled.
+    pub agents_disabled: u64,
+    /// Agents refused for good.
+    pub agents_revoked: u64,
+    /// Active agents not seen since the instant asked about (never seen:
+    /// since their enrolment).
+    pub agents_not_seen: u64,
+    /// Assignments (active agent, active certificate) whose last report is
+    /// `installed`.
+    pub deployments_installed: u64,
+    /// ... whose last report is `failed` (rolled back).
+    pub deployments_failed: u64,
+    /// ... whose last report is `broken` (the rollback failed too).
+    pub deployments_broken: u64,
+    /// ... with no report yet.
+    pub deployments_pending: u64,
+    /// ... whose current version was issued before the drift instant asked
+    /// about and is not reported installed (the `deployment-drift` rule).
+    pub deployments_drift: u64,
+}

@@ -9,8 +9,8 @@ use uuid::Uuid;
 
 use crate::error::DomainResult;
 use crate::model::{
-    AuditChainReport, AuditEvent, AuditQuery, Certificate, CertificateQuery, CertificateVersion,
-    IdempotencyRecord, Issuer, Page, RevocationReason,
+    AuditChainReport, AuditEvent, AuditQuery, Certificate, CertificateQuery, CertificateStats,
+    CertificateVersion, FleetStats, IdempotencyRecord, Issuer, Page, RevocationReason,
 };
 use crate::names::SubjectName;
 use crate::notify::{Delivery, DeliveryAttempt, DeliveryQuery, Notification, Subscription};
@@ -112,6 +112,15 @@ pub trait MetadataStore: Send + Sync {
             reason: "this store keeps no audit chain".into(),
         })
     }
+
+    /// Certificates by status, each team's earliest expiry among its active
+    /// certificates, and how many active certificates expire before
+    /// `expiring_before` with no renewal job of their current version queued
+    /// or running; one snapshot, grouped in the database.
+    async fn certificate_stats(
+        &self,
+        expiring_before: OffsetDateTime,
+    ) -> DomainResult<CertificateStats>;
 
     /// Reads a server setting (e.g. the bootstrap token hash).
     async fn get_setting(&self, key: &str) -> DomainResult<Option<String>>;
@@ -483,4 +492,14 @@ pub trait DeploymentStore: Send + Sync {
         certificate_id: Uuid,
         version: u32,
     ) -> DomainResult<()>;
+    /// Agents by status and how many active ones were not seen since
+    /// `seen_since`; assignments of active agents to active certificates by
+    /// their last report, and how many are drifting (current version issued
+    /// at or before `drift_issued_before`, not reported installed). One
+    /// snapshot, grouped in the database.
+    async fn fleet_stats(
+        &self,
+        seen_since: OffsetDateTime,
+        drift_issued_before: OffsetDateTime,
+    ) -> DomainResult<FleetStats>;
 }

@@ -221,6 +221,7 @@ fn rig(
             wait: Duration::from_secs(1),
             backoff_base: Duration::from_secs(1),
             backoff_cap: Duration::from_secs(5),
+            shutdown_grace: Duration::from_secs(1),
         },
     );
     Rig {

@@ -701,6 +701,22 @@ impl RenewalQueue for SqsRenewalQueue {
         Ok(())
     }
 
+    /// Makes the message visible at once and puts the ledger row back to
+    /// queued. SQS still counts the receive towards the redrive policy's
+    /// `maxReceiveCount`.
+    async fn release(&self, delivery: &JobDelivery) -> DomainResult<()> {
+        // Visibility first: it proves this delivery still holds the message.
+        self.set_visibility(delivery, 0).await?;
+        let now = OffsetDateTime::now_utc();
+        let mut job = delivery.job.clone();
+        job.state = JobState::Queued;
+        job.attempts = job.attempts.saturating_sub(1);
+        job.run_at = now;
+        job.lease_until = None;
+        job.updated_at = now;
+        self.ledger.update_renewal_job(&job, None).await
+    }
+
     /// The ledger's exact counts (SQS's own are approximate and cannot tell
     /// running from backing off; see [`SqsRenewalQueue::depth`] for them).
     async fn stats(&self) -> DomainResult<QueueStats> {

@@ -8,6 +8,7 @@
 //! after a worker died mid-job, finds the first one's result instead of
 //! issuing again.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -32,6 +33,9 @@ pub struct WorkerSettings {
     pub backoff_base: Duration,
     /// Longest retry delay.
     pub backoff_cap: Duration,
+    /// On shutdown, how long jobs in hand may run on before they are cut
+    /// short and handed back to the queue for another worker.
+    pub shutdown_grace: Duration,
 }
 
 impl Default for WorkerSettings {
@@ -42,7 +46,17 @@ impl Default for WorkerSettings {
             wait: Duration::from_secs(10),
             backoff_base: Duration::from_secs(30),
             backoff_cap: Duration::from_secs(3600),
+            shutdown_grace: Duration::from_secs(10),
         }
+    }
+}
+
+/// Aborts the task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -96,32 +110,114 @@ impl Worker {
             )
             .await?;
         let n = deliveries.len();
-        let mut tasks = tokio::task::JoinSet::new();
-        for delivery in deliveries {
-            let worker = self.clone();
-            tasks.spawn(async move { worker.process(delivery).await });
-        }
-        while let Some(done) = tasks.join_next().await {
-            if let Err(e) = done {
-                tracing::error!(error = %e, "renewal task panicked; its job is retried after its lease");
-            }
-        }
+        self.work(deliveries, None).await;
         Ok(n)
     }
 
-    /// Works until `shutdown` turns true; a queue outage is retried with backoff.
+    /// Works on `deliveries` concurrently until all are acknowledged. When
+    /// `shutdown` turns true meanwhile, the jobs still running get
+    /// [`WorkerSettings::shutdown_grace`] to finish; the rest are cut short
+    /// and handed back to the queue (another worker takes them at once; the
+    /// idempotency key keeps a half-done issuance from issuing twice).
+    async fn work(
+        &self,
+        deliveries: Vec<JobDelivery>,
+        mut shutdown: Option<watch::Receiver<bool>>,
+    ) {
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut in_hand = HashMap::new();
+        for delivery in deliveries {
+            let worker = self.clone();
+            let task = delivery.clone();
+            let handle = tasks.spawn(async move { worker.process(task).await });
+            in_hand.insert(handle.id(), delivery);
+        }
+        let mut deadline: Option<tokio::time::Instant> = None;
+        loop {
+            let stopping = async {
+                match (&mut shutdown, deadline) {
+                    (_, Some(at)) => tokio::time::sleep_until(at).await,
+                    (Some(rx), None) => {
+                        while !*rx.borrow_and_update() {
+                            if rx.changed().await.is_err() {
+                                std::future::pending::<()>().await;
+                            }
+                        }
+                    }
+                    (None, None) => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                done = tasks.join_next_with_id() => match done {
+                    None => return,
+                    Some(Ok((id, ()))) => {
+                        in_hand.remove(&id);
+                    }
+                    Some(Err(e)) => {
+                        let delivery = in_hand.remove(&e.id());
+                        if e.is_cancelled() {
+                            if let Some(delivery) = delivery {
+                                self.hand_back(&delivery).await;
+                            }
+                        } else {
+                            tracing::error!(error = %e, "renewal task panicked; its job is retried after its lease");
+                        }
+                    }
+                },
+                () = stopping => {
+                    if deadline.is_none() {
+                        tracing::info!(jobs = in_hand.len(), grace = ?self.settings.shutdown_grace, "shutting down: finishing the renewal jobs in hand");
+                        deadline = Some(tokio::time::Instant::now() + self.settings.shutdown_grace);
+                    } else {
+                        // Grace over: cut the rest short; each is handed
+                        // back as its cancellation is collected above.
+                        tasks.abort_all();
+                        deadline = Some(tokio::time::Instant::now() + Duration::from_secs(3600));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Returns an unfinished job to the queue.
+    async fn hand_back(&self, delivery: &JobDelivery) {
+        let job = &delivery.job;
+        match self.queue.release(delivery).await {
+            Ok(()) => {
+                tracing::info!(job = %job.id, certificate = %job.certificate_id, version = job.version, "renewal job handed back (shutting down)");
+            }
+            Err(e) => {
+                tracing::warn!(job = %job.id, error = %e, "could not hand a renewal job back; it is retried after its lease");
+            }
+        }
+    }
+
+    /// Works until `shutdown` turns true; a queue outage is retried with
+    /// backoff. Jobs in hand at shutdown get the grace period, then go back
+    /// to the queue.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let mut failures = 0u32;
         loop {
             if *shutdown.borrow() {
                 return;
             }
-            let result = tokio::select! {
-                r = self.run_once() => r,
+            let received = tokio::select! {
+                r = self.queue.receive(
+                    self.settings.concurrency,
+                    self.settings.lease,
+                    self.settings.wait,
+                ) => r,
                 _ = shutdown.changed() => return,
             };
+            let result = match received {
+                Ok(deliveries) => {
+                    self.work(deliveries, Some(shutdown.clone())).await;
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            };
             match result {
-                Ok(_) => failures = 0,
+                Ok(()) => failures = 0,
                 Err(e) => {
                     failures += 1;
                     let delay = backoff(
@@ -143,7 +239,9 @@ impl Worker {
     /// One delivery, from heartbeat to acknowledgement.
     async fn process(&self, delivery: JobDelivery) {
         let job = &delivery.job;
-        let heartbeat = {
+        // Aborted on every way out, cancellation included: a heartbeat
+        // outliving its job would keep a handed-back job hidden.
+        let heartbeat = AbortOnDrop({
             let queue = self.queue.clone();
             let delivery = delivery.clone();
             let lease = self.settings.lease;
@@ -159,12 +257,12 @@ impl Worker {
                     }
                 }
             })
-        };
+        });
         let result = self
             .services
             .run_renewal_job(job, OffsetDateTime::now_utc())
             .await;
-        heartbeat.abort();
+        drop(heartbeat);
         let ack = match result {
             // A policy refusal is permanent: retrying the same certificate
             // against the same policy only repeats it. Dead-letter at once with

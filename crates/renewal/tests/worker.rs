@@ -274,6 +274,7 @@ fn worker_settings() -> WorkerSettings {
         wait: Duration::from_millis(200),
         backoff_base: Duration::from_millis(200),
         backoff_cap: Duration::from_secs(1),
+        shutdown_grace: Duration::from_millis(300),
     }
 }
 
@@ -701,4 +702,93 @@ async fn renewal_notifies_the_subscribed_team_only() {
     assert_eq!(renewed.notification.version, Some(2));
     assert_eq!(renewed.notification.team, TEAM);
     assert!(env.deliveries(OTHER_TEAM).await.is_empty());
+}
+
+/// A blob store whose one blob never comes back: a CA that hangs mid-renewal.
+struct Hung {
+    inner: Arc<ObjectBlobStore>,
+    key: String,
+}
+
+#[async_trait::async_trait]
+impl BlobStore for Hung {
+    async fn put(&self, key: &str, data: bytes::Bytes) -> certflow_core::DomainResult<()> {
+        self.inner.put(key, data).await
+    }
+    async fn get(&self, key: &str) -> certflow_core::DomainResult<bytes::Bytes> {
+        if key == self.key {
+            std::future::pending::<()>().await;
+        }
+        self.inner.get(key).await
+    }
+    async fn delete(&self, key: &str) -> certflow_core::DomainResult<()> {
+        self.inner.delete(key).await
+    }
+    async fn list(&self, prefix: &str) -> certflow_core::DomainResult<Vec<String>> {
+        self.inner.list(prefix).await
+    }
+    async fn list_with_age(
+        &self,
+        prefix: &str,
+    ) -> certflow_core::DomainResult<Vec<(String, OffsetDateTime)>> {
+        self.inner.list_with_age(prefix).await
+    }
+}
+
+/// A worker told to stop while its job hangs (the CA key read never
+/// answers) gives the job its grace period, then hands it back: queued,
+/// runnable at once, the interrupted delivery not counted, no lease left.
+/// Another worker renews it at once instead of after the 30 s lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_worker_hands_its_leased_job_back() {
+    let env = Env::start(Backend::Sqlite).await;
+    let id = env.certificate("handback.example.com", TEAM, None).await;
+    let issuer = env.services.issuers().await.unwrap().remove(0);
+    let hung = Services::new(
+        env.db.metadata(),
+        Arc::new(Hung {
+            inner: env.blobs.clone(),
+            key: issuer.key_blob.clone(),
+        }),
+        env.sealer.clone(),
+        None,
+    );
+    let queue = env.queue();
+    env.scheduler(queue.clone(), 5)
+        .scan(env.skew.now())
+        .await
+        .unwrap();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let worker = Worker::new(hung, queue.clone(), worker_settings());
+    let running = tokio::spawn(worker.run(stopped));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while env.job_of(id).await.state != JobState::Running {
+        assert!(Instant::now() < deadline, "the job was never leased");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let asked = Instant::now();
+    stop.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), running)
+        .await
+        .expect("the worker stops within its grace period")
+        .unwrap();
+    let waited = asked.elapsed();
+    assert!(
+        waited >= Duration::from_millis(300),
+        "the job had its grace: {waited:?}"
+    );
+    let job = env.job_of(id).await;
+    assert_eq!(
+        (job.state, job.attempts, job.lease_until),
+        (JobState::Queued, 0, None),
+        "{job:?}"
+    );
+    assert!(job.run_at <= env.skew.now());
+
+    // Another worker (a CA that answers) takes it at once: one receive.
+    let healthy = Worker::new(env.services.clone(), queue.clone(), worker_settings());
+    assert_eq!(healthy.run_once().await.unwrap(), 1);
+    let job = env.job_of(id).await;
+    assert_eq!((job.state, job.attempts), (JobState::Done, 1));
+    assert_eq!(env.versions(id).await, [1, 2]);
 }

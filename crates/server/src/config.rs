@@ -167,6 +167,11 @@ pub struct ServerConfig {
     /// Externally reachable base URL, written into certificates (CA issuers, CRL).
     /// Defaults to `http://<listen>`.
     pub public_url: Option<String>,
+    /// On SIGTERM, seconds to keep accepting requests with `/readyz` at 503
+    /// (so load balancers take the replica out) before the listener closes.
+    pub drain_delay_secs: u64,
+    /// Then, longest wait for requests in flight to finish, seconds.
+    pub drain_timeout_secs: u64,
 }
 
 impl Default for ServerConfig {
@@ -174,6 +179,8 @@ impl Default for ServerConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             public_url: None,
+            drain_delay_secs: 0,
+            drain_timeout_secs: 30,
         }
     }
 }

@@ -2,6 +2,7 @@
 //! to ports. Every backend is opened and checked before the listener binds, so
 //! a bad database path or master key stops the server with a message naming it.
 
+use std::future::IntoFuture as _;
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -571,6 +572,9 @@ async fn spawn_roles(
                 wait: Duration::from_secs(5),
                 backoff_base: Duration::from_secs(r.backoff_base_secs),
                 backoff_cap: Duration::from_secs(r.backoff_cap_secs),
+                // Then jobs still in hand go back to the queue (well inside
+                // the 30 s the process waits for its roles).
+                shutdown_grace: Duration::from_secs(5),
             },
         );
         tasks.push(tokio::spawn(worker.run(shutdown.clone())));
@@ -689,16 +693,35 @@ pub async fn serve(config: Config, roles: Roles) -> anyhow::Result<()> {
         tracing::info!(issuer = %issuer.id, subject = %issuer.subject, "created the internal CA");
     }
     let (stop_tx, stop_rx) = watch::channel(false);
-    let tasks = spawn_roles(&config, roles, &opened, &stop_rx).await?;
+    let draining = http::observe::Draining::default();
+    // SIGTERM (or Ctrl-C): readiness fails at once, workers start handing
+    // back, the listener drains (see serve_api).
+    {
+        let draining = draining.clone();
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            tracing::info!("shutting down: draining");
+            draining.start();
+            let _ = stop_tx.send(true);
+        });
+    }
+    let mut tasks = spawn_roles(&config, roles, &opened, &stop_rx).await?;
     if roles.api {
-        serve_api(&config, &opened, services).await?;
+        serve_api(
+            &config,
+            &opened,
+            services,
+            draining,
+            stop_rx.clone(),
+            &mut tasks,
+        )
+        .await?;
     } else {
         println!("certflow: running {roles:?} (no API listener)");
-        shutdown_signal().await;
+        stopped(stop_rx.clone()).await;
     }
-    let _ = stop_tx.send(true);
     for task in tasks {
-        // Workers finish the job in hand; a job cut short is retried after its lease.
+        // Workers finish the jobs in hand within their grace, or hand them back.
         let _ = tokio::time::timeout(Duration::from_secs(30), task).await;
     }
     tracing::info!("stopped");
@@ -766,7 +789,14 @@ fn spawn_agent_watch(agents: certflow_services::agents::Agents, feed: ChangeFeed
     });
 }
 
-async fn serve_api(config: &Config, opened: &Opened, services: Services) -> anyhow::Result<()> {
+async fn serve_api(
+    config: &Config,
+    opened: &Opened,
+    services: Services,
+    draining: http::observe::Draining,
+    stop: watch::Receiver<bool>,
+    tasks: &mut Vec<tokio::task::JoinHandle<()>>,
+) -> anyhow::Result<()> {
     let bootstrap_hash = Arc::new(RwLock::new(None));
     if config.auth.bootstrap_token {
         if let Some(token) = auth::ensure_bootstrap_token(services.store().as_ref()).await? {
@@ -793,6 +823,33 @@ async fn serve_api(config: &Config, opened: &Opened, services: Services) -> anyh
         services.store().clone(),
         limits.clone(),
     )?;
+    let issuers = http::metrics::IssuerHealth::default();
+    let acme_probes = config
+        .acme
+        .iter()
+        .map(|(name, a)| {
+            (
+                name.clone(),
+                http::metrics::AcmeProbe {
+                    directory_url: a.directory_url.clone(),
+                    ca_bundle: a.ca_bundle.clone(),
+                },
+            )
+        })
+        .collect();
+    tasks.push(http::metrics::spawn_issuer_probe(
+        services.clone(),
+        acme_probes,
+        issuers.clone(),
+        stop.clone(),
+    ));
+    let domain_metrics = http::metrics::DomainMetrics {
+        deployments: opened.store.deployments.clone(),
+        drift_after: time::Duration::seconds(
+            i64::try_from(config.agent.drift_after_seconds).unwrap_or(i64::MAX / 2),
+        ),
+        issuers,
+    };
     let state = AppState {
         services,
         bootstrap_hash,
@@ -822,13 +879,39 @@ async fn serve_api(config: &Config, opened: &Opened, services: Services) -> anyh
         Some(console) => app.merge(http::login::router(console)),
         None => app,
     };
-    axum::serve(
+    // Outermost, over every merged router: request id and access log.
+    let app = app
+        .layer(axum::Extension(domain_metrics))
+        .layer(axum::Extension(draining))
+        .layer(axum::middleware::from_fn(http::observe::access_log));
+    let delay = Duration::from_secs(config.server.drain_delay_secs);
+    let bound = Duration::from_secs(config.server.drain_timeout_secs);
+    let closing = {
+        let stop = stop.clone();
+        async move {
+            stopped(stop).await;
+            // Still accepting, /readyz at 503: load balancers take us out.
+            tokio::time::sleep(delay).await;
+            tracing::info!(timeout = ?bound, "listener closed; waiting for requests in flight");
+        }
+    };
+    let server = axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),
     )
-    .with_graceful_shutdown(shutdown_signal())
-    .await
-    .context("server")?;
+    .with_graceful_shutdown(closing)
+    .into_future();
+    tokio::pin!(server);
+    let cut_off = async {
+        stopped(stop).await;
+        tokio::time::sleep(delay + bound).await;
+    };
+    tokio::select! {
+        served = &mut server => served.context("server")?,
+        () = cut_off => {
+            tracing::warn!(timeout = ?bound, "requests still in flight after the drain timeout; cut short");
+        }
+    }
     Ok(())
 }
 

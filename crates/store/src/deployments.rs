@@ -12,7 +12,7 @@ use certflow_core::deployments::{
     AssignedCertificate, Assignment, Deployment, DeploymentState, DeploymentStatus,
 };
 use certflow_core::error::DomainResult;
-use certflow_core::model::{AuditEvent, CertificateStatus, KeySource};
+use certflow_core::model::{AuditEvent, CertificateStatus, FleetStats, KeySource};
 use certflow_core::ports::DeploymentStore;
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -20,7 +20,7 @@ use uuid::Uuid;
 use crate::codec::{get_u32, id, secs};
 use crate::error::{corrupt, map};
 use crate::query::{Backend, Columns, Sql};
-use crate::repo::{SqlStore, execute, fetch_optional, insert_audit};
+use crate::repo::{SqlStore, execute, fetch_all, fetch_optional, insert_audit};
 
 /// The joined columns [`state`] decodes; the `FROM` clause is [`FROM`].
 macro_rules! state_select {
@@ -300,6 +300,14 @@ impl<B: Backend> DeploymentStore for SqlStore<B> {
         .await
     }
 
+    async fn fleet_stats(
+        &self,
+        seen_since: OffsetDateTime,
+        drift_issued_before: OffsetDateTime,
+    ) -> DomainResult<FleetStats> {
+        self.fleet_counts(seen_since, drift_issued_before).await
+    }
+
     async fn mark_drift_notified(
         &self,
         agent_id: Uuid,
@@ -319,6 +327,83 @@ impl<B: Backend> DeploymentStore for SqlStore<B> {
             .bind(id(certificate_id)),
         )
         .await
+    }
+}
+
+/// A count column as `u64` (SUM of no rows is NULL).
+fn count(row: &impl Columns, col: &str) -> DomainResult<u64> {
+    let n = row.opt_int(col)?.unwrap_or(0);
+    u64::try_from(n).map_err(|e| corrupt(col, e))
+}
+
+impl<B: Backend> SqlStore<B> {
+    /// [`DeploymentStore::fleet_stats`]: two grouped statements in one snapshot.
+    async fn fleet_counts(
+        &self,
+        seen_since: OffsetDateTime,
+        drift_issued_before: OffsetDateTime,
+    ) -> DomainResult<FleetStats> {
+        let mut tx = self.begin_read().await?;
+        // An agent never seen since enrolment counts from its enrolment.
+        let agents = fetch_all::<B>(
+            &mut tx,
+            Sql::new(
+                "SELECT status, COUNT(*) AS n, \
+                 SUM(CASE WHEN COALESCE(last_seen, created_at) < $1 THEN 1 ELSE 0 END) AS stale \
+                 FROM agents GROUP BY status",
+            )
+            .bind(secs(seen_since)),
+        )
+        .await?;
+        // Only what someone waits for: active agents and active certificates
+        // (a disabled agent's failed report is not an incident). Drift is
+        // the condition of `drift_candidates`, without the announced-once part.
+        let deployments = fetch_all::<B>(
+            &mut tx,
+            Sql::new(
+                "SELECT COALESCE(d.status, 'pending') AS status, COUNT(*) AS n, \
+                 SUM(CASE WHEN v.created_at <= $1 AND (d.status IS NULL \
+                   OR d.status <> 'installed' OR d.version <> c.current_version) \
+                   THEN 1 ELSE 0 END) AS drift \
+                 FROM agent_assignments a \
+                 JOIN agents ag ON ag.id = a.agent_id \
+                 JOIN certificates c ON c.id = a.certificate_id \
+                 JOIN certificate_versions v \
+                   ON v.certificate_id = c.id AND v.version = c.current_version \
+                 LEFT JOIN agent_deployments d \
+                   ON d.agent_id = a.agent_id AND d.certificate_id = a.certificate_id \
+                 WHERE ag.status = 'active' AND c.status = 'active' \
+                 GROUP BY COALESCE(d.status, 'pending')",
+            )
+            .bind(secs(drift_issued_before)),
+        )
+        .await?;
+        tx.commit().await.map_err(map)?;
+        let mut stats = FleetStats::default();
+        for row in agents {
+            let n = count(&row, "n")?;
+            match row.text("status")?.as_str() {
+                "active" => {
+                    stats.agents_active = n;
+                    stats.agents_not_seen = count(&row, "stale")?;
+                }
+                "disabled" => stats.agents_disabled = n,
+                "revoked" => stats.agents_revoked = n,
+                other => return Err(corrupt("status", format!("unknown value '{other}'"))),
+            }
+        }
+        for row in deployments {
+            let n = count(&row, "n")?;
+            stats.deployments_drift += count(&row, "drift")?;
+            match row.text("status")?.as_str() {
+                "installed" => stats.deployments_installed = n,
+                "failed" => stats.deployments_failed = n,
+                "broken" => stats.deployments_broken = n,
+                "pending" => stats.deployments_pending = n,
+                other => return Err(corrupt("status", format!("unknown value '{other}'"))),
+            }
+        }
+        Ok(stats)
     }
 }
 
@@ -394,6 +479,16 @@ macro_rules! forward_deployment_store {
             ) -> certflow_core::error::DomainResult<()> {
                 self.$field
                     .mark_drift_notified(agent_id, certificate_id, version)
+                    .await
+            }
+
+            async fn fleet_stats(
+                &self,
+                seen_since: time::OffsetDateTime,
+                drift_issued_before: time::OffsetDateTime,
+            ) -> certflow_core::error::DomainResult<certflow_core::model::FleetStats> {
+                self.$field
+                    .fleet_stats(seen_since, drift_issued_before)
                     .await
             }
         }

@@ -150,6 +150,11 @@ impl RenewalQueue for DbRenewalQueue {
         on_store!(self, s => s.dead_letter_job(delivery, now, error).await)
     }
 
+    async fn release(&self, delivery: &JobDelivery) -> DomainResult<()> {
+        let now = self.now();
+        on_store!(self, s => s.release_job(delivery, now).await)
+    }
+
     async fn stats(&self) -> DomainResult<QueueStats> {
         let now = self.now();
         on_store!(self, s => s.renewal_job_stats(now).await)

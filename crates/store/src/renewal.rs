@@ -179,8 +179,9 @@ impl<B: Backend> RenewalLedger for SqlStore<B> {
         let counts = fetch_all::<B>(
             &mut tx,
             Sql::new(
-                "SELECT state, COUNT(*) AS n FROM renewal_jobs \
-                 WHERE state IN ('queued', 'running', 'dead') GROUP BY state",
+                "SELECT state, COUNT(*) AS n, \
+                 SUM(CASE WHEN attempts > 0 THEN 1 ELSE 0 END) AS retried \
+                 FROM renewal_jobs WHERE state IN ('queued', 'running', 'dead') GROUP BY state",
             ),
         )
         .await?;
@@ -199,7 +200,12 @@ impl<B: Backend> RenewalLedger for SqlStore<B> {
         for row in counts {
             let n = u64::try_from(row.int("n")?).unwrap_or(0);
             match JobState::parse(&row.text("state")?) {
-                Some(JobState::Queued) => stats.queued = n,
+                Some(JobState::Queued) => {
+                    stats.queued = n;
+                    // Queued after an attempt: waiting out a failure's backoff.
+                    stats.failing =
+                        u64::try_from(row.opt_int("retried")?.unwrap_or(0)).unwrap_or(0);
+                }
                 Some(JobState::Running) => stats.running = n,
                 Some(JobState::Dead) => stats.dead = n,
                 _ => {}
@@ -342,6 +348,22 @@ impl<B: Backend> SqlStore<B> {
         .bind(error)
         .bind(secs(now));
         self.on_lease(delivery, set, 4).await
+    }
+
+    /// Hands a running job back: queued, runnable at `now`, lease dropped,
+    /// and the interrupted delivery not counted as an attempt.
+    pub(crate) async fn release_job(
+        &self,
+        delivery: &JobDelivery,
+        now: OffsetDateTime,
+    ) -> DomainResult<()> {
+        let set = Sql::new(
+            "UPDATE renewal_jobs SET state = 'queued', run_at = $1, lease_token = NULL, \
+             lease_until = NULL, attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END, \
+             updated_at = $1",
+        )
+        .bind(secs(now));
+        self.on_lease(delivery, set, 2).await
     }
 
     pub(crate) async fn dead_letter_job(

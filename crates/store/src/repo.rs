@@ -18,9 +18,9 @@ use std::marker::PhantomData;
 use async_trait::async_trait;
 use certflow_core::error::DomainResult;
 use certflow_core::model::{
-    AuditChainReport, AuditEvent, AuditQuery, Certificate, CertificateQuery, CertificateStatus,
-    CertificateVersion, IdempotencyRecord, Issuer, Labels, Page, RevocationReason, SortKey,
-    VersionStatus,
+    AuditChainReport, AuditEvent, AuditQuery, Certificate, CertificateQuery, CertificateStats,
+    CertificateStatus, CertificateVersion, IdempotencyRecord, Issuer, Labels, Page,
+    RevocationReason, SortKey, VersionStatus,
 };
 use certflow_core::ports::MetadataStore;
 use certflow_core::{DomainError, SubjectName};
@@ -963,6 +963,67 @@ impl<B: Backend> MetadataStore for SqlStore<B> {
         self.verify_chain().await
     }
 
+    async fn certificate_stats(
+        &self,
+        expiring_before: OffsetDateTime,
+    ) -> DomainResult<CertificateStats> {
+        // One snapshot for the three numbers; each is one grouped statement
+        // (three rows, one row per team, one count), never a row per certificate.
+        let mut tx = self.begin_read().await?;
+        let by_status = fetch_all::<B>(
+            &mut tx,
+            Sql::new("SELECT status, COUNT(*) AS n FROM certificates GROUP BY status"),
+        )
+        .await?;
+        let by_team = fetch_all::<B>(
+            &mut tx,
+            Sql::new(
+                "SELECT team, MIN(not_after) AS earliest FROM certificates \
+                 WHERE status = $1 GROUP BY team ORDER BY team",
+            )
+            .bind(CertificateStatus::Active.as_str()),
+        )
+        .await?;
+        // `not_after` is the current version's; the NOT EXISTS probes the
+        // (certificate_id, version) unique key of renewal_jobs per row.
+        let unrenewed = fetch_optional::<B>(
+            &mut tx,
+            Sql::new(
+                "SELECT COUNT(*) AS n FROM certificates c \
+                 WHERE c.status = $1 AND c.not_after < $2 \
+                 AND NOT EXISTS (SELECT 1 FROM renewal_jobs j \
+                 WHERE j.certificate_id = c.id AND j.version = c.current_version \
+                 AND j.state IN ('queued', 'running'))",
+            )
+            .bind(CertificateStatus::Active.as_str())
+            .bind(codec::ceil_secs(expiring_before)),
+        )
+        .await?;
+        tx.commit().await.map_err(map)?;
+        let mut counts = HashMap::new();
+        for row in by_status {
+            counts.insert(row.text("status")?, row.int("n")?);
+        }
+        let mut stats = CertificateStats {
+            by_status: CertificateStatus::ALL
+                .into_iter()
+                .map(|st| {
+                    let n = counts.get(st.as_str()).copied().unwrap_or(0);
+                    (st, u64::try_from(n).unwrap_or(0))
+                })
+                .collect(),
+            expiring_without_renewal: total(unrenewed)?,
+            ..Default::default()
+        };
+        for row in by_team {
+            let earliest = row.int("earliest")?;
+            let at = OffsetDateTime::from_unix_timestamp(earliest)
+                .map_err(|e| crate::error::corrupt("not_after", e))?;
+            stats.earliest_expiry_by_team.push((row.text("team")?, at));
+        }
+        Ok(stats)
+    }
+
     async fn get_setting(&self, key: &str) -> DomainResult<Option<String>> {
         self.fetch_optional(Sql::new("SELECT value FROM settings WHERE key = $1").bind(key))
             .await?
@@ -1203,6 +1264,13 @@ macro_rules! forward_metadata_store {
                 &self,
             ) -> certflow_core::error::DomainResult<certflow_core::model::AuditChainReport> {
                 self.$field.verify_audit_chain().await
+            }
+
+            async fn certificate_stats(
+                &self,
+                expiring_before: time::OffsetDateTime,
+            ) -> certflow_core::error::DomainResult<certflow_core::model::CertificateStats> {
+                self.$field.certificate_stats(expiring_before).await
             }
 
             async fn get_setting(

@@ -2726,6 +2726,7 @@ mod suite {
                 queued: 0,
                 running: 0,
                 dead: 2,
+                failing: 0,
                 oldest_age_secs: 0
             }
         );
@@ -2753,6 +2754,7 @@ mod suite {
                 queued: 2,
                 running: 2,
                 dead: 0,
+                failing: 0,
                 oldest_age_secs: 100
             }
         );
@@ -2764,6 +2766,7 @@ mod suite {
                 queued: 2,
                 running: 0,
                 dead: 1,
+                failing: 0,
                 oldest_age_secs: 60
             }
         );
@@ -2775,6 +2778,121 @@ mod suite {
                 .oldest_age_secs,
             10
         );
+    }
+
+    pub async fn release_hands_a_job_back_at_once(store: &dyn Stores) {
+        let cert = job_target(store).await;
+        let (queue, clock) = clocked(store);
+        let j = RenewalJob::new(cert.id, 1, 3, at(T0));
+        queue.enqueue(&j).await.unwrap();
+        let first = receive_one(&queue).await;
+        assert_eq!(first.job.attempts, 1);
+        set(&clock, T0 + 5);
+        queue.release(&first).await.unwrap();
+        let back = job(store, j.id).await;
+        assert_eq!(back.state, JobState::Queued);
+        // The interrupted delivery is not an attempt, and no lease is left.
+        assert_eq!((back.attempts, back.lease_until), (0, None));
+        assert_eq!(back.run_at, at(T0 + 5));
+        // Another worker gets it at once, long before the lease would end.
+        let second = receive_one(&queue).await;
+        assert_eq!(second.job.attempts, 1);
+        // The old receipt is worth nothing now, releasing included.
+        assert_conflict(queue.release(&first).await, &["lease lost"]);
+        assert_conflict(queue.complete(&first).await, &["lease lost"]);
+        queue.complete(&second).await.unwrap();
+        assert_eq!(job(store, j.id).await.state, JobState::Done);
+    }
+
+    pub async fn certificate_stats_group_status_team_expiry_and_unrenewed(store: &dyn Stores) {
+        let issuer = seed_issuer(store).await;
+        let expiring = |name: &str, team: &str, days: i64| {
+            let mut c = certificate(&issuer, name, team);
+            c.not_after = at(T0 + days * DAY);
+            c
+        };
+        let empty = store.certificate_stats(at(T0 + 7 * DAY)).await.unwrap();
+        assert_eq!(empty.expiring_without_renewal, 0);
+        assert!(empty.earliest_expiry_by_team.is_empty());
+        assert!(empty.by_status.iter().all(|(_, n)| *n == 0));
+        assert_eq!(empty.by_status.len(), CertificateStatus::ALL.len());
+
+        let far = certificate(&issuer, "far.example.com", "payments"); // 90 days
+        let soon = expiring("soon.example.com", "payments", 5);
+        let queued = expiring("queued.example.com", "web", 3);
+        let dead = expiring("dead.example.com", "web", 2);
+        let stale_job = expiring("stale.example.com", "web", 1);
+        let archived = expiring("archived.example.com", "web", 0);
+        let revoked = expiring("revoked.example.com", "ops", 0);
+        for c in [&far, &soon, &queued, &dead, &stale_job, &archived, &revoked] {
+            create(store, c).await;
+        }
+        store
+            .archive_certificate(archived.id, at(T0), &event("certificate.archive", "x"))
+            .await
+            .unwrap();
+        store
+            .revoke_version(
+                revoked.id,
+                1,
+                RevocationReason::KeyCompromise,
+                at(T0),
+                &event("certificate.revoke", "x"),
+            )
+            .await
+            .unwrap();
+        // A renewal queued for the current version: in progress.
+        let queued_job = RenewalJob::new(queued.id, 1, 3, at(T0));
+        assert!(store.insert_renewal_job(&queued_job).await.unwrap());
+        // Given up: nothing is in progress any more.
+        let mut dead_job = RenewalJob::new(dead.id, 1, 3, at(T0));
+        dead_job.state = JobState::Dead;
+        assert!(store.insert_renewal_job(&dead_job).await.unwrap());
+        // A job of another version does not renew the current one.
+        let mut other_version = RenewalJob::new(stale_job.id, 7, 3, at(T0));
+        other_version.state = JobState::Running;
+        assert!(store.insert_renewal_job(&other_version).await.unwrap());
+
+        let stats = store.certificate_stats(at(T0 + 7 * DAY)).await.unwrap();
+        let by_status: BTreeMap<&str, u64> = stats
+            .by_status
+            .iter()
+            .map(|(st, n)| (st.as_str(), *n))
+            .collect();
+        assert_eq!(
+            by_status,
+            BTreeMap::from([("active", 5), ("archived", 1), ("revoked", 1)])
+        );
+        // Active certificates only: the archived and revoked ones expire earlier.
+        assert_eq!(
+            stats.earliest_expiry_by_team,
+            vec![
+                ("payments".to_owned(), at(T0 + 5 * DAY)),
+                ("web".to_owned(), at(T0 + DAY)),
+            ]
+        );
+        // soon, dead and stale_job; not far (later), queued (in progress),
+        // archived or revoked (not active).
+        assert_eq!(stats.expiring_without_renewal, 3);
+        // The bound is exclusive, and already expired certificates count.
+        let edge = store.certificate_stats(at(T0 + 5 * DAY)).await.unwrap();
+        assert_eq!(edge.expiring_without_renewal, 2);
+        let later = store.certificate_stats(at(T0 + 365 * DAY)).await.unwrap();
+        assert_eq!(later.expiring_without_renewal, 4);
+
+        // A retried job is counted as failing (queued after an attempt).
+        let (queue, _clock) = clocked(store);
+        let d = receive_one(&queue).await;
+        assert_eq!(d.job.id, queued_job.id);
+        queue
+            .retry(&d, "CA unavailable", StdDuration::from_secs(600))
+            .await
+            .unwrap();
+        let q = queue.stats().await.unwrap();
+        assert_eq!((q.queued, q.failing, q.running, q.dead), (1, 1, 1, 1));
+        // Still in progress (queued), so still not "without renewal".
+        let stats = store.certificate_stats(at(T0 + 7 * DAY)).await.unwrap();
+        assert_eq!(stats.expiring_without_renewal, 3);
     }
 
     pub async fn receive_waits_for_a_job(store: &dyn Stores) {
@@ -3831,6 +3949,118 @@ mod suite {
         );
     }
 
+    pub async fn fleet_stats_count_agents_and_deployments<S>(store: &S)
+    where
+        S: MetadataStore + certflow_core::ports::AgentStore + certflow_core::ports::DeploymentStore,
+    {
+        use certflow_core::agents::AgentStatus;
+        use certflow_core::deployments::{Assignment, DeploymentStatus};
+        use certflow_core::model::FleetStats;
+        assert_eq!(
+            store.fleet_stats(at(T0), at(T0)).await.unwrap(),
+            FleetStats::default()
+        );
+        let issuer = seed_issuer(store).await;
+        let www = certificate(&issuer, "www.example.com", "web");
+        let api = certificate(&issuer, "api.example.com", "web");
+        create(store, &www).await; // version 1 issued at T0 + DAY
+        create(store, &api).await;
+        let quiet = seed_agent(store, "quiet", "web").await;
+        let busy = seed_agent(store, "busy", "web").await;
+        let off = seed_agent(store, "off", "web").await;
+        let gone = seed_agent(store, "gone", "web").await;
+        store.touch_agent(busy.id, at(T0 + 7200)).await.unwrap();
+        let pairs = [
+            (&quiet, &www, None),
+            (&busy, &www, Some(DeploymentStatus::Installed)),
+            (&busy, &api, Some(DeploymentStatus::Failed)),
+            (&quiet, &api, Some(DeploymentStatus::Broken)),
+            // A disabled agent's report is nobody's incident.
+            (&off, &www, Some(DeploymentStatus::Failed)),
+        ];
+        for (agent, cert, status) in pairs {
+            store
+                .assign(
+                    &Assignment {
+                        agent_id: agent.id,
+                        certificate_id: cert.id,
+                        created_by: "alice".into(),
+                        created_at: at(T0),
+                    },
+                    &event("deployment.assign", "x"),
+                )
+                .await
+                .unwrap();
+            if let Some(status) = status {
+                store
+                    .record_deployments(
+                        &[report(agent.id, cert.id, 1, status, T0 + DAY)],
+                        &event("deployment.report", "x"),
+                    )
+                    .await
+                    .unwrap();
+            }
+        }
+        for (agent, status) in [(&off, AgentStatus::Disabled), (&gone, AgentStatus::Revoked)] {
+            store
+                .set_agent_status(agent.id, status, &event("agent.status", "x"))
+                .await
+                .unwrap();
+        }
+        let stats = store
+            .fleet_stats(at(T0 + 3600), at(T0 + DAY))
+            .await
+            .unwrap();
+        assert_eq!(
+            stats,
+            FleetStats {
+                agents_active: 2,
+                agents_disabled: 1,
+                agents_revoked: 1,
+                // "quiet" was never seen after its enrolment at T0.
+                agents_not_seen: 1,
+                deployments_installed: 1,
+                deployments_failed: 1,
+                deployments_broken: 1,
+                deployments_pending: 1,
+                // Every active pair but the installed one, once late.
+                deployments_drift: 3,
+            }
+        );
+        // Not late yet: issued after the drift instant.
+        let early = store
+            .fleet_stats(at(T0 + 3600), at(T0 + DAY - 1))
+            .await
+            .unwrap();
+        assert_eq!(early.deployments_drift, 0);
+        // Seen within the window: nobody is missing.
+        assert_eq!(
+            store
+                .fleet_stats(at(T0), at(T0 + DAY))
+                .await
+                .unwrap()
+                .agents_not_seen,
+            0
+        );
+        // An archived certificate leaves the counts.
+        store
+            .archive_certificate(api.id, at(T0), &event("certificate.archive", "x"))
+            .await
+            .unwrap();
+        let after = store
+            .fleet_stats(at(T0 + 3600), at(T0 + DAY))
+            .await
+            .unwrap();
+        assert_eq!(
+            (
+                after.deployments_failed,
+                after.deployments_broken,
+                after.deployments_drift
+            ),
+            (0, 0, 1)
+        );
+    }
+
     pub async fn drift_candidates_are_late_uninstalled_and_not_yet_announced<S>(store: &S)
     where
         S: MetadataStore + certflow_core::ports::AgentStore + certflow_core::ports::DeploymentStore,
@@ -4030,6 +4260,8 @@ macro_rules! metadata_store_suite {
             retry_honours_run_at,
             dead_letter_after_max_attempts,
             queue_stats_count_states_and_oldest_age,
+            release_hands_a_job_back_at_once,
+            certificate_stats_group_status_team_expiry_and_unrenewed,
             receive_waits_for_a_job,
             due_for_renewal_skips_certificates_with_a_job,
             subscriptions_round_trip_and_delete_with_audit,
@@ -4042,6 +4274,7 @@ macro_rules! metadata_store_suite {
             audit_filters_by_outcome_and_time,
             deployments_assign_follow_versions_record_reports_and_unassign,
             drift_candidates_are_late_uninstalled_and_not_yet_announced,
+            fleet_stats_count_agents_and_deployments,
         );
     };
     (@cases $open:expr; $($case:ident),* $(,)?) => {

@@ -316,6 +316,9 @@ pub struct QueueStats {
     pub running: u64,
     /// Dead-lettered jobs.
     pub dead: u64,
+    /// Queued jobs waiting for a retry after a failed attempt (`attempts >
+    /// 0`), a subset of `queued`.
+    pub failing: u64,
     /// Age in seconds of the oldest job not yet done, 0 if none.
     pub oldest_age_secs: u64,
 }
@@ -353,6 +356,15 @@ pub trait RenewalQueue: Send + Sync {
     async fn dead_letter(&self, delivery: &JobDelivery, error: &str) -> DomainResult<()>;
     /// Depth and age.
     async fn stats(&self) -> DomainResult<QueueStats>;
+    /// Hands a leased job back unfinished (the worker is shutting down): it
+    /// becomes runnable at once for another worker instead of after its
+    /// lease, and the interrupted delivery does not count as an attempt.
+    /// `Conflict` if the lease was lost meanwhile. The default lets the lease
+    /// run out, for queues that cannot do better.
+    async fn release(&self, delivery: &JobDelivery) -> DomainResult<()> {
+        let _ = delivery;
+        Ok(())
+    }
     /// Hands over again the jobs whose hand-off may have been lost; returns
     /// how many. Nothing to do for a queue that is its own ledger.
     async fn recover(&self) -> DomainResult<u64> {

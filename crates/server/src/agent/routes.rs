@@ -120,7 +120,9 @@ pub fn router(state: AgentState) -> Router {
         .route("/agent/v1/whoami", get(whoami))
         .merge(super::deploy::routes())
         .fallback(|| async { ApiError::no_route() })
+        .route_layer(middleware::from_fn(crate::http::observe::note_agent))
         .route_layer(middleware::from_fn_with_state(state.clone(), guard))
+        .layer(middleware::from_fn(crate::http::observe::access_log))
         .layer(axum::extract::DefaultBodyLimit::max(
             crate::http::BODY_LIMIT,
         ))

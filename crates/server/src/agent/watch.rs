@@ -158,6 +158,12 @@ impl MetadataStore for AnnouncingStore {
     async fn verify_audit_chain(&self) -> DomainResult<AuditChainReport> {
         self.inner.verify_audit_chain().await
     }
+    async fn certificate_stats(
+        &self,
+        expiring_before: OffsetDateTime,
+    ) -> DomainResult<certflow_core::model::CertificateStats> {
+        self.inner.certificate_stats(expiring_before).await
+    }
     async fn get_setting(&self, key: &str) -> DomainResult<Option<String>> {
         self.inner.get_setting(key).await
     }

@@ -12,6 +12,7 @@ pub mod errors;
 pub mod limit;
 pub mod login;
 pub mod metrics;
+pub mod observe;
 pub mod operations;
 mod pki;
 pub mod session;
@@ -126,6 +127,7 @@ pub fn app(state: AppState) -> Router {
     // Layers run outside in: authenticate, then authorise against the route's declaration.
     let api = api
         .route_layer(middleware::from_fn(access::authorize))
+        .route_layer(middleware::from_fn(observe::note_actor))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_auth,
@@ -175,9 +177,24 @@ async fn healthz() -> axum::Json<Health> {
     })
 }
 
-/// Ready when the metadata store answers.
-async fn readyz(State(state): State<AppState>) -> Response {
+/// Ready when the metadata store answers and the process is not draining
+/// (shutting down: in-flight requests finish, new ones should go elsewhere).
+async fn readyz(
+    State(state): State<AppState>,
+    draining: Option<axum::Extension<observe::Draining>>,
+) -> Response {
     let mut checks = BTreeMap::new();
+    if draining.is_some_and(|d| d.is_draining()) {
+        checks.insert("process".to_owned(), "draining".to_owned());
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(Health {
+                status: "draining".into(),
+                checks,
+            }),
+        )
+            .into_response();
+    }
     let db = state.services.store().ping().await;
     checks.insert(
         "database".to_owned(),

@@ -317,20 +317,50 @@ pub async fn delivery_attempts(
     Ok(Json(attempts.iter().map(attempt_view).collect()))
 }
 
-/// `/metrics`: Prometheus text of the renewal queue and notification deliveries,
-/// read from the shared database so any replica reports the whole system, then
-/// this process's HTTP requests (console and agent listeners) by route group,
-/// route and status.
-pub async fn metrics(State(state): State<AppState>) -> Response {
+/// `/metrics`: Prometheus text of the certificates, renewal queue, agents,
+/// deployments and notification deliveries, read from the shared database so
+/// any replica reports the whole system; this replica's last issuer probe;
+/// then this process's HTTP requests (console and agent listeners) by route
+/// group, route and status. A family whose query fails is left out (and
+/// logged), so one slow table never hides the rest.
+pub async fn metrics(
+    State(state): State<AppState>,
+    domain: Option<Extension<super::metrics::DomainMetrics>>,
+) -> Response {
     let mut out = String::new();
+    let now = OffsetDateTime::now_utc();
+    match state
+        .services
+        .store()
+        .certificate_stats(now + super::metrics::EXPIRING_WITHIN)
+        .await
+    {
+        Ok(stats) => super::metrics::render_certificates(&mut out, &stats, now),
+        Err(e) => tracing::warn!(error = %e, "metrics: certificate stats unavailable"),
+    }
+    if let Some(Extension(domain)) = &domain {
+        match domain
+            .deployments
+            .fleet_stats(
+                now - super::metrics::NOT_SEEN_WITHIN,
+                now - domain.drift_after,
+            )
+            .await
+        {
+            Ok(fleet) => super::metrics::render_fleet(&mut out, &fleet),
+            Err(e) => tracing::warn!(error = %e, "metrics: agent and deployment stats unavailable"),
+        }
+        super::metrics::render_issuers(&mut out, &domain.issuers.snapshot());
+    }
     let kind = state.renewal.queue.kind();
     match state.renewal.queue.stats().await {
         Ok(s) => {
-            out.push_str("# HELP certflow_renewal_jobs Renewal jobs by state.\n# TYPE certflow_renewal_jobs gauge\n");
+            out.push_str("# HELP certflow_renewal_jobs Renewal jobs by state (failing: queued for a retry after a failed attempt, a subset of queued).\n# TYPE certflow_renewal_jobs gauge\n");
             for (label, n) in [
                 ("queued", s.queued),
                 ("running", s.running),
                 ("dead", s.dead),
+                ("failing", s.failing),
             ] {
                 out.push_str(&format!(
                     "certflow_renewal_jobs{{queue=\"{kind}\",state=\"{label}\"}} {n}\n"
