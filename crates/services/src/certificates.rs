@@ -979,17 +979,17 @@ impl Services {
 /// Who a version is issued for: the acting principal and the certificate's
 /// owning team and name, for the audit trail and alerts.
 #[derive(Clone, Copy)]
-struct Owner<'a> {
-    actor: &'a Actor,
-    team: &'a str,
-    name: &'a str,
+pub(crate) struct Owner<'a> {
+    pub(crate) actor: &'a Actor,
+    pub(crate) team: &'a str,
+    pub(crate) name: &'a str,
 }
 
 impl Services {
     /// A certificate refused by pre-issuance linting: audited
     /// (`certificate.issue.lint-refused`) and announced to the team
     /// (`policy-violation`); the caller gets a `Conflict` naming the lints.
-    async fn lint_refused(
+    pub(crate) async fn lint_refused(
         &self,
         owner: Owner<'_>,
         certificate_id: Uuid,

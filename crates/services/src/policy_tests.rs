@@ -343,3 +343,64 @@ async fn renewal_under_a_tightened_policy_is_refused_audited_and_announced() {
         .unwrap();
     assert_eq!(view.certificate.current_version, 2);
 }
+
+/// A lint refusal (built here: pki's own tests craft certificates that break
+/// each lint and show the CA key never signs them) is audited with every
+/// finding, announced to the owning team once, and a 409 naming the lints.
+#[tokio::test]
+async fn lint_refusal_is_audited_and_announced() {
+    let env = Env::new().await;
+    let services = env.services(IssuancePolicies::default());
+    services
+        .create_subscription(
+            &actor(),
+            &CreateSubscriptionRequest {
+                team: "payments".into(),
+                events: vec!["policy-violation".into()],
+                channel: json!({"type": "webhook", "url": "http://127.0.0.1:9/hook", "format": "json"}),
+            },
+            OffsetDateTime::now_utc(),
+        )
+        .await
+        .unwrap();
+    let refusal = certflow_pki::LintRefusal {
+        findings: vec![certflow_pki::LintFinding {
+            lint: "key_usage_matches_key_type",
+            message: "keyEncipherment is set for a ecdsa-p256 key".into(),
+        }],
+    };
+    let id = uuid::Uuid::now_v7();
+    let owner = crate::certificates::Owner {
+        actor: &actor(),
+        team: "payments",
+        name: "api.example.com",
+    };
+    for _ in 0..2 {
+        match services
+            .lint_refused(owner, id, 1, &refusal, OffsetDateTime::now_utc())
+            .await
+        {
+            DomainError::Conflict(why) => {
+                assert!(why.contains("key_usage_matches_key_type"), "{why}")
+            }
+            other => panic!("expected Conflict, got {other:?}"),
+        }
+    }
+    let audit = services
+        .audit(&AuditQuery {
+            target: Some(format!("certificate/{id}")),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .items;
+    assert_eq!(audit.len(), 2);
+    assert_eq!(audit[0].action, "certificate.issue.lint-refused");
+    assert_eq!(audit[0].outcome, Outcome::Failure);
+    assert_eq!(
+        audit[0].details["findings"][0]["lint"],
+        "key_usage_matches_key_type"
+    );
+    assert_eq!(env.kinds("payments").await, ["policy-violation"]);
+}
