@@ -277,7 +277,11 @@ fn embedded_server_issues_verifiable_certificates_and_survives_restart() {
     let work: PathBuf = tmp.path().to_path_buf();
 
     // A public base URL: the CA/B lint refuses loopback AIA/CRL URLs as internal names.
-    let public = [("CERTFLOW_SERVER__PUBLIC_URL", "http://pki.example.com:8080")];
+    // And an issuance policy from the environment, for team "capped" only.
+    let public = [
+        ("CERTFLOW_SERVER__PUBLIC_URL", "http://pki.example.com:8080"),
+        ("CERTFLOW_POLICY__TEAMS__CAPPED__MAX_NAMES", "1"),
+    ];
     let server = start(&data, &public).expect("first start");
     let token = server
         .token_line
@@ -344,6 +348,21 @@ fn embedded_server_issues_verifiable_certificates_and_survives_restart() {
             let errs = pkilint_errors(linter, &leaf);
             assert!(errs.is_empty(), "{kt} {linter}: {errs:?}");
         }
+        // The tls-client profile of the same key type: RFC 5280 lint only
+        // (the CA/B profile is for TLS server certificates).
+        let (status, client) = api.post(
+            "/console/api/v1/certificates",
+            json!({ "team": "clients", "name": format!("{kt}-client"), "names": [format!("{kt}-client.example.com")], "key_type": kt, "profile": "tls-client" }),
+        );
+        assert_eq!(status, 201, "{kt} tls-client: {client}");
+        let client_leaf = work.join(format!("{kt}-client.pem"));
+        std::fs::write(
+            &client_leaf,
+            api.download(client["id"].as_str().unwrap(), "certificate"),
+        )
+        .unwrap();
+        let errs = pkilint_errors("lint_pkix_cert", &client_leaf);
+        assert!(errs.is_empty(), "{kt} tls-client: {errs:?}");
         // The private key matches the certificate.
         let key = work.join(format!("{kt}.key"));
         std::fs::write(&key, api.download(&id, "key")).unwrap();
@@ -365,6 +384,19 @@ fn embedded_server_issues_verifiable_certificates_and_survives_restart() {
         assert_eq!(cert_pub, key_pub, "{kt}: key does not match certificate");
         ids.push(id);
     }
+
+    // The configured policy refuses with a problem naming field, rule and value.
+    let (status, problem) = api.post(
+        "/console/api/v1/certificates",
+        json!({ "team": "capped", "names": ["a.example.com", "b.example.com"] }),
+    );
+    assert_eq!(status, 400, "{problem}");
+    assert_eq!(problem["errors"][0]["field"], "names");
+    let reason = problem["errors"][0]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("'2' violates policy.teams.capped.max_names"),
+        "{reason}"
+    );
 
     // From a CSR made by openssl: proof of possession, the key never leaves.
     let (ok, out) = sh(
