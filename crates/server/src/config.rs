@@ -815,7 +815,10 @@ mod tests {
         assert_eq!(c.policy.teams["payments"].max_validity_days, Some(30));
         assert!(!c.policy.compile().unwrap().is_empty());
         for (bad, needle) in [
-            ("[policy.default]\nallowed_patterns = [\"(x\"]\n", "allowed_patterns"),
+            (
+                "[policy.default]\nallowed_patterns = [\"(x\"]\n",
+                "allowed_patterns",
+            ),
             ("[policy.teams.web]\nallowed_key_types = [\"dsa\"]\n", "dsa"),
             ("[policy.default]\nmax_name = 3\n", "max_name"),
         ] {
