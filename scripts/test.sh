@@ -19,8 +19,12 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 echo "== tests"
+rm -rf "${CARGO_TARGET_DIR:-target}/test-logs"   # this run's server logs only (scan-logs.sh)
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --locked --no-fail-fast
 else
   cargo test --workspace --locked --no-fail-fast
 fi
+
+echo "== secrets in the test logs"
+scripts/scan-logs.sh

@@ -16,8 +16,10 @@ mod agents;
 mod console_ui;
 mod deployments;
 mod login;
+mod prometheus;
 mod renewal;
 mod revocation;
+mod shutdown;
 
 const BIN: &str = env!("CARGO_BIN_EXE_certflow");
 
@@ -62,14 +64,16 @@ fn start(data: &Path, env: &[(&str, &str)]) -> Result<Server, String> {
 /// process without the API role, its "running" line; `url` is then empty).
 fn start_with(args: &[&str], data: &Path, env: &[(&str, &str)]) -> Result<Server, String> {
     std::fs::create_dir_all(data).unwrap();
-    let log = data.join(format!("{}-{}.log", args.join("-"), uuid_like()));
+    let log = test_logs().join(format!("{}-{}.log", args.join("-"), uuid_like()));
     let mut cmd = Command::new(BIN);
     cmd.args(args)
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("CERTFLOW_DATA_DIR", data)
         .env("CERTFLOW_SERVER__LISTEN", "127.0.0.1:0")
-        .env("RUST_LOG", "warn")
+        // Info: access lines and every event, so scripts/scan-logs.sh sees
+        // what a production log would hold.
+        .env("RUST_LOG", "info")
         .stdout(Stdio::piped())
         .stderr(Stdio::from(std::fs::File::create(&log).unwrap()));
     for (k, v) in env {
@@ -103,6 +107,18 @@ fn start_with(args: &[&str], data: &Path, env: &[(&str, &str)]) -> Result<Server
     let status = child.wait().unwrap();
     let err = std::fs::read_to_string(&log).unwrap_or_default();
     Err(format!("exited with {status}: {err}"))
+}
+
+/// Where every server log of the suite goes (`target/test-logs/`), kept
+/// after the run so scripts/scan-logs.sh can look for leaked secrets.
+fn test_logs() -> PathBuf {
+    // CARGO_TARGET_TMPDIR is `<target>/tmp`.
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .unwrap()
+        .join("test-logs");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
 }
 
 /// A name part unique within this test run (no RNG crate needed).
