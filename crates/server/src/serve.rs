@@ -815,7 +815,7 @@ async fn serve_api(
     let deploy =
         crate::agent::deploy::DeployState::new(deployments(config, opened), opened.feed.clone());
     crate::agent::watch::spawn_cache_watch(deploy.cache.clone(), &opened.feed);
-    let agents = start_agents(config, opened, &services, deploy.clone()).await?;
+    let (agents, agent_listener) = start_agents(config, opened, &services, deploy.clone()).await?;
     let limits = Arc::new(http::limit::ConsoleLimits::new(&config.console)?);
     let console = http::login::ConsoleAuth::from_config(
         config,
@@ -886,6 +886,15 @@ async fn serve_api(
         .layer(axum::middleware::from_fn(http::observe::access_log));
     let delay = Duration::from_secs(config.server.drain_delay_secs);
     let bound = Duration::from_secs(config.server.drain_timeout_secs);
+    if let Some(listener) = agent_listener {
+        // Closes with the console listener and drains alongside it.
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            stopped(stop).await;
+            tokio::time::sleep(delay).await;
+            listener.drain(bound).await;
+        }));
+    }
     let closing = {
         let stop = stop.clone();
         async move {
@@ -922,7 +931,10 @@ async fn start_agents(
     opened: &Opened,
     services: &Services,
     deploy: crate::agent::deploy::DeployState,
-) -> anyhow::Result<certflow_services::agents::Agents> {
+) -> anyhow::Result<(
+    certflow_services::agents::Agents,
+    Option<crate::agent::AgentListener>,
+)> {
     let settings = certflow_services::agents::AgentSettings {
         identity_validity_secs: config.agent.identity_validity_secs,
         ca_key_type: config.ca_key_type()?,
@@ -944,13 +956,12 @@ async fn start_agents(
             Some(v) => Some(Arc::new(crate::agent::token::OidcAgentTokens(Arc::new(v)))),
             None => None,
         };
-    if let Some(listener) =
-        crate::agent::start(&config.agent, agents.clone(), tokens, Some(deploy)).await?
-    {
+    let listener = crate::agent::start(&config.agent, agents.clone(), tokens, Some(deploy)).await?;
+    if let Some(listener) = &listener {
         println!("certflow: agent listener on https://{}", listener.addr);
         tracing::info!(addr = %listener.addr, "agent listener (mTLS) listening");
     }
-    Ok(agents)
+    Ok((agents, listener))
 }
 
 async fn shutdown_signal() {

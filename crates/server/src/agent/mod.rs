@@ -230,6 +230,21 @@ mod zeroize_key {
 pub struct AgentListener {
     /// The bound address.
     pub addr: SocketAddr,
+    /// Turned true to stop accepting and close connections once idle.
+    close: tokio::sync::watch::Sender<bool>,
+    /// Ends when the accept loop stopped and every connection closed.
+    done: tokio::task::JoinHandle<()>,
+}
+
+impl AgentListener {
+    /// Stops accepting, lets requests in flight finish (each connection
+    /// closes after its current response), and waits up to `bound` for them.
+    pub async fn drain(self, bound: Duration) {
+        let _ = self.close.send(true);
+        if tokio::time::timeout(bound, self.done).await.is_err() {
+            tracing::warn!(timeout = ?bound, "agent requests still in flight after the drain timeout; cut short");
+        }
+    }
 }
 
 /// Binds the agent listener and starts serving `/agent/v1/*`; `tokens`
@@ -263,21 +278,42 @@ pub async fn start(
         .await
         .with_context(|| format!("binding agent listener {listen}"))?;
     let addr = listener.local_addr()?;
-    // The accept loop ends with the process, like the console listener's.
     let mut app = routes::router(state);
     if let Some(deploy) = deploy {
         app = app.layer(axum::Extension(deploy));
     }
-    tokio::spawn(serve(listener, Arc::new(tls), app));
-    Ok(Some(AgentListener { addr }))
+    let (close, closing) = tokio::sync::watch::channel(false);
+    let done = tokio::spawn(serve(listener, Arc::new(tls), app, closing));
+    Ok(Some(AgentListener { addr, close, done }))
+}
+
+/// Resolves once `rx` holds true (or its sender is gone).
+async fn closed(mut rx: tokio::sync::watch::Receiver<bool>) {
+    while !*rx.borrow_and_update() {
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 /// Accepts TLS connections and serves `app` on each, with [`ConnInfo`] in
-/// every request's extensions.
-pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, app: axum::Router) {
+/// every request's extensions, until `close` turns true; then returns once
+/// every connection has finished its request in flight.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    app: axum::Router,
+    close: tokio::sync::watch::Receiver<bool>,
+) {
     let acceptor = TlsAcceptor::from(tls);
+    // Every connection task holds a sender; `recv` answers None once all are gone.
+    let (open, mut all_closed) = tokio::sync::mpsc::channel::<()>(1);
     loop {
-        let (tcp, peer) = match listener.accept().await {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            () = closed(close.clone()) => break,
+        };
+        let (tcp, peer) = match accepted {
             Ok(c) => c,
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
@@ -288,7 +324,10 @@ pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, app: a
         };
         let acceptor = acceptor.clone();
         let app = app.clone();
+        let open = open.clone();
+        let close = close.clone();
         tokio::spawn(async move {
+            let _open = open;
             let _ = tcp.set_nodelay(true);
             let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(s)) => s,
@@ -311,14 +350,25 @@ pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, app: a
                     app.clone().oneshot(req.map(axum::body::Body::new))
                 },
             );
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
+            let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(Duration::from_secs(30))
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            let ended = tokio::select! {
+                r = conn.as_mut() => r,
+                () = closed(close) => {
+                    // Finish the request in flight (a long poll included), then close.
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = ended {
                 tracing::debug!(%peer, error = %e, "agent connection ended with an error");
             }
         });
     }
+    drop(listener);
+    drop(open);
+    let _ = all_closed.recv().await;
 }

@@ -488,5 +488,19 @@ mod tests {
         )
         .await;
         assert_eq!(status, 200);
+
+        // A database that does not answer fails readiness too.
+        app.store.close().await;
+        let (status, _, body) = call(
+            &app.router,
+            request("GET", "/readyz", None)
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, 503, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["status"], "unavailable", "{v}");
+        assert_ne!(v["checks"]["database"], "ok", "{v}");
     }
 }

@@ -105,3 +105,125 @@ fn sigterm_drains_the_request_in_flight_and_exits_zero() {
         "the access line has the id: {log}"
     );
 }
+
+/// An agent's key and CSR from openssl.
+fn key_and_csr(dir: &std::path::Path, name: &str) -> (String, String) {
+    let (ok, out) = super::sh(
+        dir,
+        &[
+            "openssl",
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.csr"),
+            "-subj",
+            &format!("/CN={name}"),
+        ],
+    );
+    assert!(ok, "openssl: {out}");
+    (
+        std::fs::read_to_string(dir.join(format!("{name}.key"))).unwrap(),
+        std::fs::read_to_string(dir.join(format!("{name}.csr"))).unwrap(),
+    )
+}
+
+/// The agent listener drains too: on SIGTERM it stops accepting at once
+/// (no drain delay here), an agent's long poll already waiting is answered
+/// when its wait ends, and only then does the process exit 0.
+#[test]
+fn sigterm_lets_an_agent_long_poll_finish() {
+    super::require("openssl", "apt-get install openssl");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let listen = format!("127.0.0.1:{}", certflow_testkit::free_port());
+    let mut server = start(
+        &dir.join("data"),
+        &[("CERTFLOW_AGENT__LISTEN", listen.as_str())],
+    )
+    .expect("certflow starts");
+    let api = super::Api::new(&server, server.token_line.as_deref().unwrap());
+    let issuers: serde_json::Value = api.get("/console/api/v1/issuers").json().unwrap();
+    let ca =
+        reqwest::Certificate::from_pem(issuers[0]["issuing_cert_pem"].as_str().unwrap().as_bytes())
+            .unwrap();
+    let client = |identity: Option<&str>| {
+        let mut b = reqwest::blocking::Client::builder()
+            .no_proxy()
+            .tls_certs_only([ca.clone()])
+            .timeout(Duration::from_secs(30));
+        if let Some(pem) = identity {
+            b = b.identity(reqwest::Identity::from_pem(pem.as_bytes()).unwrap());
+        }
+        b.build().unwrap()
+    };
+    let (status, jt) = api.post(
+        "/console/api/v1/agents/join-tokens",
+        json!({ "name": "web-01", "teams": ["web"], "ttl_minutes": 10 }),
+    );
+    assert_eq!(status, 201, "{jt}");
+    let (key, csr) = key_and_csr(dir, "agent");
+    let base = format!("https://{listen}");
+    let r = client(None)
+        .post(format!("{base}/agent/v1/enroll"))
+        .bearer_auth(jt["token"].as_str().unwrap())
+        .json(&json!({ "csr": csr }))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let identity: serde_json::Value = r.json().unwrap();
+    let agent = client(Some(&format!(
+        "{}{key}",
+        identity["certificate_pem"].as_str().unwrap()
+    )));
+    let r = agent
+        .get(format!("{base}/agent/v1/assignments"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let tag = r.headers()["etag"].to_str().unwrap().to_owned();
+
+    let poll = std::thread::spawn(move || {
+        let started = Instant::now();
+        let r = agent
+            .get(format!("{base}/agent/v1/assignments?wait=4"))
+            .header("if-none-match", tag)
+            .send()
+            .unwrap();
+        (r.status().as_u16(), started.elapsed(), Instant::now())
+    });
+    std::thread::sleep(Duration::from_millis(1000));
+    Command::new("kill")
+        .arg(server.child.id().to_string())
+        .status()
+        .unwrap();
+    // The agent listener stops accepting at once.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while TcpStream::connect(&listen).is_ok() {
+        assert!(Instant::now() < deadline, "the agent listener never closed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (status, waited, answered) = poll.join().unwrap();
+    assert_eq!(status, 304, "the long poll was answered, unchanged");
+    assert!(waited >= Duration::from_millis(3500), "{waited:?}");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still running:\n{}",
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "exit {status}:\n{}", server.log());
+    assert!(answered.elapsed() < Duration::from_secs(15));
+}
