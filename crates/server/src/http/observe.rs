@@ -52,7 +52,8 @@ fn plausible_id(v: &HeaderValue) -> bool {
 pub struct ActorSlot(Arc<Mutex<Option<String>>>);
 
 impl ActorSlot {
-    fn set(&self, who: String) {
+    /// Records who the request is from (for its access line).
+    pub fn set(&self, who: String) {
         if let Ok(mut slot) = self.0.lock() {
             *slot = Some(who);
         }

@@ -332,6 +332,9 @@ impl FromRequestParts<AppState> for Ctx {
                 .unwrap_or_else(|| "/console/".into());
             return Err(PageError::SignIn(return_to));
         };
+        if let Some(slot) = parts.extensions.get::<crate::http::observe::ActorSlot>() {
+            slot.set(current.session.principal.subject.clone());
+        }
         Ok(Ctx {
             actor: Actor {
                 subject: current.session.principal.subject.clone(),
