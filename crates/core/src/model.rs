@@ -614,6 +614,16 @@ pub struct CertificateStats {
     pub expiring_without_renewal: u64,
 }
 
+/// Certificate counts for a dashboard, from one grouped statement.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CertificateCounts {
+    /// Certificates by status; every status is present (0 when none).
+    pub by_status: Vec<(CertificateStatus, u64)>,
+    /// For each instant asked about, in order: active certificates whose
+    /// current version expires before it (cumulative, expired ones included).
+    pub active_expiring_before: Vec<u64>,
+}
+
 /// Agents and their deployments in numbers, for `/metrics` and its alerts.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct FleetStats {

@@ -122,6 +122,15 @@ pub trait MetadataStore: Send + Sync {
         expiring_before: OffsetDateTime,
     ) -> DomainResult<CertificateStats>;
 
+    /// Certificates of `teams` (all when `None`) by status, and how many
+    /// active ones expire before each of `edges`: one grouped statement, so a
+    /// dashboard costs one scan whatever the number of teams and weeks.
+    async fn certificate_counts(
+        &self,
+        teams: Option<&[String]>,
+        edges: &[OffsetDateTime],
+    ) -> DomainResult<crate::model::CertificateCounts>;
+
     /// Reads a server setting (e.g. the bootstrap token hash).
     async fn get_setting(&self, key: &str) -> DomainResult<Option<String>>;
     /// Writes a server setting.

@@ -140,6 +140,13 @@ impl MetadataStore for FailingCommits {
     async fn list_audit(&self, q: &AuditQuery) -> DomainResult<Page<AuditEvent>> {
         self.inner.list_audit(q).await
     }
+    async fn certificate_counts(
+        &self,
+        teams: Option<&[String]>,
+        edges: &[OffsetDateTime],
+    ) -> DomainResult<certflow_core::model::CertificateCounts> {
+        self.inner.certificate_counts(teams, edges).await
+    }
     async fn certificate_stats(
         &self,
         expiring_before: OffsetDateTime,

@@ -963,6 +963,59 @@ impl<B: Backend> MetadataStore for SqlStore<B> {
         self.verify_chain().await
     }
 
+    async fn certificate_counts(
+        &self,
+        teams: Option<&[String]>,
+        edges: &[OffsetDateTime],
+    ) -> DomainResult<certflow_core::model::CertificateCounts> {
+        let mut out = certflow_core::model::CertificateCounts {
+            by_status: CertificateStatus::ALL
+                .into_iter()
+                .map(|st| (st, 0))
+                .collect(),
+            active_expiring_before: vec![0; edges.len()],
+        };
+        if teams.is_some_and(<[String]>::is_empty) {
+            return Ok(out);
+        }
+        // One row per status; the CASE sums are read from the active row only.
+        let mut sql = Sql::new("SELECT c.status AS status, COUNT(*) AS n");
+        for (i, edge) in edges.iter().enumerate() {
+            sql.push(" , SUM(CASE WHEN c.not_after < ")
+                .push_bind(codec::ceil_secs(*edge))
+                .push(&format!(" THEN 1 ELSE 0 END) AS e{i}"));
+        }
+        sql.push(" FROM certificates c");
+        if let Some(teams) = teams {
+            sql.push(" WHERE c.team IN (");
+            for (i, team) in teams.iter().enumerate() {
+                if i > 0 {
+                    sql.push(", ");
+                }
+                sql.push_bind(team.as_str());
+            }
+            sql.push(")");
+        }
+        sql.push(" GROUP BY c.status");
+        for row in self.fetch_all(sql).await? {
+            let status = row.text("status")?;
+            let Some(slot) = out
+                .by_status
+                .iter_mut()
+                .find(|(st, _)| st.as_str() == status)
+            else {
+                continue;
+            };
+            slot.1 = u64::try_from(row.int("n")?).unwrap_or(0);
+            if slot.0 == CertificateStatus::Active {
+                for (i, n) in out.active_expiring_before.iter_mut().enumerate() {
+                    *n = u64::try_from(row.int(&format!("e{i}"))?).unwrap_or(0);
+                }
+            }
+        }
+        Ok(out)
+    }
+
     async fn certificate_stats(
         &self,
         expiring_before: OffsetDateTime,
@@ -1264,6 +1317,14 @@ macro_rules! forward_metadata_store {
                 &self,
             ) -> certflow_core::error::DomainResult<certflow_core::model::AuditChainReport> {
                 self.$field.verify_audit_chain().await
+            }
+
+            async fn certificate_counts(
+                &self,
+                teams: Option<&[String]>,
+                edges: &[time::OffsetDateTime],
+            ) -> certflow_core::error::DomainResult<certflow_core::model::CertificateCounts> {
+                self.$field.certificate_counts(teams, edges).await
             }
 
             async fn certificate_stats(

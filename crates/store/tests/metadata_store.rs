@@ -1146,6 +1146,57 @@ mod suite {
         assert!(ids(store, &by(Uuid::new_v4())).await.is_empty());
     }
 
+    /// The dashboard's numbers: by status and cumulative active expiries per
+    /// edge, within the teams asked for, in one statement.
+    pub async fn certificate_counts_group_by_status_and_edges(store: &dyn MetadataStore) {
+        let issuer = seed_issuer(store).await;
+        let expiring = |name: &str, team: &str, days: i64| {
+            let mut c = certificate(&issuer, name, team);
+            c.not_after = at(T0 + days * DAY);
+            c
+        };
+        let edges = [at(T0), at(T0 + 7 * DAY), at(T0 + 30 * DAY)];
+        let empty = store.certificate_counts(None, &edges).await.unwrap();
+        assert_eq!(empty.active_expiring_before, vec![0, 0, 0]);
+        assert_eq!(empty.by_status.len(), CertificateStatus::ALL.len());
+
+        let expired = expiring("expired.example.com", "a", -1);
+        let week = expiring("week.example.com", "a", 3);
+        let month = expiring("month.example.com", "b", 20);
+        let far = certificate(&issuer, "far.example.com", "b"); // 90 days
+        let archived = expiring("archived.example.com", "a", 2);
+        for c in [&expired, &week, &month, &far, &archived] {
+            create(store, c).await;
+        }
+        store
+            .archive_certificate(archived.id, at(T0), &event("certificate.archive", "x"))
+            .await
+            .unwrap();
+        let all = store.certificate_counts(None, &edges).await.unwrap();
+        let n = |c: &certflow_core::model::CertificateCounts, st| {
+            c.by_status.iter().find(|(s, _)| *s == st).unwrap().1
+        };
+        assert_eq!(n(&all, CertificateStatus::Active), 4);
+        assert_eq!(n(&all, CertificateStatus::Archived), 1);
+        assert_eq!(n(&all, CertificateStatus::Revoked), 0);
+        // Archived certificates never count as expiring.
+        assert_eq!(all.active_expiring_before, vec![1, 2, 3]);
+
+        let a = store
+            .certificate_counts(Some(&["a".to_owned()]), &edges)
+            .await
+            .unwrap();
+        assert_eq!(n(&a, CertificateStatus::Active), 2);
+        assert_eq!(a.active_expiring_before, vec![1, 2, 2]);
+        let both = store
+            .certificate_counts(Some(&["a".to_owned(), "b".to_owned()]), &edges)
+            .await
+            .unwrap();
+        assert_eq!(both, all);
+        let none = store.certificate_counts(Some(&[]), &edges).await.unwrap();
+        assert_eq!(none, empty);
+    }
+
     // ------------------------------------------------------- due for renewal
 
     /// An active certificate that becomes due for renewal at `renew_after`.
@@ -4233,6 +4284,7 @@ macro_rules! metadata_store_suite {
             revoking_an_archived_certificate_keeps_it_archived,
             list_revoked_is_per_issuer,
             list_filters_by_issuer,
+            certificate_counts_group_by_status_and_edges,
             due_for_renewal_returns_due_active_oldest_first,
             due_for_renewal_respects_limit,
             archive_transitions,

@@ -158,6 +158,13 @@ impl MetadataStore for AnnouncingStore {
     async fn verify_audit_chain(&self) -> DomainResult<AuditChainReport> {
         self.inner.verify_audit_chain().await
     }
+    async fn certificate_counts(
+        &self,
+        teams: Option<&[String]>,
+        edges: &[OffsetDateTime],
+    ) -> DomainResult<certflow_core::model::CertificateCounts> {
+        self.inner.certificate_counts(teams, edges).await
+    }
     async fn certificate_stats(
         &self,
         expiring_before: OffsetDateTime,

@@ -55,27 +55,6 @@ pub(crate) fn readable_teams(p: &Principal) -> Option<Vec<String>> {
     )
 }
 
-/// How many certificates match `q` within `teams` (see [`readable_teams`]).
-pub(crate) async fn count(
-    state: &AppState,
-    teams: &Option<Vec<String>>,
-    q: &CertificateQuery,
-) -> PageResult<u64> {
-    let mut q = q.clone();
-    q.limit = 1;
-    match teams {
-        None => Ok(state.services.list(&q).await?.total),
-        Some(teams) => {
-            let mut total = 0;
-            for t in teams {
-                q.team = Some(t.clone());
-                total += state.services.list(&q).await?.total;
-            }
-            Ok(total)
-        }
-    }
-}
-
 /// The certificate `id` if `p` holds `permission` for its team (an unknown
 /// id is a 404 for everyone, as in the API).
 pub(crate) async fn authorized(

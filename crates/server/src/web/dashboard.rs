@@ -8,11 +8,11 @@ use axum::extract::State;
 use axum::response::Response;
 use certflow_core::access::Permission;
 use certflow_core::agents::AgentStatus;
-use certflow_core::model::{AuditQuery, CertificateQuery, CertificateStatus};
+use certflow_core::model::{AuditQuery, CertificateStatus};
 use certflow_services::agents::Agents;
 use time::{Duration, OffsetDateTime};
 
-use super::certificates::{count, readable_teams};
+use super::certificates::readable_teams;
 use super::deployments::{DeployRow, deploy_of, undeployed};
 use super::{Ctx, Layout, PageResult, html, relative, when};
 use crate::agent::deploy::DeployState;
@@ -144,31 +144,40 @@ pub(super) async fn page(
     let now = super::certificates::now();
     let p = ctx.principal();
     let teams = readable_teams(p);
-    let status = |s| CertificateQuery {
-        status: Some(s),
-        ..Default::default()
+    // One grouped statement for every number below (by status, and active
+    // certificates expiring before now, each week's end and 30 days out):
+    // cumulative counts whose differences give each week.
+    let mut edges = vec![now];
+    edges.extend((1..=WEEKS).map(|w| now + Duration::days(7 * w)));
+    edges.push(now + Duration::days(30));
+    let counts = state
+        .services
+        .store()
+        .certificate_counts(teams.as_deref(), &edges)
+        .await?;
+    let of = |st: CertificateStatus| {
+        counts
+            .by_status
+            .iter()
+            .find(|(s, _)| *s == st)
+            .map_or(0, |(_, n)| *n)
     };
-    let active = count(&state, &teams, &status(CertificateStatus::Active)).await?;
-    let revoked = count(&state, &teams, &status(CertificateStatus::Revoked)).await?;
-    let archived = count(&state, &teams, &status(CertificateStatus::Archived)).await?;
-    // Cumulative counts of active certificates expiring before each week's
-    // end; differences give each week (one COUNT per week, never a full list).
-    let before = |t: OffsetDateTime| CertificateQuery {
-        status: Some(CertificateStatus::Active),
-        expires_before: Some(t),
-        ..Default::default()
-    };
-    let expired_active = count(&state, &teams, &before(now)).await?;
-    let mut cumulative = vec![expired_active];
-    for w in 1..=WEEKS {
-        cumulative.push(count(&state, &teams, &before(now + Duration::days(7 * w))).await?);
-    }
+    let (active, revoked, archived) = (
+        of(CertificateStatus::Active),
+        of(CertificateStatus::Revoked),
+        of(CertificateStatus::Archived),
+    );
+    let before = &counts.active_expiring_before;
+    let expired_active = before.first().copied().unwrap_or(0);
+    let cumulative = &before[..before.len().saturating_sub(1)];
     let weekly: Vec<u64> = cumulative
         .windows(2)
         .map(|w| w[1].saturating_sub(w[0]))
         .collect();
-    let expiring_30 = count(&state, &teams, &before(now + Duration::days(30)))
-        .await?
+    let expiring_30 = before
+        .last()
+        .copied()
+        .unwrap_or(0)
         .saturating_sub(expired_active);
 
     // Renewals that failed in the last week, newest first, one per certificate.
