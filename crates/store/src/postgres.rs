@@ -70,7 +70,7 @@ const MIGRATIONS: &[Embedded] = &[
     ),
     (
         9,
-        "login return_to",
+        "login return to",
         include_str!("../migrations/postgres/0009_login_return_to.sql"),
     ),
 ];

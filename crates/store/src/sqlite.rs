@@ -67,7 +67,7 @@ const MIGRATIONS: &[Embedded] = &[
     ),
     (
         9,
-        "login return_to",
+        "login return to",
         include_str!("../migrations/sqlite/0009_login_return_to.sql"),
     ),
 ];
