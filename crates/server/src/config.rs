@@ -559,6 +559,9 @@ pub struct LogConfig {
     pub format: String,
     /// A tracing filter, e.g. `info` or `certflow=debug`.
     pub level: String,
+    /// The API role prints the domain gauges to stdout every minute as
+    /// CloudWatch Embedded Metric Format lines (see `crate::emf`).
+    pub emf: bool,
 }
 
 impl Default for LogConfig {
@@ -566,6 +569,7 @@ impl Default for LogConfig {
         Self {
             format: "text".into(),
             level: "info".into(),
+            emf: false,
         }
     }
 }

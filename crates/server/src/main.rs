@@ -3,6 +3,7 @@
 mod agent;
 mod cli;
 mod config;
+mod emf;
 mod http;
 mod serve;
 mod web;

@@ -862,6 +862,12 @@ async fn serve_api(
         sessions: console.as_ref().map(|c| c.sessions().clone()),
         limits,
     };
+    tasks.extend(crate::emf::spawn(
+        config.log.emf,
+        state.clone(),
+        domain_metrics.clone(),
+        stop.clone(),
+    ));
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
         .with_context(|| format!("binding {}", config.server.listen))?;

@@ -329,69 +329,42 @@ pub async fn metrics(
 ) -> Response {
     let mut out = String::new();
     let now = OffsetDateTime::now_utc();
-    match state
-        .services
-        .store()
-        .certificate_stats(now + super::metrics::EXPIRING_WITHIN)
-        .await
-    {
-        Ok(stats) => super::metrics::render_certificates(&mut out, &stats, now),
-        Err(e) => tracing::warn!(error = %e, "metrics: certificate stats unavailable"),
+    let domain = domain.map(|Extension(d)| d);
+    let g = crate::emf::gather(&state, domain.as_ref(), now).await;
+    if let Some(stats) = &g.certificates {
+        super::metrics::render_certificates(&mut out, stats, now);
     }
-    if let Some(Extension(domain)) = &domain {
-        match domain
-            .deployments
-            .fleet_stats(
-                now - super::metrics::NOT_SEEN_WITHIN,
-                now - domain.drift_after,
-            )
-            .await
-        {
-            Ok(fleet) => super::metrics::render_fleet(&mut out, &fleet),
-            Err(e) => tracing::warn!(error = %e, "metrics: agent and deployment stats unavailable"),
-        }
-        super::metrics::render_issuers(&mut out, &domain.issuers.snapshot());
+    if let Some(fleet) = &g.fleet {
+        super::metrics::render_fleet(&mut out, fleet);
+    }
+    if let Some(issuers) = &g.issuers {
+        super::metrics::render_issuers(&mut out, issuers);
     }
     let kind = state.renewal.queue.kind();
-    match state.renewal.queue.stats().await {
-        Ok(s) => {
-            out.push_str("# HELP certflow_renewal_jobs Renewal jobs by state (failing: queued for a retry after a failed attempt, a subset of queued).\n# TYPE certflow_renewal_jobs gauge\n");
-            for (label, n) in [
-                ("queued", s.queued),
-                ("running", s.running),
-                ("dead", s.dead),
-                ("failing", s.failing),
-            ] {
-                out.push_str(&format!(
-                    "certflow_renewal_jobs{{queue=\"{kind}\",state=\"{label}\"}} {n}\n"
-                ));
-            }
-            out.push_str("# HELP certflow_renewal_oldest_job_age_seconds Age of the oldest unfinished renewal job.\n# TYPE certflow_renewal_oldest_job_age_seconds gauge\n");
+    if let Some(s) = &g.queue {
+        out.push_str("# HELP certflow_renewal_jobs Renewal jobs by state (failing: queued for a retry after a failed attempt, a subset of queued).\n# TYPE certflow_renewal_jobs gauge\n");
+        for (label, n) in [
+            ("queued", s.queued),
+            ("running", s.running),
+            ("dead", s.dead),
+            ("failing", s.failing),
+        ] {
             out.push_str(&format!(
-                "certflow_renewal_oldest_job_age_seconds{{queue=\"{kind}\"}} {}\n",
-                s.oldest_age_secs
+                "certflow_renewal_jobs{{queue=\"{kind}\",state=\"{label}\"}} {n}\n"
             ));
         }
-        Err(e) => tracing::warn!(error = %e, "metrics: renewal queue stats unavailable"),
+        out.push_str("# HELP certflow_renewal_oldest_job_age_seconds Age of the oldest unfinished renewal job.\n# TYPE certflow_renewal_oldest_job_age_seconds gauge\n");
+        out.push_str(&format!(
+            "certflow_renewal_oldest_job_age_seconds{{queue=\"{kind}\"}} {}\n",
+            s.oldest_age_secs
+        ));
     }
     out.push_str("# HELP certflow_notification_deliveries Notification deliveries by state.\n# TYPE certflow_notification_deliveries gauge\n");
-    for st in [
-        DeliveryState::Pending,
-        DeliveryState::Delivered,
-        DeliveryState::Failed,
-    ] {
-        let q = DeliveryQuery {
-            state: Some(st),
-            limit: 1,
-            ..Default::default()
-        };
-        if let Ok(page) = state.renewal.notifications.list_deliveries(&q).await {
-            out.push_str(&format!(
-                "certflow_notification_deliveries{{state=\"{}\"}} {}\n",
-                st.as_str(),
-                page.total
-            ));
-        }
+    for (st, total) in &g.deliveries {
+        out.push_str(&format!(
+            "certflow_notification_deliveries{{state=\"{}\"}} {total}\n",
+            st.as_str()
+        ));
     }
     super::metrics::render(&mut out);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
