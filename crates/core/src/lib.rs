@@ -4,6 +4,7 @@
 
 pub mod access;
 pub mod agents;
+pub mod compliance;
 pub mod deployments;
 pub mod error;
 pub mod model;

@@ -332,6 +332,17 @@ impl PolicySet {
         out
     }
 
+    /// The policies that apply to `team`'s certificates from `issuer` (for the
+    /// compliance report, which rates existing certificates against them).
+    pub fn applicable(&self, team: &str, issuer: &str) -> Vec<&IssuancePolicy> {
+        self.default
+            .iter()
+            .chain(self.teams.get(team))
+            .chain(self.issuers.get(issuer))
+            .map(|c| &c.rules)
+            .collect()
+    }
+
     /// [`evaluate`](Self::evaluate) as field errors, or `Ok` when allowed.
     pub fn check(&self, req: &IssuanceRequest<'_>) -> Result<(), Vec<FieldError>> {
         let v = self.evaluate(req);

@@ -1,0 +1,640 @@
+//! Inventory compliance: every certificate certflow knows about, issued or
+//! imported, rated against the issuance policies and its deployments. Pure:
+//! the caller reads the certificate, its current version, the signature
+//! algorithm of the stored certificate, its deployments and the clock, and
+//! passes them in.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use time::OffsetDateTime;
+
+use crate::deployments::{DeploymentState, DeploymentStatus};
+use crate::model::{Certificate, CertificateStatus, CertificateVersion, VersionStatus};
+use crate::policy::IssuancePolicy;
+
+/// Default window of the "expiring" rule, in days.
+pub const DEFAULT_EXPIRING_WITHIN_DAYS: u32 = 30;
+
+/// Smallest RSA modulus accepted whatever the policies say (NIST SP 800-131A).
+pub const MIN_RSA_BITS: u32 = 2048;
+
+/// How serious a finding is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// Breaks security or availability now.
+    Critical,
+    /// Will, or breaks policy.
+    Warning,
+    /// Worth knowing.
+    Info,
+}
+
+impl Severity {
+    /// All severities, most serious first.
+    pub const ALL: [Severity; 3] = [Severity::Critical, Severity::Warning, Severity::Info];
+
+    /// The stable name (`critical`, `warning`, `info`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Critical => "critical",
+            Severity::Warning => "warning",
+            Severity::Info => "info",
+        }
+    }
+
+    /// Parses the stable name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+}
+
+/// Rule ids (kebab-case, stable: they are metric labels and CSV values).
+pub mod rules {
+    /// RSA key smaller than 2048 bits or than a policy's minimum.
+    pub const WEAK_KEY: &str = "weak-key";
+    /// Signed with SHA-1 or MD5.
+    pub const WEAK_SIGNATURE: &str = "weak-signature";
+    /// Lifetime of the current version longer than a policy's maximum.
+    pub const VALIDITY_TOO_LONG: &str = "validity-too-long";
+    /// Expires within the report's window.
+    pub const EXPIRING: &str = "expiring";
+    /// Already expired.
+    pub const EXPIRED: &str = "expired";
+    /// An agent reports a revoked version installed.
+    pub const REVOKED_DEPLOYED: &str = "revoked-deployed";
+    /// An assigned agent has not reported the current version installed.
+    pub const NOT_DEPLOYED: &str = "not-deployed";
+    /// An agent reports a version other than the current one installed.
+    pub const VERSION_MISMATCH: &str = "version-mismatch";
+    /// Issued by an issuer certflow does not know.
+    pub const UNKNOWN_ISSUER: &str = "unknown-issuer";
+    /// Every rule id, in report order.
+    pub const ALL: [&str; 9] = [
+        WEAK_KEY,
+        WEAK_SIGNATURE,
+        VALIDITY_TOO_LONG,
+        EXPIRING,
+        EXPIRED,
+        REVOKED_DEPLOYED,
+        NOT_DEPLOYED,
+        VERSION_MISMATCH,
+        UNKNOWN_ISSUER,
+    ];
+}
+
+/// One broken rule, naming the offending value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    /// The rule id (see [`rules`]).
+    pub rule: &'static str,
+    /// How serious.
+    pub severity: Severity,
+    /// What is wrong, with the value.
+    pub message: String,
+}
+
+/// Everything the rating needs about one certificate.
+#[derive(Debug, Clone, Copy)]
+pub struct Subject<'a> {
+    /// The certificate.
+    pub certificate: &'a Certificate,
+    /// Its current version, if stored.
+    pub current: Option<&'a CertificateVersion>,
+    /// RSA modulus size of the current version's key, if RSA.
+    pub rsa_bits: Option<u32>,
+    /// Signature algorithm of the stored certificate (e.g. `sha1WithRSAEncryption`), if parsed.
+    pub signature_algorithm: Option<&'a str>,
+    /// Where it stands on each assigned agent.
+    pub deployments: &'a [DeploymentState],
+    /// Versions of this certificate that are revoked.
+    pub revoked_versions: &'a [u32],
+    /// Whether its issuer is one of certflow's issuers.
+    pub issuer_known: bool,
+}
+
+/// Rates one certificate against `policies` (every applicable one must pass,
+/// as at issuance) at `now`; findings ordered as [`rules::ALL`].
+pub fn rate(
+    s: &Subject<'_>,
+    policies: &[&IssuancePolicy],
+    expiring_within_days: u32,
+    now: OffsetDateTime,
+) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let cert = s.certificate;
+    let mut push = |rule, severity, message: String| {
+        out.push(Finding {
+            rule,
+            severity,
+            message,
+        })
+    };
+
+    if let Some(bits) = s.rsa_bits {
+        let min = policies
+            .iter()
+            .filter_map(|p| p.min_rsa_bits)
+            .fold(MIN_RSA_BITS, u32::max);
+        if bits < MIN_RSA_BITS {
+            push(
+                rules::WEAK_KEY,
+                Severity::Critical,
+                format!("RSA key of {bits} bits is below {MIN_RSA_BITS}"),
+            );
+        } else if bits < min {
+            push(
+                rules::WEAK_KEY,
+                Severity::Warning,
+                format!("RSA key of {bits} bits is below the policy minimum of {min}"),
+            );
+        }
+    }
+
+    if let Some(alg) = s.signature_algorithm {
+        let lower = alg.to_ascii_lowercase();
+        if lower.contains("sha1") || lower.contains("sha-1") || lower.contains("md5") {
+            push(
+                rules::WEAK_SIGNATURE,
+                Severity::Critical,
+                format!("signature algorithm {alg} is broken (SHA-1 or MD5)"),
+            );
+        }
+    }
+
+    if let Some(v) = s.current {
+        let days = (v.not_after - v.not_before).as_seconds_f64() / 86_400.0;
+        if let Some(max) = policies.iter().filter_map(|p| p.max_validity_days).min()
+            && days > f64::from(max)
+        {
+            push(
+                rules::VALIDITY_TOO_LONG,
+                Severity::Warning,
+                format!(
+                    "validity of {} days exceeds the policy maximum of {max} days",
+                    days.ceil()
+                ),
+            );
+        }
+    }
+
+    let not_after = s.current.map_or(cert.not_after, |v| v.not_after);
+    // Revoked and archived certificates are not expected to be renewed.
+    if cert.status == CertificateStatus::Active {
+        if not_after <= now {
+            push(
+                rules::EXPIRED,
+                Severity::Critical,
+                format!("expired at {}", rfc3339(not_after)),
+            );
+        } else if not_after <= now + time::Duration::days(i64::from(expiring_within_days)) {
+            push(
+                rules::EXPIRING,
+                Severity::Warning,
+                format!(
+                    "expires at {} (within {expiring_within_days} days)",
+                    rfc3339(not_after)
+                ),
+            );
+        }
+    }
+
+    let cert_revoked = cert.status == CertificateStatus::Revoked
+        || s.current
+            .is_some_and(|v| v.status == VersionStatus::Revoked);
+    for d in s.deployments {
+        let Some(report) = d
+            .last_report
+            .as_ref()
+            .filter(|r| r.status == DeploymentStatus::Installed)
+        else {
+            continue;
+        };
+        let version_revoked = s.revoked_versions.contains(&report.version)
+            || (cert_revoked && report.version == cert.current_version);
+        if version_revoked {
+            push(
+                rules::REVOKED_DEPLOYED,
+                Severity::Critical,
+                format!(
+                    "agent {} serves revoked version {}",
+                    d.agent_name, report.version
+                ),
+            );
+        }
+    }
+
+    if cert.status == CertificateStatus::Active {
+        for d in s.deployments {
+            match d.last_report.as_ref() {
+                Some(r) if r.status == DeploymentStatus::Installed => {
+                    if r.version != d.assigned.version {
+                        push(
+                            rules::VERSION_MISMATCH,
+                            Severity::Warning,
+                            format!(
+                                "agent {} serves version {}, the current one is {}",
+                                d.agent_name, r.version, d.assigned.version
+                            ),
+                        );
+                    }
+                }
+                Some(r) => push(
+                    rules::NOT_DEPLOYED,
+                    Severity::Warning,
+                    format!(
+                        "agent {} reports {} for version {}",
+                        d.agent_name,
+                        r.status.as_str(),
+                        r.attempted_version.unwrap_or(d.assigned.version)
+                    ),
+                ),
+                None => push(
+                    rules::NOT_DEPLOYED,
+                    Severity::Info,
+                    format!(
+                        "agent {} has not reported version {} installed",
+                        d.agent_name, d.assigned.version
+                    ),
+                ),
+            }
+        }
+    }
+
+    if !s.issuer_known {
+        push(
+            rules::UNKNOWN_ISSUER,
+            Severity::Warning,
+            format!("issuer {} is not one of certflow's issuers", cert.issuer_id),
+        );
+    }
+    out
+}
+
+fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| t.to_string())
+}
+
+/// Counts by rule and by severity, every rule and severity present (zero included).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Summary {
+    /// Findings per rule id.
+    pub by_rule: BTreeMap<String, u64>,
+    /// Findings per severity.
+    pub by_severity: BTreeMap<String, u64>,
+    /// Findings per (rule, severity) pair, for metrics.
+    #[serde(skip)]
+    pub by_rule_severity: BTreeMap<(String, String), u64>,
+    /// Certificates rated.
+    pub certificates: u64,
+    /// Certificates with at least one finding.
+    pub non_compliant: u64,
+}
+
+impl Summary {
+    /// An empty summary listing every rule and severity at zero.
+    pub fn new() -> Self {
+        Self {
+            by_rule: rules::ALL.iter().map(|r| ((*r).to_owned(), 0)).collect(),
+            by_severity: Severity::ALL
+                .iter()
+                .map(|s| (s.as_str().to_owned(), 0))
+                .collect(),
+            ..Self::default()
+        }
+    }
+
+    /// Adds one certificate's findings.
+    pub fn add(&mut self, findings: &[Finding]) {
+        self.certificates += 1;
+        if !findings.is_empty() {
+            self.non_compliant += 1;
+        }
+        for f in findings {
+            *self.by_rule.entry(f.rule.to_owned()).or_default() += 1;
+            *self
+                .by_severity
+                .entry(f.severity.as_str().to_owned())
+                .or_default() += 1;
+            *self
+                .by_rule_severity
+                .entry((f.rule.to_owned(), f.severity.as_str().to_owned()))
+                .or_default() += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::deployments::{AssignedCertificate, Deployment};
+    use crate::model::{KeySource, KeyType, Labels};
+    use crate::names::SubjectName;
+    use crate::profile::Profile;
+    use crate::renewal::RenewalPolicy;
+
+    fn t0() -> OffsetDateTime {
+        OffsetDateTime::from_unix_timestamp(1_767_225_600).unwrap()
+    }
+
+    fn cert() -> Certificate {
+        Certificate {
+            id: Uuid::nil(),
+            name: "www".into(),
+            team: "web".into(),
+            labels: Labels::default(),
+            profile: Profile::TlsServer,
+            key_type: KeyType::EcdsaP256,
+            key_source: KeySource::Server,
+            names: vec![SubjectName::Dns("www.example.com".into())],
+            validity_days: 90,
+            validity_secs: None,
+            issuer_id: Uuid::nil(),
+            renewal: RenewalPolicy::default(),
+            status: CertificateStatus::Active,
+            current_version: 2,
+            not_after: t0() + time::Duration::days(80),
+            renew_after: t0() + time::Duration::days(50),
+            created_at: t0() - time::Duration::days(10),
+            updated_at: t0() - time::Duration::days(10),
+        }
+    }
+
+    fn version(c: &Certificate) -> CertificateVersion {
+        CertificateVersion {
+            certificate_id: c.id,
+            version: c.current_version,
+            serial: "01".into(),
+            fingerprint_sha256: "ff".into(),
+            not_before: c.not_after - time::Duration::days(90),
+            not_after: c.not_after,
+            key_type: c.key_type,
+            names: c.names.clone(),
+            issuer_id: c.issuer_id,
+            status: VersionStatus::Current,
+            revoked_at: None,
+            revocation_reason: None,
+            cert_blob: "b".into(),
+            key_blob: None,
+            created_at: c.created_at,
+        }
+    }
+
+    fn deployment(c: &Certificate, report: Option<(u32, DeploymentStatus)>) -> DeploymentState {
+        DeploymentState {
+            agent_id: Uuid::nil(),
+            agent_name: "web-1".into(),
+            assigned: AssignedCertificate {
+                certificate_id: c.id,
+                name: c.name.clone(),
+                team: c.team.clone(),
+                key_source: c.key_source,
+                status: c.status,
+                version: c.current_version,
+                serial: "01".into(),
+                fingerprint_sha256: "ff".into(),
+                names: c.names.clone(),
+                not_after: c.not_after,
+                issued_at: c.created_at,
+                assigned_at: c.created_at,
+            },
+            last_report: report.map(|(version, status)| Deployment {
+                agent_id: Uuid::nil(),
+                certificate_id: c.id,
+                version,
+                fingerprint_sha256: "ff".into(),
+                status,
+                attempted_version: None,
+                error: None,
+                reported_at: t0(),
+                agent_version: None,
+            }),
+            drift_notified_version: None,
+        }
+    }
+
+    struct Case {
+        name: &'static str,
+        edit: fn(&mut Certificate, &mut CertificateVersion, &mut Inputs),
+        policy: IssuancePolicy,
+        expect: &'static [(&'static str, Severity)],
+    }
+
+    #[derive(Default)]
+    struct Inputs {
+        rsa_bits: Option<u32>,
+        sig: Option<&'static str>,
+        deployments: Vec<Option<(u32, DeploymentStatus)>>,
+        revoked: Vec<u32>,
+        unknown_issuer: bool,
+    }
+
+    fn run(case: &Case) -> Vec<(&'static str, Severity)> {
+        let mut c = cert();
+        let mut v = version(&c);
+        let mut inputs = Inputs {
+            sig: Some("ecdsa-with-SHA256"),
+            deployments: vec![Some((2, DeploymentStatus::Installed))],
+            ..Inputs::default()
+        };
+        (case.edit)(&mut c, &mut v, &mut inputs);
+        let deployments: Vec<_> = inputs
+            .deployments
+            .iter()
+            .map(|r| deployment(&c, *r))
+            .collect();
+        let s = Subject {
+            certificate: &c,
+            current: Some(&v),
+            rsa_bits: inputs.rsa_bits,
+            signature_algorithm: inputs.sig,
+            deployments: &deployments,
+            revoked_versions: &inputs.revoked,
+            issuer_known: !inputs.unknown_issuer,
+        };
+        rate(&s, &[&case.policy], 30, t0())
+            .into_iter()
+            .map(|f| {
+                assert!(!f.message.is_empty(), "{}: empty message", case.name);
+                (f.rule, f.severity)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_rule_fires_alone_and_a_clean_certificate_has_no_finding() {
+        use DeploymentStatus::*;
+        use Severity::*;
+        let strict = IssuancePolicy {
+            min_rsa_bits: Some(3072),
+            max_validity_days: Some(47),
+            ..IssuancePolicy::default()
+        };
+        let cases = [
+            Case {
+                name: "clean",
+                edit: |_, _, _| {},
+                policy: IssuancePolicy::default(),
+                expect: &[],
+            },
+            Case {
+                name: "rsa-1024",
+                edit: |_, _, i| i.rsa_bits = Some(1024),
+                policy: IssuancePolicy::default(),
+                expect: &[(rules::WEAK_KEY, Critical)],
+            },
+            Case {
+                name: "rsa-2048 under a 3072 policy",
+                edit: |_, _, i| i.rsa_bits = Some(2048),
+                policy: strict.clone(),
+                expect: &[
+                    (rules::WEAK_KEY, Warning),
+                    (rules::VALIDITY_TOO_LONG, Warning),
+                ],
+            },
+            Case {
+                name: "rsa-4096",
+                edit: |_, _, i| i.rsa_bits = Some(4096),
+                policy: IssuancePolicy::default(),
+                expect: &[],
+            },
+            Case {
+                name: "sha1",
+                edit: |_, _, i| i.sig = Some("sha1WithRSAEncryption"),
+                policy: IssuancePolicy::default(),
+                expect: &[(rules::WEAK_SIGNATURE, Critical)],
+            },
+            Case {
+                name: "md5",
+                edit: |_, _, i| i.sig = Some("md5WithRSAEncryption"),
+                policy: IssuancePolicy::default(),
+                expect: &[(rules::WEAK_SIGNATURE, Critical)],
+            },
+            Case {
+                name: "validity 90 > 47",
+                edit: |_, _, _| {},
+                policy: IssuancePolicy {
+                    max_validity_days: Some(47),
+                    ..IssuancePolicy::default()
+                },
+                expect: &[(rules::VALIDITY_TOO_LONG, Warning)],
+            },
+            Case {
+                name: "validity 90 = 90",
+                edit: |_, _, _| {},
+                policy: IssuancePolicy {
+                    max_validity_days: Some(90),
+                    ..IssuancePolicy::default()
+                },
+                expect: &[],
+            },
+            Case {
+                name: "expiring in 10 days",
+                edit: |c, v, _| {
+                    c.not_after = t0() + time::Duration::days(10);
+                    v.not_after = c.not_after;
+                },
+                policy: IssuancePolicy::default(),
+                expect: &[(rules::EXPIRING, Warning)],
+            },
+            Case {
+                name: "expired",
+                edit: |c, v, _| {
+                    c.not_after = t0() - time::Duration::days(1);
+                    v.not_after = c.not_after;
+                },
+                policy: IssuancePolicy::default(),
+                expect: &[(rules::EXPIRED, Critical)],
+            },
+            Case {
+                name: "revoked version deployed",
+                edit: |c, v, _| {
+                    c.status = CertificateStatus::Revoked;
+                    v.status = VersionStatus::Revoked;
+                },
+                policy: IssuancePolicy::default(),
+                expect: &[(rules::REVOKED_DEPLOYED, Critical)],
+            },
+            Case {
+                name: "older revoked version deployed",
+                edit: |_, _, i| {
+                    i.revoked = vec![1];
+                    i.deployments = vec![Some((1, Installed))];
+                },
+                policy: IssuancePolicy::default(),
+                expect: &[
+                    (rules::REVOKED_DEPLOYED, Critical),
+                    (rules::VERSION_MISMATCH, Warning),
+                ],
+            },
+            Case {
+                name: "never reported",
+                edit: |_, _, i| i.deployments = vec![None],
+                policy: IssuancePolicy::default(),
+                expect: &[(rules::NOT_DEPLOYED, Info)],
+            },
+            Case {
+                name: "install failed",
+                edit: |_, _, i| i.deployments = vec![Some((2, Failed))],
+                policy: IssuancePolicy::default(),
+                expect: &[(rules::NOT_DEPLOYED, Warning)],
+            },
+            Case {
+                name: "older version served",
+                edit: |_, _, i| i.deployments = vec![Some((1, Installed))],
+                policy: IssuancePolicy::default(),
+                expect: &[(rules::VERSION_MISMATCH, Warning)],
+            },
+            Case {
+                name: "unknown issuer",
+                edit: |_, _, i| i.unknown_issuer = true,
+                policy: IssuancePolicy::default(),
+                expect: &[(rules::UNKNOWN_ISSUER, Warning)],
+            },
+        ];
+        for case in &cases {
+            assert_eq!(run(case), case.expect, "{}", case.name);
+        }
+    }
+
+    #[test]
+    fn the_expiring_window_is_a_parameter() {
+        let c = cert(); // expires in 80 days
+        let s = Subject {
+            certificate: &c,
+            current: None,
+            rsa_bits: None,
+            signature_algorithm: None,
+            deployments: &[],
+            revoked_versions: &[],
+            issuer_known: true,
+        };
+        assert!(rate(&s, &[], 30, t0()).is_empty());
+        let f = rate(&s, &[], 90, t0());
+        assert_eq!(f.len(), 1);
+        assert_eq!(f[0].rule, rules::EXPIRING);
+        assert!(f[0].message.contains("within 90 days"), "{}", f[0].message);
+    }
+
+    #[test]
+    fn the_summary_counts_by_rule_and_severity_with_zeros() {
+        let mut s = Summary::new();
+        s.add(&[]);
+        s.add(&[Finding {
+            rule: rules::EXPIRED,
+            severity: Severity::Critical,
+            message: "x".into(),
+        }]);
+        assert_eq!(s.certificates, 2);
+        assert_eq!(s.non_compliant, 1);
+        assert_eq!(s.by_rule[rules::EXPIRED], 1);
+        assert_eq!(s.by_rule[rules::WEAK_KEY], 0);
+        assert_eq!(s.by_severity["critical"], 1);
+        assert_eq!(s.by_severity["info"], 0);
+    }
+}
