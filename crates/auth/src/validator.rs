@@ -15,6 +15,20 @@ use crate::claims::{Claims, TokenKind, principal_for};
 use crate::config::{Flavor, IssuerConfig, SigningAlgorithm};
 use crate::error::{AuthError, ConfigError, sanitise};
 use crate::jwks::{KeyCache, VerifyingKey, fetch_bounded, parse_jwks};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// JWKS fetches of this process (succeeded, failed), for `/metrics`: one
+/// per issuer at start and then only on an unknown `kid` (rate-limited) or
+/// when the cached set is older than its maximum age.
+static JWKS_FETCHES: (AtomicU64, AtomicU64) = (AtomicU64::new(0), AtomicU64::new(0));
+
+/// How many JWKS fetches this process made: (succeeded, failed).
+pub fn jwks_fetches() -> (u64, u64) {
+    (
+        JWKS_FETCHES.0.load(Ordering::Relaxed),
+        JWKS_FETCHES.1.load(Ordering::Relaxed),
+    )
+}
 
 /// Default minimum time between two JWKS fetches of one issuer.
 pub const DEFAULT_JWKS_REFRESH_INTERVAL: Duration = Duration::from_secs(30);
@@ -262,9 +276,19 @@ impl TokenValidator {
                 self.refresh_interval,
                 self.max_age,
                 || async {
-                    let url = self.jwks_url(issuer).await?;
-                    let body = fetch_bounded(&self.http, &url, "JWKS").await?;
-                    parse_jwks(&body)
+                    let fetched = async {
+                        let url = self.jwks_url(issuer).await?;
+                        let body = fetch_bounded(&self.http, &url, "JWKS").await?;
+                        parse_jwks(&body)
+                    }
+                    .await;
+                    let counter = if fetched.is_ok() {
+                        &JWKS_FETCHES.0
+                    } else {
+                        &JWKS_FETCHES.1
+                    };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    fetched
                 },
             )
             .await?;

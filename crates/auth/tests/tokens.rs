@@ -867,6 +867,9 @@ async fn unknown_kid_refetches_jwks_at_most_once_per_window() {
         .await
         .unwrap_err();
     assert_eq!(fetches(), 3, "next window: one more refetch");
+    // The process-wide counter behind certflow_jwks_refreshes_total saw them
+    // (at least: other tests may share the process under `cargo test`).
+    assert!(certflow_auth::jwks_fetches().0 >= 3);
     validator.validate_access_token(&real).await.unwrap();
     assert_eq!(fetches(), 3);
 }

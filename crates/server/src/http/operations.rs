@@ -366,6 +366,11 @@ pub async fn metrics(
             st.as_str()
         ));
     }
+    let (jwks_ok, jwks_failed) = certflow_auth::jwks_fetches();
+    out.push_str("# HELP certflow_jwks_refreshes_total JWKS fetches of this process by outcome.\n# TYPE certflow_jwks_refreshes_total counter\n");
+    out.push_str(&format!(
+        "certflow_jwks_refreshes_total{{outcome=\"ok\"}} {jwks_ok}\ncertflow_jwks_refreshes_total{{outcome=\"error\"}} {jwks_failed}\n"
+    ));
     super::metrics::render(&mut out);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }

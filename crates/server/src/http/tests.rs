@@ -1252,6 +1252,11 @@ async fn metrics_count_requests_by_group_route_template_and_status() {
     );
     let text = String::from_utf8(body).unwrap();
     super::metrics::check_exposition(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    assert!(
+        text.contains("certflow_jwks_refreshes_total{outcome=\"ok\"} ")
+            && text.contains("# TYPE certflow_jwks_refreshes_total counter"),
+        "{text}"
+    );
 
     let counter =
         |labels: &str| sample(&text, &format!("certflow_http_requests_total{{{labels}}}"));
