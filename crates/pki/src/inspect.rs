@@ -143,6 +143,19 @@ pub fn key_matches_cert(key: &PrivateKey, cert_der: &[u8]) -> bool {
     }
 }
 
+/// Whether `issuer_der`'s key signed `cert_der` and its subject is the
+/// certificate's issuer name (to recognise one of certflow's CAs on import).
+pub fn is_signed_by(cert_der: &[u8], issuer_der: &[u8]) -> bool {
+    let (Ok((_, cert)), Ok((_, issuer))) = (
+        x509_parser::parse_x509_certificate(cert_der),
+        x509_parser::parse_x509_certificate(issuer_der),
+    ) else {
+        return false;
+    };
+    cert.issuer().as_raw() == issuer.subject().as_raw()
+        && cert.verify_signature(Some(issuer.public_key())).is_ok()
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {

@@ -24,7 +24,7 @@ pub use ca::{CaMaterial, create_ca, import_ca};
 pub use crl::{CrlInfo, RevokedEntry, build_crl, crl_info};
 pub use csr::{CsrInfo, MAX_CSR_BYTES, build_csr, parse_csr};
 pub use inspect::{
-    CertInfo, cert_to_pem, inspect, key_matches_cert, parse_pem_certs, public_key_of,
+    CertInfo, cert_to_pem, inspect, is_signed_by, key_matches_cert, parse_pem_certs, public_key_of,
 };
 pub use issue::{IssuerUrls, LeafRequest, issue_leaf, issue_leaf_linted};
 pub use keys::PrivateKey;
@@ -33,7 +33,7 @@ pub use ocsp::{
     MAX_OCSP_CERTS, OcspAnswer, OcspCertId, OcspCertStatus, OcspHash, OcspIssuer, OcspRequest,
     OcspResponseStatus, OcspSigner, ocsp_error_response, parse_ocsp_request,
 };
-pub use pkcs12::pkcs12;
+pub use pkcs12::{pkcs12, read_pkcs12};
 
 #[cfg(test)]
 mod testutil;

@@ -6,6 +6,7 @@
 pub mod agents;
 mod ca;
 mod certificates;
+mod import;
 pub mod deployments;
 mod issuing;
 mod maintenance;
@@ -25,6 +26,7 @@ use uuid::Uuid;
 
 pub use ca::CaSettings;
 pub use certificates::{CertificateView, DownloadKind};
+pub use import::{ImportError, ImportRequest, MAX_IMPORT_BYTES};
 pub use issuing::InternalCa;
 pub use maintenance::{RewrapReport, SweepReport};
 pub use renewal::{JobOutcome, RENEWAL_ACTOR};

@@ -24,7 +24,7 @@ pub fn declared(method: &Method, path: &str) -> Option<Permission> {
     let m = method.as_str();
     Some(match (m, path) {
         ("GET", "/certificates" | "/certificates/{id}") => CertificateRead,
-        ("POST", "/certificates") => CertificateWrite,
+        ("POST", "/certificates" | "/certificates/import") => CertificateWrite,
         // `format=key` additionally needs KeyDownload (checked by the handler).
         ("GET", "/certificates/{id}/download") => CertificateRead,
         ("POST", "/certificates/{id}/pkcs12") => KeyDownload,

@@ -167,7 +167,10 @@ async fn authorize_certificate(
     check_team(principal, permission, &cert.team)
 }
 
-async fn detail(state: &AppState, view: CertificateView) -> ApiResult<CertificateDetail> {
+pub(crate) async fn detail(
+    state: &AppState,
+    view: CertificateView,
+) -> ApiResult<CertificateDetail> {
     let id = view.certificate.id;
     let fullchain_pem = state
         .services

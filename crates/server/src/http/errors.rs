@@ -35,6 +35,13 @@ impl ApiError {
         }
     }
 
+    /// The same problem with another status (e.g. 422 for a request that was
+    /// read but refused).
+    pub fn with_status(mut self, status: StatusCode) -> Self {
+        self.status = status;
+        self
+    }
+
     /// 400 naming one field.
     pub fn invalid_field(field: &str, reason: impl Into<String>) -> Self {
         DomainError::invalid(field, reason).into()

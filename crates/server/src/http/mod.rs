@@ -9,6 +9,7 @@ pub mod auth;
 pub mod console;
 pub mod deployments;
 pub mod errors;
+pub mod import;
 pub mod limit;
 pub mod login;
 pub mod metrics;
@@ -87,6 +88,7 @@ pub fn console_api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
             console::list_certificates
         ))
         .routes(routes!(console::get_certificate))
+        .routes(routes!(import::import_certificate))
         .routes(routes!(console::download))
         .routes(routes!(console::download_pkcs12))
         .routes(routes!(console::renew))

@@ -23,6 +23,9 @@ use crate::config::ConsoleConfig;
 use auth::BearerAuthenticator as _;
 use certflow_core::access::{Principal, PrincipalKind, Role};
 
+#[path = "import_tests.rs"]
+mod import;
+
 struct Harness {
     app: Router,
     token: String,
@@ -990,6 +993,8 @@ async fn role_route_matrix_follows_the_declared_permissions() {
                     json!({ "team": "a", "names": [format!("{}.example.com", uuid::Uuid::now_v7().simple())] }),
                 ),
                 ("post", "/certificates/{id}/revoke") => Some(json!({ "reason": "superseded" })),
+                // The team is read from the body before the (unreadable) bundle.
+                ("post", "/certificates/import") => Some(json!({ "team": "a", "pem": "garbage" })),
                 ("post", "/certificates/{id}/pkcs12") => {
                     Some(json!({ "password": "correct horse battery staple" }))
                 }

@@ -1,0 +1,89 @@
+//! `POST /certificates/import`: bring an existing certificate (PEM bundle or
+//! PKCS#12, with or without its key) under certflow's inventory, optionally
+//! taking over its renewal.
+
+use axum::Extension;
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use certflow_api::{CertificateDetail, Problem};
+use certflow_core::DomainError;
+use certflow_core::access::{Permission, Principal};
+use certflow_core::model::{Actor, Labels};
+use certflow_services::{ImportError, ImportRequest};
+use serde::Deserialize;
+use utoipa::ToSchema;
+
+use super::AppState;
+use super::access::check_team;
+use super::console::{Json, detail, now};
+use super::errors::{ApiError, ApiResult};
+
+/// An existing certificate to import. Give exactly one of `pem` and `pkcs12_base64`.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImportCertificateRequest {
+    /// Owning team.
+    pub team: String,
+    /// Display name; the certificate's first SAN when absent.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Labels for grouping and search.
+    #[serde(default)]
+    pub labels: Labels,
+    /// PEM: the certificate first, then optionally its chain and its private
+    /// key (PKCS#8, SEC 1 or PKCS#1, unencrypted).
+    #[serde(default)]
+    pub pem: Option<String>,
+    /// A PKCS#12 file, base64-encoded.
+    #[serde(default)]
+    pub pkcs12_base64: Option<String>,
+    /// Password of the PKCS#12 file.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// Take over management: renew through certflow from now on (the names
+    /// must pass the issuance policy). Otherwise inventory only, never renewed.
+    #[serde(default)]
+    pub manage: bool,
+}
+
+/// Import an existing certificate (PEM bundle or PKCS#12, with or without its key).
+///
+/// The key, if given, is stored sealed like every certflow key. 400: the
+/// bundle is unreadable; 422: it was read but refused (key does not match,
+/// not issued by a certflow issuer, policy); 409: already imported.
+#[utoipa::path(post, path = "/certificates/import", tag = "certificates",
+    request_body = ImportCertificateRequest,
+    responses((status = 201, body = CertificateDetail), (status = 400, body = Problem), (status = 409, body = Problem), (status = 413, body = Problem), (status = 422, body = Problem)))]
+pub async fn import_certificate(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Extension(principal): Extension<Principal>,
+    Json(req): Json<ImportCertificateRequest>,
+) -> ApiResult<Response> {
+    check_team(&principal, Permission::CertificateWrite, &req.team)?;
+    let req = ImportRequest {
+        team: req.team,
+        name: req.name,
+        labels: req.labels,
+        pem: req.pem,
+        pkcs12_base64: req.pkcs12_base64,
+        password: req.password,
+        manage: req.manage,
+    };
+    let view = match state.services.import_certificate(&actor, &req, now()).await {
+        Ok(view) => view,
+        Err(ImportError::Unprocessable(fields)) => {
+            return Err(ApiError::from(DomainError::Invalid(fields))
+                .with_status(StatusCode::UNPROCESSABLE_ENTITY));
+        }
+        Err(ImportError::Domain(e)) => return Err(e.into()),
+    };
+    let location = format!("/console/api/v1/certificates/{}", view.certificate.id);
+    let body = detail(&state, view).await?;
+    let mut resp = (StatusCode::CREATED, Json(body)).into_response();
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    Ok(resp)
+}

@@ -1,0 +1,273 @@
+//! Router tests of `POST /certificates/import`: PEM with key and chain, PEM
+//! without key, PKCS#12, and every refusal (none of which stores a row or a
+//! blob). Leaves are signed by a CA made here and imported as an issuer, so
+//! the test holds the CA key; a second CA stays foreign to certflow.
+
+use base64::Engine as _;
+use certflow_core::model::KeyType;
+use certflow_core::{Profile, SubjectName};
+use certflow_pki::{CaMaterial, LeafRequest, PrivateKey, cert_to_pem, create_ca, issue_leaf};
+
+use super::*;
+
+const IMPORT: &str = "/console/api/v1/certificates/import";
+
+fn ca(name: &str) -> CaMaterial {
+    create_ca(
+        name,
+        KeyType::EcdsaP256,
+        time::OffsetDateTime::now_utc(),
+        3650,
+        1825,
+    )
+    .unwrap()
+}
+
+fn leaf(ca: &CaMaterial, name: &str, key: &PrivateKey) -> Vec<u8> {
+    issue_leaf(
+        &ca.issuing_cert_der,
+        &ca.issuing_key,
+        &LeafRequest {
+            profile: Profile::TlsServer,
+            names: &[SubjectName::Dns(name.into())],
+            spki_der: &key.public_key_der(),
+            key_type: key.key_type(),
+            validity_days: 30,
+            validity_secs: None,
+            now: time::OffsetDateTime::now_utc(),
+            urls: None,
+        },
+    )
+    .unwrap()
+}
+
+fn chain_pem(ca: &CaMaterial) -> String {
+    ca.chain_der.iter().map(|d| cert_to_pem(d)).collect()
+}
+
+/// A harness with `ca` imported as the issuer "legacy".
+async fn harness_with_ca(ca: &CaMaterial) -> Harness {
+    let h = harness().await;
+    let (status, body) = h
+        .json(
+            "POST",
+            "/console/api/v1/issuers/import",
+            Some(json!({
+                "name": "legacy",
+                "certificate_pem": cert_to_pem(&ca.issuing_cert_der),
+                "private_key_pem": ca.issuing_key.to_pem().as_str(),
+                "chain_pem": chain_pem(ca),
+            })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    h
+}
+
+async fn blob_count(h: &Harness) -> usize {
+    h.blobs.list("certificates/").await.unwrap().len()
+}
+
+#[tokio::test]
+async fn imports_pem_with_key_and_chain_then_refuses_the_duplicate() {
+    let legacy = ca("Legacy");
+    let h = harness_with_ca(&legacy).await;
+    let key = PrivateKey::generate(KeyType::EcdsaP256).unwrap();
+    let der = leaf(&legacy, "old.example.com", &key);
+    let pem = format!(
+        "{}{}{}",
+        cert_to_pem(&der),
+        chain_pem(&legacy),
+        key.to_pem().as_str()
+    );
+    let body = json!({ "team": "payments", "pem": pem, "labels": { "env": "prod" } });
+    let (status, cert) = h.json("POST", IMPORT, Some(body.clone())).await;
+    assert_eq!(status, StatusCode::CREATED, "{cert}");
+    assert_eq!(cert["name"], "old.example.com");
+    assert_eq!(cert["team"], "payments");
+    assert_eq!(cert["key_source"], "server");
+    assert_eq!(cert["status"], "active");
+    let serial = certflow_pki::inspect(&der).unwrap().serial_hex;
+    assert_eq!(cert["versions"][0]["serial"], serial.as_str());
+    // Not managed: never due for renewal.
+    assert!(
+        cert["renew_after"].as_str().unwrap().starts_with("9999-"),
+        "{cert}"
+    );
+    // Certificate, chain and the sealed key are stored; the key is not in the clear.
+    let blobs = h.blobs.list("certificates/").await.unwrap();
+    assert_eq!(blobs.len(), 3, "{blobs:?}");
+    let key_blob = blobs.iter().find(|b| b.ends_with("key.enc")).unwrap();
+    let sealed = h.blobs.get(key_blob).await.unwrap();
+    assert!(
+        !sealed
+            .windows(key.pkcs8_der().len())
+            .any(|w| w == key.pkcs8_der())
+    );
+    // The key comes back out through the key download.
+    let id = cert["id"].as_str().unwrap();
+    let (status, _, got) = h
+        .call(
+            "GET",
+            &format!("/console/api/v1/certificates/{id}/download?format=key"),
+            None,
+            "",
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(String::from_utf8(got).unwrap(), key.to_pem().as_str());
+    // The audit event says who imported what, never the key.
+    let events = audit_of(&h, "certificate.import").await;
+    assert_eq!(events.len(), 1);
+    let text = events[0].to_string();
+    assert!(
+        text.contains(&serial) && text.contains("\"with_key\":true"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("PRIVATE KEY") && !text.contains("BEGIN"),
+        "{text}"
+    );
+
+    // Same issuer and serial again: 409, nothing more stored.
+    let (status, problem) = h.json("POST", IMPORT, Some(body)).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{problem}");
+    assert_eq!(h.certificate_count().await, 1);
+    assert_eq!(blob_count(&h).await, 3);
+}
+
+#[tokio::test]
+async fn imports_pem_without_key_and_takes_over_management() {
+    let legacy = ca("Legacy");
+    let h = harness_with_ca(&legacy).await;
+    let key = PrivateKey::generate(KeyType::Rsa2048).unwrap();
+    let der = leaf(&legacy, "nokey.example.com", &key);
+    let (status, cert) = h
+        .json(
+            "POST",
+            IMPORT,
+            Some(json!({ "team": "payments", "name": "legacy api", "pem": cert_to_pem(&der), "manage": true })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{cert}");
+    assert_eq!(cert["name"], "legacy api");
+    assert_eq!(cert["key_source"], "csr");
+    assert_eq!(cert["key_type"], "rsa-2048");
+    // Managed: due before it expires.
+    let renew_after = cert["renew_after"].as_str().unwrap();
+    assert!(!renew_after.starts_with("9999-"), "{cert}");
+    assert!(renew_after < cert["not_after"].as_str().unwrap(), "{cert}");
+    assert_eq!(blob_count(&h).await, 2);
+    // certflow renews it through its issuer, keeping the holder's key.
+    let id = cert["id"].as_str().unwrap();
+    let (status, renewed) = h
+        .json(
+            "POST",
+            &format!("/console/api/v1/certificates/{id}/renew"),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{renewed}");
+    assert_eq!(renewed["current_version"], 2);
+}
+
+#[tokio::test]
+async fn imports_pkcs12() {
+    let legacy = ca("Legacy");
+    let h = harness_with_ca(&legacy).await;
+    let key = PrivateKey::generate(KeyType::EcdsaP384).unwrap();
+    let der = leaf(&legacy, "p12.example.com", &key);
+    let p12 = certflow_pki::pkcs12(&der, &legacy.chain_der, &key, "s3cret", "p12").unwrap();
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&p12);
+    // A wrong password is a 400 naming the field; nothing stored.
+    let (status, problem) = h
+        .json(
+            "POST",
+            IMPORT,
+            Some(json!({ "team": "payments", "pkcs12_base64": b64, "password": "hunter2-bad" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{problem}");
+    assert_eq!(problem_fields(&problem)[0].0, "pkcs12_base64");
+    assert!(!problem.to_string().contains("hunter2-bad"), "{problem}");
+    let (status, cert) = h
+        .json(
+            "POST",
+            IMPORT,
+            Some(json!({ "team": "payments", "pkcs12_base64": b64, "password": "s3cret" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{cert}");
+    assert_eq!(cert["key_source"], "server");
+    assert_eq!(cert["key_type"], "ecdsa-p384");
+    assert_eq!(blob_count(&h).await, 3);
+}
+
+#[tokio::test]
+async fn refusals_name_the_field_and_store_nothing() {
+    let legacy = ca("Legacy");
+    let foreign = ca("Foreign");
+    let h = harness_with_ca(&legacy).await;
+    let key = PrivateKey::generate(KeyType::EcdsaP256).unwrap();
+    let other = PrivateKey::generate(KeyType::EcdsaP256).unwrap();
+    let der = leaf(&legacy, "r.example.com", &key);
+    let foreign_der = leaf(&foreign, "f.example.com", &key);
+    let mismatched = format!("{}{}", cert_to_pem(&der), other.to_pem().as_str());
+    let rows: Vec<(Value, StatusCode, &str)> = vec![
+        // Key does not belong to the certificate.
+        (
+            json!({ "team": "t", "pem": mismatched }),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "pem",
+        ),
+        // Not a certificate at all.
+        (
+            json!({ "team": "t", "pem": "-----BEGIN CERTIFICATE-----\nZ2FyYmFnZQ==\n-----END CERTIFICATE-----\n" }),
+            StatusCode::BAD_REQUEST,
+            "pem",
+        ),
+        (
+            json!({ "team": "t", "pem": "garbage" }),
+            StatusCode::BAD_REQUEST,
+            "pem",
+        ),
+        // Neither, or both.
+        (json!({ "team": "t" }), StatusCode::BAD_REQUEST, "pem"),
+        (
+            json!({ "team": "t", "pem": cert_to_pem(&der), "pkcs12_base64": "AAAA" }),
+            StatusCode::BAD_REQUEST,
+            "pem",
+        ),
+        (
+            json!({ "team": "t", "pkcs12_base64": "not base64!" }),
+            StatusCode::BAD_REQUEST,
+            "pkcs12_base64",
+        ),
+        // Signed by a CA certflow does not know.
+        (
+            json!({ "team": "t", "pem": cert_to_pem(&foreign_der) }),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "pem",
+        ),
+        // A CA certificate where the leaf belongs.
+        (
+            json!({ "team": "t", "pem": chain_pem(&legacy) }),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "pem",
+        ),
+        (
+            json!({ "team": "", "pem": cert_to_pem(&der) }),
+            StatusCode::BAD_REQUEST,
+            "team",
+        ),
+    ];
+    for (body, want, field) in rows {
+        let (status, problem) = h.json("POST", IMPORT, Some(body.clone())).await;
+        assert_eq!(status, want, "{body}: {problem}");
+        assert_eq!(problem_fields(&problem)[0].0, field, "{body}: {problem}");
+        assert!(!problem.to_string().contains("PRIVATE KEY"), "{problem}");
+        assert_eq!(h.certificate_count().await, 0, "{body}");
+        assert_eq!(blob_count(&h).await, 0, "{body}");
+    }
+    assert!(audit_of(&h, "certificate.import").await.is_empty());
+}

@@ -1,0 +1,407 @@
+//! Importing certificates certflow did not issue through its own API: a PEM
+//! bundle (leaf first, optional chain and private key) or a PKCS#12 file.
+//!
+//! Same write order as issuance: blobs first (the key only sealed), then the
+//! metadata row and its `certificate.import` audit event in one transaction;
+//! a failed commit removes the blobs. The key never reaches logs or audit.
+//!
+//! Only certificates signed by one of certflow's issuers are accepted for
+//! now: the schema requires an issuer on every certificate and version, and
+//! an "external issuer" marker needs a migration (left for later).
+
+use bytes::Bytes;
+use certflow_core::model::{
+    Actor, AuditEvent, Certificate, CertificateStatus, CertificateVersion, Issuer, KeySource,
+    Labels, VersionStatus,
+};
+use certflow_core::policy::IssuanceRequest;
+use certflow_core::{DomainError, FieldError, Profile, SubjectName};
+use certflow_pki::PrivateKey;
+use serde_json::json;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::certificates::{CertificateView, key_context};
+use crate::{Services, validate};
+
+/// Largest PEM bundle or PKCS#12 file accepted, in bytes.
+pub const MAX_IMPORT_BYTES: usize = 48 * 1024;
+
+/// renew_after of an inventory-only certificate: never due, so the renewal
+/// scheduler never picks it (there is no "managed" column yet).
+fn never() -> OffsetDateTime {
+    time::macros::datetime!(9999-12-31 23:59:59 UTC)
+}
+
+/// What to import. Its `Debug` never shows the key, bundle or password.
+#[derive(Clone, Default)]
+pub struct ImportRequest {
+    /// Owning team.
+    pub team: String,
+    /// Display name; the leaf's first SAN when absent.
+    pub name: Option<String>,
+    /// Labels.
+    pub labels: Labels,
+    /// PEM: the certificate, then optionally its chain and private key.
+    pub pem: Option<String>,
+    /// A PKCS#12 file, base64.
+    pub pkcs12_base64: Option<String>,
+    /// The PKCS#12 password.
+    pub password: Option<String>,
+    /// Take over management: renew through certflow from now on.
+    pub manage: bool,
+}
+
+impl std::fmt::Debug for ImportRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImportRequest")
+            .field("team", &self.team)
+            .field("name", &self.name)
+            .field("pem", &self.pem.as_ref().map(|_| "[redacted]"))
+            .field("pkcs12", &self.pkcs12_base64.as_ref().map(|_| "[redacted]"))
+            .field("manage", &self.manage)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why an import failed: the bundle could not be read (`Domain`, mostly 400),
+/// or it was read but refused (`Unprocessable`: key mismatch, unknown issuer,
+/// policy), or it is already imported (`Domain(Conflict)`).
+#[derive(Debug)]
+pub enum ImportError {
+    /// Read but refused; names the field.
+    Unprocessable(Vec<FieldError>),
+    /// Any other failure (bad input, conflict, backend).
+    Domain(DomainError),
+}
+
+impl From<DomainError> for ImportError {
+    fn from(e: DomainError) -> Self {
+        Self::Domain(e)
+    }
+}
+
+fn refuse(field: &str, reason: impl Into<String>) -> ImportError {
+    ImportError::Unprocessable(vec![FieldError::new(field, reason)])
+}
+
+/// The bundle read: leaf first, then the chain, and the key if one came along.
+struct Bundle {
+    field: &'static str,
+    certs: Vec<Vec<u8>>,
+    key: Option<PrivateKey>,
+}
+
+fn read_bundle(req: &ImportRequest) -> Result<Bundle, DomainError> {
+    match (&req.pem, &req.pkcs12_base64) {
+        (Some(pem), None) => {
+            if pem.len() > MAX_IMPORT_BYTES {
+                return Err(DomainError::invalid(
+                    "pem",
+                    format!("at most {MAX_IMPORT_BYTES} bytes are accepted"),
+                ));
+            }
+            let certs = certflow_pki::parse_pem_certs("pem", pem)?;
+            let key = if pem.contains("PRIVATE KEY-----") {
+                Some(PrivateKey::from_pem("pem", pem)?)
+            } else {
+                None
+            };
+            Ok(Bundle {
+                field: "pem",
+                certs,
+                key,
+            })
+        }
+        (None, Some(b64)) => {
+            if b64.len() > MAX_IMPORT_BYTES {
+                return Err(DomainError::invalid(
+                    "pkcs12_base64",
+                    format!("at most {MAX_IMPORT_BYTES} bytes are accepted"),
+                ));
+            }
+            let der = decode_base64(b64)
+                .ok_or_else(|| DomainError::invalid("pkcs12_base64", "is not valid base64"))?;
+            let password = req.password.as_deref().unwrap_or("");
+            let (certs, key) = certflow_pki::read_pkcs12("pkcs12_base64", &der, password)?;
+            Ok(Bundle {
+                field: "pkcs12_base64",
+                certs,
+                key,
+            })
+        }
+        _ => Err(DomainError::invalid(
+            "pem",
+            "give exactly one of pem and pkcs12_base64",
+        )),
+    }
+}
+
+/// Standard base64 (RFC 4648 §4), whitespace ignored.
+fn decode_base64(text: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(text.len() / 4 * 3);
+    let (mut acc, mut bits, mut pad) = (0u32, 0u32, 0usize);
+    for c in text.bytes().filter(|c| !c.is_ascii_whitespace()) {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            b'=' => {
+                pad += 1;
+                continue;
+            }
+            _ => return None,
+        };
+        if pad > 0 {
+            return None;
+        }
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push(((acc >> bits) & 0xff) as u8);
+        }
+    }
+    (pad <= 2).then_some(out)
+}
+
+impl Services {
+    /// Imports a certificate (with or without its key) as a certificate of
+    /// `req.team`. With `manage`, its names must pass the issuance policy and
+    /// its renewal is scheduled through its issuer; without, it is inventory
+    /// only and never renewed.
+    pub async fn import_certificate(
+        &self,
+        actor: &Actor,
+        req: &ImportRequest,
+        now: OffsetDateTime,
+    ) -> Result<CertificateView, ImportError> {
+        let mut errors = Vec::new();
+        validate::team(&mut errors, &req.team);
+        validate::labels(&mut errors, &req.labels);
+        if !errors.is_empty() {
+            return Err(DomainError::Invalid(errors).into());
+        }
+        let bundle = read_bundle(req)?;
+        let field = bundle.field;
+        let Some(leaf) = bundle.certs.first() else {
+            return Err(DomainError::invalid(field, "holds no certificate").into());
+        };
+        let info = certflow_pki::inspect(leaf)?;
+        if info.is_ca {
+            return Err(refuse(
+                field,
+                "the first certificate is a CA certificate; put the end-entity certificate first",
+            ));
+        }
+        let Some(key_type) = info.key_type else {
+            return Err(refuse(field, "the certificate's key type is not supported"));
+        };
+        if let Some(key) = &bundle.key
+            && !certflow_pki::key_matches_cert(key, leaf)
+        {
+            return Err(refuse(
+                field,
+                "the private key does not match the certificate",
+            ));
+        }
+        let names = certflow_core::validate_names(
+            field,
+            &info
+                .names
+                .iter()
+                .map(SubjectName::to_text)
+                .collect::<Vec<_>>(),
+        )
+        .map_err(ImportError::Unprocessable)?;
+        let Some(issuer) = self.own_issuer_of(leaf).await? else {
+            return Err(refuse(
+                field,
+                format!(
+                    "issued by '{}', which is not one of certflow's issuers; \
+                     certificates of other CAs cannot be imported yet",
+                    info.issuer
+                ),
+            ));
+        };
+        if self
+            .store
+            .version_by_serial(issuer.id, &info.serial_hex)
+            .await?
+            .is_some()
+        {
+            return Err(DomainError::Conflict(format!(
+                "a certificate with serial {} of issuer '{}' is already known",
+                info.serial_hex, issuer.name
+            ))
+            .into());
+        }
+        let profile = Profile::TlsServer;
+        let validity_days = profile.default_validity_days();
+        if req.manage {
+            self.policies
+                .check(&IssuanceRequest {
+                    team: &req.team,
+                    issuer: &issuer.name,
+                    profile,
+                    key_type,
+                    names: &names,
+                    validity_days,
+                    validity_secs: None,
+                })
+                .map_err(ImportError::Unprocessable)?;
+        }
+        let name = req
+            .name
+            .clone()
+            .or_else(|| names.first().map(SubjectName::to_text))
+            .unwrap_or_default();
+        let mut errors = Vec::new();
+        validate::display_name(&mut errors, &name);
+        if !errors.is_empty() {
+            return Err(DomainError::Invalid(errors).into());
+        }
+
+        let id = Uuid::now_v7();
+        // Same layout as issued versions (certificates.rs `blob_prefix`), so
+        // downloads find the chain beside the certificate.
+        let prefix = format!("certificates/{id}/v1-{}", info.serial_hex);
+        let cert_blob = format!("{prefix}/cert.der");
+        let chain_pem: String = if bundle.certs.len() > 1 {
+            bundle.certs[1..]
+                .iter()
+                .map(|d| certflow_pki::cert_to_pem(d))
+                .collect()
+        } else {
+            format!("{}{}", issuer.issuing_cert_pem, issuer.chain_pem)
+        };
+        let mut written = Vec::new();
+        let mut key_blob = None;
+        let stored: Result<(), DomainError> = async {
+            if let Some(key) = &bundle.key {
+                let blob = format!("{prefix}/key.enc");
+                let sealed = self
+                    .sealer
+                    .seal(key.pkcs8_der(), &key_context(id, 1))
+                    .await?;
+                self.blobs.put(&blob, Bytes::from(sealed)).await?;
+                written.push(blob.clone());
+                key_blob = Some(blob);
+            }
+            self.blobs
+                .put(&cert_blob, Bytes::from(leaf.clone()))
+                .await?;
+            written.push(cert_blob.clone());
+            let chain_blob = format!("{prefix}/chain.pem");
+            self.blobs.put(&chain_blob, Bytes::from(chain_pem)).await?;
+            written.push(chain_blob);
+            Ok(())
+        }
+        .await;
+        if let Err(e) = stored {
+            self.remove_blobs(&written).await;
+            return Err(e.into());
+        }
+        let version = CertificateVersion {
+            certificate_id: id,
+            version: 1,
+            serial: info.serial_hex.clone(),
+            fingerprint_sha256: info.fingerprint_sha256.clone(),
+            not_before: info.not_before,
+            not_after: info.not_after,
+            key_type,
+            names: names.clone(),
+            issuer_id: issuer.id,
+            status: VersionStatus::Current,
+            revoked_at: None,
+            revocation_reason: None,
+            cert_blob,
+            key_blob,
+            created_at: now,
+        };
+        let renewal = self.renewal_defaults.resolve(&req.team, &issuer.name);
+        let renew_after = if req.manage {
+            self.renew_after(&issuer, &renewal, &version).await
+        } else {
+            never()
+        };
+        let cert = Certificate {
+            id,
+            name,
+            team: req.team.clone(),
+            labels: req.labels.clone(),
+            profile,
+            key_type,
+            // With the key, certflow holds it and renews with a fresh one,
+            // like a server-generated key; without, the key stays with its
+            // holder and a renewal re-certifies the same public key, like a CSR.
+            key_source: if bundle.key.is_some() {
+                KeySource::Server
+            } else {
+                KeySource::Csr
+            },
+            names,
+            validity_days,
+            validity_secs: None,
+            issuer_id: issuer.id,
+            renewal,
+            status: CertificateStatus::Active,
+            current_version: 1,
+            not_after: info.not_after,
+            renew_after,
+            created_at: now,
+            updated_at: now,
+        };
+        let audit = AuditEvent::success(
+            now,
+            actor,
+            "certificate.import",
+            format!("certificate/{id}"),
+            json!({
+                "name": cert.name, "team": cert.team,
+                "names": cert.names.iter().map(SubjectName::to_text).collect::<Vec<_>>(),
+                "serial": version.serial, "fingerprint_sha256": version.fingerprint_sha256,
+                "issuer": issuer.name, "format": if field == "pem" { "pem" } else { "pkcs12" },
+                "with_key": bundle.key.is_some(), "manage": req.manage,
+            }),
+        );
+        if let Err(e) = self
+            .store
+            .create_certificate(&cert, &version, &audit, None)
+            .await
+        {
+            self.remove_blobs(&version_blobs(&version, &prefix)).await;
+            return Err(e.into());
+        }
+        tracing::info!(certificate = %id, serial = %version.serial, manage = req.manage, "certificate imported");
+        Ok(CertificateView {
+            certificate: cert,
+            versions: vec![version],
+        })
+    }
+
+    /// The certflow issuer whose issuing certificate signed `leaf`, if any.
+    async fn own_issuer_of(&self, leaf: &[u8]) -> Result<Option<Issuer>, DomainError> {
+        for issuer in self.store.list_issuers().await? {
+            let Ok(certs) = certflow_pki::parse_pem_certs("issuer", &issuer.issuing_cert_pem)
+            else {
+                continue;
+            };
+            if certs
+                .first()
+                .is_some_and(|ca| certflow_pki::is_signed_by(leaf, ca))
+            {
+                return Ok(Some(issuer));
+            }
+        }
+        Ok(None)
+    }
+}
+
+fn version_blobs(v: &CertificateVersion, prefix: &str) -> Vec<String> {
+    let mut blobs = vec![v.cert_blob.clone(), format!("{prefix}/chain.pem")];
+    blobs.extend(v.key_blob.clone());
+    blobs
+}
