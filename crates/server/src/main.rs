@@ -75,6 +75,8 @@ enum AdminCommand {
     },
     /// Check the audit trail's hash chain; exits non-zero where it is broken.
     VerifyAudit,
+    /// Print the agent-identity CA chain (PEM) for a gateway's mTLS trust store.
+    AgentCa,
 }
 
 async fn healthcheck(url: &str) -> anyhow::Result<()> {
@@ -129,6 +131,10 @@ fn main() -> ExitCode {
             Command::Admin(AdminCommand::SweepBlobs { grace_hours }) => {
                 let config = config::Config::load(cli.config.as_deref())?;
                 serve::sweep_blobs(&config, grace_hours).await
+            }
+            Command::Admin(AdminCommand::AgentCa) => {
+                let config = config::Config::load(cli.config.as_deref())?;
+                serve::print_agent_ca(&config).await
             }
             Command::Admin(AdminCommand::VerifyAudit) => {
                 let config = config::Config::load(cli.config.as_deref())?;

@@ -347,6 +347,24 @@ pub async fn verify_audit(config: &Config) -> anyhow::Result<()> {
     }
 }
 
+/// `certflow admin agent-ca`: prints the agent-identity CA chain (issuing CA
+/// first, then up to the root) as PEM, for a TLS-terminating gateway's trust
+/// store (an ALB trust store, API Gateway's truststore).
+pub async fn print_agent_ca(config: &Config) -> anyhow::Result<()> {
+    let (store, _) = open_store(config).await?;
+    let Some(ca) = store.agents.get_agent_ca().await? else {
+        bail!(
+            "no agent-identity CA yet: it is created when `certflow serve` first starts with [agent] listen set"
+        );
+    };
+    print!("{}", ca.issuing_cert_pem);
+    if !ca.issuing_cert_pem.ends_with('\n') {
+        println!();
+    }
+    print!("{}", ca.chain_pem);
+    Ok(())
+}
+
 /// What `verify-audit` prints: the rows checked, the last link (to record
 /// elsewhere, so a rewritten chain shows later) and the first break, if any.
 fn audit_report_text(r: &certflow_core::model::AuditChainReport) -> String {

@@ -165,6 +165,27 @@ fn agents_enrol_with_a_join_token_and_call_over_mtls() {
         ],
     );
 
+    // `certflow admin agent-ca` exports the same chain for a gateway's trust store.
+    let exported = std::process::Command::new(crate::BIN)
+        .args(["admin", "agent-ca"])
+        .env_clear()
+        .env("CERTFLOW_DATA_DIR", dir.join("data"))
+        .output()
+        .unwrap();
+    assert!(exported.status.success(), "{exported:?}");
+    std::fs::write(dir.join("exported-ca.pem"), &exported.stdout).unwrap();
+    openssl(
+        dir,
+        &[
+            "verify",
+            "-CAfile",
+            "exported-ca.pem",
+            "-purpose",
+            "sslclient",
+            "agent.crt",
+        ],
+    );
+
     // The token is single-use.
     let (status, problem) = enroll(&csr);
     assert_eq!(status, 401, "{problem}");
