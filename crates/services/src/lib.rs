@@ -6,8 +6,9 @@
 pub mod agents;
 mod ca;
 mod certificates;
-mod import;
+pub mod compliance;
 pub mod deployments;
+mod import;
 mod issuing;
 mod maintenance;
 mod renewal;

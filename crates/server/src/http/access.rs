@@ -46,6 +46,8 @@ pub fn declared(method: &Method, path: &str) -> Option<Permission> {
         ("GET" | "POST", "/agents/{id}/assignments")
         | ("DELETE", "/agents/{id}/assignments/{certificate_id}") => AgentAdmin,
         ("GET", "/certificates/{id}/deployments") => CertificateRead,
+        // Team-filtered by the handler: a non-admin sees only their teams.
+        ("GET", "/compliance") => CertificateRead,
         _ => return None,
     })
 }

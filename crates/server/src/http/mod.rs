@@ -6,6 +6,7 @@
 pub mod access;
 pub mod agents;
 pub mod auth;
+pub mod compliance;
 pub mod console;
 pub mod deployments;
 pub mod errors;
@@ -114,6 +115,7 @@ pub fn console_api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(deployments::list_assignments, deployments::assign))
         .routes(routes!(deployments::unassign))
         .routes(routes!(deployments::certificate_deployments))
+        .routes(routes!(compliance::report))
         .split_for_parts()
 }
 

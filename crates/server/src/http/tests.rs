@@ -982,7 +982,7 @@ async fn role_route_matrix_follows_the_declared_permissions() {
             );
             // Team-scoped listings name the team; the audit trail one certificate.
             let uri = match (m.as_str(), path.as_str()) {
-                ("GET", "/certificates" | "/deliveries" | "/subscriptions") => {
+                ("GET", "/certificates" | "/deliveries" | "/subscriptions" | "/compliance") => {
                     format!("{uri}?team=a")
                 }
                 ("GET", "/audit") => format!("{uri}?target=certificate/{cert_id}"),
@@ -1702,4 +1702,195 @@ async fn console_pages_share_the_console_rate_limits() {
     }
     let resp = h.app.clone().oneshot(page("192.0.2.24")).await.unwrap();
     assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+}
+
+/// `GET` `uri` as `token` (a [`FixedPrincipals`] token): status, headers, body.
+async fn get_as(h: &Harness, token: &str, uri: &str) -> (StatusCode, String, Vec<u8>) {
+    let req = Request::builder()
+        .uri(uri)
+        .header(header::AUTHORIZATION, format!("Bearer {token}"))
+        .body(Body::empty())
+        .unwrap();
+    let resp = h.app.clone().oneshot(req).await.unwrap();
+    let status = resp.status();
+    let content_type = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let body = axum::body::to_bytes(resp.into_body(), usize::MAX)
+        .await
+        .unwrap()
+        .to_vec();
+    (status, content_type, body)
+}
+
+#[tokio::test]
+async fn compliance_report_as_json_and_csv_filtered_by_team() {
+    let h = harness_with(vec![Arc::new(FixedPrincipals)]).await;
+    for (team, name) in [("a", "ca.example.com"), ("b", "cb.example.com")] {
+        let (status, cert) = h
+            .json(
+                "POST",
+                "/console/api/v1/certificates",
+                Some(json!({ "team": team, "names": [name] })),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{cert}");
+    }
+    let uri = "/console/api/v1/compliance?expiring_within_days=3650";
+
+    // The admin sees both teams; every certificate expires within ten years.
+    let (status, report) = h.json("GET", uri, None).await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert!(report["generated_at"].as_str().is_some(), "{report}");
+    let teams: Vec<&str> = report["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["team"].as_str().unwrap())
+        .collect();
+    assert_eq!(teams, ["a", "b"], "{report}");
+    assert_eq!(report["summary"]["by_rule"]["expiring"], 2, "{report}");
+    assert_eq!(report["summary"]["by_severity"]["warning"], 2, "{report}");
+    assert_eq!(report["summary"]["by_rule"]["weak-key"], 0, "{report}");
+    let finding = &report["items"][0]["findings"][0];
+    assert_eq!(finding["rule"], "expiring", "{report}");
+    assert_eq!(finding["severity"], "warning", "{report}");
+    assert!(
+        finding["message"]
+            .as_str()
+            .unwrap()
+            .contains("within 3650 days"),
+        "{report}"
+    );
+    // With the default 30-day window the fresh certificates are compliant.
+    let (_, report) = h.json("GET", "/console/api/v1/compliance", None).await;
+    assert_eq!(report["items"], json!([]), "{report}");
+    assert_eq!(report["summary"]["certificates"], 2, "{report}");
+
+    // A viewer of team b sees team b only, and may not ask for team a.
+    let (status, _, body) = get_as(&h, "role:viewer:b", uri).await;
+    assert_eq!(status, StatusCode::OK);
+    let report: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(report["items"].as_array().unwrap().len(), 1, "{report}");
+    assert_eq!(report["items"][0]["name"], "cb.example.com", "{report}");
+    let (status, _, _) = get_as(&h, "role:viewer:b", &format!("{uri}&team=a")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+
+    // CSV: a header row, one row per finding, CRLF.
+    let (status, content_type, body) =
+        get_as(&h, "role:viewer:b", &format!("{uri}&format=csv")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(content_type.starts_with("text/csv"), "{content_type}");
+    let csv = String::from_utf8(body).unwrap();
+    let rows: Vec<&str> = csv.split_terminator("\r\n").collect();
+    assert_eq!(rows[0], "certificate_id,name,team,rule,severity,message");
+    assert_eq!(rows.len(), 2, "{csv}");
+    assert!(
+        rows[1].contains(",cb.example.com,b,expiring,warning,"),
+        "{csv}"
+    );
+
+    // Bad parameters: 400 problems naming the parameter.
+    for (query, field) in [
+        ("expiring_within_days=soon", "expiring_within_days"),
+        ("expiring_within_days=-1", "expiring_within_days"),
+        ("expiring_within_days=100000", "expiring_within_days"),
+        ("format=xml", "format"),
+        ("colour=red", "colour"),
+    ] {
+        let (status, p) = h
+            .json("GET", &format!("/console/api/v1/compliance?{query}"), None)
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{query}: {p}");
+        assert_eq!(
+            p["type"], "https://certflow.dev/problems/invalid-request",
+            "{query}: {p}"
+        );
+        assert_eq!(p["errors"][0]["field"], field, "{query}: {p}");
+    }
+}
+
+#[tokio::test]
+async fn compliance_page_renders_the_findings_of_the_readers_teams() {
+    let h = harness_full(
+        Vec::new(),
+        unlimited(),
+        Some(super::session::SessionSettings {
+            idle_timeout: time::Duration::minutes(30),
+            absolute_timeout: time::Duration::hours(12),
+            console_origin: "https://certflow.test".into(),
+        }),
+    )
+    .await;
+    for (team, name) in [("a", "pa.example.com"), ("b", "pb.example.com")] {
+        let (status, cert) = h
+            .json(
+                "POST",
+                "/console/api/v1/certificates",
+                Some(json!({ "team": team, "names": [name] })),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{cert}");
+    }
+    let person = Principal {
+        subject: "erin".into(),
+        kind: PrincipalKind::Person,
+        roles: vec![Role::Viewer],
+        teams: vec!["a".into()],
+    };
+    let (id, _) = h
+        .sessions
+        .clone()
+        .unwrap()
+        .create(person, None, time::OffsetDateTime::now_utc())
+        .await
+        .unwrap();
+    let get = |uri: &str| {
+        let mut req = from_ip("GET", uri, "192.0.2.30", None);
+        req.headers_mut().insert(
+            header::COOKIE,
+            format!("{}={id}", super::session::COOKIE).parse().unwrap(),
+        );
+        req
+    };
+    let resp = h
+        .app
+        .clone()
+        .oneshot(get(
+            "/console/compliance?severity=warning&expiring_within_days=3650",
+        ))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body = axum::body::to_bytes(resp.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    let page = String::from_utf8(body.to_vec()).unwrap();
+    assert!(page.contains("pa.example.com"), "{page}");
+    assert!(
+        !page.contains("pb.example.com"),
+        "team b is not the reader's"
+    );
+    assert!(page.contains("expiring"), "{page}");
+    assert!(
+        page.contains("/console/api/v1/compliance?format=csv&")
+            && page.contains("expiring_within_days=3650"),
+        "CSV link"
+    );
+    assert!(page.contains(r#"href="/console/compliance" aria-current="page""#));
+    assert!(
+        !page.contains("<script>") && !page.contains("style="),
+        "no inline code"
+    );
+
+    let resp = h
+        .app
+        .clone()
+        .oneshot(get("/console/compliance?severity=urgent"))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
 }

@@ -18,6 +18,7 @@
 mod admin;
 mod assets;
 mod certificates;
+mod compliance;
 mod dashboard;
 mod deployments;
 
@@ -91,6 +92,7 @@ pub fn router() -> Router<AppState> {
         .route("/console/agents/{id}/disable", post(admin::disable_agent))
         .route("/console/audit", get(admin::audit))
         .route("/console/issuers", get(admin::issuers))
+        .route("/console/compliance", get(compliance::page))
         .route("/console/subscriptions", get(admin::subscriptions))
         .route("/console/signed-out", get(|| async { signed_out_page() }))
         .route("/console/static/{file}", get(assets::serve))

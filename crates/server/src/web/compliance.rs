@@ -1,0 +1,131 @@
+//! `/console/compliance`: the inventory compliance report as a table,
+//! filtered by severity, with a link to the CSV export of the API.
+
+use askama::Template;
+use axum::Extension;
+use axum::extract::{RawQuery, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use certflow_core::compliance::{DEFAULT_EXPIRING_WITHIN_DAYS, Severity};
+use certflow_services::agents::Agents;
+
+use super::certificates::{now, readable_teams};
+use super::{Ctx, Layout, PageError, PageResult, html};
+use crate::agent::deploy::DeployState;
+use crate::http::AppState;
+
+/// One finding, as a table row.
+struct Row {
+    id: String,
+    name: String,
+    team: String,
+    rule: &'static str,
+    severity: &'static str,
+    message: String,
+}
+
+#[derive(Template)]
+#[template(path = "compliance.html")]
+struct CompliancePage {
+    l: Layout,
+    /// Selected severity (`""`: all).
+    severity: String,
+    days: u32,
+    certificates: u64,
+    non_compliant: u64,
+    /// (severity, count), most serious first.
+    by_severity: Vec<(&'static str, u64)>,
+    /// (rule, count) of rules with findings.
+    by_rule: Vec<(String, u64)>,
+    rows: Vec<Row>,
+    csv_url: String,
+}
+
+fn bad(msg: String) -> PageError {
+    PageError::Status(StatusCode::BAD_REQUEST, msg)
+}
+
+/// The page: every certificate of the reader's teams (all for admins).
+pub(super) async fn page(
+    ctx: Ctx,
+    State(state): State<AppState>,
+    deploy: Option<Extension<DeployState>>,
+    agents: Option<Extension<Agents>>,
+    RawQuery(raw): RawQuery,
+) -> PageResult<Response> {
+    let pairs: Vec<(String, String)> =
+        serde_urlencoded::from_str(raw.as_deref().unwrap_or("")).map_err(|e| bad(e.to_string()))?;
+    let mut severity = None;
+    let mut days = DEFAULT_EXPIRING_WITHIN_DAYS;
+    for (k, v) in pairs {
+        match k.as_str() {
+            "severity" if v.is_empty() => {}
+            "severity" => {
+                severity = Some(Severity::parse(&v).ok_or_else(|| {
+                    bad(format!(
+                        "severity '{v}' is not one of critical, warning, info"
+                    ))
+                })?)
+            }
+            "expiring_within_days" => {
+                days = v.parse().ok().filter(|d| *d <= 3650).ok_or_else(|| {
+                    bad(format!(
+                        "expiring_within_days '{v}' is not an integer from 0 to 3650"
+                    ))
+                })?
+            }
+            other => return Err(bad(format!("unknown query parameter '{other}'"))),
+        }
+    }
+    let teams = readable_teams(ctx.principal());
+    let fleet = deploy
+        .as_ref()
+        .zip(agents.as_ref())
+        .map(|(d, a)| (&d.0.deployments, &a.0));
+    let report = state
+        .services
+        .compliance_report(fleet, teams.as_deref(), days, now())
+        .await?;
+    let mut rows = Vec::new();
+    for item in &report.items {
+        for f in item
+            .findings
+            .iter()
+            .filter(|f| severity.is_none_or(|s| s == f.severity))
+        {
+            rows.push(Row {
+                id: item.certificate_id.to_string(),
+                name: item.name.clone(),
+                team: item.team.clone(),
+                rule: f.rule,
+                severity: f.severity.as_str(),
+                message: f.message.clone(),
+            });
+        }
+    }
+    let s = &report.summary;
+    Ok(html(&CompliancePage {
+        l: ctx.layout("Compliance", "compliance"),
+        severity: severity.map_or("", Severity::as_str).to_owned(),
+        days,
+        certificates: s.certificates,
+        non_compliant: s.non_compliant,
+        by_severity: Severity::ALL
+            .iter()
+            .map(|v| {
+                (
+                    v.as_str(),
+                    s.by_severity.get(v.as_str()).copied().unwrap_or(0),
+                )
+            })
+            .collect(),
+        by_rule: s
+            .by_rule
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(r, n)| (r.clone(), *n))
+            .collect(),
+        rows,
+        csv_url: format!("/console/api/v1/compliance?format=csv&expiring_within_days={days}"),
+    }))
+}
