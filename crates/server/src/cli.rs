@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
+use base64::Engine as _;
 use certflow_api::{
     AuditEventView, CertificateDetail, CertificatePage, CreateCertificateRequest, ImportCaRequest,
     IssuerView, Pkcs12Request, Problem, RenewRequest, RevokeRequest,
@@ -78,6 +79,35 @@ pub enum CertCommand {
         /// PEM CSR file: the key stays with you.
         #[arg(long)]
         csr: Option<PathBuf>,
+    },
+    /// Import an existing certificate (PEM bundle or PKCS#12) signed by one of certflow's issuers.
+    Import {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Owning team.
+        #[arg(long)]
+        team: String,
+        /// Display name (defaults to the first SAN).
+        #[arg(long)]
+        name: Option<String>,
+        /// Label key=value (repeat for several).
+        #[arg(long = "label")]
+        labels: Vec<String>,
+        /// PEM file: the certificate first, then optionally its chain and key.
+        #[arg(long, conflicts_with = "pkcs12", required_unless_present = "pkcs12")]
+        file: Option<PathBuf>,
+        /// PEM private key file, appended to --file's bundle.
+        #[arg(long, requires = "file")]
+        key: Option<PathBuf>,
+        /// PKCS#12 file.
+        #[arg(long, requires = "password_file")]
+        pkcs12: Option<PathBuf>,
+        /// File holding the PKCS#12 password (first line).
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+        /// Take over management: renew through certflow from now on.
+        #[arg(long)]
+        manage: bool,
     },
     /// List certificates.
     List {
@@ -394,6 +424,48 @@ pub async fn run_cert(cmd: CertCommand) -> anyhow::Result<()> {
             };
             let d: CertificateDetail = c
                 .json(c.http.post(c.url("/certificates")).json(&body))
+                .await?;
+            print_detail(c.output, &d)
+        }
+        CertCommand::Import {
+            client,
+            team,
+            name,
+            labels,
+            file,
+            key,
+            pkcs12,
+            password_file,
+            manage,
+        } => {
+            let c = Client::new(&client)?;
+            let mut body = serde_json::json!({
+                "team": team,
+                "name": name,
+                "labels": label_pairs(&labels)?.into_iter().collect::<std::collections::BTreeMap<_, _>>(),
+                "manage": manage,
+            });
+            if let Some(file) = &file {
+                // The key file's text joins the bundle in memory only.
+                let mut pem = read(file)?;
+                if let Some(key) = &key {
+                    pem.push('\n');
+                    pem.push_str(&read(key)?);
+                }
+                body["pem"] = pem.into();
+            }
+            if let Some(p12) = &pkcs12 {
+                let der =
+                    std::fs::read(p12).with_context(|| format!("reading {}", p12.display()))?;
+                body["pkcs12_base64"] =
+                    base64::engine::general_purpose::STANDARD.encode(der).into();
+                if let Some(pw) = &password_file {
+                    let text = read(pw)?;
+                    body["password"] = text.lines().next().unwrap_or("").into();
+                }
+            }
+            let d: CertificateDetail = c
+                .json(c.http.post(c.url("/certificates/import")).json(&body))
                 .await?;
             print_detail(c.output, &d)
         }

@@ -15,6 +15,7 @@ mod agent_nginx;
 mod agents;
 mod console_ui;
 mod deployments;
+mod import;
 mod login;
 mod prometheus;
 mod renewal;
