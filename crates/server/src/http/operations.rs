@@ -340,6 +340,7 @@ pub async fn metrics(
     if let Some(issuers) = &g.issuers {
         super::metrics::render_issuers(&mut out, issuers);
     }
+    super::compliance::render_metrics(&mut out);
     let kind = state.renewal.queue.kind();
     if let Some(s) = &g.queue {
         out.push_str("# HELP certflow_renewal_jobs Renewal jobs by state (failing: queued for a retry after a failed attempt, a subset of queued).\n# TYPE certflow_renewal_jobs gauge\n");

@@ -1765,6 +1765,21 @@ async fn compliance_report_as_json_and_csv_filtered_by_team() {
             .contains("within 3650 days"),
         "{report}"
     );
+    // The admin's whole-inventory report feeds /metrics.
+    let (_, _, metrics) = h.call("GET", "/metrics", None, "").await;
+    let metrics = String::from_utf8(metrics).unwrap();
+    super::metrics::check_exposition(&metrics).unwrap();
+    assert!(
+        metrics
+            .contains("certflow_compliance_findings{rule=\"expiring\",severity=\"warning\"} 2\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics
+            .contains("certflow_compliance_findings{rule=\"expired\",severity=\"critical\"} 0\n"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("certflow_compliance_report_timestamp_seconds "));
     // With the default 30-day window the fresh certificates are compliant.
     let (_, report) = h.json("GET", "/console/api/v1/compliance", None).await;
     assert_eq!(report["items"], json!([]), "{report}");

@@ -86,6 +86,9 @@ pub(super) async fn page(
         .services
         .compliance_report(fleet, teams.as_deref(), days, now())
         .await?;
+    if teams.is_none() {
+        crate::http::compliance::record(&report);
+    }
     let mut rows = Vec::new();
     for item in &report.items {
         for f in item
