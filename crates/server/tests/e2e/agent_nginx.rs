@@ -36,7 +36,7 @@ const FAST: [(&str, &str); 7] = [
 
 /// `target/<profile>/certflow-agent`, next to the server binary under test
 /// (`CERTFLOW_AGENT_BIN` overrides it, e.g. to measure the release build).
-fn agent_bin() -> PathBuf {
+pub(crate) fn agent_bin() -> PathBuf {
     let p = std::env::var_os("CERTFLOW_AGENT_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(BIN).with_file_name("certflow-agent"));
@@ -199,7 +199,7 @@ impl Drop for AgentProc {
     }
 }
 
-fn private(path: &Path, text: &str) {
+pub(crate) fn private(path: &Path, text: &str) {
     std::fs::write(path, text).unwrap();
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
 }

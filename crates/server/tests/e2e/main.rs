@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 mod agent_nginx;
+mod agent_paths;
 mod agents;
 mod console_ui;
 mod deployments;
