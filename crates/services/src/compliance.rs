@@ -251,3 +251,28 @@ impl Services {
         ))
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// Made by `openssl req -x509 -sha1 -newkey rsa:1024` (what a legacy
+    /// import looks like): the metadata cannot tell either weakness.
+    const LEGACY: &str = include_str!("../../../testdata/compliance/sha1-rsa1024.pem");
+
+    #[test]
+    fn the_stored_certificate_gives_signature_algorithm_and_rsa_size() {
+        let der = certflow_pki::parse_pem_certs("legacy", LEGACY).unwrap();
+        let parsed = parse(&der[0]);
+        assert_eq!(
+            parsed.signature_algorithm.as_deref(),
+            Some("sha1WithRSAEncryption")
+        );
+        assert_eq!(parsed.rsa_bits, Some(1024));
+        let garbage = parse(b"not a certificate");
+        assert!(garbage.signature_algorithm.is_none() && garbage.rsa_bits.is_none());
+        // An OID outside the table is shown dotted.
+        assert_eq!(signature_name("1.2.3.4"), None);
+    }
+}
