@@ -335,3 +335,172 @@ pkcs12_password_file = "{d}/p12-password"
     assert_eq!(key_downloads(&api).len(), 1);
     stop(server);
 }
+
+/// The agent binary enrols with an OIDC client-credentials token (no join
+/// token): the server maps the client to its team, the agent requests and
+/// installs its certificate; with its identity files deleted, the next run
+/// re-enrols with a fresh token as the same agent.
+#[test]
+fn oidc_client_enrols_installs_and_re_enrols_as_the_same_agent() {
+    require("openssl", "apt-get install openssl");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let op = crate::agents::start_op(dir);
+    let listen = format!("127.0.0.1:{}", certflow_testkit::free_port());
+    let server_config = dir.join("certflow.toml");
+    std::fs::write(
+        &server_config,
+        format!(
+            r#"
+[[auth.issuers]]
+issuer = "{issuer}"
+audience = "urn:certflow:api"
+[auth.issuers.service_roles.agent-1]
+role = "viewer"
+teams = ["api"]
+"#,
+            issuer = op.issuer
+        ),
+    )
+    .unwrap();
+    let server: Server = start(
+        &dir.join("data"),
+        &[
+            ("CERTFLOW_AGENT__LISTEN", listen.as_str()),
+            ("CERTFLOW_CONFIG", server_config.to_str().unwrap()),
+        ],
+    )
+    .unwrap_or_else(|e| panic!("server did not start: {e}"));
+    let api = Api::new(&server, server.token_line.as_deref().unwrap());
+    let issuers: Value = api.get("/console/api/v1/issuers").json().unwrap();
+    std::fs::write(
+        dir.join("server-ca.pem"),
+        issuers[0]["issuing_cert_pem"].as_str().unwrap(),
+    )
+    .unwrap();
+    private(&dir.join("client-secret"), "agent-secret\n");
+    let tls = dir.join("tls");
+    std::fs::create_dir_all(&tls).unwrap();
+    let config = dir.join("agent.toml");
+    private(
+        &config,
+        &format!(
+            r#"server = "https://{listen}"
+ca_file = "{d}/server-ca.pem"
+state_dir = "{d}/state"
+
+[auth]
+token_endpoint = "{issuer}/token"
+client_id = "agent-1"
+client_secret_file = "{d}/client-secret"
+resource = "urn:certflow:api"
+scope = "certs:read"
+
+[[certificate]]
+name = "api"
+names = ["api.example.test"]
+
+[certificate.install]
+fullchain = "{t}/api.pem"
+key = "{t}/api.key"
+"#,
+            d = dir.display(),
+            t = tls.display(),
+            issuer = op.issuer,
+        ),
+    );
+    let ctx = |what: &str, out: &str, err: &str| {
+        format!(
+            "{what}\n--- stdout ---\n{out}\n--- stderr ---\n{err}\n--- server log ---\n{}",
+            server.log()
+        )
+    };
+
+    // First run: token, enrolment, CSR for a key made here, install.
+    let (code, out, err) = agent(&config, &["once"]);
+    assert_eq!(code, Some(0), "{}", ctx("once (enrol)", &out, &err));
+    let list: Value = api.get("/console/api/v1/agents").json().unwrap();
+    let items = list["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{list}");
+    let agent_id = items[0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(items[0]["teams"], json!(["api"]), "team from service_roles");
+    let identity = dir.join("state/identity/cert.pem");
+    let (ok, text) = sh(
+        dir,
+        &[
+            "openssl",
+            "x509",
+            "-in",
+            identity.to_str().unwrap(),
+            "-noout",
+            "-ext",
+            "subjectAltName",
+        ],
+    );
+    assert!(
+        ok && text.contains(&format!("URI:urn:certflow:agent:{agent_id}")),
+        "{text}"
+    );
+    let (_, cert_pub) = sh(
+        &tls,
+        &["openssl", "x509", "-in", "api.pem", "-noout", "-pubkey"],
+    );
+    let (_, key_pub) = sh(&tls, &["openssl", "pkey", "-in", "api.key", "-pubout"]);
+    assert!(cert_pub.contains("PUBLIC KEY") && cert_pub == key_pub);
+    let installed = std::fs::read(tls.join("api.pem")).unwrap();
+    let page: Value = api
+        .get("/console/api/v1/certificates?search=api.example.test")
+        .json()
+        .unwrap();
+    let cert_id = page["items"][0]["id"].as_str().unwrap().to_owned();
+    let d: Value = api
+        .get(&format!(
+            "/console/api/v1/certificates/{cert_id}/deployments"
+        ))
+        .json()
+        .unwrap();
+    assert_eq!(d[0]["status"], "installed", "{d}");
+
+    // The host loses its identity: the next run re-enrols with a new
+    // token as the same agent, and the installed certificate stays.
+    std::fs::remove_dir_all(dir.join("state/identity")).unwrap();
+    let (code, out, err) = agent(&config, &["once"]);
+    assert_eq!(code, Some(0), "{}", ctx("once (re-enrol)", &out, &err));
+    let list: Value = api.get("/console/api/v1/agents").json().unwrap();
+    let items = list["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "a second agent: {list}");
+    assert_eq!(items[0]["id"], agent_id.as_str(), "{list}");
+    let (ok, text) = sh(
+        dir,
+        &[
+            "openssl",
+            "x509",
+            "-in",
+            identity.to_str().unwrap(),
+            "-noout",
+            "-ext",
+            "subjectAltName",
+        ],
+    );
+    assert!(
+        ok && text.contains(&format!("URI:urn:certflow:agent:{agent_id}")),
+        "{text}"
+    );
+    assert_eq!(std::fs::read(tls.join("api.pem")).unwrap(), installed);
+    let audit: Value = api
+        .get(&format!("/console/api/v1/audit?target=agent/{agent_id}"))
+        .json()
+        .unwrap();
+    let actions: Vec<&str> = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert!(
+        actions.contains(&"agent.enroll") && actions.contains(&"agent.reenroll"),
+        "{actions:?}"
+    );
+    assert!(!server.log().contains("agent-secret"), "secret logged");
+    stop(server);
+}

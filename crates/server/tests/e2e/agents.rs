@@ -309,9 +309,9 @@ fn agents_enrol_with_a_join_token_and_call_over_mtls() {
 /// client-credentials clients `agent-1` and `stranger` issuing ES256 JWT access
 /// tokens for `urn:certflow:api`; its signing keys are written out so the test
 /// can mint tokens "from" it with chosen claims (another client, expired, `cnf`).
-struct Op {
+pub(crate) struct Op {
     child: std::process::Child,
-    issuer: String,
+    pub(crate) issuer: String,
     ec_pkcs8: Vec<u8>,
 }
 
@@ -322,7 +322,7 @@ impl Drop for Op {
     }
 }
 
-fn start_op(dir: &Path) -> Op {
+pub(crate) fn start_op(dir: &Path) -> Op {
     require("node", "apt-get install nodejs (Node 20 or later)");
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../auth/tests/oidc");
     assert!(
