@@ -40,6 +40,34 @@ pub struct Config {
     /// The certificates this host installs.
     #[serde(default, rename = "certificate")]
     pub certificates: Vec<CertConfig>,
+    /// Where `certflow-agent discover` looks for certificates not managed here.
+    #[serde(default)]
+    pub discovery: Option<DiscoveryConfig>,
+}
+
+/// `[discovery]`: certificate files and TLS endpoints to inventory.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiscoveryConfig {
+    /// Files or directories (not descended into) holding `*.pem`/`*.crt`/`*.cer` files.
+    #[serde(default)]
+    pub paths: Vec<PathBuf>,
+    /// `host:port` or `host:port,sni` endpoints whose served leaf is read.
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+    /// Files larger than this are skipped (certificates are small; logs and archives are not).
+    #[serde(default = "default_max_file_bytes")]
+    pub max_file_bytes: u64,
+    /// Seconds allowed for one endpoint's connect and handshake.
+    #[serde(default = "default_endpoint_timeout")]
+    pub timeout_secs: u64,
+}
+
+fn default_max_file_bytes() -> u64 {
+    256 * 1024
+}
+fn default_endpoint_timeout() -> u64 {
+    5
 }
 
 fn default_poll_interval() -> u64 {
@@ -646,6 +674,20 @@ sni = "www.example.com"
         assert_eq!(c.certificates[0].key, KeySource::Agent);
         assert_eq!(c.certificates[0].key_type, KeyType::EcdsaP256);
         assert_eq!(c.certificates[0].reload.as_ref().unwrap().timeout_secs, 30);
+    }
+
+    #[test]
+    fn discovery_is_optional_and_takes_defaults() {
+        assert!(parse(GOOD).discovery.is_none());
+        let c = parse(&format!(
+            "{GOOD}[discovery]\npaths = [\"/etc/ssl/certs\"]\nendpoints = [\"127.0.0.1:443,www.example.com\"]\n"
+        ));
+        let d = c.discovery.unwrap();
+        assert_eq!(d.paths, [PathBuf::from("/etc/ssl/certs")]);
+        assert_eq!(d.endpoints, ["127.0.0.1:443,www.example.com"]);
+        assert_eq!((d.max_file_bytes, d.timeout_secs), (256 * 1024, 5));
+        let e = toml::from_str::<Config>(&format!("{GOOD}[discovery]\npath = []\n")).unwrap_err();
+        assert!(e.to_string().contains("path"), "{e}");
     }
 
     #[test]

@@ -7,6 +7,7 @@ mod agent;
 mod client;
 mod config;
 mod deploy;
+mod discover;
 mod install;
 mod pki;
 mod report;
@@ -50,6 +51,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Inventory the certificates under the `[discovery]` paths and at its
+    /// endpoints (no server contact); exit status 1 when a source could not
+    /// be read, 2 without a `[discovery]` section.
+    Discover {
+        /// JSON (`{"items": [...]}`) instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -77,6 +86,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Command::Discover { json } = cli.command {
+        return rt.block_on(discover(&cfg, json));
+    }
     rt.block_on(async move {
         let mut agent = match Agent::new(cfg, cli.dry_run) {
             Ok(a) => a,
@@ -175,6 +187,40 @@ async fn run(agent: &mut Agent, mut rx: watch::Receiver<bool>) -> ExitCode {
     }
     tracing::info!("stopped");
     ExitCode::SUCCESS
+}
+
+/// `certflow-agent discover`: prints what the discovery pass found; errors go to stderr.
+async fn discover(cfg: &Config, json: bool) -> ExitCode {
+    let Some(d) = &cfg.discovery else {
+        eprintln!("certflow-agent: no [discovery] section in the configuration");
+        return ExitCode::from(2);
+    };
+    let out = discover::discover(d).await;
+    if json {
+        let report = certflow_api::agent::DiscoveryReport { items: out.items };
+        match serde_json::to_string(&report) {
+            Ok(s) => println!("{s}"),
+            Err(e) => {
+                eprintln!("certflow-agent: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        for i in &out.items {
+            println!(
+                "{}: {} issuer {} serial {} until {} sha256 {}",
+                i.source, i.subject, i.issuer, i.serial, i.not_after, i.fingerprint_sha256
+            );
+        }
+    }
+    for e in &out.errors {
+        eprintln!("certflow-agent: {e}");
+    }
+    if out.errors.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 fn status(cfg: &Config, json: bool) -> ExitCode {

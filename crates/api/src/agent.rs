@@ -247,3 +247,35 @@ pub struct DeploymentView {
     /// the configured drift tolerance.
     pub drift: bool,
 }
+
+/// A certificate the agent found on its host (a file under a discovery path)
+/// or at a TLS endpoint it was told to look at. Only certificate data: the
+/// agent never reads private keys for discovery.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DiscoveredCertificate {
+    /// Where it was seen: `file:/path` or `tls:host:port` (`tls:host:port,sni` with an SNI).
+    pub source: String,
+    /// SHA-256 (lower-case hex) of the leaf's DER.
+    pub fingerprint_sha256: String,
+    /// Serial (lower-case hex).
+    pub serial: String,
+    /// Subject DN (RFC 4514 text).
+    pub subject: String,
+    /// Issuer DN (RFC 4514 text).
+    pub issuer: String,
+    /// DNS and IP subject alternative names.
+    pub names: Vec<String>,
+    /// End of validity.
+    #[serde(with = "time::serde::rfc3339")]
+    pub not_after: OffsetDateTime,
+}
+
+/// What one discovery pass found (`certflow-agent discover --json`; meant as
+/// the body of a future `POST /agent/v1/discovered`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DiscoveryReport {
+    /// One entry per source that held or served a readable certificate.
+    pub items: Vec<DiscoveredCertificate>,
+}
