@@ -424,6 +424,9 @@ key = "{t}/api.key"
     assert_eq!(items.len(), 1, "{list}");
     let agent_id = items[0]["id"].as_str().unwrap().to_owned();
     assert_eq!(items[0]["teams"], json!(["api"]), "team from service_roles");
+    // The agent list shows no token subject; the name is the client id.
+    assert_eq!(items[0]["name"], "agent-1", "{list}");
+    let first_identity = items[0]["certificate_serial"].as_str().unwrap().to_owned();
     let identity = dir.join("state/identity/cert.pem");
     let (ok, text) = sh(
         dir,
@@ -470,6 +473,11 @@ key = "{t}/api.key"
     let items = list["items"].as_array().unwrap();
     assert_eq!(items.len(), 1, "a second agent: {list}");
     assert_eq!(items[0]["id"], agent_id.as_str(), "{list}");
+    assert_ne!(
+        items[0]["certificate_serial"].as_str(),
+        Some(first_identity.as_str()),
+        "the identity was not replaced: {list}"
+    );
     let (ok, text) = sh(
         dir,
         &[
