@@ -328,7 +328,7 @@ try {
   await page.goto(`${BASE}/console/audit?outcome=maybe`);
   check(await page.locator('.error-box').isVisible(), 'bad audit filter explained');
 
-  for (const [name, url] of [['issuers', '/console/issuers'], ['subscriptions', '/console/subscriptions']]) {
+  for (const [name, url] of [['issuers', '/console/issuers'], ['subscriptions', '/console/subscriptions'], ['compliance', '/console/compliance?expiring_within_days=3650']]) {
     step = name;
     const r = await page.goto(`${BASE}${url}`);
     check(r.status() === 200, `status ${r.status()}`);
