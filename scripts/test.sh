@@ -19,6 +19,9 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 echo "== tests"
+# The e2e tests run the agent binary next to the server's (target/debug/
+# certflow-agent); `nextest run` builds only test executables for that package.
+cargo build -p certflow-agent --bin certflow-agent --locked
 rm -rf "${CARGO_TARGET_DIR:-target}/test-logs"   # this run's server logs only (scan-logs.sh)
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --locked --no-fail-fast
