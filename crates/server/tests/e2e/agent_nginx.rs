@@ -7,8 +7,6 @@
 //! failures); finally a reload that fails is rolled back, nginx keeps serving
 //! the previous certificate, the server records the failure and notifies.
 
-use std::io::{Read, Write};
-use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -18,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::{Api, BIN, Server, require, sh, start, stop};
+use crate::{Api, BIN, Receiver, Server, require, sh, start, stop};
 
 const NGINX: &str = "/usr/sbin/nginx";
 const HOST: &str = "www.example.test";
@@ -301,45 +299,6 @@ fn wait<T>(
     }
 }
 
-/// Records webhook bodies (answers 204).
-fn webhook_sink() -> (u16, Arc<Mutex<Vec<Value>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let bodies = Arc::new(Mutex::new(Vec::new()));
-    let sink = bodies.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut s) = stream else { continue };
-            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-            let mut buf = Vec::new();
-            let mut chunk = [0u8; 8192];
-            loop {
-                let n = s.read(&mut chunk).unwrap_or(0);
-                if n == 0 {
-                    break;
-                }
-                buf.extend_from_slice(&chunk[..n]);
-                if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                    let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
-                    let len: usize = head
-                        .lines()
-                        .find_map(|l| l.strip_prefix("content-length:"))
-                        .and_then(|v| v.trim().parse().ok())
-                        .unwrap_or(0);
-                    if buf.len() >= end + 4 + len {
-                        if let Ok(v) = serde_json::from_slice(&buf[end + 4..end + 4 + len]) {
-                            sink.lock().unwrap().push(v);
-                        }
-                        break;
-                    }
-                }
-            }
-            let _ = s.write_all(b"HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n");
-        }
-    });
-    (port, bodies)
-}
-
 #[test]
 fn agent_keeps_nginx_serving_current_certificates() {
     require("openssl", "apt-get install openssl");
@@ -367,7 +326,8 @@ fn agent_keeps_nginx_serving_current_certificates() {
     std::fs::write(dir.join("server-ca.pem"), &issuing).unwrap();
 
     // Failures reach the team by webhook.
-    let (hook_port, hooks) = webhook_sink();
+    let hook_port = certflow_testkit::free_port();
+    let hooks = Receiver::listen(hook_port).bodies;
     let (status, sub) = api.post(
         "/console/api/v1/subscriptions",
         json!({ "team": "web", "events": ["deployment-failed"],

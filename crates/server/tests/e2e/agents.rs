@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::{Api, require, sh, start, stop};
+use crate::{Api, key_and_csr, require, sh, start, stop};
 
 fn openssl(dir: &Path, args: &[&str]) -> String {
     let mut all = vec!["openssl"];
@@ -18,32 +18,6 @@ fn openssl(dir: &Path, args: &[&str]) -> String {
     let (ok, out) = sh(dir, &all);
     assert!(ok, "openssl {args:?}: {out}");
     out
-}
-
-/// A fresh P-256 key (PKCS#8 PEM) and a CSR for it.
-fn key_and_csr(dir: &Path, name: &str) -> (String, String) {
-    openssl(
-        dir,
-        &[
-            "req",
-            "-new",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            &format!("{name}.key"),
-            "-out",
-            &format!("{name}.csr"),
-            "-subj",
-            &format!("/CN={name}"),
-        ],
-    );
-    (
-        std::fs::read_to_string(dir.join(format!("{name}.key"))).unwrap(),
-        std::fs::read_to_string(dir.join(format!("{name}.csr"))).unwrap(),
-    )
 }
 
 /// URL-encodes everything but unreserved characters, as ALB does with the PEM.

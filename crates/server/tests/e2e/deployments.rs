@@ -4,80 +4,11 @@
 //! seconds → the bundle (server-held key, audited) → reports → the console's
 //! deployment view, a failure notification on a webhook, and refusals.
 
-use std::io::{Read, Write};
-use std::net::TcpListener;
-use std::path::Path;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::{Api, require, sh, start};
-
-/// Records the JSON bodies POSTed to it and answers 204.
-fn receiver(port: u16) -> Arc<Mutex<Vec<Value>>> {
-    let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
-    let bodies = Arc::new(Mutex::new(Vec::new()));
-    let sink = bodies.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let mut buf = Vec::new();
-            let mut chunk = [0u8; 4096];
-            loop {
-                let n = stream.read(&mut chunk).unwrap_or(0);
-                if n == 0 {
-                    break;
-                }
-                buf.extend_from_slice(&chunk[..n]);
-                let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-                    continue;
-                };
-                let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
-                let len: usize = head
-                    .lines()
-                    .find_map(|l| l.strip_prefix("content-length:"))
-                    .and_then(|v| v.trim().parse().ok())
-                    .unwrap_or(0);
-                if buf.len() >= end + 4 + len {
-                    if let Ok(v) = serde_json::from_slice(&buf[end + 4..end + 4 + len]) {
-                        sink.lock().unwrap().push(v);
-                    }
-                    break;
-                }
-            }
-            let _ = stream.write_all(b"HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n");
-        }
-    });
-    bodies
-}
-
-fn key_and_csr(dir: &Path, name: &str) -> (String, String) {
-    let (ok, out) = sh(
-        dir,
-        &[
-            "openssl",
-            "req",
-            "-new",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            &format!("{name}.key"),
-            "-out",
-            &format!("{name}.csr"),
-            "-subj",
-            &format!("/CN={name}"),
-        ],
-    );
-    assert!(ok, "openssl: {out}");
-    (
-        std::fs::read_to_string(dir.join(format!("{name}.key"))).unwrap(),
-        std::fs::read_to_string(dir.join(format!("{name}.csr"))).unwrap(),
-    )
-}
+use crate::{Api, Receiver, key_and_csr, require, start};
 
 fn client(ca: &reqwest::Certificate, identity: Option<&str>) -> reqwest::blocking::Client {
     let mut b = reqwest::blocking::Client::builder()
@@ -105,7 +36,7 @@ fn assignments_long_poll_bundle_reports_and_notifications() {
     let dir = tmp.path();
     let listen = format!("127.0.0.1:{}", certflow_testkit::free_port());
     let hook_port = certflow_testkit::free_port();
-    let hook = receiver(hook_port);
+    let hook = Receiver::listen(hook_port).bodies;
     let server = start(
         &dir.join("data"),
         &[

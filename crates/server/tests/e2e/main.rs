@@ -4,9 +4,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -206,6 +208,98 @@ impl Api {
         assert!(r.status().is_success(), "{path}: {}", r.status());
         r.text().unwrap()
     }
+}
+
+/// An HTTP receiver on a fixed loopback port that records each request body
+/// and answers 204; it can be started after a subscription points at it, so
+/// the first deliveries find the port closed.
+pub(crate) struct Receiver {
+    /// The bodies received so far.
+    pub(crate) bodies: Arc<Mutex<Vec<Value>>>,
+}
+
+impl Receiver {
+    /// Listens on loopback `port` from now on.
+    pub(crate) fn listen(port: u16) -> Self {
+        let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
+        let bodies = Arc::new(Mutex::new(Vec::new()));
+        let sink = bodies.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                // Headers, then Content-Length bytes of body.
+                let body = loop {
+                    let n = stream.read(&mut chunk).unwrap_or(0);
+                    if n == 0 {
+                        break None;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    while buf.len() < end + 4 + len {
+                        let n = stream.read(&mut chunk).unwrap_or(0);
+                        if n == 0 {
+                            break;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                    }
+                    break Some(buf[end + 4..].to_vec());
+                };
+                if let Some(Ok(v)) = body.map(|b| serde_json::from_slice(&b)) {
+                    sink.lock().unwrap().push(v);
+                }
+                let _ = stream.write_all(b"HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n");
+            }
+        });
+        Self { bodies }
+    }
+
+    /// The `kind` of every body received, in order.
+    pub(crate) fn events(&self) -> Vec<String> {
+        self.bodies
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|b| b["kind"].as_str().map(str::to_owned))
+            .collect()
+    }
+}
+
+/// A fresh P-256 key (PKCS#8 PEM) and a CSR for it, made by openssl in `dir`.
+pub(crate) fn key_and_csr(dir: &Path, name: &str) -> (String, String) {
+    let (ok, out) = sh(
+        dir,
+        &[
+            "openssl",
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.csr"),
+            "-subj",
+            &format!("/CN={name}"),
+        ],
+    );
+    assert!(ok, "openssl: {out}");
+    (
+        std::fs::read_to_string(dir.join(format!("{name}.key"))).unwrap(),
+        std::fs::read_to_string(dir.join(format!("{name}.csr"))).unwrap(),
+    )
 }
 
 fn sh(dir: &Path, args: &[&str]) -> (bool, String) {

@@ -3,17 +3,15 @@
 //! and an ACME CA (pebble) — and survive a killed worker, a hung CA and
 //! notification channels that are down.
 
-use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::{Api, Server, start, start_with, stop};
+use crate::{Api, Receiver, Server, start, start_with, stop};
 
 /// Settings that make a server renew within seconds: a scan every second,
 /// retries from one second, notifications polled every second and retried
@@ -30,67 +28,6 @@ const FAST: [(&str, &str); 7] = [
 
 fn time(v: &Value) -> OffsetDateTime {
     OffsetDateTime::parse(v.as_str().unwrap(), &Rfc3339).unwrap()
-}
-
-/// An HTTP receiver on a fixed loopback port that records each request body
-/// and answers 204; it can be started after a subscription points at it, so
-/// the first deliveries find the port closed.
-struct Receiver {
-    bodies: Arc<Mutex<Vec<Value>>>,
-}
-
-impl Receiver {
-    fn listen(port: u16) -> Self {
-        let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
-        let bodies = Arc::new(Mutex::new(Vec::new()));
-        let sink = bodies.clone();
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(mut stream) = stream else { continue };
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                // Headers, then Content-Length bytes of body.
-                let body = loop {
-                    let n = stream.read(&mut chunk).unwrap_or(0);
-                    if n == 0 {
-                        break None;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-                        continue;
-                    };
-                    let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
-                    let len: usize = head
-                        .lines()
-                        .find_map(|l| l.strip_prefix("content-length:"))
-                        .and_then(|v| v.trim().parse().ok())
-                        .unwrap_or(0);
-                    while buf.len() < end + 4 + len {
-                        let n = stream.read(&mut chunk).unwrap_or(0);
-                        if n == 0 {
-                            break;
-                        }
-                        buf.extend_from_slice(&chunk[..n]);
-                    }
-                    break Some(buf[end + 4..].to_vec());
-                };
-                if let Some(Ok(v)) = body.map(|b| serde_json::from_slice(&b)) {
-                    sink.lock().unwrap().push(v);
-                }
-                let _ = stream.write_all(b"HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n");
-            }
-        });
-        Self { bodies }
-    }
-
-    fn events(&self) -> Vec<String> {
-        self.bodies
-            .lock()
-            .unwrap()
-            .iter()
-            .filter_map(|b| b["kind"].as_str().map(str::to_owned))
-            .collect()
-    }
 }
 
 pub(crate) fn free_port() -> u16 {

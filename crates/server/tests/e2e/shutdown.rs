@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use super::start;
+use super::{key_and_csr, start};
 
 #[test]
 fn sigterm_drains_the_request_in_flight_and_exits_zero() {
@@ -104,34 +104,6 @@ fn sigterm_drains_the_request_in_flight_and_exits_zero() {
         log.contains("slow-client"),
         "the access line has the id: {log}"
     );
-}
-
-/// An agent's key and CSR from openssl.
-fn key_and_csr(dir: &std::path::Path, name: &str) -> (String, String) {
-    let (ok, out) = super::sh(
-        dir,
-        &[
-            "openssl",
-            "req",
-            "-new",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            &format!("{name}.key"),
-            "-out",
-            &format!("{name}.csr"),
-            "-subj",
-            &format!("/CN={name}"),
-        ],
-    );
-    assert!(ok, "openssl: {out}");
-    (
-        std::fs::read_to_string(dir.join(format!("{name}.key"))).unwrap(),
-        std::fs::read_to_string(dir.join(format!("{name}.csr"))).unwrap(),
-    )
 }
 
 /// The agent listener drains too: on SIGTERM it stops accepting at once
