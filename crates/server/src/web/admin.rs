@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use super::certificates::{AuditRow, audit_row, now};
 use super::deployments::{self, DeployRow};
-use super::{Ctx, Form, Layout, PageError, PageResult, html, redirect, relative, when};
+use super::{Ctx, Layout, PageError, PageResult, html, redirect, relative, when};
 use crate::agent::deploy::DeployState;
 use crate::http::AppState;
 use crate::http::access::check_team;
@@ -175,8 +175,7 @@ pub(super) async fn join_token(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> PageResult<Response> {
-    let form = Form::parse(&body)?;
-    ctx.check_form(&headers, &form)?;
+    let form = ctx.form(&headers, &body)?;
     require(&ctx, Permission::AgentAdmin, "administer agents")?;
     let agents = agents_of(ext)?;
     let deploy = deployments::deploy_of(deploy);
@@ -235,8 +234,7 @@ pub(super) async fn disable_agent(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> PageResult<Response> {
-    let form = Form::parse(&body)?;
-    ctx.check_form(&headers, &form)?;
+    ctx.form(&headers, &body)?;
     require(&ctx, Permission::AgentAdmin, "administer agents")?;
     agents_of(ext)?
         .set_status(&ctx.actor, id, AgentStatus::Disabled, now())

@@ -27,7 +27,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::deployments::{self, DeployRow};
-use super::{Ctx, Form, Layout, PageError, PageResult, html, redirect, relative, when};
+use super::{Ctx, Layout, PageError, PageResult, html, redirect, relative, when};
 use crate::agent::deploy::DeployState;
 use crate::http::AppState;
 use crate::http::access::check_team;
@@ -633,8 +633,7 @@ pub(super) async fn renew(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> PageResult<Response> {
-    let form = Form::parse(&body)?;
-    ctx.check_form(&headers, &form)?;
+    ctx.form(&headers, &body)?;
     authorized(&state, ctx.principal(), id, Permission::CertificateWrite).await?;
     state.services.renew(&ctx.actor, id, None, now()).await?;
     Ok(redirect(&format!(
@@ -734,8 +733,7 @@ pub(super) async fn revoke(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> PageResult<Response> {
-    let form = Form::parse(&body)?;
-    ctx.check_form(&headers, &form)?;
+    let form = ctx.form(&headers, &body)?;
     authorized(&state, ctx.principal(), id, Permission::CertificateWrite).await?;
     if form.get("confirm") != "yes" {
         return revoke_page(
@@ -811,8 +809,7 @@ pub(super) async fn download_key(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> PageResult<Response> {
-    let form = Form::parse(&body)?;
-    ctx.check_form(&headers, &form)?;
+    let form = ctx.form(&headers, &body)?;
     let cert = authorized(&state, ctx.principal(), id, Permission::KeyDownload).await?;
     let now = now();
     if !ctx.recent_login(now) {
@@ -1028,8 +1025,7 @@ pub(super) async fn request_submit(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> PageResult<Response> {
-    let form = Form::parse(&body)?;
-    ctx.check_form(&headers, &form)?;
+    let form = ctx.form(&headers, &body)?;
     let mut page = empty_form(ctx.layout("Request a certificate", "request"));
     page.name = form.get("name").trim().to_owned();
     page.names = form.get("names").to_owned();

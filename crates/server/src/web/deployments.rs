@@ -227,8 +227,7 @@ pub(super) async fn assign(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> PageResult<Response> {
-    let form = Form::parse(&body)?;
-    ctx.check_form(&headers, &form)?;
+    let form = ctx.form(&headers, &body)?;
     require_agent_admin(&ctx)?;
     authorized(&state, ctx.principal(), id, Permission::CertificateRead).await?;
     let deploy = need_deploy(ext)?;
@@ -269,8 +268,7 @@ pub(super) async fn unassign(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> PageResult<Response> {
-    let form = Form::parse(&body)?;
-    ctx.check_form(&headers, &form)?;
+    let form = ctx.form(&headers, &body)?;
     require_agent_admin(&ctx)?;
     authorized(&state, ctx.principal(), id, Permission::CertificateRead).await?;
     let deploy = need_deploy(ext)?;

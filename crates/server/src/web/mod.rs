@@ -378,9 +378,17 @@ impl Ctx {
         }
     }
 
+    /// The form posted in `body`, once its CSRF token and `Origin` pass
+    /// [`Ctx::check_form`]: the only way a page handler reads a form.
+    pub fn form(&self, headers: &HeaderMap, body: &[u8]) -> PageResult<Form> {
+        let form = Form::parse(body)?;
+        self.check_form(headers, &form)?;
+        Ok(form)
+    }
+
     /// Refuses a form post without the session's CSRF token (hidden field
     /// `csrf`) or from another origin — the API's own check, fed the field.
-    pub fn check_form(&self, headers: &HeaderMap, form: &Form) -> PageResult<()> {
+    fn check_form(&self, headers: &HeaderMap, form: &Form) -> PageResult<()> {
         let mut h = HeaderMap::new();
         if let Some(origin) = headers.get(header::ORIGIN) {
             h.insert(header::ORIGIN, origin.clone());
