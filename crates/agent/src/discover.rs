@@ -151,6 +151,7 @@ fn describe(source: String, der: &[u8]) -> anyhow::Result<DiscoveredCertificate>
         issuer: cert.issuer().to_string(),
         names: info.names,
         not_after: info.not_after,
+        certificate_pem: Some(pem::encode(&pem::Pem::new("CERTIFICATE", der.to_vec()))),
     })
 }
 

@@ -269,10 +269,15 @@ pub struct DiscoveredCertificate {
     /// End of validity.
     #[serde(with = "time::serde::rfc3339")]
     pub not_after: OffsetDateTime,
+    /// PEM of the leaf (public data: lets the server rate its key and
+    /// signature and keep it for take-over); absent from older agents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_pem: Option<String>,
 }
 
-/// What one discovery pass found (`certflow-agent discover --json`; meant as
-/// the body of a future `POST /agent/v1/discovered`).
+/// What one discovery pass found (`certflow-agent discover --json`, and the
+/// body of `POST /agent/v1/discovered`: the agent's whole current view,
+/// replacing what it reported before).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DiscoveryReport {
