@@ -73,6 +73,11 @@ const MIGRATIONS: &[Embedded] = &[
         "login return to",
         include_str!("../migrations/postgres/0009_login_return_to.sql"),
     ),
+    (
+        10,
+        "discovery",
+        include_str!("../migrations/postgres/0010_discovery.sql"),
+    ),
 ];
 
 /// Key of the advisory lock held while migrating ("certflow" in ASCII).

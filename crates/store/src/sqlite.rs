@@ -70,6 +70,11 @@ const MIGRATIONS: &[Embedded] = &[
         "login return to",
         include_str!("../migrations/sqlite/0009_login_return_to.sql"),
     ),
+    (
+        10,
+        "discovery",
+        include_str!("../migrations/sqlite/0010_discovery.sql"),
+    ),
 ];
 
 /// How long a statement waits for another connection's write lock.
