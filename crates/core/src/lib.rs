@@ -6,6 +6,7 @@ pub mod access;
 pub mod agents;
 pub mod compliance;
 pub mod deployments;
+pub mod discovery;
 pub mod error;
 pub mod model;
 pub mod names;

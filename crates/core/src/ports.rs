@@ -512,3 +512,36 @@ pub trait DeploymentStore: Send + Sync {
         drift_issued_before: OffsetDateTime,
     ) -> DomainResult<FleetStats>;
 }
+
+/// Certificates agents discovered on their hosts (see [`crate::discovery`]).
+/// Every change commits its audit event in the same transaction.
+#[async_trait]
+pub trait DiscoveryStore: Send + Sync {
+    /// Replaces the agent's discoveries with `items` (sources unique) in one
+    /// transaction: a source stored before keeps its id and `first_seen`,
+    /// every reported row gets `last_seen = now`, sources no longer reported
+    /// are deleted. `audit`'s details get the counts (`items`, `new`,
+    /// `removed`) added before it is appended. `NotFound` if the agent does not exist.
+    async fn replace_discovered(
+        &self,
+        agent_id: Uuid,
+        items: &[crate::discovery::DiscoveredItem],
+        now: OffsetDateTime,
+        audit: &AuditEvent,
+    ) -> DomainResult<crate::discovery::DiscoverySync>;
+    /// Discoveries matching `query`, by agent then source.
+    async fn list_discovered(
+        &self,
+        query: &crate::discovery::DiscoveryQuery,
+    ) -> DomainResult<Vec<crate::discovery::Discovered>>;
+    /// One discovery.
+    async fn get_discovered(&self, id: Uuid) -> DomainResult<Option<crate::discovery::Discovered>>;
+    /// Records the certificate that took the discovery over, with `audit`;
+    /// `Conflict` if it already was taken over, `NotFound` if absent.
+    async fn set_discovered_taken_over(
+        &self,
+        id: Uuid,
+        certificate_id: Uuid,
+        audit: &AuditEvent,
+    ) -> DomainResult<()>;
+}

@@ -14,6 +14,7 @@ mod audit;
 mod changes;
 mod codec;
 mod deployments;
+mod discovery;
 mod error;
 mod migrate;
 mod notify;

@@ -17,6 +17,7 @@ use tokio::time::Instant;
 use crate::agents::forward_agent_store;
 use crate::audit::link_unchained;
 use crate::deployments::forward_deployment_store;
+use crate::discovery::forward_discovery_store;
 use crate::migrate::{Embedded, migrator};
 use crate::notify::forward_notification_store;
 use crate::query::Dialect;
@@ -135,6 +136,7 @@ forward_notification_store!(PgStore, store);
 forward_session_store!(PgStore, store);
 forward_agent_store!(PgStore, store);
 forward_deployment_store!(PgStore, store);
+forward_discovery_store!(PgStore, store);
 
 impl PgStore {
     /// The renewal queue on this database's `renewal_jobs` table.

@@ -45,6 +45,8 @@ pub(crate) enum Param {
     Real(f64),
     /// 0/1 in SQLite, BOOLEAN in PostgreSQL.
     Bool(bool),
+    /// BLOB / BYTEA, possibly NULL.
+    Bytes(Option<Vec<u8>>),
 }
 
 impl From<String> for Param {
@@ -86,6 +88,12 @@ impl From<f64> for Param {
 impl From<bool> for Param {
     fn from(v: bool) -> Self {
         Param::Bool(v)
+    }
+}
+
+impl From<Option<&[u8]>> for Param {
+    fn from(v: Option<&[u8]>) -> Self {
+        Param::Bytes(v.map(<[u8]>::to_vec))
     }
 }
 
@@ -150,6 +158,7 @@ impl Sql {
         Option<i64>: for<'q> Encode<'q, DB> + Type<DB>,
         f64: for<'q> Encode<'q, DB> + Type<DB>,
         bool: for<'q> Encode<'q, DB> + Type<DB>,
+        Option<Vec<u8>>: for<'q> Encode<'q, DB> + Type<DB>,
     {
         // The text is ours: literals and placeholders, never input.
         let mut query = sqlx::query(AssertSqlSafe(self.text));
@@ -159,6 +168,7 @@ impl Sql {
                 Param::Int(v) => query.bind(v),
                 Param::Real(v) => query.bind(v),
                 Param::Bool(v) => query.bind(v),
+                Param::Bytes(v) => query.bind(v),
             };
         }
         query
@@ -179,6 +189,8 @@ pub(crate) trait Columns: Send + Sync + 'static {
     fn real(&self, col: &str) -> DomainResult<f64>;
     /// A non-NULL boolean column.
     fn boolean(&self, col: &str) -> DomainResult<bool>;
+    /// A BLOB / BYTEA column that may be NULL.
+    fn opt_bytes(&self, col: &str) -> DomainResult<Option<Vec<u8>>>;
 }
 
 impl<R> Columns for R
@@ -189,6 +201,7 @@ where
     i64: for<'r> Decode<'r, R::Database> + Type<R::Database>,
     f64: for<'r> Decode<'r, R::Database> + Type<R::Database>,
     bool: for<'r> Decode<'r, R::Database> + Type<R::Database>,
+    Vec<u8>: for<'r> Decode<'r, R::Database> + Type<R::Database>,
 {
     fn text(&self, col: &str) -> DomainResult<String> {
         self.try_get(col).map_err(|e| corrupt(col, e))
@@ -211,6 +224,10 @@ where
     }
 
     fn boolean(&self, col: &str) -> DomainResult<bool> {
+        self.try_get(col).map_err(|e| corrupt(col, e))
+    }
+
+    fn opt_bytes(&self, col: &str) -> DomainResult<Option<Vec<u8>>> {
         self.try_get(col).map_err(|e| corrupt(col, e))
     }
 }
@@ -249,6 +266,7 @@ where
     Option<i64>: for<'q> Encode<'q, DB> + Type<DB>,
     f64: for<'q> Encode<'q, DB> + Type<DB>,
     bool: for<'q> Encode<'q, DB> + Type<DB>,
+    Option<Vec<u8>>: for<'q> Encode<'q, DB> + Type<DB>,
 {
     type Record = DB::Row;
 

@@ -12,6 +12,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use crate::agents::forward_agent_store;
 use crate::audit::link_unchained;
 use crate::deployments::forward_deployment_store;
+use crate::discovery::forward_discovery_store;
 use crate::error::map;
 use crate::migrate::{Embedded, migrator};
 use crate::notify::forward_notification_store;
@@ -108,6 +109,7 @@ forward_notification_store!(SqliteStore, store);
 forward_session_store!(SqliteStore, store);
 forward_agent_store!(SqliteStore, store);
 forward_deployment_store!(SqliteStore, store);
+forward_discovery_store!(SqliteStore, store);
 
 impl SqliteStore {
     /// The renewal queue on this database's `renewal_jobs` table.
