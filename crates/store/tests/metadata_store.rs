@@ -1111,6 +1111,171 @@ mod suite {
         );
     }
 
+    // ------------------------------------------- serial look-up and counters
+
+    /// OCSP answers from `version_by_serial`: a serial belongs to one issuer,
+    /// an unknown one reads as absent, and the answer follows the version's
+    /// later renewal and revocation.
+    pub async fn version_by_serial_is_scoped_to_its_issuer(store: &dyn MetadataStore) {
+        let main = seed_issuer(store).await;
+        let other = issuer("other", false);
+        store
+            .insert_issuer(&other, &event("issuer.import", "issuer/other"))
+            .await
+            .unwrap();
+        let a = certificate(&main, "a.example.com", "t");
+        let va = create(store, &a).await;
+        // The same serial under another issuer is another certificate.
+        let c = certificate(&other, "c.example.com", "t");
+        let mut vc = version(&c, 1);
+        vc.serial = va.serial.clone();
+        store
+            .create_certificate(&c, &vc, &event("certificate.create", &target(&c)), None)
+            .await
+            .unwrap();
+
+        assert_eq!(
+            store.version_by_serial(main.id, &va.serial).await.unwrap(),
+            Some(va.clone())
+        );
+        assert_eq!(
+            store.version_by_serial(other.id, &va.serial).await.unwrap(),
+            Some(vc.clone())
+        );
+        assert_eq!(
+            store.version_by_serial(main.id, "00ff00ff").await.unwrap(),
+            None
+        );
+        assert_eq!(
+            store
+                .version_by_serial(Uuid::new_v4(), &va.serial)
+                .await
+                .unwrap(),
+            None
+        );
+        // Exact match only: a prefix of a known serial is not that serial.
+        assert_eq!(
+            store
+                .version_by_serial(main.id, &va.serial[..8])
+                .await
+                .unwrap(),
+            None
+        );
+
+        let mut renewed = a.clone();
+        renewed.current_version = 2;
+        let v2 = version(&renewed, 2);
+        store
+            .add_version(
+                &renewed,
+                &v2,
+                &event("certificate.renew", &target(&a)),
+                None,
+            )
+            .await
+            .unwrap();
+        store
+            .revoke_version(
+                a.id,
+                1,
+                RevocationReason::KeyCompromise,
+                at(T0 + 3 * DAY),
+                &event("certificate.revoke", &target(&a)),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            store.version_by_serial(main.id, &va.serial).await.unwrap(),
+            Some(CertificateVersion {
+                status: VersionStatus::Revoked,
+                revoked_at: Some(at(T0 + 3 * DAY)),
+                revocation_reason: Some(RevocationReason::KeyCompromise),
+                ..va
+            })
+        );
+        assert_eq!(
+            store.version_by_serial(main.id, &v2.serial).await.unwrap(),
+            Some(v2)
+        );
+        // The other issuer's version is untouched by the revocation.
+        assert_eq!(
+            store.version_by_serial(other.id, &vc.serial).await.unwrap(),
+            Some(vc)
+        );
+    }
+
+    /// A counter starts at `initial`, then counts up by one; other keys and
+    /// the plain settings API see the same value.
+    pub async fn increment_setting_starts_at_initial_and_counts(store: &dyn MetadataStore) {
+        assert_eq!(store.increment_setting("crl.a", 5).await.unwrap(), 5);
+        assert_eq!(store.increment_setting("crl.a", 5).await.unwrap(), 6);
+        // `initial` only matters when the key is absent.
+        assert_eq!(store.increment_setting("crl.a", 100).await.unwrap(), 7);
+        assert_eq!(store.increment_setting("crl.b", 1).await.unwrap(), 1);
+        assert_eq!(
+            store.get_setting("crl.a").await.unwrap().as_deref(),
+            Some("7")
+        );
+        // Beyond 32 bits: CRL numbers are 64-bit (BIGINT) in both backends.
+        store.put_setting("crl.c", "4294967296").await.unwrap();
+        assert_eq!(
+            store.increment_setting("crl.c", 1).await.unwrap(),
+            4_294_967_297
+        );
+    }
+
+    /// Racing increments (several replicas issuing CRLs) each get their own
+    /// number and none is lost.
+    pub async fn concurrent_increments_are_all_distinct(store: &dyn MetadataStore) {
+        warm_up(store).await;
+        let results =
+            futures_join_all((0..16).map(|_| store.increment_setting("crl.race", 1))).await;
+        let mut values: Vec<u64> = results.into_iter().map(Result::unwrap).collect();
+        values.sort_unstable();
+        assert_eq!(values, (1..=16).collect::<Vec<u64>>());
+        assert_eq!(
+            store.get_setting("crl.race").await.unwrap().as_deref(),
+            Some("16")
+        );
+    }
+
+    /// `raise_setting` moves a pointer forward only, comparing numerically.
+    pub async fn raise_setting_never_lowers(store: &dyn MetadataStore) {
+        let value = |s: Option<String>| s.map(|v| v.parse::<u64>().unwrap());
+        assert!(store.raise_setting("crl.published", 9).await.unwrap());
+        assert_eq!(
+            value(store.get_setting("crl.published").await.unwrap()),
+            Some(9)
+        );
+        // Numeric, not text, order: "10" > "9".
+        assert!(store.raise_setting("crl.published", 10).await.unwrap());
+        assert!(!store.raise_setting("crl.published", 10).await.unwrap());
+        assert!(!store.raise_setting("crl.published", 2).await.unwrap());
+        assert_eq!(
+            value(store.get_setting("crl.published").await.unwrap()),
+            Some(10)
+        );
+        assert!(store.raise_setting("crl.published", 11).await.unwrap());
+        assert_eq!(
+            value(store.get_setting("crl.published").await.unwrap()),
+            Some(11)
+        );
+
+        // Racing raises: the largest wins whatever the order.
+        warm_up(store).await;
+        let results = futures_join_all(
+            [40_u64, 17, 39, 3, 25, 12, 38, 1]
+                .into_iter()
+                .map(|v| store.raise_setting("crl.raced", v)),
+        )
+        .await;
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+        assert_eq!(
+            value(store.get_setting("crl.raced").await.unwrap()),
+            Some(40)
+        );
+    }
+
     pub async fn list_filters_by_issuer(store: &dyn MetadataStore) {
         let main = seed_issuer(store).await;
         let other = issuer("other", false);
@@ -4625,6 +4790,10 @@ macro_rules! metadata_store_suite {
             revoke_transitions,
             revoking_an_archived_certificate_keeps_it_archived,
             list_revoked_is_per_issuer,
+            version_by_serial_is_scoped_to_its_issuer,
+            increment_setting_starts_at_initial_and_counts,
+            concurrent_increments_are_all_distinct,
+            raise_setting_never_lowers,
             list_filters_by_issuer,
             certificate_counts_group_by_status_and_edges,
             due_for_renewal_returns_due_active_oldest_first,
