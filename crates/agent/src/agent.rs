@@ -146,6 +146,39 @@ impl Agent {
         Ok(all_good)
     }
 
+    /// `once`'s discovery: one pass reported to the server (an enrolled
+    /// identity is needed: run after a cycle); with `--dry-run` only what
+    /// would be reported is printed. Nothing to do without `[discovery]`.
+    pub async fn discovery(&mut self) -> anyhow::Result<()> {
+        let Some(d) = self.cfg.discovery.clone() else {
+            return Ok(());
+        };
+        if self.dry_run {
+            let out = crate::discover::discover(&d).await;
+            println!(
+                "would report {} discovered certificate(s){}",
+                out.items.len(),
+                if out.errors.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({} source(s) not read)", out.errors.len())
+                }
+            );
+            for i in &out.items {
+                println!("  {}: {}", i.source, i.fingerprint_sha256);
+            }
+            return Ok(());
+        }
+        crate::discover::report(&d, &mut self.client)
+            .await
+            .map(|_| ())
+    }
+
+    /// The state directory (the discovery loop opens its own connection from it).
+    pub fn state(&self) -> &StateDir {
+        &self.state
+    }
+
     fn assignment_for(&self, cfg: &CertConfig) -> Option<Assignment> {
         self.client
             .assignments()?

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use certflow_api::agent::{
     AgentCertificateRequest, AgentRenewRequest, Assignment, AssignmentList, CertificateBundle,
-    EnrollRequest, IdentityView, RenewIdentityRequest, ReportRequest,
+    DiscoveryReport, EnrollRequest, IdentityView, RenewIdentityRequest, ReportRequest,
 };
 use reqwest::StatusCode;
 use serde::Deserialize;
@@ -461,6 +461,23 @@ impl Client {
             .request(reqwest::Method::POST, path)
             .await?
             .json(req)
+            .send()
+            .await
+            .map_err(|e| CallError::Unreachable(e.to_string()))?;
+        if resp.status().is_success() {
+            return Ok(());
+        }
+        Err(status_error("POST", path, resp).await.into())
+    }
+
+    /// `POST /agent/v1/discovered`: the whole current discovery view (it
+    /// replaces what this agent reported before).
+    pub async fn report_discovered(&mut self, report: &DiscoveryReport) -> anyhow::Result<()> {
+        let path = "/agent/v1/discovered";
+        let resp = self
+            .request(reqwest::Method::POST, path)
+            .await?
+            .json(report)
             .send()
             .await
             .map_err(|e| CallError::Unreachable(e.to_string()))?;

@@ -40,7 +40,8 @@ pub struct Config {
     /// The certificates this host installs.
     #[serde(default, rename = "certificate")]
     pub certificates: Vec<CertConfig>,
-    /// Where `certflow-agent discover` looks for certificates not managed here.
+    /// Where discovery looks for certificates not managed here (reported to
+    /// the server by `run` and `once`, printed by `certflow-agent discover`).
     #[serde(default)]
     pub discovery: Option<DiscoveryConfig>,
 }
@@ -61,6 +62,16 @@ pub struct DiscoveryConfig {
     /// Seconds allowed for one endpoint's connect and handshake.
     #[serde(default = "default_endpoint_timeout")]
     pub timeout_secs: u64,
+    /// Seconds between discovery reports while `run`s (one at start).
+    #[serde(default = "default_report_interval")]
+    pub report_interval_secs: u64,
+}
+
+impl DiscoveryConfig {
+    /// Time between discovery reports.
+    pub fn report_interval(&self) -> Duration {
+        Duration::from_secs(self.report_interval_secs)
+    }
 }
 
 fn default_max_file_bytes() -> u64 {
@@ -68,6 +79,10 @@ fn default_max_file_bytes() -> u64 {
 }
 fn default_endpoint_timeout() -> u64 {
     5
+}
+/// Hourly: what a host holds changes slowly, and each report is a full scan.
+fn default_report_interval() -> u64 {
+    3600
 }
 
 fn default_poll_interval() -> u64 {
@@ -465,8 +480,47 @@ impl Config {
                 _ => {}
             }
         }
-        if self.certificates.is_empty() {
-            bad("certificate", "at least one [[certificate]] is required");
+        // A discovery-only agent (an inventory of a host certflow does not
+        // manage yet) needs no certificate; an agent with neither does nothing.
+        if self.certificates.is_empty() && self.discovery.is_none() {
+            bad(
+                "certificate",
+                "at least one [[certificate]] or a [discovery] section is required",
+            );
+        }
+        if let Some(d) = &self.discovery {
+            if d.paths.is_empty() && d.endpoints.is_empty() {
+                bad(
+                    "discovery",
+                    "name at least one of paths or endpoints to look at",
+                );
+            }
+            for (i, path) in d.paths.iter().enumerate() {
+                if !path.is_absolute() {
+                    bad(&format!("discovery.paths[{i}]"), "must be an absolute path");
+                }
+            }
+            for (i, e) in d.endpoints.iter().enumerate() {
+                let addr = e.split_once(',').map_or(e.as_str(), |(a, _)| a);
+                if split_host_port(addr).is_none() {
+                    bad(
+                        &format!("discovery.endpoints[{i}]"),
+                        "must be host:port or host:port,sni",
+                    );
+                }
+            }
+            if d.max_file_bytes == 0 {
+                bad("discovery.max_file_bytes", "must be at least 1");
+            }
+            if d.timeout_secs == 0 || d.timeout_secs > 600 {
+                bad("discovery.timeout_secs", "must be between 1 and 600");
+            }
+            if d.report_interval_secs < 60 || d.report_interval_secs > 604_800 {
+                bad(
+                    "discovery.report_interval_secs",
+                    "must be between 60 and 604800 (one week)",
+                );
+            }
         }
         let mut labels = HashSet::new();
         let mut targets = HashSet::new();
@@ -686,8 +740,61 @@ sni = "www.example.com"
         assert_eq!(d.paths, [PathBuf::from("/etc/ssl/certs")]);
         assert_eq!(d.endpoints, ["127.0.0.1:443,www.example.com"]);
         assert_eq!((d.max_file_bytes, d.timeout_secs), (256 * 1024, 5));
+        assert_eq!(d.report_interval(), Duration::from_secs(3600));
         let e = toml::from_str::<Config>(&format!("{GOOD}[discovery]\npath = []\n")).unwrap_err();
         assert!(e.to_string().contains("path"), "{e}");
+    }
+
+    /// GOOD without its `[[certificate]]` (and everything after it).
+    fn without_certificates() -> String {
+        GOOD.split("[[certificate]]").next().unwrap().to_owned()
+    }
+
+    #[test]
+    fn a_discovery_only_agent_needs_no_certificate_but_an_empty_agent_is_refused() {
+        let bare = without_certificates();
+        assert_eq!(fields(&bare), ["certificate"]);
+        let e = parse(&bare).validate()[0].reason.clone();
+        assert!(e.contains("[discovery]"), "{e}");
+        let only = format!("{bare}[discovery]\npaths = [\"/etc/ssl/private-certs\"]\n");
+        let c = parse(&only);
+        assert!(c.validate().is_empty(), "{:?}", c.validate());
+        assert!(c.certificates.is_empty());
+        // A [discovery] that looks nowhere is a mistake, not a discovery-only agent.
+        assert_eq!(fields(&format!("{bare}[discovery]\n")), ["discovery"]);
+    }
+
+    #[test]
+    fn discovery_fields_are_checked() {
+        let base = format!(
+            "{}[discovery]\npaths = [\"/etc/ssl\"]\n",
+            without_certificates()
+        );
+        let cases: &[(&str, &str)] = &[
+            (
+                "report_interval_secs = 59",
+                "discovery.report_interval_secs",
+            ),
+            ("report_interval_secs = 0", "discovery.report_interval_secs"),
+            (
+                "report_interval_secs = 604801",
+                "discovery.report_interval_secs",
+            ),
+            ("timeout_secs = 0", "discovery.timeout_secs"),
+            ("max_file_bytes = 0", "discovery.max_file_bytes"),
+            ("endpoints = [\"nowhere\"]", "discovery.endpoints[0]"),
+        ];
+        for (line, field) in cases {
+            assert_eq!(fields(&format!("{base}{line}\n")), [*field], "{line}");
+        }
+        let relative = base.replace("\"/etc/ssl\"", "\"/etc/ssl\", \"certs\"");
+        assert_eq!(fields(&relative), ["discovery.paths[1]"]);
+        let r = parse(&format!("{base}report_interval_secs = 59\n")).validate();
+        assert!(r[0].reason.contains("60"), "{r:?}");
+        let ok = format!(
+            "{base}report_interval_secs = 60\nendpoints = [\"127.0.0.1:443,www.example.com\", \"[::1]:8443\"]\n"
+        );
+        assert!(fields(&ok).is_empty(), "{:?}", fields(&ok));
     }
 
     #[test]

@@ -9,16 +9,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use certflow_api::agent::DiscoveredCertificate;
+use certflow_api::agent::{DiscoveredCertificate, DiscoveryReport};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 use zeroize::Zeroizing;
 
-use crate::config::{DiscoveryConfig, split_host_port};
+use crate::client::Client;
+use crate::config::{Config, DiscoveryConfig, split_host_port};
 use crate::pki;
+use crate::state::StateDir;
 
 /// Extensions of the files a discovery path is scanned for.
 const CERT_EXTENSIONS: [&str; 3] = ["pem", "crt", "cer"];
@@ -46,6 +49,57 @@ pub async fn discover(cfg: &DiscoveryConfig) -> Outcome {
         }
     }
     out
+}
+
+/// One discovery pass sent to the server as the agent's whole current view;
+/// sources that could not be read are logged (and are absent from the view).
+/// Returns the number of certificates reported.
+pub async fn report(cfg: &DiscoveryConfig, client: &mut Client) -> anyhow::Result<usize> {
+    let out = discover(cfg).await;
+    for e in &out.errors {
+        tracing::warn!(error = %e, "discovery: source not read");
+    }
+    let n = out.items.len();
+    client
+        .report_discovered(&DiscoveryReport { items: out.items })
+        .await
+        .context("sending the discovery report")?;
+    tracing::info!(certificates = n, "discovery report sent");
+    Ok(n)
+}
+
+/// How often the report loop looks again for an identity while the first
+/// cycle is still enrolling.
+const WAIT_FOR_IDENTITY: Duration = Duration::from_secs(15);
+
+/// `run`'s discovery: a report once the agent has an identity, then every
+/// `report_interval_secs`, until shutdown. It runs beside the certificate
+/// cycles with its own connection (loaded from the state directory each
+/// time, so an identity renewed meanwhile is used), so a slow endpoint never
+/// delays an install; a failure is logged and retried at the next interval.
+pub async fn report_loop(cfg: Config, state: StateDir, mut shutdown: watch::Receiver<bool>) {
+    let Some(d) = cfg.discovery.clone() else {
+        return;
+    };
+    while !*shutdown.borrow() {
+        let pause = if !state.identity("cert.pem").exists() {
+            WAIT_FOR_IDENTITY
+        } else {
+            let pass = async {
+                let mut client = Client::new(&cfg, state.clone())?;
+                anyhow::ensure!(client.enrolled(), "the identity could not be loaded");
+                report(&d, &mut client).await
+            };
+            if let Err(e) = pass.await {
+                tracing::warn!(error = %format!("{e:#}"), retry_in_secs = d.report_interval_secs, "discovery report failed");
+            }
+            d.report_interval()
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
 }
 
 /// A file is looked at directly; a directory's certificate files are (its
@@ -266,6 +320,7 @@ mod tests {
             endpoints,
             max_file_bytes: 64 * 1024,
             timeout_secs: 5,
+            report_interval_secs: 3600,
         }
     }
 

@@ -52,12 +52,17 @@ enum Command {
         json: bool,
     },
     /// Inventory the certificates under the `[discovery]` paths and at its
-    /// endpoints (no server contact); exit status 1 when a source could not
-    /// be read, 2 without a `[discovery]` section.
+    /// endpoints (no server contact unless `--report`); exit status 1 when a
+    /// source could not be read or the report failed, 2 without a
+    /// `[discovery]` section or, with `--report`, without an identity.
     Discover {
         /// JSON (`{"items": [...]}`) instead of text.
         #[arg(long)]
         json: bool,
+        /// Also send the inventory to the server (needs an enrolled
+        /// identity; not with `--dry-run`).
+        #[arg(long)]
+        report: bool,
     },
 }
 
@@ -86,8 +91,8 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let Command::Discover { json } = cli.command {
-        return rt.block_on(discover(&cfg, json));
+    if let Command::Discover { json, report } = cli.command {
+        return rt.block_on(discover(&cfg, json, report && !cli.dry_run));
     }
     rt.block_on(async move {
         let mut agent = match Agent::new(cfg, cli.dry_run) {
@@ -100,7 +105,15 @@ fn main() -> ExitCode {
         let (tx, rx) = watch::channel(false);
         tokio::spawn(signals(tx));
         match cli.command {
-            Command::Run if !cli.dry_run => run(&mut agent, rx).await,
+            Command::Run if !cli.dry_run => {
+                // Discovery runs beside the cycles, on its own schedule.
+                tokio::spawn(discover::report_loop(
+                    agent.config().clone(),
+                    agent.state().clone(),
+                    rx.clone(),
+                ));
+                run(&mut agent, rx).await
+            }
             _ => once(&mut agent, rx).await,
         }
     })
@@ -136,14 +149,24 @@ async fn signals(tx: watch::Sender<bool>) {
     let _ = tx.send(true);
 }
 
+/// One cycle, then (with `[discovery]`) one discovery report: the cycle has
+/// enrolled the agent by then. Either failing makes the exit status 1.
 async fn once(agent: &mut Agent, mut rx: watch::Receiver<bool>) -> ExitCode {
-    match agent.cycle(0, &mut rx).await {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::FAILURE,
+    let mut ok = match agent.cycle(0, &mut rx).await {
+        Ok(good) => good,
         Err(e) => {
             tracing::error!(error = %format!("{e:#}"), "cycle failed");
-            ExitCode::FAILURE
+            false
         }
+    };
+    if let Err(e) = agent.discovery().await {
+        tracing::error!(error = %format!("{e:#}"), "discovery report failed");
+        ok = false;
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 
@@ -189,15 +212,35 @@ async fn run(agent: &mut Agent, mut rx: watch::Receiver<bool>) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// `certflow-agent discover`: prints what the discovery pass found; errors go to stderr.
-async fn discover(cfg: &Config, json: bool) -> ExitCode {
+/// `certflow-agent discover`: prints what the discovery pass found (errors go
+/// to stderr), then with `send` reports it to the server.
+async fn discover(cfg: &Config, json: bool, send: bool) -> ExitCode {
     let Some(d) = &cfg.discovery else {
         eprintln!("certflow-agent: no [discovery] section in the configuration");
         return ExitCode::from(2);
     };
+    // The identity is checked before scanning so a host that was never
+    // enrolled is told at once, not after a scan that cannot be sent.
+    let mut client = None;
+    if send {
+        match client::Client::new(cfg, state::StateDir::existing(&cfg.state_dir)) {
+            Ok(c) if c.enrolled() => client = Some(c),
+            Ok(_) => {
+                eprintln!(
+                    "certflow-agent: --report needs an enrolled identity and there is none in {}: run `certflow-agent once` first",
+                    cfg.state_dir.display()
+                );
+                return ExitCode::from(2);
+            }
+            Err(e) => {
+                eprintln!("certflow-agent: --report: {e:#}");
+                return ExitCode::from(2);
+            }
+        }
+    }
     let out = discover::discover(d).await;
+    let report = certflow_api::agent::DiscoveryReport { items: out.items };
     if json {
-        let report = certflow_api::agent::DiscoveryReport { items: out.items };
         match serde_json::to_string(&report) {
             Ok(s) => println!("{s}"),
             Err(e) => {
@@ -206,7 +249,7 @@ async fn discover(cfg: &Config, json: bool) -> ExitCode {
             }
         }
     } else {
-        for i in &out.items {
+        for i in &report.items {
             println!(
                 "{}: {} issuer {} serial {} until {} sha256 {}",
                 i.source, i.subject, i.issuer, i.serial, i.not_after, i.fingerprint_sha256
@@ -215,6 +258,16 @@ async fn discover(cfg: &Config, json: bool) -> ExitCode {
     }
     for e in &out.errors {
         eprintln!("certflow-agent: {e}");
+    }
+    if let Some(mut c) = client {
+        if let Err(e) = c.report_discovered(&report).await {
+            eprintln!("certflow-agent: sending the discovery report: {e:#}");
+            return ExitCode::FAILURE;
+        }
+        eprintln!(
+            "certflow-agent: reported {} discovered certificate(s)",
+            report.items.len()
+        );
     }
     if out.errors.is_empty() {
         ExitCode::SUCCESS
