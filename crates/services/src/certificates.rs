@@ -642,6 +642,21 @@ impl Services {
         idempotency_key: Option<&str>,
         now: OffsetDateTime,
     ) -> DomainResult<CertificateView> {
+        self.renew_inner(actor, id, csr, idempotency_key, None, now)
+            .await
+    }
+
+    /// Renews; `replacing` is the version revoked just before and its
+    /// reason, when the new version replaces it (recorded in the audit).
+    async fn renew_inner(
+        &self,
+        actor: &Actor,
+        id: Uuid,
+        csr: Option<&str>,
+        idempotency_key: Option<&str>,
+        replacing: Option<(u32, RevocationReason)>,
+        now: OffsetDateTime,
+    ) -> DomainResult<CertificateView> {
         let request = RenewRequest {
             csr: csr.map(str::to_owned),
         };
@@ -657,6 +672,9 @@ impl Services {
             return Ok(view);
         }
         let view = self.certificate(id).await?;
+        // A key reported compromised is never certified again (RFC 5280
+        // keyCompromise): whichever way the renewal would reuse it.
+        let compromised = self.compromised_keys(&view).await?;
         let mut cert = view.certificate;
         if cert.status == CertificateStatus::Archived {
             return Err(DomainError::Conflict(format!(
@@ -688,6 +706,15 @@ impl Services {
                     ));
                 }
                 let info = certflow_pki::parse_csr("csr", pem.as_bytes())?;
+                if let Some((n, _)) = compromised.iter().find(|(_, k)| *k == info.spki_der) {
+                    return Err(DomainError::invalid(
+                        "csr",
+                        format!(
+                            "its key was reported compromised (version {n} was revoked for \
+                             keyCompromise); generate a new key"
+                        ),
+                    ));
+                }
                 if info.key_type != cert.key_type {
                     return Err(DomainError::invalid(
                         "csr",
@@ -713,6 +740,9 @@ impl Services {
             (None, KeySource::Csr) => {
                 let der = self.blobs.get(&latest.cert_blob).await?;
                 old_spki = certflow_pki::public_key_of(&der)?;
+                if let Some((n, _)) = compromised.iter().find(|(_, k)| *k == old_spki) {
+                    return Err(DomainError::Conflict(key_compromised_reason(id, *n)));
+                }
                 SubjectKey::Public {
                     spki_der: &old_spki,
                     key_type: cert.key_type,
@@ -754,13 +784,14 @@ impl Services {
         cert.renew_after = self.renew_after(&issuer, &cert.renewal, &version).await;
         cert.status = CertificateStatus::Active;
         cert.updated_at = now;
-        let audit = AuditEvent::success(
-            now,
-            actor,
-            "certificate.renew",
-            target(id),
-            json!({ "version": next, "serial": version.serial, "previous_serial": latest.serial }),
-        );
+        let audit = AuditEvent::success(now, actor, "certificate.renew", target(id), {
+            let mut details = json!({ "version": next, "serial": version.serial, "previous_serial": latest.serial });
+            if let Some((revoked, reason)) = replacing {
+                details["replaces_revoked_version"] = json!(revoked);
+                details["revocation_reason"] = json!(reason.as_str());
+            }
+            details
+        });
         let record = idempotency.as_ref().map(|i| i.record(&version, now));
         if let Err(e) = self
             .store
@@ -786,6 +817,31 @@ impl Services {
         reason: &str,
         now: OffsetDateTime,
     ) -> DomainResult<CertificateView> {
+        self.revoke_with(actor, id, version, reason, false, now)
+            .await
+            .map(|r| r.view)
+    }
+
+    /// [`revoke`](Self::revoke), and with `replace` a new version issued at
+    /// once through the renewal path, so that the certificate stays active
+    /// and agents install the replacement on their next poll.
+    ///
+    /// What makes a replacement impossible is refused before anything is
+    /// revoked: a version other than the current one, an archived
+    /// certificate, and a requester-held (CSR) key revoked for
+    /// `keyCompromise` (only its holder can re-key). Issuing the replacement
+    /// happens after the revocation committed: if it fails, the revocation
+    /// stands, the answer says so ([`Replacement::Failed`]), and the failure
+    /// is audited and announced (`renewal-failing`) for someone to renew.
+    pub async fn revoke_with(
+        &self,
+        actor: &Actor,
+        id: Uuid,
+        version: Option<u32>,
+        reason: &str,
+        replace: bool,
+        now: OffsetDateTime,
+    ) -> DomainResult<Revocation> {
         let reason = RevocationReason::parse(reason)
             .filter(|r| r.applies_to_end_entity())
             .ok_or_else(|| {
@@ -805,22 +861,169 @@ impl Services {
             .ok_or_else(|| {
                 DomainError::NotFound(format!("version {number} of certificate {id}"))
             })?;
-        let audit = AuditEvent::success(
-            now,
-            actor,
-            "certificate.revoke",
-            target(id),
-            json!({ "version": number, "serial": v.serial, "reason": reason.as_str() }),
-        );
+        let mut details =
+            json!({ "version": number, "serial": v.serial, "reason": reason.as_str() });
+        if replace {
+            Self::check_replaceable(&view, number, reason)?;
+            // The number the replacement takes: versions are numbered one
+            // after the latest, and add_version refuses any other.
+            let next = view.versions.first().map_or(1, |l| l.version + 1);
+            details["replace"] = json!(true);
+            details["replacement_version"] = json!(next);
+        }
+        let audit = AuditEvent::success(now, actor, "certificate.revoke", target(id), details);
         self.store
             .revoke_version(id, number, reason, now, &audit)
             .await?;
-        tracing::info!(certificate = %id, version = number, reason = reason.as_str(), "certificate revoked");
+        tracing::info!(certificate = %id, version = number, reason = reason.as_str(), replace, "certificate revoked");
         self.revocation_committed(v.issuer_id, &v.serial, now).await;
-        let view = self.certificate(id).await?;
-        self.publish_version_event(EventKind::Revoked, &view, number, now)
+        let revoked = self.certificate(id).await?;
+        self.publish_version_event(EventKind::Revoked, &revoked, number, now)
             .await;
-        Ok(view)
+        if !replace {
+            return Ok(Revocation {
+                view: revoked,
+                revoked_version: number,
+                replacement: None,
+            });
+        }
+        let replacement = match self
+            .renew_inner(actor, id, None, None, Some((number, reason)), now)
+            .await
+        {
+            Ok(view) => Replacement::Issued {
+                version: view.certificate.current_version,
+            },
+            Err(e) => {
+                let error = e.to_string();
+                self.replacement_failed(actor, &revoked.certificate, number, &error, now)
+                    .await;
+                Replacement::Failed { error }
+            }
+        };
+        Ok(Revocation {
+            view: self.certificate(id).await?,
+            revoked_version: number,
+            replacement: Some(replacement),
+        })
+    }
+
+    /// Refuses, before anything is revoked, a replacement that cannot be issued.
+    fn check_replaceable(
+        view: &CertificateView,
+        number: u32,
+        reason: RevocationReason,
+    ) -> DomainResult<()> {
+        let cert = &view.certificate;
+        if cert.status == CertificateStatus::Archived {
+            return Err(DomainError::Conflict(format!(
+                "certificate {} is archived: it is not replaced; revoke without replace",
+                cert.id
+            )));
+        }
+        if number != cert.current_version {
+            return Err(DomainError::invalid(
+                "replace",
+                format!(
+                    "only the current version ({}) is replaced; version {number} is not current",
+                    cert.current_version
+                ),
+            ));
+        }
+        if cert.key_source == KeySource::Csr && reason == RevocationReason::KeyCompromise {
+            return Err(DomainError::Conflict(format!(
+                "key compromised: re-key needed. Certificate {}'s key is held by its requester, \
+                 so certflow cannot replace it with a new key; nothing was revoked. Revoke \
+                 without replace, then the key holder requests a new version with a new key \
+                 (agents: POST /agent/v1/certificates/{}/renew with a new csr)",
+                cert.id, cert.id
+            )));
+        }
+        Ok(())
+    }
+
+    /// A replacement that could not be issued after its revocation
+    /// committed: audited and announced so that someone renews by hand
+    /// (a revoked certificate is not picked up by the renewal workers).
+    async fn replacement_failed(
+        &self,
+        actor: &Actor,
+        cert: &Certificate,
+        revoked: u32,
+        error: &str,
+        now: OffsetDateTime,
+    ) {
+        let mut audit = AuditEvent::success(
+            now,
+            actor,
+            "certificate.replacement.failed",
+            target(cert.id),
+            json!({ "revoked_version": revoked, "error": error }),
+        );
+        audit.outcome = Outcome::Failure;
+        if let Err(e) = self.store.append_audit(&audit).await {
+            tracing::error!(certificate = %cert.id, error = %e, "could not audit a failed replacement");
+        }
+        tracing::error!(certificate = %cert.id, version = revoked, error, "revoked, but its replacement was not issued");
+        self.publish(
+            Notification {
+                id: Uuid::now_v7(),
+                kind: EventKind::RenewalFailing,
+                team: cert.team.clone(),
+                certificate_id: Some(cert.id),
+                certificate_name: Some(cert.name.clone()),
+                version: Some(revoked),
+                not_after: Some(cert.not_after),
+                days_left: None,
+                reason: Some(error.to_owned()),
+                summary: format!(
+                    "{} version {revoked} was revoked but its replacement was not issued: {error}; renew it now",
+                    cert.name
+                ),
+                details: json!({ "revoked_version": revoked }),
+                at: now,
+            },
+            Some(&format!("replacement-failed:{}:v{revoked}", cert.id)),
+        )
+        .await;
+    }
+
+    /// The public keys (SPKI DER) of the versions revoked for
+    /// `keyCompromise`: never to be certified again.
+    async fn compromised_keys(&self, view: &CertificateView) -> DomainResult<Vec<(u32, Vec<u8>)>> {
+        let mut keys = Vec::new();
+        for v in &view.versions {
+            if v.revocation_reason == Some(RevocationReason::KeyCompromise) {
+                let der = self.blobs.get(&v.cert_blob).await?;
+                keys.push((v.version, certflow_pki::public_key_of(&der)?));
+            }
+        }
+        Ok(keys)
+    }
+
+    /// Why a CSR-keyed certificate cannot be renewed with the key it has
+    /// (a version with that key was revoked for `keyCompromise`), if so.
+    pub(crate) async fn key_compromised(
+        &self,
+        view: &CertificateView,
+    ) -> DomainResult<Option<String>> {
+        let cert = &view.certificate;
+        let Some(latest) = view.versions.first() else {
+            return Ok(None);
+        };
+        if cert.key_source != KeySource::Csr {
+            return Ok(None);
+        }
+        let compromised = self.compromised_keys(view).await?;
+        if compromised.is_empty() {
+            return Ok(None);
+        }
+        let der = self.blobs.get(&latest.cert_blob).await?;
+        let spki = certflow_pki::public_key_of(&der)?;
+        Ok(compromised
+            .iter()
+            .find(|(_, k)| *k == spki)
+            .map(|(n, _)| key_compromised_reason(cert.id, *n)))
     }
 
     /// Retires a certificate: kept for history, no longer renewed or delivered.
@@ -1036,6 +1239,41 @@ impl Services {
         .await;
         DomainError::Conflict(reason)
     }
+}
+
+/// Why a renewal reusing a CSR-keyed certificate's key is refused.
+fn key_compromised_reason(id: Uuid, revoked: u32) -> String {
+    format!(
+        "key compromised: re-key needed. Version {revoked} of certificate {id} was revoked for \
+         keyCompromise and its key is held by the requester: renew with a CSR for a new key \
+         (agents: POST /agent/v1/certificates/{id}/renew with a new csr)"
+    )
+}
+
+/// What [`Services::revoke_with`] came to.
+#[derive(Debug, Clone)]
+pub struct Revocation {
+    /// The certificate after the revocation (and the replacement, if issued).
+    pub view: CertificateView,
+    /// The version revoked.
+    pub revoked_version: u32,
+    /// What became of the replacement, when one was asked for.
+    pub replacement: Option<Replacement>,
+}
+
+/// The replacement a revocation asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Replacement {
+    /// Issued: the certificate's current version.
+    Issued {
+        /// Its number.
+        version: u32,
+    },
+    /// Not issued; the revocation stands and the failure was announced.
+    Failed {
+        /// Why.
+        error: String,
+    },
 }
 
 /// The subject key of a version to issue.

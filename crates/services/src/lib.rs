@@ -26,7 +26,7 @@ use certflow_core::renewal::RenewalDefaults;
 use uuid::Uuid;
 
 pub use ca::CaSettings;
-pub use certificates::{CertificateView, DownloadKind};
+pub use certificates::{CertificateView, DownloadKind, Replacement, Revocation};
 pub use import::{ImportError, ImportRequest, MAX_IMPORT_BYTES};
 pub use issuing::InternalCa;
 pub use maintenance::{RewrapReport, SweepReport};

@@ -7,7 +7,8 @@
 
 use certflow_core::FieldError;
 use certflow_core::model::{
-    Actor, AuditEvent, Certificate, CertificateStatus, CertificateVersion, Issuer, Outcome,
+    Actor, AuditEvent, Certificate, CertificateStatus, CertificateVersion, Issuer, KeySource,
+    Outcome,
 };
 use certflow_core::notify::{EventKind, Notification};
 use certflow_core::policy::IssuanceRequest;
@@ -33,8 +34,10 @@ pub enum JobOutcome {
     /// The certificate is archived or revoked: nothing to renew.
     NotRenewable,
     /// An issuance policy no longer allows the certificate (tightened since it
-    /// was issued). Retrying cannot help: the job is given up at once; the
-    /// refusal is already audited and the team told (`policy-violation`).
+    /// was issued), or its requester-held key was revoked for keyCompromise
+    /// ("key compromised: re-key needed"). Retrying cannot help: the job is
+    /// given up at once; the refusal is already audited and the team told
+    /// (`policy-violation`).
     PolicyRefused {
         /// Every broken rule with its offending value, on one line.
         reason: String,
@@ -120,6 +123,18 @@ impl Services {
                     .join("; "),
             });
         }
+        // A requester-held key revoked for keyCompromise cannot be renewed
+        // without its holder: retrying repeats the refusal, so it is given
+        // up at once like a policy refusal.
+        if cert.key_source == KeySource::Csr
+            && let Some(reason) = self
+                .key_compromised(&self.certificate(cert.id).await?)
+                .await?
+        {
+            self.key_compromise_refused(&cert, job.version, &reason, now)
+                .await?;
+            return Ok(JobOutcome::PolicyRefused { reason });
+        }
         let key = job.idempotency_key();
         let view = self
             .renew_idempotent(&renewal_actor(), cert.id, None, Some(&key), now)
@@ -189,6 +204,50 @@ impl Services {
         )
         .await;
         Ok(Some(fields))
+    }
+
+    /// Audits (`certificate.renewal.refused`) and announces
+    /// (`policy-violation`, once per version) a renewal refused because the
+    /// key to reuse was reported compromised.
+    async fn key_compromise_refused(
+        &self,
+        cert: &Certificate,
+        version: u32,
+        reason: &str,
+        now: OffsetDateTime,
+    ) -> DomainResult<()> {
+        let mut audit = AuditEvent::success(
+            now,
+            &renewal_actor(),
+            "certificate.renewal.refused",
+            format!("certificate/{}", cert.id),
+            json!({ "version": version, "reason": reason }),
+        );
+        audit.outcome = Outcome::Failure;
+        self.store.append_audit(&audit).await?;
+        tracing::warn!(certificate = %cert.id, version, %reason, "renewal refused: key compromised");
+        self.publish(
+            Notification {
+                id: Uuid::now_v7(),
+                kind: EventKind::PolicyViolation,
+                team: cert.team.clone(),
+                certificate_id: Some(cert.id),
+                certificate_name: Some(cert.name.clone()),
+                version: Some(version),
+                not_after: Some(cert.not_after),
+                days_left: None,
+                reason: Some(reason.to_owned()),
+                summary: format!(
+                    "renewal of {} refused: {reason}; it expires {}",
+                    cert.name, cert.not_after
+                ),
+                details: json!({ "key_compromised": true }),
+                at: now,
+            },
+            Some(&format!("key-compromised:{}:v{version}", cert.id)),
+        )
+        .await;
+        Ok(())
     }
 
     /// Records a failed renewal attempt in the audit trail and tells the

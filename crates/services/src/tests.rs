@@ -552,3 +552,59 @@ async fn short_lived_certificates_are_not_due_at_issuance() {
         "due {due} after issuance"
     );
 }
+
+/// A replacement whose issuance fails after the revocation committed: the
+/// revocation stands, the answer says the replacement failed, and the
+/// failure is audited for someone to renew — nothing is half-written.
+#[tokio::test]
+async fn a_failed_replacement_leaves_the_revocation_standing_and_says_so() {
+    let f = fixture(MasterKey::generate().unwrap(), vec![], None).await;
+    let actor = Actor::system();
+    let now = OffsetDateTime::now_utc();
+    let id = f
+        .services
+        .create_certificate(&actor, &request("replaced.example.com"), now)
+        .await
+        .unwrap()
+        .certificate
+        .id;
+    let before = certificate_blobs(&f.blobs).await;
+    f.store.fail.store(true, Ordering::SeqCst);
+    let r = f
+        .services
+        .revoke_with(&actor, id, None, "superseded", true, now)
+        .await
+        .unwrap();
+    f.store.fail.store(false, Ordering::SeqCst);
+    match &r.replacement {
+        Some(crate::Replacement::Failed { error }) => {
+            assert!(error.contains("injected failure"), "{error}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(r.revoked_version, 1);
+    assert_eq!(r.view.certificate.status, CertificateStatus::Revoked);
+    assert_eq!(r.view.versions.len(), 1);
+    assert_eq!(r.view.versions[0].status, VersionStatus::Revoked);
+    assert_eq!(certificate_blobs(&f.blobs).await, before, "no orphan blobs");
+    let audit = f
+        .services
+        .audit(&AuditQuery {
+            target: Some(format!("certificate/{id}")),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .items;
+    let failed = &audit[0];
+    assert_eq!(failed.action, "certificate.replacement.failed");
+    assert_eq!(failed.outcome, Outcome::Failure);
+    assert_eq!(failed.details["revoked_version"], 1);
+    assert_eq!(audit[1].action, "certificate.revoke");
+    assert_eq!(audit[1].details["replace"], true);
+    // Renewing by hand afterwards brings the certificate back.
+    let view = f.services.renew(&actor, id, None, now).await.unwrap();
+    assert_eq!(view.certificate.status, CertificateStatus::Active);
+    assert_eq!(view.certificate.current_version, 2);
+}
