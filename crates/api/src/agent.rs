@@ -13,10 +13,14 @@
 //! | POST | `/agent/v1/certificates` | [`AgentCertificateRequest`] → 201 [`Assignment`] (created and assigned to the caller) |
 //! | POST | `/agent/v1/certificates/{id}/renew` | [`AgentRenewRequest`] → [`Assignment`] |
 //! | POST | `/agent/v1/reports` | [`ReportRequest`] → 204 |
+//! | POST | `/agent/v1/discovered` | [`DiscoveryReport`] (the agent's whole current view) → 204 |
 //!
 //! Console (`/console/api/v1`): `GET/POST /agents/{id}/assignments`,
 //! `DELETE /agents/{id}/assignments/{certificate_id}` ([`AssignRequest`]), and
-//! `GET /certificates/{id}/deployments` → `Vec<`[`DeploymentView`]`>`.
+//! `GET /certificates/{id}/deployments` → `Vec<`[`DeploymentView`]`>`,
+//! `GET /discovered?status=unmanaged|managed|all&agent=<id>` → [`DiscoveredList`],
+//! `POST /discovered/{id}/take-over` ([`TakeOverRequest`]) → 201 with the new
+//! certificate (as `POST /certificates` answers).
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -283,4 +287,65 @@ pub struct DiscoveredCertificate {
 pub struct DiscoveryReport {
     /// One entry per source that held or served a readable certificate.
     pub items: Vec<DiscoveredCertificate>,
+}
+
+/// A discovered certificate as the console lists it
+/// (`GET /console/api/v1/discovered`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct DiscoveredView {
+    /// Stable id (kept while the agent keeps reporting the source).
+    pub id: Uuid,
+    /// The agent that found it.
+    pub agent_id: Uuid,
+    /// Its name.
+    pub agent_name: String,
+    /// `file:/path` or `tls:host:port[,sni]`.
+    pub source: String,
+    /// SHA-256 (lower-case hex) of the leaf's DER.
+    pub fingerprint_sha256: String,
+    /// Serial (lower-case hex).
+    pub serial: String,
+    /// Subject DN.
+    pub subject: String,
+    /// Issuer DN.
+    pub issuer: String,
+    /// DNS and IP subject alternative names.
+    pub names: Vec<String>,
+    /// End of validity.
+    #[serde(with = "time::serde::rfc3339")]
+    pub not_after: OffsetDateTime,
+    /// First report of this source by this agent.
+    #[serde(with = "time::serde::rfc3339")]
+    pub first_seen: OffsetDateTime,
+    /// Last report of it.
+    #[serde(with = "time::serde::rfc3339")]
+    pub last_seen: OffsetDateTime,
+    /// The certflow certificate one of whose versions has this fingerprint
+    /// (the certificate is managed), if any.
+    pub managed_certificate_id: Option<Uuid>,
+    /// The certflow certificate created to take it over, if any.
+    pub taken_over_certificate_id: Option<Uuid>,
+}
+
+/// `GET /console/api/v1/discovered` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct DiscoveredList {
+    /// Matching discoveries, by agent name then source.
+    pub items: Vec<DiscoveredView>,
+}
+
+/// `POST /console/api/v1/discovered/{id}/take-over` body: certflow issues a
+/// new certificate for the discovered names, owned by `team` and assigned
+/// to the agent that found it, and renews it from then on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TakeOverRequest {
+    /// Owning team: one of the discovering agent's teams.
+    pub team: String,
+    /// Issuer name (the default issuer otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    /// Display name (the first discovered name otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }

@@ -72,10 +72,12 @@ pub struct Bundle {
 /// The deployment use cases. Cheap to clone.
 #[derive(Clone)]
 pub struct Deployments {
-    services: Services,
+    pub(crate) services: Services,
     store: Arc<dyn DeploymentStore>,
     agents: Arc<dyn AgentStore>,
     settings: Arc<DeploymentSettings>,
+    /// Certificates agents discovered (see `discovery.rs`), when wired.
+    pub(crate) discovery: Option<Arc<dyn certflow_core::ports::DiscoveryStore>>,
 }
 
 fn agent_actor(agent: &Agent, source: Option<String>) -> Actor {
@@ -129,7 +131,14 @@ impl Deployments {
             store,
             agents,
             settings: Arc::new(settings),
+            discovery: None,
         }
+    }
+
+    /// Accepts agents' discovery reports into `store` and offers take-over.
+    pub fn with_discovery(mut self, store: Arc<dyn certflow_core::ports::DiscoveryStore>) -> Self {
+        self.discovery = Some(store);
+        self
     }
 
     /// How long a new version may go uninstalled before it is drift.

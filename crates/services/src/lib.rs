@@ -8,6 +8,7 @@ mod ca;
 mod certificates;
 pub mod compliance;
 pub mod deployments;
+pub mod discovery;
 mod import;
 mod issuing;
 mod maintenance;

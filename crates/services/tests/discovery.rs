@@ -1,0 +1,479 @@
+//! Discovery use cases against the real SQLite store, CA and an enrolled
+//! agent: a report is checked whole (each bad field named, nothing stored),
+//! and a take-over issues through the request path (policies apply), is
+//! limited to the agent's teams and happens once.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+use std::sync::Arc;
+
+use certflow_api::agent::{DiscoveredCertificate, DiscoveryReport, TakeOverRequest};
+use certflow_blob::{LocalKeyProvider, MasterKey, ObjectBlobStore, Sealer};
+use certflow_core::DomainError;
+use certflow_core::access::{Principal, PrincipalKind, Role};
+use certflow_core::agents::Agent;
+use certflow_core::discovery::DiscoveryStatus;
+use certflow_core::model::{Actor, AuditQuery, CertificateQuery};
+use certflow_core::policy::{IssuancePolicies, IssuancePolicy};
+use certflow_core::ports::MetadataStore;
+use certflow_core::{KeyType, SubjectName};
+use certflow_services::agents::{AgentSettings, Agents, TokenEnrolment};
+use certflow_services::deployments::{DeploymentSettings, Deployments};
+use certflow_services::{CaSettings, Services};
+use certflow_store::SqliteStore;
+use time::OffsetDateTime;
+
+/// Made by `openssl req -x509 -sha1 -newkey rsa:1024` (a legacy certificate).
+const LEGACY: &str = include_str!("../../../testdata/compliance/sha1-rsa1024.pem");
+/// Its SHA-256 (`openssl x509 -fingerprint -sha256`).
+const LEGACY_SHA256: &str = "d80fcdd6cbd8a7fb580ca96ac51d0e0d08b7f9277b2176e9f8230188656626d3";
+
+fn csr() -> Vec<u8> {
+    let key = certflow_pki::PrivateKey::generate(KeyType::EcdsaP256).unwrap();
+    certflow_pki::build_csr(&key, &[SubjectName::Dns("agent.invalid".into())]).unwrap()
+}
+
+struct Env {
+    _dir: tempfile::TempDir,
+    store: Arc<SqliteStore>,
+    deployments: Deployments,
+    agent: Agent,
+    now: OffsetDateTime,
+}
+
+/// An agent of teams `payments` and `edge`; team `payments` may only have
+/// names under `example.com`.
+async fn env() -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(
+        SqliteStore::open(&dir.path().join("certflow.db"))
+            .await
+            .unwrap(),
+    );
+    let blobs = Arc::new(ObjectBlobStore::local(&dir.path().join("blobs")).unwrap());
+    let sealer = Sealer::new(Arc::new(LocalKeyProvider::new(
+        MasterKey::generate().unwrap(),
+        Vec::new(),
+    )));
+    let mut policies = IssuancePolicies::default();
+    policies.teams.insert(
+        "payments".into(),
+        IssuancePolicy {
+            allowed_domains: vec!["example.com".into()],
+            ..IssuancePolicy::default()
+        },
+    );
+    let services = Services::new(store.clone(), blobs, sealer, None)
+        .with_issuance_policies(policies.compile().unwrap());
+    let now = OffsetDateTime::now_utc();
+    services
+        .ensure_ca(
+            &CaSettings {
+                name: "test".into(),
+                key_type: KeyType::EcdsaP256,
+                root_validity_days: 3650,
+                intermediate_validity_days: 1825,
+            },
+            now,
+        )
+        .await
+        .unwrap();
+    let agents = Agents::new(&services, store.clone(), AgentSettings::default());
+    agents.ensure_ca(now).await.unwrap();
+    let deployments = Deployments::new(
+        &services,
+        store.clone(),
+        store.clone(),
+        DeploymentSettings::default(),
+    )
+    .with_discovery(store.clone());
+    let agent = agents
+        .enroll_with_token(
+            &TokenEnrolment {
+                subject: certflow_core::agents::token_subject("https://idp.example.com", "web-01"),
+                client_id: "web-01".into(),
+                teams: vec!["payments".into(), "edge".into()],
+            },
+            &csr(),
+            None,
+            None,
+            now,
+        )
+        .await
+        .unwrap()
+        .agent;
+    Env {
+        _dir: dir,
+        store,
+        deployments,
+        agent,
+        now,
+    }
+}
+
+fn item(source: &str, names: &[&str]) -> DiscoveredCertificate {
+    DiscoveredCertificate {
+        source: source.into(),
+        fingerprint_sha256: LEGACY_SHA256.into(),
+        serial: "0a1b".into(),
+        subject: "CN=legacy.example.com".into(),
+        issuer: "CN=legacy.example.com".into(),
+        names: names.iter().map(|n| (*n).to_owned()).collect(),
+        not_after: OffsetDateTime::now_utc() + time::Duration::days(20),
+        certificate_pem: Some(LEGACY.into()),
+    }
+}
+
+fn person(roles: &[Role], teams: &[&str]) -> Principal {
+    Principal {
+        subject: "alice".into(),
+        kind: PrincipalKind::Person,
+        roles: roles.to_vec(),
+        teams: teams.iter().map(|t| (*t).to_owned()).collect(),
+    }
+}
+
+fn alice() -> Actor {
+    Actor {
+        subject: "alice".into(),
+        source: None,
+    }
+}
+
+async fn count(store: &SqliteStore, action: &str) -> usize {
+    store
+        .list_audit(&AuditQuery {
+            action_prefix: Some(action.into()),
+            limit: 100,
+            ..AuditQuery::default()
+        })
+        .await
+        .unwrap()
+        .items
+        .len()
+}
+
+async fn certificates(store: &SqliteStore) -> u64 {
+    store
+        .list_certificates(&CertificateQuery {
+            limit: 10,
+            ..CertificateQuery::default()
+        })
+        .await
+        .unwrap()
+        .total
+}
+
+#[tokio::test]
+async fn each_bad_field_refuses_the_whole_report_and_stores_nothing() {
+    let e = env().await;
+    let good = || item("file:/etc/ssl/legacy.pem", &["legacy.example.com"]);
+    type Edit = Box<dyn Fn(&mut DiscoveredCertificate)>;
+    let cases: Vec<(&str, Edit)> = vec![
+        (
+            "items[1].source",
+            Box::new(|i| i.source = "/etc/ssl/x.pem".into()),
+        ),
+        ("items[1].source", Box::new(|i| i.source = "tls:".into())),
+        (
+            "items[1].source",
+            Box::new(|i| i.source = format!("file:/{}", "a".repeat(1100))),
+        ),
+        (
+            "items[1].source",
+            Box::new(|i| i.source = "file:/etc/ssl/legacy.pem".into()),
+        ),
+        (
+            "items[1].fingerprint_sha256",
+            Box::new(|i| i.fingerprint_sha256 = i.fingerprint_sha256.to_uppercase()),
+        ),
+        (
+            "items[1].fingerprint_sha256",
+            Box::new(|i| i.fingerprint_sha256 = "abc".into()),
+        ),
+        (
+            "items[1].names",
+            Box::new(|i| i.names = (0..101).map(|n| format!("n{n}.example.com")).collect()),
+        ),
+        ("items[1].serial", Box::new(|i| i.serial = "xyz".into())),
+        (
+            "items[1].certificate_pem",
+            Box::new(|i| i.certificate_pem = Some("not pem".into())),
+        ),
+        (
+            "items[1].certificate_pem",
+            // A CERTIFICATE block that is not DER.
+            Box::new(|i| {
+                i.certificate_pem =
+                    Some("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n".into())
+            }),
+        ),
+        (
+            "items[1].certificate_pem",
+            // Parses, but is not the certificate the fingerprint names.
+            Box::new(|i| i.fingerprint_sha256 = "0".repeat(64)),
+        ),
+        (
+            "items[1].certificate_pem",
+            Box::new(|i| i.certificate_pem = Some(format!("{LEGACY}{LEGACY}"))),
+        ),
+    ];
+    for (field, edit) in &cases {
+        let mut bad = item("tls:127.0.0.1:443", &["legacy.example.com"]);
+        edit(&mut bad);
+        let err = e
+            .deployments
+            .record_discovery(
+                &e.agent,
+                None,
+                &DiscoveryReport {
+                    items: vec![good(), bad.clone()],
+                },
+                e.now,
+            )
+            .await
+            .unwrap_err();
+        let DomainError::Invalid(errors) = err else {
+            panic!("{field}: {err:?}");
+        };
+        assert!(
+            errors.iter().any(|f| f.field == *field),
+            "{field}: {errors:?}"
+        );
+    }
+    let too_many = DiscoveryReport {
+        items: (0..2001)
+            .map(|n| item(&format!("file:/c/{n}.pem"), &[]))
+            .collect(),
+    };
+    let DomainError::Invalid(errors) = e
+        .deployments
+        .record_discovery(&e.agent, None, &too_many, e.now)
+        .await
+        .unwrap_err()
+    else {
+        panic!("too many items accepted");
+    };
+    assert_eq!(errors[0].field, "items");
+    // Nothing stored, nothing audited.
+    let admin = person(&[Role::Admin], &[]);
+    assert!(
+        e.deployments
+            .list_discovered(&admin, DiscoveryStatus::All, None)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(count(&e.store, "agent.discovery").await, 0);
+
+    // The good report alone is stored; PEM absent is fine too.
+    let mut no_pem = item("tls:127.0.0.1:443", &["legacy.example.com"]);
+    no_pem.certificate_pem = None;
+    let sync = e
+        .deployments
+        .record_discovery(
+            &e.agent,
+            None,
+            &DiscoveryReport {
+                items: vec![good(), no_pem],
+            },
+            e.now,
+        )
+        .await
+        .unwrap();
+    assert_eq!((sync.items, sync.new, sync.removed), (2, 2, 0));
+    let listed = e
+        .deployments
+        .list_discovered(&admin, DiscoveryStatus::Unmanaged, None)
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 2);
+    let with_pem = listed
+        .iter()
+        .find(|d| d.item.source.starts_with("file:"))
+        .unwrap();
+    assert_eq!(
+        with_pem.item.certificate_der.as_deref(),
+        Some(&certflow_pki::parse_pem_certs("x", LEGACY).unwrap()[0][..])
+    );
+    // Team scope: a viewer of another team sees nothing.
+    assert!(
+        e.deployments
+            .list_discovered(
+                &person(&[Role::Viewer], &["other"]),
+                DiscoveryStatus::All,
+                None
+            )
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        e.deployments
+            .list_discovered(
+                &person(&[Role::Viewer], &["edge"]),
+                DiscoveryStatus::All,
+                None
+            )
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+}
+
+#[tokio::test]
+async fn take_over_issues_through_policy_within_the_agents_teams_once() {
+    let e = env().await;
+    e.deployments
+        .record_discovery(
+            &e.agent,
+            Some("192.0.2.9".into()),
+            &DiscoveryReport {
+                items: vec![
+                    item("file:/etc/ssl/legacy.pem", &["legacy.example.com"]),
+                    item("tls:127.0.0.1:8443", &["intranet.corp"]),
+                ],
+            },
+            e.now,
+        )
+        .await
+        .unwrap();
+    let admin = person(&[Role::Admin], &[]);
+    let rows = e
+        .deployments
+        .list_discovered(&admin, DiscoveryStatus::Unmanaged, None)
+        .await
+        .unwrap();
+    let legacy = rows
+        .iter()
+        .find(|d| d.item.source.starts_with("file:"))
+        .unwrap();
+    let corp = rows
+        .iter()
+        .find(|d| d.item.source.starts_with("tls:"))
+        .unwrap();
+    let req = |team: &str| TakeOverRequest {
+        team: team.into(),
+        issuer: None,
+        name: None,
+    };
+    let operator = person(&[Role::Operator], &["payments", "edge", "other"]);
+
+    // A team the agent is not in.
+    let err = e
+        .deployments
+        .take_over_discovered(&operator, &alice(), legacy.id, &req("other"), e.now)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, DomainError::Invalid(f) if f[0].field == "team"),
+        "{err:?}"
+    );
+    // A viewer may not.
+    let err = e
+        .deployments
+        .take_over_discovered(
+            &person(&[Role::Viewer], &["payments"]),
+            &alice(),
+            legacy.id,
+            &req("payments"),
+            e.now,
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, DomainError::Forbidden(_)), "{err:?}");
+    // The team's policy refuses names outside example.com.
+    let err = e
+        .deployments
+        .take_over_discovered(&operator, &alice(), corp.id, &req("payments"), e.now)
+        .await
+        .unwrap_err();
+    let DomainError::Invalid(fields) = &err else {
+        panic!("{err:?}");
+    };
+    assert!(
+        fields.iter().any(|f| f.field.starts_with("names")),
+        "{fields:?}"
+    );
+    assert_eq!(certificates(&e.store).await, 0);
+    assert_eq!(count(&e.store, "discovery.take-over").await, 0);
+
+    let view = e
+        .deployments
+        .take_over_discovered(&operator, &alice(), legacy.id, &req("payments"), e.now)
+        .await
+        .unwrap();
+    assert_eq!(view.certificate.team, "payments");
+    assert_eq!(
+        view.certificate.names,
+        [SubjectName::Dns("legacy.example.com".into())]
+    );
+    // RSA-1024 is not a key type certflow generates: the default is used.
+    assert_eq!(view.certificate.key_type, KeyType::EcdsaP256);
+    let assigned = e.deployments.assignments(e.agent.id).await.unwrap();
+    assert_eq!(assigned.len(), 1);
+    assert_eq!(assigned[0].certificate_id, view.certificate.id);
+    let row = e
+        .deployments
+        .list_discovered(&admin, DiscoveryStatus::All, None)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|d| d.id == legacy.id)
+        .unwrap();
+    assert_eq!(row.taken_over_certificate_id, Some(view.certificate.id));
+    assert_eq!(count(&e.store, "discovery.take-over").await, 1);
+
+    // Twice: a conflict, and no second certificate.
+    let err = e
+        .deployments
+        .take_over_discovered(&operator, &alice(), legacy.id, &req("edge"), e.now)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, DomainError::Conflict(_)), "{err:?}");
+    assert_eq!(certificates(&e.store).await, 1);
+
+    // A discovered certificate certflow manages cannot be taken over.
+    let versions = e.store.list_versions(view.certificate.id).await.unwrap();
+    let mut managed = item("tls:127.0.0.1:443", &["legacy.example.com"]);
+    managed.fingerprint_sha256 = versions[0].fingerprint_sha256.clone();
+    managed.certificate_pem = None;
+    e.deployments
+        .record_discovery(
+            &e.agent,
+            None,
+            &DiscoveryReport {
+                items: vec![managed],
+            },
+            e.now,
+        )
+        .await
+        .unwrap();
+    let row = e
+        .deployments
+        .list_discovered(&admin, DiscoveryStatus::Managed, None)
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(row.managed, Some((view.certificate.id, 1)));
+    let err = e
+        .deployments
+        .take_over_discovered(&operator, &alice(), row.id, &req("edge"), e.now)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, DomainError::Conflict(_)), "{err:?}");
+    // Unknown, and invisible to a caller outside the agent's teams.
+    let err = e
+        .deployments
+        .take_over_discovered(
+            &person(&[Role::Operator], &["other"]),
+            &alice(),
+            row.id,
+            &req("other"),
+            e.now,
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, DomainError::NotFound(_)), "{err:?}");
+}
