@@ -55,9 +55,10 @@ if ! command -v promtool >/dev/null 2>&1; then
 fi
 echo "peers: promtool $(dpkg-query -W -f='${Version}' prometheus 2>/dev/null)"
 
-# oidc-provider (OpenID provider fixture): certflow-auth's token tests start
-# crates/auth/tests/oidc/provider.mjs themselves; it needs node and its node_modules.
-OIDC_FIXTURE="$(cd "$(dirname "$0")/.." && pwd)/crates/auth/tests/oidc"
+# oidc-provider (OpenID provider fixture): certflow-auth's token tests and the
+# server's e2e tests start testdata/oidc/provider.mjs themselves (so does
+# scripts/dev-idp.sh); it needs node and its node_modules.
+OIDC_FIXTURE="$(cd "$(dirname "$0")/.." && pwd)/testdata/oidc"
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
   echo "== installing nodejs"
   apt-get update -qq && apt-get install -y -qq nodejs npm

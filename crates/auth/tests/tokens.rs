@@ -44,7 +44,8 @@ impl Drop for Op {
 
 impl Op {
     async fn start() -> Self {
-        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oidc");
+        // The provider every suite shares (and scripts/dev-idp.sh runs).
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/oidc");
         assert!(
             fixture.join("node_modules/oidc-provider").is_dir(),
             "oidc-provider is not installed in {}: run scripts/peers.sh (npm ci there; needs node >= 20)",

@@ -279,7 +279,7 @@ fn agents_enrol_with_a_join_token_and_call_over_mtls() {
     stop(server);
 }
 
-/// The OpenID provider of certflow-auth's tests (`crates/auth/tests/oidc/provider.mjs`):
+/// The OpenID provider of the tests (`testdata/oidc/provider.mjs`):
 /// client-credentials clients `agent-1` and `stranger` issuing ES256 JWT access
 /// tokens for `urn:certflow:api`; its signing keys are written out so the test
 /// can mint tokens "from" it with chosen claims (another client, expired, `cnf`).
@@ -298,10 +298,10 @@ impl Drop for Op {
 
 pub(crate) fn start_op(dir: &Path) -> Op {
     require("node", "apt-get install nodejs (Node 20 or later)");
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../auth/tests/oidc");
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/oidc");
     assert!(
         fixture.join("node_modules/oidc-provider").exists(),
-        "oidc-provider is required: cd crates/auth/tests/oidc && npm ci"
+        "oidc-provider is required: scripts/peers.sh (npm ci in testdata/oidc)"
     );
     let port = certflow_testkit::free_port();
     let log = dir.join("op.log");

@@ -1,5 +1,5 @@
 //! The web console in a real browser: the OpenID provider of the login tests
-//! (oidc-provider, `oidc/login-provider.mjs`) and the real `certflow serve`,
+//! (oidc-provider, `testdata/oidc/provider.mjs`) and the real `certflow serve`,
 //! driven by Debian's chromium through playwright-core
 //! (`tests/browser/console.spec.mjs`, which also runs axe-core on every page
 //! and saves screenshots under `target/console-screenshots/`). The agent
@@ -28,18 +28,18 @@ impl Drop for Op {
 /// Starts the provider on `port` for a console at `console`; returns it and its issuer URL.
 fn start_op(dir: &Path, port: u16, console: &str) -> (Op, String) {
     let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let module = manifest.join("../auth/tests/oidc/node_modules/oidc-provider/lib/index.js");
+    let fixture = manifest.join("../../testdata/oidc");
     assert!(
-        module.exists(),
-        "oidc-provider is required: scripts/peers.sh (missing {})",
-        module.display()
+        fixture.join("node_modules/oidc-provider").exists(),
+        "oidc-provider is required: scripts/peers.sh (npm ci in {})",
+        fixture.display()
     );
     let log = dir.join("op.log");
     let out = std::fs::File::create(&log).unwrap();
     let child = Command::new("node")
-        .arg(manifest.join("tests/e2e/oidc/login-provider.mjs"))
-        .env("OIDC_PROVIDER_MODULE", &module)
+        .arg(fixture.join("provider.mjs"))
         .env("OP_PORT", port.to_string())
+        .env("OP_ACCESS_TOKEN_ALG", "RS256")
         .env(
             "CONSOLE_REDIRECT_URI",
             format!("{console}/console/callback"),

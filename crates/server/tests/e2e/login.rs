@@ -1,5 +1,5 @@
 //! Console login through OpenID Connect against a real provider
-//! (oidc-provider, started here from `oidc/login-provider.mjs`) and the real
+//! (oidc-provider, started here from `testdata/oidc/provider.mjs`) and the real
 //! `certflow serve`: the browser is played by an HTTP client that follows
 //! redirects itself, keeps the provider's cookies and posts its devInteractions
 //! login and consent forms. Cookies are read from `Set-Cookie` by hand: the
@@ -34,20 +34,22 @@ impl Drop for Op {
 fn start_op(dir: &Path, port: u16, console: &str) -> Op {
     require("node", "apt-get install nodejs (Node 20 or later)");
     let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let module = manifest.join("../auth/tests/oidc/node_modules/oidc-provider/lib/index.js");
+    let fixture = manifest.join("../../testdata/oidc");
     assert!(
-        module.exists(),
-        "oidc-provider is required: cd crates/auth/tests/oidc && npm ci (missing {})",
-        module.display()
+        fixture.join("node_modules/oidc-provider").exists(),
+        "oidc-provider is required: scripts/peers.sh (npm ci in {})",
+        fixture.display()
     );
     let log = dir.join(format!("op-{port}.log"));
     // Both streams to a file: the provider writes notices later, and a closed
     // pipe would kill it.
     let out = std::fs::File::create(&log).unwrap();
     let mut child = Command::new("node")
-        .arg(manifest.join("tests/e2e/oidc/login-provider.mjs"))
-        .env("OIDC_PROVIDER_MODULE", &module)
+        .arg(fixture.join("provider.mjs"))
         .env("OP_PORT", port.to_string())
+        // RS256 access tokens: the bearer test covers the RSA path end to end
+        // (certflow-auth's tests cover ES256).
+        .env("OP_ACCESS_TOKEN_ALG", "RS256")
         .env(
             "CONSOLE_REDIRECT_URI",
             format!("{console}/console/callback"),
