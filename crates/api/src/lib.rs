@@ -246,6 +246,11 @@ pub struct ImportCaRequest {
     pub make_default: bool,
 }
 
+/// Servers before `managed` existed only managed certificates.
+fn yes() -> bool {
+    true
+}
+
 /// A managed certificate as listed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct CertificateSummary {
@@ -267,12 +272,16 @@ pub struct CertificateSummary {
     pub names: Vec<String>,
     /// `active`, `revoked` or `archived`.
     pub status: String,
+    /// Whether certflow renews it; `false`: an imported certificate kept as
+    /// inventory only (`POST /certificates/{id}/manage` takes it over).
+    #[serde(default = "yes")]
+    pub managed: bool,
     /// Current version number.
     pub current_version: u32,
     /// Expiry of the current version.
     #[serde(with = "time::serde::rfc3339")]
     pub not_after: OffsetDateTime,
-    /// When the current version becomes due for renewal.
+    /// When the current version becomes due for renewal (inventory only: its expiry).
     #[serde(with = "time::serde::rfc3339")]
     pub renew_after: OffsetDateTime,
     /// Issuer.

@@ -357,6 +357,7 @@ mod tests {
             issuer_id: Uuid::nil(),
             renewal: RenewalPolicy::default(),
             status: CertificateStatus::Active,
+            managed: true,
             current_version: 2,
             not_after: t0() + time::Duration::days(80),
             renew_after: t0() + time::Duration::days(50),

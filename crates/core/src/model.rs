@@ -284,16 +284,27 @@ pub struct Certificate {
     pub renewal: RenewalPolicy,
     /// Lifecycle status.
     pub status: CertificateStatus,
+    /// Whether certflow renews it. `false`: an imported certificate kept as
+    /// inventory only (shown and rated, never renewed) until someone takes
+    /// over its management.
+    #[serde(default = "managed_by_default")]
+    pub managed: bool,
     /// Version number of the current version (1-based).
     pub current_version: u32,
     /// notAfter of the current version, denormalised for filter and sort.
     pub not_after: OffsetDateTime,
-    /// When the current version becomes due for renewal.
+    /// When the current version becomes due for renewal (for an unmanaged
+    /// certificate: its notAfter, as it is never renewed).
     pub renew_after: OffsetDateTime,
     /// Creation time.
     pub created_at: OffsetDateTime,
     /// Last change.
     pub updated_at: OffsetDateTime,
+}
+
+/// Certificates issued through certflow are managed; only imports opt out.
+fn managed_by_default() -> bool {
+    true
 }
 
 /// One issued X.509 certificate of a managed certificate.
@@ -536,6 +547,8 @@ pub struct CertificateQuery {
     pub expires_before: Option<OffsetDateTime>,
     /// Only certificates issued by this issuer.
     pub issuer_id: Option<Uuid>,
+    /// Only managed (`true`) or inventory-only (`false`) certificates.
+    pub managed: Option<bool>,
     /// Sort key.
     pub sort: SortKey,
     /// Descending order.

@@ -71,6 +71,11 @@ pub trait MetadataStore: Send + Sync {
         at: OffsetDateTime,
         audit: &AuditEvent,
     ) -> DomainResult<()>;
+    /// Takes over management of an inventory-only certificate: stores
+    /// `managed = true` with `cert`'s `issuer_id`, `renew_after` and
+    /// `updated_at`, and appends `audit`, in one transaction. `NotFound` if
+    /// absent; `Conflict`, changing nothing, if it is already managed.
+    async fn manage_certificate(&self, cert: &Certificate, audit: &AuditEvent) -> DomainResult<()>;
     /// One certificate.
     async fn get_certificate(&self, id: Uuid) -> DomainResult<Option<Certificate>>;
     /// Search, filter, sort and paginate.

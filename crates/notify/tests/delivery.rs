@@ -1108,6 +1108,7 @@ fn certificate(issuer: &Issuer, name: &str, team: &str, not_after: i64) -> Certi
         issuer_id: issuer.id,
         renewal: RenewalPolicy::default(),
         status: CertificateStatus::Active,
+        managed: true,
         current_version: 1,
         not_after: at(not_after),
         renew_after: at(not_after - 30 * DAY),

@@ -151,6 +151,7 @@ async fn seed_certificate(store: &SqliteStore) -> Uuid {
         issuer_id: issuer.id,
         renewal: RenewalPolicy::default(),
         status: CertificateStatus::Active,
+        managed: true,
         current_version: 1,
         not_after: now + time::Duration::days(90),
         renew_after: now + time::Duration::days(60),

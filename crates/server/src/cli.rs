@@ -332,7 +332,14 @@ fn print_detail(output: Output, d: &CertificateDetail) -> anyhow::Result<()> {
         ("key", format!("{} ({})", s.key_type, s.key_source)),
         ("version", s.current_version.to_string()),
         ("not after", fmt_time(s.not_after)),
-        ("renew after", fmt_time(s.renew_after)),
+        (
+            "renew after",
+            if s.managed {
+                fmt_time(s.renew_after)
+            } else {
+                "never: inventory only (certflow cert manage takes it over)".to_owned()
+            },
+        ),
         (
             "renewal",
             match (&d.renewal.last_error, d.renewal.attempts) {
@@ -523,7 +530,11 @@ pub async fn run_cert(cmd: CertCommand) -> anyhow::Result<()> {
                     s.id.to_string(),
                     s.name.clone(),
                     s.team.clone(),
-                    s.status.clone(),
+                    if s.managed {
+                        s.status.clone()
+                    } else {
+                        format!("{} (inventory)", s.status)
+                    },
                     s.current_version.to_string(),
                     s.not_after.date().to_string(),
                     s.names.join(", "),

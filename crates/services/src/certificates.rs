@@ -581,6 +581,7 @@ impl Services {
             renew_after: self.renew_after(&plan.issuer, &renewal, &version).await,
             renewal,
             status: CertificateStatus::Active,
+            managed: true,
             current_version: 1,
             not_after: version.not_after,
             created_at: now,
@@ -679,6 +680,12 @@ impl Services {
         if cert.status == CertificateStatus::Archived {
             return Err(DomainError::Conflict(format!(
                 "certificate {id} is archived"
+            )));
+        }
+        // Console, API, agent and worker renewals all pass here.
+        if !cert.managed {
+            return Err(DomainError::Conflict(format!(
+                "certificate {id} is inventory only: take over management first"
             )));
         }
         let latest = view

@@ -27,12 +27,6 @@ use crate::{Services, validate};
 /// Largest PEM bundle or PKCS#12 file accepted, in bytes.
 pub const MAX_IMPORT_BYTES: usize = 48 * 1024;
 
-/// renew_after of an inventory-only certificate: never due, so the renewal
-/// scheduler never picks it (there is no "managed" column yet).
-fn never() -> OffsetDateTime {
-    time::macros::datetime!(9999-12-31 23:59:59 UTC)
-}
-
 /// What to import. Its `Debug` never shows the key, bundle or password.
 #[derive(Clone, Default)]
 pub struct ImportRequest {
@@ -322,10 +316,12 @@ impl Services {
             created_at: now,
         };
         let renewal = self.renewal_defaults.resolve(&req.team, &issuer.name);
+        // An inventory-only certificate is never renewed (`managed` keeps it
+        // out of the scheduler); its notAfter is when it stops being useful.
         let renew_after = if req.manage {
             self.renew_after(&issuer, &renewal, &version).await
         } else {
-            never()
+            info.not_after
         };
         let cert = Certificate {
             id,
@@ -348,6 +344,7 @@ impl Services {
             issuer_id: issuer.id,
             renewal,
             status: CertificateStatus::Active,
+            managed: req.manage,
             current_version: 1,
             not_after: info.not_after,
             renew_after,
@@ -492,7 +489,8 @@ mod tests {
             .import_certificate(&actor, &req, now)
             .await
             .unwrap();
-        assert_eq!(view.certificate.renew_after, never());
+        assert!(!view.certificate.managed);
+        assert_eq!(view.certificate.renew_after, view.certificate.not_after);
         assert_eq!(view.certificate.key_source, KeySource::Csr);
     }
 }

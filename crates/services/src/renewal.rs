@@ -104,7 +104,9 @@ impl Services {
             .get_certificate(job.certificate_id)
             .await?
             .ok_or_else(|| DomainError::NotFound(format!("certificate {}", job.certificate_id)))?;
-        if cert.status != CertificateStatus::Active {
+        // The scheduler never queues an inventory-only certificate, but a job
+        // may reach the worker by another way (a queue replay, an operator).
+        if cert.status != CertificateStatus::Active || !cert.managed {
             return Ok(JobOutcome::NotRenewable);
         }
         if cert.current_version > job.version {

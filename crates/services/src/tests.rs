@@ -115,6 +115,9 @@ impl MetadataStore for FailingCommits {
     ) -> DomainResult<()> {
         self.inner.archive_certificate(id, at, a).await
     }
+    async fn manage_certificate(&self, c: &Certificate, a: &AuditEvent) -> DomainResult<()> {
+        self.inner.manage_certificate(c, a).await
+    }
     async fn get_certificate(&self, id: Uuid) -> DomainResult<Option<Certificate>> {
         self.inner.get_certificate(id).await
     }

@@ -23,7 +23,7 @@ macro_rules! certificate_columns {
     () => {
         "c.id, c.name, c.team, c.profile, c.key_type, c.key_source, c.names, c.validity_days, \
          c.validity_secs, c.issuer_id, c.renew_at_fraction, c.renew_before_days, c.renew_jitter_fraction, c.status, \
-         c.current_version, c.not_after, c.renew_after, c.created_at, c.updated_at"
+         c.managed, c.current_version, c.not_after, c.renew_after, c.created_at, c.updated_at"
     };
 }
 
@@ -265,6 +265,7 @@ pub(crate) fn certificate(row: &impl Columns, labels: Labels) -> DomainResult<Ce
             jitter_fraction: row.real("renew_jitter_fraction")?,
         },
         status: get_enum(row, "status", CertificateStatus::parse)?,
+        managed: row.boolean("managed")?,
         current_version: get_u32(row, "current_version")?,
         not_after: get_time(row, "not_after")?,
         renew_after: get_time(row, "renew_after")?,

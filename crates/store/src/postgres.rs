@@ -79,6 +79,11 @@ const MIGRATIONS: &[Embedded] = &[
         "discovery",
         include_str!("../migrations/postgres/0010_discovery.sql"),
     ),
+    (
+        11,
+        "managed",
+        include_str!("../migrations/postgres/0011_managed.sql"),
+    ),
 ];
 
 /// Key of the advisory lock held while migrating ("certflow" in ASCII).

@@ -340,6 +340,9 @@ fn push_certificate_filters(sql: &mut Sql, q: &CertificateQuery) {
     if let Some(issuer) = q.issuer_id {
         sql.push(" AND c.issuer_id = ").push_bind(id(issuer));
     }
+    if let Some(managed) = q.managed {
+        sql.push(" AND c.managed = ").push_bind(managed);
+    }
 }
 
 fn push_audit_filters(sql: &mut Sql, q: &AuditQuery) {
@@ -374,8 +377,10 @@ fn push_audit_filters(sql: &mut Sql, q: &AuditQuery) {
 /// no renewal job yet, so a scheduler that enqueues every row it gets moves on
 /// to the next batch instead of reading the same one again (the port takes no
 /// cursor). The `NOT EXISTS` probes the `(certificate_id, version)` unique key
-/// of `renewal_jobs`, one index lookup per due row. `certificates_due (status, renew_after)`
-/// serves it on both backends: an equality on `status` and a range on
+/// of `renewal_jobs`, one index lookup per due row. `certificates_due (status, renew_after)
+/// WHERE managed = TRUE` (partial: inventory-only certificates are never due,
+/// and the query repeats the predicate so both backends can use it) serves it
+/// on both backends: an equality on `status` and a range on
 /// `renew_after`. Walking the index yields `renew_after` order, so only rows
 /// due in the same second are sorted by id (SQLite: "USE TEMP B-TREE FOR LAST
 /// TERM OF ORDER BY"; PostgreSQL: "Incremental Sort", or a bitmap scan and a
@@ -385,7 +390,7 @@ pub(crate) fn due_query(now: OffsetDateTime, limit: u32) -> Sql {
     Sql::new(concat!(
         "SELECT ",
         certificate_columns!(),
-        " FROM certificates c WHERE c.status = $1 AND c.renew_after <= $2 \
+        " FROM certificates c WHERE c.status = $1 AND c.renew_after <= $2 AND c.managed = TRUE \
          AND NOT EXISTS (SELECT 1 FROM renewal_jobs j \
          WHERE j.certificate_id = c.id AND j.version = c.current_version) \
          ORDER BY c.renew_after, c.id LIMIT $3"
@@ -570,9 +575,9 @@ impl<B: Backend> MetadataStore for SqlStore<B> {
             "INSERT INTO certificates (",
             "id, name, name_folded, team, profile, key_type, key_source, names, validity_days, ",
             "validity_secs, issuer_id, renew_at_fraction, renew_before_days, renew_jitter_fraction, ",
-            "status, current_version, not_after, renew_after, created_at, updated_at",
+            "status, current_version, not_after, renew_after, created_at, updated_at, managed",
             ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, ",
-            "$17, $18, $19, $20)"
+            "$17, $18, $19, $20, $21)"
         ))
         .bind(id(cert.id))
         .bind(cert.name.as_str())
@@ -593,7 +598,8 @@ impl<B: Backend> MetadataStore for SqlStore<B> {
         .bind(secs(cert.not_after))
         .bind(secs(cert.renew_after))
         .bind(secs(cert.created_at))
-        .bind(secs(cert.updated_at));
+        .bind(secs(cert.updated_at))
+        .bind(cert.managed);
         B::execute(&mut tx, sql).await.map_err(|e| {
             conflict(e, |v| {
                 Some(match v {
@@ -762,6 +768,36 @@ impl<B: Backend> MetadataStore for SqlStore<B> {
                 .bind(id(certificate_id)),
         )
         .await?;
+        insert_audit::<B>(&mut tx, audit).await?;
+        tx.commit().await.map_err(map)
+    }
+
+    async fn manage_certificate(&self, cert: &Certificate, audit: &AuditEvent) -> DomainResult<()> {
+        let mut tx = self.begin_write().await?;
+        if lock_certificate::<B>(&mut tx, cert.id).await?.is_none() {
+            return Err(DomainError::NotFound(format!("certificate {}", cert.id)));
+        }
+        ensure_issuer::<B>(&mut tx, cert.issuer_id).await?;
+        // The `managed = FALSE` guard makes a second take-over (or a racing
+        // one, queued behind the row lock) change nothing.
+        let updated = fetch_optional::<B>(
+            &mut tx,
+            Sql::new(
+                "UPDATE certificates SET managed = TRUE, issuer_id = $1, renew_after = $2, \
+                 updated_at = $3 WHERE id = $4 AND managed = FALSE RETURNING id",
+            )
+            .bind(id(cert.issuer_id))
+            .bind(secs(cert.renew_after))
+            .bind(secs(cert.updated_at))
+            .bind(id(cert.id)),
+        )
+        .await?;
+        if updated.is_none() {
+            return Err(DomainError::Conflict(format!(
+                "certificate {} is already managed by certflow",
+                cert.id
+            )));
+        }
         insert_audit::<B>(&mut tx, audit).await?;
         tx.commit().await.map_err(map)
     }
@@ -1246,6 +1282,14 @@ macro_rules! forward_metadata_store {
                 self.$field
                     .revoke_version(certificate_id, version, reason, at, audit)
                     .await
+            }
+
+            async fn manage_certificate(
+                &self,
+                cert: &certflow_core::model::Certificate,
+                audit: &certflow_core::model::AuditEvent,
+            ) -> certflow_core::error::DomainResult<()> {
+                self.$field.manage_certificate(cert, audit).await
             }
 
             async fn archive_certificate(

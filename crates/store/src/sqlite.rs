@@ -76,6 +76,11 @@ const MIGRATIONS: &[Embedded] = &[
         "discovery",
         include_str!("../migrations/sqlite/0010_discovery.sql"),
     ),
+    (
+        11,
+        "managed",
+        include_str!("../migrations/sqlite/0011_managed.sql"),
+    ),
 ];
 
 /// How long a statement waits for another connection's write lock.

@@ -116,6 +116,7 @@ mod suite {
             issuer_id: issuer.id,
             renewal: RenewalPolicy::default(),
             status: CertificateStatus::Active,
+            managed: true,
             current_version: 1,
             not_after: at(T0 + 90 * DAY),
             renew_after: at(T0 + 60 * DAY),
@@ -1457,6 +1458,113 @@ mod suite {
         let mut ids = expected.iter().map(|c| c.id).collect::<Vec<_>>();
         ids.push(next_second.id);
         assert_eq!(got, ids);
+    }
+
+    /// An inventory-only certificate is stored and filtered as such, never
+    /// due, and becomes due once taken over (once: a second take-over, or one
+    /// naming an unknown issuer, changes nothing).
+    pub async fn unmanaged_certificates_are_never_due_until_taken_over(store: &dyn MetadataStore) {
+        let issuer = seed_issuer(store).await;
+        let other = self::issuer("other", false);
+        store
+            .insert_issuer(&other, &event("issuer.create", "issuer/other"))
+            .await
+            .unwrap();
+        let base = T0 + 60 * DAY;
+        let managed = renewing(&issuer, "managed.example.com", base - DAY);
+        let inventory = Certificate {
+            managed: false,
+            ..renewing(&issuer, "inventory.example.com", base - 2 * DAY)
+        };
+        let expired = Certificate {
+            managed: false,
+            ..renewing(&issuer, "expired.example.com", base - 400 * DAY)
+        };
+        for cert in [&managed, &inventory, &expired] {
+            create(store, cert).await;
+        }
+        assert_eq!(
+            store.get_certificate(inventory.id).await.unwrap().as_ref(),
+            Some(&inventory)
+        );
+        let due = |now: i64| async move {
+            store
+                .due_for_renewal(at(now), 1000)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|c| c.id)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(due(base).await, vec![managed.id]);
+        let only = |managed: bool| CertificateQuery {
+            managed: Some(managed),
+            ..query()
+        };
+        assert_eq!(
+            sorted(ids(store, &only(false)).await),
+            sorted(vec![inventory.id, expired.id])
+        );
+        assert_eq!(ids(store, &only(true)).await, vec![managed.id]);
+
+        let taken = Certificate {
+            managed: true,
+            issuer_id: other.id,
+            renew_after: at(base - DAY / 2),
+            updated_at: at(base),
+            ..inventory.clone()
+        };
+        let manage = event("certificate.manage", &target(&inventory));
+        store.manage_certificate(&taken, &manage).await.unwrap();
+        assert_eq!(
+            store.get_certificate(inventory.id).await.unwrap().as_ref(),
+            Some(&taken)
+        );
+        assert_eq!(due(base).await, vec![managed.id, inventory.id]);
+        let audit = store
+            .list_audit(&AuditQuery {
+                target: Some(target(&inventory)),
+                limit: 10,
+                ..AuditQuery::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(audit.items[0].action, "certificate.manage");
+
+        let again = Certificate {
+            renew_after: at(base + DAY),
+            ..taken.clone()
+        };
+        assert!(matches!(
+            store.manage_certificate(&again, &manage).await,
+            Err(DomainError::Conflict(_))
+        ));
+        assert_eq!(
+            store.get_certificate(inventory.id).await.unwrap().as_ref(),
+            Some(&taken)
+        );
+        let unknown_issuer = Certificate {
+            managed: true,
+            issuer_id: Uuid::new_v4(),
+            ..expired.clone()
+        };
+        assert!(matches!(
+            store.manage_certificate(&unknown_issuer, &manage).await,
+            Err(DomainError::NotFound(_))
+        ));
+        let absent = Certificate {
+            id: Uuid::new_v4(),
+            ..taken.clone()
+        };
+        assert!(matches!(
+            store.manage_certificate(&absent, &manage).await,
+            Err(DomainError::NotFound(_))
+        ));
+        assert_eq!(
+            store.get_certificate(expired.id).await.unwrap().as_ref(),
+            Some(&expired)
+        );
+        assert_eq!(due(base).await, vec![managed.id, inventory.id]);
     }
 
     pub async fn due_for_renewal_respects_limit(store: &dyn MetadataStore) {
@@ -4798,6 +4906,7 @@ macro_rules! metadata_store_suite {
             certificate_counts_group_by_status_and_edges,
             due_for_renewal_returns_due_active_oldest_first,
             due_for_renewal_respects_limit,
+            unmanaged_certificates_are_never_due_until_taken_over,
             archive_transitions,
             audit_failure_rolls_back_every_mutation,
             list_filters_each_alone,
@@ -5055,6 +5164,7 @@ mod sqlite_specific {
             issuer_id: issuer.id,
             renewal: RenewalPolicy::default(),
             status: CertificateStatus::Active,
+            managed: true,
             current_version: 1,
             not_after: now(),
             renew_after: now(),

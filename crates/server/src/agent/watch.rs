@@ -120,6 +120,9 @@ impl MetadataStore for AnnouncingStore {
         self.announce(id).await;
         Ok(())
     }
+    async fn manage_certificate(&self, cert: &Certificate, audit: &AuditEvent) -> DomainResult<()> {
+        self.inner.manage_certificate(cert, audit).await
+    }
     async fn get_certificate(&self, id: Uuid) -> DomainResult<Option<Certificate>> {
         self.inner.get_certificate(id).await
     }

@@ -91,6 +91,7 @@ fn summary(c: &Certificate) -> CertificateSummary {
         key_source: c.key_source.as_str().into(),
         names: names(&c.names),
         status: c.status.as_str().into(),
+        managed: c.managed,
         current_version: c.current_version,
         not_after: c.not_after,
         renew_after: c.renew_after,
@@ -249,6 +250,8 @@ pub struct ListParams {
     pub expiring_within_days: Option<u32>,
     /// Only certificates of this issuer (its id, from `GET /issuers`).
     pub issuer_id: Option<Uuid>,
+    /// `false`: only inventory-only certificates; `true`: only managed ones.
+    pub managed: Option<bool>,
     /// `name` (default), `not_after` or `created_at`.
     pub sort: Option<String>,
     /// `asc` (default) or `desc`.
@@ -298,6 +301,13 @@ fn parse_list_query(raw: Option<&str>) -> ApiResult<CertificateQuery> {
                 q.issuer_id = Some(Uuid::parse_str(&v).map_err(|_| {
                     ApiError::invalid_field("issuer_id", "must be an issuer id (a UUID)")
                 })?)
+            }
+            "managed" => {
+                q.managed = Some(match v.as_str() {
+                    "true" => true,
+                    "false" => false,
+                    _ => return Err(ApiError::invalid_field("managed", "must be true or false")),
+                })
             }
             "sort" => {
                 q.sort = match v.as_str() {

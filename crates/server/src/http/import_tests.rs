@@ -89,11 +89,9 @@ async fn imports_pem_with_key_and_chain_then_refuses_the_duplicate() {
     assert_eq!(cert["status"], "active");
     let serial = certflow_pki::inspect(&der).unwrap().serial_hex;
     assert_eq!(cert["versions"][0]["serial"], serial.as_str());
-    // Not managed: never due for renewal.
-    assert!(
-        cert["renew_after"].as_str().unwrap().starts_with("9999-"),
-        "{cert}"
-    );
+    // Not managed: inventory only, never renewed; due reads as its expiry.
+    assert_eq!(cert["managed"], false, "{cert}");
+    assert_eq!(cert["renew_after"], cert["not_after"], "{cert}");
     // Certificate, chain and the sealed key are stored; the key is not in the clear.
     let blobs = h.blobs.list("certificates/").await.unwrap();
     assert_eq!(blobs.len(), 3, "{blobs:?}");
@@ -154,8 +152,8 @@ async fn imports_pem_without_key_and_takes_over_management() {
     assert_eq!(cert["key_source"], "csr");
     assert_eq!(cert["key_type"], "rsa-2048");
     // Managed: due before it expires.
+    assert_eq!(cert["managed"], true, "{cert}");
     let renew_after = cert["renew_after"].as_str().unwrap();
-    assert!(!renew_after.starts_with("9999-"), "{cert}");
     assert!(renew_after < cert["not_after"].as_str().unwrap(), "{cert}");
     assert_eq!(blob_count(&h).await, 2);
     // certflow renews it through its issuer, keeping the holder's key.
