@@ -215,6 +215,12 @@ pub struct RevokeRequest {
     /// Version to revoke; the current version when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<u32>,
+    /// Issue a replacement at once (the current version only): a fresh key
+    /// when certflow holds it, the same public key when the requester does
+    /// (refused with 409, before anything is revoked, for `keyCompromise`:
+    /// the key holder must re-key). Agents install it on their next poll.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub replace: bool,
 }
 
 /// Download certificate, chain and key as a password-protected PKCS#12 file.
@@ -346,6 +352,26 @@ pub struct CertificateDetail {
     pub fullchain_pem: String,
     /// Audit events on this certificate, newest first.
     pub history: Vec<AuditEventView>,
+    /// What became of the replacement a revocation asked for (revoke with
+    /// `replace` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replacement: Option<ReplacementView>,
+}
+
+/// The replacement a revocation asked for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ReplacementView {
+    /// `issued`, or `failed`: the revocation stands without a replacement
+    /// (the failure is audited and the team told); renew the certificate.
+    pub status: String,
+    /// The version revoked.
+    pub revoked_version: u32,
+    /// The replacement's version number, when issued.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u32>,
+    /// Why it was not issued.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// One page of certificates.

@@ -189,6 +189,10 @@ pub enum CertCommand {
         /// Version (default: current).
         #[arg(long)]
         version: Option<u32>,
+        /// Issue a replacement at once (agents install it on their next
+        /// poll); refused for keyCompromise of a requester-held key.
+        #[arg(long)]
+        replace: bool,
     },
     /// Archive: stop renewing and delivering.
     Archive {
@@ -616,9 +620,14 @@ pub async fn run_cert(cmd: CertCommand) -> anyhow::Result<()> {
             id,
             reason,
             version,
+            replace,
         } => {
             let c = Client::new(&client)?;
-            let body = RevokeRequest { reason, version };
+            let body = RevokeRequest {
+                reason,
+                version,
+                replace,
+            };
             let d: CertificateDetail = c
                 .json(
                     c.http
@@ -626,7 +635,17 @@ pub async fn run_cert(cmd: CertCommand) -> anyhow::Result<()> {
                         .json(&body),
                 )
                 .await?;
-            print_detail(c.output, &d)
+            print_detail(c.output, &d)?;
+            match &d.replacement {
+                // The revocation stands: say so, and fail the command.
+                Some(r) if r.status != "issued" => anyhow::bail!(
+                    "version {} was revoked, but its replacement was not issued: {}; \
+                     renew the certificate (certflow cert renew {id})",
+                    r.revoked_version,
+                    r.error.as_deref().unwrap_or("unknown error")
+                ),
+                _ => Ok(()),
+            }
         }
         CertCommand::Archive { client, id } => {
             let c = Client::new(&client)?;

@@ -8,14 +8,14 @@ use axum::response::{IntoResponse, Response};
 use certflow_api::{
     AuditEventView, AuditPage, CertificateDetail, CertificatePage, CertificateSummary,
     CreateCertificateRequest, ImportCaRequest, IssuerView, Pkcs12Request, Problem, RenewRequest,
-    RenewalPolicyView, RevokeRequest, VersionView,
+    RenewalPolicyView, ReplacementView, RevokeRequest, VersionView,
 };
 use certflow_core::SubjectName;
 use certflow_core::model::{
     Actor, AuditEvent, AuditQuery, Certificate, CertificateQuery, CertificateStatus,
     CertificateVersion, Issuer, SortKey,
 };
-use certflow_services::{CertificateView, DownloadKind};
+use certflow_services::{CertificateView, DownloadKind, Replacement};
 use serde::Deserialize;
 use time::OffsetDateTime;
 use utoipa::{IntoParams, ToSchema};
@@ -198,6 +198,7 @@ pub(crate) async fn detail(
         versions: view.versions.iter().map(version_view).collect(),
         fullchain_pem,
         history: history.items.iter().map(audit_view).collect(),
+        replacement: None,
     })
 }
 
@@ -538,6 +539,12 @@ pub async fn renew(
 }
 
 /// Revoke a version with an RFC 5280 reason.
+///
+/// With `replace`, a new version is issued once the revocation committed and
+/// the answer's `replacement` says whether it was: `failed` means the
+/// revocation stands without one (audited, the team told; renew it). A
+/// replacement that cannot be issued (`keyCompromise` of a requester-held
+/// key, an archived certificate) is refused with 409 before anything is revoked.
 #[utoipa::path(post, path = "/certificates/{id}/revoke", tag = "certificates",
     params(("id" = Uuid, Path)), request_body = RevokeRequest,
     responses((status = 200, body = CertificateDetail), (status = 400, body = Problem), (status = 404, body = Problem), (status = 409, body = Problem)))]
@@ -549,11 +556,34 @@ pub async fn revoke(
     Json(req): Json<RevokeRequest>,
 ) -> ApiResult<Json<CertificateDetail>> {
     authorize_certificate(&state, &principal, id, Permission::CertificateWrite).await?;
-    let view = state
+    let r = state
         .services
-        .revoke(&actor, id, req.version, &req.reason, now())
+        .revoke_with(&actor, id, req.version, &req.reason, req.replace, now())
         .await?;
-    Ok(Json(detail(&state, view).await?))
+    let replacement = r
+        .replacement
+        .map(|rep| replacement_view(rep, r.revoked_version));
+    let mut d = detail(&state, r.view).await?;
+    d.replacement = replacement;
+    Ok(Json(d))
+}
+
+/// The API's view of a revocation's replacement.
+pub(crate) fn replacement_view(r: Replacement, revoked_version: u32) -> ReplacementView {
+    match r {
+        Replacement::Issued { version } => ReplacementView {
+            status: "issued".into(),
+            revoked_version,
+            version: Some(version),
+            error: None,
+        },
+        Replacement::Failed { error } => ReplacementView {
+            status: "failed".into(),
+            revoked_version,
+            version: None,
+            error: Some(error),
+        },
+    }
 }
 
 /// Archive: stop renewing and delivering, keep for history.

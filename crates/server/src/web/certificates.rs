@@ -21,8 +21,8 @@ use certflow_core::model::{
     RevocationReason, SortKey,
 };
 use certflow_core::renewal::JobState;
-use certflow_services::DownloadKind;
 use certflow_services::agents::Agents;
+use certflow_services::{DownloadKind, Replacement};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -537,6 +537,12 @@ pub(super) async fn detail(
         "done=created" => "The certificate was issued.",
         "done=renewed" => "The certificate was renewed: a new version is current.",
         "done=revoked" => "The certificate was revoked.",
+        "done=replaced" => {
+            "The version was revoked and a replacement issued: agents install it on their next poll."
+        }
+        "done=replacement-failed" => {
+            "The version was revoked, but its replacement could not be issued (see the history; the team was told). Renew the certificate now."
+        }
         "done=assigned" => "The certificate was assigned: the agent installs it on its next poll.",
         "done=unassigned" => "The agent no longer installs this certificate.",
         _ => "",
@@ -744,14 +750,27 @@ pub(super) async fn revoke(
         )
         .await;
     }
+    let replace = form.get("replace") == "yes";
     match state
         .services
-        .revoke(&ctx.actor, id, None, form.get("reason"), now())
+        .revoke_with(&ctx.actor, id, None, form.get("reason"), replace, now())
         .await
     {
-        Ok(_) => Ok(redirect(&format!(
-            "/console/certificates/{id}?done=revoked"
-        ))),
+        Ok(r) => {
+            let done = match r.replacement {
+                None => "revoked",
+                Some(Replacement::Issued { .. }) => "replaced",
+                Some(Replacement::Failed { .. }) => "replacement-failed",
+            };
+            Ok(redirect(&format!("/console/certificates/{id}?done={done}")))
+        }
+        // Refused before anything was revoked (a requester-held key
+        // reported compromised, an archived certificate).
+        Err(DomainError::Conflict(why)) if replace => {
+            let mut resp = revoke_page(&ctx, &state, id, why).await?;
+            *resp.status_mut() = StatusCode::CONFLICT;
+            Ok(resp)
+        }
         Err(DomainError::Invalid(fields)) => {
             let why = fields
                 .iter()

@@ -22,6 +22,7 @@ mod import;
 mod login;
 mod prometheus;
 mod renewal;
+mod replacement;
 mod revocation;
 mod shutdown;
 
