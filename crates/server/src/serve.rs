@@ -135,6 +135,8 @@ pub struct StorePorts {
     pub agents: Arc<dyn certflow_core::ports::AgentStore>,
     /// Certificates assigned to agents and their reports.
     pub deployments: Arc<dyn certflow_core::ports::DeploymentStore>,
+    /// Certificates agents discovered on their hosts.
+    pub discovery: Arc<dyn certflow_core::ports::DiscoveryStore>,
 }
 
 /// Opens every backend and checks it answers, so a bad setting stops the server
@@ -420,6 +422,7 @@ where
         + SessionStore
         + NotificationStore
         + certflow_core::ports::DeploymentStore
+        + certflow_core::ports::DiscoveryStore
         + 'static,
 {
     StorePorts {
@@ -427,6 +430,7 @@ where
         ledger: store.clone(),
         agents: store.clone(),
         deployments: store.clone(),
+        discovery: store.clone(),
         sessions: store.clone(),
         notifications: store,
         db_queue,
@@ -626,6 +630,7 @@ fn deployments(config: &Config, opened: &Opened) -> certflow_services::deploymen
             ),
         },
     )
+    .with_discovery(opened.store.discovery.clone())
 }
 
 /// Announces deployment drift now and then (scheduler role; several

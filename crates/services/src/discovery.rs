@@ -210,20 +210,50 @@ impl Deployments {
     }
 
     /// Discoveries `principal` may see: those of agents sharing one of its
-    /// teams (admins: all).
+    /// teams (admins: all), or only `team`'s when given (which it must be
+    /// allowed to read).
     pub async fn list_discovered(
         &self,
         principal: &Principal,
         status: DiscoveryStatus,
         agent_id: Option<Uuid>,
+        team: Option<&str>,
     ) -> DomainResult<Vec<Discovered>> {
+        let teams = match team {
+            Some(t) if principal.can(Permission::CertificateRead, Some(t)) => {
+                Some(vec![t.to_owned()])
+            }
+            Some(t) => {
+                return Err(DomainError::Forbidden(format!(
+                    "{} may not read team '{t}'",
+                    principal.subject
+                )));
+            }
+            None => visible_teams(principal),
+        };
         self.discovery()?
             .list_discovered(&DiscoveryQuery {
                 status,
-                teams: visible_teams(principal),
+                teams,
                 agent_id,
             })
             .await
+    }
+
+    /// One discovery, as `principal` may see it (else `NotFound`).
+    pub async fn discovered(&self, principal: &Principal, id: Uuid) -> DomainResult<Discovered> {
+        let not_found = || DomainError::NotFound(format!("discovered certificate {id}"));
+        let found = self
+            .discovery()?
+            .get_discovered(id)
+            .await?
+            .ok_or_else(not_found)?;
+        if visible_teams(principal)
+            .is_some_and(|teams| !found.agent_teams.iter().any(|t| teams.contains(t)))
+        {
+            return Err(not_found());
+        }
+        Ok(found)
     }
 
     /// Takes a discovered certificate over: a new certflow certificate for
@@ -242,14 +272,8 @@ impl Deployments {
         now: OffsetDateTime,
     ) -> DomainResult<CertificateView> {
         let store = self.discovery()?;
-        let not_found = || DomainError::NotFound(format!("discovered certificate {id}"));
-        let found = store.get_discovered(id).await?.ok_or_else(not_found)?;
         // Outside the agent's teams the row does not exist for the caller.
-        if visible_teams(principal)
-            .is_some_and(|teams| !found.agent_teams.iter().any(|t| teams.contains(t)))
-        {
-            return Err(not_found());
-        }
+        let found = self.discovered(principal, id).await?;
         if !principal.can(Permission::CertificateWrite, Some(&req.team)) {
             return Err(DomainError::Forbidden(format!(
                 "{} may not request certificates for team '{}'",

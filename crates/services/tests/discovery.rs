@@ -259,7 +259,7 @@ async fn each_bad_field_refuses_the_whole_report_and_stores_nothing() {
     let admin = person(&[Role::Admin], &[]);
     assert!(
         e.deployments
-            .list_discovered(&admin, DiscoveryStatus::All, None)
+            .list_discovered(&admin, DiscoveryStatus::All, None, None)
             .await
             .unwrap()
             .is_empty()
@@ -284,7 +284,7 @@ async fn each_bad_field_refuses_the_whole_report_and_stores_nothing() {
     assert_eq!((sync.items, sync.new, sync.removed), (2, 2, 0));
     let listed = e
         .deployments
-        .list_discovered(&admin, DiscoveryStatus::Unmanaged, None)
+        .list_discovered(&admin, DiscoveryStatus::Unmanaged, None, None)
         .await
         .unwrap();
     assert_eq!(listed.len(), 2);
@@ -302,6 +302,7 @@ async fn each_bad_field_refuses_the_whole_report_and_stores_nothing() {
             .list_discovered(
                 &person(&[Role::Viewer], &["other"]),
                 DiscoveryStatus::All,
+                None,
                 None
             )
             .await
@@ -313,6 +314,7 @@ async fn each_bad_field_refuses_the_whole_report_and_stores_nothing() {
             .list_discovered(
                 &person(&[Role::Viewer], &["edge"]),
                 DiscoveryStatus::All,
+                None,
                 None
             )
             .await
@@ -320,6 +322,22 @@ async fn each_bad_field_refuses_the_whole_report_and_stores_nothing() {
             .len(),
         2
     );
+    // One team asked for: only if the caller may read it.
+    let viewer = person(&[Role::Viewer], &["edge"]);
+    assert_eq!(
+        e.deployments
+            .list_discovered(&viewer, DiscoveryStatus::All, None, Some("edge"))
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    assert!(matches!(
+        e.deployments
+            .list_discovered(&viewer, DiscoveryStatus::All, None, Some("payments"))
+            .await,
+        Err(DomainError::Forbidden(_))
+    ));
 }
 
 #[tokio::test]
@@ -342,7 +360,7 @@ async fn take_over_issues_through_policy_within_the_agents_teams_once() {
     let admin = person(&[Role::Admin], &[]);
     let rows = e
         .deployments
-        .list_discovered(&admin, DiscoveryStatus::Unmanaged, None)
+        .list_discovered(&admin, DiscoveryStatus::Unmanaged, None, None)
         .await
         .unwrap();
     let legacy = rows
@@ -416,7 +434,7 @@ async fn take_over_issues_through_policy_within_the_agents_teams_once() {
     assert_eq!(assigned[0].certificate_id, view.certificate.id);
     let row = e
         .deployments
-        .list_discovered(&admin, DiscoveryStatus::All, None)
+        .list_discovered(&admin, DiscoveryStatus::All, None, None)
         .await
         .unwrap()
         .into_iter()
@@ -452,7 +470,7 @@ async fn take_over_issues_through_policy_within_the_agents_teams_once() {
         .unwrap();
     let row = e
         .deployments
-        .list_discovered(&admin, DiscoveryStatus::Managed, None)
+        .list_discovered(&admin, DiscoveryStatus::Managed, None, None)
         .await
         .unwrap()
         .remove(0);

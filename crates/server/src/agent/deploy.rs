@@ -276,6 +276,13 @@ pub fn routes() -> Router<AgentState> {
         .route("/agent/v1/certificates/{id}", get(bundle))
         .route("/agent/v1/certificates/{id}/renew", post(renew))
         .route("/agent/v1/reports", post(report))
+        // Reports carry up to 2000 leaf PEMs: more than the listener's default body limit.
+        .route(
+            "/agent/v1/discovered",
+            post(crate::http::discovery::agent_report).layer(axum::extract::DefaultBodyLimit::max(
+                crate::http::discovery::DISCOVERY_BODY_LIMIT,
+            )),
+        )
 }
 
 fn deploy_state(ext: Option<Extension<DeployState>>) -> ApiResult<DeployState> {

@@ -48,6 +48,10 @@ pub fn declared(method: &Method, path: &str) -> Option<Permission> {
         ("GET", "/certificates/{id}/deployments") => CertificateRead,
         // Team-filtered by the handler: a non-admin sees only their teams.
         ("GET", "/compliance") => CertificateRead,
+        // Team-filtered by the handler (the discovering agent's teams).
+        ("GET", "/discovered") => CertificateRead,
+        // The body's team is checked by the handler.
+        ("POST", "/discovered/{id}/take-over") => CertificateWrite,
         _ => return None,
     })
 }

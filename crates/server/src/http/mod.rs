@@ -9,6 +9,7 @@ pub mod auth;
 pub mod compliance;
 pub mod console;
 pub mod deployments;
+pub mod discovery;
 pub mod errors;
 pub mod import;
 pub mod limit;
@@ -116,6 +117,8 @@ pub fn console_api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(deployments::unassign))
         .routes(routes!(deployments::certificate_deployments))
         .routes(routes!(compliance::report))
+        .routes(routes!(discovery::list))
+        .routes(routes!(discovery::take_over))
         .split_for_parts()
 }
 

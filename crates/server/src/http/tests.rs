@@ -26,6 +26,9 @@ use certflow_core::access::{Principal, PrincipalKind, Role};
 #[path = "import_tests.rs"]
 mod import;
 
+#[path = "discovery_tests.rs"]
+mod discovery;
+
 struct Harness {
     app: Router,
     token: String,
@@ -35,6 +38,8 @@ struct Harness {
     sessions: Option<super::session::Sessions>,
     /// The agent use cases behind `/agents`.
     agents: certflow_services::agents::Agents,
+    /// The use cases behind the router.
+    services: Services,
     _dir: tempfile::TempDir,
 }
 
@@ -116,7 +121,7 @@ async fn harness_full(
     let sessions = session
         .map(|settings| super::session::Sessions::new(store.clone(), store.clone(), settings));
     let mut router = app(AppState {
-        services,
+        services: services.clone(),
         bootstrap_hash,
         renewal: Arc::new(super::RenewalView {
             queue: Arc::new(store.renewal_queue(Default::default())),
@@ -145,6 +150,7 @@ async fn harness_full(
         blobs,
         sessions,
         agents,
+        services,
         _dir: dir,
     }
 }
@@ -982,7 +988,11 @@ async fn role_route_matrix_follows_the_declared_permissions() {
             );
             // Team-scoped listings name the team; the audit trail one certificate.
             let uri = match (m.as_str(), path.as_str()) {
-                ("GET", "/certificates" | "/deliveries" | "/subscriptions" | "/compliance") => {
+                (
+                    "GET",
+                    "/certificates" | "/deliveries" | "/subscriptions" | "/compliance"
+                    | "/discovered",
+                ) => {
                     format!("{uri}?team=a")
                 }
                 ("GET", "/audit") => format!("{uri}?target=certificate/{cert_id}"),
@@ -993,6 +1003,7 @@ async fn role_route_matrix_follows_the_declared_permissions() {
                     json!({ "team": "a", "names": [format!("{}.example.com", uuid::Uuid::now_v7().simple())] }),
                 ),
                 ("post", "/certificates/{id}/revoke") => Some(json!({ "reason": "superseded" })),
+                ("post", "/discovered/{id}/take-over") => Some(json!({ "team": "a" })),
                 // The team is read from the body before the (unreadable) bundle.
                 ("post", "/certificates/import") => Some(json!({ "team": "a", "pem": "garbage" })),
                 ("post", "/certificates/{id}/pkcs12") => {

@@ -1,0 +1,306 @@
+//! Router tests of `GET /discovered` and `POST /discovered/{id}/take-over`
+//! on the real SQLite store and CA, with an enrolled agent of team `a`
+//! whose discoveries are recorded through the use case (the agent route
+//! itself runs behind mTLS and is exercised by the e2e tests).
+
+use axum::Extension;
+use certflow_api::agent::{DiscoveredCertificate, DiscoveryReport};
+use certflow_services::agents::TokenEnrolment;
+use certflow_services::deployments::{DeploymentSettings, Deployments};
+
+use super::*;
+
+const LIST: &str = "/console/api/v1/discovered";
+/// Made by `openssl req -x509 -sha1 -newkey rsa:1024`.
+const LEGACY: &str = include_str!("../../../../testdata/compliance/sha1-rsa1024.pem");
+const LEGACY_SHA256: &str = "d80fcdd6cbd8a7fb580ca96ac51d0e0d08b7f9277b2176e9f8230188656626d3";
+
+async fn send(
+    app: &Router,
+    token: &str,
+    method: &str,
+    uri: &str,
+    body: Option<Value>,
+) -> (StatusCode, Option<String>, Value) {
+    let mut req = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header(header::AUTHORIZATION, format!("Bearer {token}"));
+    if body.is_some() {
+        req = req.header(header::CONTENT_TYPE, "application/json");
+    }
+    let req = req
+        .body(body.map_or_else(Body::empty, |b| Body::from(b.to_string())))
+        .unwrap();
+    let resp = app.clone().oneshot(req).await.unwrap();
+    let status = resp.status();
+    let location = resp
+        .headers()
+        .get(header::LOCATION)
+        .map(|v| v.to_str().unwrap().to_owned());
+    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    (
+        status,
+        location,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+fn item(source: &str, name: &str) -> DiscoveredCertificate {
+    DiscoveredCertificate {
+        source: source.into(),
+        fingerprint_sha256: LEGACY_SHA256.into(),
+        serial: "0a1b".into(),
+        subject: format!("CN={name}"),
+        issuer: "CN=legacy.example.com".into(),
+        names: vec![name.into()],
+        not_after: time::OffsetDateTime::now_utc() + time::Duration::days(20),
+        certificate_pem: Some(LEGACY.into()),
+    }
+}
+
+#[tokio::test]
+async fn discovered_certificates_are_listed_by_team_and_taken_over_once() {
+    let h = harness_with(vec![Arc::new(FixedPrincipals)]).await;
+    let deployments = Deployments::new(
+        &h.services,
+        h.store.clone(),
+        h.store.clone(),
+        DeploymentSettings::default(),
+    )
+    .with_discovery(h.store.clone());
+    let deploy = crate::agent::deploy::DeployState::new(
+        deployments.clone(),
+        certflow_store::ChangeFeed::local(),
+    );
+    let app = h.app.clone().layer(Extension(deploy));
+    let now = time::OffsetDateTime::now_utc();
+    let key = certflow_pki::PrivateKey::generate(certflow_core::model::KeyType::EcdsaP256).unwrap();
+    let csr = certflow_pki::build_csr(
+        &key,
+        &[certflow_core::SubjectName::Dns("agent.invalid".into())],
+    )
+    .unwrap();
+    let agent = h
+        .agents
+        .enroll_with_token(
+            &TokenEnrolment {
+                subject: certflow_core::agents::token_subject("https://idp.example.com", "web-01"),
+                client_id: "web-01".into(),
+                teams: vec!["a".into()],
+            },
+            &csr,
+            None,
+            None,
+            now,
+        )
+        .await
+        .unwrap()
+        .agent;
+    deployments
+        .record_discovery(
+            &agent,
+            None,
+            &DiscoveryReport {
+                items: vec![
+                    item("file:/etc/ssl/legacy.pem", "legacy.example.com"),
+                    item("tls:127.0.0.1:443", "tls.example.com"),
+                ],
+            },
+            now,
+        )
+        .await
+        .unwrap();
+
+    // A viewer of the agent's team sees both, unmanaged by default.
+    let (status, _, list) = send(&app, "role:viewer:a", "GET", LIST, None).await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    let items = list["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2, "{list}");
+    let first = &items[0];
+    let keys: Vec<&str> = first
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    for k in [
+        "id",
+        "agent_id",
+        "agent_name",
+        "source",
+        "fingerprint_sha256",
+        "serial",
+        "subject",
+        "issuer",
+        "names",
+        "not_after",
+        "first_seen",
+        "last_seen",
+        "managed_certificate_id",
+        "taken_over_certificate_id",
+    ] {
+        assert!(keys.contains(&k), "{k} missing from {first}");
+    }
+    assert_eq!(first["agent_name"], "web-01");
+    assert_eq!(first["source"], "file:/etc/ssl/legacy.pem");
+    assert_eq!(first["names"], json!(["legacy.example.com"]));
+    assert!(first["managed_certificate_id"].is_null());
+    assert!(first["taken_over_certificate_id"].is_null());
+    assert!(first.get("certificate_pem").is_none() && first.get("certificate_der").is_none());
+    let id = first["id"].as_str().unwrap().to_owned();
+
+    // Another team sees nothing; filters and their refusals.
+    let (status, _, list) = send(&app, "role:viewer:b", "GET", LIST, None).await;
+    assert_eq!(
+        (status, list["items"].as_array().unwrap().len()),
+        (StatusCode::OK, 0)
+    );
+    let (status, _, list) = send(
+        &app,
+        "role:viewer:a",
+        "GET",
+        &format!("{LIST}?status=managed"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, list["items"].as_array().unwrap().len()),
+        (StatusCode::OK, 0)
+    );
+    let (status, _, list) = send(
+        &app,
+        "role:viewer:a",
+        "GET",
+        &format!("{LIST}?status=all&agent={}", agent.id),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, list["items"].as_array().unwrap().len()),
+        (StatusCode::OK, 2)
+    );
+    for (query, field) in [
+        ("status=bogus", "status"),
+        ("agent=nope", "agent"),
+        ("colour=red", "colour"),
+    ] {
+        let (status, _, p) = send(
+            &app,
+            "role:viewer:a",
+            "GET",
+            &format!("{LIST}?{query}"),
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{query}: {p}");
+        assert!(p.to_string().contains(field), "{query}: {p}");
+    }
+    let (status, _, _) = send(
+        &app,
+        "role:viewer:b",
+        "GET",
+        &format!("{LIST}?team=a"),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+
+    // Take-over: viewers may not; a team outside the agent's is refused.
+    let take = format!("{LIST}/{id}/take-over");
+    let (status, _, _) = send(
+        &app,
+        "role:viewer:a",
+        "POST",
+        &take,
+        Some(json!({ "team": "a" })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _, _) = send(
+        &app,
+        "role:operator:b",
+        "POST",
+        &take,
+        Some(json!({ "team": "a" })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _, p) = send(
+        &app,
+        "role:admin:z",
+        "POST",
+        &take,
+        Some(json!({ "team": "z" })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{p}");
+    assert!(p.to_string().contains("team"), "{p}");
+    let (status, _, p) = send(
+        &app,
+        "role:operator:a",
+        "POST",
+        &take,
+        Some(json!({ "team": "a", "issuer": "nope" })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{p}");
+    assert!(p.to_string().contains("issuer"), "{p}");
+
+    let (status, location, cert) = send(
+        &app,
+        "role:operator:a",
+        "POST",
+        &take,
+        Some(json!({ "team": "a", "name": "legacy" })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{cert}");
+    let cert_id = cert["id"].as_str().unwrap().to_owned();
+    assert_eq!(cert["name"], "legacy");
+    assert_eq!(
+        location.unwrap(),
+        format!("/console/api/v1/certificates/{cert_id}")
+    );
+    // The new certificate is the agent's to install.
+    let assigned = deployments.assignments(agent.id).await.unwrap();
+    assert_eq!(assigned.len(), 1);
+    assert_eq!(assigned[0].certificate_id.to_string(), cert_id);
+
+    let (status, _, p) = send(
+        &app,
+        "role:operator:a",
+        "POST",
+        &take,
+        Some(json!({ "team": "a" })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{p}");
+    let (_, _, list) = send(
+        &app,
+        "role:viewer:a",
+        "GET",
+        &format!("{LIST}?status=all"),
+        None,
+    )
+    .await;
+    let row = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["id"] == id.as_str())
+        .unwrap();
+    assert_eq!(row["taken_over_certificate_id"], cert_id.as_str());
+    // Unknown ids are 404.
+    let (status, _, _) = send(
+        &app,
+        "role:operator:a",
+        "POST",
+        &format!("{LIST}/{}/take-over", uuid::Uuid::now_v7()),
+        Some(json!({ "team": "a" })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
