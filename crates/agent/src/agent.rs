@@ -14,12 +14,12 @@ use tokio::sync::watch;
 use zeroize::Zeroizing;
 
 use crate::client::Client;
-use crate::config::{CertConfig, Config, KeySource};
+use crate::config::{CertConfig, Config, KeySource, OnRevoked};
 use crate::deploy;
 use crate::install::{Installer, Material, VersionMeta, fsync_dir};
 use crate::pki;
 use crate::report;
-use crate::state::{StateDir, write_atomic};
+use crate::state::{CertState, StateDir, write_atomic};
 
 /// The agent: configuration, connection, one installer per certificate.
 pub struct Agent {
@@ -303,6 +303,54 @@ impl Agent {
         Ok((Some(entry), good))
     }
 
+    /// The server revoked the certificate without a replacement (a
+    /// replacement would be an active new version): the assignment's
+    /// `revoked` is the instruction to take it out of service. With
+    /// `on_revoked = "remove"` the agent's files go and the service is
+    /// reloaded, once per version; with `keep` they stay and a warning is
+    /// logged once per version. The state directory remembers which.
+    async fn revoked(
+        &mut self,
+        cfg: &CertConfig,
+        inst: &Installer,
+        a: &Assignment,
+    ) -> anyhow::Result<(Option<DeploymentReport>, bool)> {
+        let label = cfg.label();
+        let mut st = self.state.cert_state(&label);
+        match revoked_action(cfg.on_revoked, &st, a.version) {
+            RevokedAction::Nothing => return Ok((None, true)),
+            RevokedAction::Warn => {
+                tracing::warn!(certificate = %label, version = a.version, "revoked by the server without a replacement: left in place (on_revoked = \"keep\") and not renewed; clients that check revocation refuse it");
+                st.revoked_warned = Some(a.version);
+            }
+            RevokedAction::Remove if self.dry_run => {
+                println!(
+                    "{label}: revoked (version {}): would remove the installed files and reload",
+                    a.version
+                );
+                return Ok((None, false));
+            }
+            RevokedAction::Remove => {
+                let removed = inst.remove().context("removing the revoked certificate")?;
+                tracing::warn!(certificate = %label, version = a.version, served = ?removed.as_ref().map(|m| m.version), "revoked by the server without a replacement: installed files removed (on_revoked = \"remove\")");
+                // Only a service that was served something needs to let go of it.
+                if removed.is_some()
+                    && let Some(r) = &cfg.reload
+                    && let Err(e) = deploy::reload(r).await
+                {
+                    tracing::error!(certificate = %label, error = %format!("{e:#}"), "reload after removing the revoked certificate failed");
+                }
+                st.revoked_removed = Some(a.version);
+            }
+        }
+        if !self.dry_run {
+            st.certificate_id = Some(a.certificate_id);
+            st.updated_at = Some(OffsetDateTime::now_utc());
+            self.state.save_cert_state(&label, &st)?;
+        }
+        Ok((None, true))
+    }
+
     /// Fetches, checks, installs, reloads and verifies one version; rolls
     /// back on failure. Returns (status, what is served now, error, version attempted).
     async fn deploy(
@@ -495,6 +543,26 @@ impl Agent {
     }
 }
 
+/// What a revoked assignment calls for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RevokedAction {
+    /// Already done for this version.
+    Nothing,
+    /// Warn (and remember the version).
+    Warn,
+    /// Remove the files (and remember the version).
+    Remove,
+}
+
+/// Once per revoked version: a warning with `keep`, a removal with `remove`.
+fn revoked_action(on: OnRevoked, st: &CertState, version: u32) -> RevokedAction {
+    match on {
+        OnRevoked::Keep if st.revoked_warned != Some(version) => RevokedAction::Warn,
+        OnRevoked::Remove if st.revoked_removed != Some(version) => RevokedAction::Remove,
+        _ => RevokedAction::Nothing,
+    }
+}
+
 fn first_cert(pem: &str) -> anyhow::Result<Vec<u8>> {
     pki::pem_certs(pem)?
         .into_iter()
@@ -506,6 +574,68 @@ fn first_cert(pem: &str) -> anyhow::Result<Vec<u8>> {
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
+
+    /// A revoked version is warned about, or removed, once; a later
+    /// revoked version again; switching `keep` to `remove` still removes.
+    #[test]
+    fn a_revoked_version_is_acted_on_once() {
+        let mut st = CertState::default();
+        assert_eq!(revoked_action(OnRevoked::Keep, &st, 3), RevokedAction::Warn);
+        st.revoked_warned = Some(3);
+        assert_eq!(
+            revoked_action(OnRevoked::Keep, &st, 3),
+            RevokedAction::Nothing
+        );
+        assert_eq!(revoked_action(OnRevoked::Keep, &st, 4), RevokedAction::Warn);
+        assert_eq!(
+            revoked_action(OnRevoked::Remove, &st, 3),
+            RevokedAction::Remove
+        );
+        st.revoked_removed = Some(3);
+        assert_eq!(
+            revoked_action(OnRevoked::Remove, &st, 3),
+            RevokedAction::Nothing
+        );
+        assert_eq!(
+            revoked_action(OnRevoked::Remove, &st, 5),
+            RevokedAction::Remove
+        );
+    }
+
+    /// The state survives a restart: a saved removal is not repeated.
+    #[test]
+    fn the_removal_is_remembered_in_the_state_directory() {
+        let tmp = tempfile::tempdir().unwrap();
+        let state = StateDir::open(tmp.path()).unwrap();
+        let mut st = state.cert_state("www");
+        assert_eq!(
+            revoked_action(OnRevoked::Remove, &st, 2),
+            RevokedAction::Remove
+        );
+        st.revoked_removed = Some(2);
+        state.save_cert_state("www", &st).unwrap();
+        let again = StateDir::open(tmp.path()).unwrap().cert_state("www");
+        assert_eq!(
+            revoked_action(OnRevoked::Remove, &again, 2),
+            RevokedAction::Nothing
+        );
+    }
+
+    #[test]
+    fn on_revoked_defaults_to_keep_and_accepts_remove_only_by_name() {
+        let parse = |extra: &str| {
+            toml::from_str::<CertConfig>(&format!(
+                "name = \"www\"\n{extra}\n[install]\ncert = \"/tmp/www.crt\"\n"
+            ))
+        };
+        assert_eq!(parse("").unwrap().on_revoked, OnRevoked::Keep);
+        assert_eq!(
+            parse("on_revoked = \"remove\"").unwrap().on_revoked,
+            OnRevoked::Remove
+        );
+        let err = parse("on_revoked = \"delete\"").unwrap_err().to_string();
+        assert!(err.contains("keep") && err.contains("remove"), "{err}");
+    }
 
     #[test]
     fn backoff_grows_to_the_cap_with_jitter() {

@@ -350,6 +350,33 @@ impl Installer {
         Ok(self.current())
     }
 
+    /// Takes the certificate out of service: removes every target that is
+    /// our link (a target replaced by hand is left alone), the `current` and
+    /// `previous` links, and then the version directories nothing points at
+    /// any more (their key belongs to a revoked certificate). Returns the
+    /// version that was served. A later install starts afresh.
+    pub fn remove(&self) -> anyhow::Result<Option<VersionMeta>> {
+        let served = self.current();
+        let current = self.store.join(CURRENT);
+        for (file, path) in self.install.targets() {
+            if fs::read_link(path).ok() == Some(current.join(file)) {
+                fs::remove_file(path).with_context(|| format!("removing {}", path.display()))?;
+                fsync_dir(parent(path)?)?;
+            }
+        }
+        if fs::symlink_metadata(&self.store).is_err() {
+            return Ok(served);
+        }
+        for link in [CURRENT, PREVIOUS] {
+            let path = self.store.join(link);
+            if fs::symlink_metadata(&path).is_ok() {
+                fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+            }
+        }
+        self.prune()?;
+        Ok(served)
+    }
+
     /// The files of a version: (name, content, holds a secret).
     fn files(&self, m: &Material, meta: &VersionMeta) -> anyhow::Result<Vec<VersionFile>> {
         let leaf = pki::cert_pem(&m.leaf_der);
@@ -697,6 +724,58 @@ key = "{d}/private/www.key"
             .filter(|e| e.file_name().to_string_lossy().starts_with('v'))
             .count();
         assert_eq!(versions, 2);
+    }
+
+    /// `on_revoked = "remove"`: the targets the agent linked, its links and
+    /// versions go; a target replaced by hand stays; a later install
+    /// starts afresh; a second removal finds nothing to do.
+    #[test]
+    fn remove_takes_only_what_the_agent_installed_out_of_service() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let ca = TestCa::new();
+        let inst = Installer::new(&cfg(dir)).unwrap();
+        let (m1, _) = material(&ca, 1);
+        inst.install(&m1, &[]).unwrap();
+        let (m2, _) = material(&ca, 2);
+        inst.install(&m2, &[]).unwrap();
+        assert!(served(dir).is_some());
+
+        let removed = inst.remove().unwrap().unwrap();
+        assert_eq!(removed.version, 2);
+        assert_eq!(served(dir), None, "no target is left");
+        for link in [CURRENT, PREVIOUS] {
+            assert!(
+                fs::symlink_metadata(inst.store().join(link)).is_err(),
+                "{link}"
+            );
+        }
+        let left: Vec<String> = fs::read_dir(inst.store())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            left.is_empty(),
+            "versions (and their keys) pruned: {left:?}"
+        );
+        assert!(inst.current().is_none());
+        assert!(inst.remove().unwrap().is_none(), "nothing left to remove");
+
+        // Installed again, then a target replaced by hand: that file stays.
+        let (m3, fp3) = material(&ca, 3);
+        inst.install(&m3, &[]).unwrap();
+        assert_eq!(served(dir).unwrap().0, fp3);
+        assert!(inst.targets_linked());
+        fs::remove_file(dir.join("certs/www.crt")).unwrap();
+        fs::write(dir.join("certs/www.crt"), "operator's file").unwrap();
+        assert_eq!(inst.remove().unwrap().unwrap().version, 3);
+        assert_eq!(
+            fs::read_to_string(dir.join("certs/www.crt")).unwrap(),
+            "operator's file"
+        );
+        assert!(fs::symlink_metadata(dir.join("private/www.key")).is_err());
+        assert!(fs::symlink_metadata(dir.join("certs/www-full.pem")).is_err());
     }
 
     #[test]

@@ -46,6 +46,12 @@ pub struct CertState {
     /// When this record changed.
     #[serde(default, with = "time::serde::rfc3339::option")]
     pub updated_at: Option<OffsetDateTime>,
+    /// The revoked version last warned about (`on_revoked = "keep"`).
+    #[serde(default)]
+    pub revoked_warned: Option<u32>,
+    /// The revoked version whose files were removed (`on_revoked = "remove"`).
+    #[serde(default)]
+    pub revoked_removed: Option<u32>,
 }
 
 impl StateDir {
