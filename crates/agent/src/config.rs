@@ -192,6 +192,24 @@ pub struct CertConfig {
     /// Where the served certificate is checked after a reload.
     #[serde(default)]
     pub verify: Option<VerifyConfig>,
+    /// What to do when the server says the certificate was revoked (and not
+    /// replaced): `keep` (default) or `remove`.
+    #[serde(default)]
+    pub on_revoked: OnRevoked,
+}
+
+/// What the agent does with a certificate the server revoked without a
+/// replacement (the assignment's status `revoked`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnRevoked {
+    /// Leave the files in place and warn once per version: removing files
+    /// breaks a server that still references them (the default).
+    #[default]
+    Keep,
+    /// Remove the targets the agent linked and its store's version links,
+    /// then run the reload command, once.
+    Remove,
 }
 
 impl CertConfig {
