@@ -229,6 +229,9 @@ impl Agent {
                 return Ok((None, false));
             }
         };
+        if a.status == "revoked" {
+            return self.revoked(&cfg, &inst, &a).await;
+        }
         if a.status != "active" {
             tracing::info!(certificate = %label, status = %a.status, "no longer active: left in place, not renewed");
             return Ok((None, true));
