@@ -21,6 +21,7 @@ mod certificates;
 mod compliance;
 mod dashboard;
 mod deployments;
+mod discovery;
 
 use std::net::SocketAddr;
 
@@ -93,6 +94,11 @@ pub fn router() -> Router<AppState> {
         .route("/console/audit", get(admin::audit))
         .route("/console/issuers", get(admin::issuers))
         .route("/console/compliance", get(compliance::page))
+        .route("/console/discovered", get(discovery::page))
+        .route(
+            "/console/discovered/{id}/take-over",
+            post(discovery::take_over),
+        )
         .route("/console/subscriptions", get(admin::subscriptions))
         .route("/console/signed-out", get(|| async { signed_out_page() }))
         .route("/console/static/{file}", get(assets::serve))
@@ -307,7 +313,10 @@ impl FromRequestParts<AppState> for Ctx {
         let Some(sessions) = state.sessions.clone() else {
             return Err(PageError::Status(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "the console needs single sign-on: configure [auth.oidc]".into(),
+                // A first run has no provider yet: name the local recipe too.
+                "the console needs single sign-on: configure [auth.oidc] \
+                 (to try it on this machine: scripts/dev-idp.sh, \"Try the console\" in the README)"
+                    .into(),
             ));
         };
         // The same buckets as the console API: per person once signed in,

@@ -23,6 +23,7 @@
 
 import { createRequire } from 'node:module';
 import { execFileSync } from 'node:child_process';
+import { X509Certificate } from 'node:crypto';
 import fs from 'node:fs';
 import https from 'node:https';
 import path from 'node:path';
@@ -145,6 +146,23 @@ async function assignmentOf(agent, certId) {
   const r = await agentCall('GET', '/agent/v1/assignments', { identity: agent.identity });
   check(r.status === 200, `assignments: ${r.status}`);
   return r.json.items.find((i) => i.certificate_id === certId);
+}
+
+/** The agent reports that it found `certPem` at `source` (a certificate certflow did not issue). */
+async function reportDiscovered(agent, source, certPem) {
+  const x = new X509Certificate(certPem);
+  const item = {
+    source,
+    fingerprint_sha256: x.fingerprint256.replaceAll(':', '').toLowerCase(),
+    serial: x.serialNumber.toLowerCase(),
+    subject: x.subject.split('\n').reverse().join(','),
+    issuer: x.issuer.split('\n').reverse().join(','),
+    names: (x.subjectAltName || '').split(', ').filter((n) => n.startsWith('DNS:')).map((n) => n.slice(4)),
+    not_after: new Date(x.validTo).toISOString(),
+    certificate_pem: certPem,
+  };
+  const r = await agentCall('POST', '/agent/v1/discovered', { body: { items: [item] }, identity: agent.identity });
+  check(r.status === 204, `discovery report: ${r.status} ${JSON.stringify(r.json)}`);
 }
 
 /** The agent reports one certificate. */
@@ -369,6 +387,25 @@ try {
   check((await page.locator('table.deployments tr', { hasText: 'api.console.example.com' }).innerText()).includes('broken'), 'its broken install');
   await audit(page, 'agents');
 
+  step = 'discovered: a certificate the agent found, taken over';
+  execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-days', '30',
+    '-keyout', path.join(WORK, 'legacy.key'), '-out', path.join(WORK, 'legacy.crt'),
+    '-subj', '/O=Legacy CA/CN=legacy.console.example.com', '-addext', 'subjectAltName=DNS:legacy.console.example.com'], { stdio: 'pipe' });
+  await reportDiscovered(agent, 'file:/etc/legacy/site.crt', fs.readFileSync(path.join(WORK, 'legacy.crt'), 'utf8'));
+  await page.goto(`${BASE}/console/discovered`);
+  const found = page.locator('table.inventory tbody tr', { hasText: 'file:/etc/legacy/site.crt' });
+  check(await found.count() === 1, 'the discovered certificate is listed');
+  check((await found.innerText()).includes('unmanaged') && (await found.innerText()).includes('Legacy CA'), 'unmanaged, with its issuer');
+  await audit(page, 'discovered');
+  const discoveredId = (await found.locator('form').getAttribute('action')).split('/')[3];
+  await found.locator('summary').click();
+  await found.locator('select[name="team"]').selectOption('payments');
+  await Promise.all([page.waitForURL(/\/console\/certificates\/[0-9a-f-]+$/), found.locator('button:has-text("Take over")').click()]);
+  check((await page.locator('h1').innerText()).includes('legacy.console.example.com'), 'the new certificate is certflow\'s');
+  check((await page.locator('table.deployments tbody tr', { hasText: 'web-01' }).innerText()).includes('pending'), 'assigned to the agent that found it');
+  await page.goto(`${BASE}/console/discovered?status=all`);
+  check((await page.locator('table.inventory tbody tr', { hasText: 'file:/etc/legacy/site.crt' }).innerText()).includes('taken over'), 'shown as taken over');
+
 
   step = 'a form without the CSRF token is refused';
   const forged = await page.evaluate(async (certId) => {
@@ -392,7 +429,8 @@ try {
   check(await vpage.locator('a:has-text("Download full chain")').count() === 1, 'public downloads stay');
   await audit(vpage, 'certificate-viewer');
   step = 'viewer: posting the actions anyway is refused';
-  const refused = await vpage.evaluate(async (certId) => {
+  const refused = await vpage.evaluate(async (ids) => {
+    const [certId, discId] = ids.split(' ');
     const csrf = document.querySelector('input[name="csrf"]').value;
     const post = async (url, fields) => (await fetch(url, { method: 'POST', body: new URLSearchParams({ csrf, ...fields }) })).status;
     return [
@@ -402,8 +440,9 @@ try {
       await post('/console/agents/join-token', { name: 'x', ttl_minutes: '5' }),
       await post(`/console/certificates/${certId}/assign`, { agent_id: '00000000-0000-7000-8000-000000000000' }),
       await post(`/console/certificates/${certId}/unassign`, { agent_id: '00000000-0000-7000-8000-000000000000' }),
+      await post(`/console/discovered/${discId}/take-over`, { team: 'payments' }),
     ];
-  }, id);
+  }, [id, discoveredId].join(' '));
   check(refused.every((s) => s === 403), `statuses ${refused}`);
   await vpage.goto(`${BASE}/console/certificates/new`);
   check(await vpage.locator('h1').innerText() === 'Not allowed', 'no request form for a viewer');
