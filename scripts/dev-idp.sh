@@ -84,6 +84,11 @@ $(cat "$CONFIG")
    operator@example.test   operator, teams payments and search
    viewer@example.test     viewer, team payments
 
+Expected, as this is a loopback dev setup: certflow warns that the console is
+served over plain HTTP (browsers keep its Secure cookie on 127.0.0.1), and
+oidc-provider's WARNING lines below (dev interactions, in-memory storage, and
+on Node 20 "Unsupported runtime").
+
 == dev identity provider on http://127.0.0.1:$PORT (development only; Ctrl-C stops it)
 EOF
 

@@ -127,7 +127,8 @@ provider.use(async (ctx, next) => {
       if (!user || (user.password !== undefined && user.password !== form.password)) {
         ctx.status = 403;
         ctx.type = 'html';
-        ctx.body = `<!DOCTYPE html><title>Sign-in refused</title><p>Unknown login or wrong password.
+        ctx.body = `<!DOCTYPE html><title>Sign-in refused</title><p>Unknown login or wrong password: sign in as one of
+          the people this provider was started with (scripts/dev-idp.sh printed them).
           <a href="${encodeURI(ctx.path)}">Try again</a></p>`;
         return;
       }

@@ -891,6 +891,18 @@ teams = ["payments"]
         ],
     )
     .expect("certflow starts with [[auth.issuers]]");
+    // Without [auth.oidc] the console's pages say what to configure and
+    // where the local recipe is.
+    let page = client()
+        .get(format!("http://127.0.0.1:{port}/console/"))
+        .send()
+        .unwrap();
+    assert_eq!(page.status(), 503);
+    let text = page.text().unwrap();
+    assert!(
+        text.contains("configure [auth.oidc]") && text.contains("scripts/dev-idp.sh"),
+        "{text}"
+    );
     let base = format!("http://127.0.0.1:{port}/console/api/v1");
     let call = |token: &str, method: reqwest::Method, path: &str, body: Option<Value>| {
         let mut req = client()
