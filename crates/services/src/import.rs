@@ -131,34 +131,27 @@ fn read_bundle(req: &ImportRequest) -> Result<Bundle, DomainError> {
     }
 }
 
-/// Standard base64 (RFC 4648 §4), whitespace ignored.
+/// Standard base64 (RFC 4648 §4, padded), whitespace ignored: a PKCS#12
+/// file pasted from `base64` output arrives wrapped in lines.
 fn decode_base64(text: &str) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(text.len() / 4 * 3);
-    let (mut acc, mut bits, mut pad) = (0u32, 0u32, 0usize);
-    for c in text.bytes().filter(|c| !c.is_ascii_whitespace()) {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            b'=' => {
-                pad += 1;
-                continue;
-            }
-            _ => return None,
-        };
-        if pad > 0 {
-            return None;
-        }
-        acc = (acc << 6) | u32::from(v);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push(((acc >> bits) & 0xff) as u8);
-        }
+    use base64::Engine as _;
+    let compact: String = text.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+    base64::engine::general_purpose::STANDARD
+        .decode(compact)
+        .ok()
+}
+
+#[cfg(test)]
+#[test]
+fn base64_is_standard_padded_and_may_be_wrapped() {
+    assert_eq!(
+        decode_base64("aGVs\nbG8=\r\n").as_deref(),
+        Some(&b"hello"[..])
+    );
+    assert_eq!(decode_base64("+/8=").as_deref(), Some(&[0xfb, 0xff][..]));
+    for bad in ["aGVsbG8", "aGVsbG8==", "-_8=", "aGVs*bG8=", "aG=VsbG8"] {
+        assert_eq!(decode_base64(bad), None, "{bad}");
     }
-    (pad <= 2).then_some(out)
 }
 
 impl Services {
