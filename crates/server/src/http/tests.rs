@@ -1920,3 +1920,91 @@ async fn compliance_page_renders_the_findings_of_the_readers_teams() {
         .unwrap();
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
 }
+
+/// The revoke body's `replace`: a wrong type is a problem naming the body and
+/// revokes nothing; `true` answers with the replacement and an active
+/// certificate; a requester-held key revoked for keyCompromise is refused
+/// with 409 before anything is revoked.
+#[tokio::test]
+async fn revoke_with_replace_answers_with_the_replacement() {
+    let h = harness().await;
+    let (status, created) = h
+        .json(
+            "POST",
+            "/console/api/v1/certificates",
+            Some(create(&["replace.example.com"])),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let id = created["id"].as_str().unwrap().to_owned();
+    let revoke = format!("/console/api/v1/certificates/{id}/revoke");
+
+    let (status, p) = h
+        .json(
+            "POST",
+            &revoke,
+            Some(json!({ "reason": "superseded", "replace": "yes" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{p}");
+    assert!(p["detail"].as_str().unwrap().contains("replace"), "{p}");
+    let (_, d) = h
+        .json("GET", &format!("/console/api/v1/certificates/{id}"), None)
+        .await;
+    assert_eq!(d["status"], "active");
+    assert_eq!(d["versions"][0]["status"], "current");
+
+    let (status, d) = h
+        .json(
+            "POST",
+            &revoke,
+            Some(json!({ "reason": "superseded", "replace": true })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{d}");
+    assert_eq!(d["status"], "active");
+    assert_eq!(d["current_version"], 2);
+    assert_eq!(
+        d["replacement"],
+        json!({ "status": "issued", "revoked_version": 1, "version": 2 })
+    );
+    assert_eq!(d["versions"][1]["status"], "revoked");
+    assert_ne!(d["versions"][0]["serial"], d["versions"][1]["serial"]);
+    // Without replace, no `replacement` field at all.
+    let (status, d) = h
+        .json("POST", &revoke, Some(json!({ "reason": "superseded" })))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{d}");
+    assert_eq!(d["status"], "revoked");
+    assert!(d.get("replacement").is_none(), "{d}");
+
+    let (status, held) = h
+        .json(
+            "POST",
+            "/console/api/v1/certificates",
+            Some(json!({ "team": "web", "csr": fixture("p256.csr") })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{held}");
+    let held_id = held["id"].as_str().unwrap();
+    let (status, p) = h
+        .json(
+            "POST",
+            &format!("/console/api/v1/certificates/{held_id}/revoke"),
+            Some(json!({ "reason": "keyCompromise", "replace": true })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{p}");
+    assert!(
+        p["detail"].as_str().unwrap().contains("re-key needed"),
+        "{p}"
+    );
+    let (_, d) = h
+        .json(
+            "GET",
+            &format!("/console/api/v1/certificates/{held_id}"),
+            None,
+        )
+        .await;
+    assert_eq!(d["status"], "active", "nothing revoked: {d}");
+}
