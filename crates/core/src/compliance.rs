@@ -132,35 +132,8 @@ pub fn rate(
         })
     };
 
-    if let Some(bits) = s.rsa_bits {
-        let min = policies
-            .iter()
-            .filter_map(|p| p.min_rsa_bits)
-            .fold(MIN_RSA_BITS, u32::max);
-        if bits < MIN_RSA_BITS {
-            push(
-                rules::WEAK_KEY,
-                Severity::Critical,
-                format!("RSA key of {bits} bits is below {MIN_RSA_BITS}"),
-            );
-        } else if bits < min {
-            push(
-                rules::WEAK_KEY,
-                Severity::Warning,
-                format!("RSA key of {bits} bits is below the policy minimum of {min}"),
-            );
-        }
-    }
-
-    if let Some(alg) = s.signature_algorithm {
-        let lower = alg.to_ascii_lowercase();
-        if lower.contains("sha1") || lower.contains("sha-1") || lower.contains("md5") {
-            push(
-                rules::WEAK_SIGNATURE,
-                Severity::Critical,
-                format!("signature algorithm {alg} is broken (SHA-1 or MD5)"),
-            );
-        }
+    for f in key_and_signature(s.rsa_bits, s.signature_algorithm, policies) {
+        push(f.rule, f.severity, f.message);
     }
 
     if let Some(v) = s.current {
@@ -181,23 +154,10 @@ pub fn rate(
 
     let not_after = s.current.map_or(cert.not_after, |v| v.not_after);
     // Revoked and archived certificates are not expected to be renewed.
-    if cert.status == CertificateStatus::Active {
-        if not_after <= now {
-            push(
-                rules::EXPIRED,
-                Severity::Critical,
-                format!("expired at {}", rfc3339(not_after)),
-            );
-        } else if not_after <= now + time::Duration::days(i64::from(expiring_within_days)) {
-            push(
-                rules::EXPIRING,
-                Severity::Warning,
-                format!(
-                    "expires at {} (within {expiring_within_days} days)",
-                    rfc3339(not_after)
-                ),
-            );
-        }
+    if cert.status == CertificateStatus::Active
+        && let Some(f) = expiry(not_after, expiring_within_days, now)
+    {
+        push(f.rule, f.severity, f.message);
     }
 
     let cert_revoked = cert.status == CertificateStatus::Revoked
@@ -266,8 +226,115 @@ pub fn rate(
         push(
             rules::UNKNOWN_ISSUER,
             Severity::Warning,
-            format!("issuer {} is not one of certflow's issuers", cert.issuer_id),
+            format!(
+                "issuer {} is not one of certflow's issuers",
+                // The signer of the current version: a certificate taken over
+                // from another CA keeps it until its first renewal.
+                s.current.map_or(cert.issuer_id, |v| v.issuer_id)
+            ),
         );
+    }
+    out
+}
+
+/// The key-size and signature-algorithm rules (weak-key, weak-signature).
+fn key_and_signature(
+    rsa_bits: Option<u32>,
+    signature_algorithm: Option<&str>,
+    policies: &[&IssuancePolicy],
+) -> Vec<Finding> {
+    let mut out = Vec::new();
+    if let Some(bits) = rsa_bits {
+        let min = policies
+            .iter()
+            .filter_map(|p| p.min_rsa_bits)
+            .fold(MIN_RSA_BITS, u32::max);
+        if bits < MIN_RSA_BITS {
+            out.push(Finding {
+                rule: rules::WEAK_KEY,
+                severity: Severity::Critical,
+                message: format!("RSA key of {bits} bits is below {MIN_RSA_BITS}"),
+            });
+        } else if bits < min {
+            out.push(Finding {
+                rule: rules::WEAK_KEY,
+                severity: Severity::Warning,
+                message: format!("RSA key of {bits} bits is below the policy minimum of {min}"),
+            });
+        }
+    }
+    if let Some(alg) = signature_algorithm {
+        let lower = alg.to_ascii_lowercase();
+        if lower.contains("sha1") || lower.contains("sha-1") || lower.contains("md5") {
+            out.push(Finding {
+                rule: rules::WEAK_SIGNATURE,
+                severity: Severity::Critical,
+                message: format!("signature algorithm {alg} is broken (SHA-1 or MD5)"),
+            });
+        }
+    }
+    out
+}
+
+/// The expired and expiring rules for a certificate ending at `not_after`.
+fn expiry(
+    not_after: OffsetDateTime,
+    expiring_within_days: u32,
+    now: OffsetDateTime,
+) -> Option<Finding> {
+    if not_after <= now {
+        Some(Finding {
+            rule: rules::EXPIRED,
+            severity: Severity::Critical,
+            message: format!("expired at {}", rfc3339(not_after)),
+        })
+    } else if not_after <= now + time::Duration::days(i64::from(expiring_within_days)) {
+        Some(Finding {
+            rule: rules::EXPIRING,
+            severity: Severity::Warning,
+            message: format!(
+                "expires at {} (within {expiring_within_days} days)",
+                rfc3339(not_after)
+            ),
+        })
+    } else {
+        None
+    }
+}
+
+/// Everything the rating needs about a certificate an agent found that
+/// certflow does not manage (see [`crate::discovery`]).
+#[derive(Debug, Clone, Copy)]
+pub struct DiscoveredSubject<'a> {
+    /// End of its validity.
+    pub not_after: OffsetDateTime,
+    /// RSA modulus size of its key, if RSA and the certificate was sent.
+    pub rsa_bits: Option<u32>,
+    /// Its signature algorithm, if the certificate was sent.
+    pub signature_algorithm: Option<&'a str>,
+    /// Its issuer DN, as reported.
+    pub issuer: &'a str,
+    /// Whether one of certflow's issuers signed it.
+    pub issuer_known: bool,
+}
+
+/// Rates an unmanaged discovered certificate: key, signature, expiry and
+/// issuer (the validity and deployment rules concern managed certificates
+/// only); findings ordered as [`rules::ALL`].
+pub fn rate_discovered(
+    s: &DiscoveredSubject<'_>,
+    policies: &[&IssuancePolicy],
+    expiring_within_days: u32,
+    now: OffsetDateTime,
+) -> Vec<Finding> {
+    let mut out = key_and_signature(s.rsa_bits, s.signature_algorithm, policies);
+    out.extend(expiry(s.not_after, expiring_within_days, now));
+    if !s.issuer_known {
+        out.push(Finding {
+            rule: rules::UNKNOWN_ISSUER,
+            severity: Severity::Warning,
+            message: format!("issuer {} is not one of certflow's issuers", s.issuer),
+        });
     }
     out
 }
@@ -291,6 +358,8 @@ pub struct Summary {
     pub certificates: u64,
     /// Certificates with at least one finding.
     pub non_compliant: u64,
+    /// Of those rated, unmanaged certificates agents discovered.
+    pub discovered: u64,
 }
 
 impl Summary {
@@ -304,6 +373,12 @@ impl Summary {
                 .collect(),
             ..Self::default()
         }
+    }
+
+    /// Adds one unmanaged discovered certificate's findings.
+    pub fn add_discovered(&mut self, findings: &[Finding]) {
+        self.add(findings);
+        self.discovered += 1;
     }
 
     /// Adds one certificate's findings.
@@ -620,6 +695,59 @@ mod tests {
         assert_eq!(f.len(), 1);
         assert_eq!(f[0].rule, rules::EXPIRING);
         assert!(f[0].message.contains("within 90 days"), "{}", f[0].message);
+    }
+
+    #[test]
+    fn a_discovered_certificate_is_rated_for_key_signature_expiry_and_issuer() {
+        let legacy = DiscoveredSubject {
+            not_after: t0() - time::Duration::days(1),
+            rsa_bits: Some(1024),
+            signature_algorithm: Some("sha1WithRSAEncryption"),
+            issuer: "CN=Old CA",
+            issuer_known: false,
+        };
+        let found: Vec<_> = rate_discovered(&legacy, &[], 30, t0())
+            .into_iter()
+            .map(|f| (f.rule, f.severity))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                (rules::WEAK_KEY, Severity::Critical),
+                (rules::WEAK_SIGNATURE, Severity::Critical),
+                (rules::EXPIRED, Severity::Critical),
+                (rules::UNKNOWN_ISSUER, Severity::Warning),
+            ]
+        );
+        let fine = DiscoveredSubject {
+            not_after: t0() + time::Duration::days(60),
+            rsa_bits: Some(2048),
+            signature_algorithm: Some("sha256WithRSAEncryption"),
+            issuer: "CN=test Issuing CA",
+            issuer_known: true,
+        };
+        assert!(rate_discovered(&fine, &[], 30, t0()).is_empty());
+        let strict = IssuancePolicy {
+            min_rsa_bits: Some(3072),
+            ..IssuancePolicy::default()
+        };
+        let f = rate_discovered(
+            &DiscoveredSubject {
+                not_after: t0() + time::Duration::days(10),
+                ..fine
+            },
+            &[&strict],
+            30,
+            t0(),
+        );
+        let f: Vec<_> = f.into_iter().map(|f| (f.rule, f.severity)).collect();
+        assert_eq!(
+            f,
+            [
+                (rules::WEAK_KEY, Severity::Warning),
+                (rules::EXPIRING, Severity::Warning)
+            ]
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The inventory compliance report: every certificate the reader may see,
 //! rated against the issuance policies and its deployments
-//! ([`certflow_core::compliance`]).
+//! ([`certflow_core::compliance`]), and the unmanaged certificates agents
+//! discovered on their hosts, rated on their own.
 
 use std::collections::{HashMap, HashSet};
 
@@ -34,6 +35,27 @@ pub struct ComplianceItem {
     pub findings: Vec<Finding>,
 }
 
+/// One unmanaged discovered certificate with findings.
+#[derive(Debug, Clone, Serialize)]
+pub struct DiscoveredComplianceItem {
+    /// The discovery (see `GET /discovered`).
+    pub discovered_id: Uuid,
+    /// The agent that found it.
+    pub agent_id: Uuid,
+    /// Its name.
+    pub agent_name: String,
+    /// Where: `file:/path` or `tls:host:port[,sni]`.
+    pub source: String,
+    /// Subject DN.
+    pub subject: String,
+    /// Its names.
+    pub names: Vec<String>,
+    /// SHA-256 (lower-case hex) of its DER.
+    pub fingerprint_sha256: String,
+    /// What it breaks (never empty).
+    pub findings: Vec<Finding>,
+}
+
 /// The report.
 #[derive(Debug, Clone, Serialize)]
 pub struct ComplianceReport {
@@ -46,6 +68,9 @@ pub struct ComplianceReport {
     pub summary: Summary,
     /// Certificates with findings, by team then name.
     pub items: Vec<ComplianceItem>,
+    /// Unmanaged certificates agents discovered, with findings, by agent
+    /// name then source (empty when the server takes no discovery reports).
+    pub discovered: Vec<DiscoveredComplianceItem>,
 }
 
 /// What the stored certificate itself says (the metadata cannot tell).
@@ -114,8 +139,13 @@ impl Services {
         now: OffsetDateTime,
     ) -> DomainResult<ComplianceReport> {
         let issuers = self.store.list_issuers().await?;
-        let issuer_names: HashMap<Uuid, String> =
-            issuers.iter().map(|i| (i.id, i.name.clone())).collect();
+        // External CAs (recorded for imported certificates) are not
+        // certflow's: their certificates get the unknown-issuer finding.
+        let issuer_names: HashMap<Uuid, String> = issuers
+            .iter()
+            .filter(|i| i.kind != certflow_core::model::IssuerKind::External)
+            .map(|i| (i.id, i.name.clone()))
+            .collect();
 
         let mut deployed: HashMap<Uuid, Vec<DeploymentState>> = HashMap::new();
         if let Some((deployments, agents)) = fleet {
@@ -184,12 +214,102 @@ impl Services {
             }
         }
         items.sort_by(|a, b| (&a.team, &a.name).cmp(&(&b.team, &b.name)));
+        let discovered = match fleet.and_then(|(d, _)| d.discovery.clone()) {
+            Some(store) => {
+                self.rate_discovered(
+                    store.as_ref(),
+                    &issuers,
+                    teams,
+                    &mut summary,
+                    expiring_within_days,
+                    now,
+                )
+                .await?
+            }
+            None => Vec::new(),
+        };
         Ok(ComplianceReport {
             generated_at: now,
             expiring_within_days,
             summary,
             items,
+            discovered,
         })
+    }
+
+    /// Rates the unmanaged discovered certificates of agents in `teams`
+    /// (all when `None`) against the default policy: they belong to no
+    /// team. Key and signature come from the leaf the agent sent; the
+    /// issuer is known when one of certflow's issuing certificates signed
+    /// it, or (no leaf sent) when its issuer DN is one of theirs.
+    async fn rate_discovered(
+        &self,
+        store: &dyn certflow_core::ports::DiscoveryStore,
+        issuers: &[certflow_core::model::Issuer],
+        teams: Option<&[String]>,
+        summary: &mut Summary,
+        expiring_within_days: u32,
+        now: OffsetDateTime,
+    ) -> DomainResult<Vec<DiscoveredComplianceItem>> {
+        use certflow_core::discovery::{DiscoveryQuery, DiscoveryStatus};
+        let issuer_ders: Vec<Vec<u8>> = issuers
+            .iter()
+            .filter_map(|i| certflow_pki::parse_pem_certs("issuer", &i.issuing_cert_pem).ok())
+            .flatten()
+            .collect();
+        let issuer_dns: HashSet<&str> = issuers.iter().map(|i| i.subject.as_str()).collect();
+        let policies = self.policies.applicable("", "");
+        let rows = store
+            .list_discovered(&DiscoveryQuery {
+                status: DiscoveryStatus::Unmanaged,
+                teams: teams.map(<[String]>::to_vec),
+                agent_id: None,
+            })
+            .await?;
+        let mut out = Vec::new();
+        for d in rows {
+            let (parsed, issuer_known) = match d.item.certificate_der.as_deref() {
+                Some(der) => (
+                    parse(der),
+                    issuer_ders
+                        .iter()
+                        .any(|issuer| certflow_pki::is_signed_by(der, issuer)),
+                ),
+                None => (
+                    Parsed {
+                        signature_algorithm: None,
+                        rsa_bits: None,
+                    },
+                    issuer_dns.contains(d.item.issuer.as_str()),
+                ),
+            };
+            let findings = compliance::rate_discovered(
+                &compliance::DiscoveredSubject {
+                    not_after: d.item.not_after,
+                    rsa_bits: parsed.rsa_bits,
+                    signature_algorithm: parsed.signature_algorithm.as_deref(),
+                    issuer: &d.item.issuer,
+                    issuer_known,
+                },
+                &policies,
+                expiring_within_days,
+                now,
+            );
+            summary.add_discovered(&findings);
+            if !findings.is_empty() {
+                out.push(DiscoveredComplianceItem {
+                    discovered_id: d.id,
+                    agent_id: d.agent_id,
+                    agent_name: d.agent_name,
+                    source: d.item.source,
+                    subject: d.item.subject,
+                    names: d.item.names,
+                    fingerprint_sha256: d.item.fingerprint_sha256,
+                    findings,
+                });
+            }
+        }
+        Ok(out)
     }
 
     async fn rate_one(

@@ -36,6 +36,8 @@ fn csr() -> Vec<u8> {
 struct Env {
     _dir: tempfile::TempDir,
     store: Arc<SqliteStore>,
+    services: Services,
+    agents: Agents,
     deployments: Deployments,
     agent: Agent,
     now: OffsetDateTime,
@@ -105,6 +107,8 @@ async fn env() -> Env {
     Env {
         _dir: dir,
         store,
+        services,
+        agents,
         deployments,
         agent,
         now,
@@ -494,4 +498,97 @@ async fn take_over_issues_through_policy_within_the_agents_teams_once() {
         .await
         .unwrap_err();
     assert!(matches!(err, DomainError::NotFound(_)), "{err:?}");
+}
+
+#[tokio::test]
+async fn unmanaged_discoveries_are_rated_in_the_compliance_report() {
+    let e = env().await;
+    let issued = e
+        .services
+        .create_certificate(
+            &alice(),
+            &certflow_api::CreateCertificateRequest {
+                team: "edge".into(),
+                names: vec!["www.example.com".into()],
+                ..Default::default()
+            },
+            e.now,
+        )
+        .await
+        .unwrap();
+    let issuer = e.services.issuers().await.unwrap().remove(0);
+    // Legacy: SHA-1, RSA-1024, self-signed, expiring in 20 days.
+    let legacy = item("file:/etc/ssl/legacy.pem", &["legacy.example.com"]);
+    // No leaf sent, issued by certflow's CA (by DN), far from expiry.
+    let mut ours = item("tls:127.0.0.1:8443", &["other.example.com"]);
+    ours.certificate_pem = None;
+    ours.fingerprint_sha256 = "ab".repeat(32);
+    ours.issuer = issuer.subject.clone();
+    ours.not_after = e.now + time::Duration::days(200);
+    // A certflow version: managed, not rated as a discovery.
+    let mut managed = ours.clone();
+    managed.source = "tls:127.0.0.1:443".into();
+    managed.fingerprint_sha256 = issued.versions[0].fingerprint_sha256.clone();
+    e.deployments
+        .record_discovery(
+            &e.agent,
+            None,
+            &DiscoveryReport {
+                items: vec![legacy, ours, managed],
+            },
+            e.now,
+        )
+        .await
+        .unwrap();
+
+    let report = e
+        .services
+        .compliance_report(Some((&e.deployments, &e.agents)), None, 30, e.now)
+        .await
+        .unwrap();
+    assert_eq!(report.summary.discovered, 2);
+    assert_eq!(report.summary.certificates, 3);
+    assert_eq!(report.discovered.len(), 1, "{:?}", report.discovered);
+    let d = &report.discovered[0];
+    assert_eq!(d.source, "file:/etc/ssl/legacy.pem");
+    assert_eq!(d.agent_name, "web-01");
+    let rules: Vec<String> = d
+        .findings
+        .iter()
+        .map(|f| format!("{}:{}", f.rule, f.severity.as_str()))
+        .collect();
+    assert_eq!(
+        rules,
+        [
+            "weak-key:critical",
+            "weak-signature:critical",
+            "expiring:warning",
+            "unknown-issuer:warning"
+        ]
+    );
+    assert_eq!(report.summary.by_rule["weak-signature"], 1);
+    // The JSON keeps its fields and adds `discovered`.
+    let json = serde_json::to_value(&report).unwrap();
+    for k in [
+        "generated_at",
+        "expiring_within_days",
+        "summary",
+        "items",
+        "discovered",
+    ] {
+        assert!(json.get(k).is_some(), "{k}");
+    }
+    // Team scope: the agent is in payments and edge, not in "other".
+    let scoped = e
+        .services
+        .compliance_report(
+            Some((&e.deployments, &e.agents)),
+            Some(&["other".to_owned()]),
+            30,
+            e.now,
+        )
+        .await
+        .unwrap();
+    assert!(scoped.discovered.is_empty());
+    assert_eq!(scoped.summary.discovered, 0);
 }

@@ -188,27 +188,45 @@ fn csv_field(out: &mut String, s: &str) {
     }
 }
 
-/// The report as CSV: a header row, then one row per finding, CRLF line ends.
+fn csv_row(out: &mut String, fields: &[&str]) {
+    for (i, field) in fields.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        csv_field(out, field);
+    }
+    out.push_str("\r\n");
+}
+
+/// The report as CSV: a header row, then one row per finding, CRLF line
+/// ends. Findings of unmanaged discovered certificates follow in the same
+/// columns: no certificate id or team (certflow has neither), the source as
+/// the name, and the discovering agent named in the message.
 pub fn to_csv(report: &ComplianceReport) -> String {
     let mut out = String::from("certificate_id,name,team,rule,severity,message\r\n");
     for item in &report.items {
         for f in &item.findings {
             let id = item.certificate_id.to_string();
-            let fields = [
-                id.as_str(),
-                &item.name,
-                &item.team,
-                f.rule,
-                f.severity.as_str(),
-                &f.message,
-            ];
-            for (i, field) in fields.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                csv_field(&mut out, field);
-            }
-            out.push_str("\r\n");
+            csv_row(
+                &mut out,
+                &[
+                    &id,
+                    &item.name,
+                    &item.team,
+                    f.rule,
+                    f.severity.as_str(),
+                    &f.message,
+                ],
+            );
+        }
+    }
+    for item in &report.discovered {
+        for f in &item.findings {
+            let message = format!("{} (found by agent {})", f.message, item.agent_name);
+            csv_row(
+                &mut out,
+                &["", &item.source, "", f.rule, f.severity.as_str(), &message],
+            );
         }
     }
     out

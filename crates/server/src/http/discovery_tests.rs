@@ -208,6 +208,46 @@ async fn discovered_certificates_are_listed_by_team_and_taken_over_once() {
     .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
 
+    // The compliance report rates them (JSON field and CSV rows).
+    let (status, _, report) = send(
+        &app,
+        "role:viewer:a",
+        "GET",
+        "/console/api/v1/compliance?team=a",
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(
+        report["discovered"].as_array().unwrap().len(),
+        2,
+        "{report}"
+    );
+    assert_eq!(report["summary"]["discovered"], 2);
+    let req = Request::builder()
+        .uri("/console/api/v1/compliance?team=a&format=csv")
+        .header(header::AUTHORIZATION, "Bearer role:viewer:a")
+        .body(Body::empty())
+        .unwrap();
+    let resp = app.clone().oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let csv = String::from_utf8(
+        axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .unwrap()
+            .to_vec(),
+    )
+    .unwrap();
+    assert!(
+        csv.starts_with("certificate_id,name,team,rule,severity,message\r\n"),
+        "{csv}"
+    );
+    assert!(
+        csv.contains(",file:/etc/ssl/legacy.pem,,weak-signature,critical,"),
+        "{csv}"
+    );
+    assert!(csv.contains("(found by agent web-01)"), "{csv}");
+
     // Take-over: viewers may not; a team outside the agent's is refused.
     let take = format!("{LIST}/{id}/take-over");
     let (status, _, _) = send(
