@@ -239,7 +239,8 @@ impl Services {
 
     /// Rates the unmanaged discovered certificates of agents in `teams`
     /// (all when `None`) against the default policy: they belong to no
-    /// team. Key and signature come from the leaf the agent sent; the
+    /// team. One already taken over is skipped: its replacement is a
+    /// managed certificate, rated as such, and the agent installs it. Key and signature come from the leaf the agent sent; the
     /// issuer is known when one of certflow's issuing certificates signed
     /// it, or (no leaf sent) when its issuer DN is one of theirs.
     async fn rate_discovered(
@@ -267,7 +268,10 @@ impl Services {
             })
             .await?;
         let mut out = Vec::new();
-        for d in rows {
+        for d in rows
+            .into_iter()
+            .filter(|d| d.taken_over_certificate_id.is_none())
+        {
             let (parsed, issuer_known) = match d.item.certificate_der.as_deref() {
                 Some(der) => (
                     parse(der),

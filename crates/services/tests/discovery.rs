@@ -591,4 +591,39 @@ async fn unmanaged_discoveries_are_rated_in_the_compliance_report() {
         .unwrap();
     assert!(scoped.discovered.is_empty());
     assert_eq!(scoped.summary.discovered, 0);
+
+    // Once taken over, the replacement is what certflow rates.
+    e.deployments
+        .take_over_discovered(
+            &person(&[Role::Admin], &[]),
+            &alice(),
+            e.deployments
+                .list_discovered(
+                    &person(&[Role::Admin], &[]),
+                    DiscoveryStatus::Unmanaged,
+                    None,
+                    None,
+                )
+                .await
+                .unwrap()
+                .iter()
+                .find(|d| d.item.source == "file:/etc/ssl/legacy.pem")
+                .unwrap()
+                .id,
+            &TakeOverRequest {
+                team: "payments".into(),
+                issuer: None,
+                name: None,
+            },
+            e.now,
+        )
+        .await
+        .unwrap();
+    let report = e
+        .services
+        .compliance_report(Some((&e.deployments, &e.agents)), None, 30, e.now)
+        .await
+        .unwrap();
+    assert!(report.discovered.is_empty(), "{:?}", report.discovered);
+    assert_eq!(report.summary.discovered, 1);
 }
