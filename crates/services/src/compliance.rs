@@ -240,9 +240,10 @@ impl Services {
     /// Rates the unmanaged discovered certificates of agents in `teams`
     /// (all when `None`) against the default policy: they belong to no
     /// team. One already taken over is skipped: its replacement is a
-    /// managed certificate, rated as such, and the agent installs it. Key and signature come from the leaf the agent sent; the
-    /// issuer is known when one of certflow's issuing certificates signed
-    /// it, or (no leaf sent) when its issuer DN is one of theirs.
+    /// managed certificate, rated as such, and the agent installs it. Key
+    /// and signature come from the leaf the agent sent; the issuer is known
+    /// when one of certflow's issuing certificates signed it, or (no leaf
+    /// sent) when its issuer DN is one of theirs.
     async fn rate_discovered(
         &self,
         store: &dyn certflow_core::ports::DiscoveryStore,
