@@ -394,7 +394,8 @@ pub struct IssuerView {
     pub id: Uuid,
     /// Name.
     pub name: String,
-    /// `internal`.
+    /// `internal`, `acme`, or `external`: the CA of imported certificates,
+    /// which certflow never issues from.
     pub kind: String,
     /// Used when a request names no issuer.
     pub is_default: bool,

@@ -351,6 +351,10 @@ pub enum IssuerKind {
     /// An ACME CA (RFC 8555); its settings come from the server configuration
     /// and `key_blob` holds the sealed account credentials.
     Acme,
+    /// A CA outside certflow that signed imported certificates: recorded so
+    /// they have an issuer, never used to issue (no key; `key_blob` is empty,
+    /// and `issuing_cert_pem` too when the import did not include it).
+    External,
 }
 
 /// A certificate authority certflow issues from.

@@ -80,7 +80,7 @@ pub enum CertCommand {
         #[arg(long)]
         csr: Option<PathBuf>,
     },
-    /// Import an existing certificate (PEM bundle or PKCS#12) signed by one of certflow's issuers.
+    /// Import an existing certificate (PEM bundle or PKCS#12), of a certflow issuer or another CA.
     Import {
         #[command(flatten)]
         client: ClientArgs,
@@ -108,6 +108,21 @@ pub enum CertCommand {
         /// Take over management: renew through certflow from now on.
         #[arg(long)]
         manage: bool,
+        /// With --manage: the certflow issuer (name) that renews it; required
+        /// for a certificate of another CA.
+        #[arg(long, requires = "manage")]
+        issuer: Option<String>,
+    },
+    /// Take over management of an inventory-only (imported) certificate.
+    Manage {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Certificate id.
+        id: Uuid,
+        /// The certflow issuer (name) that renews it; required for a
+        /// certificate of another CA.
+        #[arg(long)]
+        issuer: Option<String>,
     },
     /// List certificates.
     List {
@@ -448,6 +463,7 @@ pub async fn run_cert(cmd: CertCommand) -> anyhow::Result<()> {
             pkcs12,
             password_file,
             manage,
+            issuer,
         } => {
             let c = Client::new(&client)?;
             let mut body = serde_json::json!({
@@ -455,6 +471,7 @@ pub async fn run_cert(cmd: CertCommand) -> anyhow::Result<()> {
                 "name": name,
                 "labels": label_pairs(&labels)?.into_iter().collect::<std::collections::BTreeMap<_, _>>(),
                 "manage": manage,
+                "issuer": issuer,
             });
             if let Some(file) = &file {
                 // The key file's text joins the bundle in memory only.
@@ -600,6 +617,18 @@ pub async fn run_cert(cmd: CertCommand) -> anyhow::Result<()> {
                     Ok(())
                 }
             }
+        }
+        CertCommand::Manage { client, id, issuer } => {
+            let c = Client::new(&client)?;
+            let body = serde_json::json!({ "issuer": issuer });
+            let d: CertificateDetail = c
+                .json(
+                    c.http
+                        .post(c.url(&format!("/certificates/{id}/manage")))
+                        .json(&body),
+                )
+                .await?;
+            print_detail(c.output, &d)
         }
         CertCommand::Renew { client, id, csr } => {
             let c = Client::new(&client)?;

@@ -277,6 +277,16 @@ impl Services {
 
         let issuer = match req.issuer_id {
             Some(id) => match self.store.get_issuer(id).await? {
+                Some(i) if i.kind == IssuerKind::External => {
+                    errors.push(FieldError::new(
+                        "issuer_id",
+                        format!(
+                            "issuer '{}' is an external CA, which certflow cannot issue from",
+                            i.name
+                        ),
+                    ));
+                    None
+                }
                 Some(i) => Some(i),
                 None => {
                     errors.push(FieldError::new(
@@ -287,7 +297,14 @@ impl Services {
                 }
             },
             None => {
-                let issuers = self.store.list_issuers().await?;
+                // External CAs (of imported certificates) never issue.
+                let issuers: Vec<_> = self
+                    .store
+                    .list_issuers()
+                    .await?
+                    .into_iter()
+                    .filter(|i| i.kind != IssuerKind::External)
+                    .collect();
                 let default = issuers
                     .iter()
                     .find(|i| i.is_default)

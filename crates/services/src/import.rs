@@ -5,14 +5,16 @@
 //! metadata row and its `certificate.import` audit event in one transaction;
 //! a failed commit removes the blobs. The key never reaches logs or audit.
 //!
-//! Only certificates signed by one of certflow's issuers are accepted for
-//! now: the schema requires an issuer on every certificate and version, and
-//! an "external issuer" marker needs a migration (left for later).
+//! A certificate of a CA outside certflow is recorded under an issuer of
+//! kind `external` (one per CA: matched by its issuing certificate when the
+//! bundle carries it, else by DN), which never issues: managing such a
+//! certificate names the certflow issuer that renews it. An inventory-only
+//! certificate (`managed = false`) is never renewed until taken over.
 
 use bytes::Bytes;
 use certflow_core::model::{
-    Actor, AuditEvent, Certificate, CertificateStatus, CertificateVersion, Issuer, KeySource,
-    Labels, VersionStatus,
+    Actor, AuditEvent, Certificate, CertificateStatus, CertificateVersion, Issuer, IssuerKind,
+    KeySource, Labels, VersionStatus,
 };
 use certflow_core::policy::IssuanceRequest;
 use certflow_core::{DomainError, FieldError, Profile, SubjectName};
@@ -44,6 +46,9 @@ pub struct ImportRequest {
     pub password: Option<String>,
     /// Take over management: renew through certflow from now on.
     pub manage: bool,
+    /// With `manage`: the certflow issuer (by name) that renews it; by
+    /// default its signer, which must then be one of certflow's.
+    pub issuer: Option<String>,
 }
 
 impl std::fmt::Debug for ImportRequest {
@@ -54,6 +59,7 @@ impl std::fmt::Debug for ImportRequest {
             .field("pem", &self.pem.as_ref().map(|_| "[redacted]"))
             .field("pkcs12", &self.pkcs12_base64.as_ref().map(|_| "[redacted]"))
             .field("manage", &self.manage)
+            .field("issuer", &self.issuer)
             .finish_non_exhaustive()
     }
 }
@@ -203,21 +209,23 @@ impl Services {
                 .collect::<Vec<_>>(),
         )
         .map_err(ImportError::Unprocessable)?;
-        let Some(issuer) = self.own_issuer_of(leaf).await? else {
-            return Err(refuse(
-                field,
-                format!(
-                    "issued by '{}', which is not one of certflow's issuers; \
-                     certificates of other CAs cannot be imported yet",
-                    info.issuer
-                ),
-            ));
+        // `issuer` signed it (certflow's, or an external CA, new or recorded
+        // by an earlier import); `renewing` renews it when managed.
+        let (issuer, new_external) = match self.known_issuer_of(leaf).await? {
+            Some(known) => (known, false),
+            None => self.external_issuer(&info, &bundle.certs, now).await?,
         };
-        if self
-            .store
-            .version_by_serial(issuer.id, &info.serial_hex)
-            .await?
-            .is_some()
+        let renewing = if req.manage {
+            Some(self.renewing_issuer(req.issuer.as_deref(), &issuer).await?)
+        } else {
+            None
+        };
+        if !new_external
+            && self
+                .store
+                .version_by_serial(issuer.id, &info.serial_hex)
+                .await?
+                .is_some()
         {
             return Err(DomainError::Conflict(format!(
                 "a certificate with serial {} of issuer '{}' is already known",
@@ -227,11 +235,11 @@ impl Services {
         }
         let profile = Profile::TlsServer;
         let validity_days = profile.default_validity_days();
-        if req.manage {
+        if let Some(renewing) = &renewing {
             self.policies
                 .check(&IssuanceRequest {
                     team: &req.team,
-                    issuer: &issuer.name,
+                    issuer: &renewing.name,
                     profile,
                     key_type,
                     names: &names,
@@ -264,6 +272,18 @@ impl Services {
         } else {
             format!("{}{}", issuer.issuing_cert_pem, issuer.chain_pem)
         };
+        if new_external {
+            // Before the certificate that names it; should the certificate's
+            // commit fail, the row stays for the next import of that CA.
+            let audit = AuditEvent::success(
+                now,
+                actor,
+                "issuer.external",
+                format!("issuer/{}", issuer.id),
+                json!({ "name": issuer.name, "subject": issuer.subject }),
+            );
+            self.store.insert_issuer(&issuer, &audit).await?;
+        }
         let mut written = Vec::new();
         let mut key_blob = None;
         let stored: Result<(), DomainError> = async {
@@ -308,13 +328,14 @@ impl Services {
             key_blob,
             created_at: now,
         };
-        let renewal = self.renewal_defaults.resolve(&req.team, &issuer.name);
+        let renewal = self
+            .renewal_defaults
+            .resolve(&req.team, &renewing.as_ref().unwrap_or(&issuer).name);
         // An inventory-only certificate is never renewed (`managed` keeps it
         // out of the scheduler); its notAfter is when it stops being useful.
-        let renew_after = if req.manage {
-            self.renew_after(&issuer, &renewal, &version).await
-        } else {
-            info.not_after
+        let renew_after = match &renewing {
+            Some(renewing) => self.renew_after(renewing, &renewal, &version).await,
+            None => info.not_after,
         };
         let cert = Certificate {
             id,
@@ -334,7 +355,8 @@ impl Services {
             names,
             validity_days,
             validity_secs: None,
-            issuer_id: issuer.id,
+            // The issuer of its versions to come; the first keeps its signer.
+            issuer_id: renewing.as_ref().unwrap_or(&issuer).id,
             renewal,
             status: CertificateStatus::Active,
             managed: req.manage,
@@ -355,6 +377,7 @@ impl Services {
                 "serial": version.serial, "fingerprint_sha256": version.fingerprint_sha256,
                 "issuer": issuer.name, "format": if field == "pem" { "pem" } else { "pkcs12" },
                 "with_key": bundle.key.is_some(), "manage": req.manage,
+                "renewed_by": renewing.as_ref().map(|r| r.name.as_str()),
             }),
         );
         if let Err(e) = self
@@ -372,8 +395,172 @@ impl Services {
         })
     }
 
-    /// The certflow issuer whose issuing certificate signed `leaf`, if any.
-    async fn own_issuer_of(&self, leaf: &[u8]) -> Result<Option<Issuer>, DomainError> {
+    /// The external CA that signed a leaf no recorded issuer signed: the
+    /// issuing certificate from the bundle's chain when it holds one (a new
+    /// row, since a recorded one would have matched), else the external
+    /// issuer recorded by DN only under the leaf's issuer DN, else a new
+    /// DN-only one. A new row (`true`) is returned unsaved.
+    async fn external_issuer(
+        &self,
+        info: &certflow_pki::CertInfo,
+        certs: &[Vec<u8>],
+        now: OffsetDateTime,
+    ) -> Result<(Issuer, bool), DomainError> {
+        let leaf = &certs[0];
+        let issuing = certs[1..]
+            .iter()
+            .find(|c| certflow_pki::is_signed_by(leaf, c));
+        let (issuing_cert_pem, chain_pem, key_type, not_after, fingerprint) = match issuing {
+            Some(ca) => {
+                let ca_info = certflow_pki::inspect(ca)?;
+                let chain: String = certs[1..]
+                    .iter()
+                    .filter(|c| *c != ca)
+                    .map(|d| certflow_pki::cert_to_pem(d))
+                    .collect();
+                (
+                    certflow_pki::cert_to_pem(ca),
+                    chain,
+                    ca_info.key_type,
+                    ca_info.not_after,
+                    Some(ca_info.fingerprint_sha256),
+                )
+            }
+            None => {
+                let recorded = self.store.list_issuers().await?.into_iter().find(|i| {
+                    i.kind == IssuerKind::External
+                        && i.issuing_cert_pem.is_empty()
+                        && i.subject == info.issuer
+                });
+                if let Some(recorded) = recorded {
+                    return Ok((recorded, false));
+                }
+                // Without its certificate the CA's notAfter is unknown; the
+                // leaf's is the latest it is known to be valid.
+                (String::new(), String::new(), None, info.not_after, None)
+            }
+        };
+        let issuer = Issuer {
+            id: Uuid::now_v7(),
+            name: external_name(&info.issuer, fingerprint.as_deref()),
+            kind: IssuerKind::External,
+            is_default: false,
+            // Unknown without its certificate (or of a type certflow does not
+            // issue with); nothing reads it for an issuer that never signs.
+            key_type: key_type.unwrap_or_default(),
+            issuing_cert_pem,
+            chain_pem,
+            key_blob: String::new(),
+            root_key_blob: None,
+            subject: info.issuer.clone(),
+            not_after,
+            created_at: now,
+        };
+        Ok((issuer, true))
+    }
+
+    /// Takes over management of the inventory-only certificate `id`: from
+    /// now on it is renewed through `issuer` (a certflow issuer's name) or,
+    /// when none is named, through the issuer of its current version, which
+    /// must then be one of certflow's. Its names are held against the
+    /// issuance policy first; a refusal changes nothing. `Conflict` when it is
+    /// already managed or archived.
+    pub async fn manage_certificate(
+        &self,
+        actor: &Actor,
+        id: Uuid,
+        issuer: Option<&str>,
+        now: OffsetDateTime,
+    ) -> Result<CertificateView, ImportError> {
+        let view = self.certificate(id).await?;
+        let mut cert = view.certificate;
+        if cert.status == CertificateStatus::Archived {
+            return Err(DomainError::Conflict(format!("certificate {id} is archived")).into());
+        }
+        if cert.managed {
+            return Err(DomainError::Conflict(format!(
+                "certificate {id} is already managed by certflow"
+            ))
+            .into());
+        }
+        let current = view
+            .versions
+            .iter()
+            .find(|v| v.version == cert.current_version)
+            .ok_or_else(|| {
+                DomainError::Internal(format!("certificate {id} has no current version"))
+            })?;
+        let previous = self.issuer(cert.issuer_id).await?;
+        let target = self.renewing_issuer(issuer, &previous).await?;
+        self.policies
+            .check(&IssuanceRequest {
+                team: &cert.team,
+                issuer: &target.name,
+                profile: cert.profile,
+                key_type: cert.key_type,
+                names: &cert.names,
+                validity_days: cert.validity_days,
+                validity_secs: cert.validity_secs,
+            })
+            .map_err(ImportError::Unprocessable)?;
+        cert.managed = true;
+        cert.issuer_id = target.id;
+        cert.renew_after = self.renew_after(&target, &cert.renewal, current).await;
+        cert.updated_at = now;
+        let audit = AuditEvent::success(
+            now,
+            actor,
+            "certificate.manage",
+            format!("certificate/{id}"),
+            json!({
+                "issuer": target.name, "previous_issuer": previous.name,
+                "renew_after": cert.renew_after.unix_timestamp(),
+            }),
+        );
+        self.store.manage_certificate(&cert, &audit).await?;
+        tracing::info!(certificate = %id, issuer = %target.name, "certificate taken over");
+        Ok(self.certificate(id).await?)
+    }
+
+    /// The certflow issuer that will renew a certificate taken over: the one
+    /// named, else `current` (its issuer so far) when that is one of certflow's.
+    async fn renewing_issuer(
+        &self,
+        name: Option<&str>,
+        current: &Issuer,
+    ) -> Result<Issuer, ImportError> {
+        let Some(name) = name else {
+            return if can_issue(current) {
+                Ok(current.clone())
+            } else {
+                Err(DomainError::invalid(
+                    "issuer",
+                    format!(
+                        "the certificate was issued by the external CA '{}'; name the certflow \
+                         issuer that will renew it",
+                        current.subject
+                    ),
+                )
+                .into())
+            };
+        };
+        let issuers = self.store.list_issuers().await?;
+        match issuers.into_iter().find(|i| i.name == name) {
+            Some(i) if can_issue(&i) => Ok(i),
+            Some(_) => Err(DomainError::invalid(
+                "issuer",
+                format!("'{name}' is an external CA, which certflow cannot issue from"),
+            )
+            .into()),
+            None => {
+                Err(DomainError::invalid("issuer", format!("no issuer is named '{name}'")).into())
+            }
+        }
+    }
+
+    /// The issuer whose issuing certificate signed `leaf`, if any: one of
+    /// certflow's, or an external CA recorded with its certificate.
+    async fn known_issuer_of(&self, leaf: &[u8]) -> Result<Option<Issuer>, DomainError> {
         for issuer in self.store.list_issuers().await? {
             let Ok(certs) = certflow_pki::parse_pem_certs("issuer", &issuer.issuing_cert_pem)
             else {
@@ -387,6 +574,25 @@ impl Services {
             }
         }
         Ok(None)
+    }
+}
+
+/// Whether certflow can issue (and so renew) through `issuer`.
+fn can_issue(issuer: &Issuer) -> bool {
+    issuer.kind != IssuerKind::External
+}
+
+/// Name of the external issuer recorded for a CA: its CN (else its DN),
+/// with the start of its certificate's fingerprint when known, as different
+/// CAs may share a name.
+fn external_name(dn: &str, fingerprint: Option<&str>) -> String {
+    let cn = dn
+        .split(',')
+        .find_map(|rdn| rdn.trim().strip_prefix("CN="))
+        .unwrap_or(dn);
+    match fingerprint {
+        Some(f) => format!("external: {cn} ({})", &f[..f.len().min(12)]),
+        None => format!("external: {cn}"),
     }
 }
 
@@ -485,5 +691,321 @@ mod tests {
         assert!(!view.certificate.managed);
         assert_eq!(view.certificate.renew_after, view.certificate.not_after);
         assert_eq!(view.certificate.key_source, KeySource::Csr);
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod manage_tests {
+    use std::sync::Arc;
+
+    use certflow_api::ImportCaRequest;
+    use certflow_blob::{LocalKeyProvider, MasterKey, ObjectBlobStore, Sealer};
+    use certflow_core::model::{AuditQuery, KeyType};
+    use certflow_core::policy::IssuancePolicies;
+    use certflow_core::ports::{BlobStore as _, MetadataStore as _};
+    use certflow_pki::{CaMaterial, LeafRequest, cert_to_pem, create_ca, issue_leaf};
+    use certflow_store::SqliteStore;
+
+    use super::*;
+
+    struct Env {
+        _dir: tempfile::TempDir,
+        services: Services,
+        store: Arc<SqliteStore>,
+        blobs: Arc<ObjectBlobStore>,
+        /// Imported as certflow's issuer "legacy" (default).
+        own: CaMaterial,
+        /// A CA certflow does not know.
+        foreign: CaMaterial,
+        now: OffsetDateTime,
+    }
+
+    async fn env() -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteStore::open(&dir.path().join("db")).await.unwrap());
+        let blobs = Arc::new(ObjectBlobStore::local(&dir.path().join("blobs")).unwrap());
+        let sealer = Sealer::new(Arc::new(LocalKeyProvider::new(
+            MasterKey::generate().unwrap(),
+            vec![],
+        )));
+        let policies: IssuancePolicies =
+            serde_json::from_value(json!({ "default": { "allowed_domains": ["example.com"] } }))
+                .unwrap();
+        let services = Services::new(store.clone(), blobs.clone(), sealer, None)
+            .with_issuance_policies(policies.compile().unwrap());
+        let now = OffsetDateTime::now_utc().replace_nanosecond(0).unwrap();
+        let own = create_ca("Legacy", KeyType::EcdsaP256, now, 3650, 1825).unwrap();
+        let foreign = create_ca("Foreign", KeyType::EcdsaP256, now, 3650, 1825).unwrap();
+        services
+            .import_ca(
+                &Actor::system(),
+                &ImportCaRequest {
+                    name: "legacy".into(),
+                    certificate_pem: cert_to_pem(&own.issuing_cert_der),
+                    private_key_pem: own.issuing_key.to_pem().to_string(),
+                    chain_pem: Some(own.chain_der.iter().map(|d| cert_to_pem(d)).collect()),
+                    make_default: true,
+                },
+                now,
+            )
+            .await
+            .unwrap();
+        Env {
+            _dir: dir,
+            services,
+            store,
+            blobs,
+            own,
+            foreign,
+            now,
+        }
+    }
+
+    /// PEM of a leaf for `name` signed by `ca`, with its key, and with the
+    /// issuing certificate when `with_chain`.
+    fn bundle(ca: &CaMaterial, name: &str, now: OffsetDateTime, with_chain: bool) -> String {
+        let key = PrivateKey::generate(KeyType::EcdsaP256).unwrap();
+        let der = issue_leaf(
+            &ca.issuing_cert_der,
+            &ca.issuing_key,
+            &LeafRequest {
+                profile: Profile::TlsServer,
+                names: &[SubjectName::Dns(name.into())],
+                spki_der: &key.public_key_der(),
+                key_type: KeyType::EcdsaP256,
+                validity_days: 30,
+                validity_secs: None,
+                now,
+                urls: None,
+            },
+        )
+        .unwrap();
+        let mut pem = cert_to_pem(&der);
+        if with_chain {
+            pem.push_str(&cert_to_pem(&ca.issuing_cert_der));
+        }
+        pem.push_str(key.to_pem().as_str());
+        pem
+    }
+
+    fn import(team: &str, pem: String, manage: bool, issuer: Option<&str>) -> ImportRequest {
+        ImportRequest {
+            team: team.into(),
+            pem: Some(pem),
+            manage,
+            issuer: issuer.map(str::to_owned),
+            ..Default::default()
+        }
+    }
+
+    async fn manage_events(e: &Env, id: Uuid) -> usize {
+        e.store
+            .list_audit(&AuditQuery {
+                target: Some(format!("certificate/{id}")),
+                action_prefix: Some("certificate.manage".into()),
+                limit: 10,
+                ..AuditQuery::default()
+            })
+            .await
+            .unwrap()
+            .items
+            .len()
+    }
+
+    /// An inventory-only certificate is not renewed, not even on request;
+    /// taking it over makes it renewable, once.
+    #[tokio::test]
+    async fn inventory_is_not_renewed_until_taken_over_once() {
+        let e = env().await;
+        let actor = Actor::system();
+        let pem = bundle(&e.own, "www.example.com", e.now, false);
+        let view = e
+            .services
+            .import_certificate(&actor, &import("web", pem, false, None), e.now)
+            .await
+            .unwrap();
+        let id = view.certificate.id;
+        assert!(!view.certificate.managed);
+        let far = e.now + time::Duration::days(400);
+        assert!(e.store.due_for_renewal(far, 100).await.unwrap().is_empty());
+        match e.services.renew(&actor, id, None, e.now).await {
+            Err(DomainError::Conflict(m)) => assert!(m.contains("inventory only"), "{m}"),
+            other => panic!("expected 409, got {other:?}"),
+        }
+
+        let taken = e
+            .services
+            .manage_certificate(&actor, id, None, e.now)
+            .await
+            .unwrap();
+        assert!(taken.certificate.managed);
+        assert!(taken.certificate.renew_after < taken.certificate.not_after);
+        assert_eq!(manage_events(&e, id).await, 1);
+        let due = e.store.due_for_renewal(far, 100).await.unwrap();
+        assert_eq!(due.iter().map(|c| c.id).collect::<Vec<_>>(), vec![id]);
+        match e.services.manage_certificate(&actor, id, None, e.now).await {
+            Err(ImportError::Domain(DomainError::Conflict(m))) => {
+                assert!(m.contains("already managed"), "{m}")
+            }
+            other => panic!("expected 409, got {other:?}"),
+        }
+        assert_eq!(manage_events(&e, id).await, 1);
+        let renewed = e.services.renew(&actor, id, None, e.now).await.unwrap();
+        assert_eq!(renewed.certificate.current_version, 2);
+    }
+
+    /// A take-over the issuance policy refuses names the rule's field and
+    /// value and changes nothing.
+    #[tokio::test]
+    async fn manage_refused_by_policy_changes_nothing() {
+        let e = env().await;
+        let actor = Actor::system();
+        let pem = bundle(&e.own, "www.other.org", e.now, false);
+        let view = e
+            .services
+            .import_certificate(&actor, &import("web", pem, false, None), e.now)
+            .await
+            .unwrap();
+        let id = view.certificate.id;
+        match e.services.manage_certificate(&actor, id, None, e.now).await {
+            Err(ImportError::Unprocessable(fields)) => assert!(
+                fields.iter().any(|f| f.reason.contains("www.other.org")),
+                "{fields:?}"
+            ),
+            other => panic!("expected a policy refusal, got {other:?}"),
+        }
+        assert_eq!(
+            e.store.get_certificate(id).await.unwrap(),
+            Some(view.certificate)
+        );
+        assert_eq!(manage_events(&e, id).await, 0);
+    }
+
+    /// A certificate of another CA is kept under one `external` issuer per
+    /// CA; managing it needs a certflow issuer, whose renewals then replace
+    /// it; until then the compliance report flags its issuer.
+    #[tokio::test]
+    async fn external_certificates_are_inventory_until_a_certflow_issuer_takes_over() {
+        let e = env().await;
+        let actor = Actor::system();
+        let first = bundle(&e.foreign, "a.example.com", e.now, true);
+
+        // manage without naming a certflow issuer: 400 on `issuer`, nothing stored.
+        match e
+            .services
+            .import_certificate(&actor, &import("web", first.clone(), true, None), e.now)
+            .await
+        {
+            Err(ImportError::Domain(DomainError::Invalid(fields))) => {
+                assert_eq!(fields[0].field, "issuer", "{fields:?}")
+            }
+            other => panic!("expected 400 on issuer, got {other:?}"),
+        }
+        assert!(e.blobs.list("certificates/").await.unwrap().is_empty());
+        assert_eq!(e.store.list_issuers().await.unwrap().len(), 1);
+
+        let a = e
+            .services
+            .import_certificate(&actor, &import("web", first.clone(), false, None), e.now)
+            .await
+            .unwrap();
+        let issuers = e.store.list_issuers().await.unwrap();
+        let external = issuers
+            .iter()
+            .find(|i| i.kind == IssuerKind::External)
+            .unwrap()
+            .clone();
+        assert_eq!(a.certificate.issuer_id, external.id);
+        assert_eq!(a.versions[0].issuer_id, external.id);
+        assert!(!a.certificate.managed);
+        assert!(
+            external.name.starts_with("external: Foreign"),
+            "{}",
+            external.name
+        );
+        // The same certificate again: already known (serial and issuer).
+        assert!(matches!(
+            e.services
+                .import_certificate(&actor, &import("web", first, false, None), e.now)
+                .await,
+            Err(ImportError::Domain(DomainError::Conflict(_)))
+        ));
+        // Other certificates of that CA join its issuer, with or without the
+        // chain (the recorded CA certificate verifies them).
+        for (name, chain) in [("b.example.com", true), ("c.example.com", false)] {
+            let pem = bundle(&e.foreign, name, e.now, chain);
+            let v = e
+                .services
+                .import_certificate(&actor, &import("web", pem, false, None), e.now)
+                .await
+                .unwrap();
+            assert_eq!(v.certificate.issuer_id, external.id, "{name}");
+        }
+        // A CA never seen with its certificate is known by its DN only: one row.
+        let third = create_ca("Third", KeyType::EcdsaP256, e.now, 3650, 1825).unwrap();
+        let mut dn_only = Vec::new();
+        for name in ["d.example.com", "e.example.com"] {
+            let pem = bundle(&third, name, e.now, false);
+            let v = e
+                .services
+                .import_certificate(&actor, &import("web", pem, false, None), e.now)
+                .await
+                .unwrap();
+            dn_only.push(v.certificate.issuer_id);
+        }
+        assert_eq!(dn_only[0], dn_only[1]);
+        let by_dn = e.services.issuer(dn_only[0]).await.unwrap();
+        assert_ne!(by_dn.id, external.id);
+        assert_eq!(
+            (by_dn.kind, by_dn.issuing_cert_pem.as_str()),
+            (IssuerKind::External, "")
+        );
+        assert!(by_dn.subject.contains("Third"), "{}", by_dn.subject);
+        assert_eq!(e.store.list_issuers().await.unwrap().len(), 3);
+        let report = e
+            .services
+            .compliance_report(None, None, 30, e.now)
+            .await
+            .unwrap();
+        let item = report
+            .items
+            .iter()
+            .find(|i| i.certificate_id == a.certificate.id)
+            .unwrap();
+        assert!(
+            item.findings
+                .iter()
+                .any(|f| f.rule == certflow_core::compliance::rules::UNKNOWN_ISSUER),
+            "{item:?}"
+        );
+
+        // External CAs never issue.
+        match e
+            .services
+            .manage_certificate(&actor, a.certificate.id, Some(&external.name), e.now)
+            .await
+        {
+            Err(ImportError::Domain(DomainError::Invalid(fields))) => {
+                assert_eq!(fields[0].field, "issuer")
+            }
+            other => panic!("expected 400 on issuer, got {other:?}"),
+        }
+        let taken = e
+            .services
+            .manage_certificate(&actor, a.certificate.id, Some("legacy"), e.now)
+            .await
+            .unwrap();
+        let legacy = issuers.iter().find(|i| i.name == "legacy").unwrap();
+        assert_eq!(taken.certificate.issuer_id, legacy.id);
+        assert_eq!(taken.versions[0].issuer_id, external.id);
+        let renewed = e
+            .services
+            .renew(&actor, a.certificate.id, None, e.now)
+            .await
+            .unwrap();
+        assert_eq!(renewed.versions[0].issuer_id, legacy.id);
+        let der = e.blobs.get(&renewed.versions[0].cert_blob).await.unwrap();
+        assert!(certflow_pki::is_signed_by(&der, &e.own.issuing_cert_der));
     }
 }

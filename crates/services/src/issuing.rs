@@ -151,6 +151,10 @@ impl Backends {
                         issuer.name
                     ),
                 }),
+            IssuerKind::External => Err(DomainError::Conflict(format!(
+                "issuer '{}' is an external CA: certflow cannot issue from it",
+                issuer.name
+            ))),
         }
     }
 }

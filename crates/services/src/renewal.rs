@@ -65,7 +65,12 @@ impl Services {
     ) -> OffsetDateTime {
         let u = jitter_seed(version.certificate_id, version.version);
         let ari = match self.backends.get(issuer) {
-            Ok(backend) if issuer.kind != certflow_core::model::IssuerKind::Internal => {
+            // Only the CA that signed the version can advise on it (a
+            // certificate taken over from another CA has no window here yet).
+            Ok(backend)
+                if issuer.kind != certflow_core::model::IssuerKind::Internal
+                    && version.issuer_id == issuer.id =>
+            {
                 match self.blobs.get(&version.cert_blob).await {
                     Ok(der) => match backend.renewal_info(issuer, &der).await {
                         Ok(window) => window,

@@ -194,6 +194,7 @@ pub(crate) fn issuer_kind(kind: IssuerKind) -> &'static str {
     match kind {
         IssuerKind::Internal => "internal",
         IssuerKind::Acme => "acme",
+        IssuerKind::External => "external",
     }
 }
 
@@ -201,6 +202,7 @@ fn parse_issuer_kind(s: &str) -> Option<IssuerKind> {
     match s {
         "internal" => Some(IssuerKind::Internal),
         "acme" => Some(IssuerKind::Acme),
+        "external" => Some(IssuerKind::External),
         _ => None,
     }
 }
@@ -369,9 +371,8 @@ mod tests {
 
     #[test]
     fn issuer_kind_round_trips() {
-        assert_eq!(
-            parse_issuer_kind(issuer_kind(IssuerKind::Internal)),
-            Some(IssuerKind::Internal)
-        );
+        for kind in [IssuerKind::Internal, IssuerKind::Acme, IssuerKind::External] {
+            assert_eq!(parse_issuer_kind(issuer_kind(kind)), Some(kind));
+        }
     }
 }

@@ -30,7 +30,10 @@ pub fn declared(method: &Method, path: &str) -> Option<Permission> {
         ("POST", "/certificates/{id}/pkcs12") => KeyDownload,
         (
             "POST",
-            "/certificates/{id}/renew" | "/certificates/{id}/revoke" | "/certificates/{id}/archive",
+            "/certificates/{id}/renew"
+            | "/certificates/{id}/revoke"
+            | "/certificates/{id}/archive"
+            | "/certificates/{id}/manage",
         ) => CertificateWrite,
         ("GET", "/issuers") => IssuerRead,
         ("POST", "/issuers/import") => IssuerAdmin,

@@ -137,6 +137,7 @@ fn issuer_view(i: &Issuer) -> IssuerView {
         kind: match i.kind {
             certflow_core::model::IssuerKind::Internal => "internal".into(),
             certflow_core::model::IssuerKind::Acme => "acme".into(),
+            certflow_core::model::IssuerKind::External => "external".into(),
         },
         is_default: i.is_default,
         key_type: i.key_type.as_str().into(),
@@ -150,7 +151,7 @@ fn issuer_view(i: &Issuer) -> IssuerView {
 
 /// The caller must hold `permission` for the team owning certificate `id`
 /// (an unknown id is a 404, as for everyone).
-async fn authorize_certificate(
+pub(super) async fn authorize_certificate(
     state: &AppState,
     principal: &Principal,
     id: Uuid,

@@ -3,7 +3,7 @@
 //! taking over its renewal.
 
 use axum::Extension;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use certflow_api::{CertificateDetail, Problem};
@@ -13,10 +13,11 @@ use certflow_core::model::{Actor, Labels};
 use certflow_services::{ImportError, ImportRequest};
 use serde::Deserialize;
 use utoipa::ToSchema;
+use uuid::Uuid;
 
 use super::AppState;
 use super::access::check_team;
-use super::console::{Json, detail, now};
+use super::console::{Json, authorize_certificate, detail, now};
 use super::errors::{ApiError, ApiResult};
 
 /// An existing certificate to import. Give exactly one of `pem` and `pkcs12_base64`.
@@ -45,13 +46,21 @@ pub struct ImportCertificateRequest {
     /// must pass the issuance policy). Otherwise inventory only, never renewed.
     #[serde(default)]
     pub manage: bool,
+    /// With `manage`: name of the certflow issuer that renews it. By default
+    /// the issuer that signed it, which must then be one of certflow's
+    /// (required for a certificate of another CA).
+    #[serde(default)]
+    pub issuer: Option<String>,
 }
 
 /// Import an existing certificate (PEM bundle or PKCS#12, with or without its key).
 ///
-/// The key, if given, is stored sealed like every certflow key. 400: the
-/// bundle is unreadable; 422: it was read but refused (key does not match,
-/// not issued by a certflow issuer, policy); 409: already imported.
+/// The key, if given, is stored sealed like every certflow key. A
+/// certificate of a CA outside certflow is recorded under an `external`
+/// issuer (one per CA). 400: the bundle is unreadable, or `manage` names no
+/// certflow `issuer` for a certificate of another CA; 422: it was read but
+/// refused (key does not match, policy); 409: already imported (same serial
+/// and issuer).
 #[utoipa::path(post, path = "/certificates/import", tag = "certificates",
     request_body = ImportCertificateRequest,
     responses((status = 201, body = CertificateDetail), (status = 400, body = Problem), (status = 409, body = Problem), (status = 413, body = Problem), (status = 422, body = Problem)))]
@@ -70,6 +79,7 @@ pub async fn import_certificate(
         pkcs12_base64: req.pkcs12_base64,
         password: req.password,
         manage: req.manage,
+        issuer: req.issuer,
     };
     let view = match state.services.import_certificate(&actor, &req, now()).await {
         Ok(view) => view,
@@ -86,4 +96,52 @@ pub async fn import_certificate(
         resp.headers_mut().insert(header::LOCATION, v);
     }
     Ok(resp)
+}
+
+/// Taking over an inventory-only certificate.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ManageRequest {
+    /// Name of the certflow issuer that will renew it; by default the issuer
+    /// that signed it, which must then be one of certflow's (required for a
+    /// certificate of an external CA).
+    #[serde(default)]
+    pub issuer: Option<String>,
+}
+
+/// Take over management of an inventory-only certificate: certflow renews it
+/// from now on. The body is optional.
+///
+/// 400: the issuer is unknown, external, or missing for a certificate of an
+/// external CA; 422: its names break the issuance policy (nothing changes);
+/// 409: already managed, or archived.
+#[utoipa::path(post, path = "/certificates/{id}/manage", tag = "certificates",
+    params(("id" = Uuid, Path)),
+    request_body(content = ManageRequest, description = "Optional."),
+    responses((status = 200, body = CertificateDetail), (status = 400, body = Problem), (status = 404, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem)))]
+pub async fn manage_certificate(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<Uuid>,
+    body: axum::body::Bytes,
+) -> ApiResult<Json<CertificateDetail>> {
+    authorize_certificate(&state, &principal, id, Permission::CertificateWrite).await?;
+    let req: ManageRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        ManageRequest::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError::invalid_field("body", e.to_string()))?
+    };
+    match state
+        .services
+        .manage_certificate(&actor, id, req.issuer.as_deref(), now())
+        .await
+    {
+        Ok(view) => Ok(Json(detail(&state, view).await?)),
+        Err(ImportError::Unprocessable(fields)) => {
+            Err(ApiError::from(DomainError::Invalid(fields))
+                .with_status(StatusCode::UNPROCESSABLE_ENTITY))
+        }
+        Err(ImportError::Domain(e)) => Err(e.into()),
+    }
 }

@@ -1,7 +1,8 @@
 //! Router tests of `POST /certificates/import`: PEM with key and chain, PEM
 //! without key, PKCS#12, and every refusal (none of which stores a row or a
-//! blob). Leaves are signed by a CA made here and imported as an issuer, so
-//! the test holds the CA key; a second CA stays foreign to certflow.
+//! blob), and `POST /certificates/{id}/manage`. Leaves are signed by a CA
+//! made here and imported as an issuer, so the test holds the CA key; a
+//! second CA stays foreign to certflow.
 
 use base64::Engine as _;
 use certflow_core::model::KeyType;
@@ -241,11 +242,17 @@ async fn refusals_name_the_field_and_store_nothing() {
             StatusCode::BAD_REQUEST,
             "pkcs12_base64",
         ),
-        // Signed by a CA certflow does not know.
+        // Signed by a CA certflow does not know, to be managed: which
+        // certflow issuer renews it?
         (
-            json!({ "team": "t", "pem": cert_to_pem(&foreign_der) }),
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "pem",
+            json!({ "team": "t", "pem": cert_to_pem(&foreign_der), "manage": true }),
+            StatusCode::BAD_REQUEST,
+            "issuer",
+        ),
+        (
+            json!({ "team": "t", "pem": cert_to_pem(&foreign_der), "manage": true, "issuer": "nope" }),
+            StatusCode::BAD_REQUEST,
+            "issuer",
         ),
         // A CA certificate where the leaf belongs.
         (
@@ -268,4 +275,85 @@ async fn refusals_name_the_field_and_store_nothing() {
         assert_eq!(blob_count(&h).await, 0, "{body}");
     }
     assert!(audit_of(&h, "certificate.import").await.is_empty());
+}
+
+/// A certificate of a foreign CA is imported as inventory under an external
+/// issuer, listed by `managed=false`, and taken over through a named
+/// certflow issuer (once), after which it renews through that issuer.
+#[tokio::test]
+async fn foreign_inventory_is_taken_over_through_a_certflow_issuer() {
+    let legacy = ca("Legacy");
+    let foreign = ca("Foreign");
+    let h = harness_with_ca(&legacy).await;
+    let key = PrivateKey::generate(KeyType::EcdsaP256).unwrap();
+    let der = leaf(&foreign, "ext.example.com", &key);
+    let pem = format!(
+        "{}{}{}",
+        cert_to_pem(&der),
+        cert_to_pem(&foreign.issuing_cert_der),
+        key.to_pem().as_str()
+    );
+    let (status, cert) = h
+        .json(
+            "POST",
+            IMPORT,
+            Some(json!({ "team": "payments", "pem": pem })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{cert}");
+    assert_eq!(cert["managed"], false, "{cert}");
+    let id = cert["id"].as_str().unwrap().to_owned();
+    let (_, issuers) = h.json("GET", "/console/api/v1/issuers", None).await;
+    let kinds: Vec<(&str, &str)> = issuers
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| (i["name"].as_str().unwrap(), i["kind"].as_str().unwrap()))
+        .collect();
+    assert!(kinds.contains(&("legacy", "internal")), "{issuers}");
+    let external = kinds.iter().find(|(_, k)| *k == "external").unwrap();
+    assert!(external.0.starts_with("external: Foreign"), "{issuers}");
+    let (_, inventory) = h
+        .json("GET", "/console/api/v1/certificates?managed=false", None)
+        .await;
+    assert_eq!(inventory["items"][0]["id"], id.as_str(), "{inventory}");
+    let (_, managed) = h
+        .json("GET", "/console/api/v1/certificates?managed=true", None)
+        .await;
+    assert_eq!(managed["total"], 0, "{managed}");
+    let (status, problem) = h
+        .json("GET", "/console/api/v1/certificates?managed=maybe", None)
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(problem_fields(&problem)[0].0, "managed");
+    // Renewing inventory is refused until it is taken over.
+    let renew = format!("/console/api/v1/certificates/{id}/renew");
+    let (status, problem) = h.json("POST", &renew, Some(json!({}))).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{problem}");
+    assert!(problem.to_string().contains("inventory only"), "{problem}");
+
+    let manage = format!("/console/api/v1/certificates/{id}/manage");
+    let (status, problem) = h.json("POST", &manage, None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{problem}");
+    assert_eq!(problem_fields(&problem)[0].0, "issuer");
+    let (status, problem) = h
+        .json("POST", &manage, Some(json!({ "issuer": external.0 })))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{problem}");
+    assert_eq!(problem_fields(&problem)[0].0, "issuer");
+    assert!(audit_of(&h, "certificate.manage").await.is_empty());
+
+    let (status, taken) = h
+        .json("POST", &manage, Some(json!({ "issuer": "legacy" })))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{taken}");
+    assert_eq!(taken["managed"], true, "{taken}");
+    assert_eq!(audit_of(&h, "certificate.manage").await.len(), 1);
+    let (status, again) = h
+        .json("POST", &manage, Some(json!({ "issuer": "legacy" })))
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{again}");
+    let (status, renewed) = h.json("POST", &renew, Some(json!({}))).await;
+    assert_eq!(status, StatusCode::OK, "{renewed}");
+    assert_eq!(renewed["current_version"], 2);
 }

@@ -232,6 +232,8 @@ pub async fn probe_issuers(
     let mut results = BTreeMap::new();
     for issuer in issuers {
         let up = match issuer.kind {
+            // Nothing to reach: certflow never issues from an external CA.
+            certflow_core::model::IssuerKind::External => continue,
             certflow_core::model::IssuerKind::Acme => match acme.get(&issuer.name) {
                 Some(probe) => probe_acme(probe).await,
                 None => Err("not configured on this server".to_owned()),

@@ -91,6 +91,7 @@ pub fn console_api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         ))
         .routes(routes!(console::get_certificate))
         .routes(routes!(import::import_certificate))
+        .routes(routes!(import::manage_certificate))
         .routes(routes!(console::download))
         .routes(routes!(console::download_pkcs12))
         .routes(routes!(console::renew))

@@ -427,6 +427,7 @@ pub(super) async fn issuers(ctx: Ctx, State(state): State<AppState>) -> PageResu
             kind: match i.kind {
                 IssuerKind::Internal => "internal CA",
                 IssuerKind::Acme => "ACME",
+                IssuerKind::External => "external",
             },
             default: i.is_default,
             key_type: i.key_type.as_str(),

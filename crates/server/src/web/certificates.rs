@@ -17,12 +17,12 @@ use certflow_core::access::{Permission, Principal};
 use certflow_core::agents::AgentStatus;
 use certflow_core::error::FieldError;
 use certflow_core::model::{
-    AuditEvent, AuditQuery, Certificate, CertificateQuery, CertificateStatus, KeyType,
+    AuditEvent, AuditQuery, Certificate, CertificateQuery, CertificateStatus, IssuerKind, KeyType,
     RevocationReason, SortKey,
 };
 use certflow_core::renewal::JobState;
 use certflow_services::agents::Agents;
-use certflow_services::{DownloadKind, Replacement};
+use certflow_services::{DownloadKind, ImportError, Replacement};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -420,6 +420,12 @@ struct Detail {
     name: String,
     team: String,
     status: &'static str,
+    /// `false`: inventory only, never renewed until taken over.
+    managed: bool,
+    /// Names of the certflow issuers a take-over may choose.
+    renewing_issuers: Vec<String>,
+    /// Whether its issuer so far is an external CA (a take-over must name one).
+    external: bool,
     labels: Vec<(String, String)>,
     profile: &'static str,
     key_type: &'static str,
@@ -467,14 +473,21 @@ pub(super) async fn detail(
     let now = now();
     let view = state.services.certificate(id).await?;
     let c = &view.certificate;
-    let issuer = state
-        .services
-        .issuers()
-        .await?
-        .into_iter()
-        .find(|i| i.id == c.issuer_id)
+    let issuers = state.services.issuers().await?;
+    let own = issuers.iter().find(|i| i.id == c.issuer_id);
+    let issuer = own
         .map(|i| format!("{} ({})", i.name, i.subject))
         .unwrap_or_else(|| c.issuer_id.to_string());
+    let external = own.is_some_and(|i| i.kind == IssuerKind::External);
+    let renewing_issuers = if c.managed {
+        Vec::new()
+    } else {
+        issuers
+            .iter()
+            .filter(|i| i.kind != IssuerKind::External)
+            .map(|i| i.name.clone())
+            .collect()
+    };
     let chain_pem = state
         .services
         .download(id, None, DownloadKind::FullChain)
@@ -507,7 +520,11 @@ pub(super) async fn detail(
     let renewal = match job {
         None => RenewalRow {
             policy,
-            next: format!("{} ({})", when(c.renew_after), relative(c.renew_after, now)),
+            next: if c.managed {
+                format!("{} ({})", when(c.renew_after), relative(c.renew_after, now))
+            } else {
+                "never: inventory only".into()
+            },
             state: "idle".into(),
             attempts: 0,
             last_error: String::new(),
@@ -536,6 +553,7 @@ pub(super) async fn detail(
     let notice = match raw.as_deref().unwrap_or("") {
         "done=created" => "The certificate was issued.",
         "done=renewed" => "The certificate was renewed: a new version is current.",
+        "done=managed" => "certflow manages the certificate now: it is renewed on schedule.",
         "done=revoked" => "The certificate was revoked.",
         "done=replaced" => {
             "The version was revoked and a replacement issued: agents install it on their next poll."
@@ -579,6 +597,9 @@ pub(super) async fn detail(
         name: c.name.clone(),
         team: c.team.clone(),
         status: c.status.as_str(),
+        managed: c.managed,
+        renewing_issuers,
+        external,
         labels: c
             .labels
             .iter()
@@ -645,6 +666,38 @@ pub(super) async fn renew(
     Ok(redirect(&format!(
         "/console/certificates/{id}?done=renewed"
     )))
+}
+
+/// `POST /console/certificates/{id}/manage`: take over an inventory-only
+/// certificate, renewed through the chosen certflow issuer (empty: its own).
+pub(super) async fn manage(
+    ctx: Ctx,
+    State(state): State<AppState>,
+    Path(id): Path<Uuid>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> PageResult<Response> {
+    let form = ctx.form(&headers, &body)?;
+    authorized(&state, ctx.principal(), id, Permission::CertificateWrite).await?;
+    let issuer = Some(form.get("issuer")).filter(|i| !i.is_empty());
+    match state
+        .services
+        .manage_certificate(&ctx.actor, id, issuer, now())
+        .await
+    {
+        Ok(_) => Ok(redirect(&format!(
+            "/console/certificates/{id}?done=managed"
+        ))),
+        Err(ImportError::Unprocessable(fields)) => Err(PageError::Status(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            fields
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; "),
+        )),
+        Err(ImportError::Domain(e)) => Err(e.into()),
+    }
 }
 
 /// A revocation reason to choose.

@@ -69,6 +69,10 @@ pub fn router() -> Router<AppState> {
             post(certificates::renew),
         )
         .route(
+            "/console/certificates/{id}/manage",
+            post(certificates::manage),
+        )
+        .route(
             "/console/certificates/{id}/revoke",
             get(certificates::revoke_confirm).post(certificates::revoke),
         )
