@@ -15,7 +15,7 @@ use crate::{Api, Server, require, sh, start, stop};
 
 /// Exit code, stdout and stderr of `certflow-agent <args> --config <config>`,
 /// killed (and the test failed) if it runs longer than a minute.
-fn agent(config: &Path, args: &[&str]) -> (Option<i32>, String, String) {
+pub(crate) fn agent(config: &Path, args: &[&str]) -> (Option<i32>, String, String) {
     let dir = config.parent().unwrap();
     let (out, err) = (
         dir.join(format!("{}.out", args.join("-"))),

@@ -18,6 +18,7 @@ mod agent_paths;
 mod agents;
 mod console_ui;
 mod deployments;
+mod discovery;
 mod import;
 mod login;
 mod prometheus;
