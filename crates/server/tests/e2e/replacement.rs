@@ -4,7 +4,10 @@
 //! revoke --replace`) the agent's next poll shows the replacement as an
 //! active new version and the bundle is the replacement; without replace
 //! the assignment says `revoked`. A requester-held key revoked for
-//! keyCompromise cannot be replaced: 409 and nothing revoked.
+//! keyCompromise cannot be replaced: 409 and nothing revoked. And the real
+//! `certflow-agent` installs a replacement with its usual machinery and
+//! follows its certificates' `on_revoked` (remove and reload, or keep and
+//! warn), once per revoked version.
 
 use std::time::Duration;
 
@@ -200,4 +203,166 @@ fn agents_see_a_replacement_as_the_next_active_version() {
         revokes.iter().all(|e| e["details"]["replace"] == true),
         "{revokes:?}"
     );
+}
+
+/// The real `certflow-agent`: a replacement is installed by the next cycle
+/// like any new version; a revocation without one is acted on per
+/// `on_revoked`: `remove` takes the files out and reloads, once; `keep`
+/// leaves them and warns, once.
+#[test]
+fn the_agent_installs_a_replacement_and_follows_on_revoked() {
+    use crate::agent_nginx::private;
+    use crate::agent_paths::agent;
+
+    require("openssl", "apt-get install openssl");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let listen = format!("127.0.0.1:{}", certflow_testkit::free_port());
+    let server = start(
+        &dir.join("data"),
+        &[("CERTFLOW_AGENT__LISTEN", listen.as_str())],
+    )
+    .unwrap_or_else(|e| panic!("server did not start: {e}"));
+    let api = Api::new(&server, server.token_line.as_deref().unwrap());
+    let issuers: Value = api.get("/console/api/v1/issuers").json().unwrap();
+    std::fs::write(
+        dir.join("server-ca.pem"),
+        issuers[0]["issuing_cert_pem"].as_str().unwrap(),
+    )
+    .unwrap();
+    let mut ids = Vec::new();
+    for name in ["gone", "kept"] {
+        let (status, c) = api.post(
+            "/console/api/v1/certificates",
+            json!({ "team": "web", "name": name, "names": [format!("{name}.example.test")] }),
+        );
+        assert_eq!(status, 201, "{c}");
+        ids.push(c["id"].as_str().unwrap().to_owned());
+    }
+    let (status, jt) = api.post(
+        "/console/api/v1/agents/join-tokens",
+        json!({ "name": "app-01", "teams": ["web"], "ttl_minutes": 10 }),
+    );
+    assert_eq!(status, 201, "{jt}");
+    private(&dir.join("join-token"), jt["token"].as_str().unwrap());
+    let tls = dir.join("tls");
+    std::fs::create_dir_all(&tls).unwrap();
+    let config = dir.join("agent.toml");
+    private(
+        &config,
+        &format!(
+            r#"server = "https://{listen}"
+ca_file = "{d}/server-ca.pem"
+state_dir = "{d}/state"
+agent_name = "app-01"
+
+[auth]
+join_token_file = "{d}/join-token"
+
+[[certificate]]
+name = "gone"
+id = "{gone}"
+key = "server"
+on_revoked = "remove"
+[certificate.install]
+cert = "{t}/gone.crt"
+key = "{t}/gone.key"
+[certificate.reload]
+command = "echo reload >> {d}/gone.reloads"
+
+[[certificate]]
+name = "kept"
+id = "{kept}"
+key = "server"
+[certificate.install]
+cert = "{t}/kept.crt"
+key = "{t}/kept.key"
+"#,
+            d = dir.display(),
+            t = tls.display(),
+            gone = ids[0],
+            kept = ids[1],
+        ),
+    );
+    let ctx = |what: &str, out: &str, err: &str| {
+        format!(
+            "{what}\n--- stdout ---\n{out}\n--- stderr ---\n{err}\n--- server log ---\n{}",
+            server.log()
+        )
+    };
+    // Enrol, then assign both.
+    agent(&config, &["once"]);
+    let list: Value = api.get("/console/api/v1/agents").json().unwrap();
+    let agent_id = list["items"][0]["id"].as_str().unwrap().to_owned();
+    for id in &ids {
+        let (status, a) = api.post(
+            &format!("/console/api/v1/agents/{agent_id}/assignments"),
+            json!({ "certificate_id": id }),
+        );
+        assert_eq!(status, 201, "{a}");
+    }
+    let (code, out, err) = agent(&config, &["once"]);
+    assert_eq!(code, Some(0), "{}", ctx("first install", &out, &err));
+    let served = |name: &str| std::fs::read_to_string(tls.join(format!("{name}.crt"))).ok();
+    let v1 = served("gone").unwrap();
+
+    // Revoked with a replacement: the next cycle installs version 2.
+    let (status, d) = api.post(
+        &format!("/console/api/v1/certificates/{}/revoke", ids[0]),
+        json!({ "reason": "superseded", "replace": true }),
+    );
+    assert_eq!(status, 200, "{d}");
+    let (code, out, err) = agent(&config, &["once"]);
+    assert_eq!(code, Some(0), "{}", ctx("replacement", &out, &err));
+    let v2 = served("gone").unwrap();
+    assert_ne!(v1, v2, "{}", ctx("replacement", &out, &err));
+    // The same PEM, whatever the line endings.
+    assert_eq!(
+        v2.replace("\r\n", "\n").trim(),
+        api.download(&ids[0], "certificate")
+            .replace("\r\n", "\n")
+            .trim(),
+        "the replacement is served"
+    );
+
+    // Revoked without one: "remove" takes the files out and reloads once;
+    // "keep" leaves them and warns once.
+    for id in &ids {
+        let (status, d) = api.post(
+            &format!("/console/api/v1/certificates/{id}/revoke"),
+            json!({ "reason": "cessationOfOperation" }),
+        );
+        assert_eq!(status, 200, "{d}");
+    }
+    let (code, out, err) = agent(&config, &["once"]);
+    assert_eq!(code, Some(0), "{}", ctx("revoked", &out, &err));
+    assert!(
+        err.contains("installed files removed"),
+        "{}",
+        ctx("revoked", &out, &err)
+    );
+    assert!(
+        err.contains("left in place"),
+        "{}",
+        ctx("revoked", &out, &err)
+    );
+    assert!(served("gone").is_none(), "{}", ctx("revoked", &out, &err));
+    assert!(std::fs::symlink_metadata(tls.join("gone.key")).is_err());
+    assert!(served("kept").is_some(), "kept in place");
+    let reloads = || {
+        std::fs::read_to_string(dir.join("gone.reloads"))
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    // One reload per install (v1, v2) and one for the removal.
+    assert_eq!(reloads(), 3);
+    let (code, out, err) = agent(&config, &["once"]);
+    assert_eq!(code, Some(0), "{}", ctx("revoked again", &out, &err));
+    assert!(
+        !err.contains("installed files removed") && !err.contains("left in place"),
+        "{}",
+        ctx("once per version", &out, &err)
+    );
+    assert_eq!(reloads(), 3, "no second removal");
 }
