@@ -19,6 +19,57 @@ pub const DEFAULT_EXPIRING_WITHIN_DAYS: u32 = 30;
 /// Smallest RSA modulus accepted whatever the policies say (NIST SP 800-131A).
 pub const MIN_RSA_BITS: u32 = 2048;
 
+/// Smallest elliptic-curve size accepted (P-256; NIST SP 800-131A allows
+/// 224-bit curves only until 2030 and browsers accept none below P-256).
+pub const MIN_EC_BITS: u32 = 256;
+
+/// The public key of a rated certificate, as far as certflow can tell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PublicKeyInfo {
+    /// RSA with this modulus size.
+    Rsa {
+        /// Modulus size in bits.
+        bits: u32,
+    },
+    /// ECDSA on a named curve.
+    Ec {
+        /// The curve's name, or its OID when certflow does not know it.
+        curve: String,
+        /// The curve's size; `None` when certflow does not know the curve.
+        bits: Option<u32>,
+    },
+    /// Ed25519 or Ed448.
+    EdDsa,
+    /// DSA (withdrawn by FIPS 186-5; no browser accepts it).
+    Dsa,
+    /// A key algorithm certflow cannot identify, by OID.
+    Unknown {
+        /// The algorithm's OID, dotted.
+        algorithm: String,
+    },
+}
+
+impl PublicKeyInfo {
+    /// What a key of `key_type` is, when only the metadata is at hand.
+    pub fn of_key_type(key_type: crate::model::KeyType) -> Self {
+        use crate::model::KeyType;
+        match key_type {
+            KeyType::EcdsaP256 => Self::Ec {
+                curve: "P-256".into(),
+                bits: Some(256),
+            },
+            KeyType::EcdsaP384 => Self::Ec {
+                curve: "P-384".into(),
+                bits: Some(384),
+            },
+            KeyType::Rsa2048 => Self::Rsa { bits: 2048 },
+            KeyType::Rsa3072 => Self::Rsa { bits: 3072 },
+            KeyType::Rsa4096 => Self::Rsa { bits: 4096 },
+            KeyType::Ed25519 => Self::EdDsa,
+        }
+    }
+}
+
 /// How serious a finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -52,7 +103,8 @@ impl Severity {
 
 /// Rule ids (kebab-case, stable: they are metric labels and CSV values).
 pub mod rules {
-    /// RSA key smaller than 2048 bits or than a policy's minimum.
+    /// RSA key smaller than 2048 bits or than a policy's minimum, EC key
+    /// below 256 bits, DSA, or a key certflow cannot identify.
     pub const WEAK_KEY: &str = "weak-key";
     /// Signed with SHA-1 or MD5.
     pub const WEAK_SIGNATURE: &str = "weak-signature";
@@ -102,8 +154,8 @@ pub struct Subject<'a> {
     pub certificate: &'a Certificate,
     /// Its current version, if stored.
     pub current: Option<&'a CertificateVersion>,
-    /// RSA modulus size of the current version's key, if RSA.
-    pub rsa_bits: Option<u32>,
+    /// The current version's public key, if known.
+    pub key: Option<&'a PublicKeyInfo>,
     /// Signature algorithm of the stored certificate (e.g. `sha1WithRSAEncryption`), if parsed.
     pub signature_algorithm: Option<&'a str>,
     /// Where it stands on each assigned agent.
@@ -132,7 +184,7 @@ pub fn rate(
         })
     };
 
-    for f in key_and_signature(s.rsa_bits, s.signature_algorithm, policies) {
+    for f in key_and_signature(s.key, s.signature_algorithm, policies) {
         push(f.rule, f.severity, f.message);
     }
 
@@ -239,29 +291,17 @@ pub fn rate(
 
 /// The key-size and signature-algorithm rules (weak-key, weak-signature).
 fn key_and_signature(
-    rsa_bits: Option<u32>,
+    key: Option<&PublicKeyInfo>,
     signature_algorithm: Option<&str>,
     policies: &[&IssuancePolicy],
 ) -> Vec<Finding> {
     let mut out = Vec::new();
-    if let Some(bits) = rsa_bits {
-        let min = policies
-            .iter()
-            .filter_map(|p| p.min_rsa_bits)
-            .fold(MIN_RSA_BITS, u32::max);
-        if bits < MIN_RSA_BITS {
-            out.push(Finding {
-                rule: rules::WEAK_KEY,
-                severity: Severity::Critical,
-                message: format!("RSA key of {bits} bits is below {MIN_RSA_BITS}"),
-            });
-        } else if bits < min {
-            out.push(Finding {
-                rule: rules::WEAK_KEY,
-                severity: Severity::Warning,
-                message: format!("RSA key of {bits} bits is below the policy minimum of {min}"),
-            });
-        }
+    if let Some((severity, message)) = key.and_then(|k| weak_key(k, policies)) {
+        out.push(Finding {
+            rule: rules::WEAK_KEY,
+            severity,
+            message,
+        });
     }
     if let Some(alg) = signature_algorithm {
         let lower = alg.to_ascii_lowercase();
@@ -274,6 +314,54 @@ fn key_and_signature(
         }
     }
     out
+}
+
+/// The weak-key rule: how weak `key` is and why, if it is.
+fn weak_key(key: &PublicKeyInfo, policies: &[&IssuancePolicy]) -> Option<(Severity, String)> {
+    match key {
+        PublicKeyInfo::Rsa { bits } => {
+            let bits = *bits;
+            let min = policies
+                .iter()
+                .filter_map(|p| p.min_rsa_bits)
+                .fold(MIN_RSA_BITS, u32::max);
+            if bits < MIN_RSA_BITS {
+                Some((
+                    Severity::Critical,
+                    format!("RSA key of {bits} bits is below {MIN_RSA_BITS}"),
+                ))
+            } else if bits < min {
+                Some((
+                    Severity::Warning,
+                    format!("RSA key of {bits} bits is below the policy minimum of {min}"),
+                ))
+            } else {
+                None
+            }
+        }
+        PublicKeyInfo::Ec {
+            curve,
+            bits: Some(bits),
+        } if *bits < MIN_EC_BITS => Some((
+            Severity::Critical,
+            format!("EC key on {curve} ({bits} bits) is below {MIN_EC_BITS} bits"),
+        )),
+        PublicKeyInfo::Ec { bits: Some(_), .. } | PublicKeyInfo::EdDsa => None,
+        // Not knowing the curve means not knowing its strength: someone
+        // has to look, but nothing says it is broken.
+        PublicKeyInfo::Ec { curve, bits: None } => Some((
+            Severity::Warning,
+            format!("EC key on curve {curve}, which certflow cannot rate"),
+        )),
+        PublicKeyInfo::Dsa => Some((
+            Severity::Critical,
+            "DSA key: DSA is withdrawn (FIPS 186-5) and no browser accepts it".into(),
+        )),
+        PublicKeyInfo::Unknown { algorithm } => Some((
+            Severity::Warning,
+            format!("key algorithm {algorithm} is not one certflow can rate"),
+        )),
+    }
 }
 
 /// The expired and expiring rules for a certificate ending at `not_after`.
@@ -308,8 +396,8 @@ fn expiry(
 pub struct DiscoveredSubject<'a> {
     /// End of its validity.
     pub not_after: OffsetDateTime,
-    /// RSA modulus size of its key, if RSA and the certificate was sent.
-    pub rsa_bits: Option<u32>,
+    /// Its public key, if the certificate was sent.
+    pub key: Option<&'a PublicKeyInfo>,
     /// Its signature algorithm, if the certificate was sent.
     pub signature_algorithm: Option<&'a str>,
     /// Its issuer DN, as reported.
@@ -327,7 +415,7 @@ pub fn rate_discovered(
     expiring_within_days: u32,
     now: OffsetDateTime,
 ) -> Vec<Finding> {
-    let mut out = key_and_signature(s.rsa_bits, s.signature_algorithm, policies);
+    let mut out = key_and_signature(s.key, s.signature_algorithm, policies);
     out.extend(expiry(s.not_after, expiring_within_days, now));
     if !s.issuer_known {
         out.push(Finding {
@@ -503,7 +591,7 @@ mod tests {
 
     #[derive(Default)]
     struct Inputs {
-        rsa_bits: Option<u32>,
+        key: Option<PublicKeyInfo>,
         sig: Option<&'static str>,
         deployments: Vec<Option<(u32, DeploymentStatus)>>,
         revoked: Vec<u32>,
@@ -527,7 +615,7 @@ mod tests {
         let s = Subject {
             certificate: &c,
             current: Some(&v),
-            rsa_bits: inputs.rsa_bits,
+            key: inputs.key.as_ref(),
             signature_algorithm: inputs.sig,
             deployments: &deployments,
             revoked_versions: &inputs.revoked,
@@ -540,6 +628,50 @@ mod tests {
                 (f.rule, f.severity)
             })
             .collect()
+    }
+
+    fn ec(curve: &str, bits: Option<u32>) -> PublicKeyInfo {
+        PublicKeyInfo::Ec {
+            curve: curve.into(),
+            bits,
+        }
+    }
+
+    /// The message names what is weak, so that the report says what to fix.
+    #[test]
+    fn weak_key_messages_name_the_key() {
+        let message = |key: PublicKeyInfo| {
+            let f = key_and_signature(Some(&key), None, &[]);
+            assert_eq!(f.len(), 1, "{key:?}");
+            f[0].message.clone()
+        };
+        let m = message(ec("P-192", Some(192)));
+        assert!(m.contains("P-192") && m.contains("192 bits"), "{m}");
+        let m = message(ec("1.3.132.0.99", None));
+        assert!(
+            m.contains("1.3.132.0.99") && m.contains("cannot rate"),
+            "{m}"
+        );
+        assert!(message(PublicKeyInfo::Dsa).contains("DSA"));
+        let m = message(PublicKeyInfo::Unknown {
+            algorithm: "1.2.643.2.2.19".into(),
+        });
+        assert!(m.contains("1.2.643.2.2.19"), "{m}");
+    }
+
+    /// Without the certificate, the metadata's key type stands in; every
+    /// key type certflow issues passes.
+    #[test]
+    fn every_issued_key_type_is_known_and_strong() {
+        for kt in KeyType::ALL {
+            let key = PublicKeyInfo::of_key_type(kt);
+            assert!(!matches!(key, PublicKeyInfo::Unknown { .. }), "{kt:?}");
+            assert!(weak_key(&key, &[]).is_none(), "{kt:?}");
+        }
+        assert_eq!(
+            PublicKeyInfo::of_key_type(KeyType::EcdsaP384),
+            ec("P-384", Some(384))
+        );
     }
 
     #[test]
@@ -560,13 +692,13 @@ mod tests {
             },
             Case {
                 name: "rsa-1024",
-                edit: |_, _, i| i.rsa_bits = Some(1024),
+                edit: |_, _, i| i.key = Some(PublicKeyInfo::Rsa { bits: 1024 }),
                 policy: IssuancePolicy::default(),
                 expect: &[(rules::WEAK_KEY, Critical)],
             },
             Case {
                 name: "rsa-2048 under a 3072 policy",
-                edit: |_, _, i| i.rsa_bits = Some(2048),
+                edit: |_, _, i| i.key = Some(PublicKeyInfo::Rsa { bits: 2048 }),
                 policy: strict.clone(),
                 expect: &[
                     (rules::WEAK_KEY, Warning),
@@ -575,9 +707,64 @@ mod tests {
             },
             Case {
                 name: "rsa-4096",
-                edit: |_, _, i| i.rsa_bits = Some(4096),
+                edit: |_, _, i| i.key = Some(PublicKeyInfo::Rsa { bits: 4096 }),
                 policy: IssuancePolicy::default(),
                 expect: &[],
+            },
+            Case {
+                name: "P-192",
+                edit: |_, _, i| i.key = Some(ec("P-192", Some(192))),
+                policy: IssuancePolicy::default(),
+                expect: &[(rules::WEAK_KEY, Critical)],
+            },
+            Case {
+                name: "P-224",
+                edit: |_, _, i| i.key = Some(ec("P-224", Some(224))),
+                policy: IssuancePolicy::default(),
+                expect: &[(rules::WEAK_KEY, Critical)],
+            },
+            Case {
+                name: "P-256 under a 3072-bit RSA policy",
+                edit: |_, _, i| i.key = Some(ec("P-256", Some(256))),
+                policy: IssuancePolicy {
+                    min_rsa_bits: Some(3072),
+                    ..IssuancePolicy::default()
+                },
+                expect: &[],
+            },
+            Case {
+                name: "P-384",
+                edit: |_, _, i| i.key = Some(ec("P-384", Some(384))),
+                policy: IssuancePolicy::default(),
+                expect: &[],
+            },
+            Case {
+                name: "a curve certflow does not know",
+                edit: |_, _, i| i.key = Some(ec("1.2.3.4", None)),
+                policy: IssuancePolicy::default(),
+                expect: &[(rules::WEAK_KEY, Warning)],
+            },
+            Case {
+                name: "Ed25519",
+                edit: |_, _, i| i.key = Some(PublicKeyInfo::EdDsa),
+                policy: IssuancePolicy::default(),
+                expect: &[],
+            },
+            Case {
+                name: "DSA",
+                edit: |_, _, i| i.key = Some(PublicKeyInfo::Dsa),
+                policy: IssuancePolicy::default(),
+                expect: &[(rules::WEAK_KEY, Critical)],
+            },
+            Case {
+                name: "an unknown key algorithm",
+                edit: |_, _, i| {
+                    i.key = Some(PublicKeyInfo::Unknown {
+                        algorithm: "1.2.643.2.2.19".into(),
+                    })
+                },
+                policy: IssuancePolicy::default(),
+                expect: &[(rules::WEAK_KEY, Warning)],
             },
             Case {
                 name: "sha1",
@@ -684,7 +871,7 @@ mod tests {
         let s = Subject {
             certificate: &c,
             current: None,
-            rsa_bits: None,
+            key: None,
             signature_algorithm: None,
             deployments: &[],
             revoked_versions: &[],
@@ -701,7 +888,7 @@ mod tests {
     fn a_discovered_certificate_is_rated_for_key_signature_expiry_and_issuer() {
         let legacy = DiscoveredSubject {
             not_after: t0() - time::Duration::days(1),
-            rsa_bits: Some(1024),
+            key: Some(&PublicKeyInfo::Rsa { bits: 1024 }),
             signature_algorithm: Some("sha1WithRSAEncryption"),
             issuer: "CN=Old CA",
             issuer_known: false,
@@ -721,7 +908,7 @@ mod tests {
         );
         let fine = DiscoveredSubject {
             not_after: t0() + time::Duration::days(60),
-            rsa_bits: Some(2048),
+            key: Some(&PublicKeyInfo::Rsa { bits: 2048 }),
             signature_algorithm: Some("sha256WithRSAEncryption"),
             issuer: "CN=test Issuing CA",
             issuer_known: true,

@@ -6,7 +6,7 @@
 use std::collections::{HashMap, HashSet};
 
 use certflow_core::DomainResult;
-use certflow_core::compliance::{self, Finding, Subject, Summary};
+use certflow_core::compliance::{self, Finding, PublicKeyInfo, Subject, Summary};
 use certflow_core::deployments::DeploymentState;
 use certflow_core::model::{
     Certificate, CertificateQuery, CertificateStatus, SortKey, VersionStatus,
@@ -74,9 +74,10 @@ pub struct ComplianceReport {
 }
 
 /// What the stored certificate itself says (the metadata cannot tell).
+#[derive(Default)]
 struct Parsed {
     signature_algorithm: Option<String>,
-    rsa_bits: Option<u32>,
+    key: Option<PublicKeyInfo>,
 }
 
 /// Names of the signature algorithms x509-parser's registry might not spell
@@ -101,23 +102,95 @@ fn signature_name(oid: &str) -> Option<&'static str> {
     })
 }
 
-fn parse(der: &[u8]) -> Parsed {
+/// Named curves by OID with their size in bits (SEC 2, RFC 5639); any
+/// other curve is rated as one certflow cannot rate.
+fn named_curve(oid: &str) -> Option<(&'static str, u32)> {
+    Some(match oid {
+        "1.2.840.10045.3.1.1" => ("P-192", 192),
+        "1.3.132.0.33" => ("P-224", 224),
+        "1.2.840.10045.3.1.7" => ("P-256", 256),
+        "1.3.132.0.34" => ("P-384", 384),
+        "1.3.132.0.35" => ("P-521", 521),
+        "1.3.132.0.8" => ("secp160r1", 160),
+        "1.3.132.0.31" => ("secp192k1", 192),
+        "1.3.132.0.32" => ("secp224k1", 224),
+        "1.3.132.0.10" => ("secp256k1", 256),
+        "1.3.36.3.3.2.8.1.1.1" => ("brainpoolP160r1", 160),
+        "1.3.36.3.3.2.8.1.1.3" => ("brainpoolP192r1", 192),
+        "1.3.36.3.3.2.8.1.1.5" => ("brainpoolP224r1", 224),
+        "1.3.36.3.3.2.8.1.1.7" => ("brainpoolP256r1", 256),
+        "1.3.36.3.3.2.8.1.1.11" => ("brainpoolP384r1", 384),
+        "1.3.36.3.3.2.8.1.1.13" => ("brainpoolP512r1", 512),
+        _ => return None,
+    })
+}
+
+/// Size in bits of a big-endian unsigned integer (leading zero octets and
+/// bits do not count: a 2047-bit modulus is not a 2048-bit one).
+fn bit_length(bytes: &[u8]) -> u32 {
+    let bytes = match bytes.iter().position(|b| *b != 0) {
+        Some(i) => &bytes[i..],
+        None => return 0,
+    };
+    let full = u32::try_from(bytes.len() - 1).unwrap_or(u32::MAX / 16);
+    full * 8 + (8 - bytes[0].leading_zeros())
+}
+
+fn public_key(spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>) -> PublicKeyInfo {
     use x509_parser::public_key::PublicKey;
+    let algorithm = spki.algorithm.algorithm.to_id_string();
+    match algorithm.as_str() {
+        // id-Ed25519, id-Ed448 (RFC 8410).
+        "1.3.101.112" | "1.3.101.113" => return PublicKeyInfo::EdDsa,
+        // id-ecPublicKey: the curve is the parameters' OID (RFC 5480);
+        // explicit curve parameters are not rated.
+        "1.2.840.10045.2.1" => {
+            let oid = spki
+                .algorithm
+                .parameters
+                .as_ref()
+                // `as_oid` does not check the tag: a SEQUENCE of explicit
+                // parameters would read as a nonsense OID.
+                .filter(|p| p.header.tag().0 == 6)
+                .and_then(|p| p.as_oid().ok())
+                .map(|o| o.to_id_string());
+            return match oid {
+                Some(oid) => match named_curve(&oid) {
+                    Some((name, bits)) => PublicKeyInfo::Ec {
+                        curve: name.into(),
+                        bits: Some(bits),
+                    },
+                    None => PublicKeyInfo::Ec {
+                        curve: oid,
+                        bits: None,
+                    },
+                },
+                None => PublicKeyInfo::Ec {
+                    curve: "explicit parameters".into(),
+                    bits: None,
+                },
+            };
+        }
+        _ => {}
+    }
+    match spki.parsed() {
+        Ok(PublicKey::RSA(rsa)) => PublicKeyInfo::Rsa {
+            bits: bit_length(rsa.modulus),
+        },
+        Ok(PublicKey::DSA(_)) => PublicKeyInfo::Dsa,
+        _ => PublicKeyInfo::Unknown { algorithm },
+    }
+}
+
+fn parse(der: &[u8]) -> Parsed {
     let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
-        return Parsed {
-            signature_algorithm: None,
-            rsa_bits: None,
-        };
+        return Parsed::default();
     };
     let oid = cert.signature_algorithm.algorithm.to_id_string();
     let signature_algorithm = Some(signature_name(&oid).map_or(oid, str::to_owned));
-    let rsa_bits = match cert.public_key().parsed() {
-        Ok(PublicKey::RSA(rsa)) => u32::try_from(rsa.key_size()).ok(),
-        _ => None,
-    };
     Parsed {
         signature_algorithm,
-        rsa_bits,
+        key: Some(public_key(cert.public_key())),
     }
 }
 
@@ -281,17 +354,14 @@ impl Services {
                         .any(|issuer| certflow_pki::is_signed_by(der, issuer)),
                 ),
                 None => (
-                    Parsed {
-                        signature_algorithm: None,
-                        rsa_bits: None,
-                    },
+                    Parsed::default(),
                     issuer_dns.contains(d.item.issuer.as_str()),
                 ),
             };
             let findings = compliance::rate_discovered(
                 &compliance::DiscoveredSubject {
                     not_after: d.item.not_after,
-                    rsa_bits: parsed.rsa_bits,
+                    key: parsed.key.as_ref(),
                     signature_algorithm: parsed.signature_algorithm.as_deref(),
                     issuer: &d.item.issuer,
                     issuer_known,
@@ -339,21 +409,16 @@ impl Services {
                 Ok(der) => parse(&der),
                 Err(e) => {
                     tracing::warn!(certificate = %cert.id, error = %e, "compliance: certificate blob unreadable");
-                    Parsed {
-                        signature_algorithm: None,
-                        rsa_bits: None,
-                    }
+                    Parsed::default()
                 }
             },
-            None => Parsed {
-                signature_algorithm: None,
-                rsa_bits: None,
-            },
+            None => Parsed::default(),
         };
         let key_type = current.map_or(cert.key_type, |v| v.key_type);
-        let rsa_bits = parsed
-            .rsa_bits
-            .or_else(|| certflow_core::policy::rsa_bits(key_type));
+        // Without the certificate, the metadata's key type stands in.
+        let key = parsed
+            .key
+            .unwrap_or_else(|| PublicKeyInfo::of_key_type(key_type));
         let issuer_id = current.map_or(cert.issuer_id, |v| v.issuer_id);
         let issuer_name = issuer_names.get(&issuer_id);
         let policies = self
@@ -362,7 +427,7 @@ impl Services {
         let subject = Subject {
             certificate: cert,
             current,
-            rsa_bits,
+            key: Some(&key),
             signature_algorithm: parsed.signature_algorithm.as_deref(),
             deployments,
             revoked_versions: &revoked,
@@ -394,10 +459,75 @@ mod tests {
             parsed.signature_algorithm.as_deref(),
             Some("sha1WithRSAEncryption")
         );
-        assert_eq!(parsed.rsa_bits, Some(1024));
+        assert_eq!(parsed.key, Some(PublicKeyInfo::Rsa { bits: 1024 }));
         let garbage = parse(b"not a certificate");
-        assert!(garbage.signature_algorithm.is_none() && garbage.rsa_bits.is_none());
+        assert!(garbage.signature_algorithm.is_none() && garbage.key.is_none());
         // An OID outside the table is shown dotted.
         assert_eq!(signature_name("1.2.3.4"), None);
+    }
+
+    fn key_of(pem: &str) -> PublicKeyInfo {
+        let der = certflow_pki::parse_pem_certs("test", pem).unwrap();
+        parse(&der[0]).key.unwrap()
+    }
+
+    /// Every key kind the weak-key rule tells apart is recognised from the
+    /// certificate itself.
+    #[test]
+    fn the_stored_certificate_gives_the_key_kind_curve_and_size() {
+        // `openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime192v1`
+        assert_eq!(
+            key_of(include_str!("../../../testdata/compliance/ec-p192.pem")),
+            PublicKeyInfo::Ec {
+                curve: "P-192".into(),
+                bits: Some(192)
+            }
+        );
+        // `openssl ecparam -name prime256v1 -param_enc explicit`: a curve
+        // given by its parameters, not by name.
+        assert_eq!(
+            key_of(include_str!("../../../testdata/compliance/ec-explicit.pem")),
+            PublicKeyInfo::Ec {
+                curve: "explicit parameters".into(),
+                bits: None
+            }
+        );
+        // `openssl dsaparam 2048`, then `req -x509 -newkey dsa:... -sha256`.
+        assert_eq!(
+            key_of(include_str!("../../../testdata/compliance/dsa.pem")),
+            PublicKeyInfo::Dsa
+        );
+        let now = OffsetDateTime::now_utc();
+        for (kt, expected) in [
+            (
+                certflow_core::model::KeyType::EcdsaP384,
+                PublicKeyInfo::Ec {
+                    curve: "P-384".into(),
+                    bits: Some(384),
+                },
+            ),
+            (certflow_core::model::KeyType::Ed25519, PublicKeyInfo::EdDsa),
+            (
+                certflow_core::model::KeyType::Rsa3072,
+                PublicKeyInfo::Rsa { bits: 3072 },
+            ),
+        ] {
+            let ca = certflow_pki::create_ca("t", kt, now, 30, 10).unwrap();
+            assert_eq!(parse(&ca.issuing_cert_der).key, Some(expected), "{kt:?}");
+            // What the metadata alone would have said agrees.
+            assert_eq!(
+                PublicKeyInfo::of_key_type(kt),
+                parse(&ca.issuing_cert_der).key.unwrap()
+            );
+        }
+    }
+
+    #[test]
+    fn bit_length_ignores_leading_zero_bits() {
+        assert_eq!(bit_length(&[]), 0);
+        assert_eq!(bit_length(&[0, 0]), 0);
+        assert_eq!(bit_length(&[0x00, 0x80, 0x00]), 16);
+        assert_eq!(bit_length(&[0x7f, 0xff]), 15);
+        assert_eq!(bit_length(&[0x01]), 1);
     }
 }
