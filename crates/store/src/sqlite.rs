@@ -252,4 +252,53 @@ mod tests {
             );
         }
     }
+
+    /// Migration 0011 turns the inventory-only stand-in (due 9999-12-31)
+    /// into `managed = false`, due at notAfter, and leaves the rest managed.
+    #[tokio::test]
+    async fn migration_0011_backfills_inventory_as_unmanaged() {
+        let mut conn = SqliteConnection::connect("sqlite::memory:").await.unwrap();
+        let before: Vec<Embedded> = MIGRATIONS.iter().filter(|m| m.0 < 11).copied().collect();
+        migrator(&before).run(&mut conn).await.unwrap();
+        Sqlite::execute(
+            &mut conn,
+            Sql::new(include_str!("../benches/seed/issuer.sql")),
+        )
+        .await
+        .unwrap();
+        let insert = "INSERT INTO certificates (id, name, name_folded, team, profile, key_type, \
+            key_source, names, validity_days, issuer_id, renew_at_fraction, status, \
+            current_version, not_after, renew_after, created_at, updated_at) \
+            SELECT $1, $1, $1, 't', 'tls-server', 'ecdsa-p256', 'csr', '[]', 90, id, 0.66, \
+            'active', 1, 1000, $2, 0, 0 FROM issuers";
+        for (name, renew_after) in [("inventory", 253_402_300_799_i64), ("issued", 600)] {
+            Sqlite::execute(&mut conn, Sql::new(insert).bind(name).bind(renew_after))
+                .await
+                .unwrap();
+        }
+        migrator(MIGRATIONS).run(&mut conn).await.unwrap();
+        let rows = Sqlite::fetch_all(
+            &mut conn,
+            Sql::new("SELECT id, managed, renew_after FROM certificates ORDER BY id"),
+        )
+        .await
+        .unwrap();
+        let got: Vec<(String, bool, i64)> = rows
+            .iter()
+            .map(|r| {
+                (
+                    r.text("id").unwrap(),
+                    r.boolean("managed").unwrap(),
+                    r.int("renew_after").unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("inventory".to_owned(), false, 1000),
+                ("issued".to_owned(), true, 600)
+            ]
+        );
+    }
 }
