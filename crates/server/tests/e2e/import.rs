@@ -142,7 +142,9 @@ fn cli_imports_openssl_pem_and_pkcs12_and_refuses_the_duplicate() {
     let cert: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(cert["name"], "web.example.com");
     assert_eq!(cert["key_source"], "server");
+    assert_eq!(cert["managed"], false, "{out}");
     assert!(!out.contains("PRIVATE KEY"), "{out}");
+    let web_id = cert["id"].as_str().unwrap().to_owned();
 
     // The same certificate again: refused (409), nothing new.
     let (done, out) = cli(
@@ -205,15 +207,32 @@ fn cli_imports_openssl_pem_and_pkcs12_and_refuses_the_duplicate() {
     let cert: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(cert["name"], "mail.example.com");
     assert_eq!(cert["key_source"], "server");
-    assert!(
-        !cert["renew_after"].as_str().unwrap().starts_with("9999"),
-        "{out}"
-    );
+    assert_eq!(cert["managed"], true, "{out}");
     let (done, out) = cli(
         &server,
         &token,
         &["cert", "renew", cert["id"].as_str().unwrap()],
     );
+    assert!(done, "{out}");
+
+    // The inventory-only one: not renewed until taken over, then renewed.
+    let (done, out) = cli(&server, &token, &["cert", "renew", &web_id]);
+    assert!(!done && out.contains("inventory only"), "{out}");
+    let (done, out) = cli(&server, &token, &["cert", "list"]);
+    assert!(done && out.contains("(inventory)"), "{out}");
+    let (done, out) = cli(
+        &server,
+        &token,
+        &[
+            "cert", "manage", &web_id, "--issuer", "legacy", "--output", "json",
+        ],
+    );
+    assert!(done, "{out}");
+    let cert: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(cert["managed"], true, "{out}");
+    let (done, out) = cli(&server, &token, &["cert", "manage", &web_id]);
+    assert!(!done && out.contains("409"), "{out}");
+    let (done, out) = cli(&server, &token, &["cert", "renew", &web_id]);
     assert!(done, "{out}");
     stop(server);
 }
