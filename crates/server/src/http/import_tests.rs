@@ -357,3 +357,123 @@ async fn foreign_inventory_is_taken_over_through_a_certflow_issuer() {
     assert_eq!(status, StatusCode::OK, "{renewed}");
     assert_eq!(renewed["current_version"], 2);
 }
+
+/// The console's certificate page marks an inventory-only certificate and
+/// offers its team's operators (not its viewers) the take-over form, which
+/// needs the session's CSRF token and then makes certflow manage it.
+#[tokio::test]
+async fn console_page_offers_take_over_to_operators_only() {
+    let h = harness_full(
+        Vec::new(),
+        unlimited(),
+        Some(crate::http::session::SessionSettings {
+            idle_timeout: time::Duration::minutes(30),
+            absolute_timeout: time::Duration::hours(12),
+            console_origin: "https://certflow.test".into(),
+        }),
+    )
+    .await;
+    let foreign = ca("Foreign");
+    let key = PrivateKey::generate(KeyType::EcdsaP256).unwrap();
+    let der = leaf(&foreign, "inv.example.com", &key);
+    let (status, cert) = h
+        .json(
+            "POST",
+            IMPORT,
+            Some(json!({ "team": "a", "pem": cert_to_pem(&der) })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{cert}");
+    let id = cert["id"].as_str().unwrap().to_owned();
+    let (_, issuers) = h.json("GET", "/console/api/v1/issuers", None).await;
+    let own = issuers
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["kind"] == "internal")
+        .unwrap()["name"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let sessions = h.sessions.clone().unwrap();
+    let page = |cookie: String| {
+        let app = h.app.clone();
+        let uri = format!("/console/certificates/{id}");
+        async move {
+            let mut req = from_ip("GET", &uri, "192.0.2.40", None);
+            req.headers_mut()
+                .insert(header::COOKIE, cookie.parse().unwrap());
+            let resp = app.oneshot(req).await.unwrap();
+            assert_eq!(resp.status(), StatusCode::OK);
+            let body = axum::body::to_bytes(resp.into_body(), usize::MAX)
+                .await
+                .unwrap();
+            String::from_utf8(body.to_vec()).unwrap()
+        }
+    };
+    let login = |role: Role| {
+        let sessions = sessions.clone();
+        async move {
+            let person = Principal {
+                subject: format!("{role:?}").to_lowercase(),
+                kind: PrincipalKind::Person,
+                roles: vec![role],
+                teams: vec!["a".into()],
+            };
+            let (id, session) = sessions
+                .create(person, None, time::OffsetDateTime::now_utc())
+                .await
+                .unwrap();
+            (
+                format!("{}={id}", crate::http::session::COOKIE),
+                session.csrf_token,
+            )
+        }
+    };
+    let badge = "Inventory only — not renewed by certflow";
+    let (viewer, _) = login(Role::Viewer).await;
+    let seen = page(viewer).await;
+    assert!(seen.contains(badge), "{seen}");
+    assert!(!seen.contains("manage-form"), "{seen}");
+    let (operator, csrf) = login(Role::Operator).await;
+    let seen = page(operator.clone()).await;
+    assert!(
+        seen.contains(badge) && seen.contains("Take over management"),
+        "{seen}"
+    );
+    assert!(
+        seen.contains(&format!("<option value=\"{own}\">")),
+        "{seen}"
+    );
+
+    let post = |csrf: String| {
+        let mut req = from_ip(
+            "POST",
+            &format!("/console/certificates/{id}/manage"),
+            "192.0.2.40",
+            None,
+        );
+        req.headers_mut()
+            .insert(header::COOKIE, operator.parse().unwrap());
+        req.headers_mut().insert(
+            header::CONTENT_TYPE,
+            "application/x-www-form-urlencoded".parse().unwrap(),
+        );
+        req.headers_mut()
+            .insert(header::ORIGIN, "https://certflow.test".parse().unwrap());
+        let body = format!("csrf={csrf}&issuer={}", own.replace(' ', "+"));
+        *req.body_mut() = Body::from(body);
+        req
+    };
+    let resp = h.app.clone().oneshot(post("stale".into())).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    assert!(audit_of(&h, "certificate.manage").await.is_empty());
+    let resp = h.app.clone().oneshot(post(csrf)).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    let (_, now) = h
+        .json("GET", &format!("/console/api/v1/certificates/{id}"), None)
+        .await;
+    assert_eq!(now["managed"], true, "{now}");
+    let seen = page(operator.clone()).await;
+    assert!(!seen.contains(badge), "{seen}");
+}
