@@ -12,6 +12,8 @@
 //! key lets exactly one commit; the other removes its blobs like any failed
 //! commit and replays the winner's result.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use bytes::Bytes;
 use certflow_api::{CreateCertificateRequest, RenewRequest};
 use certflow_blob::EncryptionContext;
@@ -28,13 +30,51 @@ use certflow_core::ports::IssueRequest;
 use certflow_core::{
     DomainError, FieldError, Profile, SubjectName, error::DomainResult, validate_names,
 };
-use certflow_pki::{CsrInfo, LintRefusal, PrivateKey};
+use certflow_pki::{CsrInfo, LintContext, LintFinding, LintRefusal, PrivateKey};
 use serde_json::json;
 use time::OffsetDateTime;
 use uuid::Uuid;
 use zeroize::Zeroizing;
 
 use crate::{DEFAULT_TENANT, Services, validate};
+
+/// ACME-issued certificates the linter found errors in, since the process
+/// started (a counter for metrics: the certificates are kept).
+static ACME_LINT_FAILURES: AtomicU64 = AtomicU64::new(0);
+
+/// notBefore backdating tolerated when linting a certificate an ACME CA
+/// signed: Let's Encrypt backdates by one hour, others by less.
+const ACME_BACKDATE: time::Duration = time::Duration::hours(1);
+
+/// Lints a certificate an ACME CA signed, against the issuing certificate
+/// at the head of its chain. The CA lints before it signs, by its own
+/// rules; this is certflow's view of what it received.
+fn lint_received(
+    cert_der: &[u8],
+    chain_pem: &str,
+    profile: Profile,
+    key_type: KeyType,
+) -> Vec<LintFinding> {
+    let chain = certflow_pki::parse_pem_certs("chain", chain_pem).unwrap_or_default();
+    certflow_pki::lint_leaf(
+        cert_der,
+        &LintContext {
+            profile,
+            key_type,
+            // No chain: the lint reports the issuer as unparsable.
+            issuer_der: chain.first().map_or(&[][..], Vec::as_slice),
+            backdate: ACME_BACKDATE,
+        },
+    )
+}
+
+/// The audit form of lint findings.
+fn findings_json(findings: &[LintFinding]) -> Vec<serde_json::Value> {
+    findings
+        .iter()
+        .map(|f| json!({ "lint": f.lint, "message": f.message }))
+        .collect()
+}
 
 /// Largest CSR accepted, in bytes (PEM).
 const MAX_CSR_BYTES: usize = 16 * 1024;
@@ -349,8 +389,10 @@ impl Services {
         }
     }
 
-    /// Signs a version and writes its blobs. Returns the version row and the
-    /// blob keys written (for clean-up if the metadata commit fails).
+    /// Signs a version and writes its blobs. Returns the version row, the
+    /// blob keys written (for clean-up if the metadata commit fails) and what
+    /// linting found in a certificate an ACME CA signed (kept all the same:
+    /// it is valid and already in CT logs; the caller audits the findings).
     #[allow(clippy::too_many_arguments)]
     async fn issue_version(
         &self,
@@ -364,7 +406,7 @@ impl Services {
         subject_key: SubjectKey<'_>,
         replaces_der: Option<Vec<u8>>,
         now: OffsetDateTime,
-    ) -> DomainResult<(CertificateVersion, Vec<String>)> {
+    ) -> DomainResult<(CertificateVersion, Vec<String>, Vec<LintFinding>)> {
         let (spki, key_type, generated, csr_der) = match subject_key {
             SubjectKey::Public {
                 spki_der,
@@ -425,6 +467,23 @@ impl Services {
             )));
         }
         let info = certflow_pki::inspect(&der)?;
+        let lint_findings = if issuer.kind == IssuerKind::Acme {
+            lint_received(&der, &issued.chain_pem, profile, key_type)
+        } else {
+            Vec::new()
+        };
+        if !lint_findings.is_empty() {
+            ACME_LINT_FAILURES.fetch_add(1, Ordering::Relaxed);
+            let findings: Vec<String> = lint_findings.iter().map(ToString::to_string).collect();
+            tracing::warn!(
+                certificate = %certificate_id,
+                version,
+                serial = %info.serial_hex,
+                issuer = %issuer.name,
+                findings = %findings.join("; "),
+                "the ACME CA issued a certificate certflow's linter finds fault with; it is kept"
+            );
+        }
 
         let prefix = blob_prefix(certificate_id, version, &info.serial_hex);
         let cert_blob = format!("{prefix}/cert.der");
@@ -474,6 +533,7 @@ impl Services {
                 created_at: now,
             },
             written,
+            lint_findings,
         ))
     }
 
@@ -557,7 +617,7 @@ impl Services {
             },
             None => SubjectKey::Generate(plan.key_type),
         };
-        let (version, written) = self
+        let (version, written, lint_findings) = self
             .issue_version(
                 Owner {
                     actor,
@@ -604,18 +664,18 @@ impl Services {
             created_at: now,
             updated_at: now,
         };
-        let audit = AuditEvent::success(
-            now,
-            actor,
-            "certificate.create",
-            target(id),
-            json!({
+        let audit = AuditEvent::success(now, actor, "certificate.create", target(id), {
+            let mut details = json!({
                 "name": cert.name, "team": cert.team, "profile": cert.profile.as_str(),
                 "key_type": cert.key_type.as_str(), "key_source": cert.key_source.as_str(),
                 "names": cert.names.iter().map(SubjectName::to_text).collect::<Vec<_>>(),
                 "version": 1, "serial": version.serial,
-            }),
-        );
+            });
+            if !lint_findings.is_empty() {
+                details["lint_findings"] = json!(findings_json(&lint_findings));
+            }
+            details
+        });
         let record = idempotency.as_ref().map(|i| i.record(&version, now));
         if let Err(e) = self
             .store
@@ -785,7 +845,7 @@ impl Services {
             None
         };
         let next = latest.version + 1;
-        let (version, written) = self
+        let (version, written, lint_findings) = self
             .issue_version(
                 Owner {
                     actor,
@@ -813,6 +873,9 @@ impl Services {
             if let Some((revoked, reason)) = replacing {
                 details["replaces_revoked_version"] = json!(revoked);
                 details["revocation_reason"] = json!(reason.as_str());
+            }
+            if !lint_findings.is_empty() {
+                details["lint_findings"] = json!(findings_json(&lint_findings));
             }
             details
         });
@@ -1213,6 +1276,13 @@ pub(crate) struct Owner<'a> {
 }
 
 impl Services {
+    /// How many certificates ACME CAs issued to this process that certflow's
+    /// linter found errors in (kept, logged at warn, audited with the
+    /// issuance or renewal).
+    pub fn acme_lint_failures() -> u64 {
+        ACME_LINT_FAILURES.load(Ordering::Relaxed)
+    }
+
     /// A certificate refused by pre-issuance linting: audited
     /// (`certificate.issue.lint-refused`) and announced to the team
     /// (`policy-violation`); the caller gets a `Conflict` naming the lints.

@@ -119,6 +119,8 @@ impl Services {
 }
 
 #[cfg(test)]
+mod acme_lint_tests;
+#[cfg(test)]
 mod policy_tests;
 #[cfg(test)]
 mod tests;

@@ -110,8 +110,16 @@ pub(crate) fn escape(value: &str) -> String {
         .replace('\n', "\\n")
 }
 
-/// Appends the request counter and latency histogram in Prometheus text format.
+/// Appends the ACME lint counter, the request counter and the latency
+/// histogram in Prometheus text format.
 pub fn render(out: &mut String) {
+    let _ = writeln!(
+        out,
+        "# HELP certflow_acme_lint_failures_total Certificates ACME CAs issued to this process that certflow's linter finds errors in (kept; the findings are in the issuance's audit event).\n\
+         # TYPE certflow_acme_lint_failures_total counter\n\
+         certflow_acme_lint_failures_total {}",
+        certflow_services::Services::acme_lint_failures()
+    );
     out.push_str(
         "# HELP certflow_http_requests_total HTTP requests by route group, matched route and status.\n\
          # TYPE certflow_http_requests_total counter\n",
@@ -604,6 +612,12 @@ mod tests {
         ));
         // Label values are escaped.
         assert!(out.contains("route=\"a\\\"b\\\\c\\nd\""), "{out}");
+        // The ACME lint counter is there from the start, at 0 or more.
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with("certflow_acme_lint_failures_total ")),
+            "{out}"
+        );
     }
 
     #[test]
