@@ -1007,5 +1007,8 @@ mod manage_tests {
         assert_eq!(renewed.versions[0].issuer_id, legacy.id);
         let der = e.blobs.get(&renewed.versions[0].cert_blob).await.unwrap();
         assert!(certflow_pki::is_signed_by(&der, &e.own.issuing_cert_der));
+        // Key maintenance passes over external issuers, which hold no key.
+        let report = e.services.rewrap_keys(&actor, e.now).await.unwrap();
+        assert!(report.keys >= 2, "{report:?}");
     }
 }

@@ -113,6 +113,10 @@ impl Services {
     ) -> DomainResult<RewrapReport> {
         let mut report = RewrapReport::default();
         for issuer in self.store.list_issuers().await? {
+            // An external CA (of imported certificates) has no key here.
+            if issuer.kind == certflow_core::model::IssuerKind::External {
+                continue;
+            }
             report.keys += 1;
             if self
                 .rewrap_one(&issuer.key_blob, &ca_key_context(issuer.id, "issuing"))
