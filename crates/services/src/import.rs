@@ -559,9 +559,13 @@ impl Services {
     }
 
     /// The issuer whose issuing certificate signed `leaf`, if any: one of
-    /// certflow's, or an external CA recorded with its certificate.
+    /// certflow's, or an external CA recorded with its certificate. certflow's
+    /// come first: a CA recorded as external and imported later with its key
+    /// (`certflow ca import`) is certflow's from then on.
     async fn known_issuer_of(&self, leaf: &[u8]) -> Result<Option<Issuer>, DomainError> {
-        for issuer in self.store.list_issuers().await? {
+        let mut issuers = self.store.list_issuers().await?;
+        issuers.sort_by_key(|i| !can_issue(i));
+        for issuer in issuers {
             let Ok(certs) = certflow_pki::parse_pem_certs("issuer", &issuer.issuing_cert_pem)
             else {
                 continue;
@@ -1010,5 +1014,31 @@ mod manage_tests {
         // Key maintenance passes over external issuers, which hold no key.
         let report = e.services.rewrap_keys(&actor, e.now).await.unwrap();
         assert!(report.keys >= 2, "{report:?}");
+
+        // Once that CA is imported with its key it is certflow's: its next
+        // certificate is no longer external.
+        let imported = e
+            .services
+            .import_ca(
+                &actor,
+                &ImportCaRequest {
+                    name: "foreign".into(),
+                    certificate_pem: cert_to_pem(&e.foreign.issuing_cert_der),
+                    private_key_pem: e.foreign.issuing_key.to_pem().to_string(),
+                    chain_pem: Some(e.foreign.chain_der.iter().map(|d| cert_to_pem(d)).collect()),
+                    make_default: false,
+                },
+                e.now,
+            )
+            .await
+            .unwrap();
+        let pem = bundle(&e.foreign, "f.example.com", e.now, true);
+        let v = e
+            .services
+            .import_certificate(&actor, &import("web", pem, true, None), e.now)
+            .await
+            .unwrap();
+        assert_eq!(v.versions[0].issuer_id, imported.id);
+        assert_eq!(v.certificate.issuer_id, imported.id);
     }
 }
