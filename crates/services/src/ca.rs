@@ -298,6 +298,10 @@ impl Services {
     /// DER of the issuing certificate (served at the AIA caIssuers URL).
     pub async fn issuer_certificate_der(&self, id: Uuid) -> DomainResult<Vec<u8>> {
         let issuer = self.issuer(id).await?;
+        // An external CA recorded by its DN only has no certificate to serve.
+        if issuer.issuing_cert_pem.is_empty() {
+            return Err(DomainError::NotFound(format!("certificate of issuer {id}")));
+        }
         let certs = certflow_pki::parse_pem_certs("issuing_cert_pem", &issuer.issuing_cert_pem)?;
         certs
             .into_iter()

@@ -966,6 +966,10 @@ mod manage_tests {
             (IssuerKind::External, "")
         );
         assert!(by_dn.subject.contains("Third"), "{}", by_dn.subject);
+        assert!(matches!(
+            e.services.issuer_certificate_der(by_dn.id).await,
+            Err(DomainError::NotFound(_))
+        ));
         assert_eq!(e.store.list_issuers().await.unwrap().len(), 3);
         let report = e
             .services
