@@ -16,6 +16,7 @@ use crate::http::AppState;
 
 /// One finding, as a table row.
 struct Row {
+    /// The certificate's id; empty for a discovered certificate.
     id: String,
     name: String,
     team: String,
@@ -33,6 +34,8 @@ struct CompliancePage {
     days: u32,
     certificates: u64,
     non_compliant: u64,
+    /// Of `certificates`, unmanaged ones agents discovered.
+    discovered: u64,
     /// (severity, count), most serious first.
     by_severity: Vec<(&'static str, u64)>,
     /// (rule, count) of rules with findings.
@@ -106,6 +109,24 @@ pub(super) async fn page(
             });
         }
     }
+    // Certificates agents found that certflow does not manage: rated too,
+    // listed under their source, linked to the discovery page.
+    for item in &report.discovered {
+        for f in item
+            .findings
+            .iter()
+            .filter(|f| severity.is_none_or(|s| s == f.severity))
+        {
+            rows.push(Row {
+                id: String::new(),
+                name: item.source.clone(),
+                team: format!("found by {}", item.agent_name),
+                rule: f.rule,
+                severity: f.severity.as_str(),
+                message: f.message.clone(),
+            });
+        }
+    }
     let s = &report.summary;
     Ok(html(&CompliancePage {
         l: ctx.layout("Compliance", "compliance"),
@@ -113,6 +134,7 @@ pub(super) async fn page(
         days,
         certificates: s.certificates,
         non_compliant: s.non_compliant,
+        discovered: s.discovered,
         by_severity: Severity::ALL
             .iter()
             .map(|v| {

@@ -397,6 +397,11 @@ try {
   check(await found.count() === 1, 'the discovered certificate is listed');
   check((await found.innerText()).includes('unmanaged') && (await found.innerText()).includes('Legacy CA'), 'unmanaged, with its issuer');
   await audit(page, 'discovered');
+  await page.goto(`${BASE}/console/compliance`);
+  const rated = page.locator('table.inventory tbody tr', { hasText: 'file:/etc/legacy/site.crt' });
+  check((await rated.allInnerTexts()).some((t) => t.includes('unknown-issuer')), 'the discovered certificate is rated: unknown issuer');
+  check((await page.locator('p[role="status"]').innerText()).includes('found by agents'), 'the summary counts discovered certificates');
+  await page.goto(`${BASE}/console/discovered`);
   const discoveredId = (await found.locator('form').getAttribute('action')).split('/')[3];
   await found.locator('summary').click();
   await found.locator('select[name="team"]').selectOption('payments');
