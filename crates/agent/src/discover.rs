@@ -33,6 +33,27 @@ pub struct Outcome {
     pub items: Vec<DiscoveredCertificate>,
     /// Sources that could not be read, with why (no file contents in them).
     pub errors: Vec<String>,
+    /// Sources that exist (or may) but could not be read this time: the
+    /// server keeps what it knew of them. A missing file is not one: it is gone.
+    pub unreadable: Vec<String>,
+}
+
+impl Outcome {
+    /// Records that `source` could not be read because of `e`.
+    fn io_error(&mut self, source: String, e: &std::io::Error) {
+        self.errors.push(format!("{source}: {e}"));
+        if e.kind() != std::io::ErrorKind::NotFound {
+            self.unreadable.push(source);
+        }
+    }
+
+    /// The report of this pass (errors stay local: they go to the log).
+    pub fn report(&self) -> DiscoveryReport {
+        DiscoveryReport {
+            items: self.items.clone(),
+            unreadable: self.unreadable.clone(),
+        }
+    }
 }
 
 /// Scans the configured paths, then reads the configured endpoints.
@@ -45,14 +66,19 @@ pub async fn discover(cfg: &DiscoveryConfig) -> Outcome {
     for e in &cfg.endpoints {
         match read_endpoint(e, timeout).await {
             Ok(item) => out.items.push(item),
-            Err(err) => out.errors.push(format!("tls:{e}: {err:#}")),
+            Err(err) => {
+                // An endpoint that does not answer now may well answer later.
+                out.errors.push(format!("tls:{e}: {err:#}"));
+                out.unreadable.push(format!("tls:{e}"));
+            }
         }
     }
     out
 }
 
 /// One discovery pass sent to the server as the agent's whole current view;
-/// sources that could not be read are logged (and are absent from the view).
+/// sources that could not be read are logged and named as unreadable, so the
+/// server keeps what it knew of them rather than forgetting them.
 /// Returns the number of certificates reported.
 pub async fn report(cfg: &DiscoveryConfig, client: &mut Client) -> anyhow::Result<usize> {
     let out = discover(cfg).await;
@@ -61,7 +87,7 @@ pub async fn report(cfg: &DiscoveryConfig, client: &mut Client) -> anyhow::Resul
     }
     let n = out.items.len();
     client
-        .report_discovered(&DiscoveryReport { items: out.items })
+        .report_discovered(&out.report())
         .await
         .context("sending the discovery report")?;
     tracing::info!(certificates = n, "discovery report sent");
@@ -108,7 +134,7 @@ fn scan_path(path: &Path, max_bytes: u64, out: &mut Outcome) {
     let meta = match std::fs::metadata(path) {
         Ok(m) => m,
         Err(e) => {
-            out.errors.push(format!("file:{}: {e}", path.display()));
+            out.io_error(format!("file:{}", path.display()), &e);
             return;
         }
     };
@@ -119,7 +145,7 @@ fn scan_path(path: &Path, max_bytes: u64, out: &mut Outcome) {
     let entries = match std::fs::read_dir(path) {
         Ok(d) => d,
         Err(e) => {
-            out.errors.push(format!("file:{}: {e}", path.display()));
+            out.io_error(format!("file:{}", path.display()), &e);
             return;
         }
     };
@@ -152,7 +178,7 @@ fn scan_file(path: &Path, max_bytes: u64, out: &mut Outcome) {
         }
         Ok(_) => {}
         Err(e) => {
-            out.errors.push(format!("{source}: {e}"));
+            out.io_error(source, &e);
             return;
         }
     }
@@ -160,7 +186,7 @@ fn scan_file(path: &Path, max_bytes: u64, out: &mut Outcome) {
     let text = match std::fs::read(path) {
         Ok(b) => Zeroizing::new(b),
         Err(e) => {
-            out.errors.push(format!("{source}: {e}"));
+            out.io_error(source, &e);
             return;
         }
     };
@@ -387,6 +413,10 @@ mod tests {
         assert_eq!(out.items[0].fingerprint_sha256, pki::sha256_hex(&der));
         assert_eq!(out.errors.len(), 1);
         assert!(out.errors[0].contains("nope"));
+        assert!(
+            out.unreadable.is_empty(),
+            "a missing path is gone, not unreadable"
+        );
     }
 
     #[tokio::test]
@@ -434,5 +464,10 @@ mod tests {
         assert!(out.items.is_empty());
         assert_eq!(out.errors.len(), 2, "{:?}", out.errors);
         assert!(out.errors[1].contains("host:port"));
+        // The server keeps what it knew of an endpoint that did not answer.
+        assert_eq!(
+            out.report().unreadable,
+            [format!("tls:127.0.0.1:{port}"), "tls:nonsense".to_owned()]
+        );
     }
 }

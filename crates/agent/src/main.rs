@@ -239,7 +239,7 @@ async fn discover(cfg: &Config, json: bool, send: bool) -> ExitCode {
         }
     }
     let out = discover::discover(d).await;
-    let report = certflow_api::agent::DiscoveryReport { items: out.items };
+    let report = out.report();
     if json {
         match serde_json::to_string(&report) {
             Ok(s) => println!("{s}"),

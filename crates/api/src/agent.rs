@@ -287,6 +287,12 @@ pub struct DiscoveredCertificate {
 pub struct DiscoveryReport {
     /// One entry per source that held or served a readable certificate.
     pub items: Vec<DiscoveredCertificate>,
+    /// Sources the agent looked at but could not read this time (an
+    /// endpoint down, a file or directory it may not read): what the server
+    /// knows of them, and of the files under such a directory, is kept as it
+    /// was instead of being dropped from the agent's view.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unreadable: Vec<String>,
 }
 
 /// A discovered certificate as the console lists it

@@ -95,6 +95,21 @@ pub struct DiscoveryQuery {
     pub agent_id: Option<Uuid>,
 }
 
+/// Whether a stored `source` is kept although the report does not list it:
+/// it is one of the report's `unreadable` sources, or a file under an
+/// unreadable directory (`file:/dir` keeps `file:/dir/x.pem`). A reading
+/// failure says nothing about whether the certificate is still there, so
+/// its row (and its take-over record) must survive a passing outage.
+pub fn kept_while_unreadable(source: &str, unreadable: &[String]) -> bool {
+    unreadable.iter().any(|u| {
+        source == u
+            || (u.starts_with("file:")
+                && source
+                    .strip_prefix(u.trim_end_matches('/'))
+                    .is_some_and(|rest| rest.starts_with('/')))
+    })
+}
+
 /// What replacing an agent's discoveries changed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct DiscoverySync {
@@ -104,4 +119,31 @@ pub struct DiscoverySync {
     pub new: u64,
     /// Stored sources no longer reported (deleted).
     pub removed: u64,
+    /// Stored sources not reported but kept: unreadable this time.
+    pub kept: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::kept_while_unreadable;
+
+    #[test]
+    fn an_unreadable_source_or_directory_keeps_what_was_seen_there() {
+        let u = vec![
+            "tls:10.0.0.1:443".to_owned(),
+            "file:/etc/ssl/private/".to_owned(),
+        ];
+        assert!(kept_while_unreadable("tls:10.0.0.1:443", &u));
+        assert!(
+            !kept_while_unreadable("tls:10.0.0.1:4433", &u),
+            "no prefix match for endpoints"
+        );
+        assert!(kept_while_unreadable("file:/etc/ssl/private/a.pem", &u));
+        assert!(
+            !kept_while_unreadable("file:/etc/ssl/private-old/a.pem", &u),
+            "a sibling is not under it"
+        );
+        assert!(!kept_while_unreadable("file:/etc/ssl/other.pem", &u));
+        assert!(!kept_while_unreadable("tls:10.0.0.1:443", &[]));
+    }
 }

@@ -531,6 +531,7 @@ pub trait DiscoveryStore: Send + Sync {
         &self,
         agent_id: Uuid,
         items: &[crate::discovery::DiscoveredItem],
+        unreadable: &[String],
         now: OffsetDateTime,
         audit: &AuditEvent,
     ) -> DomainResult<crate::discovery::DiscoverySync>;

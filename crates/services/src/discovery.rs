@@ -58,6 +58,31 @@ pub fn validate_report(req: &DiscoveryReport) -> DomainResult<Vec<DiscoveredItem
             format!("{} items; at most {MAX_DISCOVERED_ITEMS}", req.items.len()),
         ));
     }
+    if req.unreadable.len() > MAX_DISCOVERED_ITEMS {
+        return Err(DomainError::invalid(
+            "unreadable",
+            format!(
+                "{} sources; at most {MAX_DISCOVERED_ITEMS}",
+                req.unreadable.len()
+            ),
+        ));
+    }
+    for (i, s) in req.unreadable.iter().enumerate() {
+        let rest = s.strip_prefix("file:").or_else(|| s.strip_prefix("tls:"));
+        if rest.is_none_or(str::is_empty) || s.chars().count() > MAX_SOURCE_CHARS || !printable(s) {
+            errors.push(FieldError::new(
+                format!("unreadable[{i}]"),
+                format!(
+                    "must be file:<path> or tls:<host>:<port>, at most {MAX_SOURCE_CHARS} printable characters"
+                ),
+            ));
+        } else if req.items.iter().any(|item| &item.source == s) {
+            errors.push(FieldError::new(
+                format!("unreadable[{i}]"),
+                "is also reported as read in items",
+            ));
+        }
+    }
     let mut seen = HashSet::new();
     let mut out = Vec::with_capacity(req.items.len());
     for (i, item) in req.items.iter().enumerate() {
@@ -197,6 +222,7 @@ impl Deployments {
             .replace_discovered(
                 agent.id,
                 &items,
+                &req.unreadable,
                 now,
                 &AuditEvent::success(
                     now,

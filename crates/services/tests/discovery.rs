@@ -232,6 +232,7 @@ async fn each_bad_field_refuses_the_whole_report_and_stores_nothing() {
                 None,
                 &DiscoveryReport {
                     items: vec![good(), bad.clone()],
+                    unreadable: Vec::new(),
                 },
                 e.now,
             )
@@ -249,6 +250,7 @@ async fn each_bad_field_refuses_the_whole_report_and_stores_nothing() {
         items: (0..2001)
             .map(|n| item(&format!("file:/c/{n}.pem"), &[]))
             .collect(),
+        unreadable: Vec::new(),
     };
     let DomainError::Invalid(errors) = e
         .deployments
@@ -259,6 +261,28 @@ async fn each_bad_field_refuses_the_whole_report_and_stores_nothing() {
         panic!("too many items accepted");
     };
     assert_eq!(errors[0].field, "items");
+    // Unreadable sources are sources too; one both read and unreadable is a contradiction.
+    for (unreadable, field) in [
+        (vec!["/etc/ssl".to_owned()], "unreadable[0]"),
+        (
+            vec!["tls:a:443".to_owned(), good().source.clone()],
+            "unreadable[1]",
+        ),
+    ] {
+        let report = DiscoveryReport {
+            items: vec![good()],
+            unreadable,
+        };
+        let DomainError::Invalid(errors) = e
+            .deployments
+            .record_discovery(&e.agent, None, &report, e.now)
+            .await
+            .unwrap_err()
+        else {
+            panic!("{field}: bad unreadable source accepted");
+        };
+        assert_eq!(errors[0].field, field, "{errors:?}");
+    }
     // Nothing stored, nothing audited.
     let admin = person(&[Role::Admin], &[]);
     assert!(
@@ -280,6 +304,7 @@ async fn each_bad_field_refuses_the_whole_report_and_stores_nothing() {
             None,
             &DiscoveryReport {
                 items: vec![good(), no_pem],
+                unreadable: Vec::new(),
             },
             e.now,
         )
@@ -356,6 +381,7 @@ async fn take_over_issues_through_policy_within_the_agents_teams_once() {
                     item("file:/etc/ssl/legacy.pem", &["legacy.example.com"]),
                     item("tls:127.0.0.1:8443", &["intranet.corp"]),
                 ],
+                unreadable: Vec::new(),
             },
             e.now,
         )
@@ -467,6 +493,7 @@ async fn take_over_issues_through_policy_within_the_agents_teams_once() {
             None,
             &DiscoveryReport {
                 items: vec![managed],
+                unreadable: Vec::new(),
             },
             e.now,
         )
@@ -535,6 +562,7 @@ async fn unmanaged_discoveries_are_rated_in_the_compliance_report() {
             None,
             &DiscoveryReport {
                 items: vec![legacy, ours, managed],
+                unreadable: Vec::new(),
             },
             e.now,
         )

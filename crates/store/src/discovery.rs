@@ -11,6 +11,7 @@ use async_trait::async_trait;
 use certflow_core::DomainError;
 use certflow_core::discovery::{
     Discovered, DiscoveredItem, DiscoveryQuery, DiscoveryStatus, DiscoverySync,
+    kept_while_unreadable,
 };
 use certflow_core::error::DomainResult;
 use certflow_core::model::AuditEvent;
@@ -106,6 +107,7 @@ impl<B: Backend> DiscoveryStore for SqlStore<B> {
         &self,
         agent_id: Uuid,
         items: &[DiscoveredItem],
+        unreadable: &[String],
         now: OffsetDateTime,
         audit: &AuditEvent,
     ) -> DomainResult<DiscoverySync> {
@@ -132,6 +134,10 @@ impl<B: Backend> DiscoveryStore for SqlStore<B> {
             ..DiscoverySync::default()
         };
         for gone in stored.iter().filter(|s| !reported.contains(s.as_str())) {
+            if kept_while_unreadable(gone, unreadable) {
+                sync.kept += 1;
+                continue;
+            }
             execute::<B>(
                 &mut tx,
                 Sql::new("DELETE FROM discovered_certificates WHERE agent_id = $1 AND source = $2")
@@ -174,8 +180,7 @@ impl<B: Backend> DiscoveryStore for SqlStore<B> {
             .await?;
         }
         let mut event = audit.clone();
-        let counts =
-            serde_json::json!({ "items": sync.items, "new": sync.new, "removed": sync.removed });
+        let counts = serde_json::json!({ "items": sync.items, "new": sync.new, "removed": sync.removed, "kept": sync.kept });
         match &mut event.details {
             serde_json::Value::Object(map) => {
                 if let serde_json::Value::Object(c) = counts {
@@ -275,11 +280,12 @@ macro_rules! forward_discovery_store {
                 &self,
                 agent_id: uuid::Uuid,
                 items: &[certflow_core::discovery::DiscoveredItem],
+                unreadable: &[String],
                 now: time::OffsetDateTime,
                 audit: &certflow_core::model::AuditEvent,
             ) -> certflow_core::error::DomainResult<certflow_core::discovery::DiscoverySync> {
                 self.$field
-                    .replace_discovered(agent_id, items, now, audit)
+                    .replace_discovered(agent_id, items, unreadable, now, audit)
                     .await
             }
 

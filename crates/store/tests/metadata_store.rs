@@ -4567,6 +4567,7 @@ mod suite {
                     found("file:/etc/ssl/a.pem", &fp(0xa1), Some(b"der-a")),
                     found("tls:127.0.0.1:443", &fp(0xa2), None),
                 ],
+                &[],
                 at(T0),
                 &event("agent.discovery", "agent/web-1"),
             )
@@ -4577,13 +4578,15 @@ mod suite {
             DiscoverySync {
                 items: 2,
                 new: 2,
-                removed: 0
+                removed: 0,
+                kept: 0
             }
         );
         store
             .replace_discovered(
                 other.id,
                 &[found("file:/etc/ssl/a.pem", &fp(0xb1), None)],
+                &[],
                 at(T0),
                 &event("agent.discovery", "agent/db-1"),
             )
@@ -4625,6 +4628,7 @@ mod suite {
             .replace_discovered(
                 agent.id,
                 &[changed.clone(), found("file:/srv/b.crt", &fp(0xa4), None)],
+                &[],
                 at(T0 + 10),
                 &audit,
             )
@@ -4635,7 +4639,8 @@ mod suite {
             DiscoverySync {
                 items: 2,
                 new: 1,
-                removed: 1
+                removed: 1,
+                kept: 0
             }
         );
         assert_eq!(
@@ -4664,21 +4669,43 @@ mod suite {
         let last = events.iter().find(|e| e.id == audit.id).unwrap();
         assert_eq!(
             last.details,
-            json!({ "why": "test", "items": 2, "new": 1, "removed": 1 })
+            json!({ "why": "test", "items": 2, "new": 1, "removed": 1, "kept": 0 })
         );
 
         // The same audit event again fails to append: nothing of the
         // report is kept (the empty report would have removed both rows).
         assert!(matches!(
             store
-                .replace_discovered(agent.id, &[], at(T0 + 20), &audit)
+                .replace_discovered(agent.id, &[], &[], at(T0 + 20), &audit)
                 .await,
             Err(DomainError::Conflict(_))
         ));
         assert_eq!(discovered_sources(store, agent.id).await.len(), 2);
+        // Sources unreadable this time stay as they were: the endpoint
+        // itself, and files under an unreadable directory.
+        let sync = store
+            .replace_discovered(
+                agent.id,
+                &[],
+                &["tls:127.0.0.1:443".to_owned(), "file:/srv".to_owned()],
+                at(T0 + 15),
+                &event("agent.discovery", "x"),
+            )
+            .await
+            .unwrap();
+        assert_eq!((sync.removed, sync.kept), (0, 2));
+        let kept = store.get_discovered(tls.id).await.unwrap().unwrap();
+        assert_eq!((kept.item, kept.last_seen), (changed.clone(), at(T0 + 10)));
+        assert_eq!(discovered_sources(store, agent.id).await.len(), 2);
         // An empty report clears the agent's view.
         let sync = store
-            .replace_discovered(agent.id, &[], at(T0 + 20), &event("agent.discovery", "x"))
+            .replace_discovered(
+                agent.id,
+                &[],
+                &[],
+                at(T0 + 20),
+                &event("agent.discovery", "x"),
+            )
             .await
             .unwrap();
         assert_eq!(
@@ -4686,13 +4713,20 @@ mod suite {
             DiscoverySync {
                 items: 0,
                 new: 0,
-                removed: 2
+                removed: 2,
+                kept: 0
             }
         );
         assert!(discovered_sources(store, agent.id).await.is_empty());
         assert!(matches!(
             store
-                .replace_discovered(Uuid::now_v7(), &[], at(T0), &event("agent.discovery", "x"))
+                .replace_discovered(
+                    Uuid::now_v7(),
+                    &[],
+                    &[],
+                    at(T0),
+                    &event("agent.discovery", "x")
+                )
                 .await,
             Err(DomainError::NotFound(_))
         ));
@@ -4718,6 +4752,7 @@ mod suite {
                     found("file:/etc/ssl/managed.pem", &v1.fingerprint_sha256, None),
                     found("file:/etc/ssl/legacy.pem", &format!("{:064x}", 0xee), None),
                 ],
+                &[],
                 at(T0),
                 &event("agent.discovery", "x"),
             )
@@ -4727,6 +4762,7 @@ mod suite {
             .replace_discovered(
                 db.id,
                 &[found("tls:db:5432", &format!("{:064x}", 0xdd), None)],
+                &[],
                 at(T0),
                 &event("agent.discovery", "x"),
             )
@@ -4838,6 +4874,7 @@ mod suite {
                     &format!("{:064x}", 0xee),
                     None,
                 )],
+                &[],
                 at(T0 + 5),
                 &event("agent.discovery", "x"),
             )

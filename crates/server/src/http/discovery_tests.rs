@@ -108,6 +108,7 @@ async fn discovered_certificates_are_listed_by_team_and_taken_over_once() {
                     item("file:/etc/ssl/legacy.pem", "legacy.example.com"),
                     item("tls:127.0.0.1:443", "tls.example.com"),
                 ],
+                unreadable: Vec::new(),
             },
             now,
         )

@@ -205,7 +205,7 @@ fn discovery_end_to_end_with_an_agent_scanning_a_directory_and_a_tls_endpoint() 
     std::fs::copy(found.join("legacy.key"), found.join("legacy-key.pem")).unwrap();
     external_leaf(dir, dir, "edge", "edge.example.test");
     let tls_port = certflow_testkit::free_port();
-    let _endpoint = serve_tls(dir, tls_port, "edge.pem", "edge.key");
+    let endpoint = serve_tls(dir, tls_port, "edge.pem", "edge.key");
     let legacy_source = format!("file:{}", found.join("legacy.pem").display());
     let edge_spec = format!("127.0.0.1:{tls_port},edge.example.test");
     let edge_source = format!("tls:{edge_spec}");
@@ -433,6 +433,21 @@ report_interval_secs = 60
     let mut want = vec![edge_source.as_str(), known_source.as_str()];
     want.sort_unstable();
     assert_eq!(sources, want, "{text}");
+
+    // The endpoint stops answering: the agent names it unreadable, and the
+    // server keeps what it knew (same row, last seen unchanged) instead of
+    // forgetting it over an outage.
+    let edge_before = by_source(&all, &edge_source).clone();
+    drop(endpoint);
+    let (code, out, err) = agent(&config, &["once"]);
+    assert_eq!(code, Some(0), "{}", ctx("once (endpoint down)", &out, &err));
+    let (text, all) = discovered(&api, "?status=all");
+    let edge_after = by_source(&all, &edge_source);
+    assert_eq!(
+        (&edge_after["id"], &edge_after["last_seen"]),
+        (&edge_before["id"], &edge_before["last_seen"]),
+        "{text}"
+    );
 
     // The daemon reports at start (its identity exists), beside its polls:
     // a CA certificate dropped into the directory shows up without a cycle
