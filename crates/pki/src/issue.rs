@@ -270,6 +270,7 @@ pub(crate) fn build_leaf_linted(
         key_type: req.key_type,
         issuer_der: ca_cert_der,
         backdate: CLOCK_SKEW,
+        foreign: false,
     };
     sign_linted(
         &params,

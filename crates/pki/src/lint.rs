@@ -31,6 +31,10 @@ pub struct LintContext<'a> {
     pub issuer_der: &'a [u8],
     /// Backdating of notBefore the builder adds to the requested lifetime.
     pub backdate: Duration,
+    /// Another CA signed it (ACME): judged by the standards, not by
+    /// certflow's own profile choices — a server certificate that also
+    /// carries clientAuth, as Web PKI certificates long did, is no fault.
+    pub foreign: bool,
 }
 
 /// One broken lint.
@@ -308,7 +312,7 @@ fn extended_key_usage_matches_profile(
             ctx.profile.as_str()
         ));
     }
-    if v.client_auth == want_server {
+    if v.client_auth == want_server && !(ctx.foreign && want_server) {
         problems.push(format!(
             "clientAuth {} for profile {}",
             if v.client_auth { "present" } else { "missing" },
@@ -581,6 +585,18 @@ mod tests {
         lint_kt: KeyType,
         tamper: impl FnOnce(&mut CertificateParams),
     ) -> (Result<Vec<u8>, LintRefusal>, u32) {
+        issue_tampered_as(false, ca_kt, leaf_kt, profile, lint_kt, tamper)
+    }
+
+    /// [`issue_tampered`], linted as a certificate of another CA when `foreign`.
+    fn issue_tampered_as(
+        foreign: bool,
+        ca_kt: KeyType,
+        leaf_kt: KeyType,
+        profile: Profile,
+        lint_kt: KeyType,
+        tamper: impl FnOnce(&mut CertificateParams),
+    ) -> (Result<Vec<u8>, LintRefusal>, u32) {
         let m = ca(ca_kt);
         let leaf = key(leaf_kt).public_key_der();
         let names = names();
@@ -608,6 +624,7 @@ mod tests {
             key_type: leaf_kt,
             issuer_der: &m.issuing_cert_der,
             backdate: CLOCK_SKEW,
+            foreign,
         };
         let out = sign_linted(
             &params,
@@ -637,6 +654,7 @@ mod tests {
                         key_type: leaf_kt,
                         issuer_der: &ca(ca_kt).issuing_cert_der,
                         backdate: CLOCK_SKEW,
+                        foreign: false,
                     };
                     assert_eq!(lint_leaf(&der, &ctx), vec![]);
                     let m = ca(ca_kt);
@@ -846,6 +864,34 @@ mod tests {
         }
     }
 
+    /// serverAuth + clientAuth is certflow's own fault but not another CA's
+    /// (Web PKI server certificates long carried both); clientAuth alone on
+    /// a server certificate is a fault whoever signed it.
+    #[test]
+    fn a_foreign_server_certificate_may_also_carry_client_auth() {
+        let ec = KeyType::EcdsaP256;
+        let both = |p: &mut CertificateParams| {
+            p.extended_key_usages = vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ]
+        };
+        let (own, _) = issue_tampered(ec, ec, Profile::TlsServer, ec, both);
+        let refusal = own.expect_err("certflow never issues both");
+        assert!(
+            refusal
+                .findings
+                .iter()
+                .any(|f| f.lint == "extended_key_usage_matches_profile")
+        );
+        let (foreign, _) = issue_tampered_as(true, ec, ec, Profile::TlsServer, ec, both);
+        foreign.expect("another CA's server certificate with clientAuth too");
+        let (client_only, _) = issue_tampered_as(true, ec, ec, Profile::TlsServer, ec, |p| {
+            p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth]
+        });
+        assert!(client_only.is_err(), "no serverAuth is a fault for anyone");
+    }
+
     #[test]
     fn printable_string_alphabet() {
         assert!(printable(b"Example Org (EU) Ltd. - 1/2: a=b?"));
@@ -862,6 +908,7 @@ mod tests {
             key_type: KeyType::EcdsaP256,
             issuer_der: &m.issuing_cert_der,
             backdate: CLOCK_SKEW,
+            foreign: false,
         };
         let f = lint_leaf(&[0x30, 0x03, 0x02, 0x01, 0x01], &ctx);
         assert_eq!(f.len(), 1);

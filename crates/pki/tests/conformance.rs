@@ -251,6 +251,7 @@ fn every_ca_and_leaf_key_type_verifies_and_lints_clean() {
                         key_type: key.key_type(),
                         issuer_der: &m.issuing_cert_der,
                         backdate: Duration::seconds(60),
+                        foreign: false,
                     },
                 );
                 assert!(findings.is_empty(), "{findings:?}");

@@ -64,6 +64,7 @@ fn lint_received(
             // No chain: the lint reports the issuer as unparsable.
             issuer_der: chain.first().map_or(&[][..], Vec::as_slice),
             backdate: ACME_BACKDATE,
+            foreign: true,
         },
     )
 }
