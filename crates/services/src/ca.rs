@@ -226,6 +226,20 @@ impl Services {
         self.store.list_issuers().await
     }
 
+    /// The id of the issuer named `name` (`None` for none given), or a 400
+    /// naming the `issuer` field.
+    pub async fn issuer_id_named(&self, name: Option<&str>) -> DomainResult<Option<Uuid>> {
+        let Some(name) = name else {
+            return Ok(None);
+        };
+        self.issuers()
+            .await?
+            .into_iter()
+            .find(|i| i.name == name)
+            .map(|i| Some(i.id))
+            .ok_or_else(|| DomainError::invalid("issuer", format!("no issuer named '{name}'")))
+    }
+
     /// One issuer.
     pub async fn issuer(&self, id: Uuid) -> DomainResult<Issuer> {
         self.store

@@ -346,20 +346,7 @@ impl Deployments {
                 ));
             }
         };
-        let issuer_id = match &req.issuer {
-            None => None,
-            Some(name) => Some(
-                self.services
-                    .issuers()
-                    .await?
-                    .into_iter()
-                    .find(|i| &i.name == name)
-                    .map(|i| i.id)
-                    .ok_or_else(|| {
-                        DomainError::invalid("issuer", format!("no issuer named '{name}'"))
-                    })?,
-            ),
-        };
+        let issuer_id = self.services.issuer_id_named(req.issuer.as_deref()).await?;
         // The names come from the CSR; parsed here to compare with a repeat.
         let csr = certflow_pki::parse_csr("csr", req.csr.as_bytes())?;
         if let Some(existing) = self

@@ -332,20 +332,7 @@ impl Deployments {
                 "the discovered certificate has no DNS or IP names to certify",
             ));
         }
-        let issuer_id = match &req.issuer {
-            None => None,
-            Some(name) => Some(
-                self.services
-                    .issuers()
-                    .await?
-                    .into_iter()
-                    .find(|i| &i.name == name)
-                    .map(|i| i.id)
-                    .ok_or_else(|| {
-                        DomainError::invalid("issuer", format!("no issuer named '{name}'"))
-                    })?,
-            ),
-        };
+        let issuer_id = self.services.issuer_id_named(req.issuer.as_deref()).await?;
         // The discovered key type when certflow can generate it; else the default.
         let key_type = found
             .item

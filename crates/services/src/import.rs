@@ -613,98 +613,6 @@ mod tests {
 
     use certflow_api::ImportCaRequest;
     use certflow_blob::{LocalKeyProvider, MasterKey, ObjectBlobStore, Sealer};
-    use certflow_core::model::KeyType;
-    use certflow_core::policy::IssuancePolicies;
-    use certflow_core::ports::BlobStore as _;
-    use certflow_pki::{LeafRequest, cert_to_pem, create_ca, issue_leaf};
-    use certflow_store::SqliteStore;
-    use serde_json::json;
-
-    use super::*;
-
-    /// Taking over management is held against the issuance policy; keeping
-    /// the certificate as inventory only is not (it is rated, never renewed).
-    #[tokio::test]
-    async fn manage_requires_the_policy_inventory_does_not() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(SqliteStore::open(&dir.path().join("db")).await.unwrap());
-        let blobs = Arc::new(ObjectBlobStore::local(&dir.path().join("blobs")).unwrap());
-        let sealer = Sealer::new(Arc::new(LocalKeyProvider::new(
-            MasterKey::generate().unwrap(),
-            vec![],
-        )));
-        let policies: IssuancePolicies =
-            serde_json::from_value(json!({ "default": { "allowed_domains": ["example.com"] } }))
-                .unwrap();
-        let services = Services::new(store.clone(), blobs.clone(), sealer, None)
-            .with_issuance_policies(policies.compile().unwrap());
-        let now = OffsetDateTime::now_utc();
-        let ca = create_ca("Legacy", KeyType::EcdsaP256, now, 3650, 1825).unwrap();
-        let actor = Actor::system();
-        services
-            .import_ca(
-                &actor,
-                &ImportCaRequest {
-                    name: "legacy".into(),
-                    certificate_pem: cert_to_pem(&ca.issuing_cert_der),
-                    private_key_pem: ca.issuing_key.to_pem().to_string(),
-                    chain_pem: Some(ca.chain_der.iter().map(|d| cert_to_pem(d)).collect()),
-                    make_default: true,
-                },
-                now,
-            )
-            .await
-            .unwrap();
-        let key = PrivateKey::generate(KeyType::EcdsaP256).unwrap();
-        let der = issue_leaf(
-            &ca.issuing_cert_der,
-            &ca.issuing_key,
-            &LeafRequest {
-                profile: Profile::TlsServer,
-                names: &[SubjectName::Dns("www.other.org".into())],
-                spki_der: &key.public_key_der(),
-                key_type: KeyType::EcdsaP256,
-                validity_days: 30,
-                validity_secs: None,
-                now,
-                urls: None,
-            },
-        )
-        .unwrap();
-        let mut req = ImportRequest {
-            team: "web".into(),
-            pem: Some(cert_to_pem(&der)),
-            manage: true,
-            ..Default::default()
-        };
-        match services.import_certificate(&actor, &req, now).await {
-            Err(ImportError::Unprocessable(fields)) => {
-                assert!(
-                    fields.iter().any(|f| f.reason.contains("www.other.org")),
-                    "{fields:?}"
-                );
-            }
-            other => panic!("expected a policy refusal, got {other:?}"),
-        }
-        assert!(blobs.list("certificates/").await.unwrap().is_empty());
-        req.manage = false;
-        let view = services
-            .import_certificate(&actor, &req, now)
-            .await
-            .unwrap();
-        assert!(!view.certificate.managed);
-        assert_eq!(view.certificate.renew_after, view.certificate.not_after);
-        assert_eq!(view.certificate.key_source, KeySource::Csr);
-    }
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-mod manage_tests {
-    use std::sync::Arc;
-
-    use certflow_api::ImportCaRequest;
-    use certflow_blob::{LocalKeyProvider, MasterKey, ObjectBlobStore, Sealer};
     use certflow_core::model::{AuditQuery, KeyType};
     use certflow_core::policy::IssuancePolicies;
     use certflow_core::ports::{BlobStore as _, MetadataStore as _};
@@ -791,6 +699,39 @@ mod manage_tests {
         }
         pem.push_str(key.to_pem().as_str());
         pem
+    }
+
+    /// Taking over management is held against the issuance policy; keeping
+    /// the certificate as inventory only is not (it is rated, never renewed).
+    #[tokio::test]
+    async fn manage_requires_the_policy_inventory_does_not() {
+        let e = env().await;
+        let with_key = bundle(&e.own, "www.other.org", e.now, false);
+        let leaf = certflow_pki::parse_pem_certs("pem", &with_key).unwrap();
+        let mut req = import("web", cert_to_pem(&leaf[0]), true, None);
+        match e
+            .services
+            .import_certificate(&Actor::system(), &req, e.now)
+            .await
+        {
+            Err(ImportError::Unprocessable(fields)) => {
+                assert!(
+                    fields.iter().any(|f| f.reason.contains("www.other.org")),
+                    "{fields:?}"
+                );
+            }
+            other => panic!("expected a policy refusal, got {other:?}"),
+        }
+        assert!(e.blobs.list("certificates/").await.unwrap().is_empty());
+        req.manage = false;
+        let view = e
+            .services
+            .import_certificate(&Actor::system(), &req, e.now)
+            .await
+            .unwrap();
+        assert!(!view.certificate.managed);
+        assert_eq!(view.certificate.renew_after, view.certificate.not_after);
+        assert_eq!(view.certificate.key_source, KeySource::Csr);
     }
 
     fn import(team: &str, pem: String, manage: bool, issuer: Option<&str>) -> ImportRequest {

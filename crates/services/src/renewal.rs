@@ -54,6 +54,22 @@ fn renewal_actor() -> Actor {
     }
 }
 
+/// A renewal refused for good: what the audit trail, the log and the
+/// `policy-violation` alert say of it.
+struct Refusal<'a> {
+    reason: &'a str,
+    /// The log line's message.
+    log: &'static str,
+    /// "renewal of <name> <summary>: <reason>" in the alert.
+    summary: &'static str,
+    /// The audit event's details.
+    audit: serde_json::Value,
+    /// The alert's details.
+    details: serde_json::Value,
+    /// Alert de-duplication key prefix (one alert per certificate version).
+    dedupe: &'static str,
+}
+
 impl Services {
     /// When `version` should be renewed: the policy's window with per-version
     /// jitter, or the CA's suggested window (ACME ARI) when it offers one.
@@ -179,37 +195,22 @@ impl Services {
             .map(ToString::to_string)
             .collect::<Vec<_>>()
             .join("; ");
-        let mut audit = AuditEvent::success(
-            now,
+        let violations = json!({ "violations": fields });
+        self.renewal_refused(
             actor,
-            "certificate.renewal.refused",
-            format!("certificate/{}", cert.id),
-            json!({ "version": version, "violations": fields }),
-        );
-        audit.outcome = Outcome::Failure;
-        self.store.append_audit(&audit).await?;
-        tracing::warn!(certificate = %cert.id, version, %reason, "renewal refused by issuance policy");
-        self.publish(
-            Notification {
-                id: Uuid::now_v7(),
-                kind: EventKind::PolicyViolation,
-                team: cert.team.clone(),
-                certificate_id: Some(cert.id),
-                certificate_name: Some(cert.name.clone()),
-                version: Some(version),
-                not_after: Some(cert.not_after),
-                days_left: None,
-                reason: Some(reason.clone()),
-                summary: format!(
-                    "renewal of {} refused by issuance policy: {reason}; it expires {}",
-                    cert.name, cert.not_after
-                ),
-                details: json!({ "violations": fields }),
-                at: now,
+            cert,
+            version,
+            Refusal {
+                reason: &reason,
+                log: "renewal refused by issuance policy",
+                summary: "refused by issuance policy",
+                audit: json!({ "version": version, "violations": fields }),
+                details: violations,
+                dedupe: "policy-violation",
             },
-            Some(&format!("policy-violation:{}:v{version}", cert.id)),
+            now,
         )
-        .await;
+        .await?;
         Ok(Some(fields))
     }
 
@@ -223,16 +224,52 @@ impl Services {
         reason: &str,
         now: OffsetDateTime,
     ) -> DomainResult<()> {
-        let mut audit = AuditEvent::success(
-            now,
+        self.renewal_refused(
             &renewal_actor(),
+            cert,
+            version,
+            Refusal {
+                reason,
+                log: "renewal refused: key compromised",
+                summary: "refused",
+                audit: json!({ "version": version, "reason": reason }),
+                details: json!({ "key_compromised": true }),
+                dedupe: "key-compromised",
+            },
+            now,
+        )
+        .await
+    }
+
+    /// Audits (`certificate.renewal.refused`, as a failure) and announces
+    /// (`policy-violation`, once per `refusal.dedupe` and version) a renewal
+    /// that will not happen whatever is retried.
+    async fn renewal_refused(
+        &self,
+        actor: &Actor,
+        cert: &Certificate,
+        version: u32,
+        refusal: Refusal<'_>,
+        now: OffsetDateTime,
+    ) -> DomainResult<()> {
+        let Refusal {
+            reason,
+            log,
+            summary,
+            audit,
+            details,
+            dedupe,
+        } = refusal;
+        let mut event = AuditEvent::success(
+            now,
+            actor,
             "certificate.renewal.refused",
             format!("certificate/{}", cert.id),
-            json!({ "version": version, "reason": reason }),
+            audit,
         );
-        audit.outcome = Outcome::Failure;
-        self.store.append_audit(&audit).await?;
-        tracing::warn!(certificate = %cert.id, version, %reason, "renewal refused: key compromised");
+        event.outcome = Outcome::Failure;
+        self.store.append_audit(&event).await?;
+        tracing::warn!(certificate = %cert.id, version, %reason, "{log}");
         self.publish(
             Notification {
                 id: Uuid::now_v7(),
@@ -245,13 +282,13 @@ impl Services {
                 days_left: None,
                 reason: Some(reason.to_owned()),
                 summary: format!(
-                    "renewal of {} refused: {reason}; it expires {}",
+                    "renewal of {} {summary}: {reason}; it expires {}",
                     cert.name, cert.not_after
                 ),
-                details: json!({ "key_compromised": true }),
+                details,
                 at: now,
             },
-            Some(&format!("key-compromised:{}:v{version}", cert.id)),
+            Some(&format!("{dedupe}:{}:v{version}", cert.id)),
         )
         .await;
         Ok(())
