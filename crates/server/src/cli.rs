@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use base64::Engine as _;
+use certflow_api::agent::{DiscoveredList, TakeOverRequest};
 use certflow_api::{
     AuditEventView, CertificateDetail, CertificatePage, CreateCertificateRequest, ImportCaRequest,
     IssuerView, Pkcs12Request, Problem, RenewRequest, RevokeRequest,
@@ -123,6 +124,34 @@ pub enum CertCommand {
         /// certificate of another CA.
         #[arg(long)]
         issuer: Option<String>,
+    },
+    /// List the certificates agents discovered on their hosts.
+    Discovered {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// unmanaged (default), managed or all.
+        #[arg(long)]
+        status: Option<String>,
+        /// Only this agent's.
+        #[arg(long)]
+        agent: Option<Uuid>,
+    },
+    /// Take over a discovered certificate: certflow issues one for the same
+    /// names, assigned to the agent that found it, and renews it.
+    TakeOver {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Discovered certificate id (`cert discovered`).
+        id: Uuid,
+        /// Owning team (one of the discovering agent's teams).
+        #[arg(long)]
+        team: String,
+        /// Issuer name (the default issuer otherwise).
+        #[arg(long)]
+        issuer: Option<String>,
+        /// Display name (the first discovered name otherwise).
+        #[arg(long)]
+        name: Option<String>,
     },
     /// List certificates.
     List {
@@ -617,6 +646,67 @@ pub async fn run_cert(cmd: CertCommand) -> anyhow::Result<()> {
                     Ok(())
                 }
             }
+        }
+        CertCommand::Discovered {
+            client,
+            status,
+            agent,
+        } => {
+            let c = Client::new(&client)?;
+            let mut q: Vec<(&str, String)> = Vec::new();
+            q.extend(status.map(|s| ("status", s)));
+            q.extend(agent.map(|a| ("agent", a.to_string())));
+            let list: DiscoveredList = c.json(c.http.get(c.url("/discovered")).query(&q)).await?;
+            if c.output == Output::Json {
+                return print_json(&list);
+            }
+            let mut t = Table::new();
+            t.load_preset(UTF8_BORDERS_ONLY);
+            t.set_header(vec![
+                "id",
+                "agent",
+                "source",
+                "names",
+                "issuer",
+                "not after",
+                "state",
+            ]);
+            for d in &list.items {
+                let state = match (d.managed_certificate_id, d.taken_over_certificate_id) {
+                    (Some(c), _) => format!("managed {c}"),
+                    (None, Some(c)) => format!("taken over by {c}"),
+                    (None, None) => "unmanaged".to_owned(),
+                };
+                t.add_row(vec![
+                    d.id.to_string(),
+                    d.agent_name.clone(),
+                    d.source.clone(),
+                    d.names.join(", "),
+                    d.issuer.clone(),
+                    d.not_after.date().to_string(),
+                    state,
+                ]);
+            }
+            println!("{t}");
+            Ok(())
+        }
+        CertCommand::TakeOver {
+            client,
+            id,
+            team,
+            issuer,
+            name,
+        } => {
+            let c = Client::new(&client)?;
+            let body = TakeOverRequest { team, issuer, name };
+            let d: CertificateDetail = c
+                .json(
+                    c.http
+                        .post(c.url(&format!("/discovered/{id}/take-over")))
+                        .json(&body),
+                )
+                .await?;
+            print_detail(c.output, &d)
         }
         CertCommand::Manage { client, id, issuer } => {
             let c = Client::new(&client)?;

@@ -394,6 +394,29 @@ report_interval_secs = 60
     );
     let (status, problem) = api.post(&take_over, json!({ "team": "web" }));
     assert_eq!(status, 409, "{problem}");
+    // The CLI lists the same view and gets the same refusal.
+    let token = server.token_line.as_deref().unwrap();
+    let (done, out) = super::cli(
+        &server,
+        token,
+        &["cert", "discovered", "--status", "all", "--output", "json"],
+    );
+    assert!(done, "{out}");
+    let listed: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        by_source(listed["items"].as_array().unwrap(), &legacy_source)["taken_over_certificate_id"],
+        new_id.as_str(),
+        "{out}"
+    );
+    let (done, out) = super::cli(
+        &server,
+        token,
+        &["cert", "take-over", &legacy_id, "--team", "web"],
+    );
+    assert!(
+        !done && out.contains("409") && out.contains("already taken over"),
+        "{out}"
+    );
 
     // The compliance report rates the endpoint's certificate: certflow does
     // not know its issuer.
