@@ -542,8 +542,19 @@ pub trait DiscoveryStore: Send + Sync {
     ) -> DomainResult<Vec<crate::discovery::Discovered>>;
     /// One discovery.
     async fn get_discovered(&self, id: Uuid) -> DomainResult<Option<crate::discovery::Discovered>>;
-    /// Records the certificate that took the discovery over, with `audit`;
-    /// `Conflict` if it already was taken over, `NotFound` if absent.
+    /// Claims the discovery for one take-over: `false` when it was taken
+    /// over already or another claim newer than `stale_before` holds it.
+    async fn claim_discovered_take_over(
+        &self,
+        id: Uuid,
+        now: OffsetDateTime,
+        stale_before: OffsetDateTime,
+    ) -> DomainResult<bool>;
+    /// Drops a claim whose take-over failed.
+    async fn release_discovered_take_over(&self, id: Uuid) -> DomainResult<()>;
+    /// Records the certificate that took the discovery over (ending the
+    /// claim), with `audit`; `Conflict` if it already was taken over,
+    /// `NotFound` if absent.
     async fn set_discovered_taken_over(
         &self,
         id: Uuid,

@@ -178,6 +178,10 @@ pub fn validate_report(req: &DiscoveryReport) -> DomainResult<Vec<DiscoveredItem
     }
 }
 
+/// A take-over claim older than this is a crashed one and may be taken again
+/// (issuing a certificate takes seconds, an ACME order at most a few minutes).
+const TAKE_OVER_CLAIM_TIMEOUT: time::Duration = time::Duration::minutes(10);
+
 /// The teams whose agents' discoveries `principal` may read (`None`: all).
 pub fn visible_teams(principal: &Principal) -> Option<Vec<String>> {
     if principal.is_admin() {
@@ -332,55 +336,75 @@ impl Deployments {
                 "the discovered certificate has no DNS or IP names to certify",
             ));
         }
-        let issuer_id = self.services.issuer_id_named(req.issuer.as_deref()).await?;
-        // The discovered key type when certflow can generate it; else the default.
-        let key_type = found
-            .item
-            .certificate_der
-            .as_deref()
-            .and_then(|der| certflow_pki::inspect(der).ok())
-            .and_then(|info| info.key_type)
-            .map(|k| k.as_str().to_owned());
-        let view = self
-            .services
-            .create_certificate(
-                actor,
-                &CreateCertificateRequest {
-                    name: req.name.clone(),
-                    names: found.item.names.clone(),
-                    team: req.team.clone(),
-                    labels: Default::default(),
-                    profile: None,
-                    key_type,
-                    validity_days: None,
-                    csr: None,
-                    issuer_id,
-                    validity_seconds: None,
-                    renewal: None,
-                },
-                now,
-            )
-            .await?;
-        let certificate_id = view.certificate.id;
-        self.assign(actor, found.agent_id, certificate_id, now)
-            .await?;
-        store
-            .set_discovered_taken_over(
-                id,
-                certificate_id,
-                &AuditEvent::success(
-                    now,
+        // One take-over at a time: two people clicking at once would
+        // otherwise both issue; the loser gets 409 before anything is issued.
+        if !store
+            .claim_discovered_take_over(id, now, now - TAKE_OVER_CLAIM_TIMEOUT)
+            .await?
+        {
+            return Err(DomainError::Conflict(format!(
+                "discovered certificate {id} is being taken over or was taken over already"
+            )));
+        }
+        let taken = async {
+            let issuer_id = self.services.issuer_id_named(req.issuer.as_deref()).await?;
+            // The discovered key type when certflow can generate it; else the default.
+            let key_type = found
+                .item
+                .certificate_der
+                .as_deref()
+                .and_then(|der| certflow_pki::inspect(der).ok())
+                .and_then(|info| info.key_type)
+                .map(|k| k.as_str().to_owned());
+            let view = self
+                .services
+                .create_certificate(
                     actor,
-                    "discovery.take-over",
-                    format!("discovered/{id}"),
-                    json!({
-                        "certificate_id": certificate_id, "agent_id": found.agent_id,
-                        "source": found.item.source, "team": req.team,
-                        "fingerprint_sha256": found.item.fingerprint_sha256,
-                    }),
-                ),
-            )
-            .await?;
-        Ok(view)
+                    &CreateCertificateRequest {
+                        name: req.name.clone(),
+                        names: found.item.names.clone(),
+                        team: req.team.clone(),
+                        labels: Default::default(),
+                        profile: None,
+                        key_type,
+                        validity_days: None,
+                        csr: None,
+                        issuer_id,
+                        validity_seconds: None,
+                        renewal: None,
+                    },
+                    now,
+                )
+                .await?;
+            let certificate_id = view.certificate.id;
+            self.assign(actor, found.agent_id, certificate_id, now)
+                .await?;
+            store
+                .set_discovered_taken_over(
+                    id,
+                    certificate_id,
+                    &AuditEvent::success(
+                        now,
+                        actor,
+                        "discovery.take-over",
+                        format!("discovered/{id}"),
+                        json!({
+                            "certificate_id": certificate_id, "agent_id": found.agent_id,
+                            "source": found.item.source, "team": req.team,
+                            "fingerprint_sha256": found.item.fingerprint_sha256,
+                        }),
+                    ),
+                )
+                .await?;
+            Ok(view)
+        }
+        .await;
+        if taken.is_err()
+            && let Err(e) = store.release_discovered_take_over(id).await
+        {
+            // The claim then lapses after the timeout.
+            tracing::warn!(discovered = %id, error = %e, "cannot release a failed take-over's claim");
+        }
+        taken
     }
 }

@@ -447,11 +447,27 @@ async fn take_over_issues_through_policy_within_the_agents_teams_once() {
     assert_eq!(certificates(&e.store).await, 0);
     assert_eq!(count(&e.store, "discovery.take-over").await, 0);
 
-    let view = e
-        .deployments
-        .take_over_discovered(&operator, &alice(), legacy.id, &req("payments"), e.now)
-        .await
-        .unwrap();
+    // Two take-overs at once (two people clicking): one issues, the other
+    // is refused before issuing anything.
+    // Under different display names, so no name conflict stands in for the claim.
+    let actor = alice();
+    let named = |name: &str| TakeOverRequest {
+        name: Some(name.to_owned()),
+        ..req("payments")
+    };
+    let (one, two) = (named("legacy-a"), named("legacy-b"));
+    let (first, second) = tokio::join!(
+        e.deployments
+            .take_over_discovered(&operator, &actor, legacy.id, &one, e.now),
+        e.deployments
+            .take_over_discovered(&operator, &actor, legacy.id, &two, e.now),
+    );
+    let (view, lost) = match (first, second) {
+        (Ok(v), Err(e)) | (Err(e), Ok(v)) => (v, e),
+        other => panic!("exactly one take-over should win: {other:?}"),
+    };
+    assert!(matches!(lost, DomainError::Conflict(_)), "{lost:?}");
+    assert_eq!(certificates(&e.store).await, 1);
     assert_eq!(view.certificate.team, "payments");
     assert_eq!(
         view.certificate.names,

@@ -260,13 +260,62 @@ impl<B: Backend> DiscoveryStore for SqlStore<B> {
         execute::<B>(
             &mut tx,
             Sql::new(
-                "UPDATE discovered_certificates SET taken_over_certificate_id = $1 WHERE id = $2",
+                "UPDATE discovered_certificates SET taken_over_certificate_id = $1, \
+                 take_over_claimed_at = NULL WHERE id = $2",
             )
             .bind(id(certificate_id))
             .bind(id(discovered)),
         )
         .await?;
         insert_audit::<B>(&mut tx, audit).await?;
+        tx.commit().await.map_err(map)
+    }
+
+    async fn claim_discovered_take_over(
+        &self,
+        discovered: Uuid,
+        now: OffsetDateTime,
+        stale_before: OffsetDateTime,
+    ) -> DomainResult<bool> {
+        let mut tx = self.begin_write().await?;
+        let mut lock = Sql::new(
+            "SELECT taken_over_certificate_id, take_over_claimed_at \
+             FROM discovered_certificates WHERE id = $1",
+        )
+        .bind(id(discovered));
+        lock.push(B::FOR_UPDATE);
+        let Some(current) = fetch_optional::<B>(&mut tx, lock).await? else {
+            return Err(DomainError::NotFound(format!(
+                "discovered certificate {discovered}"
+            )));
+        };
+        let held = current
+            .opt_int("take_over_claimed_at")?
+            .is_some_and(|at| at >= secs(stale_before));
+        if current.opt_text("taken_over_certificate_id")?.is_some() || held {
+            return Ok(false);
+        }
+        execute::<B>(
+            &mut tx,
+            Sql::new("UPDATE discovered_certificates SET take_over_claimed_at = $1 WHERE id = $2")
+                .bind(secs(now))
+                .bind(id(discovered)),
+        )
+        .await?;
+        tx.commit().await.map_err(map)?;
+        Ok(true)
+    }
+
+    async fn release_discovered_take_over(&self, discovered: Uuid) -> DomainResult<()> {
+        let mut tx = self.begin_write().await?;
+        execute::<B>(
+            &mut tx,
+            Sql::new(
+                "UPDATE discovered_certificates SET take_over_claimed_at = NULL WHERE id = $1",
+            )
+            .bind(id(discovered)),
+        )
+        .await?;
         tx.commit().await.map_err(map)
     }
 }
@@ -302,6 +351,24 @@ macro_rules! forward_discovery_store {
             ) -> certflow_core::error::DomainResult<Option<certflow_core::discovery::Discovered>>
             {
                 self.$field.get_discovered(id).await
+            }
+
+            async fn claim_discovered_take_over(
+                &self,
+                id: uuid::Uuid,
+                now: time::OffsetDateTime,
+                stale_before: time::OffsetDateTime,
+            ) -> certflow_core::error::DomainResult<bool> {
+                self.$field
+                    .claim_discovered_take_over(id, now, stale_before)
+                    .await
+            }
+
+            async fn release_discovered_take_over(
+                &self,
+                id: uuid::Uuid,
+            ) -> certflow_core::error::DomainResult<()> {
+                self.$field.release_discovered_take_over(id).await
             }
 
             async fn set_discovered_taken_over(

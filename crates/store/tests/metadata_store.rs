@@ -4835,6 +4835,26 @@ mod suite {
         assert_eq!(legacy.managed, None);
         assert_eq!(store.get_discovered(Uuid::now_v7()).await.unwrap(), None);
 
+        // One take-over at a time: a claim holds until released, taken over,
+        // or stale.
+        let claim = |claimed: i64, stale: i64| {
+            store.claim_discovered_take_over(legacy.id, at(claimed), at(stale))
+        };
+        assert!(claim(T0 + 100, T0).await.unwrap());
+        assert!(!claim(T0 + 101, T0).await.unwrap(), "held by the first");
+        store.release_discovered_take_over(legacy.id).await.unwrap();
+        assert!(claim(T0 + 102, T0).await.unwrap(), "released");
+        assert!(
+            claim(T0 + 2000, T0 + 1000).await.unwrap(),
+            "a claim older than the timeout is a crashed one"
+        );
+        assert!(matches!(
+            store
+                .claim_discovered_take_over(Uuid::now_v7(), at(T0), at(T0))
+                .await,
+            Err(DomainError::NotFound(_))
+        ));
+
         store
             .set_discovered_taken_over(legacy.id, cert.id, &event("discovery.take-over", "x"))
             .await
@@ -4865,6 +4885,10 @@ mod suite {
             Err(DomainError::NotFound(_))
         ));
         assert_eq!(actions(store, "discovery.take-over").await.len(), 1);
+        assert!(
+            !claim(T0 + 5000, T0 + 4000).await.unwrap(),
+            "taken over: no claim, however old the last one"
+        );
         // The next report keeps the take-over record of a source seen before.
         store
             .replace_discovered(

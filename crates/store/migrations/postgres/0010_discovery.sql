@@ -17,6 +17,7 @@ CREATE TABLE discovered_certificates (
     first_seen                BIGINT           NOT NULL,
     last_seen                 BIGINT           NOT NULL,
     taken_over_certificate_id TEXT COLLATE "C" REFERENCES certificates (id),
+    take_over_claimed_at      BIGINT,
     UNIQUE (agent_id, source)
 );
 

@@ -23,6 +23,9 @@ CREATE TABLE discovered_certificates (
     last_seen                 INTEGER NOT NULL,
     -- The certflow certificate created to replace it ("take over").
     taken_over_certificate_id TEXT    REFERENCES certificates (id),
+    -- A take-over in progress since then (one at a time; a claim older than
+    -- the claim timeout is a crashed one and may be taken again).
+    take_over_claimed_at      INTEGER,
     UNIQUE (agent_id, source)
 );
 
