@@ -458,7 +458,14 @@ impl Agent {
             if from_next {
                 self.promote_key(&label)?;
             }
-            tracing::info!(certificate = %label, version = attempted, "reloaded and verified");
+            // Say only what was done: reload and verify are both optional.
+            let done = match (cfg.reload.is_some(), cfg.verify.is_some()) {
+                (true, true) => "reloaded and verified",
+                (true, false) => "reloaded (no [certificate.verify])",
+                (false, true) => "verified (no [certificate.reload])",
+                (false, false) => "in place (no reload or verify configured)",
+            };
+            tracing::info!(certificate = %label, version = attempted, "{done}");
             return Ok((
                 DeploymentStatus::Installed,
                 Some(installed),
