@@ -13,6 +13,44 @@ use serde_json::{Value, json};
 use crate::agent_nginx::{agent_bin, private};
 use crate::{Api, Server, require, sh, start, stop};
 
+/// A server with its agent listener on a free port, and the listener's CA
+/// written to `dir/server-ca.pem` for the agent's `ca_file`: the server, its
+/// API as the bootstrap admin, and the listener's address.
+pub(crate) fn agent_server(dir: &Path, env: &[(&str, &str)]) -> (Server, Api, String) {
+    let listen = format!("127.0.0.1:{}", certflow_testkit::free_port());
+    let mut all = vec![("CERTFLOW_AGENT__LISTEN", listen.as_str())];
+    all.extend_from_slice(env);
+    let server =
+        start(&dir.join("data"), &all).unwrap_or_else(|e| panic!("server did not start: {e}"));
+    let api = Api::new(&server, server.token_line.as_deref().unwrap());
+    let issuers: Value = api.get("/console/api/v1/issuers").json().unwrap();
+    std::fs::write(
+        dir.join("server-ca.pem"),
+        issuers[0]["issuing_cert_pem"].as_str().unwrap(),
+    )
+    .unwrap();
+    (server, api, listen)
+}
+
+/// A join token for an agent `name` of team `team`, written (0600) to
+/// `dir/join-token` for the agent's `join_token_file`.
+pub(crate) fn join_token(api: &Api, dir: &Path, name: &str, team: &str) {
+    let (status, jt) = api.post(
+        "/console/api/v1/agents/join-tokens",
+        json!({ "name": name, "teams": [team], "ttl_minutes": 10 }),
+    );
+    assert_eq!(status, 201, "{jt}");
+    private(&dir.join("join-token"), jt["token"].as_str().unwrap());
+}
+
+/// What an agent run printed, and the server log, for an assertion message.
+pub(crate) fn run_context(server: &Server, what: &str, out: &str, err: &str) -> String {
+    format!(
+        "{what}\n--- stdout ---\n{out}\n--- stderr ---\n{err}\n--- server log ---\n{}",
+        server.log()
+    )
+}
+
 /// Exit code, stdout and stderr of `certflow-agent <args> --config <config>`,
 /// killed (and the test failed) if it runs longer than a minute.
 pub(crate) fn agent(config: &Path, args: &[&str]) -> (Option<i32>, String, String) {
@@ -84,19 +122,7 @@ fn server_keyed_certificate_installs_pem_and_pkcs12_after_a_dry_run() {
     require("openssl", "apt-get install openssl");
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let listen = format!("127.0.0.1:{}", certflow_testkit::free_port());
-    let server: Server = start(
-        &dir.join("data"),
-        &[("CERTFLOW_AGENT__LISTEN", listen.as_str())],
-    )
-    .unwrap_or_else(|e| panic!("server did not start: {e}"));
-    let api = Api::new(&server, server.token_line.as_deref().unwrap());
-    let issuers: Value = api.get("/console/api/v1/issuers").json().unwrap();
-    std::fs::write(
-        dir.join("server-ca.pem"),
-        issuers[0]["issuing_cert_pem"].as_str().unwrap(),
-    )
-    .unwrap();
+    let (server, api, listen) = agent_server(dir, &[]);
 
     // The operator creates the certificate; certflow generates and seals its key.
     let (status, c) = api.post(
@@ -107,12 +133,7 @@ fn server_keyed_certificate_installs_pem_and_pkcs12_after_a_dry_run() {
     let cert_id = c["id"].as_str().unwrap().to_owned();
     let serial = c["versions"][0]["serial"].as_str().unwrap().to_owned();
 
-    let (status, jt) = api.post(
-        "/console/api/v1/agents/join-tokens",
-        json!({ "name": "app-01", "teams": ["web"], "ttl_minutes": 10 }),
-    );
-    assert_eq!(status, 201, "{jt}");
-    private(&dir.join("join-token"), jt["token"].as_str().unwrap());
+    join_token(&api, dir, "app-01", "web");
     private(&dir.join("p12-password"), "s3cret-p12\n");
     let tls = dir.join("tls");
     std::fs::create_dir_all(&tls).unwrap();
@@ -144,12 +165,7 @@ pkcs12_password_file = "{d}/p12-password"
             t = tls.display(),
         ),
     );
-    let ctx = |what: &str, out: &str, err: &str| {
-        format!(
-            "{what}\n--- stdout ---\n{out}\n--- stderr ---\n{err}\n--- server log ---\n{}",
-            server.log()
-        )
-    };
+    let ctx = |what: &str, out: &str, err: &str| run_context(&server, what, out, err);
 
     // Dry run on a fresh host: says it would enrol, creates nothing, uses
     // not the join token, exits 1 (not everything is served).
@@ -346,7 +362,6 @@ fn oidc_client_enrols_installs_and_re_enrols_as_the_same_agent() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let op = crate::agents::start_op(dir);
-    let listen = format!("127.0.0.1:{}", certflow_testkit::free_port());
     let server_config = dir.join("certflow.toml");
     std::fs::write(
         &server_config,
@@ -363,21 +378,8 @@ teams = ["api"]
         ),
     )
     .unwrap();
-    let server: Server = start(
-        &dir.join("data"),
-        &[
-            ("CERTFLOW_AGENT__LISTEN", listen.as_str()),
-            ("CERTFLOW_CONFIG", server_config.to_str().unwrap()),
-        ],
-    )
-    .unwrap_or_else(|e| panic!("server did not start: {e}"));
-    let api = Api::new(&server, server.token_line.as_deref().unwrap());
-    let issuers: Value = api.get("/console/api/v1/issuers").json().unwrap();
-    std::fs::write(
-        dir.join("server-ca.pem"),
-        issuers[0]["issuing_cert_pem"].as_str().unwrap(),
-    )
-    .unwrap();
+    let (server, api, listen) =
+        agent_server(dir, &[("CERTFLOW_CONFIG", server_config.to_str().unwrap())]);
     private(&dir.join("client-secret"), "agent-secret\n");
     let tls = dir.join("tls");
     std::fs::create_dir_all(&tls).unwrap();
@@ -409,12 +411,7 @@ key = "{t}/api.key"
             issuer = op.issuer,
         ),
     );
-    let ctx = |what: &str, out: &str, err: &str| {
-        format!(
-            "{what}\n--- stdout ---\n{out}\n--- stderr ---\n{err}\n--- server log ---\n{}",
-            server.log()
-        )
-    };
+    let ctx = |what: &str, out: &str, err: &str| run_context(&server, what, out, err);
 
     // First run: token, enrolment, CSR for a key made here, install.
     let (code, out, err) = agent(&config, &["once"]);

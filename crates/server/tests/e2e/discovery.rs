@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 
 use crate::agent_nginx::{agent_bin, private};
 use crate::agent_paths::agent;
-use crate::{Api, require, sh, start, stop};
+use crate::{Api, require, sh, stop};
 
 fn openssl(dir: &Path, args: &[&str]) -> String {
     let mut all = vec!["openssl"];
@@ -162,19 +162,7 @@ fn discovery_end_to_end_with_an_agent_scanning_a_directory_and_a_tls_endpoint() 
     require("openssl", "apt-get install openssl");
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let listen = format!("127.0.0.1:{}", certflow_testkit::free_port());
-    let server = start(
-        &dir.join("data"),
-        &[("CERTFLOW_AGENT__LISTEN", listen.as_str())],
-    )
-    .unwrap_or_else(|e| panic!("server did not start: {e}"));
-    let api = Api::new(&server, server.token_line.as_deref().unwrap());
-    let issuers: Value = api.get("/console/api/v1/issuers").json().unwrap();
-    std::fs::write(
-        dir.join("server-ca.pem"),
-        issuers[0]["issuing_cert_pem"].as_str().unwrap(),
-    )
-    .unwrap();
+    let (server, api, listen) = crate::agent_paths::agent_server(dir, &[]);
 
     // An external CA (certflow never saw it) and two of its leaves: one as
     // a file with its key beside it, one served by a TLS endpoint.
@@ -227,12 +215,7 @@ fn discovery_end_to_end_with_an_agent_scanning_a_directory_and_a_tls_endpoint() 
     let known_source = format!("file:{}", found.join("known.pem").display());
 
     // A discovery-only agent: no [[certificate]].
-    let (status, jt) = api.post(
-        "/console/api/v1/agents/join-tokens",
-        json!({ "name": "scanner-01", "teams": ["web"], "ttl_minutes": 10 }),
-    );
-    assert_eq!(status, 201, "{jt}");
-    private(&dir.join("join-token"), jt["token"].as_str().unwrap());
+    crate::agent_paths::join_token(&api, dir, "scanner-01", "web");
     let config = dir.join("agent.toml");
     private(
         &config,
@@ -254,12 +237,8 @@ report_interval_secs = 60
             f = found.display(),
         ),
     );
-    let ctx = |what: &str, out: &str, err: &str| {
-        format!(
-            "{what}\n--- stdout ---\n{out}\n--- stderr ---\n{err}\n--- server log ---\n{}",
-            server.log()
-        )
-    };
+    let ctx =
+        |what: &str, out: &str, err: &str| crate::agent_paths::run_context(&server, what, out, err);
 
     // Before enrolment `discover --report` has no identity to send with.
     let (code, out, err) = agent(&config, &["discover", "--report"]);

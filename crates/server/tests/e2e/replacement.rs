@@ -217,19 +217,7 @@ fn the_agent_installs_a_replacement_and_follows_on_revoked() {
     require("openssl", "apt-get install openssl");
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let listen = format!("127.0.0.1:{}", certflow_testkit::free_port());
-    let server = start(
-        &dir.join("data"),
-        &[("CERTFLOW_AGENT__LISTEN", listen.as_str())],
-    )
-    .unwrap_or_else(|e| panic!("server did not start: {e}"));
-    let api = Api::new(&server, server.token_line.as_deref().unwrap());
-    let issuers: Value = api.get("/console/api/v1/issuers").json().unwrap();
-    std::fs::write(
-        dir.join("server-ca.pem"),
-        issuers[0]["issuing_cert_pem"].as_str().unwrap(),
-    )
-    .unwrap();
+    let (server, api, listen) = crate::agent_paths::agent_server(dir, &[]);
     let mut ids = Vec::new();
     for name in ["gone", "kept"] {
         let (status, c) = api.post(
@@ -239,12 +227,7 @@ fn the_agent_installs_a_replacement_and_follows_on_revoked() {
         assert_eq!(status, 201, "{c}");
         ids.push(c["id"].as_str().unwrap().to_owned());
     }
-    let (status, jt) = api.post(
-        "/console/api/v1/agents/join-tokens",
-        json!({ "name": "app-01", "teams": ["web"], "ttl_minutes": 10 }),
-    );
-    assert_eq!(status, 201, "{jt}");
-    private(&dir.join("join-token"), jt["token"].as_str().unwrap());
+    crate::agent_paths::join_token(&api, dir, "app-01", "web");
     let tls = dir.join("tls");
     std::fs::create_dir_all(&tls).unwrap();
     let config = dir.join("agent.toml");
@@ -284,12 +267,8 @@ key = "{t}/kept.key"
             kept = ids[1],
         ),
     );
-    let ctx = |what: &str, out: &str, err: &str| {
-        format!(
-            "{what}\n--- stdout ---\n{out}\n--- stderr ---\n{err}\n--- server log ---\n{}",
-            server.log()
-        )
-    };
+    let ctx =
+        |what: &str, out: &str, err: &str| crate::agent_paths::run_context(&server, what, out, err);
     // Enrol, then assign both.
     agent(&config, &["once"]);
     let list: Value = api.get("/console/api/v1/agents").json().unwrap();
