@@ -5,8 +5,6 @@
 //! PostgreSQL must run on 127.0.0.1:5432 with trust auth for `postgres`
 //! (`pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`).
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
-
 use std::process::Command;
 use std::sync::Arc;
 

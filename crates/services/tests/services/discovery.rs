@@ -3,12 +3,9 @@
 //! and a take-over issues through the request path (policies apply), is
 //! limited to the agent's teams and happens once.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
-
 use std::sync::Arc;
 
 use certflow_api::agent::{DiscoveredCertificate, DiscoveryReport, TakeOverRequest};
-use certflow_blob::{LocalKeyProvider, MasterKey, ObjectBlobStore, Sealer};
 use certflow_core::DomainError;
 use certflow_core::access::{Principal, PrincipalKind, Role};
 use certflow_core::agents::Agent;
@@ -17,21 +14,16 @@ use certflow_core::model::{Actor, AuditQuery, CertificateQuery};
 use certflow_core::policy::{IssuancePolicies, IssuancePolicy};
 use certflow_core::ports::MetadataStore;
 use certflow_core::{KeyType, SubjectName};
+use certflow_services::Services;
 use certflow_services::agents::{AgentSettings, Agents, TokenEnrolment};
 use certflow_services::deployments::{DeploymentSettings, Deployments};
-use certflow_services::{CaSettings, Services};
 use certflow_store::SqliteStore;
 use time::OffsetDateTime;
 
 /// Made by `openssl req -x509 -sha1 -newkey rsa:1024` (a legacy certificate).
-const LEGACY: &str = include_str!("../../../testdata/compliance/sha1-rsa1024.pem");
+const LEGACY: &str = include_str!("../../../../testdata/compliance/sha1-rsa1024.pem");
 /// Its SHA-256 (`openssl x509 -fingerprint -sha256`).
 const LEGACY_SHA256: &str = "d80fcdd6cbd8a7fb580ca96ac51d0e0d08b7f9277b2176e9f8230188656626d3";
-
-fn csr() -> Vec<u8> {
-    let key = certflow_pki::PrivateKey::generate(KeyType::EcdsaP256).unwrap();
-    certflow_pki::build_csr(&key, &[SubjectName::Dns("agent.invalid".into())]).unwrap()
-}
 
 struct Env {
     _dir: tempfile::TempDir,
@@ -46,17 +38,6 @@ struct Env {
 /// An agent of teams `payments` and `edge`; team `payments` may only have
 /// names under `example.com`.
 async fn env() -> Env {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(
-        SqliteStore::open(&dir.path().join("certflow.db"))
-            .await
-            .unwrap(),
-    );
-    let blobs = Arc::new(ObjectBlobStore::local(&dir.path().join("blobs")).unwrap());
-    let sealer = Sealer::new(Arc::new(LocalKeyProvider::new(
-        MasterKey::generate().unwrap(),
-        Vec::new(),
-    )));
     let mut policies = IssuancePolicies::default();
     policies.teams.insert(
         "payments".into(),
@@ -65,21 +46,8 @@ async fn env() -> Env {
             ..IssuancePolicy::default()
         },
     );
-    let services = Services::new(store.clone(), blobs, sealer, None)
-        .with_issuance_policies(policies.compile().unwrap());
+    let (dir, store, services) = crate::sqlite_services(policies).await;
     let now = OffsetDateTime::now_utc();
-    services
-        .ensure_ca(
-            &CaSettings {
-                name: "test".into(),
-                key_type: KeyType::EcdsaP256,
-                root_validity_days: 3650,
-                intermediate_validity_days: 1825,
-            },
-            now,
-        )
-        .await
-        .unwrap();
     let agents = Agents::new(&services, store.clone(), AgentSettings::default());
     agents.ensure_ca(now).await.unwrap();
     let deployments = Deployments::new(
@@ -96,7 +64,7 @@ async fn env() -> Env {
                 client_id: "web-01".into(),
                 teams: vec!["payments".into(), "edge".into()],
             },
-            &csr(),
+            &crate::agent_csr(),
             None,
             None,
             now,

@@ -4,19 +4,11 @@
 //! when the requester does), a requester-held compromised key is refused
 //! before anything is revoked, and no renewal path certifies such a key again.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
-
-use std::sync::Arc;
-
 use certflow_api::CreateCertificateRequest;
-use certflow_blob::{LocalKeyProvider, MasterKey, ObjectBlobStore, Sealer};
 use certflow_core::model::{Actor, AuditQuery, CertificateStatus, RevocationReason, VersionStatus};
 use certflow_core::renewal::RenewalJob;
 use certflow_core::{DomainError, KeyType, SubjectName};
-use certflow_services::{
-    CaSettings, CertificateView, DownloadKind, JobOutcome, Replacement, Services,
-};
-use certflow_store::SqliteStore;
+use certflow_services::{CertificateView, DownloadKind, JobOutcome, Replacement, Services};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -26,30 +18,7 @@ struct Env {
 }
 
 async fn env() -> Env {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(
-        SqliteStore::open(&dir.path().join("certflow.db"))
-            .await
-            .unwrap(),
-    );
-    let blobs = Arc::new(ObjectBlobStore::local(&dir.path().join("blobs")).unwrap());
-    let sealer = Sealer::new(Arc::new(LocalKeyProvider::new(
-        MasterKey::generate().unwrap(),
-        Vec::new(),
-    )));
-    let services = Services::new(store, blobs, sealer, None);
-    services
-        .ensure_ca(
-            &CaSettings {
-                name: "test".into(),
-                key_type: KeyType::EcdsaP256,
-                root_validity_days: 3650,
-                intermediate_validity_days: 1825,
-            },
-            OffsetDateTime::now_utc(),
-        )
-        .await
-        .unwrap();
+    let (dir, _, services) = crate::sqlite_services(Default::default()).await;
     Env {
         services,
         _dir: dir,

@@ -3,25 +3,12 @@
 //! a revoked version an agent still serves, an assignment never installed and
 //! the reader's teams show as the rules say.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
-
-use std::sync::Arc;
-
 use certflow_api::CreateCertificateRequest;
 use certflow_api::agent::{DeploymentReport, DeploymentStatus, ReportRequest};
-use certflow_blob::{LocalKeyProvider, MasterKey, ObjectBlobStore, Sealer};
 use certflow_core::model::Actor;
-use certflow_core::{KeyType, SubjectName};
 use certflow_services::agents::{AgentSettings, Agents, TokenEnrolment};
 use certflow_services::deployments::{DeploymentSettings, Deployments};
-use certflow_services::{CaSettings, Services};
-use certflow_store::SqliteStore;
 use time::OffsetDateTime;
-
-fn csr() -> Vec<u8> {
-    let key = certflow_pki::PrivateKey::generate(KeyType::EcdsaP256).unwrap();
-    certflow_pki::build_csr(&key, &[SubjectName::Dns("agent.invalid".into())]).unwrap()
-}
 
 fn rules(report: &certflow_services::compliance::ComplianceReport, name: &str) -> Vec<String> {
     report
@@ -39,31 +26,8 @@ fn rules(report: &certflow_services::compliance::ComplianceReport, name: &str) -
 
 #[tokio::test]
 async fn deployments_and_revocations_are_rated_per_certificate_within_the_teams() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(
-        SqliteStore::open(&dir.path().join("certflow.db"))
-            .await
-            .unwrap(),
-    );
-    let blobs = Arc::new(ObjectBlobStore::local(&dir.path().join("blobs")).unwrap());
-    let sealer = Sealer::new(Arc::new(LocalKeyProvider::new(
-        MasterKey::generate().unwrap(),
-        Vec::new(),
-    )));
-    let services = Services::new(store.clone(), blobs, sealer, None);
+    let (_dir, store, services) = crate::sqlite_services(Default::default()).await;
     let now = OffsetDateTime::now_utc();
-    services
-        .ensure_ca(
-            &CaSettings {
-                name: "test".into(),
-                key_type: KeyType::EcdsaP256,
-                root_validity_days: 3650,
-                intermediate_validity_days: 1825,
-            },
-            now,
-        )
-        .await
-        .unwrap();
     let agents = Agents::new(&services, store.clone(), AgentSettings::default());
     agents.ensure_ca(now).await.unwrap();
     let deployments = Deployments::new(
@@ -98,7 +62,7 @@ async fn deployments_and_revocations_are_rated_per_certificate_within_the_teams(
                 client_id: "web-01".into(),
                 teams: vec!["payments".into(), "edge".into()],
             },
-            &csr(),
+            &crate::agent_csr(),
             None,
             None,
             now,
