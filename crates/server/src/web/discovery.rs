@@ -64,14 +64,6 @@ fn deploy_state(deploy: Option<Extension<DeployState>>) -> PageResult<DeployStat
     })
 }
 
-fn status_name(s: DiscoveryStatus) -> &'static str {
-    match s {
-        DiscoveryStatus::Unmanaged => "unmanaged",
-        DiscoveryStatus::Managed => "managed",
-        DiscoveryStatus::All => "all",
-    }
-}
-
 fn row(ctx: &Ctx, d: Discovered, now: time::OffsetDateTime) -> Row {
     let (certificate_id, state) = match (d.managed, d.taken_over_certificate_id) {
         (Some((c, _)), _) => (c.to_string(), "managed"),
@@ -117,14 +109,11 @@ pub(super) async fn page(
     for (k, v) in pairs {
         match k.as_str() {
             "status" => {
-                status = DiscoveryStatus::ALL
-                    .into_iter()
-                    .find(|s| status_name(*s) == v)
-                    .ok_or_else(|| {
-                        bad(format!(
-                            "status '{v}' is not one of unmanaged, managed, all"
-                        ))
-                    })?;
+                status = DiscoveryStatus::parse(&v).ok_or_else(|| {
+                    bad(format!(
+                        "status '{v}' is not one of unmanaged, managed, all"
+                    ))
+                })?;
             }
             other => return Err(bad(format!("unknown query parameter '{other}'"))),
         }
@@ -146,7 +135,7 @@ pub(super) async fn page(
         .collect();
     Ok(html(&DiscoveredPage {
         l: ctx.layout("Discovered certificates", "discovered"),
-        status: status_name(status),
+        status: status.as_str(),
         rows,
         issuers,
     }))
