@@ -466,38 +466,7 @@ impl Config {
         if self.backoff_cap_secs < 1 || self.backoff_cap_secs > 86_400 {
             bad("backoff_cap_secs", "must be between 1 and 86400");
         }
-        let a = &self.auth;
-        let oidc = a.token_endpoint.is_some()
-            || a.client_id.is_some()
-            || a.client_secret.is_some()
-            || a.client_secret_file.is_some();
-        if a.join_token_file.is_none() && !oidc {
-            bad(
-                "auth",
-                "set join_token_file, or token_endpoint + client_id + client_secret(_file)",
-            );
-        }
-        if oidc {
-            match &a.token_endpoint {
-                Some(u) if u.starts_with("https://") || u.starts_with("http://") => {}
-                Some(_) => bad("auth.token_endpoint", "must be an http(s):// URL"),
-                None => bad("auth.token_endpoint", "is required with client credentials"),
-            }
-            if a.client_id.as_deref().is_none_or(str::is_empty) {
-                bad("auth.client_id", "is required with client credentials");
-            }
-            match (&a.client_secret, &a.client_secret_file) {
-                (Some(_), Some(_)) => bad(
-                    "auth.client_secret",
-                    "set either client_secret or client_secret_file, not both",
-                ),
-                (None, None) => bad(
-                    "auth.client_secret_file",
-                    "is required with client credentials (or client_secret)",
-                ),
-                _ => {}
-            }
-        }
+        check_auth(&self.auth, &mut bad);
         // A discovery-only agent (an inventory of a host certflow does not
         // manage yet) needs no certificate; an agent with neither does nothing.
         if self.certificates.is_empty() && self.discovery.is_none() {
@@ -507,143 +476,14 @@ impl Config {
             );
         }
         if let Some(d) = &self.discovery {
-            if d.paths.is_empty() && d.endpoints.is_empty() {
-                bad(
-                    "discovery",
-                    "name at least one of paths or endpoints to look at",
-                );
-            }
-            for (i, path) in d.paths.iter().enumerate() {
-                if !path.is_absolute() {
-                    bad(&format!("discovery.paths[{i}]"), "must be an absolute path");
-                }
-            }
-            for (i, e) in d.endpoints.iter().enumerate() {
-                let addr = e.split_once(',').map_or(e.as_str(), |(a, _)| a);
-                if split_host_port(addr).is_none() {
-                    bad(
-                        &format!("discovery.endpoints[{i}]"),
-                        "must be host:port or host:port,sni",
-                    );
-                }
-            }
-            if d.max_file_bytes == 0 {
-                bad("discovery.max_file_bytes", "must be at least 1");
-            }
-            if d.timeout_secs == 0 || d.timeout_secs > 600 {
-                bad("discovery.timeout_secs", "must be between 1 and 600");
-            }
-            if d.report_interval_secs < 60 || d.report_interval_secs > 604_800 {
-                bad(
-                    "discovery.report_interval_secs",
-                    "must be between 60 and 604800 (one week)",
-                );
-            }
+            check_discovery(d, &mut bad);
         }
+        // Labels (the state directory is kept by them) and install targets
+        // must not repeat across certificates.
         let mut labels = HashSet::new();
         let mut targets = HashSet::new();
         for (i, c) in self.certificates.iter().enumerate() {
-            let f = |s: &str| format!("certificate[{i}].{s}");
-            match &c.name {
-                Some(n) if !valid_label(n) => bad(
-                    &f("name"),
-                    "1 to 64 letters, digits, '.', '_' or '-', not starting with '.'",
-                ),
-                None if c.id.is_none() => bad(&f("name"), "set name or id"),
-                None if c.key == KeySource::Agent => bad(
-                    &f("name"),
-                    "is required for agent-generated keys (it names the request)",
-                ),
-                _ => {}
-            }
-            if !labels.insert(c.label()) {
-                bad(&f("name"), "is used by another certificate");
-            }
-            match c.key {
-                KeySource::Agent if c.names.is_empty() && c.id.is_none() => bad(
-                    &f("names"),
-                    "at least one name is required for an agent-generated key",
-                ),
-                KeySource::Server if !c.names.is_empty() => bad(
-                    &f("names"),
-                    "names come from the server for server-generated keys; remove them",
-                ),
-                _ => {}
-            }
-            for (j, n) in c.names.iter().enumerate() {
-                if n.is_empty() || n.len() > 253 || n.chars().any(|ch| ch.is_whitespace()) {
-                    bad(&f(&format!("names[{j}]")), "not a DNS name or IP address");
-                }
-            }
-            if c.validity_seconds.is_some_and(|s| s < 60) {
-                bad(&f("validity_seconds"), "must be at least 60");
-            }
-            let ins = &c.install;
-            let t = ins.targets();
-            if t.is_empty() {
-                bad(
-                    &f("install"),
-                    "name at least one of cert, chain, fullchain, key, pkcs12",
-                );
-            }
-            if ins.key.is_none() && ins.pkcs12.is_none() && c.key == KeySource::Agent {
-                bad(
-                    &f("install.key"),
-                    "an agent-generated key exists only on this host: install it (key or pkcs12)",
-                );
-            }
-            for (file, path) in &t {
-                let field = f(&format!("install.{}", field_of(file)));
-                if !path.is_absolute() {
-                    bad(&field, "must be an absolute path");
-                } else if path.file_name().is_none() || path.parent().is_none() {
-                    bad(&field, "must name a file");
-                } else if !targets.insert(path.to_path_buf()) {
-                    bad(&field, "is also the target of another file");
-                }
-            }
-            if ins.pkcs12.is_some() != ins.pkcs12_password_file.is_some() {
-                bad(
-                    &f("install.pkcs12_password_file"),
-                    "pkcs12 and pkcs12_password_file go together",
-                );
-            }
-            if let Some(d) = &ins.store_dir
-                && !d.is_absolute()
-            {
-                bad(&f("install.store_dir"), "must be an absolute path");
-            }
-            if let Some(m) = &ins.mode
-                && parse_mode(m).is_none()
-            {
-                bad(&f("install.mode"), "an octal mode such as \"0644\"");
-            }
-            if let Some(m) = &ins.key_mode {
-                match parse_mode(m) {
-                    None => bad(&f("install.key_mode"), "an octal mode such as \"0600\""),
-                    Some(m) if m & 0o007 != 0 => bad(
-                        &f("install.key_mode"),
-                        "a private key must not be accessible to others (use 0600 or 0640)",
-                    ),
-                    _ => {}
-                }
-            }
-            if let Some(r) = &c.reload {
-                if r.command.trim().is_empty() {
-                    bad(&f("reload.command"), "must not be empty");
-                }
-                if r.timeout_secs == 0 || r.timeout_secs > 3600 {
-                    bad(&f("reload.timeout_secs"), "must be between 1 and 3600");
-                }
-            }
-            if let Some(v) = &c.verify {
-                if split_host_port(&v.address).is_none() {
-                    bad(&f("verify.address"), "must be host:port");
-                }
-                if v.timeout_secs == 0 || v.timeout_secs > 600 {
-                    bad(&f("verify.timeout_secs"), "must be between 1 and 600");
-                }
-            }
+            check_certificate(i, c, &mut labels, &mut targets, &mut bad);
         }
         p
     }
@@ -651,6 +491,201 @@ impl Config {
     /// Poll interval.
     pub fn poll_interval(&self) -> Duration {
         Duration::from_secs(self.poll_interval_secs)
+    }
+}
+
+/// The `[auth]` section: a join token, or complete client credentials.
+fn check_auth(a: &AuthConfig, bad: &mut impl FnMut(&str, &str)) {
+    let oidc = a.token_endpoint.is_some()
+        || a.client_id.is_some()
+        || a.client_secret.is_some()
+        || a.client_secret_file.is_some();
+    if a.join_token_file.is_none() && !oidc {
+        bad(
+            "auth",
+            "set join_token_file, or token_endpoint + client_id + client_secret(_file)",
+        );
+    }
+    if oidc {
+        match &a.token_endpoint {
+            Some(u) if u.starts_with("https://") || u.starts_with("http://") => {}
+            Some(_) => bad("auth.token_endpoint", "must be an http(s):// URL"),
+            None => bad("auth.token_endpoint", "is required with client credentials"),
+        }
+        if a.client_id.as_deref().is_none_or(str::is_empty) {
+            bad("auth.client_id", "is required with client credentials");
+        }
+        match (&a.client_secret, &a.client_secret_file) {
+            (Some(_), Some(_)) => bad(
+                "auth.client_secret",
+                "set either client_secret or client_secret_file, not both",
+            ),
+            (None, None) => bad(
+                "auth.client_secret_file",
+                "is required with client credentials (or client_secret)",
+            ),
+            _ => {}
+        }
+    }
+}
+
+/// The `[discovery]` section.
+fn check_discovery(d: &DiscoveryConfig, bad: &mut impl FnMut(&str, &str)) {
+    if d.paths.is_empty() && d.endpoints.is_empty() {
+        bad(
+            "discovery",
+            "name at least one of paths or endpoints to look at",
+        );
+    }
+    for (i, path) in d.paths.iter().enumerate() {
+        if !path.is_absolute() {
+            bad(&format!("discovery.paths[{i}]"), "must be an absolute path");
+        }
+    }
+    for (i, e) in d.endpoints.iter().enumerate() {
+        let addr = e.split_once(',').map_or(e.as_str(), |(a, _)| a);
+        if split_host_port(addr).is_none() {
+            bad(
+                &format!("discovery.endpoints[{i}]"),
+                "must be host:port or host:port,sni",
+            );
+        }
+    }
+    if d.max_file_bytes == 0 {
+        bad("discovery.max_file_bytes", "must be at least 1");
+    }
+    if d.timeout_secs == 0 || d.timeout_secs > 600 {
+        bad("discovery.timeout_secs", "must be between 1 and 600");
+    }
+    if d.report_interval_secs < 60 || d.report_interval_secs > 604_800 {
+        bad(
+            "discovery.report_interval_secs",
+            "must be between 60 and 604800 (one week)",
+        );
+    }
+}
+
+/// The `i`th `[[certificate]]`; `labels` and `targets` hold those of the
+/// certificates before it.
+fn check_certificate(
+    i: usize,
+    c: &CertConfig,
+    labels: &mut HashSet<String>,
+    targets: &mut HashSet<PathBuf>,
+    bad: &mut impl FnMut(&str, &str),
+) {
+    let f = |s: &str| format!("certificate[{i}].{s}");
+    match &c.name {
+        Some(n) if !valid_label(n) => bad(
+            &f("name"),
+            "1 to 64 letters, digits, '.', '_' or '-', not starting with '.'",
+        ),
+        None if c.id.is_none() => bad(&f("name"), "set name or id"),
+        None if c.key == KeySource::Agent => bad(
+            &f("name"),
+            "is required for agent-generated keys (it names the request)",
+        ),
+        _ => {}
+    }
+    if !labels.insert(c.label()) {
+        bad(&f("name"), "is used by another certificate");
+    }
+    match c.key {
+        KeySource::Agent if c.names.is_empty() && c.id.is_none() => bad(
+            &f("names"),
+            "at least one name is required for an agent-generated key",
+        ),
+        KeySource::Server if !c.names.is_empty() => bad(
+            &f("names"),
+            "names come from the server for server-generated keys; remove them",
+        ),
+        _ => {}
+    }
+    for (j, n) in c.names.iter().enumerate() {
+        if n.is_empty() || n.len() > 253 || n.chars().any(|ch| ch.is_whitespace()) {
+            bad(&f(&format!("names[{j}]")), "not a DNS name or IP address");
+        }
+    }
+    if c.validity_seconds.is_some_and(|s| s < 60) {
+        bad(&f("validity_seconds"), "must be at least 60");
+    }
+    check_install(i, c, targets, bad);
+    if let Some(r) = &c.reload {
+        if r.command.trim().is_empty() {
+            bad(&f("reload.command"), "must not be empty");
+        }
+        if r.timeout_secs == 0 || r.timeout_secs > 3600 {
+            bad(&f("reload.timeout_secs"), "must be between 1 and 3600");
+        }
+    }
+    if let Some(v) = &c.verify {
+        if split_host_port(&v.address).is_none() {
+            bad(&f("verify.address"), "must be host:port");
+        }
+        if v.timeout_secs == 0 || v.timeout_secs > 600 {
+            bad(&f("verify.timeout_secs"), "must be between 1 and 600");
+        }
+    }
+}
+
+/// The `install` table of the `i`th certificate; `targets` holds the files
+/// the certificates before it install.
+fn check_install(
+    i: usize,
+    c: &CertConfig,
+    targets: &mut HashSet<PathBuf>,
+    bad: &mut impl FnMut(&str, &str),
+) {
+    let f = |s: &str| format!("certificate[{i}].{s}");
+    let ins = &c.install;
+    let t = ins.targets();
+    if t.is_empty() {
+        bad(
+            &f("install"),
+            "name at least one of cert, chain, fullchain, key, pkcs12",
+        );
+    }
+    if ins.key.is_none() && ins.pkcs12.is_none() && c.key == KeySource::Agent {
+        bad(
+            &f("install.key"),
+            "an agent-generated key exists only on this host: install it (key or pkcs12)",
+        );
+    }
+    for (file, path) in &t {
+        let field = f(&format!("install.{}", field_of(file)));
+        if !path.is_absolute() {
+            bad(&field, "must be an absolute path");
+        } else if path.file_name().is_none() || path.parent().is_none() {
+            bad(&field, "must name a file");
+        } else if !targets.insert(path.to_path_buf()) {
+            bad(&field, "is also the target of another file");
+        }
+    }
+    if ins.pkcs12.is_some() != ins.pkcs12_password_file.is_some() {
+        bad(
+            &f("install.pkcs12_password_file"),
+            "pkcs12 and pkcs12_password_file go together",
+        );
+    }
+    if let Some(d) = &ins.store_dir
+        && !d.is_absolute()
+    {
+        bad(&f("install.store_dir"), "must be an absolute path");
+    }
+    if let Some(m) = &ins.mode
+        && parse_mode(m).is_none()
+    {
+        bad(&f("install.mode"), "an octal mode such as \"0644\"");
+    }
+    if let Some(m) = &ins.key_mode {
+        match parse_mode(m) {
+            None => bad(&f("install.key_mode"), "an octal mode such as \"0600\""),
+            Some(m) if m & 0o007 != 0 => bad(
+                &f("install.key_mode"),
+                "a private key must not be accessible to others (use 0600 or 0640)",
+            ),
+            _ => {}
+        }
     }
 }
 
