@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use certflow_api::agent::{
-    AgentCertificateRequest, Assignment, DeploymentReport, DeploymentStatus,
+    AgentCertificateRequest, Assignment, CertificateBundle, DeploymentReport, DeploymentStatus,
 };
 use time::OffsetDateTime;
 use tokio::sync::watch;
@@ -373,59 +373,16 @@ impl Agent {
                 .await
                 .context("renewing the expired certificate")?;
         }
-        let mut bundle = self
-            .client
-            .bundle(a.certificate_id)
-            .await
-            .context("fetching the bundle")?;
-        let mut leaf = first_cert(&bundle.certificate_pem)?;
-        let (key_pem, from_next) = match cfg.key {
-            KeySource::Server => (
-                Some(Zeroizing::new(bundle.key_pem.take().context(
-                    "the server sent no key for a server-keyed certificate",
-                )?)),
-                false,
-            ),
-            KeySource::Agent => match self.matching_key(&label, &leaf)? {
-                Some((k, next)) => (Some(k), next),
-                None => {
-                    // Not our key (state lost, or keyed elsewhere): a new key, a new version.
-                    tracing::warn!(certificate = %label, "the server's version is not for a key of this host: requesting one for a new key");
-                    let csr = self.rotation_csr(&label, cfg)?;
-                    self.client
-                        .renew_certificate(a.certificate_id, csr)
-                        .await
-                        .context("renewing for a new key")?;
-                    bundle = self
-                        .client
-                        .bundle(a.certificate_id)
-                        .await
-                        .context("fetching the bundle")?;
-                    leaf = first_cert(&bundle.certificate_pem)?;
-                    let (k, next) = self
-                        .matching_key(&label, &leaf)?
-                        .context("the renewed certificate is still not for this host's key")?;
-                    (Some(k), next)
-                }
-            },
-        };
+        let (bundle, leaf, key_pem, from_next) =
+            self.keyed_bundle(&label, cfg, a.certificate_id).await?;
         let chain = pki::pem_certs(&bundle.chain_pem)?;
-        let pkcs12_password = match &cfg.install.pkcs12_password_file {
-            Some(f) => Some(Zeroizing::new(
-                std::fs::read_to_string(f)
-                    .with_context(|| format!("pkcs12 password {}", f.display()))?
-                    .trim_end_matches(['\r', '\n'])
-                    .to_owned(),
-            )),
-            None => None,
-        };
         let m = Material {
             certificate_id: bundle.certificate_id,
             version: bundle.version,
             leaf_der: leaf.clone(),
             chain_der: chain.clone(),
             key_pem,
-            pkcs12_password,
+            pkcs12_password: pkcs12_password(cfg)?,
         };
         let requested = match cfg.key {
             KeySource::Agent => cfg.names.clone(),
@@ -474,29 +431,56 @@ impl Agent {
             ));
         };
         tracing::error!(certificate = %label, version = attempted, error = %failure, "deployment failed: rolling back");
-        let back = match inst.rollback() {
-            Ok(back) => back,
-            Err(e) => {
-                let e = format!("{failure}; rollback impossible: {e:#}");
-                return Ok((DeploymentStatus::Broken, inst.current(), Some(e), attempted));
-            }
+        Ok(roll_back(cfg, inst, &label, &failure, attempted).await)
+    }
+
+    /// The bundle of certificate `id` and the key its leaf is for: the
+    /// server's for a server key, else this host's (installed or pending);
+    /// when the leaf is for neither, a version for a new key is requested
+    /// first. Returns (bundle, leaf, key, whether the key is the pending one).
+    async fn keyed_bundle(
+        &mut self,
+        label: &str,
+        cfg: &CertConfig,
+        id: uuid::Uuid,
+    ) -> anyhow::Result<(CertificateBundle, Vec<u8>, Option<Zeroizing<String>>, bool)> {
+        let mut bundle = self
+            .client
+            .bundle(id)
+            .await
+            .context("fetching the bundle")?;
+        let mut leaf = first_cert(&bundle.certificate_pem)?;
+        let (key_pem, from_next) = match cfg.key {
+            KeySource::Server => (
+                Some(Zeroizing::new(bundle.key_pem.take().context(
+                    "the server sent no key for a server-keyed certificate",
+                )?)),
+                false,
+            ),
+            KeySource::Agent => match self.matching_key(label, &leaf)? {
+                Some((k, next)) => (Some(k), next),
+                None => {
+                    // Not our key (state lost, or keyed elsewhere): a new key, a new version.
+                    tracing::warn!(certificate = %label, "the server's version is not for a key of this host: requesting one for a new key");
+                    let csr = self.rotation_csr(label, cfg)?;
+                    self.client
+                        .renew_certificate(id, csr)
+                        .await
+                        .context("renewing for a new key")?;
+                    bundle = self
+                        .client
+                        .bundle(id)
+                        .await
+                        .context("fetching the bundle")?;
+                    leaf = first_cert(&bundle.certificate_pem)?;
+                    let (k, next) = self
+                        .matching_key(label, &leaf)?
+                        .context("the renewed certificate is still not for this host's key")?;
+                    (Some(k), next)
+                }
+            },
         };
-        if let Some(r) = &cfg.reload
-            && let Err(e) = deploy::reload(r).await
-        {
-            let e = format!("{failure}; reload after rollback failed too: {e:#}");
-            return Ok((DeploymentStatus::Broken, back, Some(e), attempted));
-        }
-        let to = back
-            .as_ref()
-            .map_or("nothing".into(), |m| format!("version {}", m.version));
-        tracing::warn!(certificate = %label, restored = %to, "rolled back");
-        Ok((
-            DeploymentStatus::Failed,
-            back,
-            Some(format!("{failure}; rolled back to {to}")),
-            attempted,
-        ))
+        Ok((bundle, leaf, key_pem, from_next))
     }
 
     /// A CSR for a rotation: a new (pending) key for agent keys, none for server keys.
@@ -571,6 +555,54 @@ fn revoked_action(on: OnRevoked, st: &CertState, version: u32) -> RevokedAction 
         OnRevoked::Remove if st.revoked_removed != Some(version) => RevokedAction::Remove,
         _ => RevokedAction::Nothing,
     }
+}
+
+/// After a failed reload or verify: the previous files back and the service
+/// reloaded onto them. Returns (status, what is served now, error, version
+/// attempted) for the report.
+async fn roll_back(
+    cfg: &CertConfig,
+    inst: &Installer,
+    label: &str,
+    failure: &str,
+    attempted: u32,
+) -> (DeploymentStatus, Option<VersionMeta>, Option<String>, u32) {
+    let back = match inst.rollback() {
+        Ok(back) => back,
+        Err(e) => {
+            let e = format!("{failure}; rollback impossible: {e:#}");
+            return (DeploymentStatus::Broken, inst.current(), Some(e), attempted);
+        }
+    };
+    if let Some(r) = &cfg.reload
+        && let Err(e) = deploy::reload(r).await
+    {
+        let e = format!("{failure}; reload after rollback failed too: {e:#}");
+        return (DeploymentStatus::Broken, back, Some(e), attempted);
+    }
+    let to = back
+        .as_ref()
+        .map_or("nothing".into(), |m| format!("version {}", m.version));
+    tracing::warn!(certificate = %label, restored = %to, "rolled back");
+    (
+        DeploymentStatus::Failed,
+        back,
+        Some(format!("{failure}; rolled back to {to}")),
+        attempted,
+    )
+}
+
+/// The PKCS#12 password from its file, without the final line break.
+fn pkcs12_password(cfg: &CertConfig) -> anyhow::Result<Option<Zeroizing<String>>> {
+    Ok(match &cfg.install.pkcs12_password_file {
+        Some(f) => Some(Zeroizing::new(
+            std::fs::read_to_string(f)
+                .with_context(|| format!("pkcs12 password {}", f.display()))?
+                .trim_end_matches(['\r', '\n'])
+                .to_owned(),
+        )),
+        None => None,
+    })
 }
 
 fn first_cert(pem: &str) -> anyhow::Result<Vec<u8>> {
