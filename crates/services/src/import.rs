@@ -14,7 +14,7 @@
 use bytes::Bytes;
 use certflow_core::model::{
     Actor, AuditEvent, Certificate, CertificateStatus, CertificateVersion, Issuer, IssuerKind,
-    KeySource, Labels, VersionStatus,
+    KeySource, KeyType, Labels, VersionStatus,
 };
 use certflow_core::policy::IssuanceRequest;
 use certflow_core::{DomainError, FieldError, Profile, SubjectName};
@@ -160,6 +160,79 @@ fn base64_is_standard_padded_and_may_be_wrapped() {
     }
 }
 
+/// Imported certificates are recorded, and renewed, as TLS server certificates.
+const IMPORTED_PROFILE: Profile = Profile::TlsServer;
+
+/// An import that passed every check; nothing is written yet.
+struct CheckedImport {
+    bundle: Bundle,
+    /// The bundle's first certificate.
+    leaf: Vec<u8>,
+    info: certflow_pki::CertInfo,
+    key_type: KeyType,
+    names: Vec<SubjectName>,
+    /// Display name.
+    name: String,
+    /// Signed it: certflow's, or an external CA (not yet recorded when
+    /// `new_external`).
+    issuer: Issuer,
+    new_external: bool,
+    /// Renews it when managed.
+    renewing: Option<Issuer>,
+}
+
+impl CheckedImport {
+    /// The chain stored beside the certificate: the bundle's when it came
+    /// with one, else its issuer's.
+    fn chain_pem(&self) -> String {
+        if self.bundle.certs.len() > 1 {
+            self.bundle.certs[1..]
+                .iter()
+                .map(|d| certflow_pki::cert_to_pem(d))
+                .collect()
+        } else {
+            format!("{}{}", self.issuer.issuing_cert_pem, self.issuer.chain_pem)
+        }
+    }
+}
+
+/// The leaf's facts, once it is known to be an end-entity certificate of a
+/// supported key type, with valid names, matching the bundle's key if any.
+fn checked_leaf(
+    field: &str,
+    leaf: &[u8],
+    key: Option<&PrivateKey>,
+) -> Result<(certflow_pki::CertInfo, KeyType, Vec<SubjectName>), ImportError> {
+    let info = certflow_pki::inspect(leaf)?;
+    if info.is_ca {
+        return Err(refuse(
+            field,
+            "the first certificate is a CA certificate; put the end-entity certificate first",
+        ));
+    }
+    let Some(key_type) = info.key_type else {
+        return Err(refuse(field, "the certificate's key type is not supported"));
+    };
+    if let Some(key) = key
+        && !certflow_pki::key_matches_cert(key, leaf)
+    {
+        return Err(refuse(
+            field,
+            "the private key does not match the certificate",
+        ));
+    }
+    let names = certflow_core::validate_names(
+        field,
+        &info
+            .names
+            .iter()
+            .map(SubjectName::to_text)
+            .collect::<Vec<_>>(),
+    )
+    .map_err(ImportError::Unprocessable)?;
+    Ok((info, key_type, names))
+}
+
 impl Services {
     /// Imports a certificate (with or without its key) as a certificate of
     /// `req.team`. With `manage`, its names must pass the issuance policy and
@@ -171,6 +244,75 @@ impl Services {
         req: &ImportRequest,
         now: OffsetDateTime,
     ) -> Result<CertificateView, ImportError> {
+        let checked = self.check_import(req, now).await?;
+        let id = Uuid::now_v7();
+        // Same layout as issued versions (certificates.rs `blob_prefix`), so
+        // downloads find the chain beside the certificate.
+        let prefix = format!("certificates/{id}/v1-{}", checked.info.serial_hex);
+        if checked.new_external {
+            self.record_external_issuer(actor, &checked.issuer, now)
+                .await?;
+        }
+        let (cert_blob, key_blob) = self.store_import_blobs(id, &prefix, &checked).await?;
+        let info = &checked.info;
+        let version = CertificateVersion {
+            certificate_id: id,
+            version: 1,
+            serial: info.serial_hex.clone(),
+            fingerprint_sha256: info.fingerprint_sha256.clone(),
+            not_before: info.not_before,
+            not_after: info.not_after,
+            key_type: checked.key_type,
+            names: checked.names.clone(),
+            issuer_id: checked.issuer.id,
+            status: VersionStatus::Current,
+            revoked_at: None,
+            revocation_reason: None,
+            cert_blob,
+            key_blob,
+            created_at: now,
+        };
+        let cert = self
+            .imported_certificate(id, req, &checked, &version, now)
+            .await;
+        let audit = AuditEvent::success(
+            now,
+            actor,
+            "certificate.import",
+            format!("certificate/{id}"),
+            json!({
+                "name": cert.name, "team": cert.team,
+                "names": cert.names.iter().map(SubjectName::to_text).collect::<Vec<_>>(),
+                "serial": version.serial, "fingerprint_sha256": version.fingerprint_sha256,
+                "issuer": checked.issuer.name,
+                "format": if checked.bundle.field == "pem" { "pem" } else { "pkcs12" },
+                "with_key": checked.bundle.key.is_some(), "manage": req.manage,
+                "renewed_by": checked.renewing.as_ref().map(|r| r.name.as_str()),
+            }),
+        );
+        if let Err(e) = self
+            .store
+            .create_certificate(&cert, &version, &audit, None)
+            .await
+        {
+            self.remove_blobs(&version_blobs(&version, &prefix)).await;
+            return Err(e.into());
+        }
+        tracing::info!(certificate = %id, serial = %version.serial, manage = req.manage, "certificate imported");
+        Ok(CertificateView {
+            certificate: cert,
+            versions: vec![version],
+        })
+    }
+
+    /// Everything an import checks before it writes anything, in this order:
+    /// the request, the bundle and its leaf, who signed it and who renews
+    /// it, that it is not known yet and, when managed, the issuance policy.
+    async fn check_import(
+        &self,
+        req: &ImportRequest,
+        now: OffsetDateTime,
+    ) -> Result<CheckedImport, ImportError> {
         let mut errors = Vec::new();
         validate::team(&mut errors, &req.team);
         validate::labels(&mut errors, &req.labels);
@@ -182,33 +324,7 @@ impl Services {
         let Some(leaf) = bundle.certs.first() else {
             return Err(DomainError::invalid(field, "holds no certificate").into());
         };
-        let info = certflow_pki::inspect(leaf)?;
-        if info.is_ca {
-            return Err(refuse(
-                field,
-                "the first certificate is a CA certificate; put the end-entity certificate first",
-            ));
-        }
-        let Some(key_type) = info.key_type else {
-            return Err(refuse(field, "the certificate's key type is not supported"));
-        };
-        if let Some(key) = &bundle.key
-            && !certflow_pki::key_matches_cert(key, leaf)
-        {
-            return Err(refuse(
-                field,
-                "the private key does not match the certificate",
-            ));
-        }
-        let names = certflow_core::validate_names(
-            field,
-            &info
-                .names
-                .iter()
-                .map(SubjectName::to_text)
-                .collect::<Vec<_>>(),
-        )
-        .map_err(ImportError::Unprocessable)?;
+        let (info, key_type, names) = checked_leaf(field, leaf, bundle.key.as_ref())?;
         // `issuer` signed it (certflow's, or an external CA, new or recorded
         // by an earlier import); `renewing` renews it when managed.
         let (issuer, new_external) = match self.known_issuer_of(leaf).await? {
@@ -233,17 +349,15 @@ impl Services {
             ))
             .into());
         }
-        let profile = Profile::TlsServer;
-        let validity_days = profile.default_validity_days();
         if let Some(renewing) = &renewing {
             self.policies
                 .check(&IssuanceRequest {
                     team: &req.team,
                     issuer: &renewing.name,
-                    profile,
+                    profile: IMPORTED_PROFILE,
                     key_type,
                     names: &names,
-                    validity_days,
+                    validity_days: IMPORTED_PROFILE.default_validity_days(),
                     validity_secs: None,
                 })
                 .map_err(ImportError::Unprocessable)?;
@@ -258,36 +372,54 @@ impl Services {
         if !errors.is_empty() {
             return Err(DomainError::Invalid(errors).into());
         }
+        let leaf = leaf.clone();
+        Ok(CheckedImport {
+            bundle,
+            leaf,
+            info,
+            key_type,
+            names,
+            name,
+            issuer,
+            new_external,
+            renewing,
+        })
+    }
 
-        let id = Uuid::now_v7();
-        // Same layout as issued versions (certificates.rs `blob_prefix`), so
-        // downloads find the chain beside the certificate.
-        let prefix = format!("certificates/{id}/v1-{}", info.serial_hex);
+    /// Records a new external issuer before the certificate that names it;
+    /// should the certificate's commit fail, the row stays for the next
+    /// import of that CA.
+    async fn record_external_issuer(
+        &self,
+        actor: &Actor,
+        issuer: &Issuer,
+        now: OffsetDateTime,
+    ) -> Result<(), DomainError> {
+        let audit = AuditEvent::success(
+            now,
+            actor,
+            "issuer.external",
+            format!("issuer/{}", issuer.id),
+            json!({ "name": issuer.name, "subject": issuer.subject }),
+        );
+        self.store.insert_issuer(issuer, &audit).await
+    }
+
+    /// Writes the blobs of an import's first version under `prefix` (the key
+    /// sealed) and names the certificate's and the key's; should a write
+    /// fail, those already written are removed.
+    async fn store_import_blobs(
+        &self,
+        id: Uuid,
+        prefix: &str,
+        checked: &CheckedImport,
+    ) -> Result<(String, Option<String>), DomainError> {
         let cert_blob = format!("{prefix}/cert.der");
-        let chain_pem: String = if bundle.certs.len() > 1 {
-            bundle.certs[1..]
-                .iter()
-                .map(|d| certflow_pki::cert_to_pem(d))
-                .collect()
-        } else {
-            format!("{}{}", issuer.issuing_cert_pem, issuer.chain_pem)
-        };
-        if new_external {
-            // Before the certificate that names it; should the certificate's
-            // commit fail, the row stays for the next import of that CA.
-            let audit = AuditEvent::success(
-                now,
-                actor,
-                "issuer.external",
-                format!("issuer/{}", issuer.id),
-                json!({ "name": issuer.name, "subject": issuer.subject }),
-            );
-            self.store.insert_issuer(&issuer, &audit).await?;
-        }
+        let chain_pem = checked.chain_pem();
         let mut written = Vec::new();
         let mut key_blob = None;
         let stored: Result<(), DomainError> = async {
-            if let Some(key) = &bundle.key {
+            if let Some(key) = &checked.bundle.key {
                 let blob = format!("{prefix}/key.enc");
                 let sealed = self
                     .sealer
@@ -298,7 +430,7 @@ impl Services {
                 key_blob = Some(blob);
             }
             self.blobs
-                .put(&cert_blob, Bytes::from(leaf.clone()))
+                .put(&cert_blob, Bytes::from(checked.leaf.clone()))
                 .await?;
             written.push(cert_blob.clone());
             let chain_blob = format!("{prefix}/chain.pem");
@@ -309,90 +441,60 @@ impl Services {
         .await;
         if let Err(e) = stored {
             self.remove_blobs(&written).await;
-            return Err(e.into());
+            return Err(e);
         }
-        let version = CertificateVersion {
-            certificate_id: id,
-            version: 1,
-            serial: info.serial_hex.clone(),
-            fingerprint_sha256: info.fingerprint_sha256.clone(),
-            not_before: info.not_before,
-            not_after: info.not_after,
-            key_type,
-            names: names.clone(),
-            issuer_id: issuer.id,
-            status: VersionStatus::Current,
-            revoked_at: None,
-            revocation_reason: None,
-            cert_blob,
-            key_blob,
-            created_at: now,
-        };
-        let renewal = self
-            .renewal_defaults
-            .resolve(&req.team, &renewing.as_ref().unwrap_or(&issuer).name);
+        Ok((cert_blob, key_blob))
+    }
+
+    /// The certificate row of an import whose first version is `version`.
+    async fn imported_certificate(
+        &self,
+        id: Uuid,
+        req: &ImportRequest,
+        checked: &CheckedImport,
+        version: &CertificateVersion,
+        now: OffsetDateTime,
+    ) -> Certificate {
+        let renewing = &checked.renewing;
+        let renewal = self.renewal_defaults.resolve(
+            &req.team,
+            &renewing.as_ref().unwrap_or(&checked.issuer).name,
+        );
         // An inventory-only certificate is never renewed (`managed` keeps it
         // out of the scheduler); its notAfter is when it stops being useful.
-        let renew_after = match &renewing {
-            Some(renewing) => self.renew_after(renewing, &renewal, &version).await,
-            None => info.not_after,
+        let renew_after = match renewing {
+            Some(renewing) => self.renew_after(renewing, &renewal, version).await,
+            None => checked.info.not_after,
         };
-        let cert = Certificate {
+        Certificate {
             id,
-            name,
+            name: checked.name.clone(),
             team: req.team.clone(),
             labels: req.labels.clone(),
-            profile,
-            key_type,
+            profile: IMPORTED_PROFILE,
+            key_type: checked.key_type,
             // With the key, certflow holds it and renews with a fresh one,
             // like a server-generated key; without, the key stays with its
             // holder and a renewal re-certifies the same public key, like a CSR.
-            key_source: if bundle.key.is_some() {
+            key_source: if checked.bundle.key.is_some() {
                 KeySource::Server
             } else {
                 KeySource::Csr
             },
-            names,
-            validity_days,
+            names: checked.names.clone(),
+            validity_days: IMPORTED_PROFILE.default_validity_days(),
             validity_secs: None,
             // The issuer of its versions to come; the first keeps its signer.
-            issuer_id: renewing.as_ref().unwrap_or(&issuer).id,
+            issuer_id: renewing.as_ref().unwrap_or(&checked.issuer).id,
             renewal,
             status: CertificateStatus::Active,
             managed: req.manage,
             current_version: 1,
-            not_after: info.not_after,
+            not_after: checked.info.not_after,
             renew_after,
             created_at: now,
             updated_at: now,
-        };
-        let audit = AuditEvent::success(
-            now,
-            actor,
-            "certificate.import",
-            format!("certificate/{id}"),
-            json!({
-                "name": cert.name, "team": cert.team,
-                "names": cert.names.iter().map(SubjectName::to_text).collect::<Vec<_>>(),
-                "serial": version.serial, "fingerprint_sha256": version.fingerprint_sha256,
-                "issuer": issuer.name, "format": if field == "pem" { "pem" } else { "pkcs12" },
-                "with_key": bundle.key.is_some(), "manage": req.manage,
-                "renewed_by": renewing.as_ref().map(|r| r.name.as_str()),
-            }),
-        );
-        if let Err(e) = self
-            .store
-            .create_certificate(&cert, &version, &audit, None)
-            .await
-        {
-            self.remove_blobs(&version_blobs(&version, &prefix)).await;
-            return Err(e.into());
         }
-        tracing::info!(certificate = %id, serial = %version.serial, manage = req.manage, "certificate imported");
-        Ok(CertificateView {
-            certificate: cert,
-            versions: vec![version],
-        })
     }
 
     /// The external CA that signed a leaf no recorded issuer signed: the
