@@ -29,4 +29,5 @@ mod sqlite;
 pub use changes::ChangeFeed;
 pub use postgres::{PgOptions, PgStore};
 pub use queue::{Clock, DbQueueOptions, DbRenewalQueue};
+pub use repo::SqlStore;
 pub use sqlite::SqliteStore;

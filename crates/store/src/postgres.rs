@@ -14,17 +14,11 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, Postgres};
 use tokio::time::Instant;
 
-use crate::agents::forward_agent_store;
 use crate::audit::link_unchained;
-use crate::deployments::forward_deployment_store;
-use crate::discovery::forward_discovery_store;
 use crate::migrate::{Embedded, migrator};
-use crate::notify::forward_notification_store;
 use crate::query::Dialect;
 use crate::queue::{DbQueueOptions, DbRenewalQueue};
-use crate::renewal::forward_renewal_ledger;
-use crate::repo::{SqlStore, forward_metadata_store};
-use crate::sessions::forward_session_store;
+use crate::repo::SqlStore;
 
 /// Migrations embedded in the binary, oldest first; a unit test checks the
 /// list against `migrations/postgres/`.
@@ -130,28 +124,18 @@ impl Default for PgOptions {
 }
 
 /// The metadata store on a PostgreSQL database.
-#[derive(Debug, Clone)]
-pub struct PgStore {
-    store: SqlStore<Postgres>,
-}
+pub type PgStore = SqlStore<Postgres>;
 
-forward_metadata_store!(PgStore, store);
-forward_renewal_ledger!(PgStore, store);
-forward_notification_store!(PgStore, store);
-forward_session_store!(PgStore, store);
-forward_agent_store!(PgStore, store);
-forward_deployment_store!(PgStore, store);
-forward_discovery_store!(PgStore, store);
-
-impl PgStore {
+/// Connecting to a PostgreSQL store; the ports are implemented for every [`SqlStore`].
+impl SqlStore<Postgres> {
     /// The renewal queue on this database's `renewal_jobs` table.
     pub fn renewal_queue(&self, options: DbQueueOptions) -> DbRenewalQueue {
-        DbRenewalQueue::postgres(self.store.clone(), options)
+        DbRenewalQueue::postgres(self.clone(), options)
     }
 
     /// A change feed over this database's LISTEN/NOTIFY.
     pub async fn change_feed(&self) -> DomainResult<crate::ChangeFeed> {
-        crate::ChangeFeed::postgres(self.store.pool().clone()).await
+        crate::ChangeFeed::postgres(self.pool().clone()).await
     }
 
     /// Connects to `url` (`postgres://user:pw@host:port/db?sslmode=...`), migrates, opens a pool.
@@ -208,14 +192,9 @@ impl PgStore {
             .connect_with(connect)
             .await
             .map_err(|e| unavailable("cannot connect to", e.to_string()))?;
-        let store = SqlStore::new(pool);
+        let store = Self::new(pool);
         link_unchained(&store).await?;
-        Ok(Self { store })
-    }
-
-    /// Closes every connection; later calls fail as unavailable.
-    pub async fn close(&self) {
-        self.store.close().await;
+        Ok(store)
     }
 }
 

@@ -23,6 +23,11 @@
 //! rows it is about to change (SQLite takes the database write lock at
 //! `BEGIN IMMEDIATE`; PostgreSQL locks rows with `FOR UPDATE`), plus opening,
 //! pooling and migrating, which share nothing worth sharing.
+//!
+//! [`Backend`] and what it rests on ([`Exec`], [`Dialect`], [`Columns`],
+//! [`Sql`]) are `pub` in this private module only because the public
+//! [`SqlStore<B>`](crate::SqlStore) is bounded by them: nothing outside the
+//! crate can name them, so they stay sealed.
 
 use std::borrow::Cow;
 use std::future::Future;
@@ -104,7 +109,7 @@ impl From<Option<&[u8]>> for Param {
 /// [`push_bind`](Sql::push_bind) values, which writes the next placeholder.
 /// User input only ever goes into parameters.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Sql {
+pub struct Sql {
     text: Cow<'static, str>,
     params: Vec<Param>,
 }
@@ -176,7 +181,7 @@ impl Sql {
 }
 
 /// Typed access to the columns of a result row, by name.
-pub(crate) trait Columns: Send + Sync + 'static {
+pub trait Columns: Send + Sync + 'static {
     /// A non-NULL TEXT column.
     fn text(&self, col: &str) -> DomainResult<String>;
     /// A TEXT column that may be NULL.
@@ -233,7 +238,7 @@ where
 }
 
 /// Runs [`Sql`] on a connection of the database.
-pub(crate) trait Exec: Database {
+pub trait Exec: Database {
     /// A result row.
     type Record: Columns;
 
@@ -290,7 +295,7 @@ where
 }
 
 /// What a backend's SQL must say differently.
-pub(crate) trait Dialect {
+pub trait Dialect {
     /// Starts a write transaction.
     const BEGIN_WRITE: &'static str;
     /// Starts a read transaction in which every statement sees one snapshot.
@@ -307,7 +312,7 @@ pub(crate) trait Dialect {
 }
 
 /// A database the shared implementation runs on.
-pub(crate) trait Backend: Exec + Dialect {}
+pub trait Backend: Exec + Dialect {}
 
 impl<B: Exec + Dialect> Backend for B {}
 

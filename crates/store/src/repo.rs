@@ -42,8 +42,10 @@ const MAX_PAGE: u32 = 500;
 /// Most certificates one `due_for_renewal` batch returns.
 const MAX_DUE: u32 = 1000;
 
-/// The shared store over a pool of backend `B`.
-pub(crate) struct SqlStore<B: Database> {
+/// The metadata store over a pool of backend `B`: every port is implemented
+/// once, for all backends; [`SqliteStore`](crate::SqliteStore) and
+/// [`PgStore`](crate::PgStore) name it per backend and add how to open it.
+pub struct SqlStore<B: Database> {
     pool: Pool<B>,
     backend: PhantomData<fn() -> B>,
 }
@@ -77,8 +79,9 @@ impl<B: Database> SqlStore<B> {
         }
     }
 
-    /// Closes every connection; later calls fail as unavailable.
-    pub(crate) async fn close(&self) {
+    /// Closes every connection (on SQLite, checkpointing the WAL); later
+    /// calls fail as unavailable.
+    pub async fn close(&self) {
         self.pool.close().await;
     }
 }
@@ -1193,235 +1196,6 @@ impl<B: Backend> MetadataStore for SqlStore<B> {
         Ok(!rows.is_empty())
     }
 }
-
-/// Implements [`MetadataStore`] for a public store type by forwarding every
-/// method to its `SqlStore` field.
-macro_rules! forward_metadata_store {
-    ($store:ty, $field:ident) => {
-        #[async_trait::async_trait]
-        impl certflow_core::ports::MetadataStore for $store {
-            async fn ping(&self) -> certflow_core::error::DomainResult<()> {
-                self.$field.ping().await
-            }
-
-            async fn insert_issuer(
-                &self,
-                issuer: &certflow_core::model::Issuer,
-                audit: &certflow_core::model::AuditEvent,
-            ) -> certflow_core::error::DomainResult<()> {
-                self.$field.insert_issuer(issuer, audit).await
-            }
-
-            async fn list_issuers(
-                &self,
-            ) -> certflow_core::error::DomainResult<Vec<certflow_core::model::Issuer>> {
-                self.$field.list_issuers().await
-            }
-
-            async fn get_issuer(
-                &self,
-                id: uuid::Uuid,
-            ) -> certflow_core::error::DomainResult<Option<certflow_core::model::Issuer>> {
-                self.$field.get_issuer(id).await
-            }
-
-            async fn set_default_issuer(
-                &self,
-                id: uuid::Uuid,
-                audit: &certflow_core::model::AuditEvent,
-            ) -> certflow_core::error::DomainResult<()> {
-                self.$field.set_default_issuer(id, audit).await
-            }
-
-            async fn create_certificate(
-                &self,
-                cert: &certflow_core::model::Certificate,
-                first: &certflow_core::model::CertificateVersion,
-                audit: &certflow_core::model::AuditEvent,
-                idempotency: Option<&certflow_core::model::IdempotencyRecord>,
-            ) -> certflow_core::error::DomainResult<()> {
-                self.$field
-                    .create_certificate(cert, first, audit, idempotency)
-                    .await
-            }
-
-            async fn add_version(
-                &self,
-                cert: &certflow_core::model::Certificate,
-                new: &certflow_core::model::CertificateVersion,
-                audit: &certflow_core::model::AuditEvent,
-                idempotency: Option<&certflow_core::model::IdempotencyRecord>,
-            ) -> certflow_core::error::DomainResult<()> {
-                self.$field.add_version(cert, new, audit, idempotency).await
-            }
-
-            async fn get_idempotency(
-                &self,
-                scope: &str,
-                key: &str,
-            ) -> certflow_core::error::DomainResult<Option<certflow_core::model::IdempotencyRecord>>
-            {
-                self.$field.get_idempotency(scope, key).await
-            }
-
-            async fn purge_idempotency_keys(
-                &self,
-                before: time::OffsetDateTime,
-            ) -> certflow_core::error::DomainResult<u64> {
-                self.$field.purge_idempotency_keys(before).await
-            }
-
-            async fn revoke_version(
-                &self,
-                certificate_id: uuid::Uuid,
-                version: u32,
-                reason: certflow_core::model::RevocationReason,
-                at: time::OffsetDateTime,
-                audit: &certflow_core::model::AuditEvent,
-            ) -> certflow_core::error::DomainResult<()> {
-                self.$field
-                    .revoke_version(certificate_id, version, reason, at, audit)
-                    .await
-            }
-
-            async fn manage_certificate(
-                &self,
-                cert: &certflow_core::model::Certificate,
-                audit: &certflow_core::model::AuditEvent,
-            ) -> certflow_core::error::DomainResult<()> {
-                self.$field.manage_certificate(cert, audit).await
-            }
-
-            async fn archive_certificate(
-                &self,
-                id: uuid::Uuid,
-                at: time::OffsetDateTime,
-                audit: &certflow_core::model::AuditEvent,
-            ) -> certflow_core::error::DomainResult<()> {
-                self.$field.archive_certificate(id, at, audit).await
-            }
-
-            async fn get_certificate(
-                &self,
-                id: uuid::Uuid,
-            ) -> certflow_core::error::DomainResult<Option<certflow_core::model::Certificate>> {
-                self.$field.get_certificate(id).await
-            }
-
-            async fn list_certificates(
-                &self,
-                query: &certflow_core::model::CertificateQuery,
-            ) -> certflow_core::error::DomainResult<
-                certflow_core::model::Page<certflow_core::model::Certificate>,
-            > {
-                self.$field.list_certificates(query).await
-            }
-
-            async fn list_versions(
-                &self,
-                certificate_id: uuid::Uuid,
-            ) -> certflow_core::error::DomainResult<Vec<certflow_core::model::CertificateVersion>>
-            {
-                self.$field.list_versions(certificate_id).await
-            }
-
-            async fn list_revoked(
-                &self,
-                issuer_id: uuid::Uuid,
-            ) -> certflow_core::error::DomainResult<Vec<certflow_core::model::CertificateVersion>>
-            {
-                self.$field.list_revoked(issuer_id).await
-            }
-
-            async fn due_for_renewal(
-                &self,
-                now: time::OffsetDateTime,
-                limit: u32,
-            ) -> certflow_core::error::DomainResult<Vec<certflow_core::model::Certificate>> {
-                self.$field.due_for_renewal(now, limit).await
-            }
-
-            async fn append_audit(
-                &self,
-                event: &certflow_core::model::AuditEvent,
-            ) -> certflow_core::error::DomainResult<()> {
-                self.$field.append_audit(event).await
-            }
-
-            async fn list_audit(
-                &self,
-                query: &certflow_core::model::AuditQuery,
-            ) -> certflow_core::error::DomainResult<
-                certflow_core::model::Page<certflow_core::model::AuditEvent>,
-            > {
-                self.$field.list_audit(query).await
-            }
-
-            async fn verify_audit_chain(
-                &self,
-            ) -> certflow_core::error::DomainResult<certflow_core::model::AuditChainReport> {
-                self.$field.verify_audit_chain().await
-            }
-
-            async fn certificate_counts(
-                &self,
-                teams: Option<&[String]>,
-                edges: &[time::OffsetDateTime],
-            ) -> certflow_core::error::DomainResult<certflow_core::model::CertificateCounts> {
-                self.$field.certificate_counts(teams, edges).await
-            }
-
-            async fn certificate_stats(
-                &self,
-                expiring_before: time::OffsetDateTime,
-            ) -> certflow_core::error::DomainResult<certflow_core::model::CertificateStats> {
-                self.$field.certificate_stats(expiring_before).await
-            }
-
-            async fn get_setting(
-                &self,
-                key: &str,
-            ) -> certflow_core::error::DomainResult<Option<String>> {
-                self.$field.get_setting(key).await
-            }
-
-            async fn put_setting(
-                &self,
-                key: &str,
-                value: &str,
-            ) -> certflow_core::error::DomainResult<()> {
-                self.$field.put_setting(key, value).await
-            }
-
-            async fn version_by_serial(
-                &self,
-                issuer_id: uuid::Uuid,
-                serial_hex: &str,
-            ) -> certflow_core::error::DomainResult<Option<certflow_core::model::CertificateVersion>>
-            {
-                self.$field.version_by_serial(issuer_id, serial_hex).await
-            }
-
-            async fn increment_setting(
-                &self,
-                key: &str,
-                initial: u64,
-            ) -> certflow_core::error::DomainResult<u64> {
-                self.$field.increment_setting(key, initial).await
-            }
-
-            async fn raise_setting(
-                &self,
-                key: &str,
-                value: u64,
-            ) -> certflow_core::error::DomainResult<bool> {
-                self.$field.raise_setting(key, value).await
-            }
-        }
-    };
-}
-
-pub(crate) use forward_metadata_store;
 
 #[cfg(test)]
 mod tests {

@@ -9,18 +9,12 @@ use certflow_core::error::DomainResult;
 use sqlx::Sqlite;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
-use crate::agents::forward_agent_store;
 use crate::audit::link_unchained;
-use crate::deployments::forward_deployment_store;
-use crate::discovery::forward_discovery_store;
 use crate::error::map;
 use crate::migrate::{Embedded, migrator};
-use crate::notify::forward_notification_store;
 use crate::query::Dialect;
 use crate::queue::{DbQueueOptions, DbRenewalQueue};
-use crate::renewal::forward_renewal_ledger;
-use crate::repo::{SqlStore, forward_metadata_store};
-use crate::sessions::forward_session_store;
+use crate::repo::SqlStore;
 
 /// Migrations embedded in the binary, oldest first. Listed by hand so the
 /// store needs no proc-macro build of sqlx; a unit test checks the list
@@ -103,23 +97,13 @@ impl Dialect for Sqlite {
 }
 
 /// The metadata store on a SQLite database (a file, or memory for tests).
-#[derive(Debug, Clone)]
-pub struct SqliteStore {
-    store: SqlStore<Sqlite>,
-}
+pub type SqliteStore = SqlStore<Sqlite>;
 
-forward_metadata_store!(SqliteStore, store);
-forward_renewal_ledger!(SqliteStore, store);
-forward_notification_store!(SqliteStore, store);
-forward_session_store!(SqliteStore, store);
-forward_agent_store!(SqliteStore, store);
-forward_deployment_store!(SqliteStore, store);
-forward_discovery_store!(SqliteStore, store);
-
-impl SqliteStore {
+/// Opening a SQLite store; the ports are implemented for every [`SqlStore`].
+impl SqlStore<Sqlite> {
     /// The renewal queue on this database's `renewal_jobs` table.
     pub fn renewal_queue(&self, options: DbQueueOptions) -> DbRenewalQueue {
-        DbRenewalQueue::sqlite(self.store.clone(), options)
+        DbRenewalQueue::sqlite(self.clone(), options)
     }
 
     /// Opens (creating if missing) the database file at `path` and migrates it.
@@ -150,9 +134,9 @@ impl SqliteStore {
             .run(&pool)
             .await
             .map_err(|e| unavailable("cannot migrate", &e))?;
-        let store = SqlStore::new(pool);
+        let store = Self::new(pool);
         link_unchained(&store).await?;
-        Ok(Self { store })
+        Ok(store)
     }
 
     /// A fresh, migrated in-memory database, for tests.
@@ -179,14 +163,9 @@ impl SqliteStore {
                 backend: "database",
                 reason: format!("cannot migrate the in-memory database: {e}"),
             })?;
-        let store = SqlStore::new(pool);
+        let store = Self::new(pool);
         link_unchained(&store).await?;
-        Ok(Self { store })
-    }
-
-    /// Closes every connection (checkpointing the WAL); later calls fail as unavailable.
-    pub async fn close(&self) {
-        self.store.close().await;
+        Ok(store)
     }
 }
 
