@@ -1,11 +1,14 @@
-//! Behaviour suite of the `MetadataStore` port.
+//! Behaviour suite of the store's ports on SQLite and PostgreSQL, one test
+//! binary, being split into one module per port or concern; [`support`]
+//! holds the stores under test and the fixtures several modules seed.
 //!
-//! Every case in [`suite`] is an async function over `&dyn MetadataStore` and
-//! knows nothing about the backend. Each backend runs the whole suite through
+//! Every case in [`suite`] is an async function over `&dyn MetadataStore`
+//! (or `&dyn Stores`, or `&S` bounded by the ports it needs) and knows
+//! nothing about the backend. Each backend runs them through
 //! `metadata_store_suite!` with its own way of opening a fresh, empty store:
-//! `sqlite_memory`, `sqlite_file` and `postgres` at the bottom. Backend-specific
-//! behaviour (files, reopening, connecting, migrating) is tested outside the
-//! suite.
+//! `sqlite_memory`, `sqlite_file` and `postgres` at the bottom.
+//! Backend-specific behaviour (files, reopening, connecting, migrating) is
+//! tested outside the suite.
 //!
 //! The PostgreSQL tests need a server: `postgres://postgres@127.0.0.1:5432/postgres`
 //! (trust authentication) unless `CERTFLOW_TEST_PG_URL` names another. Each
@@ -14,228 +17,35 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use certflow_core::ports::{MetadataStore, NotificationStore, RenewalLedger};
-use certflow_store::{DbQueueOptions, DbRenewalQueue, PgOptions, PgStore, SqliteStore};
+mod support;
 
-/// Everything a backend offers the suite: the three ports and its queue.
-pub trait Stores: MetadataStore + RenewalLedger + NotificationStore {
-    /// The database renewal queue on this store, polling quickly.
-    fn queue(&self) -> DbRenewalQueue;
-}
-
-const QUEUE: DbQueueOptions = DbQueueOptions {
-    poll_interval: std::time::Duration::from_millis(20),
-};
-
-impl Stores for SqliteStore {
-    fn queue(&self) -> DbRenewalQueue {
-        self.renewal_queue(QUEUE)
-    }
-}
-
-impl Stores for PgStore {
-    fn queue(&self) -> DbRenewalQueue {
-        self.renewal_queue(QUEUE)
-    }
-}
-
-/// Backend-agnostic cases. Times are whole seconds: stores keep unix seconds.
+/// Backend-agnostic cases not yet in the module of their port.
 mod suite {
-    use std::collections::BTreeMap;
+    use std::collections::{BTreeMap, HashSet};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicI64, Ordering};
+    use std::time::Duration as StdDuration;
 
     use certflow_core::DomainError;
+    use certflow_core::Profile;
     use certflow_core::model::{
-        Actor, AuditEvent, AuditQuery, Certificate, CertificateQuery, CertificateStatus,
-        CertificateVersion, IdempotencyRecord, Issuer, IssuerKind, KeySource, KeyType, Outcome,
-        RenewalPolicy, RevocationReason, SortKey, VersionStatus,
+        Actor, AuditChainReport, AuditEvent, AuditQuery, Certificate, CertificateQuery,
+        CertificateStatus, CertificateVersion, IdempotencyRecord, Issuer, KeySource, KeyType,
+        Outcome, RenewalPolicy, RevocationReason, SortKey, VersionStatus,
     };
+    use certflow_core::notify::{Channel, DeliveryQuery, DeliveryState, EventKind, Notification};
     use certflow_core::ports::MetadataStore;
-    use certflow_core::{Profile, SubjectName};
+    use certflow_core::renewal::{JobDelivery, JobState, QueueStats, RenewalJob, RenewalQueue};
+    use certflow_store::DbRenewalQueue;
     use serde_json::json;
     use time::{Duration, OffsetDateTime};
     use uuid::Uuid;
 
-    /// 2026-01-01T00:00:00Z.
-    const T0: i64 = 1_767_225_600;
-    const DAY: i64 = 86_400;
-
-    fn at(secs: i64) -> OffsetDateTime {
-        OffsetDateTime::from_unix_timestamp(secs).unwrap()
-    }
-
-    fn dns(s: &str) -> SubjectName {
-        SubjectName::Dns(s.to_owned())
-    }
-
-    fn ip(s: &str) -> SubjectName {
-        SubjectName::Ip(s.parse().unwrap())
-    }
-
-    fn actor() -> Actor {
-        Actor {
-            subject: "alice".into(),
-            source: Some("192.0.2.7".into()),
-        }
-    }
-
-    fn event(action: &str, target: &str) -> AuditEvent {
-        AuditEvent::success(at(T0), &actor(), action, target, json!({ "why": "test" }))
-    }
-
-    fn issuer(name: &str, is_default: bool) -> Issuer {
-        Issuer {
-            id: Uuid::new_v4(),
-            name: name.into(),
-            kind: IssuerKind::Internal,
-            is_default,
-            key_type: KeyType::EcdsaP384,
-            issuing_cert_pem: format!(
-                "-----BEGIN CERTIFICATE-----\n{name}\n-----END CERTIFICATE-----\n"
-            ),
-            chain_pem: "-----BEGIN CERTIFICATE-----\nroot\n-----END CERTIFICATE-----\n".into(),
-            key_blob: format!("issuers/{name}/issuing.key"),
-            root_key_blob: Some(format!("issuers/{name}/root.key")),
-            subject: format!("CN={name} Issuing CA"),
-            not_after: at(T0 + 3650 * DAY),
-            created_at: at(T0),
-        }
-    }
-
-    fn certificate(issuer: &Issuer, name: &str, team: &str) -> Certificate {
-        Certificate {
-            id: Uuid::new_v4(),
-            name: name.into(),
-            team: team.into(),
-            labels: BTreeMap::new(),
-            profile: Profile::TlsServer,
-            key_type: KeyType::EcdsaP256,
-            key_source: KeySource::Server,
-            names: vec![dns(name)],
-            validity_days: 90,
-            validity_secs: None,
-            issuer_id: issuer.id,
-            renewal: RenewalPolicy::default(),
-            status: CertificateStatus::Active,
-            managed: true,
-            current_version: 1,
-            not_after: at(T0 + 90 * DAY),
-            renew_after: at(T0 + 60 * DAY),
-            created_at: at(T0),
-            updated_at: at(T0),
-        }
-    }
-
-    fn version(cert: &Certificate, number: u32) -> CertificateVersion {
-        CertificateVersion {
-            certificate_id: cert.id,
-            version: number,
-            serial: Uuid::new_v4().simple().to_string(),
-            fingerprint_sha256: format!("{:064x}", u128::from(number)),
-            not_before: at(T0 + i64::from(number) * DAY),
-            not_after: cert.not_after,
-            key_type: cert.key_type,
-            names: cert.names.clone(),
-            issuer_id: cert.issuer_id,
-            status: VersionStatus::Current,
-            revoked_at: None,
-            revocation_reason: None,
-            cert_blob: format!("certificates/{}/{number}.der", cert.id),
-            key_blob: Some(format!("certificates/{}/{number}.key", cert.id)),
-            created_at: at(T0 + i64::from(number) * DAY),
-        }
-    }
-
-    async fn seed_issuer(store: &dyn MetadataStore) -> Issuer {
-        let issuer = issuer("main", true);
-        store
-            .insert_issuer(&issuer, &event("issuer.create", "issuer/main"))
-            .await
-            .unwrap();
-        issuer
-    }
-
-    async fn create(store: &dyn MetadataStore, cert: &Certificate) -> CertificateVersion {
-        let first = version(cert, 1);
-        store
-            .create_certificate(
-                cert,
-                &first,
-                &event("certificate.create", &target(cert)),
-                None,
-            )
-            .await
-            .unwrap();
-        first
-    }
-
-    fn target(cert: &Certificate) -> String {
-        format!("certificate/{}", cert.id)
-    }
-
-    fn query() -> CertificateQuery {
-        CertificateQuery {
-            limit: 500,
-            ..CertificateQuery::default()
-        }
-    }
-
-    async fn ids(store: &dyn MetadataStore, q: &CertificateQuery) -> Vec<Uuid> {
-        store
-            .list_certificates(q)
-            .await
-            .unwrap()
-            .items
-            .into_iter()
-            .map(|c| c.id)
-            .collect()
-    }
-
-    fn sorted(mut v: Vec<Uuid>) -> Vec<Uuid> {
-        v.sort();
-        v
-    }
-
-    fn assert_conflict<T: std::fmt::Debug>(result: Result<T, DomainError>, needles: &[&str]) {
-        match result {
-            Err(DomainError::Conflict(message)) => {
-                for needle in needles {
-                    assert!(message.contains(needle), "{message:?} lacks {needle:?}");
-                }
-            }
-            other => panic!("expected Conflict, got {other:?}"),
-        }
-    }
-
-    fn assert_not_found<T: std::fmt::Debug>(result: Result<T, DomainError>) {
-        assert!(
-            matches!(result, Err(DomainError::NotFound(_))),
-            "expected NotFound, got {result:?}"
-        );
-    }
-
-    async fn audit_ids(store: &dyn MetadataStore, q: AuditQuery) -> Vec<Uuid> {
-        let q = AuditQuery { limit: 500, ..q };
-        store
-            .list_audit(&q)
-            .await
-            .unwrap()
-            .items
-            .into_iter()
-            .map(|e| e.id)
-            .collect()
-    }
-
-    /// Opens connections for four racers up front (pools open them lazily),
-    /// so that the racers' transactions really overlap instead of queueing
-    /// behind connection set-up one by one.
-    async fn warm_up(store: &dyn MetadataStore) {
-        let (a, b, c, d) = tokio::join!(store.ping(), store.ping(), store.ping(), store.ping());
-        for r in [a, b, c, d] {
-            r.unwrap();
-        }
-    }
-
-    // ---------------------------------------------------------------- basics
+    use crate::support::{
+        DAY, Stores, T0, actions, assert_conflict, assert_not_found, at, audit_ids, certificate,
+        create, dns, event, futures_join_all, ids, ip, issuer, query, seed_agent, seed_issuer,
+        sorted, subscription, target, version, warm_up, webhook,
+    };
 
     pub async fn ping_answers(store: &dyn MetadataStore) {
         store.ping().await.unwrap();
@@ -279,8 +89,6 @@ mod suite {
             Some("x'); DROP TABLE settings; --")
         );
     }
-
-    // --------------------------------------------------------------- issuers
 
     pub async fn issuer_round_trips_every_field(store: &dyn MetadataStore) {
         let mut imported = issuer("imported", false);
@@ -420,8 +228,6 @@ mod suite {
         assert_eq!(defaults.len(), 1);
         assert_ne!(defaults[0], main.id);
     }
-
-    // ---------------------------------------------------------- certificates
 
     pub async fn certificate_round_trips_every_field(store: &dyn MetadataStore) {
         let issuer = seed_issuer(store).await;
@@ -638,8 +444,6 @@ mod suite {
         assert_conflict(result, &["1"]);
         assert_eq!(store.get_certificate(cert.id).await.unwrap(), None);
     }
-
-    // -------------------------------------------------------------- versions
 
     pub async fn add_version_supersedes_and_updates_the_certificate(store: &dyn MetadataStore) {
         let issuer = seed_issuer(store).await;
@@ -1112,8 +916,6 @@ mod suite {
         );
     }
 
-    // ------------------------------------------- serial look-up and counters
-
     /// OCSP answers from `version_by_serial`: a serial belongs to one issuer,
     /// an unknown one reads as absent, and the answer follows the version's
     /// later renewal and revocation.
@@ -1362,8 +1164,6 @@ mod suite {
         let none = store.certificate_counts(Some(&[]), &edges).await.unwrap();
         assert_eq!(none, empty);
     }
-
-    // ------------------------------------------------------- due for renewal
 
     /// An active certificate that becomes due for renewal at `renew_after`.
     fn renewing(issuer: &Issuer, name: &str, renew_after: i64) -> Certificate {
@@ -1646,8 +1446,6 @@ mod suite {
         );
     }
 
-    // ------------------------------------------------------------ atomicity
-
     /// A failing audit insert (its id already used) must undo the whole change.
     pub async fn audit_failure_rolls_back_every_mutation(store: &dyn MetadataStore) {
         let main = seed_issuer(store).await;
@@ -1780,8 +1578,6 @@ mod suite {
             .unwrap();
         assert_eq!(trail.items, vec![used]);
     }
-
-    // --------------------------------------------------------------- listing
 
     struct Fixture {
         api: Uuid,
@@ -2173,8 +1969,6 @@ mod suite {
         assert_eq!((audit.items.len(), audit.total), (500, 502));
     }
 
-    // ----------------------------------------------------------------- audit
-
     fn event_at(secs: i64, action: &str, target: &str, subject: &str) -> AuditEvent {
         AuditEvent {
             id: Uuid::new_v7(uuid::Timestamp::from_unix(uuid::NoContext, secs as u64, 0)),
@@ -2341,8 +2135,6 @@ mod suite {
             vec![archive_event, revoke_event, renew_event, create_event]
         );
     }
-
-    // ------------------------------------------------------ idempotency keys
 
     fn idempotency(scope: &str, key: &str, v: &CertificateVersion) -> IdempotencyRecord {
         IdempotencyRecord {
@@ -2680,22 +2472,8 @@ mod suite {
         assert_eq!(store.list_versions(cert.id).await.unwrap().len(), 2);
     }
 
-    // ------------------------------------------------ renewal jobs and queue
-
-    use std::collections::HashSet;
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicI64, Ordering};
-    use std::time::Duration as StdDuration;
-
-    use certflow_core::notify::{
-        Channel, DeliveryQuery, DeliveryState, EventKind, Notification, Subscription, WebhookFormat,
-    };
-    use certflow_core::renewal::{JobDelivery, JobState, QueueStats, RenewalJob, RenewalQueue};
-    use certflow_store::DbRenewalQueue;
-
-    use crate::Stores;
-
     const LEASE: StdDuration = StdDuration::from_secs(60);
+
     const NO_WAIT: StdDuration = StdDuration::ZERO;
 
     /// A queue whose clock reads `clock` (unix seconds), starting at T0.
@@ -2830,36 +2608,6 @@ mod suite {
             inserted[0].id
         );
         assert_eq!(queue.stats().await.unwrap().queued, 1);
-    }
-
-    /// Polls every future concurrently (they share the store's pool, so on
-    /// PostgreSQL they race on several connections).
-    async fn futures_join_all<F: std::future::Future>(
-        futures: impl Iterator<Item = F>,
-    ) -> Vec<F::Output> {
-        let mut set = Vec::new();
-        for f in futures {
-            set.push(Box::pin(f));
-        }
-        let mut out: Vec<Option<F::Output>> = set.iter().map(|_| None).collect();
-        std::future::poll_fn(|cx| {
-            let mut pending = false;
-            for (slot, f) in out.iter_mut().zip(set.iter_mut()) {
-                if slot.is_none() {
-                    match f.as_mut().poll(cx) {
-                        std::task::Poll::Ready(v) => *slot = Some(v),
-                        std::task::Poll::Pending => pending = true,
-                    }
-                }
-            }
-            if pending {
-                std::task::Poll::Pending
-            } else {
-                std::task::Poll::Ready(())
-            }
-        })
-        .await;
-        out.into_iter().map(Option::unwrap).collect()
     }
 
     pub async fn concurrent_receivers_never_share_a_job(store: &dyn Stores) {
@@ -3290,26 +3038,6 @@ mod suite {
             .await
             .unwrap();
         assert_eq!(due().await, vec![b.id, a.id]);
-    }
-
-    // ------------------------------------------------------- notifications
-
-    fn subscription(team: &str, events: &[EventKind], channel: Channel) -> Subscription {
-        Subscription {
-            id: Uuid::now_v7(),
-            team: team.into(),
-            events: events.to_vec(),
-            channel,
-            created_at: at(T0),
-        }
-    }
-
-    fn webhook(url: &str, secret: Option<&str>) -> Channel {
-        Channel::Webhook {
-            url: url.into(),
-            secret: secret.map(str::to_owned),
-            format: WebhookFormat::Json,
-        }
     }
 
     fn notification(
@@ -3790,10 +3518,6 @@ mod suite {
         assert_eq!((page.total, page.items.len(), page.items[0].id), (2, 1, ok));
     }
 
-    // ------------------------------------------------------ audit hash chain
-
-    use certflow_core::model::AuditChainReport;
-
     /// Verifies the chain and checks it covers every audit row, numbered 1..=n.
     async fn assert_chain_intact(store: &dyn MetadataStore) -> AuditChainReport {
         let report = store.verify_audit_chain().await.unwrap();
@@ -4019,51 +3743,6 @@ mod suite {
         assert_eq!(page.items[0], events[3]);
     }
 
-    // ----- deployments: assignments and agents' reports -----
-
-    /// An active agent of team `team`, stored through a join token (the
-    /// only way the port creates agents). Built from JSON so the test does
-    /// not depend on fields it does not care about.
-    async fn seed_agent<S>(store: &S, name: &str, team: &str) -> certflow_core::agents::Agent
-    where
-        S: certflow_core::ports::AgentStore,
-    {
-        use certflow_core::agents::{Agent, JoinToken};
-        let token = JoinToken {
-            id: Uuid::now_v7(),
-            token_sha256: format!("{:064x}", Uuid::new_v4().as_u128()),
-            name: name.into(),
-            teams: vec![team.into()],
-            expires_at: at(T0 + DAY),
-            created_by: "alice".into(),
-            created_at: at(T0),
-            used_at: None,
-            agent_id: None,
-        };
-        store
-            .insert_join_token(&token, &event("agent.join-token.create", "agent"))
-            .await
-            .unwrap();
-        let agent: Agent = serde_json::from_value(json!({
-            "id": Uuid::now_v7(), "name": name, "teams": [team], "status": "active",
-            "cert_serial": "01", "cert_fingerprint_sha256": "00",
-            "cert_not_after": serde_json::to_value(at(T0 + DAY)).unwrap(),
-            "created_at": serde_json::to_value(at(T0)).unwrap(),
-            "last_seen": null,
-        }))
-        .unwrap();
-        store
-            .enroll_agent(
-                &token.token_sha256,
-                at(T0),
-                &agent,
-                &event("agent.enroll", "agent"),
-            )
-            .await
-            .unwrap();
-        agent
-    }
-
     fn report(
         agent: Uuid,
         cert: Uuid,
@@ -4084,21 +3763,6 @@ mod suite {
             reported_at: at(secs),
             agent_version: Some("0.1.0".into()),
         }
-    }
-
-    async fn actions(store: &dyn MetadataStore, prefix: &str) -> Vec<String> {
-        store
-            .list_audit(&AuditQuery {
-                action_prefix: Some(prefix.into()),
-                limit: 100,
-                ..AuditQuery::default()
-            })
-            .await
-            .unwrap()
-            .items
-            .into_iter()
-            .map(|e| e.action)
-            .collect()
     }
 
     pub async fn deployments_assign_follow_versions_record_reports_and_unassign<S>(store: &S)
@@ -4512,8 +4176,6 @@ mod suite {
         );
     }
 
-    // ----- discovery: certificates agents found on their hosts -----
-
     fn found(
         source: &str,
         fingerprint: &str,
@@ -4916,23 +4578,6 @@ mod suite {
     }
 }
 
-/// The texts of `migrations/<dir>/*.sql`, oldest first.
-fn migration_files(dir: &str) -> Vec<String> {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("migrations")
-        .join(dir);
-    let mut paths: Vec<_> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "sql"))
-        .collect();
-    paths.sort();
-    paths
-        .iter()
-        .map(|p| std::fs::read_to_string(p).unwrap())
-        .collect()
-}
-
 /// Runs every suite case as a `#[tokio::test]`; `$open` yields `(store, guard)`
 /// where the guard keeps the backend's resources alive for the test.
 macro_rules! metadata_store_suite {
@@ -5024,152 +4669,15 @@ macro_rules! metadata_store_suite {
 }
 
 mod sqlite_memory {
-    use super::SqliteStore;
-
-    metadata_store_suite!((SqliteStore::open_memory().await.unwrap(), ()));
+    metadata_store_suite!(crate::support::sqlite_memory().await);
 }
 
 mod sqlite_file {
-    use super::SqliteStore;
-
-    async fn open() -> (SqliteStore, tempfile::TempDir) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("certflow.db"))
-            .await
-            .unwrap();
-        (store, dir)
-    }
-
-    metadata_store_suite!(open().await);
-}
-
-/// A fresh PostgreSQL database per test.
-mod pg {
-    use sqlx::{AssertSqlSafe, Connection, Executor, PgConnection};
-    use uuid::Uuid;
-
-    const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
-
-    /// A database that exists until this is dropped (best effort: a test
-    /// process that is killed leaves it behind, named `certflow_test_*`).
-    pub struct TestDb {
-        admin_url: String,
-        name: String,
-    }
-
-    impl TestDb {
-        /// Creates an empty database. Its default collation is ICU English
-        /// where the server has ICU, so that byte-order sorting must come
-        /// from the schema, as on most production servers.
-        pub async fn create() -> Self {
-            let admin_url =
-                std::env::var("CERTFLOW_TEST_PG_URL").unwrap_or_else(|_| DEFAULT_URL.to_owned());
-            let mut admin = admin_connection(&admin_url).await;
-            let name = format!("certflow_test_{}", Uuid::new_v4().simple());
-            let icu = format!(
-                "CREATE DATABASE {name} TEMPLATE template0 LOCALE_PROVIDER icu \
-                 ICU_LOCALE 'en' LOCALE 'C.UTF-8'"
-            );
-            if admin.execute(AssertSqlSafe(icu)).await.is_err() {
-                admin
-                    .execute(AssertSqlSafe(format!("CREATE DATABASE {name}")))
-                    .await
-                    .unwrap();
-            }
-            admin.close().await.unwrap();
-            Self { admin_url, name }
-        }
-
-        /// URL of the database, with the administrator's credentials.
-        pub fn url(&self) -> String {
-            with_database(&self.admin_url, &self.name)
-        }
-
-        /// A direct connection to the database, to look behind the store.
-        pub async fn connect(&self) -> PgConnection {
-            PgConnection::connect(&self.url()).await.unwrap()
-        }
-    }
-
-    impl Drop for TestDb {
-        fn drop(&mut self) {
-            let admin_url = self.admin_url.clone();
-            let drop = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
-            // Drop runs inside the test's runtime, which cannot be blocked
-            // on; a thread with its own runtime can.
-            let dropped = std::thread::spawn(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .map_err(|e| e.to_string())?;
-                runtime.block_on(async {
-                    let mut admin = PgConnection::connect(&admin_url)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    admin
-                        .execute(AssertSqlSafe(drop))
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    admin.close().await.map_err(|e| e.to_string())
-                })
-            })
-            .join();
-            if let Ok(Err(e)) = dropped {
-                eprintln!("could not drop test database {}: {e}", self.name);
-            }
-        }
-    }
-
-    async fn admin_connection(url: &str) -> PgConnection {
-        match PgConnection::connect(url).await {
-            Ok(conn) => conn,
-            Err(e) => panic!(
-                "PostgreSQL is not reachable at {url}: {e}\n\
-                 The PostgreSQL tests need a running server. Start the local one with\n    \
-                 pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start\n\
-                 or point CERTFLOW_TEST_PG_URL at another (trust authentication, may CREATE DATABASE)."
-            ),
-        }
-    }
-
-    /// `url` with its database (path) replaced by `database`.
-    fn with_database(url: &str, database: &str) -> String {
-        let (base, query) = match url.split_once('?') {
-            Some((base, query)) => (base, format!("?{query}")),
-            None => (url, String::new()),
-        };
-        let authority_start = base.find("://").map_or(0, |i| i + 3);
-        let authority_end = base[authority_start..]
-            .find('/')
-            .map_or(base.len(), |i| authority_start + i);
-        format!("{}/{database}{query}", &base[..authority_end])
-    }
-
-    /// A store on a fresh database, and the database's guard.
-    pub async fn open() -> (super::PgStore, TestDb) {
-        let db = TestDb::create().await;
-        let store = super::PgStore::connect(&db.url(), super::PgOptions::default())
-            .await
-            .unwrap();
-        (store, db)
-    }
-
-    #[test]
-    fn database_replaced_in_url() {
-        assert_eq!(
-            with_database("postgres://postgres@127.0.0.1:5432/postgres", "x"),
-            "postgres://postgres@127.0.0.1:5432/x"
-        );
-        assert_eq!(
-            with_database("postgres://u:p@h/db?sslmode=disable", "x"),
-            "postgres://u:p@h/x?sslmode=disable"
-        );
-        assert_eq!(with_database("postgres://h:1", "x"), "postgres://h:1/x");
-    }
+    metadata_store_suite!(crate::support::sqlite_file().await);
 }
 
 mod postgres {
-    metadata_store_suite!(crate::pg::open().await);
+    metadata_store_suite!(crate::support::postgres().await);
 }
 
 // ------------------------------------------------------------ SQLite-specific
@@ -5186,7 +4694,7 @@ mod sqlite_specific {
     use time::OffsetDateTime;
     use uuid::Uuid;
 
-    use super::SqliteStore;
+    use certflow_store::SqliteStore;
 
     fn now() -> OffsetDateTime {
         OffsetDateTime::from_unix_timestamp(1_767_225_600).unwrap()
@@ -5305,7 +4813,10 @@ mod sqlite_specific {
             .fetch_one(&mut conn)
             .await
             .unwrap();
-        assert_eq!(applied, crate::migration_files("sqlite").len() as i64);
+        assert_eq!(
+            applied,
+            crate::support::migration_files("sqlite").len() as i64
+        );
     }
 
     #[tokio::test]
@@ -5358,8 +4869,8 @@ mod postgres_specific {
     use certflow_core::ports::MetadataStore;
     use sqlx::{Connection, Executor};
 
-    use super::pg::TestDb;
-    use super::{PgOptions, PgStore};
+    use crate::support::pg::TestDb;
+    use certflow_store::{PgOptions, PgStore};
 
     /// Replicas starting together: each migrates under the advisory lock, so
     /// all succeed and the schema is applied once.
@@ -5381,7 +4892,7 @@ mod postgres_specific {
                 .await
                 .unwrap();
         let expected: Vec<(i64, bool)> = (1..)
-            .zip(crate::migration_files("postgres"))
+            .zip(crate::support::migration_files("postgres"))
             .map(|(version, _)| (version, true))
             .collect();
         assert_eq!(applied, expected);
@@ -5392,7 +4903,7 @@ mod postgres_specific {
         .fetch_one(&mut conn)
         .await
         .unwrap();
-        let created = crate::migration_files("postgres")
+        let created = crate::support::migration_files("postgres")
             .iter()
             .map(|sql| sql.matches("CREATE TABLE ").count() as i64)
             .sum::<i64>();
@@ -5544,8 +5055,8 @@ mod audit_chain {
     use time::OffsetDateTime;
     use uuid::Uuid;
 
-    use super::pg::TestDb;
-    use super::{PgOptions, PgStore, SqliteStore};
+    use crate::support::pg::TestDb;
+    use certflow_store::{PgOptions, PgStore, SqliteStore};
 
     /// A direct connection to the store's database.
     pub enum Raw {
@@ -5913,9 +5424,9 @@ mod audit_chain {
         let url = format!("sqlite://{}?mode=rwc", path.display());
         let mut old = SqliteConnection::connect(&url).await.unwrap();
         before_chain([
-            include_str!("../migrations/sqlite/0001_init.sql"),
-            include_str!("../migrations/sqlite/0002_idempotency_keys.sql"),
-            include_str!("../migrations/sqlite/0003_renewal_and_notifications.sql"),
+            include_str!("../../migrations/sqlite/0001_init.sql"),
+            include_str!("../../migrations/sqlite/0002_idempotency_keys.sql"),
+            include_str!("../../migrations/sqlite/0003_renewal_and_notifications.sql"),
         ])
         .run(&mut old)
         .await
@@ -5946,9 +5457,9 @@ mod audit_chain {
         let db = TestDb::create().await;
         let mut old = db.connect().await;
         before_chain([
-            include_str!("../migrations/postgres/0001_init.sql"),
-            include_str!("../migrations/postgres/0002_idempotency_keys.sql"),
-            include_str!("../migrations/postgres/0003_renewal_and_notifications.sql"),
+            include_str!("../../migrations/postgres/0001_init.sql"),
+            include_str!("../../migrations/postgres/0002_idempotency_keys.sql"),
+            include_str!("../../migrations/postgres/0003_renewal_and_notifications.sql"),
         ])
         .run(&mut old)
         .await
@@ -5982,8 +5493,8 @@ mod audit_chain_cost {
     use certflow_core::ports::MetadataStore;
     use sqlx::{AssertSqlSafe, Connection, Executor, SqliteConnection};
 
-    use super::pg::TestDb;
-    use super::{PgOptions, PgStore, SqliteStore};
+    use crate::support::pg::TestDb;
+    use certflow_store::{PgOptions, PgStore, SqliteStore};
 
     const LINKED: usize = 100_000;
     const EACH: usize = 200;
@@ -6108,9 +5619,9 @@ mod audit_chain_cost {
         let db = TestDb::create().await;
         let mut old = db.connect().await;
         super::audit_chain::before_chain([
-            include_str!("../migrations/postgres/0001_init.sql"),
-            include_str!("../migrations/postgres/0002_idempotency_keys.sql"),
-            include_str!("../migrations/postgres/0003_renewal_and_notifications.sql"),
+            include_str!("../../migrations/postgres/0001_init.sql"),
+            include_str!("../../migrations/postgres/0002_idempotency_keys.sql"),
+            include_str!("../../migrations/postgres/0003_renewal_and_notifications.sql"),
         ])
         .run(&mut old)
         .await
@@ -6138,9 +5649,9 @@ mod audit_chain_cost {
         let url = format!("sqlite://{}?mode=rwc", path.display());
         let mut old = SqliteConnection::connect(&url).await.unwrap();
         super::audit_chain::before_chain([
-            include_str!("../migrations/sqlite/0001_init.sql"),
-            include_str!("../migrations/sqlite/0002_idempotency_keys.sql"),
-            include_str!("../migrations/sqlite/0003_renewal_and_notifications.sql"),
+            include_str!("../../migrations/sqlite/0001_init.sql"),
+            include_str!("../../migrations/sqlite/0002_idempotency_keys.sql"),
+            include_str!("../../migrations/sqlite/0003_renewal_and_notifications.sql"),
         ])
         .run(&mut old)
         .await
@@ -6302,12 +5813,15 @@ mod audit_secrets {
 
     #[tokio::test]
     async fn on_sqlite_memory() {
-        session(Arc::new(super::SqliteStore::open_memory().await.unwrap())).await;
+        session(Arc::new(
+            certflow_store::SqliteStore::open_memory().await.unwrap(),
+        ))
+        .await;
     }
 
     #[tokio::test]
     async fn on_postgres() {
-        let (store, _db) = super::pg::open().await;
+        let (store, _db) = crate::support::postgres().await;
         session(Arc::new(store)).await;
     }
 }
