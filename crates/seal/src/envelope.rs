@@ -1,10 +1,10 @@
 //! Envelope encryption (AES-256-GCM). Each blob gets a fresh data key; the data
 //! key is wrapped by a master key from a [`KeyProvider`]: a local key, or AWS KMS
-//! through [`KmsKeyProvider`](crate::KmsKeyProvider) (the provider shape follows
-//! KMS GenerateDataKey / Decrypt). The encryption context is bound at both
-//! levels (AEAD associated data for the value and for locally wrapped data keys,
-//! the KMS encryption context for KMS-wrapped ones), so an envelope moved to
-//! another record fails to open.
+//! through `KmsKeyProvider` (feature `aws-kms`; the provider shape follows KMS
+//! GenerateDataKey / Decrypt). The encryption context is bound at both levels
+//! (AEAD associated data for the value and for locally wrapped data keys, the
+//! KMS encryption context for KMS-wrapped ones), so an envelope moved to another
+//! record fails to open.
 
 use std::collections::BTreeMap;
 use std::fmt;
