@@ -1,11 +1,22 @@
 //! `certflow`: the server (`serve`) and the admin CLI that calls its API.
 
-mod agent;
+mod agent_api;
+mod auth;
 mod cli;
 mod config;
-mod emf;
+mod deploy_cache;
+mod errors;
+mod extract;
 mod http;
+mod ops;
+mod pki_api;
+mod rate_limit;
+mod router;
 mod serve;
+mod session;
+mod state;
+mod telemetry;
+mod views;
 mod web;
 
 use std::path::PathBuf;
@@ -36,10 +47,10 @@ enum Command {
     Worker,
     /// Manage certificates through the API.
     #[command(subcommand)]
-    Cert(cli::CertCommand),
+    Cert(cli::cert::CertCommand),
     /// Inspect or import certificate authorities through the API.
     #[command(subcommand)]
-    Ca(cli::CaCommand),
+    Ca(cli::ca::CaCommand),
     /// Offline administration on the server's own data (run where the server runs).
     #[command(subcommand)]
     Admin(AdminCommand),
@@ -111,12 +122,12 @@ fn main() -> ExitCode {
             Command::Serve { roles } => {
                 let roles = serve::Roles::parse(&roles)?;
                 let config = config::Config::load(cli.config.as_deref())?;
-                serve::init_logging(&config);
+                serve::wiring::init_logging(&config);
                 serve::serve(config, roles).await
             }
             Command::Worker => {
                 let config = config::Config::load(cli.config.as_deref())?;
-                serve::init_logging(&config);
+                serve::wiring::init_logging(&config);
                 let roles = serve::Roles {
                     api: false,
                     scheduler: false,
@@ -126,26 +137,26 @@ fn main() -> ExitCode {
             }
             Command::Admin(AdminCommand::RotateBootstrapToken) => {
                 let config = config::Config::load(cli.config.as_deref())?;
-                serve::rotate_bootstrap_token(&config).await
+                serve::admin::rotate_bootstrap_token(&config).await
             }
             Command::Admin(AdminCommand::SweepBlobs { grace_hours }) => {
                 let config = config::Config::load(cli.config.as_deref())?;
-                serve::sweep_blobs(&config, grace_hours).await
+                serve::admin::sweep_blobs(&config, grace_hours).await
             }
             Command::Admin(AdminCommand::AgentCa) => {
                 let config = config::Config::load(cli.config.as_deref())?;
-                serve::print_agent_ca(&config).await
+                serve::admin::print_agent_ca(&config).await
             }
             Command::Admin(AdminCommand::VerifyAudit) => {
                 let config = config::Config::load(cli.config.as_deref())?;
-                serve::verify_audit(&config).await
+                serve::admin::verify_audit(&config).await
             }
             Command::Keys(KeysCommand::Rewrap) => {
                 let config = config::Config::load(cli.config.as_deref())?;
-                serve::rewrap_keys(&config).await
+                serve::admin::rewrap_keys(&config).await
             }
-            Command::Cert(cmd) => cli::run_cert(cmd).await,
-            Command::Ca(cmd) => cli::run_ca(cmd).await,
+            Command::Cert(cmd) => cli::cert::run_cert(cmd).await,
+            Command::Ca(cmd) => cli::ca::run_ca(cmd).await,
             Command::Openapi => {
                 println!("{}", http::openapi_json());
                 Ok(())

@@ -1,7 +1,7 @@
 //! Authorisation of the console API. Every route declares the permission it
 //! needs in [`declared`]; a middleware checks it before the handler runs, and
 //! handlers that act on one team's resource check the team as well
-//! ([`check_team`]). A route without a declaration is refused (fail closed),
+//! ([`crate::auth::check_team`]). A route without a declaration is refused (fail closed),
 //! and the role/route matrix test walks the OpenAPI document against this
 //! table.
 
@@ -12,7 +12,8 @@ use axum::response::Response;
 use certflow_core::DomainError;
 use certflow_core::access::{Permission, Principal};
 
-use super::errors::{ApiError, ApiResult};
+use crate::auth::forbidden;
+use crate::errors::ApiError;
 
 /// Prefix of the console API routes.
 pub const CONSOLE_PREFIX: &str = "/console/api/v1";
@@ -79,24 +80,4 @@ pub async fn authorize(req: Request, next: Next) -> Result<Response, ApiError> {
         return Err(forbidden(principal, permission, None).into());
     }
     Ok(next.run(req).await)
-}
-
-fn forbidden(principal: &Principal, permission: Permission, team: Option<&str>) -> DomainError {
-    let what = serde_json::to_value(permission)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default();
-    DomainError::Forbidden(match team {
-        Some(team) => format!("{} may not {what} for team '{team}'", principal.subject),
-        None => format!("{} lacks the {what} permission", principal.subject),
-    })
-}
-
-/// The caller must hold `permission` for `team` (the resource's owner).
-pub fn check_team(principal: &Principal, permission: Permission, team: &str) -> ApiResult<()> {
-    if principal.can(permission, Some(team)) {
-        Ok(())
-    } else {
-        Err(forbidden(principal, permission, Some(team)).into())
-    }
 }

@@ -3,6 +3,7 @@
 //! audited by the store in its transaction.
 
 use axum::Extension;
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use certflow_core::agents::{Agent, AgentStatus, JoinToken};
@@ -13,8 +14,9 @@ use time::OffsetDateTime;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use super::console::{Json, Path, Query, now};
-use super::errors::{ApiError, ApiResult};
+use crate::errors::ApiResult;
+use crate::extract::{Json, Path, Query, now};
+use crate::state::AppState;
 
 /// `POST /agents/join-tokens` body.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -97,28 +99,16 @@ fn view(a: Agent) -> AgentView {
     }
 }
 
-/// The agent use cases, present when the server wired them.
-fn agents(ext: Option<Extension<Agents>>) -> ApiResult<Agents> {
-    ext.map(|e| e.0).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "agents-unavailable",
-            "Agents are not available",
-            "this server does not manage agents",
-        )
-    })
-}
-
 /// Creates a single-use join token.
 #[utoipa::path(post, path = "/agents/join-tokens", tag = "agents",
     request_body = CreateJoinTokenRequest,
     responses((status = 201, body = JoinTokenView), (status = 400, body = certflow_api::Problem)))]
 pub async fn create_join_token(
-    ext: Option<Extension<Agents>>,
+    State(AppState { agents, .. }): State<AppState>,
     Extension(actor): Extension<Actor>,
     Json(req): Json<CreateJoinTokenRequest>,
 ) -> ApiResult<Response> {
-    let created = agents(ext)?
+    let created = agents
         .create_join_token(
             &actor,
             &NewJoinToken {
@@ -146,18 +136,20 @@ pub async fn create_join_token(
 /// Lists agents.
 #[utoipa::path(get, path = "/agents", tag = "agents",
     responses((status = 200, body = AgentList)))]
-pub async fn list_agents(ext: Option<Extension<Agents>>) -> ApiResult<Json<AgentList>> {
-    let items = agents(ext)?.list().await?.into_iter().map(view).collect();
+pub async fn list_agents(
+    State(AppState { agents, .. }): State<AppState>,
+) -> ApiResult<Json<AgentList>> {
+    let items = agents.list().await?.into_iter().map(view).collect();
     Ok(Json(AgentList { items }))
 }
 
 async fn set_status(
-    ext: Option<Extension<Agents>>,
+    agents: &Agents,
     actor: &Actor,
     id: Uuid,
     status: AgentStatus,
 ) -> ApiResult<Json<AgentView>> {
-    let agent = agents(ext)?.set_status(actor, id, status, now()).await?;
+    let agent = agents.set_status(actor, id, status, now()).await?;
     Ok(Json(view(agent)))
 }
 
@@ -165,11 +157,11 @@ async fn set_status(
 #[utoipa::path(post, path = "/agents/{id}/disable", tag = "agents", params(("id" = Uuid, Path)),
     responses((status = 200, body = AgentView), (status = 404, body = certflow_api::Problem), (status = 409, body = certflow_api::Problem)))]
 pub async fn disable_agent(
-    ext: Option<Extension<Agents>>,
+    State(AppState { agents, .. }): State<AppState>,
     Extension(actor): Extension<Actor>,
     Path(id): Path<Uuid>,
 ) -> ApiResult<Json<AgentView>> {
-    set_status(ext, &actor, id, AgentStatus::Disabled).await
+    set_status(&agents, &actor, id, AgentStatus::Disabled).await
 }
 
 /// Re-enables a disabled agent: its current identity certificate works
@@ -177,22 +169,22 @@ pub async fn disable_agent(
 #[utoipa::path(post, path = "/agents/{id}/enable", tag = "agents", params(("id" = Uuid, Path)),
     responses((status = 200, body = AgentView), (status = 404, body = certflow_api::Problem), (status = 409, body = certflow_api::Problem)))]
 pub async fn enable_agent(
-    ext: Option<Extension<Agents>>,
+    State(AppState { agents, .. }): State<AppState>,
     Extension(actor): Extension<Actor>,
     Path(id): Path<Uuid>,
 ) -> ApiResult<Json<AgentView>> {
-    set_status(ext, &actor, id, AgentStatus::Active).await
+    set_status(&agents, &actor, id, AgentStatus::Active).await
 }
 
 /// Revokes an agent for good (enrol again with a new join token).
 #[utoipa::path(post, path = "/agents/{id}/revoke", tag = "agents", params(("id" = Uuid, Path)),
     responses((status = 200, body = AgentView), (status = 404, body = certflow_api::Problem)))]
 pub async fn revoke_agent(
-    ext: Option<Extension<Agents>>,
+    State(AppState { agents, .. }): State<AppState>,
     Extension(actor): Extension<Actor>,
     Path(id): Path<Uuid>,
 ) -> ApiResult<Json<AgentView>> {
-    set_status(ext, &actor, id, AgentStatus::Revoked).await
+    set_status(&agents, &actor, id, AgentStatus::Revoked).await
 }
 
 /// A join token as listed: never its text or hash.
@@ -268,11 +260,11 @@ fn default_token_limit() -> u32 {
 #[utoipa::path(get, path = "/agents/join-tokens", tag = "agents", params(JoinTokenParams),
     responses((status = 200, body = JoinTokenList), (status = 400, body = certflow_api::Problem)))]
 pub async fn list_join_tokens(
-    ext: Option<Extension<Agents>>,
+    State(AppState { agents, .. }): State<AppState>,
     Query(q): Query<JoinTokenParams>,
 ) -> ApiResult<Json<JoinTokenList>> {
     let at = now();
-    let items = agents(ext)?
+    let items = agents
         .join_tokens(q.limit)
         .await?
         .into_iter()
@@ -286,11 +278,11 @@ pub async fn list_join_tokens(
 #[utoipa::path(post, path = "/agents/join-tokens/{id}/revoke", tag = "agents", params(("id" = Uuid, Path)),
     responses((status = 200, body = JoinTokenInfo), (status = 404, body = certflow_api::Problem), (status = 409, body = certflow_api::Problem)))]
 pub async fn revoke_join_token(
-    ext: Option<Extension<Agents>>,
+    State(AppState { agents, .. }): State<AppState>,
     Extension(actor): Extension<Actor>,
     Path(id): Path<Uuid>,
 ) -> ApiResult<Json<JoinTokenInfo>> {
     let at = now();
-    let token = agents(ext)?.revoke_join_token(&actor, id, at).await?;
+    let token = agents.revoke_join_token(&actor, id, at).await?;
     Ok(Json(token_info(token, at)))
 }

@@ -1,25 +1,19 @@
 //! `GET /console/api/v1/compliance`: the inventory compliance report, as JSON
 //! or CSV (one row per finding), over the certificates of the caller's teams.
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::sync::RwLock;
-
 use axum::Extension;
 use axum::extract::State;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use certflow_api::Problem;
 use certflow_core::access::{Permission, Principal};
-use certflow_core::compliance::{DEFAULT_EXPIRING_WITHIN_DAYS, Severity, rules};
-use certflow_services::agents::Agents;
+use certflow_core::compliance::DEFAULT_EXPIRING_WITHIN_DAYS;
 use certflow_services::compliance::ComplianceReport;
 
 use super::AppState;
-use super::access::check_team;
-use super::console::{Json, now};
-use super::errors::{ApiError, ApiResult};
-use crate::agent::deploy::DeployState;
+use crate::auth::check_team;
+use crate::errors::{ApiError, ApiResult};
+use crate::extract::{Json, now};
 
 /// Largest `expiring_within_days` accepted (ten years).
 const MAX_WINDOW_DAYS: u32 = 3650;
@@ -90,8 +84,6 @@ pub fn parse_query(raw: Option<&str>) -> ApiResult<ReportQuery> {
 /// every team for admins and the principal's teams for the others.
 pub async fn report_for(
     app: &AppState,
-    deploy: Option<&DeployState>,
-    agents: Option<&Agents>,
     principal: &Principal,
     q: &ReportQuery,
 ) -> ApiResult<ComplianceReport> {
@@ -110,61 +102,15 @@ pub async fn report_for(
                 .collect(),
         ),
     };
-    let fleet = deploy.zip(agents).map(|(d, a)| (&d.deployments, a));
+    let fleet = Some((&app.deploy.deployments, &app.agents));
     let report = app
         .services
         .compliance_report(fleet, teams.as_deref(), q.expiring_within_days, now())
         .await?;
     if teams.is_none() {
-        record(&report);
+        crate::telemetry::compliance::record(&report);
     }
     Ok(report)
-}
-
-/// Counts by (rule, severity) of the last whole-inventory report this
-/// process computed, and when.
-type Snapshot = (time::OffsetDateTime, BTreeMap<(String, String), u64>);
-
-/// The report reads every certificate (see
-/// `Services::compliance_report`), too much for every scrape: `/metrics`
-/// exports the last whole-inventory report this process computed (an
-/// admin's, without `team`) instead, with its time.
-static LAST: RwLock<Option<Snapshot>> = RwLock::new(None);
-
-/// Keeps `report`'s counts for `/metrics` (only reports over every team).
-pub fn record(report: &ComplianceReport) {
-    if let Ok(mut last) = LAST.write() {
-        *last = Some((report.generated_at, report.summary.by_rule_severity.clone()));
-    }
-}
-
-/// Appends `certflow_compliance_findings{rule,severity}` (every pair, zeros
-/// included, so that alert expressions always have a series) and
-/// `certflow_compliance_report_timestamp_seconds`, once a whole-inventory
-/// report was computed by this process.
-pub fn render_metrics(out: &mut String) {
-    let Some((at, counts)) = LAST.read().ok().and_then(|l| l.clone()) else {
-        return;
-    };
-    out.push_str("# HELP certflow_compliance_findings Findings of the last whole-inventory compliance report computed by this process, by rule and severity.\n# TYPE certflow_compliance_findings gauge\n");
-    for rule in rules::ALL {
-        for severity in Severity::ALL {
-            let n = counts
-                .get(&(rule.to_owned(), severity.as_str().to_owned()))
-                .copied()
-                .unwrap_or(0);
-            let _ = writeln!(
-                out,
-                "certflow_compliance_findings{{rule=\"{rule}\",severity=\"{}\"}} {n}",
-                severity.as_str()
-            );
-        }
-    }
-    let _ = writeln!(
-        out,
-        "# HELP certflow_compliance_report_timestamp_seconds When that report was computed.\n# TYPE certflow_compliance_report_timestamp_seconds gauge\ncertflow_compliance_report_timestamp_seconds {}",
-        at.unix_timestamp()
-    );
 }
 
 /// Quotes a CSV field as RFC 4180 requires (double quotes around fields with
@@ -243,20 +189,11 @@ pub fn to_csv(report: &ComplianceReport) -> String {
     responses((status = 200, description = "The report, or one CSV row per finding"), (status = 400, body = Problem), (status = 403, body = Problem)))]
 pub async fn report(
     State(app): State<AppState>,
-    deploy: Option<Extension<DeployState>>,
-    agents: Option<Extension<Agents>>,
     Extension(principal): Extension<Principal>,
     uri: axum::http::Uri,
 ) -> ApiResult<Response> {
     let q = parse_query(uri.query())?;
-    let report = report_for(
-        &app,
-        deploy.as_ref().map(|e| &e.0),
-        agents.as_ref().map(|e| &e.0),
-        &principal,
-        &q,
-    )
-    .await?;
+    let report = report_for(&app, &principal, &q).await?;
     Ok(match q.format {
         Format::Json => Json(report).into_response(),
         Format::Csv => (

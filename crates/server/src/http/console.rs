@@ -2,7 +2,7 @@
 //! parse, call a use case, map the result to a view.
 
 use axum::Extension;
-use axum::extract::{FromRequest, FromRequestParts, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use certflow_api::{
@@ -22,30 +22,10 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::AppState;
-use super::access::check_team;
-use super::errors::{ApiError, ApiResult};
+use crate::auth::check_team;
+use crate::errors::{ApiError, ApiResult};
+use crate::extract::{Json, Path, Query, now};
 use certflow_core::access::{Permission, Principal};
-
-/// JSON body whose rejections are problem documents.
-#[derive(FromRequest)]
-#[from_request(via(axum::Json), rejection(ApiError))]
-pub struct Json<T>(pub T);
-
-impl<T: serde::Serialize> IntoResponse for Json<T> {
-    fn into_response(self) -> Response {
-        axum::Json(self.0).into_response()
-    }
-}
-
-/// Path parameters whose rejections are problem documents.
-#[derive(FromRequestParts)]
-#[from_request(via(axum::extract::Path), rejection(ApiError))]
-pub struct Path<T>(pub T);
-
-/// Query parameters whose rejections are problem documents.
-#[derive(FromRequestParts)]
-#[from_request(via(axum::extract::Query), rejection(ApiError))]
-pub struct Query<T>(pub T);
 
 /// Request header that makes creating and renewing idempotent: a repeat with
 /// the same key (per actor, operation and certificate) and the same body
@@ -68,12 +48,6 @@ fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<&str>> {
     value.to_str().map(Some).map_err(|_| {
         ApiError::invalid_field(IDEMPOTENCY_KEY, "must be 1-255 printable ASCII characters")
     })
-}
-
-/// The clock, read once per request at the edge; whole seconds, as stored.
-pub(super) fn now() -> OffsetDateTime {
-    let t = OffsetDateTime::now_utc();
-    t.replace_nanosecond(0).unwrap_or(t)
 }
 
 fn names(names: &[SubjectName]) -> Vec<String> {

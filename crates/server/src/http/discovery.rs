@@ -1,41 +1,23 @@
-//! Discovery over HTTP: agents post what they found on their hosts
-//! (`POST /agent/v1/discovered`, on the agent listener), the console lists
-//! it (`GET /console/api/v1/discovered`) and takes an unmanaged certificate
+//! Discovery in the console API (agents post what they found on the agent
+//! listener, `crate::agent_api::discovery`): the console lists it (`GET /console/api/v1/discovered`) and takes an unmanaged certificate
 //! over (`POST /console/api/v1/discovered/{id}/take-over`).
 
 use axum::Extension;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use certflow_api::agent::{DiscoveredList, DiscoveredView, DiscoveryReport, TakeOverRequest};
+use certflow_api::agent::{DiscoveredList, DiscoveredView, TakeOverRequest};
 use certflow_api::{CertificateDetail, Problem};
-use certflow_core::DomainError;
 use certflow_core::access::{Permission, Principal};
 use certflow_core::discovery::{Discovered, DiscoveryStatus};
 use certflow_core::model::Actor;
 use uuid::Uuid;
 
 use super::AppState;
-use super::access::check_team;
-use super::console::{Json, Path, detail, now};
-use super::errors::{ApiError, ApiResult};
-use crate::agent::deploy::DeployState;
-use crate::agent::routes::AgentCaller;
-
-/// Largest discovery report body: 2000 items with their leaf PEMs (a few
-/// KiB each for RSA-4096) fit; the agent listener's default is 64 KiB.
-pub const DISCOVERY_BODY_LIMIT: usize = 8 * 1024 * 1024;
-
-fn deploy_state(ext: Option<Extension<DeployState>>) -> ApiResult<DeployState> {
-    ext.map(|e| e.0).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "deployments-unavailable",
-            "Deployments are not available",
-            "this server does not manage deployments",
-        )
-    })
-}
+use super::console::detail;
+use crate::auth::check_team;
+use crate::errors::{ApiError, ApiResult};
+use crate::extract::{Json, Path, now};
 
 /// The console's view of a discovery.
 pub fn view(d: Discovered) -> DiscoveredView {
@@ -55,24 +37,6 @@ pub fn view(d: Discovered) -> DiscoveredView {
         managed_certificate_id: d.managed.map(|(id, _)| id),
         taken_over_certificate_id: d.taken_over_certificate_id,
     }
-}
-
-/// `POST /agent/v1/discovered`: the agent's whole current view, replacing
-/// its previous report (behind the agent guard, like `/agent/v1/reports`).
-pub async fn agent_report(
-    ext: Option<Extension<DeployState>>,
-    Extension(caller): Extension<AgentCaller>,
-    Json(req): Json<DiscoveryReport>,
-) -> ApiResult<StatusCode> {
-    if !caller.principal.can(Permission::AgentApi, None) {
-        return Err(DomainError::Forbidden("agent API calls are for agents".into()).into());
-    }
-    let state = deploy_state(ext)?;
-    state
-        .deployments
-        .record_discovery(&caller.agent, Some(caller.source.clone()), &req, now())
-        .await?;
-    Ok(StatusCode::NO_CONTENT)
 }
 
 /// Parsed `GET /discovered` query.
@@ -120,7 +84,7 @@ fn parse_query(raw: Option<&str>) -> ApiResult<ListQuery> {
     ),
     responses((status = 200, body = DiscoveredList), (status = 400, body = Problem), (status = 403, body = Problem)))]
 pub async fn list(
-    ext: Option<Extension<DeployState>>,
+    State(AppState { deploy: state, .. }): State<AppState>,
     Extension(principal): Extension<Principal>,
     RawQuery(raw): RawQuery,
 ) -> ApiResult<Json<DiscoveredList>> {
@@ -128,7 +92,6 @@ pub async fn list(
     if let Some(team) = &q.team {
         check_team(&principal, Permission::CertificateRead, team)?;
     }
-    let state = deploy_state(ext)?;
     let items = state
         .deployments
         .list_discovered(&principal, q.status, q.agent, q.team.as_deref())
@@ -151,14 +114,13 @@ pub async fn list(
         (status = 409, body = Problem), (status = 422, body = Problem)))]
 pub async fn take_over(
     State(app): State<AppState>,
-    ext: Option<Extension<DeployState>>,
     Extension(actor): Extension<Actor>,
     Extension(principal): Extension<Principal>,
     Path(id): Path<Uuid>,
     Json(req): Json<TakeOverRequest>,
 ) -> ApiResult<Response> {
     check_team(&principal, Permission::CertificateWrite, &req.team)?;
-    let state = deploy_state(ext)?;
+    let state = &app.deploy;
     let view = state
         .deployments
         .take_over_discovered(&principal, &actor, id, &req, now())

@@ -3,10 +3,8 @@
 //! whose discoveries are recorded through the use case (the agent route
 //! itself runs behind mTLS and is exercised by the e2e tests).
 
-use axum::Extension;
 use certflow_api::agent::{DiscoveredCertificate, DiscoveryReport};
 use certflow_services::agents::TokenEnrolment;
-use certflow_services::deployments::{DeploymentSettings, Deployments};
 
 use super::*;
 
@@ -64,18 +62,8 @@ fn item(source: &str, name: &str) -> DiscoveredCertificate {
 #[tokio::test]
 async fn discovered_certificates_are_listed_by_team_and_taken_over_once() {
     let h = harness_with(vec![Arc::new(FixedPrincipals)]).await;
-    let deployments = Deployments::new(
-        &h.services,
-        h.store.clone(),
-        h.store.clone(),
-        DeploymentSettings::default(),
-    )
-    .with_discovery(h.store.clone());
-    let deploy = crate::agent::deploy::DeployState::new(
-        deployments.clone(),
-        certflow_store::ChangeFeed::local(),
-    );
-    let app = h.app.clone().layer(Extension(deploy));
+    let deployments = h.deploy.deployments.clone();
+    let app = h.app.clone();
     let now = time::OffsetDateTime::now_utc();
     let key = certflow_pki::PrivateKey::generate(certflow_core::model::KeyType::EcdsaP256).unwrap();
     let csr = certflow_pki::build_csr(

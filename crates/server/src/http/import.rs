@@ -16,9 +16,10 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::AppState;
-use super::access::check_team;
-use super::console::{Json, authorize_certificate, detail, now};
-use super::errors::{ApiError, ApiResult};
+use super::console::{authorize_certificate, detail};
+use crate::auth::check_team;
+use crate::errors::{ApiError, ApiResult};
+use crate::extract::{Json, now};
 
 /// An existing certificate to import. Give exactly one of `pem` and `pkcs12_base64`.
 #[derive(Deserialize, ToSchema)]

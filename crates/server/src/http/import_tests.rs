@@ -366,7 +366,7 @@ async fn console_page_offers_take_over_to_operators_only() {
     let h = harness_full(
         Vec::new(),
         unlimited(),
-        Some(crate::http::session::SessionSettings {
+        Some(crate::session::SessionSettings {
             idle_timeout: time::Duration::minutes(30),
             absolute_timeout: time::Duration::hours(12),
             console_origin: "https://certflow.test".into(),
@@ -425,7 +425,7 @@ async fn console_page_offers_take_over_to_operators_only() {
                 .await
                 .unwrap();
             (
-                format!("{}={id}", crate::http::session::COOKIE),
+                format!("{}={id}", crate::session::COOKIE),
                 session.csrf_token,
             )
         }

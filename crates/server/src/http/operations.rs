@@ -3,11 +3,9 @@
 //! attempt (so a failing notification channel is visible, never silent), and
 //! the Prometheus metrics of the same.
 
-use std::sync::Arc;
-
 use axum::Extension;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use certflow_api::{
     CreateSubscriptionRequest, DeliveryPage, DeliveryView, Problem, QueueStatsView,
@@ -17,28 +15,18 @@ use certflow_core::model::{Actor, Certificate};
 use certflow_core::notify::{
     Delivery, DeliveryAttempt, DeliveryQuery, DeliveryState, Subscription,
 };
-use certflow_core::ports::{NotificationStore, RenewalLedger};
-use certflow_core::renewal::{JobState, RenewalQueue};
+
+use certflow_core::renewal::JobState;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::AppState;
-use super::access::check_team;
-use super::console::{Json, Path, Query};
-use super::errors::{ApiError, ApiResult};
+use crate::auth::check_team;
+use crate::errors::{ApiError, ApiResult};
+use crate::extract::{Json, Path, Query};
 use certflow_core::access::{Permission, Principal};
-
-/// What the API reads about renewal and notifications.
-pub struct RenewalView {
-    /// The configured renewal queue (for depth and age).
-    pub queue: Arc<dyn RenewalQueue>,
-    /// Renewal jobs per certificate.
-    pub ledger: Arc<dyn RenewalLedger>,
-    /// Deliveries (for metrics).
-    pub notifications: Arc<dyn NotificationStore>,
-}
 
 /// The renewal state of `cert`, from its newest job.
 pub(super) async fn renewal_status(
@@ -112,7 +100,7 @@ pub async fn create_subscription(
     check_team(&principal, Permission::NotificationWrite, &req.team)?;
     let sub = state
         .services
-        .create_subscription(&actor, &req, super::console::now())
+        .create_subscription(&actor, &req, crate::extract::now())
         .await?;
     Ok((StatusCode::CREATED, Json(subscription_view(&sub))).into_response())
 }
@@ -168,7 +156,7 @@ pub async fn delete_subscription(
     }
     state
         .services
-        .delete_subscription(&actor, id, super::console::now())
+        .delete_subscription(&actor, id, crate::extract::now())
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -315,63 +303,4 @@ pub async fn delivery_attempts(
     }
     let attempts = state.services.delivery_attempts(id).await?;
     Ok(Json(attempts.iter().map(attempt_view).collect()))
-}
-
-/// `/metrics`: Prometheus text of the certificates, renewal queue, agents,
-/// deployments and notification deliveries, read from the shared database so
-/// any replica reports the whole system; this replica's last issuer probe;
-/// then this process's HTTP requests (console and agent listeners) by route
-/// group, route and status. A family whose query fails is left out (and
-/// logged), so one slow table never hides the rest.
-pub async fn metrics(
-    State(state): State<AppState>,
-    domain: Option<Extension<super::metrics::DomainMetrics>>,
-) -> Response {
-    let mut out = String::new();
-    let now = OffsetDateTime::now_utc();
-    let domain = domain.map(|Extension(d)| d);
-    let g = crate::emf::gather(&state, domain.as_ref(), now).await;
-    if let Some(stats) = &g.certificates {
-        super::metrics::render_certificates(&mut out, stats, now);
-    }
-    if let Some(fleet) = &g.fleet {
-        super::metrics::render_fleet(&mut out, fleet);
-    }
-    if let Some(issuers) = &g.issuers {
-        super::metrics::render_issuers(&mut out, issuers);
-    }
-    super::compliance::render_metrics(&mut out);
-    let kind = state.renewal.queue.kind();
-    if let Some(s) = &g.queue {
-        out.push_str("# HELP certflow_renewal_jobs Renewal jobs by state (failing: queued for a retry after a failed attempt, a subset of queued).\n# TYPE certflow_renewal_jobs gauge\n");
-        for (label, n) in [
-            ("queued", s.queued),
-            ("running", s.running),
-            ("dead", s.dead),
-            ("failing", s.failing),
-        ] {
-            out.push_str(&format!(
-                "certflow_renewal_jobs{{queue=\"{kind}\",state=\"{label}\"}} {n}\n"
-            ));
-        }
-        out.push_str("# HELP certflow_renewal_oldest_job_age_seconds Age of the oldest unfinished renewal job.\n# TYPE certflow_renewal_oldest_job_age_seconds gauge\n");
-        out.push_str(&format!(
-            "certflow_renewal_oldest_job_age_seconds{{queue=\"{kind}\"}} {}\n",
-            s.oldest_age_secs
-        ));
-    }
-    out.push_str("# HELP certflow_notification_deliveries Notification deliveries by state.\n# TYPE certflow_notification_deliveries gauge\n");
-    for (st, total) in &g.deliveries {
-        out.push_str(&format!(
-            "certflow_notification_deliveries{{state=\"{}\"}} {total}\n",
-            st.as_str()
-        ));
-    }
-    let (jwks_ok, jwks_failed) = certflow_auth::jwks_fetches();
-    out.push_str("# HELP certflow_jwks_refreshes_total JWKS fetches of this process by outcome.\n# TYPE certflow_jwks_refreshes_total counter\n");
-    out.push_str(&format!(
-        "certflow_jwks_refreshes_total{{outcome=\"ok\"}} {jwks_ok}\ncertflow_jwks_refreshes_total{{outcome=\"error\"}} {jwks_failed}\n"
-    ));
-    super::metrics::render(&mut out);
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }

@@ -18,8 +18,10 @@ use certflow_store::SqliteStore;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
-use super::{AppState, app, auth};
+use crate::auth;
 use crate::config::ConsoleConfig;
+use crate::router::app;
+use crate::state::AppState;
 use auth::BearerAuthenticator as _;
 use certflow_core::access::{Principal, PrincipalKind, Role};
 
@@ -35,11 +37,11 @@ struct Harness {
     store: Arc<SqliteStore>,
     blobs: Arc<ObjectBlobStore>,
     /// Console sessions, with the login routes merged into `app`.
-    sessions: Option<super::session::Sessions>,
+    sessions: Option<crate::session::Sessions>,
+    /// The deployment use cases and the assignment cache behind the router.
+    deploy: crate::deploy_cache::DeployState,
     /// The agent use cases behind `/agents`.
     agents: certflow_services::agents::Agents,
-    /// The use cases behind the router.
-    services: Services,
     _dir: tempfile::TempDir,
 }
 
@@ -68,7 +70,7 @@ fn unlimited() -> ConsoleConfig {
 async fn harness_full(
     authenticators: Vec<Arc<dyn auth::BearerAuthenticator>>,
     console: ConsoleConfig,
-    session: Option<super::session::SessionSettings>,
+    session: Option<crate::session::SessionSettings>,
 ) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(
@@ -117,13 +119,23 @@ async fn harness_full(
         .ensure_ca(time::OffsetDateTime::now_utc())
         .await
         .unwrap();
-    let limits = Arc::new(super::limit::ConsoleLimits::new(&console).unwrap());
+    let limits = Arc::new(crate::rate_limit::ConsoleLimits::new(&console).unwrap());
     let sessions = session
-        .map(|settings| super::session::Sessions::new(store.clone(), store.clone(), settings));
+        .map(|settings| crate::session::Sessions::new(store.clone(), store.clone(), settings));
+    let deploy = crate::deploy_cache::DeployState::new(
+        certflow_services::deployments::Deployments::new(
+            &services,
+            store.clone(),
+            store.clone(),
+            certflow_services::deployments::DeploymentSettings::default(),
+        )
+        .with_discovery(store.clone()),
+        certflow_store::ChangeFeed::local(),
+    );
     let mut router = app(AppState {
         services: services.clone(),
         bootstrap_hash,
-        renewal: Arc::new(super::RenewalView {
+        renewal: Arc::new(crate::state::RenewalView {
             queue: Arc::new(store.renewal_queue(Default::default())),
             ledger: store.clone(),
             notifications: store.clone(),
@@ -131,6 +143,8 @@ async fn harness_full(
         authenticators: Arc::new(authenticators),
         sessions: sessions.clone(),
         limits: limits.clone(),
+        deploy: deploy.clone(),
+        agents: agents.clone(),
     });
     if let Some(sessions) = &sessions {
         let oidc: crate::config::OidcConfig = serde_json::from_value(json!({
@@ -140,17 +154,17 @@ async fn harness_full(
             "redirect_uri": "https://certflow.test/console/callback",
         }))
         .unwrap();
-        let console = super::login::ConsoleAuth::new(&oidc, sessions.clone(), limits).unwrap();
-        router = router.merge(super::login::router(console));
+        let console = crate::web::login::ConsoleAuth::new(&oidc, sessions.clone(), limits).unwrap();
+        router = router.merge(crate::web::login::router(console));
     }
     Harness {
-        app: router.layer(axum::Extension(agents.clone())),
+        app: router,
+        deploy,
         token,
         store,
         blobs,
         sessions,
         agents,
-        services,
         _dir: dir,
     }
 }
@@ -1102,7 +1116,7 @@ async fn console_rate_limits_per_subject_per_ip_and_on_login() {
     let h = harness_full(
         vec![Arc::new(FixedPrincipals)],
         console,
-        Some(super::session::SessionSettings {
+        Some(crate::session::SessionSettings {
             idle_timeout: time::Duration::minutes(30),
             absolute_timeout: time::Duration::hours(12),
             console_origin: "https://certflow.test".into(),
@@ -1267,7 +1281,7 @@ async fn metrics_count_requests_by_group_route_template_and_status() {
             .any(|(k, v)| k == "content-type" && v.starts_with("text/plain; version=0.0.4"))
     );
     let text = String::from_utf8(body).unwrap();
-    super::metrics::check_exposition(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    crate::telemetry::metrics::check_exposition(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
     assert!(
         text.contains("certflow_jwks_refreshes_total{outcome=\"ok\"} ")
             && text.contains("# TYPE certflow_jwks_refreshes_total counter"),
@@ -1346,7 +1360,7 @@ async fn audit_of(h: &Harness, action: &str) -> Vec<Value> {
 
 #[tokio::test]
 async fn console_login_refusals_logout_and_expired_sessions_are_audited() {
-    let settings = super::session::SessionSettings {
+    let settings = crate::session::SessionSettings {
         idle_timeout: time::Duration::minutes(30),
         absolute_timeout: time::Duration::hours(1),
         console_origin: "https://certflow.test".into(),
@@ -1389,10 +1403,10 @@ async fn console_login_refusals_logout_and_expired_sessions_are_audited() {
     let mut req = from_ip("POST", "/console/logout", "192.0.2.11", None);
     req.headers_mut().insert(
         header::COOKIE,
-        format!("{}={id}", super::session::COOKIE).parse().unwrap(),
+        format!("{}={id}", crate::session::COOKIE).parse().unwrap(),
     );
     req.headers_mut().insert(
-        super::session::CSRF_HEADER,
+        crate::session::CSRF_HEADER,
         session.csrf_token.parse().unwrap(),
     );
     let (status, _, _) = outcome(&h.app, req).await;
@@ -1402,7 +1416,7 @@ async fn console_login_refusals_logout_and_expired_sessions_are_audited() {
     assert_eq!(events[0]["subject"], "carol");
     assert_eq!(events[0]["source"], "192.0.2.11");
     assert_eq!(events[0]["outcome"], "success");
-    let target = super::session::audit_target(&session);
+    let target = crate::session::audit_target(&session);
     assert_eq!(events[0]["target"], target.as_str());
     assert!(
         !events[0].to_string().contains(&id),
@@ -1430,7 +1444,7 @@ async fn console_login_refusals_logout_and_expired_sessions_are_audited() {
             let mut req = from_ip("GET", api, "192.0.2.12", None);
             req.headers_mut().insert(
                 header::COOKIE,
-                format!("{}={id}", super::session::COOKIE).parse().unwrap(),
+                format!("{}={id}", crate::session::COOKIE).parse().unwrap(),
             );
             let (status, _, _) = outcome(&h.app, req).await;
             assert_eq!(status, StatusCode::UNAUTHORIZED);
@@ -1456,7 +1470,7 @@ async fn console_login_refusals_logout_and_expired_sessions_are_audited() {
     let mut req = from_ip("GET", "/console/session", "192.0.2.13", None);
     req.headers_mut().insert(
         header::COOKIE,
-        format!("{}={id}", super::session::COOKIE).parse().unwrap(),
+        format!("{}={id}", crate::session::COOKIE).parse().unwrap(),
     );
     let (status, _, _) = outcome(&h.app, req).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
@@ -1637,7 +1651,7 @@ async fn console_pages_share_the_console_rate_limits() {
     let h = harness_full(
         Vec::new(),
         console,
-        Some(super::session::SessionSettings {
+        Some(crate::session::SessionSettings {
             idle_timeout: time::Duration::minutes(30),
             absolute_timeout: time::Duration::hours(12),
             console_origin: "https://certflow.test".into(),
@@ -1703,7 +1717,7 @@ async fn console_pages_share_the_console_rate_limits() {
         let mut req = from_ip("GET", "/console/certificates", ip, None);
         req.headers_mut().insert(
             header::COOKIE,
-            format!("{}={id}", super::session::COOKIE).parse().unwrap(),
+            format!("{}={id}", crate::session::COOKIE).parse().unwrap(),
         );
         req
     };
@@ -1779,7 +1793,7 @@ async fn compliance_report_as_json_and_csv_filtered_by_team() {
     // The admin's whole-inventory report feeds /metrics.
     let (_, _, metrics) = h.call("GET", "/metrics", None, "").await;
     let metrics = String::from_utf8(metrics).unwrap();
-    super::metrics::check_exposition(&metrics).unwrap();
+    crate::telemetry::metrics::check_exposition(&metrics).unwrap();
     assert!(
         metrics
             .contains("certflow_compliance_findings{rule=\"expiring\",severity=\"warning\"} 2\n"),
@@ -1844,7 +1858,7 @@ async fn compliance_page_renders_the_findings_of_the_readers_teams() {
     let h = harness_full(
         Vec::new(),
         unlimited(),
-        Some(super::session::SessionSettings {
+        Some(crate::session::SessionSettings {
             idle_timeout: time::Duration::minutes(30),
             absolute_timeout: time::Duration::hours(12),
             console_origin: "https://certflow.test".into(),
@@ -1878,7 +1892,7 @@ async fn compliance_page_renders_the_findings_of_the_readers_teams() {
         let mut req = from_ip("GET", uri, "192.0.2.30", None);
         req.headers_mut().insert(
             header::COOKIE,
-            format!("{}={id}", super::session::COOKIE).parse().unwrap(),
+            format!("{}={id}", crate::session::COOKIE).parse().unwrap(),
         );
         req
     };

@@ -2,7 +2,6 @@
 //! (filterable), issuers and notification subscriptions.
 
 use askama::Template;
-use axum::Extension;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
@@ -10,16 +9,16 @@ use certflow_core::DomainError;
 use certflow_core::access::Permission;
 use certflow_core::agents::AgentStatus;
 use certflow_core::model::{AuditQuery, IssuerKind, Outcome};
-use certflow_services::agents::{Agents, NewJoinToken};
+use certflow_services::agents::NewJoinToken;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::certificates::{AuditRow, audit_row, now};
+use super::certificates::{AuditRow, audit_row};
 use super::deployments::{self, DeployRow};
-use super::{Ctx, Layout, PageError, PageResult, html, redirect, relative, when};
-use crate::agent::deploy::DeployState;
-use crate::http::AppState;
-use crate::http::access::check_team;
+use super::{Ctx, Layout, PageResult, html, redirect, relative, when};
+use crate::auth::check_team;
+use crate::extract::now;
+use crate::state::AppState;
 
 /// Audit events per page.
 const AUDIT_PAGE: u32 = 50;
@@ -30,15 +29,6 @@ fn require(ctx: &Ctx, permission: Permission, what: &str) -> PageResult<()> {
     } else {
         Err(DomainError::Forbidden(format!("{} may not {what}", ctx.principal().subject)).into())
     }
-}
-
-fn agents_of(ext: Option<Extension<Agents>>) -> PageResult<Agents> {
-    ext.map(|e| e.0).ok_or_else(|| {
-        PageError::Status(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "this server does not manage agents".into(),
-        )
-    })
 }
 
 // ------------------------------------------------------------------- agents
@@ -73,7 +63,6 @@ struct AgentsPage {
     form_name: String,
     form_teams: String,
     form_ttl: String,
-    deploy_managed: bool,
 }
 
 /// The agent software version of the most recent report among `rows`.
@@ -85,19 +74,10 @@ fn latest_version(rows: &[DeployRow]) -> String {
         .unwrap_or_default()
 }
 
-async fn agents_page(
-    ctx: &Ctx,
-    agents: &Agents,
-    deploy: Option<&DeployState>,
-    mut page: AgentsPage,
-) -> PageResult<Response> {
+async fn agents_page(ctx: &Ctx, app: &AppState, mut page: AgentsPage) -> PageResult<Response> {
     let now = now();
-    let list = agents.list().await?;
-    let mut per_agent = match deploy {
-        Some(d) => deployments::by_agent(d, &list).await?,
-        None => Vec::new(),
-    };
-    page.deploy_managed = deploy.is_some();
+    let list = app.agents.list().await?;
+    let mut per_agent = deployments::by_agent(&app.deploy, &list).await?;
     page.agents = list
         .into_iter()
         .map(|a| {
@@ -146,46 +126,39 @@ fn blank_agents(ctx: &Ctx) -> AgentsPage {
         form_name: String::new(),
         form_teams: String::new(),
         form_ttl: "60".into(),
-        deploy_managed: false,
     }
 }
 
 /// `GET /console/agents`.
 pub(super) async fn agents(
     ctx: Ctx,
-    ext: Option<Extension<Agents>>,
-    deploy: Option<Extension<DeployState>>,
+    State(app): State<AppState>,
     RawQuery(raw): RawQuery,
 ) -> PageResult<Response> {
     require(&ctx, Permission::AgentAdmin, "administer agents")?;
-    let agents = agents_of(ext)?;
     let mut page = blank_agents(&ctx);
     if raw.as_deref() == Some("done=disabled") {
         page.notice = "The agent was disabled: its next request is refused.";
     }
-    let deploy = deployments::deploy_of(deploy);
-    agents_page(&ctx, &agents, deploy.as_ref(), page).await
+    agents_page(&ctx, &app, page).await
 }
 
 /// `POST /console/agents/join-token`: a single-use join token, shown once.
 pub(super) async fn join_token(
     ctx: Ctx,
-    ext: Option<Extension<Agents>>,
-    deploy: Option<Extension<DeployState>>,
+    State(app): State<AppState>,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> PageResult<Response> {
     let form = ctx.form(&headers, &body)?;
     require(&ctx, Permission::AgentAdmin, "administer agents")?;
-    let agents = agents_of(ext)?;
-    let deploy = deployments::deploy_of(deploy);
     let mut page = blank_agents(&ctx);
     page.form_name = form.get("name").trim().to_owned();
     page.form_teams = form.get("teams").to_owned();
     page.form_ttl = form.get("ttl_minutes").trim().to_owned();
     let Ok(ttl_minutes) = page.form_ttl.parse::<u32>() else {
         page.error = "Expires after: a whole number of minutes (1-1440)".into();
-        return agents_page(&ctx, &agents, deploy.as_ref(), page).await;
+        return agents_page(&ctx, &app, page).await;
     };
     let teams = page
         .form_teams
@@ -194,7 +167,8 @@ pub(super) async fn join_token(
         .filter(|t| !t.is_empty())
         .map(str::to_owned)
         .collect();
-    match agents
+    match app
+        .agents
         .create_join_token(
             &ctx.actor,
             &NewJoinToken {
@@ -223,20 +197,20 @@ pub(super) async fn join_token(
         }
         Err(e) => return Err(e.into()),
     }
-    agents_page(&ctx, &agents, deploy.as_ref(), page).await
+    agents_page(&ctx, &app, page).await
 }
 
 /// `POST /console/agents/{id}/disable`.
 pub(super) async fn disable_agent(
     ctx: Ctx,
-    ext: Option<Extension<Agents>>,
+    State(app): State<AppState>,
     Path(id): Path<Uuid>,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> PageResult<Response> {
     ctx.form(&headers, &body)?;
     require(&ctx, Permission::AgentAdmin, "administer agents")?;
-    agents_of(ext)?
+    app.agents
         .set_status(&ctx.actor, id, AgentStatus::Disabled, now())
         .await?;
     Ok(redirect("/console/agents?done=disabled"))

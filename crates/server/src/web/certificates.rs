@@ -6,7 +6,6 @@
 use std::collections::BTreeMap;
 
 use askama::Template;
-use axum::Extension;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -21,25 +20,18 @@ use certflow_core::model::{
     RevocationReason, SortKey,
 };
 use certflow_core::renewal::JobState;
-use certflow_services::agents::Agents;
 use certflow_services::{DownloadKind, ImportError, Replacement};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::deployments::{self, DeployRow};
 use super::{Ctx, Layout, PageError, PageResult, html, redirect, relative, when};
-use crate::agent::deploy::DeployState;
-use crate::http::AppState;
-use crate::http::access::check_team;
+use crate::auth::check_team;
+use crate::extract::now;
+use crate::state::AppState;
 
 /// Rows per inventory page.
 pub(crate) const PAGE: u32 = 50;
-
-/// The clock, whole seconds (as the API reads it).
-pub(crate) fn now() -> OffsetDateTime {
-    let t = OffsetDateTime::now_utc();
-    t.replace_nanosecond(0).unwrap_or(t)
-}
 
 /// The teams whose certificates `p` may read: `None` for all (admins).
 pub(crate) fn readable_teams(p: &Principal) -> Option<Vec<String>> {
@@ -444,8 +436,6 @@ struct Detail {
     can_key: bool,
     has_key: bool,
     revocable: bool,
-    /// Whether this server manages deployments (agents).
-    deploy_managed: bool,
     deployments: Vec<DeployRow>,
     /// Administrators assign and unassign agents.
     can_assign: bool,
@@ -465,8 +455,6 @@ pub(super) async fn detail(
     State(state): State<AppState>,
     Path(id): Path<Uuid>,
     RawQuery(raw): RawQuery,
-    agents: Option<Extension<Agents>>,
-    deploy: Option<Extension<DeployState>>,
 ) -> PageResult<Response> {
     let p = ctx.principal();
     authorized(&state, p, id, Permission::CertificateRead).await?;
@@ -565,18 +553,11 @@ pub(super) async fn detail(
         "done=unassigned" => "The agent no longer installs this certificate.",
         _ => "",
     };
-    let deploy = deployments::deploy_of(deploy);
-    let rows = match &deploy {
-        Some(d) => deployments::certificate_rows(d, id).await?,
-        None => Vec::new(),
-    };
-    let can_assign = deploy.is_some()
-        && agents.is_some()
-        && p.can(Permission::AgentAdmin, None)
-        && c.status != CertificateStatus::Archived;
+    let rows = deployments::certificate_rows(&state.deploy, id).await?;
+    let can_assign = p.can(Permission::AgentAdmin, None) && c.status != CertificateStatus::Archived;
     let mut assignable = Vec::new();
-    if can_assign && let Some(Extension(agents)) = &agents {
-        for a in agents.list().await? {
+    if can_assign {
+        for a in state.agents.list().await? {
             let assigned = rows.iter().any(|r| r.agent_id == a.id.to_string());
             if a.status == AgentStatus::Active && a.teams.contains(&c.team) && !assigned {
                 assignable.push(AgentOption {
@@ -642,7 +623,6 @@ pub(super) async fn detail(
         can_key: p.can(Permission::KeyDownload, Some(&c.team)),
         has_key: current.is_some_and(|v| v.key_blob.is_some()),
         revocable: c.status == CertificateStatus::Active,
-        deploy_managed: deploy.is_some(),
         deployments: rows,
         can_assign,
         assignable,

@@ -2,17 +2,15 @@
 //! filtered by severity, with a link to the CSV export of the API.
 
 use askama::Template;
-use axum::Extension;
 use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use certflow_core::compliance::{DEFAULT_EXPIRING_WITHIN_DAYS, Severity};
-use certflow_services::agents::Agents;
 
-use super::certificates::{now, readable_teams};
+use super::certificates::readable_teams;
 use super::{Ctx, Layout, PageError, PageResult, html};
-use crate::agent::deploy::DeployState;
-use crate::http::AppState;
+use crate::extract::now;
+use crate::state::AppState;
 
 /// One finding, as a table row.
 struct Row {
@@ -52,8 +50,6 @@ fn bad(msg: String) -> PageError {
 pub(super) async fn page(
     ctx: Ctx,
     State(state): State<AppState>,
-    deploy: Option<Extension<DeployState>>,
-    agents: Option<Extension<Agents>>,
     RawQuery(raw): RawQuery,
 ) -> PageResult<Response> {
     let pairs: Vec<(String, String)> =
@@ -81,16 +77,13 @@ pub(super) async fn page(
         }
     }
     let teams = readable_teams(ctx.principal());
-    let fleet = deploy
-        .as_ref()
-        .zip(agents.as_ref())
-        .map(|(d, a)| (&d.0.deployments, &a.0));
+    let fleet = Some((&state.deploy.deployments, &state.agents));
     let report = state
         .services
         .compliance_report(fleet, teams.as_deref(), days, now())
         .await?;
     if teams.is_none() {
-        crate::http::compliance::record(&report);
+        crate::telemetry::compliance::record(&report);
     }
     let mut rows = Vec::new();
     for item in &report.items {

@@ -3,20 +3,17 @@
 //! renewals and agents not seen recently.
 
 use askama::Template;
-use axum::Extension;
 use axum::extract::State;
 use axum::response::Response;
 use certflow_core::access::Permission;
 use certflow_core::agents::AgentStatus;
 use certflow_core::model::{AuditQuery, CertificateStatus};
-use certflow_services::agents::Agents;
 use time::{Duration, OffsetDateTime};
 
 use super::certificates::readable_teams;
-use super::deployments::{DeployRow, deploy_of, undeployed};
+use super::deployments::{DeployRow, undeployed};
 use super::{Ctx, Layout, PageResult, html, relative, when};
-use crate::agent::deploy::DeployState;
-use crate::http::AppState;
+use crate::state::AppState;
 
 /// Weeks on the timeline: 13 weeks, the next 91 days.
 const WEEKS: i64 = 13;
@@ -124,8 +121,6 @@ struct Dashboard {
     failing: Vec<Failing>,
     agents_shown: bool,
     quiet: Vec<QuietAgent>,
-    /// Whether this server manages deployments.
-    deploy_managed: bool,
     /// Current versions failed or late on an agent (at most [`UNDEPLOYED_SHOWN`]).
     undeployed: Vec<DeployRow>,
     undeployed_total: usize,
@@ -135,13 +130,8 @@ struct Dashboard {
 const UNDEPLOYED_SHOWN: usize = 20;
 
 /// `GET /console/`.
-pub(super) async fn page(
-    ctx: Ctx,
-    State(state): State<AppState>,
-    agents: Option<Extension<Agents>>,
-    deploy: Option<Extension<DeployState>>,
-) -> PageResult<Response> {
-    let now = super::certificates::now();
+pub(super) async fn page(ctx: Ctx, State(state): State<AppState>) -> PageResult<Response> {
+    let now = crate::extract::now();
     let p = ctx.principal();
     let teams = readable_teams(p);
     // One grouped statement for every number below (by status, and active
@@ -229,17 +219,13 @@ pub(super) async fn page(
         });
     }
 
-    let deploy = deploy_of(deploy);
-    let (undeployed, undeployed_total) = match (&deploy, &agents) {
-        (Some(d), Some(Extension(a))) => undeployed(d, a, &teams, UNDEPLOYED_SHOWN).await?,
-        _ => (Vec::new(), 0),
-    };
+    let (undeployed, undeployed_total) =
+        undeployed(&state.deploy, &state.agents, &teams, UNDEPLOYED_SHOWN).await?;
 
-    let deploy_managed = deploy.is_some() && agents.is_some();
-    let agents_shown = p.can(Permission::AgentAdmin, None) && agents.is_some();
+    let agents_shown = p.can(Permission::AgentAdmin, None);
     let mut quiet = Vec::new();
-    if agents_shown && let Some(Extension(agents)) = agents {
-        for a in agents.list().await? {
+    if agents_shown {
+        for a in state.agents.list().await? {
             if a.status != AgentStatus::Active {
                 continue;
             }
@@ -279,7 +265,6 @@ pub(super) async fn page(
         failing,
         agents_shown,
         quiet,
-        deploy_managed,
         undeployed,
         undeployed_total,
     }))

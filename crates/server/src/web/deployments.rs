@@ -4,10 +4,9 @@
 //! unassigning an agent (administrators, as in the API).
 //!
 //! The rows come from the same use cases as `/console/api/v1/.../deployments`
-//! and [`crate::http::deployments::view`] decides status and drift, so the
+//! and [`crate::views::view`] decides status and drift, so the
 //! page and the API never disagree.
 
-use axum::Extension;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
@@ -20,10 +19,11 @@ use certflow_services::agents::Agents;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::certificates::{authorized, now};
+use super::certificates::authorized;
 use super::{Ctx, Form, PageError, PageResult, redirect, relative, when};
-use crate::agent::deploy::DeployState;
-use crate::http::AppState;
+use crate::deploy_cache::DeployState;
+use crate::extract::now;
+use crate::state::AppState;
 
 /// One (agent, certificate) deployment as a table row.
 pub(crate) struct DeployRow {
@@ -65,7 +65,7 @@ pub(crate) fn row(
         .and_then(|d| d.agent_version.clone())
         .unwrap_or_default();
     let attempted = s.last_report.as_ref().and_then(|d| d.attempted_version);
-    let v = crate::http::deployments::view(s, now, drift_after);
+    let v = crate::views::view(s, now, drift_after);
     let mut error = v.error.unwrap_or_default();
     if let Some(a) = attempted.filter(|a| Some(*a) != v.deployed_version) {
         error = if error.is_empty() {
@@ -96,11 +96,6 @@ pub(crate) fn row(
         reported_at: v.reported_at,
         agent_version,
     }
-}
-
-/// The deployment state of this server, if it manages deployments.
-pub(crate) fn deploy_of(ext: Option<Extension<DeployState>>) -> Option<DeployState> {
-    ext.map(|e| e.0)
 }
 
 /// Where certificate `id` stands on each of its agents.
@@ -187,15 +182,6 @@ pub(crate) async fn undeployed(
     Ok((found, total))
 }
 
-fn need_deploy(ext: Option<Extension<DeployState>>) -> PageResult<DeployState> {
-    deploy_of(ext).ok_or_else(|| {
-        PageError::Status(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "this server does not manage deployments".into(),
-        )
-    })
-}
-
 fn agent_field(form: &Form) -> PageResult<Uuid> {
     Uuid::parse_str(form.get("agent_id")).map_err(|_| {
         PageError::Status(
@@ -222,7 +208,6 @@ fn require_agent_admin(ctx: &Ctx) -> PageResult<()> {
 pub(super) async fn assign(
     ctx: Ctx,
     State(state): State<AppState>,
-    ext: Option<Extension<DeployState>>,
     Path(id): Path<Uuid>,
     headers: HeaderMap,
     body: axum::body::Bytes,
@@ -230,7 +215,7 @@ pub(super) async fn assign(
     let form = ctx.form(&headers, &body)?;
     require_agent_admin(&ctx)?;
     authorized(&state, ctx.principal(), id, Permission::CertificateRead).await?;
-    let deploy = need_deploy(ext)?;
+    let deploy = &state.deploy;
     let agent = agent_field(&form)?;
     let created = match deploy
         .deployments
@@ -263,7 +248,6 @@ pub(super) async fn assign(
 pub(super) async fn unassign(
     ctx: Ctx,
     State(state): State<AppState>,
-    ext: Option<Extension<DeployState>>,
     Path(id): Path<Uuid>,
     headers: HeaderMap,
     body: axum::body::Bytes,
@@ -271,7 +255,7 @@ pub(super) async fn unassign(
     let form = ctx.form(&headers, &body)?;
     require_agent_admin(&ctx)?;
     authorized(&state, ctx.principal(), id, Permission::CertificateRead).await?;
-    let deploy = need_deploy(ext)?;
+    let deploy = &state.deploy;
     let agent = agent_field(&form)?;
     deploy
         .deployments

@@ -9,7 +9,6 @@
 //! both again).
 
 use askama::Template;
-use axum::Extension;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
@@ -18,10 +17,9 @@ use certflow_core::access::Permission;
 use certflow_core::discovery::{Discovered, DiscoveryStatus};
 use uuid::Uuid;
 
-use super::certificates::now;
 use super::{Ctx, Layout, PageError, PageResult, html, redirect, relative, when};
-use crate::agent::deploy::DeployState;
-use crate::http::AppState;
+use crate::extract::now;
+use crate::state::AppState;
 
 /// One discovered certificate, as a table row.
 struct Row {
@@ -53,15 +51,6 @@ struct DiscoveredPage {
 
 fn bad(msg: String) -> PageError {
     PageError::Status(StatusCode::BAD_REQUEST, msg)
-}
-
-fn deploy_state(deploy: Option<Extension<DeployState>>) -> PageResult<DeployState> {
-    deploy.map(|e| e.0).ok_or_else(|| {
-        PageError::Status(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "discovery needs the agent API: configure [agent]".into(),
-        )
-    })
 }
 
 fn row(ctx: &Ctx, d: Discovered, now: time::OffsetDateTime) -> Row {
@@ -99,10 +88,9 @@ fn row(ctx: &Ctx, d: Discovered, now: time::OffsetDateTime) -> Row {
 pub(super) async fn page(
     ctx: Ctx,
     State(state): State<AppState>,
-    deploy: Option<Extension<DeployState>>,
     RawQuery(raw): RawQuery,
 ) -> PageResult<Response> {
-    let deploy = deploy_state(deploy)?;
+    let deploy = &state.deploy;
     let pairs: Vec<(String, String)> =
         serde_urlencoded::from_str(raw.as_deref().unwrap_or("")).map_err(|e| bad(e.to_string()))?;
     let mut status = DiscoveryStatus::Unmanaged;
@@ -145,13 +133,12 @@ pub(super) async fn page(
 /// new certificate on success.
 pub(super) async fn take_over(
     ctx: Ctx,
-    deploy: Option<Extension<DeployState>>,
+    State(AppState { deploy, .. }): State<AppState>,
     Path(id): Path<Uuid>,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> PageResult<Response> {
     let form = ctx.form(&headers, &body)?;
-    let deploy = deploy_state(deploy)?;
     let optional = |name: &str| {
         let v = form.get(name).trim();
         (!v.is_empty()).then(|| v.to_owned())

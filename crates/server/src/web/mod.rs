@@ -22,6 +22,7 @@ mod compliance;
 mod dashboard;
 mod deployments;
 mod discovery;
+pub mod login;
 
 use std::net::SocketAddr;
 
@@ -39,9 +40,9 @@ use certflow_core::session::Session;
 use time::OffsetDateTime;
 use tower_http::set_header::SetResponseHeaderLayer;
 
-use crate::http::AppState;
-use crate::http::limit::Limited;
-use crate::http::session::{CSRF_HEADER, Sessions};
+use crate::rate_limit::Limited;
+use crate::session::{CSRF_HEADER, Sessions};
+use crate::state::AppState;
 
 /// Content-Security-Policy of every console response: scripts and styles
 /// only from certflow itself (no inline code), no plugins, no `<base>`, no
@@ -53,7 +54,7 @@ pub const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; 
 const RECENT_LOGIN: time::Duration = time::Duration::minutes(10);
 
 /// The console pages, static assets and form actions (merged into the app
-/// by [`crate::http::app`]).
+/// by [`crate::router::app`]).
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/console/", get(dashboard::page))
@@ -347,7 +348,10 @@ impl FromRequestParts<AppState> for Ctx {
                 .unwrap_or_else(|| "/console/".into());
             return Err(PageError::SignIn(return_to));
         };
-        if let Some(slot) = parts.extensions.get::<crate::http::observe::ActorSlot>() {
+        if let Some(slot) = parts
+            .extensions
+            .get::<crate::telemetry::observe::ActorSlot>()
+        {
             slot.set(current.session.principal.subject.clone());
         }
         Ok(Ctx {

@@ -37,8 +37,8 @@ use serde::Serialize;
 use serde_json::json;
 use time::{Duration, OffsetDateTime};
 
-use super::errors::ApiError;
-use super::limit::ConsoleLimits;
+use crate::errors::ApiError;
+use crate::rate_limit::ConsoleLimits;
 
 /// Name of the session cookie; `__Host-` pins it to this host, path `/`, `Secure`.
 pub const COOKIE: &str = "__Host-certflow_session";

@@ -1,12 +1,15 @@
-//! Public revocation endpoints for relying parties (no authentication):
+//! Public CA endpoints for relying parties (no authentication):
+//! `/pki/{issuer}/ca.crt` serves the issuing CA certificate (DER),
 //! `/pki/{issuer}/crl` serves the stored CRL, `/pki/{issuer}/ocsp` answers
 //! OCSP requests (RFC 6960) by POST and by GET (appendix A.1: the DER
 //! request, base64, URL-encoded, in the path).
 
+use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use certflow_services::OcspReply;
@@ -14,9 +17,24 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc2822;
 use uuid::Uuid;
 
-use super::AppState;
-use super::console;
-use super::errors::ApiResult;
+use crate::errors::ApiResult;
+use crate::extract::Path;
+use crate::state::AppState;
+
+/// The public CA routes.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/pki/{issuer}/ca.crt", get(issuer_cert))
+        .route("/pki/{issuer}/crl", get(crl))
+        .route("/pki/{issuer}/ocsp", post(ocsp_post))
+        .route("/pki/{issuer}/ocsp/{*request}", get(ocsp_get))
+}
+
+/// `GET /pki/{issuer}/ca.crt`: the issuer's certificate (DER).
+async fn issuer_cert(State(state): State<AppState>, Path(id): Path<Uuid>) -> ApiResult<Response> {
+    let der = state.services.issuer_certificate_der(id).await?;
+    Ok(([(header::CONTENT_TYPE, "application/pkix-cert")], der).into_response())
+}
 
 /// HTTP caches may keep a CRL this long at most, however far its
 /// nextUpdate is, so a revocation reaches CRL fetchers behind caches within
@@ -40,9 +58,9 @@ fn max_age(until: OffsetDateTime, now: OffsetDateTime, cap: i64) -> HeaderValue 
 /// `GET /pki/{issuer}/crl`: the published CRL (DER) with `ETag` (its CRL
 /// number), `Last-Modified` (thisUpdate) and `Cache-Control` bounded by
 /// nextUpdate; `If-None-Match` gives 304.
-pub(super) async fn crl(
+async fn crl(
     State(state): State<AppState>,
-    console::Path(id): console::Path<Uuid>,
+    Path(id): Path<Uuid>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let now = OffsetDateTime::now_utc();
@@ -108,7 +126,7 @@ fn ocsp_response(reply: OcspReply, cacheable: bool, now: OffsetDateTime) -> Resp
 }
 
 /// `POST /pki/{issuer}/ocsp` with an `application/ocsp-request` body.
-pub(super) async fn ocsp_post(
+async fn ocsp_post(
     State(state): State<AppState>,
     Path(issuer): Path<String>,
     body: Bytes,
@@ -120,7 +138,7 @@ pub(super) async fn ocsp_post(
 
 /// `GET /pki/{issuer}/ocsp/{request}`: the request DER, base64 (standard
 /// or URL-safe alphabet), URL-encoded.
-pub(super) async fn ocsp_get(
+async fn ocsp_get(
     State(state): State<AppState>,
     Path((issuer, encoded)): Path<(String, String)>,
 ) -> Response {

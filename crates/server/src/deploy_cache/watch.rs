@@ -1,4 +1,4 @@
-//! What invalidates the agents' assignment cache ([`super::deploy`]): every
+//! What invalidates the agents' assignment cache ([`super`]): every
 //! committed change to a certificate's current version or status is
 //! announced on the change feed as `certificate:<id>`, and every change of an
 //! agent's assignments as `assignments:<agent id>`. On PostgreSQL the feed is
@@ -12,7 +12,6 @@
 //! and by the cache's maximum age.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use certflow_core::error::DomainResult;
@@ -26,7 +25,7 @@ use time::OffsetDateTime;
 use tokio::sync::broadcast::error::RecvError;
 use uuid::Uuid;
 
-use super::deploy::AssignmentCache;
+use super::AssignmentCache;
 
 /// Topic prefix of a certificate whose current version or status changed.
 pub const CERTIFICATE_TOPIC: &str = "certificate:";
@@ -227,10 +226,4 @@ pub fn apply(cache: &AssignmentCache, topic: &str) {
             Err(_) => cache.clear(),
         }
     }
-}
-
-/// How often the drift check runs: often enough to announce drift within a
-/// small fraction of the tolerance, at most once a minute.
-pub fn drift_interval(drift_after: Duration) -> Duration {
-    (drift_after / 10).clamp(Duration::from_secs(5), Duration::from_secs(60))
 }

@@ -20,8 +20,8 @@ use certflow_core::renewal::QueueStats;
 use serde_json::{Map, Value, json};
 use time::OffsetDateTime;
 
-use crate::http::AppState;
-use crate::http::metrics::{DomainMetrics, EXPIRING_WITHIN, NOT_SEEN_WITHIN};
+use super::gauges::{DomainMetrics, EXPIRING_WITHIN, NOT_SEEN_WITHIN};
+use crate::state::AppState;
 
 /// The CloudWatch namespace of the metrics.
 pub const NAMESPACE: &str = "certflow";

@@ -11,12 +11,11 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::Instant;
 
-use anyhow::Context;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use super::errors::ApiError;
 use crate::config::ConsoleConfig;
+use crate::errors::ApiError;
 
 /// Keys tracked before idle buckets are dropped (a full bucket forgets nothing).
 const MAX_KEYS: usize = 10_000;
@@ -108,15 +107,7 @@ pub struct ConsoleLimits {
 impl ConsoleLimits {
     /// The limits of `[console]`.
     pub fn new(config: &ConsoleConfig) -> anyhow::Result<Self> {
-        let proxies = config
-            .trusted_proxies
-            .iter()
-            .map(|p| {
-                p.parse::<ipnet::IpNet>()
-                    .or_else(|_| p.parse::<IpAddr>().map(ipnet::IpNet::from))
-                    .with_context(|| format!("console.trusted_proxies: {p:?} is not a CIDR"))
-            })
-            .collect::<anyhow::Result<_>>()?;
+        let proxies = config.proxies()?;
         Ok(Self {
             requests: RateLimiter::new(config.rate_limit_per_sec, config.rate_limit_burst),
             login: RateLimiter::new(

@@ -158,7 +158,7 @@ impl From<JsonRejection> for ApiError {
         };
         let detail = match status {
             StatusCode::PAYLOAD_TOO_LARGE => {
-                format!("the body exceeds {} bytes", super::BODY_LIMIT)
+                format!("the body exceeds {} bytes", crate::extract::BODY_LIMIT)
             }
             _ => r.body_text(),
         };

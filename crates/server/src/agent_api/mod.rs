@@ -24,13 +24,11 @@
 //! database read.
 
 pub mod deploy;
-pub mod limit;
+pub mod discovery;
 pub mod routes;
 pub mod token;
-pub mod watch;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,108 +38,15 @@ use hyper_util::rt::TokioIo;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::ClientCertVerifier;
-use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt as _;
 
+use crate::config::AgentConfig;
+use crate::deploy_cache::DeployState;
+
 /// How long a client may take to complete the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// `[agent]`: the agent listener (off unless `listen` is set) and agent identities.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AgentConfig {
-    /// Address of the agent listener (TLS), e.g. `0.0.0.0:8443`.
-    pub listen: Option<SocketAddr>,
-    /// Names of the listener's certificate, issued by the internal CA at start.
-    pub server_names: Vec<String>,
-    /// A PEM certificate chain to serve instead (with `key_file`).
-    pub cert_file: Option<PathBuf>,
-    /// The PEM private key of `cert_file`.
-    pub key_file: Option<PathBuf>,
-    /// Lifetime of agent identity certificates, seconds (default 24 h).
-    pub identity_validity_secs: u32,
-    /// Header carrying the client certificate (URL-encoded PEM) from a
-    /// TLS-terminating gateway, e.g. `X-Amzn-Mtls-Clientcert`.
-    pub client_cert_header: Option<String>,
-    /// Peers (CIDRs) whose `client_cert_header` is believed.
-    pub trusted_proxies: Vec<String>,
-    /// Requests a second per agent (per client IP before authentication).
-    pub rate_limit_per_sec: f64,
-    /// Burst size of the rate limit.
-    pub rate_limit_burst: f64,
-    /// Every agent request needs a valid OIDC access token bound to the
-    /// agent, not only those of agents enrolled with one; join-token
-    /// enrolment is then refused. Needs `[[auth.issuers]]`.
-    pub require_token: bool,
-    /// A new version of an assigned certificate not reported installed by
-    /// the agent this long after it was issued is drift (`deployment-drift`).
-    pub drift_after_seconds: u64,
-}
-
-impl Default for AgentConfig {
-    fn default() -> Self {
-        Self {
-            listen: None,
-            server_names: vec!["localhost".into(), "127.0.0.1".into()],
-            cert_file: None,
-            key_file: None,
-            identity_validity_secs: 86_400,
-            client_cert_header: None,
-            trusted_proxies: Vec::new(),
-            rate_limit_per_sec: 20.0,
-            rate_limit_burst: 40.0,
-            require_token: false,
-            drift_after_seconds: 3600,
-        }
-    }
-}
-
-impl AgentConfig {
-    /// Checks values that types alone cannot.
-    pub fn validate(&self) -> anyhow::Result<()> {
-        if !(60..=certflow_pki::MAX_AGENT_IDENTITY_SECS).contains(&self.identity_validity_secs) {
-            bail!(
-                "agent.identity_validity_secs must be between 60 and {}",
-                certflow_pki::MAX_AGENT_IDENTITY_SECS
-            );
-        }
-        if self.cert_file.is_some() != self.key_file.is_some() {
-            bail!("agent.cert_file and agent.key_file go together");
-        }
-        if self.listen.is_some() && self.cert_file.is_none() && self.server_names.is_empty() {
-            bail!("agent.server_names (or agent.cert_file) is required with agent.listen");
-        }
-        self.proxies()?;
-        if let Some(h) = &self.client_cert_header
-            && axum::http::HeaderName::try_from(h.as_str()).is_err()
-        {
-            bail!("agent.client_cert_header {h:?} is not a valid header name");
-        }
-        if !(60..=30 * 86_400).contains(&self.drift_after_seconds) {
-            bail!("agent.drift_after_seconds must be between 60 and 2592000 (30 days)");
-        }
-        if !(self.rate_limit_per_sec > 0.0 && self.rate_limit_burst >= 1.0) {
-            bail!(
-                "agent.rate_limit_per_sec must be positive and agent.rate_limit_burst at least 1"
-            );
-        }
-        Ok(())
-    }
-
-    /// The parsed `trusted_proxies`.
-    pub fn proxies(&self) -> anyhow::Result<Vec<ipnet::IpNet>> {
-        self.trusted_proxies
-            .iter()
-            .map(|p| {
-                p.parse::<ipnet::IpNet>()
-                    .or_else(|_| p.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
-                    .with_context(|| format!("agent.trusted_proxies: {p:?} is not a CIDR"))
-            })
-            .collect()
-    }
-}
 
 /// What the accept loop knows about a connection, handed to every request on it.
 #[derive(Debug, Clone)]
@@ -254,7 +159,7 @@ pub async fn start(
     config: &AgentConfig,
     agents: Agents,
     tokens: Option<Arc<dyn token::AgentTokenVerifier>>,
-    deploy: Option<deploy::DeployState>,
+    deploy: DeployState,
 ) -> anyhow::Result<Option<AgentListener>> {
     let Some(listen) = config.listen else {
         return Ok(None);
@@ -270,7 +175,7 @@ pub async fn start(
     let (chain, key) = listener_identity(config, &agents).await?;
     let tls = server_config(verifier.clone(), chain, &key.0)?;
     drop(key);
-    let mut state = routes::AgentState::new(agents, config, verifier)?;
+    let mut state = routes::AgentState::new(agents, deploy, config, verifier)?;
     if let Some(tokens) = tokens {
         state = state.with_token_verifier(tokens);
     }
@@ -278,10 +183,7 @@ pub async fn start(
         .await
         .with_context(|| format!("binding agent listener {listen}"))?;
     let addr = listener.local_addr()?;
-    let mut app = routes::router(state);
-    if let Some(deploy) = deploy {
-        app = app.layer(axum::Extension(deploy));
-    }
+    let app = routes::router(state);
     let (close, closing) = tokio::sync::watch::channel(false);
     let done = tokio::spawn(serve(listener, Arc::new(tls), app, closing));
     Ok(Some(AgentListener { addr, close, done }))

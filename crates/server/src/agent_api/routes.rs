@@ -24,11 +24,13 @@ use rustls::server::danger::ClientCertVerifier;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::limit::RateLimiter;
+use super::ConnInfo;
 use super::token::{AgentTokenVerifier, TokenError, check_binding};
-use super::{AgentConfig, ConnInfo};
-use crate::http::console::Json;
-use crate::http::errors::{ApiError, ApiResult};
+use crate::config::AgentConfig;
+use crate::deploy_cache::DeployState;
+use crate::errors::{ApiError, ApiResult};
+use crate::extract::Json;
+use crate::rate_limit::RateLimiter;
 
 /// Path of the one route reachable without a client certificate.
 pub const ENROLL: &str = "/agent/v1/enroll";
@@ -37,6 +39,8 @@ pub const ENROLL: &str = "/agent/v1/enroll";
 #[derive(Clone)]
 pub struct AgentState {
     agents: Agents,
+    /// The deployment use cases and the assignment cache.
+    pub deploy: DeployState,
     verifier: Arc<dyn ClientCertVerifier>,
     cert_header: Option<HeaderName>,
     proxies: Arc<Vec<ipnet::IpNet>>,
@@ -49,11 +53,13 @@ impl AgentState {
     /// State for `agents` under `config`; `verifier` also checks gateway-forwarded certificates.
     pub fn new(
         agents: Agents,
+        deploy: DeployState,
         config: &AgentConfig,
         verifier: Arc<dyn ClientCertVerifier>,
     ) -> anyhow::Result<Self> {
         Ok(Self {
             agents,
+            deploy,
             verifier,
             cert_header: config
                 .client_cert_header
@@ -112,6 +118,18 @@ pub struct AgentCaller {
     pub source: String,
 }
 
+/// Route layer inside the agent authentication: notes the agent.
+async fn note_agent(req: Request, next: Next) -> Response {
+    if let (Some(caller), Some(slot)) = (
+        req.extensions().get::<AgentCaller>(),
+        req.extensions()
+            .get::<crate::telemetry::observe::ActorSlot>(),
+    ) {
+        slot.set(format!("agent:{}", caller.agent.id));
+    }
+    next.run(req).await
+}
+
 /// The agent API router (no socket: the listener serves it per connection).
 pub fn router(state: AgentState) -> Router {
     Router::new()
@@ -120,11 +138,11 @@ pub fn router(state: AgentState) -> Router {
         .route("/agent/v1/whoami", get(whoami))
         .merge(super::deploy::routes())
         .fallback(|| async { ApiError::no_route() })
-        .route_layer(middleware::from_fn(crate::http::observe::note_agent))
+        .route_layer(middleware::from_fn(note_agent))
         .route_layer(middleware::from_fn_with_state(state.clone(), guard))
-        .layer(middleware::from_fn(crate::http::observe::access_log))
+        .layer(middleware::from_fn(crate::telemetry::observe::access_log))
         .layer(axum::extract::DefaultBodyLimit::max(
-            crate::http::BODY_LIMIT,
+            crate::extract::BODY_LIMIT,
         ))
         .with_state(state)
 }
@@ -206,7 +224,7 @@ async fn guard(State(state): State<AgentState>, mut req: Request, next: Next) ->
         Ok(()) => next.run(req).await,
         Err(resp) => resp,
     };
-    crate::http::metrics::observe(&route, &route, resp.status().as_u16(), started.elapsed());
+    crate::telemetry::metrics::observe(&route, &route, resp.status().as_u16(), started.elapsed());
     resp
 }
 

@@ -38,10 +38,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use time::OffsetDateTime;
 
-use super::errors::{ApiError, ApiResult};
-use super::limit::ConsoleLimits;
-use super::session::{self, SessionSettings, Sessions, random_token, sha256_hex};
 use crate::config::OidcConfig;
+use crate::errors::{ApiError, ApiResult};
+use crate::rate_limit::ConsoleLimits;
+use crate::session::{self, SessionSettings, Sessions, random_token, sha256_hex};
 
 /// How long a started login may take at the provider.
 const LOGIN_TTL: time::Duration = time::Duration::minutes(10);
@@ -171,13 +171,15 @@ pub fn router(console: ConsoleAuth) -> Router {
         .route("/console/sign-out", post(sign_out))
         .route("/console/session", get(session::get_session))
         .with_state(console)
-        .layer(axum::extract::DefaultBodyLimit::max(super::BODY_LIMIT))
+        .layer(axum::extract::DefaultBodyLimit::max(
+            crate::extract::BODY_LIMIT,
+        ))
         .layer(tower_http::set_header::SetResponseHeaderLayer::overriding(
             header::X_CONTENT_TYPE_OPTIONS,
             HeaderValue::from_static("nosniff"),
         ))
         .layer(tower_http::trace::TraceLayer::new_for_http())
-        .layer(middleware::from_fn(super::metrics::track))
+        .layer(middleware::from_fn(crate::telemetry::metrics::track))
 }
 
 /// The peer address of a request, when it came over a socket.
@@ -736,7 +738,7 @@ async fn sign_out(
         .await
     {
         Ok(c) => c,
-        Err(e) => return crate::web::domain_error_page(e),
+        Err(e) => return super::domain_error_page(e),
     };
     let limited = match &current {
         Some(c) => console.limits.subject(&c.session.principal.subject),
@@ -747,7 +749,7 @@ async fn sign_out(
     }
     let Some(current) = current else {
         // Already signed out (another tab, or expired).
-        return crate::web::signed_out_page();
+        return super::signed_out_page();
     };
     let session = current.session;
     let form: Vec<(String, String)> = serde_urlencoded::from_bytes(&body).unwrap_or_default();
@@ -763,18 +765,18 @@ async fn sign_out(
         h.insert(session::CSRF_HEADER, token);
     }
     if console.sessions.check_csrf(&session, &h).is_err() {
-        return crate::web::error_page(
+        return super::error_page(
             StatusCode::FORBIDDEN,
             "the form is stale or comes from another site; reload the page and try again",
         );
     }
     if let Err(e) = console.sessions.end_from(&session, source.as_deref()).await {
-        return crate::web::domain_error_page(e);
+        return super::domain_error_page(e);
     }
     tracing::info!(subject = %session.principal.subject, "console sign-out");
     let mut response = match end_session_url(&console, &session).await {
-        Ok(Some(url)) => crate::web::leaving_page(&url),
-        _ => crate::web::signed_out_page(),
+        Ok(Some(url)) => super::leaving_page(&url),
+        _ => super::signed_out_page(),
     };
     response
         .headers_mut()

@@ -1,5 +1,5 @@
-//! The admin CLI: sub-commands that call the console API over HTTP with the
-//! same wire types the server uses. Human tables by default, `--output json`.
+//! `certflow cert ...`: request, list, show, renew, revoke, download, import and
+//! manage certificates, their discovery and agent take-over, through the API.
 
 use std::path::PathBuf;
 
@@ -7,41 +7,15 @@ use anyhow::{Context, bail};
 use base64::Engine as _;
 use certflow_api::agent::{DiscoveredList, TakeOverRequest};
 use certflow_api::{
-    AuditEventView, CertificateDetail, CertificatePage, CreateCertificateRequest, ImportCaRequest,
-    IssuerView, Pkcs12Request, Problem, RenewRequest, RevokeRequest,
+    AuditEventView, CertificateDetail, CertificatePage, CreateCertificateRequest, Pkcs12Request,
+    RenewRequest, RevokeRequest,
 };
-use clap::{Args, Subcommand, ValueEnum};
+use clap::Subcommand;
 use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
-use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
 /// Output format.
-#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
-pub enum Output {
-    /// Human-readable tables.
-    Table,
-    /// The API's JSON.
-    Json,
-}
-
-/// How to reach the API.
-#[derive(Debug, Args)]
-pub struct ClientArgs {
-    /// Server base URL.
-    #[arg(
-        long,
-        env = "CERTFLOW_URL",
-        default_value = "http://127.0.0.1:8080",
-        global = true
-    )]
-    url: String,
-    /// Bearer token (the bootstrap admin token printed at first start).
-    #[arg(long, env = "CERTFLOW_TOKEN", hide_env_values = true, global = true)]
-    token: Option<String>,
-    /// Output format.
-    #[arg(long, short, value_enum, default_value_t = Output::Table, global = true)]
-    output: Output,
-}
+use super::*;
 
 /// `certflow cert ...`
 #[derive(Debug, Subcommand)]
@@ -247,98 +221,6 @@ pub enum CertCommand {
     },
 }
 
-/// `certflow ca ...`
-#[derive(Debug, Subcommand)]
-pub enum CaCommand {
-    /// Show the issuers (certificate authorities).
-    Show {
-        #[command(flatten)]
-        client: ClientArgs,
-    },
-    /// Import an existing CA certificate and key as an issuer.
-    Import {
-        #[command(flatten)]
-        client: ClientArgs,
-        /// Issuer name.
-        #[arg(long)]
-        name: String,
-        /// PEM file of the issuing CA certificate.
-        #[arg(long)]
-        cert: PathBuf,
-        /// PEM file of its private key (PKCS#8).
-        #[arg(long)]
-        key: PathBuf,
-        /// PEM file of the chain above it.
-        #[arg(long)]
-        chain: Option<PathBuf>,
-        /// Make it the default issuer.
-        #[arg(long)]
-        default: bool,
-    },
-}
-
-struct Client {
-    http: reqwest::Client,
-    base: String,
-    token: String,
-    output: Output,
-}
-
-impl Client {
-    fn new(args: &ClientArgs) -> anyhow::Result<Self> {
-        let Some(token) = args.token.clone() else {
-            bail!(
-                "no token: pass --token or set CERTFLOW_TOKEN (printed by `certflow serve` at first start)"
-            );
-        };
-        Ok(Self {
-            http: reqwest::Client::builder().build().context("HTTP client")?,
-            base: format!("{}/console/api/v1", args.url.trim_end_matches('/')),
-            token,
-            output: args.output,
-        })
-    }
-
-    async fn send(&self, req: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
-        let resp = req
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .with_context(|| format!("cannot reach {}", self.base))?;
-        if resp.status().is_success() {
-            return Ok(resp);
-        }
-        let status = resp.status();
-        let text = resp.text().await.unwrap_or_default();
-        match serde_json::from_str::<Problem>(&text) {
-            Ok(p) => {
-                let mut msg = format!("{} {}: {}", p.status, p.title, p.detail);
-                for f in &p.errors {
-                    msg.push_str(&format!("\n  {}: {}", f.field, f.reason));
-                }
-                bail!(msg)
-            }
-            Err(_) => bail!("{status}: {text}"),
-        }
-    }
-
-    async fn json<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder) -> anyhow::Result<T> {
-        self.send(req)
-            .await?
-            .json()
-            .await
-            .context("decoding the response")
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-}
-
-fn read(path: &PathBuf) -> anyhow::Result<String> {
-    std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
-}
-
 fn label_pairs(labels: &[String]) -> anyhow::Result<Vec<(String, String)>> {
     labels
         .iter()
@@ -348,17 +230,6 @@ fn label_pairs(labels: &[String]) -> anyhow::Result<Vec<(String, String)>> {
                 .with_context(|| format!("label {l:?} is not key=value"))
         })
         .collect()
-}
-
-/// RFC 3339 to the second: what people paste into tickets.
-fn fmt_time(t: time::OffsetDateTime) -> String {
-    t.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_else(|_| t.to_string())
-}
-
-fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(v)?);
-    Ok(())
 }
 
 fn print_detail(output: Output, d: &CertificateDetail) -> anyhow::Result<()> {
@@ -772,81 +643,6 @@ pub async fn run_cert(cmd: CertCommand) -> anyhow::Result<()> {
                 .json(c.http.post(c.url(&format!("/certificates/{id}/archive"))))
                 .await?;
             print_detail(c.output, &d)
-        }
-    }
-}
-
-fn write_private(path: &PathBuf, bytes: &[u8], secret: bool) -> anyhow::Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(if secret { 0o600 } else { 0o644 })
-        .open(path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    f.write_all(bytes)?;
-    eprintln!("wrote {}", path.display());
-    Ok(())
-}
-
-/// Runs a `certflow ca` sub-command.
-pub async fn run_ca(cmd: CaCommand) -> anyhow::Result<()> {
-    match cmd {
-        CaCommand::Show { client } => {
-            let c = Client::new(&client)?;
-            let issuers: Vec<IssuerView> = c.json(c.http.get(c.url("/issuers"))).await?;
-            if c.output == Output::Json {
-                return print_json(&issuers);
-            }
-            let mut t = Table::new();
-            t.load_preset(UTF8_BORDERS_ONLY);
-            t.set_header(vec!["id", "name", "default", "key", "subject", "not after"]);
-            for i in &issuers {
-                t.add_row(vec![
-                    i.id.to_string(),
-                    i.name.clone(),
-                    if i.is_default {
-                        "yes".into()
-                    } else {
-                        String::new()
-                    },
-                    i.key_type.clone(),
-                    i.subject.clone(),
-                    i.not_after.date().to_string(),
-                ]);
-            }
-            println!("{t}");
-            Ok(())
-        }
-        CaCommand::Import {
-            client,
-            name,
-            cert,
-            key,
-            chain,
-            default,
-        } => {
-            let c = Client::new(&client)?;
-            let body = ImportCaRequest {
-                name,
-                certificate_pem: read(&cert)?,
-                private_key_pem: read(&key)?,
-                chain_pem: chain.as_ref().map(read).transpose()?,
-                make_default: default,
-            };
-            let issuer: IssuerView = c
-                .json(c.http.post(c.url("/issuers/import")).json(&body))
-                .await?;
-            if c.output == Output::Json {
-                return print_json(&issuer);
-            }
-            println!(
-                "imported issuer {} ({}), subject {}",
-                issuer.id, issuer.name, issuer.subject
-            );
-            Ok(())
         }
     }
 }

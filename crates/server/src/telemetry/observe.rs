@@ -10,7 +10,8 @@
 //! strings, headers and bodies are never logged: they may carry tokens.
 //!
 //! The actor is only known inside the authentication middleware, so
-//! [`note_actor`] and [`note_agent`] (route layers inside it) write it into
+//! [`note_actor`] (and the agent listener's `note_agent`), route layers inside
+//! it, write it into
 //! a slot the access log reads afterwards.
 //!
 //! [`Draining`] is the flag `certflow serve` raises on SIGTERM: `/readyz`
@@ -132,17 +133,6 @@ pub async fn note_actor(req: Request, next: Next) -> Response {
     next.run(req).await
 }
 
-/// Route layer inside the agent authentication: notes the agent.
-pub async fn note_agent(req: Request, next: Next) -> Response {
-    if let (Some(caller), Some(slot)) = (
-        req.extensions().get::<crate::agent::routes::AgentCaller>(),
-        req.extensions().get::<ActorSlot>(),
-    ) {
-        slot.set(format!("agent:{}", caller.agent.id));
-    }
-    next.run(req).await
-}
-
 /// Raised when the process starts shutting down; `/readyz` reads it.
 #[derive(Clone, Default)]
 pub struct Draining(Arc<AtomicBool>);
@@ -249,22 +239,36 @@ mod tests {
             )
             .await
             .unwrap();
-        let token = super::super::auth::ensure_bootstrap_token(store.as_ref())
+        let token = crate::auth::ensure_bootstrap_token(store.as_ref())
             .await
             .unwrap()
             .unwrap();
         let bootstrap_hash = Arc::new(std::sync::RwLock::new(None));
-        super::super::auth::refresh_bootstrap_hash(store.as_ref(), &bootstrap_hash)
+        crate::auth::refresh_bootstrap_hash(store.as_ref(), &bootstrap_hash)
             .await
             .unwrap();
         let limits = Arc::new(
-            super::super::limit::ConsoleLimits::new(&crate::config::ConsoleConfig::default())
+            crate::rate_limit::ConsoleLimits::new(&crate::config::ConsoleConfig::default())
                 .unwrap(),
         );
-        let router = super::super::app(super::super::AppState {
+        let deploy = crate::deploy_cache::DeployState::new(
+            certflow_services::deployments::Deployments::new(
+                &services,
+                store.clone(),
+                store.clone(),
+                certflow_services::deployments::DeploymentSettings::default(),
+            ),
+            certflow_store::ChangeFeed::local(),
+        );
+        let agents = certflow_services::agents::Agents::new(
+            &services,
+            store.clone(),
+            certflow_services::agents::AgentSettings::default(),
+        );
+        let router = crate::router::app(crate::state::AppState {
             services,
             bootstrap_hash,
-            renewal: Arc::new(super::super::RenewalView {
+            renewal: Arc::new(crate::state::RenewalView {
                 queue: Arc::new(store.renewal_queue(Default::default())),
                 ledger: store.clone(),
                 notifications: store.clone(),
@@ -272,6 +276,8 @@ mod tests {
             authenticators: Arc::new(Vec::new()),
             sessions: None,
             limits,
+            deploy,
+            agents,
         })
         .layer(axum::middleware::from_fn(access_log));
         App {
@@ -429,10 +435,10 @@ mod tests {
         let router = app
             .router
             .clone()
-            .layer(axum::Extension(super::super::metrics::DomainMetrics {
+            .layer(axum::Extension(crate::ops::gauges::DomainMetrics {
                 deployments: app.store.clone(),
                 drift_after: time::Duration::hours(1),
-                issuers: super::super::metrics::IssuerHealth::default(),
+                issuers: crate::ops::gauges::IssuerHealth::default(),
             }))
             .layer(axum::Extension(draining.clone()));
         let (status, _, text) = call(
@@ -443,7 +449,8 @@ mod tests {
         )
         .await;
         assert_eq!(status, 200);
-        super::super::metrics::check_exposition(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        crate::telemetry::metrics::check_exposition(&text)
+            .unwrap_or_else(|e| panic!("{e}\n{text}"));
         let at = |s: &str| sample(&text, s).unwrap_or_else(|| panic!("{s} missing:\n{text}"));
         assert_eq!(at(r#"certflow_certificates{status="active"}"#), 2.0);
         assert_eq!(at(r#"certflow_certificates{status="revoked"}"#), 0.0);

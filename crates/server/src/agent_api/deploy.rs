@@ -1,0 +1,260 @@
+//! `/agent/v1/assignments`, `/agent/v1/certificates[/{id}[/renew]]` and
+//! `/agent/v1/reports`: what an agent installs, and what it reports back.
+//! They run behind the agent `guard` (routes.rs), which authenticates the
+//! caller and puts [`AgentCaller`] into the request.
+//!
+//! The assignment poll is answered from the deployment cache
+//! ([`crate::deploy_cache`]), whose module header says why.
+
+use std::time::Duration;
+
+use axum::Extension;
+use axum::Router;
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use certflow_api::agent::{
+    AgentCertificateRequest, AgentRenewRequest, Assignment, CertificateBundle, ReportRequest,
+};
+use certflow_core::DomainError;
+use certflow_core::access::Permission;
+use uuid::Uuid;
+
+use super::routes::{AgentCaller, AgentState};
+use crate::deploy_cache::assignment_view;
+use crate::errors::{ApiError, ApiResult};
+use crate::extract::{Json, Path};
+
+/// Longest long poll, seconds (a longer `wait` is shortened to it).
+pub const MAX_WAIT_SECS: u64 = 60;
+/// The deployment routes, merged into the agent router (before its guard).
+pub fn routes() -> Router<AgentState> {
+    Router::new()
+        .route("/agent/v1/assignments", get(assignments))
+        .route("/agent/v1/certificates", post(request_certificate))
+        .route("/agent/v1/certificates/{id}", get(bundle))
+        .route("/agent/v1/certificates/{id}/renew", post(renew))
+        .route("/agent/v1/reports", post(report))
+        // Reports carry up to 2000 leaf PEMs: more than the listener's default body limit.
+        .route(
+            "/agent/v1/discovered",
+            post(super::discovery::agent_report).layer(axum::extract::DefaultBodyLimit::max(
+                super::discovery::DISCOVERY_BODY_LIMIT,
+            )),
+        )
+}
+
+fn require_agent_api(caller: &AgentCaller) -> ApiResult<()> {
+    if caller.principal.can(Permission::AgentApi, None) {
+        Ok(())
+    } else {
+        Err(DomainError::Forbidden("agent API calls are for agents".into()).into())
+    }
+}
+
+/// `?wait=<seconds>`: absent is 0, more than [`MAX_WAIT_SECS`] is shortened.
+fn wait_of(query: Option<&str>) -> ApiResult<Duration> {
+    let mut wait = 0;
+    for pair in query
+        .unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        match pair.split_once('=') {
+            Some(("wait", v)) => {
+                wait = v.parse::<u64>().map_err(|_| {
+                    ApiError::invalid_field("wait", format!("'{v}' is not a number of seconds"))
+                })?;
+            }
+            _ => {
+                let name = pair.split('=').next().unwrap_or_default();
+                return Err(ApiError::invalid_field(
+                    name,
+                    "unknown parameter; the only one is wait",
+                ));
+            }
+        }
+    }
+    Ok(Duration::from_secs(wait.min(MAX_WAIT_SECS)))
+}
+
+/// Whether `If-None-Match` names `etag` (weak comparison, RFC 9110 13.1.2).
+fn matches(headers: &HeaderMap, etag: &str) -> bool {
+    headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .any(|tag| tag == "*" || tag.trim_start_matches("W/") == etag)
+}
+
+fn with_etag(mut resp: Response, etag: &str) -> Response {
+    if let Ok(v) = HeaderValue::from_str(etag) {
+        resp.headers_mut().insert(header::ETAG, v);
+    }
+    resp.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("private, no-cache"),
+    );
+    resp
+}
+
+/// Certificates assigned to the calling agent; 304 when `If-None-Match`
+/// holds the current ETag (from memory), after waiting up to `wait` seconds
+/// for a change.
+async fn assignments(
+    State(AgentState { deploy: state, .. }): State<AgentState>,
+    Extension(caller): Extension<AgentCaller>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    require_agent_api(&caller)?;
+    let wait = wait_of(query.as_deref())?;
+    let deadline = tokio::time::Instant::now() + wait;
+    let agent = caller.agent.id;
+    let mut changes = state.cache.subscribe();
+    loop {
+        // Seen before reading, so a change after the read wakes the wait below.
+        changes.borrow_and_update();
+        let current = state.current(agent).await?;
+        if !matches(&headers, &current.etag) {
+            let resp = (
+                [(header::CONTENT_TYPE, "application/json")],
+                current.body.clone(),
+            )
+                .into_response();
+            return Ok(with_etag(resp, &current.etag));
+        }
+        let not_modified = || with_etag(StatusCode::NOT_MODIFIED.into_response(), &current.etag);
+        match tokio::time::timeout_at(deadline, changes.changed()).await {
+            Ok(Ok(())) => continue,
+            Ok(Err(_)) | Err(_) => return Ok(not_modified()),
+        }
+    }
+}
+
+/// The current version of an assigned certificate, to install.
+async fn bundle(
+    State(AgentState { deploy: state, .. }): State<AgentState>,
+    Extension(caller): Extension<AgentCaller>,
+    Path(id): Path<Uuid>,
+) -> ApiResult<Response> {
+    require_agent_api(&caller)?;
+    let b = state
+        .deployments
+        .bundle(
+            &caller.agent,
+            Some(caller.source.clone()),
+            id,
+            time::OffsetDateTime::now_utc(),
+        )
+        .await?;
+    let body = CertificateBundle {
+        certificate_id: b.certificate_id,
+        version: b.version,
+        serial: b.serial,
+        fingerprint_sha256: b.fingerprint_sha256,
+        certificate_pem: b.certificate_pem,
+        chain_pem: b.chain_pem,
+        key_pem: b.key_pem.as_ref().map(|k| k.as_str().to_owned()),
+    };
+    let mut resp = Json(body).into_response();
+    // It may carry a private key: no cache anywhere keeps it.
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(resp)
+}
+
+/// A certificate for a key the agent generated, assigned to it.
+async fn request_certificate(
+    State(AgentState { deploy: state, .. }): State<AgentState>,
+    Extension(caller): Extension<AgentCaller>,
+    Json(req): Json<AgentCertificateRequest>,
+) -> ApiResult<Response> {
+    require_agent_api(&caller)?;
+    let (assigned, created) = state
+        .deployments
+        .request_certificate(
+            &caller.agent,
+            Some(caller.source.clone()),
+            &req,
+            time::OffsetDateTime::now_utc(),
+        )
+        .await?;
+    if created {
+        state.assignments_changed(caller.agent.id).await;
+    }
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(assignment_view(assigned))).into_response())
+}
+
+/// Renews an assigned certificate (with a CSR: for a new key).
+async fn renew(
+    State(AgentState { deploy: state, .. }): State<AgentState>,
+    Extension(caller): Extension<AgentCaller>,
+    Path(id): Path<Uuid>,
+    Json(req): Json<AgentRenewRequest>,
+) -> ApiResult<Json<Assignment>> {
+    require_agent_api(&caller)?;
+    let assigned = state
+        .deployments
+        .renew(
+            &caller.agent,
+            Some(caller.source.clone()),
+            id,
+            req.csr.as_deref(),
+            time::OffsetDateTime::now_utc(),
+        )
+        .await?;
+    Ok(Json(assignment_view(assigned)))
+}
+
+/// Records what the agent installed (or failed to).
+async fn report(
+    State(AgentState { deploy: state, .. }): State<AgentState>,
+    Extension(caller): Extension<AgentCaller>,
+    Json(req): Json<ReportRequest>,
+) -> ApiResult<StatusCode> {
+    require_agent_api(&caller)?;
+    state
+        .deployments
+        .report(
+            &caller.agent,
+            Some(caller.source.clone()),
+            &req,
+            time::OffsetDateTime::now_utc(),
+        )
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wait_parameter_and_if_none_match() {
+        assert_eq!(wait_of(None).unwrap(), Duration::ZERO);
+        assert_eq!(wait_of(Some("wait=5")).unwrap(), Duration::from_secs(5));
+        assert_eq!(wait_of(Some("wait=600")).unwrap(), Duration::from_secs(60));
+        assert!(wait_of(Some("wait=soon")).is_err());
+        assert!(wait_of(Some("other=1")).is_err());
+        let mut h = HeaderMap::new();
+        assert!(!matches(&h, "\"abc\""));
+        h.insert(
+            header::IF_NONE_MATCH,
+            HeaderValue::from_static("\"x\", W/\"abc\""),
+        );
+        assert!(matches(&h, "\"abc\""));
+        assert!(!matches(&h, "\"abd\""));
+        h.insert(header::IF_NONE_MATCH, HeaderValue::from_static("*"));
+        assert!(matches(&h, "\"abd\""));
+    }
+}

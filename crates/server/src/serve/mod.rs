@@ -1,0 +1,402 @@
+//! `certflow serve`: the roles of this process (API, scheduler, worker), the
+//! console and agent listeners, and graceful shutdown. Adapters are opened in
+//! [`wiring`], periodic jobs live in [`tasks`], offline admin commands in
+//! [`admin`].
+
+pub mod admin;
+mod tasks;
+pub mod wiring;
+
+use std::future::IntoFuture as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use certflow_services::{CaSettings, Services};
+use std::time::Duration;
+
+use certflow_notify::{Dispatcher, ExpiryWatcher};
+use certflow_renewal::{Scheduler, SchedulerSettings, Worker, WorkerSettings};
+use std::sync::RwLock;
+use tokio::sync::watch;
+
+use crate::auth;
+use crate::config::Config;
+use crate::state::{AppState, RenewalView};
+use tasks::*;
+use wiring::*;
+
+/// What a process runs: any mix of the console API, the renewal scheduler
+/// (with the expiry watcher) and renewal workers (with notification delivery).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Roles {
+    /// The HTTP API.
+    pub api: bool,
+    /// Scheduler and expiry watcher.
+    pub scheduler: bool,
+    /// Renewal workers and notification dispatcher.
+    pub worker: bool,
+}
+
+impl Roles {
+    /// Parses `api,scheduler,worker`.
+    pub fn parse(list: &str) -> anyhow::Result<Self> {
+        let mut roles = Roles {
+            api: false,
+            scheduler: false,
+            worker: false,
+        };
+        for role in list.split(',').map(str::trim).filter(|r| !r.is_empty()) {
+            match role {
+                "api" => roles.api = true,
+                "scheduler" => roles.scheduler = true,
+                "worker" => roles.worker = true,
+                other => bail!("unknown role {other:?}; roles are api, scheduler, worker"),
+            }
+        }
+        if roles
+            == (Roles {
+                api: false,
+                scheduler: false,
+                worker: false,
+            })
+        {
+            bail!("--roles needs at least one of api, scheduler, worker");
+        }
+        Ok(roles)
+    }
+}
+
+/// Starts the background roles; they stop when `shutdown` turns true.
+async fn spawn_roles(
+    config: &Config,
+    roles: Roles,
+    opened: &Opened,
+    shutdown: &watch::Receiver<bool>,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+    let mut tasks = Vec::new();
+    let queue = renewal_queue(config, &opened.store).await?;
+    let r = &config.renewal;
+    if roles.scheduler {
+        let scheduler = Scheduler::new(
+            opened.store.metadata.clone(),
+            queue.clone(),
+            SchedulerSettings {
+                interval: Duration::from_secs(r.scheduler_interval_secs),
+                batch: 500,
+                max_attempts: r.max_attempts,
+            },
+        );
+        tasks.push(tokio::spawn(scheduler.run(shutdown.clone())));
+        tasks.push(spawn_crl_refresh(opened.services.clone(), shutdown.clone()));
+        if config.notifications.enabled {
+            let watcher = ExpiryWatcher::new(
+                opened.store.metadata.clone(),
+                opened.store.notifications.clone(),
+                config.notifications.expiry.clone(),
+            );
+            let stop = stopped(shutdown.clone());
+            tasks.push(tokio::spawn(async move { watcher.run(stop).await }));
+            tasks.push(spawn_drift_check(
+                deployments(config, opened),
+                shutdown.clone(),
+            ));
+        }
+        tracing::info!(queue = queue.kind(), "renewal scheduler running");
+    }
+    if roles.worker {
+        let worker = Worker::new(
+            opened.services.clone(),
+            queue.clone(),
+            WorkerSettings {
+                concurrency: r.concurrency,
+                lease: Duration::from_secs(r.lease_secs),
+                wait: Duration::from_secs(5),
+                backoff_base: Duration::from_secs(r.backoff_base_secs),
+                backoff_cap: Duration::from_secs(r.backoff_cap_secs),
+                // Then jobs still in hand go back to the queue (well inside
+                // the 30 s the process waits for its roles).
+                shutdown_grace: Duration::from_secs(5),
+            },
+        );
+        tasks.push(tokio::spawn(worker.run(shutdown.clone())));
+        if config.notifications.enabled {
+            let dispatcher = Dispatcher::new(
+                opened.store.notifications.clone(),
+                notifiers(config).await?,
+                config.notifications.delivery.clone(),
+            );
+            let stop = stopped(shutdown.clone());
+            tasks.push(tokio::spawn(async move { dispatcher.run(stop).await }));
+        }
+        tracing::info!(
+            queue = queue.kind(),
+            concurrency = r.concurrency,
+            "renewal workers running"
+        );
+    }
+    Ok(tasks)
+}
+
+/// A future that completes when `rx` turns true (or its sender is gone).
+pub(super) async fn stopped(mut rx: watch::Receiver<bool>) {
+    while !*rx.borrow() {
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// `certflow serve` (all roles unless `--roles` narrows them) and `certflow worker`.
+pub async fn serve(config: Config, roles: Roles) -> anyhow::Result<()> {
+    let opened = open_services(&config).await?;
+    let services = opened.services.clone();
+    let settings = CaSettings {
+        name: config.ca.name.clone(),
+        key_type: config.ca_key_type()?,
+        root_validity_days: config.ca.root_validity_days,
+        intermediate_validity_days: config.ca.intermediate_validity_days,
+    };
+    let (issuer, created) = services
+        .ensure_ca(&settings, time::OffsetDateTime::now_utc())
+        .await
+        .context("internal CA")?;
+    if created {
+        tracing::info!(issuer = %issuer.id, subject = %issuer.subject, "created the internal CA");
+    }
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let draining = crate::telemetry::observe::Draining::default();
+    // SIGTERM (or Ctrl-C): readiness fails at once, workers start handing
+    // back, the listener drains (see serve_api).
+    {
+        let draining = draining.clone();
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            tracing::info!("shutting down: draining");
+            draining.start();
+            let _ = stop_tx.send(true);
+        });
+    }
+    let mut tasks = spawn_roles(&config, roles, &opened, &stop_rx).await?;
+    if roles.api {
+        serve_api(
+            &config,
+            &opened,
+            services,
+            draining,
+            stop_rx.clone(),
+            &mut tasks,
+        )
+        .await?;
+    } else {
+        println!("certflow: running {roles:?} (no API listener)");
+        stopped(stop_rx.clone()).await;
+    }
+    for task in tasks {
+        // Workers finish the jobs in hand within their grace, or hand them back.
+        let _ = tokio::time::timeout(Duration::from_secs(30), task).await;
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn serve_api(
+    config: &Config,
+    opened: &Opened,
+    services: Services,
+    draining: crate::telemetry::observe::Draining,
+    stop: watch::Receiver<bool>,
+    tasks: &mut Vec<tokio::task::JoinHandle<()>>,
+) -> anyhow::Result<()> {
+    let bootstrap_hash = Arc::new(RwLock::new(None));
+    if config.auth.bootstrap_token {
+        if let Some(token) = auth::ensure_bootstrap_token(services.store().as_ref()).await? {
+            // Printed once on stdout, never logged: logs are shipped, stdout of a first start is not.
+            println!("certflow: bootstrap admin token (shown once; it is stored only as a hash):");
+            println!("export CERTFLOW_TOKEN={token}");
+        }
+        auth::refresh_bootstrap_hash(services.store().as_ref(), &bootstrap_hash).await?;
+        spawn_settings_watch(
+            services.clone(),
+            opened.feed.clone(),
+            bootstrap_hash.clone(),
+        );
+    }
+    spawn_sweeper(services.clone(), config);
+    let deploy =
+        crate::deploy_cache::DeployState::new(deployments(config, opened), opened.feed.clone());
+    crate::deploy_cache::watch::spawn_cache_watch(deploy.cache.clone(), &opened.feed);
+    let (agents, agent_listener) = start_agents(config, opened, &services, deploy.clone()).await?;
+    let limits = Arc::new(crate::rate_limit::ConsoleLimits::new(&config.console)?);
+    let console = crate::web::login::ConsoleAuth::from_config(
+        config,
+        opened.store.sessions.clone(),
+        services.store().clone(),
+        limits.clone(),
+    )?;
+    let issuers = crate::ops::gauges::IssuerHealth::default();
+    let acme_probes = config
+        .acme
+        .iter()
+        .map(|(name, a)| {
+            (
+                name.clone(),
+                crate::ops::gauges::AcmeProbe {
+                    directory_url: a.directory_url.clone(),
+                    ca_bundle: a.ca_bundle.clone(),
+                },
+            )
+        })
+        .collect();
+    tasks.push(crate::ops::gauges::spawn_issuer_probe(
+        services.clone(),
+        acme_probes,
+        issuers.clone(),
+        stop.clone(),
+    ));
+    let domain_metrics = crate::ops::gauges::DomainMetrics {
+        deployments: opened.store.deployments.clone(),
+        drift_after: time::Duration::seconds(
+            i64::try_from(config.agent.drift_after_seconds).unwrap_or(i64::MAX / 2),
+        ),
+        issuers,
+    };
+    let state = AppState {
+        services,
+        bootstrap_hash,
+        renewal: Arc::new(RenewalView {
+            queue: renewal_queue(config, &opened.store).await?,
+            ledger: opened.store.ledger.clone(),
+            notifications: opened.store.notifications.clone(),
+        }),
+        authenticators: Arc::new(bearer_authenticators(config)?),
+        sessions: console.as_ref().map(|c| c.sessions().clone()),
+        limits,
+        deploy,
+        agents,
+    };
+    tasks.extend(crate::ops::emf::spawn(
+        config.log.emf,
+        state.clone(),
+        domain_metrics.clone(),
+        stop.clone(),
+    ));
+    let listener = tokio::net::TcpListener::bind(config.server.listen)
+        .await
+        .with_context(|| format!("binding {}", config.server.listen))?;
+    let addr = listener.local_addr()?;
+    println!("certflow: listening on http://{addr}");
+    tracing::info!(%addr, public_url = %config.public_url(), "console API listening");
+    // ACME HTTP-01 challenges are answered on this listener: route port 80 of
+    // the certified names here (or use DNS-01).
+    let app = crate::router::app(state).merge(certflow_acme::http01_router(opened.http01.clone()));
+    // Browser login to the console, when [auth.oidc] is configured.
+    let app = match console {
+        Some(console) => app.merge(crate::web::login::router(console)),
+        None => app,
+    };
+    // Outermost, over every merged router: request id and access log.
+    let app = app
+        .layer(axum::Extension(domain_metrics))
+        .layer(axum::Extension(draining))
+        .layer(axum::middleware::from_fn(
+            crate::telemetry::observe::access_log,
+        ));
+    let delay = Duration::from_secs(config.server.drain_delay_secs);
+    let bound = Duration::from_secs(config.server.drain_timeout_secs);
+    if let Some(listener) = agent_listener {
+        // Closes with the console listener and drains alongside it.
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            stopped(stop).await;
+            tokio::time::sleep(delay).await;
+            listener.drain(bound).await;
+        }));
+    }
+    let closing = {
+        let stop = stop.clone();
+        async move {
+            stopped(stop).await;
+            // Still accepting, /readyz at 503: load balancers take us out.
+            tokio::time::sleep(delay).await;
+            tracing::info!(timeout = ?bound, "listener closed; waiting for requests in flight");
+        }
+    };
+    let server = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(closing)
+    .into_future();
+    tokio::pin!(server);
+    let cut_off = async {
+        stopped(stop).await;
+        tokio::time::sleep(delay + bound).await;
+    };
+    tokio::select! {
+        served = &mut server => served.context("server")?,
+        () = cut_off => {
+            tracing::warn!(timeout = ?bound, "requests still in flight after the drain timeout; cut short");
+        }
+    }
+    Ok(())
+}
+
+/// The agent use cases, the agent-identity CA (created on first start) and,
+/// when `[agent] listen` is set, the agent listener.
+async fn start_agents(
+    config: &Config,
+    opened: &Opened,
+    services: &Services,
+    deploy: crate::deploy_cache::DeployState,
+) -> anyhow::Result<(
+    certflow_services::agents::Agents,
+    Option<crate::agent_api::AgentListener>,
+)> {
+    let settings = certflow_services::agents::AgentSettings {
+        identity_validity_secs: config.agent.identity_validity_secs,
+        ca_key_type: config.ca_key_type()?,
+        ..Default::default()
+    };
+    let agents =
+        certflow_services::agents::Agents::new(services, opened.store.agents.clone(), settings);
+    let (ca, created) = agents
+        .ensure_ca(time::OffsetDateTime::now_utc())
+        .await
+        .context("agent-identity CA")?;
+    if created {
+        tracing::info!(agent_ca = %ca.id, "created the agent-identity CA");
+    }
+    let agents = agents.with_changes(Arc::new(FeedAgentChanges(opened.feed.clone())));
+    spawn_agent_watch(agents.clone(), opened.feed.clone());
+    let tokens: Option<Arc<dyn crate::agent_api::token::AgentTokenVerifier>> =
+        match token_validator(config)? {
+            Some(v) => Some(Arc::new(crate::agent_api::token::OidcAgentTokens(
+                Arc::new(v),
+            ))),
+            None => None,
+        };
+    let listener = crate::agent_api::start(&config.agent, agents.clone(), tokens, deploy).await?;
+    if let Some(listener) = &listener {
+        println!("certflow: agent listener on https://{}", listener.addr);
+        tracing::info!(addr = %listener.addr, "agent listener (mTLS) listening");
+    }
+    Ok((agents, listener))
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        if let Ok(mut term) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            tokio::select! {
+                _ = ctrl_c => {},
+                _ = term.recv() => {},
+            }
+            return;
+        }
+    }
+    let _ = ctrl_c.await;
+}

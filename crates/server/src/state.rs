@@ -1,0 +1,43 @@
+//! The application state every console-listener handler shares (API, pages,
+//! probes): the use cases and the caches, as plain fields.
+
+use std::sync::Arc;
+
+use certflow_core::ports::{NotificationStore, RenewalLedger};
+use certflow_core::renewal::RenewalQueue;
+use certflow_services::Services;
+use certflow_services::agents::Agents;
+
+use crate::deploy_cache::DeployState;
+
+/// Shared state of all handlers.
+#[derive(Clone)]
+pub struct AppState {
+    /// The use cases.
+    pub services: Services,
+    /// SHA-256 (hex) of the bootstrap admin token, when that token is enabled;
+    /// refreshed when a replica announces a settings change.
+    pub bootstrap_hash: std::sync::Arc<std::sync::RwLock<Option<String>>>,
+    /// Renewal queue, ledger and deliveries, for status and metrics.
+    pub renewal: Arc<RenewalView>,
+    /// Bearer-token authenticators tried after the bootstrap token.
+    pub authenticators: std::sync::Arc<Vec<std::sync::Arc<dyn crate::auth::BearerAuthenticator>>>,
+    /// Browser sessions (console SSO), when `[auth.oidc]` is configured.
+    pub sessions: Option<crate::session::Sessions>,
+    /// Console rate limits and client addresses (`[console]`).
+    pub limits: std::sync::Arc<crate::rate_limit::ConsoleLimits>,
+    /// The deployment use cases and the agents' assignment cache.
+    pub deploy: DeployState,
+    /// The agent use cases (agents, join tokens, the agent-identity CA).
+    pub agents: Agents,
+}
+
+/// What the API reads about renewal and notifications.
+pub struct RenewalView {
+    /// The configured renewal queue (for depth and age).
+    pub queue: Arc<dyn RenewalQueue>,
+    /// Renewal jobs per certificate.
+    pub ledger: Arc<dyn RenewalLedger>,
+    /// Deliveries (for metrics).
+    pub notifications: Arc<dyn NotificationStore>,
+}
