@@ -1,0 +1,642 @@
+//! Tampering with the audit trail behind the store's back, as someone with
+//! the database's own credentials would: the triggers refuse it; with them
+//! out of the way, `verify_audit_chain` names the first broken link. Needs a
+//! second connection, so SQLite runs on a file (a memory database is private
+//! to its one connection).
+
+use std::borrow::Cow;
+
+use certflow_core::model::{
+    Actor, AuditChainBreak, AuditChainFault, AuditEvent, AuditQuery, Outcome,
+};
+use certflow_core::ports::MetadataStore;
+use certflow_store::{PgOptions, PgStore, SqliteStore};
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::{AssertSqlSafe, Connection, Executor, PgConnection, SqlSafeStr, SqliteConnection};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::support::pg::TestDb;
+
+/// Defines a tampering case and registers it on the backends that can be
+/// tampered with from a second connection: `<case>::sqlite_file` and
+/// `<case>::postgres`. The case gets the store and a direct connection to
+/// its database.
+macro_rules! tamper_case {
+    ($(#[$attr:meta])* async fn $case:ident $($signature_and_body:tt)*) => {
+        $(#[$attr])*
+        async fn $case $($signature_and_body)*
+
+        mod $case {
+            #[tokio::test]
+            async fn sqlite_file() {
+                let (store, mut raw, _guard) = super::sqlite().await;
+                super::$case(&store, &mut raw).await;
+            }
+
+            #[tokio::test]
+            async fn postgres() {
+                let (store, mut raw, _guard) = super::pg().await;
+                super::$case(&store, &mut raw).await;
+            }
+        }
+    };
+}
+
+/// A direct connection to the store's database.
+pub enum Raw {
+    Sqlite(SqliteConnection),
+    Pg(PgConnection),
+}
+
+impl Raw {
+    async fn exec(&mut self, sql: &str) -> Result<(), String> {
+        let sql = AssertSqlSafe(sql.to_owned());
+        match self {
+            Raw::Sqlite(c) => c.execute(sql).await.map(drop),
+            Raw::Pg(c) => c.execute(sql).await.map(drop),
+        }
+        .map_err(|e| e.to_string())
+    }
+
+    async fn must_fail(&mut self, sql: &str) -> String {
+        match self.exec(sql).await {
+            Ok(()) => panic!("{sql} succeeded"),
+            Err(e) => e,
+        }
+    }
+
+    async fn ids_in_seq_order(&mut self) -> Vec<Uuid> {
+        let sql = "SELECT id FROM audit_events ORDER BY seq";
+        let ids: Vec<String> = match self {
+            Raw::Sqlite(c) => sqlx::query_scalar(sql).fetch_all(c).await,
+            Raw::Pg(c) => sqlx::query_scalar(sql).fetch_all(c).await,
+        }
+        .unwrap();
+        ids.iter().map(|s| s.parse().unwrap()).collect()
+    }
+
+    /// What an attacker with the database's credentials does first.
+    async fn drop_guards(&mut self) {
+        let statements: &[&str] = match self {
+            Raw::Sqlite(_) => &[
+                "DROP TRIGGER audit_events_link",
+                "DROP TRIGGER audit_events_no_update",
+                "DROP TRIGGER audit_events_no_delete",
+                "DROP TRIGGER audit_events_advance_on_insert",
+                "DROP TRIGGER audit_events_advance_on_link",
+                "DROP TRIGGER audit_chain_head_forward",
+                "DROP TRIGGER audit_chain_head_no_delete",
+            ],
+            Raw::Pg(_) => &[
+                "ALTER TABLE audit_events DISABLE TRIGGER USER",
+                "ALTER TABLE audit_chain_head DISABLE TRIGGER USER",
+            ],
+        };
+        for sql in statements {
+            self.exec(sql).await.unwrap();
+        }
+    }
+}
+
+async fn sqlite() -> (SqliteStore, Raw, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("certflow.db");
+    let store = SqliteStore::open(&path).await.unwrap();
+    let raw = SqliteConnection::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .unwrap();
+    (store, Raw::Sqlite(raw), dir)
+}
+
+async fn pg() -> (PgStore, Raw, TestDb) {
+    let db = TestDb::create().await;
+    let store = PgStore::connect(&db.url(), PgOptions::default())
+        .await
+        .unwrap();
+    let raw = db.connect().await;
+    (store, Raw::Pg(raw), db)
+}
+
+fn event(i: u32) -> AuditEvent {
+    AuditEvent::success(
+        OffsetDateTime::from_unix_timestamp(1_767_225_600 + i64::from(i)).unwrap(),
+        &Actor {
+            subject: "alice".into(),
+            source: Some("192.0.2.7".into()),
+        },
+        "certificate.download",
+        format!("certificate/{i}"),
+        serde_json::json!({ "i": i }),
+    )
+}
+
+/// Appends `n` events; their ids in chain order.
+async fn seed(store: &dyn MetadataStore, n: u32) -> Vec<Uuid> {
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let e = event(i);
+        store.append_audit(&e).await.unwrap();
+        ids.push(e.id);
+    }
+    ids
+}
+
+async fn broken_at(store: &dyn MetadataStore, checked: u64) -> AuditChainBreak {
+    let report = store.verify_audit_chain().await.unwrap();
+    assert_eq!(report.checked, checked, "{report:?}");
+    report.first_break.expect("a break")
+}
+
+tamper_case! {
+    async fn guards_refuse_changes(store: &dyn MetadataStore, raw: &mut Raw) {
+        seed(store, 3).await;
+        for sql in [
+            "UPDATE audit_events SET details = '{}' WHERE seq = 2",
+            "UPDATE audit_events SET outcome = 'failure'",
+            "UPDATE audit_events SET seq = NULL, prev_hash = NULL, hash = NULL WHERE seq = 3",
+            "DELETE FROM audit_events WHERE seq = 2",
+            "DELETE FROM audit_events",
+            // Writing around the store: no link, a skipped seq, a wrong prev_hash.
+            "INSERT INTO audit_events (id, at, subject, action, target, outcome, details) \
+             VALUES ('x', 0, 's', 'a', 't', 'success', '{}')",
+            "UPDATE audit_chain_head SET seq = 2",
+            "DELETE FROM audit_chain_head",
+        ] {
+            let error = raw.must_fail(sql).await;
+            assert!(error.contains("audit"), "{sql}: {error}");
+        }
+        let head_hash: String = match raw {
+            Raw::Sqlite(c) => sqlx::query_scalar("SELECT hash FROM audit_chain_head")
+                .fetch_one(c)
+                .await
+                .unwrap(),
+            Raw::Pg(c) => {
+                let error = c
+                    .execute("TRUNCATE audit_events")
+                    .await
+                    .unwrap_err()
+                    .to_string();
+                assert!(error.contains("append-only"), "{error}");
+                sqlx::query_scalar("SELECT hash FROM audit_chain_head")
+                    .fetch_one(c)
+                    .await
+                    .unwrap()
+            }
+        };
+        let forged = format!(
+            "INSERT INTO audit_events (id, at, subject, action, target, outcome, details, seq, \
+             prev_hash, hash) VALUES ('x', 0, 's', 'a', 't', 'success', '{{}}', 5, '{head_hash}', \
+             '{}')",
+            "1".repeat(64)
+        );
+        raw.must_fail(&forged).await;
+        let report = store.verify_audit_chain().await.unwrap();
+        assert_eq!((report.checked, report.first_break), (3, None));
+    }
+}
+
+tamper_case! {
+    async fn edited_details_are_found(store: &dyn MetadataStore, raw: &mut Raw) {
+        let ids = seed(store, 5).await;
+        raw.drop_guards().await;
+        raw.exec(r#"UPDATE audit_events SET details = '{"i":99}' WHERE seq = 3"#)
+            .await
+            .unwrap();
+        assert_eq!(
+            broken_at(store, 2).await,
+            AuditChainBreak {
+                seq: 3,
+                id: Some(ids[2]),
+                reason: AuditChainFault::HashMismatch,
+            }
+        );
+    }
+}
+
+tamper_case! {
+    async fn edited_link_is_found(store: &dyn MetadataStore, raw: &mut Raw) {
+        let ids = seed(store, 5).await;
+        raw.drop_guards().await;
+        // A row re-hashed over a forged predecessor no longer follows the real one.
+        raw.exec(&format!(
+            "UPDATE audit_events SET prev_hash = '{}' WHERE seq = 4",
+            "a".repeat(64)
+        ))
+        .await
+        .unwrap();
+        assert_eq!(
+            broken_at(store, 3).await,
+            AuditChainBreak {
+                seq: 4,
+                id: Some(ids[3]),
+                reason: AuditChainFault::PrevHashMismatch,
+            }
+        );
+    }
+}
+
+tamper_case! {
+    async fn deleted_middle_row_is_found(store: &dyn MetadataStore, raw: &mut Raw) {
+        let ids = seed(store, 5).await;
+        raw.drop_guards().await;
+        raw.exec("DELETE FROM audit_events WHERE seq = 3")
+            .await
+            .unwrap();
+        assert_eq!(
+            broken_at(store, 2).await,
+            AuditChainBreak {
+                seq: 3,
+                id: Some(ids[3]),
+                reason: AuditChainFault::SeqGap,
+            }
+        );
+    }
+}
+
+tamper_case! {
+    async fn deleted_tail_is_found(store: &dyn MetadataStore, raw: &mut Raw) {
+        seed(store, 5).await;
+        raw.drop_guards().await;
+        raw.exec("DELETE FROM audit_events WHERE seq >= 4")
+            .await
+            .unwrap();
+        assert_eq!(
+            broken_at(store, 3).await,
+            AuditChainBreak {
+                seq: 4,
+                id: None,
+                reason: AuditChainFault::SeqGap,
+            }
+        );
+    }
+}
+
+tamper_case! {
+    async fn rows_written_around_the_chain_are_found(store: &dyn MetadataStore, raw: &mut Raw) {
+        seed(store, 2).await;
+        raw.drop_guards().await;
+        let id = Uuid::now_v7();
+        raw.exec(&format!(
+            "INSERT INTO audit_events (id, at, subject, action, target, outcome, details) \
+             VALUES ('{id}', 0, 's', 'a', 't', 'success', '{{}}')"
+        ))
+        .await
+        .unwrap();
+        assert_eq!(
+            broken_at(store, 2).await,
+            AuditChainBreak {
+                seq: 0,
+                id: Some(id),
+                reason: AuditChainFault::Unchained,
+            }
+        );
+        // And a head that no longer names the last row.
+        raw.exec(&format!("DELETE FROM audit_events WHERE id = '{id}'"))
+            .await
+            .unwrap();
+        raw.exec(&format!(
+            "UPDATE audit_chain_head SET hash = '{}'",
+            "b".repeat(64)
+        ))
+        .await
+        .unwrap();
+        let b = broken_at(store, 2).await;
+        assert_eq!((b.seq, b.reason), (2, AuditChainFault::HeadMismatch));
+    }
+}
+
+// ------------------------------------------------------------ upgrade
+
+/// The migrations before the audit chain, as an older release applied them.
+pub fn before_chain(sqls: [&'static str; 3]) -> Migrator {
+    let descriptions = ["init", "idempotency keys", "renewal and notifications"];
+    Migrator::with_migrations(
+        sqls.iter()
+            .zip(descriptions)
+            .zip(1..)
+            .map(|((sql, description), version)| {
+                Migration::new(
+                    version,
+                    Cow::Borrowed(description),
+                    MigrationType::Simple,
+                    sql.into_sql_str(),
+                    false,
+                )
+            })
+            .collect(),
+    )
+}
+
+/// Events an older release wrote (no links), inserted out of id order.
+fn old_events(n: u32) -> (Vec<String>, Vec<Uuid>) {
+    let mut ids: Vec<Uuid> = (0..n).map(|_| Uuid::now_v7()).collect();
+    ids.sort();
+    let mut inserts: Vec<String> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            let source = if i % 3 == 0 { "NULL" } else { "'192.0.2.7'" };
+            let outcome = if i % 4 == 0 { "failure" } else { "success" };
+            format!(
+                "INSERT INTO audit_events (id, at, subject, source, action, target, outcome, \
+                 details) VALUES ('{id}', {}, 'alice', {source}, 'certificate.create', \
+                 'certificate/{i}', '{outcome}', '{{\"i\":{i}}}')",
+                1_767_225_600 + i
+            )
+        })
+        .collect();
+    inserts.reverse();
+    (inserts, ids)
+}
+
+/// More old events than one linking page (1000).
+const OLD_EVENTS: u32 = 2345;
+
+async fn upgraded_chain_verifies(store: &dyn MetadataStore, raw: &mut Raw, ids: &[Uuid]) {
+    let report = store.verify_audit_chain().await.unwrap();
+    assert_eq!(report.first_break, None, "{report:?}");
+    assert_eq!(report.checked, u64::from(OLD_EVENTS));
+    // Linked in id order, which is creation order.
+    assert_eq!(raw.ids_in_seq_order().await, ids);
+    // New events continue the chain, and the old ones are now guarded.
+    let mut failure = event(0);
+    failure.outcome = Outcome::Failure;
+    store.append_audit(&failure).await.unwrap();
+    raw.must_fail("DELETE FROM audit_events WHERE seq = 1")
+        .await;
+    let report = store.verify_audit_chain().await.unwrap();
+    assert_eq!(
+        (report.checked, report.first_break),
+        (u64::from(OLD_EVENTS) + 1, None)
+    );
+    let total = store
+        .list_audit(&AuditQuery {
+            limit: 1,
+            ..AuditQuery::default()
+        })
+        .await
+        .unwrap()
+        .total;
+    assert_eq!(total, u64::from(OLD_EVENTS) + 1);
+}
+
+#[tokio::test]
+async fn sqlite_upgrade_links_existing_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("certflow.db");
+    let url = format!("sqlite://{}?mode=rwc", path.display());
+    let mut old = SqliteConnection::connect(&url).await.unwrap();
+    before_chain([
+        include_str!("../../migrations/sqlite/0001_init.sql"),
+        include_str!("../../migrations/sqlite/0002_idempotency_keys.sql"),
+        include_str!("../../migrations/sqlite/0003_renewal_and_notifications.sql"),
+    ])
+    .run(&mut old)
+    .await
+    .unwrap();
+    let (inserts, ids) = old_events(OLD_EVENTS);
+    old.execute("BEGIN").await.unwrap();
+    for sql in inserts {
+        old.execute(AssertSqlSafe(sql)).await.unwrap();
+    }
+    old.execute("COMMIT").await.unwrap();
+    old.close().await.unwrap();
+
+    let store = SqliteStore::open(&path).await.unwrap();
+    let mut raw = Raw::Sqlite(SqliteConnection::connect(&url).await.unwrap());
+    upgraded_chain_verifies(&store, &mut raw, &ids).await;
+    // Opening again finds nothing left to link.
+    store.close().await;
+    let store = SqliteStore::open(&path).await.unwrap();
+    let report = store.verify_audit_chain().await.unwrap();
+    assert_eq!(
+        (report.checked, report.first_break),
+        (u64::from(OLD_EVENTS) + 1, None)
+    );
+}
+
+#[tokio::test]
+async fn postgres_upgrade_links_existing_events() {
+    let db = TestDb::create().await;
+    let mut old = db.connect().await;
+    before_chain([
+        include_str!("../../migrations/postgres/0001_init.sql"),
+        include_str!("../../migrations/postgres/0002_idempotency_keys.sql"),
+        include_str!("../../migrations/postgres/0003_renewal_and_notifications.sql"),
+    ])
+    .run(&mut old)
+    .await
+    .unwrap();
+    let (inserts, ids) = old_events(OLD_EVENTS);
+    old.execute("BEGIN").await.unwrap();
+    for sql in inserts {
+        old.execute(AssertSqlSafe(sql)).await.unwrap();
+    }
+    old.execute("COMMIT").await.unwrap();
+    old.close().await.unwrap();
+
+    // Replicas starting together take turns linking, one chain results.
+    let url = db.url();
+    let connect = || PgStore::connect(&url, PgOptions::default());
+    let (a, b, c) = tokio::join!(connect(), connect(), connect());
+    let (store, _b, _c) = (a.unwrap(), b.unwrap(), c.unwrap());
+    let mut raw = Raw::Pg(db.connect().await);
+    upgraded_chain_verifies(&store, &mut raw, &ids).await;
+}
+
+/// What the chain costs, printed (`cargo test -p certflow-store --test
+/// metadata_store -- --ignored --nocapture audit_chain_cost`): audited writes
+/// per second with 1 and 16 writers against the same INSERT into an unchained
+/// copy of the table, and linking (upgrade) and verifying 100,000 events.
+mod cost {
+    use std::time::Instant;
+
+    use certflow_core::model::{Actor, AuditEvent};
+    use certflow_core::ports::MetadataStore;
+    use certflow_store::{PgOptions, PgStore, SqliteStore};
+    use sqlx::{AssertSqlSafe, Connection, Executor, SqliteConnection};
+
+    use crate::support::pg::TestDb;
+
+    const LINKED: usize = 100_000;
+    const EACH: usize = 200;
+
+    fn event(i: usize) -> AuditEvent {
+        AuditEvent::success(
+            time::OffsetDateTime::from_unix_timestamp(1_767_225_600).unwrap(),
+            &Actor {
+                subject: "alice".into(),
+                source: Some("192.0.2.7".into()),
+            },
+            "certificate.key.download",
+            format!("certificate/{}", uuid::Uuid::new_v4()),
+            serde_json::json!({ "version": i, "format": "pem" }),
+        )
+    }
+
+    /// Events per second with `writers` concurrent writers through the store.
+    async fn chained(store: &dyn MetadataStore, writers: usize) -> f64 {
+        let started = Instant::now();
+        futures::future::join_all((0..writers).map(|_| async {
+            for i in 0..EACH {
+                store.append_audit(&event(i)).await.unwrap();
+            }
+        }))
+        .await;
+        (writers * EACH) as f64 / started.elapsed().as_secs_f64()
+    }
+
+    /// The same rows into `audit_plain` (no chain), one transaction each.
+    async fn plain(pool: &sqlx::PgPool, writers: usize) -> f64 {
+        let started = Instant::now();
+        futures::future::join_all((0..writers).map(|_| async {
+            for i in 0..EACH {
+                let e = event(i);
+                let mut tx = pool.begin().await.unwrap();
+                sqlx::query(
+                    "INSERT INTO audit_plain (id, at, subject, source, action, target, outcome, \
+                     details) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                )
+                .bind(e.id.to_string())
+                .bind(e.at.unix_timestamp())
+                .bind(e.actor.subject)
+                .bind(e.actor.source)
+                .bind(e.action)
+                .bind(e.target)
+                .bind("success")
+                .bind(e.details.to_string())
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+                tx.commit().await.unwrap();
+            }
+        }))
+        .await;
+        (writers * EACH) as f64 / started.elapsed().as_secs_f64()
+    }
+
+    /// `LINKED` old events, inserted 1000 a statement.
+    fn old_event_batches() -> Vec<String> {
+        (0..LINKED)
+            .collect::<Vec<_>>()
+            .chunks(1000)
+            .map(|chunk| {
+                let values: Vec<String> = chunk
+                    .iter()
+                    .map(|i| {
+                        format!(
+                            "('{}', {}, 'alice', '192.0.2.7', 'certificate.key.download', \
+                             'certificate/{i}', 'success', '{{\"version\":1,\"format\":\"pem\"}}')",
+                            uuid::Uuid::now_v7(),
+                            1_767_225_600 + i
+                        )
+                    })
+                    .collect();
+                format!(
+                    "INSERT INTO audit_events (id, at, subject, source, action, target, outcome, \
+                     details) VALUES {}",
+                    values.join(", ")
+                )
+            })
+            .collect()
+    }
+
+    async fn verify_rate(store: &dyn MetadataStore) -> f64 {
+        let started = Instant::now();
+        let report = store.verify_audit_chain().await.unwrap();
+        assert_eq!((report.checked, report.first_break), (LINKED as u64, None));
+        LINKED as f64 / started.elapsed().as_secs_f64()
+    }
+
+    #[tokio::test]
+    #[ignore = "measurement; run with --ignored --nocapture"]
+    async fn audit_chain_cost() {
+        // Concurrent writers on PostgreSQL, chained vs plain.
+        let db = TestDb::create().await;
+        let store = PgStore::connect(&db.url(), PgOptions::default())
+            .await
+            .unwrap();
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(PgOptions::default().max_connections)
+            .connect(&db.url())
+            .await
+            .unwrap();
+        pool.execute(
+            "CREATE TABLE audit_plain (LIKE audit_events INCLUDING DEFAULTS INCLUDING INDEXES)",
+        )
+        .await
+        .unwrap();
+        for writers in [1, 16] {
+            let p = plain(&pool, writers).await;
+            let c = chained(&store, writers).await;
+            println!(
+                "postgres, {writers} writers: chained {c:.0} events/s, plain {p:.0} events/s ({:.0}%)",
+                100.0 * c / p
+            );
+        }
+        pool.close().await;
+        store.close().await;
+
+        // Linking 100k events of an upgraded database, then verifying them.
+        let db = TestDb::create().await;
+        let mut old = db.connect().await;
+        super::before_chain([
+            include_str!("../../migrations/postgres/0001_init.sql"),
+            include_str!("../../migrations/postgres/0002_idempotency_keys.sql"),
+            include_str!("../../migrations/postgres/0003_renewal_and_notifications.sql"),
+        ])
+        .run(&mut old)
+        .await
+        .unwrap();
+        for sql in old_event_batches() {
+            old.execute(AssertSqlSafe(sql)).await.unwrap();
+        }
+        old.close().await.unwrap();
+        let started = Instant::now();
+        let store = PgStore::connect(&db.url(), PgOptions::default())
+            .await
+            .unwrap();
+        println!(
+            "postgres: linked {LINKED} events on upgrade in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+        println!(
+            "postgres: verified {:.0} events/s",
+            verify_rate(&store).await
+        );
+        store.close().await;
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("certflow.db");
+        let url = format!("sqlite://{}?mode=rwc", path.display());
+        let mut old = SqliteConnection::connect(&url).await.unwrap();
+        super::before_chain([
+            include_str!("../../migrations/sqlite/0001_init.sql"),
+            include_str!("../../migrations/sqlite/0002_idempotency_keys.sql"),
+            include_str!("../../migrations/sqlite/0003_renewal_and_notifications.sql"),
+        ])
+        .run(&mut old)
+        .await
+        .unwrap();
+        for sql in old_event_batches() {
+            old.execute(AssertSqlSafe(sql)).await.unwrap();
+        }
+        old.close().await.unwrap();
+        let started = Instant::now();
+        let store = SqliteStore::open(&path).await.unwrap();
+        println!(
+            "sqlite: linked {LINKED} events on upgrade in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+        println!("sqlite: verified {:.0} events/s", verify_rate(&store).await);
+        let started = Instant::now();
+        for i in 0..1000 {
+            store.append_audit(&event(i)).await.unwrap();
+        }
+        println!(
+            "sqlite (file), 1 writer: chained {:.0} events/s",
+            1000.0 / started.elapsed().as_secs_f64()
+        );
+    }
+}
