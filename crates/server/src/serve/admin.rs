@@ -4,7 +4,7 @@
 use anyhow::bail;
 use certflow_core::model::Actor;
 
-use super::wiring::*;
+use super::wiring::{open_services, open_store};
 use crate::auth;
 use crate::config::{Config, DatabaseKind};
 

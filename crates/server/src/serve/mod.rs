@@ -23,8 +23,14 @@ use tokio::sync::watch;
 use crate::auth;
 use crate::config::Config;
 use crate::state::{AppState, RenewalView};
-use tasks::*;
-use wiring::*;
+use tasks::{
+    FeedAgentChanges, spawn_agent_watch, spawn_crl_refresh, spawn_drift_check,
+    spawn_settings_watch, spawn_sweeper,
+};
+use wiring::{
+    Opened, bearer_authenticators, deployments, notifiers, open_services, renewal_queue,
+    token_validator,
+};
 
 /// What a process runs: any mix of the console API, the renewal scheduler
 /// (with the expiry watcher) and renewal workers (with notification delivery).
