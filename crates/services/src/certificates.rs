@@ -187,115 +187,151 @@ struct Plan {
     issuer: Issuer,
 }
 
+/// The profile a create request asks for, tls-server by default.
+fn requested_profile(errors: &mut Vec<FieldError>, profile: Option<&str>) -> Option<Profile> {
+    match profile {
+        None => Some(Profile::TlsServer),
+        Some(p) => Profile::parse(p).or_else(|| {
+            errors.push(FieldError::new(
+                "profile",
+                format!("unknown profile '{p}'; one of tls-server, tls-client"),
+            ));
+            None
+        }),
+    }
+}
+
+/// A create request's CSR, parsed. Only a failure other than a bad CSR is
+/// an error; a bad one is among `errors`.
+fn requested_csr(errors: &mut Vec<FieldError>, csr: Option<&str>) -> DomainResult<Option<CsrInfo>> {
+    Ok(match csr {
+        None => None,
+        Some(pem) if pem.len() > MAX_CSR_BYTES => {
+            errors.push(FieldError::new(
+                "csr",
+                format!(
+                    "is {} bytes; at most {MAX_CSR_BYTES} are accepted",
+                    pem.len()
+                ),
+            ));
+            None
+        }
+        Some(pem) => match certflow_pki::parse_csr("csr", pem.as_bytes()) {
+            Ok(info) => Some(info),
+            Err(DomainError::Invalid(mut e)) => {
+                errors.append(&mut e);
+                None
+            }
+            Err(other) => return Err(other),
+        },
+    })
+}
+
+/// The key type of a create request: the CSR's key's, which a `key_type`
+/// given beside it must match; else the one asked for, else the default.
+fn requested_key_type(
+    errors: &mut Vec<FieldError>,
+    key_type: Option<&str>,
+    csr: Option<&CsrInfo>,
+) -> KeyType {
+    let requested_key_type = match key_type {
+        None => None,
+        Some(k) => KeyType::parse(k).or_else(|| {
+            let all: Vec<&str> = KeyType::ALL.iter().map(|k| k.as_str()).collect();
+            errors.push(FieldError::new(
+                "key_type",
+                format!("unknown key type '{k}'; one of {}", all.join(", ")),
+            ));
+            None
+        }),
+    };
+    match (csr, requested_key_type) {
+        (Some(info), Some(k)) if info.key_type != k => {
+            errors.push(FieldError::new(
+                "key_type",
+                format!(
+                    "is {} but the CSR's key is {}",
+                    k.as_str(),
+                    info.key_type.as_str()
+                ),
+            ));
+            k
+        }
+        (Some(info), _) => info.key_type,
+        (None, k) => k.unwrap_or_default(),
+    }
+}
+
+/// The names of a create request; without any, the CSR's SANs, else its CN.
+fn requested_names(
+    errors: &mut Vec<FieldError>,
+    names: &[String],
+    csr: Option<&CsrInfo>,
+) -> Vec<SubjectName> {
+    let raw_names: Vec<String> = match (csr, names.is_empty()) {
+        (Some(info), true) if !info.names.is_empty() => info.names.clone(),
+        (Some(info), true) => info.common_name.iter().cloned().collect(),
+        _ => names.to_vec(),
+    };
+    match validate_names("names", &raw_names) {
+        Ok(n) => n,
+        Err(mut e) => {
+            errors.append(&mut e);
+            Vec::new()
+        }
+    }
+}
+
+/// The validity in days of a create request (the profile's default unless
+/// given; 0 when the profile is unknown), checked with the optional
+/// `validity_seconds` against the profile's range.
+fn requested_validity(
+    errors: &mut Vec<FieldError>,
+    req: &CreateCertificateRequest,
+    profile: Option<Profile>,
+) -> u32 {
+    let validity_days = match profile {
+        Some(p) => {
+            let days = req.validity_days.unwrap_or(p.default_validity_days());
+            if days == 0 || days > p.max_validity_days() {
+                errors.push(FieldError::new(
+                    "validity_days",
+                    format!(
+                        "{days} is outside the {} profile's range of 1-{} days",
+                        p.as_str(),
+                        p.max_validity_days()
+                    ),
+                ));
+            }
+            days
+        }
+        None => 0,
+    };
+    if let (Some(secs), Some(p)) = (req.validity_seconds, profile) {
+        let max = u64::from(p.max_validity_days()) * 86_400;
+        if secs < 60 || u64::from(secs) > max {
+            errors.push(FieldError::new(
+                "validity_seconds",
+                format!(
+                    "{secs} is outside the {} profile's range of 60-{max} seconds",
+                    p.as_str()
+                ),
+            ));
+        }
+    }
+    validity_days
+}
+
 impl Services {
     async fn plan(&self, req: &CreateCertificateRequest) -> DomainResult<Plan> {
         let mut errors: Vec<FieldError> = Vec::new();
         validate::team(&mut errors, &req.team);
         validate::labels(&mut errors, &req.labels);
-
-        let profile = match req.profile.as_deref() {
-            None => Some(Profile::TlsServer),
-            Some(p) => Profile::parse(p).or_else(|| {
-                errors.push(FieldError::new(
-                    "profile",
-                    format!("unknown profile '{p}'; one of tls-server, tls-client"),
-                ));
-                None
-            }),
-        };
-
-        let csr = match req.csr.as_deref() {
-            None => None,
-            Some(pem) if pem.len() > MAX_CSR_BYTES => {
-                errors.push(FieldError::new(
-                    "csr",
-                    format!(
-                        "is {} bytes; at most {MAX_CSR_BYTES} are accepted",
-                        pem.len()
-                    ),
-                ));
-                None
-            }
-            Some(pem) => match certflow_pki::parse_csr("csr", pem.as_bytes()) {
-                Ok(info) => Some(info),
-                Err(DomainError::Invalid(mut e)) => {
-                    errors.append(&mut e);
-                    None
-                }
-                Err(other) => return Err(other),
-            },
-        };
-
-        let requested_key_type = match req.key_type.as_deref() {
-            None => None,
-            Some(k) => KeyType::parse(k).or_else(|| {
-                let all: Vec<&str> = KeyType::ALL.iter().map(|k| k.as_str()).collect();
-                errors.push(FieldError::new(
-                    "key_type",
-                    format!("unknown key type '{k}'; one of {}", all.join(", ")),
-                ));
-                None
-            }),
-        };
-        let key_type = match (&csr, requested_key_type) {
-            (Some(info), Some(k)) if info.key_type != k => {
-                errors.push(FieldError::new(
-                    "key_type",
-                    format!(
-                        "is {} but the CSR's key is {}",
-                        k.as_str(),
-                        info.key_type.as_str()
-                    ),
-                ));
-                k
-            }
-            (Some(info), _) => info.key_type,
-            (None, k) => k.unwrap_or_default(),
-        };
-
-        let raw_names: Vec<String> = match (&csr, req.names.is_empty()) {
-            (Some(info), true) if !info.names.is_empty() => info.names.clone(),
-            (Some(info), true) => info.common_name.iter().cloned().collect(),
-            _ => req.names.clone(),
-        };
-        let names = match validate_names("names", &raw_names) {
-            Ok(n) => n,
-            Err(mut e) => {
-                errors.append(&mut e);
-                Vec::new()
-            }
-        };
-
-        let validity_days = match profile {
-            Some(p) => {
-                let days = req.validity_days.unwrap_or(p.default_validity_days());
-                if days == 0 || days > p.max_validity_days() {
-                    errors.push(FieldError::new(
-                        "validity_days",
-                        format!(
-                            "{days} is outside the {} profile's range of 1-{} days",
-                            p.as_str(),
-                            p.max_validity_days()
-                        ),
-                    ));
-                }
-                days
-            }
-            None => 0,
-        };
-
-        if let (Some(secs), Some(p)) = (req.validity_seconds, profile) {
-            let max = u64::from(p.max_validity_days()) * 86_400;
-            if secs < 60 || u64::from(secs) > max {
-                errors.push(FieldError::new(
-                    "validity_seconds",
-                    format!(
-                        "{secs} is outside the {} profile's range of 60-{max} seconds",
-                        p.as_str()
-                    ),
-                ));
-            }
-        }
+        let profile = requested_profile(&mut errors, req.profile.as_deref());
+        let csr = requested_csr(&mut errors, req.csr.as_deref())?;
+        let key_type = requested_key_type(&mut errors, req.key_type.as_deref(), csr.as_ref());
+        let names = requested_names(&mut errors, &req.names, csr.as_ref());
+        let validity_days = requested_validity(&mut errors, req, profile);
         let renewal = req.renewal.as_ref().map(|r| RenewalPolicy {
             renew_at_fraction: r.renew_at_fraction,
             renew_before_days: r.renew_before_days,
@@ -316,7 +352,49 @@ impl Services {
             validate::display_name(&mut errors, &name);
         }
 
-        let issuer = match req.issuer_id {
+        let issuer = self.requested_issuer(&mut errors, req.issuer_id).await?;
+
+        match (errors.is_empty(), profile, issuer) {
+            (true, Some(profile), Some(issuer)) => {
+                // Only a request that is otherwise valid is held against the
+                // issuance policies: their verdict needs every field parsed.
+                self.policies
+                    .check(&IssuanceRequest {
+                        team: &req.team,
+                        issuer: &issuer.name,
+                        profile,
+                        key_type,
+                        names: &names,
+                        validity_days,
+                        validity_secs: req.validity_seconds,
+                    })
+                    .map_err(DomainError::Invalid)?;
+                Ok(Plan {
+                    name,
+                    team: req.team.clone(),
+                    profile,
+                    key_type,
+                    names,
+                    validity_days,
+                    validity_secs: req.validity_seconds,
+                    renewal,
+                    csr,
+                    issuer,
+                })
+            }
+            _ => Err(DomainError::Invalid(errors)),
+        }
+    }
+
+    /// The issuer a create request names, or by default certflow's default
+    /// issuer (an external CA never issues); `Conflict` when certflow has
+    /// none at all.
+    async fn requested_issuer(
+        &self,
+        errors: &mut Vec<FieldError>,
+        issuer_id: Option<Uuid>,
+    ) -> DomainResult<Option<Issuer>> {
+        Ok(match issuer_id {
             Some(id) => match self.store.get_issuer(id).await? {
                 Some(i) if i.kind == IssuerKind::External => {
                     errors.push(FieldError::new(
@@ -356,38 +434,7 @@ impl Services {
                 }
                 default
             }
-        };
-
-        match (errors.is_empty(), profile, issuer) {
-            (true, Some(profile), Some(issuer)) => {
-                // Only a request that is otherwise valid is held against the
-                // issuance policies: their verdict needs every field parsed.
-                self.policies
-                    .check(&IssuanceRequest {
-                        team: &req.team,
-                        issuer: &issuer.name,
-                        profile,
-                        key_type,
-                        names: &names,
-                        validity_days,
-                        validity_secs: req.validity_seconds,
-                    })
-                    .map_err(DomainError::Invalid)?;
-                Ok(Plan {
-                    name,
-                    team: req.team.clone(),
-                    profile,
-                    key_type,
-                    names,
-                    validity_days,
-                    validity_secs: req.validity_seconds,
-                    renewal,
-                    csr,
-                    issuer,
-                })
-            }
-            _ => Err(DomainError::Invalid(errors)),
-        }
+        })
     }
 
     /// Signs a version and writes its blobs. Returns the version row, the
