@@ -802,17 +802,7 @@ impl Services {
         // keyCompromise): whichever way the renewal would reuse it.
         let compromised = self.compromised_keys(&view).await?;
         let mut cert = view.certificate;
-        if cert.status == CertificateStatus::Archived {
-            return Err(DomainError::Conflict(format!(
-                "certificate {id} is archived"
-            )));
-        }
-        // Console, API, agent and worker renewals all pass here.
-        if !cert.managed {
-            return Err(DomainError::Conflict(format!(
-                "certificate {id} is inventory only: take over management first"
-            )));
-        }
+        refuse_unrenewable(&cert)?;
         let latest = view
             .versions
             .first()
@@ -823,44 +813,7 @@ impl Services {
         self.check_renewal_policy(actor, &cert, &issuer, latest.version, now)
             .await?
             .map_or(Ok(()), |fields| Err(DomainError::Invalid(fields)))?;
-        let new_csr = match csr {
-            Some(pem) if pem.len() > MAX_CSR_BYTES => {
-                return Err(DomainError::invalid(
-                    "csr",
-                    format!("at most {MAX_CSR_BYTES} bytes are accepted"),
-                ));
-            }
-            Some(pem) => {
-                if cert.key_source == KeySource::Server {
-                    return Err(DomainError::invalid(
-                        "csr",
-                        "this certificate's key is held by certflow; renew without a CSR",
-                    ));
-                }
-                let info = certflow_pki::parse_csr("csr", pem.as_bytes())?;
-                if let Some((n, _)) = compromised.iter().find(|(_, k)| *k == info.spki_der) {
-                    return Err(DomainError::invalid(
-                        "csr",
-                        format!(
-                            "its key was reported compromised (version {n} was revoked for \
-                             keyCompromise); generate a new key"
-                        ),
-                    ));
-                }
-                if info.key_type != cert.key_type {
-                    return Err(DomainError::invalid(
-                        "csr",
-                        format!(
-                            "key is {} but the certificate uses {}",
-                            info.key_type.as_str(),
-                            cert.key_type.as_str()
-                        ),
-                    ));
-                }
-                Some(info)
-            }
-            None => None,
-        };
+        let new_csr = renewal_csr(&cert, csr, &compromised)?;
         let old_spki;
         let subject_key = match (&new_csr, cert.key_source) {
             (Some(info), _) => SubjectKey::Public {
@@ -870,11 +823,7 @@ impl Services {
             },
             (None, KeySource::Server) => SubjectKey::Generate(cert.key_type),
             (None, KeySource::Csr) => {
-                let der = self.blobs.get(&latest.cert_blob).await?;
-                old_spki = certflow_pki::public_key_of(&der)?;
-                if let Some((n, _)) = compromised.iter().find(|(_, k)| *k == old_spki) {
-                    return Err(DomainError::Conflict(key_compromised_reason(id, *n)));
-                }
+                old_spki = self.reusable_key(id, latest, &compromised).await?;
                 SubjectKey::Public {
                     spki_der: &old_spki,
                     key_type: cert.key_type,
@@ -882,16 +831,7 @@ impl Services {
                 }
             }
         };
-        // ACME CAs link a renewal to what it replaces (RFC 9773 `replaces`).
-        let replaces = if issuer.kind == IssuerKind::Acme {
-            self.blobs
-                .get(&latest.cert_blob)
-                .await
-                .ok()
-                .map(|b| b.to_vec())
-        } else {
-            None
-        };
+        let replaces = self.acme_replaces(&issuer, latest).await;
         let next = latest.version + 1;
         let (version, written, lint_findings) = self
             .issue_version(
@@ -941,6 +881,36 @@ impl Services {
         self.publish_version_event(EventKind::Renewed, &view, next, now)
             .await;
         Ok(view)
+    }
+
+    /// The public key of the latest version, for a CSR-keyed renewal
+    /// without a new CSR; refused when that key was reported compromised.
+    async fn reusable_key(
+        &self,
+        id: Uuid,
+        latest: &CertificateVersion,
+        compromised: &[(u32, Vec<u8>)],
+    ) -> DomainResult<Vec<u8>> {
+        let der = self.blobs.get(&latest.cert_blob).await?;
+        let spki = certflow_pki::public_key_of(&der)?;
+        if let Some((n, _)) = compromised.iter().find(|(_, k)| *k == spki) {
+            return Err(DomainError::Conflict(key_compromised_reason(id, *n)));
+        }
+        Ok(spki)
+    }
+
+    /// What an ACME CA is told the renewal replaces (RFC 9773 `replaces`):
+    /// the latest version's certificate; nothing for other CAs.
+    async fn acme_replaces(&self, issuer: &Issuer, latest: &CertificateVersion) -> Option<Vec<u8>> {
+        if issuer.kind == IssuerKind::Acme {
+            self.blobs
+                .get(&latest.cert_blob)
+                .await
+                .ok()
+                .map(|b| b.to_vec())
+        } else {
+            None
+        }
     }
 
     /// Revokes a version (the current one by default) with an RFC 5280 reason.
@@ -1381,6 +1351,70 @@ impl Services {
         .await;
         DomainError::Conflict(reason)
     }
+}
+
+/// Refuses renewing an archived or an inventory-only certificate.
+fn refuse_unrenewable(cert: &Certificate) -> DomainResult<()> {
+    let id = cert.id;
+    if cert.status == CertificateStatus::Archived {
+        return Err(DomainError::Conflict(format!(
+            "certificate {id} is archived"
+        )));
+    }
+    // Console, API, agent and worker renewals all pass here.
+    if !cert.managed {
+        return Err(DomainError::Conflict(format!(
+            "certificate {id} is inventory only: take over management first"
+        )));
+    }
+    Ok(())
+}
+
+/// A renewal's new CSR, parsed: refused for a key certflow holds, above
+/// the size limit, for a key reported compromised, or of another key type.
+fn renewal_csr(
+    cert: &Certificate,
+    csr: Option<&str>,
+    compromised: &[(u32, Vec<u8>)],
+) -> DomainResult<Option<CsrInfo>> {
+    Ok(match csr {
+        Some(pem) if pem.len() > MAX_CSR_BYTES => {
+            return Err(DomainError::invalid(
+                "csr",
+                format!("at most {MAX_CSR_BYTES} bytes are accepted"),
+            ));
+        }
+        Some(pem) => {
+            if cert.key_source == KeySource::Server {
+                return Err(DomainError::invalid(
+                    "csr",
+                    "this certificate's key is held by certflow; renew without a CSR",
+                ));
+            }
+            let info = certflow_pki::parse_csr("csr", pem.as_bytes())?;
+            if let Some((n, _)) = compromised.iter().find(|(_, k)| *k == info.spki_der) {
+                return Err(DomainError::invalid(
+                    "csr",
+                    format!(
+                        "its key was reported compromised (version {n} was revoked for \
+                         keyCompromise); generate a new key"
+                    ),
+                ));
+            }
+            if info.key_type != cert.key_type {
+                return Err(DomainError::invalid(
+                    "csr",
+                    format!(
+                        "key is {} but the certificate uses {}",
+                        info.key_type.as_str(),
+                        cert.key_type.as_str()
+                    ),
+                ));
+            }
+            Some(info)
+        }
+        None => None,
+    })
 }
 
 /// Why a renewal reusing a CSR-keyed certificate's key is refused.
