@@ -26,7 +26,7 @@ use certflow_core::model::{
 };
 use certflow_core::notify::{EventKind, Notification};
 use certflow_core::policy::IssuanceRequest;
-use certflow_core::ports::IssueRequest;
+use certflow_core::ports::{IssueRequest, IssuedCertificate};
 use certflow_core::{
     DomainError, FieldError, Profile, SubjectName, error::DomainResult, validate_names,
 };
@@ -483,29 +483,7 @@ impl Services {
             key_type,
             replaces_der,
         };
-        let issued = match issuer.kind {
-            // The internal CA lints before it signs; a refusal is audited and
-            // announced here, where the certificate's owner is known.
-            IssuerKind::Internal => match self
-                .backends
-                .internal
-                .issue_linted(issuer, &request, now)
-                .await?
-            {
-                Ok(issued) => issued,
-                Err(refusal) => {
-                    return Err(self
-                        .lint_refused(owner, certificate_id, version, &refusal, now)
-                        .await);
-                }
-            },
-            _ => {
-                self.backends
-                    .get(issuer)?
-                    .issue(issuer, &request, now)
-                    .await?
-            }
-        };
+        let issued = self.sign(owner, issuer, &request, version, now).await?;
         let der = issued.cert_der;
         // Whatever the CA, what is stored must be what was asked for.
         if certflow_pki::public_key_of(&der)? != spki {
@@ -534,34 +512,16 @@ impl Services {
         }
 
         let prefix = blob_prefix(certificate_id, version, &info.serial_hex);
-        let cert_blob = format!("{prefix}/cert.der");
-        let chain_blob = format!("{prefix}/chain.pem");
-        let mut written = Vec::new();
-        let mut key_blob = None;
-        let result: DomainResult<()> = async {
-            if let Some(key) = &generated {
-                let blob = format!("{prefix}/key.enc");
-                let sealed = self
-                    .sealer
-                    .seal(key.pkcs8_der(), &key_context(certificate_id, version))
-                    .await?;
-                self.blobs.put(&blob, Bytes::from(sealed)).await?;
-                written.push(blob.clone());
-                key_blob = Some(blob);
-            }
-            self.blobs.put(&cert_blob, Bytes::from(der.clone())).await?;
-            written.push(cert_blob.clone());
-            self.blobs
-                .put(&chain_blob, Bytes::from(issued.chain_pem.clone()))
-                .await?;
-            written.push(chain_blob.clone());
-            Ok(())
-        }
-        .await;
-        if let Err(e) = result {
-            self.remove_blobs(&written).await;
-            return Err(e);
-        }
+        let (cert_blob, key_blob, written) = self
+            .write_version_blobs(
+                &prefix,
+                certificate_id,
+                version,
+                generated.as_ref(),
+                &der,
+                &issued.chain_pem,
+            )
+            .await?;
         Ok((
             CertificateVersion {
                 certificate_id,
@@ -583,6 +543,86 @@ impl Services {
             written,
             lint_findings,
         ))
+    }
+
+    /// `issuer` signs `request`, for version `version` of `owner`'s certificate.
+    async fn sign(
+        &self,
+        owner: Owner<'_>,
+        issuer: &Issuer,
+        request: &IssueRequest,
+        version: u32,
+        now: OffsetDateTime,
+    ) -> DomainResult<IssuedCertificate> {
+        Ok(match issuer.kind {
+            // The internal CA lints before it signs; a refusal is audited and
+            // announced here, where the certificate's owner is known.
+            IssuerKind::Internal => match self
+                .backends
+                .internal
+                .issue_linted(issuer, request, now)
+                .await?
+            {
+                Ok(issued) => issued,
+                Err(refusal) => {
+                    return Err(self
+                        .lint_refused(owner, request.certificate_id, version, &refusal, now)
+                        .await);
+                }
+            },
+            _ => {
+                self.backends
+                    .get(issuer)?
+                    .issue(issuer, request, now)
+                    .await?
+            }
+        })
+    }
+
+    /// Writes the blobs of version `version` under `prefix`: the key sealed
+    /// (when certflow holds it), the certificate and its chain. Returns the
+    /// certificate's and the key's blob keys and every key written; should a
+    /// write fail, those already written are removed.
+    pub(crate) async fn write_version_blobs(
+        &self,
+        prefix: &str,
+        certificate_id: Uuid,
+        version: u32,
+        key: Option<&PrivateKey>,
+        cert_der: &[u8],
+        chain_pem: &str,
+    ) -> DomainResult<(String, Option<String>, Vec<String>)> {
+        let cert_blob = format!("{prefix}/cert.der");
+        let chain_blob = format!("{prefix}/chain.pem");
+        let mut written = Vec::new();
+        let mut key_blob = None;
+        let result: DomainResult<()> = async {
+            if let Some(key) = key {
+                let blob = format!("{prefix}/key.enc");
+                let sealed = self
+                    .sealer
+                    .seal(key.pkcs8_der(), &key_context(certificate_id, version))
+                    .await?;
+                self.blobs.put(&blob, Bytes::from(sealed)).await?;
+                written.push(blob.clone());
+                key_blob = Some(blob);
+            }
+            self.blobs
+                .put(&cert_blob, Bytes::from(cert_der.to_vec()))
+                .await?;
+            written.push(cert_blob.clone());
+            self.blobs
+                .put(&chain_blob, Bytes::from(chain_pem.to_owned()))
+                .await?;
+            written.push(chain_blob.clone());
+            Ok(())
+        }
+        .await;
+        if let Err(e) = result {
+            self.remove_blobs(&written).await;
+            return Err(e);
+        }
+        Ok((cert_blob, key_blob, written))
     }
 
     /// The result stored under the request's key, if the key was used: the
