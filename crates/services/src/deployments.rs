@@ -10,7 +10,9 @@
 use std::sync::Arc;
 
 use certflow_api::CreateCertificateRequest;
-use certflow_api::agent::{AgentCertificateRequest, DeploymentStatus as WireStatus, ReportRequest};
+use certflow_api::agent::{
+    AgentCertificateRequest, DeploymentReport, DeploymentStatus as WireStatus, ReportRequest,
+};
 use certflow_core::agents::Agent;
 use certflow_core::deployments::{
     AssignedCertificate, Assignment, Deployment, DeploymentState, DeploymentStatus,
@@ -116,6 +118,63 @@ fn without_roots(chain_pem: &str) -> DomainResult<String> {
         }
     }
     Ok(out)
+}
+
+/// What is wrong with item `i` of an agent's report, given the current
+/// version `a` of its certificate.
+fn check_report_item(
+    errors: &mut Vec<FieldError>,
+    i: usize,
+    item: &DeploymentReport,
+    a: &AssignedCertificate,
+    status: DeploymentStatus,
+) {
+    let field = |f: &str| format!("items[{i}].{f}");
+    if item.version > a.version {
+        errors.push(FieldError::new(
+            field("version"),
+            format!(
+                "{} is newer than the current version {}",
+                item.version, a.version
+            ),
+        ));
+    }
+    if let Some(v) = item.attempted_version
+        && (v == 0 || v > a.version)
+    {
+        errors.push(FieldError::new(
+            field("attempted_version"),
+            format!("must be between 1 and the current version {}", a.version),
+        ));
+    }
+    match (item.version, item.fingerprint_sha256.as_str()) {
+        (0, "") => {}
+        (0, _) => errors.push(FieldError::new(
+            field("fingerprint_sha256"),
+            "must be empty with version 0 (nothing installed)",
+        )),
+        (_, f) if !is_sha256_hex(f) => errors.push(FieldError::new(
+            field("fingerprint_sha256"),
+            "must be 64 lower-case hex digits",
+        )),
+        _ => {}
+    }
+    if status == DeploymentStatus::Installed && item.version == 0 {
+        errors.push(FieldError::new(
+            field("version"),
+            "an installed certificate has a version of at least 1",
+        ));
+    }
+    if status == DeploymentStatus::Installed
+        && item.version == a.version
+        && !item.fingerprint_sha256.is_empty()
+        && item.fingerprint_sha256 != a.fingerprint_sha256
+    {
+        errors.push(FieldError::new(
+            field("fingerprint_sha256"),
+            format!("is not the fingerprint of version {}", a.version),
+        ));
+    }
 }
 
 impl Deployments {
@@ -485,51 +544,7 @@ impl Deployments {
                 continue;
             };
             let status = wire_status(item.status);
-            if item.version > a.version {
-                errors.push(FieldError::new(
-                    field("version"),
-                    format!(
-                        "{} is newer than the current version {}",
-                        item.version, a.version
-                    ),
-                ));
-            }
-            if let Some(v) = item.attempted_version
-                && (v == 0 || v > a.version)
-            {
-                errors.push(FieldError::new(
-                    field("attempted_version"),
-                    format!("must be between 1 and the current version {}", a.version),
-                ));
-            }
-            match (item.version, item.fingerprint_sha256.as_str()) {
-                (0, "") => {}
-                (0, _) => errors.push(FieldError::new(
-                    field("fingerprint_sha256"),
-                    "must be empty with version 0 (nothing installed)",
-                )),
-                (_, f) if !is_sha256_hex(f) => errors.push(FieldError::new(
-                    field("fingerprint_sha256"),
-                    "must be 64 lower-case hex digits",
-                )),
-                _ => {}
-            }
-            if status == DeploymentStatus::Installed && item.version == 0 {
-                errors.push(FieldError::new(
-                    field("version"),
-                    "an installed certificate has a version of at least 1",
-                ));
-            }
-            if status == DeploymentStatus::Installed
-                && item.version == a.version
-                && !item.fingerprint_sha256.is_empty()
-                && item.fingerprint_sha256 != a.fingerprint_sha256
-            {
-                errors.push(FieldError::new(
-                    field("fingerprint_sha256"),
-                    format!("is not the fingerprint of version {}", a.version),
-                ));
-            }
+            check_report_item(&mut errors, i, item, a, status);
             let error = item
                 .error
                 .as_deref()
@@ -574,43 +589,55 @@ impl Deployments {
             .iter()
             .filter(|(_, d)| d.status != DeploymentStatus::Installed)
         {
-            let attempted = d.attempted_version.unwrap_or(d.version);
-            self.services
-                .publish(
-                    Notification {
-                        id: Uuid::now_v7(),
-                        kind: EventKind::DeploymentFailed,
-                        team: a.team.clone(),
-                        certificate_id: Some(a.certificate_id),
-                        certificate_name: Some(a.name.clone()),
-                        version: Some(attempted),
-                        not_after: Some(a.not_after),
-                        days_left: None,
-                        reason: d.error.clone(),
-                        summary: format!(
-                            "{} version {attempted} could not be deployed on agent {} ({}); it serves version {}",
-                            a.name,
-                            agent.name,
-                            d.status.as_str(),
-                            d.version
-                        ),
-                        details: json!({
-                            "agent_id": agent.id, "agent_name": agent.name,
-                            "status": d.status.as_str(), "deployed_version": d.version,
-                            "attempted_version": attempted,
-                        }),
-                        at: now,
-                    },
-                    Some(&format!(
-                        "deployment-failed/{}/{}/v{attempted}/{}",
-                        agent.id,
-                        a.certificate_id,
-                        d.status.as_str()
-                    )),
-                )
-                .await;
+            self.announce_failed_deployment(agent, a, d, now).await;
         }
         Ok(())
+    }
+
+    /// Tells the certificate's team that `agent` could not deploy it
+    /// (de-duplicated by agent, certificate, attempted version and status).
+    async fn announce_failed_deployment(
+        &self,
+        agent: &Agent,
+        a: &AssignedCertificate,
+        d: &Deployment,
+        now: OffsetDateTime,
+    ) {
+        let attempted = d.attempted_version.unwrap_or(d.version);
+        self.services
+            .publish(
+                Notification {
+                    id: Uuid::now_v7(),
+                    kind: EventKind::DeploymentFailed,
+                    team: a.team.clone(),
+                    certificate_id: Some(a.certificate_id),
+                    certificate_name: Some(a.name.clone()),
+                    version: Some(attempted),
+                    not_after: Some(a.not_after),
+                    days_left: None,
+                    reason: d.error.clone(),
+                    summary: format!(
+                        "{} version {attempted} could not be deployed on agent {} ({}); it serves version {}",
+                        a.name,
+                        agent.name,
+                        d.status.as_str(),
+                        d.version
+                    ),
+                    details: json!({
+                        "agent_id": agent.id, "agent_name": agent.name,
+                        "status": d.status.as_str(), "deployed_version": d.version,
+                        "attempted_version": attempted,
+                    }),
+                    at: now,
+                },
+                Some(&format!(
+                    "deployment-failed/{}/{}/v{attempted}/{}",
+                    agent.id,
+                    a.certificate_id,
+                    d.status.as_str()
+                )),
+            )
+            .await;
     }
 
     /// Announces drift: each current version not reported installed by an
