@@ -11,7 +11,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use certflow_api::CreateCertificateRequest;
-use certflow_api::agent::{DiscoveryReport, TakeOverRequest};
+use certflow_api::agent::{DiscoveredCertificate, DiscoveryReport, TakeOverRequest};
 use certflow_core::access::{Permission, Principal};
 use certflow_core::agents::Agent;
 use certflow_core::discovery::{
@@ -67,6 +67,22 @@ pub fn validate_report(req: &DiscoveryReport) -> DomainResult<Vec<DiscoveredItem
             ),
         ));
     }
+    check_unreadable(&mut errors, req);
+    let mut seen = HashSet::new();
+    let mut out = Vec::with_capacity(req.items.len());
+    for (i, item) in req.items.iter().enumerate() {
+        out.push(discovered_item(&mut errors, i, item, &mut seen)?);
+    }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(DomainError::Invalid(errors))
+    }
+}
+
+/// Checks the sources reported unreadable: well-formed, and not also
+/// reported as read.
+fn check_unreadable(errors: &mut Vec<FieldError>, req: &DiscoveryReport) {
     for (i, s) in req.unreadable.iter().enumerate() {
         let rest = s.strip_prefix("file:").or_else(|| s.strip_prefix("tls:"));
         if rest.is_none_or(str::is_empty) || s.chars().count() > MAX_SOURCE_CHARS || !printable(s) {
@@ -83,99 +99,101 @@ pub fn validate_report(req: &DiscoveryReport) -> DomainResult<Vec<DiscoveredItem
             ));
         }
     }
-    let mut seen = HashSet::new();
-    let mut out = Vec::with_capacity(req.items.len());
-    for (i, item) in req.items.iter().enumerate() {
-        let field = |f: &str| format!("items[{i}].{f}");
-        let mut bad = |f: &str, reason: String| errors.push(FieldError::new(field(f), reason));
-        let s = &item.source;
-        let rest = s.strip_prefix("file:").or_else(|| s.strip_prefix("tls:"));
-        if rest.is_none_or(str::is_empty) {
+}
+
+/// Checks item `i` of a report (`seen`: the sources of the items before it)
+/// and turns it into a store item; only a failure other than a bad field is
+/// an error, bad fields are among `errors`.
+fn discovered_item<'a>(
+    errors: &mut Vec<FieldError>,
+    i: usize,
+    item: &'a DiscoveredCertificate,
+    seen: &mut HashSet<&'a str>,
+) -> DomainResult<DiscoveredItem> {
+    let field = |f: &str| format!("items[{i}].{f}");
+    let mut bad = |f: &str, reason: String| errors.push(FieldError::new(field(f), reason));
+    let s = &item.source;
+    let rest = s.strip_prefix("file:").or_else(|| s.strip_prefix("tls:"));
+    if rest.is_none_or(str::is_empty) {
+        bad(
+            "source",
+            "must be file:<path> or tls:<host>:<port>".to_owned(),
+        );
+    } else if s.chars().count() > MAX_SOURCE_CHARS || !printable(s) {
+        bad(
+            "source",
+            format!("must be at most {MAX_SOURCE_CHARS} printable characters"),
+        );
+    } else if !seen.insert(s.as_str()) {
+        bad("source", "reported twice in one report".to_owned());
+    }
+    if !is_sha256_hex(&item.fingerprint_sha256) {
+        bad(
+            "fingerprint_sha256",
+            "must be 64 lower-case hex digits".to_owned(),
+        );
+    }
+    if item.serial.is_empty()
+        || item.serial.len() > MAX_SERIAL_CHARS
+        || !item.serial.bytes().all(|b| b.is_ascii_hexdigit())
+    {
+        bad("serial", format!("must be 1-{MAX_SERIAL_CHARS} hex digits"));
+    }
+    for (f, dn) in [("subject", &item.subject), ("issuer", &item.issuer)] {
+        if dn.chars().count() > MAX_DN_CHARS || !printable(dn) {
             bad(
-                "source",
-                "must be file:<path> or tls:<host>:<port>".to_owned(),
-            );
-        } else if s.chars().count() > MAX_SOURCE_CHARS || !printable(s) {
-            bad(
-                "source",
-                format!("must be at most {MAX_SOURCE_CHARS} printable characters"),
-            );
-        } else if !seen.insert(s.as_str()) {
-            bad("source", "reported twice in one report".to_owned());
-        }
-        if !is_sha256_hex(&item.fingerprint_sha256) {
-            bad(
-                "fingerprint_sha256",
-                "must be 64 lower-case hex digits".to_owned(),
-            );
-        }
-        if item.serial.is_empty()
-            || item.serial.len() > MAX_SERIAL_CHARS
-            || !item.serial.bytes().all(|b| b.is_ascii_hexdigit())
-        {
-            bad("serial", format!("must be 1-{MAX_SERIAL_CHARS} hex digits"));
-        }
-        for (f, dn) in [("subject", &item.subject), ("issuer", &item.issuer)] {
-            if dn.chars().count() > MAX_DN_CHARS || !printable(dn) {
-                bad(
-                    f,
-                    format!("must be at most {MAX_DN_CHARS} printable characters"),
-                );
-            }
-        }
-        if item.names.len() > MAX_NAMES {
-            bad(
-                "names",
-                format!("{} names; at most {MAX_NAMES}", item.names.len()),
-            );
-        } else if let Some(n) = item
-            .names
-            .iter()
-            .position(|n| n.is_empty() || n.chars().count() > MAX_NAME_CHARS || !printable(n))
-        {
-            bad(
-                &format!("names[{n}]"),
-                format!("must be 1-{MAX_NAME_CHARS} printable characters"),
+                f,
+                format!("must be at most {MAX_DN_CHARS} printable characters"),
             );
         }
-        let mut certificate_der = None;
-        if let Some(pem) = &item.certificate_pem {
-            match certflow_pki::parse_pem_certs(&field("certificate_pem"), pem) {
-                Err(DomainError::Invalid(mut e)) => errors.append(&mut e),
-                Err(e) => return Err(e),
-                Ok(ders) if ders.len() != 1 => errors.push(FieldError::new(
-                    field("certificate_pem"),
-                    format!("must hold exactly one certificate, not {}", ders.len()),
-                )),
-                Ok(mut ders) => {
-                    let der = ders.remove(0);
-                    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &der);
-                    if hex::encode(digest.as_ref()) != item.fingerprint_sha256 {
-                        errors.push(FieldError::new(
-                            field("certificate_pem"),
-                            "its SHA-256 is not fingerprint_sha256",
-                        ));
-                    }
-                    certificate_der = Some(der);
+    }
+    if item.names.len() > MAX_NAMES {
+        bad(
+            "names",
+            format!("{} names; at most {MAX_NAMES}", item.names.len()),
+        );
+    } else if let Some(n) = item
+        .names
+        .iter()
+        .position(|n| n.is_empty() || n.chars().count() > MAX_NAME_CHARS || !printable(n))
+    {
+        bad(
+            &format!("names[{n}]"),
+            format!("must be 1-{MAX_NAME_CHARS} printable characters"),
+        );
+    }
+    let mut certificate_der = None;
+    if let Some(pem) = &item.certificate_pem {
+        match certflow_pki::parse_pem_certs(&field("certificate_pem"), pem) {
+            Err(DomainError::Invalid(mut e)) => errors.append(&mut e),
+            Err(e) => return Err(e),
+            Ok(ders) if ders.len() != 1 => errors.push(FieldError::new(
+                field("certificate_pem"),
+                format!("must hold exactly one certificate, not {}", ders.len()),
+            )),
+            Ok(mut ders) => {
+                let der = ders.remove(0);
+                let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &der);
+                if hex::encode(digest.as_ref()) != item.fingerprint_sha256 {
+                    errors.push(FieldError::new(
+                        field("certificate_pem"),
+                        "its SHA-256 is not fingerprint_sha256",
+                    ));
                 }
+                certificate_der = Some(der);
             }
         }
-        out.push(DiscoveredItem {
-            source: item.source.clone(),
-            fingerprint_sha256: item.fingerprint_sha256.clone(),
-            serial: item.serial.to_ascii_lowercase(),
-            subject: item.subject.clone(),
-            issuer: item.issuer.clone(),
-            names: item.names.clone(),
-            not_after: item.not_after,
-            certificate_der,
-        });
     }
-    if errors.is_empty() {
-        Ok(out)
-    } else {
-        Err(DomainError::Invalid(errors))
-    }
+    Ok(DiscoveredItem {
+        source: item.source.clone(),
+        fingerprint_sha256: item.fingerprint_sha256.clone(),
+        serial: item.serial.to_ascii_lowercase(),
+        subject: item.subject.clone(),
+        issuer: item.issuer.clone(),
+        names: item.names.clone(),
+        not_after: item.not_after,
+        certificate_der,
+    })
 }
 
 /// A take-over claim older than this is a crashed one and may be taken again
