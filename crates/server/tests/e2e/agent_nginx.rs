@@ -16,35 +16,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::{Api, BIN, Receiver, Server, require, sh, start, stop};
+use crate::support::agent::{agent_bin, private};
+use crate::support::peers::Receiver;
+use crate::support::{Api, FAST_RENEWAL, Server, require, sh, start, stop};
 
 const NGINX: &str = "/usr/sbin/nginx";
 const HOST: &str = "www.example.test";
-
-/// Renewal within seconds (as in renewal.rs): scans every second, retries from one second.
-const FAST: [(&str, &str); 7] = [
-    ("CERTFLOW_RENEWAL__SCHEDULER_INTERVAL_SECS", "1"),
-    ("CERTFLOW_RENEWAL__BACKOFF_BASE_SECS", "1"),
-    ("CERTFLOW_RENEWAL__BACKOFF_CAP_SECS", "4"),
-    ("CERTFLOW_NOTIFICATIONS__DELIVERY__POLL_INTERVAL_SECS", "1"),
-    ("CERTFLOW_NOTIFICATIONS__DELIVERY__BACKOFF_BASE_SECS", "1"),
-    ("CERTFLOW_NOTIFICATIONS__DELIVERY__BACKOFF_CAP_SECS", "4"),
-    ("CERTFLOW_NOTIFICATIONS__DELIVERY__MAX_ATTEMPTS", "200"),
-];
-
-/// `target/<profile>/certflow-agent`, next to the server binary under test
-/// (`CERTFLOW_AGENT_BIN` overrides it, e.g. to measure the release build).
-pub(crate) fn agent_bin() -> PathBuf {
-    let p = std::env::var_os("CERTFLOW_AGENT_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(BIN).with_file_name("certflow-agent"));
-    assert!(
-        p.exists(),
-        "{} is missing: build it first (`cargo build -p certflow-agent`; `cargo nextest run --workspace` does)",
-        p.display()
-    );
-    p
-}
 
 /// nginx under its own prefix: config, pid, logs and temp paths in `dir`.
 struct Nginx {
@@ -197,11 +174,6 @@ impl Drop for AgentProc {
     }
 }
 
-pub(crate) fn private(path: &Path, text: &str) {
-    std::fs::write(path, text).unwrap();
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
-}
-
 fn agent_config(dir: &Path, listen: &str, nginx: &Nginx, reload: &str) -> PathBuf {
     let path = dir.join("agent.toml");
     private(
@@ -306,7 +278,7 @@ fn agent_keeps_nginx_serving_current_certificates() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let listen = format!("127.0.0.1:{}", certflow_testkit::free_port());
-    let mut env: Vec<(&str, &str)> = FAST.to_vec();
+    let mut env: Vec<(&str, &str)> = FAST_RENEWAL.to_vec();
     env.extend([
         ("CERTFLOW_AGENT__LISTEN", listen.as_str()),
         // 60 s certificates due 3 s after issuance: several rotations in 20 s.

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::{Api, key_and_csr, require, sh, start, stop};
+use crate::support::{Api, BIN, key_and_csr, require, sh, start, stop};
 
 fn openssl(dir: &Path, args: &[&str]) -> String {
     let mut all = vec!["openssl"];
@@ -140,7 +140,7 @@ fn agents_enrol_with_a_join_token_and_call_over_mtls() {
     );
 
     // `certflow admin agent-ca` exports the same chain for a gateway's trust store.
-    let exported = std::process::Command::new(crate::BIN)
+    let exported = std::process::Command::new(BIN)
         .args(["admin", "agent-ca"])
         .env_clear()
         .env("CERTFLOW_DATA_DIR", dir.join("data"))

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{require, start};
+use crate::support::{require, start};
 
 struct Op(Child);
 
@@ -81,8 +81,8 @@ fn console_in_chromium_request_find_renew_download_revoke_audit_and_viewer() {
         browser_dir.display()
     );
     let tmp = tempfile::tempdir().unwrap();
-    let op_port = super::renewal::free_port();
-    let port = super::renewal::free_port();
+    let op_port = certflow_testkit::free_port();
+    let port = certflow_testkit::free_port();
     let console = format!("http://127.0.0.1:{port}");
     let (_op, issuer) = start_op(tmp.path(), op_port, &console);
     let config = tmp.path().join("certflow.toml");
@@ -108,7 +108,7 @@ viewer = ["certflow-viewers"]
     )
     .unwrap();
     let listen = format!("127.0.0.1:{port}");
-    let agent_listen = format!("127.0.0.1:{}", super::renewal::free_port());
+    let agent_listen = format!("127.0.0.1:{}", certflow_testkit::free_port());
     let server = start(
         &tmp.path().join("data"),
         &[

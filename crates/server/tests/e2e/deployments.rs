@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::{Api, Receiver, key_and_csr, require, start};
+use crate::support::peers::Receiver;
+use crate::support::{Api, key_and_csr, require, start};
 
 fn client(ca: &reqwest::Certificate, identity: Option<&str>) -> reqwest::blocking::Client {
     let mut b = reqwest::blocking::Client::builder()

@@ -13,9 +13,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::agent_nginx::{agent_bin, private};
-use crate::agent_paths::agent;
-use crate::{Api, require, sh, stop};
+use crate::support::agent::{agent, agent_bin, agent_server, join_token, private, run_context};
+use crate::support::{Api, cli, require, sh, stop};
 
 fn openssl(dir: &Path, args: &[&str]) -> String {
     let mut all = vec!["openssl"];
@@ -162,7 +161,7 @@ fn discovery_end_to_end_with_an_agent_scanning_a_directory_and_a_tls_endpoint() 
     require("openssl", "apt-get install openssl");
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let (server, api, listen) = crate::agent_paths::agent_server(dir, &[]);
+    let (server, api, listen) = agent_server(dir, &[]);
 
     // An external CA (certflow never saw it) and two of its leaves: one as
     // a file with its key beside it, one served by a TLS endpoint.
@@ -215,7 +214,7 @@ fn discovery_end_to_end_with_an_agent_scanning_a_directory_and_a_tls_endpoint() 
     let known_source = format!("file:{}", found.join("known.pem").display());
 
     // A discovery-only agent: no [[certificate]].
-    crate::agent_paths::join_token(&api, dir, "scanner-01", "web");
+    join_token(&api, dir, "scanner-01", "web");
     let config = dir.join("agent.toml");
     private(
         &config,
@@ -237,8 +236,7 @@ report_interval_secs = 60
             f = found.display(),
         ),
     );
-    let ctx =
-        |what: &str, out: &str, err: &str| crate::agent_paths::run_context(&server, what, out, err);
+    let ctx = |what: &str, out: &str, err: &str| run_context(&server, what, out, err);
 
     // Before enrolment `discover --report` has no identity to send with.
     let (code, out, err) = agent(&config, &["discover", "--report"]);
@@ -375,7 +373,7 @@ report_interval_secs = 60
     assert_eq!(status, 409, "{problem}");
     // The CLI lists the same view and gets the same refusal.
     let token = server.token_line.as_deref().unwrap();
-    let (done, out) = super::cli(
+    let (done, out) = cli(
         &server,
         token,
         &["cert", "discovered", "--status", "all", "--output", "json"],
@@ -387,7 +385,7 @@ report_interval_secs = 60
         new_id.as_str(),
         "{out}"
     );
-    let (done, out) = super::cli(
+    let (done, out) = cli(
         &server,
         token,
         &["cert", "take-over", &legacy_id, "--team", "web"],

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use super::{cli, require, sh, start, stop};
+use crate::support::{cli, require, sh, start, stop};
 
 fn ok(dir: &Path, args: &[&str]) -> String {
     let (ok, out) = sh(dir, args);

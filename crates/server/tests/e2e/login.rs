@@ -14,7 +14,7 @@ use reqwest::blocking::{Client, Response};
 use reqwest::header::{COOKIE, LOCATION, SET_COOKIE};
 use serde_json::Value;
 
-use super::{Api, Server, require, start};
+use crate::support::{Api, Server, require, start};
 
 const COOKIE_NAME: &str = "__Host-certflow_session";
 
@@ -863,8 +863,8 @@ fn client_token(op: &Op, client_id: &str, secret: &str) -> String {
 #[test]
 fn bearer_tokens_from_the_provider_are_authorised_by_service_role() {
     let tmp = tempfile::tempdir().unwrap();
-    let op_port = super::renewal::free_port();
-    let port = super::renewal::free_port();
+    let op_port = certflow_testkit::free_port();
+    let port = certflow_testkit::free_port();
     let op = start_op(tmp.path(), op_port, &format!("http://127.0.0.1:{port}"));
     let config = tmp.path().join("bearer.toml");
     std::fs::write(

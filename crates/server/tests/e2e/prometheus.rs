@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use super::{Api, require, start};
+use crate::support::{Api, require, start};
 
 /// A Prometheus process on a free loopback port; killed on drop.
 struct Prometheus {

@@ -3,7 +3,6 @@
 //! and an ACME CA (pebble) — and survive a killed worker, a hung CA and
 //! notification channels that are down.
 
-use std::net::TcpListener;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -11,31 +10,11 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::{Api, Receiver, Server, start, start_with, stop};
-
-/// Settings that make a server renew within seconds: a scan every second,
-/// retries from one second, notifications polled every second and retried
-/// at most 4 s apart (for as long as a test keeps a channel down).
-const FAST: [(&str, &str); 7] = [
-    ("CERTFLOW_RENEWAL__SCHEDULER_INTERVAL_SECS", "1"),
-    ("CERTFLOW_RENEWAL__BACKOFF_BASE_SECS", "1"),
-    ("CERTFLOW_RENEWAL__BACKOFF_CAP_SECS", "4"),
-    ("CERTFLOW_NOTIFICATIONS__DELIVERY__POLL_INTERVAL_SECS", "1"),
-    ("CERTFLOW_NOTIFICATIONS__DELIVERY__BACKOFF_BASE_SECS", "1"),
-    ("CERTFLOW_NOTIFICATIONS__DELIVERY__BACKOFF_CAP_SECS", "4"),
-    ("CERTFLOW_NOTIFICATIONS__DELIVERY__MAX_ATTEMPTS", "200"),
-];
+use crate::support::peers::Receiver;
+use crate::support::{Api, FAST_RENEWAL, Server, start, start_with, stop};
 
 fn time(v: &Value) -> OffsetDateTime {
     OffsetDateTime::parse(v.as_str().unwrap(), &Rfc3339).unwrap()
-}
-
-pub(crate) fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Polls `f` until it returns `Some`, or panics with `what` (and the server log) after `limit`.
@@ -108,9 +87,9 @@ fn database_queue_renews_two_minute_certificates_repeatedly_and_notifies() {
     let data = tmp.path().join("data");
     // Webhook receiver and SMTP server are both down when the first events
     // happen; both come up later.
-    let hook_port = free_port();
-    let smtp_port = free_port().to_string();
-    let mut env: Vec<(&str, &str)> = FAST.to_vec();
+    let hook_port = certflow_testkit::free_port();
+    let smtp_port = certflow_testkit::free_port().to_string();
+    let mut env: Vec<(&str, &str)> = FAST_RENEWAL.to_vec();
     env.extend([
         ("CERTFLOW_NOTIFICATIONS__SMTP__HOST", "127.0.0.1"),
         ("CERTFLOW_NOTIFICATIONS__SMTP__PORT", smtp_port.as_str()),
@@ -285,7 +264,7 @@ fn sqs_queue_on_moto_renews_repeatedly() {
         ))
         .unwrap();
     let tmp = tempfile::tempdir().unwrap();
-    let mut env: Vec<(&str, &str)> = FAST.to_vec();
+    let mut env: Vec<(&str, &str)> = FAST_RENEWAL.to_vec();
     env.extend([
         ("CERTFLOW_RENEWAL__QUEUE", "sqs"),
         ("CERTFLOW_RENEWAL__SQS__QUEUE_URL", queue_url.as_str()),
@@ -372,11 +351,11 @@ fn acme_issuer_renews_through_pebble_and_rides_out_a_hung_ca() {
     ));
     let tmp = tempfile::tempdir().unwrap();
     let config = acme_config(tmp.path(), &pebble, None);
-    let mut env: Vec<(&str, &str)> = FAST.to_vec();
+    let mut env: Vec<(&str, &str)> = FAST_RENEWAL.to_vec();
     env.push(("CERTFLOW_CONFIG", config.as_str()));
     let server = start(&tmp.path().join("data"), &env).expect("start");
     let api = Api::new(&server, server.token_line.as_deref().unwrap());
-    let hook_port = free_port();
+    let hook_port = certflow_testkit::free_port();
     let receiver = Receiver::listen(hook_port);
     let (status, _) = api.post(
         "/console/api/v1/subscriptions",
@@ -479,7 +458,7 @@ fn worker_killed_mid_job_is_retried_after_its_lease_and_issues_once() {
     let config = acme_config(tmp.path(), &pebble, Some(&hook));
     let blobs = tmp.path().join("blobs").display().to_string();
     let db_url = db.url();
-    let mut env: Vec<(&str, &str)> = FAST.to_vec();
+    let mut env: Vec<(&str, &str)> = FAST_RENEWAL.to_vec();
     env.extend([
         ("CERTFLOW_CONFIG", config.as_str()),
         ("CERTFLOW_DATABASE__URL", db_url.as_str()),

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::{Api, cli, key_and_csr, require, start};
+use crate::support::{Api, cli, key_and_csr, require, start};
 
 fn client(ca: &reqwest::Certificate, identity: Option<&str>) -> reqwest::blocking::Client {
     let mut b = reqwest::blocking::Client::builder()
@@ -211,13 +211,12 @@ fn agents_see_a_replacement_as_the_next_active_version() {
 /// leaves them and warns, once.
 #[test]
 fn the_agent_installs_a_replacement_and_follows_on_revoked() {
-    use crate::agent_nginx::private;
-    use crate::agent_paths::agent;
+    use crate::support::agent::{agent, agent_server, join_token, private, run_context};
 
     require("openssl", "apt-get install openssl");
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let (server, api, listen) = crate::agent_paths::agent_server(dir, &[]);
+    let (server, api, listen) = agent_server(dir, &[]);
     let mut ids = Vec::new();
     for name in ["gone", "kept"] {
         let (status, c) = api.post(
@@ -227,7 +226,7 @@ fn the_agent_installs_a_replacement_and_follows_on_revoked() {
         assert_eq!(status, 201, "{c}");
         ids.push(c["id"].as_str().unwrap().to_owned());
     }
-    crate::agent_paths::join_token(&api, dir, "app-01", "web");
+    join_token(&api, dir, "app-01", "web");
     let tls = dir.join("tls");
     std::fs::create_dir_all(&tls).unwrap();
     let config = dir.join("agent.toml");
@@ -267,8 +266,7 @@ key = "{t}/kept.key"
             kept = ids[1],
         ),
     );
-    let ctx =
-        |what: &str, out: &str, err: &str| crate::agent_paths::run_context(&server, what, out, err);
+    let ctx = |what: &str, out: &str, err: &str| run_context(&server, what, out, err);
     // Enrol, then assign both.
     agent(&config, &["once"]);
     let list: Value = api.get("/console/api/v1/agents").json().unwrap();

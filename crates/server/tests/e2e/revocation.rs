@@ -6,7 +6,7 @@ use std::path::Path;
 
 use serde_json::{Value, json};
 
-use super::{Api, cli, require, sh, start};
+use crate::support::{Api, cli, require, sh, start};
 
 fn ok(dir: &Path, args: &[&str]) -> String {
     let (ok, out) = sh(dir, args);

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use super::{key_and_csr, start};
+use crate::support::{Api, key_and_csr, require, start};
 
 #[test]
 fn sigterm_drains_the_request_in_flight_and_exits_zero() {
@@ -111,7 +111,7 @@ fn sigterm_drains_the_request_in_flight_and_exits_zero() {
 /// when its wait ends, and only then does the process exit 0.
 #[test]
 fn sigterm_lets_an_agent_long_poll_finish() {
-    super::require("openssl", "apt-get install openssl");
+    require("openssl", "apt-get install openssl");
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let listen = format!("127.0.0.1:{}", certflow_testkit::free_port());
@@ -120,7 +120,7 @@ fn sigterm_lets_an_agent_long_poll_finish() {
         &[("CERTFLOW_AGENT__LISTEN", listen.as_str())],
     )
     .expect("certflow starts");
-    let api = super::Api::new(&server, server.token_line.as_deref().unwrap());
+    let api = Api::new(&server, server.token_line.as_deref().unwrap());
     let issuers: serde_json::Value = api.get("/console/api/v1/issuers").json().unwrap();
     let ca =
         reqwest::Certificate::from_pem(issuers[0]["issuing_cert_pem"].as_str().unwrap().as_bytes())
