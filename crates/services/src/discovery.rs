@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use certflow_api::CreateCertificateRequest;
 use certflow_api::agent::{DiscoveredCertificate, DiscoveryReport, TakeOverRequest};
-use certflow_core::access::{Permission, Principal};
+use certflow_core::access::{Permission, Principal, TeamScope};
 use certflow_core::agents::Agent;
 use certflow_core::discovery::{
     Discovered, DiscoveredItem, DiscoveryQuery, DiscoveryStatus, DiscoverySync,
@@ -200,24 +200,29 @@ fn discovered_item<'a>(
 /// (issuing a certificate takes seconds, an ACME order at most a few minutes).
 const TAKE_OVER_CLAIM_TIMEOUT: time::Duration = time::Duration::minutes(10);
 
-/// The teams whose agents' discoveries `principal` may read (`None`: all).
-pub fn visible_teams(principal: &Principal) -> Option<Vec<String>> {
-    if principal.is_admin() {
-        return None;
-    }
-    Some(
-        principal
-            .teams
-            .iter()
-            .filter(|t| principal.can(Permission::CertificateRead, Some(t)))
-            .cloned()
-            .collect(),
-    )
+/// The discovery use cases: agents' reports, and the console's list, view
+/// and take-over. Like the other use cases they are handed what the caller
+/// may do (a [`TeamScope`] from [`Principal::readable_teams`] or
+/// [`Principal::scope`]) and an [`Actor`] for the audit trail, never the
+/// principal. Cheap to clone.
+#[derive(Clone)]
+pub struct Discovery {
+    deployments: Deployments,
 }
 
-impl Deployments {
-    fn discovery(&self) -> DomainResult<&Arc<dyn DiscoveryStore>> {
-        self.discovery
+impl Discovery {
+    /// The discovery use cases over `deployments` and the discovery store it
+    /// was wired with ([`Deployments::with_discovery`]; without one, every
+    /// call is `Unavailable`).
+    pub fn new(deployments: &Deployments) -> Self {
+        Self {
+            deployments: deployments.clone(),
+        }
+    }
+
+    fn store(&self) -> DomainResult<&Arc<dyn DiscoveryStore>> {
+        self.deployments
+            .discovery
             .as_ref()
             .ok_or_else(|| DomainError::Unavailable {
                 backend: "discovery",
@@ -227,14 +232,14 @@ impl Deployments {
 
     /// Records an agent's discovery report, replacing its previous one.
     /// The audit event holds counts only (no certificate data).
-    pub async fn record_discovery(
+    pub async fn record(
         &self,
         agent: &Agent,
         source: Option<String>,
         req: &DiscoveryReport,
         now: OffsetDateTime,
     ) -> DomainResult<DiscoverySync> {
-        let store = self.discovery()?;
+        let store = self.store()?;
         let items = validate_report(req)?;
         let actor = Actor {
             subject: agent.id.to_string(),
@@ -257,77 +262,67 @@ impl Deployments {
             .await
     }
 
-    /// Discoveries `principal` may see: those of agents sharing one of its
-    /// teams (admins: all), or only `team`'s when given (which it must be
-    /// allowed to read).
-    pub async fn list_discovered(
+    /// The discoveries of agents sharing one of `teams`.
+    pub async fn list(
         &self,
-        principal: &Principal,
+        teams: &TeamScope,
         status: DiscoveryStatus,
         agent_id: Option<Uuid>,
-        team: Option<&str>,
     ) -> DomainResult<Vec<Discovered>> {
-        let teams = match team {
-            Some(t) if principal.can(Permission::CertificateRead, Some(t)) => {
-                Some(vec![t.to_owned()])
-            }
-            Some(t) => {
-                return Err(DomainError::Forbidden(format!(
-                    "{} may not read team '{t}'",
-                    principal.subject
-                )));
-            }
-            None => visible_teams(principal),
-        };
-        self.discovery()?
+        self.store()?
             .list_discovered(&DiscoveryQuery {
                 status,
-                teams,
+                teams: teams.teams().map(<[String]>::to_vec),
                 agent_id,
             })
             .await
     }
 
-    /// One discovery, as `principal` may see it (else `NotFound`).
-    pub async fn discovered(&self, principal: &Principal, id: Uuid) -> DomainResult<Discovered> {
+    /// One discovery, if its agent shares one of `teams` (else `NotFound`:
+    /// outside them the row does not exist for the caller).
+    pub async fn get(&self, teams: &TeamScope, id: Uuid) -> DomainResult<Discovered> {
         let not_found = || DomainError::NotFound(format!("discovered certificate {id}"));
         let found = self
-            .discovery()?
+            .store()?
             .get_discovered(id)
             .await?
             .ok_or_else(not_found)?;
-        if visible_teams(principal)
-            .is_some_and(|teams| !found.agent_teams.iter().any(|t| teams.contains(t)))
-        {
+        if !teams.allows_any(&found.agent_teams) {
             return Err(not_found());
         }
         Ok(found)
     }
 
     /// Takes a discovered certificate over: a new certflow certificate for
-    /// its names, owned by `req.team` (which `principal` must be allowed to
-    /// write and the discovering agent must belong to), with a server key of
-    /// the discovered key type when certflow supports it; issued through the
-    /// usual request path (policies apply), assigned to the agent, and
-    /// recorded on the discovery (`discovery.take-over`). A discovery that
-    /// is already managed or taken over is a conflict.
-    pub async fn take_over_discovered(
+    /// its names, owned by `req.team` (which must be one of the discovering
+    /// agent's teams), with a server key of the discovered key type when
+    /// certflow supports it; issued through the usual request path (policies
+    /// apply), assigned to the agent, and recorded on the discovery
+    /// (`discovery.take-over`). The discovery must be in `teams` (the
+    /// caller's readable ones), and the caller must have authorized
+    /// [`Permission::CertificateWrite`] on `req.team`, as for any request.
+    /// A discovery that is already managed or taken over is a conflict.
+    pub async fn take_over(
         &self,
-        principal: &Principal,
         actor: &Actor,
+        teams: &TeamScope,
         id: Uuid,
         req: &TakeOverRequest,
         now: OffsetDateTime,
     ) -> DomainResult<CertificateView> {
-        let store = self.discovery()?;
-        // Outside the agent's teams the row does not exist for the caller.
-        let found = self.discovered(principal, id).await?;
-        if !principal.can(Permission::CertificateWrite, Some(&req.team)) {
-            return Err(DomainError::Forbidden(format!(
-                "{} may not request certificates for team '{}'",
-                principal.subject, req.team
-            )));
-        }
+        let found = self.get(teams, id).await?;
+        self.take_over_found(actor, found, req, now).await
+    }
+
+    async fn take_over_found(
+        &self,
+        actor: &Actor,
+        found: Discovered,
+        req: &TakeOverRequest,
+        now: OffsetDateTime,
+    ) -> DomainResult<CertificateView> {
+        let store = self.store()?;
+        let id = found.id;
         if !found.agent_teams.contains(&req.team) {
             return Err(DomainError::invalid(
                 "team",
@@ -365,7 +360,8 @@ impl Deployments {
             )));
         }
         let taken = async {
-            let issuer_id = self.services.issuer_id_named(req.issuer.as_deref()).await?;
+            let services = &self.deployments.services;
+            let issuer_id = services.issuer_id_named(req.issuer.as_deref()).await?;
             // The discovered key type when certflow can generate it; else the default.
             let key_type = found
                 .item
@@ -374,8 +370,7 @@ impl Deployments {
                 .and_then(|der| certflow_pki::inspect(der).ok())
                 .and_then(|info| info.key_type)
                 .map(|k| k.as_str().to_owned());
-            let view = self
-                .services
+            let view = services
                 .create_certificate(
                     actor,
                     &CreateCertificateRequest {
@@ -395,7 +390,8 @@ impl Deployments {
                 )
                 .await?;
             let certificate_id = view.certificate.id;
-            self.assign(actor, found.agent_id, certificate_id, now)
+            self.deployments
+                .assign(actor, found.agent_id, certificate_id, now)
                 .await?;
             store
                 .set_discovered_taken_over(
@@ -424,5 +420,55 @@ impl Deployments {
             tracing::warn!(discovered = %id, error = %e, "cannot release a failed take-over's claim");
         }
         taken
+    }
+}
+
+// temporary: removed when the server call sites move (they call `Discovery`
+// with the caller's `TeamScope` and authorize the take-over's team themselves).
+impl Deployments {
+    /// See [`Discovery::record`].
+    pub async fn record_discovery(
+        &self,
+        agent: &Agent,
+        source: Option<String>,
+        req: &DiscoveryReport,
+        now: OffsetDateTime,
+    ) -> DomainResult<DiscoverySync> {
+        Discovery::new(self).record(agent, source, req, now).await
+    }
+
+    /// See [`Discovery::list`], over [`Principal::scope`].
+    pub async fn list_discovered(
+        &self,
+        principal: &Principal,
+        status: DiscoveryStatus,
+        agent_id: Option<Uuid>,
+        team: Option<&str>,
+    ) -> DomainResult<Vec<Discovered>> {
+        let teams = principal.scope(Permission::CertificateRead, team)?;
+        Discovery::new(self).list(&teams, status, agent_id).await
+    }
+
+    /// See [`Discovery::get`], over [`Principal::readable_teams`].
+    pub async fn discovered(&self, principal: &Principal, id: Uuid) -> DomainResult<Discovered> {
+        Discovery::new(self)
+            .get(&principal.readable_teams(), id)
+            .await
+    }
+
+    /// See [`Discovery::take_over`]; authorizes `req.team` after the
+    /// discovery is found, as before.
+    pub async fn take_over_discovered(
+        &self,
+        principal: &Principal,
+        actor: &Actor,
+        id: Uuid,
+        req: &TakeOverRequest,
+        now: OffsetDateTime,
+    ) -> DomainResult<CertificateView> {
+        let discovery = Discovery::new(self);
+        let found = discovery.get(&principal.readable_teams(), id).await?;
+        principal.authorize(Permission::CertificateWrite, Some(&req.team))?;
+        discovery.take_over_found(actor, found, req, now).await
     }
 }

@@ -3,6 +3,7 @@
 //! (metadata store, blob store, sealer) and the PKI library; the clock is read
 //! by the caller and passed in as `now`.
 
+mod access;
 pub mod agents;
 mod ca;
 mod certificates;

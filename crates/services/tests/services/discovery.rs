@@ -6,17 +6,19 @@
 use std::sync::Arc;
 
 use certflow_api::agent::{DiscoveredCertificate, DiscoveryReport, TakeOverRequest};
-use certflow_core::DomainError;
-use certflow_core::access::{Principal, PrincipalKind, Role};
+use certflow_core::access::{Permission, Principal, PrincipalKind, Role, TeamScope};
 use certflow_core::agents::Agent;
+use certflow_core::discovery::Discovered;
 use certflow_core::discovery::DiscoveryStatus;
 use certflow_core::model::{Actor, AuditQuery, CertificateQuery};
 use certflow_core::policy::{IssuancePolicies, IssuancePolicy};
 use certflow_core::ports::MetadataStore;
+use certflow_core::{DomainError, DomainResult};
 use certflow_core::{KeyType, SubjectName};
-use certflow_services::Services;
 use certflow_services::agents::{AgentSettings, Agents, TokenEnrolment};
 use certflow_services::deployments::{DeploymentSettings, Deployments};
+use certflow_services::discovery::Discovery;
+use certflow_services::{CertificateView, Services};
 use certflow_store::SqliteStore;
 use time::OffsetDateTime;
 
@@ -31,6 +33,7 @@ struct Env {
     services: Services,
     agents: Agents,
     deployments: Deployments,
+    discovery: Discovery,
     agent: Agent,
     now: OffsetDateTime,
 }
@@ -77,6 +80,7 @@ async fn env() -> Env {
         store,
         services,
         agents,
+        discovery: Discovery::new(&deployments),
         deployments,
         agent,
         now,
@@ -110,6 +114,36 @@ fn alice() -> Actor {
         subject: "alice".into(),
         source: None,
     }
+}
+
+/// What `principal` lists, composed as the console composes it: the domain
+/// decides the teams (one asked for, or the readable ones), the use case lists.
+async fn list_as(
+    e: &Env,
+    principal: &Principal,
+    status: DiscoveryStatus,
+    agent_id: Option<uuid::Uuid>,
+    team: Option<&str>,
+) -> DomainResult<Vec<Discovered>> {
+    let teams = principal.scope(Permission::CertificateRead, team)?;
+    e.discovery.list(&teams, status, agent_id).await
+}
+
+/// A take-over by `principal`, composed as the console composes it: the
+/// discovery must be visible to it (else `NotFound`), then it must hold
+/// `CertificateWrite` on the requested team (else `Forbidden`).
+async fn take_over_as(
+    e: &Env,
+    principal: &Principal,
+    actor: &Actor,
+    id: uuid::Uuid,
+    req: &TakeOverRequest,
+    now: OffsetDateTime,
+) -> DomainResult<CertificateView> {
+    let teams = principal.readable_teams();
+    e.discovery.get(&teams, id).await?;
+    principal.authorize(Permission::CertificateWrite, Some(&req.team))?;
+    e.discovery.take_over(actor, &teams, id, req, now).await
 }
 
 async fn count(store: &SqliteStore, action: &str) -> usize {
@@ -194,8 +228,8 @@ async fn each_bad_field_refuses_the_whole_report_and_stores_nothing() {
         let mut bad = item("tls:127.0.0.1:443", &["legacy.example.com"]);
         edit(&mut bad);
         let err = e
-            .deployments
-            .record_discovery(
+            .discovery
+            .record(
                 &e.agent,
                 None,
                 &DiscoveryReport {
@@ -221,8 +255,8 @@ async fn each_bad_field_refuses_the_whole_report_and_stores_nothing() {
         unreadable: Vec::new(),
     };
     let DomainError::Invalid(errors) = e
-        .deployments
-        .record_discovery(&e.agent, None, &too_many, e.now)
+        .discovery
+        .record(&e.agent, None, &too_many, e.now)
         .await
         .unwrap_err()
     else {
@@ -242,8 +276,8 @@ async fn each_bad_field_refuses_the_whole_report_and_stores_nothing() {
             unreadable,
         };
         let DomainError::Invalid(errors) = e
-            .deployments
-            .record_discovery(&e.agent, None, &report, e.now)
+            .discovery
+            .record(&e.agent, None, &report, e.now)
             .await
             .unwrap_err()
         else {
@@ -252,10 +286,9 @@ async fn each_bad_field_refuses_the_whole_report_and_stores_nothing() {
         assert_eq!(errors[0].field, field, "{errors:?}");
     }
     // Nothing stored, nothing audited.
-    let admin = person(&[Role::Admin], &[]);
     assert!(
-        e.deployments
-            .list_discovered(&admin, DiscoveryStatus::All, None, None)
+        e.discovery
+            .list(&TeamScope::All, DiscoveryStatus::All, None)
             .await
             .unwrap()
             .is_empty()
@@ -266,8 +299,8 @@ async fn each_bad_field_refuses_the_whole_report_and_stores_nothing() {
     let mut no_pem = item("tls:127.0.0.1:443", &["legacy.example.com"]);
     no_pem.certificate_pem = None;
     let sync = e
-        .deployments
-        .record_discovery(
+        .discovery
+        .record(
             &e.agent,
             None,
             &DiscoveryReport {
@@ -280,8 +313,8 @@ async fn each_bad_field_refuses_the_whole_report_and_stores_nothing() {
         .unwrap();
     assert_eq!((sync.items, sync.new, sync.removed), (2, 2, 0));
     let listed = e
-        .deployments
-        .list_discovered(&admin, DiscoveryStatus::Unmanaged, None, None)
+        .discovery
+        .list(&TeamScope::All, DiscoveryStatus::Unmanaged, None)
         .await
         .unwrap();
     assert_eq!(listed.len(), 2);
@@ -295,44 +328,41 @@ async fn each_bad_field_refuses_the_whole_report_and_stores_nothing() {
     );
     // Team scope: a viewer of another team sees nothing.
     assert!(
-        e.deployments
-            .list_discovered(
-                &person(&[Role::Viewer], &["other"]),
-                DiscoveryStatus::All,
-                None,
-                None
-            )
-            .await
-            .unwrap()
-            .is_empty()
+        list_as(
+            &e,
+            &person(&[Role::Viewer], &["other"]),
+            DiscoveryStatus::All,
+            None,
+            None
+        )
+        .await
+        .unwrap()
+        .is_empty()
     );
     assert_eq!(
-        e.deployments
-            .list_discovered(
-                &person(&[Role::Viewer], &["edge"]),
-                DiscoveryStatus::All,
-                None,
-                None
-            )
-            .await
-            .unwrap()
-            .len(),
+        list_as(
+            &e,
+            &person(&[Role::Viewer], &["edge"]),
+            DiscoveryStatus::All,
+            None,
+            None
+        )
+        .await
+        .unwrap()
+        .len(),
         2
     );
     // One team asked for: only if the caller may read it.
     let viewer = person(&[Role::Viewer], &["edge"]);
     assert_eq!(
-        e.deployments
-            .list_discovered(&viewer, DiscoveryStatus::All, None, Some("edge"))
+        list_as(&e, &viewer, DiscoveryStatus::All, None, Some("edge"))
             .await
             .unwrap()
             .len(),
         2
     );
     assert!(matches!(
-        e.deployments
-            .list_discovered(&viewer, DiscoveryStatus::All, None, Some("payments"))
-            .await,
+        list_as(&e, &viewer, DiscoveryStatus::All, None, Some("payments")).await,
         Err(DomainError::Forbidden(_))
     ));
 }
@@ -340,8 +370,8 @@ async fn each_bad_field_refuses_the_whole_report_and_stores_nothing() {
 #[tokio::test]
 async fn take_over_issues_through_policy_within_the_agents_teams_once() {
     let e = env().await;
-    e.deployments
-        .record_discovery(
+    e.discovery
+        .record(
             &e.agent,
             Some("192.0.2.9".into()),
             &DiscoveryReport {
@@ -355,10 +385,9 @@ async fn take_over_issues_through_policy_within_the_agents_teams_once() {
         )
         .await
         .unwrap();
-    let admin = person(&[Role::Admin], &[]);
     let rows = e
-        .deployments
-        .list_discovered(&admin, DiscoveryStatus::Unmanaged, None, None)
+        .discovery
+        .list(&TeamScope::All, DiscoveryStatus::Unmanaged, None)
         .await
         .unwrap();
     let legacy = rows
@@ -377,9 +406,7 @@ async fn take_over_issues_through_policy_within_the_agents_teams_once() {
     let operator = person(&[Role::Operator], &["payments", "edge", "other"]);
 
     // A team the agent is not in.
-    let err = e
-        .deployments
-        .take_over_discovered(&operator, &alice(), legacy.id, &req("other"), e.now)
+    let err = take_over_as(&e, &operator, &alice(), legacy.id, &req("other"), e.now)
         .await
         .unwrap_err();
     assert!(
@@ -387,22 +414,19 @@ async fn take_over_issues_through_policy_within_the_agents_teams_once() {
         "{err:?}"
     );
     // A viewer may not.
-    let err = e
-        .deployments
-        .take_over_discovered(
-            &person(&[Role::Viewer], &["payments"]),
-            &alice(),
-            legacy.id,
-            &req("payments"),
-            e.now,
-        )
-        .await
-        .unwrap_err();
+    let err = take_over_as(
+        &e,
+        &person(&[Role::Viewer], &["payments"]),
+        &alice(),
+        legacy.id,
+        &req("payments"),
+        e.now,
+    )
+    .await
+    .unwrap_err();
     assert!(matches!(err, DomainError::Forbidden(_)), "{err:?}");
     // The team's policy refuses names outside example.com.
-    let err = e
-        .deployments
-        .take_over_discovered(&operator, &alice(), corp.id, &req("payments"), e.now)
+    let err = take_over_as(&e, &operator, &alice(), corp.id, &req("payments"), e.now)
         .await
         .unwrap_err();
     let DomainError::Invalid(fields) = &err else {
@@ -425,10 +449,8 @@ async fn take_over_issues_through_policy_within_the_agents_teams_once() {
     };
     let (one, two) = (named("legacy-a"), named("legacy-b"));
     let (first, second) = tokio::join!(
-        e.deployments
-            .take_over_discovered(&operator, &actor, legacy.id, &one, e.now),
-        e.deployments
-            .take_over_discovered(&operator, &actor, legacy.id, &two, e.now),
+        take_over_as(&e, &operator, &actor, legacy.id, &one, e.now),
+        take_over_as(&e, &operator, &actor, legacy.id, &two, e.now),
     );
     let (view, lost) = match (first, second) {
         (Ok(v), Err(e)) | (Err(e), Ok(v)) => (v, e),
@@ -447,8 +469,8 @@ async fn take_over_issues_through_policy_within_the_agents_teams_once() {
     assert_eq!(assigned.len(), 1);
     assert_eq!(assigned[0].certificate_id, view.certificate.id);
     let row = e
-        .deployments
-        .list_discovered(&admin, DiscoveryStatus::All, None, None)
+        .discovery
+        .list(&TeamScope::All, DiscoveryStatus::All, None)
         .await
         .unwrap()
         .into_iter()
@@ -458,9 +480,7 @@ async fn take_over_issues_through_policy_within_the_agents_teams_once() {
     assert_eq!(count(&e.store, "discovery.take-over").await, 1);
 
     // Twice: a conflict, and no second certificate.
-    let err = e
-        .deployments
-        .take_over_discovered(&operator, &alice(), legacy.id, &req("edge"), e.now)
+    let err = take_over_as(&e, &operator, &alice(), legacy.id, &req("edge"), e.now)
         .await
         .unwrap_err();
     assert!(matches!(err, DomainError::Conflict(_)), "{err:?}");
@@ -471,8 +491,8 @@ async fn take_over_issues_through_policy_within_the_agents_teams_once() {
     let mut managed = item("tls:127.0.0.1:443", &["legacy.example.com"]);
     managed.fingerprint_sha256 = versions[0].fingerprint_sha256.clone();
     managed.certificate_pem = None;
-    e.deployments
-        .record_discovery(
+    e.discovery
+        .record(
             &e.agent,
             None,
             &DiscoveryReport {
@@ -484,30 +504,27 @@ async fn take_over_issues_through_policy_within_the_agents_teams_once() {
         .await
         .unwrap();
     let row = e
-        .deployments
-        .list_discovered(&admin, DiscoveryStatus::Managed, None, None)
+        .discovery
+        .list(&TeamScope::All, DiscoveryStatus::Managed, None)
         .await
         .unwrap()
         .remove(0);
     assert_eq!(row.managed, Some((view.certificate.id, 1)));
-    let err = e
-        .deployments
-        .take_over_discovered(&operator, &alice(), row.id, &req("edge"), e.now)
+    let err = take_over_as(&e, &operator, &alice(), row.id, &req("edge"), e.now)
         .await
         .unwrap_err();
     assert!(matches!(err, DomainError::Conflict(_)), "{err:?}");
     // Unknown, and invisible to a caller outside the agent's teams.
-    let err = e
-        .deployments
-        .take_over_discovered(
-            &person(&[Role::Operator], &["other"]),
-            &alice(),
-            row.id,
-            &req("other"),
-            e.now,
-        )
-        .await
-        .unwrap_err();
+    let err = take_over_as(
+        &e,
+        &person(&[Role::Operator], &["other"]),
+        &alice(),
+        row.id,
+        &req("other"),
+        e.now,
+    )
+    .await
+    .unwrap_err();
     assert!(matches!(err, DomainError::NotFound(_)), "{err:?}");
 }
 
@@ -540,8 +557,8 @@ async fn unmanaged_discoveries_are_rated_in_the_compliance_report() {
     let mut managed = ours.clone();
     managed.source = "tls:127.0.0.1:443".into();
     managed.fingerprint_sha256 = issued.versions[0].fingerprint_sha256.clone();
-    e.deployments
-        .record_discovery(
+    e.discovery
+        .record(
             &e.agent,
             None,
             &DiscoveryReport {
@@ -605,32 +622,32 @@ async fn unmanaged_discoveries_are_rated_in_the_compliance_report() {
     assert_eq!(scoped.summary.discovered, 0);
 
     // Once taken over, the replacement is what certflow rates.
-    e.deployments
-        .take_over_discovered(
+    take_over_as(
+        &e,
+        &person(&[Role::Admin], &[]),
+        &alice(),
+        list_as(
+            &e,
             &person(&[Role::Admin], &[]),
-            &alice(),
-            e.deployments
-                .list_discovered(
-                    &person(&[Role::Admin], &[]),
-                    DiscoveryStatus::Unmanaged,
-                    None,
-                    None,
-                )
-                .await
-                .unwrap()
-                .iter()
-                .find(|d| d.item.source == "file:/etc/ssl/legacy.pem")
-                .unwrap()
-                .id,
-            &TakeOverRequest {
-                team: "payments".into(),
-                issuer: None,
-                name: None,
-            },
-            e.now,
+            DiscoveryStatus::Unmanaged,
+            None,
+            None,
         )
         .await
-        .unwrap();
+        .unwrap()
+        .iter()
+        .find(|d| d.item.source == "file:/etc/ssl/legacy.pem")
+        .unwrap()
+        .id,
+        &TakeOverRequest {
+            team: "payments".into(),
+            issuer: None,
+            name: None,
+        },
+        e.now,
+    )
+    .await
+    .unwrap();
     let report = e
         .services
         .compliance_report(Some((&e.deployments, &e.agents)), None, 30, e.now)
