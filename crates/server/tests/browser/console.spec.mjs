@@ -4,6 +4,8 @@
 // `certflow serve`, with:
 //   CERTFLOW_URL     http://127.0.0.1:<port> of certflow
 //   SCREENSHOT_DIR   where each page's screenshot goes (test artifacts)
+//   DOCS_IMG_DIR     optional: where the README's pictures go (docs/img: the
+//                    dashboard, a certificate's page and the inventory, with data)
 //   AGENT_URL        https://127.0.0.1:<port> of certflow's agent listener (mTLS)
 //   AGENT_CA         PEM file of the CA that issued the listener's certificate
 //   WORK_DIR         scratch directory (the test agent's key and CSR, by openssl)
@@ -34,6 +36,7 @@ const BASE = process.env.CERTFLOW_URL;
 const SHOTS = process.env.SCREENSHOT_DIR;
 if (!BASE || !SHOTS) throw new Error('CERTFLOW_URL and SCREENSHOT_DIR are required');
 fs.mkdirSync(SHOTS, { recursive: true });
+const DOCS_IMG = process.env.DOCS_IMG_DIR;
 const AXE = fs.readFileSync(require.resolve('axe-core/axe.min.js'), 'utf8');
 const AGENT_URL = process.env.AGENT_URL;
 const AGENT_CA = process.env.AGENT_CA && fs.readFileSync(process.env.AGENT_CA, 'utf8');
@@ -106,6 +109,13 @@ async function audit(page, name) {
   if (minor.length) log(`${name}: minor axe findings ${minor.map((v) => `${v.id}(${v.impact})`).join(', ')}`);
   await page.screenshot({ path: path.join(SHOTS, `${name}.png`), fullPage: true });
   pages.push(name);
+}
+
+/** A picture for the documentation (`docs/img/console-<name>.png`), so the README shows the console as it is. */
+async function docShot(page, name) {
+  if (!DOCS_IMG) return;
+  step = `documentation picture ${name}`;
+  await page.screenshot({ path: path.join(DOCS_IMG, `console-${name}.png`), fullPage: true });
 }
 
 /** One request to the agent listener: TLS verified against AGENT_CA, with the agent's identity when given. */
@@ -321,6 +331,7 @@ try {
   check(dl.suggestedFilename().endsWith('.p12'), dl.suggestedFilename());
   await page.goto(`${BASE}/console/certificates/${id}`);
   await audit(page, 'certificate');
+  await docShot(page, 'certificate');
 
   step = 'revoke: confirmation first';
   await page.click('a:has-text("Revoke")');
@@ -377,6 +388,9 @@ try {
   check(await page.locator('svg.chart text.count').count() >= 3, 'bars for the weeks with expiries');
   await audit(page, 'dashboard');
   check((await page.locator('table.deployments').innerText()).includes('api.console.example.com'), 'the broken install is undeployed');
+  await docShot(page, 'dashboard');
+  await page.goto(`${BASE}/console/certificates`);
+  await docShot(page, 'inventory');
 
   step = 'agents: assignments and deployment results';
   await page.goto(`${BASE}/console/agents`);

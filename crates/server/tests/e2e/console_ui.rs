@@ -2,7 +2,8 @@
 //! (oidc-provider, `testdata/oidc/provider.mjs`) and the real `certflow serve`,
 //! driven by Debian's chromium through playwright-core
 //! (`tests/browser/console.spec.mjs`, which also runs axe-core on every page
-//! and saves screenshots under `target/console-screenshots/`). The agent
+//! and saves screenshots under `target/console-screenshots/`, and rewrites
+//! the documentation's pictures of the console in `docs/img/`). The agent
 //! listener is on too: the script enrols an agent over mTLS with a join token
 //! made on the agents page, and its reports show on the console's pages.
 //!
@@ -142,11 +143,16 @@ viewer = ["certflow-viewers"]
     )
     .unwrap();
     let shots = manifest.join("../../target/console-screenshots");
+    // The README's pictures are retaken on every run, so they show the
+    // console as it is; the run must have written each of them anew.
+    let docs_img = manifest.join("../../docs/img");
+    let started = std::time::SystemTime::now();
     let out = Command::new("node")
         .arg(browser_dir.join("console.spec.mjs"))
         .current_dir(&browser_dir)
         .env("CERTFLOW_URL", &console)
         .env("SCREENSHOT_DIR", &shots)
+        .env("DOCS_IMG_DIR", &docs_img)
         .env("AGENT_URL", format!("https://{agent_listen}"))
         .env("AGENT_CA", &ca)
         .env("WORK_DIR", tmp.path())
@@ -172,6 +178,15 @@ viewer = ["certflow-viewers"]
         assert!(
             shots.join(format!("{page}.png")).exists(),
             "screenshot of {page}"
+        );
+    }
+    for page in ["dashboard", "certificate", "inventory"] {
+        let written = std::fs::metadata(docs_img.join(format!("console-{page}.png")))
+            .and_then(|m| m.modified())
+            .unwrap_or(std::time::UNIX_EPOCH);
+        assert!(
+            written >= started,
+            "docs/img/console-{page}.png was not retaken by this run"
         );
     }
 }
