@@ -112,7 +112,7 @@ pub(crate) fn key_context(certificate_id: Uuid, version: u32) -> EncryptionConte
 /// Where a version's blobs live. The serial makes the prefix unique per
 /// issuance attempt: two replicas racing to write version n never share (and so
 /// never clean up) each other's blobs.
-fn blob_prefix(certificate_id: Uuid, version: u32, serial: &str) -> String {
+pub(crate) fn blob_prefix(certificate_id: Uuid, version: u32, serial: &str) -> String {
     format!("certificates/{certificate_id}/v{version}-{serial}")
 }
 

@@ -11,7 +11,6 @@
 //! certificate names the certflow issuer that renews it. An inventory-only
 //! certificate (`managed = false`) is never renewed until taken over.
 
-use bytes::Bytes;
 use certflow_core::model::{
     Actor, AuditEvent, Certificate, CertificateStatus, CertificateVersion, Issuer, IssuerKind,
     KeySource, KeyType, Labels, VersionStatus,
@@ -23,7 +22,7 @@ use serde_json::json;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::certificates::{CertificateView, key_context};
+use crate::certificates::{CertificateView, blob_prefix};
 use crate::{Services, validate};
 
 /// Largest PEM bundle or PKCS#12 file accepted, in bytes.
@@ -246,14 +245,21 @@ impl Services {
     ) -> Result<CertificateView, ImportError> {
         let checked = self.check_import(req, now).await?;
         let id = Uuid::now_v7();
-        // Same layout as issued versions (certificates.rs `blob_prefix`), so
-        // downloads find the chain beside the certificate.
-        let prefix = format!("certificates/{id}/v1-{}", checked.info.serial_hex);
+        let prefix = blob_prefix(id, 1, &checked.info.serial_hex);
         if checked.new_external {
             self.record_external_issuer(actor, &checked.issuer, now)
                 .await?;
         }
-        let (cert_blob, key_blob) = self.store_import_blobs(id, &prefix, &checked).await?;
+        let (cert_blob, key_blob, _) = self
+            .write_version_blobs(
+                &prefix,
+                id,
+                1,
+                checked.bundle.key.as_ref(),
+                &checked.leaf,
+                &checked.chain_pem(),
+            )
+            .await?;
         let info = &checked.info;
         let version = CertificateVersion {
             certificate_id: id,
@@ -403,47 +409,6 @@ impl Services {
             json!({ "name": issuer.name, "subject": issuer.subject }),
         );
         self.store.insert_issuer(issuer, &audit).await
-    }
-
-    /// Writes the blobs of an import's first version under `prefix` (the key
-    /// sealed) and names the certificate's and the key's; should a write
-    /// fail, those already written are removed.
-    async fn store_import_blobs(
-        &self,
-        id: Uuid,
-        prefix: &str,
-        checked: &CheckedImport,
-    ) -> Result<(String, Option<String>), DomainError> {
-        let cert_blob = format!("{prefix}/cert.der");
-        let chain_pem = checked.chain_pem();
-        let mut written = Vec::new();
-        let mut key_blob = None;
-        let stored: Result<(), DomainError> = async {
-            if let Some(key) = &checked.bundle.key {
-                let blob = format!("{prefix}/key.enc");
-                let sealed = self
-                    .sealer
-                    .seal(key.pkcs8_der(), &key_context(id, 1))
-                    .await?;
-                self.blobs.put(&blob, Bytes::from(sealed)).await?;
-                written.push(blob.clone());
-                key_blob = Some(blob);
-            }
-            self.blobs
-                .put(&cert_blob, Bytes::from(checked.leaf.clone()))
-                .await?;
-            written.push(cert_blob.clone());
-            let chain_blob = format!("{prefix}/chain.pem");
-            self.blobs.put(&chain_blob, Bytes::from(chain_pem)).await?;
-            written.push(chain_blob);
-            Ok(())
-        }
-        .await;
-        if let Err(e) = stored {
-            self.remove_blobs(&written).await;
-            return Err(e);
-        }
-        Ok((cert_blob, key_blob))
     }
 
     /// The certificate row of an import whose first version is `version`.
