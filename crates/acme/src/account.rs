@@ -6,10 +6,10 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use certflow_blob::{EncryptionContext, Sealer};
 use certflow_core::model::Issuer;
 use certflow_core::ports::BlobStore;
 use certflow_core::{DomainError, DomainResult};
+use certflow_seal::{EncryptionContext, Sealer};
 
 /// Persistence of the account credentials, as opaque JSON.
 #[async_trait]

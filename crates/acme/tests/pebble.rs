@@ -16,10 +16,11 @@ use certflow_acme::{
     EabSettings, ExecHook, Http01Tokens, MemoryAccountStore, PropagationSettings, Route53Provider,
     SealedAccountStore, http01_router,
 };
-use certflow_blob::{LocalKeyProvider, MasterKey, ObjectBlobStore, Sealer};
+use certflow_blob::ObjectBlobStore;
 use certflow_core::model::{Issuer, IssuerKind, KeyType};
 use certflow_core::ports::{BlobStore, IssueRequest, IssuedCertificate, IssuerBackend};
 use certflow_core::{DomainError, DomainResult, Profile, SubjectName};
+use certflow_seal::{LocalKeyProvider, MasterKey, Sealer};
 use certflow_testkit::Moto;
 use certflow_testkit::pebble::{Pebble, PebbleOptions};
 use rcgen::{CertificateParams, KeyPair, PublicKeyData};

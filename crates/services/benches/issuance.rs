@@ -26,9 +26,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use certflow_api::CreateCertificateRequest;
-use certflow_blob::{LocalKeyProvider, MasterKey, ObjectBlobStore, Sealer};
+use certflow_blob::ObjectBlobStore;
 use certflow_core::model::{Actor, KeyType};
 use certflow_core::ports::MetadataStore;
+use certflow_seal::{LocalKeyProvider, MasterKey, Sealer};
 use certflow_services::{CaSettings, Services};
 use certflow_store::{PgOptions, PgStore, SqliteStore};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};

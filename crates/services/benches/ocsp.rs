@@ -25,9 +25,10 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use certflow_api::CreateCertificateRequest;
-use certflow_blob::{LocalKeyProvider, MasterKey, ObjectBlobStore, Sealer};
+use certflow_blob::ObjectBlobStore;
 use certflow_core::model::{Actor, KeyType};
 use certflow_pki::{OcspAnswer, OcspCertStatus, OcspSigner, create_ca};
+use certflow_seal::{LocalKeyProvider, MasterKey, Sealer};
 use certflow_services::{CaSettings, Services};
 use certflow_store::SqliteStore;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};

@@ -8,12 +8,13 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use certflow_api::CreateCertificateRequest;
-use certflow_blob::{LocalKeyProvider, MasterKey, ObjectBlobStore, Sealer};
+use certflow_blob::ObjectBlobStore;
 use certflow_core::model::{Actor, AuditQuery, Issuer};
 use certflow_core::ports::{IssueRequest, IssuedCertificate, IssuerBackend};
 use certflow_core::renewal::SuggestedWindow;
 use certflow_core::{DomainResult, KeyType, Profile};
 use certflow_pki::{CaMaterial, LeafRequest, cert_to_pem, create_ca, issue_leaf};
+use certflow_seal::{LocalKeyProvider, MasterKey, Sealer};
 use certflow_store::SqliteStore;
 use time::OffsetDateTime;
 

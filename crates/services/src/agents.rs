@@ -14,12 +14,12 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use aws_lc_rs::{digest, rand};
-use certflow_blob::{EncryptionContext, Sealer};
 use certflow_core::agents::{Agent, AgentCaRecord, AgentStatus, JoinToken, agent_uri};
 use certflow_core::model::{Actor, AuditEvent};
 use certflow_core::ports::{AgentStore, BlobStore};
 use certflow_core::{DomainError, DomainResult, FieldError, KeyType};
 use certflow_pki::{AgentIdentityRequest, PrivateKey};
+use certflow_seal::{EncryptionContext, Sealer};
 use serde_json::json;
 use time::{Duration, OffsetDateTime};
 use uuid::Uuid;

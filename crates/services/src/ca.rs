@@ -3,10 +3,10 @@
 
 use bytes::Bytes;
 use certflow_api::ImportCaRequest;
-use certflow_blob::EncryptionContext;
 use certflow_core::model::{Actor, AuditEvent, Issuer, IssuerKind, KeyType};
 use certflow_core::{DomainError, error::DomainResult};
 use certflow_pki::{CaMaterial, PrivateKey};
+use certflow_seal::EncryptionContext;
 
 use serde_json::json;
 use time::OffsetDateTime;

@@ -16,7 +16,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use certflow_api::{CreateCertificateRequest, RenewRequest};
-use certflow_blob::EncryptionContext;
 use certflow_core::RenewalPolicy;
 use certflow_core::model::IssuerKind;
 use certflow_core::model::{
@@ -31,6 +30,7 @@ use certflow_core::{
     DomainError, FieldError, Profile, SubjectName, error::DomainResult, validate_names,
 };
 use certflow_pki::{CsrInfo, LintContext, LintFinding, LintRefusal, PrivateKey};
+use certflow_seal::EncryptionContext;
 use serde_json::json;
 use time::OffsetDateTime;
 use uuid::Uuid;

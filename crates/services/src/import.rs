@@ -679,11 +679,12 @@ mod tests {
     use std::sync::Arc;
 
     use certflow_api::ImportCaRequest;
-    use certflow_blob::{LocalKeyProvider, MasterKey, ObjectBlobStore, Sealer};
+    use certflow_blob::ObjectBlobStore;
     use certflow_core::model::{AuditQuery, KeyType};
     use certflow_core::policy::IssuancePolicies;
     use certflow_core::ports::{BlobStore as _, MetadataStore as _};
     use certflow_pki::{CaMaterial, LeafRequest, cert_to_pem, create_ca, issue_leaf};
+    use certflow_seal::{LocalKeyProvider, MasterKey, Sealer};
     use certflow_store::SqliteStore;
 
     use super::*;

@@ -6,12 +6,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use certflow_blob::Sealer;
 use certflow_core::model::{Issuer, IssuerKind};
 use certflow_core::ports::{BlobStore, IssueRequest, IssuedCertificate, IssuerBackend};
 use certflow_core::renewal::SuggestedWindow;
 use certflow_core::{DomainError, error::DomainResult};
 use certflow_pki::{IssuerUrls, LeafRequest, LintRefusal, PrivateKey};
+use certflow_seal::Sealer;
 use time::OffsetDateTime;
 use uuid::Uuid;
 

@@ -21,10 +21,10 @@ mod validate;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use certflow_blob::Sealer;
 use certflow_core::policy::PolicySet;
 use certflow_core::ports::{BlobStore, IssuerBackend, MetadataStore, NotificationStore};
 use certflow_core::renewal::RenewalDefaults;
+use certflow_seal::Sealer;
 use uuid::Uuid;
 
 pub use ca::CaSettings;

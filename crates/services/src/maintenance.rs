@@ -6,11 +6,11 @@
 use std::collections::HashMap;
 
 use bytes::Bytes;
-use certflow_blob::Sealer;
 use certflow_core::model::{
     Actor, AuditEvent, CertificateQuery, CertificateVersion, IDEMPOTENCY_KEY_TTL,
 };
 use certflow_core::{DomainError, DomainResult};
+use certflow_seal::Sealer;
 use serde_json::json;
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -174,7 +174,7 @@ impl Services {
     pub(crate) async fn rewrap_one(
         &self,
         blob: &str,
-        context: &certflow_blob::EncryptionContext,
+        context: &certflow_seal::EncryptionContext,
     ) -> DomainResult<bool> {
         let sealed = self.blobs.get(blob).await?;
         if Sealer::key_id_of(&sealed)? == self.sealer.current_key_id() {

@@ -7,13 +7,14 @@
 use std::sync::Arc;
 
 use certflow_api::{CreateCertificateRequest, CreateSubscriptionRequest};
-use certflow_blob::{LocalKeyProvider, MasterKey, ObjectBlobStore, Sealer};
+use certflow_blob::ObjectBlobStore;
 use certflow_core::model::{Actor, AuditQuery, KeyType, Outcome};
 use certflow_core::notify::{DeliveryQuery, EventKind};
 use certflow_core::policy::{IssuancePolicies, IssuancePolicy};
 use certflow_core::ports::NotificationStore;
 use certflow_core::renewal::RenewalJob;
 use certflow_core::{DomainError, FieldError};
+use certflow_seal::{LocalKeyProvider, MasterKey, Sealer};
 use certflow_store::SqliteStore;
 use serde_json::json;
 use time::OffsetDateTime;

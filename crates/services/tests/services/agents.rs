@@ -8,12 +8,13 @@
 use std::process::Command;
 use std::sync::Arc;
 
-use certflow_blob::{LocalKeyProvider, MasterKey, ObjectBlobStore, Sealer};
+use certflow_blob::ObjectBlobStore;
 use certflow_core::DomainError;
 use certflow_core::agents::AgentStatus;
 use certflow_core::model::{Actor, AuditQuery};
 use certflow_core::ports::{AgentStore, MetadataStore};
 use certflow_core::{KeyType, SubjectName};
+use certflow_seal::{LocalKeyProvider, MasterKey, Sealer};
 use certflow_services::Services;
 use certflow_services::agents::{
     AgentChanges, AgentSettings, Agents, NewJoinToken, TokenEnrolment, join_token_sha256,

@@ -12,9 +12,10 @@ mod replacement;
 
 use std::sync::Arc;
 
-use certflow_blob::{LocalKeyProvider, MasterKey, ObjectBlobStore, Sealer};
+use certflow_blob::ObjectBlobStore;
 use certflow_core::policy::IssuancePolicies;
 use certflow_core::{KeyType, SubjectName};
+use certflow_seal::{LocalKeyProvider, MasterKey, Sealer};
 use certflow_services::{CaSettings, Services};
 use certflow_store::SqliteStore;
 use time::OffsetDateTime;
