@@ -367,7 +367,7 @@ mod tests {
         TeamScope::Only(teams.iter().map(|t| (*t).to_owned()).collect())
     }
 
-    // README, "Identity and access": "admins do everything", on every team;
+    // docs/identity-and-access.md, "Roles and teams": "admins do everything", on every team;
     // the bootstrap token is the break-glass administrator.
     #[test]
     fn administrators_act_on_every_teams_certificates() {

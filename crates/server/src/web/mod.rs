@@ -320,7 +320,7 @@ impl FromRequestParts<AppState> for Ctx {
                 StatusCode::SERVICE_UNAVAILABLE,
                 // A first run has no provider yet: name the local recipe too.
                 "the console needs single sign-on: configure [auth.oidc] \
-                 (to try it on this machine: scripts/dev-idp.sh, \"Try the console\" in the README)"
+                 (to try it on this machine: scripts/dev-idp.sh, see docs/console.md)"
                     .into(),
             ));
         };
