@@ -6,9 +6,10 @@
 use std::sync::Arc;
 
 use certflow_api::{CreateCertificateRequest, CreateSubscriptionRequest};
-use certflow_blob::{LocalKeyProvider, MasterKey, ObjectBlobStore, Sealer};
+use certflow_blob::ObjectBlobStore;
 use certflow_core::model::{Actor, AuditQuery, KeyType};
 use certflow_core::ports::{MetadataStore, NotificationStore};
+use certflow_seal::{LocalKeyProvider, MasterKey, Sealer};
 use certflow_services::{CaSettings, Services};
 use time::OffsetDateTime;
 
