@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use certflow_api::{CreateCertificateRequest, RenewalPolicyView};
-use certflow_blob::{LocalKeyProvider, MasterKey, ObjectBlobStore, Sealer};
+use certflow_blob::ObjectBlobStore;
 use certflow_core::DomainResult;
 use certflow_core::model::{Actor, KeyType};
 use certflow_core::ports::{MetadataStore, RenewalLedger};
@@ -31,6 +31,7 @@ use certflow_renewal::sqs::ensure_queues;
 use certflow_renewal::{
     Scheduler, SchedulerSettings, SqsOptions, SqsRenewalQueue, Worker, WorkerSettings,
 };
+use certflow_seal::{LocalKeyProvider, MasterKey, Sealer};
 use certflow_services::{CaSettings, Services};
 use certflow_store::{DbQueueOptions, PgOptions, PgStore, SqliteStore};
 use certflow_testkit::{Moto, PgDatabase};

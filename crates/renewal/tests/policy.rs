@@ -10,13 +10,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use certflow_api::{CreateCertificateRequest, CreateSubscriptionRequest};
-use certflow_blob::{LocalKeyProvider, MasterKey, ObjectBlobStore, Sealer};
+use certflow_blob::ObjectBlobStore;
 use certflow_core::model::{Actor, AuditQuery, KeyType};
 use certflow_core::notify::{DeliveryQuery, EventKind};
 use certflow_core::policy::{IssuancePolicies, IssuancePolicy};
 use certflow_core::ports::{MetadataStore, NotificationStore, RenewalLedger};
 use certflow_core::renewal::{JobState, RenewalQueue};
 use certflow_renewal::{Scheduler, SchedulerSettings, Worker, WorkerSettings};
+use certflow_seal::{LocalKeyProvider, MasterKey, Sealer};
 use certflow_services::{CaSettings, Services};
 use certflow_store::{DbQueueOptions, SqliteStore};
 use serde_json::json;

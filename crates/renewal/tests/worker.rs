@@ -13,13 +13,14 @@ use std::time::{Duration, Instant};
 
 use certflow_acme::{AcmeIssuer, AcmeSettings, Http01Tokens, SealedAccountStore};
 use certflow_api::{CreateCertificateRequest, CreateSubscriptionRequest};
-use certflow_blob::{LocalKeyProvider, MasterKey, ObjectBlobStore, Sealer};
+use certflow_blob::ObjectBlobStore;
 use certflow_core::DomainError;
 use certflow_core::model::{Actor, AuditQuery, KeyType};
 use certflow_core::notify::{Delivery, DeliveryQuery, EventKind};
 use certflow_core::ports::{BlobStore, MetadataStore, NotificationStore, RenewalLedger};
 use certflow_core::renewal::{JobState, RenewalJob, RenewalQueue};
 use certflow_renewal::{Scheduler, SchedulerSettings, Worker, WorkerSettings};
+use certflow_seal::{LocalKeyProvider, MasterKey, Sealer};
 use certflow_services::{CaSettings, JobOutcome, Services};
 use certflow_store::{DbQueueOptions, DbRenewalQueue, PgOptions, PgStore, SqliteStore};
 use certflow_testkit::PgDatabase;
