@@ -16,10 +16,11 @@ use certflow_core::ports::AgentStore;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use crate::audit::insert_audit;
 use crate::codec::{id, secs, to_json};
 use crate::error::{Violation, conflict, corrupt, map};
 use crate::query::{Backend, Columns, Sql};
-use crate::repo::{SqlStore, execute, fetch_optional, insert_audit};
+use crate::store::{SqlStore, execute, fetch_optional};
 
 macro_rules! agent_columns {
     () => {

@@ -19,9 +19,9 @@ use certflow_core::model::{AuditChainBreak, AuditChainFault, AuditChainReport, A
 use uuid::Uuid;
 
 use crate::codec::{audit_columns, id, secs};
-use crate::error::map;
+use crate::error::{Violation, conflict, map};
 use crate::query::{Backend, Columns, Sql};
-use crate::repo::{SqlStore, execute, fetch_all, fetch_optional};
+use crate::store::{SqlStore, execute, fetch_all, fetch_optional};
 
 /// `prev_hash` of the first event.
 pub(crate) const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -128,12 +128,14 @@ fn read_head(row: Option<impl Columns>) -> DomainResult<(i64, String)> {
     Ok((row.int("seq")?, row.text("hash")?))
 }
 
-/// Inserts `event` as the next link. Call it last in the write transaction:
-/// on PostgreSQL it holds the chain head's lock until the commit.
-pub(crate) async fn insert_linked<B: Backend>(
+/// Appends `event` to the audit chain as the next link. Call it last in a
+/// write transaction: on PostgreSQL it holds the chain head's row lock until
+/// the commit, so audited writes commit one at a time.
+pub(crate) async fn insert_audit<B: Backend>(
     conn: &mut B::Connection,
-    event: &StoredEvent,
-) -> DomainResult<Result<(), sqlx::Error>> {
+    audit: &AuditEvent,
+) -> DomainResult<()> {
+    let event = &StoredEvent::of(audit)?;
     let (head_seq, head_hash) = lock_head::<B>(conn).await?;
     let seq = head_seq + 1;
     let hash = link_hash(&head_hash, seq, event);
@@ -153,7 +155,11 @@ pub(crate) async fn insert_linked<B: Backend>(
     .bind(seq)
     .bind(head_hash)
     .bind(hash);
-    Ok(B::execute(conn, sql).await)
+    B::execute(conn, sql).await.map_err(|e| {
+        conflict(e, |v| {
+            (v == Violation::PrimaryKey).then(|| format!("audit event {} already exists", audit.id))
+        })
+    })
 }
 
 /// Links audit events from before migration 0004 when a store opens.

@@ -17,10 +17,11 @@ use certflow_core::ports::DeploymentStore;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use crate::audit::insert_audit;
 use crate::codec::{get_u32, id, secs};
 use crate::error::{corrupt, map};
 use crate::query::{Backend, Columns, Sql};
-use crate::repo::{SqlStore, execute, fetch_all, fetch_optional, insert_audit};
+use crate::store::{SqlStore, execute, fetch_all, fetch_optional};
 
 /// The joined columns [`state`] decodes; the `FROM` clause is [`FROM`].
 macro_rules! state_select {

@@ -19,10 +19,11 @@ use certflow_core::ports::DiscoveryStore;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use crate::audit::insert_audit;
 use crate::codec::{id, secs};
 use crate::error::{corrupt, map};
 use crate::query::{Backend, Columns, Sql};
-use crate::repo::{SqlStore, execute, fetch_all, fetch_optional, insert_audit};
+use crate::store::{SqlStore, execute, fetch_all, fetch_optional};
 
 /// The columns [`row`] decodes, from `discovered_certificates d JOIN agents ag`.
 /// The managed version is the first (by certificate id, version) with the

@@ -25,9 +25,10 @@ mod renewal;
 mod repo;
 mod sessions;
 mod sqlite;
+mod store;
 
 pub use changes::ChangeFeed;
 pub use postgres::{PgOptions, PgStore};
 pub use queue::{Clock, DbQueueOptions, DbRenewalQueue};
-pub use repo::SqlStore;
 pub use sqlite::SqliteStore;
+pub use store::SqlStore;

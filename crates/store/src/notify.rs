@@ -13,10 +13,11 @@ use certflow_core::ports::NotificationStore;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use crate::audit::insert_audit;
 use crate::codec::{self, delivery_columns, id, secs, subscription_columns, to_json};
 use crate::error::{Violation, conflict, map};
 use crate::query::{Backend, Columns, Sql};
-use crate::repo::{SqlStore, execute, fetch_all, fetch_optional, insert_audit, page_bounds, total};
+use crate::store::{SqlStore, execute, fetch_all, fetch_optional, page_bounds, total};
 
 /// Most deliveries one claim leases.
 const MAX_CLAIM: u32 = 500;

@@ -18,7 +18,7 @@ use crate::audit::link_unchained;
 use crate::migrate::{Embedded, migrator};
 use crate::query::Dialect;
 use crate::queue::{DbQueueOptions, DbRenewalQueue};
-use crate::repo::SqlStore;
+use crate::store::SqlStore;
 
 /// Migrations embedded in the binary, oldest first; a unit test checks the
 /// list against `migrations/postgres/`.

@@ -14,7 +14,7 @@ use sqlx::{Postgres, Sqlite};
 use time::OffsetDateTime;
 use tokio::time::Instant;
 
-use crate::repo::SqlStore;
+use crate::store::SqlStore;
 
 /// The time source of a queue.
 pub type Clock = Arc<dyn Fn() -> OffsetDateTime + Send + Sync>;

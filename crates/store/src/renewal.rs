@@ -20,10 +20,11 @@ use certflow_core::renewal::{JobDelivery, JobState, QueueStats, RenewalJob};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use crate::audit::insert_audit;
 use crate::codec::{self, id, job_columns, secs};
 use crate::error::{Violation, conflict, map};
 use crate::query::{Backend, Columns, Sql};
-use crate::repo::{SqlStore, execute, fetch_all, fetch_optional, insert_audit};
+use crate::store::{SqlStore, execute, fetch_all, fetch_optional};
 
 /// Most jobs one `receive` hands out.
 const MAX_RECEIVE: u32 = 100;

@@ -12,8 +12,6 @@
 //! agree.
 
 use std::collections::HashMap;
-use std::fmt;
-use std::marker::PhantomData;
 
 use async_trait::async_trait;
 use certflow_core::error::DomainResult;
@@ -24,120 +22,20 @@ use certflow_core::model::{
 };
 use certflow_core::ports::MetadataStore;
 use certflow_core::{DomainError, SubjectName};
-use sqlx::{Database, Pool, Transaction};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::audit::{StoredEvent, insert_linked};
+use crate::audit::insert_audit;
 use crate::codec::{
     self, audit_columns, certificate_columns, fold, id, idempotency_columns, issuer_columns, secs,
     version_columns,
 };
 use crate::error::{Violation, conflict, map};
 use crate::query::{Backend, Columns, Sql};
-
-/// Largest page a listing returns.
-const MAX_PAGE: u32 = 500;
+use crate::store::{SqlStore, execute, fetch_all, fetch_optional, page_bounds, total};
 
 /// Most certificates one `due_for_renewal` batch returns.
 const MAX_DUE: u32 = 1000;
-
-/// The metadata store over a pool of backend `B`: every port is implemented
-/// once, for all backends; [`SqliteStore`](crate::SqliteStore) and
-/// [`PgStore`](crate::PgStore) name it per backend and add how to open it.
-pub struct SqlStore<B: Database> {
-    pool: Pool<B>,
-    backend: PhantomData<fn() -> B>,
-}
-
-impl<B: Database> Clone for SqlStore<B> {
-    fn clone(&self) -> Self {
-        Self::new(self.pool.clone())
-    }
-}
-
-impl<B: Database> fmt::Debug for SqlStore<B> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SqlStore")
-            .field("backend", &B::NAME)
-            .field("pool", &self.pool)
-            .finish()
-    }
-}
-
-impl<B: Database> SqlStore<B> {
-    /// The pool (for the PostgreSQL change feed).
-    pub(crate) fn pool(&self) -> &Pool<B> {
-        &self.pool
-    }
-
-    /// Wraps a pool whose database is migrated.
-    pub(crate) fn new(pool: Pool<B>) -> Self {
-        Self {
-            pool,
-            backend: PhantomData,
-        }
-    }
-
-    /// Closes every connection (on SQLite, checkpointing the WAL); later
-    /// calls fail as unavailable.
-    pub async fn close(&self) {
-        self.pool.close().await;
-    }
-}
-
-impl<B: Backend> SqlStore<B> {
-    pub(crate) async fn begin_write(&self) -> DomainResult<Transaction<'static, B>> {
-        self.pool.begin_with(B::BEGIN_WRITE).await.map_err(map)
-    }
-
-    pub(crate) async fn begin_read(&self) -> DomainResult<Transaction<'static, B>> {
-        self.pool.begin_with(B::BEGIN_READ).await.map_err(map)
-    }
-
-    pub(crate) async fn fetch_all(&self, sql: Sql) -> DomainResult<Vec<B::Record>> {
-        let mut conn = self.pool.acquire().await.map_err(map)?;
-        B::fetch_all(&mut conn, sql).await.map_err(map)
-    }
-
-    pub(crate) async fn fetch_optional(&self, sql: Sql) -> DomainResult<Option<B::Record>> {
-        let mut conn = self.pool.acquire().await.map_err(map)?;
-        B::fetch_optional(&mut conn, sql).await.map_err(map)
-    }
-}
-
-pub(crate) async fn execute<B: Backend>(conn: &mut B::Connection, sql: Sql) -> DomainResult<()> {
-    B::execute(conn, sql).await.map_err(map)
-}
-
-pub(crate) async fn fetch_all<B: Backend>(
-    conn: &mut B::Connection,
-    sql: Sql,
-) -> DomainResult<Vec<B::Record>> {
-    B::fetch_all(conn, sql).await.map_err(map)
-}
-
-pub(crate) async fn fetch_optional<B: Backend>(
-    conn: &mut B::Connection,
-    sql: Sql,
-) -> DomainResult<Option<B::Record>> {
-    B::fetch_optional(conn, sql).await.map_err(map)
-}
-
-/// Appends `event` to the audit chain (see [`crate::audit`]). Call it last
-/// in a write transaction: on PostgreSQL it holds the chain head's row lock
-/// until the commit, so audited writes commit one at a time.
-pub(crate) async fn insert_audit<B: Backend>(
-    conn: &mut B::Connection,
-    event: &AuditEvent,
-) -> DomainResult<()> {
-    let stored = StoredEvent::of(event)?;
-    insert_linked::<B>(conn, &stored).await?.map_err(|e| {
-        conflict(e, |v| {
-            (v == Violation::PrimaryKey).then(|| format!("audit event {} already exists", event.id))
-        })
-    })
-}
 
 /// Stores an idempotency record for the version `v` the transaction commits.
 /// Run first in the transaction: a concurrent request with the same key then
@@ -423,21 +321,6 @@ async fn certificates_with_labels<B: Backend>(
         .zip(&ids)
         .map(|(row, key)| codec::certificate(row, labels.remove(key).unwrap_or_default()))
         .collect()
-}
-
-pub(crate) fn page_bounds(limit: u32, offset: u64) -> (i64, i64) {
-    (
-        i64::from(limit.clamp(1, MAX_PAGE)),
-        i64::try_from(offset).unwrap_or(i64::MAX),
-    )
-}
-
-pub(crate) fn total(row: Option<impl Columns>) -> DomainResult<u64> {
-    let count = match row {
-        Some(row) => row.int("n")?,
-        None => 0,
-    };
-    u64::try_from(count).map_err(|e| DomainError::Internal(format!("negative row count: {e}")))
 }
 
 #[async_trait]
@@ -1124,7 +1007,7 @@ impl<B: Backend> MetadataStore for SqlStore<B> {
     }
 
     async fn put_setting(&self, key: &str, value: &str) -> DomainResult<()> {
-        let mut conn = self.pool.acquire().await.map_err(map)?;
+        let mut conn = self.pool().acquire().await.map_err(map)?;
         execute::<B>(
             &mut conn,
             Sql::new(
@@ -1200,13 +1083,6 @@ impl<B: Backend> MetadataStore for SqlStore<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn page_bounds_clamp() {
-        assert_eq!(page_bounds(0, 0), (1, 0));
-        assert_eq!(page_bounds(50, 7), (50, 7));
-        assert_eq!(page_bounds(10_000, u64::MAX), (500, i64::MAX));
-    }
 
     #[test]
     fn due_limit_clamps() {

@@ -12,7 +12,7 @@ use time::OffsetDateTime;
 use crate::codec::to_json;
 use crate::error::{Violation, conflict, corrupt, map};
 use crate::query::{Backend, Columns, Sql};
-use crate::repo::{SqlStore, execute, fetch_optional};
+use crate::store::{SqlStore, execute, fetch_optional};
 
 const SESSION_COLUMNS: &str = "id_hash, subject, principal, csrf_token, id_token, created_ms, \
      last_seen_ms, idle_expires_ms, absolute_expires_ms";

@@ -14,7 +14,7 @@ use crate::error::map;
 use crate::migrate::{Embedded, migrator};
 use crate::query::Dialect;
 use crate::queue::{DbQueueOptions, DbRenewalQueue};
-use crate::repo::SqlStore;
+use crate::store::SqlStore;
 
 /// Migrations embedded in the binary, oldest first. Listed by hand so the
 /// store needs no proc-macro build of sqlx; a unit test checks the list

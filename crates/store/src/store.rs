@@ -1,0 +1,131 @@
+//! [`SqlStore`], the one type every port is implemented on (one module a
+//! port), and the statement helpers those implementations share. A leaf: it
+//! imports no port implementation, so `audit` and every port build on it
+//! without import cycles.
+
+use std::fmt;
+use std::marker::PhantomData;
+
+use certflow_core::DomainError;
+use certflow_core::error::DomainResult;
+use sqlx::{Database, Pool, Transaction};
+
+use crate::error::map;
+use crate::query::{Backend, Columns, Sql};
+
+/// Largest page a listing returns.
+const MAX_PAGE: u32 = 500;
+
+/// The metadata store over a pool of backend `B`: every port is implemented
+/// once, for all backends; [`SqliteStore`](crate::SqliteStore) and
+/// [`PgStore`](crate::PgStore) name it per backend and add how to open it.
+pub struct SqlStore<B: Database> {
+    pool: Pool<B>,
+    backend: PhantomData<fn() -> B>,
+}
+
+impl<B: Database> Clone for SqlStore<B> {
+    fn clone(&self) -> Self {
+        Self::new(self.pool.clone())
+    }
+}
+
+impl<B: Database> fmt::Debug for SqlStore<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqlStore")
+            .field("backend", &B::NAME)
+            .field("pool", &self.pool)
+            .finish()
+    }
+}
+
+impl<B: Database> SqlStore<B> {
+    /// The pool (for the PostgreSQL change feed).
+    pub(crate) fn pool(&self) -> &Pool<B> {
+        &self.pool
+    }
+
+    /// Wraps a pool whose database is migrated.
+    pub(crate) fn new(pool: Pool<B>) -> Self {
+        Self {
+            pool,
+            backend: PhantomData,
+        }
+    }
+
+    /// Closes every connection (on SQLite, checkpointing the WAL); later
+    /// calls fail as unavailable.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+impl<B: Backend> SqlStore<B> {
+    pub(crate) async fn begin_write(&self) -> DomainResult<Transaction<'static, B>> {
+        self.pool.begin_with(B::BEGIN_WRITE).await.map_err(map)
+    }
+
+    pub(crate) async fn begin_read(&self) -> DomainResult<Transaction<'static, B>> {
+        self.pool.begin_with(B::BEGIN_READ).await.map_err(map)
+    }
+
+    pub(crate) async fn fetch_all(&self, sql: Sql) -> DomainResult<Vec<B::Record>> {
+        let mut conn = self.pool.acquire().await.map_err(map)?;
+        B::fetch_all(&mut conn, sql).await.map_err(map)
+    }
+
+    pub(crate) async fn fetch_optional(&self, sql: Sql) -> DomainResult<Option<B::Record>> {
+        let mut conn = self.pool.acquire().await.map_err(map)?;
+        B::fetch_optional(&mut conn, sql).await.map_err(map)
+    }
+}
+
+// The free functions run a statement on a connection or transaction the
+// caller holds; the methods above take a pooled connection for one statement.
+
+pub(crate) async fn execute<B: Backend>(conn: &mut B::Connection, sql: Sql) -> DomainResult<()> {
+    B::execute(conn, sql).await.map_err(map)
+}
+
+pub(crate) async fn fetch_all<B: Backend>(
+    conn: &mut B::Connection,
+    sql: Sql,
+) -> DomainResult<Vec<B::Record>> {
+    B::fetch_all(conn, sql).await.map_err(map)
+}
+
+pub(crate) async fn fetch_optional<B: Backend>(
+    conn: &mut B::Connection,
+    sql: Sql,
+) -> DomainResult<Option<B::Record>> {
+    B::fetch_optional(conn, sql).await.map_err(map)
+}
+
+/// `LIMIT` and `OFFSET` of a listing page: at least one, at most [`MAX_PAGE`] rows.
+pub(crate) fn page_bounds(limit: u32, offset: u64) -> (i64, i64) {
+    (
+        i64::from(limit.clamp(1, MAX_PAGE)),
+        i64::try_from(offset).unwrap_or(i64::MAX),
+    )
+}
+
+/// The count of a `SELECT COUNT(*) AS n` (no row counts as 0).
+pub(crate) fn total(row: Option<impl Columns>) -> DomainResult<u64> {
+    let count = match row {
+        Some(row) => row.int("n")?,
+        None => 0,
+    };
+    u64::try_from(count).map_err(|e| DomainError::Internal(format!("negative row count: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_bounds_clamp() {
+        assert_eq!(page_bounds(0, 0), (1, 0));
+        assert_eq!(page_bounds(50, 7), (50, 7));
+        assert_eq!(page_bounds(10_000, u64::MAX), (500, i64::MAX));
+    }
+}
