@@ -1,6 +1,16 @@
 //! The backends themselves: each answers (a case on every backend), and what
 //! only one of them does: SQLite's files, reopening and refusing what is not
 //! a database; PostgreSQL's connecting, migrating once, and timeouts.
+//!
+//! Add a case by wrapping its `async fn` in `store_case! { ... }` (see `main.rs`).
+
+use certflow_core::ports::MetadataStore;
+
+store_case! {
+    async fn ping_answers(store: &dyn MetadataStore) {
+        store.ping().await.unwrap();
+    }
+}
 
 mod sqlite_specific {
     use certflow_core::DomainError;
