@@ -20,8 +20,10 @@ use x509_parser::prelude::{FromDer, X509Certificate, X509CertificationRequest};
 
 use crate::account::AccountStore;
 use crate::client::{AcmeHttp, BACKEND, ca_error, describe_problem};
-use crate::dns::{Dns01Record, DnsProvider, ExecHook, Route53Provider};
+use crate::dns::{Dns01Record, DnsProvider, ExecHook};
 use crate::http01::Http01Tokens;
+#[cfg(feature = "route53")]
+use crate::route53::Route53Provider;
 use crate::settings::{AcmeSettings, ChallengeKind, DnsSettings};
 
 /// What the [`AccountStore`] keeps: the credentials and the directory they
@@ -55,8 +57,9 @@ impl std::fmt::Debug for AcmeIssuer {
 
 impl AcmeIssuer {
     /// Validates `settings` and builds the issuer; the DNS provider they name
-    /// is created here (Route 53 with the default AWS configuration). Nothing
-    /// is sent to the CA until the first issuance.
+    /// is created here (Route 53 with the default AWS configuration; refused
+    /// when built without the `route53` feature). Nothing is sent to the CA
+    /// until the first issuance.
     pub async fn new(
         settings: AcmeSettings,
         store: Arc<dyn AccountStore>,
@@ -65,6 +68,7 @@ impl AcmeIssuer {
         settings.validate()?;
         let dns: Option<Arc<dyn DnsProvider>> = match &settings.dns {
             None => None,
+            #[cfg(feature = "route53")]
             Some(DnsSettings::Route53 {
                 hosted_zone_id,
                 endpoint_url,
@@ -76,6 +80,13 @@ impl AcmeIssuer {
                 )
                 .await,
             )),
+            #[cfg(not(feature = "route53"))]
+            Some(DnsSettings::Route53 { .. }) => {
+                return Err(DomainError::invalid(
+                    "acme.dns.provider",
+                    "route53 needs certflow-acme built with its route53 feature",
+                ));
+            }
             Some(DnsSettings::Exec {
                 command,
                 args,

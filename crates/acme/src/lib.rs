@@ -4,8 +4,9 @@
 //! binding when configured) and keeps the credentials through an
 //! [`AccountStore`] ([`SealedAccountStore`] encrypts them in the blob store);
 //! proves names with HTTP-01 ([`Http01Tokens`] + [`http01_router`]) or DNS-01
-//! ([`DnsProvider`]: [`Route53Provider`], [`ExecHook`]); finalizes with the
-//! caller's CSR; and reads the CA's renewal window (ARI, RFC 9773).
+//! ([`DnsProvider`]: [`ExecHook`], or `Route53Provider` with the `route53`
+//! feature); finalizes with the caller's CSR; and reads the CA's renewal window
+//! (ARI, RFC 9773).
 //!
 //! Errors: a CA that cannot be reached is `Unavailable { backend: "ACME CA" }`;
 //! a refusal (a problem document) is `Conflict` carrying the CA's problem type
@@ -16,10 +17,14 @@ mod client;
 mod dns;
 mod http01;
 mod issuer;
+#[cfg(feature = "route53")]
+mod route53;
 mod settings;
 
 pub use account::{AccountStore, MemoryAccountStore, SealedAccountStore};
-pub use dns::{Dns01Record, DnsProvider, ExecHook, Route53Provider};
+pub use dns::{Dns01Record, DnsProvider, ExecHook};
 pub use http01::{Http01Tokens, http01_router};
 pub use issuer::AcmeIssuer;
+#[cfg(feature = "route53")]
+pub use route53::Route53Provider;
 pub use settings::{AcmeSettings, ChallengeKind, DnsSettings, EabSettings, PropagationSettings};

@@ -1,7 +1,6 @@
 //! Configuration of one ACME issuer, embeddable in the server's TOML config.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::{URL_SAFE, URL_SAFE_NO_PAD};
@@ -162,16 +161,6 @@ impl Default for PropagationSettings {
             poll_interval_secs: default_poll_interval(),
             timeout_secs: default_propagation_timeout(),
         }
-    }
-}
-
-impl PropagationSettings {
-    pub(crate) fn poll_interval(&self) -> Duration {
-        Duration::from_secs(self.poll_interval_secs.max(1))
-    }
-
-    pub(crate) fn timeout(&self) -> Duration {
-        Duration::from_secs(self.timeout_secs)
     }
 }
 
