@@ -23,7 +23,7 @@ use crate::error::{corrupt, map};
 use crate::query::{Backend, Columns, Sql};
 use crate::store::{SqlStore, execute, fetch_all, fetch_optional};
 
-/// The joined columns [`state`] decodes; the `FROM` clause is [`FROM`].
+/// The `SELECT` and `FROM` of the joined rows [`state`] decodes.
 macro_rules! state_select {
     () => {
         "SELECT a.agent_id, ag.name AS agent_name, a.created_at AS assigned_at, \

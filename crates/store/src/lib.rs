@@ -3,14 +3,17 @@
 //! renewal ledger and notification ports and the embedded renewal queue
 //! ([`DbRenewalQueue`]) on the same database.
 //!
-//! Both run one implementation of the port (`repo`, over the `query`
-//! abstraction, whose module comment explains the split), with their own
-//! migrations of the same schema and the same behaviour suite in
-//! `tests/metadata_store.rs`. Driver errors are translated into
-//! `DomainError` in `error` and nowhere else.
+//! Both are one type, [`SqlStore`] over a backend, so each port is
+//! implemented once (a module a port: `certificates` for `MetadataStore`,
+//! `renewal`, `notify`, `sessions`, `agents`, `deployments`, `discovery`), over
+//! the `query` abstraction, whose module comment explains the split. Each
+//! backend has its own migrations of the same schema and runs the same
+//! behaviour suite in `tests/metadata_store/`. Driver errors are translated
+//! into `DomainError` in `error` and nowhere else.
 
 mod agents;
 mod audit;
+mod certificates;
 mod changes;
 mod codec;
 mod deployments;
@@ -22,7 +25,6 @@ mod postgres;
 mod query;
 mod queue;
 mod renewal;
-mod repo;
 mod sessions;
 mod sqlite;
 mod store;

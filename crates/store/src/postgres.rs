@@ -1,5 +1,6 @@
-//! [`MetadataStore`](certflow_core::ports::MetadataStore) over PostgreSQL:
-//! connecting, pooling and migrating here, the statements in [`crate::repo`].
+//! The store on PostgreSQL ([`PgStore`] = `SqlStore<Postgres>`): its
+//! [`Dialect`], connecting, pooling and migrating here; the statements, shared
+//! with SQLite, in the port modules ([`crate::certificates`] and its siblings).
 //!
 //! Several replicas may start at once against one database: each migrates
 //! under a session advisory lock on a dedicated connection, so one applies
@@ -274,8 +275,8 @@ mod tests {
     use time::OffsetDateTime;
 
     use super::*;
+    use crate::certificates::due_query;
     use crate::query::{Exec, Sql};
-    use crate::repo::due_query;
 
     #[test]
     fn every_migration_file_is_embedded() {

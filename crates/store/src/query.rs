@@ -8,7 +8,8 @@
 //! identifiers, JSON as text. So every statement and every row decodes
 //! identically; and SQLite accepts PostgreSQL's numbered `$1` placeholders
 //! (sqlx maps `$N` to the N-th argument), so the SQL text is the same too.
-//! [`crate::repo`] is therefore written once, over a [`Backend`].
+//! Every port ([`crate::certificates`], [`crate::agents`], ...) is therefore
+//! written once, on [`SqlStore<B>`](crate::SqlStore) for any [`Backend`] `B`.
 //!
 //! Writing that code generic over `sqlx::Database` directly would need a
 //! dozen higher-ranked bounds (`for<'c> &'c mut DB::Connection: Executor<'c>`,
@@ -16,7 +17,7 @@
 //! function, because Rust does not imply a trait's `where` clauses. Instead
 //! the bounds appear exactly once, on the blanket impls of [`Exec`] and
 //! [`Columns`]; values cross that line as [`Param`]s and rows are read through
-//! [`Columns`], so `repo` needs nothing but `B: Backend`.
+//! [`Columns`], so the port modules need nothing but `B: Backend`.
 //!
 //! What genuinely differs stays in each backend module, as the constants of
 //! [`Dialect`]: how a transaction begins and how a write transaction locks the

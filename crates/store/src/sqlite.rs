@@ -1,5 +1,6 @@
-//! [`MetadataStore`](certflow_core::ports::MetadataStore) over SQLite: opening
-//! and migrating here, the statements in [`crate::repo`].
+//! The store on SQLite ([`SqliteStore`] = `SqlStore<Sqlite>`): its [`Dialect`],
+//! opening and migrating here; the statements, shared with PostgreSQL, in the
+//! port modules ([`crate::certificates`] and its siblings).
 
 use std::path::Path;
 use std::time::Duration;
@@ -176,8 +177,8 @@ mod tests {
     use time::OffsetDateTime;
 
     use super::*;
+    use crate::certificates::due_query;
     use crate::query::{Columns, Exec, Sql};
-    use crate::repo::due_query;
 
     #[test]
     fn every_migration_file_is_embedded() {

@@ -1,5 +1,8 @@
 //! [`MetadataStore`] written once for every [`Backend`] (see [`crate::query`]
-//! for why and how).
+//! for why and how): certificates with their versions, names and labels, and
+//! what the port carries alongside them (issuers, idempotency keys, the audit
+//! listing, settings). The other ports have a module each; the audit chain
+//! itself is [`crate::audit`].
 //!
 //! Concurrency: every write runs in one transaction that starts with
 //! `BEGIN_WRITE` and locks what it reads before deciding (`FOR_UPDATE`,
