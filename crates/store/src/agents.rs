@@ -17,7 +17,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::audit::insert_audit;
-use crate::codec::{id, secs, to_json};
+use crate::codec::{get_enum, get_json, get_opt_time, get_time, get_uuid, id, secs, to_json};
 use crate::error::{Violation, conflict, corrupt, map};
 use crate::query::{Backend, Columns, Sql};
 use crate::store::{SqlStore, execute, fetch_optional};
@@ -41,51 +41,31 @@ macro_rules! agent_ca_columns {
     };
 }
 
-fn uuid_of(row: &impl Columns, col: &str) -> DomainResult<Uuid> {
-    Uuid::parse_str(&row.text(col)?).map_err(|e| corrupt(col, e))
-}
-
-fn time_of(row: &impl Columns, col: &str) -> DomainResult<OffsetDateTime> {
-    OffsetDateTime::from_unix_timestamp(row.int(col)?).map_err(|e| corrupt(col, e))
-}
-
-fn opt_time_of(row: &impl Columns, col: &str) -> DomainResult<Option<OffsetDateTime>> {
-    row.opt_int(col)?
-        .map(|s| OffsetDateTime::from_unix_timestamp(s).map_err(|e| corrupt(col, e)))
-        .transpose()
-}
-
-fn teams_of(row: &impl Columns) -> DomainResult<Vec<String>> {
-    serde_json::from_str(&row.text("teams")?).map_err(|e| corrupt("teams", e))
-}
-
 fn agent(row: &impl Columns) -> DomainResult<Agent> {
-    let status = row.text("status")?;
     Ok(Agent {
-        id: uuid_of(row, "id")?,
+        id: get_uuid(row, "id")?,
         name: row.text("name")?,
-        teams: teams_of(row)?,
-        status: AgentStatus::parse(&status)
-            .ok_or_else(|| corrupt("status", format!("unknown value '{status}'")))?,
+        teams: get_json(row, "teams")?,
+        status: get_enum(row, "status", AgentStatus::parse)?,
         cert_serial: row.text("cert_serial")?,
         cert_fingerprint_sha256: row.text("cert_fingerprint_sha256")?,
-        cert_not_after: time_of(row, "cert_not_after")?,
-        created_at: time_of(row, "created_at")?,
-        last_seen: opt_time_of(row, "last_seen")?,
+        cert_not_after: get_time(row, "cert_not_after")?,
+        created_at: get_time(row, "created_at")?,
+        last_seen: get_opt_time(row, "last_seen")?,
         subject: row.opt_text("subject")?,
     })
 }
 
 fn join_token(row: &impl Columns) -> DomainResult<JoinToken> {
     Ok(JoinToken {
-        id: uuid_of(row, "id")?,
+        id: get_uuid(row, "id")?,
         token_sha256: row.text("token_sha256")?,
         name: row.text("name")?,
-        teams: teams_of(row)?,
-        expires_at: time_of(row, "expires_at")?,
+        teams: get_json(row, "teams")?,
+        expires_at: get_time(row, "expires_at")?,
         created_by: row.text("created_by")?,
-        created_at: time_of(row, "created_at")?,
-        used_at: opt_time_of(row, "used_at")?,
+        created_at: get_time(row, "created_at")?,
+        used_at: get_opt_time(row, "used_at")?,
         agent_id: row
             .opt_text("agent_id")?
             .map(|t| Uuid::parse_str(&t).map_err(|e| corrupt("agent_id", e)))
@@ -95,13 +75,13 @@ fn join_token(row: &impl Columns) -> DomainResult<JoinToken> {
 
 fn agent_ca(row: &impl Columns) -> DomainResult<AgentCaRecord> {
     Ok(AgentCaRecord {
-        id: uuid_of(row, "id")?,
+        id: get_uuid(row, "id")?,
         issuing_cert_pem: row.text("issuing_cert_pem")?,
         chain_pem: row.text("chain_pem")?,
         key_blob: row.text("key_blob")?,
         root_key_blob: row.opt_text("root_key_blob")?,
-        not_after: time_of(row, "not_after")?,
-        created_at: time_of(row, "created_at")?,
+        not_after: get_time(row, "not_after")?,
+        created_at: get_time(row, "created_at")?,
     })
 }
 

@@ -85,7 +85,11 @@ pub(crate) fn to_json(what: &str, value: &impl serde::Serialize) -> DomainResult
         .map_err(|e| certflow_core::DomainError::Internal(format!("encoding {what}: {e}")))
 }
 
-fn get_json<T: serde::de::DeserializeOwned>(row: &impl Columns, col: &str) -> DomainResult<T> {
+/// A JSON text column, decoded.
+pub(crate) fn get_json<T: serde::de::DeserializeOwned>(
+    row: &impl Columns,
+    col: &str,
+) -> DomainResult<T> {
     serde_json::from_str(&row.text(col)?).map_err(|e| corrupt(col, e))
 }
 
@@ -213,20 +217,28 @@ fn parse_outcome(s: &str) -> Option<Outcome> {
         .find(|o| o.as_str() == s)
 }
 
-fn get_enum<T>(row: &impl Columns, col: &str, parse: fn(&str) -> Option<T>) -> DomainResult<T> {
+/// A text column holding one of an enum's stable identifiers.
+pub(crate) fn get_enum<T>(
+    row: &impl Columns,
+    col: &str,
+    parse: fn(&str) -> Option<T>,
+) -> DomainResult<T> {
     let text = row.text(col)?;
     parse(&text).ok_or_else(|| corrupt(col, format!("unknown value '{text}'")))
 }
 
-fn get_uuid(row: &impl Columns, col: &str) -> DomainResult<Uuid> {
+/// A non-NULL id column.
+pub(crate) fn get_uuid(row: &impl Columns, col: &str) -> DomainResult<Uuid> {
     Uuid::parse_str(&row.text(col)?).map_err(|e| corrupt(col, e))
 }
 
-fn get_time(row: &impl Columns, col: &str) -> DomainResult<OffsetDateTime> {
+/// A non-NULL instant column (unix seconds).
+pub(crate) fn get_time(row: &impl Columns, col: &str) -> DomainResult<OffsetDateTime> {
     OffsetDateTime::from_unix_timestamp(row.int(col)?).map_err(|e| corrupt(col, e))
 }
 
-fn get_opt_time(row: &impl Columns, col: &str) -> DomainResult<Option<OffsetDateTime>> {
+/// An instant column (unix seconds) that may be NULL.
+pub(crate) fn get_opt_time(row: &impl Columns, col: &str) -> DomainResult<Option<OffsetDateTime>> {
     row.opt_int(col)?
         .map(|s| OffsetDateTime::from_unix_timestamp(s).map_err(|e| corrupt(col, e)))
         .transpose()
@@ -235,10 +247,6 @@ fn get_opt_time(row: &impl Columns, col: &str) -> DomainResult<Option<OffsetDate
 /// A non-negative integer column that fits a `u32`.
 pub(crate) fn get_u32(row: &impl Columns, col: &str) -> DomainResult<u32> {
     u32::try_from(row.int(col)?).map_err(|e| corrupt(col, e))
-}
-
-fn get_names(row: &impl Columns, col: &str) -> DomainResult<Vec<SubjectName>> {
-    serde_json::from_str(&row.text(col)?).map_err(|e| corrupt(col, e))
 }
 
 /// Decodes a row selected with [`certificate_columns`]; labels live in their own table.
@@ -252,7 +260,7 @@ pub(crate) fn certificate(row: &impl Columns, labels: Labels) -> DomainResult<Ce
         profile: get_enum(row, "profile", Profile::parse)?,
         key_type: get_enum(row, "key_type", KeyType::parse)?,
         key_source: get_enum(row, "key_source", KeySource::parse)?,
-        names: get_names(row, "names")?,
+        names: get_json(row, "names")?,
         validity_days: get_u32(row, "validity_days")?,
         validity_secs: row
             .opt_int("validity_secs")?
@@ -287,7 +295,7 @@ pub(crate) fn version(row: &impl Columns) -> DomainResult<CertificateVersion> {
         not_before: get_time(row, "not_before")?,
         not_after: get_time(row, "not_after")?,
         key_type: get_enum(row, "key_type", KeyType::parse)?,
-        names: get_names(row, "names")?,
+        names: get_json(row, "names")?,
         issuer_id: get_uuid(row, "issuer_id")?,
         status: get_enum(row, "status", VersionStatus::parse)?,
         revoked_at: get_opt_time(row, "revoked_at")?,

@@ -18,7 +18,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::audit::insert_audit;
-use crate::codec::{get_u32, id, secs};
+use crate::codec::{get_enum, get_time, get_u32, get_uuid, id, secs};
 use crate::error::{corrupt, map};
 use crate::query::{Backend, Columns, Sql};
 use crate::store::{SqlStore, execute, fetch_all, fetch_optional};
@@ -42,29 +42,16 @@ macro_rules! state_select {
     };
 }
 
-fn uuid_of(row: &impl Columns, col: &str) -> DomainResult<Uuid> {
-    Uuid::parse_str(&row.text(col)?).map_err(|e| corrupt(col, e))
-}
-
-fn time_of(row: &impl Columns, col: &str) -> DomainResult<OffsetDateTime> {
-    OffsetDateTime::from_unix_timestamp(row.int(col)?).map_err(|e| corrupt(col, e))
-}
-
 fn opt_u32(row: &impl Columns, col: &str) -> DomainResult<Option<u32>> {
     row.opt_int(col)?
         .map(|v| u32::try_from(v).map_err(|e| corrupt(col, e)))
         .transpose()
 }
 
-fn parsed<T>(row: &impl Columns, col: &str, parse: fn(&str) -> Option<T>) -> DomainResult<T> {
-    let text = row.text(col)?;
-    parse(&text).ok_or_else(|| corrupt(col, format!("unknown value '{text}'")))
-}
-
 /// Decodes a row of [`state_select`].
 fn state(row: &impl Columns) -> DomainResult<DeploymentState> {
-    let agent_id = uuid_of(row, "agent_id")?;
-    let certificate_id = uuid_of(row, "certificate_id")?;
+    let agent_id = get_uuid(row, "agent_id")?;
+    let certificate_id = get_uuid(row, "certificate_id")?;
     let last_report = match row.opt_int("d_reported_at")? {
         None => None,
         Some(at) => {
@@ -91,15 +78,15 @@ fn state(row: &impl Columns) -> DomainResult<DeploymentState> {
             certificate_id,
             name: row.text("name")?,
             team: row.text("team")?,
-            key_source: parsed(row, "key_source", KeySource::parse)?,
-            status: parsed(row, "status", CertificateStatus::parse)?,
+            key_source: get_enum(row, "key_source", KeySource::parse)?,
+            status: get_enum(row, "status", CertificateStatus::parse)?,
             version: get_u32(row, "current_version")?,
             serial: row.text("serial")?,
             fingerprint_sha256: row.text("fingerprint_sha256")?,
             names: serde_json::from_str(&row.text("names")?).map_err(|e| corrupt("names", e))?,
-            not_after: time_of(row, "not_after")?,
-            issued_at: time_of(row, "issued_at")?,
-            assigned_at: time_of(row, "assigned_at")?,
+            not_after: get_time(row, "not_after")?,
+            issued_at: get_time(row, "issued_at")?,
+            assigned_at: get_time(row, "assigned_at")?,
         },
         last_report,
         drift_notified_version: opt_u32(row, "drift_notified_version")?,

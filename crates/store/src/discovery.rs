@@ -20,7 +20,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::audit::insert_audit;
-use crate::codec::{id, secs};
+use crate::codec::{get_json, get_time, get_uuid, id, secs, to_json};
 use crate::error::{corrupt, map};
 use crate::query::{Backend, Columns, Sql};
 use crate::store::{SqlStore, execute, fetch_all, fetch_optional};
@@ -47,18 +47,6 @@ macro_rules! discovered_select {
 /// The condition "a certflow version has this fingerprint".
 const MANAGED: &str = "EXISTS (SELECT 1 FROM certificate_versions v WHERE v.fingerprint_sha256 = d.fingerprint_sha256)";
 
-fn uuid_of(row: &impl Columns, col: &str) -> DomainResult<Uuid> {
-    Uuid::parse_str(&row.text(col)?).map_err(|e| corrupt(col, e))
-}
-
-fn time_of(row: &impl Columns, col: &str) -> DomainResult<OffsetDateTime> {
-    OffsetDateTime::from_unix_timestamp(row.int(col)?).map_err(|e| corrupt(col, e))
-}
-
-fn json_list(row: &impl Columns, col: &str) -> DomainResult<Vec<String>> {
-    serde_json::from_str(&row.text(col)?).map_err(|e| corrupt(col, e))
-}
-
 /// Decodes a row of [`discovered_select`].
 fn row(r: &impl Columns) -> DomainResult<Discovered> {
     let managed = match r.opt_text("managed_certificate_id")? {
@@ -74,32 +62,28 @@ fn row(r: &impl Columns) -> DomainResult<Discovered> {
         }
     };
     Ok(Discovered {
-        id: uuid_of(r, "id")?,
-        agent_id: uuid_of(r, "agent_id")?,
+        id: get_uuid(r, "id")?,
+        agent_id: get_uuid(r, "agent_id")?,
         agent_name: r.text("agent_name")?,
-        agent_teams: json_list(r, "agent_teams")?,
+        agent_teams: get_json(r, "agent_teams")?,
         item: DiscoveredItem {
             source: r.text("source")?,
             fingerprint_sha256: r.text("fingerprint_sha256")?,
             serial: r.text("serial")?,
             subject: r.text("subject")?,
             issuer: r.text("issuer")?,
-            names: json_list(r, "names")?,
-            not_after: time_of(r, "not_after")?,
+            names: get_json(r, "names")?,
+            not_after: get_time(r, "not_after")?,
             certificate_der: r.opt_bytes("certificate_der")?,
         },
-        first_seen: time_of(r, "first_seen")?,
-        last_seen: time_of(r, "last_seen")?,
+        first_seen: get_time(r, "first_seen")?,
+        last_seen: get_time(r, "last_seen")?,
         taken_over_certificate_id: r
             .opt_text("taken_over_certificate_id")?
             .map(|t| Uuid::parse_str(&t).map_err(|e| corrupt("taken_over_certificate_id", e)))
             .transpose()?,
         managed,
     })
-}
-
-fn names_json(names: &[String]) -> DomainResult<String> {
-    serde_json::to_string(names).map_err(|e| DomainError::Internal(format!("encoding names: {e}")))
 }
 
 #[async_trait]
@@ -173,7 +157,7 @@ impl<B: Backend> DiscoveryStore for SqlStore<B> {
                 .bind(item.serial.as_str())
                 .bind(item.subject.as_str())
                 .bind(item.issuer.as_str())
-                .bind(names_json(&item.names)?)
+                .bind(to_json("names", &item.names)?)
                 .bind(secs(item.not_after))
                 .bind(item.certificate_der.as_deref())
                 .bind(secs(now)),
