@@ -8,8 +8,3 @@
 mod store;
 
 pub use store::{ObjectBlobStore, S3Options};
-
-// temporary: server imports move to certflow-seal
-pub use certflow_seal::{
-    EncryptionContext, KeyProvider, KmsKeyProvider, LocalKeyProvider, MasterKey, Sealer,
-};

@@ -8,9 +8,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
-use certflow_blob::{
-    KeyProvider, KmsKeyProvider, LocalKeyProvider, MasterKey, ObjectBlobStore, S3Options, Sealer,
-};
+use certflow_blob::{ObjectBlobStore, S3Options};
+use certflow_seal::{KeyProvider, KmsKeyProvider, LocalKeyProvider, MasterKey, Sealer};
 use certflow_services::Services;
 use std::time::Duration;
 

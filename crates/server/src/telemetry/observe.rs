@@ -211,7 +211,8 @@ mod tests {
     }
 
     async fn app() -> App {
-        use certflow_blob::{LocalKeyProvider, MasterKey, ObjectBlobStore, Sealer};
+        use certflow_blob::ObjectBlobStore;
+        use certflow_seal::{LocalKeyProvider, MasterKey, Sealer};
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(
             certflow_store::SqliteStore::open(&dir.path().join("certflow.db"))
