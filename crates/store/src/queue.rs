@@ -34,13 +34,17 @@ impl Default for DbQueueOptions {
     }
 }
 
+/// The store a queue runs on. [`DbRenewalQueue`] stays one type for both
+/// backends (callers hold it without naming one), so it carries either
+/// [`SqlStore`]; the job statements themselves are written once, generically.
 #[derive(Debug, Clone)]
 enum Backend {
     Sqlite(SqlStore<Sqlite>),
     Postgres(SqlStore<Postgres>),
 }
 
-/// Runs `$body` with `$s` bound to the backend's `SqlStore`, whichever it is.
+/// Runs `$body` with `$s` bound to the backend's `SqlStore`, whichever it is:
+/// the one place the enum is matched, instead of a match in every method.
 macro_rules! on_store {
     ($self:expr, $s:ident => $body:expr) => {
         match &$self.backend {
