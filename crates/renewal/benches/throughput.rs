@@ -219,6 +219,7 @@ fn rig(
         WorkerSettings {
             concurrency: CONCURRENCY,
             lease: Duration::from_secs(60),
+            work_timeout: Duration::from_secs(300),
             wait: Duration::from_secs(1),
             backoff_base: Duration::from_secs(1),
             backoff_cap: Duration::from_secs(5),

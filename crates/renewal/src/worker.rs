@@ -25,8 +25,15 @@ use tokio::sync::watch;
 pub struct WorkerSettings {
     /// Jobs worked on at once.
     pub concurrency: u32,
-    /// Lease (visibility timeout) per delivery; heartbeats renew it every third.
+    /// Lease (visibility timeout) per delivery; heartbeats renew it every
+    /// third while the job runs. It is how long a job whose worker died (no
+    /// more heartbeats) stays hidden before another worker takes it over, so
+    /// it is kept short; how long a job may run is `work_timeout`.
     pub lease: Duration,
+    /// Longest a renewal attempt may run in a live worker: then it is cut
+    /// short and counted as a failed attempt (retried with backoff, the team
+    /// told), so a stuck attempt neither holds its job nor its worker forever.
+    pub work_timeout: Duration,
     /// Longest wait for a job in one receive.
     pub wait: Duration,
     /// First retry delay.
@@ -42,7 +49,8 @@ impl Default for WorkerSettings {
     fn default() -> Self {
         Self {
             concurrency: 4,
-            lease: Duration::from_secs(300),
+            lease: Duration::from_secs(15),
+            work_timeout: Duration::from_secs(300),
             wait: Duration::from_secs(10),
             backoff_base: Duration::from_secs(30),
             backoff_cap: Duration::from_secs(3600),
@@ -258,10 +266,22 @@ impl Worker {
                 }
             })
         });
-        let result = self
+        let attempt = self
             .services
-            .run_renewal_job(job, OffsetDateTime::now_utc())
-            .await;
+            .run_renewal_job(job, OffsetDateTime::now_utc());
+        let Ok(result) = tokio::time::timeout(self.settings.work_timeout, attempt).await else {
+            drop(heartbeat);
+            // The attempt is dropped where it stood; the idempotency key keeps
+            // a retry from issuing twice if the CA had answered meanwhile.
+            let error = format!(
+                "renewal attempt cut short after {} s without an outcome (work timeout)",
+                self.settings.work_timeout.as_secs_f64()
+            );
+            if let Err(e) = self.failed(&delivery, &error).await {
+                tracing::warn!(job = %job.id, error = %e, "could not record a timed-out renewal job");
+            }
+            return;
+        };
         drop(heartbeat);
         let ack = match result {
             // A policy refusal is permanent: retrying the same certificate

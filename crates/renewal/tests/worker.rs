@@ -272,6 +272,7 @@ fn worker_settings() -> WorkerSettings {
     WorkerSettings {
         concurrency: 8,
         lease: Duration::from_secs(30),
+        work_timeout: Duration::from_secs(300),
         wait: Duration::from_millis(200),
         backoff_base: Duration::from_millis(200),
         backoff_cap: Duration::from_secs(1),
@@ -792,4 +793,142 @@ async fn stopping_worker_hands_its_leased_job_back() {
     let job = env.job_of(id).await;
     assert_eq!((job.state, job.attempts), (JobState::Done, 1));
     assert_eq!(env.versions(id).await, [1, 2]);
+}
+
+impl Env {
+    /// Services whose internal CA never answers (its key read hangs).
+    async fn hung_services(&self) -> Services {
+        let issuer = self.services.issuers().await.unwrap().remove(0);
+        Services::new(
+            self.db.metadata(),
+            Arc::new(Hung {
+                inner: self.blobs.clone(),
+                key: issuer.key_blob.clone(),
+            }),
+            self.sealer.clone(),
+            None,
+        )
+    }
+
+    /// Waits (10 s at most) for the certificate's job to be in `state`.
+    async fn until_job(&self, id: Uuid, state: JobState) -> RenewalJob {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let job = self.job_of(id).await;
+            if job.state == state {
+                return job;
+            }
+            assert!(Instant::now() < deadline, "job never {state:?}: {job:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// A worker dies (its task is dropped mid-job: no hand-back, no more
+/// heartbeats) while its job hangs. As long as it lived, heartbeats kept its
+/// 2 s lease for longer than two leases; once dead, another worker takes the
+/// job over within the lease (rounded up to whole seconds) and renews it.
+async fn dead_workers_job_is_taken_over_within_its_lease(backend: Backend) {
+    let env = Env::start(backend).await;
+    let id = env.certificate("takeover.example.com", TEAM, None).await;
+    let queue = env.queue();
+    env.scheduler(queue.clone(), 5)
+        .scan(env.skew.now())
+        .await
+        .unwrap();
+    let lease = Duration::from_secs(2);
+    let settings = WorkerSettings {
+        lease,
+        ..worker_settings()
+    };
+    let (_stop, stopped) = tokio::sync::watch::channel(false);
+    let doomed = Worker::new(env.hung_services().await, queue.clone(), settings.clone());
+    let running = tokio::spawn(doomed.run(stopped));
+    env.until_job(id, JobState::Running).await;
+
+    let healthy = Worker::new(env.services.clone(), queue.clone(), settings);
+    tokio::time::sleep(lease * 2 + Duration::from_millis(500)).await;
+    assert_eq!(
+        healthy.run_once().await.unwrap(),
+        0,
+        "heartbeats keep a live worker's job: {:?}",
+        env.job_of(id).await
+    );
+
+    running.abort();
+    let _ = running.await;
+    let died = Instant::now();
+    while healthy.run_once().await.unwrap() == 0 {
+        assert!(
+            died.elapsed() < lease + Duration::from_secs(3),
+            "not taken over: {:?}",
+            env.job_of(id).await
+        );
+    }
+    let takeover = died.elapsed();
+    eprintln!("job of a dead worker taken over {takeover:?} after it died (lease {lease:?})");
+    assert!(takeover <= lease + Duration::from_secs(2), "{takeover:?}");
+    let job = env.job_of(id).await;
+    assert_eq!((job.state, job.attempts), (JobState::Done, 2), "{job:?}");
+    assert_eq!(env.versions(id).await, [1, 2]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_workers_job_is_taken_over_within_its_lease_sqlite() {
+    dead_workers_job_is_taken_over_within_its_lease(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_workers_job_is_taken_over_within_its_lease_postgres() {
+    dead_workers_job_is_taken_over_within_its_lease(Backend::Postgres).await;
+}
+
+/// A live worker whose attempt hangs (the CA key read never answers) cuts
+/// it short at the work timeout, although heartbeats would hold the lease for
+/// ever: a failed attempt with the reason, retried after the backoff, and the
+/// retry (a CA that answers) renews once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stuck_attempt_is_cut_short_at_the_work_timeout_and_retried() {
+    let env = Env::start(Backend::Sqlite).await;
+    let id = env.certificate("stuck.example.com", TEAM, None).await;
+    let queue = env.queue();
+    env.scheduler(queue.clone(), 5)
+        .scan(env.skew.now())
+        .await
+        .unwrap();
+    let settings = WorkerSettings {
+        lease: Duration::from_secs(1),
+        work_timeout: Duration::from_millis(1500),
+        ..worker_settings()
+    };
+    let stuck = Worker::new(env.hung_services().await, queue.clone(), settings.clone());
+    let started = Instant::now();
+    assert_eq!(stuck.run_once().await.unwrap(), 1);
+    let cut = started.elapsed();
+    assert!(
+        (Duration::from_millis(1500)..Duration::from_secs(5)).contains(&cut),
+        "{cut:?}"
+    );
+    let job = env.job_of(id).await;
+    assert_eq!((job.state, job.attempts), (JobState::Queued, 1), "{job:?}");
+    let error = job.last_error.clone().unwrap();
+    assert!(error.contains("work timeout"), "{error}");
+    assert_eq!(stuck.stats().retried.load(Ordering::Relaxed), 1);
+
+    let healthy = Worker::new(env.services.clone(), queue, settings);
+    let attempts = drive(&env, &healthy, id, JobState::Done, Duration::from_secs(30)).await;
+    assert_eq!(attempts.last().unwrap().attempts, 2, "{attempts:#?}");
+    assert_eq!(env.versions(id).await, [1, 2]);
+    // The cut-short attempt is on record as a failed renewal.
+    let audit = env
+        .services
+        .audit(&AuditQuery {
+            target: Some(format!("certificate/{id}")),
+            action_prefix: Some("certificate.renewal.failed".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(audit.total, 1, "{:?}", audit.items);
 }

@@ -82,8 +82,22 @@ pub struct RenewalConfig {
     pub scheduler_interval_secs: u64,
     /// Attempts before a job is dead-lettered.
     pub max_attempts: u32,
-    /// Lease (visibility timeout) of a job, seconds; heartbeats extend it.
+    /// Lease (visibility timeout) of a delivery, seconds: a running job's
+    /// worker extends it every third by heartbeat, so it is how long the job
+    /// of a worker that died (killed, crashed, cut off) waits before another
+    /// worker takes it over. It does not bound how long a renewal may run:
+    /// that is `work_timeout_secs`. (Before `work_timeout_secs` existed the
+    /// default was 300; a configuration that still says 300 keeps a 300 s
+    /// takeover, and the start-up margin check says what that costs.)
     pub lease_secs: u64,
+    /// Longest a renewal attempt may run in a live worker, seconds: then it is
+    /// cut short and counted as a failed attempt (retried with backoff).
+    pub work_timeout_secs: u64,
+    /// How long one renewal normally takes, seconds (internal CA: well under
+    /// a second; ACME HTTP-01: seconds; DNS-01: the propagation wait). The
+    /// margin checks use it, and a certificate whose current version has less
+    /// time left than this is `renewal-at-risk`.
+    pub expected_renewal_secs: u64,
     /// Jobs one worker process works on at once.
     pub concurrency: u32,
     /// First retry delay, seconds (doubles per attempt, with jitter).
@@ -104,12 +118,27 @@ impl Default for RenewalConfig {
             queue: "database".into(),
             scheduler_interval_secs: 60,
             max_attempts: 8,
-            lease_secs: 300,
+            lease_secs: 15,
+            work_timeout_secs: 300,
+            expected_renewal_secs: 30,
             concurrency: 4,
             backoff_base_secs: 30,
             backoff_cap_secs: 3600,
             sqs: None,
             policy: certflow_core::renewal::RenewalDefaults::default(),
+        }
+    }
+}
+
+impl RenewalConfig {
+    /// The worst-case renewal times these settings allow, for the margin
+    /// checks (see [`certflow_core::renewal::RenewalMargin`]).
+    pub fn margin(&self) -> certflow_core::renewal::RenewalMargin {
+        certflow_core::renewal::RenewalMargin {
+            scan_interval: std::time::Duration::from_secs(self.scheduler_interval_secs),
+            takeover: std::time::Duration::from_secs(self.lease_secs),
+            renewal: std::time::Duration::from_secs(self.expected_renewal_secs),
+            retry: std::time::Duration::from_secs(self.backoff_base_secs),
         }
     }
 }
@@ -776,8 +805,15 @@ impl Config {
         if self.renewal.max_attempts == 0 || self.renewal.concurrency == 0 {
             bail!("renewal.max_attempts and renewal.concurrency must be at least 1");
         }
-        if self.renewal.lease_secs < 1 || self.renewal.scheduler_interval_secs < 1 {
-            bail!("renewal.lease_secs and renewal.scheduler_interval_secs must be at least 1");
+        if self.renewal.lease_secs < 1
+            || self.renewal.scheduler_interval_secs < 1
+            || self.renewal.work_timeout_secs < 1
+            || self.renewal.expected_renewal_secs < 1
+        {
+            bail!(
+                "renewal.lease_secs, renewal.scheduler_interval_secs, renewal.work_timeout_secs \
+                 and renewal.expected_renewal_secs must be at least 1"
+            );
         }
         for (name, acme) in &self.acme {
             if name.is_empty()

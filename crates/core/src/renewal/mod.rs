@@ -199,6 +199,106 @@ impl RenewalDefaults {
     }
 }
 
+impl RenewalPolicy {
+    /// The least time a version whose lifetime (from issuance) is `lifetime`
+    /// has left when it is renewed: at the end of its window, the latest point
+    /// jitter may pick. (A CA's suggested window can only move it earlier.)
+    pub fn least_left_at_renewal(&self, lifetime: Duration) -> Duration {
+        let start = OffsetDateTime::UNIX_EPOCH;
+        let not_after = start + lifetime.max(Duration::ZERO);
+        not_after - self.window(start, not_after).end
+    }
+
+    /// The shortest lifetime that leaves at least `needed` at renewal, to the
+    /// second; `None` when none up to ten years does.
+    pub fn shortest_lifetime_leaving(&self, needed: Duration) -> Option<Duration> {
+        // What is left grows with the lifetime: bisect on whole seconds.
+        let (mut short, mut long) = (0i64, 10 * 366 * 86_400);
+        if self.least_left_at_renewal(Duration::seconds(long)) < needed {
+            return None;
+        }
+        while long - short > 1 {
+            let mid = short + (long - short) / 2;
+            if self.least_left_at_renewal(Duration::seconds(mid)) >= needed {
+                long = mid;
+            } else {
+                short = mid;
+            }
+        }
+        Some(Duration::seconds(long))
+    }
+}
+
+/// The worst-case time a renewal takes from the moment a version is due, in
+/// the terms of the server's `[renewal]` settings, and whether a certificate
+/// with so much time left at renewal can afford it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RenewalMargin {
+    /// Longest wait for the scheduler to see a due version
+    /// (`scheduler_interval_secs`).
+    pub scan_interval: StdDuration,
+    /// Longest wait before a job whose worker died is taken over by another
+    /// (`lease_secs`: the lease lapses once heartbeats stop).
+    pub takeover: StdDuration,
+    /// How long one renewal attempt normally takes (`expected_renewal_secs`).
+    pub renewal: StdDuration,
+    /// Longest wait before the first retry of a failed attempt
+    /// (`backoff_base_secs`).
+    pub retry: StdDuration,
+}
+
+/// How a certificate's time left at renewal compares with a [`RenewalMargin`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MarginFit {
+    /// A worker dying mid-renewal and a failed attempt on top of it still
+    /// leave time to renew.
+    Fits,
+    /// A dead worker is ridden out; a failed attempt after it is not.
+    NoRetry,
+    /// A worker dying mid-renewal (or the scan's wait alone) lets the version expire.
+    NoTakeover,
+}
+
+impl RenewalMargin {
+    /// Due, seen by the scheduler, leased by a worker that dies, taken over,
+    /// renewed.
+    pub fn through_takeover(&self) -> StdDuration {
+        self.scan_interval + self.takeover + self.renewal
+    }
+
+    /// [`Self::through_takeover`], then that attempt fails and its retry renews.
+    pub fn through_retry(&self) -> StdDuration {
+        self.through_takeover() + self.retry + self.renewal
+    }
+
+    /// Whether `left` (time left at renewal) affords the worst cases.
+    pub fn fit(&self, left: Duration) -> MarginFit {
+        let covers = |d: StdDuration| left >= Duration::try_from(d).unwrap_or(Duration::MAX);
+        if covers(self.through_retry()) {
+            MarginFit::Fits
+        } else if covers(self.through_takeover()) {
+            MarginFit::NoRetry
+        } else {
+            MarginFit::NoTakeover
+        }
+    }
+
+    /// The sum behind [`Self::through_retry`], naming the `[renewal]` keys.
+    pub fn explain(&self) -> String {
+        format!(
+            "{} s = scheduler_interval_secs {} + lease_secs {} + expected_renewal_secs {} \
+             + backoff_base_secs {} + expected_renewal_secs {} (a scan's wait, a dead \
+             worker's takeover, an attempt that fails, its retry)",
+            self.through_retry().as_secs(),
+            self.scan_interval.as_secs(),
+            self.takeover.as_secs(),
+            self.renewal.as_secs(),
+            self.retry.as_secs(),
+            self.renewal.as_secs(),
+        )
+    }
+}
+
 /// Capped exponential backoff with jitter ("full jitter" of the AWS
 /// architecture blog, floored at half the step so retries never stampede at 0):
 /// attempt 1 waits about `base`, each further attempt doubles, never above `cap`.

@@ -213,3 +213,79 @@ proptest! {
         prop_assert!(backoff(attempt + 1, base, cap, u) >= d);
     }
 }
+
+/// A 3-minute certificate renewing at half its life with 10 % jitter has 81 s
+/// left at worst; without jitter, 90 s.
+#[test]
+fn least_left_at_renewal_is_at_the_end_of_the_window() {
+    let three_minutes = Duration::seconds(180);
+    assert_eq!(
+        policy(0.5, None, 0.1).least_left_at_renewal(three_minutes),
+        Duration::seconds(81)
+    );
+    assert_eq!(
+        policy(0.5, None, 0.0).least_left_at_renewal(three_minutes),
+        Duration::seconds(90)
+    );
+    // A lead time longer than the lifetime renews at issuance.
+    assert_eq!(
+        policy(0.5, Some(30), 0.0).least_left_at_renewal(three_minutes),
+        three_minutes
+    );
+}
+
+#[test]
+fn shortest_lifetime_leaving_inverts_least_left() {
+    let p = policy(0.5, None, 0.1);
+    // 165 s at 0.45 of the lifetime: 366.67 s, so 367 s.
+    let l = p.shortest_lifetime_leaving(Duration::seconds(165)).unwrap();
+    assert_eq!(l, Duration::seconds(367));
+    assert!(p.least_left_at_renewal(l) >= Duration::seconds(165));
+    assert!(p.least_left_at_renewal(l - Duration::seconds(1)) < Duration::seconds(165));
+    // Ten years at 0.99 and full jitter leave about 18 days.
+    assert_eq!(
+        policy(0.99, None, 0.5).shortest_lifetime_leaving(Duration::days(100)),
+        None
+    );
+}
+
+fn margin(scan: u64, takeover: u64, renewal: u64, retry: u64) -> RenewalMargin {
+    RenewalMargin {
+        scan_interval: StdDuration::from_secs(scan),
+        takeover: StdDuration::from_secs(takeover),
+        renewal: StdDuration::from_secs(renewal),
+        retry: StdDuration::from_secs(retry),
+    }
+}
+
+#[test]
+fn margin_fit_names_what_the_time_left_affords() {
+    let m = margin(60, 15, 30, 30);
+    assert_eq!(m.through_takeover(), StdDuration::from_secs(105));
+    assert_eq!(m.through_retry(), StdDuration::from_secs(165));
+    assert_eq!(m.fit(Duration::seconds(165)), MarginFit::Fits);
+    assert_eq!(m.fit(Duration::seconds(164)), MarginFit::NoRetry);
+    assert_eq!(m.fit(Duration::seconds(105)), MarginFit::NoRetry);
+    assert_eq!(m.fit(Duration::seconds(104)), MarginFit::NoTakeover);
+    assert_eq!(m.fit(Duration::seconds(-5)), MarginFit::NoTakeover);
+    let why = m.explain();
+    for key in [
+        "165 s",
+        "scheduler_interval_secs 60",
+        "lease_secs 15",
+        "expected_renewal_secs 30",
+        "backoff_base_secs 30",
+    ] {
+        assert!(why.contains(key), "{why}");
+    }
+    // The old 300 s lease: a 3-minute certificate at half its life (90 s
+    // left) cannot ride out a dead worker even with a 1 s scan.
+    assert_eq!(
+        margin(1, 300, 5, 1).fit(Duration::seconds(90)),
+        MarginFit::NoTakeover
+    );
+    assert_eq!(
+        margin(1, 15, 5, 1).fit(Duration::seconds(90)),
+        MarginFit::Fits
+    );
+}

@@ -117,6 +117,7 @@ async fn spawn_roles(
             WorkerSettings {
                 concurrency: r.concurrency,
                 lease: Duration::from_secs(r.lease_secs),
+                work_timeout: Duration::from_secs(r.work_timeout_secs),
                 wait: Duration::from_secs(5),
                 backoff_base: Duration::from_secs(r.backoff_base_secs),
                 backoff_cap: Duration::from_secs(r.backoff_cap_secs),
