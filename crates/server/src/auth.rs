@@ -2,8 +2,8 @@
 //! at first start, shown once, stored as a SHA-256 hash: the token has 256
 //! bits of entropy, so a slow hash adds nothing), OIDC access tokens from the
 //! configured issuers, or the console session cookie; then the console rate
-//! limit ([`crate::rate_limit::ConsoleLimits`]). Also the team check every
-//! surface applies to one team's resource ([`check_team`]).
+//! limit ([`crate::rate_limit::ConsoleLimits`]). What a caller may do is
+//! decided in the domain ([`certflow_core::access`]).
 
 use std::net::SocketAddr;
 
@@ -14,12 +14,12 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse as _, Response};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use certflow_core::access::{Permission, Principal};
+use certflow_core::access::Principal;
 use certflow_core::model::Actor;
 use certflow_core::ports::MetadataStore;
 use certflow_core::{DomainError, error::DomainResult};
 
-use crate::errors::{ApiError, ApiResult};
+use crate::errors::ApiError;
 use crate::state::AppState;
 
 /// Settings key of the bootstrap token hash.
@@ -178,25 +178,4 @@ pub async fn require_auth(
     });
     req.extensions_mut().insert(principal);
     Ok(next.run(req).await)
-}
-
-/// The refusal of `permission` (for `team`, if given) to `principal`.
-pub fn forbidden(principal: &Principal, permission: Permission, team: Option<&str>) -> DomainError {
-    let what = serde_json::to_value(permission)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default();
-    DomainError::Forbidden(match team {
-        Some(team) => format!("{} may not {what} for team '{team}'", principal.subject),
-        None => format!("{} lacks the {what} permission", principal.subject),
-    })
-}
-
-/// The caller must hold `permission` for `team` (the resource's owner).
-pub fn check_team(principal: &Principal, permission: Permission, team: &str) -> ApiResult<()> {
-    if principal.can(permission, Some(team)) {
-        Ok(())
-    } else {
-        Err(forbidden(principal, permission, Some(team)).into())
-    }
 }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use certflow_api::CreateCertificateRequest;
 use certflow_api::agent::{DiscoveredCertificate, DiscoveryReport, TakeOverRequest};
-use certflow_core::access::{Permission, Principal, TeamScope};
+use certflow_core::access::TeamScope;
 use certflow_core::agents::Agent;
 use certflow_core::discovery::{
     Discovered, DiscoveredItem, DiscoveryQuery, DiscoveryStatus, DiscoverySync,
@@ -202,8 +202,8 @@ const TAKE_OVER_CLAIM_TIMEOUT: time::Duration = time::Duration::minutes(10);
 
 /// The discovery use cases: agents' reports, and the console's list, view
 /// and take-over. Like the other use cases they are handed what the caller
-/// may do (a [`TeamScope`] from [`Principal::readable_teams`] or
-/// [`Principal::scope`]) and an [`Actor`] for the audit trail, never the
+/// may do (a [`TeamScope`], from `Principal::readable_teams` or
+/// `Principal::scope`) and an [`Actor`] for the audit trail, never the
 /// principal. Cheap to clone.
 #[derive(Clone)]
 pub struct Discovery {
@@ -300,7 +300,7 @@ impl Discovery {
     /// apply), assigned to the agent, and recorded on the discovery
     /// (`discovery.take-over`). The discovery must be in `teams` (the
     /// caller's readable ones), and the caller must have authorized
-    /// [`Permission::CertificateWrite`] on `req.team`, as for any request.
+    /// [`CertificateWrite`](certflow_core::access::Permission::CertificateWrite) on `req.team`, as for any request.
     /// A discovery that is already managed or taken over is a conflict.
     pub async fn take_over(
         &self,
@@ -420,55 +420,5 @@ impl Discovery {
             tracing::warn!(discovered = %id, error = %e, "cannot release a failed take-over's claim");
         }
         taken
-    }
-}
-
-// temporary: removed when the server call sites move (they call `Discovery`
-// with the caller's `TeamScope` and authorize the take-over's team themselves).
-impl Deployments {
-    /// See [`Discovery::record`].
-    pub async fn record_discovery(
-        &self,
-        agent: &Agent,
-        source: Option<String>,
-        req: &DiscoveryReport,
-        now: OffsetDateTime,
-    ) -> DomainResult<DiscoverySync> {
-        Discovery::new(self).record(agent, source, req, now).await
-    }
-
-    /// See [`Discovery::list`], over [`Principal::scope`].
-    pub async fn list_discovered(
-        &self,
-        principal: &Principal,
-        status: DiscoveryStatus,
-        agent_id: Option<Uuid>,
-        team: Option<&str>,
-    ) -> DomainResult<Vec<Discovered>> {
-        let teams = principal.scope(Permission::CertificateRead, team)?;
-        Discovery::new(self).list(&teams, status, agent_id).await
-    }
-
-    /// See [`Discovery::get`], over [`Principal::readable_teams`].
-    pub async fn discovered(&self, principal: &Principal, id: Uuid) -> DomainResult<Discovered> {
-        Discovery::new(self)
-            .get(&principal.readable_teams(), id)
-            .await
-    }
-
-    /// See [`Discovery::take_over`]; authorizes `req.team` after the
-    /// discovery is found, as before.
-    pub async fn take_over_discovered(
-        &self,
-        principal: &Principal,
-        actor: &Actor,
-        id: Uuid,
-        req: &TakeOverRequest,
-        now: OffsetDateTime,
-    ) -> DomainResult<CertificateView> {
-        let discovery = Discovery::new(self);
-        let found = discovery.get(&principal.readable_teams(), id).await?;
-        principal.authorize(Permission::CertificateWrite, Some(&req.team))?;
-        discovery.take_over_found(actor, found, req, now).await
     }
 }

@@ -17,11 +17,9 @@ use axum::routing::{get, post};
 use certflow_api::agent::{
     AgentCertificateRequest, AgentRenewRequest, Assignment, CertificateBundle, ReportRequest,
 };
-use certflow_core::DomainError;
-use certflow_core::access::Permission;
 use uuid::Uuid;
 
-use super::routes::{AgentCaller, AgentState};
+use super::routes::{AgentCaller, AgentState, require_agent_api};
 use crate::deploy_cache::assignment_view;
 use crate::errors::{ApiError, ApiResult};
 use crate::extract::{Json, Path};
@@ -43,14 +41,6 @@ pub fn routes() -> Router<AgentState> {
                 super::discovery::DISCOVERY_BODY_LIMIT,
             )),
         )
-}
-
-fn require_agent_api(caller: &AgentCaller) -> ApiResult<()> {
-    if caller.principal.can(Permission::AgentApi, None) {
-        Ok(())
-    } else {
-        Err(DomainError::Forbidden("agent API calls are for agents".into()).into())
-    }
 }
 
 /// `?wait=<seconds>`: absent is 0, more than [`MAX_WAIT_SECS`] is shortened.

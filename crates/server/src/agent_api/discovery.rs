@@ -6,10 +6,8 @@ use axum::Extension;
 use axum::extract::State;
 use axum::http::StatusCode;
 use certflow_api::agent::DiscoveryReport;
-use certflow_core::DomainError;
-use certflow_core::access::Permission;
 
-use super::routes::{AgentCaller, AgentState};
+use super::routes::{AgentCaller, AgentState, require_agent_api};
 use crate::errors::ApiResult;
 use crate::extract::{Json, now};
 
@@ -24,13 +22,11 @@ pub async fn agent_report(
     Extension(caller): Extension<AgentCaller>,
     Json(req): Json<DiscoveryReport>,
 ) -> ApiResult<StatusCode> {
-    if !caller.principal.can(Permission::AgentApi, None) {
-        return Err(DomainError::Forbidden("agent API calls are for agents".into()).into());
-    }
+    require_agent_api(&caller)?;
     state
         .deploy
-        .deployments
-        .record_discovery(&caller.agent, Some(caller.source.clone()), &req, now())
+        .discovery
+        .record(&caller.agent, Some(caller.source.clone()), &req, now())
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }

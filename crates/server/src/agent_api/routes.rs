@@ -452,13 +452,13 @@ async fn enroll_with_token(
         })
 }
 
-/// The shared access model agrees: agents (and only agents) hold `AgentApi`.
-fn require_agent_api(caller: &AgentCaller) -> ApiResult<()> {
-    if caller.principal.can(Permission::AgentApi, None) {
-        Ok(())
-    } else {
-        Err(DomainError::Forbidden("agent API calls are for agents".into()).into())
-    }
+/// Every agent API handler's check: the shared access model agrees that
+/// agents (and only agents) hold `AgentApi`.
+pub(super) fn require_agent_api(caller: &AgentCaller) -> ApiResult<()> {
+    caller
+        .principal
+        .authorize(Permission::AgentApi, None)
+        .map_err(|_| DomainError::Forbidden("agent API calls are for agents".into()).into())
 }
 
 async fn renew(

@@ -33,6 +33,7 @@ use certflow_api::agent::{Assignment, AssignmentList};
 use certflow_core::DomainError;
 use certflow_core::deployments::AssignedCertificate;
 use certflow_services::deployments::Deployments;
+use certflow_services::discovery::Discovery;
 use certflow_store::ChangeFeed;
 use tokio::sync::watch as generation;
 use uuid::Uuid;
@@ -185,6 +186,8 @@ impl AssignmentCache {
 pub struct DeployState {
     /// The use cases.
     pub deployments: Deployments,
+    /// The discovery use cases (over the same deployments).
+    pub discovery: Discovery,
     /// The agents' assignment answers.
     pub cache: Arc<AssignmentCache>,
     feed: ChangeFeed,
@@ -194,6 +197,7 @@ impl DeployState {
     /// State over `deployments`, announcing assignment changes on `feed`.
     pub fn new(deployments: Deployments, feed: ChangeFeed) -> Self {
         Self {
+            discovery: Discovery::new(&deployments),
             deployments,
             cache: Arc::new(AssignmentCache::new(CACHE_MAX_AGE)),
             feed,

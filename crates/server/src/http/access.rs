@@ -1,9 +1,10 @@
 //! Authorisation of the console API. Every route declares the permission it
 //! needs in [`declared`]; a middleware checks it before the handler runs, and
-//! handlers that act on one team's resource check the team as well
-//! ([`crate::auth::check_team`]). A route without a declaration is refused (fail closed),
-//! and the role/route matrix test walks the OpenAPI document against this
-//! table.
+//! handlers that act on one team's resource check the team as well, through
+//! the domain's decisions ([`Principal::authorize`], [`Principal::scope`],
+//! `Services::certificate_for`). A route without a declaration is refused
+//! (fail closed), and the role/route matrix test walks the OpenAPI document
+//! against this table.
 
 use axum::extract::{MatchedPath, Request};
 use axum::http::Method;
@@ -12,7 +13,6 @@ use axum::response::Response;
 use certflow_core::DomainError;
 use certflow_core::access::{Permission, Principal};
 
-use crate::auth::forbidden;
 use crate::errors::ApiError;
 
 /// Prefix of the console API routes.
@@ -76,8 +76,6 @@ pub async fn authorize(req: Request, next: Next) -> Result<Response, ApiError> {
         tracing::error!(method = %req.method(), path, "route without a declared permission refused");
         return Err(DomainError::Forbidden("this route declares no permission".into()).into());
     };
-    if !principal.can(permission, None) {
-        return Err(forbidden(principal, permission, None).into());
-    }
+    principal.authorize(permission, None)?;
     Ok(next.run(req).await)
 }

@@ -11,7 +11,6 @@ use certflow_core::compliance::DEFAULT_EXPIRING_WITHIN_DAYS;
 use certflow_services::compliance::ComplianceReport;
 
 use super::AppState;
-use crate::auth::check_team;
 use crate::errors::{ApiError, ApiResult};
 use crate::extract::{Json, now};
 
@@ -87,21 +86,9 @@ pub async fn report_for(
     principal: &Principal,
     q: &ReportQuery,
 ) -> ApiResult<ComplianceReport> {
-    let teams: Option<Vec<String>> = match &q.team {
-        Some(team) => {
-            check_team(principal, Permission::CertificateRead, team)?;
-            Some(vec![team.clone()])
-        }
-        None if principal.is_admin() => None,
-        None => Some(
-            principal
-                .teams
-                .iter()
-                .filter(|t| principal.can(Permission::CertificateRead, Some(t)))
-                .cloned()
-                .collect(),
-        ),
-    };
+    let teams = principal
+        .scope(Permission::CertificateRead, q.team.as_deref())?
+        .into_teams();
     let fleet = Some((&app.deploy.deployments, &app.agents));
     let report = app
         .services

@@ -22,10 +22,9 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::AppState;
-use crate::auth::check_team;
 use crate::errors::{ApiError, ApiResult};
 use crate::extract::{Json, Path, Query, now};
-use certflow_core::access::{Permission, Principal};
+use certflow_core::access::{Permission, Principal, TeamScope};
 
 /// Request header that makes creating and renewing idempotent: a repeat with
 /// the same key (per actor, operation and certificate) and the same body
@@ -123,26 +122,6 @@ fn issuer_view(i: &Issuer) -> IssuerView {
     }
 }
 
-/// The caller must hold `permission` for the team owning certificate `id`
-/// (an unknown id is a 404, as for everyone).
-pub(super) async fn authorize_certificate(
-    state: &AppState,
-    principal: &Principal,
-    id: Uuid,
-    permission: Permission,
-) -> ApiResult<()> {
-    if principal.is_admin() {
-        return Ok(());
-    }
-    let cert = state
-        .services
-        .store()
-        .get_certificate(id)
-        .await?
-        .ok_or_else(|| certflow_core::DomainError::NotFound(format!("certificate {id}")))?;
-    check_team(principal, permission, &cert.team)
-}
-
 pub(crate) async fn detail(
     state: &AppState,
     view: CertificateView,
@@ -192,7 +171,7 @@ pub async fn create_certificate(
     headers: HeaderMap,
     Json(req): Json<CreateCertificateRequest>,
 ) -> ApiResult<Response> {
-    check_team(&principal, Permission::CertificateWrite, &req.team)?;
+    principal.authorize(Permission::CertificateWrite, Some(&req.team))?;
     let key = idempotency_key(&headers)?;
     let view = state
         .services
@@ -334,12 +313,13 @@ pub async fn list_certificates(
     uri: axum::http::Uri,
 ) -> ApiResult<Json<CertificatePage>> {
     let mut q = parse_list_query(uri.query())?;
-    if !principal.is_admin() {
-        // Non-admins see their teams only: one team at a time when they have several.
-        match (&q.team, principal.teams.as_slice()) {
-            (Some(team), _) => check_team(&principal, Permission::CertificateRead, team)?,
-            (None, [only]) => q.team = Some(only.clone()),
-            (None, []) => {
+    // Non-admins see their teams only: one team at a time when they have several.
+    if let TeamScope::Only(teams) =
+        principal.scope(Permission::CertificateRead, q.team.as_deref())?
+    {
+        match teams.as_slice() {
+            [only] => q.team = Some(only.clone()),
+            [] => {
                 return Ok(Json(CertificatePage {
                     items: Vec::new(),
                     total: 0,
@@ -347,12 +327,12 @@ pub async fn list_certificates(
                     offset: q.offset,
                 }));
             }
-            (None, _) => {
+            several => {
                 return Err(ApiError::invalid_field(
                     "team",
                     format!(
                         "is required: you belong to several teams ({})",
-                        principal.teams.join(", ")
+                        several.join(", ")
                     ),
                 ));
             }
@@ -375,7 +355,10 @@ pub async fn get_certificate(
     Extension(principal): Extension<Principal>,
     Path(id): Path<Uuid>,
 ) -> ApiResult<Json<CertificateDetail>> {
-    authorize_certificate(&state, &principal, id, Permission::CertificateRead).await?;
+    state
+        .services
+        .certificate_for(&principal, Permission::CertificateRead, id)
+        .await?;
     let view = state.services.certificate(id).await?;
     Ok(Json(detail(&state, view).await?))
 }
@@ -412,7 +395,10 @@ pub async fn download(
             format!("{} may not download private keys", principal.subject),
         )));
     }
-    authorize_certificate(&state, &principal, id, permission).await?;
+    state
+        .services
+        .certificate_for(&principal, permission, id)
+        .await?;
     let pem: String = match p.format.as_deref().unwrap_or("certificate") {
         "certificate" => {
             state
@@ -467,7 +453,10 @@ pub async fn download_pkcs12(
     Path(id): Path<Uuid>,
     Json(req): Json<Pkcs12Request>,
 ) -> ApiResult<Response> {
-    authorize_certificate(&state, &principal, id, Permission::KeyDownload).await?;
+    state
+        .services
+        .certificate_for(&principal, Permission::KeyDownload, id)
+        .await?;
     let p12 = state
         .services
         .download_pkcs12(&actor, id, req.version, &req.password, now())
@@ -498,7 +487,10 @@ pub async fn renew(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> ApiResult<Json<CertificateDetail>> {
-    authorize_certificate(&state, &principal, id, Permission::CertificateWrite).await?;
+    state
+        .services
+        .certificate_for(&principal, Permission::CertificateWrite, id)
+        .await?;
     let key = idempotency_key(&headers)?;
     // An empty body is allowed: "renew now" needs no parameters.
     let req: RenewRequest = if body.iter().all(u8::is_ascii_whitespace) {
@@ -530,7 +522,10 @@ pub async fn revoke(
     Path(id): Path<Uuid>,
     Json(req): Json<RevokeRequest>,
 ) -> ApiResult<Json<CertificateDetail>> {
-    authorize_certificate(&state, &principal, id, Permission::CertificateWrite).await?;
+    state
+        .services
+        .certificate_for(&principal, Permission::CertificateWrite, id)
+        .await?;
     let r = state
         .services
         .revoke_with(&actor, id, req.version, &req.reason, req.replace, now())
@@ -571,7 +566,10 @@ pub async fn archive(
     Extension(principal): Extension<Principal>,
     Path(id): Path<Uuid>,
 ) -> ApiResult<Json<CertificateDetail>> {
-    authorize_certificate(&state, &principal, id, Permission::CertificateWrite).await?;
+    state
+        .services
+        .certificate_for(&principal, Permission::CertificateWrite, id)
+        .await?;
     let view = state.services.archive(&actor, id, now()).await?;
     Ok(Json(detail(&state, view).await?))
 }
@@ -647,7 +645,7 @@ pub async fn audit(
     Extension(principal): Extension<Principal>,
     Query(p): Query<AuditParams>,
 ) -> ApiResult<Json<AuditPage>> {
-    if !principal.is_admin() {
+    if principal.teams_with(Permission::AuditRead) != TeamScope::All {
         // Others read the history of their teams' certificates, one at a time.
         let id = p
             .target
@@ -660,7 +658,10 @@ pub async fn audit(
                         .into(),
                 ))
             })?;
-        authorize_certificate(&state, &principal, id, Permission::AuditRead).await?;
+        state
+            .services
+            .certificate_for(&principal, Permission::AuditRead, id)
+            .await?;
     }
     let limit = p.limit.unwrap_or(100);
     if !(1..=500).contains(&limit) {

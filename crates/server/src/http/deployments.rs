@@ -10,14 +10,12 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use certflow_api::Problem;
 use certflow_api::agent::{AssignRequest, DeploymentView};
-use certflow_core::DomainError;
 use certflow_core::access::{Permission, Principal};
 use certflow_core::deployments::DeploymentState;
 use certflow_core::model::Actor;
 use uuid::Uuid;
 
 use super::AppState;
-use crate::auth::check_team;
 use crate::deploy_cache::DeployState;
 use crate::errors::ApiResult;
 use crate::extract::{Json, Path, now};
@@ -96,13 +94,9 @@ pub async fn certificate_deployments(
     Path(id): Path<Uuid>,
 ) -> ApiResult<Json<Vec<DeploymentView>>> {
     // The team first: a caller outside it learns nothing.
-    let cert = app
-        .services
-        .store()
-        .get_certificate(id)
-        .await?
-        .ok_or_else(|| DomainError::NotFound(format!("certificate {id}")))?;
-    check_team(&principal, Permission::CertificateRead, &cert.team)?;
+    app.services
+        .certificate_for(&principal, Permission::CertificateRead, id)
+        .await?;
     let state = &app.deploy;
     let list = state.deployments.certificate_deployments(id).await?;
     Ok(Json(views(state, list)))

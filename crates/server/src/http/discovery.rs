@@ -1,6 +1,7 @@
 //! Discovery in the console API (agents post what they found on the agent
-//! listener, `crate::agent_api::discovery`): the console lists it (`GET /console/api/v1/discovered`) and takes an unmanaged certificate
-//! over (`POST /console/api/v1/discovered/{id}/take-over`).
+//! listener, `crate::agent_api::discovery`): the console lists it (`GET
+//! /console/api/v1/discovered`) and takes an unmanaged certificate over
+//! (`POST /console/api/v1/discovered/{id}/take-over`).
 
 use axum::Extension;
 use axum::extract::{RawQuery, State};
@@ -15,7 +16,6 @@ use uuid::Uuid;
 
 use super::AppState;
 use super::console::detail;
-use crate::auth::check_team;
 use crate::errors::{ApiError, ApiResult};
 use crate::extract::{Json, Path, now};
 
@@ -89,12 +89,10 @@ pub async fn list(
     RawQuery(raw): RawQuery,
 ) -> ApiResult<Json<DiscoveredList>> {
     let q = parse_query(raw.as_deref())?;
-    if let Some(team) = &q.team {
-        check_team(&principal, Permission::CertificateRead, team)?;
-    }
+    let teams = principal.scope(Permission::CertificateRead, q.team.as_deref())?;
     let items = state
-        .deployments
-        .list_discovered(&principal, q.status, q.agent, q.team.as_deref())
+        .discovery
+        .list(&teams, q.status, q.agent)
         .await?
         .into_iter()
         .map(view)
@@ -119,13 +117,14 @@ pub async fn take_over(
     Path(id): Path<Uuid>,
     Json(req): Json<TakeOverRequest>,
 ) -> ApiResult<Response> {
-    check_team(&principal, Permission::CertificateWrite, &req.team)?;
+    principal.authorize(Permission::CertificateWrite, Some(&req.team))?;
     let state = &app.deploy;
+    let teams = principal.readable_teams();
     let view = state
-        .deployments
-        .take_over_discovered(&principal, &actor, id, &req, now())
+        .discovery
+        .take_over(&actor, &teams, id, &req, now())
         .await?;
-    let agent = state.deployments.discovered(&principal, id).await?.agent_id;
+    let agent = state.discovery.get(&teams, id).await?.agent_id;
     state.assignments_changed(agent).await;
     let location = format!("/console/api/v1/certificates/{}", view.certificate.id);
     let body = detail(&app, view).await?;

@@ -59,11 +59,9 @@ fn item(source: &str, name: &str) -> DiscoveredCertificate {
     }
 }
 
-#[tokio::test]
-async fn discovered_certificates_are_listed_by_team_and_taken_over_once() {
-    let h = harness_with(vec![Arc::new(FixedPrincipals)]).await;
-    let deployments = h.deploy.deployments.clone();
-    let app = h.app.clone();
+/// An agent of team `a` enrolled on `h`, with two discoveries recorded
+/// through the use case (`file:/etc/ssl/legacy.pem` first).
+async fn agent_with_discoveries(h: &Harness) -> certflow_core::agents::Agent {
     let now = time::OffsetDateTime::now_utc();
     let key = certflow_pki::PrivateKey::generate(certflow_core::model::KeyType::EcdsaP256).unwrap();
     let csr = certflow_pki::build_csr(
@@ -87,8 +85,9 @@ async fn discovered_certificates_are_listed_by_team_and_taken_over_once() {
         .await
         .unwrap()
         .agent;
-    deployments
-        .record_discovery(
+    h.deploy
+        .discovery
+        .record(
             &agent,
             None,
             &DiscoveryReport {
@@ -102,6 +101,15 @@ async fn discovered_certificates_are_listed_by_team_and_taken_over_once() {
         )
         .await
         .unwrap();
+    agent
+}
+
+#[tokio::test]
+async fn discovered_certificates_are_listed_by_team_and_taken_over_once() {
+    let h = harness_with(vec![Arc::new(FixedPrincipals)]).await;
+    let deployments = h.deploy.deployments.clone();
+    let app = h.app.clone();
+    let agent = agent_with_discoveries(&h).await;
 
     // A viewer of the agent's team sees both, unmanaged by default.
     let (status, _, list) = send(&app, "role:viewer:a", "GET", LIST, None).await;
@@ -332,4 +340,88 @@ async fn discovered_certificates_are_listed_by_team_and_taken_over_once() {
     )
     .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+/// The console page's take-over answers as the API does: outside the
+/// agent's teams the discovery is not found (404), a viewer of its team is
+/// refused (403), and only then does an operator take it over (to the new
+/// certificate's page); nothing is issued before.
+#[tokio::test]
+async fn console_take_over_is_not_found_outside_the_agents_teams_and_refused_to_viewers() {
+    let h = harness_full(
+        Vec::new(),
+        unlimited(),
+        Some(crate::session::SessionSettings {
+            idle_timeout: time::Duration::minutes(30),
+            absolute_timeout: time::Duration::hours(12),
+            console_origin: "https://certflow.test".into(),
+        }),
+    )
+    .await;
+    agent_with_discoveries(&h).await;
+    let id = h
+        .deploy
+        .discovery
+        .list(
+            &certflow_core::access::TeamScope::All,
+            certflow_core::discovery::DiscoveryStatus::Unmanaged,
+            None,
+        )
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|d| d.item.source == "file:/etc/ssl/legacy.pem")
+        .unwrap()
+        .id;
+    let sessions = h.sessions.clone().unwrap();
+    let take_over = |role: Role, team: &'static str| {
+        let (sessions, app) = (sessions.clone(), h.app.clone());
+        async move {
+            let person = Principal {
+                subject: format!("{role:?}-{team}").to_lowercase(),
+                kind: PrincipalKind::Person,
+                roles: vec![role],
+                teams: vec![team.into()],
+            };
+            let (session_id, session) = sessions
+                .create(person, None, time::OffsetDateTime::now_utc())
+                .await
+                .unwrap();
+            let mut req = from_ip(
+                "POST",
+                &format!("/console/discovered/{id}/take-over"),
+                "192.0.2.41",
+                None,
+            );
+            let headers = req.headers_mut();
+            let cookie = format!("{}={session_id}", crate::session::COOKIE);
+            headers.insert(header::COOKIE, cookie.parse().unwrap());
+            headers.insert(
+                header::CONTENT_TYPE,
+                "application/x-www-form-urlencoded".parse().unwrap(),
+            );
+            headers.insert(header::ORIGIN, "https://certflow.test".parse().unwrap());
+            *req.body_mut() = Body::from(format!("csrf={}&team={team}", session.csrf_token));
+            let resp = app.oneshot(req).await.unwrap();
+            let location = resp
+                .headers()
+                .get(header::LOCATION)
+                .map(|v| v.to_str().unwrap().to_owned());
+            (resp.status(), location)
+        }
+    };
+    let (status, _) = take_over(Role::Operator, "b").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = take_over(Role::Viewer, "a").await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(audit_of(&h, "discovery.take-over").await.is_empty());
+    let (status, location) = take_over(Role::Operator, "a").await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert!(
+        location
+            .as_deref()
+            .is_some_and(|l| l.starts_with("/console/certificates/")),
+        "{location:?}"
+    );
+    assert_eq!(audit_of(&h, "discovery.take-over").await.len(), 1);
 }

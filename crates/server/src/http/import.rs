@@ -16,8 +16,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::AppState;
-use super::console::{authorize_certificate, detail};
-use crate::auth::check_team;
+use super::console::detail;
 use crate::errors::{ApiError, ApiResult};
 use crate::extract::{Json, now};
 
@@ -71,7 +70,7 @@ pub async fn import_certificate(
     Extension(principal): Extension<Principal>,
     Json(req): Json<ImportCertificateRequest>,
 ) -> ApiResult<Response> {
-    check_team(&principal, Permission::CertificateWrite, &req.team)?;
+    principal.authorize(Permission::CertificateWrite, Some(&req.team))?;
     let req = ImportRequest {
         team: req.team,
         name: req.name,
@@ -127,7 +126,10 @@ pub async fn manage_certificate(
     Path(id): Path<Uuid>,
     body: axum::body::Bytes,
 ) -> ApiResult<Json<CertificateDetail>> {
-    authorize_certificate(&state, &principal, id, Permission::CertificateWrite).await?;
+    state
+        .services
+        .certificate_for(&principal, Permission::CertificateWrite, id)
+        .await?;
     let req: ManageRequest = if body.iter().all(u8::is_ascii_whitespace) {
         ManageRequest::default()
     } else {

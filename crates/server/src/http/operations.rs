@@ -23,10 +23,9 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::AppState;
-use crate::auth::check_team;
 use crate::errors::{ApiError, ApiResult};
 use crate::extract::{Json, Path, Query};
-use certflow_core::access::{Permission, Principal};
+use certflow_core::access::{Permission, Principal, TeamScope};
 
 /// The renewal state of `cert`, from its newest job.
 pub(super) async fn renewal_status(
@@ -97,7 +96,7 @@ pub async fn create_subscription(
     Extension(principal): Extension<Principal>,
     Json(req): Json<CreateSubscriptionRequest>,
 ) -> ApiResult<Response> {
-    check_team(&principal, Permission::NotificationWrite, &req.team)?;
+    principal.authorize(Permission::NotificationWrite, Some(&req.team))?;
     let sub = state
         .services
         .create_subscription(&actor, &req, crate::extract::now())
@@ -122,13 +121,11 @@ pub async fn list_subscriptions(
     Extension(principal): Extension<Principal>,
     Query(q): Query<SubscriptionParams>,
 ) -> ApiResult<Json<Vec<SubscriptionView>>> {
-    if let Some(team) = &q.team {
-        check_team(&principal, Permission::NotificationRead, team)?;
-    }
+    let teams = principal.scope(Permission::NotificationRead, q.team.as_deref())?;
     let subs = state.services.subscriptions(q.team.as_deref()).await?;
     Ok(Json(
         subs.iter()
-            .filter(|s| principal.in_team(&s.team))
+            .filter(|s| teams.allows(&s.team))
             .map(subscription_view)
             .collect(),
     ))
@@ -143,10 +140,10 @@ pub async fn delete_subscription(
     Extension(principal): Extension<Principal>,
     Path(id): Path<Uuid>,
 ) -> ApiResult<StatusCode> {
-    if !principal.is_admin() {
+    if principal.teams_with(Permission::NotificationWrite) != TeamScope::All {
         let subs = state.services.subscriptions(None).await?;
         match subs.iter().find(|s| s.id == id) {
-            Some(sub) => check_team(&principal, Permission::NotificationWrite, &sub.team)?,
+            Some(sub) => principal.authorize(Permission::NotificationWrite, Some(&sub.team))?,
             None => {
                 return Err(
                     certflow_core::DomainError::NotFound(format!("subscription {id}")).into(),
@@ -211,11 +208,12 @@ pub async fn list_deliveries(
     Extension(principal): Extension<Principal>,
     Query(mut q): Query<DeliveryParams>,
 ) -> ApiResult<Json<DeliveryPage>> {
-    if !principal.is_admin() {
-        match (&q.team, principal.teams.as_slice()) {
-            (Some(team), _) => check_team(&principal, Permission::NotificationRead, team)?,
-            (None, [only]) => q.team = Some(only.clone()),
-            (None, _) => {
+    if let TeamScope::Only(teams) =
+        principal.scope(Permission::NotificationRead, q.team.as_deref())?
+    {
+        match teams.as_slice() {
+            [only] => q.team = Some(only.clone()),
+            _ => {
                 return Err(ApiError::invalid_field(
                     "team",
                     "is required unless you belong to exactly one team",
@@ -276,11 +274,11 @@ pub async fn delivery_attempts(
     Extension(principal): Extension<Principal>,
     Path(id): Path<Uuid>,
 ) -> ApiResult<Json<Vec<AttemptView>>> {
-    if !principal.is_admin() {
+    if let TeamScope::Only(teams) = principal.teams_with(Permission::NotificationRead) {
         // The delivery must belong to one of the caller's teams (recent ones:
         // the newest 500 per team are searched).
         let mut found = false;
-        for team in &principal.teams {
+        for team in &teams {
             let page = state
                 .services
                 .deliveries(&DeliveryQuery {

@@ -6,7 +6,7 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use certflow_core::DomainError;
-use certflow_core::access::Permission;
+use certflow_core::access::{Permission, TeamScope};
 use certflow_core::agents::AgentStatus;
 use certflow_core::model::{AuditQuery, IssuerKind, Outcome};
 use certflow_services::agents::NewJoinToken;
@@ -16,7 +16,6 @@ use uuid::Uuid;
 use super::certificates::{AuditRow, audit_row};
 use super::deployments::{self, DeployRow};
 use super::{Ctx, Layout, PageResult, html, redirect, relative, when};
-use crate::auth::check_team;
 use crate::extract::now;
 use crate::state::AppState;
 
@@ -280,7 +279,7 @@ pub(super) async fn audit(
         next: String::new(),
     };
     let p = ctx.principal();
-    if !p.is_admin() {
+    if p.teams_with(Permission::AuditRead) != TeamScope::All {
         let id = page
             .target
             .strip_prefix("certificate/")
@@ -293,18 +292,10 @@ pub(super) async fn audit(
                 return Ok(html(&page));
             }
             Some(id) => {
-                let cert = state
+                state
                     .services
-                    .store()
-                    .get_certificate(id)
-                    .await?
-                    .ok_or_else(|| DomainError::NotFound(format!("certificate {id}")))?;
-                check_team(p, Permission::AuditRead, &cert.team).map_err(|_| {
-                    DomainError::Forbidden(format!(
-                        "{} may not read the history of team '{}'",
-                        p.subject, cert.team
-                    ))
-                })?;
+                    .certificate_for(p, Permission::AuditRead, id)
+                    .await?;
             }
         }
     }
@@ -437,13 +428,13 @@ struct SubscriptionsPage {
 /// `GET /console/subscriptions`: the caller's teams' subscriptions (secrets redacted).
 pub(super) async fn subscriptions(ctx: Ctx, State(state): State<AppState>) -> PageResult<Response> {
     require(&ctx, Permission::NotificationRead, "read subscriptions")?;
-    let p = ctx.principal();
+    let readable = ctx.principal().teams_with(Permission::NotificationRead);
     let subscriptions = state
         .services
         .subscriptions(None)
         .await?
         .iter()
-        .filter(|s| p.can(Permission::NotificationRead, Some(&s.team)))
+        .filter(|s| readable.allows(&s.team))
         .map(|s| SubscriptionRow {
             team: s.team.clone(),
             events: s

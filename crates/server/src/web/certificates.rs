@@ -12,11 +12,11 @@ use axum::response::{IntoResponse, Response};
 use certflow_api::CreateCertificateRequest;
 use certflow_core::DomainError;
 use certflow_core::SubjectName;
-use certflow_core::access::{Permission, Principal};
+use certflow_core::access::{Permission, Principal, TeamScope};
 use certflow_core::agents::AgentStatus;
 use certflow_core::error::FieldError;
 use certflow_core::model::{
-    AuditEvent, AuditQuery, Certificate, CertificateQuery, CertificateStatus, IssuerKind, KeyType,
+    AuditEvent, AuditQuery, CertificateQuery, CertificateStatus, IssuerKind, KeyType,
     RevocationReason, SortKey,
 };
 use certflow_core::renewal::JobState;
@@ -26,49 +26,11 @@ use uuid::Uuid;
 
 use super::deployments::{self, DeployRow};
 use super::{Ctx, Layout, PageError, PageResult, html, redirect, relative, when};
-use crate::auth::check_team;
 use crate::extract::now;
 use crate::state::AppState;
 
 /// Rows per inventory page.
 pub(crate) const PAGE: u32 = 50;
-
-/// The teams whose certificates `p` may read: `None` for all (admins).
-pub(crate) fn readable_teams(p: &Principal) -> Option<Vec<String>> {
-    if p.is_admin() {
-        return None;
-    }
-    Some(
-        p.teams
-            .iter()
-            .filter(|t| p.can(Permission::CertificateRead, Some(t)))
-            .cloned()
-            .collect(),
-    )
-}
-
-/// The certificate `id` if `p` holds `permission` for its team (an unknown
-/// id is a 404 for everyone, as in the API).
-pub(crate) async fn authorized(
-    state: &AppState,
-    p: &Principal,
-    id: Uuid,
-    permission: Permission,
-) -> PageResult<Certificate> {
-    let cert = state
-        .services
-        .store()
-        .get_certificate(id)
-        .await?
-        .ok_or_else(|| DomainError::NotFound(format!("certificate {id}")))?;
-    check_team(p, permission, &cert.team).map_err(|_| {
-        DomainError::Forbidden(format!(
-            "{} may not do this for team '{}'",
-            p.subject, cert.team
-        ))
-    })?;
-    Ok(cert)
-}
 
 fn names(names: &[SubjectName]) -> Vec<String> {
     names.iter().map(SubjectName::to_text).collect()
@@ -166,18 +128,18 @@ impl Filters {
             search: Some(self.search.clone()).filter(|s| !s.is_empty()),
             ..Default::default()
         };
-        if !self.team.is_empty() {
-            if p.can(Permission::CertificateRead, Some(&self.team)) {
-                q.team = Some(self.team.clone());
-            } else {
-                e.add("team", format!("you may not read team '{}'", self.team));
+        let team = Some(self.team.as_str()).filter(|t| !t.is_empty());
+        match p.scope(Permission::CertificateRead, team) {
+            Err(_) => e.add("team", format!("you may not read team '{}'", self.team)),
+            // One team at a time for non-admins, as in the API: their first
+            // (or the one asked for).
+            Ok(TeamScope::Only(teams)) => {
+                q.team = teams.into_iter().next();
+                if q.team.is_none() {
+                    e.add("team", "you belong to no team");
+                }
             }
-        } else if !p.is_admin() {
-            // One team at a time for non-admins, as in the API: their first.
-            q.team = readable_teams(p).and_then(|t| t.into_iter().next());
-            if q.team.is_none() {
-                e.add("team", "you belong to no team");
-            }
+            Ok(TeamScope::All) => {}
         }
         if !self.label.is_empty() {
             match self.label.split_once('=') {
@@ -274,7 +236,7 @@ pub(super) async fn inventory(
         l: ctx.layout("Certificates", "certificates"),
         f: f.clone(),
         e: Errors::default(),
-        teams: readable_teams(p).unwrap_or_default(),
+        teams: p.readable_teams().into_teams().unwrap_or_default(),
         issuers: issuers
             .iter()
             .map(|(id, name)| IssuerOption {
@@ -457,7 +419,10 @@ pub(super) async fn detail(
     RawQuery(raw): RawQuery,
 ) -> PageResult<Response> {
     let p = ctx.principal();
-    authorized(&state, p, id, Permission::CertificateRead).await?;
+    state
+        .services
+        .certificate_for(p, Permission::CertificateRead, id)
+        .await?;
     let now = now();
     let view = state.services.certificate(id).await?;
     let c = &view.certificate;
@@ -619,8 +584,8 @@ pub(super) async fn detail(
         renewal,
         chain_pem,
         rows: history.items.iter().map(audit_row).collect(),
-        can_write: p.can(Permission::CertificateWrite, Some(&c.team)),
-        can_key: p.can(Permission::KeyDownload, Some(&c.team)),
+        can_write: p.may(Permission::CertificateWrite, c),
+        can_key: p.may(Permission::KeyDownload, c),
         has_key: current.is_some_and(|v| v.key_blob.is_some()),
         revocable: c.status == CertificateStatus::Active,
         deployments: rows,
@@ -641,7 +606,10 @@ pub(super) async fn renew(
     body: axum::body::Bytes,
 ) -> PageResult<Response> {
     ctx.form(&headers, &body)?;
-    authorized(&state, ctx.principal(), id, Permission::CertificateWrite).await?;
+    state
+        .services
+        .certificate_for(ctx.principal(), Permission::CertificateWrite, id)
+        .await?;
     state.services.renew(&ctx.actor, id, None, now()).await?;
     Ok(redirect(&format!(
         "/console/certificates/{id}?done=renewed"
@@ -658,7 +626,10 @@ pub(super) async fn manage(
     body: axum::body::Bytes,
 ) -> PageResult<Response> {
     let form = ctx.form(&headers, &body)?;
-    authorized(&state, ctx.principal(), id, Permission::CertificateWrite).await?;
+    state
+        .services
+        .certificate_for(ctx.principal(), Permission::CertificateWrite, id)
+        .await?;
     let issuer = Some(form.get("issuer")).filter(|i| !i.is_empty());
     match state
         .services
@@ -727,7 +698,10 @@ fn reasons() -> Vec<Reason> {
 }
 
 async fn revoke_page(ctx: &Ctx, state: &AppState, id: Uuid, error: String) -> PageResult<Response> {
-    let cert = authorized(state, ctx.principal(), id, Permission::CertificateWrite).await?;
+    let cert = state
+        .services
+        .certificate_for(ctx.principal(), Permission::CertificateWrite, id)
+        .await?;
     let view = state.services.certificate(id).await?;
     let serial = view
         .versions
@@ -773,7 +747,10 @@ pub(super) async fn revoke(
     body: axum::body::Bytes,
 ) -> PageResult<Response> {
     let form = ctx.form(&headers, &body)?;
-    authorized(&state, ctx.principal(), id, Permission::CertificateWrite).await?;
+    state
+        .services
+        .certificate_for(ctx.principal(), Permission::CertificateWrite, id)
+        .await?;
     if form.get("confirm") != "yes" {
         return revoke_page(
             &ctx,
@@ -824,7 +801,10 @@ pub(super) async fn download(
     Path(id): Path<Uuid>,
     RawQuery(raw): RawQuery,
 ) -> PageResult<Response> {
-    let cert = authorized(&state, ctx.principal(), id, Permission::CertificateRead).await?;
+    let cert = state
+        .services
+        .certificate_for(ctx.principal(), Permission::CertificateRead, id)
+        .await?;
     let pairs: Vec<(String, String)> =
         serde_urlencoded::from_str(raw.as_deref().unwrap_or("")).unwrap_or_default();
     let format = pairs
@@ -862,7 +842,10 @@ pub(super) async fn download_key(
     body: axum::body::Bytes,
 ) -> PageResult<Response> {
     let form = ctx.form(&headers, &body)?;
-    let cert = authorized(&state, ctx.principal(), id, Permission::KeyDownload).await?;
+    let cert = state
+        .services
+        .certificate_for(ctx.principal(), Permission::KeyDownload, id)
+        .await?;
     let now = now();
     if !ctx.recent_login(now) {
         return Ok(html(&Reauth {
@@ -1008,15 +991,10 @@ async fn request_page(
         })
         .collect();
     let p = ctx.principal();
-    form.teams = if p.is_admin() {
-        Vec::new()
-    } else {
-        p.teams
-            .iter()
-            .filter(|t| p.can(Permission::CertificateWrite, Some(t)))
-            .cloned()
-            .collect()
-    };
+    form.teams = p
+        .teams_with(Permission::CertificateWrite)
+        .into_teams()
+        .unwrap_or_default();
     Ok(form)
 }
 

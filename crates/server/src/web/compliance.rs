@@ -7,7 +7,6 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use certflow_core::compliance::{DEFAULT_EXPIRING_WITHIN_DAYS, Severity};
 
-use super::certificates::readable_teams;
 use super::{Ctx, Layout, PageError, PageResult, html};
 use crate::extract::now;
 use crate::state::AppState;
@@ -76,7 +75,7 @@ pub(super) async fn page(
             other => return Err(bad(format!("unknown query parameter '{other}'"))),
         }
     }
-    let teams = readable_teams(ctx.principal());
+    let teams = ctx.principal().readable_teams().into_teams();
     let fleet = Some((&state.deploy.deployments, &state.agents));
     let report = state
         .services

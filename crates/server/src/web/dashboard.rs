@@ -10,7 +10,6 @@ use certflow_core::agents::AgentStatus;
 use certflow_core::model::{AuditQuery, CertificateStatus};
 use time::{Duration, OffsetDateTime};
 
-use super::certificates::readable_teams;
 use super::deployments::{DeployRow, undeployed};
 use super::{Ctx, Layout, PageResult, html, relative, when};
 use crate::state::AppState;
@@ -133,7 +132,7 @@ const UNDEPLOYED_SHOWN: usize = 20;
 pub(super) async fn page(ctx: Ctx, State(state): State<AppState>) -> PageResult<Response> {
     let now = crate::extract::now();
     let p = ctx.principal();
-    let teams = readable_teams(p);
+    let teams = p.readable_teams().into_teams();
     // One grouped statement for every number below (by status, and active
     // certificates expiring before now, each week's end and 30 days out):
     // cumulative counts whose differences give each week.
@@ -195,7 +194,7 @@ pub(super) async fn page(ctx: Ctx, State(state): State<AppState>) -> PageResult<
         let Some(cert) = state.services.store().get_certificate(id).await? else {
             continue;
         };
-        if !p.can(Permission::CertificateRead, Some(&cert.team)) {
+        if !p.may(Permission::CertificateRead, &cert) {
             continue;
         }
         // A newer renewal supersedes the failure.

@@ -19,7 +19,6 @@ use certflow_services::agents::Agents;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::certificates::authorized;
 use super::{Ctx, Form, PageError, PageResult, redirect, relative, when};
 use crate::deploy_cache::DeployState;
 use crate::extract::now;
@@ -214,7 +213,10 @@ pub(super) async fn assign(
 ) -> PageResult<Response> {
     let form = ctx.form(&headers, &body)?;
     require_agent_admin(&ctx)?;
-    authorized(&state, ctx.principal(), id, Permission::CertificateRead).await?;
+    state
+        .services
+        .certificate_for(ctx.principal(), Permission::CertificateRead, id)
+        .await?;
     let deploy = &state.deploy;
     let agent = agent_field(&form)?;
     let created = match deploy
@@ -254,7 +256,10 @@ pub(super) async fn unassign(
 ) -> PageResult<Response> {
     let form = ctx.form(&headers, &body)?;
     require_agent_admin(&ctx)?;
-    authorized(&state, ctx.principal(), id, Permission::CertificateRead).await?;
+    state
+        .services
+        .certificate_for(ctx.principal(), Permission::CertificateRead, id)
+        .await?;
     let deploy = &state.deploy;
     let agent = agent_field(&form)?;
     deploy

@@ -13,7 +13,7 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use certflow_api::agent::TakeOverRequest;
-use certflow_core::access::Permission;
+use certflow_core::access::{Permission, TeamScope};
 use certflow_core::discovery::{Discovered, DiscoveryStatus};
 use uuid::Uuid;
 
@@ -53,7 +53,8 @@ fn bad(msg: String) -> PageError {
     PageError::Status(StatusCode::BAD_REQUEST, msg)
 }
 
-fn row(ctx: &Ctx, d: Discovered, now: time::OffsetDateTime) -> Row {
+/// `writable`: the teams the reader may request certificates for.
+fn row(writable: &TeamScope, d: Discovered, now: time::OffsetDateTime) -> Row {
     let (certificate_id, state) = match (d.managed, d.taken_over_certificate_id) {
         (Some((c, _)), _) => (c.to_string(), "managed"),
         (None, Some(c)) => (c.to_string(), "taken over"),
@@ -62,7 +63,7 @@ fn row(ctx: &Ctx, d: Discovered, now: time::OffsetDateTime) -> Row {
     let teams = if state == "unmanaged" {
         d.agent_teams
             .iter()
-            .filter(|t| ctx.principal().can(Permission::CertificateWrite, Some(t)))
+            .filter(|t| writable.allows(t))
             .cloned()
             .collect()
     } else {
@@ -107,12 +108,13 @@ pub(super) async fn page(
         }
     }
     let now = now();
+    let writable = ctx.principal().teams_with(Permission::CertificateWrite);
     let rows = deploy
-        .deployments
-        .list_discovered(ctx.principal(), status, None, None)
+        .discovery
+        .list(&ctx.principal().readable_teams(), status, None)
         .await?
         .into_iter()
-        .map(|d| row(&ctx, d, now))
+        .map(|d| row(&writable, d, now))
         .collect();
     let issuers = state
         .services
@@ -148,10 +150,15 @@ pub(super) async fn take_over(
         issuer: optional("issuer"),
         name: optional("name"),
     };
-    let found = deploy.deployments.discovered(ctx.principal(), id).await?;
+    // Not found outside the reader's teams, then refused outside the ones
+    // it may request for (the use case checks the agent's teams).
+    let teams = ctx.principal().readable_teams();
+    let found = deploy.discovery.get(&teams, id).await?;
+    ctx.principal()
+        .authorize(Permission::CertificateWrite, Some(&req.team))?;
     let view = deploy
-        .deployments
-        .take_over_discovered(ctx.principal(), &ctx.actor, id, &req, now())
+        .discovery
+        .take_over(&ctx.actor, &teams, id, &req, now())
         .await?;
     // The agent's cached assignment answer is stale now, here and elsewhere.
     deploy.assignments_changed(found.agent_id).await;

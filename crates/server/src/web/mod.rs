@@ -1,8 +1,9 @@
 //! The web console: server-rendered HTML pages under `/console/` (askama
 //! templates in `crates/server/templates/`, compiled and type-checked with the
 //! crate). Pages use the same use cases ([`certflow_services::Services`]) and
-//! the same permission checks ([`Principal::can`], [`check_team`]) as the JSON
-//! API under `/console/api/v1`; they only differ in how they answer (HTML, and
+//! the same authorization decisions ([`Principal::can`],
+//! [`Principal::scope`], `Services::certificate_for`) as the JSON API under
+//! `/console/api/v1`; they only differ in how they answer (HTML, and
 //! a redirect to the next page after a form).
 //!
 //! People sign in through the existing OIDC login (`/console/login`); a page
