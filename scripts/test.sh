@@ -12,6 +12,10 @@ scripts/vendor-assets.sh --check
 
 scripts/check-deploy.sh
 
+echo "== layout and dependencies (surfaces apart, no unused or adapter dependencies)"
+scripts/check-layout.sh
+scripts/check-deps.sh
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 
