@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Dependency hygiene, offline and in seconds. Fails (exit 1) naming the crate and
+# Dependency hygiene, in seconds (cargo tree reads the lock file; on a machine
+# with no registry cache yet it fetches the index first). Fails (exit 1) naming the crate and
 # the dependency when:
 #  1. a crate under crates/* declares a dependency (normal, dev, build, or
 #     target-specific) that its code never names: the dependency's Rust name
@@ -87,7 +88,7 @@ PY
 
 echo "== no blob store backend or AWS SDK in certflow-services / certflow-acme"
 for crate in certflow-services certflow-acme; do
-  tree=$(cargo tree -p "$crate" -e normal --prefix none --offline --locked) || {
+  tree=$(cargo tree -p "$crate" -e normal --prefix none --locked) || {
     echo "cargo tree -p $crate failed" >&2
     exit 1
   }
