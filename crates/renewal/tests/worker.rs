@@ -932,3 +932,58 @@ async fn stuck_attempt_is_cut_short_at_the_work_timeout_and_retried() {
         .unwrap();
     assert_eq!(audit.total, 1, "{:?}", audit.items);
 }
+
+/// The database queue hands out the renewal of the certificate with the
+/// least time left first, whichever job was queued first: a 60-second
+/// certificate's job goes ahead of a long-lived one's queued earlier.
+async fn soonest_expiring_job_is_claimed_first(backend: Backend) {
+    let env = Env::start(backend).await;
+    let long = env
+        .services
+        .create_certificate(
+            &actor(),
+            &CreateCertificateRequest {
+                names: vec!["long.example.com".into()],
+                team: TEAM.into(),
+                key_type: Some("ecdsa-p256".into()),
+                ..Default::default()
+            },
+            OffsetDateTime::now_utc(),
+        )
+        .await
+        .unwrap()
+        .certificate
+        .id;
+    let short = env.certificate("short.example.com", TEAM, None).await;
+    let queue = env.queue();
+    let now = env.skew.now();
+    let first = RenewalJob::new(long, 1, 5, now - time::Duration::minutes(10));
+    assert!(queue.enqueue(&first).await.unwrap());
+    assert!(
+        queue
+            .enqueue(&RenewalJob::new(short, 1, 5, now))
+            .await
+            .unwrap()
+    );
+    let mut order = Vec::new();
+    for _ in 0..2 {
+        for d in queue
+            .receive(1, Duration::from_secs(30), Duration::ZERO)
+            .await
+            .unwrap()
+        {
+            order.push(d.job.certificate_id);
+        }
+    }
+    assert_eq!(order, [short, long]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soonest_expiring_job_is_claimed_first_sqlite() {
+    soonest_expiring_job_is_claimed_first(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soonest_expiring_job_is_claimed_first_postgres() {
+    soonest_expiring_job_is_claimed_first(Backend::Postgres).await;
+}

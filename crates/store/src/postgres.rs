@@ -79,6 +79,11 @@ const MIGRATIONS: &[Embedded] = &[
         "managed",
         include_str!("../migrations/postgres/0011_managed.sql"),
     ),
+    (
+        12,
+        "renewal urgency",
+        include_str!("../migrations/postgres/0012_renewal_urgency.sql"),
+    ),
 ];
 
 /// Key of the advisory lock held while migrating ("certflow" in ASCII).

@@ -53,10 +53,14 @@ fn lease_lost(job: Uuid) -> DomainError {
 #[async_trait]
 impl<B: Backend> RenewalLedger for SqlStore<B> {
     async fn insert_renewal_job(&self, job: &RenewalJob) -> DomainResult<bool> {
+        // The certificate's notAfter is the replaced version's: the queue's
+        // urgency (see `claim_jobs`).
         let sql = Sql::new(concat!(
             "INSERT INTO renewal_jobs (",
             job_columns!(),
-            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+            ", expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, \
+             COALESCE((SELECT c.not_after FROM certificates c WHERE c.id = $2), \
+             9223372036854775807)) \
              ON CONFLICT (certificate_id, version) DO NOTHING RETURNING id"
         ))
         .bind(id(job.id))
@@ -222,9 +226,11 @@ impl<B: Backend> RenewalLedger for SqlStore<B> {
 /// The job-level statements of the database queue.
 impl<B: Backend> SqlStore<B> {
     /// Claims up to `max` runnable jobs at `now`, leasing each for `lease`:
-    /// running jobs whose lease expired (their worker crashed or stalled)
-    /// first, then queued jobs by `run_at`. A job that already had
-    /// `max_attempts` deliveries goes to `dead` instead.
+    /// running jobs whose lease expired (their worker died or stalled)
+    /// first, then queued jobs, soonest-expiring certificate first (a
+    /// short-lived certificate's renewal goes ahead of a backlog), then by
+    /// `run_at`. A job that already had `max_attempts` deliveries goes to
+    /// `dead` instead.
     pub(crate) async fn claim_jobs(
         &self,
         now: OffsetDateTime,
@@ -264,7 +270,8 @@ impl<B: Backend> SqlStore<B> {
         if remaining > 0 {
             let mut queued = Sql::new(
                 "SELECT id, attempts, max_attempts, last_error FROM renewal_jobs \
-                 WHERE state = 'queued' AND run_at <= $1 ORDER BY run_at, id LIMIT $2",
+                 WHERE state = 'queued' AND run_at <= $1 \
+                 ORDER BY expires_at, run_at, id LIMIT $2",
             )
             .bind(secs(now))
             .bind(remaining);

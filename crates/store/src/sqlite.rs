@@ -76,6 +76,11 @@ const MIGRATIONS: &[Embedded] = &[
         "managed",
         include_str!("../migrations/sqlite/0011_managed.sql"),
     ),
+    (
+        12,
+        "renewal urgency",
+        include_str!("../migrations/sqlite/0012_renewal_urgency.sql"),
+    ),
 ];
 
 /// How long a statement waits for another connection's write lock.
@@ -280,5 +285,41 @@ mod tests {
                 ("issued".to_owned(), true, 600)
             ]
         );
+    }
+
+    /// Migration 0012 gives the jobs already queued their certificate's
+    /// notAfter, so an upgrade keeps the queue's urgency order.
+    #[tokio::test]
+    async fn migration_0012_backfills_job_expiry() {
+        let mut conn = SqliteConnection::connect("sqlite::memory:").await.unwrap();
+        let before: Vec<Embedded> = MIGRATIONS.iter().filter(|m| m.0 < 12).copied().collect();
+        migrator(&before).run(&mut conn).await.unwrap();
+        let seed = [
+            Sql::new(include_str!("../benches/seed/issuer.sql")),
+            Sql::new(
+                "INSERT INTO certificates (id, name, name_folded, team, profile, key_type, \
+                 key_source, names, validity_days, issuer_id, renew_at_fraction, status, \
+                 current_version, not_after, renew_after, created_at, updated_at) \
+                 SELECT 'c', 'c', 'c', 't', 'tls-server', 'ecdsa-p256', 'csr', '[]', 90, id, \
+                 0.66, 'active', 1, 1000, 600, 0, 0 FROM issuers",
+            ),
+            Sql::new(
+                "INSERT INTO renewal_jobs (id, certificate_id, version, state, attempts, \
+                 max_attempts, run_at, created_at, updated_at) \
+                 VALUES ('j', 'c', 1, 'queued', 0, 5, 600, 600, 600)",
+            ),
+        ];
+        for sql in seed {
+            Sqlite::execute(&mut conn, sql).await.unwrap();
+        }
+        migrator(MIGRATIONS).run(&mut conn).await.unwrap();
+        let row = Sqlite::fetch_optional(
+            &mut conn,
+            Sql::new("SELECT expires_at FROM renewal_jobs WHERE id = 'j'"),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        assert_eq!(row.int("expires_at").unwrap(), 1000);
     }
 }
