@@ -10,7 +10,7 @@ use certflow_api::{
     AuditEventView, CertificateDetail, CertificatePage, CreateCertificateRequest, Pkcs12Request,
     RenewRequest, RevokeRequest,
 };
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
 use uuid::Uuid;
 
@@ -21,204 +21,248 @@ use super::*;
 #[derive(Debug, Subcommand)]
 pub enum CertCommand {
     /// Request a certificate.
-    Create {
-        #[command(flatten)]
-        client: ClientArgs,
-        /// Owning team.
-        #[arg(long)]
-        team: String,
-        /// Subject alternative name (repeat for several).
-        #[arg(long = "san")]
-        names: Vec<String>,
-        /// Display name (defaults to the first SAN).
-        #[arg(long)]
-        name: Option<String>,
-        /// Label key=value (repeat for several).
-        #[arg(long = "label")]
-        labels: Vec<String>,
-        /// tls-server or tls-client.
-        #[arg(long)]
-        profile: Option<String>,
-        /// Key type for a server-generated key.
-        #[arg(long)]
-        key_type: Option<String>,
-        /// Validity in days.
-        #[arg(long)]
-        validity_days: Option<u32>,
-        /// Exact lifetime in seconds (short-lived certificates; overrides --validity-days).
-        #[arg(long)]
-        validity_seconds: Option<u32>,
-        /// Issuer id (default issuer when absent).
-        #[arg(long)]
-        issuer: Option<uuid::Uuid>,
-        /// PEM CSR file: the key stays with you.
-        #[arg(long)]
-        csr: Option<PathBuf>,
-    },
+    Create(CreateArgs),
     /// Import an existing certificate (PEM bundle or PKCS#12), of a certflow issuer or another CA.
-    Import {
-        #[command(flatten)]
-        client: ClientArgs,
-        /// Owning team.
-        #[arg(long)]
-        team: String,
-        /// Display name (defaults to the first SAN).
-        #[arg(long)]
-        name: Option<String>,
-        /// Label key=value (repeat for several).
-        #[arg(long = "label")]
-        labels: Vec<String>,
-        /// PEM file: the certificate first, then optionally its chain and key.
-        #[arg(long, conflicts_with = "pkcs12", required_unless_present = "pkcs12")]
-        file: Option<PathBuf>,
-        /// PEM private key file, appended to --file's bundle.
-        #[arg(long, requires = "file")]
-        key: Option<PathBuf>,
-        /// PKCS#12 file.
-        #[arg(long, requires = "password_file")]
-        pkcs12: Option<PathBuf>,
-        /// File holding the PKCS#12 password (first line).
-        #[arg(long)]
-        password_file: Option<PathBuf>,
-        /// Take over management: renew through certflow from now on.
-        #[arg(long)]
-        manage: bool,
-        /// With --manage: the certflow issuer (name) that renews it; required
-        /// for a certificate of another CA.
-        #[arg(long, requires = "manage")]
-        issuer: Option<String>,
-    },
+    Import(ImportArgs),
     /// Take over management of an inventory-only (imported) certificate.
-    Manage {
-        #[command(flatten)]
-        client: ClientArgs,
-        /// Certificate id.
-        id: Uuid,
-        /// The certflow issuer (name) that renews it; required for a
-        /// certificate of another CA.
-        #[arg(long)]
-        issuer: Option<String>,
-    },
+    Manage(ManageArgs),
     /// List the certificates agents discovered on their hosts.
-    Discovered {
-        #[command(flatten)]
-        client: ClientArgs,
-        /// unmanaged (default), managed or all.
-        #[arg(long)]
-        status: Option<String>,
-        /// Only this agent's.
-        #[arg(long)]
-        agent: Option<Uuid>,
-    },
+    Discovered(DiscoveredArgs),
     /// Take over a discovered certificate: certflow issues one for the same
     /// names, assigned to the agent that found it, and renews it.
-    TakeOver {
-        #[command(flatten)]
-        client: ClientArgs,
-        /// Discovered certificate id (`cert discovered`).
-        id: Uuid,
-        /// Owning team (one of the discovering agent's teams).
-        #[arg(long)]
-        team: String,
-        /// Issuer name (the default issuer otherwise).
-        #[arg(long)]
-        issuer: Option<String>,
-        /// Display name (the first discovered name otherwise).
-        #[arg(long)]
-        name: Option<String>,
-    },
+    TakeOver(TakeOverArgs),
     /// List certificates.
-    List {
-        #[command(flatten)]
-        client: ClientArgs,
-        /// Substring of name or SAN.
-        #[arg(long)]
-        search: Option<String>,
-        /// Team.
-        #[arg(long)]
-        team: Option<String>,
-        /// Label key=value (repeat; all must match).
-        #[arg(long = "label")]
-        labels: Vec<String>,
-        /// active, revoked or archived.
-        #[arg(long)]
-        status: Option<String>,
-        /// Expiring within N days.
-        #[arg(long)]
-        expiring_within_days: Option<u32>,
-        /// name, not_after or created_at.
-        #[arg(long)]
-        sort: Option<String>,
-        /// Sort descending.
-        #[arg(long)]
-        desc: bool,
-        /// Page size.
-        #[arg(long)]
-        limit: Option<u32>,
-        /// Rows to skip.
-        #[arg(long)]
-        offset: Option<u64>,
-    },
+    List(ListArgs),
     /// Show one certificate with versions and history.
-    Show {
-        #[command(flatten)]
-        client: ClientArgs,
-        /// Certificate id.
-        id: Uuid,
-    },
+    Show(ShowArgs),
     /// Download certificate, chain, fullchain, key (PEM) or PKCS#12.
-    Download {
-        #[command(flatten)]
-        client: ClientArgs,
-        /// Certificate id.
-        id: Uuid,
-        /// certificate, chain, fullchain, key or pkcs12.
-        #[arg(long, default_value = "fullchain")]
-        format: String,
-        /// Version (default: current).
-        #[arg(long)]
-        version: Option<u32>,
-        /// File holding the PKCS#12 password.
-        #[arg(long)]
-        password_file: Option<PathBuf>,
-        /// Write to this file (mode 600 for keys) instead of stdout.
-        #[arg(long, short = 'f')]
-        out: Option<PathBuf>,
-    },
+    Download(DownloadArgs),
     /// Renew now.
-    Renew {
-        #[command(flatten)]
-        client: ClientArgs,
-        /// Certificate id.
-        id: Uuid,
-        /// New CSR for a CSR-keyed certificate.
-        #[arg(long)]
-        csr: Option<PathBuf>,
-    },
+    Renew(RenewArgs),
     /// Revoke a version.
-    Revoke {
-        #[command(flatten)]
-        client: ClientArgs,
-        /// Certificate id.
-        id: Uuid,
-        /// RFC 5280 reason, e.g. keyCompromise, superseded, cessationOfOperation.
-        #[arg(long, default_value = "unspecified")]
-        reason: String,
-        /// Version (default: current).
-        #[arg(long)]
-        version: Option<u32>,
-        /// Issue a replacement at once (agents install it on their next
-        /// poll); refused for keyCompromise of a requester-held key.
-        #[arg(long)]
-        replace: bool,
-    },
+    Revoke(RevokeArgs),
     /// Archive: stop renewing and delivering.
-    Archive {
-        #[command(flatten)]
-        client: ClientArgs,
-        /// Certificate id.
-        id: Uuid,
-    },
+    Archive(ArchiveArgs),
+}
+
+/// Arguments of `certflow cert create`.
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// Owning team.
+    #[arg(long)]
+    team: String,
+    /// Subject alternative name (repeat for several).
+    #[arg(long = "san")]
+    names: Vec<String>,
+    /// Display name (defaults to the first SAN).
+    #[arg(long)]
+    name: Option<String>,
+    /// Label key=value (repeat for several).
+    #[arg(long = "label")]
+    labels: Vec<String>,
+    /// tls-server or tls-client.
+    #[arg(long)]
+    profile: Option<String>,
+    /// Key type for a server-generated key.
+    #[arg(long)]
+    key_type: Option<String>,
+    /// Validity in days.
+    #[arg(long)]
+    validity_days: Option<u32>,
+    /// Exact lifetime in seconds (short-lived certificates; overrides --validity-days).
+    #[arg(long)]
+    validity_seconds: Option<u32>,
+    /// Issuer id (default issuer when absent).
+    #[arg(long)]
+    issuer: Option<uuid::Uuid>,
+    /// PEM CSR file: the key stays with you.
+    #[arg(long)]
+    csr: Option<PathBuf>,
+}
+
+/// Arguments of `certflow cert import`.
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// Owning team.
+    #[arg(long)]
+    team: String,
+    /// Display name (defaults to the first SAN).
+    #[arg(long)]
+    name: Option<String>,
+    /// Label key=value (repeat for several).
+    #[arg(long = "label")]
+    labels: Vec<String>,
+    /// PEM file: the certificate first, then optionally its chain and key.
+    #[arg(long, conflicts_with = "pkcs12", required_unless_present = "pkcs12")]
+    file: Option<PathBuf>,
+    /// PEM private key file, appended to --file's bundle.
+    #[arg(long, requires = "file")]
+    key: Option<PathBuf>,
+    /// PKCS#12 file.
+    #[arg(long, requires = "password_file")]
+    pkcs12: Option<PathBuf>,
+    /// File holding the PKCS#12 password (first line).
+    #[arg(long)]
+    password_file: Option<PathBuf>,
+    /// Take over management: renew through certflow from now on.
+    #[arg(long)]
+    manage: bool,
+    /// With --manage: the certflow issuer (name) that renews it; required
+    /// for a certificate of another CA.
+    #[arg(long, requires = "manage")]
+    issuer: Option<String>,
+}
+
+/// Arguments of `certflow cert manage`.
+#[derive(Debug, Args)]
+pub struct ManageArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// Certificate id.
+    id: Uuid,
+    /// The certflow issuer (name) that renews it; required for a
+    /// certificate of another CA.
+    #[arg(long)]
+    issuer: Option<String>,
+}
+
+/// Arguments of `certflow cert discovered`.
+#[derive(Debug, Args)]
+pub struct DiscoveredArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// unmanaged (default), managed or all.
+    #[arg(long)]
+    status: Option<String>,
+    /// Only this agent's.
+    #[arg(long)]
+    agent: Option<Uuid>,
+}
+
+/// Arguments of `certflow cert take-over`.
+#[derive(Debug, Args)]
+pub struct TakeOverArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// Discovered certificate id (`cert discovered`).
+    id: Uuid,
+    /// Owning team (one of the discovering agent's teams).
+    #[arg(long)]
+    team: String,
+    /// Issuer name (the default issuer otherwise).
+    #[arg(long)]
+    issuer: Option<String>,
+    /// Display name (the first discovered name otherwise).
+    #[arg(long)]
+    name: Option<String>,
+}
+
+/// Arguments of `certflow cert list`.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// Substring of name or SAN.
+    #[arg(long)]
+    search: Option<String>,
+    /// Team.
+    #[arg(long)]
+    team: Option<String>,
+    /// Label key=value (repeat; all must match).
+    #[arg(long = "label")]
+    labels: Vec<String>,
+    /// active, revoked or archived.
+    #[arg(long)]
+    status: Option<String>,
+    /// Expiring within N days.
+    #[arg(long)]
+    expiring_within_days: Option<u32>,
+    /// name, not_after or created_at.
+    #[arg(long)]
+    sort: Option<String>,
+    /// Sort descending.
+    #[arg(long)]
+    desc: bool,
+    /// Page size.
+    #[arg(long)]
+    limit: Option<u32>,
+    /// Rows to skip.
+    #[arg(long)]
+    offset: Option<u64>,
+}
+
+/// Arguments of `certflow cert show`.
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// Certificate id.
+    id: Uuid,
+}
+
+/// Arguments of `certflow cert download`.
+#[derive(Debug, Args)]
+pub struct DownloadArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// Certificate id.
+    id: Uuid,
+    /// certificate, chain, fullchain, key or pkcs12.
+    #[arg(long, default_value = "fullchain")]
+    format: String,
+    /// Version (default: current).
+    #[arg(long)]
+    version: Option<u32>,
+    /// File holding the PKCS#12 password.
+    #[arg(long)]
+    password_file: Option<PathBuf>,
+    /// Write to this file (mode 600 for keys) instead of stdout.
+    #[arg(long, short = 'f')]
+    out: Option<PathBuf>,
+}
+
+/// Arguments of `certflow cert renew`.
+#[derive(Debug, Args)]
+pub struct RenewArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// Certificate id.
+    id: Uuid,
+    /// New CSR for a CSR-keyed certificate.
+    #[arg(long)]
+    csr: Option<PathBuf>,
+}
+
+/// Arguments of `certflow cert revoke`.
+#[derive(Debug, Args)]
+pub struct RevokeArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// Certificate id.
+    id: Uuid,
+    /// RFC 5280 reason, e.g. keyCompromise, superseded, cessationOfOperation.
+    #[arg(long, default_value = "unspecified")]
+    reason: String,
+    /// Version (default: current).
+    #[arg(long)]
+    version: Option<u32>,
+    /// Issue a replacement at once (agents install it on their next
+    /// poll); refused for keyCompromise of a requester-held key.
+    #[arg(long)]
+    replace: bool,
+}
+
+/// Arguments of `certflow cert archive`.
+#[derive(Debug, Args)]
+pub struct ArchiveArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// Certificate id.
+    id: Uuid,
 }
 
 fn label_pairs(labels: &[String]) -> anyhow::Result<Vec<(String, String)>> {
@@ -321,328 +365,367 @@ fn print_history(events: &[AuditEventView]) {
 /// Runs a `certflow cert` sub-command.
 pub async fn run_cert(cmd: CertCommand) -> anyhow::Result<()> {
     match cmd {
-        CertCommand::Create {
-            client,
-            team,
-            names,
-            name,
-            labels,
-            profile,
-            key_type,
-            validity_days,
-            validity_seconds,
-            issuer,
-            csr,
-        } => {
-            let c = Client::new(&client)?;
-            let body = CreateCertificateRequest {
-                name,
-                names,
-                team,
-                labels: label_pairs(&labels)?.into_iter().collect(),
-                profile,
-                key_type,
-                validity_days,
-                csr: csr.as_ref().map(read).transpose()?,
-                issuer_id: issuer,
-                validity_seconds,
-                renewal: None,
-            };
-            let d: CertificateDetail = c
-                .json(c.http.post(c.url("/certificates")).json(&body))
-                .await?;
-            print_detail(c.output, &d)
+        CertCommand::Create(args) => create(args).await,
+        CertCommand::Import(args) => import(args).await,
+        CertCommand::List(args) => list(args).await,
+        CertCommand::Show(args) => show(args).await,
+        CertCommand::Download(args) => download(args).await,
+        CertCommand::Discovered(args) => discovered(args).await,
+        CertCommand::TakeOver(args) => take_over(args).await,
+        CertCommand::Manage(args) => manage(args).await,
+        CertCommand::Renew(args) => renew(args).await,
+        CertCommand::Revoke(args) => revoke(args).await,
+        CertCommand::Archive(args) => archive(args).await,
+    }
+}
+
+/// `certflow cert create`.
+async fn create(args: CreateArgs) -> anyhow::Result<()> {
+    let CreateArgs {
+        client,
+        team,
+        names,
+        name,
+        labels,
+        profile,
+        key_type,
+        validity_days,
+        validity_seconds,
+        issuer,
+        csr,
+    } = args;
+    let c = Client::new(&client)?;
+    let body = CreateCertificateRequest {
+        name,
+        names,
+        team,
+        labels: label_pairs(&labels)?.into_iter().collect(),
+        profile,
+        key_type,
+        validity_days,
+        csr: csr.as_ref().map(read).transpose()?,
+        issuer_id: issuer,
+        validity_seconds,
+        renewal: None,
+    };
+    let d: CertificateDetail = c
+        .json(c.http.post(c.url("/certificates")).json(&body))
+        .await?;
+    print_detail(c.output, &d)
+}
+
+/// `certflow cert import`.
+async fn import(args: ImportArgs) -> anyhow::Result<()> {
+    let ImportArgs {
+        client,
+        team,
+        name,
+        labels,
+        file,
+        key,
+        pkcs12,
+        password_file,
+        manage,
+        issuer,
+    } = args;
+    let c = Client::new(&client)?;
+    let mut body = serde_json::json!({
+        "team": team,
+        "name": name,
+        "labels": label_pairs(&labels)?.into_iter().collect::<std::collections::BTreeMap<_, _>>(),
+        "manage": manage,
+        "issuer": issuer,
+    });
+    if let Some(file) = &file {
+        // The key file's text joins the bundle in memory only.
+        let mut pem = read(file)?;
+        if let Some(key) = &key {
+            pem.push('\n');
+            pem.push_str(&read(key)?);
         }
-        CertCommand::Import {
-            client,
-            team,
-            name,
-            labels,
-            file,
-            key,
-            pkcs12,
-            password_file,
-            manage,
-            issuer,
-        } => {
-            let c = Client::new(&client)?;
-            let mut body = serde_json::json!({
-                "team": team,
-                "name": name,
-                "labels": label_pairs(&labels)?.into_iter().collect::<std::collections::BTreeMap<_, _>>(),
-                "manage": manage,
-                "issuer": issuer,
-            });
-            if let Some(file) = &file {
-                // The key file's text joins the bundle in memory only.
-                let mut pem = read(file)?;
-                if let Some(key) = &key {
-                    pem.push('\n');
-                    pem.push_str(&read(key)?);
-                }
-                body["pem"] = pem.into();
-            }
-            if let Some(p12) = &pkcs12 {
-                let der =
-                    std::fs::read(p12).with_context(|| format!("reading {}", p12.display()))?;
-                body["pkcs12_base64"] =
-                    base64::engine::general_purpose::STANDARD.encode(der).into();
-                if let Some(pw) = &password_file {
-                    let text = read(pw)?;
-                    body["password"] = text.lines().next().unwrap_or("").into();
-                }
-            }
-            let d: CertificateDetail = c
-                .json(c.http.post(c.url("/certificates/import")).json(&body))
-                .await?;
-            print_detail(c.output, &d)
-        }
-        CertCommand::List {
-            client,
-            search,
-            team,
-            labels,
-            status,
-            expiring_within_days,
-            sort,
-            desc,
-            limit,
-            offset,
-        } => {
-            let c = Client::new(&client)?;
-            let mut q: Vec<(String, String)> = Vec::new();
-            let opt = |k: &str, v: Option<String>| v.map(|v| (k.to_owned(), v));
-            q.extend(opt("search", search));
-            q.extend(opt("team", team));
-            q.extend(
-                label_pairs(&labels)?
-                    .into_iter()
-                    .map(|(k, v)| ("label".to_owned(), format!("{k}={v}"))),
-            );
-            q.extend(opt("status", status));
-            q.extend(opt(
-                "expiring_within_days",
-                expiring_within_days.map(|d| d.to_string()),
-            ));
-            q.extend(opt("sort", sort));
-            if desc {
-                q.push(("order".into(), "desc".into()));
-            }
-            q.extend(opt("limit", limit.map(|d| d.to_string())));
-            q.extend(opt("offset", offset.map(|d| d.to_string())));
-            let page: CertificatePage =
-                c.json(c.http.get(c.url("/certificates")).query(&q)).await?;
-            if c.output == Output::Json {
-                return print_json(&page);
-            }
-            let mut t = Table::new();
-            t.load_preset(UTF8_BORDERS_ONLY);
-            t.set_header(vec![
-                "id",
-                "name",
-                "team",
-                "status",
-                "v",
-                "not after",
-                "names",
-            ]);
-            for s in &page.items {
-                t.add_row(vec![
-                    s.id.to_string(),
-                    s.name.clone(),
-                    s.team.clone(),
-                    if s.managed {
-                        s.status.clone()
-                    } else {
-                        format!("{} (inventory)", s.status)
-                    },
-                    s.current_version.to_string(),
-                    s.not_after.date().to_string(),
-                    s.names.join(", "),
-                ]);
-            }
-            println!("{t}");
-            println!("{} of {} shown", page.items.len(), page.total);
-            Ok(())
-        }
-        CertCommand::Show { client, id } => {
-            let c = Client::new(&client)?;
-            let d: CertificateDetail = c
-                .json(c.http.get(c.url(&format!("/certificates/{id}"))))
-                .await?;
-            print_detail(c.output, &d)
-        }
-        CertCommand::Download {
-            client,
-            id,
-            format,
-            version,
-            password_file,
-            out,
-        } => {
-            let c = Client::new(&client)?;
-            let bytes = if format == "pkcs12" {
-                let Some(pw) = password_file else {
-                    bail!("--password-file is required for pkcs12");
-                };
-                let password = read(&pw)?.trim_end_matches(['\r', '\n']).to_owned();
-                let body = Pkcs12Request { password, version };
-                c.send(
-                    c.http
-                        .post(c.url(&format!("/certificates/{id}/pkcs12")))
-                        .json(&body),
-                )
-                .await?
-                .bytes()
-                .await?
-            } else {
-                let mut q = vec![("format".to_owned(), format.clone())];
-                q.extend(version.map(|v| ("version".to_owned(), v.to_string())));
-                c.send(
-                    c.http
-                        .get(c.url(&format!("/certificates/{id}/download")))
-                        .query(&q),
-                )
-                .await?
-                .bytes()
-                .await?
-            };
-            match out {
-                Some(path) => {
-                    write_private(&path, &bytes, matches!(format.as_str(), "key" | "pkcs12"))
-                }
-                None if format == "pkcs12" => bail!("PKCS#12 is binary: pass --out FILE"),
-                None => {
-                    print!("{}", String::from_utf8_lossy(&bytes));
-                    Ok(())
-                }
-            }
-        }
-        CertCommand::Discovered {
-            client,
-            status,
-            agent,
-        } => {
-            let c = Client::new(&client)?;
-            let mut q: Vec<(&str, String)> = Vec::new();
-            q.extend(status.map(|s| ("status", s)));
-            q.extend(agent.map(|a| ("agent", a.to_string())));
-            let list: DiscoveredList = c.json(c.http.get(c.url("/discovered")).query(&q)).await?;
-            if c.output == Output::Json {
-                return print_json(&list);
-            }
-            let mut t = Table::new();
-            t.load_preset(UTF8_BORDERS_ONLY);
-            t.set_header(vec![
-                "id",
-                "agent",
-                "source",
-                "names",
-                "issuer",
-                "not after",
-                "state",
-            ]);
-            for d in &list.items {
-                let state = match (d.managed_certificate_id, d.taken_over_certificate_id) {
-                    (Some(c), _) => format!("managed {c}"),
-                    (None, Some(c)) => format!("taken over by {c}"),
-                    (None, None) => "unmanaged".to_owned(),
-                };
-                t.add_row(vec![
-                    d.id.to_string(),
-                    d.agent_name.clone(),
-                    d.source.clone(),
-                    d.names.join(", "),
-                    d.issuer.clone(),
-                    d.not_after.date().to_string(),
-                    state,
-                ]);
-            }
-            println!("{t}");
-            Ok(())
-        }
-        CertCommand::TakeOver {
-            client,
-            id,
-            team,
-            issuer,
-            name,
-        } => {
-            let c = Client::new(&client)?;
-            let body = TakeOverRequest { team, issuer, name };
-            let d: CertificateDetail = c
-                .json(
-                    c.http
-                        .post(c.url(&format!("/discovered/{id}/take-over")))
-                        .json(&body),
-                )
-                .await?;
-            print_detail(c.output, &d)
-        }
-        CertCommand::Manage { client, id, issuer } => {
-            let c = Client::new(&client)?;
-            let body = serde_json::json!({ "issuer": issuer });
-            let d: CertificateDetail = c
-                .json(
-                    c.http
-                        .post(c.url(&format!("/certificates/{id}/manage")))
-                        .json(&body),
-                )
-                .await?;
-            print_detail(c.output, &d)
-        }
-        CertCommand::Renew { client, id, csr } => {
-            let c = Client::new(&client)?;
-            let body = RenewRequest {
-                csr: csr.as_ref().map(read).transpose()?,
-            };
-            let d: CertificateDetail = c
-                .json(
-                    c.http
-                        .post(c.url(&format!("/certificates/{id}/renew")))
-                        .json(&body),
-                )
-                .await?;
-            print_detail(c.output, &d)
-        }
-        CertCommand::Revoke {
-            client,
-            id,
-            reason,
-            version,
-            replace,
-        } => {
-            let c = Client::new(&client)?;
-            let body = RevokeRequest {
-                reason,
-                version,
-                replace,
-            };
-            let d: CertificateDetail = c
-                .json(
-                    c.http
-                        .post(c.url(&format!("/certificates/{id}/revoke")))
-                        .json(&body),
-                )
-                .await?;
-            print_detail(c.output, &d)?;
-            match &d.replacement {
-                // The revocation stands: say so, and fail the command.
-                Some(r) if r.status != "issued" => anyhow::bail!(
-                    "version {} was revoked, but its replacement was not issued: {}; \
-                     renew the certificate (certflow cert renew {id})",
-                    r.revoked_version,
-                    r.error.as_deref().unwrap_or("unknown error")
-                ),
-                _ => Ok(()),
-            }
-        }
-        CertCommand::Archive { client, id } => {
-            let c = Client::new(&client)?;
-            let d: CertificateDetail = c
-                .json(c.http.post(c.url(&format!("/certificates/{id}/archive"))))
-                .await?;
-            print_detail(c.output, &d)
+        body["pem"] = pem.into();
+    }
+    if let Some(p12) = &pkcs12 {
+        let der = std::fs::read(p12).with_context(|| format!("reading {}", p12.display()))?;
+        body["pkcs12_base64"] = base64::engine::general_purpose::STANDARD.encode(der).into();
+        if let Some(pw) = &password_file {
+            let text = read(pw)?;
+            body["password"] = text.lines().next().unwrap_or("").into();
         }
     }
+    let d: CertificateDetail = c
+        .json(c.http.post(c.url("/certificates/import")).json(&body))
+        .await?;
+    print_detail(c.output, &d)
+}
+
+/// `certflow cert list`.
+async fn list(args: ListArgs) -> anyhow::Result<()> {
+    let ListArgs {
+        client,
+        search,
+        team,
+        labels,
+        status,
+        expiring_within_days,
+        sort,
+        desc,
+        limit,
+        offset,
+    } = args;
+    let c = Client::new(&client)?;
+    let mut q: Vec<(String, String)> = Vec::new();
+    let opt = |k: &str, v: Option<String>| v.map(|v| (k.to_owned(), v));
+    q.extend(opt("search", search));
+    q.extend(opt("team", team));
+    q.extend(
+        label_pairs(&labels)?
+            .into_iter()
+            .map(|(k, v)| ("label".to_owned(), format!("{k}={v}"))),
+    );
+    q.extend(opt("status", status));
+    q.extend(opt(
+        "expiring_within_days",
+        expiring_within_days.map(|d| d.to_string()),
+    ));
+    q.extend(opt("sort", sort));
+    if desc {
+        q.push(("order".into(), "desc".into()));
+    }
+    q.extend(opt("limit", limit.map(|d| d.to_string())));
+    q.extend(opt("offset", offset.map(|d| d.to_string())));
+    let page: CertificatePage = c.json(c.http.get(c.url("/certificates")).query(&q)).await?;
+    if c.output == Output::Json {
+        return print_json(&page);
+    }
+    let mut t = Table::new();
+    t.load_preset(UTF8_BORDERS_ONLY);
+    t.set_header(vec![
+        "id",
+        "name",
+        "team",
+        "status",
+        "v",
+        "not after",
+        "names",
+    ]);
+    for s in &page.items {
+        t.add_row(vec![
+            s.id.to_string(),
+            s.name.clone(),
+            s.team.clone(),
+            if s.managed {
+                s.status.clone()
+            } else {
+                format!("{} (inventory)", s.status)
+            },
+            s.current_version.to_string(),
+            s.not_after.date().to_string(),
+            s.names.join(", "),
+        ]);
+    }
+    println!("{t}");
+    println!("{} of {} shown", page.items.len(), page.total);
+    Ok(())
+}
+
+/// `certflow cert show`.
+async fn show(args: ShowArgs) -> anyhow::Result<()> {
+    let ShowArgs { client, id } = args;
+    let c = Client::new(&client)?;
+    let d: CertificateDetail = c
+        .json(c.http.get(c.url(&format!("/certificates/{id}"))))
+        .await?;
+    print_detail(c.output, &d)
+}
+
+/// `certflow cert download`.
+async fn download(args: DownloadArgs) -> anyhow::Result<()> {
+    let DownloadArgs {
+        client,
+        id,
+        format,
+        version,
+        password_file,
+        out,
+    } = args;
+    let c = Client::new(&client)?;
+    let bytes = if format == "pkcs12" {
+        let Some(pw) = password_file else {
+            bail!("--password-file is required for pkcs12");
+        };
+        let password = read(&pw)?.trim_end_matches(['\r', '\n']).to_owned();
+        let body = Pkcs12Request { password, version };
+        c.send(
+            c.http
+                .post(c.url(&format!("/certificates/{id}/pkcs12")))
+                .json(&body),
+        )
+        .await?
+        .bytes()
+        .await?
+    } else {
+        let mut q = vec![("format".to_owned(), format.clone())];
+        q.extend(version.map(|v| ("version".to_owned(), v.to_string())));
+        c.send(
+            c.http
+                .get(c.url(&format!("/certificates/{id}/download")))
+                .query(&q),
+        )
+        .await?
+        .bytes()
+        .await?
+    };
+    match out {
+        Some(path) => write_private(&path, &bytes, matches!(format.as_str(), "key" | "pkcs12")),
+        None if format == "pkcs12" => bail!("PKCS#12 is binary: pass --out FILE"),
+        None => {
+            print!("{}", String::from_utf8_lossy(&bytes));
+            Ok(())
+        }
+    }
+}
+
+/// `certflow cert discovered`.
+async fn discovered(args: DiscoveredArgs) -> anyhow::Result<()> {
+    let DiscoveredArgs {
+        client,
+        status,
+        agent,
+    } = args;
+    let c = Client::new(&client)?;
+    let mut q: Vec<(&str, String)> = Vec::new();
+    q.extend(status.map(|s| ("status", s)));
+    q.extend(agent.map(|a| ("agent", a.to_string())));
+    let list: DiscoveredList = c.json(c.http.get(c.url("/discovered")).query(&q)).await?;
+    if c.output == Output::Json {
+        return print_json(&list);
+    }
+    let mut t = Table::new();
+    t.load_preset(UTF8_BORDERS_ONLY);
+    t.set_header(vec![
+        "id",
+        "agent",
+        "source",
+        "names",
+        "issuer",
+        "not after",
+        "state",
+    ]);
+    for d in &list.items {
+        let state = match (d.managed_certificate_id, d.taken_over_certificate_id) {
+            (Some(c), _) => format!("managed {c}"),
+            (None, Some(c)) => format!("taken over by {c}"),
+            (None, None) => "unmanaged".to_owned(),
+        };
+        t.add_row(vec![
+            d.id.to_string(),
+            d.agent_name.clone(),
+            d.source.clone(),
+            d.names.join(", "),
+            d.issuer.clone(),
+            d.not_after.date().to_string(),
+            state,
+        ]);
+    }
+    println!("{t}");
+    Ok(())
+}
+
+/// `certflow cert take-over`.
+async fn take_over(args: TakeOverArgs) -> anyhow::Result<()> {
+    let TakeOverArgs {
+        client,
+        id,
+        team,
+        issuer,
+        name,
+    } = args;
+    let c = Client::new(&client)?;
+    let body = TakeOverRequest { team, issuer, name };
+    let d: CertificateDetail = c
+        .json(
+            c.http
+                .post(c.url(&format!("/discovered/{id}/take-over")))
+                .json(&body),
+        )
+        .await?;
+    print_detail(c.output, &d)
+}
+
+/// `certflow cert manage`.
+async fn manage(args: ManageArgs) -> anyhow::Result<()> {
+    let ManageArgs { client, id, issuer } = args;
+    let c = Client::new(&client)?;
+    let body = serde_json::json!({ "issuer": issuer });
+    let d: CertificateDetail = c
+        .json(
+            c.http
+                .post(c.url(&format!("/certificates/{id}/manage")))
+                .json(&body),
+        )
+        .await?;
+    print_detail(c.output, &d)
+}
+
+/// `certflow cert renew`.
+async fn renew(args: RenewArgs) -> anyhow::Result<()> {
+    let RenewArgs { client, id, csr } = args;
+    let c = Client::new(&client)?;
+    let body = RenewRequest {
+        csr: csr.as_ref().map(read).transpose()?,
+    };
+    let d: CertificateDetail = c
+        .json(
+            c.http
+                .post(c.url(&format!("/certificates/{id}/renew")))
+                .json(&body),
+        )
+        .await?;
+    print_detail(c.output, &d)
+}
+
+/// `certflow cert revoke`.
+async fn revoke(args: RevokeArgs) -> anyhow::Result<()> {
+    let RevokeArgs {
+        client,
+        id,
+        reason,
+        version,
+        replace,
+    } = args;
+    let c = Client::new(&client)?;
+    let body = RevokeRequest {
+        reason,
+        version,
+        replace,
+    };
+    let d: CertificateDetail = c
+        .json(
+            c.http
+                .post(c.url(&format!("/certificates/{id}/revoke")))
+                .json(&body),
+        )
+        .await?;
+    print_detail(c.output, &d)?;
+    match &d.replacement {
+        // The revocation stands: say so, and fail the command.
+        Some(r) if r.status != "issued" => anyhow::bail!(
+            "version {} was revoked, but its replacement was not issued: {}; \
+             renew the certificate (certflow cert renew {id})",
+            r.revoked_version,
+            r.error.as_deref().unwrap_or("unknown error")
+        ),
+        _ => Ok(()),
+    }
+}
+
+/// `certflow cert archive`.
+async fn archive(args: ArchiveArgs) -> anyhow::Result<()> {
+    let ArchiveArgs { client, id } = args;
+    let c = Client::new(&client)?;
+    let d: CertificateDetail = c
+        .json(c.http.post(c.url(&format!("/certificates/{id}/archive"))))
+        .await?;
+    print_detail(c.output, &d)
 }
