@@ -215,20 +215,7 @@ async fn serve_api(
     stop: watch::Receiver<bool>,
     tasks: &mut Vec<tokio::task::JoinHandle<()>>,
 ) -> anyhow::Result<()> {
-    let bootstrap_hash = Arc::new(RwLock::new(None));
-    if config.auth.bootstrap_token {
-        if let Some(token) = auth::ensure_bootstrap_token(services.store().as_ref()).await? {
-            // Printed once on stdout, never logged: logs are shipped, stdout of a first start is not.
-            println!("certflow: bootstrap admin token (shown once; it is stored only as a hash):");
-            println!("export CERTFLOW_TOKEN={token}");
-        }
-        auth::refresh_bootstrap_hash(services.store().as_ref(), &bootstrap_hash).await?;
-        spawn_settings_watch(
-            services.clone(),
-            opened.feed.clone(),
-            bootstrap_hash.clone(),
-        );
-    }
+    let bootstrap_hash = bootstrap_admin(config, opened, &services).await?;
     spawn_sweeper(services.clone(), config);
     let deploy =
         crate::deploy_cache::DeployState::new(deployments(config, opened), opened.feed.clone());
@@ -241,33 +228,7 @@ async fn serve_api(
         services.store().clone(),
         limits.clone(),
     )?;
-    let issuers = crate::ops::gauges::IssuerHealth::default();
-    let acme_probes = config
-        .acme
-        .iter()
-        .map(|(name, a)| {
-            (
-                name.clone(),
-                crate::ops::gauges::AcmeProbe {
-                    directory_url: a.directory_url.clone(),
-                    ca_bundle: a.ca_bundle.clone(),
-                },
-            )
-        })
-        .collect();
-    tasks.push(crate::ops::gauges::spawn_issuer_probe(
-        services.clone(),
-        acme_probes,
-        issuers.clone(),
-        stop.clone(),
-    ));
-    let domain_metrics = crate::ops::gauges::DomainMetrics {
-        deployments: opened.store.deployments.clone(),
-        drift_after: time::Duration::seconds(
-            i64::try_from(config.agent.drift_after_seconds).unwrap_or(i64::MAX / 2),
-        ),
-        issuers,
-    };
+    let domain_metrics = domain_gauges(config, opened, &services, &stop, tasks);
     let state = AppState {
         services,
         bootstrap_hash,
@@ -309,6 +270,83 @@ async fn serve_api(
         .layer(axum::middleware::from_fn(
             crate::telemetry::observe::access_log,
         ));
+    serve_until_stopped(config, listener, app, agent_listener, stop, tasks).await
+}
+
+/// With `[auth] bootstrap_token`, the bootstrap admin token: created and
+/// printed at first start, its hash loaded and kept current by the settings
+/// watch. Without, the hash stays empty.
+async fn bootstrap_admin(
+    config: &Config,
+    opened: &Opened,
+    services: &Services,
+) -> anyhow::Result<Arc<RwLock<Option<String>>>> {
+    let bootstrap_hash = Arc::new(RwLock::new(None));
+    if config.auth.bootstrap_token {
+        if let Some(token) = auth::ensure_bootstrap_token(services.store().as_ref()).await? {
+            // Printed once on stdout, never logged: logs are shipped, stdout of a first start is not.
+            println!("certflow: bootstrap admin token (shown once; it is stored only as a hash):");
+            println!("export CERTFLOW_TOKEN={token}");
+        }
+        auth::refresh_bootstrap_hash(services.store().as_ref(), &bootstrap_hash).await?;
+        spawn_settings_watch(
+            services.clone(),
+            opened.feed.clone(),
+            bootstrap_hash.clone(),
+        );
+    }
+    Ok(bootstrap_hash)
+}
+
+/// The domain gauges the metrics endpoint and EMF report, with the issuer
+/// probe (one of `tasks`) that keeps issuer health current.
+fn domain_gauges(
+    config: &Config,
+    opened: &Opened,
+    services: &Services,
+    stop: &watch::Receiver<bool>,
+    tasks: &mut Vec<tokio::task::JoinHandle<()>>,
+) -> crate::ops::gauges::DomainMetrics {
+    let issuers = crate::ops::gauges::IssuerHealth::default();
+    let acme_probes = config
+        .acme
+        .iter()
+        .map(|(name, a)| {
+            (
+                name.clone(),
+                crate::ops::gauges::AcmeProbe {
+                    directory_url: a.directory_url.clone(),
+                    ca_bundle: a.ca_bundle.clone(),
+                },
+            )
+        })
+        .collect();
+    tasks.push(crate::ops::gauges::spawn_issuer_probe(
+        services.clone(),
+        acme_probes,
+        issuers.clone(),
+        stop.clone(),
+    ));
+    crate::ops::gauges::DomainMetrics {
+        deployments: opened.store.deployments.clone(),
+        drift_after: time::Duration::seconds(
+            i64::try_from(config.agent.drift_after_seconds).unwrap_or(i64::MAX / 2),
+        ),
+        issuers,
+    }
+}
+
+/// Serves `app` on `listener` until `stop`, then drains it (and the agent
+/// listener, when there is one): still accepting for the drain delay, then
+/// waiting for requests in flight up to the drain timeout.
+async fn serve_until_stopped(
+    config: &Config,
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    agent_listener: Option<crate::agent_api::AgentListener>,
+    stop: watch::Receiver<bool>,
+    tasks: &mut Vec<tokio::task::JoinHandle<()>>,
+) -> anyhow::Result<()> {
     let delay = Duration::from_secs(config.server.drain_delay_secs);
     let bound = Duration::from_secs(config.server.drain_timeout_secs);
     if let Some(listener) = agent_listener {
