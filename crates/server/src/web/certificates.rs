@@ -16,11 +16,11 @@ use certflow_core::access::{Permission, Principal, TeamScope};
 use certflow_core::agents::AgentStatus;
 use certflow_core::error::FieldError;
 use certflow_core::model::{
-    AuditEvent, AuditQuery, CertificateQuery, CertificateStatus, IssuerKind, KeyType,
+    AuditEvent, AuditQuery, Certificate, CertificateQuery, CertificateStatus, IssuerKind, KeyType,
     RevocationReason, SortKey,
 };
-use certflow_core::renewal::JobState;
-use certflow_services::{DownloadKind, ImportError, Replacement};
+use certflow_core::renewal::{JobState, RenewalJob};
+use certflow_services::{CertificateView, DownloadKind, ImportError, Replacement};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -459,79 +459,15 @@ pub(super) async fn detail(
         .latest_renewal_job(id)
         .await?
         .filter(|j| j.version == c.current_version);
-    let pol = &c.renewal;
-    let mut policy = format!(
-        "renew at {:.0} % of the lifetime",
-        pol.renew_at_fraction * 100.0
-    );
-    if let Some(days) = pol.renew_before_days {
-        policy.push_str(&format!(
-            " or {days} days before expiry, whichever is earlier"
-        ));
-    }
-    policy.push_str(&format!(", jitter {:.0} %", pol.jitter_fraction * 100.0));
-    let renewal = match job {
-        None => RenewalRow {
-            policy,
-            next: if c.managed {
-                format!("{} ({})", when(c.renew_after), relative(c.renew_after, now))
-            } else {
-                "never: inventory only".into()
-            },
-            state: "idle".into(),
-            attempts: 0,
-            last_error: String::new(),
-            retry_at: String::new(),
-        },
-        Some(j) => {
-            let failing = j.state == JobState::Queued && j.last_error.is_some();
-            RenewalRow {
-                policy,
-                next: format!("{} ({})", when(c.renew_after), relative(c.renew_after, now)),
-                state: if failing {
-                    "failing".into()
-                } else {
-                    j.state.as_str().into()
-                },
-                attempts: j.attempts,
-                last_error: j.last_error.clone().unwrap_or_default(),
-                retry_at: if failing {
-                    when(j.run_at)
-                } else {
-                    String::new()
-                },
-            }
-        }
-    };
-    let notice = match raw.as_deref().unwrap_or("") {
-        "done=created" => "The certificate was issued.",
-        "done=renewed" => "The certificate was renewed: a new version is current.",
-        "done=managed" => "certflow manages the certificate now: it is renewed on schedule.",
-        "done=revoked" => "The certificate was revoked.",
-        "done=replaced" => {
-            "The version was revoked and a replacement issued: agents install it on their next poll."
-        }
-        "done=replacement-failed" => {
-            "The version was revoked, but its replacement could not be issued (see the history; the team was told). Renew the certificate now."
-        }
-        "done=assigned" => "The certificate was assigned: the agent installs it on its next poll.",
-        "done=unassigned" => "The agent no longer installs this certificate.",
-        _ => "",
-    };
+    let renewal = renewal_row(c, job, now);
+    let notice = notice(raw.as_deref());
     let rows = deployments::certificate_rows(&state.deploy, id).await?;
     let can_assign = p.can(Permission::AgentAdmin, None) && c.status != CertificateStatus::Archived;
-    let mut assignable = Vec::new();
-    if can_assign {
-        for a in state.agents.list().await? {
-            let assigned = rows.iter().any(|r| r.agent_id == a.id.to_string());
-            if a.status == AgentStatus::Active && a.teams.contains(&c.team) && !assigned {
-                assignable.push(AgentOption {
-                    id: a.id.to_string(),
-                    label: format!("{} ({})", a.name, a.teams.join(", ")),
-                });
-            }
-        }
-    }
+    let assignable = if can_assign {
+        assignable_agents(&state, c, &rows).await?
+    } else {
+        Vec::new()
+    };
     let current = view
         .versions
         .iter()
@@ -563,24 +499,7 @@ pub(super) async fn detail(
         not_after: when(c.not_after),
         expires_in: relative(c.not_after, now),
         created: when(c.created_at),
-        versions: view
-            .versions
-            .iter()
-            .map(|v| VersionRow {
-                version: v.version,
-                serial: v.serial.clone(),
-                fingerprint: v.fingerprint_sha256.clone(),
-                not_before: when(v.not_before),
-                not_after: when(v.not_after),
-                status: v.status.as_str(),
-                revoked: match (v.revoked_at, v.revocation_reason) {
-                    (Some(at), Some(r)) => format!("{} ({})", when(at), r.as_str()),
-                    (Some(at), None) => when(at),
-                    _ => String::new(),
-                },
-                current: v.version == c.current_version,
-            })
-            .collect(),
+        versions: version_rows(&view),
         renewal,
         chain_pem,
         rows: history.items.iter().map(audit_row).collect(),
@@ -593,6 +512,116 @@ pub(super) async fn detail(
         assignable,
     };
     Ok(html(&page))
+}
+
+/// How the certificate is renewed (its policy, the next renewal) and how its
+/// latest renewal job for the current version, if any, went.
+fn renewal_row(c: &Certificate, job: Option<RenewalJob>, now: OffsetDateTime) -> RenewalRow {
+    let pol = &c.renewal;
+    let mut policy = format!(
+        "renew at {:.0} % of the lifetime",
+        pol.renew_at_fraction * 100.0
+    );
+    if let Some(days) = pol.renew_before_days {
+        policy.push_str(&format!(
+            " or {days} days before expiry, whichever is earlier"
+        ));
+    }
+    policy.push_str(&format!(", jitter {:.0} %", pol.jitter_fraction * 100.0));
+    match job {
+        None => RenewalRow {
+            policy,
+            next: if c.managed {
+                format!("{} ({})", when(c.renew_after), relative(c.renew_after, now))
+            } else {
+                "never: inventory only".into()
+            },
+            state: "idle".into(),
+            attempts: 0,
+            last_error: String::new(),
+            retry_at: String::new(),
+        },
+        Some(j) => {
+            let failing = j.state == JobState::Queued && j.last_error.is_some();
+            RenewalRow {
+                policy,
+                next: format!("{} ({})", when(c.renew_after), relative(c.renew_after, now)),
+                state: if failing {
+                    "failing".into()
+                } else {
+                    j.state.as_str().into()
+                },
+                attempts: j.attempts,
+                last_error: j.last_error.clone().unwrap_or_default(),
+                retry_at: if failing {
+                    when(j.run_at)
+                } else {
+                    String::new()
+                },
+            }
+        }
+    }
+}
+
+/// The line shown after an action redirected back to the page (`?done=...`).
+fn notice(raw: Option<&str>) -> &'static str {
+    match raw.unwrap_or("") {
+        "done=created" => "The certificate was issued.",
+        "done=renewed" => "The certificate was renewed: a new version is current.",
+        "done=managed" => "certflow manages the certificate now: it is renewed on schedule.",
+        "done=revoked" => "The certificate was revoked.",
+        "done=replaced" => {
+            "The version was revoked and a replacement issued: agents install it on their next poll."
+        }
+        "done=replacement-failed" => {
+            "The version was revoked, but its replacement could not be issued (see the history; the team was told). Renew the certificate now."
+        }
+        "done=assigned" => "The certificate was assigned: the agent installs it on its next poll.",
+        "done=unassigned" => "The agent no longer installs this certificate.",
+        _ => "",
+    }
+}
+
+/// Active agents of the certificate's team it is not assigned to yet
+/// (`rows`: its deployments).
+async fn assignable_agents(
+    state: &AppState,
+    c: &Certificate,
+    rows: &[DeployRow],
+) -> PageResult<Vec<AgentOption>> {
+    let mut assignable = Vec::new();
+    for a in state.agents.list().await? {
+        let assigned = rows.iter().any(|r| r.agent_id == a.id.to_string());
+        if a.status == AgentStatus::Active && a.teams.contains(&c.team) && !assigned {
+            assignable.push(AgentOption {
+                id: a.id.to_string(),
+                label: format!("{} ({})", a.name, a.teams.join(", ")),
+            });
+        }
+    }
+    Ok(assignable)
+}
+
+/// One row per version of the certificate.
+fn version_rows(view: &CertificateView) -> Vec<VersionRow> {
+    let c = &view.certificate;
+    view.versions
+        .iter()
+        .map(|v| VersionRow {
+            version: v.version,
+            serial: v.serial.clone(),
+            fingerprint: v.fingerprint_sha256.clone(),
+            not_before: when(v.not_before),
+            not_after: when(v.not_after),
+            status: v.status.as_str(),
+            revoked: match (v.revoked_at, v.revocation_reason) {
+                (Some(at), Some(r)) => format!("{} ({})", when(at), r.as_str()),
+                (Some(at), None) => when(at),
+                _ => String::new(),
+            },
+            current: v.version == c.current_version,
+        })
+        .collect()
 }
 
 // ------------------------------------------------------------------ actions
