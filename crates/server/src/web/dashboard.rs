@@ -5,7 +5,7 @@
 use askama::Template;
 use axum::extract::State;
 use axum::response::Response;
-use certflow_core::access::Permission;
+use certflow_core::access::{Permission, Principal};
 use certflow_core::agents::AgentStatus;
 use certflow_core::model::{AuditQuery, CertificateStatus};
 use time::{Duration, OffsetDateTime};
@@ -169,7 +169,52 @@ pub(super) async fn page(ctx: Ctx, State(state): State<AppState>) -> PageResult<
         .unwrap_or(0)
         .saturating_sub(expired_active);
 
-    // Renewals that failed in the last week, newest first, one per certificate.
+    let failing = failing_renewals(&state, p, now).await?;
+
+    let (undeployed, undeployed_total) =
+        undeployed(&state.deploy, &state.agents, &teams, UNDEPLOYED_SHOWN).await?;
+
+    let agents_shown = p.can(Permission::AgentAdmin, None);
+    let quiet = if agents_shown {
+        quiet_agents(&state, now).await?
+    } else {
+        Vec::new()
+    };
+
+    let bars = bars(&weekly, now);
+    Ok(html(&Dashboard {
+        l: ctx.layout("Dashboard", "dashboard"),
+        teams: match &teams {
+            None => "all teams".into(),
+            Some(t) if t.is_empty() => "no team".into(),
+            Some(t) => t.join(", "),
+        },
+        active,
+        revoked,
+        archived,
+        expired_active,
+        expiring_30,
+        max: weekly.iter().copied().max().unwrap_or(0),
+        bars,
+        chart_w: CHART_W,
+        chart_h: CHART_H,
+        plot_bottom: PLOT_BOTTOM,
+        plot_left: PLOT_LEFT,
+        failing,
+        agents_shown,
+        quiet,
+        undeployed,
+        undeployed_total,
+    }))
+}
+
+/// Renewals that failed in the last week, newest first, one per certificate
+/// `p` may read (at most 10), unless a newer renewal superseded the failure.
+async fn failing_renewals(
+    state: &AppState,
+    p: &Principal,
+    now: OffsetDateTime,
+) -> PageResult<Vec<Failing>> {
     let events = state
         .services
         .audit(&AuditQuery {
@@ -217,54 +262,27 @@ pub(super) async fn page(ctx: Ctx, State(state): State<AppState>) -> PageResult<
             dead: e.action.ends_with("dead-lettered"),
         });
     }
+    Ok(failing)
+}
 
-    let (undeployed, undeployed_total) =
-        undeployed(&state.deploy, &state.agents, &teams, UNDEPLOYED_SHOWN).await?;
-
-    let agents_shown = p.can(Permission::AgentAdmin, None);
+/// Active agents not seen within [`AGENT_QUIET`], or never.
+async fn quiet_agents(state: &AppState, now: OffsetDateTime) -> PageResult<Vec<QuietAgent>> {
     let mut quiet = Vec::new();
-    if agents_shown {
-        for a in state.agents.list().await? {
-            if a.status != AgentStatus::Active {
-                continue;
-            }
-            match a.last_seen {
-                Some(t) if now - t < AGENT_QUIET => {}
-                Some(t) => quiet.push(QuietAgent {
-                    name: a.name,
-                    last_seen: format!("{} ({})", when(t), relative(t, now)),
-                }),
-                None => quiet.push(QuietAgent {
-                    name: a.name,
-                    last_seen: "never".into(),
-                }),
-            }
+    for a in state.agents.list().await? {
+        if a.status != AgentStatus::Active {
+            continue;
+        }
+        match a.last_seen {
+            Some(t) if now - t < AGENT_QUIET => {}
+            Some(t) => quiet.push(QuietAgent {
+                name: a.name,
+                last_seen: format!("{} ({})", when(t), relative(t, now)),
+            }),
+            None => quiet.push(QuietAgent {
+                name: a.name,
+                last_seen: "never".into(),
+            }),
         }
     }
-
-    let bars = bars(&weekly, now);
-    Ok(html(&Dashboard {
-        l: ctx.layout("Dashboard", "dashboard"),
-        teams: match &teams {
-            None => "all teams".into(),
-            Some(t) if t.is_empty() => "no team".into(),
-            Some(t) => t.join(", "),
-        },
-        active,
-        revoked,
-        archived,
-        expired_active,
-        expiring_30,
-        max: weekly.iter().copied().max().unwrap_or(0),
-        bars,
-        chart_w: CHART_W,
-        chart_h: CHART_H,
-        plot_bottom: PLOT_BOTTOM,
-        plot_left: PLOT_LEFT,
-        failing,
-        agents_shown,
-        quiet,
-        undeployed,
-        undeployed_total,
-    }))
+    Ok(quiet)
 }
