@@ -16,6 +16,9 @@ echo "== layout and dependencies (surfaces apart, no unused or adapter dependenc
 scripts/check-layout.sh
 scripts/check-deps.sh
 
+echo "== functions over 120 lines (each needs a written reason)"
+scripts/check-long-fns.py
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 
