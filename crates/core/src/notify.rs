@@ -37,11 +37,15 @@ pub enum EventKind {
     /// since the certificate was issued, or a certificate that failed
     /// pre-issuance linting. Not retried: someone must act.
     PolicyViolation,
+    /// The current version has less time left than a renewal is expected to
+    /// take and no new version is stored yet, whatever the cause (no live
+    /// worker, the CA down, a job stuck): it is about to expire.
+    RenewalAtRisk,
 }
 
 impl EventKind {
     /// Every kind, for validation and listings.
-    pub const ALL: [EventKind; 10] = [
+    pub const ALL: [EventKind; 11] = [
         EventKind::Issued,
         EventKind::Renewed,
         EventKind::RenewalFailing,
@@ -52,6 +56,7 @@ impl EventKind {
         EventKind::DeploymentFailed,
         EventKind::DeploymentDrift,
         EventKind::PolicyViolation,
+        EventKind::RenewalAtRisk,
     ];
 
     /// Stable identifier.
@@ -67,6 +72,7 @@ impl EventKind {
             EventKind::DeploymentFailed => "deployment-failed",
             EventKind::DeploymentDrift => "deployment-drift",
             EventKind::PolicyViolation => "policy-violation",
+            EventKind::RenewalAtRisk => "renewal-at-risk",
         }
     }
 

@@ -76,6 +76,10 @@ pub fn headline(n: &Notification) -> String {
         EventKind::DeploymentFailed => format!("{name} deployment failed{}", on_agent(n)),
         EventKind::DeploymentDrift => format!("{name} new version not deployed{}", on_agent(n)),
         EventKind::PolicyViolation => format!("{name} issuance refused by policy"),
+        EventKind::RenewalAtRisk => match n.not_after {
+            Some(t) if t <= n.at => format!("{name} has expired before its renewal"),
+            _ => format!("{name} renewal at risk: about to expire"),
+        },
         EventKind::Digest => {
             let count = digest(n).map(|d| d.certificates.len()).unwrap_or(0);
             format!(

@@ -1,15 +1,28 @@
 //! The scheduler: finds what is due and enqueues one job per (certificate,
 //! version). Several schedulers on one database are safe: the ledger's unique
 //! key turns the second enqueue of a job into a no-op.
+//!
+//! Each scan also looks for certificates at risk: a current version with less
+//! time left than a renewal is expected to take, whatever the cause (no live
+//! worker, the CA down, a job stuck). Each is announced once per version
+//! (`renewal-at-risk`, dedupe key `renewal-at-risk:<certificate id>:v<version>`),
+//! so several schedulers announce it once.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use certflow_core::error::DomainResult;
-use certflow_core::ports::MetadataStore;
+use certflow_core::model::{Certificate, CertificateQuery, CertificateStatus, SortKey};
+use certflow_core::notify::{EventKind, Notification};
+use certflow_core::ports::{MetadataStore, NotificationStore, RenewalLedger};
 use certflow_core::renewal::{RenewalJob, RenewalQueue};
+use serde_json::json;
 use time::OffsetDateTime;
 use tokio::sync::watch;
+use uuid::Uuid;
+
+/// Certificates read per page when looking for those at risk.
+const AT_RISK_PAGE: u32 = 500;
 
 /// Scheduler knobs.
 #[derive(Debug, Clone)]
@@ -41,6 +54,17 @@ pub struct ScanReport {
     pub enqueued: u64,
     /// Jobs handed to the queue again because their first hand-off was lost.
     pub recovered: u64,
+    /// Certificates at risk (less time left than a renewal takes), announced
+    /// now or before; 0 when at-risk announcements are off.
+    pub at_risk: u64,
+}
+
+/// Where at-risk certificates are announced, and from when on.
+struct AtRisk {
+    notifications: Arc<dyn NotificationStore>,
+    ledger: Arc<dyn RenewalLedger>,
+    /// A current version with less time left than this is at risk.
+    within: Duration,
 }
 
 /// Finds due certificates and enqueues their renewal.
@@ -48,6 +72,7 @@ pub struct Scheduler {
     store: Arc<dyn MetadataStore>,
     queue: Arc<dyn RenewalQueue>,
     settings: SchedulerSettings,
+    at_risk: Option<AtRisk>,
 }
 
 impl Scheduler {
@@ -61,7 +86,27 @@ impl Scheduler {
             store,
             queue,
             settings,
+            at_risk: None,
         }
+    }
+
+    /// The same scheduler announcing, on each scan, every active managed
+    /// certificate whose current version has less than `within` left
+    /// (`renewal-at-risk` into `notifications`, with the state of its renewal
+    /// job from `ledger`).
+    #[must_use]
+    pub fn with_at_risk(
+        mut self,
+        notifications: Arc<dyn NotificationStore>,
+        ledger: Arc<dyn RenewalLedger>,
+        within: Duration,
+    ) -> Self {
+        self.at_risk = Some(AtRisk {
+            notifications,
+            ledger,
+            within,
+        });
+        self
     }
 
     /// One scan at `now`: pages through everything due and enqueues it.
@@ -94,7 +139,58 @@ impl Scheduler {
         // the ledger insert and the send) would otherwise never run: the due
         // query skips versions that have a job.
         report.recovered = self.queue.recover().await?;
+        // Renewal goes on whether or not the announcement can be made.
+        match self.announce_at_risk(now).await {
+            Ok(n) => report.at_risk = n,
+            Err(e) => tracing::warn!(error = %e, "cannot look for renewals at risk"),
+        }
         Ok(report)
+    }
+
+    /// Announces the certificates at risk at `now` (once per version);
+    /// returns how many there are.
+    async fn announce_at_risk(&self, now: OffsetDateTime) -> DomainResult<u64> {
+        let Some(at_risk) = &self.at_risk else {
+            return Ok(0);
+        };
+        let within = time::Duration::try_from(at_risk.within).unwrap_or(time::Duration::MAX);
+        let mut found = 0;
+        let mut offset = 0u64;
+        loop {
+            let page = self
+                .store
+                .list_certificates(&CertificateQuery {
+                    status: Some(CertificateStatus::Active),
+                    managed: Some(true),
+                    expires_before: Some(now.saturating_add(within)),
+                    sort: SortKey::NotAfter,
+                    limit: AT_RISK_PAGE,
+                    offset,
+                    ..CertificateQuery::default()
+                })
+                .await?;
+            for cert in &page.items {
+                let job = at_risk.ledger.latest_renewal_job(cert.id).await?;
+                let job = job.filter(|j| j.version == cert.current_version);
+                let n = at_risk_notice(cert, job.as_ref(), at_risk.within, now);
+                let key = format!("renewal-at-risk:{}:v{}", cert.id, cert.current_version);
+                if at_risk.notifications.publish(&n, Some(&key)).await? {
+                    tracing::warn!(
+                        certificate = %cert.id,
+                        name = %cert.name,
+                        version = cert.current_version,
+                        seconds_left = (cert.not_after - now).whole_seconds(),
+                        job = job.as_ref().map_or("none", |j| j.state.as_str()),
+                        "renewal at risk: the current version expires before a renewal is expected to finish"
+                    );
+                }
+            }
+            found += page.items.len() as u64;
+            offset += page.items.len() as u64;
+            if page.items.len() < AT_RISK_PAGE as usize || offset >= page.total {
+                return Ok(found);
+            }
+        }
     }
 
     /// Scans every `interval` until `shutdown` turns true. Errors are logged
@@ -124,5 +220,62 @@ impl Scheduler {
                 Err(e) => tracing::warn!(error = %e, "renewal scan failed; retrying next interval"),
             }
         }
+    }
+}
+
+/// The `renewal-at-risk` notification of `cert` at `now`.
+fn at_risk_notice(
+    cert: &Certificate,
+    job: Option<&RenewalJob>,
+    within: Duration,
+    now: OffsetDateTime,
+) -> Notification {
+    let left = (cert.not_after - now).whole_seconds();
+    let state = match job {
+        None => "no renewal job yet (is a scheduler running?)".to_owned(),
+        Some(j) => {
+            let mut s = format!("renewal job {}, attempt {}", j.state.as_str(), j.attempts);
+            if let Some(e) = &j.last_error {
+                s.push_str(&format!(", last error: {e}"));
+            }
+            s
+        }
+    };
+    let summary = if left <= 0 {
+        format!(
+            "Certificate {} (team {}) expired at {} before it was renewed; {state}.",
+            cert.name, cert.team, cert.not_after
+        )
+    } else {
+        format!(
+            "Certificate {} (team {}) expires at {}, in {left} s, less than a renewal is \
+             expected to take ({} s), and is not renewed yet; {state}.",
+            cert.name,
+            cert.team,
+            cert.not_after,
+            within.as_secs()
+        )
+    };
+    Notification {
+        id: Uuid::now_v7(),
+        kind: EventKind::RenewalAtRisk,
+        team: cert.team.clone(),
+        certificate_id: Some(cert.id),
+        certificate_name: Some(cert.name.clone()),
+        version: Some(cert.current_version),
+        not_after: Some(cert.not_after),
+        days_left: None,
+        reason: job.and_then(|j| j.last_error.clone()),
+        summary,
+        details: json!({
+            "seconds_left": left,
+            "expected_renewal_secs": within.as_secs(),
+            "job": job.map(|j| json!({
+                "state": j.state.as_str(),
+                "attempts": j.attempts,
+                "last_error": j.last_error,
+            })),
+        }),
+        at: now,
     }
 }

@@ -987,3 +987,49 @@ async fn soonest_expiring_job_is_claimed_first_sqlite() {
 async fn soonest_expiring_job_is_claimed_first_postgres() {
     soonest_expiring_job_is_claimed_first(Backend::Postgres).await;
 }
+
+/// A certificate whose current version has less time left than a renewal
+/// takes (no worker ran) is announced once per version as
+/// `renewal-at-risk`, with its job's state; once renewed it is not at risk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_risk_certificate_is_announced_once_per_version() {
+    let env = Env::start(Backend::Sqlite).await;
+    env.subscribe(TEAM).await;
+    let id = env.certificate("risk.example.com", TEAM, None).await;
+    let queue = env.queue();
+    let scheduler = env.scheduler(queue.clone(), 5).with_at_risk(
+        env.db.notifications(),
+        env.db.ledger(),
+        Duration::from_secs(30),
+    );
+    let now = OffsetDateTime::now_utc();
+    // 60 s left of 60: due (after 10 %), not at risk.
+    let report = scheduler
+        .scan(now + time::Duration::seconds(10))
+        .await
+        .unwrap();
+    assert_eq!((report.enqueued, report.at_risk), (1, 0), "{report:?}");
+    // 20 s left, nothing renewed it: at risk, announced once.
+    for _ in 0..2 {
+        let report = scheduler
+            .scan(now + time::Duration::seconds(40))
+            .await
+            .unwrap();
+        assert_eq!(report.at_risk, 1, "{report:?}");
+    }
+    let told = env.deliveries(TEAM).await;
+    assert_eq!(kinds(&told), ["issued", "renewal-at-risk"]);
+    let n = &told[1].notification;
+    assert_eq!((n.certificate_id, n.version), (Some(id), Some(1)));
+    assert_eq!(n.details["job"]["state"], "queued", "{:?}", n.details);
+    assert!(n.summary.contains("risk.example.com"), "{}", n.summary);
+
+    let worker = Worker::new(env.services.clone(), queue, worker_settings());
+    drive(&env, &worker, id, JobState::Done, Duration::from_secs(30)).await;
+    let report = scheduler.scan(OffsetDateTime::now_utc()).await.unwrap();
+    assert_eq!(report.at_risk, 0, "{report:?}");
+    // (Listed by time: the announcement is dated at the scan's later clock.)
+    let mut all = kinds(&env.deliveries(TEAM).await);
+    all.sort_unstable();
+    assert_eq!(all, ["issued", "renewal-at-risk", "renewed"]);
+}

@@ -774,6 +774,7 @@ impl Services {
             return self.after_failed_commit(idempotency.as_ref(), e).await;
         }
         tracing::info!(certificate = %id, serial = %version.serial, "certificate issued");
+        self.warn_if_renewal_margin_short(&cert);
         let view = CertificateView {
             certificate: cert,
             versions: vec![version],

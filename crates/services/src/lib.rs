@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 use certflow_core::policy::PolicySet;
 use certflow_core::ports::{BlobStore, IssuerBackend, MetadataStore, NotificationStore};
-use certflow_core::renewal::RenewalDefaults;
+use certflow_core::renewal::{RenewalDefaults, RenewalMargin};
 use certflow_seal::Sealer;
 use uuid::Uuid;
 
@@ -49,6 +49,7 @@ pub struct Services {
     backends: issuing::Backends,
     notifications: Option<Arc<dyn NotificationStore>>,
     renewal_defaults: Arc<RenewalDefaults>,
+    renewal_margin: Option<RenewalMargin>,
     revocation: Arc<revocation::Revocation>,
     policies: Arc<PolicySet>,
 }
@@ -73,6 +74,7 @@ impl Services {
             sealer,
             notifications: None,
             renewal_defaults: Arc::new(RenewalDefaults::default()),
+            renewal_margin: None,
             revocation: Arc::default(),
             policies: Arc::new(PolicySet::default()),
         }
@@ -94,6 +96,19 @@ impl Services {
     pub fn with_renewal_defaults(mut self, defaults: RenewalDefaults) -> Self {
         self.renewal_defaults = Arc::new(defaults);
         self
+    }
+
+    /// The worst-case renewal times of the deployment's renewal settings: a
+    /// new certificate with less time left at renewal than they need is
+    /// warned about, and it is the `renewal-at-risk` threshold.
+    pub fn with_renewal_margin(mut self, margin: RenewalMargin) -> Self {
+        self.renewal_margin = Some(margin);
+        self
+    }
+
+    /// See [`Services::with_renewal_margin`].
+    pub fn renewal_margin(&self) -> Option<RenewalMargin> {
+        self.renewal_margin
     }
 
     /// Issuance policies, checked on every request and before every renewal.

@@ -12,7 +12,7 @@ use certflow_core::model::{
 };
 use certflow_core::notify::{EventKind, Notification};
 use certflow_core::policy::IssuanceRequest;
-use certflow_core::renewal::{RenewalJob, RenewalPolicy, jitter_seed};
+use certflow_core::renewal::{MarginFit, RenewalJob, RenewalPolicy, jitter_seed};
 use certflow_core::{DomainError, error::DomainResult};
 use serde_json::json;
 use time::OffsetDateTime;
@@ -110,6 +110,37 @@ impl Services {
             .max(version.not_before)
             .min(version.not_after);
         policy.renew_after(issued, version.not_after, ari, u)
+    }
+
+    /// Warns (log) when a new certificate has less time left at renewal than
+    /// the renewal settings need in the worst case (see
+    /// [`Services::with_renewal_margin`]), naming the keys to change. Not a
+    /// refusal: the request may knowingly trade margin for a short lifetime,
+    /// and `renewal-at-risk` alerts if it comes to that.
+    pub(crate) fn warn_if_renewal_margin_short(&self, cert: &Certificate) {
+        let Some(margin) = self.renewal_margin else {
+            return;
+        };
+        let left = cert.not_after - cert.renew_after;
+        let consequence = match margin.fit(left) {
+            MarginFit::Fits => return,
+            MarginFit::NoRetry => "a failed attempt after a dead worker lets it expire",
+            MarginFit::NoTakeover => {
+                "a worker dying mid-renewal (or the scheduler's wait) lets it expire"
+            }
+        };
+        tracing::warn!(
+            certificate = %cert.id,
+            name = %cert.name,
+            seconds_left_at_renewal = left.whole_seconds(),
+            renew_at_fraction = cert.renewal.renew_at_fraction,
+            jitter_fraction = cert.renewal.jitter_fraction,
+            "renewal margin too short: {} s left at renewal, {consequence}; the worst case needs {}. \
+             Lengthen validity_seconds (or validity_days), lower renewal.renew_at_fraction or \
+             jitter_fraction, or lower those [renewal] settings",
+            left.whole_seconds(),
+            margin.explain(),
+        );
     }
 
     /// Performs one renewal job: renews the job's version unless a later one

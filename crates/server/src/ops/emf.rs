@@ -14,7 +14,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use certflow_core::model::{CertificateStats, FleetStats};
+use certflow_core::model::{CertificateQuery, CertificateStats, CertificateStatus, FleetStats};
 use certflow_core::notify::{DeliveryQuery, DeliveryState};
 use certflow_core::renewal::QueueStats;
 use serde_json::{Map, Value, json};
@@ -40,6 +40,10 @@ pub struct Gauges {
     pub issuers: Option<BTreeMap<String, bool>>,
     /// The renewal queue.
     pub queue: Option<QueueStats>,
+    /// Active managed certificates whose current version has less time
+    /// left than `[renewal] expected_renewal_secs` (expired ones included),
+    /// with that threshold in seconds.
+    pub renewal_at_risk: Option<(u64, u64)>,
     /// Notification deliveries by state (those that could be counted).
     pub deliveries: Vec<(DeliveryState, u64)>,
 }
@@ -74,6 +78,20 @@ pub async fn gather(
     match state.renewal.queue.stats().await {
         Ok(s) => g.queue = Some(s),
         Err(e) => tracing::warn!(error = %e, "metrics: renewal queue stats unavailable"),
+    }
+    if let Some(margin) = state.services.renewal_margin() {
+        let within = time::Duration::try_from(margin.renewal).unwrap_or(time::Duration::MAX);
+        let at_risk = CertificateQuery {
+            status: Some(CertificateStatus::Active),
+            managed: Some(true),
+            expires_before: Some(now.saturating_add(within)),
+            limit: 1,
+            ..CertificateQuery::default()
+        };
+        match state.services.store().list_certificates(&at_risk).await {
+            Ok(page) => g.renewal_at_risk = Some((page.total, margin.renewal.as_secs())),
+            Err(e) => tracing::warn!(error = %e, "metrics: renewals at risk unavailable"),
+        }
     }
     for st in [
         DeliveryState::Pending,
@@ -138,6 +156,9 @@ pub fn render(g: &Gauges, now: OffsetDateTime) -> Vec<String> {
             "Count",
             c.expiring_without_renewal as f64,
         ));
+    }
+    if let Some((n, _)) = g.renewal_at_risk {
+        metrics.push(("RenewalsAtRisk", "Count", n as f64));
     }
     if let Some(q) = &g.queue {
         metrics.push(("RenewalJobsFailing", "Count", q.failing as f64));
@@ -242,6 +263,7 @@ mod tests {
                 oldest_age_secs: 120,
             }),
             deliveries: vec![(DeliveryState::Pending, 0), (DeliveryState::Failed, 9)],
+            renewal_at_risk: Some((3, 30)),
         }
     }
 
@@ -295,6 +317,7 @@ mod tests {
         );
         for (name, value) in [
             ("CertificatesExpiringWithoutRenewal", 2.0),
+            ("RenewalsAtRisk", 3.0),
             ("RenewalJobsFailing", 7.0),
             ("RenewalJobsDead", 6.0),
             ("RenewalOldestJobAgeSeconds", 120.0),
@@ -310,7 +333,7 @@ mod tests {
             .iter()
             .map(|m| m["Name"].as_str().unwrap())
             .collect();
-        assert_eq!(named.len(), 7);
+        assert_eq!(named.len(), 8);
         for (line, issuer, up) in [
             (&lines[1], "internal", 1.0),
             (&lines[2], "letsencrypt \"prod\"", 0.0),

@@ -205,6 +205,18 @@ pub fn render_certificates(
     );
 }
 
+/// Appends `certflow_renewal_at_risk`: `n` certificates with less than
+/// `within_secs` left on their current version.
+pub fn render_at_risk(out: &mut String, n: u64, within_secs: u64) {
+    let within = format!("{within_secs}s");
+    gauge(
+        out,
+        "certflow_renewal_at_risk",
+        "Active managed certificates whose current version has less time left than a renewal is expected to take ([renewal] expected_renewal_secs, the label), expired ones included: renewal has not happened in time, whatever the cause (no live worker, the CA down, a job stuck).",
+        [(vec![("within", within.as_str())], n as f64)],
+    );
+}
+
 /// Appends the agent and deployment gauges.
 pub fn render_fleet(out: &mut String, f: &certflow_core::model::FleetStats) {
     gauge(

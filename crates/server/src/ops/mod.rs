@@ -97,6 +97,9 @@ pub async fn metrics(
     if let Some(issuers) = &g.issuers {
         gauges::render_issuers(&mut out, issuers);
     }
+    if let Some((n, within)) = g.renewal_at_risk {
+        gauges::render_at_risk(&mut out, n, within);
+    }
     crate::telemetry::compliance::render_metrics(&mut out);
     let kind = state.renewal.queue.kind();
     if let Some(s) = &g.queue {

@@ -4,6 +4,7 @@
 //! [`admin`].
 
 pub mod admin;
+mod margins;
 mod tasks;
 pub mod wiring;
 
@@ -84,7 +85,7 @@ async fn spawn_roles(
     let queue = renewal_queue(config, &opened.store).await?;
     let r = &config.renewal;
     if roles.scheduler {
-        let scheduler = Scheduler::new(
+        let mut scheduler = Scheduler::new(
             opened.store.metadata.clone(),
             queue.clone(),
             SchedulerSettings {
@@ -93,6 +94,13 @@ async fn spawn_roles(
                 max_attempts: r.max_attempts,
             },
         );
+        if config.notifications.enabled {
+            scheduler = scheduler.with_at_risk(
+                opened.store.notifications.clone(),
+                opened.store.ledger.clone(),
+                Duration::from_secs(r.expected_renewal_secs),
+            );
+        }
         tasks.push(tokio::spawn(scheduler.run(shutdown.clone())));
         tasks.push(spawn_crl_refresh(opened.services.clone(), shutdown.clone()));
         if config.notifications.enabled {
@@ -157,6 +165,7 @@ pub(super) async fn stopped(mut rx: watch::Receiver<bool>) {
 /// `certflow serve` (all roles unless `--roles` narrows them) and `certflow worker`.
 pub async fn serve(config: Config, roles: Roles) -> anyhow::Result<()> {
     let opened = open_services(&config).await?;
+    margins::check(&config.renewal, opened.store.metadata.as_ref()).await;
     let services = opened.services.clone();
     let settings = CaSettings {
         name: config.ca.name.clone(),

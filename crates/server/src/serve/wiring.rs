@@ -157,6 +157,7 @@ pub async fn open_services(config: &Config) -> anyhow::Result<Opened> {
         Some(config.public_url()),
     )
     .with_renewal_defaults(config.renewal.policy.clone())
+    .with_renewal_margin(config.renewal.margin())
     .with_issuance_policies(config.policy.compile().map_err(anyhow::Error::msg)?);
     if config.notifications.enabled {
         services = services.with_notifications(store.notifications.clone());

@@ -227,7 +227,13 @@ mod tests {
                 vec![],
             ))),
             None,
-        );
+        )
+        // A renewal expected to take four days: the 3-day certificate of
+        // the metrics test is at risk.
+        .with_renewal_margin(certflow_core::renewal::RenewalMargin {
+            renewal: std::time::Duration::from_secs(4 * 86_400),
+            ..crate::config::RenewalConfig::default().margin()
+        });
         services
             .ensure_ca(
                 &certflow_services::CaSettings {
@@ -465,6 +471,7 @@ mod tests {
             at(r#"certflow_renewal_jobs{queue="database",state="failing"}"#),
             0.0
         );
+        assert_eq!(at(r#"certflow_renewal_at_risk{within="345600s"}"#), 1.0);
         assert_eq!(at(r#"certflow_agents{status="active"}"#), 0.0);
         assert_eq!(at(r#"certflow_agents_not_seen{within="1h"}"#), 0.0);
         for status in ["installed", "failed", "broken", "pending", "drift"] {
