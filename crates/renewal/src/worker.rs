@@ -19,6 +19,7 @@ use certflow_core::renewal::{JobDelivery, RenewalQueue, backoff, jitter_seed};
 use certflow_services::{JobOutcome, Services};
 use time::OffsetDateTime;
 use tokio::sync::watch;
+use tokio::task::{JoinError, JoinSet};
 
 /// Worker knobs.
 #[derive(Debug, Clone)]
@@ -57,6 +58,14 @@ impl Default for WorkerSettings {
             shutdown_grace: Duration::from_secs(10),
         }
     }
+}
+
+/// The jobs a worker has in hand: their tasks, and each task's delivery (to
+/// hand back a job whose task was cut short).
+#[derive(Default)]
+struct InHand {
+    tasks: JoinSet<()>,
+    deliveries: HashMap<tokio::task::Id, JobDelivery>,
 }
 
 /// Aborts the task when dropped.
@@ -118,70 +127,71 @@ impl Worker {
             )
             .await?;
         let n = deliveries.len();
-        self.work(deliveries, None).await;
+        let mut hand = InHand::default();
+        for delivery in deliveries {
+            self.spawn(&mut hand, delivery);
+        }
+        self.drain(&mut hand, None).await;
         Ok(n)
     }
 
-    /// Works on `deliveries` concurrently until all are acknowledged. When
-    /// `shutdown` turns true meanwhile, the jobs still running get
-    /// [`WorkerSettings::shutdown_grace`] to finish; the rest are cut short
-    /// and handed back to the queue (another worker takes them at once; the
-    /// idempotency key keeps a half-done issuance from issuing twice).
-    async fn work(
-        &self,
-        deliveries: Vec<JobDelivery>,
-        mut shutdown: Option<watch::Receiver<bool>>,
-    ) {
-        let mut tasks = tokio::task::JoinSet::new();
-        let mut in_hand = HashMap::new();
-        for delivery in deliveries {
-            let worker = self.clone();
-            let task = delivery.clone();
-            let handle = tasks.spawn(async move { worker.process(task).await });
-            in_hand.insert(handle.id(), delivery);
-        }
-        let mut deadline: Option<tokio::time::Instant> = None;
-        loop {
-            let stopping = async {
-                match (&mut shutdown, deadline) {
-                    (_, Some(at)) => tokio::time::sleep_until(at).await,
-                    (Some(rx), None) => {
-                        while !*rx.borrow_and_update() {
-                            if rx.changed().await.is_err() {
-                                std::future::pending::<()>().await;
-                            }
-                        }
+    /// Starts working on `delivery`.
+    fn spawn(&self, hand: &mut InHand, delivery: JobDelivery) {
+        let worker = self.clone();
+        let task = delivery.clone();
+        let handle = hand.tasks.spawn(async move { worker.process(task).await });
+        hand.deliveries.insert(handle.id(), delivery);
+    }
+
+    /// Forgets a finished job; hands a cancelled one back to the queue.
+    async fn reap(&self, hand: &mut InHand, done: Result<(tokio::task::Id, ()), JoinError>) {
+        match done {
+            Ok((id, ())) => {
+                hand.deliveries.remove(&id);
+            }
+            Err(e) => {
+                let delivery = hand.deliveries.remove(&e.id());
+                if e.is_cancelled() {
+                    if let Some(delivery) = delivery {
+                        self.hand_back(&delivery).await;
                     }
-                    (None, None) => std::future::pending::<()>().await,
+                } else {
+                    tracing::error!(error = %e, "renewal task panicked; its job is retried after its lease");
+                }
+            }
+        }
+    }
+
+    /// Waits for every job in hand. With a `grace` (shutting down), the jobs
+    /// still running when it ends are cut short and handed back to the queue
+    /// (another worker takes them at once; the idempotency key keeps a
+    /// half-done issuance from issuing twice).
+    async fn drain(&self, hand: &mut InHand, grace: Option<Duration>) {
+        if let Some(grace) = grace {
+            tracing::info!(
+                jobs = hand.deliveries.len(),
+                ?grace,
+                "shutting down: finishing the renewal jobs in hand"
+            );
+        }
+        let mut deadline = grace.map(|g| tokio::time::Instant::now() + g);
+        loop {
+            let cut = async {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending::<()>().await,
                 }
             };
             tokio::select! {
-                done = tasks.join_next_with_id() => match done {
+                done = hand.tasks.join_next_with_id() => match done {
                     None => return,
-                    Some(Ok((id, ()))) => {
-                        in_hand.remove(&id);
-                    }
-                    Some(Err(e)) => {
-                        let delivery = in_hand.remove(&e.id());
-                        if e.is_cancelled() {
-                            if let Some(delivery) = delivery {
-                                self.hand_back(&delivery).await;
-                            }
-                        } else {
-                            tracing::error!(error = %e, "renewal task panicked; its job is retried after its lease");
-                        }
-                    }
+                    Some(done) => self.reap(hand, done).await,
                 },
-                () = stopping => {
-                    if deadline.is_none() {
-                        tracing::info!(jobs = in_hand.len(), grace = ?self.settings.shutdown_grace, "shutting down: finishing the renewal jobs in hand");
-                        deadline = Some(tokio::time::Instant::now() + self.settings.shutdown_grace);
-                    } else {
-                        // Grace over: cut the rest short; each is handed
-                        // back as its cancellation is collected above.
-                        tasks.abort_all();
-                        deadline = Some(tokio::time::Instant::now() + Duration::from_secs(3600));
-                    }
+                () = cut => {
+                    // Grace over: each is handed back as its cancellation is
+                    // collected above.
+                    hand.tasks.abort_all();
+                    deadline = None;
                 }
             }
         }
@@ -201,31 +211,45 @@ impl Worker {
     }
 
     /// Works until `shutdown` turns true; a queue outage is retried with
-    /// backoff. Jobs in hand at shutdown get the grace period, then go back
-    /// to the queue.
+    /// backoff. Whenever fewer than `concurrency` jobs are in hand it asks
+    /// the queue for more, so a job that hangs (until its work timeout)
+    /// holds one slot, not the worker. Jobs in hand at shutdown get the
+    /// grace period, then go back to the queue.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let mut hand = InHand::default();
         let mut failures = 0u32;
         loop {
-            if *shutdown.borrow() {
-                return;
+            while let Some(done) = hand.tasks.try_join_next_with_id() {
+                self.reap(&mut hand, done).await;
+            }
+            if *shutdown.borrow_and_update() {
+                break;
+            }
+            let in_hand = u32::try_from(hand.tasks.len()).unwrap_or(u32::MAX);
+            let free = self.settings.concurrency.saturating_sub(in_hand);
+            if free == 0 {
+                tokio::select! {
+                    Some(done) = hand.tasks.join_next_with_id() => self.reap(&mut hand, done).await,
+                    changed = shutdown.changed() => if changed.is_err() { break },
+                }
+                continue;
             }
             let received = tokio::select! {
-                r = self.queue.receive(
-                    self.settings.concurrency,
-                    self.settings.lease,
-                    self.settings.wait,
-                ) => r,
-                _ = shutdown.changed() => return,
-            };
-            let result = match received {
-                Ok(deliveries) => {
-                    self.work(deliveries, Some(shutdown.clone())).await;
-                    Ok(())
+                r = self.queue.receive(free, self.settings.lease, self.settings.wait) => r,
+                changed = shutdown.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    continue;
                 }
-                Err(e) => Err(e),
             };
-            match result {
-                Ok(()) => failures = 0,
+            match received {
+                Ok(deliveries) => {
+                    failures = 0;
+                    for delivery in deliveries {
+                        self.spawn(&mut hand, delivery);
+                    }
+                }
                 Err(e) => {
                     failures += 1;
                     let delay = backoff(
@@ -237,10 +261,14 @@ impl Worker {
                     tracing::warn!(error = %e, retry_in = ?delay, queue = self.queue.kind(), "cannot receive renewal jobs");
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
-                        _ = shutdown.changed() => return,
+                        changed = shutdown.changed() => if changed.is_err() { break },
                     }
                 }
             }
+        }
+        if !hand.deliveries.is_empty() {
+            self.drain(&mut hand, Some(self.settings.shutdown_grace))
+                .await;
         }
     }
 

@@ -1033,3 +1033,90 @@ async fn at_risk_certificate_is_announced_once_per_version() {
     all.sort_unstable();
     assert_eq!(all, ["issued", "renewal-at-risk", "renewed"]);
 }
+
+/// A blob store where storing the new version of one certificate never
+/// finishes: that renewal hangs, the others go through.
+struct HungPut {
+    inner: Arc<ObjectBlobStore>,
+    prefix: String,
+}
+
+#[async_trait::async_trait]
+impl BlobStore for HungPut {
+    async fn put(&self, key: &str, data: bytes::Bytes) -> certflow_core::DomainResult<()> {
+        if key.starts_with(&self.prefix) {
+            std::future::pending::<()>().await;
+        }
+        self.inner.put(key, data).await
+    }
+    async fn get(&self, key: &str) -> certflow_core::DomainResult<bytes::Bytes> {
+        self.inner.get(key).await
+    }
+    async fn delete(&self, key: &str) -> certflow_core::DomainResult<()> {
+        self.inner.delete(key).await
+    }
+    async fn list(&self, prefix: &str) -> certflow_core::DomainResult<Vec<String>> {
+        self.inner.list(prefix).await
+    }
+    async fn list_with_age(
+        &self,
+        prefix: &str,
+    ) -> certflow_core::DomainResult<Vec<(String, OffsetDateTime)>> {
+        self.inner.list_with_age(prefix).await
+    }
+}
+
+/// A running worker whose job hangs keeps taking jobs into its free slots:
+/// a job queued after the hung one is renewed while it still hangs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_job_holds_one_slot_not_the_worker() {
+    let env = Env::start(Backend::Sqlite).await;
+    let stuck = env.certificate("stuck.example.com", TEAM, None).await;
+    let next = env.certificate("next.example.com", TEAM, None).await;
+    let services = Services::new(
+        env.db.metadata(),
+        Arc::new(HungPut {
+            inner: env.blobs.clone(),
+            prefix: format!("certificates/{stuck}/v2"),
+        }),
+        env.sealer.clone(),
+        None,
+    );
+    let queue = env.queue();
+    let now = env.skew.now();
+    assert!(
+        queue
+            .enqueue(&RenewalJob::new(stuck, 1, 5, now))
+            .await
+            .unwrap()
+    );
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let settings = WorkerSettings {
+        concurrency: 2,
+        ..worker_settings()
+    };
+    let running = tokio::spawn(Worker::new(services, queue.clone(), settings).run(stopped));
+    env.until_job(stuck, JobState::Running).await;
+
+    assert!(
+        queue
+            .enqueue(&RenewalJob::new(next, 1, 5, now))
+            .await
+            .unwrap()
+    );
+    env.until_job(next, JobState::Done).await;
+    assert_eq!(env.versions(next).await, [1, 2]);
+    assert_eq!(env.job_of(stuck).await.state, JobState::Running);
+
+    stop.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), running)
+        .await
+        .expect("the worker stops within its grace period")
+        .unwrap();
+    let job = env.job_of(stuck).await;
+    assert_eq!(
+        (job.state, job.attempts),
+        (JobState::Queued, 0),
+        "handed back: {job:?}"
+    );
+}
