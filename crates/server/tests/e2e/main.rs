@@ -22,3 +22,4 @@ mod renewal;
 mod replacement;
 mod revocation;
 mod shutdown;
+mod takeover;
