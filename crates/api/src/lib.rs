@@ -124,7 +124,8 @@ pub struct CreateSubscriptionRequest {
     /// Team whose certificates it covers.
     pub team: String,
     /// Event kinds: `issued`, `renewed`, `renewal-failing`, `dead-lettered`,
-    /// `expiring`, `revoked`, `digest`.
+    /// `renewal-at-risk`, `expiring`, `revoked`, `digest`, `deployment-failed`,
+    /// `deployment-drift`, `policy-violation`.
     pub events: Vec<String>,
     /// Channel: `{"type":"webhook","url":..,"secret":..,"format":"json"|"slack"}`,
     /// `{"type":"sns","topic_arn":..}` or `{"type":"email","to":[..]}`.
