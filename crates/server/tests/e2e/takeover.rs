@@ -10,7 +10,9 @@
 //! the jobs killed; one process with SQS (moto) as the queue, killed and
 //! restarted. Every poll checks that no current version has expired; at the
 //! end each renewal's audit time is checked against the expiry of the
-//! version it replaced. Each test prints the takeover it measured.
+//! version it replaced. Each scenario prints the takeover it measured. The
+//! three run at once in one test: each mostly waits for its certificates to
+//! fall due, so one test slot for ~110 s instead of three.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -326,7 +328,6 @@ fn report(scenario: &str, takeover: Duration, least: time::Duration) {
 /// One process on the embedded defaults, killed while its renewals run and
 /// started again on the same data directory: its own old leases lapse and it
 /// takes the jobs over.
-#[test]
 fn embedded_process_killed_mid_renewal_restarts_and_renews_in_time() {
     let rt = runtime();
     let mut rig = Rig::start(&rt);
@@ -360,7 +361,6 @@ fn embedded_process_killed_mid_renewal_restarts_and_renews_in_time() {
 
 /// Two replicas on one PostgreSQL database (shared blobs and master key):
 /// the one holding every renewal is killed; the other takes them over.
-#[test]
 fn postgres_replica_holding_the_renewals_killed_the_other_renews_in_time() {
     let rt = runtime();
     let mut rig = Rig::start(&rt);
@@ -403,7 +403,6 @@ fn postgres_replica_holding_the_renewals_killed_the_other_renews_in_time() {
 /// One process with Amazon SQS (moto) as the queue, killed while its
 /// renewals run and started again: the messages become visible again when
 /// their heartbeated visibility lapses, and the new process renews.
-#[test]
 fn sqs_process_killed_mid_renewal_restarts_and_renews_in_time() {
     let rt = runtime();
     let moto = rt.block_on(certflow_testkit::Moto::start());
@@ -460,4 +459,42 @@ fn sqs_process_killed_mid_renewal_restarts_and_renews_in_time() {
         "{takeover:?}"
     );
     stop(server);
+}
+
+/// The three scenarios at once; each failure is reported by name (its panic
+/// message is printed as it happens).
+#[test]
+fn sigkill_mid_renewal_no_current_version_expires_on_any_queue() {
+    let scenarios: [(&str, fn()); 3] = [
+        (
+            "embedded",
+            embedded_process_killed_mid_renewal_restarts_and_renews_in_time,
+        ),
+        (
+            "postgres-replicas",
+            postgres_replica_holding_the_renewals_killed_the_other_renews_in_time,
+        ),
+        (
+            "sqs",
+            sqs_process_killed_mid_renewal_restarts_and_renews_in_time,
+        ),
+    ];
+    let running: Vec<_> = scenarios
+        .into_iter()
+        .map(|(name, scenario)| {
+            let thread = std::thread::Builder::new()
+                .name(name.into())
+                .spawn(scenario)
+                .unwrap();
+            (name, thread)
+        })
+        .collect();
+    let failed: Vec<&str> = running
+        .into_iter()
+        .filter_map(|(name, thread)| thread.join().is_err().then_some(name))
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "scenarios failed: {failed:?} (panics above)"
+    );
 }
