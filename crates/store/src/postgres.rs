@@ -346,7 +346,7 @@ mod tests {
         plans
     }
 
-    /// Needs the test server of `tests/metadata_store.rs`; the database it
+    /// Needs the test server of `tests/metadata_store/` (`support/pg.rs`); the database it
     /// creates is dropped unless the test dies on the way.
     #[tokio::test]
     async fn due_query_scans_the_due_index() {
