@@ -706,19 +706,32 @@ async fn renewal_notifies_the_subscribed_team_only() {
     assert!(env.deliveries(OTHER_TEAM).await.is_empty());
 }
 
-/// A blob store whose one blob never comes back: a CA that hangs mid-renewal.
+/// A blob store where one operation never finishes: reading one blob (a CA
+/// key that never comes back, a CA hanging mid-renewal) or storing under one
+/// prefix (one certificate's new version never stored, the others go through).
 struct Hung {
     inner: Arc<ObjectBlobStore>,
-    key: String,
+    hangs: Hang,
+}
+
+/// What a [`Hung`] store never finishes.
+enum Hang {
+    /// Reading this key.
+    Get(String),
+    /// Writing any key under this prefix.
+    PutUnder(String),
 }
 
 #[async_trait::async_trait]
 impl BlobStore for Hung {
     async fn put(&self, key: &str, data: bytes::Bytes) -> certflow_core::DomainResult<()> {
+        if matches!(&self.hangs, Hang::PutUnder(prefix) if key.starts_with(prefix.as_str())) {
+            std::future::pending::<()>().await;
+        }
         self.inner.put(key, data).await
     }
     async fn get(&self, key: &str) -> certflow_core::DomainResult<bytes::Bytes> {
-        if key == self.key {
+        if matches!(&self.hangs, Hang::Get(k) if k == key) {
             std::future::pending::<()>().await;
         }
         self.inner.get(key).await
@@ -750,7 +763,7 @@ async fn stopping_worker_hands_its_leased_job_back() {
         env.db.metadata(),
         Arc::new(Hung {
             inner: env.blobs.clone(),
-            key: issuer.key_blob.clone(),
+            hangs: Hang::Get(issuer.key_blob.clone()),
         }),
         env.sealer.clone(),
         None,
@@ -803,7 +816,7 @@ impl Env {
             self.db.metadata(),
             Arc::new(Hung {
                 inner: self.blobs.clone(),
-                key: issuer.key_blob.clone(),
+                hangs: Hang::Get(issuer.key_blob.clone()),
             }),
             self.sealer.clone(),
             None,
@@ -1034,38 +1047,6 @@ async fn at_risk_certificate_is_announced_once_per_version() {
     assert_eq!(all, ["issued", "renewal-at-risk", "renewed"]);
 }
 
-/// A blob store where storing the new version of one certificate never
-/// finishes: that renewal hangs, the others go through.
-struct HungPut {
-    inner: Arc<ObjectBlobStore>,
-    prefix: String,
-}
-
-#[async_trait::async_trait]
-impl BlobStore for HungPut {
-    async fn put(&self, key: &str, data: bytes::Bytes) -> certflow_core::DomainResult<()> {
-        if key.starts_with(&self.prefix) {
-            std::future::pending::<()>().await;
-        }
-        self.inner.put(key, data).await
-    }
-    async fn get(&self, key: &str) -> certflow_core::DomainResult<bytes::Bytes> {
-        self.inner.get(key).await
-    }
-    async fn delete(&self, key: &str) -> certflow_core::DomainResult<()> {
-        self.inner.delete(key).await
-    }
-    async fn list(&self, prefix: &str) -> certflow_core::DomainResult<Vec<String>> {
-        self.inner.list(prefix).await
-    }
-    async fn list_with_age(
-        &self,
-        prefix: &str,
-    ) -> certflow_core::DomainResult<Vec<(String, OffsetDateTime)>> {
-        self.inner.list_with_age(prefix).await
-    }
-}
-
 /// A running worker whose job hangs keeps taking jobs into its free slots:
 /// a job queued after the hung one is renewed while it still hangs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1075,9 +1056,9 @@ async fn a_hung_job_holds_one_slot_not_the_worker() {
     let next = env.certificate("next.example.com", TEAM, None).await;
     let services = Services::new(
         env.db.metadata(),
-        Arc::new(HungPut {
+        Arc::new(Hung {
             inner: env.blobs.clone(),
-            prefix: format!("certificates/{stuck}/v2"),
+            hangs: Hang::PutUnder(format!("certificates/{stuck}/v2")),
         }),
         env.sealer.clone(),
         None,
