@@ -2,9 +2,18 @@
 //! certificate. Pure functions with their own error reasons, applied before any
 //! key is generated or anything is stored.
 //!
-//! DNS names are normalised to lower-case A-labels (IDNA 2008 / UTS #46 via the
-//! `idna` crate); each label must be LDH (RFC 5890 §2.3.1), a wildcard may only
-//! be the whole leftmost label (RFC 6125 §6.4.3, CA/B BR 7.1.2.7.12).
+//! DNS names are stored as lower-case A-labels; each label must be LDH (RFC 5890
+//! §2.3.1), a wildcard may only be the whole leftmost label (RFC 6125 §6.4.3,
+//! CA/B BR 7.1.2.7.12).
+//!
+//! A certificate holds exactly the name asked for: the only rewrites are ASCII
+//! lower-casing and the faithful U-label → A-label conversion (`bücher` →
+//! `xn--bcher-kva`). Any character UTS 46 would map, drop or refuse (a
+//! zero-width space, a full-width dot, an upper-case `Ü`), an invisible joiner,
+//! a label not in NFC, a label mixing scripts (UTS 39 §5.2, Highly Restrictive)
+//! and a non-Latin label that looks like an ASCII one (UTS 39 §4 skeleton) are
+//! refused, naming the character and its position. A-labels are held to the
+//! same rules through the U-label they decode to.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -116,12 +125,19 @@ fn parse_dns(raw: &str) -> Result<String, String> {
             "a wildcard is only allowed as the whole leftmost label (*.example.com)".into(),
         );
     }
-    let ascii = if rest.is_ascii() {
-        rest.to_ascii_lowercase()
-    } else {
-        idna::domain_to_ascii_strict(rest)
-            .map_err(|_| "not a valid internationalised domain name".to_owned())?
-    };
+    // Split on '.' only: a full-width or ideographic dot stays inside its
+    // label, where the character check below names it.
+    let mut ascii_labels = Vec::new();
+    let mut start = if wildcard { 2 } else { 0 };
+    for label in rest.split('.') {
+        ascii_labels.push(if label.is_ascii() {
+            label.to_ascii_lowercase()
+        } else {
+            unicode_label(label, start)?
+        });
+        start += label.chars().count() + 1;
+    }
+    let ascii = ascii_labels.join(".");
     if ascii.len() + if wildcard { 2 } else { 0 } > 253 {
         return Err("longer than 253 characters".into());
     }
@@ -179,8 +195,144 @@ fn check_label(label: &str) -> Result<(), String> {
             Ok(back) if back == label => {}
             _ => return Err(format!("label '{label}' is not a valid IDN A-label")),
         }
+        // The U-label a reader is shown must pass what a typed one would.
+        unicode_label(&unicode, 0).map_err(|e| {
+            format!("label '{label}' decodes to '{unicode}', which is refused: {e}")
+        })?;
     }
     Ok(())
+}
+
+/// The A-label of a label holding non-ASCII characters, when IDNA would
+/// convert it faithfully; else why not, naming the character and its
+/// 1-based position in the whole name (`start` characters precede the label).
+fn unicode_label(label: &str, start: usize) -> Result<String, String> {
+    let mapper = icu_normalizer::uts46::Uts46MapperBorrowed::new();
+    for (i, c) in label.chars().enumerate() {
+        let at = start + i + 1;
+        if c.is_ascii() {
+            // Upper case folds (the one rewrite allowed); the rest must be LDH.
+            if c.is_ascii_alphanumeric() || c == '-' {
+                continue;
+            }
+            return Err(format!(
+                "'{c}' at character {at} is not allowed in a label (letters, digits, hyphen)"
+            ));
+        }
+        let mapped: String = mapper.map_normalize(std::iter::once(c)).collect();
+        if mapped.contains('\u{FFFD}') {
+            return Err(format!(
+                "{} at character {at} is not allowed in a domain name (UTS 46: disallowed)",
+                describe(c)
+            ));
+        }
+        if mapped.is_empty() {
+            return Err(format!(
+                "{} at character {at} would be silently removed by IDNA processing (UTS 46: \
+                 ignored); certflow certifies exactly the name asked for: remove it",
+                describe(c)
+            ));
+        }
+        if mapped != c.to_string() {
+            return Err(format!(
+                "{} at character {at} would be rewritten to '{mapped}' by IDNA processing \
+                 (UTS 46: mapped); certflow certifies exactly the name asked for: write '{mapped}'",
+                describe(c)
+            ));
+        }
+        if matches!(c, '\u{200C}' | '\u{200D}') {
+            return Err(format!(
+                "{} at character {at} is invisible; names with invisible characters are refused",
+                describe(c)
+            ));
+        }
+        if !unicode_security::GeneralSecurityProfile::identifier_allowed(c) {
+            return Err(format!(
+                "{} at character {at} is not allowed in identifiers (UTS 39 general security \
+                 profile: symbols, punctuation, historic or limited-use scripts)",
+                describe(c)
+            ));
+        }
+    }
+    let folded = label.to_ascii_lowercase();
+    let normalised: String = mapper.map_normalize(folded.chars()).collect();
+    if normalised != folded {
+        return Err(format!(
+            "label '{label}' is not in Unicode normalisation form C; write '{normalised}'"
+        ));
+    }
+    check_scripts(&folded, start)?;
+    idna::domain_to_ascii_strict(&folded).map_err(|_| {
+        format!(
+            "label '{label}' is not a valid internationalised label (IDNA: bidirectional text, \
+             joiner context, a leading combining mark or hyphen positions)"
+        )
+    })
+}
+
+/// One label in one script (UTS 39 §5.2 Highly Restrictive: a single script,
+/// or Latin with Han and Hiragana/Katakana, Bopomofo or Hangul), and a
+/// non-Latin label is not a look-alike of an ASCII one (UTS 39 §4 skeleton).
+fn check_scripts(label: &str, start: usize) -> Result<(), String> {
+    use unicode_security::mixed_script::AugmentedScriptSet;
+    use unicode_security::{RestrictionLevel, RestrictionLevelDetection};
+
+    let mut seen = AugmentedScriptSet::default();
+    if label.detect_restriction_level() > RestrictionLevel::HighlyRestrictive {
+        for (i, c) in label.chars().enumerate() {
+            let mut next = seen;
+            next.intersect_with(AugmentedScriptSet::for_char(c));
+            if next.is_empty() {
+                return Err(format!(
+                    "label '{label}' mixes scripts: {} ({}) at character {} follows {} \
+                     letters; a name mixing scripts can pass for another (UTS 39 mixed-script \
+                     detection)",
+                    describe(c),
+                    AugmentedScriptSet::for_char(c),
+                    start + i + 1,
+                    seen
+                ));
+            }
+            seen = next;
+        }
+        return Err(format!("label '{label}' mixes scripts (UTS 39)"));
+    }
+    let resolved = AugmentedScriptSet::for_str(label);
+    let mut latin = AugmentedScriptSet::for_char('a');
+    latin.intersect_with(resolved);
+    if latin.is_empty() {
+        let skeleton: String = unicode_security::skeleton(label).collect();
+        if skeleton.is_ascii() {
+            return Err(format!(
+                "label '{label}' ({resolved}) looks like the ASCII label '{skeleton}' (UTS 39 \
+                 whole-script confusable); ask for the ASCII name if that is the one meant"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `U+200B ZERO WIDTH SPACE`, or `U+0430 'а'` for a visible character.
+fn describe(c: char) -> String {
+    let name = match c {
+        '\u{00AD}' => "SOFT HYPHEN",
+        '\u{034F}' => "COMBINING GRAPHEME JOINER",
+        '\u{180E}' => "MONGOLIAN VOWEL SEPARATOR",
+        '\u{200B}' => "ZERO WIDTH SPACE",
+        '\u{200C}' => "ZERO WIDTH NON-JOINER",
+        '\u{200D}' => "ZERO WIDTH JOINER",
+        '\u{200E}' => "LEFT-TO-RIGHT MARK",
+        '\u{200F}' => "RIGHT-TO-LEFT MARK",
+        '\u{202E}' => "RIGHT-TO-LEFT OVERRIDE",
+        '\u{2060}' => "WORD JOINER",
+        '\u{3002}' => "IDEOGRAPHIC FULL STOP",
+        '\u{FEFF}' => "ZERO WIDTH NO-BREAK SPACE",
+        '\u{FF0E}' => "FULLWIDTH FULL STOP",
+        '\u{FF61}' => "HALFWIDTH IDEOGRAPHIC FULL STOP",
+        _ if c.is_alphanumeric() => return format!("U+{:04X} '{c}'", u32::from(c)),
+        _ => return format!("U+{:04X}", u32::from(c)),
+    };
+    format!("U+{:04X} {name}", u32::from(c))
 }
 
 #[cfg(test)]
@@ -231,7 +383,10 @@ mod tests {
             ("a..example.com", "empty label"),
             ("example.com.", "dot"),
             ("example.123", "all digits"),
-            ("ex\u{202e}ample.com", "internationalised"),
+            (
+                "ex\u{202e}ample.com",
+                "U+202E RIGHT-TO-LEFT OVERRIDE at character 3",
+            ),
         ];
         for (input, needle) in cases {
             let err = parse_name(input).unwrap_err();
@@ -241,6 +396,161 @@ mod tests {
         assert!(parse_name(&long).unwrap_err().contains("63"));
         let very_long = vec!["abcdefghi"; 30].join(".");
         assert!(parse_name(&very_long).unwrap_err().contains("253"));
+    }
+
+    /// UTS 46 processing (https://www.unicode.org/reports/tr46/ §4) would
+    /// rewrite each of these names; each is refused naming the character and
+    /// its 1-based position, never issued under another name.
+    #[test]
+    fn refuses_what_idna_would_rewrite_naming_the_character() {
+        let cases = [
+            // Ignored (removed) code points.
+            (
+                "a\u{200b}.zw.example.com",
+                "U+200B ZERO WIDTH SPACE at character 2",
+                "removed",
+            ),
+            (
+                "a\u{00ad}b.example.com",
+                "U+00AD SOFT HYPHEN at character 2",
+                "removed",
+            ),
+            (
+                "ab\u{2060}.example.com",
+                "U+2060 WORD JOINER at character 3",
+                "removed",
+            ),
+            (
+                "\u{feff}ab.example.com",
+                "U+FEFF ZERO WIDTH NO-BREAK SPACE at character 1",
+                "removed",
+            ),
+            // Mapped to another character.
+            (
+                "a\u{ff0e}example.com",
+                "U+FF0E FULLWIDTH FULL STOP at character 2",
+                "'.'",
+            ),
+            (
+                "a\u{3002}example.com",
+                "U+3002 IDEOGRAPHIC FULL STOP at character 2",
+                "'.'",
+            ),
+            (
+                "a\u{ff61}example.com",
+                "U+FF61 HALFWIDTH IDEOGRAPHIC FULL STOP",
+                "'.'",
+            ),
+            (
+                "\u{ff41}pi.example.com",
+                "U+FF41 'ａ' at character 1",
+                "'a'",
+            ),
+            ("B\u{dc}cher.example", "U+00DC 'Ü' at character 2", "'ü'"),
+            (
+                "\u{fb01}le.example.com",
+                "U+FB01 'ﬁ' at character 1",
+                "'fi'",
+            ),
+            (
+                "*.x\u{200b}.example.com",
+                "U+200B ZERO WIDTH SPACE at character 4",
+                "removed",
+            ),
+            // Disallowed, invisible kept by UTS 46, or not an identifier character.
+            ("a\u{2028}b.example.com", "whitespace or a control", ""),
+            (
+                "a\u{200d}b.example.com",
+                "U+200D ZERO WIDTH JOINER at character 2",
+                "invisible",
+            ),
+            (
+                "a\u{200c}b.example.com",
+                "U+200C ZERO WIDTH NON-JOINER at character 2",
+                "invisible",
+            ),
+            (
+                "\u{2603}.example.com",
+                "U+2603 at character 1",
+                "not allowed in identifiers",
+            ),
+            (
+                "a_\u{e9}.example.com",
+                "'_' at character 2",
+                "letters, digits, hyphen",
+            ),
+            // Not NFC: 'u' followed by COMBINING DIAERESIS.
+            (
+                "bu\u{308}cher.example",
+                "not in Unicode normalisation form C",
+                "'bücher'",
+            ),
+            // Mixed scripts in one label: Cyrillic 'а' (U+0430) among Latin letters.
+            (
+                "p\u{430}ypal.example.com",
+                "U+0430 'а' (Cyrillic) at character 2 follows Latin",
+                "mixes scripts",
+            ),
+            ("\u{3b1}pple.example.com", "mixes scripts", "Greek"),
+            // Whole-script look-alikes of ASCII labels.
+            (
+                "\u{430}\u{440}\u{435}.example.com",
+                "looks like the ASCII label 'ape'",
+                "confusable",
+            ),
+            (
+                "xn--80ak6aa92e.com",
+                "decodes to 'аррӏе'",
+                "looks like the ASCII label",
+            ),
+            (
+                "xn--pypal-4ve.example.com",
+                "decodes to 'pаypal'",
+                "mixes scripts",
+            ),
+        ];
+        for (input, needle, also) in cases {
+            let err = parse_name(input).expect_err(input);
+            assert!(err.contains(needle), "{input:?}: {err}");
+            assert!(err.contains(also), "{input:?}: {err}");
+        }
+    }
+
+    /// What IDNA changes faithfully is accepted: ASCII case, and the U-label
+    /// to A-label conversion of a label in one script (RFC 5891 §4.4).
+    #[test]
+    fn accepts_faithful_conversions() {
+        let cases = [
+            ("B\u{fc}cher.Example", "xn--bcher-kva.example"),
+            ("*.b\u{fc}cher.example", "*.xn--bcher-kva.example"),
+            ("stra\u{df}e.example", "xn--strae-oqa.example"),
+            (
+                "\u{43f}\u{440}\u{438}\u{43c}\u{435}\u{440}.example",
+                "xn--e1afmkfd.example",
+            ),
+            ("\u{4f8b}\u{3048}.example", "xn--r8jz45g.example"),
+            (
+                "\u{30c6}\u{30b9}\u{30c8}abc.example",
+                "xn--abc-4k4bocn.example",
+            ),
+            ("\u{d55c}\u{ad6d}.example", "xn--3e0b707e.example"),
+            ("\u{5d0}\u{5d1}.example", "xn--4dbc.example"),
+        ];
+        // Expected A-labels are RFC 3492 Punycode as Python computes it:
+        // 'xn--' + label.encode('punycode').
+        for (input, want) in cases {
+            assert_eq!(
+                parse_name(input),
+                Ok(SubjectName::Dns(want.into())),
+                "{input:?}"
+            );
+            // The A-label itself is accepted as given.
+            assert_eq!(
+                parse_name(want),
+                Ok(SubjectName::Dns(want.into())),
+                "{want}"
+            );
+        }
     }
 
     #[test]

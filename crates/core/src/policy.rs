@@ -92,6 +92,10 @@ pub struct IssuancePolicy {
     pub allow_wildcards: Option<bool>,
     /// Whether IP address SANs are allowed.
     pub allow_ip_addresses: Option<bool>,
+    /// Whether names only meaningful on one host or network are allowed:
+    /// single-label names (`intranet`) and `localhost` with the names under
+    /// it (RFC 6761 §6.3). `false` refuses them.
+    pub allow_local_names: Option<bool>,
     /// Key types a certificate may have (`ecdsa-p256`, `rsa-3072`...).
     #[serde(with = "key_type_names")]
     pub allowed_key_types: Vec<KeyType>,
@@ -435,6 +439,11 @@ impl Compiled {
                     }
                 }
                 SubjectName::Dns(d) => {
+                    if r.allow_local_names == Some(false)
+                        && let Some(why) = local_name(d)
+                    {
+                        out.push(self.violation("allow_local_names", field.clone(), d, why));
+                    }
                     if d.starts_with("*.") && r.allow_wildcards == Some(false) {
                         out.push(self.violation(
                             "allow_wildcards",
@@ -531,6 +540,18 @@ impl Compiled {
     }
 }
 
+/// Why `dns` (lower-case A-label form) names something local to one host or
+/// network, if it does: one label, or `localhost` and the names under it.
+fn local_name(dns: &str) -> Option<&'static str> {
+    if dns == "localhost" || dns.ends_with(".localhost") {
+        Some("localhost and the names under it (RFC 6761 §6.3) are not allowed")
+    } else if !dns.contains('.') {
+        Some("single-label names are not allowed")
+    } else {
+        None
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::panic)]
 mod tests {
@@ -590,6 +611,10 @@ mod tests {
         };
         let no_ip = IssuancePolicy {
             allow_ip_addresses: Some(false),
+            ..Default::default()
+        };
+        let no_local = IssuancePolicy {
+            allow_local_names: Some(false),
             ..Default::default()
         };
         let ec_only = IssuancePolicy {
@@ -716,6 +741,46 @@ mod tests {
                 same,
                 &["a.example.com", "192.0.2.1"],
                 Some(("allow_ip_addresses", "192.0.2.1")),
+            ),
+            (
+                "local names allowed by default",
+                IssuancePolicy::default(),
+                same,
+                &["localhost", "intranet", "app.localhost"],
+                None,
+            ),
+            (
+                "no local names: dotted names pass",
+                no_local.clone(),
+                same,
+                &[
+                    "a.example.com",
+                    "*.example.com",
+                    "192.0.2.1",
+                    "localhost.example.com",
+                ],
+                None,
+            ),
+            (
+                "no local names: localhost",
+                no_local.clone(),
+                same,
+                &["a.example.com", "localhost"],
+                Some(("allow_local_names", "localhost")),
+            ),
+            (
+                "no local names: under localhost",
+                no_local.clone(),
+                same,
+                &["app.localhost"],
+                Some(("allow_local_names", "app.localhost")),
+            ),
+            (
+                "no local names: single label",
+                no_local.clone(),
+                same,
+                &["intranet"],
+                Some(("allow_local_names", "intranet")),
             ),
             (
                 "EC allowed",
@@ -990,10 +1055,12 @@ mod tests {
             "allowed_key_types": ["ecdsa-p256", "rsa-3072"],
             "required_extended_key_usages": ["serverAuth"],
             "allowed_extended_key_usages": ["serverAuth", "clientAuth"],
-            "max_names": 5
+            "max_names": 5,
+            "allow_local_names": false
         }))
         .unwrap();
         assert_eq!(p.allowed_key_types, [KeyType::EcdsaP256, KeyType::Rsa3072]);
+        assert_eq!(p.allow_local_names, Some(false));
         assert!(
             serde_json::from_value::<IssuancePolicy>(serde_json::json!({ "max_name": 5 })).is_err()
         );
