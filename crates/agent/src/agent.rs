@@ -28,6 +28,8 @@ pub struct Agent {
     client: Client,
     certs: Vec<(CertConfig, Installer)>,
     dry_run: bool,
+    /// Changes a `--dry-run` cycle said it would make.
+    planned: usize,
     reported_start: bool,
 }
 
@@ -38,6 +40,24 @@ pub fn random_unit() -> f64 {
         return 0.5;
     }
     (u64::from_le_bytes(b) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// The last line of a `--dry-run` cycle: how many changes it would make and
+/// how many certificates are served at their current version.
+pub fn dry_run_summary(changes: usize, up_to_date: usize, configured: usize) -> String {
+    let certs = |n: usize| format!("{n} certificate{}", if n == 1 { "" } else { "s" });
+    match (changes, up_to_date == configured) {
+        (0, true) => format!("nothing to do: {} up to date", certs(up_to_date)),
+        (0, false) => format!(
+            "nothing would change now: {up_to_date} of {} up to date",
+            certs(configured)
+        ),
+        (n, _) => format!(
+            "{n} change{} would be made; {up_to_date} of {} up to date",
+            if n == 1 { "" } else { "s" },
+            certs(configured)
+        ),
+    }
 }
 
 /// Delay before retry `attempt` (1-based) while the server is down:
@@ -82,6 +102,7 @@ impl Agent {
             client,
             certs,
             dry_run,
+            planned: 0,
             reported_start: false,
         })
     }
@@ -121,11 +142,14 @@ impl Agent {
         }
         let mut items = Vec::new();
         let mut all_good = true;
+        let mut up_to_date = 0;
+        self.planned = 0;
         for i in 0..self.certs.len() {
             let label = self.certs[i].0.label();
             match self.reconcile(i).await {
                 Ok((entry, good)) => {
                     all_good &= good;
+                    up_to_date += usize::from(good);
                     items.extend(entry);
                 }
                 Err(e) => {
@@ -138,6 +162,13 @@ impl Agent {
             }
         }
         self.reported_start = true;
+        if self.dry_run {
+            // Silence would read as "did not run": say what was found.
+            println!(
+                "{}",
+                dry_run_summary(self.planned, up_to_date, self.certs.len())
+            );
+        }
         if !self.dry_run {
             report::send(&mut self.client, items)
                 .await
@@ -204,6 +235,7 @@ impl Agent {
                         "{label}: would generate a {:?} key here and request a certificate for {:?}",
                         cfg.key_type, cfg.names
                     );
+                    self.planned += 1;
                     return Ok((None, false));
                 }
                 let key = self.agent_key(&label, &cfg, false)?;
@@ -225,6 +257,9 @@ impl Agent {
                 a
             }
             None => {
+                if self.dry_run {
+                    println!("{label}: not assigned to this agent (yet): nothing to install");
+                }
                 tracing::warn!(certificate = %label, "not assigned to this agent (yet)");
                 return Ok((None, false));
             }
@@ -233,6 +268,9 @@ impl Agent {
             return self.revoked(&cfg, &inst, &a).await;
         }
         if a.status != "active" {
+            if self.dry_run {
+                println!("{label}: {}: left in place, not renewed", a.status);
+            }
             tracing::info!(certificate = %label, status = %a.status, "no longer active: left in place, not renewed");
             return Ok((None, true));
         }
@@ -242,6 +280,12 @@ impl Agent {
             .is_some_and(|m| m.fingerprint_sha256 == a.fingerprint_sha256)
             && inst.targets_linked()
         {
+            if self.dry_run {
+                println!(
+                    "{label}: up to date (version {}, serial {}, until {})",
+                    a.version, a.serial, a.not_after
+                );
+            }
             let entry = (!self.reported_start).then(|| {
                 report::entry(
                     a.certificate_id,
@@ -258,6 +302,12 @@ impl Agent {
             && st.last_status != Some(DeploymentStatus::Installed)
             && st.retry_after.is_some_and(|t| now < t)
         {
+            if self.dry_run {
+                println!(
+                    "{label}: version {} failed here; no new attempt before the retry time",
+                    a.version
+                );
+            }
             tracing::debug!(certificate = %label, version = a.version, "failed version: waiting before the next attempt");
             return Ok((None, false));
         }
@@ -274,6 +324,7 @@ impl Agent {
             for line in inst.describe() {
                 println!("  {line}");
             }
+            self.planned += 1;
             return Ok((None, false));
         }
         let (status, served, error, attempted) = self.deploy(&cfg, &inst, a.clone()).await?;
@@ -331,6 +382,7 @@ impl Agent {
                     "{label}: revoked (version {}): would remove the installed files and reload",
                     a.version
                 );
+                self.planned += 1;
                 return Ok((None, false));
             }
             RevokedAction::Remove => {
@@ -616,6 +668,28 @@ fn first_cert(pem: &str) -> anyhow::Result<Vec<u8>> {
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
+
+    /// A dry run always ends with one line, "nothing to do" only when
+    /// nothing would change and everything is served current.
+    #[test]
+    fn a_dry_run_says_what_it_found() {
+        assert_eq!(
+            dry_run_summary(0, 2, 2),
+            "nothing to do: 2 certificates up to date"
+        );
+        assert_eq!(
+            dry_run_summary(0, 1, 1),
+            "nothing to do: 1 certificate up to date"
+        );
+        assert_eq!(
+            dry_run_summary(0, 0, 1),
+            "nothing would change now: 0 of 1 certificate up to date"
+        );
+        assert_eq!(
+            dry_run_summary(1, 1, 2),
+            "1 change would be made; 1 of 2 certificates up to date"
+        );
+    }
 
     /// A revoked version is warned about, or removed, once; a later
     /// revoked version again; switching `keep` to `remove` still removes.

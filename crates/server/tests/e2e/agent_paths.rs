@@ -34,7 +34,7 @@ fn tree(dir: &Path) -> Vec<String> {
 /// nothing and says what it would do; `once` installs the PEM files (key
 /// 0600, matching the certificate) and a PKCS#12 that opens with the
 /// configured password; the key download is audited as the agent's, with
-/// no key material in the trail.
+/// no key material in the trail; a dry run with nothing to do says so.
 #[test]
 fn server_keyed_certificate_installs_pem_and_pkcs12_after_a_dry_run() {
     require("openssl", "apt-get install openssl");
@@ -263,10 +263,19 @@ pkcs12_password_file = "{d}/p12-password"
     );
     assert!(!server.log().contains("PRIVATE KEY"), "key material logged");
 
-    // A second run has nothing to do: served, no second key download.
+    // A second run has nothing to do: served, no second key download; a
+    // dry run says so instead of printing nothing.
     let (code, out, err) = agent(&config, &["once"]);
     assert_eq!(code, Some(0), "{}", ctx("once (idle)", &out, &err));
     assert_eq!(key_downloads(&api).len(), 1);
+    let (code, out, err) = agent(&config, &["once", "--dry-run"]);
+    assert_eq!(code, Some(0), "{}", ctx("dry run (idle)", &out, &err));
+    assert!(
+        out.contains("shared: up to date (version 1")
+            && out.contains("nothing to do: 1 certificate up to date"),
+        "{}",
+        ctx("dry run (idle)", &out, &err)
+    );
     stop(server);
 }
 
