@@ -18,6 +18,7 @@ mod keys;
 mod lint;
 mod ocsp;
 mod pkcs12;
+mod pkcs12_read;
 
 pub use agent::{AgentIdentityRequest, MAX_AGENT_IDENTITY_SECS, issue_agent_identity, uri_names};
 pub use ca::{CaMaterial, create_ca, import_ca};
@@ -33,7 +34,8 @@ pub use ocsp::{
     MAX_OCSP_CERTS, OcspAnswer, OcspCertId, OcspCertStatus, OcspHash, OcspIssuer, OcspRequest,
     OcspResponseStatus, OcspSigner, ocsp_error_response, parse_ocsp_request,
 };
-pub use pkcs12::{pkcs12, read_pkcs12};
+pub use pkcs12::pkcs12;
+pub use pkcs12_read::{PKCS12_LIMITS, Pkcs12Limits, read_pkcs12, read_pkcs12_within};
 
 #[cfg(test)]
 mod testutil;

@@ -73,47 +73,6 @@ pub fn pkcs12(
         })
 }
 
-/// Reads a password-protected PKCS#12 file (for import): its certificates
-/// (the key's chain first, leaf first, then any loose certificates) and its
-/// private key, if it holds one. Errors name `field`, never the password.
-pub fn read_pkcs12(
-    field: &str,
-    der: &[u8],
-    password: &str,
-) -> DomainResult<(Vec<Vec<u8>>, Option<PrivateKey>)> {
-    let store = KeyStore::from_pkcs12(der, password, p12_keystore::Pkcs12ImportPolicy::Relaxed)
-        .map_err(|_| DomainError::invalid(field, "not a PKCS#12 file, or the password is wrong"))?;
-    let mut certs: Vec<Vec<u8>> = Vec::new();
-    let mut key = None;
-    if let Some((_, chain)) = store.private_key_chain() {
-        key = Some(
-            PrivateKey::from_pkcs8_der(chain.key().as_der()).map_err(|e| match e {
-                DomainError::Invalid(errs) => DomainError::Invalid(
-                    errs.into_iter()
-                        .map(|mut fe| {
-                            fe.field = field.to_owned();
-                            fe
-                        })
-                        .collect(),
-                ),
-                other => other,
-            })?,
-        );
-        certs.extend(chain.certs().iter().map(|c| c.as_der().to_vec()));
-    }
-    for (_, entry) in store.entries() {
-        if let KeyStoreEntry::Certificate(c) = entry
-            && !certs.iter().any(|d| d.as_slice() == c.as_der())
-        {
-            certs.push(c.as_der().to_vec());
-        }
-    }
-    if certs.is_empty() {
-        return Err(DomainError::invalid(field, "holds no certificate"));
-    }
-    Ok((certs, key))
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
