@@ -13,6 +13,7 @@ use x509_parser::extensions::GeneralName;
 use crate::asn1::{self, internal, whole_seconds};
 use crate::inspect::key_matches_cert;
 use crate::keys::PrivateKey;
+use crate::signer::{CaPublicKey, Deferred, ToBeSigned, sign_locally};
 
 /// Backdating of notBefore, for relying parties whose clocks run behind.
 const CLOCK_SKEW: Duration = Duration::seconds(60);
@@ -44,6 +45,20 @@ pub fn issue_agent_identity(
     ca_key: &PrivateKey,
     req: &AgentIdentityRequest<'_>,
 ) -> DomainResult<Vec<u8>> {
+    let tbs = agent_identity_tbs(ca_cert_der, req)?;
+    if !key_matches_cert(ca_key, ca_cert_der) {
+        return Err(DomainError::Internal(
+            "the agent CA certificate is not a CA or does not match its key".into(),
+        ));
+    }
+    sign_locally(ca_key, tbs)
+}
+
+/// What the agent-identity CA's key signs for `req`, wherever the key lives.
+pub fn agent_identity_tbs(
+    ca_cert_der: &[u8],
+    req: &AgentIdentityRequest<'_>,
+) -> DomainResult<ToBeSigned> {
     let mut errors = Vec::new();
     if !(60..=MAX_AGENT_IDENTITY_SECS).contains(&req.validity_secs) {
         errors.push(certflow_core::FieldError::new(
@@ -72,9 +87,9 @@ pub fn issue_agent_identity(
 
     let ca = asn1::parse_cert("issuer", ca_cert_der)
         .map_err(|_| DomainError::Internal("the agent CA certificate does not parse".into()))?;
-    if !ca.is_ca() || !key_matches_cert(ca_key, ca_cert_der) {
+    if !ca.is_ca() {
         return Err(DomainError::Internal(
-            "the agent CA certificate is not a CA or does not match its key".into(),
+            "the agent CA certificate is not a CA".into(),
         ));
     }
     let now = whole_seconds(req.now)?;
@@ -97,13 +112,14 @@ pub fn issue_agent_identity(
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     params.use_authority_key_identifier_extension = true;
     params.key_identifier_method = asn1::key_identifier(&subject_key.key);
-    let kp = ca_key.signing_key_pair()?;
-    let issuer = Issuer::from_ca_cert_der(&ca_cert_der.into(), kp.get())
+    let ca_public = CaPublicKey::of_certificate(ca_cert_der)?;
+    let deferred = Deferred(&ca_public);
+    let issuer = Issuer::from_ca_cert_der(&ca_cert_der.into(), &deferred)
         .map_err(internal("agent CA certificate as issuer"))?;
-    let cert = params
+    let placeholder = params
         .signed_by(&subject_key, &issuer)
         .map_err(internal("agent identity certificate"))?;
-    Ok(cert.der().to_vec())
+    ToBeSigned::from_placeholder(placeholder.der(), &ca_public)
 }
 
 /// The uniformResourceIdentifier SANs of a DER certificate, in order.

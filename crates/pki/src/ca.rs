@@ -5,7 +5,7 @@
 use certflow_core::{DomainError, DomainResult, KeyType, Profile, SubjectName};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyUsagePurpose, PublicKeyData,
+    Issuer, KeyUsagePurpose,
 };
 use time::{Duration, OffsetDateTime};
 use x509_parser::certificate::X509Certificate;
@@ -15,6 +15,7 @@ use crate::asn1::{self, internal, parse_cert, whole_seconds};
 use crate::inspect::{key_matches_cert, parse_pem_certs};
 use crate::issue::{self, LeafRequest};
 use crate::keys::PrivateKey;
+use crate::signer::{CaPublicKey, Deferred, ToBeSigned, sign_locally};
 
 /// Backdating of CA certificates, for relying parties with slow clocks.
 const CLOCK_SKEW: Duration = Duration::seconds(60);
@@ -46,15 +47,8 @@ fn ca_name(org: &str, cn: String) -> DistinguishedName {
     dn
 }
 
-/// Creates a root CA and an issuing intermediate signed by it, both with keys
-/// of `key_type`; the intermediate never outlives the root.
-pub fn create_ca(
-    name: &str,
-    key_type: KeyType,
-    now: OffsetDateTime,
-    root_days: u32,
-    intermediate_days: u32,
-) -> DomainResult<CaMaterial> {
+/// Checks the settings of a new hierarchy; returns the trimmed name.
+fn check_new_ca(name: &str, root_days: u32, intermediate_days: u32) -> DomainResult<&str> {
     let name = name.trim();
     let issuing_cn = format!("{name} Issuing CA 1");
     let mut errors = Vec::new();
@@ -89,63 +83,115 @@ pub fn create_ca(
     if !errors.is_empty() {
         return Err(DomainError::Invalid(errors));
     }
+    Ok(name)
+}
 
-    let not_before = whole_seconds(now)? - CLOCK_SKEW;
+/// Creates a root CA and an issuing intermediate signed by it, both with keys
+/// of `key_type` generated here; the intermediate never outlives the root.
+pub fn create_ca(
+    name: &str,
+    key_type: KeyType,
+    now: OffsetDateTime,
+    root_days: u32,
+    intermediate_days: u32,
+) -> DomainResult<CaMaterial> {
+    check_new_ca(name, root_days, intermediate_days)?;
     let root_key = PrivateKey::generate(key_type)?;
     let issuing_key = PrivateKey::generate(key_type)?;
-    let root_kp = root_key.signing_key_pair()?;
-    let issuing_kp = issuing_key.signing_key_pair()?;
+    let public = |k: &PrivateKey| CaPublicKey::from_spki_der("key", &k.public_key_der());
+    let root_tbs = root_ca_tbs(name, &public(&root_key)?, now, root_days, intermediate_days)?;
+    let root_der = sign_locally(&root_key, root_tbs)?;
+    let issuing_tbs = issuing_ca_tbs(
+        name,
+        &root_der,
+        &public(&issuing_key)?,
+        now,
+        intermediate_days,
+    )?;
+    let issuing_der = sign_locally(&root_key, issuing_tbs)?;
+    Ok(CaMaterial {
+        root_cert_der: root_der.clone(),
+        root_key: Some(root_key),
+        issuing_cert_der: issuing_der,
+        issuing_key,
+        chain_der: vec![root_der],
+    })
+}
 
-    let mut root = CertificateParams::default();
-    root.distinguished_name = ca_name(name, format!("{name} Root CA"));
-    root.serial_number = Some(asn1::random_serial()?);
-    root.not_before = not_before;
-    root.not_after = not_before + Duration::days(i64::from(root_days));
-    root.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    root.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+/// What the root key of a new hierarchy signs: its own self-signed
+/// certificate (`<name> Root CA`, keyCertSign and cRLSign, valid `root_days`).
+/// `intermediate_days` is checked here too, so a bad setting is refused
+/// before any key signs.
+pub fn root_ca_tbs(
+    name: &str,
+    root: &CaPublicKey,
+    now: OffsetDateTime,
+    root_days: u32,
+    intermediate_days: u32,
+) -> DomainResult<ToBeSigned> {
+    let name = check_new_ca(name, root_days, intermediate_days)?;
+    let not_before = whole_seconds(now)? - CLOCK_SKEW;
+    let mut params = CertificateParams::default();
+    params.distinguished_name = ca_name(name, format!("{name} Root CA"));
+    params.serial_number = Some(asn1::random_serial()?);
+    params.not_before = not_before;
+    params.not_after = not_before + Duration::days(i64::from(root_days));
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     // A self-referencing AKI is optional (RFC 5280 §4.2.1.1) but recommended
     // for roots by CA/B BR §7.1.2.1.2, and helps path building.
-    root.use_authority_key_identifier_extension = true;
-    root.key_identifier_method = asn1::key_identifier(root_kp.get().der_bytes());
-    let root_cert = root
-        .self_signed(root_kp.get())
+    params.use_authority_key_identifier_extension = true;
+    params.key_identifier_method = asn1::key_identifier(root.bits());
+    let placeholder = params
+        .self_signed(&Deferred(root))
         .map_err(internal("root CA certificate"))?;
-    let root_der = root_cert.der().to_vec();
+    ToBeSigned::from_placeholder(placeholder.der(), root)
+}
 
-    let mut inter = CertificateParams::default();
-    inter.distinguished_name = ca_name(name, issuing_cn);
-    inter.serial_number = Some(asn1::random_serial()?);
-    inter.not_before = not_before;
-    inter.not_after =
-        (not_before + Duration::days(i64::from(intermediate_days))).min(root.not_after);
-    inter.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    inter.key_usages = vec![
+/// What the root key signs for the issuing CA (`<name> Issuing CA 1`,
+/// pathLen 0, serverAuth and clientAuth): the intermediate for `issuing`'s
+/// key under the root certificate `root_cert_der`, never outliving it.
+pub fn issuing_ca_tbs(
+    name: &str,
+    root_cert_der: &[u8],
+    issuing: &CaPublicKey,
+    now: OffsetDateTime,
+    intermediate_days: u32,
+) -> DomainResult<ToBeSigned> {
+    let name = check_new_ca(name, 1, intermediate_days)?;
+    let root_public = CaPublicKey::of_certificate(root_cert_der)?;
+    let root = parse_cert("root", root_cert_der)
+        .map_err(|_| DomainError::Internal("the root certificate does not parse".into()))?;
+    let root_not_after = root.validity().not_after.to_datetime();
+    let not_before = whole_seconds(now)? - CLOCK_SKEW;
+    let mut params = CertificateParams::default();
+    params.distinguished_name = ca_name(name, format!("{name} Issuing CA 1"));
+    params.serial_number = Some(asn1::random_serial()?);
+    params.not_before = not_before;
+    params.not_after =
+        (not_before + Duration::days(i64::from(intermediate_days))).min(root_not_after);
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![
         KeyUsagePurpose::DigitalSignature,
         KeyUsagePurpose::KeyCertSign,
         KeyUsagePurpose::CrlSign,
     ];
     // CA/B BR §7.1.2.10.6: a TLS issuing CA states the purposes it issues for.
-    inter.extended_key_usages = vec![
+    params.extended_key_usages = vec![
         ExtendedKeyUsagePurpose::ServerAuth,
         ExtendedKeyUsagePurpose::ClientAuth,
     ];
-    inter.use_authority_key_identifier_extension = true;
-    inter.key_identifier_method = asn1::key_identifier(issuing_kp.get().der_bytes());
+    params.use_authority_key_identifier_extension = true;
+    params.key_identifier_method = asn1::key_identifier(issuing.bits());
     // Sign through the root as parsed back from DER, exactly as later
     // issuance sees a CA, so the AKI is the root's SKI as written.
-    let root_issuer = Issuer::from_ca_cert_der(&root_der.as_slice().into(), root_kp.get())
+    let deferred = Deferred(&root_public);
+    let root_issuer = Issuer::from_ca_cert_der(&root_cert_der.into(), &deferred)
         .map_err(internal("root CA as issuer"))?;
-    let inter_cert = inter
-        .signed_by(issuing_kp.get(), &root_issuer)
+    let placeholder = params
+        .signed_by(issuing, &root_issuer)
         .map_err(internal("issuing CA certificate"))?;
-
-    Ok(CaMaterial {
-        root_cert_der: root_der.clone(),
-        root_key: Some(root_key),
-        issuing_cert_der: inter_cert.der().to_vec(),
-        issuing_key,
-        chain_der: vec![root_der],
-    })
+    ToBeSigned::from_placeholder(placeholder.der(), &root_public)
 }
 
 fn is_self_signed(cert: &X509Certificate<'_>) -> bool {

@@ -11,6 +11,7 @@ use time::OffsetDateTime;
 use crate::asn1::{self, MAX_SERIAL_LEN, internal, parse_cert, whole_seconds};
 use crate::inspect::key_matches_cert;
 use crate::keys::PrivateKey;
+use crate::signer::{CaPublicKey, Deferred, ToBeSigned, sign_locally};
 
 /// One revoked certificate on a CRL.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,6 +69,24 @@ pub fn build_crl(
     now: OffsetDateTime,
     next_update: OffsetDateTime,
 ) -> DomainResult<Vec<u8>> {
+    let tbs = crl_tbs(ca_cert_der, revoked, crl_number, now, next_update)?;
+    if !key_matches_cert(ca_key, ca_cert_der) {
+        return Err(DomainError::Internal(
+            "the CA key does not match the CA certificate".into(),
+        ));
+    }
+    sign_locally(ca_key, tbs)
+}
+
+/// The TBSCertList of a complete CRL of the CA `ca_cert_der`, for its key to
+/// sign wherever it lives (see [`build_crl`] for the rules).
+pub fn crl_tbs(
+    ca_cert_der: &[u8],
+    revoked: &[RevokedEntry],
+    crl_number: u64,
+    now: OffsetDateTime,
+    next_update: OffsetDateTime,
+) -> DomainResult<ToBeSigned> {
     let this_update = whole_seconds(now)?;
     let next_update = whole_seconds(next_update)?;
     let mut errors = Vec::new();
@@ -92,11 +111,7 @@ pub fn build_crl(
 
     let ca = parse_cert("certificate", ca_cert_der)
         .map_err(|_| DomainError::Internal("the CA certificate does not parse".into()))?;
-    if !key_matches_cert(ca_key, ca_cert_der) {
-        return Err(DomainError::Internal(
-            "the CA key does not match the CA certificate".into(),
-        ));
-    }
+    let ca_public = CaPublicKey::of_certificate(ca_cert_der)?;
     let params = CertificateRevocationListParams {
         this_update,
         next_update,
@@ -110,8 +125,8 @@ pub fn build_crl(
             None => KeyIdMethod::Sha256,
         },
     };
-    let kp = ca_key.signing_key_pair()?;
-    let issuer = Issuer::from_ca_cert_der(&ca_cert_der.into(), kp.get())
+    let deferred = Deferred(&ca_public);
+    let issuer = Issuer::from_ca_cert_der(&ca_cert_der.into(), &deferred)
         .map_err(internal("CA certificate as issuer"))?;
     let crl = params.signed_by(&issuer).map_err(|e| match e {
         rcgen::Error::IssuerNotCrlSigner => DomainError::Conflict(
@@ -119,9 +134,10 @@ pub fn build_crl(
         ),
         other => DomainError::Internal(format!("CRL: {other}")),
     })?;
-    let der = crl.der().to_vec();
-    match x509_parser::parse_x509_crl(&der) {
-        Ok((_, parsed)) if parsed.issuer().as_raw() == ca.subject().as_raw() => Ok(der),
+    match x509_parser::parse_x509_crl(crl.der()) {
+        Ok((_, parsed)) if parsed.issuer().as_raw() == ca.subject().as_raw() => {
+            ToBeSigned::from_placeholder(crl.der(), &ca_public)
+        }
         _ => Err(DomainError::Internal(
             "CRL issuer name differs from the CA's subject".into(),
         )),

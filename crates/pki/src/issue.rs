@@ -19,6 +19,7 @@ use crate::asn1::{self, internal, tlv, whole_seconds};
 use crate::inspect::key_matches_cert;
 use crate::keys::PrivateKey;
 use crate::lint::{LintContext, LintRefusal, lint_leaf};
+use crate::signer::{CaPublicKey, Deferred, ToBeSigned, sign_locally};
 
 /// Backdating of notBefore, for relying parties whose clocks run behind.
 pub(crate) const CLOCK_SKEW: Duration = Duration::seconds(60);
@@ -228,12 +229,13 @@ pub(crate) fn build_leaf(
     ca_key: &PrivateKey,
     req: &LeafRequest<'_>,
 ) -> DomainResult<Vec<u8>> {
-    build_leaf_linted(ca_cert_der, ca_key, req)?.map_err(|refusal| {
+    let tbs = build_leaf_linted(ca_cert_der, req)?.map_err(|refusal| {
         DomainError::invalid(
             "certificate",
             format!("certflow cannot issue correct certificates from this CA ({refusal})"),
         )
-    })
+    })?;
+    sign_locally(ca_key, tbs)
 }
 
 /// Issues a leaf certificate under the CA, or says which pre-issuance lints
@@ -243,28 +245,52 @@ pub fn issue_leaf_linted(
     ca_key: &PrivateKey,
     req: &LeafRequest<'_>,
 ) -> DomainResult<Result<Vec<u8>, LintRefusal>> {
-    let der = match build_leaf_linted(ca_cert_der, ca_key, req)? {
-        Ok(der) => der,
+    if !key_matches_cert(ca_key, ca_cert_der) {
+        return Err(DomainError::Internal(
+            "the CA key does not match the CA certificate".into(),
+        ));
+    }
+    match prepare_leaf(ca_cert_der, req)? {
+        Ok(tbs) => sign_locally(ca_key, tbs).map(Ok),
+        Err(refusal) => Ok(Err(refusal)),
+    }
+}
+
+/// Builds the leaf and lints it signed by a throwaway key: the TBS the CA
+/// key must sign (byte for byte the one linted), or the lints that refused
+/// it. The CA certificate alone decides issuer, AKI and signature algorithm,
+/// so the key may live anywhere ([`ToBeSigned`]).
+pub fn prepare_leaf(
+    ca_cert_der: &[u8],
+    req: &LeafRequest<'_>,
+) -> DomainResult<Result<ToBeSigned, LintRefusal>> {
+    let tbs = match build_leaf_linted(ca_cert_der, req)? {
+        Ok(tbs) => tbs,
         Err(refusal) => return Ok(Err(refusal)),
     };
-    if !issuer_name_matches(&der, ca_cert_der) {
+    let ca = asn1::parse_cert("issuer", ca_cert_der)
+        .map_err(|_| DomainError::Internal("the CA certificate does not parse".into()))?;
+    let issuer_matches = x509_parser::certificate::TbsCertificate::from_der(tbs.message())
+        .map(|(_, t)| t.issuer().as_raw() == ca.subject().as_raw())
+        .unwrap_or(false);
+    if !issuer_matches {
         // Import refuses such CAs, and the lint checks it first: a bug, not bad input.
         return Err(DomainError::Internal(
             "issued certificate's issuer name differs from the CA's subject".into(),
         ));
     }
-    Ok(Ok(der))
+    Ok(Ok(tbs))
 }
 
-/// Builds the leaf, lints it signed by a throwaway key, then signs it for real.
+/// Builds the leaf, lints it signed by a throwaway key, and returns what
+/// the CA key must sign.
 pub(crate) fn build_leaf_linted(
     ca_cert_der: &[u8],
-    ca_key: &PrivateKey,
     req: &LeafRequest<'_>,
-) -> DomainResult<Result<Vec<u8>, LintRefusal>> {
-    let (params, subject_key) = leaf_params(ca_cert_der, ca_key, req)?;
-    let kp = ca_key.signing_key_pair()?;
-    let lint_key = lint_key(ca_key.key_type())?.signing_key_pair()?;
+) -> DomainResult<Result<ToBeSigned, LintRefusal>> {
+    let (params, subject_key) = leaf_params(ca_cert_der, req)?;
+    let ca = CaPublicKey::of_certificate(ca_cert_der)?;
+    let lint_key = lint_key(ca.key_type())?.signing_key_pair()?;
     let ctx = LintContext {
         profile: req.profile,
         key_type: req.key_type,
@@ -276,7 +302,7 @@ pub(crate) fn build_leaf_linted(
         &params,
         &subject_key,
         ca_cert_der,
-        kp.get(),
+        &ca,
         lint_key.get(),
         &ctx,
     )
@@ -300,17 +326,18 @@ fn lint_key(kt: KeyType) -> DomainResult<PrivateKey> {
 }
 
 /// Signs `params` with the lint key, lints the result, and only if no lint
-/// objects signs the same TBS with the CA key. The two certificates must
-/// have byte-identical TBS (Boulder's check that what was linted is what is
-/// issued); they differ only in their signatures.
+/// objects returns the TBS for the CA key to sign. The linted certificate
+/// and the one the CA key signs have byte-identical TBS (Boulder's check
+/// that what was linted is what is issued); they differ only in their
+/// signatures.
 pub(crate) fn sign_linted(
     params: &CertificateParams,
     subject_key: &SubjectKey,
     ca_cert_der: &[u8],
-    ca_signer: &impl SigningKey,
+    ca: &CaPublicKey,
     lint_signer: &impl SigningKey,
     ctx: &LintContext<'_>,
-) -> DomainResult<Result<Vec<u8>, LintRefusal>> {
+) -> DomainResult<Result<ToBeSigned, LintRefusal>> {
     // from_ca_cert_der takes the CA's SKI verbatim as our AKI, whatever
     // method computed it (openssl uses SHA-1, rcgen truncated SHA-256), and
     // its subject as our issuer, whichever key signs.
@@ -323,28 +350,27 @@ pub(crate) fn sign_linted(
     if !findings.is_empty() {
         return Ok(Err(LintRefusal { findings }));
     }
-    let issuer = Issuer::from_ca_cert_der(&ca_cert_der.into(), ca_signer)
+    let deferred = Deferred(ca);
+    let issuer = Issuer::from_ca_cert_der(&ca_cert_der.into(), &deferred)
         .map_err(internal("CA certificate as issuer"))?;
-    let cert = params
+    let placeholder = params
         .signed_by(subject_key, &issuer)
         .map_err(internal("leaf certificate"))?;
-    let tbs = |der: &[u8]| {
-        asn1::parse_cert("certificate", der)
-            .map(|c| c.tbs_certificate.as_ref().to_vec())
-            .map_err(|_| DomainError::Internal("a certificate we built does not parse".into()))
-    };
-    if tbs(cert.der())? != tbs(linting.der())? {
+    let tbs = ToBeSigned::from_placeholder(placeholder.der(), ca)?;
+    let linted = asn1::parse_cert("certificate", linting.der())
+        .map(|c| c.tbs_certificate.as_ref().to_vec())
+        .map_err(|_| DomainError::Internal("a certificate we built does not parse".into()))?;
+    if tbs.message() != linted.as_slice() {
         return Err(DomainError::Internal(
-            "the signed certificate differs from the linted one".into(),
+            "the certificate to sign differs from the linted one".into(),
         ));
     }
-    Ok(Ok(cert.der().to_vec()))
+    Ok(Ok(tbs))
 }
 
 /// The leaf's parameters and subject key, from the profile and the request.
 pub(crate) fn leaf_params(
     ca_cert_der: &[u8],
-    ca_key: &PrivateKey,
     req: &LeafRequest<'_>,
 ) -> DomainResult<(CertificateParams, SubjectKey)> {
     let (subject_key, sans) = check_request(req)?;
@@ -354,11 +380,6 @@ pub(crate) fn leaf_params(
     if !ca.is_ca() {
         return Err(DomainError::Internal(
             "the issuer certificate is not a CA".into(),
-        ));
-    }
-    if !key_matches_cert(ca_key, ca_cert_der) {
-        return Err(DomainError::Internal(
-            "the CA key does not match the CA certificate".into(),
         ));
     }
     let not_before = whole_seconds(req.now)? - CLOCK_SKEW;

@@ -234,6 +234,16 @@ impl PrivateKey {
         self.spki.clone()
     }
 
+    /// Signs `message` with the key's certificate signature algorithm
+    /// (ECDSA with SHA-256/384, DER-encoded; PKCS#1 v1.5 with SHA-256; Ed25519).
+    pub fn sign(&self, message: &[u8]) -> DomainResult<Vec<u8>> {
+        use rcgen::SigningKey as _;
+        self.signing_key_pair()?
+            .get()
+            .sign(message)
+            .map_err(|e| DomainError::Internal(format!("signing failed: {e}")))
+    }
+
     /// The key in the form rcgen signs with.
     pub(crate) fn signing_key_pair(&self) -> DomainResult<SigningKeyPair> {
         load_rcgen(self.key_type, &self.pkcs8)

@@ -18,24 +18,27 @@ mod keys;
 mod lint;
 mod ocsp;
 mod pkcs12;
-mod pkcs12_read;
+mod signer;
 
-pub use agent::{AgentIdentityRequest, MAX_AGENT_IDENTITY_SECS, issue_agent_identity, uri_names};
-pub use ca::{CaMaterial, create_ca, import_ca};
-pub use crl::{CrlInfo, RevokedEntry, build_crl, crl_info};
+pub use agent::{
+    AgentIdentityRequest, MAX_AGENT_IDENTITY_SECS, agent_identity_tbs, issue_agent_identity,
+    uri_names,
+};
+pub use ca::{CaMaterial, create_ca, import_ca, issuing_ca_tbs, root_ca_tbs};
+pub use crl::{CrlInfo, RevokedEntry, build_crl, crl_info, crl_tbs};
 pub use csr::{CsrInfo, MAX_CSR_BYTES, build_csr, parse_csr};
 pub use inspect::{
     CertInfo, cert_to_pem, inspect, is_signed_by, key_matches_cert, parse_pem_certs, public_key_of,
 };
-pub use issue::{IssuerUrls, LeafRequest, issue_leaf, issue_leaf_linted};
+pub use issue::{IssuerUrls, LeafRequest, issue_leaf, issue_leaf_linted, prepare_leaf};
 pub use keys::PrivateKey;
 pub use lint::{LintContext, LintFinding, LintRefusal, lint_leaf};
 pub use ocsp::{
     MAX_OCSP_CERTS, OcspAnswer, OcspCertId, OcspCertStatus, OcspHash, OcspIssuer, OcspRequest,
-    OcspResponseStatus, OcspSigner, ocsp_error_response, parse_ocsp_request,
+    OcspResponseStatus, OcspSigner, PendingOcspSigner, ocsp_error_response, parse_ocsp_request,
 };
-pub use pkcs12::pkcs12;
-pub use pkcs12_read::{PKCS12_LIMITS, Pkcs12Limits, read_pkcs12, read_pkcs12_within};
+pub use pkcs12::{pkcs12, read_pkcs12};
+pub use signer::{CaPublicKey, DigestAlgorithm, ToBeSigned, ecdsa_raw_to_der, sign_locally};
 
 #[cfg(test)]
 mod testutil;

@@ -544,6 +544,7 @@ mod tests {
 
     use super::*;
     use crate::issue::{CLOCK_SKEW, LeafRequest, SubjectKey, leaf_params, sign_linted};
+    use crate::signer::CaPublicKey;
     use crate::testutil::{ca, key, now};
 
     /// The CA key, counting what it signs: a refused certificate must leave it at 0.
@@ -611,7 +612,7 @@ mod tests {
             urls: None,
         };
         let (mut params, subject_key): (CertificateParams, SubjectKey) =
-            leaf_params(&m.issuing_cert_der, &m.issuing_key, &req).unwrap();
+            leaf_params(&m.issuing_cert_der, &req).unwrap();
         tamper(&mut params);
         let kp = m.issuing_key.signing_key_pair().unwrap();
         let counting = CountingSigner {
@@ -626,15 +627,21 @@ mod tests {
             backdate: CLOCK_SKEW,
             foreign,
         };
+        let ca_public = CaPublicKey::of_certificate(&m.issuing_cert_der).unwrap();
         let out = sign_linted(
             &params,
             &subject_key,
             &m.issuing_cert_der,
-            &counting,
+            &ca_public,
             lint.get(),
             &ctx,
         )
-        .unwrap();
+        .unwrap()
+        // Only a TBS that passed the lints can reach the CA key.
+        .map(|tbs| {
+            let signature = counting.sign(tbs.message()).unwrap();
+            tbs.finish(&signature).unwrap()
+        });
         (out, counting.signed.load(Ordering::SeqCst))
     }
 

@@ -29,6 +29,7 @@ use time::{Duration, OffsetDateTime};
 use crate::asn1::{self, internal, parse_cert, tlv, whole_seconds};
 use crate::inspect::key_matches_cert;
 use crate::keys::{PrivateKey, SigningKeyPair};
+use crate::signer::{CaPublicKey, Deferred, ToBeSigned};
 
 /// Most certificates one request may ask about; OpenSSL asks about one.
 pub const MAX_OCSP_CERTS: usize = 16;
@@ -382,6 +383,38 @@ impl std::fmt::Debug for OcspSigner {
     }
 }
 
+/// A responder key waiting for the CA to certify it: [`OcspSigner::prepare`]
+/// made it, the CA key signs [`Self::tbs`], [`Self::finish`] makes the signer.
+pub struct PendingOcspSigner {
+    key: SigningKeyPair,
+    tbs: ToBeSigned,
+    key_hash: Vec<u8>,
+    not_after: OffsetDateTime,
+}
+
+impl std::fmt::Debug for PendingOcspSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PendingOcspSigner(<key redacted>)")
+    }
+}
+
+impl PendingOcspSigner {
+    /// What the CA key signs: the responder certificate's TBS.
+    pub fn tbs(&self) -> &ToBeSigned {
+        &self.tbs
+    }
+
+    /// The responder, once `signature` (by the CA key over [`Self::tbs`]) verifies.
+    pub fn finish(self, signature: &[u8]) -> DomainResult<OcspSigner> {
+        Ok(OcspSigner {
+            cert_der: self.tbs.finish(signature)?,
+            key: self.key,
+            key_hash: self.key_hash,
+            not_after: self.not_after,
+        })
+    }
+}
+
 impl OcspSigner {
     /// Generates a P-256 key and has the CA certify it for OCSP signing for
     /// `validity` (capped at the CA's own notAfter).
@@ -391,11 +424,29 @@ impl OcspSigner {
         now: OffsetDateTime,
         validity: Duration,
     ) -> DomainResult<Self> {
-        let ca = parse_cert("issuer", ca_cert_der)
-            .map_err(|_| DomainError::Internal("the CA certificate does not parse".into()))?;
-        if !ca.is_ca() || !key_matches_cert(ca_key, ca_cert_der) {
+        if !key_matches_cert(ca_key, ca_cert_der) {
             return Err(DomainError::Internal(
                 "the CA certificate is not a CA or does not match its key".into(),
+            ));
+        }
+        let pending = Self::prepare(ca_cert_der, now, validity)?;
+        let signature = ca_key.sign(pending.tbs().message())?;
+        pending.finish(&signature)
+    }
+
+    /// Generates the responder's P-256 key and the certificate the CA key
+    /// must sign for it (id-kp-OCSPSigning, id-pkix-ocsp-nocheck, valid for
+    /// `validity` capped at the CA's notAfter), wherever the CA key lives.
+    pub fn prepare(
+        ca_cert_der: &[u8],
+        now: OffsetDateTime,
+        validity: Duration,
+    ) -> DomainResult<PendingOcspSigner> {
+        let ca = parse_cert("issuer", ca_cert_der)
+            .map_err(|_| DomainError::Internal("the CA certificate does not parse".into()))?;
+        if !ca.is_ca() {
+            return Err(DomainError::Internal(
+                "the CA certificate is not a CA".into(),
             ));
         }
         let now = whole_seconds(now)?;
@@ -433,16 +484,17 @@ impl OcspSigner {
                 ARC_NOCHECK,
                 vec![0x05, 0x00],
             ));
-        let ca_kp = ca_key.signing_key_pair()?;
-        let issuer = Issuer::from_ca_cert_der(&ca_cert_der.into(), ca_kp.get())
+        let ca_public = CaPublicKey::of_certificate(ca_cert_der)?;
+        let deferred = Deferred(&ca_public);
+        let issuer = Issuer::from_ca_cert_der(&ca_cert_der.into(), &deferred)
             .map_err(internal("CA certificate as issuer"))?;
-        let cert = params
+        let placeholder = params
             .signed_by(key.get(), &issuer)
             .map_err(internal("OCSP responder certificate"))?;
         let key_hash = OcspHash::Sha1.digest(key.get().der_bytes());
-        Ok(Self {
+        Ok(PendingOcspSigner {
+            tbs: ToBeSigned::from_placeholder(placeholder.der(), &ca_public)?,
             key,
-            cert_der: cert.der().to_vec(),
             key_hash,
             not_after: params.not_after,
         })
