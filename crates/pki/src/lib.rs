@@ -18,6 +18,7 @@ mod keys;
 mod lint;
 mod ocsp;
 mod pkcs12;
+mod pkcs12_read;
 mod signer;
 
 pub use agent::{
@@ -37,7 +38,8 @@ pub use ocsp::{
     MAX_OCSP_CERTS, OcspAnswer, OcspCertId, OcspCertStatus, OcspHash, OcspIssuer, OcspRequest,
     OcspResponseStatus, OcspSigner, PendingOcspSigner, ocsp_error_response, parse_ocsp_request,
 };
-pub use pkcs12::{pkcs12, read_pkcs12};
+pub use pkcs12::pkcs12;
+pub use pkcs12_read::{PKCS12_LIMITS, Pkcs12Limits, read_pkcs12, read_pkcs12_within};
 pub use signer::{CaPublicKey, DigestAlgorithm, ToBeSigned, ecdsa_raw_to_der, sign_locally};
 
 #[cfg(test)]
