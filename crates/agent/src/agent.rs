@@ -42,6 +42,12 @@ pub fn random_unit() -> f64 {
     (u64::from_le_bytes(b) >> 11) as f64 / (1u64 << 53) as f64
 }
 
+/// A time as people read it in the dry run's lines (RFC 3339, UTC).
+fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| t.to_string())
+}
+
 /// The last line of a `--dry-run` cycle: how many changes it would make and
 /// how many certificates are served at their current version.
 pub fn dry_run_summary(changes: usize, up_to_date: usize, configured: usize) -> String {
@@ -283,7 +289,9 @@ impl Agent {
             if self.dry_run {
                 println!(
                     "{label}: up to date (version {}, serial {}, until {})",
-                    a.version, a.serial, a.not_after
+                    a.version,
+                    a.serial,
+                    rfc3339(a.not_after)
                 );
             }
             let entry = (!self.reported_start).then(|| {
@@ -302,10 +310,11 @@ impl Agent {
             && st.last_status != Some(DeploymentStatus::Installed)
             && st.retry_after.is_some_and(|t| now < t)
         {
-            if self.dry_run {
+            if let (true, Some(t)) = (self.dry_run, st.retry_after) {
                 println!(
-                    "{label}: version {} failed here; no new attempt before the retry time",
-                    a.version
+                    "{label}: version {} failed here; next attempt after {}",
+                    a.version,
+                    rfc3339(t)
                 );
             }
             tracing::debug!(certificate = %label, version = a.version, "failed version: waiting before the next attempt");
@@ -316,7 +325,7 @@ impl Agent {
                 "{label}: would install version {} (serial {}, until {}) over {}",
                 a.version,
                 a.serial,
-                a.not_after,
+                rfc3339(a.not_after),
                 current
                     .as_ref()
                     .map_or("nothing".into(), |m| format!("version {}", m.version))
