@@ -325,7 +325,14 @@ impl Agents {
             return Ok((ca, false));
         }
         let s = &self.settings;
-        let material = certflow_pki::create_ca(&s.ca_name, s.ca_key_type, now, 3650, 1825)?;
+        let (name, key_type) = (s.ca_name.clone(), s.ca_key_type);
+        let material = self
+            .services
+            .cpu()
+            .run("CA creation", move || {
+                certflow_pki::create_ca(&name, key_type, now, 3650, 1825)
+            })
+            .await?;
         let id = Uuid::now_v7();
         let (key_blob, root_key_blob, written) = self
             .services

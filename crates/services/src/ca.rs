@@ -55,13 +55,20 @@ impl Services {
             self.signing_key(default).await?;
             return Ok((default.clone(), false));
         }
-        let material = certflow_pki::create_ca(
-            &settings.name,
-            settings.key_type,
-            now,
-            settings.root_validity_days,
-            settings.intermediate_validity_days,
-        )?;
+        // Two keys (RSA-4096 takes up to a second each) and two signatures.
+        let s = settings.clone();
+        let material = self
+            .cpu
+            .run("CA creation", move || {
+                certflow_pki::create_ca(
+                    &s.name,
+                    s.key_type,
+                    now,
+                    s.root_validity_days,
+                    s.intermediate_validity_days,
+                )
+            })
+            .await?;
         let created = self
             .store_issuer(
                 &Actor::system(),

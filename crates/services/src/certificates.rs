@@ -462,13 +462,19 @@ impl Services {
                 csr_der,
             } => (spki_der.to_vec(), key_type, None, csr_der.to_vec()),
             SubjectKey::Generate(kt) => {
-                let key = PrivateKey::generate(kt)?;
                 // Only CAs that want a request (ACME) need one; the internal CA signs the key.
-                let csr = if issuer.kind == IssuerKind::Internal {
-                    Vec::new()
-                } else {
-                    certflow_pki::build_csr(&key, names)?
-                };
+                let csr_names = (issuer.kind != IssuerKind::Internal).then(|| names.to_vec());
+                let (key, csr) = self
+                    .cpu
+                    .run("key generation", move || {
+                        let key = PrivateKey::generate(kt)?;
+                        let csr = match csr_names {
+                            Some(names) => certflow_pki::build_csr(&key, &names)?,
+                            None => Vec::new(),
+                        };
+                        Ok((key, csr))
+                    })
+                    .await?;
                 (key.public_key_der(), kt, Some(key), csr)
             }
         };
@@ -1318,7 +1324,15 @@ impl Services {
         let key = self.private_key(v).await?;
         let cert_der = self.blobs.get(&v.cert_blob).await?;
         let chain = certflow_pki::parse_pem_certs("chain", &self.chain_pem(v).await?)?;
-        let p12 = certflow_pki::pkcs12(&cert_der, &chain, &key, password, &view.certificate.name)?;
+        // Three key derivations of 100,000 iterations: off the async runtime.
+        let password = zeroize::Zeroizing::new(password.to_owned());
+        let name = view.certificate.name.clone();
+        let p12 = self
+            .cpu
+            .run("PKCS#12 export", move || {
+                certflow_pki::pkcs12(&cert_der, &chain, &key, &password, &name)
+            })
+            .await?;
         self.audit_key_download(actor, id, v.version, "pkcs12", now)
             .await?;
         Ok(p12)

@@ -4,13 +4,16 @@
 //! discovered on their hosts, rated on their own.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
+use bytes::Bytes;
 use certflow_core::DomainResult;
 use certflow_core::compliance::{self, Finding, PublicKeyInfo, Subject, Summary};
 use certflow_core::deployments::DeploymentState;
 use certflow_core::model::{
-    Certificate, CertificateQuery, CertificateStatus, SortKey, VersionStatus,
+    Certificate, CertificateQuery, CertificateStatus, CertificateVersion, SortKey, VersionStatus,
 };
+use certflow_core::policy::PolicySet;
 use serde::Serialize;
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -204,6 +207,8 @@ impl Services {
     /// sequentially, so 100k certificates are ~200k point reads and memory
     /// holds one page plus the findings. Deployments are read once per agent
     /// (`agent_deployments`), not per certificate: agents are far fewer.
+    /// Parsing and rating a page, and the discovered certificates (one
+    /// signature check per issuer each), run on the CPU pool.
     pub async fn compliance_report(
         &self,
         fleet: Option<(&Deployments, &Agents)>,
@@ -214,11 +219,13 @@ impl Services {
         let issuers = self.store.list_issuers().await?;
         // External CAs (recorded for imported certificates) are not
         // certflow's: their certificates get the unknown-issuer finding.
-        let issuer_names: HashMap<Uuid, String> = issuers
-            .iter()
-            .filter(|i| i.kind != certflow_core::model::IssuerKind::External)
-            .map(|i| (i.id, i.name.clone()))
-            .collect();
+        let issuer_names: Arc<HashMap<Uuid, String>> = Arc::new(
+            issuers
+                .iter()
+                .filter(|i| i.kind != certflow_core::model::IssuerKind::External)
+                .map(|i| (i.id, i.name.clone()))
+                .collect(),
+        );
 
         let mut deployed: HashMap<Uuid, Vec<DeploymentState>> = HashMap::new();
         if let Some((deployments, agents)) = fleet {
@@ -257,19 +264,29 @@ impl Services {
                 };
                 let page = self.store.list_certificates(&query).await?;
                 let n = page.items.len();
-                for cert in page.items {
-                    if cert.status == CertificateStatus::Archived {
+                let mut fetched = Vec::with_capacity(n);
+                for certificate in page.items {
+                    if certificate.status == CertificateStatus::Archived {
                         continue;
                     }
-                    let findings = self
-                        .rate_one(
-                            &cert,
-                            deployed.get(&cert.id).map_or(&[][..], Vec::as_slice),
-                            &issuer_names,
-                            expiring_within_days,
-                            now,
-                        )
-                        .await?;
+                    // A certificate belongs to one team: listed once.
+                    let deployments = deployed.remove(&certificate.id).unwrap_or_default();
+                    fetched.push(self.fetch(certificate, deployments).await?);
+                }
+                let (names, policies) = (issuer_names.clone(), self.policies.clone());
+                let rated = self
+                    .cpu
+                    .run("compliance report", move || {
+                        Ok(fetched
+                            .into_iter()
+                            .map(|f| {
+                                let findings = f.rate(&names, &policies, expiring_within_days, now);
+                                (f.certificate, findings)
+                            })
+                            .collect::<Vec<_>>())
+                    })
+                    .await?;
+                for (cert, findings) in rated {
                     summary.add(&findings);
                     if !findings.is_empty() {
                         items.push(ComplianceItem {
@@ -332,8 +349,8 @@ impl Services {
             .filter_map(|i| certflow_pki::parse_pem_certs("issuer", &i.issuing_cert_pem).ok())
             .flatten()
             .collect();
-        let issuer_dns: HashSet<&str> = issuers.iter().map(|i| i.subject.as_str()).collect();
-        let policies = self.policies.applicable("", "");
+        let issuer_dns: HashSet<String> = issuers.iter().map(|i| i.subject.clone()).collect();
+        let policy_set = self.policies.clone();
         let rows = store
             .list_discovered(&DiscoveryQuery {
                 status: DiscoveryStatus::Unmanaged,
@@ -341,79 +358,146 @@ impl Services {
                 agent_id: None,
             })
             .await?;
-        let mut out = Vec::new();
-        for d in rows
-            .into_iter()
-            .filter(|d| d.taken_over_certificate_id.is_none())
-        {
-            let (parsed, issuer_known) = match d.item.certificate_der.as_deref() {
-                Some(der) => (
-                    parse(der),
-                    issuer_ders
-                        .iter()
-                        .any(|issuer| certflow_pki::is_signed_by(der, issuer)),
-                ),
-                None => (
-                    Parsed::default(),
-                    issuer_dns.contains(d.item.issuer.as_str()),
-                ),
-            };
-            let findings = compliance::rate_discovered(
-                &compliance::DiscoveredSubject {
-                    not_after: d.item.not_after,
-                    key: parsed.key.as_ref(),
-                    signature_algorithm: parsed.signature_algorithm.as_deref(),
-                    issuer: &d.item.issuer,
-                    issuer_known,
-                },
-                &policies,
-                expiring_within_days,
-                now,
-            );
-            summary.add_discovered(&findings);
-            if !findings.is_empty() {
-                out.push(DiscoveredComplianceItem {
-                    discovered_id: d.id,
-                    agent_id: d.agent_id,
-                    agent_name: d.agent_name,
-                    source: d.item.source,
-                    subject: d.item.subject,
-                    names: d.item.names,
-                    fingerprint_sha256: d.item.fingerprint_sha256,
-                    findings,
-                });
-            }
+        let (out, add) = self
+            .cpu
+            .run("compliance report", move || {
+                Ok(rate_discovered_rows(
+                    rows,
+                    &issuer_ders,
+                    &issuer_dns,
+                    &policy_set,
+                    expiring_within_days,
+                    now,
+                ))
+            })
+            .await?;
+        for findings in &add {
+            summary.add_discovered(findings);
         }
         Ok(out)
     }
+}
 
-    async fn rate_one(
+/// Rates discovered certificates (CPU: parsing, one signature check per
+/// issuer each); also returns every row's findings, for the summary.
+fn rate_discovered_rows(
+    rows: Vec<certflow_core::discovery::Discovered>,
+    issuer_ders: &[Vec<u8>],
+    issuer_dns: &HashSet<String>,
+    policy_set: &PolicySet,
+    expiring_within_days: u32,
+    now: OffsetDateTime,
+) -> (Vec<DiscoveredComplianceItem>, Vec<Vec<Finding>>) {
+    let policies = policy_set.applicable("", "");
+    let mut out = Vec::new();
+    let mut all = Vec::new();
+    for d in rows
+        .into_iter()
+        .filter(|d| d.taken_over_certificate_id.is_none())
+    {
+        let (parsed, issuer_known) = match d.item.certificate_der.as_deref() {
+            Some(der) => (
+                parse(der),
+                issuer_ders
+                    .iter()
+                    .any(|issuer| certflow_pki::is_signed_by(der, issuer)),
+            ),
+            None => (
+                Parsed::default(),
+                issuer_dns.contains(d.item.issuer.as_str()),
+            ),
+        };
+        let findings = compliance::rate_discovered(
+            &compliance::DiscoveredSubject {
+                not_after: d.item.not_after,
+                key: parsed.key.as_ref(),
+                signature_algorithm: parsed.signature_algorithm.as_deref(),
+                issuer: &d.item.issuer,
+                issuer_known,
+            },
+            &policies,
+            expiring_within_days,
+            now,
+        );
+        if !findings.is_empty() {
+            out.push(DiscoveredComplianceItem {
+                discovered_id: d.id,
+                agent_id: d.agent_id,
+                agent_name: d.agent_name,
+                source: d.item.source,
+                subject: d.item.subject,
+                names: d.item.names,
+                fingerprint_sha256: d.item.fingerprint_sha256,
+                findings: findings.clone(),
+            });
+        }
+        all.push(findings);
+    }
+    (out, all)
+}
+
+/// One certificate with what the report reads about it (I/O done).
+struct Fetched {
+    certificate: Certificate,
+    versions: Vec<CertificateVersion>,
+    /// The current version's DER, when it could be read.
+    der: Option<Bytes>,
+    deployments: Vec<DeploymentState>,
+}
+
+impl Services {
+    /// Reads a certificate's versions and its current DER.
+    async fn fetch(
         &self,
-        cert: &Certificate,
-        deployments: &[DeploymentState],
+        certificate: Certificate,
+        deployments: Vec<DeploymentState>,
+    ) -> DomainResult<Fetched> {
+        let versions = self.store.list_versions(certificate.id).await?;
+        let current = versions
+            .iter()
+            .find(|v| v.version == certificate.current_version);
+        let der = match current {
+            // A missing blob is the blob store's problem, reported elsewhere:
+            // rate what the metadata says rather than fail the whole report.
+            Some(v) => match self.blobs.get(&v.cert_blob).await {
+                Ok(der) => Some(der),
+                Err(e) => {
+                    tracing::warn!(certificate = %certificate.id, error = %e, "compliance: certificate blob unreadable");
+                    None
+                }
+            },
+            None => None,
+        };
+        Ok(Fetched {
+            certificate,
+            versions,
+            der,
+            deployments,
+        })
+    }
+}
+
+impl Fetched {
+    /// Parses the stored certificate and rates it (CPU only).
+    fn rate(
+        &self,
         issuer_names: &HashMap<Uuid, String>,
+        policy_set: &PolicySet,
         expiring_within_days: u32,
         now: OffsetDateTime,
-    ) -> DomainResult<Vec<Finding>> {
-        let versions = self.store.list_versions(cert.id).await?;
-        let current = versions.iter().find(|v| v.version == cert.current_version);
-        let revoked: Vec<u32> = versions
+    ) -> Vec<Finding> {
+        let cert = &self.certificate;
+        let current = self
+            .versions
+            .iter()
+            .find(|v| v.version == cert.current_version);
+        let revoked: Vec<u32> = self
+            .versions
             .iter()
             .filter(|v| v.status == VersionStatus::Revoked)
             .map(|v| v.version)
             .collect();
-        let parsed = match current {
-            // A missing blob is the blob store's problem, reported elsewhere:
-            // rate what the metadata says rather than fail the whole report.
-            Some(v) => match self.blobs.get(&v.cert_blob).await {
-                Ok(der) => parse(&der),
-                Err(e) => {
-                    tracing::warn!(certificate = %cert.id, error = %e, "compliance: certificate blob unreadable");
-                    Parsed::default()
-                }
-            },
-            None => Parsed::default(),
-        };
+        let parsed = self.der.as_deref().map(parse).unwrap_or_default();
         let key_type = current.map_or(cert.key_type, |v| v.key_type);
         // Without the certificate, the metadata's key type stands in.
         let key = parsed
@@ -421,24 +505,17 @@ impl Services {
             .unwrap_or_else(|| PublicKeyInfo::of_key_type(key_type));
         let issuer_id = current.map_or(cert.issuer_id, |v| v.issuer_id);
         let issuer_name = issuer_names.get(&issuer_id);
-        let policies = self
-            .policies
-            .applicable(&cert.team, issuer_name.map_or("", String::as_str));
+        let policies = policy_set.applicable(&cert.team, issuer_name.map_or("", String::as_str));
         let subject = Subject {
             certificate: cert,
             current,
             key: Some(&key),
             signature_algorithm: parsed.signature_algorithm.as_deref(),
-            deployments,
+            deployments: &self.deployments,
             revoked_versions: &revoked,
             issuer_known: issuer_name.is_some(),
         };
-        Ok(compliance::rate(
-            &subject,
-            &policies,
-            expiring_within_days,
-            now,
-        ))
+        compliance::rate(&subject, &policies, expiring_within_days, now)
     }
 }
 

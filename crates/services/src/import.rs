@@ -91,7 +91,7 @@ struct Bundle {
     key: Option<PrivateKey>,
 }
 
-fn read_bundle(req: &ImportRequest) -> Result<Bundle, DomainError> {
+async fn read_bundle(cpu: &crate::CpuPool, req: &ImportRequest) -> Result<Bundle, DomainError> {
     match (&req.pem, &req.pkcs12_base64) {
         (Some(pem), None) => {
             if pem.len() > MAX_IMPORT_BYTES {
@@ -121,8 +121,13 @@ fn read_bundle(req: &ImportRequest) -> Result<Bundle, DomainError> {
             }
             let der = decode_base64(b64)
                 .ok_or_else(|| DomainError::invalid("pkcs12_base64", "is not valid base64"))?;
-            let password = req.password.as_deref().unwrap_or("");
-            let (certs, key) = certflow_pki::read_pkcs12("pkcs12_base64", &der, password)?;
+            let password = zeroize::Zeroizing::new(req.password.clone().unwrap_or_default());
+            // Key derivation, bounded by the reader (docs/import.md), off the async runtime.
+            let (certs, key) = cpu
+                .run("PKCS#12 decoding", move || {
+                    certflow_pki::read_pkcs12("pkcs12_base64", &der, &password)
+                })
+                .await?;
             Ok(Bundle {
                 field: "pkcs12_base64",
                 certs,
@@ -325,7 +330,7 @@ impl Services {
         if !errors.is_empty() {
             return Err(DomainError::Invalid(errors).into());
         }
-        let bundle = read_bundle(req)?;
+        let bundle = read_bundle(&self.cpu, req).await?;
         let field = bundle.field;
         let Some(leaf) = bundle.certs.first() else {
             return Err(DomainError::invalid(field, "holds no certificate").into());

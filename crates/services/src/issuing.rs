@@ -16,6 +16,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::ca::key_context;
+use crate::cpu::CpuPool;
 
 /// certflow's own CA: signs in process with the issuing key unsealed per call.
 #[derive(Clone)]
@@ -23,6 +24,8 @@ pub struct InternalCa {
     blobs: Arc<dyn BlobStore>,
     sealer: Sealer,
     public_url: Option<String>,
+    /// Signing and linting run here, off the async runtime.
+    pub(crate) cpu: CpuPool,
 }
 
 impl InternalCa {
@@ -30,11 +33,13 @@ impl InternalCa {
         blobs: Arc<dyn BlobStore>,
         sealer: Sealer,
         public_url: Option<String>,
+        cpu: CpuPool,
     ) -> Self {
         Self {
             blobs,
             sealer,
             public_url,
+            cpu,
         }
     }
 
@@ -84,20 +89,26 @@ impl InternalCa {
             .next()
             .ok_or_else(|| DomainError::Internal("issuer has no certificate".into()))?;
         let urls = self.urls(issuer);
-        let linted = certflow_pki::issue_leaf_linted(
-            &ca_der,
-            &ca_key,
-            &LeafRequest {
-                profile: request.profile,
-                names: &request.names,
-                spki_der: &request.spki_der,
-                key_type: request.key_type,
-                validity_days: request.validity_days,
-                validity_secs: request.validity_secs,
-                now,
-                urls: urls.as_ref(),
-            },
-        )?;
+        let request = request.clone();
+        let linted = self
+            .cpu
+            .run("signing", move || {
+                certflow_pki::issue_leaf_linted(
+                    &ca_der,
+                    &ca_key,
+                    &LeafRequest {
+                        profile: request.profile,
+                        names: &request.names,
+                        spki_der: &request.spki_der,
+                        key_type: request.key_type,
+                        validity_days: request.validity_days,
+                        validity_secs: request.validity_secs,
+                        now,
+                        urls: urls.as_ref(),
+                    },
+                )
+            })
+            .await?;
         Ok(linted.map(|cert_der| IssuedCertificate {
             cert_der,
             chain_pem: format!("{}{}", issuer.issuing_cert_pem, issuer.chain_pem),

@@ -8,6 +8,7 @@ pub mod agents;
 mod ca;
 mod certificates;
 pub mod compliance;
+mod cpu;
 pub mod deployments;
 pub mod discovery;
 mod import;
@@ -29,6 +30,7 @@ use uuid::Uuid;
 
 pub use ca::CaSettings;
 pub use certificates::{CertificateView, DownloadKind, Replacement, Revocation};
+pub use cpu::CpuPool;
 pub use import::{ImportError, ImportRequest, MAX_IMPORT_BYTES};
 pub use issuing::InternalCa;
 pub use maintenance::{RewrapReport, SweepReport};
@@ -52,6 +54,7 @@ pub struct Services {
     renewal_margin: Option<RenewalMargin>,
     revocation: Arc<revocation::Revocation>,
     policies: Arc<PolicySet>,
+    cpu: CpuPool,
 }
 
 impl Services {
@@ -64,9 +67,10 @@ impl Services {
         public_url: Option<String>,
     ) -> Self {
         let public_url = public_url.map(|u| u.trim_end_matches('/').to_owned());
+        let cpu = CpuPool::for_this_machine();
         Self {
             backends: issuing::Backends {
-                internal: InternalCa::new(blobs.clone(), sealer.clone(), public_url),
+                internal: InternalCa::new(blobs.clone(), sealer.clone(), public_url, cpu.clone()),
                 external: HashMap::new(),
             },
             store,
@@ -77,6 +81,7 @@ impl Services {
             renewal_margin: None,
             revocation: Arc::default(),
             policies: Arc::new(PolicySet::default()),
+            cpu,
         }
     }
 
@@ -115,6 +120,19 @@ impl Services {
     pub fn with_issuance_policies(mut self, policies: PolicySet) -> Self {
         self.policies = Arc::new(policies);
         self
+    }
+
+    /// Runs CPU-heavy work on `pool` (by default a pool of its own, one
+    /// thread per core): the server shares one with its other CPU-heavy work.
+    pub fn with_cpu_pool(mut self, pool: CpuPool) -> Self {
+        self.backends.internal.cpu = pool.clone();
+        self.cpu = pool;
+        self
+    }
+
+    /// The pool CPU-heavy work runs on.
+    pub fn cpu(&self) -> &CpuPool {
+        &self.cpu
     }
 
     /// The metadata store (for readiness checks and settings).

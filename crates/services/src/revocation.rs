@@ -144,10 +144,15 @@ impl Services {
             })
             .collect();
         let ca_der = self.issuer_certificate_der(issuer_id).await?;
-        let der = {
-            let key = self.signing_key(&issuer).await?;
-            certflow_pki::build_crl(&ca_der, &key, &revoked, number, now, now + CRL_VALIDITY)?
-        };
+        let key = self.signing_key(&issuer).await?;
+        let revoked_count = revoked.len();
+        // One entry per revoked certificate, then a signature: off the async runtime.
+        let der = self
+            .cpu
+            .run("CRL signing", move || {
+                certflow_pki::build_crl(&ca_der, &key, &revoked, number, now, now + CRL_VALIDITY)
+            })
+            .await?;
         let info = certflow_pki::crl_info(&der)?;
         let der = Bytes::from(der);
         self.blobs
@@ -164,7 +169,7 @@ impl Services {
             .raise_setting(&pointer_key(issuer_id), number)
             .await?
         {
-            tracing::info!(issuer = %issuer_id, crl_number = number, revoked = revoked.len(), "CRL published");
+            tracing::info!(issuer = %issuer_id, crl_number = number, revoked = revoked_count, "CRL published");
             self.remember_crl(issuer_id, &published);
             self.prune_crls(issuer_id, number).await;
         } else {
