@@ -510,7 +510,7 @@ mod tests {
             ),
         ];
         for (input, needle, also) in cases {
-            let err = parse_name(input).expect_err(input);
+            let err = parse_name(input).unwrap_err();
             assert!(err.contains(needle), "{input:?}: {err}");
             assert!(err.contains(also), "{input:?}: {err}");
         }

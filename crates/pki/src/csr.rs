@@ -39,6 +39,9 @@ pub fn parse_csr(field: &str, input: &[u8]) -> DomainResult<CsrInfo> {
         )));
     }
     let der = csr_der(input).map_err(bad)?;
+    // Strict first: the request's bytes are kept and passed on, so they must
+    // be DER, which x509-parser below does not insist on.
+    crate::der_strict::check_csr(&der).map_err(bad)?;
     let csr = match X509CertificationRequest::from_der(&der) {
         Ok(([], csr)) => csr,
         Ok(_) => {
@@ -233,7 +236,7 @@ mod tests {
             ("ed448.csr", "Ed448 keys are not supported"),
             ("sha1.csr", "SHA-1"),
             ("bad-signature.csr", "signature does not verify"),
-            ("garbage.pem", "not a valid DER certificate signing request"),
+            ("garbage.pem", "not DER"),
             ("truncated.csr", "malformed PEM"),
         ];
         for (file, needle) in cases {
@@ -249,14 +252,14 @@ mod tests {
 
         let mut trailing = der.clone();
         trailing.extend_from_slice(&[0x00, 0x01]);
-        assert!(reason("csr", &trailing).contains("trailing data"));
+        assert!(reason("csr", &trailing).contains("2 trailing bytes"));
 
         let oversize = vec![b'A'; MAX_CSR_BYTES + 1];
         assert!(reason("csr", &oversize).contains("at most 16384"));
 
         assert!(reason("csr", b"").contains("empty"));
         assert!(reason("csr", b"hello").contains("neither PEM"));
-        assert!(reason("csr", &der[..der.len() / 2]).contains("not a valid DER"));
+        assert!(reason("csr", &der[..der.len() / 2]).contains("not DER"));
 
         let cert_pem = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
         assert!(reason("csr", cert_pem.as_bytes()).contains("found CERTIFICATE"));

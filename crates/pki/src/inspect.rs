@@ -74,6 +74,13 @@ pub fn inspect(der: &[u8]) -> DomainResult<CertInfo> {
     })
 }
 
+/// Checks that a certificate from outside is DER (X.690 §10-11), not merely
+/// readable: certflow keeps and serves the bytes of what it imports. Not for
+/// certificates only reported (discovery), which are recorded as found.
+pub fn check_der_certificate(field: &str, der: &[u8]) -> DomainResult<()> {
+    crate::der_strict::check_certificate(der).map_err(|e| DomainError::invalid(field, e))
+}
+
 /// The SubjectPublicKeyInfo DER of a certificate (to re-certify the same key).
 pub fn public_key_of(der: &[u8]) -> DomainResult<Vec<u8>> {
     Ok(parse_cert("certificate", der)?.public_key().raw.to_vec())

@@ -12,6 +12,7 @@ mod asn1;
 mod ca;
 mod crl;
 mod csr;
+mod der_strict;
 mod inspect;
 mod issue;
 mod keys;
@@ -29,7 +30,8 @@ pub use ca::{CaMaterial, create_ca, import_ca, issuing_ca_tbs, root_ca_tbs};
 pub use crl::{CrlInfo, RevokedEntry, build_crl, crl_info, crl_tbs};
 pub use csr::{CsrInfo, MAX_CSR_BYTES, build_csr, parse_csr};
 pub use inspect::{
-    CertInfo, cert_to_pem, inspect, is_signed_by, key_matches_cert, parse_pem_certs, public_key_of,
+    CertInfo, cert_to_pem, check_der_certificate, inspect, is_signed_by, key_matches_cert,
+    parse_pem_certs, public_key_of,
 };
 pub use issue::{IssuerUrls, LeafRequest, issue_leaf, issue_leaf_linted, prepare_leaf};
 pub use keys::PrivateKey;
