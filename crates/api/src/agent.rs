@@ -20,7 +20,11 @@
 //! `GET /certificates/{id}/deployments` → `Vec<`[`DeploymentView`]`>`,
 //! `GET /discovered?status=unmanaged|managed|all&agent=<id>` → [`DiscoveredList`],
 //! `POST /discovered/{id}/take-over` ([`TakeOverRequest`]) → 201 with the new
-//! certificate (as `POST /certificates` answers).
+//! certificate (as `POST /certificates` answers); agent administration:
+//! `POST /agents/join-tokens` ([`CreateJoinTokenRequest`]) → 201
+//! [`JoinTokenView`], `GET /agents/join-tokens` → [`JoinTokenList`],
+//! `POST /agents/join-tokens/{id}/revoke` → [`JoinTokenInfo`], `GET /agents`
+//! → [`AgentList`], `POST /agents/{id}/disable|enable|revoke` → [`AgentView`].
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -354,4 +358,105 @@ pub struct TakeOverRequest {
     /// Display name (the first discovered name otherwise).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+}
+
+/// `POST /console/api/v1/agents/join-tokens` body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateJoinTokenRequest {
+    /// Name of the agent it enrols (1-64 printable characters; the agent may propose another).
+    pub name: String,
+    /// Teams assigned to the agent.
+    #[serde(default)]
+    pub teams: Vec<String>,
+    /// Minutes until the token expires (1-1440, default 60).
+    #[serde(default = "default_join_token_ttl")]
+    pub ttl_minutes: u32,
+}
+
+fn default_join_token_ttl() -> u32 {
+    60
+}
+
+/// A new join token: shown once, stored only as a hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct JoinTokenView {
+    /// Token id (for the audit trail).
+    pub id: Uuid,
+    /// `cfj_...`: give it to the agent; it enrols exactly one agent.
+    pub token: String,
+    /// Name of the agent it enrols.
+    pub name: String,
+    /// Teams of that agent.
+    pub teams: Vec<String>,
+    /// Expiry.
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+}
+
+/// A join token as listed: never its text or hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct JoinTokenInfo {
+    /// Token id.
+    pub id: Uuid,
+    /// Name of the agent it enrols.
+    pub name: String,
+    /// Teams of that agent.
+    pub teams: Vec<String>,
+    /// `unused` (it can still enrol an agent), `used` or `expired` (also
+    /// once revoked: revoking makes it expire).
+    pub state: String,
+    /// When it expires, or expired.
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+    /// Who created it.
+    pub created_by: String,
+    /// Creation time.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    /// When it enrolled its agent.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub used_at: Option<OffsetDateTime>,
+    /// The agent it enrolled.
+    pub agent_id: Option<Uuid>,
+}
+
+/// `GET /console/api/v1/agents/join-tokens` answer: join tokens, newest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct JoinTokenList {
+    /// The tokens.
+    pub items: Vec<JoinTokenInfo>,
+}
+
+/// An agent, as the console lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AgentView {
+    /// Agent id (the identity certificate's URI SAN is `urn:certflow:agent:<id>`).
+    pub id: Uuid,
+    /// Name.
+    pub name: String,
+    /// Teams.
+    pub teams: Vec<String>,
+    /// `active`, `disabled` or `revoked`.
+    pub status: String,
+    /// Serial of the identity certificate honoured.
+    pub certificate_serial: String,
+    /// Its SHA-256 fingerprint.
+    pub certificate_sha256: String,
+    /// Its expiry.
+    #[serde(with = "time::serde::rfc3339")]
+    pub certificate_not_after: OffsetDateTime,
+    /// Enrolment time.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    /// Last authenticated request (minute precision).
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub last_seen: Option<OffsetDateTime>,
+}
+
+/// `GET /console/api/v1/agents` answer: agents, oldest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AgentList {
+    /// The agents.
+    pub items: Vec<AgentView>,
 }

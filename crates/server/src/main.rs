@@ -51,6 +51,9 @@ enum Command {
     /// Inspect or import certificate authorities through the API.
     #[command(subcommand)]
     Ca(cli::ca::CaCommand),
+    /// Enrol and manage agents (join tokens, list, disable) through the API.
+    #[command(subcommand)]
+    Agent(cli::agent::AgentCommand),
     /// Offline administration on the server's own data (run where the server runs).
     #[command(subcommand)]
     Admin(AdminCommand),
@@ -106,7 +109,15 @@ async fn healthcheck(url: &str) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // Usage errors of a command asked for JSON are problem documents too.
+        Err(e) if e.use_stderr() && cli::wants_json(std::env::args_os()) => {
+            eprintln!("{}", cli::usage_problem(&e.render().to_string()));
+            return ExitCode::from(2);
+        }
+        Err(e) => e.exit(),
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -155,17 +166,20 @@ fn main() -> ExitCode {
                 let config = config::Config::load(cli.config.as_deref())?;
                 serve::admin::rewrap_keys(&config).await
             }
-            Command::Cert(cmd) => cli::cert::run_cert(cmd).await,
-            Command::Ca(cmd) => cli::ca::run_ca(cmd).await,
+            // The API commands decide their own exit codes and error format.
+            Command::Cert(cmd) => return Ok(cli::cert::run_cert(cmd).await),
+            Command::Ca(cmd) => return Ok(cli::ca::run_ca(cmd).await),
+            Command::Agent(cmd) => return Ok(cli::agent::run_agent(cmd).await),
             Command::Openapi => {
                 println!("{}", http::openapi_json());
                 Ok(())
             }
             Command::Healthcheck { url } => healthcheck(&url).await,
         }
+        .map(|()| ExitCode::SUCCESS)
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("certflow: {e:#}");
             ExitCode::FAILURE

@@ -329,4 +329,63 @@ impl Services {
             .next()
             .ok_or_else(|| DomainError::Internal("issuer has no certificate".into()))
     }
+
+    /// The issuer's issuing certificate followed by the chain above it up to
+    /// and including the root, DER each. A CA certflow created or imported
+    /// always has its root on record (import checks the chain ends at one);
+    /// a CA known from imported certificates may have only part of its
+    /// chain, or none: not found, rather than a bundle without its anchor.
+    async fn issuer_chain_der(&self, id: Uuid) -> DomainResult<Vec<Vec<u8>>> {
+        let issuer = self.issuer(id).await?;
+        // ACME issuers and CAs recorded by their DN only have no
+        // certificates of their own on record.
+        if issuer.issuing_cert_pem.is_empty() {
+            return Err(DomainError::NotFound(format!(
+                "CA certificates of issuer '{}'",
+                issuer.name
+            )));
+        }
+        let mut certs =
+            certflow_pki::parse_pem_certs("issuing_cert_pem", &issuer.issuing_cert_pem)?;
+        if !issuer.chain_pem.trim().is_empty() {
+            certs.extend(certflow_pki::parse_pem_certs(
+                "chain_pem",
+                &issuer.chain_pem,
+            )?);
+        }
+        let last = certflow_pki::inspect(
+            certs
+                .last()
+                .ok_or_else(|| DomainError::Internal("issuer has no certificate".into()))?,
+        )?;
+        if last.subject != last.issuer {
+            return Err(DomainError::NotFound(format!(
+                "root certificate of issuer '{}' (its chain on record ends below the root, at '{}')",
+                issuer.name, last.subject
+            )));
+        }
+        Ok(certs)
+    }
+
+    /// DER of the issuer's root: the trust anchor relying parties configure
+    /// (the last certificate of its chain; the issuing certificate itself
+    /// when that is self-signed).
+    pub async fn issuer_root_der(&self, id: Uuid) -> DomainResult<Vec<u8>> {
+        self.issuer_chain_der(id)
+            .await?
+            .pop()
+            .ok_or_else(|| DomainError::Internal("issuer has no certificate".into()))
+    }
+
+    /// PEM of the issuing certificate and every certificate above it up to
+    /// and including the root: a CA bundle for `openssl verify -CAfile`,
+    /// curl's `--cacert` or a trust store.
+    pub async fn issuer_ca_bundle_pem(&self, id: Uuid) -> DomainResult<String> {
+        Ok(self
+            .issuer_chain_der(id)
+            .await?
+            .iter()
+            .map(|d| certflow_pki::cert_to_pem(d))
+            .collect())
+    }
 }

@@ -1258,9 +1258,12 @@ impl Services {
     }
 
     async fn private_key(&self, v: &CertificateVersion) -> DomainResult<PrivateKey> {
+        // The certificate exists but certflow never had this key: a state of
+        // the resource (409), not a missing one (404).
         let blob = v.key_blob.as_ref().ok_or_else(|| {
-            DomainError::NotFound(format!(
-                "private key of version {}: it was issued from a CSR, so only the requester holds it",
+            DomainError::Conflict(format!(
+                "certflow does not hold the private key of version {}: it was issued for a \
+                 certificate signing request (or imported without its key), so only the requester has it",
                 v.version
             ))
         })?;

@@ -1059,4 +1059,60 @@ mod tests {
         assert_eq!(v.versions[0].issuer_id, imported.id);
         assert_eq!(v.certificate.issuer_id, imported.id);
     }
+
+    /// What `/pki/<issuer>/root.crt` and `ca-bundle.pem` serve: for an
+    /// imported CA its root and its chain in order, issuing CA first; for a
+    /// CA known from imported certificates whose chain stops below the root,
+    /// or known by its DN only, not found, never a bundle without its anchor.
+    #[tokio::test]
+    async fn root_and_ca_bundle_of_imported_and_external_issuers() {
+        let e = env().await;
+        let issuers = e.store.list_issuers().await.unwrap();
+        let legacy = issuers.iter().find(|i| i.name == "legacy").unwrap();
+        assert_eq!(
+            e.services.issuer_root_der(legacy.id).await.unwrap(),
+            e.own.root_cert_der
+        );
+        let want: String = std::iter::once(&e.own.issuing_cert_der)
+            .chain(&e.own.chain_der)
+            .map(|d| cert_to_pem(d))
+            .collect();
+        assert_eq!(
+            e.services.issuer_ca_bundle_pem(legacy.id).await.unwrap(),
+            want
+        );
+
+        // A leaf of another CA imported with its issuing certificate only.
+        let pem = bundle(&e.foreign, "a.example.com", e.now, true);
+        let v = e
+            .services
+            .import_certificate(&Actor::system(), &import("web", pem, false, None), e.now)
+            .await
+            .unwrap();
+        let external = v.certificate.issuer_id;
+        assert!(e.services.issuer_certificate_der(external).await.is_ok());
+        for got in [
+            e.services.issuer_root_der(external).await.map(|_| ()),
+            e.services.issuer_ca_bundle_pem(external).await.map(|_| ()),
+        ] {
+            match got {
+                Err(DomainError::NotFound(what)) => {
+                    assert!(what.contains("ends below the root"), "{what}")
+                }
+                other => panic!("expected not found, got {other:?}"),
+            }
+        }
+        // A leaf imported without its chain: the CA is known by its DN only.
+        let third = create_ca("Third", KeyType::EcdsaP256, e.now, 3650, 1825).unwrap();
+        let pem = bundle(&third, "c.example.com", e.now, false);
+        let v = e
+            .services
+            .import_certificate(&Actor::system(), &import("web", pem, false, None), e.now)
+            .await
+            .unwrap();
+        assert!(matches!(
+            e.services.issuer_root_der(v.certificate.issuer_id).await,
+            Err(DomainError::NotFound(_))
+        ));
+    }
 }

@@ -1,18 +1,21 @@
-//! `certflow ca ...`: inspect and import certificate authorities through the API.
+//! `certflow ca ...`: inspect and import certificate authorities through the
+//! API; `ca show` also says where relying parties fetch each CA's
+//! certificates (the trust anchor to configure is the root).
 
 use std::path::PathBuf;
 
 use certflow_api::{ImportCaRequest, IssuerView};
 use clap::Subcommand;
 use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
+use uuid::Uuid;
 
-/// Output format.
 use super::*;
 
 /// `certflow ca ...`
 #[derive(Debug, Subcommand)]
 pub enum CaCommand {
-    /// Show the issuers (certificate authorities).
+    /// Show the issuers (certificate authorities) and where their root and
+    /// CA certificates are published.
     Show {
         #[command(flatten)]
         client: ClientArgs,
@@ -39,8 +42,40 @@ pub enum CaCommand {
     },
 }
 
+impl CaCommand {
+    fn output(&self) -> Output {
+        match self {
+            CaCommand::Show { client } | CaCommand::Import { client, .. } => client.output,
+        }
+    }
+}
+
 /// Runs a `certflow ca` sub-command.
-pub async fn run_ca(cmd: CaCommand) -> anyhow::Result<()> {
+pub async fn run_ca(cmd: CaCommand) -> ExitCode {
+    let output = cmd.output();
+    finish(output, ca(cmd).await)
+}
+
+/// The public URLs of an issuer's certificates under `server`, as
+/// `(what, url)`; none but for certflow's own CAs (created or imported):
+/// it holds no certificate of an ACME CA, and maybe not the root of a CA
+/// known from imported certificates.
+pub(super) fn published(server: &str, i: &IssuerView) -> Vec<(&'static str, String)> {
+    if i.kind != "internal" {
+        return Vec::new();
+    }
+    let base = format!("{server}/pki/{}", i.id);
+    vec![
+        ("root (DER): the trust anchor", format!("{base}/root.crt")),
+        (
+            "CA bundle (PEM): issuing CA + root",
+            format!("{base}/ca-bundle.pem"),
+        ),
+        ("issuing CA (DER)", format!("{base}/ca.crt")),
+    ]
+}
+
+async fn ca(cmd: CaCommand) -> anyhow::Result<()> {
     match cmd {
         CaCommand::Show { client } => {
             let c = Client::new(&client)?;
@@ -65,7 +100,17 @@ pub async fn run_ca(cmd: CaCommand) -> anyhow::Result<()> {
                     i.not_after.date().to_string(),
                 ]);
             }
-            println!("{t}");
+            out(&t)?;
+            for i in &issuers {
+                let urls = published(c.server_url(), i);
+                if urls.is_empty() {
+                    continue;
+                }
+                out(format!("\n{} ({}):", i.name, i.id))?;
+                for (what, url) in urls {
+                    out(format!("  {what:<36} {url}"))?;
+                }
+            }
             Ok(())
         }
         CaCommand::Import {
@@ -90,11 +135,28 @@ pub async fn run_ca(cmd: CaCommand) -> anyhow::Result<()> {
             if c.output == Output::Json {
                 return print_json(&issuer);
             }
-            println!(
+            out(format!(
                 "imported issuer {} ({}), subject {}",
                 issuer.id, issuer.name, issuer.subject
-            );
-            Ok(())
+            ))
         }
     }
+}
+
+/// The id of the issuer `s` names (an id, or an issuer's name).
+pub(super) async fn issuer_id(c: &Client, s: &str) -> anyhow::Result<Uuid> {
+    if let Ok(id) = Uuid::parse_str(s.trim()) {
+        return Ok(id);
+    }
+    let issuers: Vec<IssuerView> = c.json(c.http.get(c.url("/issuers"))).await?;
+    issuers
+        .iter()
+        .find(|i| i.name == s.trim())
+        .map(|i| i.id)
+        .ok_or_else(|| {
+            Failure::NotFound(format!(
+                "expected an issuer id or name: no issuer is named {s:?} (`certflow ca show` lists them)"
+            ))
+            .into()
+        })
 }

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use base64::Engine as _;
 use certflow_api::agent::{DiscoveredList, TakeOverRequest};
 use certflow_api::{
@@ -14,7 +14,6 @@ use clap::{Args, Subcommand};
 use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
 use uuid::Uuid;
 
-/// Output format.
 use super::*;
 
 /// `certflow cert ...`
@@ -43,6 +42,18 @@ pub enum CertCommand {
     Revoke(RevokeArgs),
     /// Archive: stop renewing and delivering.
     Archive(ArchiveArgs),
+}
+
+/// Which certificate a command acts on: its id, or its name (unique in its
+/// team; `--team` picks one when several teams use the name).
+#[derive(Debug, Args)]
+pub struct CertRef {
+    /// Certificate id or name.
+    #[arg(value_name = "ID|NAME")]
+    cert: String,
+    /// The owning team, when the name is used in more than one team.
+    #[arg(long)]
+    team: Option<String>,
 }
 
 /// Arguments of `certflow cert create`.
@@ -74,9 +85,9 @@ pub struct CreateArgs {
     /// Exact lifetime in seconds (short-lived certificates; overrides --validity-days).
     #[arg(long)]
     validity_seconds: Option<u32>,
-    /// Issuer id (default issuer when absent).
-    #[arg(long)]
-    issuer: Option<uuid::Uuid>,
+    /// Issuer id or name (`certflow ca show`; the default issuer when absent).
+    #[arg(long, value_name = "ID|NAME")]
+    issuer: Option<String>,
     /// PEM CSR file: the key stays with you.
     #[arg(long)]
     csr: Option<PathBuf>,
@@ -122,8 +133,8 @@ pub struct ImportArgs {
 pub struct ManageArgs {
     #[command(flatten)]
     client: ClientArgs,
-    /// Certificate id.
-    id: Uuid,
+    #[command(flatten)]
+    cert: CertRef,
     /// The certflow issuer (name) that renews it; required for a
     /// certificate of another CA.
     #[arg(long)]
@@ -138,9 +149,9 @@ pub struct DiscoveredArgs {
     /// unmanaged (default), managed or all.
     #[arg(long)]
     status: Option<String>,
-    /// Only this agent's.
-    #[arg(long)]
-    agent: Option<Uuid>,
+    /// Only this agent's (id or name).
+    #[arg(long, value_name = "ID|NAME")]
+    agent: Option<String>,
 }
 
 /// Arguments of `certflow cert take-over`.
@@ -149,6 +160,7 @@ pub struct TakeOverArgs {
     #[command(flatten)]
     client: ClientArgs,
     /// Discovered certificate id (`cert discovered`).
+    #[arg(value_parser = discovered_id)]
     id: Uuid,
     /// Owning team (one of the discovering agent's teams).
     #[arg(long)]
@@ -200,8 +212,8 @@ pub struct ListArgs {
 pub struct ShowArgs {
     #[command(flatten)]
     client: ClientArgs,
-    /// Certificate id.
-    id: Uuid,
+    #[command(flatten)]
+    cert: CertRef,
 }
 
 /// Arguments of `certflow cert download`.
@@ -209,8 +221,8 @@ pub struct ShowArgs {
 pub struct DownloadArgs {
     #[command(flatten)]
     client: ClientArgs,
-    /// Certificate id.
-    id: Uuid,
+    #[command(flatten)]
+    cert: CertRef,
     /// certificate, chain, fullchain, key or pkcs12.
     #[arg(long, default_value = "fullchain")]
     format: String,
@@ -230,8 +242,8 @@ pub struct DownloadArgs {
 pub struct RenewArgs {
     #[command(flatten)]
     client: ClientArgs,
-    /// Certificate id.
-    id: Uuid,
+    #[command(flatten)]
+    cert: CertRef,
     /// New CSR for a CSR-keyed certificate.
     #[arg(long)]
     csr: Option<PathBuf>,
@@ -242,8 +254,8 @@ pub struct RenewArgs {
 pub struct RevokeArgs {
     #[command(flatten)]
     client: ClientArgs,
-    /// Certificate id.
-    id: Uuid,
+    #[command(flatten)]
+    cert: CertRef,
     /// RFC 5280 reason, e.g. keyCompromise, superseded, cessationOfOperation.
     #[arg(long, default_value = "unspecified")]
     reason: String,
@@ -261,8 +273,8 @@ pub struct RevokeArgs {
 pub struct ArchiveArgs {
     #[command(flatten)]
     client: ClientArgs,
-    /// Certificate id.
-    id: Uuid,
+    #[command(flatten)]
+    cert: CertRef,
 }
 
 fn label_pairs(labels: &[String]) -> anyhow::Result<Vec<(String, String)>> {
@@ -315,7 +327,7 @@ fn print_detail(output: Output, d: &CertificateDetail) -> anyhow::Result<()> {
     ] {
         t.add_row(vec![k.to_owned(), v]);
     }
-    println!("{t}");
+    out(&t)?;
     let mut v = Table::new();
     v.load_preset(UTF8_BORDERS_ONLY);
     v.set_header(vec![
@@ -339,14 +351,13 @@ fn print_detail(output: Output, d: &CertificateDetail) -> anyhow::Result<()> {
             ver.fingerprint_sha256.clone(),
         ]);
     }
-    println!("{v}");
-    print_history(&d.history);
-    Ok(())
+    out(&v)?;
+    print_history(&d.history)
 }
 
-fn print_history(events: &[AuditEventView]) {
+fn print_history(events: &[AuditEventView]) -> anyhow::Result<()> {
     if events.is_empty() {
-        return;
+        return Ok(());
     }
     let mut t = Table::new();
     t.load_preset(UTF8_BORDERS_ONLY);
@@ -359,11 +370,34 @@ fn print_history(events: &[AuditEventView]) {
             e.outcome.clone(),
         ]);
     }
-    println!("{t}");
+    out(&t)
+}
+
+impl CertCommand {
+    fn output(&self) -> Output {
+        match self {
+            CertCommand::Create(a) => a.client.output,
+            CertCommand::Import(a) => a.client.output,
+            CertCommand::Manage(a) => a.client.output,
+            CertCommand::Discovered(a) => a.client.output,
+            CertCommand::TakeOver(a) => a.client.output,
+            CertCommand::List(a) => a.client.output,
+            CertCommand::Show(a) => a.client.output,
+            CertCommand::Download(a) => a.client.output,
+            CertCommand::Renew(a) => a.client.output,
+            CertCommand::Revoke(a) => a.client.output,
+            CertCommand::Archive(a) => a.client.output,
+        }
+    }
 }
 
 /// Runs a `certflow cert` sub-command.
-pub async fn run_cert(cmd: CertCommand) -> anyhow::Result<()> {
+pub async fn run_cert(cmd: CertCommand) -> ExitCode {
+    let output = cmd.output();
+    finish(output, cert(cmd).await)
+}
+
+async fn cert(cmd: CertCommand) -> anyhow::Result<()> {
     match cmd {
         CertCommand::Create(args) => create(args).await,
         CertCommand::Import(args) => import(args).await,
@@ -394,17 +428,24 @@ async fn create(args: CreateArgs) -> anyhow::Result<()> {
         issuer,
         csr,
     } = args;
+    // Local input first: a private key given as the CSR is never sent.
+    let csr = csr.as_ref().map(read_csr).transpose()?;
+    let labels = label_pairs(&labels)?.into_iter().collect();
     let c = Client::new(&client)?;
+    let issuer_id = match issuer {
+        Some(i) => Some(super::ca::issuer_id(&c, &i).await?),
+        None => None,
+    };
     let body = CreateCertificateRequest {
         name,
         names,
         team,
-        labels: label_pairs(&labels)?.into_iter().collect(),
+        labels,
         profile,
         key_type,
         validity_days,
-        csr: csr.as_ref().map(read).transpose()?,
-        issuer_id: issuer,
+        csr,
+        issuer_id,
         validity_seconds,
         renewal: None,
     };
@@ -524,15 +565,15 @@ async fn list(args: ListArgs) -> anyhow::Result<()> {
             s.names.join(", "),
         ]);
     }
-    println!("{t}");
-    println!("{} of {} shown", page.items.len(), page.total);
-    Ok(())
+    out(&t)?;
+    out(format!("{} of {} shown", page.items.len(), page.total))
 }
 
 /// `certflow cert show`.
 async fn show(args: ShowArgs) -> anyhow::Result<()> {
-    let ShowArgs { client, id } = args;
+    let ShowArgs { client, cert } = args;
     let c = Client::new(&client)?;
+    let id = certificate_id(&c, &cert).await?;
     let d: CertificateDetail = c
         .json(c.http.get(c.url(&format!("/certificates/{id}"))))
         .await?;
@@ -543,16 +584,21 @@ async fn show(args: ShowArgs) -> anyhow::Result<()> {
 async fn download(args: DownloadArgs) -> anyhow::Result<()> {
     let DownloadArgs {
         client,
-        id,
+        cert,
         format,
         version,
         password_file,
-        out,
+        out: out_file,
     } = args;
+    // Refused before the download, which is audited for keys.
+    if format == "pkcs12" && out_file.is_none() {
+        return Err(Failure::Usage("PKCS#12 is binary: pass --out FILE".into()).into());
+    }
     let c = Client::new(&client)?;
+    let id = certificate_id(&c, &cert).await?;
     let bytes = if format == "pkcs12" {
         let Some(pw) = password_file else {
-            bail!("--password-file is required for pkcs12");
+            return Err(Failure::Usage("--password-file is required for pkcs12".into()).into());
         };
         let password = read(&pw)?.trim_end_matches(['\r', '\n']).to_owned();
         let body = Pkcs12Request { password, version };
@@ -576,13 +622,9 @@ async fn download(args: DownloadArgs) -> anyhow::Result<()> {
         .bytes()
         .await?
     };
-    match out {
+    match out_file {
         Some(path) => write_private(&path, &bytes, matches!(format.as_str(), "key" | "pkcs12")),
-        None if format == "pkcs12" => bail!("PKCS#12 is binary: pass --out FILE"),
-        None => {
-            print!("{}", String::from_utf8_lossy(&bytes));
-            Ok(())
-        }
+        None => out_raw(&bytes),
     }
 }
 
@@ -596,7 +638,9 @@ async fn discovered(args: DiscoveredArgs) -> anyhow::Result<()> {
     let c = Client::new(&client)?;
     let mut q: Vec<(&str, String)> = Vec::new();
     q.extend(status.map(|s| ("status", s)));
-    q.extend(agent.map(|a| ("agent", a.to_string())));
+    if let Some(a) = agent {
+        q.push(("agent", super::agent::agent_id(&c, &a).await?.to_string()));
+    }
     let list: DiscoveredList = c.json(c.http.get(c.url("/discovered")).query(&q)).await?;
     if c.output == Output::Json {
         return print_json(&list);
@@ -628,8 +672,7 @@ async fn discovered(args: DiscoveredArgs) -> anyhow::Result<()> {
             state,
         ]);
     }
-    println!("{t}");
-    Ok(())
+    out(&t)
 }
 
 /// `certflow cert take-over`.
@@ -655,8 +698,13 @@ async fn take_over(args: TakeOverArgs) -> anyhow::Result<()> {
 
 /// `certflow cert manage`.
 async fn manage(args: ManageArgs) -> anyhow::Result<()> {
-    let ManageArgs { client, id, issuer } = args;
+    let ManageArgs {
+        client,
+        cert,
+        issuer,
+    } = args;
     let c = Client::new(&client)?;
+    let id = certificate_id(&c, &cert).await?;
     let body = serde_json::json!({ "issuer": issuer });
     let d: CertificateDetail = c
         .json(
@@ -670,11 +718,11 @@ async fn manage(args: ManageArgs) -> anyhow::Result<()> {
 
 /// `certflow cert renew`.
 async fn renew(args: RenewArgs) -> anyhow::Result<()> {
-    let RenewArgs { client, id, csr } = args;
+    let RenewArgs { client, cert, csr } = args;
+    let csr = csr.as_ref().map(read_csr).transpose()?;
     let c = Client::new(&client)?;
-    let body = RenewRequest {
-        csr: csr.as_ref().map(read).transpose()?,
-    };
+    let id = certificate_id(&c, &cert).await?;
+    let body = RenewRequest { csr };
     let d: CertificateDetail = c
         .json(
             c.http
@@ -689,12 +737,13 @@ async fn renew(args: RenewArgs) -> anyhow::Result<()> {
 async fn revoke(args: RevokeArgs) -> anyhow::Result<()> {
     let RevokeArgs {
         client,
-        id,
+        cert,
         reason,
         version,
         replace,
     } = args;
     let c = Client::new(&client)?;
+    let id = certificate_id(&c, &cert).await?;
     let body = RevokeRequest {
         reason,
         version,
@@ -722,10 +771,50 @@ async fn revoke(args: RevokeArgs) -> anyhow::Result<()> {
 
 /// `certflow cert archive`.
 async fn archive(args: ArchiveArgs) -> anyhow::Result<()> {
-    let ArchiveArgs { client, id } = args;
+    let ArchiveArgs { client, cert } = args;
     let c = Client::new(&client)?;
+    let id = certificate_id(&c, &cert).await?;
     let d: CertificateDetail = c
         .json(c.http.post(c.url(&format!("/certificates/{id}/archive"))))
         .await?;
     print_detail(c.output, &d)
+}
+
+/// The id of the certificate `r` names: an id as it is, a name looked up
+/// (exactly, in `--team` when given).
+async fn certificate_id(c: &Client, r: &CertRef) -> anyhow::Result<Uuid> {
+    if let Ok(id) = Uuid::parse_str(r.cert.trim()) {
+        return Ok(id);
+    }
+    let name = r.cert.trim();
+    let mut q = vec![("search", name.to_owned()), ("limit", "500".to_owned())];
+    q.extend(r.team.clone().map(|t| ("team", t)));
+    let page: CertificatePage = c.json(c.http.get(c.url("/certificates")).query(&q)).await?;
+    let hits: Vec<_> = page.items.iter().filter(|s| s.name == name).collect();
+    let in_team = r
+        .team
+        .as_deref()
+        .map(|t| format!(" in team {t}"))
+        .unwrap_or_default();
+    match hits.as_slice() {
+        [one] => Ok(one.id),
+        [] => Err(Failure::NotFound(format!(
+            "expected a certificate id or name: no certificate{in_team} is named {name:?} \
+             (`certflow cert list --search {name}` lists those whose names contain it)"
+        ))
+        .into()),
+        many => Err(Failure::Usage(format!(
+            "{} certificates are named {name:?} (teams {}): pass the id, or --team",
+            many.len(),
+            many.iter()
+                .map(|s| s.team.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+        .into()),
+    }
+}
+
+fn discovered_id(s: &str) -> Result<Uuid, String> {
+    parse_id(s, "a discovered certificate", "`certflow cert discovered`")
 }

@@ -6,84 +6,20 @@ use axum::Extension;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use certflow_api::agent::{
+    AgentList, AgentView, CreateJoinTokenRequest, JoinTokenInfo, JoinTokenList, JoinTokenView,
+};
 use certflow_core::agents::{Agent, AgentStatus, JoinToken};
 use certflow_core::model::Actor;
 use certflow_services::agents::{Agents, NewJoinToken};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use time::OffsetDateTime;
-use utoipa::{IntoParams, ToSchema};
+use utoipa::IntoParams;
 use uuid::Uuid;
 
 use crate::errors::ApiResult;
 use crate::extract::{Json, Path, Query, now};
 use crate::state::AppState;
-
-/// `POST /agents/join-tokens` body.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CreateJoinTokenRequest {
-    /// Name of the agent it enrols (1-64 printable characters; the agent may propose another).
-    pub name: String,
-    /// Teams assigned to the agent.
-    #[serde(default)]
-    pub teams: Vec<String>,
-    /// Minutes until the token expires (1-1440, default 60).
-    #[serde(default = "default_ttl")]
-    pub ttl_minutes: u32,
-}
-
-fn default_ttl() -> u32 {
-    60
-}
-
-/// A new join token: shown once, stored only as a hash.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct JoinTokenView {
-    /// Token id (for the audit trail).
-    pub id: Uuid,
-    /// `cfj_...`: give it to the agent; it enrols exactly one agent.
-    pub token: String,
-    /// Name of the agent it enrols.
-    pub name: String,
-    /// Teams of that agent.
-    pub teams: Vec<String>,
-    /// Expiry.
-    #[serde(with = "time::serde::rfc3339")]
-    pub expires_at: OffsetDateTime,
-}
-
-/// An agent.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct AgentView {
-    /// Agent id (the identity certificate's URI SAN is `urn:certflow:agent:<id>`).
-    pub id: Uuid,
-    /// Name.
-    pub name: String,
-    /// Teams.
-    pub teams: Vec<String>,
-    /// `active`, `disabled` or `revoked`.
-    pub status: String,
-    /// Serial of the identity certificate honoured.
-    pub certificate_serial: String,
-    /// Its SHA-256 fingerprint.
-    pub certificate_sha256: String,
-    /// Its expiry.
-    #[serde(with = "time::serde::rfc3339")]
-    pub certificate_not_after: OffsetDateTime,
-    /// Enrolment time.
-    #[serde(with = "time::serde::rfc3339")]
-    pub created_at: OffsetDateTime,
-    /// Last authenticated request (minute precision).
-    #[serde(with = "time::serde::rfc3339::option")]
-    pub last_seen: Option<OffsetDateTime>,
-}
-
-/// Agents, oldest first.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct AgentList {
-    /// The agents.
-    pub items: Vec<AgentView>,
-}
 
 fn view(a: Agent) -> AgentView {
     AgentView {
@@ -185,40 +121,6 @@ pub async fn revoke_agent(
     Path(id): Path<Uuid>,
 ) -> ApiResult<Json<AgentView>> {
     set_status(&agents, &actor, id, AgentStatus::Revoked).await
-}
-
-/// A join token as listed: never its text or hash.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct JoinTokenInfo {
-    /// Token id.
-    pub id: Uuid,
-    /// Name of the agent it enrols.
-    pub name: String,
-    /// Teams of that agent.
-    pub teams: Vec<String>,
-    /// `unused` (it can still enrol an agent), `used` or `expired` (also
-    /// once revoked: revoking makes it expire).
-    pub state: String,
-    /// When it expires, or expired.
-    #[serde(with = "time::serde::rfc3339")]
-    pub expires_at: OffsetDateTime,
-    /// Who created it.
-    pub created_by: String,
-    /// Creation time.
-    #[serde(with = "time::serde::rfc3339")]
-    pub created_at: OffsetDateTime,
-    /// When it enrolled its agent.
-    #[serde(with = "time::serde::rfc3339::option")]
-    pub used_at: Option<OffsetDateTime>,
-    /// The agent it enrolled.
-    pub agent_id: Option<Uuid>,
-}
-
-/// Join tokens, newest first.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct JoinTokenList {
-    /// The tokens.
-    pub items: Vec<JoinTokenInfo>,
 }
 
 fn token_info(t: JoinToken, at: OffsetDateTime) -> JoinTokenInfo {

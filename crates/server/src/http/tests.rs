@@ -605,7 +605,13 @@ async fn lifecycle_create_list_renew_revoke_archive_download() {
             None,
         )
         .await;
-    assert_eq!(status, StatusCode::NOT_FOUND, "{p}");
+    // The certificate is there; certflow never had its key: 409, said plainly.
+    assert_eq!(status, StatusCode::CONFLICT, "{p}");
+    assert_eq!(
+        p["detail"],
+        "certflow does not hold the private key of version 1: it was issued for a \
+         certificate signing request (or imported without its key), so only the requester has it"
+    );
 
     // Same name in the same team: conflict, nothing stored.
     let (status, p) = h

@@ -1,5 +1,8 @@
 //! Public CA endpoints for relying parties (no authentication):
-//! `/pki/{issuer}/ca.crt` serves the issuing CA certificate (DER),
+//! `/pki/{issuer}/ca.crt` serves the issuing CA certificate (DER, the AIA
+//! caIssuers URL of what it signs), `/pki/{issuer}/root.crt` the root, the
+//! trust anchor to configure (DER), `/pki/{issuer}/ca-bundle.pem` both and
+//! anything between (PEM, issuing CA first),
 //! `/pki/{issuer}/crl` serves the stored CRL, `/pki/{issuer}/ocsp` answers
 //! OCSP requests (RFC 6960) by POST and by GET (appendix A.1: the DER
 //! request, base64, URL-encoded, in the path).
@@ -25,6 +28,8 @@ use crate::state::AppState;
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/pki/{issuer}/ca.crt", get(issuer_cert))
+        .route("/pki/{issuer}/root.crt", get(root_cert))
+        .route("/pki/{issuer}/ca-bundle.pem", get(ca_bundle))
         .route("/pki/{issuer}/crl", get(crl))
         .route("/pki/{issuer}/ocsp", post(ocsp_post))
         .route("/pki/{issuer}/ocsp/{*request}", get(ocsp_get))
@@ -34,6 +39,25 @@ pub fn router() -> Router<AppState> {
 async fn issuer_cert(State(state): State<AppState>, Path(id): Path<Uuid>) -> ApiResult<Response> {
     let der = state.services.issuer_certificate_der(id).await?;
     Ok(([(header::CONTENT_TYPE, "application/pkix-cert")], der).into_response())
+}
+
+/// `GET /pki/{issuer}/root.crt`: the issuer's root certificate (DER, RFC
+/// 2585's `application/pkix-cert`, like `ca.crt`).
+async fn root_cert(State(state): State<AppState>, Path(id): Path<Uuid>) -> ApiResult<Response> {
+    let der = state.services.issuer_root_der(id).await?;
+    Ok(([(header::CONTENT_TYPE, "application/pkix-cert")], der).into_response())
+}
+
+/// `GET /pki/{issuer}/ca-bundle.pem`: the issuing certificate and the chain
+/// above it up to the root, PEM, as RFC 8555 §9.1's
+/// `application/pem-certificate-chain`.
+async fn ca_bundle(State(state): State<AppState>, Path(id): Path<Uuid>) -> ApiResult<Response> {
+    let pem = state.services.issuer_ca_bundle_pem(id).await?;
+    Ok((
+        [(header::CONTENT_TYPE, "application/pem-certificate-chain")],
+        pem,
+    )
+        .into_response())
 }
 
 /// HTTP caches may keep a CRL this long at most, however far its

@@ -10,6 +10,7 @@ mod support;
 mod agent_nginx;
 mod agent_paths;
 mod agents;
+mod cli;
 mod console_ui;
 mod deployments;
 mod discovery;
