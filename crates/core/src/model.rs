@@ -543,6 +543,9 @@ pub struct CertificateQuery {
     pub search: Option<String>,
     /// Owning team.
     pub team: Option<String>,
+    /// Owned by one of these teams (a person's teams, listed at once);
+    /// `Some` of an empty list matches nothing.
+    pub teams: Option<Vec<String>>,
     /// Labels that must all be present with these values.
     pub labels: Labels,
     /// Lifecycle status.

@@ -224,6 +224,20 @@ fn push_certificate_filters(sql: &mut Sql, q: &CertificateQuery) {
     if let Some(team) = q.team.as_deref() {
         sql.push(" AND c.team = ").push_bind(team);
     }
+    if let Some(teams) = q.teams.as_deref() {
+        if teams.is_empty() {
+            sql.push(" AND 1 = 0");
+        } else {
+            sql.push(" AND c.team IN (");
+            for (i, team) in teams.iter().enumerate() {
+                if i > 0 {
+                    sql.push(", ");
+                }
+                sql.push_bind(team.as_str());
+            }
+            sql.push(")");
+        }
+    }
     for (key, value) in &q.labels {
         sql.push(
             " AND EXISTS (SELECT 1 FROM certificate_labels l \

@@ -194,7 +194,7 @@ pub async fn create_certificate(
 pub struct ListParams {
     /// Substring of the name or any SAN.
     pub search: Option<String>,
-    /// Owning team.
+    /// Owning team; without it, every team the caller may read.
     pub team: Option<String>,
     /// `key=value`; repeat for several (all must match).
     #[param(value_type = Option<Vec<String>>)]
@@ -313,30 +313,11 @@ pub async fn list_certificates(
     uri: axum::http::Uri,
 ) -> ApiResult<Json<CertificatePage>> {
     let mut q = parse_list_query(uri.query())?;
-    // Non-admins see their teams only: one team at a time when they have several.
+    // Non-admins see their teams only: the one asked for, else all of them.
     if let TeamScope::Only(teams) =
         principal.scope(Permission::CertificateRead, q.team.as_deref())?
     {
-        match teams.as_slice() {
-            [only] => q.team = Some(only.clone()),
-            [] => {
-                return Ok(Json(CertificatePage {
-                    items: Vec::new(),
-                    total: 0,
-                    limit: q.limit,
-                    offset: q.offset,
-                }));
-            }
-            several => {
-                return Err(ApiError::invalid_field(
-                    "team",
-                    format!(
-                        "is required: you belong to several teams ({})",
-                        several.join(", ")
-                    ),
-                ));
-            }
-        }
+        q.teams = Some(teams);
     }
     let page = state.services.list(&q).await?;
     Ok(Json(CertificatePage {

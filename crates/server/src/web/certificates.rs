@@ -131,13 +131,12 @@ impl Filters {
         let team = Some(self.team.as_str()).filter(|t| !t.is_empty());
         match p.scope(Permission::CertificateRead, team) {
             Err(_) => e.add("team", format!("you may not read team '{}'", self.team)),
-            // One team at a time for non-admins, as in the API: their first
-            // (or the one asked for).
+            // No team chosen: all of the person's teams at once.
             Ok(TeamScope::Only(teams)) => {
-                q.team = teams.into_iter().next();
-                if q.team.is_none() {
+                if teams.is_empty() {
                     e.add("team", "you belong to no team");
                 }
+                q.teams = Some(teams);
             }
             Ok(TeamScope::All) => {}
         }
@@ -261,9 +260,6 @@ pub(super) async fn inventory(
             return Ok(resp);
         }
     };
-    if page.f.team.is_empty() {
-        page.f.team = q.team.clone().unwrap_or_default();
-    }
     let result = state.services.list(&q).await?;
     page.total = result.total;
     page.rows = result

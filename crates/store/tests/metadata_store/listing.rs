@@ -225,6 +225,27 @@ store_case! {
         };
         check(team("payments"), vec![f.api, f.db, f.legacy]).await;
         check(team("Payments"), vec![]).await;
+        // Several teams at once (a person's teams), exact names; none matches nothing.
+        let teams = |ts: &[&str]| CertificateQuery {
+            teams: Some(ts.iter().map(|t| (*t).to_owned()).collect()),
+            ..query()
+        };
+        check(
+            teams(&["payments", "qa"]),
+            vec![f.api, f.db, f.legacy, f.percent, f.underscore],
+        )
+        .await;
+        check(teams(&["billing", "nobody"]), vec![f.billing]).await;
+        check(teams(&["Payments"]), vec![]).await;
+        check(teams(&[]), vec![]).await;
+        check(
+            CertificateQuery {
+                team: Some("qa".into()),
+                ..teams(&["payments", "qa"])
+            },
+            vec![f.percent, f.underscore],
+        )
+        .await;
         // Labels: all must match.
         let labels = |pairs: &[(&str, &str)]| CertificateQuery {
             labels: pairs
