@@ -13,7 +13,7 @@ use certflow_services::agents::NewJoinToken;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::certificates::{AuditRow, audit_row};
+use super::audit::{self, AuditRow};
 use super::deployments::{self, DeployRow};
 use super::{Ctx, Layout, PageResult, html, redirect, relative, when};
 use crate::extract::now;
@@ -337,7 +337,7 @@ pub(super) async fn audit(
         })
         .await?;
     page.total = result.total;
-    page.rows = result.items.iter().map(audit_row).collect();
+    page.rows = audit::rows(&state, ctx.principal(), &result.items).await?;
     let query = |n: u64| {
         let mut kept: Vec<(String, String)> = pairs
             .iter()

@@ -16,7 +16,7 @@ use certflow_core::access::{Permission, Principal, TeamScope};
 use certflow_core::agents::AgentStatus;
 use certflow_core::error::FieldError;
 use certflow_core::model::{
-    AuditEvent, AuditQuery, Certificate, CertificateQuery, CertificateStatus, IssuerKind, KeyType,
+    AuditQuery, Certificate, CertificateQuery, CertificateStatus, IssuerKind, KeyType,
     RevocationReason, SortKey,
 };
 use certflow_core::renewal::{JobState, RenewalJob};
@@ -315,42 +315,6 @@ pub(crate) struct VersionRow {
     current: bool,
 }
 
-/// An audit trail row.
-pub(crate) struct AuditRow {
-    pub at: String,
-    pub subject: String,
-    pub source: String,
-    pub action: String,
-    pub target: String,
-    pub target_link: String,
-    pub outcome: &'static str,
-    pub details: String,
-}
-
-/// The row of `e`.
-pub(crate) fn audit_row(e: &AuditEvent) -> AuditRow {
-    let target_link = e
-        .target
-        .strip_prefix("certificate/")
-        .filter(|id| Uuid::parse_str(id).is_ok())
-        .map(|id| format!("/console/certificates/{id}"))
-        .unwrap_or_default();
-    AuditRow {
-        at: when(e.at),
-        subject: e.actor.subject.clone(),
-        source: e.actor.source.clone().unwrap_or_default(),
-        action: e.action.clone(),
-        target: e.target.clone(),
-        target_link,
-        outcome: e.outcome.as_str(),
-        details: if e.details.as_object().is_some_and(|o| o.is_empty()) {
-            String::new()
-        } else {
-            e.details.to_string()
-        },
-    }
-}
-
 /// The certificate's renewal state, as the API computes it.
 pub(crate) struct RenewalRow {
     policy: String,
@@ -389,7 +353,7 @@ struct Detail {
     versions: Vec<VersionRow>,
     renewal: RenewalRow,
     chain_pem: String,
-    rows: Vec<AuditRow>,
+    rows: Vec<super::audit::AuditRow>,
     can_write: bool,
     can_key: bool,
     has_key: bool,
@@ -498,7 +462,7 @@ pub(super) async fn detail(
         versions: version_rows(&view),
         renewal,
         chain_pem,
-        rows: history.items.iter().map(audit_row).collect(),
+        rows: super::audit::rows(&state, p, &history.items).await?,
         can_write: p.may(Permission::CertificateWrite, c),
         can_key: p.may(Permission::KeyDownload, c),
         has_key: current.is_some_and(|v| v.key_blob.is_some()),

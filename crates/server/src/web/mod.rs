@@ -21,6 +21,7 @@ mod assets;
 mod certificates;
 mod compliance;
 mod dashboard;
+mod audit;
 mod deployments;
 mod discovery;
 pub mod login;

@@ -139,3 +139,58 @@ fn deployment_rows_say_what_is_served_what_failed_and_whether_it_is_late() {
     assert!(done.up_to_date && !done.drift);
     assert_eq!(done.error, "");
 }
+
+#[test]
+fn audit_details_show_unix_times_as_dates_lists_as_lists_and_the_rest_as_it_is() {
+    let t = time::macros::datetime!(2026-03-02 12:00 UTC);
+    let cert = "0195a3c4-0000-7000-8000-000000000001";
+    let details = serde_json::json!({
+        "expires_at": t.unix_timestamp(),
+        "not_after": t.unix_timestamp(),
+        "version": 3,
+        "huge_at": 99_999_999_999_999_i64,
+        "requested_by_agent": true,
+        "teams": ["a", "b"],
+        "findings": [],
+        "gone": null,
+        "certificate_id": cert,
+        "items": [{ "certificate_id": cert, "version": 2, "status": "installed" }],
+    });
+    let facts = audit::details(&details, &audit::Names::default());
+    let shown = |term: &str| {
+        let f = facts
+            .iter()
+            .find(|f| f.term == term)
+            .unwrap_or_else(|| panic!("no {term}"));
+        f.values
+            .iter()
+            .map(|v| v.text.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    assert_eq!(shown("expires"), "2026-03-02 12:00 UTC");
+    assert_eq!(shown("not after"), "2026-03-02 12:00 UTC");
+    let expires = &facts.iter().find(|f| f.term == "expires").unwrap().values[0];
+    assert_eq!(expires.datetime, "2026-03-02T12:00:00Z");
+    assert_eq!(shown("version"), "3", "a number that is not a time");
+    assert_eq!(
+        shown("huge"),
+        "99999999999999",
+        "past year 9999: not a time"
+    );
+    assert_eq!(shown("requested by agent"), "yes");
+    assert_eq!(shown("teams"), "a, b");
+    assert_eq!(shown("findings"), "none");
+    assert!(facts.iter().all(|f| f.term != "gone"), "null is left out");
+    // A certificate nobody resolved (unknown, or not the reader's) keeps its id, unlinked.
+    let id = &facts
+        .iter()
+        .find(|f| f.term == "certificate")
+        .unwrap()
+        .values[0];
+    assert_eq!((id.text.as_str(), id.href.as_str()), (cert, ""));
+    let items = &facts.iter().find(|f| f.term == "items").unwrap().groups;
+    assert_eq!(items.len(), 1);
+    let terms: Vec<_> = items[0].iter().map(|l| l.term.as_str()).collect();
+    assert_eq!(terms, ["certificate", "status", "version"]);
+}
