@@ -166,6 +166,12 @@ async fn list(args: ClientOnly) -> anyhow::Result<()> {
     if c.output == Output::Json {
         return print_json(&list);
     }
+    if list.items.is_empty() {
+        return out(
+            "no agents enrolled yet: `certflow agent join-token create --name NAME --team TEAM` \
+             makes the one-time token that enrols one",
+        );
+    }
     out(agent_table(&list.items))
 }
 
