@@ -43,6 +43,19 @@ pub trait MetadataStore: Send + Sync {
         audit: &AuditEvent,
         idempotency: Option<&IdempotencyRecord>,
     ) -> DomainResult<()>;
+    /// Stores a certificate whose issuer is recorded with it: the new
+    /// `issuer` row and `issuer_audit`, then the certificate as
+    /// [`create_certificate`](Self::create_certificate) does, in one
+    /// transaction, so a refused certificate leaves no issuer behind (an
+    /// import from a CA certflow did not know).
+    async fn create_certificate_with_issuer(
+        &self,
+        issuer: &Issuer,
+        issuer_audit: &AuditEvent,
+        cert: &Certificate,
+        first: &CertificateVersion,
+        audit: &AuditEvent,
+    ) -> DomainResult<()>;
     /// Adds a new current version: the previous current one becomes superseded
     /// (or stays revoked), and the certificate's denormalised fields follow.
     /// Fails with `Conflict` if `new.version` is not exactly one more than the latest,

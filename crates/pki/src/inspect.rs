@@ -23,9 +23,10 @@ pub struct CertInfo {
     pub not_before: OffsetDateTime,
     /// End of validity.
     pub not_after: OffsetDateTime,
-    /// Subject DN as text (RFC 4514 style, e.g. `CN=www.example.com`).
+    /// Subject DN as text (RFC 4514 style, e.g. `CN=www.example.com`),
+    /// control and invisible characters escaped (see [`escape_dn_text`]).
     pub subject: String,
-    /// Issuer DN as text.
+    /// Issuer DN as text, escaped the same way.
     pub issuer: String,
     /// dNSName and iPAddress SANs, in certificate order.
     pub names: Vec<SubjectName>,
@@ -66,8 +67,8 @@ pub fn inspect(der: &[u8]) -> DomainResult<CertInfo> {
         fingerprint_sha256: hex::encode(digest.as_ref()),
         not_before: cert.validity().not_before.to_datetime(),
         not_after: cert.validity().not_after.to_datetime(),
-        subject: cert.subject().to_string(),
-        issuer: cert.issuer().to_string(),
+        subject: escape_dn_text(&cert.subject().to_string()),
+        issuer: escape_dn_text(&cert.issuer().to_string()),
         names,
         key_type: asn1::classify_spki(cert.public_key()).ok(),
         is_ca: cert.is_ca(),
@@ -79,6 +80,33 @@ pub fn inspect(der: &[u8]) -> DomainResult<CertInfo> {
 /// certificates only reported (discovery), which are recorded as found.
 pub fn check_der_certificate(field: &str, der: &[u8]) -> DomainResult<()> {
     crate::der_strict::check_certificate(der).map_err(|e| DomainError::invalid(field, e))
+}
+
+/// A DN's text safe to store and show: control characters, bidirectional
+/// overrides and invisible characters become `\XX` per UTF-8 octet (RFC
+/// 4514 §2.4) and a backslash `\\`, so a certificate from outside cannot
+/// put a NUL, an escape sequence or a hidden character on a page or a log.
+pub fn escape_dn_text(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        let hidden = c.is_control()
+            || matches!(c, '\u{00AD}' | '\u{034F}' | '\u{061C}' | '\u{115F}' | '\u{1160}'
+                | '\u{17B4}' | '\u{17B5}' | '\u{180B}'..='\u{180F}' | '\u{200B}'..='\u{200F}'
+                | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{206F}' | '\u{3164}'
+                | '\u{FE00}'..='\u{FE0F}' | '\u{FEFF}' | '\u{FFA0}' | '\u{FFF0}'..='\u{FFFB}'
+                | '\u{E0000}'..='\u{E0FFF}');
+        if c == '\\' {
+            out.push_str("\\\\");
+        } else if hidden {
+            let mut buf = [0u8; 4];
+            for b in c.encode_utf8(&mut buf).bytes() {
+                out.push_str(&format!("\\{b:02X}"));
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// The SubjectPublicKeyInfo DER of a certificate (to re-certify the same key).
@@ -292,6 +320,36 @@ mod tests {
                 .contains("trailing")
         );
         assert!(inspect(b"nope").is_err());
+    }
+
+    /// A CA whose name holds a NUL, an ANSI escape, a right-to-left
+    /// override and a zero-width space is shown with those escaped.
+    #[test]
+    fn dn_text_is_escaped() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::default();
+        params.distinguished_name.push(
+            rcgen::DnType::CommonName,
+            "Ev\u{0}il\u{1b}[31m\u{202e}\u{200b}\\",
+        );
+        let evil = params.self_signed(&key).unwrap();
+        let info = inspect(evil.der()).unwrap();
+        assert!(
+            info.issuer
+                .contains("Ev\\00il\\1B[31m\\E2\\80\\AE\\E2\\80\\8B\\\\"),
+            "{}",
+            info.issuer
+        );
+        for text in [&info.issuer, &info.subject] {
+            assert!(
+                !text.chars().any(|c| c.is_control() || c == '\u{202e}'),
+                "{text}"
+            );
+        }
+        assert_eq!(
+            escape_dn_text("CN=b\u{fc}cher, O=Acme"),
+            "CN=b\u{fc}cher, O=Acme"
+        );
     }
 
     #[test]

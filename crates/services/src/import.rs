@@ -4,6 +4,9 @@
 //! Same write order as issuance: blobs first (the key only sealed), then the
 //! metadata row and its `certificate.import` audit event in one transaction;
 //! a failed commit removes the blobs. The key never reaches logs or audit.
+//! A CA seen for the first time is recorded (`issuer.external`) in that same
+//! transaction: a refused import (a name taken, 409) leaves no row behind.
+//! Every certificate of the bundle must be DER, since its bytes are kept.
 //!
 //! A certificate of a CA outside certflow is recorded under an issuer of
 //! kind `external` (one per CA: matched by its issuing certificate when the
@@ -251,10 +254,6 @@ impl Services {
         let checked = self.check_import(req, now).await?;
         let id = Uuid::now_v7();
         let prefix = blob_prefix(id, 1, &checked.info.serial_hex);
-        if checked.new_external {
-            self.record_external_issuer(actor, &checked.issuer, now)
-                .await?;
-        }
         let (cert_blob, key_blob, _) = self
             .write_version_blobs(
                 &prefix,
@@ -301,11 +300,23 @@ impl Services {
                 "renewed_by": checked.renewing.as_ref().map(|r| r.name.as_str()),
             }),
         );
-        if let Err(e) = self
-            .store
-            .create_certificate(&cert, &version, &audit, None)
-            .await
-        {
+        let stored = if checked.new_external {
+            let issuer_audit = external_issuer_audit(actor, &checked.issuer, now);
+            self.store
+                .create_certificate_with_issuer(
+                    &checked.issuer,
+                    &issuer_audit,
+                    &cert,
+                    &version,
+                    &audit,
+                )
+                .await
+        } else {
+            self.store
+                .create_certificate(&cert, &version, &audit, None)
+                .await
+        };
+        if let Err(e) = stored {
             self.remove_blobs(&version_blobs(&version, &prefix)).await;
             return Err(e.into());
         }
@@ -335,6 +346,16 @@ impl Services {
         let Some(leaf) = bundle.certs.first() else {
             return Err(DomainError::invalid(field, "holds no certificate").into());
         };
+        for (i, der) in bundle.certs.iter().enumerate() {
+            if let Err(DomainError::Invalid(mut errs)) =
+                certflow_pki::check_der_certificate(field, der)
+            {
+                for e in &mut errs {
+                    e.reason = format!("certificate {}: {}", i + 1, e.reason);
+                }
+                return Err(DomainError::Invalid(errs).into());
+            }
+        }
         let (info, key_type, names) = checked_leaf(field, leaf, bundle.key.as_ref())?;
         // `issuer` signed it (certflow's, or an external CA, new or recorded
         // by an earlier import); `renewing` renews it when managed.
@@ -395,25 +416,6 @@ impl Services {
             new_external,
             renewing,
         })
-    }
-
-    /// Records a new external issuer before the certificate that names it;
-    /// should the certificate's commit fail, the row stays for the next
-    /// import of that CA.
-    async fn record_external_issuer(
-        &self,
-        actor: &Actor,
-        issuer: &Issuer,
-        now: OffsetDateTime,
-    ) -> Result<(), DomainError> {
-        let audit = AuditEvent::success(
-            now,
-            actor,
-            "issuer.external",
-            format!("issuer/{}", issuer.id),
-            json!({ "name": issuer.name, "subject": issuer.subject }),
-        );
-        self.store.insert_issuer(issuer, &audit).await
     }
 
     /// The certificate row of an import whose first version is `version`.
@@ -653,6 +655,18 @@ impl Services {
     }
 }
 
+/// The audit event of recording a new external issuer, committed with the
+/// first certificate imported from it.
+fn external_issuer_audit(actor: &Actor, issuer: &Issuer, now: OffsetDateTime) -> AuditEvent {
+    AuditEvent::success(
+        now,
+        actor,
+        "issuer.external",
+        format!("issuer/{}", issuer.id),
+        json!({ "name": issuer.name, "subject": issuer.subject }),
+    )
+}
+
 /// Whether certflow can issue (and so renew) through `issuer`.
 fn can_issue(issuer: &Issuer) -> bool {
     issuer.kind != IssuerKind::External
@@ -660,12 +674,18 @@ fn can_issue(issuer: &Issuer) -> bool {
 
 /// Name of the external issuer recorded for a CA: its CN (else its DN),
 /// with the start of its certificate's fingerprint when known, as different
-/// CAs may share a name.
+/// CAs may share a name. `dn` comes escaped from `certflow_pki::inspect`
+/// (no control characters); a long CN is cut at 64 characters (RFC 5280
+/// ub-common-name).
 fn external_name(dn: &str, fingerprint: Option<&str>) -> String {
     let cn = dn
         .split(',')
         .find_map(|rdn| rdn.trim().strip_prefix("CN="))
         .unwrap_or(dn);
+    let cn: String = match cn.char_indices().nth(64) {
+        Some((cut, _)) => format!("{}…", &cn[..cut]),
+        None => cn.to_owned(),
+    };
     match fingerprint {
         Some(f) => format!("external: {cn} ({})", &f[..f.len().min(12)]),
         None => format!("external: {cn}"),
@@ -772,6 +792,190 @@ mod tests {
         }
         pem.push_str(key.to_pem().as_str());
         pem
+    }
+
+    async fn external_events(e: &Env) -> usize {
+        e.store
+            .list_audit(&AuditQuery {
+                action_prefix: Some("issuer.external".into()),
+                limit: 100,
+                ..AuditQuery::default()
+            })
+            .await
+            .unwrap()
+            .items
+            .len()
+    }
+
+    /// A refused import leaves no row (issue 22): a leaf of a CA certflow
+    /// has not seen, under a name its team already uses, is a 409, and
+    /// neither that CA's external issuer nor its `issuer.external` event is
+    /// stored, whether the CA is known by its certificate or by its DN only.
+    #[tokio::test]
+    async fn a_refused_import_records_no_issuer() {
+        let e = env().await;
+        let actor = Actor::system();
+        let mut first = import(
+            "web",
+            bundle(&e.foreign, "a.example.com", e.now, true),
+            false,
+            None,
+        );
+        first.name = Some("shared-name".into());
+        e.services
+            .import_certificate(&actor, &first, e.now)
+            .await
+            .unwrap();
+        let issuers = e.store.list_issuers().await.unwrap();
+        let events = external_events(&e).await;
+        assert_eq!(events, 1);
+        for with_chain in [true, false] {
+            let other = create_ca("Other", KeyType::EcdsaP256, e.now, 3650, 1825).unwrap();
+            let mut again = import(
+                "web",
+                bundle(&other, "b.example.com", e.now, with_chain),
+                false,
+                None,
+            );
+            again.name = Some("shared-name".into());
+            match e.services.import_certificate(&actor, &again, e.now).await {
+                Err(ImportError::Domain(DomainError::Conflict(msg))) => {
+                    assert!(msg.contains("shared-name"), "{msg}")
+                }
+                other => panic!("expected 409, got {other:?}"),
+            }
+            assert_eq!(e.store.list_issuers().await.unwrap(), issuers);
+            assert_eq!(external_events(&e).await, events);
+        }
+        assert_eq!(e.blobs.list("certificates/").await.unwrap().len(), 3);
+    }
+
+    /// Every certificate of a bundle must be DER: the leaf or a chain
+    /// certificate whose outer SEQUENCE tag is 0x70 is refused by position.
+    #[tokio::test]
+    async fn non_der_certificates_are_refused_by_position() {
+        let e = env().await;
+        let pem = bundle(&e.own, "a.example.com", e.now, true);
+        let certs = certflow_pki::parse_pem_certs("pem", &pem).unwrap();
+        for (at, want) in [(0, "certificate 1: not DER"), (1, "certificate 2: not DER")] {
+            let mut bad = certs.clone();
+            bad[at][0] = 0x70;
+            let text: String = bad.iter().map(|d| cert_to_pem(d)).collect();
+            match e
+                .services
+                .import_certificate(&Actor::system(), &import("web", text, false, None), e.now)
+                .await
+            {
+                Err(ImportError::Domain(DomainError::Invalid(errs))) => {
+                    assert_eq!(errs[0].field, "pem");
+                    assert!(errs[0].reason.contains(want), "{errs:?}");
+                    assert!(errs[0].reason.contains("expected SEQUENCE"), "{errs:?}");
+                }
+                other => panic!("expected 400, got {other:?}"),
+            }
+        }
+        assert_eq!(e.store.list_issuers().await.unwrap().len(), 1);
+    }
+
+    /// A CA whose name carries control characters and a right-to-left
+    /// override (made by openssl) is recorded with them escaped (RFC 4514
+    /// §2.4 `\XX`), in its issuer's name and subject alike.
+    #[tokio::test]
+    async fn control_characters_of_a_foreign_ca_are_escaped() {
+        let e = env().await;
+        let dir = tempfile::tempdir().unwrap();
+        let run = |args: &[&str]| {
+            let out = std::process::Command::new("openssl")
+                .args(args)
+                .current_dir(dir.path())
+                .output()
+                .expect("openssl (apt-get install openssl)");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let evil_cn = "/CN=Ev\u{1}il\u{1b}[31m\u{202e}CA";
+        run(&[
+            "req",
+            "-x509",
+            "-utf8",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "30",
+            "-subj",
+            evil_cn,
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ]);
+        run(&[
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "leaf.key",
+            "-out",
+            "leaf.csr",
+            "-subj",
+            "/CN=evil.example.com",
+        ]);
+        std::fs::write(
+            dir.path().join("ext"),
+            "subjectAltName=DNS:evil.example.com\nbasicConstraints=critical,CA:FALSE\n",
+        )
+        .unwrap();
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            "leaf.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "10",
+            "-extfile",
+            "ext",
+            "-out",
+            "leaf.pem",
+        ]);
+        let read = |f: &str| std::fs::read_to_string(dir.path().join(f)).unwrap();
+        let pem = format!("{}{}", read("leaf.pem"), read("ca.pem"));
+        let view = e
+            .services
+            .import_certificate(&Actor::system(), &import("web", pem, false, None), e.now)
+            .await
+            .unwrap();
+        let issuer = e
+            .store
+            .get_issuer(view.certificate.issuer_id)
+            .await
+            .unwrap()
+            .unwrap();
+        for text in [&issuer.name, &issuer.subject] {
+            assert!(text.contains(r"Ev\01il\1B[31m\E2\80\AECA"), "{text}");
+            assert!(
+                !text.chars().any(|c| c.is_control() || c == '\u{202e}'),
+                "{text}"
+            );
+        }
     }
 
     /// Taking over management is held against the issuance policy; keeping

@@ -71,6 +71,19 @@ impl MetadataStore for FailingCommits {
         self.check()?;
         self.inner.create_certificate(c, v, a, i).await
     }
+    async fn create_certificate_with_issuer(
+        &self,
+        issuer: &Issuer,
+        issuer_audit: &AuditEvent,
+        c: &Certificate,
+        v: &CertificateVersion,
+        a: &AuditEvent,
+    ) -> DomainResult<()> {
+        self.check()?;
+        self.inner
+            .create_certificate_with_issuer(issuer, issuer_audit, c, v, a)
+            .await
+    }
     async fn add_version(
         &self,
         c: &Certificate,

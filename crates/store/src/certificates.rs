@@ -340,6 +340,140 @@ async fn certificates_with_labels<B: Backend>(
         .collect()
 }
 
+/// Inserts the issuer row (not its audit event) in the write transaction `conn`.
+async fn insert_issuer_row<B: Backend>(
+    conn: &mut B::Connection,
+    issuer: &Issuer,
+) -> DomainResult<()> {
+    // Checked first because a duplicate row may violate several indexes
+    // and the database reports just one of them.
+    if exists::<B>(conn, "SELECT 1 FROM issuers WHERE id = $1", issuer.id).await? {
+        return Err(DomainError::Conflict(format!(
+            "issuer {} already exists",
+            issuer.id
+        )));
+    }
+    let sql = Sql::new(concat!(
+        "INSERT INTO issuers (",
+        issuer_columns!(),
+        ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+    ))
+    .bind(id(issuer.id))
+    .bind(issuer.name.as_str())
+    .bind(codec::issuer_kind(issuer.kind))
+    .bind(issuer.is_default)
+    .bind(issuer.key_type.as_str())
+    .bind(issuer.issuing_cert_pem.as_str())
+    .bind(issuer.chain_pem.as_str())
+    .bind(issuer.key_blob.as_str())
+    .bind(issuer.root_key_blob.as_deref())
+    .bind(issuer.subject.as_str())
+    .bind(secs(issuer.not_after))
+    .bind(secs(issuer.created_at));
+    B::execute(conn, sql).await.map_err(|e| {
+        conflict(e, |v| {
+            Some(match v {
+                Violation::PrimaryKey => format!("issuer {} already exists", issuer.id),
+                Violation::Unique => {
+                    "another issuer is already the default; store this one as non-default \
+                     and make it the default afterwards"
+                        .to_owned()
+                }
+            })
+        })
+    })?;
+    Ok(())
+}
+
+/// Inserts a new certificate with its first version, names, labels and
+/// `idempotency` record (not its audit event) in the write transaction `conn`.
+async fn insert_certificate<B: Backend>(
+    conn: &mut B::Connection,
+    cert: &Certificate,
+    first: &CertificateVersion,
+    idempotency: Option<&IdempotencyRecord>,
+) -> DomainResult<()> {
+    if first.certificate_id != cert.id {
+        return Err(DomainError::Internal(format!(
+            "version of certificate {} given as the first version of certificate {}",
+            first.certificate_id, cert.id
+        )));
+    }
+    if first.version != 1 {
+        return Err(DomainError::Conflict(format!(
+            "the first version of certificate {} must be 1, not {}",
+            cert.id, first.version
+        )));
+    }
+    if let Some(record) = idempotency {
+        insert_idempotency::<B>(conn, record, first).await?;
+    }
+    // Checked first because the database may report the name index
+    // instead when a duplicate row violates both.
+    if exists::<B>(conn, "SELECT 1 FROM certificates WHERE id = $1", cert.id).await? {
+        return Err(DomainError::Conflict(format!(
+            "certificate {} already exists",
+            cert.id
+        )));
+    }
+    ensure_issuer::<B>(conn, cert.issuer_id).await?;
+    if first.issuer_id != cert.issuer_id {
+        ensure_issuer::<B>(conn, first.issuer_id).await?;
+    }
+    let sql = Sql::new(concat!(
+        "INSERT INTO certificates (",
+        "id, name, name_folded, team, profile, key_type, key_source, names, validity_days, ",
+        "validity_secs, issuer_id, renew_at_fraction, renew_before_days, renew_jitter_fraction, ",
+        "status, current_version, not_after, renew_after, created_at, updated_at, managed",
+        ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, ",
+        "$17, $18, $19, $20, $21)"
+    ))
+    .bind(id(cert.id))
+    .bind(cert.name.as_str())
+    .bind(fold(&cert.name))
+    .bind(cert.team.as_str())
+    .bind(cert.profile.as_str())
+    .bind(cert.key_type.as_str())
+    .bind(cert.key_source.as_str())
+    .bind(codec::names_json(&cert.names)?)
+    .bind(i64::from(cert.validity_days))
+    .bind(cert.validity_secs.map(i64::from))
+    .bind(id(cert.issuer_id))
+    .bind(cert.renewal.renew_at_fraction)
+    .bind(cert.renewal.renew_before_days.map(i64::from))
+    .bind(cert.renewal.jitter_fraction)
+    .bind(cert.status.as_str())
+    .bind(i64::from(cert.current_version))
+    .bind(secs(cert.not_after))
+    .bind(secs(cert.renew_after))
+    .bind(secs(cert.created_at))
+    .bind(secs(cert.updated_at))
+    .bind(cert.managed);
+    B::execute(conn, sql).await.map_err(|e| {
+        conflict(e, |v| {
+            Some(match v {
+                Violation::PrimaryKey => format!("certificate {} already exists", cert.id),
+                Violation::Unique => format!(
+                    "a certificate named {} already exists in team {}",
+                    cert.name, cert.team
+                ),
+            })
+        })
+    })?;
+    insert_version::<B>(conn, first).await?;
+    replace_names::<B>(conn, cert.id, &cert.names).await?;
+    for (key, value) in &cert.labels {
+        let sql = Sql::new(
+            "INSERT INTO certificate_labels (certificate_id, key, value) VALUES ($1, $2, $3)",
+        )
+        .bind(id(cert.id))
+        .bind(key.as_str())
+        .bind(value.as_str());
+        execute::<B>(conn, sql).await?;
+    }
+    Ok(())
+}
+
 #[async_trait]
 impl<B: Backend> MetadataStore for SqlStore<B> {
     async fn ping(&self) -> DomainResult<()> {
@@ -349,43 +483,7 @@ impl<B: Backend> MetadataStore for SqlStore<B> {
 
     async fn insert_issuer(&self, issuer: &Issuer, audit: &AuditEvent) -> DomainResult<()> {
         let mut tx = self.begin_write().await?;
-        // Checked first because a duplicate row may violate several indexes
-        // and the database reports just one of them.
-        if exists::<B>(&mut tx, "SELECT 1 FROM issuers WHERE id = $1", issuer.id).await? {
-            return Err(DomainError::Conflict(format!(
-                "issuer {} already exists",
-                issuer.id
-            )));
-        }
-        let sql = Sql::new(concat!(
-            "INSERT INTO issuers (",
-            issuer_columns!(),
-            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
-        ))
-        .bind(id(issuer.id))
-        .bind(issuer.name.as_str())
-        .bind(codec::issuer_kind(issuer.kind))
-        .bind(issuer.is_default)
-        .bind(issuer.key_type.as_str())
-        .bind(issuer.issuing_cert_pem.as_str())
-        .bind(issuer.chain_pem.as_str())
-        .bind(issuer.key_blob.as_str())
-        .bind(issuer.root_key_blob.as_deref())
-        .bind(issuer.subject.as_str())
-        .bind(secs(issuer.not_after))
-        .bind(secs(issuer.created_at));
-        B::execute(&mut tx, sql).await.map_err(|e| {
-            conflict(e, |v| {
-                Some(match v {
-                    Violation::PrimaryKey => format!("issuer {} already exists", issuer.id),
-                    Violation::Unique => {
-                        "another issuer is already the default; store this one as non-default \
-                         and make it the default afterwards"
-                            .to_owned()
-                    }
-                })
-            })
-        })?;
+        insert_issuer_row::<B>(&mut tx, issuer).await?;
         insert_audit::<B>(&mut tx, audit).await?;
         tx.commit().await.map_err(map)
     }
@@ -446,85 +544,24 @@ impl<B: Backend> MetadataStore for SqlStore<B> {
         audit: &AuditEvent,
         idempotency: Option<&IdempotencyRecord>,
     ) -> DomainResult<()> {
-        if first.certificate_id != cert.id {
-            return Err(DomainError::Internal(format!(
-                "version of certificate {} given as the first version of certificate {}",
-                first.certificate_id, cert.id
-            )));
-        }
-        if first.version != 1 {
-            return Err(DomainError::Conflict(format!(
-                "the first version of certificate {} must be 1, not {}",
-                cert.id, first.version
-            )));
-        }
         let mut tx = self.begin_write().await?;
-        if let Some(record) = idempotency {
-            insert_idempotency::<B>(&mut tx, record, first).await?;
-        }
-        // Checked first because the database may report the name index
-        // instead when a duplicate row violates both.
-        if exists::<B>(&mut tx, "SELECT 1 FROM certificates WHERE id = $1", cert.id).await? {
-            return Err(DomainError::Conflict(format!(
-                "certificate {} already exists",
-                cert.id
-            )));
-        }
-        ensure_issuer::<B>(&mut tx, cert.issuer_id).await?;
-        if first.issuer_id != cert.issuer_id {
-            ensure_issuer::<B>(&mut tx, first.issuer_id).await?;
-        }
-        let sql = Sql::new(concat!(
-            "INSERT INTO certificates (",
-            "id, name, name_folded, team, profile, key_type, key_source, names, validity_days, ",
-            "validity_secs, issuer_id, renew_at_fraction, renew_before_days, renew_jitter_fraction, ",
-            "status, current_version, not_after, renew_after, created_at, updated_at, managed",
-            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, ",
-            "$17, $18, $19, $20, $21)"
-        ))
-        .bind(id(cert.id))
-        .bind(cert.name.as_str())
-        .bind(fold(&cert.name))
-        .bind(cert.team.as_str())
-        .bind(cert.profile.as_str())
-        .bind(cert.key_type.as_str())
-        .bind(cert.key_source.as_str())
-        .bind(codec::names_json(&cert.names)?)
-        .bind(i64::from(cert.validity_days))
-        .bind(cert.validity_secs.map(i64::from))
-        .bind(id(cert.issuer_id))
-        .bind(cert.renewal.renew_at_fraction)
-        .bind(cert.renewal.renew_before_days.map(i64::from))
-        .bind(cert.renewal.jitter_fraction)
-        .bind(cert.status.as_str())
-        .bind(i64::from(cert.current_version))
-        .bind(secs(cert.not_after))
-        .bind(secs(cert.renew_after))
-        .bind(secs(cert.created_at))
-        .bind(secs(cert.updated_at))
-        .bind(cert.managed);
-        B::execute(&mut tx, sql).await.map_err(|e| {
-            conflict(e, |v| {
-                Some(match v {
-                    Violation::PrimaryKey => format!("certificate {} already exists", cert.id),
-                    Violation::Unique => format!(
-                        "a certificate named {} already exists in team {}",
-                        cert.name, cert.team
-                    ),
-                })
-            })
-        })?;
-        insert_version::<B>(&mut tx, first).await?;
-        replace_names::<B>(&mut tx, cert.id, &cert.names).await?;
-        for (key, value) in &cert.labels {
-            let sql = Sql::new(
-                "INSERT INTO certificate_labels (certificate_id, key, value) VALUES ($1, $2, $3)",
-            )
-            .bind(id(cert.id))
-            .bind(key.as_str())
-            .bind(value.as_str());
-            execute::<B>(&mut tx, sql).await?;
-        }
+        insert_certificate::<B>(&mut tx, cert, first, idempotency).await?;
+        insert_audit::<B>(&mut tx, audit).await?;
+        tx.commit().await.map_err(map)
+    }
+
+    async fn create_certificate_with_issuer(
+        &self,
+        issuer: &Issuer,
+        issuer_audit: &AuditEvent,
+        cert: &Certificate,
+        first: &CertificateVersion,
+        audit: &AuditEvent,
+    ) -> DomainResult<()> {
+        let mut tx = self.begin_write().await?;
+        insert_issuer_row::<B>(&mut tx, issuer).await?;
+        insert_audit::<B>(&mut tx, issuer_audit).await?;
+        insert_certificate::<B>(&mut tx, cert, first, None).await?;
         insert_audit::<B>(&mut tx, audit).await?;
         tx.commit().await.map_err(map)
     }

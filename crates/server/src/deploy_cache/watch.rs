@@ -82,6 +82,18 @@ impl MetadataStore for AnnouncingStore {
             .create_certificate(cert, first, audit, idempotency)
             .await
     }
+    async fn create_certificate_with_issuer(
+        &self,
+        issuer: &Issuer,
+        issuer_audit: &AuditEvent,
+        cert: &Certificate,
+        first: &CertificateVersion,
+        audit: &AuditEvent,
+    ) -> DomainResult<()> {
+        self.inner
+            .create_certificate_with_issuer(issuer, issuer_audit, cert, first, audit)
+            .await
+    }
     async fn add_version(
         &self,
         cert: &Certificate,

@@ -477,3 +477,50 @@ async fn console_page_offers_take_over_to_operators_only() {
     let seen = page(operator.clone()).await;
     assert!(!seen.contains(badge), "{seen}");
 }
+
+/// A refused import leaves no row (issue 22): a leaf of a CA certflow has
+/// not seen yet, under a name its team already uses, is a 409 problem, and
+/// `GET /issuers` is unchanged (no `external` issuer left behind).
+#[tokio::test]
+async fn a_refused_import_leaves_the_issuers_unchanged() {
+    let legacy = ca("Legacy");
+    let h = harness_with_ca(&legacy).await;
+    let key = PrivateKey::generate(KeyType::EcdsaP256).unwrap();
+    let pem = cert_to_pem(&leaf(&legacy, "a.example.com", &key));
+    let (status, cert) = h
+        .json(
+            "POST",
+            IMPORT,
+            Some(json!({ "team": "payments", "pem": pem, "name": "web" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{cert}");
+    let (_, before) = h.json("GET", "/console/api/v1/issuers", None).await;
+
+    for n in 0..3 {
+        let foreign = ca(&format!("Foreign {n}"));
+        let pem = format!(
+            "{}{}",
+            cert_to_pem(&leaf(&foreign, "b.example.com", &key)),
+            cert_to_pem(&foreign.issuing_cert_der)
+        );
+        let body =
+            serde_json::to_vec(&json!({ "team": "payments", "pem": pem, "name": "web" })).unwrap();
+        let (status, headers, bytes) = h.call("POST", IMPORT, Some(body), "application/json").await;
+        assert_eq!(status, StatusCode::CONFLICT);
+        assert!(
+            headers
+                .iter()
+                .any(|(k, v)| k == "content-type" && v == "application/problem+json")
+        );
+        let problem: Value = serde_json::from_slice(&bytes).unwrap();
+        assert!(
+            problem["detail"].as_str().unwrap_or("").contains("web"),
+            "{problem}"
+        );
+        let (_, now) = h.json("GET", "/console/api/v1/issuers", None).await;
+        assert_eq!(now, before, "attempt {n}");
+    }
+    assert_eq!(h.certificate_count().await, 1);
+    assert_eq!(blob_count(&h).await, 2);
+}

@@ -32,6 +32,9 @@ mod import;
 #[path = "discovery_tests.rs"]
 mod discovery;
 
+#[path = "input_tests.rs"]
+mod input;
+
 struct Harness {
     app: Router,
     token: String,

@@ -3,12 +3,13 @@
 //!
 //! Add a case by wrapping its `async fn` in `store_case! { ... }` (see `main.rs`).
 
-use certflow_core::model::{AuditQuery, KeyType};
+use certflow_core::model::{AuditQuery, Certificate, IssuerKind, KeyType};
 use certflow_core::ports::MetadataStore;
 use uuid::Uuid;
 
 use crate::support::{
-    DAY, T0, assert_conflict, assert_not_found, at, audit_ids, event, issuer, seed_issuer, warm_up,
+    DAY, T0, assert_conflict, assert_not_found, at, audit_ids, certificate, create, event, issuer,
+    seed_issuer, target, version, warm_up,
 };
 
 store_case! {
@@ -155,5 +156,65 @@ store_case! {
             .collect();
         assert_eq!(defaults.len(), 1);
         assert_ne!(defaults[0], main.id);
+    }
+}
+
+store_case! {
+    async fn an_issuer_recorded_with_a_certificate_commits_with_it_or_not_at_all(
+        store: &dyn MetadataStore,
+    ) {
+        let main = seed_issuer(store).await;
+        create(store, &certificate(&main, "taken", "web")).await;
+        let before = audit_ids(store, AuditQuery::default()).await;
+        let mut external = issuer("external: Foreign CA", false);
+        external.kind = IssuerKind::External;
+        external.key_blob = String::new();
+        external.root_key_blob = None;
+        let record = |cert: &Certificate| {
+            (
+                event("issuer.external", &format!("issuer/{}", external.id)),
+                version(cert, 1),
+                event("certificate.import", &target(cert)),
+            )
+        };
+
+        // The certificate's name is taken in its team: neither is stored.
+        let clash = certificate(&external, "taken", "web");
+        let (issuer_audit, first, audit) = record(&clash);
+        let result = store
+            .create_certificate_with_issuer(&external, &issuer_audit, &clash, &first, &audit)
+            .await;
+        assert_conflict(result, &["taken", "web"]);
+        assert_eq!(store.get_issuer(external.id).await.unwrap(), None);
+        assert_eq!(store.get_certificate(clash.id).await.unwrap(), None);
+        assert_eq!(audit_ids(store, AuditQuery::default()).await, before);
+
+        // Otherwise both are, each with its event, the chain intact.
+        let fine = certificate(&external, "fine", "web");
+        let (issuer_audit, first, audit) = record(&fine);
+        store
+            .create_certificate_with_issuer(&external, &issuer_audit, &fine, &first, &audit)
+            .await
+            .unwrap();
+        assert_eq!(
+            store.get_issuer(external.id).await.unwrap(),
+            Some(external.clone())
+        );
+        let stored = store.get_certificate(fine.id).await.unwrap().unwrap();
+        assert_eq!(stored.issuer_id, external.id);
+        assert_eq!(store.list_versions(fine.id).await.unwrap(), vec![first]);
+        let after = audit_ids(store, AuditQuery::default()).await;
+        assert_eq!(after.len(), before.len() + 2);
+        assert!(after.contains(&issuer_audit.id) && after.contains(&audit.id));
+        assert_eq!(store.verify_audit_chain().await.unwrap().first_break, None);
+
+        // An issuer id already stored: a conflict, and the certificate is not stored.
+        let late = certificate(&external, "late", "web");
+        let (issuer_audit, first, audit) = record(&late);
+        let result = store
+            .create_certificate_with_issuer(&external, &issuer_audit, &late, &first, &audit)
+            .await;
+        assert_conflict(result, &["already exists"]);
+        assert_eq!(store.get_certificate(late.id).await.unwrap(), None);
     }
 }
