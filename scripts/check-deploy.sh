@@ -3,7 +3,8 @@
 # template with cfn-lint (schema, intrinsic functions, property values) and
 # checkov (security posture: encryption, IAM, logging, network), the
 # Dockerfile with checkov, the Prometheus alert rules with promtool (syntax
-# and their own unit tests). Any error or failed check fails the test command.
+# and their own unit tests) and the scrape configuration (promtool check
+# config). Any error or failed check fails the test command.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,4 +28,10 @@ checkov --quiet --compact --skip-download \
 
 echo "== promtool deploy/prometheus"
 promtool check rules deploy/prometheus/alerts.yml
+# The scrape configuration, with a stand-in for the token file it names.
+scrape=$(mktemp -d)
+trap 'rm -rf "$scrape"' EXIT
+cp deploy/prometheus/prometheus.yml deploy/prometheus/alerts.yml "$scrape"/
+echo "stand-in-token-for-promtool" >"$scrape"/certflow-metrics.token
+promtool check config "$scrape"/prometheus.yml
 (cd deploy/prometheus && promtool test rules alerts.test.yml)

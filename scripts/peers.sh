@@ -55,6 +55,14 @@ if ! command -v promtool >/dev/null 2>&1; then
 fi
 echo "peers: promtool $(dpkg-query -W -f='${Version}' prometheus 2>/dev/null)"
 
+# sqlite3 (Debian's CLI): the login e2e reads the stored session row with
+# it, to check that no CSRF or ID token is kept in the clear.
+if ! command -v sqlite3 >/dev/null 2>&1; then
+  echo "== installing sqlite3"
+  apt-get update -qq && apt-get install -y -qq sqlite3 >/dev/null
+fi
+echo "peers: sqlite3 $(sqlite3 --version | cut -d' ' -f1)"
+
 # oidc-provider (OpenID provider fixture): certflow-auth's token tests and the
 # server's e2e tests start testdata/oidc/provider.mjs themselves (so does
 # scripts/dev-idp.sh); it needs node and its node_modules.

@@ -2,7 +2,7 @@
 //! the trip to the identity provider, and the server-side session it becomes.
 //! Both are keyed by the SHA-256 of a random value the browser holds (the
 //! OAuth `state`, the session cookie), so a copy of the database cannot be
-//! replayed as a cookie.
+//! replayed as a cookie, and a session keeps no other secret in the clear.
 
 use time::OffsetDateTime;
 
@@ -33,10 +33,11 @@ pub struct Session {
     pub id_hash: String,
     /// Who signed in, with the roles and teams mapped at login.
     pub principal: Principal,
-    /// Token the console must echo in `X-CSRF-Token` on state-changing requests.
-    pub csrf_token: String,
-    /// The provider's ID token, sent back as `id_token_hint` at logout.
-    pub id_token: Option<String>,
+    /// The provider's ID token, sealed under a key derived from the session
+    /// id (which only the browser holds), so the stored row alone cannot
+    /// give it away; opened at logout for `id_token_hint`. The session's
+    /// CSRF token is not stored at all: it is derived from the id too.
+    pub sealed_id_token: Option<String>,
     /// When the session was created (login).
     pub created_at: OffsetDateTime,
     /// Last request seen (written at most every few seconds).

@@ -156,6 +156,7 @@ teams = ["bench"]
         .env("CERTFLOW_DATA_DIR", dir.path())
         .env("CERTFLOW_SERVER__LISTEN", "127.0.0.1:0")
         .env("CERTFLOW_AGENT__LISTEN", &addr)
+        .env("CERTFLOW_METRICS__LISTEN", "off")
         .env("CERTFLOW_CONFIG", &config)
         .env("CERTFLOW_AGENT__RATE_LIMIT_PER_SEC", "1000000")
         .env("CERTFLOW_AGENT__RATE_LIMIT_BURST", "1000000")

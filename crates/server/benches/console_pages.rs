@@ -154,9 +154,9 @@ fn session(db: &Db, principal: &Principal, now_ms: i64) -> String {
         .replace('\'', "''");
     let day = 86_400_000;
     db.run(&format!(
-        "INSERT INTO sessions (id_hash, subject, principal, csrf_token, id_token, created_ms, \
+        "INSERT INTO sessions (id_hash, subject, principal, sealed_id_token, created_ms, \
          last_seen_ms, idle_expires_ms, absolute_expires_ms) VALUES ('{hash}', '{}', '{json}', \
-         'csrf', NULL, {now_ms}, {now_ms}, {}, {});",
+         NULL, {now_ms}, {now_ms}, {}, {});",
         principal.subject,
         now_ms + day,
         now_ms + day
@@ -205,6 +205,7 @@ rate_limit_burst = 1000000.0
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("CERTFLOW_DATA_DIR", dir.path())
         .env("CERTFLOW_SERVER__LISTEN", "127.0.0.1:0")
+        .env("CERTFLOW_METRICS__LISTEN", "off")
         .env("CERTFLOW_CONFIG", &config)
         // A fixed throwaway key: with PostgreSQL it must come from outside.
         .env(

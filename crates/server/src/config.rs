@@ -49,6 +49,8 @@ pub struct Config {
     /// `[policy.issuers.<issuer name>]`): every applicable one must pass, on
     /// request and before every renewal.
     pub policy: certflow_core::policy::IssuancePolicies,
+    /// Where `/metrics` is served and what it requires (`[metrics]`).
+    pub metrics: MetricsConfig,
 }
 
 impl Default for Config {
@@ -68,6 +70,7 @@ impl Default for Config {
             agent: Default::default(),
             console: ConsoleConfig::default(),
             policy: Default::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -707,6 +710,87 @@ impl Default for LogConfig {
     }
 }
 
+/// `[metrics]`: `/metrics` names every team's certificates and the fleet's
+/// state, so it is not on the console listener by default. It has its own
+/// listener (`listen`, loopback by default; `"off"` turns it off) and, when a
+/// bearer token is configured, every `/metrics` request must present it
+/// (`Authorization: Bearer <token>`), on that listener and on the console
+/// listener, which then serves `/metrics` too.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Address of the metrics listener (`/metrics` only, plain HTTP), or `"off"`.
+    #[serde(with = "listen_or_off")]
+    pub listen: Option<SocketAddr>,
+    /// The bearer token scrapers must send (env `CERTFLOW_METRICS__BEARER_TOKEN`).
+    #[serde(skip_serializing)]
+    pub bearer_token: Option<SecretString>,
+    /// A file holding the bearer token (its first line).
+    pub bearer_token_file: Option<PathBuf>,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
+            bearer_token: None,
+            bearer_token_file: None,
+        }
+    }
+}
+
+impl MetricsConfig {
+    /// The configured bearer token, read from its file if need be; an empty
+    /// one is refused (it would let every request through a naive check).
+    pub fn token(&self) -> anyhow::Result<Option<SecretString>> {
+        use secrecy::ExposeSecret as _;
+        let token = match (&self.bearer_token, &self.bearer_token_file) {
+            (Some(_), Some(_)) => {
+                bail!("set metrics.bearer_token or metrics.bearer_token_file, not both")
+            }
+            (Some(t), None) => t.expose_secret().trim().to_owned(),
+            (None, Some(file)) => std::fs::read_to_string(file)
+                .with_context(|| format!("metrics.bearer_token_file {}", file.display()))?
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_owned(),
+            (None, None) => return Ok(None),
+        };
+        if token.len() < 16 {
+            bail!("the metrics bearer token must be at least 16 characters");
+        }
+        Ok(Some(SecretString::from(token)))
+    }
+}
+
+/// `listen = "host:port"` or `"off"` (also `""`).
+mod listen_or_off {
+    use std::net::SocketAddr;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<SocketAddr>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(addr) => s.collect_str(addr),
+            None => s.serialize_str("off"),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+        let text = String::deserialize(d)?;
+        match text.trim() {
+            "" | "off" => Ok(None),
+            addr => addr.parse().map(Some).map_err(|_| {
+                serde::de::Error::custom(format!(
+                    "{addr:?} is not an address (host:port) or \"off\""
+                ))
+            }),
+        }
+    }
+}
+
 /// Environment variables under the prefix that are not configuration keys.
 const NOT_CONFIG: [&str; 5] = ["CONFIG", "URL", "TOKEN", "MASTER_KEY", "MASTER_KEY_FILE"];
 
@@ -837,6 +921,7 @@ impl Config {
             .compile()
             .map_err(|e| anyhow::anyhow!("invalid issuance policy: {e}"))?;
         self.auth.check_console()?;
+        self.metrics.token()?;
         if !matches!(self.log.format.as_str(), "text" | "json") {
             bail!(
                 "log.format must be \"text\" or \"json\", got {:?}",

@@ -1,15 +1,16 @@
 //! The console listener's router: the only module that knows every surface
-//! served there (console API, pages and login, public CA endpoints, probes
-//! and metrics) and the layers around all of them. The agent listener has its
-//! own router (`crate::agent_api`).
+//! served there (console API, pages and login, public CA endpoints, probes)
+//! and the layers around all of them; and the metrics listener's router
+//! ([`metrics_app`]). The agent listener has its own router
+//! (`crate::agent_api`).
 
-use axum::extract::DefaultBodyLimit;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
 use axum::{Router, middleware};
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::TraceLayer;
 
-use crate::errors::ApiError;
+use crate::errors;
 use crate::extract::BODY_LIMIT;
 use crate::state::AppState;
 use crate::{http, ops, pki_api, telemetry, web};
@@ -21,16 +22,12 @@ pub fn app(state: AppState) -> Router {
         .merge(ops::router())
         .merge(pki_api::router())
         .merge(web::router())
-        .fallback(|| async { ApiError::no_route() })
-        .method_not_allowed_fallback(|| async {
-            ApiError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method-not-allowed",
-                "Method not allowed",
-                "this resource does not support the method",
-            )
-        })
-        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .fallback(fallback)
+        .method_not_allowed_fallback(errors::method_not_allowed)
+        .layer(middleware::from_fn_with_state(
+            BODY_LIMIT,
+            errors::limit_body,
+        ))
         .layer(SetResponseHeaderLayer::overriding(
             header::X_CONTENT_TYPE_OPTIONS,
             HeaderValue::from_static("nosniff"),
@@ -38,5 +35,44 @@ pub fn app(state: AppState) -> Router {
         .layer(TraceLayer::new_for_http())
         // Applied per route (so it sees the matched template), around the other layers.
         .layer(middleware::from_fn(telemetry::metrics::track))
+        // Outermost: whatever answers with an error answers with a problem document.
+        .layer(middleware::from_fn(errors::problem_responses))
+        .with_state(state)
+}
+
+/// Unknown routes: a problem document, except a browser asking for a page
+/// under `/console/`, which gets the console's HTML "not found" page.
+async fn fallback(method: Method, uri: Uri, headers: HeaderMap) -> Response {
+    let wants_html = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/html"));
+    if wants_html && errors::is_page_path(uri.path()) {
+        return web::error_page(StatusCode::NOT_FOUND, "there is no such page");
+    }
+    errors::ApiError::no_route(&method, &uri).into_response()
+}
+
+/// The metrics listener's router (`[metrics] listen`): `/metrics` only,
+/// behind the bearer token when one is configured; every other request is a
+/// problem document.
+pub fn metrics_app(
+    state: AppState,
+    domain: ops::gauges::DomainMetrics,
+    token: Option<ops::MetricsToken>,
+) -> Router {
+    ops::metrics_router(token)
+        .fallback(errors::not_found)
+        .method_not_allowed_fallback(errors::method_not_allowed)
+        .layer(middleware::from_fn_with_state(
+            BODY_LIMIT,
+            errors::limit_body,
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+        .layer(axum::Extension(domain))
+        .layer(middleware::from_fn(errors::problem_responses))
         .with_state(state)
 }

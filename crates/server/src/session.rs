@@ -2,12 +2,15 @@
 //! cookie, its lookup with idle and absolute timeouts, and CSRF protection of
 //! cookie-authenticated, state-changing requests.
 //!
-//! The cookie holds 256 random bits; the database holds only their SHA-256,
-//! the principal mapped at login and a per-session CSRF token. A request that
-//! changes state with the cookie must echo that token in `X-CSRF-Token` (a
-//! cross-site page cannot read it) and, when it sends `Origin`, come from the
-//! console's origin. Bearer-token requests carry no ambient credential and
-//! are not subject to either check.
+//! The cookie holds 256 random bits (the session id); the database holds
+//! only their SHA-256, the principal mapped at login and the provider's ID
+//! token sealed under a key derived from the id. The session's CSRF token is
+//! derived from the id as well (HMAC-SHA256 keyed by the id), never stored:
+//! a copy of the database gives neither a usable cookie, nor a CSRF token,
+//! nor an ID token. A request that changes state with the cookie must echo
+//! the CSRF token in `X-CSRF-Token` (a cross-site page cannot read it) and,
+//! when it sends `Origin`, come from the console's origin. Bearer-token
+//! requests carry no ambient credential and are not subject to either check.
 //!
 //! `__Host-` cookies are only accepted by browsers over HTTPS (`Secure`), so
 //! the console must be served over TLS (at the load balancer or a proxy).
@@ -20,7 +23,8 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use aws_lc_rs::{constant_time, digest, rand};
+use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use aws_lc_rs::{constant_time, digest, hmac, rand};
 use axum::Extension;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
@@ -61,6 +65,61 @@ pub(crate) fn sha256_hex(secret: &str) -> String {
     hex::encode(digest::digest(&digest::SHA256, secret.as_bytes()).as_ref())
 }
 
+/// A key or token of `purpose` derived from the session id: HMAC-SHA256
+/// keyed by the id. Whoever lacks the id (the database included: it holds
+/// only the id's SHA-256) cannot compute it.
+fn derive(id: &str, purpose: &[u8]) -> hmac::Tag {
+    hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, id.as_bytes()), purpose)
+}
+
+/// The CSRF token of the session whose id is `id` (base64url).
+pub(crate) fn csrf_token(id: &str) -> String {
+    URL_SAFE_NO_PAD.encode(derive(id, b"certflow session csrf v1").as_ref())
+}
+
+/// The AES-256-GCM key that seals the session's ID token.
+fn id_token_key(id: &str) -> DomainResult<LessSafeKey> {
+    let tag = derive(id, b"certflow session id-token v1");
+    UnboundKey::new(&AES_256_GCM, tag.as_ref())
+        .map(LessSafeKey::new)
+        .map_err(|_| DomainError::Internal("session sealing key".into()))
+}
+
+/// Seals `id_token` for the session `id` (bound to its stored hash):
+/// base64url of nonce ‖ ciphertext ‖ tag.
+fn seal_id_token(id: &str, id_hash: &str, id_token: &str) -> DomainResult<String> {
+    let key = id_token_key(id)?;
+    let mut nonce = [0u8; NONCE_LEN];
+    rand::fill(&mut nonce).map_err(|_| DomainError::Internal("random source failed".into()))?;
+    let mut sealed = id_token.as_bytes().to_vec();
+    key.seal_in_place_append_tag(
+        Nonce::assume_unique_for_key(nonce),
+        Aad::from(id_hash.as_bytes()),
+        &mut sealed,
+    )
+    .map_err(|_| DomainError::Internal("sealing the ID token".into()))?;
+    let mut out = nonce.to_vec();
+    out.extend_from_slice(&sealed);
+    Ok(URL_SAFE_NO_PAD.encode(out))
+}
+
+/// Opens what [`seal_id_token`] sealed; `None` if it does not open (another
+/// session's, or altered).
+fn open_id_token(id: &str, id_hash: &str, sealed: &str) -> Option<String> {
+    let key = id_token_key(id).ok()?;
+    let raw = URL_SAFE_NO_PAD.decode(sealed).ok()?;
+    if raw.len() < NONCE_LEN {
+        return None;
+    }
+    let (nonce, ciphertext) = raw.split_at(NONCE_LEN);
+    let nonce = Nonce::try_assume_unique_for_key(nonce).ok()?;
+    let mut in_out = ciphertext.to_vec();
+    let plain = key
+        .open_in_place(nonce, Aad::from(id_hash.as_bytes()), &mut in_out)
+        .ok()?;
+    String::from_utf8(plain.to_vec()).ok()
+}
+
 /// Audit target of a session: `session/` and 16 hex digits of the SHA-256 of
 /// its stored id hash. It ties a login to its logout or expiry without
 /// being usable to find, let alone present, the session.
@@ -88,11 +147,46 @@ pub struct Sessions {
     settings: Arc<SessionSettings>,
 }
 
-/// A live session found from a request's cookie.
-#[derive(Debug, Clone)]
+/// A live session found from a request's cookie (or just created), with
+/// what only the id can give: its CSRF token and its ID token.
+#[derive(Clone)]
 pub struct CurrentSession {
     /// The stored session.
     pub session: Session,
+    /// The token state-changing requests must echo (derived from the id).
+    pub csrf_token: String,
+    /// The session id (the cookie's value), to open the sealed ID token.
+    id: String,
+}
+
+impl std::fmt::Debug for CurrentSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The id and the CSRF token are secrets: never printed.
+        f.debug_struct("CurrentSession")
+            .field("session", &self.session)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CurrentSession {
+    fn new(id: String, session: Session) -> Self {
+        Self {
+            csrf_token: csrf_token(&id),
+            session,
+            id,
+        }
+    }
+
+    /// The provider's ID token, for `id_token_hint` at logout, if the login
+    /// kept one and it opens.
+    pub fn id_token(&self) -> Option<String> {
+        let sealed = self.session.sealed_id_token.as_deref()?;
+        let opened = open_id_token(&self.id, &self.session.id_hash, sealed);
+        if opened.is_none() {
+            tracing::warn!("a session's sealed ID token does not open; logging out without a hint");
+        }
+        opened
+    }
 }
 
 impl Sessions {
@@ -119,28 +213,32 @@ impl Sessions {
         self.audit.append_audit(event).await
     }
 
-    /// Creates a session with a fresh id for `principal`; returns the cookie
-    /// value (the id) and the stored session. Never reuses an id the browser
-    /// brought: that would let a planted cookie ride the login (fixation).
+    /// Creates a session with a fresh id for `principal`, keeping `id_token`
+    /// sealed; returns the cookie value (the id) and the session. Never
+    /// reuses an id the browser brought: that would let a planted cookie
+    /// ride the login (fixation).
     pub async fn create(
         &self,
         principal: Principal,
         id_token: Option<String>,
         now: OffsetDateTime,
-    ) -> DomainResult<(String, Session)> {
+    ) -> DomainResult<(String, CurrentSession)> {
         let id = random_token()?;
+        let id_hash = sha256_hex(&id);
+        let sealed_id_token = id_token
+            .map(|t| seal_id_token(&id, &id_hash, &t))
+            .transpose()?;
         let session = Session {
-            id_hash: sha256_hex(&id),
+            id_hash,
             principal,
-            csrf_token: random_token()?,
-            id_token,
+            sealed_id_token,
             created_at: now,
             last_seen: now,
             idle_expires_at: now + self.settings.idle_timeout,
             absolute_expires_at: now + self.settings.absolute_timeout,
         };
         self.store.insert_session(&session).await?;
-        Ok((id, session))
+        Ok((id.clone(), CurrentSession::new(id, session)))
     }
 
     /// [`current_from`](Self::current_from) for a caller whose address is unknown.
@@ -201,7 +299,7 @@ impl Sessions {
             session.last_seen = now;
             session.idle_expires_at = idle;
         }
-        Ok(Some(CurrentSession { session }))
+        Ok(Some(CurrentSession::new(id, session)))
     }
 
     /// Authenticates a request by its session cookie, for the auth middleware.
@@ -219,7 +317,7 @@ impl Sessions {
         Ok(self
             .authenticate_session(method, headers, source)
             .await?
-            .map(|s| s.principal))
+            .map(|s| s.session.principal))
     }
 
     /// [`authenticate`](Self::authenticate), returning the whole session.
@@ -228,7 +326,7 @@ impl Sessions {
         method: &Method,
         headers: &HeaderMap,
         source: Option<&str>,
-    ) -> Result<Option<Session>, ApiError> {
+    ) -> Result<Option<CurrentSession>, ApiError> {
         if has_bearer(headers) {
             return Ok(None);
         }
@@ -239,14 +337,14 @@ impl Sessions {
             return Ok(None);
         };
         if changes_state(method) {
-            self.check_csrf(&current.session, headers)?;
+            self.check_csrf(&current.csrf_token, headers)?;
         }
-        Ok(Some(current.session))
+        Ok(Some(current))
     }
 
     /// Refuses a state-changing request that lacks the session's CSRF token
-    /// or comes from another origin.
-    pub fn check_csrf(&self, session: &Session, headers: &HeaderMap) -> Result<(), ApiError> {
+    /// (`csrf_token`, [`CurrentSession::csrf_token`]) or comes from another origin.
+    pub fn check_csrf(&self, csrf_token: &str, headers: &HeaderMap) -> Result<(), ApiError> {
         if let Some(origin) = headers.get(header::ORIGIN) {
             // `null` (sandboxed frames, some redirects) is as foreign as any other site.
             if origin.as_bytes() != self.settings.console_origin.as_bytes() {
@@ -259,7 +357,7 @@ impl Sessions {
             .map(HeaderValue::as_bytes)
             .unwrap_or_default();
         if sent.is_empty()
-            || constant_time::verify_slices_are_equal(sent, session.csrf_token.as_bytes()).is_err()
+            || constant_time::verify_slices_are_equal(sent, csrf_token.as_bytes()).is_err()
         {
             return Err(csrf_refused(
                 "send the session's CSRF token (GET /console/session) in X-CSRF-Token",
@@ -400,13 +498,17 @@ pub async fn get_session(
         return limited.into_response();
     }
     match current {
-        Ok(Some(CurrentSession { session })) => {
+        Ok(Some(CurrentSession {
+            session,
+            csrf_token,
+            ..
+        })) => {
             let view = SessionView {
                 expires_at: session.expires_at(),
                 subject: session.principal.subject,
                 roles: session.principal.roles,
                 teams: session.principal.teams,
-                csrf_token: session.csrf_token,
+                csrf_token,
             };
             (
                 [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))],
@@ -456,6 +558,38 @@ mod tests {
             "__Host-certflow_session=abc; Secure; HttpOnly; SameSite=Lax; Path=/"
         );
         assert!(!clear_cookie().to_str().unwrap().contains("Domain"));
+    }
+
+    #[test]
+    fn csrf_token_is_derived_from_the_id_and_differs_from_its_hash() {
+        let id = random_token().unwrap();
+        assert_eq!(csrf_token(&id), csrf_token(&id));
+        assert_ne!(csrf_token(&id), csrf_token(&random_token().unwrap()));
+        assert!(!sha256_hex(&id).contains(&csrf_token(&id)));
+        // 256 bits, base64url without padding.
+        assert_eq!(csrf_token(&id).len(), 43);
+    }
+
+    #[test]
+    fn id_token_opens_only_with_its_session_id_and_hash() {
+        let id = random_token().unwrap();
+        let hash = sha256_hex(&id);
+        let sealed = seal_id_token(&id, &hash, "eyJ.header.sig").unwrap();
+        assert!(!sealed.contains("eyJ"));
+        assert_eq!(
+            open_id_token(&id, &hash, &sealed).as_deref(),
+            Some("eyJ.header.sig")
+        );
+        let other = random_token().unwrap();
+        assert_eq!(open_id_token(&other, &hash, &sealed), None);
+        assert_eq!(open_id_token(&id, &sha256_hex(&other), &sealed), None);
+        let mut altered = URL_SAFE_NO_PAD.decode(&sealed).unwrap();
+        *altered.last_mut().unwrap() ^= 1;
+        assert_eq!(
+            open_id_token(&id, &hash, &URL_SAFE_NO_PAD.encode(altered)),
+            None
+        );
+        assert_eq!(open_id_token(&id, &hash, "x"), None);
     }
 
     #[test]

@@ -84,6 +84,11 @@ const MIGRATIONS: &[Embedded] = &[
         "renewal urgency",
         include_str!("../migrations/postgres/0012_renewal_urgency.sql"),
     ),
+    (
+        13,
+        "session secrets",
+        include_str!("../migrations/postgres/0013_session_secrets.sql"),
+    ),
 ];
 
 /// Key of the advisory lock held while migrating ("certflow" in ASCII).

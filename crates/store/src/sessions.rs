@@ -1,5 +1,7 @@
 //! [`SessionStore`] written once for every [`Backend`]: pending console logins
-//! and browser sessions (tables of `migrations/*/0006_sessions.sql`).
+//! and browser sessions (tables of `migrations/*/0006_sessions.sql`; since
+//! `0013_session_secrets.sql` a session row holds no CSRF token and only a
+//! sealed ID token).
 
 use async_trait::async_trait;
 use certflow_core::DomainError;
@@ -14,7 +16,7 @@ use crate::error::{Violation, conflict, corrupt, map};
 use crate::query::{Backend, Columns, Sql};
 use crate::store::{SqlStore, execute, fetch_optional};
 
-const SESSION_COLUMNS: &str = "id_hash, subject, principal, csrf_token, id_token, created_ms, \
+const SESSION_COLUMNS: &str = "id_hash, subject, principal, sealed_id_token, created_ms, \
      last_seen_ms, idle_expires_ms, absolute_expires_ms";
 
 /// Column value of an instant in these tables: unix milliseconds.
@@ -33,8 +35,7 @@ fn session(row: &impl Columns) -> DomainResult<Session> {
     Ok(Session {
         id_hash: row.text("id_hash")?,
         principal,
-        csrf_token: row.text("csrf_token")?,
-        id_token: row.opt_text("id_token")?,
+        sealed_id_token: row.opt_text("sealed_id_token")?,
         created_at: get_millis(row, "created_ms")?,
         last_seen: get_millis(row, "last_seen_ms")?,
         idle_expires_at: get_millis(row, "idle_expires_ms")?,
@@ -91,13 +92,12 @@ impl<B: Backend> SessionStore for SqlStore<B> {
         let mut conn = self.pool().acquire().await.map_err(map)?;
         let mut sql = Sql::new("INSERT INTO sessions (");
         sql.push(SESSION_COLUMNS)
-            .push(") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)");
+            .push(") VALUES ($1, $2, $3, $4, $5, $6, $7, $8)");
         let sql = sql
             .bind(s.id_hash.as_str())
             .bind(s.principal.subject.as_str())
             .bind(to_json("session principal", &s.principal)?)
-            .bind(s.csrf_token.as_str())
-            .bind(s.id_token.as_deref())
+            .bind(s.sealed_id_token.as_deref())
             .bind(millis(s.created_at))
             .bind(millis(s.last_seen))
             .bind(millis(s.idle_expires_at))
@@ -192,8 +192,7 @@ mod tests {
                 roles: vec![Role::Operator],
                 teams: vec!["payments".into()],
             },
-            csrf_token: "csrf".into(),
-            id_token: Some("eyJ.x.y".into()),
+            sealed_id_token: Some("sealed".into()),
             created_at: now,
             last_seen: now,
             idle_expires_at: now + Duration::minutes(30),

@@ -81,6 +81,11 @@ const MIGRATIONS: &[Embedded] = &[
         "renewal urgency",
         include_str!("../migrations/sqlite/0012_renewal_urgency.sql"),
     ),
+    (
+        13,
+        "session secrets",
+        include_str!("../migrations/sqlite/0013_session_secrets.sql"),
+    ),
 ];
 
 /// How long a statement waits for another connection's write lock.
@@ -321,5 +326,45 @@ mod tests {
         .unwrap()
         .unwrap();
         assert_eq!(row.int("expires_at").unwrap(), 1000);
+    }
+
+    /// Migration 0013 takes the session secrets an older version stored in
+    /// the clear out of the table: the CSRF token and ID token columns go
+    /// (the values blanked first), the session itself stays.
+    #[tokio::test]
+    async fn migration_0013_drops_session_secrets_and_keeps_sessions() {
+        let mut conn = SqliteConnection::connect("sqlite::memory:").await.unwrap();
+        let before: Vec<Embedded> = MIGRATIONS.iter().filter(|m| m.0 < 13).copied().collect();
+        migrator(&before).run(&mut conn).await.unwrap();
+        Sqlite::execute(
+            &mut conn,
+            Sql::new(
+                "INSERT INTO sessions (id_hash, subject, principal, csrf_token, id_token,                  created_ms, last_seen_ms, idle_expires_ms, absolute_expires_ms)                  VALUES ('h', 'alice', '{}', 'csrf-in-clear', 'eyJ.id-token.in-clear', 1, 1, 2, 3)",
+            ),
+        )
+        .await
+        .unwrap();
+        let after: Vec<Embedded> = MIGRATIONS.iter().filter(|m| m.0 <= 13).copied().collect();
+        migrator(&after).run(&mut conn).await.unwrap();
+        let columns = Sqlite::fetch_all(
+            &mut conn,
+            Sql::new("SELECT name FROM pragma_table_info('sessions') ORDER BY cid"),
+        )
+        .await
+        .unwrap();
+        let columns: Vec<String> = columns.iter().map(|r| r.text("name").unwrap()).collect();
+        assert!(
+            !columns.iter().any(|c| c == "csrf_token" || c == "id_token"),
+            "{columns:?}"
+        );
+        let row = Sqlite::fetch_optional(
+            &mut conn,
+            Sql::new("SELECT subject, sealed_id_token FROM sessions WHERE id_hash = 'h'"),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        assert_eq!(row.text("subject").unwrap(), "alice");
+        assert_eq!(row.opt_text("sealed_id_token").unwrap(), None);
     }
 }

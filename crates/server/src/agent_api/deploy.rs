@@ -37,8 +37,9 @@ pub fn routes() -> Router<AgentState> {
         // Reports carry up to 2000 leaf PEMs: more than the listener's default body limit.
         .route(
             "/agent/v1/discovered",
-            post(super::discovery::agent_report).layer(axum::extract::DefaultBodyLimit::max(
+            post(super::discovery::agent_report).layer(axum::middleware::from_fn_with_state(
                 super::discovery::DISCOVERY_BODY_LIMIT,
+                crate::errors::limit_body,
             )),
         )
 }

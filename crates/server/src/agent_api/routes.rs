@@ -137,13 +137,17 @@ pub fn router(state: AgentState) -> Router {
         .route("/agent/v1/identity/renew", post(renew))
         .route("/agent/v1/whoami", get(whoami))
         .merge(super::deploy::routes())
-        .fallback(|| async { ApiError::no_route() })
+        .fallback(crate::errors::not_found)
+        .method_not_allowed_fallback(crate::errors::method_not_allowed)
         .route_layer(middleware::from_fn(note_agent))
         .route_layer(middleware::from_fn_with_state(state.clone(), guard))
-        .layer(middleware::from_fn(crate::telemetry::observe::access_log))
-        .layer(axum::extract::DefaultBodyLimit::max(
+        .layer(middleware::from_fn_with_state(
             crate::extract::BODY_LIMIT,
+            crate::errors::limit_body,
         ))
+        .layer(middleware::from_fn(crate::telemetry::observe::access_log))
+        // Outermost: whatever answers with an error answers with a problem document.
+        .layer(middleware::from_fn(crate::errors::problem_responses))
         .with_state(state)
 }
 

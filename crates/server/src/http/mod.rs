@@ -18,7 +18,6 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::errors::ApiError;
 use crate::state::AppState;
 
 #[derive(OpenApi)]
@@ -102,7 +101,7 @@ pub fn router(state: &AppState) -> Router<AppState> {
             state.clone(),
             crate::auth::require_auth,
         ))
-        .fallback(|| async { ApiError::no_route() });
+        .fallback(crate::errors::not_found);
     Router::new().nest("/console/api/v1", api).route(
         "/console/api/openapi.json",
         get(move || {

@@ -136,7 +136,7 @@ async fn harness_full(
         .with_discovery(store.clone()),
         certflow_store::ChangeFeed::local(),
     );
-    let mut router = app(AppState {
+    let state = AppState {
         services: services.clone(),
         bootstrap_hash,
         renewal: Arc::new(crate::state::RenewalView {
@@ -149,7 +149,10 @@ async fn harness_full(
         limits: limits.clone(),
         deploy: deploy.clone(),
         agents: agents.clone(),
-    });
+    };
+    // `/metrics` as the metrics listener serves it (no token), beside the console's routes.
+    let mut router =
+        app(state.clone()).merge(crate::ops::metrics_router(None).with_state(state));
     if let Some(sessions) = &sessions {
         let oidc: crate::config::OidcConfig = serde_json::from_value(json!({
             "issuer": "http://127.0.0.1:9/unreachable",
@@ -1426,13 +1429,13 @@ async fn console_login_refusals_logout_and_expired_sessions_are_audited() {
     assert_eq!(events[0]["subject"], "carol");
     assert_eq!(events[0]["source"], "192.0.2.11");
     assert_eq!(events[0]["outcome"], "success");
-    let target = crate::session::audit_target(&session);
+    let target = crate::session::audit_target(&session.session);
     assert_eq!(events[0]["target"], target.as_str());
     assert!(
         !events[0].to_string().contains(&id),
         "the session id is not audited"
     );
-    assert!(!target.contains(&session.id_hash));
+    assert!(!target.contains(&session.session.id_hash));
 
     // A session used after its idle timeout (40 min > 30) and an active one
     // (seen 5 min ago) after its absolute timeout (70 min > 1 h): refused,
@@ -1446,7 +1449,11 @@ async fn console_login_refusals_logout_and_expired_sessions_are_audited() {
         if reason == "absolute" {
             let seen = now - time::Duration::minutes(5);
             h.store
-                .touch_session(&created.id_hash, seen, seen + time::Duration::minutes(30))
+                .touch_session(
+                    &created.session.id_hash,
+                    seen,
+                    seen + time::Duration::minutes(30),
+                )
                 .await
                 .unwrap();
         }

@@ -1,29 +1,79 @@
-//! The operational endpoints of the console listener: `/healthz`, `/readyz`
-//! and `/metrics`, and the same gauges as CloudWatch EMF lines on stdout.
+//! The operational endpoints: `/healthz` and `/readyz` on the console
+//! listener; `/metrics` on the metrics listener (`[metrics] listen`) and,
+//! when `[metrics]` has a bearer token, on the console listener too, behind
+//! that token; the same gauges as CloudWatch EMF lines on stdout.
 
 pub mod emf;
 pub mod gauges;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
-use axum::Extension;
-use axum::Router;
-use axum::extract::State;
-use axum::http::{StatusCode, header};
+use aws_lc_rs::constant_time;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::{Extension, Router};
 use certflow_api::Health;
+use secrecy::{ExposeSecret, SecretString};
 use time::OffsetDateTime;
 
+use crate::errors::ApiError;
 use crate::state::AppState;
 use crate::telemetry::observe::Draining;
 
-/// The probe and metrics routes.
+/// The probe routes.
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+}
+
+/// The bearer token `/metrics` requires, when `[metrics]` configures one.
+#[derive(Clone)]
+pub struct MetricsToken(Arc<SecretString>);
+
+impl MetricsToken {
+    /// Wraps the configured token.
+    pub fn new(token: SecretString) -> Self {
+        Self(Arc::new(token))
+    }
+}
+
+/// `/metrics`, behind `token` when there is one.
+pub fn metrics_router(token: Option<MetricsToken>) -> Router<AppState> {
+    let router = Router::new().route("/metrics", get(metrics));
+    match token {
+        Some(token) => router.route_layer(middleware::from_fn_with_state(token, require_token)),
+        None => router,
+    }
+}
+
+/// Refuses a `/metrics` request without `Authorization: Bearer <token>`
+/// (compared in constant time): 401 with a problem document.
+async fn require_token(State(token): State<MetricsToken>, req: Request, next: Next) -> Response {
+    let sent = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(certflow_auth::bearer_token)
+        .unwrap_or("");
+    let expected = token.0.expose_secret().as_bytes();
+    if sent.is_empty() || constant_time::verify_slices_are_equal(sent.as_bytes(), expected).is_err()
+    {
+        let mut resp = ApiError::unauthorized(
+            "/metrics needs the metrics bearer token ([metrics] bearer_token) in Authorization: Bearer",
+        )
+        .into_response();
+        resp.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"certflow-metrics\""),
+        );
+        return resp;
+    }
+    next.run(req).await
 }
 
 async fn healthz() -> axum::Json<Health> {
@@ -35,43 +85,38 @@ async fn healthz() -> axum::Json<Health> {
 
 /// Ready when the metadata store answers and the process is not draining
 /// (shutting down: in-flight requests finish, new ones should go elsewhere).
+/// Not ready is a 503 problem document whose `errors` name the failed check.
 async fn readyz(
     State(state): State<AppState>,
     draining: Option<axum::Extension<Draining>>,
 ) -> Response {
-    let mut checks = BTreeMap::new();
-    if draining.is_some_and(|d| d.is_draining()) {
-        checks.insert("process".to_owned(), "draining".to_owned());
-        return (
+    let not_ready = |detail: &str, check: &str, outcome: &str| {
+        ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(Health {
-                status: "draining".into(),
-                checks,
-            }),
+            "not-ready",
+            "Not ready",
+            detail,
         )
-            .into_response();
-    }
-    let db = state.services.store().ping().await;
-    checks.insert(
-        "database".to_owned(),
-        match &db {
-            Ok(()) => "ok".to_owned(),
-            Err(e) => e.to_string(),
-        },
-    );
-    let (status, word) = if db.is_ok() {
-        (StatusCode::OK, "ok")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
-    };
-    (
-        status,
-        axum::Json(Health {
-            status: word.into(),
-            checks,
-        }),
-    )
+        .with_errors([(check, outcome)])
         .into_response()
+    };
+    if draining.is_some_and(|d| d.is_draining()) {
+        return not_ready(
+            "the process is draining (shutting down)",
+            "process",
+            "draining",
+        );
+    }
+    if let Err(e) = state.services.store().ping().await {
+        // The cause is for the operator's log, not for whoever probes.
+        tracing::warn!(error = %e, "readiness: the database does not answer");
+        return not_ready("the database does not answer", "database", "unavailable");
+    }
+    axum::Json(Health {
+        status: "ok".into(),
+        checks: BTreeMap::from([("database".to_owned(), "ok".to_owned())]),
+    })
+    .into_response()
 }
 
 /// `/metrics`: Prometheus text of the certificates, renewal queue, agents,

@@ -4,6 +4,7 @@
 //! [`admin`].
 
 pub mod admin;
+mod files;
 mod margins;
 mod tasks;
 pub mod wiring;
@@ -258,6 +259,15 @@ async fn serve_api(
         domain_metrics.clone(),
         stop.clone(),
     ));
+    let metrics_token = config.metrics.token()?.map(crate::ops::MetricsToken::new);
+    if let Some(addr) = config.metrics.listen {
+        let app = crate::router::metrics_app(
+            state.clone(),
+            domain_metrics.clone(),
+            metrics_token.clone(),
+        );
+        tasks.push(serve_metrics(addr, app, stop.clone()).await?);
+    }
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
         .with_context(|| format!("binding {}", config.server.listen))?;
@@ -266,10 +276,18 @@ async fn serve_api(
     tracing::info!(%addr, public_url = %config.public_url(), "console API listening");
     // ACME HTTP-01 challenges are answered on this listener: route port 80 of
     // the certified names here (or use DNS-01).
+    let state_for_metrics = state.clone();
     let app = crate::router::app(state).merge(certflow_acme::http01_router(opened.http01.clone()));
     // Browser login to the console, when [auth.oidc] is configured.
     let app = match console {
         Some(console) => app.merge(crate::web::login::router(console)),
+        None => app,
+    };
+    // With a bearer token, scrapers may also use the console listener.
+    let app = match metrics_token {
+        Some(token) => {
+            app.merge(crate::ops::metrics_router(Some(token)).with_state(state_for_metrics))
+        }
         None => app,
     };
     // Outermost, over every merged router: request id and access log.
@@ -278,8 +296,33 @@ async fn serve_api(
         .layer(axum::Extension(draining))
         .layer(axum::middleware::from_fn(
             crate::telemetry::observe::access_log,
-        ));
+        ))
+        // The merged routers' errors (login, ACME, metrics) are problem documents too.
+        .layer(axum::middleware::from_fn(crate::errors::problem_responses));
     serve_until_stopped(config, listener, app, agent_listener, stop, tasks).await
+}
+
+/// Binds the metrics listener (`[metrics] listen`) and serves `app` on it
+/// until `stop`; the task ends when the listener has closed.
+async fn serve_metrics(
+    addr: SocketAddr,
+    app: axum::Router,
+    stop: watch::Receiver<bool>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the metrics listener {addr} ([metrics] listen)"))?;
+    let bound = listener.local_addr()?;
+    println!("certflow: metrics on http://{bound}/metrics");
+    tracing::info!(addr = %bound, "metrics listener");
+    Ok(tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(stopped(stop))
+            .await
+        {
+            tracing::error!(error = %e, "metrics listener failed");
+        }
+    }))
 }
 
 /// With `[auth] bootstrap_token`, the bootstrap admin token: created and

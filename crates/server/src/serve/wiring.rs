@@ -134,8 +134,8 @@ pub struct StorePorts {
 /// Opens every backend and checks it answers, so a bad setting stops the server
 /// at start with a message naming the backend.
 pub async fn open_services(config: &Config) -> anyhow::Result<Opened> {
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
+    // Before anything is created: the data directory and its files are the owner's alone.
+    super::files::secure_data(config)?;
     let provider = key_provider(config).await?;
     let (store, feed) = open_store(config).await?;
     let blobs = open_blobs(config).await?;
@@ -267,6 +267,8 @@ where
 }
 
 pub(super) async fn open_store(config: &Config) -> anyhow::Result<(StorePorts, ChangeFeed)> {
+    // Also for the admin commands that open only the store.
+    super::files::secure_data(config)?;
     match config.database() {
         DatabaseKind::Sqlite(path) => {
             let store = SqliteStore::open(&path)

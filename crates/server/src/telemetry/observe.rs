@@ -272,7 +272,7 @@ mod tests {
             store.clone(),
             certflow_services::agents::AgentSettings::default(),
         );
-        let router = crate::router::app(crate::state::AppState {
+        let state = crate::state::AppState {
             services,
             bootstrap_hash,
             renewal: Arc::new(crate::state::RenewalView {
@@ -285,8 +285,11 @@ mod tests {
             limits,
             deploy,
             agents,
-        })
-        .layer(axum::middleware::from_fn(access_log));
+        };
+        // `/metrics` as the metrics listener serves it, beside the console's routes.
+        let router = crate::router::app(state.clone())
+            .merge(crate::ops::metrics_router(None).with_state(state))
+            .layer(axum::middleware::from_fn(access_log));
         App {
             router,
             token,
@@ -515,8 +518,11 @@ mod tests {
         )
         .await;
         assert_eq!(status, 503, "{body}");
+        // A problem document naming the failed check (RFC 9457 `errors`).
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-        assert_eq!(v["status"], "unavailable", "{v}");
-        assert_ne!(v["checks"]["database"], "ok", "{v}");
+        assert_eq!(v["type"], "https://certflow.dev/problems/not-ready", "{v}");
+        assert_eq!(v["status"], 503, "{v}");
+        assert_eq!(v["errors"][0]["field"], "database", "{v}");
+        assert_eq!(v["errors"][0]["reason"], "unavailable", "{v}");
     }
 }

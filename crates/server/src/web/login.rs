@@ -171,8 +171,10 @@ pub fn router(console: ConsoleAuth) -> Router {
         .route("/console/sign-out", post(sign_out))
         .route("/console/session", get(session::get_session))
         .with_state(console)
-        .layer(axum::extract::DefaultBodyLimit::max(
+        .method_not_allowed_fallback(crate::errors::method_not_allowed)
+        .layer(middleware::from_fn_with_state(
             crate::extract::BODY_LIMIT,
+            crate::errors::limit_body,
         ))
         .layer(tower_http::set_header::SetResponseHeaderLayer::overriding(
             header::X_CONTENT_TYPE_OPTIONS,
@@ -559,12 +561,14 @@ async fn finish_login(
         .end_cookie_session(headers)
         .await
         .map_err(store_error)?;
-    let (id, session) = console
+    // Kept sealed for RP-initiated logout (`id_token_hint`), openable only
+    // with the session id the browser holds.
+    let (id, created) = console
         .sessions
         .create(principal, Some(id_token), now)
         .await
         .map_err(store_error)?;
-    Ok((id, session, pending.return_to))
+    Ok((id, created.session, pending.return_to))
 }
 
 /// Exchanges `code` at the token endpoint; returns the ID token.
@@ -672,19 +676,19 @@ async fn logout(
         .authenticate_session(&axum::http::Method::POST, &headers, source.as_deref())
         .await?;
     let limited = match &session {
-        Some(s) => console.limits.subject(&s.principal.subject),
+        Some(s) => console.limits.subject(&s.session.principal.subject),
         None => console.limits.anonymous(client),
     };
     if let Err(limited) = limited {
         return Ok(limited.into_response());
     }
-    let session = session.ok_or_else(|| ApiError::unauthorized("no console session"))?;
+    let current = session.ok_or_else(|| ApiError::unauthorized("no console session"))?;
     console
         .sessions
-        .end_from(&session, source.as_deref())
+        .end_from(&current.session, source.as_deref())
         .await?;
-    tracing::info!(subject = %session.principal.subject, "console logout");
-    let end_session_url = end_session_url(&console, &session).await?;
+    tracing::info!(subject = %current.session.principal.subject, "console logout");
+    let end_session_url = end_session_url(&console, current.id_token()).await?;
     Ok((
         [
             (header::SET_COOKIE, session::clear_cookie()),
@@ -695,12 +699,12 @@ async fn logout(
         .into_response())
 }
 
-/// The provider's end-session URL for `session` (RP-initiated logout, with
-/// the ID token as hint), when the provider offers one: the provider session
-/// outlives ours unless the browser goes there too.
+/// The provider's end-session URL (RP-initiated logout, with the session's
+/// ID token as hint when it has one), when the provider offers one: the
+/// provider session outlives ours unless the browser goes there too.
 async fn end_session_url(
     console: &ConsoleAuth,
-    session: &certflow_core::session::Session,
+    id_token: Option<String>,
 ) -> ApiResult<Option<String>> {
     let inner = &console.inner;
     let Ok(doc) = console.discovery().await else {
@@ -710,7 +714,7 @@ async fn end_session_url(
         return Ok(None);
     };
     let mut params = vec![("client_id", inner.client_id.as_str())];
-    if let Some(hint) = session.id_token.as_deref() {
+    if let Some(hint) = id_token.as_deref() {
         params.push(("id_token_hint", hint));
     }
     if let Some(uri) = inner.post_logout_redirect_uri.as_deref() {
@@ -751,7 +755,6 @@ async fn sign_out(
         // Already signed out (another tab, or expired).
         return super::signed_out_page();
     };
-    let session = current.session;
     let form: Vec<(String, String)> = serde_urlencoded::from_bytes(&body).unwrap_or_default();
     let mut h = HeaderMap::new();
     if let Some(origin) = headers.get(header::ORIGIN) {
@@ -764,17 +767,25 @@ async fn sign_out(
     {
         h.insert(session::CSRF_HEADER, token);
     }
-    if console.sessions.check_csrf(&session, &h).is_err() {
+    if console
+        .sessions
+        .check_csrf(&current.csrf_token, &h)
+        .is_err()
+    {
         return super::error_page(
             StatusCode::FORBIDDEN,
             "the form is stale or comes from another site; reload the page and try again",
         );
     }
-    if let Err(e) = console.sessions.end_from(&session, source.as_deref()).await {
+    if let Err(e) = console
+        .sessions
+        .end_from(&current.session, source.as_deref())
+        .await
+    {
         return super::domain_error_page(e);
     }
-    tracing::info!(subject = %session.principal.subject, "console sign-out");
-    let mut response = match end_session_url(&console, &session).await {
+    tracing::info!(subject = %current.session.principal.subject, "console sign-out");
+    let mut response = match end_session_url(&console, current.id_token()).await {
         Ok(Some(url)) => super::leaving_page(&url),
         _ => super::signed_out_page(),
     };

@@ -306,8 +306,10 @@ impl Layout {
 
 /// The signed-in person of a page request, from the session cookie.
 pub(crate) struct Ctx {
-    /// The session (principal, CSRF token, login time).
+    /// The session (principal, login time).
     pub session: Session,
+    /// The session's CSRF token (derived from the cookie, never stored).
+    csrf: String,
     /// Who acts, for the audit trail.
     pub actor: Actor,
     sessions: Sessions,
@@ -362,6 +364,7 @@ impl FromRequestParts<AppState> for Ctx {
                 source,
             },
             session: current.session,
+            csrf: current.csrf_token,
             sessions,
         })
     }
@@ -389,7 +392,7 @@ impl Ctx {
             title: title.into(),
             subject: p.subject.clone(),
             role,
-            csrf: self.session.csrf_token.clone(),
+            csrf: self.csrf.clone(),
             nav,
             admin: p.can(Permission::AgentAdmin, None),
             css: assets::css_url(),
@@ -415,7 +418,7 @@ impl Ctx {
         if let Ok(token) = HeaderValue::from_str(form.get("csrf")) {
             h.insert(CSRF_HEADER, token);
         }
-        self.sessions.check_csrf(&self.session, &h).map_err(|_| {
+        self.sessions.check_csrf(&self.csrf, &h).map_err(|_| {
             PageError::Status(
                 StatusCode::FORBIDDEN,
                 "the form is stale or comes from another site; reload the page and try again"

@@ -269,7 +269,10 @@ fn agents_enrol_with_a_join_token_and_call_over_mtls() {
     for a in ["agent.enroll", "agent.identity.renew", "agent.disable"] {
         assert!(actions.contains(&a), "{actions:?}");
     }
-    let metrics = api.get("/metrics").text().unwrap();
+    let metrics = reqwest::blocking::get(server.metrics_url.as_deref().unwrap())
+        .unwrap()
+        .text()
+        .unwrap();
     assert!(
         metrics.contains(
             "certflow_http_requests_total{group=\"agent\",route=\"/agent/v1/whoami\",status=\"403\"}"

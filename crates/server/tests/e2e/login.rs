@@ -365,7 +365,7 @@ fn setup(session: &str) -> (tempfile::TempDir, Op, Server, Console) {
 
 #[test]
 fn console_login_gives_a_fresh_session_with_csrf_and_logout_ends_it() {
-    let (_tmp, op, server, console) = setup("");
+    let (tmp, op, server, console) = setup("");
 
     // The login request: a code flow with PKCE (S256), state and nonce.
     let planted = "planted-by-an-attacker";
@@ -406,6 +406,31 @@ fn console_login_gives_a_fresh_session_with_csrf_and_logout_ends_it() {
     assert_eq!(s["teams"], serde_json::json!(["payments", "search"]));
     let csrf = s["csrf_token"].as_str().unwrap().to_owned();
     assert_eq!(csrf.len(), 43);
+    // The stored session, read by sqlite3: no cookie, no CSRF token (it is
+    // derived from the cookie), and the ID token only sealed (compared with
+    // the logout's id_token_hint below).
+    let port = console.base.rsplit(':').next().unwrap();
+    let db = tmp.path().join(format!("data-{port}/certflow.db"));
+    let sql = |q: &str| {
+        let out = std::process::Command::new("sqlite3")
+            .args(["-readonly", db.to_str().unwrap(), q])
+            .output()
+            .expect("sqlite3 (apt-get install sqlite3; scripts/peers.sh)");
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let columns = sql("SELECT name FROM pragma_table_info('sessions')");
+    assert!(
+        !columns.contains("csrf") && !columns.lines().any(|c| c == "id_token"),
+        "{columns}"
+    );
+    let row = sql("SELECT * FROM sessions WHERE subject = 'bob'");
+    assert_eq!(row.lines().count(), 1, "{row}");
+    let sealed = sql("SELECT sealed_id_token FROM sessions WHERE subject = 'bob'");
+    assert!(sealed.trim().len() > 100, "a sealed ID token: {sealed}");
+    for secret in [cookie.as_str(), csrf.as_str()] {
+        assert!(!row.contains(secret), "a session secret in the row: {row}");
+    }
 
     // The session drives the console API: bob (operator of payments and
     // search) may request in his teams, not in others; a state change needs
@@ -601,9 +626,17 @@ fn console_login_gives_a_fresh_session_with_csrf_and_logout_ends_it() {
     for secret in [cookie.as_str(), csrf.as_str(), hint.as_str()] {
         assert!(!all.contains(secret), "a secret in the audit trail: {all}");
     }
+    // The ID token the provider accepted as hint was not in the session row
+    // in the clear, nor any of its three parts.
+    for part in hint.split('.').filter(|p| p.len() > 8) {
+        assert!(!row.contains(part), "the ID token in the session row: {row}");
+    }
 
     // The console's requests in /metrics, by route template, valid for Prometheus.
-    let metrics = admin.get("/metrics").text().unwrap();
+    let metrics = reqwest::blocking::get(server.metrics_url.as_deref().unwrap())
+        .unwrap()
+        .text()
+        .unwrap();
     for series in [
         r#"certflow_http_requests_total{group="console",route="/console/login",status="303"}"#,
         r#"certflow_http_requests_total{group="console",route="/console/callback",status="303"}"#,

@@ -1,10 +1,11 @@
 //! A real Prometheus (Debian's `prometheus`) scrapes a running `certflow
-//! serve` every second with the shipped alert rules loaded: the certflow
-//! series arrive with the values the test caused, the rules evaluate
-//! healthily, and a condition the test makes real (a certificate expiring
-//! within 7 days with no renewal in progress) fires its alert. The copy of
-//! the rules differs from `deploy/prometheus/alerts.yml` only in that
-//! alert's `for:` (1 s instead of 30 min).
+//! serve` every second with the shipped scrape configuration and alert
+//! rules: through the metrics listener, with the metrics bearer token, the
+//! certflow series arrive with the values the test caused, the rules
+//! evaluate healthily, and a condition the test makes real (a certificate
+//! expiring within 7 days with no renewal in progress) fires its alert. The
+//! copies differ from `deploy/prometheus/` only in the scrape target, the
+//! intervals (1 s) and that alert's `for:` (1 s instead of 30 min).
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -29,21 +30,17 @@ impl Drop for Prometheus {
 }
 
 impl Prometheus {
-    /// Starts Prometheus scraping `target` (`host:port`) every second with
-    /// `rules` as its rule file, and waits until it is ready.
-    fn start(dir: &Path, target: &str, rules: &str) -> Prometheus {
+    /// Starts Prometheus with the shipped scrape configuration aimed at
+    /// `target` (`host:port`) every second, sending `token`, with `rules` as
+    /// its rule file, and waits until it is ready.
+    fn start(dir: &Path, target: &str, token: &str, rules: &str) -> Prometheus {
         require(
             "prometheus",
             "apt-get install prometheus (scripts/peers.sh)",
         );
         std::fs::write(dir.join("alerts.yml"), rules).unwrap();
-        let config = format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
-             rule_files:\n  - alerts.yml\n\
-             scrape_configs:\n  - job_name: certflow\n    metrics_path: /metrics\n    \
-             static_configs:\n      - targets: ['{target}']\n"
-        );
-        std::fs::write(dir.join("prometheus.yml"), config).unwrap();
+        std::fs::write(dir.join("certflow-metrics.token"), token).unwrap();
+        std::fs::write(dir.join("prometheus.yml"), test_config(target)).unwrap();
         let port = certflow_testkit::free_port();
         let log = dir.join("prometheus.log");
         let child = Command::new("prometheus")
@@ -130,6 +127,23 @@ fn client() -> reqwest::blocking::Client {
         .unwrap()
 }
 
+/// The shipped scrape configuration with `target` instead of the
+/// loopback default and 1 s intervals.
+fn test_config(target: &str) -> String {
+    let shipped = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/prometheus/prometheus.yml"),
+    )
+    .unwrap();
+    let config = shipped
+        .replace("'127.0.0.1:9464'", &format!("'{target}'"))
+        .replace("interval: 30s", "interval: 1s");
+    assert!(
+        config.contains(target) && !config.contains("30s"),
+        "the shipped scrape configuration changed shape:\n{shipped}"
+    );
+    config
+}
+
 /// The shipped rules with the expiring-without-renewal alert's `for:`
 /// shortened, so the test need not wait 30 minutes.
 fn test_rules() -> String {
@@ -150,7 +164,12 @@ fn test_rules() -> String {
 #[test]
 fn prometheus_scrapes_certflow_and_evaluates_the_shipped_alerts() {
     let tmp = tempfile::tempdir().unwrap();
-    let server = start(&tmp.path().join("data"), &[]).expect("certflow starts");
+    let metrics_token = "prometheus-scrapes-with-this-token";
+    let server = start(
+        &tmp.path().join("data"),
+        &[("CERTFLOW_METRICS__BEARER_TOKEN", metrics_token)],
+    )
+    .expect("certflow starts");
     let token = server.token_line.clone().unwrap();
     let api = Api::new(&server, &token);
 
@@ -170,10 +189,18 @@ fn prometheus_scrapes_certflow_and_evaluates_the_shipped_alerts() {
         assert_eq!(status, 201, "{body}");
     }
 
-    let target = server.url.trim_start_matches("http://").to_owned();
+    // The metrics listener, not the console listener.
+    let target = server
+        .metrics_url
+        .as_deref()
+        .unwrap()
+        .trim_start_matches("http://")
+        .trim_end_matches("/metrics")
+        .to_owned();
+    assert_ne!(server.url, format!("http://{target}"));
     let prom_dir = tmp.path().join("prometheus");
     std::fs::create_dir_all(&prom_dir).unwrap();
-    let prom = Prometheus::start(&prom_dir, &target, &test_rules());
+    let prom = Prometheus::start(&prom_dir, &target, metrics_token, &test_rules());
 
     // The scrape works and the series carry what the test did.
     prom.wait_for(r#"up{job="certflow"}"#, "1");

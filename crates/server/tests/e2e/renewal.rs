@@ -232,7 +232,7 @@ fn database_queue_renews_two_minute_certificates_repeatedly_and_notifies() {
     let queue: Value = api.get("/console/api/v1/renewal/queue").json().unwrap();
     assert_eq!(queue["queue"], "database");
     assert_eq!(queue["dead"], 0, "{queue}");
-    let metrics = reqwest::blocking::get(format!("{}/metrics", server.url))
+    let metrics = reqwest::blocking::get(server.metrics_url.as_deref().unwrap())
         .unwrap()
         .text()
         .unwrap();

@@ -23,6 +23,8 @@ pub(crate) struct Server {
     pub(crate) url: String,
     /// The bootstrap token a first start printed.
     pub(crate) token_line: Option<String>,
+    /// `http://127.0.0.1:<port>/metrics` of the metrics listener, when it has one.
+    pub(crate) metrics_url: Option<String>,
     /// The process's stderr (logs), kept in a file so a chatty process never
     /// blocks on a full pipe.
     pub(crate) log: PathBuf,
@@ -73,6 +75,8 @@ pub(crate) fn start_with(
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("CERTFLOW_DATA_DIR", data)
         .env("CERTFLOW_SERVER__LISTEN", "127.0.0.1:0")
+        // The metrics listener too (127.0.0.1:9464 by default).
+        .env("CERTFLOW_METRICS__LISTEN", "127.0.0.1:0")
         // Info: access lines and every event, so scripts/scan-logs.sh sees
         // what a production log would hold.
         .env("RUST_LOG", "info")
@@ -84,16 +88,21 @@ pub(crate) fn start_with(
     let mut child = cmd.spawn().unwrap();
     let stdout = BufReader::new(child.stdout.take().unwrap());
     let mut token_line = None;
+    let mut metrics_url = None;
     for line in stdout.lines() {
         let line = line.unwrap();
         if let Some(t) = line.strip_prefix("export CERTFLOW_TOKEN=") {
             token_line = Some(t.to_owned());
+        }
+        if let Some(u) = line.strip_prefix("certflow: metrics on ") {
+            metrics_url = Some(u.to_owned());
         }
         if let Some(url) = line.strip_prefix("certflow: listening on ") {
             return Ok(Server {
                 child,
                 url: url.to_owned(),
                 token_line,
+                metrics_url,
                 log,
             });
         }
@@ -102,6 +111,7 @@ pub(crate) fn start_with(
                 child,
                 url: String::new(),
                 token_line,
+                metrics_url,
                 log,
             });
         }
