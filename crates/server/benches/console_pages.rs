@@ -205,6 +205,7 @@ rate_limit_burst = 1000000.0
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("CERTFLOW_DATA_DIR", dir.path())
         .env("CERTFLOW_SERVER__LISTEN", "127.0.0.1:0")
+        .env("CERTFLOW_AGENT__LISTEN", "off") // pages only: no agent listener
         .env("CERTFLOW_METRICS__LISTEN", "off")
         .env("CERTFLOW_CONFIG", &config)
         // A fixed throwaway key: with PostgreSQL it must come from outside.

@@ -599,11 +599,13 @@ fn cidrs(field: &str, list: &[String]) -> anyhow::Result<Vec<ipnet::IpNet>> {
         .collect()
 }
 
-/// `[agent]`: the agent listener (off unless `listen` is set) and agent identities.
+/// `[agent]`: the agent listener and agent identities.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AgentConfig {
-    /// Address of the agent listener (TLS), e.g. `0.0.0.0:8443`.
+    /// Address of the agent listener (TLS), or `"off"`: `127.0.0.1:8443` by
+    /// default, so the embedded defaults are the whole product on one machine.
+    #[serde(with = "listen_or_off")]
     pub listen: Option<SocketAddr>,
     /// Names of the listener's certificate, issued by the internal CA at start.
     pub server_names: Vec<String>,
@@ -634,7 +636,7 @@ pub struct AgentConfig {
 impl Default for AgentConfig {
     fn default() -> Self {
         Self {
-            listen: None,
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], 8443))),
             server_names: vec!["localhost".into(), "127.0.0.1".into()],
             cert_file: None,
             key_file: None,
@@ -994,6 +996,29 @@ mod tests {
             Some(PathBuf::from("certflow-data/certflow.db"))
         );
         assert_eq!(c.public_url(), "http://127.0.0.1:8080");
+    }
+
+    /// The whole product on one machine: the agent listener is on by
+    /// default, on loopback; `listen = "off"` (or `""`) turns it off.
+    #[test]
+    fn agent_listener_is_on_by_default_and_off_turns_it_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "[server]\nlisten = \"127.0.0.1:9000\"\n").unwrap();
+        let on = Config::load(Some(&file)).unwrap();
+        assert_eq!(on.agent.listen, Some("127.0.0.1:8443".parse().unwrap()));
+        for off in ["off", ""] {
+            std::fs::write(&file, format!("[agent]\nlisten = \"{off}\"\n")).unwrap();
+            assert_eq!(Config::load(Some(&file)).unwrap().agent.listen, None);
+        }
+        std::fs::write(&file, "[agent]\nlisten = \"0.0.0.0:9443\"\n").unwrap();
+        assert_eq!(
+            Config::load(Some(&file)).unwrap().agent.listen,
+            Some("0.0.0.0:9443".parse().unwrap())
+        );
+        std::fs::write(&file, "[agent]\nlisten = \"8443\"\n").unwrap();
+        let err = Config::load(Some(&file)).unwrap_err().to_string();
+        assert!(err.contains("agent.listen") && err.contains("off"), "{err}");
     }
 
     #[test]

@@ -181,7 +181,11 @@ pub async fn start(
     }
     let listener = TcpListener::bind(listen)
         .await
-        .with_context(|| format!("binding agent listener {listen}"))?;
+        .with_context(|| {
+            format!(
+                "binding the agent listener to {listen} (set [agent] listen to another address, or to \"off\")"
+            )
+        })?;
     let addr = listener.local_addr()?;
     let app = routes::router(state);
     let (close, closing) = tokio::sync::watch::channel(false);

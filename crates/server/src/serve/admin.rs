@@ -55,7 +55,7 @@ pub async fn print_agent_ca(config: &Config) -> anyhow::Result<()> {
     let (store, _) = open_store(config).await?;
     let Some(ca) = store.agents.get_agent_ca().await? else {
         bail!(
-            "no agent-identity CA yet: it is created when `certflow serve` first starts with [agent] listen set"
+            "no agent-identity CA yet: it is created when `certflow serve` (api role) first starts"
         );
     };
     print!("{}", ca.issuing_cert_pem);

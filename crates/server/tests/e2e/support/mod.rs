@@ -77,6 +77,10 @@ pub(crate) fn start_with(
         .env("CERTFLOW_SERVER__LISTEN", "127.0.0.1:0")
         // The metrics listener too (127.0.0.1:9464 by default).
         .env("CERTFLOW_METRICS__LISTEN", "127.0.0.1:0")
+        // The agent listener is on by default at 127.0.0.1:8443: tests run
+        // in parallel, so each server gets an OS-chosen port unless the
+        // test names one.
+        .env("CERTFLOW_AGENT__LISTEN", "127.0.0.1:0")
         // Info: access lines and every event, so scripts/scan-logs.sh sees
         // what a production log would hold.
         .env("RUST_LOG", "info")
