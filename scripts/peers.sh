@@ -93,6 +93,15 @@ for d in "$CONSOLE_DIR/tests/browser" "$CONSOLE_DIR/web"; do
 done
 echo "peers: $(chromium --version 2>/dev/null | head -n1), playwright-core $(node -p "require('$CONSOLE_DIR/tests/browser/node_modules/playwright-core/package.json').version" 2>/dev/null)"
 
+# jq and curl: scripts/newcomer.sh runs the README's tour, which uses them.
+for tool in jq curl; do
+  if ! command -v "$tool" >/dev/null 2>&1; then
+    echo "== installing $tool"
+    apt-get update -qq && apt-get install -y -qq "$tool"
+  fi
+done
+echo "peers: $(jq --version), $(curl --version | head -n1 | cut -d' ' -f1-2)"
+
 # nginx (the agent's end-to-end test, crates/server/tests/e2e/agent_nginx.rs):
 # the test writes its own config and runs nginx under a temp prefix on a high
 # loopback port (`nginx -p DIR -c CONF`), so only the binary is needed here.

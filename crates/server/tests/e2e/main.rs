@@ -18,6 +18,7 @@ mod discovery;
 mod embedded_server;
 mod import;
 mod login;
+mod newcomer;
 mod problems;
 mod production_backends;
 mod prometheus;
