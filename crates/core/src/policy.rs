@@ -413,18 +413,10 @@ impl Compiled {
         format!("not among the allowed {}", parts.join("; "))
     }
 
-    fn evaluate(&self, req: &IssuanceRequest<'_>, out: &mut Vec<Violation>) {
+    /// The rules about each name: IP addresses, local names, wildcards and
+    /// the allowed names.
+    fn evaluate_names(&self, req: &IssuanceRequest<'_>, out: &mut Vec<Violation>) {
         let r = &self.rules;
-        if let Some(max) = r.max_names
-            && req.names.len() > max
-        {
-            out.push(self.violation(
-                "max_names",
-                "names",
-                req.names.len().to_string(),
-                format!("at most {max} names are allowed"),
-            ));
-        }
         for (i, name) in req.names.iter().enumerate() {
             let field = format!("names[{i}]");
             match name {
@@ -465,6 +457,21 @@ impl Compiled {
                 }
             }
         }
+    }
+
+    fn evaluate(&self, req: &IssuanceRequest<'_>, out: &mut Vec<Violation>) {
+        let r = &self.rules;
+        if let Some(max) = r.max_names
+            && req.names.len() > max
+        {
+            out.push(self.violation(
+                "max_names",
+                "names",
+                req.names.len().to_string(),
+                format!("at most {max} names are allowed"),
+            ));
+        }
+        self.evaluate_names(req, out);
         if !r.allowed_key_types.is_empty() && !r.allowed_key_types.contains(&req.key_type) {
             let allowed: Vec<&str> = r.allowed_key_types.iter().map(|k| k.as_str()).collect();
             out.push(self.violation(

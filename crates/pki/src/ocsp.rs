@@ -214,6 +214,9 @@ fn parse_cert_id(whole: &[u8], content: &[u8]) -> Result<OcspCertId, String> {
 /// `malformedRequest`). Signed requests are accepted, their signature is
 /// ignored: certflow answers anyone (RFC 6960 §4.1.2).
 pub fn parse_ocsp_request(der: &[u8]) -> Result<OcspRequest, String> {
+    // The reader below checks tags and lengths; the DER rules of the values
+    // (a serial's shortest INTEGER, a BOOLEAN's 0xFF) are checked here.
+    crate::der_strict::check_der(der)?;
     let mut outer = Der(der);
     let request = outer.expect(0x30, "OCSPRequest")?;
     if !outer.is_empty() {
@@ -622,7 +625,14 @@ mod tests {
         trailing.push(0);
         let too_long_nonce = request(&m.issuing_cert_der, &[1], Some(&[1; 33]));
         let empty_list = tlv(0x30, &tlv(0x30, &tlv(0x30, &[])));
+        let padded_serial = request(&m.issuing_cert_der, &[0x00, 0x01], None);
         for (bad, why) in [
+            // 4 SEQUENCE headers, CertID's, its AlgorithmIdentifier (11) and
+            // two SHA-1 OCTET STRINGs (22 each) precede the serial: byte 65.
+            (
+                padded_serial,
+                "INTEGER at byte 65 has a redundant leading 0x00",
+            ),
             (b"garbage".to_vec(), "beyond"),
             (vec![0x04, 0x00], "expected tag"),
             (vec![], "truncated"),
