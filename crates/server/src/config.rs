@@ -416,6 +416,10 @@ pub struct OidcConfig {
     /// Where the provider sends the browser after logout (registered there too).
     #[serde(default)]
     pub post_logout_redirect_uri: Option<String>,
+    /// The provider's name on the console's sign-in page ("Sign in with
+    /// <name>"); default: the issuer's host.
+    #[serde(default)]
+    pub display_name: Option<String>,
     /// The provider: issuer, keys, group → role and team mapping.
     #[serde(flatten)]
     pub provider: certflow_auth::IssuerConfig,
@@ -443,6 +447,7 @@ impl<'de> Deserialize<'de> for OidcConfig {
         let redirect_uri = required(field(&mut map, "redirect_uri")?, "redirect_uri")?;
         let scopes = field(&mut map, "scopes")?.unwrap_or_default();
         let post_logout_redirect_uri = field(&mut map, "post_logout_redirect_uri")?;
+        let display_name = field(&mut map, "display_name")?;
         let provider = serde_json::from_value(Value::Object(map)).map_err(D::Error::custom)?;
         Ok(Self {
             client_id,
@@ -450,8 +455,31 @@ impl<'de> Deserialize<'de> for OidcConfig {
             redirect_uri,
             scopes,
             post_logout_redirect_uri,
+            display_name,
             provider,
         })
+    }
+}
+
+impl OidcConfig {
+    /// The provider's name for people: `display_name`, else the issuer's
+    /// host (`login.example.com` of `https://login.example.com/realms/x`).
+    pub fn provider_name(&self) -> String {
+        if let Some(name) = self.display_name.as_deref().map(str::trim)
+            && !name.is_empty()
+        {
+            return name.to_owned();
+        }
+        let issuer = &self.provider.issuer;
+        let rest = issuer.split_once("://").map_or(issuer.as_str(), |(_, r)| r);
+        let host = rest.split(['/', '?', '#']).next().unwrap_or(rest);
+        // Credentials in the issuer URL are never shown.
+        let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
+        if host.is_empty() {
+            "your identity provider".to_owned()
+        } else {
+            host.to_owned()
+        }
     }
 }
 
@@ -1080,6 +1108,25 @@ mod tests {
             let err = Config::load(Some(&file)).unwrap_err().to_string();
             assert!(err.contains(needle), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn the_sign_in_page_names_the_provider_or_its_host() {
+        let oidc = |name: Option<&str>| -> OidcConfig {
+            let mut v = serde_json::json!({
+                "issuer": "https://login.example.com/realms/ops",
+                "client_id": "c",
+                "client_secret": "s",
+                "redirect_uri": "https://certflow.example.com/console/callback",
+            });
+            if let Some(name) = name {
+                v["display_name"] = name.into();
+            }
+            serde_json::from_value(v).unwrap()
+        };
+        assert_eq!(oidc(None).provider_name(), "login.example.com");
+        assert_eq!(oidc(Some("Example SSO")).provider_name(), "Example SSO");
+        assert_eq!(oidc(Some("  ")).provider_name(), "login.example.com");
     }
 
     #[test]

@@ -24,6 +24,9 @@ pub struct AppState {
     pub authenticators: std::sync::Arc<Vec<std::sync::Arc<dyn crate::auth::BearerAuthenticator>>>,
     /// Browser sessions (console SSO), when `[auth.oidc]` is configured.
     pub sessions: Option<crate::session::Sessions>,
+    /// The identity provider's name on the console's sign-in page
+    /// (`[auth.oidc] display_name`, else the issuer's host), with `[auth.oidc]`.
+    pub sign_in_provider: Option<String>,
     /// Console rate limits and client addresses (`[console]`).
     pub limits: std::sync::Arc<crate::rate_limit::ConsoleLimits>,
     /// The deployment use cases and the agents' assignment cache.

@@ -35,6 +35,9 @@ mod discovery;
 #[path = "input_tests.rs"]
 mod input;
 
+#[path = "../web/pages_tests.rs"]
+mod pages;
+
 struct Harness {
     app: Router,
     token: String,
@@ -146,6 +149,7 @@ async fn harness_full(
         }),
         authenticators: Arc::new(authenticators),
         sessions: sessions.clone(),
+        sign_in_provider: sessions.as_ref().map(|_| "Example SSO".to_owned()),
         limits: limits.clone(),
         deploy: deploy.clone(),
         agents: agents.clone(),

@@ -272,6 +272,7 @@ async fn serve_api(
         .await
         .with_context(|| format!("binding {}", config.server.listen))?;
     let addr = listener.local_addr()?;
+        sign_in_provider: config.auth.oidc.as_ref().map(|o| o.provider_name()),
     println!("certflow: listening on http://{addr}");
     tracing::info!(%addr, public_url = %config.public_url(), "console API listening");
     // ACME HTTP-01 challenges are answered on this listener: route port 80 of

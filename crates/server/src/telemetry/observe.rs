@@ -282,6 +282,7 @@ mod tests {
             }),
             authenticators: Arc::new(Vec::new()),
             sessions: None,
+            sign_in_provider: None,
             limits,
             deploy,
             agents,

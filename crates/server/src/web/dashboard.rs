@@ -11,7 +11,7 @@ use certflow_core::model::{AuditQuery, CertificateStatus};
 use time::{Duration, OffsetDateTime};
 
 use super::deployments::{DeployRow, undeployed};
-use super::{Ctx, Layout, PageResult, html, relative, when};
+use super::{Ctx, Layout, PageError, PageResult, html, relative, sign_in_page, when};
 use crate::state::AppState;
 
 /// Weeks on the timeline: 13 weeks, the next 91 days.
@@ -128,8 +128,24 @@ struct Dashboard {
 /// Undeployed versions listed on the dashboard.
 const UNDEPLOYED_SHOWN: usize = 20;
 
-/// `GET /console/`.
-pub(super) async fn page(ctx: Ctx, State(state): State<AppState>) -> PageResult<Response> {
+/// `GET /console/`: the dashboard, or the sign-in start page without a
+/// session (the console's front door says what it is before sending anyone
+/// to a provider).
+pub(super) async fn page(
+    ctx: Result<Ctx, PageError>,
+    State(state): State<AppState>,
+) -> PageResult<Response> {
+    match ctx {
+        Ok(ctx) => dashboard(ctx, state).await,
+        Err(PageError::SignIn(return_to)) => match state.sign_in_provider.as_deref() {
+            Some(provider) => Ok(sign_in_page(provider, &return_to)),
+            None => Err(PageError::SignIn(return_to)),
+        },
+        Err(e) => Err(e),
+    }
+}
+
+async fn dashboard(ctx: Ctx, state: AppState) -> PageResult<Response> {
     let now = crate::extract::now();
     let p = ctx.principal();
     let teams = p.readable_teams().into_teams();

@@ -6,22 +6,25 @@
 //! `/console/api/v1`; they only differ in how they answer (HTML, and
 //! a redirect to the next page after a form).
 //!
-//! People sign in through the existing OIDC login (`/console/login`); a page
-//! request without a session is sent there. Every form carries the session's
-//! CSRF token in a hidden field, checked together with `Origin` by the same
-//! code as the API's `X-CSRF-Token` ([`Sessions::check_csrf`]). Reads work
-//! without JavaScript; htmx (vendored from npm, served from `/console/static/`)
-//! only makes the inventory filter live.
+//! People sign in through the existing OIDC login (`/console/login`): the
+//! console's address (`/console/`) without a session shows the sign-in start
+//! page (what certflow is, "Sign in with <provider>"); any other page without
+//! one sends the browser to the login, which comes back to that page. Every
+//! form carries the session's CSRF token in a hidden field, checked together
+//! with `Origin` by the same code as the API's `X-CSRF-Token`
+//! ([`Sessions::check_csrf`]). Reads work without JavaScript; htmx (vendored
+//! from npm, served from `/console/static/`) only makes the inventory filter
+//! live.
 //!
 //! Every response carries a strict Content-Security-Policy (no inline script
 //! or style), HSTS, `nosniff`, `Referrer-Policy` and `frame-ancestors 'none'`.
 
 mod admin;
 mod assets;
+mod audit;
 mod certificates;
 mod compliance;
 mod dashboard;
-mod audit;
 mod deployments;
 mod discovery;
 pub mod login;
@@ -453,6 +456,32 @@ impl Form {
             .map(|(_, v)| v.as_str())
             .unwrap_or("")
     }
+}
+
+/// The sign-in start page: what certflow is and a button to the login at
+/// `provider`, coming back to `return_to` (a console path) afterwards.
+pub(crate) fn sign_in_page(provider: &str, return_to: &str) -> Response {
+    let login = if return_to == "/console/" {
+        "/console/login".to_owned()
+    } else {
+        let query = serde_urlencoded::to_string([("return_to", return_to)]).unwrap_or_default();
+        format!("/console/login?{query}")
+    };
+    html(&SignInPage {
+        l: Layout::anonymous("Sign in"),
+        provider: provider.to_owned(),
+        login,
+    })
+}
+
+#[derive(Template)]
+#[template(path = "sign_in.html")]
+struct SignInPage {
+    l: Layout,
+    /// The identity provider's name, for the button.
+    provider: String,
+    /// The login URL, with the page to come back to.
+    login: String,
 }
 
 /// The signed-out page (after `POST /console/sign-out`, or where the

@@ -158,10 +158,8 @@ fn audit_details_show_unix_times_as_dates_lists_as_lists_and_the_rest_as_it_is()
     });
     let facts = audit::details(&details, &audit::Names::default());
     let shown = |term: &str| {
-        let f = facts
-            .iter()
-            .find(|f| f.term == term)
-            .unwrap_or_else(|| panic!("no {term}"));
+        assert!(facts.iter().any(|f| f.term == term), "no {term}");
+        let f = facts.iter().find(|f| f.term == term).unwrap();
         f.values
             .iter()
             .map(|v| v.text.as_str())

@@ -11,7 +11,9 @@
 //   WORK_DIR         scratch directory (the test agent's key and CSR, by openssl)
 // Exits non-zero, saying which step failed, on the first failure.
 //
-// Flow: sign in through the provider's own login form; request a certificate
+// Flow: the sign-in start page (signed out, /console/ says what certflow is
+// and offers "Sign in with <provider>"); sign in through it and the
+// provider's own login form; the navigation fits one row at 1280 px; request a certificate
 // (first with a bad name: the message sits next to the field); find it in the
 // inventory (live search through htmx); open it; renew; download the chain, a
 // PEM bundle with the key and a PKCS#12; revoke after the confirmation page;
@@ -19,7 +21,10 @@
 // join token created on the agents page, assign the certificate to it from
 // the certificate's page, and see its reports (installed, then a failed
 // install of the renewed version) on the certificate, agents and dashboard
-// pages; unassign it; then as a viewer: no actions shown, and
+// pages; unassign it; the audit log's details as definition lists with dates
+// and names; every page at 390 px wide (tables scroll inside their box, the
+// page itself never wider than the screen); an operator of two teams lists
+// both at once ("all my teams"); then as a viewer: no actions shown, and
 // posting them anyway is refused. axe-core runs on every page (no serious or
 // critical violation), and any Content-Security-Policy violation fails.
 
@@ -76,11 +81,15 @@ async function newPage() {
   return { context, page };
 }
 
-/** Signs in as `user` through the provider's devInteractions login and consent forms. */
+/** Signs in as `user` through the provider's devInteractions login and consent forms
+ * (from the start page's button when `returnTo` is the console's front door). */
 async function signIn(page, user, returnTo = '/console/') {
   step = `sign in as ${user}`;
   const response = await page.goto(`${BASE}${returnTo}`);
   check(response.ok(), `status ${response.status()}`);
+  if (page.url().startsWith(`${BASE}/console/`) && await page.locator('a#sign-in').count()) {
+    await Promise.all([page.waitForURL((u) => !u.href.startsWith(BASE)), page.click('a#sign-in')]);
+  }
   for (let i = 0; i < 5 && !page.url().startsWith(`${BASE}/console/`); i++) {
     if (await page.locator('input[name="login"]').count()) {
       await page.fill('input[name="login"]', user);
@@ -181,16 +190,76 @@ async function report(agent, item) {
   check(r.status === 204, `report: ${r.status} ${JSON.stringify(r.json)}`);
 }
 
+/** Whether the header's brand, navigation entries and Sign out share one row (no wrap). */
+async function navigationRow(page) {
+  const boxes = await page.evaluate(() => [document.querySelector('header .brand'), ...document.querySelectorAll('header nav a'),
+    document.querySelector('header .who button')].map((e) => {
+    const b = e.getBoundingClientRect();
+    return { text: e.textContent.trim(), top: b.top, bottom: b.bottom, right: b.right };
+  }));
+  const signOut = boxes[boxes.length - 1];
+  const off = boxes.filter((b) => !(b.top < signOut.bottom && b.bottom > signOut.top) || b.right > page.viewportSize().width);
+  return { entries: boxes.length - 2, off: off.map((b) => `${b.text} (top ${b.top}, right ${b.right})`) };
+}
+
+/** At the current (phone) width: the page is no wider than the screen and every table sits in a box that scrolls sideways. */
+async function fitsNarrow(page, name) {
+  step = `${name} at ${page.viewportSize().width} px`;
+  const fit = await page.evaluate(() => {
+    const vw = document.documentElement.clientWidth;
+    const tables = [...document.querySelectorAll('main table')].filter((t) => t.offsetParent !== null).map((t) => {
+      const box = t.closest('.scroll');
+      return {
+        caption: (t.querySelector('th') || t).textContent.trim().slice(0, 30),
+        scrolls: !!box && getComputedStyle(box).overflowX === 'auto' && box.getBoundingClientRect().right <= vw + 0.5,
+        wider: !!box && box.scrollWidth > box.clientWidth,
+      };
+    });
+    // What sticks out, to name it when the page is too wide.
+    const wide = [...document.querySelectorAll('body *')].filter((e) => e.getBoundingClientRect().right > vw + 0.5
+      && !(e.parentElement.closest('.scroll') && getComputedStyle(e).position !== 'absolute'))
+      .slice(-3).map((e) => `${e.tagName.toLowerCase()}${e.id ? `#${e.id}` : ''}.${e.className} (${Math.round(e.getBoundingClientRect().right)} px)`);
+    return { vw, width: document.documentElement.scrollWidth, tables, wide };
+  });
+  check(fit.width <= fit.vw, `the page is ${fit.width} px wide on a ${fit.vw} px screen: ${fit.wide.join(', ')}`);
+  const cut = fit.tables.filter((t) => !t.scrolls);
+  check(cut.length === 0, `tables without a horizontal scroll box: ${JSON.stringify(cut)}`);
+  await audit(page, `${name}-narrow`);
+  return fit;
+}
+
 async function headers(page, url) {
   const r = await page.request.get(url, { maxRedirects: 0 });
   return r.headers();
 }
 
 try {
+  // --------------------------------------------------------------- signed out
+  step = 'sign-in start page';
+  const visitor = await newPage();
+  const start = await visitor.page.goto(`${BASE}/console/`);
+  check(start.status() === 200 && visitor.page.url() === `${BASE}/console/`, `status ${start.status()} at ${visitor.page.url()}`);
+  check(await visitor.page.locator('h1').innerText() === 'Sign in to certflow', 'heading');
+  check(/renews/.test(await visitor.page.locator('main').innerText()), 'it says what certflow does');
+  const button = visitor.page.locator('a#sign-in');
+  check(await button.innerText() === 'Sign in with Example SSO', `button: ${await button.innerText()}`);
+  check(await button.getAttribute('href') === '/console/login', `button leads to ${await button.getAttribute('href')}`);
+  check(await visitor.page.locator('header nav').count() === 0, 'no navigation before sign-in');
+  await audit(visitor.page, 'sign-in');
+  await docShot(visitor.page, 'sign-in');
+  step = 'sign-in start page: the button leads to the provider';
+  await Promise.all([visitor.page.waitForURL((u) => !u.href.startsWith(BASE)), button.click()]);
+  check(await visitor.page.locator('input[name="login"]').count() === 1, `the provider's login form at ${visitor.page.url()}`);
+  await visitor.context.close();
+
   // ------------------------------------------------------------ as an admin
   const admin = await newPage();
   const page = admin.page;
   await signIn(page, 'alice');
+  step = 'navigation: one row at 1280 px';
+  const row = await navigationRow(page);
+  check(row.entries === 9, `an administrator has nine entries, not ${row.entries}`);
+  check(row.off.length === 0, `off the row of Sign out: ${row.off.join(', ')}`);
 
   step = 'session cookie';
   // All cookies: Playwright leaves Secure ones out of a lookup by http:// URL,
@@ -425,6 +494,49 @@ try {
   await page.goto(`${BASE}/console/discovered?status=all`);
   check((await page.locator('table.inventory tbody tr', { hasText: 'file:/etc/legacy/site.crt' }).innerText()).includes('taken over'), 'shown as taken over');
 
+  step = 'audit log: details as a definition list, times as dates, agents and certificates by name';
+  const DATE = /^\d{4}-\d\d-\d\d \d\d:\d\d UTC$/;
+  await page.goto(`${BASE}/console/audit?action=deployment.assign&target=agent/${agent.id}`);
+  const assignRow = page.locator('table.audit tbody tr').filter({ hasText: 'web.console.example.com' }).first();
+  check(await assignRow.count() === 1, 'the assignment of the first certificate is listed');
+  const agentLink = assignRow.locator(`td a[href="/console/agents#agent-${agent.id}"]`);
+  check(await agentLink.innerText() === 'agent web-01', `target by name: ${await assignRow.innerText()}`);
+  const certLink = assignRow.locator(`dl.details dd a[href="/console/certificates/${id}"]`);
+  check(await certLink.innerText() === 'web.console.example.com', 'the certificate in the details by name, linked');
+  check((await assignRow.locator('dl.details dt').allInnerTexts()).includes('certificate'), 'its term is "certificate"');
+  check(DATE.test(await assignRow.locator('td').first().locator('time').innerText()), 'when, as a date');
+  await page.goto(`${BASE}/console/audit?action=agent.join-token.create`);
+  const tokenRow = page.locator('table.audit tbody tr').first();
+  const terms = await tokenRow.locator('dl.details dt').allInnerTexts();
+  const expires = tokenRow.locator('dl.details dd').nth(terms.indexOf('expires')).locator('time');
+  check(terms.includes('expires') && DATE.test(await expires.innerText()), `the expiry as a date, not a Unix time: ${await tokenRow.innerText()}`);
+  check(/^\d{4}-\d\d-\d\dT/.test(await expires.getAttribute('datetime')), 'with a machine-readable datetime');
+  await page.goto(`${BASE}/console/audit?action=deployment.report`);
+  const reportRow = page.locator('table.audit tbody tr').first();
+  check((await reportRow.locator('td').nth(1).innerText()).startsWith('agent web-01'), `the agent acts by name: ${await reportRow.innerText()}`);
+  check(await reportRow.locator('dl.details dl.details').count() >= 1, 'each reported item as a nested list');
+  await page.goto(`${BASE}/console/audit`);
+  const detailCells = await page.locator('table.audit tbody td:nth-child(6)').allInnerTexts();
+  check(detailCells.length > 0 && !detailCells.some((t) => /[{}]|"\w+":/.test(t)), 'no raw JSON left in the details');
+  const who = await page.locator('table.audit tbody td:nth-child(2)').allInnerTexts();
+  check(!who.some((t) => t.includes(agent.id)), 'no agent shown as a bare id');
+  await audit(page, 'audit-all');
+
+  step = 'a phone-width screen';
+  await page.setViewportSize({ width: 390, height: 844 });
+  for (const [name, url] of [['dashboard', '/console/'], ['inventory', '/console/certificates'], ['certificate', `/console/certificates/${id}`],
+    ['audit', `/console/audit?target=certificate/${id}`], ['agents', '/console/agents'], ['discovered', '/console/discovered?status=all'],
+    ['compliance', '/console/compliance?expiring_within_days=3650'], ['issuers', '/console/issuers'], ['request', '/console/certificates/new']]) {
+    await page.goto(`${BASE}${url}`);
+    const fit = await fitsNarrow(page, name);
+    if (name === 'inventory') {
+      check(fit.tables.some((t) => t.wider), 'the inventory is wider than a phone: it scrolls in its box');
+      const moved = await page.evaluate(() => { const box = document.querySelector('#results .scroll'); box.scrollLeft = 120; return box.scrollLeft; });
+      check(moved > 0, 'and it does scroll sideways');
+    }
+  }
+  await page.setViewportSize({ width: 1280, height: 900 });
+
 
   step = 'a form without the CSRF token is refused';
   const forged = await page.evaluate(async (certId) => {
@@ -472,9 +584,32 @@ try {
   await Promise.all([vpage.waitForURL(`${BASE}/console/signed-out`), vpage.locator('button[name="logout"][value="yes"]').click()]);
   check(await vpage.locator('h1').innerText() === 'Signed out', 'signed out page');
   const after = await vpage.request.get(`${BASE}/console/`, { maxRedirects: 0 });
-  check(after.status() === 303 && after.headers().location === '/console/login?return_to=%2Fconsole%2F', `back to the login: ${after.headers().location}`);
+  check(after.status() === 200 && (await after.text()).includes('Sign in with Example SSO'), `the start page again: ${after.status()}`);
+  const deep = await vpage.request.get(`${BASE}/console/certificates/${id}`, { maxRedirects: 0 });
+  check(deep.status() === 303 && deep.headers().location === `/console/login?return_to=%2Fconsole%2Fcertificates%2F${id}`,
+    `a deep link goes to the login and back: ${deep.status()} ${deep.headers().location}`);
   await vpage.goto(`${BASE}/console/certificates`);
   check(!vpage.url().startsWith(BASE) && await vpage.locator('input[name="login"]').count() === 1, 'the provider asks for credentials again');
+
+  // ----------------------------------------------- an operator of two teams
+  const operator = await newPage();
+  const opage = operator.page;
+  await signIn(opage, 'bob', '/console/certificates');
+  step = 'operator of two teams: all my teams at once';
+  check(await opage.locator('#f-team').inputValue() === '', 'the team filter starts at "all my teams"');
+  const options = await opage.locator('#f-team option').allInnerTexts();
+  check(JSON.stringify(options) === JSON.stringify(['all my teams', 'payments', 'search']), `team choices ${options}`);
+  const listed = await opage.locator('table.inventory tbody tr').allInnerTexts();
+  for (const [host, team] of [['search', 'search'], ['api', 'payments'], ['web', 'payments']]) {
+    check(listed.some((t) => t.includes(`${host}.console.example.com`) && t.includes(team)), `${host} of team ${team} listed: ${listed.length} rows`);
+  }
+  await audit(opage, 'inventory-two-teams');
+  await opage.goto(`${BASE}/console/certificates?team=search`);
+  const onlySearch = await opage.locator('table.inventory tbody tr').allInnerTexts();
+  check(onlySearch.length === 1 && onlySearch[0].includes('search.console.example.com'), `one team chosen: ${onlySearch}`);
+  await opage.goto(`${BASE}/console/certificates?team=billing`);
+  check(await opage.locator('#f-team-err').isVisible(), 'a team not theirs is refused next to the field');
+  await operator.context.close();
 
   step = 'no open redirect through return_to';
   const other = await newPage();

@@ -1,4 +1,6 @@
-//! The web console in a real browser: the OpenID provider of the login tests
+//! The web console in a real browser (signed out, as an administrator, an
+//! operator of two teams and a viewer; at 1280 and 390 px wide): the OpenID
+//! provider of the login tests
 //! (oidc-provider, `testdata/oidc/provider.mjs`) and the real `certflow serve`,
 //! driven by Debian's chromium through playwright-core
 //! (`tests/browser/console.spec.mjs`, which also runs axe-core on every page
@@ -97,6 +99,7 @@ client_id = "console"
 client_secret = "console-secret"
 redirect_uri = "{console}/console/callback"
 post_logout_redirect_uri = "{console}/console/signed-out"
+display_name = "Example SSO"
 scopes = ["groups"]
 team_group_prefix = "team-"
 
@@ -168,19 +171,22 @@ viewer = ["certflow-viewers"]
     );
     println!("{stdout}");
     for page in [
+        "sign-in",
         "dashboard",
         "inventory",
         "certificate",
         "audit",
         "agents",
         "certificate-viewer",
+        "inventory-narrow",
+        "inventory-two-teams",
     ] {
         assert!(
             shots.join(format!("{page}.png")).exists(),
             "screenshot of {page}"
         );
     }
-    for page in ["dashboard", "certificate", "inventory"] {
+    for page in ["sign-in", "dashboard", "certificate", "inventory"] {
         let written = std::fs::metadata(docs_img.join(format!("console-{page}.png")))
             .and_then(|m| m.modified())
             .unwrap_or(std::time::UNIX_EPOCH);
