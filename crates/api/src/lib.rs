@@ -170,7 +170,7 @@ pub struct DeliveryView {
     pub subscription_id: Uuid,
     /// `webhook`, `sns` or `email`.
     pub channel: String,
-    /// `pending`, `delivered` or `failed`.
+    /// `pending`, `delivered`, `failed` or `cancelled` (its subscription was deleted).
     pub state: String,
     /// Attempts so far.
     pub attempts: u32,

@@ -11,6 +11,7 @@ pub mod error;
 pub mod model;
 pub mod names;
 pub mod notify;
+pub mod outbound;
 pub mod policy;
 pub mod ports;
 pub mod profile;

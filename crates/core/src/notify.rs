@@ -123,6 +123,74 @@ pub enum WebhookFormat {
     Slack,
 }
 
+/// A webhook's HMAC key: in clear as a request brings it and as the notifier
+/// signs with it, sealed (envelope encryption under the master key) wherever
+/// it is stored. It is serialised as a string in clear and as
+/// `{"sealed": "<base64 envelope>"}` sealed, so rows written before secrets
+/// were sealed still read (and are sealed in place at start). Never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub enum WebhookSecret {
+    /// The key itself.
+    Plain(String),
+    /// The key's envelope (base64), bound to its subscription.
+    Sealed(String),
+}
+
+impl std::fmt::Debug for WebhookSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            WebhookSecret::Plain(_) => "WebhookSecret::Plain(..)",
+            WebhookSecret::Sealed(_) => "WebhookSecret::Sealed(..)",
+        })
+    }
+}
+
+impl Serialize for WebhookSecret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        match self {
+            WebhookSecret::Plain(text) => s.serialize_str(text),
+            WebhookSecret::Sealed(envelope) => {
+                let mut map = s.serialize_map(Some(1))?;
+                map.serialize_entry("sealed", envelope)?;
+                map.end()
+            }
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for WebhookSecret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = WebhookSecret;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(WebhookSecret::Plain(v.to_owned()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                use serde::de::Error;
+                let mut sealed = None;
+                while let Some(key) = map.next_key::<String>()? {
+                    match key.as_str() {
+                        "sealed" if sealed.is_none() => sealed = Some(map.next_value()?),
+                        other => return Err(A::Error::unknown_field(other, &["sealed"])),
+                    }
+                }
+                sealed
+                    .map(WebhookSecret::Sealed)
+                    .ok_or_else(|| A::Error::missing_field("sealed"))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
 /// Where to deliver.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)]
@@ -131,9 +199,9 @@ pub enum Channel {
     Webhook {
         /// Target URL (http or https).
         url: String,
-        /// HMAC key; write-only through the API.
+        /// HMAC key; write-only through the API, sealed at rest.
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        secret: Option<String>,
+        secret: Option<WebhookSecret>,
         /// Body format.
         format: WebhookFormat,
     },
@@ -175,6 +243,17 @@ pub struct Subscription {
     pub created_at: OffsetDateTime,
 }
 
+/// A webhook channel as the store holds it, for sealing its secret in place.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredChannel {
+    /// The subscription it belongs to (the secret's envelope is bound to it).
+    pub subscription_id: Uuid,
+    /// The channel.
+    pub channel: Channel,
+    /// Its stored text, compared when it is replaced.
+    pub stored: String,
+}
+
 /// State of one delivery (one notification to one subscription).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -185,23 +264,32 @@ pub enum DeliveryState {
     Delivered,
     /// Gave up after the maximum attempts.
     Failed,
+    /// Not attempted again: its subscription was deleted while it was pending.
+    Cancelled,
 }
 
 impl DeliveryState {
+    /// Every state, for validation and listings.
+    pub const ALL: [DeliveryState; 4] = [
+        DeliveryState::Pending,
+        DeliveryState::Delivered,
+        DeliveryState::Failed,
+        DeliveryState::Cancelled,
+    ];
+
     /// Stable identifier.
     pub fn as_str(self) -> &'static str {
         match self {
             DeliveryState::Pending => "pending",
             DeliveryState::Delivered => "delivered",
             DeliveryState::Failed => "failed",
+            DeliveryState::Cancelled => "cancelled",
         }
     }
 
     /// Parses the stable identifier.
     pub fn parse(s: &str) -> Option<Self> {
-        [Self::Pending, Self::Delivered, Self::Failed]
-            .into_iter()
-            .find(|v| v.as_str() == s)
+        Self::ALL.into_iter().find(|v| v.as_str() == s)
     }
 }
 
@@ -266,4 +354,12 @@ pub trait Notifier: Send + Sync {
     /// Delivers `notification` to `channel`; the error is the reason shown to users
     /// (no secrets in it).
     async fn deliver(&self, channel: &Channel, notification: &Notification) -> Result<(), String>;
+}
+
+/// Opens sealed webhook secrets just before delivery (the server's envelope
+/// encryption; the notifier never sees a sealed secret).
+#[async_trait]
+pub trait SecretOpener: Send + Sync {
+    /// The secret of subscription `subscription_id`, from its envelope.
+    async fn open(&self, subscription_id: Uuid, envelope: &str) -> crate::DomainResult<String>;
 }

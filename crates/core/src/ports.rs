@@ -13,7 +13,9 @@ use crate::model::{
     CertificateVersion, FleetStats, IdempotencyRecord, Issuer, Page, RevocationReason,
 };
 use crate::names::SubjectName;
-use crate::notify::{Delivery, DeliveryAttempt, DeliveryQuery, Notification, Subscription};
+use crate::notify::{
+    Channel, Delivery, DeliveryAttempt, DeliveryQuery, Notification, StoredChannel, Subscription,
+};
 use crate::profile::Profile;
 use crate::renewal::{QueueStats, RenewalJob, SuggestedWindow};
 
@@ -245,8 +247,22 @@ pub trait NotificationStore: Send + Sync {
     async fn list_subscriptions(&self, team: Option<&str>) -> DomainResult<Vec<Subscription>>;
     /// One subscription.
     async fn get_subscription(&self, id: Uuid) -> DomainResult<Option<Subscription>>;
-    /// Deletes a subscription (its past deliveries stay). `NotFound` if absent.
+    /// Deletes a subscription; its pending deliveries are cancelled in the
+    /// same transaction (state `cancelled`), its past ones stay. `NotFound` if absent.
     async fn delete_subscription(&self, id: Uuid, audit: &AuditEvent) -> DomainResult<()>;
+    /// Every distinct stored webhook channel (of subscriptions and of their
+    /// deliveries' snapshots) whose secret is sealed (`sealed`) or in clear:
+    /// for sealing old rows in place and re-wrapping after a key rotation.
+    async fn channels_with_secrets(&self, sealed: bool) -> DomainResult<Vec<StoredChannel>>;
+    /// Replaces, in the subscription and in its deliveries, the channel stored
+    /// exactly as `stored` by `channel` (a row changed meanwhile is left
+    /// alone). Returns the rows replaced.
+    async fn replace_channel(
+        &self,
+        subscription_id: Uuid,
+        stored: &str,
+        channel: &Channel,
+    ) -> DomainResult<u64>;
 
     /// Records `notification` and one pending delivery per subscription of its
     /// team that wants its kind, due at `notification.at`, in one transaction.

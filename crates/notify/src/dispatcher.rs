@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use certflow_core::notify::{Delivery, Notifier};
+use certflow_core::notify::{Channel, Delivery, Notifier, SecretOpener, WebhookSecret};
 use certflow_core::ports::NotificationStore;
 use certflow_core::renewal::backoff;
 use futures::StreamExt;
@@ -181,6 +181,7 @@ struct Inner {
     notifiers: Notifiers,
     settings: DispatcherSettings,
     metrics: Arc<DispatchMetrics>,
+    secrets: Option<Arc<dyn SecretOpener>>,
 }
 
 /// Delivers pending notifications; cheap to clone (shared state).
@@ -223,7 +224,48 @@ impl Dispatcher {
                 notifiers,
                 settings,
                 metrics: Arc::default(),
+                secrets: None,
             }),
+        }
+    }
+
+    /// Opens sealed webhook secrets with `secrets` before delivery (without
+    /// it, a delivery with a sealed secret fails).
+    pub fn with_secrets(self, secrets: Arc<dyn SecretOpener>) -> Self {
+        let i = &self.inner;
+        Self {
+            inner: Arc::new(Inner {
+                store: Arc::clone(&i.store),
+                notifiers: i.notifiers.clone(),
+                settings: i.settings.clone(),
+                metrics: Arc::clone(&i.metrics),
+                secrets: Some(secrets),
+            }),
+        }
+    }
+
+    /// The delivery's channel with its webhook secret opened.
+    async fn opened(&self, d: &Delivery) -> Result<Channel, String> {
+        match (&d.channel, &self.inner.secrets) {
+            (
+                Channel::Webhook {
+                    url,
+                    secret: Some(WebhookSecret::Sealed(envelope)),
+                    format,
+                },
+                Some(secrets),
+            ) => {
+                let plain = secrets
+                    .open(d.subscription_id, envelope)
+                    .await
+                    .map_err(|e| format!("cannot open the webhook secret: {e}"))?;
+                Ok(Channel::Webhook {
+                    url: url.clone(),
+                    secret: Some(WebhookSecret::Plain(plain)),
+                    format: *format,
+                })
+            }
+            (channel, _) => Ok(channel.clone()),
         }
     }
 
@@ -334,11 +376,11 @@ impl Dispatcher {
         let s = &self.inner.settings;
         let kind = d.channel.kind();
         let attempt = d.attempts.saturating_add(1);
-        let result = match self.inner.notifiers.get(kind) {
-            None => Err(format!("no {kind} notifier is configured on this server")),
-            Some(n) => {
-                match tokio::time::timeout(s.timeout(), n.deliver(&d.channel, &d.notification))
-                    .await
+        let result = match (self.inner.notifiers.get(kind), self.opened(&d).await) {
+            (None, _) => Err(format!("no {kind} notifier is configured on this server")),
+            (Some(_), Err(e)) => Err(e),
+            (Some(n), Ok(channel)) => {
+                match tokio::time::timeout(s.timeout(), n.deliver(&channel, &d.notification)).await
                 {
                     Ok(r) => r,
                     Err(_) => Err(format!("timed out after {} s", s.timeout().as_secs())),

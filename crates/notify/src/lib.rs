@@ -40,8 +40,11 @@
 //! ```
 //!
 //! [`signature`] computes the same value. Redirects are not followed; any status
-//! outside 2xx is a failed attempt whose reason shows the status and the start
-//! of the body.
+//! outside 2xx is a failed attempt whose reason shows the status, never the
+//! body. Webhook URLs are under the outbound policy (`certflow-outbound`):
+//! an address that is loopback, private, link-local... is refused unless an
+//! administrator allow-lists it. The secret is stored sealed; the dispatcher
+//! opens it ([`Dispatcher::with_secrets`]) just before signing.
 
 mod dispatcher;
 mod email;

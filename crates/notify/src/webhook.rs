@@ -1,18 +1,26 @@
 //! HTTP webhooks: the notification as JSON (or a Slack message), signed with
 //! HMAC-SHA256 when the channel has a secret. See the crate docs for the
 //! receiver's verification recipe.
+//!
+//! The URL is a team operator's choice, so every request goes through
+//! `certflow-outbound`: only addresses the outbound policy allows are
+//! connected to, no redirect is followed, and a failure is reported by class
+//! (status code, "connection refused", the policy's refusal), never with the
+//! receiver's body.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_lc_rs::hmac;
-use certflow_core::notify::{Channel, Notification, Notifier, WebhookFormat};
+use certflow_core::notify::{Channel, Notification, Notifier, WebhookFormat, WebhookSecret};
+use certflow_core::outbound::OutboundPolicy;
 use reqwest::header::{CONTENT_TYPE, HeaderValue};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::SetupError;
-use crate::text::{error_chain, first_line, one_line};
+use crate::text::{error_chain, one_line};
 
 /// Unix seconds at signing time; part of the signed string.
 pub const HEADER_TIMESTAMP: &str = "X-Certflow-Timestamp";
@@ -22,9 +30,6 @@ pub const HEADER_SIGNATURE: &str = "X-Certflow-Signature";
 pub const HEADER_NOTIFICATION: &str = "X-Certflow-Notification";
 /// The event kind (`expiring`, `renewal-failing`, ...).
 pub const HEADER_EVENT: &str = "X-Certflow-Event";
-
-/// How much of a refusing receiver's body goes into the error.
-const BODY_EXCERPT: usize = 200;
 
 /// Webhook client settings.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,31 +49,23 @@ impl Default for WebhookSettings {
 #[derive(Debug, Clone)]
 pub struct WebhookNotifier {
     client: reqwest::Client,
+    policy: Arc<OutboundPolicy>,
 }
 
 impl WebhookNotifier {
-    /// A notifier with its own HTTP client (rustls, no redirects, proxy from the environment).
-    pub fn new(settings: &WebhookSettings) -> Result<Self, SetupError> {
-        let client = Self::client_builder(settings)
-            .build()
-            .map_err(|e| SetupError(format!("webhook client: {}", error_chain(&e))))?;
-        Ok(Self { client })
-    }
-
-    /// The builder [`WebhookNotifier::new`] uses, for callers that adjust it
-    /// (tests disable proxies for loopback receivers).
-    pub fn client_builder(settings: &WebhookSettings) -> reqwest::ClientBuilder {
-        reqwest::Client::builder()
+    /// A notifier with its own HTTP client under `policy` (rustls, names
+    /// resolved and checked by the policy, no redirects, no proxy).
+    pub fn new(
+        settings: &WebhookSettings,
+        policy: Arc<OutboundPolicy>,
+    ) -> Result<Self, SetupError> {
+        let client = certflow_outbound::client_builder(Arc::clone(&policy))
             .timeout(Duration::from_secs(settings.timeout_secs.max(1)))
             .connect_timeout(Duration::from_secs(settings.timeout_secs.clamp(1, 5)))
-            // A redirect would re-send the signed body to a place nobody configured.
-            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("certflow/", env!("CARGO_PKG_VERSION")))
-    }
-
-    /// A notifier over a caller-built client.
-    pub fn with_client(client: reqwest::Client) -> Self {
-        Self { client }
+            .build()
+            .map_err(|e| SetupError(format!("webhook client: {}", error_chain(&e))))?;
+        Ok(Self { client, policy })
     }
 }
 
@@ -119,12 +116,8 @@ impl Notifier for WebhookNotifier {
             return Err(format!("not a webhook channel: {}", channel.kind()));
         };
         let url = reqwest::Url::parse(url).map_err(|e| format!("invalid webhook URL: {e}"))?;
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err(format!(
-                "webhook URL must be http or https, not {}",
-                url.scheme()
-            ));
-        }
+        // IP literals never reach the policy's resolver: judge them here.
+        certflow_outbound::check_url(&self.policy, &url).map_err(|e| e.to_string())?;
         let target = redacted(&url);
         let body = render(*format, n)?;
         let mut req = self
@@ -133,40 +126,41 @@ impl Notifier for WebhookNotifier {
             .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
             .header(HEADER_NOTIFICATION, n.id.to_string())
             .header(HEADER_EVENT, n.kind.as_str());
-        if let Some(secret) = secret {
-            let ts = OffsetDateTime::now_utc().unix_timestamp();
-            req = req
-                .header(HEADER_TIMESTAMP, ts.to_string())
-                .header(HEADER_SIGNATURE, signature(secret.as_bytes(), ts, &body));
+        match secret {
+            Some(WebhookSecret::Plain(secret)) => {
+                let ts = OffsetDateTime::now_utc().unix_timestamp();
+                req = req
+                    .header(HEADER_TIMESTAMP, ts.to_string())
+                    .header(HEADER_SIGNATURE, signature(secret.as_bytes(), ts, &body));
+            }
+            // The dispatcher opens sealed secrets before handing the channel over.
+            Some(WebhookSecret::Sealed(_)) => {
+                return Err(
+                    "the webhook secret is sealed and this dispatcher cannot open it".into(),
+                );
+            }
+            None => {}
         }
-        let mut resp = req.body(body).send().await.map_err(|e| {
-            let what = if e.is_timeout() {
-                "timed out"
-            } else {
-                "request failed"
-            };
-            format!("{target}: {what}: {}", error_chain(&e.without_url()))
+        let resp = req.body(body).send().await.map_err(|e| {
+            let class = certflow_outbound::failure(&e);
+            tracing::debug!(target = %target, error = %error_chain(&e.without_url()), "webhook request failed");
+            match class {
+                // The refusal names the host already.
+                class if class.starts_with("refused by outbound policy") => class,
+                class => format!("{target}: {class}"),
+            }
         })?;
         let status = resp.status();
         if status.is_success() {
             return Ok(());
         }
-        let mut excerpt = Vec::new();
-        while excerpt.len() < BODY_EXCERPT * 4 {
-            match resp.chunk().await {
-                Ok(Some(c)) => excerpt.extend_from_slice(&c),
-                _ => break,
-            }
-        }
-        let text = String::from_utf8_lossy(&excerpt);
-        let excerpt = first_line(
-            &text.split_whitespace().collect::<Vec<_>>().join(" "),
-            BODY_EXCERPT,
-        );
-        Err(if excerpt.is_empty() {
-            format!("{target}: HTTP {status}")
+        // The status only: what the receiver wrote back is not shown to the
+        // subscriber (an internal service's answer must not leak through
+        // GET /deliveries), and the reason phrase is the standard one.
+        Err(if status.is_redirection() {
+            format!("{target}: HTTP {status} (redirects are not followed)")
         } else {
-            format!("{target}: HTTP {status}: {excerpt}")
+            format!("{target}: HTTP {status}")
         })
     }
 }

@@ -65,7 +65,7 @@ async fn tightened_policy_dead_letters_the_renewal_at_once_and_alerts() {
             &CreateSubscriptionRequest {
                 team: "payments".into(),
                 events: EventKind::ALL.iter().map(|k| k.as_str().into()).collect(),
-                channel: json!({"type": "webhook", "url": "http://127.0.0.1:9/hook", "format": "json"}),
+                channel: json!({"type": "webhook", "url": "https://hooks.example.com/hook", "format": "json"}),
             },
             now,
         )

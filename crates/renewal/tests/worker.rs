@@ -194,7 +194,7 @@ impl Env {
                 &CreateSubscriptionRequest {
                     team: team.into(),
                     events: EventKind::ALL.iter().map(|k| k.as_str().into()).collect(),
-                    channel: json!({"type": "webhook", "url": "http://127.0.0.1:9/hook", "format": "json"}),
+                    channel: json!({"type": "webhook", "url": "https://hooks.example.com/hook", "format": "json"}),
                 },
                 OffsetDateTime::now_utc(),
             )

@@ -37,6 +37,10 @@ pub struct Config {
     pub renewal: RenewalConfig,
     /// Notification channels and delivery.
     pub notifications: NotificationsConfig,
+    /// Outbound calls to URLs users name (webhooks): `[outbound] allow` lists
+    /// the loopback, private or link-local destinations an administrator
+    /// allows; every other such address is refused.
+    pub outbound: certflow_core::outbound::OutboundSettings,
     /// ACME issuers by name: `[acme.<name>]` with `directory_url`, `contact`,
     /// `challenge`, `dns`, `external_account_binding`, `ca_bundle`...
     #[serde(skip_serializing)]
@@ -66,6 +70,7 @@ impl Default for Config {
             log: LogConfig::default(),
             renewal: RenewalConfig::default(),
             notifications: NotificationsConfig::default(),
+            outbound: Default::default(),
             acme: Default::default(),
             agent: Default::default(),
             console: ConsoleConfig::default(),
@@ -947,6 +952,7 @@ impl Config {
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         self.agent.validate()?;
         self.console.validate()?;
+        self.outbound_policy()?;
         self.policy
             .compile()
             .map_err(|e| anyhow::anyhow!("invalid issuance policy: {e}"))?;
@@ -971,6 +977,11 @@ impl Config {
                 all.join(", ")
             )
         })
+    }
+
+    /// The outbound policy of `[outbound]`.
+    pub fn outbound_policy(&self) -> anyhow::Result<certflow_core::outbound::OutboundPolicy> {
+        certflow_core::outbound::OutboundPolicy::new(&self.outbound).map_err(anyhow::Error::msg)
     }
 
     /// The selected metadata store.
@@ -1127,6 +1138,28 @@ mod tests {
         assert_eq!(oidc(None).provider_name(), "login.example.com");
         assert_eq!(oidc(Some("Example SSO")).provider_name(), "Example SSO");
         assert_eq!(oidc(Some("  ")).provider_name(), "login.example.com");
+    }
+
+    #[test]
+    fn outbound_allow_list_is_loaded_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(
+            &file,
+            "[outbound]\nallow = [\"10.0.0.0/8\", \"hooks.internal.example\"]\n",
+        )
+        .unwrap();
+        let c = Config::load(Some(&file)).unwrap();
+        let policy = c.outbound_policy().unwrap();
+        policy.check_literal("10.1.2.3").unwrap();
+        assert!(policy.check_literal("127.0.0.1").is_err());
+        assert!(policy.host_allowed("hooks.internal.example"));
+        std::fs::write(&file, "[outbound]\nallow = [\"10.0.0.0/40\"]\n").unwrap();
+        let err = Config::load(Some(&file)).unwrap_err().to_string();
+        assert!(
+            err.contains("outbound.allow") && err.contains("10.0.0.0/40"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -73,7 +73,7 @@ enum Command {
 
 #[derive(Subcommand)]
 enum KeysCommand {
-    /// Re-encrypt every private key under the current master key (after a rotation).
+    /// Re-encrypt every private key and webhook secret under the current master key (after a rotation).
     Rewrap,
 }
 

@@ -22,6 +22,7 @@ mod validate;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use certflow_core::outbound::OutboundPolicy;
 use certflow_core::policy::PolicySet;
 use certflow_core::ports::{BlobStore, IssuerBackend, MetadataStore, NotificationStore};
 use certflow_core::renewal::{RenewalDefaults, RenewalMargin};
@@ -36,7 +37,7 @@ pub use issuing::InternalCa;
 pub use maintenance::{RewrapReport, SweepReport};
 pub use renewal::{JobOutcome, RENEWAL_ACTOR};
 pub use revocation::{OcspReply, PublishedCrl};
-pub use subscriptions::redacted;
+pub use subscriptions::{SealedSecrets, WebhookSecretReport, redacted};
 
 /// The tenant every record belongs to until multi-tenancy lands; bound into
 /// encryption contexts now so that adding tenants does not require re-encryption.
@@ -55,6 +56,7 @@ pub struct Services {
     revocation: Arc<revocation::Revocation>,
     policies: Arc<PolicySet>,
     cpu: CpuPool,
+    outbound: Arc<OutboundPolicy>,
 }
 
 impl Services {
@@ -82,6 +84,7 @@ impl Services {
             revocation: Arc::default(),
             policies: Arc::new(PolicySet::default()),
             cpu,
+            outbound: Arc::default(),
         }
     }
 
@@ -119,6 +122,14 @@ impl Services {
     /// Issuance policies, checked on every request and before every renewal.
     pub fn with_issuance_policies(mut self, policies: PolicySet) -> Self {
         self.policies = Arc::new(policies);
+        self
+    }
+
+    /// The outbound policy webhook URLs are checked against when a
+    /// subscription is created (the strict default allows no loopback,
+    /// private or link-local address).
+    pub fn with_outbound_policy(mut self, policy: Arc<OutboundPolicy>) -> Self {
+        self.outbound = policy;
         self
     }
 

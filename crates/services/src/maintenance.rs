@@ -103,9 +103,10 @@ impl Services {
         Ok(report)
     }
 
-    /// Re-seals every private key (CA and certificate keys) that is not sealed
-    /// under the current master key. Old keys must still be configured as
-    /// `previous` while this runs; afterwards they can be removed.
+    /// Re-seals every private key (CA and certificate keys) and webhook
+    /// secret that is not sealed under the current master key. Old keys must
+    /// still be configured as `previous` while this runs; afterwards they can
+    /// be removed.
     pub async fn rewrap_keys(
         &self,
         actor: &Actor,
@@ -158,6 +159,10 @@ impl Services {
                 break;
             }
         }
+        // Webhook secrets are sealed under the same master key.
+        let (secrets, resealed) = self.rewrap_webhook_secrets().await?;
+        report.keys += secrets;
+        report.rewrapped += resealed;
         self.store
             .append_audit(&AuditEvent::success(
                 now,

@@ -266,7 +266,7 @@ async fn renewal_under_a_tightened_policy_is_refused_audited_and_announced() {
             &CreateSubscriptionRequest {
                 team: "payments".into(),
                 events: EventKind::ALL.iter().map(|k| k.as_str().into()).collect(),
-                channel: json!({"type": "webhook", "url": "http://127.0.0.1:9/hook", "format": "json"}),
+                channel: json!({"type": "webhook", "url": "https://hooks.example.com/hook", "format": "json"}),
             },
             OffsetDateTime::now_utc(),
         )
@@ -358,7 +358,7 @@ async fn lint_refusal_is_audited_and_announced() {
             &CreateSubscriptionRequest {
                 team: "payments".into(),
                 events: vec!["policy-violation".into()],
-                channel: json!({"type": "webhook", "url": "http://127.0.0.1:9/hook", "format": "json"}),
+                channel: json!({"type": "webhook", "url": "https://hooks.example.com/hook", "format": "json"}),
             },
             OffsetDateTime::now_utc(),
         )

@@ -7,7 +7,8 @@ use certflow_core::DomainError;
 use certflow_core::error::DomainResult;
 use certflow_core::model::{AuditEvent, Page};
 use certflow_core::notify::{
-    Delivery, DeliveryAttempt, DeliveryQuery, DeliveryState, Notification, Subscription,
+    Channel, Delivery, DeliveryAttempt, DeliveryQuery, DeliveryState, Notification, StoredChannel,
+    Subscription,
 };
 use certflow_core::ports::NotificationStore;
 use time::OffsetDateTime;
@@ -51,6 +52,46 @@ fn deliveries_by_id(ids: &[String]) -> Sql {
     }
     sql.push(") ORDER BY d.next_attempt_at, d.id");
     sql
+}
+
+/// [`NotificationStore::record_attempt`] on a cancelled delivery: the attempt
+/// is kept; success makes it delivered, a failure leaves it cancelled.
+async fn record_cancelled<B: Backend>(
+    mut tx: sqlx::Transaction<'static, B>,
+    delivery_id: Uuid,
+    attempt: i64,
+    at: OffsetDateTime,
+    error: Option<&str>,
+) -> DomainResult<()> {
+    execute::<B>(
+        &mut tx,
+        Sql::new(
+            "INSERT INTO delivery_attempts (delivery_id, attempt, at, error) \
+             VALUES ($1, $2, $3, $4)",
+        )
+        .bind(id(delivery_id))
+        .bind(attempt)
+        .bind(secs(at))
+        .bind(error),
+    )
+    .await?;
+    let update = match error {
+        None => Sql::new(
+            "UPDATE deliveries SET state = $1, attempts = $2, delivered_at = $3, \
+             lease_until = NULL WHERE id = $4",
+        )
+        .bind(DeliveryState::Delivered.as_str())
+        .bind(attempt)
+        .bind(secs(at)),
+        Some(error) => Sql::new(
+            "UPDATE deliveries SET attempts = $1, last_error = $2, lease_until = NULL \
+             WHERE id = $3",
+        )
+        .bind(attempt)
+        .bind(error),
+    };
+    execute::<B>(&mut tx, update.bind(id(delivery_id))).await?;
+    tx.commit().await.map_err(map)
 }
 
 #[async_trait]
@@ -123,8 +164,80 @@ impl<B: Backend> NotificationStore for SqlStore<B> {
         if deleted.is_none() {
             return Err(DomainError::NotFound(format!("subscription {sub_id}")));
         }
+        // Nobody wants them any more: a deleted subscription must stop calling
+        // its URL now, not after its pending deliveries run out of retries.
+        execute::<B>(
+            &mut tx,
+            Sql::new(
+                "UPDATE deliveries SET state = $1, lease_until = NULL \
+                 WHERE subscription_id = $2 AND state = $3",
+            )
+            .bind(DeliveryState::Cancelled.as_str())
+            .bind(id(sub_id))
+            .bind(DeliveryState::Pending.as_str()),
+        )
+        .await?;
         insert_audit::<B>(&mut tx, audit).await?;
         tx.commit().await.map_err(map)
+    }
+
+    async fn channels_with_secrets(&self, sealed: bool) -> DomainResult<Vec<StoredChannel>> {
+        // Channels are serde_json's compact text: a secret in clear is the
+        // string after `"secret":`, a sealed one the object `{"sealed":...}`.
+        // Inside a JSON string a quote is escaped, so a URL cannot fake the key.
+        let pattern = if sealed {
+            "%\"secret\":{%"
+        } else {
+            "%\"secret\":\"%"
+        };
+        let rows = self
+            .fetch_all(
+                Sql::new(
+                    "SELECT id AS subscription_id, channel FROM subscriptions WHERE channel LIKE $1 \
+                     UNION SELECT subscription_id, channel FROM deliveries WHERE channel LIKE $1",
+                )
+                .bind(pattern),
+            )
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let stored = row.text("channel")?;
+                Ok(StoredChannel {
+                    subscription_id: codec::get_uuid(row, "subscription_id")?,
+                    channel: serde_json::from_str(&stored)
+                        .map_err(|e| crate::error::corrupt("channel", e))?,
+                    stored,
+                })
+            })
+            .collect()
+    }
+
+    async fn replace_channel(
+        &self,
+        subscription_id: Uuid,
+        stored: &str,
+        channel: &Channel,
+    ) -> DomainResult<u64> {
+        let text = to_json("channel", channel)?;
+        let mut tx = self.begin_write().await?;
+        let mut replaced = 0;
+        for sql in [
+            "UPDATE subscriptions SET channel = $1 WHERE id = $2 AND channel = $3 RETURNING id",
+            "UPDATE deliveries SET channel = $1 WHERE subscription_id = $2 AND channel = $3 \
+             RETURNING id",
+        ] {
+            let rows = fetch_all::<B>(
+                &mut tx,
+                Sql::new(sql)
+                    .bind(text.as_str())
+                    .bind(id(subscription_id))
+                    .bind(stored),
+            )
+            .await?;
+            replaced += rows.len() as u64;
+        }
+        tx.commit().await.map_err(map)?;
+        Ok(replaced)
     }
 
     async fn publish(
@@ -242,12 +355,17 @@ impl<B: Backend> NotificationStore for SqlStore<B> {
             .await?
             .ok_or_else(|| DomainError::NotFound(format!("delivery {delivery_id}")))?;
         let state = row.text("state")?;
+        let attempt = row.int("attempts")?.saturating_add(1);
+        if state == DeliveryState::Cancelled.as_str() {
+            // An attempt in flight when its subscription was deleted: keep
+            // what happened, but a failure is not retried.
+            return record_cancelled::<B>(tx, delivery_id, attempt, at, error).await;
+        }
         if state != DeliveryState::Pending.as_str() {
             return Err(DomainError::Conflict(format!(
                 "delivery {delivery_id} is already {state}"
             )));
         }
-        let attempt = row.int("attempts")?.saturating_add(1);
         execute::<B>(
             &mut tx,
             Sql::new(

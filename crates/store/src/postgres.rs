@@ -89,6 +89,11 @@ const MIGRATIONS: &[Embedded] = &[
         "session secrets",
         include_str!("../migrations/postgres/0013_session_secrets.sql"),
     ),
+    (
+        14,
+        "subscription deliveries",
+        include_str!("../migrations/postgres/0014_subscription_deliveries.sql"),
+    ),
 ];
 
 /// Key of the advisory lock held while migrating ("certflow" in ASCII).

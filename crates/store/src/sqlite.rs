@@ -86,6 +86,11 @@ const MIGRATIONS: &[Embedded] = &[
         "session secrets",
         include_str!("../migrations/sqlite/0013_session_secrets.sql"),
     ),
+    (
+        14,
+        "subscription deliveries",
+        include_str!("../migrations/sqlite/0014_subscription_deliveries.sql"),
+    ),
 ];
 
 /// How long a statement waits for another connection's write lock.

@@ -131,7 +131,7 @@ pub async fn list_subscriptions(
     ))
 }
 
-/// Remove a subscription (its past deliveries stay visible).
+/// Remove a subscription: its pending deliveries are cancelled, its past ones stay visible.
 #[utoipa::path(delete, path = "/subscriptions/{id}", tag = "notifications", params(("id" = Uuid, Path)),
     responses((status = 204), (status = 404, body = Problem)))]
 pub async fn delete_subscription(
@@ -167,7 +167,7 @@ pub struct DeliveryParams {
     pub team: Option<String>,
     /// Only about this certificate.
     pub certificate_id: Option<Uuid>,
-    /// `pending`, `delivered` or `failed`.
+    /// `pending`, `delivered`, `failed` or `cancelled`.
     pub state: Option<String>,
     /// Page size (1-500, default 50).
     #[serde(default = "default_limit")]
@@ -224,7 +224,7 @@ pub async fn list_deliveries(
     let delivery_state = match q.state.as_deref() {
         None => None,
         Some(s) => Some(DeliveryState::parse(s).ok_or_else(|| {
-            ApiError::invalid_field("state", "must be pending, delivered or failed")
+            ApiError::invalid_field("state", "must be pending, delivered, failed or cancelled")
         })?),
     };
     if q.limit == 0 || q.limit > 500 {

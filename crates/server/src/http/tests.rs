@@ -2043,3 +2043,53 @@ async fn revoke_with_replace_answers_with_the_replacement() {
         .await;
     assert_eq!(d["status"], "active", "nothing revoked: {d}");
 }
+
+/// A webhook URL naming an address the outbound policy refuses is a 400
+/// problem document naming the rule, and no subscription is stored (the
+/// harness has no `[outbound] allow`: the strict default).
+#[tokio::test]
+async fn webhook_subscriptions_to_refused_addresses_are_problems_naming_the_rule() {
+    let h = harness().await;
+    for (url, rule) in [
+        (
+            "http://169.254.169.254/latest/meta-data/iam/",
+            "refused by outbound policy: 169.254.169.254 is link-local",
+        ),
+        (
+            "http://127.0.0.1:6379/",
+            "refused by outbound policy: 127.0.0.1 is loopback",
+        ),
+        (
+            "https://[fd00::1]/hook",
+            "refused by outbound policy: [fd00::1] is private",
+        ),
+    ] {
+        let body = json!({ "team": "a", "events": ["issued"],
+                           "channel": { "type": "webhook", "url": url, "format": "slack" } });
+        let (status, headers, bytes) = h
+            .call(
+                "POST",
+                "/console/api/v1/subscriptions",
+                Some(serde_json::to_vec(&body).unwrap()),
+                "application/json",
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{url}");
+        let ct = headers
+            .iter()
+            .find(|(k, _)| k == "content-type")
+            .map(|(_, v)| v.as_str());
+        assert_eq!(ct, Some("application/problem+json"), "{url}");
+        let p: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(p["type"], "https://certflow.dev/problems/invalid-request");
+        let fields = problem_fields(&p);
+        assert!(
+            fields
+                .iter()
+                .any(|(f, r)| f == "channel.url" && r.starts_with(rule)),
+            "{url}: {fields:?}"
+        );
+    }
+    let (_, subs) = h.json("GET", "/console/api/v1/subscriptions", None).await;
+    assert_eq!(subs, json!([]), "{subs}");
+}

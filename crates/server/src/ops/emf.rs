@@ -93,11 +93,7 @@ pub async fn gather(
             Err(e) => tracing::warn!(error = %e, "metrics: renewals at risk unavailable"),
         }
     }
-    for st in [
-        DeliveryState::Pending,
-        DeliveryState::Delivered,
-        DeliveryState::Failed,
-    ] {
+    for st in DeliveryState::ALL {
         let q = DeliveryQuery {
             state: Some(st),
             limit: 1,

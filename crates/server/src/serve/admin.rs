@@ -85,7 +85,7 @@ fn audit_report_text(r: &certflow_core::model::AuditChainReport) -> String {
     out
 }
 
-/// `certflow keys rewrap`: re-seal every private key under the current master key.
+/// `certflow keys rewrap`: re-seal every private key and webhook secret under the current master key.
 pub async fn rewrap_keys(config: &Config) -> anyhow::Result<()> {
     let opened = open_services(config).await?;
     let services = opened.services.clone();

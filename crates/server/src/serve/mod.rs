@@ -141,7 +141,8 @@ async fn spawn_roles(
                 opened.store.notifications.clone(),
                 notifiers(config).await?,
                 config.notifications.delivery.clone(),
-            );
+            )
+            .with_secrets(Arc::new(opened.services.secret_opener()));
             let stop = stopped(shutdown.clone());
             tasks.push(tokio::spawn(async move { dispatcher.run(stop).await }));
         }
@@ -152,6 +153,27 @@ async fn spawn_roles(
         );
     }
     Ok(tasks)
+}
+
+/// Seals webhook secrets still stored in clear (written before secrets were
+/// sealed); the server does not start while it cannot.
+async fn seal_webhook_secrets(services: &Services) -> anyhow::Result<()> {
+    let actor = certflow_core::model::Actor {
+        subject: "system:start".into(),
+        source: None,
+    };
+    let report = services
+        .seal_webhook_secrets(&actor, time::OffsetDateTime::now_utc())
+        .await
+        .context("sealing stored webhook secrets")?;
+    if report.sealed > 0 {
+        tracing::info!(
+            channels = report.sealed,
+            rows = report.rows,
+            "sealed webhook secrets stored in clear"
+        );
+    }
+    Ok(())
 }
 
 /// A future that completes when `rx` turns true (or its sender is gone).
@@ -167,6 +189,7 @@ pub(super) async fn stopped(mut rx: watch::Receiver<bool>) {
 pub async fn serve(config: Config, roles: Roles) -> anyhow::Result<()> {
     let opened = open_services(&config).await?;
     margins::check(&config.renewal, opened.store.metadata.as_ref()).await;
+    seal_webhook_secrets(&opened.services).await?;
     let services = opened.services.clone();
     let settings = CaSettings {
         name: config.ca.name.clone(),
@@ -249,6 +272,7 @@ async fn serve_api(
         }),
         authenticators: Arc::new(bearer_authenticators(config)?),
         sessions: console.as_ref().map(|c| c.sessions().clone()),
+        sign_in_provider: config.auth.oidc.as_ref().map(|o| o.provider_name()),
         limits,
         deploy,
         agents,
@@ -272,7 +296,6 @@ async fn serve_api(
         .await
         .with_context(|| format!("binding {}", config.server.listen))?;
     let addr = listener.local_addr()?;
-        sign_in_provider: config.auth.oidc.as_ref().map(|o| o.provider_name()),
     println!("certflow: listening on http://{addr}");
     tracing::info!(%addr, public_url = %config.public_url(), "console API listening");
     // ACME HTTP-01 challenges are answered on this listener: route port 80 of

@@ -158,7 +158,8 @@ pub async fn open_services(config: &Config) -> anyhow::Result<Opened> {
     )
     .with_renewal_defaults(config.renewal.policy.clone())
     .with_renewal_margin(config.renewal.margin())
-    .with_issuance_policies(config.policy.compile().map_err(anyhow::Error::msg)?);
+    .with_issuance_policies(config.policy.compile().map_err(anyhow::Error::msg)?)
+    .with_outbound_policy(Arc::new(config.outbound_policy()?));
     if config.notifications.enabled {
         services = services.with_notifications(store.notifications.clone());
     }
@@ -317,10 +318,9 @@ pub(super) async fn renewal_queue(
 /// The notifiers the configuration enables (webhook always; SNS and email when configured).
 pub(super) async fn notifiers(config: &Config) -> anyhow::Result<Notifiers> {
     let n = &config.notifications;
-    let mut notifiers = Notifiers::new()
-        .with(Arc::new(WebhookNotifier::new(&n.webhook).map_err(|e| {
-            anyhow::anyhow!("notifications.webhook: {}", e.0)
-        })?));
+    let webhook = WebhookNotifier::new(&n.webhook, Arc::new(config.outbound_policy()?))
+        .map_err(|e| anyhow::anyhow!("notifications.webhook: {}", e.0))?;
+    let mut notifiers = Notifiers::new().with(Arc::new(webhook));
     if let Some(sns) = &n.sns {
         let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
             .region(aws_config::Region::new(sns.region.clone()));

@@ -18,7 +18,9 @@ use serde_json::{Value, json};
 
 use crate::support::agent::{agent_bin, private};
 use crate::support::peers::Receiver;
-use crate::support::{Api, FAST_RENEWAL, Server, require, sh, start, stop};
+use crate::support::{
+    ALLOW_LOOPBACK_WEBHOOKS, Api, FAST_RENEWAL, Server, require, sh, start, stop,
+};
 
 const NGINX: &str = "/usr/sbin/nginx";
 const HOST: &str = "www.example.test";
@@ -287,6 +289,7 @@ fn agent_keeps_nginx_serving_current_certificates() {
             "0.05",
         ),
         ("CERTFLOW_RENEWAL__POLICY__DEFAULT__JITTER_FRACTION", "0.0"),
+        ALLOW_LOOPBACK_WEBHOOKS,
     ]);
     let server: Server =
         start(&dir.join("data"), &env).unwrap_or_else(|e| panic!("server did not start: {e}"));

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::support::peers::Receiver;
-use crate::support::{Api, key_and_csr, require, start};
+use crate::support::{ALLOW_LOOPBACK_WEBHOOKS, Api, key_and_csr, require, start};
 
 fn client(ca: &reqwest::Certificate, identity: Option<&str>) -> reqwest::blocking::Client {
     let mut b = reqwest::blocking::Client::builder()
@@ -46,6 +46,7 @@ fn assignments_long_poll_bundle_reports_and_notifications() {
             // The idle-poll loop below is faster than an agent's default allowance.
             ("CERTFLOW_AGENT__RATE_LIMIT_PER_SEC", "1000"),
             ("CERTFLOW_AGENT__RATE_LIMIT_BURST", "1000"),
+            ALLOW_LOOPBACK_WEBHOOKS,
         ],
     )
     .unwrap_or_else(|e| panic!("server did not start: {e}"));

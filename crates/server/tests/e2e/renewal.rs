@@ -11,7 +11,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::support::peers::Receiver;
-use crate::support::{Api, FAST_RENEWAL, Server, start, start_with, stop};
+use crate::support::{ALLOW_LOOPBACK_WEBHOOKS, Api, FAST_RENEWAL, Server, start, start_with, stop};
 
 fn time(v: &Value) -> OffsetDateTime {
     OffsetDateTime::parse(v.as_str().unwrap(), &Rfc3339).unwrap()
@@ -96,6 +96,7 @@ fn database_queue_renews_two_minute_certificates_repeatedly_and_notifies() {
         ("CERTFLOW_NOTIFICATIONS__SMTP__TLS", "none"),
         ("CERTFLOW_NOTIFICATIONS__SMTP__FROM", "certflow@example.com"),
         ("CERTFLOW_NOTIFICATIONS__SMTP__TIMEOUT_SECS", "2"),
+        ALLOW_LOOPBACK_WEBHOOKS,
     ]);
     let server = start(&data, &env).expect("start");
     let token = server.token_line.clone().unwrap();
@@ -109,6 +110,31 @@ fn database_queue_renews_two_minute_certificates_repeatedly_and_notifies() {
     assert_eq!(status, 201, "{sub}");
     assert_eq!(sub["channel"]["signed"], true, "secret never echoed: {sub}");
     assert!(!sub.to_string().contains("0123456789abcdef0123"));
+    // Sealed at rest: the database file never holds the secret in clear.
+    for file in ["certflow.db", "certflow.db-wal"] {
+        let bytes = std::fs::read(data.join(file)).unwrap_or_default();
+        assert!(
+            !bytes.windows(20).any(|w| w == b"0123456789abcdef0123"),
+            "{file} holds the webhook secret in clear"
+        );
+    }
+    // The allow-list names 127.0.0.1 only: other special addresses stay refused.
+    for (url, rule) in [
+        (
+            "http://169.254.169.254/latest/meta-data/",
+            "169.254.169.254 is link-local",
+        ),
+        ("http://10.0.0.1/hook", "10.0.0.1 is private"),
+        ("http://[::1]/hook", "[::1] is loopback"),
+    ] {
+        let (status, problem) = api.post(
+            "/console/api/v1/subscriptions",
+            json!({ "team": "payments", "events": ["renewed"],
+                    "channel": { "type": "webhook", "url": url, "format": "json" } }),
+        );
+        assert_eq!(status, 400, "{url}: {problem}");
+        assert!(problem.to_string().contains(rule), "{url}: {problem}");
+    }
     let (status, _) = api.post(
         "/console/api/v1/subscriptions",
         json!({ "team": "payments", "events": ["renewed"],
@@ -143,7 +169,7 @@ fn database_queue_renews_two_minute_certificates_repeatedly_and_notifies() {
         .unwrap();
     let reasons = failing.to_string();
     assert!(
-        reasons.matches("Connection refused").count() >= 2,
+        reasons.matches("connection refused").count() >= 2,
         "{reasons}"
     );
     // Every attempt made so far is on record with its reason (the newest
@@ -184,6 +210,13 @@ fn database_queue_renews_two_minute_certificates_repeatedly_and_notifies() {
         events.iter().filter(|k| *k == "issued").count(),
         1,
         "{events:?}"
+    );
+    // Sealed at rest, opened to sign: openssl verifies every signature.
+    let (verified, signed) = receiver.signatures_verified("0123456789abcdef0123");
+    assert!(
+        signed >= events.len() && verified == signed,
+        "{verified} of {signed} signatures verify ({} events)",
+        events.len()
     );
     let delivered: Value = api
         .get("/console/api/v1/deliveries?team=payments&state=delivered")
@@ -353,6 +386,7 @@ fn acme_issuer_renews_through_pebble_and_rides_out_a_hung_ca() {
     let config = acme_config(tmp.path(), &pebble, None);
     let mut env: Vec<(&str, &str)> = FAST_RENEWAL.to_vec();
     env.push(("CERTFLOW_CONFIG", config.as_str()));
+    env.push(ALLOW_LOOPBACK_WEBHOOKS);
     let server = start(&tmp.path().join("data"), &env).expect("start");
     let api = Api::new(&server, server.token_line.as_deref().unwrap());
     let hook_port = certflow_testkit::free_port();

@@ -1,6 +1,7 @@
 //! The use cases against real stores, one test binary (one link, one build
 //! for all of them): agents and join tokens (SQLite and PostgreSQL), the
-//! compliance report, discovery, and revocation with replacement.
+//! compliance report, discovery, revocation with replacement, and
+//! subscriptions (outbound policy, sealed webhook secrets, cancellation).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
@@ -9,6 +10,7 @@ mod agents;
 mod compliance;
 mod discovery;
 mod replacement;
+mod subscriptions;
 
 use std::sync::Arc;
 

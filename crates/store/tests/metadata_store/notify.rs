@@ -1,11 +1,14 @@
 //! Notifications (`NotificationStore`): subscriptions, publishing one
-//! delivery per matching subscription, leasing deliveries, and recording
-//! delivery attempts.
+//! delivery per matching subscription, leasing deliveries, recording
+//! delivery attempts, cancelling a deleted subscription's deliveries, and
+//! replacing stored channels (sealing webhook secrets in place).
 //!
 //! Add a case by wrapping its `async fn` in `store_case! { ... }` (see `main.rs`).
 
 use certflow_core::model::AuditQuery;
-use certflow_core::notify::{Channel, DeliveryQuery, DeliveryState, EventKind, Notification};
+use certflow_core::notify::{
+    Channel, DeliveryQuery, DeliveryState, EventKind, Notification, WebhookFormat, WebhookSecret,
+};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -497,5 +500,240 @@ store_case! {
         };
         let page = store.list_deliveries(&q).await.unwrap();
         assert_eq!((page.total, page.items.len(), page.items[0].id), (2, 1, ok));
+    }
+}
+
+store_case! {
+    /// Deleting a subscription stops its pending deliveries at once (they are
+    /// `cancelled`, never claimed again); delivered ones and other
+    /// subscriptions' stay as they were. An attempt in flight during the
+    /// delete is still recorded, and a failure of it is not retried.
+    async fn deleting_a_subscription_cancels_its_pending_deliveries(store: &dyn Stores) {
+        let doomed = subscription(
+            "payments",
+            &[EventKind::Renewed],
+            webhook("https://doomed.example.com", None),
+        );
+        let kept = subscription(
+            "payments",
+            &[EventKind::Renewed],
+            webhook("https://kept.example.com", None),
+        );
+        for sub in [&doomed, &kept] {
+            store
+                .insert_subscription(sub, &event("subscription.create", "s"))
+                .await
+                .unwrap();
+        }
+        for i in 0..3 {
+            store
+                .publish(
+                    &notification(EventKind::Renewed, "payments", None, T0 + i),
+                    None,
+                )
+                .await
+                .unwrap();
+        }
+        // The first notification reaches both; the second is in flight to
+        // the doomed subscription when it is deleted; the third waits.
+        let first = store
+            .claim_deliveries(at(T0), at(T0 + 60), 10)
+            .await
+            .unwrap();
+        assert_eq!(first.len(), 2);
+        for d in &first {
+            store.record_attempt(d.id, at(T0), None, None).await.unwrap();
+        }
+        let in_flight = store
+            .claim_deliveries(at(T0 + 1), at(T0 + 60), 10)
+            .await
+            .unwrap();
+        assert_eq!(in_flight.len(), 2);
+        let in_flight_doomed = in_flight
+            .iter()
+            .find(|d| d.subscription_id == doomed.id)
+            .unwrap()
+            .id;
+
+        store
+            .delete_subscription(doomed.id, &event("subscription.delete", "s"))
+            .await
+            .unwrap();
+        let all = store.list_deliveries(&deliveries(None)).await.unwrap().items;
+        let state_of = |sub: Uuid| {
+            let mut states: Vec<_> = all
+                .iter()
+                .filter(|d| d.subscription_id == sub)
+                .map(|d| d.state)
+                .collect();
+            states.sort_by_key(|s| s.as_str());
+            states
+        };
+        assert_eq!(
+            state_of(doomed.id),
+            vec![
+                DeliveryState::Cancelled,
+                DeliveryState::Cancelled,
+                DeliveryState::Delivered
+            ]
+        );
+        assert_eq!(
+            state_of(kept.id),
+            vec![
+                DeliveryState::Delivered,
+                DeliveryState::Pending,
+                DeliveryState::Pending
+            ]
+        );
+        // Nothing of the deleted subscription is claimed again, even after
+        // the in-flight lease runs out.
+        let later = store
+            .claim_deliveries(at(T0 + 3600), at(T0 + 3700), 10)
+            .await
+            .unwrap();
+        assert_eq!(later.len(), 2);
+        assert!(later.iter().all(|d| d.subscription_id == kept.id), "{later:?}");
+        let cancelled = store
+            .list_deliveries(&DeliveryQuery {
+                state: Some(DeliveryState::Cancelled),
+                ..deliveries(None)
+            })
+            .await
+            .unwrap();
+        assert_eq!(cancelled.total, 2);
+
+        // The in-flight attempt ends in failure: recorded, not retried.
+        store
+            .record_attempt(
+                in_flight_doomed,
+                at(T0 + 2),
+                Some("connection refused"),
+                Some(at(T0 + 30)),
+            )
+            .await
+            .unwrap();
+        let attempts = store.list_attempts(in_flight_doomed).await.unwrap();
+        assert_eq!(attempts.len(), 1);
+        assert_eq!(attempts[0].error.as_deref(), Some("connection refused"));
+        let d = store
+            .list_deliveries(&deliveries(None))
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .find(|d| d.id == in_flight_doomed)
+            .unwrap();
+        assert_eq!(
+            (d.state, d.attempts, d.last_error.as_deref()),
+            (DeliveryState::Cancelled, 1, Some("connection refused"))
+        );
+        assert!(
+            store
+                .claim_deliveries(at(T0 + 7200), at(T0 + 7300), 10)
+                .await
+                .unwrap()
+                .iter()
+                .all(|d| d.subscription_id == kept.id)
+        );
+    }
+}
+
+store_case! {
+    /// The stored channels with a webhook secret in clear or sealed, one
+    /// entry per distinct (subscription, stored text) across subscriptions
+    /// and their deliveries; replacing one rewrites the subscription and its
+    /// deliveries that still hold that exact text, and nothing else.
+    async fn channels_with_secrets_are_listed_and_replaced_in_place(store: &dyn Stores) {
+        let plain = subscription(
+            "payments",
+            &[EventKind::Renewed],
+            webhook("https://a.example.com/\"secret\":{", Some("0123456789abcdef")),
+        );
+        let unsigned = subscription(
+            "payments",
+            &[EventKind::Renewed],
+            webhook("https://b.example.com/?secret=x", None),
+        );
+        let sealed_channel = Channel::Webhook {
+            url: "https://c.example.com".into(),
+            secret: Some(WebhookSecret::Sealed("ZW52ZWxvcGU=".into())),
+            format: WebhookFormat::Slack,
+        };
+        let sealed = subscription("payments", &[EventKind::Renewed], sealed_channel.clone());
+        let sns = subscription(
+            "payments",
+            &[EventKind::Renewed],
+            Channel::Sns {
+                topic_arn: "arn:aws:sns:eu-west-1:123456789012:secret".into(),
+            },
+        );
+        for sub in [&plain, &unsigned, &sealed, &sns] {
+            store
+                .insert_subscription(sub, &event("subscription.create", "s"))
+                .await
+                .unwrap();
+        }
+        store
+            .publish(&notification(EventKind::Renewed, "payments", None, T0), None)
+            .await
+            .unwrap();
+
+        let in_clear = store.channels_with_secrets(false).await.unwrap();
+        assert_eq!(in_clear.len(), 1, "{in_clear:?}");
+        assert_eq!(
+            (in_clear[0].subscription_id, &in_clear[0].channel),
+            (plain.id, &plain.channel)
+        );
+        let already = store.channels_with_secrets(true).await.unwrap();
+        assert_eq!(already.len(), 1, "{already:?}");
+        assert_eq!(already[0].channel, sealed_channel);
+
+        let now_sealed = Channel::Webhook {
+            url: "https://a.example.com/\"secret\":{".into(),
+            secret: Some(WebhookSecret::Sealed("c2VhbGVk".into())),
+            format: WebhookFormat::Json,
+        };
+        // Stale text (someone replaced it meanwhile): nothing changes.
+        assert_eq!(
+            store
+                .replace_channel(plain.id, "{\"type\":\"webhook\"}", &now_sealed)
+                .await
+                .unwrap(),
+            0
+        );
+        // Another subscription's id: nothing changes either.
+        assert_eq!(
+            store
+                .replace_channel(sealed.id, &in_clear[0].stored, &now_sealed)
+                .await
+                .unwrap(),
+            0
+        );
+        assert_eq!(
+            store
+                .replace_channel(plain.id, &in_clear[0].stored, &now_sealed)
+                .await
+                .unwrap(),
+            2,
+            "the subscription and its one delivery"
+        );
+        assert!(store.channels_with_secrets(false).await.unwrap().is_empty());
+        assert_eq!(store.channels_with_secrets(true).await.unwrap().len(), 2);
+        assert_eq!(
+            store.get_subscription(plain.id).await.unwrap().unwrap().channel,
+            now_sealed
+        );
+        let delivery = store
+            .claim_deliveries(at(T0), at(T0 + 60), 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|d| d.subscription_id == plain.id)
+            .unwrap();
+        assert_eq!(delivery.channel, now_sealed);
+        assert_eq!(
+            store.get_subscription(unsigned.id).await.unwrap().unwrap(),
+            unsigned
+        );
     }
 }

@@ -11,7 +11,7 @@ use certflow_core::model::{
     Actor, AuditEvent, AuditQuery, Certificate, CertificateQuery, CertificateStatus,
     CertificateVersion, Issuer, IssuerKind, KeySource, KeyType, RenewalPolicy, VersionStatus,
 };
-use certflow_core::notify::{Channel, EventKind, Subscription, WebhookFormat};
+use certflow_core::notify::{Channel, EventKind, Subscription, WebhookFormat, WebhookSecret};
 use certflow_core::ports::{MetadataStore, NotificationStore, RenewalLedger};
 use certflow_core::{Profile, SubjectName};
 use certflow_store::{DbQueueOptions, DbRenewalQueue, PgOptions, PgStore, SqliteStore};
@@ -312,7 +312,7 @@ pub(crate) fn subscription(team: &str, events: &[EventKind], channel: Channel) -
 pub(crate) fn webhook(url: &str, secret: Option<&str>) -> Channel {
     Channel::Webhook {
         url: url.into(),
-        secret: secret.map(str::to_owned),
+        secret: secret.map(|s| WebhookSecret::Plain(s.to_owned())),
         format: WebhookFormat::Json,
     }
 }

@@ -165,6 +165,12 @@ pub(crate) fn stop(mut s: Server) {
     panic!("server did not stop on SIGTERM");
 }
 
+/// The webhook receivers of the tests listen on loopback, which the outbound
+/// policy refuses: a test that delivers to one allows it, as an
+/// administrator would (`[outbound] allow = ["127.0.0.1"]`).
+pub(crate) const ALLOW_LOOPBACK_WEBHOOKS: (&str, &str) =
+    ("CERTFLOW_OUTBOUND__ALLOW", "[\"127.0.0.1\"]");
+
 /// Settings that make a server renew within seconds: a scan every second,
 /// retries from one second, notifications polled every second and retried
 /// at most 4 s apart (for as long as a test keeps a channel down).

@@ -18,14 +18,21 @@ use super::require;
 pub(crate) struct Receiver {
     /// The bodies received so far.
     pub(crate) bodies: Arc<Mutex<Vec<Value>>>,
+    /// Each request's head (lower case) and raw body, for signature checks.
+    pub(crate) raw: RawRequests,
 }
+
+/// Requests as received: head (lower case) and body.
+pub(crate) type RawRequests = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
 
 impl Receiver {
     /// Listens on loopback `port` from now on.
     pub(crate) fn listen(port: u16) -> Self {
         let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
         let bodies = Arc::new(Mutex::new(Vec::new()));
+        let raw = RawRequests::default();
         let sink = bodies.clone();
+        let raw_sink = raw.clone();
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(mut stream) = stream else { continue };
@@ -54,7 +61,9 @@ impl Receiver {
                         }
                         buf.extend_from_slice(&chunk[..n]);
                     }
-                    break Some(buf[end + 4..].to_vec());
+                    let body = buf[end + 4..].to_vec();
+                    raw_sink.lock().unwrap().push((head, body.clone()));
+                    break Some(body);
                 };
                 if let Some(Ok(v)) = body.map(|b| serde_json::from_slice(&b)) {
                     sink.lock().unwrap().push(v);
@@ -62,7 +71,48 @@ impl Receiver {
                 let _ = stream.write_all(b"HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n");
             }
         });
-        Self { bodies }
+        Self { bodies, raw }
+    }
+
+    /// How many requests carried an `X-Certflow-Signature` that openssl
+    /// computes the same from `secret` (HMAC-SHA256 of "<timestamp>.<body>"),
+    /// and how many carried one at all.
+    pub(crate) fn signatures_verified(&self, secret: &str) -> (usize, usize) {
+        let raw = self.raw.lock().unwrap().clone();
+        let header = |head: &str, name: &str| {
+            head.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(|v| v.trim().to_owned())
+        };
+        let mut signed = 0;
+        let mut verified = 0;
+        for (head, body) in raw {
+            let (Some(ts), Some(sig)) = (
+                header(&head, "x-certflow-timestamp:"),
+                header(&head, "x-certflow-signature:"),
+            ) else {
+                continue;
+            };
+            signed += 1;
+            let mut child = Command::new("openssl")
+                .args(["dgst", "-sha256", "-hex", "-hmac", secret])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("openssl (apt-get install openssl)");
+            let mut stdin = child.stdin.take().unwrap();
+            stdin.write_all(ts.as_bytes()).unwrap();
+            stdin.write_all(b".").unwrap();
+            stdin.write_all(&body).unwrap();
+            drop(stdin);
+            let out = child.wait_with_output().unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            let mac = text.trim().rsplit(' ').next().unwrap_or_default();
+            if sig == format!("sha256={mac}") {
+                verified += 1;
+            }
+        }
+        (verified, signed)
     }
 
     /// The `kind` of every body received, in order.
