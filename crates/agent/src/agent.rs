@@ -228,13 +228,16 @@ impl Agent {
             .cloned()
     }
 
-    /// Brings one certificate up to date: (report entry, served at the current version).
-    async fn reconcile(&mut self, i: usize) -> anyhow::Result<(Option<DeploymentReport>, bool)> {
-        let (cfg, inst) = self.certs[i].clone();
-        let label = cfg.label();
-        let mut st = self.state.cert_state(&label);
-        let a = match self.assignment_for(&cfg) {
-            Some(a) => a,
+    /// The server's assignment for this certificate; for an agent-keyed
+    /// certificate not yet known to the server, the request that creates it.
+    /// `None`: nothing to install this cycle.
+    async fn assignment_or_request(
+        &mut self,
+        cfg: &CertConfig,
+        label: &str,
+    ) -> anyhow::Result<Option<Assignment>> {
+        match self.assignment_for(cfg) {
+            Some(a) => Ok(Some(a)),
             None if cfg.key == KeySource::Agent && cfg.id.is_none() => {
                 if self.dry_run {
                     println!(
@@ -242,11 +245,11 @@ impl Agent {
                         cfg.key_type, cfg.names
                     );
                     self.planned += 1;
-                    return Ok((None, false));
+                    return Ok(None);
                 }
-                let key = self.agent_key(&label, &cfg, false)?;
+                let key = self.agent_key(label, cfg, false)?;
                 let req = AgentCertificateRequest {
-                    name: label.clone(),
+                    name: label.to_string(),
                     csr: pki::csr(&key, &cfg.names[0], &cfg.names)?,
                     team: cfg.team.clone(),
                     issuer: cfg.issuer.clone(),
@@ -260,15 +263,25 @@ impl Agent {
                     .await
                     .context("requesting the certificate")?;
                 tracing::info!(certificate = %label, id = %a.certificate_id, version = a.version, "certificate requested");
-                a
+                Ok(Some(a))
             }
             None => {
                 if self.dry_run {
                     println!("{label}: not assigned to this agent (yet): nothing to install");
                 }
                 tracing::warn!(certificate = %label, "not assigned to this agent (yet)");
-                return Ok((None, false));
+                Ok(None)
             }
+        }
+    }
+
+    /// Brings one certificate up to date: (report entry, served at the current version).
+    async fn reconcile(&mut self, i: usize) -> anyhow::Result<(Option<DeploymentReport>, bool)> {
+        let (cfg, inst) = self.certs[i].clone();
+        let label = cfg.label();
+        let mut st = self.state.cert_state(&label);
+        let Some(a) = self.assignment_or_request(&cfg, &label).await? else {
+            return Ok((None, false));
         };
         if a.status == "revoked" {
             return self.revoked(&cfg, &inst, &a).await;
