@@ -75,6 +75,7 @@ server_names = ["localhost", "127.0.0.1"]
 [auth.oidc]
 issuer = "http://127.0.0.1:$PORT"
 client_id = "console"
+display_name = "the development identity provider"
 client_secret = "console-secret"
 redirect_uri = "$CERTFLOW/console/callback"
 post_logout_redirect_uri = "$CERTFLOW/console/signed-out"
