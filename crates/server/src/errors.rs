@@ -11,7 +11,7 @@
 use axum::Json;
 use axum::body::Body;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{DefaultBodyLimit, OriginalUri, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -115,13 +115,14 @@ fn shown_path(uri: &Uri) -> String {
     uri.path().chars().take(200).collect()
 }
 
-/// Fallback handler of every router: 404 naming the request.
-pub async fn not_found(method: Method, uri: Uri) -> ApiError {
+/// Fallback handler of every router: 404 naming the request (its path as
+/// sent, also under a nested router).
+pub async fn not_found(method: Method, OriginalUri(uri): OriginalUri) -> ApiError {
     ApiError::no_route(&method, &uri)
 }
 
 /// Method fallback of every router: 405 naming the method (axum adds `Allow`).
-pub async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+pub async fn method_not_allowed(method: Method, OriginalUri(uri): OriginalUri) -> ApiError {
     ApiError::method_not_allowed(&method, &uri)
 }
 

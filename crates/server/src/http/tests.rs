@@ -155,8 +155,7 @@ async fn harness_full(
         agents: agents.clone(),
     };
     // `/metrics` as the metrics listener serves it (no token), beside the console's routes.
-    let mut router =
-        app(state.clone()).merge(crate::ops::metrics_router(None).with_state(state));
+    let mut router = app(state.clone()).merge(crate::ops::metrics_router(None).with_state(state));
     if let Some(sessions) = &sessions {
         let oidc: crate::config::OidcConfig = serde_json::from_value(json!({
             "issuer": "http://127.0.0.1:9/unreachable",

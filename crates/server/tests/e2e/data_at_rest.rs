@@ -51,7 +51,12 @@ fn assert_owner_only(data: &Path) -> usize {
         }
     }
     assert!(wrong.is_empty(), "not owner-only: {wrong:#?}");
-    for f in ["certflow.db", "certflow.db-wal", "certflow.db-shm", "master.key"] {
+    for f in [
+        "certflow.db",
+        "certflow.db-wal",
+        "certflow.db-shm",
+        "master.key",
+    ] {
         assert!(data.join(f).exists(), "{f} missing");
     }
     blobs
@@ -88,8 +93,11 @@ fn data_directory_database_and_blobs_are_owner_only() {
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(m)).unwrap();
     }
     std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::set_permissions(data.join("master.key"), std::fs::Permissions::from_mode(0o600))
-        .unwrap();
+    std::fs::set_permissions(
+        data.join("master.key"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
     let server = start(&data, &[]).expect("certflow starts on the old directory");
     assert_owner_only(&data);
     let log = server.log();

@@ -629,7 +629,10 @@ fn console_login_gives_a_fresh_session_with_csrf_and_logout_ends_it() {
     // The ID token the provider accepted as hint was not in the session row
     // in the clear, nor any of its three parts.
     for part in hint.split('.').filter(|p| p.len() > 8) {
-        assert!(!row.contains(part), "the ID token in the session row: {row}");
+        assert!(
+            !row.contains(part),
+            "the ID token in the session row: {row}"
+        );
     }
 
     // The console's requests in /metrics, by route template, valid for Prometheus.

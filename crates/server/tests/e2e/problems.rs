@@ -52,7 +52,10 @@ fn case(
 fn walk(cases: Vec<Case>) {
     let mut failures = Vec::new();
     for c in cases {
-        let r = c.request.send().unwrap();
+        let r = c
+            .request
+            .send()
+            .unwrap_or_else(|e| panic!("{}: {e:?}", c.what));
         let status = r.status().as_u16();
         let headers = r.headers().clone();
         let content_type = headers
@@ -82,9 +85,12 @@ fn walk(cases: Vec<Case>) {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+/// A client that opens a connection per request: a server that answers an
+/// oversized body without reading it closes that connection.
 fn http() -> Client {
     Client::builder()
         .no_proxy()
+        .pool_max_idle_per_host(0)
         .timeout(Duration::from_secs(10))
         .build()
         .unwrap()
@@ -320,6 +326,7 @@ fn every_error_of_every_listener_is_a_problem_document() {
     let anonymous = Client::builder()
         .no_proxy()
         .tls_certs_only([ca.clone()])
+        .pool_max_idle_per_host(0)
         .timeout(Duration::from_secs(10))
         .build()
         .unwrap();
@@ -397,6 +404,7 @@ fn every_error_of_every_listener_is_a_problem_document() {
     let identified = Client::builder()
         .no_proxy()
         .tls_certs_only([ca])
+        .pool_max_idle_per_host(0)
         .identity(reqwest::Identity::from_pem(format!("{cert}{key}").as_bytes()).unwrap())
         .timeout(Duration::from_secs(10))
         .build()
@@ -472,5 +480,9 @@ fn metrics_are_not_on_the_console_listener_without_a_token() {
         .send()
         .unwrap();
     assert_eq!(r.status(), 200);
-    assert!(r.text().unwrap().contains("# TYPE certflow_certificates gauge"));
+    assert!(
+        r.text()
+            .unwrap()
+            .contains("# TYPE certflow_certificates gauge")
+    );
 }

@@ -53,8 +53,14 @@ fn sigterm_drains_the_request_in_flight_and_exits_zero() {
     loop {
         let r = http.get(format!("{}/readyz", server.url)).send().unwrap();
         if r.status() == 503 {
+            // A problem document naming the failed check.
+            assert_eq!(
+                r.headers()["content-type"].to_str().unwrap(),
+                "application/problem+json"
+            );
             let v: serde_json::Value = r.json().unwrap();
-            assert_eq!(v["status"], "draining", "{v}");
+            assert_eq!(v["errors"][0]["field"], "process", "{v}");
+            assert_eq!(v["errors"][0]["reason"], "draining", "{v}");
             break;
         }
         assert!(Instant::now() < deadline, "/readyz still {}", r.status());
