@@ -167,7 +167,7 @@ fn database_queue_renews_two_minute_certificates_repeatedly_and_notifies() {
         .get("/console/api/v1/deliveries?team=payments&state=pending")
         .json()
         .unwrap();
-    let reasons = failing.to_string();
+    let reasons = failing.to_string().to_lowercase();
     assert!(
         reasons.matches("connection refused").count() >= 2,
         "{reasons}"
