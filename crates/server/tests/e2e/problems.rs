@@ -431,6 +431,17 @@ fn every_error_of_every_listener_is_a_problem_document() {
             "method-not-allowed",
             "delete",
         ),
+        // A route with its own, larger limit names that one, not the listener's.
+        case(
+            "agent: discovery report over its 8 MiB limit",
+            identified
+                .post(format!("{agent}/agent/v1/discovered"))
+                .header(CONTENT_TYPE, "application/json")
+                .body(vec![b' '; 8 * 1024 * 1024 + 1]),
+            413,
+            "body-too-large",
+            "8388608",
+        ),
     ]);
 
     // What works, works: /metrics with the token on both listeners.
