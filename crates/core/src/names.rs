@@ -261,13 +261,15 @@ fn unicode_label(label: &str, start: usize) -> Result<String, String> {
             "label '{label}' is not in Unicode normalisation form C; write '{normalised}'"
         ));
     }
-    check_scripts(&folded, start)?;
-    idna::domain_to_ascii_strict(&folded).map_err(|_| {
+    // Validity first (RFC 5891-5893), then the look-alike rules (UTS 39).
+    let ascii = idna::domain_to_ascii_strict(&folded).map_err(|_| {
         format!(
             "label '{label}' is not a valid internationalised label (IDNA: bidirectional text, \
              joiner context, a leading combining mark or hyphen positions)"
         )
-    })
+    })?;
+    check_scripts(&folded, start)?;
+    Ok(ascii)
 }
 
 /// One label in one script (UTS 39 §5.2 Highly Restrictive: a single script,
@@ -478,6 +480,13 @@ mod tests {
                 "a_\u{e9}.example.com",
                 "'_' at character 2",
                 "letters, digits, hyphen",
+            ),
+            // IDNA validity comes before the look-alike rules: Arabic-Indic
+            // and Extended Arabic-Indic digits mixed (RFC 5892 Appendix A.8).
+            (
+                "\u{661}\u{6f1}.example",
+                "not a valid internationalised label",
+                "IDNA",
             ),
             // Not NFC: 'u' followed by COMBINING DIAERESIS.
             (

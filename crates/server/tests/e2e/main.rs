@@ -26,4 +26,5 @@ mod renewal;
 mod replacement;
 mod revocation;
 mod shutdown;
+mod strict_input;
 mod takeover;
