@@ -110,3 +110,12 @@ if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
   apt-get update -qq && apt-get install -y -qq nginx >/dev/null
 fi
 echo "peers: $(/usr/sbin/nginx -v 2>&1)"
+
+# SoftHSM2 and OpenSC's pkcs11-tool (CA keys in a PKCS#11 token: the
+# keystore crate's tests/softhsm.rs and the e2e ca_keys.rs make their own
+# token directory; pkcs11-tool checks the keys are never extractable).
+if [ ! -f /usr/lib/softhsm/libsofthsm2.so ] || ! command -v softhsm2-util >/dev/null 2>&1 || ! command -v pkcs11-tool >/dev/null 2>&1; then
+  echo "== installing softhsm2 and opensc"
+  apt-get update -qq && apt-get install -y -qq softhsm2 opensc >/dev/null
+fi
+echo "peers: softhsm2 $(softhsm2-util --version), opensc $(dpkg-query -W -f='${Version}' opensc 2>/dev/null)"

@@ -402,6 +402,11 @@ pub struct IssuerView {
     pub is_default: bool,
     /// CA key type.
     pub key_type: String,
+    /// Where the issuing CA's key is kept: `local` (sealed in the blob
+    /// store), `pkcs11` (a PKCS#11 token) or `aws-kms`; absent for issuers
+    /// whose keys certflow does not hold (ACME, external CAs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_backend: Option<String>,
     /// Subject of the issuing certificate.
     pub subject: String,
     /// Expiry of the issuing certificate.

@@ -4,6 +4,7 @@
 
 pub mod access;
 pub mod agents;
+pub mod ca_keys;
 pub mod compliance;
 pub mod deployments;
 pub mod discovery;

@@ -65,6 +65,12 @@ impl CaPublicKey {
         self.key_type
     }
 
+    /// Whether both are the same key (whatever optional encoding details
+    /// their SubjectPublicKeyInfos differ in).
+    pub fn same_key(&self, other: &CaPublicKey) -> bool {
+        self.key_type == other.key_type && self.bits == other.bits
+    }
+
     /// The SubjectPublicKeyInfo DER.
     pub fn spki_der(&self) -> &[u8] {
         &self.spki_der
@@ -133,6 +139,15 @@ impl DigestAlgorithm {
             KeyType::Ed25519 => None,
             _ => Some(Self::Sha256),
         }
+    }
+
+    /// The digest of `message`.
+    pub fn digest(self, message: &[u8]) -> Vec<u8> {
+        let alg = match self {
+            Self::Sha256 => &SHA256,
+            Self::Sha384 => &SHA384,
+        };
+        digest::digest(alg, message).as_ref().to_vec()
     }
 
     /// The DigestInfo prefix of PKCS#1 v1.5 signatures (RFC 8017 §9.2 note 1).
@@ -205,11 +220,7 @@ impl ToBeSigned {
                 "Ed25519 CA keys sign whole messages: only the local key backend holds them",
             )
         })?;
-        let d = match alg {
-            DigestAlgorithm::Sha256 => digest::digest(&SHA256, &self.tbs),
-            DigestAlgorithm::Sha384 => digest::digest(&SHA384, &self.tbs),
-        };
-        Ok((alg, d.as_ref().to_vec()))
+        Ok((alg, alg.digest(&self.tbs)))
     }
 
     /// The signed structure: `SEQUENCE { tbs, algorithm, BIT STRING signature }`,

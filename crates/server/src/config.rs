@@ -359,6 +359,17 @@ pub struct CaConfig {
     pub root_validity_days: u32,
     /// Issuing CA validity in days.
     pub intermediate_validity_days: u32,
+    /// Where the keys of CAs created from now on live: `local` (default:
+    /// generated here, sealed in the blob store), `pkcs11` (generated inside
+    /// a token, `[ca.pkcs11]`) or `aws-kms` (`[ca.aws_kms]`). Existing CAs
+    /// keep their keys where they are.
+    pub key_backend: String,
+    /// The token, when `key_backend = "pkcs11"`.
+    #[serde(skip_serializing)]
+    pub pkcs11: Option<CaPkcs11Config>,
+    /// AWS KMS, when `key_backend = "aws-kms"`.
+    #[serde(skip_serializing)]
+    pub aws_kms: Option<CaAwsKmsConfig>,
 }
 
 impl Default for CaConfig {
@@ -368,8 +379,74 @@ impl Default for CaConfig {
             key_type: "ecdsa-p256".into(),
             root_validity_days: 3650,
             intermediate_validity_days: 1825,
+            key_backend: "local".into(),
+            pkcs11: None,
+            aws_kms: None,
         }
     }
+}
+
+/// `[ca.pkcs11]`: the PKCS#11 token CA keys are generated in.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaPkcs11Config {
+    /// The module (shared library), e.g. `/usr/lib/softhsm/libsofthsm2.so`.
+    pub module: PathBuf,
+    /// The label of the (initialised) token.
+    pub token_label: String,
+    /// A file holding the user PIN (mode 600, like the master key file).
+    pub pin_file: PathBuf,
+    /// Sessions (signatures in flight) at most; more wait.
+    #[serde(default = "default_pkcs11_sessions")]
+    pub sessions: usize,
+}
+
+fn default_pkcs11_sessions() -> usize {
+    4
+}
+
+impl Default for CaAwsKmsConfig {
+    fn default() -> Self {
+        Self {
+            region: None,
+            endpoint: None,
+            root_key_id: None,
+            issuing_key_id: None,
+            agent_root_key_id: None,
+            agent_issuing_key_id: None,
+            signer_role_arns: Vec::new(),
+            message_type: "digest".into(),
+        }
+    }
+}
+
+/// `[ca.aws_kms]`: AWS KMS holds the CA keys.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CaAwsKmsConfig {
+    /// Region (the environment's when unset).
+    pub region: Option<String>,
+    /// Another endpoint (a VPC endpoint, an emulator).
+    pub endpoint: Option<String>,
+    /// Existing keys to use (key id, ARN or alias) instead of creating them:
+    /// the issuers' root and issuing CA, the agent-identity CA's root and
+    /// issuing CA. Each is a `SIGN_VERIFY` key of `ca.key_type`.
+    pub root_key_id: Option<String>,
+    /// See `root_key_id`.
+    pub issuing_key_id: Option<String>,
+    /// See `root_key_id`.
+    pub agent_root_key_id: Option<String>,
+    /// See `root_key_id`.
+    pub agent_issuing_key_id: Option<String>,
+    /// IAM roles (the API and worker roles) allowed `kms:Sign` on the keys
+    /// certflow creates; the key policy then gives the account only key
+    /// administration. Empty: KMS's default key policy.
+    pub signer_role_arns: Vec<String>,
+    /// `digest` (default): KMS signs the SHA-256/384 digest certflow sends
+    /// (`MessageType = DIGEST`). `raw`: the TBS itself when it is at most
+    /// 4096 bytes (the digest otherwise), for emulators that do not
+    /// implement `DIGEST` (moto).
+    pub message_type: String,
 }
 
 /// `[auth]`
@@ -886,6 +963,7 @@ impl Config {
         if self.ca.intermediate_validity_days > self.ca.root_validity_days {
             bail!("ca.intermediate_validity_days must not exceed ca.root_validity_days");
         }
+        self.ca_key_backend()?;
         match self.blob.kind.as_str() {
             "local" => {}
             "s3" => {
@@ -965,6 +1043,44 @@ impl Config {
             );
         }
         Ok(())
+    }
+
+    /// The CA key backend, checked against its section and the key type.
+    pub fn ca_key_backend(&self) -> anyhow::Result<certflow_core::ca_keys::CaKeyBackend> {
+        use certflow_core::ca_keys::CaKeyBackend;
+        let backend = CaKeyBackend::parse(&self.ca.key_backend).with_context(|| {
+            format!(
+                "ca.key_backend must be \"local\", \"pkcs11\" or \"aws-kms\", got {:?}",
+                self.ca.key_backend
+            )
+        })?;
+        match backend {
+            CaKeyBackend::Local => {}
+            CaKeyBackend::Pkcs11 if self.ca.pkcs11.is_none() => bail!(
+                "[ca.pkcs11] (module, token_label, pin_file) is required when ca.key_backend = \"pkcs11\""
+            ),
+            CaKeyBackend::AwsKms if self.ca.aws_kms.is_none() => bail!(
+                "[ca.aws_kms] (region, or key ids) is required when ca.key_backend = \"aws-kms\""
+            ),
+            _ if self.ca_key_type()? == KeyType::Ed25519 => bail!(
+                "ca.key_type = \"ed25519\" needs ca.key_backend = \"local\": tokens and KMS sign digests, and Ed25519 signs whole messages"
+            ),
+            _ => {}
+        }
+        if let Some(p) = &self.ca.pkcs11
+            && p.sessions == 0
+        {
+            bail!("ca.pkcs11.sessions must be at least 1");
+        }
+        if let Some(k) = &self.ca.aws_kms
+            && !matches!(k.message_type.as_str(), "digest" | "raw")
+        {
+            bail!(
+                "ca.aws_kms.message_type must be \"digest\" or \"raw\", got {:?}",
+                k.message_type
+            );
+        }
+        Ok(backend)
     }
 
     /// The parsed CA key type.

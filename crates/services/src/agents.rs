@@ -15,11 +15,12 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use aws_lc_rs::{digest, rand};
 use certflow_core::agents::{Agent, AgentCaRecord, AgentStatus, JoinToken, agent_uri};
+use certflow_core::ca_keys::{CaKeyRef, CaKeyRole};
 use certflow_core::model::{Actor, AuditEvent};
-use certflow_core::ports::{AgentStore, BlobStore};
+use certflow_core::ports::AgentStore;
 use certflow_core::{DomainError, DomainResult, FieldError, KeyType};
 use certflow_pki::{AgentIdentityRequest, PrivateKey};
-use certflow_seal::{EncryptionContext, Sealer};
+use certflow_seal::EncryptionContext;
 use serde_json::json;
 use time::{Duration, OffsetDateTime};
 use uuid::Uuid;
@@ -249,21 +250,17 @@ fn check_name(errors: &mut Vec<FieldError>, name: &str) {
 pub struct Agents {
     services: Services,
     store: Arc<dyn AgentStore>,
-    blobs: Arc<dyn BlobStore>,
-    sealer: Sealer,
     settings: Arc<AgentSettings>,
     cache: Arc<AgentCache>,
     changes: Option<Arc<dyn AgentChanges>>,
 }
 
 impl Agents {
-    /// The agent use cases over `store`, sharing the blob store and sealer of `services`.
+    /// The agent use cases over `store`, sharing the CA key backends of `services`.
     pub fn new(services: &Services, store: Arc<dyn AgentStore>, settings: AgentSettings) -> Self {
         Self {
             services: services.clone(),
             store,
-            blobs: services.blobs.clone(),
-            sealer: services.sealer.clone(),
             settings: Arc::new(settings),
             cache: Arc::new(AgentCache::default()),
             changes: None,
@@ -316,64 +313,68 @@ impl Agents {
         &self.store
     }
 
-    /// Returns the agent-identity CA, creating it on first start; on later
-    /// starts unseals its key once so a wrong master key stops the server.
-    /// Returns whether it was created.
+    /// Returns the agent-identity CA, creating it on first start (its keys
+    /// in the configured CA key backend, like the issuers'); on later starts
+    /// checks its key once, so a wrong master key or a missing token stops
+    /// the server. Returns whether it was created.
     pub async fn ensure_ca(&self, now: OffsetDateTime) -> DomainResult<(AgentCaRecord, bool)> {
         if let Some(ca) = self.store.get_agent_ca().await? {
-            self.signing_key(&ca).await?;
+            self.check_key(&ca).await?;
             return Ok((ca, false));
         }
         let s = &self.settings;
-        let (name, key_type) = (s.ca_name.clone(), s.ca_key_type);
-        let material = self
-            .services
-            .cpu()
-            .run("CA creation", move || {
-                certflow_pki::create_ca(&name, key_type, now, 3650, 1825)
-            })
-            .await?;
         let id = Uuid::now_v7();
-        let (key_blob, root_key_blob, written) = self
+        let keys = self
             .services
-            .seal_ca_keys(&material, &format!("agent-ca/{id}"), |which| {
-                key_context(id, which)
-            })
+            .create_ca_keys(
+                &crate::CaSettings {
+                    name: s.ca_name.clone(),
+                    key_type: s.ca_key_type,
+                    root_validity_days: 3650,
+                    intermediate_validity_days: 1825,
+                },
+                now,
+                &format!("agent-ca/{id}"),
+                &format!("certflow-agent-ca-{id}"),
+                [CaKeyRole::AgentRoot, CaKeyRole::AgentIssuing],
+                |which| key_context(id, which),
+            )
             .await?;
-        let info = certflow_pki::inspect(&material.issuing_cert_der)?;
+        let info = certflow_pki::inspect(&keys.issuing_cert_der)?;
         let record = AgentCaRecord {
             id,
-            issuing_cert_pem: certflow_pki::cert_to_pem(&material.issuing_cert_der),
-            chain_pem: material
+            issuing_cert_pem: certflow_pki::cert_to_pem(&keys.issuing_cert_der),
+            chain_pem: keys
                 .chain_der
                 .iter()
                 .map(|d| certflow_pki::cert_to_pem(d))
                 .collect(),
-            key_blob,
-            root_key_blob,
+            key_blob: keys.key_ref.clone(),
+            root_key_blob: keys.root_key_ref.clone(),
             not_after: info.not_after,
             created_at: now,
         };
+        let backend = CaKeyRef::parse(&record.key_blob).backend();
         let audit = AuditEvent::success(
             now,
             &Actor::system(),
             "agent-ca.create",
             format!("agent-ca/{id}"),
-            json!({ "subject": info.subject, "not_after": info.not_after.unix_timestamp() }),
+            json!({ "subject": info.subject, "key_backend": backend.as_str(), "not_after": info.not_after.unix_timestamp() }),
         );
         match self.store.insert_agent_ca(&record, &audit).await {
             Ok(()) => Ok((record, true)),
             Err(DomainError::Conflict(_)) => {
                 // Another replica created it first: adopt theirs.
-                self.services.remove_blobs(&written).await;
+                self.services.abandon_ca_keys(&keys).await;
                 let ca = self.store.get_agent_ca().await?.ok_or_else(|| {
                     DomainError::Internal("the agent-identity CA vanished".into())
                 })?;
-                self.signing_key(&ca).await?;
+                self.check_key(&ca).await?;
                 Ok((ca, false))
             }
             Err(e) => {
-                self.services.remove_blobs(&written).await;
+                self.services.abandon_ca_keys(&keys).await;
                 Err(e)
             }
         }
@@ -386,23 +387,36 @@ impl Agents {
             .ok_or_else(|| DomainError::Conflict("the agent-identity CA is not created yet".into()))
     }
 
-    async fn signing_key(&self, ca: &AgentCaRecord) -> DomainResult<PrivateKey> {
-        let sealed = self.blobs.get(&ca.key_blob).await.map_err(|e| match e {
-            DomainError::NotFound(_) => DomainError::Integrity(
-                "the agent-identity CA key is missing from the blob store".into(),
-            ),
-            other => other,
-        })?;
-        let der = self
-            .sealer
-            .open(&sealed, &key_context(ca.id, "issuing"))
+    /// The agent-identity CA's signer (unsealed for one operation, or its
+    /// token or KMS).
+    async fn signer(&self, ca: &AgentCaRecord) -> DomainResult<crate::issuing::CaSigner> {
+        self.services
+            .backends
+            .internal
+            .signer(
+                &ca.key_blob,
+                &key_context(ca.id, "issuing"),
+                "the agent-identity CA",
+            )
             .await
-            .map_err(|e| {
-                DomainError::Integrity(format!(
-                    "cannot unseal the agent-identity CA key ({e}); is this the master key it was created with?"
-                ))
-            })?;
-        PrivateKey::from_pkcs8_der(&der)
+    }
+
+    /// Checks that the agent-identity CA's key is usable and is its certificate's.
+    async fn check_key(&self, ca: &AgentCaRecord) -> DomainResult<()> {
+        let cert = certflow_pki::parse_pem_certs("issuing_cert_pem", &ca.issuing_cert_pem)?
+            .into_iter()
+            .next()
+            .ok_or_else(|| DomainError::Internal("the agent CA has no certificate".into()))?;
+        self.services
+            .backends
+            .internal
+            .check_key(
+                &ca.key_blob,
+                &key_context(ca.id, "issuing"),
+                "the agent-identity CA",
+                &cert,
+            )
+            .await
     }
 
     /// Re-seals the agent-identity CA's keys under the current master key
@@ -411,6 +425,10 @@ impl Agents {
         let Some(ca) = self.store.get_agent_ca().await? else {
             return Ok((0, 0));
         };
+        // A key in a token or KMS is not sealed under the master key.
+        if CaKeyRef::parse(&ca.key_blob).blob().is_none() {
+            return Ok((0, 0));
+        }
         let mut blobs = vec![(ca.key_blob.clone(), key_context(ca.id, "issuing"))];
         if let Some(root) = &ca.root_key_blob {
             blobs.push((root.clone(), key_context(ca.id, "root")));
@@ -493,15 +511,14 @@ impl Agents {
     ) -> DomainResult<(Vec<u8>, certflow_pki::CertInfo, String)> {
         let csr = certflow_pki::parse_csr("csr", csr)?;
         let ca = self.ca().await?;
-        let key = self.signing_key(&ca).await?;
+        let signer = self.signer(&ca).await?;
         let ca_der = certflow_pki::parse_pem_certs("issuing_cert_pem", &ca.issuing_cert_pem)?
             .into_iter()
             .next()
             .ok_or_else(|| DomainError::Internal("the agent CA has no certificate".into()))?;
         let uri = agent_uri(agent_id);
-        let der = certflow_pki::issue_agent_identity(
+        let tbs = certflow_pki::agent_identity_tbs(
             &ca_der,
-            &key,
             &AgentIdentityRequest {
                 uri: &uri,
                 common_name: name,
@@ -511,6 +528,7 @@ impl Agents {
                 now,
             },
         )?;
+        let der = signer.sign(tbs).await?;
         let info = certflow_pki::inspect(&der)?;
         Ok((
             der,
@@ -856,15 +874,14 @@ impl Agents {
                     .find(|i| i.kind == certflow_core::model::IssuerKind::Internal)
             })
             .ok_or_else(|| DomainError::Conflict("there is no internal CA yet".into()))?;
-        let ca_key = self.services.signing_key(issuer).await?;
+        let signer = self.services.signer(issuer).await?;
         let ca_der = certflow_pki::parse_pem_certs("issuing_cert_pem", &issuer.issuing_cert_pem)?;
         let leaf_key = PrivateKey::generate(KeyType::EcdsaP256)?;
         let spki = leaf_key.public_key_der();
-        let leaf = certflow_pki::issue_leaf(
+        let tbs = certflow_pki::prepare_leaf(
             ca_der
                 .first()
                 .ok_or_else(|| DomainError::Internal("issuer has no certificate".into()))?,
-            &ca_key,
             &certflow_pki::LeafRequest {
                 profile: certflow_core::Profile::TlsServer,
                 names: &names,
@@ -875,7 +892,9 @@ impl Agents {
                 now,
                 urls: None,
             },
-        )?;
+        )?
+        .map_err(|refusal| DomainError::Conflict(refusal.to_string()))?;
+        let leaf = signer.sign(tbs).await?;
         let not_after = certflow_pki::inspect(&leaf)?.not_after;
         let mut chain_der = vec![leaf];
         chain_der.extend(ca_der);

@@ -1,11 +1,13 @@
 //! Issuers: the internal CA created at first start, imported CAs, their
-//! signing keys (sealed in the blob store); CRLs are in `revocation.rs`.
+//! signing keys (sealed in the blob store, or held by a PKCS#11 token or AWS
+//! KMS: `[ca] key_backend`); CRLs are in `revocation.rs`.
 
 use bytes::Bytes;
 use certflow_api::ImportCaRequest;
 use certflow_core::model::{Actor, AuditEvent, Issuer, IssuerKind, KeyType};
 use certflow_core::{DomainError, error::DomainResult};
-use certflow_pki::{CaMaterial, PrivateKey};
+use certflow_core::ca_keys::{CaKeyRef, CaKeyRole};
+use certflow_pki::{CaMaterial, CaPublicKey};
 use certflow_seal::EncryptionContext;
 
 use serde_json::json;
@@ -27,6 +29,25 @@ pub struct CaSettings {
     pub intermediate_validity_days: u32,
 }
 
+/// A new CA's certificates and where its keys went: key references as the
+/// issuer row stores them, and what to remove if the row is not stored.
+pub(crate) struct NewCaKeys {
+    /// The issuing certificate.
+    pub(crate) issuing_cert_der: Vec<u8>,
+    /// Above it, up to the root.
+    pub(crate) chain_der: Vec<Vec<u8>>,
+    /// The issuing key's type.
+    pub(crate) key_type: KeyType,
+    /// The issuing key (`CaKeyRef` as stored).
+    pub(crate) key_ref: String,
+    /// The root key, when certflow holds it.
+    pub(crate) root_key_ref: Option<String>,
+    /// Sealed blobs written.
+    pub(crate) written: Vec<String>,
+    /// Keys generated in the token or KMS.
+    pub(crate) generated: Vec<CaKeyRef>,
+}
+
 pub(crate) fn key_context(issuer_id: Uuid, which: &str) -> EncryptionContext {
     EncryptionContext::new(
         DEFAULT_TENANT,
@@ -37,9 +58,11 @@ pub(crate) fn key_context(issuer_id: Uuid, which: &str) -> EncryptionContext {
 }
 
 impl Services {
-    /// Returns the default issuer, creating the internal CA on first start. On
-    /// later starts it unseals the issuing key once, so a wrong master key stops
-    /// the server at start instead of failing the first request.
+    /// Returns the default issuer, creating the internal CA on first start
+    /// (its keys in the configured key backend). On later starts it checks
+    /// the issuing key once (unsealed, or asked of its token or KMS), so a
+    /// wrong master key or a missing token stops the server at start instead
+    /// of failing the first request.
     pub async fn ensure_ca(
         &self,
         settings: &CaSettings,
@@ -52,28 +75,27 @@ impl Services {
             .find(|i| i.is_default)
             .or(issuers.iter().find(|i| i.kind == IssuerKind::Internal))
         {
-            self.signing_key(default).await?;
+            self.check_issuer_key(default).await?;
+            self.note_key_backend(default);
             return Ok((default.clone(), false));
         }
-        // Two keys (RSA-4096 takes up to a second each) and two signatures.
-        let s = settings.clone();
-        let material = self
-            .cpu
-            .run("CA creation", move || {
-                certflow_pki::create_ca(
-                    &s.name,
-                    s.key_type,
-                    now,
-                    s.root_validity_days,
-                    s.intermediate_validity_days,
-                )
-            })
+        let id = Uuid::now_v7();
+        let keys = self
+            .create_ca_keys(
+                settings,
+                now,
+                &format!("issuers/{id}"),
+                &format!("certflow-issuer-{id}"),
+                [CaKeyRole::Root, CaKeyRole::Issuing],
+                |which| key_context(id, which),
+            )
             .await?;
         let created = self
             .store_issuer(
                 &Actor::system(),
+                id,
                 &settings.name,
-                material,
+                keys,
                 true,
                 now,
                 "issuer.create",
@@ -82,21 +104,44 @@ impl Services {
         match created {
             Ok(issuer) => Ok((issuer, true)),
             // Replicas starting together race to create the CA; the store allows one
-            // default issuer, so the loser adopts the winner's (its own blobs are removed).
+            // default issuer, so the loser adopts the winner's (its own keys are removed).
             Err(DomainError::Conflict(_)) => {
                 let issuers = self.store.list_issuers().await?;
                 let default = issuers
                     .into_iter()
                     .find(|i| i.is_default)
                     .ok_or_else(|| DomainError::Internal("default issuer vanished".into()))?;
-                self.signing_key(&default).await?;
+                self.check_issuer_key(&default).await?;
                 Ok((default, false))
             }
             Err(e) => Err(e),
         }
     }
 
-    /// Imports an existing CA (certificate + key) as a new issuer.
+    /// Says at start when an existing CA's key lives elsewhere than
+    /// `[ca] key_backend` puts new keys: changing the setting never moves a
+    /// key (switching is a re-issuance of the issuing CA, see the docs).
+    fn note_key_backend(&self, issuer: &Issuer) {
+        let held = CaKeyRef::parse(&issuer.key_blob).backend();
+        let configured = self
+            .backends
+            .internal
+            .key_store()
+            .map_or(certflow_core::ca_keys::CaKeyBackend::Local, |s| s.backend());
+        if held != configured {
+            tracing::warn!(
+                issuer = %issuer.name,
+                key_backend = held.as_str(),
+                configured = configured.as_str(),
+                "the CA's key stays where it was created; [ca] key_backend applies to CAs created from now on (docs/ca-keys.md: moving to a token is a re-issuance of the issuing CA)"
+            );
+        }
+    }
+
+    /// Imports an existing CA (certificate + key) as a new issuer. Its key
+    /// was handed over, so it is sealed in the blob store whatever the key
+    /// backend: a key that existed outside a token cannot become one that
+    /// never left it.
     pub async fn import_ca(
         &self,
         actor: &Actor,
@@ -116,8 +161,14 @@ impl Services {
             req.chain_pem.as_deref(),
             now,
         )?;
+        let id = Uuid::now_v7();
+        let keys = self
+            .seal_ca_keys(&material, &format!("issuers/{id}"), |which| {
+                key_context(id, which)
+            })
+            .await?;
         let issuer = self
-            .store_issuer(actor, name, material, false, now, "issuer.import")
+            .store_issuer(actor, id, name, keys, false, now, "issuer.import")
             .await?;
         if req.make_default {
             let audit = AuditEvent::success(
@@ -133,38 +184,36 @@ impl Services {
         Ok(issuer)
     }
 
-    /// Blob first, then the metadata commit; blobs are removed if the commit fails.
+    /// Keys first (sealed blobs, or keys in the token or KMS), then the
+    /// metadata commit; the keys are removed if the commit fails.
+    #[allow(clippy::too_many_arguments)]
     async fn store_issuer(
         &self,
         actor: &Actor,
+        id: Uuid,
         name: &str,
-        material: CaMaterial,
+        keys: NewCaKeys,
         is_default: bool,
         now: OffsetDateTime,
         action: &str,
     ) -> DomainResult<Issuer> {
-        let id = Uuid::now_v7();
-        let info = certflow_pki::inspect(&material.issuing_cert_der)?;
-        let (key_blob, root_key_blob, written) = self
-            .seal_ca_keys(&material, &format!("issuers/{id}"), |which| {
-                key_context(id, which)
-            })
-            .await?;
-        let chain_pem: String = material
+        let info = certflow_pki::inspect(&keys.issuing_cert_der)?;
+        let chain_pem: String = keys
             .chain_der
             .iter()
             .map(|d| certflow_pki::cert_to_pem(d))
             .collect();
+        let backend = CaKeyRef::parse(&keys.key_ref).backend();
         let issuer = Issuer {
             id,
             name: name.to_owned(),
             kind: IssuerKind::Internal,
             is_default,
-            key_type: material.issuing_key.key_type(),
-            issuing_cert_pem: certflow_pki::cert_to_pem(&material.issuing_cert_der),
+            key_type: keys.key_type,
+            issuing_cert_pem: certflow_pki::cert_to_pem(&keys.issuing_cert_der),
             chain_pem,
-            key_blob,
-            root_key_blob,
+            key_blob: keys.key_ref.clone(),
+            root_key_blob: keys.root_key_ref.clone(),
             subject: info.subject.clone(),
             not_after: info.not_after,
             created_at: now,
@@ -174,25 +223,129 @@ impl Services {
             actor,
             action,
             format!("issuer/{id}"),
-            json!({ "subject": info.subject, "key_type": issuer.key_type.as_str(), "not_after": info.not_after.unix_timestamp() }),
+            json!({ "subject": info.subject, "key_type": issuer.key_type.as_str(), "key_backend": backend.as_str(), "not_after": info.not_after.unix_timestamp() }),
         );
         if let Err(e) = self.store.insert_issuer(&issuer, &audit).await {
-            self.remove_blobs(&written).await;
+            self.abandon_ca_keys(&keys).await;
             return Err(e);
         }
-        tracing::info!(issuer = %id, subject = %issuer.subject, action, "issuer stored");
+        tracing::info!(issuer = %id, subject = %issuer.subject, key_backend = backend.as_str(), action, "issuer stored");
         Ok(issuer)
     }
 
+    /// Makes a two-tier CA (root and issuing intermediate, as
+    /// `certflow_pki::create_ca`) with its keys in the configured backend:
+    /// generated here and sealed under `prefix` (`context("issuing" | "root")`
+    /// bound to each), or generated inside the token or KMS as
+    /// `<label>-root` / `<label>-issuing`, which then sign the two certificates.
+    pub(crate) async fn create_ca_keys(
+        &self,
+        settings: &CaSettings,
+        now: OffsetDateTime,
+        prefix: &str,
+        label: &str,
+        roles: [CaKeyRole; 2],
+        context: impl Fn(&str) -> EncryptionContext,
+    ) -> DomainResult<NewCaKeys> {
+        let Some(store) = self.backends.internal.key_store().cloned() else {
+            // Two keys (RSA-4096 takes up to a second each) and two signatures.
+            let s = settings.clone();
+            let material = self
+                .cpu
+                .run("CA creation", move || {
+                    certflow_pki::create_ca(
+                        &s.name,
+                        s.key_type,
+                        now,
+                        s.root_validity_days,
+                        s.intermediate_validity_days,
+                    )
+                })
+                .await?;
+            return self.seal_ca_keys(&material, prefix, context).await;
+        };
+        let mut keys = NewCaKeys {
+            issuing_cert_der: Vec::new(),
+            chain_der: Vec::new(),
+            key_type: settings.key_type,
+            key_ref: String::new(),
+            root_key_ref: None,
+            written: Vec::new(),
+            generated: Vec::new(),
+        };
+        let made = async {
+            let (root_ref, root_spki) = store
+                .generate(roles[0], &format!("{label}-root"), settings.key_type)
+                .await?;
+            keys.generated.push(root_ref.clone());
+            let root_public = CaPublicKey::from_spki_der("root key", &root_spki)?;
+            let root_tbs = certflow_pki::root_ca_tbs(
+                &settings.name,
+                &root_public,
+                now,
+                settings.root_validity_days,
+                settings.intermediate_validity_days,
+            )?;
+            let root = crate::issuing::CaSigner::Remote {
+                store: store.clone(),
+                key: root_ref.clone(),
+            };
+            let root_der = root.sign(root_tbs).await?;
+            let (issuing_ref, issuing_spki) = store
+                .generate(roles[1], &format!("{label}-issuing"), settings.key_type)
+                .await?;
+            keys.generated.push(issuing_ref.clone());
+            let issuing_public = CaPublicKey::from_spki_der("issuing key", &issuing_spki)?;
+            let issuing_tbs = certflow_pki::issuing_ca_tbs(
+                &settings.name,
+                &root_der,
+                &issuing_public,
+                now,
+                settings.intermediate_validity_days,
+            )?;
+            let issuing_der = root.sign(issuing_tbs).await?;
+            DomainResult::Ok((root_ref, root_der, issuing_ref, issuing_der))
+        }
+        .await;
+        match made {
+            Ok((root_ref, root_der, issuing_ref, issuing_der)) => {
+                keys.issuing_cert_der = issuing_der;
+                keys.chain_der = vec![root_der];
+                keys.key_ref = issuing_ref.to_stored();
+                keys.root_key_ref = Some(root_ref.to_stored());
+                Ok(keys)
+            }
+            Err(e) => {
+                self.abandon_ca_keys(&keys).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Removes what `create_ca_keys` or `seal_ca_keys` made, after the CA
+    /// was not stored. Best effort: a key left behind is only logged.
+    pub(crate) async fn abandon_ca_keys(&self, keys: &NewCaKeys) {
+        self.remove_blobs(&keys.written).await;
+        for key in &keys.generated {
+            let discarded = match self.backends.internal.key_store() {
+                Some(store) => store.discard(key).await,
+                None => Ok(()),
+            };
+            if let Err(e) = discarded {
+                tracing::warn!(key = %key, error = %e, "could not remove an unused CA key");
+            }
+        }
+    }
+
     /// Seals a CA's issuing (and root, if any) key into `<prefix>/issuing-key.enc`
-    /// and `<prefix>/root-key.enc`, `context("issuing" | "root")` bound to each;
-    /// returns the blob keys and the list written. On failure nothing stays written.
+    /// and `<prefix>/root-key.enc`, `context("issuing" | "root")` bound to each.
+    /// On failure nothing stays written.
     pub(crate) async fn seal_ca_keys(
         &self,
         material: &CaMaterial,
         prefix: &str,
         context: impl Fn(&str) -> EncryptionContext,
-    ) -> DomainResult<(String, Option<String>, Vec<String>)> {
+    ) -> DomainResult<NewCaKeys> {
         let key_blob = format!("{prefix}/issuing-key.enc");
         let sealed = self
             .sealer
@@ -216,7 +369,15 @@ impl Services {
             }
             None => None,
         };
-        Ok((key_blob, root_key_blob, written))
+        Ok(NewCaKeys {
+            issuing_cert_der: material.issuing_cert_der.clone(),
+            chain_der: material.chain_der.clone(),
+            key_type: material.issuing_key.key_type(),
+            key_ref: key_blob,
+            root_key_ref: root_key_blob,
+            written,
+            generated: Vec::new(),
+        })
     }
 
     pub(crate) async fn remove_blobs(&self, keys: &[String]) {
@@ -255,9 +416,45 @@ impl Services {
             .ok_or_else(|| DomainError::NotFound(format!("issuer {id}")))
     }
 
-    /// The issuer's signing key, unsealed for the duration of one operation.
-    pub(crate) async fn signing_key(&self, issuer: &Issuer) -> DomainResult<PrivateKey> {
-        self.backends.internal.signing_key(issuer).await
+    /// The signer of an issuer's issuing key (unsealed for one operation,
+    /// or its token or KMS).
+    pub(crate) async fn signer(&self, issuer: &Issuer) -> DomainResult<crate::issuing::CaSigner> {
+        self.backends.internal.issuer_signer(issuer).await
+    }
+
+    /// Checks that an internal issuer's issuing key is usable and is the
+    /// key of its certificate.
+    pub(crate) async fn check_issuer_key(&self, issuer: &Issuer) -> DomainResult<()> {
+        let cert = certflow_pki::parse_pem_certs("issuing_cert_pem", &issuer.issuing_cert_pem)?
+            .into_iter()
+            .next()
+            .ok_or_else(|| DomainError::Internal("issuer has no certificate".into()))?;
+        self.backends
+            .internal
+            .check_key(
+                &issuer.key_blob,
+                &key_context(issuer.id, "issuing"),
+                &format!("issuer '{}'", issuer.name),
+                &cert,
+            )
+            .await
+    }
+
+    /// Whether an internal issuer's key can be reached now, cheaply (the
+    /// issuer probe behind `certflow_issuer_up`): its sealed blob is there,
+    /// or its token or KMS answers for it.
+    pub async fn probe_issuer_key(&self, issuer: &Issuer) -> DomainResult<()> {
+        self.backends
+            .internal
+            .probe_key(&issuer.key_blob, &format!("issuer '{}'", issuer.name))
+            .await
+    }
+
+    /// Where an issuer's key is kept (`local`, `pkcs11`, `aws-kms`); `None`
+    /// for issuers whose keys certflow does not hold (ACME, external CAs).
+    pub fn key_backend(issuer: &Issuer) -> Option<&'static str> {
+        (issuer.kind == IssuerKind::Internal)
+            .then(|| CaKeyRef::parse(&issuer.key_blob).backend().as_str())
     }
 
     /// Registers (or finds) the ACME issuer `name`, whose settings live in the

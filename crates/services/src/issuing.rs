@@ -1,31 +1,74 @@
-//! The issuers behind the `IssuerBackend` port: the internal CA, signing with
-//! its sealed key in process, and whatever the server registered for other
-//! issuers (ACME CAs), looked up by issuer id.
+//! The issuers behind the `IssuerBackend` port: the internal CA, signing
+//! with its key wherever that lives (sealed in the blob store and unsealed
+//! per operation, or in a PKCS#11 token or AWS KMS behind the `CaKeyStore`
+//! port), and whatever the server registered for other issuers (ACME CAs),
+//! looked up by issuer id.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use certflow_core::ca_keys::{CaKeyBackend, CaKeyRef, CaKeyStore};
 use certflow_core::model::{Issuer, IssuerKind};
 use certflow_core::ports::{BlobStore, IssueRequest, IssuedCertificate, IssuerBackend};
 use certflow_core::renewal::SuggestedWindow;
 use certflow_core::{DomainError, error::DomainResult};
-use certflow_pki::{IssuerUrls, LeafRequest, LintRefusal, PrivateKey};
-use certflow_seal::Sealer;
+use certflow_pki::{CaPublicKey, IssuerUrls, LeafRequest, LintRefusal, PrivateKey, ToBeSigned};
+use certflow_seal::{EncryptionContext, Sealer};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::ca::key_context;
 use crate::cpu::CpuPool;
 
-/// certflow's own CA: signs in process with the issuing key unsealed per call.
+/// A CA's signing key for one operation.
+pub(crate) enum CaSigner {
+    /// Unsealed into memory for this operation, wiped when dropped; it
+    /// signs on the CPU pool.
+    Local(PrivateKey, CpuPool),
+    /// Held by a token or KMS, which signs the digest of what is signed.
+    Remote {
+        /// The backend.
+        store: Arc<dyn CaKeyStore>,
+        /// The key in it.
+        key: CaKeyRef,
+    },
+}
+
+impl CaSigner {
+    /// The key's signature over `tbs` (not yet checked: `finish` does that).
+    pub(crate) async fn signature(&self, tbs: &ToBeSigned) -> DomainResult<Vec<u8>> {
+        match self {
+            Self::Local(key, cpu) => {
+                let (key, message) = (key.clone(), tbs.message().to_vec());
+                cpu.run("signing", move || key.sign(&message)).await
+            }
+            Self::Remote { store, key } => {
+                // Refuses key types no backend signs digests for (Ed25519).
+                tbs.digest()?;
+                store.sign(key, tbs.key_type(), tbs.message()).await
+            }
+        }
+    }
+
+    /// Signs `tbs` and returns the finished DER, once its signature
+    /// verifies under the CA's public key.
+    pub(crate) async fn sign(&self, tbs: ToBeSigned) -> DomainResult<Vec<u8>> {
+        let signature = self.signature(&tbs).await?;
+        tbs.finish(&signature)
+    }
+}
+
+/// certflow's own CA: signs with the issuing key unsealed per call, or
+/// through the configured CA key backend.
 #[derive(Clone)]
 pub struct InternalCa {
     blobs: Arc<dyn BlobStore>,
     sealer: Sealer,
     public_url: Option<String>,
-    /// Signing and linting run here, off the async runtime.
+    /// Building, linting and local signing run here, off the async runtime.
     pub(crate) cpu: CpuPool,
+    keys: Option<Arc<dyn CaKeyStore>>,
 }
 
 impl InternalCa {
@@ -40,7 +83,18 @@ impl InternalCa {
             sealer,
             public_url,
             cpu,
+            keys: None,
         }
+    }
+
+    /// New CAs get their keys from `keys` (see `Services::with_ca_key_store`).
+    pub(crate) fn set_key_store(&mut self, keys: Arc<dyn CaKeyStore>) {
+        self.keys = Some(keys);
+    }
+
+    /// The backend new CA keys are made in.
+    pub(crate) fn key_store(&self) -> Option<&Arc<dyn CaKeyStore>> {
+        self.keys.as_ref()
     }
 
     fn urls(&self, issuer: &Issuer) -> Option<IssuerUrls> {
@@ -51,30 +105,108 @@ impl InternalCa {
         })
     }
 
-    /// The issuer's signing key, unsealed for the duration of one operation.
-    pub(crate) async fn signing_key(&self, issuer: &Issuer) -> DomainResult<PrivateKey> {
-        let sealed = self
-            .blobs
-            .get(&issuer.key_blob)
-            .await
-            .map_err(|e| match e {
-                DomainError::NotFound(_) => DomainError::Integrity(format!(
-                    "the signing key of issuer {} is missing from the blob store",
-                    issuer.id
-                )),
-                other => other,
-            })?;
-        let der = self.sealer.open(&sealed, &key_context(issuer.id, "issuing")).await.map_err(|e| {
+    /// The configured backend when it holds `key`; otherwise unavailable,
+    /// saying which backend holds it and what this server is configured with.
+    fn store_for(&self, key: &CaKeyRef, owner: &str) -> DomainResult<Arc<dyn CaKeyStore>> {
+        match &self.keys {
+            Some(store) if store.backend() == key.backend() => Ok(store.clone()),
+            configured => Err(DomainError::Unavailable {
+                backend: key.backend().display_name(),
+                reason: format!(
+                    "the key of {owner} is held by the {} key backend, and this server has [ca] key_backend = \"{}\": configure [ca.{}] to use it",
+                    key.backend().as_str(),
+                    configured
+                        .as_ref()
+                        .map_or(CaKeyBackend::Local, |s| s.backend())
+                        .as_str(),
+                    key.backend().as_str().replace('-', "_"),
+                ),
+            }),
+        }
+    }
+
+    /// The signer of the key stored as `stored` (an issuer's `key_blob`):
+    /// unsealed under `context` when sealed; `owner` names the CA in errors.
+    pub(crate) async fn signer(
+        &self,
+        stored: &str,
+        context: &EncryptionContext,
+        owner: &str,
+    ) -> DomainResult<CaSigner> {
+        let blob = match CaKeyRef::parse(stored) {
+            CaKeyRef::Sealed(blob) => blob,
+            remote => {
+                return Ok(CaSigner::Remote {
+                    store: self.store_for(&remote, owner)?,
+                    key: remote,
+                });
+            }
+        };
+        let sealed = self.blobs.get(&blob).await.map_err(|e| match e {
+            DomainError::NotFound(_) => DomainError::Integrity(format!(
+                "the signing key of {owner} is missing from the blob store"
+            )),
+            other => other,
+        })?;
+        let der = self.sealer.open(&sealed, context).await.map_err(|e| {
             DomainError::Integrity(format!(
-                "cannot unseal the signing key of issuer '{}' ({e}); is this the master key it was created with?",
-                issuer.name
+                "cannot unseal the signing key of {owner} ({e}); is this the master key it was created with?"
             ))
         })?;
-        PrivateKey::from_pkcs8_der(&der)
+        Ok(CaSigner::Local(
+            PrivateKey::from_pkcs8_der(&der)?,
+            self.cpu.clone(),
+        ))
     }
-}
 
-impl InternalCa {
+    /// Checks that the key stored as `stored` is usable and belongs to the
+    /// CA certificate `cert_der` (at start: a wrong master key or a token
+    /// without the key stops the server with the reason).
+    pub(crate) async fn check_key(
+        &self,
+        stored: &str,
+        context: &EncryptionContext,
+        owner: &str,
+        cert_der: &[u8],
+    ) -> DomainResult<()> {
+        let expected = CaPublicKey::of_certificate(cert_der)?;
+        let actual = match self.signer(stored, context, owner).await? {
+            CaSigner::Local(key, _) => CaPublicKey::from_spki_der("key", &key.public_key_der())?,
+            CaSigner::Remote { store, key } => {
+                CaPublicKey::from_spki_der("key", &store.public_key(&key).await?)?
+            }
+        };
+        if !actual.same_key(&expected) {
+            return Err(DomainError::Integrity(format!(
+                "the key of {owner} ({stored}) is not the key of its CA certificate"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Whether the key stored as `stored` is reachable, cheaply: the sealed
+    /// blob is there, or the backend answers for the key (the issuer probe).
+    pub(crate) async fn probe_key(&self, stored: &str, owner: &str) -> DomainResult<()> {
+        match CaKeyRef::parse(stored) {
+            CaKeyRef::Sealed(blob) => self.blobs.get(&blob).await.map(|_| ()),
+            remote => self
+                .store_for(&remote, owner)?
+                .public_key(&remote)
+                .await
+                .map(|_| ()),
+        }
+    }
+
+    /// The signer of an issuer's issuing key.
+    pub(crate) async fn issuer_signer(&self, issuer: &Issuer) -> DomainResult<CaSigner> {
+        self.signer(
+            &issuer.key_blob,
+            &key_context(issuer.id, "issuing"),
+            &format!("issuer '{}'", issuer.name),
+        )
+        .await
+    }
+
     /// Issues after pre-issuance linting: the certificate, or the lints that
     /// refused it (the CA key then signed nothing).
     pub(crate) async fn issue_linted(
@@ -83,19 +215,18 @@ impl InternalCa {
         request: &IssueRequest,
         now: OffsetDateTime,
     ) -> DomainResult<Result<IssuedCertificate, LintRefusal>> {
-        let ca_key = self.signing_key(issuer).await?;
         let ca_der = certflow_pki::parse_pem_certs("issuing_cert_pem", &issuer.issuing_cert_pem)?
             .into_iter()
             .next()
             .ok_or_else(|| DomainError::Internal("issuer has no certificate".into()))?;
         let urls = self.urls(issuer);
         let request = request.clone();
-        let linted = self
+        // Building and linting (two certificates, one throwaway signature).
+        let prepared = self
             .cpu
             .run("signing", move || {
-                certflow_pki::issue_leaf_linted(
+                certflow_pki::prepare_leaf(
                     &ca_der,
-                    &ca_key,
                     &LeafRequest {
                         profile: request.profile,
                         names: &request.names,
@@ -109,7 +240,12 @@ impl InternalCa {
                 )
             })
             .await?;
-        Ok(linted.map(|cert_der| IssuedCertificate {
+        let tbs = match prepared {
+            Ok(tbs) => tbs,
+            Err(refusal) => return Ok(Err(refusal)),
+        };
+        let cert_der = self.issuer_signer(issuer).await?.sign(tbs).await?;
+        Ok(Ok(IssuedCertificate {
             cert_der,
             chain_pem: format!("{}{}", issuer.issuing_cert_pem, issuer.chain_pem),
         }))

@@ -88,6 +88,14 @@ impl Services {
         }
     }
 
+    /// Keeps the keys of CAs created from now on in `keys` (a PKCS#11 token,
+    /// AWS KMS) instead of sealing them in the blob store, and signs with
+    /// the keys it holds. Without it, CA keys are local (sealed).
+    pub fn with_ca_key_store(mut self, keys: Arc<dyn certflow_core::ca_keys::CaKeyStore>) -> Self {
+        self.backends.internal.set_key_store(keys);
+        self
+    }
+
     /// Lets `backend` sign for the (non-internal) issuer `issuer_id`.
     pub fn with_issuer_backend(mut self, issuer_id: Uuid, backend: Arc<dyn IssuerBackend>) -> Self {
         self.backends.external.insert(issuer_id, backend);

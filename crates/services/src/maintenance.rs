@@ -114,8 +114,13 @@ impl Services {
     ) -> DomainResult<RewrapReport> {
         let mut report = RewrapReport::default();
         for issuer in self.store.list_issuers().await? {
-            // An external CA (of imported certificates) has no key here.
-            if issuer.kind == certflow_core::model::IssuerKind::External {
+            // An external CA (of imported certificates) has no key here, and
+            // a key in a token or KMS is not sealed under the master key.
+            if issuer.kind == certflow_core::model::IssuerKind::External
+                || certflow_core::ca_keys::CaKeyRef::parse(&issuer.key_blob)
+                    .blob()
+                    .is_none()
+            {
                 continue;
             }
             report.keys += 1;

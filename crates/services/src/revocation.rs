@@ -144,15 +144,17 @@ impl Services {
             })
             .collect();
         let ca_der = self.issuer_certificate_der(issuer_id).await?;
-        let key = self.signing_key(&issuer).await?;
+        let signer = self.signer(&issuer).await?;
         let revoked_count = revoked.len();
-        // One entry per revoked certificate, then a signature: off the async runtime.
-        let der = self
+        // One entry per revoked certificate: built off the async runtime,
+        // then signed wherever the CA key lives.
+        let tbs = self
             .cpu
             .run("CRL signing", move || {
-                certflow_pki::build_crl(&ca_der, &key, &revoked, number, now, now + CRL_VALIDITY)
+                certflow_pki::crl_tbs(&ca_der, &revoked, number, now, now + CRL_VALIDITY)
             })
             .await?;
+        let der = signer.sign(tbs).await?;
         let info = certflow_pki::crl_info(&der)?;
         let der = Bytes::from(der);
         self.blobs
@@ -313,9 +315,12 @@ impl Services {
             _ => return Ok(None),
         };
         let ca_der = self.issuer_certificate_der(issuer_id).await?;
+        // The CA key signs once per responder lifetime, not per response.
         let signer = {
-            let key = self.signing_key(&issuer).await?;
-            OcspSigner::issue(&ca_der, &key, now, OCSP_SIGNER_VALIDITY)?
+            let ca = self.signer(&issuer).await?;
+            let pending = OcspSigner::prepare(&ca_der, now, OCSP_SIGNER_VALIDITY)?;
+            let signature = ca.signature(pending.tbs()).await?;
+            pending.finish(&signature)?
         };
         tracing::info!(issuer = %issuer_id, not_after = %signer.not_after(), "OCSP responder certificate issued");
         let responder = Arc::new(Responder {

@@ -114,6 +114,7 @@ fn issuer_view(i: &Issuer) -> IssuerView {
         },
         is_default: i.is_default,
         key_type: i.key_type.as_str().into(),
+        key_backend: certflow_services::Services::key_backend(i).map(Into::into),
         subject: i.subject.clone(),
         not_after: i.not_after,
         issuing_cert_pem: i.issuing_cert_pem.clone(),

@@ -62,7 +62,8 @@ pub struct AcmeProbe {
 /// Probes every issuer now: an ACME issuer is up when a GET of its
 /// directory answers 2xx within [`PROBE_TIMEOUT`] (TLS verified with its
 /// own CA bundle); the internal CA (or an imported one) when its record and
-/// its sealed key are there. Failures are logged once per change.
+/// its key are there: the sealed blob, or the PKCS#11 token or KMS key
+/// answering within [`PROBE_TIMEOUT`]. Failures are logged once per change.
 pub async fn probe_issuers(
     services: &certflow_services::Services,
     acme: &BTreeMap<String, AcmeProbe>,
@@ -87,10 +88,14 @@ pub async fn probe_issuers(
                 Some(probe) => probe_acme(probe).await,
                 None => Err("not configured on this server".to_owned()),
             },
+            // Its sealed key is in the blob store, or its token or KMS
+            // answers for its key (bounded like an ACME probe).
             certflow_core::model::IssuerKind::Internal => {
-                match services.blobs().get(&issuer.key_blob).await {
-                    Ok(_) => Ok(()),
-                    Err(e) => Err(format!("CA key blob: {e}")),
+                match tokio::time::timeout(PROBE_TIMEOUT, services.probe_issuer_key(&issuer)).await
+                {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err(format!("CA key: {e}")),
+                    Err(_) => Err(format!("CA key: no answer within {PROBE_TIMEOUT:?}")),
                 }
             }
         };

@@ -160,6 +160,9 @@ pub async fn open_services(config: &Config) -> anyhow::Result<Opened> {
     .with_renewal_margin(config.renewal.margin())
     .with_issuance_policies(config.policy.compile().map_err(anyhow::Error::msg)?)
     .with_outbound_policy(Arc::new(config.outbound_policy()?));
+    if let Some(keys) = ca_key_store(config).await? {
+        services = services.with_ca_key_store(keys);
+    }
     if config.notifications.enabled {
         services = services.with_notifications(store.notifications.clone());
     }
@@ -193,6 +196,55 @@ pub async fn open_services(config: &Config) -> anyhow::Result<Opened> {
         store,
         http01,
     })
+}
+
+/// The CA key backend `[ca] key_backend` selects, opened and checked (the
+/// token logged in to, the configured KMS keys described); `None` for
+/// `local`, whose keys are sealed in the blob store.
+pub(super) async fn ca_key_store(
+    config: &Config,
+) -> anyhow::Result<Option<Arc<dyn certflow_core::ca_keys::CaKeyStore>>> {
+    use certflow_core::ca_keys::{CaKeyBackend, CaKeyRole};
+    match config.ca_key_backend()? {
+        CaKeyBackend::Local => Ok(None),
+        CaKeyBackend::Pkcs11 => {
+            let p = config.ca.pkcs11.as_ref().context("[ca.pkcs11]")?;
+            let pin = certflow_keystore::read_pin_file(&p.pin_file)?;
+            let keys = certflow_keystore::Pkcs11Keys::open(certflow_keystore::Pkcs11Settings {
+                module: p.module.clone(),
+                token_label: p.token_label.clone(),
+                pin,
+                sessions: p.sessions,
+            })
+            .await
+            .context("[ca.pkcs11]")?;
+            tracing::info!(token = %p.token_label, module = %p.module.display(), "CA keys: PKCS#11 token");
+            Ok(Some(Arc::new(keys)))
+        }
+        CaKeyBackend::AwsKms => {
+            let k = config.ca.aws_kms.as_ref().context("[ca.aws_kms]")?;
+            let key_ids = [
+                (CaKeyRole::Root, &k.root_key_id),
+                (CaKeyRole::Issuing, &k.issuing_key_id),
+                (CaKeyRole::AgentRoot, &k.agent_root_key_id),
+                (CaKeyRole::AgentIssuing, &k.agent_issuing_key_id),
+            ]
+            .into_iter()
+            .filter_map(|(role, id)| id.clone().map(|id| (role, id)))
+            .collect();
+            let keys = certflow_keystore::KmsCaKeys::new(certflow_keystore::KmsSettings {
+                region: k.region.clone(),
+                endpoint: k.endpoint.clone(),
+                key_ids,
+                signer_role_arns: k.signer_role_arns.clone(),
+                raw_messages: k.message_type == "raw",
+            })
+            .await
+            .context("[ca.aws_kms]")?;
+            tracing::info!("CA keys: AWS KMS");
+            Ok(Some(Arc::new(keys)))
+        }
+    }
 }
 
 pub(super) async fn key_provider(config: &Config) -> anyhow::Result<Arc<dyn KeyProvider>> {

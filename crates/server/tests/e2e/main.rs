@@ -10,6 +10,7 @@ mod support;
 mod agent_nginx;
 mod agent_paths;
 mod agents;
+mod ca_keys;
 mod cli;
 mod console_ui;
 mod data_at_rest;
