@@ -4,9 +4,9 @@
 
 use bytes::Bytes;
 use certflow_api::ImportCaRequest;
+use certflow_core::ca_keys::{CaKeyRef, CaKeyRole};
 use certflow_core::model::{Actor, AuditEvent, Issuer, IssuerKind, KeyType};
 use certflow_core::{DomainError, error::DomainResult};
-use certflow_core::ca_keys::{CaKeyRef, CaKeyRole};
 use certflow_pki::{CaMaterial, CaPublicKey};
 use certflow_seal::EncryptionContext;
 
