@@ -13,12 +13,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
 use crate::support::peers::Moto;
-use crate::support::{Api, FAST_RENEWAL, Server, require, sh, start};
+use crate::support::{Api, FAST_RENEWAL, Server, require, sh, start, wait_for};
 
 const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 const HSM_HINT: &str = "apt-get install softhsm2 opensc (scripts/peers.sh does it)";
@@ -28,26 +28,6 @@ fn ok(dir: &Path, args: &[&str]) -> String {
     let (ok, out) = sh(dir, args);
     assert!(ok, "{args:?}: {out}");
     out
-}
-
-fn wait_for<T>(
-    server: &Server,
-    limit: Duration,
-    what: &str,
-    mut f: impl FnMut() -> Option<T>,
-) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}\n--- server log ---\n{}",
-            server.log()
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
 }
 
 /// pkilint findings at ERROR or FATAL of `tool lint <args> file`.

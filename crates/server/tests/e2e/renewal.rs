@@ -4,38 +4,19 @@
 //! notification channels that are down.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::support::peers::Receiver;
-use crate::support::{ALLOW_LOOPBACK_WEBHOOKS, Api, FAST_RENEWAL, Server, start, start_with, stop};
+use crate::support::{
+    ALLOW_LOOPBACK_WEBHOOKS, Api, FAST_RENEWAL, start, start_with, stop, wait_for,
+};
 
 fn time(v: &Value) -> OffsetDateTime {
     OffsetDateTime::parse(v.as_str().unwrap(), &Rfc3339).unwrap()
-}
-
-/// Polls `f` until it returns `Some`, or panics with `what` (and the server log) after `limit`.
-fn wait_for<T>(
-    server: &Server,
-    limit: Duration,
-    what: &str,
-    mut f: impl FnMut() -> Option<T>,
-) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}\n--- server log ---\n{}",
-            server.log()
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
 }
 
 fn detail(api: &Api, id: &str) -> Value {

@@ -309,3 +309,24 @@ pub(crate) fn cli(server: &Server, token: &str, args: &[&str]) -> (bool, String)
         ),
     )
 }
+
+/// Polls `f` until it returns `Some`, or panics with `what` (and the server log) after `limit`.
+pub fn wait_for<T>(
+    server: &Server,
+    limit: Duration,
+    what: &str,
+    mut f: impl FnMut() -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}\n--- server log ---\n{}",
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
