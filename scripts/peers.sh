@@ -119,3 +119,41 @@ if [ ! -f /usr/lib/softhsm/libsofthsm2.so ] || ! command -v softhsm2-util >/dev/
   apt-get update -qq && apt-get install -y -qq softhsm2 opensc >/dev/null
 fi
 echo "peers: softhsm2 $(softhsm2-util --version), opensc $(dpkg-query -W -f='${Version}' opensc 2>/dev/null)"
+
+# The ACME server's acceptance test (crates/server/tests/e2e/acme_server.rs):
+# certbot and lego from Debian as clients; pebble-challtestsrv (Debian's
+# pebble package, installed above) as the DNS that certflow's validators
+# resolve through (every A query answers 127.0.0.1; TXT records set through
+# its management API); and a venv with python `acme` + josepy (the negative
+# protocol table) and certbot >= 4.1 (renewalInfo, RFC 9773; Debian's 2.1 has
+# none). The venv lives outside the work tree: CERTFLOW_ACME_VENV, default
+# ~/.cache/certflow-peers/acme-venv.
+for tool in certbot lego; do
+  if ! command -v "$tool" >/dev/null 2>&1; then
+    echo "== installing $tool"
+    apt-get update -qq && apt-get install -y -qq "$tool" >/dev/null
+  fi
+done
+echo "peers: $(certbot --version 2>&1), lego $(dpkg-query -W -f='${Version}' lego 2>/dev/null)"
+ACME_VENV="${CERTFLOW_ACME_VENV:-$HOME/.cache/certflow-peers/acme-venv}"
+if ! "$ACME_VENV/bin/python" -c 'import acme, josepy' >/dev/null 2>&1 || ! "$ACME_VENV/bin/certbot" --version >/dev/null 2>&1; then
+  echo "== creating $ACME_VENV (acme, josepy, certbot>=4.1)"
+  mkdir -p "$(dirname "$ACME_VENV")"
+  python3 -m venv "$ACME_VENV"
+  "$ACME_VENV/bin/pip" install --quiet --disable-pip-version-check 'certbot>=4.1' acme josepy cryptography
+fi
+echo "peers: venv $("$ACME_VENV/bin/certbot" --version 2>&1), acme $("$ACME_VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("acme"))')"
+if ! (exec 3<>/dev/tcp/127.0.0.1/8055) 2>/dev/null; then
+  echo "== starting pebble-challtestsrv (DNS 127.0.0.1:8053, management 127.0.0.1:8055)"
+  mkdir -p /tmp/certflow-peers
+  nohup pebble-challtestsrv -defaultIPv4 127.0.0.1 -defaultIPv6 "" -dns01 127.0.0.1:8053 \
+    -http01 "" -https01 "" -tlsalpn01 "" -management 127.0.0.1:8055 \
+    >/tmp/certflow-peers/challtestsrv.log 2>&1 &
+  echo $! >/tmp/certflow-peers/challtestsrv.pid
+  for _ in $(seq 1 50); do
+    (exec 3<>/dev/tcp/127.0.0.1/8055) 2>/dev/null && break
+    sleep 0.1
+  done
+fi
+(exec 3<>/dev/tcp/127.0.0.1/8055) 2>/dev/null || { echo "pebble-challtestsrv did not start: /tmp/certflow-peers/challtestsrv.log"; exit 1; }
+echo "peers: pebble-challtestsrv on 127.0.0.1:8053 (DNS), 127.0.0.1:8055 (management)"
