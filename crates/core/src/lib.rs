@@ -3,6 +3,7 @@
 //! stores and fetches it. No I/O, no HTTP or SQL types; time comes in as `now`.
 
 pub mod access;
+pub mod acme;
 pub mod agents;
 pub mod ca_keys;
 pub mod compliance;
