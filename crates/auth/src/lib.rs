@@ -19,7 +19,7 @@ pub use config::{Flavor, IssuerConfig, RoleGroups, ServiceRole, SigningAlgorithm
 pub use error::{AuthError, ConfigError};
 pub use validator::{
     DEFAULT_JWKS_MAX_AGE, DEFAULT_JWKS_REFRESH_INTERVAL, DiscoveryDocument, TokenValidator,
-    jwks_fetches,
+    jwks_fetches, parse_compact_jws,
 };
 
 /// The token of an `Authorization` header value (`Bearer <token>`, scheme case-insensitive).

@@ -425,6 +425,19 @@ fn check_token_use(claims: &Claims, expected: &'static str) -> Result<(), AuthEr
     }
 }
 
+/// The pure stage of token validation, before any issuer or key is looked
+/// up: splits and decodes the compact JWS, applies the header policy, and
+/// checks the signature's encoding and the date claims' types. The parsing
+/// entry point of the `jws` fuzz target (fuzz/, RELIABILITY.md).
+pub fn parse_compact_jws(token: &str) -> Result<(), AuthError> {
+    let parsed = parse(token)?;
+    check_signature_encoding(parsed.alg, parsed.signature_b64)?;
+    for name in ["exp", "nbf", "iat"] {
+        numeric_date(&parsed.claims, name)?;
+    }
+    Ok(())
+}
+
 /// Splits and decodes a compact JWS and applies the header policy.
 fn parse(token: &str) -> Result<Parsed<'_>, AuthError> {
     if token.len() > MAX_TOKEN_BYTES {
