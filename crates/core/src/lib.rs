@@ -8,6 +8,7 @@ pub mod agents;
 pub mod ca_keys;
 pub mod compliance;
 pub mod deployments;
+pub mod destinations;
 pub mod discovery;
 pub mod error;
 pub mod model;

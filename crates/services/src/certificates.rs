@@ -1257,7 +1257,7 @@ impl Services {
         })
     }
 
-    async fn private_key(&self, v: &CertificateVersion) -> DomainResult<PrivateKey> {
+    pub(crate) async fn private_key(&self, v: &CertificateVersion) -> DomainResult<PrivateKey> {
         // The certificate exists but certflow never had this key: a state of
         // the resource (409), not a missing one (404).
         let blob = v.key_blob.as_ref().ok_or_else(|| {

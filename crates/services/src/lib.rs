@@ -10,6 +10,7 @@ mod certificates;
 pub mod compliance;
 mod cpu;
 pub mod deployments;
+pub mod destinations;
 pub mod discovery;
 mod import;
 mod issuing;
@@ -57,6 +58,7 @@ pub struct Services {
     policies: Arc<PolicySet>,
     cpu: CpuPool,
     outbound: Arc<OutboundPolicy>,
+    destinations: Option<destinations::DestinationPorts>,
 }
 
 impl Services {
@@ -85,6 +87,7 @@ impl Services {
             policies: Arc::new(PolicySet::default()),
             cpu,
             outbound: Arc::default(),
+            destinations: None,
         }
     }
 

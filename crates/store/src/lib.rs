@@ -17,6 +17,7 @@ mod certificates;
 mod changes;
 mod codec;
 mod deployments;
+mod destinations;
 mod discovery;
 mod error;
 mod migrate;

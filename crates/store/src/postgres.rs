@@ -94,6 +94,11 @@ const MIGRATIONS: &[Embedded] = &[
         "subscription deliveries",
         include_str!("../migrations/postgres/0014_subscription_deliveries.sql"),
     ),
+    (
+        16,
+        "destinations",
+        include_str!("../migrations/postgres/0016_destinations.sql"),
+    ),
 ];
 
 /// Key of the advisory lock held while migrating ("certflow" in ASCII).

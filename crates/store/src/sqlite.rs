@@ -91,6 +91,11 @@ const MIGRATIONS: &[Embedded] = &[
         "subscription deliveries",
         include_str!("../migrations/sqlite/0014_subscription_deliveries.sql"),
     ),
+    (
+        16,
+        "destinations",
+        include_str!("../migrations/sqlite/0016_destinations.sql"),
+    ),
 ];
 
 /// How long a statement waits for another connection's write lock.

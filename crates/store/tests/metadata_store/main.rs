@@ -69,6 +69,7 @@ mod audit_secrets;
 mod backends;
 mod certificates;
 mod deployments;
+mod destinations;
 mod discovery;
 mod due;
 mod idempotency;
