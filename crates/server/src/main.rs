@@ -89,6 +89,9 @@ enum AdminCommand {
     },
     /// Check the audit trail's hash chain; exits non-zero where it is broken.
     VerifyAudit,
+    /// Check that metadata and blobs agree (versions in order, blobs readable,
+    /// keys open and match); exits non-zero on any problem or stale orphan blob.
+    VerifyStore,
     /// Print the agent-identity CA chain (PEM) for a gateway's mTLS trust store.
     AgentCa,
 }
@@ -161,6 +164,10 @@ fn main() -> ExitCode {
             Command::Admin(AdminCommand::VerifyAudit) => {
                 let config = config::Config::load(cli.config.as_deref())?;
                 serve::admin::verify_audit(&config).await
+            }
+            Command::Admin(AdminCommand::VerifyStore) => {
+                let config = config::Config::load(cli.config.as_deref())?;
+                serve::admin::verify_store(&config).await
             }
             Command::Keys(KeysCommand::Rewrap) => {
                 let config = config::Config::load(cli.config.as_deref())?;

@@ -117,7 +117,7 @@ pub(crate) fn blob_prefix(certificate_id: Uuid, version: u32, serial: &str) -> S
 }
 
 /// The chain blob sits beside the certificate blob.
-fn chain_blob_of(v: &CertificateVersion) -> String {
+pub(crate) fn chain_blob_of(v: &CertificateVersion) -> String {
     match v.cert_blob.rsplit_once('/') {
         Some((dir, _)) => format!("{dir}/chain.pem"),
         None => "chain.pem".to_owned(),

@@ -35,7 +35,7 @@ pub use certificates::{CertificateView, DownloadKind, Replacement, Revocation};
 pub use cpu::CpuPool;
 pub use import::{ImportError, ImportRequest, MAX_IMPORT_BYTES};
 pub use issuing::InternalCa;
-pub use maintenance::{RewrapReport, SweepReport};
+pub use maintenance::{RewrapReport, StoreReport, SweepReport};
 pub use renewal::{JobOutcome, RENEWAL_ACTOR};
 pub use revocation::{OcspReply, PublishedCrl};
 pub use subscriptions::{SealedSecrets, WebhookSecretReport, redacted};

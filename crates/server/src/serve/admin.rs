@@ -48,6 +48,63 @@ pub async fn verify_audit(config: &Config) -> anyhow::Result<()> {
     }
 }
 
+/// `certflow admin verify-store`: checks that metadata and blobs agree (every
+/// version numbered in order, its certificate and chain readable, its key
+/// opening under the master key and matching its certificate) and lists the
+/// blobs nothing references; an error (so a non-zero exit) on any problem, or
+/// on an unreferenced blob older than `orphan_grace_hours`, which the sweeper
+/// should have deleted.
+pub async fn verify_store(config: &Config) -> anyhow::Result<()> {
+    let services = open_services(config).await?.services;
+    let report = services
+        .verify_store(time::OffsetDateTime::now_utc())
+        .await?;
+    let grace = time::Duration::hours(
+        i64::try_from(config.blob.orphan_grace_hours).unwrap_or(i64::MAX / 3600),
+    );
+    print!("{}", store_report_text(&report, grace));
+    let stale = report
+        .unreferenced
+        .iter()
+        .filter(|(_, age)| *age >= grace)
+        .count();
+    if !report.problems.is_empty() || stale > 0 {
+        bail!(
+            "the store is inconsistent: {} problems, {stale} orphan blobs past the sweeper's grace",
+            report.problems.len()
+        );
+    }
+    Ok(())
+}
+
+/// What `verify-store` prints: the counts, then each problem and each
+/// unreferenced blob on its own line.
+fn store_report_text(r: &certflow_services::StoreReport, grace: time::Duration) -> String {
+    let stale = r
+        .unreferenced
+        .iter()
+        .filter(|(_, age)| *age >= grace)
+        .count();
+    let mut out = format!(
+        "checked {} certificates, {} versions, {} keys: {} problems; {} unreferenced blobs ({stale} older than the grace)\n",
+        r.certificates,
+        r.versions,
+        r.keys,
+        r.problems.len(),
+        r.unreferenced.len()
+    );
+    for p in &r.problems {
+        out.push_str(&format!("problem: {p}\n"));
+    }
+    for (key, age) in &r.unreferenced {
+        out.push_str(&format!(
+            "unreferenced: {key} ({} s old)\n",
+            age.whole_seconds()
+        ));
+    }
+    out
+}
+
 /// `certflow admin agent-ca`: prints the agent-identity CA chain (issuing CA
 /// first, then up to the root) as PEM, for a TLS-terminating gateway's trust
 /// store (an ALB trust store, API Gateway's truststore).
