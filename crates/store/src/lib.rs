@@ -11,6 +11,7 @@
 //! behaviour suite in `tests/metadata_store/`. Driver errors are translated
 //! into `DomainError` in `error` and nowhere else.
 
+mod acme;
 mod agents;
 mod audit;
 mod certificates;

@@ -63,6 +63,7 @@ macro_rules! store_case {
 
 mod support;
 
+mod acme;
 mod audit;
 mod audit_chain;
 mod audit_secrets;
