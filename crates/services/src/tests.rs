@@ -625,3 +625,66 @@ async fn a_failed_replacement_leaves_the_revocation_standing_and_says_so() {
     assert_eq!(view.certificate.status, CertificateStatus::Active);
     assert_eq!(view.certificate.current_version, 2);
 }
+
+#[tokio::test]
+async fn verify_store_opens_every_key_and_names_what_is_wrong() {
+    let f = fixture(MasterKey::generate().unwrap(), vec![], None).await;
+    let actor = Actor::system();
+    let now = OffsetDateTime::now_utc();
+    let a = f
+        .services
+        .create_certificate(&actor, &request("a.example.com"), now)
+        .await
+        .unwrap();
+    let b = f
+        .services
+        .create_certificate(&actor, &request("b.example.com"), now)
+        .await
+        .unwrap();
+    f.services
+        .renew(&actor, a.certificate.id, None, now)
+        .await
+        .unwrap();
+    // What a process killed after its blob writes leaves behind.
+    let orphan = format!("certificates/{}/v9-00ff/cert.der", a.certificate.id);
+    f.blobs
+        .put(&orphan, Bytes::from_static(b"leftover"))
+        .await
+        .unwrap();
+
+    let clean = f.services.verify_store(now).await.unwrap();
+    assert!(clean.problems.is_empty(), "{clean:?}");
+    assert_eq!((clean.certificates, clean.versions, clean.keys), (2, 3, 3));
+    let unreferenced: Vec<&str> = clean.unreferenced.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(unreferenced, [orphan.as_str()]);
+
+    // b's key blob replaced by a's (sealed for another record: must not
+    // open), and a's current certificate replaced by b's (not the one its
+    // row describes).
+    let va = f.store.list_versions(a.certificate.id).await.unwrap();
+    let vb = f.store.list_versions(b.certificate.id).await.unwrap();
+    let a_key = f.blobs.get(va[0].key_blob.as_ref().unwrap()).await.unwrap();
+    f.blobs
+        .put(vb[0].key_blob.as_ref().unwrap(), a_key)
+        .await
+        .unwrap();
+    let b_cert = f.blobs.get(&vb[0].cert_blob).await.unwrap();
+    f.blobs.put(&va[0].cert_blob, b_cert).await.unwrap();
+    let broken = f.services.verify_store(now).await.unwrap();
+    assert_eq!(broken.problems.len(), 3, "{:?}", broken.problems);
+    let text = broken.problems.join("\n");
+    assert!(
+        text.contains(&format!("certificate {} version 1: key", b.certificate.id))
+            && text.contains("does not open"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("certificate {} version 2: ", a.certificate.id))
+            && text.contains(&format!("the row says {}", va[0].serial)),
+        "{text}"
+    );
+    assert!(
+        text.contains("does not belong to its certificate"),
+        "{text}"
+    );
+}
