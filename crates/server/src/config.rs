@@ -55,6 +55,8 @@ pub struct Config {
     pub policy: certflow_core::policy::IssuancePolicies,
     /// Where `/metrics` is served and what it requires (`[metrics]`).
     pub metrics: MetricsConfig,
+    /// The ACME server (`[acme_server]`, off by default).
+    pub acme_server: AcmeServerConfig,
 }
 
 impl Default for Config {
@@ -76,6 +78,7 @@ impl Default for Config {
             console: ConsoleConfig::default(),
             policy: Default::default(),
             metrics: MetricsConfig::default(),
+            acme_server: AcmeServerConfig::default(),
         }
     }
 }
@@ -209,6 +212,8 @@ pub struct ServerConfig {
     pub drain_delay_secs: u64,
     /// Then, longest wait for requests in flight to finish, seconds.
     pub drain_timeout_secs: u64,
+    /// HTTPS on the console listener (`[server.tls]`); plain HTTP without it.
+    pub tls: Option<ServerTlsConfig>,
 }
 
 impl Default for ServerConfig {
@@ -218,6 +223,7 @@ impl Default for ServerConfig {
             public_url: None,
             drain_delay_secs: 0,
             drain_timeout_secs: 30,
+            tls: None,
         }
     }
 }
@@ -1036,6 +1042,10 @@ impl Config {
             .map_err(|e| anyhow::anyhow!("invalid issuance policy: {e}"))?;
         self.auth.check_console()?;
         self.metrics.token()?;
+        if let Some(tls) = &self.server.tls {
+            tls.validate()?;
+        }
+        self.acme_server.validate()?;
         if !matches!(self.log.format.as_str(), "text" | "json") {
             bail!(
                 "log.format must be \"text\" or \"json\", got {:?}",
@@ -1130,10 +1140,163 @@ impl Config {
 
     /// The base URL written into certificates.
     pub fn public_url(&self) -> String {
-        self.server
-            .public_url
-            .clone()
-            .unwrap_or_else(|| format!("http://{}", self.server.listen))
+        self.server.public_url.clone().unwrap_or_else(|| {
+            let scheme = if self.server.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            format!("{scheme}://{}", self.server.listen)
+        })
+    }
+}
+
+/// `[server.tls]`: the console listener's certificate, issued by the
+/// internal CA for `server_names` (and renewed before it expires), or read
+/// from `cert_file`/`key_file`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerTlsConfig {
+    /// Names (DNS names or IP addresses) of the issued certificate.
+    pub server_names: Vec<String>,
+    /// A PEM certificate chain to serve instead (with `key_file`).
+    pub cert_file: Option<PathBuf>,
+    /// The PEM private key of `cert_file`.
+    pub key_file: Option<PathBuf>,
+    /// Lifetime of the issued certificate, days; renewed at two thirds of it.
+    pub validity_days: u32,
+}
+
+impl Default for ServerTlsConfig {
+    fn default() -> Self {
+        Self {
+            server_names: Vec::new(),
+            cert_file: None,
+            key_file: None,
+            validity_days: 90,
+        }
+    }
+}
+
+impl ServerTlsConfig {
+    /// Checks values that types alone cannot.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.cert_file.is_some() != self.key_file.is_some() {
+            bail!("server.tls.cert_file and server.tls.key_file go together");
+        }
+        match (self.cert_file.is_some(), self.server_names.is_empty()) {
+            (true, false) => bail!(
+                "[server.tls]: set server_names (a certificate from the internal CA) or cert_file/key_file, not both"
+            ),
+            (false, true) => {
+                bail!("[server.tls] needs server_names (or cert_file and key_file)")
+            }
+            _ => {}
+        }
+        if !(1..=397).contains(&self.validity_days) {
+            bail!("server.tls.validity_days must be between 1 and 397");
+        }
+        Ok(())
+    }
+}
+
+/// `[acme_server]`: the ACME server (RFC 8555) on the console listener.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AcmeServerConfig {
+    /// Serve `/acme/<issuer>/...` at all.
+    pub enabled: bool,
+    /// External account binding: `"required"` (accounts belong to the team
+    /// of their EAB key) or `"optional"` (without one, `default_team`).
+    pub eab: String,
+    /// The team of accounts registered without EAB (with `eab = "optional"`).
+    pub default_team: Option<String>,
+    /// Port of http-01 validation requests (RFC 8555: 80).
+    pub http01_port: u16,
+    /// Port of tls-alpn-01 validation connections (RFC 8737: 443).
+    pub tls_alpn01_port: u16,
+    /// DNS server for every validation lookup (`127.0.0.1:8053`, or an
+    /// address for port 53); the system resolver when unset.
+    pub dns_resolver: Option<String>,
+    /// Bound on one validation attempt, seconds.
+    pub validation_timeout_secs: u64,
+    /// A valid authorization is reused by the same account this long, seconds (0: never).
+    pub authz_reuse_secs: u64,
+    /// Requests a minute per account.
+    pub per_account_per_minute: u32,
+    /// Requests a minute per client address.
+    pub per_address_per_minute: u32,
+    /// Largest request body, bytes.
+    pub body_limit_bytes: usize,
+}
+
+impl Default for AcmeServerConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            eab: "required".into(),
+            default_team: None,
+            http01_port: 80,
+            tls_alpn01_port: 443,
+            dns_resolver: None,
+            validation_timeout_secs: 10,
+            authz_reuse_secs: 86_400,
+            per_account_per_minute: 300,
+            per_address_per_minute: 600,
+            body_limit_bytes: 64 * 1024,
+        }
+    }
+}
+
+impl AcmeServerConfig {
+    /// Whether accounts need an EAB key.
+    pub fn eab_required(&self) -> bool {
+        self.eab == "required"
+    }
+
+    /// The parsed `dns_resolver`.
+    pub fn dns_resolver_addr(&self) -> anyhow::Result<Option<SocketAddr>> {
+        let Some(r) = self.dns_resolver.as_deref().filter(|r| !r.is_empty()) else {
+            return Ok(None);
+        };
+        r.parse::<SocketAddr>()
+            .or_else(|_| {
+                r.parse::<std::net::IpAddr>()
+                    .map(|ip| SocketAddr::new(ip, 53))
+            })
+            .map(Some)
+            .with_context(|| {
+                format!("acme_server.dns_resolver {r:?} is not an address (127.0.0.1:8053)")
+            })
+    }
+
+    /// Checks values that types alone cannot.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        match (self.eab.as_str(), &self.default_team) {
+            ("required", _) | ("optional", Some(_)) => {}
+            ("optional", None) => {
+                bail!("acme_server.default_team is required with acme_server.eab = \"optional\"")
+            }
+            (other, _) => {
+                bail!("acme_server.eab must be \"required\" or \"optional\", got {other:?}")
+            }
+        }
+        self.dns_resolver_addr()?;
+        if self.http01_port == 0 || self.tls_alpn01_port == 0 {
+            bail!("acme_server.http01_port and acme_server.tls_alpn01_port must not be 0");
+        }
+        if !(1..=120).contains(&self.validation_timeout_secs) {
+            bail!("acme_server.validation_timeout_secs must be between 1 and 120");
+        }
+        if self.per_account_per_minute == 0 || self.per_address_per_minute == 0 {
+            bail!(
+                "acme_server.per_account_per_minute and acme_server.per_address_per_minute must be at least 1"
+            );
+        }
+        if !(4096..=1024 * 1024).contains(&self.body_limit_bytes) {
+            bail!("acme_server.body_limit_bytes must be between 4096 and 1048576");
+        }
+        Ok(())
     }
 }
 
@@ -1151,6 +1314,54 @@ mod tests {
             Some(PathBuf::from("certflow-data/certflow.db"))
         );
         assert_eq!(c.public_url(), "http://127.0.0.1:8080");
+    }
+
+    /// `[acme_server]` is off by default with EAB required; `[server.tls]`
+    /// turns the console listener (and the default public URL) to HTTPS.
+    #[test]
+    fn acme_server_and_console_tls_settings() {
+        let d = Config::default();
+        assert!(!d.acme_server.enabled && d.acme_server.eab_required());
+        assert!(d.server.tls.is_none());
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(
+            &file,
+            "[server.tls]\nserver_names = [\"localhost\"]\n[acme_server]\nenabled = true\n\
+             http01_port = 5002\ntls_alpn01_port = 5001\ndns_resolver = \"127.0.0.1:8053\"\n",
+        )
+        .unwrap();
+        let c = Config::load(Some(&file)).unwrap();
+        assert_eq!(c.public_url(), "https://127.0.0.1:8080");
+        assert_eq!(c.server.tls.as_ref().unwrap().server_names, ["localhost"]);
+        assert_eq!(
+            c.acme_server.dns_resolver_addr().unwrap(),
+            Some("127.0.0.1:8053".parse().unwrap())
+        );
+        assert_eq!(
+            (c.acme_server.http01_port, c.acme_server.tls_alpn01_port),
+            (5002, 5001)
+        );
+        for (bad, key) in [
+            ("[server.tls]\n", "server_names"),
+            (
+                "[server.tls]\nserver_names = [\"a\"]\ncert_file = \"c\"\nkey_file = \"k\"\n",
+                "not both",
+            ),
+            (
+                "[acme_server]\neab = \"optional\"\n",
+                "acme_server.default_team",
+            ),
+            ("[acme_server]\neab = \"maybe\"\n", "acme_server.eab"),
+            (
+                "[acme_server]\ndns_resolver = \"resolver\"\n",
+                "acme_server.dns_resolver",
+            ),
+        ] {
+            std::fs::write(&file, bad).unwrap();
+            let err = Config::load(Some(&file)).unwrap_err().to_string();
+            assert!(err.contains(key), "{bad}: {err}");
+        }
     }
 
     /// The whole product on one machine: the agent listener is on by

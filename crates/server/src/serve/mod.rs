@@ -4,6 +4,7 @@
 //! [`admin`].
 
 pub mod admin;
+mod console_tls;
 mod files;
 mod margins;
 mod tasks;
@@ -254,6 +255,14 @@ async fn serve_api(
         crate::deploy_cache::DeployState::new(deployments(config, opened), opened.feed.clone());
     crate::deploy_cache::watch::spawn_cache_watch(deploy.cache.clone(), &opened.feed);
     let (agents, agent_listener) = start_agents(config, opened, &services, deploy.clone()).await?;
+    let console_tls = match &config.server.tls {
+        Some(t) => {
+            let (tls, renewal) = console_tls::tls_config(t, &agents, stop.clone()).await?;
+            tasks.extend(renewal);
+            Some(tls)
+        }
+        None => None,
+    };
     let limits = Arc::new(crate::rate_limit::ConsoleLimits::new(&config.console)?);
     let console = crate::web::login::ConsoleAuth::from_config(
         config,
@@ -296,7 +305,12 @@ async fn serve_api(
         .await
         .with_context(|| format!("binding {}", config.server.listen))?;
     let addr = listener.local_addr()?;
-    println!("certflow: listening on http://{addr}");
+    let scheme = if console_tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    println!("certflow: listening on {scheme}://{addr}");
     tracing::info!(%addr, public_url = %config.public_url(), "console API listening");
     // ACME HTTP-01 challenges are answered on this listener: route port 80 of
     // the certified names here (or use DNS-01).
@@ -323,7 +337,20 @@ async fn serve_api(
         ))
         // The merged routers' errors (login, ACME, metrics) are problem documents too.
         .layer(axum::middleware::from_fn(crate::errors::problem_responses));
-    serve_until_stopped(config, listener, app, agent_listener, stop, tasks).await
+    let listeners = Listeners {
+        console: listener,
+        console_tls,
+        agent: agent_listener,
+    };
+    serve_until_stopped(config, listeners, app, stop, tasks).await
+}
+
+/// The sockets `serve_until_stopped` serves.
+struct Listeners {
+    console: tokio::net::TcpListener,
+    /// `[server.tls]`: the console listener speaks HTTPS.
+    console_tls: Option<Arc<rustls::ServerConfig>>,
+    agent: Option<crate::agent_api::AgentListener>,
 }
 
 /// Binds the metrics listener (`[metrics] listen`) and serves `app` on it
@@ -417,12 +444,16 @@ fn domain_gauges(
 /// waiting for requests in flight up to the drain timeout.
 async fn serve_until_stopped(
     config: &Config,
-    listener: tokio::net::TcpListener,
+    listeners: Listeners,
     app: axum::Router,
-    agent_listener: Option<crate::agent_api::AgentListener>,
     stop: watch::Receiver<bool>,
     tasks: &mut Vec<tokio::task::JoinHandle<()>>,
 ) -> anyhow::Result<()> {
+    let Listeners {
+        console: listener,
+        console_tls,
+        agent: agent_listener,
+    } = listeners;
     let delay = Duration::from_secs(config.server.drain_delay_secs);
     let bound = Duration::from_secs(config.server.drain_timeout_secs);
     if let Some(listener) = agent_listener {
@@ -443,12 +474,28 @@ async fn serve_until_stopped(
             tracing::info!(timeout = ?bound, "listener closed; waiting for requests in flight");
         }
     };
-    let server = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(closing)
-    .into_future();
+    let server: std::pin::Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>> =
+        match console_tls {
+            None => Box::pin(
+                axum::serve(
+                    listener,
+                    app.into_make_service_with_connect_info::<SocketAddr>(),
+                )
+                .with_graceful_shutdown(closing)
+                .into_future(),
+            ),
+            Some(tls) => {
+                let (close, closed) = watch::channel(false);
+                tokio::spawn(async move {
+                    closing.await;
+                    let _ = close.send(true);
+                });
+                Box::pin(async move {
+                    console_tls::serve(listener, tls, app, closed).await;
+                    Ok(())
+                })
+            }
+        };
     tokio::pin!(server);
     let cut_off = async {
         stopped(stop).await;
