@@ -235,11 +235,12 @@ start_certflow() {
         # key on every start, so a restarted server reads what it sealed.
         export CERTFLOW_MASTER_KEY=$master_key
         [ -n "$db" ] && export CERTFLOW_DATABASE__URL=$db
-        exec nohup "$bin" serve >>"$work/$name.out" 2>>"$work/$name.log"
+        exec nohup "$bin" serve >"$work/$name.out" 2>>"$work/$name.log"
     ) &
     cf_pid=$!
     pids+=("$cf_pid")
-    for _ in $(seq 1 600); do
+    # Up to 3 minutes: a restart after kill -9 on a busy machine is slow.
+    for _ in $(seq 1 1800); do
         grep -q '^certflow: listening on ' "$work/$name.out" 2>/dev/null && break
         kill -0 "$cf_pid" 2>/dev/null || die "$name exited: $(tail -5 "$work/$name.log")"
         sleep 0.1
