@@ -695,6 +695,21 @@ impl Services {
         idempotency_key: Option<&str>,
         now: OffsetDateTime,
     ) -> DomainResult<CertificateView> {
+        self.create_certificate_as(actor, req, idempotency_key, true, now)
+            .await
+    }
+
+    /// [`create_certificate_idempotent`](Self::create_certificate_idempotent);
+    /// with `managed = false` certflow never renews the certificate itself
+    /// (its requester does, e.g. an ACME client), so it is due at its notAfter.
+    pub(crate) async fn create_certificate_as(
+        &self,
+        actor: &Actor,
+        req: &CreateCertificateRequest,
+        idempotency_key: Option<&str>,
+        managed: bool,
+        now: OffsetDateTime,
+    ) -> DomainResult<CertificateView> {
         let idempotency = Idempotency::new(actor, "certificate.create", idempotency_key, req)?;
         if let Some(idempotency) = &idempotency
             && let Some(view) = self.replay(idempotency).await?
@@ -749,10 +764,14 @@ impl Services {
             validity_days: plan.validity_days,
             validity_secs: plan.validity_secs,
             issuer_id: plan.issuer.id,
-            renew_after: self.renew_after(&plan.issuer, &renewal, &version).await,
+            renew_after: if managed {
+                self.renew_after(&plan.issuer, &renewal, &version).await
+            } else {
+                version.not_after
+            },
             renewal,
             status: CertificateStatus::Active,
-            managed: true,
+            managed,
             current_version: 1,
             not_after: version.not_after,
             created_at: now,

@@ -4,6 +4,7 @@
 //! by the caller and passed in as `now`.
 
 mod access;
+pub mod acme;
 pub mod agents;
 mod ca;
 mod certificates;
