@@ -16,6 +16,8 @@ use uuid::Uuid;
 
 use super::*;
 
+mod destination;
+
 /// `certflow cert ...`
 #[derive(Debug, Subcommand)]
 pub enum CertCommand {
@@ -42,6 +44,9 @@ pub enum CertCommand {
     Revoke(RevokeArgs),
     /// Archive: stop renewing and delivering.
     Archive(ArchiveArgs),
+    /// A certificate's destinations: AWS Certificate Manager, ELBv2 listeners.
+    #[command(subcommand)]
+    Destination(destination::DestinationCommand),
 }
 
 /// Which certificate a command acts on: its id, or its name (unique in its
@@ -387,6 +392,7 @@ impl CertCommand {
             CertCommand::Renew(a) => a.client.output,
             CertCommand::Revoke(a) => a.client.output,
             CertCommand::Archive(a) => a.client.output,
+            CertCommand::Destination(d) => d.output(),
         }
     }
 }
@@ -410,6 +416,7 @@ async fn cert(cmd: CertCommand) -> anyhow::Result<()> {
         CertCommand::Renew(args) => renew(args).await,
         CertCommand::Revoke(args) => revoke(args).await,
         CertCommand::Archive(args) => archive(args).await,
+        CertCommand::Destination(cmd) => destination::run(cmd).await,
     }
 }
 

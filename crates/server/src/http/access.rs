@@ -50,6 +50,14 @@ pub fn declared(method: &Method, path: &str) -> Option<Permission> {
         ("GET" | "POST", "/agents/{id}/assignments")
         | ("DELETE", "/agents/{id}/assignments/{certificate_id}") => AgentAdmin,
         ("GET", "/certificates/{id}/deployments") => CertificateRead,
+        // Team-checked by the handlers; attaching and detaching like renewing.
+        (
+            "GET",
+            "/certificates/{id}/destinations"
+            | "/certificates/{id}/destinations/{destination_id}/attempts",
+        ) => CertificateRead,
+        ("POST", "/certificates/{id}/destinations")
+        | ("DELETE", "/certificates/{id}/destinations/{destination_id}") => CertificateWrite,
         // Team-filtered by the handler: a non-admin sees only their teams.
         ("GET", "/compliance") => CertificateRead,
         // Team-filtered by the handler (the discovering agent's teams).

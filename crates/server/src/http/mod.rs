@@ -7,6 +7,7 @@ pub mod agents;
 pub mod compliance;
 pub mod console;
 pub mod deployments;
+pub mod destinations;
 pub mod discovery;
 pub mod import;
 pub mod operations;
@@ -77,6 +78,9 @@ pub fn console_api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(deployments::list_assignments, deployments::assign))
         .routes(routes!(deployments::unassign))
         .routes(routes!(deployments::certificate_deployments))
+        .routes(routes!(destinations::attach, destinations::list))
+        .routes(routes!(destinations::detach))
+        .routes(routes!(destinations::attempts))
         .routes(routes!(compliance::report))
         .routes(routes!(discovery::list))
         .routes(routes!(discovery::take_over))

@@ -96,7 +96,8 @@ async fn harness_full(
         sealer,
         Some("http://127.0.0.1:8080".into()),
     )
-    .with_notifications(store.clone());
+    .with_notifications(store.clone())
+    .with_destinations(store.clone(), None, Default::default());
     services
         .ensure_ca(
             &CaSettings {

@@ -172,6 +172,16 @@ pub async fn metrics(
             st.as_str()
         ));
     }
+    if let Ok(stats) = state.services.destination_stats().await {
+        out.push_str("# HELP certflow_destinations Certificate destinations (ACM, ELBv2 listeners) by kind and delivery status.\n# TYPE certflow_destinations gauge\n");
+        for (kind, status, n) in &stats.by_status {
+            out.push_str(&format!(
+                "certflow_destinations{{kind=\"{}\",status=\"{}\"}} {n}\n",
+                kind.as_str(),
+                status.as_str()
+            ));
+        }
+    }
     let (jwks_ok, jwks_failed) = certflow_auth::jwks_fetches();
     out.push_str("# HELP certflow_jwks_refreshes_total JWKS fetches of this process by outcome.\n# TYPE certflow_jwks_refreshes_total counter\n");
     out.push_str(&format!(

@@ -27,7 +27,8 @@ use crate::auth;
 use crate::config::Config;
 use crate::state::{AppState, RenewalView};
 use tasks::{
-    FeedAgentChanges, spawn_agent_watch, spawn_crl_refresh, spawn_drift_check,
+    FeedAgentChanges, spawn_agent_watch, spawn_crl_refresh, spawn_destination_delivery,
+    spawn_drift_check,
     spawn_settings_watch, spawn_sweeper,
 };
 use wiring::{
@@ -137,6 +138,13 @@ async fn spawn_roles(
             },
         );
         tasks.push(tokio::spawn(worker.run(shutdown.clone())));
+        if config.destinations.enabled {
+            tasks.push(spawn_destination_delivery(
+                opened.services.clone(),
+                Duration::from_secs(config.destinations.poll_interval_secs),
+                shutdown.clone(),
+            ));
+        }
         if config.notifications.enabled {
             let dispatcher = Dispatcher::new(
                 opened.store.notifications.clone(),

@@ -136,6 +136,43 @@ pub(super) fn spawn_crl_refresh(
     })
 }
 
+/// Pushes new versions to their AWS destinations and reads delivered ones
+/// back (worker role). Every worker may run it: a claimed destination is
+/// leased to one of them.
+pub(super) fn spawn_destination_delivery(
+    services: certflow_services::Services,
+    every: Duration,
+    shutdown: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let stop = stopped(shutdown);
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                _ = &mut stop => return,
+                _ = tick.tick() => {}
+            }
+            let now = time::OffsetDateTime::now_utc();
+            match services.deliver_destinations(now).await {
+                Ok(r) if r.delivered + r.failed > 0 => tracing::info!(
+                    delivered = r.delivered,
+                    failed = r.failed,
+                    "destination deliveries"
+                ),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "destination delivery failed; will retry"),
+            }
+            match services.verify_destinations(now).await {
+                Ok(0) => {}
+                Ok(n) => tracing::warn!(drifted = n, "destination drift found; pushing again"),
+                Err(e) => tracing::warn!(error = %e, "destination read-back failed; will retry"),
+            }
+        }
+    })
+}
+
 /// Announces agent changes on the change feed (`agent:<id>`).
 pub(super) struct FeedAgentChanges(pub(super) ChangeFeed);
 

@@ -129,6 +129,8 @@ pub struct StorePorts {
     pub deployments: Arc<dyn certflow_core::ports::DeploymentStore>,
     /// Certificates agents discovered on their hosts.
     pub discovery: Arc<dyn certflow_core::ports::DiscoveryStore>,
+    /// Certificates' AWS destinations and their delivery attempts.
+    pub destinations: Arc<dyn certflow_core::destinations::DestinationStore>,
 }
 
 /// Opens every backend and checks it answers, so a bad setting stops the server
@@ -166,6 +168,13 @@ pub async fn open_services(config: &Config) -> anyhow::Result<Opened> {
     if config.notifications.enabled {
         services = services.with_notifications(store.notifications.clone());
     }
+    services = services.with_destinations(
+        store.destinations.clone(),
+        Some(Arc::new(
+            certflow_destinations::AwsDestinations::from_env().await,
+        )),
+        config.destinations.settings()?,
+    );
     let http01 = certflow_acme::Http01Tokens::new();
     for (name, settings) in &config.acme {
         let (issuer, created) = services
@@ -305,6 +314,7 @@ where
         + NotificationStore
         + certflow_core::ports::DeploymentStore
         + certflow_core::ports::DiscoveryStore
+        + certflow_core::destinations::DestinationStore
         + 'static,
 {
     StorePorts {
@@ -313,6 +323,7 @@ where
         agents: store.clone(),
         deployments: store.clone(),
         discovery: store.clone(),
+        destinations: store.clone(),
         sessions: store.clone(),
         notifications: store,
         db_queue,

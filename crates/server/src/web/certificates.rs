@@ -363,6 +363,43 @@ struct Detail {
     can_assign: bool,
     /// Active agents of the certificate's team not yet assigned.
     assignable: Vec<AgentOption>,
+    /// Its AWS destinations (ACM, listeners) and their delivery.
+    destinations: Vec<DestinationRow>,
+}
+
+/// A destination as the certificate page shows it.
+pub(crate) struct DestinationRow {
+    pub kind: &'static str,
+    pub place: String,
+    pub status: &'static str,
+    pub version: String,
+    pub arn: String,
+    pub error: String,
+    pub updated: String,
+}
+
+fn destination_rows(list: Vec<certflow_core::destinations::Destination>) -> Vec<DestinationRow> {
+    list.into_iter()
+        .map(|d| DestinationRow {
+            kind: d.kind.as_str(),
+            place: match &d.listener_arn {
+                Some(l) if d.default_certificate => format!("{} (default) in {}", l, d.target.region),
+                Some(l) => format!("{l} (SNI) in {}", d.target.region),
+                None => d.target.region.clone(),
+            },
+            status: d.status.as_str(),
+            version: d
+                .delivered_version
+                .map_or_else(|| "-".to_owned(), |v| v.to_string()),
+            arn: d.external_id.unwrap_or_default(),
+            error: match (d.last_error, d.attempts) {
+                (Some(e), n) if n > 0 => format!("{e} ({n} attempts; next {})", when(d.next_attempt_at)),
+                (Some(e), _) => e,
+                (None, _) => String::new(),
+            },
+            updated: when(d.updated_at),
+        })
+        .collect()
 }
 
 /// An agent to choose.
@@ -432,6 +469,14 @@ pub(super) async fn detail(
         .versions
         .iter()
         .find(|v| v.version == c.current_version);
+    // A server without destinations wired shows none rather than failing the page.
+    let destinations = destination_rows(
+        state
+            .services
+            .certificate_destinations(id)
+            .await
+            .unwrap_or_default(),
+    );
     let page = Detail {
         l: ctx.layout(c.name.clone(), "certificates"),
         notice,
@@ -470,6 +515,7 @@ pub(super) async fn detail(
         deployments: rows,
         can_assign,
         assignable,
+        destinations,
     };
     Ok(html(&page))
 }

@@ -15,6 +15,7 @@ mod cli;
 mod console_ui;
 mod data_at_rest;
 mod deployments;
+mod destinations;
 mod discovery;
 mod embedded_server;
 mod import;
