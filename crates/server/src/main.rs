@@ -54,6 +54,9 @@ enum Command {
     /// Enrol and manage agents (join tokens, list, disable) through the API.
     #[command(subcommand)]
     Agent(cli::agent::AgentCommand),
+    /// ACME server administration: External Account Binding keys, through the API.
+    #[command(subcommand)]
+    Acme(cli::acme::AcmeCommand),
     /// Offline administration on the server's own data (run where the server runs).
     #[command(subcommand)]
     Admin(AdminCommand),
@@ -177,6 +180,7 @@ fn main() -> ExitCode {
             Command::Cert(cmd) => return Ok(cli::cert::run_cert(cmd).await),
             Command::Ca(cmd) => return Ok(cli::ca::run_ca(cmd).await),
             Command::Agent(cmd) => return Ok(cli::agent::run_agent(cmd).await),
+            Command::Acme(cmd) => return Ok(cli::acme::run_acme(cmd).await),
             Command::Openapi => {
                 println!("{}", http::openapi_json());
                 Ok(())

@@ -33,6 +33,8 @@ pub struct AppState {
     pub deploy: DeployState,
     /// The agent use cases (agents, join tokens, the agent-identity CA).
     pub agents: Agents,
+    /// The ACME server's use cases (EAB keys for the console), when wired.
+    pub acme: Option<certflow_services::acme::AcmeService>,
 }
 
 /// What the API reads about renewal and notifications.

@@ -10,6 +10,7 @@
 //! sent one. Everything goes to stdout through [`out`], so a reader that
 //! goes away early (`| head`) ends the command quietly instead of a panic.
 
+pub mod acme;
 pub mod agent;
 pub mod ca;
 pub mod cert;

@@ -64,6 +64,10 @@ pub fn declared(method: &Method, path: &str) -> Option<Permission> {
         ("GET", "/discovered") => CertificateRead,
         // The body's team is checked by the handler.
         ("POST", "/discovered/{id}/take-over") => CertificateWrite,
+        // ACME EAB keys and "renew now": team-checked by the handlers, as issuing.
+        ("GET", "/acme/eab-keys") => CertificateRead,
+        ("POST", "/acme/eab-keys" | "/acme/certificates/{id}/renew-now")
+        | ("DELETE", "/acme/eab-keys/{id}") => CertificateWrite,
         _ => return None,
     })
 }

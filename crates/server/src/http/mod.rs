@@ -3,6 +3,7 @@
 //! ([`access`]), and the OpenAPI document generated from the same code.
 
 pub mod access;
+pub mod acme_eab;
 pub mod agents;
 pub mod compliance;
 pub mod console;
@@ -84,6 +85,9 @@ pub fn console_api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(compliance::report))
         .routes(routes!(discovery::list))
         .routes(routes!(discovery::take_over))
+        .routes(routes!(acme_eab::create_eab_key, acme_eab::list_eab_keys))
+        .routes(routes!(acme_eab::revoke_eab_key))
+        .routes(routes!(acme_eab::renew_now))
         .split_for_parts()
 }
 

@@ -32,6 +32,9 @@ mod import;
 #[path = "discovery_tests.rs"]
 mod discovery;
 
+#[path = "acme_eab_tests.rs"]
+mod acme_eab;
+
 #[path = "input_tests.rs"]
 mod input;
 
@@ -154,6 +157,11 @@ async fn harness_full(
         limits: limits.clone(),
         deploy: deploy.clone(),
         agents: agents.clone(),
+        acme: Some(certflow_services::acme::AcmeService::new(
+            &services,
+            store.clone(),
+            certflow_services::acme::AcmeSettings::default(),
+        )),
     };
     // `/metrics` as the metrics listener serves it (no token), beside the console's routes.
     let mut router = app(state.clone()).merge(crate::ops::metrics_router(None).with_state(state));

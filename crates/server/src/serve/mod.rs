@@ -293,6 +293,7 @@ async fn serve_api(
         limits,
         deploy,
         agents,
+        acme: None,
     };
     tasks.extend(crate::ops::emf::spawn(
         config.log.emf,

@@ -286,6 +286,7 @@ mod tests {
             limits,
             deploy,
             agents,
+            acme: None,
         };
         // `/metrics` as the metrics listener serves it, beside the console's routes.
         let router = crate::router::app(state.clone())

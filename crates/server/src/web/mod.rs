@@ -19,6 +19,7 @@
 //! Every response carries a strict Content-Security-Policy (no inline script
 //! or style), HSTS, `nosniff`, `Referrer-Policy` and `frame-ancestors 'none'`.
 
+mod acme;
 mod admin;
 mod assets;
 mod audit;
@@ -110,6 +111,9 @@ pub fn router() -> Router<AppState> {
             post(discovery::take_over),
         )
         .route("/console/subscriptions", get(admin::subscriptions))
+        .route("/console/acme", get(acme::page))
+        .route("/console/acme/eab-keys", post(acme::create))
+        .route("/console/acme/eab-keys/{key_id}/revoke", post(acme::revoke))
         .route("/console/signed-out", get(|| async { signed_out_page() }))
         .route("/console/static/{file}", get(assets::serve))
         .layer(SetResponseHeaderLayer::overriding(
