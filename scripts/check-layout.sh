@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # The server crate's delivery surfaces are siblings that never import each
 # other: http/ (console API), web/ (pages and login), agent_api/ (agent
-# listener), pki_api/ (public CA endpoints) and ops/ (probes, metrics). What
-# they share sits in leaf modules at the crate root, which import no surface;
-# only router.rs and serve/ know them all; config.rs imports nothing of the
-# crate. Test code (tests.rs, *_tests.rs, and what follows `#[cfg(test)]`)
+# listener), pki_api/ (public CA endpoints), ops/ (probes, metrics) and
+# acme_api/ (the ACME server). What they share sits in leaf modules at the
+# crate root, which import no surface; only router.rs and serve/ know them
+# all; config.rs imports nothing of the crate. Test code (tests.rs, *_tests.rs, and what follows `#[cfg(test)]`)
 # may drive the whole router. Fails naming the file and the import.
 set -euo pipefail
 cd "$(dirname "$0")/../crates/server/src"
-surfaces=(http web agent_api pki_api ops)
+surfaces=(http web agent_api pki_api ops acme_api)
 leaves=(auth config deploy_cache errors extract rate_limit session state telemetry views)
 
 # Non-test, non-comment lines of the .rs files under $@, as file:line:text.

@@ -1,5 +1,6 @@
 //! `certflow`: the server (`serve`) and the admin CLI that calls its API.
 
+mod acme_api;
 mod agent_api;
 mod auth;
 mod cli;

@@ -40,6 +40,13 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// `app` with the ACME server's routes (`/acme/<issuer>/...`, outside
+/// `/console` and `/agent`), which carry their own body limit, rate limits
+/// and protocol headers.
+pub fn with_acme_server(app: Router, api: crate::acme_api::AcmeApi) -> Router {
+    app.merge(crate::acme_api::router(api))
+}
+
 /// Unknown routes: a problem document, except a browser asking for a page
 /// under `/console/`, which gets the console's HTML "not found" page.
 async fn fallback(method: Method, uri: Uri, headers: HeaderMap) -> Response {

@@ -138,6 +138,13 @@ async fn spawn_roles(
             },
         );
         tasks.push(tokio::spawn(worker.run(shutdown.clone())));
+        if config.acme_server.enabled {
+            tasks.push(tasks::spawn_acme_validation(
+                wiring::acme_service(config, opened),
+                wiring::acme_validators(config)?,
+                shutdown.clone(),
+            ));
+        }
         if config.destinations.enabled {
             tasks.push(spawn_destination_delivery(
                 opened.services.clone(),
@@ -293,7 +300,8 @@ async fn serve_api(
         limits,
         deploy,
         agents,
-        acme: None,
+        // EAB keys can be managed before the ACME server is switched on.
+        acme: Some(wiring::acme_service(config, opened)),
     };
     tasks.extend(crate::ops::emf::spawn(
         config.log.emf,
@@ -325,6 +333,21 @@ async fn serve_api(
     // the certified names here (or use DNS-01).
     let state_for_metrics = state.clone();
     let app = crate::router::app(state).merge(certflow_acme::http01_router(opened.http01.clone()));
+    let app = if config.acme_server.enabled {
+        let api = crate::acme_api::AcmeApi::new(
+            wiring::acme_service(config, opened),
+            crate::acme_api::AcmeApiSettings {
+                base_url: config.public_url(),
+                eab_required: config.acme_server.eab_required(),
+                body_limit: config.acme_server.body_limit_bytes,
+                per_account_per_minute: config.acme_server.per_account_per_minute,
+                per_address_per_minute: config.acme_server.per_address_per_minute,
+            },
+        );
+        crate::router::with_acme_server(app, api)
+    } else {
+        app
+    };
     // Browser login to the console, when [auth.oidc] is configured.
     let app = match console {
         Some(console) => app.merge(crate::web::login::router(console)),

@@ -215,3 +215,35 @@ pub(super) fn spawn_agent_watch(agents: certflow_services::agents::Agents, feed:
 pub fn drift_interval(drift_after: Duration) -> Duration {
     (drift_after / 10).clamp(Duration::from_secs(5), Duration::from_secs(60))
 }
+
+/// Validates answered ACME challenges (worker role): claims due ones with a
+/// lease, so several workers never validate the same challenge at once, and
+/// retries with backoff inside the use case.
+pub(super) fn spawn_acme_validation(
+    service: certflow_services::acme::AcmeService,
+    validators: certflow_acme_server::ChallengeValidators,
+    shutdown: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let stop = stopped(shutdown);
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                _ = &mut stop => return,
+                _ = tick.tick() => {}
+            }
+            match service
+                .run_due_validations(&validators, 20, time::OffsetDateTime::now_utc())
+                .await
+            {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(attempts = n, "ACME challenge validations"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "ACME challenge validation failed; will retry")
+                }
+            }
+        }
+    })
+}

@@ -129,6 +129,8 @@ pub struct StorePorts {
     pub deployments: Arc<dyn certflow_core::ports::DeploymentStore>,
     /// Certificates agents discovered on their hosts.
     pub discovery: Arc<dyn certflow_core::ports::DiscoveryStore>,
+    /// ACME server accounts, EAB keys, orders, authorizations, challenges, nonces.
+    pub acme: Arc<dyn certflow_core::acme::AcmeStore>,
     /// Certificates' AWS destinations and their delivery attempts.
     pub destinations: Arc<dyn certflow_core::destinations::DestinationStore>,
 }
@@ -314,6 +316,7 @@ where
         + NotificationStore
         + certflow_core::ports::DeploymentStore
         + certflow_core::ports::DiscoveryStore
+        + certflow_core::acme::AcmeStore
         + certflow_core::destinations::DestinationStore
         + 'static,
 {
@@ -323,6 +326,7 @@ where
         agents: store.clone(),
         deployments: store.clone(),
         discovery: store.clone(),
+        acme: store.clone(),
         destinations: store.clone(),
         sessions: store.clone(),
         notifications: store,
@@ -442,4 +446,36 @@ pub(super) fn bearer_authenticators(
         Some(validator) => vec![Arc::new(auth::OidcBearer(validator))],
         None => Vec::new(),
     })
+}
+
+/// The ACME server's use cases, with `[acme_server]`'s settings.
+pub(super) fn acme_service(
+    config: &Config,
+    opened: &Opened,
+) -> certflow_services::acme::AcmeService {
+    let a = &config.acme_server;
+    let settings = certflow_services::acme::AcmeSettings {
+        eab_required: a.eab_required(),
+        default_team: a.default_team.clone(),
+        authz_reuse: time::Duration::seconds(
+            i64::try_from(a.authz_reuse_secs).unwrap_or(i64::MAX / 2),
+        ),
+        ..Default::default()
+    };
+    certflow_services::acme::AcmeService::new(&opened.services, opened.store.acme.clone(), settings)
+}
+
+/// The challenge validators of `[acme_server]`, under the outbound policy.
+pub(super) fn acme_validators(
+    config: &Config,
+) -> anyhow::Result<certflow_acme_server::ChallengeValidators> {
+    let a = &config.acme_server;
+    let settings = certflow_acme_server::ValidatorSettings {
+        http01_port: a.http01_port,
+        tls_alpn01_port: a.tls_alpn01_port,
+        dns_resolver: a.dns_resolver_addr()?,
+        timeout: Duration::from_secs(a.validation_timeout_secs),
+    };
+    certflow_acme_server::ChallengeValidators::new(settings, Arc::new(config.outbound_policy()?))
+        .map_err(|e| anyhow::anyhow!("[acme_server]: {e}"))
 }

@@ -53,6 +53,7 @@ pub fn group_of(path: &str) -> &'static str {
         "pki" => "pki",
         "healthz" | "readyz" | "metrics" => "probe",
         ".well-known" => "acme",
+        "acme" => "acme-server",
         _ => "other",
     }
 }
@@ -331,6 +332,7 @@ mod tests {
         assert_eq!(group_of("/readyz"), "probe");
         assert_eq!(group_of("/metrics"), "probe");
         assert_eq!(group_of("/.well-known/acme-challenge/{token}"), "acme");
+        assert_eq!(group_of("/acme/{issuer}/new-order"), "acme-server");
         assert_eq!(group_of("/wp-admin/x.php"), "other");
     }
 
