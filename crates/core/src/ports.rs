@@ -227,10 +227,11 @@ pub trait RenewalLedger: Send + Sync {
     async fn latest_renewal_job(&self, certificate_id: Uuid) -> DomainResult<Option<RenewalJob>>;
     /// Counts by state and the oldest unfinished job's age at `now`.
     async fn renewal_job_stats(&self, now: OffsetDateTime) -> DomainResult<QueueStats>;
-    /// Queued jobs never delivered (no attempt) and unchanged since `before`,
-    /// oldest first, at most `limit`: jobs whose hand-off to an external queue
-    /// may have been lost (a crash between the ledger insert and the send).
-    async fn unstarted_renewal_jobs(
+    /// Queued or running jobs unchanged since `before`, oldest first, at most
+    /// `limit`: jobs whose message in an external queue may have been lost (a
+    /// crash between the ledger insert and the send, a redrive behind the
+    /// ledger's back).
+    async fn stale_renewal_jobs(
         &self,
         before: OffsetDateTime,
         limit: u32,

@@ -328,10 +328,10 @@ impl SqsRenewalQueue {
         Ok(())
     }
 
-    /// Sends `job`'s message again if it looks lost: queued, never delivered,
-    /// and untouched for `resend_after_secs`. `updated_at` records the resend so
-    /// that a backlog (workers down) gets one extra message per period, not one
-    /// per scheduler tick.
+    /// Sends `job`'s message again if it looks lost (see
+    /// [`Self::resend_if_stale`]). `updated_at` records the resend so that a
+    /// backlog (workers down) gets one extra message per period, not one per
+    /// scheduler tick.
     async fn resend_if_lost(&self, certificate_id: Uuid, version: u32) -> DomainResult<()> {
         let Some(job) = self.ledger.latest_renewal_job(certificate_id).await? else {
             return Ok(());
@@ -342,25 +342,47 @@ impl SqsRenewalQueue {
         self.resend_if_stale(job).await.map(|_| ())
     }
 
-    /// Sends `job`'s message again if it is queued, never delivered and
-    /// unchanged for `resend_after_secs`; returns whether it did.
+    /// A job still queued or running that nobody has touched for
+    /// `resend_after_secs` (past its backoff) has lost its message: never sent
+    /// (the process stopped between the ledger insert and SendMessage), or
+    /// moved to the dead-letter queue by the redrive policy behind the
+    /// ledger's back (the worker holding the last delivery SQS would make
+    /// died, or receives that never reached a worker used the count up).
+    /// With attempts left, its message is sent again; without, the job is
+    /// dead-lettered with the reason. Returns whether it did either.
     async fn resend_if_stale(&self, mut job: RenewalJob) -> DomainResult<bool> {
         let now = OffsetDateTime::now_utc();
-        let stale = now - job.updated_at
+        let stale = now - job.updated_at.max(job.run_at)
             >= time::Duration::seconds(
                 i64::try_from(self.options.resend_after_secs).unwrap_or(i64::MAX),
             );
-        if job.state != JobState::Queued || job.attempts > 0 || !stale {
+        if !matches!(job.state, JobState::Queued | JobState::Running) || !stale {
             return Ok(false);
+        }
+        job.lease_until = None;
+        job.updated_at = now;
+        if job.attempts >= job.max_attempts {
+            let reason = format!(
+                "its SQS message was moved to the dead-letter queue after {} deliveries \
+                 (the last worker stopped mid-attempt)",
+                job.attempts
+            );
+            tracing::warn!(job = %job.id, certificate = %job.certificate_id, version = job.version, "renewal job dead-lettered: {reason}");
+            job.state = JobState::Dead;
+            job.last_error = Some(reason);
+            self.ledger.update_renewal_job(&job, None).await?;
+            return Ok(true);
         }
         tracing::warn!(
             job = %job.id,
             certificate = %job.certificate_id,
             version = job.version,
-            "renewal job queued but never delivered; sending its SQS message again"
+            attempts = job.attempts,
+            "renewal job {} but its SQS message is gone; sending it again",
+            job.state.as_str()
         );
         self.send(&job, now).await?;
-        job.updated_at = now;
+        job.state = JobState::Queued;
         self.ledger.update_renewal_job(&job, None).await?;
         Ok(true)
     }
@@ -496,9 +518,11 @@ impl SqsRenewalQueue {
             .attributes()
             .and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount))
             .and_then(|v| v.parse::<u32>().ok())
-            .unwrap_or(job.attempts.saturating_add(1));
+            .unwrap_or(0);
         let mut job = job;
-        job.attempts = receive_count;
+        // SQS counts this message's receives; a message sent again (its first
+        // was lost) starts from one, and the attempts go on from the ledger's.
+        job.attempts = receive_count.max(job.attempts.saturating_add(1));
         job.max_attempts = job.max_attempts.min(self.options.max_receive_count.max(1));
         job.state = JobState::Running;
         job.last_attempt_at = Some(now);
@@ -544,7 +568,7 @@ impl RenewalQueue for SqsRenewalQueue {
                 i64::try_from(self.options.resend_after_secs).unwrap_or(i64::MAX / 2),
             );
         let mut resent = 0;
-        for job in self.ledger.unstarted_renewal_jobs(cutoff, 100).await? {
+        for job in self.ledger.stale_renewal_jobs(cutoff, 100).await? {
             if self.resend_if_stale(job).await? {
                 resent += 1;
             }

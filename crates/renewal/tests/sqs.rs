@@ -595,3 +595,80 @@ fn options_deserialize_with_defaults_and_refuse_unknown_fields() {
     .unwrap_err();
     assert!(err.to_string().contains("max_recieve_count"), "{err}");
 }
+
+/// The queue of `env` with a one-second `resend_after_secs`: what the
+/// scheduler's recovery does an hour later, by default, today.
+fn impatient(env: &Env, max_receive_count: u32) -> SqsRenewalQueue {
+    let options = SqsOptions {
+        dead_letter_queue_url: Some(env.dlq_url.clone()),
+        max_receive_count,
+        resend_after_secs: 1,
+        ..SqsOptions::new(env.queue_url.clone())
+    };
+    SqsRenewalQueue::new(&env.sdk, options, env.store.clone())
+}
+
+#[tokio::test]
+async fn a_job_the_redrive_policy_took_from_a_dead_worker_is_dead_lettered_with_the_reason() {
+    let env = Env::start(2, true).await;
+    let job = env.job(1);
+    env.queue.enqueue(&job).await.unwrap();
+    // Both deliveries SQS will make end with the worker killed mid-attempt.
+    env.receive_one(Duration::from_secs(1), NO_WAIT).await;
+    env.receive_one(Duration::from_secs(1), Duration::from_secs(3))
+        .await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    env.receive_none(Duration::from_secs(1)).await;
+    assert_eq!(env.depth().await.dead_letter, Some(1));
+    // The redrive happened behind the ledger's back: it still says running.
+    assert_eq!(env.ledger(job.id).await.state, JobState::Running);
+
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(impatient(&env, 2).recover().await.unwrap(), 1);
+    let dead = env.ledger(job.id).await;
+    assert_eq!(dead.state, JobState::Dead, "{dead:?}");
+    let reason = dead.last_error.unwrap_or_default();
+    assert!(
+        reason.contains("dead-letter queue after 2 deliveries"),
+        "{reason}"
+    );
+    assert_eq!(impatient(&env, 2).recover().await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn receives_that_never_reached_a_worker_do_not_strand_the_job() {
+    let env = Env::start(3, true).await;
+    let job = env.job(1);
+    env.queue.enqueue(&job).await.unwrap();
+    let first = env.receive_one(Duration::from_secs(1), NO_WAIT).await;
+    assert_eq!(first.job.attempts, 1);
+    // That worker died; two receives then fail before the ledger (a database
+    // outage) and hand the message straight back: SQS counts them all.
+    for _ in 0..2 {
+        let got = env
+            .client()
+            .receive_message()
+            .queue_url(&env.queue_url)
+            .visibility_timeout(0)
+            .wait_time_seconds(3)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(got.messages().len(), 1);
+    }
+    env.receive_none(Duration::from_secs(1)).await;
+    assert_eq!(env.depth().await.dead_letter, Some(1));
+    assert_eq!(env.ledger(job.id).await.state, JobState::Running);
+
+    // One attempt of three was made: the job is sent again, and its
+    // attempts go on from the ledger's count.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let queue = impatient(&env, 3);
+    assert_eq!(queue.recover().await.unwrap(), 1);
+    assert_eq!(env.ledger(job.id).await.state, JobState::Queued);
+    let again = env.receive_one(LONG_LEASE, Duration::from_secs(3)).await;
+    assert_eq!(again.job.id, job.id);
+    assert_eq!(again.job.attempts, 2);
+    queue.complete(&again).await.unwrap();
+    assert_eq!(env.ledger(job.id).await.state, JobState::Done);
+}

@@ -157,18 +157,18 @@ impl<B: Backend> RenewalLedger for SqlStore<B> {
         .transpose()
     }
 
-    async fn unstarted_renewal_jobs(
+    async fn stale_renewal_jobs(
         &self,
         before: OffsetDateTime,
         limit: u32,
     ) -> DomainResult<Vec<RenewalJob>> {
-        // The (state, run_at) index narrows to queued jobs, a small set.
+        // The (state, run_at) index narrows to unfinished jobs, a small set.
         let rows = self
             .fetch_all(
                 Sql::new(concat!(
                     "SELECT ",
                     job_columns!(),
-                    " FROM renewal_jobs WHERE state = 'queued' AND attempts = 0 AND updated_at < $1 \
+                    " FROM renewal_jobs WHERE state IN ('queued', 'running') AND updated_at < $1 \
                      ORDER BY updated_at, id LIMIT $2"
                 ))
                 .bind(secs(before))
