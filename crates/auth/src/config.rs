@@ -159,6 +159,11 @@ pub struct IssuerConfig {
     /// Role and teams per client id for client-credentials (service) tokens.
     #[serde(default)]
     pub service_roles: BTreeMap<String, ServiceRole>,
+    /// Development only: accept plain `http://` issuer, discovery, JWKS and
+    /// token endpoint URLs on hosts other than loopback (keys and codes
+    /// fetched over plain HTTP can be swapped by anyone on the path).
+    #[serde(default)]
+    pub allow_insecure_http: bool,
 }
 
 fn default_algorithms() -> Vec<SigningAlgorithm> {
@@ -186,6 +191,7 @@ impl IssuerConfig {
             team_group_prefix: None,
             teams: BTreeMap::new(),
             service_roles: BTreeMap::new(),
+            allow_insecure_http: false,
         }
     }
 
@@ -213,6 +219,17 @@ impl IssuerConfig {
         if self.issuer.is_empty() {
             return Err("issuer is empty".into());
         }
+        let urls = [
+            ("issuer", Some(self.issuer.clone())),
+            ("discovery_url", Some(self.discovery_url())),
+            ("jwks_url", self.jwks_url.clone()),
+        ];
+        for (key, url) in urls {
+            if let Some(url) = url {
+                check_transport(&url, self.allow_insecure_http)
+                    .map_err(|e| format!("{}: {key} {e}", self.issuer))?;
+            }
+        }
         if self.algorithms.is_empty() {
             return Err(format!("{}: algorithms is empty", self.issuer));
         }
@@ -228,5 +245,96 @@ impl IssuerConfig {
             }
             _ => Ok(()),
         }
+    }
+}
+
+/// Whether `url` may carry an issuer's keys, documents or codes: `https://`,
+/// or plain `http://` to a loopback host (`localhost`, 127.0.0.0/8, `::1`:
+/// nothing on the network can see or change it), or anywhere with the
+/// development switch `allow_insecure_http`. `Err` says why not.
+pub fn check_transport(url: &str, allow_insecure_http: bool) -> Result<(), String> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| format!("{url:?} is not a URL: {e}"))?;
+    match parsed.scheme() {
+        "https" => Ok(()),
+        "http" if allow_insecure_http || is_loopback(&parsed) => Ok(()),
+        "http" => Err(format!(
+            "{url:?} uses plain http:// to a host that is not loopback: use https:// \
+             (allow_insecure_http = true accepts it, for development only)"
+        )),
+        other => Err(format!("{url:?}: scheme {other}:// is not https://")),
+    }
+}
+
+fn is_loopback(url: &reqwest::Url) -> bool {
+    let Some(host) = url.host_str() else {
+        return false;
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod transport_tests {
+    use super::*;
+
+    #[test]
+    fn plain_http_only_on_loopback_or_with_the_development_switch() {
+        for ok in [
+            "https://idp.example.com/oauth2/default",
+            "http://127.0.0.1:8090/realms/x",
+            "http://127.9.9.9/",
+            "http://localhost:8080/",
+            "http://LOCALHOST/",
+            "http://[::1]:9000/jwks",
+        ] {
+            assert_eq!(check_transport(ok, false), Ok(()), "{ok}");
+        }
+        for refused in [
+            "http://idp.example.com/oauth2/default",
+            "http://10.0.0.5/jwks",
+            "http://[2001:db8::1]/",
+            "http://localhost.example.com/",
+            "http://127.0.0.1.nip.io/",
+        ] {
+            let e = check_transport(refused, false).unwrap_err();
+            assert!(
+                e.contains("plain http://") && e.contains("allow_insecure_http"),
+                "{refused}: {e}"
+            );
+            assert_eq!(
+                check_transport(refused, true),
+                Ok(()),
+                "{refused} with the switch"
+            );
+        }
+        for never in [
+            "ftp://idp.example.com/",
+            "file:///etc/jwks.json",
+            "idp.example.com",
+        ] {
+            assert!(check_transport(never, true).is_err(), "{never}");
+        }
+    }
+
+    #[test]
+    fn an_issuer_over_plain_http_is_refused_naming_the_key() {
+        let mut c = IssuerConfig::new("http://idp.example.com", Some("api".into()));
+        let e = c.check().unwrap_err();
+        assert!(e.contains("issuer") && e.contains("plain http://"), "{e}");
+        c.allow_insecure_http = true;
+        c.check().unwrap();
+        let mut c = IssuerConfig::new("https://idp.example.com", Some("api".into()));
+        c.jwks_url = Some("http://keys.example.com/jwks".into());
+        let e = c.check().unwrap_err();
+        assert!(e.contains("jwks_url"), "{e}");
+        c.jwks_url = None;
+        c.discovery_url = Some("http://idp.example.com/.well-known/openid-configuration".into());
+        assert!(c.check().unwrap_err().contains("discovery_url"));
+        c.discovery_url = Some("http://127.0.0.1:9/.well-known/openid-configuration".into());
+        c.check().unwrap();
     }
 }

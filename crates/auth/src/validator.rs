@@ -242,6 +242,15 @@ impl TokenValidator {
                 issuer.config.issuer
             )));
         }
+        // The document must not lead the keys or the code exchange onto plain HTTP either.
+        for (field, target) in [
+            ("jwks_uri", &doc.jwks_uri),
+            ("token_endpoint", &doc.token_endpoint),
+        ] {
+            crate::config::check_transport(target, issuer.config.allow_insecure_http).map_err(
+                |e| AuthError::IssuerUnavailable(format!("discovery {url}: {field} {e}")),
+            )?;
+        }
         let doc = Arc::new(doc);
         *cached = Some(doc.clone());
         Ok(doc)

@@ -631,6 +631,11 @@ impl AuthConfig {
         if s.idle_timeout() > s.absolute_timeout() {
             bail!("auth.session.idle_timeout_minutes must not exceed absolute_timeout_hours");
         }
+        for issuer in &self.issuers {
+            issuer
+                .check()
+                .map_err(|e| anyhow::anyhow!("[[auth.issuers]]: {e}"))?;
+        }
         let Some(oidc) = &self.oidc else {
             return Ok(());
         };
@@ -1520,6 +1525,56 @@ mod tests {
         assert_eq!(oidc(None).provider_name(), "login.example.com");
         assert_eq!(oidc(Some("Example SSO")).provider_name(), "Example SSO");
         assert_eq!(oidc(Some("  ")).provider_name(), "login.example.com");
+    }
+
+    #[test]
+    fn an_identity_provider_over_plain_http_is_refused_unless_loopback_or_switched_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        let oidc = |issuer: &str, extra: &str| {
+            format!(
+                "[auth.oidc]\nissuer = \"{issuer}\"\nclient_id = \"c\"\nclient_secret = \"s\"\n\
+                 redirect_uri = \"https://certflow.example.com/console/callback\"\n{extra}"
+            )
+        };
+        let issuers = |issuer: &str, extra: &str| {
+            format!("[[auth.issuers]]\nissuer = \"{issuer}\"\naudience = \"api\"\n{extra}")
+        };
+        for (toml, needle) in [
+            (oidc("http://idp.example.com", ""), "[auth.oidc]"),
+            (
+                oidc(
+                    "https://idp.example.com",
+                    "jwks_url = \"http://keys.example.com/jwks\"\n",
+                ),
+                "jwks_url",
+            ),
+            (issuers("http://idp.example.com", ""), "[[auth.issuers]]"),
+            (
+                issuers(
+                    "https://idp.example.com",
+                    "discovery_url = \"http://10.1.2.3/.well-known/openid-configuration\"\n",
+                ),
+                "discovery_url",
+            ),
+        ] {
+            std::fs::write(&file, &toml).unwrap();
+            let err = format!("{:#}", Config::load(Some(&file)).unwrap_err());
+            assert!(
+                err.contains(needle) && err.contains("plain http://") && err.contains("allow_insecure_http"),
+                "{toml}: {err}"
+            );
+        }
+        for toml in [
+            oidc("http://127.0.0.1:8090", ""),
+            oidc("http://localhost:8090", ""),
+            issuers("http://[::1]:8090", ""),
+            oidc("http://idp.dev.internal", "allow_insecure_http = true\n"),
+            issuers("http://idp.dev.internal", "allow_insecure_http = true\n"),
+        ] {
+            std::fs::write(&file, &toml).unwrap();
+            Config::load(Some(&file)).unwrap_or_else(|e| panic!("{toml}: {e:#}"));
+        }
     }
 
     #[test]

@@ -41,6 +41,9 @@ mod input;
 #[path = "../web/pages_tests.rs"]
 mod pages;
 
+#[path = "route_table_tests.rs"]
+mod route_table;
+
 struct Harness {
     app: Router,
     token: String,
