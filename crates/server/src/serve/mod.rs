@@ -75,6 +75,32 @@ impl Roles {
         }
         Ok(roles)
     }
+
+    /// Refuses a worker without the api role while an ACME issuer uses
+    /// HTTP-01: the process that orders a certificate publishes its tokens
+    /// in its own memory and only its own console listener serves them, so
+    /// the CA would find nothing at the names' port 80.
+    pub fn check_http01(
+        &self,
+        acme: &std::collections::BTreeMap<String, certflow_acme::AcmeSettings>,
+    ) -> anyhow::Result<()> {
+        if !self.worker || self.api {
+            return Ok(());
+        }
+        if let Some(name) = acme
+            .iter()
+            .find(|(_, a)| a.challenge == certflow_acme::ChallengeKind::Http01)
+            .map(|(name, _)| name)
+        {
+            bail!(
+                "[acme.{name}] uses challenge = \"http-01\", but this process is a worker without \
+                 the api role: the worker would publish the HTTP-01 tokens in its own memory, where \
+                 no listener serves them to the CA. Run workers as `certflow serve --roles api,worker` \
+                 (reached by the names' port 80), or set challenge = \"dns-01\" for [acme.{name}]"
+            );
+        }
+        Ok(())
+    }
 }
 
 /// Starts the background roles; they stop when `shutdown` turns true.
@@ -203,6 +229,7 @@ pub(super) async fn stopped(mut rx: watch::Receiver<bool>) {
 
 /// `certflow serve` (all roles unless `--roles` narrows them) and `certflow worker`.
 pub async fn serve(config: Config, roles: Roles) -> anyhow::Result<()> {
+    roles.check_http01(&config.acme)?;
     let opened = open_services(&config).await?;
     margins::check(&config.renewal, opened.store.metadata.as_ref()).await;
     seal_webhook_secrets(&opened.services).await?;

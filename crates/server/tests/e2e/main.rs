@@ -7,6 +7,8 @@
 
 mod support;
 
+mod acme_roles;
+mod agent_input;
 mod agent_nginx;
 mod agent_paths;
 mod agents;
