@@ -41,6 +41,10 @@ pub struct PebbleOptions {
     pub http_port: Option<u16>,
     /// Port pebble connects to for TLS-ALPN-01 (`tlsPort`); `None` picks a free one.
     pub tls_port: Option<u16>,
+    /// Keep pebble's random `badNonce` rejections (`PEBBLE_WFE_NONCEREJECT`
+    /// left at pebble's default, 5 % of requests) instead of turning them
+    /// off: clients must retry them (RFC 8555 §6.5).
+    pub reject_nonces: bool,
 }
 
 /// A running pebble (and pebble-challtestsrv with real validation); both are
@@ -106,11 +110,15 @@ impl Pebble {
 
         let mut cmd = Command::new("pebble");
         cmd.arg("-config").arg(&config_path);
-        // No validation sleeps, no random nonce rejections, no authorization
-        // reuse: fast, deterministic orders.
+        // No validation sleeps, no authorization reuse and, unless asked
+        // for, no random nonce rejections: fast, deterministic orders.
         cmd.env("PEBBLE_VA_NOSLEEP", "1")
-            .env("PEBBLE_WFE_NONCEREJECT", "0")
             .env("PEBBLE_AUTHZREUSE", "0");
+        if options.reject_nonces {
+            cmd.env_remove("PEBBLE_WFE_NONCEREJECT");
+        } else {
+            cmd.env("PEBBLE_WFE_NONCEREJECT", "0");
+        }
         let mut challtestsrv = None;
         let mut challtestsrv_url = None;
         if options.real_validation {

@@ -341,6 +341,17 @@ fn acme_config(
     path.display().to_string()
 }
 
+/// Shell lines of a DNS-01 exec hook that set (`present`) or clear
+/// (`cleanup`) the TXT record in pebble-challtestsrv at `challtestsrv`.
+pub(crate) fn dns01_txt(challtestsrv: &str) -> String {
+    format!(
+        "case \"$CERTFLOW_ACME_ACTION\" in\n\
+         present) curl -sf -X POST {challtestsrv}/set-txt -d \"{{\\\"host\\\":\\\"$CERTFLOW_ACME_TXT_NAME.\\\",\\\"value\\\":\\\"$CERTFLOW_ACME_TXT_VALUE\\\"}}\" ;;\n\
+         cleanup) curl -sf -X POST {challtestsrv}/clear-txt -d \"{{\\\"host\\\":\\\"$CERTFLOW_ACME_TXT_NAME.\\\"}}\" ;;\n\
+         esac\n"
+    )
+}
+
 fn acme_issuer_id(api: &Api) -> String {
     let issuers: Value = api.get("/console/api/v1/issuers").json().unwrap();
     issuers
@@ -354,19 +365,29 @@ fn acme_issuer_id(api: &Api) -> String {
         .to_owned()
 }
 
+/// HTTP-01 validated for real: pebble resolves every name to 127.0.0.1
+/// (pebble-challtestsrv as its DNS) and fetches the token from certflow's
+/// own console listener (pebble's `httpPort`), while rejecting a random
+/// share of nonces (pebble's default), which certflow must retry.
 #[test]
 fn acme_issuer_renews_through_pebble_and_rides_out_a_hung_ca() {
     let rt = runtime();
+    let listen = certflow_testkit::free_port();
     let pebble = rt.block_on(certflow_testkit::pebble::Pebble::start(
         certflow_testkit::pebble::PebbleOptions {
             leaf_validity_secs: Some(90),
+            real_validation: true,
+            http_port: Some(listen),
+            reject_nonces: true,
             ..Default::default()
         },
     ));
     let tmp = tempfile::tempdir().unwrap();
     let config = acme_config(tmp.path(), &pebble, None);
+    let listen = format!("127.0.0.1:{listen}");
     let mut env: Vec<(&str, &str)> = FAST_RENEWAL.to_vec();
     env.push(("CERTFLOW_CONFIG", config.as_str()));
+    env.push(("CERTFLOW_SERVER__LISTEN", listen.as_str()));
     env.push(ALLOW_LOOPBACK_WEBHOOKS);
     let server = start(&tmp.path().join("data"), &env).expect("start");
     let api = Api::new(&server, server.token_line.as_deref().unwrap());
@@ -446,22 +467,26 @@ fn worker_killed_mid_job_is_retried_after_its_lease_and_issues_once() {
     let pebble = rt.block_on(certflow_testkit::pebble::Pebble::start(
         certflow_testkit::pebble::PebbleOptions {
             leaf_validity_secs: Some(60),
+            real_validation: true,
+            reject_nonces: true,
             ..Default::default()
         },
     ));
     let db = certflow_testkit::PgDatabase::create();
     let tmp = tempfile::tempdir().unwrap();
     // The DNS-01 hook hangs while the flag file exists: the worker is then
-    // provably in the middle of a job when it is killed.
+    // provably in the middle of a job when it is killed. Otherwise it sets
+    // the TXT record in pebble-challtestsrv, which pebble validates against.
     let flag = tmp.path().join("hang");
     let calls = tmp.path().join("hook.log");
     let hook = tmp.path().join("hook.sh");
     std::fs::write(
         &hook,
         format!(
-            "#!/bin/sh\necho \"$CERTFLOW_ACME_ACTION $CERTFLOW_ACME_TXT_NAME\" >> {calls}\nif [ \"$CERTFLOW_ACME_ACTION\" = present ] && [ -f {flag} ]; then sleep 30; fi\n",
+            "#!/bin/sh\necho \"$CERTFLOW_ACME_ACTION $CERTFLOW_ACME_TXT_NAME\" >> {calls}\nif [ \"$CERTFLOW_ACME_ACTION\" = present ] && [ -f {flag} ]; then sleep 30; fi\n{txt}",
             calls = calls.display(),
-            flag = flag.display()
+            flag = flag.display(),
+            txt = dns01_txt(pebble.challtestsrv_url().unwrap()),
         ),
     )
     .unwrap();

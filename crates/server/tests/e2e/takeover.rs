@@ -60,6 +60,8 @@ impl Rig {
         let pebble = rt.block_on(certflow_testkit::pebble::Pebble::start(
             certflow_testkit::pebble::PebbleOptions {
                 leaf_validity_secs: Some(LIFETIME_SECS),
+                real_validation: true,
+                reject_nonces: true,
                 ..Default::default()
             },
         ));
@@ -72,9 +74,10 @@ impl Rig {
             format!(
                 "#!/bin/sh\necho \"$CERTFLOW_ACME_ACTION $PPID\" >> {calls}\n\
                  if [ \"$CERTFLOW_ACME_ACTION\" = present ]; then\n\
-                 n=0; while [ -f {flag} ] && [ $n -lt 1500 ]; do sleep 0.1; n=$((n+1)); done\nfi\n",
+                 n=0; while [ -f {flag} ] && [ $n -lt 1500 ]; do sleep 0.1; n=$((n+1)); done\nfi\n{txt}",
                 calls = calls.display(),
-                flag = flag.display()
+                flag = flag.display(),
+                txt = crate::renewal::dns01_txt(pebble.challtestsrv_url().unwrap()),
             ),
         )
         .unwrap();
