@@ -3,6 +3,7 @@
 //! (`crates/*/tests/fuzz_corpus.rs`) includes the very same file with
 //! `#[path]` and runs what the fuzzer ran, on the stable toolchain.
 
+pub mod acme_server;
 pub mod api;
 pub mod auth;
 pub mod pki;
