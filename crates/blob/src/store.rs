@@ -1,7 +1,10 @@
 //! `object_store` adapter (local directory or S3): the one place object_store
 //! errors become domain errors.
 
-use std::path::Path as FsPath;
+use std::collections::BTreeSet;
+use std::fs::{File, OpenOptions};
+use std::io::{ErrorKind, Write};
+use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -45,6 +48,9 @@ pub struct S3Options {
 #[derive(Debug, Clone)]
 pub struct ObjectBlobStore {
     inner: Arc<dyn ObjectStore>,
+    /// The local backend (also `inner`), for `put_all`'s batch of durable
+    /// writes; object_store makes each blob durable on its own.
+    local: Option<Arc<LocalFileSystem>>,
     description: String,
 }
 
@@ -61,8 +67,10 @@ impl ObjectBlobStore {
             backend: "blob store",
             reason: format!("cannot open {}: {e}", dir.display()),
         })?;
+        let fs = Arc::new(fs.with_automatic_cleanup(true).with_fsync(true));
         Ok(Self {
-            inner: Arc::new(fs.with_automatic_cleanup(true).with_fsync(true)),
+            inner: fs.clone(),
+            local: Some(fs),
             description: format!("local directory {}", dir.display()),
         })
     }
@@ -71,6 +79,7 @@ impl ObjectBlobStore {
     pub fn from_store(inner: Arc<dyn ObjectStore>, description: impl Into<String>) -> Self {
         Self {
             inner,
+            local: None,
             description: description.into(),
         }
     }
@@ -143,7 +152,11 @@ impl ObjectBlobStore {
                 format!("S3 bucket {} {place}", options.bucket),
             ),
         };
-        Ok(Self { inner, description })
+        Ok(Self {
+            inner,
+            local: None,
+            description,
+        })
     }
 
     /// Checks the store answers: lists one page under a prefix no blob uses. For
@@ -225,6 +238,102 @@ fn describe(e: &dyn std::error::Error) -> String {
     text
 }
 
+/// Writes `files` (key, file, bytes) so that all are durable when it returns
+/// Ok, with one fsync per file and one per directory whose entries changed,
+/// however many of the files share it: each goes to a staging file beside its
+/// destination (`<name>#<n>`, which object_store's listing skips), is synced,
+/// then renamed into place, so a crash never leaves a half-written blob under
+/// its name. On an error the staging files are removed; the caller removes
+/// the blobs already renamed.
+fn write_durably(files: &[(String, PathBuf, Bytes)]) -> DomainResult<()> {
+    let mut staged = Vec::with_capacity(files.len());
+    let result = stage_sync_rename(files, &mut staged);
+    if result.is_err() {
+        for tmp in &staged {
+            let _ = std::fs::remove_file(tmp);
+        }
+    }
+    result
+}
+
+/// The steps of [`write_durably`]; `staged` collects the staging files made.
+fn stage_sync_rename(
+    files: &[(String, PathBuf, Bytes)],
+    staged: &mut Vec<PathBuf>,
+) -> DomainResult<()> {
+    let mut dirty = BTreeSet::new();
+    for (key, dest, data) in files {
+        let fail = |op: &str, e: std::io::Error| unavailable(op, key, &e);
+        let parent = dest
+            .parent()
+            .ok_or_else(|| DomainError::Internal(format!("bad blob key {key:?}")))?;
+        create_dirs(parent, &mut dirty).map_err(|e| fail("create directory for", e))?;
+        let (mut file, tmp) = stage(dest).map_err(|e| fail("stage", e))?;
+        staged.push(tmp);
+        file.write_all(data).map_err(|e| fail("write", e))?;
+        file.sync_data().map_err(|e| fail("sync", e))?;
+    }
+    for ((key, dest, _), tmp) in files.iter().zip(staged.iter()) {
+        std::fs::rename(tmp, dest).map_err(|e| unavailable("rename", key, &e))?;
+        if let Some(parent) = dest.parent() {
+            dirty.insert(parent.to_path_buf());
+        }
+    }
+    for dir in &dirty {
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| unavailable("sync directory", &dir.display().to_string(), &e))?;
+    }
+    Ok(())
+}
+
+/// Creates `dir` and its missing ancestors, adding each new one and the
+/// existing ancestor that gained an entry to `dirty` (as object_store does).
+fn create_dirs(dir: &FsPath, dirty: &mut BTreeSet<PathBuf>) -> std::io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let mut first_existing = dir;
+    while !first_existing.is_dir() {
+        match first_existing.parent() {
+            Some(p) => first_existing = p,
+            None => break,
+        }
+    }
+    std::fs::create_dir_all(dir)?;
+    let mut at = Some(dir);
+    while let Some(d) = at {
+        dirty.insert(d.to_path_buf());
+        if d == first_existing {
+            break;
+        }
+        at = d.parent();
+    }
+    Ok(())
+}
+
+/// A new staging file beside `dest`.
+fn stage(dest: &FsPath) -> std::io::Result<(File, PathBuf)> {
+    let mut n = 1_u32;
+    loop {
+        let mut tmp = dest.as_os_str().to_owned();
+        tmp.push(format!("#{n}"));
+        let tmp = PathBuf::from(tmp);
+        match OpenOptions::new().write(true).create_new(true).open(&tmp) {
+            Ok(file) => return Ok((file, tmp)),
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => n += 1,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn unavailable(op: &str, key: &str, e: &std::io::Error) -> DomainError {
+    DomainError::Unavailable {
+        backend: "blob store",
+        reason: format!("{op} {key}: {e}"),
+    }
+}
+
 fn map_err(op: &str, key: &str, e: object_store::Error) -> DomainError {
     match e {
         object_store::Error::NotFound { .. } => DomainError::NotFound(format!("blob {key}")),
@@ -243,6 +352,29 @@ impl BlobStore for ObjectBlobStore {
             .await
             .map(|_| ())
             .map_err(|e| map_err("put", key, e))
+    }
+
+    async fn put_all(&self, blobs: Vec<(String, Bytes)>) -> DomainResult<()> {
+        let Some(fs) = &self.local else {
+            // Remote stores: one request per blob, all in flight at once.
+            futures::future::try_join_all(
+                blobs
+                    .into_iter()
+                    .map(|(key, data)| async move { self.put(&key, data).await }),
+            )
+            .await?;
+            return Ok(());
+        };
+        let mut files = Vec::with_capacity(blobs.len());
+        for (key, data) in blobs {
+            let file = fs
+                .path_to_filesystem(&path(&key)?)
+                .map_err(|e| map_err("put", &key, e))?;
+            files.push((key, file, data));
+        }
+        tokio::task::spawn_blocking(move || write_durably(&files))
+            .await
+            .map_err(|e| DomainError::Internal(format!("blob writer task failed: {e}")))?
     }
 
     async fn get(&self, key: &str) -> DomainResult<Bytes> {
@@ -348,5 +480,79 @@ mod tests {
             Err(DomainError::NotFound(_))
         ));
         assert!(dir.path().join("certs/a/2.der").exists());
+    }
+
+    #[tokio::test]
+    async fn local_put_all_writes_every_blob_and_no_staging_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ObjectBlobStore::local(dir.path()).unwrap();
+        let batch = |tag: &'static [u8]| {
+            vec![
+                (
+                    "certificates/c1/v1-0a/key.enc".to_owned(),
+                    Bytes::from_static(tag),
+                ),
+                (
+                    "certificates/c1/v1-0a/cert.der".to_owned(),
+                    Bytes::from_static(b"cert"),
+                ),
+                (
+                    "certificates/c1/v1-0a/chain.pem".to_owned(),
+                    Bytes::from_static(b"chain"),
+                ),
+            ]
+        };
+        store.put_all(batch(b"key")).await.unwrap();
+        // Overwriting a batch (a retried write) replaces the blobs.
+        store.put_all(batch(b"key2")).await.unwrap();
+        assert_eq!(
+            store.get("certificates/c1/v1-0a/key.enc").await.unwrap(),
+            Bytes::from_static(b"key2")
+        );
+        assert_eq!(
+            store.get("certificates/c1/v1-0a/chain.pem").await.unwrap(),
+            Bytes::from_static(b"chain")
+        );
+        let mut keys = store.list("certificates").await.unwrap();
+        keys.sort();
+        assert_eq!(
+            keys,
+            vec![
+                "certificates/c1/v1-0a/cert.der",
+                "certificates/c1/v1-0a/chain.pem",
+                "certificates/c1/v1-0a/key.enc"
+            ]
+        );
+        let on_disk = std::fs::read_dir(dir.path().join("certificates/c1/v1-0a"))
+            .unwrap()
+            .count();
+        assert_eq!(on_disk, 3, "staging files left behind");
+    }
+
+    #[tokio::test]
+    async fn local_put_all_failure_leaves_no_staging_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ObjectBlobStore::local(dir.path()).unwrap();
+        // A file where the batch needs a directory: the second blob cannot be written.
+        store
+            .put("certificates/c2", Bytes::from_static(b"in the way"))
+            .await
+            .unwrap();
+        let err = store
+            .put_all(vec![
+                ("other/ok.der".to_owned(), Bytes::from_static(b"ok")),
+                (
+                    "certificates/c2/v1-0a/cert.der".to_owned(),
+                    Bytes::from_static(b"x"),
+                ),
+            ])
+            .await
+            .unwrap_err();
+        assert!(matches!(err, DomainError::Unavailable { .. }), "{err:?}");
+        let left: Vec<_> = std::fs::read_dir(dir.path().join("other"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(left.is_empty(), "staging files left behind: {left:?}");
     }
 }

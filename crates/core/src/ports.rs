@@ -193,6 +193,15 @@ pub trait MetadataStore: Send + Sync {
 pub trait BlobStore: Send + Sync {
     /// Writes (or overwrites) a blob.
     async fn put(&self, key: &str, data: Bytes) -> DomainResult<()>;
+    /// Writes several blobs (the files of one version): when it returns, every
+    /// one is durable; on an error some may be written, and the caller removes
+    /// them all. Stores that can make a batch durable at once override this.
+    async fn put_all(&self, blobs: Vec<(String, Bytes)>) -> DomainResult<()> {
+        for (key, data) in blobs {
+            self.put(&key, data).await?;
+        }
+        Ok(())
+    }
     /// Reads a blob; `NotFound` if absent.
     async fn get(&self, key: &str) -> DomainResult<Bytes>;
     /// Deletes a blob; absent is fine.

@@ -600,31 +600,23 @@ impl Services {
     ) -> DomainResult<(String, Option<String>, Vec<String>)> {
         let cert_blob = format!("{prefix}/cert.der");
         let chain_blob = format!("{prefix}/chain.pem");
-        let mut written = Vec::new();
+        let mut blobs = Vec::with_capacity(3);
         let mut key_blob = None;
-        let result: DomainResult<()> = async {
-            if let Some(key) = key {
-                let blob = format!("{prefix}/key.enc");
-                let sealed = self
-                    .sealer
-                    .seal(key.pkcs8_der(), &key_context(certificate_id, version))
-                    .await?;
-                self.blobs.put(&blob, Bytes::from(sealed)).await?;
-                written.push(blob.clone());
-                key_blob = Some(blob);
-            }
-            self.blobs
-                .put(&cert_blob, Bytes::from(cert_der.to_vec()))
+        if let Some(key) = key {
+            let blob = format!("{prefix}/key.enc");
+            let sealed = self
+                .sealer
+                .seal(key.pkcs8_der(), &key_context(certificate_id, version))
                 .await?;
-            written.push(cert_blob.clone());
-            self.blobs
-                .put(&chain_blob, Bytes::from(chain_pem.to_owned()))
-                .await?;
-            written.push(chain_blob.clone());
-            Ok(())
+            blobs.push((blob.clone(), Bytes::from(sealed)));
+            key_blob = Some(blob);
         }
-        .await;
-        if let Err(e) = result {
+        blobs.push((cert_blob.clone(), Bytes::from(cert_der.to_vec())));
+        blobs.push((chain_blob.clone(), Bytes::from(chain_pem.to_owned())));
+        let written: Vec<String> = blobs.iter().map(|(key, _)| key.clone()).collect();
+        // One batch: the local store makes the version's files durable
+        // together (one fsync per file and per directory, not per blob).
+        if let Err(e) = self.blobs.put_all(blobs).await {
             self.remove_blobs(&written).await;
             return Err(e);
         }
