@@ -893,7 +893,9 @@ impl DestinationsConfig {
             if v == 0 {
                 bail!("destinations.{name} must be at least 1");
             }
-            Ok(time::Duration::seconds(i64::try_from(v).unwrap_or(i64::MAX / 2)))
+            Ok(time::Duration::seconds(
+                i64::try_from(v).unwrap_or(i64::MAX / 2),
+            ))
         };
         if self.poll_interval_secs == 0 {
             bail!("destinations.poll_interval_secs must be at least 1");
@@ -1561,7 +1563,9 @@ mod tests {
             std::fs::write(&file, &toml).unwrap();
             let err = format!("{:#}", Config::load(Some(&file)).unwrap_err());
             assert!(
-                err.contains(needle) && err.contains("plain http://") && err.contains("allow_insecure_http"),
+                err.contains(needle)
+                    && err.contains("plain http://")
+                    && err.contains("allow_insecure_http"),
                 "{toml}: {err}"
             );
         }
@@ -1573,7 +1577,8 @@ mod tests {
             issuers("http://idp.dev.internal", "allow_insecure_http = true\n"),
         ] {
             std::fs::write(&file, &toml).unwrap();
-            Config::load(Some(&file)).unwrap_or_else(|e| panic!("{toml}: {e:#}"));
+            let loaded = Config::load(Some(&file));
+            assert!(loaded.is_ok(), "{toml}: {:?}", loaded.err());
         }
     }
 

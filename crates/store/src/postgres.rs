@@ -94,7 +94,11 @@ const MIGRATIONS: &[Embedded] = &[
         "subscription deliveries",
         include_str!("../migrations/postgres/0014_subscription_deliveries.sql"),
     ),
-    (15, "acme", include_str!("../migrations/postgres/0015_acme.sql")),
+    (
+        15,
+        "acme",
+        include_str!("../migrations/postgres/0015_acme.sql"),
+    ),
     (
         16,
         "destinations",

@@ -91,7 +91,11 @@ const MIGRATIONS: &[Embedded] = &[
         "subscription deliveries",
         include_str!("../migrations/sqlite/0014_subscription_deliveries.sql"),
     ),
-    (15, "acme", include_str!("../migrations/sqlite/0015_acme.sql")),
+    (
+        15,
+        "acme",
+        include_str!("../migrations/sqlite/0015_acme.sql"),
+    ),
     (
         16,
         "destinations",

@@ -28,8 +28,7 @@ use crate::config::Config;
 use crate::state::{AppState, RenewalView};
 use tasks::{
     FeedAgentChanges, spawn_agent_watch, spawn_crl_refresh, spawn_destination_delivery,
-    spawn_drift_check,
-    spawn_settings_watch, spawn_sweeper,
+    spawn_drift_check, spawn_settings_watch, spawn_sweeper,
 };
 use wiring::{
     Opened, bearer_authenticators, deployments, notifiers, open_services, renewal_queue,

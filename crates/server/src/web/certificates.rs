@@ -383,7 +383,9 @@ fn destination_rows(list: Vec<certflow_core::destinations::Destination>) -> Vec<
         .map(|d| DestinationRow {
             kind: d.kind.as_str(),
             place: match &d.listener_arn {
-                Some(l) if d.default_certificate => format!("{} (default) in {}", l, d.target.region),
+                Some(l) if d.default_certificate => {
+                    format!("{} (default) in {}", l, d.target.region)
+                }
                 Some(l) => format!("{l} (SNI) in {}", d.target.region),
                 None => d.target.region.clone(),
             },
@@ -393,7 +395,9 @@ fn destination_rows(list: Vec<certflow_core::destinations::Destination>) -> Vec<
                 .map_or_else(|| "-".to_owned(), |v| v.to_string()),
             arn: d.external_id.unwrap_or_default(),
             error: match (d.last_error, d.attempts) {
-                (Some(e), n) if n > 0 => format!("{e} ({n} attempts; next {})", when(d.next_attempt_at)),
+                (Some(e), n) if n > 0 => {
+                    format!("{e} ({n} attempts; next {})", when(d.next_attempt_at))
+                }
                 (Some(e), _) => e,
                 (None, _) => String::new(),
             },

@@ -270,7 +270,7 @@ store_case! {
         store.create_order(&o2, &[], 2, &event("acme.order.create", "x")).await.unwrap();
         let z3 = authz(a.id, "api.example.com", false, T0 + DAY);
         let o3 = order(a.id, &[&z3], T0 + 2);
-        assert_conflict(store.create_order(&o3, &[z3.clone()], 2, &event("acme.order.create", "x")).await, &["2"]);
+        assert_conflict(store.create_order(&o3, std::slice::from_ref(&z3), 2, &event("acme.order.create", "x")).await, &["2"]);
         assert!(store.get_authorization(z3.id).await.unwrap().is_none(), "nothing half-written");
         // Another account has its own bound; a finished order no longer counts.
         let ob = order(other.id, &[&z3], T0 + 2);
@@ -279,7 +279,7 @@ store_case! {
         store.update_order(&invalid, OrderStatus::Pending, None).await.unwrap();
         assert_conflict(store.update_order(&invalid, OrderStatus::Pending, None).await, &["no longer pending"]);
         assert_eq!(store.get_order(o2.id).await.unwrap().unwrap(), invalid);
-        store.create_order(&o3, &[z3.clone()], 2, &event("acme.order.create", "x")).await.unwrap();
+        store.create_order(&o3, std::slice::from_ref(&z3), 2, &event("acme.order.create", "x")).await.unwrap();
 
         store.set_authorization_status(z2.id, AuthzStatus::Pending, AuthzStatus::Deactivated, &event("acme.authz.deactivate", "x")).await.unwrap();
         assert_conflict(
@@ -436,9 +436,9 @@ store_case! {
         let expired = AcmeOrder { expires: at(T0 + 100), ..order(a.id, &[&z_old], T0) };
         let valid = AcmeOrder { status: OrderStatus::Valid, expires: at(T0 + 100), ..order(a.id, &[&z_kept], T0) };
         let live = order(a.id, &[&z_live], T0 + 1);
-        store.create_order(&expired, &[z_old.clone()], 10, &event("acme.order.create", "x")).await.unwrap();
-        store.create_order(&valid, &[z_kept.clone()], 10, &event("acme.order.create", "x")).await.unwrap();
-        store.create_order(&live, &[z_live.clone()], 10, &event("acme.order.create", "x")).await.unwrap();
+        store.create_order(&expired, std::slice::from_ref(&z_old), 10, &event("acme.order.create", "x")).await.unwrap();
+        store.create_order(&valid, std::slice::from_ref(&z_kept), 10, &event("acme.order.create", "x")).await.unwrap();
+        store.create_order(&live, std::slice::from_ref(&z_live), 10, &event("acme.order.create", "x")).await.unwrap();
 
         let purged = store.purge_expired_acme(at(T0 + 200), at(T0 - DAY)).await.unwrap();
         assert_eq!((purged.nonces, purged.orders, purged.authorizations), (1, 1, 1));
