@@ -157,23 +157,38 @@ impl DestinationPusher for AwsDestinations {
         if !bundle.chain_pem.trim().is_empty() {
             req = req.certificate_chain(Blob::new(bundle.chain_pem.as_bytes()));
         }
+        let name: String = bundle.name.chars().take(256).collect();
+        let tags = vec![
+            tag(TAG_CERTIFICATE_ID, &bundle.certificate_id.to_string())?,
+            tag(TAG_CERTIFICATE_NAME, &name)?,
+            tag(TAG_MANAGED, &bundle.team)?,
+        ];
         req = match arn {
-            // ACM takes no tags on a re-import: the first import's stay.
+            // ACM takes no tags on a re-import: they are set again below.
             Some(arn) => req.certificate_arn(arn),
-            None => {
-                let name: String = bundle.name.chars().take(256).collect();
-                req.tags(tag(TAG_CERTIFICATE_ID, &bundle.certificate_id.to_string())?)
-                    .tags(tag(TAG_CERTIFICATE_NAME, &name)?)
-                    .tags(tag(TAG_MANAGED, &bundle.team)?)
-            }
+            None => req.set_tags(Some(tags.clone())),
         };
         let out = req
             .send()
             .await
             .map_err(|e| reason("ACM ImportCertificate", e))?;
-        out.certificate_arn()
+        let imported = out
+            .certificate_arn()
             .map(str::to_owned)
-            .ok_or_else(|| "ACM ImportCertificate: no certificate ARN in the answer".to_owned())
+            .ok_or_else(|| "ACM ImportCertificate: no certificate ARN in the answer".to_owned())?;
+        if arn.is_some() {
+            // Real ACM keeps the first import's tags, but an emulator (moto)
+            // or a tag removed by hand would leave the certificate outside
+            // the worker role's tag-scoped policy: setting them is idempotent.
+            c.acm
+                .add_tags_to_certificate()
+                .certificate_arn(&imported)
+                .set_tags(Some(tags))
+                .send()
+                .await
+                .map_err(|e| reason("ACM AddTagsToCertificate", e))?;
+        }
+        Ok(imported)
     }
 
     async fn served_certificate(&self, target: &AwsTarget, arn: &str) -> Result<String, String> {

@@ -281,10 +281,14 @@ impl Services {
         let d = self.destination_of(certificate_id, id).await?;
         let mut removed = None;
         if let Some(arn) = d.external_id.as_deref() {
-            if let (true, Some(listener), false) = (
+            // Only a delivery that succeeded once bound the ARN to the
+            // listener; one that never did (a listener that does not exist)
+            // has nothing to unbind and must not block its own removal.
+            if let (true, Some(listener), false, true) = (
                 d.is_listener(),
                 d.listener_arn.as_deref(),
                 d.default_certificate,
+                d.delivered_version.is_some(),
             ) {
                 self.pusher()?
                     .unbind(&d.target, listener, arn)

@@ -197,14 +197,11 @@ pub async fn renew_now(
     Extension(principal): Extension<Principal>,
     Path(id): Path<Uuid>,
 ) -> ApiResult<Json<RenewNowView>> {
-    let view = state.services.certificate(id).await?;
-    if principal
-        .authorize_certificate(Permission::CertificateRead, &view.certificate)
-        .is_err()
-    {
-        return Err(DomainError::NotFound(format!("certificate {id}")).into());
-    }
-    principal.authorize_certificate(Permission::CertificateWrite, &view.certificate)?;
+    // Like renewing: unknown is 404, another team's certificate 403.
+    state
+        .services
+        .certificate_for(&principal, Permission::CertificateWrite, id)
+        .await?;
     let at = now();
     if !acme(&state)?.renew_now(&actor, id, at).await? {
         return Err(DomainError::Conflict(format!(
