@@ -152,6 +152,7 @@ async fn renew_now_refuses_certificates_not_issued_through_acme() {
     );
     let (status, p) = call(&h.app, "role:operator:a", "POST", &uri, None).await;
     assert_eq!(status, StatusCode::CONFLICT, "{p}");
+    // Another team's certificate: refused as renewing it is (403), not hidden.
     let (status, _) = call(&h.app, "role:operator:b", "POST", &uri, None).await;
-    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(status, StatusCode::FORBIDDEN);
 }
