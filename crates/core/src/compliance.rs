@@ -10,6 +10,7 @@ use serde::Serialize;
 use time::OffsetDateTime;
 
 use crate::deployments::{DeploymentState, DeploymentStatus};
+use crate::destinations::{Destination, DestinationStatus};
 use crate::model::{Certificate, CertificateStatus, CertificateVersion, VersionStatus};
 use crate::policy::IssuancePolicy;
 
@@ -120,10 +121,12 @@ pub mod rules {
     pub const NOT_DEPLOYED: &str = "not-deployed";
     /// An agent reports a version other than the current one installed.
     pub const VERSION_MISMATCH: &str = "version-mismatch";
+    /// A destination (ACM, a listener) does not serve the current version.
+    pub const NOT_DELIVERED: &str = "not-delivered";
     /// Issued by an issuer certflow does not know.
     pub const UNKNOWN_ISSUER: &str = "unknown-issuer";
     /// Every rule id, in report order.
-    pub const ALL: [&str; 9] = [
+    pub const ALL: [&str; 10] = [
         WEAK_KEY,
         WEAK_SIGNATURE,
         VALIDITY_TOO_LONG,
@@ -132,6 +135,7 @@ pub mod rules {
         REVOKED_DEPLOYED,
         NOT_DEPLOYED,
         VERSION_MISMATCH,
+        NOT_DELIVERED,
         UNKNOWN_ISSUER,
     ];
 }
@@ -160,6 +164,8 @@ pub struct Subject<'a> {
     pub signature_algorithm: Option<&'a str>,
     /// Where it stands on each assigned agent.
     pub deployments: &'a [DeploymentState],
+    /// Its destinations (at least those not serving the current version).
+    pub destinations: &'a [Destination],
     /// Versions of this certificate that are revoked.
     pub revoked_versions: &'a [u32],
     /// Whether its issuer is one of certflow's issuers.
@@ -274,6 +280,26 @@ pub fn rate(
         }
     }
 
+    if cert.status == CertificateStatus::Active {
+        for d in s
+            .destinations
+            .iter()
+            .filter(|d| is_undelivered(d, cert.current_version))
+        {
+            push(
+                rules::NOT_DELIVERED,
+                // Like an agent's report: a failure needs someone, a
+                // delivery not yet attempted only time.
+                if d.status == DestinationStatus::Failed {
+                    Severity::Warning
+                } else {
+                    Severity::Info
+                },
+                undelivered_message(d, cert.current_version),
+            );
+        }
+    }
+
     if !s.issuer_known {
         push(
             rules::UNKNOWN_ISSUER,
@@ -287,6 +313,33 @@ pub fn rate(
         );
     }
     out
+}
+
+/// Whether `d` does not serve `current_version` yet: not delivered, or
+/// delivered an older version (a renewal it has not taken yet).
+pub fn is_undelivered(d: &Destination, current_version: u32) -> bool {
+    d.status != DestinationStatus::Delivered || d.delivered_version != Some(current_version)
+}
+
+/// What the not-delivered finding says about `d`.
+fn undelivered_message(d: &Destination, current_version: u32) -> String {
+    let place = match &d.listener_arn {
+        Some(listener) => format!("{} {listener} in {}", d.kind.as_str(), d.target.region),
+        None => format!("{} in {}", d.kind.as_str(), d.target.region),
+    };
+    let serves = d
+        .delivered_version
+        .map_or_else(|| "nothing yet".to_owned(), |v| format!("version {v}"));
+    match (d.status, d.last_error.as_deref()) {
+        (DestinationStatus::Failed, Some(e)) => format!(
+            "destination {place} serves {serves}, not version {current_version}: {} failed attempt(s), last: {e}",
+            d.attempts
+        ),
+        _ => format!(
+            "destination {place} serves {serves}, not version {current_version} ({})",
+            d.status.as_str()
+        ),
+    }
 }
 
 /// The key-size and signature-algorithm rules (weak-key, weak-signature).
@@ -448,6 +501,9 @@ pub struct Summary {
     pub non_compliant: u64,
     /// Of those rated, unmanaged certificates agents discovered.
     pub discovered: u64,
+    /// Destinations not serving their certificate's current version (the
+    /// `not-delivered` findings).
+    pub undelivered_destinations: u64,
 }
 
 impl Summary {
@@ -476,6 +532,9 @@ impl Summary {
             self.non_compliant += 1;
         }
         for f in findings {
+            if f.rule == rules::NOT_DELIVERED {
+                self.undelivered_destinations += 1;
+            }
             *self.by_rule.entry(f.rule.to_owned()).or_default() += 1;
             *self
                 .by_severity
@@ -582,6 +641,37 @@ mod tests {
         }
     }
 
+    fn destination(
+        c: &Certificate,
+        status: DestinationStatus,
+        delivered_version: Option<u32>,
+    ) -> Destination {
+        use crate::destinations::{AwsTarget, DestinationKind};
+        Destination {
+            id: Uuid::nil(),
+            certificate_id: c.id,
+            kind: DestinationKind::AwsAcm,
+            target: AwsTarget {
+                region: "eu-west-1".into(),
+                role_arn: None,
+                role_external_id: None,
+            },
+            listener_arn: None,
+            default_certificate: false,
+            status,
+            external_id: None,
+            delivered_version,
+            delivered_serial: None,
+            attempts: u32::from(status == DestinationStatus::Failed),
+            next_attempt_at: t0(),
+            last_error: (status == DestinationStatus::Failed).then(|| "AccessDenied".into()),
+            verified_at: None,
+            created_by: "admin".into(),
+            created_at: t0(),
+            updated_at: t0(),
+        }
+    }
+
     struct Case {
         name: &'static str,
         edit: fn(&mut Certificate, &mut CertificateVersion, &mut Inputs),
@@ -594,6 +684,7 @@ mod tests {
         key: Option<PublicKeyInfo>,
         sig: Option<&'static str>,
         deployments: Vec<Option<(u32, DeploymentStatus)>>,
+        destinations: Vec<(DestinationStatus, Option<u32>)>,
         revoked: Vec<u32>,
         unknown_issuer: bool,
     }
@@ -612,12 +703,18 @@ mod tests {
             .iter()
             .map(|r| deployment(&c, *r))
             .collect();
+        let destinations: Vec<_> = inputs
+            .destinations
+            .iter()
+            .map(|(status, version)| destination(&c, *status, *version))
+            .collect();
         let s = Subject {
             certificate: &c,
             current: Some(&v),
             key: inputs.key.as_ref(),
             signature_algorithm: inputs.sig,
             deployments: &deployments,
+            destinations: &destinations,
             revoked_versions: &inputs.revoked,
             issuer_known: !inputs.unknown_issuer,
         };
@@ -854,6 +951,41 @@ mod tests {
                 expect: &[(rules::VERSION_MISMATCH, Warning)],
             },
             Case {
+                name: "destination delivered the current version",
+                edit: |_, _, i| i.destinations = vec![(DestinationStatus::Delivered, Some(2))],
+                policy: IssuancePolicy::default(),
+                expect: &[],
+            },
+            Case {
+                name: "destination pending",
+                edit: |_, _, i| i.destinations = vec![(DestinationStatus::Pending, None)],
+                policy: IssuancePolicy::default(),
+                expect: &[(rules::NOT_DELIVERED, Info)],
+            },
+            Case {
+                name: "destination failed",
+                edit: |_, _, i| i.destinations = vec![(DestinationStatus::Failed, None)],
+                policy: IssuancePolicy::default(),
+                expect: &[(rules::NOT_DELIVERED, Warning)],
+            },
+            Case {
+                name: "destination serving the previous version",
+                edit: |_, _, i| i.destinations = vec![(DestinationStatus::Delivered, Some(1))],
+                policy: IssuancePolicy::default(),
+                expect: &[(rules::NOT_DELIVERED, Info)],
+            },
+            Case {
+                name: "failed destination of a revoked certificate",
+                edit: |c, v, i| {
+                    c.status = CertificateStatus::Revoked;
+                    v.status = VersionStatus::Revoked;
+                    i.deployments = vec![];
+                    i.destinations = vec![(DestinationStatus::Failed, Some(1))];
+                },
+                policy: IssuancePolicy::default(),
+                expect: &[],
+            },
+            Case {
                 name: "unknown issuer",
                 edit: |_, _, i| i.unknown_issuer = true,
                 policy: IssuancePolicy::default(),
@@ -874,6 +1006,7 @@ mod tests {
             key: None,
             signature_algorithm: None,
             deployments: &[],
+            destinations: &[],
             revoked_versions: &[],
             issuer_known: true,
         };
@@ -952,5 +1085,27 @@ mod tests {
         assert_eq!(s.by_rule[rules::WEAK_KEY], 0);
         assert_eq!(s.by_severity["critical"], 1);
         assert_eq!(s.by_severity["info"], 0);
+        assert_eq!(s.undelivered_destinations, 0);
+        s.add(&[Finding {
+            rule: rules::NOT_DELIVERED,
+            severity: Severity::Warning,
+            message: "x".into(),
+        }]);
+        assert_eq!(s.undelivered_destinations, 1);
+        assert_eq!(s.by_rule[rules::NOT_DELIVERED], 1);
+    }
+
+    /// The finding names the place, what it serves, and why it failed.
+    #[test]
+    fn the_not_delivered_message_names_place_version_and_reason() {
+        let c = cert();
+        let d = destination(&c, DestinationStatus::Failed, Some(1));
+        let m = undelivered_message(&d, 2);
+        assert!(
+            m.contains("aws-acm in eu-west-1")
+                && m.contains("serves version 1, not version 2")
+                && m.contains("AccessDenied"),
+            "{m}"
+        );
     }
 }

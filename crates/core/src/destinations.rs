@@ -244,6 +244,13 @@ pub trait DestinationStore: Send + Sync {
     ) -> DomainResult<()>;
     /// Counts per kind and status.
     async fn destination_stats(&self) -> DomainResult<DestinationStats>;
+    /// Destinations of active certificates of `teams` (every team when
+    /// `None`) that do not serve their certificate's current version, with
+    /// that version (the compliance report).
+    async fn undelivered_destinations(
+        &self,
+        teams: Option<&[String]>,
+    ) -> DomainResult<Vec<DueDestination>>;
 }
 
 /// What is pushed: one version's certificate, chain and private key.

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use certflow_core::DomainResult;
 use certflow_core::compliance::{self, Finding, PublicKeyInfo, Subject, Summary};
 use certflow_core::deployments::DeploymentState;
+use certflow_core::destinations::Destination;
 use certflow_core::model::{
     Certificate, CertificateQuery, CertificateStatus, CertificateVersion, SortKey, VersionStatus,
 };
@@ -59,6 +60,41 @@ pub struct DiscoveredComplianceItem {
     pub findings: Vec<Finding>,
 }
 
+/// A destination that does not serve its certificate's current version
+/// (each is also a `not-delivered` finding of its certificate).
+#[derive(Debug, Clone, Serialize)]
+pub struct UndeliveredDestination {
+    /// The destination.
+    pub destination_id: Uuid,
+    /// Its certificate.
+    pub certificate_id: Uuid,
+    /// The certificate's name.
+    pub name: String,
+    /// The certificate's team.
+    pub team: String,
+    /// `aws-acm` or `aws-elbv2-listener`.
+    pub kind: &'static str,
+    /// `pending`, `failed`, or `delivered` (an older version).
+    pub status: &'static str,
+    /// AWS region.
+    pub region: String,
+    /// The listener (`aws-elbv2-listener`).
+    pub listener_arn: Option<String>,
+    /// The ACM certificate ARN, once imported.
+    pub external_id: Option<String>,
+    /// Version it serves, if any.
+    pub delivered_version: Option<u32>,
+    /// The certificate's current version, which it should serve.
+    pub current_version: u32,
+    /// Failed attempts since the last success.
+    pub attempts: u32,
+    /// Reason of the last failure.
+    pub last_error: Option<String>,
+    /// Last change of state.
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+}
+
 /// The report.
 #[derive(Debug, Clone, Serialize)]
 pub struct ComplianceReport {
@@ -74,6 +110,9 @@ pub struct ComplianceReport {
     /// Unmanaged certificates agents discovered, with findings, by agent
     /// name then source (empty when the server takes no discovery reports).
     pub discovered: Vec<DiscoveredComplianceItem>,
+    /// Destinations not serving the current version, by team, certificate
+    /// name, then attachment (empty when destinations are not configured).
+    pub undelivered_destinations: Vec<UndeliveredDestination>,
 }
 
 /// What the stored certificate itself says (the metadata cannot tell).
@@ -206,7 +245,8 @@ impl Services {
     /// signature algorithm and key size, which the metadata does not hold),
     /// sequentially, so 100k certificates are ~200k point reads and memory
     /// holds one page plus the findings. Deployments are read once per agent
-    /// (`agent_deployments`), not per certificate: agents are far fewer.
+    /// (`agent_deployments`), not per certificate: agents are far fewer;
+    /// destinations not serving the current version in one query.
     /// Parsing and rating a page, and the discovered certificates (one
     /// signature check per issuer each), run on the CPU pool.
     pub async fn compliance_report(
@@ -246,12 +286,24 @@ impl Services {
             }
         }
 
+        // Only the undelivered ones: a delivered destination has no finding.
+        let mut destinations: HashMap<Uuid, Vec<Destination>> = HashMap::new();
+        if let Some(ports) = &self.destinations {
+            for due in ports.store.undelivered_destinations(teams).await? {
+                destinations
+                    .entry(due.destination.certificate_id)
+                    .or_default()
+                    .push(due.destination);
+            }
+        }
+
         let scopes: Vec<Option<String>> = match teams {
             None => vec![None],
             Some(t) => t.iter().cloned().map(Some).collect(),
         };
         let mut summary = Summary::new();
         let mut items = Vec::new();
+        let mut undelivered = Vec::new();
         for team in scopes {
             let mut offset = 0u64;
             loop {
@@ -271,7 +323,8 @@ impl Services {
                     }
                     // A certificate belongs to one team: listed once.
                     let deployments = deployed.remove(&certificate.id).unwrap_or_default();
-                    fetched.push(self.fetch(certificate, deployments).await?);
+                    let dests = destinations.remove(&certificate.id).unwrap_or_default();
+                    fetched.push(self.fetch(certificate, deployments, dests).await?);
                 }
                 let (names, policies) = (issuer_names.clone(), self.policies.clone());
                 let rated = self
@@ -281,13 +334,21 @@ impl Services {
                             .into_iter()
                             .map(|f| {
                                 let findings = f.rate(&names, &policies, expiring_within_days, now);
-                                (f.certificate, findings)
+                                (f.certificate, f.destinations, findings)
                             })
                             .collect::<Vec<_>>())
                     })
                     .await?;
-                for (cert, findings) in rated {
+                for (cert, dests, findings) in rated {
                     summary.add(&findings);
+                    if cert.status == CertificateStatus::Active {
+                        undelivered.extend(
+                            dests
+                                .into_iter()
+                                .filter(|d| compliance::is_undelivered(d, cert.current_version))
+                                .map(|d| undelivered_item(d, &cert)),
+                        );
+                    }
                     if !findings.is_empty() {
                         items.push(ComplianceItem {
                             certificate_id: cert.id,
@@ -304,6 +365,8 @@ impl Services {
             }
         }
         items.sort_by(|a, b| (&a.team, &a.name).cmp(&(&b.team, &b.name)));
+        // Stable: a certificate's destinations stay in attachment order.
+        undelivered.sort_by(|a, b| (&a.team, &a.name).cmp(&(&b.team, &b.name)));
         let discovered = match fleet.and_then(|(d, _)| d.discovery.clone()) {
             Some(store) => {
                 self.rate_discovered(
@@ -324,6 +387,7 @@ impl Services {
             summary,
             items,
             discovered,
+            undelivered_destinations: undelivered,
         })
     }
 
@@ -436,6 +500,25 @@ fn rate_discovered_rows(
     (out, all)
 }
 
+fn undelivered_item(d: Destination, cert: &Certificate) -> UndeliveredDestination {
+    UndeliveredDestination {
+        destination_id: d.id,
+        certificate_id: cert.id,
+        name: cert.name.clone(),
+        team: cert.team.clone(),
+        kind: d.kind.as_str(),
+        status: d.status.as_str(),
+        region: d.target.region,
+        listener_arn: d.listener_arn,
+        external_id: d.external_id,
+        delivered_version: d.delivered_version,
+        current_version: cert.current_version,
+        attempts: d.attempts,
+        last_error: d.last_error,
+        updated_at: d.updated_at,
+    }
+}
+
 /// One certificate with what the report reads about it (I/O done).
 struct Fetched {
     certificate: Certificate,
@@ -443,6 +526,8 @@ struct Fetched {
     /// The current version's DER, when it could be read.
     der: Option<Bytes>,
     deployments: Vec<DeploymentState>,
+    /// Its destinations not serving the current version.
+    destinations: Vec<Destination>,
 }
 
 impl Services {
@@ -451,6 +536,7 @@ impl Services {
         &self,
         certificate: Certificate,
         deployments: Vec<DeploymentState>,
+        destinations: Vec<Destination>,
     ) -> DomainResult<Fetched> {
         let versions = self.store.list_versions(certificate.id).await?;
         let current = versions
@@ -473,6 +559,7 @@ impl Services {
             versions,
             der,
             deployments,
+            destinations,
         })
     }
 }
@@ -512,6 +599,7 @@ impl Fetched {
             key: Some(&key),
             signature_algorithm: parsed.signature_algorithm.as_deref(),
             deployments: &self.deployments,
+            destinations: &self.destinations,
             revoked_versions: &revoked,
             issuer_known: issuer_name.is_some(),
         };

@@ -408,4 +408,29 @@ impl<B: Backend> DestinationStore for SqlStore<B> {
         }
         Ok(stats)
     }
+
+    async fn undelivered_destinations(
+        &self,
+        teams: Option<&[String]>,
+    ) -> DomainResult<Vec<DueDestination>> {
+        let mut sql = Sql::new(concat!(
+            "SELECT ",
+            destination_columns!(),
+            ", c.current_version FROM destinations d JOIN certificates c \
+             ON c.id = d.certificate_id WHERE c.status = $1 \
+             AND (d.status <> $2 OR d.delivered_version IS NULL \
+                  OR d.delivered_version <> c.current_version)"
+        ))
+        .bind(CertificateStatus::Active.as_str())
+        .bind(DestinationStatus::Delivered.as_str());
+        if let Some(teams) = teams {
+            if teams.is_empty() {
+                return Ok(Vec::new());
+            }
+            sql.push(" AND c.team IN (");
+            in_list(&mut sql, teams);
+        }
+        sql.push(" ORDER BY d.certificate_id, d.created_at, d.id");
+        self.fetch_all(sql).await?.iter().map(due).collect()
+    }
 }
