@@ -22,6 +22,19 @@ struct Row {
     message: String,
 }
 
+/// A destination not serving the current version, as a table row.
+struct DestinationRow {
+    certificate_id: String,
+    name: String,
+    team: String,
+    kind: &'static str,
+    place: String,
+    status: &'static str,
+    serves: String,
+    current: u32,
+    error: String,
+}
+
 #[derive(Template)]
 #[template(path = "compliance.html")]
 struct CompliancePage {
@@ -38,6 +51,8 @@ struct CompliancePage {
     /// (rule, count) of rules with findings.
     by_rule: Vec<(String, u64)>,
     rows: Vec<Row>,
+    /// Destinations not serving the current version (all severities).
+    undelivered: Vec<DestinationRow>,
     csv_url: String,
 }
 
@@ -119,6 +134,26 @@ pub(super) async fn page(
             });
         }
     }
+    let undelivered = report
+        .undelivered_destinations
+        .iter()
+        .map(|d| DestinationRow {
+            certificate_id: d.certificate_id.to_string(),
+            name: d.name.clone(),
+            team: d.team.clone(),
+            kind: d.kind,
+            place: match &d.listener_arn {
+                Some(l) => format!("{l} in {}", d.region),
+                None => d.region.clone(),
+            },
+            status: d.status,
+            serves: d
+                .delivered_version
+                .map_or_else(|| "-".to_owned(), |v| v.to_string()),
+            current: d.current_version,
+            error: d.last_error.clone().unwrap_or_default(),
+        })
+        .collect();
     let s = &report.summary;
     Ok(html(&CompliancePage {
         l: ctx.layout("Compliance", "compliance"),
@@ -143,6 +178,7 @@ pub(super) async fn page(
             .map(|(r, n)| (r.clone(), *n))
             .collect(),
         rows,
+        undelivered,
         csv_url: format!("/console/api/v1/compliance?format=csv&expiring_within_days={days}"),
     }))
 }
