@@ -5,7 +5,7 @@
 //! the certificate's team like the other certificate routes.
 
 use axum::Extension;
-use axum::extract::State;
+use axum::extract::{FromRequest, Request, State};
 use axum::http::StatusCode;
 use certflow_api::Problem;
 use certflow_core::access::{Permission, Principal};
@@ -163,12 +163,15 @@ pub async fn attach(
     Extension(actor): Extension<Actor>,
     Extension(principal): Extension<Principal>,
     Path(id): Path<Uuid>,
-    Json(req): Json<AttachRequest>,
+    request: Request,
 ) -> ApiResult<(StatusCode, Json<DestinationView>)> {
     state
         .services
         .certificate_for(&principal, Permission::CertificateWrite, id)
         .await?;
+    // Read only now: a caller who may not attach learns nothing about what
+    // a valid body looks like (403 whatever it sent, not 400).
+    let Json(req) = Json::<AttachRequest>::from_request(request, &state).await?;
     let kind = DestinationKind::parse(&req.kind)
         .ok_or_else(|| ApiError::invalid_field("kind", "must be aws-acm or aws-elbv2-listener"))?;
     let d = state
