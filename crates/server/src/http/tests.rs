@@ -35,6 +35,9 @@ mod discovery;
 #[path = "acme_eab_tests.rs"]
 mod acme_eab;
 
+#[path = "destinations_tests.rs"]
+mod destinations;
+
 #[path = "input_tests.rs"]
 mod input;
 

@@ -16,7 +16,7 @@ use certflow_core::access::{Permission, Principal, TeamScope};
 use certflow_core::agents::AgentStatus;
 use certflow_core::error::FieldError;
 use certflow_core::model::{
-    AuditQuery, Certificate, CertificateQuery, CertificateStatus, IssuerKind, KeyType,
+    AuditQuery, Certificate, CertificateQuery, CertificateStatus, IssuerKind, KeySource, KeyType,
     RevocationReason, SortKey,
 };
 use certflow_core::renewal::{JobState, RenewalJob};
@@ -365,10 +365,17 @@ struct Detail {
     assignable: Vec<AgentOption>,
     /// Its AWS destinations (ACM, listeners) and their delivery.
     destinations: Vec<DestinationRow>,
+    /// Whether destinations can be attached: active, key held by certflow.
+    can_push: bool,
+    /// The attach form (echoed after a refusal) and the last refusal.
+    dest: super::destinations::DestinationForm,
 }
 
 /// A destination as the certificate page shows it.
 pub(crate) struct DestinationRow {
+    pub id: String,
+    /// An ACM destination with an ARN: detaching may delete the certificate.
+    pub deletable: bool,
     pub kind: &'static str,
     pub place: String,
     pub status: &'static str,
@@ -381,6 +388,8 @@ pub(crate) struct DestinationRow {
 fn destination_rows(list: Vec<certflow_core::destinations::Destination>) -> Vec<DestinationRow> {
     list.into_iter()
         .map(|d| DestinationRow {
+            id: d.id.to_string(),
+            deletable: !d.is_listener() && d.external_id.is_some(),
             kind: d.kind.as_str(),
             place: match &d.listener_arn {
                 Some(l) if d.default_certificate => {
@@ -418,6 +427,25 @@ pub(super) async fn detail(
     State(state): State<AppState>,
     Path(id): Path<Uuid>,
     RawQuery(raw): RawQuery,
+) -> PageResult<Response> {
+    detail_page(
+        &ctx,
+        &state,
+        id,
+        notice(raw.as_deref()),
+        super::destinations::DestinationForm::default(),
+    )
+    .await
+}
+
+/// The certificate page, with `notice` above it and the destination form
+/// as given (a refused attach shows its values and reason).
+pub(super) async fn detail_page(
+    ctx: &Ctx,
+    state: &AppState,
+    id: Uuid,
+    notice: &'static str,
+    dest: super::destinations::DestinationForm,
 ) -> PageResult<Response> {
     let p = ctx.principal();
     state
@@ -461,11 +489,10 @@ pub(super) async fn detail(
         .await?
         .filter(|j| j.version == c.current_version);
     let renewal = renewal_row(c, job, now);
-    let notice = notice(raw.as_deref());
     let rows = deployments::certificate_rows(&state.deploy, id).await?;
     let can_assign = p.can(Permission::AgentAdmin, None) && c.status != CertificateStatus::Archived;
     let assignable = if can_assign {
-        assignable_agents(&state, c, &rows).await?
+        assignable_agents(state, c, &rows).await?
     } else {
         Vec::new()
     };
@@ -511,7 +538,7 @@ pub(super) async fn detail(
         versions: version_rows(&view),
         renewal,
         chain_pem,
-        rows: super::audit::rows(&state, p, &history.items).await?,
+        rows: super::audit::rows(state, p, &history.items).await?,
         can_write: p.may(Permission::CertificateWrite, c),
         can_key: p.may(Permission::KeyDownload, c),
         has_key: current.is_some_and(|v| v.key_blob.is_some()),
@@ -520,6 +547,8 @@ pub(super) async fn detail(
         can_assign,
         assignable,
         destinations,
+        can_push: c.status == CertificateStatus::Active && c.key_source == KeySource::Server,
+        dest,
     };
     Ok(html(&page))
 }
@@ -588,6 +617,10 @@ fn notice(raw: Option<&str>) -> &'static str {
         }
         "done=assigned" => "The certificate was assigned: the agent installs it on its next poll.",
         "done=unassigned" => "The agent no longer installs this certificate.",
+        "done=destination-attached" => {
+            "The destination was attached: the next delivery round pushes the current version."
+        }
+        "done=destination-detached" => "The destination was detached.",
         _ => "",
     }
 }
@@ -1095,6 +1128,23 @@ pub(super) async fn request_submit(
     body: axum::body::Bytes,
 ) -> PageResult<Response> {
     let form = ctx.form(&headers, &body)?;
+    // Authorised before anything is validated: a person who may not request
+    // for the team gets 403, not a form telling them what would pass.
+    let p = ctx.principal();
+    let team = form.get("team").trim();
+    if !p.can(Permission::CertificateWrite, None)
+        || (!team.is_empty() && !p.can(Permission::CertificateWrite, Some(team)))
+    {
+        return Err(DomainError::Forbidden(if team.is_empty() {
+            format!("{} may not request certificates", p.subject)
+        } else {
+            format!(
+                "{} may not request certificates for team '{team}'",
+                p.subject
+            )
+        })
+        .into());
+    }
     let mut page = empty_form(ctx.layout("Request a certificate", "request"));
     page.name = form.get("name").trim().to_owned();
     page.names = form.get("names").to_owned();
@@ -1124,14 +1174,6 @@ pub(super) async fn request_submit(
     };
     if page.team.is_empty() {
         e.add("team", "choose the team that owns the certificate");
-    } else if !ctx
-        .principal()
-        .can(Permission::CertificateWrite, Some(&page.team))
-    {
-        e.add(
-            "team",
-            format!("you may not request certificates for team '{}'", page.team),
-        );
     }
     if req.names.is_empty() && req.csr.is_none() {
         e.add("names", "give at least one DNS name or IP address");

@@ -27,6 +27,7 @@ mod certificates;
 mod compliance;
 mod dashboard;
 mod deployments;
+mod destinations;
 mod discovery;
 pub mod login;
 
@@ -98,6 +99,14 @@ pub fn router() -> Router<AppState> {
         .route(
             "/console/certificates/{id}/unassign",
             post(deployments::unassign),
+        )
+        .route(
+            "/console/certificates/{id}/destinations",
+            post(destinations::attach),
+        )
+        .route(
+            "/console/certificates/{id}/destinations/{destination_id}/detach",
+            post(destinations::detach),
         )
         .route("/console/agents", get(admin::agents))
         .route("/console/agents/join-token", post(admin::join_token))
