@@ -58,8 +58,16 @@ fn tag(xml: &str, name: &str) -> String {
 
 /// An ACM call over its JSON protocol.
 fn acm(moto: &Moto, target: &str, body: Value) -> Value {
-    let r = reqwest::blocking::Client::new()
-        .post(&moto.endpoint)
+    acm_in(moto, None, target, body)
+}
+
+/// An ACM call in `account` (moto's own header; its default account otherwise).
+fn acm_in(moto: &Moto, account: Option<&str>, target: &str, body: Value) -> Value {
+    let mut r = reqwest::blocking::Client::new().post(&moto.endpoint);
+    if let Some(account) = account {
+        r = r.header("x-moto-account-id", account);
+    }
+    let r = r
         .header("X-Amz-Target", format!("CertificateManager.{target}"))
         .header("Content-Type", "application/x-amz-json-1.1")
         .header(
@@ -84,7 +92,17 @@ fn norm(serial: &str) -> String {
 
 /// Serial of the certificate ACM holds under `arn`, by openssl.
 fn acm_serial(moto: &Moto, dir: &std::path::Path, arn: &str) -> String {
-    let pem = acm(moto, "GetCertificate", json!({ "CertificateArn": arn }))["Certificate"]
+    acm_serial_in(moto, None, dir, arn)
+}
+
+/// Serial of the certificate ACM holds under `arn` in `account`, by openssl.
+fn acm_serial_in(moto: &Moto, account: Option<&str>, dir: &std::path::Path, arn: &str) -> String {
+    let pem = acm_in(
+        moto,
+        account,
+        "GetCertificate",
+        json!({ "CertificateArn": arn }),
+    )["Certificate"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -201,6 +219,12 @@ fn current_serial(api: &Api, cert: &str) -> (u64, String) {
         .unwrap()
         .to_owned();
     (current, norm(&serial))
+}
+
+fn compliance(api: &Api) -> Value {
+    let r = api.get("/console/api/v1/compliance");
+    assert_eq!(r.status(), 200);
+    r.json().unwrap()
 }
 
 #[test]
@@ -337,6 +361,38 @@ fn acm_and_listener_destinations_follow_renewals() {
             "reason names the listener: {d}"
         );
     }
+    // The compliance report counts them like undeployed agents: a warning
+    // each, with the reason, and listed.
+    let report = compliance(&api);
+    assert_eq!(report["summary"]["undelivered_destinations"], 2, "{report}");
+    assert_eq!(report["summary"]["by_rule"]["not-delivered"], 2);
+    let listed = report["undelivered_destinations"].as_array().unwrap();
+    for want in [&bad, &wrong_region] {
+        let d = listed
+            .iter()
+            .find(|d| d["destination_id"] == want["id"])
+            .unwrap_or_else(|| panic!("{want} not listed in {report}"));
+        assert_eq!(d["status"], "failed");
+        assert_eq!(d["certificate_id"], id.as_str());
+        assert!(d["last_error"].is_string());
+    }
+    let findings = report["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["certificate_id"] == id.as_str())
+        .unwrap()["findings"]
+        .clone();
+    assert!(
+        findings
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|f| f["rule"] == "not-delivered" && f["severity"] == "warning")
+            .count()
+            == 2,
+        "{findings}"
+    );
     let attempts: Value = api
         .get(&format!("{path}/{}/attempts", bad["id"].as_str().unwrap()))
         .json()
@@ -428,6 +484,21 @@ fn acm_and_listener_destinations_follow_renewals() {
         .unwrap();
     assert_eq!(r.status(), 204);
     assert_eq!(destinations(&api, &id).len(), 3);
+    let r = api
+        .http
+        .delete(format!(
+            "{}{path}/{}",
+            api.base,
+            wrong_region["id"].as_str().unwrap()
+        ))
+        .bearer_auth(&token)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    // What is left serves the current version: nothing to report.
+    let report = compliance(&api);
+    assert_eq!(report["summary"]["undelivered_destinations"], 0, "{report}");
+    assert_eq!(report["undelivered_destinations"], json!([]));
 
     // A CSR-keyed certificate cannot be pushed: certflow has no key.
     let (_, csr) = key_and_csr(dir, "csr-keyed");
@@ -449,4 +520,116 @@ fn acm_and_listener_destinations_follow_renewals() {
         "the problem says why: {problem}"
     );
     eprintln!("destinations e2e: {:?}", started.elapsed());
+}
+
+/// A destination in another account, reached through `role_arn`: certflow
+/// calls STS `AssumeRole` (session name `certflow-destinations`, the
+/// external id given) and imports with the role's credentials. moto puts
+/// what those credentials create in the role's account, so the ARN names
+/// that account and the certificate is found there, not in the default one;
+/// moto's recorded AssumeRole call shows role, session name and external id.
+/// moto does not evaluate trust policies: that the external id is checked is
+/// AWS's part.
+#[test]
+fn a_destination_in_another_account_is_reached_through_an_assumed_role() {
+    require("openssl", "apt-get install openssl");
+    const ACCOUNT: &str = "111122223333";
+    let role = format!("arn:aws:iam::{ACCOUNT}:role/certflow-destinations");
+    let moto = Moto::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let server = start(
+        &dir.join("data"),
+        &[
+            ("AWS_ENDPOINT_URL", moto.endpoint.as_str()),
+            ("AWS_ACCESS_KEY_ID", "test"),
+            ("AWS_SECRET_ACCESS_KEY", "test"),
+            ("AWS_EC2_METADATA_DISABLED", "true"),
+            ("CERTFLOW_DESTINATIONS__POLL_INTERVAL_SECS", "1"),
+            ("CERTFLOW_DESTINATIONS__BACKOFF_BASE_SECS", "1"),
+            ("CERTFLOW_DESTINATIONS__BACKOFF_CAP_SECS", "2"),
+        ],
+    )
+    .unwrap_or_else(|e| panic!("server did not start: {e}"));
+    let token = server.token_line.clone().unwrap();
+    let api = Api::new(&server, &token);
+    let (status, cert) = api.post(
+        "/console/api/v1/certificates",
+        json!({ "team": "web", "names": ["cross-account.example.com"] }),
+    );
+    assert_eq!(status, 201, "{cert}");
+    let id = cert["id"].as_str().unwrap().to_owned();
+    let (status, d) = api.post(
+        &format!("/console/api/v1/certificates/{id}/destinations"),
+        json!({ "kind": "aws-acm", "region": REGION, "role_arn": role,
+                "role_external_id": "certflow-e2e" }),
+    );
+    assert_eq!(status, 201, "{d}");
+    assert_eq!(d["role_arn"], role.as_str());
+    assert!(
+        d.get("role_external_id").is_none(),
+        "the external id is not shown: {d}"
+    );
+
+    let (v1, serial1) = current_serial(&api, &id);
+    let delivered = wait_for(
+        &server,
+        Duration::from_secs(30),
+        "delivered through the role",
+        || {
+            destinations(&api, &id)
+                .into_iter()
+                .find(|x| x["status"] == "delivered" && x["delivered_version"].as_u64() == Some(v1))
+        },
+    );
+    let arn = delivered["external_id"].as_str().unwrap().to_owned();
+    assert!(
+        arn.starts_with(&format!("arn:aws:acm:{REGION}:{ACCOUNT}:certificate/")),
+        "imported in the role's account: {arn}"
+    );
+    assert_eq!(acm_serial_in(&moto, Some(ACCOUNT), dir, &arn), serial1);
+    let default_account = acm(&moto, "ListCertificates", json!({}))["CertificateSummaryList"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(
+        default_account, 0,
+        "nothing imported with the base credentials"
+    );
+
+    let state: Value = reqwest::blocking::get(format!("{}/moto-api/data.json", moto.endpoint))
+        .unwrap()
+        .json()
+        .unwrap();
+    let assumed = state["sts"]["AssumedRole"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        assumed.iter().any(|a| a["role_arn"] == role.as_str()
+            && a["external_id"] == "certflow-e2e"
+            && a["session_name"] == "certflow-destinations"),
+        "AssumeRole with the external id: {assumed:?}"
+    );
+
+    // Renewed: re-imported under the same ARN in that account.
+    let (status, renewed) = api.post(
+        &format!("/console/api/v1/certificates/{id}/renew"),
+        json!({}),
+    );
+    assert_eq!(status, 200, "{renewed}");
+    let (v2, serial2) = current_serial(&api, &id);
+    wait_for(
+        &server,
+        Duration::from_secs(30),
+        "version 2 through the role",
+        || {
+            destinations(&api, &id)
+                .into_iter()
+                .find(|x| x["delivered_version"].as_u64() == Some(v2))
+        },
+    );
+    let items = destinations(&api, &id);
+    assert_eq!(items[0]["external_id"].as_str(), Some(arn.as_str()));
+    assert_eq!(acm_serial_in(&moto, Some(ACCOUNT), dir, &arn), serial2);
 }
