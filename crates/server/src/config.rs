@@ -207,9 +207,14 @@ pub struct AwsEndpoint {
 pub struct ServerConfig {
     /// Address of the console listener.
     pub listen: SocketAddr,
-    /// Externally reachable base URL, written into certificates (CA issuers, CRL).
-    /// Defaults to `http://<listen>`.
+    /// Externally reachable base URL of the console listener (console links,
+    /// the ACME directory). Defaults to `http(s)://<listen>`.
     pub public_url: Option<String>,
+    /// Base URL of `/pki/*` written into certificates (CA issuers, CRL,
+    /// OCSP): plain `http://`, as RFC 5280 relying parties fetch them.
+    /// Defaults to `public_url`, or `http://<server.tls.http_listen>`
+    /// with `[server.tls]`.
+    pub pki_url: Option<String>,
     /// On SIGTERM, seconds to keep accepting requests with `/readyz` at 503
     /// (so load balancers take the replica out) before the listener closes.
     pub drain_delay_secs: u64,
@@ -224,6 +229,7 @@ impl Default for ServerConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             public_url: None,
+            pki_url: None,
             drain_delay_secs: 0,
             drain_timeout_secs: 30,
             tls: None,
@@ -1014,6 +1020,13 @@ impl Config {
         {
             bail!("server.public_url must start with http:// or https://, got {url:?}");
         }
+        if let Some(url) = &self.server.pki_url
+            && !url.starts_with("http://")
+        {
+            bail!(
+                "server.pki_url must start with http:// (certificates point relying parties at CRL, OCSP and CA certificates over plain HTTP), got {url:?}"
+            );
+        }
         if let Some(url) = &self.database.url
             && !["sqlite:", "postgres://", "postgresql://"]
                 .iter()
@@ -1106,6 +1119,13 @@ impl Config {
         self.metrics.token()?;
         if let Some(tls) = &self.server.tls {
             tls.validate()?;
+            if !self.pki_url().starts_with("http://") {
+                bail!(
+                    "with [server.tls], the CRL, OCSP and CA-certificate URLs written into certificates must stay plain http:// \
+                         (a relying party cannot need TLS to check TLS): set server.tls.http_listen (e.g. \"0.0.0.0:80\", a plain-HTTP \
+                         listener for /pki/* and ACME http-01 answers) or server.pki_url (where a load balancer serves /pki/* over HTTP)"
+                );
+            }
         }
         self.acme_server.validate()?;
         if !matches!(self.log.format.as_str(), "text" | "json") {
@@ -1211,6 +1231,20 @@ impl Config {
             format!("{scheme}://{}", self.server.listen)
         })
     }
+
+    /// The base URL of `/pki/*` written into certificates (AIA, CRL, OCSP).
+    pub fn pki_url(&self) -> String {
+        if let Some(url) = &self.server.pki_url {
+            return url.clone();
+        }
+        match &self.server.tls {
+            Some(ServerTlsConfig {
+                http_listen: Some(addr),
+                ..
+            }) => format!("http://{addr}"),
+            _ => self.public_url(),
+        }
+    }
 }
 
 /// `[server.tls]`: the console listener's certificate, issued by the
@@ -1227,6 +1261,9 @@ pub struct ServerTlsConfig {
     pub key_file: Option<PathBuf>,
     /// Lifetime of the issued certificate, days; renewed at two thirds of it.
     pub validity_days: u32,
+    /// A plain-HTTP listener beside the HTTPS one for what must not need
+    /// TLS: `/pki/*` (CRL, OCSP, CA certificates) and ACME http-01 answers.
+    pub http_listen: Option<SocketAddr>,
 }
 
 impl Default for ServerTlsConfig {
@@ -1236,6 +1273,7 @@ impl Default for ServerTlsConfig {
             cert_file: None,
             key_file: None,
             validity_days: 90,
+            http_listen: None,
         }
     }
 }
@@ -1393,8 +1431,19 @@ mod tests {
              http01_port = 5002\ntls_alpn01_port = 5001\ndns_resolver = \"127.0.0.1:8053\"\n",
         )
         .unwrap();
+        let err = Config::load(Some(&file)).unwrap_err().to_string();
+        assert!(err.contains("server.tls.http_listen"), "{err}");
+        std::fs::write(
+            &file,
+            "[server.tls]\nserver_names = [\"localhost\"]\nhttp_listen = \"127.0.0.1:8081\"\n\
+             [acme_server]\nenabled = true\n\
+             http01_port = 5002\ntls_alpn01_port = 5001\ndns_resolver = \"127.0.0.1:8053\"\n",
+        )
+        .unwrap();
         let c = Config::load(Some(&file)).unwrap();
         assert_eq!(c.public_url(), "https://127.0.0.1:8080");
+        // Relying parties reach CRL, OCSP and CA certificates without TLS.
+        assert_eq!(c.pki_url(), "http://127.0.0.1:8081");
         assert_eq!(c.server.tls.as_ref().unwrap().server_names, ["localhost"]);
         assert_eq!(
             c.acme_server.dns_resolver_addr().unwrap(),
@@ -1415,6 +1464,10 @@ mod tests {
                 "acme_server.default_team",
             ),
             ("[acme_server]\neab = \"maybe\"\n", "acme_server.eab"),
+            (
+                "[server]\npki_url = \"https://pki.example.com\"\n",
+                "server.pki_url must start with http://",
+            ),
             (
                 "[acme_server]\ndns_resolver = \"resolver\"\n",
                 "acme_server.dns_resolver",

@@ -40,6 +40,27 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// The plain-HTTP listener beside an HTTPS console (`[server.tls]
+/// http_listen`): only the public CA endpoints, which relying parties fetch
+/// without TLS, and the probes.
+pub fn plain_http_app(state: AppState) -> Router {
+    Router::new()
+        .merge(ops::router())
+        .merge(pki_api::router())
+        .fallback(fallback)
+        .method_not_allowed_fallback(errors::method_not_allowed)
+        .layer(middleware::from_fn_with_state(
+            BODY_LIMIT,
+            errors::limit_body,
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+        .layer(middleware::from_fn(telemetry::metrics::track))
+        .with_state(state)
+}
+
 /// `app` with the ACME server's routes (`/acme/<issuer>/...`, outside
 /// `/console` and `/agent`), which carry their own body limit, rate limits
 /// and protocol headers.

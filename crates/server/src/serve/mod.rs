@@ -357,6 +357,15 @@ async fn serve_api(
     tracing::info!(%addr, public_url = %config.public_url(), "console API listening");
     // ACME HTTP-01 challenges are answered on this listener: route port 80 of
     // the certified names here (or use DNS-01).
+    if let Some(addr) = config.server.tls.as_ref().and_then(|t| t.http_listen) {
+        let plain = crate::router::plain_http_app(state.clone())
+            .merge(certflow_acme::http01_router(opened.http01.clone()))
+            .layer(axum::middleware::from_fn(
+                crate::telemetry::observe::access_log,
+            ))
+            .layer(axum::middleware::from_fn(crate::errors::problem_responses));
+        tasks.push(serve_plain_http(addr, plain, stop.clone()).await?);
+    }
     let state_for_metrics = state.clone();
     let app = crate::router::app(state).merge(certflow_acme::http01_router(opened.http01.clone()));
     let app = if config.acme_server.enabled {
@@ -409,6 +418,33 @@ struct Listeners {
     /// `[server.tls]`: the console listener speaks HTTPS.
     console_tls: Option<Arc<rustls::ServerConfig>>,
     agent: Option<crate::agent_api::AgentListener>,
+}
+
+/// Binds the plain-HTTP listener beside an HTTPS console
+/// (`[server.tls] http_listen`) and serves `app` on it until `stop`.
+async fn serve_plain_http(
+    addr: SocketAddr,
+    app: axum::Router,
+    stop: watch::Receiver<bool>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding server.tls.http_listen {addr}"))?;
+    let bound = listener.local_addr()?;
+    // Logged, not printed: a supervisor may stop reading stdout after the
+    // "listening on" line, and printing to a closed pipe panics.
+    tracing::info!(addr = %bound, "plain-HTTP listener (/pki, ACME http-01) listening");
+    Ok(tokio::spawn(async move {
+        let served = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(stopped(stop))
+        .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "plain-HTTP listener failed");
+        }
+    }))
 }
 
 /// Binds the metrics listener (`[metrics] listen`) and serves `app` on it

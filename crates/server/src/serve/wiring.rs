@@ -158,7 +158,7 @@ pub async fn open_services(config: &Config) -> anyhow::Result<Opened> {
         announcing,
         Arc::new(blobs),
         Sealer::new(provider),
-        Some(config.public_url()),
+        Some(config.pki_url()),
     )
     .with_renewal_defaults(config.renewal.policy.clone())
     .with_renewal_margin(config.renewal.margin())
