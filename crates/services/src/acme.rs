@@ -541,7 +541,7 @@ impl AcmeService {
             );
         }
         if let Some(r) = &replaces {
-            self.check_replaces(account, r).await?;
+            self.check_replaces(account, r, &identifiers).await?;
         }
         let mut authz_ids = Vec::with_capacity(identifiers.len());
         let mut new_authzs = Vec::new();
@@ -624,17 +624,34 @@ impl AcmeService {
         Ok(found.filter(|a| a.created_at + self.settings.authz_reuse > now))
     }
 
-    /// `replaces` must name a certificate this account ordered.
-    async fn check_replaces(&self, account: &AcmeAccount, ari_id: &str) -> AcmeResult<()> {
+    /// `replaces` must name a certificate this account ordered, sharing at
+    /// least one identifier with the new order (RFC 9773 §5).
+    async fn check_replaces(
+        &self,
+        account: &AcmeAccount,
+        ari_id: &str,
+        identifiers: &[AcmeIdentifier],
+    ) -> AcmeResult<()> {
         let serial = keys::serial_of_ari_id(ari_id).ok_or_else(|| {
             AcmeError::malformed("replaces is not an RFC 9773 certificate identifier")
         })?;
-        let origin = self.store.get_acme_certificate(&serial).await?;
-        match origin {
-            Some(o) if o.account_id == account.id => Ok(()),
-            _ => Err(AcmeError::malformed(
-                "replaces names no certificate this account ordered",
-            )),
+        let origin = self
+            .store
+            .get_acme_certificate(&serial)
+            .await?
+            .filter(|o| o.account_id == account.id)
+            .ok_or_else(|| {
+                AcmeError::malformed("replaces names no certificate this account ordered")
+            })?;
+        let replaced = self.store.get_order(origin.order_id).await?;
+        let shares =
+            replaced.is_some_and(|o| o.identifiers.iter().any(|i| identifiers.contains(i)));
+        if shares {
+            Ok(())
+        } else {
+            Err(AcmeError::malformed(
+                "replaces names a certificate that shares no identifier with this order",
+            ))
         }
     }
 
@@ -852,13 +869,16 @@ impl AcmeService {
             .store
             .claim_due_challenges(now, now + self.settings.validation_lease, limit)
             .await?;
-        let mut made = 0;
-        for c in claimed {
-            made += 1;
-            if let Err(e) = self.validate_one(validator, &c, now).await {
+        // Concurrently: each validation may wait out its network timeouts,
+        // and one after another a batch would outlast its lease and be
+        // claimed again by another worker.
+        let made = u32::try_from(claimed.len()).unwrap_or(u32::MAX);
+        futures::future::join_all(claimed.iter().map(|c| async move {
+            if let Err(e) = self.validate_one(validator, c, now).await {
                 tracing::warn!(challenge = %c.id, error = %e, "recording a validation failed");
             }
-        }
+        }))
+        .await;
         Ok(made)
     }
 

@@ -490,8 +490,40 @@ async fn order_validate_finalize_download_revoke() {
     let info = e.acme.renewal_info(&ari, now()).await.unwrap();
     assert!(info.window.end <= asked && info.window.start <= info.window.end);
 
-    // Revocation: another account may not; reason 7 does not exist; then once.
+    // `replaces` (RFC 9773 §5): a certificate of this account sharing an
+    // identifier with the new order; not another account's, not unrelated names.
     let (stranger, _) = web_account(&e).await;
+    let same = vec![AcmeIdentifier::dns(names[0])];
+    e.acme
+        .new_order(
+            &account,
+            &e.issuer,
+            same.clone(),
+            Some(ari.clone()),
+            None,
+            now(),
+        )
+        .await
+        .unwrap();
+    let err = e
+        .acme
+        .new_order(&stranger, &e.issuer, same, Some(ari.clone()), None, now())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, AcmeErrorKind::Malformed, "{}", err.detail);
+    let other = vec![AcmeIdentifier::dns("other.web.example.com")];
+    let err = e
+        .acme
+        .new_order(&account, &e.issuer, other, Some(ari.clone()), None, now())
+        .await
+        .unwrap_err();
+    assert!(
+        err.detail.contains("shares no identifier"),
+        "{}",
+        err.detail
+    );
+
+    // Revocation: another account may not; reason 7 does not exist; then once.
     let err = e
         .acme
         .revoke(RevokeBy::Account(&stranger), &leaf, None, None, now())
