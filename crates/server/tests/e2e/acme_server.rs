@@ -66,6 +66,8 @@ struct AcmeServer {
 /// Ports of one test's server and of its clients' challenge responders.
 struct Ports {
     listen: u16,
+    /// The plain-HTTP listener for `/pki/*` (`[server.tls] http_listen`).
+    pki: u16,
     http01: u16,
     tls_alpn01: u16,
 }
@@ -74,6 +76,7 @@ impl Ports {
     fn new() -> Self {
         Self {
             listen: certflow_testkit::free_port(),
+            pki: certflow_testkit::free_port(),
             http01: certflow_testkit::free_port(),
             tls_alpn01: certflow_testkit::free_port(),
         }
@@ -131,10 +134,12 @@ fn start_acme(
 ) -> Server {
     let listen = format!("127.0.0.1:{}", ports.listen);
     let own = format!("https://localhost:{}", ports.listen);
+    let pki = format!("127.0.0.1:{}", ports.pki);
     let config = config.display().to_string();
     let mut all = vec![
         ("CERTFLOW_CONFIG", config.as_str()),
         ("CERTFLOW_SERVER__LISTEN", listen.as_str()),
+        ("CERTFLOW_SERVER__TLS__HTTP_LISTEN", pki.as_str()),
         ("CERTFLOW_SERVER__PUBLIC_URL", public.unwrap_or(&own)),
     ];
     all.extend_from_slice(env);
@@ -283,7 +288,9 @@ impl AcmeServer {
             &["openssl", "x509", "-in", &cert, "-noout", "-ocsp_uri"],
         );
         let uri = uri.trim();
-        assert!(uri.starts_with(&self.base), "OCSP URL {uri}");
+        // RFC 5280 relying parties fetch OCSP over plain HTTP: the responder
+        // is on the plain listener beside the HTTPS one.
+        assert!(uri.starts_with("http://127.0.0.1:"), "OCSP URL {uri}");
         ok(
             dir,
             &[
@@ -387,6 +394,7 @@ fn run(program: &Path, args: &[&str], env: &[(&str, &str)], cwd: &Path) -> (bool
 
 /// certbot (`program`) with its state in `dir` against `acme`'s directory.
 fn certbot(program: &Path, acme: &AcmeServer, dir: &Path, args: &[&str]) -> (bool, String) {
+    std::fs::create_dir_all(dir).unwrap();
     let state = |sub: &str| dir.join(sub).display().to_string();
     let (config, work, logs) = (state("config"), state("work"), state("logs"));
     let mut all = vec![
@@ -402,7 +410,18 @@ fn certbot(program: &Path, acme: &AcmeServer, dir: &Path, args: &[&str]) -> (boo
     ];
     all.extend_from_slice(args);
     let ca = acme.ca.display().to_string();
-    run(program, &all, &[("REQUESTS_CA_BUNDLE", &ca)], dir)
+    let (done, out) = run(program, &all, &[("REQUESTS_CA_BUNDLE", &ca)], dir);
+    if done {
+        return (done, out);
+    }
+    // certbot prints one line of an unexpected error; its log has the traceback.
+    let log = std::fs::read_to_string(dir.join("logs/letsencrypt.log")).unwrap_or_default();
+    let tail: Vec<&str> = log.lines().rev().take(40).collect();
+    let tail: Vec<&str> = tail.into_iter().rev().collect();
+    (
+        done,
+        format!("{out}\n--- certbot log (tail) ---\n{}", tail.join("\n")),
+    )
 }
 
 #[test]
@@ -497,7 +516,13 @@ fn certbot_registers_with_eab_issues_renews_revokes_and_unregisters() {
         certbot_bin,
         &acme,
         &cb,
-        &["renew", "--cert-name", "a", "--force-renewal"],
+        &[
+            "renew",
+            "--cert-name",
+            "a",
+            "--force-renewal",
+            "--no-random-sleep-on-renew",
+        ],
     );
     assert!(done, "certbot renew: {out}");
     let second = serial(&cert);
@@ -855,7 +880,14 @@ fn certbot_follows_renewal_info_and_renews_only_after_renew_now() {
             &certbot_bin,
             &acme,
             cb,
-            &["renew", "--cert-name", "ari", "-v"],
+            // Without a TTY certbot sleeps up to 8 minutes before renewing.
+            &[
+                "renew",
+                "--cert-name",
+                "ari",
+                "-v",
+                "--no-random-sleep-on-renew",
+            ],
         );
         assert!(done, "certbot renew: {out}");
         out

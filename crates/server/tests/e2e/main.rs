@@ -8,6 +8,7 @@
 mod support;
 
 mod acme_roles;
+mod acme_server;
 mod agent_input;
 mod agent_nginx;
 mod agent_paths;
