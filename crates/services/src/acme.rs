@@ -1166,6 +1166,15 @@ impl AcmeService {
                 self.store
                     .update_order(&valid, OrderStatus::Processing, Some(&event))
                     .await?;
+                // The certificate is issued and the order valid whatever
+                // happens here: a failure only leaves the old entry active.
+                if let Err(e) = self
+                    .supersede(account, &valid, certificate_id, &actor, now)
+                    .await
+                {
+                    tracing::warn!(order = %order_id, error = %e,
+                        "archiving the certificates this order replaces failed");
+                }
                 Ok(valid)
             }
             Err(e) => {
@@ -1189,6 +1198,54 @@ impl AcmeService {
                 Err(e)
             }
         }
+    }
+
+    /// Archives what a new ACME certificate replaces, so the inventory keeps
+    /// one active entry per client certificate and the old one raises no
+    /// expiry notice: the certificate `replaces` names (RFC 9773), and, for
+    /// clients that do not send it, the account's active certificates for
+    /// exactly the same names. The client renews, so the inventory follows.
+    async fn supersede(
+        &self,
+        account: &AcmeAccount,
+        order: &AcmeOrder,
+        new_id: Uuid,
+        actor: &Actor,
+        now: OffsetDateTime,
+    ) -> DomainResult<()> {
+        let mut old = BTreeSet::new();
+        if let Some(serial) = order.replaces.as_deref().and_then(keys::serial_of_ari_id)
+            && let Some(origin) = self.store.get_acme_certificate(&serial).await?
+            && origin.account_id == account.id
+        {
+            old.insert(origin.certificate_id);
+        }
+        let names: BTreeSet<String> = order.identifiers.iter().map(|i| i.value.clone()).collect();
+        let query = certflow_core::model::CertificateQuery {
+            team: Some(account.team.clone()),
+            labels: [(ACME_ACCOUNT_LABEL.to_owned(), account.id.to_string())].into(),
+            status: Some(certflow_core::model::CertificateStatus::Active),
+            limit: 500,
+            ..Default::default()
+        };
+        let page = self.services.list(&query).await?;
+        for c in &page.items {
+            let theirs: BTreeSet<String> = c.names.iter().map(ToString::to_string).collect();
+            if theirs == names {
+                old.insert(c.id);
+            }
+        }
+        old.remove(&new_id);
+        for id in old {
+            match self.services.archive(actor, id, now).await {
+                Ok(_) | Err(DomainError::Conflict(_)) => {
+                    tracing::info!(certificate = %id, replacement = %new_id,
+                        "ACME certificate archived: its client replaced it");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 
     async fn issue(

@@ -527,6 +527,23 @@ fn certbot_registers_with_eab_issues_renews_revokes_and_unregisters() {
     assert!(done, "certbot renew: {out}");
     let second = serial(&cert);
     assert_ne!(first, second, "renewal must give a new serial");
+    // One active inventory entry for the name: certbot 2.1 sends no
+    // `replaces`, and the entry it renewed is archived, not left to expire.
+    let page: Value = acme
+        .api
+        .get(&format!("/console/api/v1/certificates?search={name}"))
+        .json()
+        .unwrap();
+    let statuses: Vec<&str> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["names"][0] == name.as_str())
+        .map(|c| c["status"].as_str().unwrap())
+        .collect();
+    let mut sorted = statuses.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, ["active", "archived"], "{page}");
 
     // revoke: then OCSP says revoked; a second revoke fails.
     let before = acme.ocsp(work, &cert);

@@ -16,7 +16,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use certflow_blob::ObjectBlobStore;
 use certflow_core::acme::*;
-use certflow_core::model::{Actor, KeyType};
+use certflow_core::model::{Actor, CertificateStatus, KeyType};
 use certflow_core::policy::{IssuancePolicies, IssuancePolicy};
 use certflow_core::ports::MetadataStore;
 use certflow_core::{SubjectName, names::parse_name};
@@ -548,6 +548,28 @@ async fn order_validate_finalize_download_revoke() {
     assert_eq!(err.kind, AcmeErrorKind::AlreadyRevoked);
     let after = e.services.certificate(cert.certificate.id).await.unwrap();
     assert!(after.versions[0].revoked_at.is_some());
+
+    // The client renews (a new order for the same names, no `replaces`):
+    // the inventory keeps one active entry, the one before archived; a
+    // revoked one stays revoked.
+    let mut issued = Vec::new();
+    for _ in 0..2 {
+        let again = validated_order(&e, &account, &names).await;
+        let key = PrivateKey::generate(KeyType::EcdsaP256).unwrap();
+        let valid = e
+            .acme
+            .finalize(&account, again.id, &csr(&names, &key), None, now())
+            .await
+            .unwrap();
+        issued.push(valid.certificate_id.unwrap());
+    }
+    let status = |id| {
+        let services = e.services.clone();
+        async move { services.certificate(id).await.unwrap().certificate.status }
+    };
+    assert_eq!(status(cert.certificate.id).await, CertificateStatus::Revoked);
+    assert_eq!(status(issued[0]).await, CertificateStatus::Archived);
+    assert_eq!(status(issued[1]).await, CertificateStatus::Active);
 }
 
 #[tokio::test]
