@@ -11,7 +11,10 @@
 #   polls     GET /agent/v1/assignments with If-None-Match -> 304 over mTLS
 #             keep-alive with an enrolled agent's identity (oha, 1/8/32
 #             connections) vs nginx answering a static 304 with
-#             ssl_verify_client on against the same agent-identity CA.
+#             ssl_verify_client on against the same agent-identity CA; and
+#             the same poll by an agent enrolled with an OIDC client-credentials
+#             token, sending it on every request (a local ES256 issuer: JWKS
+#             from python3 -m http.server), as a ratio to certificate-only.
 #
 # Options:
 #   --duration S     seconds per load (default 10)
@@ -144,13 +147,14 @@ wrk_run() {
     row "$label" "${rps:-0}" "${reqs:-0}" "$((t1 - t0))" "${p50:--}" "$errs"
 }
 
-# oha_run LABEL PIDS-FUNCTION CONNECTIONS URL CERT KEY ETAG
+# oha_run LABEL PIDS-FUNCTION CONNECTIONS URL CERT KEY ETAG [EXTRA-HEADER]
 oha_run() {
     local label=$1 pidf=$2 c=$3 url=$4 cert=$5 key=$6 etag=$7
-    local out t0 t1 rps reqs p50 errs
+    local out t0 t1 rps reqs p50 errs extra=()
+    [ -n "${8:-}" ] && extra=(-H "$8")
     t0=$(ticks $($pidf))
     out=$("$oha" -z "${duration}s" -c "$c" --no-tui --output-format json --insecure \
-        --cert "$cert" --key "$key" -H "If-None-Match: $etag" "$url" 2>>"$work/oha.err") || true
+        --cert "$cert" --key "$key" -H "If-None-Match: $etag" "${extra[@]}" "$url" 2>>"$work/oha.err") || true
     t1=$(ticks $($pidf))
     echo "$out" >>"$work/oha.log"
     rps=$(echo "$out" | jq -r '.summary.requestsPerSec | floor')
@@ -200,6 +204,59 @@ wrk.headers["Content-Type"] = "application/json"
 wrk.body = '{"certificate_request":' .. [==[$csr_json]==] .. '}'
 EOF
 
+# ---------------------------------------------------------------- OIDC issuer (polls)
+# A local ES256 issuer for token-enrolled agents: a P-256 key, its JWKS served
+# by python3 -m http.server, and client-credentials access tokens signed with
+# openssl (DER signature turned into JOSE's r || s).
+start_issuer() {
+    mkdir -p issuer/www && cd issuer
+    openssl ecparam -name prime256v1 -genkey -noout -out es256.pem 2>/dev/null
+    issuer_port=$(free_port)
+    issuer_url=http://127.0.0.1:$issuer_port
+    python3 - >www/jwks <<'PY'
+import base64, json, subprocess
+der = subprocess.run(["openssl", "ec", "-in", "es256.pem", "-pubout", "-outform", "DER"],
+                     capture_output=True, check=True).stdout
+point = der[-65:]  # a P-256 SubjectPublicKeyInfo ends with 04 || x || y
+b = lambda x: base64.urlsafe_b64encode(x).rstrip(b"=").decode()
+print(json.dumps({"keys": [{"kty": "EC", "crv": "P-256", "kid": "sbs-1", "alg": "ES256",
+                            "use": "sig", "x": b(point[1:33]), "y": b(point[33:65])}]}))
+PY
+    nohup python3 -m http.server "$issuer_port" --bind 127.0.0.1 --directory www >"$work/issuer.log" 2>&1 &
+    pids+=("$!")
+    cd "$work"
+    wait_port "$issuer_port" || die "the JWKS server did not start"
+    cat >certflow.toml <<EOF
+[[auth.issuers]]
+issuer = "$issuer_url"
+jwks_url = "$issuer_url/jwks"
+audience = "urn:certflow:api"
+[auth.issuers.service_roles.sbs-agent]
+role = "viewer"
+teams = ["bench"]
+EOF
+}
+# A client-credentials access token of sbs-agent, valid one hour.
+issuer_token() {
+    (cd "$work/issuer" && python3 - "$issuer_url" <<'PY'
+import base64, json, subprocess, sys, time
+b = lambda x: base64.urlsafe_b64encode(x).rstrip(b"=").decode()
+now = int(time.time())
+head = b(json.dumps({"alg": "ES256", "typ": "at+jwt", "kid": "sbs-1"}).encode())
+body = b(json.dumps({"iss": sys.argv[1], "sub": "sbs-agent", "client_id": "sbs-agent",
+                     "aud": "urn:certflow:api", "iat": now, "exp": now + 3600,
+                     "jti": str(now), "scope": "certs:read"}).encode())
+sig = subprocess.run(["openssl", "dgst", "-sha256", "-sign", "es256.pem"],
+                     input=f"{head}.{body}".encode(), capture_output=True, check=True).stdout
+# DER: 30 len 02 lr r 02 ls s -> r || s, 32 bytes each.
+i = 4 + sig[3]
+r, s = sig[4:i], sig[i + 2:i + 2 + sig[i + 1]]
+raw = r.lstrip(b"\0").rjust(32, b"\0") + s.lstrip(b"\0").rjust(32, b"\0")
+print(f"{head}.{body}.{b(raw)}")
+PY
+    )
+}
+
 # ---------------------------------------------------------------- cfssl
 start_cfssl() {
     mkdir -p cfssl && cd cfssl
@@ -235,6 +292,7 @@ start_certflow() {
         # key on every start, so a restarted server reads what it sealed.
         export CERTFLOW_MASTER_KEY=$master_key
         [ -n "$db" ] && export CERTFLOW_DATABASE__URL=$db
+        [ -f "$work/certflow.toml" ] && export CERTFLOW_CONFIG=$work/certflow.toml
         exec nohup "$bin" serve >"$work/$name.out" 2>>"$work/$name.log"
     ) &
     cf_pid=$!
@@ -272,6 +330,7 @@ issuance_loads() { # label-prefix
 
 if wants sqlite || wants postgres || [ "$kill9" = 1 ]; then start_cfssl; fi
 
+if wants polls; then start_issuer; fi
 if wants sqlite || wants polls; then
     echo "certflow, embedded defaults (SQLite + local blobs)" >&2
     start_certflow sqlite "$work/data-sqlite"
@@ -296,6 +355,19 @@ if wants polls; then
     [ -n "$etag" ] || die "no ETag from $poll_url"
     code=$(curl -sk -o /dev/null -w '%{http_code}' --cert agent.pem --key agent.key -H "If-None-Match: $etag" "$poll_url")
     [ "$code" = 304 ] || die "poll with If-None-Match answered $code, not 304"
+    # The token-enrolled agent: its own key and certificate, the token on every request.
+    access_token=$(issuer_token)
+    openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout token-agent.key -out token-agent.csr \
+        -subj /CN=bench-token-agent 2>/dev/null
+    curl -sfk -H "Authorization: Bearer $access_token" -H 'Content-Type: application/json' \
+        -d "{\"csr\":$(jq -Rs . <token-agent.csr)}" "https://127.0.0.1:$cf_agent_port/agent/v1/enroll" >token-enrolled.json ||
+        die "enrolment with an access token failed: $(tail -3 "$work/sqlite.log")"
+    jq -r .certificate_pem token-enrolled.json >token-agent.pem
+    token_etag=$(curl -sfk -D - -o /dev/null --cert token-agent.pem --key token-agent.key \
+        -H "Authorization: Bearer $access_token" "$poll_url" | tr -d '\r' | sed -n 's/^[Ee][Tt][Aa][Gg]: //p')
+    [ -n "$token_etag" ] || die "no ETag for the token-enrolled agent"
+    code=$(curl -sk -o /dev/null -w '%{http_code}' --cert token-agent.pem --key token-agent.key "$poll_url")
+    [ "$code" = 401 ] || die "the token-enrolled agent without its token answered $code, not 401"
 
     openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout nginx.key -out nginx.pem \
         -days 2 -subj /CN=localhost -addext subjectAltName=DNS:localhost,IP:127.0.0.1 2>/dev/null
@@ -336,6 +408,8 @@ EOF
     for c in 1 8 32; do
         oha_run "agent 304 c=$c  certflow" cf_pids "$c" "$poll_url" agent.pem agent.key "$etag"
         oha_run "agent 304 c=$c  nginx" nginx_pids "$c" "https://127.0.0.1:$nginx_port/agent/v1/assignments" agent.pem agent.key "$etag"
+        oha_run "agent 304 c=$c  certflow + token" cf_pids "$c" "$poll_url" token-agent.pem token-agent.key "$token_etag" \
+            "Authorization: Bearer $access_token"
     done
     kill "$nginx_pid" 2>/dev/null || true
 fi
@@ -395,7 +469,9 @@ fi
 echo
 echo "| load | server | requests/s | server CPU/request | p50 | errors | ratio to peer (req/s) |"
 echo "| --- | --- | ---: | ---: | ---: | ---: | ---: |"
-# Each certflow row is followed by its peer's row for the same load.
+# Each certflow row is followed by its peer's row for the same load; a
+# "+ token" poll row comes after those two and is compared with certflow's
+# certificate-only row.
 for i in "${!rows[@]}"; do
     IFS='|' read -r label rps cpu p50 errs <<<"${rows[$i]}"
     load=${label%%  *}
@@ -403,6 +479,10 @@ for i in "${!rows[@]}"; do
     ratio=""
     next=${rows[$((i + 1))]:-}
     case "$server|$next" in
+    "certflow + token|"*)
+        pr=$(echo "${rows[$((i - 2))]}" | cut -d'|' -f2)
+        ratio=$(awk -v a="$rps" -v b="$pr" 'BEGIN { if (b > 0) printf "%.2fx certificate-only", a / b }')
+        ;;
     "certflow"*"|$load  "*)
         pr=$(echo "$next" | cut -d'|' -f2)
         ratio=$(awk -v a="$rps" -v b="$pr" 'BEGIN { if (b > 0) printf "%.2fx", a / b }')
