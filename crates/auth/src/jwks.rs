@@ -18,7 +18,7 @@ pub(crate) const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub(crate) struct VerifyingKey {
     pub(crate) kid: Option<String>,
-    jwk: Jwk,
+    pub(crate) jwk: Jwk,
     pub(crate) key: DecodingKey,
 }
 
@@ -127,6 +127,14 @@ impl KeyCache {
             Ok(mut s) => *s = snapshot,
             Err(poisoned) => *poisoned.into_inner() = snapshot,
         }
+    }
+
+    /// Whether `jwk` is in the current set and the set is younger than
+    /// `max_age` (an older set is refetched by the next full validation,
+    /// which is where a key removed by the issuer is noticed).
+    pub(crate) fn still_holds(&self, jwk: &Jwk, max_age: Duration) -> bool {
+        let (keys, fetched_at) = self.current();
+        fetched_at.is_some_and(|t| t.elapsed() < max_age) && keys.iter().any(|k| k.jwk == *jwk)
     }
 
     /// The keys that may verify a token with `kid` and `alg`, refreshing the

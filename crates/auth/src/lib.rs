@@ -12,11 +12,13 @@ mod claims;
 mod config;
 mod error;
 mod jwks;
+mod token_cache;
 mod validator;
 
 pub use claims::{Claims, TokenKind};
 pub use config::{Flavor, IssuerConfig, RoleGroups, ServiceRole, SigningAlgorithm};
 pub use error::{AuthError, ConfigError};
+pub use token_cache::DEFAULT_TOKEN_CACHE_CAPACITY;
 pub use validator::{
     DEFAULT_JWKS_MAX_AGE, DEFAULT_JWKS_REFRESH_INTERVAL, DiscoveryDocument, TokenValidator,
     jwks_fetches, parse_compact_jws,

@@ -15,6 +15,7 @@ use crate::claims::{Claims, TokenKind, principal_for};
 use crate::config::{Flavor, IssuerConfig, SigningAlgorithm};
 use crate::error::{AuthError, ConfigError, sanitise};
 use crate::jwks::{KeyCache, VerifyingKey, fetch_bounded, parse_jwks};
+use crate::token_cache::{DEFAULT_TOKEN_CACHE_CAPACITY, Entry, TokenCache};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// JWKS fetches of this process (succeeded, failed), for `/metrics`: one
@@ -75,6 +76,7 @@ pub struct TokenValidator {
     http: reqwest::Client,
     refresh_interval: Duration,
     max_age: Duration,
+    access_tokens: TokenCache,
 }
 
 impl std::fmt::Debug for TokenValidator {
@@ -116,6 +118,7 @@ impl TokenValidator {
             http,
             refresh_interval: DEFAULT_JWKS_REFRESH_INTERVAL,
             max_age: DEFAULT_JWKS_MAX_AGE,
+            access_tokens: TokenCache::new(DEFAULT_TOKEN_CACHE_CAPACITY),
         })
     }
 
@@ -131,6 +134,14 @@ impl TokenValidator {
         self
     }
 
+    /// Sets how many verified access tokens are remembered (default
+    /// 10,000; 0 verifies every presentation in full). See `token_cache.rs`
+    /// for when a remembered token stops being honoured.
+    pub fn with_access_token_cache(mut self, capacity: usize) -> Self {
+        self.access_tokens = TokenCache::new(capacity);
+        self
+    }
+
     /// The configuration of a trusted issuer.
     pub fn issuer_config(&self, issuer: &str) -> Option<&IssuerConfig> {
         self.issuers.get(issuer).map(|i| &i.config)
@@ -138,13 +149,60 @@ impl TokenValidator {
 
     /// Validates a bearer access token (the part after `Bearer `).
     pub async fn validate_access_token(&self, token: &str) -> Result<Claims, AuthError> {
+        self.validate_access_token_shared(token)
+            .await
+            .map(|c| Claims::clone(&c))
+    }
+
+    /// [`Self::validate_access_token`], the claims shared with the cache of
+    /// verified tokens rather than copied out of it.
+    pub async fn validate_access_token_shared(
+        &self,
+        token: &str,
+    ) -> Result<Arc<Claims>, AuthError> {
+        if !self.access_tokens.is_enabled() {
+            return self
+                .validate_access_token_uncached(token)
+                .await
+                .map(|(c, _)| Arc::new(c));
+        }
+        let hash = TokenCache::hash(token);
+        if let Some(hit) = self.access_tokens.get(&hash) {
+            let live = self.now() <= hit.claims.expires_at
+                && self
+                    .issuers
+                    .get(&hit.claims.issuer)
+                    .is_some_and(|issuer| issuer.keys.still_holds(&hit.jwk, self.max_age));
+            if live {
+                return Ok(hit.claims.clone());
+            }
+            self.access_tokens.remove(&hash);
+        }
+        let (claims, jwk) = self.validate_access_token_uncached(token).await?;
+        let claims = Arc::new(claims);
+        self.access_tokens.insert(
+            hash,
+            Entry {
+                claims: claims.clone(),
+                jwk,
+            },
+            self.now(),
+        );
+        Ok(claims)
+    }
+
+    /// The full check of an access token, and the key that verified it.
+    async fn validate_access_token_uncached(
+        &self,
+        token: &str,
+    ) -> Result<(Claims, jsonwebtoken::jwk::Jwk), AuthError> {
         let parsed = parse(token)?;
         if let Some(typ) = &parsed.typ
             && !["at+jwt", "application/at+jwt", "jwt"].contains(&typ.to_ascii_lowercase().as_str())
         {
             return Err(AuthError::WrongType { typ: sanitise(typ) });
         }
-        let issuer = self.verify(&parsed).await?;
+        let (issuer, jwk) = self.verify(&parsed).await?;
         let config = &issuer.config;
         let claims = self.check_common(config, parsed.claims, TokenKind::Access)?;
         if config.flavor == Flavor::Cognito {
@@ -172,7 +230,7 @@ impl TokenValidator {
                 }
             }
         }
-        Ok(claims)
+        Ok((claims, jwk))
     }
 
     /// Validates an OpenID Connect ID token returned to `client_id` by a login
@@ -190,7 +248,7 @@ impl TokenValidator {
         {
             return Err(AuthError::WrongType { typ: sanitise(typ) });
         }
-        let issuer = self.verify(&parsed).await?;
+        let (issuer, _) = self.verify(&parsed).await?;
         let config = &issuer.config;
         if !config.client_ids.is_empty() && !config.client_ids.iter().any(|c| c == client_id) {
             return Err(AuthError::ClientNotAllowed);
@@ -264,8 +322,11 @@ impl TokenValidator {
     }
 
     /// Picks the issuer by the (unverified) `iss`, checks `alg` against its
-    /// allow-list and verifies the signature with a key from its JWKS.
-    async fn verify(&self, parsed: &Parsed<'_>) -> Result<&Issuer, AuthError> {
+    /// allow-list and verifies the signature with a key from its JWKS, which it returns.
+    async fn verify(
+        &self,
+        parsed: &Parsed<'_>,
+    ) -> Result<(&Issuer, jsonwebtoken::jwk::Jwk), AuthError> {
         let iss = parsed
             .claims
             .get("iss")
@@ -328,7 +389,7 @@ impl TokenValidator {
             )
             .unwrap_or(false);
             if ok {
-                return Ok(issuer);
+                return Ok((issuer, key.jwk.clone()));
             }
         }
         Err(AuthError::BadSignature)

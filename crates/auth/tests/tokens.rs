@@ -875,6 +875,94 @@ async fn unknown_kid_refetches_jwks_at_most_once_per_window() {
     assert_eq!(fetches(), 3);
 }
 
+/// A JWKS endpoint whose key set the test replaces, counting its fetches.
+async fn switchable_jwks(initial: Value) -> (String, Arc<std::sync::Mutex<Value>>, CountingServer) {
+    let current = Arc::new(std::sync::Mutex::new(initial));
+    let hits = Arc::new(AtomicUsize::new(0));
+    let (served, counter) = (current.clone(), hits.clone());
+    let app = axum::Router::new().fallback(move || {
+        let body = served.lock().unwrap().to_string();
+        counter.fetch_add(1, Ordering::SeqCst);
+        async move { ([("content-type", "application/json")], body) }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    let server = CountingServer {
+        url: url.clone(),
+        hits,
+        task,
+    };
+    (format!("{url}/jwks"), current, server)
+}
+
+#[tokio::test]
+async fn remembered_tokens_end_with_their_key_in_the_jwks() {
+    let (old, new) = (fresh_ec_key(), fresh_ec_key());
+    let (jwks_url, jwks, server) =
+        switchable_jwks(json!({"keys": [public_jwk(&old, "old")]})).await;
+    let issuer = "https://issuer.certflow.test";
+    let mut config = IssuerConfig::new(issuer, Some(API.to_owned()));
+    config.jwks_url = Some(jwks_url);
+    let validator = TokenValidator::new(vec![config], http())
+        .unwrap()
+        .with_jwks_refresh_interval(Duration::ZERO);
+    let claims = |jti: &str| {
+        let t = now();
+        json!({"iss": issuer, "sub": "agent-1", "client_id": "agent-1", "aud": API,
+               "iat": t, "exp": t + 300, "jti": jti})
+    };
+    let header = |kid: &str| json!({"alg": "ES256", "typ": "at+jwt", "kid": kid});
+    let token = sign_es256(&old, &header("old"), &claims("t1"));
+
+    let first = validator.validate_access_token(&token).await.unwrap();
+    for _ in 0..3 {
+        // Served from memory: the same claims, no new JWKS fetch.
+        assert_eq!(
+            validator.validate_access_token(&token).await.unwrap(),
+            first
+        );
+        assert_eq!(
+            *validator
+                .validate_access_token_shared(&token)
+                .await
+                .unwrap(),
+            first
+        );
+    }
+    assert_eq!(server.hits.load(Ordering::SeqCst), 1);
+
+    // The issuer rotates the old key out; a token of the new key makes the
+    // validator refetch the set, and from then on the remembered token is refused.
+    *jwks.lock().unwrap() = json!({"keys": [public_jwk(&new, "new")]});
+    let rotated = sign_es256(&new, &header("new"), &claims("t2"));
+    validator.validate_access_token(&rotated).await.unwrap();
+    assert_eq!(server.hits.load(Ordering::SeqCst), 2);
+    for _ in 0..2 {
+        let err = validator.validate_access_token(&token).await.unwrap_err();
+        assert_eq!(err.reason(), "unknown_key", "{err}");
+    }
+
+    // The same kid with other key material is another key: still refused.
+    *jwks.lock().unwrap() = json!({"keys": [public_jwk(&new, "new"), public_jwk(&new, "old")]});
+    let err = validator.validate_access_token(&token).await.unwrap_err();
+    assert_eq!(err.reason(), "bad_signature", "{err}");
+
+    // A cache of zero verifies every time and answers the same.
+    let (jwks_url, _jwks, uncached_server) =
+        switchable_jwks(json!({"keys": [public_jwk(&old, "old")]})).await;
+    let mut config = IssuerConfig::new(issuer, Some(API.to_owned()));
+    config.jwks_url = Some(jwks_url);
+    let uncached = TokenValidator::new(vec![config], http())
+        .unwrap()
+        .with_access_token_cache(0);
+    assert_eq!(uncached.validate_access_token(&token).await.unwrap(), first);
+    assert_eq!(uncached.validate_access_token(&token).await.unwrap(), first);
+    assert_eq!(uncached_server.hits.load(Ordering::SeqCst), 1);
+}
+
 // ---------------------------------------------------------------------------
 // Cognito (moto).
 
