@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use axum::Extension;
 use axum::Router;
-use axum::extract::{RawQuery, State};
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -96,21 +96,26 @@ fn with_etag(mut resp: Response, etag: &str) -> Response {
 /// holds the current ETag (from memory), after waiting up to `wait` seconds
 /// for a change.
 async fn assignments(
-    State(AgentState { deploy: state, .. }): State<AgentState>,
+    State(agent_state): State<AgentState>,
     Extension(caller): Extension<AgentCaller>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
+    req: Request,
 ) -> ApiResult<Response> {
+    let state = &agent_state.deploy;
     require_agent_api(&caller)?;
-    let wait = wait_of(query.as_deref())?;
+    // The request itself rather than a `HeaderMap` extractor, which copies every header.
+    let (parts, _) = req.into_parts();
+    let wait = wait_of(parts.uri.query())?;
     let deadline = tokio::time::Instant::now() + wait;
     let agent = caller.agent.id;
-    let mut changes = state.cache.subscribe();
+    // Only a long poll waits for changes; a plain poll has nothing to subscribe for.
+    let mut changes = (!wait.is_zero()).then(|| state.cache.subscribe());
     loop {
         // Seen before reading, so a change after the read wakes the wait below.
-        changes.borrow_and_update();
+        if let Some(changes) = changes.as_mut() {
+            changes.borrow_and_update();
+        }
         let current = state.current(agent).await?;
-        if !matches(&headers, &current.etag) {
+        if !matches(&parts.headers, &current.etag) {
             let resp = (
                 [(header::CONTENT_TYPE, "application/json")],
                 current.body.clone(),
@@ -122,9 +127,12 @@ async fn assignments(
         // No wait asked, or none left: answer now. A timer, even an expired
         // one, fires only on the runtime's next millisecond tick, which held
         // every plain poll about a millisecond.
-        if tokio::time::Instant::now() >= deadline {
+        let Some(changes) = changes
+            .as_mut()
+            .filter(|_| tokio::time::Instant::now() < deadline)
+        else {
             return Ok(not_modified());
-        }
+        };
         match tokio::time::timeout_at(deadline, changes.changed()).await {
             Ok(Ok(())) => continue,
             Ok(Err(_)) | Err(_) => return Ok(not_modified()),
@@ -134,10 +142,11 @@ async fn assignments(
 
 /// The current version of an assigned certificate, to install.
 async fn bundle(
-    State(AgentState { deploy: state, .. }): State<AgentState>,
+    State(agent_state): State<AgentState>,
     Extension(caller): Extension<AgentCaller>,
     Path(id): Path<Uuid>,
 ) -> ApiResult<Response> {
+    let state = &agent_state.deploy;
     require_agent_api(&caller)?;
     let b = state
         .deployments
@@ -166,10 +175,11 @@ async fn bundle(
 
 /// A certificate for a key the agent generated, assigned to it.
 async fn request_certificate(
-    State(AgentState { deploy: state, .. }): State<AgentState>,
+    State(agent_state): State<AgentState>,
     Extension(caller): Extension<AgentCaller>,
     Json(req): Json<AgentCertificateRequest>,
 ) -> ApiResult<Response> {
+    let state = &agent_state.deploy;
     require_agent_api(&caller)?;
     let (assigned, created) = state
         .deployments
@@ -193,11 +203,12 @@ async fn request_certificate(
 
 /// Renews an assigned certificate (with a CSR: for a new key).
 async fn renew(
-    State(AgentState { deploy: state, .. }): State<AgentState>,
+    State(agent_state): State<AgentState>,
     Extension(caller): Extension<AgentCaller>,
     Path(id): Path<Uuid>,
     Json(req): Json<AgentRenewRequest>,
 ) -> ApiResult<Json<Assignment>> {
+    let state = &agent_state.deploy;
     require_agent_api(&caller)?;
     let assigned = state
         .deployments
@@ -214,10 +225,11 @@ async fn renew(
 
 /// Records what the agent installed (or failed to).
 async fn report(
-    State(AgentState { deploy: state, .. }): State<AgentState>,
+    State(agent_state): State<AgentState>,
     Extension(caller): Extension<AgentCaller>,
     Json(req): Json<ReportRequest>,
 ) -> ApiResult<StatusCode> {
+    let state = &agent_state.deploy;
     require_agent_api(&caller)?;
     state
         .deployments

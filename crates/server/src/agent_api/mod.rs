@@ -57,6 +57,51 @@ pub struct ConnInfo {
     pub client_cert: Option<Arc<Vec<u8>>>,
 }
 
+/// The client certificate of a connection, read once when the connection
+/// is accepted instead of on each of its requests: keep-alive polls would
+/// otherwise re-parse the same DER every time.
+#[derive(Debug)]
+pub struct ClientIdentity {
+    /// DER of the certificate (for token binding, RFC 8705 thumbprints).
+    pub der: Arc<Vec<u8>>,
+    /// The agent and serial it names, or why it names none.
+    pub parsed: Result<CertIdentity, &'static str>,
+}
+
+/// What the agent check needs from an identity certificate.
+#[derive(Debug, Clone)]
+pub struct CertIdentity {
+    /// The agent of its `urn:certflow:agent:` URI SAN.
+    pub agent_id: uuid::Uuid,
+    /// Its serial, lower-case hex, compared with the agent's current one.
+    pub serial_hex: String,
+    /// End of validity: a kept-alive connection outliving it is refused.
+    pub not_after: time::OffsetDateTime,
+}
+
+impl ClientIdentity {
+    /// Parses `der` (already verified against the agent-identity CA).
+    pub fn read(der: Arc<Vec<u8>>) -> Self {
+        let parsed = certflow_pki::inspect(&der)
+            .map_err(|_| "unreadable client certificate")
+            .and_then(|info| {
+                let agent_id = certflow_pki::uri_names(&der)
+                    .ok()
+                    .and_then(|uris| {
+                        uris.iter()
+                            .find_map(|u| certflow_core::agents::parse_agent_uri(u))
+                    })
+                    .ok_or("the client certificate names no agent")?;
+                Ok(CertIdentity {
+                    agent_id,
+                    serial_hex: info.serial_hex,
+                    not_after: info.not_after,
+                })
+            });
+        Self { der, parsed }
+    }
+}
+
 /// The client-certificate verifier: chains to the agent-identity CA, or no certificate.
 pub fn client_verifier(ca_der: &[Vec<u8>]) -> anyhow::Result<Arc<dyn ClientCertVerifier>> {
     let mut roots = rustls::RootCertStore::empty();
@@ -202,8 +247,8 @@ async fn closed(mut rx: tokio::sync::watch::Receiver<bool>) {
     }
 }
 
-/// Accepts TLS connections and serves `app` on each, with [`ConnInfo`] in
-/// every request's extensions, until `close` turns true; then returns once
+/// Accepts TLS connections and serves `app` on each, with [`ConnInfo`] (and
+/// the [`ClientIdentity`] of a verified certificate) in every request's extensions, until `close` turns true; then returns once
 /// every connection has finished its request in flight.
 pub async fn serve(
     listener: TcpListener,
@@ -249,10 +294,16 @@ pub async fn serve(
                 .peer_certificates()
                 .and_then(|c| c.first())
                 .map(|c| Arc::new(c.to_vec()));
+            let identity = client_cert
+                .clone()
+                .map(|der| Arc::new(ClientIdentity::read(der)));
             let info = ConnInfo { peer, client_cert };
             let service = hyper::service::service_fn(
                 move |mut req: hyper::Request<hyper::body::Incoming>| {
                     req.extensions_mut().insert(info.clone());
+                    if let Some(identity) = &identity {
+                        req.extensions_mut().insert(identity.clone());
+                    }
                     app.clone().oneshot(req.map(axum::body::Body::new))
                 },
             );

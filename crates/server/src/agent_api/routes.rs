@@ -17,15 +17,14 @@ use axum::{Extension, Router};
 use certflow_api::agent::{EnrollRequest, IdentityView, RenewIdentityRequest, WhoamiView};
 use certflow_core::DomainError;
 use certflow_core::access::{Permission, Principal, PrincipalKind};
-use certflow_core::agents::{Agent, parse_agent_uri};
+use certflow_core::agents::Agent;
 use certflow_services::agents::{Agents, IssuedIdentity, JOIN_TOKEN_PREFIX, TokenEnrolment};
 use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::danger::ClientCertVerifier;
 use time::OffsetDateTime;
-use uuid::Uuid;
 
-use super::ConnInfo;
 use super::token::{AgentTokenVerifier, TokenError, check_binding};
+use super::{ClientIdentity, ConnInfo};
 use crate::config::AgentConfig;
 use crate::deploy_cache::DeployState;
 use crate::errors::{ApiError, ApiResult};
@@ -35,9 +34,24 @@ use crate::rate_limit::RateLimiter;
 /// Path of the one route reachable without a client certificate.
 pub const ENROLL: &str = "/agent/v1/enroll";
 
-/// Shared state of the agent routes.
+/// Shared state of the agent routes. Cloned for every request by each
+/// `State` extractor and stateful middleware, so it is one `Arc`: cloning
+/// the use cases by value copied dozens of `Arc`s a request, and those
+/// reference counts were a visible share of a poll's CPU.
 #[derive(Clone)]
-pub struct AgentState {
+pub struct AgentState(Arc<AgentShared>);
+
+impl std::ops::Deref for AgentState {
+    type Target = AgentShared;
+
+    fn deref(&self) -> &AgentShared {
+        &self.0
+    }
+}
+
+/// What [`AgentState`] shares.
+#[derive(Clone)]
+pub struct AgentShared {
     agents: Agents,
     /// The deployment use cases and the assignment cache.
     pub deploy: DeployState,
@@ -57,7 +71,7 @@ impl AgentState {
         config: &AgentConfig,
         verifier: Arc<dyn ClientCertVerifier>,
     ) -> anyhow::Result<Self> {
-        Ok(Self {
+        Ok(Self(Arc::new(AgentShared {
             agents,
             deploy,
             verifier,
@@ -73,14 +87,14 @@ impl AgentState {
             )),
             tokens: None,
             require_token: config.require_token,
-        })
+        })))
     }
 
     /// Accepts OIDC client-credentials tokens validated by `verifier`: for
     /// enrolment, and on every request of an agent enrolled with one (or of
     /// every agent under `require_token`), bound to the agent by [`check_binding`].
     pub fn with_token_verifier(mut self, verifier: Arc<dyn AgentTokenVerifier>) -> Self {
-        self.tokens = Some(verifier);
+        Arc::make_mut(&mut self.0).tokens = Some(verifier);
         self
     }
 }
@@ -118,18 +132,6 @@ pub struct AgentCaller {
     pub source: String,
 }
 
-/// Route layer inside the agent authentication: notes the agent.
-async fn note_agent(req: Request, next: Next) -> Response {
-    if let (Some(caller), Some(slot)) = (
-        req.extensions().get::<AgentCaller>(),
-        req.extensions()
-            .get::<crate::telemetry::observe::ActorSlot>(),
-    ) {
-        slot.set(format!("agent:{}", caller.agent.id));
-    }
-    next.run(req).await
-}
-
 /// The agent API router (no socket: the listener serves it per connection).
 pub fn router(state: AgentState) -> Router {
     Router::new()
@@ -139,7 +141,6 @@ pub fn router(state: AgentState) -> Router {
         .merge(super::deploy::routes())
         .fallback(crate::errors::not_found)
         .method_not_allowed_fallback(crate::errors::method_not_allowed)
-        .route_layer(middleware::from_fn(note_agent))
         .route_layer(middleware::from_fn_with_state(state.clone(), guard))
         .layer(middleware::from_fn_with_state(
             crate::extract::BODY_LIMIT,
@@ -176,16 +177,20 @@ fn forwarded_cert(value: &HeaderValue) -> Option<Vec<Vec<u8>>> {
 }
 
 /// The client certificate of the request: the one rustls verified on the
-/// connection, else the gateway header's if the peer is a trusted proxy
-/// (verified here against the same CA). An untrusted peer's header is ignored.
-fn presented_cert(
+/// connection (read once per connection by the accept loop), else the
+/// gateway header's if the peer is a trusted proxy (verified and read here,
+/// against the same CA). An untrusted peer's header is ignored.
+fn presented_identity(
     state: &AgentState,
     req: &Request,
     peer_ip: Option<IpAddr>,
-) -> Option<Arc<Vec<u8>>> {
+) -> Option<Arc<ClientIdentity>> {
+    if let Some(identity) = req.extensions().get::<Arc<ClientIdentity>>() {
+        return Some(identity.clone());
+    }
     let info = req.extensions().get::<ConnInfo>();
     if let Some(cert) = info.and_then(|i| i.client_cert.clone()) {
-        return Some(cert);
+        return Some(Arc::new(ClientIdentity::read(cert)));
     }
     let name = state.cert_header.as_ref()?;
     let value = req.headers().get(name)?;
@@ -202,7 +207,7 @@ fn presented_cert(
         &intermediates,
         UnixTime::now(),
     ) {
-        Ok(_) => Some(Arc::new(leaf)),
+        Ok(_) => Some(Arc::new(ClientIdentity::read(Arc::new(leaf)))),
         Err(e) => {
             tracing::warn!(peer = ?peer_ip, error = %e, "refused a forwarded client certificate");
             None
@@ -218,17 +223,14 @@ fn refused(detail: &str) -> ApiError {
 /// enrolment), rate limit, request counter.
 async fn guard(State(state): State<AgentState>, mut req: Request, next: Next) -> Response {
     let started = Instant::now();
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".into());
+    let matched = req.extensions().get::<MatchedPath>().cloned();
+    let route = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
     let peer_ip = req.extensions().get::<ConnInfo>().map(|i| i.peer.ip());
-    let resp = match authenticate(&state, &mut req, &route, peer_ip).await {
+    let resp = match authenticate(&state, &mut req, route, peer_ip).await {
         Ok(()) => next.run(req).await,
         Err(resp) => resp,
     };
-    crate::telemetry::metrics::observe(&route, &route, resp.status().as_u16(), started.elapsed());
+    crate::telemetry::metrics::observe(route, route, resp.status().as_u16(), started.elapsed());
     resp
 }
 
@@ -287,26 +289,28 @@ async fn authenticate(
             .check(&format!("ip:{source}"), Instant::now())
             .map_err(too_many);
     }
-    let Some(cert) = presented_cert(state, req, peer_ip) else {
+    let Some(identity) = presented_identity(state, req, peer_ip) else {
         return Err(
             refused("a client certificate from the agent-identity CA is required").into_response(),
         );
     };
-    let info = certflow_pki::inspect(&cert)
-        .map_err(|_| refused("unreadable client certificate").into_response())?;
-    let agent_id: Option<Uuid> = certflow_pki::uri_names(&cert)
-        .ok()
-        .and_then(|uris| uris.iter().find_map(|u| parse_agent_uri(u)));
-    let Some(agent_id) = agent_id else {
-        return Err(refused("the client certificate names no agent").into_response());
-    };
+    let cert = identity
+        .parsed
+        .as_ref()
+        .map_err(|why| refused(why).into_response())?;
+    let agent_id = cert.agent_id;
+    let now = OffsetDateTime::now_utc();
+    // rustls checked validity at the handshake; a kept-alive connection may outlive it.
+    if now > cert.not_after {
+        return Err(refused("the client certificate has expired").into_response());
+    }
     state
         .limiter
         .check(&format!("agent:{agent_id}"), Instant::now())
         .map_err(too_many)?;
     let agent = match state
         .agents
-        .authenticate(agent_id, &info.serial_hex, OffsetDateTime::now_utc())
+        .authenticate(agent_id, &cert.serial_hex, now)
         .await
     {
         Ok(a) => a,
@@ -326,7 +330,7 @@ async fn authenticate(
     // holds a valid one for the same subject; join-token agents only need
     // their certificate unless `require_token` says otherwise.
     if agent.subject.is_some() || state.require_token {
-        check_token(state, req.headers(), &agent, &cert, &source).await?;
+        check_token(state, req.headers(), &agent, &identity.der, &source).await?;
     }
     let principal = Principal {
         subject: agent.id.to_string(),
@@ -336,6 +340,14 @@ async fn authenticate(
         roles: Vec::new(),
         teams: agent.teams.clone(),
     };
+    // For the access line (done here rather than in a route layer of its
+    // own: each layer is another boxed service cloned for every request).
+    if let Some(slot) = req
+        .extensions()
+        .get::<crate::telemetry::observe::ActorSlot>()
+    {
+        slot.set(format!("agent:{}", agent.id));
+    }
     req.extensions_mut().insert(AgentCaller {
         agent,
         principal,
