@@ -244,59 +244,8 @@ pub fn rate(
     }
 
     if cert.status == CertificateStatus::Active {
-        for d in s.deployments {
-            match d.last_report.as_ref() {
-                Some(r) if r.status == DeploymentStatus::Installed => {
-                    if r.version != d.assigned.version {
-                        push(
-                            rules::VERSION_MISMATCH,
-                            Severity::Warning,
-                            format!(
-                                "agent {} serves version {}, the current one is {}",
-                                d.agent_name, r.version, d.assigned.version
-                            ),
-                        );
-                    }
-                }
-                Some(r) => push(
-                    rules::NOT_DEPLOYED,
-                    Severity::Warning,
-                    format!(
-                        "agent {} reports {} for version {}",
-                        d.agent_name,
-                        r.status.as_str(),
-                        r.attempted_version.unwrap_or(d.assigned.version)
-                    ),
-                ),
-                None => push(
-                    rules::NOT_DEPLOYED,
-                    Severity::Info,
-                    format!(
-                        "agent {} has not reported version {} installed",
-                        d.agent_name, d.assigned.version
-                    ),
-                ),
-            }
-        }
-    }
-
-    if cert.status == CertificateStatus::Active {
-        for d in s
-            .destinations
-            .iter()
-            .filter(|d| is_undelivered(d, cert.current_version))
-        {
-            push(
-                rules::NOT_DELIVERED,
-                // Like an agent's report: a failure needs someone, a
-                // delivery not yet attempted only time.
-                if d.status == DestinationStatus::Failed {
-                    Severity::Warning
-                } else {
-                    Severity::Info
-                },
-                undelivered_message(d, cert.current_version),
-            );
+        for f in delivery(s) {
+            push(f.rule, f.severity, f.message);
         }
     }
 
@@ -310,6 +259,73 @@ pub fn rate(
                 // from another CA keeps it until its first renewal.
                 s.current.map_or(cert.issuer_id, |v| v.issuer_id)
             ),
+        );
+    }
+    out
+}
+
+/// Where an active certificate should be served and is not: agents that
+/// report another version or a failure, destinations not yet delivered.
+fn delivery(s: &Subject<'_>) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let cert = s.certificate;
+    let mut push = |rule, severity, message: String| {
+        out.push(Finding {
+            rule,
+            severity,
+            message,
+        })
+    };
+    for d in s.deployments {
+        match d.last_report.as_ref() {
+            Some(r) if r.status == DeploymentStatus::Installed => {
+                if r.version != d.assigned.version {
+                    push(
+                        rules::VERSION_MISMATCH,
+                        Severity::Warning,
+                        format!(
+                            "agent {} serves version {}, the current one is {}",
+                            d.agent_name, r.version, d.assigned.version
+                        ),
+                    );
+                }
+            }
+            Some(r) => push(
+                rules::NOT_DEPLOYED,
+                Severity::Warning,
+                format!(
+                    "agent {} reports {} for version {}",
+                    d.agent_name,
+                    r.status.as_str(),
+                    r.attempted_version.unwrap_or(d.assigned.version)
+                ),
+            ),
+            None => push(
+                rules::NOT_DEPLOYED,
+                Severity::Info,
+                format!(
+                    "agent {} has not reported version {} installed",
+                    d.agent_name, d.assigned.version
+                ),
+            ),
+        }
+    }
+
+    for d in s
+        .destinations
+        .iter()
+        .filter(|d| is_undelivered(d, cert.current_version))
+    {
+        push(
+            rules::NOT_DELIVERED,
+            // Like an agent's report: a failure needs someone, a
+            // delivery not yet attempted only time.
+            if d.status == DestinationStatus::Failed {
+                Severity::Warning
+            } else {
+                Severity::Info
+            },
+            undelivered_message(d, cert.current_version),
         );
     }
     out

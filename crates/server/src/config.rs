@@ -1013,19 +1013,31 @@ impl Config {
         Ok(config)
     }
 
-    /// Checks values that types alone cannot.
-    pub fn validate(&self) -> anyhow::Result<()> {
-        if let Some(url) = &self.server.public_url
-            && !(url.starts_with("http://") || url.starts_with("https://"))
-        {
-            bail!("server.public_url must start with http:// or https://, got {url:?}");
-        }
+    /// The `/pki/*` base URL written into certificates must be plain HTTP.
+    fn validate_pki_url(&self) -> anyhow::Result<()> {
         if let Some(url) = &self.server.pki_url
             && !url.starts_with("http://")
         {
             bail!(
                 "server.pki_url must start with http:// (certificates point relying parties at CRL, OCSP and CA certificates over plain HTTP), got {url:?}"
             );
+        }
+        if self.server.tls.is_some() && !self.pki_url().starts_with("http://") {
+            bail!(
+                "with [server.tls], the CRL, OCSP and CA-certificate URLs written into certificates must stay plain http:// \
+                     (a relying party cannot need TLS to check TLS): set server.tls.http_listen (e.g. \"0.0.0.0:80\", a plain-HTTP \
+                     listener for /pki/* and ACME http-01 answers) or server.pki_url (where a load balancer serves /pki/* over HTTP)"
+            );
+        }
+        Ok(())
+    }
+
+    /// Checks values that types alone cannot.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if let Some(url) = &self.server.public_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            bail!("server.public_url must start with http:// or https://, got {url:?}");
         }
         if let Some(url) = &self.database.url
             && !["sqlite:", "postgres://", "postgresql://"]
@@ -1119,14 +1131,8 @@ impl Config {
         self.metrics.token()?;
         if let Some(tls) = &self.server.tls {
             tls.validate()?;
-            if !self.pki_url().starts_with("http://") {
-                bail!(
-                    "with [server.tls], the CRL, OCSP and CA-certificate URLs written into certificates must stay plain http:// \
-                         (a relying party cannot need TLS to check TLS): set server.tls.http_listen (e.g. \"0.0.0.0:80\", a plain-HTTP \
-                         listener for /pki/* and ACME http-01 answers) or server.pki_url (where a load balancer serves /pki/* over HTTP)"
-                );
-            }
         }
+        self.validate_pki_url()?;
         self.acme_server.validate()?;
         if !matches!(self.log.format.as_str(), "text" | "json") {
             bail!(

@@ -224,6 +224,14 @@ fn public_key(spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>) -> PublicKeyIn
     }
 }
 
+/// The team filters to page through: all teams at once, or each team.
+fn scopes(teams: Option<&[String]>) -> Vec<Option<String>> {
+    match teams {
+        None => vec![None],
+        Some(t) => t.iter().cloned().map(Some).collect(),
+    }
+}
+
 fn parse(der: &[u8]) -> Parsed {
     let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
         return Parsed::default();
@@ -237,6 +245,46 @@ fn parse(der: &[u8]) -> Parsed {
 }
 
 impl Services {
+    /// Rates one page of fetched certificates on the CPU pool.
+    async fn rate_page(
+        &self,
+        fetched: Vec<Fetched>,
+        issuer_names: &Arc<HashMap<Uuid, String>>,
+        expiring_within_days: u32,
+        now: OffsetDateTime,
+    ) -> DomainResult<Vec<(Certificate, Vec<Destination>, Vec<Finding>)>> {
+        let (names, policies) = (issuer_names.clone(), self.policies.clone());
+        self.cpu
+            .run("compliance report", move || {
+                Ok(fetched
+                    .into_iter()
+                    .map(|f| {
+                        let findings = f.rate(&names, &policies, expiring_within_days, now);
+                        (f.certificate, f.destinations, findings)
+                    })
+                    .collect::<Vec<_>>())
+            })
+            .await
+    }
+
+    /// The destinations not serving their certificate's current version, by
+    /// certificate (only those: a delivered destination has no finding).
+    async fn undelivered_by_certificate(
+        &self,
+        teams: Option<&[String]>,
+    ) -> DomainResult<HashMap<Uuid, Vec<Destination>>> {
+        let mut destinations: HashMap<Uuid, Vec<Destination>> = HashMap::new();
+        if let Some(ports) = &self.destinations {
+            for due in ports.store.undelivered_destinations(teams).await? {
+                destinations
+                    .entry(due.destination.certificate_id)
+                    .or_default()
+                    .push(due.destination);
+            }
+        }
+        Ok(destinations)
+    }
+
     /// Rates every certificate of `teams` (`None`: all teams) except archived
     /// ones, which certflow no longer manages.
     ///
@@ -286,25 +334,12 @@ impl Services {
             }
         }
 
-        // Only the undelivered ones: a delivered destination has no finding.
-        let mut destinations: HashMap<Uuid, Vec<Destination>> = HashMap::new();
-        if let Some(ports) = &self.destinations {
-            for due in ports.store.undelivered_destinations(teams).await? {
-                destinations
-                    .entry(due.destination.certificate_id)
-                    .or_default()
-                    .push(due.destination);
-            }
-        }
+        let mut destinations = self.undelivered_by_certificate(teams).await?;
 
-        let scopes: Vec<Option<String>> = match teams {
-            None => vec![None],
-            Some(t) => t.iter().cloned().map(Some).collect(),
-        };
         let mut summary = Summary::new();
         let mut items = Vec::new();
         let mut undelivered = Vec::new();
-        for team in scopes {
+        for team in scopes(teams) {
             let mut offset = 0u64;
             loop {
                 let query = CertificateQuery {
@@ -326,18 +361,8 @@ impl Services {
                     let dests = destinations.remove(&certificate.id).unwrap_or_default();
                     fetched.push(self.fetch(certificate, deployments, dests).await?);
                 }
-                let (names, policies) = (issuer_names.clone(), self.policies.clone());
                 let rated = self
-                    .cpu
-                    .run("compliance report", move || {
-                        Ok(fetched
-                            .into_iter()
-                            .map(|f| {
-                                let findings = f.rate(&names, &policies, expiring_within_days, now);
-                                (f.certificate, f.destinations, findings)
-                            })
-                            .collect::<Vec<_>>())
-                    })
+                    .rate_page(fetched, &issuer_names, expiring_within_days, now)
                     .await?;
                 for (cert, dests, findings) in rated {
                     summary.add(&findings);

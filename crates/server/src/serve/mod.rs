@@ -359,30 +359,12 @@ async fn serve_api(
     // the certified names here (or use DNS-01).
     if let Some(addr) = config.server.tls.as_ref().and_then(|t| t.http_listen) {
         let plain = crate::router::plain_http_app(state.clone())
-            .merge(certflow_acme::http01_router(opened.http01.clone()))
-            .layer(axum::middleware::from_fn(
-                crate::telemetry::observe::access_log,
-            ))
-            .layer(axum::middleware::from_fn(crate::errors::problem_responses));
+            .merge(certflow_acme::http01_router(opened.http01.clone()));
         tasks.push(serve_plain_http(addr, plain, stop.clone()).await?);
     }
     let state_for_metrics = state.clone();
     let app = crate::router::app(state).merge(certflow_acme::http01_router(opened.http01.clone()));
-    let app = if config.acme_server.enabled {
-        let api = crate::acme_api::AcmeApi::new(
-            wiring::acme_service(config, opened),
-            crate::acme_api::AcmeApiSettings {
-                base_url: config.public_url(),
-                eab_required: config.acme_server.eab_required(),
-                body_limit: config.acme_server.body_limit_bytes,
-                per_account_per_minute: config.acme_server.per_account_per_minute,
-                per_address_per_minute: config.acme_server.per_address_per_minute,
-            },
-        );
-        crate::router::with_acme_server(app, api)
-    } else {
-        app
-    };
+    let app = with_acme_server(app, config, opened);
     // Browser login to the console, when [auth.oidc] is configured.
     let app = match console {
         Some(console) => app.merge(crate::web::login::router(console)),
@@ -412,6 +394,24 @@ async fn serve_api(
     serve_until_stopped(config, listeners, app, stop, tasks).await
 }
 
+/// `app` with the ACME server's routes when `[acme_server]` enables them.
+fn with_acme_server(app: axum::Router, config: &Config, opened: &Opened) -> axum::Router {
+    if !config.acme_server.enabled {
+        return app;
+    }
+    let api = crate::acme_api::AcmeApi::new(
+        wiring::acme_service(config, opened),
+        crate::acme_api::AcmeApiSettings {
+            base_url: config.public_url(),
+            eab_required: config.acme_server.eab_required(),
+            body_limit: config.acme_server.body_limit_bytes,
+            per_account_per_minute: config.acme_server.per_account_per_minute,
+            per_address_per_minute: config.acme_server.per_address_per_minute,
+        },
+    );
+    crate::router::with_acme_server(app, api)
+}
+
 /// The sockets `serve_until_stopped` serves.
 struct Listeners {
     console: tokio::net::TcpListener,
@@ -427,6 +427,11 @@ async fn serve_plain_http(
     app: axum::Router,
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let app = app
+        .layer(axum::middleware::from_fn(
+            crate::telemetry::observe::access_log,
+        ))
+        .layer(axum::middleware::from_fn(crate::errors::problem_responses));
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding server.tls.http_listen {addr}"))?;

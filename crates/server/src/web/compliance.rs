@@ -56,6 +56,26 @@ struct CompliancePage {
     csv_url: String,
 }
 
+/// A destination not serving its certificate's current version, as a row.
+fn destination_row(d: &certflow_services::compliance::UndeliveredDestination) -> DestinationRow {
+    DestinationRow {
+        certificate_id: d.certificate_id.to_string(),
+        name: d.name.clone(),
+        team: d.team.clone(),
+        kind: d.kind,
+        place: match &d.listener_arn {
+            Some(l) => format!("{l} in {}", d.region),
+            None => d.region.clone(),
+        },
+        status: d.status,
+        serves: d
+            .delivered_version
+            .map_or_else(|| "-".to_owned(), |v| v.to_string()),
+        current: d.current_version,
+        error: d.last_error.clone().unwrap_or_default(),
+    }
+}
+
 fn bad(msg: String) -> PageError {
     PageError::Status(StatusCode::BAD_REQUEST, msg)
 }
@@ -137,22 +157,7 @@ pub(super) async fn page(
     let undelivered = report
         .undelivered_destinations
         .iter()
-        .map(|d| DestinationRow {
-            certificate_id: d.certificate_id.to_string(),
-            name: d.name.clone(),
-            team: d.team.clone(),
-            kind: d.kind,
-            place: match &d.listener_arn {
-                Some(l) => format!("{l} in {}", d.region),
-                None => d.region.clone(),
-            },
-            status: d.status,
-            serves: d
-                .delivered_version
-                .map_or_else(|| "-".to_owned(), |v| v.to_string()),
-            current: d.current_version,
-            error: d.last_error.clone().unwrap_or_default(),
-        })
+        .map(destination_row)
         .collect();
     let s = &report.summary;
     Ok(html(&CompliancePage {
