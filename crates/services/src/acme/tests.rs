@@ -567,7 +567,10 @@ async fn order_validate_finalize_download_revoke() {
         let services = e.services.clone();
         async move { services.certificate(id).await.unwrap().certificate.status }
     };
-    assert_eq!(status(cert.certificate.id).await, CertificateStatus::Revoked);
+    assert_eq!(
+        status(cert.certificate.id).await,
+        CertificateStatus::Revoked
+    );
     assert_eq!(status(issued[0]).await, CertificateStatus::Archived);
     assert_eq!(status(issued[1]).await, CertificateStatus::Active);
 }
