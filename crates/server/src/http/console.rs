@@ -2,7 +2,7 @@
 //! parse, call a use case, map the result to a view.
 
 use axum::Extension;
-use axum::extract::State;
+use axum::extract::{FromRequest, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use certflow_api::{
@@ -433,12 +433,14 @@ pub async fn download_pkcs12(
     Extension(actor): Extension<Actor>,
     Extension(principal): Extension<Principal>,
     Path(id): Path<Uuid>,
-    Json(req): Json<Pkcs12Request>,
+    request: Request,
 ) -> ApiResult<Response> {
     state
         .services
         .certificate_for(&principal, Permission::KeyDownload, id)
         .await?;
+    // Read after the permission check: 403 whatever a caller without it sent.
+    let Json(req) = Json::<Pkcs12Request>::from_request(request, &state).await?;
     let p12 = state
         .services
         .download_pkcs12(&actor, id, req.version, &req.password, now())
@@ -502,12 +504,14 @@ pub async fn revoke(
     Extension(actor): Extension<Actor>,
     Extension(principal): Extension<Principal>,
     Path(id): Path<Uuid>,
-    Json(req): Json<RevokeRequest>,
+    request: Request,
 ) -> ApiResult<Json<CertificateDetail>> {
     state
         .services
         .certificate_for(&principal, Permission::CertificateWrite, id)
         .await?;
+    // Read after the permission check: 403 whatever a caller without it sent.
+    let Json(req) = Json::<RevokeRequest>::from_request(request, &state).await?;
     let r = state
         .services
         .revoke_with(&actor, id, req.version, &req.reason, req.replace, now())

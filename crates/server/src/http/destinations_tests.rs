@@ -3,7 +3,8 @@
 //! caller without the permission gets 403 whatever it sends, never a 400
 //! that describes a valid body); the page attaches and detaches through
 //! CSRF-checked forms and shows a refusal next to the form. The console
-//! request form is authorised before it is validated too.
+//! request form, revocation and the PKCS#12 download are authorised before
+//! their bodies are read too.
 
 use super::*;
 
@@ -80,6 +81,35 @@ async fn attaching_is_authorised_before_the_body_is_read() {
     );
     let (status, _) = post_raw(&h, "role:admin:z", &missing, "{not json").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn revoke_and_pkcs12_are_authorised_before_the_body_is_read() {
+    let h = harness_with(vec![Arc::new(FixedPrincipals)]).await;
+    let cert = certificate(&h, "a").await;
+    for (action, body) in [
+        ("revoke", r#"{"reason":"notAReason"}"#),
+        ("revoke", "{not json"),
+        ("pkcs12", r#"{"password":""}"#),
+        ("pkcs12", "{not json"),
+    ] {
+        let uri = format!("/console/api/v1/certificates/{cert}/{action}");
+        for token in ["role:viewer:a", "role:operator:b", "nobody:a"] {
+            let (status, problem) = post_raw(&h, token, &uri, body).await;
+            assert_eq!(
+                status,
+                StatusCode::FORBIDDEN,
+                "{token} {action} {body}: {problem}"
+            );
+        }
+        // The team's operator is told what is wrong with the body.
+        let (status, problem) = post_raw(&h, "role:operator:a", &uri, body).await;
+        assert_eq!(
+            status,
+            StatusCode::BAD_REQUEST,
+            "{action} {body}: {problem}"
+        );
+    }
 }
 
 /// A signed-in person's session: cookie and CSRF token.
