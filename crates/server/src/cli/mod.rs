@@ -49,6 +49,10 @@ pub struct ClientArgs {
     /// Bearer token (the bootstrap admin token printed at first start).
     #[arg(long, env = "CERTFLOW_TOKEN", hide_env_values = true, global = true)]
     token: Option<String>,
+    /// PEM CA certificates to trust besides the system's, for an HTTPS
+    /// console listener (`[server.tls]`) whose certificate certflow issued.
+    #[arg(long, env = "CERTFLOW_CA_FILE", global = true)]
+    ca_file: Option<std::path::PathBuf>,
     /// Output format (errors too: a problem document on stderr).
     #[arg(long, short, value_enum, default_value_t = Output::Table, global = true)]
     output: Output,
@@ -231,8 +235,16 @@ impl Client {
             )
             .into());
         };
+        let mut http = reqwest::Client::builder();
+        if let Some(path) = &args.ca_file {
+            let pem = std::fs::read(path)
+                .with_context(|| format!("reading --ca-file {}", path.display()))?;
+            let roots = reqwest::Certificate::from_pem_bundle(&pem)
+                .with_context(|| format!("--ca-file {}: not PEM certificates", path.display()))?;
+            http = http.tls_certs_merge(roots);
+        }
         Ok(Self {
-            http: reqwest::Client::builder().build().context("HTTP client")?,
+            http: http.build().context("HTTP client")?,
             base: format!("{}/console/api/v1", args.url.trim_end_matches('/')),
             token,
             output: args.output,

@@ -65,10 +65,12 @@ async fn issue(
 }
 
 /// The console listener's TLS configuration and, for an issued certificate,
-/// the task that renews it (ends when `stop` turns true).
+/// the task that renews it (ends when `stop` turns true); an issued
+/// certificate's CA certificates are written to `ca_file` for clients.
 pub(super) async fn tls_config(
     config: &ServerTlsConfig,
     agents: &certflow_services::agents::Agents,
+    ca_file: &std::path::Path,
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<(
     Arc<rustls::ServerConfig>,
@@ -88,6 +90,7 @@ pub(super) async fn tls_config(
         )
     } else {
         let (cert, renew_in) = issue(config, agents).await?;
+        write_ca_file(&cert, ca_file)?;
         let current = Arc::new(CurrentCert(RwLock::new(cert)));
         let task = spawn_renewal(
             config.clone(),
@@ -107,6 +110,24 @@ pub(super) async fn tls_config(
     .with_cert_resolver(current);
     tls.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok((Arc::new(tls), renewal))
+}
+
+/// Writes the CA certificates above the issued listener certificate (PEM)
+/// where the CLI and other clients of this machine can trust them
+/// (`CERTFLOW_CA_FILE`): public certificates, no secret.
+fn write_ca_file(cert: &CertifiedKey, path: &std::path::Path) -> anyhow::Result<()> {
+    let pem: String = cert
+        .cert
+        .iter()
+        .skip(1)
+        .map(|c| certflow_pki::cert_to_pem(c.as_ref()))
+        .collect();
+    std::fs::write(path, pem).with_context(|| format!("writing {}", path.display()))?;
+    println!(
+        "certflow: the console certificate's CA is in {} (trust it: CERTFLOW_CA_FILE for the CLI)",
+        path.display()
+    );
+    Ok(())
 }
 
 fn spawn_renewal(

@@ -298,7 +298,9 @@ async fn serve_api(
     let (agents, agent_listener) = start_agents(config, opened, &services, deploy.clone()).await?;
     let console_tls = match &config.server.tls {
         Some(t) => {
-            let (tls, renewal) = console_tls::tls_config(t, &agents, stop.clone()).await?;
+            let ca_file = config.data_dir.join("console-ca.pem");
+            let (tls, renewal) =
+                console_tls::tls_config(t, &agents, &ca_file, stop.clone()).await?;
             tasks.extend(renewal);
             Some(tls)
         }

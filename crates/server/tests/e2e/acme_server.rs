@@ -438,6 +438,23 @@ fn certbot_registers_with_eab_issues_renews_revokes_and_unregisters() {
     let config = write_config(work, &ports);
     let server = start_acme(&["serve"], &work.join("data"), &config, &ports, None, &[]);
     let acme = connect(server, work, ports.listen);
+    // The CA of the listener's certificate, written where the CLI and local
+    // clients can trust it: it verifies the listener.
+    let (ok_ca, out) = sh(
+        work,
+        &[
+            "sh",
+            "-c",
+            &format!(
+                "openssl s_client -connect 127.0.0.1:{} -servername localhost -verify_hostname localhost -verify_return_error -CAfile data/console-ca.pem </dev/null",
+                ports.listen
+            ),
+        ],
+    );
+    assert!(
+        ok_ca && out.contains("Verify return code: 0 (ok)"),
+        "data/console-ca.pem does not verify the console listener: {out}"
+    );
     let certbot_bin = Path::new("/usr/bin/certbot");
     let cb = work.join("certbot");
     let http01 = ports.http01.to_string();
