@@ -17,11 +17,26 @@ use crate::{http, ops, pki_api, telemetry, web};
 
 /// The whole application router (no socket: tests drive it with `oneshot`).
 pub fn app(state: AppState) -> Router {
-    Router::new()
+    let routes = Router::new()
         .merge(http::router(&state))
         .merge(ops::router())
         .merge(pki_api::router())
-        .merge(web::router())
+        .merge(web::router());
+    with_layers(routes, state)
+}
+
+/// The plain-HTTP listener beside an HTTPS console (`[server.tls]
+/// http_listen`): only the public CA endpoints, which relying parties fetch
+/// without TLS, and the probes.
+pub fn plain_http_app(state: AppState) -> Router {
+    let routes = Router::new().merge(ops::router()).merge(pki_api::router());
+    with_layers(routes, state)
+}
+
+/// What every route of the console listeners shares: the fallbacks, the
+/// body limit, headers, tracing, metrics and problem documents.
+fn with_layers(routes: Router<AppState>, state: AppState) -> Router {
+    routes
         .fallback(fallback)
         .method_not_allowed_fallback(errors::method_not_allowed)
         .layer(middleware::from_fn_with_state(
@@ -37,27 +52,6 @@ pub fn app(state: AppState) -> Router {
         .layer(middleware::from_fn(telemetry::metrics::track))
         // Outermost: whatever answers with an error answers with a problem document.
         .layer(middleware::from_fn(errors::problem_responses))
-        .with_state(state)
-}
-
-/// The plain-HTTP listener beside an HTTPS console (`[server.tls]
-/// http_listen`): only the public CA endpoints, which relying parties fetch
-/// without TLS, and the probes.
-pub fn plain_http_app(state: AppState) -> Router {
-    Router::new()
-        .merge(ops::router())
-        .merge(pki_api::router())
-        .fallback(fallback)
-        .method_not_allowed_fallback(errors::method_not_allowed)
-        .layer(middleware::from_fn_with_state(
-            BODY_LIMIT,
-            errors::limit_body,
-        ))
-        .layer(SetResponseHeaderLayer::overriding(
-            header::X_CONTENT_TYPE_OPTIONS,
-            HeaderValue::from_static("nosniff"),
-        ))
-        .layer(middleware::from_fn(telemetry::metrics::track))
         .with_state(state)
 }
 

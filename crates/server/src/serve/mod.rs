@@ -429,6 +429,7 @@ async fn serve_plain_http(
     app: axum::Router,
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    // The merged http-01 router's errors are problem documents too.
     let app = app
         .layer(axum::middleware::from_fn(
             crate::telemetry::observe::access_log,
