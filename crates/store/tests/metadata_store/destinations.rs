@@ -127,6 +127,18 @@ store_case! {
             (got.status, got.delivered_version, got.delivered_serial.as_deref(), got.external_id.as_deref()),
             (DestinationStatus::Delivered, Some(1), Some(v1.serial.as_str()), Some(arn))
         );
+        // Undelivered (the compliance report's read): the failed listener
+        // only, within the reader's teams.
+        let ids = |v: Vec<certflow_core::destinations::DueDestination>| {
+            v.into_iter().map(|d| d.destination.id).collect::<Vec<_>>()
+        };
+        assert_eq!(ids(store.undelivered_destinations(None).await.unwrap()), vec![lb.id]);
+        let web = ["web".to_owned()];
+        assert_eq!(ids(store.undelivered_destinations(Some(&web)).await.unwrap()), vec![lb.id]);
+        let other = ["other".to_owned()];
+        assert!(store.undelivered_destinations(Some(&other)).await.unwrap().is_empty());
+        assert!(store.undelivered_destinations(Some(&[])).await.unwrap().is_empty());
+
         // Nothing due before the retry time; the listener at it.
         assert!(store.claim_destinations(at(T0 + 50), at(T0 + 350), 10).await.unwrap().is_empty());
         let due = store.claim_destinations(at(T0 + 100), at(T0 + 400), 10).await.unwrap();
@@ -154,6 +166,12 @@ store_case! {
         let due = store.claim_destinations(at(T0 + 200), at(T0 + 500), 10).await.unwrap();
         assert_eq!(due.len(), 2);
         assert!(due.iter().all(|d| d.version == 2));
+        // The delivered ACM destination serves version 1 of 2: undelivered too.
+        let mut both = ids(store.undelivered_destinations(None).await.unwrap());
+        both.sort();
+        let mut expected = vec![acm.id, lb.id];
+        expected.sort();
+        assert_eq!(both, expected);
 
         let attempts = store.destination_attempts(lb.id, 10).await.unwrap();
         assert_eq!(attempts.iter().map(|a| a.attempt).collect::<Vec<_>>(), vec![2, 1]);
