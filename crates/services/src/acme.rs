@@ -1221,7 +1221,10 @@ impl AcmeService {
             old.insert(origin.certificate_id);
         }
         let names: BTreeSet<String> = order.identifiers.iter().map(|i| i.value.clone()).collect();
+        // Narrowed in the store by one of the names (a substring match),
+        // so a finalize reads the few candidates, not the account's all.
         let query = certflow_core::model::CertificateQuery {
+            search: names.iter().next().cloned(),
             team: Some(account.team.clone()),
             labels: [(ACME_ACCOUNT_LABEL.to_owned(), account.id.to_string())].into(),
             status: Some(certflow_core::model::CertificateStatus::Active),
