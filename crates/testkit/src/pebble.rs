@@ -295,6 +295,8 @@ impl Pebble {
                 "pebble {pid} still {} after SIG{signal}",
                 if stopped { "running" } else { "stopped" }
             );
+            // Test support called from synchronous test code (never on a
+            // runtime): the signal lands within milliseconds.
             std::thread::sleep(Duration::from_millis(5));
         }
     }
