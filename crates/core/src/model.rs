@@ -480,7 +480,8 @@ pub enum AuditChainFault {
     SeqGap,
     /// The recorded chain head does not match the last row of the chain.
     HeadMismatch,
-    /// A row carries no sequence number: it was written around the chain.
+    /// A row carries no sequence number, or names a chain there is not: it
+    /// was written around the chains.
     Unchained,
 }
 
@@ -497,11 +498,13 @@ impl AuditChainFault {
     }
 }
 
-/// The first place the audit chain breaks.
+/// The first place an audit chain breaks.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditChainBreak {
-    /// Sequence number where the break is: the tampered row's, or for a gap
-    /// the first missing number (0 for an unchained row, which has none).
+    /// The chain the break is in (0 for an unchained row, which is in none).
+    pub chain: u32,
+    /// Sequence number within that chain where the break is: the tampered
+    /// row's, or for a gap the first missing number (0 for an unchained row).
     pub seq: u64,
     /// The row at (or, for a gap, just after) that point, if there is one.
     pub id: Option<Uuid>,
@@ -509,17 +512,31 @@ pub struct AuditChainBreak {
     pub reason: AuditChainFault,
 }
 
-/// Result of walking the whole audit chain.
+/// How far one of the audit chains holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditChainTip {
+    /// The chain's number.
+    pub chain: u32,
+    /// Sequence number of its last row checked (0 for an empty chain); the
+    /// rows 1..=`last_seq` were all checked.
+    pub last_seq: u64,
+    /// Hash of that row (64 zeros for an empty chain): recorded outside the
+    /// database with `last_seq`, it lets a later check detect a rewritten chain.
+    pub last_hash: String,
+    /// Where this chain first breaks; `None` if it is intact.
+    pub first_break: Option<AuditChainBreak>,
+}
+
+/// Result of walking every audit chain.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditChainReport {
-    /// Rows whose hash and link were checked, up to the first break.
+    /// Rows whose hash and link were checked, in all chains, each chain up
+    /// to its first break.
     pub checked: u64,
-    /// Sequence number of the last row checked (0 for an empty chain).
-    pub last_seq: u64,
-    /// Hash of the last row checked (64 zeros for an empty chain): recorded
-    /// outside the database, it lets a later check detect a rewritten chain.
-    pub last_hash: String,
-    /// Where the chain first breaks; `None` if it is intact.
+    /// Every chain, by number, with its last link checked.
+    pub chains: Vec<AuditChainTip>,
+    /// The first break: the lowest-numbered broken chain's, else a row outside
+    /// every chain; `None` if the whole trail is intact.
     pub first_break: Option<AuditChainBreak>,
 }
 

@@ -123,8 +123,8 @@ pub trait MetadataStore: Send + Sync {
     async fn append_audit(&self, event: &AuditEvent) -> DomainResult<()>;
     /// Queries the audit trail, newest first.
     async fn list_audit(&self, query: &AuditQuery) -> DomainResult<Page<AuditEvent>>;
-    /// Walks the whole audit hash chain in sequence order, a page at a time,
-    /// and reports how far it holds. Stores without a chain (test doubles)
+    /// Walks every audit hash chain in sequence order, a page at a time,
+    /// and reports how far each holds. Stores without a chain (test doubles)
     /// answer `Unavailable`.
     async fn verify_audit_chain(&self) -> DomainResult<AuditChainReport> {
         Err(crate::DomainError::Unavailable {

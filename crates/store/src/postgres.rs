@@ -104,6 +104,11 @@ const MIGRATIONS: &[Embedded] = &[
         "destinations",
         include_str!("../migrations/postgres/0016_destinations.sql"),
     ),
+    (
+        17,
+        "audit chains",
+        include_str!("../migrations/postgres/0017_audit_chains.sql"),
+    ),
 ];
 
 /// Key of the advisory lock held while migrating ("certflow" in ASCII).

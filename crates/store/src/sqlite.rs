@@ -101,6 +101,11 @@ const MIGRATIONS: &[Embedded] = &[
         "destinations",
         include_str!("../migrations/sqlite/0016_destinations.sql"),
     ),
+    (
+        17,
+        "audit chains",
+        include_str!("../migrations/sqlite/0017_audit_chains.sql"),
+    ),
 ];
 
 /// How long a statement waits for another connection's write lock.

@@ -2,7 +2,7 @@
 //! `certflow keys rewrap`): run where the server runs, with its configuration.
 
 use anyhow::bail;
-use certflow_core::model::Actor;
+use certflow_core::model::{Actor, AuditChainBreak, AuditChainFault, AuditChainReport};
 
 use super::wiring::{open_services, open_store};
 use crate::auth;
@@ -40,11 +40,7 @@ pub async fn verify_audit(config: &Config) -> anyhow::Result<()> {
     print!("{}", audit_report_text(&report));
     match report.first_break {
         None => Ok(()),
-        Some(b) => bail!(
-            "the audit chain is broken at seq {} ({})",
-            b.seq,
-            b.reason.as_str()
-        ),
+        Some(b) => bail!("the audit trail is broken: {}", break_text(&b)),
     }
 }
 
@@ -123,23 +119,47 @@ pub async fn print_agent_ca(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// What `verify-audit` prints: the rows checked, the last link (to record
-/// elsewhere, so a rewritten chain shows later) and the first break, if any.
-fn audit_report_text(r: &certflow_core::model::AuditChainReport) -> String {
+/// What `verify-audit` prints: the rows checked, each chain's last link (to
+/// record elsewhere, so a rewritten chain shows later) and where it breaks,
+/// then the verdict with the first break, if any.
+fn audit_report_text(r: &AuditChainReport) -> String {
     let mut out = format!(
-        "checked {} audit events; last seq {} hash {}\n",
-        r.checked, r.last_seq, r.last_hash
+        "checked {} audit events in {} chains\n",
+        r.checked,
+        r.chains.len()
     );
+    for tip in &r.chains {
+        let link = if tip.last_seq == 0 {
+            "seq 0 (empty)".to_owned()
+        } else {
+            format!("seq {} hash {}", tip.last_seq, tip.last_hash)
+        };
+        out.push_str(&format!("chain {:>2}: {link}", tip.chain));
+        if let Some(b) = &tip.first_break {
+            out.push_str(&format!(", then BROKEN: {}", break_text(b)));
+        }
+        out.push('\n');
+    }
     match &r.first_break {
         None => out.push_str("audit chain OK\n"),
-        Some(b) => out.push_str(&format!(
-            "audit chain BROKEN at seq {}: {} (event {})\n",
-            b.seq,
-            b.reason.as_str(),
-            b.id.map_or_else(|| "missing".to_owned(), |id| id.to_string())
-        )),
+        Some(b) => out.push_str(&format!("audit chain BROKEN: {}\n", break_text(b))),
     }
     out
+}
+
+/// Where a chain breaks, in words.
+fn break_text(b: &AuditChainBreak) -> String {
+    let event =
+        b.id.map_or_else(|| "missing".to_owned(), |id| id.to_string());
+    match b.reason {
+        AuditChainFault::Unchained => format!("unchained (event {event} is in no chain)"),
+        reason => format!(
+            "chain {} seq {}: {} (event {event})",
+            b.chain,
+            b.seq,
+            reason.as_str()
+        ),
+    }
 }
 
 /// `certflow keys rewrap`: re-seal every private key and webhook secret under the current master key.
@@ -183,31 +203,84 @@ pub async fn rotate_bootstrap_token(config: &Config) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod verify_audit_tests {
-    use certflow_core::model::{AuditChainBreak, AuditChainFault, AuditChainReport};
+    use certflow_core::model::{AuditChainBreak, AuditChainFault, AuditChainReport, AuditChainTip};
 
     use super::audit_report_text;
 
+    fn tip(chain: u32, last_seq: u64) -> AuditChainTip {
+        AuditChainTip {
+            chain,
+            last_seq,
+            last_hash: if last_seq == 0 {
+                "0".repeat(64)
+            } else {
+                format!("{chain:x}").repeat(64)
+            },
+            first_break: None,
+        }
+    }
+
     #[test]
-    fn report_names_the_last_link_and_the_break() {
+    fn report_names_each_chains_last_link_and_the_break() {
         let mut report = AuditChainReport {
-            checked: 41,
-            last_seq: 41,
-            last_hash: "ab".repeat(32),
+            checked: 48,
+            chains: vec![tip(0, 41), tip(1, 7), tip(2, 0)],
             first_break: None,
         };
         let ok = audit_report_text(&report);
-        assert!(ok.contains("checked 41 audit events"), "{ok}");
-        assert!(ok.contains(&"ab".repeat(32)), "{ok}");
-        assert!(ok.contains("audit chain OK"), "{ok}");
-        report.first_break = Some(AuditChainBreak {
-            seq: 42,
+        assert_eq!(
+            ok,
+            format!(
+                "checked 48 audit events in 3 chains\n\
+                 chain  0: seq 41 hash {}\n\
+                 chain  1: seq 7 hash {}\n\
+                 chain  2: seq 0 (empty)\n\
+                 audit chain OK\n",
+                "0".repeat(64),
+                "1".repeat(64)
+            )
+        );
+        let gap = AuditChainBreak {
+            chain: 1,
+            seq: 8,
             id: None,
             reason: AuditChainFault::SeqGap,
-        });
+        };
+        report.chains[1].first_break = Some(gap.clone());
+        report.first_break = Some(gap);
         let broken = audit_report_text(&report);
         assert!(
-            broken.contains("BROKEN at seq 42: seq_gap (event missing)"),
+            broken.contains(&format!(
+                "chain  1: seq 7 hash {}, then BROKEN: chain 1 seq 8: seq_gap (event missing)\n",
+                "1".repeat(64)
+            )),
             "{broken}"
+        );
+        assert!(
+            broken.ends_with("audit chain BROKEN: chain 1 seq 8: seq_gap (event missing)\n"),
+            "{broken}"
+        );
+    }
+
+    #[test]
+    fn an_unchained_row_is_named_without_a_chain() {
+        let id = uuid::Uuid::nil();
+        let report = AuditChainReport {
+            checked: 0,
+            chains: vec![tip(0, 0)],
+            first_break: Some(AuditChainBreak {
+                chain: 0,
+                seq: 0,
+                id: Some(id),
+                reason: AuditChainFault::Unchained,
+            }),
+        };
+        let text = audit_report_text(&report);
+        assert!(
+            text.ends_with(&format!(
+                "audit chain BROKEN: unchained (event {id} is in no chain)\n"
+            )),
+            "{text}"
         );
     }
 }

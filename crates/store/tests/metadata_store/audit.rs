@@ -8,7 +8,8 @@ use std::collections::BTreeMap;
 
 use certflow_core::DomainError;
 use certflow_core::model::{
-    Actor, AuditChainReport, AuditEvent, AuditQuery, CertificateQuery, Outcome, RevocationReason,
+    Actor, AuditChainReport, AuditChainTip, AuditEvent, AuditQuery, CertificateQuery, Outcome,
+    RevocationReason,
 };
 use certflow_core::notify::EventKind;
 use certflow_core::ports::MetadataStore;
@@ -329,7 +330,8 @@ store_case! {
     }
 }
 
-/// Verifies the chain and checks it covers every audit row, numbered 1..=n.
+/// Verifies the chains and checks they cover every audit row, each chain
+/// numbered 1..=n.
 async fn assert_chain_intact(store: &dyn MetadataStore) -> AuditChainReport {
     let report = store.verify_audit_chain().await.unwrap();
     assert_eq!(report.first_break, None, "{report:?}");
@@ -341,8 +343,14 @@ async fn assert_chain_intact(store: &dyn MetadataStore) -> AuditChainReport {
         .await
         .unwrap()
         .total;
-    assert_eq!((report.checked, report.last_seq), (total, total));
-    assert_eq!(report.last_hash.len(), 64);
+    assert_eq!(report.checked, total);
+    assert_eq!(report.chains.len(), 16, "{report:?}");
+    for (n, tip) in report.chains.iter().enumerate() {
+        assert_eq!(tip.chain as usize, n);
+        assert_eq!((tip.last_hash.len(), &tip.first_break), (64, &None));
+    }
+    let linked: u64 = report.chains.iter().map(|t| t.last_seq).sum();
+    assert_eq!(linked, total);
     report
 }
 
@@ -352,8 +360,14 @@ store_case! {
             store.verify_audit_chain().await.unwrap(),
             AuditChainReport {
                 checked: 0,
-                last_seq: 0,
-                last_hash: "0".repeat(64),
+                chains: (0..16)
+                    .map(|chain| AuditChainTip {
+                        chain,
+                        last_seq: 0,
+                        last_hash: "0".repeat(64),
+                        first_break: None,
+                    })
+                    .collect(),
                 first_break: None,
             }
         );
@@ -461,9 +475,10 @@ store_case! {
 }
 
 store_case! {
-    /// Writers on every connection of the pool at once still form one
-    /// gapless chain (on PostgreSQL they queue on the chain head's row lock).
-    async fn concurrent_audited_writes_form_one_chain(store: &dyn MetadataStore) {
+    /// Writers on every connection of the pool at once form gapless chains
+    /// (on PostgreSQL each takes a chain head no other writer holds; on
+    /// SQLite they take turns on chain 0).
+    async fn concurrent_audited_writes_form_gapless_chains(store: &dyn MetadataStore) {
         const WRITERS: usize = 16;
         const EACH: usize = 25;
         let main = seed_issuer(store).await;

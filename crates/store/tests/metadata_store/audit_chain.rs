@@ -5,6 +5,7 @@
 //! to its one connection).
 
 use std::borrow::Cow;
+use std::time::Duration;
 
 use certflow_core::model::{
     Actor, AuditChainBreak, AuditChainFault, AuditEvent, AuditQuery, Outcome,
@@ -67,7 +68,7 @@ impl Raw {
     }
 
     async fn ids_in_seq_order(&mut self) -> Vec<Uuid> {
-        let sql = "SELECT id FROM audit_events ORDER BY seq";
+        let sql = "SELECT id FROM audit_events ORDER BY chain, seq";
         let ids: Vec<String> = match self {
             Raw::Sqlite(c) => sqlx::query_scalar(sql).fetch_all(c).await,
             Raw::Pg(c) => sqlx::query_scalar(sql).fetch_all(c).await,
@@ -86,6 +87,7 @@ impl Raw {
                 "DROP TRIGGER audit_events_advance_on_insert",
                 "DROP TRIGGER audit_events_advance_on_link",
                 "DROP TRIGGER audit_chain_head_forward",
+                "DROP TRIGGER audit_chain_head_no_insert",
                 "DROP TRIGGER audit_chain_head_no_delete",
             ],
             Raw::Pg(_) => &[
@@ -160,14 +162,18 @@ tamper_case! {
             // Writing around the store: no link, a skipped seq, a wrong prev_hash.
             "INSERT INTO audit_events (id, at, subject, action, target, outcome, details) \
              VALUES ('x', 0, 's', 'a', 't', 'success', '{}')",
+            "UPDATE audit_events SET chain = 1 WHERE seq = 3",
             "UPDATE audit_chain_head SET seq = 2",
+            "UPDATE audit_chain_head SET chain = 1 WHERE chain = 0",
             "DELETE FROM audit_chain_head",
+            "DELETE FROM audit_chain_head WHERE chain = 15",
+            "INSERT INTO audit_chain_head (chain, seq, hash) VALUES (16, 0, 'x')",
         ] {
             let error = raw.must_fail(sql).await;
             assert!(error.contains("audit"), "{sql}: {error}");
         }
         let head_hash: String = match raw {
-            Raw::Sqlite(c) => sqlx::query_scalar("SELECT hash FROM audit_chain_head")
+            Raw::Sqlite(c) => sqlx::query_scalar("SELECT hash FROM audit_chain_head WHERE chain = 0")
                 .fetch_one(c)
                 .await
                 .unwrap(),
@@ -178,7 +184,7 @@ tamper_case! {
                     .unwrap_err()
                     .to_string();
                 assert!(error.contains("append-only"), "{error}");
-                sqlx::query_scalar("SELECT hash FROM audit_chain_head")
+                sqlx::query_scalar("SELECT hash FROM audit_chain_head WHERE chain = 0")
                     .fetch_one(c)
                     .await
                     .unwrap()
@@ -206,6 +212,7 @@ tamper_case! {
         assert_eq!(
             broken_at(store, 2).await,
             AuditChainBreak {
+                chain: 0,
                 seq: 3,
                 id: Some(ids[2]),
                 reason: AuditChainFault::HashMismatch,
@@ -228,6 +235,7 @@ tamper_case! {
         assert_eq!(
             broken_at(store, 3).await,
             AuditChainBreak {
+                chain: 0,
                 seq: 4,
                 id: Some(ids[3]),
                 reason: AuditChainFault::PrevHashMismatch,
@@ -246,6 +254,7 @@ tamper_case! {
         assert_eq!(
             broken_at(store, 2).await,
             AuditChainBreak {
+                chain: 0,
                 seq: 3,
                 id: Some(ids[3]),
                 reason: AuditChainFault::SeqGap,
@@ -264,6 +273,7 @@ tamper_case! {
         assert_eq!(
             broken_at(store, 3).await,
             AuditChainBreak {
+                chain: 0,
                 seq: 4,
                 id: None,
                 reason: AuditChainFault::SeqGap,
@@ -286,6 +296,7 @@ tamper_case! {
         assert_eq!(
             broken_at(store, 2).await,
             AuditChainBreak {
+                chain: 0,
                 seq: 0,
                 id: Some(id),
                 reason: AuditChainFault::Unchained,
@@ -296,14 +307,263 @@ tamper_case! {
             .await
             .unwrap();
         raw.exec(&format!(
-            "UPDATE audit_chain_head SET hash = '{}'",
+            "UPDATE audit_chain_head SET hash = '{}' WHERE chain = 0",
             "b".repeat(64)
         ))
         .await
         .unwrap();
         let b = broken_at(store, 2).await;
-        assert_eq!((b.seq, b.reason), (2, AuditChainFault::HeadMismatch));
+        assert_eq!((b.chain, b.seq, b.reason), (0, 2, AuditChainFault::HeadMismatch));
     }
+}
+
+tamper_case! {
+    /// A linked row in a chain that does not exist is outside every walk.
+    async fn rows_in_no_chain_are_found(store: &dyn MetadataStore, raw: &mut Raw) {
+        seed(store, 2).await;
+        raw.drop_guards().await;
+        let id = Uuid::now_v7();
+        raw.exec(&format!(
+            "INSERT INTO audit_events (id, at, subject, action, target, outcome, details, chain, \
+             seq, prev_hash, hash) VALUES ('{id}', 0, 's', 'a', 't', 'success', '{{}}', 16, 1, \
+             '{}', '{}')",
+            "0".repeat(64),
+            "c".repeat(64)
+        ))
+        .await
+        .unwrap();
+        assert_eq!(
+            broken_at(store, 2).await,
+            AuditChainBreak {
+                chain: 0,
+                seq: 0,
+                id: Some(id),
+                reason: AuditChainFault::Unchained,
+            }
+        );
+    }
+}
+
+tamper_case! {
+    /// A chain whose head row is gone cannot be vouched for.
+    async fn missing_head_is_found(store: &dyn MetadataStore, raw: &mut Raw) {
+        seed(store, 2).await;
+        raw.drop_guards().await;
+        raw.exec("DELETE FROM audit_chain_head WHERE chain = 5")
+            .await
+            .unwrap();
+        let report = store.verify_audit_chain().await.unwrap();
+        assert_eq!(report.checked, 2);
+        let b = report.first_break.unwrap();
+        assert_eq!((b.chain, b.seq, b.reason), (5, 0, AuditChainFault::HeadMismatch));
+        assert_eq!(report.chains[5].first_break, Some(b));
+        assert_eq!(report.chains[0].first_break, None);
+    }
+}
+
+// ------------------------------------------------------------ several chains
+
+/// A PostgreSQL store with 16 connections, a direct connection holding chain
+/// heads, and another to tamper with.
+async fn pg_chains() -> (PgStore, PgConnection, Raw, TestDb) {
+    let db = TestDb::create().await;
+    let store = PgStore::connect(
+        &db.url(),
+        PgOptions {
+            max_connections: 16,
+            ..PgOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    let holder = db.connect().await;
+    let raw = Raw::Pg(db.connect().await);
+    (store, holder, raw, db)
+}
+
+/// Locks the heads of chains `0..n` from `holder` until [`release`].
+async fn hold_heads(holder: &mut PgConnection, n: i64) {
+    holder.execute("BEGIN").await.unwrap();
+    sqlx::query("SELECT chain FROM audit_chain_head WHERE chain < $1 FOR UPDATE")
+        .bind(n)
+        .fetch_all(&mut *holder)
+        .await
+        .unwrap();
+}
+
+async fn release(holder: &mut PgConnection) {
+    holder.execute("COMMIT").await.unwrap();
+}
+
+/// `(chain, seq, id)` of every linked row.
+async fn links(raw: &mut Raw) -> Vec<(i64, i64, Uuid)> {
+    let Raw::Pg(c) = raw else {
+        unreachable!("PostgreSQL only")
+    };
+    let rows: Vec<(i64, i64, String)> =
+        sqlx::query_as("SELECT chain, seq, id FROM audit_events ORDER BY chain, seq")
+            .fetch_all(c)
+            .await
+            .unwrap();
+    rows.into_iter()
+        .map(|(chain, seq, id)| (chain, seq, id.parse().unwrap()))
+        .collect()
+}
+
+/// An audited write does not wait for a head another transaction holds: it
+/// takes the lowest free one; with all 16 held it waits for one.
+#[tokio::test]
+async fn writers_take_a_free_head_on_postgres() {
+    let (store, mut holder, mut raw, _db) = pg_chains().await;
+    hold_heads(&mut holder, 3).await;
+    let first = event(0);
+    tokio::time::timeout(Duration::from_secs(10), store.append_audit(&first))
+        .await
+        .expect("an audited write waited for a held head")
+        .unwrap();
+    release(&mut holder).await;
+    assert_eq!(links(&mut raw).await, vec![(3, 1, first.id)]);
+
+    hold_heads(&mut holder, 16).await;
+    let second = event(1);
+    let write = tokio::spawn({
+        let store = store.clone();
+        let second = second.clone();
+        async move { store.append_audit(&second).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!write.is_finished(), "wrote while every head was held");
+    release(&mut holder).await;
+    write.await.unwrap().unwrap();
+    let linked = links(&mut raw).await;
+    assert_eq!(linked.len(), 2);
+    assert!(linked.iter().any(|&(_, _, id)| id == second.id));
+    let report = store.verify_audit_chain().await.unwrap();
+    assert_eq!((report.checked, report.first_break), (2, None));
+}
+
+/// 16 writers at once on PostgreSQL spread over several chains, each gapless
+/// and verified.
+async fn concurrent_chains(store: &PgStore, raw: &mut Raw) -> Vec<(i64, i64, Uuid)> {
+    const WRITERS: u32 = 16;
+    const EACH: u32 = 40;
+    futures::future::join_all((0..WRITERS).map(|w| async move {
+        for i in 0..EACH {
+            store.append_audit(&event(w * EACH + i)).await.unwrap();
+        }
+    }))
+    .await;
+    let report = store.verify_audit_chain().await.unwrap();
+    assert_eq!(report.first_break, None, "{report:?}");
+    assert_eq!(report.checked, u64::from(WRITERS * EACH));
+    let used: Vec<_> = report.chains.iter().filter(|t| t.last_seq > 0).collect();
+    assert!(used.len() >= 2, "one chain only: {report:?}");
+    let linked = links(raw).await;
+    for tip in &report.chains {
+        let seqs: Vec<i64> = linked
+            .iter()
+            .filter(|l| l.0 == i64::from(tip.chain))
+            .map(|l| l.1)
+            .collect();
+        assert_eq!(seqs, (1..=tip.last_seq as i64).collect::<Vec<_>>());
+    }
+    linked
+}
+
+#[tokio::test]
+async fn concurrent_writers_form_several_chains_on_postgres() {
+    let (store, _holder, mut raw, _db) = pg_chains().await;
+    concurrent_chains(&store, &mut raw).await;
+}
+
+/// Chains 0 and 1 with a few links each, and chain 2 with `n`: written while
+/// the lower heads are held.
+async fn three_chains(store: &PgStore, holder: &mut PgConnection, n: u32) -> Vec<Uuid> {
+    seed(store, 3).await;
+    hold_heads(holder, 1).await;
+    seed(store, 2).await;
+    release(holder).await;
+    hold_heads(holder, 2).await;
+    let ids = seed(store, n).await;
+    release(holder).await;
+    ids
+}
+
+/// An edited row in any chain is named by chain and seq; the other chains
+/// still verify to their heads.
+#[tokio::test]
+async fn edited_row_in_a_later_chain_is_found_on_postgres() {
+    let (store, mut holder, mut raw, _db) = pg_chains().await;
+    let ids = three_chains(&store, &mut holder, 5).await;
+    raw.drop_guards().await;
+    raw.exec(r#"UPDATE audit_events SET details = '{"i":99}' WHERE chain = 2 AND seq = 4"#)
+        .await
+        .unwrap();
+    let report = store.verify_audit_chain().await.unwrap();
+    let expected = AuditChainBreak {
+        chain: 2,
+        seq: 4,
+        id: Some(ids[3]),
+        reason: AuditChainFault::HashMismatch,
+    };
+    assert_eq!(report.first_break.as_ref(), Some(&expected), "{report:?}");
+    assert_eq!(report.checked, 3 + 2 + 3);
+    let tips: Vec<_> = report.chains[..3]
+        .iter()
+        .map(|t| (t.last_seq, t.first_break.clone()))
+        .collect();
+    assert_eq!(tips, vec![(3, None), (2, None), (3, Some(expected))]);
+}
+
+/// A chain's newest row deleted: its head still names it.
+#[tokio::test]
+async fn deleted_newest_row_of_a_chain_is_found_on_postgres() {
+    let (store, mut holder, mut raw, _db) = pg_chains().await;
+    three_chains(&store, &mut holder, 4).await;
+    raw.drop_guards().await;
+    raw.exec("DELETE FROM audit_events WHERE chain = 1 AND seq = 2")
+        .await
+        .unwrap();
+    let report = store.verify_audit_chain().await.unwrap();
+    assert_eq!(
+        report.first_break,
+        Some(AuditChainBreak {
+            chain: 1,
+            seq: 2,
+            id: None,
+            reason: AuditChainFault::SeqGap,
+        }),
+        "{report:?}"
+    );
+    assert_eq!(report.checked, 3 + 1 + 4);
+    assert_eq!(report.chains[1].last_seq, 1);
+}
+
+/// After concurrent writes, an edit anywhere is found at its chain and seq.
+#[tokio::test]
+async fn edit_after_concurrent_writes_is_found_on_postgres() {
+    let (store, _holder, mut raw, _db) = pg_chains().await;
+    let linked = concurrent_chains(&store, &mut raw).await;
+    // The middle row of the highest chain in use.
+    let top = linked.iter().map(|l| l.0).max().unwrap();
+    let rows: Vec<_> = linked.iter().filter(|l| l.0 == top).collect();
+    let (chain, seq, id) = *rows[rows.len() / 2];
+    raw.drop_guards().await;
+    raw.exec(&format!(
+        "UPDATE audit_events SET subject = 'mallory' WHERE chain = {chain} AND seq = {seq}"
+    ))
+    .await
+    .unwrap();
+    let report = store.verify_audit_chain().await.unwrap();
+    assert_eq!(
+        report.first_break,
+        Some(AuditChainBreak {
+            chain: u32::try_from(chain).unwrap(),
+            seq: u64::try_from(seq).unwrap(),
+            id: Some(id),
+            reason: AuditChainFault::HashMismatch,
+        })
+    );
 }
 
 // ------------------------------------------------------------ upgrade
@@ -443,6 +703,149 @@ async fn postgres_upgrade_links_existing_events() {
     let (store, _b, _c) = (a.unwrap(), b.unwrap(), c.unwrap());
     let mut raw = Raw::Pg(db.connect().await);
     upgraded_chain_verifies(&store, &mut raw, &ids).await;
+}
+
+// ------------------------------------------------------------ upgrade to several chains
+
+/// Every migration before 0017 (several chains), as the release before it
+/// applied them, read from `migrations/<backend>/`.
+fn before_chains(backend: &str) -> Migrator {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("migrations")
+        .join(backend);
+    let mut files: Vec<(i64, String, String)> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter_map(|p| {
+            let stem = p.file_stem()?.to_str()?.to_owned();
+            let (version, description) = stem.split_once('_')?;
+            let version: i64 = version.parse().ok()?;
+            (version < 17).then(|| {
+                let sql = std::fs::read_to_string(&p).unwrap();
+                (version, description.replace('_', " "), sql)
+            })
+        })
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 16);
+    Migrator::with_migrations(
+        files
+            .into_iter()
+            .map(|(version, description, sql)| {
+                Migration::new(
+                    version,
+                    Cow::Owned(description),
+                    MigrationType::Simple,
+                    AssertSqlSafe(sql).into_sql_str(),
+                    false,
+                )
+            })
+            .collect(),
+    )
+}
+
+/// The one-chain link hash (encoding v1), written out from its documentation
+/// in src/audit.rs: what a release before 0017 stored.
+fn v1_hash(prev: &str, seq: i64, id: &str, at: i64, target: &str) -> String {
+    fn text(out: &mut Vec<u8>, s: &str) {
+        out.extend_from_slice(&(s.len() as u64).to_be_bytes());
+        out.extend_from_slice(s.as_bytes());
+    }
+    let mut out = b"certflow.audit-chain.v1\0".to_vec();
+    text(&mut out, prev);
+    out.extend_from_slice(&seq.to_be_bytes());
+    text(&mut out, id);
+    out.extend_from_slice(&at.to_be_bytes());
+    text(&mut out, "alice");
+    out.push(0);
+    text(&mut out, "certificate.create");
+    text(&mut out, target);
+    text(&mut out, "success");
+    text(&mut out, "{}");
+    hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &out).as_ref())
+}
+
+/// Five events linked by a release before 0017; the last hash.
+fn one_chain_events() -> (Vec<String>, String) {
+    let mut prev = "0".repeat(64);
+    let mut inserts = Vec::new();
+    for seq in 1..=5_i64 {
+        let id = Uuid::now_v7().to_string();
+        let at = 1_767_225_600 + seq;
+        let target = format!("certificate/{seq}");
+        let hash = v1_hash(&prev, seq, &id, at, &target);
+        inserts.push(format!(
+            "INSERT INTO audit_events (id, at, subject, source, action, target, outcome, \
+             details, seq, prev_hash, hash) VALUES ('{id}', {at}, 'alice', NULL, \
+             'certificate.create', '{target}', 'success', '{{}}', {seq}, '{prev}', '{hash}')"
+        ));
+        prev = hash;
+    }
+    (inserts, prev)
+}
+
+/// The one chain became chain 0, still verifying, and new events continue it.
+async fn one_chain_upgraded(store: &dyn MetadataStore, raw: &mut Raw, last_hash: &str) {
+    let report = store.verify_audit_chain().await.unwrap();
+    assert_eq!(
+        (report.checked, &report.first_break),
+        (5, &None),
+        "{report:?}"
+    );
+    assert_eq!(
+        (
+            report.chains[0].last_seq,
+            report.chains[0].last_hash.as_str()
+        ),
+        (5, last_hash)
+    );
+    store.append_audit(&event(6)).await.unwrap();
+    let report = store.verify_audit_chain().await.unwrap();
+    assert_eq!(
+        (report.checked, &report.first_break),
+        (6, &None),
+        "{report:?}"
+    );
+    assert_eq!(report.chains[0].last_seq, 6);
+    // An older release's head lookup fails instead of linking wrongly.
+    let error = raw
+        .must_fail("UPDATE audit_chain_head SET seq = seq WHERE id = 1")
+        .await;
+    assert!(error.contains("id"), "{error}");
+}
+
+#[tokio::test]
+async fn sqlite_upgrade_keeps_the_one_chain_as_chain_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("certflow.db");
+    let url = format!("sqlite://{}?mode=rwc", path.display());
+    let mut old = SqliteConnection::connect(&url).await.unwrap();
+    before_chains("sqlite").run(&mut old).await.unwrap();
+    let (inserts, last_hash) = one_chain_events();
+    for sql in inserts {
+        old.execute(AssertSqlSafe(sql)).await.unwrap();
+    }
+    old.close().await.unwrap();
+    let store = SqliteStore::open(&path).await.unwrap();
+    let mut raw = Raw::Sqlite(SqliteConnection::connect(&url).await.unwrap());
+    one_chain_upgraded(&store, &mut raw, &last_hash).await;
+}
+
+#[tokio::test]
+async fn postgres_upgrade_keeps_the_one_chain_as_chain_zero() {
+    let db = TestDb::create().await;
+    let mut old = db.connect().await;
+    before_chains("postgres").run(&mut old).await.unwrap();
+    let (inserts, last_hash) = one_chain_events();
+    for sql in inserts {
+        old.execute(AssertSqlSafe(sql)).await.unwrap();
+    }
+    old.close().await.unwrap();
+    let store = PgStore::connect(&db.url(), PgOptions::default())
+        .await
+        .unwrap();
+    let mut raw = Raw::Pg(db.connect().await);
+    one_chain_upgraded(&store, &mut raw, &last_hash).await;
 }
 
 /// What the chain costs, printed (`cargo test -p certflow-store --test
