@@ -17,6 +17,7 @@
 use std::collections::HashMap;
 
 use async_trait::async_trait;
+use sqlx::Pool;
 use certflow_core::error::DomainResult;
 use certflow_core::model::{
     AuditChainReport, AuditEvent, AuditQuery, Certificate, CertificateQuery, CertificateStats,
@@ -34,11 +35,79 @@ use crate::codec::{
     version_columns,
 };
 use crate::error::{Violation, conflict, map};
-use crate::query::{Backend, Columns, Sql};
+use crate::query::{Backend, Columns, Param, Sql};
 use crate::store::{SqlStore, execute, fetch_all, fetch_optional, page_bounds, total};
 
 /// Most certificates one `due_for_renewal` batch returns.
 const MAX_DUE: u32 = 1000;
+
+/// `INSERT` of `certificates` rows, before their `VALUES`.
+const CERTIFICATE_INSERT: &str = concat!(
+    "INSERT INTO certificates (",
+    "id, name, name_folded, team, profile, key_type, key_source, names, validity_days, ",
+    "validity_secs, issuer_id, renew_at_fraction, renew_before_days, renew_jitter_fraction, ",
+    "status, current_version, not_after, renew_after, created_at, updated_at, managed)"
+);
+
+/// The values of `cert`'s row, in [`CERTIFICATE_INSERT`]'s column order.
+fn certificate_row(cert: &Certificate) -> DomainResult<Vec<Param>> {
+    Ok(vec![
+        id(cert.id).into(),
+        cert.name.as_str().into(),
+        fold(&cert.name).into(),
+        cert.team.as_str().into(),
+        cert.profile.as_str().into(),
+        cert.key_type.as_str().into(),
+        cert.key_source.as_str().into(),
+        codec::names_json(&cert.names)?.into(),
+        i64::from(cert.validity_days).into(),
+        cert.validity_secs.map(i64::from).into(),
+        id(cert.issuer_id).into(),
+        cert.renewal.renew_at_fraction.into(),
+        cert.renewal.renew_before_days.map(i64::from).into(),
+        cert.renewal.jitter_fraction.into(),
+        cert.status.as_str().into(),
+        i64::from(cert.current_version).into(),
+        secs(cert.not_after).into(),
+        secs(cert.renew_after).into(),
+        secs(cert.created_at).into(),
+        secs(cert.updated_at).into(),
+        cert.managed.into(),
+    ])
+}
+
+/// The values of `v`'s row, in `version_columns` order.
+fn version_row(v: &CertificateVersion) -> DomainResult<Vec<Param>> {
+    Ok(vec![
+        id(v.certificate_id).into(),
+        i64::from(v.version).into(),
+        v.serial.as_str().into(),
+        v.fingerprint_sha256.as_str().into(),
+        secs(v.not_before).into(),
+        secs(v.not_after).into(),
+        v.key_type.as_str().into(),
+        codec::names_json(&v.names)?.into(),
+        id(v.issuer_id).into(),
+        v.status.as_str().into(),
+        v.revoked_at.map(secs).into(),
+        v.revocation_reason.map(RevocationReason::as_str).into(),
+        v.cert_blob.as_str().into(),
+        v.key_blob.as_deref().into(),
+        secs(v.created_at).into(),
+    ])
+}
+
+/// The values of `record`'s row, in `idempotency_columns` order.
+fn idempotency_row(record: &IdempotencyRecord) -> Vec<Param> {
+    vec![
+        record.scope.as_str().into(),
+        record.key.as_str().into(),
+        record.request_sha256.as_str().into(),
+        id(record.certificate_id).into(),
+        i64::from(record.version).into(),
+        secs(record.created_at).into(),
+    ]
+}
 
 /// Stores an idempotency record for the version `v` the transaction commits.
 /// Run first in the transaction: a concurrent request with the same key then
@@ -56,17 +125,12 @@ async fn insert_idempotency<B: Backend>(
             record.version, record.certificate_id, v.version, v.certificate_id
         )));
     }
-    let sql = Sql::new(concat!(
+    let mut sql = Sql::new(concat!(
         "INSERT INTO idempotency_keys (",
         idempotency_columns!(),
-        ") VALUES ($1, $2, $3, $4, $5, $6)"
-    ))
-    .bind(record.scope.as_str())
-    .bind(record.key.as_str())
-    .bind(record.request_sha256.as_str())
-    .bind(id(record.certificate_id))
-    .bind(i64::from(record.version))
-    .bind(secs(record.created_at));
+        ")"
+    ));
+    sql.push_values([idempotency_row(record)]);
     B::execute(conn, sql).await.map_err(|e| {
         conflict(e, |violation| {
             (violation == Violation::PrimaryKey).then(|| {
@@ -116,26 +180,12 @@ async fn insert_version<B: Backend>(
     conn: &mut B::Connection,
     v: &CertificateVersion,
 ) -> DomainResult<()> {
-    let sql = Sql::new(concat!(
+    let mut sql = Sql::new(concat!(
         "INSERT INTO certificate_versions (",
         version_columns!(),
-        ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
-    ))
-    .bind(id(v.certificate_id))
-    .bind(i64::from(v.version))
-    .bind(v.serial.as_str())
-    .bind(v.fingerprint_sha256.as_str())
-    .bind(secs(v.not_before))
-    .bind(secs(v.not_after))
-    .bind(v.key_type.as_str())
-    .bind(codec::names_json(&v.names)?)
-    .bind(id(v.issuer_id))
-    .bind(v.status.as_str())
-    .bind(v.revoked_at.map(secs))
-    .bind(v.revocation_reason.map(RevocationReason::as_str))
-    .bind(v.cert_blob.as_str())
-    .bind(v.key_blob.as_deref())
-    .bind(secs(v.created_at));
+        ")"
+    ));
+    sql.push_values([version_row(v)?]);
     B::execute(conn, sql).await.map_err(|e| {
         conflict(e, |violation| {
             Some(match violation {
@@ -385,14 +435,8 @@ async fn insert_issuer_row<B: Backend>(
     Ok(())
 }
 
-/// Inserts a new certificate with its first version, names, labels and
-/// `idempotency` record (not its audit event) in the write transaction `conn`.
-async fn insert_certificate<B: Backend>(
-    conn: &mut B::Connection,
-    cert: &Certificate,
-    first: &CertificateVersion,
-    idempotency: Option<&IdempotencyRecord>,
-) -> DomainResult<()> {
+/// Refuses a first version that is not version 1 of `cert`.
+fn check_first_version(cert: &Certificate, first: &CertificateVersion) -> DomainResult<()> {
     if first.certificate_id != cert.id {
         return Err(DomainError::Internal(format!(
             "version of certificate {} given as the first version of certificate {}",
@@ -405,6 +449,117 @@ async fn insert_certificate<B: Backend>(
             cert.id, first.version
         )));
     }
+    Ok(())
+}
+
+/// A new certificate waiting for its group commit: what
+/// [`MetadataStore::create_certificate`] was given.
+pub(crate) struct Creation {
+    cert: Certificate,
+    first: CertificateVersion,
+    audit: AuditEvent,
+    idempotency: Option<IdempotencyRecord>,
+}
+
+/// Commits a batch of new certificates: together, in one transaction of
+/// multi-row statements; should that fail (a name taken, a key reused, an
+/// issuer gone...), each in a transaction of its own, so that each gets the
+/// answer it would have had alone and the others still commit.
+pub(crate) async fn commit_creations<B: Backend>(
+    pool: Pool<B>,
+    batch: Vec<Creation>,
+) -> Vec<DomainResult<()>> {
+    if batch.len() > 1 {
+        match create_together::<B>(&pool, &batch).await {
+            Ok(()) => return batch.iter().map(|_| Ok(())).collect(),
+            Err(e) => tracing::debug!(
+                batch = batch.len(),
+                error = %e,
+                "a group of new certificates failed together; committing each alone"
+            ),
+        }
+    }
+    let mut results = Vec::with_capacity(batch.len());
+    for c in &batch {
+        results.push(create_one::<B>(&pool, c).await);
+    }
+    results
+}
+
+/// One new certificate in a transaction of its own.
+async fn create_one<B: Backend>(pool: &Pool<B>, c: &Creation) -> DomainResult<()> {
+    let mut tx = pool.begin_with(B::BEGIN_WRITE).await.map_err(map)?;
+    insert_certificate::<B>(&mut tx, &c.cert, &c.first, c.idempotency.as_ref()).await?;
+    insert_audit::<B>(&mut tx, &c.audit).await?;
+    tx.commit().await.map_err(map)
+}
+
+/// Every certificate of `batch` in one transaction: a statement a table
+/// (the per-certificate checks of [`insert_certificate`] are left to the
+/// constraints, whose violation sends the batch through [`create_one`]).
+async fn create_together<B: Backend>(pool: &Pool<B>, batch: &[Creation]) -> DomainResult<()> {
+    let mut idempotency = Vec::new();
+    let mut certificates = Vec::with_capacity(batch.len());
+    let mut versions = Vec::with_capacity(batch.len());
+    let mut names = Vec::new();
+    let mut labels = Vec::new();
+    for c in batch {
+        check_first_version(&c.cert, &c.first)?;
+        if let Some(record) = &c.idempotency {
+            if record.certificate_id != c.cert.id || record.version != 1 {
+                return Err(DomainError::Internal(
+                    "an idempotency record names another certificate".into(),
+                ));
+            }
+            idempotency.push(idempotency_row(record));
+        }
+        certificates.push(certificate_row(&c.cert)?);
+        versions.push(version_row(&c.first)?);
+        let mut folded: Vec<String> = c.cert.names.iter().map(|n| fold(&n.to_text())).collect();
+        folded.sort_unstable();
+        folded.dedup();
+        names.extend(folded.into_iter().map(|n| vec![id(c.cert.id).into(), n.into()]));
+        labels.extend(c.cert.labels.iter().map(|(key, value)| {
+            vec![id(c.cert.id).into(), key.as_str().into(), value.as_str().into()]
+        }));
+    }
+    let mut tx = pool.begin_with(B::BEGIN_WRITE).await.map_err(map)?;
+    if !idempotency.is_empty() {
+        let mut sql = Sql::new(concat!("INSERT INTO idempotency_keys (", idempotency_columns!(), ")"));
+        sql.push_values(idempotency);
+        execute::<B>(&mut tx, sql).await?;
+    }
+    let mut sql = Sql::new(CERTIFICATE_INSERT);
+    sql.push_values(certificates);
+    execute::<B>(&mut tx, sql).await?;
+    let mut sql = Sql::new(concat!("INSERT INTO certificate_versions (", version_columns!(), ")"));
+    sql.push_values(versions);
+    execute::<B>(&mut tx, sql).await?;
+    if !names.is_empty() {
+        let mut sql = Sql::new("INSERT INTO certificate_names (certificate_id, name)");
+        sql.push_values(names);
+        execute::<B>(&mut tx, sql).await?;
+    }
+    if !labels.is_empty() {
+        let mut sql = Sql::new("INSERT INTO certificate_labels (certificate_id, key, value)");
+        sql.push_values(labels);
+        execute::<B>(&mut tx, sql).await?;
+    }
+    for c in batch {
+        insert_audit::<B>(&mut tx, &c.audit).await?;
+    }
+    tx.commit().await.map_err(map)
+}
+
+/// Inserts a new certificate with its first version, names, labels and
+/// `idempotency` record (not its audit event) in the write transaction `conn`.
+async fn insert_certificate<B: Backend>(
+    conn: &mut B::Connection,
+    cert: &Certificate,
+    first: &CertificateVersion,
+    idempotency: Option<&IdempotencyRecord>,
+) -> DomainResult<()> {
+    check_first_version(cert, first)?;
     if let Some(record) = idempotency {
         insert_idempotency::<B>(conn, record, first).await?;
     }
@@ -420,35 +575,8 @@ async fn insert_certificate<B: Backend>(
     if first.issuer_id != cert.issuer_id {
         ensure_issuer::<B>(conn, first.issuer_id).await?;
     }
-    let sql = Sql::new(concat!(
-        "INSERT INTO certificates (",
-        "id, name, name_folded, team, profile, key_type, key_source, names, validity_days, ",
-        "validity_secs, issuer_id, renew_at_fraction, renew_before_days, renew_jitter_fraction, ",
-        "status, current_version, not_after, renew_after, created_at, updated_at, managed",
-        ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, ",
-        "$17, $18, $19, $20, $21)"
-    ))
-    .bind(id(cert.id))
-    .bind(cert.name.as_str())
-    .bind(fold(&cert.name))
-    .bind(cert.team.as_str())
-    .bind(cert.profile.as_str())
-    .bind(cert.key_type.as_str())
-    .bind(cert.key_source.as_str())
-    .bind(codec::names_json(&cert.names)?)
-    .bind(i64::from(cert.validity_days))
-    .bind(cert.validity_secs.map(i64::from))
-    .bind(id(cert.issuer_id))
-    .bind(cert.renewal.renew_at_fraction)
-    .bind(cert.renewal.renew_before_days.map(i64::from))
-    .bind(cert.renewal.jitter_fraction)
-    .bind(cert.status.as_str())
-    .bind(i64::from(cert.current_version))
-    .bind(secs(cert.not_after))
-    .bind(secs(cert.renew_after))
-    .bind(secs(cert.created_at))
-    .bind(secs(cert.updated_at))
-    .bind(cert.managed);
+    let mut sql = Sql::new(CERTIFICATE_INSERT);
+    sql.push_values([certificate_row(cert)?]);
     B::execute(conn, sql).await.map_err(|e| {
         conflict(e, |v| {
             Some(match v {
@@ -544,10 +672,14 @@ impl<B: Backend> MetadataStore for SqlStore<B> {
         audit: &AuditEvent,
         idempotency: Option<&IdempotencyRecord>,
     ) -> DomainResult<()> {
-        let mut tx = self.begin_write().await?;
-        insert_certificate::<B>(&mut tx, cert, first, idempotency).await?;
-        insert_audit::<B>(&mut tx, audit).await?;
-        tx.commit().await.map_err(map)
+        self.creations
+            .submit(Creation {
+                cert: cert.clone(),
+                first: first.clone(),
+                audit: audit.clone(),
+                idempotency: idempotency.cloned(),
+            })
+            .await
     }
 
     async fn create_certificate_with_issuer(

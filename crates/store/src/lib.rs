@@ -14,6 +14,7 @@
 mod acme;
 mod agents;
 mod audit;
+mod blobs;
 mod certificates;
 mod changes;
 mod codec;
@@ -21,6 +22,7 @@ mod deployments;
 mod destinations;
 mod discovery;
 mod error;
+mod group_commit;
 mod migrate;
 mod notify;
 mod postgres;

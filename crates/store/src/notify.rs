@@ -2,6 +2,8 @@
 //! notifications, their deliveries (one per matching subscription, with a
 //! snapshot of its channel) and every delivery attempt.
 
+use std::collections::HashSet;
+
 use async_trait::async_trait;
 use certflow_core::DomainError;
 use certflow_core::error::DomainResult;
@@ -11,13 +13,14 @@ use certflow_core::notify::{
     Subscription,
 };
 use certflow_core::ports::NotificationStore;
+use sqlx::Pool;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::audit::insert_audit;
 use crate::codec::{self, delivery_columns, id, secs, subscription_columns, to_json};
 use crate::error::{Violation, conflict, map};
-use crate::query::{Backend, Columns, Sql};
+use crate::query::{Backend, Columns, Param, Sql};
 use crate::store::{SqlStore, execute, fetch_all, fetch_optional, page_bounds, total};
 
 /// Most deliveries one claim leases.
@@ -92,6 +95,189 @@ async fn record_cancelled<B: Backend>(
     };
     execute::<B>(&mut tx, update.bind(id(delivery_id))).await?;
     tx.commit().await.map_err(map)
+}
+
+/// A notification waiting for its group commit: what
+/// [`NotificationStore::publish`] was given.
+pub(crate) struct Publication {
+    notification: Notification,
+    dedupe_key: Option<String>,
+}
+
+/// The values of a `notifications` row, in [`NOTIFICATION_INSERT`]'s order.
+fn notification_row(n: &Notification, dedupe_key: Option<&str>) -> DomainResult<Vec<Param>> {
+    Ok(vec![
+        id(n.id).into(),
+        n.kind.as_str().into(),
+        n.team.as_str().into(),
+        n.certificate_id.map(id).as_deref().into(),
+        to_json("notification", n)?.into(),
+        dedupe_key.into(),
+        secs(n.at).into(),
+    ])
+}
+
+const NOTIFICATION_INSERT: &str =
+    "INSERT INTO notifications (id, kind, team, certificate_id, payload, dedupe_key, at)";
+const DELIVERY_INSERT: &str = "INSERT INTO deliveries (id, notification_id, subscription_id, \
+     channel, state, attempts, next_attempt_at, lease_until, last_error, delivered_at, created_at)";
+
+/// The values of a pending delivery of `n` to `sub`, in [`DELIVERY_INSERT`]'s order.
+fn delivery_row(n: &Notification, sub: &Subscription) -> DomainResult<Vec<Param>> {
+    Ok(vec![
+        id(Uuid::now_v7()).into(),
+        id(n.id).into(),
+        id(sub.id).into(),
+        to_json("channel", &sub.channel)?.into(),
+        DeliveryState::Pending.as_str().into(),
+        0_i64.into(),
+        secs(n.at).into(),
+        None::<i64>.into(),
+        None::<&str>.into(),
+        None::<i64>.into(),
+        secs(n.at).into(),
+    ])
+}
+
+/// Publishes a batch of notifications: together, in one transaction; should
+/// that fail, each in its own. Each answer says whether the notification
+/// was recorded (`false`: its dedupe key was taken).
+pub(crate) async fn commit_publications<B: Backend>(
+    pool: Pool<B>,
+    batch: Vec<Publication>,
+) -> Vec<DomainResult<bool>> {
+    if batch.len() > 1 {
+        match publish_together::<B>(&pool, &batch).await {
+            Ok(recorded) => return recorded.into_iter().map(Ok).collect(),
+            Err(e) => tracing::debug!(
+                batch = batch.len(),
+                error = %e,
+                "a group of notifications failed together; publishing each alone"
+            ),
+        }
+    }
+    let mut results = Vec::with_capacity(batch.len());
+    for p in &batch {
+        results.push(publish_one::<B>(&pool, &p.notification, p.dedupe_key.as_deref()).await);
+    }
+    results
+}
+
+/// Every notification of `batch` and its deliveries in one transaction: a
+/// statement a table. A dedupe key already taken (or taken twice in the
+/// batch) records nothing for the later notification, as one at a time.
+async fn publish_together<B: Backend>(
+    pool: &Pool<B>,
+    batch: &[Publication],
+) -> DomainResult<Vec<bool>> {
+    let mut rows = Vec::with_capacity(batch.len());
+    for p in batch {
+        rows.push(notification_row(&p.notification, p.dedupe_key.as_deref())?);
+    }
+    let mut tx = pool.begin_with(B::BEGIN_WRITE).await.map_err(map)?;
+    let mut sql = Sql::new(NOTIFICATION_INSERT);
+    sql.push_values(rows);
+    sql.push(" ON CONFLICT (dedupe_key) DO NOTHING RETURNING id");
+    let inserted: HashSet<String> = fetch_all::<B>(&mut tx, sql)
+        .await?
+        .iter()
+        .map(|r| r.text("id"))
+        .collect::<DomainResult<_>>()?;
+    let recorded: Vec<bool> = batch
+        .iter()
+        .map(|p| inserted.contains(&id(p.notification.id)))
+        .collect();
+    let mut teams: Vec<&str> = batch
+        .iter()
+        .zip(&recorded)
+        .filter(|(_, r)| **r)
+        .map(|(p, _)| p.notification.team.as_str())
+        .collect();
+    teams.sort_unstable();
+    teams.dedup();
+    if !teams.is_empty() {
+        let mut sql = Sql::new(concat!(
+            "SELECT ",
+            subscription_columns!(),
+            " FROM subscriptions WHERE team IN ("
+        ));
+        for (i, team) in teams.iter().enumerate() {
+            if i > 0 {
+                sql.push(", ");
+            }
+            sql.push_bind(*team);
+        }
+        sql.push(") ORDER BY id");
+        let subscriptions = fetch_all::<B>(&mut tx, sql)
+            .await?
+            .iter()
+            .map(codec::subscription)
+            .collect::<DomainResult<Vec<_>>>()?;
+        let mut deliveries = Vec::new();
+        for (p, _) in batch.iter().zip(&recorded).filter(|(_, r)| **r) {
+            let n = &p.notification;
+            for sub in subscriptions
+                .iter()
+                .filter(|s| s.team == n.team && s.events.contains(&n.kind))
+            {
+                deliveries.push(delivery_row(n, sub)?);
+            }
+        }
+        if !deliveries.is_empty() {
+            let mut sql = Sql::new(DELIVERY_INSERT);
+            sql.push_values(deliveries);
+            execute::<B>(&mut tx, sql).await?;
+        }
+    }
+    tx.commit().await.map_err(map)?;
+    Ok(recorded)
+}
+
+/// One notification and its deliveries in a transaction of its own.
+async fn publish_one<B: Backend>(
+    pool: &Pool<B>,
+    notification: &Notification,
+    dedupe_key: Option<&str>,
+) -> DomainResult<bool> {
+    let mut tx = pool.begin_with(B::BEGIN_WRITE).await.map_err(map)?;
+    // A concurrent publisher of the same key waits on the unique index
+    // (PostgreSQL) or the write lock (SQLite), then inserts nothing.
+    let mut sql = Sql::new(NOTIFICATION_INSERT);
+    sql.push_values([notification_row(notification, dedupe_key)?]);
+    sql.push(" ON CONFLICT (dedupe_key) DO NOTHING RETURNING id");
+    let inserted = B::fetch_optional(&mut tx, sql).await.map_err(|e| {
+        conflict(e, |v| {
+            (v == Violation::PrimaryKey)
+                .then(|| format!("notification {} already exists", notification.id))
+        })
+    })?;
+    if inserted.is_none() {
+        return Ok(false);
+    }
+    let subscriptions = fetch_all::<B>(
+        &mut tx,
+        Sql::new(concat!(
+            "SELECT ",
+            subscription_columns!(),
+            " FROM subscriptions WHERE team = $1 ORDER BY id"
+        ))
+        .bind(notification.team.as_str()),
+    )
+    .await?;
+    let mut deliveries = Vec::new();
+    for row in &subscriptions {
+        let sub = codec::subscription(row)?;
+        if sub.events.contains(&notification.kind) {
+            deliveries.push(delivery_row(notification, &sub)?);
+        }
+    }
+    if !deliveries.is_empty() {
+        let mut sql = Sql::new(DELIVERY_INSERT);
+        sql.push_values(deliveries);
+        execute::<B>(&mut tx, sql).await?;
+    }
+    tx.commit().await.map_err(map)?;
+    Ok(true)
 }
 
 #[async_trait]
@@ -245,59 +431,12 @@ impl<B: Backend> NotificationStore for SqlStore<B> {
         notification: &Notification,
         dedupe_key: Option<&str>,
     ) -> DomainResult<bool> {
-        let mut tx = self.begin_write().await?;
-        // A concurrent publisher of the same key waits on the unique index
-        // (PostgreSQL) or the write lock (SQLite), then inserts nothing.
-        let sql = Sql::new(
-            "INSERT INTO notifications (id, kind, team, certificate_id, payload, dedupe_key, at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (dedupe_key) DO NOTHING RETURNING id",
-        )
-        .bind(id(notification.id))
-        .bind(notification.kind.as_str())
-        .bind(notification.team.as_str())
-        .bind(notification.certificate_id.map(id).as_deref())
-        .bind(to_json("notification", notification)?)
-        .bind(dedupe_key)
-        .bind(secs(notification.at));
-        let inserted = B::fetch_optional(&mut tx, sql).await.map_err(|e| {
-            conflict(e, |v| {
-                (v == Violation::PrimaryKey)
-                    .then(|| format!("notification {} already exists", notification.id))
+        self.publications
+            .submit(Publication {
+                notification: notification.clone(),
+                dedupe_key: dedupe_key.map(str::to_owned),
             })
-        })?;
-        if inserted.is_none() {
-            return Ok(false);
-        }
-        let subscriptions = fetch_all::<B>(
-            &mut tx,
-            Sql::new(concat!(
-                "SELECT ",
-                subscription_columns!(),
-                " FROM subscriptions WHERE team = $1 ORDER BY id"
-            ))
-            .bind(notification.team.as_str()),
-        )
-        .await?;
-        for row in &subscriptions {
-            let sub = codec::subscription(row)?;
-            if !sub.events.contains(&notification.kind) {
-                continue;
-            }
-            let sql = Sql::new(
-                "INSERT INTO deliveries (id, notification_id, subscription_id, channel, state, \
-                 attempts, next_attempt_at, lease_until, last_error, delivered_at, created_at) \
-                 VALUES ($1, $2, $3, $4, $5, 0, $6, NULL, NULL, NULL, $6)",
-            )
-            .bind(id(Uuid::now_v7()))
-            .bind(id(notification.id))
-            .bind(id(sub.id))
-            .bind(to_json("channel", &sub.channel)?)
-            .bind(DeliveryState::Pending.as_str())
-            .bind(secs(notification.at));
-            execute::<B>(&mut tx, sql).await?;
-        }
-        tx.commit().await.map_err(map)?;
-        Ok(true)
+            .await
     }
 
     async fn claim_deliveries(

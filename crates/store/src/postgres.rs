@@ -109,6 +109,11 @@ const MIGRATIONS: &[Embedded] = &[
         "audit chains",
         include_str!("../migrations/postgres/0017_audit_chains.sql"),
     ),
+    (
+        18,
+        "blobs",
+        include_str!("../migrations/postgres/0018_blobs.sql"),
+    ),
 ];
 
 /// Key of the advisory lock held while migrating ("certflow" in ASCII).

@@ -144,6 +144,23 @@ impl Sql {
         self
     }
 
+    /// Appends ` VALUES (...), (...)`: a placeholder for every value, a
+    /// parenthesised group a row (a multi-row `INSERT` of a batch).
+    pub(crate) fn push_values(&mut self, rows: impl IntoIterator<Item = Vec<Param>>) -> &mut Self {
+        self.push(" VALUES ");
+        for (i, row) in rows.into_iter().enumerate() {
+            self.push(if i == 0 { "(" } else { ", (" });
+            for (j, value) in row.into_iter().enumerate() {
+                if j > 0 {
+                    self.push(", ");
+                }
+                self.push_bind(value);
+            }
+            self.push(")");
+        }
+        self
+    }
+
     /// The SQL text, for tests and logs.
     #[cfg(test)]
     pub(crate) fn text(&self) -> &str {
@@ -338,5 +355,16 @@ mod tests {
                 Param::Int(None)
             ]
         );
+    }
+
+    #[test]
+    fn values_number_row_after_row() {
+        let mut sql = Sql::new("INSERT INTO t (a, b)");
+        sql.push_values([
+            vec![Param::from("x"), Param::from(1_i64)],
+            vec![Param::from("y"), Param::from(2_i64)],
+        ]);
+        assert_eq!(sql.text(), "INSERT INTO t (a, b) VALUES ($1, $2), ($3, $4)");
+        assert_eq!(sql.params.len(), 4);
     }
 }

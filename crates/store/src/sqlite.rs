@@ -106,6 +106,11 @@ const MIGRATIONS: &[Embedded] = &[
         "audit chains",
         include_str!("../migrations/sqlite/0017_audit_chains.sql"),
     ),
+    (
+        18,
+        "blobs",
+        include_str!("../migrations/sqlite/0018_blobs.sql"),
+    ),
 ];
 
 /// How long a statement waits for another connection's write lock.

@@ -5,12 +5,17 @@
 
 use std::fmt;
 use std::marker::PhantomData;
+use std::sync::Arc;
 
 use certflow_core::DomainError;
 use certflow_core::error::DomainResult;
 use sqlx::{Database, Pool, Transaction};
 
+use crate::blobs::{BlobBatch, commit_blobs};
+use crate::certificates::{Creation, commit_creations};
 use crate::error::map;
+use crate::group_commit::GroupCommit;
+use crate::notify::{Publication, commit_publications};
 use crate::query::{Backend, Columns, Sql};
 
 /// Largest page a listing returns.
@@ -21,12 +26,24 @@ const MAX_PAGE: u32 = 500;
 /// [`PgStore`](crate::PgStore) name it per backend and add how to open it.
 pub struct SqlStore<B: Database> {
     pool: Pool<B>,
+    /// New certificates, committed in groups (see [`crate::group_commit`]).
+    pub(crate) creations: Arc<GroupCommit<Creation>>,
+    /// Blobs (`blob.kind = "database"`), committed in groups.
+    pub(crate) blob_puts: Arc<GroupCommit<BlobBatch>>,
+    /// Notifications and their deliveries, committed in groups.
+    pub(crate) publications: Arc<GroupCommit<Publication, bool>>,
     backend: PhantomData<fn() -> B>,
 }
 
 impl<B: Database> Clone for SqlStore<B> {
     fn clone(&self) -> Self {
-        Self::new(self.pool.clone())
+        Self {
+            pool: self.pool.clone(),
+            creations: Arc::clone(&self.creations),
+            blob_puts: Arc::clone(&self.blob_puts),
+            publications: Arc::clone(&self.publications),
+            backend: PhantomData,
+        }
     }
 }
 
@@ -45,14 +62,6 @@ impl<B: Database> SqlStore<B> {
         &self.pool
     }
 
-    /// Wraps a pool whose database is migrated.
-    pub(crate) fn new(pool: Pool<B>) -> Self {
-        Self {
-            pool,
-            backend: PhantomData,
-        }
-    }
-
     /// Closes every connection (on SQLite, checkpointing the WAL); later
     /// calls fail as unavailable.
     pub async fn close(&self) {
@@ -61,6 +70,24 @@ impl<B: Database> SqlStore<B> {
 }
 
 impl<B: Backend> SqlStore<B> {
+    /// Wraps a pool whose database is migrated.
+    pub(crate) fn new(pool: Pool<B>) -> Self {
+        let (creator, putter, publisher) = (pool.clone(), pool.clone(), pool.clone());
+        Self {
+            creations: GroupCommit::new(Arc::new(move |batch| {
+                Box::pin(commit_creations::<B>(creator.clone(), batch))
+            })),
+            blob_puts: GroupCommit::new(Arc::new(move |batch| {
+                Box::pin(commit_blobs::<B>(putter.clone(), batch))
+            })),
+            publications: GroupCommit::new(Arc::new(move |batch| {
+                Box::pin(commit_publications::<B>(publisher.clone(), batch))
+            })),
+            pool,
+            backend: PhantomData,
+        }
+    }
+
     pub(crate) async fn begin_write(&self) -> DomainResult<Transaction<'static, B>> {
         self.pool.begin_with(B::BEGIN_WRITE).await.map_err(map)
     }

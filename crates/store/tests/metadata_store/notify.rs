@@ -737,3 +737,47 @@ store_case! {
         );
     }
 }
+
+store_case! {
+    /// Notifications published at once (one group commit) get exactly the
+    /// deliveries they would one at a time: one per subscription of their
+    /// team that wants their kind.
+    async fn concurrent_publishes_deliver_to_matching_subscriptions(store: &dyn Stores) {
+        for (team, kinds) in [
+            ("web", &[EventKind::Issued][..]),
+            ("web", &[EventKind::Issued, EventKind::Revoked][..]),
+            ("db", &[EventKind::Revoked][..]),
+        ] {
+            let sub = subscription(team, kinds, webhook("https://h.example.com", None));
+            store
+                .insert_subscription(&sub, &event("subscription.create", "s"))
+                .await
+                .unwrap();
+        }
+        let batch: Vec<Notification> = (0..24)
+            .map(|i| {
+                let team = if i % 2 == 0 { "web" } else { "db" };
+                let kind = if i % 3 == 0 { EventKind::Revoked } else { EventKind::Issued };
+                notification(kind, team, None, T0 + i)
+            })
+            .collect();
+        let recorded = futures_join_all(batch.iter().map(|n| store.publish(n, None))).await;
+        assert!(recorded.into_iter().all(|r| r.unwrap()));
+        // web: Issued -> 2 subscriptions, Revoked -> 1; db: Revoked -> 1, Issued -> 0.
+        let want = |team: &str| -> u64 {
+            batch
+                .iter()
+                .filter(|n| n.team == team)
+                .map(|n| match (team, n.kind) {
+                    ("web", EventKind::Issued) => 2,
+                    ("web", _) | ("db", EventKind::Revoked) => 1,
+                    _ => 0,
+                })
+                .sum()
+        };
+        for team in ["web", "db"] {
+            let got = store.list_deliveries(&deliveries(Some(team))).await.unwrap();
+            assert_eq!(got.total, want(team), "{team}");
+        }
+    }
+}

@@ -1,0 +1,180 @@
+//! Group commit: concurrent writes of one kind wait in a queue while one
+//! transaction commits the previous batch, then go in together.
+//!
+//! A database pays per transaction, not per row: a commit's WAL flush on
+//! PostgreSQL, the write lock's hand-over and the statements themselves on
+//! SQLite (each crosses to sqlx's worker thread and back). Under load the
+//! writes that arrive while one commit runs share the next one, so the cost
+//! per write falls as concurrency rises; a lone write goes through at once,
+//! as a batch of one, and waits for nobody.
+//!
+//! Each caller is answered only after the transaction holding its write has
+//! committed (or failed): durability is exactly that of a write of its own.
+//! The batch runs in a task of its own, so a caller that goes away (a client
+//! disconnecting drops its request's future) can neither abort a transaction
+//! that holds other callers' writes nor leave the queue without a committer.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use certflow_core::DomainError;
+use certflow_core::error::DomainResult;
+use tokio::sync::oneshot;
+
+/// Most writes one transaction takes; the rest wait for the next.
+pub(crate) const MAX_BATCH: usize = 64;
+
+/// Commits a batch: one result per item, in order.
+pub(crate) type Commit<T, R> =
+    Arc<dyn Fn(Vec<T>) -> Pin<Box<dyn Future<Output = Vec<DomainResult<R>>> + Send>> + Send + Sync>;
+
+struct Waiting<T, R> {
+    item: T,
+    reply: oneshot::Sender<DomainResult<R>>,
+}
+
+struct Queue<T, R> {
+    waiting: Vec<Waiting<T, R>>,
+    /// Whether a committer task is running (it drains the queue before it ends).
+    committing: bool,
+}
+
+/// The queue of one kind of write (answered with an `R`) and how to commit
+/// a batch of them.
+pub(crate) struct GroupCommit<T, R = ()> {
+    queue: Mutex<Queue<T, R>>,
+    commit: Commit<T, R>,
+}
+
+impl<T: Send + 'static, R: Send + 'static> GroupCommit<T, R> {
+    /// A queue whose batches `commit` writes.
+    pub(crate) fn new(commit: Commit<T, R>) -> Arc<Self> {
+        Arc::new(Self {
+            queue: Mutex::new(Queue {
+                waiting: Vec::new(),
+                committing: false,
+            }),
+            commit,
+        })
+    }
+
+    /// Writes `item` in the next batch; returns once that batch committed
+    /// (`Ok`) or with the item's own error.
+    pub(crate) async fn submit(self: &Arc<Self>, item: T) -> DomainResult<R> {
+        let (reply, answer) = oneshot::channel();
+        let start = {
+            let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+            queue.waiting.push(Waiting { item, reply });
+            !std::mem::replace(&mut queue.committing, true)
+        };
+        if start {
+            tokio::spawn(Arc::clone(self).drain());
+        }
+        answer.await.unwrap_or_else(|_| {
+            Err(DomainError::Internal(
+                "the group commit ended without an answer".into(),
+            ))
+        })
+    }
+
+    /// Commits batches until the queue is empty.
+    async fn drain(self: Arc<Self>) {
+        loop {
+            let batch: Vec<Waiting<T, R>> = {
+                let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+                if queue.waiting.is_empty() {
+                    queue.committing = false;
+                    return;
+                }
+                let take = queue.waiting.len().min(MAX_BATCH);
+                queue.waiting.drain(..take).collect()
+            };
+            let (items, replies): (Vec<T>, Vec<_>) =
+                batch.into_iter().map(|w| (w.item, w.reply)).unzip();
+            let count = items.len();
+            let mut results = (self.commit)(items).await;
+            if results.len() != count {
+                results = (0..count)
+                    .map(|_| {
+                        Err(DomainError::Internal(format!(
+                            "a group commit of {count} writes answered {} times",
+                            results.len()
+                        )))
+                    })
+                    .collect();
+            }
+            for (reply, result) in replies.into_iter().zip(results) {
+                // A caller that went away learns nothing; its write stands.
+                let _ = reply.send(result);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_writes_share_batches_and_each_gets_its_own_answer() {
+        let batches = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&batches);
+        let group = GroupCommit::new(Arc::new(move |items: Vec<u32>| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async move {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                items
+                    .into_iter()
+                    .map(|i| {
+                        if i % 7 == 0 {
+                            Err(DomainError::Conflict(format!("{i}")))
+                        } else {
+                            Ok(())
+                        }
+                    })
+                    .collect()
+            }) as Pin<Box<dyn Future<Output = _> + Send>>
+        }));
+        let tasks: Vec<_> = (1..=100u32)
+            .map(|i| {
+                let group = Arc::clone(&group);
+                tokio::spawn(async move { (i, group.submit(i).await) })
+            })
+            .collect();
+        for task in tasks {
+            let (i, result) = task.await.unwrap();
+            match result {
+                Err(DomainError::Conflict(which)) => {
+                    assert_eq!(i % 7, 0);
+                    assert_eq!(which, i.to_string());
+                }
+                Ok(()) => assert_ne!(i % 7, 0),
+                Err(e) => panic!("{e}"),
+            }
+        }
+        let n = batches.load(Ordering::SeqCst);
+        assert!(n < 100, "100 concurrent writes took {n} transactions");
+    }
+
+    #[tokio::test]
+    async fn a_caller_that_goes_away_does_not_stop_the_batch() {
+        let committed = Arc::new(AtomicUsize::new(0));
+        let seen = Arc::clone(&committed);
+        let group = GroupCommit::new(Arc::new(move |items: Vec<u32>| {
+            let seen = Arc::clone(&seen);
+            Box::pin(async move {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                seen.fetch_add(items.len(), Ordering::SeqCst);
+                items.into_iter().map(|_| Ok(())).collect()
+            }) as Pin<Box<dyn Future<Output = _> + Send>>
+        }));
+        // The first caller is dropped while its batch commits.
+        let dropped = tokio::time::timeout(std::time::Duration::from_millis(5), group.submit(1));
+        assert!(dropped.await.is_err());
+        group.submit(2).await.unwrap();
+        assert_eq!(committed.load(Ordering::SeqCst), 2);
+    }
+}

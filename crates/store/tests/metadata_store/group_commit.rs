@@ -1,0 +1,81 @@
+//! Certificates created concurrently share transactions (group commit):
+//! each caller still gets the answer it would have had alone.
+
+use certflow_core::ports::MetadataStore;
+
+use crate::support::{
+    assert_conflict, certificate, event, futures_join_all, ids, query, seed_issuer, target,
+    version, warm_up,
+};
+
+store_case! {
+    /// Forty creations at once all commit, each with its version, names,
+    /// labels and audit event, and the audit chain still verifies.
+    async fn concurrent_creations_all_commit(store: &dyn MetadataStore) {
+        let issuer = seed_issuer(store).await;
+        warm_up(store).await;
+        let certs: Vec<_> = (0..40)
+            .map(|i| {
+                let mut c = certificate(&issuer, &format!("c{i}.example.com"), "team");
+                c.labels.insert("n".into(), i.to_string());
+                c
+            })
+            .collect();
+        let results = futures_join_all(certs.iter().map(|c| {
+            let first = version(c, 1);
+            let audit = event("certificate.create", &target(c));
+            async move { store.create_certificate(c, &first, &audit, None).await }
+        }))
+        .await;
+        for r in &results {
+            r.as_ref().unwrap();
+        }
+        let mut listed = ids(store, &query()).await;
+        listed.sort();
+        let mut want: Vec<_> = certs.iter().map(|c| c.id).collect();
+        want.sort();
+        assert_eq!(listed, want);
+        for c in &certs {
+            let got = store.get_certificate(c.id).await.unwrap().unwrap();
+            assert_eq!(got.labels, c.labels);
+            assert_eq!(store.list_versions(c.id).await.unwrap().len(), 1);
+        }
+        let report = store.verify_audit_chain().await.unwrap();
+        assert!(report.first_break.is_none(), "{report:?}");
+    }
+}
+
+store_case! {
+    /// Creations racing with a name already taken: that one fails with the
+    /// conflict it would have alone, the others in its batch still commit.
+    async fn a_failing_creation_does_not_fail_its_batch(store: &dyn MetadataStore) {
+        let issuer = seed_issuer(store).await;
+        warm_up(store).await;
+        let taken = certificate(&issuer, "taken.example.com", "team");
+        crate::support::create(store, &taken).await;
+        let mut certs: Vec<_> = (0..20)
+            .map(|i| certificate(&issuer, &format!("ok{i}.example.com"), "team"))
+            .collect();
+        // Same team and name as `taken`: refused by the unique name.
+        let mut clash = certificate(&issuer, "taken.example.com", "team");
+        clash.name = taken.name.clone();
+        certs.insert(10, clash.clone());
+        let results = futures_join_all(certs.iter().map(|c| {
+            let first = version(c, 1);
+            let audit = event("certificate.create", &target(c));
+            async move { store.create_certificate(c, &first, &audit, None).await }
+        }))
+        .await;
+        for (c, r) in certs.iter().zip(results) {
+            if c.id == clash.id {
+                assert_conflict(r, &["taken.example.com"]);
+            } else {
+                r.unwrap();
+            }
+        }
+        assert!(store.get_certificate(clash.id).await.unwrap().is_none());
+        assert_eq!(ids(store, &query()).await.len(), 21);
+        let report = store.verify_audit_chain().await.unwrap();
+        assert!(report.first_break.is_none(), "{report:?}");
+    }
+}
