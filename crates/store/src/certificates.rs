@@ -551,6 +551,137 @@ async fn create_together<B: Backend>(pool: &Pool<B>, batch: &[Creation]) -> Doma
     tx.commit().await.map_err(map)
 }
 
+/// A new version waiting for its group commit: what
+/// [`MetadataStore::add_version`] was given.
+pub(crate) struct NewVersion {
+    cert: Certificate,
+    new: CertificateVersion,
+    audit: AuditEvent,
+    idempotency: Option<IdempotencyRecord>,
+}
+
+/// Commits a batch of new versions (renewals): each one's statements in one
+/// shared transaction; should any fail, each in a transaction of its own, so
+/// each gets the answer it would have had alone. Two versions of one
+/// certificate in a batch see each other as they would one after the other.
+pub(crate) async fn commit_new_versions<B: Backend>(
+    pool: Pool<B>,
+    batch: Vec<NewVersion>,
+) -> Vec<DomainResult<()>> {
+    if batch.len() > 1 {
+        let together = async {
+            let mut tx = pool.begin_with(B::BEGIN_WRITE).await.map_err(map)?;
+            for v in &batch {
+                add_version_in::<B>(&mut *tx, &v.cert, &v.new, &v.audit, v.idempotency.as_ref())
+                    .await?;
+            }
+            tx.commit().await.map_err(map)
+        };
+        match together.await {
+            Ok(()) => return batch.iter().map(|_| Ok(())).collect(),
+            Err(e) => tracing::debug!(
+                batch = batch.len(),
+                error = %e,
+                "a group of new versions failed together; committing each alone"
+            ),
+        }
+    }
+    let mut results = Vec::with_capacity(batch.len());
+    for v in &batch {
+        let one = async {
+            let mut tx = pool.begin_with(B::BEGIN_WRITE).await.map_err(map)?;
+            add_version_in::<B>(&mut *tx, &v.cert, &v.new, &v.audit, v.idempotency.as_ref()).await?;
+            tx.commit().await.map_err(map)
+        };
+        results.push(one.await);
+    }
+    results
+}
+
+/// Adds version `new` of `cert` in the write transaction `tx`: after the
+/// current latest, superseding the current version, with the certificate's
+/// new state, names and `audit`.
+async fn add_version_in<B: Backend>(
+    tx: &mut B::Connection,
+    cert: &Certificate,
+    new: &CertificateVersion,
+    audit: &AuditEvent,
+    idempotency: Option<&IdempotencyRecord>,
+) -> DomainResult<()> {
+    if new.certificate_id != cert.id {
+        return Err(DomainError::Internal(format!(
+            "version of certificate {} given as a new version of certificate {}",
+            new.certificate_id, cert.id
+        )));
+    }
+    if let Some(record) = idempotency {
+        insert_idempotency::<B>(&mut *tx, record, new).await?;
+    }
+    // Racing renewals queue up here, so the latest version read below is
+    // the one the previous winner committed.
+    if lock_certificate::<B>(&mut *tx, cert.id).await?.is_none() {
+        return Err(DomainError::NotFound(format!("certificate {}", cert.id)));
+    }
+    let latest = fetch_optional::<B>(
+        &mut *tx,
+        Sql::new(
+            "SELECT MAX(version) AS latest FROM certificate_versions WHERE certificate_id = $1",
+        )
+        .bind(id(cert.id)),
+    )
+    .await?
+    .map(|row| row.opt_int("latest"))
+    .transpose()?
+    .flatten()
+    .unwrap_or(0);
+    if i64::from(new.version) != latest + 1 {
+        return Err(DomainError::Conflict(format!(
+            "certificate {} is at version {latest}; the next version must be {}, not {}",
+            cert.id,
+            latest + 1,
+            new.version
+        )));
+    }
+    ensure_issuer::<B>(&mut *tx, new.issuer_id).await?;
+    execute::<B>(
+        &mut *tx,
+        Sql::new(
+            "UPDATE certificate_versions SET status = $1 \
+             WHERE certificate_id = $2 AND status = $3",
+        )
+        .bind(VersionStatus::Superseded.as_str())
+        .bind(id(cert.id))
+        .bind(VersionStatus::Current.as_str()),
+    )
+    .await?;
+    insert_version::<B>(&mut *tx, new).await?;
+    let sql = Sql::new(
+        "UPDATE certificates SET current_version = $1, not_after = $2, renew_after = $3, \
+         status = $4, updated_at = $5, names = $6 WHERE id = $7",
+    )
+    .bind(i64::from(cert.current_version))
+    .bind(secs(cert.not_after))
+    .bind(secs(cert.renew_after))
+    .bind(cert.status.as_str())
+    .bind(secs(cert.updated_at))
+    .bind(codec::names_json(&cert.names)?)
+    .bind(id(cert.id));
+    B::execute(&mut *tx, sql).await.map_err(|e| {
+        conflict(e, |v| {
+            // Un-archiving through a new version can collide with a newer namesake.
+            (v == Violation::Unique).then(|| {
+                format!(
+                    "a certificate named {} already exists in team {}",
+                    cert.name, cert.team
+                )
+            })
+        })
+    })?;
+    replace_names::<B>(&mut *tx, cert.id, &cert.names).await?;
+    insert_audit::<B>(&mut *tx, audit).await
+}
+
+
 /// Inserts a new certificate with its first version, names, labels and
 /// `idempotency` record (not its audit event) in the write transaction `conn`.
 async fn insert_certificate<B: Backend>(
@@ -705,79 +836,14 @@ impl<B: Backend> MetadataStore for SqlStore<B> {
         audit: &AuditEvent,
         idempotency: Option<&IdempotencyRecord>,
     ) -> DomainResult<()> {
-        if new.certificate_id != cert.id {
-            return Err(DomainError::Internal(format!(
-                "version of certificate {} given as a new version of certificate {}",
-                new.certificate_id, cert.id
-            )));
-        }
-        let mut tx = self.begin_write().await?;
-        if let Some(record) = idempotency {
-            insert_idempotency::<B>(&mut tx, record, new).await?;
-        }
-        // Racing renewals queue up here, so the latest version read below is
-        // the one the previous winner committed.
-        if lock_certificate::<B>(&mut tx, cert.id).await?.is_none() {
-            return Err(DomainError::NotFound(format!("certificate {}", cert.id)));
-        }
-        let latest = fetch_optional::<B>(
-            &mut tx,
-            Sql::new(
-                "SELECT MAX(version) AS latest FROM certificate_versions WHERE certificate_id = $1",
-            )
-            .bind(id(cert.id)),
-        )
-        .await?
-        .map(|row| row.opt_int("latest"))
-        .transpose()?
-        .flatten()
-        .unwrap_or(0);
-        if i64::from(new.version) != latest + 1 {
-            return Err(DomainError::Conflict(format!(
-                "certificate {} is at version {latest}; the next version must be {}, not {}",
-                cert.id,
-                latest + 1,
-                new.version
-            )));
-        }
-        ensure_issuer::<B>(&mut tx, new.issuer_id).await?;
-        execute::<B>(
-            &mut tx,
-            Sql::new(
-                "UPDATE certificate_versions SET status = $1 \
-                 WHERE certificate_id = $2 AND status = $3",
-            )
-            .bind(VersionStatus::Superseded.as_str())
-            .bind(id(cert.id))
-            .bind(VersionStatus::Current.as_str()),
-        )
-        .await?;
-        insert_version::<B>(&mut tx, new).await?;
-        let sql = Sql::new(
-            "UPDATE certificates SET current_version = $1, not_after = $2, renew_after = $3, \
-             status = $4, updated_at = $5, names = $6 WHERE id = $7",
-        )
-        .bind(i64::from(cert.current_version))
-        .bind(secs(cert.not_after))
-        .bind(secs(cert.renew_after))
-        .bind(cert.status.as_str())
-        .bind(secs(cert.updated_at))
-        .bind(codec::names_json(&cert.names)?)
-        .bind(id(cert.id));
-        B::execute(&mut tx, sql).await.map_err(|e| {
-            conflict(e, |v| {
-                // Un-archiving through a new version can collide with a newer namesake.
-                (v == Violation::Unique).then(|| {
-                    format!(
-                        "a certificate named {} already exists in team {}",
-                        cert.name, cert.team
-                    )
-                })
+        self.new_versions
+            .submit(NewVersion {
+                cert: cert.clone(),
+                new: new.clone(),
+                audit: audit.clone(),
+                idempotency: idempotency.cloned(),
             })
-        })?;
-        replace_names::<B>(&mut tx, cert.id, &cert.names).await?;
-        insert_audit::<B>(&mut tx, audit).await?;
-        tx.commit().await.map_err(map)
+            .await
     }
 
     async fn revoke_version(

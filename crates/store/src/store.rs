@@ -12,7 +12,7 @@ use certflow_core::error::DomainResult;
 use sqlx::{Database, Pool, Transaction};
 
 use crate::blobs::{BlobBatch, commit_blobs};
-use crate::certificates::{Creation, commit_creations};
+use crate::certificates::{Creation, NewVersion, commit_creations, commit_new_versions};
 use crate::error::map;
 use crate::group_commit::GroupCommit;
 use crate::notify::{Publication, commit_publications};
@@ -28,6 +28,8 @@ pub struct SqlStore<B: Database> {
     pool: Pool<B>,
     /// New certificates, committed in groups (see [`crate::group_commit`]).
     pub(crate) creations: Arc<GroupCommit<Creation>>,
+    /// New versions of certificates (renewals), committed in groups.
+    pub(crate) new_versions: Arc<GroupCommit<NewVersion>>,
     /// Blobs (`blob.kind = "database"`), committed in groups.
     pub(crate) blob_puts: Arc<GroupCommit<BlobBatch>>,
     /// Notifications and their deliveries, committed in groups.
@@ -40,6 +42,7 @@ impl<B: Database> Clone for SqlStore<B> {
         Self {
             pool: self.pool.clone(),
             creations: Arc::clone(&self.creations),
+            new_versions: Arc::clone(&self.new_versions),
             blob_puts: Arc::clone(&self.blob_puts),
             publications: Arc::clone(&self.publications),
             backend: PhantomData,
@@ -72,10 +75,14 @@ impl<B: Database> SqlStore<B> {
 impl<B: Backend> SqlStore<B> {
     /// Wraps a pool whose database is migrated.
     pub(crate) fn new(pool: Pool<B>) -> Self {
-        let (creator, putter, publisher) = (pool.clone(), pool.clone(), pool.clone());
+        let (creator, renewer) = (pool.clone(), pool.clone());
+        let (putter, publisher) = (pool.clone(), pool.clone());
         Self {
             creations: GroupCommit::new(Arc::new(move |batch| {
                 Box::pin(commit_creations::<B>(creator.clone(), batch))
+            })),
+            new_versions: GroupCommit::new(Arc::new(move |batch| {
+                Box::pin(commit_new_versions::<B>(renewer.clone(), batch))
             })),
             blob_puts: GroupCommit::new(Arc::new(move |batch| {
                 Box::pin(commit_blobs::<B>(putter.clone(), batch))

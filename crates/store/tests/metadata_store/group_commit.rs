@@ -79,3 +79,45 @@ store_case! {
         assert!(report.first_break.is_none(), "{report:?}");
     }
 }
+
+store_case! {
+    /// Renewals of thirty certificates at once all land (one group commit);
+    /// a second version 2 of one of them, racing in the same batch, fails
+    /// as it would alone and takes nothing of the others with it.
+    async fn concurrent_new_versions_land_and_a_duplicate_fails_alone(store: &dyn MetadataStore) {
+        let issuer = seed_issuer(store).await;
+        warm_up(store).await;
+        let mut certs = Vec::new();
+        for i in 0..30 {
+            let c = certificate(&issuer, &format!("r{i}.example.com"), "team");
+            crate::support::create(store, &c).await;
+            certs.push(c);
+        }
+        let mut renewals: Vec<_> = certs
+            .iter()
+            .map(|c| {
+                let mut c = c.clone();
+                c.current_version = 2;
+                (c.clone(), version(&c, 2))
+            })
+            .collect();
+        let mut twin = renewals[7].clone();
+        twin.1.serial = "0badc0de".into();
+        renewals.push(twin);
+        let results = futures_join_all(renewals.iter().map(|(c, v)| {
+            let audit = event("certificate.renew", &target(c));
+            async move { store.add_version(c, v, &audit, None).await }
+        }))
+        .await;
+        let failed: Vec<_> = results.iter().filter(|r| r.is_err()).collect();
+        assert_eq!(failed.len(), 1, "{results:?}");
+        assert!(matches!(failed[0], Err(certflow_core::DomainError::Conflict(_))));
+        for c in &certs {
+            let versions = store.list_versions(c.id).await.unwrap();
+            assert_eq!(versions.len(), 2, "{}", c.name);
+            assert_eq!(store.get_certificate(c.id).await.unwrap().unwrap().current_version, 2);
+        }
+        let report = store.verify_audit_chain().await.unwrap();
+        assert!(report.first_break.is_none(), "{report:?}");
+    }
+}
