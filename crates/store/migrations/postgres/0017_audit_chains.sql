@@ -23,21 +23,19 @@ ALTER TABLE audit_events ADD COLUMN chain BIGINT NOT NULL DEFAULT 0;
 DROP INDEX audit_events_seq;
 CREATE UNIQUE INDEX audit_events_chain_seq ON audit_events (chain, seq);
 
-ALTER TABLE audit_chain_head RENAME TO audit_chain_head_0004;
-ALTER INDEX audit_chain_head_pkey RENAME TO audit_chain_head_0004_pkey;
+-- The one head (id 1) becomes chain 0's, in place; renaming `id` also makes
+-- an older release's `WHERE id = 1` fail instead of linking into the wrong
+-- chain.
+ALTER TABLE audit_chain_head RENAME COLUMN id TO chain;
+ALTER TABLE audit_chain_head DROP CONSTRAINT audit_chain_head_id_check;
+ALTER TABLE audit_chain_head ALTER COLUMN chain TYPE BIGINT;
+UPDATE audit_chain_head SET chain = 0;
+ALTER TABLE audit_chain_head
+    ADD CONSTRAINT audit_chain_head_chain_check CHECK (chain BETWEEN 0 AND 15);
 
-CREATE TABLE audit_chain_head (
-    chain BIGINT           NOT NULL PRIMARY KEY CHECK (chain BETWEEN 0 AND 15),
-    seq   BIGINT           NOT NULL,
-    hash  TEXT COLLATE "C" NOT NULL
-);
-
-INSERT INTO audit_chain_head (chain, seq, hash) SELECT 0, seq, hash FROM audit_chain_head_0004;
 INSERT INTO audit_chain_head (chain, seq, hash)
 SELECT n, 0, '0000000000000000000000000000000000000000000000000000000000000000'
 FROM generate_series(1, 15) AS n;
-
-DROP TABLE audit_chain_head_0004;
 
 -- One trigger both checks a new link and moves its chain's head onto it: a
 -- single UPDATE of the head (which the writer already holds) instead of a
