@@ -29,7 +29,7 @@ use certflow_core::{DomainError, SubjectName};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::audit::insert_audit;
+use crate::audit::{insert_audit, insert_audits};
 use crate::codec::{
     self, audit_columns, certificate_columns, fold, id, idempotency_columns, issuer_columns, secs,
     version_columns,
@@ -545,9 +545,8 @@ async fn create_together<B: Backend>(pool: &Pool<B>, batch: &[Creation]) -> Doma
         sql.push_values(labels);
         execute::<B>(&mut tx, sql).await?;
     }
-    for c in batch {
-        insert_audit::<B>(&mut tx, &c.audit).await?;
-    }
+    let audits: Vec<&AuditEvent> = batch.iter().map(|c| &c.audit).collect();
+    insert_audits::<B>(&mut tx, &audits).await?;
     tx.commit().await.map_err(map)
 }
 

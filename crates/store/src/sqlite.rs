@@ -162,6 +162,10 @@ impl SqlStore<Sqlite> {
             .busy_timeout(BUSY_TIMEOUT);
         let pool = SqlitePoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
+            // A file connection does not go stale the way a network one can;
+            // the ping sqlx would send first is one more round trip to the
+            // connection's worker thread on every acquire.
+            .test_before_acquire(false)
             .connect_with(options)
             .await
             .map_err(|e| unavailable("cannot open", &e))?;
