@@ -1,5 +1,5 @@
 //! The application state every console-listener handler shares (API, pages,
-//! probes): the use cases and the caches, as plain fields.
+//! probes): the use cases and the caches, behind one `Arc`.
 
 use std::sync::Arc;
 
@@ -10,9 +10,30 @@ use certflow_services::agents::Agents;
 
 use crate::deploy_cache::DeployState;
 
-/// Shared state of all handlers.
+/// Shared state of all handlers. axum clones it for every `State`
+/// extractor and every stateful middleware of every request, so it is one
+/// `Arc` (as the agent listener's `AgentState` is): cloning the use cases by
+/// value copied dozens of `Arc`s a request, each an atomic increment and
+/// decrement on a cache line the cores fight over.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<AppShared>);
+
+impl std::ops::Deref for AppState {
+    type Target = AppShared;
+
+    fn deref(&self) -> &AppShared {
+        &self.0
+    }
+}
+
+impl From<AppShared> for AppState {
+    fn from(shared: AppShared) -> Self {
+        Self(Arc::new(shared))
+    }
+}
+
+/// What [`AppState`] shares: the use cases and the caches.
+pub struct AppShared {
     /// The use cases.
     pub services: Services,
     /// SHA-256 (hex) of the bootstrap admin token, when that token is enabled;

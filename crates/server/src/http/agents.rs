@@ -19,7 +19,7 @@ use uuid::Uuid;
 
 use crate::errors::ApiResult;
 use crate::extract::{Json, Path, Query, now};
-use crate::state::AppState;
+use crate::state::{AppShared, AppState};
 
 fn view(a: Agent) -> AgentView {
     AgentView {
@@ -40,10 +40,11 @@ fn view(a: Agent) -> AgentView {
     request_body = CreateJoinTokenRequest,
     responses((status = 201, body = JoinTokenView), (status = 400, body = certflow_api::Problem)))]
 pub async fn create_join_token(
-    State(AppState { agents, .. }): State<AppState>,
+    State(app): State<AppState>,
     Extension(actor): Extension<Actor>,
     Json(req): Json<CreateJoinTokenRequest>,
 ) -> ApiResult<Response> {
+    let AppShared { agents, .. } = &*app;
     let created = agents
         .create_join_token(
             &actor,
@@ -72,9 +73,8 @@ pub async fn create_join_token(
 /// Lists agents.
 #[utoipa::path(get, path = "/agents", tag = "agents",
     responses((status = 200, body = AgentList)))]
-pub async fn list_agents(
-    State(AppState { agents, .. }): State<AppState>,
-) -> ApiResult<Json<AgentList>> {
+pub async fn list_agents(State(app): State<AppState>) -> ApiResult<Json<AgentList>> {
+    let AppShared { agents, .. } = &*app;
     let items = agents.list().await?.into_iter().map(view).collect();
     Ok(Json(AgentList { items }))
 }
@@ -93,11 +93,12 @@ async fn set_status(
 #[utoipa::path(post, path = "/agents/{id}/disable", tag = "agents", params(("id" = Uuid, Path)),
     responses((status = 200, body = AgentView), (status = 404, body = certflow_api::Problem), (status = 409, body = certflow_api::Problem)))]
 pub async fn disable_agent(
-    State(AppState { agents, .. }): State<AppState>,
+    State(app): State<AppState>,
     Extension(actor): Extension<Actor>,
     Path(id): Path<Uuid>,
 ) -> ApiResult<Json<AgentView>> {
-    set_status(&agents, &actor, id, AgentStatus::Disabled).await
+    let AppShared { agents, .. } = &*app;
+    set_status(agents, &actor, id, AgentStatus::Disabled).await
 }
 
 /// Re-enables a disabled agent: its current identity certificate works
@@ -105,22 +106,24 @@ pub async fn disable_agent(
 #[utoipa::path(post, path = "/agents/{id}/enable", tag = "agents", params(("id" = Uuid, Path)),
     responses((status = 200, body = AgentView), (status = 404, body = certflow_api::Problem), (status = 409, body = certflow_api::Problem)))]
 pub async fn enable_agent(
-    State(AppState { agents, .. }): State<AppState>,
+    State(app): State<AppState>,
     Extension(actor): Extension<Actor>,
     Path(id): Path<Uuid>,
 ) -> ApiResult<Json<AgentView>> {
-    set_status(&agents, &actor, id, AgentStatus::Active).await
+    let AppShared { agents, .. } = &*app;
+    set_status(agents, &actor, id, AgentStatus::Active).await
 }
 
 /// Revokes an agent for good (enrol again with a new join token).
 #[utoipa::path(post, path = "/agents/{id}/revoke", tag = "agents", params(("id" = Uuid, Path)),
     responses((status = 200, body = AgentView), (status = 404, body = certflow_api::Problem)))]
 pub async fn revoke_agent(
-    State(AppState { agents, .. }): State<AppState>,
+    State(app): State<AppState>,
     Extension(actor): Extension<Actor>,
     Path(id): Path<Uuid>,
 ) -> ApiResult<Json<AgentView>> {
-    set_status(&agents, &actor, id, AgentStatus::Revoked).await
+    let AppShared { agents, .. } = &*app;
+    set_status(agents, &actor, id, AgentStatus::Revoked).await
 }
 
 fn token_info(t: JoinToken, at: OffsetDateTime) -> JoinTokenInfo {
@@ -162,9 +165,10 @@ fn default_token_limit() -> u32 {
 #[utoipa::path(get, path = "/agents/join-tokens", tag = "agents", params(JoinTokenParams),
     responses((status = 200, body = JoinTokenList), (status = 400, body = certflow_api::Problem)))]
 pub async fn list_join_tokens(
-    State(AppState { agents, .. }): State<AppState>,
+    State(app): State<AppState>,
     Query(q): Query<JoinTokenParams>,
 ) -> ApiResult<Json<JoinTokenList>> {
+    let AppShared { agents, .. } = &*app;
     let at = now();
     let items = agents
         .join_tokens(q.limit)
@@ -180,10 +184,11 @@ pub async fn list_join_tokens(
 #[utoipa::path(post, path = "/agents/join-tokens/{id}/revoke", tag = "agents", params(("id" = Uuid, Path)),
     responses((status = 200, body = JoinTokenInfo), (status = 404, body = certflow_api::Problem), (status = 409, body = certflow_api::Problem)))]
 pub async fn revoke_join_token(
-    State(AppState { agents, .. }): State<AppState>,
+    State(app): State<AppState>,
     Extension(actor): Extension<Actor>,
     Path(id): Path<Uuid>,
 ) -> ApiResult<Json<JoinTokenInfo>> {
+    let AppShared { agents, .. } = &*app;
     let at = now();
     let token = agents.revoke_join_token(&actor, id, at).await?;
     Ok(Json(token_info(token, at)))

@@ -19,6 +19,7 @@ use super::AppState;
 use crate::deploy_cache::DeployState;
 use crate::errors::ApiResult;
 use crate::extract::{Json, Path, now};
+use crate::state::AppShared;
 use crate::views::view;
 
 fn views(state: &DeployState, list: Vec<DeploymentState>) -> Vec<DeploymentView> {
@@ -33,11 +34,12 @@ fn views(state: &DeployState, list: Vec<DeploymentState>) -> Vec<DeploymentView>
 #[utoipa::path(get, path = "/agents/{id}/assignments", tag = "agents", params(("id" = Uuid, Path)),
     responses((status = 200, body = Vec<DeploymentView>), (status = 404, body = Problem)))]
 pub async fn list_assignments(
-    State(AppState { deploy: state, .. }): State<AppState>,
+    State(app): State<AppState>,
     Path(id): Path<Uuid>,
 ) -> ApiResult<Json<Vec<DeploymentView>>> {
+    let AppShared { deploy: state, .. } = &*app;
     let list = state.deployments.agent_deployments(id).await?;
-    Ok(Json(views(&state, list)))
+    Ok(Json(views(state, list)))
 }
 
 /// Assigns a certificate (of one of the agent's teams) to an agent: 201,
@@ -47,11 +49,12 @@ pub async fn list_assignments(
     responses((status = 201, body = DeploymentView), (status = 200, body = DeploymentView),
         (status = 400, body = Problem), (status = 404, body = Problem), (status = 409, body = Problem)))]
 pub async fn assign(
-    State(AppState { deploy: state, .. }): State<AppState>,
+    State(app): State<AppState>,
     Extension(actor): Extension<Actor>,
     Path(id): Path<Uuid>,
     Json(req): Json<AssignRequest>,
 ) -> ApiResult<Response> {
+    let AppShared { deploy: state, .. } = &*app;
     let (s, created) = state
         .deployments
         .assign(&actor, id, req.certificate_id, now())
@@ -73,10 +76,11 @@ pub async fn assign(
     params(("id" = Uuid, Path), ("certificate_id" = Uuid, Path)),
     responses((status = 204), (status = 404, body = Problem)))]
 pub async fn unassign(
-    State(AppState { deploy: state, .. }): State<AppState>,
+    State(app): State<AppState>,
     Extension(actor): Extension<Actor>,
     Path((id, certificate_id)): Path<(Uuid, Uuid)>,
 ) -> ApiResult<StatusCode> {
+    let AppShared { deploy: state, .. } = &*app;
     state
         .deployments
         .unassign(&actor, id, certificate_id, now())

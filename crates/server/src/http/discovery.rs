@@ -18,6 +18,7 @@ use super::AppState;
 use super::console::detail;
 use crate::errors::{ApiError, ApiResult};
 use crate::extract::{Json, Path, now};
+use crate::state::AppShared;
 
 /// The console's view of a discovery.
 pub fn view(d: Discovered) -> DiscoveredView {
@@ -84,10 +85,11 @@ fn parse_query(raw: Option<&str>) -> ApiResult<ListQuery> {
     ),
     responses((status = 200, body = DiscoveredList), (status = 400, body = Problem), (status = 403, body = Problem)))]
 pub async fn list(
-    State(AppState { deploy: state, .. }): State<AppState>,
+    State(app): State<AppState>,
     Extension(principal): Extension<Principal>,
     RawQuery(raw): RawQuery,
 ) -> ApiResult<Json<DiscoveredList>> {
+    let AppShared { deploy: state, .. } = &*app;
     let q = parse_query(raw.as_deref())?;
     let teams = principal.scope(Permission::CertificateRead, q.team.as_deref())?;
     let items = state

@@ -149,7 +149,7 @@ async fn harness_full(
         .with_discovery(store.clone()),
         certflow_store::ChangeFeed::local(),
     );
-    let state = AppState {
+    let state = AppState::from(crate::state::AppShared {
         services: services.clone(),
         bootstrap_hash,
         renewal: Arc::new(crate::state::RenewalView {
@@ -168,7 +168,7 @@ async fn harness_full(
             store.clone(),
             certflow_services::acme::AcmeSettings::default(),
         )),
-    };
+    });
     // `/metrics` as the metrics listener serves it (no token), beside the console's routes.
     let mut router = app(state.clone()).merge(crate::ops::metrics_router(None).with_state(state));
     if let Some(sessions) = &sessions {

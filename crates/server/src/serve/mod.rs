@@ -314,7 +314,7 @@ async fn serve_api(
         limits.clone(),
     )?;
     let domain_metrics = domain_gauges(config, opened, &services, &stop, tasks);
-    let state = AppState {
+    let state = AppState::from(crate::state::AppShared {
         services,
         bootstrap_hash,
         renewal: Arc::new(RenewalView {
@@ -330,7 +330,7 @@ async fn serve_api(
         agents,
         // EAB keys can be managed before the ACME server is switched on.
         acme: Some(wiring::acme_service(config, opened)),
-    };
+    });
     tasks.extend(crate::ops::emf::spawn(
         config.log.emf,
         state.clone(),

@@ -19,7 +19,7 @@ use uuid::Uuid;
 
 use super::{Ctx, Layout, PageError, PageResult, html, redirect, relative, when};
 use crate::extract::now;
-use crate::state::AppState;
+use crate::state::{AppShared, AppState};
 
 /// One discovered certificate, as a table row.
 struct Row {
@@ -135,11 +135,12 @@ pub(super) async fn page(
 /// new certificate on success.
 pub(super) async fn take_over(
     ctx: Ctx,
-    State(AppState { deploy, .. }): State<AppState>,
+    State(app): State<AppState>,
     Path(id): Path<Uuid>,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> PageResult<Response> {
+    let AppShared { deploy, .. } = &*app;
     let form = ctx.form(&headers, &body)?;
     let optional = |name: &str| {
         let v = form.get(name).trim();
