@@ -311,7 +311,11 @@ const MAX_DETAIL: usize = 300;
 /// error pages of the console's pages pass as they are.
 pub async fn problem_responses(req: Request, next: Next) -> Response {
     let method = req.method().clone();
-    let uri = req.uri().clone();
+    // A copy, not a clone: a clone shares the connection's read buffer and
+    // would keep it alive for as long as the request runs (a long poll: up
+    // to a minute, while hyper reserves another buffer for the connection).
+    let uri =
+        Uri::from_maybe_shared(axum::body::Bytes::from(req.uri().to_string())).unwrap_or_default();
     let resp = next.run(req).await;
     let status = resp.status();
     if !(status.is_client_error() || status.is_server_error()) {

@@ -226,7 +226,10 @@ async fn guard(State(state): State<AgentState>, mut req: Request, next: Next) ->
     let matched = req.extensions().get::<MatchedPath>().cloned();
     let route = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
     let peer_ip = req.extensions().get::<ConnInfo>().map(|i| i.peer.ip());
-    let resp = match authenticate(&state, &mut req, route, peer_ip).await {
+    // Boxed: the check's future (cache misses read the database) is large,
+    // and inline it would stay allocated in this middleware's future for as
+    // long as the request runs — a long poll, up to a minute per agent.
+    let resp = match Box::pin(authenticate(&state, &mut req, route, peer_ip)).await {
         Ok(()) => next.run(req).await,
         Err(resp) => resp,
     };
