@@ -19,7 +19,8 @@
 # Options:
 #   --duration S     seconds per load (default 10)
 #   --bin PATH       certflow binary (default target/release/certflow, built if missing)
-#   --only LIST      comma list of: sqlite,postgres,polls (default all three)
+#   --only LIST      comma list of: sqlite,sqlite-files,postgres,postgres-files,polls
+#                    (default sqlite,postgres,polls; -files: blob.kind = "local")
 #   --kill9          also: kill -9 certflow (embedded defaults) during issuance
 #                    load, restart it, and check every certificate whose 201
 #                    the client received: the row, its certificate, chain and
@@ -328,11 +329,11 @@ issuance_loads() { # label-prefix
     done
 }
 
-if wants sqlite || wants postgres || [ "$kill9" = 1 ]; then start_cfssl; fi
+if wants sqlite || wants sqlite-files || wants postgres || wants postgres-files || [ "$kill9" = 1 ]; then start_cfssl; fi
 
 if wants polls; then start_issuer; fi
 if wants sqlite || wants polls; then
-    echo "certflow, embedded defaults (SQLite + local blobs)" >&2
+    echo "certflow, embedded defaults (SQLite, blobs in the database)" >&2
     start_certflow sqlite "$work/data-sqlite"
     issue_check "$cf_url" "$cf_token"
     wants sqlite && issuance_loads "(SQLite)"
@@ -416,17 +417,40 @@ fi
 
 if wants sqlite || wants polls; then kill "$cf_pid"; wait "$cf_pid" 2>/dev/null || true; fi
 
+# ---------------------------------------------------------------- blob files
+if wants sqlite-files; then
+    # The same, with blobs as files (blob.kind = "local", fsynced each).
+    echo "certflow, SQLite + blobs in files" >&2
+    export CERTFLOW_BLOB__KIND=local
+    start_certflow sqlite-files "$work/data-sqlite-files"
+    unset CERTFLOW_BLOB__KIND
+    issue_check "$cf_url" "$cf_token"
+    issuance_loads "(SQLite, blob files)"
+    kill "$cf_pid"; wait "$cf_pid" 2>/dev/null || true
+fi
+
 # ---------------------------------------------------------------- PostgreSQL
-if wants postgres; then
-    echo "certflow on PostgreSQL (local blobs)" >&2
+# postgres: blobs in the database (the default); postgres-files: in files.
+for variant in postgres postgres-files; do
+    wants "$variant" || continue
     db=certflow_sbs_$$_$RANDOM
     psql -q "$pg_base/postgres" -c "CREATE DATABASE $db" >/dev/null || die "cannot create database $db at $pg_base"
     dbs+=("$db")
-    start_certflow postgres "$work/data-pg" "$pg_base/$db"
-    issue_check "$cf_url" "$cf_token"
-    issuance_loads "(PostgreSQL)"
+    if [ "$variant" = postgres ]; then
+        echo "certflow on PostgreSQL (blobs in the database)" >&2
+        start_certflow postgres "$work/data-pg" "$pg_base/$db"
+        issue_check "$cf_url" "$cf_token"
+        issuance_loads "(PostgreSQL)"
+    else
+        echo "certflow on PostgreSQL (blobs in files)" >&2
+        export CERTFLOW_BLOB__KIND=local
+        start_certflow postgres-files "$work/data-pg-files" "$pg_base/$db"
+        unset CERTFLOW_BLOB__KIND
+        issue_check "$cf_url" "$cf_token"
+        issuance_loads "(PostgreSQL, blob files)"
+    fi
     kill "$cf_pid"; wait "$cf_pid" 2>/dev/null || true
-fi
+done
 
 # ---------------------------------------------------------------- kill -9
 kill9_result=""

@@ -277,7 +277,9 @@ pub enum DatabaseKind {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BlobConfig {
-    /// `local` (default) or `s3`.
+    /// `database` (blobs in the metadata database), `local` (a directory) or
+    /// `s3`. Unset: `local` where an earlier install left `<data_dir>/blobs`
+    /// (or `path` is set), else `database`.
     pub kind: String,
     /// Local directory; defaults to `<data_dir>/blobs`.
     pub path: Option<PathBuf>,
@@ -304,7 +306,7 @@ pub struct BlobConfig {
 impl Default for BlobConfig {
     fn default() -> Self {
         Self {
-            kind: "local".into(),
+            kind: String::new(),
             path: None,
             bucket: None,
             prefix: None,
@@ -1058,7 +1060,7 @@ impl Config {
         }
         self.ca_key_backend()?;
         match self.blob.kind.as_str() {
-            "local" => {}
+            "" | "local" | "database" => {}
             "s3" => {
                 if self.blob.bucket.as_deref().unwrap_or("").is_empty() {
                     bail!("blob.bucket is required when blob.kind = \"s3\"");
@@ -1067,7 +1069,7 @@ impl Config {
                     bail!("blob.region is required when blob.kind = \"s3\"");
                 }
             }
-            other => bail!("blob.kind must be \"local\" or \"s3\", got {other:?}"),
+            other => bail!("blob.kind must be \"database\", \"local\" or \"s3\", got {other:?}"),
         }
         match self.master_key.provider.as_str() {
             "local" => {}
@@ -1215,6 +1217,17 @@ impl Config {
         match self.database() {
             DatabaseKind::Sqlite(p) => Some(p),
             DatabaseKind::Postgres(_) => None,
+        }
+    }
+
+    /// The blob store in use: `blob.kind` when set; unset, `local` if a
+    /// directory is configured or an earlier install's `<data_dir>/blobs`
+    /// exists (so its blobs stay readable), else `database`.
+    pub fn blob_kind(&self) -> &str {
+        match self.blob.kind.as_str() {
+            "" if self.blob.path.is_some() || self.blob_path().is_dir() => "local",
+            "" => "database",
+            kind => kind,
         }
     }
 
@@ -1420,6 +1433,35 @@ mod tests {
             Some(PathBuf::from("certflow-data/certflow.db"))
         );
         assert_eq!(c.public_url(), "http://127.0.0.1:8080");
+    }
+
+    /// Unset, the blob store is the database for a new data directory and
+    /// stays the directory an earlier install filled; set, it is as set.
+    #[test]
+    fn blob_kind_defaults_to_the_database_unless_blob_files_exist() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = Config {
+            data_dir: dir.path().join("data"),
+            ..Config::default()
+        };
+        assert_eq!(c.blob_kind(), "database");
+        std::fs::create_dir_all(dir.path().join("data").join("blobs")).unwrap();
+        assert_eq!(c.blob_kind(), "local");
+        c.blob.kind = "database".into();
+        assert_eq!(c.blob_kind(), "database");
+        c.validate().unwrap();
+        c.blob.kind = "files".into();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("\"database\", \"local\" or \"s3\""), "{err}");
+        let c = Config {
+            data_dir: dir.path().join("other"),
+            blob: BlobConfig {
+                path: Some(dir.path().join("elsewhere")),
+                ..BlobConfig::default()
+            },
+            ..Config::default()
+        };
+        assert_eq!(c.blob_kind(), "local");
     }
 
     /// `[acme_server]` is off by default with EAB required; `[server.tls]`

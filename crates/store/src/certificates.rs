@@ -17,7 +17,6 @@
 use std::collections::HashMap;
 
 use async_trait::async_trait;
-use sqlx::Pool;
 use certflow_core::error::DomainResult;
 use certflow_core::model::{
     AuditChainReport, AuditEvent, AuditQuery, Certificate, CertificateQuery, CertificateStats,
@@ -26,6 +25,7 @@ use certflow_core::model::{
 };
 use certflow_core::ports::MetadataStore;
 use certflow_core::{DomainError, SubjectName};
+use sqlx::Pool;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -518,21 +518,37 @@ async fn create_together<B: Backend>(pool: &Pool<B>, batch: &[Creation]) -> Doma
         let mut folded: Vec<String> = c.cert.names.iter().map(|n| fold(&n.to_text())).collect();
         folded.sort_unstable();
         folded.dedup();
-        names.extend(folded.into_iter().map(|n| vec![id(c.cert.id).into(), n.into()]));
+        names.extend(
+            folded
+                .into_iter()
+                .map(|n| vec![id(c.cert.id).into(), n.into()]),
+        );
         labels.extend(c.cert.labels.iter().map(|(key, value)| {
-            vec![id(c.cert.id).into(), key.as_str().into(), value.as_str().into()]
+            vec![
+                id(c.cert.id).into(),
+                key.as_str().into(),
+                value.as_str().into(),
+            ]
         }));
     }
     let mut tx = pool.begin_with(B::BEGIN_WRITE).await.map_err(map)?;
     if !idempotency.is_empty() {
-        let mut sql = Sql::new(concat!("INSERT INTO idempotency_keys (", idempotency_columns!(), ")"));
+        let mut sql = Sql::new(concat!(
+            "INSERT INTO idempotency_keys (",
+            idempotency_columns!(),
+            ")"
+        ));
         sql.push_values(idempotency);
         execute::<B>(&mut tx, sql).await?;
     }
     let mut sql = Sql::new(CERTIFICATE_INSERT);
     sql.push_values(certificates);
     execute::<B>(&mut tx, sql).await?;
-    let mut sql = Sql::new(concat!("INSERT INTO certificate_versions (", version_columns!(), ")"));
+    let mut sql = Sql::new(concat!(
+        "INSERT INTO certificate_versions (",
+        version_columns!(),
+        ")"
+    ));
     sql.push_values(versions);
     execute::<B>(&mut tx, sql).await?;
     if !names.is_empty() {
@@ -589,7 +605,8 @@ pub(crate) async fn commit_new_versions<B: Backend>(
     for v in &batch {
         let one = async {
             let mut tx = pool.begin_with(B::BEGIN_WRITE).await.map_err(map)?;
-            add_version_in::<B>(&mut *tx, &v.cert, &v.new, &v.audit, v.idempotency.as_ref()).await?;
+            add_version_in::<B>(&mut *tx, &v.cert, &v.new, &v.audit, v.idempotency.as_ref())
+                .await?;
             tx.commit().await.map_err(map)
         };
         results.push(one.await);
@@ -679,7 +696,6 @@ async fn add_version_in<B: Backend>(
     replace_names::<B>(&mut *tx, cert.id, &cert.names).await?;
     insert_audit::<B>(&mut *tx, audit).await
 }
-
 
 /// Inserts a new certificate with its first version, names, labels and
 /// `idempotency` record (not its audit event) in the write transaction `conn`.

@@ -50,7 +50,7 @@ fn tighten_existing(config: &Config) -> anyhow::Result<()> {
             tighten(Path::new(&name), 0o600)?;
         }
     }
-    if config.blob.kind == "local" {
+    if config.blob_kind() == "local" {
         let blobs = config.blob_path();
         // Walked only when its root was loose: a tree this version made is
         // owner-only from the start, and a large one is not stat'ed at every start.
@@ -67,7 +67,7 @@ fn tighten_existing(config: &Config) -> anyhow::Result<()> {
 fn holds_embedded_state(config: &Config) -> bool {
     let under = |p: &Path| p.starts_with(&config.data_dir);
     config.database_path().is_some_and(|p| under(&p))
-        || (config.blob.kind == "local" && under(&config.blob_path()))
+        || (config.blob_kind() == "local" && under(&config.blob_path()))
         || (config.master_key.provider == "local"
             && config.master_key.key.is_none()
             && config.master_key.file.is_none())

@@ -14,7 +14,7 @@ use certflow_services::Services;
 use std::time::Duration;
 
 use certflow_core::ports::{
-    AgentStore, MetadataStore, NotificationStore, RenewalLedger, SessionStore,
+    AgentStore, BlobStore, MetadataStore, NotificationStore, RenewalLedger, SessionStore,
 };
 use certflow_core::renewal::RenewalQueue;
 use certflow_notify::{EmailNotifier, Notifiers, SnsNotifier, WebhookNotifier};
@@ -133,6 +133,8 @@ pub struct StorePorts {
     pub acme: Arc<dyn certflow_core::acme::AcmeStore>,
     /// Certificates' AWS destinations and their delivery attempts.
     pub destinations: Arc<dyn certflow_core::destinations::DestinationStore>,
+    /// Blobs in the same database (`blob.kind = "database"`).
+    pub blobs: Arc<dyn BlobStore>,
 }
 
 /// Opens every backend and checks it answers, so a bad setting stops the server
@@ -142,9 +144,9 @@ pub async fn open_services(config: &Config) -> anyhow::Result<Opened> {
     super::files::secure_data(config)?;
     let provider = key_provider(config).await?;
     let (store, feed) = open_store(config).await?;
-    let blobs = open_blobs(config).await?;
+    let (blobs, blobs_description) = open_blobs(config, &store).await?;
     tracing::info!(
-        blobs = blobs.description(),
+        blobs = %blobs_description,
         master_key = provider.current_key_id(),
         "backends open"
     );
@@ -156,7 +158,7 @@ pub async fn open_services(config: &Config) -> anyhow::Result<Opened> {
     ));
     let mut services = Services::new(
         announcing,
-        Arc::new(blobs),
+        blobs,
         Sealer::new(provider),
         Some(config.pki_url()),
     )
@@ -282,9 +284,18 @@ pub(super) async fn key_provider(config: &Config) -> anyhow::Result<Arc<dyn KeyP
     Ok(Arc::new(LocalKeyProvider::new(key, previous)))
 }
 
-pub(super) async fn open_blobs(config: &Config) -> anyhow::Result<ObjectBlobStore> {
+/// The configured blob store and a description of it for logs: the metadata
+/// database's own (`database`), or a directory or S3 bucket, checked.
+pub(super) async fn open_blobs(
+    config: &Config,
+    store: &StorePorts,
+) -> anyhow::Result<(Arc<dyn BlobStore>, String)> {
     let b = &config.blob;
-    let blobs = if b.kind == "s3" {
+    let kind = config.blob_kind();
+    if kind == "database" {
+        return Ok((store.blobs.clone(), "the metadata database".into()));
+    }
+    let blobs = if kind == "s3" {
         let options = S3Options {
             bucket: b.bucket.clone().unwrap_or_default(),
             prefix: b.prefix.clone(),
@@ -302,7 +313,8 @@ pub(super) async fn open_blobs(config: &Config) -> anyhow::Result<ObjectBlobStor
         .check()
         .await
         .with_context(|| format!("blob store {}", blobs.description()))?;
-    Ok(blobs)
+    let description = blobs.description().to_owned();
+    Ok((Arc::new(blobs), description))
 }
 
 /// Opens the configured metadata store (migrating it), or says which and why not.
@@ -318,9 +330,11 @@ where
         + certflow_core::ports::DiscoveryStore
         + certflow_core::acme::AcmeStore
         + certflow_core::destinations::DestinationStore
+        + BlobStore
         + 'static,
 {
     StorePorts {
+        blobs: store.clone(),
         metadata: store.clone(),
         ledger: store.clone(),
         agents: store.clone(),

@@ -440,18 +440,7 @@ fn exercise(
     }
 
     // No CA key is sealed in the blob store: only certificates' keys are.
-    let blobs = work.join("data").join("blobs");
-    let mut files = Vec::new();
-    let mut dirs = vec![blobs.clone()];
-    while let Some(d) = dirs.pop() {
-        for e in std::fs::read_dir(&d).unwrap().flatten() {
-            if e.path().is_dir() {
-                dirs.push(e.path());
-            } else {
-                files.push(e.path().strip_prefix(&blobs).unwrap().display().to_string());
-            }
-        }
-    }
+    let files = crate::support::blob_keys(&work.join("data"));
     assert!(
         files.iter().any(|f| f.starts_with("certificates/")),
         "{files:?}"

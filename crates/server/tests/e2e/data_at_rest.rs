@@ -74,7 +74,9 @@ fn data_directory_database_and_blobs_are_owner_only() {
         ok && umask & 0o044 == 0,
         "run this test with a umask that lets group/others read (e.g. 022), not {umask:o}"
     );
-    let server = start(&data, &[]).expect("certflow starts");
+    // Blobs in files (not the default, the database): their modes are checked too.
+    let local_blobs = [("CERTFLOW_BLOB__KIND", "local")];
+    let server = start(&data, &local_blobs).expect("certflow starts");
     let token = server.token_line.clone().unwrap();
     let api = Api::new(&server, &token);
     let (status, body) = api.post(
@@ -98,7 +100,7 @@ fn data_directory_database_and_blobs_are_owner_only() {
         std::fs::Permissions::from_mode(0o600),
     )
     .unwrap();
-    let server = start(&data, &[]).expect("certflow starts on the old directory");
+    let server = start(&data, &local_blobs).expect("certflow starts on the old directory");
     assert_owner_only(&data);
     let log = server.log();
     assert!(

@@ -330,3 +330,33 @@ pub fn wait_for<T>(
         std::thread::sleep(Duration::from_millis(250));
     }
 }
+
+/// Every blob key of the server whose data directory is `data`, whichever
+/// store holds them: files under `blobs/`, else the database's `blobs` table
+/// (the default, read with Python's sqlite3 while the server runs).
+pub(crate) fn blob_keys(data: &Path) -> Vec<String> {
+    let dir = data.join("blobs");
+    let mut keys = Vec::new();
+    if dir.is_dir() {
+        let mut dirs = vec![dir.clone()];
+        while let Some(d) = dirs.pop() {
+            for e in std::fs::read_dir(&d).unwrap().flatten() {
+                if e.path().is_dir() {
+                    dirs.push(e.path());
+                } else {
+                    keys.push(e.path().strip_prefix(&dir).unwrap().display().to_string());
+                }
+            }
+        }
+    } else {
+        let db = data.join("certflow.db");
+        let script = "import sqlite3, sys\n\
+                      c = sqlite3.connect(sys.argv[1])\n\
+                      print('\\n'.join(k for (k,) in c.execute('SELECT key FROM blobs ORDER BY key')))";
+        let (ok, out) = sh(data, &["python3", "-c", script, &db.display().to_string()]);
+        assert!(ok, "reading the blobs table of {}: {out}", db.display());
+        keys.extend(out.lines().filter(|l| !l.is_empty()).map(str::to_owned));
+    }
+    keys.sort();
+    keys
+}
