@@ -69,13 +69,6 @@ pub struct InternalCa {
     /// Building, linting and local signing run here, off the async runtime.
     pub(crate) cpu: CpuPool,
     keys: Option<Arc<dyn CaKeyStore>>,
-    /// Sealed issuing keys as read from the blob store, by blob key: the
-    /// ciphertext only (each signature still unseals its own copy), so an
-    /// issuance costs no blob read. A key blob is written once, when its CA
-    /// is created; `certflow keys rewrap` re-seals it offline, and the bytes
-    /// cached before still open under the previous master key the running
-    /// server was given.
-    sealed: Arc<std::sync::RwLock<HashMap<String, bytes::Bytes>>>,
 }
 
 impl InternalCa {
@@ -91,7 +84,6 @@ impl InternalCa {
             public_url,
             cpu,
             keys: None,
-            sealed: Arc::default(),
         }
     }
 
@@ -150,28 +142,12 @@ impl InternalCa {
                 });
             }
         };
-        let cached = self
-            .sealed
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(&blob)
-            .cloned();
-        let sealed = match cached {
-            Some(sealed) => sealed,
-            None => {
-                let sealed = self.blobs.get(&blob).await.map_err(|e| match e {
-                    DomainError::NotFound(_) => DomainError::Integrity(format!(
-                        "the signing key of {owner} is missing from the blob store"
-                    )),
-                    other => other,
-                })?;
-                self.sealed
-                    .write()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .insert(blob.clone(), sealed.clone());
-                sealed
-            }
-        };
+        let sealed = self.blobs.get(&blob).await.map_err(|e| match e {
+            DomainError::NotFound(_) => DomainError::Integrity(format!(
+                "the signing key of {owner} is missing from the blob store"
+            )),
+            other => other,
+        })?;
         let der = self.sealer.open(&sealed, context).await.map_err(|e| {
             DomainError::Integrity(format!(
                 "cannot unseal the signing key of {owner} ({e}); is this the master key it was created with?"

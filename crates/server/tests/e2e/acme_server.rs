@@ -491,10 +491,10 @@ fn certbot_registers_with_eab_issues_renews_revokes_and_unregisters() {
             "--agree-tos",
             "-m",
             "ops@web.example.com",
-            "--eab-kid",
-            &kid,
-            "--eab-hmac-key",
-            &hmac,
+            &format!("--eab-kid={kid}"),
+            // One argument with '=': a base64url key may start with '-',
+            // which argparse would take for an option (1 key in 64).
+            &format!("--eab-hmac-key={hmac}"),
         ],
     );
     assert!(done, "certbot register with EAB: {out}");
@@ -612,6 +612,8 @@ fn lego_over_tls_alpn_01_and_over_dns_01_for_a_wildcard() {
     let server = start_acme(&["serve"], &work.join("data"), &config, &ports, None, &[]);
     let acme = connect(server, work, ports.listen);
     let (kid, hmac) = acme.eab("web");
+    // '=' keeps a key that starts with '-' one value (see the certbot test).
+    let (kid_arg, hmac_arg) = (format!("--kid={kid}"), format!("--hmac={hmac}"));
     let lego_dir = work.join("lego").display().to_string();
     let hook = format!("{SCRIPTS}/lego-dns-hook.sh");
     let hook_log = work.join("hook.log").display().to_string();
@@ -633,10 +635,8 @@ fn lego_over_tls_alpn_01_and_over_dns_01_for_a_wildcard() {
             "--path",
             lego_dir.as_str(),
             "--eab",
-            "--kid",
-            kid.as_str(),
-            "--hmac",
-            hmac.as_str(),
+            kid_arg.as_str(),
+            hmac_arg.as_str(),
         ];
         args.extend_from_slice(extra);
         args.push("run");
@@ -879,10 +879,8 @@ fn certbot_follows_renewal_info_and_renews_only_after_renew_now() {
             "certonly",
             "--agree-tos",
             "--register-unsafely-without-email",
-            "--eab-kid",
-            &kid,
-            "--eab-hmac-key",
-            &hmac,
+            &format!("--eab-kid={kid}"),
+            &format!("--eab-hmac-key={hmac}"),
             "--cert-name",
             "ari",
             "-d",
