@@ -112,6 +112,42 @@ impl<T: Send + 'static, R: Send + 'static> GroupCommit<T, R> {
     }
 }
 
+/// Commits `batch` with `together` (one transaction for all) when it holds
+/// more than one write; otherwise, or should that fail (a name taken, a key
+/// reused...), each write with `alone`, in a transaction of its own, so each
+/// gets the answer it would have had alone and the others still commit.
+/// `what` names the writes in the log line of a failed group.
+///
+/// (Closures returning futures rather than async closures: a boxed `Send`
+/// future over an async closure hits rustc's "not general enough" limits.)
+pub(crate) async fn together_or_alone<'a, T, R, Together, Alone>(
+    what: &str,
+    batch: &'a [T],
+    together: impl FnOnce(&'a [T]) -> Together,
+    alone: impl Fn(&'a T) -> Alone,
+) -> Vec<DomainResult<R>>
+where
+    Together: Future<Output = DomainResult<Vec<R>>>,
+    Alone: Future<Output = DomainResult<R>>,
+{
+    if batch.len() > 1 {
+        match together(batch).await {
+            // A wrong count is caught by the drain, which fails them all.
+            Ok(answers) => return answers.into_iter().map(Ok).collect(),
+            Err(e) => tracing::debug!(
+                batch = batch.len(),
+                error = %e,
+                "a group of {what} failed together; committing each alone"
+            ),
+        }
+    }
+    let mut results = Vec::with_capacity(batch.len());
+    for item in batch {
+        results.push(alone(item).await);
+    }
+    results
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::panic)]
 mod tests {
