@@ -8,7 +8,9 @@
 //! lower-case hex SHA-256 of [`link_bytes`]. The hash covers the chain number
 //! and every stored column as the database holds it (details as its JSON
 //! text), so verifying needs nothing but the rows. Triggers refuse updates and
-//! deletes and keep each head in step.
+//! deletes of events and moving a head back; the writer moves the head onto
+//! its events in the same transaction (migration 0019), on PostgreSQL in the
+//! same statement.
 //!
 //! A writer links its event under a lock on one head, held to its commit. On
 //! PostgreSQL it takes the lowest-numbered head no other transaction holds
@@ -16,6 +18,13 @@
 //! side instead of one at a time; a transaction already holding a head can
 //! always take it again, so it never waits while holding one, and head locks
 //! cannot deadlock. SQLite's single writer always finds chain 0 first.
+//!
+//! A lone event on PostgreSQL is linked by one statement: it locks a free
+//! head, hashes the head's part of the link in the database (`sha256()`)
+//! followed by the event's part encoded here, inserts the event and moves the
+//! head, in one round trip. Otherwise (a batch, every head held, SQLite) the
+//! writer reads the head, hashes the whole links here, inserts them and moves
+//! the head. The bytes hashed are the same either way.
 //!
 //! Links made before migration 0017 are chain 0's prefix, hashed without the
 //! chain number ([`legacy_link_bytes`]); verification accepts that encoding in
@@ -118,10 +127,6 @@ pub(crate) fn legacy_link_bytes(prev_hash: &str, seq: i64, e: &StoredEvent) -> V
 }
 
 fn encode(tag: &[u8], chain: Option<i64>, prev_hash: &str, seq: i64, e: &StoredEvent) -> Vec<u8> {
-    fn text(out: &mut Vec<u8>, s: &str) {
-        out.extend_from_slice(&(s.len() as u64).to_be_bytes());
-        out.extend_from_slice(s.as_bytes());
-    }
     let mut out = Vec::with_capacity(256 + e.details.len());
     out.extend_from_slice(tag);
     if let Some(chain) = chain {
@@ -129,6 +134,21 @@ fn encode(tag: &[u8], chain: Option<i64>, prev_hash: &str, seq: i64, e: &StoredE
     }
     text(&mut out, prev_hash);
     out.extend_from_slice(&seq.to_be_bytes());
+    out.extend_from_slice(&event_bytes(e));
+    out
+}
+
+/// A length-prefixed text of the encoding.
+fn text(out: &mut Vec<u8>, s: &str) {
+    out.extend_from_slice(&(s.len() as u64).to_be_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// The end of [`link_bytes`] after `seq`: the event's own columns, which do
+/// not depend on the chain. [`LINK_ON_A_FREE_HEAD`] hashes the head's part
+/// in the database and appends these.
+fn event_bytes(e: &StoredEvent) -> Vec<u8> {
+    let mut out = Vec::with_capacity(200 + e.details.len());
     text(&mut out, &e.id);
     out.extend_from_slice(&e.at.to_be_bytes());
     text(&mut out, &e.subject);
@@ -212,6 +232,71 @@ async fn lock_head<B: Backend>(conn: &mut B::Connection, chain: i64) -> DomainRe
     }
 }
 
+/// [`insert_audit`]'s statement on PostgreSQL: takes the lowest free head,
+/// links the event to it, inserts it and moves the head onto it, in one
+/// round trip instead of two (reading the head, then writing). The database
+/// hashes [`link_bytes`]'s part that depends on the head ($9 the tag, then
+/// the chain number, `prev_hash` and `seq` as [`encode`] writes them)
+/// followed by [`event_bytes`] ($10). No row when every head is held.
+const LINK_ON_A_FREE_HEAD: &str = concat!(
+    "WITH h AS (SELECT chain, seq + 1 AS seq, hash AS prev FROM audit_chain_head ",
+    "ORDER BY chain LIMIT 1 FOR UPDATE SKIP LOCKED), ",
+    "n AS (SELECT chain, seq, prev, encode(sha256($9 || int8send(chain) ",
+    "|| int8send(octet_length(convert_to(prev, 'UTF8'))::bigint) ",
+    "|| convert_to(prev, 'UTF8') || int8send(seq) || $10), 'hex') AS hash FROM h), ",
+    "u AS (UPDATE audit_chain_head a SET seq = n.seq, hash = n.hash FROM n ",
+    "WHERE a.chain = n.chain) ",
+    "INSERT INTO audit_events (",
+    audit_columns!(),
+    ", chain, seq, prev_hash, hash) ",
+    "SELECT $1, $2, $3, $4, $5, $6, $7, $8, n.chain, n.seq, n.prev, n.hash FROM n ",
+    "RETURNING chain"
+);
+
+/// Whether the backend runs a write's statements over the network: then a
+/// lone event is linked by one statement that also takes the head, and the
+/// head moves in the insert's statement. SQLite runs in process, has no
+/// `sha256()` or data-modifying `WITH`, and its one writer always finds
+/// chain 0 free.
+fn over_the_network<B: Backend>() -> bool {
+    B::NAME == "PostgreSQL"
+}
+
+/// Links and inserts `event` with [`LINK_ON_A_FREE_HEAD`]; false, having
+/// written nothing, when every head is held by another transaction.
+async fn link_on_a_free_head<B: Backend>(
+    conn: &mut B::Connection,
+    audit: &AuditEvent,
+    event: &StoredEvent,
+) -> DomainResult<bool> {
+    let sql = Sql::new(LINK_ON_A_FREE_HEAD)
+        .bind(event.id.as_str())
+        .bind(event.at)
+        .bind(event.subject.as_str())
+        .bind(event.source.as_deref())
+        .bind(event.action.as_str())
+        .bind(event.target.as_str())
+        .bind(event.outcome.as_str())
+        .bind(event.details.as_str())
+        .bind(Some(TAG))
+        .bind(Some(event_bytes(event).as_slice()));
+    let linked = B::fetch_optional(conn, sql)
+        .await
+        .map_err(|e| duplicate(e, &[audit]))?;
+    Ok(linked.is_some())
+}
+
+/// A duplicate event id as a conflict naming the events, any other error as
+/// it is.
+fn duplicate(e: sqlx::Error, audits: &[&AuditEvent]) -> DomainError {
+    conflict(e, |v| {
+        (v == Violation::PrimaryKey).then(|| {
+            let ids: Vec<String> = audits.iter().map(|a| a.id.to_string()).collect();
+            format!("audit event {} already exists", ids.join(" or "))
+        })
+    })
+}
+
 /// Appends `event` to one of the audit chains as its next link. Call it last
 /// in a write transaction: on PostgreSQL it holds that chain's head until the
 /// commit, and only [`CHAINS`] audited writes can hold one at a time.
@@ -219,39 +304,19 @@ pub(crate) async fn insert_audit<B: Backend>(
     conn: &mut B::Connection,
     audit: &AuditEvent,
 ) -> DomainResult<()> {
-    let event = &StoredEvent::of(audit)?;
-    // A UUIDv7 ends in random bits: a free spread of the waiters.
-    let head = take_head::<B>(conn, audit.id.as_u128()).await?;
-    let seq = head.seq + 1;
-    let hash = link_hash(head.chain, &head.hash, seq, event);
-    let sql = Sql::new(concat!(
-        "INSERT INTO audit_events (",
-        audit_columns!(),
-        ", chain, seq, prev_hash, hash) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
-    ))
-    .bind(event.id.as_str())
-    .bind(event.at)
-    .bind(event.subject.as_str())
-    .bind(event.source.as_deref())
-    .bind(event.action.as_str())
-    .bind(event.target.as_str())
-    .bind(event.outcome.as_str())
-    .bind(event.details.as_str())
-    .bind(head.chain)
-    .bind(seq)
-    .bind(head.hash)
-    .bind(hash);
-    B::execute(conn, sql).await.map_err(|e| {
-        conflict(e, |v| {
-            (v == Violation::PrimaryKey).then(|| format!("audit event {} already exists", audit.id))
-        })
-    })
+    if over_the_network::<B>() {
+        let event = StoredEvent::of(audit)?;
+        if link_on_a_free_head::<B>(conn, audit, &event).await? {
+            return Ok(());
+        }
+    }
+    insert_audits::<B>(conn, &[audit]).await
 }
 
 /// Appends `events`, in order, to one audit chain as its next links: one
-/// head taken and one multi-row `INSERT` for a group commit's batch, where
-/// [`insert_audit`] a batch over would take the head once per event anyway.
+/// head taken, the links hashed here, one multi-row `INSERT` and the head
+/// moved onto the last, for a group commit's batch (or a lone event whose
+/// writer found every head held, or on SQLite).
 pub(crate) async fn insert_audits<B: Backend>(
     conn: &mut B::Connection,
     audits: &[&AuditEvent],
@@ -259,7 +324,9 @@ pub(crate) async fn insert_audits<B: Backend>(
     let Some(first) = audits.first() else {
         return Ok(());
     };
-    let mut head = take_head::<B>(conn, first.id.as_u128()).await?;
+    // A UUIDv7 ends in random bits: a free spread of the waiters.
+    let before = take_head::<B>(conn, first.id.as_u128()).await?;
+    let mut head = before.clone();
     let mut rows = Vec::with_capacity(audits.len());
     for audit in audits {
         let event = StoredEvent::of(audit)?;
@@ -281,13 +348,74 @@ pub(crate) async fn insert_audits<B: Backend>(
         ]);
         head.seq = seq;
     }
-    let mut sql = Sql::new(concat!(
-        "INSERT INTO audit_events (",
-        audit_columns!(),
-        ", chain, seq, prev_hash, hash)"
-    ));
-    sql.push_values(rows);
-    execute::<B>(conn, sql).await
+    let moved = append_links::<B>(conn, &before, &head, rows)
+        .await
+        .map_err(|e| duplicate(e, audits))?;
+    if moved {
+        Ok(())
+    } else {
+        Err(DomainError::Integrity(format!(
+            "the head of audit chain {} moved while locked",
+            before.chain
+        )))
+    }
+}
+
+/// Inserts linked `rows` and moves the head from `before` to `after` (its
+/// last row): in one statement on PostgreSQL, insert then move on SQLite.
+/// The head move names the head it read; false if that head moved under its
+/// lock (then the caller's transaction must not commit).
+async fn append_links<B: Backend>(
+    conn: &mut B::Connection,
+    before: &Head,
+    after: &Head,
+    rows: Vec<Vec<Param>>,
+) -> Result<bool, sqlx::Error> {
+    let count = rows.len();
+    let moved = if over_the_network::<B>() {
+        let mut sql = Sql::new(
+            "WITH u AS (UPDATE audit_chain_head SET seq = $1, hash = $2 \
+             WHERE chain = $3 AND seq = $4 AND hash = $5 RETURNING chain) \
+             INSERT INTO audit_events (",
+        );
+        sql.push(concat!(
+            audit_columns!(),
+            ", chain, seq, prev_hash, hash) SELECT v.* FROM ("
+        ));
+        let mut sql = move_head(sql, before, after);
+        sql.push_values(rows);
+        sql.push(concat!(
+            ") AS v (",
+            audit_columns!(),
+            ", chain, seq, prev_hash, hash) WHERE EXISTS (SELECT 1 FROM u) RETURNING 1"
+        ));
+        B::fetch_all(conn, sql).await?.len() == count
+    } else {
+        let mut insert = Sql::new(concat!(
+            "INSERT INTO audit_events (",
+            audit_columns!(),
+            ", chain, seq, prev_hash, hash)"
+        ));
+        insert.push_values(rows);
+        B::execute(conn, insert).await?;
+        let sql = Sql::new(
+            "UPDATE audit_chain_head SET seq = $1, hash = $2 \
+             WHERE chain = $3 AND seq = $4 AND hash = $5 RETURNING chain",
+        );
+        B::fetch_optional(conn, move_head(sql, before, after))
+            .await?
+            .is_some()
+    };
+    Ok(moved)
+}
+
+/// Binds $1 to $5 of a head move from `before` to `after`.
+fn move_head(sql: Sql, before: &Head, after: &Head) -> Sql {
+    sql.bind(after.seq)
+        .bind(after.hash.as_str())
+        .bind(before.chain)
+        .bind(before.seq)
+        .bind(before.hash.as_str())
 }
 
 /// Links audit events from before migration 0004 when a store opens.
@@ -573,6 +701,20 @@ mod tests {
             link_hash(5, GENESIS, 1, &event()),
             "16275ec3ee9b07fcb498da136dbd096d9c34b3f669fd03d257bf057ad00f557f"
         );
+    }
+
+    /// The split [`LINK_ON_A_FREE_HEAD`] relies on: the head's part (tag,
+    /// chain, length-prefixed `prev_hash`, `seq`), then [`event_bytes`].
+    #[test]
+    fn link_bytes_end_with_the_event() {
+        let e = event();
+        let mut bytes = TAG.to_vec();
+        bytes.extend_from_slice(&7_i64.to_be_bytes());
+        bytes.extend_from_slice(&64_u64.to_be_bytes());
+        bytes.extend_from_slice(GENESIS.as_bytes());
+        bytes.extend_from_slice(&3_i64.to_be_bytes());
+        bytes.extend(event_bytes(&e));
+        assert_eq!(link_bytes(7, GENESIS, 3, &e), bytes);
     }
 
     /// Every field, the link, the position and the chain change the hash

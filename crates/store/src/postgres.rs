@@ -114,6 +114,11 @@ const MIGRATIONS: &[Embedded] = &[
         "blobs",
         include_str!("../migrations/postgres/0018_blobs.sql"),
     ),
+    (
+        19,
+        "audit heads moved by writers",
+        include_str!("../migrations/postgres/0019_audit_heads_moved_by_writers.sql"),
+    ),
 ];
 
 /// Key of the advisory lock held while migrating ("certflow" in ASCII).

@@ -111,6 +111,11 @@ const MIGRATIONS: &[Embedded] = &[
         "blobs",
         include_str!("../migrations/sqlite/0018_blobs.sql"),
     ),
+    (
+        19,
+        "audit heads moved by writers",
+        include_str!("../migrations/sqlite/0019_audit_heads_moved_by_writers.sql"),
+    ),
 ];
 
 /// How long a statement waits for another connection's write lock.

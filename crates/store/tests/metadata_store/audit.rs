@@ -506,6 +506,36 @@ store_case! {
 }
 
 store_case! {
+    /// Links made from any text verify: PostgreSQL hashes a link's head part
+    /// in the database and SQLite here, over the same bytes (text beyond
+    /// ASCII, an empty and a missing source, long details).
+    async fn audit_links_of_any_text_verify(store: &dyn MetadataStore) {
+        let mut wide = event_at(T0, "certificate.download", "certificate/ümlaut-✓", "zoë 🔐");
+        wide.actor.source = Some(String::new());
+        wide.details = json!({ "note": "tab\t, quote \", nul \u{0} escaped, ß", "n": -0.5 });
+        let mut long = event_at(T0 + 1, "certificate.update", "certificate/long", "ops");
+        long.actor.source = Some("2001:db8::1".into());
+        long.details = json!({ "pem": "A".repeat(20_000) });
+        let bare = event_at(T0 + 2, "system.start", "server", "system");
+        for e in [&wide, &long, &bare] {
+            store.append_audit(e).await.unwrap();
+        }
+        let report = assert_chain_intact(store).await;
+        assert_eq!(report.checked, 3);
+        let page = store
+            .list_audit(&AuditQuery {
+                limit: 10,
+                ..AuditQuery::default()
+            })
+            .await
+            .unwrap();
+        for e in [&wide, &long, &bare] {
+            assert!(page.items.contains(e), "{e:?}");
+        }
+    }
+}
+
+store_case! {
     async fn audit_filters_by_outcome_and_time(store: &dyn MetadataStore) {
         let events: Vec<AuditEvent> = (1..=5)
             .map(|i| {

@@ -77,14 +77,22 @@ impl Raw {
         ids.iter().map(|s| s.parse().unwrap()).collect()
     }
 
+    async fn head_hash(&mut self, chain: i64) -> String {
+        let sql = format!("SELECT hash FROM audit_chain_head WHERE chain = {chain}");
+        match self {
+            Raw::Sqlite(c) => sqlx::query_scalar(AssertSqlSafe(sql)).fetch_one(c).await,
+            Raw::Pg(c) => sqlx::query_scalar(AssertSqlSafe(sql)).fetch_one(c).await,
+        }
+        .unwrap()
+    }
+
     /// What an attacker with the database's credentials does first.
     async fn drop_guards(&mut self) {
         let statements: &[&str] = match self {
             Raw::Sqlite(_) => &[
-                "DROP TRIGGER audit_events_link",
+                "DROP TRIGGER audit_events_linked",
                 "DROP TRIGGER audit_events_no_update",
                 "DROP TRIGGER audit_events_no_delete",
-                "DROP TRIGGER audit_events_advance_on_insert",
                 "DROP TRIGGER audit_events_advance_on_link",
                 "DROP TRIGGER audit_chain_head_forward",
                 "DROP TRIGGER audit_chain_head_no_insert",
@@ -92,6 +100,7 @@ impl Raw {
             ],
             Raw::Pg(_) => &[
                 "ALTER TABLE audit_events DISABLE TRIGGER USER",
+                "ALTER TABLE audit_events DROP CONSTRAINT audit_events_linked",
                 "ALTER TABLE audit_chain_head DISABLE TRIGGER USER",
             ],
         };
@@ -159,9 +168,11 @@ tamper_case! {
             "UPDATE audit_events SET seq = NULL, prev_hash = NULL, hash = NULL WHERE seq = 3",
             "DELETE FROM audit_events WHERE seq = 2",
             "DELETE FROM audit_events",
-            // Writing around the store: no link, a skipped seq, a wrong prev_hash.
+            // Writing around the store without a link.
             "INSERT INTO audit_events (id, at, subject, action, target, outcome, details) \
              VALUES ('x', 0, 's', 'a', 't', 'success', '{}')",
+            "INSERT INTO audit_events (id, at, subject, action, target, outcome, details, seq, \
+             prev_hash, hash) VALUES ('x', 0, 's', 'a', 't', 'success', '{}', 4, 'p', 'h')",
             "UPDATE audit_events SET chain = 1 WHERE seq = 3",
             "UPDATE audit_chain_head SET seq = 2",
             "UPDATE audit_chain_head SET chain = 1 WHERE chain = 0",
@@ -172,33 +183,51 @@ tamper_case! {
             let error = raw.must_fail(sql).await;
             assert!(error.contains("audit"), "{sql}: {error}");
         }
-        let head_hash: String = match raw {
-            Raw::Sqlite(c) => sqlx::query_scalar("SELECT hash FROM audit_chain_head WHERE chain = 0")
-                .fetch_one(c)
-                .await
-                .unwrap(),
-            Raw::Pg(c) => {
-                let error = c
-                    .execute("TRUNCATE audit_events")
-                    .await
-                    .unwrap_err()
-                    .to_string();
-                assert!(error.contains("append-only"), "{error}");
-                sqlx::query_scalar("SELECT hash FROM audit_chain_head WHERE chain = 0")
-                    .fetch_one(c)
-                    .await
-                    .unwrap()
-            }
-        };
-        let forged = format!(
-            "INSERT INTO audit_events (id, at, subject, action, target, outcome, details, seq, \
-             prev_hash, hash) VALUES ('x', 0, 's', 'a', 't', 'success', '{{}}', 5, '{head_hash}', \
-             '{}')",
-            "1".repeat(64)
-        );
-        raw.must_fail(&forged).await;
+        if let Raw::Pg(_) = raw {
+            let error = raw.must_fail("TRUNCATE audit_events").await;
+            assert!(error.contains("append-only"), "{error}");
+        }
         let report = store.verify_audit_chain().await.unwrap();
         assert_eq!((report.checked, report.first_break), (3, None));
+    }
+}
+
+tamper_case! {
+    /// A linked event written around the store (the database no longer
+    /// refuses it, since writers move their heads themselves) is named at its
+    /// place in the chain; the store's own writes go on past it.
+    async fn events_written_around_the_store_are_found(store: &dyn MetadataStore, raw: &mut Raw) {
+        let ids = seed(store, 3).await;
+        let head_hash = raw.head_hash(0).await;
+        let forged = Uuid::now_v7();
+        raw.exec(&format!(
+            "INSERT INTO audit_events (id, at, subject, action, target, outcome, details, seq, \
+             prev_hash, hash) VALUES ('{forged}', 0, 's', 'a', 't', 'success', '{{}}', 5, \
+             '{head_hash}', '{}')",
+            "1".repeat(64)
+        ))
+        .await
+        .unwrap();
+        assert_eq!(
+            broken_at(store, 3).await,
+            AuditChainBreak {
+                chain: 0,
+                seq: 4,
+                id: Some(forged),
+                reason: AuditChainFault::SeqGap,
+            }
+        );
+        seed(store, 1).await;
+        assert_eq!(
+            broken_at(store, 4).await,
+            AuditChainBreak {
+                chain: 0,
+                seq: 5,
+                id: Some(forged),
+                reason: AuditChainFault::PrevHashMismatch,
+            }
+        );
+        assert_eq!(raw.ids_in_seq_order().await[..3], ids[..]);
     }
 }
 
@@ -710,6 +739,12 @@ async fn postgres_upgrade_links_existing_events() {
 /// Every migration before 0017 (several chains), as the release before it
 /// applied them, read from `migrations/<backend>/`.
 fn before_chains(backend: &str) -> Migrator {
+    migrations_before(backend, 17)
+}
+
+/// Every migration before `version`, as the release before it applied them.
+fn migrations_before(backend: &str, version: i64) -> Migrator {
+    let before = version;
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("migrations")
         .join(backend);
@@ -720,14 +755,14 @@ fn before_chains(backend: &str) -> Migrator {
             let stem = p.file_stem()?.to_str()?.to_owned();
             let (version, description) = stem.split_once('_')?;
             let version: i64 = version.parse().ok()?;
-            (version < 17).then(|| {
+            (version < before).then(|| {
                 let sql = std::fs::read_to_string(&p).unwrap();
                 (version, description.replace('_', " "), sql)
             })
         })
         .collect();
     files.sort();
-    assert_eq!(files.len(), 16);
+    assert_eq!(files.len() as i64, before - 1);
     Migrator::with_migrations(
         files
             .into_iter()
@@ -763,6 +798,123 @@ fn v1_hash(prev: &str, seq: i64, id: &str, at: i64, target: &str) -> String {
     text(&mut out, "success");
     text(&mut out, "{}");
     hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &out).as_ref())
+}
+
+/// A link hash of encoding v2 (with the chain number), written out from its
+/// documentation in src/audit.rs.
+fn v2_hash(chain: i64, prev: &str, seq: i64, id: &str, target: &str) -> String {
+    fn text(out: &mut Vec<u8>, s: &str) {
+        out.extend_from_slice(&(s.len() as u64).to_be_bytes());
+        out.extend_from_slice(s.as_bytes());
+    }
+    let mut out = b"certflow.audit-chain.v2\0".to_vec();
+    out.extend_from_slice(&chain.to_be_bytes());
+    text(&mut out, prev);
+    out.extend_from_slice(&seq.to_be_bytes());
+    text(&mut out, id);
+    out.extend_from_slice(&(1_767_225_600 + seq).to_be_bytes());
+    text(&mut out, "alice");
+    out.push(1);
+    text(&mut out, "192.0.2.7");
+    text(&mut out, "certificate.create");
+    text(&mut out, target);
+    text(&mut out, "success");
+    text(&mut out, "{}");
+    hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &out).as_ref())
+}
+
+/// `n` events of `chain` as a release with 0017 and 0018 wrote them (its
+/// trigger moving the head); the last hash.
+fn trigger_linked_events(chain: i64, n: i64) -> (Vec<String>, String) {
+    let mut prev = "0".repeat(64);
+    let mut inserts = Vec::new();
+    for seq in 1..=n {
+        let id = Uuid::now_v7().to_string();
+        let target = format!("certificate/{chain}-{seq}");
+        let hash = v2_hash(chain, &prev, seq, &id, &target);
+        inserts.push(format!(
+            "INSERT INTO audit_events (id, at, subject, source, action, target, outcome, \
+             details, chain, seq, prev_hash, hash) VALUES ('{id}', {}, 'alice', '192.0.2.7', \
+             'certificate.create', '{target}', 'success', '{{}}', {chain}, {seq}, '{prev}', \
+             '{hash}')",
+            1_767_225_600 + seq
+        ));
+        prev = hash;
+    }
+    (inserts, prev)
+}
+
+/// Chains 0 and 3 written while the database moved the heads (0017, 0018);
+/// the SQL and both last hashes.
+fn trigger_linked_chains() -> (Vec<String>, [String; 2]) {
+    let (mut inserts, zero) = trigger_linked_events(0, 3);
+    let (more, three) = trigger_linked_events(3, 2);
+    inserts.extend(more);
+    (inserts, [zero, three])
+}
+
+/// After 0019 the chains written before still verify to their heads, and
+/// the store's writes continue them.
+async fn trigger_linked_chains_upgraded(store: &dyn MetadataStore, tips: &[String; 2]) {
+    let report = store.verify_audit_chain().await.unwrap();
+    assert_eq!(
+        (report.checked, &report.first_break),
+        (5, &None),
+        "{report:?}"
+    );
+    let tip = |n: usize| {
+        (
+            report.chains[n].last_seq,
+            report.chains[n].last_hash.clone(),
+        )
+    };
+    assert_eq!(
+        (tip(0), tip(3)),
+        ((3, tips[0].clone()), (2, tips[1].clone()))
+    );
+    seed(store, 2).await;
+    let report = store.verify_audit_chain().await.unwrap();
+    assert_eq!(
+        (report.checked, &report.first_break),
+        (7, &None),
+        "{report:?}"
+    );
+    assert_eq!(report.chains[0].last_seq, 5);
+}
+
+#[tokio::test]
+async fn sqlite_upgrade_keeps_trigger_linked_chains() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("certflow.db");
+    let url = format!("sqlite://{}?mode=rwc", path.display());
+    let mut old = SqliteConnection::connect(&url).await.unwrap();
+    migrations_before("sqlite", 19).run(&mut old).await.unwrap();
+    let (inserts, tips) = trigger_linked_chains();
+    for sql in inserts {
+        old.execute(AssertSqlSafe(sql)).await.unwrap();
+    }
+    old.close().await.unwrap();
+    let store = SqliteStore::open(&path).await.unwrap();
+    trigger_linked_chains_upgraded(&store, &tips).await;
+}
+
+#[tokio::test]
+async fn postgres_upgrade_keeps_trigger_linked_chains() {
+    let db = TestDb::create().await;
+    let mut old = db.connect().await;
+    migrations_before("postgres", 19)
+        .run(&mut old)
+        .await
+        .unwrap();
+    let (inserts, tips) = trigger_linked_chains();
+    for sql in inserts {
+        old.execute(AssertSqlSafe(sql)).await.unwrap();
+    }
+    old.close().await.unwrap();
+    let store = PgStore::connect(&db.url(), PgOptions::default())
+        .await
+        .unwrap();
+    trigger_linked_chains_upgraded(&store, &tips).await;
 }
 
 /// Five events linked by a release before 0017; the last hash.
