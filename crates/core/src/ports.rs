@@ -45,6 +45,23 @@ pub trait MetadataStore: Send + Sync {
         audit: &AuditEvent,
         idempotency: Option<&IdempotencyRecord>,
     ) -> DomainResult<()>;
+    /// [`create_certificate`](Self::create_certificate) with the first
+    /// version's `blobs` (keys and bytes) written in the same transaction:
+    /// only a store that holds the blobs too takes them
+    /// ([`BlobStore::in_metadata_database`]); others refuse.
+    async fn create_certificate_with_blobs(
+        &self,
+        cert: &Certificate,
+        first: &CertificateVersion,
+        audit: &AuditEvent,
+        idempotency: Option<&IdempotencyRecord>,
+        blobs: Vec<(String, Bytes)>,
+    ) -> DomainResult<()> {
+        let _ = (cert, first, audit, idempotency, blobs);
+        Err(crate::DomainError::Internal(
+            "this metadata store holds no blobs".into(),
+        ))
+    }
     /// Stores a certificate whose issuer is recorded with it: the new
     /// `issuer` row and `issuer_audit`, then the certificate as
     /// [`create_certificate`](Self::create_certificate) does, in one
@@ -70,6 +87,22 @@ pub trait MetadataStore: Send + Sync {
         audit: &AuditEvent,
         idempotency: Option<&IdempotencyRecord>,
     ) -> DomainResult<()>;
+    /// [`add_version`](Self::add_version) with the version's `blobs` written
+    /// in the same transaction (see
+    /// [`create_certificate_with_blobs`](Self::create_certificate_with_blobs)).
+    async fn add_version_with_blobs(
+        &self,
+        cert: &Certificate,
+        new: &CertificateVersion,
+        audit: &AuditEvent,
+        idempotency: Option<&IdempotencyRecord>,
+        blobs: Vec<(String, Bytes)>,
+    ) -> DomainResult<()> {
+        let _ = (cert, new, audit, idempotency, blobs);
+        Err(crate::DomainError::Internal(
+            "this metadata store holds no blobs".into(),
+        ))
+    }
     /// Revokes one version; the certificate becomes `revoked` if it was the current one.
     async fn revoke_version(
         &self,
@@ -201,6 +234,12 @@ pub trait BlobStore: Send + Sync {
             self.put(&key, data).await?;
         }
         Ok(())
+    }
+    /// Whether the blobs are rows of the metadata database, so that a new
+    /// version's blobs can commit in the version's own transaction
+    /// ([`MetadataStore::create_certificate_with_blobs`]).
+    fn in_metadata_database(&self) -> bool {
+        false
     }
     /// Reads a blob; `NotFound` if absent.
     async fn get(&self, key: &str) -> DomainResult<Bytes>;

@@ -1277,6 +1277,7 @@ impl AcmeService {
             .services
             .create_certificate_as(actor, &req, None, false, now)
             .await
+            .map(|created| created.view)
             .map_err(|e| match e {
                 DomainError::Invalid(fields) => {
                     let text = fields

@@ -89,6 +89,26 @@ pub struct CertificateView {
     pub versions: Vec<CertificateVersion>,
 }
 
+/// A certificate as a create request left it.
+#[derive(Debug, Clone)]
+pub struct Created {
+    /// The certificate and its first version.
+    pub view: CertificateView,
+    /// What this request issued; `None` when an idempotent repeat returned
+    /// an earlier request's certificate, which the caller reads as it is now.
+    pub issued: Option<FirstIssue>,
+}
+
+/// A first version as its request issued it: what the creator's answer
+/// shows, known without reading the certificate back.
+#[derive(Debug, Clone)]
+pub struct FirstIssue {
+    /// The certificate and its chain, PEM.
+    pub fullchain_pem: String,
+    /// The creation's audit event: the certificate's whole history so far.
+    pub audit: AuditEvent,
+}
+
 /// What to download.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DownloadKind {
@@ -437,8 +457,9 @@ impl Services {
         })
     }
 
-    /// Signs a version and writes its blobs. Returns the version row, the
-    /// blob keys written (for clean-up if the metadata commit fails) and what
+    /// Signs a version and writes its blobs (or holds them for the version's
+    /// own transaction). Returns the version row, its blobs, its full chain
+    /// (PEM) and what
     /// linting found in a certificate an ACME CA signed (kept all the same:
     /// it is valid and already in CT logs; the caller audits the findings).
     #[allow(clippy::too_many_arguments)]
@@ -454,7 +475,7 @@ impl Services {
         subject_key: SubjectKey<'_>,
         replaces_der: Option<Vec<u8>>,
         now: OffsetDateTime,
-    ) -> DomainResult<(CertificateVersion, Vec<String>, Vec<LintFinding>)> {
+    ) -> DomainResult<(CertificateVersion, VersionBlobs, String, Vec<LintFinding>)> {
         let (spki, key_type, generated, csr_der) = match subject_key {
             SubjectKey::Public {
                 spki_der,
@@ -517,9 +538,10 @@ impl Services {
             );
         }
 
+        let fullchain_pem = format!("{}{}", certflow_pki::cert_to_pem(&der), issued.chain_pem);
         let prefix = blob_prefix(certificate_id, version, &info.serial_hex);
-        let (cert_blob, key_blob, written) = self
-            .write_version_blobs(
+        let (cert_blob, key_blob, blobs) = self
+            .seal_version_blobs(
                 &prefix,
                 certificate_id,
                 version,
@@ -528,6 +550,11 @@ impl Services {
                 &issued.chain_pem,
             )
             .await?;
+        let blobs = if self.blobs.in_metadata_database() {
+            VersionBlobs::Attached(blobs)
+        } else {
+            VersionBlobs::Written(self.put_version_blobs(blobs).await?)
+        };
         Ok((
             CertificateVersion {
                 certificate_id,
@@ -546,7 +573,8 @@ impl Services {
                 key_blob,
                 created_at: now,
             },
-            written,
+            blobs,
+            fullchain_pem,
             lint_findings,
         ))
     }
@@ -598,6 +626,25 @@ impl Services {
         cert_der: &[u8],
         chain_pem: &str,
     ) -> DomainResult<(String, Option<String>, Vec<String>)> {
+        let (cert_blob, key_blob, blobs) = self
+            .seal_version_blobs(prefix, certificate_id, version, key, cert_der, chain_pem)
+            .await?;
+        let written = self.put_version_blobs(blobs).await?;
+        Ok((cert_blob, key_blob, written))
+    }
+
+    /// The blobs of version `version` under `prefix`, not yet written: the
+    /// key sealed (when certflow holds it), the certificate and its chain;
+    /// with the certificate's and the key's blob keys.
+    async fn seal_version_blobs(
+        &self,
+        prefix: &str,
+        certificate_id: Uuid,
+        version: u32,
+        key: Option<&PrivateKey>,
+        cert_der: &[u8],
+        chain_pem: &str,
+    ) -> DomainResult<(String, Option<String>, Vec<(String, Bytes)>)> {
         let cert_blob = format!("{prefix}/cert.der");
         let chain_blob = format!("{prefix}/chain.pem");
         let mut blobs = Vec::with_capacity(3);
@@ -612,15 +659,76 @@ impl Services {
             key_blob = Some(blob);
         }
         blobs.push((cert_blob.clone(), Bytes::from(cert_der.to_vec())));
-        blobs.push((chain_blob.clone(), Bytes::from(chain_pem.to_owned())));
+        blobs.push((chain_blob, Bytes::from(chain_pem.to_owned())));
+        Ok((cert_blob, key_blob, blobs))
+    }
+
+    /// Writes a version's blobs as one batch (the local store makes them
+    /// durable together); returns their keys. Should a write fail, those
+    /// already written are removed.
+    async fn put_version_blobs(&self, blobs: Vec<(String, Bytes)>) -> DomainResult<Vec<String>> {
         let written: Vec<String> = blobs.iter().map(|(key, _)| key.clone()).collect();
-        // One batch: the local store makes the version's files durable
-        // together (one fsync per file and per directory, not per blob).
         if let Err(e) = self.blobs.put_all(blobs).await {
             self.remove_blobs(&written).await;
             return Err(e);
         }
-        Ok((cert_blob, key_blob, written))
+        Ok(written)
+    }
+
+    /// Commits a new certificate and its first version's blobs: in its own
+    /// transaction when they are rows of the metadata database; else the
+    /// blobs are written already, and removed again should the commit fail.
+    async fn commit_creation(
+        &self,
+        cert: &Certificate,
+        first: &CertificateVersion,
+        audit: &AuditEvent,
+        record: Option<&IdempotencyRecord>,
+        blobs: VersionBlobs,
+    ) -> DomainResult<()> {
+        match blobs {
+            VersionBlobs::Attached(blobs) => {
+                self.store
+                    .create_certificate_with_blobs(cert, first, audit, record, blobs)
+                    .await
+            }
+            VersionBlobs::Written(written) => {
+                let committed = self
+                    .store
+                    .create_certificate(cert, first, audit, record)
+                    .await;
+                if committed.is_err() {
+                    self.remove_blobs(&written).await;
+                }
+                committed
+            }
+        }
+    }
+
+    /// Commits a new version and its blobs, as
+    /// [`commit_creation`](Self::commit_creation) does a first one.
+    async fn commit_version(
+        &self,
+        cert: &Certificate,
+        new: &CertificateVersion,
+        audit: &AuditEvent,
+        record: Option<&IdempotencyRecord>,
+        blobs: VersionBlobs,
+    ) -> DomainResult<()> {
+        match blobs {
+            VersionBlobs::Attached(blobs) => {
+                self.store
+                    .add_version_with_blobs(cert, new, audit, record, blobs)
+                    .await
+            }
+            VersionBlobs::Written(written) => {
+                let committed = self.store.add_version(cert, new, audit, record).await;
+                if committed.is_err() {
+                    self.remove_blobs(&written).await;
+                }
+                committed
+            }
+        }
     }
 
     /// The result stored under the request's key, if the key was used: the
@@ -687,6 +795,21 @@ impl Services {
         idempotency_key: Option<&str>,
         now: OffsetDateTime,
     ) -> DomainResult<CertificateView> {
+        self.create_certificate_answered(actor, req, idempotency_key, now)
+            .await
+            .map(|created| created.view)
+    }
+
+    /// [`create_certificate_idempotent`](Self::create_certificate_idempotent),
+    /// returning also what a fresh issuance knows (its full chain and audit
+    /// event), so that the caller's answer needs no read back.
+    pub async fn create_certificate_answered(
+        &self,
+        actor: &Actor,
+        req: &CreateCertificateRequest,
+        idempotency_key: Option<&str>,
+        now: OffsetDateTime,
+    ) -> DomainResult<Created> {
         self.create_certificate_as(actor, req, idempotency_key, true, now)
             .await
     }
@@ -701,12 +824,12 @@ impl Services {
         idempotency_key: Option<&str>,
         managed: bool,
         now: OffsetDateTime,
-    ) -> DomainResult<CertificateView> {
+    ) -> DomainResult<Created> {
         let idempotency = Idempotency::new(actor, "certificate.create", idempotency_key, req)?;
         if let Some(idempotency) = &idempotency
             && let Some(view) = self.replay(idempotency).await?
         {
-            return Ok(view);
+            return Ok(Created { view, issued: None });
         }
         let plan = self.plan(req).await?;
         let id = Uuid::now_v7();
@@ -718,7 +841,7 @@ impl Services {
             },
             None => SubjectKey::Generate(plan.key_type),
         };
-        let (version, written, lint_findings) = self
+        let (version, blobs, fullchain_pem, lint_findings) = self
             .issue_version(
                 Owner {
                     actor,
@@ -783,12 +906,13 @@ impl Services {
         });
         let record = idempotency.as_ref().map(|i| i.record(&version, now));
         if let Err(e) = self
-            .store
-            .create_certificate(&cert, &version, &audit, record.as_ref())
+            .commit_creation(&cert, &version, &audit, record.as_ref(), blobs)
             .await
         {
-            self.remove_blobs(&written).await;
-            return self.after_failed_commit(idempotency.as_ref(), e).await;
+            return self
+                .after_failed_commit(idempotency.as_ref(), e)
+                .await
+                .map(|view| Created { view, issued: None });
         }
         tracing::info!(certificate = %id, serial = %version.serial, "certificate issued");
         self.warn_if_renewal_margin_short(&cert);
@@ -798,7 +922,13 @@ impl Services {
         };
         self.publish_version_event(EventKind::Issued, &view, 1, now)
             .await;
-        Ok(view)
+        Ok(Created {
+            view,
+            issued: Some(FirstIssue {
+                fullchain_pem,
+                audit,
+            }),
+        })
     }
 
     /// Issues a new version now, whatever the renewal schedule says. A server-held
@@ -891,7 +1021,7 @@ impl Services {
         };
         let replaces = self.acme_replaces(&issuer, latest).await;
         let next = latest.version + 1;
-        let (version, written, lint_findings) = self
+        let (version, blobs, _, lint_findings) = self
             .issue_version(
                 Owner {
                     actor,
@@ -927,11 +1057,9 @@ impl Services {
         });
         let record = idempotency.as_ref().map(|i| i.record(&version, now));
         if let Err(e) = self
-            .store
-            .add_version(&cert, &version, &audit, record.as_ref())
+            .commit_version(&cert, &version, &audit, record.as_ref(), blobs)
             .await
         {
-            self.remove_blobs(&written).await;
             return self.after_failed_commit(idempotency.as_ref(), e).await;
         }
         tracing::info!(certificate = %id, version = next, serial = %version.serial, "certificate renewed");
@@ -1519,6 +1647,14 @@ pub enum Replacement {
         /// Why.
         error: String,
     },
+}
+
+/// A new version's blobs: written already (their keys), or waiting to
+/// commit in the version's own transaction, being rows of the metadata
+/// database (one commit, not two, and no orphan should it fail).
+enum VersionBlobs {
+    Written(Vec<String>),
+    Attached(Vec<(String, Bytes)>),
 }
 
 /// The subject key of a version to issue.

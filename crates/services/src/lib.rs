@@ -32,7 +32,9 @@ use certflow_seal::Sealer;
 use uuid::Uuid;
 
 pub use ca::CaSettings;
-pub use certificates::{CertificateView, DownloadKind, Replacement, Revocation};
+pub use certificates::{
+    CertificateView, Created, DownloadKind, FirstIssue, Replacement, Revocation,
+};
 pub use cpu::CpuPool;
 pub use import::{ImportError, ImportRequest, MAX_IMPORT_BYTES};
 pub use issuing::InternalCa;

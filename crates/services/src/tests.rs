@@ -94,6 +94,28 @@ impl MetadataStore for FailingCommits {
         self.check()?;
         self.inner.add_version(c, v, a, i).await
     }
+    async fn create_certificate_with_blobs(
+        &self,
+        c: &Certificate,
+        v: &CertificateVersion,
+        a: &AuditEvent,
+        i: Option<&IdempotencyRecord>,
+        b: Vec<(String, Bytes)>,
+    ) -> DomainResult<()> {
+        self.check()?;
+        self.inner.create_certificate_with_blobs(c, v, a, i, b).await
+    }
+    async fn add_version_with_blobs(
+        &self,
+        c: &Certificate,
+        v: &CertificateVersion,
+        a: &AuditEvent,
+        i: Option<&IdempotencyRecord>,
+        b: Vec<(String, Bytes)>,
+    ) -> DomainResult<()> {
+        self.check()?;
+        self.inner.add_version_with_blobs(c, v, a, i, b).await
+    }
     async fn get_idempotency(
         &self,
         scope: &str,

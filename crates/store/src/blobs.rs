@@ -27,6 +27,7 @@ use time::OffsetDateTime;
 
 use crate::codec::secs;
 use crate::error::map;
+use crate::group_commit::together_or_alone;
 use crate::query::{Backend, Columns, Param, Sql};
 use crate::store::{SqlStore, execute};
 
@@ -44,23 +45,39 @@ pub(crate) async fn commit_blobs<B: Backend>(
     pool: Pool<B>,
     batch: Vec<BlobBatch>,
 ) -> Vec<DomainResult<()>> {
-    if batch.len() > 1 {
-        let all: Vec<&(String, Bytes)> = batch.iter().flatten().collect();
-        if put_rows::<B>(&pool, &all).await.is_ok() {
-            return batch.iter().map(|_| Ok(())).collect();
-        }
-    }
-    let mut results = Vec::with_capacity(batch.len());
-    for blobs in &batch {
-        let rows: Vec<&(String, Bytes)> = blobs.iter().collect();
-        results.push(put_rows::<B>(&pool, &rows).await);
-    }
-    results
+    let pool = &pool;
+    together_or_alone(
+        "blob writes",
+        &batch,
+        |all| async move {
+            let rows: Vec<&(String, Bytes)> = all.iter().flatten().collect();
+            put_rows::<B>(pool, &rows).await?;
+            Ok(vec![(); all.len()])
+        },
+        |blobs| async move { put_rows::<B>(pool, &blobs.iter().collect::<Vec<_>>()).await },
+    )
+    .await
 }
 
 async fn put_rows<B: Backend>(pool: &Pool<B>, rows: &[&(String, Bytes)]) -> DomainResult<()> {
     if rows.is_empty() {
         return Ok(());
+    }
+    let mut tx = pool.begin_with(B::BEGIN_WRITE).await.map_err(map)?;
+    insert_blobs::<B>(&mut tx, rows).await?;
+    tx.commit().await.map_err(map)
+}
+
+/// Upserts `rows` in the write transaction `conn`: one statement.
+pub(crate) async fn insert_blobs<B: Backend>(
+    conn: &mut B::Connection,
+    rows: &[&(String, Bytes)],
+) -> DomainResult<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    for (key, _) in rows {
+        validate(key)?;
     }
     let now = secs(OffsetDateTime::now_utc());
     // The same key twice in one statement is an error on PostgreSQL
@@ -81,9 +98,7 @@ async fn put_rows<B: Backend>(pool: &Pool<B>, rows: &[&(String, Bytes)]) -> Doma
         ]
     }));
     sql.push(ON_CONFLICT);
-    let mut tx = pool.begin_with(B::BEGIN_WRITE).await.map_err(map)?;
-    execute::<B>(&mut tx, sql).await?;
-    tx.commit().await.map_err(map)
+    execute::<B>(conn, sql).await
 }
 
 /// The first key after every key that starts with `prefix`.
@@ -109,6 +124,10 @@ impl<B: Backend> BlobStore for SqlStore<B> {
             validate(key)?;
         }
         self.blob_puts.submit(blobs).await
+    }
+
+    fn in_metadata_database(&self) -> bool {
+        true
     }
 
     async fn get(&self, key: &str) -> DomainResult<Bytes> {

@@ -17,6 +17,7 @@
 use std::collections::HashMap;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use certflow_core::error::DomainResult;
 use certflow_core::model::{
     AuditChainReport, AuditEvent, AuditQuery, Certificate, CertificateQuery, CertificateStats,
@@ -35,6 +36,8 @@ use crate::codec::{
     version_columns,
 };
 use crate::error::{Violation, conflict, map};
+use crate::blobs::insert_blobs;
+use crate::group_commit::together_or_alone;
 use crate::query::{Backend, Columns, Param, Sql};
 use crate::store::{SqlStore, execute, fetch_all, fetch_optional, page_bounds, total};
 
@@ -459,6 +462,8 @@ pub(crate) struct Creation {
     first: CertificateVersion,
     audit: AuditEvent,
     idempotency: Option<IdempotencyRecord>,
+    /// The version's blobs, when they are rows of this database.
+    blobs: Vec<(String, Bytes)>,
 }
 
 /// Commits a batch of new certificates: together, in one transaction of
@@ -469,21 +474,17 @@ pub(crate) async fn commit_creations<B: Backend>(
     pool: Pool<B>,
     batch: Vec<Creation>,
 ) -> Vec<DomainResult<()>> {
-    if batch.len() > 1 {
-        match create_together::<B>(&pool, &batch).await {
-            Ok(()) => return batch.iter().map(|_| Ok(())).collect(),
-            Err(e) => tracing::debug!(
-                batch = batch.len(),
-                error = %e,
-                "a group of new certificates failed together; committing each alone"
-            ),
-        }
-    }
-    let mut results = Vec::with_capacity(batch.len());
-    for c in &batch {
-        results.push(create_one::<B>(&pool, c).await);
-    }
-    results
+    let pool = &pool;
+    together_or_alone(
+        "new certificates",
+        &batch,
+        |all| async move {
+            create_together::<B>(pool, all).await?;
+            Ok(vec![(); all.len()])
+        },
+        |c| create_one::<B>(pool, c),
+    )
+    .await
 }
 
 /// One new certificate in a transaction of its own.
@@ -491,6 +492,7 @@ async fn create_one<B: Backend>(pool: &Pool<B>, c: &Creation) -> DomainResult<()
     let mut tx = pool.begin_with(B::BEGIN_WRITE).await.map_err(map)?;
     insert_certificate::<B>(&mut tx, &c.cert, &c.first, c.idempotency.as_ref()).await?;
     insert_audit::<B>(&mut tx, &c.audit).await?;
+    insert_blobs::<B>(&mut tx, &c.blobs.iter().collect::<Vec<_>>()).await?;
     tx.commit().await.map_err(map)
 }
 
@@ -563,6 +565,8 @@ async fn create_together<B: Backend>(pool: &Pool<B>, batch: &[Creation]) -> Doma
     }
     let audits: Vec<&AuditEvent> = batch.iter().map(|c| &c.audit).collect();
     insert_audits::<B>(&mut tx, &audits).await?;
+    let blobs: Vec<&(String, Bytes)> = batch.iter().flat_map(|c| &c.blobs).collect();
+    insert_blobs::<B>(&mut tx, &blobs).await?;
     tx.commit().await.map_err(map)
 }
 
@@ -573,6 +577,8 @@ pub(crate) struct NewVersion {
     new: CertificateVersion,
     audit: AuditEvent,
     idempotency: Option<IdempotencyRecord>,
+    /// The version's blobs, when they are rows of this database.
+    blobs: Vec<(String, Bytes)>,
 }
 
 /// Commits a batch of new versions (renewals): each one's statements in one
@@ -583,35 +589,30 @@ pub(crate) async fn commit_new_versions<B: Backend>(
     pool: Pool<B>,
     batch: Vec<NewVersion>,
 ) -> Vec<DomainResult<()>> {
-    if batch.len() > 1 {
-        let together = async {
+    let pool = &pool;
+    together_or_alone(
+        "new versions",
+        &batch,
+        |all| async move {
             let mut tx = pool.begin_with(B::BEGIN_WRITE).await.map_err(map)?;
-            for v in &batch {
+            for v in all {
                 add_version_in::<B>(&mut *tx, &v.cert, &v.new, &v.audit, v.idempotency.as_ref())
                     .await?;
             }
-            tx.commit().await.map_err(map)
-        };
-        match together.await {
-            Ok(()) => return batch.iter().map(|_| Ok(())).collect(),
-            Err(e) => tracing::debug!(
-                batch = batch.len(),
-                error = %e,
-                "a group of new versions failed together; committing each alone"
-            ),
-        }
-    }
-    let mut results = Vec::with_capacity(batch.len());
-    for v in &batch {
-        let one = async {
+            let blobs: Vec<&(String, Bytes)> = all.iter().flat_map(|v| &v.blobs).collect();
+            insert_blobs::<B>(&mut *tx, &blobs).await?;
+            tx.commit().await.map_err(map)?;
+            Ok(vec![(); all.len()])
+        },
+        |v| async move {
             let mut tx = pool.begin_with(B::BEGIN_WRITE).await.map_err(map)?;
             add_version_in::<B>(&mut *tx, &v.cert, &v.new, &v.audit, v.idempotency.as_ref())
                 .await?;
+            insert_blobs::<B>(&mut *tx, &v.blobs.iter().collect::<Vec<_>>()).await?;
             tx.commit().await.map_err(map)
-        };
-        results.push(one.await);
-    }
-    results
+        },
+    )
+    .await
 }
 
 /// Adds version `new` of `cert` in the write transaction `tx`: after the
@@ -818,12 +819,25 @@ impl<B: Backend> MetadataStore for SqlStore<B> {
         audit: &AuditEvent,
         idempotency: Option<&IdempotencyRecord>,
     ) -> DomainResult<()> {
+        self.create_certificate_with_blobs(cert, first, audit, idempotency, Vec::new())
+            .await
+    }
+
+    async fn create_certificate_with_blobs(
+        &self,
+        cert: &Certificate,
+        first: &CertificateVersion,
+        audit: &AuditEvent,
+        idempotency: Option<&IdempotencyRecord>,
+        blobs: Vec<(String, Bytes)>,
+    ) -> DomainResult<()> {
         self.creations
             .submit(Creation {
                 cert: cert.clone(),
                 first: first.clone(),
                 audit: audit.clone(),
                 idempotency: idempotency.cloned(),
+                blobs,
             })
             .await
     }
@@ -851,12 +865,25 @@ impl<B: Backend> MetadataStore for SqlStore<B> {
         audit: &AuditEvent,
         idempotency: Option<&IdempotencyRecord>,
     ) -> DomainResult<()> {
+        self.add_version_with_blobs(cert, new, audit, idempotency, Vec::new())
+            .await
+    }
+
+    async fn add_version_with_blobs(
+        &self,
+        cert: &Certificate,
+        new: &CertificateVersion,
+        audit: &AuditEvent,
+        idempotency: Option<&IdempotencyRecord>,
+        blobs: Vec<(String, Bytes)>,
+    ) -> DomainResult<()> {
         self.new_versions
             .submit(NewVersion {
                 cert: cert.clone(),
                 new: new.clone(),
                 audit: audit.clone(),
                 idempotency: idempotency.cloned(),
+                blobs,
             })
             .await
     }

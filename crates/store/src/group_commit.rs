@@ -112,10 +112,11 @@ impl<T: Send + 'static, R: Send + 'static> GroupCommit<T, R> {
     }
 }
 
-/// Commits `batch` with `together` (one transaction for all) when it holds
-/// more than one write; otherwise, or should that fail (a name taken, a key
-/// reused...), each write with `alone`, in a transaction of its own, so each
-/// gets the answer it would have had alone and the others still commit.
+/// Commits `batch` with `together` (one transaction for all, in the fewest
+/// statements: even a batch of one goes this way first); should that fail
+/// (a name taken, a key reused...), each write with `alone`, in a
+/// transaction of its own, so each gets the answer it would have had alone
+/// and the others still commit.
 /// `what` names the writes in the log line of a failed group.
 ///
 /// (Closures returning futures rather than async closures: a boxed `Send`
@@ -130,7 +131,7 @@ where
     Together: Future<Output = DomainResult<Vec<R>>>,
     Alone: Future<Output = DomainResult<R>>,
 {
-    if batch.len() > 1 {
+    if !batch.is_empty() {
         match together(batch).await {
             // A wrong count is caught by the drain, which fails them all.
             Ok(answers) => return answers.into_iter().map(Ok).collect(),

@@ -20,6 +20,7 @@ use uuid::Uuid;
 use crate::audit::insert_audit;
 use crate::codec::{self, delivery_columns, id, secs, subscription_columns, to_json};
 use crate::error::{Violation, conflict, map};
+use crate::group_commit::together_or_alone;
 use crate::query::{Backend, Columns, Param, Sql};
 use crate::store::{SqlStore, execute, fetch_all, fetch_optional, page_bounds, total};
 
@@ -146,21 +147,14 @@ pub(crate) async fn commit_publications<B: Backend>(
     pool: Pool<B>,
     batch: Vec<Publication>,
 ) -> Vec<DomainResult<bool>> {
-    if batch.len() > 1 {
-        match publish_together::<B>(&pool, &batch).await {
-            Ok(recorded) => return recorded.into_iter().map(Ok).collect(),
-            Err(e) => tracing::debug!(
-                batch = batch.len(),
-                error = %e,
-                "a group of notifications failed together; publishing each alone"
-            ),
-        }
-    }
-    let mut results = Vec::with_capacity(batch.len());
-    for p in &batch {
-        results.push(publish_one::<B>(&pool, &p.notification, p.dedupe_key.as_deref()).await);
-    }
-    results
+    let pool = &pool;
+    together_or_alone(
+        "notifications",
+        &batch,
+        |all| publish_together::<B>(pool, all),
+        |p| publish_one::<B>(pool, &p.notification, p.dedupe_key.as_deref()),
+    )
+    .await
 }
 
 /// Every notification of `batch` and its deliveries in one transaction: a

@@ -14,6 +14,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use certflow_core::error::DomainResult;
 use certflow_core::model::{
     AuditChainReport, AuditEvent, AuditQuery, Certificate, CertificateQuery, CertificateVersion,
@@ -93,6 +94,32 @@ impl MetadataStore for AnnouncingStore {
         self.inner
             .create_certificate_with_issuer(issuer, issuer_audit, cert, first, audit)
             .await
+    }
+    async fn create_certificate_with_blobs(
+        &self,
+        cert: &Certificate,
+        first: &CertificateVersion,
+        audit: &AuditEvent,
+        idempotency: Option<&IdempotencyRecord>,
+        blobs: Vec<(String, Bytes)>,
+    ) -> DomainResult<()> {
+        self.inner
+            .create_certificate_with_blobs(cert, first, audit, idempotency, blobs)
+            .await
+    }
+    async fn add_version_with_blobs(
+        &self,
+        cert: &Certificate,
+        new: &CertificateVersion,
+        audit: &AuditEvent,
+        idempotency: Option<&IdempotencyRecord>,
+        blobs: Vec<(String, Bytes)>,
+    ) -> DomainResult<()> {
+        self.inner
+            .add_version_with_blobs(cert, new, audit, idempotency, blobs)
+            .await?;
+        self.announce(cert.id).await;
+        Ok(())
     }
     async fn add_version(
         &self,

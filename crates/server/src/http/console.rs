@@ -15,7 +15,7 @@ use certflow_core::model::{
     Actor, AuditEvent, AuditQuery, Certificate, CertificateQuery, CertificateStatus,
     CertificateVersion, Issuer, SortKey,
 };
-use certflow_services::{CertificateView, DownloadKind, Replacement};
+use certflow_services::{CertificateView, DownloadKind, FirstIssue, Replacement};
 use serde::Deserialize;
 use time::OffsetDateTime;
 use utoipa::{IntoParams, ToSchema};
@@ -123,6 +123,27 @@ fn issuer_view(i: &Issuer) -> IssuerView {
     }
 }
 
+/// The detail of a certificate its request has just issued: history the
+/// creation's event, no renewal job yet (the scheduler has not seen it).
+fn fresh_detail(view: CertificateView, issued: FirstIssue) -> CertificateDetail {
+    let cert = &view.certificate;
+    CertificateDetail {
+        summary: summary(cert),
+        validity_days: cert.validity_days,
+        validity_seconds: cert.validity_secs,
+        renewal_policy: RenewalPolicyView {
+            renew_at_fraction: cert.renewal.renew_at_fraction,
+            renew_before_days: cert.renewal.renew_before_days,
+            jitter_fraction: cert.renewal.jitter_fraction,
+        },
+        renewal: super::operations::idle_renewal(cert),
+        versions: view.versions.iter().map(version_view).collect(),
+        fullchain_pem: issued.fullchain_pem,
+        history: vec![audit_view(&issued.audit)],
+        replacement: None,
+    }
+}
+
 pub(crate) async fn detail(
     state: &AppState,
     view: CertificateView,
@@ -174,12 +195,19 @@ pub async fn create_certificate(
 ) -> ApiResult<Response> {
     principal.authorize(Permission::CertificateWrite, Some(&req.team))?;
     let key = idempotency_key(&headers)?;
-    let view = state
+    let created = state
         .services
-        .create_certificate_idempotent(&actor, &req, key, now())
+        .create_certificate_answered(&actor, &req, key, now())
         .await?;
-    let location = format!("/console/api/v1/certificates/{}", view.certificate.id);
-    let body = detail(&state, view).await?;
+    let location = format!(
+        "/console/api/v1/certificates/{}",
+        created.view.certificate.id
+    );
+    let body = match created.issued {
+        // Just issued: the answer is what the request knows, not a read back.
+        Some(issued) => fresh_detail(created.view, issued),
+        None => detail(&state, created.view).await?,
+    };
     let mut resp = (StatusCode::CREATED, Json(body)).into_response();
     if let Ok(v) = HeaderValue::from_str(&location) {
         resp.headers_mut().insert(header::LOCATION, v);

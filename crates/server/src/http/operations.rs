@@ -35,14 +35,7 @@ pub(super) async fn renewal_status(
     let job = state.renewal.ledger.latest_renewal_job(cert.id).await?;
     let job = job.filter(|j| j.version == cert.current_version);
     Ok(match job {
-        None => RenewalStatusView {
-            next_renewal_at: cert.renew_after,
-            state: "idle".into(),
-            attempts: 0,
-            last_attempt_at: None,
-            last_error: None,
-            retry_at: None,
-        },
+        None => idle_renewal(cert),
         Some(j) => {
             let failing = j.state == JobState::Queued && j.last_error.is_some();
             RenewalStatusView {
@@ -59,6 +52,18 @@ pub(super) async fn renewal_status(
             }
         }
     })
+}
+
+/// The renewal state of a certificate without a job for its current version.
+pub(super) fn idle_renewal(cert: &Certificate) -> RenewalStatusView {
+    RenewalStatusView {
+        next_renewal_at: cert.renew_after,
+        state: "idle".into(),
+        attempts: 0,
+        last_attempt_at: None,
+        last_error: None,
+        retry_at: None,
+    }
 }
 
 /// Renewal queue depth and the age of its oldest unfinished job.

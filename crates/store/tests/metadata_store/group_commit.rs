@@ -1,7 +1,8 @@
 //! Certificates created concurrently share transactions (group commit):
 //! each caller still gets the answer it would have had alone.
 
-use certflow_core::ports::MetadataStore;
+use bytes::Bytes;
+use certflow_core::ports::{BlobStore, MetadataStore};
 
 use crate::support::{
     assert_conflict, certificate, event, futures_join_all, ids, query, seed_issuer, target,
@@ -117,6 +118,75 @@ store_case! {
             assert_eq!(versions.len(), 2, "{}", c.name);
             assert_eq!(store.get_certificate(c.id).await.unwrap().unwrap().current_version, 2);
         }
+        let report = store.verify_audit_chain().await.unwrap();
+        assert!(report.first_break.is_none(), "{report:?}");
+    }
+}
+
+store_case! {
+    /// A version's blobs commit in the version's own transaction: of
+    /// concurrent creations (one refused by a taken name) and renewals, every
+    /// committed version's blobs read back and the refused one left none.
+    async fn blobs_commit_in_their_versions_transaction<S: MetadataStore + BlobStore>(
+        store: &S,
+    ) {
+        let issuer = seed_issuer(store).await;
+        warm_up(store).await;
+        let taken = certificate(&issuer, "taken.example.com", "team");
+        crate::support::create(store, &taken).await;
+        let mut certs: Vec<_> = (0..12)
+            .map(|i| certificate(&issuer, &format!("b{i}.example.com"), "team"))
+            .collect();
+        let mut clash = certificate(&issuer, "taken.example.com", "team");
+        clash.name = taken.name.clone();
+        certs.insert(5, clash.clone());
+        let blobs_of = |c: &certflow_core::model::Certificate, v: u32| {
+            vec![
+                (format!("certificates/{}/{v}/cert.der", c.id), Bytes::from(format!("der {}", c.id))),
+                (format!("certificates/{}/{v}/chain.pem", c.id), Bytes::from_static(b"chain")),
+            ]
+        };
+        let results = futures_join_all(certs.iter().map(|c| {
+            let first = version(c, 1);
+            let audit = event("certificate.create", &target(c));
+            let blobs = blobs_of(c, 1);
+            async move {
+                store.create_certificate_with_blobs(c, &first, &audit, None, blobs).await
+            }
+        }))
+        .await;
+        for (c, r) in certs.iter().zip(results) {
+            if c.id == clash.id {
+                assert_conflict(r, &["taken.example.com"]);
+            } else {
+                r.unwrap();
+            }
+        }
+        assert!(store.list(&format!("certificates/{}/", clash.id)).await.unwrap().is_empty());
+        certs.retain(|c| c.id != clash.id);
+        let renewals = futures_join_all(certs.iter().map(|c| {
+            let mut c = c.clone();
+            c.current_version = 2;
+            let audit = event("certificate.renew", &target(&c));
+            let blobs = blobs_of(&c, 2);
+            async move {
+                let v = version(&c, 2);
+                store.add_version_with_blobs(&c, &v, &audit, None, blobs).await
+            }
+        }))
+        .await;
+        for r in renewals {
+            r.unwrap();
+        }
+        for c in &certs {
+            for v in [1, 2] {
+                assert_eq!(
+                    store.get(&format!("certificates/{}/{v}/cert.der", c.id)).await.unwrap(),
+                    Bytes::from(format!("der {}", c.id))
+                );
+            }
+        }
+        assert!(store.in_metadata_database());
         let report = store.verify_audit_chain().await.unwrap();
         assert!(report.first_break.is_none(), "{report:?}");
     }
