@@ -17,7 +17,7 @@ use crate::notify::{
     Channel, Delivery, DeliveryAttempt, DeliveryQuery, Notification, StoredChannel, Subscription,
 };
 use crate::profile::Profile;
-use crate::renewal::{QueueStats, RenewalJob, SuggestedWindow};
+use crate::renewal::{DueVersion, QueueStats, RenewalJob, SuggestedWindow};
 
 /// Metadata repository. Every state change takes the audit event that records
 /// it and commits both in one transaction: no action without its audit record.
@@ -260,6 +260,21 @@ pub trait RenewalLedger: Send + Sync {
     /// Inserts `job` unless one exists for its `(certificate_id, version)`;
     /// returns whether it was inserted.
     async fn insert_renewal_job(&self, job: &RenewalJob) -> DomainResult<bool>;
+    /// Inserts each of `jobs` as [`insert_renewal_job`](Self::insert_renewal_job)
+    /// does, all in one transaction; returns, in order, whether each was
+    /// inserted. A job whose id exists fails the whole batch (`Conflict`,
+    /// nothing inserted).
+    async fn insert_renewal_jobs(&self, jobs: &[RenewalJob]) -> DomainResult<Vec<bool>>;
+    /// Up to `limit` (at most 1000) active managed certificates due at `now`
+    /// whose current version has no job, by `(renew_after, certificate_id)`,
+    /// starting after `after` (the last of the previous page) when given: the
+    /// scheduler's scan, one pass over the due index however many jobs exist.
+    async fn due_without_job(
+        &self,
+        now: OffsetDateTime,
+        after: Option<&DueVersion>,
+        limit: u32,
+    ) -> DomainResult<Vec<DueVersion>>;
     /// Removes a job (when handing it to an external queue failed).
     async fn delete_renewal_job(&self, id: Uuid) -> DomainResult<()>;
     /// Overwrites the job's state, attempts, times and error; appends `audit` in

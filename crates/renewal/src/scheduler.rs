@@ -15,7 +15,7 @@ use certflow_core::error::DomainResult;
 use certflow_core::model::{Certificate, CertificateQuery, CertificateStatus, SortKey};
 use certflow_core::notify::{EventKind, Notification};
 use certflow_core::ports::{MetadataStore, NotificationStore, RenewalLedger};
-use certflow_core::renewal::{RenewalJob, RenewalQueue};
+use certflow_core::renewal::{DueVersion, RenewalJob, RenewalQueue};
 use serde_json::json;
 use time::OffsetDateTime;
 use tokio::sync::watch;
@@ -23,6 +23,9 @@ use uuid::Uuid;
 
 /// Certificates read per page when looking for those at risk.
 const AT_RISK_PAGE: u32 = 500;
+
+/// The most due versions one ledger page holds (`due_without_job`'s cap).
+const MAX_DUE_PAGE: u32 = 1000;
 
 /// Scheduler knobs.
 #[derive(Debug, Clone)]
@@ -72,6 +75,9 @@ pub struct Scheduler {
     store: Arc<dyn MetadataStore>,
     queue: Arc<dyn RenewalQueue>,
     settings: SchedulerSettings,
+    /// The due scan's keyset pages, when given; else `store`'s
+    /// `due_for_renewal`, which starts at the front of the due index on every page.
+    ledger: Option<Arc<dyn RenewalLedger>>,
     at_risk: Option<AtRisk>,
 }
 
@@ -86,8 +92,18 @@ impl Scheduler {
             store,
             queue,
             settings,
+            ledger: None,
             at_risk: None,
         }
+    }
+
+    /// The same scheduler paging through what is due with `ledger`'s
+    /// keyset scan (`due_without_job`), on the same database as the store: a
+    /// pass reads each due certificate once, however many pages it takes.
+    #[must_use]
+    pub fn with_ledger(mut self, ledger: Arc<dyn RenewalLedger>) -> Self {
+        self.ledger = Some(ledger);
+        self
     }
 
     /// The same scheduler announcing, on each scan, every active managed
@@ -109,31 +125,16 @@ impl Scheduler {
         self
     }
 
-    /// One scan at `now`: pages through everything due and enqueues it.
+    /// One scan at `now`: pages through everything due and enqueues it, a
+    /// page's jobs in one batch.
     pub async fn scan(&self, now: OffsetDateTime) -> DomainResult<ScanReport> {
         let mut report = ScanReport::default();
-        loop {
-            let batch = self.store.due_for_renewal(now, self.settings.batch).await?;
-            let mut fresh = 0;
-            for cert in &batch {
-                let job = RenewalJob::new(
-                    cert.id,
-                    cert.current_version,
-                    self.settings.max_attempts,
-                    now,
-                );
-                if self.queue.enqueue(&job).await? {
-                    fresh += 1;
-                }
+        match &self.ledger {
+            Some(ledger) => {
+                self.enqueue_keyset(ledger.as_ref(), now, &mut report)
+                    .await?
             }
-            report.due += batch.len() as u64;
-            report.enqueued += fresh;
-            // The due query leaves out certificates whose job exists, so a
-            // full batch means more may follow; a batch that enqueued nothing
-            // would only repeat itself (another scheduler got there first).
-            if batch.len() < self.settings.batch as usize || fresh == 0 {
-                break;
-            }
+            None => self.enqueue_from_front(now, &mut report).await?,
         }
         // A job whose hand-off to an external queue was lost (a crash between
         // the ledger insert and the send) would otherwise never run: the due
@@ -145,6 +146,78 @@ impl Scheduler {
             Err(e) => tracing::warn!(error = %e, "cannot look for renewals at risk"),
         }
         Ok(report)
+    }
+
+    /// Pages through the ledger's due versions, each page after the last row
+    /// of the one before, until a short page.
+    async fn enqueue_keyset(
+        &self,
+        ledger: &dyn RenewalLedger,
+        now: OffsetDateTime,
+        report: &mut ScanReport,
+    ) -> DomainResult<()> {
+        let limit = self.settings.batch.clamp(1, MAX_DUE_PAGE);
+        let mut after: Option<DueVersion> = None;
+        loop {
+            let page = ledger.due_without_job(now, after.as_ref(), limit).await?;
+            let jobs: Vec<RenewalJob> = page
+                .iter()
+                .map(|due| {
+                    RenewalJob::new(
+                        due.certificate_id,
+                        due.version,
+                        self.settings.max_attempts,
+                        now,
+                    )
+                })
+                .collect();
+            self.enqueue_page(&jobs, report).await?;
+            // A page shorter than asked for is the end.
+            if page.len() < limit as usize {
+                return Ok(());
+            }
+            after = page.last().copied();
+        }
+    }
+
+    /// Pages through the store's due certificates from the front of the due
+    /// index each time (the version of a certificate enqueued by the page
+    /// before drops out of the next).
+    async fn enqueue_from_front(
+        &self,
+        now: OffsetDateTime,
+        report: &mut ScanReport,
+    ) -> DomainResult<()> {
+        loop {
+            let batch = self.store.due_for_renewal(now, self.settings.batch).await?;
+            let jobs: Vec<RenewalJob> = batch
+                .iter()
+                .map(|c| RenewalJob::new(c.id, c.current_version, self.settings.max_attempts, now))
+                .collect();
+            let fresh = self.enqueue_page(&jobs, report).await?;
+            // The due query leaves out certificates whose job exists, so a
+            // full batch means more may follow; a batch that enqueued nothing
+            // would only repeat itself (another scheduler got there first).
+            if batch.len() < self.settings.batch as usize || fresh == 0 {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Enqueues one page's jobs in one batch; returns how many were new.
+    async fn enqueue_page(
+        &self,
+        jobs: &[RenewalJob],
+        report: &mut ScanReport,
+    ) -> DomainResult<u64> {
+        if jobs.is_empty() {
+            return Ok(0);
+        }
+        let fresh = self.queue.enqueue_batch(jobs).await?;
+        let fresh = fresh.iter().filter(|&&new| new).count() as u64;
+        report.due += jobs.len() as u64;
+        report.enqueued += fresh;
+        Ok(fresh)
     }
 
     /// Announces the certificates at risk at `now` (once per version);

@@ -328,6 +328,15 @@ impl SqsRenewalQueue {
         Ok(())
     }
 
+    /// Removes the ledger row of a job whose message was not sent: without
+    /// its message the row would block every later enqueue of this version,
+    /// so the scheduler's next tick tries again instead.
+    async fn undo_enqueue(&self, job: &RenewalJob) {
+        if let Err(undo) = self.ledger.delete_renewal_job(job.id).await {
+            tracing::error!(job = %job.id, error = %undo, "could not remove a renewal job whose SQS message was not sent");
+        }
+    }
+
     /// Sends `job`'s message again if it looks lost (see
     /// [`Self::resend_if_stale`]). `updated_at` records the resend so that a
     /// backlog (workers down) gets one extra message per period, not one per
@@ -582,14 +591,33 @@ impl RenewalQueue for SqsRenewalQueue {
             return Ok(false);
         }
         if let Err(e) = self.send(job, OffsetDateTime::now_utc()).await {
-            // Without its message the row would block every later enqueue of
-            // this version: remove it so the scheduler's next tick tries again.
-            if let Err(undo) = self.ledger.delete_renewal_job(job.id).await {
-                tracing::error!(job = %job.id, error = %undo, "could not remove a renewal job whose SQS message was not sent");
-            }
+            self.undo_enqueue(job).await;
             return Err(e);
         }
         Ok(true)
+    }
+
+    /// The ledger rows in one transaction, then one message per new job; a
+    /// failure removes the rows of the batch's unsent jobs (as `enqueue`
+    /// does for its one) so the next scan enqueues them again.
+    async fn enqueue_batch(&self, jobs: &[RenewalJob]) -> DomainResult<Vec<bool>> {
+        let inserted = self.ledger.insert_renewal_jobs(jobs).await?;
+        let now = OffsetDateTime::now_utc();
+        for (i, (job, &new)) in jobs.iter().zip(&inserted).enumerate() {
+            let sent = if new {
+                self.send(job, now).await
+            } else {
+                self.resend_if_lost(job.certificate_id, job.version).await
+            };
+            if let Err(e) = sent {
+                let unsent = jobs[i..].iter().zip(&inserted[i..]);
+                for (job, _) in unsent.filter(|(_, new)| **new) {
+                    self.undo_enqueue(job).await;
+                }
+                return Err(e);
+            }
+        }
+        Ok(inserted)
     }
 
     async fn receive(

@@ -258,6 +258,7 @@ impl Env {
                 max_attempts,
             },
         )
+        .with_ledger(self.db.ledger())
     }
 }
 
@@ -347,11 +348,14 @@ async fn two_schedulers_on_postgres_enqueue_each_due_certificate_once() {
         batch: 20,
         max_attempts: 5,
     };
+    // One pages by keyset through the ledger, the other from the front of
+    // the due index each time: either way, each job once.
     let a = Scheduler::new(
         env.db.metadata(),
         Arc::new(env.db.queue()),
         settings.clone(),
-    );
+    )
+    .with_ledger(env.db.ledger());
     let b = Scheduler::new(other.metadata(), Arc::new(other.queue()), settings);
     let (a, b) = (Arc::new(a), Arc::new(b));
     let now = env.skew.now();

@@ -14,6 +14,8 @@ use sqlx::{Postgres, Sqlite};
 use time::OffsetDateTime;
 use tokio::time::Instant;
 
+use crate::group_commit::GroupCommit;
+use crate::renewal::lease_lost;
 use crate::store::SqlStore;
 
 /// The time source of a queue.
@@ -43,16 +45,27 @@ enum Backend {
     Postgres(SqlStore<Postgres>),
 }
 
-/// Runs `$body` with `$s` bound to the backend's `SqlStore`, whichever it is:
-/// the one place the enum is matched, instead of a match in every method.
-macro_rules! on_store {
-    ($self:expr, $s:ident => $body:expr) => {
-        match &$self.backend {
+/// Runs `$body` with `$s` bound to `$backend`'s `SqlStore`, whichever it
+/// is: the one place the enum is matched, instead of a match in every method.
+macro_rules! on_backend {
+    ($backend:expr, $s:ident => $body:expr) => {
+        match &$backend {
             Backend::Sqlite($s) => $body,
             Backend::Postgres($s) => $body,
         }
     };
 }
+
+/// [`on_backend!`] on a queue's own backend.
+macro_rules! on_store {
+    ($self:expr, $s:ident => $body:expr) => {
+        on_backend!($self.backend, $s => $body)
+    };
+}
+
+/// An acknowledgement waiting for its group: the delivery and the time it
+/// was made at.
+type Completion = (JobDelivery, OffsetDateTime);
 
 /// The renewal queue on the metadata database (SQLite or PostgreSQL).
 #[derive(Clone)]
@@ -60,6 +73,9 @@ pub struct DbRenewalQueue {
     backend: Backend,
     options: DbQueueOptions,
     clock: Clock,
+    /// Acknowledgements, committed in groups (a worker's jobs finish
+    /// together: one statement and one commit for all that wait).
+    completions: Arc<GroupCommit<Completion>>,
 }
 
 impl fmt::Debug for DbRenewalQueue {
@@ -73,7 +89,11 @@ impl fmt::Debug for DbRenewalQueue {
 
 impl DbRenewalQueue {
     fn new(backend: Backend, options: DbQueueOptions) -> Self {
+        let completer = backend.clone();
         Self {
+            completions: GroupCommit::new(Arc::new(move |batch| {
+                Box::pin(complete_all(completer.clone(), batch))
+            })),
             backend,
             options,
             clock: Arc::new(OffsetDateTime::now_utc),
@@ -101,6 +121,42 @@ impl DbRenewalQueue {
     }
 }
 
+/// Completes a group of deliveries in one statement, at the latest of their
+/// times; should it fail, each alone, so each gets its own answer. A
+/// delivery whose lease was lost gets its `Conflict`.
+async fn complete_all(backend: Backend, batch: Vec<Completion>) -> Vec<DomainResult<()>> {
+    let lost = |d: &JobDelivery, done: bool| {
+        if done {
+            Ok(())
+        } else {
+            Err(lease_lost(d.job.id))
+        }
+    };
+    if let [(delivery, now)] = batch.as_slice() {
+        return vec![on_backend!(backend, s => s.complete_job(delivery, *now).await)];
+    }
+    let now = batch.iter().map(|(_, at)| *at).max();
+    let deliveries: Vec<JobDelivery> = batch.iter().map(|(d, _)| d.clone()).collect();
+    let together = match now {
+        Some(now) => on_backend!(backend, s => s.complete_jobs(&deliveries, now).await),
+        None => Ok(Vec::new()),
+    };
+    match together {
+        Ok(done) if done.len() == deliveries.len() => deliveries
+            .iter()
+            .zip(done)
+            .map(|(d, done)| lost(d, done))
+            .collect(),
+        _ => {
+            let mut alone = Vec::with_capacity(batch.len());
+            for (delivery, now) in &batch {
+                alone.push(on_backend!(backend, s => s.complete_job(delivery, *now).await));
+            }
+            alone
+        }
+    }
+}
+
 #[async_trait]
 impl RenewalQueue for DbRenewalQueue {
     fn kind(&self) -> &'static str {
@@ -109,6 +165,10 @@ impl RenewalQueue for DbRenewalQueue {
 
     async fn enqueue(&self, job: &RenewalJob) -> DomainResult<bool> {
         on_store!(self, s => s.insert_renewal_job(job).await)
+    }
+
+    async fn enqueue_batch(&self, jobs: &[RenewalJob]) -> DomainResult<Vec<bool>> {
+        on_store!(self, s => s.insert_renewal_jobs(jobs).await)
     }
 
     async fn receive(
@@ -136,7 +196,7 @@ impl RenewalQueue for DbRenewalQueue {
 
     async fn complete(&self, delivery: &JobDelivery) -> DomainResult<()> {
         let now = self.now();
-        on_store!(self, s => s.complete_job(delivery, now).await)
+        self.completions.submit((delivery.clone(), now)).await
     }
 
     async fn retry(

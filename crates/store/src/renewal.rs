@@ -15,19 +15,34 @@ use async_trait::async_trait;
 use certflow_core::DomainError;
 use certflow_core::error::DomainResult;
 use certflow_core::model::AuditEvent;
+use certflow_core::model::CertificateStatus;
 use certflow_core::ports::RenewalLedger;
-use certflow_core::renewal::{JobDelivery, JobState, QueueStats, RenewalJob};
+use certflow_core::renewal::{DueVersion, JobDelivery, JobState, QueueStats, RenewalJob};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::audit::insert_audit;
-use crate::codec::{self, id, job_columns, secs};
+use crate::codec::{self, get_time, get_u32, get_uuid, id, job_columns, secs};
 use crate::error::{Violation, conflict, map};
 use crate::query::{Backend, Columns, Sql};
 use crate::store::{SqlStore, execute, fetch_all, fetch_optional};
 
 /// Most jobs one `receive` hands out.
 const MAX_RECEIVE: u32 = 100;
+
+/// Jobs per multi-row `INSERT` (13 placeholders each, far below either
+/// backend's limit on a statement's parameters).
+const INSERT_CHUNK: usize = 500;
+
+/// Most due versions one `due_without_job` page returns.
+const MAX_DUE_PAGE: u32 = 1000;
+
+/// `INSERT` of `renewal_jobs` rows, before their values.
+const JOB_INSERT: &str = concat!(
+    "INSERT INTO renewal_jobs (",
+    job_columns!(),
+    ", expires_at)"
+);
 
 /// Whole seconds covering `d`, rounded up so a lease never ends early.
 fn ceil_secs(d: StdDuration) -> i64 {
@@ -44,7 +59,7 @@ fn after(now: OffsetDateTime, d: StdDuration) -> i64 {
     secs(now).saturating_add(ceil_secs(d))
 }
 
-fn lease_lost(job: Uuid) -> DomainError {
+pub(crate) fn lease_lost(job: Uuid) -> DomainError {
     DomainError::Conflict(format!(
         "lease lost: renewal job {job} is no longer leased to this delivery"
     ))
@@ -83,6 +98,47 @@ impl<B: Backend> RenewalLedger for SqlStore<B> {
             })
         })?;
         Ok(inserted.is_some())
+    }
+
+    async fn insert_renewal_jobs(&self, jobs: &[RenewalJob]) -> DomainResult<Vec<bool>> {
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.begin_write().await?;
+        let mut inserted = std::collections::HashSet::with_capacity(jobs.len());
+        for chunk in jobs.chunks(INSERT_CHUNK) {
+            let rows = B::fetch_all(&mut tx, insert_jobs_sql(chunk))
+                .await
+                .map_err(|e| {
+                    conflict(e, |v| {
+                        (v == Violation::PrimaryKey)
+                            .then(|| "a renewal job of this batch already exists".to_owned())
+                    })
+                })?;
+            for row in rows {
+                inserted.insert(row.text("id")?);
+            }
+        }
+        tx.commit().await.map_err(map)?;
+        Ok(jobs.iter().map(|j| inserted.contains(&id(j.id))).collect())
+    }
+
+    async fn due_without_job(
+        &self,
+        now: OffsetDateTime,
+        after: Option<&DueVersion>,
+        limit: u32,
+    ) -> DomainResult<Vec<DueVersion>> {
+        let rows = self.fetch_all(due_page_sql(now, after, limit)).await?;
+        rows.iter()
+            .map(|row| {
+                Ok(DueVersion {
+                    certificate_id: get_uuid(row, "id")?,
+                    version: get_u32(row, "current_version")?,
+                    renew_after: get_time(row, "renew_after")?,
+                })
+            })
+            .collect()
     }
 
     async fn delete_renewal_job(&self, job_id: Uuid) -> DomainResult<()> {
@@ -276,6 +332,7 @@ impl<B: Backend> SqlStore<B> {
             .bind(secs(now))
             .bind(remaining);
             queued.push(B::SKIP_LOCKED);
+            let mut take = Vec::new();
             for row in fetch_all::<B>(&mut tx, queued).await? {
                 let job = row.text("id")?;
                 let attempts = row.int("attempts")?;
@@ -286,9 +343,10 @@ impl<B: Backend> SqlStore<B> {
                     let error = format!("gave up after {attempts} attempts; last error: {last}");
                     bury::<B>(&mut tx, &job, now, &error).await?;
                 } else {
-                    claimed.push(claim::<B>(&mut tx, &job, now, lease, None).await?);
+                    take.push(job);
                 }
             }
+            claimed.extend(claim_queued::<B>(&mut tx, &take, now, lease).await?);
         }
         tx.commit().await.map_err(map)?;
         Ok(claimed)
@@ -341,6 +399,56 @@ impl<B: Backend> SqlStore<B> {
         self.on_lease(delivery, set, 2).await
     }
 
+    /// Completes each of `deliveries` whose lease is still its own, in one
+    /// statement; returns, in order, whether each was (else its lease was
+    /// lost). The database queue's acknowledgements, committed in groups.
+    pub(crate) async fn complete_jobs(
+        &self,
+        deliveries: &[JobDelivery],
+        now: OffsetDateTime,
+    ) -> DomainResult<Vec<bool>> {
+        let ids: std::collections::HashSet<Uuid> = deliveries.iter().map(|d| d.job.id).collect();
+        if ids.len() < deliveries.len() {
+            // Two deliveries of one job (one of them stale): the rows
+            // returned could not tell which held the lease, so one by one.
+            let mut done = Vec::with_capacity(deliveries.len());
+            for delivery in deliveries {
+                done.push(match self.complete_job(delivery, now).await {
+                    Ok(()) => true,
+                    Err(DomainError::Conflict(_)) => false,
+                    Err(e) => return Err(e),
+                });
+            }
+            return Ok(done);
+        }
+        if deliveries.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut sql = Sql::new(
+            "UPDATE renewal_jobs SET state = 'done', lease_token = NULL, lease_until = NULL, \
+             last_error = NULL, updated_at = $1 WHERE state = 'running' AND (",
+        )
+        .bind(secs(now));
+        // Pair by pair: a job is done only by the delivery holding its lease.
+        for (i, delivery) in deliveries.iter().enumerate() {
+            sql.push(if i == 0 { "(id = " } else { " OR (id = " })
+                .push_bind(id(delivery.job.id))
+                .push(" AND lease_token = ")
+                .push_bind(delivery.receipt.as_str())
+                .push(")");
+        }
+        sql.push(") RETURNING id");
+        let done = self.fetch_all(sql).await?;
+        let done = done
+            .iter()
+            .map(|row| row.text("id"))
+            .collect::<DomainResult<std::collections::HashSet<_>>>()?;
+        Ok(deliveries
+            .iter()
+            .map(|d| done.contains(&id(d.job.id)))
+            .collect())
+    }
+
     pub(crate) async fn retry_job(
         &self,
         delivery: &JobDelivery,
@@ -390,6 +498,70 @@ impl<B: Backend> SqlStore<B> {
     }
 }
 
+/// One multi-row insert of `jobs`, returning the ids inserted. Each row's
+/// `expires_at` is its certificate's notAfter, as in `insert_renewal_job`.
+fn insert_jobs_sql(jobs: &[RenewalJob]) -> Sql {
+    let mut sql = Sql::new(JOB_INSERT);
+    sql.push(" VALUES ");
+    for (i, job) in jobs.iter().enumerate() {
+        sql.push(if i == 0 { "(" } else { ", (" });
+        let values: [crate::query::Param; 12] = [
+            id(job.id).into(),
+            id(job.certificate_id).into(),
+            i64::from(job.version).into(),
+            job.state.as_str().into(),
+            i64::from(job.attempts).into(),
+            i64::from(job.max_attempts).into(),
+            secs(job.run_at).into(),
+            job.lease_until.map(secs).into(),
+            job.last_attempt_at.map(secs).into(),
+            job.last_error.as_deref().into(),
+            secs(job.created_at).into(),
+            secs(job.updated_at).into(),
+        ];
+        for value in values {
+            sql.push_bind(value).push(", ");
+        }
+        sql.push("COALESCE((SELECT c.not_after FROM certificates c WHERE c.id = ")
+            .push_bind(id(job.certificate_id))
+            .push("), 9223372036854775807))");
+    }
+    sql.push(" ON CONFLICT (certificate_id, version) DO NOTHING RETURNING id");
+    sql
+}
+
+/// The scheduler's page: `due_query`'s conditions and order, plus the keyset
+/// bound after `after`, so each page starts where the last ended instead of
+/// walking the due index again past every version that has a job by now.
+fn due_page_sql(now: OffsetDateTime, after: Option<&DueVersion>, limit: u32) -> Sql {
+    let mut sql = Sql::new(
+        "SELECT c.id, c.current_version, c.renew_after FROM certificates c \
+         WHERE c.status = $1 AND c.renew_after <= $2 AND c.managed = TRUE",
+    )
+    .bind(CertificateStatus::Active.as_str())
+    // Whole seconds, rounded down, as `due_query`.
+    .bind(secs(now));
+    if let Some(after) = after {
+        // Spelled out rather than as a row value: both planners turn the
+        // first term into the start of the index range.
+        let renew_after = secs(after.renew_after);
+        sql.push(" AND c.renew_after >= ")
+            .push_bind(renew_after)
+            .push(" AND (c.renew_after > ")
+            .push_bind(renew_after)
+            .push(" OR c.id > ")
+            .push_bind(id(after.certificate_id))
+            .push(")");
+    }
+    sql.push(
+        " AND NOT EXISTS (SELECT 1 FROM renewal_jobs j \
+         WHERE j.certificate_id = c.id AND j.version = c.current_version) \
+         ORDER BY c.renew_after, c.id LIMIT ",
+    )
+    .push_bind(i64::from(limit.clamp(1, MAX_DUE_PAGE)));
+    sql
+}
+
 /// Leases one locked job to a new delivery.
 async fn claim<B: Backend>(
     conn: &mut B::Connection,
@@ -417,6 +589,52 @@ async fn claim<B: Backend>(
         job: codec::renewal_job(&row)?,
         receipt,
     })
+}
+
+/// Leases the locked queued jobs `ids` to new deliveries in one statement,
+/// in the order given. They share one fresh receipt: every statement on a
+/// lease names the job as well, so the receipt only has to tell this claim
+/// from every other.
+async fn claim_queued<B: Backend>(
+    conn: &mut B::Connection,
+    ids: &[String],
+    now: OffsetDateTime,
+    lease: StdDuration,
+) -> DomainResult<Vec<JobDelivery>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let receipt = Uuid::new_v4().simple().to_string();
+    let mut sql = Sql::new(
+        "UPDATE renewal_jobs SET state = 'running', attempts = attempts + 1, lease_token = $1, \
+         lease_until = $2, last_attempt_at = $3, updated_at = $3 WHERE id IN (",
+    )
+    .bind(receipt.as_str())
+    .bind(after(now, lease))
+    .bind(secs(now));
+    for (i, job) in ids.iter().enumerate() {
+        if i > 0 {
+            sql.push(", ");
+        }
+        sql.push_bind(job.as_str());
+    }
+    sql.push(concat!(") RETURNING ", job_columns!()));
+    let mut leased = std::collections::HashMap::with_capacity(ids.len());
+    for row in fetch_all::<B>(conn, sql).await? {
+        let job = codec::renewal_job(&row)?;
+        leased.insert(id(job.id), job);
+    }
+    ids.iter()
+        .map(|job| {
+            let job = leased.remove(job).ok_or_else(|| {
+                DomainError::Internal(format!("claimed renewal job {job} vanished"))
+            })?;
+            Ok(JobDelivery {
+                job,
+                receipt: receipt.clone(),
+            })
+        })
+        .collect()
 }
 
 /// Moves one locked job to `dead`.

@@ -397,6 +397,19 @@ impl RenewalJob {
     }
 }
 
+/// A due certificate's current version that has no renewal job yet: what
+/// the scheduler enqueues. Pages of them are ordered by `(renew_after,
+/// certificate_id)`, and the last one of a page is where the next one starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DueVersion {
+    /// The certificate.
+    pub certificate_id: Uuid,
+    /// Its current version, the one to replace.
+    pub version: u32,
+    /// When it became due (whole seconds).
+    pub renew_after: OffsetDateTime,
+}
+
 /// A job handed to one worker, with the queue's handle for acknowledging it.
 #[derive(Debug, Clone)]
 pub struct JobDelivery {
@@ -432,6 +445,16 @@ pub trait RenewalQueue: Send + Sync {
     /// Enqueues `job` unless a job for its `(certificate_id, version)` exists;
     /// returns whether this call enqueued it.
     async fn enqueue(&self, job: &RenewalJob) -> DomainResult<bool>;
+    /// Enqueues each of `jobs` as [`enqueue`](Self::enqueue) does; returns,
+    /// in order, whether this call enqueued it. The default enqueues one by
+    /// one; a queue on a database inserts the batch in one transaction.
+    async fn enqueue_batch(&self, jobs: &[RenewalJob]) -> DomainResult<Vec<bool>> {
+        let mut fresh = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            fresh.push(self.enqueue(job).await?);
+        }
+        Ok(fresh)
+    }
     /// Up to `max` runnable jobs, each leased for `lease` (invisible to other
     /// workers until it ends), waiting up to `wait` for one to arrive.
     async fn receive(

@@ -80,4 +80,5 @@ mod issuers;
 mod listing;
 mod notify;
 mod renewal;
+mod scheduler_scan;
 mod settings;
