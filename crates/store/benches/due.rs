@@ -10,13 +10,16 @@
 //! index buys. Setup checks that all return the same certificates and prints
 //! the plans.
 //!
-//! Then, per backend, the scheduler's pass (`scheduler/<backend>`): page
-//! through `due_for_renewal(now, 1000)` and `insert_renewal_job` one job per
-//! due certificate until a batch comes back empty, i.e. 10,000 jobs; the jobs
-//! are deleted (untimed) before each pass, which is timed by hand (three
-//! passes; printed) rather than by criterion. `steady_pass` is the same
-//! scheduler's next pass, when every due certificate already has its job:
-//! one `due_for_renewal` that returns nothing.
+//! Then, per backend, the scheduler's pass (`scheduler/<backend>`), two ways,
+//! alternating: `per-job` pages through `due_for_renewal(now, 1000)` and
+//! `insert_renewal_job` one job per due certificate until a batch comes back
+//! empty (the pass before keyset paging); `batched` pages by keyset through
+//! `due_without_job(now, after, 1000)` and inserts each page with one
+//! `insert_renewal_jobs`. Either makes 10,000 jobs; the jobs are deleted
+//! (untimed) before each pass, which is timed by hand (three passes each;
+//! printed) rather than by criterion. `steady_pass` (`_keyset`) is the
+//! scheduler's next pass, when every due certificate already has its job: one
+//! `due_for_renewal` (`due_without_job`) that returns nothing.
 //!
 //! Seeding is bulk SQL (`benches/seed/`), timed and printed, not measured.
 //! Run it with `cargo bench -p certflow-store --bench due`; PostgreSQL is
@@ -254,8 +257,10 @@ struct Pass {
     inserting: Duration,
 }
 
-/// The scheduler's pass: due batches until an empty one, a job for each.
-fn scheduler_pass<S: MetadataStore + RenewalLedger>(rt: &Runtime, store: &S) -> Pass {
+/// The scheduler's pass as it was: `due_for_renewal` from the front of the
+/// due index until an empty batch, one `insert_renewal_job` (a transaction)
+/// per due certificate.
+fn per_job_pass<S: MetadataStore + RenewalLedger>(rt: &Runtime, store: &S) -> Pass {
     let mut pass = Pass::default();
     loop {
         let started = Instant::now();
@@ -276,6 +281,34 @@ fn scheduler_pass<S: MetadataStore + RenewalLedger>(rt: &Runtime, store: &S) -> 
     }
 }
 
+/// The scheduler's pass now (`Scheduler::with_ledger`): keyset pages of
+/// `due_without_job`, each after the last row of the one before, until a
+/// short page; one `insert_renewal_jobs` (one transaction) per page.
+fn batched_pass<S: MetadataStore + RenewalLedger>(rt: &Runtime, store: &S) -> Pass {
+    let mut pass = Pass::default();
+    let mut after = None;
+    loop {
+        let started = Instant::now();
+        let page = rt
+            .block_on(store.due_without_job(now(), after.as_ref(), LIMIT))
+            .unwrap();
+        pass.paging += started.elapsed();
+        pass.batches += 1;
+        let jobs: Vec<RenewalJob> = page
+            .iter()
+            .map(|due| RenewalJob::new(due.certificate_id, due.version, 5, now()))
+            .collect();
+        let started = Instant::now();
+        let inserted = rt.block_on(store.insert_renewal_jobs(&jobs)).unwrap();
+        pass.inserting += started.elapsed();
+        pass.enqueued += inserted.iter().filter(|&&new| new).count() as u64;
+        if page.len() < LIMIT as usize {
+            return pass;
+        }
+        after = page.last().copied();
+    }
+}
+
 /// Passes timed by hand: one takes seconds (10,000 commits), more than
 /// criterion's ten samples plus warm-up can afford on a shared machine.
 fn pass_count() -> usize {
@@ -292,23 +325,29 @@ fn scheduler<S: MetadataStore + RenewalLedger>(
     clear: &mut dyn FnMut(),
 ) {
     let due = u64::try_from(due).unwrap();
+    // Alternating, so both kinds see the same state of the machine.
     for i in 1..=pass_count() {
-        clear();
-        let started = Instant::now();
-        let pass = scheduler_pass(rt, store);
-        let total = started.elapsed();
-        assert_eq!(pass.enqueued, due);
-        println!(
-            "scheduler/{backend}/pass {i}: {:.2} s for {} jobs in {} batches (the last empty): \
-             paging {:.1} ms ({:.2} ms a batch), inserting {:.2} s ({:.0} µs a job)",
-            total.as_secs_f64(),
-            pass.enqueued,
-            pass.batches,
-            pass.paging.as_secs_f64() * 1e3,
-            pass.paging.as_secs_f64() * 1e3 / f64::from(pass.batches),
-            pass.inserting.as_secs_f64(),
-            pass.inserting.as_secs_f64() * 1e6 / pass.enqueued.max(1) as f64,
-        );
+        for (kind, run) in [
+            ("per-job", per_job_pass::<S> as fn(&Runtime, &S) -> Pass),
+            ("batched", batched_pass::<S>),
+        ] {
+            clear();
+            let started = Instant::now();
+            let pass = run(rt, store);
+            let total = started.elapsed();
+            assert_eq!(pass.enqueued, due);
+            println!(
+                "scheduler/{backend}/{kind} pass {i}: {:.2} s for {} jobs in {} batches: \
+                 paging {:.1} ms ({:.2} ms a batch), inserting {:.2} s ({:.0} µs a job)",
+                total.as_secs_f64(),
+                pass.enqueued,
+                pass.batches,
+                pass.paging.as_secs_f64() * 1e3,
+                pass.paging.as_secs_f64() * 1e3 / f64::from(pass.batches),
+                pass.inserting.as_secs_f64(),
+                pass.inserting.as_secs_f64() * 1e6 / pass.enqueued.max(1) as f64,
+            );
+        }
     }
     // Every due certificate has its job now: the next pass finds nothing.
     let mut group = c.benchmark_group(format!("scheduler/{backend}"));
@@ -320,6 +359,14 @@ fn scheduler<S: MetadataStore + RenewalLedger>(
         b.iter(|| {
             let batch = rt.block_on(store.due_for_renewal(now(), LIMIT)).unwrap();
             assert!(batch.is_empty());
+        })
+    });
+    group.bench_function("steady_pass_keyset", |b| {
+        b.iter(|| {
+            let page = rt
+                .block_on(store.due_without_job(now(), None, LIMIT))
+                .unwrap();
+            assert!(page.is_empty());
         })
     });
     group.finish();
