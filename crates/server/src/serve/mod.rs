@@ -121,7 +121,8 @@ async fn spawn_roles(
                 batch: 500,
                 max_attempts: r.max_attempts,
             },
-        );
+        )
+        .with_ledger(opened.store.ledger.clone());
         if config.notifications.enabled {
             scheduler = scheduler.with_at_risk(
                 opened.store.notifications.clone(),
