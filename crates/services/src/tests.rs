@@ -103,7 +103,9 @@ impl MetadataStore for FailingCommits {
         b: Vec<(String, Bytes)>,
     ) -> DomainResult<()> {
         self.check()?;
-        self.inner.create_certificate_with_blobs(c, v, a, i, b).await
+        self.inner
+            .create_certificate_with_blobs(c, v, a, i, b)
+            .await
     }
     async fn add_version_with_blobs(
         &self,

@@ -31,12 +31,12 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::audit::{insert_audit, insert_audits};
+use crate::blobs::insert_blobs;
 use crate::codec::{
     self, audit_columns, certificate_columns, fold, id, idempotency_columns, issuer_columns, secs,
     version_columns,
 };
 use crate::error::{Violation, conflict, map};
-use crate::blobs::insert_blobs;
 use crate::group_commit::together_or_alone;
 use crate::query::{Backend, Columns, Param, Sql};
 use crate::store::{SqlStore, execute, fetch_all, fetch_optional, page_bounds, total};
