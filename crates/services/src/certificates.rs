@@ -675,60 +675,44 @@ impl Services {
         Ok(written)
     }
 
-    /// Commits a new certificate and its first version's blobs: in its own
-    /// transaction when they are rows of the metadata database; else the
-    /// blobs are written already, and removed again should the commit fail.
-    async fn commit_creation(
-        &self,
-        cert: &Certificate,
-        first: &CertificateVersion,
-        audit: &AuditEvent,
-        record: Option<&IdempotencyRecord>,
-        blobs: VersionBlobs,
-    ) -> DomainResult<()> {
-        match blobs {
-            VersionBlobs::Attached(blobs) => {
-                self.store
-                    .create_certificate_with_blobs(cert, first, audit, record, blobs)
-                    .await
-            }
-            VersionBlobs::Written(written) => {
-                let committed = self
-                    .store
-                    .create_certificate(cert, first, audit, record)
-                    .await;
-                if committed.is_err() {
-                    self.remove_blobs(&written).await;
-                }
-                committed
-            }
-        }
-    }
-
-    /// Commits a new version and its blobs, as
-    /// [`commit_creation`](Self::commit_creation) does a first one.
+    /// Commits a version and its blobs: in the version's own transaction
+    /// when they are rows of the metadata database; else the blobs are
+    /// written already, and removed again should the commit fail. `first`:
+    /// a new certificate with its first version, else a new version of it.
     async fn commit_version(
         &self,
+        first: bool,
         cert: &Certificate,
-        new: &CertificateVersion,
+        version: &CertificateVersion,
         audit: &AuditEvent,
         record: Option<&IdempotencyRecord>,
         blobs: VersionBlobs,
     ) -> DomainResult<()> {
-        match blobs {
-            VersionBlobs::Attached(blobs) => {
-                self.store
-                    .add_version_with_blobs(cert, new, audit, record, blobs)
+        let store = &self.store;
+        let (attached, written) = match blobs {
+            VersionBlobs::Attached(attached) => (Some(attached), None),
+            VersionBlobs::Written(written) => (None, Some(written)),
+        };
+        let committed = match (first, attached) {
+            (true, Some(blobs)) => {
+                store
+                    .create_certificate_with_blobs(cert, version, audit, record, blobs)
                     .await
             }
-            VersionBlobs::Written(written) => {
-                let committed = self.store.add_version(cert, new, audit, record).await;
-                if committed.is_err() {
-                    self.remove_blobs(&written).await;
-                }
-                committed
+            (true, None) => store.create_certificate(cert, version, audit, record).await,
+            (false, Some(blobs)) => {
+                store
+                    .add_version_with_blobs(cert, version, audit, record, blobs)
+                    .await
             }
+            (false, None) => store.add_version(cert, version, audit, record).await,
+        };
+        if committed.is_err()
+            && let Some(written) = &written
+        {
+            self.remove_blobs(written).await;
         }
+        committed
     }
 
     /// The result stored under the request's key, if the key was used: the
@@ -906,7 +890,7 @@ impl Services {
         });
         let record = idempotency.as_ref().map(|i| i.record(&version, now));
         if let Err(e) = self
-            .commit_creation(&cert, &version, &audit, record.as_ref(), blobs)
+            .commit_version(true, &cert, &version, &audit, record.as_ref(), blobs)
             .await
         {
             return self
@@ -1057,7 +1041,7 @@ impl Services {
         });
         let record = idempotency.as_ref().map(|i| i.record(&version, now));
         if let Err(e) = self
-            .commit_version(&cert, &version, &audit, record.as_ref(), blobs)
+            .commit_version(false, &cert, &version, &audit, record.as_ref(), blobs)
             .await
         {
             return self.after_failed_commit(idempotency.as_ref(), e).await;
