@@ -458,10 +458,7 @@ impl Services {
     }
 
     /// Signs a version and writes its blobs (or holds them for the version's
-    /// own transaction). Returns the version row, its blobs, its full chain
-    /// (PEM) and what
-    /// linting found in a certificate an ACME CA signed (kept all the same:
-    /// it is valid and already in CT logs; the caller audits the findings).
+    /// own transaction).
     #[allow(clippy::too_many_arguments)]
     async fn issue_version(
         &self,
@@ -475,7 +472,7 @@ impl Services {
         subject_key: SubjectKey<'_>,
         replaces_der: Option<Vec<u8>>,
         now: OffsetDateTime,
-    ) -> DomainResult<(CertificateVersion, VersionBlobs, String, Vec<LintFinding>)> {
+    ) -> DomainResult<IssuedVersion> {
         let (spki, key_type, generated, csr_der) = match subject_key {
             SubjectKey::Public {
                 spki_der,
@@ -555,8 +552,8 @@ impl Services {
         } else {
             VersionBlobs::Written(self.put_version_blobs(blobs).await?)
         };
-        Ok((
-            CertificateVersion {
+        Ok(IssuedVersion {
+            version: CertificateVersion {
                 certificate_id,
                 version,
                 serial: info.serial_hex,
@@ -576,7 +573,7 @@ impl Services {
             blobs,
             fullchain_pem,
             lint_findings,
-        ))
+        })
     }
 
     /// `issuer` signs `request`, for version `version` of `owner`'s certificate.
@@ -825,7 +822,12 @@ impl Services {
             },
             None => SubjectKey::Generate(plan.key_type),
         };
-        let (version, blobs, fullchain_pem, lint_findings) = self
+        let IssuedVersion {
+            version,
+            blobs,
+            fullchain_pem,
+            lint_findings,
+        } = self
             .issue_version(
                 Owner {
                     actor,
@@ -1005,7 +1007,12 @@ impl Services {
         };
         let replaces = self.acme_replaces(&issuer, latest).await;
         let next = latest.version + 1;
-        let (version, blobs, _, lint_findings) = self
+        let IssuedVersion {
+            version,
+            blobs,
+            lint_findings,
+            ..
+        } = self
             .issue_version(
                 Owner {
                     actor,
@@ -1631,6 +1638,19 @@ pub enum Replacement {
         /// Why.
         error: String,
     },
+}
+
+/// A version as [`Services::issue_version`] signed it, not yet committed.
+struct IssuedVersion {
+    /// The version's row.
+    version: CertificateVersion,
+    /// Its blobs.
+    blobs: VersionBlobs,
+    /// The certificate and its chain, PEM.
+    fullchain_pem: String,
+    /// What linting found in a certificate an ACME CA signed (kept all the
+    /// same: it is valid and already in CT logs; the caller audits them).
+    lint_findings: Vec<LintFinding>,
 }
 
 /// A new version's blobs: written already (their keys), or waiting to
