@@ -687,8 +687,8 @@ impl Services {
     ) -> DomainResult<()> {
         let store = &self.store;
         let (attached, written) = match blobs {
-            VersionBlobs::Attached(attached) => (Some(attached), None),
-            VersionBlobs::Written(written) => (None, Some(written)),
+            VersionBlobs::Attached(attached) => (Some(attached), Vec::new()),
+            VersionBlobs::Written(written) => (None, written),
         };
         let committed = match (first, attached) {
             (true, Some(blobs)) => {
@@ -704,10 +704,8 @@ impl Services {
             }
             (false, None) => store.add_version(cert, version, audit, record).await,
         };
-        if committed.is_err()
-            && let Some(written) = &written
-        {
-            self.remove_blobs(written).await;
+        if committed.is_err() {
+            self.remove_blobs(&written).await;
         }
         committed
     }

@@ -120,6 +120,9 @@ impl<B: Backend> BlobStore for SqlStore<B> {
     }
 
     async fn put_all(&self, blobs: Vec<(String, Bytes)>) -> DomainResult<()> {
+        // Checked again where rows are written (blobs attached to a version
+        // come that way only); here so a bad key fails before it joins, and
+        // fails, a batch of other callers' writes.
         for (key, _) in &blobs {
             validate(key)?;
         }

@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use certflow_api::{
     AuditEventView, AuditPage, CertificateDetail, CertificatePage, CertificateSummary,
     CreateCertificateRequest, ImportCaRequest, IssuerView, Pkcs12Request, Problem, RenewRequest,
-    RenewalPolicyView, ReplacementView, RevokeRequest, VersionView,
+    RenewalPolicyView, RenewalStatusView, ReplacementView, RevokeRequest, VersionView,
 };
 use certflow_core::SubjectName;
 use certflow_core::model::{
@@ -126,22 +126,9 @@ fn issuer_view(i: &Issuer) -> IssuerView {
 /// The detail of a certificate its request has just issued: history the
 /// creation's event, no renewal job yet (the scheduler has not seen it).
 fn fresh_detail(view: CertificateView, issued: FirstIssue) -> CertificateDetail {
-    let cert = &view.certificate;
-    CertificateDetail {
-        summary: summary(cert),
-        validity_days: cert.validity_days,
-        validity_seconds: cert.validity_secs,
-        renewal_policy: RenewalPolicyView {
-            renew_at_fraction: cert.renewal.renew_at_fraction,
-            renew_before_days: cert.renewal.renew_before_days,
-            jitter_fraction: cert.renewal.jitter_fraction,
-        },
-        renewal: super::operations::idle_renewal(cert),
-        versions: view.versions.iter().map(version_view).collect(),
-        fullchain_pem: issued.fullchain_pem,
-        history: vec![audit_view(&issued.audit)],
-        replacement: None,
-    }
+    let renewal = super::operations::idle_renewal(&view.certificate);
+    let history = vec![audit_view(&issued.audit)];
+    assemble_detail(view, renewal, issued.fullchain_pem, history)
 }
 
 pub(crate) async fn detail(
@@ -161,21 +148,34 @@ pub(crate) async fn detail(
             ..Default::default()
         })
         .await?;
-    Ok(CertificateDetail {
-        summary: summary(&view.certificate),
-        validity_days: view.certificate.validity_days,
-        validity_seconds: view.certificate.validity_secs,
+    let renewal = super::operations::renewal_status(state, &view.certificate).await?;
+    let history = history.items.iter().map(audit_view).collect();
+    Ok(assemble_detail(view, renewal, fullchain_pem, history))
+}
+
+/// A certificate's detail from its view and the parts read (or known) beside it.
+fn assemble_detail(
+    view: CertificateView,
+    renewal: RenewalStatusView,
+    fullchain_pem: String,
+    history: Vec<AuditEventView>,
+) -> CertificateDetail {
+    let cert = &view.certificate;
+    CertificateDetail {
+        summary: summary(cert),
+        validity_days: cert.validity_days,
+        validity_seconds: cert.validity_secs,
         renewal_policy: RenewalPolicyView {
-            renew_at_fraction: view.certificate.renewal.renew_at_fraction,
-            renew_before_days: view.certificate.renewal.renew_before_days,
-            jitter_fraction: view.certificate.renewal.jitter_fraction,
+            renew_at_fraction: cert.renewal.renew_at_fraction,
+            renew_before_days: cert.renewal.renew_before_days,
+            jitter_fraction: cert.renewal.jitter_fraction,
         },
-        renewal: super::operations::renewal_status(state, &view.certificate).await?,
+        renewal,
         versions: view.versions.iter().map(version_view).collect(),
         fullchain_pem,
-        history: history.items.iter().map(audit_view).collect(),
+        history,
         replacement: None,
-    })
+    }
 }
 
 /// Request a certificate (CSR or server-generated key).
