@@ -478,7 +478,8 @@ pub enum AuditChainFault {
     /// A sequence number is missing (a row was deleted), or rows end before
     /// the chain head says they should (the tail was deleted).
     SeqGap,
-    /// The recorded chain head does not match the last row of the chain.
+    /// The recorded chain head (a checkpoint) names no link of the chain, or
+    /// is missing.
     HeadMismatch,
     /// A row carries no sequence number, or names a chain there is not: it
     /// was written around the chains.

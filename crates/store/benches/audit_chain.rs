@@ -1,6 +1,6 @@
 //! What the audit hash chain costs concurrent writers on PostgreSQL: audit
-//! events per second through the store (`append_audit`: lock a chain head,
-//! link, insert, commit) against the same rows INSERTed into `audit_plain`,
+//! events per second through the store (`append_audit`: take a chain, link,
+//! insert, commit) against the same rows INSERTed into `audit_plain`,
 //! an unchained copy of `audit_events` (same columns and indexes but the
 //! partial index of unlinked rows, which only plain rows would fill; no
 //! triggers), one transaction per event in both.
@@ -10,6 +10,10 @@
 //! then rounds alternate which side runs first, so that both see the same
 //! load on a shared machine; it prints every round and the medians, and the
 //! ratio chained / plain is the figure to compare, not the absolute rates.
+//! When the server runs on this machine and its processes' `/proc/<pid>/stat`
+//! are readable, it also prints the CPU per event of the server (every
+//! `postgres` process: backends, WAL writer and the rest; other databases'
+//! work on the same server counts too) and of this process, over all rounds.
 //!
 //! It uses only the store's public API, so the same file measures any
 //! release. Run it with `cargo bench -p certflow-store --bench audit_chain`;
@@ -89,6 +93,63 @@ async fn plain(pool: &PgPool, writers: usize, each: usize) -> f64 {
     (writers * each) as f64 / started.elapsed().as_secs_f64()
 }
 
+/// Clock ticks (utime, stime and reaped children's) of the processes whose
+/// `comm` is `name`, or of this process for `None`; 0 if unreadable.
+fn cpu_ticks(name: Option<&str>) -> u64 {
+    let stat_ticks = |stat: &str| -> Option<(String, u64)> {
+        let (head, rest) = stat.rsplit_once(')')?;
+        let comm = head.split_once('(')?.1.to_owned();
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = fields
+            .get(11..15)?
+            .iter()
+            .map(|f| f.parse::<u64>().unwrap_or(0))
+            .sum();
+        Some((comm, ticks))
+    };
+    let Some(name) = name else {
+        let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+        return stat_ticks(&stat).map_or(0, |(_, t)| t);
+    };
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    dir.filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("stat")).ok())
+        .filter_map(|stat| stat_ticks(&stat))
+        .filter(|(comm, _)| comm == name)
+        .map(|(_, t)| t)
+        .sum()
+}
+
+/// CPU spent by the server and by this process while a side ran.
+#[derive(Default)]
+struct Cpu {
+    server: u64,
+    client: u64,
+    events: usize,
+}
+
+impl Cpu {
+    async fn time<F: std::future::Future<Output = f64>>(&mut self, events: usize, run: F) -> f64 {
+        let (server, client) = (cpu_ticks(Some("postgres")), cpu_ticks(None));
+        let rate = run.await;
+        self.server += cpu_ticks(Some("postgres")).saturating_sub(server);
+        self.client += cpu_ticks(None).saturating_sub(client);
+        self.events += events;
+        rate
+    }
+
+    /// "server N µs, bench M µs" per event (100 ticks a second).
+    fn per_event(&self) -> String {
+        let us = |ticks: u64| ticks as f64 * 10_000.0 / self.events.max(1) as f64;
+        format!(
+            "server {:.0} µs, bench {:.0} µs",
+            us(self.server),
+            us(self.client)
+        )
+    }
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     let n = v.len();
@@ -162,13 +223,15 @@ async fn measure(admin_url: &str, writers: usize, rounds: usize, each: usize) {
     plain(&pool, writers, each.min(20)).await;
     chained(&store, writers, each.min(20)).await;
     let (mut plains, mut chains, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut plain_cpu, mut chained_cpu) = (Cpu::default(), Cpu::default());
+    let n = writers * each;
     for round in 0..rounds {
         let (p, c) = if round % 2 == 0 {
-            let p = plain(&pool, writers, each).await;
-            (p, chained(&store, writers, each).await)
+            let p = plain_cpu.time(n, plain(&pool, writers, each)).await;
+            (p, chained_cpu.time(n, chained(&store, writers, each)).await)
         } else {
-            let c = chained(&store, writers, each).await;
-            (plain(&pool, writers, each).await, c)
+            let c = chained_cpu.time(n, chained(&store, writers, each)).await;
+            (plain_cpu.time(n, plain(&pool, writers, each)).await, c)
         };
         println!(
             "writers={writers} round={round} plain={p:.0}/s chained={c:.0}/s ratio={:.2}",
@@ -188,6 +251,11 @@ async fn measure(admin_url: &str, writers: usize, rounds: usize, each: usize) {
         median(chains) / median(plains),
         median(ratios),
         report.checked
+    );
+    println!(
+        "writers={writers} cpu per event: plain {}; chained {}",
+        plain_cpu.per_event(),
+        chained_cpu.per_event()
     );
     pool.close().await;
     store.close().await;

@@ -1,30 +1,45 @@
 //! The audit trail's hash chains (migrations 0004 and 0017): linking each
 //! event as it is inserted, linking events from before 0004, and verifying.
 //!
-//! There are [`CHAINS`] independent chains, one row each in
-//! `audit_chain_head` (the chain's newest link). Each event has its `chain`, a
+//! There are [`CHAINS`] independent chains. Each event has its `chain`, a
 //! gapless `seq` within it (1, 2, 3...), the `hash` of the chain's event
 //! before it as `prev_hash` ([`GENESIS`] for the first) and its own `hash`:
 //! lower-case hex SHA-256 of [`link_bytes`]. The hash covers the chain number
 //! and every stored column as the database holds it (details as its JSON
-//! text), so verifying needs nothing but the rows. Triggers refuse updates and
-//! deletes of events and moving a head back; the writer moves the head onto
-//! its events in the same transaction (migration 0019), on PostgreSQL in the
-//! same statement.
+//! text), so verifying needs nothing but the rows. `UNIQUE (chain, seq)`
+//! gives every position one event, so a chain cannot fork; triggers refuse
+//! updates and deletes of events.
 //!
-//! A writer links its event under a lock on one head, held to its commit. On
-//! PostgreSQL it takes the lowest-numbered head no other transaction holds
-//! (`FOR UPDATE SKIP LOCKED`), so concurrent audited writes commit side by
-//! side instead of one at a time; a transaction already holding a head can
-//! always take it again, so it never waits while holding one, and head locks
-//! cannot deadlock. SQLite's single writer always finds chain 0 first.
+//! `audit_chain_head` has one row per chain, a checkpoint: a link of the
+//! chain fewer than [`checkpoint_every`] links behind its newest (64 on
+//! PostgreSQL; 1 on SQLite, where it is always the newest). The write that
+//! reaches a checkpoint moves it, in the write's transaction; triggers refuse
+//! moving it back. `verify-audit` checks that each head names a link of its
+//! chain, so the database alone shows a chain cut back past its checkpoint;
+//! the last links after it are vouched for only by tips recorded elsewhere
+//! (below). Before migration 0020 the head was rewritten with every event,
+//! which on PostgreSQL was most of what the chain cost concurrent writers.
+//!
+//! A writer links its events under a lock on one chain, held to its commit,
+//! and reads the chain's newest link from `audit_events` (index on `(chain,
+//! seq)`). On PostgreSQL the lock is a transaction-level advisory lock
+//! ([`CHAIN_LOCKS`]): the writer takes the lowest-numbered chain no other
+//! transaction holds, so concurrent audited writes commit side by side
+//! instead of one at a time; a transaction already holding a chain can
+//! always take it again, so it never waits while holding one, and chain
+//! locks cannot deadlock. SQLite's single writer always takes chain 0.
 //!
 //! A lone event on PostgreSQL is linked by one statement: it locks a free
-//! head, hashes the head's part of the link in the database (`sha256()`)
-//! followed by the event's part encoded here, inserts the event and moves the
-//! head, in one round trip. Otherwise (a batch, every head held, SQLite) the
-//! writer reads the head, hashes the whole links here, inserts them and moves
-//! the head. The bytes hashed are the same either way.
+//! chain, reads its newest link, hashes the chain's part of the link in the
+//! database (`sha256()`) followed by the event's part encoded here, and
+//! inserts the event, in one round trip. That statement's snapshot predates
+//! its lock, so it can miss a link the chain's previous holder committed
+//! just before: its insert then finds the position taken and does nothing
+//! (`ON CONFLICT DO NOTHING`), and the writer links again after the newest
+//! link, read afresh. Otherwise (a batch, every chain held, SQLite) the
+//! writer reads the newest link, hashes the whole links here and inserts
+//! them, all or none, unless a later link exists. The bytes hashed are the
+//! same either way.
 //!
 //! Links made before migration 0017 are chain 0's prefix, hashed without the
 //! chain number ([`legacy_link_bytes`]); verification accepts that encoding in
@@ -196,80 +211,163 @@ fn read_head(row: &impl Columns) -> DomainResult<Head> {
     })
 }
 
-fn missing_head(chain: i64) -> DomainError {
-    DomainError::Integrity(format!(
-        "the head of audit chain {chain} (audit_chain_head) is missing"
-    ))
+/// How far behind its chain's newest link a head may be: the head is moved
+/// by the write that reaches a multiple of this (or passes one, in a batch).
+/// On PostgreSQL rewriting the head row per event was most of what a chain
+/// cost concurrent writers (a HOT update of a row 16 backends keep pinned);
+/// SQLite's one writer moves it with every write, so there the head is
+/// always the newest link, as before.
+fn checkpoint_every<B: Backend>() -> i64 {
+    if over_the_network::<B>() { 64 } else { 1 }
 }
 
-/// Locks and reads a head for the caller's write transaction, held until
-/// its commit: the lowest-numbered one no other transaction holds, or, when
-/// all are held, the one `spread` picks, waiting for it. SQLite's writer
-/// holds the whole database, so it always gets chain 0 at once.
-pub(crate) async fn take_head<B: Backend>(
-    conn: &mut B::Connection,
-    spread: u128,
-) -> DomainResult<Head> {
-    let mut free = Sql::new("SELECT chain, seq, hash FROM audit_chain_head ORDER BY chain LIMIT 1");
-    free.push(B::SKIP_LOCKED);
-    if let Some(row) = fetch_optional::<B>(conn, free).await? {
-        return read_head(&row);
-    }
-    // Every head is in a commit under way: queue behind one, spreading the
-    // waiters so that each commit releases one of them.
-    let chain = i64::try_from(spread % CHAINS.unsigned_abs() as u128).unwrap_or(LEGACY_CHAIN);
-    lock_head::<B>(conn, chain).await
+/// Whether a write that took its chain from `before_seq` to `after_seq` must
+/// move the head.
+fn passes_checkpoint<B: Backend>(before_seq: i64, after_seq: i64) -> bool {
+    let every = checkpoint_every::<B>();
+    before_seq.div_euclid(every) != after_seq.div_euclid(every)
 }
 
-/// Locks and reads the head of `chain` until the commit, waiting for it if
-/// another transaction holds it.
-async fn lock_head<B: Backend>(conn: &mut B::Connection, chain: i64) -> DomainResult<Head> {
-    let mut sql = Sql::new("SELECT chain, seq, hash FROM audit_chain_head WHERE chain = $1");
-    sql.push(B::FOR_UPDATE);
-    match fetch_optional::<B>(conn, sql.bind(chain)).await? {
-        Some(row) => read_head(&row),
-        None => Err(missing_head(chain)),
-    }
+/// The chains' PostgreSQL advisory locks are `CHAIN_LOCKS + chain` (one
+/// bigint key each, "cfaudit\0" in ASCII): a writer holds its chain's until
+/// its commit. Nothing else in the database should use these keys.
+const CHAIN_LOCKS: i64 = 0x6366_6175_6469_7400;
+
+/// The CTEs `c`, the lowest-numbered chain (0 to $2) whose advisory lock
+/// ($1 + chain) no other transaction holds, now locked until the commit, and
+/// `t`, its newest link read from `audit_events` ($3, [`GENESIS`], when it
+/// has none). PostgreSQL only. The statement's snapshot is taken before the
+/// lock, so `t` misses a link that the chain's previous holder committed in
+/// between: the next link is then already taken, and the `UNIQUE (chain,
+/// seq)` index refuses a second one, so the chain cannot fork.
+macro_rules! free_chain_tip {
+    () => {
+        concat!(
+            "c AS (SELECT g AS chain FROM generate_series(0, $2::bigint) AS g ",
+            "WHERE pg_try_advisory_xact_lock($1 + g) LIMIT 1), ",
+            "t AS (SELECT c.chain, coalesce(e.seq, 0) AS seq, coalesce(e.hash, $3) AS hash ",
+            "FROM c LEFT JOIN LATERAL (SELECT seq, hash FROM audit_events ",
+            "WHERE chain = c.chain AND seq IS NOT NULL ORDER BY seq DESC LIMIT 1) AS e ON true)"
+        )
+    };
 }
 
-/// [`insert_audit`]'s statement on PostgreSQL: takes the lowest free head,
-/// links the event to it, inserts it and moves the head onto it, in one
-/// round trip instead of two (reading the head, then writing). The database
-/// hashes [`link_bytes`]'s part that depends on the head ($9 the tag, then
-/// the chain number, `prev_hash` and `seq` as [`encode`] writes them)
-/// followed by [`event_bytes`] ($10). No row when every head is held.
-const LINK_ON_A_FREE_HEAD: &str = concat!(
-    "WITH h AS (SELECT chain, seq + 1 AS seq, hash AS prev FROM audit_chain_head ",
-    "ORDER BY chain LIMIT 1 FOR UPDATE SKIP LOCKED), ",
-    "n AS (SELECT chain, seq, prev, encode(sha256($9 || int8send(chain) ",
-    "|| int8send(octet_length(convert_to(prev, 'UTF8'))::bigint) ",
-    "|| convert_to(prev, 'UTF8') || int8send(seq) || $10), 'hex') AS hash FROM h), ",
-    "u AS (UPDATE audit_chain_head a SET seq = n.seq, hash = n.hash FROM n ",
-    "WHERE a.chain = n.chain) ",
-    "INSERT INTO audit_events (",
-    audit_columns!(),
-    ", chain, seq, prev_hash, hash) ",
-    "SELECT $1, $2, $3, $4, $5, $6, $7, $8, n.chain, n.seq, n.prev, n.hash FROM n ",
-    "RETURNING chain"
+/// Takes a free chain and reads its newest link (maybe stale, see
+/// `free_chain_tip!`); no row when every chain is held.
+const TAKE_FREE_CHAIN: &str = concat!(
+    "WITH ",
+    free_chain_tip!(),
+    " SELECT chain, seq, hash FROM t"
 );
 
-/// Whether the backend runs a write's statements over the network: then a
-/// lone event is linked by one statement that also takes the head, and the
-/// head moves in the insert's statement. SQLite runs in process, has no
-/// `sha256()` or data-modifying `WITH`, and its one writer always finds
-/// chain 0 free.
+/// [`insert_audit`]'s statement on PostgreSQL: takes a free chain, links
+/// the event to the chain's newest link, and inserts it, in one round trip.
+/// The database hashes [`link_bytes`]'s part that depends on the chain ($12
+/// the tag, then the chain number, `prev_hash` and `seq` as [`encode`]
+/// writes them) followed by [`event_bytes`] ($13). The row says which chain
+/// was taken and whether the event went in: not when the newest link read
+/// was stale (`ON CONFLICT (chain, seq) DO NOTHING`, so the transaction
+/// lives on and retries on the chain it now holds). No row when every chain
+/// is held.
+const LINK_ON_A_FREE_CHAIN: &str = concat!(
+    "WITH ",
+    free_chain_tip!(),
+    ", n AS (SELECT t.chain, t.seq + 1 AS seq, t.hash AS prev, encode(sha256($12 ",
+    "|| int8send(t.chain) || int8send(octet_length(convert_to(t.hash, 'UTF8'))::bigint) ",
+    "|| convert_to(t.hash, 'UTF8') || int8send(t.seq + 1) || $13), 'hex') AS hash FROM t), ",
+    "i AS (INSERT INTO audit_events (",
+    audit_columns!(),
+    ", chain, seq, prev_hash, hash) ",
+    "SELECT $4, $5, $6, $7, $8, $9, $10, $11, n.chain, n.seq, n.prev, n.hash FROM n ",
+    "ON CONFLICT (chain, seq) DO NOTHING RETURNING 1) ",
+    "SELECT chain, seq, hash, EXISTS (SELECT 1 FROM i) AS linked FROM n"
+);
+
+/// Whether the backend runs a write's statements over the network, with
+/// concurrent writers: then writers take free chains under advisory locks,
+/// and a lone event is linked by one statement. SQLite runs in process, has
+/// no `sha256()`, data-modifying `WITH` or advisory locks, and its one
+/// writer holds the whole database.
 fn over_the_network<B: Backend>() -> bool {
     B::NAME == "PostgreSQL"
 }
 
-/// Links and inserts `event` with [`LINK_ON_A_FREE_HEAD`]; false, having
-/// written nothing, when every head is held by another transaction.
-async fn link_on_a_free_head<B: Backend>(
+/// Locks `chain` until the commit, waiting for it if another transaction
+/// holds it. SQLite's writer already holds everything.
+async fn lock_chain<B: Backend>(conn: &mut B::Connection, chain: i64) -> DomainResult<()> {
+    if over_the_network::<B>() {
+        let sql = Sql::new("SELECT pg_advisory_xact_lock($1)").bind(CHAIN_LOCKS + chain);
+        execute::<B>(conn, sql).await?;
+    }
+    Ok(())
+}
+
+/// The newest link of `chain` as committed when this statement starts: the
+/// caller holds the chain, so nothing can follow it until the commit.
+async fn read_tip<B: Backend>(conn: &mut B::Connection, chain: i64) -> DomainResult<Head> {
+    let sql = Sql::new(
+        "SELECT chain, seq, hash FROM audit_events WHERE chain = $1 AND seq IS NOT NULL \
+         ORDER BY seq DESC LIMIT 1",
+    )
+    .bind(chain);
+    match fetch_optional::<B>(conn, sql).await? {
+        Some(row) => read_head(&row),
+        None => Ok(Head {
+            chain,
+            seq: 0,
+            hash: GENESIS.to_owned(),
+        }),
+    }
+}
+
+/// Takes a chain for the caller's write transaction, held until its commit,
+/// and its newest link: the lowest-numbered chain no other transaction
+/// holds, or, when all are held, the one `spread` picks, waiting for it.
+/// SQLite's writer holds the whole database, so it always takes chain 0.
+/// The link may be stale when the chain was free (`free_chain_tip!`).
+async fn take_chain<B: Backend>(conn: &mut B::Connection, spread: u128) -> DomainResult<Head> {
+    if !over_the_network::<B>() {
+        return read_tip::<B>(conn, LEGACY_CHAIN).await;
+    }
+    let free = Sql::new(TAKE_FREE_CHAIN)
+        .bind(CHAIN_LOCKS)
+        .bind(CHAINS - 1)
+        .bind(GENESIS);
+    if let Some(row) = fetch_optional::<B>(conn, free).await? {
+        return read_head(&row);
+    }
+    // Every chain is in a commit under way: queue behind one, spreading the
+    // waiters so that each commit releases one of them. A transaction that
+    // already holds a chain found it free above (advisory locks are
+    // re-entrant), so it never waits while holding one: no deadlock.
+    let chain = i64::try_from(spread % CHAINS.unsigned_abs() as u128).unwrap_or(LEGACY_CHAIN);
+    lock_chain::<B>(conn, chain).await?;
+    read_tip::<B>(conn, chain).await
+}
+
+/// Moves the head of `to.chain` forward onto `to`, a link of it.
+async fn move_head<B: Backend>(conn: &mut B::Connection, to: &Head) -> DomainResult<()> {
+    let sql =
+        Sql::new("UPDATE audit_chain_head SET seq = $1, hash = $2 WHERE chain = $3 AND seq < $4")
+            .bind(to.seq)
+            .bind(to.hash.as_str())
+            .bind(to.chain)
+            .bind(to.seq);
+    execute::<B>(conn, sql).await
+}
+
+/// Links and inserts `event` with [`LINK_ON_A_FREE_CHAIN`]: the link it
+/// made and whether it went in, or `None`, having written nothing, when
+/// every chain is held by another transaction.
+async fn link_on_a_free_chain<B: Backend>(
     conn: &mut B::Connection,
     audit: &AuditEvent,
     event: &StoredEvent,
-) -> DomainResult<bool> {
-    let sql = Sql::new(LINK_ON_A_FREE_HEAD)
+) -> DomainResult<Option<(Head, bool)>> {
+    let sql = Sql::new(LINK_ON_A_FREE_CHAIN)
+        .bind(CHAIN_LOCKS)
+        .bind(CHAINS - 1)
+        .bind(GENESIS)
         .bind(event.id.as_str())
         .bind(event.at)
         .bind(event.subject.as_str())
@@ -280,10 +378,11 @@ async fn link_on_a_free_head<B: Backend>(
         .bind(event.details.as_str())
         .bind(Some(TAG))
         .bind(Some(event_bytes(event).as_slice()));
-    let linked = B::fetch_optional(conn, sql)
+    let row = B::fetch_optional(conn, sql)
         .await
         .map_err(|e| duplicate(e, &[audit]))?;
-    Ok(linked.is_some())
+    row.map(|row| Ok((read_head(&row)?, row.boolean("linked")?)))
+        .transpose()
 }
 
 /// A duplicate event id as a conflict naming the events, any other error as
@@ -298,7 +397,7 @@ fn duplicate(e: sqlx::Error, audits: &[&AuditEvent]) -> DomainError {
 }
 
 /// Appends `event` to one of the audit chains as its next link. Call it last
-/// in a write transaction: on PostgreSQL it holds that chain's head until the
+/// in a write transaction: on PostgreSQL it holds that chain until the
 /// commit, and only [`CHAINS`] audited writes can hold one at a time.
 pub(crate) async fn insert_audit<B: Backend>(
     conn: &mut B::Connection,
@@ -306,17 +405,22 @@ pub(crate) async fn insert_audit<B: Backend>(
 ) -> DomainResult<()> {
     if over_the_network::<B>() {
         let event = StoredEvent::of(audit)?;
-        if link_on_a_free_head::<B>(conn, audit, &event).await? {
-            return Ok(());
+        match link_on_a_free_chain::<B>(conn, audit, &event).await? {
+            Some((link, true)) => return checkpoint::<B>(conn, link.seq - 1, &link).await,
+            Some((stale, false)) => {
+                let tip = read_tip::<B>(conn, stale.chain).await?;
+                return append_to::<B>(conn, tip, &[audit]).await;
+            }
+            None => {}
         }
     }
     insert_audits::<B>(conn, &[audit]).await
 }
 
 /// Appends `events`, in order, to one audit chain as its next links: one
-/// head taken, the links hashed here, one multi-row `INSERT` and the head
-/// moved onto the last, for a group commit's batch (or a lone event whose
-/// writer found every head held, or on SQLite).
+/// chain taken, the links hashed here, one multi-row `INSERT`, for a group
+/// commit's batch (or a lone event whose writer found every chain held, or
+/// on SQLite).
 pub(crate) async fn insert_audits<B: Backend>(
     conn: &mut B::Connection,
     audits: &[&AuditEvent],
@@ -325,8 +429,39 @@ pub(crate) async fn insert_audits<B: Backend>(
         return Ok(());
     };
     // A UUIDv7 ends in random bits: a free spread of the waiters.
-    let before = take_head::<B>(conn, first.id.as_u128()).await?;
-    let mut head = before.clone();
+    let tip = take_chain::<B>(conn, first.id.as_u128()).await?;
+    append_to::<B>(conn, tip, audits).await
+}
+
+/// Links `audits` after `tip`, a chain the caller holds, inserts them and
+/// moves the head if they pass a checkpoint. `tip` may be stale (read in the
+/// statement that took the chain): then nothing is inserted, and the links
+/// are made again after the newest link read now that the chain is held.
+async fn append_to<B: Backend>(
+    conn: &mut B::Connection,
+    mut tip: Head,
+    audits: &[&AuditEvent],
+) -> DomainResult<()> {
+    for _ in 0..2 {
+        let (rows, last) = links(&tip, audits)?;
+        let count = rows.len();
+        let inserted = append_links::<B>(conn, &tip, rows)
+            .await
+            .map_err(|e| duplicate(e, audits))?;
+        if inserted == count {
+            return checkpoint::<B>(conn, tip.seq, &last).await;
+        }
+        tip = read_tip::<B>(conn, tip.chain).await?;
+    }
+    Err(DomainError::Integrity(format!(
+        "audit chain {} moved while this transaction held it",
+        tip.chain
+    )))
+}
+
+/// The rows of `audits` linked after `tip`, and the last link.
+fn links(tip: &Head, audits: &[&AuditEvent]) -> DomainResult<(Vec<Vec<Param>>, Head)> {
+    let mut head = tip.clone();
     let mut rows = Vec::with_capacity(audits.len());
     for audit in audits {
         let event = StoredEvent::of(audit)?;
@@ -348,74 +483,42 @@ pub(crate) async fn insert_audits<B: Backend>(
         ]);
         head.seq = seq;
     }
-    let moved = append_links::<B>(conn, &before, &head, rows)
-        .await
-        .map_err(|e| duplicate(e, audits))?;
-    if moved {
-        Ok(())
-    } else {
-        Err(DomainError::Integrity(format!(
-            "the head of audit chain {} moved while locked",
-            before.chain
-        )))
-    }
+    Ok((rows, head))
 }
 
-/// Inserts linked `rows` and moves the head from `before` to `after` (its
-/// last row): in one statement on PostgreSQL, insert then move on SQLite.
-/// The head move names the head it read; false if that head moved under its
-/// lock (then the caller's transaction must not commit).
+/// Moves the head onto `last` if the write from `before_seq` to it passed
+/// a checkpoint ([`checkpoint_every`]).
+async fn checkpoint<B: Backend>(
+    conn: &mut B::Connection,
+    before_seq: i64,
+    last: &Head,
+) -> DomainResult<()> {
+    if passes_checkpoint::<B>(before_seq, last.seq) {
+        move_head::<B>(conn, last).await?;
+    }
+    Ok(())
+}
+
+/// Inserts linked `rows` unless the chain has a link after `tip` (read
+/// stale); how many went in, all or none. One statement on both backends.
 async fn append_links<B: Backend>(
     conn: &mut B::Connection,
-    before: &Head,
-    after: &Head,
+    tip: &Head,
     rows: Vec<Vec<Param>>,
-) -> Result<bool, sqlx::Error> {
-    let count = rows.len();
-    let moved = if over_the_network::<B>() {
-        let mut sql = Sql::new(
-            "WITH u AS (UPDATE audit_chain_head SET seq = $1, hash = $2 \
-             WHERE chain = $3 AND seq = $4 AND hash = $5 RETURNING chain) \
-             INSERT INTO audit_events (",
-        );
-        sql.push(concat!(
-            audit_columns!(),
-            ", chain, seq, prev_hash, hash) SELECT v.* FROM ("
-        ));
-        let mut sql = move_head(sql, before, after);
-        sql.push_values(rows);
-        sql.push(concat!(
-            ") AS v (",
-            audit_columns!(),
-            ", chain, seq, prev_hash, hash) WHERE EXISTS (SELECT 1 FROM u) RETURNING 1"
-        ));
-        B::fetch_all(conn, sql).await?.len() == count
-    } else {
-        let mut insert = Sql::new(concat!(
-            "INSERT INTO audit_events (",
-            audit_columns!(),
-            ", chain, seq, prev_hash, hash)"
-        ));
-        insert.push_values(rows);
-        B::execute(conn, insert).await?;
-        let sql = Sql::new(
-            "UPDATE audit_chain_head SET seq = $1, hash = $2 \
-             WHERE chain = $3 AND seq = $4 AND hash = $5 RETURNING chain",
-        );
-        B::fetch_optional(conn, move_head(sql, before, after))
-            .await?
-            .is_some()
-    };
-    Ok(moved)
-}
-
-/// Binds $1 to $5 of a head move from `before` to `after`.
-fn move_head(sql: Sql, before: &Head, after: &Head) -> Sql {
-    sql.bind(after.seq)
-        .bind(after.hash.as_str())
-        .bind(before.chain)
-        .bind(before.seq)
-        .bind(before.hash.as_str())
+) -> Result<usize, sqlx::Error> {
+    let mut sql = Sql::new(concat!(
+        "INSERT INTO audit_events (",
+        audit_columns!(),
+        ", chain, seq, prev_hash, hash) SELECT * FROM ("
+    ))
+    .bind(tip.chain)
+    .bind(tip.seq);
+    sql.push_values(rows);
+    sql.push(
+        ") AS v WHERE NOT EXISTS (SELECT 1 FROM audit_events WHERE chain = $1 AND seq > $2) \
+         RETURNING 1",
+    );
+    Ok(B::fetch_all(conn, sql).await?.len())
 }
 
 /// Links audit events from before migration 0004 when a store opens.
@@ -504,16 +607,12 @@ impl<B: Backend> SqlStore<B> {
     /// Links the events written before migration 0004 (seq still NULL) into
     /// chain 0, in id order, a page per transaction; does nothing once all
     /// are linked. Runs when the store opens. Several replicas may run it at
-    /// once: each page locks chain 0's head first, so they take turns.
+    /// once: each page locks chain 0 first, so they take turns.
     pub(crate) async fn link_unchained(&self) -> DomainResult<u64> {
         let mut linked = 0_u64;
         loop {
             let mut tx = self.begin_write().await?;
-            let Head {
-                chain,
-                mut seq,
-                hash: mut prev,
-            } = lock_head::<B>(&mut tx, LEGACY_CHAIN).await?;
+            lock_chain::<B>(&mut tx, LEGACY_CHAIN).await?;
             let rows = fetch_all::<B>(
                 &mut tx,
                 Sql::new(concat!(
@@ -528,6 +627,16 @@ impl<B: Backend> SqlStore<B> {
                 tx.commit().await.map_err(map)?;
                 return Ok(linked);
             }
+            // The database checks each old event's link against the head
+            // and moves it (migration 0017's update trigger), so the head,
+            // a checkpoint, first catches up with the chain.
+            let tip = read_tip::<B>(&mut tx, LEGACY_CHAIN).await?;
+            move_head::<B>(&mut tx, &tip).await?;
+            let Head {
+                chain,
+                mut seq,
+                hash: mut prev,
+            } = tip;
             for row in &rows {
                 let event = StoredEvent::read(row)?;
                 seq += 1;
@@ -624,12 +733,35 @@ impl<B: Backend> SqlStore<B> {
                 head_ahead = true;
                 continue;
             }
-            if head.seq < walk.seq || head.hash != walk.hash {
+            if !self.head_on_chain(&walk, &head).await? {
                 break Some(walk.fault(walk.seq, walk.id, AuditChainFault::HeadMismatch));
             }
             break None;
         };
         Ok(walk.tip(first_break))
+    }
+
+    /// Whether `head`, no further than the walk went, names one of the links
+    /// it checked (a checkpoint at most [`checkpoint_every`] links behind the
+    /// chain's newest).
+    async fn head_on_chain(&self, walk: &Walk, head: &Head) -> DomainResult<bool> {
+        if head.seq == walk.seq {
+            return Ok(head.hash == walk.hash);
+        }
+        if head.seq <= 0 {
+            return Ok(head.seq == 0 && head.hash == GENESIS);
+        }
+        let link = self
+            .fetch_optional(
+                Sql::new("SELECT hash FROM audit_events WHERE chain = $1 AND seq = $2")
+                    .bind(head.chain)
+                    .bind(head.seq),
+            )
+            .await?;
+        Ok(match link {
+            Some(row) => row.opt_text("hash")?.as_deref() == Some(head.hash.as_str()),
+            None => false,
+        })
     }
 
     /// A row no chain covers: still unlinked (seq NULL, the oldest first), or

@@ -119,6 +119,11 @@ const MIGRATIONS: &[Embedded] = &[
         "audit heads moved by writers",
         include_str!("../migrations/postgres/0019_audit_heads_moved_by_writers.sql"),
     ),
+    (
+        20,
+        "audit heads as checkpoints",
+        include_str!("../migrations/postgres/0020_audit_heads_as_checkpoints.sql"),
+    ),
 ];
 
 /// Key of the advisory lock held while migrating ("certflow" in ASCII).

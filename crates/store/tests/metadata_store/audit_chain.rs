@@ -77,8 +77,22 @@ impl Raw {
         ids.iter().map(|s| s.parse().unwrap()).collect()
     }
 
-    async fn head_hash(&mut self, chain: i64) -> String {
-        let sql = format!("SELECT hash FROM audit_chain_head WHERE chain = {chain}");
+    /// `(seq, hash)` of the head of `chain`.
+    async fn head(&mut self, chain: i64) -> (i64, String) {
+        let sql = format!("SELECT seq, hash FROM audit_chain_head WHERE chain = {chain}");
+        match self {
+            Raw::Sqlite(c) => sqlx::query_as(AssertSqlSafe(sql)).fetch_one(c).await,
+            Raw::Pg(c) => sqlx::query_as(AssertSqlSafe(sql)).fetch_one(c).await,
+        }
+        .unwrap()
+    }
+
+    /// The hash of link `seq` of `chain`, or the genesis hash for 0.
+    async fn hash_at(&mut self, chain: i64, seq: i64) -> String {
+        if seq == 0 {
+            return "0".repeat(64);
+        }
+        let sql = format!("SELECT hash FROM audit_events WHERE chain = {chain} AND seq = {seq}");
         match self {
             Raw::Sqlite(c) => sqlx::query_scalar(AssertSqlSafe(sql)).fetch_one(c).await,
             Raw::Pg(c) => sqlx::query_scalar(AssertSqlSafe(sql)).fetch_one(c).await,
@@ -174,7 +188,8 @@ tamper_case! {
             "INSERT INTO audit_events (id, at, subject, action, target, outcome, details, seq, \
              prev_hash, hash) VALUES ('x', 0, 's', 'a', 't', 'success', '{}', 4, 'p', 'h')",
             "UPDATE audit_events SET chain = 1 WHERE seq = 3",
-            "UPDATE audit_chain_head SET seq = 2",
+            // A head moving back.
+            "UPDATE audit_chain_head SET seq = seq - 1 WHERE chain = 0",
             "UPDATE audit_chain_head SET chain = 1 WHERE chain = 0",
             "DELETE FROM audit_chain_head",
             "DELETE FROM audit_chain_head WHERE chain = 15",
@@ -193,41 +208,33 @@ tamper_case! {
 }
 
 tamper_case! {
-    /// A linked event written around the store (the database no longer
-    /// refuses it, since writers move their heads themselves) is named at its
-    /// place in the chain; the store's own writes go on past it.
+    /// A linked event written around the store (the database does not
+    /// refuse it, since writers link their events themselves) is named at
+    /// its place in the chain; the store's own writes go on after it.
     async fn events_written_around_the_store_are_found(store: &dyn MetadataStore, raw: &mut Raw) {
         let ids = seed(store, 3).await;
-        let head_hash = raw.head_hash(0).await;
         let forged = Uuid::now_v7();
         raw.exec(&format!(
             "INSERT INTO audit_events (id, at, subject, action, target, outcome, details, seq, \
              prev_hash, hash) VALUES ('{forged}', 0, 's', 'a', 't', 'success', '{{}}', 5, \
-             '{head_hash}', '{}')",
+             '{}', '{}')",
+            "2".repeat(64),
             "1".repeat(64)
         ))
         .await
         .unwrap();
-        assert_eq!(
-            broken_at(store, 3).await,
-            AuditChainBreak {
-                chain: 0,
-                seq: 4,
-                id: Some(forged),
-                reason: AuditChainFault::SeqGap,
-            }
-        );
-        seed(store, 1).await;
-        assert_eq!(
-            broken_at(store, 4).await,
-            AuditChainBreak {
-                chain: 0,
-                seq: 5,
-                id: Some(forged),
-                reason: AuditChainFault::PrevHashMismatch,
-            }
-        );
-        assert_eq!(raw.ids_in_seq_order().await[..3], ids[..]);
+        let gap = AuditChainBreak {
+            chain: 0,
+            seq: 4,
+            id: Some(forged),
+            reason: AuditChainFault::SeqGap,
+        };
+        assert_eq!(broken_at(store, 3).await, gap);
+        let after = seed(store, 1).await;
+        assert_eq!(broken_at(store, 3).await, gap);
+        let linked = raw.ids_in_seq_order().await;
+        assert_eq!(linked[..3], ids[..]);
+        assert_eq!(linked[3..], [forged, after[0]]);
     }
 }
 
@@ -292,22 +299,44 @@ tamper_case! {
     }
 }
 
+/// How far a chain's head may trail its newest link on PostgreSQL (on
+/// SQLite it never does): the documented checkpoint interval, less one.
+const HEAD_LAG: i64 = 63;
+
 tamper_case! {
+    /// A chain cut back past its head (a checkpoint on PostgreSQL) is found.
     async fn deleted_tail_is_found(store: &dyn MetadataStore, raw: &mut Raw) {
-        seed(store, 5).await;
+        seed(store, 70).await;
         raw.drop_guards().await;
-        raw.exec("DELETE FROM audit_events WHERE seq >= 4")
+        raw.exec("DELETE FROM audit_events WHERE seq >= 7")
             .await
             .unwrap();
         assert_eq!(
-            broken_at(store, 3).await,
+            broken_at(store, 6).await,
             AuditChainBreak {
                 chain: 0,
-                seq: 4,
+                seq: 7,
                 id: None,
                 reason: AuditChainFault::SeqGap,
             }
         );
+    }
+}
+
+tamper_case! {
+    /// The head names a link of its chain, at most `HEAD_LAG` behind the
+    /// newest, and moves forward as the chain grows.
+    async fn head_follows_its_chain(store: &dyn MetadataStore, raw: &mut Raw) {
+        let mut last = 0;
+        for n in [1_u32, 69, 60] {
+            seed(store, n).await;
+            last += i64::from(n);
+            let (seq, hash) = raw.head(0).await;
+            assert!(seq <= last && seq >= last - HEAD_LAG, "head {seq} of {last}");
+            assert_eq!(raw.hash_at(0, seq).await, hash);
+        }
+        let report = store.verify_audit_chain().await.unwrap();
+        assert_eq!((report.checked, report.first_break), (130, None));
     }
 }
 
@@ -410,12 +439,23 @@ async fn pg_chains() -> (PgStore, PgConnection, Raw, TestDb) {
     (store, holder, raw, db)
 }
 
-/// Locks the heads of chains `0..n` from `holder` until [`release`].
+/// The advisory lock key of chain 0 ("cfaudit\0"), chain n's is this + n:
+/// how a writer holds a chain (migration 0020).
+const CHAIN_LOCKS: i64 = 0x6366_6175_6469_7400;
+
+/// Holds chains `0..n` from `holder` as a writer would, until [`release`].
 async fn hold_heads(holder: &mut PgConnection, n: i64) {
+    hold_chains(holder, 0..n).await;
+}
+
+/// Holds `chains` from `holder` as a writer would, until [`release`].
+async fn hold_chains(holder: &mut PgConnection, chains: std::ops::Range<i64>) {
     holder.execute("BEGIN").await.unwrap();
-    sqlx::query("SELECT chain FROM audit_chain_head WHERE chain < $1 FOR UPDATE")
-        .bind(n)
-        .fetch_all(&mut *holder)
+    sqlx::query("SELECT pg_advisory_xact_lock($1 + g) FROM generate_series($2, $3) AS g")
+        .bind(CHAIN_LOCKS)
+        .bind(chains.start)
+        .bind(chains.end - 1)
+        .execute(&mut *holder)
         .await
         .unwrap();
 }
@@ -505,6 +545,92 @@ async fn concurrent_writers_form_several_chains_on_postgres() {
     concurrent_chains(&store, &mut raw).await;
 }
 
+/// A link committed on a chain after a writer read the chain's newest link
+/// (here by a connection that skips the chain's lock, so the store's writer
+/// cannot see it coming): the writer's link does not fork the chain but
+/// follows it.
+#[tokio::test]
+async fn a_stale_newest_link_does_not_fork_a_chain_on_postgres() {
+    let (store, mut holder, mut raw, db) = pg_chains().await;
+    seed(&store, 2).await;
+    let tip = raw.hash_at(0, 2).await;
+    let mut rogue = db.connect().await;
+    rogue.execute("BEGIN").await.unwrap();
+    let id = Uuid::now_v7().to_string();
+    let target = "certificate/rogue";
+    rogue
+        .execute(AssertSqlSafe(format!(
+            "INSERT INTO audit_events (id, at, subject, source, action, target, outcome, \
+             details, chain, seq, prev_hash, hash) VALUES ('{id}', {}, 'alice', '192.0.2.7', \
+             'certificate.create', '{target}', 'success', '{{}}', 0, 3, '{tip}', '{}')",
+            1_767_225_600 + 3,
+            v2_hash(0, &tip, 3, &id, target)
+        )))
+        .await
+        .unwrap();
+    // Only chain 0 is free: the writer takes it and links after seq 2.
+    hold_chains(&mut holder, 1..16).await;
+    let late = event(9);
+    let write = tokio::spawn({
+        let store = store.clone();
+        let late = late.clone();
+        async move { store.append_audit(&late).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    rogue.execute("COMMIT").await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), write)
+        .await
+        .expect("the writer did not finish")
+        .unwrap()
+        .unwrap();
+    release(&mut holder).await;
+    let linked = links(&mut raw).await;
+    let seqs: Vec<(i64, i64)> = linked.iter().map(|l| (l.0, l.1)).collect();
+    assert_eq!(seqs, [(0, 1), (0, 2), (0, 3), (0, 4)]);
+    assert_eq!(linked[2].2.to_string(), id);
+    assert_eq!(linked[3].2, late.id);
+    let report = store.verify_audit_chain().await.unwrap();
+    assert_eq!((report.checked, report.first_break), (4, None));
+}
+
+/// 16 writers at once while every chain but 0 is held: they race for one
+/// chain (reading its newest link while another commits the next), and it
+/// stays one gapless, verified chain; released, the rest spread out.
+#[tokio::test]
+async fn writers_racing_for_one_chain_keep_it_linked_on_postgres() {
+    let (store, mut holder, mut raw, _db) = pg_chains().await;
+    hold_chains(&mut holder, 1..16).await;
+    let writers = futures::future::join_all((0..16_u32).map(|w| {
+        let store = store.clone();
+        async move {
+            for i in 0..15 {
+                store.append_audit(&event(w * 15 + i)).await.unwrap();
+            }
+        }
+    }));
+    let release_later = async {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        release(&mut holder).await;
+    };
+    tokio::join!(writers, release_later);
+    let report = store.verify_audit_chain().await.unwrap();
+    assert_eq!(
+        (report.checked, &report.first_break),
+        (240, &None),
+        "{report:?}"
+    );
+    assert!(report.chains[0].last_seq > 1, "{report:?}");
+    let linked = links(&mut raw).await;
+    for tip in &report.chains {
+        let seqs: Vec<i64> = linked
+            .iter()
+            .filter(|l| l.0 == i64::from(tip.chain))
+            .map(|l| l.1)
+            .collect();
+        assert_eq!(seqs, (1..=tip.last_seq as i64).collect::<Vec<_>>());
+    }
+}
+
 /// Chains 0 and 1 with a few links each, and chain 2 with `n`: written while
 /// the lower heads are held.
 async fn three_chains(store: &PgStore, holder: &mut PgConnection, n: u32) -> Vec<Uuid> {
@@ -544,12 +670,19 @@ async fn edited_row_in_a_later_chain_is_found_on_postgres() {
     assert_eq!(tips, vec![(3, None), (2, None), (3, Some(expected))]);
 }
 
-/// A chain's newest row deleted: its head still names it.
+/// A later chain cut back past its head (a checkpoint) is found; its newest
+/// links after the checkpoint cut off show only in its tip, which a copy
+/// recorded before no longer matches.
 #[tokio::test]
-async fn deleted_newest_row_of_a_chain_is_found_on_postgres() {
+async fn cut_chains_are_found_on_postgres() {
     let (store, mut holder, mut raw, _db) = pg_chains().await;
-    three_chains(&store, &mut holder, 4).await;
+    three_chains(&store, &mut holder, 70).await;
+    let before = store.verify_audit_chain().await.unwrap();
+    assert_eq!((before.checked, &before.first_break), (3 + 2 + 70, &None));
     raw.drop_guards().await;
+    raw.exec("DELETE FROM audit_events WHERE chain = 2 AND seq >= 60")
+        .await
+        .unwrap();
     raw.exec("DELETE FROM audit_events WHERE chain = 1 AND seq = 2")
         .await
         .unwrap();
@@ -557,14 +690,16 @@ async fn deleted_newest_row_of_a_chain_is_found_on_postgres() {
     assert_eq!(
         report.first_break,
         Some(AuditChainBreak {
-            chain: 1,
-            seq: 2,
+            chain: 2,
+            seq: 60,
             id: None,
             reason: AuditChainFault::SeqGap,
         }),
         "{report:?}"
     );
-    assert_eq!(report.checked, 3 + 1 + 4);
+    assert_eq!(report.checked, 3 + 1 + 59);
+    assert_eq!(report.chains[1].first_break, None);
+    assert_ne!(report.chains[1].last_hash, before.chains[1].last_hash);
     assert_eq!(report.chains[1].last_seq, 1);
 }
 
@@ -915,6 +1050,66 @@ async fn postgres_upgrade_keeps_trigger_linked_chains() {
         .await
         .unwrap();
     trigger_linked_chains_upgraded(&store, &tips).await;
+}
+
+/// Chains as writers before 0020 left them, each head on its chain's newest
+/// link: chain 0 with 70 links, chain 3 with 2; the SQL and both last hashes.
+fn head_moving_chains() -> (Vec<String>, [String; 2]) {
+    let (mut sql, zero) = trigger_linked_events(0, 70);
+    let (more, three) = trigger_linked_events(3, 2);
+    sql.extend(more);
+    sql.push(format!(
+        "UPDATE audit_chain_head SET seq = 70, hash = '{zero}' WHERE chain = 0"
+    ));
+    sql.push(format!(
+        "UPDATE audit_chain_head SET seq = 2, hash = '{three}' WHERE chain = 3"
+    ));
+    (sql, [zero, three])
+}
+
+/// After 0020 (heads as checkpoints) chains whose heads moved with every
+/// event verify as before, and the store's writes continue them.
+#[tokio::test]
+async fn postgres_upgrade_keeps_chains_whose_heads_moved_with_every_event() {
+    let db = TestDb::create().await;
+    let mut old = db.connect().await;
+    migrations_before("postgres", 20)
+        .run(&mut old)
+        .await
+        .unwrap();
+    let (sql, tips) = head_moving_chains();
+    for statement in sql {
+        old.execute(AssertSqlSafe(statement)).await.unwrap();
+    }
+    old.close().await.unwrap();
+    let store = PgStore::connect(&db.url(), PgOptions::default())
+        .await
+        .unwrap();
+    let report = store.verify_audit_chain().await.unwrap();
+    assert_eq!(
+        (report.checked, &report.first_break),
+        (72, &None),
+        "{report:?}"
+    );
+    let tip = |r: &certflow_core::model::AuditChainReport, n: usize| {
+        (r.chains[n].last_seq, r.chains[n].last_hash.clone())
+    };
+    assert_eq!(
+        (tip(&report, 0), tip(&report, 3)),
+        ((70, tips[0].clone()), (2, tips[1].clone()))
+    );
+    seed(&store, 60).await;
+    let report = store.verify_audit_chain().await.unwrap();
+    assert_eq!(
+        (report.checked, &report.first_break),
+        (132, &None),
+        "{report:?}"
+    );
+    assert_eq!(report.chains[0].last_seq, 130);
+    let mut raw = Raw::Pg(db.connect().await);
+    let (seq, hash) = raw.head(0).await;
+    assert!(seq >= 130 - HEAD_LAG, "head {seq}");
+    assert_eq!(raw.hash_at(0, seq).await, hash);
 }
 
 /// Five events linked by a release before 0017; the last hash.

@@ -1,0 +1,34 @@
+-- Audit chain heads become checkpoints (PostgreSQL; SQLite keeps moving its
+-- head with every write, so its schema and rules do not change).
+--
+-- Until now every audited write rewrote its chain's row here, and that
+-- update was most of what the chain cost concurrent writers: a HOT update of
+-- a row that 16 backends keep pinned, so pruning rarely got its cleanup lock
+-- and the table grew (16 rows in 85 pages after 30,000 events with
+-- autovacuum off). Now (src/audit.rs):
+--
+-- * a writer holds its chain with a transaction-level advisory lock (keys
+--   0x6366617564697400 + chain) instead of this row's lock, and reads the
+--   chain's newest link from audit_events (index on chain, seq);
+-- * the UNIQUE (chain, seq) index gives every position one event, so a
+--   writer that read a stale newest link finds its position taken and links
+--   again: a chain cannot fork;
+-- * the head row is a checkpoint, moved only by the write that reaches a
+--   multiple of 64 links (or passes one, in a batch), so it is at most 63
+--   links behind its chain's newest.
+--
+-- What that gives up: `certflow admin verify-audit` checks that each head
+-- names a link of its chain, so cutting a chain back past its checkpoint is
+-- still found from the database alone, but cutting off only the links after
+-- it is not; the tips that verify-audit prints, recorded elsewhere, still
+-- show it. (Cutting a chain takes disabling the delete trigger, and whoever
+-- can do that can move a head back the same way: the head never stopped a
+-- determined owner of the database, only a careless one.)
+--
+-- Existing heads name their chains' newest links, which is a valid
+-- checkpoint, so no row changes. This migration changes no table: it marks
+-- the change, so that a release from before it, whose writers extend the
+-- head row and would now collide with links after it, refuses to start on
+-- this database instead of failing audited writes.
+COMMENT ON TABLE audit_chain_head IS
+    'One row per audit chain: a checkpoint link at most 63 links behind the chain''s newest (migration 0020, src/audit.rs)';
