@@ -18,6 +18,7 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use certflow_core::DomainError;
 use certflow_core::error::DomainResult;
 use certflow_core::model::{
     AuditChainReport, AuditEvent, AuditQuery, Certificate, CertificateQuery, CertificateStats,
@@ -25,7 +26,6 @@ use certflow_core::model::{
     RevocationReason, SortKey, VersionStatus,
 };
 use certflow_core::ports::MetadataStore;
-use certflow_core::{DomainError, SubjectName};
 use sqlx::Pool;
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -208,26 +208,32 @@ async fn insert_version<B: Backend>(
 /// Rewrites the searchable copy of a certificate's names.
 async fn replace_names<B: Backend>(
     conn: &mut B::Connection,
-    certificate_id: Uuid,
-    names: &[SubjectName],
+    cert: &Certificate,
 ) -> DomainResult<()> {
     execute::<B>(
         conn,
-        Sql::new("DELETE FROM certificate_names WHERE certificate_id = $1")
-            .bind(id(certificate_id)),
+        Sql::new("DELETE FROM certificate_names WHERE certificate_id = $1").bind(id(cert.id)),
     )
     .await?;
-    for name in names {
-        // Two names may fold to the same text; one search row is enough.
-        let sql = Sql::new(
-            "INSERT INTO certificate_names (certificate_id, name) VALUES ($1, $2) \
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(id(certificate_id))
-        .bind(fold(&name.to_text()));
-        execute::<B>(conn, sql).await?;
+    let rows = name_rows(cert);
+    if rows.is_empty() {
+        return Ok(());
     }
-    Ok(())
+    let mut sql = Sql::new("INSERT INTO certificate_names (certificate_id, name)");
+    sql.push_values(rows);
+    execute::<B>(conn, sql).await
+}
+
+/// The `certificate_names` rows of `cert`: its names folded for search, each
+/// once (two names may fold to the same text).
+fn name_rows(cert: &Certificate) -> Vec<Vec<Param>> {
+    let mut folded: Vec<String> = cert.names.iter().map(|n| fold(&n.to_text())).collect();
+    folded.sort_unstable();
+    folded.dedup();
+    folded
+        .into_iter()
+        .map(|n| vec![id(cert.id).into(), n.into()])
+        .collect()
 }
 
 /// Labels of the given certificates, keyed by their id column text.
@@ -507,24 +513,11 @@ async fn create_together<B: Backend>(pool: &Pool<B>, batch: &[Creation]) -> Doma
     let mut labels = Vec::new();
     for c in batch {
         check_first_version(&c.cert, &c.first)?;
-        if let Some(record) = &c.idempotency {
-            if record.certificate_id != c.cert.id || record.version != 1 {
-                return Err(DomainError::Internal(
-                    "an idempotency record names another certificate".into(),
-                ));
-            }
-            idempotency.push(idempotency_row(record));
-        }
+        check_new_version(&c.cert, &c.first, c.idempotency.as_ref())?;
+        idempotency.extend(c.idempotency.as_ref().map(idempotency_row));
         certificates.push(certificate_row(&c.cert)?);
         versions.push(version_row(&c.first)?);
-        let mut folded: Vec<String> = c.cert.names.iter().map(|n| fold(&n.to_text())).collect();
-        folded.sort_unstable();
-        folded.dedup();
-        names.extend(
-            folded
-                .into_iter()
-                .map(|n| vec![id(c.cert.id).into(), n.into()]),
-        );
+        names.extend(name_rows(&c.cert));
         labels.extend(c.cert.labels.iter().map(|(key, value)| {
             vec![
                 id(c.cert.id).into(),
@@ -594,14 +587,7 @@ pub(crate) async fn commit_new_versions<B: Backend>(
         "new versions",
         &batch,
         |all| async move {
-            let mut tx = pool.begin_with(B::BEGIN_WRITE).await.map_err(map)?;
-            for v in all {
-                add_version_in::<B>(&mut *tx, &v.cert, &v.new, &v.audit, v.idempotency.as_ref())
-                    .await?;
-            }
-            let blobs: Vec<&(String, Bytes)> = all.iter().flat_map(|v| &v.blobs).collect();
-            insert_blobs::<B>(&mut *tx, &blobs).await?;
-            tx.commit().await.map_err(map)?;
+            add_versions_together::<B>(pool, all).await?;
             Ok(vec![(); all.len()])
         },
         |v| async move {
@@ -615,6 +601,174 @@ pub(crate) async fn commit_new_versions<B: Backend>(
     .await
 }
 
+/// Every new version of `batch` in one transaction: a statement a table
+/// whatever the batch's size, where [`add_version_in`] takes about ten a
+/// version. A batch this cannot take as a whole (two versions of one
+/// certificate, a version that is not its certificate's next, a certificate
+/// or issuer gone, a key or name taken) is refused, and goes through
+/// [`add_version_in`] one version at a time for each version's own answer.
+async fn add_versions_together<B: Backend>(
+    pool: &Pool<B>,
+    batch: &[NewVersion],
+) -> DomainResult<()> {
+    let rows = VersionRows::of(batch)?;
+    let ids = || rows.ids.iter().map(|i| Param::from(i.clone()));
+    let mut tx = pool.begin_with(B::BEGIN_WRITE).await.map_err(map)?;
+    if !rows.idempotency.is_empty() {
+        let mut sql = Sql::new(concat!(
+            "INSERT INTO idempotency_keys (",
+            idempotency_columns!(),
+            ")"
+        ));
+        sql.push_values(rows.idempotency);
+        execute::<B>(&mut tx, sql).await?;
+    }
+    // Locked in one order, so two writers' batches cannot deadlock.
+    let mut sql = Sql::new("SELECT id FROM certificates WHERE id IN ");
+    sql.push_list(ids()).push(" ORDER BY id");
+    sql.push(B::FOR_UPDATE);
+    if fetch_all::<B>(&mut tx, sql).await?.len() != rows.ids.len() {
+        return Err(DomainError::NotFound("a certificate of the batch".into()));
+    }
+    let mut sql = Sql::new(
+        "SELECT certificate_id, MAX(version) AS latest FROM certificate_versions \
+         WHERE certificate_id IN ",
+    );
+    sql.push_list(ids()).push(" GROUP BY certificate_id");
+    let mut latest = HashMap::new();
+    for row in fetch_all::<B>(&mut tx, sql).await? {
+        latest.insert(row.text("certificate_id")?, row.int("latest")?);
+    }
+    for v in batch {
+        if latest.get(&id(v.cert.id)).copied().unwrap_or(0) + 1 != i64::from(v.new.version) {
+            return Err(DomainError::Conflict(format!(
+                "version {} is not the next of certificate {}",
+                v.new.version, v.cert.id
+            )));
+        }
+    }
+    let mut sql = Sql::new("SELECT id FROM issuers WHERE id IN ");
+    sql.push_list(rows.issuers.iter().map(|i| Param::from(i.clone())));
+    if fetch_all::<B>(&mut tx, sql).await?.len() != rows.issuers.len() {
+        return Err(DomainError::NotFound("an issuer of the batch".into()));
+    }
+    let mut sql = Sql::new("UPDATE certificate_versions SET status = $1 WHERE status = $2");
+    sql = sql
+        .bind(VersionStatus::Superseded.as_str())
+        .bind(VersionStatus::Current.as_str());
+    sql.push(" AND certificate_id IN ").push_list(ids());
+    execute::<B>(&mut tx, sql).await?;
+    let mut sql = Sql::new(concat!(
+        "INSERT INTO certificate_versions (",
+        version_columns!(),
+        ")"
+    ));
+    sql.push_values(rows.versions);
+    execute::<B>(&mut tx, sql).await?;
+    let mut sql = Sql::new(
+        "WITH v (id, current_version, not_after, renew_after, status, updated_at, names) AS (",
+    );
+    sql.push_values(rows.certificates);
+    sql.push(
+        ") UPDATE certificates SET current_version = v.current_version, \
+         not_after = v.not_after, renew_after = v.renew_after, status = v.status, \
+         updated_at = v.updated_at, names = v.names FROM v WHERE certificates.id = v.id",
+    );
+    execute::<B>(&mut tx, sql).await?;
+    let mut sql = Sql::new("DELETE FROM certificate_names WHERE certificate_id IN ");
+    sql.push_list(ids());
+    execute::<B>(&mut tx, sql).await?;
+    if !rows.names.is_empty() {
+        let mut sql = Sql::new("INSERT INTO certificate_names (certificate_id, name)");
+        sql.push_values(rows.names);
+        execute::<B>(&mut tx, sql).await?;
+    }
+    let audits: Vec<&AuditEvent> = batch.iter().map(|v| &v.audit).collect();
+    insert_audits::<B>(&mut tx, &audits).await?;
+    let blobs: Vec<&(String, Bytes)> = batch.iter().flat_map(|v| &v.blobs).collect();
+    insert_blobs::<B>(&mut tx, &blobs).await?;
+    tx.commit().await.map_err(map)
+}
+
+/// A batch of new versions as the rows [`add_versions_together`] writes.
+struct VersionRows {
+    /// The certificates' ids, one each.
+    ids: Vec<String>,
+    /// The versions' issuers, one each.
+    issuers: Vec<String>,
+    idempotency: Vec<Vec<Param>>,
+    versions: Vec<Vec<Param>>,
+    /// Each certificate's new state: id, then the columns a version changes.
+    certificates: Vec<Vec<Param>>,
+    names: Vec<Vec<Param>>,
+}
+
+impl VersionRows {
+    fn of(batch: &[NewVersion]) -> DomainResult<Self> {
+        let mut rows = Self {
+            ids: Vec::with_capacity(batch.len()),
+            issuers: Vec::new(),
+            idempotency: Vec::new(),
+            versions: Vec::with_capacity(batch.len()),
+            certificates: Vec::with_capacity(batch.len()),
+            names: Vec::new(),
+        };
+        for v in batch {
+            let (cert, new) = (&v.cert, &v.new);
+            check_new_version(cert, new, v.idempotency.as_ref())?;
+            if rows.ids.contains(&id(cert.id)) {
+                return Err(DomainError::Conflict(format!(
+                    "two versions of certificate {} in one batch",
+                    cert.id
+                )));
+            }
+            rows.ids.push(id(cert.id));
+            if !rows.issuers.contains(&id(new.issuer_id)) {
+                rows.issuers.push(id(new.issuer_id));
+            }
+            rows.idempotency
+                .extend(v.idempotency.as_ref().map(idempotency_row));
+            rows.versions.push(version_row(new)?);
+            rows.certificates.push(vec![
+                id(cert.id).into(),
+                i64::from(cert.current_version).into(),
+                secs(cert.not_after).into(),
+                secs(cert.renew_after).into(),
+                cert.status.as_str().into(),
+                secs(cert.updated_at).into(),
+                codec::names_json(&cert.names)?.into(),
+            ]);
+            rows.names.extend(name_rows(cert));
+        }
+        Ok(rows)
+    }
+}
+
+/// Refuses a version given for another certificate, or an idempotency
+/// record given for another version.
+fn check_new_version(
+    cert: &Certificate,
+    new: &CertificateVersion,
+    idempotency: Option<&IdempotencyRecord>,
+) -> DomainResult<()> {
+    if new.certificate_id != cert.id {
+        return Err(DomainError::Internal(format!(
+            "version of certificate {} given as a new version of certificate {}",
+            new.certificate_id, cert.id
+        )));
+    }
+    match idempotency {
+        Some(r) if r.certificate_id != new.certificate_id || r.version != new.version => {
+            Err(DomainError::Internal(format!(
+                "idempotency record for version {} of certificate {} given with version {} of \
+                 certificate {}",
+                r.version, r.certificate_id, new.version, new.certificate_id
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Adds version `new` of `cert` in the write transaction `tx`: after the
 /// current latest, superseding the current version, with the certificate's
 /// new state, names and `audit`.
@@ -625,12 +779,7 @@ async fn add_version_in<B: Backend>(
     audit: &AuditEvent,
     idempotency: Option<&IdempotencyRecord>,
 ) -> DomainResult<()> {
-    if new.certificate_id != cert.id {
-        return Err(DomainError::Internal(format!(
-            "version of certificate {} given as a new version of certificate {}",
-            new.certificate_id, cert.id
-        )));
-    }
+    check_new_version(cert, new, idempotency)?;
     if let Some(record) = idempotency {
         insert_idempotency::<B>(&mut *tx, record, new).await?;
     }
@@ -694,7 +843,7 @@ async fn add_version_in<B: Backend>(
             })
         })
     })?;
-    replace_names::<B>(&mut *tx, cert.id, &cert.names).await?;
+    replace_names::<B>(&mut *tx, cert).await?;
     insert_audit::<B>(&mut *tx, audit).await
 }
 
@@ -736,7 +885,7 @@ async fn insert_certificate<B: Backend>(
         })
     })?;
     insert_version::<B>(conn, first).await?;
-    replace_names::<B>(conn, cert.id, &cert.names).await?;
+    replace_names::<B>(conn, cert).await?;
     for (key, value) in &cert.labels {
         let sql = Sql::new(
             "INSERT INTO certificate_labels (certificate_id, key, value) VALUES ($1, $2, $3)",
@@ -1015,20 +1164,16 @@ impl<B: Backend> MetadataStore for SqlStore<B> {
     }
 
     async fn get_certificate(&self, certificate_id: Uuid) -> DomainResult<Option<Certificate>> {
-        let mut tx = self.begin_read().await?;
-        let key = id(certificate_id);
-        let sql = Sql::new(concat!(
-            "SELECT ",
-            certificate_columns!(),
-            " FROM certificates c WHERE c.id = $1"
-        ))
-        .bind(key.as_str());
-        let Some(row) = fetch_optional::<B>(&mut tx, sql).await? else {
+        // One statement, so one snapshot without a transaction around it.
+        let mut sql = Sql::new(concat!("SELECT ", certificate_columns!(), ", "));
+        sql.push(B::LABELS_JSON)
+            .push(" AS labels FROM certificates c WHERE c.id = ")
+            .push_bind(id(certificate_id));
+        let Some(row) = self.fetch_optional(sql).await? else {
             return Ok(None);
         };
-        let mut labels = load_labels::<B>(&mut tx, std::slice::from_ref(&key)).await?;
-        tx.commit().await.map_err(map)?;
-        codec::certificate(&row, labels.remove(&key).unwrap_or_default()).map(Some)
+        let labels = codec::get_json(&row, "labels")?;
+        codec::certificate(&row, labels).map(Some)
     }
 
     async fn list_certificates(&self, q: &CertificateQuery) -> DomainResult<Page<Certificate>> {
@@ -1147,7 +1292,8 @@ impl<B: Backend> MetadataStore for SqlStore<B> {
     }
 
     async fn append_audit(&self, event: &AuditEvent) -> DomainResult<()> {
-        // Linking reads the chain head, so even a lone event needs a transaction.
+        // Linking holds its chain to the commit (an advisory lock on PostgreSQL,
+        // the write lock on SQLite), so even a lone event needs a transaction.
         let mut tx = self.begin_write().await?;
         insert_audit::<B>(&mut tx, event).await?;
         tx.commit().await.map_err(map)

@@ -146,6 +146,8 @@ impl Dialect for Postgres {
     const LOCK_ISSUERS: Option<&'static str> =
         Some("LOCK TABLE issuers IN SHARE ROW EXCLUSIVE MODE");
     const SKIP_LOCKED: &'static str = " FOR UPDATE SKIP LOCKED";
+    const LABELS_JSON: &'static str = "(SELECT COALESCE(json_object_agg(l.key, l.value), '{}')::text \
+         FROM certificate_labels l WHERE l.certificate_id = c.id)";
 }
 
 /// Pool settings of a [`PgStore`]; TLS (`sslmode`) and credentials come from the URL.

@@ -144,6 +144,18 @@ impl Sql {
         self
     }
 
+    /// Appends `(...)`, a placeholder for each of `values`: the list of an `IN`.
+    pub(crate) fn push_list(&mut self, values: impl IntoIterator<Item = Param>) -> &mut Self {
+        self.push("(");
+        for (i, value) in values.into_iter().enumerate() {
+            if i > 0 {
+                self.push(", ");
+            }
+            self.push_bind(value);
+        }
+        self.push(")")
+    }
+
     /// Appends ` VALUES (...), (...)`: a placeholder for every value, a
     /// parenthesised group a row (a multi-row `INSERT` of a batch).
     pub(crate) fn push_values(&mut self, rows: impl IntoIterator<Item = Vec<Param>>) -> &mut Self {
@@ -327,6 +339,9 @@ pub trait Dialect {
     /// Appended to a `SELECT` of rows a worker is about to claim, so that
     /// concurrent claimers pass over each other's rows instead of waiting.
     const SKIP_LOCKED: &'static str;
+    /// A column of the labels of certificate `c` as one JSON object, `{}`
+    /// without labels: a certificate with its labels in one statement.
+    const LABELS_JSON: &'static str;
 }
 
 /// A database the shared implementation runs on.

@@ -135,6 +135,8 @@ impl Dialect for Sqlite {
     const LOCK_ISSUERS: Option<&'static str> = None;
     /// Claims run under the database write lock, so nobody else is claiming.
     const SKIP_LOCKED: &'static str = "";
+    const LABELS_JSON: &'static str = "(SELECT json_group_object(l.key, l.value) \
+         FROM certificate_labels l WHERE l.certificate_id = c.id)";
 }
 
 /// The metadata store on a SQLite database (a file, or memory for tests).

@@ -2,6 +2,7 @@
 //! each caller still gets the answer it would have had alone.
 
 use bytes::Bytes;
+use certflow_core::model::VersionStatus;
 use certflow_core::ports::{BlobStore, MetadataStore};
 
 use crate::support::{
@@ -99,6 +100,9 @@ store_case! {
             .map(|c| {
                 let mut c = c.clone();
                 c.current_version = 2;
+                c.not_after += time::Duration::days(30);
+                c.renew_after += time::Duration::days(30);
+                c.updated_at += time::Duration::days(1);
                 (c.clone(), version(&c, 2))
             })
             .collect();
@@ -113,10 +117,27 @@ store_case! {
         let failed: Vec<_> = results.iter().filter(|r| r.is_err()).collect();
         assert_eq!(failed.len(), 1, "{results:?}");
         assert!(matches!(failed[0], Err(certflow_core::DomainError::Conflict(_))));
-        for c in &certs {
-            let versions = store.list_versions(c.id).await.unwrap();
-            assert_eq!(versions.len(), 2, "{}", c.name);
-            assert_eq!(store.get_certificate(c.id).await.unwrap().unwrap().current_version, 2);
+        // Each certificate as a renewal alone leaves it: the new version
+        // current, the old one superseded, the row's new dates, labels and
+        // names untouched and still found by a search.
+        for (renewed, _) in &renewals[..30] {
+            let versions = store.list_versions(renewed.id).await.unwrap();
+            let statuses: Vec<_> = versions.iter().map(|v| (v.version, v.status)).collect();
+            assert_eq!(
+                statuses,
+                [(2, VersionStatus::Current), (1, VersionStatus::Superseded)],
+                "{}",
+                renewed.name
+            );
+            let stored = store.get_certificate(renewed.id).await.unwrap().unwrap();
+            assert_eq!(
+                (stored.current_version, stored.not_after, stored.renew_after),
+                (2, renewed.not_after, renewed.renew_after)
+            );
+            assert_eq!((&stored.labels, &stored.names), (&renewed.labels, &renewed.names));
+            let mut q = query();
+            q.search = Some(renewed.name.clone());
+            assert_eq!(ids(store, &q).await, [renewed.id], "{}", renewed.name);
         }
         let report = store.verify_audit_chain().await.unwrap();
         assert!(report.first_break.is_none(), "{report:?}");
