@@ -2,6 +2,10 @@
 //! signing keys (sealed in the blob store, or held by a PKCS#11 token or AWS
 //! KMS: `[ca] key_backend`); CRLs are in `revocation.rs`.
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{PoisonError, RwLock};
+
 use bytes::Bytes;
 use certflow_api::ImportCaRequest;
 use certflow_core::ca_keys::{CaKeyRef, CaKeyRole};
@@ -179,6 +183,7 @@ impl Services {
                 json!({}),
             );
             self.store.set_default_issuer(issuer.id, &audit).await?;
+            self.forget_issuers();
             return self.issuer(issuer.id).await;
         }
         Ok(issuer)
@@ -229,6 +234,7 @@ impl Services {
             self.abandon_ca_keys(&keys).await;
             return Err(e);
         }
+        self.forget_issuers();
         tracing::info!(issuer = %id, subject = %issuer.subject, key_backend = backend.as_str(), action, "issuer stored");
         Ok(issuer)
     }
@@ -416,6 +422,18 @@ impl Services {
             .ok_or_else(|| DomainError::NotFound(format!("issuer {id}")))
     }
 
+    /// The issuer a renewal signs with, from memory after its first read:
+    /// a stored issuer's row never changes but for `is_default`, which this
+    /// copy may have stale, and which signing does not look at.
+    pub(crate) async fn issuer_to_sign_with(&self, id: Uuid) -> DomainResult<Issuer> {
+        if let Some(issuer) = self.issuers.get(id) {
+            return Ok(issuer);
+        }
+        let issuer = self.issuer(id).await?;
+        self.issuers.remember(&issuer);
+        Ok(issuer)
+    }
+
     /// The signer of an issuer's issuing key (unsealed for one operation,
     /// or its token or KMS).
     pub(crate) async fn signer(&self, issuer: &Issuer) -> DomainResult<crate::issuing::CaSigner> {
@@ -499,7 +517,10 @@ impl Services {
             json!({ "kind": "acme", "directory_url": directory_url }),
         );
         match self.store.insert_issuer(&issuer, &audit).await {
-            Ok(()) => Ok((issuer, true)),
+            Ok(()) => {
+                self.forget_issuers();
+                Ok((issuer, true))
+            }
             // Another replica registered it first.
             Err(DomainError::Conflict(_)) => {
                 let issuers = self.store.list_issuers().await?;
@@ -584,5 +605,66 @@ impl Services {
             .iter()
             .map(|d| certflow_pki::cert_to_pem(d))
             .collect())
+    }
+}
+
+/// Issuers as last read: by id for [`Services::issuer_to_sign_with`], and
+/// the default for requests that name none.
+#[derive(Default)]
+pub(crate) struct IssuerCache {
+    by_id: RwLock<HashMap<Uuid, Issuer>>,
+    default: RwLock<Option<Issuer>>,
+    /// Counts [`IssuerCache::forget`]s, so that a default read before one
+    /// is not remembered after it.
+    generation: AtomicU64,
+}
+
+/// Issuers a cache keeps before it starts over: far more than any
+/// deployment has, so only a flood of imports ever empties it.
+const ISSUER_CACHE_LIMIT: usize = 1024;
+
+impl IssuerCache {
+    fn get(&self, id: Uuid) -> Option<Issuer> {
+        let map = self.by_id.read().unwrap_or_else(PoisonError::into_inner);
+        map.get(&id).cloned()
+    }
+
+    fn remember(&self, issuer: &Issuer) {
+        let mut map = self.by_id.write().unwrap_or_else(PoisonError::into_inner);
+        if map.len() >= ISSUER_CACHE_LIMIT {
+            map.clear();
+        }
+        map.insert(issuer.id, issuer.clone());
+    }
+
+    /// The default if known, and the generation to remember a fresh read under.
+    pub(crate) fn default(&self) -> (Option<Issuer>, u64) {
+        let generation = self.generation.load(Ordering::Acquire);
+        let default = self.default.read().unwrap_or_else(PoisonError::into_inner);
+        (default.clone(), generation)
+    }
+
+    pub(crate) fn remember_default(&self, issuer: &Issuer, read_at: u64) {
+        let mut default = self.default.write().unwrap_or_else(PoisonError::into_inner);
+        // Checked under the lock `forget` takes too: a forget after the read
+        // wins over it.
+        if self.generation.load(Ordering::Acquire) == read_at {
+            *default = Some(issuer.clone());
+        }
+    }
+
+    fn forget(&self) {
+        let mut default = self.default.write().unwrap_or_else(PoisonError::into_inner);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        *default = None;
+    }
+}
+
+impl Services {
+    /// Drops the default issuer kept in memory: issuers were added or the
+    /// default changed, here or on another replica (the change feed's
+    /// `issuers` topic).
+    pub fn forget_issuers(&self) {
+        self.issuers.forget();
     }
 }

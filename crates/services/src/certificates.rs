@@ -435,26 +435,34 @@ impl Services {
                     None
                 }
             },
-            None => {
-                // External CAs (of imported certificates) never issue.
-                let issuers: Vec<_> = self
-                    .store
-                    .list_issuers()
-                    .await?
-                    .into_iter()
-                    .filter(|i| i.kind != IssuerKind::External)
-                    .collect();
-                let default = issuers
-                    .iter()
-                    .find(|i| i.is_default)
-                    .or(issuers.first())
-                    .cloned();
-                if default.is_none() {
-                    return Err(DomainError::Conflict("no issuer is configured".into()));
-                }
-                default
-            }
+            None => Some(self.default_issuer().await?),
         })
+    }
+
+    /// The issuer of a request that names none: the default, else the
+    /// first that can issue. Kept in memory until an issuer is added or the
+    /// default changes (here, or on another replica: [`Services::forget_issuers`]).
+    async fn default_issuer(&self) -> DomainResult<Issuer> {
+        let (cached, generation) = self.issuers.default();
+        if let Some(issuer) = cached {
+            return Ok(issuer);
+        }
+        // External CAs (of imported certificates) never issue.
+        let issuers: Vec<_> = self
+            .store
+            .list_issuers()
+            .await?
+            .into_iter()
+            .filter(|i| i.kind != IssuerKind::External)
+            .collect();
+        let default = issuers
+            .iter()
+            .find(|i| i.is_default)
+            .or(issuers.first())
+            .cloned()
+            .ok_or_else(|| DomainError::Conflict("no issuer is configured".into()))?;
+        self.issuers.remember_default(&default, generation);
+        Ok(default)
     }
 
     /// Signs a version and writes its blobs (or holds them for the version's
@@ -970,21 +978,89 @@ impl Services {
             return Ok(view);
         }
         let view = self.certificate(id).await?;
+        refuse_unrenewable(&view.certificate)?;
+        let issuer = self.issuer_to_sign_with(view.certificate.issuer_id).await?;
+        // Policies may have been tightened since the last version: every
+        // renewal (console, agent, worker) is held against today's.
+        let latest = view.versions.first().map_or(0, |v| v.version);
+        self.check_renewal_policy(actor, &view.certificate, &issuer, latest, now)
+            .await?
+            .map_or(Ok(()), |fields| Err(DomainError::Invalid(fields)))?;
+        self.renew_checked(
+            Renewal {
+                actor,
+                view,
+                issuer,
+                csr,
+                idempotency,
+                replacing,
+            },
+            now,
+        )
+        .await
+    }
+
+    /// A renewal job's new version of a certificate the worker has read,
+    /// found due and held against the issuance policy. `key` is the job's
+    /// idempotency key: a duplicate delivery that loses the race to commit
+    /// answers the version the other stored.
+    pub(crate) async fn renew_for_job(
+        &self,
+        actor: &Actor,
+        view: CertificateView,
+        issuer: Issuer,
+        key: &str,
+        now: OffsetDateTime,
+    ) -> DomainResult<CertificateView> {
+        let id = view.certificate.id;
+        let idempotency = Idempotency::new(
+            actor,
+            &format!("certificate.renew/{id}"),
+            Some(key),
+            &RenewRequest { csr: None },
+        )?;
+        self.renew_checked(
+            Renewal {
+                actor,
+                view,
+                issuer,
+                csr: None,
+                idempotency,
+                replacing: None,
+            },
+            now,
+        )
+        .await
+    }
+
+    /// Issues and commits the next version of a certificate its caller has
+    /// read, found renewable and held against the issuance policy; answers
+    /// the certificate as committed, without reading it back.
+    async fn renew_checked(
+        &self,
+        renewal: Renewal<'_>,
+        now: OffsetDateTime,
+    ) -> DomainResult<CertificateView> {
+        let Renewal {
+            actor,
+            view,
+            issuer,
+            csr,
+            idempotency,
+            replacing,
+        } = renewal;
+        let id = view.certificate.id;
         // A key reported compromised is never certified again (RFC 5280
         // keyCompromise): whichever way the renewal would reuse it.
         let compromised = self.compromised_keys(&view).await?;
-        let mut cert = view.certificate;
+        let CertificateView {
+            certificate: mut cert,
+            versions,
+        } = view;
         refuse_unrenewable(&cert)?;
-        let latest = view
-            .versions
+        let latest = versions
             .first()
             .ok_or_else(|| DomainError::Internal(format!("certificate {id} has no version")))?;
-        let issuer = self.issuer(cert.issuer_id).await?;
-        // Policies may have been tightened since the last version: every
-        // renewal (console, agent, worker) is held against today's.
-        self.check_renewal_policy(actor, &cert, &issuer, latest.version, now)
-            .await?
-            .map_or(Ok(()), |fields| Err(DomainError::Invalid(fields)))?;
         let new_csr = renewal_csr(&cert, csr, &compromised)?;
         let old_spki;
         let subject_key = match (&new_csr, cert.key_source) {
@@ -1052,7 +1128,18 @@ impl Services {
             return self.after_failed_commit(idempotency.as_ref(), e).await;
         }
         tracing::info!(certificate = %id, version = next, serial = %version.serial, "certificate renewed");
-        let view = self.certificate(id).await?;
+        // The certificate as the commit left it: the row this request wrote
+        // and the versions it read, the new one first and current.
+        let superseded = versions.into_iter().map(|mut v| {
+            if v.status == VersionStatus::Current {
+                v.status = VersionStatus::Superseded;
+            }
+            v
+        });
+        let view = CertificateView {
+            certificate: cert,
+            versions: std::iter::once(version).chain(superseded).collect(),
+        };
         self.publish_version_event(EventKind::Renewed, &view, next, now)
             .await;
         Ok(view)
@@ -1468,6 +1555,19 @@ impl Services {
             .await?;
         Ok(p12)
     }
+}
+
+/// A renewal its caller has loaded and checked, for [`Services::renew_checked`].
+struct Renewal<'a> {
+    actor: &'a Actor,
+    /// The certificate and its versions as read for this renewal.
+    view: CertificateView,
+    issuer: Issuer,
+    /// A new CSR, for a requester-held key.
+    csr: Option<&'a str>,
+    idempotency: Option<Idempotency>,
+    /// The version revoked just before and why, when this one replaces it.
+    replacing: Option<(u32, RevocationReason)>,
 }
 
 /// Who a version is issued for: the acting principal and the certificate's

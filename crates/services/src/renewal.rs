@@ -6,6 +6,7 @@
 //! written in the change's own transaction, stays the record of truth).
 
 use certflow_core::FieldError;
+use certflow_core::error::DomainResult;
 use certflow_core::model::{
     Actor, AuditEvent, Certificate, CertificateStatus, CertificateVersion, Issuer, KeySource,
     Outcome,
@@ -13,7 +14,6 @@ use certflow_core::model::{
 use certflow_core::notify::{EventKind, Notification};
 use certflow_core::policy::IssuanceRequest;
 use certflow_core::renewal::{MarginFit, RenewalJob, RenewalPolicy, jitter_seed};
-use certflow_core::{DomainError, error::DomainResult};
 use serde_json::json;
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -151,22 +151,24 @@ impl Services {
         job: &RenewalJob,
         now: OffsetDateTime,
     ) -> DomainResult<JobOutcome> {
-        let cert = self
-            .store
-            .get_certificate(job.certificate_id)
-            .await?
-            .ok_or_else(|| DomainError::NotFound(format!("certificate {}", job.certificate_id)))?;
+        // One read of the certificate for the whole job: the checks below and
+        // the renewal itself work from it.
+        let view = self.certificate(job.certificate_id).await?;
+        let cert = &view.certificate;
         // The scheduler never queues an inventory-only certificate, but a job
         // may reach the worker by another way (a queue replay, an operator).
         if cert.status != CertificateStatus::Active || !cert.managed {
             return Ok(JobOutcome::NotRenewable);
         }
+        // A committed earlier attempt of this job, or a manual renewal, came
+        // first. (A duplicate delivery still in flight loses at the commit,
+        // on the job's idempotency key, and answers the version stored.)
         if cert.current_version > job.version {
             return Ok(JobOutcome::AlreadyRenewed);
         }
-        let issuer = self.issuer(cert.issuer_id).await?;
+        let issuer = self.issuer_to_sign_with(cert.issuer_id).await?;
         if let Some(fields) = self
-            .check_renewal_policy(&renewal_actor(), &cert, &issuer, job.version, now)
+            .check_renewal_policy(&renewal_actor(), cert, &issuer, job.version, now)
             .await?
         {
             return Ok(JobOutcome::PolicyRefused {
@@ -181,17 +183,15 @@ impl Services {
         // without its holder: retrying repeats the refusal, so it is given
         // up at once like a policy refusal.
         if cert.key_source == KeySource::Csr
-            && let Some(reason) = self
-                .key_compromised(&self.certificate(cert.id).await?)
-                .await?
+            && let Some(reason) = self.key_compromised(&view).await?
         {
-            self.key_compromise_refused(&cert, job.version, &reason, now)
+            self.key_compromise_refused(cert, job.version, &reason, now)
                 .await?;
             return Ok(JobOutcome::PolicyRefused { reason });
         }
         let key = job.idempotency_key();
         let view = self
-            .renew_idempotent(&renewal_actor(), cert.id, None, Some(&key), now)
+            .renew_for_job(&renewal_actor(), view, issuer, &key, now)
             .await?;
         Ok(JobOutcome::Renewed {
             version: view.certificate.current_version,

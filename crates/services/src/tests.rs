@@ -712,3 +712,64 @@ async fn verify_store_opens_every_key_and_names_what_is_wrong() {
         "{text}"
     );
 }
+
+/// A request naming no issuer gets the default: a new default set through
+/// the services is used at once; one set by another replica (straight in
+/// the shared database here) once the change feed says so.
+#[tokio::test]
+async fn requests_without_an_issuer_follow_the_default_as_it_changes() {
+    let f = fixture(MasterKey::generate().unwrap(), vec![], None).await;
+    let actor = Actor::system();
+    let now = OffsetDateTime::now_utc();
+    let issued_by = |name: &'static str| {
+        let services = f.services.clone();
+        async move {
+            services
+                .create_certificate(&Actor::system(), &request(name), now)
+                .await
+                .unwrap()
+                .certificate
+                .issuer_id
+        }
+    };
+    let first = issued_by("a.example.com").await;
+    let ca = certflow_pki::create_ca("Second", KeyType::EcdsaP256, now, 3650, 1825).unwrap();
+    let second = f
+        .services
+        .import_ca(
+            &actor,
+            &certflow_api::ImportCaRequest {
+                name: "second".into(),
+                certificate_pem: certflow_pki::cert_to_pem(&ca.issuing_cert_der),
+                private_key_pem: ca.issuing_key.to_pem().to_string(),
+                chain_pem: Some(
+                    ca.chain_der
+                        .iter()
+                        .map(|d| certflow_pki::cert_to_pem(d))
+                        .collect(),
+                ),
+                make_default: true,
+            },
+            now,
+        )
+        .await
+        .unwrap();
+    assert_ne!(first, second.id);
+    assert_eq!(issued_by("b.example.com").await, second.id, "set here");
+
+    let audit = AuditEvent::success(
+        now,
+        &actor,
+        "issuer.set-default",
+        "issuer/x",
+        serde_json::json!({}),
+    );
+    f.store.set_default_issuer(first, &audit).await.unwrap();
+    assert_eq!(
+        issued_by("c.example.com").await,
+        second.id,
+        "kept until the feed tells"
+    );
+    f.services.forget_issuers();
+    assert_eq!(issued_by("d.example.com").await, first, "set elsewhere");
+}

@@ -32,6 +32,8 @@ use super::AssignmentCache;
 pub const CERTIFICATE_TOPIC: &str = "certificate:";
 /// Topic prefix of an agent whose assignments changed.
 pub const ASSIGNMENTS_TOPIC: &str = "assignments:";
+/// Topic of an issuer added or a new default issuer.
+pub const ISSUERS_TOPIC: &str = "issuers";
 
 /// A [`MetadataStore`] that announces certificate changes on a [`ChangeFeed`]
 /// after they commit.
@@ -44,6 +46,13 @@ impl AnnouncingStore {
     /// Wraps `inner`.
     pub fn new(inner: Arc<dyn MetadataStore>, feed: ChangeFeed) -> Self {
         Self { inner, feed }
+    }
+
+    /// Tells every replica to drop the default issuer it keeps in memory.
+    async fn announce_issuers(&self) {
+        if let Err(e) = self.feed.publish(ISSUERS_TOPIC).await {
+            tracing::warn!(error = %e, "cannot announce an issuer change");
+        }
     }
 
     async fn announce(&self, id: Uuid) {
@@ -60,7 +69,9 @@ impl MetadataStore for AnnouncingStore {
         self.inner.ping().await
     }
     async fn insert_issuer(&self, issuer: &Issuer, audit: &AuditEvent) -> DomainResult<()> {
-        self.inner.insert_issuer(issuer, audit).await
+        self.inner.insert_issuer(issuer, audit).await?;
+        self.announce_issuers().await;
+        Ok(())
     }
     async fn list_issuers(&self) -> DomainResult<Vec<Issuer>> {
         self.inner.list_issuers().await
@@ -69,7 +80,9 @@ impl MetadataStore for AnnouncingStore {
         self.inner.get_issuer(id).await
     }
     async fn set_default_issuer(&self, id: Uuid, audit: &AuditEvent) -> DomainResult<()> {
-        self.inner.set_default_issuer(id, audit).await
+        self.inner.set_default_issuer(id, audit).await?;
+        self.announce_issuers().await;
+        Ok(())
     }
     async fn create_certificate(
         &self,

@@ -28,7 +28,7 @@ use crate::config::Config;
 use crate::state::{AppState, RenewalView};
 use tasks::{
     FeedAgentChanges, spawn_agent_watch, spawn_crl_refresh, spawn_destination_delivery,
-    spawn_drift_check, spawn_settings_watch, spawn_sweeper,
+    spawn_drift_check, spawn_issuer_watch, spawn_settings_watch, spawn_sweeper,
 };
 use wiring::{
     Opened, bearer_authenticators, deployments, notifiers, open_services, renewal_queue,
@@ -293,6 +293,7 @@ async fn serve_api(
 ) -> anyhow::Result<()> {
     let bootstrap_hash = bootstrap_admin(config, opened, &services).await?;
     spawn_sweeper(services.clone(), config);
+    spawn_issuer_watch(services.clone(), &opened.feed);
     let deploy =
         crate::deploy_cache::DeployState::new(deployments(config, opened), opened.feed.clone());
     crate::deploy_cache::watch::spawn_cache_watch(deploy.cache.clone(), &opened.feed);

@@ -42,6 +42,21 @@ pub(super) fn spawn_settings_watch(
     });
 }
 
+/// Drops the default issuer the services keep in memory when any replica
+/// adds an issuer or changes the default (or the feed lost track).
+pub(super) fn spawn_issuer_watch(services: Services, feed: &ChangeFeed) {
+    let mut changes = feed.subscribe();
+    tokio::spawn(async move {
+        loop {
+            match changes.recv().await {
+                Ok(t) if t != crate::deploy_cache::watch::ISSUERS_TOPIC && t != "*" => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                _ => services.forget_issuers(),
+            }
+        }
+    });
+}
+
 /// Sweeps orphan blobs now and then; every replica may run it (deletes are idempotent).
 pub(super) fn spawn_sweeper(services: Services, config: &Config) {
     let every = config.blob.sweep_interval_minutes;
