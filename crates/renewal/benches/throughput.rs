@@ -1,8 +1,9 @@
 //! Renewal throughput: how many due certificates one worker process renews
-//! per second, through `Worker::run` (concurrency 8) and the real
-//! services layer — fresh P-256 key, signing by the internal CA, sealing, three
-//! blob writes to a local directory, the version's metadata transaction, the
-//! job's acknowledgement. Three queues:
+//! per second, through `Worker::run` (concurrency 8, or `CERTFLOW_BENCH_CONCURRENCY`) and the real
+//! services layer wired as `certflow serve` wires it on its defaults — fresh
+//! P-256 key, signing by the internal CA, sealing, the version's transaction
+//! with its three blobs (`blob.kind = "database"`), the `renewed`
+//! notification, the job's acknowledgement. Three queues:
 //!
 //! - `database/sqlite`: the embedded queue on a SQLite file (the metadata store);
 //! - `database/postgres`: the embedded queue on a throwaway PostgreSQL database;
@@ -23,10 +24,9 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use certflow_api::{CreateCertificateRequest, RenewalPolicyView};
-use certflow_blob::ObjectBlobStore;
 use certflow_core::DomainResult;
 use certflow_core::model::{Actor, KeyType};
-use certflow_core::ports::{MetadataStore, RenewalLedger};
+use certflow_core::ports::{BlobStore, MetadataStore, NotificationStore, RenewalLedger};
 use certflow_core::renewal::{JobDelivery, QueueStats, RenewalJob, RenewalQueue};
 use certflow_renewal::sqs::ensure_queues;
 use certflow_renewal::{
@@ -44,8 +44,13 @@ use tokio::sync::watch;
 
 /// Due certificates per iteration.
 const N: u64 = 200;
-/// Jobs a worker runs at once.
-const CONCURRENCY: u32 = 8;
+/// Jobs a worker runs at once: `CERTFLOW_BENCH_CONCURRENCY`, 8 by default.
+fn concurrency() -> u32 {
+    std::env::var("CERTFLOW_BENCH_CONCURRENCY")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(8)
+}
 
 /// One worker process: its services, scheduler and worker over one queue.
 struct Rig {
@@ -148,10 +153,14 @@ fn sealer() -> Sealer {
     )))
 }
 
-/// Services over `store` with the internal CA and `N` due certificates.
-async fn services(store: Arc<dyn MetadataStore>, dir: &TempDir) -> Services {
-    let blobs = Arc::new(ObjectBlobStore::local(&dir.path().join("blobs")).unwrap());
-    let services = Services::new(store, blobs, sealer(), None);
+/// Services over `store` (its blobs and notifications too, as on `certflow
+/// serve`'s defaults) with the internal CA and `N` due certificates.
+async fn services<S>(store: Arc<S>) -> Services
+where
+    S: MetadataStore + BlobStore + NotificationStore + 'static,
+{
+    let services =
+        Services::new(store.clone(), store.clone(), sealer(), None).with_notifications(store);
     services
         .ensure_ca(
             &CaSettings {
@@ -165,10 +174,10 @@ async fn services(store: Arc<dyn MetadataStore>, dir: &TempDir) -> Services {
         .await
         .unwrap();
     let mut tasks = tokio::task::JoinSet::new();
-    for part in 0..CONCURRENCY as u64 {
+    for part in 0..u64::from(concurrency()) {
         let services = services.clone();
         tasks.spawn(async move {
-            for i in (part..N).step_by(CONCURRENCY as usize) {
+            for i in (part..N).step_by(concurrency() as usize) {
                 let req = CreateCertificateRequest {
                     names: vec![format!("r{i}.bench.example.com")],
                     team: "bench".into(),
@@ -223,7 +232,7 @@ fn rig<S: MetadataStore + RenewalLedger + 'static>(
         services,
         queue,
         WorkerSettings {
-            concurrency: CONCURRENCY,
+            concurrency: concurrency(),
             lease: Duration::from_secs(60),
             work_timeout: Duration::from_secs(300),
             wait: Duration::from_secs(1),
@@ -325,7 +334,7 @@ fn throughput(c: &mut Criterion) {
                     .unwrap(),
             )
         });
-        let services = rt.block_on(services(store.clone(), &dir));
+        let services = rt.block_on(services(store.clone()));
         let queue = Arc::new(store.renewal_queue(DbQueueOptions::default()));
         let rig = rig(store.clone(), services, queue, dir);
         bench(c, &rt, "database/sqlite", &rig);
@@ -343,7 +352,7 @@ fn throughput(c: &mut Criterion) {
                     .unwrap(),
             )
         });
-        let services = rt.block_on(services(store.clone(), &dir));
+        let services = rt.block_on(services(store.clone()));
         let queue = Arc::new(store.renewal_queue(DbQueueOptions::default()));
         let rig = rig(store.clone(), services, queue, dir);
         bench(c, &rt, "database/postgres", &rig);
@@ -369,7 +378,7 @@ fn throughput(c: &mut Criterion) {
             let ledger: Arc<dyn RenewalLedger> = store.clone();
             (store, SqsRenewalQueue::new(&sdk, options, ledger))
         });
-        let services = rt.block_on(services(store.clone(), &dir));
+        let services = rt.block_on(services(store.clone()));
         let rig = rig(store.clone(), services, Arc::new(queue), dir);
         bench(c, &rt, "sqs/moto", &rig);
         drop(rig);
