@@ -11,6 +11,7 @@ use std::time::Duration;
 use axum::Extension;
 use axum::Router;
 use axum::extract::{Request, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -109,18 +110,33 @@ fn with_etag(mut resp: Response, etag: &str) -> Response {
 
 /// Certificates assigned to the calling agent; 304 when `If-None-Match`
 /// holds the current ETag (from memory), after waiting up to `wait` seconds
-/// for a change.
+/// for a change. The listener answers `GET` through [`assignments_for`]
+/// directly (`poll.rs`); this route serves the router's other callers.
 async fn assignments(
     State(agent_state): State<AgentState>,
     Extension(caller): Extension<AgentCaller>,
     req: Request,
 ) -> ApiResult<Response> {
-    let state = &agent_state.deploy;
-    require_agent_api(&caller)?;
     // The request itself rather than a `HeaderMap` extractor, which copies every header.
-    let (parts, _) = req.into_parts();
+    assignments_for(&agent_state, &caller, req.into_parts().0).await
+}
+
+/// The assignment poll of `caller`, whose request's head is `parts`.
+pub(super) async fn assignments_for(
+    agent_state: &AgentState,
+    caller: &AgentCaller,
+    mut parts: Parts,
+) -> ApiResult<Response> {
+    let state = &agent_state.deploy;
+    require_agent_api(caller)?;
     let wait = wait_of(parts.uri.query())?;
-    let conditional = if_none_match(&parts.headers);
+    // Only a long poll keeps a copy (see `if_none_match`); a plain poll
+    // answers at once, and its headers go with the request.
+    let conditional = if wait.is_zero() {
+        std::mem::take(&mut parts.headers)
+    } else {
+        if_none_match(&parts.headers)
+    };
     drop(parts);
     let deadline = tokio::time::Instant::now() + wait;
     let agent = caller.agent.id;

@@ -25,6 +25,7 @@
 
 pub mod deploy;
 pub mod discovery;
+pub mod poll;
 pub mod routes;
 pub mod token;
 
@@ -40,7 +41,6 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::ClientCertVerifier;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
-use tower::ServiceExt as _;
 
 use crate::config::AgentConfig;
 use crate::deploy_cache::DeployState;
@@ -75,6 +75,8 @@ pub struct CertIdentity {
     pub agent_id: uuid::Uuid,
     /// Its serial, lower-case hex, compared with the agent's current one.
     pub serial_hex: String,
+    /// The agent's rate-limit key (`agent:<id>`), made once per connection.
+    pub rate_key: String,
     /// End of validity: a kept-alive connection outliving it is refused.
     pub not_after: time::OffsetDateTime,
 }
@@ -94,6 +96,7 @@ impl ClientIdentity {
                     .ok_or("the client certificate names no agent")?;
                 Ok(CertIdentity {
                     agent_id,
+                    rate_key: format!("agent:{agent_id}"),
                     serial_hex: info.serial_hex,
                     not_after: info.not_after,
                 })
@@ -232,7 +235,7 @@ pub async fn start(
             )
         })?;
     let addr = listener.local_addr()?;
-    let app = routes::router(state);
+    let app = poll::AgentApp::new(state);
     let (close, closing) = tokio::sync::watch::channel(false);
     let done = tokio::spawn(serve(listener, Arc::new(tls), app, closing));
     Ok(Some(AgentListener { addr, close, done }))
@@ -248,12 +251,13 @@ async fn closed(mut rx: tokio::sync::watch::Receiver<bool>) {
 }
 
 /// Accepts TLS connections and serves `app` on each, with [`ConnInfo`] (and
-/// the [`ClientIdentity`] of a verified certificate) in every request's extensions, until `close` turns true; then returns once
-/// every connection has finished its request in flight.
+/// the [`ClientIdentity`] of a verified certificate) in every request's
+/// extensions, until `close` turns true; then returns once every connection
+/// has finished its request in flight.
 pub async fn serve(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
-    app: axum::Router,
+    app: poll::AgentApp,
     close: tokio::sync::watch::Receiver<bool>,
 ) {
     let acceptor = TlsAcceptor::from(tls);
@@ -273,59 +277,78 @@ pub async fn serve(
                 continue;
             }
         };
-        let acceptor = acceptor.clone();
-        let app = app.clone();
+        let conn = Connection {
+            acceptor: acceptor.clone(),
+            app: app.clone(),
+            close: close.clone(),
+            peer,
+        };
         let open = open.clone();
-        let close = close.clone();
         tokio::spawn(async move {
             let _open = open;
-            let _ = tcp.set_nodelay(true);
-            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "agent TLS handshake failed");
-                    return;
-                }
-                Err(_) => return,
-            };
-            let client_cert = stream
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|c| c.first())
-                .map(|c| Arc::new(c.to_vec()));
-            let identity = client_cert
-                .clone()
-                .map(|der| Arc::new(ClientIdentity::read(der)));
-            let info = ConnInfo { peer, client_cert };
-            let service = hyper::service::service_fn(
-                move |mut req: hyper::Request<hyper::body::Incoming>| {
-                    req.extensions_mut().insert(info.clone());
-                    if let Some(identity) = &identity {
-                        req.extensions_mut().insert(identity.clone());
-                    }
-                    app.clone().oneshot(req.map(axum::body::Body::new))
-                },
-            );
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(30))
-                .serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(conn);
-            let ended = tokio::select! {
-                r = conn.as_mut() => r,
-                () = closed(close) => {
-                    // Finish the request in flight (a long poll included), then close.
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-            };
-            if let Err(e) = ended {
-                tracing::debug!(%peer, error = %e, "agent connection ended with an error");
-            }
+            conn.run(tcp).await;
         });
     }
     drop(listener);
     drop(open);
     let _ = all_closed.recv().await;
+}
+
+/// One accepted connection, before its handshake.
+struct Connection {
+    acceptor: TlsAcceptor,
+    app: poll::AgentApp,
+    close: tokio::sync::watch::Receiver<bool>,
+    peer: SocketAddr,
+}
+
+impl Connection {
+    /// Handshakes, then serves the connection's requests until it ends or
+    /// the listener closes.
+    async fn run(self, tcp: tokio::net::TcpStream) {
+        let peer = self.peer;
+        let _ = tcp.set_nodelay(true);
+        let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.acceptor.accept(tcp)).await
+        {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "agent TLS handshake failed");
+                return;
+            }
+            Err(_) => return,
+        };
+        let client_cert = stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|c| Arc::new(c.to_vec()));
+        let identity = client_cert
+            .clone()
+            .map(|der| Arc::new(ClientIdentity::read(der)));
+        // One per connection, so its requests share no reference count
+        // with other connections' (the cores would trade its cache line).
+        let context = Arc::new(poll::ConnContext {
+            app: self.app,
+            info: ConnInfo { peer, client_cert },
+            identity,
+        });
+        let service = hyper::service::service_fn(move |req| context.clone().call(req));
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(30))
+            .serve_connection(TokioIo::new(stream), service);
+        tokio::pin!(conn);
+        let ended = tokio::select! {
+            r = conn.as_mut() => r,
+            () = closed(self.close) => {
+                // Finish the request in flight (a long poll included), then close.
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        };
+        if let Err(e) = ended {
+            tracing::debug!(%peer, error = %e, "agent connection ended with an error");
+        }
+    }
 }

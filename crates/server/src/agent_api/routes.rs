@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderName, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -100,7 +100,7 @@ impl AgentState {
 }
 
 /// The token of `Authorization: Bearer <token>`, if the request has one.
-fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
+fn bearer(headers: &HeaderMap) -> Option<&str> {
     headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -176,24 +176,49 @@ fn forwarded_cert(value: &HeaderValue) -> Option<Vec<Vec<u8>>> {
         .filter(|c| !c.is_empty())
 }
 
+/// What a request presents to the agent check: its headers, and what the
+/// accept loop knows about its connection.
+pub(super) struct Presented<'a> {
+    /// The request's headers (bearer token, gateway certificate header).
+    pub headers: &'a HeaderMap,
+    /// The connection.
+    pub conn: Option<&'a ConnInfo>,
+    /// The connection's client certificate, read when it was accepted.
+    pub identity: Option<&'a Arc<ClientIdentity>>,
+}
+
+impl<'a> Presented<'a> {
+    /// What `req` presents, from its extensions (as the accept loop inserts them).
+    fn of(req: &'a Request) -> Self {
+        Self {
+            headers: req.headers(),
+            conn: req.extensions().get::<ConnInfo>(),
+            identity: req.extensions().get::<Arc<ClientIdentity>>(),
+        }
+    }
+
+    fn peer_ip(&self) -> Option<IpAddr> {
+        self.conn.map(|i| i.peer.ip())
+    }
+}
+
 /// The client certificate of the request: the one rustls verified on the
 /// connection (read once per connection by the accept loop), else the
 /// gateway header's if the peer is a trusted proxy (verified and read here,
 /// against the same CA). An untrusted peer's header is ignored.
 fn presented_identity(
     state: &AgentState,
-    req: &Request,
+    presented: &Presented<'_>,
     peer_ip: Option<IpAddr>,
 ) -> Option<Arc<ClientIdentity>> {
-    if let Some(identity) = req.extensions().get::<Arc<ClientIdentity>>() {
+    if let Some(identity) = presented.identity {
         return Some(identity.clone());
     }
-    let info = req.extensions().get::<ConnInfo>();
-    if let Some(cert) = info.and_then(|i| i.client_cert.clone()) {
+    if let Some(cert) = presented.conn.and_then(|i| i.client_cert.clone()) {
         return Some(Arc::new(ClientIdentity::read(cert)));
     }
     let name = state.cert_header.as_ref()?;
-    let value = req.headers().get(name)?;
+    let value = presented.headers.get(name)?;
     let trusted = peer_ip.is_some_and(|ip| state.proxies.iter().any(|n| n.contains(&ip)));
     if !trusted {
         tracing::warn!(peer = ?peer_ip, header = %name, "ignored a client certificate header from an untrusted peer");
@@ -225,16 +250,55 @@ async fn guard(State(state): State<AgentState>, mut req: Request, next: Next) ->
     let started = Instant::now();
     let matched = req.extensions().get::<MatchedPath>().cloned();
     let route = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
-    let peer_ip = req.extensions().get::<ConnInfo>().map(|i| i.peer.ip());
-    // Boxed: the check's future (cache misses read the database) is large,
-    // and inline it would stay allocated in this middleware's future for as
-    // long as the request runs — a long poll, up to a minute per agent.
-    let resp = match Box::pin(authenticate(&state, &mut req, route, peer_ip)).await {
-        Ok(()) => next.run(req).await,
+    let checked = if route == ENROLL {
+        limit_enrolment(&state, &Presented::of(&req)).map(|()| None)
+    } else {
+        // Boxed: the check's future (cache misses read the database) is large,
+        // and inline it would stay allocated in this middleware's future for as
+        // long as the request runs — a long poll, up to a minute per agent.
+        Box::pin(authenticate(&state, Presented::of(&req)))
+            .await
+            .map(Some)
+    };
+    let resp = match checked {
+        Ok(caller) => {
+            if let Some(caller) = caller {
+                // For the access line (noted here rather than in a route layer
+                // of its own: each layer is another boxed service cloned for
+                // every request).
+                if let Some(slot) = req
+                    .extensions()
+                    .get::<crate::telemetry::observe::ActorSlot>()
+                {
+                    slot.set(actor_of(caller.agent.id));
+                }
+                req.extensions_mut().insert(caller);
+            }
+            next.run(req).await
+        }
         Err(resp) => resp,
     };
     crate::telemetry::metrics::observe(route, route, resp.status().as_u16(), started.elapsed());
     resp
+}
+
+/// The actor of an authenticated agent's access line.
+pub(super) fn actor_of(agent: uuid::Uuid) -> String {
+    format!("agent:{agent}")
+}
+
+/// Enrolment's check: the per-IP rate limit (no certificate yet).
+// The refusal is the response itself, on a rare path: boxing buys nothing.
+#[allow(clippy::result_large_err)]
+fn limit_enrolment(state: &AgentState, presented: &Presented<'_>) -> Result<(), Response> {
+    let source = presented
+        .peer_ip()
+        .map(|ip| ip.to_string())
+        .unwrap_or_default();
+    state
+        .limiter
+        .check(&format!("ip:{source}"), Instant::now())
+        .map_err(too_many)
 }
 
 /// The bearer token of a request for `agent`, who presented `cert`: valid,
@@ -242,7 +306,7 @@ async fn guard(State(state): State<AgentState>, mut req: Request, next: Next) ->
 /// certificate-bound. Every refusal is logged with its reason (never the token).
 async fn check_token(
     state: &AgentState,
-    headers: &axum::http::HeaderMap,
+    headers: &HeaderMap,
     agent: &Agent,
     cert: &[u8],
     source: &str,
@@ -279,20 +343,16 @@ async fn check_token(
     })
 }
 
-async fn authenticate(
+/// The agent check of every route but enrolment: a client certificate of
+/// an active agent with its current serial, within its validity, under the
+/// rate limit, and the agent's bearer token where one is required.
+pub(super) async fn authenticate(
     state: &AgentState,
-    req: &mut Request,
-    route: &str,
-    peer_ip: Option<IpAddr>,
-) -> Result<(), Response> {
+    presented: Presented<'_>,
+) -> Result<AgentCaller, Response> {
+    let peer_ip = presented.peer_ip();
     let source = peer_ip.map(|ip| ip.to_string()).unwrap_or_default();
-    if route == ENROLL {
-        return state
-            .limiter
-            .check(&format!("ip:{source}"), Instant::now())
-            .map_err(too_many);
-    }
-    let Some(identity) = presented_identity(state, req, peer_ip) else {
+    let Some(identity) = presented_identity(state, &presented, peer_ip) else {
         return Err(
             refused("a client certificate from the agent-identity CA is required").into_response(),
         );
@@ -309,7 +369,7 @@ async fn authenticate(
     }
     state
         .limiter
-        .check(&format!("agent:{agent_id}"), Instant::now())
+        .check(&cert.rate_key, Instant::now())
         .map_err(too_many)?;
     let agent = match state
         .agents
@@ -333,7 +393,7 @@ async fn authenticate(
     // holds a valid one for the same subject; join-token agents only need
     // their certificate unless `require_token` says otherwise.
     if agent.subject.is_some() || state.require_token {
-        check_token(state, req.headers(), &agent, &identity.der, &source).await?;
+        check_token(state, presented.headers, &agent, &identity.der, &source).await?;
     }
     let principal = Principal {
         subject: agent.id.to_string(),
@@ -343,20 +403,11 @@ async fn authenticate(
         roles: Vec::new(),
         teams: agent.teams.clone(),
     };
-    // For the access line (done here rather than in a route layer of its
-    // own: each layer is another boxed service cloned for every request).
-    if let Some(slot) = req
-        .extensions()
-        .get::<crate::telemetry::observe::ActorSlot>()
-    {
-        slot.set(format!("agent:{}", agent.id));
-    }
-    req.extensions_mut().insert(AgentCaller {
+    Ok(AgentCaller {
         agent,
         principal,
         source,
-    });
-    Ok(())
+    })
 }
 
 fn identity_view(i: IssuedIdentity) -> IdentityView {
@@ -373,7 +424,7 @@ fn identity_view(i: IssuedIdentity) -> IdentityView {
 async fn enroll(
     State(state): State<AgentState>,
     conn: Option<Extension<ConnInfo>>,
-    headers: axum::http::HeaderMap,
+    headers: HeaderMap,
     Json(req): Json<EnrollRequest>,
 ) -> ApiResult<Response> {
     let source = conn.map(|c| c.0.peer.ip().to_string());

@@ -10,7 +10,7 @@
 //!
 //! The domain gauges of `/metrics` live in `crate::ops::gauges`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -36,8 +36,28 @@ struct Series {
     buckets: [u64; BUCKETS.len()],
 }
 
-/// Observations by (group, route, status).
-type Registry = Mutex<BTreeMap<(&'static str, String, u16), Series>>;
+/// Observations by (group, route, status), and the route labels seen.
+#[derive(Default)]
+struct Observed {
+    series: BTreeMap<(&'static str, &'static str, u16), Series>,
+    /// Each route label once, kept for the life of the process: they are
+    /// the routes certflow has (and `unmatched`), so a request finds its
+    /// series without allocating a key.
+    routes: HashSet<&'static str>,
+}
+
+impl Observed {
+    fn route(&mut self, route: &str) -> &'static str {
+        if let Some(known) = self.routes.get(route) {
+            return known;
+        }
+        let kept: &'static str = Box::leak(route.to_owned().into_boxed_str());
+        self.routes.insert(kept);
+        kept
+    }
+}
+
+type Registry = Mutex<Observed>;
 
 fn registry() -> &'static Registry {
     static REGISTRY: OnceLock<Registry> = OnceLock::new();
@@ -62,12 +82,12 @@ pub fn group_of(path: &str) -> &'static str {
 /// [`UNMATCHED`]), `path` decides the group.
 pub fn observe(path: &str, route: &str, status: u16, elapsed: Duration) {
     let secs = elapsed.as_secs_f64();
+    let group = group_of(path);
     let Ok(mut reg) = registry().lock() else {
         return;
     };
-    let series = reg
-        .entry((group_of(path), route.to_owned(), status))
-        .or_default();
+    let route = reg.route(route);
+    let series = reg.series.entry((group, route, status)).or_default();
     series.count += 1;
     series.sum += secs;
     if let Some(i) = BUCKETS.iter().position(|le| secs <= *le) {
@@ -124,7 +144,7 @@ pub fn render(out: &mut String) {
     let Ok(reg) = registry().lock() else {
         return;
     };
-    for ((group, route, status), s) in reg.iter() {
+    for ((group, route, status), s) in &reg.series {
         let _ = writeln!(
             out,
             "certflow_http_requests_total{{group=\"{group}\",route=\"{}\",status=\"{status}\"}} {}",
@@ -136,7 +156,7 @@ pub fn render(out: &mut String) {
         "# HELP certflow_http_request_duration_seconds Time to answer HTTP requests (to the response head) by route group, matched route and status.\n\
          # TYPE certflow_http_request_duration_seconds histogram\n",
     );
-    for ((group, route, status), s) in reg.iter() {
+    for ((group, route, status), s) in &reg.series {
         let labels = format!(
             "group=\"{group}\",route=\"{}\",status=\"{status}\"",
             escape(route)

@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request};
-use axum::http::HeaderValue;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method};
 use axum::middleware::Next;
 use axum::response::Response;
 use certflow_core::model::Actor;
@@ -33,6 +33,9 @@ use super::metrics::{UNMATCHED, group_of, route_label};
 
 /// The request id header, read and answered.
 pub const REQUEST_ID: &str = "x-request-id";
+
+/// [`REQUEST_ID`] as a header name.
+const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static(REQUEST_ID);
 
 /// Longest client-chosen request id kept; longer ones are replaced.
 const MAX_ID_LEN: usize = 128;
@@ -90,53 +93,108 @@ fn new_request_id() -> HeaderValue {
     HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
-/// Middleware (`Router::layer`, so it sees the matched route): request id,
-/// span and one access-log line per request.
-pub async fn access_log(mut req: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let id = match req.headers().get(REQUEST_ID) {
-        // Copied rather than cloned: a clone would share the connection's
-        // read buffer and keep it alive for the whole request (long polls).
+/// The request id of a request with `headers`: the client's when plausible,
+/// else a new one. Copied rather than cloned: a clone would share the
+/// connection's read buffer and keep it alive for the whole request (long polls).
+fn request_id_of(headers: &HeaderMap) -> HeaderValue {
+    match headers.get(REQUEST_ID) {
         Some(v) if plausible_id(v) => {
             HeaderValue::from_bytes(v.as_bytes()).unwrap_or_else(|_| new_request_id())
         }
         _ => new_request_id(),
-    };
-    req.headers_mut().insert(REQUEST_ID, id.clone());
-    req.extensions_mut().insert(RequestId::new(id.clone()));
-    let slot = ActorSlot::default();
-    req.extensions_mut().insert(slot.clone());
+    }
+}
+
+/// One request's access record: its id, its `request` span and what its
+/// access line says. [`access_log`] keeps one per request; the agent
+/// listener's poll path (`agent_api::poll`) keeps one without the middleware.
+pub struct Access {
+    started: Instant,
+    id: HeaderValue,
+    span: tracing::Span,
+    group: &'static str,
+    method: Method,
+}
+
+impl Access {
+    /// Starts the record of a `method` request with `headers` on `route`
+    /// (the matched template, or [`UNMATCHED`]) in route group `group`.
+    pub fn begin(headers: &HeaderMap, method: &Method, route: &str, group: &'static str) -> Self {
+        let started = Instant::now();
+        let id = request_id_of(headers);
+        let span = tracing::info_span!(
+            "request",
+            request_id = %id.to_str().unwrap_or("unknown"),
+            group,
+            route = %route,
+        );
+        Self {
+            started,
+            id,
+            span,
+            group,
+            method: method.clone(),
+        }
+    }
+
+    /// The request id.
+    pub fn id(&self) -> &HeaderValue {
+        &self.id
+    }
+
+    /// The `request` span, to run the request in.
+    pub fn span(&self) -> &tracing::Span {
+        &self.span
+    }
+
+    /// Answers the request id in `resp` and writes the access line;
+    /// `actor` and `certificate` are asked for only when the line carries them.
+    pub fn finish(
+        self,
+        resp: &mut Response,
+        actor: impl FnOnce() -> Option<String>,
+        certificate: impl FnOnce() -> Option<String>,
+    ) {
+        let status = resp.status().as_u16();
+        resp.headers_mut().insert(REQUEST_ID_HEADER, self.id);
+        let latency_ms = self.started.elapsed().as_secs_f64() * 1000.0;
+        let _in = self.span.enter();
+        let method = &self.method;
+        // Probes are scraped every few seconds, and an agent's poll answered
+        // 304 (nothing changed) is the steady state of every agent: keep both
+        // out of info logs. They are counted in the request metrics, and agents'
+        // liveness is their `last_seen`. Formatting and writing the line was
+        // about an eighth of a poll's CPU.
+        if self.group == "probe" || (self.group == "agent" && status == 304) {
+            tracing::debug!(target: "certflow::access", method = %method, status, latency_ms, "access");
+        } else if status >= 500 {
+            let (actor, certificate) = (actor(), certificate());
+            tracing::warn!(target: "certflow::access", method = %method, status, latency_ms, actor, certificate, "access");
+        } else {
+            let (actor, certificate) = (actor(), certificate());
+            tracing::info!(target: "certflow::access", method = %method, status, latency_ms, actor, certificate, "access");
+        }
+    }
+}
+
+/// Middleware (`Router::layer`, so it sees the matched route): request id,
+/// span and one access-log line per request.
+pub async fn access_log(mut req: Request, next: Next) -> Response {
     // The matched route is an `Arc<str>` inside: a clone, not a copy.
     let matched = req.extensions().get::<MatchedPath>().cloned();
     let route = route_label(matched.as_ref());
     let path = req.uri().path();
     let group = group_of(if route == UNMATCHED { path } else { route });
     let certificate = certificate_of(route, path);
-    let method = req.method().clone();
-    let span = tracing::info_span!(
-        "request",
-        request_id = %id.to_str().unwrap_or("unknown"),
-        group,
-        route = %route,
-    );
-    let mut resp = next.run(req).instrument(span.clone()).await;
-    resp.headers_mut().insert(REQUEST_ID, id);
-    let status = resp.status().as_u16();
-    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
-    let actor = slot.get();
-    let _in = span.enter();
-    // Probes are scraped every few seconds, and an agent's poll answered
-    // 304 (nothing changed) is the steady state of every agent: keep both
-    // out of info logs. They are counted in the request metrics, and agents'
-    // liveness is their `last_seen`. Formatting and writing the line was
-    // about an eighth of a poll's CPU.
-    if group == "probe" || (group == "agent" && status == 304) {
-        tracing::debug!(target: "certflow::access", method = %method, status, latency_ms, "access");
-    } else if status >= 500 {
-        tracing::warn!(target: "certflow::access", method = %method, status, latency_ms, actor, certificate, "access");
-    } else {
-        tracing::info!(target: "certflow::access", method = %method, status, latency_ms, actor, certificate, "access");
-    }
+    let access = Access::begin(req.headers(), req.method(), route, group);
+    req.headers_mut()
+        .insert(REQUEST_ID_HEADER, access.id().clone());
+    req.extensions_mut()
+        .insert(RequestId::new(access.id().clone()));
+    let slot = ActorSlot::default();
+    req.extensions_mut().insert(slot.clone());
+    let mut resp = next.run(req).instrument(access.span().clone()).await;
+    access.finish(&mut resp, || slot.get(), || certificate);
     resp
 }
 

@@ -1,0 +1,127 @@
+//! The agent listener's service: `GET /agent/v1/assignments`, the request
+//! every agent repeats all day, answered without the router, and every
+//! other request through it (`routes::router`).
+//!
+//! Why a path of its own: through the router a poll went through four
+//! `from_fn` layers, each cloning its inner service into a new box and
+//! boxing its future, plus the router's own clone and route lookup, the
+//! body-limit layer and the request extensions each layer reads. Together
+//! they were a visible share of a poll's CPU (BENCHMARKS.md, goal 5). This
+//! path does what those layers do for this one route, with the same
+//! functions: the access record and request id ([`Access`]), the agent check
+//! ([`authenticate`]), the request counter, and the handler's own code
+//! ([`assignments_for`]). Every answer on it is a 200, a 304 or an
+//! [`crate::errors::ApiError`] problem document, which the router's outer
+//! `problem_responses` layer passes unchanged; the body limit does not apply
+//! to a handler that reads no body. `HEAD`, other methods and other paths
+//! take the router, as before.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::http::{Method, Request};
+use axum::response::{IntoResponse, Response};
+use hyper::body::Incoming;
+use tower::ServiceExt as _;
+use tracing::Instrument as _;
+
+use super::deploy::assignments_for;
+use super::routes::{AgentState, Presented, actor_of, authenticate, router};
+use super::{ClientIdentity, ConnInfo};
+use crate::telemetry::metrics;
+use crate::telemetry::observe::Access;
+
+/// The route answered here.
+pub const ASSIGNMENTS: &str = "/agent/v1/assignments";
+
+/// The agent listener's application: the router, and the state the poll
+/// path answers from.
+#[derive(Clone)]
+pub struct AgentApp {
+    router: axum::Router,
+    state: AgentState,
+}
+
+impl AgentApp {
+    /// The agent API over `state`.
+    pub fn new(state: AgentState) -> Self {
+        Self {
+            router: router(state.clone()),
+            state,
+        }
+    }
+}
+
+/// What every request of one connection shares.
+pub struct ConnContext {
+    /// The application.
+    pub app: AgentApp,
+    /// The TCP peer and the client certificate of the handshake.
+    pub info: ConnInfo,
+    /// That certificate, read.
+    pub identity: Option<Arc<ClientIdentity>>,
+}
+
+impl ConnContext {
+    /// Answers one request of the connection.
+    pub async fn call(self: Arc<Self>, mut req: Request<Incoming>) -> Result<Response, Infallible> {
+        if is_poll(req.method(), req.uri().path()) {
+            return Ok(self.poll(req).await);
+        }
+        req.extensions_mut().insert(self.info.clone());
+        if let Some(identity) = &self.identity {
+            req.extensions_mut().insert(identity.clone());
+        }
+        self.app.router.clone().oneshot(req.map(Body::new)).await
+    }
+
+    /// `GET /agent/v1/assignments`: what the router's layers and the
+    /// route's handler would answer (see the module header).
+    async fn poll<B>(&self, req: Request<B>) -> Response {
+        let access = Access::begin(req.headers(), req.method(), ASSIGNMENTS, "agent");
+        let (mut resp, agent) = self.answer(req).instrument(access.span().clone()).await;
+        access.finish(&mut resp, || agent.map(actor_of), || None);
+        resp
+    }
+
+    /// The guard's check, the handler and the request counter; also the
+    /// agent, when the caller was authenticated (the access line's actor).
+    async fn answer<B>(&self, req: Request<B>) -> (Response, Option<uuid::Uuid>) {
+        let started = Instant::now();
+        let (parts, _) = req.into_parts();
+        let presented = Presented {
+            headers: &parts.headers,
+            conn: Some(&self.info),
+            identity: self.identity.as_ref(),
+        };
+        // Boxed as in the guard: a long poll keeps this future for a minute.
+        let checked = Box::pin(authenticate(&self.app.state, presented)).await;
+        let (resp, actor) = match checked {
+            Ok(caller) => {
+                let resp = assignments_for(&self.app.state, &caller, parts)
+                    .await
+                    .unwrap_or_else(IntoResponse::into_response);
+                (resp, Some(caller.agent.id))
+            }
+            Err(resp) => (resp, None),
+        };
+        metrics::observe(
+            ASSIGNMENTS,
+            ASSIGNMENTS,
+            resp.status().as_u16(),
+            started.elapsed(),
+        );
+        (resp, actor)
+    }
+}
+
+/// Whether a request is the assignment poll this path answers.
+fn is_poll(method: &Method, path: &str) -> bool {
+    method == Method::GET && path == ASSIGNMENTS
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests;
