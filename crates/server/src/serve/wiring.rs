@@ -2,7 +2,7 @@
 //! to ports. Every backend is opened and checked before the listener binds, so
 //! a bad database path or master key stops the server with a message naming it.
 
-use std::io::Write as _;
+use std::io::{IsTerminal as _, Write as _};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::sync::Arc;
@@ -30,8 +30,13 @@ use crate::config::{Config, DatabaseKind};
 pub fn init_logging(config: &Config) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level));
+    // Colours only for a person at a terminal: escape codes in a log file or
+    // journal get in the way of every reader of it, and every request span's
+    // fields are formatted (with the codes) when the span opens, whether or
+    // not a line is ever written.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     if config.log.format == "json" {
         builder.json().init();
