@@ -195,8 +195,13 @@ impl Sql {
         bool: for<'q> Encode<'q, DB> + Type<DB>,
         Option<Vec<u8>>: for<'q> Encode<'q, DB> + Type<DB>,
     {
+        let text = if DB::NAME == "SQLite" {
+            sqlite_placeholders(&self.text)
+        } else {
+            self.text.into_owned()
+        };
         // The text is ours: literals and placeholders, never input.
-        let mut query = sqlx::query(AssertSqlSafe(self.text));
+        let mut query = sqlx::query(AssertSqlSafe(text));
         for param in self.params {
             query = match param {
                 Param::Text(v) => query.bind(v),
@@ -208,6 +213,55 @@ impl Sql {
         }
         query
     }
+}
+
+/// The text with SQLite's cheapest placeholders for its `$n` ones: a bare
+/// `?` each when they run `$1`, `$2`, ... in order, once each (every
+/// `push_bind` statement), else `?n`.
+///
+/// Why: SQLite files `$n` as a *named* parameter. Preparing looks each name
+/// up in a list with a linear scan, and sqlx asks for every parameter's
+/// name when it binds, another linear scan; a batch's multi-row `INSERT`
+/// with hundreds of parameters paid both quadratically (about 5 % of a
+/// renewal's CPU on SQLite, BENCHMARKS.md). `?n` is a number, not looked
+/// up when preparing; a bare `?` has no name at all, so sqlx binds it by
+/// position. Quoted literals are left alone.
+fn sqlite_placeholders(text: &str) -> String {
+    let rewrite = |numbered: bool| -> Option<String> {
+        let mut out = String::with_capacity(text.len());
+        let mut expected = 1u64;
+        let mut quoted = false;
+        let mut rest = text;
+        while let Some(c) = rest.chars().next() {
+            let digits = match c {
+                '$' if !quoted => rest[1..].bytes().take_while(u8::is_ascii_digit).count(),
+                _ => 0,
+            };
+            if digits > 0 {
+                let number = &rest[1..=digits];
+                if numbered {
+                    out.push('?');
+                    out.push_str(number);
+                } else if number.parse::<u64>().ok() == Some(expected) {
+                    out.push('?');
+                    expected += 1;
+                } else {
+                    return None;
+                }
+                rest = &rest[1 + digits..];
+                continue;
+            }
+            if c == '\'' {
+                quoted = !quoted;
+            }
+            out.push(c);
+            rest = &rest[c.len_utf8()..];
+        }
+        Some(out)
+    };
+    rewrite(false)
+        .or_else(|| rewrite(true))
+        .unwrap_or_else(|| text.to_owned())
 }
 
 /// Typed access to the columns of a result row, by name.
@@ -381,5 +435,70 @@ mod tests {
         ]);
         assert_eq!(sql.text(), "INSERT INTO t (a, b) VALUES ($1, $2), ($3, $4)");
         assert_eq!(sql.params.len(), 4);
+    }
+
+    #[test]
+    fn sqlite_gets_bare_placeholders_when_they_run_in_order() {
+        assert_eq!(
+            sqlite_placeholders("INSERT INTO t (a, b) VALUES ($1, $2), ($3, $4)"),
+            "INSERT INTO t (a, b) VALUES (?, ?), (?, ?)"
+        );
+        assert_eq!(sqlite_placeholders("SELECT 1"), "SELECT 1");
+    }
+
+    #[test]
+    fn sqlite_gets_numbered_placeholders_otherwise() {
+        // Reused, out of order, or skipping one: positions would be wrong.
+        assert_eq!(
+            sqlite_placeholders("SELECT $1 WHERE a = $2 OR b = $1"),
+            "SELECT ?1 WHERE a = ?2 OR b = ?1"
+        );
+        assert_eq!(sqlite_placeholders("SELECT $2, $1"), "SELECT ?2, ?1");
+        assert_eq!(sqlite_placeholders("SELECT $1, $3"), "SELECT ?1, ?3");
+        assert_eq!(sqlite_placeholders("SELECT $10, $9"), "SELECT ?10, ?9");
+    }
+
+    #[test]
+    fn sqlite_placeholders_leave_literals_and_other_dollars_alone() {
+        assert_eq!(
+            sqlite_placeholders(
+                "SELECT json_extract(d, '$.a'), '$1 é', 'it''s $2' FROM t WHERE x = $1 AND y = $ AND z = $2"
+            ),
+            "SELECT json_extract(d, '$.a'), '$1 é', 'it''s $2' FROM t WHERE x = ? AND y = $ AND z = ?"
+        );
+    }
+
+    /// The rewritten statements run on SQLite with their values where
+    /// they belong, as the `$n` ones meant.
+    #[tokio::test]
+    async fn sqlite_runs_rewritten_placeholders_with_the_right_values() {
+        use sqlx::Connection as _;
+        let mut conn = sqlx::SqliteConnection::connect("sqlite::memory:")
+            .await
+            .unwrap();
+        let sql = Sql::new("SELECT 'x$1' AS lit, $1 AS a, $2 AS b")
+            .bind(10_i64)
+            .bind(20_i64);
+        let row = sqlx::Sqlite::fetch_optional(&mut conn, sql)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(row.text("lit").unwrap(), "x$1");
+        assert_eq!((row.int("a").unwrap(), row.int("b").unwrap()), (10, 20));
+        let sql = Sql::new("SELECT $2 AS a, $1 AS b, $2 + $1 AS c")
+            .bind(1_i64)
+            .bind(2_i64);
+        let row = sqlx::Sqlite::fetch_optional(&mut conn, sql)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (
+                row.int("a").unwrap(),
+                row.int("b").unwrap(),
+                row.int("c").unwrap()
+            ),
+            (2, 1, 3)
+        );
     }
 }
