@@ -135,7 +135,10 @@ impl Default for RenewalConfig {
             lease_secs: 15,
             work_timeout_secs: 300,
             expected_renewal_secs: 30,
-            concurrency: 4,
+            // The knee of the renewal bench on two cores (BENCHMARKS.md, goal
+            // 4): SQLite 710/s at 16, 930/s at 32, 955/s at 64. Below the CPU
+            // pool's queue (64), so a burst of key generations is not refused.
+            concurrency: 32,
             backoff_base_secs: 30,
             backoff_cap_secs: 3600,
             sqs: None,
