@@ -221,30 +221,51 @@ impl InternalCa {
             .ok_or_else(|| DomainError::Internal("issuer has no certificate".into()))?;
         let urls = self.urls(issuer);
         let request = request.clone();
-        // Building and linting (two certificates, one throwaway signature).
-        let prepared = self
-            .cpu
-            .run("signing", move || {
-                certflow_pki::prepare_leaf(
-                    &ca_der,
-                    &LeafRequest {
-                        profile: request.profile,
-                        names: &request.names,
-                        spki_der: &request.spki_der,
-                        key_type: request.key_type,
-                        validity_days: request.validity_days,
-                        validity_secs: request.validity_secs,
-                        now,
-                        urls: urls.as_ref(),
-                    },
-                )
-            })
-            .await?;
-        let tbs = match prepared {
-            Ok(tbs) => tbs,
-            Err(refusal) => return Ok(Err(refusal)),
+        let prepare = move || {
+            // Building and linting (two certificates, one throwaway signature).
+            certflow_pki::prepare_leaf(
+                &ca_der,
+                &LeafRequest {
+                    profile: request.profile,
+                    names: &request.names,
+                    spki_der: &request.spki_der,
+                    key_type: request.key_type,
+                    validity_days: request.validity_days,
+                    validity_secs: request.validity_secs,
+                    now,
+                    urls: urls.as_ref(),
+                },
+            )
         };
-        let cert_der = self.issuer_signer(issuer).await?.sign(tbs).await?;
+        let cert_der = match self.issuer_signer(issuer).await? {
+            // A key in memory: building, linting, signing and checking the
+            // signature in one trip to the CPU pool (each trip is two thread
+            // switches, a visible share of an issuance: BENCHMARKS.md).
+            CaSigner::Local(key, cpu) => {
+                let signed = cpu
+                    .run("signing", move || {
+                        Ok(match prepare()? {
+                            Ok(tbs) => {
+                                let signature = key.sign(tbs.message())?;
+                                Ok(tbs.finish(&signature)?)
+                            }
+                            Err(refusal) => Err(refusal),
+                        })
+                    })
+                    .await?;
+                match signed {
+                    Ok(cert_der) => cert_der,
+                    Err(refusal) => return Ok(Err(refusal)),
+                }
+            }
+            remote => {
+                let tbs = match self.cpu.run("signing", prepare).await? {
+                    Ok(tbs) => tbs,
+                    Err(refusal) => return Ok(Err(refusal)),
+                };
+                remote.sign(tbs).await?
+            }
+        };
         Ok(Ok(IssuedCertificate {
             cert_der,
             chain_pem: format!("{}{}", issuer.issuing_cert_pem, issuer.chain_pem),
