@@ -1,5 +1,5 @@
 //! Renewal throughput: how many due certificates one worker process renews
-//! per second, through `Worker::run` (concurrency 8, or `CERTFLOW_BENCH_CONCURRENCY`) and the real
+//! per second, through `Worker::run` (concurrency 32 as `certflow serve`'s default, or `CERTFLOW_BENCH_CONCURRENCY`) and the real
 //! services layer wired as `certflow serve` wires it on its defaults — fresh
 //! P-256 key, signing by the internal CA, sealing, the version's transaction
 //! with its three blobs (`blob.kind = "database"`), the `renewed`
@@ -44,12 +44,12 @@ use tokio::sync::watch;
 
 /// Due certificates per iteration.
 const N: u64 = 200;
-/// Jobs a worker runs at once: `CERTFLOW_BENCH_CONCURRENCY`, 8 by default.
+/// Jobs a worker runs at once: `CERTFLOW_BENCH_CONCURRENCY`, 32 by default (`certflow serve`'s).
 fn concurrency() -> u32 {
     std::env::var("CERTFLOW_BENCH_CONCURRENCY")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(8)
+        .unwrap_or(32)
 }
 
 /// One worker process: its services, scheduler and worker over one queue.
@@ -65,6 +65,18 @@ struct Rig {
 struct Calls {
     receive: [AtomicU64; 3],
     complete: [AtomicU64; 3],
+    /// Drains, renewals and this process's CPU clock ticks while draining.
+    drained: [AtomicU64; 3],
+}
+
+/// This process's user + system CPU so far, in clock ticks (`/proc/self/stat`).
+fn cpu_ticks() -> u64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    // Fields after the command name's closing parenthesis; utime and stime
+    // are the 14th and 15th fields of the whole line.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = rest.split(' ').collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
 }
 
 /// The real queue, with its calls counted and timed (to split a job's time
@@ -85,11 +97,15 @@ impl Timed {
         let get = |s: &[AtomicU64; 3]| s.each_ref().map(|a| a.load(Ordering::Relaxed));
         let [rc, ri, rt] = get(&self.calls.receive);
         let [cc, _, ct] = get(&self.calls.complete);
+        let [_, renewed, ticks] = get(&self.calls.drained);
+        // Clock ticks are 10 ms (USER_HZ 100 on Linux).
         eprintln!(
-            "{name}: {rc} receives, {:.2} jobs each, {:.2} ms each; {cc} completes, {:.2} ms each",
+            "{name}: {rc} receives, {:.2} jobs each, {:.2} ms each; {cc} completes, {:.2} ms each; \
+             process CPU {:.0} µs a renewal while draining",
             ri as f64 / rc.max(1) as f64,
             rt as f64 / 1e6 / rc.max(1) as f64,
             ct as f64 / 1e6 / cc.max(1) as f64,
+            ticks as f64 * 10_000.0 / renewed.max(1) as f64,
         );
     }
 }
@@ -279,6 +295,7 @@ impl Rig {
         let completes = self.timed.calls.complete[0].load(Ordering::Relaxed) + N;
         let (stop, stopped) = watch::channel(false);
         let start = Instant::now();
+        let cpu_before = cpu_ticks();
         let running = tokio::spawn(self.worker.clone().run(stopped));
         while stats.renewed.load(Ordering::Relaxed) < target
             || self.timed.calls.complete[0].load(Ordering::Relaxed) < completes
@@ -287,6 +304,10 @@ impl Rig {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         let elapsed = start.elapsed();
+        let drained = &self.timed.calls.drained;
+        drained[0].fetch_add(1, Ordering::Relaxed);
+        drained[1].fetch_add(N, Ordering::Relaxed);
+        drained[2].fetch_add(cpu_ticks() - cpu_before, Ordering::Relaxed);
         stop.send(true).unwrap();
         running.await.unwrap();
         elapsed
@@ -318,7 +339,7 @@ fn bench(c: &mut Criterion, rt: &Runtime, name: &str, rig: &Rig) {
 }
 
 fn throughput(c: &mut Criterion) {
-    // Both cores: the worker's eight jobs sign and seal in parallel.
+    // Both cores: the worker's jobs sign and seal in parallel.
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
