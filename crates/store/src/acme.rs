@@ -824,7 +824,7 @@ impl<B: Backend> AcmeStore for SqlStore<B> {
     }
 
     async fn insert_acme_certificate(&self, c: &AcmeCertificate) -> DomainResult<()> {
-        let mut conn = self.pool().acquire().await.map_err(map)?;
+        let mut conn = self.writer().acquire().await.map_err(map)?;
         let sql = Sql::new(concat!(
             "INSERT INTO acme_certificates (",
             acme_cert_columns!(),
@@ -904,7 +904,7 @@ impl<B: Backend> AcmeStore for SqlStore<B> {
     }
 
     async fn insert_nonce(&self, nonce: &str, expires_at: OffsetDateTime) -> DomainResult<()> {
-        let mut conn = self.pool().acquire().await.map_err(map)?;
+        let mut conn = self.writer().acquire().await.map_err(map)?;
         let sql = Sql::new("INSERT INTO acme_nonces (nonce, expires_at) VALUES ($1, $2)")
             .bind(nonce)
             .bind(secs(expires_at));
@@ -915,11 +915,13 @@ impl<B: Backend> AcmeStore for SqlStore<B> {
 
     async fn take_nonce(&self, nonce: &str, now: OffsetDateTime) -> DomainResult<bool> {
         let row = self
-            .fetch_optional(
+            .write_returning(
                 Sql::new("DELETE FROM acme_nonces WHERE nonce = $1 RETURNING expires_at")
                     .bind(nonce),
             )
-            .await?;
+            .await?
+            .into_iter()
+            .next();
         Ok(match row {
             Some(row) => get_time(&row, "expires_at")? > now,
             None => false,

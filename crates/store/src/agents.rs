@@ -320,7 +320,7 @@ impl<B: Backend> AgentStore for SqlStore<B> {
     }
 
     async fn touch_agent(&self, agent_id: Uuid, now: OffsetDateTime) -> DomainResult<()> {
-        let mut conn = self.pool().acquire().await.map_err(map)?;
+        let mut conn = self.writer().acquire().await.map_err(map)?;
         execute::<B>(
             &mut conn,
             Sql::new("UPDATE agents SET last_seen = $1 WHERE id = $2")

@@ -1447,7 +1447,7 @@ impl<B: Backend> MetadataStore for SqlStore<B> {
     }
 
     async fn put_setting(&self, key: &str, value: &str) -> DomainResult<()> {
-        let mut conn = self.pool().acquire().await.map_err(map)?;
+        let mut conn = self.writer().acquire().await.map_err(map)?;
         execute::<B>(
             &mut conn,
             Sql::new(

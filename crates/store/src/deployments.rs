@@ -302,7 +302,7 @@ impl<B: Backend> DeploymentStore for SqlStore<B> {
         certificate_id: Uuid,
         version: u32,
     ) -> DomainResult<()> {
-        let mut conn = self.pool().acquire().await.map_err(map)?;
+        let mut conn = self.writer().acquire().await.map_err(map)?;
         execute::<B>(
             &mut conn,
             Sql::new(

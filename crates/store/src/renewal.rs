@@ -90,7 +90,7 @@ impl<B: Backend> RenewalLedger for SqlStore<B> {
         .bind(job.last_error.as_deref())
         .bind(secs(job.created_at))
         .bind(secs(job.updated_at));
-        let mut conn = self.pool().acquire().await.map_err(map)?;
+        let mut conn = self.writer().acquire().await.map_err(map)?;
         let inserted = B::fetch_optional(&mut conn, sql).await.map_err(|e| {
             conflict(e, |v| {
                 (v == Violation::PrimaryKey)
@@ -142,7 +142,7 @@ impl<B: Backend> RenewalLedger for SqlStore<B> {
     }
 
     async fn delete_renewal_job(&self, job_id: Uuid) -> DomainResult<()> {
-        let mut conn = self.pool().acquire().await.map_err(map)?;
+        let mut conn = self.writer().acquire().await.map_err(map)?;
         execute::<B>(
             &mut conn,
             Sql::new("DELETE FROM renewal_jobs WHERE id = $1").bind(id(job_id)),
@@ -368,10 +368,10 @@ impl<B: Backend> SqlStore<B> {
         let set = set
             .bind(id(delivery.job.id))
             .bind(delivery.receipt.as_str());
-        match self.fetch_optional(set).await? {
-            Some(_) => Ok(()),
-            None => Err(lease_lost(delivery.job.id)),
+        if self.write_returning(set).await?.is_empty() {
+            return Err(lease_lost(delivery.job.id));
         }
+        Ok(())
     }
 
     pub(crate) async fn heartbeat_job(
@@ -438,7 +438,7 @@ impl<B: Backend> SqlStore<B> {
                 .push(")");
         }
         sql.push(") RETURNING id");
-        let done = self.fetch_all(sql).await?;
+        let done = self.write_returning(sql).await?;
         let done = done
             .iter()
             .map(|row| row.text("id"))

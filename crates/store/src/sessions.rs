@@ -46,7 +46,7 @@ fn session(row: &impl Columns) -> DomainResult<Session> {
 #[async_trait]
 impl<B: Backend> SessionStore for SqlStore<B> {
     async fn insert_pending_login(&self, login: &PendingLogin) -> DomainResult<()> {
-        let mut conn = self.pool().acquire().await.map_err(map)?;
+        let mut conn = self.writer().acquire().await.map_err(map)?;
         let sql = Sql::new(
             "INSERT INTO login_states (state_hash, nonce, pkce_verifier, created_ms, expires_ms, \
              return_to) VALUES ($1, $2, $3, $4, $5, $6)",
@@ -67,14 +67,16 @@ impl<B: Backend> SessionStore for SqlStore<B> {
     async fn take_pending_login(&self, state_hash: &str) -> DomainResult<Option<PendingLogin>> {
         // One statement: of two concurrent callbacks with one state, one gets the row.
         let row = self
-            .fetch_optional(
+            .write_returning(
                 Sql::new(
                     "DELETE FROM login_states WHERE state_hash = $1 \
                      RETURNING state_hash, nonce, pkce_verifier, created_ms, expires_ms, return_to",
                 )
                 .bind(state_hash),
             )
-            .await?;
+            .await?
+            .into_iter()
+            .next();
         row.map(|row| {
             Ok(PendingLogin {
                 state_hash: row.text("state_hash")?,
@@ -89,7 +91,7 @@ impl<B: Backend> SessionStore for SqlStore<B> {
     }
 
     async fn insert_session(&self, s: &Session) -> DomainResult<()> {
-        let mut conn = self.pool().acquire().await.map_err(map)?;
+        let mut conn = self.writer().acquire().await.map_err(map)?;
         let mut sql = Sql::new("INSERT INTO sessions (");
         sql.push(SESSION_COLUMNS)
             .push(") VALUES ($1, $2, $3, $4, $5, $6, $7, $8)");
@@ -127,7 +129,7 @@ impl<B: Backend> SessionStore for SqlStore<B> {
         last_seen: OffsetDateTime,
         idle_expires_at: OffsetDateTime,
     ) -> DomainResult<()> {
-        let mut conn = self.pool().acquire().await.map_err(map)?;
+        let mut conn = self.writer().acquire().await.map_err(map)?;
         // Never moves last_seen backwards when two requests race.
         let sql = Sql::new(
             "UPDATE sessions SET last_seen_ms = $2, idle_expires_ms = $3 \
@@ -140,7 +142,7 @@ impl<B: Backend> SessionStore for SqlStore<B> {
     }
 
     async fn delete_session(&self, id_hash: &str) -> DomainResult<bool> {
-        let mut conn = self.pool().acquire().await.map_err(map)?;
+        let mut conn = self.writer().acquire().await.map_err(map)?;
         let gone = fetch_optional::<B>(
             &mut conn,
             Sql::new("DELETE FROM sessions WHERE id_hash = $1 RETURNING id_hash").bind(id_hash),

@@ -167,11 +167,18 @@ impl SqlStore<Sqlite> {
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
             .busy_timeout(BUSY_TIMEOUT);
+        // A file connection does not go stale the way a network one can;
+        // the ping sqlx would send first is one more round trip to the
+        // connection's worker thread on every acquire.
         let pool = SqlitePoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
-            // A file connection does not go stale the way a network one can;
-            // the ping sqlx would send first is one more round trip to the
-            // connection's worker thread on every acquire.
+            .test_before_acquire(false)
+            .connect_with(options.clone())
+            .await
+            .map_err(|e| unavailable("cannot open", &e))?;
+        // Every write on one connection: see `SqlStore::with_writer`.
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
             .test_before_acquire(false)
             .connect_with(options)
             .await
@@ -181,7 +188,7 @@ impl SqlStore<Sqlite> {
             .run(&pool)
             .await
             .map_err(|e| unavailable("cannot migrate", &e))?;
-        let store = Self::new(pool);
+        let store = Self::with_writer(pool, writer);
         link_unchained(&store).await?;
         Ok(store)
     }

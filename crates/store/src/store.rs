@@ -26,6 +26,9 @@ const MAX_PAGE: u32 = 500;
 /// [`PgStore`](crate::PgStore) name it per backend and add how to open it.
 pub struct SqlStore<B: Database> {
     pool: Pool<B>,
+    /// Where write transactions run: the same pool on PostgreSQL; on a
+    /// SQLite file, one connection of its own (see [`SqlStore::with_writer`]).
+    writer: Pool<B>,
     /// New certificates, committed in groups (see [`crate::group_commit`]).
     pub(crate) creations: Arc<GroupCommit<Creation>>,
     /// New versions of certificates (renewals), committed in groups.
@@ -41,6 +44,7 @@ impl<B: Database> Clone for SqlStore<B> {
     fn clone(&self) -> Self {
         Self {
             pool: self.pool.clone(),
+            writer: self.writer.clone(),
             creations: Arc::clone(&self.creations),
             new_versions: Arc::clone(&self.new_versions),
             blob_puts: Arc::clone(&self.blob_puts),
@@ -69,14 +73,29 @@ impl<B: Database> SqlStore<B> {
     /// calls fail as unavailable.
     pub async fn close(&self) {
         self.pool.close().await;
+        self.writer.close().await;
     }
 }
 
 impl<B: Backend> SqlStore<B> {
-    /// Wraps a pool whose database is migrated.
+    /// Wraps a pool whose database is migrated, writing through it too.
     pub(crate) fn new(pool: Pool<B>) -> Self {
-        let (creator, renewer) = (pool.clone(), pool.clone());
-        let (putter, publisher) = (pool.clone(), pool.clone());
+        Self::with_writer(pool.clone(), pool)
+    }
+
+    /// Wraps a pool whose database is migrated, with write transactions
+    /// and the writes of single statements on `writer`.
+    ///
+    /// Why SQLite gets a writer of its own: the database has one write lock,
+    /// and a connection that finds it taken waits in SQLite's busy handler,
+    /// which sleeps 1, 2, 5, 10 ... ms between tries whatever happens
+    /// meanwhile. With every write on one connection, writers queue for it
+    /// in the pool instead and each goes on the moment the previous one
+    /// lets go (BENCHMARKS.md, goal 4: the renewal worker's writers slept
+    /// about a fifth of the time).
+    pub(crate) fn with_writer(pool: Pool<B>, writer: Pool<B>) -> Self {
+        let (creator, renewer) = (writer.clone(), writer.clone());
+        let (putter, publisher) = (writer.clone(), writer.clone());
         Self {
             creations: GroupCommit::new(Arc::new(move |batch| {
                 Box::pin(commit_creations::<B>(creator.clone(), batch))
@@ -91,12 +110,18 @@ impl<B: Backend> SqlStore<B> {
                 Box::pin(commit_publications::<B>(publisher.clone(), batch))
             })),
             pool,
+            writer,
             backend: PhantomData,
         }
     }
 
+    /// The pool writes go through (see [`SqlStore::with_writer`]).
+    pub(crate) fn writer(&self) -> &Pool<B> {
+        &self.writer
+    }
+
     pub(crate) async fn begin_write(&self) -> DomainResult<Transaction<'static, B>> {
-        self.pool.begin_with(B::BEGIN_WRITE).await.map_err(map)
+        self.writer.begin_with(B::BEGIN_WRITE).await.map_err(map)
     }
 
     pub(crate) async fn begin_read(&self) -> DomainResult<Transaction<'static, B>> {
@@ -111,6 +136,13 @@ impl<B: Backend> SqlStore<B> {
     pub(crate) async fn fetch_optional(&self, sql: Sql) -> DomainResult<Option<B::Record>> {
         let mut conn = self.pool.acquire().await.map_err(map)?;
         B::fetch_optional(&mut conn, sql).await.map_err(map)
+    }
+
+    /// The rows a write of one statement returns (`RETURNING`), run where
+    /// writes run ([`SqlStore::with_writer`]).
+    pub(crate) async fn write_returning(&self, sql: Sql) -> DomainResult<Vec<B::Record>> {
+        let mut conn = self.writer.acquire().await.map_err(map)?;
+        B::fetch_all(&mut conn, sql).await.map_err(map)
     }
 }
 
