@@ -404,6 +404,7 @@ pub trait Backend: Exec + Dialect {}
 impl<B: Exec + Dialect> Backend for B {}
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
