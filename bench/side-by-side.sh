@@ -26,6 +26,8 @@
 #                    the client received: the row, its certificate, chain and
 #                    (server-generated keys) decrypted key read back
 #   --keep           leave the work directory (logs, data) in place
+#   --perf DIR       also record a call-graph profile (perf record -g) of
+#                    certflow during each of its loads, one file per load in DIR
 # Environment: CERTFLOW_BENCH_PG (default postgres://postgres@127.0.0.1:5432),
 # OHA (path of oha; else PATH, ~/.cargo/bin; else `cargo install oha`).
 #
@@ -39,6 +41,7 @@ bin=""
 only="sqlite,postgres,polls"
 kill9=0
 keep=0
+perf_dir=""
 while [ $# -gt 0 ]; do
     case "$1" in
     --duration) duration=$2; shift 2 ;;
@@ -46,6 +49,7 @@ while [ $# -gt 0 ]; do
     --only) only=$2; shift 2 ;;
     --kill9) kill9=1; shift ;;
     --keep) keep=1; shift ;;
+    --perf) perf_dir=$(realpath -m "$2"); mkdir -p "$perf_dir"; shift 2 ;;
     *) echo "unknown option $1 (see the header of $0)" >&2; exit 2 ;;
     esac
 done
@@ -133,13 +137,32 @@ row() {
     printf '  %-44s %9s req/s  %7s us CPU/req  p50 %s  errors %s\n' "$1" "$2" "$cpu_us" "$5" "$6" >&2
 }
 
+# perf_start LABEL PIDS-FUNCTION: with --perf, profiles certflow's load
+# (only certflow's: the peers are not ours to profile) until perf_stop.
+perf_pid=""
+perf_start() {
+    [ -n "$perf_dir" ] && [ "$2" = cf_pids ] || return 0
+    local file
+    file=$perf_dir/$(echo "$1" | tr -cs 'A-Za-z0-9=' '-' | sed 's/-$//').data
+    perf record -q -g -o "$file" -p "$(cf_pids | tr ' ' ,)" >/dev/null 2>&1 &
+    perf_pid=$!
+}
+perf_stop() {
+    [ -n "$perf_pid" ] || return 0
+    kill -INT "$perf_pid" 2>/dev/null || true
+    wait "$perf_pid" 2>/dev/null || true
+    perf_pid=""
+}
+
 # wrk_run LABEL PIDS-FUNCTION CONNECTIONS SCRIPT URL [script args]
 wrk_run() {
     local label=$1 pidf=$2 c=$3 script=$4 url=$5; shift 5
     local out t0 t1 reqs rps p50 errs
     t0=$(ticks $($pidf))
+    perf_start "$label" "$pidf"
     out=$(wrk -t "$((c < 2 ? c : 2))" -c "$c" -d "${duration}s" --latency -s "$script" "$url" -- "$@" 2>&1) || true
     t1=$(ticks $($pidf))
+    perf_stop
     echo "$out" >>"$work/wrk.log"
     reqs=$(echo "$out" | awk '/requests in/ { print $1 }')
     rps=$(echo "$out" | awk '/^Requests\/sec/ { printf "%.0f", $2 }')
@@ -154,9 +177,11 @@ oha_run() {
     local out t0 t1 rps reqs p50 errs extra=()
     [ -n "${8:-}" ] && extra=(-H "$8")
     t0=$(ticks $($pidf))
+    perf_start "$label" "$pidf"
     out=$("$oha" -z "${duration}s" -c "$c" --no-tui --output-format json --insecure \
         --cert "$cert" --key "$key" -H "If-None-Match: $etag" "${extra[@]}" "$url" 2>>"$work/oha.err") || true
     t1=$(ticks $($pidf))
+    perf_stop
     echo "$out" >>"$work/oha.log"
     rps=$(echo "$out" | jq -r '.summary.requestsPerSec | floor')
     reqs=$(echo "$out" | jq -r '[.statusCodeDistribution[]] | add // 0')
