@@ -648,9 +648,11 @@ async fn unreachable_acme_ca_retries_then_dead_letters_and_tells_the_team() {
     assert!(env.deliveries(OTHER_TEAM).await.is_empty());
 }
 
-/// The internal CA's signing key vanishes from the blob store: renewal fails
-/// with the integrity error and is retried; with the key back, the next
-/// attempt renews, once.
+/// The internal CA's signing key vanishes from the blob store before a
+/// worker process first signs with it: renewal fails with the integrity
+/// error and is retried; with the key back, the next attempt renews, once.
+/// (A process that has read the sealed key keeps it, so the worker is a
+/// process started after the key went.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_internal_ca_recovers_on_retry_with_one_version() {
     let env = Env::start(Backend::Sqlite).await;
@@ -665,7 +667,14 @@ async fn failing_internal_ca_recovers_on_retry_with_one_version() {
         .scan(env.skew.now())
         .await
         .unwrap();
-    let worker = Worker::new(env.services.clone(), queue.clone(), worker_settings());
+    let started_later = Services::new(
+        env.db.metadata(),
+        env.blobs.clone(),
+        env.sealer.clone(),
+        None,
+    )
+    .with_notifications(env.db.notifications());
+    let worker = Worker::new(started_later, queue.clone(), worker_settings());
     assert_eq!(worker.run_once().await.unwrap(), 1);
     let job = env.job_of(id).await;
     assert_eq!((job.state, job.attempts), (JobState::Queued, 1));

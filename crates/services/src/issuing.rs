@@ -69,6 +69,34 @@ pub struct InternalCa {
     /// Building, linting and local signing run here, off the async runtime.
     pub(crate) cpu: CpuPool,
     keys: Option<Arc<dyn CaKeyStore>>,
+    sealed: SealedKeys,
+}
+
+/// Sealed CA keys as read from the blob store, by blob key, so that signing
+/// does not read the database each time; still unsealed per operation. A
+/// CA key's blob never changes what it holds: each CA's keys are written
+/// under a fresh id, and `keys rewrap` re-seals the same key under the
+/// current master key, which leaves the bytes read before it openable by
+/// the key ring this process runs with.
+#[derive(Clone, Default)]
+struct SealedKeys(Arc<std::sync::Mutex<HashMap<String, bytes::Bytes>>>);
+
+impl SealedKeys {
+    /// Beyond this many CA keys the cache starts over (there are a handful).
+    const MAX: usize = 256;
+
+    fn get(&self, blob: &str) -> Option<bytes::Bytes> {
+        self.0.lock().ok()?.get(blob).cloned()
+    }
+
+    fn remember(&self, blob: &str, sealed: &bytes::Bytes) {
+        if let Ok(mut keys) = self.0.lock() {
+            if keys.len() >= Self::MAX {
+                keys.clear();
+            }
+            keys.insert(blob.to_owned(), sealed.clone());
+        }
+    }
 }
 
 impl InternalCa {
@@ -84,6 +112,7 @@ impl InternalCa {
             public_url,
             cpu,
             keys: None,
+            sealed: SealedKeys::default(),
         }
     }
 
@@ -142,12 +171,19 @@ impl InternalCa {
                 });
             }
         };
-        let sealed = self.blobs.get(&blob).await.map_err(|e| match e {
-            DomainError::NotFound(_) => DomainError::Integrity(format!(
-                "the signing key of {owner} is missing from the blob store"
-            )),
-            other => other,
-        })?;
+        let sealed = match self.sealed.get(&blob) {
+            Some(sealed) => sealed,
+            None => {
+                let sealed = self.blobs.get(&blob).await.map_err(|e| match e {
+                    DomainError::NotFound(_) => DomainError::Integrity(format!(
+                        "the signing key of {owner} is missing from the blob store"
+                    )),
+                    other => other,
+                })?;
+                self.sealed.remember(&blob, &sealed);
+                sealed
+            }
+        };
         let der = self.sealer.open(&sealed, context).await.map_err(|e| {
             DomainError::Integrity(format!(
                 "cannot unseal the signing key of {owner} ({e}); is this the master key it was created with?"
