@@ -73,8 +73,16 @@ pub(crate) async fn insert_blobs<B: Backend>(
     conn: &mut B::Connection,
     rows: &[&(String, Bytes)],
 ) -> DomainResult<()> {
+    match upsert_blobs(rows)? {
+        Some(sql) => execute::<B>(conn, sql).await,
+        None => Ok(()),
+    }
+}
+
+/// [`insert_blobs`]'s statement, to run with others; none for no rows.
+pub(crate) fn upsert_blobs(rows: &[&(String, Bytes)]) -> DomainResult<Option<Sql>> {
     if rows.is_empty() {
-        return Ok(());
+        return Ok(None);
     }
     for (key, _) in rows {
         validate(key)?;
@@ -98,7 +106,7 @@ pub(crate) async fn insert_blobs<B: Backend>(
         ]
     }));
     sql.push(ON_CONFLICT);
-    execute::<B>(conn, sql).await
+    Ok(Some(sql))
 }
 
 /// The first key after every key that starts with `prefix`.

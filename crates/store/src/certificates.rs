@@ -31,7 +31,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::audit::{insert_audit, insert_audits};
-use crate::blobs::insert_blobs;
+use crate::blobs::{insert_blobs, upsert_blobs};
 use crate::codec::{
     self, audit_columns, certificate_columns, fold, id, idempotency_columns, issuer_columns, secs,
     version_columns,
@@ -39,7 +39,7 @@ use crate::codec::{
 use crate::error::{Violation, conflict, map};
 use crate::group_commit::together_or_alone;
 use crate::query::{Backend, Columns, Param, Sql};
-use crate::store::{SqlStore, execute, fetch_all, fetch_optional, page_bounds, total};
+use crate::store::{SqlStore, execute, execute_all, fetch_all, fetch_optional, page_bounds, total};
 
 /// Most certificates one `due_for_renewal` batch returns.
 const MAX_DUE: u32 = 1000;
@@ -526,7 +526,9 @@ async fn create_together<B: Backend>(pool: &Pool<B>, batch: &[Creation]) -> Doma
             ]
         }));
     }
-    let mut tx = pool.begin_with(B::BEGIN_WRITE).await.map_err(map)?;
+    // The rows go in as one script where the backend runs one (a failure
+    // of any sends the batch through `create_one` all the same).
+    let mut writes = Vec::new();
     if !idempotency.is_empty() {
         let mut sql = Sql::new(concat!(
             "INSERT INTO idempotency_keys (",
@@ -534,32 +536,34 @@ async fn create_together<B: Backend>(pool: &Pool<B>, batch: &[Creation]) -> Doma
             ")"
         ));
         sql.push_values(idempotency);
-        execute::<B>(&mut tx, sql).await?;
+        writes.push(sql);
     }
     let mut sql = Sql::new(CERTIFICATE_INSERT);
     sql.push_values(certificates);
-    execute::<B>(&mut tx, sql).await?;
+    writes.push(sql);
     let mut sql = Sql::new(concat!(
         "INSERT INTO certificate_versions (",
         version_columns!(),
         ")"
     ));
     sql.push_values(versions);
-    execute::<B>(&mut tx, sql).await?;
+    writes.push(sql);
     if !names.is_empty() {
         let mut sql = Sql::new("INSERT INTO certificate_names (certificate_id, name)");
         sql.push_values(names);
-        execute::<B>(&mut tx, sql).await?;
+        writes.push(sql);
     }
     if !labels.is_empty() {
         let mut sql = Sql::new("INSERT INTO certificate_labels (certificate_id, key, value)");
         sql.push_values(labels);
-        execute::<B>(&mut tx, sql).await?;
+        writes.push(sql);
     }
+    let blobs: Vec<&(String, Bytes)> = batch.iter().flat_map(|c| &c.blobs).collect();
+    writes.extend(upsert_blobs(&blobs)?);
+    let mut tx = pool.begin_with(B::BEGIN_WRITE).await.map_err(map)?;
+    execute_all::<B>(&mut tx, writes).await?;
     let audits: Vec<&AuditEvent> = batch.iter().map(|c| &c.audit).collect();
     insert_audits::<B>(&mut tx, &audits).await?;
-    let blobs: Vec<&(String, Bytes)> = batch.iter().flat_map(|c| &c.blobs).collect();
-    insert_blobs::<B>(&mut tx, &blobs).await?;
     tx.commit().await.map_err(map)
 }
 
@@ -614,15 +618,6 @@ async fn add_versions_together<B: Backend>(
     let rows = VersionRows::of(batch)?;
     let ids = || rows.ids.iter().map(|i| Param::from(i.clone()));
     let mut tx = pool.begin_with(B::BEGIN_WRITE).await.map_err(map)?;
-    if !rows.idempotency.is_empty() {
-        let mut sql = Sql::new(concat!(
-            "INSERT INTO idempotency_keys (",
-            idempotency_columns!(),
-            ")"
-        ));
-        sql.push_values(rows.idempotency);
-        execute::<B>(&mut tx, sql).await?;
-    }
     // Locked in one order, so two writers' batches cannot deadlock.
     let mut sql = Sql::new("SELECT id FROM certificates WHERE id IN ");
     sql.push_list(ids()).push(" ORDER BY id");
@@ -652,19 +647,31 @@ async fn add_versions_together<B: Backend>(
     if fetch_all::<B>(&mut tx, sql).await?.len() != rows.issuers.len() {
         return Err(DomainError::NotFound("an issuer of the batch".into()));
     }
+    // The writes go in as one script where the backend runs one (a failure
+    // of any sends the batch through `add_version_in` all the same).
+    let mut writes = Vec::new();
+    if !rows.idempotency.is_empty() {
+        let mut sql = Sql::new(concat!(
+            "INSERT INTO idempotency_keys (",
+            idempotency_columns!(),
+            ")"
+        ));
+        sql.push_values(rows.idempotency);
+        writes.push(sql);
+    }
     let mut sql = Sql::new("UPDATE certificate_versions SET status = $1 WHERE status = $2");
     sql = sql
         .bind(VersionStatus::Superseded.as_str())
         .bind(VersionStatus::Current.as_str());
     sql.push(" AND certificate_id IN ").push_list(ids());
-    execute::<B>(&mut tx, sql).await?;
+    writes.push(sql);
     let mut sql = Sql::new(concat!(
         "INSERT INTO certificate_versions (",
         version_columns!(),
         ")"
     ));
     sql.push_values(rows.versions);
-    execute::<B>(&mut tx, sql).await?;
+    writes.push(sql);
     let mut sql = Sql::new(
         "WITH v (id, current_version, not_after, renew_after, status, updated_at, names) AS (",
     );
@@ -674,19 +681,20 @@ async fn add_versions_together<B: Backend>(
          not_after = v.not_after, renew_after = v.renew_after, status = v.status, \
          updated_at = v.updated_at, names = v.names FROM v WHERE certificates.id = v.id",
     );
-    execute::<B>(&mut tx, sql).await?;
+    writes.push(sql);
     let mut sql = Sql::new("DELETE FROM certificate_names WHERE certificate_id IN ");
     sql.push_list(ids());
-    execute::<B>(&mut tx, sql).await?;
+    writes.push(sql);
     if !rows.names.is_empty() {
         let mut sql = Sql::new("INSERT INTO certificate_names (certificate_id, name)");
         sql.push_values(rows.names);
-        execute::<B>(&mut tx, sql).await?;
+        writes.push(sql);
     }
+    let blobs: Vec<&(String, Bytes)> = batch.iter().flat_map(|v| &v.blobs).collect();
+    writes.extend(upsert_blobs(&blobs)?);
+    execute_all::<B>(&mut tx, writes).await?;
     let audits: Vec<&AuditEvent> = batch.iter().map(|v| &v.audit).collect();
     insert_audits::<B>(&mut tx, &audits).await?;
-    let blobs: Vec<&(String, Bytes)> = batch.iter().flat_map(|v| &v.blobs).collect();
-    insert_blobs::<B>(&mut tx, &blobs).await?;
     tx.commit().await.map_err(map)
 }
 

@@ -148,6 +148,8 @@ impl Dialect for Postgres {
     const SKIP_LOCKED: &'static str = " FOR UPDATE SKIP LOCKED";
     const LABELS_JSON: &'static str = "(SELECT COALESCE(json_object_agg(l.key, l.value), '{}')::text \
          FROM certificate_labels l WHERE l.certificate_id = c.id)";
+    /// The extended query protocol prepares one statement a call.
+    const SCRIPTS: bool = false;
 }
 
 /// Pool settings of a [`PgStore`]; TLS (`sslmode`) and credentials come from the URL.

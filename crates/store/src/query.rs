@@ -173,6 +173,19 @@ impl Sql {
         self
     }
 
+    /// This statement, then `next`: one text of two statements whose
+    /// placeholders number on from this one's (for [`Dialect::SCRIPTS`]).
+    pub(crate) fn then(mut self, next: Sql) -> Self {
+        let offset = self.params.len() as u64;
+        let text = map_placeholders(&next.text, |n| Some(format!("${}", n + offset)))
+            .unwrap_or_else(|| next.text.clone().into_owned());
+        let own = self.text.to_mut();
+        own.push_str(";\n");
+        own.push_str(&text);
+        self.params.extend(next.params);
+        self
+    }
+
     /// The SQL text, for tests and logs.
     #[cfg(test)]
     pub(crate) fn text(&self) -> &str {
@@ -227,41 +240,45 @@ impl Sql {
 /// up when preparing; a bare `?` has no name at all, so sqlx binds it by
 /// position. Quoted literals are left alone.
 fn sqlite_placeholders(text: &str) -> String {
-    let rewrite = |numbered: bool| -> Option<String> {
-        let mut out = String::with_capacity(text.len());
-        let mut expected = 1u64;
-        let mut quoted = false;
-        let mut rest = text;
-        while let Some(c) = rest.chars().next() {
-            let digits = match c {
-                '$' if !quoted => rest[1..].bytes().take_while(u8::is_ascii_digit).count(),
-                _ => 0,
-            };
-            if digits > 0 {
-                let number = &rest[1..=digits];
-                if numbered {
-                    out.push('?');
-                    out.push_str(number);
-                } else if number.parse::<u64>().ok() == Some(expected) {
-                    out.push('?');
-                    expected += 1;
-                } else {
-                    return None;
-                }
-                rest = &rest[1 + digits..];
-                continue;
-            }
-            if c == '\'' {
-                quoted = !quoted;
-            }
-            out.push(c);
-            rest = &rest[c.len_utf8()..];
+    let mut expected = 1u64;
+    let in_order = map_placeholders(text, |n| {
+        (n == expected).then(|| {
+            expected += 1;
+            "?".to_owned()
+        })
+    });
+    in_order.unwrap_or_else(|| {
+        map_placeholders(text, |n| Some(format!("?{n}"))).unwrap_or_else(|| text.to_owned())
+    })
+}
+
+/// `text` with each `$n` placeholder outside quoted literals replaced by
+/// what `placeholder(n)` says, or `None` as soon as it says `None`.
+fn map_placeholders(
+    text: &str,
+    mut placeholder: impl FnMut(u64) -> Option<String>,
+) -> Option<String> {
+    let mut out = String::with_capacity(text.len());
+    let mut quoted = false;
+    let mut rest = text;
+    while let Some(c) = rest.chars().next() {
+        let digits = match c {
+            '$' if !quoted => rest[1..].bytes().take_while(u8::is_ascii_digit).count(),
+            _ => 0,
+        };
+        if digits > 0 {
+            let number = rest[1..=digits].parse::<u64>().ok()?;
+            out.push_str(&placeholder(number)?);
+            rest = &rest[1 + digits..];
+            continue;
         }
-        Some(out)
-    };
-    rewrite(false)
-        .or_else(|| rewrite(true))
-        .unwrap_or_else(|| text.to_owned())
+        if c == '\'' {
+            quoted = !quoted;
+        }
+        out.push(c);
+        rest = &rest[c.len_utf8()..];
+    }
+    Some(out)
 }
 
 /// Typed access to the columns of a result row, by name.
@@ -396,6 +413,9 @@ pub trait Dialect {
     /// A column of the labels of certificate `c` as one JSON object, `{}`
     /// without labels: a certificate with its labels in one statement.
     const LABELS_JSON: &'static str;
+    /// Whether statements joined into one text ([`Sql::then`]) run in one
+    /// call, each with its own parameters.
+    const SCRIPTS: bool;
 }
 
 /// A database the shared implementation runs on.
@@ -467,6 +487,78 @@ mod tests {
             ),
             "SELECT json_extract(d, '$.a'), '$1 é', 'it''s $2' FROM t WHERE x = ? AND y = $ AND z = ?"
         );
+    }
+
+    #[test]
+    fn a_script_numbers_on_from_the_statement_before() {
+        let mut list = Sql::new("DELETE FROM t WHERE id IN ");
+        list.push_list([Param::from("a"), Param::from("b")]);
+        let script = Sql::new("UPDATE t SET x = $1 WHERE y = $2 AND note = '$1'")
+            .bind(1_i64)
+            .bind(2_i64)
+            .then(list)
+            .then(
+                Sql::new("INSERT INTO u (a, b) VALUES ($2, $1)")
+                    .bind("p")
+                    .bind("q"),
+            );
+        assert_eq!(
+            script.text(),
+            "UPDATE t SET x = $1 WHERE y = $2 AND note = '$1';\n\
+             DELETE FROM t WHERE id IN ($3, $4);\n\
+             INSERT INTO u (a, b) VALUES ($6, $5)"
+        );
+        assert_eq!(
+            script.params,
+            vec![
+                Param::Int(Some(1)),
+                Param::Int(Some(2)),
+                Param::Text(Some("a".into())),
+                Param::Text(Some("b".into())),
+                Param::Text(Some("p".into())),
+                Param::Text(Some("q".into())),
+            ]
+        );
+    }
+
+    /// A script runs every statement on SQLite, each with its own values,
+    /// whether its placeholders run in order (bare `?`) or not (`?n`).
+    #[tokio::test]
+    async fn sqlite_runs_a_script_with_each_statement_s_values() {
+        use sqlx::Connection as _;
+        let mut conn = sqlx::SqliteConnection::connect("sqlite::memory:")
+            .await
+            .unwrap();
+        let create = Sql::new("CREATE TABLE t (k TEXT, v INTEGER)");
+        sqlx::Sqlite::execute(&mut conn, create).await.unwrap();
+        for (first, second) in [("$1, $2", "$1, $2"), ("$1, $2", "$2, $1")] {
+            let insert = |k: &str, v: i64, order: &str| {
+                let text = if order == "$1, $2" {
+                    "INSERT INTO t (k, v) VALUES ($1, $2)"
+                } else {
+                    "INSERT INTO t (v, k) VALUES ($2, $1)"
+                };
+                Sql::new(text).bind(k.to_owned()).bind(v)
+            };
+            let script = insert("a", 1, first).then(insert("b", 2, second)).then(
+                Sql::new("UPDATE t SET v = v + $1 WHERE k = $2")
+                    .bind(10_i64)
+                    .bind("a"),
+            );
+            sqlx::Sqlite::execute(&mut conn, script).await.unwrap();
+            let rows =
+                sqlx::Sqlite::fetch_all(&mut conn, Sql::new("SELECT k, v FROM t ORDER BY k"))
+                    .await
+                    .unwrap();
+            let got: Vec<(String, i64)> = rows
+                .iter()
+                .map(|r| (r.text("k").unwrap(), r.int("v").unwrap()))
+                .collect();
+            assert_eq!(got, vec![("a".into(), 11), ("b".into(), 2)]);
+            sqlx::Sqlite::execute(&mut conn, Sql::new("DELETE FROM t"))
+                .await
+                .unwrap();
+        }
     }
 
     /// The rewritten statements run on SQLite with their values where

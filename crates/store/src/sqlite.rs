@@ -137,6 +137,11 @@ impl Dialect for Sqlite {
     const SKIP_LOCKED: &'static str = "";
     const LABELS_JSON: &'static str = "(SELECT json_group_object(l.key, l.value) \
          FROM certificate_labels l WHERE l.certificate_id = c.id)";
+    /// sqlx runs a text's statements one after the other on the
+    /// connection's thread, binding each its own parameters: one hand-off to
+    /// that thread instead of one a statement, which is what a write
+    /// transaction holding the database's one write lock mostly waits on.
+    const SCRIPTS: bool = true;
 }
 
 /// The metadata store on a SQLite database (a file, or memory for tests).

@@ -153,6 +153,27 @@ pub(crate) async fn execute<B: Backend>(conn: &mut B::Connection, sql: Sql) -> D
     B::execute(conn, sql).await.map_err(map)
 }
 
+/// Runs `statements` in order in the transaction `conn`: in one call where
+/// the backend takes a script ([`crate::query::Dialect::SCRIPTS`]), else one
+/// by one. For the writes of a batch whose errors all mean the same (the
+/// batch goes alone, statement by statement, for its precise answers).
+pub(crate) async fn execute_all<B: Backend>(
+    conn: &mut B::Connection,
+    statements: Vec<Sql>,
+) -> DomainResult<()> {
+    if B::SCRIPTS {
+        match statements.into_iter().reduce(Sql::then) {
+            Some(script) => execute::<B>(conn, script).await,
+            None => Ok(()),
+        }
+    } else {
+        for sql in statements {
+            execute::<B>(conn, sql).await?;
+        }
+        Ok(())
+    }
+}
+
 pub(crate) async fn fetch_all<B: Backend>(
     conn: &mut B::Connection,
     sql: Sql,
