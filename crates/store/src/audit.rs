@@ -347,13 +347,16 @@ async fn take_chain<B: Backend>(conn: &mut B::Connection, spread: u128) -> Domai
 
 /// Moves the head of `to.chain` forward onto `to`, a link of it.
 async fn move_head<B: Backend>(conn: &mut B::Connection, to: &Head) -> DomainResult<()> {
-    let sql =
-        Sql::new("UPDATE audit_chain_head SET seq = $1, hash = $2 WHERE chain = $3 AND seq < $4")
-            .bind(to.seq)
-            .bind(to.hash.as_str())
-            .bind(to.chain)
-            .bind(to.seq);
-    execute::<B>(conn, sql).await
+    execute::<B>(conn, move_head_sql(to)).await
+}
+
+/// [`move_head`]'s statement.
+fn move_head_sql(to: &Head) -> Sql {
+    Sql::new("UPDATE audit_chain_head SET seq = $1, hash = $2 WHERE chain = $3 AND seq < $4")
+        .bind(to.seq)
+        .bind(to.hash.as_str())
+        .bind(to.chain)
+        .bind(to.seq)
 }
 
 /// Links and inserts `event` with [`LINK_ON_A_FREE_CHAIN`]: the link it
@@ -433,6 +436,29 @@ pub(crate) async fn insert_audits<B: Backend>(
     append_to::<B>(conn, tip, audits).await
 }
 
+/// The statements that link `audits` into a chain, to run in a script
+/// ([`crate::store::execute_all`]) with the rest of a batch's writes, which
+/// cannot count the links that went in. On SQLite only: its one writer
+/// reads the tip under the database's write lock, so it cannot be stale
+/// and every link goes in; and should one not, the head, which moves with
+/// every write there, refuses to move onto a link that is not there (its
+/// trigger, migration 0019) and fails the script. `None` elsewhere: link
+/// them with [`insert_audits`].
+pub(crate) async fn audit_script<B: Backend>(
+    conn: &mut B::Connection,
+    audits: &[&AuditEvent],
+) -> DomainResult<Option<Vec<Sql>>> {
+    if !B::SCRIPTS || checkpoint_every::<B>() != 1 || audits.is_empty() {
+        return Ok(None);
+    }
+    let tip = read_tip::<B>(conn, LEGACY_CHAIN).await?;
+    let (rows, last) = links(&tip, audits)?;
+    Ok(Some(vec![
+        append_links_sql(&tip, rows),
+        move_head_sql(&last),
+    ]))
+}
+
 /// Links `audits` after `tip`, a chain the caller holds, inserts them and
 /// moves the head if they pass a checkpoint. `tip` may be stale (read in the
 /// statement that took the chain): then nothing is inserted, and the links
@@ -506,19 +532,25 @@ async fn append_links<B: Backend>(
     tip: &Head,
     rows: Vec<Vec<Param>>,
 ) -> Result<usize, sqlx::Error> {
+    Ok(B::fetch_all(conn, append_links_sql(tip, rows)).await?.len())
+}
+
+/// [`append_links`]'s statement: a row returned for each link inserted.
+fn append_links_sql(tip: &Head, rows: Vec<Vec<Param>>) -> Sql {
+    // Placeholders in order (the tip's last): SQLite then binds them by
+    // position (`query::sqlite_placeholders`), in a script too.
     let mut sql = Sql::new(concat!(
         "INSERT INTO audit_events (",
         audit_columns!(),
         ", chain, seq, prev_hash, hash) SELECT * FROM ("
-    ))
-    .bind(tip.chain)
-    .bind(tip.seq);
+    ));
     sql.push_values(rows);
-    sql.push(
-        ") AS v WHERE NOT EXISTS (SELECT 1 FROM audit_events WHERE chain = $1 AND seq > $2) \
-         RETURNING 1",
-    );
-    Ok(B::fetch_all(conn, sql).await?.len())
+    sql.push(") AS v WHERE NOT EXISTS (SELECT 1 FROM audit_events WHERE chain = ")
+        .push_bind(tip.chain)
+        .push(" AND seq > ")
+        .push_bind(tip.seq)
+        .push(") RETURNING 1");
+    sql
 }
 
 /// Links audit events from before migration 0004 when a store opens.

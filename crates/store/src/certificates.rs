@@ -30,7 +30,7 @@ use sqlx::Pool;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::audit::{insert_audit, insert_audits};
+use crate::audit::{audit_script, insert_audit, insert_audits};
 use crate::blobs::{insert_blobs, upsert_blobs};
 use crate::codec::{
     self, audit_columns, certificate_columns, fold, id, idempotency_columns, issuer_columns, secs,
@@ -560,11 +560,29 @@ async fn create_together<B: Backend>(pool: &Pool<B>, batch: &[Creation]) -> Doma
     }
     let blobs: Vec<&(String, Bytes)> = batch.iter().flat_map(|c| &c.blobs).collect();
     writes.extend(upsert_blobs(&blobs)?);
-    let mut tx = pool.begin_with(B::BEGIN_WRITE).await.map_err(map)?;
-    execute_all::<B>(&mut tx, writes).await?;
     let audits: Vec<&AuditEvent> = batch.iter().map(|c| &c.audit).collect();
-    insert_audits::<B>(&mut tx, &audits).await?;
+    let mut tx = pool.begin_with(B::BEGIN_WRITE).await.map_err(map)?;
+    write_audited::<B>(&mut tx, writes, &audits).await?;
     tx.commit().await.map_err(map)
+}
+
+/// Runs `writes` and links `audits` in the transaction `tx`: the links in
+/// the same script where the backend allows ([`audit_script`]).
+async fn write_audited<B: Backend>(
+    tx: &mut B::Connection,
+    mut writes: Vec<Sql>,
+    audits: &[&AuditEvent],
+) -> DomainResult<()> {
+    match audit_script::<B>(&mut *tx, audits).await? {
+        Some(links) => {
+            writes.extend(links);
+            execute_all::<B>(tx, writes).await
+        }
+        None => {
+            execute_all::<B>(&mut *tx, writes).await?;
+            insert_audits::<B>(tx, audits).await
+        }
+    }
 }
 
 /// A new version waiting for its group commit: what
@@ -692,9 +710,8 @@ async fn add_versions_together<B: Backend>(
     }
     let blobs: Vec<&(String, Bytes)> = batch.iter().flat_map(|v| &v.blobs).collect();
     writes.extend(upsert_blobs(&blobs)?);
-    execute_all::<B>(&mut tx, writes).await?;
     let audits: Vec<&AuditEvent> = batch.iter().map(|v| &v.audit).collect();
-    insert_audits::<B>(&mut tx, &audits).await?;
+    write_audited::<B>(&mut tx, writes, &audits).await?;
     tx.commit().await.map_err(map)
 }
 
