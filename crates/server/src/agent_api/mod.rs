@@ -23,11 +23,18 @@
 //! through the change feed (see `serve.rs`), so an idle poll costs no
 //! database read.
 
+pub mod conn;
 pub mod deploy;
 pub mod discovery;
+pub mod framing;
 pub mod poll;
 pub mod routes;
+pub mod tls;
 pub mod token;
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod framing_tests;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -35,12 +42,10 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use certflow_services::agents::Agents;
-use hyper_util::rt::TokioIo;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::ClientCertVerifier;
 use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
 
 use crate::config::AgentConfig;
 use crate::deploy_cache::DeployState;
@@ -260,7 +265,6 @@ pub async fn serve(
     app: poll::AgentApp,
     close: tokio::sync::watch::Receiver<bool>,
 ) {
-    let acceptor = TlsAcceptor::from(tls);
     // Every connection task holds a sender; `recv` answers None once all are gone.
     let (open, mut all_closed) = tokio::sync::mpsc::channel::<()>(1);
     loop {
@@ -278,7 +282,7 @@ pub async fn serve(
             }
         };
         let conn = Connection {
-            acceptor: acceptor.clone(),
+            tls: tls.clone(),
             app: app.clone(),
             close: close.clone(),
             peer,
@@ -296,7 +300,7 @@ pub async fn serve(
 
 /// One accepted connection, before its handshake.
 struct Connection {
-    acceptor: TlsAcceptor,
+    tls: Arc<rustls::ServerConfig>,
     app: poll::AgentApp,
     close: tokio::sync::watch::Receiver<bool>,
     peer: SocketAddr,
@@ -308,8 +312,8 @@ impl Connection {
     async fn run(self, tcp: tokio::net::TcpStream) {
         let peer = self.peer;
         let _ = tcp.set_nodelay(true);
-        let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.acceptor.accept(tcp)).await
-        {
+        let accepted = tokio::time::timeout(HANDSHAKE_TIMEOUT, tls::TlsConn::accept(tcp, self.tls));
+        let stream = match accepted.await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
                 tracing::debug!(%peer, error = %e, "agent TLS handshake failed");
@@ -318,8 +322,6 @@ impl Connection {
             Err(_) => return,
         };
         let client_cert = stream
-            .get_ref()
-            .1
             .peer_certificates()
             .and_then(|c| c.first())
             .map(|c| Arc::new(c.to_vec()));
@@ -333,22 +335,6 @@ impl Connection {
             info: ConnInfo { peer, client_cert },
             identity,
         });
-        let service = hyper::service::service_fn(move |req| context.clone().call(req));
-        let conn = hyper::server::conn::http1::Builder::new()
-            .timer(hyper_util::rt::TokioTimer::new())
-            .header_read_timeout(Duration::from_secs(30))
-            .serve_connection(TokioIo::new(stream), service);
-        tokio::pin!(conn);
-        let ended = tokio::select! {
-            r = conn.as_mut() => r,
-            () = closed(self.close) => {
-                // Finish the request in flight (a long poll included), then close.
-                conn.as_mut().graceful_shutdown();
-                conn.await
-            }
-        };
-        if let Err(e) = ended {
-            tracing::debug!(%peer, error = %e, "agent connection ended with an error");
-        }
+        conn::serve(stream, context, self.close).await;
     }
 }

@@ -16,14 +16,12 @@
 //! to a handler that reads no body. `HEAD`, other methods and other paths
 //! take the router, as before.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Body;
 use axum::http::{Method, Request};
 use axum::response::{IntoResponse, Response};
-use hyper::body::Incoming;
 use tower::ServiceExt as _;
 use tracing::Instrument as _;
 
@@ -66,20 +64,21 @@ pub struct ConnContext {
 
 impl ConnContext {
     /// Answers one request of the connection.
-    pub async fn call(self: Arc<Self>, mut req: Request<Incoming>) -> Result<Response, Infallible> {
+    pub async fn call(self: Arc<Self>, mut req: Request<Body>) -> Response {
         if is_poll(req.method(), req.uri().path()) {
-            return Ok(self.poll(req).await);
+            return self.poll(req).await;
         }
         req.extensions_mut().insert(self.info.clone());
         if let Some(identity) = &self.identity {
             req.extensions_mut().insert(identity.clone());
         }
-        self.app.router.clone().oneshot(req.map(Body::new)).await
+        let Ok(resp) = self.app.router.clone().oneshot(req).await;
+        resp
     }
 
     /// `GET /agent/v1/assignments`: what the router's layers and the
     /// route's handler would answer (see the module header).
-    async fn poll<B>(&self, req: Request<B>) -> Response {
+    pub(super) async fn poll<B>(&self, req: Request<B>) -> Response {
         let access = Access::begin(req.headers(), req.method(), ASSIGNMENTS, "agent");
         let (mut resp, agent) = self.answer(req).instrument(access.span().clone()).await;
         access.finish(&mut resp, || agent.map(actor_of), || None);
@@ -118,10 +117,10 @@ impl ConnContext {
 }
 
 /// Whether a request is the assignment poll this path answers.
-fn is_poll(method: &Method, path: &str) -> bool {
+pub(super) fn is_poll(method: &Method, path: &str) -> bool {
     method == Method::GET && path == ASSIGNMENTS
 }
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-mod tests;
+pub(crate) mod tests;
