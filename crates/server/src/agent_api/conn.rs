@@ -18,6 +18,7 @@
 //! (as hyper's `header_read_timeout` was), a `Date` on every response, no
 //! body for HEAD, 1xx, 204 and 304. Every refusal is a problem document.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -46,7 +47,9 @@ enum Read {
     /// The peer closed (or failed) before a complete head.
     Gone,
     /// No complete head within [`HEAD_TIMEOUT`].
-    TimedOut { partial: bool },
+    TimedOut {
+        partial: bool,
+    },
     Refused(HeadError),
 }
 
@@ -54,7 +57,7 @@ enum Read {
 /// `close` turns true (the request in flight, a parked poll included, is
 /// answered first, with `Connection: close`).
 pub async fn serve(
-    mut tls: TlsConn,
+    mut tls: Box<TlsConn>,
     ctx: Arc<ConnContext>,
     close: tokio::sync::watch::Receiver<bool>,
 ) {
@@ -77,23 +80,28 @@ pub async fn serve(
                     "Request timeout",
                     "the request head did not arrive in time",
                 );
-                let _ = respond(&mut tls, &Method::GET, problem.into_response(), true, false).await;
+                let resp = problem.into_response();
+                let _ = Box::pin(respond(&mut tls, &Method::GET, resp, true, false)).await;
                 break;
             }
             Read::Refused(e) => {
-                let _ = respond(&mut tls, &Method::GET, refusal(e), true, false).await;
+                let _ = Box::pin(respond(&mut tls, &Method::GET, refusal(e), true, false)).await;
                 break;
             }
         };
         // Only these outlive the head: its fields go into the request.
         let (method, keep_alive) = (head.method.clone(), head.keep_alive);
         let http10 = head.version == http::Version::HTTP_10;
-        let Some(resp) = exchange(&mut tls, &ctx, *head).await else {
+        let Some(resp) = exchange(&mut tls, &ctx, head).await else {
             return;
         };
-        let close_now =
-            !keep_alive || framing::wants_close(resp.headers()) || tls.read_closed() || *close.borrow();
-        if respond(&mut tls, &method, resp, close_now, http10)
+        let close_now = !keep_alive
+            || framing::wants_close(resp.headers())
+            || tls.read_closed()
+            || *close.borrow();
+        // Boxed, as is every future a parked poll does not need: the
+        // connection's task is as large as its largest await.
+        if Box::pin(respond(&mut tls, &method, resp, close_now, http10))
             .await
             .is_err()
         {
@@ -108,7 +116,7 @@ pub async fn serve(
 
 /// Reads the body of `head` and answers it; None when the connection is
 /// gone (nothing is to be written).
-async fn exchange(tls: &mut TlsConn, ctx: &Arc<ConnContext>, head: Head) -> Option<Response> {
+async fn exchange(tls: &mut TlsConn, ctx: &Arc<ConnContext>, head: Box<Head>) -> Option<Response> {
     if head.expect_continue && tls.buffered().len() < head.body_len {
         tls.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await.ok()?;
     }
@@ -117,25 +125,43 @@ async fn exchange(tls: &mut TlsConn, ctx: &Arc<ConnContext>, head: Head) -> Opti
             return None;
         }
     }
-    let body = bytes::Bytes::copy_from_slice(&tls.buffered()[..head.body_len]);
-    tls.consume(head.body_len);
-    let mut req = Request::new(Body::from(body));
-    *req.method_mut() = head.method;
-    *req.uri_mut() = head.uri;
-    *req.version_mut() = head.version;
-    *req.headers_mut() = head.headers;
+    let req = request_of(head, tls);
     if is_poll(req.method(), req.uri().path()) {
-        return parked(tls, ctx, req).await;
+        return parked(tls, Box::pin(ctx.poll(req))).await;
     }
     Some(Box::pin(ctx.clone().call(req)).await)
 }
 
-/// A poll: its future (boxed, so the connection's task stays small) runs
+/// The request of `head`, with its body taken from what `tls` buffered.
+/// Not inlined into [`exchange`]: a head kept there would stay in the
+/// connection's task while its poll is parked.
+fn request_of(head: Box<Head>, tls: &mut TlsConn) -> Request<Body> {
+    let Head {
+        method,
+        uri,
+        version,
+        headers,
+        body_len,
+        ..
+    } = *head;
+    let body = bytes::Bytes::copy_from_slice(&tls.buffered()[..body_len]);
+    tls.consume(body_len);
+    let mut req = Request::new(Body::from(body));
+    *req.method_mut() = method;
+    *req.uri_mut() = uri;
+    *req.version_mut() = version;
+    *req.headers_mut() = headers;
+    req
+}
+
+/// A poll: its `answer` (boxed, so the connection's task stays small) runs
 /// while the socket is watched; a close from the client ends the wait and
 /// nothing is written, as hyper did. Bytes of a pipelined request are
 /// kept for after the answer.
-async fn parked(tls: &mut TlsConn, ctx: &Arc<ConnContext>, req: Request<Body>) -> Option<Response> {
-    let mut answer = Box::pin(ctx.poll(req));
+async fn parked(
+    tls: &mut TlsConn,
+    mut answer: Pin<Box<impl Future<Output = Response>>>,
+) -> Option<Response> {
     let mut watching = !tls.read_closed();
     loop {
         tokio::select! {
@@ -228,7 +254,9 @@ async fn respond(
             )
             .into_response()
             .into_parts();
-            let b = axum::body::to_bytes(b, MAX_RESPONSE).await.unwrap_or_default();
+            let b = axum::body::to_bytes(b, MAX_RESPONSE)
+                .await
+                .unwrap_or_default();
             (p.status, p.headers, b)
         }
     };

@@ -112,7 +112,9 @@ fn framed(
     // §3.2: exactly one Host in HTTP/1.1.
     let hosts = headers.get_all(HOST).iter().count();
     if hosts > 1 || (hosts == 0 && version == Version::HTTP_11) {
-        return Err(HeadError::Malformed("an HTTP/1.1 request needs exactly one Host"));
+        return Err(HeadError::Malformed(
+            "an HTTP/1.1 request needs exactly one Host",
+        ));
     }
     if headers.contains_key(TRANSFER_ENCODING) {
         // §6.1: in HTTP/1.0, or with a Content-Length, the framing is faulty.
@@ -135,9 +137,7 @@ fn framed(
         Some(_) => return Err(HeadError::Expectation),
     };
     let keep_alive = match version {
-        Version::HTTP_10 => {
-            has_token(&headers, "keep-alive") && !has_token(&headers, "close")
-        }
+        Version::HTTP_10 => has_token(&headers, "keep-alive") && !has_token(&headers, "close"),
         _ => !has_token(&headers, "close"),
     };
     Ok(Head {

@@ -16,7 +16,8 @@ fn complete(raw: &str) -> super::framing::Head {
 
 #[test]
 fn a_head_is_complete_at_its_empty_line_and_not_before() {
-    let raw = "GET /agent/v1/assignments?wait=55 HTTP/1.1\r\nHost: a\r\nIf-None-Match: \"x\"\r\n\r\n";
+    let raw =
+        "GET /agent/v1/assignments?wait=55 HTTP/1.1\r\nHost: a\r\nIf-None-Match: \"x\"\r\n\r\n";
     for cut in 0..raw.len() {
         assert!(head(&raw[..cut]).unwrap().is_none(), "complete at {cut}");
     }
@@ -47,7 +48,10 @@ fn pipelined_requests_are_read_one_head_at_a_time() {
 #[test]
 fn an_empty_line_before_the_request_line_is_ignored() {
     // §2.2: a server SHOULD ignore at least one empty line before the request-line.
-    assert_eq!(complete("\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n").method, Method::GET);
+    assert_eq!(
+        complete("\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n").method,
+        Method::GET
+    );
 }
 
 #[test]
@@ -65,7 +69,10 @@ fn persistence_follows_the_version_and_connection() {
 #[test]
 fn http11_needs_exactly_one_host() {
     // §3.2: 400 for an HTTP/1.1 request without Host or with more than one.
-    assert!(matches!(head("GET / HTTP/1.1\r\n\r\n"), Err(HeadError::Malformed(_))));
+    assert!(matches!(
+        head("GET / HTTP/1.1\r\n\r\n"),
+        Err(HeadError::Malformed(_))
+    ));
     assert!(matches!(
         head("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"),
         Err(HeadError::Malformed(_))
@@ -76,20 +83,29 @@ fn http11_needs_exactly_one_host() {
 fn content_length_frames_the_body_and_bad_ones_are_refused() {
     // §6.3 (5): identical repeated values may be taken as one; anything
     // else invalid is an unrecoverable framing error (400).
-    assert_eq!(complete("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\n").body_len, 5);
+    assert_eq!(
+        complete("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\n").body_len,
+        5
+    );
     assert_eq!(
         complete("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 5\r\n\r\n").body_len,
         5
     );
     for bad in ["5, 6", "-1", "+5", "0x10", "", "5 5", "1e3"] {
         let raw = format!("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: {bad}\r\n\r\n");
-        assert!(matches!(head(&raw), Err(HeadError::Malformed(_))), "{bad:?} taken");
+        assert!(
+            matches!(head(&raw), Err(HeadError::Malformed(_))),
+            "{bad:?} taken"
+        );
     }
     let twice = "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n";
     assert!(matches!(head(twice), Err(HeadError::Malformed(_))));
     let huge = "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999999999999999999\r\n\r\n";
     assert_eq!(head(huge).err(), Some(HeadError::BodyTooLarge));
-    let over = format!("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n", MAX_BODY + 1);
+    let over = format!(
+        "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n",
+        MAX_BODY + 1
+    );
     assert_eq!(head(&over).err(), Some(HeadError::BodyTooLarge));
 }
 
@@ -99,7 +115,8 @@ fn transfer_codings_are_refused() {
     // faulty (400); chunked alone is answered 411 here (RFC 9110 §15.5.12).
     let chunked = "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n";
     assert_eq!(head(chunked).err(), Some(HeadError::LengthRequired));
-    let both = "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n";
+    let both =
+        "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n";
     assert!(matches!(head(both), Err(HeadError::Malformed(_))));
     let old = "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n";
     assert!(matches!(head(old), Err(HeadError::Malformed(_))));
@@ -124,7 +141,10 @@ fn oversized_heads_are_refused_once_over_the_bound() {
     let many: String = (0..200).map(|i| format!("X-{i}: v\r\n")).collect();
     let raw = format!("GET / HTTP/1.1\r\nHost: a\r\n{many}\r\n");
     assert_eq!(head(&raw).err(), Some(HeadError::TooLarge));
-    assert_eq!(HeadError::TooLarge.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    assert_eq!(
+        HeadError::TooLarge.status(),
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+    );
 }
 
 #[test]
@@ -136,10 +156,19 @@ fn malformed_heads_and_other_versions_are_refused() {
         "GET / HTTP/1.1\r\n Host: a\r\n\r\n",
         "G(T / HTTP/1.1\r\nHost: a\r\n\r\n",
     ] {
-        assert!(matches!(head(bad), Err(HeadError::Malformed(_))), "{bad:?} taken");
+        assert!(
+            matches!(head(bad), Err(HeadError::Malformed(_))),
+            "{bad:?} taken"
+        );
     }
-    assert_eq!(head("GET / HTTP/2.0\r\n\r\n").err(), Some(HeadError::Version));
-    assert_eq!(HeadError::Version.status(), StatusCode::HTTP_VERSION_NOT_SUPPORTED);
+    assert_eq!(
+        head("GET / HTTP/2.0\r\n\r\n").err(),
+        Some(HeadError::Version)
+    );
+    assert_eq!(
+        HeadError::Version.status(),
+        StatusCode::HTTP_VERSION_NOT_SUPPORTED
+    );
 }
 
 #[test]
@@ -161,14 +190,30 @@ fn response_heads_carry_date_length_and_connection_once() {
     headers.insert("connection", "keep-alive".parse().unwrap());
     let date = "Mon, 07 Dec 2026 07:00:00 GMT";
     let mut out = Vec::new();
-    write_response_head(&mut out, StatusCode::OK, &headers, Some(2), true, false, date);
+    write_response_head(
+        &mut out,
+        StatusCode::OK,
+        &headers,
+        Some(2),
+        true,
+        false,
+        date,
+    );
     let text = String::from_utf8(out).unwrap();
     assert_eq!(
         text,
         "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ndate: Mon, 07 Dec 2026 07:00:00 GMT\r\ncontent-length: 2\r\nconnection: close\r\n\r\n"
     );
     let mut out = Vec::new();
-    write_response_head(&mut out, StatusCode::NOT_MODIFIED, &http::HeaderMap::new(), None, false, true, date);
+    write_response_head(
+        &mut out,
+        StatusCode::NOT_MODIFIED,
+        &http::HeaderMap::new(),
+        None,
+        false,
+        true,
+        date,
+    );
     let text = String::from_utf8(out).unwrap();
     assert_eq!(
         text,

@@ -58,17 +58,17 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct ConnInfo {
     /// The TCP peer.
     pub peer: SocketAddr,
-    /// DER of the client certificate rustls verified, if the client sent one.
-    pub client_cert: Option<Arc<Vec<u8>>>,
 }
 
 /// The client certificate of a connection, read once when the connection
 /// is accepted instead of on each of its requests: keep-alive polls would
-/// otherwise re-parse the same DER every time.
+/// otherwise re-parse the same DER every time. It keeps what the checks
+/// need, not the DER (rustls holds that already; a second copy was half a
+/// kilobyte per connected agent).
 #[derive(Debug)]
 pub struct ClientIdentity {
-    /// DER of the certificate (for token binding, RFC 8705 thumbprints).
-    pub der: Arc<Vec<u8>>,
+    /// SHA-256 of the certificate's DER (token binding, RFC 8705 §3.1).
+    pub sha256: [u8; 32],
     /// The agent and serial it names, or why it names none.
     pub parsed: Result<CertIdentity, &'static str>,
 }
@@ -88,11 +88,11 @@ pub struct CertIdentity {
 
 impl ClientIdentity {
     /// Parses `der` (already verified against the agent-identity CA).
-    pub fn read(der: Arc<Vec<u8>>) -> Self {
-        let parsed = certflow_pki::inspect(&der)
+    pub fn read(der: &[u8]) -> Self {
+        let parsed = certflow_pki::inspect(der)
             .map_err(|_| "unreadable client certificate")
             .and_then(|info| {
-                let agent_id = certflow_pki::uri_names(&der)
+                let agent_id = certflow_pki::uri_names(der)
                     .ok()
                     .and_then(|uris| {
                         uris.iter()
@@ -106,7 +106,10 @@ impl ClientIdentity {
                     not_after: info.not_after,
                 })
             });
-        Self { der, parsed }
+        Self {
+            sha256: token::cert_sha256(der),
+            parsed,
+        }
     }
 }
 
@@ -312,7 +315,11 @@ impl Connection {
     async fn run(self, tcp: tokio::net::TcpStream) {
         let peer = self.peer;
         let _ = tcp.set_nodelay(true);
-        let accepted = tokio::time::timeout(HANDSHAKE_TIMEOUT, tls::TlsConn::accept(tcp, self.tls));
+        // Boxed: the handshake's state is not to stay in the task once done.
+        let accepted = tokio::time::timeout(
+            HANDSHAKE_TIMEOUT,
+            Box::pin(tls::TlsConn::accept(tcp, self.tls)),
+        );
         let stream = match accepted.await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
@@ -321,20 +328,17 @@ impl Connection {
             }
             Err(_) => return,
         };
-        let client_cert = stream
+        let identity = stream
             .peer_certificates()
             .and_then(|c| c.first())
-            .map(|c| Arc::new(c.to_vec()));
-        let identity = client_cert
-            .clone()
             .map(|der| Arc::new(ClientIdentity::read(der)));
         // One per connection, so its requests share no reference count
         // with other connections' (the cores would trade its cache line).
         let context = Arc::new(poll::ConnContext {
             app: self.app,
-            info: ConnInfo { peer, client_cert },
+            info: ConnInfo { peer },
             identity,
         });
-        conn::serve(stream, context, self.close).await;
+        conn::serve(Box::new(stream), context, self.close).await;
     }
 }

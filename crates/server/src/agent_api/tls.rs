@@ -221,7 +221,8 @@ impl TlsConn {
                 let wrote = match what {
                     Send::Nothing => None,
                     Send::Data(data) => {
-                        self.outgoing.resize(start + data.len() + RECORD_OVERHEAD, 0);
+                        self.outgoing
+                            .resize(start + data.len() + RECORD_OVERHEAD, 0);
                         Some(match traffic.encrypt(data, &mut self.outgoing[start..]) {
                             Err(EncryptError::InsufficientSize(InsufficientSizeError {
                                 required_size,

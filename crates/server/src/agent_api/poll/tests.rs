@@ -87,10 +87,7 @@ pub(crate) async fn fixture() -> Fixture {
         &[certflow_core::SubjectName::Dns("agent.test".into())],
     )
     .unwrap();
-    let identity = agents
-        .enroll(&token, &csr, None, None, now)
-        .await
-        .unwrap();
+    let identity = agents.enroll(&token, &csr, None, None, now).await.unwrap();
     let der = certflow_pki::parse_pem_certs("identity", &identity.certificate_pem)
         .unwrap()
         .remove(0);
@@ -102,21 +99,18 @@ pub(crate) async fn fixture() -> Fixture {
         ..Default::default()
     };
     let state = AgentState::new(agents.clone(), deploy, &config, verifier).unwrap();
-    let cert_der = der.clone();
-    let der = Arc::new(der);
     let ctx = ConnContext {
         app: AgentApp::new(state),
         info: ConnInfo {
             peer: "127.0.0.1:40000".parse().unwrap(),
-            client_cert: Some(der.clone()),
         },
-        identity: Some(Arc::new(ClientIdentity::read(der))),
+        identity: Some(Arc::new(ClientIdentity::read(&der))),
     };
     Fixture {
         ctx,
         agents,
         agent: identity.agent.id,
-        cert_der,
+        cert_der: der,
         key,
         _dir: dir,
     }
@@ -178,10 +172,7 @@ async fn both(
     } else {
         let anonymous = ConnContext {
             app: f.ctx.app.clone(),
-            info: ConnInfo {
-                client_cert: None,
-                ..f.ctx.info.clone()
-            },
+            info: f.ctx.info.clone(),
             identity: None,
         };
         anonymous.poll(request(uri, headers)).await
