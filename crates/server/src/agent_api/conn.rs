@@ -38,6 +38,9 @@ pub const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest request body read: the largest any agent route takes (the
 /// discovery report); each route's own limit then applies as before.
 pub const MAX_BODY: usize = super::discovery::DISCOVERY_BODY_LIMIT;
+/// How long a refused request's remaining bytes are read and dropped
+/// before the connection closes (see [`TlsConn::linger`]).
+const LINGER: Duration = Duration::from_secs(5);
 /// Largest response body sent (agent answers are small JSON or PEM).
 const MAX_RESPONSE: usize = 16 * 1024 * 1024;
 
@@ -82,11 +85,11 @@ pub async fn serve(
                 );
                 let resp = problem.into_response();
                 let _ = Box::pin(respond(&mut tls, &Method::GET, resp, true, false)).await;
-                break;
+                return Box::pin(tls.linger(LINGER)).await;
             }
             Read::Refused(e) => {
                 let _ = Box::pin(respond(&mut tls, &Method::GET, refusal(e), true, false)).await;
-                break;
+                return Box::pin(tls.linger(LINGER)).await;
             }
         };
         // Only these outlive the head: its fields go into the request.

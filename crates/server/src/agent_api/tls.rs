@@ -161,6 +161,18 @@ impl TlsConn {
         }
     }
 
+    /// Closes our side, then reads and drops what the client still sends
+    /// (a body we refused before reading it) until it closes or `bound`
+    /// passes: closing at once could reset the connection before the client
+    /// read our answer (RFC 9112 §9.6, lingering close).
+    pub async fn linger(&mut self, bound: std::time::Duration) {
+        self.shutdown().await;
+        let deadline = tokio::time::Instant::now() + bound;
+        while let Ok(Ok(true)) = tokio::time::timeout_at(deadline, self.fill()).await {
+            self.plain = Vec::new();
+        }
+    }
+
     /// Runs rustls until it took `what` (encrypted into `outgoing`).
     async fn send(&mut self, what: Send<'_>) -> io::Result<()> {
         loop {

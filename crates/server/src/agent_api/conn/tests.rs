@@ -289,6 +289,16 @@ async fn framing_errors_are_problems_and_close_the_connection() {
         assert_eq!(reply.header("connection"), Some("close"), "{raw:?}");
         assert!(c.closed().await, "{raw:?} left the connection open");
     }
+    // A body refused from its Content-Length is still being sent: the
+    // client reads the 413 rather than a reset (lingering close).
+    let mut c = connect(&s, true).await;
+    let body = "x".repeat(4 * 1024 * 1024);
+    c.send(&format!(
+        "POST /agent/v1/discovered HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n{body}",
+        MAX_BODY + 1
+    ))
+    .await;
+    problem(&c.reply(false).await, 413);
     let mut c = connect(&s, true).await;
     let long = "a".repeat(framing::MAX_HEAD);
     c.send(&format!(
