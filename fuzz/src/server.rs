@@ -9,7 +9,8 @@ mod framing;
 const MAX_BODY: usize = 1 << 16;
 
 /// The bytes of one agent connection, read as the connection loop reads
-/// them: a request head, its Content-Length body, the next head, and so on.
+/// them: a request head, its Content-Length or chunked body, the next head,
+/// and so on.
 /// Checks that a head's length lies within the input and the bound, that no
 /// strict prefix of a head is already complete, and that the response head
 /// written for it (echoing its fields) parses back whole.
@@ -36,6 +37,20 @@ pub fn agent_http1(data: &[u8]) {
         let mut resp = httparse::Response::new(&mut fields);
         assert_eq!(resp.parse(&out), Ok(httparse::Status::Complete(out.len())));
         rest = &rest[len..];
-        rest = &rest[head.body_len.min(rest.len())..];
+        if head.chunked {
+            // A decoded body within the bound, taken from within the input;
+            // no strict prefix of it already decodes to a complete one.
+            let Ok(Some((body, used))) = framing::chunked_body(rest, MAX_BODY) else {
+                return;
+            };
+            assert!(body.len() <= MAX_BODY && used <= rest.len() && body.len() <= used);
+            assert!(!matches!(
+                framing::chunked_body(&rest[..used - 1], MAX_BODY),
+                Ok(Some(_))
+            ));
+            rest = &rest[used..];
+        } else {
+            rest = &rest[head.body_len.min(rest.len())..];
+        }
     }
 }

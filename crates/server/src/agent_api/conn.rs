@@ -11,8 +11,8 @@
 //! only while it is read, a response's only while it is written. Framing
 //! is `framing.rs` (`httparse` for the head), fuzzed by `agent_http1`.
 //!
-//! What it does of HTTP/1.1 (RFC 9112): Content-Length bodies (chunked
-//! ones are refused with 411: certflow-agent always sends a length),
+//! What it does of HTTP/1.1 (RFC 9112): Content-Length and chunked bodies
+//! (other transfer codings are refused with 411),
 //! `Expect: 100-continue`, persistence per version and `Connection`,
 //! pipelined requests in order, a 30 s bound on waiting for a request head
 //! (as hyper's `header_read_timeout` was), a `Date` on every response, no
@@ -120,35 +120,60 @@ pub async fn serve(
 /// Reads the body of `head` and answers it; None when the connection is
 /// gone (nothing is to be written).
 async fn exchange(tls: &mut TlsConn, ctx: &Arc<ConnContext>, head: Box<Head>) -> Option<Response> {
-    if head.expect_continue && tls.buffered().len() < head.body_len {
+    if head.expect_continue && (head.chunked || tls.buffered().len() < head.body_len) {
         tls.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await.ok()?;
     }
-    while tls.buffered().len() < head.body_len {
-        if !tls.fill().await.ok()? {
-            return None;
+    let body = if head.chunked {
+        loop {
+            match framing::chunked_body(tls.buffered(), MAX_BODY) {
+                Ok(Some((body, used))) => {
+                    tls.consume(used);
+                    break bytes::Bytes::from(body);
+                }
+                Ok(None) => {
+                    if !tls.fill().await.ok()? {
+                        return None;
+                    }
+                }
+                Err(e) => {
+                    // The framing is lost: answer, then close.
+                    let mut resp = refusal(e);
+                    resp.headers_mut().insert(
+                        header::CONNECTION,
+                        header::HeaderValue::from_static("close"),
+                    );
+                    return Some(resp);
+                }
+            }
         }
-    }
-    let req = request_of(head, tls);
+    } else {
+        while tls.buffered().len() < head.body_len {
+            if !tls.fill().await.ok()? {
+                return None;
+            }
+        }
+        let body = bytes::Bytes::copy_from_slice(&tls.buffered()[..head.body_len]);
+        tls.consume(head.body_len);
+        body
+    };
+    let req = request_of(head, body);
     if is_poll(req.method(), req.uri().path()) {
         return parked(tls, Box::pin(ctx.poll(req))).await;
     }
     Some(Box::pin(ctx.clone().call(req)).await)
 }
 
-/// The request of `head`, with its body taken from what `tls` buffered.
-/// Not inlined into [`exchange`]: a head kept there would stay in the
-/// connection's task while its poll is parked.
-fn request_of(head: Box<Head>, tls: &mut TlsConn) -> Request<Body> {
+/// The request of `head` with `body`. Not inlined into [`exchange`]: a
+/// head kept there would stay in the connection's task while its poll is
+/// parked.
+fn request_of(head: Box<Head>, body: bytes::Bytes) -> Request<Body> {
     let Head {
         method,
         uri,
         version,
         headers,
-        body_len,
         ..
     } = *head;
-    let body = bytes::Bytes::copy_from_slice(&tls.buffered()[..body_len]);
-    tls.consume(body_len);
     let mut req = Request::new(Body::from(body));
     *req.method_mut() = method;
     *req.uri_mut() = uri;
@@ -223,7 +248,8 @@ fn refusal(e: HeadError) -> Response {
         HeadError::LengthRequired => (
             "length-required",
             "Length required",
-            "send the body with a Content-Length (Transfer-Encoding is not accepted)".to_owned(),
+            "send the body with a Content-Length or chunked (no other transfer coding is accepted)"
+                .to_owned(),
         ),
         HeadError::BodyTooLarge => return ApiError::body_too_large(MAX_BODY).into_response(),
         HeadError::Expectation => (

@@ -24,8 +24,11 @@ pub struct Head {
     pub version: Version,
     /// The header fields.
     pub headers: HeaderMap,
-    /// The body's length (Content-Length; 0 without one).
+    /// The body's length (Content-Length; 0 without one or when chunked).
     pub body_len: usize,
+    /// The body comes in chunks (`Transfer-Encoding: chunked`): read it
+    /// with [`chunked_body`].
+    pub chunked: bool,
     /// Whether the connection persists after this exchange (RFC 9112 §9.3).
     pub keep_alive: bool,
     /// `Expect: 100-continue` on an HTTP/1.1 request with a body.
@@ -41,7 +44,7 @@ pub enum HeadError {
     Malformed(&'static str),
     /// A protocol version other than HTTP/1.0 and HTTP/1.1: 505.
     Version,
-    /// A body framed by Transfer-Encoding, which this listener does not take: 411.
+    /// A body in a transfer coding other than chunked alone: 411.
     LengthRequired,
     /// Content-Length above the listener's bound: 413.
     BodyTooLarge,
@@ -123,8 +126,20 @@ fn framed(
                 "Transfer-Encoding with HTTP/1.0 or with Content-Length",
             ));
         }
-        return Err(HeadError::LengthRequired);
+        // §6.1: chunked alone is the one coding every HTTP/1.1 recipient
+        // reads; others (compression) are refused.
+        let codings: Vec<&str> = headers
+            .get_all(TRANSFER_ENCODING)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .collect();
+        if !matches!(codings.as_slice(), [c] if c.eq_ignore_ascii_case("chunked")) {
+            return Err(HeadError::LengthRequired);
+        }
     }
+    let chunked = headers.contains_key(TRANSFER_ENCODING);
     let body_len = content_length(&headers)?;
     if body_len > max_body {
         return Err(HeadError::BodyTooLarge);
@@ -132,7 +147,7 @@ fn framed(
     let expect_continue = match headers.get(EXPECT) {
         None => false,
         Some(v) if v.as_bytes().eq_ignore_ascii_case(b"100-continue") => {
-            version == Version::HTTP_11 && body_len > 0
+            version == Version::HTTP_11 && (body_len > 0 || chunked)
         }
         Some(_) => return Err(HeadError::Expectation),
     };
@@ -146,9 +161,58 @@ fn framed(
         version,
         headers,
         body_len,
+        chunked,
         keep_alive,
         expect_continue,
     })
+}
+
+/// Decodes a chunked body (RFC 9112 §7.1) at the start of `buf`: `Ok(None)`
+/// while it is incomplete, else the body and the bytes it took (chunks and
+/// trailer section; trailer fields are read and dropped). Refused past
+/// `max_body` decoded bytes, or when the chunk framing alone would hold
+/// more than a bounded multiple of that.
+pub fn chunked_body(buf: &[u8], max_body: usize) -> Result<Option<(Vec<u8>, usize)>, HeadError> {
+    // One-byte chunks take six bytes on the wire: past that, it is not a body.
+    if buf.len() > max_body.saturating_mul(6).saturating_add(MAX_HEAD) {
+        return Err(HeadError::BodyTooLarge);
+    }
+    let mut body = Vec::new();
+    let mut pos = 0;
+    loop {
+        let (used, size) = match httparse::parse_chunk_size(&buf[pos..]) {
+            Ok(httparse::Status::Complete(found)) => found,
+            Ok(httparse::Status::Partial) if buf.len() - pos > MAX_HEAD => {
+                return Err(HeadError::Malformed("invalid chunk size line"));
+            }
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(_) => return Err(HeadError::Malformed("invalid chunk size line")),
+        };
+        pos += used;
+        let size = usize::try_from(size).map_err(|_| HeadError::BodyTooLarge)?;
+        if size == 0 {
+            break;
+        }
+        if body.len().saturating_add(size) > max_body {
+            return Err(HeadError::BodyTooLarge);
+        }
+        let Some(chunk) = buf.get(pos..pos + size + 2) else {
+            return Ok(None);
+        };
+        if &chunk[size..] != b"\r\n" {
+            return Err(HeadError::Malformed("a chunk does not end with CRLF"));
+        }
+        body.extend_from_slice(&chunk[..size]);
+        pos += size + 2;
+    }
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    match httparse::parse_headers(&buf[pos..], &mut fields) {
+        Ok(httparse::Status::Complete((used, _))) => Ok(Some((body, pos + used))),
+        Ok(httparse::Status::Partial) if buf.len() - pos > MAX_HEAD => Err(HeadError::TooLarge),
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(httparse::Error::TooManyHeaders) => Err(HeadError::TooLarge),
+        Err(_) => Err(HeadError::Malformed("invalid trailer section")),
+    }
 }
 
 /// Content-Length (§6.3): one decimal value, or a list of the same value.

@@ -110,16 +110,52 @@ fn content_length_frames_the_body_and_bad_ones_are_refused() {
 }
 
 #[test]
-fn transfer_codings_are_refused() {
+fn chunked_alone_is_read_and_other_codings_are_refused() {
     // §6.1: with Content-Length as well, or in HTTP/1.0, the framing is
-    // faulty (400); chunked alone is answered 411 here (RFC 9110 §15.5.12).
-    let chunked = "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n";
-    assert_eq!(head(chunked).err(), Some(HeadError::LengthRequired));
+    // faulty (400); a coding other than chunked alone is answered 411 here
+    // (RFC 9110 §15.5.12).
+    let chunked = complete("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n");
+    assert!(chunked.chunked);
+    assert_eq!(chunked.body_len, 0);
+    let gzip = "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n";
+    assert_eq!(head(gzip).err(), Some(HeadError::LengthRequired));
     let both =
         "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n";
     assert!(matches!(head(both), Err(HeadError::Malformed(_))));
     let old = "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n";
     assert!(matches!(head(old), Err(HeadError::Malformed(_))));
+}
+
+/// §7.1: chunks with extensions, the last chunk and a trailer section;
+/// what follows belongs to the next request.
+#[test]
+fn a_chunked_body_decodes_across_its_chunks() {
+    use super::framing::chunked_body;
+    let wire = b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\nGET /next";
+    let (body, used) = chunked_body(wire, MAX_BODY).unwrap().unwrap();
+    assert_eq!(body, b"hello world");
+    assert_eq!(&wire[used..], b"GET /next");
+    for cut in 0..used {
+        assert_eq!(
+            chunked_body(&wire[..cut], MAX_BODY).unwrap(),
+            None,
+            "at {cut}"
+        );
+    }
+    let bare = b"0\r\n\r\n";
+    assert_eq!(chunked_body(bare, MAX_BODY).unwrap(), Some((Vec::new(), 5)));
+    assert!(matches!(
+        chunked_body(b"3\r\nabcX\r\n0\r\n\r\n", MAX_BODY),
+        Err(HeadError::Malformed(_))
+    ));
+    assert!(matches!(
+        chunked_body(b"zz\r\n", MAX_BODY),
+        Err(HeadError::Malformed(_))
+    ));
+    assert_eq!(
+        chunked_body(b"6\r\nabcdef\r\n0\r\n\r\n", 5).err(),
+        Some(HeadError::BodyTooLarge)
+    );
 }
 
 #[test]

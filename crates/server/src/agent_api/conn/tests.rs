@@ -259,6 +259,31 @@ async fn expect_100_continue_gets_a_100_before_the_body() {
     assert_eq!(c.reply(false).await.status, 200);
 }
 
+/// RFC 9112 §7.1: a chunked body is read whole, so the request after it
+/// is served; a chunk that breaks the framing is a 400 that closes.
+#[tokio::test]
+async fn a_chunked_body_is_read_and_the_connection_goes_on() {
+    let s = server().await;
+    let mut c = connect(&s, true).await;
+    c.send(
+        "POST /agent/v1/whoami HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n\
+         1\r\n{\r\n1;x=y\r\n}\r\n0\r\nX-T: 1\r\n\r\n",
+    )
+    .await;
+    problem(&c.reply(false).await, 405);
+    c.send(WHOAMI).await;
+    assert_eq!(c.reply(false).await.status, 200);
+    c.send(
+        "POST /agent/v1/whoami HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n\
+         2\r\n{}X\r\n",
+    )
+    .await;
+    let reply = c.reply(false).await;
+    problem(&reply, 400);
+    assert_eq!(reply.header("connection"), Some("close"));
+    assert!(c.closed().await, "a broken chunk left the connection open");
+}
+
 #[tokio::test]
 async fn framing_errors_are_problems_and_close_the_connection() {
     let s = server().await;
@@ -268,7 +293,7 @@ async fn framing_errors_are_problems_and_close_the_connection() {
             400,
         ),
         (
-            "POST /agent/v1/whoami HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            "POST /agent/v1/whoami HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: gzip\r\n\r\n",
             411,
         ),
         ("GET /agent/v1/whoami HTTP/1.1\r\n\r\n", 400),
