@@ -7,4 +7,5 @@ pub mod acme_server;
 pub mod api;
 pub mod auth;
 pub mod pki;
+pub mod server;
 pub mod services;

@@ -110,7 +110,7 @@ fn with_etag(mut resp: Response, etag: &str) -> Response {
 
 /// Certificates assigned to the calling agent; 304 when `If-None-Match`
 /// holds the current ETag (from memory), after waiting up to `wait` seconds
-/// for a change. The listener answers `GET` through [`assignments_for`]
+/// for a change. The listener answers `GET` through [`assignments_of`]
 /// directly (`poll.rs`); this route serves the router's other callers.
 async fn assignments(
     State(agent_state): State<AgentState>,
@@ -122,13 +122,23 @@ async fn assignments(
 }
 
 /// The assignment poll of `caller`, whose request's head is `parts`.
-pub(super) async fn assignments_for(
+async fn assignments_for(
     agent_state: &AgentState,
     caller: &AgentCaller,
-    mut parts: Parts,
+    parts: Parts,
+) -> ApiResult<Response> {
+    require_agent_api(caller)?;
+    assignments_of(agent_state, caller.agent.id, Box::new(parts)).await
+}
+
+/// The assignment poll of `agent` (already checked for the agent API),
+/// whose request's head is `parts`.
+pub(super) async fn assignments_of(
+    agent_state: &AgentState,
+    agent: Uuid,
+    mut parts: Box<Parts>,
 ) -> ApiResult<Response> {
     let state = &agent_state.deploy;
-    require_agent_api(caller)?;
     let wait = wait_of(parts.uri.query())?;
     // Only a long poll keeps a copy (see `if_none_match`); a plain poll
     // answers at once, and its headers go with the request.
@@ -139,7 +149,6 @@ pub(super) async fn assignments_for(
     };
     drop(parts);
     let deadline = tokio::time::Instant::now() + wait;
-    let agent = caller.agent.id;
     // Only a long poll waits for changes; a plain poll has nothing to subscribe for.
     let mut changes = (!wait.is_zero()).then(|| state.cache.subscribe());
     loop {

@@ -23,11 +23,18 @@
 //! through the change feed (see `serve.rs`), so an idle poll costs no
 //! database read.
 
+pub mod conn;
 pub mod deploy;
 pub mod discovery;
+pub mod framing;
 pub mod poll;
 pub mod routes;
+pub mod tls;
 pub mod token;
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod framing_tests;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -35,12 +42,10 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use certflow_services::agents::Agents;
-use hyper_util::rt::TokioIo;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::ClientCertVerifier;
 use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
 
 use crate::config::AgentConfig;
 use crate::deploy_cache::DeployState;
@@ -53,17 +58,17 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct ConnInfo {
     /// The TCP peer.
     pub peer: SocketAddr,
-    /// DER of the client certificate rustls verified, if the client sent one.
-    pub client_cert: Option<Arc<Vec<u8>>>,
 }
 
 /// The client certificate of a connection, read once when the connection
 /// is accepted instead of on each of its requests: keep-alive polls would
-/// otherwise re-parse the same DER every time.
+/// otherwise re-parse the same DER every time. It keeps what the checks
+/// need, not the DER (rustls holds that already; a second copy was half a
+/// kilobyte per connected agent).
 #[derive(Debug)]
 pub struct ClientIdentity {
-    /// DER of the certificate (for token binding, RFC 8705 thumbprints).
-    pub der: Arc<Vec<u8>>,
+    /// SHA-256 of the certificate's DER (token binding, RFC 8705 §3.1).
+    pub sha256: [u8; 32],
     /// The agent and serial it names, or why it names none.
     pub parsed: Result<CertIdentity, &'static str>,
 }
@@ -83,11 +88,11 @@ pub struct CertIdentity {
 
 impl ClientIdentity {
     /// Parses `der` (already verified against the agent-identity CA).
-    pub fn read(der: Arc<Vec<u8>>) -> Self {
-        let parsed = certflow_pki::inspect(&der)
+    pub fn read(der: &[u8]) -> Self {
+        let parsed = certflow_pki::inspect(der)
             .map_err(|_| "unreadable client certificate")
             .and_then(|info| {
-                let agent_id = certflow_pki::uri_names(&der)
+                let agent_id = certflow_pki::uri_names(der)
                     .ok()
                     .and_then(|uris| {
                         uris.iter()
@@ -101,7 +106,10 @@ impl ClientIdentity {
                     not_after: info.not_after,
                 })
             });
-        Self { der, parsed }
+        Self {
+            sha256: token::cert_sha256(der),
+            parsed,
+        }
     }
 }
 
@@ -260,7 +268,6 @@ pub async fn serve(
     app: poll::AgentApp,
     close: tokio::sync::watch::Receiver<bool>,
 ) {
-    let acceptor = TlsAcceptor::from(tls);
     // Every connection task holds a sender; `recv` answers None once all are gone.
     let (open, mut all_closed) = tokio::sync::mpsc::channel::<()>(1);
     loop {
@@ -278,7 +285,7 @@ pub async fn serve(
             }
         };
         let conn = Connection {
-            acceptor: acceptor.clone(),
+            tls: tls.clone(),
             app: app.clone(),
             close: close.clone(),
             peer,
@@ -296,7 +303,7 @@ pub async fn serve(
 
 /// One accepted connection, before its handshake.
 struct Connection {
-    acceptor: TlsAcceptor,
+    tls: Arc<rustls::ServerConfig>,
     app: poll::AgentApp,
     close: tokio::sync::watch::Receiver<bool>,
     peer: SocketAddr,
@@ -308,8 +315,12 @@ impl Connection {
     async fn run(self, tcp: tokio::net::TcpStream) {
         let peer = self.peer;
         let _ = tcp.set_nodelay(true);
-        let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.acceptor.accept(tcp)).await
-        {
+        // Boxed: the handshake's state is not to stay in the task once done.
+        let accepted = tokio::time::timeout(
+            HANDSHAKE_TIMEOUT,
+            Box::pin(tls::TlsConn::accept(tcp, self.tls)),
+        );
+        let stream = match accepted.await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
                 tracing::debug!(%peer, error = %e, "agent TLS handshake failed");
@@ -317,38 +328,17 @@ impl Connection {
             }
             Err(_) => return,
         };
-        let client_cert = stream
-            .get_ref()
-            .1
+        let identity = stream
             .peer_certificates()
             .and_then(|c| c.first())
-            .map(|c| Arc::new(c.to_vec()));
-        let identity = client_cert
-            .clone()
             .map(|der| Arc::new(ClientIdentity::read(der)));
         // One per connection, so its requests share no reference count
         // with other connections' (the cores would trade its cache line).
         let context = Arc::new(poll::ConnContext {
             app: self.app,
-            info: ConnInfo { peer, client_cert },
+            info: ConnInfo { peer },
             identity,
         });
-        let service = hyper::service::service_fn(move |req| context.clone().call(req));
-        let conn = hyper::server::conn::http1::Builder::new()
-            .timer(hyper_util::rt::TokioTimer::new())
-            .header_read_timeout(Duration::from_secs(30))
-            .serve_connection(TokioIo::new(stream), service);
-        tokio::pin!(conn);
-        let ended = tokio::select! {
-            r = conn.as_mut() => r,
-            () = closed(self.close) => {
-                // Finish the request in flight (a long poll included), then close.
-                conn.as_mut().graceful_shutdown();
-                conn.await
-            }
-        };
-        if let Err(e) = ended {
-            tracing::debug!(%peer, error = %e, "agent connection ended with an error");
-        }
+        conn::serve(Box::new(stream), context, self.close).await;
     }
 }

@@ -10,25 +10,24 @@
 //! path does what those layers do for this one route, with the same
 //! functions: the access record and request id ([`Access`]), the agent check
 //! ([`authenticate`]), the request counter, and the handler's own code
-//! ([`assignments_for`]). Every answer on it is a 200, a 304 or an
+//! ([`assignments_of`]). Every answer on it is a 200, a 304 or an
 //! [`crate::errors::ApiError`] problem document, which the router's outer
 //! `problem_responses` layer passes unchanged; the body limit does not apply
 //! to a handler that reads no body. `HEAD`, other methods and other paths
 //! take the router, as before.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Body;
+use axum::http::request::Parts;
 use axum::http::{Method, Request};
 use axum::response::{IntoResponse, Response};
-use hyper::body::Incoming;
 use tower::ServiceExt as _;
 use tracing::Instrument as _;
 
-use super::deploy::assignments_for;
-use super::routes::{AgentState, Presented, actor_of, authenticate, router};
+use super::deploy::assignments_of;
+use super::routes::{AgentState, Presented, actor_of, authenticate, require_agent_api, router};
 use super::{ClientIdentity, ConnInfo};
 use crate::telemetry::metrics;
 use crate::telemetry::observe::Access;
@@ -66,46 +65,50 @@ pub struct ConnContext {
 
 impl ConnContext {
     /// Answers one request of the connection.
-    pub async fn call(self: Arc<Self>, mut req: Request<Incoming>) -> Result<Response, Infallible> {
+    pub async fn call(self: Arc<Self>, mut req: Request<Body>) -> Response {
         if is_poll(req.method(), req.uri().path()) {
-            return Ok(self.poll(req).await);
+            return self.poll(req).await;
         }
         req.extensions_mut().insert(self.info.clone());
         if let Some(identity) = &self.identity {
             req.extensions_mut().insert(identity.clone());
         }
-        self.app.router.clone().oneshot(req.map(Body::new)).await
+        let Ok(resp) = self.app.router.clone().oneshot(req).await;
+        resp
     }
 
     /// `GET /agent/v1/assignments`: what the router's layers and the
     /// route's handler would answer (see the module header).
-    async fn poll<B>(&self, req: Request<B>) -> Response {
-        let access = Access::begin(req.headers(), req.method(), ASSIGNMENTS, "agent");
-        let (mut resp, agent) = self.answer(req).instrument(access.span().clone()).await;
+    pub(super) fn poll<B>(&self, req: Request<B>) -> impl Future<Output = Response> + '_ {
+        // The head goes to the heap (and goes once read): a future keeps its
+        // arguments for its whole life, and a long poll's lives for up to a
+        // minute per connected agent.
+        self.poll_head(Box::new(req.into_parts().0))
+    }
+
+    /// [`ConnContext::poll`] of a request head.
+    async fn poll_head(&self, parts: Box<Parts>) -> Response {
+        let access = Access::begin(&parts.headers, &parts.method, ASSIGNMENTS, "agent");
+        let (mut resp, agent) = self.answer(parts).instrument(access.span().clone()).await;
         access.finish(&mut resp, || agent.map(actor_of), || None);
         resp
     }
 
     /// The guard's check, the handler and the request counter; also the
     /// agent, when the caller was authenticated (the access line's actor).
-    async fn answer<B>(&self, req: Request<B>) -> (Response, Option<uuid::Uuid>) {
+    async fn answer(&self, parts: Box<Parts>) -> (Response, Option<uuid::Uuid>) {
         let started = Instant::now();
-        let (parts, _) = req.into_parts();
-        let presented = Presented {
-            headers: &parts.headers,
-            conn: Some(&self.info),
-            identity: self.identity.as_ref(),
-        };
-        // Boxed as in the guard: a long poll keeps this future for a minute.
-        let checked = Box::pin(authenticate(&self.app.state, presented)).await;
+        // Boxed, and only the agent's id comes out: a long poll keeps this
+        // future for up to a minute per connected agent.
+        let checked = Box::pin(self.check(&parts)).await;
         let (resp, actor) = match checked {
-            Ok(caller) => {
-                let resp = assignments_for(&self.app.state, &caller, parts)
+            Ok(agent) => {
+                let resp = assignments_of(&self.app.state, agent, parts)
                     .await
                     .unwrap_or_else(IntoResponse::into_response);
-                (resp, Some(caller.agent.id))
+                (resp, Some(agent))
             }
-            Err(resp) => (resp, None),
+            Err(refused) => refused,
         };
         metrics::observe(
             ASSIGNMENTS,
@@ -115,13 +118,28 @@ impl ConnContext {
         );
         (resp, actor)
     }
+
+    /// The guard's check for the poll: the agent, or the refusal (with the
+    /// agent when it was authenticated).
+    async fn check(&self, parts: &Parts) -> Result<uuid::Uuid, (Response, Option<uuid::Uuid>)> {
+        let presented = Presented {
+            headers: &parts.headers,
+            conn: Some(&self.info),
+            identity: self.identity.as_ref(),
+        };
+        let caller = authenticate(&self.app.state, presented)
+            .await
+            .map_err(|resp| (resp, None))?;
+        require_agent_api(&caller).map_err(|e| (e.into_response(), Some(caller.agent.id)))?;
+        Ok(caller.agent.id)
+    }
 }
 
 /// Whether a request is the assignment poll this path answers.
-fn is_poll(method: &Method, path: &str) -> bool {
+pub(super) fn is_poll(method: &Method, path: &str) -> bool {
     method == Method::GET && path == ASSIGNMENTS
 }
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-mod tests;
+pub(crate) mod tests;

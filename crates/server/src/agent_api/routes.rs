@@ -214,9 +214,6 @@ fn presented_identity(
     if let Some(identity) = presented.identity {
         return Some(identity.clone());
     }
-    if let Some(cert) = presented.conn.and_then(|i| i.client_cert.clone()) {
-        return Some(Arc::new(ClientIdentity::read(cert)));
-    }
     let name = state.cert_header.as_ref()?;
     let value = presented.headers.get(name)?;
     let trusted = peer_ip.is_some_and(|ip| state.proxies.iter().any(|n| n.contains(&ip)));
@@ -232,7 +229,7 @@ fn presented_identity(
         &intermediates,
         UnixTime::now(),
     ) {
-        Ok(_) => Some(Arc::new(ClientIdentity::read(Arc::new(leaf)))),
+        Ok(_) => Some(Arc::new(ClientIdentity::read(&leaf))),
         Err(e) => {
             tracing::warn!(peer = ?peer_ip, error = %e, "refused a forwarded client certificate");
             None
@@ -301,14 +298,15 @@ fn limit_enrolment(state: &AgentState, presented: &Presented<'_>) -> Result<(), 
         .map_err(too_many)
 }
 
-/// The bearer token of a request for `agent`, who presented `cert`: valid,
-/// of the subject the agent enrolled with, and bound to `cert` if it is
-/// certificate-bound. Every refusal is logged with its reason (never the token).
+/// The bearer token of a request for `agent`, who presented the
+/// certificate of SHA-256 `cert`: valid, of the subject the agent enrolled
+/// with, and bound to that certificate if it is certificate-bound. Every
+/// refusal is logged with its reason (never the token).
 async fn check_token(
     state: &AgentState,
     headers: &HeaderMap,
     agent: &Agent,
-    cert: &[u8],
+    cert: &[u8; 32],
     source: &str,
 ) -> Result<(), Response> {
     let deny = |reason: &str| {
@@ -393,7 +391,7 @@ pub(super) async fn authenticate(
     // holds a valid one for the same subject; join-token agents only need
     // their certificate unless `require_token` says otherwise.
     if agent.subject.is_some() || state.require_token {
-        check_token(state, presented.headers, &agent, &identity.der, &source).await?;
+        check_token(state, presented.headers, &agent, &identity.sha256, &source).await?;
     }
     let principal = Principal {
         subject: agent.id.to_string(),

@@ -115,9 +115,12 @@ pub enum BindingError {
     ThumbprintMismatch,
 }
 
-/// RFC 8705 §3.1 thumbprint of a DER certificate: base64url(SHA-256(DER)), no padding.
-pub fn x5t_s256(cert_der: &[u8]) -> String {
-    URL_SAFE_NO_PAD.encode(digest::digest(&digest::SHA256, cert_der).as_ref())
+/// SHA-256 of a DER certificate: what its RFC 8705 §3.1 thumbprint
+/// (`x5t#S256`, base64url without padding) encodes.
+pub fn cert_sha256(cert_der: &[u8]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest::digest(&digest::SHA256, cert_der).as_ref());
+    out
 }
 
 /// The rule: the token's subject equals the subject recorded for the client
@@ -126,14 +129,14 @@ pub fn x5t_s256(cert_der: &[u8]) -> String {
 pub fn check_binding(
     token: &VerifiedToken,
     agent_subject: &str,
-    cert_der: &[u8],
+    cert_sha256: &[u8; 32],
 ) -> Result<(), BindingError> {
     // Subjects are identifiers, not secrets: a plain comparison leaks nothing.
     if token.subject != agent_subject {
         return Err(BindingError::SubjectMismatch);
     }
     if let Some(bound) = &token.x5t_s256 {
-        let presented = x5t_s256(cert_der);
+        let presented = URL_SAFE_NO_PAD.encode(cert_sha256);
         // Thumbprints are public, so a plain comparison leaks nothing.
         if bound.trim_end_matches('=') != presented {
             return Err(BindingError::ThumbprintMismatch);
@@ -146,6 +149,11 @@ pub fn check_binding(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    /// RFC 8705 §3.1 thumbprint of a DER certificate: base64url(SHA-256(DER)), no padding.
+    fn x5t_s256(cert_der: &[u8]) -> String {
+        URL_SAFE_NO_PAD.encode(digest::digest(&digest::SHA256, cert_der).as_ref())
+    }
 
     const CERT: &[u8] = b"not really DER, but any bytes hash";
     const ISS: &str = "https://idp.example.com";
@@ -163,7 +171,7 @@ mod tests {
     fn subject_must_be_the_one_the_agent_enrolled_with() {
         let recorded = token_subject(ISS, "agent-1");
         assert_eq!(
-            check_binding(&token(&recorded, None), &recorded, CERT),
+            check_binding(&token(&recorded, None), &recorded, &cert_sha256(CERT)),
             Ok(())
         );
         // Another client of the same issuer.
@@ -171,7 +179,7 @@ mod tests {
             check_binding(
                 &token(&token_subject(ISS, "agent-2"), None),
                 &recorded,
-                CERT
+                &cert_sha256(CERT)
             ),
             Err(BindingError::SubjectMismatch)
         );
@@ -180,17 +188,25 @@ mod tests {
             check_binding(
                 &token(&token_subject("https://other.example.com", "agent-1"), None),
                 &recorded,
-                CERT
+                &cert_sha256(CERT)
             ),
             Err(BindingError::SubjectMismatch)
         );
         // Exact: no case folding, no prefix match.
         assert_eq!(
-            check_binding(&token(&recorded.to_uppercase(), None), &recorded, CERT),
+            check_binding(
+                &token(&recorded.to_uppercase(), None),
+                &recorded,
+                &cert_sha256(CERT)
+            ),
             Err(BindingError::SubjectMismatch)
         );
         assert_eq!(
-            check_binding(&token(&format!("{recorded}x"), None), &recorded, CERT),
+            check_binding(
+                &token(&format!("{recorded}x"), None),
+                &recorded,
+                &cert_sha256(CERT)
+            ),
             Err(BindingError::SubjectMismatch)
         );
     }
@@ -202,19 +218,27 @@ mod tests {
         assert_eq!(good.len(), 43, "{good}");
         assert!(!good.contains(['+', '/', '=']));
         assert_eq!(
-            check_binding(&token(&recorded, Some(good.clone())), &recorded, CERT),
+            check_binding(
+                &token(&recorded, Some(good.clone())),
+                &recorded,
+                &cert_sha256(CERT)
+            ),
             Ok(())
         );
         // A padded thumbprint from a lenient issuer is the same value.
         assert_eq!(
-            check_binding(&token(&recorded, Some(format!("{good}="))), &recorded, CERT),
+            check_binding(
+                &token(&recorded, Some(format!("{good}="))),
+                &recorded,
+                &cert_sha256(CERT)
+            ),
             Ok(())
         );
         assert_eq!(
             check_binding(
                 &token(&recorded, Some(x5t_s256(b"another certificate"))),
                 &recorded,
-                CERT
+                &cert_sha256(CERT)
             ),
             Err(BindingError::ThumbprintMismatch)
         );
@@ -223,7 +247,7 @@ mod tests {
             check_binding(
                 &token(&token_subject(ISS, "someone"), Some(good)),
                 &recorded,
-                CERT
+                &cert_sha256(CERT)
             ),
             Err(BindingError::SubjectMismatch)
         );

@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use figment::providers::Format as _;
 
 use super::*;
-use crate::agent_api::ConnInfo;
+use crate::agent_api::{ClientIdentity, ConnInfo};
 
 const TABLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/routes.toml");
 
@@ -331,8 +331,10 @@ async fn request(h: &Harness, f: &Fixtures, row: &Row, caller: &str) -> Request<
             }
             req = req.extension(ConnInfo {
                 peer: "127.0.0.1:40000".parse().unwrap(),
-                client_cert: (caller == "agent").then(|| Arc::new(f.agent_cert.clone())),
             });
+            if caller == "agent" {
+                req = req.extension(Arc::new(ClientIdentity::read(&f.agent_cert)));
+            }
         }
         _ => {
             if body.is_some() {

@@ -12,14 +12,17 @@ use crate::telemetry::observe::REQUEST_ID;
 
 /// An agent listener's application over a fresh SQLite file, with one
 /// enrolled agent whose certificate the connection presents.
-struct Fixture {
-    ctx: ConnContext,
-    agents: certflow_services::agents::Agents,
-    agent: uuid::Uuid,
+pub(crate) struct Fixture {
+    pub ctx: ConnContext,
+    pub agents: certflow_services::agents::Agents,
+    pub agent: uuid::Uuid,
+    /// The agent's identity certificate and its PKCS#8 key.
+    pub cert_der: Vec<u8>,
+    pub key: certflow_pki::PrivateKey,
     _dir: tempfile::TempDir,
 }
 
-async fn fixture() -> Fixture {
+pub(crate) async fn fixture() -> Fixture {
     use certflow_blob::ObjectBlobStore;
     use certflow_seal::{LocalKeyProvider, MasterKey, Sealer};
     let dir = tempfile::tempdir().unwrap();
@@ -78,14 +81,13 @@ async fn fixture() -> Fixture {
         .await
         .unwrap()
         .token;
-    let csr = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/csr/p256.csr"),
+    let key = certflow_pki::PrivateKey::generate(certflow_core::model::KeyType::EcdsaP256).unwrap();
+    let csr = certflow_pki::build_csr(
+        &key,
+        &[certflow_core::SubjectName::Dns("agent.test".into())],
     )
     .unwrap();
-    let identity = agents
-        .enroll(&token, csr.as_bytes(), None, None, now)
-        .await
-        .unwrap();
+    let identity = agents.enroll(&token, &csr, None, None, now).await.unwrap();
     let der = certflow_pki::parse_pem_certs("identity", &identity.certificate_pem)
         .unwrap()
         .remove(0);
@@ -97,19 +99,19 @@ async fn fixture() -> Fixture {
         ..Default::default()
     };
     let state = AgentState::new(agents.clone(), deploy, &config, verifier).unwrap();
-    let der = Arc::new(der);
     let ctx = ConnContext {
         app: AgentApp::new(state),
         info: ConnInfo {
             peer: "127.0.0.1:40000".parse().unwrap(),
-            client_cert: Some(der.clone()),
         },
-        identity: Some(Arc::new(ClientIdentity::read(der))),
+        identity: Some(Arc::new(ClientIdentity::read(&der))),
     };
     Fixture {
         ctx,
         agents,
         agent: identity.agent.id,
+        cert_der: der,
+        key,
         _dir: dir,
     }
 }
@@ -170,10 +172,7 @@ async fn both(
     } else {
         let anonymous = ConnContext {
             app: f.ctx.app.clone(),
-            info: ConnInfo {
-                client_cert: None,
-                ..f.ctx.info.clone()
-            },
+            info: f.ctx.info.clone(),
             identity: None,
         };
         anonymous.poll(request(uri, headers)).await
