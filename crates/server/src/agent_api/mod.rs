@@ -146,7 +146,9 @@ pub fn server_config(
     .with_client_cert_verifier(verifier)
     .with_single_cert(chain, key)
     .context("agent listener certificate and key")?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // The connection loop speaks both; a client offering only HTTP/1.0
+    // would otherwise fail the handshake (no common protocol).
+    config.alpn_protocols = vec![b"http/1.1".to_vec(), b"http/1.0".to_vec()];
     Ok(config)
 }
 

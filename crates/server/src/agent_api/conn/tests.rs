@@ -217,6 +217,23 @@ async fn close_and_http10_end_the_connection_after_the_answer() {
     assert_eq!(c.reply(false).await.status, 200);
     assert!(c.closed().await);
 
+    // A client offering only HTTP/1.0 in ALPN (curl --http1.0) is served.
+    let mut http10 = (*s.client).clone();
+    http10.alpn_protocols = vec![b"http/1.0".to_vec()];
+    let tcp = TcpStream::connect(s.addr).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(http10))
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.0"[..]));
+    let mut c = Client {
+        tls,
+        buf: Vec::new(),
+    };
+    c.send("GET /agent/v1/whoami HTTP/1.0\r\n\r\n").await;
+    assert_eq!(c.reply(false).await.status, 200);
+    assert!(c.closed().await);
+
     // HTTP/1.0 with keep-alive persists, and says so (RFC 9112 §9.3).
     let mut c = connect(&s, true).await;
     c.send("GET /agent/v1/whoami HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
