@@ -40,12 +40,14 @@ pub fn agent_http1(data: &[u8]) {
         if head.chunked {
             // A decoded body within the bound, taken from within the input;
             // no strict prefix of it already decodes to a complete one.
-            let Ok(Some((body, used))) = framing::chunked_body(rest, MAX_BODY) else {
+            let mut decoder = framing::Chunked::default();
+            let Ok(Some(used)) = decoder.advance(rest, MAX_BODY) else {
                 return;
             };
-            assert!(body.len() <= MAX_BODY && used <= rest.len() && body.len() <= used);
+            let body = decoder.body.len();
+            assert!(body <= MAX_BODY && used <= rest.len() && body <= used);
             assert!(!matches!(
-                framing::chunked_body(&rest[..used - 1], MAX_BODY),
+                framing::Chunked::default().advance(&rest[..used - 1], MAX_BODY),
                 Ok(Some(_))
             ));
             rest = &rest[used..];

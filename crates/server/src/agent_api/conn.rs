@@ -124,11 +124,12 @@ async fn exchange(tls: &mut TlsConn, ctx: &Arc<ConnContext>, head: Box<Head>) ->
         tls.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await.ok()?;
     }
     let body = if head.chunked {
+        let mut decoder = framing::Chunked::default();
         loop {
-            match framing::chunked_body(tls.buffered(), MAX_BODY) {
-                Ok(Some((body, used))) => {
+            match decoder.advance(tls.buffered(), MAX_BODY) {
+                Ok(Some(used)) => {
                     tls.consume(used);
-                    break bytes::Bytes::from(body);
+                    break bytes::Bytes::from(std::mem::take(&mut decoder.body));
                 }
                 Ok(None) => {
                     if !tls.fill().await.ok()? {

@@ -167,51 +167,65 @@ fn framed(
     })
 }
 
-/// Decodes a chunked body (RFC 9112 §7.1) at the start of `buf`: `Ok(None)`
-/// while it is incomplete, else the body and the bytes it took (chunks and
-/// trailer section; trailer fields are read and dropped). Refused past
-/// `max_body` decoded bytes, or when the chunk framing alone would hold
-/// more than a bounded multiple of that.
-pub fn chunked_body(buf: &[u8], max_body: usize) -> Result<Option<(Vec<u8>, usize)>, HeadError> {
-    // One-byte chunks take six bytes on the wire: past that, it is not a body.
-    if buf.len() > max_body.saturating_mul(6).saturating_add(MAX_HEAD) {
-        return Err(HeadError::BodyTooLarge);
-    }
-    let mut body = Vec::new();
-    let mut pos = 0;
-    loop {
-        let (used, size) = match httparse::parse_chunk_size(&buf[pos..]) {
-            Ok(httparse::Status::Complete(found)) => found,
-            Ok(httparse::Status::Partial) if buf.len() - pos > MAX_HEAD => {
-                return Err(HeadError::Malformed("invalid chunk size line"));
-            }
-            Ok(httparse::Status::Partial) => return Ok(None),
-            Err(_) => return Err(HeadError::Malformed("invalid chunk size line")),
-        };
-        pos += used;
-        let size = usize::try_from(size).map_err(|_| HeadError::BodyTooLarge)?;
-        if size == 0 {
-            break;
-        }
-        if body.len().saturating_add(size) > max_body {
+/// A chunked body (RFC 9112 §7.1) decoded as its bytes arrive; trailer
+/// fields are read and dropped. Each call goes on from the last complete
+/// chunk, so a body sent in many small records costs time in its length,
+/// not in its length times the records. Refused past `max_body` decoded
+/// bytes, or when the chunk framing alone would hold more than a bounded
+/// multiple of that.
+#[derive(Debug, Default)]
+pub struct Chunked {
+    /// Bytes of the wire decoded so far (whole chunks).
+    pos: usize,
+    /// The body so far.
+    pub body: Vec<u8>,
+}
+
+impl Chunked {
+    /// Decodes on in `buf` (the body's wire bytes from its start, more of
+    /// them than at the last call): `Ok(None)` while incomplete, else the
+    /// bytes the body took (chunks and trailer section).
+    pub fn advance(&mut self, buf: &[u8], max_body: usize) -> Result<Option<usize>, HeadError> {
+        // One-byte chunks take six bytes on the wire: past that, it is not a body.
+        if buf.len() > max_body.saturating_mul(6).saturating_add(MAX_HEAD) {
             return Err(HeadError::BodyTooLarge);
         }
-        let Some(chunk) = buf.get(pos..pos + size + 2) else {
-            return Ok(None);
-        };
-        if &chunk[size..] != b"\r\n" {
-            return Err(HeadError::Malformed("a chunk does not end with CRLF"));
+        loop {
+            let rest = &buf[self.pos..];
+            let (used, size) = match httparse::parse_chunk_size(rest) {
+                Ok(httparse::Status::Complete(found)) => found,
+                Ok(httparse::Status::Partial) if rest.len() > MAX_HEAD => {
+                    return Err(HeadError::Malformed("invalid chunk size line"));
+                }
+                Ok(httparse::Status::Partial) => return Ok(None),
+                Err(_) => return Err(HeadError::Malformed("invalid chunk size line")),
+            };
+            let size = usize::try_from(size).map_err(|_| HeadError::BodyTooLarge)?;
+            if size == 0 {
+                let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                let trailers = &rest[used..];
+                return match httparse::parse_headers(trailers, &mut fields) {
+                    Ok(httparse::Status::Complete((end, _))) => Ok(Some(self.pos + used + end)),
+                    Ok(httparse::Status::Partial) if trailers.len() > MAX_HEAD => {
+                        Err(HeadError::TooLarge)
+                    }
+                    Ok(httparse::Status::Partial) => Ok(None),
+                    Err(httparse::Error::TooManyHeaders) => Err(HeadError::TooLarge),
+                    Err(_) => Err(HeadError::Malformed("invalid trailer section")),
+                };
+            }
+            if self.body.len().saturating_add(size) > max_body {
+                return Err(HeadError::BodyTooLarge);
+            }
+            let Some(chunk) = rest.get(used..used + size + 2) else {
+                return Ok(None);
+            };
+            if &chunk[size..] != b"\r\n" {
+                return Err(HeadError::Malformed("a chunk does not end with CRLF"));
+            }
+            self.body.extend_from_slice(&chunk[..size]);
+            self.pos += used + size + 2;
         }
-        body.extend_from_slice(&chunk[..size]);
-        pos += size + 2;
-    }
-    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    match httparse::parse_headers(&buf[pos..], &mut fields) {
-        Ok(httparse::Status::Complete((used, _))) => Ok(Some((body, pos + used))),
-        Ok(httparse::Status::Partial) if buf.len() - pos > MAX_HEAD => Err(HeadError::TooLarge),
-        Ok(httparse::Status::Partial) => Ok(None),
-        Err(httparse::Error::TooManyHeaders) => Err(HeadError::TooLarge),
-        Err(_) => Err(HeadError::Malformed("invalid trailer section")),
     }
 }
 

@@ -10,6 +10,14 @@ fn head(raw: &str) -> Result<Option<(super::framing::Head, usize)>, HeadError> {
     parse_head(raw.as_bytes(), MAX_BODY)
 }
 
+/// The whole chunked body at the start of `buf`, and the bytes it took.
+fn chunked_body(buf: &[u8], max_body: usize) -> Result<Option<(Vec<u8>, usize)>, HeadError> {
+    let mut decoder = super::framing::Chunked::default();
+    Ok(decoder
+        .advance(buf, max_body)?
+        .map(|used| (decoder.body, used)))
+}
+
 fn complete(raw: &str) -> super::framing::Head {
     head(raw).unwrap().unwrap().0
 }
@@ -130,7 +138,6 @@ fn chunked_alone_is_read_and_other_codings_are_refused() {
 /// what follows belongs to the next request.
 #[test]
 fn a_chunked_body_decodes_across_its_chunks() {
-    use super::framing::chunked_body;
     let wire = b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\nGET /next";
     let (body, used) = chunked_body(wire, MAX_BODY).unwrap().unwrap();
     assert_eq!(body, b"hello world");
@@ -255,4 +262,22 @@ fn response_heads_carry_date_length_and_connection_once() {
         text,
         "HTTP/1.1 304 Not Modified\r\ndate: Mon, 07 Dec 2026 07:00:00 GMT\r\nconnection: keep-alive\r\n\r\n"
     );
+}
+
+/// Decoding on as bytes arrive gives what decoding the whole does.
+#[test]
+fn a_chunked_body_decodes_the_same_byte_by_byte() {
+    use super::framing::Chunked;
+    let wire = b"3\r\nabc\r\n10\r\n0123456789abcdef\r\n0\r\nX: y\r\n\r\nrest";
+    let mut decoder = Chunked::default();
+    let mut done = None;
+    for end in 1..=wire.len() {
+        if let Some(used) = decoder.advance(&wire[..end], MAX_BODY).unwrap() {
+            done = Some((end, used));
+            break;
+        }
+    }
+    let (end, used) = done.unwrap();
+    assert_eq!(decoder.body, b"abc0123456789abcdef");
+    assert_eq!((end, &wire[used..]), (used, &b"rest"[..]));
 }
