@@ -52,6 +52,23 @@ const CERTIFICATE_INSERT: &str = concat!(
     "status, current_version, not_after, renew_after, created_at, updated_at, managed)"
 );
 
+/// The head of a multi-row `INSERT` of idempotency records.
+const IDEMPOTENCY_INSERT: &str = concat!(
+    "INSERT INTO idempotency_keys (",
+    idempotency_columns!(),
+    ")"
+);
+/// The head of a multi-row `INSERT` of versions.
+const VERSION_INSERT: &str = concat!(
+    "INSERT INTO certificate_versions (",
+    version_columns!(),
+    ")"
+);
+/// The head of a multi-row `INSERT` of searchable names.
+const NAMES_INSERT: &str = "INSERT INTO certificate_names (certificate_id, name)";
+/// The head of a multi-row `INSERT` of labels.
+const LABELS_INSERT: &str = "INSERT INTO certificate_labels (certificate_id, key, value)";
+
 /// The values of `cert`'s row, in [`CERTIFICATE_INSERT`]'s column order.
 fn certificate_row(cert: &Certificate) -> DomainResult<Vec<Param>> {
     Ok(vec![
@@ -128,11 +145,7 @@ async fn insert_idempotency<B: Backend>(
             record.version, record.certificate_id, v.version, v.certificate_id
         )));
     }
-    let mut sql = Sql::new(concat!(
-        "INSERT INTO idempotency_keys (",
-        idempotency_columns!(),
-        ")"
-    ));
+    let mut sql = Sql::new(IDEMPOTENCY_INSERT);
     sql.push_values([idempotency_row(record)]);
     B::execute(conn, sql).await.map_err(|e| {
         conflict(e, |violation| {
@@ -183,11 +196,7 @@ async fn insert_version<B: Backend>(
     conn: &mut B::Connection,
     v: &CertificateVersion,
 ) -> DomainResult<()> {
-    let mut sql = Sql::new(concat!(
-        "INSERT INTO certificate_versions (",
-        version_columns!(),
-        ")"
-    ));
+    let mut sql = Sql::new(VERSION_INSERT);
     sql.push_values([version_row(v)?]);
     B::execute(conn, sql).await.map_err(|e| {
         conflict(e, |violation| {
@@ -215,13 +224,10 @@ async fn replace_names<B: Backend>(
         Sql::new("DELETE FROM certificate_names WHERE certificate_id = $1").bind(id(cert.id)),
     )
     .await?;
-    let rows = name_rows(cert);
-    if rows.is_empty() {
-        return Ok(());
+    match Sql::insert(NAMES_INSERT, name_rows(cert)) {
+        Some(sql) => execute::<B>(conn, sql).await,
+        None => Ok(()),
     }
-    let mut sql = Sql::new("INSERT INTO certificate_names (certificate_id, name)");
-    sql.push_values(rows);
-    execute::<B>(conn, sql).await
 }
 
 /// The `certificate_names` rows of `cert`: its names folded for search, each
@@ -528,36 +534,16 @@ async fn create_together<B: Backend>(pool: &Pool<B>, batch: &[Creation]) -> Doma
     }
     // The rows go in as one script where the backend runs one (a failure
     // of any sends the batch through `create_one` all the same).
-    let mut writes = Vec::new();
-    if !idempotency.is_empty() {
-        let mut sql = Sql::new(concat!(
-            "INSERT INTO idempotency_keys (",
-            idempotency_columns!(),
-            ")"
-        ));
-        sql.push_values(idempotency);
-        writes.push(sql);
-    }
-    let mut sql = Sql::new(CERTIFICATE_INSERT);
-    sql.push_values(certificates);
-    writes.push(sql);
-    let mut sql = Sql::new(concat!(
-        "INSERT INTO certificate_versions (",
-        version_columns!(),
-        ")"
-    ));
-    sql.push_values(versions);
-    writes.push(sql);
-    if !names.is_empty() {
-        let mut sql = Sql::new("INSERT INTO certificate_names (certificate_id, name)");
-        sql.push_values(names);
-        writes.push(sql);
-    }
-    if !labels.is_empty() {
-        let mut sql = Sql::new("INSERT INTO certificate_labels (certificate_id, key, value)");
-        sql.push_values(labels);
-        writes.push(sql);
-    }
+    let mut writes: Vec<Sql> = [
+        Sql::insert(IDEMPOTENCY_INSERT, idempotency),
+        Sql::insert(CERTIFICATE_INSERT, certificates),
+        Sql::insert(VERSION_INSERT, versions),
+        Sql::insert(NAMES_INSERT, names),
+        Sql::insert(LABELS_INSERT, labels),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
     let blobs: Vec<&(String, Bytes)> = batch.iter().flat_map(|c| &c.blobs).collect();
     writes.extend(upsert_blobs(&blobs)?);
     let audits: Vec<&AuditEvent> = batch.iter().map(|c| &c.audit).collect();
@@ -667,29 +653,16 @@ async fn add_versions_together<B: Backend>(
     }
     // The writes go in as one script where the backend runs one (a failure
     // of any sends the batch through `add_version_in` all the same).
-    let mut writes = Vec::new();
-    if !rows.idempotency.is_empty() {
-        let mut sql = Sql::new(concat!(
-            "INSERT INTO idempotency_keys (",
-            idempotency_columns!(),
-            ")"
-        ));
-        sql.push_values(rows.idempotency);
-        writes.push(sql);
-    }
+    let mut writes: Vec<Sql> = Sql::insert(IDEMPOTENCY_INSERT, rows.idempotency)
+        .into_iter()
+        .collect();
     let mut sql = Sql::new("UPDATE certificate_versions SET status = $1 WHERE status = $2");
     sql = sql
         .bind(VersionStatus::Superseded.as_str())
         .bind(VersionStatus::Current.as_str());
     sql.push(" AND certificate_id IN ").push_list(ids());
     writes.push(sql);
-    let mut sql = Sql::new(concat!(
-        "INSERT INTO certificate_versions (",
-        version_columns!(),
-        ")"
-    ));
-    sql.push_values(rows.versions);
-    writes.push(sql);
+    writes.extend(Sql::insert(VERSION_INSERT, rows.versions));
     let mut sql = Sql::new(
         "WITH v (id, current_version, not_after, renew_after, status, updated_at, names) AS (",
     );
@@ -703,11 +676,7 @@ async fn add_versions_together<B: Backend>(
     let mut sql = Sql::new("DELETE FROM certificate_names WHERE certificate_id IN ");
     sql.push_list(ids());
     writes.push(sql);
-    if !rows.names.is_empty() {
-        let mut sql = Sql::new("INSERT INTO certificate_names (certificate_id, name)");
-        sql.push_values(rows.names);
-        writes.push(sql);
-    }
+    writes.extend(Sql::insert(NAMES_INSERT, rows.names));
     let blobs: Vec<&(String, Bytes)> = batch.iter().flat_map(|v| &v.blobs).collect();
     writes.extend(upsert_blobs(&blobs)?);
     let audits: Vec<&AuditEvent> = batch.iter().map(|v| &v.audit).collect();

@@ -156,6 +156,17 @@ impl Sql {
         self.push(")")
     }
 
+    /// `head` (`INSERT INTO t (columns)`) with a `VALUES` group for each of
+    /// `rows`; none without rows, for which a multi-row `INSERT` is no SQL.
+    pub(crate) fn insert(head: &'static str, rows: Vec<Vec<Param>>) -> Option<Self> {
+        if rows.is_empty() {
+            return None;
+        }
+        let mut sql = Self::new(head);
+        sql.push_values(rows);
+        Some(sql)
+    }
+
     /// Appends ` VALUES (...), (...)`: a placeholder for every value, a
     /// parenthesised group a row (a multi-row `INSERT` of a batch).
     pub(crate) fn push_values(&mut self, rows: impl IntoIterator<Item = Vec<Param>>) -> &mut Self {
