@@ -83,20 +83,17 @@ pub async fn serve(
                     "Request timeout",
                     "the request head did not arrive in time",
                 );
-                let resp = problem.into_response();
-                let _ = Box::pin(respond(&mut tls, &Method::GET, resp, true, false)).await;
-                return Box::pin(tls.linger(LINGER)).await;
+                return answer_and_close(&mut tls, problem.into_response()).await;
             }
-            Read::Refused(e) => {
-                let _ = Box::pin(respond(&mut tls, &Method::GET, refusal(e), true, false)).await;
-                return Box::pin(tls.linger(LINGER)).await;
-            }
+            Read::Refused(e) => return answer_and_close(&mut tls, refusal(e)).await,
         };
         // Only these outlive the head: its fields go into the request.
         let (method, keep_alive) = (head.method.clone(), head.keep_alive);
         let http10 = head.version == http::Version::HTTP_10;
-        let Some(resp) = exchange(&mut tls, &ctx, head).await else {
-            return;
+        let resp = match exchange(&mut tls, &ctx, head).await {
+            Ok(Some(resp)) => resp,
+            Ok(None) => return,
+            Err(e) => return answer_and_close(&mut tls, refusal(e)).await,
         };
         let close_now = !keep_alive
             || framing::wants_close(resp.headers())
@@ -117,11 +114,29 @@ pub async fn serve(
     tls.shutdown().await;
 }
 
+/// Answers a request whose framing was refused (or that timed out), then
+/// closes, lingering so that the client reads the answer.
+async fn answer_and_close(tls: &mut TlsConn, resp: Response) {
+    let _ = Box::pin(respond(tls, &Method::GET, resp, true, false)).await;
+    Box::pin(tls.linger(LINGER)).await;
+}
+
 /// Reads the body of `head` and answers it; None when the connection is
-/// gone (nothing is to be written).
-async fn exchange(tls: &mut TlsConn, ctx: &Arc<ConnContext>, head: Box<Head>) -> Option<Response> {
-    if head.expect_continue && (head.chunked || tls.buffered().len() < head.body_len) {
-        tls.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await.ok()?;
+/// gone (nothing is to be written); a chunked body whose framing is
+/// refused, as a refused head.
+async fn exchange(
+    tls: &mut TlsConn,
+    ctx: &Arc<ConnContext>,
+    head: Box<Head>,
+) -> Result<Option<Response>, HeadError> {
+    if head.expect_continue
+        && (head.chunked || tls.buffered().len() < head.body_len)
+        && tls
+            .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+            .await
+            .is_err()
+    {
+        return Ok(None);
     }
     let body = if head.chunked {
         let mut decoder = framing::Chunked::default();
@@ -132,25 +147,17 @@ async fn exchange(tls: &mut TlsConn, ctx: &Arc<ConnContext>, head: Box<Head>) ->
                     break bytes::Bytes::from(std::mem::take(&mut decoder.body));
                 }
                 Ok(None) => {
-                    if !tls.fill().await.ok()? {
-                        return None;
+                    if !tls.fill().await.unwrap_or(false) {
+                        return Ok(None);
                     }
                 }
-                Err(e) => {
-                    // The framing is lost: answer, then close.
-                    let mut resp = refusal(e);
-                    resp.headers_mut().insert(
-                        header::CONNECTION,
-                        header::HeaderValue::from_static("close"),
-                    );
-                    return Some(resp);
-                }
+                Err(e) => return Err(e),
             }
         }
     } else {
         while tls.buffered().len() < head.body_len {
-            if !tls.fill().await.ok()? {
-                return None;
+            if !tls.fill().await.unwrap_or(false) {
+                return Ok(None);
             }
         }
         let body = bytes::Bytes::copy_from_slice(&tls.buffered()[..head.body_len]);
@@ -159,9 +166,9 @@ async fn exchange(tls: &mut TlsConn, ctx: &Arc<ConnContext>, head: Box<Head>) ->
     };
     let req = request_of(head, body);
     if is_poll(req.method(), req.uri().path()) {
-        return parked(tls, Box::pin(ctx.poll(req))).await;
+        return Ok(parked(tls, Box::pin(ctx.poll(req))).await);
     }
-    Some(Box::pin(ctx.clone().call(req)).await)
+    Ok(Some(Box::pin(ctx.clone().call(req)).await))
 }
 
 /// The request of `head` with `body`. Not inlined into [`exchange`]: a
@@ -315,10 +322,8 @@ async fn respond(
 /// The Content-Length a bodiless answer may still state: a HEAD response's
 /// own (the size a GET would have), never for 1xx, 204 or 304.
 fn head_length(method: &Method, status: StatusCode, headers: &HeaderMap) -> Option<usize> {
-    if method != Method::HEAD || status.is_informational() || status == StatusCode::NO_CONTENT {
-        return None;
-    }
-    if status == StatusCode::NOT_MODIFIED {
+    // Whatever a GET would get with a body (not 1xx, 204 or 304).
+    if method != Method::HEAD || !framing::has_body(&Method::GET, status) {
         return None;
     }
     headers
