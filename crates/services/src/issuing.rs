@@ -78,6 +78,9 @@ pub struct InternalCa {
 /// under a fresh id, and `keys rewrap` re-seals the same key under the
 /// current master key, which leaves the bytes read before it openable by
 /// the key ring this process runs with.
+///
+/// A std mutex, not tokio's: it is held for one map lookup or insert and
+/// never across an await, so it cannot stall the runtime.
 #[derive(Clone, Default)]
 struct SealedKeys(Arc<std::sync::Mutex<HashMap<String, bytes::Bytes>>>);
 
