@@ -17,7 +17,61 @@ use crate::notify::{
     Channel, Delivery, DeliveryAttempt, DeliveryQuery, Notification, StoredChannel, Subscription,
 };
 use crate::profile::Profile;
-use crate::renewal::{DueVersion, QueueStats, RenewalJob, SuggestedWindow};
+use crate::renewal::{DueVersion, JobDelivery, QueueStats, RenewalJob, SuggestedWindow};
+
+/// A new version of a certificate and what commits with it
+/// ([`MetadataStore::commit_version`]).
+#[derive(Debug)]
+pub struct VersionCommit<'a> {
+    /// The certificate as the new version leaves it.
+    pub cert: &'a Certificate,
+    /// The new version.
+    pub new: &'a CertificateVersion,
+    /// The event that records it.
+    pub audit: &'a AuditEvent,
+    /// The request's idempotency record, committed with the version.
+    pub idempotency: Option<&'a IdempotencyRecord>,
+    /// The version's blobs (keys and bytes): only a store that holds the
+    /// blobs too takes them ([`BlobStore::in_metadata_database`]); others refuse.
+    pub blobs: Vec<(String, Bytes)>,
+    /// The notification announcing the version, recorded with its pending
+    /// deliveries: only a store that keeps the notifications too takes it
+    /// ([`NotificationStore::in_metadata_database`]); others refuse.
+    pub announce: Option<&'a Notification>,
+    /// The renewal job delivery the version completes, acknowledged in the
+    /// same transaction if its lease is still its own: only a store that
+    /// keeps the queue too takes it ([`crate::renewal::RenewalQueue::in_metadata_database`]);
+    /// others refuse.
+    pub completes: Option<&'a JobDelivery>,
+}
+
+impl<'a> VersionCommit<'a> {
+    /// The version with its audit event and idempotency record only.
+    pub fn new(
+        cert: &'a Certificate,
+        new: &'a CertificateVersion,
+        audit: &'a AuditEvent,
+        idempotency: Option<&'a IdempotencyRecord>,
+    ) -> Self {
+        Self {
+            cert,
+            new,
+            audit,
+            idempotency,
+            blobs: Vec::new(),
+            announce: None,
+            completes: None,
+        }
+    }
+}
+
+/// What a [`MetadataStore::commit_version`] committed besides the version.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VersionCommitted {
+    /// The job delivery it completes was acknowledged (`false`: none was
+    /// given, or its lease was lost to another worker).
+    pub completed: bool,
+}
 
 /// Metadata repository. Every state change takes the audit event that records
 /// it and commits both in one transaction: no action without its audit record.
@@ -79,30 +133,22 @@ pub trait MetadataStore: Send + Sync {
     /// (or stays revoked), and the certificate's denormalised fields follow.
     /// Fails with `Conflict` if `new.version` is not exactly one more than the latest,
     /// or if `idempotency`'s `(scope, key)` is already stored; the record, if
-    /// any, commits with the version.
+    /// any, commits with the version. [`commit_version`](Self::commit_version)
+    /// with nothing else in the transaction.
     async fn add_version(
         &self,
         cert: &Certificate,
         new: &CertificateVersion,
         audit: &AuditEvent,
         idempotency: Option<&IdempotencyRecord>,
-    ) -> DomainResult<()>;
-    /// [`add_version`](Self::add_version) with the version's `blobs` written
-    /// in the same transaction (see
-    /// [`create_certificate_with_blobs`](Self::create_certificate_with_blobs)).
-    async fn add_version_with_blobs(
-        &self,
-        cert: &Certificate,
-        new: &CertificateVersion,
-        audit: &AuditEvent,
-        idempotency: Option<&IdempotencyRecord>,
-        blobs: Vec<(String, Bytes)>,
     ) -> DomainResult<()> {
-        let _ = (cert, new, audit, idempotency, blobs);
-        Err(crate::DomainError::Internal(
-            "this metadata store holds no blobs".into(),
-        ))
+        self.commit_version(VersionCommit::new(cert, new, audit, idempotency))
+            .await
+            .map(|_| ())
     }
+    /// Adds a new current version as [`add_version`](Self::add_version) does,
+    /// with what [`VersionCommit`] asks to commit in the same transaction.
+    async fn commit_version(&self, commit: VersionCommit<'_>) -> DomainResult<VersionCommitted>;
     /// Revokes one version; the certificate becomes `revoked` if it was the current one.
     async fn revoke_version(
         &self,
@@ -237,7 +283,7 @@ pub trait BlobStore: Send + Sync {
     }
     /// Whether the blobs are rows of the metadata database, so that a new
     /// version's blobs can commit in the version's own transaction
-    /// ([`MetadataStore::create_certificate_with_blobs`]).
+    /// ([`MetadataStore::create_certificate_with_blobs`], [`VersionCommit::blobs`]).
     fn in_metadata_database(&self) -> bool {
         false
     }
@@ -328,6 +374,12 @@ pub trait NotificationStore: Send + Sync {
         channel: &Channel,
     ) -> DomainResult<u64>;
 
+    /// Whether the notifications are rows of the metadata database, so that
+    /// the event announcing a new version can commit in the version's own
+    /// transaction ([`VersionCommit::announce`]).
+    fn in_metadata_database(&self) -> bool {
+        false
+    }
     /// Records `notification` and one pending delivery per subscription of its
     /// team that wants its kind, due at `notification.at`, in one transaction.
     /// With `dedupe_key`, a second call with the same key does nothing and

@@ -143,6 +143,9 @@ impl RenewalQueue for Timed {
     async fn heartbeat(&self, delivery: &JobDelivery, lease: Duration) -> DomainResult<()> {
         self.inner.heartbeat(delivery, lease).await
     }
+    fn in_metadata_database(&self) -> bool {
+        self.inner.in_metadata_database()
+    }
     async fn complete(&self, delivery: &JobDelivery) -> DomainResult<()> {
         let start = Instant::now();
         let done = self.inner.complete(delivery).await;

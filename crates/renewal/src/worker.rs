@@ -294,9 +294,16 @@ impl Worker {
                 }
             })
         });
-        let attempt = self
-            .services
-            .run_renewal_job(job, OffsetDateTime::now_utc());
+        let attempt = async {
+            let now = OffsetDateTime::now_utc();
+            if self.queue.in_metadata_database() {
+                // One commit for the version, its event and this ack.
+                self.services.run_renewal_delivery(&delivery, now).await
+            } else {
+                let outcome = self.services.run_renewal_job(job, now).await?;
+                Ok((outcome, false))
+            }
+        };
         let Ok(result) = tokio::time::timeout(self.settings.work_timeout, attempt).await else {
             drop(heartbeat);
             // The attempt is dropped where it stood; the idempotency key keeps
@@ -316,12 +323,12 @@ impl Worker {
             // against the same policy only repeats it. Dead-letter at once with
             // the reason (the job's `last_error`); the services already audited
             // it and told the team.
-            Ok(JobOutcome::PolicyRefused { reason }) => {
+            Ok((JobOutcome::PolicyRefused { reason }, _)) => {
                 self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(certificate = %job.certificate_id, version = job.version, %reason, "renewal refused by issuance policy; dead-lettered");
                 self.queue.dead_letter(&delivery, &reason).await
             }
-            Ok(outcome) => {
+            Ok((outcome, acknowledged)) => {
                 match outcome {
                     JobOutcome::Renewed { version } => {
                         self.stats.renewed.fetch_add(1, Ordering::Relaxed);
@@ -336,7 +343,11 @@ impl Worker {
                     }
                     JobOutcome::PolicyRefused { .. } => {}
                 }
-                self.queue.complete(&delivery).await
+                if acknowledged {
+                    Ok(())
+                } else {
+                    self.queue.complete(&delivery).await
+                }
             }
             // A deleted certificate will never renew: nothing to retry.
             Err(DomainError::NotFound(what)) => {

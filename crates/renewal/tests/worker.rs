@@ -18,7 +18,7 @@ use certflow_core::DomainError;
 use certflow_core::model::{Actor, AuditQuery, KeyType};
 use certflow_core::notify::{Delivery, DeliveryQuery, EventKind};
 use certflow_core::ports::{BlobStore, MetadataStore, NotificationStore, RenewalLedger};
-use certflow_core::renewal::{JobState, RenewalJob, RenewalQueue};
+use certflow_core::renewal::{JobDelivery, JobState, RenewalJob, RenewalQueue};
 use certflow_renewal::{Scheduler, SchedulerSettings, Worker, WorkerSettings};
 use certflow_seal::{LocalKeyProvider, MasterKey, Sealer};
 use certflow_services::{CaSettings, JobOutcome, Services};
@@ -1113,4 +1113,95 @@ async fn a_hung_job_holds_one_slot_not_the_worker() {
         (JobState::Queued, 0),
         "handed back: {job:?}"
     );
+}
+
+/// The database queue with its own acknowledgement broken: a job can only
+/// be acknowledged by the version's commit.
+struct NoSeparateAck(Arc<DbRenewalQueue>);
+
+#[async_trait::async_trait]
+impl RenewalQueue for NoSeparateAck {
+    fn kind(&self) -> &'static str {
+        self.0.kind()
+    }
+    fn in_metadata_database(&self) -> bool {
+        self.0.in_metadata_database()
+    }
+    async fn enqueue(&self, job: &RenewalJob) -> certflow_core::DomainResult<bool> {
+        self.0.enqueue(job).await
+    }
+    async fn receive(
+        &self,
+        max: u32,
+        lease: Duration,
+        wait: Duration,
+    ) -> certflow_core::DomainResult<Vec<JobDelivery>> {
+        self.0.receive(max, lease, wait).await
+    }
+    async fn heartbeat(
+        &self,
+        delivery: &JobDelivery,
+        lease: Duration,
+    ) -> certflow_core::DomainResult<()> {
+        self.0.heartbeat(delivery, lease).await
+    }
+    async fn complete(&self, _: &JobDelivery) -> certflow_core::DomainResult<()> {
+        Err(DomainError::Unavailable {
+            backend: "renewal queue",
+            reason: "down".into(),
+        })
+    }
+    async fn retry(
+        &self,
+        delivery: &JobDelivery,
+        error: &str,
+        retry_in: Duration,
+    ) -> certflow_core::DomainResult<()> {
+        self.0.retry(delivery, error, retry_in).await
+    }
+    async fn dead_letter(
+        &self,
+        delivery: &JobDelivery,
+        error: &str,
+    ) -> certflow_core::DomainResult<()> {
+        self.0.dead_letter(delivery, error).await
+    }
+    async fn stats(&self) -> certflow_core::DomainResult<certflow_core::renewal::QueueStats> {
+        self.0.stats().await
+    }
+}
+
+/// On the database queue a renewal's version, its `renewed` event and the
+/// job's acknowledgement commit together: the job is done even though no
+/// acknowledgement could be made after the commit, and the event is
+/// recorded once.
+async fn renewal_acknowledges_its_job_in_the_versions_commit(backend: Backend) {
+    let env = Env::start(backend).await;
+    env.subscribe(TEAM).await;
+    let id = env.certificate("ack.example.com", TEAM, None).await;
+    let queue = env.queue();
+    env.scheduler(queue.clone(), 5)
+        .scan(env.skew.now())
+        .await
+        .unwrap();
+    let worker = Worker::new(
+        env.services.clone(),
+        Arc::new(NoSeparateAck(queue)),
+        worker_settings(),
+    );
+    let seen = drive(&env, &worker, id, JobState::Done, Duration::from_secs(30)).await;
+    assert_eq!(seen.len(), 1, "one delivery: {seen:?}");
+    assert_eq!(env.versions(id).await, [1, 2]);
+    assert_eq!(kinds(&env.deliveries(TEAM).await), ["issued", "renewed"]);
+    assert_eq!(worker.stats().renewed.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewal_acknowledges_its_job_in_the_versions_commit_sqlite() {
+    renewal_acknowledges_its_job_in_the_versions_commit(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewal_acknowledges_its_job_in_the_versions_commit_postgres() {
+    renewal_acknowledges_its_job_in_the_versions_commit(Backend::Postgres).await;
 }

@@ -25,7 +25,8 @@ use certflow_core::model::{
 };
 use certflow_core::notify::{EventKind, Notification};
 use certflow_core::policy::IssuanceRequest;
-use certflow_core::ports::{IssueRequest, IssuedCertificate};
+use certflow_core::ports::{IssueRequest, IssuedCertificate, VersionCommit, VersionCommitted};
+use certflow_core::renewal::JobDelivery;
 use certflow_core::{
     DomainError, FieldError, Profile, SubjectName, error::DomainResult, validate_names,
 };
@@ -683,34 +684,39 @@ impl Services {
     /// Commits a version and its blobs: in the version's own transaction
     /// when they are rows of the metadata database; else the blobs are
     /// written already, and removed again should the commit fail. `first`:
-    /// a new certificate with its first version, else a new version of it.
+    /// a new certificate with its first version (for which `commit`'s
+    /// announcement and job must be `None`), else a new version of it.
     async fn commit_version(
         &self,
         first: bool,
-        cert: &Certificate,
-        version: &CertificateVersion,
-        audit: &AuditEvent,
-        record: Option<&IdempotencyRecord>,
+        mut commit: VersionCommit<'_>,
         blobs: VersionBlobs,
-    ) -> DomainResult<()> {
+    ) -> DomainResult<VersionCommitted> {
         let store = &self.store;
         let (attached, written) = match blobs {
-            VersionBlobs::Attached(attached) => (Some(attached), Vec::new()),
-            VersionBlobs::Written(written) => (None, written),
+            VersionBlobs::Attached(attached) => {
+                commit.blobs = attached;
+                (true, Vec::new())
+            }
+            VersionBlobs::Written(written) => (false, written),
         };
+        let VersionCommit {
+            cert,
+            new,
+            audit,
+            idempotency,
+            ..
+        } = commit;
         let committed = match (first, attached) {
-            (true, Some(blobs)) => {
-                store
-                    .create_certificate_with_blobs(cert, version, audit, record, blobs)
-                    .await
-            }
-            (true, None) => store.create_certificate(cert, version, audit, record).await,
-            (false, Some(blobs)) => {
-                store
-                    .add_version_with_blobs(cert, version, audit, record, blobs)
-                    .await
-            }
-            (false, None) => store.add_version(cert, version, audit, record).await,
+            (false, _) => store.commit_version(commit).await,
+            (true, true) => store
+                .create_certificate_with_blobs(cert, new, audit, idempotency, commit.blobs)
+                .await
+                .map(|()| VersionCommitted::default()),
+            (true, false) => store
+                .create_certificate(cert, new, audit, idempotency)
+                .await
+                .map(|()| VersionCommitted::default()),
         };
         if committed.is_err() {
             self.remove_blobs(&written).await;
@@ -897,10 +903,8 @@ impl Services {
             details
         });
         let record = idempotency.as_ref().map(|i| i.record(&version, now));
-        if let Err(e) = self
-            .commit_version(true, &cert, &version, &audit, record.as_ref(), blobs)
-            .await
-        {
+        let commit = VersionCommit::new(&cert, &version, &audit, record.as_ref());
+        if let Err(e) = self.commit_version(true, commit, blobs).await {
             return self
                 .after_failed_commit(idempotency.as_ref(), e)
                 .await
@@ -994,24 +998,28 @@ impl Services {
                 csr,
                 idempotency,
                 replacing,
+                completes: None,
             },
             now,
         )
         .await
+        .map(|(view, _)| view)
     }
 
     /// A renewal job's new version of a certificate the worker has read,
     /// found due and held against the issuance policy. `key` is the job's
     /// idempotency key: a duplicate delivery that loses the race to commit
-    /// answers the version the other stored.
+    /// answers the version the other stored. `completes`: the job's
+    /// delivery, acknowledged with the version (see [`Renewal::completes`]).
     pub(crate) async fn renew_for_job(
         &self,
         actor: &Actor,
         view: CertificateView,
         issuer: Issuer,
         key: &str,
+        completes: Option<&JobDelivery>,
         now: OffsetDateTime,
-    ) -> DomainResult<CertificateView> {
+    ) -> DomainResult<(CertificateView, VersionCommitted)> {
         let id = view.certificate.id;
         let idempotency = Idempotency::new(
             actor,
@@ -1027,6 +1035,7 @@ impl Services {
                 csr: None,
                 idempotency,
                 replacing: None,
+                completes,
             },
             now,
         )
@@ -1040,7 +1049,7 @@ impl Services {
         &self,
         renewal: Renewal<'_>,
         now: OffsetDateTime,
-    ) -> DomainResult<CertificateView> {
+    ) -> DomainResult<(CertificateView, VersionCommitted)> {
         let Renewal {
             actor,
             view,
@@ -1048,6 +1057,7 @@ impl Services {
             csr,
             idempotency,
             replacing,
+            completes,
         } = renewal;
         let id = view.certificate.id;
         // A key reported compromised is never certified again (RFC 5280
@@ -1121,12 +1131,25 @@ impl Services {
             details
         });
         let record = idempotency.as_ref().map(|i| i.record(&version, now));
-        if let Err(e) = self
-            .commit_version(false, &cert, &version, &audit, record.as_ref(), blobs)
-            .await
-        {
-            return self.after_failed_commit(idempotency.as_ref(), e).await;
-        }
+        // The event commits with the version where the notifications are
+        // rows of the same database: none lost to a crash in between.
+        let announce = self.announces_in_commit().then(|| {
+            self.version_event(EventKind::Renewed, &cert, next, Some(&version.serial), now)
+        });
+        let commit = VersionCommit {
+            announce: announce.as_ref(),
+            completes,
+            ..VersionCommit::new(&cert, &version, &audit, record.as_ref())
+        };
+        let committed = match self.commit_version(false, commit, blobs).await {
+            Ok(committed) => committed,
+            Err(e) => {
+                return self
+                    .after_failed_commit(idempotency.as_ref(), e)
+                    .await
+                    .map(|view| (view, VersionCommitted::default()));
+            }
+        };
         tracing::info!(certificate = %id, version = next, serial = %version.serial, "certificate renewed");
         // The certificate as the commit left it: the row this request wrote
         // and the versions it read, the new one first and current.
@@ -1140,9 +1163,11 @@ impl Services {
             certificate: cert,
             versions: std::iter::once(version).chain(superseded).collect(),
         };
-        self.publish_version_event(EventKind::Renewed, &view, next, now)
-            .await;
-        Ok(view)
+        if announce.is_none() {
+            self.publish_version_event(EventKind::Renewed, &view, next, now)
+                .await;
+        }
+        Ok((view, committed))
     }
 
     /// The public key of the latest version, for a CSR-keyed renewal
@@ -1568,6 +1593,9 @@ struct Renewal<'a> {
     idempotency: Option<Idempotency>,
     /// The version revoked just before and why, when this one replaces it.
     replacing: Option<(u32, RevocationReason)>,
+    /// The renewal job delivery to acknowledge with the version, when the
+    /// queue is rows of the metadata database.
+    completes: Option<&'a JobDelivery>,
 }
 
 /// Who a version is issued for: the acting principal and the certificate's

@@ -3,7 +3,11 @@
 //!
 //! Events are published after the change they describe has committed: a crash
 //! in between loses the notification, never invents one (the audit trail,
-//! written in the change's own transaction, stays the record of truth).
+//! written in the change's own transaction, stays the record of truth). A
+//! renewal's `renewed` event, where the notifications are rows of the metadata
+//! database, commits in the version's own transaction instead, and so does the
+//! database queue's acknowledgement of the job
+//! ([`Services::run_renewal_delivery`]).
 
 use certflow_core::FieldError;
 use certflow_core::error::DomainResult;
@@ -13,7 +17,7 @@ use certflow_core::model::{
 };
 use certflow_core::notify::{EventKind, Notification};
 use certflow_core::policy::IssuanceRequest;
-use certflow_core::renewal::{MarginFit, RenewalJob, RenewalPolicy, jitter_seed};
+use certflow_core::renewal::{JobDelivery, MarginFit, RenewalJob, RenewalPolicy, jitter_seed};
 use serde_json::json;
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -151,6 +155,30 @@ impl Services {
         job: &RenewalJob,
         now: OffsetDateTime,
     ) -> DomainResult<JobOutcome> {
+        self.renew_job(job, None, now)
+            .await
+            .map(|(outcome, _)| outcome)
+    }
+
+    /// [`run_renewal_job`](Self::run_renewal_job) for a delivery of a queue
+    /// whose jobs are rows of the metadata database
+    /// ([`certflow_core::renewal::RenewalQueue::in_metadata_database`]): a
+    /// new version acknowledges the job in its own transaction. Says whether
+    /// it did (not when there was no new version, or the lease was lost).
+    pub async fn run_renewal_delivery(
+        &self,
+        delivery: &JobDelivery,
+        now: OffsetDateTime,
+    ) -> DomainResult<(JobOutcome, bool)> {
+        self.renew_job(&delivery.job, Some(delivery), now).await
+    }
+
+    async fn renew_job(
+        &self,
+        job: &RenewalJob,
+        completes: Option<&JobDelivery>,
+        now: OffsetDateTime,
+    ) -> DomainResult<(JobOutcome, bool)> {
         // One read of the certificate for the whole job: the checks below and
         // the renewal itself work from it.
         let view = self.certificate(job.certificate_id).await?;
@@ -158,26 +186,25 @@ impl Services {
         // The scheduler never queues an inventory-only certificate, but a job
         // may reach the worker by another way (a queue replay, an operator).
         if cert.status != CertificateStatus::Active || !cert.managed {
-            return Ok(JobOutcome::NotRenewable);
+            return Ok((JobOutcome::NotRenewable, false));
         }
         // A committed earlier attempt of this job, or a manual renewal, came
         // first. (A duplicate delivery still in flight loses at the commit,
         // on the job's idempotency key, and answers the version stored.)
         if cert.current_version > job.version {
-            return Ok(JobOutcome::AlreadyRenewed);
+            return Ok((JobOutcome::AlreadyRenewed, false));
         }
         let issuer = self.issuer_to_sign_with(cert.issuer_id).await?;
         if let Some(fields) = self
             .check_renewal_policy(&renewal_actor(), cert, &issuer, job.version, now)
             .await?
         {
-            return Ok(JobOutcome::PolicyRefused {
-                reason: fields
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join("; "),
-            });
+            let reason = fields
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ");
+            return Ok((JobOutcome::PolicyRefused { reason }, false));
         }
         // A requester-held key revoked for keyCompromise cannot be renewed
         // without its holder: retrying repeats the refusal, so it is given
@@ -187,15 +214,14 @@ impl Services {
         {
             self.key_compromise_refused(cert, job.version, &reason, now)
                 .await?;
-            return Ok(JobOutcome::PolicyRefused { reason });
+            return Ok((JobOutcome::PolicyRefused { reason }, false));
         }
         let key = job.idempotency_key();
-        let view = self
-            .renew_for_job(&renewal_actor(), view, issuer, &key, now)
+        let (view, committed) = self
+            .renew_for_job(&renewal_actor(), view, issuer, &key, completes, now)
             .await?;
-        Ok(JobOutcome::Renewed {
-            version: view.certificate.current_version,
-        })
+        let version = view.certificate.current_version;
+        Ok((JobOutcome::Renewed { version }, committed.completed))
     }
 
     /// Holds a certificate about to be renewed against today's issuance
@@ -402,7 +428,16 @@ impl Services {
         }
     }
 
-    /// The event for a certificate's version change.
+    /// Whether a new version's event commits in the version's own
+    /// transaction: notifications are wired and are rows of the metadata
+    /// database.
+    pub(crate) fn announces_in_commit(&self) -> bool {
+        self.notifications
+            .as_ref()
+            .is_some_and(|n| n.in_metadata_database())
+    }
+
+    /// Publishes the event for a certificate's version change.
     pub(crate) async fn publish_version_event(
         &self,
         kind: EventKind,
@@ -410,35 +445,43 @@ impl Services {
         version: u32,
         now: OffsetDateTime,
     ) {
-        let cert = &view.certificate;
         let serial = view
             .versions
             .iter()
             .find(|v| v.version == version)
-            .map(|v| v.serial.clone());
+            .map(|v| v.serial.as_str());
+        let event = self.version_event(kind, &view.certificate, version, serial, now);
+        self.publish(event, None).await;
+    }
+
+    /// The event for version `version` (serial `serial`) of `cert` changing.
+    pub(crate) fn version_event(
+        &self,
+        kind: EventKind,
+        cert: &Certificate,
+        version: u32,
+        serial: Option<&str>,
+        now: OffsetDateTime,
+    ) -> Notification {
         let verb = match kind {
             EventKind::Issued => "issued",
             EventKind::Renewed => "renewed",
             EventKind::Revoked => "revoked",
             _ => kind.as_str(),
         };
-        self.publish(
-            Notification {
-                id: Uuid::now_v7(),
-                kind,
-                team: cert.team.clone(),
-                certificate_id: Some(cert.id),
-                certificate_name: Some(cert.name.clone()),
-                version: Some(version),
-                not_after: Some(cert.not_after),
-                days_left: None,
-                reason: None,
-                summary: format!("{} version {version} {verb}", cert.name),
-                details: json!({ "serial": serial }),
-                at: now,
-            },
-            None,
-        )
-        .await;
+        Notification {
+            id: Uuid::now_v7(),
+            kind,
+            team: cert.team.clone(),
+            certificate_id: Some(cert.id),
+            certificate_name: Some(cert.name.clone()),
+            version: Some(version),
+            not_after: Some(cert.not_after),
+            days_left: None,
+            reason: None,
+            summary: format!("{} version {version} {verb}", cert.name),
+            details: json!({ "serial": serial }),
+            at: now,
+        }
     }
 }

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use certflow_api::CreateCertificateRequest;
 use certflow_blob::ObjectBlobStore;
 use certflow_core::model::*;
-use certflow_core::ports::{BlobStore, MetadataStore};
+use certflow_core::ports::{BlobStore, MetadataStore, VersionCommit, VersionCommitted};
 use certflow_core::{DomainError, DomainResult};
 use certflow_seal::{LocalKeyProvider, MasterKey, Sealer};
 use certflow_store::SqliteStore;
@@ -84,16 +84,6 @@ impl MetadataStore for FailingCommits {
             .create_certificate_with_issuer(issuer, issuer_audit, c, v, a)
             .await
     }
-    async fn add_version(
-        &self,
-        c: &Certificate,
-        v: &CertificateVersion,
-        a: &AuditEvent,
-        i: Option<&IdempotencyRecord>,
-    ) -> DomainResult<()> {
-        self.check()?;
-        self.inner.add_version(c, v, a, i).await
-    }
     async fn create_certificate_with_blobs(
         &self,
         c: &Certificate,
@@ -107,16 +97,9 @@ impl MetadataStore for FailingCommits {
             .create_certificate_with_blobs(c, v, a, i, b)
             .await
     }
-    async fn add_version_with_blobs(
-        &self,
-        c: &Certificate,
-        v: &CertificateVersion,
-        a: &AuditEvent,
-        i: Option<&IdempotencyRecord>,
-        b: Vec<(String, Bytes)>,
-    ) -> DomainResult<()> {
+    async fn commit_version(&self, c: VersionCommit<'_>) -> DomainResult<VersionCommitted> {
         self.check()?;
-        self.inner.add_version_with_blobs(c, v, a, i, b).await
+        self.inner.commit_version(c).await
     }
     async fn get_idempotency(
         &self,

@@ -14,7 +14,7 @@
 //! Listings read in one snapshot (`BEGIN_READ`) so the total and the page
 //! agree.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -25,7 +25,9 @@ use certflow_core::model::{
     CertificateStatus, CertificateVersion, IdempotencyRecord, Issuer, Labels, Page,
     RevocationReason, SortKey, VersionStatus,
 };
-use certflow_core::ports::MetadataStore;
+use certflow_core::notify::Notification;
+use certflow_core::ports::{MetadataStore, VersionCommit, VersionCommitted};
+use certflow_core::renewal::JobDelivery;
 use sqlx::Pool;
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -38,7 +40,9 @@ use crate::codec::{
 };
 use crate::error::{Violation, conflict, map};
 use crate::group_commit::together_or_alone;
+use crate::notify::announcement_writes;
 use crate::query::{Backend, Columns, Param, Sql};
+use crate::renewal::{complete_jobs_sql, completed};
 use crate::store::{SqlStore, execute, execute_all, fetch_all, fetch_optional, page_bounds, total};
 
 /// Most certificates one `due_for_renewal` batch returns.
@@ -580,6 +584,24 @@ pub(crate) struct NewVersion {
     idempotency: Option<IdempotencyRecord>,
     /// The version's blobs, when they are rows of this database.
     blobs: Vec<(String, Bytes)>,
+    /// The notification announcing it ([`VersionCommit::announce`]).
+    announce: Option<Notification>,
+    /// The job delivery it completes ([`VersionCommit::completes`]).
+    completes: Option<JobDelivery>,
+}
+
+impl NewVersion {
+    fn of(commit: VersionCommit<'_>) -> Self {
+        Self {
+            cert: commit.cert.clone(),
+            new: commit.new.clone(),
+            audit: commit.audit.clone(),
+            idempotency: commit.idempotency.cloned(),
+            blobs: commit.blobs,
+            announce: commit.announce.cloned(),
+            completes: commit.completes.cloned(),
+        }
+    }
 }
 
 /// Commits a batch of new versions (renewals): each one's statements in one
@@ -589,24 +611,53 @@ pub(crate) struct NewVersion {
 pub(crate) async fn commit_new_versions<B: Backend>(
     pool: Pool<B>,
     batch: Vec<NewVersion>,
-) -> Vec<DomainResult<()>> {
+) -> Vec<DomainResult<VersionCommitted>> {
     let pool = &pool;
     together_or_alone(
         "new versions",
         &batch,
-        |all| async move {
-            add_versions_together::<B>(pool, all).await?;
-            Ok(vec![(); all.len()])
-        },
+        |all| add_versions_together::<B>(pool, all),
         |v| async move {
             let mut tx = pool.begin_with(B::BEGIN_WRITE).await.map_err(map)?;
             add_version_in::<B>(&mut *tx, &v.cert, &v.new, &v.audit, v.idempotency.as_ref())
                 .await?;
             insert_blobs::<B>(&mut *tx, &v.blobs.iter().collect::<Vec<_>>()).await?;
-            tx.commit().await.map_err(map)
+            let announcement = v.announce.iter().collect::<Vec<_>>();
+            let writes = announcement_writes::<B>(&mut tx, &announcement).await?;
+            execute_all::<B>(&mut tx, writes).await?;
+            let committed = complete_jobs_in::<B>(&mut tx, std::slice::from_ref(v)).await?;
+            tx.commit().await.map_err(map)?;
+            Ok(committed.into_iter().next().unwrap_or_default())
         },
     )
     .await
+}
+
+/// Acknowledges, in the write transaction `tx`, the job deliveries that
+/// `batch`'s versions complete (of distinct jobs: a batch holds one version
+/// a certificate), each only if its lease is still its own.
+async fn complete_jobs_in<B: Backend>(
+    tx: &mut B::Connection,
+    batch: &[NewVersion],
+) -> DomainResult<Vec<VersionCommitted>> {
+    let deliveries = batch.iter().filter_map(|v| v.completes.as_ref());
+    let Some(now) = batch.iter().map(|v| v.cert.updated_at).max() else {
+        return Ok(Vec::new());
+    };
+    let done = if deliveries.clone().next().is_some() {
+        completed(&fetch_all::<B>(tx, complete_jobs_sql(deliveries, now)).await?)?
+    } else {
+        HashSet::new()
+    };
+    Ok(batch
+        .iter()
+        .map(|v| VersionCommitted {
+            completed: v
+                .completes
+                .as_ref()
+                .is_some_and(|d| done.contains(&id(d.job.id))),
+        })
+        .collect())
 }
 
 /// Every new version of `batch` in one transaction: a statement a table
@@ -618,7 +669,7 @@ pub(crate) async fn commit_new_versions<B: Backend>(
 async fn add_versions_together<B: Backend>(
     pool: &Pool<B>,
     batch: &[NewVersion],
-) -> DomainResult<()> {
+) -> DomainResult<Vec<VersionCommitted>> {
     let rows = VersionRows::of(batch)?;
     let ids = || rows.ids.iter().map(|i| Param::from(i.clone()));
     let mut tx = pool.begin_with(B::BEGIN_WRITE).await.map_err(map)?;
@@ -679,9 +730,14 @@ async fn add_versions_together<B: Backend>(
     writes.extend(Sql::insert(NAMES_INSERT, rows.names));
     let blobs: Vec<&(String, Bytes)> = batch.iter().flat_map(|v| &v.blobs).collect();
     writes.extend(upsert_blobs(&blobs)?);
+    let announcements: Vec<&Notification> =
+        batch.iter().filter_map(|v| v.announce.as_ref()).collect();
+    writes.extend(announcement_writes::<B>(&mut tx, &announcements).await?);
     let audits: Vec<&AuditEvent> = batch.iter().map(|v| &v.audit).collect();
     write_audited::<B>(&mut tx, writes, &audits).await?;
-    tx.commit().await.map_err(map)
+    let committed = complete_jobs_in::<B>(&mut tx, batch).await?;
+    tx.commit().await.map_err(map)?;
+    Ok(committed)
 }
 
 /// A batch of new versions as the rows [`add_versions_together`] writes.
@@ -1001,34 +1057,8 @@ impl<B: Backend> MetadataStore for SqlStore<B> {
         tx.commit().await.map_err(map)
     }
 
-    async fn add_version(
-        &self,
-        cert: &Certificate,
-        new: &CertificateVersion,
-        audit: &AuditEvent,
-        idempotency: Option<&IdempotencyRecord>,
-    ) -> DomainResult<()> {
-        self.add_version_with_blobs(cert, new, audit, idempotency, Vec::new())
-            .await
-    }
-
-    async fn add_version_with_blobs(
-        &self,
-        cert: &Certificate,
-        new: &CertificateVersion,
-        audit: &AuditEvent,
-        idempotency: Option<&IdempotencyRecord>,
-        blobs: Vec<(String, Bytes)>,
-    ) -> DomainResult<()> {
-        self.new_versions
-            .submit(NewVersion {
-                cert: cert.clone(),
-                new: new.clone(),
-                audit: audit.clone(),
-                idempotency: idempotency.cloned(),
-                blobs,
-            })
-            .await
+    async fn commit_version(&self, commit: VersionCommit<'_>) -> DomainResult<VersionCommitted> {
+        self.new_versions.submit(NewVersion::of(commit)).await
     }
 
     async fn revoke_version(

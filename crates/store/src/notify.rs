@@ -181,50 +181,76 @@ async fn publish_together<B: Backend>(
         .iter()
         .map(|p| inserted.contains(&id(p.notification.id)))
         .collect();
-    let mut teams: Vec<&str> = batch
+    let recorded_ones = batch
         .iter()
         .zip(&recorded)
         .filter(|(_, r)| **r)
-        .map(|(p, _)| p.notification.team.as_str())
-        .collect();
-    teams.sort_unstable();
-    teams.dedup();
-    if !teams.is_empty() {
-        let mut sql = Sql::new(concat!(
-            "SELECT ",
-            subscription_columns!(),
-            " FROM subscriptions WHERE team IN ("
-        ));
-        for (i, team) in teams.iter().enumerate() {
-            if i > 0 {
-                sql.push(", ");
-            }
-            sql.push_bind(*team);
-        }
-        sql.push(") ORDER BY id");
-        let subscriptions = fetch_all::<B>(&mut tx, sql)
-            .await?
-            .iter()
-            .map(codec::subscription)
-            .collect::<DomainResult<Vec<_>>>()?;
-        let mut deliveries = Vec::new();
-        for (p, _) in batch.iter().zip(&recorded).filter(|(_, r)| **r) {
-            let n = &p.notification;
-            for sub in subscriptions
-                .iter()
-                .filter(|s| s.team == n.team && s.events.contains(&n.kind))
-            {
-                deliveries.push(delivery_row(n, sub)?);
-            }
-        }
-        if !deliveries.is_empty() {
-            let mut sql = Sql::new(DELIVERY_INSERT);
-            sql.push_values(deliveries);
-            execute::<B>(&mut tx, sql).await?;
-        }
+        .map(|(p, _)| &p.notification);
+    if let Some(sql) = deliveries_sql::<B>(&mut tx, recorded_ones).await? {
+        execute::<B>(&mut tx, sql).await?;
     }
     tx.commit().await.map_err(map)?;
     Ok(recorded)
+}
+
+/// The `INSERT` of the pending deliveries of `notifications`, one per
+/// subscription of its team that wants its kind, read in the write
+/// transaction `tx`; `None` when nobody wants them.
+async fn deliveries_sql<'a, B: Backend>(
+    tx: &mut B::Connection,
+    notifications: impl IntoIterator<Item = &'a Notification> + Clone,
+) -> DomainResult<Option<Sql>> {
+    let mut teams: Vec<&str> = notifications
+        .clone()
+        .into_iter()
+        .map(|n| n.team.as_str())
+        .collect();
+    teams.sort_unstable();
+    teams.dedup();
+    if teams.is_empty() {
+        return Ok(None);
+    }
+    let mut sql = Sql::new(concat!(
+        "SELECT ",
+        subscription_columns!(),
+        " FROM subscriptions WHERE team IN "
+    ));
+    sql.push_list(teams.iter().map(|t| Param::from(*t)))
+        .push(" ORDER BY id");
+    let subscriptions = fetch_all::<B>(tx, sql)
+        .await?
+        .iter()
+        .map(codec::subscription)
+        .collect::<DomainResult<Vec<_>>>()?;
+    let mut deliveries = Vec::new();
+    for n in notifications {
+        for sub in subscriptions
+            .iter()
+            .filter(|s| s.team == n.team && s.events.contains(&n.kind))
+        {
+            deliveries.push(delivery_row(n, sub)?);
+        }
+    }
+    Ok(Sql::insert(DELIVERY_INSERT, deliveries))
+}
+
+/// The writes that record `announcements` (notifications without a dedupe
+/// key: each is recorded) and their pending deliveries, for the caller's
+/// write transaction `tx` to run with its own: the subscriptions are read
+/// here, the rows are left to the caller.
+pub(crate) async fn announcement_writes<B: Backend>(
+    tx: &mut B::Connection,
+    announcements: &[&Notification],
+) -> DomainResult<Vec<Sql>> {
+    let mut rows = Vec::with_capacity(announcements.len());
+    for n in announcements {
+        rows.push(notification_row(n, None)?);
+    }
+    let deliveries = deliveries_sql::<B>(tx, announcements.iter().copied()).await?;
+    Ok(Sql::insert(NOTIFICATION_INSERT, rows)
+        .into_iter()
+        .chain(deliveries)
+        .collect())
 }
 
 /// One notification and its deliveries in a transaction of its own.
@@ -248,26 +274,7 @@ async fn publish_one<B: Backend>(
     if inserted.is_none() {
         return Ok(false);
     }
-    let subscriptions = fetch_all::<B>(
-        &mut tx,
-        Sql::new(concat!(
-            "SELECT ",
-            subscription_columns!(),
-            " FROM subscriptions WHERE team = $1 ORDER BY id"
-        ))
-        .bind(notification.team.as_str()),
-    )
-    .await?;
-    let mut deliveries = Vec::new();
-    for row in &subscriptions {
-        let sub = codec::subscription(row)?;
-        if sub.events.contains(&notification.kind) {
-            deliveries.push(delivery_row(notification, &sub)?);
-        }
-    }
-    if !deliveries.is_empty() {
-        let mut sql = Sql::new(DELIVERY_INSERT);
-        sql.push_values(deliveries);
+    if let Some(sql) = deliveries_sql::<B>(&mut tx, [notification]).await? {
         execute::<B>(&mut tx, sql).await?;
     }
     tx.commit().await.map_err(map)?;
@@ -418,6 +425,10 @@ impl<B: Backend> NotificationStore for SqlStore<B> {
         }
         tx.commit().await.map_err(map)?;
         Ok(replaced)
+    }
+
+    fn in_metadata_database(&self) -> bool {
+        true
     }
 
     async fn publish(

@@ -199,6 +199,10 @@ impl RenewalQueue for DbRenewalQueue {
         self.completions.submit((delivery.clone(), now)).await
     }
 
+    fn in_metadata_database(&self) -> bool {
+        true
+    }
+
     async fn retry(
         &self,
         delivery: &JobDelivery,

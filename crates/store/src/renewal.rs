@@ -424,25 +424,8 @@ impl<B: Backend> SqlStore<B> {
         if deliveries.is_empty() {
             return Ok(Vec::new());
         }
-        let mut sql = Sql::new(
-            "UPDATE renewal_jobs SET state = 'done', lease_token = NULL, lease_until = NULL, \
-             last_error = NULL, updated_at = $1 WHERE state = 'running' AND (",
-        )
-        .bind(secs(now));
-        // Pair by pair: a job is done only by the delivery holding its lease.
-        for (i, delivery) in deliveries.iter().enumerate() {
-            sql.push(if i == 0 { "(id = " } else { " OR (id = " })
-                .push_bind(id(delivery.job.id))
-                .push(" AND lease_token = ")
-                .push_bind(delivery.receipt.as_str())
-                .push(")");
-        }
-        sql.push(") RETURNING id");
-        let done = self.write_returning(sql).await?;
-        let done = done
-            .iter()
-            .map(|row| row.text("id"))
-            .collect::<DomainResult<std::collections::HashSet<_>>>()?;
+        let sql = complete_jobs_sql(deliveries.iter(), now);
+        let done = completed(&self.write_returning(sql).await?)?;
         Ok(deliveries
             .iter()
             .map(|d| done.contains(&id(d.job.id)))
@@ -656,6 +639,34 @@ async fn bury<B: Backend>(
         .bind(job),
     )
     .await
+}
+
+/// Marks done each of `deliveries` (of distinct jobs, at least one) whose
+/// lease is still its own, at `now`; returns the ids of those it marked.
+pub(crate) fn complete_jobs_sql<'a>(
+    deliveries: impl Iterator<Item = &'a JobDelivery>,
+    now: OffsetDateTime,
+) -> Sql {
+    let mut sql = Sql::new(
+        "UPDATE renewal_jobs SET state = 'done', lease_token = NULL, lease_until = NULL, \
+         last_error = NULL, updated_at = $1 WHERE state = 'running' AND (",
+    )
+    .bind(secs(now));
+    // Pair by pair: a job is done only by the delivery holding its lease.
+    for (i, delivery) in deliveries.enumerate() {
+        sql.push(if i == 0 { "(id = " } else { " OR (id = " })
+            .push_bind(id(delivery.job.id))
+            .push(" AND lease_token = ")
+            .push_bind(delivery.receipt.as_str())
+            .push(")");
+    }
+    sql.push(") RETURNING id");
+    sql
+}
+
+/// The job ids [`complete_jobs_sql`]'s rows name.
+pub(crate) fn completed(rows: &[impl Columns]) -> DomainResult<std::collections::HashSet<String>> {
+    rows.iter().map(|row| row.text("id")).collect()
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use certflow_core::DomainError;
 use certflow_core::error::DomainResult;
+use certflow_core::ports::VersionCommitted;
 use sqlx::{Database, Pool, Transaction};
 
 use crate::blobs::{BlobBatch, commit_blobs};
@@ -32,7 +33,7 @@ pub struct SqlStore<B: Database> {
     /// New certificates, committed in groups (see [`crate::group_commit`]).
     pub(crate) creations: Arc<GroupCommit<Creation>>,
     /// New versions of certificates (renewals), committed in groups.
-    pub(crate) new_versions: Arc<GroupCommit<NewVersion>>,
+    pub(crate) new_versions: Arc<GroupCommit<NewVersion, VersionCommitted>>,
     /// Blobs (`blob.kind = "database"`), committed in groups.
     pub(crate) blob_puts: Arc<GroupCommit<BlobBatch>>,
     /// Notifications and their deliveries, committed in groups.

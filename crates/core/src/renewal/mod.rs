@@ -468,6 +468,12 @@ pub trait RenewalQueue: Send + Sync {
     async fn heartbeat(&self, delivery: &JobDelivery, lease: StdDuration) -> DomainResult<()>;
     /// Acknowledges success: the job will not be delivered again.
     async fn complete(&self, delivery: &JobDelivery) -> DomainResult<()>;
+    /// Whether the jobs are rows of the metadata database, so that a
+    /// renewal's version can acknowledge its job in its own transaction
+    /// ([`crate::ports::VersionCommit::completes`]).
+    fn in_metadata_database(&self) -> bool {
+        false
+    }
     /// Records a failure and makes the job runnable again after `retry_in`.
     async fn retry(
         &self,

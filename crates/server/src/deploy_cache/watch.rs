@@ -20,7 +20,7 @@ use certflow_core::model::{
     AuditChainReport, AuditEvent, AuditQuery, Certificate, CertificateQuery, CertificateVersion,
     IdempotencyRecord, Issuer, Page, RevocationReason,
 };
-use certflow_core::ports::MetadataStore;
+use certflow_core::ports::{MetadataStore, VersionCommit, VersionCommitted};
 use certflow_store::ChangeFeed;
 use time::OffsetDateTime;
 use tokio::sync::broadcast::error::RecvError;
@@ -120,32 +120,11 @@ impl MetadataStore for AnnouncingStore {
             .create_certificate_with_blobs(cert, first, audit, idempotency, blobs)
             .await
     }
-    async fn add_version_with_blobs(
-        &self,
-        cert: &Certificate,
-        new: &CertificateVersion,
-        audit: &AuditEvent,
-        idempotency: Option<&IdempotencyRecord>,
-        blobs: Vec<(String, Bytes)>,
-    ) -> DomainResult<()> {
-        self.inner
-            .add_version_with_blobs(cert, new, audit, idempotency, blobs)
-            .await?;
-        self.announce(cert.id).await;
-        Ok(())
-    }
-    async fn add_version(
-        &self,
-        cert: &Certificate,
-        new: &CertificateVersion,
-        audit: &AuditEvent,
-        idempotency: Option<&IdempotencyRecord>,
-    ) -> DomainResult<()> {
-        self.inner
-            .add_version(cert, new, audit, idempotency)
-            .await?;
-        self.announce(cert.id).await;
-        Ok(())
+    async fn commit_version(&self, commit: VersionCommit<'_>) -> DomainResult<VersionCommitted> {
+        let id = commit.cert.id;
+        let committed = self.inner.commit_version(commit).await?;
+        self.announce(id).await;
+        Ok(committed)
     }
     async fn revoke_version(
         &self,

@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 use certflow_core::model::VersionStatus;
-use certflow_core::ports::{BlobStore, MetadataStore};
+use certflow_core::ports::{BlobStore, MetadataStore, VersionCommit};
 
 use crate::support::{
     assert_conflict, certificate, event, futures_join_all, ids, query, seed_issuer, target,
@@ -192,7 +192,11 @@ store_case! {
             let blobs = blobs_of(&c, 2);
             async move {
                 let v = version(&c, 2);
-                store.add_version_with_blobs(&c, &v, &audit, None, blobs).await
+                let commit = VersionCommit {
+                    blobs,
+                    ..VersionCommit::new(&c, &v, &audit, None)
+                };
+                store.commit_version(commit).await
             }
         }))
         .await;

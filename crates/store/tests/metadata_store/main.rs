@@ -82,3 +82,4 @@ mod notify;
 mod renewal;
 mod scheduler_scan;
 mod settings;
+mod version_commit;
