@@ -511,14 +511,22 @@ async fn writers_take_a_free_head_on_postgres() {
     assert_eq!((report.checked, report.first_break), (2, None));
 }
 
-/// 16 writers at once on PostgreSQL spread over several chains, each gapless
-/// and verified.
+/// 16 writers of audited changes at once on PostgreSQL spread over several
+/// chains, each gapless and verified. Half their events are lone ones, which
+/// share transactions (`append_audit`'s group commit), so a batch of them
+/// fills one chain; the changes, a transaction each, take the free ones.
 async fn concurrent_chains(store: &PgStore, raw: &mut Raw) -> Vec<(i64, i64, Uuid)> {
     const WRITERS: u32 = 16;
     const EACH: u32 = 40;
     futures::future::join_all((0..WRITERS).map(|w| async move {
         for i in 0..EACH {
-            store.append_audit(&event(w * EACH + i)).await.unwrap();
+            let n = w * EACH + i;
+            if i % 2 == 0 {
+                let issuer = crate::support::issuer(&format!("issuer-{n}"), false);
+                store.insert_issuer(&issuer, &event(n)).await.unwrap();
+            } else {
+                store.append_audit(&event(n)).await.unwrap();
+            }
         }
     }))
     .await;
