@@ -472,8 +472,8 @@ pub(crate) async fn commit_audits<B: Backend>(
 /// How many batches of lone events may commit at once. On PostgreSQL two,
 /// each on a chain of its own: one batch gathers while the other waits for
 /// its commit, where with one the writers' throughput was bound by a batch's
-/// round trips (BENCHMARKS.md, "lone events group-committed"); four cost a
-/// third more server CPU per event for a rate within the noise of two's.
+/// round trips (BENCHMARKS.md, "lone events group-committed"); four cost
+/// about 30 % more server CPU per event for a rate within the noise of two's.
 /// SQLite's one writer connection would only make a second batch wait for
 /// it, and smaller.
 pub(crate) fn audit_lanes<B: Backend>() -> usize {

@@ -1,6 +1,12 @@
 //! Group commit: concurrent writes of one kind wait in a queue while one
 //! transaction commits the previous batch, then go in together.
 //!
+//! A queue may have several lanes ([`GroupCommit::with_lanes`]): up to that
+//! many batches commit at once, so that one gathers while another waits for
+//! its commit's round trips. That pays where transactions run side by side
+//! (PostgreSQL) and each batch's round trips, not the server's CPU, bound
+//! the rate; one lane batches most.
+//!
 //! A database pays per transaction, not per row: a commit's WAL flush on
 //! PostgreSQL, the write lock's hand-over and the statements themselves on
 //! SQLite (each crosses to sqlx's worker thread and back). Under load the
