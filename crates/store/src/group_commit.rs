@@ -238,7 +238,10 @@ mod tests {
             let group = Arc::clone(&group);
             async move { group.submit(0).await }
         });
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        // The held batch is [0] alone: the others are submitted once it runs.
+        while running.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
         let others: Vec<_> = (1..=30u32)
             .map(|i| {
                 let group = Arc::clone(&group);
