@@ -1317,10 +1317,9 @@ impl<B: Backend> MetadataStore for SqlStore<B> {
 
     async fn append_audit(&self, event: &AuditEvent) -> DomainResult<()> {
         // Linking holds its chain to the commit (an advisory lock on PostgreSQL,
-        // the write lock on SQLite), so even a lone event needs a transaction.
-        let mut tx = self.begin_write().await?;
-        insert_audit::<B>(&mut tx, event).await?;
-        tx.commit().await.map_err(map)
+        // the write lock on SQLite), so even a lone event needs a transaction:
+        // concurrent ones share it, one chain and one INSERT for the lot.
+        self.audits.submit(event.clone()).await
     }
 
     async fn list_audit(&self, q: &AuditQuery) -> DomainResult<Page<AuditEvent>> {

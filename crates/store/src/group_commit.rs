@@ -1,6 +1,12 @@
 //! Group commit: concurrent writes of one kind wait in a queue while one
 //! transaction commits the previous batch, then go in together.
 //!
+//! A queue may have several lanes ([`GroupCommit::with_lanes`]): up to that
+//! many batches commit at once, so that one gathers while another waits for
+//! its commit's round trips. That pays where transactions run side by side
+//! (PostgreSQL) and each batch's round trips, not the server's CPU, bound
+//! the rate; one lane batches most.
+//!
 //! A database pays per transaction, not per row: a commit's WAL flush on
 //! PostgreSQL, the write lock's hand-over and the statements themselves on
 //! SQLite (each crosses to sqlx's worker thread and back). Under load the
@@ -36,8 +42,8 @@ struct Waiting<T, R> {
 
 struct Queue<T, R> {
     waiting: Vec<Waiting<T, R>>,
-    /// Whether a committer task is running (it drains the queue before it ends).
-    committing: bool,
+    /// Committer tasks running (each drains the queue before it ends).
+    committers: usize,
 }
 
 /// The queue of one kind of write (answered with an `R`) and how to commit
@@ -45,17 +51,25 @@ struct Queue<T, R> {
 pub(crate) struct GroupCommit<T, R = ()> {
     queue: Mutex<Queue<T, R>>,
     commit: Commit<T, R>,
+    /// Most batches committing at once.
+    lanes: usize,
 }
 
 impl<T: Send + 'static, R: Send + 'static> GroupCommit<T, R> {
     /// A queue whose batches `commit` writes.
     pub(crate) fn new(commit: Commit<T, R>) -> Arc<Self> {
+        Self::with_lanes(commit, 1)
+    }
+
+    /// A queue whose batches `commit` writes, up to `lanes` batches at once.
+    pub(crate) fn with_lanes(commit: Commit<T, R>, lanes: usize) -> Arc<Self> {
         Arc::new(Self {
             queue: Mutex::new(Queue {
                 waiting: Vec::new(),
-                committing: false,
+                committers: 0,
             }),
             commit,
+            lanes: lanes.max(1),
         })
     }
 
@@ -66,7 +80,9 @@ impl<T: Send + 'static, R: Send + 'static> GroupCommit<T, R> {
         let start = {
             let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
             queue.waiting.push(Waiting { item, reply });
-            !std::mem::replace(&mut queue.committing, true)
+            let start = queue.committers < self.lanes;
+            queue.committers += usize::from(start);
+            start
         };
         if start {
             tokio::spawn(Arc::clone(self).drain());
@@ -84,7 +100,7 @@ impl<T: Send + 'static, R: Send + 'static> GroupCommit<T, R> {
             let batch: Vec<Waiting<T, R>> = {
                 let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
                 if queue.waiting.is_empty() {
-                    queue.committing = false;
+                    queue.committers -= 1;
                     return;
                 }
                 let take = queue.waiting.len().min(MAX_BATCH);
@@ -194,6 +210,57 @@ mod tests {
         }
         let n = batches.load(Ordering::SeqCst);
         assert!(n < 100, "100 concurrent writes took {n} transactions");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn with_two_lanes_a_slow_batch_does_not_hold_up_the_next() {
+        let (release, held) = tokio::sync::watch::channel(false);
+        let running = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let (now, peak) = (Arc::clone(&running), Arc::clone(&most));
+        let group = GroupCommit::with_lanes(
+            Arc::new(move |items: Vec<u32>| {
+                let (now, peak, mut held) = (Arc::clone(&now), Arc::clone(&peak), held.clone());
+                Box::pin(async move {
+                    peak.fetch_max(now.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+                    if items.contains(&0) {
+                        held.wait_for(|go| *go).await.unwrap();
+                    } else {
+                        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                    }
+                    now.fetch_sub(1, Ordering::SeqCst);
+                    items.into_iter().map(|_| Ok(())).collect()
+                }) as Pin<Box<dyn Future<Output = _> + Send>>
+            }),
+            2,
+        );
+        let slow = tokio::spawn({
+            let group = Arc::clone(&group);
+            async move { group.submit(0).await }
+        });
+        // The held batch is [0] alone: the others are submitted once it runs.
+        while running.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        let others: Vec<_> = (1..=30u32)
+            .map(|i| {
+                let group = Arc::clone(&group);
+                tokio::spawn(async move { group.submit(i).await })
+            })
+            .collect();
+        let done = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            futures::future::join_all(others),
+        )
+        .await
+        .unwrap();
+        for r in done {
+            r.unwrap().unwrap();
+        }
+        assert!(!slow.is_finished());
+        release.send(true).unwrap();
+        slow.await.unwrap().unwrap();
+        assert_eq!(most.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]

@@ -9,9 +9,11 @@ use std::sync::Arc;
 
 use certflow_core::DomainError;
 use certflow_core::error::DomainResult;
+use certflow_core::model::AuditEvent;
 use certflow_core::ports::VersionCommitted;
 use sqlx::{Database, Pool, Transaction};
 
+use crate::audit::{audit_lanes, commit_audits};
 use crate::blobs::{BlobBatch, commit_blobs};
 use crate::certificates::{Creation, NewVersion, commit_creations, commit_new_versions};
 use crate::error::map;
@@ -38,6 +40,8 @@ pub struct SqlStore<B: Database> {
     pub(crate) blob_puts: Arc<GroupCommit<BlobBatch>>,
     /// Notifications and their deliveries, committed in groups.
     pub(crate) publications: Arc<GroupCommit<Publication, bool>>,
+    /// Audit events written on their own (`append_audit`), committed in groups.
+    pub(crate) audits: Arc<GroupCommit<AuditEvent>>,
     backend: PhantomData<fn() -> B>,
 }
 
@@ -50,6 +54,7 @@ impl<B: Database> Clone for SqlStore<B> {
             new_versions: Arc::clone(&self.new_versions),
             blob_puts: Arc::clone(&self.blob_puts),
             publications: Arc::clone(&self.publications),
+            audits: Arc::clone(&self.audits),
             backend: PhantomData,
         }
     }
@@ -97,6 +102,7 @@ impl<B: Backend> SqlStore<B> {
     pub(crate) fn with_writer(pool: Pool<B>, writer: Pool<B>) -> Self {
         let (creator, renewer) = (writer.clone(), writer.clone());
         let (putter, publisher) = (writer.clone(), writer.clone());
+        let auditor = writer.clone();
         Self {
             creations: GroupCommit::new(Arc::new(move |batch| {
                 Box::pin(commit_creations::<B>(creator.clone(), batch))
@@ -110,6 +116,10 @@ impl<B: Backend> SqlStore<B> {
             publications: GroupCommit::new(Arc::new(move |batch| {
                 Box::pin(commit_publications::<B>(publisher.clone(), batch))
             })),
+            audits: GroupCommit::with_lanes(
+                Arc::new(move |batch| Box::pin(commit_audits::<B>(auditor.clone(), batch))),
+                audit_lanes::<B>(),
+            ),
             pool,
             writer,
             backend: PhantomData,

@@ -7,6 +7,7 @@
 use std::borrow::Cow;
 use std::time::Duration;
 
+use certflow_core::DomainError;
 use certflow_core::model::{
     Actor, AuditChainBreak, AuditChainFault, AuditEvent, AuditQuery, Outcome,
 };
@@ -511,14 +512,58 @@ async fn writers_take_a_free_head_on_postgres() {
     assert_eq!((report.checked, report.first_break), (2, None));
 }
 
-/// 16 writers at once on PostgreSQL spread over several chains, each gapless
-/// and verified.
+/// Lone events that queue up while every chain is held go in as batches once
+/// one is free; a batch holding an id already stored still stores every
+/// other event, and only that event's caller gets the conflict.
+#[tokio::test]
+async fn a_duplicate_in_a_held_up_batch_fails_alone_on_postgres() {
+    let (store, mut holder, mut raw, _db) = pg_chains().await;
+    let taken = event(0);
+    store.append_audit(&taken).await.unwrap();
+    hold_heads(&mut holder, 16).await;
+    let mut events: Vec<AuditEvent> = (1..=40).map(event).collect();
+    events[20].id = taken.id;
+    let writes = futures::future::join_all(events.iter().map(|e| store.append_audit(e)));
+    let release_later = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        release(&mut holder).await;
+    };
+    let (results, ()) = tokio::join!(writes, release_later);
+    for (i, r) in results.into_iter().enumerate() {
+        if i == 20 {
+            match r {
+                Err(DomainError::Conflict(m)) => assert!(m.contains(&taken.id.to_string()), "{m}"),
+                other => panic!("expected a conflict, got {other:?}"),
+            }
+        } else {
+            r.unwrap();
+        }
+    }
+    let linked = links(&mut raw).await;
+    assert_eq!(linked.len(), 40);
+    for e in events.iter().filter(|e| e.id != taken.id) {
+        assert!(linked.iter().any(|l| l.2 == e.id), "{} missing", e.id);
+    }
+    let report = store.verify_audit_chain().await.unwrap();
+    assert_eq!((report.checked, report.first_break), (40, None));
+}
+
+/// 16 writers of audited changes at once on PostgreSQL spread over several
+/// chains, each gapless and verified. Half their events are lone ones, which
+/// share transactions (`append_audit`'s group commit), so a batch of them
+/// fills one chain; the changes, a transaction each, take the free ones.
 async fn concurrent_chains(store: &PgStore, raw: &mut Raw) -> Vec<(i64, i64, Uuid)> {
     const WRITERS: u32 = 16;
     const EACH: u32 = 40;
     futures::future::join_all((0..WRITERS).map(|w| async move {
         for i in 0..EACH {
-            store.append_audit(&event(w * EACH + i)).await.unwrap();
+            let n = w * EACH + i;
+            if i % 2 == 0 {
+                let issuer = crate::support::issuer(&format!("issuer-{n}"), false);
+                store.insert_issuer(&issuer, &event(n)).await.unwrap();
+            } else {
+                store.append_audit(&event(n)).await.unwrap();
+            }
         }
     }))
     .await;
