@@ -11,8 +11,8 @@ use std::time::Duration;
 use axum::Extension;
 use axum::Router;
 use axum::extract::{Request, State};
-use axum::http::request::Parts;
 use axum::http::header::Entry;
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -304,7 +304,10 @@ mod tests {
         assert!(!matches(&[], "\"abc\""));
         assert!(matches(&tags, "\"abc\""));
         assert!(!matches(&tags, "\"abd\""));
-        assert!(matches(&[HeaderValue::from_static("\"y\", W/\"abc\"")], "\"abc\""));
+        assert!(matches(
+            &[HeaderValue::from_static("\"y\", W/\"abc\"")],
+            "\"abc\""
+        ));
         assert!(matches(&[HeaderValue::from_static("*")], "\"abd\""));
     }
 }
