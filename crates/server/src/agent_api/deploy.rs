@@ -76,7 +76,7 @@ fn wait_of(query: Option<&str>) -> ApiResult<Duration> {
 /// head is dropped before a long poll parks (see [`assignments_of`]), and
 /// these values, alone in a slice, are what the poll keeps of it for up to a
 /// minute (a `HeaderMap` holding only them was about 0.6 KB per parked
-/// agent; `bench/memory.sh`).
+/// agent, by its types; BENCHMARKS.md, goal 6).
 fn if_none_match(headers: &mut HeaderMap) -> Box<[HeaderValue]> {
     match headers.entry(header::IF_NONE_MATCH) {
         Entry::Occupied(values) => values.remove_entry_mult().1.collect(),

@@ -64,7 +64,7 @@ struct Inner {
     /// One body per distinct answer, by its ETag (a digest of the body):
     /// agents deployed alike get the same body, and a fleet's answers are
     /// mostly alike, so entries share one allocation instead of a copy each
-    /// (about 0.5 KB per cached agent; `bench/memory.sh`).
+    /// (about 0.5 KB per cached agent; BENCHMARKS.md, goal 6).
     bodies: HashMap<Arc<str>, Bytes>,
 }
 

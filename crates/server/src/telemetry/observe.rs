@@ -151,7 +151,7 @@ impl Access {
     /// not kept while it waits. A span lives in the log subscriber's
     /// registry until dropped, with its formatted fields: kept for a
     /// parked poll, that was about 0.4 KB per connected agent
-    /// (`bench/memory.sh`).
+    /// (by its types; BENCHMARKS.md, goal 6).
     pub fn begin_per_run(
         headers: &HeaderMap,
         method: &Method,
