@@ -89,7 +89,8 @@ impl ConnContext {
     async fn poll_head(&self, parts: Box<Parts>) -> Response {
         // A long poll waits up to a minute: no span is kept while it does.
         let mut access = Access::begin_per_run(&parts.headers, &parts.method, ASSIGNMENTS, "agent");
-        let (mut resp, agent) = access.run(self.answer(parts)).await;
+        let answer = std::pin::pin!(self.answer(parts));
+        let (mut resp, agent) = access.run(answer).await;
         access.finish(&mut resp, || agent.map(actor_of), || None);
         resp
     }

@@ -168,14 +168,14 @@ impl Access {
         }
     }
 
-    /// Runs `fut`, the request, inside its `request` span (for a record
+    /// Runs `fut`, the request (pinned by the caller, so that it is not
+    /// moved into this future as well), inside its `request` span (for a record
     /// of [`Access::begin_per_run`], a span made for each poll of `fut`;
     /// the last one is kept for the access line).
-    pub async fn run<F: Future>(&mut self, fut: F) -> F::Output {
+    pub async fn run<F: Future>(&mut self, mut fut: std::pin::Pin<&mut F>) -> F::Output {
         let Some(route) = self.per_run else {
             return fut.instrument(self.span.clone()).await;
         };
-        let mut fut = std::pin::pin!(fut);
         std::future::poll_fn(|cx| {
             let span = request_span(&self.id, self.group, route);
             let polled = span.in_scope(|| fut.as_mut().poll(cx));
