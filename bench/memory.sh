@@ -21,7 +21,14 @@
 #      ?wait=55 (--wait 0 --interval S: plain polls every ~S s instead).
 #      VmRSS is sampled every 2 s while all N are connected (--hold
 #      seconds); reported: the peak and last VmRSS, VmHWM, RssAnon/RssFile,
-#      threads; then again 10 s after the clients went away.
+#      threads; then again 10 s after the clients went away. On a loaded
+#      machine a few client connections can stall for good; after 60 s
+#      without a new one the client measures with those that are up (the
+#      "connected" count of its summary line).
+#   Heap profile: build the server without jemalloc
+#   (cargo build --release -p certflow-server --no-default-features) and run
+#   it with --env LD_PRELOAD=<libjemalloc.so.2> --env MALLOC_CONF=prof:true,...
+#   (jeprof then reads the dumps; BENCHMARKS.md, "Memory: goal 6").
 #
 # Options:
 #   --bin PATH         certflow binary (default target/release/certflow)

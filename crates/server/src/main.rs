@@ -33,6 +33,7 @@ use clap::{Parser, Subcommand};
 /// peak after 10,000 agents disconnected). jemalloc took less CPU per poll
 /// and less resident memory with 10,000 connected agents than both glibc and
 /// mimalloc (`bench/memory.sh`), and returns freed pages to the system.
+#[cfg(feature = "jemalloc")]
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

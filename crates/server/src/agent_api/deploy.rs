@@ -11,6 +11,7 @@ use std::time::Duration;
 use axum::Extension;
 use axum::Router;
 use axum::extract::{Request, State};
+use axum::http::header::Entry;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -71,26 +72,22 @@ fn wait_of(query: Option<&str>) -> ApiResult<Duration> {
     Ok(Duration::from_secs(wait.min(MAX_WAIT_SECS)))
 }
 
-/// The request's `If-None-Match` headers, copied into a map of their own:
-/// a request's headers and URI are slices of its connection's read buffer,
-/// so a long poll holding them would keep that buffer alive for up to a
-/// minute while hyper reserves another to watch the idle connection (about
-/// 8 KB more per waiting agent; `bench/memory.sh`).
-fn if_none_match(headers: &HeaderMap) -> HeaderMap {
-    let mut copied = HeaderMap::new();
-    for v in headers.get_all(header::IF_NONE_MATCH) {
-        if let Ok(v) = HeaderValue::from_bytes(v.as_bytes()) {
-            copied.append(header::IF_NONE_MATCH, v);
-        }
+/// The request's `If-None-Match` values, moved out of its head: a request's
+/// head is dropped before a long poll parks (see [`assignments_of`]), and
+/// these values, alone in a slice, are what the poll keeps of it for up to a
+/// minute (a `HeaderMap` holding only them was about 0.6 KB per parked
+/// agent, by its types; BENCHMARKS.md, goal 6).
+fn if_none_match(headers: &mut HeaderMap) -> Box<[HeaderValue]> {
+    match headers.entry(header::IF_NONE_MATCH) {
+        Entry::Occupied(values) => values.remove_entry_mult().1.collect(),
+        Entry::Vacant(_) => Box::default(),
     }
-    copied
 }
 
-/// Whether `If-None-Match` names `etag` (weak comparison, RFC 9110 13.1.2).
-fn matches(headers: &HeaderMap, etag: &str) -> bool {
-    headers
-        .get_all(header::IF_NONE_MATCH)
-        .iter()
+/// Whether the `If-None-Match` values `tags` name `etag` (weak comparison,
+/// RFC 9110 13.1.2).
+fn matches(tags: &[HeaderValue], etag: &str) -> bool {
+    tags.iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .map(str::trim)
@@ -140,13 +137,7 @@ pub(super) async fn assignments_of(
 ) -> ApiResult<Response> {
     let state = &agent_state.deploy;
     let wait = wait_of(parts.uri.query())?;
-    // Only a long poll keeps a copy (see `if_none_match`); a plain poll
-    // answers at once, and its headers go with the request.
-    let conditional = if wait.is_zero() {
-        std::mem::take(&mut parts.headers)
-    } else {
-        if_none_match(&parts.headers)
-    };
+    let conditional = if_none_match(&mut parts.headers);
     drop(parts);
     let deadline = tokio::time::Instant::now() + wait;
     // Only a long poll waits for changes; a plain poll has nothing to subscribe for.
@@ -303,14 +294,20 @@ mod tests {
         assert!(wait_of(Some("wait=soon")).is_err());
         assert!(wait_of(Some("other=1")).is_err());
         let mut h = HeaderMap::new();
-        assert!(!matches(&h, "\"abc\""));
-        h.insert(
-            header::IF_NONE_MATCH,
-            HeaderValue::from_static("\"x\", W/\"abc\""),
-        );
-        assert!(matches(&h, "\"abc\""));
-        assert!(!matches(&h, "\"abd\""));
-        h.insert(header::IF_NONE_MATCH, HeaderValue::from_static("*"));
-        assert!(matches(&h, "\"abd\""));
+        assert!(if_none_match(&mut h).is_empty());
+        h.append(header::IF_NONE_MATCH, HeaderValue::from_static("\"x\""));
+        h.append(header::IF_NONE_MATCH, HeaderValue::from_static("W/\"abc\""));
+        h.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+        let tags = if_none_match(&mut h);
+        assert_eq!(tags.len(), 2);
+        assert!(!h.contains_key(header::IF_NONE_MATCH) && h.contains_key(header::ACCEPT));
+        assert!(!matches(&[], "\"abc\""));
+        assert!(matches(&tags, "\"abc\""));
+        assert!(!matches(&tags, "\"abd\""));
+        assert!(matches(
+            &[HeaderValue::from_static("\"y\", W/\"abc\"")],
+            "\"abc\""
+        ));
+        assert!(matches(&[HeaderValue::from_static("*")], "\"abd\""));
     }
 }

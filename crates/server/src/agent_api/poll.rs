@@ -24,7 +24,6 @@ use axum::http::request::Parts;
 use axum::http::{Method, Request};
 use axum::response::{IntoResponse, Response};
 use tower::ServiceExt as _;
-use tracing::Instrument as _;
 
 use super::deploy::assignments_of;
 use super::routes::{AgentState, Presented, actor_of, authenticate, require_agent_api, router};
@@ -88,8 +87,10 @@ impl ConnContext {
 
     /// [`ConnContext::poll`] of a request head.
     async fn poll_head(&self, parts: Box<Parts>) -> Response {
-        let access = Access::begin(&parts.headers, &parts.method, ASSIGNMENTS, "agent");
-        let (mut resp, agent) = self.answer(parts).instrument(access.span().clone()).await;
+        // A long poll waits up to a minute: no span is kept while it does.
+        let mut access = Access::begin_per_run(&parts.headers, &parts.method, ASSIGNMENTS, "agent");
+        let answer = std::pin::pin!(self.answer(parts));
+        let (mut resp, agent) = access.run(answer).await;
         access.finish(&mut resp, || agent.map(actor_of), || None);
         resp
     }

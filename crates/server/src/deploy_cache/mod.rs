@@ -61,9 +61,31 @@ struct Inner {
     entries: HashMap<Uuid, Cached>,
     /// Which cached agents list a certificate, to drop only those.
     by_certificate: HashMap<Uuid, HashSet<Uuid>>,
+    /// One body per distinct answer, by its ETag (a digest of the body):
+    /// agents deployed alike get the same body, and a fleet's answers are
+    /// mostly alike, so entries share one allocation instead of a copy each
+    /// (about 0.5 KB per cached agent; BENCHMARKS.md, goal 6).
+    bodies: HashMap<Arc<str>, Bytes>,
 }
 
 impl Inner {
+    /// Points `cached` at the shared copy of its body (and ETag), making
+    /// its own the shared one if it is the first.
+    fn share_body(&mut self, cached: &mut Cached) {
+        if let Some((etag, body)) = self.bodies.get_key_value(&cached.etag) {
+            cached.etag = etag.clone();
+            cached.body = body.clone();
+            return;
+        }
+        // Bodies no entry uses any more (only this map holds their ETag)
+        // go once they are as many as the entries, so that pruning costs
+        // a constant per insertion on average.
+        if self.bodies.len() >= 2 * self.entries.len() + 64 {
+            self.bodies.retain(|etag, _| Arc::strong_count(etag) > 1);
+        }
+        self.bodies.insert(cached.etag.clone(), cached.body.clone());
+    }
+
     fn remove(&mut self, agent: Uuid) {
         if let Some(old) = self.entries.remove(&agent) {
             for c in old.certificates {
@@ -122,6 +144,8 @@ impl AssignmentCache {
             return false;
         }
         inner.remove(agent);
+        let mut cached = cached;
+        inner.share_body(&mut cached);
         for c in &cached.certificates {
             inner.by_certificate.entry(*c).or_default().insert(agent);
         }
@@ -160,6 +184,7 @@ impl AssignmentCache {
         let mut inner = self.lock();
         inner.entries.clear();
         inner.by_certificate.clear();
+        inner.bodies.clear();
         self.bump(&mut inner);
     }
 
@@ -303,5 +328,34 @@ mod tests {
         let g = short.get(a).1;
         assert!(short.put(a, cached(&[]), g));
         assert!(short.get(a).0.is_none());
+    }
+
+    #[test]
+    fn alike_answers_share_one_body_and_unused_bodies_go() {
+        let cache = AssignmentCache::new(Duration::from_secs(60));
+        let answer = |tag: &str| Cached {
+            etag: format!("\"{tag}\"").into(),
+            body: Bytes::from(format!("{{\"items\":[\"{tag}\"]}}").into_bytes()),
+            certificates: Vec::new(),
+            loaded: Instant::now(),
+        };
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        let g = cache.get(a).1;
+        assert!(cache.put(a, answer("one"), g));
+        assert!(cache.put(b, answer("one"), g));
+        let (ca, cb) = (cache.get(a).0.unwrap(), cache.get(b).0.unwrap());
+        assert_eq!(ca.body.as_ptr(), cb.body.as_ptr());
+        assert!(Arc::ptr_eq(&ca.etag, &cb.etag));
+        drop((ca, cb));
+        // Answers that nobody holds any more are pruned as others arrive.
+        for i in 0..200 {
+            let agent = Uuid::now_v7();
+            let g = cache.get(agent).1;
+            assert!(cache.put(agent, answer(&i.to_string()), g));
+            cache.invalidate_agent(agent);
+        }
+        let inner = cache.lock();
+        assert!(inner.bodies.len() <= 2 * inner.entries.len() + 64);
+        assert!(inner.bodies.contains_key("\"one\""));
     }
 }

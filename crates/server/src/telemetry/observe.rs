@@ -114,6 +114,18 @@ pub struct Access {
     span: tracing::Span,
     group: &'static str,
     method: Method,
+    /// The route of a record whose span is made per run ([`Access::run`]).
+    per_run: Option<&'static str>,
+}
+
+/// The `request` span of request `id` on `route` in group `group`.
+fn request_span(id: &HeaderValue, group: &'static str, route: &str) -> tracing::Span {
+    tracing::info_span!(
+        "request",
+        request_id = %id.to_str().unwrap_or("unknown"),
+        group,
+        route = %route,
+    )
 }
 
 impl Access {
@@ -122,19 +134,57 @@ impl Access {
     pub fn begin(headers: &HeaderMap, method: &Method, route: &str, group: &'static str) -> Self {
         let started = Instant::now();
         let id = request_id_of(headers);
-        let span = tracing::info_span!(
-            "request",
-            request_id = %id.to_str().unwrap_or("unknown"),
-            group,
-            route = %route,
-        );
+        let span = request_span(&id, group, route);
         Self {
             started,
             id,
             span,
             group,
             method: method.clone(),
+            per_run: None,
         }
+    }
+
+    /// [`Access::begin`] for a request that may wait long between runs
+    /// (the agents' long poll): its `request` span, with the same fields,
+    /// is made anew each time [`Access::run`] polls the request, and is
+    /// not kept while it waits. A span lives in the log subscriber's
+    /// registry until dropped, with its formatted fields: kept for a
+    /// parked poll, that was about 0.4 KB per connected agent
+    /// (by its types; BENCHMARKS.md, goal 6).
+    pub fn begin_per_run(
+        headers: &HeaderMap,
+        method: &Method,
+        route: &'static str,
+        group: &'static str,
+    ) -> Self {
+        Self {
+            started: Instant::now(),
+            id: request_id_of(headers),
+            span: tracing::Span::none(),
+            group,
+            method: method.clone(),
+            per_run: Some(route),
+        }
+    }
+
+    /// Runs `fut`, the request (pinned by the caller, so that it is not
+    /// moved into this future as well), inside its `request` span (for a record
+    /// of [`Access::begin_per_run`], a span made for each poll of `fut`;
+    /// the last one is kept for the access line).
+    pub async fn run<F: Future>(&mut self, mut fut: std::pin::Pin<&mut F>) -> F::Output {
+        let Some(route) = self.per_run else {
+            return fut.instrument(self.span.clone()).await;
+        };
+        std::future::poll_fn(|cx| {
+            let span = request_span(&self.id, self.group, route);
+            let polled = span.in_scope(|| fut.as_mut().poll(cx));
+            if polled.is_ready() {
+                self.span = span;
+            }
+            polled
+        })
+        .await
     }
 
     /// The request id.
