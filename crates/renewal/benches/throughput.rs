@@ -304,7 +304,11 @@ impl Rig {
         // A queue on the metadata database is acknowledged in the version's
         // own commit, which `renewed` counts; others by `complete` after it.
         let completes = self.timed.calls.complete[0].load(Ordering::Relaxed)
-            + if self.timed.in_metadata_database() { 0 } else { N };
+            + if self.timed.in_metadata_database() {
+                0
+            } else {
+                N
+            };
         let (stop, stopped) = watch::channel(false);
         let start = Instant::now();
         let cpu_before = cpu_ticks();
