@@ -1119,17 +1119,8 @@ impl Services {
         cert.renew_after = self.renew_after(&issuer, &cert.renewal, &version).await;
         cert.status = CertificateStatus::Active;
         cert.updated_at = now;
-        let audit = AuditEvent::success(now, actor, "certificate.renew", target(id), {
-            let mut details = json!({ "version": next, "serial": version.serial, "previous_serial": latest.serial });
-            if let Some((revoked, reason)) = replacing {
-                details["replaces_revoked_version"] = json!(revoked);
-                details["revocation_reason"] = json!(reason.as_str());
-            }
-            if !lint_findings.is_empty() {
-                details["lint_findings"] = json!(findings_json(&lint_findings));
-            }
-            details
-        });
+        let details = renewal_details(&version, &latest.serial, replacing, &lint_findings);
+        let audit = AuditEvent::success(now, actor, "certificate.renew", target(id), details);
         let record = idempotency.as_ref().map(|i| i.record(&version, now));
         // The event commits with the version where the notifications are
         // rows of the same database: none lost to a crash in between.
@@ -1580,6 +1571,27 @@ impl Services {
             .await?;
         Ok(p12)
     }
+}
+
+/// The `certificate.renew` audit event's details: the new version and
+/// serial, the one it follows, what it replaces and what the linter found.
+fn renewal_details(
+    version: &CertificateVersion,
+    previous_serial: &str,
+    replacing: Option<(u32, RevocationReason)>,
+    lint_findings: &[LintFinding],
+) -> serde_json::Value {
+    let mut details = json!({
+        "version": version.version, "serial": version.serial, "previous_serial": previous_serial,
+    });
+    if let Some((revoked, reason)) = replacing {
+        details["replaces_revoked_version"] = json!(revoked);
+        details["revocation_reason"] = json!(reason.as_str());
+    }
+    if !lint_findings.is_empty() {
+        details["lint_findings"] = json!(findings_json(lint_findings));
+    }
+    details
 }
 
 /// A renewal its caller has loaded and checked, for [`Services::renew_checked`].
