@@ -113,6 +113,32 @@ pub struct Notification {
     pub at: OffsetDateTime,
 }
 
+impl Notification {
+    /// An event of `kind` about `version` of `cert`, dated `now`: summary,
+    /// reason and details empty, for the caller to fill in.
+    pub fn about(
+        kind: EventKind,
+        cert: &crate::model::Certificate,
+        version: u32,
+        now: OffsetDateTime,
+    ) -> Self {
+        Self {
+            id: Uuid::now_v7(),
+            kind,
+            team: cert.team.clone(),
+            certificate_id: Some(cert.id),
+            certificate_name: Some(cert.name.clone()),
+            version: Some(version),
+            not_after: Some(cert.not_after),
+            days_left: None,
+            reason: None,
+            summary: String::new(),
+            details: serde_json::Value::Null,
+            at: now,
+        }
+    }
+}
+
 /// Body format of a webhook.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

@@ -21,7 +21,7 @@ use certflow_core::ports::{BlobStore, MetadataStore, NotificationStore, RenewalL
 use certflow_core::renewal::{JobDelivery, JobState, RenewalJob, RenewalQueue};
 use certflow_renewal::{Scheduler, SchedulerSettings, Worker, WorkerSettings};
 use certflow_seal::{LocalKeyProvider, MasterKey, Sealer};
-use certflow_services::{CaSettings, JobOutcome, Services};
+use certflow_services::{CaSettings, CpuPool, JobOutcome, Services};
 use certflow_store::{DbQueueOptions, DbRenewalQueue, PgOptions, PgStore, SqliteStore};
 use certflow_testkit::PgDatabase;
 use certflow_testkit::pebble::{Pebble, PebbleOptions};
@@ -1204,4 +1204,80 @@ async fn renewal_acknowledges_its_job_in_the_versions_commit_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn renewal_acknowledges_its_job_in_the_versions_commit_postgres() {
     renewal_acknowledges_its_job_in_the_versions_commit(Backend::Postgres).await;
+}
+
+/// A renewal burst on a CPU pool with one thread and no queue, kept busy
+/// by a console operation when the burst starts: every job waits for its
+/// turn and renews on its first attempt; none fails, none tells the team
+/// that renewal is failing, and the pool still refuses console work past
+/// its queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_cpu_pool_delays_renewals_but_fails_none() {
+    let env = Env::start(Backend::Sqlite).await;
+    env.subscribe(TEAM).await;
+    let mut ids = Vec::new();
+    for i in 0..8 {
+        ids.push(
+            env.certificate(&format!("busy{i}.example.com"), TEAM, None)
+                .await,
+        );
+    }
+    let queue = env.queue();
+    let report = env
+        .scheduler(queue.clone(), 5)
+        .scan(env.skew.now())
+        .await
+        .unwrap();
+    assert_eq!(report.enqueued, 8, "{report:?}");
+    let pool = CpuPool::new(1, 0);
+    let worker = Worker::new(
+        env.services.clone().with_cpu_pool(pool.clone()),
+        queue,
+        worker_settings(),
+    );
+    let busy = {
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            pool.run("console work", || {
+                std::thread::sleep(Duration::from_millis(300));
+                Ok(())
+            })
+            .await
+        })
+    };
+    while pool.admitted() < 1 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(
+        pool.run("more console work", || Ok(())).await.is_err(),
+        "the pool refuses interactive work past its queue"
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut done = 0;
+    while done < ids.len() {
+        assert!(Instant::now() < deadline, "{done} of 8 renewed in 60 s");
+        worker.run_once().await.unwrap();
+        done = 0;
+        for id in &ids {
+            if env.job_of(*id).await.state == JobState::Done {
+                done += 1;
+            }
+        }
+    }
+    busy.await.unwrap().unwrap();
+    let stats = worker.stats();
+    assert_eq!(stats.renewed.load(Ordering::Relaxed), 8);
+    assert_eq!(
+        stats.retried.load(Ordering::Relaxed),
+        0,
+        "no failed attempt"
+    );
+    for id in &ids {
+        assert_eq!(env.versions(*id).await, [1, 2]);
+        assert_eq!(env.job_of(*id).await.attempts, 1);
+    }
+    let mut told = kinds(&env.deliveries(TEAM).await);
+    told.sort_unstable();
+    told.dedup();
+    assert_eq!(told, ["issued", "renewed"], "nobody hears of a failure");
 }

@@ -1350,21 +1350,13 @@ impl Services {
         tracing::error!(certificate = %cert.id, version = revoked, error, "revoked, but its replacement was not issued");
         self.publish(
             Notification {
-                id: Uuid::now_v7(),
-                kind: EventKind::RenewalFailing,
-                team: cert.team.clone(),
-                certificate_id: Some(cert.id),
-                certificate_name: Some(cert.name.clone()),
-                version: Some(revoked),
-                not_after: Some(cert.not_after),
-                days_left: None,
                 reason: Some(error.to_owned()),
                 summary: format!(
                     "{} version {revoked} was revoked but its replacement was not issued: {error}; renew it now",
                     cert.name
                 ),
                 details: json!({ "revoked_version": revoked }),
-                at: now,
+                ..Notification::about(EventKind::RenewalFailing, cert, revoked, now)
             },
             Some(&format!("replacement-failed:{}:v{revoked}", cert.id)),
         )

@@ -10,6 +10,12 @@
 //! `threads` at a time (the core count by default); up to `queue` more wait
 //! for a turn, and past that the operation is refused at once as
 //! `Unavailable` (503, retry later) rather than queued without limit.
+//!
+//! Background work that bounds its own concurrency (renewal jobs: the
+//! worker's `concurrency`) runs inside [`background`]: its operations wait
+//! for a turn instead of being refused, and take no place in the queue, so a
+//! renewal burst delays console requests by a few operations but never gets
+//! them refused, and a busy pool is not a failed renewal.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -19,6 +25,18 @@ use tokio::sync::Semaphore;
 
 /// Operations that may wait for a thread by default, beyond those running.
 pub const DEFAULT_QUEUE: usize = 64;
+
+tokio::task_local! {
+    /// Present while a task runs background work (see [`background`]).
+    static BACKGROUND: ();
+}
+
+/// Runs `work` as background work: the pool operations it makes on its own
+/// task wait for a turn however many are queued, and are not counted
+/// against the queue's bound. The caller bounds how many run at once.
+pub async fn background<F: std::future::Future>(work: F) -> F::Output {
+    BACKGROUND.scope((), work).await
+}
 
 /// A bounded pool for CPU-heavy work; cheap to clone (clones share it).
 #[derive(Clone)]
@@ -30,16 +48,20 @@ struct Inner {
     permits: Arc<Semaphore>,
     threads: usize,
     queue: usize,
-    /// Admitted operations: running or waiting for a thread.
+    /// Admitted operations: running or waiting for a thread (background
+    /// work excepted).
     admitted: AtomicUsize,
 }
 
-/// Counts an admitted operation until dropped (finished, failed or cancelled).
-struct Admission(Arc<Inner>);
+/// Counts an admitted operation until dropped (finished, failed or
+/// cancelled); background work holds none.
+struct Admission(Option<Arc<Inner>>);
 
 impl Drop for Admission {
     fn drop(&mut self) {
-        self.0.admitted.fetch_sub(1, Ordering::AcqRel);
+        if let Some(inner) = &self.0 {
+            inner.admitted.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 }
 
@@ -69,33 +91,26 @@ impl CpuPool {
         self.inner.threads
     }
 
-    /// Operations running or waiting now.
+    /// Operations running or waiting now, background work excepted.
     pub fn admitted(&self) -> usize {
         self.inner.admitted.load(Ordering::Acquire)
     }
 
     /// Runs `work` on a blocking thread once one of the pool's turns is
-    /// free. `what` names the work in the refusal when the queue is full.
-    /// Dropping the future while it waits gives up its place; once `work`
-    /// has started it runs to the end (its turn is held until then).
+    /// free. `what` names the work in the refusal when the queue is full
+    /// (never inside [`background`]). Dropping the future while it waits
+    /// gives up its place; once `work` has started it runs to the end (its
+    /// turn is held until then).
     pub async fn run<T, F>(&self, what: &'static str, work: F) -> DomainResult<T>
     where
         T: Send + 'static,
         F: FnOnce() -> DomainResult<T> + Send + 'static,
     {
-        let limit = self.inner.threads + self.inner.queue;
-        let before = self.inner.admitted.fetch_add(1, Ordering::AcqRel);
-        let admission = Admission(self.inner.clone());
-        if before >= limit {
-            tracing::warn!(what, limit, "CPU pool full: operation refused");
-            return Err(DomainError::Unavailable {
-                backend: "CPU pool",
-                reason: format!(
-                    "{what} refused: {} operations are running and {} waiting",
-                    self.inner.threads, self.inner.queue
-                ),
-            });
-        }
+        let admission = if BACKGROUND.try_with(|_| ()).is_ok() {
+            Admission(None)
+        } else {
+            self.admit(what)?
+        };
         let permit = self
             .inner
             .permits
@@ -109,6 +124,24 @@ impl CpuPool {
         })
         .await
         .map_err(|e| DomainError::Internal(format!("{what} failed: {e}")))?
+    }
+
+    /// A place in the queue, or the refusal when it is full.
+    fn admit(&self, what: &'static str) -> DomainResult<Admission> {
+        let limit = self.inner.threads + self.inner.queue;
+        let before = self.inner.admitted.fetch_add(1, Ordering::AcqRel);
+        let admission = Admission(Some(self.inner.clone()));
+        if before >= limit {
+            tracing::warn!(what, limit, "CPU pool full: operation refused");
+            return Err(DomainError::Unavailable {
+                backend: "CPU pool",
+                reason: format!(
+                    "{what} refused: {} operations are running and {} waiting",
+                    self.inner.threads, self.inner.queue
+                ),
+            });
+        }
+        Ok(admission)
     }
 }
 
@@ -217,6 +250,49 @@ mod tests {
         assert_eq!(waiting.admitted(), 1, "the abandoned wait left the queue");
         release.send(()).unwrap();
         hold.await.unwrap().unwrap();
+    }
+
+    /// Background work waits for a turn past the queue's bound and takes no
+    /// place in it: interactive operations are admitted as before.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn background_work_waits_instead_of_being_refused() {
+        let pool = CpuPool::new(1, 0);
+        let (release, gate) = std::sync::mpsc::channel::<()>();
+        let busy = {
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                pool.run("busy", move || {
+                    gate.recv().unwrap();
+                    Ok(())
+                })
+                .await
+            })
+        };
+        while pool.admitted() < 1 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let waiting = {
+            let pool = pool.clone();
+            tokio::spawn(background(async move {
+                let (a, b, c) = tokio::join!(
+                    pool.run("renewal a", || Ok(1)),
+                    pool.run("renewal b", || Ok(2)),
+                    pool.run("renewal c", || Ok(3)),
+                );
+                (a.unwrap(), b.unwrap(), c.unwrap())
+            }))
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "they wait for the busy thread");
+        assert_eq!(pool.admitted(), 1, "background work holds no place");
+        assert!(
+            pool.run("console", || Ok(())).await.is_err(),
+            "the queue's bound holds for interactive work"
+        );
+        release.send(()).unwrap();
+        busy.await.unwrap().unwrap();
+        assert_eq!(waiting.await.unwrap(), (1, 2, 3));
+        assert_eq!(pool.admitted(), 0);
     }
 
     #[tokio::test]

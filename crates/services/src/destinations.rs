@@ -545,14 +545,6 @@ impl Services {
             .unwrap_or(d.target.region.as_str());
         self.publish(
             Notification {
-                id: Uuid::now_v7(),
-                kind: EventKind::DeploymentFailed,
-                team: cert.team.clone(),
-                certificate_id: Some(cert.id),
-                certificate_name: Some(cert.name.clone()),
-                version: Some(version),
-                not_after: Some(cert.not_after),
-                days_left: None,
                 reason: Some(error.to_owned()),
                 summary: format!(
                     "{} version {version} could not be pushed to {} {place}; retrying",
@@ -563,7 +555,7 @@ impl Services {
                     "destination_id": d.id, "kind": d.kind.as_str(), "region": d.target.region,
                     "listener_arn": d.listener_arn, "external_id": d.external_id,
                 }),
-                at: now,
+                ..Notification::about(EventKind::DeploymentFailed, cert, version, now)
             },
             Some(&format!("destination-failed/{}/v{version}", d.id)),
         )
@@ -641,14 +633,6 @@ impl Services {
         let cert = self.certificate(d.certificate_id).await?.certificate;
         self.publish(
             Notification {
-                id: Uuid::now_v7(),
-                kind: EventKind::DeploymentDrift,
-                team: cert.team.clone(),
-                certificate_id: Some(cert.id),
-                certificate_name: Some(cert.name.clone()),
-                version: Some(version),
-                not_after: Some(cert.not_after),
-                days_left: None,
                 reason: Some(reason.to_owned()),
                 summary: format!(
                     "{} version {version} is no longer what {} serves; pushing it again",
@@ -659,7 +643,7 @@ impl Services {
                     "destination_id": d.id, "kind": d.kind.as_str(), "region": d.target.region,
                     "listener_arn": d.listener_arn, "external_id": d.external_id,
                 }),
-                at: now,
+                ..Notification::about(EventKind::DeploymentDrift, &cert, version, now)
             },
             Some(&format!(
                 "destination-drift/{}/v{version}/{}",

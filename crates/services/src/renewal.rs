@@ -20,7 +20,6 @@ use certflow_core::policy::IssuanceRequest;
 use certflow_core::renewal::{JobDelivery, MarginFit, RenewalJob, RenewalPolicy, jitter_seed};
 use serde_json::json;
 use time::OffsetDateTime;
-use uuid::Uuid;
 
 use crate::Services;
 use crate::certificates::CertificateView;
@@ -150,12 +149,14 @@ impl Services {
     /// Performs one renewal job: renews the job's version unless a later one
     /// exists. Duplicate deliveries share one idempotency key, so at most one
     /// of them stores a version; the others find it and report `AlreadyRenewed`.
+    /// Its CPU work is background work: it waits for the CPU pool rather than
+    /// fail on a full queue (the worker bounds how many jobs run at once).
     pub async fn run_renewal_job(
         &self,
         job: &RenewalJob,
         now: OffsetDateTime,
     ) -> DomainResult<JobOutcome> {
-        self.renew_job(job, None, now)
+        crate::cpu::background(self.renew_job(job, None, now))
             .await
             .map(|(outcome, _)| outcome)
     }
@@ -170,7 +171,7 @@ impl Services {
         delivery: &JobDelivery,
         now: OffsetDateTime,
     ) -> DomainResult<(JobOutcome, bool)> {
-        self.renew_job(&delivery.job, Some(delivery), now).await
+        crate::cpu::background(self.renew_job(&delivery.job, Some(delivery), now)).await
     }
 
     async fn renew_job(
@@ -329,21 +330,13 @@ impl Services {
         tracing::warn!(certificate = %cert.id, version, %reason, "{log}");
         self.publish(
             Notification {
-                id: Uuid::now_v7(),
-                kind: EventKind::PolicyViolation,
-                team: cert.team.clone(),
-                certificate_id: Some(cert.id),
-                certificate_name: Some(cert.name.clone()),
-                version: Some(version),
-                not_after: Some(cert.not_after),
-                days_left: None,
                 reason: Some(reason.to_owned()),
                 summary: format!(
                     "renewal of {} {summary}: {reason}; it expires {}",
                     cert.name, cert.not_after
                 ),
                 details,
-                at: now,
+                ..Notification::about(EventKind::PolicyViolation, cert, version, now)
             },
             Some(&format!("{dedupe}:{}:v{version}", cert.id)),
         )
@@ -398,18 +391,10 @@ impl Services {
         };
         self.publish(
             Notification {
-                id: Uuid::now_v7(),
-                kind,
-                team: cert.team.clone(),
-                certificate_id: Some(cert.id),
-                certificate_name: Some(cert.name.clone()),
-                version: Some(job.version),
-                not_after: Some(cert.not_after),
-                days_left: None,
                 reason: Some(error.to_owned()),
                 summary,
                 details: json!({ "attempts": job.attempts }),
-                at: now,
+                ..Notification::about(kind, &cert, job.version, now)
             },
             Some(&dedupe),
         )
@@ -470,18 +455,9 @@ impl Services {
             _ => kind.as_str(),
         };
         Notification {
-            id: Uuid::now_v7(),
-            kind,
-            team: cert.team.clone(),
-            certificate_id: Some(cert.id),
-            certificate_name: Some(cert.name.clone()),
-            version: Some(version),
-            not_after: Some(cert.not_after),
-            days_left: None,
-            reason: None,
             summary: format!("{} version {version} {verb}", cert.name),
             details: json!({ "serial": serial }),
-            at: now,
+            ..Notification::about(kind, cert, version, now)
         }
     }
 }
