@@ -123,6 +123,14 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Connections of a file-backed pool: SQLite has one writer, WAL lets readers run alongside.
 const MAX_CONNECTIONS: u32 = 4;
+/// Page cache of each reading connection, in KiB when negative (SQLite's
+/// default is 2,000 KiB). Each connection fills its own, and with a million
+/// certificates the four readers' were 10–17 MB of the server's heap
+/// (BENCHMARKS.md, goal 6), caching pages the kernel's page cache holds
+/// anyway; the B-tree's interior pages, which every lookup reads, fit in a
+/// quarter. The writer keeps the default: the pages an insert changes are
+/// the ones it reads next.
+const READER_CACHE: &str = "-512";
 
 impl Dialect for Sqlite {
     /// Takes the write lock up front: a deferred transaction that reads and
@@ -178,7 +186,7 @@ impl SqlStore<Sqlite> {
         let pool = SqlitePoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
             .test_before_acquire(false)
-            .connect_with(options.clone())
+            .connect_with(options.clone().pragma("cache_size", READER_CACHE))
             .await
             .map_err(|e| unavailable("cannot open", &e))?;
         // Every write on one connection: see `SqlStore::with_writer`.

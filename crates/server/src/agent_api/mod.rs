@@ -292,11 +292,7 @@ pub async fn serve(
             close: close.clone(),
             peer,
         };
-        let open = open.clone();
-        tokio::spawn(async move {
-            let _open = open;
-            conn.run(tcp).await;
-        });
+        tokio::spawn(conn.run(tcp, open.clone()));
     }
     drop(listener);
     drop(open);
@@ -313,8 +309,13 @@ struct Connection {
 
 impl Connection {
     /// Handshakes, then serves the connection's requests until it ends or
-    /// the listener closes.
-    async fn run(self, tcp: tokio::net::TcpStream) {
+    /// the listener closes; `_open` tells the listener it still runs.
+    ///
+    /// This future is the connection's task, kept for as long as the agent
+    /// stays connected (nearly always in a long poll), so no large value is
+    /// a local of it: a local's slot stays in the task after it is moved
+    /// away (BENCHMARKS.md, goal 6; `a_parked_connection_stays_small`).
+    async fn run(self, tcp: tokio::net::TcpStream, _open: tokio::sync::mpsc::Sender<()>) {
         let peer = self.peer;
         let _ = tcp.set_nodelay(true);
         // Boxed: the handshake's state is not to stay in the task once done.
@@ -341,6 +342,6 @@ impl Connection {
             info: ConnInfo { peer },
             identity,
         });
-        conn::serve(Box::new(stream), context, self.close).await;
+        conn::serve(stream, context, self.close).await;
     }
 }

@@ -71,9 +71,15 @@ fn tls_error(e: impl std::fmt::Display) -> io::Error {
 
 impl TlsConn {
     /// Completes the handshake on `tcp` (the caller bounds its time).
-    pub async fn accept(tcp: TcpStream, config: Arc<rustls::ServerConfig>) -> io::Result<Self> {
+    /// Boxed from the start: rustls' state is most of this struct's 2 KB,
+    /// and a future that held it inline, even moved out, would keep that
+    /// slot for the connection's whole life.
+    pub async fn accept(
+        tcp: TcpStream,
+        config: Arc<rustls::ServerConfig>,
+    ) -> io::Result<Box<Self>> {
         let conn = UnbufferedServerConnection::new(config).map_err(tls_error)?;
-        let mut me = Self {
+        let mut me = Box::new(Self {
             tcp,
             conn,
             incoming: Vec::new(),
@@ -81,7 +87,7 @@ impl TlsConn {
             outgoing: Vec::new(),
             sent: 0,
             read_closed: false,
-        };
+        });
         loop {
             match me.process(Send::Nothing)? {
                 Step::Progress => {}
