@@ -490,9 +490,11 @@ async fn a_parked_connection_stays_small() {
     assert!(task_size <= 1024, "connection loop {task_size} B");
     assert!(poll_size <= 1536, "poll future {poll_size} B");
     // The handshake's result once stayed inline in the task, moved out but
-    // its slot kept: 3,216 B in a release build, 816 of them the loop.
+    // its slot kept: 3,216 B in a release build, 816 of them the loop. Now
+    // the rest is the handshake's timer and the connection's few values
+    // (280 B in a debug build); a `TlsConn` inline would add 1,216.
     assert!(
-        run_size <= task_size + 256,
+        run_size <= task_size + 512,
         "the whole task ({run_size} B) holds more than the loop ({task_size} B) and its context"
     );
 }
