@@ -207,10 +207,14 @@ mod tests {
         assert_eq!(pool.run("after", || Ok(7)).await.unwrap(), 7);
     }
 
-    /// A waiting operation whose caller gives up leaves the queue.
-    #[tokio::test]
-    async fn a_cancelled_wait_gives_up_its_place() {
-        let pool = CpuPool::new(1, 0);
+    /// An operation holding one of `pool`'s threads, once it is admitted,
+    /// until `release` is sent.
+    async fn occupy(
+        pool: &CpuPool,
+    ) -> (
+        std::sync::mpsc::Sender<()>,
+        tokio::task::JoinHandle<DomainResult<()>>,
+    ) {
         let (release, gate) = std::sync::mpsc::channel::<()>();
         let busy = {
             let pool = pool.clone();
@@ -225,6 +229,14 @@ mod tests {
         while pool.admitted() < 1 {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+        (release, busy)
+    }
+
+    /// A waiting operation whose caller gives up leaves the queue.
+    #[tokio::test]
+    async fn a_cancelled_wait_gives_up_its_place() {
+        let pool = CpuPool::new(1, 0);
+        let (release, busy) = occupy(&pool).await;
         // The queue is 0: the next one is refused, and refusing frees nothing.
         assert!(pool.run("second", || Ok(())).await.is_err());
         assert_eq!(pool.admitted(), 1);
@@ -257,20 +269,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn background_work_waits_instead_of_being_refused() {
         let pool = CpuPool::new(1, 0);
-        let (release, gate) = std::sync::mpsc::channel::<()>();
-        let busy = {
-            let pool = pool.clone();
-            tokio::spawn(async move {
-                pool.run("busy", move || {
-                    gate.recv().unwrap();
-                    Ok(())
-                })
-                .await
-            })
-        };
-        while pool.admitted() < 1 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        let (release, busy) = occupy(&pool).await;
         let waiting = {
             let pool = pool.clone();
             tokio::spawn(background(async move {
