@@ -1238,6 +1238,8 @@ async fn a_full_cpu_pool_delays_renewals_but_fails_none() {
     let busy = {
         let pool = pool.clone();
         tokio::spawn(async move {
+            // The closure runs on the pool's own blocking thread, which
+            // it is to hold: that is the console operation in progress.
             pool.run("console work", || {
                 std::thread::sleep(Duration::from_millis(300));
                 Ok(())
