@@ -345,7 +345,7 @@ pub fn import_ca(
 /// Signs a throwaway leaf before accepting the CA, so a CA certflow cannot
 /// issue from correctly is refused at import rather than at first use.
 fn trial_issue(issuing_der: &[u8], key: &PrivateKey, now: OffsetDateTime) -> DomainResult<()> {
-    let kp = key.signing_key_pair()?;
+    let kp = key.signing_key_pair();
     if let Err(e) = Issuer::from_ca_cert_der(&issuing_der.into(), kp.get()) {
         return Err(DomainError::invalid(
             "certificate",

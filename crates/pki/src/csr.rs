@@ -275,7 +275,7 @@ mod tests {
     fn accepts_rcgen_requests_for_every_key_type_and_ignores_requested_extensions() {
         for kt in KeyType::ALL {
             let k = key(kt);
-            let kp = k.signing_key_pair().unwrap();
+            let kp = k.signing_key_pair();
             let mut params =
                 CertificateParams::new(vec!["a.example.com".to_owned(), "2001:db8::1".to_owned()])
                     .unwrap();
@@ -309,7 +309,7 @@ pub fn build_csr(
             .distinguished_name
             .push(rcgen::DnType::CommonName, cn);
     }
-    let kp = key.signing_key_pair()?;
+    let kp = key.signing_key_pair();
     let csr = params
         .serialize_request(kp.get())
         .map_err(|e| DomainError::Internal(format!("building a CSR: {e}")))?;

@@ -290,7 +290,8 @@ pub(crate) fn build_leaf_linted(
 ) -> DomainResult<Result<ToBeSigned, LintRefusal>> {
     let (params, subject_key) = leaf_params(ca_cert_der, req)?;
     let ca = CaPublicKey::of_certificate(ca_cert_der)?;
-    let lint_key = lint_key(ca.key_type())?.signing_key_pair()?;
+    let lint_key = lint_key(ca.key_type())?;
+    let lint_key = lint_key.signing_key_pair();
     let ctx = LintContext {
         profile: req.profile,
         key_type: req.key_type,

@@ -3,6 +3,7 @@
 //! written here so no base64 copy of a key is left in freed memory.
 
 use std::fmt;
+use std::sync::Arc;
 
 use aws_lc_rs::encoding::AsDer;
 use aws_lc_rs::rsa::KeySize;
@@ -24,6 +25,10 @@ pub struct PrivateKey {
     key_type: KeyType,
     pkcs8: Zeroizing<Vec<u8>>,
     spki: Vec<u8>,
+    /// The key loaded for signing, once: loading checks the private half
+    /// against the public one (a scalar multiplication), a visible share of
+    /// an issuance if it were done per signature (BENCHMARKS.md).
+    signer: Arc<SigningKeyPair>,
 }
 
 impl fmt::Debug for PrivateKey {
@@ -204,13 +209,14 @@ impl PrivateKey {
 
     /// Builds the key from canonical PKCS#8 and records its public half.
     fn from_parts(key_type: KeyType, pkcs8: Zeroizing<Vec<u8>>) -> DomainResult<Self> {
-        let kp = load_rcgen(key_type, &pkcs8)
+        let signer = load_rcgen(key_type, &pkcs8)
             .ok_or_else(|| key_err("malformed or inconsistent private key"))?;
-        let spki = kp.get().subject_public_key_info();
+        let spki = signer.get().subject_public_key_info();
         Ok(Self {
             key_type,
             pkcs8,
             spki,
+            signer: Arc::new(signer),
         })
     }
 
@@ -238,16 +244,15 @@ impl PrivateKey {
     /// (ECDSA with SHA-256/384, DER-encoded; PKCS#1 v1.5 with SHA-256; Ed25519).
     pub fn sign(&self, message: &[u8]) -> DomainResult<Vec<u8>> {
         use rcgen::SigningKey as _;
-        self.signing_key_pair()?
+        self.signer
             .get()
             .sign(message)
             .map_err(|e| DomainError::Internal(format!("signing failed: {e}")))
     }
 
     /// The key in the form rcgen signs with.
-    pub(crate) fn signing_key_pair(&self) -> DomainResult<SigningKeyPair> {
-        load_rcgen(self.key_type, &self.pkcs8)
-            .ok_or_else(|| DomainError::Internal("stored key failed to load".into()))
+    pub(crate) fn signing_key_pair(&self) -> &SigningKeyPair {
+        &self.signer
     }
 }
 

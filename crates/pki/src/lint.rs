@@ -614,12 +614,12 @@ mod tests {
         let (mut params, subject_key): (CertificateParams, SubjectKey) =
             leaf_params(&m.issuing_cert_der, &req).unwrap();
         tamper(&mut params);
-        let kp = m.issuing_key.signing_key_pair().unwrap();
+        let kp = m.issuing_key.signing_key_pair();
         let counting = CountingSigner {
             inner: kp.get(),
             signed: AtomicU32::new(0),
         };
-        let lint = key(lint_kt).signing_key_pair().unwrap();
+        let lint = key(lint_kt).signing_key_pair();
         let ctx = LintContext {
             profile,
             key_type: leaf_kt,

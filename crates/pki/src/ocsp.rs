@@ -22,13 +22,13 @@ use aws_lc_rs::digest::{self, SHA1_FOR_LEGACY_USE_ONLY, SHA256, SHA384, SHA512};
 use certflow_core::{DomainError, DomainResult, KeyType, RevocationReason};
 use rcgen::{
     CertificateParams, CustomExtension, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyUsagePurpose, PublicKeyData, SigningKey,
+    Issuer, KeyUsagePurpose, PublicKeyData,
 };
 use time::{Duration, OffsetDateTime};
 
 use crate::asn1::{self, internal, parse_cert, tlv, whole_seconds};
 use crate::inspect::key_matches_cert;
-use crate::keys::{PrivateKey, SigningKeyPair};
+use crate::keys::PrivateKey;
 use crate::signer::{CaPublicKey, Deferred, ToBeSigned};
 
 /// Most certificates one request may ask about; OpenSSL asks about one.
@@ -370,7 +370,7 @@ fn single_response(a: &OcspAnswer) -> DomainResult<Vec<u8>> {
 /// A delegated OCSP responder: its certificate (issued by the CA) and its
 /// in-memory key.
 pub struct OcspSigner {
-    key: SigningKeyPair,
+    key: PrivateKey,
     cert_der: Vec<u8>,
     key_hash: Vec<u8>,
     not_after: OffsetDateTime,
@@ -389,7 +389,7 @@ impl std::fmt::Debug for OcspSigner {
 /// A responder key waiting for the CA to certify it: [`OcspSigner::prepare`]
 /// made it, the CA key signs [`Self::tbs`], [`Self::finish`] makes the signer.
 pub struct PendingOcspSigner {
-    key: SigningKeyPair,
+    key: PrivateKey,
     tbs: ToBeSigned,
     key_hash: Vec<u8>,
     not_after: OffsetDateTime,
@@ -459,7 +459,7 @@ impl OcspSigner {
                 "the CA expired at {ca_not_after}"
             )));
         }
-        let key = PrivateKey::generate(KeyType::EcdsaP256)?.signing_key_pair()?;
+        let key = PrivateKey::generate(KeyType::EcdsaP256)?;
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
         let ca_cn = ca
@@ -478,7 +478,7 @@ impl OcspSigner {
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::OcspSigning];
         params.use_authority_key_identifier_extension = true;
-        params.key_identifier_method = asn1::key_identifier(key.get().der_bytes());
+        params.key_identifier_method = asn1::key_identifier(key.signing_key_pair().get().der_bytes());
         // id-pkix-ocsp-nocheck, value NULL: clients need not check the
         // responder's own status (it is short-lived instead).
         params
@@ -492,9 +492,9 @@ impl OcspSigner {
         let issuer = Issuer::from_ca_cert_der(&ca_cert_der.into(), &deferred)
             .map_err(internal("CA certificate as issuer"))?;
         let placeholder = params
-            .signed_by(key.get(), &issuer)
+            .signed_by(key.signing_key_pair().get(), &issuer)
             .map_err(internal("OCSP responder certificate"))?;
-        let key_hash = OcspHash::Sha1.digest(key.get().der_bytes());
+        let key_hash = OcspHash::Sha1.digest(key.signing_key_pair().get().der_bytes());
         Ok(PendingOcspSigner {
             tbs: ToBeSigned::from_placeholder(placeholder.der(), &ca_public)?,
             key,
@@ -535,9 +535,8 @@ impl OcspSigner {
         let tbs = tlv(0x30, &data);
         let signature = self
             .key
-            .get()
             .sign(&tbs)
-            .map_err(internal("OCSP response signature"))?;
+            .map_err(|_| DomainError::Internal("OCSP response signature failed".into()))?;
         let mut bits = vec![0x00];
         bits.extend(signature);
         let mut basic = tbs;
