@@ -99,22 +99,19 @@ pub trait MetadataStore: Send + Sync {
         audit: &AuditEvent,
         idempotency: Option<&IdempotencyRecord>,
     ) -> DomainResult<()>;
-    /// [`create_certificate`](Self::create_certificate) with the first
-    /// version's `blobs` (keys and bytes) written in the same transaction:
-    /// only a store that holds the blobs too takes them
-    /// ([`BlobStore::in_metadata_database`]); others refuse.
-    async fn create_certificate_with_blobs(
-        &self,
-        cert: &Certificate,
-        first: &CertificateVersion,
-        audit: &AuditEvent,
-        idempotency: Option<&IdempotencyRecord>,
-        blobs: Vec<(String, Bytes)>,
-    ) -> DomainResult<()> {
-        let _ = (cert, first, audit, idempotency, blobs);
-        Err(crate::DomainError::Internal(
-            "this metadata store holds no blobs".into(),
-        ))
+    /// A new certificate with its first version, as `commit` describes it:
+    /// [`create_certificate`](Self::create_certificate) with the version's
+    /// blobs and its announcement in the same transaction, each taken only
+    /// by a store that keeps them too ([`VersionCommit`]); a job delivery
+    /// is refused (a first version completes no renewal).
+    async fn create_first_version(&self, commit: VersionCommit<'_>) -> DomainResult<()> {
+        if !commit.blobs.is_empty() || commit.announce.is_some() || commit.completes.is_some() {
+            return Err(crate::DomainError::Internal(
+                "this metadata store keeps no blobs, notifications or jobs".into(),
+            ));
+        }
+        self.create_certificate(commit.cert, commit.new, commit.audit, commit.idempotency)
+            .await
     }
     /// Stores a certificate whose issuer is recorded with it: the new
     /// `issuer` row and `issuer_audit`, then the certificate as
@@ -283,7 +280,7 @@ pub trait BlobStore: Send + Sync {
     }
     /// Whether the blobs are rows of the metadata database, so that a new
     /// version's blobs can commit in the version's own transaction
-    /// ([`MetadataStore::create_certificate_with_blobs`], [`VersionCommit::blobs`]).
+    /// ([`MetadataStore::create_first_version`], [`VersionCommit::blobs`]).
     fn in_metadata_database(&self) -> bool {
         false
     }

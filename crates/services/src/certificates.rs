@@ -684,8 +684,8 @@ impl Services {
     /// Commits a version and its blobs: in the version's own transaction
     /// when they are rows of the metadata database; else the blobs are
     /// written already, and removed again should the commit fail. `first`:
-    /// a new certificate with its first version (for which `commit`'s
-    /// announcement and job must be `None`), else a new version of it.
+    /// a new certificate with its first version (for which `commit`'s job
+    /// must be `None`), else a new version of it.
     async fn commit_version(
         &self,
         first: bool,
@@ -693,30 +693,17 @@ impl Services {
         blobs: VersionBlobs,
     ) -> DomainResult<VersionCommitted> {
         let store = &self.store;
-        let (attached, written) = match blobs {
+        let written = match blobs {
             VersionBlobs::Attached(attached) => {
                 commit.blobs = attached;
-                (true, Vec::new())
+                Vec::new()
             }
-            VersionBlobs::Written(written) => (false, written),
+            VersionBlobs::Written(written) => written,
         };
-        let VersionCommit {
-            cert,
-            new,
-            audit,
-            idempotency,
-            ..
-        } = commit;
-        let committed = match (first, attached) {
-            (false, _) => store.commit_version(commit).await,
-            (true, true) => store
-                .create_certificate_with_blobs(cert, new, audit, idempotency, commit.blobs)
-                .await
-                .map(|()| VersionCommitted::default()),
-            (true, false) => store
-                .create_certificate(cert, new, audit, idempotency)
-                .await
-                .map(|()| VersionCommitted::default()),
+        let committed = if first {
+            store.create_first_version(commit).await.map(|()| VersionCommitted::default())
+        } else {
+            store.commit_version(commit).await
         };
         if committed.is_err() {
             self.remove_blobs(&written).await;
@@ -903,7 +890,14 @@ impl Services {
             details
         });
         let record = idempotency.as_ref().map(|i| i.record(&version, now));
-        let commit = VersionCommit::new(&cert, &version, &audit, record.as_ref());
+        // As a renewal's: the event commits with the certificate where it can.
+        let announce = self.announces_in_commit().then(|| {
+            self.version_event(EventKind::Issued, &cert, 1, Some(&version.serial), now)
+        });
+        let commit = VersionCommit {
+            announce: announce.as_ref(),
+            ..VersionCommit::new(&cert, &version, &audit, record.as_ref())
+        };
         if let Err(e) = self.commit_version(true, commit, blobs).await {
             return self
                 .after_failed_commit(idempotency.as_ref(), e)
@@ -916,8 +910,10 @@ impl Services {
             certificate: cert,
             versions: vec![version],
         };
-        self.publish_version_event(EventKind::Issued, &view, 1, now)
-            .await;
+        if announce.is_none() {
+            self.publish_version_event(EventKind::Issued, &view, 1, now)
+                .await;
+        }
         Ok(Created {
             view,
             issued: Some(FirstIssue {

@@ -84,18 +84,9 @@ impl MetadataStore for FailingCommits {
             .create_certificate_with_issuer(issuer, issuer_audit, c, v, a)
             .await
     }
-    async fn create_certificate_with_blobs(
-        &self,
-        c: &Certificate,
-        v: &CertificateVersion,
-        a: &AuditEvent,
-        i: Option<&IdempotencyRecord>,
-        b: Vec<(String, Bytes)>,
-    ) -> DomainResult<()> {
+    async fn create_first_version(&self, c: VersionCommit<'_>) -> DomainResult<()> {
         self.check()?;
-        self.inner
-            .create_certificate_with_blobs(c, v, a, i, b)
-            .await
+        self.inner.create_first_version(c).await
     }
     async fn commit_version(&self, c: VersionCommit<'_>) -> DomainResult<VersionCommitted> {
         self.check()?;

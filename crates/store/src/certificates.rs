@@ -480,6 +480,8 @@ pub(crate) struct Creation {
     idempotency: Option<IdempotencyRecord>,
     /// The version's blobs, when they are rows of this database.
     blobs: Vec<(String, Bytes)>,
+    /// The notification announcing it ([`VersionCommit::announce`]).
+    announce: Option<Notification>,
 }
 
 /// Commits a batch of new certificates: together, in one transaction of
@@ -509,6 +511,9 @@ async fn create_one<B: Backend>(pool: &Pool<B>, c: &Creation) -> DomainResult<()
     insert_certificate::<B>(&mut tx, &c.cert, &c.first, c.idempotency.as_ref()).await?;
     insert_audit::<B>(&mut tx, &c.audit).await?;
     insert_blobs::<B>(&mut tx, &c.blobs.iter().collect::<Vec<_>>()).await?;
+    let announcement = c.announce.iter().collect::<Vec<_>>();
+    let writes = announcement_writes::<B>(&mut tx, &announcement).await?;
+    execute_all::<B>(&mut tx, writes).await?;
     tx.commit().await.map_err(map)
 }
 
@@ -551,7 +556,10 @@ async fn create_together<B: Backend>(pool: &Pool<B>, batch: &[Creation]) -> Doma
     let blobs: Vec<&(String, Bytes)> = batch.iter().flat_map(|c| &c.blobs).collect();
     writes.extend(upsert_blobs(&blobs)?);
     let audits: Vec<&AuditEvent> = batch.iter().map(|c| &c.audit).collect();
+    let announcements: Vec<&Notification> =
+        batch.iter().filter_map(|c| c.announce.as_ref()).collect();
     let mut tx = pool.begin_with(B::BEGIN_WRITE).await.map_err(map)?;
+    writes.extend(announcement_writes::<B>(&mut tx, &announcements).await?);
     write_audited::<B>(&mut tx, writes, &audits).await?;
     tx.commit().await.map_err(map)
 }
@@ -1018,25 +1026,24 @@ impl<B: Backend> MetadataStore for SqlStore<B> {
         audit: &AuditEvent,
         idempotency: Option<&IdempotencyRecord>,
     ) -> DomainResult<()> {
-        self.create_certificate_with_blobs(cert, first, audit, idempotency, Vec::new())
+        self.create_first_version(VersionCommit::new(cert, first, audit, idempotency))
             .await
     }
 
-    async fn create_certificate_with_blobs(
-        &self,
-        cert: &Certificate,
-        first: &CertificateVersion,
-        audit: &AuditEvent,
-        idempotency: Option<&IdempotencyRecord>,
-        blobs: Vec<(String, Bytes)>,
-    ) -> DomainResult<()> {
+    async fn create_first_version(&self, commit: VersionCommit<'_>) -> DomainResult<()> {
+        if commit.completes.is_some() {
+            return Err(DomainError::Internal(
+                "a first version completes no renewal job".into(),
+            ));
+        }
         self.creations
             .submit(Creation {
-                cert: cert.clone(),
-                first: first.clone(),
-                audit: audit.clone(),
-                idempotency: idempotency.cloned(),
-                blobs,
+                cert: commit.cert.clone(),
+                first: commit.new.clone(),
+                audit: commit.audit.clone(),
+                idempotency: commit.idempotency.cloned(),
+                blobs: commit.blobs,
+                announce: commit.announce.cloned(),
             })
             .await
     }

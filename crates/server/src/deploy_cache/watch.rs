@@ -14,7 +14,6 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use certflow_core::error::DomainResult;
 use certflow_core::model::{
     AuditChainReport, AuditEvent, AuditQuery, Certificate, CertificateQuery, CertificateVersion,
@@ -108,17 +107,8 @@ impl MetadataStore for AnnouncingStore {
             .create_certificate_with_issuer(issuer, issuer_audit, cert, first, audit)
             .await
     }
-    async fn create_certificate_with_blobs(
-        &self,
-        cert: &Certificate,
-        first: &CertificateVersion,
-        audit: &AuditEvent,
-        idempotency: Option<&IdempotencyRecord>,
-        blobs: Vec<(String, Bytes)>,
-    ) -> DomainResult<()> {
-        self.inner
-            .create_certificate_with_blobs(cert, first, audit, idempotency, blobs)
-            .await
+    async fn create_first_version(&self, commit: VersionCommit<'_>) -> DomainResult<()> {
+        self.inner.create_first_version(commit).await
     }
     async fn commit_version(&self, commit: VersionCommit<'_>) -> DomainResult<VersionCommitted> {
         let id = commit.cert.id;

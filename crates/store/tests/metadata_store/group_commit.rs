@@ -172,7 +172,11 @@ store_case! {
             let audit = event("certificate.create", &target(c));
             let blobs = blobs_of(c, 1);
             async move {
-                store.create_certificate_with_blobs(c, &first, &audit, None, blobs).await
+                let commit = VersionCommit {
+                    blobs,
+                    ..VersionCommit::new(c, &first, &audit, None)
+                };
+                store.create_first_version(commit).await
             }
         }))
         .await;

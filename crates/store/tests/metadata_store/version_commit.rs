@@ -1,5 +1,6 @@
 //! A new version with what commits in its transaction
-//! (`MetadataStore::commit_version`): the event announcing it, with one
+//! (`MetadataStore::commit_version`, and `create_first_version` for a new
+//! certificate's): the event announcing it, with one
 //! pending delivery per subscription that wants it, and the acknowledgement
 //! of the renewal job it completes, only while that job's lease is the
 //! delivery's own. All or nothing: a refused version records neither.
@@ -42,9 +43,14 @@ async fn due(store: &dyn Stores, queue: &DbRenewalQueue, name: &str) -> (Certifi
 
 /// The `renewed` event of version `number` of `cert`.
 fn renewed(cert: &Certificate, number: u32) -> Notification {
+    announced(EventKind::Renewed, cert, number)
+}
+
+/// The `kind` event of version `number` of `cert`.
+fn announced(kind: EventKind, cert: &Certificate, number: u32) -> Notification {
     Notification {
         id: Uuid::now_v7(),
-        kind: EventKind::Renewed,
+        kind,
         team: cert.team.clone(),
         certificate_id: Some(cert.id),
         certificate_name: Some(cert.name.clone()),
@@ -52,7 +58,7 @@ fn renewed(cert: &Certificate, number: u32) -> Notification {
         not_after: Some(cert.not_after),
         days_left: None,
         reason: None,
-        summary: format!("{} version {number} renewed", cert.name),
+        summary: format!("{} version {number} {}", cert.name, kind.as_str()),
         details: serde_json::json!({}),
         at: at(T0),
     }
@@ -186,5 +192,75 @@ store_case! {
                 vec![(e.id, wants.id, DeliveryState::Pending)]
             );
         }
+    }
+}
+
+store_case! {
+    async fn new_certificates_commit_with_their_events_and_a_refused_one_records_none(
+        store: &dyn Stores,
+    ) {
+        let wants = subscription("payments", &[EventKind::Issued], webhook("https://a.example.com/", None));
+        let other_kind = subscription("payments", &[EventKind::Renewed], webhook("https://b.example.com/", None));
+        for sub in [&wants, &other_kind] {
+            store.insert_subscription(sub, &event("subscription.create", "s")).await.unwrap();
+        }
+        let issuer = seed_issuer(store).await;
+        let taken = certificate(&issuer, "taken.example.com", "payments");
+        create(store, &taken).await;
+        let mut certs: Vec<Certificate> = (0..12)
+            .map(|i| certificate(&issuer, &format!("n{i}.example.com"), "payments"))
+            .collect();
+        // A name already taken refuses this one; the batch it shares a group
+        // commit with then commits one by one.
+        let mut clash = certificate(&issuer, "clash.example.com", "payments");
+        clash.name = taken.name.clone();
+        certs.insert(5, clash.clone());
+        let events: Vec<Notification> =
+            certs.iter().map(|c| announced(EventKind::Issued, c, 1)).collect();
+        let results = futures_join_all(certs.iter().zip(&events).map(|(c, e)| async move {
+            let first = version(c, 1);
+            let audit = event("certificate.create", &target(c));
+            store
+                .create_first_version(VersionCommit {
+                    announce: Some(e),
+                    ..VersionCommit::new(c, &first, &audit, None)
+                })
+                .await
+        }))
+        .await;
+        for ((c, e), r) in certs.iter().zip(&events).zip(results) {
+            if c.id == clash.id {
+                assert_conflict(r, &["taken.example.com"]);
+                assert_eq!(deliveries(store, c.id).await, vec![]);
+            } else {
+                r.unwrap();
+                assert_eq!(
+                    deliveries(store, c.id).await,
+                    vec![(e.id, wants.id, DeliveryState::Pending)]
+                );
+            }
+        }
+    }
+}
+
+store_case! {
+    async fn a_first_version_completes_no_job(store: &dyn Stores) {
+        let queue = store.queue();
+        let (cert, delivery) = due(store, &queue, "api.example.com").await;
+        let mut other = cert.clone();
+        other.id = Uuid::new_v4();
+        other.name = "other.example.com".into();
+        let first = version(&other, 1);
+        let audit = event("certificate.create", &target(&other));
+        let refused = store
+            .create_first_version(VersionCommit {
+                completes: Some(&delivery),
+                ..VersionCommit::new(&other, &first, &audit, None)
+            })
+            .await;
+        assert!(matches!(refused, Err(certflow_core::DomainError::Internal(_))), "{refused:?}");
+        assert!(store.get_certificate(other.id).await.unwrap().is_none());
+        assert_eq!(state(store, delivery.job.id).await, JobState::Running);
+        queue.complete(&delivery).await.unwrap();
     }
 }
