@@ -619,7 +619,8 @@ mod tests {
             inner: kp.get(),
             signed: AtomicU32::new(0),
         };
-        let lint = key(lint_kt).signing_key_pair();
+        let lint_key = key(lint_kt);
+        let lint = lint_key.signing_key_pair();
         let ctx = LintContext {
             profile,
             key_type: leaf_kt,
