@@ -34,6 +34,8 @@ pub struct CertInfo {
     pub key_type: Option<KeyType>,
     /// Whether basicConstraints says cA=TRUE.
     pub is_ca: bool,
+    /// The subject's public key, as its SubjectPublicKeyInfo DER.
+    pub spki_der: Vec<u8>,
 }
 
 /// Parses a DER certificate and extracts what certflow records about it.
@@ -72,6 +74,7 @@ pub fn inspect(der: &[u8]) -> DomainResult<CertInfo> {
         names,
         key_type: asn1::classify_spki(cert.public_key()).ok(),
         is_ca: cert.is_ca(),
+        spki_der: cert.public_key().raw.to_vec(),
     })
 }
 

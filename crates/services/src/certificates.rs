@@ -518,14 +518,14 @@ impl Services {
         };
         let issued = self.sign(owner, issuer, &request, version, now).await?;
         let der = issued.cert_der;
+        let info = certflow_pki::inspect(&der)?;
         // Whatever the CA, what is stored must be what was asked for.
-        if certflow_pki::public_key_of(&der)? != spki {
+        if info.spki_der != spki {
             return Err(DomainError::Conflict(format!(
                 "issuer '{}' returned a certificate for another key",
                 issuer.name
             )));
         }
-        let info = certflow_pki::inspect(&der)?;
         let lint_findings = if issuer.kind == IssuerKind::Acme {
             lint_received(&der, &issued.chain_pem, profile, key_type)
         } else {
