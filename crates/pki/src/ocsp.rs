@@ -478,7 +478,8 @@ impl OcspSigner {
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::OcspSigning];
         params.use_authority_key_identifier_extension = true;
-        params.key_identifier_method = asn1::key_identifier(key.signing_key_pair().get().der_bytes());
+        params.key_identifier_method =
+            asn1::key_identifier(key.signing_key_pair().get().der_bytes());
         // id-pkix-ocsp-nocheck, value NULL: clients need not check the
         // responder's own status (it is short-lived instead).
         params

@@ -701,7 +701,10 @@ impl Services {
             VersionBlobs::Written(written) => written,
         };
         let committed = if first {
-            store.create_first_version(commit).await.map(|()| VersionCommitted::default())
+            store
+                .create_first_version(commit)
+                .await
+                .map(|()| VersionCommitted::default())
         } else {
             store.commit_version(commit).await
         };
@@ -891,9 +894,9 @@ impl Services {
         });
         let record = idempotency.as_ref().map(|i| i.record(&version, now));
         // As a renewal's: the event commits with the certificate where it can.
-        let announce = self.announces_in_commit().then(|| {
-            self.version_event(EventKind::Issued, &cert, 1, Some(&version.serial), now)
-        });
+        let announce = self
+            .announces_in_commit()
+            .then(|| self.version_event(EventKind::Issued, &cert, 1, Some(&version.serial), now));
         let commit = VersionCommit {
             announce: announce.as_ref(),
             ..VersionCommit::new(&cert, &version, &audit, record.as_ref())
