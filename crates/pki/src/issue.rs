@@ -12,6 +12,7 @@ use rcgen::{
     SignatureAlgorithm, SigningKey,
 };
 use time::{Duration, OffsetDateTime};
+use x509_parser::certificate::X509Certificate;
 use x509_parser::prelude::FromDer;
 use x509_parser::x509::SubjectPublicKeyInfo;
 
@@ -264,12 +265,11 @@ pub fn prepare_leaf(
     ca_cert_der: &[u8],
     req: &LeafRequest<'_>,
 ) -> DomainResult<Result<ToBeSigned, LintRefusal>> {
-    let tbs = match build_leaf_linted(ca_cert_der, req)? {
+    let ca = parse_ca(ca_cert_der)?;
+    let tbs = match build_leaf_linted_under(ca_cert_der, &ca, req)? {
         Ok(tbs) => tbs,
         Err(refusal) => return Ok(Err(refusal)),
     };
-    let ca = asn1::parse_cert("issuer", ca_cert_der)
-        .map_err(|_| DomainError::Internal("the CA certificate does not parse".into()))?;
     let issuer_matches = x509_parser::certificate::TbsCertificate::from_der(tbs.message())
         .map(|(_, t)| t.issuer().as_raw() == ca.subject().as_raw())
         .unwrap_or(false);
@@ -288,8 +288,25 @@ pub(crate) fn build_leaf_linted(
     ca_cert_der: &[u8],
     req: &LeafRequest<'_>,
 ) -> DomainResult<Result<ToBeSigned, LintRefusal>> {
-    let (params, subject_key) = leaf_params(ca_cert_der, req)?;
-    let ca = CaPublicKey::of_certificate(ca_cert_der)?;
+    build_leaf_linted_under(ca_cert_der, &parse_ca(ca_cert_der)?, req)
+}
+
+/// The CA certificate `ca_cert_der`, parsed: once an issuance, for every
+/// step that reads it (each parse is a visible share of an issuance's CPU).
+fn parse_ca(ca_cert_der: &[u8]) -> DomainResult<X509Certificate<'_>> {
+    asn1::parse_cert("issuer", ca_cert_der)
+        .map_err(|_| DomainError::Internal("the CA certificate does not parse".into()))
+}
+
+/// [`build_leaf_linted`] under `ca`, the certificate `ca_cert_der` parsed.
+fn build_leaf_linted_under(
+    ca_cert_der: &[u8],
+    ca_cert: &X509Certificate<'_>,
+    req: &LeafRequest<'_>,
+) -> DomainResult<Result<ToBeSigned, LintRefusal>> {
+    let (params, subject_key) = leaf_params_under(ca_cert, req)?;
+    let ca = CaPublicKey::from_spki_der("certificate", ca_cert.public_key().raw)
+        .map_err(|e| DomainError::Internal(format!("the CA certificate's key: {e}")))?;
     let lint_key = lint_key(ca.key_type())?;
     let lint_key = lint_key.signing_key_pair();
     let ctx = LintContext {
@@ -370,14 +387,21 @@ pub(crate) fn sign_linted(
 }
 
 /// The leaf's parameters and subject key, from the profile and the request.
+#[cfg(test)]
 pub(crate) fn leaf_params(
     ca_cert_der: &[u8],
     req: &LeafRequest<'_>,
 ) -> DomainResult<(CertificateParams, SubjectKey)> {
+    leaf_params_under(&parse_ca(ca_cert_der)?, req)
+}
+
+/// [`leaf_params`] under the parsed CA certificate `ca`.
+fn leaf_params_under(
+    ca: &X509Certificate<'_>,
+    req: &LeafRequest<'_>,
+) -> DomainResult<(CertificateParams, SubjectKey)> {
     let (subject_key, sans) = check_request(req)?;
 
-    let ca = asn1::parse_cert("issuer", ca_cert_der)
-        .map_err(|_| DomainError::Internal("the CA certificate does not parse".into()))?;
     if !ca.is_ca() {
         return Err(DomainError::Internal(
             "the issuer certificate is not a CA".into(),
