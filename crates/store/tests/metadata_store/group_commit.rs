@@ -6,8 +6,8 @@ use certflow_core::model::VersionStatus;
 use certflow_core::ports::{BlobStore, MetadataStore, VersionCommit};
 
 use crate::support::{
-    assert_conflict, certificate, event, futures_join_all, ids, query, seed_issuer, target,
-    version, warm_up,
+    assert_conflict, batch_with_a_taken_name, certificate, event, futures_join_all, ids, query,
+    seed_issuer, target, version, warm_up,
 };
 
 store_case! {
@@ -53,15 +53,7 @@ store_case! {
     async fn a_failing_creation_does_not_fail_its_batch(store: &dyn MetadataStore) {
         let issuer = seed_issuer(store).await;
         warm_up(store).await;
-        let taken = certificate(&issuer, "taken.example.com", "team");
-        crate::support::create(store, &taken).await;
-        let mut certs: Vec<_> = (0..20)
-            .map(|i| certificate(&issuer, &format!("ok{i}.example.com"), "team"))
-            .collect();
-        // Same team and name as `taken`: refused by the unique name.
-        let mut clash = certificate(&issuer, "taken.example.com", "team");
-        clash.name = taken.name.clone();
-        certs.insert(10, clash.clone());
+        let (certs, clash) = batch_with_a_taken_name(store, &issuer, "team", "ok", 20, 10).await;
         let results = futures_join_all(certs.iter().map(|c| {
             let first = version(c, 1);
             let audit = event("certificate.create", &target(c));
@@ -153,14 +145,8 @@ store_case! {
     ) {
         let issuer = seed_issuer(store).await;
         warm_up(store).await;
-        let taken = certificate(&issuer, "taken.example.com", "team");
-        crate::support::create(store, &taken).await;
-        let mut certs: Vec<_> = (0..12)
-            .map(|i| certificate(&issuer, &format!("b{i}.example.com"), "team"))
-            .collect();
-        let mut clash = certificate(&issuer, "taken.example.com", "team");
-        clash.name = taken.name.clone();
-        certs.insert(5, clash.clone());
+        let (mut certs, clash) =
+            batch_with_a_taken_name(store, &issuer, "team", "b", 12, 5).await;
         let blobs_of = |c: &certflow_core::model::Certificate, v: u32| {
             vec![
                 (format!("certificates/{}/{v}/cert.der", c.id), Bytes::from(format!("der {}", c.id))),

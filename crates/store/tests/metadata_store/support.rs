@@ -185,6 +185,29 @@ pub(crate) async fn seed_issuer(store: &dyn MetadataStore) -> Issuer {
     issuer
 }
 
+/// `n` new certificates of `team` (`{prefix}{i}.example.com`), not yet
+/// stored, with one more at `at` whose name a stored certificate already
+/// has: the database refuses a batch holding it as a whole, so each of the
+/// batch then commits on its own. Returns them all and the one refused.
+pub(crate) async fn batch_with_a_taken_name(
+    store: &dyn MetadataStore,
+    issuer: &Issuer,
+    team: &str,
+    prefix: &str,
+    n: usize,
+    at: usize,
+) -> (Vec<Certificate>, Certificate) {
+    let taken = certificate(issuer, "taken.example.com", team);
+    create(store, &taken).await;
+    let mut certs: Vec<Certificate> = (0..n)
+        .map(|i| certificate(issuer, &format!("{prefix}{i}.example.com"), team))
+        .collect();
+    let mut clash = certificate(issuer, "taken.example.com", team);
+    clash.name = taken.name.clone();
+    certs.insert(at, clash.clone());
+    (certs, clash)
+}
+
 pub(crate) async fn create(store: &dyn MetadataStore, cert: &Certificate) -> CertificateVersion {
     let first = version(cert, 1);
     store

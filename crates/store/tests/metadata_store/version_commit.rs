@@ -19,8 +19,8 @@ use certflow_store::DbRenewalQueue;
 use uuid::Uuid;
 
 use crate::support::{
-    Stores, T0, assert_conflict, at, certificate, create, event, futures_join_all, seed_issuer,
-    subscription, target, version, webhook,
+    Stores, T0, assert_conflict, at, batch_with_a_taken_name, certificate, create, event,
+    futures_join_all, seed_issuer, subscription, target, version, webhook,
 };
 
 const LEASE: StdDuration = StdDuration::from_secs(60);
@@ -205,16 +205,8 @@ store_case! {
             store.insert_subscription(sub, &event("subscription.create", "s")).await.unwrap();
         }
         let issuer = seed_issuer(store).await;
-        let taken = certificate(&issuer, "taken.example.com", "payments");
-        create(store, &taken).await;
-        let mut certs: Vec<Certificate> = (0..12)
-            .map(|i| certificate(&issuer, &format!("n{i}.example.com"), "payments"))
-            .collect();
-        // A name already taken refuses this one; the batch it shares a group
-        // commit with then commits one by one.
-        let mut clash = certificate(&issuer, "clash.example.com", "payments");
-        clash.name = taken.name.clone();
-        certs.insert(5, clash.clone());
+        let (certs, clash) =
+            batch_with_a_taken_name(store, &issuer, "payments", "n", 12, 5).await;
         let events: Vec<Notification> =
             certs.iter().map(|c| announced(EventKind::Issued, c, 1)).collect();
         let results = futures_join_all(certs.iter().zip(&events).map(|(c, e)| async move {
