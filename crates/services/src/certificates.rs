@@ -880,18 +880,8 @@ impl Services {
             created_at: now,
             updated_at: now,
         };
-        let audit = AuditEvent::success(now, actor, "certificate.create", target(id), {
-            let mut details = json!({
-                "name": cert.name, "team": cert.team, "profile": cert.profile.as_str(),
-                "key_type": cert.key_type.as_str(), "key_source": cert.key_source.as_str(),
-                "names": cert.names.iter().map(SubjectName::to_text).collect::<Vec<_>>(),
-                "version": 1, "serial": version.serial,
-            });
-            if !lint_findings.is_empty() {
-                details["lint_findings"] = json!(findings_json(&lint_findings));
-            }
-            details
-        });
+        let details = creation_details(&cert, &version, &lint_findings);
+        let audit = AuditEvent::success(now, actor, "certificate.create", target(id), details);
         let record = idempotency.as_ref().map(|i| i.record(&version, now));
         // As a renewal's: the event commits with the certificate where it can.
         let announce = self
@@ -1566,6 +1556,25 @@ impl Services {
 
 /// The `certificate.renew` audit event's details: the new version and
 /// serial, the one it follows, what it replaces and what the linter found.
+/// The audit details of a new certificate's creation with `first`, its
+/// first version.
+fn creation_details(
+    cert: &Certificate,
+    first: &CertificateVersion,
+    lint_findings: &[LintFinding],
+) -> serde_json::Value {
+    let mut details = json!({
+        "name": cert.name, "team": cert.team, "profile": cert.profile.as_str(),
+        "key_type": cert.key_type.as_str(), "key_source": cert.key_source.as_str(),
+        "names": cert.names.iter().map(SubjectName::to_text).collect::<Vec<_>>(),
+        "version": 1, "serial": first.serial,
+    });
+    if !lint_findings.is_empty() {
+        details["lint_findings"] = json!(findings_json(lint_findings));
+    }
+    details
+}
+
 fn renewal_details(
     version: &CertificateVersion,
     previous_serial: &str,
