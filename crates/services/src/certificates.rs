@@ -1554,10 +1554,8 @@ impl Services {
     }
 }
 
-/// The `certificate.renew` audit event's details: the new version and
-/// serial, the one it follows, what it replaces and what the linter found.
-/// The audit details of a new certificate's creation with `first`, its
-/// first version.
+/// The `certificate.create` audit event's details: the certificate, its
+/// first version's serial and what the linter found.
 fn creation_details(
     cert: &Certificate,
     first: &CertificateVersion,
@@ -1575,6 +1573,8 @@ fn creation_details(
     details
 }
 
+/// The `certificate.renew` audit event's details: the new version and
+/// serial, the one it follows, what it replaces and what the linter found.
 fn renewal_details(
     version: &CertificateVersion,
     previous_serial: &str,
