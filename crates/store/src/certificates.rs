@@ -510,11 +510,20 @@ async fn create_one<B: Backend>(pool: &Pool<B>, c: &Creation) -> DomainResult<()
     let mut tx = pool.begin_with(B::BEGIN_WRITE).await.map_err(map)?;
     insert_certificate::<B>(&mut tx, &c.cert, &c.first, c.idempotency.as_ref()).await?;
     insert_audit::<B>(&mut tx, &c.audit).await?;
-    insert_blobs::<B>(&mut tx, &c.blobs.iter().collect::<Vec<_>>()).await?;
-    let announcement = c.announce.iter().collect::<Vec<_>>();
-    let writes = announcement_writes::<B>(&mut tx, &announcement).await?;
-    execute_all::<B>(&mut tx, writes).await?;
+    write_blobs_and_announcement::<B>(&mut tx, &c.blobs, c.announce.as_ref()).await?;
     tx.commit().await.map_err(map)
+}
+
+/// Writes, in the transaction `tx` of one version committing alone, the
+/// version's blobs and the notification announcing it.
+async fn write_blobs_and_announcement<B: Backend>(
+    tx: &mut B::Connection,
+    blobs: &[(String, Bytes)],
+    announce: Option<&Notification>,
+) -> DomainResult<()> {
+    insert_blobs::<B>(&mut *tx, &blobs.iter().collect::<Vec<_>>()).await?;
+    let writes = announcement_writes::<B>(&mut *tx, announce).await?;
+    execute_all::<B>(tx, writes).await
 }
 
 /// Every certificate of `batch` in one transaction: a statement a table
@@ -556,10 +565,9 @@ async fn create_together<B: Backend>(pool: &Pool<B>, batch: &[Creation]) -> Doma
     let blobs: Vec<&(String, Bytes)> = batch.iter().flat_map(|c| &c.blobs).collect();
     writes.extend(upsert_blobs(&blobs)?);
     let audits: Vec<&AuditEvent> = batch.iter().map(|c| &c.audit).collect();
-    let announcements: Vec<&Notification> =
-        batch.iter().filter_map(|c| c.announce.as_ref()).collect();
+    let announcements = batch.iter().filter_map(|c| c.announce.as_ref());
     let mut tx = pool.begin_with(B::BEGIN_WRITE).await.map_err(map)?;
-    writes.extend(announcement_writes::<B>(&mut tx, &announcements).await?);
+    writes.extend(announcement_writes::<B>(&mut tx, announcements).await?);
     write_audited::<B>(&mut tx, writes, &audits).await?;
     tx.commit().await.map_err(map)
 }
@@ -629,10 +637,7 @@ pub(crate) async fn commit_new_versions<B: Backend>(
             let mut tx = pool.begin_with(B::BEGIN_WRITE).await.map_err(map)?;
             add_version_in::<B>(&mut *tx, &v.cert, &v.new, &v.audit, v.idempotency.as_ref())
                 .await?;
-            insert_blobs::<B>(&mut *tx, &v.blobs.iter().collect::<Vec<_>>()).await?;
-            let announcement = v.announce.iter().collect::<Vec<_>>();
-            let writes = announcement_writes::<B>(&mut tx, &announcement).await?;
-            execute_all::<B>(&mut tx, writes).await?;
+            write_blobs_and_announcement::<B>(&mut tx, &v.blobs, v.announce.as_ref()).await?;
             let committed = complete_jobs_in::<B>(&mut tx, std::slice::from_ref(v)).await?;
             tx.commit().await.map_err(map)?;
             Ok(committed.into_iter().next().unwrap_or_default())
@@ -738,9 +743,8 @@ async fn add_versions_together<B: Backend>(
     writes.extend(Sql::insert(NAMES_INSERT, rows.names));
     let blobs: Vec<&(String, Bytes)> = batch.iter().flat_map(|v| &v.blobs).collect();
     writes.extend(upsert_blobs(&blobs)?);
-    let announcements: Vec<&Notification> =
-        batch.iter().filter_map(|v| v.announce.as_ref()).collect();
-    writes.extend(announcement_writes::<B>(&mut tx, &announcements).await?);
+    let announcements = batch.iter().filter_map(|v| v.announce.as_ref());
+    writes.extend(announcement_writes::<B>(&mut tx, announcements).await?);
     let audits: Vec<&AuditEvent> = batch.iter().map(|v| &v.audit).collect();
     write_audited::<B>(&mut tx, writes, &audits).await?;
     let committed = complete_jobs_in::<B>(&mut tx, batch).await?;

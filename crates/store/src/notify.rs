@@ -238,15 +238,16 @@ async fn deliveries_sql<'a, B: Backend>(
 /// key: each is recorded) and their pending deliveries, for the caller's
 /// write transaction `tx` to run with its own: the subscriptions are read
 /// here, the rows are left to the caller.
-pub(crate) async fn announcement_writes<B: Backend>(
+pub(crate) async fn announcement_writes<'a, B: Backend>(
     tx: &mut B::Connection,
-    announcements: &[&Notification],
+    announcements: impl IntoIterator<Item = &'a Notification> + Clone,
 ) -> DomainResult<Vec<Sql>> {
-    let mut rows = Vec::with_capacity(announcements.len());
-    for n in announcements {
-        rows.push(notification_row(n, None)?);
-    }
-    let deliveries = deliveries_sql::<B>(tx, announcements.iter().copied()).await?;
+    let rows = announcements
+        .clone()
+        .into_iter()
+        .map(|n| notification_row(n, None))
+        .collect::<DomainResult<Vec<_>>>()?;
+    let deliveries = deliveries_sql::<B>(tx, announcements).await?;
     Ok(Sql::insert(NOTIFICATION_INSERT, rows)
         .into_iter()
         .chain(deliveries)
