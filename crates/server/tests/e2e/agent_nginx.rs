@@ -380,7 +380,9 @@ fn agent_keeps_nginx_serving_current_certificates() {
     // nginx's reload is graceful: for a moment after the agent's own check
     // saw the new certificate, the old worker may still take a connection
     // and serve the bootstrap one (self-signed, untrusted here).
-    let want = first["fingerprint_sha256"].as_str().unwrap_or_default();
+    let want = first["fingerprint_sha256"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no fingerprint in {first}"));
     let fp1 = wait(
         Duration::from_secs(10),
         "nginx serving version 1",
