@@ -2,14 +2,11 @@
 //! §4.2, CA/B BR §7.1.2.7 for TLS server certificates); the requester only
 //! contributes a public key and already-validated names.
 
-use std::collections::HashMap;
-use std::sync::{Mutex, OnceLock};
-
 use certflow_core::{DomainError, DomainResult, KeyType, Profile, SubjectName};
 use rcgen::{
     CertificateParams, CrlDistributionPoint, CustomExtension, DistinguishedName, DnType,
     ExtendedKeyUsagePurpose, IsCa, Issuer, KeyUsagePurpose, PublicKeyData, SanType,
-    SignatureAlgorithm, SigningKey,
+    SignatureAlgorithm,
 };
 use time::{Duration, OffsetDateTime};
 use x509_parser::certificate::X509Certificate;
@@ -19,7 +16,7 @@ use x509_parser::x509::SubjectPublicKeyInfo;
 use crate::asn1::{self, internal, tlv, whole_seconds};
 use crate::inspect::key_matches_cert;
 use crate::keys::PrivateKey;
-use crate::lint::{LintContext, LintRefusal, lint_leaf};
+use crate::lint::{LintContext, LintRefusal, lint_leaf_under};
 use crate::signer::{CaPublicKey, Deferred, ToBeSigned, sign_locally};
 
 /// Backdating of notBefore, for relying parties whose clocks run behind.
@@ -230,7 +227,7 @@ pub(crate) fn build_leaf(
     ca_key: &PrivateKey,
     req: &LeafRequest<'_>,
 ) -> DomainResult<Vec<u8>> {
-    let tbs = build_leaf_linted(ca_cert_der, req)?.map_err(|refusal| {
+    let tbs = prepare_leaf(ca_cert_der, req)?.map_err(|refusal| {
         DomainError::invalid(
             "certificate",
             format!("certflow cannot issue correct certificates from this CA ({refusal})"),
@@ -257,34 +254,11 @@ pub fn issue_leaf_linted(
     }
 }
 
-/// Builds the leaf and lints it signed by a throwaway key: the TBS the CA
-/// key must sign (byte for byte the one linted), or the lints that refused
-/// it. The CA certificate alone decides issuer, AKI and signature algorithm,
-/// so the key may live anywhere ([`ToBeSigned`]).
+/// Builds the leaf and lints it: the TBS the CA key must sign (byte for
+/// byte the one linted), or the lints that refused it. The CA certificate
+/// alone decides issuer, AKI and signature algorithm, so the key may live
+/// anywhere ([`ToBeSigned`]).
 pub fn prepare_leaf(
-    ca_cert_der: &[u8],
-    req: &LeafRequest<'_>,
-) -> DomainResult<Result<ToBeSigned, LintRefusal>> {
-    let ca = parse_ca(ca_cert_der)?;
-    let tbs = match build_leaf_linted_under(ca_cert_der, &ca, req)? {
-        Ok(tbs) => tbs,
-        Err(refusal) => return Ok(Err(refusal)),
-    };
-    let issuer_matches = x509_parser::certificate::TbsCertificate::from_der(tbs.message())
-        .map(|(_, t)| t.issuer().as_raw() == ca.subject().as_raw())
-        .unwrap_or(false);
-    if !issuer_matches {
-        // Import refuses such CAs, and the lint checks it first: a bug, not bad input.
-        return Err(DomainError::Internal(
-            "issued certificate's issuer name differs from the CA's subject".into(),
-        ));
-    }
-    Ok(Ok(tbs))
-}
-
-/// Builds the leaf, lints it signed by a throwaway key, and returns what
-/// the CA key must sign.
-pub(crate) fn build_leaf_linted(
     ca_cert_der: &[u8],
     req: &LeafRequest<'_>,
 ) -> DomainResult<Result<ToBeSigned, LintRefusal>> {
@@ -298,7 +272,7 @@ fn parse_ca(ca_cert_der: &[u8]) -> DomainResult<X509Certificate<'_>> {
         .map_err(|_| DomainError::Internal("the CA certificate does not parse".into()))
 }
 
-/// [`build_leaf_linted`] under `ca`, the certificate `ca_cert_der` parsed.
+/// [`prepare_leaf`] under `ca_cert`, the certificate `ca_cert_der` parsed.
 fn build_leaf_linted_under(
     ca_cert_der: &[u8],
     ca_cert: &X509Certificate<'_>,
@@ -307,8 +281,6 @@ fn build_leaf_linted_under(
     let (params, subject_key) = leaf_params_under(ca_cert, req)?;
     let ca = CaPublicKey::from_spki_der("certificate", ca_cert.public_key().raw)
         .map_err(|e| DomainError::Internal(format!("the CA certificate's key: {e}")))?;
-    let lint_key = lint_key(ca.key_type())?;
-    let lint_key = lint_key.signing_key_pair();
     let ctx = LintContext {
         profile: req.profile,
         key_type: req.key_type,
@@ -316,74 +288,38 @@ fn build_leaf_linted_under(
         backdate: CLOCK_SKEW,
         foreign: false,
     };
-    sign_linted(
-        &params,
-        &subject_key,
-        ca_cert_der,
-        &ca,
-        lint_key.get(),
-        &ctx,
-    )
+    linted_tbs(&params, &subject_key, ca_cert_der, ca_cert, &ca, &ctx)
 }
 
-/// The throwaway "lint key" of a CA key type, made once per process: it signs
-/// only linting certificates, which are parsed and dropped, never published.
-fn lint_key(kt: KeyType) -> DomainResult<PrivateKey> {
-    static KEYS: OnceLock<Mutex<HashMap<KeyType, PrivateKey>>> = OnceLock::new();
-    let mut keys = KEYS
-        .get_or_init(Default::default)
-        .lock()
-        .map_err(|_| DomainError::Internal("lint key cache poisoned".into()))?;
-    if let Some(key) = keys.get(&kt) {
-        return Ok(key.clone());
-    }
-    // Generated under the lock: an RSA-4096 key takes a moment, once.
-    let key = PrivateKey::generate(kt)?;
-    keys.insert(kt, key.clone());
-    Ok(key)
-}
-
-/// Signs `params` with the lint key, lints the result, and only if no lint
-/// objects returns the TBS for the CA key to sign. The linted certificate
-/// and the one the CA key signs have byte-identical TBS (Boulder's check
-/// that what was linted is what is issued); they differ only in their
-/// signatures.
-pub(crate) fn sign_linted(
+/// Builds the certificate with a placeholder signature, lints it, and only
+/// if no lint objects returns its TBS for the CA key to sign. What is
+/// linted is what is signed (Boulder's rule) by construction: the TBS is
+/// cut out of the very bytes the lints read. Boulder lints a copy signed by
+/// a throwaway key because zlint wants a whole certificate; our lints read
+/// no signature value (the algorithm identifiers are the CA key's here), so
+/// that extra signature, build and parse would buy nothing.
+pub(crate) fn linted_tbs(
     params: &CertificateParams,
     subject_key: &SubjectKey,
     ca_cert_der: &[u8],
+    ca_cert: &X509Certificate<'_>,
     ca: &CaPublicKey,
-    lint_signer: &impl SigningKey,
     ctx: &LintContext<'_>,
 ) -> DomainResult<Result<ToBeSigned, LintRefusal>> {
     // from_ca_cert_der takes the CA's SKI verbatim as our AKI, whatever
     // method computed it (openssl uses SHA-1, rcgen truncated SHA-256), and
-    // its subject as our issuer, whichever key signs.
-    let lint_issuer = Issuer::from_ca_cert_der(&ca_cert_der.into(), lint_signer)
-        .map_err(internal("CA certificate as issuer"))?;
-    let linting = params
-        .signed_by(subject_key, &lint_issuer)
-        .map_err(internal("linting certificate"))?;
-    let findings = lint_leaf(linting.der(), ctx);
-    if !findings.is_empty() {
-        return Ok(Err(LintRefusal { findings }));
-    }
+    // its subject as our issuer.
     let deferred = Deferred(ca);
     let issuer = Issuer::from_ca_cert_der(&ca_cert_der.into(), &deferred)
         .map_err(internal("CA certificate as issuer"))?;
     let placeholder = params
         .signed_by(subject_key, &issuer)
         .map_err(internal("leaf certificate"))?;
-    let tbs = ToBeSigned::from_placeholder(placeholder.der(), ca)?;
-    let linted = asn1::parse_cert("certificate", linting.der())
-        .map(|c| c.tbs_certificate.as_ref().to_vec())
-        .map_err(|_| DomainError::Internal("a certificate we built does not parse".into()))?;
-    if tbs.message() != linted.as_slice() {
-        return Err(DomainError::Internal(
-            "the certificate to sign differs from the linted one".into(),
-        ));
+    let findings = lint_leaf_under(placeholder.der(), ca_cert, ctx);
+    if !findings.is_empty() {
+        return Ok(Err(LintRefusal { findings }));
     }
-    Ok(Ok(tbs))
+    ToBeSigned::from_placeholder(placeholder.der(), ca).map(Ok)
 }
 
 /// The leaf's parameters and subject key, from the profile and the request.
