@@ -7,7 +7,7 @@
 //! in its own table (never listed as an issuer, never chosen as the default)
 //! and its keys are sealed under their own encryption context, so an
 //! identity certificate can never be mistaken for a managed certificate and
-//! vice versa. Its key is unsealed per signature, like the internal CA's.
+//! vice versa. Its key is unsealed while in use, like the internal CA's.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -387,8 +387,7 @@ impl Agents {
             .ok_or_else(|| DomainError::Conflict("the agent-identity CA is not created yet".into()))
     }
 
-    /// The agent-identity CA's signer (unsealed for one operation, or its
-    /// token or KMS).
+    /// The agent-identity CA's signer (unsealed, or its token or KMS).
     async fn signer(&self, ca: &AgentCaRecord) -> DomainResult<crate::issuing::CaSigner> {
         self.services
             .backends

@@ -1,6 +1,6 @@
 //! The issuers behind the `IssuerBackend` port: the internal CA, signing
 //! with its key wherever that lives (sealed in the blob store and unsealed
-//! per operation, or in a PKCS#11 token or AWS KMS behind the `CaKeyStore`
+//! while in use, or in a PKCS#11 token or AWS KMS behind the `CaKeyStore`
 //! port), and whatever the server registered for other issuers (ACME CAs),
 //! looked up by issuer id.
 
@@ -23,8 +23,8 @@ use crate::cpu::CpuPool;
 
 /// A CA's signing key for one operation.
 pub(crate) enum CaSigner {
-    /// Unsealed into memory for this operation, wiped when dropped; it
-    /// signs on the CPU pool.
+    /// Unsealed into memory (kept while in use: [`UnsealedKeys`]), wiped
+    /// when dropped; it signs on the CPU pool.
     Local(PrivateKey, CpuPool),
     /// Held by a token or KMS, which signs the digest of what is signed.
     Remote {
@@ -59,7 +59,7 @@ impl CaSigner {
     }
 }
 
-/// certflow's own CA: signs with the issuing key unsealed per call, or
+/// certflow's own CA: signs with the issuing key unsealed while in use, or
 /// through the configured CA key backend.
 #[derive(Clone)]
 pub struct InternalCa {
@@ -70,10 +70,11 @@ pub struct InternalCa {
     pub(crate) cpu: CpuPool,
     keys: Option<Arc<dyn CaKeyStore>>,
     sealed: SealedKeys,
+    unsealed: UnsealedKeys,
 }
 
 /// Sealed CA keys as read from the blob store, by blob key, so that signing
-/// does not read the database each time; still unsealed per operation. A
+/// does not read the database each time (unsealed: [`UnsealedKeys`]). A
 /// CA key's blob never changes what it holds: each CA's keys are written
 /// under a fresh id, and `keys rewrap` re-seals the same key under the
 /// current master key, which leaves the bytes read before it openable by
@@ -102,6 +103,103 @@ impl SealedKeys {
     }
 }
 
+/// CA keys unsealed and loaded, by blob key, kept while they sign: each is
+/// dropped (and wiped) once unused for [`UnsealedKeys::IDLE`]. Unsealing
+/// per signature cost an envelope's decryption and a key load (a scalar
+/// multiplication) per certificate, about 5 % of an issuance's CPU, and with
+/// an AWS KMS master key a KMS `Decrypt` call per certificate (latency,
+/// price, and the account's request quota). A key kept a minute longer adds
+/// little exposure: the master key that opens it is in this process's
+/// memory anyway (local key ring), or a KMS call away.
+///
+/// A std mutex, held for one map operation, never across an await.
+#[derive(Clone, Default)]
+struct UnsealedKeys(Arc<std::sync::Mutex<HashMap<String, Unsealed>>>);
+
+/// An unsealed key and when it last signed.
+struct Unsealed {
+    key: PrivateKey,
+    used: tokio::time::Instant,
+    /// Which keeping of the key this is: the task dropping one never drops
+    /// a later one kept under the same blob key.
+    kept: u64,
+}
+
+impl UnsealedKeys {
+    /// How long an unused key stays in memory.
+    const IDLE: std::time::Duration = std::time::Duration::from_secs(60);
+    /// Beyond this many keys the cache starts over (there are a handful).
+    const MAX: usize = 256;
+
+    /// The key unsealed from `blob`, if it is kept; marks it used.
+    fn get(&self, blob: &str) -> Option<PrivateKey> {
+        let mut keys = self.0.lock().ok()?;
+        let hot = keys.get_mut(blob)?;
+        hot.used = tokio::time::Instant::now();
+        Some(hot.key.clone())
+    }
+
+    /// Keeps `key`, unsealed from `blob`, until it has been unused for
+    /// [`Self::IDLE`]. Outside a runtime nothing could drop it later, so
+    /// nothing is kept.
+    fn keep(&self, blob: &str, key: &PrivateKey) {
+        static KEPT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let Ok(mut keys) = self.0.lock() else {
+            return;
+        };
+        if keys.len() >= Self::MAX {
+            keys.clear();
+        }
+        let kept = KEPT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let hot = Unsealed {
+            key: key.clone(),
+            used: tokio::time::Instant::now(),
+            kept,
+        };
+        keys.insert(blob.to_owned(), hot);
+        drop(keys);
+        runtime.spawn(Self::drop_when_idle(
+            Arc::downgrade(&self.0),
+            blob.to_owned(),
+            kept,
+        ));
+    }
+
+    /// Drops the key kept as `kept` under `blob` once it has been unused
+    /// for [`Self::IDLE`]; ends early if it is gone (replaced, cleared, or
+    /// the CA itself dropped).
+    async fn drop_when_idle(
+        keys: std::sync::Weak<std::sync::Mutex<HashMap<String, Unsealed>>>,
+        blob: String,
+        kept: u64,
+    ) {
+        let mut until = tokio::time::Instant::now() + Self::IDLE;
+        loop {
+            tokio::time::sleep_until(until).await;
+            let Some(keys) = keys.upgrade() else {
+                return;
+            };
+            let Ok(mut keys) = keys.lock() else {
+                return;
+            };
+            match keys.get(&blob) {
+                Some(hot) if hot.kept == kept => {
+                    let idle_until = hot.used + Self::IDLE;
+                    if idle_until <= tokio::time::Instant::now() {
+                        keys.remove(&blob);
+                        return;
+                    }
+                    until = idle_until;
+                }
+                _ => return,
+            }
+        }
+    }
+}
+
 impl InternalCa {
     pub(crate) fn new(
         blobs: Arc<dyn BlobStore>,
@@ -116,6 +214,7 @@ impl InternalCa {
             cpu,
             keys: None,
             sealed: SealedKeys::default(),
+            unsealed: UnsealedKeys::default(),
         }
     }
 
@@ -158,7 +257,8 @@ impl InternalCa {
     }
 
     /// The signer of the key stored as `stored` (an issuer's `key_blob`):
-    /// unsealed under `context` when sealed; `owner` names the CA in errors.
+    /// unsealed under `context` when sealed (or kept from an earlier
+    /// unsealing: [`UnsealedKeys`]); `owner` names the CA in errors.
     pub(crate) async fn signer(
         &self,
         stored: &str,
@@ -174,16 +274,34 @@ impl InternalCa {
                 });
             }
         };
-        let sealed = match self.sealed.get(&blob) {
+        let key = match self.unsealed.get(&blob) {
+            Some(key) => key,
+            None => {
+                let key = self.unseal(&blob, context, owner).await?;
+                self.unsealed.keep(&blob, &key);
+                key
+            }
+        };
+        Ok(CaSigner::Local(key, self.cpu.clone()))
+    }
+
+    /// Unseals the key sealed in `blob` under `context`.
+    async fn unseal(
+        &self,
+        blob: &str,
+        context: &EncryptionContext,
+        owner: &str,
+    ) -> DomainResult<PrivateKey> {
+        let sealed = match self.sealed.get(blob) {
             Some(sealed) => sealed,
             None => {
-                let sealed = self.blobs.get(&blob).await.map_err(|e| match e {
+                let sealed = self.blobs.get(blob).await.map_err(|e| match e {
                     DomainError::NotFound(_) => DomainError::Integrity(format!(
                         "the signing key of {owner} is missing from the blob store"
                     )),
                     other => other,
                 })?;
-                self.sealed.remember(&blob, &sealed);
+                self.sealed.remember(blob, &sealed);
                 sealed
             }
         };
@@ -192,15 +310,13 @@ impl InternalCa {
                 "cannot unseal the signing key of {owner} ({e}); is this the master key it was created with?"
             ))
         })?;
-        Ok(CaSigner::Local(
-            PrivateKey::from_pkcs8_der(&der)?,
-            self.cpu.clone(),
-        ))
+        PrivateKey::from_pkcs8_der(&der)
     }
 
     /// Checks that the key stored as `stored` is usable and belongs to the
     /// CA certificate `cert_der` (at start: a wrong master key or a token
-    /// without the key stops the server with the reason).
+    /// without the key stops the server with the reason). A sealed key is
+    /// unsealed afresh, not taken from the keys kept in use.
     pub(crate) async fn check_key(
         &self,
         stored: &str,
@@ -209,11 +325,15 @@ impl InternalCa {
         cert_der: &[u8],
     ) -> DomainResult<()> {
         let expected = CaPublicKey::of_certificate(cert_der)?;
-        let actual = match self.signer(stored, context, owner).await? {
-            CaSigner::Local(key, _) => CaPublicKey::from_spki_der("key", &key.public_key_der())?,
-            CaSigner::Remote { store, key } => {
-                CaPublicKey::from_spki_der("key", &store.public_key(&key).await?)?
-            }
+        let actual = match CaKeyRef::parse(stored) {
+            CaKeyRef::Sealed(blob) => CaPublicKey::from_spki_der(
+                "key",
+                &self.unseal(&blob, context, owner).await?.public_key_der(),
+            )?,
+            remote => CaPublicKey::from_spki_der(
+                "key",
+                &self.store_for(&remote, owner)?.public_key(&remote).await?,
+            )?,
         };
         if !actual.same_key(&expected) {
             return Err(DomainError::Integrity(format!(
@@ -363,5 +483,107 @@ impl Backends {
                 issuer.name
             ))),
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use certflow_blob::ObjectBlobStore;
+    use certflow_core::KeyType;
+    use certflow_seal::envelope::DataKey;
+    use certflow_seal::{KeyProvider, LocalKeyProvider, MasterKey};
+    use zeroize::Zeroizing;
+
+    use super::*;
+
+    /// The local key ring, counting the data keys it unwraps (one per unsealing).
+    struct Counting {
+        inner: LocalKeyProvider,
+        opened: AtomicU32,
+    }
+
+    #[async_trait]
+    impl KeyProvider for Counting {
+        fn current_key_id(&self) -> &str {
+            self.inner.current_key_id()
+        }
+        async fn generate_data_key(&self, context: &EncryptionContext) -> DomainResult<DataKey> {
+            self.inner.generate_data_key(context).await
+        }
+        async fn decrypt_data_key(
+            &self,
+            key_id: &str,
+            wrapped: &[u8],
+            context: &EncryptionContext,
+        ) -> DomainResult<Zeroizing<[u8; 32]>> {
+            self.opened.fetch_add(1, Ordering::SeqCst);
+            self.inner.decrypt_data_key(key_id, wrapped, context).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_sealed_ca_key_is_unsealed_once_while_it_signs_and_afresh_when_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs: Arc<dyn BlobStore> = Arc::new(ObjectBlobStore::local(dir.path()).unwrap());
+        let counting = Arc::new(Counting {
+            inner: LocalKeyProvider::new(MasterKey::generate().unwrap(), vec![]),
+            opened: AtomicU32::new(0),
+        });
+        let sealer = Sealer::new(counting.clone());
+        let ca = InternalCa::new(blobs.clone(), sealer.clone(), None, CpuPool::new(1, 4));
+        let context = key_context(Uuid::now_v7(), "issuing");
+        let m = certflow_pki::create_ca(
+            "Test",
+            KeyType::EcdsaP256,
+            OffsetDateTime::now_utc(),
+            3650,
+            365,
+        )
+        .unwrap();
+        let key = &m.issuing_key;
+        let sealed = sealer.seal(key.pkcs8_der(), &context).await.unwrap();
+        blobs.put("ca/key", sealed.into()).await.unwrap();
+        for _ in 0..3 {
+            let CaSigner::Local(signing, _) =
+                ca.signer("ca/key", &context, "test CA").await.unwrap()
+            else {
+                panic!("a sealed key signs locally");
+            };
+            assert_eq!(signing.public_key_der(), key.public_key_der());
+        }
+        assert_eq!(counting.opened.load(Ordering::SeqCst), 1);
+        ca.check_key("ca/key", &context, "test CA", &m.issuing_cert_der)
+            .await
+            .unwrap();
+        assert_eq!(
+            counting.opened.load(Ordering::SeqCst),
+            2,
+            "a check unseals afresh"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_kept_key_is_dropped_a_minute_after_its_last_use() {
+        let kept = UnsealedKeys::default();
+        let key = PrivateKey::generate(KeyType::EcdsaP256).unwrap();
+        kept.keep("ca/key", &key);
+        let settle = || async {
+            for _ in 0..10 {
+                tokio::task::yield_now().await;
+            }
+        };
+        tokio::time::advance(std::time::Duration::from_secs(50)).await;
+        settle().await;
+        assert!(kept.get("ca/key").is_some(), "used 50 s after it was kept");
+        tokio::time::advance(std::time::Duration::from_secs(50)).await;
+        settle().await;
+        assert!(kept.get("ca/key").is_some(), "used 50 s after its last use");
+        tokio::time::advance(std::time::Duration::from_secs(61)).await;
+        settle().await;
+        assert!(kept.get("ca/key").is_none(), "unused for 61 s");
+        assert!(kept.0.lock().unwrap().is_empty());
     }
 }
