@@ -189,11 +189,16 @@ impl SqlStore<Sqlite> {
             .connect_with(options.clone().pragma("cache_size", READER_CACHE))
             .await
             .map_err(|e| unavailable("cannot open", &e))?;
-        // Every write on one connection: see `SqlStore::with_writer`.
+        // Every write on one connection: see `SqlStore::with_writer`. Its
+        // statement journals (a multi-row insert inside a transaction keeps
+        // the pages it changes, to undo that statement alone) stay in memory:
+        // by default one past 64 KiB spills to a temporary file, and a batch
+        // of certificates with their blobs does, at a write syscall per page
+        // (5 % of an issuance's CPU in a profile: BENCHMARKS.md).
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .test_before_acquire(false)
-            .connect_with(options)
+            .connect_with(options.pragma("temp_store", "memory"))
             .await
             .map_err(|e| unavailable("cannot open", &e))?;
         // A file has one writer at a time, so sqlx's own locking suffices.
