@@ -173,6 +173,21 @@ pub trait MetadataStore: Send + Sync {
     async fn list_certificates(&self, query: &CertificateQuery) -> DomainResult<Page<Certificate>>;
     /// All versions of a certificate, newest first.
     async fn list_versions(&self, certificate_id: Uuid) -> DomainResult<Vec<CertificateVersion>>;
+    /// The versions a renewal reads, newest first: the newest, and every
+    /// one revoked for keyCompromise (a key never certified again); not the
+    /// whole history, which grows with every renewal.
+    async fn renewal_versions(
+        &self,
+        certificate_id: Uuid,
+    ) -> DomainResult<Vec<CertificateVersion>> {
+        let mut versions = self.list_versions(certificate_id).await?;
+        let mut newest = true;
+        versions.retain(|v| {
+            std::mem::take(&mut newest)
+                || v.revocation_reason == Some(crate::model::RevocationReason::KeyCompromise)
+        });
+        Ok(versions)
+    }
     /// Revoked versions signed by an issuer (for its CRL).
     async fn list_revoked(&self, issuer_id: Uuid) -> DomainResult<Vec<CertificateVersion>>;
     /// Active certificates due for renewal at `now` (`renew_after <= now`)

@@ -1422,6 +1422,22 @@ impl Services {
         })
     }
 
+    /// A certificate with the versions a renewal reads
+    /// ([`certflow_core::ports::MetadataStore::renewal_versions`]), not its
+    /// whole history.
+    pub(crate) async fn renewal_view(&self, id: Uuid) -> DomainResult<CertificateView> {
+        let certificate = self
+            .store
+            .get_certificate(id)
+            .await?
+            .ok_or_else(|| DomainError::NotFound(format!("certificate {id}")))?;
+        let versions = self.store.renewal_versions(id).await?;
+        Ok(CertificateView {
+            certificate,
+            versions,
+        })
+    }
+
     /// Search, filter, sort and paginate.
     pub async fn list(&self, query: &CertificateQuery) -> DomainResult<Page<Certificate>> {
         self.store.list_certificates(query).await

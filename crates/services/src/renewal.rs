@@ -181,8 +181,10 @@ impl Services {
         now: OffsetDateTime,
     ) -> DomainResult<(JobOutcome, bool)> {
         // One read of the certificate for the whole job: the checks below and
-        // the renewal itself work from it.
-        let view = self.certificate(job.certificate_id).await?;
+        // the renewal itself work from it. Its versions are the newest and
+        // those revoked for keyCompromise, all a renewal reads (the whole
+        // history grows with every renewal); so is the view it answers.
+        let view = self.renewal_view(job.certificate_id).await?;
         let cert = &view.certificate;
         // The scheduler never queues an inventory-only certificate, but a job
         // may reach the worker by another way (a queue replay, an operator).

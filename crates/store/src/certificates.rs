@@ -1266,6 +1266,26 @@ impl<B: Backend> MetadataStore for SqlStore<B> {
         rows.iter().map(codec::version).collect()
     }
 
+    async fn renewal_versions(
+        &self,
+        certificate_id: Uuid,
+    ) -> DomainResult<Vec<CertificateVersion>> {
+        let rows = self
+            .fetch_all(
+                Sql::new(concat!(
+                    "SELECT ",
+                    version_columns!(),
+                    " FROM certificate_versions WHERE certificate_id = $1 AND (version = \
+                     (SELECT MAX(version) FROM certificate_versions WHERE certificate_id = $1) \
+                     OR revocation_reason = $2) ORDER BY version DESC"
+                ))
+                .bind(id(certificate_id))
+                .bind(RevocationReason::KeyCompromise.as_str()),
+            )
+            .await?;
+        rows.iter().map(codec::version).collect()
+    }
+
     async fn list_revoked(&self, issuer_id: Uuid) -> DomainResult<Vec<CertificateVersion>> {
         let rows = self
             .fetch_all(

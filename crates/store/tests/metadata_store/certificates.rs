@@ -881,3 +881,57 @@ store_case! {
         );
     }
 }
+
+store_case! {
+    async fn renewal_versions_are_the_newest_and_those_revoked_for_key_compromise(
+        store: &dyn MetadataStore
+    ) {
+        let issuer = seed_issuer(store).await;
+        let mut cert = certificate(&issuer, "history.example.com", "payments");
+        create(store, &cert).await;
+        // v1 revoked for keyCompromise, v2 for another reason, v3 and v4 not.
+        let reasons = [
+            Some(RevocationReason::KeyCompromise),
+            Some(RevocationReason::CessationOfOperation),
+            None,
+        ];
+        for (n, reason) in (1u32..).zip(reasons) {
+            if let Some(reason) = reason {
+                store
+                    .revoke_version(
+                        cert.id,
+                        n,
+                        reason,
+                        at(T0 + i64::from(n) * DAY),
+                        &event("certificate.revoke", &target(&cert)),
+                    )
+                    .await
+                    .unwrap();
+            }
+            cert.current_version = n + 1;
+            cert.status = CertificateStatus::Active;
+            cert.updated_at = at(T0 + i64::from(n) * DAY + 1);
+            store
+                .add_version(
+                    &cert,
+                    &version(&cert, n + 1),
+                    &event("certificate.renew", &target(&cert)),
+                    None,
+                )
+                .await
+                .unwrap();
+        }
+        let all = store.list_versions(cert.id).await.unwrap();
+        assert_eq!(all.len(), 4);
+        let wanted: Vec<_> = all
+            .iter()
+            .filter(|v| v.version == 4 || v.version == 1)
+            .cloned()
+            .collect();
+        assert_eq!(store.renewal_versions(cert.id).await.unwrap(), wanted);
+        assert_eq!(
+            store.renewal_versions(Uuid::new_v4()).await.unwrap(),
+            vec![]
+        );
+    }
+}
