@@ -381,7 +381,7 @@ impl InternalCa {
         let urls = self.urls(issuer);
         let request = request.clone();
         let prepare = move || {
-            // Building and linting (two certificates, one throwaway signature).
+            // Building and linting (one certificate, a placeholder signature).
             certflow_pki::prepare_leaf(
                 &ca_der,
                 &LeafRequest {
