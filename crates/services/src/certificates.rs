@@ -1410,31 +1410,27 @@ impl Services {
 
     /// One certificate with its versions.
     pub async fn certificate(&self, id: Uuid) -> DomainResult<CertificateView> {
-        let certificate = self
-            .store
+        Ok(CertificateView {
+            certificate: self.certificate_row(id).await?,
+            versions: self.store.list_versions(id).await?,
+        })
+    }
+
+    /// The certificate's row, or `NotFound`.
+    async fn certificate_row(&self, id: Uuid) -> DomainResult<Certificate> {
+        self.store
             .get_certificate(id)
             .await?
-            .ok_or_else(|| DomainError::NotFound(format!("certificate {id}")))?;
-        let versions = self.store.list_versions(id).await?;
-        Ok(CertificateView {
-            certificate,
-            versions,
-        })
+            .ok_or_else(|| DomainError::NotFound(format!("certificate {id}")))
     }
 
     /// A certificate with the versions a renewal reads
     /// ([`certflow_core::ports::MetadataStore::renewal_versions`]), not its
     /// whole history.
     pub(crate) async fn renewal_view(&self, id: Uuid) -> DomainResult<CertificateView> {
-        let certificate = self
-            .store
-            .get_certificate(id)
-            .await?
-            .ok_or_else(|| DomainError::NotFound(format!("certificate {id}")))?;
-        let versions = self.store.renewal_versions(id).await?;
         Ok(CertificateView {
-            certificate,
-            versions,
+            certificate: self.certificate_row(id).await?,
+            versions: self.store.renewal_versions(id).await?,
         })
     }
 
