@@ -248,6 +248,17 @@ impl Env {
         Arc::new(self.db.queue().with_clock(self.skew.clock()))
     }
 
+    /// A queue holding a job (at most 5 attempts) for every certificate
+    /// due now: one scheduler pass over it.
+    async fn queued(&self) -> Arc<DbRenewalQueue> {
+        let queue = self.queue();
+        self.scheduler(queue.clone(), 5)
+            .scan(self.skew.now())
+            .await
+            .unwrap();
+        queue
+    }
+
     fn scheduler(&self, queue: Arc<dyn RenewalQueue>, max_attempts: u32) -> Scheduler {
         Scheduler::new(
             self.db.metadata(),
@@ -662,11 +673,7 @@ async fn failing_internal_ca_recovers_on_retry_with_one_version() {
     let key = env.blobs.get(&issuer.key_blob).await.unwrap();
     env.blobs.delete(&issuer.key_blob).await.unwrap();
 
-    let queue = env.queue();
-    env.scheduler(queue.clone(), 5)
-        .scan(env.skew.now())
-        .await
-        .unwrap();
+    let queue = env.queued().await;
     let started_later = Services::new(
         env.db.metadata(),
         env.blobs.clone(),
@@ -701,11 +708,7 @@ async fn renewal_notifies_the_subscribed_team_only() {
     env.subscribe(OTHER_TEAM).await;
     let id = env.certificate("notify.example.com", TEAM, None).await;
 
-    let queue = env.queue();
-    env.scheduler(queue.clone(), 5)
-        .scan(env.skew.now())
-        .await
-        .unwrap();
+    let queue = env.queued().await;
     let worker = Worker::new(env.services.clone(), queue, worker_settings());
     drive(&env, &worker, id, JobState::Done, Duration::from_secs(30)).await;
 
@@ -781,11 +784,7 @@ async fn stopping_worker_hands_its_leased_job_back() {
         env.sealer.clone(),
         None,
     );
-    let queue = env.queue();
-    env.scheduler(queue.clone(), 5)
-        .scan(env.skew.now())
-        .await
-        .unwrap();
+    let queue = env.queued().await;
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let worker = Worker::new(hung, queue.clone(), worker_settings());
     let running = tokio::spawn(worker.run(stopped));
@@ -857,11 +856,7 @@ impl Env {
 async fn dead_workers_job_is_taken_over_within_its_lease(backend: Backend) {
     let env = Env::start(backend).await;
     let id = env.certificate("takeover.example.com", TEAM, None).await;
-    let queue = env.queue();
-    env.scheduler(queue.clone(), 5)
-        .scan(env.skew.now())
-        .await
-        .unwrap();
+    let queue = env.queued().await;
     let lease = Duration::from_secs(2);
     let settings = WorkerSettings {
         lease,
@@ -917,11 +912,7 @@ async fn dead_workers_job_is_taken_over_within_its_lease_postgres() {
 async fn stuck_attempt_is_cut_short_at_the_work_timeout_and_retried() {
     let env = Env::start(Backend::Sqlite).await;
     let id = env.certificate("stuck.example.com", TEAM, None).await;
-    let queue = env.queue();
-    env.scheduler(queue.clone(), 5)
-        .scan(env.skew.now())
-        .await
-        .unwrap();
+    let queue = env.queued().await;
     let settings = WorkerSettings {
         lease: Duration::from_secs(1),
         work_timeout: Duration::from_millis(1500),
@@ -1179,11 +1170,7 @@ async fn renewal_acknowledges_its_job_in_the_versions_commit(backend: Backend) {
     let env = Env::start(backend).await;
     env.subscribe(TEAM).await;
     let id = env.certificate("ack.example.com", TEAM, None).await;
-    let queue = env.queue();
-    env.scheduler(queue.clone(), 5)
-        .scan(env.skew.now())
-        .await
-        .unwrap();
+    let queue = env.queued().await;
     let worker = Worker::new(
         env.services.clone(),
         Arc::new(NoSeparateAck(queue)),
