@@ -77,6 +77,21 @@ impl Pebble {
     /// (well under a second usually). Panics with an install hint if pebble
     /// (or pebble-challtestsrv) is missing.
     pub async fn start(options: PebbleOptions) -> Self {
+        // A free port is found by binding and letting go, so another process
+        // may take it before pebble binds it: pebble then exits with "address
+        // already in use", and a fresh set of ports is tried.
+        for _ in 0..3 {
+            match Self::start_once(options.clone()).await {
+                Ok(pebble) => return pebble,
+                Err(log) => eprintln!("pebble lost a port to another process; retrying:\n{log}"),
+            }
+        }
+        panic!("pebble could not bind free ports three times in a row");
+    }
+
+    /// [`Self::start`] on one set of free ports; `Err` with pebble's log when
+    /// a port was taken before pebble bound it.
+    async fn start_once(options: PebbleOptions) -> Result<Self, String> {
         let dir = tempfile::tempdir().unwrap();
         let (ca_bundle, cert, key) = write_tls(dir.path());
         let (port, mgmt) = (free_port(), free_port());
@@ -178,12 +193,16 @@ impl Pebble {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             if answers(&client, &pebble.directory_url).await && answers(&client, &roots).await {
-                return pebble;
+                return Ok(pebble);
             }
             if let Some(child) = pebble.child.as_mut()
                 && let Ok(Some(status)) = child.try_wait()
             {
-                panic!("pebble exited ({status}):\n{}", pebble.log());
+                let log = pebble.log();
+                if log.contains("address already in use") {
+                    return Err(log);
+                }
+                panic!("pebble exited ({status}):\n{log}");
             }
             assert!(
                 Instant::now() < deadline,
