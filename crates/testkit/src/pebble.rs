@@ -177,7 +177,7 @@ impl Pebble {
             }
             Err(e) => panic!("cannot start pebble ({e}): {PEBBLE_HINT}"),
         };
-        let mut pebble = Self {
+        let pebble = Self {
             child: Some(child),
             challtestsrv,
             dir,
@@ -188,17 +188,23 @@ impl Pebble {
             tls_port,
             challtestsrv_url,
         };
-        let client = pebble.https_client();
-        let roots = format!("{}/roots/0", pebble.management_url);
+        pebble.ready().await
+    }
+
+    /// Waits for pebble's directory and roots to answer; `Err` with its log
+    /// when it exited because a port was taken.
+    async fn ready(mut self) -> Result<Self, String> {
+        let client = self.https_client();
+        let roots = format!("{}/roots/0", self.management_url);
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
-            if answers(&client, &pebble.directory_url).await && answers(&client, &roots).await {
-                return Ok(pebble);
+            if answers(&client, &self.directory_url).await && answers(&client, &roots).await {
+                return Ok(self);
             }
-            if let Some(child) = pebble.child.as_mut()
+            if let Some(child) = self.child.as_mut()
                 && let Ok(Some(status)) = child.try_wait()
             {
-                let log = pebble.log();
+                let log = self.log();
                 if log.contains("address already in use") {
                     return Err(log);
                 }
@@ -207,7 +213,7 @@ impl Pebble {
             assert!(
                 Instant::now() < deadline,
                 "pebble not ready after 15 s:\n{}",
-                pebble.log()
+                self.log()
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
