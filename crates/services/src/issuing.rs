@@ -103,7 +103,9 @@ impl SealedKeys {
     }
 }
 
-/// CA keys unsealed and loaded, by blob key, kept while they sign: each is
+/// CA keys unsealed and loaded, by blob key and encryption context (an
+/// unsealing under another context fails, and so must a kept key's
+/// lookup), kept while they sign: each is
 /// dropped (and wiped) once unused for [`UnsealedKeys::IDLE`]. Unsealing
 /// per signature cost an envelope's decryption and a key load (a scalar
 /// multiplication) per certificate, about 5 % of an issuance's CPU, and with
@@ -114,7 +116,7 @@ impl SealedKeys {
 ///
 /// A std mutex, held for one map operation, never across an await.
 #[derive(Clone, Default)]
-struct UnsealedKeys(Arc<std::sync::Mutex<HashMap<String, Unsealed>>>);
+struct UnsealedKeys(Arc<std::sync::Mutex<HashMap<Vec<u8>, Unsealed>>>);
 
 /// An unsealed key and when it last signed.
 struct Unsealed {
@@ -131,18 +133,24 @@ impl UnsealedKeys {
     /// Beyond this many keys the cache starts over (there are a handful).
     const MAX: usize = 256;
 
-    /// The key unsealed from `blob`, if it is kept; marks it used.
-    fn get(&self, blob: &str) -> Option<PrivateKey> {
+    /// Where the key unsealed from `blob` under `context` is kept.
+    fn slot(blob: &str, context: &EncryptionContext) -> Vec<u8> {
+        [blob.as_bytes(), &[0], context.as_bytes()].concat()
+    }
+
+    /// The key unsealed from `blob` under `context`, if it is kept; marks
+    /// it used.
+    fn get(&self, blob: &str, context: &EncryptionContext) -> Option<PrivateKey> {
         let mut keys = self.0.lock().ok()?;
-        let hot = keys.get_mut(blob)?;
+        let hot = keys.get_mut(&Self::slot(blob, context))?;
         hot.used = tokio::time::Instant::now();
         Some(hot.key.clone())
     }
 
-    /// Keeps `key`, unsealed from `blob`, until it has been unused for
-    /// [`Self::IDLE`]. Outside a runtime nothing could drop it later, so
-    /// nothing is kept.
-    fn keep(&self, blob: &str, key: &PrivateKey) {
+    /// Keeps `key`, unsealed from `blob` under `context`, until it has
+    /// been unused for [`Self::IDLE`]. Outside a runtime nothing could drop
+    /// it later, so nothing is kept.
+    fn keep(&self, blob: &str, context: &EncryptionContext, key: &PrivateKey) {
         static KEPT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
@@ -159,21 +167,18 @@ impl UnsealedKeys {
             used: tokio::time::Instant::now(),
             kept,
         };
-        keys.insert(blob.to_owned(), hot);
+        let slot = Self::slot(blob, context);
+        keys.insert(slot.clone(), hot);
         drop(keys);
-        runtime.spawn(Self::drop_when_idle(
-            Arc::downgrade(&self.0),
-            blob.to_owned(),
-            kept,
-        ));
+        runtime.spawn(Self::drop_when_idle(Arc::downgrade(&self.0), slot, kept));
     }
 
-    /// Drops the key kept as `kept` under `blob` once it has been unused
-    /// for [`Self::IDLE`]; ends early if it is gone (replaced, cleared, or
-    /// the CA itself dropped).
+    /// Drops the key kept as `kept` in `slot` once it has been unused for
+    /// [`Self::IDLE`]; ends early if it is gone (replaced, cleared, or the
+    /// CA itself dropped).
     async fn drop_when_idle(
-        keys: std::sync::Weak<std::sync::Mutex<HashMap<String, Unsealed>>>,
-        blob: String,
+        keys: std::sync::Weak<std::sync::Mutex<HashMap<Vec<u8>, Unsealed>>>,
+        slot: Vec<u8>,
         kept: u64,
     ) {
         let mut until = tokio::time::Instant::now() + Self::IDLE;
@@ -185,11 +190,11 @@ impl UnsealedKeys {
             let Ok(mut keys) = keys.lock() else {
                 return;
             };
-            match keys.get(&blob) {
+            match keys.get(&slot) {
                 Some(hot) if hot.kept == kept => {
                     let idle_until = hot.used + Self::IDLE;
                     if idle_until <= tokio::time::Instant::now() {
-                        keys.remove(&blob);
+                        keys.remove(&slot);
                         return;
                     }
                     until = idle_until;
@@ -274,11 +279,11 @@ impl InternalCa {
                 });
             }
         };
-        let key = match self.unsealed.get(&blob) {
+        let key = match self.unsealed.get(&blob, context) {
             Some(key) => key,
             None => {
                 let key = self.unseal(&blob, context, owner).await?;
-                self.unsealed.keep(&blob, &key);
+                self.unsealed.keep(&blob, context, &key);
                 key
             }
         };
@@ -555,12 +560,19 @@ mod tests {
             assert_eq!(signing.public_key_der(), key.public_key_der());
         }
         assert_eq!(counting.opened.load(Ordering::SeqCst), 1);
+        // Kept or not, the key opens only under the context it was sealed for.
+        let other = key_context(Uuid::now_v7(), "issuing");
+        assert!(matches!(
+            ca.signer("ca/key", &other, "test CA").await,
+            Err(DomainError::Integrity(_))
+        ));
+        assert_eq!(counting.opened.load(Ordering::SeqCst), 2);
         ca.check_key("ca/key", &context, "test CA", &m.issuing_cert_der)
             .await
             .unwrap();
         assert_eq!(
             counting.opened.load(Ordering::SeqCst),
-            2,
+            3,
             "a check unseals afresh"
         );
     }
@@ -569,7 +581,8 @@ mod tests {
     async fn a_kept_key_is_dropped_a_minute_after_its_last_use() {
         let kept = UnsealedKeys::default();
         let key = PrivateKey::generate(KeyType::EcdsaP256).unwrap();
-        kept.keep("ca/key", &key);
+        let context = key_context(Uuid::now_v7(), "issuing");
+        kept.keep("ca/key", &context, &key);
         let settle = || async {
             for _ in 0..10 {
                 tokio::task::yield_now().await;
@@ -577,13 +590,19 @@ mod tests {
         };
         tokio::time::advance(std::time::Duration::from_secs(50)).await;
         settle().await;
-        assert!(kept.get("ca/key").is_some(), "used 50 s after it was kept");
+        assert!(
+            kept.get("ca/key", &context).is_some(),
+            "used 50 s after it was kept"
+        );
         tokio::time::advance(std::time::Duration::from_secs(50)).await;
         settle().await;
-        assert!(kept.get("ca/key").is_some(), "used 50 s after its last use");
+        assert!(
+            kept.get("ca/key", &context).is_some(),
+            "used 50 s after its last use"
+        );
         tokio::time::advance(std::time::Duration::from_secs(61)).await;
         settle().await;
-        assert!(kept.get("ca/key").is_none(), "unused for 61 s");
+        assert!(kept.get("ca/key", &context).is_none(), "unused for 61 s");
         assert!(kept.0.lock().unwrap().is_empty());
     }
 }
