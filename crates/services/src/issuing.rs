@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use certflow_core::ca_keys::{CaKeyBackend, CaKeyRef, CaKeyStore};
-use certflow_core::model::{Issuer, IssuerKind};
+use certflow_core::model::{Issuer, IssuerKind, KeyType};
 use certflow_core::ports::{BlobStore, IssueRequest, IssuedCertificate, IssuerBackend};
 use certflow_core::renewal::SuggestedWindow;
 use certflow_core::{DomainError, error::DomainResult};
@@ -403,20 +403,23 @@ impl InternalCa {
         };
         let cert_der = match self.issuer_signer(issuer).await? {
             // A key in memory: building, linting, signing and checking the
-            // signature in one trip to the CPU pool (each trip is two thread
-            // switches, a visible share of an issuance: BENCHMARKS.md).
+            // signature in one go, on the CPU pool unless that is cheap.
             CaSigner::Local(key, cpu) => {
-                let signed = cpu
-                    .run("signing", move || {
-                        Ok(match prepare()? {
-                            Ok(tbs) => {
-                                let signature = key.sign(tbs.message())?;
-                                Ok(tbs.finish(&signature)?)
-                            }
-                            Err(refusal) => Err(refusal),
-                        })
+                let inline = signs_inline(key.key_type());
+                let sign = move || {
+                    Ok(match prepare()? {
+                        Ok(tbs) => {
+                            let signature = key.sign(tbs.message())?;
+                            Ok(tbs.finish(&signature)?)
+                        }
+                        Err(refusal) => Err(refusal),
                     })
-                    .await?;
+                };
+                let signed = if inline {
+                    sign()?
+                } else {
+                    cpu.run("signing", sign).await?
+                };
                 match signed {
                     Ok(cert_der) => cert_der,
                     Err(refusal) => return Ok(Err(refusal)),
@@ -458,6 +461,17 @@ impl IssuerBackend for InternalCa {
         // The internal CA has no opinion: the certificate's policy decides.
         Ok(None)
     }
+}
+
+/// Whether an issuance under a CA key of `key_type` runs on the request's
+/// own task rather than the CPU pool. The cost bound is the key type: with a
+/// P-256 or Ed25519 key, building, linting, signing and checking the
+/// signature take about 100 µs (the CSR's check, already made inline, about
+/// half that), while a trip to the pool costs two thread switches, 5–6 % of
+/// an issuance's CPU (BENCHMARKS.md). P-384 and RSA signatures cost several
+/// times more (an RSA-4096 one, milliseconds) and go to the pool.
+fn signs_inline(key_type: KeyType) -> bool {
+    matches!(key_type, KeyType::EcdsaP256 | KeyType::Ed25519)
 }
 
 /// Backends by issuer: the internal CA for internal issuers, registered ones otherwise.
@@ -575,6 +589,115 @@ mod tests {
             3,
             "a check unseals afresh"
         );
+    }
+
+    /// An internal CA on `pool` and one of its issuers, with a fresh
+    /// `key_type` key sealed into `dir`.
+    async fn issuer_on(
+        dir: &std::path::Path,
+        pool: CpuPool,
+        key_type: KeyType,
+    ) -> (InternalCa, Issuer) {
+        let blobs: Arc<dyn BlobStore> = Arc::new(ObjectBlobStore::local(dir).unwrap());
+        let sealer = Sealer::new(Arc::new(LocalKeyProvider::new(
+            MasterKey::generate().unwrap(),
+            vec![],
+        )));
+        let now = OffsetDateTime::now_utc();
+        let m = certflow_pki::create_ca("Test", key_type, now, 3650, 365).unwrap();
+        let id = Uuid::now_v7();
+        let key_blob = format!("issuers/{id}/key");
+        let sealed = sealer
+            .seal(m.issuing_key.pkcs8_der(), &key_context(id, "issuing"))
+            .await
+            .unwrap();
+        blobs.put(&key_blob, sealed.into()).await.unwrap();
+        let issuer = Issuer {
+            id,
+            name: "test".into(),
+            kind: IssuerKind::Internal,
+            is_default: true,
+            key_type,
+            issuing_cert_pem: certflow_pki::cert_to_pem(&m.issuing_cert_der),
+            chain_pem: String::new(),
+            key_blob,
+            root_key_blob: None,
+            subject: "CN=Test".into(),
+            not_after: now + time::Duration::days(365),
+            created_at: now,
+        };
+        (InternalCa::new(blobs, sealer, None, pool), issuer)
+    }
+
+    /// A request for a fresh P-256 key's certificate.
+    fn leaf_request() -> IssueRequest {
+        let key = PrivateKey::generate(KeyType::EcdsaP256).unwrap();
+        IssueRequest {
+            certificate_id: Uuid::now_v7(),
+            names: vec![certflow_core::names::SubjectName::Dns(
+                "a.example.com".into(),
+            )],
+            profile: certflow_core::profile::Profile::TlsServer,
+            validity_days: 30,
+            validity_secs: None,
+            csr_der: Vec::new(),
+            spki_der: key.public_key_der(),
+            key_type: KeyType::EcdsaP256,
+            replaces_der: None,
+        }
+    }
+
+    /// The cost bound of signing inline is the CA key's type: under P-256 or
+    /// Ed25519 a certificate is signed while the CPU pool is busy and its
+    /// queue full; under P-384 or RSA it needs the pool, and is refused
+    /// (503) as any pool work is when the queue is full.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn cheap_ca_keys_sign_inline_and_dear_ones_on_the_cpu_pool() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = CpuPool::new(1, 0);
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let busy = {
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                pool.run("console work", move || {
+                    // Blocks the pool's own thread, which is what it is for.
+                    held.recv().ok();
+                    Ok(())
+                })
+                .await
+            })
+        };
+        while pool.admitted() < 1 {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        for (key_type, inline) in [
+            (KeyType::EcdsaP256, true),
+            (KeyType::Ed25519, true),
+            (KeyType::EcdsaP384, false),
+            (KeyType::Rsa2048, false),
+        ] {
+            let (ca, issuer) = issuer_on(dir.path(), pool.clone(), key_type).await;
+            let issued = ca
+                .issue(&issuer, &leaf_request(), OffsetDateTime::now_utc())
+                .await;
+            match issued {
+                Ok(issued) if inline => {
+                    let ca_der = certflow_pki::parse_pem_certs("ca", &issuer.issuing_cert_pem)
+                        .unwrap()
+                        .remove(0);
+                    assert!(
+                        certflow_pki::is_signed_by(&issued.cert_der, &ca_der),
+                        "{key_type:?}"
+                    );
+                }
+                Err(DomainError::Unavailable { backend, .. }) if !inline => {
+                    assert_eq!(backend, "CPU pool", "{key_type:?}");
+                }
+                other => panic!("{key_type:?}: {other:?}"),
+            }
+        }
+        release.send(()).unwrap();
+        busy.await.unwrap().unwrap();
     }
 
     #[tokio::test(start_paused = true)]
