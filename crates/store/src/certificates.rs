@@ -568,6 +568,11 @@ async fn create_together<B: Backend>(pool: &Pool<B>, batch: &[Creation]) -> Doma
     let announcements = batch.iter().filter_map(|c| c.announce.as_ref());
     let mut tx = pool.begin_with(B::BEGIN_WRITE).await.map_err(map)?;
     writes.extend(announcement_writes::<B>(&mut tx, announcements).await?);
+    if !B::SCRIPTS {
+        // Inserts into distinct tables, none reading another's rows: one
+        // statement instead of a round trip each (five to eight a batch).
+        writes = Sql::together(writes).into_iter().collect();
+    }
     write_audited::<B>(&mut tx, writes, &audits).await?;
     tx.commit().await.map_err(map)
 }

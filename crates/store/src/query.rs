@@ -197,6 +197,46 @@ impl Sql {
         self
     }
 
+    /// `statements` as one statement: each but the last a data-modifying
+    /// `WITH` entry, placeholders numbered on; one round trip where the
+    /// backend runs no script ([`Dialect::SCRIPTS`]). The entries share one
+    /// snapshot and cannot see each other's rows (foreign keys are checked
+    /// at the statement's end), so only writes that read nothing another
+    /// one writes may go together. `None` for no statement.
+    pub(crate) fn together(statements: Vec<Sql>) -> Option<Sql> {
+        let count = statements.len();
+        let mut out: Option<Sql> = None;
+        for (i, next) in statements.into_iter().enumerate() {
+            let offset = out.as_ref().map_or(0, |o| o.params.len() as u64);
+            let text = map_placeholders(&next.text, |n| Some(format!("${}", n + offset)))
+                .unwrap_or_else(|| next.text.clone().into_owned());
+            let last = i + 1 == count;
+            let piece = if last {
+                text
+            } else {
+                format!("w{i} AS ({text})")
+            };
+            match &mut out {
+                None if last => return Some(Sql::from_parts(piece, next.params)),
+                None => out = Some(Sql::from_parts(format!("WITH {piece}"), next.params)),
+                Some(o) => {
+                    let own = o.text.to_mut();
+                    own.push_str(if last { "\n" } else { ",\n" });
+                    own.push_str(&piece);
+                    o.params.extend(next.params);
+                }
+            }
+        }
+        out
+    }
+
+    fn from_parts(text: String, params: Vec<Param>) -> Self {
+        Self {
+            text: Cow::Owned(text),
+            params,
+        }
+    }
+
     /// The SQL text, for tests and logs.
     #[cfg(test)]
     pub(crate) fn text(&self) -> &str {
@@ -530,6 +570,39 @@ mod tests {
                 Param::Text(Some("q".into())),
             ]
         );
+    }
+
+    #[test]
+    fn statements_together_are_with_entries_numbered_on() {
+        let mut list = Sql::new("INSERT INTO t (id)");
+        list.push_values([vec![Param::from("a")], vec![Param::from("b")]]);
+        let one = Sql::together(vec![
+            Sql::new("INSERT INTO s (x, note) VALUES ($1, '$1')").bind(1_i64),
+            list,
+            Sql::new("INSERT INTO u (a, b) VALUES ($2, $1)")
+                .bind("p")
+                .bind("q"),
+        ])
+        .unwrap();
+        assert_eq!(
+            one.text(),
+            "WITH w0 AS (INSERT INTO s (x, note) VALUES ($1, '$1')),\n\
+             w1 AS (INSERT INTO t (id) VALUES ($2), ($3))\n\
+             INSERT INTO u (a, b) VALUES ($5, $4)"
+        );
+        assert_eq!(
+            one.params,
+            vec![
+                Param::Int(Some(1)),
+                Param::Text(Some("a".into())),
+                Param::Text(Some("b".into())),
+                Param::Text(Some("p".into())),
+                Param::Text(Some("q".into())),
+            ]
+        );
+        let alone = Sql::new("DELETE FROM t WHERE id = $1").bind("a");
+        assert_eq!(Sql::together(vec![alone.clone()]), Some(alone));
+        assert_eq!(Sql::together(Vec::new()), None);
     }
 
     /// A script runs every statement on SQLite, each with its own values,
