@@ -157,7 +157,7 @@ impl std::fmt::Debug for CpuPool {
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::panic)]
-mod tests {
+pub(crate) mod tests {
     use std::sync::atomic::AtomicUsize;
     use std::time::Duration;
 
@@ -209,7 +209,7 @@ mod tests {
 
     /// An operation holding one of `pool`'s threads, once it is admitted,
     /// until `release` is sent.
-    async fn occupy(
+    pub(crate) async fn occupy(
         pool: &CpuPool,
     ) -> (
         std::sync::mpsc::Sender<()>,

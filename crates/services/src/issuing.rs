@@ -655,21 +655,7 @@ mod tests {
     async fn cheap_ca_keys_sign_inline_and_dear_ones_on_the_cpu_pool() {
         let dir = tempfile::tempdir().unwrap();
         let pool = CpuPool::new(1, 0);
-        let (release, held) = std::sync::mpsc::channel::<()>();
-        let busy = {
-            let pool = pool.clone();
-            tokio::spawn(async move {
-                pool.run("console work", move || {
-                    // Blocks the pool's own thread, which is what it is for.
-                    held.recv().ok();
-                    Ok(())
-                })
-                .await
-            })
-        };
-        while pool.admitted() < 1 {
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
+        let (release, busy) = crate::cpu::tests::occupy(&pool).await;
         for (key_type, inline) in [
             (KeyType::EcdsaP256, true),
             (KeyType::Ed25519, true),
