@@ -187,9 +187,7 @@ impl Sql {
     /// This statement, then `next`: one text of two statements whose
     /// placeholders number on from this one's (for [`Dialect::SCRIPTS`]).
     pub(crate) fn then(mut self, next: Sql) -> Self {
-        let offset = self.params.len() as u64;
-        let text = map_placeholders(&next.text, |n| Some(format!("${}", n + offset)))
-            .unwrap_or_else(|| next.text.clone().into_owned());
+        let text = next.numbered_after(self.params.len());
         let own = self.text.to_mut();
         own.push_str(";\n");
         own.push_str(&text);
@@ -204,37 +202,34 @@ impl Sql {
     /// at the statement's end), so only writes that read nothing another
     /// one writes may go together. `None` for no statement.
     pub(crate) fn together(statements: Vec<Sql>) -> Option<Sql> {
-        let count = statements.len();
-        let mut out: Option<Sql> = None;
+        let last = statements.len().checked_sub(1)?;
+        let mut out = Sql {
+            text: Cow::Owned(String::new()),
+            params: Vec::new(),
+        };
         for (i, next) in statements.into_iter().enumerate() {
-            let offset = out.as_ref().map_or(0, |o| o.params.len() as u64);
-            let text = map_placeholders(&next.text, |n| Some(format!("${}", n + offset)))
-                .unwrap_or_else(|| next.text.clone().into_owned());
-            let last = i + 1 == count;
-            let piece = if last {
-                text
+            let text = next.numbered_after(out.params.len());
+            let own = out.text.to_mut();
+            if i < last {
+                own.push_str(if i == 0 { "WITH " } else { ",\n" });
+                own.push_str(&format!("w{i} AS ({text})"));
             } else {
-                format!("w{i} AS ({text})")
-            };
-            match &mut out {
-                None if last => return Some(Sql::from_parts(piece, next.params)),
-                None => out = Some(Sql::from_parts(format!("WITH {piece}"), next.params)),
-                Some(o) => {
-                    let own = o.text.to_mut();
-                    own.push_str(if last { "\n" } else { ",\n" });
-                    own.push_str(&piece);
-                    o.params.extend(next.params);
+                if i > 0 {
+                    own.push('\n');
                 }
+                own.push_str(&text);
             }
+            out.params.extend(next.params);
         }
-        out
+        Some(out)
     }
 
-    fn from_parts(text: String, params: Vec<Param>) -> Self {
-        Self {
-            text: Cow::Owned(text),
-            params,
-        }
+    /// This statement's text with each placeholder `$n` made `$(n + offset)`:
+    /// its place after `offset` parameters of statements before it.
+    fn numbered_after(&self, offset: usize) -> String {
+        let offset = offset as u64;
+        map_placeholders(&self.text, |n| Some(format!("${}", n + offset)))
+            .unwrap_or_else(|| self.text.clone().into_owned())
     }
 
     /// The SQL text, for tests and logs.
